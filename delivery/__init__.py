@@ -1,0 +1,1 @@
+"""Storage and delivery: the Maildir store, local delivery, the outbound queue."""

@@ -1,0 +1,223 @@
+"""The one mail store interface: local delivery writes through it, IMAP reads and flags through it.
+
+`delivery/maildir.py` implements it on Maildir++ laid out as Dovecot does. The store is
+synchronous (local disk); asyncio code calls it with `await asyncio.to_thread(...)`.
+
+Invariants every implementation keeps:
+- Nothing returns from `deliver`/`append`/`copy` before the message is fsynced and renamed into
+  place and the directory fsynced: callers may answer `250` or `APPENDUID` right after.
+- UIDs are assigned in arrival order, strictly increasing, never reused within one UIDVALIDITY,
+  and persist across restarts (`dovecot-uidlist`).
+- `events.publish(user, folder)` is called after a change is durable (IDLE wakes on it).
+
+Names: `user` is the account's canonical address (`alice@example.com`). Folder names are IMAP
+mailbox names as Dovecot's Maildir++ stores them: modified UTF-7 (RFC 3501 §5.1.3), hierarchy
+delimiter ".", "INBOX" is the Maildir root; "Sent" lives in `.Sent/`, "Archive.2024" in
+`.Archive.2024/`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+HIERARCHY_DELIMITER = "."
+INBOX = "INBOX"
+
+
+class StoreError(Exception):
+    """Base of store errors; `code` is the IMAP response code that describes it, if any."""
+
+    code: str | None = None
+
+
+class UnknownUserError(StoreError):
+    """The account has no Maildir."""
+
+
+class FolderNotFoundError(StoreError):
+    code = "NONEXISTENT"
+
+
+class FolderExistsError(StoreError):
+    code = "ALREADYEXISTS"
+
+
+class InvalidFolderNameError(StoreError):
+    code = "CANNOT"
+
+
+class QuotaExceededError(StoreError):
+    """Storing the message would exceed the account's quota (SMTP 452 4.2.2, IMAP OVERQUOTA)."""
+
+    code = "OVERQUOTA"
+
+
+class MessageGoneError(StoreError):
+    """The message was expunged by someone else meanwhile."""
+
+    code = "EXPUNGEISSUED"
+
+
+class Flag(enum.StrEnum):
+    """System flags (RFC 9051 §2.3.2) and their Maildir info letters."""
+
+    SEEN = "\\Seen"
+    ANSWERED = "\\Answered"
+    FLAGGED = "\\Flagged"
+    DELETED = "\\Deleted"
+    DRAFT = "\\Draft"
+
+
+class SpecialUse(enum.StrEnum):
+    """RFC 6154 special-use attributes of the default folders."""
+
+    SENT = "\\Sent"
+    DRAFTS = "\\Drafts"
+    TRASH = "\\Trash"
+    JUNK = "\\Junk"
+    ARCHIVE = "\\Archive"
+
+
+# The folders every new account gets, as Dovecot's and most clients' defaults name them.
+DEFAULT_FOLDERS: dict[str, SpecialUse] = {
+    "Sent": SpecialUse.SENT,
+    "Drafts": SpecialUse.DRAFTS,
+    "Trash": SpecialUse.TRASH,
+    "Junk": SpecialUse.JUNK,
+    "Archive": SpecialUse.ARCHIVE,
+}
+
+
+class FlagMode(enum.Enum):
+    """How STORE applies flags (RFC 9051 §6.4.6)."""
+
+    REPLACE = "FLAGS"
+    ADD = "+FLAGS"
+    REMOVE = "-FLAGS"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """Where a stored message landed."""
+
+    user: str
+    folder: str
+    uid: int
+    uid_validity: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message as a folder scan sees it; cheap to produce (no file is opened)."""
+
+    uid: int
+    flags: frozenset[str]  # system flags as Flag values plus keywords, never \Recent
+    internal_date: float  # seconds since the epoch (Maildir: the file's delivery time)
+    size: int  # RFC822.SIZE: the size with CRLF line endings
+    key: str  # the Maildir unique name (base name without ":2,..." info)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSnapshot:
+    """A folder's state at one instant: every message in UID order."""
+
+    name: str
+    uid_validity: int
+    uid_next: int
+    messages: tuple[MessageInfo, ...]
+    keywords: tuple[str, ...]  # keywords defined in the folder (PERMANENTFLAGS, FLAGS)
+    recent_uids: frozenset[int]  # messages this snapshot is the first to see (RFC 3501 \Recent)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    name: str
+    special_use: SpecialUse | None
+    subscribed: bool
+    has_children: bool
+
+
+class MailStore(Protocol):
+    """Everything delivery and IMAP need from storage."""
+
+    # -- accounts ------------------------------------------------------------------------------
+    def create_account(self, user: str) -> None:
+        """Create the Maildir++ root with cur/new/tmp and DEFAULT_FOLDERS (dirs mode 0700)."""
+
+    def delete_account(self, user: str) -> None:
+        """Remove the account's Maildir entirely."""
+
+    def usage_bytes(self, user: str) -> int:
+        """Bytes stored by the account across all folders (for the quota)."""
+
+    # -- writing -------------------------------------------------------------------------------
+    def deliver(
+        self,
+        targets: Sequence[tuple[str, str]],
+        message: bytes,
+        *,
+        quota_bytes: dict[str, int] | None = None,
+    ) -> list[MessageRef]:
+        """Durably store one copy of `message` per (user, folder) target, all or nothing.
+
+        `message` has CRLF or LF endings (stored with LF, as Maildir does). A quota of 0 or a
+        missing entry means unlimited; a target whose quota would be exceeded raises
+        QuotaExceededError before anything is written.
+        """
+
+    def append(
+        self,
+        user: str,
+        folder: str,
+        message: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+        quota_bytes: int = 0,
+    ) -> MessageRef:
+        """IMAP APPEND: store with flags and date, durably, and return its UID."""
+
+    # -- folders -------------------------------------------------------------------------------
+    def list_folders(self, user: str) -> list[FolderInfo]:
+        """Every folder of the account, INBOX included."""
+
+    def create_folder(self, user: str, folder: str, special_use: SpecialUse | None = None) -> None:
+        ...
+
+    def delete_folder(self, user: str, folder: str) -> None:
+        ...
+
+    def rename_folder(self, user: str, old: str, new: str) -> None:
+        """Rename with children; renaming INBOX moves its messages (RFC 9051 §6.3.6)."""
+
+    def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
+        ...
+
+    # -- reading and changing messages ---------------------------------------------------------
+    def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:
+        """Scan the folder (new/ and cur/), assigning UIDs to newcomers.
+
+        `claim_recent=True` (SELECT, not EXAMINE/STATUS) moves new/ to cur/ and reports those
+        messages in `recent_uids`: only one session ever sees a message as \\Recent.
+        """
+
+    def read_message(self, user: str, folder: str, uid: int) -> bytes:
+        """The message as stored (LF endings). Raises MessageGoneError."""
+
+    def store_flags(
+        self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
+    ) -> dict[int, frozenset[str]]:
+        """Change flags; returns the new flags of each message that still exists."""
+
+    def copy(self, user: str, folder: str, uids: Sequence[int], dest: str, *,
+             quota_bytes: int = 0) -> list[tuple[int, int]]:
+        """Copy messages (flags kept) durably; returns (source uid, new uid) pairs."""
+
+    def move(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
+        """RFC 6851 MOVE: copy then expunge the sources; returns (source uid, new uid) pairs."""
+
+    def expunge(self, user: str, folder: str, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (only those in `uids` if given); returns their UIDs."""

@@ -1,0 +1,5 @@
+"""`python -m mailstack`."""
+
+from mailstack.cli import main
+
+main()

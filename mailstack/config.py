@@ -1,0 +1,424 @@
+"""The configuration model: `DIR/mailstack.toml`, read once, validated, passed down.
+
+Every key is a field of a frozen dataclass below with `metadata={"doc": ...}`; the config
+template documents each one (tests/test_config.py checks that). Errors name the file, the dotted
+key and, where it can be found, the line: `mailstack.toml:12: listen.smtp[0]: expected "host:port"`.
+Nothing else in mailstack reads the config file or the environment for settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailstack.errors import ConfigError
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its documentation (rendered into the config template)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+def parse_size(value: str | int) -> int:
+    """'10G', '512M', '1024', 0 -> bytes. Raises ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 10G, 512M or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(f"expected a size such as 10G, 512M or a number of bytes, got {value!r}")
+    return int(m[1]) * _SIZE_UNITS[m[2].upper()]
+
+
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n and n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return str(n)
+
+
+def is_fqdn(name: str) -> bool:
+    """A fully-qualified host name: at least two labels of letters, digits and hyphens."""
+    try:
+        ascii_name = name.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return False
+    labels = ascii_name.split(".")
+    return len(labels) >= 2 and len(ascii_name) <= 253 and all(_LABEL.match(x) for x in labels)
+
+
+def to_ascii_domain(name: str) -> str:
+    """IDNA-encode a domain to its lower-case ASCII form ('bücher.de' -> 'xn--bcher-kva.de')."""
+    return name.rstrip(".").encode("idna").decode("ascii").lower()
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """'0.0.0.0:25', '[::1]:143', 'localhost:2525' -> (host, port). Raises ValueError."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", value)
+    if not m:
+        raise ValueError(f'expected "host:port" (IPv6 as "[::1]:port"), got {value!r}')
+    host = m[1] or m[3]
+    port = int(m[2] or m[4])
+    if m[1]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str = doc("The mail server's name: used in EHLO, greetings and the certificate.")
+    domains: list[str] = doc("Mail domains hosted here (ASCII/IDNA form); the first is primary.")
+    ipv4: str = doc("Public IPv4 address (for DNS records, SPF and `check`); empty if none.",
+                    default="")
+    ipv6: str = doc("Public IPv6 address (for DNS records, SPF and `check`); empty if none.",
+                    default="")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    smtp: list[str] = doc('Inbound SMTP (MX) listeners, "host:port"; [] disables.',
+                          default_factory=lambda: ["0.0.0.0:25"])
+    submission: list[str] = doc("Submission with STARTTLS + AUTH (RFC 6409).",
+                                default_factory=lambda: ["0.0.0.0:587"])
+    submissions: list[str] = doc("Submission over implicit TLS + AUTH (RFC 8314).",
+                                 default_factory=lambda: ["0.0.0.0:465"])
+    imap: list[str] = doc("IMAP with STARTTLS.", default_factory=lambda: ["0.0.0.0:143"])
+    imaps: list[str] = doc("IMAP over implicit TLS.", default_factory=lambda: ["0.0.0.0:993"])
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    max_message_size: int = doc("Largest message accepted, in bytes; advertised in EHLO SIZE.",
+                                default=52428800)
+    max_recipients: int = doc("Recipients per transaction; more get 452 4.5.3 (RFC 5321 "
+                              "§4.5.3.1.8 asks for at least 100).", default=100)
+    max_connections: int = doc("Concurrent SMTP connections in total.", default=200)
+    max_connections_per_ip: int = doc("Concurrent SMTP connections from one client address.",
+                                      default=20)
+    max_errors: int = doc("Protocol errors in one session before we disconnect.", default=10)
+    command_timeout_s: int = doc("Seconds to wait for a command (RFC 5321 §4.5.3.2.7: 5 min).",
+                                 default=300)
+    data_timeout_s: int = doc("Seconds to wait for each chunk of DATA (RFC 5321: 3 min).",
+                              default=180)
+    max_received_headers: int = doc("Received: headers beyond which mail is a loop (554 5.4.6).",
+                                    default=30)
+    dnsbl: list[str] = doc("DNS blocklists to consult for the client address, e.g. "
+                           '["zen.spamhaus.org"]; [] disables.', default_factory=list)
+    reject_invalid_helo: bool = doc("Refuse HELO/EHLO names that are neither a FQDN nor an "
+                                    "address literal.", default=False)
+    dmarc_reject_to_junk: bool = doc("Deliver mail failing a DMARC p=reject policy to Junk "
+                                     "instead of refusing it with 550 5.7.1.", default=False)
+    verify_inbound: bool = doc("Check SPF, DKIM and DMARC of inbound mail and add "
+                               "Authentication-Results.", default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    default_quota: str = doc('Storage quota of a new account (bytes or K/M/G); "0" = unlimited.',
+                             default="10G")
+
+
+@dataclass(frozen=True, slots=True)
+class ImapConfig:
+    allow_plaintext_auth: bool = doc("Allow LOGIN/AUTHENTICATE without TLS even off loopback "
+                                     "(benchmarks, trusted proxies).", default=False)
+    max_connections_per_ip: int = doc("Concurrent IMAP connections from one client address.",
+                                      default=50)
+    max_connections_per_user: int = doc("Concurrent IMAP sessions of one account.", default=30)
+    idle_timeout_s: int = doc("Autologout after this many seconds without a command "
+                              "(RFC 9051 §5.4: at least 30 minutes).", default=1800)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    resolver: str = doc('"host[:port]" of the DNS resolver; empty = the system resolver.',
+                        default="")
+    timeout_s: float = doc("Seconds a single DNS lookup may take.", default=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    selector: str = doc("DKIM selector of the current signing key (dkim/<selector>.<domain>.key).",
+                        default="mailstack")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    relay: str = doc('Smarthost "host:port"; empty = deliver direct to MX.', default="")
+    mx_port: int = doc("Port for every SMTP connection to an MX, probes included.", default=25)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = doc("DEBUG, INFO, WARNING or ERROR.", default="INFO")
+    json: bool = doc("One JSON object per log line instead of text.", default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = doc("This server and the domains it hosts.")
+    listen: ListenConfig = doc("Listening sockets.", default_factory=ListenConfig)
+    smtp: SmtpConfig = doc("SMTP receiving.", default_factory=SmtpConfig)
+    accounts: AccountsConfig = doc("Accounts.", default_factory=AccountsConfig)
+    imap: ImapConfig = doc("IMAP.", default_factory=ImapConfig)
+    dns: DnsConfig = doc("DNS lookups.", default_factory=DnsConfig)
+    dkim: DkimConfig = doc("DKIM signing.", default_factory=DkimConfig)
+    outbound: OutboundConfig = doc("Outbound delivery.", default_factory=OutboundConfig)
+    log: LogConfig = doc("Logging.", default_factory=LogConfig)
+
+    @property
+    def default_quota_bytes(self) -> int:
+        return parse_size(self.accounts.default_quota)
+
+    def listeners(self, service: str) -> list[tuple[str, int]]:
+        return [parse_hostport(v) for v in getattr(self.listen, service)]
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+_HINTS = typing.get_type_hints
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; raise ValueError naming what was expected."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"expected {_type_name(tp)}, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_coerce_item(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table [{key}], got {type(value).__name__}")
+        return _build(tp, value, key)
+    return _coerce_item(value, tp, key)
+
+
+def _coerce_item(value: Any, tp: Any, key: str) -> Any:
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise _KeyError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return float(value) if tp is float else value
+
+
+class _KeyError(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
+    hints = _HINTS(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in table:
+        if name not in known:
+            dotted = f"{prefix}.{name}" if prefix else name
+            raise _KeyError(dotted, f"unknown key (known here: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _KeyError(dotted, "required key is missing")
+            continue
+        try:
+            kwargs[f.name] = _coerce(table[f.name], hints[f.name], dotted)
+        except ValueError as exc:
+            raise _KeyError(dotted, str(exc)) from None
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    """Semantic checks beyond types; raise _KeyError naming the key."""
+    if not is_fqdn(cfg.server.hostname):
+        raise _KeyError("server.hostname", f"{cfg.server.hostname!r} is not a fully-qualified "
+                        "host name such as mail.example.com")
+    if not cfg.server.domains:
+        raise _KeyError("server.domains", "at least one mail domain is required")
+    for i, d in enumerate(cfg.server.domains):
+        if not is_fqdn(d):
+            raise _KeyError(f"server.domains[{i}]", f"{d!r} is not a valid domain name")
+    for key, version in (("ipv4", 4), ("ipv6", 6)):
+        value = getattr(cfg.server, key)
+        if value:
+            try:
+                ip = ipaddress.ip_address(value)
+            except ValueError:
+                ip = None
+            if ip is None or ip.version != version:
+                raise _KeyError(f"server.{key}", f"{value!r} is not an IPv{version} address")
+    for service in ("smtp", "submission", "submissions", "imap", "imaps"):
+        for i, v in enumerate(getattr(cfg.listen, service)):
+            try:
+                parse_hostport(v)
+            except ValueError as exc:
+                raise _KeyError(f"listen.{service}[{i}]", str(exc)) from None
+    positive = {
+        "smtp.max_message_size": cfg.smtp.max_message_size,
+        "smtp.max_recipients": cfg.smtp.max_recipients,
+        "smtp.max_connections": cfg.smtp.max_connections,
+        "smtp.max_connections_per_ip": cfg.smtp.max_connections_per_ip,
+        "smtp.max_errors": cfg.smtp.max_errors,
+        "smtp.command_timeout_s": cfg.smtp.command_timeout_s,
+        "smtp.data_timeout_s": cfg.smtp.data_timeout_s,
+        "smtp.max_received_headers": cfg.smtp.max_received_headers,
+        "imap.max_connections_per_ip": cfg.imap.max_connections_per_ip,
+        "imap.max_connections_per_user": cfg.imap.max_connections_per_user,
+        "imap.idle_timeout_s": cfg.imap.idle_timeout_s,
+        "dns.timeout_s": cfg.dns.timeout_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise _KeyError(key, f"must be greater than 0, got {value}")
+    if not 1 <= cfg.outbound.mx_port <= 65535:
+        raise _KeyError("outbound.mx_port", f"port {cfg.outbound.mx_port} is out of range")
+    for key, value in (("dns.resolver", cfg.dns.resolver), ("outbound.relay", cfg.outbound.relay)):
+        if value:
+            try:
+                parse_resolver(value) if key == "dns.resolver" else parse_hostport(value)
+            except ValueError as exc:
+                raise _KeyError(key, str(exc)) from None
+    try:
+        parse_size(cfg.accounts.default_quota)
+    except ValueError as exc:
+        raise _KeyError("accounts.default_quota", str(exc)) from None
+    if cfg.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise _KeyError("log.level", f"expected DEBUG, INFO, WARNING or ERROR, got {cfg.log.level!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.dkim.selector):
+        raise _KeyError("dkim.selector", f"{cfg.dkim.selector!r} is not a valid DNS label")
+
+
+def parse_resolver(value: str) -> tuple[str, int]:
+    """'127.0.0.1', '127.0.0.1:5353', '[::1]:53' -> (address, port); the address must be an IP."""
+    host, port = parse_hostport(value) if re.search(r":\d+$", value) else (value.strip("[]"), 53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"resolver must be an IP address, got {host!r}") from None
+    return host, port
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """Best-effort line number of a dotted key in TOML text (tomllib does not report them)."""
+    parts = re.sub(r"\[\d+\]$", "", key).split(".")
+    section, name = ".".join(parts[:-1]), parts[-1]
+    current = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if m := re.match(r"^\[\s*([^\]]+?)\s*\]", stripped):
+            current = m[1]
+            if not name and current == section:
+                return n
+            if current == key:
+                return n
+            continue
+        if current == section and re.match(rf"^{re.escape(name)}\s*=", stripped):
+            return n
+    return None
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "mailstack.toml",
+                     text: str = "") -> Config:
+    try:
+        cfg: Config = _build(Config, data, "")
+        _validate(cfg)
+    except _KeyError as exc:
+        line = _line_of(text, exc.key) if text else None
+        where = f"{source}:{line}" if line else source
+        raise ConfigError(f"{where}: {exc.key}: {exc.message}",
+                          hint="fix the key, then run `mailstack config validate`") from None
+    # Domains are kept in their ASCII (IDNA) form everywhere.
+    server = dataclasses.replace(cfg.server, hostname=to_ascii_domain(cfg.server.hostname),
+                                 domains=[to_ascii_domain(d) for d in cfg.server.domains])
+    return dataclasses.replace(cfg, server=server)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file. Raises ConfigError naming file, line and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file",
+                          hint="create a deployment with `mailstack init` or pass --dir") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path), text=text)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def field_docs(cls: Any = Config, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> documentation, for every leaf key of the model."""
+    out: dict[str, str] = {}
+    hints = _HINTS(cls)
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_docs(hints[f.name], dotted))
+        else:
+            out[dotted] = f.metadata["doc"]
+    return out
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise the effective config as TOML (for `config show`)."""
+    lines: list[str] = []
+    for section, table in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    s = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+

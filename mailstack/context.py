@@ -1,0 +1,82 @@
+"""What every listener gets from `serve`: config, paths, accounts, store, events, TLS, throttle.
+
+Built once by `mailstack.app` and passed to each service's `start(ctx, host, port)`. Lives
+apart from `app` so smtp/ and imap/ can import it without importing the orchestration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from delivery.events import EventHub
+from delivery.store import MailStore
+from mailstack.config import Config
+from mailstack.errors import HostError
+from mailstack.paths import StatePaths
+from mailstack.throttle import LoginThrottle
+from mailstack.users import Accounts
+
+
+def load_server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2+) from PEM files; HostError with the reason if unusable."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise HostError(f"TLS file missing: {exc.filename}",
+                        hint="run `mailstack init` or `mailstack tls import`") from None
+    except ssl.SSLError as exc:
+        raise HostError(f"cannot use {cert} with {key}: {exc.reason or exc}",
+                        hint="the key does not match the certificate, or a file is not PEM; "
+                             "check with `mailstack tls status`") from None
+    except PermissionError as exc:
+        raise HostError(f"cannot read {exc.filename}: permission denied") from None
+    return ctx
+
+
+class TlsProvider:
+    """The server certificate, reloadable (SIGHUP) without restarting listeners.
+
+    Implicit-TLS listeners are created with `listening_context()`, whose SNI callback swaps in
+    the current context on every handshake, so a reload applies to new connections at once.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.current = load_server_tls(cert, key)
+
+    def reload(self) -> None:
+        self.current = load_server_tls(self.cert, self.key)
+
+    def listening_context(self) -> ssl.SSLContext:
+        outer = load_server_tls(self.cert, self.key)
+
+        def pick(sock: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            sock.context = self.current
+
+        outer.sni_callback = pick
+        return outer
+
+
+@dataclass
+class ServerContext:
+    config: Config
+    paths: StatePaths
+    accounts: Accounts
+    store: MailStore
+    events: EventHub
+    tls: TlsProvider
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+
+    def hosted_domains(self) -> set[str]:
+        """Config domains plus those added with `domain add` (read live)."""
+        return set(self.config.server.domains) | set(self.accounts.domains())
+
+
+# A service's entry point: start listening on (host, port), return the server to close later.
+StartService = Callable[[ServerContext, str, int], Awaitable[asyncio.Server]]

@@ -1,0 +1,75 @@
+"""The state-directory layout (INTERFACE.md) in one place; nothing else builds these paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = Path("/var/lib/mailstack")
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("MAILSTACK_DIR") or DEFAULT_DIR)
+
+
+@dataclass(frozen=True, slots=True)
+class StatePaths:
+    """Every path under one deployment's state directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "mailstack.toml"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.tls_dir / "fullchain.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.tls_dir / "privkey.pem"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls_dir / "ca.key"
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.root / "dkim"
+
+    def dkim_key(self, selector: str, domain: str) -> Path:
+        return self.dkim_dir / f"{selector}.{domain}.key"
+
+    @property
+    def dns_dir(self) -> Path:
+        return self.root / "dns"
+
+    def zone_file(self, zone: str) -> Path:
+        return self.dns_dir / f"{zone.rstrip('.')}.zone"
+
+    @property
+    def users_db(self) -> Path:
+        return self.root / "users.sqlite3"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    def maildir(self, address: str) -> Path:
+        """The Maildir++ root of an account: mail/<domain>/<localpart>/."""
+        local, _, domain = address.rpartition("@")
+        return self.mail_dir / domain / local
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"

@@ -1,0 +1,386 @@
+"""Accounts, aliases and hosted domains in `DIR/users.sqlite3`, and the lookups SMTP/IMAP need.
+
+Addresses are case-insensitive: we store the local part lower-cased and the domain in IDNA ASCII
+form. `alice+tag@example.com` resolves to `alice@example.com` (plus-addressing) unless an exact
+user or alias exists. A catch-all alias is written `@example.com`. Passwords are argon2id hashes
+(argon2-cffi defaults, RFC 9106's second recommended profile); a bcrypt hash imported from
+another server (`$2b$...`) is verified too and rehashed to argon2id on the next login.
+
+Every call reads the database, so account changes made by the CLI take effect on a running
+`serve` at once. Connections are per thread (the store and argon2 run in worker threads).
+SQLite in WAL mode lets the CLI write while the server reads.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import argon2
+
+from mailstack.config import to_ascii_domain
+from mailstack.errors import ExistsError, NotFoundError, UsageError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL REFERENCES domains(name),
+    password_hash TEXT NOT NULL,
+    quota_bytes INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    address TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (address, target)
+);
+"""
+
+_HASHER = argon2.PasswordHasher()  # argon2id, t=3, m=64 MiB, p=4
+# Verified when the user does not exist, so that a wrong user costs as much as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+_MAX_ALIAS_DEPTH = 10
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    address: str
+    quota_bytes: int
+    enabled: bool
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where mail for one recipient goes: local mailboxes and (later) external forwards."""
+
+    mailboxes: tuple[str, ...]
+    forwards: tuple[str, ...] = ()
+
+    @property
+    def is_known(self) -> bool:
+        return bool(self.mailboxes or self.forwards)
+
+
+def normalize_address(address: str) -> str:
+    """'Alice@Bücher.DE' -> 'alice@xn--bcher-kva.de'; '@Example.com' (catch-all) keeps its '@'.
+
+    Raises UsageError for anything that is not local@domain.
+    """
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not domain or any(c in address for c in " \t\r\n<>,;\"\\"):
+        raise UsageError(f"{address!r} is not an email address (expected local@domain)")
+    try:
+        domain = to_ascii_domain(domain)
+    except UnicodeError:
+        raise UsageError(f"{address!r}: the domain is not a valid domain name") from None
+    if not domain or ".." in domain or domain.startswith("."):
+        raise UsageError(f"{address!r}: the domain is not a valid domain name")
+    if len(local) > 64 or ".." in local or local.startswith(".") or local.endswith("."):
+        raise UsageError(f"{address!r}: the local part is not valid")
+    return f"{local.lower()}@{domain}"
+
+
+def split_plus(address: str) -> str | None:
+    """'alice+tag@x' -> 'alice@x'; None when there is no '+' detail."""
+    local, _, domain = address.rpartition("@")
+    base, plus, _ = local.partition("+")
+    return f"{base}@{domain}" if plus and base else None
+
+
+def generate_password() -> str:
+    """A random password for `user add` without one: 20 URL-safe characters (~120 bits)."""
+    return secrets.token_urlsafe(15)
+
+
+class Accounts:
+    """The account database. Safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- domains -------------------------------------------------------------------------------
+    def add_domain(self, domain: str, *, exist_ok: bool = False) -> str:
+        name = to_ascii_domain(domain)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone():
+                if exist_ok:
+                    return name
+                raise ExistsError(f"domain {name} is already hosted here")
+            db.execute("INSERT INTO domains VALUES (?, ?)", (name, time.time()))
+        return name
+
+    def domains(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT name FROM domains ORDER BY name")]
+
+    def is_local_domain(self, domain: str) -> bool:
+        try:
+            name = to_ascii_domain(domain)
+        except UnicodeError:
+            return False
+        row = self._conn().execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone()
+        return row is not None
+
+    # -- users ---------------------------------------------------------------------------------
+    def add_user(self, address: str, password: str, *, quota_bytes: int = 0) -> User:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+        if not addr.partition("@")[0]:
+            raise UsageError(f"{address!r}: an account needs a local part")
+        if not self.is_local_domain(domain):
+            raise NotFoundError(f"domain {domain} is not hosted here",
+                                hint=f"run `mailstack domain add {domain}` first")
+        pw_hash = _HASHER.hash(password)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE address=?", (addr,)).fetchone():
+                raise ExistsError(f"user {addr} already exists")
+            if db.execute("SELECT 1 FROM aliases WHERE address=?", (addr,)).fetchone():
+                raise ExistsError(f"{addr} is an alias", hint=f"mailstack alias del {addr}")
+            created = time.time()
+            db.execute("INSERT INTO users VALUES (?, ?, ?, ?, 1, ?)",
+                       (addr, domain, pw_hash, quota_bytes, created))
+        return User(addr, quota_bytes, True, created)
+
+    def get_user(self, address: str) -> User | None:
+        try:
+            addr = normalize_address(address)
+        except UsageError:
+            return None
+        row = self._conn().execute(
+            "SELECT address, quota_bytes, enabled, created FROM users WHERE address=?", (addr,)
+        ).fetchone()
+        return User(row[0], row[1], bool(row[2]), row[3]) if row else None
+
+    def require_user(self, address: str) -> User:
+        user = self.get_user(address)
+        if user is None:
+            raise NotFoundError(f"no such user: {address}", hint="see `mailstack user list`")
+        return user
+
+    def users(self) -> list[User]:
+        rows = self._conn().execute(
+            "SELECT address, quota_bytes, enabled, created FROM users ORDER BY domain, address")
+        return [User(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+
+    def set_password(self, address: str, password: str) -> None:
+        user = self.require_user(address)
+        with self._tx() as db:
+            db.execute("UPDATE users SET password_hash=? WHERE address=?",
+                       (_HASHER.hash(password), user.address))
+
+    def set_quota(self, address: str, quota_bytes: int) -> None:
+        user = self.require_user(address)
+        with self._tx() as db:
+            db.execute("UPDATE users SET quota_bytes=? WHERE address=?",
+                       (quota_bytes, user.address))
+
+    def set_enabled(self, address: str, enabled: bool) -> None:
+        user = self.require_user(address)
+        with self._tx() as db:
+            db.execute("UPDATE users SET enabled=? WHERE address=?", (int(enabled), user.address))
+
+    def delete_user(self, address: str) -> None:
+        user = self.require_user(address)
+        with self._tx() as db:
+            db.execute("DELETE FROM users WHERE address=?", (user.address,))
+            db.execute("DELETE FROM aliases WHERE target=?", (user.address,))
+
+    def quota_bytes(self, address: str) -> int:
+        user = self.get_user(address)
+        return user.quota_bytes if user else 0
+
+    # -- authentication ------------------------------------------------------------------------
+    def authenticate(self, address: str, password: str) -> str | None:
+        """The canonical address when the password is right and the account enabled, else None.
+
+        Blocking (argon2 takes ~50 ms by design): call it from a worker thread.
+        """
+        try:
+            addr = normalize_address(address)
+        except UsageError:
+            addr = ""
+        row = self._conn().execute(
+            "SELECT password_hash, enabled FROM users WHERE address=?", (addr,)).fetchone()
+        stored, enabled = (row[0], bool(row[1])) if row else (_DUMMY_HASH, False)
+        ok = _verify(stored, password)
+        if not (ok and row and enabled):
+            return None
+        if stored.startswith("$argon2") and _HASHER.check_needs_rehash(stored) or \
+                not stored.startswith("$argon2"):
+            with self._tx() as db:
+                db.execute("UPDATE users SET password_hash=? WHERE address=?",
+                           (_HASHER.hash(password), addr))
+        return addr
+
+    # -- aliases -------------------------------------------------------------------------------
+    def add_alias(self, address: str, targets: list[str]) -> None:
+        """Add `address` -> targets; '@domain' is a catch-all. Refuses loops and duplicates."""
+        if address.strip().startswith("@"):
+            domain = to_ascii_domain(address.strip()[1:])
+            addr = f"@{domain}"
+        else:
+            addr = normalize_address(address)
+            domain = addr.rpartition("@")[2]
+        if not self.is_local_domain(domain):
+            raise NotFoundError(f"domain {domain} is not hosted here",
+                                hint=f"run `mailstack domain add {domain}` first")
+        if not targets:
+            raise UsageError("an alias needs at least one target")
+        norm_targets = [normalize_address(t) for t in targets]
+        if self.get_user(addr) is not None:
+            raise ExistsError(f"{addr} is a user; an alias cannot shadow it")
+        for t in norm_targets:
+            if t == addr:
+                raise UsageError(f"alias {addr} cannot point to itself")
+            if self._reaches(t, addr, depth=0):
+                raise UsageError(f"alias {addr} -> {t} would make a loop ({t} leads back to {addr})")
+        with self._tx() as db:
+            existing = {r[0] for r in db.execute(
+                "SELECT target FROM aliases WHERE address=?", (addr,))}
+            new = [t for t in norm_targets if t not in existing]
+            if not new:
+                raise ExistsError(f"alias {addr} already has these targets")
+            db.executemany("INSERT INTO aliases VALUES (?, ?)", [(addr, t) for t in new])
+
+    def _reaches(self, start: str, goal: str, depth: int) -> bool:
+        if depth > _MAX_ALIAS_DEPTH:
+            return True  # too deep to be anything but a loop in practice
+        for t in self._alias_targets(start):
+            if t == goal or self._reaches(t, goal, depth + 1):
+                return True
+        return False
+
+    def _alias_targets(self, address: str) -> list[str]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT target FROM aliases WHERE address=? ORDER BY target", (address,))]
+
+    def aliases(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for addr, target in self._conn().execute(
+                "SELECT address, target FROM aliases ORDER BY address, target"):
+            out.setdefault(addr, []).append(target)
+        return out
+
+    def delete_alias(self, address: str) -> None:
+        addr = f"@{to_ascii_domain(address.strip()[1:])}" if address.strip().startswith("@") \
+            else normalize_address(address)
+        with self._tx() as db:
+            if db.execute("DELETE FROM aliases WHERE address=?", (addr,)).rowcount == 0:
+                raise NotFoundError(f"no such alias: {addr}", hint="see `mailstack alias list`")
+
+    # -- lookups for SMTP and IMAP -------------------------------------------------------------
+    def resolve(self, recipient: str) -> Resolution:
+        """Final local mailboxes (and external forwards) for a recipient address.
+
+        Order (as Postfix virtual(5)): exact user, exact alias, the same without +detail,
+        then the domain's catch-all. Unknown recipients resolve to nothing.
+        """
+        try:
+            addr = normalize_address(recipient)
+        except UsageError:
+            return Resolution(())
+        mailboxes: list[str] = []
+        forwards: list[str] = []
+        self._expand(addr, mailboxes, forwards, depth=0, top=True)
+        return Resolution(tuple(dict.fromkeys(mailboxes)), tuple(dict.fromkeys(forwards)))
+
+    def _expand(self, addr: str, mailboxes: list[str], forwards: list[str], *, depth: int,
+                top: bool) -> None:
+        if depth > _MAX_ALIAS_DEPTH:
+            return
+        domain = addr.rpartition("@")[2]
+        candidates = [addr]
+        if (base := split_plus(addr)) is not None:
+            candidates.append(base)
+        for candidate in candidates:
+            if self.get_user(candidate) is not None:
+                mailboxes.append(candidate)
+                return
+            if targets := self._alias_targets(candidate):
+                for t in targets:
+                    self._expand(t, mailboxes, forwards, depth=depth + 1, top=False)
+                return
+        if not self.is_local_domain(domain):
+            if not top:
+                forwards.append(addr)
+            return
+        if top and (targets := self._alias_targets(f"@{domain}")):
+            for t in targets:
+                self._expand(t, mailboxes, forwards, depth=depth + 1, top=False)
+
+    def owns(self, user: str, address: str) -> bool:
+        """May `user` send as `address`? Its own address, its +details, aliases reaching it."""
+        try:
+            addr = normalize_address(address)
+        except UsageError:
+            return False
+        if addr == user or split_plus(addr) == user:
+            return True
+        if addr.partition("@")[0] == "" or self.get_user(addr) is not None:
+            return False
+        return user in self.resolve(addr).mailboxes and bool(
+            self._alias_targets(addr) or self._alias_targets(split_plus(addr) or ""))
+
+
+def _verify(stored: str, password: str) -> bool:
+    try:
+        if stored.startswith("$argon2"):
+            return _HASHER.verify(stored, password)
+        if stored.startswith(("$2a$", "$2b$", "$2y$")):
+            return _verify_bcrypt(stored, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+    return False
+
+
+def _verify_bcrypt(stored: str, password: str) -> bool:
+    try:
+        import bcrypt  # optional: only for hashes imported from another server
+    except ImportError:
+        return False
+    result: bool = bcrypt.checkpw(password.encode(), stored.encode())
+    return hmac.compare_digest(b"1" if result else b"0", b"1")

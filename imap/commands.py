@@ -1,0 +1,419 @@
+"""Parsed IMAP commands: one frozen dataclass per command, plus FETCH attributes and SEARCH keys.
+
+`imap/parser.py` produces these values from whole command lines; `imap/session.py` executes
+them; `imap/fetch.py` renders `FetchAttr`s and `imap/search.py` evaluates `SearchKey` trees.
+Everything here is a plain value: no I/O, no behaviour beyond small helpers.
+
+Conventions:
+- Mailbox names are kept as sent on the wire (modified UTF-7, RFC 3501 §5.1.3), except that
+  any case of "INBOX" is normalised to "INBOX" (RFC 9051 §5.1).
+- Flags and keywords keep the client's spelling; system flags are canonicalised to the
+  capitalisation of `delivery.store.Flag` (`\\seen` -> `\\Seen`) by the parser.
+- Upper-case strings name protocol keywords (`"BODYSTRUCTURE"`, `"UIDNEXT"`).
+
+RFCs: 3501 and 9051 (grammar), 2177 IDLE, 4315 UIDPLUS, 6851 MOVE, 2342 NAMESPACE, 2971 ID,
+5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/6154/5819 LIST extensions, 4731 ESEARCH,
+5182 SEARCHRES, 3516 BINARY.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from delivery.store import FlagMode
+from imap.sequence import SequenceSet
+
+# -- FETCH ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A body section spec (RFC 9051 §6.4.5), the part between "[" and "]".
+
+        section-spec  = section-msgtext / (section-part ["." section-text])
+        section-msgtext = "HEADER" / "HEADER.FIELDS" [".NOT"] SP header-list / "TEXT"
+        section-text  = section-msgtext / "MIME"
+
+    `part` is the part path ((), i.e. the whole message, for "BODY[]" and "BODY[HEADER]";
+    (1, 2) for "BODY[1.2]"). `text` is None (the whole part), "HEADER", "HEADER.FIELDS",
+    "HEADER.FIELDS.NOT", "TEXT" or "MIME". `fields` lists header names (upper-cased) for
+    HEADER.FIELDS and HEADER.FIELDS.NOT.
+    """
+
+    part: tuple[int, ...] = ()
+    text: str | None = None
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        pieces = [".".join(str(p) for p in self.part)] if self.part else []
+        if self.text is not None:
+            pieces.append(self.text)
+        spec = ".".join(pieces)
+        if self.fields:
+            spec += " (" + " ".join(self.fields) + ")"
+        return spec
+
+
+# Names of FETCH attributes (RFC 9051 §6.4.5, RFC 3501 §6.4.5 for the RFC822 forms).
+FETCH_NAMES = frozenset({
+    "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+    "RFC822.SIZE", "BODY", "BODYSTRUCTURE", "UID", "BINARY", "BINARY.SIZE",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class FetchAttr:
+    """One FETCH data item.
+
+    `name` is one of FETCH_NAMES. "BODY" with `section` None is the non-extensible
+    BODYSTRUCTURE; "BODY" with a section is `BODY[section]<partial>` (`peek` for BODY.PEEK,
+    which does not set \\Seen). "BINARY"/"BINARY.SIZE" carry a section with only `part`.
+    `partial` is (offset, count) from `<offset.count>`.
+    """
+
+    name: str
+    section: Section | None = None
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+
+    @property
+    def sets_seen(self) -> bool:
+        """Does fetching this set \\Seen? (RFC 9051 §6.4.5: BODY[...], BINARY[...], RFC822,
+        RFC822.TEXT do; .PEEK forms and everything else do not.)"""
+        if self.name in ("BODY", "BINARY"):
+            return self.section is not None and not self.peek
+        return self.name in ("RFC822", "RFC822.TEXT")
+
+    def response_name(self) -> str:
+        """How the item is named in the FETCH response: `BODY[1.HEADER]<0>` for
+        BODY.PEEK[1.HEADER]<0.100> (RFC 9051 §7.5.2: no PEEK, only the partial's origin)."""
+        if self.section is None:
+            return self.name
+        name = f"{self.name}[{self.section}]"
+        if self.partial is not None:
+            name += f"<{self.partial[0]}>"
+        return name
+
+
+# RFC 9051 §6.4.5 macros.
+FETCH_MACROS: dict[str, tuple[FetchAttr, ...]] = {
+    "ALL": (FetchAttr("FLAGS"), FetchAttr("INTERNALDATE"), FetchAttr("RFC822.SIZE"),
+            FetchAttr("ENVELOPE")),
+    "FAST": (FetchAttr("FLAGS"), FetchAttr("INTERNALDATE"), FetchAttr("RFC822.SIZE")),
+    "FULL": (FetchAttr("FLAGS"), FetchAttr("INTERNALDATE"), FetchAttr("RFC822.SIZE"),
+             FetchAttr("ENVELOPE"), FetchAttr("BODY")),
+}
+
+
+# -- SEARCH ---------------------------------------------------------------------------------
+# RFC 9051 §6.4.4. The parser desugars NEW into And(Recent, Not(Seen)), OLD into
+# Not(Recent), and a parenthesised list or a run of keys into SearchAnd.
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAll:
+    """ALL (and the empty conjunction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFlag:
+    """A flag test: ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, RECENT, KEYWORD k (flag=k) and
+    their UN- forms (`is_set` False). `flag` is "\\Seen" etc. for system flags,
+    "\\Recent" for RECENT, the keyword otherwise."""
+
+    flag: str
+    is_set: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHeader:
+    """Substring of a header field, case-insensitive (RFC 9051 §6.4.4). BCC, CC, FROM,
+    SUBJECT, TO map to their field names ("Bcc", "Cc", "From", "Subject", "To"); HEADER f s
+    keeps f as given. An empty `value` matches every message that has the field."""
+
+    field: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """BODY s (where="BODY": the text after the header) or TEXT s (where="TEXT": header and
+    body). Case-insensitive substring."""
+
+    where: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchDate:
+    """BEFORE/ON/SINCE (internal date, `sent` False) or SENTBEFORE/SENTON/SENTSINCE (the
+    Date: header, `sent` True). `op` is "BEFORE", "ON" or "SINCE". Dates compare as calendar
+    dates, ignoring time and timezone (RFC 9051 §6.4.4)."""
+
+    op: str
+    date: datetime.date
+    sent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSize:
+    """LARGER n (op="LARGER": RFC822.SIZE > n) or SMALLER n (op="SMALLER": size < n)."""
+
+    op: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSeq:
+    """A sequence set of message numbers (`uid` False) or UID s (`uid` True). A "$" set is
+    replaced by the session with the saved result before evaluation (RFC 5182)."""
+
+    seqset: SequenceSet
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchNot:
+    key: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOr:
+    left: SearchKey
+    right: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAnd:
+    keys: tuple[SearchKey, ...]
+
+
+SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize
+             | SearchSeq | SearchNot | SearchOr | SearchAnd)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base of every command; `tag` is the client's tag."""
+
+    tag: str
+
+
+# Any state (RFC 9051 §6.1).
+@dataclass(frozen=True, slots=True)
+class Capability(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Noop(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Logout(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Id(Command):
+    """RFC 2971: `params` is None for `ID NIL`, else (field, value-or-None) pairs."""
+
+    params: tuple[tuple[str, str | None], ...] | None = None
+
+
+# Not authenticated (RFC 9051 §6.2).
+@dataclass(frozen=True, slots=True)
+class StartTls(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Command):
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate(Command):
+    """`initial_response` is the SASL-IR (RFC 4959) argument as sent: base64 text, "=" for an
+    empty response, None when absent (the server then sends an empty continuation)."""
+
+    mechanism: str
+    initial_response: str | None = None
+
+
+# Authenticated (RFC 9051 §6.3).
+@dataclass(frozen=True, slots=True)
+class Enable(Command):
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Select(Command):
+    """SELECT, or EXAMINE when `readonly`."""
+
+    mailbox: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Create(Command):
+    """`special_use` from RFC 6154 §3 `CREATE name (USE (\\Sent))`."""
+
+    mailbox: str
+    special_use: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(Command):
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Command):
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Command):
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Command):
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class List(Command):
+    """LIST (RFC 9051 §6.3.9, RFC 5258). `selection` holds upper-cased selection options
+    (SUBSCRIBED, REMOTE, RECURSIVEMATCH, SPECIAL-USE); `returns` the return options
+    (SUBSCRIBED, CHILDREN, SPECIAL-USE, STATUS); `status_items` the items of RETURN (STATUS
+    (...)) for LIST-STATUS (RFC 5819)."""
+
+    reference: str
+    patterns: tuple[str, ...]
+    selection: tuple[str, ...] = ()
+    returns: tuple[str, ...] = ()
+    status_items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Lsub(Command):
+    reference: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Command):
+    """`items` upper-cased: MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, DELETED, SIZE."""
+
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Append(Command):
+    """`internal_date` is timezone-aware when given."""
+
+    mailbox: str
+    message: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: datetime.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Idle(Command):
+    pass
+
+
+# Selected (RFC 9051 §6.4).
+@dataclass(frozen=True, slots=True)
+class Check(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Unselect(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge(Command):
+    """EXPUNGE, or UID EXPUNGE (RFC 4315) when `uids` is given."""
+
+    uids: SequenceSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search(Command):
+    """SEARCH / UID SEARCH. `returns` are the ESEARCH (RFC 4731) return options, upper-cased
+    (MIN, MAX, ALL, COUNT, SAVE); `is_esearch` when RETURN was given at all."""
+
+    key: SearchKey
+    uid: bool = False
+    charset: str | None = None
+    returns: tuple[str, ...] = ()
+    is_esearch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch(Command):
+    """FETCH / UID FETCH. For UID FETCH the session adds UID to the attributes it returns."""
+
+    seqset: SequenceSet
+    attrs: tuple[FetchAttr, ...]
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Store(Command):
+    """STORE / UID STORE `[+-]FLAGS[.SILENT] (flags)`."""
+
+    seqset: SequenceSet
+    mode: FlagMode
+    flags: tuple[str, ...]
+    silent: bool = False
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Copy(Command):
+    seqset: SequenceSet
+    mailbox: str
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Move(Command):
+    seqset: SequenceSet
+    mailbox: str
+    uid: bool = False
+
+
+# Which commands each state accepts (RFC 9051 §3). Selected accepts all authenticated ones too.
+ANY_STATE: tuple[type[Command], ...] = (Capability, Noop, Logout, Id)
+NOT_AUTHENTICATED: tuple[type[Command], ...] = (StartTls, Login, Authenticate)
+AUTHENTICATED: tuple[type[Command], ...] = (
+    Enable, Select, Create, Delete, Rename, Subscribe, Unsubscribe, List, Lsub, Namespace,
+    Status, Append, Idle,
+)
+SELECTED: tuple[type[Command], ...] = (
+    Check, Close, Unselect, Expunge, Search, Fetch, Store, Copy, Move,
+)

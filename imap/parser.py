@@ -1,0 +1,686 @@
+"""Parses one whole IMAP command (as `imap.framing` cut it) into a `imap.commands` value.
+
+Grammar: RFC 3501 §9, with RFC 9051 §9 where it differs (astring search arguments, UTF-8 in
+quoted strings), and the extensions we advertise: RFC 4315 UID EXPUNGE, 6851 MOVE, 2971 ID,
+5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/5819/6154 LIST options, 4731 ESEARCH,
+5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+.
+
+Any input yields a `Command` or raises `ParseError` carrying the tag ("*" when even the tag
+is unreadable) so the session answers `tag BAD reason` and the connection stays usable.
+Nothing else escapes (tests/imap/test_parser.py checks this with hypothesis). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable
+
+from delivery.store import Flag, FlagMode
+from imap import commands as c
+from imap.sequence import SequenceSet, SequenceSetError, parse_sequence_set
+
+# Nesting of parenthesised search keys / NOT / OR. RFC 9051 sets no limit; 32 levels is far
+# beyond any real client (Thunderbird's deepest is ~4) and keeps recursion bounded.
+MAX_DEPTH = 32
+
+# RFC 9051 §9: ATOM-CHAR = <any CHAR except atom-specials>
+#   atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials
+_ATOM = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\\]\x80-\xff]+')
+_ASTRING_ATOM = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\\x80-\xff]+')  # ASTRING-CHAR adds "]"
+_LIST_ATOM = re.compile(rb'[^(){ \x00-\x1f\x7f"\\\x80-\xff]+')  # list-char adds % * ]
+_NUMBER = re.compile(rb"\d+")
+_SEQSET = re.compile(rb"[0-9:*,$]+")
+_LITERAL = re.compile(rb"~?\{(\d{1,19})\+?\}\r\n")
+_TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTRING-CHAR except "+">
+_FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+# date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE
+_DATE_TIME = re.compile(
+    r" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+_MONTHS = {m: i for i, m in enumerate(
+    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
+_SYSTEM_FLAGS = {f.value.upper(): f.value for f in Flag} | {"\\RECENT": "\\Recent"}
+_STATUS_ITEMS = frozenset(
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"})
+_LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
+_ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+    "RECENT": ("\\Recent", True),
+}
+_KEYS_WITH_ARGUMENTS = frozenset({
+    "BCC", "CC", "FROM", "SUBJECT", "TO", "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "BEFORE",
+    "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "LARGER", "SMALLER", "HEADER", "UID",
+    "NOT", "OR",
+})
+_DATE_KEYS = {
+    "BEFORE": ("BEFORE", False), "ON": ("ON", False), "SINCE": ("SINCE", False),
+    "SENTBEFORE": ("BEFORE", True), "SENTON": ("ON", True), "SENTSINCE": ("SINCE", True),
+}
+
+
+class ParseError(Exception):
+    """The command is malformed; answer `tag BAD reason` (the connection stays usable)."""
+
+    def __init__(self, tag: str, reason: str) -> None:
+        super().__init__(f"{tag} BAD {reason}")
+        self.tag = tag
+        self.reason = reason
+
+
+class _BadError(Exception):
+    """Internal: a syntax error at the current position (becomes ParseError with the tag)."""
+
+
+def normalize_mailbox(name: str) -> str:
+    """RFC 9051 §5.1: "INBOX" is case-insensitive; every other name is case-sensitive."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+def canonical_flag(flag: str) -> str:
+    """'\\seen' -> '\\Seen' (system flags are case-insensitive, RFC 9051 §2.3.2)."""
+    return _SYSTEM_FLAGS.get(flag.upper(), flag) if flag.startswith("\\") else flag
+
+
+def _decode(raw: bytes) -> str:
+    # RFC 9051 allows UTF-8 in quoted strings; legacy clients send Latin-1 passwords, which
+    # cannot be valid UTF-8 in most cases, so fall back rather than refuse.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class _Reader:
+    """A cursor over one command's bytes with the grammar's terminals."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    # -- low level -----------------------------------------------------------------------------
+    def peek(self, n: int = 1) -> bytes:
+        return self.data[self.pos:self.pos + n]
+
+    def at(self, text: bytes) -> bool:
+        return self.data[self.pos:self.pos + len(text)].upper() == text
+
+    def accept(self, text: bytes) -> bool:
+        if self.at(text):
+            self.pos += len(text)
+            return True
+        return False
+
+    def expect(self, text: bytes, what: str | None = None) -> None:
+        if not self.accept(text):
+            raise _BadError(f"expected {what or text.decode()}")
+
+    def sp(self) -> None:
+        if not self.accept(b" "):
+            raise _BadError("expected a space")
+
+    def match(self, pattern: re.Pattern[bytes], what: str) -> bytes:
+        m = pattern.match(self.data, self.pos)
+        if m is None:
+            raise _BadError(f"expected {what}")
+        self.pos = m.end()
+        return m[0]
+
+    def at_end(self) -> bool:
+        return self.data[self.pos:] == b"\r\n"
+
+    def end(self) -> None:
+        if not self.at_end():
+            if self.pos >= len(self.data) - 2:
+                raise _BadError("unexpected end of command")
+            raise _BadError(f"unexpected characters at position {self.pos}")
+
+    # -- terminals -----------------------------------------------------------------------------
+    def atom(self, what: str = "an atom") -> str:
+        return self.match(_ATOM, what).decode("ascii")
+
+    def keyword(self, what: str = "a keyword") -> str:
+        return self.atom(what).upper()
+
+    def number(self, what: str = "a number") -> int:
+        digits = self.match(_NUMBER, what)
+        if len(digits) > 19:
+            raise _BadError(f"{what} is too large")
+        return int(digits)
+
+    def nz_number(self, what: str = "a non-zero number") -> int:
+        n = self.number(what)
+        if n == 0 or n > 2**32 - 1:
+            raise _BadError(f"{what} must be in 1..4294967295")
+        return n
+
+    def quoted(self) -> str:
+        """quoted = DQUOTE *QUOTED-CHAR DQUOTE; QUOTED-CHAR escapes only "\\" and DQUOTE."""
+        self.expect(b'"', "a quoted string")
+        out = bytearray()
+        while True:
+            ch = self.data[self.pos:self.pos + 1]
+            if not ch or ch in b"\r\n":
+                raise _BadError("unterminated quoted string")
+            self.pos += 1
+            if ch == b'"':
+                return _decode(bytes(out))
+            if ch == b"\\":
+                esc = self.data[self.pos:self.pos + 1]
+                if esc not in (b"\\", b'"'):
+                    raise _BadError("bad escape in quoted string")
+                self.pos += 1
+                out += esc
+            elif ch == b"\x00":
+                raise _BadError("NUL in quoted string")
+            else:
+                out += ch
+
+    def literal_bytes(self) -> bytes:
+        m = _LITERAL.match(self.data, self.pos)
+        if m is None:
+            raise _BadError("expected a literal")
+        size = int(m[1])
+        start = m.end()
+        if start + size > len(self.data):
+            raise _BadError("literal is shorter than announced")
+        self.pos = start + size
+        return self.data[start:start + size]
+
+    def string(self) -> str:
+        if self.peek() == b'"':
+            return self.quoted()
+        if self.peek() in (b"{", b"~"):
+            raw = self.literal_bytes()
+            if b"\x00" in raw:
+                raise _BadError("NUL in a string literal")
+            return _decode(raw)
+        raise _BadError("expected a string")
+
+    def astring(self, what: str = "a string") -> str:
+        if self.peek() in (b'"', b"{", b"~"):
+            return self.string()
+        return _decode(self.match(_ASTRING_ATOM, what))
+
+    def nstring(self) -> str | None:
+        if self.at(b"NIL") and not _ATOM.match(self.data, self.pos + 3):
+            self.pos += 3
+            return None
+        return self.string()
+
+    def mailbox(self) -> str:
+        return normalize_mailbox(self.astring("a mailbox name"))
+
+    def list_mailbox(self) -> str:
+        if self.peek() in (b'"', b"{", b"~"):
+            return self.string()
+        return _decode(self.match(_LIST_ATOM, "a mailbox pattern"))
+
+    def seqset(self) -> SequenceSet:
+        text = self.match(_SEQSET, "a sequence set").decode("ascii")
+        try:
+            return parse_sequence_set(text)
+        except SequenceSetError as exc:
+            raise _BadError(str(exc)) from None
+
+    def flag(self) -> str:
+        """flag = "\\Answered" / ... / flag-keyword / flag-extension ("\\" atom)."""
+        if self.accept(b"\\"):
+            return canonical_flag("\\" + self.atom("a flag"))
+        return self.atom("a flag")
+
+    def flag_list(self) -> tuple[str, ...]:
+        self.expect(b"(", "a flag list")
+        flags: list[str] = []
+        if not self.accept(b")"):
+            flags.append(self.flag())
+            while not self.accept(b")"):
+                self.sp()
+                flags.append(self.flag())
+        return tuple(flags)
+
+    def paren_list(self, item: Callable[[], str], what: str) -> tuple[str, ...]:
+        """ "(" item *(SP item) ")" with at least one item."""
+        self.expect(b"(", f"a list of {what}")
+        items = [item()]
+        while not self.accept(b")"):
+            self.sp()
+            items.append(item())
+        return tuple(items)
+
+    def date(self) -> datetime.date:
+        """date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
+        text = self.quoted() if self.peek() == b'"' else self.atom("a date")
+        m = re.fullmatch(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})", text)
+        if m is None or m[2].upper() not in _MONTHS:
+            raise _BadError(f"expected a date such as 1-Feb-2024, got {text!r}")
+        try:
+            return datetime.date(int(m[3]), _MONTHS[m[2].upper()], int(m[1]))
+        except ValueError:
+            raise _BadError(f"no such date: {text!r}") from None
+
+    def date_time(self) -> datetime.datetime:
+        """date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone
+        DQUOTE, e.g. " 1-Feb-2024 13:05:00 +0100"."""
+        text = self.quoted()
+        m = _DATE_TIME.fullmatch(text)
+        if m is None or m[2].upper() not in _MONTHS:
+            raise _BadError(
+                f'expected a date-time such as "01-Feb-2024 13:05:00 +0100", got {text!r}')
+        offset = datetime.timedelta(hours=int(m[8]), minutes=int(m[9]))
+        try:
+            zone = datetime.timezone(-offset if m[7] == "-" else offset)
+            return datetime.datetime(int(m[3]), _MONTHS[m[2].upper()], int(m[1]), int(m[4]),
+                                     int(m[5]), int(m[6]), tzinfo=zone)
+        except ValueError:
+            raise _BadError(f"no such date-time: {text!r}") from None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def parse_command(data: bytes) -> c.Command:
+    """One whole command (final CRLF included) -> Command. Raises ParseError."""
+    r = _Reader(data)
+    tag = "*"
+    try:
+        tag = r.match(_TAG, "a tag").decode("ascii")
+        r.sp()
+        name = r.keyword("a command name")
+        if name == "UID":
+            r.sp()
+            name = r.keyword("a command after UID")
+            parse = _UID_COMMANDS.get(name)
+            if parse is None:
+                raise _BadError(f"UID {name} is not a command")
+            command = parse(r, tag, True)
+        else:
+            simple = _SIMPLE.get(name)
+            if simple is not None:
+                command = simple(tag)
+            elif (parse_one := _COMMANDS.get(name)) is not None:
+                command = parse_one(r, tag)
+            elif (parse_uid := _UID_COMMANDS.get(name)) is not None:
+                command = parse_uid(r, tag, False)
+            else:
+                raise _BadError(f"unknown command {name}")
+        r.end()
+        return command
+    except _BadError as exc:
+        raise ParseError(tag, str(exc)) from None
+    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps us far from the limit
+        raise ParseError(tag, "command nested too deeply") from None
+
+
+_SIMPLE: dict[str, Callable[[str], c.Command]] = {
+    "CAPABILITY": c.Capability, "NOOP": c.Noop, "LOGOUT": c.Logout, "STARTTLS": c.StartTls,
+    "NAMESPACE": c.Namespace, "IDLE": c.Idle, "CHECK": c.Check, "CLOSE": c.Close,
+    "UNSELECT": c.Unselect,
+}
+
+
+def _id(r: _Reader, tag: str) -> c.Command:
+    # id = "ID" SP id-params-list; id-params-list = "(" *(string SP nstring) ")" / nil
+    r.sp()
+    if r.accept(b"NIL"):
+        return c.Id(tag, None)
+    r.expect(b"(", "( or NIL")
+    params: list[tuple[str, str | None]] = []
+    while not r.accept(b")"):
+        if params:
+            r.sp()
+        key = r.string()
+        r.sp()
+        params.append((key, r.nstring()))
+        if len(params) > 30:  # RFC 2971 §3.3: at most 30 field-value pairs
+            raise _BadError("too many ID fields")
+    return c.Id(tag, tuple(params))
+
+
+def _login(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    user = r.astring("a user name")
+    r.sp()
+    return c.Login(tag, user, r.astring("a password"))
+
+
+def _authenticate(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    mech = r.keyword("a SASL mechanism")
+    initial: str | None = None
+    if r.accept(b" "):  # RFC 4959: initial-response = base64 / "="
+        initial = r.match(_BASE64, "a base64 initial response").decode("ascii") or None
+        if initial is None:
+            raise _BadError("expected a base64 initial response")
+    return c.Authenticate(tag, mech, initial)
+
+
+def _enable(r: _Reader, tag: str) -> c.Command:
+    caps = []
+    r.sp()
+    caps.append(r.keyword("a capability"))
+    while r.accept(b" "):
+        caps.append(r.keyword("a capability"))
+    return c.Enable(tag, tuple(caps))
+
+
+def _select(readonly: bool) -> Callable[[_Reader, str], c.Command]:
+    def parse(r: _Reader, tag: str) -> c.Command:
+        r.sp()
+        return c.Select(tag, r.mailbox(), readonly)
+    return parse
+
+
+def _create(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    name = r.mailbox()
+    uses: tuple[str, ...] = ()
+    if r.accept(b" "):
+        # RFC 6154 §3: create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"
+        r.expect(b"(", "(USE (...))")
+        r.expect(b"USE", "USE")
+        r.sp()
+        uses = r.flag_list()
+        r.expect(b")")
+    return c.Create(tag, name, uses)
+
+
+def _one_mailbox(cls: Callable[[str, str], c.Command]) -> Callable[[_Reader, str], c.Command]:
+    def parse(r: _Reader, tag: str) -> c.Command:
+        r.sp()
+        return cls(tag, r.mailbox())
+    return parse
+
+
+def _rename(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    old = r.mailbox()
+    r.sp()
+    return c.Rename(tag, old, r.mailbox())
+
+
+def _options(r: _Reader, allowed: frozenset[str], what: str) -> list[str]:
+    r.expect(b"(", f"a list of {what}")
+    out: list[str] = []
+    while not r.accept(b")"):
+        if out:
+            r.sp()
+        opt = r.keyword(what)
+        if opt not in allowed:
+            raise _BadError(f"unsupported {what} {opt}")
+        out.append(opt)
+    return out
+
+
+def _list(r: _Reader, tag: str) -> c.Command:
+    # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]
+    r.sp()
+    selection: list[str] = []
+    if r.peek() == b"(":
+        selection = _options(r, _LIST_SELECT, "LIST selection option")
+        r.sp()
+    reference = r.astring("a reference name")
+    r.sp()
+    if r.peek() == b"(":
+        patterns = r.paren_list(r.list_mailbox, "mailbox patterns")
+    else:
+        patterns = (r.list_mailbox(),)
+    returns: list[str] = []
+    status_items: tuple[str, ...] = ()
+    if r.accept(b" "):
+        r.expect(b"RETURN", "RETURN")
+        r.sp()
+        r.expect(b"(", "( after RETURN")
+        while not r.accept(b")"):
+            if returns:
+                r.sp()
+            opt = r.keyword("a LIST return option")
+            if opt == "STATUS":  # RFC 5819 LIST-STATUS
+                r.sp()
+                status_items = _status_items(r)
+            elif opt not in _LIST_RETURN:
+                raise _BadError(f"unsupported LIST return option {opt}")
+            returns.append(opt)
+    if "RECURSIVEMATCH" in selection and selection == ["RECURSIVEMATCH"]:
+        # RFC 5258 §3.1: RECURSIVEMATCH alone is an error.
+        raise _BadError("RECURSIVEMATCH needs another selection option")
+    return c.List(tag, reference, patterns, tuple(selection), tuple(returns), status_items)
+
+
+def _lsub(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    reference = r.astring("a reference name")
+    r.sp()
+    return c.Lsub(tag, reference, r.list_mailbox())
+
+
+def _status_items(r: _Reader) -> tuple[str, ...]:
+    items = r.paren_list(lambda: r.keyword("a status item"), "status items")
+    for item in items:
+        if item not in _STATUS_ITEMS:
+            raise _BadError(f"unknown status item {item}")
+    return items
+
+
+def _status(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    name = r.mailbox()
+    r.sp()
+    return c.Status(tag, name, _status_items(r))
+
+
+def _append(r: _Reader, tag: str) -> c.Command:
+    # append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    r.sp()
+    name = r.mailbox()
+    r.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if r.peek() == b"(":
+        flags = r.flag_list()
+        r.sp()
+    if r.peek() == b'"':
+        when = r.date_time()
+        r.sp()
+    message = r.literal_bytes()
+    return c.Append(tag, name, message, flags, when)
+
+
+def _expunge(r: _Reader, tag: str, uid: bool) -> c.Command:
+    if not uid:
+        return c.Expunge(tag)
+    r.sp()
+    return c.Expunge(tag, r.seqset())
+
+
+def _copy_move(cls: type[c.Copy] | type[c.Move]) -> Callable[[_Reader, str, bool], c.Command]:
+    def parse(r: _Reader, tag: str, uid: bool) -> c.Command:
+        r.sp()
+        seqset = r.seqset()
+        r.sp()
+        return cls(tag, seqset, r.mailbox(), uid)
+    return parse
+
+
+def _store(r: _Reader, tag: str, uid: bool) -> c.Command:
+    # store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
+    r.sp()
+    seqset = r.seqset()
+    r.sp()
+    mode = FlagMode.ADD if r.accept(b"+") else FlagMode.REMOVE if r.accept(b"-") \
+        else FlagMode.REPLACE
+    r.expect(b"FLAGS", "FLAGS, +FLAGS or -FLAGS")
+    silent = r.accept(b".SILENT")
+    r.sp()
+    if r.peek() == b"(":
+        flags = r.flag_list()
+    else:
+        items = [r.flag()]
+        while r.accept(b" "):
+            items.append(r.flag())
+        flags = tuple(items)
+    return c.Store(tag, seqset, mode, flags, silent, uid)
+
+
+# -- FETCH -----------------------------------------------------------------------------------
+
+def _fetch(r: _Reader, tag: str, uid: bool) -> c.Command:
+    # fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att /
+    #         "(" fetch-att *(SP fetch-att) ")")
+    r.sp()
+    seqset = r.seqset()
+    r.sp()
+    attrs: list[c.FetchAttr] = []
+    if r.accept(b"("):
+        attrs.append(_fetch_att(r))
+        while not r.accept(b")"):
+            r.sp()
+            attrs.append(_fetch_att(r))
+    else:
+        for macro, expanded in c.FETCH_MACROS.items():
+            if r.at(macro.encode()) and not _FETCH_NAME.match(r.data, r.pos + len(macro)):
+                r.pos += len(macro)
+                return c.Fetch(tag, seqset, expanded, uid)
+        attrs.append(_fetch_att(r))
+    return c.Fetch(tag, seqset, tuple(attrs), uid)
+
+
+def _fetch_att(r: _Reader) -> c.FetchAttr:
+    name = r.match(_FETCH_NAME, "a FETCH item").decode("ascii").upper()
+    peek = False
+    if name in ("BODY.PEEK", "BINARY.PEEK"):
+        name, peek = name.removesuffix(".PEEK"), True
+    if name not in c.FETCH_NAMES:
+        raise _BadError(f"unknown FETCH item {name}")
+    if name in ("BODY", "BINARY", "BINARY.SIZE") and r.accept(b"["):
+        section = _section(r, binary=name != "BODY")
+        partial = None
+        if name != "BINARY.SIZE" and r.accept(b"<"):
+            # partial = "<" number64 "." nz-number64 ">"
+            offset = r.number("a partial offset")
+            r.expect(b".", "<offset.count>")
+            count = r.nz_number("a partial length")
+            r.expect(b">")
+            partial = (offset, count)
+        return c.FetchAttr(name, section, partial, peek)
+    if peek or name in ("BINARY", "BINARY.SIZE"):
+        raise _BadError(f"{name} needs a section")
+    return c.FetchAttr(name)
+
+
+def _section(r: _Reader, *, binary: bool) -> c.Section:
+    # section-spec = section-msgtext / (section-part ["." section-text])
+    part: list[int] = []
+    text: str | None = None
+    fields: tuple[str, ...] = ()
+    if r.accept(b"]"):
+        return c.Section()
+    while r.peek().isdigit():
+        part.append(r.nz_number("a part number"))
+        if not r.accept(b"."):
+            break
+    if not binary and (r.peek().isalpha()):
+        word = r.match(_FETCH_NAME, "a section text").decode("ascii").upper()
+        if word in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            r.sp()
+            fields = tuple(f.upper() for f in r.paren_list(
+                lambda: r.astring("a header field name"), "header field names"))
+        elif word not in ("HEADER", "TEXT", "MIME") or (word == "MIME" and not part):
+            raise _BadError(f"bad section {word}")
+        text = word
+    elif r.data[r.pos - 1:r.pos] == b".":
+        raise _BadError("expected a section text after the part number")
+    r.expect(b"]", "] closing the section")
+    return c.Section(tuple(part), text, fields)
+
+
+# -- SEARCH ----------------------------------------------------------------------------------
+
+def _search(r: _Reader, tag: str, uid: bool) -> c.Command:
+    # search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)
+    r.sp()
+    returns: list[str] = []
+    is_esearch = False
+    if r.accept(b"RETURN "):  # RFC 4731 §3
+        is_esearch = True
+        returns = _options(r, _ESEARCH_RETURN, "SEARCH return option")
+        r.sp()
+    charset = None
+    if r.accept(b"CHARSET "):
+        charset = r.astring("a charset").upper()
+        r.sp()
+    keys = [_search_key(r, 0)]
+    while r.accept(b" "):
+        keys.append(_search_key(r, 0))
+    key = keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
+    return c.Search(tag, key, uid, charset, tuple(returns), is_esearch)
+
+
+def _search_key(r: _Reader, depth: int) -> c.SearchKey:
+    if depth > MAX_DEPTH:
+        raise _BadError("search keys nested too deeply")
+    if r.accept(b"("):
+        keys = [_search_key(r, depth + 1)]
+        while not r.accept(b")"):
+            r.sp()
+            keys.append(_search_key(r, depth + 1))
+        return keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
+    if r.peek() and r.peek() in b"0123456789*$":
+        return c.SearchSeq(r.seqset())
+    name = r.keyword("a search key")
+    if name == "ALL":
+        return c.SearchAll()
+    if name in _FLAG_KEYS:
+        flag, is_set = _FLAG_KEYS[name]
+        return c.SearchFlag(flag, is_set)
+    if name == "NEW":
+        return c.SearchAnd((c.SearchFlag("\\Recent"), c.SearchFlag("\\Seen", False)))
+    if name == "OLD":
+        return c.SearchFlag("\\Recent", False)
+    if name not in _KEYS_WITH_ARGUMENTS:
+        raise _BadError(f"unknown search key {name}")
+    r.sp()
+    if name in _HEADER_KEYS:
+        return c.SearchHeader(_HEADER_KEYS[name], r.astring("a search string"))
+    if name in ("BODY", "TEXT"):
+        return c.SearchText(name, r.astring("a search string"))
+    if name in ("KEYWORD", "UNKEYWORD"):
+        return c.SearchFlag(r.flag(), name == "KEYWORD")
+    if name in _DATE_KEYS:
+        op, sent = _DATE_KEYS[name]
+        return c.SearchDate(op, r.date(), sent)
+    if name in ("LARGER", "SMALLER"):
+        return c.SearchSize(name, r.number("a size"))
+    if name == "HEADER":
+        field = r.astring("a header field name")
+        r.sp()
+        return c.SearchHeader(field, r.astring("a search string"))
+    if name == "UID":
+        return c.SearchSeq(r.seqset(), uid=True)
+    if name == "NOT":
+        return c.SearchNot(_search_key(r, depth + 1))
+    if name == "OR":
+        left = _search_key(r, depth + 1)
+        r.sp()
+        return c.SearchOr(left, _search_key(r, depth + 1))
+    raise _BadError(f"unknown search key {name}")
+
+
+_COMMANDS: dict[str, Callable[[_Reader, str], c.Command]] = {
+    "ID": _id, "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable,
+    "SELECT": _select(False), "EXAMINE": _select(True), "CREATE": _create,
+    "DELETE": _one_mailbox(c.Delete), "SUBSCRIBE": _one_mailbox(c.Subscribe),
+    "UNSUBSCRIBE": _one_mailbox(c.Unsubscribe), "RENAME": _rename, "LIST": _list,
+    "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
+}
+_UID_COMMANDS: dict[str, Callable[[_Reader, str, bool], c.Command]] = {
+    "FETCH": _fetch, "SEARCH": _search, "STORE": _store, "COPY": _copy_move(c.Copy),
+    "MOVE": _copy_move(c.Move), "EXPUNGE": _expunge,
+}

@@ -1,0 +1,153 @@
+"""Builds IMAP server responses: the only place that quotes strings or emits literals.
+
+RFC 9051 §7 (and RFC 3501 §7): untagged `* ...`, tagged `tag OK|NO|BAD [CODE] text`,
+continuation `+ text`. Strings go out as an atom where the grammar allows one (astring),
+as a quoted string when they are 7-bit and free of CR, LF and NUL, and as a literal
+otherwise (RFC 9051 §4.3), so every value survives `imap.parser` unchanged
+(tests/imap/test_response.py checks that round trip with hypothesis).
+
+Everything returns bytes ready for the socket. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from collections.abc import Iterable
+
+# ASTRING-CHAR minus nothing: what may go out bare where the grammar says astring.
+_ATOM_SAFE = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\x80-\U0010ffff]+")
+# QUOTED-CHAR (RFC 3501): any 7-bit TEXT-CHAR; "\" and DQUOTE are escaped.
+_QUOTABLE = re.compile(r"[\x01-\x09\x0b\x0c\x0e-\x7f]*")
+_TEXT_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # resp-text must be a single line of TEXT-CHAR
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+# Quoted strings longer than this go out as literals: easier on clients' line buffers.
+_MAX_QUOTED = 1024
+
+
+def literal(data: bytes) -> bytes:
+    """A synchronizing-literal form `{n}\\r\\n<data>` (servers never wait for "+")."""
+    return b"{%d}\r\n" % len(data) + data
+
+
+def string(value: str | bytes) -> bytes:
+    """A quoted string if possible, else a literal (RFC 9051 §4.3)."""
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return literal(value)
+    else:
+        text = value
+    if len(text) <= _MAX_QUOTED and _QUOTABLE.fullmatch(text):
+        return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+    return literal(text.encode("utf-8") if isinstance(value, str) else value)
+
+
+def nstring(value: str | bytes | None) -> bytes:
+    return b"NIL" if value is None else string(value)
+
+
+def astring(value: str) -> bytes:
+    """An atom when the text is one (and not NIL, which would read as nil), else a string."""
+    if _ATOM_SAFE.fullmatch(value) and value.upper() != "NIL":
+        return value.encode("ascii")
+    return string(value)
+
+
+def mailbox(name: str) -> bytes:
+    """A mailbox name as LIST/STATUS print it (astring; "]" is allowed in atoms there)."""
+    return astring(name)
+
+
+def flag_list(flags: Iterable[str]) -> bytes:
+    """'(\\Seen $Forwarded)'. Flags are atoms by construction (the parser and store ensure)."""
+    return b"(" + " ".join(flags).encode("ascii", "replace") + b")"
+
+
+def date_time(ts: float, tz: datetime.tzinfo | None = None) -> bytes:
+    """INTERNALDATE: DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE."""
+    when = datetime.datetime.fromtimestamp(ts, tz or datetime.UTC)
+    if tz is None:
+        when = when.astimezone()  # the server's local zone, as Dovecot reports it
+    offset = when.utcoffset() or datetime.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return (f'"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} '
+            f'{when.hour:02d}:{when.minute:02d}:{when.second:02d} '
+            f'{sign}{minutes // 60:02d}{minutes % 60:02d}"').encode("ascii")
+
+
+def _text(text: str) -> bytes:
+    # resp-text is one line; never let a message (e.g. an exception's) break the framing.
+    return _TEXT_UNSAFE.sub(" ", text).encode("utf-8", "replace")
+
+
+def _code(code: str | None) -> bytes:
+    return b"[" + _text(code).replace(b"]", b" ") + b"] " if code else b""
+
+
+def untagged(data: bytes | str) -> bytes:
+    """`* <data>\\r\\n`; `data` is already-formatted response data (may contain literals)."""
+    return b"* " + (data.encode("ascii") if isinstance(data, str) else data) + b"\r\n"
+
+
+def untagged_status(status: str, text: str, code: str | None = None) -> bytes:
+    """`* OK [CODE] text` / `* NO` / `* BAD` / `* BYE` / `* PREAUTH`."""
+    return b"* " + status.encode("ascii") + b" " + _code(code) + _text(text) + b"\r\n"
+
+
+def tagged(tag: str, status: str, text: str, code: str | None = None) -> bytes:
+    """`tag OK|NO|BAD [CODE] text`."""
+    return (tag.encode("ascii", "replace") + b" " + status.encode("ascii") + b" " + _code(code)
+            + _text(text) + b"\r\n")
+
+
+def ok(tag: str, text: str, code: str | None = None) -> bytes:
+    return tagged(tag, "OK", text, code)
+
+
+def no(tag: str, text: str, code: str | None = None) -> bytes:
+    return tagged(tag, "NO", text, code)
+
+
+def bad(tag: str, text: str, code: str | None = None) -> bytes:
+    return tagged(tag, "BAD", text, code)
+
+
+def bye(text: str, code: str | None = None) -> bytes:
+    return untagged_status("BYE", text, code)
+
+
+def continuation(text: str | bytes = "") -> bytes:
+    """`+ text` (a base64 SASL challenge is passed as bytes)."""
+    body = text if isinstance(text, bytes) else _text(text)
+    return b"+ " + body + b"\r\n" if body else b"+ \r\n"
+
+
+def exists(count: int) -> bytes:
+    return b"* %d EXISTS\r\n" % count
+
+
+def recent(count: int) -> bytes:
+    return b"* %d RECENT\r\n" % count
+
+
+def expunge(seq: int) -> bytes:
+    return b"* %d EXPUNGE\r\n" % seq
+
+
+def fetch(seq: int, items: Iterable[bytes]) -> bytes:
+    """`* seq FETCH (item item ...)`; each item already formatted (`FLAGS (\\Seen)`)."""
+    return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+
+
+def capability(caps: Iterable[str]) -> bytes:
+    return untagged("CAPABILITY " + " ".join(caps))
+
+
+def now() -> float:
+    return time.time()

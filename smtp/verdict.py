@@ -68,11 +68,14 @@ class Verdict:
     Return-Path, Delivered-To, `header_lines` in order, our Received, the original message
     (RFC 8601 §5: Authentication-Results is prepended after the receiving Received).
     `reply` is used for REJECT and TEMPFAIL (a generic one when None).
+    `message`, when set, replaces the received message for storage (e.g. with forged
+    Authentication-Results removed, RFC 8601 §5); None stores the message as received.
     """
 
     disposition: Disposition = Disposition.DELIVER
     header_lines: tuple[str, ...] = ()
     reply: Reply | None = None
+    message: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.reply is None:

@@ -1,0 +1,557 @@
+"""FETCH data derived from message bytes: ENVELOPE, BODY/BODYSTRUCTURE, BODY[...], BINARY[...].
+
+RFC 3501 §6.4.5 and §7.4.2, RFC 9051 §6.4.5 and §7.5.2 (message/global is encapsulated like
+message/rfc822), RFC 3516 (BINARY). `imap/mime.py` finds the parts; this module turns them
+into FETCH values. Pure: no I/O; nothing here raises on any message bytes.
+
+The value tree (rendered by `imap/response.py`, the only place that quotes or makes literals):
+
+    None          NIL
+    int           number
+    str           string (quoted or literal, response.py decides; 8-bit header bytes that are
+                  not UTF-8 travel as surrogate escapes: encode with "utf-8", "surrogateescape")
+    bytes         string content of BODY[...]/RFC822*/BINARY[...] (a literal; literal8 `~{n}`
+                  for BINARY when it holds NUL)
+    tuple         parenthesised list, elements separated by SP
+    Bodies        body-type-mpart's `1*body`: the child bodies back to back with no SP and no
+                  parentheses of its own (RFC 3501 §9); check for it before `tuple`
+
+Example: BODYSTRUCTURE of a two-part message is
+`(Bodies((part1, part2)), "mixed", ("boundary", "x"), None, None, None)`, rendered
+`((...)(...) "mixed" ("boundary" "x") NIL NIL NIL)`.
+
+Caching: ENVELOPE, BODY and BODYSTRUCTURE depend only on the message bytes, which never change
+for a UID. `Structure.of(message)` computes all three and `Structure.to_json()`/`from_json()`
+turn them into JSON text and back, so the session or store can cache them after the first
+parse and answer those items without reading the message again.
+
+Encoded words (RFC 2047) stay as they are on the wire in ENVELOPE and BODYSTRUCTURE, as
+Dovecot does; clients decode them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from imap.commands import FetchAttr, Section
+from imap.mime import (
+    KNOWN_ENCODINGS,
+    Entity,
+    HeaderField,
+    decode_transfer,
+    find_part,
+    parse_disposition,
+    parse_message,
+    to_crlf,
+)
+
+Value: TypeAlias = "int | str | bytes | tuple[Value, ...] | None"
+
+
+class Bodies(tuple[Value, ...]):
+    """The child bodies of a multipart, rendered back to back without separators."""
+
+    __slots__ = ()
+
+
+class UnknownCteError(Exception):
+    """BINARY of a part whose Content-Transfer-Encoding we cannot undo (RFC 3516 §4.3:
+    answer `NO [UNKNOWN-CTE]`)."""
+
+    code = "UNKNOWN-CTE"
+
+
+# Dovecot's placeholders for an address without a local part or domain: a NIL host would
+# read as RFC 3501's group syntax.
+MISSING_MAILBOX = "MISSING_MAILBOX"
+MISSING_DOMAIN = "MISSING_DOMAIN"
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def internal_date(timestamp: float, tz: datetime.tzinfo | None = None) -> str:
+    """INTERNALDATE text, `17-Jul-1996 02:44:25 -0700` (RFC 9051 §9 date-time).
+
+    `tz` None means the server's local zone. search.py's BEFORE/ON/SINCE take the same `tz`,
+    so a message found by ON d shows an INTERNALDATE on day d (RFC 9051 §6.4.4).
+    """
+    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC).astimezone(tz)
+    offset = when.utcoffset() or datetime.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(abs(minutes), 60)
+    return (f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+            f"{when:%H:%M:%S} {sign}{hours:02d}{mins:02d}")
+
+
+# -- ENVELOPE -------------------------------------------------------------------------------
+
+# RFC 5322 §3.2.3 specials that structure an address list (others are kept as text).
+_SPECIALS = frozenset('<>@,;:.')
+_ATOM_STOP = frozenset('<>@,;:."()[] \t\r\n\\')
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]+"  # RFC 5322 §3.2.3, RFC 6532 §3.2
+_DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # "atom", "quoted", "comment", "literal" ([domain literal]) or "special"
+    text: str
+    space_before: bool
+
+
+def _tokenize(text: str) -> list[_Token]:
+    """RFC 5322 §3.2 lexical tokens of a structured field body; tolerant of anything."""
+    tokens: list[_Token] = []
+    i, n, space = 0, len(text), False
+    while i < n:
+        ch = text[i]
+        if ch in " \t\r\n":
+            space, i = True, i + 1
+            continue
+        if ch == '"':
+            out, i = [], i + 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                out.append(text[i])
+                i += 1
+            tokens.append(_Token("quoted", "".join(out), space))
+            i += 1
+        elif ch == "(":
+            depth, out, i = 1, [], i + 1
+            while i < n:
+                c = text[i]
+                if c == "\\" and i + 1 < n:
+                    i += 1
+                    c = text[i]
+                elif c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                out.append(c)
+                i += 1
+            tokens.append(_Token("comment", "".join(out), space))
+            i += 1
+        elif ch == "[":
+            end = text.find("]", i)
+            end = n if end < 0 else end + 1
+            tokens.append(_Token("literal", text[i:end], space))
+            i = end
+        elif ch in _SPECIALS:
+            tokens.append(_Token("special", ch, space))
+            i += 1
+        else:
+            start = i
+            while i < n and text[i] not in _ATOM_STOP:
+                i += 1
+            if i == start:  # a stray ")", "]" or "\": keep it as text
+                i += 1
+            tokens.append(_Token("atom", text[start:i], space))
+        space = False
+    return tokens
+
+
+def _phrase(tokens: list[_Token]) -> str | None:
+    """A display name: words joined as written, quoting removed, comments dropped."""
+    out: list[str] = []
+    for t in tokens:
+        if t.kind == "comment":
+            continue
+        if out and t.space_before:
+            out.append(" ")
+        out.append(t.text)
+    return "".join(out).strip() or None
+
+
+def _local_part(tokens: list[_Token]) -> str:
+    text = "".join(t.text for t in tokens if t.kind != "comment")
+    if not text:
+        return MISSING_MAILBOX
+    if _DOT_ATOM.match(text):
+        return text
+    # Keep the quoting the address needs to stay usable (`"john doe"@example.com`).
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _addr_spec(tokens: list[_Token]) -> tuple[str, str]:
+    """(mailbox, host) of `local-part "@" domain`, with Dovecot's placeholders if missing."""
+    at = max((i for i, t in enumerate(tokens) if t.kind == "special" and t.text == "@"),
+             default=-1)
+    if at < 0:
+        return _local_part(tokens), MISSING_DOMAIN
+    host = "".join(t.text for t in tokens[at + 1:] if t.kind != "comment")
+    return _local_part(tokens[:at]), host or MISSING_DOMAIN
+
+
+def _mailbox(tokens: list[_Token]) -> Value:
+    """`name-addr / addr-spec` (RFC 5322 §3.4) -> (name adl mailbox host), or None if empty."""
+    if not any(t.kind != "comment" for t in tokens):
+        return None
+    opening = next((i for i, t in enumerate(tokens) if t.kind == "special" and t.text == "<"),
+                   None)
+    if opening is None:
+        # addr-spec, possibly with the obsolete "(Real Name)" comment as the name.
+        name = next((t.text.strip() for t in tokens if t.kind == "comment"), None) or None
+        mailbox, host = _addr_spec(tokens)
+        return (name, None, mailbox, host)
+    closing = next((i for i in range(opening + 1, len(tokens))
+                    if tokens[i].kind == "special" and tokens[i].text == ">"), len(tokens))
+    inside = tokens[opening + 1:closing]
+    adl: str | None = None
+    colon = next((i for i, t in enumerate(inside) if t.kind == "special" and t.text == ":"),
+                 None)
+    if colon is not None and inside and inside[0].text == "@":
+        # RFC 5322 §4.4 obs-route "@a,@b:" -> RFC 3501 addr-adl "@a,@b"
+        adl = "".join(t.text for t in inside[:colon] if t.kind != "comment") or None
+        inside = inside[colon + 1:]
+    mailbox, host = _addr_spec(inside)
+    return (_phrase(tokens[:opening]), adl, mailbox, host)
+
+
+def parse_addresses(text: str | None) -> Value:
+    """An address-list header value -> RFC 3501 `env-*` list of addresses, None if empty.
+
+    Groups become `(NIL NIL "name" NIL)` ... `(NIL NIL NIL NIL)` (RFC 3501 §7.4.2).
+    """
+    if text is None:
+        return None
+    tokens = _tokenize(text)
+    out: list[Value] = []
+    i, in_group = 0, False
+    while i < len(tokens):
+        segment: list[_Token] = []
+        depth = 0
+        while i < len(tokens):
+            t = tokens[i]
+            if t.kind == "special":
+                if t.text == "<":
+                    depth += 1
+                elif t.text == ">":
+                    depth = max(0, depth - 1)
+                elif depth == 0 and t.text in ",;:":
+                    break
+            segment.append(t)
+            i += 1
+        stop = tokens[i].text if i < len(tokens) else None
+        i += 1
+        if stop == ":" and not in_group:
+            out.append((None, None, _phrase(segment) or "", None))
+            in_group = True
+            continue
+        if (address := _mailbox(segment)) is not None:
+            out.append(address)
+        if stop == ";" and in_group:
+            out.append((None, None, None, None))
+            in_group = False
+    if in_group:
+        out.append((None, None, None, None))
+    return tuple(out) or None
+
+
+def envelope(message: Entity) -> Value:
+    """ENVELOPE of a message (RFC 3501 §7.4.2): the first of each field, as on the wire."""
+    from_ = parse_addresses(message.header_text("From"))
+    # "If the Sender or Reply-To lines are absent in the [RFC-2822] header, or are present
+    # but empty, the server sets the corresponding member of the envelope to be the same
+    # value as the from member" (RFC 3501 §7.4.2).
+    sender = parse_addresses(message.header_text("Sender")) or from_
+    reply_to = parse_addresses(message.header_text("Reply-To")) or from_
+    return (
+        message.header_text("Date"),
+        message.header_text("Subject"),
+        from_,
+        sender,
+        reply_to,
+        parse_addresses(message.header_text("To")),
+        parse_addresses(message.header_text("Cc")),
+        parse_addresses(message.header_text("Bcc")),
+        message.header_text("In-Reply-To"),
+        message.header_text("Message-ID"),
+    )
+
+
+# -- BODY / BODYSTRUCTURE -------------------------------------------------------------------
+
+
+def count_lines(body: bytes) -> int:
+    """body-fld-lines: text lines, counting a last line without CRLF."""
+    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+
+
+def _params(pairs: tuple[tuple[str, str], ...]) -> Value:
+    """body-fld-param = "(" string SP string *(SP string SP string) ")" / nil"""
+    return tuple(item for pair in pairs for item in pair) or None
+
+
+def _disposition(part: Entity) -> Value:
+    """body-fld-dsp = "(" string SP body-fld-param ")" / nil  (RFC 2183)"""
+    dsp = parse_disposition(part.header_text("Content-Disposition"))
+    return None if dsp is None else (dsp.maintype, _params(dsp.params))
+
+
+def _language(part: Entity) -> Value:
+    """body-fld-lang = nstring / "(" string *(SP string) ")"  (RFC 3282)"""
+    value = part.header_text("Content-Language")
+    if value is None:
+        return None
+    tags = tuple(t.strip() for t in value.split(",") if t.strip())
+    return tags[0] if len(tags) == 1 else (tags or None)
+
+
+def _extension(part: Entity) -> tuple[Value, ...]:
+    """body-fld-dsp SP body-fld-lang SP body-fld-loc"""
+    return (_disposition(part), _language(part), part.header_text("Content-Location"))
+
+
+def body_structure(data: bytes, part: Entity, *, extensible: bool = True) -> Value:
+    """BODYSTRUCTURE (extensible) or BODY (not) of `part` (RFC 3501 §7.4.2, §9 `body`)."""
+    ctype = part.content_type
+    if part.children:
+        # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
+        bodies = Bodies(body_structure(data, c, extensible=extensible) for c in part.children)
+        fields: tuple[Value, ...] = (bodies, ctype.subtype)
+        if extensible:
+            fields += (_params(ctype.params), *_extension(part))
+        return fields
+    body = data[part.body_start:part.end]
+    encoding = part.header_text("Content-Transfer-Encoding")
+    # body-fields = body-fld-param SP body-fld-id SP body-fld-desc SP body-fld-enc SP
+    #               body-fld-octets
+    params = ctype.params
+    if ctype.maintype.lower() == "text" and ctype.param("charset") is None:
+        params += (("charset", "us-ascii"),)  # RFC 2045 §5.2 default, made explicit as Dovecot does
+    fields = (
+        ctype.maintype,
+        ctype.subtype,
+        _params(params),
+        part.header_text("Content-ID"),
+        part.header_text("Content-Description"),
+        encoding.strip() if encoding and encoding.strip() else "7bit",
+        len(body),
+    )
+    if part.message is not None:
+        # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
+        fields += (envelope(part.message),
+                   body_structure(data, part.message, extensible=extensible),
+                   count_lines(body))
+    elif ctype.maintype.lower() == "text":
+        fields += (count_lines(body),)  # body-type-text ... SP body-fld-lines
+    if extensible:
+        # body-ext-1part = body-fld-md5 [SP body-fld-dsp [SP body-fld-lang [SP body-fld-loc]]]
+        fields += (part.header_text("Content-MD5"), *_extension(part))
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Structure:
+    """The cacheable, bytes-independent FETCH items of one message."""
+
+    envelope: Value
+    body: Value
+    bodystructure: Value
+    size: int
+
+    @classmethod
+    def of(cls, message: ParsedMessage) -> Structure:
+        return cls(
+            envelope=envelope(message.root),
+            body=body_structure(message.data, message.root, extensible=False),
+            bodystructure=body_structure(message.data, message.root),
+            size=len(message.data),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps([_to_json(self.envelope), _to_json(self.body),
+                           _to_json(self.bodystructure), self.size])
+
+    @classmethod
+    def from_json(cls, text: str) -> Structure:
+        """Inverse of `to_json`. Raises ValueError on text `to_json` did not produce."""
+        try:
+            env, body, bodystructure, size = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a cached structure: {exc}") from exc
+        if not isinstance(size, int):
+            raise ValueError("not a cached structure: size")
+        return cls(_from_json(env), _from_json(body), _from_json(bodystructure), size)
+
+
+def _to_json(value: Value) -> object:
+    if isinstance(value, Bodies):
+        return {"bodies": [_to_json(v) for v in value]}
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, bytes):
+        raise TypeError("structures hold no bytes")
+    return value
+
+
+def _from_json(value: object) -> Value:
+    if isinstance(value, dict) and isinstance(value.get("bodies"), list):
+        return Bodies(_from_json(v) for v in value["bodies"])
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    if value is None or isinstance(value, int | str):
+        return value
+    raise ValueError(f"not a cached structure value: {value!r}")
+
+
+# -- BODY[section], BINARY[section] ---------------------------------------------------------
+
+
+def _header_lines(data: bytes, fields: tuple[HeaderField, ...]) -> bytes:
+    """Raw fields followed by the blank line (RFC 3501 §6.4.5: the subset of the header,
+    which like HEADER ends with the empty line)."""
+    out = [data[f.start:f.end] if data[f.start:f.end].endswith(b"\r\n")
+           else data[f.start:f.end] + b"\r\n" for f in fields]
+    return b"".join(out) + b"\r\n"
+
+
+def section_bytes(data: bytes, root: Entity, section: Section) -> bytes | None:
+    """The octets BODY[section] names; None when the part does not exist (sent as NIL) or
+    HEADER/TEXT names a part that is not message/rfc822 (RFC 3501 §6.4.5)."""
+    if section.part:
+        part = find_part(root, section.part)
+        if part is None:
+            return None
+        if section.text is None:
+            return data[part.body_start:part.end]
+        if section.text == "MIME":
+            return data[part.start:part.body_start]
+        if part.message is None:
+            return None
+        message = part.message
+    else:
+        message = root
+        if section.text is None:
+            return data[root.start:root.end]
+    match section.text:
+        case "HEADER":
+            return data[message.start:message.body_start]
+        case "TEXT":
+            return data[message.body_start:message.end]
+        case "HEADER.FIELDS" | "HEADER.FIELDS.NOT":
+            names = {n.lower() for n in section.fields}
+            keep = section.text == "HEADER.FIELDS"
+            return _header_lines(
+                data, tuple(f for f in message.fields if (f.name.lower() in names) == keep))
+    return None
+
+
+def binary_bytes(data: bytes, root: Entity, part_path: tuple[int, ...]) -> bytes | None:
+    """BINARY[part]: the part with its Content-Transfer-Encoding undone (RFC 3516 §4.2).
+
+    BINARY[] is the whole message as is. None for a part that does not exist; raises
+    UnknownCteError for an encoding other than 7bit/8bit/binary/base64/quoted-printable.
+    """
+    if not part_path:
+        return data
+    part = find_part(root, part_path)
+    if part is None:
+        return None
+    body = data[part.body_start:part.end]
+    if part.children or part.message is not None:
+        return body  # RFC 2045 §6.4: composite types are never encoded
+    encoding = part.transfer_encoding
+    if encoding not in KNOWN_ENCODINGS:
+        raise UnknownCteError(f"unknown Content-Transfer-Encoding {encoding!r}")
+    decoded = decode_transfer(body, encoding)
+    return body if decoded is None else decoded
+
+
+def partial(content: bytes, origin: int, count: int) -> bytes:
+    """`<origin.count>` (RFC 9051 §6.4.5): an origin beyond the end gives the empty string."""
+    return content[origin:origin + count]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """A message in IMAP form (CRLF) and its MIME tree."""
+
+    data: bytes
+    root: Entity
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ParsedMessage:
+        """Parse a message as stored (LF or CRLF endings). Never raises."""
+        data = to_crlf(raw)
+        return cls(data, parse_message(data))
+
+    @property
+    def size(self) -> int:
+        """RFC822.SIZE"""
+        return len(self.data)
+
+
+# Items computed from the message bytes by `fetch_item`; FLAGS, UID and INTERNALDATE come
+# from the store's MessageInfo and are the session's.
+MESSAGE_ITEMS = frozenset({
+    "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "RFC822.SIZE", "BODY",
+    "BODYSTRUCTURE", "BINARY", "BINARY.SIZE",
+})
+# Items a cached Structure answers without the message bytes.
+STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE"})
+
+
+def needs_message(attrs: tuple[FetchAttr, ...]) -> bool:
+    """Must the message be read (and not just its cached Structure) to answer `attrs`?"""
+    return any(a.name in MESSAGE_ITEMS and not (
+        a.name in STRUCTURE_ITEMS or (a.name == "BODY" and a.section is None)) for a in attrs)
+
+
+def structure_item(attr: FetchAttr, structure: Structure) -> Value:
+    """ENVELOPE, BODY, BODYSTRUCTURE or RFC822.SIZE from a (cached) Structure."""
+    match attr.name:
+        case "ENVELOPE":
+            return structure.envelope
+        case "BODYSTRUCTURE":
+            return structure.bodystructure
+        case "BODY" if attr.section is None:
+            return structure.body
+        case "RFC822.SIZE":
+            return structure.size
+    raise ValueError(f"{attr.name} needs the message bytes")
+
+
+def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
+    """The value of one FETCH data item in MESSAGE_ITEMS, partial applied.
+
+    Raises UnknownCteError for BINARY of an undecodable part, ValueError for items that are
+    not derived from the message (FLAGS, UID, INTERNALDATE).
+    """
+    data, root = message.data, message.root
+    content: bytes | None
+    match attr.name:
+        case "ENVELOPE":
+            return envelope(root)
+        case "BODYSTRUCTURE":
+            return body_structure(data, root)
+        case "BODY" if attr.section is None:
+            return body_structure(data, root, extensible=False)
+        case "RFC822.SIZE":
+            return message.size
+        case "BINARY.SIZE":
+            content = binary_bytes(data, root, attr.section.part if attr.section else ())
+            return None if content is None else len(content)
+        case "RFC822":
+            content = data
+        case "RFC822.HEADER":
+            content = data[root.start:root.body_start]
+        case "RFC822.TEXT":
+            content = data[root.body_start:root.end]
+        case "BODY":
+            content = section_bytes(data, root, attr.section or Section())
+        case "BINARY":
+            content = binary_bytes(data, root, attr.section.part if attr.section else ())
+        case _:
+            raise ValueError(f"{attr.name} is not derived from the message")
+    if content is not None and attr.partial is not None:
+        content = partial(content, *attr.partial)
+    return content

@@ -8,10 +8,9 @@ The value tree (rendered by `imap/response.py`, the only place that quotes or ma
 
     None          NIL
     int           number
-    str           string (quoted or literal, response.py decides; 8-bit header bytes that are
-                  not UTF-8 travel as surrogate escapes: encode with "utf-8", "surrogateescape")
-    bytes         string content of BODY[...]/RFC822*/BINARY[...] (a literal; literal8 `~{n}`
-                  for BINARY when it holds NUL)
+    str           string (quoted or literal: response.string decides)
+    bytes         string too: header text that is not valid UTF-8, and the content of
+                  BODY[...]/RFC822*/BINARY[...] (a literal; literal8 `~{n}` for BINARY with NUL)
     tuple         parenthesised list, elements separated by SP
     Bodies        body-type-mpart's `1*body`: the child bodies back to back with no SP and no
                   parentheses of its own (RFC 3501 §9); check for it before `tuple`
@@ -19,6 +18,9 @@ The value tree (rendered by `imap/response.py`, the only place that quotes or ma
 Example: BODYSTRUCTURE of a two-part message is
 `(Bodies((part1, part2)), "mixed", ("boundary", "x"), None, None, None)`, rendered
 `((...)(...) "mixed" ("boundary" "x") NIL NIL NIL)`.
+
+INTERNALDATE is `response.date_time(ts)` in the server's zone; search.py's BEFORE/ON/SINCE
+use the same zone (RFC 9051 §6.4.4), so ON d finds what INTERNALDATE shows on day d.
 
 Caching: ENVELOPE, BODY and BODYSTRUCTURE depend only on the message bytes, which never change
 for a UID. `Structure.of(message)` computes all three and `Structure.to_json()`/`from_json()`
@@ -31,7 +33,6 @@ Dovecot does; clients decode them.
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from dataclasses import dataclass
@@ -69,24 +70,6 @@ class UnknownCteError(Exception):
 # read as RFC 3501's group syntax.
 MISSING_MAILBOX = "MISSING_MAILBOX"
 MISSING_DOMAIN = "MISSING_DOMAIN"
-
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def internal_date(timestamp: float, tz: datetime.tzinfo | None = None) -> str:
-    """INTERNALDATE text, `17-Jul-1996 02:44:25 -0700` (RFC 9051 §9 date-time).
-
-    `tz` None means the server's local zone. search.py's BEFORE/ON/SINCE take the same `tz`,
-    so a message found by ON d shows an INTERNALDATE on day d (RFC 9051 §6.4.4).
-    """
-    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC).astimezone(tz)
-    offset = when.utcoffset() or datetime.timedelta(0)
-    minutes = int(offset.total_seconds()) // 60
-    sign = "-" if minutes < 0 else "+"
-    hours, mins = divmod(abs(minutes), 60)
-    return (f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
-            f"{when:%H:%M:%S} {sign}{hours:02d}{mins:02d}")
-
 
 # -- ENVELOPE -------------------------------------------------------------------------------
 
@@ -255,8 +238,27 @@ def parse_addresses(text: str | None) -> Value:
     return tuple(out) or None
 
 
+def _wire(value: Value) -> Value:
+    """Header text that was not UTF-8 (surrogate escapes, see Entity.header_text) -> bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+        return value
+    if isinstance(value, Bodies):
+        return Bodies(_wire(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_wire(v) for v in value)
+    return value
+
+
 def envelope(message: Entity) -> Value:
     """ENVELOPE of a message (RFC 3501 §7.4.2): the first of each field, as on the wire."""
+    return _wire(_envelope(message))
+
+
+def _envelope(message: Entity) -> Value:
     from_ = parse_addresses(message.header_text("From"))
     # "If the Sender or Reply-To lines are absent in the [RFC-2822] header, or are present
     # but empty, the server sets the corresponding member of the envelope to be the same
@@ -312,10 +314,14 @@ def _extension(part: Entity) -> tuple[Value, ...]:
 
 def body_structure(data: bytes, part: Entity, *, extensible: bool = True) -> Value:
     """BODYSTRUCTURE (extensible) or BODY (not) of `part` (RFC 3501 §7.4.2, §9 `body`)."""
+    return _wire(_body(data, part, extensible))
+
+
+def _body(data: bytes, part: Entity, extensible: bool) -> Value:
     ctype = part.content_type
     if part.children:
         # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
-        bodies = Bodies(body_structure(data, c, extensible=extensible) for c in part.children)
+        bodies = Bodies(_body(data, c, extensible) for c in part.children)
         fields: tuple[Value, ...] = (bodies, ctype.subtype)
         if extensible:
             fields += (_params(ctype.params), *_extension(part))
@@ -338,8 +344,8 @@ def body_structure(data: bytes, part: Entity, *, extensible: bool = True) -> Val
     )
     if part.message is not None:
         # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
-        fields += (envelope(part.message),
-                   body_structure(data, part.message, extensible=extensible),
+        fields += (_envelope(part.message),
+                   _body(data, part.message, extensible),
                    count_lines(body))
     elif ctype.maintype.lower() == "text":
         fields += (count_lines(body),)  # body-type-text ... SP body-fld-lines
@@ -389,13 +395,15 @@ def _to_json(value: Value) -> object:
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     if isinstance(value, bytes):
-        raise TypeError("structures hold no bytes")
+        return {"latin1": value.decode("latin-1")}
     return value
 
 
 def _from_json(value: object) -> Value:
     if isinstance(value, dict) and isinstance(value.get("bodies"), list):
         return Bodies(_from_json(v) for v in value["bodies"])
+    if isinstance(value, dict) and isinstance(text := value.get("latin1"), str):
+        return text.encode("latin-1")
     if isinstance(value, list):
         return tuple(_from_json(v) for v in value)
     if value is None or isinstance(value, int | str):

@@ -72,6 +72,8 @@ class ServerContext:
     events: EventHub
     tls: TlsProvider
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # Set when `serve` begins to stop: long-lived sessions (IMAP IDLE) say BYE and close.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def hosted_domains(self) -> set[str]:
         """Config domains plus those added with `domain add` (read live)."""

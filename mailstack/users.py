@@ -112,8 +112,7 @@ class Accounts:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        self._conn().executescript(_SCHEMA)  # executescript manages its own transaction
 
     # -- plumbing ------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

@@ -1,0 +1,151 @@
+"""`mailstack serve`: one process, one asyncio loop, every listener the config names.
+
+Services plug in through `LISTENERS` (service -> "module:function", each an async
+`start(ctx, host, port) -> asyncio.Server`). Start-up binds every listener or none: a port in
+use, a missing or mismatched certificate stops it with one clear line. SIGTERM/SIGINT stop
+accepting, let connections in flight finish (up to `DRAIN_S`), and exit 0; SIGHUP reloads the
+certificate (accounts need no reload: every lookup reads users.sqlite3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import cast
+
+from mailstack.config import format_hostport
+from mailstack.context import ServerContext, StartService, TlsProvider
+from mailstack.deployment import Deployment
+from mailstack.errors import HostError
+
+log = logging.getLogger(__name__)
+
+LISTENERS: dict[str, str] = {
+    "smtp": "smtp.server:start_smtp",
+    "submission": "smtp.submission:start_submission",
+    "submissions": "smtp.submission:start_submissions",
+    "imap": "imap.server:start_imap",
+    "imaps": "imap.server:start_imaps",
+}
+DRAIN_S = 30.0  # how long in-flight sessions may take to finish after SIGTERM
+
+
+def _resolve(service: str) -> StartService | None:
+    module_name, _, func = LISTENERS[service].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+    return cast(StartService | None, getattr(module, func, None))
+
+
+def build_context(dep: Deployment) -> ServerContext:
+    tls = TlsProvider(dep.paths.tls_cert, dep.paths.tls_key)
+    return ServerContext(config=dep.config, paths=dep.paths, accounts=dep.accounts,
+                         store=dep.store, events=dep.events, tls=tls)
+
+
+async def start_listeners(ctx: ServerContext) -> list[tuple[str, asyncio.Server]]:
+    """Bind every configured listener; on any failure close those already open and raise."""
+    servers: list[tuple[str, asyncio.Server]] = []
+    try:
+        for service in LISTENERS:
+            addresses = ctx.config.listeners(service)
+            if not addresses:
+                continue
+            start = _resolve(service)
+            if start is None:
+                log.warning("%s is not available in this version; listen.%s ignored",
+                            service, service)
+                continue
+            for host, port in addresses:
+                try:
+                    server = await start(ctx, host, port)
+                except OSError as exc:
+                    raise _bind_error(service, host, port, exc) from None
+                servers.append((service, server))
+                for sock in server.sockets:
+                    bound = sock.getsockname()
+                    log.info("%s listening on %s", service, format_hostport(bound[0], bound[1]))
+    except BaseException:
+        for _, server in servers:
+            server.close()
+        raise
+    return servers
+
+
+def _bind_error(service: str, host: str, port: int, exc: OSError) -> HostError:
+    where = f"listen.{service} {format_hostport(host, port)}"
+    if exc.errno == errno.EADDRINUSE:
+        return HostError(f"cannot listen on {where}: address already in use",
+                         hint=f"another program holds the port (see `ss -ltnp 'sport = :{port}'`);"
+                              " stop it or change the port in mailstack.toml")
+    if exc.errno == errno.EACCES:
+        return HostError(f"cannot listen on {where}: permission denied",
+                         hint="ports below 1024 need root or CAP_NET_BIND_SERVICE")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return HostError(f"cannot listen on {where}: no such address on this host")
+    return HostError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    dep.events.bind(loop)
+    ctx = build_context(dep)
+    servers = await start_listeners(ctx)
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            ctx.tls.reload()
+        except HostError as exc:
+            log.error("SIGHUP: keeping the old certificate: %s", exc)
+        else:
+            log.info("SIGHUP: certificate reloaded from %s", ctx.tls.cert)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    log.info("mailstack ready: %s for %s", ctx.config.server.hostname,
+             ", ".join(ctx.config.server.domains))
+    if on_ready is not None:
+        on_ready(ctx)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.info("stopping: no new connections; waiting up to %.0fs for sessions in flight", DRAIN_S)
+    ctx.stopping.set()
+    for _, server in servers:
+        server.close()
+    await _drain(DRAIN_S)
+    log.info("stopped")
+
+
+async def _drain(deadline_s: float) -> None:
+    """Wait for connection tasks to end by themselves, then cancel what is left."""
+    me = asyncio.current_task()
+    pending = {t for t in asyncio.all_tasks() if t is not me}
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=deadline_s)
+    for task in still:
+        task.cancel()
+    if still:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(still, timeout=2)
+
+
+def serve(dep: Deployment) -> None:
+    try:
+        asyncio.run(run(dep))
+    finally:
+        dep.close()

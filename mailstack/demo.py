@@ -1,0 +1,88 @@
+"""`mailstack demo`: a throwaway deployment for example.test on loopback high ports.
+
+It exists so that a person can see mailstack work in one command: init, one user with a
+printed password, every listener on 127.0.0.1, and the exact client settings and a swaks line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailstack.deployment import Deployment
+from mailstack.init import InitOptions, init_deployment, is_deployment
+from mailstack.users import generate_password
+
+DOMAIN = "example.test"
+HOSTNAME = "mail.example.test"
+USER = f"demo@{DOMAIN}"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    smtp: int
+    submission: int
+    submissions: int
+    imap: int
+    imaps: int
+
+    @classmethod
+    def from_base(cls, base: int) -> DemoPorts:
+        return cls(base + 25, base + 87, base + 65, base + 43, base + 93)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    root: Path
+    user: str
+    password: str
+    ports: DemoPorts
+
+
+def create_demo(root: Path | None, ports: DemoPorts) -> DemoResult:
+    """Set up (or reuse, resetting the demo password) a demo deployment in `root` or a tmp dir."""
+    root = root or Path(tempfile.mkdtemp(prefix="mailstack-demo-"))
+    if not is_deployment(root):
+        opts = InitOptions(domain=DOMAIN, hostname=HOSTNAME, ipv4="127.0.0.1",
+                           listen_host="127.0.0.1",
+                           ports=(("smtp", ports.smtp), ("submission", ports.submission),
+                                  ("submissions", ports.submissions), ("imap", ports.imap),
+                                  ("imaps", ports.imaps)),
+                           dkim_selector="demo")
+        init_deployment(root, opts)
+    password = generate_password()
+    dep = Deployment.open(root)
+    try:
+        if dep.accounts.get_user(USER) is None:
+            dep.accounts.add_user(USER, password, quota_bytes=dep.config.default_quota_bytes)
+            dep.store.create_account(USER)
+        else:
+            dep.accounts.set_password(USER, password)
+    finally:
+        dep.close()
+    return DemoResult(root, USER, password, ports)
+
+
+def instructions(r: DemoResult) -> str:
+    ca = r.root / "tls" / "ca.pem"
+    return f"""\
+mailstack demo: {DOMAIN} served from {r.root}
+
+  account   {r.user}
+  password  {r.password}
+
+Mail client settings (the certificate is from the demo's own CA: {ca}):
+  IMAP      127.0.0.1 port {r.ports.imap} (STARTTLS) or {r.ports.imaps} (SSL/TLS)
+  SMTP in   127.0.0.1 port {r.ports.smtp} (no login; mail for @{DOMAIN} only)
+  user name {r.user}
+
+Send a test mail (Debian: apt-get install swaks):
+  swaks --server 127.0.0.1:{r.ports.smtp} --from someone@example.org --to {r.user}
+
+Read it (curl speaks IMAP):
+  curl --cacert {ca} --resolve {HOSTNAME}:{r.ports.imaps}:127.0.0.1 \\
+       'imaps://{HOSTNAME}:{r.ports.imaps}/INBOX;UID=1' -u '{r.user}:{r.password}'
+
+Press Ctrl-C to stop.
+"""

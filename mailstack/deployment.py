@@ -1,0 +1,43 @@
+"""Opening an existing deployment: its config, accounts and store, in one place for CLI and serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from delivery.events import EventHub
+from delivery.maildir import MaildirStore
+from mailstack.config import Config, load_config
+from mailstack.errors import ConfigError, HostError
+from mailstack.paths import StatePaths
+from mailstack.users import Accounts
+
+
+@dataclass
+class Deployment:
+    config: Config
+    paths: StatePaths
+    accounts: Accounts
+    store: MaildirStore
+    events: EventHub
+
+    @classmethod
+    def open(cls, root: Path) -> Deployment:
+        paths = StatePaths(root)
+        if not paths.config.exists():
+            raise ConfigError(f"no mailstack deployment in {root} (no mailstack.toml)",
+                              hint="create one with `mailstack init`, or pass --dir / set "
+                                   "MAILSTACK_DIR")
+        config = load_config(paths.config)
+        try:
+            accounts = Accounts(paths.users_db)
+        except Exception as exc:  # sqlite3 errors: unreadable, locked, not a database
+            raise HostError(f"cannot open {paths.users_db}: {exc}") from None
+        for domain in config.server.domains:  # a domain added to the config by hand is hosted
+            accounts.add_domain(domain, exist_ok=True)
+        events = EventHub()
+        store = MaildirStore(paths, events, hostname=config.server.hostname)
+        return cls(config, paths, accounts, store, events)
+
+    def close(self) -> None:
+        self.accounts.close()

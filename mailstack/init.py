@@ -1,0 +1,220 @@
+"""Create and extend a deployment: `mailstack init`, `domain add`, zone files, `dns`.
+
+`init` builds the whole state directory in a temporary sibling and renames it into place, so
+a failed init leaves nothing behind. `init --force` over an existing deployment regenerates
+config, TLS, DKIM keys and zones (each file replaced atomically) and keeps the accounts, the
+mail and the queue: no flag of ours ever deletes mail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailstack import keys
+from mailstack.config import Config, config_from_dict, field_docs, format_hostport, load_config
+from mailstack.dnsrecords import DnsRecord, MailDns, Ports, group_by_zone, in_zone
+from mailstack.errors import ExistsError, HostError
+from mailstack.fsutil import atomic_write, ensure_dir
+from mailstack.paths import StatePaths
+from mailstack.render import render
+from mailstack.users import Accounts
+
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
+DEFAULT_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993}
+
+
+def default_selector(today: dt.date | None = None) -> str:
+    """'msYYYYMM': a dated selector makes key rotation a matter of adding the next one."""
+    return f"ms{(today or dt.date.today()):%Y%m}"
+
+
+@dataclass(frozen=True, slots=True)
+class InitOptions:
+    domain: str
+    hostname: str
+    ipv4: str
+    ipv6: str = ""
+    listen_host: str = "0.0.0.0"  # noqa: S104 - a mail server listens publicly by design
+    ports: tuple[tuple[str, int], ...] = tuple(DEFAULT_PORTS.items())
+    dkim_selector: str = ""
+    force: bool = False
+
+
+def build_config(opts: InitOptions) -> Config:
+    """The config `init` writes, validated by the same code that loads it (errors name keys)."""
+    ports = dict(opts.ports)
+    listen = {s: [format_hostport(opts.listen_host, ports[s])] for s in SERVICES}
+    data = {
+        "server": {"hostname": opts.hostname, "domains": [opts.domain], "ipv4": opts.ipv4,
+                   "ipv6": opts.ipv6},
+        "listen": listen,
+        "dkim": {"selector": opts.dkim_selector or default_selector()},
+    }
+    return config_from_dict(data, source="init options")
+
+
+def render_config(cfg: Config) -> str:
+    sections = []
+    for name in ("smtp", "accounts", "imap", "dns", "dkim", "outbound", "log"):
+        table = getattr(cfg, name)
+        items = [(f, _toml(getattr(table, f))) for f in type(table).__dataclass_fields__]
+        sections.append({"name": name, "items": items})
+    return render("config/mailstack.toml.j2", docs=field_docs(), server=cfg.server,
+                  listen={s: getattr(cfg.listen, s) for s in SERVICES}, sections=sections)
+
+
+def _toml(value: object) -> str:
+    import json  # TOML basic strings, arrays of them, ints and bools are JSON-compatible
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def public_ports(cfg: Config) -> Ports:
+    """The ports clients are told about (SRV): the first listener of each service, if any."""
+    def first(service: str) -> int | None:
+        listeners = cfg.listeners(service)
+        return listeners[0][1] if listeners else None
+
+    return Ports(first("submission"), first("submissions"), first("imap"), first("imaps"))
+
+
+def hosted_domains(cfg: Config, accounts: Accounts | None) -> list[str]:
+    extra = accounts.domains() if accounts else []
+    return list(dict.fromkeys([*cfg.server.domains, *extra]))
+
+
+def dns_records(cfg: Config, paths: StatePaths, accounts: Accounts | None) -> list[DnsRecord]:
+    selector = cfg.dkim.selector
+    domains: dict[str, str | None] = {}
+    for d in hosted_domains(cfg, accounts):
+        key_path = paths.dkim_key(selector, d)
+        domains[d] = keys.dkim_public_record(key_path.read_bytes()) if key_path.exists() else None
+    mail_dns = MailDns(cfg.server.hostname, cfg.server.ipv4, cfg.server.ipv6, public_ports(cfg))
+    return mail_dns.all_records(domains, selector)
+
+
+def render_zone(zone: str, records: list[DnsRecord], cfg: Config, command: str) -> str:
+    reverse = zone.endswith(".arpa.")
+    mail_domain = next((d for d in cfg.server.domains if in_zone(f"{d}.", zone)),
+                       cfg.server.domains[0])
+    serial = int(dt.datetime.now(dt.UTC).strftime("%Y%m%d00"))
+    return render("dns/zone.j2", zone=zone, hostname=cfg.server.hostname, records=records,
+                  reverse=reverse, soa_mail_domain=mail_domain, serial=serial, ttl=3600,
+                  command=command)
+
+
+def write_zones(cfg: Config, paths: StatePaths, accounts: Accounts | None, *,
+                command: str = "init") -> list[Path]:
+    ensure_dir(paths.dns_dir, mode=0o755)
+    written = []
+    for zone, records in group_by_zone(dns_records(cfg, paths, accounts)).items():
+        path = paths.zone_file(zone)
+        atomic_write(path, render_zone(zone, records, cfg, command), mode=0o644)
+        written.append(path)
+    return written
+
+
+def tls_names(cfg: Config, domains: list[str]) -> list[str]:
+    """SANs of the server certificate: the hostname and each domain's autoconfig name."""
+    return [cfg.server.hostname, *(f"autoconfig.{d}" for d in domains)]
+
+
+def write_tls(cfg: Config, paths: StatePaths, domains: list[str]) -> None:
+    ensure_dir(paths.tls_dir, mode=0o755)
+    material = keys.make_tls(cfg.server.hostname, tls_names(cfg, domains)[1:])
+    keys.write_private(paths.ca_key, material.ca_key)
+    keys.write_public(paths.ca_cert, material.ca_cert)
+    keys.write_private(paths.tls_key, material.privkey)
+    keys.write_public(paths.tls_cert, material.fullchain)
+
+
+def write_dkim(paths: StatePaths, selector: str, domain: str, *, overwrite: bool) -> Path:
+    ensure_dir(paths.dkim_dir, mode=0o700)
+    path = paths.dkim_key(selector, domain)
+    if overwrite or not path.exists():
+        keys.write_private(path, keys.make_dkim_key())
+    return path
+
+
+def is_deployment(root: Path) -> bool:
+    return StatePaths(root).config.exists()
+
+
+def init_deployment(root: Path, opts: InitOptions) -> Config:
+    """Create (or with force, regenerate) the deployment at `root`. Returns its config."""
+    cfg = build_config(opts)
+    if is_deployment(root) and not opts.force:
+        raise ExistsError(f"{root} already holds a mailstack deployment",
+                          hint="pass --force to regenerate config, keys and zones "
+                               "(accounts and mail are kept)")
+    if root.exists() and not root.is_dir():
+        raise HostError(f"{root} exists and is not a directory",
+                        hint="choose another --dir")
+    if root.exists() and is_deployment(root):
+        _populate(StatePaths(root), cfg, regenerate=True)
+        return cfg
+    # Fresh: build beside the target, then one rename makes it appear whole.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.init-", dir=root.parent))
+    try:
+        _populate(StatePaths(staging), cfg, regenerate=True)
+        os.chmod(staging, 0o755)
+        if root.exists():  # an empty (or non-deployment) directory, e.g. made by a package
+            for child in staging.iterdir():
+                target = root / child.name
+                if target.exists():
+                    raise ExistsError(f"{target} already exists and is not ours",
+                                      hint="move it away or choose another --dir")
+            for child in staging.iterdir():
+                os.replace(child, root / child.name)
+            staging.rmdir()
+        else:
+            os.replace(staging, root)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+        raise
+    return cfg
+
+
+def _populate(paths: StatePaths, cfg: Config, *, regenerate: bool) -> None:
+    ensure_dir(paths.root, mode=0o755)
+    accounts = Accounts(paths.users_db)
+    try:
+        os.chmod(paths.users_db, 0o600)
+        for d in cfg.server.domains:
+            accounts.add_domain(d, exist_ok=True)
+        domains = hosted_domains(cfg, accounts)
+        write_tls(cfg, paths, domains)
+        for d in domains:
+            write_dkim(paths, cfg.dkim.selector, d, overwrite=regenerate)
+        write_zones(cfg, paths, accounts)
+        ensure_dir(paths.mail_dir, mode=0o700)
+        ensure_dir(paths.queue_dir, mode=0o700)
+        # The config goes last: its presence is what marks a complete deployment.
+        atomic_write(paths.config, render_config(cfg), mode=0o640)
+    finally:
+        accounts.close()
+
+
+def add_domain(paths: StatePaths, domain: str) -> list[DnsRecord]:
+    """`domain add`: host another domain (DKIM key and zone), live for a running serve."""
+    cfg = load_config(paths.config)
+    accounts = Accounts(paths.users_db)
+    try:
+        if domain.rstrip(".").lower() in cfg.server.domains:
+            raise ExistsError(f"domain {domain} is already hosted here (it is in the config)")
+        name = accounts.add_domain(domain)
+        write_dkim(paths, cfg.dkim.selector, name, overwrite=False)
+        write_zones(cfg, paths, accounts, command="domain add")
+        return [r for r in dns_records(cfg, paths, accounts) if in_zone(r.name, f"{name}.")]
+    finally:
+        accounts.close()

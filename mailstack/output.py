@@ -1,0 +1,58 @@
+"""Presenting results: rich tables on a terminal, plain aligned text when piped, JSON on request."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mailstack.dnsrecords import DnsRecord
+
+
+def console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Plain text when piped: no colours, no box drawing, no wrapping of long DKIM values.
+    return Console(file=stream, highlight=False, soft_wrap=not stream.isatty())
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title: str = "") -> None:
+    out = console()
+    if not out.is_terminal:
+        if title:
+            out.print(title)
+        widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+        for row in [list(headers), *rows]:
+            out.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+                      markup=False)
+        return
+    table = Table(title=title or None)
+    for h in headers:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def print_records(records: list[DnsRecord]) -> None:
+    """The records to publish, grouped by who publishes them, each with its reason."""
+    out = console()
+    groups = (("dns-host", "At your domain's DNS host (registrar or DNS provider)"),
+              ("hosting-provider", "At your hosting provider (reverse DNS of your IP addresses)"))
+    for where, title in groups:
+        recs = [r for r in records if r.where == where]
+        if not recs:
+            continue
+        rows = [[r.name, r.type, r.unsplit or r.value, r.reason] for r in recs]
+        print_table(["name", "type", "value", "why"], rows, title=title)
+        out.print()
+    if any(r.unsplit and r.unsplit != r.value.strip('"') for r in records):
+        out.print("TXT values are shown as one string, as DNS web forms expect; zone files "
+                  "(mailstack dns --format zone) split them into 255-byte strings.", markup=False)

@@ -1,0 +1,49 @@
+"""Fixtures shared by every test package: running the real CLI, a fresh deployment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailstack.init import InitOptions, init_deployment
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_cli(root: Path, *args: str, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`mailstack --dir ROOT ARGS...` as a real subprocess, as an admin would run it."""
+    env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
+    return subprocess.run([sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+                          input=input, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def cli(state_dir: Path) -> Cli:
+    def call(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(state_dir, *args, input=input)
+
+    return call
+
+
+LOOPBACK_PORTS = (("smtp", 0), ("submission", 0), ("submissions", 0), ("imap", 0), ("imaps", 0))
+
+
+@pytest.fixture
+def deployment_dir(state_dir: Path) -> Path:
+    """A deployment for example.com on 127.0.0.1, every listener on an ephemeral port."""
+    init_deployment(state_dir, InitOptions(domain="example.com", hostname="mail.example.com",
+                                           ipv4="127.0.0.1", listen_host="127.0.0.1",
+                                           ports=LOOPBACK_PORTS, dkim_selector="test"))
+    return state_dir

@@ -1,0 +1,89 @@
+"""Run `mailstack serve` as a real subprocess and learn where it listens.
+
+Waits for the log lines `<service> listening on host:port` and `mailstack ready`, never for a
+fixed time. Stops the process it started (by PID) at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+_LISTEN = re.compile(r" (\w+) listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)$")
+
+
+class ServeProcess:
+    def __init__(self, root: Path, *extra: str, timeout_s: float = 30) -> None:
+        self.root = root
+        self.extra = extra
+        self.timeout_s = timeout_s
+        self.listeners: dict[str, list[tuple[str, int]]] = {}
+        self.log: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ServeProcess:
+        env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailstack", "--dir", str(self.root), "serve", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.wait_for("mailstack ready")
+        return self
+
+    def wait_for(self, needle: str) -> str:
+        """Read stderr until a line containing `needle`; fail with the log if the process ends."""
+        assert self.proc is not None and self.proc.stderr is not None
+        deadline = time.monotonic() + self.timeout_s
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    continue
+                line = self.proc.stderr.readline()
+                if not line:
+                    raise RuntimeError(f"serve exited ({self.proc.wait()}):\n" + "".join(self.log))
+                self.log.append(line)
+                if m := _LISTEN.search(line.rstrip("\n")):
+                    self.listeners.setdefault(m[1], []).append((m[2], int(m[3])))
+                if needle in line:
+                    return line
+        finally:
+            sel.close()
+        raise TimeoutError(f"no {needle!r} from serve within {self.timeout_s}s:\n"
+                           + "".join(self.log))
+
+    def port(self, service: str) -> int:
+        return self.listeners[service][0][1]
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (SIGKILL if it does not stop in time)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr is not None:
+            self.log.append(self.proc.stderr.read())
+            self.proc.stderr.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,63 @@
+"""atheris fuzz target for the IMAP core: framing, parsing and state checks on any bytes.
+
+Run: `python tests/fuzz/fuzz_imap.py -atheris_runs=100000 tests/fuzz/corpus_imap` (atheris is
+not a project dependency: `pip install atheris`). Not collected by pytest (no test_ prefix).
+One seed per command is written to the corpus directory on first run; the first input byte
+picks the connection state, so every command is tried in every state (as mox's fuzzer does).
+Only `RemoteProtocolError` may escape; any other exception is a crash to turn into an
+`@example(...)` in tests/imap/test_imap_protocol.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    from imap.framing import RemoteProtocolError
+    from imap.protocol import ImapProtocol, State
+
+STATES = list(State)
+SEEDS = [
+    b"a CAPABILITY", b"a NOOP", b"a LOGOUT", b'a ID ("name" "x")', b"a STARTTLS",
+    b"a LOGIN alice {2+}\r\npw", b"a AUTHENTICATE PLAIN AGEAYg==", b"a ENABLE UTF8=ACCEPT",
+    b"a SELECT INBOX", b"a EXAMINE Sent", b"a CREATE X (USE (\\Sent))", b"a DELETE X",
+    b"a RENAME X Y", b"a SUBSCRIBE X", b"a UNSUBSCRIBE X",
+    b'a LIST (SUBSCRIBED) "" ("*" %) RETURN (CHILDREN STATUS (MESSAGES))', b'a LSUB "" *',
+    b"a NAMESPACE", b"a STATUS INBOX (MESSAGES UIDNEXT)",
+    b'a APPEND INBOX (\\Seen) " 1-Feb-2024 10:00:00 +0000" {3}\r\nhi!', b"a IDLE\r\nDONE",
+    b"a CHECK", b"a CLOSE", b"a UNSELECT", b"a EXPUNGE", b"a UID EXPUNGE 1:*",
+    b"a SEARCH RETURN (MIN COUNT) OR FROM x (NOT SEEN SINCE 1-Feb-2024) UID 1:5",
+    b"a FETCH 1:* (FLAGS BODY.PEEK[1.HEADER.FIELDS (From)]<0.10> BINARY[1])",
+    b"a UID STORE 1 +FLAGS.SILENT (\\Deleted)", b"a COPY 1 X", b"a UID MOVE $ Y",
+]
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    proto = ImapProtocol(max_literal_bytes=4096, max_line_bytes=1024)
+    proto.state = STATES[data[0] % len(STATES)]
+    proto.receive_data(data[1:])
+    try:
+        while proto.next_event() is not None:
+            pass
+    except RemoteProtocolError:
+        pass
+
+
+def main() -> None:
+    corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
+    if corpus is not None and not corpus.exists():
+        corpus.mkdir(parents=True)
+        for i, seed in enumerate(SEEDS):
+            for s in range(len(STATES)):
+                (corpus / f"seed-{i}-{s}").write_bytes(bytes([s]) + seed + b"\r\n")
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

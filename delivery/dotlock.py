@@ -1,0 +1,141 @@
+"""Dovecot-compatible dotlocks: `<file>.lock`, created with O_EXCL, replaced over `<file>`.
+
+Dovecot locks a Maildir folder by creating `dovecot-uidlist.lock` and, when it rewrites the
+uidlist, writes the new content into the lock file and renames it over `dovecot-uidlist`
+(lib/file-dotlock.c: `file_dotlock_replace`), so taking, writing and releasing are one step and
+a reader never sees half a file. We take the same lock, so Dovecot and mailstack can work on one
+Maildir at the same time.
+
+Threads of one process first serialise on a `threading.Lock` per path, so only one thread per
+process polls the file system. A lock older than `stale_s` is taken over, as Dovecot does: its
+owner crashed (Dovecot's uidlist lock: MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT = 2 minutes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from delivery.store import StoreError
+from mailstack.fsutil import fsync_dir
+
+STALE_S = 120.0  # Dovecot's uidlist dotlock stale timeout (maildir-uidlist.c)
+TIMEOUT_S = 60.0  # how long we wait for a live lock before giving up with an error
+
+_registry_lock = threading.Lock()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+class LockTimeoutError(StoreError):
+    """Another process held the folder lock for longer than we are willing to wait."""
+
+    code = "INUSE"
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    key = os.fspath(path)
+    with _registry_lock:
+        lock = _thread_locks.get(key)
+        if lock is None:
+            lock = _thread_locks[key] = threading.Lock()
+        return lock
+
+
+class DotLock:
+    """`with DotLock(path): ...` holds `path.lock`; `replace(data)` writes `path` and unlocks."""
+
+    def __init__(self, path: Path, *, stale_s: float = STALE_S, timeout_s: float = TIMEOUT_S):
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._stale_s = stale_s
+        self._timeout_s = timeout_s
+        self._thread_lock = _thread_lock(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if not self._thread_lock.acquire(timeout=self._timeout_s):
+            raise LockTimeoutError(f"timed out waiting for {self.lock_path}")
+        try:
+            self._acquire_file()
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def _acquire_file(self) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        delay_s = 0.001
+        while True:
+            try:
+                self._fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                return
+            except FileExistsError:
+                pass
+            try:
+                age_s = time.time() - self.lock_path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile: try again at once
+            if age_s > self._stale_s:
+                # The owner died holding it; Dovecot overrides stale dotlocks the same way.
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock_path.unlink()
+                continue
+            if time.monotonic() > deadline:
+                raise LockTimeoutError(f"timed out waiting for {self.lock_path}")
+            # Another process holds it; no notification exists for dotlocks, so poll with
+            # backoff (Dovecot polls too).
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.05)
+
+    @property
+    def is_held(self) -> bool:
+        return self._fd is not None
+
+    def replace(self, data: bytes) -> None:
+        """Write `data` into the lock file, fsync, rename it over `path`: this releases."""
+        if self._fd is None:
+            raise RuntimeError("replace() without holding the lock")
+        fd, self._fd = self._fd, None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(self.lock_path, self.path)
+            fsync_dir(self.path.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                self.lock_path.unlink()
+            raise
+        finally:
+            self._thread_lock.release()
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                self.lock_path.unlink()
+        finally:
+            self._thread_lock.release()
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,342 @@
+"""The in-memory index of one Maildir folder: what a snapshot needs without re-reading the disk.
+
+A folder's state is three things on disk: the `dovecot-uidlist` (UIDs), the `dovecot-keywords`
+(letters -> keywords) and the names in `new/` and `cur/` (which messages exist, their flags,
+and, through the S=/W= fields, their sizes). `FolderIndex` keeps the parse of each and re-reads
+one only when it changed:
+
+- uidlist and keywords: when their (inode, size, mtime) differ. Every writer of either holds the
+  folder's `dovecot-uidlist.lock` (Dovecot does too), so after our own write we can record the
+  new stamp without a race.
+- the listing: when the mtime of `new/` or `cur/` differs, or is less than `DIR_SETTLE_NS` old:
+  a change landing in the same timestamp tick as our scan would not move the mtime, so a recent
+  mtime proves nothing (Dovecot's maildir sync applies the same rule).
+
+The internal date is the file's mtime (as Dovecot: RFC 3501 §2.3.3 INTERNALDATE), so each file is
+stat()ed once per process, the first time it is seen; sizes without S=/W= fields (files other
+software wrote) are computed once and cached likewise.
+
+Invariant: every method except `locked()` is called with the folder lock held (`with
+index.locked(): ...`); that lock is Dovecot's dotlock, so a Dovecot working on the same Maildir
+sees consistent files too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from delivery.dotlock import DotLock
+from delivery.keywords import KeywordMap, flags_from_letters, split_info
+from delivery.layout import crlf_size, sizes_from_name, time_from_name
+from delivery.store import FolderNotFoundError, MessageInfo
+from delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
+from mailstack.fsutil import atomic_write, fsync_dir
+
+log = logging.getLogger(__name__)
+
+UIDLIST = "dovecot-uidlist"
+KEYWORDS = "dovecot-keywords"
+DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
+FILE_MODE = 0o600
+
+Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message file as the index knows it."""
+
+    uid: int
+    sub: str  # "new" or "cur"
+    name: str  # current file name, info included
+    info: MessageInfo
+    disk_size: int  # S=: bytes on disk (what the quota counts)
+
+    @property
+    def meta(self) -> tuple[float, int, int]:
+        """(internal date, S, W) as `FolderIndex.added` takes it."""
+        return (self.info.internal_date, self.disk_size, self.info.size)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    foreign_changes: bool  # files appeared or vanished that this process did not write/remove
+
+
+class FolderIndex:
+    """Cached view of one folder directory (see module docstring for the invariants)."""
+
+    def __init__(self, path: Path, next_uid_validity: Callable[[], int]) -> None:
+        self.path = path
+        self._next_uid_validity = next_uid_validity
+        self._uidlist: UidList | None = None
+        self._uidlist_stamp: Stamp | None = None
+        self._uid_of: dict[str, int] = {}
+        self._keywords = KeywordMap([])
+        self._keywords_stamp: Stamp | None = None
+        self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
+        self._listing_stamp: tuple[int, int] | None = None
+        self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
+        self._entries: list[Entry] | None = None  # cached result of entries()
+        self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
+
+    # -- locking -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[FolderIndex]:
+        lock = DotLock(self.path / UIDLIST)
+        try:
+            lock.acquire()
+        except (FileNotFoundError, NotADirectoryError):
+            raise FolderNotFoundError(f"folder vanished: {self.path.name}") from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    # -- reading state -------------------------------------------------------------------------
+    @property
+    def uidlist(self) -> UidList:
+        if self._uidlist is None:
+            raise RuntimeError("FolderIndex.sync() first")
+        return self._uidlist
+
+    @property
+    def keywords(self) -> KeywordMap:
+        return self._keywords
+
+    def _load_uidlist(self) -> None:
+        path = self.path / UIDLIST
+        stamp = _stamp(path)
+        if stamp is not None and stamp == self._uidlist_stamp:
+            return
+        uidlist: UidList | None = None
+        if stamp is not None:
+            try:
+                uidlist = UidList.parse(path.read_bytes())
+            except (UidListError, FileNotFoundError) as exc:
+                # Dovecot also starts over with a new UIDVALIDITY (clients resync) on a broken
+                # uidlist: keeping a UID whose meaning we cannot know would be worse.
+                log.warning("%s: %s; assigning a new UIDVALIDITY", path, exc)
+        if uidlist is None:
+            uidlist = UidList(uid_validity=self._next_uid_validity())
+            atomic_write(path, uidlist.serialize(), mode=FILE_MODE)
+            stamp = _stamp(path)
+        self._uidlist, self._uidlist_stamp = uidlist, stamp
+        self._uid_of = {r.base: r.uid for r in uidlist.records}
+        self._entries = None
+
+    def _load_keywords(self) -> None:
+        path = self.path / KEYWORDS
+        stamp = _stamp(path)
+        if stamp == self._keywords_stamp:
+            return
+        try:
+            self._keywords = KeywordMap.parse(path.read_bytes()) if stamp else KeywordMap([])
+        except FileNotFoundError:
+            self._keywords = KeywordMap([])
+        self._keywords_stamp = stamp
+        self._entry_of.clear()  # flags depend on the letter map
+        self._entries = None
+
+    def _dir_stamp(self) -> tuple[int, int]:
+        return (
+            os.stat(self.path / "new").st_mtime_ns,
+            os.stat(self.path / "cur").st_mtime_ns,
+        )
+
+    def _load_listing(self) -> set[str]:
+        """Re-list new/ and cur/ if they changed; returns bases that vanished."""
+        stamp = self._dir_stamp()
+        now_ns = time.time_ns()
+        if stamp == self._listing_stamp:
+            return set()
+        listing: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            with os.scandir(self.path / sub) as entries:
+                for entry in entries:
+                    if not entry.name.startswith("."):
+                        listing[base_name(entry.name)] = (sub, entry.name)
+        gone = self._listing.keys() - listing.keys()
+        self._listing = listing
+        settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
+        self._listing_stamp = stamp if settled else None
+        self._entries = None
+        return gone
+
+    def sync(self) -> SyncResult:
+        """Bring the index up to date, giving UIDs to files nobody numbered yet."""
+        self._load_uidlist()
+        self._load_keywords()
+        had_listing = bool(self._listing)
+        gone = self._load_listing()
+        newcomers = [base for base in self._listing if base not in self._uid_of]
+        if newcomers:
+            # Arrival order: names begin with the delivery time (Maildir spec).
+            newcomers.sort(key=lambda b: (time_from_name(b) or 0.0, b))
+            self._append_records(self.uidlist.assign(self._listing[b][1] for b in newcomers))
+        return SyncResult(foreign_changes=bool(newcomers) or (had_listing and bool(gone)))
+
+    def entries(self) -> list[Entry]:
+        """Every message, in UID order (after sync())."""
+        if self._entries is not None:
+            return self._entries
+        entries = []
+        for base, (sub, name) in self._listing.items():
+            uid = self._uid_of.get(base)
+            if uid is None:
+                continue  # appeared after our sync; the next one numbers it
+            entry = self._entry_of.get(base)
+            if entry is None or entry.name != name or entry.sub != sub or entry.uid != uid:
+                entry = self._make_entry(uid, sub, name)
+                if entry is None:
+                    continue
+                self._entry_of[base] = entry
+            entries.append(entry)
+        entries.sort(key=lambda e: e.uid)
+        self._entries = entries
+        return entries
+
+    def entry(self, uid: int) -> Entry | None:
+        for entry in self.entries():  # callers needing many use entries_by_uid()
+            if entry.uid == uid:
+                return entry
+        return None
+
+    def entries_by_uid(self) -> dict[int, Entry]:
+        return {e.uid: e for e in self.entries()}
+
+    def _make_entry(self, uid: int, sub: str, name: str) -> Entry | None:
+        base, letters, _ = split_info(name)
+        meta = self._meta.get(base)
+        if meta is None:
+            meta = self._measure(sub, name)
+            if meta is None:
+                return None
+            self._meta[base] = meta
+        mtime, size, vsize = meta
+        flags = flags_from_letters(letters, self._keywords) if sub == "cur" else frozenset()
+        info = MessageInfo(uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base)
+        return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
+
+    def _measure(self, sub: str, name: str) -> tuple[float, int, int] | None:
+        path = self.path / sub / name
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        size, vsize = sizes_from_name(base_name(name))
+        if vsize is None:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
+        return (st.st_mtime, st.st_size if size is None else size, vsize)
+
+    def size_of(self, base: str) -> int:
+        """S= bytes (on disk) of a known message."""
+        meta = self._meta.get(base)
+        return meta[1] if meta else 0
+
+    # -- changing state (our own writes) -------------------------------------------------------
+    def _append_records(self, records: list[UidRecord]) -> None:
+        path = self.path / UIDLIST
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, serialize_records(records))
+            os.fsync(fd)  # the UID is promised (APPENDUID) once we return
+        finally:
+            os.close(fd)
+        self._uidlist_stamp = _stamp(path)
+        for record in records:
+            self._uid_of[record.base] = record.uid
+        self._entries = None
+
+    def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
+        """We renamed `name` into `sub`/: number it and return the UID."""
+        self._load_uidlist()
+        base = base_name(name)
+        self._meta[base] = meta
+        self._listing[base] = (sub, name)
+        self._listing_stamp = None  # our rename moved the directory's mtime
+        (record,) = self.uidlist.assign([name])
+        self._append_records([record])
+        return record.uid
+
+    def renamed(self, base: str, sub: str, name: str) -> None:
+        self._listing[base] = (sub, name)
+        self._listing_stamp = None
+        self._entries = None
+
+    def removed(self, bases: Iterable[str]) -> None:
+        """Files we unlinked: drop them from the listing and the uidlist (rewritten)."""
+        for base in bases:
+            self._listing.pop(base, None)
+            self._meta.pop(base, None)
+            self._entry_of.pop(base, None)
+        self._listing_stamp = None
+        self._entries = None
+        self.rewrite_uidlist()
+
+    def rewrite_uidlist(self) -> None:
+        """Replace the uidlist, keeping only records whose files exist, with current names."""
+        uidlist = self.uidlist
+        kept = []
+        for record in uidlist.records:
+            current = self._listing.get(record.base)
+            if current is not None:
+                kept.append(UidRecord(uid=record.uid, name=current[1], ext=record.ext))
+        uidlist.records = kept
+        path = self.path / UIDLIST
+        atomic_write(path, uidlist.serialize(), mode=FILE_MODE)
+        self._uidlist_stamp = _stamp(path)
+        self._uid_of = {r.base: r.uid for r in kept}
+        self._entries = None
+
+    def ensure_keywords(self, keywords: Iterable[str]) -> None:
+        """Give letters to new keywords and persist dovecot-keywords (uidlist lock held)."""
+        self._load_keywords()
+        if self._keywords.add(k for k in keywords if not k.startswith("\\")):
+            path = self.path / KEYWORDS
+            atomic_write(path, self._keywords.serialize(), mode=FILE_MODE)
+            self._keywords_stamp = _stamp(path)
+
+    def set_keywords(self, keywords: KeywordMap) -> None:
+        path = self.path / KEYWORDS
+        atomic_write(path, keywords.serialize(), mode=FILE_MODE)
+        self._keywords = KeywordMap(list(keywords.names))
+        self._keywords_stamp = _stamp(path)
+        self._entry_of.clear()
+        self._entries = None
+
+    def claim_new(self) -> list[int]:
+        """Move every numbered file of new/ into cur/ (RFC 3501 \\Recent goes to the claimer)."""
+        claimed = []
+        for entry in self.entries():
+            if entry.sub != "new":
+                continue
+            name = f"{entry.name}:2,"
+            try:
+                os.rename(self.path / "new" / entry.name, self.path / "cur" / name)
+            except FileNotFoundError:
+                continue  # someone else moved or removed it meanwhile
+            self.renamed(entry.info.key, "cur", name)
+            claimed.append(entry.uid)
+        if claimed:
+            fsync_dir(self.path / "cur")
+            fsync_dir(self.path / "new")
+        return claimed

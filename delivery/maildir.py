@@ -1,0 +1,677 @@
+"""`MaildirStore`: the one `MailStore` (delivery/store.py), on Maildir++ as Dovecot lays it out.
+
+Layout and names: delivery/layout.py. UIDs: `dovecot-uidlist` (delivery/uidmap.py), kept per
+folder by delivery/index.py under Dovecot's `dovecot-uidlist.lock`. Flags and keywords: the
+":2," info letters and `dovecot-keywords` (delivery/keywords.py). Quota: `maildirsize`
+(delivery/quota.py). UIDVALIDITY: Dovecot's `dovecot-uidvalidity` allocator in the root, so a
+folder re-created under an old name never reuses a UIDVALIDITY (RFC 9051 §2.3.1.1).
+
+Writing a message (cr.yp.to/proto/maildir.html): write tmp/<unique>, fsync, rename into new/
+(or cur/ when it carries flags), give it its UID in the uidlist, fsync the directory; only then
+return. `deliver()` to several targets is all or nothing: every copy is written into tmp/ first,
+and on any failure every file written so far is removed before the error propagates.
+
+\\Recent (RFC 3501 §2.3.2): a message in new/ has not been seen by any session.
+`snapshot(claim_recent=True)` (SELECT) moves those files into cur/ and reports them in
+`recent_uids`: only one session ever claims a message. Without claiming (EXAMINE, STATUS),
+`recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
+new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/).
+
+DELETE of a folder that has children is refused (FolderHasChildrenError), as Dovecot's Maildir++
+does, instead of RFC 3501's alternative of keeping a \\Noselect name: Maildir++ has no way to
+store a name without a mailbox. INBOX cannot be deleted (RFC 9051 §6.3.4). RENAME of INBOX moves
+its messages into the new folder and leaves INBOX empty (RFC 9051 §6.3.6).
+
+Lock order, to stay deadlock-free: the quota flock (shared) before any folder lock; at most one
+folder lock at a time; nothing that takes the quota lock exclusively runs under a folder lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from delivery import quota
+from delivery.dotlock import DotLock
+from delivery.events import EventHub
+from delivery.index import FILE_MODE, Entry, FolderIndex
+from delivery.keywords import (
+    canonical_flag,
+    file_name_with_flags,
+    flags_from_letters,
+    letters_from_flags,
+    split_info,
+)
+from delivery.layout import (
+    crlf_size,
+    folder_dir_name,
+    folder_from_dir_name,
+    normalize_folder,
+    parent_folders,
+    parse_subscriptions,
+    serialize_subscriptions,
+    to_lf,
+    unique_name,
+)
+from delivery.store import (
+    DEFAULT_FOLDERS,
+    HIERARCHY_DELIMITER,
+    INBOX,
+    Flag,
+    FlagMode,
+    FolderExistsError,
+    FolderInfo,
+    FolderNotFoundError,
+    FolderSnapshot,
+    InvalidFolderNameError,
+    MessageGoneError,
+    MessageRef,
+    QuotaExceededError,
+    SpecialUse,
+    StoreError,
+    UnknownUserError,
+)
+from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.paths import StatePaths
+
+DIR_MODE = 0o700
+SUBSCRIPTIONS = "subscriptions"
+UIDVALIDITY = "dovecot-uidvalidity"
+SPECIAL_USE = "mailstack-special-use"  # our file: special use of a folder not in DEFAULT_FOLDERS
+MAILDIRFOLDER = "maildirfolder"  # Maildir++: marks a folder directory (Dovecot creates it)
+
+
+class FolderHasChildrenError(StoreError):
+    """DELETE of a folder with subfolders (refused; see the module docstring)."""
+
+    code = "CANNOT"
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """One message copy on its way into a folder."""
+
+    user: str
+    root: Path  # the account's Maildir
+    folder: str
+    fdir: Path
+    base: str  # unique base name, also its name in tmp/
+    meta: tuple[float, int, int]  # (mtime, S, W)
+
+
+class MaildirStore:
+    """Maildir++ under `paths.maildir(user)`; safe for many threads and other processes."""
+
+    def __init__(
+        self,
+        paths: StatePaths,
+        events: EventHub | None = None,
+        hostname: str = socket.gethostname(),
+    ) -> None:
+        self._paths = paths
+        self._events = events
+        self._host = hostname
+        self._indexes: dict[Path, FolderIndex] = {}
+        self._indexes_lock = threading.Lock()
+
+    # -- paths and caches ----------------------------------------------------------------------
+    def _user_root(self, user: str) -> Path:
+        local, at, domain = user.rpartition("@")
+        for part in (local, domain):
+            if not at or not part or "/" in part or part.startswith(".") or "\0" in part:
+                raise UnknownUserError(f"not an account address: {user!r}")
+        return self._paths.maildir(user)
+
+    def _root(self, user: str) -> Path:
+        root = self._user_root(user)
+        if not (root / "cur").is_dir():
+            raise UnknownUserError(f"no mailbox for {user}")
+        return root
+
+    def _folder(self, user: str, folder: str) -> tuple[Path, str, Path]:
+        """(account root, normalized name, folder directory); the folder must exist."""
+        root = self._root(user)
+        name = normalize_folder(folder)
+        fdir = root / folder_dir_name(name) if name != INBOX else root
+        if not (fdir / "cur").is_dir():
+            raise FolderNotFoundError(f"no folder {name!r}")
+        return root, name, fdir
+
+    def _index(self, root: Path, fdir: Path) -> FolderIndex:
+        with self._indexes_lock:
+            index = self._indexes.get(fdir)
+            if index is None:
+                index = FolderIndex(fdir, lambda: _next_uid_validity(root))
+                self._indexes[fdir] = index
+            return index
+
+    def _forget_indexes(self, prefix: Path) -> None:
+        with self._indexes_lock:
+            for path in [p for p in self._indexes if p == prefix or prefix in p.parents]:
+                del self._indexes[path]
+
+    def _publish(self, user: str, *folders: str) -> None:
+        if self._events is not None:
+            for folder in dict.fromkeys(folders):
+                self._events.publish(user, folder)
+
+    # -- accounts ------------------------------------------------------------------------------
+    def create_account(self, user: str) -> None:
+        root = self._user_root(user)
+        for parent in reversed(root.parents):
+            if parent.is_relative_to(self._paths.mail_dir) and not parent.exists():
+                parent.mkdir(mode=DIR_MODE, exist_ok=True)
+        is_new = not root.exists()
+        root.mkdir(mode=DIR_MODE, exist_ok=True)
+        for sub in ("tmp", "new", "cur"):
+            (root / sub).mkdir(mode=DIR_MODE, exist_ok=True)
+        with self._index(root, root).locked() as index:
+            index.sync()  # writes INBOX's dovecot-uidlist
+        for folder, use in DEFAULT_FOLDERS.items():
+            with contextlib.suppress(FolderExistsError):
+                self.create_folder(user, folder, use)
+        if is_new or not (root / SUBSCRIPTIONS).exists():
+            self._change_subscriptions(root, add=[INBOX, *DEFAULT_FOLDERS], remove=[])
+        quota.recalculate(root)
+        fsync_dir(root)
+
+    def delete_account(self, user: str) -> None:
+        root = self._root(user)
+        self._forget_indexes(root)
+        shutil.rmtree(root)
+
+    def usage_bytes(self, user: str) -> int:
+        return quota.usage(self._root(user))
+
+    def _check_quota(self, user: str, root: Path, limit: int, adding: int) -> None:
+        if limit > 0 and quota.usage(root, limit) + adding > limit:
+            raise QuotaExceededError(f"{user}: quota of {limit} bytes exceeded")
+
+    # -- writing -------------------------------------------------------------------------------
+    def _write_tmp(
+        self, fdir: Path, data: bytes, mtime: float | None
+    ) -> tuple[str, tuple[float, int, int]]:
+        size, vsize = len(data), crlf_size(data)
+        base = unique_name(self._host, size, vsize, now=mtime)
+        path = fdir / "tmp" / base
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))  # INTERNALDATE is the mtime (Dovecot does so)
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        os.close(fd)
+        return base, (st.st_mtime, size, vsize)
+
+    def _place(
+        self,
+        written: Sequence[_Written],
+        flags: Sequence[frozenset[str]],
+        placed: list[tuple[Path, str, str, int]],
+    ) -> None:
+        """Rename each tmp file into new/ or cur/ and number it; appends to `placed`."""
+        for item, item_flags in zip(written, flags, strict=True):
+            index = self._index(item.root, item.fdir)
+            with index.locked():
+                index.ensure_keywords(item_flags)
+                if item_flags:
+                    letters = letters_from_flags(item_flags, index.keywords)
+                    sub, name = "cur", file_name_with_flags(item.base, letters)
+                else:
+                    sub, name = "new", item.base
+                os.rename(item.fdir / "tmp" / item.base, item.fdir / sub / name)
+                placed.append((item.fdir, sub, name, 0))
+                uid = index.added(sub, name, item.meta)
+                placed[-1] = (item.fdir, sub, name, uid)
+        for fdir, sub in {(p[0], p[1]) for p in placed}:
+            fsync_dir(fdir / sub)
+
+    def _commit(
+        self,
+        written: list[_Written],
+        flags: Sequence[frozenset[str]],
+    ) -> list[MessageRef]:
+        """Place `written` (all already in tmp/) atomically as a group, or remove them all."""
+        placed: list[tuple[Path, str, str, int]] = []
+        roots = sorted({w.root for w in written})
+        try:
+            with contextlib.ExitStack() as stack:
+                for root in roots:
+                    stack.enter_context(quota.changing(root))
+                self._place(written, flags, placed)
+                for root in roots:
+                    mine = [w for w in written if w.root == root]
+                    quota.record(root, sum(w.meta[1] for w in mine), len(mine))
+        except BaseException:
+            for fdir, sub, name, _uid in placed:
+                with contextlib.suppress(OSError):
+                    (fdir / sub / name).unlink()
+            for item in written:
+                with contextlib.suppress(OSError):
+                    (item.fdir / "tmp" / item.base).unlink()
+            raise
+        refs = []
+        for item, (fdir, _sub, _name, uid) in zip(written, placed, strict=True):
+            uid_validity = self._index(item.root, fdir).uidlist.uid_validity
+            refs.append(MessageRef(item.user, item.folder, uid, uid_validity))
+        return refs
+
+    def deliver(
+        self,
+        targets: Sequence[tuple[str, str]],
+        message: bytes,
+        *,
+        quota_bytes: dict[str, int] | None = None,
+    ) -> list[MessageRef]:
+        data = to_lf(message)
+        resolved = [(user, *self._folder(user, folder)) for user, folder in targets]
+        per_user: dict[str, int] = {}
+        for user, *_ in resolved:
+            per_user[user] = per_user.get(user, 0) + len(data)
+        for user, adding in per_user.items():
+            self._check_quota(user, self._root(user), (quota_bytes or {}).get(user, 0), adding)
+        written: list[_Written] = []
+        try:
+            for user, root, name, fdir in resolved:
+                base, meta = self._write_tmp(fdir, data, None)
+                written.append(_Written(user, root, name, fdir, base, meta))
+        except BaseException:
+            for item in written:
+                with contextlib.suppress(OSError):
+                    (item.fdir / "tmp" / item.base).unlink()
+            raise
+        refs = self._commit(written, [frozenset()] * len(written))
+        for ref in refs:
+            self._publish(ref.user, ref.folder)
+        return refs
+
+    def append(
+        self,
+        user: str,
+        folder: str,
+        message: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+        quota_bytes: int = 0,
+    ) -> MessageRef:
+        root, name, fdir = self._folder(user, folder)
+        data = to_lf(message)
+        self._check_quota(user, root, quota_bytes, len(data))
+        wanted = _storable(flags)
+        base, meta = self._write_tmp(fdir, data, internal_date)
+        (ref,) = self._commit([_Written(user, root, name, fdir, base, meta)], [wanted])
+        self._publish(user, name)
+        return ref
+
+    # -- folders -------------------------------------------------------------------------------
+    def list_folders(self, user: str) -> list[FolderInfo]:
+        root = self._root(user)
+        names = [INBOX]
+        with os.scandir(root) as entries:
+            for entry in entries:
+                name = folder_from_dir_name(entry.name)
+                if name and name != INBOX and (root / entry.name / "cur").is_dir():
+                    names.append(name)
+        subscribed = set(self._subscriptions(root))
+        names.sort(key=lambda n: (n != INBOX, n))
+        return [
+            FolderInfo(
+                name=name,
+                special_use=self._special_use(root, name),
+                subscribed=name in subscribed,
+                has_children=any(o.startswith(name + HIERARCHY_DELIMITER) for o in names),
+            )
+            for name in names
+        ]
+
+    def _special_use(self, root: Path, name: str) -> SpecialUse | None:
+        if name == INBOX:
+            return None
+        try:
+            text = (root / folder_dir_name(name) / SPECIAL_USE).read_text().strip()
+        except FileNotFoundError:
+            return DEFAULT_FOLDERS.get(name)
+        try:
+            return SpecialUse(text)
+        except ValueError:
+            return DEFAULT_FOLDERS.get(name)
+
+    def create_folder(self, user: str, folder: str, special_use: SpecialUse | None = None) -> None:
+        root = self._root(user)
+        name = normalize_folder(folder)
+        if name == INBOX:
+            raise FolderExistsError("INBOX always exists")
+        for parent in parent_folders(name):
+            # RFC 9051 §6.3.4: the server SHOULD create missing superior names.
+            if parent != INBOX and not (root / folder_dir_name(parent) / "cur").is_dir():
+                with contextlib.suppress(FolderExistsError):
+                    self._create_one(root, parent, None)
+        self._create_one(root, name, special_use)
+        self._publish(user, name)
+
+    def _create_one(self, root: Path, name: str, special_use: SpecialUse | None) -> None:
+        final = root / folder_dir_name(name)
+        if (final / "cur").is_dir():
+            raise FolderExistsError(f"folder {name!r} exists")
+        # Built in tmp/ and renamed into place: nobody sees a folder without cur/new/tmp.
+        staging = root / "tmp" / f".mkfolder.{secrets.token_hex(8)}"
+        staging.mkdir(mode=DIR_MODE)
+        try:
+            for sub in ("tmp", "new", "cur"):
+                (staging / sub).mkdir(mode=DIR_MODE)
+            (staging / MAILDIRFOLDER).touch(mode=FILE_MODE)
+            if special_use is not None and DEFAULT_FOLDERS.get(name) != special_use:
+                atomic_write(staging / SPECIAL_USE, f"{special_use}\n", mode=FILE_MODE)
+            with FolderIndex(staging, lambda: _next_uid_validity(root)).locked() as index:
+                index.sync()  # the uidlist, with a fresh UIDVALIDITY
+            try:
+                os.rename(staging, final)
+            except OSError as exc:  # ENOTEMPTY/EEXIST: someone created it meanwhile
+                raise FolderExistsError(f"folder {name!r} exists") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_dir(root)
+        self._forget_indexes(final)
+
+    def delete_folder(self, user: str, folder: str) -> None:
+        root, name, fdir = self._folder(user, folder)
+        if name == INBOX:
+            raise InvalidFolderNameError("INBOX cannot be deleted (RFC 9051 §6.3.4)")
+        prefix = "." + name + HIERARCHY_DELIMITER
+        if any(n.startswith(prefix) for n in os.listdir(root)):
+            raise FolderHasChildrenError(f"folder {name!r} has subfolders; delete them first")
+        trash = root / "tmp" / f".deleted.{secrets.token_hex(8)}"
+        self._move_dir(root, fdir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        quota.invalidate(root)
+        self._publish(user, name)
+
+    def _move_dir(self, root: Path, src: Path, dst: Path) -> None:
+        """Rename a folder directory while holding its lock, so no writer is inside."""
+        index = self._index(root, src)
+        with index.locked():
+            os.rename(src, dst)
+            # Our dotlock moved along with the directory; remove it there (release() will
+            # find nothing at the old path).
+            with contextlib.suppress(FileNotFoundError):
+                (dst / "dovecot-uidlist.lock").unlink()
+        fsync_dir(root)
+        self._forget_indexes(src)
+
+    def rename_folder(self, user: str, old: str, new: str) -> None:
+        root, old_name, old_dir = self._folder(user, old)
+        new_name = normalize_folder(new)
+        if new_name == INBOX or (root / folder_dir_name(new_name) / "cur").is_dir():
+            raise FolderExistsError(f"folder {new_name!r} exists")
+        if new_name.startswith(old_name + HIERARCHY_DELIMITER):
+            raise InvalidFolderNameError(f"cannot move {old_name!r} into itself")
+        if old_name == INBOX:
+            self._rename_inbox(user, root, new_name)
+            return
+        for parent in parent_folders(new_name):
+            if parent != INBOX and not (root / folder_dir_name(parent) / "cur").is_dir():
+                with contextlib.suppress(FolderExistsError):
+                    self._create_one(root, parent, None)
+        prefix = "." + old_name + HIERARCHY_DELIMITER
+        children = sorted(n for n in os.listdir(root) if n.startswith(prefix))
+        self._move_dir(root, old_dir, root / folder_dir_name(new_name))
+        for child in children:
+            suffix = child[len("." + old_name) :]
+            self._move_dir(root, root / child, root / f".{new_name}{suffix}")
+        self._publish(user, old_name, new_name)
+
+    def _rename_inbox(self, user: str, root: Path, new_name: str) -> None:
+        self.create_folder(user, new_name)
+        dest = root / folder_dir_name(new_name)
+        src_index, dest_index = self._index(root, root), self._index(root, dest)
+        with src_index.locked():
+            src_index.sync()
+            entries = src_index.entries()
+            keywords = src_index.keywords
+            with dest_index.locked():  # the new folder is invisible to others: no lock cycle
+                dest_index.sync()
+                dest_index.set_keywords(keywords)  # letters keep their meaning
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(root / entry.sub / entry.name, dest / entry.sub / entry.name)
+                        dest_index.added(entry.sub, entry.name, entry.meta)
+                for sub in ("new", "cur"):
+                    fsync_dir(dest / sub)
+            src_index.removed(e.info.key for e in entries)
+        self._publish(user, INBOX, new_name)
+
+    # -- subscriptions -------------------------------------------------------------------------
+    def _subscriptions(self, root: Path) -> list[str]:
+        try:
+            return parse_subscriptions((root / SUBSCRIPTIONS).read_bytes())
+        except FileNotFoundError:
+            return []
+
+    def _change_subscriptions(self, root: Path, add: list[str], remove: list[str]) -> None:
+        with DotLock(root / SUBSCRIPTIONS) as lock:  # Dovecot's subscriptions.lock
+            names = [n for n in self._subscriptions(root) if n not in remove]
+            names += [n for n in add if n not in names]
+            lock.replace(serialize_subscriptions(names))
+
+    def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
+        root = self._root(user)
+        name = normalize_folder(folder)  # RFC 9051 §6.3.7: may name a folder that doesn't exist
+        if subscribed:
+            self._change_subscriptions(root, add=[name], remove=[])
+        else:
+            self._change_subscriptions(root, add=[], remove=[name])
+
+    # -- reading and changing messages ---------------------------------------------------------
+    def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:
+        root, name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            result = index.sync()
+            if claim_recent:
+                recent = frozenset(index.claim_new())
+                entries = index.entries()
+            else:
+                entries = index.entries()
+                recent = frozenset(e.uid for e in entries if e.sub == "new")
+            snap = FolderSnapshot(
+                name=name,
+                uid_validity=index.uidlist.uid_validity,
+                uid_next=index.uidlist.next_uid,
+                messages=tuple(e.info for e in entries),
+                keywords=index.keywords.defined(),
+                recent_uids=recent,
+            )
+        if result.foreign_changes:
+            quota.invalidate(root)  # someone else added or removed files: recount lazily
+        return snap
+
+    def read_message(self, user: str, folder: str, uid: int) -> bytes:
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            index.sync()
+            entry = index.entry(uid)
+            if entry is None:
+                raise MessageGoneError(f"UID {uid} does not exist")
+            try:
+                f = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115 - read outside the lock
+            except FileNotFoundError:
+                raise MessageGoneError(f"UID {uid} was expunged") from None
+        with f:
+            return f.read()
+
+    def store_flags(
+        self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
+    ) -> dict[int, frozenset[str]]:
+        root, name, fdir = self._folder(user, folder)
+        wanted = _storable(flags)
+        index = self._index(root, fdir)
+        result: dict[int, frozenset[str]] = {}
+        changed = False
+        with index.locked():
+            index.sync()
+            if mode is not FlagMode.REMOVE:
+                index.ensure_keywords(wanted)
+            by_uid = index.entries_by_uid()
+            for uid in uids:
+                entry = by_uid.get(uid)
+                if entry is None:
+                    continue
+                old = entry.info.flags
+                new = {FlagMode.REPLACE: wanted, FlagMode.ADD: old | wanted}.get(mode, old - wanted)
+                base, old_letters, extra = split_info(entry.name)
+                letters = letters_from_flags(new, index.keywords, keep=old_letters)
+                new_name = file_name_with_flags(base, letters, extra)
+                if (entry.sub, entry.name) != ("cur", new_name):
+                    try:
+                        os.rename(fdir / entry.sub / entry.name, fdir / "cur" / new_name)
+                    except FileNotFoundError:
+                        continue  # expunged or renamed by someone else meanwhile: skip it
+                    index.renamed(base, "cur", new_name)
+                    changed = True
+                result[uid] = flags_from_letters(letters, index.keywords)
+            if changed:
+                fsync_dir(fdir / "cur")
+        if changed:
+            self._publish(user, name)
+        return result
+
+    def copy(
+        self, user: str, folder: str, uids: Sequence[int], dest: str, *, quota_bytes: int = 0
+    ) -> list[tuple[int, int]]:
+        root, _name, fdir = self._folder(user, folder)
+        _, dest_name, dest_dir = self._folder(user, dest)
+        index = self._index(root, fdir)
+        written: list[_Written] = []
+        sources: list[tuple[int, frozenset[str]]] = []
+        try:
+            with index.locked():
+                index.sync()
+                by_uid = index.entries_by_uid()
+                chosen = [by_uid[u] for u in dict.fromkeys(uids) if u in by_uid]
+                self._check_quota(user, root, quota_bytes, sum(e.disk_size for e in chosen))
+                for entry in chosen:
+                    written.append(self._link_tmp(user, root, dest_name, dest_dir, fdir, entry))
+                    sources.append((entry.uid, entry.info.flags))
+        except BaseException:
+            for item in written:
+                with contextlib.suppress(OSError):
+                    (item.fdir / "tmp" / item.base).unlink()
+            raise
+        refs = self._commit(written, [flags for _uid, flags in sources])
+        if refs:
+            self._publish(user, dest_name)
+        return [(uid, ref.uid) for (uid, _flags), ref in zip(sources, refs, strict=True)]
+
+    def _link_tmp(
+        self, user: str, root: Path, dest_name: str, dest_dir: Path, fdir: Path, entry: Entry
+    ) -> _Written:
+        meta = entry.meta
+        base = unique_name(self._host, meta[1], entry.info.size)
+        src, tmp = fdir / entry.sub / entry.name, dest_dir / "tmp" / base
+        try:
+            os.link(src, tmp)  # messages are immutable: share the file, as Dovecot does
+        except FileNotFoundError:
+            raise MessageGoneError(f"UID {entry.uid} was expunged") from None
+        except OSError:
+            shutil.copyfile(src, tmp)
+            os.utime(tmp, (meta[0], meta[0]))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        return _Written(user, root, dest_name, dest_dir, base, meta)
+
+    def move(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
+        pairs = self.copy(user, folder, uids, dest)
+        self._remove(user, folder, [src for src, _new in pairs], only_deleted=False)
+        return pairs
+
+    def expunge(self, user: str, folder: str, uids: Iterable[int] | None = None) -> list[int]:
+        return self._remove(user, folder, uids, only_deleted=True)
+
+    def _remove(
+        self, user: str, folder: str, uids: Iterable[int] | None, *, only_deleted: bool
+    ) -> list[int]:
+        root, name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        wanted = None if uids is None else set(uids)
+        removed: list[tuple[int, str, int]] = []
+        with quota.changing(root), index.locked():
+            index.sync()
+            for entry in index.entries():
+                if wanted is not None and entry.uid not in wanted:
+                    continue
+                if only_deleted and Flag.DELETED not in entry.info.flags:
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # gone already: expunged anyway
+                    (fdir / entry.sub / entry.name).unlink()
+                removed.append((entry.uid, entry.info.key, index.size_of(entry.info.key)))
+            if removed:
+                index.removed(key for _uid, key, _size in removed)
+                fsync_dir(fdir / "cur")
+                fsync_dir(fdir / "new")
+                quota.record(root, -sum(size for *_, size in removed), -len(removed))
+        if removed:
+            self._publish(user, name)
+        return [uid for uid, *_ in removed]
+
+
+def _storable(flags: Iterable[str]) -> frozenset[str]:
+    """Flags a message can carry: system flags in canonical case and keywords; no \\Recent."""
+    out = set()
+    for flag in flags:
+        canonical = canonical_flag(flag)
+        if canonical is not None:
+            out.add(canonical)
+    return frozenset(out)
+
+
+def _next_uid_validity(root: Path) -> int:
+    """Dovecot's allocator (mailbox-uidvalidity.c): `dovecot-uidvalidity` holds the last value
+    in hex; the empty marker `dovecot-uidvalidity.<hex>` is renamed to the next value, and the
+    rename's atomicity makes concurrent allocations distinct, across processes too."""
+    path = root / UIDVALIDITY
+    for _ in range(10):
+        markers = [
+            int(n.rsplit(".", 1)[1], 16)
+            for n in os.listdir(root)
+            if n.startswith(UIDVALIDITY + ".") and _is_hex(n.rsplit(".", 1)[1])
+        ]
+        if not markers:
+            value = int(time.time())
+            try:
+                fd = os.open(f"{path}.{value:08x}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            except FileExistsError:
+                continue
+            os.close(fd)
+        else:
+            current = max(markers)
+            try:
+                os.rename(f"{path}.{current:08x}", f"{path}.{current + 1:08x}")
+            except FileNotFoundError:
+                continue  # another allocator won this value; take the next one
+            value = current + 1
+        atomic_write(path, f"{value:08x}", mode=FILE_MODE)
+        return value
+    raise StoreError(f"{path}: could not allocate a UIDVALIDITY")
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdefABCDEF" for c in text)

@@ -1,0 +1,143 @@
+"""Per-account storage accounting in the Maildir++ `maildirsize` file.
+
+Why this file and not our own counter: it is the Maildir++ quota convention (Courier's
+README.maildirquota) that Dovecot's `quota = maildir` backend reads and appends to as well, so
+usage stays right when Dovecot delivers into the same Maildir, and the count survives restarts
+and is shared by every process without a daemon. Reading it is one small read; writers append one
+"<bytes> <count>" line with O_APPEND, a single write() that never interleaves with another.
+
+    <limit>S                first line: the quota definition (0 when we do not know one)
+    <bytes> <count>         one line per change, negative for removals
+
+Usage is the sum of the lines. The file is recalculated from the directory listings (sizes come
+from the S= field of the names, so no file is opened) when it is missing, unreadable or longer
+than 5120 bytes (the spec's limit), and after `invalidate()` (the store calls it when it finds
+files it did not write, e.g. a script dropped mail into new/, or deletes a whole folder).
+
+Exactness under concurrency: a writer holds a shared flock on the Maildir root from the moment
+its file appears in a folder until its line is appended; a recalculation holds it exclusively
+while it lists and replaces the file. So a message is counted either by the listing or by its
+line, never both, never neither. Appends only go to an existing file (no O_CREAT): when it is
+missing the next reader's recalculation counts everything.
+
+Counted bytes are S= (bytes on disk with LF endings), as Dovecot's maildir quota counts them.
+Concurrent deliveries check the quota before writing and may together overshoot it by what is in
+flight at that moment; Dovecot has the same bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from delivery.layout import sizes_from_name
+from mailstack.fsutil import atomic_write
+
+FILE_NAME = "maildirsize"
+MAX_FILE_BYTES = 5120  # Courier README.maildirquota: recalculate when the file grows beyond it
+
+
+@contextlib.contextmanager
+def _flock(root: Path, mode: int) -> Iterator[None]:
+    # flock on the directory itself: no extra file in the Maildir, released if we crash.
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+@contextlib.contextmanager
+def changing(root: Path) -> Iterator[None]:
+    """Hold while files appear/disappear and their `record()` lines are written."""
+    with _flock(root, fcntl.LOCK_SH):
+        yield
+
+
+def record(root: Path, delta_bytes: int, delta_count: int) -> None:
+    """Append one change line; call inside `changing(root)`."""
+    if delta_bytes == 0 and delta_count == 0:
+        return
+    try:
+        fd = os.open(root / FILE_NAME, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        return  # the next usage() recalculates and counts this change
+    try:
+        os.write(fd, f"{delta_bytes} {delta_count}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _sum(data: bytes) -> int | None:
+    lines = data.decode("ascii", "replace").split("\n")
+    if len(lines) < 2 or lines[-1] != "":
+        return None  # no header, or a torn last line
+    total = 0
+    for line in lines[1:-1]:
+        fields = line.split()
+        if len(fields) != 2:
+            return None
+        try:
+            total += int(fields[0])
+        except ValueError:
+            return None
+    return total
+
+
+def _folder_dirs(root: Path) -> Iterator[Path]:
+    yield root
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name not in (".", "..") and entry.is_dir():
+                yield Path(entry.path)
+
+
+def _scan(root: Path) -> tuple[int, int]:
+    total = count = 0
+    for folder in _folder_dirs(root):
+        for sub in ("new", "cur"):
+            try:
+                entries = os.scandir(folder / sub)
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    size, _ = sizes_from_name(entry.name.split(":", 1)[0])
+                    if size is None:
+                        try:
+                            size = entry.stat().st_size
+                        except FileNotFoundError:
+                            continue
+                    total += size
+                    count += 1
+    return total, count
+
+
+def usage(root: Path, limit_bytes: int = 0) -> int:
+    """Bytes used by the Maildir at `root`; recalculates the file when needed."""
+    try:
+        data = (root / FILE_NAME).read_bytes()
+    except FileNotFoundError:
+        data = b""
+    if len(data) <= MAX_FILE_BYTES and (total := _sum(data)) is not None:
+        return total
+    return recalculate(root, limit_bytes)
+
+
+def recalculate(root: Path, limit_bytes: int = 0) -> int:
+    with _flock(root, fcntl.LOCK_EX):
+        total, count = _scan(root)
+        atomic_write(root / FILE_NAME, f"{limit_bytes}S\n{total} {count}\n", mode=0o600)
+    return total
+
+
+def invalidate(root: Path) -> None:
+    """Forget the count; the next usage() recalculates from the listings."""
+    with _flock(root, fcntl.LOCK_EX), contextlib.suppress(FileNotFoundError):
+        (root / FILE_NAME).unlink()

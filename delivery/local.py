@@ -1,0 +1,153 @@
+"""Local delivery: a received message into the Maildir of every local mailbox it is for.
+
+Used by the MX (smtp.handler, in a worker thread) and by `mailstack deliver` (an LDA for
+Postfix's `mailbox_command` or a procmail-style pipe). Per mailbox one copy, whatever number of
+recipients or aliases lead to it, into INBOX (or Junk when the verdict says so), each prefixed
+with `Return-Path:` and `Delivered-To:` (RFC 5321 §4.4) above the caller's trace fields.
+
+All or nothing: every copy differs (its own Delivered-To), so each is a separate store call;
+if a later one fails, the copies already made are expunged again before the error propagates,
+and the caller answers 451/452 for the whole transaction. The store fsyncs before returning,
+so when `deliver` returns every copy is durable.
+
+Blocking (SQLite, disk): async callers use `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from delivery.store import (
+    INBOX,
+    Flag,
+    FlagMode,
+    FolderNotFoundError,
+    MailStore,
+    MessageRef,
+    QuotaExceededError,
+    UnknownUserError,
+)
+from mailstack.users import Accounts
+from smtp.headers import delivered_to_field, header_block, local_received_field, return_path_field
+
+log = logging.getLogger(__name__)
+
+# sysexits.h, which Postfix's pipe(8) and local(8) interpret for an LDA.
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Where the copies of one message went."""
+
+    refs: tuple[MessageRef, ...]
+
+    @property
+    def mailboxes(self) -> tuple[str, ...]:
+        return tuple(r.user for r in self.refs)
+
+
+class LocalDelivery:
+    def __init__(self, accounts: Accounts, store: MailStore) -> None:
+        self._accounts = accounts
+        self._store = store
+
+    def deliver(
+        self,
+        *,
+        mail_from: str,
+        recipients: Sequence[tuple[str, Sequence[str]]],
+        message: bytes,
+        prefix_fields: Sequence[str] = (),
+        folder: str = INBOX,
+    ) -> Delivered:
+        """Store one copy per distinct mailbox of `recipients` ((rcpt, mailboxes) pairs).
+
+        `prefix_fields` (verdict headers, our Received) go below Return-Path/Delivered-To.
+        Raises QuotaExceededError (nothing stored), or any store/OS error (nothing stored).
+        """
+        mailboxes = list(dict.fromkeys(m for _rcpt, boxes in recipients for m in boxes))
+        trace = header_block(list(prefix_fields))
+        done: list[MessageRef] = []
+        try:
+            for mailbox in mailboxes:
+                head = header_block([return_path_field(mail_from), delivered_to_field(mailbox)])
+                copy = head + trace + message
+                quota = {mailbox: self._accounts.quota_bytes(mailbox)}
+                try:
+                    refs = self._store.deliver([(mailbox, folder)], copy, quota_bytes=quota)
+                except FolderNotFoundError:
+                    if folder == INBOX:
+                        raise
+                    # The user deleted their Junk folder: INBOX rather than losing the mail.
+                    refs = self._store.deliver([(mailbox, INBOX)], copy, quota_bytes=quota)
+                done.extend(refs)
+        except BaseException:
+            self._undo(done)
+            raise
+        return Delivered(tuple(done))
+
+    def _undo(self, refs: list[MessageRef]) -> None:
+        """Expunge copies already stored when a later one failed (best effort, logged)."""
+        for ref in refs:
+            try:
+                self._store.store_flags(ref.user, ref.folder, [ref.uid], [Flag.DELETED],
+                                        FlagMode.ADD)
+                self._store.expunge(ref.user, ref.folder, [ref.uid])
+            except Exception:
+                log.exception("could not take back copy %s/%s uid %d after a failed delivery",
+                              ref.user, ref.folder, ref.uid)
+
+
+def deliver_message(
+    accounts: Accounts,
+    store: MailStore,
+    *,
+    hostname: str,
+    recipient: str,
+    message: bytes,
+    mail_from: str = "",
+) -> int:
+    """`mailstack deliver ADDR < message`: store for one address; a sysexits status.
+
+    0 delivered · 67 EX_NOUSER no such local recipient · 75 EX_TEMPFAIL quota or disk trouble
+    (the caller's MTA retries later) · 65 EX_DATAERR an empty message.
+    """
+    if message.startswith(b"From "):  # an mbox "From " line from a pipe: not part of the mail
+        message = message.split(b"\n", 1)[1] if b"\n" in message else b""
+    if not message.strip():
+        log.error("deliver: empty message")
+        return EX_DATAERR
+    resolution = accounts.resolve(recipient)
+    if not resolution.mailboxes:
+        log.error("deliver: no such local recipient: %s", recipient)
+        return EX_NOUSER
+    queue_id = secrets.token_hex(6)
+    received = local_received_field(by_host=hostname, queue_id=queue_id, recipient=recipient,
+                                    when=datetime.now(UTC))
+    try:
+        LocalDelivery(accounts, store).deliver(
+            mail_from=mail_from, recipients=[(recipient, resolution.mailboxes)],
+            message=message, prefix_fields=[received])
+    except QuotaExceededError as exc:
+        log.error("deliver: %s", exc)
+        return EX_TEMPFAIL
+    except UnknownUserError as exc:
+        log.error("deliver: %s (account without a Maildir)", exc)
+        return EX_TEMPFAIL
+    except OSError as exc:
+        log.error("deliver: cannot store the message: %s", exc)
+        return EX_TEMPFAIL
+    with contextlib.suppress(Exception):
+        log.info("deliver: %s -> %s id %s", recipient, ", ".join(resolution.mailboxes), queue_id)
+    return EX_OK

@@ -1,0 +1,141 @@
+"""DATA framing: client bytes after `354` -> the message, found with bytes.find, not per line.
+
+RFC 5321 §4.1.1.4: the message ends at `<CRLF>.<CRLF>`; §4.5.2: a line starting with "." has
+that dot removed (transparency). aiosmtpd reads DATA one line at a time with a coroutine step
+per line, which on a 25 MB message keeps the event loop busy for seconds; this framer does
+O(chunk) C-level work (find, count, split, replace) per chunk instead.
+
+Invariants:
+- Only `<CR><LF>.<CR><LF>` ends the message. `<LF>.<LF>` or `<CR>.<CR>` never do: that is the
+  SMTP smuggling attack (CVE-2023-51764/5/6). Any bare <CR> or <LF> in the message is an error
+  reported at once (`BARE_NEWLINE`), as Postfix's `smtpd_forbid_bare_newline`; the transport
+  then replies and closes, since the client's idea of where the message ends is not ours.
+- Lines longer than 1000 octets (RFC 5321 §4.5.3.1.6; 1001 with a transparency dot) or a
+  message over `max_bytes` are errors reported after the terminator (§4.2.5: reply to the
+  whole DATA), and the buffered content is dropped at once so memory stays bounded.
+- Bytes after the terminator (pipelined commands) are returned in `leftover`.
+Pure: no I/O, usable byte by byte (tests/smtp/test_framing.py checks chunking invariance).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+TERMINATOR = b"\r\n.\r\n"
+# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF, plus one for the dot.
+MAX_LINE_BYTES = 1001
+# Bytes held back at the end of a chunk: the longest proper prefix of the terminator.
+_HOLD = len(TERMINATOR) - 1
+
+
+class DataError(enum.Enum):
+    TOO_BIG = "too big"
+    LINE_TOO_LONG = "line too long"
+    BARE_NEWLINE = "bare newline"
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnd:
+    """The framer's only event: the message ended (or was abandoned on BARE_NEWLINE)."""
+
+    content: bytes  # dot-unstuffed message, CRLF line endings; b"" when `error` is set
+    error: DataError | None
+    size: int  # octets received before the terminator, as sent (dot-stuffed)
+    leftover: bytes  # bytes after the terminator
+
+
+class DataFramer:
+    """Feeds on the bytes after `354`; yields one DataEnd."""
+
+    def __init__(self, *, max_bytes: int, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._max_line = max_line_bytes
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._size = 0
+        self._error: DataError | None = None
+        self._at_line_start = True  # the next byte starts a line
+        self._pending_cr = False  # the last processed byte was a CR awaiting its LF
+        self._line_len = 0  # length of the unfinished line so far
+        self._event: DataEnd | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        if (ev := self._event) is not None:  # after the end: more pipelined commands
+            self._event = DataEnd(ev.content, ev.error, ev.size, ev.leftover + data)
+            return
+        self._buf += data
+        self._advance()
+
+    def next_event(self) -> DataEnd | None:
+        return self._event
+
+    # -- internals -----------------------------------------------------------------------------
+    def _advance(self) -> None:
+        buf = self._buf
+        if self._at_line_start and not self._pending_cr and buf.startswith(b".\r\n"):
+            self._finish(0, 3)  # the message ends right after a previous line's CRLF
+            return
+        # A terminator at the very start of the buffer with a CR left in the previous chunk:
+        # "\r" | "\n.\r\n".
+        if self._pending_cr and buf.startswith(b"\n.\r\n"):
+            self._process(bytes(buf[:1]))
+            self._finish(1, 4)
+            return
+        end = buf.find(TERMINATOR)
+        if end >= 0:
+            self._process(bytes(buf[: end + 2]))
+            if self._event is None:
+                self._finish(end + 2, 3)
+            return
+        keep = min(_HOLD, len(buf))
+        if len(buf) > keep:
+            self._process(bytes(buf[: len(buf) - keep]))
+            del buf[: len(buf) - keep]
+
+    def _finish(self, start: int, length: int) -> None:
+        leftover = bytes(self._buf[start + length:])
+        self._buf = bytearray()
+        content = b"".join(self._out) if self._error is None else b""
+        self._out = []
+        self._event = DataEnd(content, self._error, self._size, leftover)
+
+    def _process(self, region: bytes) -> None:
+        """Validate and unstuff a run of message bytes that contains no terminator."""
+        if not region:
+            return
+        self._size += len(region)
+        at_line_start, self._at_line_start = self._at_line_start, region.endswith(b"\n")
+        if self._error is not None:
+            self._pending_cr = region.endswith(b"\r")
+            return
+        # Bare CR / bare LF: every CR must be followed by LF and every LF preceded by CR.
+        crlf = region.count(b"\r\n")
+        joined = 1 if self._pending_cr and region.startswith(b"\n") else 0
+        if self._pending_cr and not joined:
+            return self._fail(DataError.BARE_NEWLINE)
+        trailing_cr = 1 if region.endswith(b"\r") else 0
+        if region.count(b"\n") != crlf + joined or region.count(b"\r") != crlf + trailing_cr:
+            return self._fail(DataError.BARE_NEWLINE)
+        self._pending_cr = bool(trailing_cr)
+        # Line lengths, counted with the line's CRLF.
+        lines = region.split(b"\n")
+        first = self._line_len + len(lines[0]) + (1 if len(lines) > 1 else 0)
+        longest = max(first, *(len(x) + 1 for x in lines[1:-1])) if len(lines) > 2 else first
+        self._line_len = len(lines[-1]) if len(lines) > 1 else first
+        if longest > self._max_line or self._line_len > self._max_line:
+            return self._fail(DataError.LINE_TOO_LONG)
+        if self._size > self._max_bytes:
+            return self._fail(DataError.TOO_BIG)
+        # Transparency (RFC 5321 §4.5.2): drop the first "." of every line.
+        if at_line_start and region.startswith(b"."):
+            region = region[1:]
+        self._out.append(region.replace(b"\n.", b"\n"))
+
+    def _fail(self, error: DataError) -> None:
+        self._out = []  # drop what we have: memory stays bounded whatever the client sends
+        if self._error is None:
+            self._error = error
+        if error is DataError.BARE_NEWLINE:
+            # Reported at once: we no longer agree with the client on where the message ends.
+            self._event = DataEnd(b"", error, self._size, b"")

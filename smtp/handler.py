@@ -1,0 +1,167 @@
+"""aiosmtpd-side hooks of the MX: look facts up, ask `smtp.policy`, hand mail to delivery.
+
+Translation only: `handle_RCPT` gathers what `check_recipient` needs (hosted domain, the
+mailboxes `Accounts.resolve` gives, their quota) and returns its reply; `deliver` runs the
+loop check, the inbound `Verifier` seam (`smtp.verdict`) and `delivery.local`, and maps
+their outcomes to replies. Anything unexpected while accepting mail is 451 4.3.0, never a 5xx.
+Blocking work (SQLite, Maildir scans, fsync) runs in worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from delivery.local import LocalDelivery
+from delivery.store import QuotaExceededError
+from mailstack.context import ServerContext
+from smtp import replies
+from smtp.address import Address, AddressError
+from smtp.framing import DataError
+from smtp.headers import TraceInfo, count_received, protocol_name, received_field
+from smtp.policy import RecipientFacts, check_received_count, check_recipient
+from smtp.replies import Reply
+from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verifier
+
+log = logging.getLogger(__name__)
+
+
+class MxSession(Session):
+    """aiosmtpd's Session plus what the MX tracks per connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.connection_id = ""
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.errors = 0
+        self.blocklisted_by: str | None = None
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
+        self.tls_bits: int | None = None
+        self.transactions = 0
+
+    def inherit(self, old: MxSession) -> None:
+        """After STARTTLS aiosmtpd makes a new Session; the connection's facts carry over."""
+        self.connection_id = old.connection_id
+        self.peer_ip, self.peer_port = old.peer_ip, old.peer_port
+        self.errors = old.errors
+        self.blocklisted_by = old.blocklisted_by
+        self.transactions = old.transactions
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            connection_id=self.connection_id, peer_ip=self.peer_ip, peer_port=self.peer_port,
+            helo=self.host_name or "", is_esmtp=bool(self.extended_smtp),
+            tls_version=self.tls_version, tls_cipher=self.tls_cipher,
+            authenticated_as=None,
+        )
+
+
+class MxEnvelope(Envelope):
+    """aiosmtpd's Envelope plus BDAT state and each recipient's resolved mailboxes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body_8bit = False
+        self.mailboxes: dict[str, tuple[str, ...]] = {}  # accepted rcpt -> local mailboxes
+        self.bdat_started = False
+        self.bdat_chunks: list[bytes] = []
+        self.bdat_size = 0
+        self.bdat_error: DataError | None = None
+
+    def info(self) -> EnvelopeInfo:
+        return EnvelopeInfo(mail_from=self.mail_from or "", rcpt_tos=tuple(self.rcpt_tos),
+                            smtp_utf8=bool(self.smtp_utf8), body_8bit=self.body_8bit)
+
+
+class MxHandler:
+    """Shared by every session of one listener."""
+
+    def __init__(self, ctx: ServerContext, verify: Verifier) -> None:
+        self._ctx = ctx
+        self._verify = verify
+        self._delivery = LocalDelivery(ctx.accounts, ctx.store)
+        self._queue_ids = 0
+
+    # -- RCPT ----------------------------------------------------------------------------------
+    def _recipient_facts(self, address: Address) -> RecipientFacts:
+        """Blocking lookups for one recipient (SQLite, and a Maildir scan when a quota is set)."""
+        if address.domain not in self._ctx.hosted_domains():
+            return RecipientFacts(is_hosted_domain=False, mailboxes=())
+        resolution = self._ctx.accounts.resolve(str(address))
+        full = tuple(m for m in resolution.mailboxes if self._is_full(m))
+        return RecipientFacts(is_hosted_domain=True, mailboxes=resolution.mailboxes,
+                              forwards=resolution.forwards, over_quota=full)
+
+    def _is_full(self, mailbox: str) -> bool:
+        quota = self._ctx.accounts.quota_bytes(mailbox)
+        return quota > 0 and self._ctx.store.usage_bytes(mailbox) >= quota
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
+        self, server: Any, session: MxSession, envelope: MxEnvelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        try:
+            rcpt = Address.parse(address)
+        except AddressError:
+            return str(replies.BAD_ADDRESS)
+        if session.blocklisted_by is not None:
+            facts = RecipientFacts(is_hosted_domain=False, mailboxes=())
+        else:
+            facts = await asyncio.to_thread(self._recipient_facts, rcpt)
+        reply = check_recipient(
+            facts, authenticated=False, accepted_so_far=len(envelope.rcpt_tos),
+            max_recipients=self._ctx.config.smtp.max_recipients,
+            blocklisted_by=session.blocklisted_by, peer_ip=session.peer_ip)
+        if reply.is_positive:
+            # Once a hook exists aiosmtpd leaves the bookkeeping to us.
+            envelope.rcpt_tos.append(address)
+            envelope.mailboxes[address] = facts.mailboxes
+        return str(reply)
+
+    # -- DATA / BDAT LAST ----------------------------------------------------------------------
+    async def deliver(self, session: MxSession, envelope: MxEnvelope, content: bytes) -> Reply:
+        """Check, verify and store a received message; the reply to DATA or BDAT LAST."""
+        loop_reply = check_received_count(count_received(content),
+                                          self._ctx.config.smtp.max_received_headers)
+        if loop_reply is not None:
+            return loop_reply
+        try:
+            verdict = await self._verify(session.info(), envelope.info(), content)
+        except Exception:
+            log.exception("[%s] inbound verification failed", session.connection_id)
+            return replies.LOCAL_ERROR
+        if (refusal := verdict.effective_reply) is not None:
+            return refusal
+        if verdict.message is not None:
+            content = verdict.message
+        session.transactions += 1
+        queue_id = f"{session.connection_id}.{session.transactions}"
+        trace = TraceInfo(
+            helo=session.host_name or "", peer_ip=session.peer_ip,
+            by_host=self._ctx.config.server.hostname,
+            protocol=protocol_name(esmtp=bool(session.extended_smtp),
+                                   tls=session.tls_version is not None, authenticated=False,
+                                   smtputf8=bool(envelope.smtp_utf8)),
+            queue_id=queue_id, tls_version=session.tls_version, tls_cipher=session.tls_cipher,
+            tls_bits=session.tls_bits,
+            single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None)
+        fields = [*verdict.header_lines, received_field(trace, when=datetime.now(UTC))]
+        folder = "Junk" if verdict.disposition is Disposition.JUNK else "INBOX"
+        recipients = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
+        try:
+            # The store fsyncs before it returns: only then may we answer 250.
+            await asyncio.to_thread(self._delivery.deliver, mail_from=envelope.mail_from or "",
+                                    recipients=recipients, message=content,
+                                    prefix_fields=fields, folder=folder)
+        except QuotaExceededError:
+            return replies.OVER_QUOTA
+        except Exception:
+            log.exception("[%s] delivery failed", session.connection_id)
+            return replies.LOCAL_ERROR
+        return replies.QUEUED.with_text(f"OK: queued as {queue_id}")

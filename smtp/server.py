@@ -1,0 +1,617 @@
+"""The MX listener (port 25): aiosmtpd's `SMTP` protocol, extended, via `loop.create_server`.
+
+aiosmtpd gives us STARTTLS plumbing, address parsing and the simple commands (RSET, NOOP,
+VRFY, HELP, QUIT). `MxSMTP` replaces its command loop and DATA handling:
+
+- Input is read in chunks into one buffer and cut at CRLF, so pipelined commands (RFC 2920)
+  are answered in order, and DATA is framed by `smtp.framing.DataFramer` (bytes.find on
+  chunks, not a coroutine step per line: a 25 MB message must not stall IMAP clients).
+- CHUNKING / BDAT (RFC 3030), ENHANCEDSTATUSCODES on every reply (RFC 2034, via
+  `replies.enhance` for replies aiosmtpd builds), PIPELINING, SIZE (RFC 1870), 8BITMIME
+  (RFC 6152), SMTPUTF8 (RFC 6531). No AUTH on this port (submission offers it).
+- Limits: 512-octet command lines (RFC 5321 §4.5.3.1.4; MAIL a little more for its
+  parameters), 1000-octet text lines, command/DATA timeouts, `max_errors` then 421,
+  connections in total and per client address (421 4.7.0 before the greeting), an optional
+  DNSBL lookup at connect, refused at RCPT time with 554 5.7.1 as Postfix's reject_rbl_client.
+- Bare <LF>/<CR> in DATA: 554 and disconnect (Postfix's smtpd_forbid_bare_newline), so
+  `<LF>.<LF>` smuggling cannot split one message into two.
+- STARTTLS uses `ctx.tls.current` at connect, so a SIGHUP reload applies to new sessions.
+
+Decisions are `smtp.policy`'s and `smtp.handler`'s; this module moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import ssl
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import dns.reversename
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+
+from mailstack.config import parse_resolver
+from mailstack.context import ServerContext
+from mailstack.logs import connection_logger, new_connection_id
+from smtp import replies
+from smtp.framing import DataError, DataFramer
+from smtp.handler import MxEnvelope, MxHandler, MxSession
+from smtp.limits import ConnectionLimiter
+from smtp.policy import check_declared_size, check_helo
+from smtp.replies import Reply
+from smtp.verdict import Verifier, accept_all
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. MAIL may carry
+# SIZE= (RFC 1870 §3: +26), BODY=8BITMIME (+15) and SMTPUTF8 (RFC 6531 §3.4: +10).
+MAX_COMMAND_BYTES = 512
+MAX_MAIL_COMMAND_BYTES = 512 + 26 + 15 + 10
+# How much of an overlong line we read before giving up on it (we keep nothing of it).
+_READ_CHUNK = 256 * 1024
+_BDAT = re.compile(r"^(\d{1,15})(?:[ \t]+(LAST))?[ \t]*$", re.IGNORECASE)
+_COMMAND = re.compile(rb"^[A-Za-z]{1,16}$")
+_DNSBL_TIMEOUT_S = 5.0
+
+
+class MxSMTP(SMTP):
+    """One SMTP session on the MX port."""
+
+    def __init__(self, handler: MxHandler, *, ctx: ServerContext, limiter: ConnectionLimiter,
+                 resolver: dns.asyncresolver.Resolver | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        cfg = ctx.config.smtp
+        super().__init__(
+            handler,
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=ctx.config.server.hostname,
+            ident="ESMTP mailstack",
+            tls_context=ctx.tls.current,
+            timeout=cfg.command_timeout_s,
+            auth_require_tls=True,
+            loop=loop,
+        )
+        self._ctx = ctx
+        self._cfg = cfg
+        self._limiter = limiter
+        self._resolver = resolver
+        self._inbuf = bytearray()
+        self._admitted_ip: str | None = None
+        self._close_after_reply = False
+        self._waiting_for_command = False
+        self._connection_id = new_connection_id("s")
+        self._log: logging.LoggerAdapter[logging.Logger] = connection_logger(
+            __name__, self._connection_id, "?")
+
+    # -- aiosmtpd factory hooks ----------------------------------------------------------------
+    def _create_session(self) -> Session:
+        old = self.session
+        session = MxSession(self.loop)
+        if isinstance(old, MxSession):  # STARTTLS: same connection, state from before TLS
+            session.inherit(old)
+        else:
+            session.connection_id = self._connection_id
+        return session
+
+    def _create_envelope(self) -> Envelope:
+        return MxEnvelope()
+
+    # Methods, not properties: aiosmtpd's __init__ evaluates every attribute (inspect.getmembers).
+    def mx_session(self) -> MxSession:
+        if not isinstance(self.session, MxSession):
+            raise RuntimeError("no session")  # cannot happen: connection_made made one
+        return self.session
+
+    def mx_envelope(self) -> MxEnvelope:
+        if not isinstance(self.envelope, MxEnvelope):
+            raise RuntimeError("no envelope")
+        return self.envelope
+
+    def _new_envelope(self) -> None:
+        self.envelope = self._create_envelope()
+
+    # -- output --------------------------------------------------------------------------------
+    async def push(self, status: Any) -> None:
+        """Every 2xx/4xx/5xx reply gets an enhanced status code (RFC 2034)."""
+        text = status if isinstance(status, str) else bytes(status).decode("utf-8", "replace")
+        lines = [replies.enhance(x) for x in text.split("\r\n")]
+        if lines and lines[0][:1] in ("4", "5") and isinstance(self.session, MxSession):
+            self.session.errors += 1
+        await super().push("\r\n".join(lines))
+
+    async def _push_raw(self, text: str) -> None:
+        """The greeting and EHLO lines, which RFC 2034 §3 leaves without enhanced codes."""
+        self._writer.write(text.encode("utf-8") + b"\r\n")
+        await self._writer.drain()
+
+    async def reply(self, reply: Reply) -> None:
+        await self.push(str(reply))
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently; RFC 5321 §4.5.3.2 lets us say why first.
+        if self.transport is not None and not self.transport.is_closing():
+            self._log.info("timeout")
+            self._writer.write(str(replies.TIMEOUT).encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    # -- input ---------------------------------------------------------------------------------
+    async def _fill(self, timeout_s: float) -> bytes:
+        """Read what the client sent next (at least one byte); EOF ends the session."""
+        self._reset_timeout(timeout_s)
+        data: bytes = await self._reader.read(_READ_CHUNK)
+        if not data:
+            raise ConnectionResetError("client closed the connection")
+        return data
+
+    async def _read_command(self) -> bytes | Reply:
+        """The next command line without CRLF, or the Reply for a line we refuse."""
+        too_long = False
+        while True:
+            nl = self._inbuf.find(b"\n")
+            if nl >= 0:
+                if too_long:
+                    del self._inbuf[: nl + 1]
+                    return replies.LINE_TOO_LONG
+                line = bytes(self._inbuf[: nl + 1])
+                del self._inbuf[: nl + 1]
+                break
+            if len(self._inbuf) > MAX_MAIL_COMMAND_BYTES:
+                too_long = True  # keep reading to the end of the line, keeping nothing
+                self._inbuf.clear()
+            self._waiting_for_command = True
+            try:
+                self._inbuf += await self._fill(self._cfg.command_timeout_s)
+            finally:
+                self._waiting_for_command = False
+        if len(line) > MAX_MAIL_COMMAND_BYTES:
+            return replies.LINE_TOO_LONG
+        if not line.endswith(b"\r\n"):
+            return replies.BARE_LF_IN_COMMAND
+        line = line[:-2]
+        if b"\0" in line:
+            return replies.NUL_IN_COMMAND
+        if b"\r" in line:
+            return replies.BARE_LF_IN_COMMAND.with_text("Bare <CR> in command")
+        return line
+
+    async def _read_exact(self, size: int, *, keep: bool) -> bytes:
+        """Exactly `size` bytes (a BDAT chunk); with keep=False they are discarded as read."""
+        parts: list[bytes] = []
+        take = min(size, len(self._inbuf))
+        if keep:
+            parts.append(bytes(self._inbuf[:take]))
+        del self._inbuf[:take]
+        remaining = size - take
+        while remaining:
+            self._reset_timeout(self._cfg.data_timeout_s)
+            data = await self._reader.read(min(remaining, _READ_CHUNK))
+            if not data:
+                raise ConnectionResetError("client closed the connection during BDAT")
+            remaining -= len(data)
+            if keep:
+                parts.append(data)
+        return b"".join(parts)
+
+    # -- the session -----------------------------------------------------------------------------
+    async def _handle_client(self) -> None:
+        try:
+            await self._serve_session()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: say so in the log, never leave a silent dead task
+            self._log.exception("session failed")
+            self._close()
+
+    async def _serve_session(self) -> None:
+        session = self.mx_session()
+        peer = session.peer if isinstance(session.peer, tuple) else ("?", 0)
+        session.peer_ip, session.peer_port = _plain_ip(str(peer[0])), int(peer[1])
+        self._log = connection_logger(__name__, self._connection_id, session.peer_ip)
+        refusal = self._limiter.admit(session.peer_ip)
+        if refusal is not None:
+            self._log.info("refused at connect: %s", refusal)
+            await self.push(str(refusal))
+            self._close()
+            return
+        self._admitted_ip = session.peer_ip
+        self._log.debug("connected from %s port %d", session.peer_ip, session.peer_port)
+        watcher = self.loop.create_task(self._watch_stopping())
+        try:
+            if self._resolver is not None and self._cfg.dnsbl:
+                session.blocklisted_by = await dnsbl_listing(
+                    self._resolver, session.peer_ip, self._cfg.dnsbl)
+                if session.blocklisted_by:
+                    self._log.info("client listed in %s", session.blocklisted_by)
+            await self._push_raw(f"220 {self.hostname} {self.__ident__}")
+            await self._command_loop(session)
+        finally:
+            watcher.cancel()
+
+    async def _command_loop(self, session: MxSession) -> None:
+        while self.transport is not None and not self.transport.is_closing():
+            if session.errors >= self._cfg.max_errors:
+                self._log.info("too many errors (%d), disconnecting", session.errors)
+                await self.push(str(replies.TOO_MANY_ERRORS))
+                self._close()
+                return
+            if self._close_after_reply:
+                await self.push(str(replies.SERVICE_UNAVAILABLE))
+                self._close()
+                return
+            try:
+                line = await self._read_command()
+                if isinstance(line, Reply):
+                    await self.push(str(line))
+                    continue
+                await self._dispatch(line)
+            except ConnectionError:
+                self._log.debug("connection lost")
+                self._close()
+                return
+            except TLSSetupException:
+                self._log.info("TLS handshake failed")
+                self._close()
+                return
+            except Exception:
+                self._log.exception("internal error")
+                await self.push(str(replies.LOCAL_ERROR))
+                self.envelope = self._create_envelope()
+
+    async def _dispatch(self, line: bytes) -> None:
+        verb, _, arg_bytes = line.partition(b" ")
+        if not _COMMAND.match(verb):
+            await self.push(str(replies.COMMAND_UNRECOGNIZED))
+            return
+        command = verb.decode("ascii").upper()
+        method = self._smtp_methods.get(command)
+        if method is None:
+            await self.push(str(replies.COMMAND_UNRECOGNIZED.with_text(
+                f'Command "{command}" not recognized')))
+            return
+        arg: str | None = None
+        if arg_bytes.strip():
+            arg = arg_bytes.strip().decode("utf-8", "surrogateescape")
+        if len(line) + 2 > MAX_COMMAND_BYTES and command != "MAIL":
+            await self.push(str(replies.LINE_TOO_LONG))
+            return
+        self._log.debug(">> %s", command)
+        self._reset_timeout(self._cfg.command_timeout_s)
+        await method(arg)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _watch_stopping(self) -> None:
+        """`serve` is stopping: idle sessions get 421 now, busy ones after their reply."""
+        await self._ctx.stopping.wait()
+        if self._waiting_for_command and self.transport is not None:
+            self._writer.write(str(replies.SERVICE_UNAVAILABLE).encode("ascii") + b"\r\n")
+            self.transport.close()
+        else:
+            self._close_after_reply = True
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted_ip is not None:
+            self._limiter.release(self._admitted_ip)
+            self._admitted_ip = None
+        super().connection_lost(error)
+
+    # -- commands --------------------------------------------------------------------------------
+    async def smtp_EHLO(self, hostname: str | None) -> None:  # noqa: N802
+        await self._helo(hostname or "", extended=True)
+
+    async def smtp_HELO(self, hostname: str | None) -> None:  # noqa: N802
+        await self._helo(hostname or "", extended=False)
+
+    async def _helo(self, name: str, *, extended: bool) -> None:
+        refusal = check_helo(name, reject_invalid=self._cfg.reject_invalid_helo)
+        if refusal is not None:
+            await self.reply(refusal)
+            return
+        session = self.mx_session()
+        self._new_envelope()
+        session.extended_smtp = extended
+        session.host_name = name
+        if not extended:
+            await self.push(f"250 {self.hostname}")
+            return
+        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8",
+                 "PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"]
+        if self.tls_context is not None and self._tls_protocol is None:
+            lines.append("STARTTLS")
+        await self._push_raw("\r\n".join(
+            f"250{'-' if i < len(lines) - 1 else ' '}{x}" for i, x in enumerate(lines)))
+
+    async def smtp_AUTH(self, arg: str | None) -> None:  # noqa: N802
+        await self.reply(replies.AUTH_NOT_HERE)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:  # noqa: N802
+        if arg:
+            await self.reply(replies.SYNTAX_ERROR.with_text("Syntax: STARTTLS"))
+            return
+        if self._tls_protocol is not None:
+            await self.reply(replies.BAD_SEQUENCE.with_text("TLS already active"))
+            return
+        if self.tls_context is None:
+            await self.reply(replies.TLS_NOT_AVAILABLE)
+            return
+        # RFC 3207 §4.2 / CVE-2011-0411: nothing the client pipelined after STARTTLS may be
+        # taken as a command inside TLS.
+        self._inbuf.clear()
+        await super().smtp_STARTTLS(arg)  # "220 2.0.0" then the handshake
+        self._new_envelope()
+        session = self.mx_session()
+        session.host_name = None  # RFC 3207 §4.2: the client must EHLO again
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if isinstance(ssl_object, ssl.SSLObject):
+            session.tls_version = ssl_object.version()
+            cipher = ssl_object.cipher()
+            if cipher is not None:
+                session.tls_cipher, session.tls_bits = cipher[0], cipher[2]
+        self._log.debug("TLS established: %s %s", session.tls_version, session.tls_cipher)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802
+        if await self.check_helo_needed():
+            return
+        envelope = self.mx_envelope()
+        syntax = replies.SYNTAX_ERROR.with_text("Syntax: MAIL FROM:<address> [parameters]")
+        rest = self._strip_command_keyword("FROM:", arg) if arg else None
+        if rest is None:
+            await self.reply(syntax)
+            return
+        if envelope.mail_from is not None:
+            await self.reply(replies.NESTED_MAIL)
+            return
+        address: str | None
+        params_text: str | None
+        if rest.strip() == "<>":
+            address, params_text = "", ""
+        else:
+            address, params_text = self._getaddr(rest)
+            if address is None:
+                await self.reply(replies.BAD_ADDRESS)
+                return
+            if not address:
+                await self.reply(syntax)
+                return
+        options = (params_text or "").split()
+        params = self._getparams([o.upper() for o in options])
+        if params is None:
+            await self.reply(syntax)
+            return
+        body = params.pop("BODY", "7BIT")
+        if body not in ("7BIT", "8BITMIME"):
+            await self.reply(replies.PARAM_NOT_IMPLEMENTED.with_text(
+                "BODY must be 7BIT or 8BITMIME"))
+            return
+        smtputf8 = params.pop("SMTPUTF8", False)
+        if smtputf8 is not True and smtputf8 is not False:
+            await self.reply(replies.SYNTAX_ERROR.with_text("SMTPUTF8 takes no value"))
+            return
+        size = params.pop("SIZE", None)
+        declared: int | None = None
+        if size is not None:
+            if not isinstance(size, str) or not size.isdigit():
+                await self.reply(syntax)
+                return
+            declared = int(size)
+        if params:
+            await self.reply(replies.PARAM_NOT_IMPLEMENTED)
+            return
+        if not address.isascii() and not smtputf8:
+            await self.reply(replies.SMTPUTF8_REQUIRED)
+            return
+        refusal = check_declared_size(declared, self.data_size_limit or 0)
+        if refusal is not None:
+            await self.reply(refusal)
+            return
+        envelope.mail_from = address
+        envelope.mail_options = options
+        envelope.smtp_utf8 = bool(smtputf8)
+        envelope.body_8bit = body == "8BITMIME"
+        await self.reply(replies.SENDER_OK)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802
+        if await self.check_helo_needed():
+            return
+        envelope = self.mx_envelope()
+        if envelope.mail_from is None:
+            await self.reply(replies.NEED_MAIL)
+            return
+        if envelope.bdat_started:
+            await self.reply(replies.BAD_SEQUENCE.with_text("RCPT not allowed during BDAT"))
+            return
+        syntax = replies.SYNTAX_ERROR.with_text("Syntax: RCPT TO:<address>")
+        rest = self._strip_command_keyword("TO:", arg) if arg else None
+        if rest is None:
+            await self.reply(syntax)
+            return
+        address, params_text = self._getaddr(rest)
+        if address is None:
+            await self.reply(replies.BAD_ADDRESS)
+            return
+        if not address:
+            await self.reply(syntax)
+            return
+        if params_text and params_text.strip():
+            await self.reply(replies.PARAM_NOT_IMPLEMENTED)
+            return
+        if not address.isascii() and not envelope.smtp_utf8:
+            await self.reply(replies.SMTPUTF8_REQUIRED)
+            return
+        status = await self.event_handler.handle_RCPT(self, self.session, envelope, address, [])
+        await self.push(status)
+
+    async def smtp_DATA(self, arg: str | None) -> None:  # noqa: N802
+        if await self.check_helo_needed():
+            return
+        envelope = self.mx_envelope()
+        if arg:
+            await self.reply(replies.SYNTAX_ERROR.with_text("Syntax: DATA"))
+            return
+        if envelope.bdat_started:
+            await self.reply(replies.BAD_SEQUENCE.with_text("DATA not allowed after BDAT"))
+            return
+        if envelope.mail_from is None:
+            await self.reply(replies.NEED_MAIL)
+            return
+        if not envelope.rcpt_tos:
+            await self.reply(replies.NEED_RCPT)
+            return
+        await self._push_raw("354 End data with <CR><LF>.<CR><LF>")
+        framer = DataFramer(max_bytes=self.data_size_limit or 2**62)
+        framer.receive_data(bytes(self._inbuf))
+        self._inbuf.clear()
+        while (event := framer.next_event()) is None:
+            framer.receive_data(await self._fill(self._cfg.data_timeout_s))
+        self._inbuf += event.leftover
+        if event.error is DataError.BARE_NEWLINE:
+            self._log_transaction(envelope, event.size, replies.BARE_NEWLINE)
+            await self.reply(replies.BARE_NEWLINE)
+            self._close()
+            return
+        await self._finish_message(envelope, event.content, event.size, event.error)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:  # noqa: N802
+        m = _BDAT.match(arg or "")
+        if m is None:
+            # RFC 3030 §2: without a valid size we cannot find the next command; give up.
+            await self.reply(replies.SYNTAX_ERROR.with_text("Syntax: BDAT size [LAST]"))
+            self._close()
+            return
+        size, last = int(m[1]), m[2] is not None
+        envelope = self.mx_envelope()
+        session = self.mx_session()
+        refusal: Reply | None = None
+        if not session.host_name:
+            refusal = replies.NEED_HELO
+        elif envelope.mail_from is None:
+            refusal = replies.NEED_MAIL
+        elif not envelope.rcpt_tos:
+            refusal = replies.NEED_RCPT
+        if refusal is not None:
+            await self._read_exact(size, keep=False)  # the chunk must be consumed regardless
+            await self.reply(refusal)
+            return
+        envelope.bdat_started = True
+        limit = self.data_size_limit or 2**62
+        keep = envelope.bdat_error is None and envelope.bdat_size + size <= limit
+        chunk = await self._read_exact(size, keep=keep)
+        envelope.bdat_size += size
+        if keep:
+            envelope.bdat_chunks.append(chunk)
+        elif envelope.bdat_error is None:
+            envelope.bdat_error = DataError.TOO_BIG
+            envelope.bdat_chunks.clear()
+        if not last:
+            if envelope.bdat_error is not None:
+                # RFC 3030 §2: an error on a chunk ends the transaction; later chunks get 503.
+                await self.reply(replies.MESSAGE_TOO_BIG)
+                self._log_transaction(envelope, envelope.bdat_size, replies.MESSAGE_TOO_BIG)
+                self._new_envelope()
+                return
+            await self.reply(replies.chunk_received(size))
+            return
+        content = b"".join(envelope.bdat_chunks)
+        envelope.bdat_chunks.clear()
+        await self._finish_message(envelope, content, envelope.bdat_size, envelope.bdat_error)
+
+    async def _finish_message(self, envelope: MxEnvelope, content: bytes, size: int,
+                              error: DataError | None) -> None:
+        if error is DataError.TOO_BIG:
+            reply = replies.MESSAGE_TOO_BIG
+        elif error is DataError.LINE_TOO_LONG:
+            reply = replies.DATA_LINE_TOO_LONG
+        else:
+            reply = await self.event_handler.deliver(self.session, envelope, content)
+        self._log_transaction(envelope, size, reply)
+        self._new_envelope()
+        await self.reply(reply)
+
+    def _log_transaction(self, envelope: MxEnvelope, size: int, reply: Reply) -> None:
+        self._log.info("from=<%s> rcpts=%s size=%d result=%s", envelope.mail_from,
+                       ",".join(f"<{r}>" for r in envelope.rcpt_tos), size,
+                       str(reply).split("\r\n", 1)[0])
+
+
+def _plain_ip(ip: str) -> str:
+    """'::ffff:192.0.2.1' -> '192.0.2.1' (a v4 client on a dual-stack socket)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+async def dnsbl_listing(resolver: dns.asyncresolver.Resolver, ip: str,
+                        zones: list[str]) -> str | None:
+    """The first DNSBL zone listing `ip` (an A record in 127.0.0.0/8, RFC 5782 §2.1), or None.
+
+    A lookup that fails or times out counts as not listed: a broken blocklist must not stop mail.
+    """
+    try:
+        reversed_name = dns.reversename.from_address(ip)
+    except (ValueError, dns.exception.SyntaxError):
+        return None
+    # in-addr.arpa / ip6.arpa labels without the suffix: 1.2.0.192.zen.spamhaus.org
+    labels = reversed_name.relativize(dns.reversename.ipv4_reverse_domain
+                                      if ":" not in ip else dns.reversename.ipv6_reverse_domain)
+
+    async def query(zone: str) -> str | None:
+        name = f"{labels.to_text()}.{zone.strip('.')}."
+        try:
+            answer = await resolver.resolve(name, "A", lifetime=_DNSBL_TIMEOUT_S)
+        except (dns.exception.DNSException, OSError):
+            return None
+        for rdata in answer:
+            if str(rdata.address).startswith("127."):
+                return zone
+        return None
+
+    results = await asyncio.gather(*(query(z) for z in zones))
+    return next((z for z in results if z is not None), None)
+
+
+def make_resolver(ctx: ServerContext) -> dns.asyncresolver.Resolver:
+    """An async resolver honouring `dns.resolver` (else the system's) and `dns.timeout_s`."""
+    if ctx.config.dns.resolver:
+        host, port = parse_resolver(ctx.config.dns.resolver)
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [host]
+        resolver.port = port
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = ctx.config.dns.timeout_s
+    return resolver
+
+
+async def start_smtp(ctx: ServerContext, host: str, port: int, *,
+                     verify: Verifier | None = None) -> asyncio.Server:
+    """Listen for inbound mail on (host, port); `verify` is the inbound-check hook."""
+    loop = asyncio.get_running_loop()
+    if logging.getLogger("mail.log").level == logging.NOTSET:
+        # aiosmtpd logs every command at INFO; we log one line per transaction ourselves.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+    limiter = ConnectionLimiter(ctx.config.smtp.max_connections,
+                                ctx.config.smtp.max_connections_per_ip)
+    handler = MxHandler(ctx, verify or accept_all)
+    resolver = make_resolver(ctx) if ctx.config.smtp.dnsbl else None
+
+    def factory() -> MxSMTP:
+        return MxSMTP(handler, ctx=ctx, limiter=limiter, resolver=resolver, loop=loop)
+
+    server = await loop.create_server(factory, host, port)
+    with contextlib.suppress(Exception):
+        log.debug("smtp listening on %s", [s.getsockname() for s in server.sockets])
+    return server

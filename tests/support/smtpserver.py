@@ -1,0 +1,171 @@
+"""A real MX (`smtp.server.start_smtp`) on 127.0.0.1 port 0 over a real deployment in tmp_path.
+
+The context is built as `serve` builds it: config through `config_from_dict`, `Accounts` in
+SQLite, `MaildirStore`, `EventHub`, a trustme CA and leaf for mail.example.com behind
+`TlsProvider`. Accounts:
+
+    alice@example.com, bob@example.com, carol@example.org   users
+    dave@example.com                                          user with a tiny quota
+    team@example.com -> alice, bob                            alias
+    @example.org -> carol                                     catch-all on the second domain
+
+Read delivered mail back with stdlib `mailbox.Maildir` (`harness.messages(user)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from delivery.events import EventHub
+from delivery.maildir import MaildirStore
+from mailstack.config import config_from_dict
+from mailstack.context import ServerContext, TlsProvider
+from mailstack.paths import StatePaths
+from mailstack.users import Accounts
+from smtp.server import start_smtp
+from smtp.verdict import Verifier
+
+HOSTNAME = "mail.example.com"
+USERS = ("alice@example.com", "bob@example.com", "carol@example.org")
+SMALL_QUOTA_USER = "dave@example.com"
+SMALL_QUOTA = 4000
+
+
+def build_context(root: Path, *, smtp: dict[str, Any] | None = None,
+                  dns: dict[str, Any] | None = None) -> tuple[ServerContext, trustme.CA]:
+    paths = StatePaths(root)
+    root.mkdir(parents=True, exist_ok=True)
+    config = config_from_dict({
+        "server": {"hostname": HOSTNAME, "domains": ["example.com", "example.org"]},
+        "listen": {"smtp": ["127.0.0.1:0"], "submission": [], "submissions": [], "imap": [],
+                   "imaps": []},
+        "smtp": smtp or {},
+        "dns": dns or {},
+    })
+    accounts = Accounts(paths.users_db)
+    for domain in config.server.domains:
+        accounts.add_domain(domain, exist_ok=True)
+    events = EventHub()
+    store = MaildirStore(paths, events, hostname=HOSTNAME)
+    for user in USERS:
+        accounts.add_user(user, "pw-" + user)
+        store.create_account(user)
+    accounts.add_user(SMALL_QUOTA_USER, "pw", quota_bytes=SMALL_QUOTA)
+    store.create_account(SMALL_QUOTA_USER)
+    accounts.add_alias("team@example.com", ["alice@example.com", "bob@example.com"])
+    accounts.add_alias("@example.org", ["carol@example.org"])
+    ca = trustme.CA()
+    leaf = ca.issue_cert(HOSTNAME, "127.0.0.1")
+    paths.tls_dir.mkdir(exist_ok=True)
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(paths.tls_cert))
+    leaf.private_key_pem.write_to_path(str(paths.tls_key))
+    ca.cert_pem.write_to_path(str(paths.ca_cert))
+    tls = TlsProvider(paths.tls_cert, paths.tls_key)
+    ctx = ServerContext(config=config, paths=paths, accounts=accounts, store=store,
+                        events=events, tls=tls)
+    return ctx, ca
+
+
+@dataclass
+class SmtpHarness:
+    ctx: ServerContext
+    server: asyncio.Server
+    ca: trustme.CA
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def client_tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ctx.paths.ca_cert))
+        return context
+
+    def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
+        """Every message in the folder, as stored (stdlib Maildir reader)."""
+        root = self.ctx.paths.maildir(user)
+        path = root if folder == "INBOX" else root / f".{folder}"
+        md = mailbox.Maildir(str(path), factory=None, create=False)
+        return [md.get_bytes(key) for key in sorted(md.keys())]
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=30)
+
+
+@asynccontextmanager
+async def running_smtp(root: Path, *, smtp: dict[str, Any] | None = None,
+                       dns: dict[str, Any] | None = None,
+                       verify: Verifier | None = None) -> AsyncIterator[SmtpHarness]:
+    ctx, ca = build_context(root, smtp=smtp, dns=dns)
+    ctx.events.bind(asyncio.get_running_loop())
+    server = await start_smtp(ctx, "127.0.0.1", 0, verify=verify)
+    try:
+        yield SmtpHarness(ctx, server, ca)
+    finally:
+        server.close()
+        ctx.stopping.set()
+        await server.wait_closed()
+        ctx.accounts.close()
+
+
+class RawClient:
+    """A blocking line-level SMTP client for what smtplib will not send (pipelining, BDAT)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        """One whole (possibly multi-line) reply, lines joined with \\n."""
+        lines: list[str] = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("server closed: " + repr(self.buf))
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            text = line.decode("utf-8")
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                return "\n".join(lines)
+
+    def replies(self, n: int) -> list[str]:
+        return [self.reply() for _ in range(n)]
+
+    def is_closed(self) -> bool:
+        """True once the server has closed the connection (after pending replies are read)."""
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        self.buf += data
+        return not data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_session(harness: SmtpHarness, ehlo: str = "client.example.net") -> RawClient:
+    client = RawClient(harness.connect())
+    assert client.reply().startswith("220 ")
+    client.send(f"EHLO {ehlo}\r\n".encode())
+    assert client.reply().startswith("250-")
+    return client

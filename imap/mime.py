@@ -319,14 +319,11 @@ def _entity(
         inner = DIGEST_DEFAULT_TYPE if ctype.subtype.lower() == "digest" else DEFAULT_TYPE
         children: list[Entity] = []
         lines = _delimiters(data, body_start, end, boundary.encode("utf-8", "surrogateescape"))
-        for (_, part_start, is_close), following in zip(
-            lines, [*lines[1:], None], strict=True
-        ):
-            if is_close:
+        for n, (_, part_start, is_close) in enumerate(lines):
+            if is_close or budget.parts_left <= 0:
                 break
-            if budget.parts_left <= 0:
-                break
-            part_end = end if following is None else max(part_start, following[0] - 2)
+            # The CRLF before the next delimiter belongs to it (RFC 2046 §5.1.1).
+            part_end = end if n + 1 == len(lines) else max(part_start, lines[n + 1][0] - 2)
             children.append(_entity(data, part_start, part_end, inner, depth + 1, budget))
         if not children:
             children.append(Entity(body_start, body_start, end, (), DEFAULT_TYPE))

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 TERMINATOR = b"\r\n.\r\n"
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF, plus one for the dot.
 MAX_LINE_BYTES = 1001
-# Bytes held back at the end of a chunk: the longest proper prefix of the terminator.
-_HOLD = len(TERMINATOR) - 1
 
 
 class DataError(enum.Enum):
@@ -88,7 +86,7 @@ class DataFramer:
             if self._event is None:
                 self._finish(end + 2, 3)
             return
-        keep = min(_HOLD, len(buf))
+        keep = _held_back(buf, at_line_start=self._at_line_start)
         if len(buf) > keep:
             self._process(bytes(buf[: len(buf) - keep]))
             del buf[: len(buf) - keep]
@@ -139,3 +137,17 @@ class DataFramer:
         if error is DataError.BARE_NEWLINE:
             # Reported at once: we no longer agree with the client on where the message ends.
             self._event = DataEnd(b"", error, self._size, b"")
+
+
+def _held_back(buf: bytearray, *, at_line_start: bool) -> int:
+    """How many trailing bytes could still become the terminator: keep them for later.
+
+    Only a real prefix of "<CRLF>.<CRLF>" is held, so a client that ends its lines with bare
+    <LF> gets its error at once instead of waiting for a terminator it will never send.
+    """
+    if at_line_start and len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+        return len(buf)  # "." or ".\r" right after a line's CRLF
+    for k in range(len(TERMINATOR) - 1, 0, -1):
+        if buf.endswith(TERMINATOR[:k]):
+            return k
+    return 0

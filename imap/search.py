@@ -1,0 +1,291 @@
+"""SEARCH: evaluate a parsed search key (imap/commands.py) against one message at a time.
+
+RFC 3501 §6.4.4 and RFC 9051 §6.4.4. Pure: no I/O. The caller passes what the store's folder
+scan knows (`MessageInfo`, sequence number, \\Recent) plus a `MessageText` that reads the
+message only when a key needs it, through callables the session supplies:
+
+- flag, size, date (internal), UID and sequence-set keys never read the message;
+- HEADER/FROM/TO/CC/BCC/SUBJECT and SENT* read only the header (`read_header` when the
+  session can supply it cheaply, else the whole message once);
+- BODY/TEXT read the whole message.
+
+`needed(key)` says which of the three a key needs; conjunctions and OR evaluate their cheap
+operands first, so `SEEN BODY x` never reads an unseen message.
+
+Matching rules:
+- Strings match as case-insensitive substrings (Unicode case folding) of the decoded text:
+  header values after RFC 2047 decoding (RFC 9051 §6.4.4 "... fields ... after decoding");
+  bodies after undoing base64/quoted-printable and decoding the part's charset. Only text/*
+  parts and the headers of encapsulated messages are searched in BODY: attachments of other
+  types are binary data, not text to find words in.
+- BEFORE/ON/SINCE compare the internal date's calendar date in the zone the server shows
+  INTERNALDATE in (`tz`, default the server's local zone, as `response.date_time`);
+  SENTBEFORE/SENTON/SENTSINCE compare the Date: header's calendar date as written, in its
+  own zone ("disregarding time and timezone"). A message without a parsable Date: matches
+  no SENT* key (and so matches NOT SENT*).
+- Keywords match case-insensitively.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import enum
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import assert_never
+
+from delivery.store import MessageInfo
+from imap.commands import (
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchNot,
+    SearchOr,
+    SearchSeq,
+    SearchSize,
+    SearchText,
+)
+from imap.mime import (
+    Entity,
+    decode_charset,
+    decode_transfer,
+    decode_words,
+    parse_header,
+    parse_message,
+    to_crlf,
+)
+
+RECENT = "\\Recent"
+
+
+class Need(enum.IntEnum):
+    """What evaluating a key reads, cheapest first."""
+
+    INFO = 0  # MessageInfo, sequence number, \Recent
+    HEADER = 1
+    MESSAGE = 2
+
+
+def needed(key: SearchKey) -> Need:
+    """The most a key may read (the session can skip loading, or load only the header)."""
+    match key:
+        case SearchAll() | SearchFlag() | SearchSize() | SearchSeq():
+            return Need.INFO
+        case SearchDate(sent=sent):
+            return Need.HEADER if sent else Need.INFO
+        case SearchHeader():
+            return Need.HEADER
+        case SearchText():
+            return Need.MESSAGE
+        case SearchNot(key=inner):
+            return needed(inner)
+        case SearchOr(left=left, right=right):
+            return max(needed(left), needed(right))
+        case SearchAnd(keys=keys):
+            return max((needed(k) for k in keys), default=Need.INFO)
+    assert_never(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One message of the selected folder as SEARCH sees it without opening it."""
+
+    seq: int
+    info: MessageInfo
+    is_recent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Folder-wide values: what "*" means (RFC 9051 §9) and the zone of internal dates."""
+
+    largest_seq: int
+    largest_uid: int
+    tz: datetime.tzinfo | None = None
+
+
+class MessageText:
+    """The text a message offers to SEARCH, read and decoded at most once, on demand.
+
+    `read_message` returns the message as stored (LF or CRLF); `read_header`, if given,
+    returns at least its header block (so header keys need not read a large body).
+    """
+
+    def __init__(
+        self,
+        read_message: Callable[[], bytes],
+        read_header: Callable[[], bytes] | None = None,
+    ) -> None:
+        self._read_message = read_message
+        self._read_header = read_header
+        self._data: bytes | None = None
+        self._root: Entity | None = None
+        self._header: dict[str, list[str]] | None = None
+        self._header_text: str | None = None
+        self._body_text: str | None = None
+
+    def _message(self) -> tuple[bytes, Entity]:
+        if self._data is None or self._root is None:
+            self._data = to_crlf(self._read_message())
+            self._root = parse_message(self._data)
+        return self._data, self._root
+
+    def _fields(self) -> dict[str, list[str]]:
+        if self._header is None:
+            if self._data is None and self._read_header is not None:
+                data = to_crlf(self._read_header())
+                fields, _ = parse_header(data, 0, len(data))
+            else:
+                _, root = self._message()
+                fields = root.fields
+            header: dict[str, list[str]] = {}
+            for f in fields:
+                value = decode_words(f.value.decode("utf-8", "surrogateescape"))
+                header.setdefault(f.name.lower(), []).append(value)
+            self._header = header
+        return self._header
+
+    def header_values(self, name: str) -> list[str]:
+        """Every `name` field, RFC 2047-decoded, in order."""
+        return self._fields().get(name.lower(), [])
+
+    def header_text(self) -> str:
+        """The whole top-level header, decoded, case-folded."""
+        if self._header_text is None:
+            self._header_text = "\n".join(
+                f"{name}: {v}" for name, values in self._fields().items() for v in values
+            ).casefold()
+        return self._header_text
+
+    def body_text(self) -> str:
+        """The decoded text of the body's text parts and inner headers, case-folded."""
+        if self._body_text is None:
+            data, root = self._message()
+            pieces: list[str] = []
+            _collect_text(data, root, pieces)
+            self._body_text = "\n".join(pieces).casefold()
+        return self._body_text
+
+
+def _collect_text(data: bytes, part: Entity, out: list[str]) -> None:
+    # A body part's MIME header is not searched: it is not text the user wrote.
+    if part.children:
+        for child in part.children:
+            _collect_text(data, child, out)
+    elif part.message is not None:
+        inner = part.message
+        out.extend(f"{f.name}: {decode_words(f.value.decode('utf-8', 'surrogateescape'))}"
+                   for f in inner.fields)
+        _collect_text(data, inner, out)
+    elif part.content_type.maintype.lower() == "text":
+        raw = data[part.body_start:part.end]
+        decoded = decode_transfer(raw, part.transfer_encoding)
+        out.append(decode_charset(raw if decoded is None else decoded,
+                                  part.content_type.param("charset")))
+
+
+def _contains(haystack: Iterable[str], needle: str) -> bool:
+    folded = needle.casefold()
+    return any(folded in h.casefold() for h in haystack)
+
+
+def sent_date(text: MessageText) -> datetime.date | None:
+    """The calendar date of the Date: header as written (its own zone), None if unparsable."""
+    values = text.header_values("Date")
+    if not values:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(values[0])
+        if parsed is None:
+            return None
+        return datetime.date(parsed[0], parsed[1], parsed[2])
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+
+
+def internal_day(timestamp: float, tz: datetime.tzinfo | None) -> datetime.date:
+    """The calendar date INTERNALDATE shows (see the module docstring)."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).astimezone(tz).date()
+
+
+def _compare(op: str, day: datetime.date, wanted: datetime.date) -> bool:
+    if op == "BEFORE":
+        return day < wanted
+    if op == "ON":
+        return day == wanted
+    return day >= wanted  # SINCE
+
+
+def _cost(key: SearchKey) -> int:
+    return int(needed(key))
+
+
+def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText) -> bool:
+    """Does `message` satisfy `key`? Reads through `text` only what the key needs."""
+    match key:
+        case SearchAll():
+            return True
+        case SearchFlag(flag=flag, is_set=is_set):
+            if flag == RECENT:
+                return message.is_recent == is_set
+            has = flag.casefold() in {f.casefold() for f in message.info.flags}
+            return has == is_set
+        case SearchSize(op=op, size=size):
+            return message.info.size > size if op == "LARGER" else message.info.size < size
+        case SearchSeq(seqset=seqset, uid=uid):
+            if uid:
+                return seqset.contains(message.info.uid, scope.largest_uid)
+            return seqset.contains(message.seq, scope.largest_seq)
+        case SearchDate(op=op, date=wanted, sent=sent):
+            if sent:
+                day = sent_date(text)
+                return day is not None and _compare(op, day, wanted)
+            return _compare(op, internal_day(message.info.internal_date, scope.tz), wanted)
+        case SearchHeader(field=name, value=value):
+            values = text.header_values(name)
+            # RFC 9051 §6.4.4: an empty string matches every message that has the field.
+            return bool(values) and (not value or _contains(values, value))
+        case SearchText(where=where, value=value):
+            folded = value.casefold()
+            if where == "TEXT" and folded in text.header_text():
+                return True
+            return folded in text.body_text()
+        case SearchNot(key=inner):
+            return not matches(inner, message, scope, text)
+        case SearchOr(left=left, right=right):
+            first, second = sorted((left, right), key=_cost)
+            return matches(first, message, scope, text) or matches(second, message, scope, text)
+        case SearchAnd(keys=keys):
+            return all(matches(k, message, scope, text) for k in sorted(keys, key=_cost))
+    assert_never(key)
+
+
+def search(
+    key: SearchKey,
+    messages: Iterable[MessageInfo],
+    scope: Scope,
+    read_message: Callable[[int], bytes],
+    *,
+    recent_uids: frozenset[int] = frozenset(),
+    read_header: Callable[[int], bytes] | None = None,
+) -> list[Candidate]:
+    """Messages (in order, numbered from 1) that satisfy `key`.
+
+    `read_message(uid)` / `read_header(uid)` are called only for messages whose evaluation
+    needs them; exceptions they raise (e.g. MessageGoneError) propagate to the session.
+    """
+    found: list[Candidate] = []
+    for seq, info in enumerate(messages, start=1):
+        candidate = Candidate(seq, info, info.uid in recent_uids)
+        text = MessageText(
+            functools.partial(read_message, info.uid),
+            None if read_header is None else functools.partial(read_header, info.uid),
+        )
+        if matches(key, candidate, scope, text):
+            found.append(candidate)
+    return found

@@ -158,3 +158,29 @@ class ImapProtocol:
 
     def expect_done(self) -> None:
         self.mode = Mode.IDLE
+
+
+# -- mailbox name rules (RFC 9051 §6.3.9) ------------------------------------------------------
+
+def list_pattern(reference: str, pattern: str, delimiter: str = ".") -> re.Pattern[str]:
+    """A regex for LIST's `reference` + `pattern`: "*" matches anything, "%" anything but the
+    hierarchy delimiter. INBOX matches case-insensitively (RFC 9051 §5.1)."""
+    full = reference + pattern if not pattern.startswith(delimiter) or not reference \
+        else reference.rstrip(delimiter) + pattern
+    parts = []
+    for ch in full:
+        if ch == "*":
+            parts.append(".*")
+        elif ch == "%":
+            parts.append(f"[^{re.escape(delimiter)}]*")
+        else:
+            parts.append(re.escape(ch))
+    body = "".join(parts)
+    # "inbox*" must find INBOX and its children whatever the client's case.
+    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in (delimiter, "*", "%")):
+        body = "INBOX" + "".join(parts[5:])
+    return re.compile(body, re.DOTALL)
+
+
+def matches_pattern(name: str, pattern: re.Pattern[str]) -> bool:
+    return pattern.fullmatch(name) is not None

@@ -16,6 +16,8 @@ import re
 import time
 from collections.abc import Iterable
 
+from imap.fetch import Bodies, Value
+
 # ASTRING-CHAR minus nothing: what may go out bare where the grammar says astring.
 _ATOM_SAFE = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\x80-\U0010ffff]+")
 # QUOTED-CHAR (RFC 3501): any 7-bit TEXT-CHAR; "\" and DQUOTE are escaped.
@@ -44,6 +46,27 @@ def string(value: str | bytes) -> bytes:
     if len(text) <= _MAX_QUOTED and _QUOTABLE.fullmatch(text):
         return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
     return literal(text.encode("utf-8") if isinstance(value, str) else value)
+
+
+def value(item: Value) -> bytes:
+    """Render a FETCH value tree (see imap/fetch.py): None NIL, int number, str/bytes string,
+    tuple a parenthesised list, `Bodies` the child bodies of a multipart back to back.
+    Bytes holding NUL can only be a literal8 (RFC 3516 §4.2, BINARY content)."""
+    if item is None:
+        return b"NIL"
+    if isinstance(item, bool):  # pragma: no cover - not a Value, but bool is an int
+        raise TypeError("bool is not an IMAP value")
+    if isinstance(item, int):
+        return b"%d" % item
+    if isinstance(item, str):
+        return string(item)
+    if isinstance(item, bytes):
+        if b"\x00" in item:
+            return b"~{%d}\r\n" % len(item) + item
+        return string(item)
+    if isinstance(item, Bodies):
+        return b"".join(value(v) for v in item)
+    return b"(" + b" ".join(value(v) for v in item) + b")"
 
 
 def nstring(value: str | bytes | None) -> bytes:

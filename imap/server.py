@@ -1,0 +1,192 @@
+"""IMAP listeners: port 143 with STARTTLS, port 993 with implicit TLS (RFC 8314).
+
+A thin transport: it moves bytes between the socket and `Session.proto` (the sans-IO core),
+hands events to the session, and owns what needs a socket or a clock:
+- TLS: implicit on `start_imaps`, STARTTLS upgrade on `start_imap` (RFC 9051 §6.2.1). Bytes
+  pipelined after STARTTLS are refused with BYE (they were sent in the clear; CVE-2011-0411).
+- Autologout after `imap.idle_timeout_s` without a command (RFC 9051 §5.4: at least 30
+  minutes); each command, IDLE included, restarts the clock.
+- IDLE (RFC 2177): waits for the client's DONE, for `ctx.events` (the store publishes after
+  every durable change), and rescans every `rescan_s` for changes made by other processes
+  (Dovecot, the CLI, a second mailstack) that publish nothing here.
+- Limits: `imap.max_connections_per_ip` open connections per client address, refused with
+  BYE at the greeting; `imap.max_connections_per_user` sessions per account (LOGIN fails with
+  NO [LIMIT]); login throttling is `ctx.throttle`, applied by the session.
+- A framing violation (over-long line, oversized LITERAL+) ends the connection with
+  `* BYE [TOOBIG]` or `* BYE reason`: the byte stream cannot be resynchronised after one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+from imap import response
+from imap.framing import RemoteProtocolError
+from imap.session import ConnectionLimits, Session, Write
+from mailstack.context import ServerContext
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = 65536
+RESCAN_S = 3.0  # IDLE rescan period for changes made by other processes (brief: 2-5 s)
+TLS_HANDSHAKE_S = 30.0
+CLOSE_S = 5.0
+
+# One set of counters per serving context, shared by the imap and imaps listeners.
+_LIMITS: dict[int, tuple[ServerContext, ConnectionLimits]] = {}
+
+
+def limits_for(ctx: ServerContext) -> ConnectionLimits:
+    entry = _LIMITS.get(id(ctx))
+    if entry is None or entry[0] is not ctx:
+        limits = ConnectionLimits(ctx.config.imap.max_connections_per_ip,
+                                  ctx.config.imap.max_connections_per_user)
+        _LIMITS[id(ctx)] = entry = (ctx, limits)
+    return entry[1]
+
+
+async def start_imap(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+    """IMAP on `host:port` with STARTTLS (cleartext login only where the session allows)."""
+    return await _start(ctx, host, port, implicit_tls=False)
+
+
+async def start_imaps(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+    """IMAP over implicit TLS on `host:port` (RFC 8314)."""
+    return await _start(ctx, host, port, implicit_tls=True)
+
+
+async def _start(ctx: ServerContext, host: str, port: int, *, implicit_tls: bool,
+                 rescan_s: float = RESCAN_S) -> asyncio.Server:
+    limits = limits_for(ctx)
+    ssl_ctx = ctx.tls.listening_context() if implicit_tls else None
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_client(ctx, reader, writer, limits=limits, is_tls=implicit_tls,
+                           rescan_s=rescan_s)
+
+    return await asyncio.start_server(client, host, port, ssl=ssl_ctx,
+                                      ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_ctx else None)
+
+
+async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, *, limits: ConnectionLimits, is_tls: bool,
+                       rescan_s: float = RESCAN_S) -> None:
+    """Run one connection to its end; never raises."""
+    peer = writer.get_extra_info("peername")
+    ip = str(peer[0]) if peer else "unknown"
+    conn_id = secrets.token_hex(4)
+    if not limits.acquire_ip(ip):
+        log.warning("[%s] refusing %s: too many connections from this address", conn_id, ip)
+        writer.write(response.bye("too many connections from your address", "UNAVAILABLE"))
+        await _close(writer)
+        return
+    session = Session(ctx, peer_ip=ip, is_tls=is_tls, conn_id=conn_id, limits=limits,
+                      starttls_available=not is_tls, rescan_s=rescan_s)
+    log.debug("[%s] connection from %s (tls=%s)", conn_id, ip, is_tls)
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    try:
+        await write(session.greeting())
+        await _loop(ctx, session, reader, writer, write)
+    except RemoteProtocolError as exc:
+        log.info("[%s] closing: %s", conn_id, exc.reason)
+        with contextlib.suppress(ConnectionError):
+            await write(response.bye(exc.reason, exc.code))
+    except TimeoutError:
+        log.info("[%s] autologout after %s s without a command", conn_id,
+                 ctx.config.imap.idle_timeout_s)
+        with contextlib.suppress(ConnectionError):
+            await write(response.bye("autologout: idle for too long"))
+    except (ConnectionError, OSError) as exc:
+        log.debug("[%s] connection lost: %s", conn_id, exc)
+    except asyncio.CancelledError:  # server shutting down
+        with contextlib.suppress(Exception):
+            writer.write(response.bye("server shutting down"))
+        raise
+    except Exception:  # a bug: log it, and keep the server up
+        log.exception("[%s] unexpected error", conn_id)
+        with contextlib.suppress(Exception):
+            await write(response.bye("internal server error", "SERVERBUG"))
+    finally:
+        session.close()
+        limits.release_ip(ip)
+        await _close(writer)
+
+
+async def _loop(ctx: ServerContext, session: Session, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, write: Write) -> None:
+    timeout_s = ctx.config.imap.idle_timeout_s
+    while True:
+        while (event := session.proto.next_event()) is not None:
+            await session.handle(event, write)
+            if session.is_logged_out:
+                return
+            if session.starttls_requested:
+                session.starttls_requested = False
+                if not session.proto.framer.is_idle:
+                    raise RemoteProtocolError("data pipelined after STARTTLS")
+                await writer.start_tls(ctx.tls.current, ssl_handshake_timeout=TLS_HANDSHAKE_S)
+                session.is_tls = True
+        if session.is_idling:
+            data = await _idle_read(ctx, session, reader, write, timeout_s)
+        else:
+            data = await asyncio.wait_for(reader.read(READ_BYTES), timeout_s)
+        if not data:
+            return
+        session.proto.receive_data(data)
+
+
+@contextlib.contextmanager
+def _watch(ctx: ServerContext, session: Session) -> Iterator[asyncio.Event | None]:
+    if session.user is None or session.selected is None:
+        yield None
+        return
+    with ctx.events.watch(session.user, session.selected.name) as event:
+        yield event
+
+
+async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.StreamReader,
+                     write: Write, timeout_s: float) -> bytes:
+    """Wait for client bytes while reporting mailbox changes (RFC 2177)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    read = asyncio.ensure_future(reader.read(READ_BYTES))
+    try:
+        with _watch(ctx, session) as changed:
+            await session.idle_poll(write)  # changes made before we started watching
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                waiters: set[asyncio.Future[Any]] = {read}
+                woke = asyncio.ensure_future(changed.wait()) if changed is not None else None
+                if woke is not None:
+                    waiters.add(woke)
+                done, _ = await asyncio.wait(waiters, timeout=min(session.rescan_s, remaining),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if woke is not None:
+                    woke.cancel()
+                if read in done:
+                    return read.result()
+                if changed is not None:
+                    changed.clear()
+                await session.idle_poll(write)
+    finally:
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_S)

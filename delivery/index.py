@@ -165,11 +165,21 @@ class FolderIndex:
         if stamp == self._listing_stamp:
             return set()
         listing: dict[str, tuple[str, str]] = {}
+        meta = self._meta
         for sub in ("new", "cur"):
             with os.scandir(self.path / sub) as entries:
                 for entry in entries:
-                    if not entry.name.startswith("."):
-                        listing[base_name(entry.name)] = (sub, entry.name)
+                    name = entry.name
+                    if name.startswith("."):
+                        continue
+                    base = base_name(name)
+                    listing[base] = (sub, name)
+                    if base not in meta:
+                        # First sight in this process: measure now, while the DirEntry is at
+                        # hand (no path building); later snapshots use the cache.
+                        measured = _measure(entry.path, base)
+                        if measured is not None:
+                            meta[base] = measured
         gone = self._listing.keys() - listing.keys()
         self._listing = listing
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
@@ -223,7 +233,7 @@ class FolderIndex:
         base, letters, _ = split_info(name)
         meta = self._meta.get(base)
         if meta is None:
-            meta = self._measure(sub, name)
+            meta = _measure(os.path.join(self.path, sub, name), base)
             if meta is None:
                 return None
             self._meta[base] = meta
@@ -231,21 +241,6 @@ class FolderIndex:
         flags = flags_from_letters(letters, self._keywords) if sub == "cur" else frozenset()
         info = MessageInfo(uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base)
         return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
-
-    def _measure(self, sub: str, name: str) -> tuple[float, int, int] | None:
-        path = self.path / sub / name
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        size, vsize = sizes_from_name(base_name(name))
-        if vsize is None:
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return None
-            vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
-        return (st.st_mtime, st.st_size if size is None else size, vsize)
 
     def size_of(self, base: str) -> int:
         """S= bytes (on disk) of a known message."""
@@ -340,3 +335,20 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
+
+
+def _measure(path: str, base: str) -> tuple[float, int, int] | None:
+    """(mtime, S, W) of a message file: the mtime is INTERNALDATE; sizes from the name."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    size, vsize = sizes_from_name(base)
+    if vsize is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
+    return (st.st_mtime, st.st_size if size is None else size, vsize)

@@ -17,13 +17,11 @@ This module is pure: it parses and serialises; `delivery/maildir.py` does the fi
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 VERSION = 3
-_UID_LINE = re.compile(r"(\d+)((?: [^ :][^ ]*)*) :(.+)")
 
 
 class UidListError(ValueError):
@@ -91,16 +89,17 @@ class UidList:
         records: list[UidRecord] = []
         last = 0
         for line in lines[1:]:
-            m = _UID_LINE.fullmatch(line)
-            if m is None:
+            head, sep, name = line.partition(" :")
+            uid_text, _, ext = head.partition(" ")
+            if not sep or not name or not uid_text.isdigit():
                 raise UidListError(f"malformed dovecot-uidlist line: {line!r}")
-            uid = int(m[1])
+            uid = int(uid_text)
             if uid <= last:
                 # UIDs must ascend (Dovecot rejects such a file too); rebuilding it would
                 # silently renumber messages, so the caller decides.
                 raise UidListError(f"dovecot-uidlist UIDs not ascending at {uid}")
             last = uid
-            records.append(UidRecord(uid=uid, name=m[3], ext=m[2].strip()))
+            records.append(UidRecord(uid=uid, name=name, ext=ext.strip()))
         return cls(
             uid_validity=uid_validity,
             next_uid=max(next_uid, last + 1),

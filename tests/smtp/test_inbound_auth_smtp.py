@@ -54,7 +54,8 @@ async def test_end_to_end_dispositions(nsd_server: NsdFactory, keys: Keys,
         good = sign(message("news@example.net", extra_headers=forged), keys[0], "example.net")
         await asyncio.to_thread(send, harness, "news@example.net", good, "127.0.0.9")
         (stored,) = harness.messages(RCPT)
-        head = stored.split(b"\r\n\r\n", 1)[0]
+        head, _, body = stored.replace(b"\r\n", b"\n").partition(b"\n\n")
+        assert body == b"Hi there.\n"
         assert b"bank.example" not in head
         assert head.count(b"Authentication-Results:") == 1
         assert f"Authentication-Results: {HOSTNAME};".encode() in head

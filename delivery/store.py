@@ -184,17 +184,16 @@ class MailStore(Protocol):
     def list_folders(self, user: str) -> list[FolderInfo]:
         """Every folder of the account, INBOX included."""
 
-    def create_folder(self, user: str, folder: str, special_use: SpecialUse | None = None) -> None:
-        ...
+    def create_folder(
+        self, user: str, folder: str, special_use: SpecialUse | None = None
+    ) -> None: ...
 
-    def delete_folder(self, user: str, folder: str) -> None:
-        ...
+    def delete_folder(self, user: str, folder: str) -> None: ...
 
     def rename_folder(self, user: str, old: str, new: str) -> None:
         """Rename with children; renaming INBOX moves its messages (RFC 9051 §6.3.6)."""
 
-    def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
-        ...
+    def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None: ...
 
     # -- reading and changing messages ---------------------------------------------------------
     def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:
@@ -212,8 +211,9 @@ class MailStore(Protocol):
     ) -> dict[int, frozenset[str]]:
         """Change flags; returns the new flags of each message that still exists."""
 
-    def copy(self, user: str, folder: str, uids: Sequence[int], dest: str, *,
-             quota_bytes: int = 0) -> list[tuple[int, int]]:
+    def copy(
+        self, user: str, folder: str, uids: Sequence[int], dest: str, *, quota_bytes: int = 0
+    ) -> list[tuple[int, int]]:
         """Copy messages (flags kept) durably; returns (source uid, new uid) pairs."""
 
     def move(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:

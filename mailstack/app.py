@@ -48,8 +48,14 @@ def _resolve(service: str) -> StartService | None:
 
 def build_context(dep: Deployment) -> ServerContext:
     tls = TlsProvider(dep.paths.tls_cert, dep.paths.tls_key)
-    return ServerContext(config=dep.config, paths=dep.paths, accounts=dep.accounts,
-                         store=dep.store, events=dep.events, tls=tls)
+    return ServerContext(
+        config=dep.config,
+        paths=dep.paths,
+        accounts=dep.accounts,
+        store=dep.store,
+        events=dep.events,
+        tls=tls,
+    )
 
 
 async def start_listeners(ctx: ServerContext) -> list[tuple[str, asyncio.Server]]:
@@ -62,8 +68,9 @@ async def start_listeners(ctx: ServerContext) -> list[tuple[str, asyncio.Server]
                 continue
             start = _resolve(service)
             if start is None:
-                log.warning("%s is not available in this version; listen.%s ignored",
-                            service, service)
+                log.warning(
+                    "%s is not available in this version; listen.%s ignored", service, service
+                )
                 continue
             for host, port in addresses:
                 try:
@@ -84,12 +91,16 @@ async def start_listeners(ctx: ServerContext) -> list[tuple[str, asyncio.Server]
 def _bind_error(service: str, host: str, port: int, exc: OSError) -> HostError:
     where = f"listen.{service} {format_hostport(host, port)}"
     if exc.errno == errno.EADDRINUSE:
-        return HostError(f"cannot listen on {where}: address already in use",
-                         hint=f"another program holds the port (see `ss -ltnp 'sport = :{port}'`);"
-                              " stop it or change the port in mailstack.toml")
+        return HostError(
+            f"cannot listen on {where}: address already in use",
+            hint=f"another program holds the port (see `ss -ltnp 'sport = :{port}'`);"
+            " stop it or change the port in mailstack.toml",
+        )
     if exc.errno == errno.EACCES:
-        return HostError(f"cannot listen on {where}: permission denied",
-                         hint="ports below 1024 need root or CAP_NET_BIND_SERVICE")
+        return HostError(
+            f"cannot listen on {where}: permission denied",
+            hint="ports below 1024 need root or CAP_NET_BIND_SERVICE",
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
         return HostError(f"cannot listen on {where}: no such address on this host")
     return HostError(f"cannot listen on {where}: {exc.strerror or exc}")
@@ -113,8 +124,11 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    log.info("mailstack ready: %s for %s", ctx.config.server.hostname,
-             ", ".join(ctx.config.server.domains))
+    log.info(
+        "mailstack ready: %s for %s",
+        ctx.config.server.hostname,
+        ", ".join(ctx.config.server.domains),
+    )
     if on_ready is not None:
         on_ready(ctx)
     try:

@@ -52,8 +52,10 @@ def reporting(debug: bool = False) -> Iterator[None]:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for "
-                   "the traceback)", err=True)
+        click.echo(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -88,7 +90,7 @@ def fail_usage(message: str) -> NoReturn:
     raise click.UsageError(message)
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType):  # type: ignore[type-arg]
     name = "SIZE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -104,8 +106,14 @@ SIZE = SizeType()
 
 
 @click.group(context_settings=CONTEXT)
-@click.option("--dir", "root", type=click.Path(path_type=Path), envvar="MAILSTACK_DIR",
-              default=None, help="State directory (env MAILSTACK_DIR; default /var/lib/mailstack).")
+@click.option(
+    "--dir",
+    "root",
+    type=click.Path(path_type=Path),
+    envvar="MAILSTACK_DIR",
+    default=None,
+    help="State directory (env MAILSTACK_DIR; default /var/lib/mailstack).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(__version__, prog_name="mailstack")
 @click.pass_context
@@ -116,8 +124,10 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
 
 # -- init ------------------------------------------------------------------------------------------
 
-def _prompt_or_fail(value: str | None, flag: str, prompt: str, interactive: bool,
-                    default: str | None = None) -> str:
+
+def _prompt_or_fail(
+    value: str | None, flag: str, prompt: str, interactive: bool, default: str | None = None
+) -> str:
     if value:
         return value
     if interactive:
@@ -141,21 +151,39 @@ def _check_ip(value: str, version: int, flag: str) -> str:
 @click.option("--hostname", help="The server's name, e.g. mail.example.com.")
 @click.option("--ipv4", help="The server's public IPv4 address.")
 @click.option("--ipv6", default="", help="The server's public IPv6 address, if any.")
-@click.option("--listen-host", default="0.0.0.0", show_default=True,  # noqa: S104
-              help="Address every listener binds to.")
+@click.option(
+    "--listen-host",
+    default="0.0.0.0",  # noqa: S104 - a mail server listens publicly by design
+    show_default=True,
+    help="Address every listener binds to.",
+)
 @click.option("--smtp-port", type=click.IntRange(0, 65535), default=25, show_default=True)
 @click.option("--submission-port", type=click.IntRange(0, 65535), default=587, show_default=True)
 @click.option("--submissions-port", type=click.IntRange(0, 65535), default=465, show_default=True)
 @click.option("--imap-port", type=click.IntRange(0, 65535), default=143, show_default=True)
 @click.option("--imaps-port", type=click.IntRange(0, 65535), default=993, show_default=True)
 @click.option("--dkim-selector", default="", help="DKIM selector (default msYYYYMM).")
-@click.option("--force", is_flag=True, help="Regenerate an existing deployment's config, keys "
-              "and zones (accounts and mail are kept).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Regenerate an existing deployment's config, keys and zones (accounts and mail are kept).",
+)
 @click.option("--non-interactive", is_flag=True, help="Never prompt; fail on missing options.")
-def init(domain: str | None, hostname: str | None, ipv4: str | None, ipv6: str,
-         listen_host: str, smtp_port: int, submission_port: int, submissions_port: int,
-         imap_port: int, imaps_port: int, dkim_selector: str, force: bool,
-         non_interactive: bool) -> None:
+def init(
+    domain: str | None,
+    hostname: str | None,
+    ipv4: str | None,
+    ipv6: str,
+    listen_host: str,
+    smtp_port: int,
+    submission_port: int,
+    submissions_port: int,
+    imap_port: int,
+    imaps_port: int,
+    dkim_selector: str,
+    force: bool,
+    non_interactive: bool,
+) -> None:
     """Create a deployment: config, TLS certificates, DKIM keys and DNS zone files."""
     from mailstack.init import InitOptions, dns_records, init_deployment
     from mailstack.output import print_records
@@ -165,12 +193,14 @@ def init(domain: str | None, hostname: str | None, ipv4: str | None, ipv6: str,
     domain = _prompt_or_fail(domain, "--domain", "Mail domain (e.g. example.com)", interactive)
     if not is_fqdn(domain):
         fail_usage(f"--domain: {domain!r} is not a valid domain name")
-    hostname = _prompt_or_fail(hostname, "--hostname", "Server hostname", interactive,
-                               default=f"mail.{domain}")
+    hostname = _prompt_or_fail(
+        hostname, "--hostname", "Server hostname", interactive, default=f"mail.{domain}"
+    )
     if not is_fqdn(hostname):
         fail_usage(f"--hostname: {hostname!r} is not a fully-qualified host name")
-    ipv4 = _check_ip(_prompt_or_fail(ipv4, "--ipv4", "Public IPv4 address", interactive),
-                     4, "--ipv4")
+    ipv4 = _check_ip(
+        _prompt_or_fail(ipv4, "--ipv4", "Public IPv4 address", interactive), 4, "--ipv4"
+    )
     if ipv6:
         ipv6 = _check_ip(ipv6, 6, "--ipv6")
     with reporting(obj.debug):
@@ -178,22 +208,37 @@ def init(domain: str | None, hostname: str | None, ipv4: str | None, ipv6: str,
             ipaddress.ip_address(listen_host)
         except ValueError:
             fail_usage(f"--listen-host: {listen_host!r} is not an IP address")
-        ports = (("smtp", smtp_port), ("submission", submission_port),
-                 ("submissions", submissions_port), ("imap", imap_port), ("imaps", imaps_port))
-        opts = InitOptions(domain=domain, hostname=hostname, ipv4=ipv4, ipv6=ipv6,
-                           listen_host=listen_host, ports=ports, dkim_selector=dkim_selector,
-                           force=force)
+        ports = (
+            ("smtp", smtp_port),
+            ("submission", submission_port),
+            ("submissions", submissions_port),
+            ("imap", imap_port),
+            ("imaps", imaps_port),
+        )
+        opts = InitOptions(
+            domain=domain,
+            hostname=hostname,
+            ipv4=ipv4,
+            ipv6=ipv6,
+            listen_host=listen_host,
+            ports=ports,
+            dkim_selector=dkim_selector,
+            force=force,
+        )
         cfg = init_deployment(obj.root, opts)
         paths = obj.paths
         click.echo(f"Created the mailstack deployment for {domain} in {obj.root}\n")
         print_records(dns_records(cfg, paths, None))
         click.echo(f"Zone files to import: {paths.dns_dir}/")
-        click.echo("Next: publish the records above, add an account with "
-                   f"`mailstack user add you@{domain}`, run `mailstack serve`, then "
-                   "`mailstack check`.")
+        click.echo(
+            "Next: publish the records above, add an account with "
+            f"`mailstack user add you@{domain}`, run `mailstack serve`, then "
+            "`mailstack check`."
+        )
 
 
 # -- users -----------------------------------------------------------------------------------------
+
 
 def _read_password(from_stdin: bool) -> str | None:
     if not from_stdin:
@@ -248,14 +293,29 @@ def user_list(as_json: bool) -> None:
         rows = []
         for u in dep.accounts.users():
             used = dep.store.usage_bytes(u.address)
-            rows.append({"address": u.address, "quota_bytes": u.quota_bytes,
-                         "used_bytes": used, "enabled": u.enabled})
+            rows.append(
+                {
+                    "address": u.address,
+                    "quota_bytes": u.quota_bytes,
+                    "used_bytes": used,
+                    "enabled": u.enabled,
+                }
+            )
         if as_json:
             print_json(rows)
             return
-        print_table(["address", "quota", "used", "enabled"],
-                    [[r["address"], _quota(r["quota_bytes"]), format_size(r["used_bytes"]) or "0",
-                      "yes" if r["enabled"] else "no"] for r in rows])
+        print_table(
+            ["address", "quota", "used", "enabled"],
+            [
+                [
+                    r["address"],
+                    _quota(r["quota_bytes"]),
+                    format_size(r["used_bytes"]) or "0",
+                    "yes" if r["enabled"] else "no",
+                ]
+                for r in rows
+            ],
+        )
 
 
 @user.command("passwd", context_settings=CONTEXT)
@@ -300,6 +360,7 @@ def user_del(address: str, keep_mail: bool) -> None:
 
 # -- aliases ---------------------------------------------------------------------------------------
 
+
 @main.group(context_settings=CONTEXT)
 def alias() -> None:
     """Manage aliases (ADDR or @domain for a catch-all)."""
@@ -340,6 +401,7 @@ def alias_del(address: str) -> None:
 
 # -- domains and DNS -------------------------------------------------------------------------------
 
+
 @main.group(context_settings=CONTEXT)
 def domain() -> None:
     """Manage hosted domains."""
@@ -377,8 +439,13 @@ def domain_list(as_json: bool) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--format", "fmt", type=click.Choice(["table", "zone", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "zone", "json"]),
+    default="table",
+    show_default=True,
+)
 def dns(fmt: str) -> None:
     """Print the DNS records to publish, for every hosted domain."""
     from mailstack.dnsrecords import group_by_zone
@@ -397,6 +464,7 @@ def dns(fmt: str) -> None:
 
 
 # -- config ----------------------------------------------------------------------------------------
+
 
 @main.group(context_settings=CONTEXT)
 def config() -> None:
@@ -422,6 +490,7 @@ def config_show() -> None:
 
 # -- TLS -------------------------------------------------------------------------------------------
 
+
 @main.group(context_settings=CONTEXT)
 def tls() -> None:
     """Inspect or replace the server certificate."""
@@ -440,12 +509,20 @@ def tls_status(as_json: bool) -> None:
         try:
             info = inspect_tls(paths.tls_cert.read_bytes())
         except FileNotFoundError:
-            raise MailstackError(f"no certificate at {paths.tls_cert}",
-                                 hint="run `mailstack init` or `mailstack tls import`") from None
-        data = {"file": str(paths.tls_cert), "subject": info.subject, "issuer": info.issuer,
-                "names": list(info.names), "not_after": info.not_after.isoformat(),
-                "days_left": int(info.days_left()), "private_ca": info.is_self_issued_chain
-                and paths.ca_cert.exists(), "covers_hostname": cfg.server.hostname}
+            raise MailstackError(
+                f"no certificate at {paths.tls_cert}",
+                hint="run `mailstack init` or `mailstack tls import`",
+            ) from None
+        data = {
+            "file": str(paths.tls_cert),
+            "subject": info.subject,
+            "issuer": info.issuer,
+            "names": list(info.names),
+            "not_after": info.not_after.isoformat(),
+            "days_left": int(info.days_left()),
+            "private_ca": info.is_self_issued_chain and paths.ca_cert.exists(),
+            "covers_hostname": cfg.server.hostname,
+        }
         if as_json:
             print_json(data)
             return
@@ -454,10 +531,20 @@ def tls_status(as_json: bool) -> None:
 
 
 @tls.command("import", context_settings=CONTEXT)
-@click.option("--cert", "cert_file", required=True, type=click.Path(path_type=Path,
-              exists=True, dir_okay=False), help="PEM chain: server certificate first.")
-@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path,
-              exists=True, dir_okay=False), help="PEM private key (unencrypted).")
+@click.option(
+    "--cert",
+    "cert_file",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM chain: server certificate first.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM private key (unencrypted).",
+)
 def tls_import(cert_file: Path, key_file: Path) -> None:
     """Use a certificate from a public CA (checks key, chain order and hostname first)."""
     from mailstack.keys import validate_tls_pair, write_private, write_public
@@ -471,15 +558,22 @@ def tls_import(cert_file: Path, key_file: Path) -> None:
         write_public(paths.tls_cert, chain)
         for stale in (paths.ca_cert, paths.ca_key):  # the private CA no longer vouches for us
             stale.unlink(missing_ok=True)
-        click.echo(f"imported certificate for {', '.join(info.names)} "
-                   f"(expires {info.not_after:%Y-%m-%d}); a running serve picks it up on SIGHUP")
+        click.echo(
+            f"imported certificate for {', '.join(info.names)} "
+            f"(expires {info.not_after:%Y-%m-%d}); a running serve picks it up on SIGHUP"
+        )
 
 
 # -- serve and demo --------------------------------------------------------------------------------
 
+
 @main.command(context_settings=CONTEXT)
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-              case_sensitive=False), default=None, help="Overrides [log] level.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Overrides [log] level.",
+)
 @click.option("--log-json", is_flag=True, default=None, help="One JSON object per log line.")
 def serve(log_level: str | None, log_json: bool | None) -> None:
     """Run every listener in the foreground (SIGTERM stops, SIGHUP reloads certificates)."""
@@ -489,14 +583,21 @@ def serve(log_level: str | None, log_json: bool | None) -> None:
 
     with reporting(_obj().debug):
         dep = Deployment.open(_obj().root)
-        setup_logging(log_level or dep.config.log.level,
-                      json_lines=dep.config.log.json if log_json is None else log_json)
+        setup_logging(
+            log_level or dep.config.log.level,
+            json_lines=dep.config.log.json if log_json is None else log_json,
+        )
         run_serve(dep)
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--base-port", type=click.IntRange(1024, 65000), default=2500, show_default=True,
-              help="SMTP on BASE+25, submission +87, submissions +65, IMAP +43, IMAPS +93.")
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    default=2500,
+    show_default=True,
+    help="SMTP on BASE+25, submission +87, submissions +65, IMAP +43, IMAPS +93.",
+)
 @click.option("--no-serve", is_flag=True, help="Set up the demo deployment, print, and exit.")
 def demo(base_port: int, no_serve: bool) -> None:
     """A throwaway deployment for example.test on loopback, with one user, served at once."""
@@ -527,6 +628,59 @@ def systemd_unit(unit_user: str, unit_group: str) -> None:
 
     with reporting(_obj().debug):
         exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "mailstack"
-        click.echo(render("systemd/mailstack.service.j2", exe=exe, state_dir=_obj().root,
-                          user=unit_user, group=unit_group), nl=False)
+        click.echo(
+            render(
+                "systemd/mailstack.service.j2",
+                exe=exe,
+                state_dir=_obj().root,
+                user=unit_user,
+                group=unit_group,
+            ),
+            nl=False,
+        )
 
+
+# -- check -----------------------------------------------------------------------------------------
+
+def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    from mailstack.config import parse_resolver
+
+    if not value:
+        return ""
+    try:
+        parse_resolver(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--resolver", metavar="HOST[:PORT]", callback=_resolver_option,
+              help="DNS resolver to ask (overrides [dns] resolver).")
+@click.option("--only", "only", multiple=True, metavar="GROUP",
+              type=click.Choice(["config", "files", "dns", "tls", "smtp", "submission", "imap",
+                                 "relay", "e2e", "network"]),
+              help="Run only this group of checks (repeatable).")
+@click.option("--strict", is_flag=True, help="Warnings fail too (exit 1).")
+@click.option("--network", is_flag=True, help="Also run checks that need the Internet.")
+def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool,
+          network: bool) -> None:
+    """Validate the deployment: DNS, TLS, listeners, login, delivery, open relay."""
+    from mailstack.checks import CheckOptions, run_checks
+    from mailstack.checks.report import print_json, print_report
+    from mailstack.errors import ProblemsFoundError
+
+    with reporting(_obj().debug):
+        opts = CheckOptions(resolver=resolver, only=frozenset(only), strict=strict,
+                            network=network)
+        report = run_checks(_obj().root, opts)
+        if as_json:
+            print_json(report)
+        else:
+            print_report(report)
+        if not report.ok:
+            bad = report.counts.get("fail", 0) + (report.counts.get("warn", 0) if strict else 0)
+            raise ProblemsFoundError(f"{bad} check(s) did not pass",
+                                     hint=None if as_json else "apply each fix shown above, "
+                                     "then run `mailstack check` again")

@@ -90,78 +90,109 @@ def format_hostport(host: str, port: int) -> str:
 class ServerConfig:
     hostname: str = doc("The mail server's name: used in EHLO, greetings and the certificate.")
     domains: list[str] = doc("Mail domains hosted here (ASCII/IDNA form); the first is primary.")
-    ipv4: str = doc("Public IPv4 address (for DNS records, SPF and `check`); empty if none.",
-                    default="")
-    ipv6: str = doc("Public IPv6 address (for DNS records, SPF and `check`); empty if none.",
-                    default="")
+    ipv4: str = doc(
+        "Public IPv4 address (for DNS records, SPF and `check`); empty if none.", default=""
+    )
+    ipv6: str = doc(
+        "Public IPv6 address (for DNS records, SPF and `check`); empty if none.", default=""
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
-    smtp: list[str] = doc('Inbound SMTP (MX) listeners, "host:port"; [] disables.',
-                          default_factory=lambda: ["0.0.0.0:25"])
-    submission: list[str] = doc("Submission with STARTTLS + AUTH (RFC 6409).",
-                                default_factory=lambda: ["0.0.0.0:587"])
-    submissions: list[str] = doc("Submission over implicit TLS + AUTH (RFC 8314).",
-                                 default_factory=lambda: ["0.0.0.0:465"])
+    smtp: list[str] = doc(
+        'Inbound SMTP (MX) listeners, "host:port"; [] disables.',
+        default_factory=lambda: ["0.0.0.0:25"],
+    )
+    submission: list[str] = doc(
+        "Submission with STARTTLS + AUTH (RFC 6409).", default_factory=lambda: ["0.0.0.0:587"]
+    )
+    submissions: list[str] = doc(
+        "Submission over implicit TLS + AUTH (RFC 8314).", default_factory=lambda: ["0.0.0.0:465"]
+    )
     imap: list[str] = doc("IMAP with STARTTLS.", default_factory=lambda: ["0.0.0.0:143"])
     imaps: list[str] = doc("IMAP over implicit TLS.", default_factory=lambda: ["0.0.0.0:993"])
 
 
 @dataclass(frozen=True, slots=True)
 class SmtpConfig:
-    max_message_size: int = doc("Largest message accepted, in bytes; advertised in EHLO SIZE.",
-                                default=52428800)
-    max_recipients: int = doc("Recipients per transaction; more get 452 4.5.3 (RFC 5321 "
-                              "§4.5.3.1.8 asks for at least 100).", default=100)
+    max_message_size: int = doc(
+        "Largest message accepted, in bytes; advertised in EHLO SIZE.", default=52428800
+    )
+    max_recipients: int = doc(
+        "Recipients per transaction; more get 452 4.5.3 (RFC 5321 "
+        "§4.5.3.1.8 asks for at least 100).",
+        default=100,
+    )
     max_connections: int = doc("Concurrent SMTP connections in total.", default=200)
-    max_connections_per_ip: int = doc("Concurrent SMTP connections from one client address.",
-                                      default=20)
+    max_connections_per_ip: int = doc(
+        "Concurrent SMTP connections from one client address.", default=20
+    )
     max_errors: int = doc("Protocol errors in one session before we disconnect.", default=10)
-    command_timeout_s: int = doc("Seconds to wait for a command (RFC 5321 §4.5.3.2.7: 5 min).",
-                                 default=300)
-    data_timeout_s: int = doc("Seconds to wait for each chunk of DATA (RFC 5321: 3 min).",
-                              default=180)
-    max_received_headers: int = doc("Received: headers beyond which mail is a loop (554 5.4.6).",
-                                    default=30)
-    dnsbl: list[str] = doc("DNS blocklists to consult for the client address, e.g. "
-                           '["zen.spamhaus.org"]; [] disables.', default_factory=list)
-    reject_invalid_helo: bool = doc("Refuse HELO/EHLO names that are neither a FQDN nor an "
-                                    "address literal.", default=False)
-    dmarc_reject_to_junk: bool = doc("Deliver mail failing a DMARC p=reject policy to Junk "
-                                     "instead of refusing it with 550 5.7.1.", default=False)
-    verify_inbound: bool = doc("Check SPF, DKIM and DMARC of inbound mail and add "
-                               "Authentication-Results.", default=True)
+    command_timeout_s: int = doc(
+        "Seconds to wait for a command (RFC 5321 §4.5.3.2.7: 5 min).", default=300
+    )
+    data_timeout_s: int = doc(
+        "Seconds to wait for each chunk of DATA (RFC 5321: 3 min).", default=180
+    )
+    max_received_headers: int = doc(
+        "Received: headers beyond which mail is a loop (554 5.4.6).", default=30
+    )
+    dnsbl: list[str] = doc(
+        'DNS blocklists to consult for the client address, e.g. ["zen.spamhaus.org"]; [] disables.',
+        default_factory=list,
+    )
+    reject_invalid_helo: bool = doc(
+        "Refuse HELO/EHLO names that are neither a FQDN nor an address literal.", default=False
+    )
+    dmarc_reject_to_junk: bool = doc(
+        "Deliver mail failing a DMARC p=reject policy to Junk "
+        "instead of refusing it with 550 5.7.1.",
+        default=False,
+    )
+    verify_inbound: bool = doc(
+        "Check SPF, DKIM and DMARC of inbound mail and add Authentication-Results.", default=True
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class AccountsConfig:
-    default_quota: str = doc('Storage quota of a new account (bytes or K/M/G); "0" = unlimited.',
-                             default="10G")
+    default_quota: str = doc(
+        'Storage quota of a new account (bytes or K/M/G); "0" = unlimited.', default="10G"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ImapConfig:
-    allow_plaintext_auth: bool = doc("Allow LOGIN/AUTHENTICATE without TLS even off loopback "
-                                     "(benchmarks, trusted proxies).", default=False)
-    max_connections_per_ip: int = doc("Concurrent IMAP connections from one client address.",
-                                      default=50)
+    allow_plaintext_auth: bool = doc(
+        "Allow LOGIN/AUTHENTICATE without TLS even off loopback (benchmarks, trusted proxies).",
+        default=False,
+    )
+    max_connections_per_ip: int = doc(
+        "Concurrent IMAP connections from one client address.", default=50
+    )
     max_connections_per_user: int = doc("Concurrent IMAP sessions of one account.", default=30)
-    idle_timeout_s: int = doc("Autologout after this many seconds without a command "
-                              "(RFC 9051 §5.4: at least 30 minutes).", default=1800)
+    idle_timeout_s: int = doc(
+        "Autologout after this many seconds without a command "
+        "(RFC 9051 §5.4: at least 30 minutes).",
+        default=1800,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class DnsConfig:
-    resolver: str = doc('"host[:port]" of the DNS resolver; empty = the system resolver.',
-                        default="")
+    resolver: str = doc(
+        '"host[:port]" of the DNS resolver; empty = the system resolver.', default=""
+    )
     timeout_s: float = doc("Seconds a single DNS lookup may take.", default=5.0)
 
 
 @dataclass(frozen=True, slots=True)
 class DkimConfig:
-    selector: str = doc("DKIM selector of the current signing key (dkim/<selector>.<domain>.key).",
-                        default="mailstack")
+    selector: str = doc(
+        "DKIM selector of the current signing key (dkim/<selector>.<domain>.key).",
+        default="mailstack",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +297,10 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
 def _validate(cfg: Config) -> None:
     """Semantic checks beyond types; raise _KeyError naming the key."""
     if not is_fqdn(cfg.server.hostname):
-        raise _KeyError("server.hostname", f"{cfg.server.hostname!r} is not a fully-qualified "
-                        "host name such as mail.example.com")
+        raise _KeyError(
+            "server.hostname",
+            f"{cfg.server.hostname!r} is not a fully-qualified host name such as mail.example.com",
+        )
     if not cfg.server.domains:
         raise _KeyError("server.domains", "at least one mail domain is required")
     for i, d in enumerate(cfg.server.domains):
@@ -318,7 +351,9 @@ def _validate(cfg: Config) -> None:
     except ValueError as exc:
         raise _KeyError("accounts.default_quota", str(exc)) from None
     if cfg.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise _KeyError("log.level", f"expected DEBUG, INFO, WARNING or ERROR, got {cfg.log.level!r}")
+        raise _KeyError(
+            "log.level", f"expected DEBUG, INFO, WARNING or ERROR, got {cfg.log.level!r}"
+        )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.dkim.selector):
         raise _KeyError("dkim.selector", f"{cfg.dkim.selector!r} is not a valid DNS label")
 
@@ -352,19 +387,25 @@ def _line_of(text: str, key: str) -> int | None:
     return None
 
 
-def config_from_dict(data: dict[str, Any], *, source: str = "mailstack.toml",
-                     text: str = "") -> Config:
+def config_from_dict(
+    data: dict[str, Any], *, source: str = "mailstack.toml", text: str = ""
+) -> Config:
     try:
         cfg: Config = _build(Config, data, "")
         _validate(cfg)
     except _KeyError as exc:
         line = _line_of(text, exc.key) if text else None
         where = f"{source}:{line}" if line else source
-        raise ConfigError(f"{where}: {exc.key}: {exc.message}",
-                          hint="fix the key, then run `mailstack config validate`") from None
+        raise ConfigError(
+            f"{where}: {exc.key}: {exc.message}",
+            hint="fix the key, then run `mailstack config validate`",
+        ) from None
     # Domains are kept in their ASCII (IDNA) form everywhere.
-    server = dataclasses.replace(cfg.server, hostname=to_ascii_domain(cfg.server.hostname),
-                                 domains=[to_ascii_domain(d) for d in cfg.server.domains])
+    server = dataclasses.replace(
+        cfg.server,
+        hostname=to_ascii_domain(cfg.server.hostname),
+        domains=[to_ascii_domain(d) for d in cfg.server.domains],
+    )
     return dataclasses.replace(cfg, server=server)
 
 
@@ -373,8 +414,9 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file",
-                          hint="create a deployment with `mailstack init` or pass --dir") from None
+        raise ConfigError(
+            f"{path}: no such file", hint="create a deployment with `mailstack init` or pass --dir"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
@@ -421,4 +463,3 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     s = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'
-

@@ -25,15 +25,19 @@ def load_server_tls(cert: Path, key: Path) -> ssl.SSLContext:
     """A server TLS context (TLS 1.2+) from PEM files; HostError with the reason if unusable."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    for path in (cert, key):  # load_cert_chain's FileNotFoundError does not name the file
+        if not path.exists():
+            raise HostError(
+                f"TLS file missing: {path}", hint="run `mailstack init` or `mailstack tls import`"
+            )
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise HostError(f"TLS file missing: {exc.filename}",
-                        hint="run `mailstack init` or `mailstack tls import`") from None
     except ssl.SSLError as exc:
-        raise HostError(f"cannot use {cert} with {key}: {exc.reason or exc}",
-                        hint="the key does not match the certificate, or a file is not PEM; "
-                             "check with `mailstack tls status`") from None
+        raise HostError(
+            f"cannot use {cert} with {key}: {exc.reason or exc}",
+            hint="the key does not match the certificate, or a file is not PEM; "
+            "check with `mailstack tls status`",
+        ) from None
     except PermissionError as exc:
         raise HostError(f"cannot read {exc.filename}: permission denied") from None
     return ctx

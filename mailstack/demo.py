@@ -44,12 +44,20 @@ def create_demo(root: Path | None, ports: DemoPorts) -> DemoResult:
     """Set up (or reuse, resetting the demo password) a demo deployment in `root` or a tmp dir."""
     root = root or Path(tempfile.mkdtemp(prefix="mailstack-demo-"))
     if not is_deployment(root):
-        opts = InitOptions(domain=DOMAIN, hostname=HOSTNAME, ipv4="127.0.0.1",
-                           listen_host="127.0.0.1",
-                           ports=(("smtp", ports.smtp), ("submission", ports.submission),
-                                  ("submissions", ports.submissions), ("imap", ports.imap),
-                                  ("imaps", ports.imaps)),
-                           dkim_selector="demo")
+        opts = InitOptions(
+            domain=DOMAIN,
+            hostname=HOSTNAME,
+            ipv4="127.0.0.1",
+            listen_host="127.0.0.1",
+            ports=(
+                ("smtp", ports.smtp),
+                ("submission", ports.submission),
+                ("submissions", ports.submissions),
+                ("imap", ports.imap),
+                ("imaps", ports.imaps),
+            ),
+            dkim_selector="demo",
+        )
         init_deployment(root, opts)
     password = generate_password()
     dep = Deployment.open(root)

@@ -1,4 +1,4 @@
-"""Opening an existing deployment: its config, accounts and store, in one place for CLI and serve."""
+"""Opening an existing deployment: config, accounts and store, one place for CLI and serve."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ class Deployment:
     def open(cls, root: Path) -> Deployment:
         paths = StatePaths(root)
         if not paths.config.exists():
-            raise ConfigError(f"no mailstack deployment in {root} (no mailstack.toml)",
-                              hint="create one with `mailstack init`, or pass --dir / set "
-                                   "MAILSTACK_DIR")
+            raise ConfigError(
+                f"no mailstack deployment in {root} (no mailstack.toml)",
+                hint="create one with `mailstack init`, or pass --dir / set MAILSTACK_DIR",
+            )
         config = load_config(paths.config)
         try:
             accounts = Accounts(paths.users_db)

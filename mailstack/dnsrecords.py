@@ -36,17 +36,25 @@ class DnsRecord:
         return self.name[: -len(self.zone) - 1]
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "type": self.type, "value": self.unsplit or self.value,
-                "rdata": self.value, "zone": self.zone, "ttl": self.ttl, "where": self.where,
-                "reason": self.reason}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "value": self.unsplit or self.value,
+            "rdata": self.value,
+            "zone": self.zone,
+            "ttl": self.ttl,
+            "where": self.where,
+            "reason": self.reason,
+        }
 
 
 def txt_rdata(value: str) -> str:
     """A TXT value as zone-file rdata: split into <=255-byte quoted strings, quotes escaped."""
     raw = value.encode("utf-8")
-    chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
-    return " ".join('"' + c.decode("utf-8").replace("\\", "\\\\").replace('"', '\\"') + '"'
-                    for c in chunks)
+    chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
+    return " ".join(
+        '"' + c.decode("utf-8").replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks
+    )
 
 
 def fqdn(name: str) -> str:
@@ -81,41 +89,99 @@ class MailDns:
     ipv6: str = ""
     ports: Ports = field(default_factory=Ports)
 
-    def domain_records(self, domain: str, dkim_selector: str, dkim_txt: str | None) -> list[DnsRecord]:
+    def domain_records(
+        self, domain: str, dkim_selector: str, dkim_txt: str | None
+    ) -> list[DnsRecord]:
         """Records published in the domain's own zone (at its DNS host)."""
         zone, host = fqdn(domain), fqdn(self.hostname)
         recs = [
-            DnsRecord(zone, "MX", f"10 {host}", zone, "dns-host",
-                      f"mail for {domain} is delivered to {self.hostname}"),
-            DnsRecord(zone, "TXT", txt_rdata("v=spf1 mx -all"), zone, "dns-host",
-                      "SPF: only this domain's MX hosts send its mail", "v=spf1 mx -all"),
+            DnsRecord(
+                zone,
+                "MX",
+                f"10 {host}",
+                zone,
+                "dns-host",
+                f"mail for {domain} is delivered to {self.hostname}",
+            ),
+            DnsRecord(
+                zone,
+                "TXT",
+                txt_rdata("v=spf1 mx -all"),
+                zone,
+                "dns-host",
+                "SPF: only this domain's MX hosts send its mail",
+                "v=spf1 mx -all",
+            ),
         ]
         if dkim_txt is not None:
-            recs.append(DnsRecord(f"{dkim_selector}._domainkey.{zone}", "TXT", txt_rdata(dkim_txt),
-                                  zone, "dns-host", "DKIM: the public key receivers verify "
-                                  "our signatures with", dkim_txt))
+            recs.append(
+                DnsRecord(
+                    f"{dkim_selector}._domainkey.{zone}",
+                    "TXT",
+                    txt_rdata(dkim_txt),
+                    zone,
+                    "dns-host",
+                    "DKIM: the public key receivers verify our signatures with",
+                    dkim_txt,
+                )
+            )
         dmarc = f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"
         tlsrpt = f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"
         recs += [
-            DnsRecord(f"_dmarc.{zone}", "TXT", txt_rdata(dmarc), zone, "dns-host",
-                      "DMARC: quarantine mail that fails SPF and DKIM alignment; reports to "
-                      "postmaster", dmarc),
-            DnsRecord(f"_smtp._tls.{zone}", "TXT", txt_rdata(tlsrpt), zone, "dns-host",
-                      "TLS-RPT: senders report TLS delivery problems to postmaster", tlsrpt),
+            DnsRecord(
+                f"_dmarc.{zone}",
+                "TXT",
+                txt_rdata(dmarc),
+                zone,
+                "dns-host",
+                "DMARC: quarantine mail that fails SPF and DKIM alignment; reports to postmaster",
+                dmarc,
+            ),
+            DnsRecord(
+                f"_smtp._tls.{zone}",
+                "TXT",
+                txt_rdata(tlsrpt),
+                zone,
+                "dns-host",
+                "TLS-RPT: senders report TLS delivery problems to postmaster",
+                tlsrpt,
+            ),
         ]
-        for service, port in (("submission", self.ports.submission),
-                              ("submissions", self.ports.submissions),
-                              ("imap", self.ports.imap), ("imaps", self.ports.imaps)):
+        for service, port in (
+            ("submission", self.ports.submission),
+            ("submissions", self.ports.submissions),
+            ("imap", self.ports.imap),
+            ("imaps", self.ports.imaps),
+        ):
             value = f"0 1 {port} {host}" if port else "0 0 0 ."
-            why = (f"RFC 6186: mail clients find {service} at {self.hostname}:{port}" if port
-                   else f"RFC 6186: {service} is not offered")
+            why = (
+                f"RFC 6186: mail clients find {service} at {self.hostname}:{port}"
+                if port
+                else f"RFC 6186: {service} is not offered"
+            )
             recs.append(DnsRecord(f"_{service}._tcp.{zone}", "SRV", value, zone, "dns-host", why))
         for service in ("pop3", "pop3s"):
-            recs.append(DnsRecord(f"_{service}._tcp.{zone}", "SRV", "0 0 0 .", zone, "dns-host",
-                                  f"RFC 6186: {service.upper()} is not offered"))
+            recs.append(
+                DnsRecord(
+                    f"_{service}._tcp.{zone}",
+                    "SRV",
+                    "0 0 0 .",
+                    zone,
+                    "dns-host",
+                    f"RFC 6186: {service.upper()} is not offered",
+                )
+            )
         if f"autoconfig.{zone}" != host:
-            recs.append(DnsRecord(f"autoconfig.{zone}", "CNAME", host, zone, "dns-host",
-                                  "mail-client autoconfiguration is served by the mail host"))
+            recs.append(
+                DnsRecord(
+                    f"autoconfig.{zone}",
+                    "CNAME",
+                    host,
+                    zone,
+                    "dns-host",
+                    "mail-client autoconfiguration is served by the mail host",
+                )
+            )
         return recs
 
     def host_records(self, zone: str) -> list[DnsRecord]:
@@ -123,14 +189,38 @@ class MailDns:
         host = fqdn(self.hostname)
         recs = []
         if self.ipv4:
-            recs.append(DnsRecord(host, "A", self.ipv4, zone, "dns-host",
-                                  f"{self.hostname} is the mail server's name"))
+            recs.append(
+                DnsRecord(
+                    host,
+                    "A",
+                    self.ipv4,
+                    zone,
+                    "dns-host",
+                    f"{self.hostname} is the mail server's name",
+                )
+            )
         if self.ipv6:
-            recs.append(DnsRecord(host, "AAAA", str(ipaddress.IPv6Address(self.ipv6)), zone,
-                                  "dns-host", f"{self.hostname} over IPv6"))
-        recs.append(DnsRecord(host, "TXT", txt_rdata("v=spf1 a -all"), zone, "dns-host",
-                              "SPF for the HELO name and bounces (empty MAIL FROM)",
-                              "v=spf1 a -all"))
+            recs.append(
+                DnsRecord(
+                    host,
+                    "AAAA",
+                    str(ipaddress.IPv6Address(self.ipv6)),
+                    zone,
+                    "dns-host",
+                    f"{self.hostname} over IPv6",
+                )
+            )
+        recs.append(
+            DnsRecord(
+                host,
+                "TXT",
+                txt_rdata("v=spf1 a -all"),
+                zone,
+                "dns-host",
+                "SPF for the HELO name and bounces (empty MAIL FROM)",
+                "v=spf1 a -all",
+            )
+        )
         return recs
 
     def reverse_records(self) -> list[DnsRecord]:
@@ -138,9 +228,17 @@ class MailDns:
         for address in (self.ipv4, self.ipv6):
             if address:
                 zone, owner = reverse_zone(address)
-                recs.append(DnsRecord(owner, "PTR", fqdn(self.hostname), zone, "hosting-provider",
-                                      f"reverse DNS of {address} must name {self.hostname}: "
-                                      "set it in your hosting provider's panel"))
+                recs.append(
+                    DnsRecord(
+                        owner,
+                        "PTR",
+                        fqdn(self.hostname),
+                        zone,
+                        "hosting-provider",
+                        f"reverse DNS of {address} must name {self.hostname}: "
+                        "set it in your hosting provider's panel",
+                    )
+                )
         return recs
 
     def all_records(self, domains: dict[str, str | None], dkim_selector: str) -> list[DnsRecord]:

@@ -51,8 +51,12 @@ def build_config(opts: InitOptions) -> Config:
     ports = dict(opts.ports)
     listen = {s: [format_hostport(opts.listen_host, ports[s])] for s in SERVICES}
     data = {
-        "server": {"hostname": opts.hostname, "domains": [opts.domain], "ipv4": opts.ipv4,
-                   "ipv6": opts.ipv6},
+        "server": {
+            "hostname": opts.hostname,
+            "domains": [opts.domain],
+            "ipv4": opts.ipv4,
+            "ipv6": opts.ipv6,
+        },
         "listen": listen,
         "dkim": {"selector": opts.dkim_selector or default_selector()},
     }
@@ -65,8 +69,13 @@ def render_config(cfg: Config) -> str:
         table = getattr(cfg, name)
         items = [(f, _toml(getattr(table, f))) for f in type(table).__dataclass_fields__]
         sections.append({"name": name, "items": items})
-    return render("config/mailstack.toml.j2", docs=field_docs(), server=cfg.server,
-                  listen={s: getattr(cfg.listen, s) for s in SERVICES}, sections=sections)
+    return render(
+        "config/mailstack.toml.j2",
+        docs=field_docs(),
+        server=cfg.server,
+        listen={s: getattr(cfg.listen, s) for s in SERVICES},
+        sections=sections,
+    )
 
 
 def _toml(value: object) -> str:
@@ -79,6 +88,7 @@ def _toml(value: object) -> str:
 
 def public_ports(cfg: Config) -> Ports:
     """The ports clients are told about (SRV): the first listener of each service, if any."""
+
     def first(service: str) -> int | None:
         listeners = cfg.listeners(service)
         return listeners[0][1] if listeners else None
@@ -103,16 +113,26 @@ def dns_records(cfg: Config, paths: StatePaths, accounts: Accounts | None) -> li
 
 def render_zone(zone: str, records: list[DnsRecord], cfg: Config, command: str) -> str:
     reverse = zone.endswith(".arpa.")
-    mail_domain = next((d for d in cfg.server.domains if in_zone(f"{d}.", zone)),
-                       cfg.server.domains[0])
+    mail_domain = next(
+        (d for d in cfg.server.domains if in_zone(f"{d}.", zone)), cfg.server.domains[0]
+    )
     serial = int(dt.datetime.now(dt.UTC).strftime("%Y%m%d00"))
-    return render("dns/zone.j2", zone=zone, hostname=cfg.server.hostname, records=records,
-                  reverse=reverse, soa_mail_domain=mail_domain, serial=serial, ttl=3600,
-                  command=command)
+    return render(
+        "dns/zone.j2",
+        zone=zone,
+        hostname=cfg.server.hostname,
+        records=records,
+        reverse=reverse,
+        soa_mail_domain=mail_domain,
+        serial=serial,
+        ttl=3600,
+        command=command,
+    )
 
 
-def write_zones(cfg: Config, paths: StatePaths, accounts: Accounts | None, *,
-                command: str = "init") -> list[Path]:
+def write_zones(
+    cfg: Config, paths: StatePaths, accounts: Accounts | None, *, command: str = "init"
+) -> list[Path]:
     ensure_dir(paths.dns_dir, mode=0o755)
     written = []
     for zone, records in group_by_zone(dns_records(cfg, paths, accounts)).items():
@@ -152,12 +172,12 @@ def init_deployment(root: Path, opts: InitOptions) -> Config:
     """Create (or with force, regenerate) the deployment at `root`. Returns its config."""
     cfg = build_config(opts)
     if is_deployment(root) and not opts.force:
-        raise ExistsError(f"{root} already holds a mailstack deployment",
-                          hint="pass --force to regenerate config, keys and zones "
-                               "(accounts and mail are kept)")
+        raise ExistsError(
+            f"{root} already holds a mailstack deployment",
+            hint="pass --force to regenerate config, keys and zones (accounts and mail are kept)",
+        )
     if root.exists() and not root.is_dir():
-        raise HostError(f"{root} exists and is not a directory",
-                        hint="choose another --dir")
+        raise HostError(f"{root} exists and is not a directory", hint="choose another --dir")
     if root.exists() and is_deployment(root):
         _populate(StatePaths(root), cfg, regenerate=True)
         return cfg
@@ -166,13 +186,15 @@ def init_deployment(root: Path, opts: InitOptions) -> Config:
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.init-", dir=root.parent))
     try:
         _populate(StatePaths(staging), cfg, regenerate=True)
-        os.chmod(staging, 0o755)
+        os.chmod(staging, 0o755)  # noqa: S103 - the state dir is traversable; secrets inside are 0600/0700
         if root.exists():  # an empty (or non-deployment) directory, e.g. made by a package
             for child in staging.iterdir():
                 target = root / child.name
                 if target.exists():
-                    raise ExistsError(f"{target} already exists and is not ours",
-                                      hint="move it away or choose another --dir")
+                    raise ExistsError(
+                        f"{target} already exists and is not ours",
+                        hint="move it away or choose another --dir",
+                    )
             for child in staging.iterdir():
                 os.replace(child, root / child.name)
             staging.rmdir()

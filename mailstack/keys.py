@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def _now() -> dt.datetime:
 
 
 def _pem_key(key: PrivateKeyTypes) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -53,25 +55,39 @@ class TlsMaterial:
 def make_tls(hostname: str, extra_names: list[str]) -> TlsMaterial:
     """A private CA and a server certificate for `hostname` (+ `extra_names`) signed by it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailstack"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"mailstack private CA for {hostname}"),
-    ])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailstack"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"mailstack private CA for {hostname}"),
+        ]
+    )
     now = _now()
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
@@ -84,24 +100,32 @@ def make_tls(hostname: str, extra_names: list[str]) -> TlsMaterial:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
-    return TlsMaterial(_pem_cert(ca_cert), _pem_key(ca_key),
-                       _pem_cert(leaf) + _pem_cert(ca_cert), _pem_key(leaf_key))
+    return TlsMaterial(
+        _pem_cert(ca_cert),
+        _pem_key(ca_key),
+        _pem_cert(leaf) + _pem_cert(ca_cert),
+        _pem_key(leaf_key),
+    )
 
 
 def make_dkim_key() -> bytes:
     """An RSA-2048 DKIM private key, PEM (PKCS#1, as OpenDKIM and dkimpy both read)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=DKIM_BITS)
-    return key.private_bytes(serialization.Encoding.PEM,
-                             serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
 
 
 def dkim_public_record(private_pem: bytes) -> str:
@@ -109,8 +133,9 @@ def dkim_public_record(private_pem: bytes) -> str:
     key = serialization.load_pem_private_key(private_pem, password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise MailstackError("DKIM key is not an RSA key")
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
 
 
@@ -123,6 +148,7 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 # -- inspecting and importing certificates -------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class CertInfo:
@@ -154,7 +180,8 @@ def cert_names(cert: x509.Certificate) -> tuple[str, ...]:
     except x509.ExtensionNotFound:
         return ()
     return tuple(san.get_values_for_type(x509.DNSName)) + tuple(
-        str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    )
 
 
 def name_matches(pattern: str, hostname: str) -> bool:
@@ -202,22 +229,29 @@ def validate_tls_pair(fullchain: bytes, key_pem: bytes, hostname: str) -> CertIn
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise MailstackError(f"cannot read the private key: {exc}",
-                             hint="the key must be PEM and not password-protected") from None
+        raise MailstackError(
+            f"cannot read the private key: {exc}",
+            hint="the key must be PEM and not password-protected",
+        ) from None
     if not key_matches_cert(key, chain[0]):
-        raise MailstackError("the private key does not match the certificate",
-                             hint="pass the key that was used for this certificate's request")
-    for i, (cert, issuer) in enumerate(zip(chain, chain[1:], strict=False)):
+        raise MailstackError(
+            "the private key does not match the certificate",
+            hint="pass the key that was used for this certificate's request",
+        )
+    for i, (cert, issuer) in enumerate(itertools.pairwise(chain)):
         if not _signed_by(cert, issuer):
             raise MailstackError(
                 f"certificate {i + 1} in the chain is not signed by certificate {i + 2}",
                 hint="the file must hold the server certificate first, then each issuer in order "
-                     "(a 'fullchain.pem')")
+                "(a 'fullchain.pem')",
+            )
     names = cert_names(chain[0])
     if not any(name_matches(n, hostname) for n in names):
-        raise MailstackError(f"the certificate does not cover {hostname} "
-                             f"(it names: {', '.join(names) or 'nothing'})",
-                             hint="get a certificate that lists the server hostname as a SAN")
+        raise MailstackError(
+            f"the certificate does not cover {hostname} "
+            f"(it names: {', '.join(names) or 'nothing'})",
+            hint="get a certificate that lists the server hostname as a SAN",
+        )
     info = inspect_tls(fullchain)
     if info.days_left() < 0:
         raise MailstackError(f"the certificate expired on {info.not_after:%Y-%m-%d}")
@@ -230,4 +264,3 @@ def is_ip(value: str) -> bool:
     except ValueError:
         return False
     return True
-

@@ -28,7 +28,9 @@ def new_connection_id(prefix: str) -> str:
 class ConnectionLogger(logging.LoggerAdapter[logging.Logger]):
     """Adds the connection id and peer to each record."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(kwargs.get("extra") or {})
         extra.update(self.extra or {})
         kwargs["extra"] = extra

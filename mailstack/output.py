@@ -30,8 +30,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title:
             out.print(title)
         widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
         for row in [list(headers), *rows]:
-            out.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
-                      markup=False)
+            out.print(
+                "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+                markup=False,
+            )
         return
     table = Table(title=title or None)
     for h in headers:
@@ -44,8 +46,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title:
 def print_records(records: list[DnsRecord]) -> None:
     """The records to publish, grouped by who publishes them, each with its reason."""
     out = console()
-    groups = (("dns-host", "At your domain's DNS host (registrar or DNS provider)"),
-              ("hosting-provider", "At your hosting provider (reverse DNS of your IP addresses)"))
+    groups = (
+        ("dns-host", "At your domain's DNS host (registrar or DNS provider)"),
+        ("hosting-provider", "At your hosting provider (reverse DNS of your IP addresses)"),
+    )
     for where, title in groups:
         recs = [r for r in records if r.where == where]
         if not recs:
@@ -54,5 +58,8 @@ def print_records(records: list[DnsRecord]) -> None:
         print_table(["name", "type", "value", "why"], rows, title=title)
         out.print()
     if any(r.unsplit and r.unsplit != r.value.strip('"') for r in records):
-        out.print("TXT values are shown as one string, as DNS web forms expect; zone files "
-                  "(mailstack dns --format zone) split them into 255-byte strings.", markup=False)
+        out.print(
+            "TXT values are shown as one string, as DNS web forms expect; zone files "
+            "(mailstack dns --format zone) split them into 255-byte strings.",
+            markup=False,
+        )

@@ -41,8 +41,10 @@ class LoginThrottle:
 
     def is_locked_out(self, ip: str, user: str) -> bool:
         """True while the address or the account has too many recent failures."""
-        return (self._get(self._by_ip, ip).failures >= self.lockout_failures
-                or self._get(self._by_user, user.lower()).failures >= self.lockout_failures)
+        return (
+            self._get(self._by_ip, ip).failures >= self.lockout_failures
+            or self._get(self._by_user, user.lower()).failures >= self.lockout_failures
+        )
 
     def delay_s(self, ip: str) -> float:
         """How long to wait before answering this address's next login attempt."""

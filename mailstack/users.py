@@ -13,7 +13,6 @@ SQLite in WAL mode lets the CLI write while the server reads.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import sqlite3
 import threading
@@ -81,7 +80,7 @@ def normalize_address(address: str) -> str:
     """
     address = address.strip()
     local, at, domain = address.rpartition("@")
-    if not at or not domain or any(c in address for c in " \t\r\n<>,;\"\\"):
+    if not at or not domain or any(c in address for c in ' \t\r\n<>,;"\\'):
         raise UsageError(f"{address!r} is not an email address (expected local@domain)")
     try:
         domain = to_ascii_domain(domain)
@@ -171,8 +170,10 @@ class Accounts:
         if not addr.partition("@")[0]:
             raise UsageError(f"{address!r}: an account needs a local part")
         if not self.is_local_domain(domain):
-            raise NotFoundError(f"domain {domain} is not hosted here",
-                                hint=f"run `mailstack domain add {domain}` first")
+            raise NotFoundError(
+                f"domain {domain} is not hosted here",
+                hint=f"run `mailstack domain add {domain}` first",
+            )
         pw_hash = _HASHER.hash(password)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM users WHERE address=?", (addr,)).fetchone():
@@ -180,8 +181,10 @@ class Accounts:
             if db.execute("SELECT 1 FROM aliases WHERE address=?", (addr,)).fetchone():
                 raise ExistsError(f"{addr} is an alias", hint=f"mailstack alias del {addr}")
             created = time.time()
-            db.execute("INSERT INTO users VALUES (?, ?, ?, ?, 1, ?)",
-                       (addr, domain, pw_hash, quota_bytes, created))
+            db.execute(
+                "INSERT INTO users VALUES (?, ?, ?, ?, 1, ?)",
+                (addr, domain, pw_hash, quota_bytes, created),
+            )
         return User(addr, quota_bytes, True, created)
 
     def get_user(self, address: str) -> User | None:
@@ -189,9 +192,13 @@ class Accounts:
             addr = normalize_address(address)
         except UsageError:
             return None
-        row = self._conn().execute(
-            "SELECT address, quota_bytes, enabled, created FROM users WHERE address=?", (addr,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT address, quota_bytes, enabled, created FROM users WHERE address=?", (addr,)
+            )
+            .fetchone()
+        )
         return User(row[0], row[1], bool(row[2]), row[3]) if row else None
 
     def require_user(self, address: str) -> User:
@@ -202,20 +209,24 @@ class Accounts:
 
     def users(self) -> list[User]:
         rows = self._conn().execute(
-            "SELECT address, quota_bytes, enabled, created FROM users ORDER BY domain, address")
+            "SELECT address, quota_bytes, enabled, created FROM users ORDER BY domain, address"
+        )
         return [User(r[0], r[1], bool(r[2]), r[3]) for r in rows]
 
     def set_password(self, address: str, password: str) -> None:
         user = self.require_user(address)
         with self._tx() as db:
-            db.execute("UPDATE users SET password_hash=? WHERE address=?",
-                       (_HASHER.hash(password), user.address))
+            db.execute(
+                "UPDATE users SET password_hash=? WHERE address=?",
+                (_HASHER.hash(password), user.address),
+            )
 
     def set_quota(self, address: str, quota_bytes: int) -> None:
         user = self.require_user(address)
         with self._tx() as db:
-            db.execute("UPDATE users SET quota_bytes=? WHERE address=?",
-                       (quota_bytes, user.address))
+            db.execute(
+                "UPDATE users SET quota_bytes=? WHERE address=?", (quota_bytes, user.address)
+            )
 
     def set_enabled(self, address: str, enabled: bool) -> None:
         user = self.require_user(address)
@@ -242,17 +253,23 @@ class Accounts:
             addr = normalize_address(address)
         except UsageError:
             addr = ""
-        row = self._conn().execute(
-            "SELECT password_hash, enabled FROM users WHERE address=?", (addr,)).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT password_hash, enabled FROM users WHERE address=?", (addr,))
+            .fetchone()
+        )
         stored, enabled = (row[0], bool(row[1])) if row else (_DUMMY_HASH, False)
         ok = _verify(stored, password)
         if not (ok and row and enabled):
             return None
-        if stored.startswith("$argon2") and _HASHER.check_needs_rehash(stored) or \
-                not stored.startswith("$argon2"):
+        if (
+            stored.startswith("$argon2") and _HASHER.check_needs_rehash(stored)
+        ) or not stored.startswith("$argon2"):
             with self._tx() as db:
-                db.execute("UPDATE users SET password_hash=? WHERE address=?",
-                           (_HASHER.hash(password), addr))
+                db.execute(
+                    "UPDATE users SET password_hash=? WHERE address=?",
+                    (_HASHER.hash(password), addr),
+                )
         return addr
 
     # -- aliases -------------------------------------------------------------------------------
@@ -265,8 +282,10 @@ class Accounts:
             addr = normalize_address(address)
             domain = addr.rpartition("@")[2]
         if not self.is_local_domain(domain):
-            raise NotFoundError(f"domain {domain} is not hosted here",
-                                hint=f"run `mailstack domain add {domain}` first")
+            raise NotFoundError(
+                f"domain {domain} is not hosted here",
+                hint=f"run `mailstack domain add {domain}` first",
+            )
         if not targets:
             raise UsageError("an alias needs at least one target")
         norm_targets = [normalize_address(t) for t in targets]
@@ -276,10 +295,13 @@ class Accounts:
             if t == addr:
                 raise UsageError(f"alias {addr} cannot point to itself")
             if self._reaches(t, addr, depth=0):
-                raise UsageError(f"alias {addr} -> {t} would make a loop ({t} leads back to {addr})")
+                raise UsageError(
+                    f"alias {addr} -> {t} would make a loop ({t} leads back to {addr})"
+                )
         with self._tx() as db:
-            existing = {r[0] for r in db.execute(
-                "SELECT target FROM aliases WHERE address=?", (addr,))}
+            existing = {
+                r[0] for r in db.execute("SELECT target FROM aliases WHERE address=?", (addr,))
+            }
             new = [t for t in norm_targets if t not in existing]
             if not new:
                 raise ExistsError(f"alias {addr} already has these targets")
@@ -294,19 +316,27 @@ class Accounts:
         return False
 
     def _alias_targets(self, address: str) -> list[str]:
-        return [r[0] for r in self._conn().execute(
-            "SELECT target FROM aliases WHERE address=? ORDER BY target", (address,))]
+        return [
+            r[0]
+            for r in self._conn().execute(
+                "SELECT target FROM aliases WHERE address=? ORDER BY target", (address,)
+            )
+        ]
 
     def aliases(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for addr, target in self._conn().execute(
-                "SELECT address, target FROM aliases ORDER BY address, target"):
+            "SELECT address, target FROM aliases ORDER BY address, target"
+        ):
             out.setdefault(addr, []).append(target)
         return out
 
     def delete_alias(self, address: str) -> None:
-        addr = f"@{to_ascii_domain(address.strip()[1:])}" if address.strip().startswith("@") \
+        addr = (
+            f"@{to_ascii_domain(address.strip()[1:])}"
+            if address.strip().startswith("@")
             else normalize_address(address)
+        )
         with self._tx() as db:
             if db.execute("DELETE FROM aliases WHERE address=?", (addr,)).rowcount == 0:
                 raise NotFoundError(f"no such alias: {addr}", hint="see `mailstack alias list`")
@@ -327,8 +357,9 @@ class Accounts:
         self._expand(addr, mailboxes, forwards, depth=0, top=True)
         return Resolution(tuple(dict.fromkeys(mailboxes)), tuple(dict.fromkeys(forwards)))
 
-    def _expand(self, addr: str, mailboxes: list[str], forwards: list[str], *, depth: int,
-                top: bool) -> None:
+    def _expand(
+        self, addr: str, mailboxes: list[str], forwards: list[str], *, depth: int, top: bool
+    ) -> None:
         if depth > _MAX_ALIAS_DEPTH:
             return
         domain = addr.rpartition("@")[2]
@@ -362,7 +393,8 @@ class Accounts:
         if addr.partition("@")[0] == "" or self.get_user(addr) is not None:
             return False
         return user in self.resolve(addr).mailboxes and bool(
-            self._alias_targets(addr) or self._alias_targets(split_plus(addr) or ""))
+            self._alias_targets(addr) or self._alias_targets(split_plus(addr) or "")
+        )
 
 
 def _verify(stored: str, password: str) -> bool:
@@ -381,5 +413,4 @@ def _verify_bcrypt(stored: str, password: str) -> bool:
         import bcrypt  # optional: only for hashes imported from another server
     except ImportError:
         return False
-    result: bool = bcrypt.checkpw(password.encode(), stored.encode())
-    return hmac.compare_digest(b"1" if result else b"0", b"1")
+    return bool(bcrypt.checkpw(password.encode(), stored.encode()))

@@ -15,13 +15,20 @@ from mailstack.init import InitOptions, init_deployment
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def run_cli(root: Path, *args: str, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    root: Path, *args: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """`mailstack --dir ROOT ARGS...` as a real subprocess, as an admin would run it."""
     env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
-    return subprocess.run([sys.executable, "-m", "mailstack", "--dir", str(root), *args],
-                          input=input, capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -43,7 +50,15 @@ LOOPBACK_PORTS = (("smtp", 0), ("submission", 0), ("submissions", 0), ("imap", 0
 @pytest.fixture
 def deployment_dir(state_dir: Path) -> Path:
     """A deployment for example.com on 127.0.0.1, every listener on an ephemeral port."""
-    init_deployment(state_dir, InitOptions(domain="example.com", hostname="mail.example.com",
-                                           ipv4="127.0.0.1", listen_host="127.0.0.1",
-                                           ports=LOOPBACK_PORTS, dkim_selector="test"))
+    init_deployment(
+        state_dir,
+        InitOptions(
+            domain="example.com",
+            hostname="mail.example.com",
+            ipv4="127.0.0.1",
+            listen_host="127.0.0.1",
+            ports=LOOPBACK_PORTS,
+            dkim_selector="test",
+        ),
+    )
     return state_dir

@@ -45,35 +45,74 @@ def test_idna_domains_are_stored_ascii() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     "bogus = 1\n", r"mailstack.toml:4: server.bogus: unknown key", id="unknown"),
-        pytest.param('[server]\nhostname = "localhost"\ndomains = ["example.com"]\n',
-                     r":2: server.hostname: 'localhost' is not a fully-qualified", id="not-fqdn"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = []\n',
-                     r":3: server.domains: at least one", id="no-domains"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     '[listen]\nsmtp = ["0.0.0.0"]\n', r":5: listen.smtp\[0\]: expected "
-                     r'"host:port"', id="bad-hostport"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     '[listen]\nimap = ["127.0.0.1:70000"]\n', r"listen.imap\[0\]: "
-                     r"port 70000 is out of range", id="port-range"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     '[smtp]\nmax_message_size = "big"\n', r":5: smtp.max_message_size: "
-                     r"expected integer, got str", id="wrong-type"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     "[imap]\nallow_plaintext_auth = 1\n", r"imap.allow_plaintext_auth: "
-                     "expected boolean", id="int-for-bool"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     '[accounts]\ndefault_quota = "lots"\n', r"accounts.default_quota: "
-                     "expected a size", id="bad-size"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     '[dns]\nresolver = "dns.example"\n', r"dns.resolver: resolver must be an IP",
-                     id="resolver-name"),
-        pytest.param('[server]\ndomains = ["example.com"]\n', r"server.hostname: required key "
-                     "is missing", id="missing"),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\nbogus = 1\n',
+            r"mailstack.toml:4: server.bogus: unknown key",
+            id="unknown",
+        ),
+        pytest.param(
+            '[server]\nhostname = "localhost"\ndomains = ["example.com"]\n',
+            r":2: server.hostname: 'localhost' is not a fully-qualified",
+            id="not-fqdn",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = []\n',
+            r":3: server.domains: at least one",
+            id="no-domains",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
+            '[listen]\nsmtp = ["0.0.0.0"]\n',
+            r":5: listen.smtp\[0\]: expected "
+            r'"host:port"',
+            id="bad-hostport",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
+            '[listen]\nimap = ["127.0.0.1:70000"]\n',
+            r"listen.imap\[0\]: "
+            r"port 70000 is out of range",
+            id="port-range",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
+            '[smtp]\nmax_message_size = "big"\n',
+            r":5: smtp.max_message_size: "
+            r"expected integer, got str",
+            id="wrong-type",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
+            "[imap]\nallow_plaintext_auth = 1\n",
+            r"imap.allow_plaintext_auth: "
+            "expected boolean",
+            id="int-for-bool",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
+            '[accounts]\ndefault_quota = "lots"\n',
+            r"accounts.default_quota: "
+            "expected a size",
+            id="bad-size",
+        ),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
+            '[dns]\nresolver = "dns.example"\n',
+            r"dns.resolver: resolver must be an IP",
+            id="resolver-name",
+        ),
+        pytest.param(
+            '[server]\ndomains = ["example.com"]\n',
+            r"server.hostname: required key "
+            "is missing",
+            id="missing",
+        ),
         pytest.param("[server\n", r"invalid TOML: .*line 1", id="toml-syntax"),
-        pytest.param('[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\n'
-                     'ipv4 = "::1"\n', r"server.ipv4: '::1' is not an IPv4", id="ipv4"),
+        pytest.param(
+            '[server]\nhostname = "mail.example.com"\ndomains = ["example.com"]\nipv4 = "::1"\n',
+            r"server.ipv4: '::1' is not an IPv4",
+            id="ipv4",
+        ),
     ],
 )
 def test_invalid_configs_name_the_key_and_line(tmp_path: Path, text: str, expected: str) -> None:
@@ -88,8 +127,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("0.0.0.0:25", ("0.0.0.0", 25)), ("[::1]:993", ("::1", 993)),
-     ("localhost:2525", ("localhost", 2525))],
+    [
+        ("0.0.0.0:25", ("0.0.0.0", 25)),
+        ("[::1]:993", ("::1", 993)),
+        ("localhost:2525", ("localhost", 2525)),
+    ],
 )
 def test_parse_hostport(value: str, expected: tuple[str, int]) -> None:
     assert parse_hostport(value) == expected
@@ -101,9 +143,10 @@ def test_parse_hostport_rejects(value: str) -> None:
         parse_hostport(value)
 
 
-@pytest.mark.parametrize(("value", "expected"),
-                         [("10G", 10 * 1024**3), ("512M", 512 * 1024**2), ("0", 0), (123, 123),
-                          ("2k", 2048)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("10G", 10 * 1024**3), ("512M", 512 * 1024**2), ("0", 0), (123, 123), ("2k", 2048)],
+)
 def test_parse_size(value: str | int, expected: int) -> None:
     assert parse_size(value) == expected
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import ssl
@@ -19,9 +20,20 @@ from cryptography.hazmat.primitives import serialization
 from mailstack.config import load_config
 from tests.conftest import Cli
 
-INIT = ("init", "--domain", "example.com", "--hostname", "mail.example.com",
-        "--ipv4", "203.0.113.5", "--ipv6", "2001:db8::25", "--dkim-selector", "ms202611",
-        "--non-interactive")
+INIT = (
+    "init",
+    "--domain",
+    "example.com",
+    "--hostname",
+    "mail.example.com",
+    "--ipv4",
+    "203.0.113.5",
+    "--ipv6",
+    "2001:db8::25",
+    "--dkim-selector",
+    "ms202611",
+    "--non-interactive",
+)
 
 
 @pytest.fixture
@@ -36,13 +48,25 @@ def mode(path: Path) -> int:
 
 
 def test_layout_and_modes(inited: Path) -> None:
-    for rel in ("mailstack.toml", "tls/fullchain.pem", "tls/privkey.pem", "tls/ca.pem",
-                "tls/ca.key", "dkim/ms202611.example.com.key", "dns/example.com.zone",
-                "dns/113.0.203.in-addr.arpa.zone",
-                "dns/0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.zone", "users.sqlite3"):
+    for rel in (
+        "mailstack.toml",
+        "tls/fullchain.pem",
+        "tls/privkey.pem",
+        "tls/ca.pem",
+        "tls/ca.key",
+        "dkim/ms202611.example.com.key",
+        "dns/example.com.zone",
+        "dns/113.0.203.in-addr.arpa.zone",
+        "dns/0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.zone",
+        "users.sqlite3",
+    ):
         assert (inited / rel).is_file(), rel
-    for secret in ("tls/privkey.pem", "tls/ca.key", "dkim/ms202611.example.com.key",
-                   "users.sqlite3"):
+    for secret in (
+        "tls/privkey.pem",
+        "tls/ca.key",
+        "dkim/ms202611.example.com.key",
+        "users.sqlite3",
+    ):
         assert mode(inited / secret) == 0o600, secret
     assert mode(inited / "mail") == 0o700
     assert (inited / "queue").is_dir()
@@ -61,8 +85,7 @@ def test_output_shows_records_with_where_and_unsplit_dkim(cli: Cli) -> None:
 
 
 def _zone(path: Path, origin: str) -> dns.zone.Zone:
-    return dns.zone.from_text(path.read_text(), origin=origin, relativize=False,
-                              check_origin=True)
+    return dns.zone.from_text(path.read_text(), origin=origin, relativize=False, check_origin=True)
 
 
 def _txt(zone: dns.zone.Zone, name: str) -> list[str]:
@@ -75,18 +98,29 @@ def test_zone_has_every_record(inited: Path) -> None:
     mx = zone.find_rdataset("example.com.", dns.rdatatype.MX)
     assert [(r.preference, r.exchange.to_text()) for r in mx] == [(10, "mail.example.com.")]
     assert [r.address for r in zone.find_rdataset("mail.example.com.", dns.rdatatype.A)] == [
-        "203.0.113.5"]
-    assert [r.address for r in zone.find_rdataset("mail.example.com.", "AAAA")] == [
-        "2001:db8::25"]
+        "203.0.113.5"
+    ]
+    assert [r.address for r in zone.find_rdataset("mail.example.com.", "AAAA")] == ["2001:db8::25"]
     assert _txt(zone, "example.com.") == ["v=spf1 mx -all"]
     assert _txt(zone, "mail.example.com.") == ["v=spf1 a -all"]
     assert _txt(zone, "_dmarc.example.com.") == [
-        "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"]
+        "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"
+    ]
     assert _txt(zone, "_smtp._tls.example.com.")[0].startswith("v=TLSRPTv1; rua=mailto:")
-    srv = {name: [(r.priority, r.weight, r.port, r.target.to_text())
-                  for r in zone.find_rdataset(f"{name}.example.com.", dns.rdatatype.SRV)]
-           for name in ("_submission._tcp", "_submissions._tcp", "_imap._tcp", "_imaps._tcp",
-                        "_pop3._tcp", "_pop3s._tcp")}
+    srv = {
+        name: [
+            (r.priority, r.weight, r.port, r.target.to_text())
+            for r in zone.find_rdataset(f"{name}.example.com.", dns.rdatatype.SRV)
+        ]
+        for name in (
+            "_submission._tcp",
+            "_submissions._tcp",
+            "_imap._tcp",
+            "_imaps._tcp",
+            "_pop3._tcp",
+            "_pop3s._tcp",
+        )
+    }
     assert srv == {
         "_submission._tcp": [(0, 1, 587, "mail.example.com.")],
         "_submissions._tcp": [(0, 1, 465, "mail.example.com.")],
@@ -105,11 +139,14 @@ def test_dkim_record_is_the_public_half_of_the_key_and_split(inited: Path) -> No
     assert len(rdata.strings) > 1
     value = b"".join(rdata.strings).decode()
     tags = dict(t.strip().split("=", 1) for t in value.split(";"))
-    assert tags["v"] == "DKIM1" and tags["k"] == "rsa"
+    assert tags["v"] == "DKIM1"
+    assert tags["k"] == "rsa"
     key = serialization.load_pem_private_key(
-        (inited / "dkim/ms202611.example.com.key").read_bytes(), password=None)
-    expected = key.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        (inited / "dkim/ms202611.example.com.key").read_bytes(), password=None
+    )
+    expected = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     assert base64.b64decode(tags["p"]) == expected
 
 
@@ -127,8 +164,12 @@ def test_zones_pass_nsd_checkzone(inited: Path) -> None:
     checker = shutil.which("nsd-checkzone")
     assert checker, "nsd-checkzone (Debian package nsd) is required"
     for path in (inited / "dns").glob("*.zone"):
-        result = subprocess.run([checker, path.name.removesuffix(".zone"), str(path)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [checker, path.name.removesuffix(".zone"), str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -142,10 +183,8 @@ def test_certificate_verifies_against_ca_for_hostname(inited: Path) -> None:
     srv = server.wrap_bio(s_in, s_out, server_side=True)
     for _ in range(10):
         for side, out, peer_in in ((client, c_out, s_in), (srv, s_out, c_in)):
-            try:
+            with contextlib.suppress(ssl.SSLWantReadError):
                 side.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
             peer_in.write(out.read())
     assert client.version() in {"TLSv1.2", "TLSv1.3"}
     leaf = x509.load_pem_x509_certificates((inited / "tls/fullchain.pem").read_bytes())[0]
@@ -176,22 +215,50 @@ def test_force_regenerates_keys_but_keeps_accounts(cli: Cli, inited: Path) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(("--hostname", "mail.example.com", "--ipv4", "203.0.113.5"),
-                     "missing option --domain", id="missing-domain"),
-        pytest.param(("--domain", "example.com", "--hostname", "localhost", "--ipv4", "1.2.3.4"),
-                     "not a fully-qualified host name", id="bad-hostname"),
-        pytest.param(("--domain", "example.com", "--hostname", "mail.example.com", "--ipv4",
-                      "300.1.1.1"),
-                     "is not an IPv4 address", id="bad-ipv4"),
-        pytest.param(("--domain", "example.com", "--hostname", "mail.example.com", "--ipv4",
-                      "1.2.3.4", "--ipv6", "1.2.3.4"),
-                     "is not an IPv6 address", id="bad-ipv6"),
-        pytest.param(("--domain", "exa mple.com", "--ipv4", "1.2.3.4"),
-                     "not a valid domain name", id="bad-domain"),
-        pytest.param(("--domain", "example.com", "--ipv4", "1.2.3.4", "--smtp-port", "99999"),
-                     "99999", id="bad-port"),
-        pytest.param(("--domain", "example.com", "--ipv4", "1.2.3.4", "--bogus"),
-                     "No such option", id="unknown-flag"),
+        pytest.param(
+            ("--hostname", "mail.example.com", "--ipv4", "203.0.113.5"),
+            "missing option --domain",
+            id="missing-domain",
+        ),
+        pytest.param(
+            ("--domain", "example.com", "--hostname", "localhost", "--ipv4", "1.2.3.4"),
+            "not a fully-qualified host name",
+            id="bad-hostname",
+        ),
+        pytest.param(
+            ("--domain", "example.com", "--hostname", "mail.example.com", "--ipv4", "300.1.1.1"),
+            "is not an IPv4 address",
+            id="bad-ipv4",
+        ),
+        pytest.param(
+            (
+                "--domain",
+                "example.com",
+                "--hostname",
+                "mail.example.com",
+                "--ipv4",
+                "1.2.3.4",
+                "--ipv6",
+                "1.2.3.4",
+            ),
+            "is not an IPv6 address",
+            id="bad-ipv6",
+        ),
+        pytest.param(
+            ("--domain", "exa mple.com", "--ipv4", "1.2.3.4"),
+            "not a valid domain name",
+            id="bad-domain",
+        ),
+        pytest.param(
+            ("--domain", "example.com", "--ipv4", "1.2.3.4", "--smtp-port", "99999"),
+            "99999",
+            id="bad-port",
+        ),
+        pytest.param(
+            ("--domain", "example.com", "--ipv4", "1.2.3.4", "--bogus"),
+            "No such option",
+            id="unknown-flag",
+        ),
     ],
 )
 def test_init_usage_errors(cli: Cli, state_dir: Path, args: tuple[str, ...], message: str) -> None:

@@ -21,8 +21,11 @@ def accounts(tmp_path: Path) -> Accounts:
 def test_password_is_stored_as_argon2id(accounts: Accounts, tmp_path: Path) -> None:
     import sqlite3
 
-    (stored,) = sqlite3.connect(tmp_path / "users.sqlite3").execute(
-        "SELECT password_hash FROM users WHERE address='alice@example.com'").fetchone()
+    (stored,) = (
+        sqlite3.connect(tmp_path / "users.sqlite3")
+        .execute("SELECT password_hash FROM users WHERE address='alice@example.com'")
+        .fetchone()
+    )
     assert stored.startswith("$argon2id$")
     assert "correct horse" not in stored
 
@@ -60,10 +63,14 @@ def test_resolution_order(accounts: Accounts) -> None:
     accounts.add_alias("@example.org", ["bob@example.com"])
     assert accounts.resolve("alice@example.com").mailboxes == ("alice@example.com",)
     assert accounts.resolve("ALICE+news@EXAMPLE.com").mailboxes == ("alice@example.com",)
-    assert accounts.resolve("sales@example.com").mailboxes == ("alice@example.com",
-                                                               "bob@example.com")
-    assert accounts.resolve("sales+x@example.com").mailboxes == ("alice@example.com",
-                                                                 "bob@example.com")
+    assert accounts.resolve("sales@example.com").mailboxes == (
+        "alice@example.com",
+        "bob@example.com",
+    )
+    assert accounts.resolve("sales+x@example.com").mailboxes == (
+        "alice@example.com",
+        "bob@example.com",
+    )
     assert accounts.resolve("anything@example.org").mailboxes == ("bob@example.com",)
     assert not accounts.resolve("nobody@example.com").is_known  # no catch-all there
     assert not accounts.resolve("x@unhosted.net").is_known
@@ -93,10 +100,13 @@ def test_owns(accounts: Accounts) -> None:
     assert not accounts.owns("bob@example.com", "sales@example.com")
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("Alice@Example.COM", "alice@example.com"),
-    ("jörg@bücher.de", "jörg@xn--bcher-kva.de"),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Alice@Example.COM", "alice@example.com"),
+        ("jörg@bücher.de", "jörg@xn--bcher-kva.de"),
+    ],
+)
 def test_normalize(raw: str, expected: str) -> None:
     assert normalize_address(raw) == expected
 
@@ -107,8 +117,9 @@ def test_normalize_rejects(raw: str) -> None:
         normalize_address(raw)
 
 
-def test_changes_are_visible_to_another_connection_at_once(tmp_path: Path,
-                                                            accounts: Accounts) -> None:
+def test_changes_are_visible_to_another_connection_at_once(
+    tmp_path: Path, accounts: Accounts
+) -> None:
     server_view = Accounts(tmp_path / "users.sqlite3")  # as a running serve holds it
     assert server_view.get_user("carol@example.com") is None
     accounts.add_user("carol@example.com", "pw")

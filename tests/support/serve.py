@@ -7,11 +7,12 @@ fixed time. Stops the process it started (by PID) at exit.
 from __future__ import annotations
 
 import os
+import queue
 import re
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -27,37 +28,49 @@ class ServeProcess:
         self.listeners: dict[str, list[tuple[str, int]]] = {}
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
 
     def start(self) -> ServeProcess:
         env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailstack", "--dir", str(self.root), "serve", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
         self.wait_for("mailstack ready")
         return self
 
+    def _pump(self) -> None:
+        """Copy serve's stderr lines into a queue (a thread: select() can't see text buffers)."""
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        with self.proc.stderr as stream:
+            for line in stream:
+                self._lines.put(line)
+        self._lines.put(None)
+
     def wait_for(self, needle: str) -> str:
         """Read stderr until a line containing `needle`; fail with the log if the process ends."""
-        assert self.proc is not None and self.proc.stderr is not None
         deadline = time.monotonic() + self.timeout_s
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stderr, selectors.EVENT_READ)
-        try:
-            while time.monotonic() < deadline:
-                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                    continue
-                line = self.proc.stderr.readline()
-                if not line:
-                    raise RuntimeError(f"serve exited ({self.proc.wait()}):\n" + "".join(self.log))
-                self.log.append(line)
-                if m := _LISTEN.search(line.rstrip("\n")):
-                    self.listeners.setdefault(m[1], []).append((m[2], int(m[3])))
-                if needle in line:
-                    return line
-        finally:
-            sel.close()
-        raise TimeoutError(f"no {needle!r} from serve within {self.timeout_s}s:\n"
-                           + "".join(self.log))
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                assert self.proc is not None
+                raise RuntimeError(f"serve exited ({self.proc.wait()}):\n" + "".join(self.log))
+            self.log.append(line)
+            if m := _LISTEN.search(line.rstrip("\n")):
+                self.listeners.setdefault(m[1], []).append((m[2], int(m[3])))
+            if needle in line:
+                return line
+        raise TimeoutError(
+            f"no {needle!r} from serve within {self.timeout_s}s:\n" + "".join(self.log)
+        )
 
     def port(self, service: str) -> int:
         return self.listeners[service][0][1]
@@ -76,14 +89,20 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr is not None:
-            self.log.append(self.proc.stderr.read())
-            self.proc.stderr.close()
+        while True:  # the pump ends at EOF, after the process exited
+            try:
+                line = self._lines.get(timeout=5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.log.append(line)
         return self.proc.returncode
 
     def __enter__(self) -> ServeProcess:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

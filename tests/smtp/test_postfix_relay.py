@@ -19,7 +19,7 @@ from smtp.inbound_auth import InboundVerifier
 from tests.smtp.authzones import build_zones, make_key, message, sign
 from tests.support import nsd, postfix
 from tests.support.nsd import NsdFactory
-from tests.support.postfix import PostfixInstance
+from tests.support.postfix import PostfixFactory
 from tests.support.smtpserver import HOSTNAME, running_smtp
 
 pytestmark = pytest.mark.external
@@ -35,7 +35,7 @@ def submit(host: str, port: int, mail_from: str, rcpts: list[str], msg: bytes) -
 
 
 async def test_postfix_relays_into_our_maildir(
-        nsd_server: NsdFactory, postfix_instance: type[PostfixInstance], tmp_path: Path) -> None:
+        nsd_server: NsdFactory, postfix_instance: PostfixFactory, tmp_path: Path) -> None:
     key = make_key()
     host, port = nsd_server(build_zones(key, make_key()))
     dns = {"resolver": f"{host}:{port}", "timeout_s": 2.0}

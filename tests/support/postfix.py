@@ -29,9 +29,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,25 +284,27 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+PostfixFactory = Callable[..., PostfixInstance]
+
+
 @pytest.fixture
-def postfix_instance() -> Iterator[type[PostfixInstance]]:
-    """Yields a constructor; every instance made through it is stopped at teardown."""
+def postfix_instance() -> Iterator[PostfixFactory]:
+    """Yields `make(**PostfixInstance kwargs)`; every instance made is stopped at teardown."""
+    if not os.access(POSTFIX, os.X_OK):
+        pytest.fail(f"postfix is not installed ({POSTFIX}); the test setup installs it")
     made: list[PostfixInstance] = []
     # Postfix daemons run as `postfix` and must reach their data and queue directories, so the
     # instance lives in a dir of its own under /tmp with o+x (pytest's tmp dirs are 0700).
     base = Path(tempfile.mkdtemp(prefix="mailstack-postfix-"))
     base.chmod(0o711)
 
-    class Tracked(PostfixInstance):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            directory = base / f"pf{len(made)}"
-            super().__init__(directory, *args, **kwargs)  # type: ignore[arg-type]
-            made.append(self)
+    def make(**kwargs: Any) -> PostfixInstance:
+        instance = PostfixInstance(base / f"pf{len(made)}", **kwargs)
+        made.append(instance)
+        return instance
 
-    if not os.access(POSTFIX, os.X_OK):
-        pytest.fail(f"postfix is not installed ({POSTFIX}); the test setup installs it")
     try:
-        yield Tracked
+        yield make
     finally:
         for instance in made:
             instance.stop()

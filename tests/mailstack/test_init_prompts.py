@@ -1,0 +1,26 @@
+"""`mailstack init` on a terminal asks for what is missing (a real pty, as an admin sees it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pexpect
+
+
+def test_init_prompts_for_missing_values(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    child = pexpect.spawn(sys.executable, ["-m", "mailstack", "--dir", str(root), "init"],
+                          encoding="utf-8", timeout=60)
+    child.expect_exact("Mail domain (e.g. example.com):")
+    child.sendline("example.net")
+    child.expect_exact("Server hostname [mail.example.net]:")
+    child.sendline("")
+    child.expect_exact("Public IPv4 address:")
+    child.sendline("192.0.2.10")
+    child.expect_exact("Created the mailstack deployment for example.net")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    text = (root / "mailstack.toml").read_text()
+    assert 'hostname = "mail.example.net"' in text and 'ipv4 = "192.0.2.10"' in text

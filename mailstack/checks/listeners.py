@@ -119,11 +119,19 @@ def check_smtp(cfg: Config, paths: StatePaths, timeout_s: float) -> list[Finding
     return out
 
 
+def _smtp_client(timeout_s: float, server_name: str) -> smtplib.SMTP:
+    smtp = smtplib.SMTP(timeout=timeout_s, local_hostname=EHLO_NAME)
+    # smtplib takes the TLS server name (SNI) from the constructor's host, which we do not
+    # pass so that connect() can report the greeting: send the hostname, as an MTA would.
+    smtp._host = server_name
+    return smtp
+
+
 def _smtp_one(cfg: Config, paths: StatePaths, where: str, host: str, port: int,
               timeout_s: float) -> list[Finding]:
     hostname = cfg.server.hostname.lower()
     ids = ("smtp.banner", "smtp.ehlo", "smtp.starttls", "smtp.auth")
-    smtp = smtplib.SMTP(timeout=timeout_s, local_hostname=EHLO_NAME)
+    smtp = _smtp_client(timeout_s, cfg.server.hostname)
     try:
         code, greeting = smtp.connect(host, port)
     except (OSError, smtplib.SMTPException) as exc:
@@ -244,7 +252,7 @@ def check_submission(cfg: Config, paths: StatePaths, timeout_s: float,
         if port == 0:
             out += unknown_port("submission", where, ("submission.starttls", "submission.auth"))
             continue
-        out += _submission_starttls(paths, where, host, port, timeout_s)
+        out += _submission_starttls(cfg, paths, where, host, port, timeout_s)
     if not cfg.listeners("submissions"):
         out.append(skipped("submission.tls", "listen.submissions is empty"))
     for where, host, port in targets.each("submissions"):
@@ -255,9 +263,9 @@ def check_submission(cfg: Config, paths: StatePaths, timeout_s: float,
     return out
 
 
-def _submission_starttls(paths: StatePaths, where: str, host: str, port: int,
+def _submission_starttls(cfg: Config, paths: StatePaths, where: str, host: str, port: int,
                          timeout_s: float) -> list[Finding]:
-    smtp = smtplib.SMTP(timeout=timeout_s, local_hostname=EHLO_NAME)
+    smtp = _smtp_client(timeout_s, cfg.server.hostname)
     try:
         smtp.connect(host, port)
     except (OSError, smtplib.SMTPException) as exc:

@@ -283,8 +283,9 @@ def _envelope(message: Entity) -> Value:
 
 
 def count_lines(body: bytes) -> int:
-    """body-fld-lines: text lines, counting a last line without CRLF."""
-    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+    """body-fld-lines: the line breaks in the body, as Dovecot counts them (a part's last
+    line has none: the CRLF before the boundary belongs to the boundary, RFC 2046 §5.1.1)."""
+    return body.count(b"\n")
 
 
 def _params(pairs: tuple[tuple[str, str], ...]) -> Value:
@@ -303,8 +304,8 @@ def _language(part: Entity) -> Value:
     value = part.header_text("Content-Language")
     if value is None:
         return None
-    tags = tuple(t.strip() for t in value.split(",") if t.strip())
-    return tags[0] if len(tags) == 1 else (tags or None)
+    # Always the list form, as Dovecot sends it (the grammar allows a single string too).
+    return tuple(t.strip() for t in value.split(",") if t.strip()) or None
 
 
 def _extension(part: Entity) -> tuple[Value, ...]:
@@ -422,19 +423,22 @@ def _header_lines(data: bytes, fields: tuple[HeaderField, ...]) -> bytes:
     return b"".join(out) + b"\r\n"
 
 
-def section_bytes(data: bytes, root: Entity, section: Section) -> bytes | None:
-    """The octets BODY[section] names; None when the part does not exist (sent as NIL) or
-    HEADER/TEXT names a part that is not message/rfc822 (RFC 3501 §6.4.5)."""
+def section_bytes(data: bytes, root: Entity, section: Section) -> bytes:
+    """The octets BODY[section] names.
+
+    A part that does not exist, and HEADER/TEXT of a part that is not message/rfc822 (RFC
+    3501 §6.4.5 allows them only there), give the empty string, as Dovecot answers.
+    """
     if section.part:
         part = find_part(root, section.part)
         if part is None:
-            return None
+            return b""
         if section.text is None:
             return data[part.body_start:part.end]
         if section.text == "MIME":
             return data[part.start:part.body_start]
         if part.message is None:
-            return None
+            return b""
         message = part.message
     else:
         message = root
@@ -450,20 +454,20 @@ def section_bytes(data: bytes, root: Entity, section: Section) -> bytes | None:
             keep = section.text == "HEADER.FIELDS"
             return _header_lines(
                 data, tuple(f for f in message.fields if (f.name.lower() in names) == keep))
-    return None
+    return b""
 
 
-def binary_bytes(data: bytes, root: Entity, part_path: tuple[int, ...]) -> bytes | None:
+def binary_bytes(data: bytes, root: Entity, part_path: tuple[int, ...]) -> bytes:
     """BINARY[part]: the part with its Content-Transfer-Encoding undone (RFC 3516 §4.2).
 
-    BINARY[] is the whole message as is. None for a part that does not exist; raises
+    BINARY[] is the whole message as is; a part that does not exist is empty. Raises
     UnknownCteError for an encoding other than 7bit/8bit/binary/base64/quoted-printable.
     """
     if not part_path:
         return data
     part = find_part(root, part_path)
     if part is None:
-        return None
+        return b""
     body = data[part.body_start:part.end]
     if part.children or part.message is not None:
         return body  # RFC 2045 §6.4: composite types are never encoded
@@ -535,7 +539,6 @@ def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
     not derived from the message (FLAGS, UID, INTERNALDATE).
     """
     data, root = message.data, message.root
-    content: bytes | None
     match attr.name:
         case "ENVELOPE":
             return envelope(root)
@@ -546,8 +549,7 @@ def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
         case "RFC822.SIZE":
             return message.size
         case "BINARY.SIZE":
-            content = binary_bytes(data, root, attr.section.part if attr.section else ())
-            return None if content is None else len(content)
+            return len(binary_bytes(data, root, attr.section.part if attr.section else ()))
         case "RFC822":
             content = data
         case "RFC822.HEADER":
@@ -560,6 +562,6 @@ def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
             content = binary_bytes(data, root, attr.section.part if attr.section else ())
         case _:
             raise ValueError(f"{attr.name} is not derived from the message")
-    if content is not None and attr.partial is not None:
+    if attr.partial is not None:
         content = partial(content, *attr.partial)
     return content

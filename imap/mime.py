@@ -10,8 +10,11 @@ Invariants:
   close delimiter, header lines without a colon, 8-bit bytes, junk) still yields a tree whose
   offsets satisfy `start <= body_start <= end <= len(data)`. Parsers downstream rely on this.
 - A multipart entity always has at least one child (IMAP's `body-type-mpart = 1*body ...`
-  cannot express zero); a multipart whose boundary never occurs gets one empty-header text
-  child covering its whole body, as Dovecot does.
+  cannot express zero): a multipart whose boundary never occurs gets one empty-header text
+  child covering its whole body. Dovecot gives it an empty child instead; we keep the text
+  readable. Likewise a multipart without a boundary parameter, or an invalid Content-Type,
+  is text/plain (RFC 2045 §5.2), and a header line without a colon starts the body (as
+  Python's email package reads it; Dovecot keeps it in the header).
 - Nesting is cut at MAX_DEPTH and the part count at MAX_PARTS (Dovecot's
   `mail_max_nested_mime_parts`/`max_total_mime_parts` defaults): deeper or later multiparts
   are treated as single text parts, so hostile input cannot exhaust the stack.
@@ -230,15 +233,46 @@ def unquote(text: str) -> str:
     return text
 
 
+# RFC 2231 §3: a continuation segment `name*<n>` or `name*<n>*` (the latter charset-encoded).
+_SEGMENT = re.compile(r"(.+?)\*(0|[1-9][0-9]{0,2})(\*?)\Z")
+
+
 def parse_params(pieces: list[str]) -> tuple[tuple[str, str], ...]:
-    """`attribute=value` pieces (RFC 2045 §5.1) -> pairs; pieces without "=" are dropped."""
+    """`attribute=value` pieces (RFC 2045 §5.1) -> pairs; pieces without "=" are dropped.
+
+    RFC 2231 continuations are joined as Dovecot joins them: `name*0="a"; name*1="b"` becomes
+    `name` "ab", and encoded segments (`name*0*=utf-8''%E2; name*1*=%82`) become one `name*`
+    value still in RFC 2231 encoding, which clients decode (as they decode `name*=`).
+    """
     params: list[tuple[str, str]] = []
+    segments: dict[str, list[tuple[int, bool, str]]] = {}
     for piece in pieces:
         attribute, eq, value = piece.partition("=")
-        attribute = attribute.strip()
-        if eq and attribute and " " not in attribute:
+        attribute, value = attribute.strip(), value.strip()
+        if value.startswith('"') and (len(value) < 2 or not value.endswith('"')):
+            continue  # an unterminated quoted-string: dropped, as Dovecot does
+        if not eq or not attribute or " " in attribute:
+            continue
+        if (m := _SEGMENT.match(attribute)) is not None:
+            base = m[1].lower()
+            if base not in segments:
+                segments[base] = []
+                params.append((m[1], ""))  # placeholder keeps the parameter's position
+            segments[base].append((int(m[2]), bool(m[3]), unquote(value)))
+        else:
             params.append((attribute, unquote(value)))
-    return tuple(params)
+    if not segments:
+        return tuple(params)
+    joined: list[tuple[str, str]] = []
+    for attribute, value in params:
+        parts = segments.pop(attribute.lower(), None) if not value else None
+        if parts is None:
+            joined.append((attribute, value))
+            continue
+        parts.sort()
+        encoded = any(is_encoded for _, is_encoded, _ in parts)
+        joined.append((attribute + "*" if encoded else attribute, "".join(v for *_, v in parts)))
+    return tuple(joined)
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`{|}~0-9A-Za-z]+\Z")
@@ -346,7 +380,7 @@ def message_parts(message: Entity) -> tuple[Entity, ...]:
 
 
 def find_part(root: Entity, path: tuple[int, ...]) -> Entity | None:
-    """The entity that part number `path` (e.g. (2, 1) for "2.1") names, or None.
+    """The entity that part number `path` (e.g. (2, 1) for "2.1") names, or None if none.
 
     Inside a message/rfc822 part, numbering continues with the encapsulated message's parts
     (RFC 9051 §6.4.5: "4.2.2.1" is part 1 of the message in part 4.2.2).
@@ -356,13 +390,21 @@ def find_part(root: Entity, path: tuple[int, ...]) -> Entity | None:
     for n in path:
         if not 1 <= n <= len(parts):
             return None
+        # Is `parts` the lone body of a single-part message rather than a multipart's list?
+        is_message_body = not parts[0].children and parts[0].message is None and (
+            parts[0] is root or (found is not None and found.message is parts[0]))
         found = parts[n - 1]
         if found.children:
             parts = found.children
         elif found.message is not None:
             parts = message_parts(found.message)
+        elif is_message_body:
+            parts = ()  # the body of a single-part message has no parts of its own
         else:
-            parts = ()
+            # "non-multipart [MIME-IMB] messages with no encapsulated message, only have a
+            # part 1" (RFC 3501 §6.4.5): Dovecot applies it to a multipart's leaf parts too,
+            # so 2.1 of a leaf part 2 is part 2 itself.
+            parts = (found,)
     return found
 
 

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""SMTP receiving benchmark: mailstack vs an isolated Postfix, both delivering to Maildir.
+
+Not a test (pytest does not collect bench/). Run from the repository root, as root (Postfix's
+master starts as root and drops to the `postfix` user):
+
+    python bench/smtp_bench.py --write docs/benchmarks.md
+
+What it measures, per server, message size (10 KB, 100 KB) and concurrency (1, 4, 16 senders):
+- throughput: messages accepted (250 after DATA) *and* present in the recipients' Maildir
+  `new/` directories, per second of wall time from the first connection until the last file
+  is there. mailstack answers 250 only after the message is fsync'd in the Maildir; Postfix
+  answers 250 once its queue file is fsync'd and delivers afterwards, so its delivery tail is
+  included by waiting for the files;
+- latency: per-message time from MAIL FROM to the 250 after DATA (p50, p99).
+Each sender keeps one connection and sends its messages one after another (no pipelining),
+to one of four recipients in turn.
+
+Then 25 MB messages from 4 senders while a probe thread sends NOOP on its own connection to
+the same SMTP port every few milliseconds: the worst NOOP round trip is an upper bound on how
+long the server's event loop (mailstack: one asyncio loop for every connection) was stalled.
+
+The servers:
+- mailstack: `mailstack serve` as a subprocess (a fresh `mailstack init` deployment on
+  127.0.0.1 with ephemeral ports; `smtp.verify_inbound = false`, since Postfix here does no
+  SPF/DKIM/DMARC either);
+- Postfix: an instance with its own config/queue dirs (tests/support/postfix.py) whose
+  `virtual(8)` agent delivers to Maildirs.
+Every request loop is bounded in count and time; only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.postfix import MaildirTarget, PostfixInstance  # noqa: E402
+from tests.support.serve import ServeProcess  # noqa: E402
+
+DOMAIN = "bench.example"
+USERS = [f"u{i}" for i in range(1, 5)]
+SCENARIO_TIME_CAP_S = 60.0  # a scenario stops sending after this long, whatever its count
+DELIVERY_WAIT_S = 180.0
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def make_message(size: int, seq: int) -> bytes:
+    """A plain message of about `size` bytes, CRLF lines, none starting with a dot."""
+    head = (f"From: Bench <bench@sender.example>\r\nTo: <u1@{DOMAIN}>\r\n"
+            f"Subject: bench {seq}\r\nMessage-ID: <{seq}.{time.time_ns()}@sender.example>\r\n"
+            "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n").encode()
+    line = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789xy\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return head + body
+
+
+# -- a minimal SMTP client (lock-step, no pipelining), the same for both servers ---------------
+
+
+class SmtpClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> SmtpClient:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        client = cls(reader, writer)
+        await client.expect(220)
+        await client.command(b"EHLO bench.client.example", 250)
+        return client
+
+    async def reply(self) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 300)
+            if not line:
+                raise ConnectionError("server closed the connection")
+            lines.append(line.decode(errors="replace").rstrip())
+            if len(line) < 4 or line[3:4] != b"-":
+                return int(line[:3]), "\n".join(lines)
+
+    async def expect(self, code: int) -> None:
+        got, text = await self.reply()
+        if got != code:
+            raise RuntimeError(f"expected {code}, got {text!r}")
+
+    async def command(self, line: bytes, code: int) -> None:
+        self.writer.write(line + b"\r\n")
+        await self.expect(code)
+
+    async def send_message(self, rcpt: str, message: bytes) -> None:
+        await self.command(b"MAIL FROM:<bench@sender.example> SIZE=%d" % len(message), 250)
+        await self.command(f"RCPT TO:<{rcpt}>".encode(), 250)
+        await self.command(b"DATA", 354)
+        self.writer.write(message)
+        self.writer.write(b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n")
+        await self.writer.drain()
+        await self.expect(250)
+
+    async def quit(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.command(b"QUIT", 221)
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    host: str
+    port: int
+    maildirs: list[Path]
+    stop: Callable[[], None]
+
+    def delivered(self) -> int:
+        total = 0
+        for md in self.maildirs:
+            with contextlib.suppress(FileNotFoundError), os.scandir(md / "new") as it:
+                total += sum(1 for _ in it)
+        return total
+
+
+def start_mailstack(workdir: Path) -> Server:
+    root = workdir / "mailstack"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MAILSTACK_DIR", None)
+
+    def cli(*args: str, stdin: str | None = None) -> None:
+        subprocess.run([sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+                       input=stdin, text=True, check=True, capture_output=True, env=env,
+                       cwd=REPO)
+
+    cli("init", "--domain", DOMAIN, "--hostname", f"mx.{DOMAIN}", "--ipv4", "127.0.0.1",
+        "--listen-host", "127.0.0.1", "--smtp-port", "0", "--submission-port", "0",
+        "--submissions-port", "0", "--imap-port", "0", "--imaps-port", "0", "--non-interactive")
+    config = root / "mailstack.toml"
+    text = config.read_text()
+    if "verify_inbound = true" not in text:
+        raise RuntimeError("cannot find smtp.verify_inbound in the generated config")
+    config.write_text(text.replace("verify_inbound = true", "verify_inbound = false"))
+    for user in USERS:
+        cli("user", "add", f"{user}@{DOMAIN}", "--password-stdin", stdin="bench-password\n")
+    os.environ["PYTHONPATH"] = str(REPO)  # ServeProcess passes the environment on
+    serve = ServeProcess(root, timeout_s=60).start()
+    host, port = serve.listeners["smtp"][0]
+    maildirs = [root / "mail" / DOMAIN / user for user in USERS]
+
+    def stop() -> None:
+        serve.stop()
+
+    return Server("mailstack", host, port, maildirs, stop)
+
+
+def start_postfix(workdir: Path) -> Server:
+    base = workdir / "postfix-mail"
+    instance = PostfixInstance(workdir / "postfix", hostname="postfix.bench.example",
+                               maildir=MaildirTarget(DOMAIN, base, USERS))
+    host, port = instance.start()
+    maildirs = [base / DOMAIN / user for user in USERS]
+    return Server("postfix", host, port, maildirs, instance.stop)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    server: str
+    size: int
+    senders: int
+    messages: int
+    seconds: float
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def wait_delivered(server: Server, target: int) -> None:
+    deadline = time.monotonic() + DELIVERY_WAIT_S
+    while server.delivered() < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.name}: {server.delivered()} of {target} delivered")
+        await asyncio.sleep(0.01)  # polling the file system: there is no event to wait on
+
+
+async def run_scenario(server: Server, size: int, senders: int, per_sender: int) -> Result:
+    messages = [make_message(size, i) for i in range(per_sender)]
+    before = server.delivered()
+    latencies: list[float] = []
+    sent = 0
+    start = time.perf_counter()
+    stop_at = start + SCENARIO_TIME_CAP_S
+
+    async def sender(n: int) -> None:
+        nonlocal sent
+        client = await SmtpClient.connect(server.host, server.port)
+        try:
+            for i, msg in enumerate(messages):
+                if time.perf_counter() > stop_at:
+                    break
+                rcpt = f"{USERS[(n + i) % len(USERS)]}@{DOMAIN}"
+                t0 = time.perf_counter()
+                await client.send_message(rcpt, msg)
+                latencies.append(time.perf_counter() - t0)
+                sent += 1
+        finally:
+            await client.quit()
+
+    await asyncio.gather(*(sender(n) for n in range(senders)))
+    await wait_delivered(server, before + sent)
+    seconds = time.perf_counter() - start
+    return Result(server.name, size, senders, sent, round(seconds, 3), round(sent / seconds, 1),
+                  round(percentile(latencies, 50) * 1000, 2),
+                  round(percentile(latencies, 99) * 1000, 2))
+
+
+@dataclass
+class StallResult:
+    server: str
+    messages: int
+    seconds: float
+    idle_noop_ms: float
+    noops: int
+    worst_noop_ms: float
+    p99_noop_ms: float
+
+
+class NoopProbe(threading.Thread):
+    """NOOP round trips on a blocking socket in its own thread, until stopped (bounded)."""
+
+    def __init__(self, host: str, port: int, interval_s: float = 0.005,
+                 max_probes: int = 200_000) -> None:
+        super().__init__(daemon=True)
+        self.host, self.port, self.interval_s, self.max_probes = host, port, interval_s, max_probes
+        self.rtts: list[float] = []
+        self.halt = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=120) as s:
+                f = s.makefile("rb")
+
+                def reply() -> bytes:
+                    while True:
+                        line = f.readline()
+                        if not line or line[3:4] != b"-":
+                            return line
+
+                reply()
+                s.sendall(b"EHLO probe.example\r\n")
+                reply()
+                self.ready.set()
+                while not self.halt.is_set() and len(self.rtts) < self.max_probes:
+                    t0 = time.perf_counter()
+                    s.sendall(b"NOOP\r\n")
+                    if not reply().startswith(b"250"):
+                        raise RuntimeError("NOOP refused")
+                    self.rtts.append(time.perf_counter() - t0)
+                    self.halt.wait(self.interval_s)
+                s.sendall(b"QUIT\r\n")
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+            self.ready.set()
+
+
+async def run_stall(server: Server, size: int, senders: int, per_sender: int) -> StallResult:
+    idle = NoopProbe(server.host, server.port)
+    idle.start()
+    await asyncio.to_thread(idle.ready.wait, 60)
+    await asyncio.sleep(0.5)  # half a second of idle round trips as the reference
+    idle.halt.set()
+    await asyncio.to_thread(idle.join, 60)
+    probe = NoopProbe(server.host, server.port)
+    probe.start()
+    await asyncio.to_thread(probe.ready.wait, 60)
+    if probe.error:
+        raise probe.error
+    message = make_message(size, 0)
+    before = server.delivered()
+    start = time.perf_counter()
+
+    async def sender(n: int) -> None:
+        client = await SmtpClient.connect(server.host, server.port)
+        try:
+            for i in range(per_sender):
+                await client.send_message(f"{USERS[(n + i) % len(USERS)]}@{DOMAIN}", message)
+        finally:
+            await client.quit()
+
+    await asyncio.gather(*(sender(n) for n in range(senders)))
+    await wait_delivered(server, before + senders * per_sender)
+    seconds = time.perf_counter() - start
+    probe.halt.set()
+    await asyncio.to_thread(probe.join, 60)
+    if probe.error:
+        raise probe.error
+    return StallResult(server.name, senders * per_sender, round(seconds, 2),
+                       round(statistics.median(idle.rtts) * 1000, 3), len(probe.rtts),
+                       round(max(probe.rtts) * 1000, 1),
+                       round(percentile(probe.rtts, 99) * 1000, 1))
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def machine_description() -> list[str]:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB RAM"
+    postfix = subprocess.run(["postconf", "-h", "-d", "mail_version"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+    disk = subprocess.run(["df", "-hT", tempfile.gettempdir()], capture_output=True, text=True,
+                          check=False).stdout.splitlines()[-1].split()
+    return [
+        f"- CPU: {os.cpu_count()} cores, {cpu}; {mem}",
+        f"- Kernel: {platform.system()} {platform.release()}; file system for the Maildirs "
+        f"and queues: {disk[1] if len(disk) > 1 else '?'} ({tempfile.gettempdir()})",
+        f"- Python {platform.python_version()}; Postfix {postfix}",
+        "- Shared: other developers' test runs were using the same 2 cores while this ran, so "
+        "absolute numbers are noisy; the ratios (same run, same minute) are what to compare.",
+    ]
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def render(results: list[Result], stalls: list[StallResult], command: str) -> str:
+    by = {(r.server, r.size, r.senders): r for r in results}
+    lines = [
+        "# Benchmarks",
+        "",
+        "## SMTP receiving: mailstack vs Postfix, delivering to Maildir",
+        "",
+        f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Rerun with:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "Machine:",
+        "",
+        *machine_description(),
+        "",
+        "Method (details in `bench/smtp_bench.py`): each sender holds one SMTP connection and "
+        "sends messages one after another (no pipelining) to four Maildir recipients in turn. "
+        "*msg/s* counts messages that were accepted **and** are in the recipient's Maildir "
+        "`new/` (mailstack says 250 only after the fsync'd delivery; Postfix says 250 after "
+        "queueing and delivers with `virtual(8)` afterwards, and we wait for its files too). "
+        "*p99* is the 99th percentile of MAIL FROM → 250-after-DATA. mailstack runs as "
+        "`mailstack serve` (one process, one asyncio loop) with `smtp.verify_inbound = false`; "
+        "Postfix is an isolated instance with default process limits. Ratios are "
+        "mailstack / Postfix: above 1x means mailstack delivers more messages per second, or "
+        "has the higher (worse) p99.",
+        "",
+        "| size | senders | mailstack msg/s | Postfix msg/s | throughput ratio "
+        "| mailstack p99 ms | Postfix p99 ms | p99 ratio | messages (m / P) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in sorted({r.size for r in results}):
+        for senders in sorted({r.senders for r in results}):
+            m, p = by.get(("mailstack", size, senders)), by.get(("postfix", size, senders))
+            if m is None or p is None:
+                continue
+            lines.append(
+                f"| {size // 1024} KB | {senders} | {m.per_second} | {p.per_second} "
+                f"| {ratio(m.per_second, p.per_second)} | {m.p99_ms} | {p.p99_ms} "
+                f"| {ratio(m.p99_ms, p.p99_ms)} | {m.messages} / {p.messages} |")
+    if stalls:
+        lines += [
+            "",
+            "## Event-loop stall under 25 MB messages",
+            "",
+            "4 senders each send 25 MB messages while a separate connection sends NOOP every "
+            "5 ms and times each round trip. For mailstack every connection shares one asyncio "
+            "loop, so the worst NOOP round trip bounds the longest stall of that loop (IMAP "
+            "sessions run on the same loop in `serve`). Postfix runs one process per "
+            "connection, so its column is the reference for \"no shared loop at all\".",
+            "",
+            "| server | 25 MB messages | seconds | idle NOOP median ms | NOOPs during load "
+            "| p99 NOOP ms | worst NOOP ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in stalls:
+            lines.append(f"| {s.server} | {s.messages} | {s.seconds} | {s.idle_noop_ms} "
+                         f"| {s.noops} | {s.p99_noop_ms} | {s.worst_noop_ms} |")
+        if len(stalls) == 2:
+            lines += ["", f"Worst-stall ratio mailstack / Postfix: "
+                          f"{ratio(stalls[0].worst_noop_ms, stalls[1].worst_noop_ms)}."]
+    return "\n".join(lines) + "\n"
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    sizes: list[int] = field(default_factory=lambda: [10 * 1024, 100 * 1024])
+    senders: list[int] = field(default_factory=lambda: [1, 4, 16])
+    total_messages: dict[int, int] = field(default_factory=lambda: {10 * 1024: 960,
+                                                                    100 * 1024: 400})
+    big_size: int = 25 * 1024 * 1024
+    big_senders: int = 4
+    big_per_sender: int = 2
+
+
+async def bench(plan: Plan, workdir: Path, *, stall: bool) -> tuple[list[Result],
+                                                                    list[StallResult]]:
+    servers = [start_mailstack(workdir), start_postfix(workdir)]
+    results: list[Result] = []
+    stalls: list[StallResult] = []
+    try:
+        for server in servers:  # warm up: processes spawned, caches filled
+            await run_scenario(server, 10 * 1024, 4, 5)
+        for size in plan.sizes:
+            for senders in plan.senders:
+                per_sender = max(1, plan.total_messages[size] // senders)
+                # Interleave the servers so both see the same background load.
+                for server in servers:
+                    r = await run_scenario(server, size, senders, per_sender)
+                    print(json.dumps(asdict(r)), flush=True)
+                    results.append(r)
+        if stall:
+            for server in servers:
+                s = await run_stall(server, plan.big_size, plan.big_senders, plan.big_per_sender)
+                print(json.dumps(asdict(s)), flush=True)
+                stalls.append(s)
+    finally:
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+    return results, stalls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", type=Path, help="write the Markdown report here")
+    parser.add_argument("--quick", action="store_true", help="a few messages per scenario")
+    parser.add_argument("--no-stall", action="store_true", help="skip the 25 MB stall test")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root: Postfix's master starts as root", file=sys.stderr)
+        return 2
+    if shutil.which("postfix") is None:
+        print("postfix is not installed (apt-get install postfix)", file=sys.stderr)
+        return 2
+    plan = Plan()
+    if args.quick:
+        plan.total_messages = {10 * 1024: 32, 100 * 1024: 16}
+        plan.big_per_sender = 1
+    # Postfix daemons (user `postfix`) must reach the work dir: make it o+x, ours alone.
+    workdir = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
+    workdir.chmod(0o711)
+    try:
+        results, stalls = asyncio.run(bench(plan, workdir, stall=not args.no_stall))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    command = "sudo python bench/smtp_bench.py --write docs/benchmarks.md" + (
+        " --quick" if args.quick else "") + (" --no-stall" if args.no_stall else "")
+    report = render(results, stalls, command)
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out_dir / f"smtp-{stamp}.json").write_text(json.dumps(
+        {"results": [asdict(r) for r in results], "stalls": [asdict(s) for s in stalls]},
+        indent=2))
+    if args.write:
+        args.write.write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,8 +21,9 @@ Matching rules:
 - BEFORE/ON/SINCE compare the internal date's calendar date in the zone the server shows
   INTERNALDATE in (`tz`, default the server's local zone, as `response.date_time`);
   SENTBEFORE/SENTON/SENTSINCE compare the Date: header's calendar date as written, in its
-  own zone ("disregarding time and timezone"). A message without a parsable Date: matches
-  no SENT* key (and so matches NOT SENT*).
+  own zone ("disregarding time and timezone"). A message without a parsable Date: is taken
+  as sent on its internal date, the rule RFC 5256 §2.2 gives SORT (Dovecot instead takes
+  1 January 1970, so such mail is "sent before" any date).
 - Keywords match case-insensitively.
 """
 
@@ -242,10 +243,10 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
                 return seqset.contains(message.info.uid, scope.largest_uid)
             return seqset.contains(message.seq, scope.largest_seq)
         case SearchDate(op=op, date=wanted, sent=sent):
-            if sent:
-                day = sent_date(text)
-                return day is not None and _compare(op, day, wanted)
-            return _compare(op, internal_day(message.info.internal_date, scope.tz), wanted)
+            day = sent_date(text) if sent else None
+            if day is None:
+                day = internal_day(message.info.internal_date, scope.tz)
+            return _compare(op, day, wanted)
         case SearchHeader(field=name, value=value):
             values = text.header_values(name)
             # RFC 9051 §6.4.4: an empty string matches every message that has the field.

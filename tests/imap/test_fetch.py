@@ -711,8 +711,10 @@ KNOWN_DIFFERENCES = {
 }
 
 
-def run_dovecot(messages: list[bytes], commands: bytes) -> bytes:
-    """SELECT INBOX holding `messages`, send `commands`, LOGOUT; the whole transcript."""
+def run_dovecot(messages: list[bytes], commands: bytes,
+                internal_dates: list[float] | None = None) -> bytes:
+    """SELECT INBOX holding `messages` (internal dates: the files' mtimes), send `commands`,
+    LOGOUT; the whole transcript. Also used by test_search.py."""
     base = Path(tempfile.mkdtemp(prefix="mailstack-dovecot-"))
     try:
         base.chmod(0o711)
@@ -720,7 +722,10 @@ def run_dovecot(messages: list[bytes], commands: bytes) -> bytes:
         for sub in ("cur", "new", "tmp"):
             (maildir / sub).mkdir(parents=True)
         for i, raw in enumerate(messages, 1):
-            (maildir / "new" / f"{1_700_000_000 + i}.M{i}P1.test").write_bytes(raw)
+            path = maildir / "new" / f"{1_700_000_000 + i}.M{i}P1.test"
+            path.write_bytes(raw)
+            if internal_dates is not None:
+                os.utime(path, (internal_dates[i - 1], internal_dates[i - 1]))
         if os.geteuid() == 0:  # Dovecot refuses mail access as root: serve it as nobody
             user = pwd.getpwnam("nobody")
             uid, gid, name = user.pw_uid, user.pw_gid, user.pw_name

@@ -29,6 +29,8 @@ from imap.commands import (
 from imap.mime import to_crlf
 from imap.parser import parse_command
 from imap.search import Candidate, MessageText, Need, Scope, matches, needed, search
+from imap.sequence import parse_sequence_set
+from tests.imap.test_fetch import DOVECOT_IMAP, run_dovecot
 
 UTC = datetime.UTC
 
@@ -119,19 +121,19 @@ SCOPE = Scope(largest_seq=len(INFOS), largest_uid=INFOS[-1].uid, tz=UTC)
 ALL_UIDS = [i.uid for i in INFOS]
 
 
-def key_of(text: str) -> SearchKey:
-    """Parse as a client sends it: non-ASCII strings as literals under CHARSET UTF-8."""
-
+def wire(text: str) -> str:
+    """SEARCH arguments as a client sends them: non-ASCII strings as literals under CHARSET
+    UTF-8."""
     def literal(m: re.Match[str]) -> str:
         word = m[1] if m[1] is not None else m[2]
-        if word.isascii():
-            return m[0]
-        return f"{{{len(word.encode())}}}\r\n{word}"
+        return m[0] if word.isascii() else f"{{{len(word.encode())}}}\r\n{word}"
 
-    wire = re.sub(r'"([^"]*)"|([^\s()]+)', literal, text)
-    if not text.isascii():
-        wire = "CHARSET UTF-8 " + wire
-    command = parse_command(f"a SEARCH {wire}\r\n".encode())
+    sent = re.sub(r'"([^"]*)"|([^\s()]+)', literal, text)
+    return sent if text.isascii() else "CHARSET UTF-8 " + sent
+
+
+def key_of(text: str) -> SearchKey:
+    command = parse_command(f"a SEARCH {wire(text)}\r\n".encode())
     assert isinstance(command, Search)
     return command.key
 
@@ -166,7 +168,9 @@ TABLE = [
     ("NOT LARGER 1000", [1, 2, 5, 9]),
     ("BEFORE 15-Oct-2024", [1]), ("ON 15-Oct-2024", [2]), ("SINCE 20-Oct-2024", [5, 7, 9]),
     ("SENTBEFORE 2-Oct-2024", [1]), ("SENTON 15-Oct-2024", [2]), ("SENTON 6-Nov-2024", [9]),
-    ("SENTSINCE 1-Jan-2000", [1, 2, 9]), ("NOT SENTSINCE 1-Jan-2000", [5, 7]),
+    ("SENTSINCE 1-Jan-2000", ALL_UIDS), ("NOT SENTSINCE 1-Jan-2000", []),
+    # 5 has no Date:, 7 an unparsable one: their internal dates count (RFC 5256 §2.2).
+    ("SENTON 20-Oct-2024", [5]), ("SENTSINCE 2-Nov-2024", [7, 9]),
     ("1", [1]), ("2:3", [2, 5]), ("4:*", [7, 9]), ("*", [9]), ("1,5", [1, 9]),
     ("UID 5:8", [5, 7]), ("UID *", [9]), ("UID 3,4,6", []), ("UID 1:*", ALL_UIDS),
     ("NOT SEEN", [2, 5, 7]), ("OR SEEN FLAGGED", [1, 2, 9]), ("OR FROM alice BODY needle", [1, 7]),
@@ -305,3 +309,43 @@ def test_matches_one_message_directly() -> None:
     text = MessageText(lambda: RAW[1])
     assert matches(key_of("FROM alice SEEN 1"), Candidate(1, info), SCOPE, text)
     assert not matches(key_of("RECENT"), Candidate(1, info), SCOPE, text)
+
+
+# -- against Dovecot --------------------------------------------------------------------------
+
+# Where we answer differently on purpose:
+# - SUBJECT GRÜSSE finds "Grüße": we fold case with Unicode full case folding (ß ~ ss);
+#   Dovecot's i;unicode-casemap does not.
+# - BODY "inner topic": the header of an attached message is text in the body; Dovecot
+#   searches only the body parts' text.
+# - SENTBEFORE 2-Oct-2024: without a usable Date: Dovecot takes 1970-01-01, we take the
+#   internal date (RFC 5256 §2.2), so 5 and 7 were not sent before October.
+# - SENTSINCE / SENTON rows that involve 5 and 7 differ for the same reason.
+KNOWN_DIFFERENCES = {"SUBJECT GRÜSSE", "BODY \"inner topic\"", "SENTBEFORE 2-Oct-2024",
+                     "SENTSINCE 1-Jan-2000", "NOT SENTSINCE 1-Jan-2000", "SENTON 20-Oct-2024",
+                     "SENTSINCE 2-Nov-2024"}
+
+
+@pytest.mark.external
+@pytest.mark.skipif(not DOVECOT_IMAP.exists(), reason="needs dovecot-imapd")
+def test_search_answers_match_dovecot() -> None:
+    # Dovecot numbers UIDs 1..n and makes every message \Recent on this first SELECT, so
+    # rows about UIDs and \Recent are left out; the rest compare by sequence number.
+    rows = [(q, want) for q, want in TABLE
+            if not re.search(r"RECENT|NEW|OLD|UID", q) and q not in KNOWN_DIFFERENCES]
+    commands = b"".join(b"s STORE %d +FLAGS (%s)\r\n" % (seq, " ".join(sorted(flags)).encode())
+                        for seq, (_, flags, _, _) in enumerate(MESSAGES, 1) if flags)
+    # ESEARCH tags each result: Dovecot runs pipelined SEARCHes concurrently.
+    commands += b"".join(f"q{i} SEARCH RETURN (ALL) {wire(q)}\r\n".encode()
+                         for i, (q, _) in enumerate(rows))
+    transcript = run_dovecot([raw for *_, raw in MESSAGES], commands,
+                             [date for _, _, date, _ in MESSAGES])
+    theirs: dict[int, list[int]] = {}
+    for line in transcript.split(b"\r\n"):
+        if (m := re.match(rb'\* ESEARCH \(TAG "q(\d+)"\)(?: ALL (\S+))?\Z', line)) is not None:
+            found = parse_sequence_set(m[2].decode()).expand(len(MESSAGES)) if m[2] else []
+            theirs[int(m[1])] = list(found)
+    assert len(theirs) == len(rows), transcript.decode(errors="replace")
+    seq_of = {uid: seq for seq, uid in enumerate(ALL_UIDS, start=1)}
+    for i, (query, want) in enumerate(rows):
+        assert theirs[i] == [seq_of[u] for u in want], query

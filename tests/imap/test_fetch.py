@@ -257,19 +257,14 @@ CORPUS = {"simple": SIMPLE, "mixed": MIXED, "rfc822": RFC822, "non_ascii": NON_A
 # -- helpers ----------------------------------------------------------------------------------
 
 def render(value: Value) -> bytes:
-    """Compose the value tree as fetch.py's docstring asks response.py to (leaves quoted by
-    response.nstring, the only quoting code)."""
-    if isinstance(value, Bodies):
-        return b"".join(render(v) for v in value)
-    if isinstance(value, tuple):
-        return b"(" + b" ".join(render(v) for v in value) + b")"
-    if isinstance(value, int):
-        return str(value).encode()
-    return response.nstring(value)
+    """The value as it goes on the wire: imap/response.py renders fetch.py's tree."""
+    return response.value(value)
 
 
 def imaplib_shape(line: bytes) -> list[bytes | tuple[bytes, bytes]]:
-    """Split a response with literals into imaplib's list shape that imapclient parses."""
+    """Split a response with literals into imaplib's list shape that imapclient parses
+    (a literal8 `~{n}` as a literal: imapclient predates RFC 3516)."""
+    line = line.replace(b"~{", b"{")
     out: list[bytes | tuple[bytes, bytes]] = []
     pos = 0
     while (m := re.compile(rb"\{(\d+)\}\r\n").search(line, pos)) is not None:
@@ -762,7 +757,7 @@ def responses(transcript: bytes) -> Iterator[bytes]:
 
 def fetch_values(line: bytes) -> dict[bytes, Any]:
     """One `N (item value ...)` FETCH payload parsed by imapclient (literal8 as a literal)."""
-    parsed = parse_fetch_response(imaplib_shape(line.replace(b"~{", b"{")), uid_is_key=False)
+    parsed = parse_fetch_response(imaplib_shape(line), uid_is_key=False)
     [(_, values)] = parsed.items()
     return {k: v for k, v in values.items() if k not in (b"SEQ", b"FLAGS")}
 

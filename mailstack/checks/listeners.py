@@ -123,7 +123,7 @@ def _smtp_client(timeout_s: float, server_name: str) -> smtplib.SMTP:
     smtp = smtplib.SMTP(timeout=timeout_s, local_hostname=EHLO_NAME)
     # smtplib takes the TLS server name (SNI) from the constructor's host, which we do not
     # pass so that connect() can report the greeting: send the hostname, as an MTA would.
-    smtp._host = server_name
+    smtp._host = server_name  # type: ignore[attr-defined]
     return smtp
 
 

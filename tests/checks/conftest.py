@@ -81,7 +81,8 @@ def check(root: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dic
     """`mailstack check --json ARGS` as a subprocess: (process, the parsed JSON object)."""
     proc = run_cli(root, "check", "--json", *args, timeout=120)
     assert proc.returncode in (0, 1), proc.stderr
-    return proc, json.loads(proc.stdout)
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return proc, data
 
 
 def not_passing(data: dict[str, Any]) -> dict[str, str]:
@@ -90,7 +91,7 @@ def not_passing(data: dict[str, Any]) -> dict[str, str]:
 
 
 def only(data: dict[str, Any], id_: str) -> dict[str, Any]:
-    found = [c for c in data["checks"] if c["id"] == id_]
+    found: list[dict[str, Any]] = [c for c in data["checks"] if c["id"] == id_]
     assert len(found) == 1, found
     return found[0]
 

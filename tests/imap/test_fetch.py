@@ -663,6 +663,7 @@ FRAGMENTS = [
     b"From: a <b@c>, (x) d:;\n", b"Content-Disposition: attachment; filename*=utf-8''%e2\n",
     b"\n", b"\r\n", b" folded\n", b"x=\n", b"\xff\xfe\x00", b"=?utf-8?b?w6k=?=", b"To: \"\\",
     b"Subject:\n", b"(((", b"<@", b"Content-Type: text/plain; charset=bogus\n",
+    b"Date: 31 Feb 99999999999 25:61:61 +9999\n", b"Date: Mon, 7 Feb 1994 21:52:25 -0800\n",
 ]
 
 

@@ -30,7 +30,7 @@ from imap.mime import to_crlf
 from imap.parser import parse_command
 from imap.search import Candidate, MessageText, Need, Scope, matches, needed, search
 from imap.sequence import parse_sequence_set
-from tests.imap.test_fetch import DOVECOT_IMAP, run_dovecot
+from tests.imap.test_fetch import DOVECOT_IMAP, FRAGMENTS, run_dovecot
 
 UTC = datetime.UTC
 
@@ -296,6 +296,17 @@ def test_not_is_the_complement(key: SearchKey) -> None:
 def test_or_is_the_union_and_and_the_intersection(a: SearchKey, b: SearchKey) -> None:
     assert set(run(SearchOr(a, b))) == set(run(a)) | set(run(b))
     assert set(run(SearchAnd((a, b)))) == set(run(a)) & set(run(b))
+
+
+@given(st.one_of(st.binary(max_size=1500),
+                 st.lists(st.sampled_from(FRAGMENTS), max_size=30).map(b"".join)))
+def test_any_message_bytes_evaluate_without_raising(raw: bytes) -> None:
+    candidate = Candidate(1, MessageInfo(1, frozenset(), 0.0, len(raw), "k"))
+    for key in ATOMS:
+        text = MessageText(functools.partial(bytes, raw))
+        assert isinstance(matches(key, candidate, SCOPE, text), bool)
+        assert matches(SearchNot(key), candidate, SCOPE, text) != matches(key, candidate,
+                                                                          SCOPE, text)
 
 
 @given(st.text(max_size=6))

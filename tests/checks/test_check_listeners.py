@@ -1,0 +1,120 @@
+"""Live listener variants: a listener down, nothing running, an open relay, a stale certificate.
+
+The open relay is a third-party test double of a *foreign* MTA (aiosmtpd accepting every
+RCPT) that the config's listen.smtp points at: our own SMTP code is never changed for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from mailstack.users import Accounts
+from tests.checks.conftest import check, free_ports, make_deployment, not_passing, only, set_listen
+from tests.checks.test_check_files_tls import write_leaf
+from tests.support.serve import ServeProcess
+
+pytestmark = pytest.mark.external
+
+LIVE_GROUPS = ("--only", "smtp", "--only", "imap", "--only", "relay", "--only", "e2e")
+
+
+def nothing_left(root: Path) -> None:
+    accounts = Accounts(root / "users.sqlite3")
+    try:
+        assert accounts.users() == []
+    finally:
+        accounts.close()
+    assert list((root / "mail").iterdir()) == []
+
+
+def test_imap_listener_down(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    ports = make_deployment(root)
+    set_listen(root, "imap", "[]")
+    with ServeProcess(root) as serve:
+        assert "imap" not in serve.listeners
+        set_listen(root, "imap", f'["127.0.0.1:{ports["imap"]}"]')  # what check is told
+        proc, data = check(root, *LIVE_GROUPS)
+    assert proc.returncode == 1
+    assert not_passing(data) == {"imap.banner": "fail", "imap.starttls": "skip"}
+    banner = only(data, "imap.banner")
+    assert banner["message"] == f"127.0.0.1:{ports['imap']}: cannot connect: Connection refused"
+    assert f'listen.imap = ["127.0.0.1:{ports["imap"]}"]' in banner["fix"]
+    assert "mailstack serve" in banner["fix"]
+    nothing_left(root)
+
+
+def test_nothing_running_fails_and_still_cleans_up(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    make_deployment(root)
+    proc, data = check(root, *LIVE_GROUPS)
+    assert proc.returncode == 1
+    assert not_passing(data) == {
+        "smtp.banner": "fail", "smtp.ehlo": "skip", "smtp.starttls": "skip", "smtp.auth": "skip",
+        "imap.banner": "fail", "imap.starttls": "skip", "imap.tls": "fail", "imap.login": "fail",
+        "relay.open": "skip", "e2e.delivery": "fail",
+    }
+    nothing_left(root)
+
+
+class AcceptEverything:
+    """A foreign MTA misconfigured as an open relay: every RCPT gets 250."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_open_relay_is_caught(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    make_deployment(root)
+    (port,) = free_ports(1)
+    relay = Controller(AcceptEverything(), hostname="127.0.0.1", port=port,
+                       server_hostname="mail.example.com")
+    relay.start()
+    try:
+        set_listen(root, "smtp", f'["127.0.0.1:{port}"]')
+        proc, data = check(root, "--only", "relay")
+    finally:
+        relay.stop()
+    assert proc.returncode == 1
+    finding = only(data, "relay.open")
+    assert finding["status"] == "fail"
+    assert finding["message"].startswith(f"127.0.0.1:{port}: OPEN RELAY")
+    assert "relay-check@example.net" in finding["message"]
+    assert "554 5.7.1" in finding["fix"]
+
+
+def test_our_server_is_not_an_open_relay(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    make_deployment(root)
+    with ServeProcess(root):
+        proc, data = check(root, "--only", "relay")
+    assert proc.returncode == 0
+    assert only(data, "relay.open")["status"] == "pass"
+    assert "relaying to example.net is refused (554" in only(data, "relay.open")["message"]
+
+
+def test_certificate_changed_but_not_reloaded(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    make_deployment(root)
+    now = dt.datetime.now(dt.UTC)
+    with ServeProcess(root) as serve:
+        write_leaf(root, names=["mail.example.com"], not_before=now - dt.timedelta(hours=1),
+                   not_after=now + dt.timedelta(days=90))
+        _, data = check(root, "--only", "smtp", "--only", "imap")
+        stale = {"smtp.starttls": "fail", "imap.starttls": "fail", "imap.tls": "fail"}
+        assert not_passing(data) == stale
+        for id_ in stale:
+            assert "presents another certificate" in only(data, id_)["message"]
+            assert "systemctl reload mailstack" in only(data, id_)["fix"]
+        serve.signal(signal.SIGHUP)
+        serve.wait_for("certificate reloaded")
+        proc, data = check(root, "--only", "smtp", "--only", "imap")
+    assert not_passing(data) == {}
+    assert proc.returncode == 0

@@ -90,6 +90,7 @@ class FolderIndex:
         self._keywords_stamp: Stamp | None = None
         self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
         self._listing_stamp: tuple[int, int] | None = None
+        self._listed = False  # _listing came from a full scan at least once
         self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
         self._entries: list[Entry] | None = None  # cached result of entries()
         self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
@@ -158,12 +159,13 @@ class FolderIndex:
             os.stat(self.path / "cur").st_mtime_ns,
         )
 
-    def _load_listing(self) -> set[str]:
-        """Re-list new/ and cur/ if they changed; returns bases that vanished."""
+    def _load_listing(self) -> bool:
+        """Re-list new/ and cur/ if they changed; True if files appeared or vanished that this
+        index did not add or remove itself (someone else wrote: Dovecot, a script, a CLI)."""
         stamp = self._dir_stamp()
         now_ns = time.time_ns()
         if stamp == self._listing_stamp:
-            return set()
+            return False
         listing: dict[str, tuple[str, str]] = {}
         meta = self._meta
         for sub in ("new", "cur"):
@@ -180,25 +182,25 @@ class FolderIndex:
                         measured = _measure(entry.path, base)
                         if measured is not None:
                             meta[base] = measured
-        gone = self._listing.keys() - listing.keys()
+        foreign = self._listed and self._listing.keys() != listing.keys()
+        self._listed = True
         self._listing = listing
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
         self._listing_stamp = stamp if settled else None
         self._entries = None
-        return gone
+        return foreign
 
     def sync(self) -> SyncResult:
         """Bring the index up to date, giving UIDs to files nobody numbered yet."""
         self._load_uidlist()
         self._load_keywords()
-        had_listing = bool(self._listing)
-        gone = self._load_listing()
+        foreign = self._load_listing()
         newcomers = [base for base in self._listing if base not in self._uid_of]
         if newcomers:
             # Arrival order: names begin with the delivery time (Maildir spec).
             newcomers.sort(key=lambda b: (time_from_name(b) or 0.0, b))
             self._append_records(self.uidlist.assign(self._listing[b][1] for b in newcomers))
-        return SyncResult(foreign_changes=bool(newcomers) or (had_listing and bool(gone)))
+        return SyncResult(foreign_changes=foreign or bool(newcomers))
 
     def entries(self) -> list[Entry]:
         """Every message, in UID order (after sync())."""

@@ -121,6 +121,7 @@ class MaildirStore:
         self._host = hostname
         self._indexes: dict[Path, FolderIndex] = {}
         self._indexes_lock = threading.Lock()
+        self._quota_verified: set[Path] = set()
 
     # -- paths and caches ----------------------------------------------------------------------
     def _user_root(self, user: str) -> Path:
@@ -166,6 +167,7 @@ class MaildirStore:
     # -- accounts ------------------------------------------------------------------------------
     def create_account(self, user: str) -> None:
         root = self._user_root(user)
+        self._paths.mail_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         for parent in reversed(root.parents):
             if parent.is_relative_to(self._paths.mail_dir) and not parent.exists():
                 parent.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -189,10 +191,22 @@ class MaildirStore:
         shutil.rmtree(root)
 
     def usage_bytes(self, user: str) -> int:
-        return quota.usage(self._root(user))
+        return self._usage(self._root(user))
+
+    def _usage(self, root: Path, limit: int = 0) -> int:
+        # Once per account and store instance, recount from the listings: writers that do
+        # not keep maildirsize (Dovecot without its quota plugin, scripts) may have added
+        # mail while we were not running. Afterwards snapshots notice foreign changes.
+        with self._indexes_lock:
+            is_verified = root in self._quota_verified
+            self._quota_verified.add(root)
+        return quota.usage(root, limit) if is_verified else quota.recalculate(root, limit)
 
     def _check_quota(self, user: str, root: Path, limit: int, adding: int) -> None:
-        if limit > 0 and quota.usage(root, limit) + adding > limit:
+        if limit <= 0 or self._usage(root, limit) + adding <= limit:
+            return
+        # Refuse only on a fresh count, never on a stale maildirsize.
+        if quota.recalculate(root, limit) + adding > limit:
             raise QuotaExceededError(f"{user}: quota of {limit} bytes exceeded")
 
     # -- writing -------------------------------------------------------------------------------
@@ -323,20 +337,23 @@ class MaildirStore:
     # -- folders -------------------------------------------------------------------------------
     def list_folders(self, user: str) -> list[FolderInfo]:
         root = self._root(user)
-        names = [INBOX]
+        real = {INBOX}
         with os.scandir(root) as entries:
             for entry in entries:
                 name = folder_from_dir_name(entry.name)
                 if name and name != INBOX and (root / entry.name / "cur").is_dir():
-                    names.append(name)
+                    real.add(name)
+        # Parents that exist only as a prefix ("A" of "A.B" made by Dovecot or a script).
+        implied = {p for name in real for p in parent_folders(name)} - real
         subscribed = set(self._subscriptions(root))
-        names.sort(key=lambda n: (n != INBOX, n))
+        names = sorted(real | implied, key=lambda n: (n != INBOX, n))
         return [
             FolderInfo(
                 name=name,
-                special_use=self._special_use(root, name),
+                special_use=self._special_use(root, name) if name in real else None,
                 subscribed=name in subscribed,
                 has_children=any(o.startswith(name + HIERARCHY_DELIMITER) for o in names),
+                is_selectable=name in real,
             )
             for name in names
         ]

@@ -138,6 +138,9 @@ class FolderInfo:
     special_use: SpecialUse | None
     subscribed: bool
     has_children: bool
+    # False for a name that only exists as the parent of others (Dovecot creates "A.B" without
+    # "A"): LIST shows it \Noselect (RFC 9051 §7.3.1); SELECT of it is FolderNotFoundError.
+    is_selectable: bool = True
 
 
 class MailStore(Protocol):

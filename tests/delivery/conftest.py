@@ -8,6 +8,7 @@ import pytest
 
 from delivery.maildir import MaildirStore
 from mailstack.paths import StatePaths
+from tests.support.dovecot import dovecot_server  # noqa: F401 - a fixture, used by name
 
 ALICE = "alice@example.com"
 BOB = "bob@example.org"

@@ -1,0 +1,202 @@
+"""Interoperability with a real Dovecot serving the same Maildir++ (Debian's dovecot-imapd).
+
+(a) mailstack writes; Dovecot over IMAP shows the same messages, flags, keywords, folders,
+    subscriptions, UIDs and UIDVALIDITY.
+(b) Dovecot APPENDs, STOREs, EXPUNGEs and CREATEs; mailstack's snapshot agrees.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from delivery.maildir import MaildirStore
+from delivery.store import Flag, FlagMode
+from mailstack.paths import StatePaths
+from tests.support.dovecot import DovecotFactory
+
+pytestmark = pytest.mark.external
+
+USER = "alice@example.com"
+PASSWORD = "interop-secret"
+
+
+def fetch(imap: imaplib.IMAP4, items: str) -> dict[int, bytes]:
+    """UID FETCH 1:* `items`, as {uid: the response line with its literals joined}."""
+    typ, data = imap.uid("FETCH", "1:*", f"({items})")
+    assert typ == "OK", data
+    out: dict[int, bytes] = {}
+    for part in data:
+        if part is None or part == b")":
+            continue
+        line = b"".join(part) if isinstance(part, tuple) else part
+        m = re.search(rb"UID (\d+)", line)
+        if m is None:
+            continue  # an unsolicited FETCH (flag update) that imaplib queued meanwhile
+        out[int(m[1])] = line
+    return out
+
+
+def flags_of(line: bytes) -> set[str]:
+    m = re.search(rb"FLAGS \(([^)]*)\)", line)
+    assert m is not None, line
+    return {f.decode() for f in m[1].split()} - {"\\Recent"}
+
+
+def size_of(line: bytes) -> int:
+    m = re.search(rb"RFC822\.SIZE (\d+)", line)
+    assert m is not None, line
+    return int(m[1])
+
+
+def mailbox_names(lines: Sequence[object]) -> set[str]:
+    """Names from LIST/LSUB lines `(attrs) "." name` (our test names need no literals)."""
+    return {
+        line.rsplit(b" ", 1)[1].strip(b'"').decode() for line in lines if isinstance(line, bytes)
+    }
+
+
+def status(imap: imaplib.IMAP4, folder: str) -> dict[str, int]:
+    typ, data = imap.status(folder, "(UIDVALIDITY UIDNEXT MESSAGES)")
+    assert typ == "OK", data
+    raw = data[0]
+    assert isinstance(raw, bytes)
+    return {k.decode(): int(v) for k, v in re.findall(rb"(\w+) (\d+)", raw.split(b"(", 1)[1])}
+
+
+@pytest.fixture
+def setup(dovecot_server: DovecotFactory) -> tuple[MaildirStore, Path]:
+    paths = StatePaths(dovecot_server.workdir / "state")
+    store = MaildirStore(paths, hostname="mx.example.com")
+    store.create_account(USER)
+    return store, paths.maildir(USER)
+
+
+def test_dovecot_reads_what_mailstack_wrote(
+    dovecot_server: DovecotFactory, setup: tuple[MaildirStore, Path]
+) -> None:
+    store, maildir = setup
+    bodies = [f"Subject: message {i}\r\n\r\n{'body ' * i}\r\n".encode() for i in range(1, 6)]
+    for body in bodies[:3]:
+        store.deliver([(USER, "INBOX")], body)
+    store.append(USER, "INBOX", bodies[3], flags=[Flag.SEEN, Flag.ANSWERED, "$Forwarded"])
+    store.append(USER, "INBOX", bodies[4], flags=[Flag.DRAFT])
+    store.store_flags(USER, "INBOX", [1], [Flag.FLAGGED, "$Junk"], FlagMode.ADD)
+    store.store_flags(USER, "INBOX", [2], [Flag.DELETED], FlagMode.ADD)
+    store.expunge(USER, "INBOX")  # UID 2 is gone; Dovecot must not reuse or show it
+    store.create_folder(USER, "Projects.2024")
+    (ref,) = store.deliver([(USER, "Projects.2024")], bodies[0])
+    store.set_subscribed(USER, "Projects.2024", True)
+    store.set_subscribed(USER, "Junk", False)
+    ours = store.snapshot(USER, "INBOX")
+
+    server = dovecot_server({USER: (PASSWORD, maildir)})
+    with server.imap(USER) as imap:
+        assert status(imap, "INBOX") == {
+            "UIDVALIDITY": ours.uid_validity,
+            "UIDNEXT": ours.uid_next,
+            "MESSAGES": len(ours.messages),
+        }
+        typ, _ = imap.select("INBOX")
+        assert typ == "OK"
+        lines = fetch(imap, "FLAGS RFC822.SIZE BODY.PEEK[]")
+        assert sorted(lines) == [m.uid for m in ours.messages] == [1, 3, 4, 5]
+        for info in ours.messages:
+            assert flags_of(lines[info.uid]) == {str(f) for f in info.flags}
+            assert size_of(lines[info.uid]) == info.size
+        assert flags_of(lines[1]) == {"\\Flagged", "$Junk"}
+        assert flags_of(lines[4]) == {"\\Seen", "\\Answered", "$Forwarded"}
+        assert bodies[3] in lines[4]  # served with CRLF, byte for byte
+        typ, listing = imap.list()
+        names = mailbox_names(listing)
+        assert {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive", "Projects.2024"} <= names
+        typ, lsub = imap.lsub()
+        subscribed = mailbox_names(lsub)
+        assert "Projects.2024" in subscribed
+        assert "Junk" not in subscribed
+        assert status(imap, "Projects.2024")["UIDVALIDITY"] == ref.uid_validity
+    assert "Error" not in server.log(), server.log()
+
+
+def test_mailstack_reads_what_dovecot_wrote(
+    dovecot_server: DovecotFactory, setup: tuple[MaildirStore, Path]
+) -> None:
+    store, maildir = setup
+    (first,) = store.deliver([(USER, "INBOX")], b"Subject: delivered by mailstack\r\n\r\nhi\r\n")
+    server = dovecot_server({USER: (PASSWORD, maildir)})
+    appended = [
+        (b"Subject: one\r\n\r\nfrom dovecot\r\n", r"(\Seen)"),
+        (b"Subject: two\r\n\r\nfrom dovecot\r\n", r"(\Flagged $Label1 Work)"),
+        (b"Subject: three\r\n\r\nfrom dovecot\r\n", "()"),
+    ]
+    with server.imap(USER) as imap:
+        for body, flags in appended:
+            typ, data = imap.append("INBOX", flags, None, body)
+            assert typ == "OK", data
+        imap.select("INBOX")
+        imap.uid("STORE", str(first.uid), "+FLAGS", r"(\Answered $Important)")
+        imap.uid("STORE", "4", "+FLAGS", r"(\Deleted)")
+        imap.expunge()
+        imap.create("Dovecot.Made")
+        imap.append("Dovecot.Made", r"(\Draft)", None, b"Subject: in a new folder\r\n\r\nx\r\n")
+        imap.subscribe("Dovecot.Made")
+        theirs = fetch(imap, "FLAGS RFC822.SIZE")
+        inbox_status = status(imap, "INBOX")
+        made_status = status(imap, "Dovecot.Made")
+
+    snap = MaildirStore(StatePaths(maildir.parents[2])).snapshot(USER, "INBOX")
+    assert snap.uid_validity == inbox_status["UIDVALIDITY"] == first.uid_validity
+    assert snap.uid_next == inbox_status["UIDNEXT"] == 5
+    assert [m.uid for m in snap.messages] == sorted(theirs) == [1, 2, 3]
+    for info in snap.messages:
+        assert {str(f) for f in info.flags} == flags_of(theirs[info.uid])
+        assert info.size == size_of(theirs[info.uid])
+    assert {str(f) for f in snap.messages[0].flags} == {"\\Answered", "$Important"}
+    assert {str(f) for f in snap.messages[2].flags} == {"\\Flagged", "$Label1", "Work"}
+    assert store.read_message(USER, "INBOX", 2) == appended[0][0].replace(b"\r\n", b"\n")
+    made = store.snapshot(USER, "Dovecot.Made")
+    assert made.uid_validity == made_status["UIDVALIDITY"]
+    assert [(m.uid, {str(f) for f in m.flags}) for m in made.messages] == [(1, {"\\Draft"})]
+    infos = {f.name: f for f in store.list_folders(USER)}
+    assert infos["Dovecot.Made"].subscribed
+    assert infos["Dovecot"].has_children
+    assert not infos["Dovecot"].is_selectable
+    # And mailstack keeps numbering after Dovecot: the next UID is Dovecot's UIDNEXT.
+    (ref,) = store.deliver([(USER, "INBOX")], b"Subject: after\r\n\r\nx\r\n")
+    assert ref.uid == 5
+    assert store.usage_bytes(USER) == sum(
+        len(store.read_message(USER, "INBOX", m.uid))
+        for m in store.snapshot(USER, "INBOX").messages
+    ) + len(store.read_message(USER, "Dovecot.Made", 1))
+
+
+def test_flag_changes_round_trip_while_both_run(
+    dovecot_server: DovecotFactory, setup: tuple[MaildirStore, Path]
+) -> None:
+    store, maildir = setup
+    for i in range(3):
+        store.deliver([(USER, "INBOX")], f"Subject: {i}\r\n\r\nx\r\n".encode())
+    server = dovecot_server({USER: (PASSWORD, maildir)})
+    with server.imap(USER) as imap:
+        imap.select("INBOX")
+        assert set(fetch(imap, "FLAGS")) == {1, 2, 3}
+        # mailstack changes flags and delivers while Dovecot has the folder selected.
+        store.store_flags(USER, "INBOX", [2], [Flag.SEEN, "$Junk"], FlagMode.ADD)
+        store.deliver([(USER, "INBOX")], b"Subject: 3\r\n\r\nx\r\n")
+        server.grant()
+        imap.noop()
+        lines = fetch(imap, "FLAGS")
+        assert sorted(lines) == [1, 2, 3, 4]
+        assert flags_of(lines[2]) == {"\\Seen", "$Junk"}
+        imap.uid("STORE", "3", "+FLAGS", r"(\Seen)")
+    snap = store.snapshot(USER, "INBOX")
+    assert {m.uid: {str(f) for f in m.flags} for m in snap.messages} == {
+        1: set(),
+        2: {"\\Seen", "$Junk"},
+        3: {"\\Seen"},
+        4: set(),
+    }

@@ -313,26 +313,28 @@ def _delimiters(
         transport-padding = *LWSP-char                      ; after either, before CRLF
     """
     marker = b"--" + boundary
+    line_marker = b"\r\n" + marker
     found: list[tuple[int, int, bool]] = []
-    pos = start
-    while (i := data.find(marker, pos, end)) >= 0:
-        pos = i + 1
-        if i != start and not (i - 2 >= start and data[i - 2 : i] == b"\r\n"):
-            continue
+    # Only a line start can hold a delimiter, so search for CRLF "--" boundary (plus the very
+    # start): text full of "--boundary" mid-line costs no Python-level iterations.
+
+    def next_candidate(pos: int) -> int:
+        k = data.find(line_marker, pos, end)
+        return -1 if k < 0 else k + 2  # always > pos: the loop advances
+
+    i = start if data.startswith(marker, start, end) else next_candidate(start)
+    while i >= 0:
         j = i + len(marker)
         is_close = data.startswith(b"--", j, end)
         if is_close:
             j += 2
         while j < end and data[j] in b" \t":
             j += 1
-        if j == end:
-            found.append((i, end, is_close))
-        elif data.startswith(b"\r\n", j, end):
-            found.append((i, j + 2, is_close))
-        else:
-            continue
-        if is_close:
-            break
+        if j == end or data.startswith(b"\r\n", j, end):
+            found.append((i, min(j + 2, end), is_close))
+            if is_close:
+                break
+        i = next_candidate(i)
     return found
 
 

@@ -20,6 +20,10 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from email.mime.application import MIMEApplication
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +306,10 @@ def type_of(entity: Entity) -> str:
 
 @pytest.mark.parametrize("raw", CORPUS.values(), ids=CORPUS.keys())
 def test_part_tree_matches_email_package(raw: bytes) -> None:
+    check_part_tree(raw)
+
+
+def check_part_tree(raw: bytes) -> None:
     msg = ParsedMessage.parse(raw)
     ours = list(walk(msg.root))
     theirs = list(reference(msg.data).walk())
@@ -327,6 +335,10 @@ def test_lf_and_crlf_storage_give_the_same_answers(raw: bytes) -> None:
 
 @pytest.mark.parametrize("raw", CORPUS.values(), ids=CORPUS.keys())
 def test_bodystructure_parses_in_imapclient_and_agrees_with_email(raw: bytes) -> None:
+    check_bodystructure(raw)
+
+
+def check_bodystructure(raw: bytes) -> None:
     msg = ParsedMessage.parse(raw)
 
     def check(body: Any, part: Any, entity: Entity) -> None:
@@ -493,6 +505,10 @@ def body(msg: ParsedMessage, spec: str, partial_: tuple[int, int] | None = None)
 
 @pytest.mark.parametrize("raw", CORPUS.values(), ids=CORPUS.keys())
 def test_sections_tile_the_message(raw: bytes) -> None:
+    check_tiling(raw)
+
+
+def check_tiling(raw: bytes) -> None:
     msg = ParsedMessage.parse(raw)
     assert body(msg, "") == msg.data == fetch_item(FetchAttr("RFC822"), msg)
     header, text = body(msg, "HEADER"), body(msg, "TEXT")
@@ -797,3 +813,54 @@ def test_fetch_answers_match_dovecot() -> None:
             assert ours == expected, (name, label)
             compared += 1
     assert compared > len(names) * len(DOVECOT_ITEMS) * 0.8
+
+
+# -- generated MIME trees ---------------------------------------------------------------------
+
+def _text_part(text: str, subtype: str, charset: str) -> email.message.Message:
+    return MIMEText(text, subtype, charset)
+
+
+def _message_part(inner: email.message.Message, subject: str) -> email.message.Message:
+    inner["Subject"] = subject
+    inner["From"] = "gen@example.com"
+    return MIMEMessage(inner)
+
+
+def _multipart(parts: list[email.message.Message], subtype: str) -> email.message.Message:
+    return MIMEMultipart(subtype, _subparts=parts)
+
+
+leaves = st.one_of(
+    st.builds(_text_part, st.text(max_size=120), st.sampled_from(["plain", "html"]),
+              st.just("utf-8")),
+    st.builds(_text_part, st.text(st.characters(max_codepoint=255), max_size=120),
+              st.just("plain"), st.just("iso-8859-1")),
+    st.builds(MIMEApplication, st.binary(max_size=200)),
+)
+trees = st.recursive(
+    leaves,
+    lambda kids: st.one_of(
+        st.builds(_multipart, st.lists(kids, min_size=1, max_size=3),
+                  st.sampled_from(["mixed", "alternative", "related"])),
+        st.builds(_message_part, kids, st.text(alphabet="abc xyz", max_size=20)),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(trees)
+def test_generated_mime_trees_match_email_package(tree: email.message.Message) -> None:
+    tree["Subject"] = "generated"
+    raw = tree.as_bytes()
+    check_part_tree(raw)
+    check_bodystructure(raw)
+    check_tiling(raw)
+    # Attachments come back byte for byte through BINARY[part].
+    msg = ParsedMessage.parse(raw)
+    built = [p.get_payload(decode=True) for p in tree.walk()
+             if p.get_content_maintype() == "application"]
+    ours = [decode_transfer(msg.data[e.body_start:e.end], e.transfer_encoding)
+            for e in walk(msg.root) if e.content_type.maintype == "application"]
+    assert ours == built

@@ -49,7 +49,15 @@ from mailstack.config import Config, DnsConfig, parse_resolver
 from smtp import dmarc
 from smtp.authresults import MethodResult, format_header, header_values, split_fields, strip_forged
 from smtp.replies import Reply
-from smtp.verdict import DELIVER, Disposition, EnvelopeInfo, SessionInfo, Verdict
+from smtp.verdict import (
+    DELIVER,
+    Disposition,
+    EnvelopeInfo,
+    SessionInfo,
+    Verdict,
+    Verifier,
+    accept_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +197,9 @@ class Evaluation:
 def check_spf(client: DnsClient, ip: str, mail_from: str, helo: str) -> SpfOutcome:
     """RFC 7208 check_host() for MAIL FROM, or for the HELO identity when MAIL FROM is <>."""
     identity = "mailfrom" if mail_from else "helo"
-    domain = (mail_from.rpartition("@")[2] if mail_from else helo).lower()
+    local_at_domain = mail_from.rpartition("@")
+    domain = (local_at_domain[2] if local_at_domain[1] else "") if mail_from else helo
+    domain = domain.strip().rstrip(".").lower()
     sender = mail_from or helo
     try:
         ipaddress.ip_address(ip)
@@ -203,6 +213,9 @@ def check_spf(client: DnsClient, ip: str, mail_from: str, helo: str) -> SpfOutco
         result, _code, explanation = query.check()
     except spf.TempError as exc:
         result, explanation = "temperror", str(exc)
+    except Exception as exc:  # pyspf on input it does not expect: a permanent error, logged
+        log.warning("SPF evaluation failed for %s from %s: %r", sender, ip, exc)
+        result, explanation = "permerror", "SPF evaluation error"
     finally:
         _spf_client.reset(token)
     # pyspf says "ambiguous" only in harsh mode, which we do not use; anything unexpected is
@@ -222,6 +235,9 @@ def _signature_tags(value: bytes) -> dict[bytes, bytes]:
 
 def check_dkim(client: DnsClient, message: bytes) -> list[DkimOutcome]:
     """Verify up to MAX_SIGNATURES DKIM-Signature fields; [] when there are none."""
+    fields, _ = split_fields(message)
+    if not header_values(fields, "DKIM-Signature"):
+        return []  # unsigned: nothing for dkimpy to parse (or to choke on)
     try:
         verifier = dkim.DKIM(message, minkey=DKIM_MIN_KEY_BITS, timeout=client.resolver.lifetime)
     except dkim.DKIMException as exc:
@@ -246,9 +262,9 @@ def check_dkim(client: DnsClient, message: bytes) -> list[DkimOutcome]:
         except DnsTempError as exc:
             outcomes.append(DkimOutcome("temperror", domain, selector, b_prefix, str(exc)))
             continue
-        except dkim.ValidationError as exc:
+        except (dkim.ValidationError, dkim.MessageFormatError) as exc:
             # The body hash not matching is a failed signature (RFC 6376 §6.1.3); dkimpy raises
-            # the same class for malformed tags, which RFC 8601 §2.7.1 calls "neutral".
+            # the same classes for malformed tags, which RFC 8601 §2.7.1 calls "neutral".
             bad_body = "body hash mismatch" in str(exc)
             outcomes.append(DkimOutcome("fail" if bad_body else "neutral", domain, selector,
                                         b_prefix, "body hash mismatch" if bad_body else str(exc)))
@@ -387,3 +403,10 @@ class InboundVerifier:
         return Verdict(disposition, header_lines=(header,),
                        message=stripped if removed else None)
 
+
+
+def verifier_for(config: Config) -> Verifier:
+    """The inbound verifier `serve` should hand to `smtp.server.start_smtp` for port 25."""
+    if not config.smtp.verify_inbound:
+        return accept_all
+    return InboundVerifier(config)

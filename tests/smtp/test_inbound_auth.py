@@ -231,3 +231,41 @@ async def test_disabled_by_config(dns_addr: Addr) -> None:
     v = await verify(make_config(dns_addr, verify_inbound=False), message("a@elsewhere.test"),
                      "a@elsewhere.test")
     assert v == Verdict()
+
+
+async def test_signature_count_is_bounded(dns_addr: Addr, keys: Keys) -> None:
+    msg = message("alice@example.org")
+    for _ in range(8):
+        msg = sign(msg, keys[0], "example.org")
+    v = await verify(make_config(dns_addr), msg, "alice@example.org")
+    assert results(v)["dkim"] == ["pass"] * 5  # MAX_SIGNATURES
+    assert results(v)["dmarc"] == ["pass"]
+
+
+@pytest.mark.parametrize(
+    ("msg", "mail_from", "ip", "dkim", "dmarc_result"),
+    [
+        pytest.param(b"DKIM-Signature: v=1; garbage\r\nFrom: a@example.org\r\n\r\nx\r\n",
+                     "a@example.org", "127.0.0.2", ["neutral"], "pass", id="malformed-sig"),
+        pytest.param(b"no header at all\r\n", "a@example.org", "127.0.0.2", ["none"], "none",
+                     id="no-from"),
+        pytest.param(b"From: =?utf-8?q?J=C3=B6rg?= <j@b\xc3\xbccher.example>\r\n\r\nx\r\n",
+                     "j@example.org", "127.0.0.2", ["none"], None, id="utf8-from"),
+        pytest.param(message("a@nopolicy.example"), "no-domain", "127.0.0.2", ["none"], "none",
+                     id="mail-from-without-domain"),
+        pytest.param(message("a@nopolicy.example"), "a@example.org", "::1", ["none"], "none",
+                     id="ipv6-client"),
+        pytest.param(b"\r\n\r\n", "", "127.0.0.2", ["none"], "none", id="empty"),
+    ],
+)
+async def test_odd_input_gets_a_verdict_not_an_exception(
+        dns_addr: Addr, msg: bytes, mail_from: str, ip: str, dkim: list[str],
+        dmarc_result: str | None) -> None:
+    v = await verify(make_config(dns_addr), msg, mail_from, ip=ip, helo="example.org")
+    if dmarc_result is None:  # a From domain nsd does not serve: the lookup fails -> defer
+        assert v.disposition is Disposition.TEMPFAIL
+        return
+    assert v.disposition is Disposition.DELIVER
+    got = results(v)
+    assert got["dkim"] == dkim
+    assert got["dmarc"] == [dmarc_result]

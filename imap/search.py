@@ -9,8 +9,9 @@ message only when a key needs it, through callables the session supplies:
   session can supply it cheaply, else the whole message once);
 - BODY/TEXT read the whole message.
 
-`needed(key)` says which of the three a key needs; conjunctions and OR evaluate their cheap
-operands first, so `SEEN BODY x` never reads an unseen message.
+`needed(key)` says which of the three a key needs; `search` first reorders the key (`plan`)
+so conjunctions and OR evaluate their cheap operands first: `BODY x SEEN` never reads an
+unseen message.
 
 Matching rules:
 - Strings match as case-insensitive substrings (Unicode case folding) of the decoded text:
@@ -53,6 +54,7 @@ from imap.commands import (
 )
 from imap.mime import (
     Entity,
+    HeaderField,
     decode_charset,
     decode_transfer,
     decode_words,
@@ -128,7 +130,7 @@ class MessageText:
         self._root: Entity | None = None
         self._header: dict[str, list[str]] | None = None
         self._header_text: str | None = None
-        self._body_text: str | None = None
+        self._body_texts: tuple[str, str] | None = None
 
     def _message(self) -> tuple[bytes, Entity]:
         if self._data is None or self._root is None:
@@ -165,29 +167,53 @@ class MessageText:
 
     def body_text(self) -> str:
         """The decoded text of the body's text parts and inner headers, case-folded."""
-        if self._body_text is None:
+        return self._texts()[0]
+
+    def mime_header_text(self) -> str:
+        """The body parts' MIME header fields, decoded, case-folded (TEXT searches them)."""
+        return self._texts()[1]
+
+    def _texts(self) -> tuple[str, str]:
+        if self._body_texts is None:
             data, root = self._message()
-            pieces: list[str] = []
-            _collect_text(data, root, pieces)
-            self._body_text = "\n".join(pieces).casefold()
-        return self._body_text
+            texts: list[str] = []
+            headers: list[str] = []
+            _collect_text(data, root, texts, headers, is_top=True)
+            self._body_texts = ("\n".join(texts).casefold(), "\n".join(headers).casefold())
+        return self._body_texts
 
 
-def _collect_text(data: bytes, part: Entity, out: list[str]) -> None:
-    # A body part's MIME header is not searched: it is not text the user wrote.
+def _field_lines(fields: Iterable[HeaderField]) -> list[str]:
+    return [f"{f.name}: {decode_words(f.value.decode('utf-8', 'surrogateescape'))}"
+            for f in fields]
+
+
+def _collect_text(data: bytes, part: Entity, texts: list[str], mime_headers: list[str],
+                  *, is_top: bool = False) -> None:
+    """Gather searchable text: text/* bodies decoded, encapsulated messages' headers (text of
+    the body), and body parts' MIME headers (only TEXT searches those, RFC 9051 §6.4.4)."""
+    if not is_top:
+        mime_headers.extend(_field_lines(part.fields))
     if part.children:
         for child in part.children:
-            _collect_text(data, child, out)
+            _collect_text(data, child, texts, mime_headers)
     elif part.message is not None:
         inner = part.message
-        out.extend(f"{f.name}: {decode_words(f.value.decode('utf-8', 'surrogateescape'))}"
-                   for f in inner.fields)
-        _collect_text(data, inner, out)
-    elif part.content_type.maintype.lower() == "text":
+        texts.extend(_field_lines(inner.fields))
+        for child in inner.children:
+            _collect_text(data, child, texts, mime_headers)
+        if not inner.children:
+            _collect_leaf(data, inner, texts)
+    else:
+        _collect_leaf(data, part, texts)
+
+
+def _collect_leaf(data: bytes, part: Entity, texts: list[str]) -> None:
+    if part.content_type.maintype.lower() == "text":
         raw = data[part.body_start:part.end]
         decoded = decode_transfer(raw, part.transfer_encoding)
-        out.append(decode_charset(raw if decoded is None else decoded,
-                                  part.content_type.param("charset")))
+        texts.append(decode_charset(raw if decoded is None else decoded,
+                                    part.content_type.param("charset")))
 
 
 def _contains(haystack: Iterable[str], needle: str) -> bool:
@@ -222,8 +248,19 @@ def _compare(op: str, day: datetime.date, wanted: datetime.date) -> bool:
     return day >= wanted  # SINCE
 
 
-def _cost(key: SearchKey) -> int:
-    return int(needed(key))
+def plan(key: SearchKey) -> SearchKey:
+    """The same key with cheap operands first (And children and Or sides ordered by what
+    they read), so evaluation short-circuits before opening messages. Done once per SEARCH:
+    `matches` evaluates in the order given."""
+    match key:
+        case SearchNot(key=inner):
+            return SearchNot(plan(inner))
+        case SearchOr(left=left, right=right):
+            a, b = plan(left), plan(right)
+            return SearchOr(a, b) if needed(a) <= needed(b) else SearchOr(b, a)
+        case SearchAnd(keys=keys):
+            return SearchAnd(tuple(sorted((plan(k) for k in keys), key=needed)))
+    return key
 
 
 def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText) -> bool:
@@ -253,16 +290,16 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
             return bool(values) and (not value or _contains(values, value))
         case SearchText(where=where, value=value):
             folded = value.casefold()
-            if where == "TEXT" and folded in text.header_text():
+            if where == "TEXT" and (folded in text.header_text()
+                                    or folded in text.mime_header_text()):
                 return True
             return folded in text.body_text()
         case SearchNot(key=inner):
             return not matches(inner, message, scope, text)
         case SearchOr(left=left, right=right):
-            first, second = sorted((left, right), key=_cost)
-            return matches(first, message, scope, text) or matches(second, message, scope, text)
+            return matches(left, message, scope, text) or matches(right, message, scope, text)
         case SearchAnd(keys=keys):
-            return all(matches(k, message, scope, text) for k in sorted(keys, key=_cost))
+            return all(matches(k, message, scope, text) for k in keys)
     assert_never(key)
 
 
@@ -280,6 +317,7 @@ def search(
     `read_message(uid)` / `read_header(uid)` are called only for messages whose evaluation
     needs them; exceptions they raise (e.g. MessageGoneError) propagate to the session.
     """
+    key = plan(key)
     found: list[Candidate] = []
     for seq, info in enumerate(messages, start=1):
         candidate = Candidate(seq, info, info.uid in recent_uids)

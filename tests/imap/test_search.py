@@ -28,7 +28,16 @@ from imap.commands import (
 )
 from imap.mime import to_crlf
 from imap.parser import parse_command
-from imap.search import Candidate, MessageText, Need, Scope, matches, needed, search
+from imap.search import (
+    Candidate,
+    MessageText,
+    Need,
+    Scope,
+    matches,
+    needed,
+    plan,
+    search,
+)
 from imap.sequence import parse_sequence_set
 from tests.imap.test_fetch import DOVECOT_IMAP, FRAGMENTS, run_dovecot
 
@@ -164,6 +173,8 @@ TABLE = [
     ("BODY SECRETWORD", []), ("BODY grüße", [7]), ("BODY needle", [7]),
     ("BODY \"inner topic\"", [7]), ("BODY report", []),
     ("TEXT report", [1]), ("TEXT needle", [7]), ("TEXT carol2", [5]), ("TEXT zzzz", []),
+    # TEXT includes the parts' MIME header fields (RFC 9051 §6.4.4); BODY does not.
+    ("TEXT application/pdf", [5]), ("BODY application/pdf", []),
     ("LARGER 1000", [7]), ("SMALLER 199", [9]), ("SMALLER 200", [1, 9]), ("LARGER 431", [7]),
     ("NOT LARGER 1000", [1, 2, 5, 9]),
     ("BEFORE 15-Oct-2024", [1]), ("ON 15-Oct-2024", [2]), ("SINCE 20-Oct-2024", [5, 7, 9]),
@@ -290,6 +301,14 @@ keys = st.recursive(
 def test_not_is_the_complement(key: SearchKey) -> None:
     inside = set(run(key))
     assert set(run(SearchNot(key))) == set(ALL_UIDS) - inside
+
+
+@given(keys)
+def test_planning_keeps_the_meaning(key: SearchKey) -> None:
+    for seq, info in enumerate(INFOS, start=1):
+        candidate = Candidate(seq, info, info.uid in RECENT)
+        text = MessageText(functools.partial(RAW.__getitem__, info.uid))
+        assert matches(plan(key), candidate, SCOPE, text) == matches(key, candidate, SCOPE, text)
 
 
 @given(keys, keys)

@@ -398,3 +398,62 @@ def _caa(client: DnsClient, cfg: Config, records: Records) -> Finding:
                       "issue certificates for it", publish([caa]) + " (name the CA you use)")
     shown = "; ".join(r.to_text() for r in found)
     return passed("dns.caa", f"{host.rstrip('.')}: CAA at {name.to_text()}: {shown}")
+
+
+# -- DNSBL (only with --network) -----------------------------------------------------------------
+
+# Used when [smtp] dnsbl is empty: widely consulted lists that answer anyone.
+DEFAULT_DNSBLS = ("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")
+
+
+def dnsbl_name(address: str, zone: str) -> str:
+    """RFC 5782 §2.1 (IPv4: octets reversed) and §2.4 (IPv6: nibbles reversed) under `zone`."""
+    rev = dns.reversename.from_address(address).to_text()
+    labels = rev.removesuffix("in-addr.arpa.").removesuffix("ip6.arpa.")
+    return f"{labels}{zone.rstrip('.')}."
+
+
+def check_dnsbl(cfg: Config, resolver_override: str = "") -> list[Finding]:
+    dns_cfg = dataclasses.replace(cfg.dns, resolver=resolver_override or cfg.dns.resolver)
+    client = DnsClient(make_resolver(dns_cfg))
+    lists = list(cfg.smtp.dnsbl) or list(DEFAULT_DNSBLS)
+    addresses = [a for a in (cfg.server.ipv4, cfg.server.ipv6) if a]
+    if not addresses:
+        return [skipped("network.dnsbl", "no server.ipv4 or server.ipv6 in the config")]
+    out: list[Finding] = []
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if ip.is_private or ip.is_loopback or ip.is_link_local:
+            out.append(skipped("network.dnsbl", f"{address} is not a public address: no "
+                               "blocklist lists it"))
+            continue
+        listed: list[str] = []
+        unknown: list[str] = []
+        for zone in lists:
+            try:
+                answers = [r.address for r in client.lookup(dnsbl_name(address, zone), "A")]
+            except DnsTempError as exc:
+                unknown.append(f"{zone} ({exc})")
+                continue
+            # RFC 5782 §2.1: 127.0.0.2 and up mean listed; Spamhaus answers 127.255.255.x
+            # when it refuses the query (e.g. through a public resolver): that says nothing.
+            codes = [a for a in answers if a.startswith("127.") and
+                     not a.startswith("127.255.255.")]
+            if codes:
+                listed.append(f"{zone} ({', '.join(codes)})")
+            elif answers:
+                unknown.append(f"{zone} (refused the query: {', '.join(answers)})")
+        if listed:
+            out.append(failed("network.dnsbl", f"{address} is listed on {'; '.join(listed)}: "
+                              "receivers using these lists refuse our mail",
+                              "find and stop the cause (an open relay, a compromised account, "
+                              "a spamming script), then request removal on each list's web "
+                              "site"))
+        elif len(unknown) == len(lists):
+            out.append(skipped("network.dnsbl", f"{address}: no list could be asked: "
+                               f"{'; '.join(unknown)}"))
+        else:
+            asked = len(lists) - len(unknown)
+            out.append(passed("network.dnsbl", f"{address} is on none of {asked} blocklist(s)"
+                              + (f" (not asked: {'; '.join(unknown)})" if unknown else "")))
+    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import os
 import secrets
 import shutil
 import smtplib
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from pathlib import Path
 
 from delivery.store import UnknownUserError
 from mailstack.checks import Finding, failed, passed, skipped, warned
@@ -67,6 +69,16 @@ def remove_stale_probes(dep: Deployment, now: float | None = None) -> list[str]:
     return removed
 
 
+def _match_owner(dep: Deployment, top: Path) -> None:
+    """`sudo mailstack check` on a deployment owned by the service user: give the probe's
+    Maildir to that user, or serve could not deliver into it."""
+    owner = dep.paths.root.stat()
+    if os.geteuid() != 0 or owner.st_uid == 0:
+        return
+    for path in [top, *top.rglob("*")]:
+        os.lchown(path, owner.st_uid, owner.st_gid)
+
+
 @contextlib.contextmanager
 def probe_mailbox(dep: Deployment, domain: str) -> Iterator[Probe]:
     remove_stale_probes(dep)
@@ -77,6 +89,7 @@ def probe_mailbox(dep: Deployment, domain: str) -> Iterator[Probe]:
     dep.accounts.add_user(address, password, quota_bytes=PROBE_QUOTA_BYTES)
     try:
         dep.store.create_account(address)
+        _match_owner(dep, domain_dir if created_domain_dir else dep.paths.maildir(address))
         yield Probe(address, password)
     finally:
         _remove(dep, address, created_domain_dir)

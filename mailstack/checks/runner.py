@@ -93,7 +93,7 @@ def _run_groups(cfg: Config, paths: StatePaths, dep: Deployment,
     if options.wants("imap") or options.wants("e2e"):
         out += _guard("probe", lambda: _with_probe(dep, domains[0], options))
     if options.wants("network"):
-        out += _network(options)
+        out += _network(cfg, options)
     return out
 
 
@@ -120,16 +120,16 @@ def _with_probe(dep: Deployment, domain: str, options: CheckOptions) -> list[Fin
     return out
 
 
-def _network(options: CheckOptions) -> list[Finding]:
+def _network(cfg: Config, options: CheckOptions) -> list[Finding]:
     if not options.network:
         reason = "needs the Internet; run `mailstack check --network` to include it"
         return skip_group("network", reason)
-    # Deviation from the issue text: an honest answer to both needs a vantage point outside
-    # this network (a DNSBL queried from here may answer for the resolver's address, not ours,
-    # and a connection from this host to its own address never leaves it).
-    return [
-        skipped("network.dnsbl", "not implemented in this version: look the addresses up at "
-                "https://multirbl.valli.org/ (or with `dig` against each list)"),
-        skipped("network.port25", "cannot be tested from this host: from another network, "
-                "run `swaks --to postmaster@DOMAIN --server HOSTNAME`"),
-    ]
+    from mailstack.checks.dns import check_dnsbl
+
+    out = _guard("network", lambda: check_dnsbl(cfg, options.resolver))
+    # A connection from this host to its own address never leaves it: whether port 25 is
+    # reachable from the Internet can only be seen from outside.
+    out.append(skipped("network.port25", "cannot be tested from this host: from another "
+                       "network, run `swaks --to postmaster@DOMAIN --server HOSTNAME`, or "
+                       "`nc -vz HOSTNAME 25`"))
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -65,7 +66,8 @@ def test_nothing_running_fails_and_still_cleans_up(tmp_path: Path) -> None:
 class AcceptEverything:
     """A foreign MTA misconfigured as an open relay: every RCPT gets 250."""
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any,  # noqa: N802
+                          address: str, rcpt_options: list[str]) -> str:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

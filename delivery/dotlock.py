@@ -8,13 +8,15 @@ Maildir at the same time.
 
 Threads of one process first serialise on a `threading.Lock` per path, so only one thread per
 process polls the file system. A lock older than `stale_s` is taken over, as Dovecot does: its
-owner crashed (Dovecot's uidlist lock: MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT = 2 minutes).
+owner crashed (Dovecot's uidlist lock: MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT = 2 minutes); a lock
+that names a mailstack process of this host that no longer exists is taken over at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ from mailstack.fsutil import fsync_dir
 
 STALE_S = 120.0  # Dovecot's uidlist dotlock stale timeout (maildir-uidlist.c)
 TIMEOUT_S = 60.0  # how long we wait for a live lock before giving up with an error
+
+_HOST = socket.gethostname().replace(" ", "_") or "localhost"
 
 _registry_lock = threading.Lock()
 _thread_locks: dict[str, threading.Lock] = {}
@@ -72,17 +76,20 @@ class DotLock:
         while True:
             try:
                 self._fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(self._fd, f"mailstack {os.getpid()} {_HOST}\n".encode())
                 return
             except FileExistsError:
                 pass
             try:
-                age_s = time.time() - self.lock_path.stat().st_mtime
+                st = self.lock_path.stat()
             except FileNotFoundError:
                 continue  # released meanwhile: try again at once
-            if age_s > self._stale_s:
+            if time.time() - st.st_mtime > self._stale_s or self._owner_is_dead():
                 # The owner died holding it; Dovecot overrides stale dotlocks the same way.
+                # Unlink only the lock we judged (same inode): not one taken meanwhile.
                 with contextlib.suppress(FileNotFoundError):
-                    self.lock_path.unlink()
+                    if self.lock_path.stat().st_ino == st.st_ino:
+                        self.lock_path.unlink()
                 continue
             if time.monotonic() > deadline:
                 raise LockTimeoutError(f"timed out waiting for {self.lock_path}")
@@ -90,6 +97,28 @@ class DotLock:
             # backoff (Dovecot polls too).
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.05)
+
+    def _owner_is_dead(self) -> bool:
+        """A lock of ours whose process on this host is gone.
+
+        Locks we hold say "mailstack <pid> <host>" (replace() overwrites that with content), so
+        a waiter on this host can tell at once that the owner crashed instead of waiting out
+        the stale timeout.
+        """
+        try:
+            text = self.lock_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+        fields = text.split()
+        if len(fields) != 3 or fields[0] != "mailstack" or fields[2] != _HOST:
+            return False  # Dovecot's or unreadable: only the stale timeout applies
+        try:
+            os.kill(int(fields[1]), 0)
+        except ProcessLookupError:
+            return True
+        except (ValueError, PermissionError):
+            return False
+        return False
 
     @property
     def is_held(self) -> bool:
@@ -101,6 +130,8 @@ class DotLock:
             raise RuntimeError("replace() without holding the lock")
         fd, self._fd = self._fd, None
         try:
+            os.ftruncate(fd, 0)  # drop our owner line
+            os.lseek(fd, 0, os.SEEK_SET)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -579,12 +579,19 @@ class MaildirStore:
         index = self._index(root, fdir)
         written: list[_Written] = []
         sources: list[tuple[int, frozenset[str]]] = []
+        if quota_bytes > 0:
+            # Checked before taking the folder lock: a recount takes the quota lock
+            # exclusively, which must never happen under a folder lock (see module docstring).
+            with index.locked():
+                index.sync()
+                by_uid = index.entries_by_uid()
+                adding = sum(by_uid[u].disk_size for u in dict.fromkeys(uids) if u in by_uid)
+            self._check_quota(user, root, quota_bytes, adding)
         try:
             with index.locked():
                 index.sync()
                 by_uid = index.entries_by_uid()
                 chosen = [by_uid[u] for u in dict.fromkeys(uids) if u in by_uid]
-                self._check_quota(user, root, quota_bytes, sum(e.disk_size for e in chosen))
                 for entry in chosen:
                     written.append(self._link_tmp(user, root, dest_name, dest_dir, fdir, entry))
                     sources.append((entry.uid, entry.info.flags))

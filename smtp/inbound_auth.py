@@ -18,8 +18,9 @@ DNS: every lookup goes to the resolver in `[dns] resolver` (else the system's), 
 `dns.timeout_s` per lookup. A lookup that fails (SERVFAIL, REFUSED, timeout) is not an answer:
 when it could change the outcome the message is deferred with `451 4.4.3` rather than given a
 verdict that may be wrong (RFC 7489 §6.6.2, RFC 7208 §2.6.6 temperror). pyspf and dkimpy are
-blocking libraries; all of this runs in a worker thread (`asyncio.to_thread`), never on the
-event loop, and the whole evaluation is bounded by `EVALUATION_TIMEOUT_FACTOR * timeout_s`.
+blocking libraries; all of this runs in worker threads of a pool of its own (so slow DNS
+cannot starve the default executor that Maildir delivery uses), never on the event loop,
+and the whole evaluation is bounded by `EVALUATION_TIMEOUT_FACTOR * timeout_s`.
 
 pyspf has no per-query resolver parameter: it calls its module-level `spf.DNSLookup`. We
 replace that once with a dispatcher that uses the resolver of the evaluation running in the
@@ -30,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import ipaddress
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +70,9 @@ MAX_SIGNATURES = 5
 # The whole evaluation (SPF may take up to 10 + 2 void lookups, RFC 7208 §4.6.4; DKIM one per
 # signature; DMARC two) gets this many per-lookup timeouts before we defer the message.
 EVALUATION_TIMEOUT_FACTOR = 6
+# Messages checked at once; more wait their turn. Each check mostly waits on DNS, so this is
+# about bounding sockets and memory, not CPU.
+MAX_PARALLEL_CHECKS = 16
 # dkimpy's default minimum RSA key size; RFC 8301 §3.2: verifiers MUST NOT accept < 1024.
 DKIM_MIN_KEY_BITS = 1024
 
@@ -323,6 +329,14 @@ def evaluate(client: DnsClient, session: SessionInfo, envelope: EnvelopeInfo,
     return result
 
 
+def strip_and_evaluate(client: DnsClient, authserv_id: str, session: SessionInfo,
+                       envelope: EnvelopeInfo, message: bytes, *,
+                       sample: float) -> tuple[bytes, int, Evaluation]:
+    """Remove forged results, then evaluate (blocking; copies up to a whole message)."""
+    stripped, removed = strip_forged(message, authserv_id)
+    return stripped, removed, evaluate(client, session, envelope, stripped, sample=sample)
+
+
 def results_for_header(ev: Evaluation) -> list[MethodResult]:
     # RFC 8601 §2.7.2: smtp.mailfrom carries the MAIL FROM address, smtp.helo the HELO name.
     spf_prop = "smtp.mailfrom" if ev.spf.identity == "mailfrom" else "smtp.helo"
@@ -375,24 +389,31 @@ class InboundVerifier:
         self.timeout_s = config.dns.timeout_s * EVALUATION_TIMEOUT_FACTOR
         # pct= sampling (RFC 7489 §6.6.4) is a random draw; not for security, so `random`.
         self._sample = sample or random.random
+        self._executor = ThreadPoolExecutor(MAX_PARALLEL_CHECKS,
+                                            thread_name_prefix="inbound-auth")
+
+    def close(self) -> None:
+        """Let the worker threads go (checks still running finish on their own)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, session: SessionInfo, envelope: EnvelopeInfo,
                        message: bytes) -> Verdict:
         if session.authenticated_as or not self.config.smtp.verify_inbound:
             return DELIVER  # our own users' submissions are not inbound mail
-        stripped, removed = strip_forged(message, self.authserv_id)
-        if removed:
-            log.info("%s: removed %d forged Authentication-Results claiming %s",
-                     session.connection_id, removed, self.authserv_id)
         try:
-            ev = await asyncio.wait_for(
-                asyncio.to_thread(evaluate, self.client, session, envelope, stripped,
-                                  sample=self._sample()),
+            stripped, removed, ev = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(
+                    self._executor, functools.partial(
+                        strip_and_evaluate, self.client, self.authserv_id, session, envelope,
+                        message, sample=self._sample())),
                 self.timeout_s)
         except TimeoutError:
             log.warning("%s: sender checks took over %.0fs; deferring",
                         session.connection_id, self.timeout_s)
             return Verdict(Disposition.TEMPFAIL, reply=DNS_TEMPFAIL)
+        if removed:
+            log.info("%s: removed %d forged Authentication-Results claiming %s",
+                     session.connection_id, removed, self.authserv_id)
         disposition, reply = decide(ev, reject_to_junk=self.config.smtp.dmarc_reject_to_junk)
         header = format_header(self.authserv_id, results_for_header(ev))
         log.info("%s: spf=%s dkim=%s dmarc=%s -> %s", session.connection_id, ev.spf.result,

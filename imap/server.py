@@ -107,10 +107,11 @@ async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
             await write(response.bye("autologout: idle for too long"))
     except (ConnectionError, OSError) as exc:
         log.debug("[%s] connection lost: %s", conn_id, exc)
-    except asyncio.CancelledError:  # server shutting down
+    except asyncio.CancelledError:
+        # The server is shutting down. This task is the connection's top level: ending it
+        # normally (not as cancelled) keeps asyncio from logging the cancellation as an error.
         with contextlib.suppress(Exception):
             writer.write(response.bye("server shutting down"))
-        raise
     except Exception:  # a bug: log it, and keep the server up
         log.exception("[%s] unexpected error", conn_id)
         with contextlib.suppress(Exception):

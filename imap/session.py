@@ -155,10 +155,7 @@ def is_loopback(ip: str) -> bool:
 
 
 def _flags_of(info: MessageInfo, recent: set[int]) -> bytes:
-    flags = sorted(info.flags)
-    if info.uid in recent:
-        flags.append(RECENT)
-    return response.flag_list(flags)
+    return response.flag_list(sorted(info.flags | {RECENT} if info.uid in recent else info.flags))
 
 
 class Session:
@@ -588,9 +585,11 @@ class Session:
                     continue
             if "SPECIAL-USE" in selection and folder.special_use is None:
                 continue
-            attrs = ["\\HasChildren" if folder.has_children else "\\HasNoChildren"]
-            if folder.special_use is not None:
-                attrs.append(str(folder.special_use))
+            attrs = []
+            if not lsub:  # LSUB predates CHILDREN and SPECIAL-USE; Dovecot sends neither
+                attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
+                if folder.special_use is not None:
+                    attrs.append(str(folder.special_use))
             if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed and not lsub:
                 attrs.append("\\Subscribed")
             kind = b"LSUB" if lsub else b"LIST"
@@ -801,6 +800,10 @@ class Session:
                 self.ctx.store.store_flags, self._require_user(), sel.name,
                 [m.uid for _, m in targets], flags, command.mode)
         self._update_flags(changed)
+        new_keywords = [f for f in flags if not f.startswith("\\") and f not in sel.keywords]
+        if new_keywords and changed:  # RFC 9051 §7.3.5: FLAGS grows with new keywords
+            sel.keywords = (*sel.keywords, *dict.fromkeys(new_keywords))
+            await write(self._flags_response(sel.keywords))
         if not command.silent:
             out = []
             for seq, m in targets:

@@ -7,9 +7,9 @@
 clients (imaplib, imapclient, mbsync) directly; `stop()` and a new thread on the same
 deployment is a server restart.
 
-Use the fixtures by importing them into a test module:
-
-    from tests.support.imapserver import imap_deployment, imap_server  # noqa: F401
+Use `make_deployment` + `running_server` in your own fixtures, or register this module's
+`imap_deployment`/`imap_server` fixtures with `pytest_plugins = ("tests.support.imapserver",)`
+in a conftest (then import nothing else from it in test modules, or pytest cannot rewrite it).
 """
 
 from __future__ import annotations
@@ -174,6 +174,16 @@ class ImapServerThread:
 HOSTNAME_IP = "127.0.0.1"  # the certificate carries 127.0.0.1 as a SAN
 
 
+@contextlib.contextmanager
+def running_server(deployment: ImapDeployment) -> Iterator[ImapServerThread]:
+    """A started server for the `with` block; stopped (connections cancelled) after it."""
+    server = ImapServerThread(deployment).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def imap_deployment(tmp_path: Path) -> ImapDeployment:
     return make_deployment(tmp_path / "state")
@@ -181,8 +191,5 @@ def imap_deployment(tmp_path: Path) -> ImapDeployment:
 
 @pytest.fixture
 def imap_server(imap_deployment: ImapDeployment) -> Iterator[ImapServerThread]:
-    server = ImapServerThread(imap_deployment).start()
-    try:
+    with running_server(imap_deployment) as server:
         yield server
-    finally:
-        server.stop()

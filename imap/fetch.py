@@ -75,6 +75,7 @@ MISSING_DOMAIN = "MISSING_DOMAIN"
 
 # RFC 5322 §3.2.3 specials that structure an address list (others are kept as text).
 _SPECIALS = frozenset('<>@,;:.')
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
 _ATOM_STOP = frozenset('<>@,;:."()[] \t\r\n\\')
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]+"  # RFC 5322 §3.2.3, RFC 6532 §3.2
 _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
@@ -150,7 +151,7 @@ def _phrase(tokens: list[_Token]) -> str | None:
         if out and t.space_before:
             out.append(" ")
         out.append(t.text)
-    return "".join(out).strip() or None
+    return _WSP_RUN.sub(" ", "".join(out)).strip() or None
 
 
 def _local_part(tokens: list[_Token]) -> str:
@@ -258,6 +259,13 @@ def envelope(message: Entity) -> Value:
     return _wire(_envelope(message))
 
 
+def _subject(message: Entity) -> str | None:
+    subject = message.header_text("Subject")
+    # Folding white space collapses to one space, as Dovecot shows subjects (RFC 5322 §3.2.2
+    # makes runs of WSP semantically one space).
+    return None if subject is None else _WSP_RUN.sub(" ", subject)
+
+
 def _envelope(message: Entity) -> Value:
     from_ = parse_addresses(message.header_text("From"))
     # "If the Sender or Reply-To lines are absent in the [RFC-2822] header, or are present
@@ -267,7 +275,7 @@ def _envelope(message: Entity) -> Value:
     reply_to = parse_addresses(message.header_text("Reply-To")) or from_
     return (
         message.header_text("Date"),
-        message.header_text("Subject"),
+        _subject(message),
         from_,
         sender,
         reply_to,

@@ -3,8 +3,8 @@
 Layout and names: delivery/layout.py. UIDs: `dovecot-uidlist` (delivery/uidmap.py), kept per
 folder by delivery/index.py under Dovecot's `dovecot-uidlist.lock`. Flags and keywords: the
 ":2," info letters and `dovecot-keywords` (delivery/keywords.py). Quota: `maildirsize`
-(delivery/quota.py). UIDVALIDITY: Dovecot's `dovecot-uidvalidity` allocator in the root, so a
-folder re-created under an old name never reuses a UIDVALIDITY (RFC 9051 §2.3.1.1).
+(delivery/quota.py, which explains the choice). Folders, subscriptions, UIDVALIDITY and
+special use: delivery/folders.py.
 
 Writing a message (cr.yp.to/proto/maildir.html): write tmp/<unique>, fsync, rename into new/
 (or cur/ when it carries flags), give it its UID in the uidlist, fsync the directory; only then
@@ -34,14 +34,13 @@ import secrets
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from delivery import quota
-from delivery.dotlock import DotLock
+from delivery import folders, quota
 from delivery.events import EventHub
+from delivery.folders import DIR_MODE, SUBSCRIPTIONS
 from delivery.index import FILE_MODE, Entry, FolderIndex
 from delivery.keywords import (
     canonical_flag,
@@ -53,11 +52,8 @@ from delivery.keywords import (
 from delivery.layout import (
     crlf_size,
     folder_dir_name,
-    folder_from_dir_name,
     normalize_folder,
     parent_folders,
-    parse_subscriptions,
-    serialize_subscriptions,
     to_lf,
     unique_name,
 )
@@ -79,14 +75,8 @@ from delivery.store import (
     StoreError,
     UnknownUserError,
 )
-from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.fsutil import fsync_dir
 from mailstack.paths import StatePaths
-
-DIR_MODE = 0o700
-SUBSCRIPTIONS = "subscriptions"
-UIDVALIDITY = "dovecot-uidvalidity"
-SPECIAL_USE = "mailstack-special-use"  # our file: special use of a folder not in DEFAULT_FOLDERS
-MAILDIRFOLDER = "maildirfolder"  # Maildir++: marks a folder directory (Dovecot creates it)
 
 
 class FolderHasChildrenError(StoreError):
@@ -150,7 +140,7 @@ class MaildirStore:
         with self._indexes_lock:
             index = self._indexes.get(fdir)
             if index is None:
-                index = FolderIndex(fdir, lambda: _next_uid_validity(root))
+                index = FolderIndex(fdir, lambda: folders.next_uid_validity(root))
                 self._indexes[fdir] = index
             return index
 
@@ -181,7 +171,7 @@ class MaildirStore:
             with contextlib.suppress(FolderExistsError):
                 self.create_folder(user, folder, use)
         if is_new or not (root / SUBSCRIPTIONS).exists():
-            self._change_subscriptions(root, add=[INBOX, *DEFAULT_FOLDERS], remove=[])
+            folders.change_subscriptions(root, add=[INBOX, *DEFAULT_FOLDERS], remove=[])
         quota.recalculate(root)
         fsync_dir(root)
 
@@ -337,38 +327,21 @@ class MaildirStore:
     # -- folders -------------------------------------------------------------------------------
     def list_folders(self, user: str) -> list[FolderInfo]:
         root = self._root(user)
-        real = {INBOX}
-        with os.scandir(root) as entries:
-            for entry in entries:
-                name = folder_from_dir_name(entry.name)
-                if name and name != INBOX and (root / entry.name / "cur").is_dir():
-                    real.add(name)
+        real = folders.folder_names(root)
         # Parents that exist only as a prefix ("A" of "A.B" made by Dovecot or a script).
         implied = {p for name in real for p in parent_folders(name)} - real
-        subscribed = set(self._subscriptions(root))
+        subscribed = set(folders.read_subscriptions(root))
         names = sorted(real | implied, key=lambda n: (n != INBOX, n))
         return [
             FolderInfo(
                 name=name,
-                special_use=self._special_use(root, name) if name in real else None,
+                special_use=folders.read_special_use(root, name) if name in real else None,
                 subscribed=name in subscribed,
                 has_children=any(o.startswith(name + HIERARCHY_DELIMITER) for o in names),
                 is_selectable=name in real,
             )
             for name in names
         ]
-
-    def _special_use(self, root: Path, name: str) -> SpecialUse | None:
-        if name == INBOX:
-            return None
-        try:
-            text = (root / folder_dir_name(name) / SPECIAL_USE).read_text().strip()
-        except FileNotFoundError:
-            return DEFAULT_FOLDERS.get(name)
-        try:
-            return SpecialUse(text)
-        except ValueError:
-            return DEFAULT_FOLDERS.get(name)
 
     def create_folder(self, user: str, folder: str, special_use: SpecialUse | None = None) -> None:
         root = self._root(user)
@@ -384,28 +357,7 @@ class MaildirStore:
         self._publish(user, name)
 
     def _create_one(self, root: Path, name: str, special_use: SpecialUse | None) -> None:
-        final = root / folder_dir_name(name)
-        if (final / "cur").is_dir():
-            raise FolderExistsError(f"folder {name!r} exists")
-        # Built in tmp/ and renamed into place: nobody sees a folder without cur/new/tmp.
-        staging = root / "tmp" / f".mkfolder.{secrets.token_hex(8)}"
-        staging.mkdir(mode=DIR_MODE)
-        try:
-            for sub in ("tmp", "new", "cur"):
-                (staging / sub).mkdir(mode=DIR_MODE)
-            (staging / MAILDIRFOLDER).touch(mode=FILE_MODE)
-            if special_use is not None and DEFAULT_FOLDERS.get(name) != special_use:
-                atomic_write(staging / SPECIAL_USE, f"{special_use}\n", mode=FILE_MODE)
-            with FolderIndex(staging, lambda: _next_uid_validity(root)).locked() as index:
-                index.sync()  # the uidlist, with a fresh UIDVALIDITY
-            try:
-                os.rename(staging, final)
-            except OSError as exc:  # ENOTEMPTY/EEXIST: someone created it meanwhile
-                raise FolderExistsError(f"folder {name!r} exists") from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        fsync_dir(root)
+        final = folders.build_folder(root, name, special_use)
         self._forget_indexes(final)
 
     def delete_folder(self, user: str, folder: str) -> None:
@@ -463,7 +415,8 @@ class MaildirStore:
             src_index.sync()
             entries = src_index.entries()
             keywords = src_index.keywords
-            with dest_index.locked():  # the new folder is invisible to others: no lock cycle
+            # The only place holding two folder locks, always INBOX first: no cycle possible.
+            with dest_index.locked():
                 dest_index.sync()
                 dest_index.set_keywords(keywords)  # letters keep their meaning
                 for entry in entries:
@@ -475,26 +428,13 @@ class MaildirStore:
             src_index.removed(e.info.key for e in entries)
         self._publish(user, INBOX, new_name)
 
-    # -- subscriptions -------------------------------------------------------------------------
-    def _subscriptions(self, root: Path) -> list[str]:
-        try:
-            return parse_subscriptions((root / SUBSCRIPTIONS).read_bytes())
-        except FileNotFoundError:
-            return []
-
-    def _change_subscriptions(self, root: Path, add: list[str], remove: list[str]) -> None:
-        with DotLock(root / SUBSCRIPTIONS) as lock:  # Dovecot's subscriptions.lock
-            names = [n for n in self._subscriptions(root) if n not in remove]
-            names += [n for n in add if n not in names]
-            lock.replace(serialize_subscriptions(names))
-
     def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
         root = self._root(user)
         name = normalize_folder(folder)  # RFC 9051 §6.3.7: may name a folder that doesn't exist
         if subscribed:
-            self._change_subscriptions(root, add=[name], remove=[])
+            folders.change_subscriptions(root, add=[name], remove=[])
         else:
-            self._change_subscriptions(root, add=[], remove=[name])
+            folders.change_subscriptions(root, add=[], remove=[name])
 
     # -- reading and changing messages ---------------------------------------------------------
     def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:
@@ -665,37 +605,3 @@ def _storable(flags: Iterable[str]) -> frozenset[str]:
         if canonical is not None:
             out.add(canonical)
     return frozenset(out)
-
-
-def _next_uid_validity(root: Path) -> int:
-    """Dovecot's allocator (mailbox-uidvalidity.c): `dovecot-uidvalidity` holds the last value
-    in hex; the empty marker `dovecot-uidvalidity.<hex>` is renamed to the next value, and the
-    rename's atomicity makes concurrent allocations distinct, across processes too."""
-    path = root / UIDVALIDITY
-    for _ in range(10):
-        markers = [
-            int(n.rsplit(".", 1)[1], 16)
-            for n in os.listdir(root)
-            if n.startswith(UIDVALIDITY + ".") and _is_hex(n.rsplit(".", 1)[1])
-        ]
-        if not markers:
-            value = int(time.time())
-            try:
-                fd = os.open(f"{path}.{value:08x}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-            except FileExistsError:
-                continue
-            os.close(fd)
-        else:
-            current = max(markers)
-            try:
-                os.rename(f"{path}.{current:08x}", f"{path}.{current + 1:08x}")
-            except FileNotFoundError:
-                continue  # another allocator won this value; take the next one
-            value = current + 1
-        atomic_write(path, f"{value:08x}", mode=FILE_MODE)
-        return value
-    raise StoreError(f"{path}: could not allocate a UIDVALIDITY")
-
-
-def _is_hex(text: str) -> bool:
-    return bool(text) and all(c in "0123456789abcdefABCDEF" for c in text)

@@ -183,7 +183,18 @@ def _mailbox(tokens: list[_Token]) -> Value:
     if opening is None:
         # addr-spec, possibly with the obsolete "(Real Name)" comment as the name.
         name = next((t.text.strip() for t in tokens if t.kind == "comment"), None) or None
-        mailbox, host = _addr_spec(tokens)
+        words = [t for t in tokens if t.kind != "comment"]
+        at = max((i for i, t in enumerate(words) if t.kind == "special" and t.text == "@"),
+                 default=len(words))
+        start = at - 1
+        while start > 0 and not words[start].space_before:
+            start -= 1
+        if start > 0:
+            # "Some Name a@b" without angle brackets: the words before the local part
+            # (which holds no white space) are a display name, as clients show it.
+            name = name or _phrase(words[:start])
+            words = words[start:]
+        mailbox, host = _addr_spec(words)
         return (name, None, mailbox, host)
     closing = next((i for i in range(opening + 1, len(tokens))
                     if tokens[i].kind == "special" and tokens[i].text == ">"), len(tokens))

@@ -445,6 +445,14 @@ def test_envelope_of_message_rfc822_part_and_groups() -> None:
     pytest.param("=?utf-8?q?J=C3=B6rg?= <j@x.test>",
                  (("=?utf-8?q?J=C3=B6rg?=", None, "j", "x.test"),), id="encoded-word-kept"),
     pytest.param("nobody", ((None, None, "nobody", MISSING_DOMAIN),), id="no-domain"),
+    pytest.param("multi word name a@b.test", (("multi word name", None, "a", "b.test"),),
+                 id="name-without-brackets"),
+    pytest.param("group: ; other@x.test", (
+        (None, None, "group", None), (None, None, None, None), (None, None, "other", "x.test")),
+        id="address-after-empty-group"),
+    pytest.param("a@b.test, , c@d.test", ((None, None, "a", "b.test"), (None, None, "c", "d.test")),
+                 id="empty-member"),
+    pytest.param('"A  \t B" <a@b.test>', (("A B", None, "a", "b.test"),), id="name-white-space"),
     pytest.param("", None, id="empty"),
     pytest.param(" , ,", None, id="only-commas"),
 ])

@@ -84,7 +84,8 @@ def make_deployment(root: Path, **imap: Any) -> ImapDeployment:
     root.mkdir(parents=True, exist_ok=True)
     paths.tls_dir.mkdir(exist_ok=True)
     ca = trustme.CA()
-    cert = ca.issue_cert(HOSTNAME, "127.0.0.1", "localhost")
+    # CN "localhost": offlineimap checks only the commonName; clients connect to "localhost".
+    cert = ca.issue_cert(HOSTNAME, "127.0.0.1", "localhost", common_name="localhost")
     cert.private_key_pem.write_to_path(str(paths.tls_key))
     paths.tls_cert.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     ca.cert_pem.write_to_path(str(paths.ca_cert))

@@ -10,11 +10,15 @@ no database), so it needs no root and touches nothing system-wide. Readiness is 
 querying the SOA of every zone with dnspython until nsd answers it authoritatively; stopping
 sends SIGTERM to the PID we started (nsd's main process, which takes its children with it).
 
-Usage from a test or a conftest (import the fixture by name so pytest sees it):
+Usage from a test module or a conftest (bind the fixture to a module-level name so pytest
+sees it; an assignment rather than an import keeps ruff's F811 quiet about the parameter):
 
-    from tests.support.nsd import nsd_server  # noqa: F401
+    from tests.support import nsd
+    from tests.support.nsd import NsdFactory
 
-    def test_something(nsd_server):
+    nsd_server = nsd.nsd_server
+
+    def test_something(nsd_server: NsdFactory) -> None:
         host, port = nsd_server({"example.com": ZONE_TEXT})
         ...
         nsd_server.stop()  # optional: e.g. to test what happens when DNS goes away

@@ -1,8 +1,8 @@
 """FETCH data derived from message bytes: ENVELOPE, BODY/BODYSTRUCTURE, BODY[...], BINARY[...].
 
-RFC 3501 §6.4.5 and §7.4.2, RFC 9051 §6.4.5 and §7.5.2 (message/global is encapsulated like
-message/rfc822), RFC 3516 (BINARY). `imap/mime.py` finds the parts; this module turns them
-into FETCH values. Pure: no I/O; nothing here raises on any message bytes.
+RFC 3501 §6.4.5 and §7.4.2, RFC 9051 §6.4.5 and §7.5.2, RFC 3516 (BINARY). `imap/mime.py`
+finds the parts; this module turns them into FETCH values. Pure: no I/O; nothing here raises
+on any message bytes.
 
 The value tree (rendered by `imap/response.py`, the only place that quotes or makes literals):
 
@@ -47,6 +47,7 @@ from imap.mime import (
     find_part,
     parse_disposition,
     parse_message,
+    strip_comments,
     to_crlf,
 )
 
@@ -359,7 +360,7 @@ def _body(data: bytes, part: Entity, extensible: bool) -> Value:
         _params(params),
         part.header_text("Content-ID"),
         part.header_text("Content-Description"),
-        encoding.strip() if encoding and encoding.strip() else "7bit",
+        (strip_comments(encoding).strip() if encoding else "") or "7bit",
         len(body),
     )
     if part.message is not None:

@@ -87,8 +87,8 @@ class Entity:
 
     `data[start:body_start]` is its header including the blank line (the MIME header for a
     body part), `data[body_start:end]` its body. `children` are the parts of a multipart;
-    `message` is the encapsulated message of a message/rfc822 (or RFC 6532 message/global)
-    part. At most one of the two is non-empty.
+    `message` is the encapsulated message of a message/rfc822 part. At most one of the two
+    is non-empty.
     """
 
     start: int
@@ -117,7 +117,7 @@ class Entity:
     def transfer_encoding(self) -> str:
         """Content-Transfer-Encoding, lower-case, "7bit" when absent (RFC 2045 §6.1)."""
         value = self.header_text("Content-Transfer-Encoding")
-        return (_strip_comments(value).strip().lower() if value else "") or "7bit"
+        return (strip_comments(value).strip().lower() if value else "") or "7bit"
 
 
 @dataclass
@@ -170,7 +170,7 @@ def parse_header(data: bytes, start: int, end: int) -> tuple[tuple[HeaderField, 
     return tuple(fields), end
 
 
-def _strip_comments(text: str) -> str:
+def strip_comments(text: str) -> str:
     """Remove RFC 5322 §3.2.2 comments (nested parentheses), leaving quoted strings alone."""
     out: list[str] = []
     depth = 0
@@ -282,7 +282,7 @@ def parse_content_type(value: str | None, default: ContentType = DEFAULT_TYPE) -
     """Content-Type value -> ContentType; `default` when absent or not `type/subtype`."""
     if value is None:
         return default
-    pieces = _split_unquoted(_strip_comments(value), ";")
+    pieces = _split_unquoted(strip_comments(value), ";")
     maintype, slash, subtype = pieces[0].strip().partition("/")
     maintype, subtype = maintype.strip(), subtype.strip()
     if not slash or not _TOKEN.match(maintype) or not _TOKEN.match(subtype):
@@ -295,7 +295,7 @@ def parse_disposition(value: str | None) -> ContentType | None:
     """Content-Disposition (RFC 2183) -> ContentType(disposition, "", params), or None."""
     if value is None:
         return None
-    pieces = _split_unquoted(_strip_comments(value), ";")
+    pieces = _split_unquoted(strip_comments(value), ";")
     kind = pieces[0].strip()
     if not kind:
         return None
@@ -364,7 +364,10 @@ def _entity(
         if not children:
             children.append(Entity(body_start, body_start, end, (), DEFAULT_TYPE))
         return Entity(start, body_start, end, fields, ctype, tuple(children))
-    if main == "message" and ctype.subtype.lower() in ("rfc822", "global") and may_nest:
+    # Deviation from RFC 9051 §7.5.2, which also encapsulates message/global: IMAP4rev1's
+    # grammar only knows MESSAGE/RFC822, and a rev1 client would misread an envelope after
+    # "message" "global"; Dovecot 2.3 keeps it a leaf too.
+    if main == "message" and ctype.subtype.lower() == "rfc822" and may_nest:
         message = _entity(data, body_start, end, DEFAULT_TYPE, depth + 1, budget)
         return Entity(start, body_start, end, fields, ctype, message=message)
     return Entity(start, body_start, end, fields, ctype)

@@ -491,7 +491,7 @@ def test_bodystructure_fields_of_an_attachment() -> None:
 def test_message_global_is_a_leaf_and_encoding_comments_go() -> None:
     # IMAP4rev1 clients only expect an envelope after MESSAGE/RFC822 (Dovecot 2.3 agrees).
     msg = ParsedMessage.parse(b"Content-Type: message/global\n"
-                              b"Content-Transfer-Encoding: 8bit (utf-8 inside)\n\nSubject: x\n\nb\n")
+                              b"Content-Transfer-Encoding: 8bit (utf-8)\n\nSubject: x\n\nb\n")
     assert fetch_item(FetchAttr("BODY"), msg) == (
         "message", "global", None, None, None, "8bit", len(b"Subject: x\r\n\r\nb\r\n"))
 

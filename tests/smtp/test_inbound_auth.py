@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 
@@ -269,3 +270,19 @@ async def test_odd_input_gets_a_verdict_not_an_exception(
     got = results(v)
     assert got["dkim"] == dkim
     assert got["dmarc"] == [dmarc_result]
+
+
+async def test_silent_dns_server_times_out_and_defers(keys: Keys) -> None:
+    # A resolver address that receives queries and never answers: every lookup runs into
+    # dns.timeout_s, which must end in 451 4.4.3, not in a verdict.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        cfg = config_from_dict({
+            "server": {"hostname": HOSTNAME, "domains": ["rcpt.example"]},
+            "dns": {"resolver": f"127.0.0.1:{silent.getsockname()[1]}", "timeout_s": 0.3},
+        })
+        msg = sign(message("alice@example.org"), keys[0], "example.org")
+        v = await verify(cfg, msg, "alice@example.org")
+    assert v.disposition is Disposition.TEMPFAIL
+    assert v.reply is not None
+    assert (v.reply.code, v.reply.enhanced) == (451, "4.4.3")

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 MAX_DEPTH = 100
 MAX_PARTS = 10_000
 
-_NEWLINE = re.compile(rb"\r?\n")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 # RFC 5322 §3.6.8: field-name = 1*ftext, ftext = %d33-57 / %d59-126; RFC 5322 §4.5.3 (obs)
 # allows white space before the colon.
@@ -43,7 +42,8 @@ def to_crlf(data: bytes) -> bytes:
 
     RFC822.SIZE is the length of the result, as `MessageInfo.size` promises.
     """
-    return _NEWLINE.sub(b"\r\n", data)
+    # The same as re.sub(rb"\r?\n", b"\r\n", data), at memchr speed.
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True, slots=True)

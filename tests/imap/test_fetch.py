@@ -939,3 +939,8 @@ def test_generated_messages_match_dovecot() -> None:
                     continue  # BINARY of a composite part: RFC 3516 leaves it open
             ours = fetch_values(b"1 (" + label + b" " + render(fetch_item(attr, msg)) + b")")
             assert ours[label] == theirs[seq][label], (seq, item)
+
+
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"a", b"\r").replace(b"b", b"\n")))
+def test_to_crlf_turns_every_line_end_into_crlf(raw: bytes) -> None:
+    assert to_crlf(raw) == re.sub(rb"\r?\n", b"\r\n", raw)

@@ -23,11 +23,11 @@ Decisions are `smtp.policy`'s and `smtp.handler`'s; this module moves bytes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import re
 import ssl
+import weakref
 from typing import Any
 
 import dns.asyncresolver
@@ -58,6 +58,9 @@ _READ_CHUNK = 256 * 1024
 _BDAT = re.compile(r"^(\d{1,15})(?:[ \t]+(LAST))?[ \t]*$", re.IGNORECASE)
 _COMMAND = re.compile(rb"^[A-Za-z]{1,16}$")
 _DNSBL_TIMEOUT_S = 5.0
+# Each listener's connection bookkeeping, for `open_connections` (shutdown, tests).
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.Server, ConnectionLimiter] = (
+    weakref.WeakKeyDictionary())
 
 
 class MxSMTP(SMTP):
@@ -205,6 +208,8 @@ class MxSMTP(SMTP):
         try:
             await self._serve_session()
         except asyncio.CancelledError:
+            # aiosmtpd cancels us on EOF or a lost connection; the transport is ours to close.
+            self._close()
             raise
         except Exception:  # a bug: say so in the log, never leave a silent dead task
             self._log.exception("session failed")
@@ -612,6 +617,11 @@ async def start_smtp(ctx: ServerContext, host: str, port: int, *,
         return MxSMTP(handler, ctx=ctx, limiter=limiter, resolver=resolver, loop=loop)
 
     server = await loop.create_server(factory, host, port)
-    with contextlib.suppress(Exception):
-        log.debug("smtp listening on %s", [s.getsockname() for s in server.sockets])
+    _LIMITERS[server] = limiter
     return server
+
+
+def open_connections(server: asyncio.Server) -> int:
+    """Sessions of this listener still connected (after `ctx.stopping` they end themselves)."""
+    limiter = _LIMITERS.get(server)
+    return limiter.total if limiter is not None else 0

@@ -15,12 +15,15 @@ Read delivered mail back with stdlib `mailbox.Maildir` (`harness.messages(user)`
 from __future__ import annotations
 
 import asyncio
+import atexit
 import mailbox
+import shutil
 import socket
 import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from mailstack.config import config_from_dict
 from mailstack.context import ServerContext, TlsProvider
 from mailstack.paths import StatePaths
 from mailstack.users import Accounts
-from smtp.server import start_smtp
+from smtp.server import open_connections, start_smtp
 from smtp.verdict import Verifier
 
 HOSTNAME = "mail.example.com"
@@ -41,10 +44,44 @@ SMALL_QUOTA_USER = "dave@example.com"
 SMALL_QUOTA = 4000
 
 
+_TEMPLATE: tuple[Path, trustme.CA] | None = None
+
+
+def _template() -> tuple[Path, trustme.CA]:
+    """Accounts, Maildirs and TLS files made once per test process (argon2 hashing and key
+    generation are slow by design), copied into each test's own directory."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        root = Path(tempfile.mkdtemp(prefix="mailstack-smtp-template-"))
+        atexit.register(shutil.rmtree, root, True)
+        paths = StatePaths(root)
+        accounts = Accounts(paths.users_db)
+        for domain in ("example.com", "example.org"):
+            accounts.add_domain(domain, exist_ok=True)
+        store = MaildirStore(paths, None, hostname=HOSTNAME)
+        for user in USERS:
+            accounts.add_user(user, "pw-" + user)
+            store.create_account(user)
+        accounts.add_user(SMALL_QUOTA_USER, "pw", quota_bytes=SMALL_QUOTA)
+        store.create_account(SMALL_QUOTA_USER)
+        accounts.add_alias("team@example.com", ["alice@example.com", "bob@example.com"])
+        accounts.add_alias("@example.org", ["carol@example.org"])
+        accounts.close()
+        ca = trustme.CA()
+        leaf = ca.issue_cert(HOSTNAME, "127.0.0.1")
+        paths.tls_dir.mkdir()
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(paths.tls_cert))
+        leaf.private_key_pem.write_to_path(str(paths.tls_key))
+        ca.cert_pem.write_to_path(str(paths.ca_cert))
+        _TEMPLATE = (root, ca)
+    return _TEMPLATE
+
+
 def build_context(root: Path, *, smtp: dict[str, Any] | None = None,
                   dns: dict[str, Any] | None = None) -> tuple[ServerContext, trustme.CA]:
     paths = StatePaths(root)
-    root.mkdir(parents=True, exist_ok=True)
+    template, ca = _template()
+    shutil.copytree(template, root, dirs_exist_ok=True)
     config = config_from_dict({
         "server": {"hostname": HOSTNAME, "domains": ["example.com", "example.org"]},
         "listen": {"smtp": ["127.0.0.1:0"], "submission": [], "submissions": [], "imap": [],
@@ -53,23 +90,8 @@ def build_context(root: Path, *, smtp: dict[str, Any] | None = None,
         "dns": dns or {},
     })
     accounts = Accounts(paths.users_db)
-    for domain in config.server.domains:
-        accounts.add_domain(domain, exist_ok=True)
     events = EventHub()
     store = MaildirStore(paths, events, hostname=HOSTNAME)
-    for user in USERS:
-        accounts.add_user(user, "pw-" + user)
-        store.create_account(user)
-    accounts.add_user(SMALL_QUOTA_USER, "pw", quota_bytes=SMALL_QUOTA)
-    store.create_account(SMALL_QUOTA_USER)
-    accounts.add_alias("team@example.com", ["alice@example.com", "bob@example.com"])
-    accounts.add_alias("@example.org", ["carol@example.org"])
-    ca = trustme.CA()
-    leaf = ca.issue_cert(HOSTNAME, "127.0.0.1")
-    paths.tls_dir.mkdir(exist_ok=True)
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(paths.tls_cert))
-    leaf.private_key_pem.write_to_path(str(paths.tls_key))
-    ca.cert_pem.write_to_path(str(paths.ca_cert))
     tls = TlsProvider(paths.tls_cert, paths.tls_key)
     ctx = ServerContext(config=config, paths=paths, accounts=accounts, store=store,
                         events=events, tls=tls)
@@ -81,6 +103,7 @@ class SmtpHarness:
     ctx: ServerContext
     server: asyncio.Server
     ca: trustme.CA
+    clients: list[RawClient] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -105,6 +128,19 @@ class SmtpHarness:
     def connect(self) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout=30)
 
+    def raw(self, ehlo: str | None = "client.example.net") -> RawClient:
+        """A raw client (closed at teardown), greeted and, unless ehlo=None, after EHLO."""
+        client = self.track(RawClient(self.connect()))
+        if ehlo is not None:
+            assert client.reply().startswith("220 ")
+            client.send(f"EHLO {ehlo}\r\n".encode())
+            assert client.reply().startswith("250-")
+        return client
+
+    def track(self, client: RawClient) -> RawClient:
+        self.clients.append(client)
+        return client
+
 
 @asynccontextmanager
 async def running_smtp(root: Path, *, smtp: dict[str, Any] | None = None,
@@ -113,11 +149,17 @@ async def running_smtp(root: Path, *, smtp: dict[str, Any] | None = None,
     ctx, ca = build_context(root, smtp=smtp, dns=dns)
     ctx.events.bind(asyncio.get_running_loop())
     server = await start_smtp(ctx, "127.0.0.1", 0, verify=verify)
+    harness = SmtpHarness(ctx, server, ca)
     try:
-        yield SmtpHarness(ctx, server, ca)
+        yield harness
     finally:
+        for client in harness.clients:
+            client.close()
         server.close()
-        ctx.stopping.set()
+        ctx.stopping.set()  # idle sessions say 421 and close
+        deadline = asyncio.get_running_loop().time() + 10
+        while open_connections(server) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # bounded wait for connection_lost of every session
         await server.wait_closed()
         ctx.accounts.close()
 
@@ -161,11 +203,3 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def raw_session(harness: SmtpHarness, ehlo: str = "client.example.net") -> RawClient:
-    client = RawClient(harness.connect())
-    assert client.reply().startswith("220 ")
-    client.send(f"EHLO {ehlo}\r\n".encode())
-    assert client.reply().startswith("250-")
-    return client

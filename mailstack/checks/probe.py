@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import ipaddress
 import os
 import secrets
 import shutil
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from delivery.store import UnknownUserError
-from mailstack.checks import Finding, failed, passed, skipped, warned
+from mailstack.checks import Finding, Status, failed, passed, skipped, warned
 from mailstack.checks.listeners import EHLO_NAME, client_tls, connect_host, unknown_port
 from mailstack.config import format_hostport
 from mailstack.deployment import Deployment
@@ -158,10 +160,34 @@ def _message(probe: Probe, token: str) -> EmailMessage:
     return msg
 
 
+def source_address(dep: Deployment, target: str) -> str | None:
+    """Our public address (server.ipv4/ipv6), if it is assigned to this host.
+
+    The probe message is sent from it, so that the server's SPF/DMARC verdict is the one
+    the world gets (sent from 127.0.0.1 it would fail SPF and land in Junk). Behind NAT the
+    address is not local: None, and the message comes from loopback.
+    """
+    try:
+        family = ipaddress.ip_address(target).version
+    except ValueError:  # a listener given by name: let the system choose
+        return None
+    wanted = dep.config.server.ipv4 if family == 4 else dep.config.server.ipv6
+    if not wanted:
+        return None
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as s:
+        try:
+            s.bind((wanted, 0))
+        except OSError:
+            return None
+    return wanted
+
+
 def _send(dep: Deployment, probe: Probe, token: str, timeout_s: float) -> None:
     host, port = dep.config.listeners("smtp")[0]
-    with smtplib.SMTP(connect_host(host), port, timeout=timeout_s,
-                      local_hostname=EHLO_NAME) as smtp:
+    target = connect_host(host)
+    source = source_address(dep, target)
+    with smtplib.SMTP(target, port, timeout=timeout_s, local_hostname=EHLO_NAME,
+                      source_address=(source, 0) if source else None) as smtp:
         smtp.ehlo()
         if smtp.has_extn("starttls"):
             smtp.starttls(context=client_tls())
@@ -207,13 +233,19 @@ def check_e2e(dep: Deployment, probe: Probe, timeout_s: float, io_timeout_s: flo
         return failed("e2e.delivery", f"the probe message was accepted, but IMAP login failed: "
                       f"{exc}", "see imap.login")
     try:
-        return _await(imap, token, started, timeout_s)
+        finding = _await(imap, token, started, timeout_s)
     except (OSError, ssl.SSLError, imaplib.IMAP4.error) as exc:
         return failed("e2e.delivery", f"IMAP failed while looking for the message: {exc}",
                       "read serve's log")
     finally:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             imap.logout()
+    if finding.status is Status.WARN and source_address(
+            dep, connect_host(cfg.listeners("smtp")[0][0])) is None:
+        return replace(finding, message=finding.message + "; this host does not hold "
+                       "server.ipv4/ipv6 (NAT?), so the message came from loopback, which "
+                       "SPF does not list: mail from outside is judged on its own")
+    return finding
 
 
 def _await(imap: imaplib.IMAP4, token: str, started: float, timeout_s: float) -> Finding:

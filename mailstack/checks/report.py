@@ -48,7 +48,7 @@ def print_report(report: Report) -> None:
             continue
         table = Table(title=title, title_justify="left", show_header=False, expand=True)
         table.add_column(width=1)
-        table.add_column(no_wrap=True)
+        table.add_column(no_wrap=True, min_width=20)
         table.add_column(overflow="fold", ratio=1)
         for id_, status, message, fix in rows:
             symbol, style = _STYLE[Status(status)]

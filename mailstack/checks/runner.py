@@ -91,7 +91,7 @@ def _run_groups(cfg: Config, paths: StatePaths, dep: Deployment,
     if options.wants("relay"):
         out += _guard("relay", lambda: listeners.check_relay(cfg, paths, domains, timeout))
     if options.wants("imap") or options.wants("e2e"):
-        out += _guard("probe", lambda: _with_probe(dep, domains[0], options))
+        out += _guard("e2e", lambda: _with_probe(dep, domains[0], options))
     if options.wants("network"):
         out += _network(cfg, options)
     return out

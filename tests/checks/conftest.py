@@ -66,6 +66,14 @@ def set_listen(root: Path, service: str, value: str) -> None:
     config.write_text(text)
 
 
+def set_resolver(root: Path, resolver: str) -> None:
+    """Point `[dns] resolver` at nsd, so serve's own SPF/DKIM/DMARC verdicts use our zones."""
+    config = root / "mailstack.toml"
+    text, n = re.subn(r'(?m)^resolver = ".*"$', f'resolver = "{resolver}"', config.read_text())
+    assert n == 1
+    config.write_text(text)
+
+
 @dataclass
 class Live:
     root: Path
@@ -103,6 +111,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = base / "state"
     ports = make_deployment(root)
     nsd = start_nsd(base / "nsd", zones(root))
+    set_resolver(root, f"127.0.0.1:{nsd.port}")
     try:
         with ServeProcess(root):
             yield Live(root, ports, nsd)

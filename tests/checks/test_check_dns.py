@@ -18,7 +18,17 @@ from mailstack.dnsrecords import DnsRecord
 from mailstack.init import dns_records
 from mailstack.keys import dkim_public_record, make_dkim_key
 from mailstack.paths import StatePaths
-from tests.checks.conftest import FORWARD, REVERSE, check, not_passing, only, start_nsd, zones
+from tests.checks.conftest import (
+    FORWARD,
+    REVERSE,
+    check,
+    make_deployment,
+    not_passing,
+    only,
+    start_nsd,
+    zones,
+)
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.external
 
@@ -192,3 +202,24 @@ def test_resolver_not_answering(dns_only: Path, tmp_path: Path) -> None:
     assert only(data, "dns.resolver")["status"] == "fail"
     assert "--resolver" in only(data, "dns.resolver")["fix"]
     assert {c["status"] for c in data["checks"] if c["id"] != "dns.resolver"} == {"skip"}
+
+
+def test_each_hosted_domain_is_checked_under_the_same_ids(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    make_deployment(root)
+    added = run_cli(root, "domain", "add", "example.org")
+    assert added.returncode == 0, added.stderr
+    texts = zones(root)
+    texts["example.org"] = (root / "dns" / "example.org.zone").read_text()
+    nsd = start_nsd(tmp_path / "nsd", texts)
+    try:
+        proc, data = check(root, "--only", "dns", "--resolver", f"127.0.0.1:{nsd.port}")
+    finally:
+        nsd.stop()
+    assert proc.returncode == 0
+    assert not_passing(data) == BASELINE
+    for id_ in ("dns.mx", "dns.spf", "dns.dkim", "dns.dmarc", "dns.tlsrpt", "dns.srv"):
+        subjects = [c["message"].split(":")[0] for c in data["checks"] if c["id"] == id_]
+        assert subjects == ["example.com", "example.org"], id_
+    for id_ in ("dns.resolver", "dns.a", "dns.ptr", "dns.caa"):
+        assert [c["id"] for c in data["checks"]].count(id_) == 1

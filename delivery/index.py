@@ -92,7 +92,8 @@ class FolderIndex:
         self._listing_stamp: tuple[int, int] | None = None
         self._listed = False  # _listing came from a full scan at least once
         self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
-        self._entries: list[Entry] | None = None  # cached result of entries()
+        self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
+        self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
         self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
 
     # -- locking -------------------------------------------------------------------------------
@@ -169,24 +170,27 @@ class FolderIndex:
         listing: dict[str, tuple[str, str]] = {}
         meta = self._meta
         for sub in ("new", "cur"):
-            with os.scandir(self.path / sub) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name.startswith("."):
-                        continue
-                    base = base_name(name)
-                    listing[base] = (sub, name)
-                    if base not in meta:
-                        # First sight in this process: measure now, while the DirEntry is at
-                        # hand (no path building); later snapshots use the cache.
-                        measured = _measure(entry.path, base)
-                        if measured is not None:
-                            meta[base] = measured
-        foreign = self._listed and self._listing.keys() != listing.keys()
-        self._listed = True
-        self._listing = listing
+            directory = os.path.join(self.path, sub)
+            for name in os.listdir(directory):  # names only: no stat() per message
+                if name[0] == ".":
+                    continue
+                base = name.split(":", 1)[0]
+                listing[base] = (sub, name)
+                if base not in meta:
+                    # First sight in this process: measure it now; later syncs use the cache.
+                    measured = _measure(os.path.join(directory, name), base)
+                    if measured is not None:
+                        meta[base] = measured
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
         self._listing_stamp = stamp if settled else None
+        if listing == self._listing:
+            return False  # relisted (mtime too recent to trust) but nothing changed
+        foreign = self._listed and self._listing.keys() != listing.keys()
+        for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
+            self._meta.pop(base, None)
+            self._entry_of.pop(base, None)
+        self._listed = True
+        self._listing = listing
         self._entries = None
         return foreign
 
@@ -195,6 +199,9 @@ class FolderIndex:
         self._load_uidlist()
         self._load_keywords()
         foreign = self._load_listing()
+        if self._entries is not None:
+            # Nothing was re-read or changed since the last entries(): all files are numbered.
+            return SyncResult(foreign_changes=foreign)
         newcomers = [base for base in self._listing if base not in self._uid_of]
         if newcomers:
             # Arrival order: names begin with the delivery time (Maildir spec).
@@ -220,16 +227,25 @@ class FolderIndex:
             entries.append(entry)
         entries.sort(key=lambda e: e.uid)
         self._entries = entries
+        self._view = None
         return entries
 
+    def view(self) -> tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]]:
+        """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
+        entries = self.entries()
+        if self._view is None:
+            self._view = (
+                tuple(e.info for e in entries),
+                frozenset(e.uid for e in entries if e.sub == "new"),
+                {e.uid: e for e in entries},
+            )
+        return self._view
+
     def entry(self, uid: int) -> Entry | None:
-        for entry in self.entries():  # callers needing many use entries_by_uid()
-            if entry.uid == uid:
-                return entry
-        return None
+        return self.view()[2].get(uid)
 
     def entries_by_uid(self) -> dict[int, Entry]:
-        return {e.uid: e for e in self.entries()}
+        return self.view()[2]
 
     def _make_entry(self, uid: int, sub: str, name: str) -> Entry | None:
         base, letters, _ = split_info(name)

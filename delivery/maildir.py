@@ -442,19 +442,15 @@ class MaildirStore:
         index = self._index(root, fdir)
         with index.locked():
             result = index.sync()
-            if claim_recent:
-                recent = frozenset(index.claim_new())
-                entries = index.entries()
-            else:
-                entries = index.entries()
-                recent = frozenset(e.uid for e in entries if e.sub == "new")
+            claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
+            messages, in_new, _ = index.view()
             snap = FolderSnapshot(
                 name=name,
                 uid_validity=index.uidlist.uid_validity,
                 uid_next=index.uidlist.next_uid,
-                messages=tuple(e.info for e in entries),
+                messages=messages,
                 keywords=index.keywords.defined(),
-                recent_uids=recent,
+                recent_uids=claimed if claim_recent else in_new,
             )
         if result.foreign_changes:
             quota.invalidate(root)  # someone else added or removed files: recount lazily

@@ -603,14 +603,18 @@ def make_resolver(ctx: ServerContext) -> dns.asyncresolver.Resolver:
 
 async def start_smtp(ctx: ServerContext, host: str, port: int, *,
                      verify: Verifier | None = None) -> asyncio.Server:
-    """Listen for inbound mail on (host, port); `verify` is the inbound-check hook."""
+    """Listen for inbound mail on (host, port).
+
+    `verify` is the inbound-check hook (smtp.verdict); by default SPF/DKIM/DMARC from
+    `smtp.inbound_auth.verifier_for(config)`, which honours `smtp.verify_inbound`.
+    """
     loop = asyncio.get_running_loop()
     if logging.getLogger("mail.log").level == logging.NOTSET:
         # aiosmtpd logs every command at INFO; we log one line per transaction ourselves.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     limiter = ConnectionLimiter(ctx.config.smtp.max_connections,
                                 ctx.config.smtp.max_connections_per_ip)
-    handler = MxHandler(ctx, verify or accept_all)
+    handler = MxHandler(ctx, verify or default_verifier(ctx))
     resolver = make_resolver(ctx) if ctx.config.smtp.dnsbl else None
 
     def factory() -> MxSMTP:
@@ -619,6 +623,14 @@ async def start_smtp(ctx: ServerContext, host: str, port: int, *,
     server = await loop.create_server(factory, host, port)
     _LIMITERS[server] = limiter
     return server
+
+
+def default_verifier(ctx: ServerContext) -> Verifier:
+    if not ctx.config.smtp.verify_inbound:
+        return accept_all
+    from smtp.inbound_auth import verifier_for  # dkimpy and friends load only when used
+
+    return verifier_for(ctx.config)
 
 
 def open_connections(server: asyncio.Server) -> int:

@@ -29,6 +29,12 @@ parse and answer those items without reading the message again.
 
 Encoded words (RFC 2047) stay as they are on the wire in ENVELOPE and BODYSTRUCTURE, as
 Dovecot does; clients decode them.
+
+Where the RFCs leave room, answers match Dovecot 2.3 (tests/imap/test_fetch.py compares
+them item by item): a section that does not exist is the empty string; body-fld-lines
+counts line breaks; leaf part N has a part N.1 (itself); RFC 2231 continuations are joined.
+Deliberate differences are listed with their reasons in that test (KNOWN_DIFFERENCES) and in
+imap/mime.py (malformed MIME).
 """
 
 from __future__ import annotations
@@ -582,6 +588,10 @@ def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
             content = binary_bytes(data, root, attr.section.part if attr.section else ())
         case _:
             raise ValueError(f"{attr.name} is not derived from the message")
+    if attr.name != "BINARY":
+        # RFC 9051 §4.3: a literal never holds NUL (only BINARY's literal8 may). Dovecot
+        # sends 0x80 in its place; the length, and so every offset and size, stays the same.
+        content = content.replace(b"\x00", b"\x80")
     if attr.partial is not None:
         content = partial(content, *attr.partial)
     return content

@@ -36,6 +36,8 @@ def literal(data: bytes) -> bytes:
 
 def string(value: str | bytes) -> bytes:
     """A quoted string if possible, else a literal (RFC 9051 §4.3)."""
+    if len(value) > _MAX_QUOTED:  # message bodies: skip decoding megabytes to decide
+        return literal(value.encode("utf-8") if isinstance(value, str) else value)
     if isinstance(value, bytes):
         try:
             text = value.decode("ascii")

@@ -243,6 +243,8 @@ class Session:
     async def _run(self, command: c.Command, write: Write) -> None:
         self._bad_in_a_row = 0
         tag = command.tag
+        # Command names only: arguments may hold passwords or message text (STYLE.md logging).
+        self.log.debug("[%s] C: %s %s", self.conn_id, tag, type(command).__name__.upper())
         try:
             if self.selected is not None and not isinstance(
                     command, c.Close | c.Unselect | c.Logout | c.Select):

@@ -15,13 +15,14 @@ Blocking (SQLite, disk): async callers use `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
+from delivery.maildir import MaildirStore
 from delivery.store import (
     INBOX,
     Flag,
@@ -32,7 +33,10 @@ from delivery.store import (
     QuotaExceededError,
     UnknownUserError,
 )
-from mailstack.users import Accounts
+from mailstack.config import load_config
+from mailstack.errors import MailstackError, UsageError
+from mailstack.paths import StatePaths
+from mailstack.users import Accounts, normalize_address
 from smtp.headers import delivered_to_field, header_block, local_received_field, return_path_field
 
 log = logging.getLogger(__name__)
@@ -101,12 +105,17 @@ class LocalDelivery:
         """Expunge copies already stored when a later one failed (best effort, logged)."""
         for ref in refs:
             try:
-                self._store.store_flags(ref.user, ref.folder, [ref.uid], [Flag.DELETED],
-                                        FlagMode.ADD)
+                self._store.store_flags(
+                    ref.user, ref.folder, [ref.uid], [Flag.DELETED], FlagMode.ADD
+                )
                 self._store.expunge(ref.user, ref.folder, [ref.uid])
             except Exception:
-                log.exception("could not take back copy %s/%s uid %d after a failed delivery",
-                              ref.user, ref.folder, ref.uid)
+                log.exception(
+                    "could not take back copy %s/%s uid %d after a failed delivery",
+                    ref.user,
+                    ref.folder,
+                    ref.uid,
+                )
 
 
 def deliver_message(
@@ -117,21 +126,19 @@ def deliver_message(
     recipient: str,
     message: bytes,
     mail_from: str = "",
-) -> int:
-    """`mailstack deliver ADDR < message`: store for one address; a sysexits status.
+) -> tuple[int, str]:
+    """`mailstack deliver ADDR < message`: store for one address; (sysexits status, problem).
 
     0 delivered · 67 EX_NOUSER no such local recipient · 75 EX_TEMPFAIL quota or disk trouble
-    (the caller's MTA retries later) · 65 EX_DATAERR an empty message.
+    (the calling MTA retries later) · 65 EX_DATAERR an empty message.
     """
     if message.startswith(b"From "):  # an mbox "From " line from a pipe: not part of the mail
         message = message.split(b"\n", 1)[1] if b"\n" in message else b""
     if not message.strip():
-        log.error("deliver: empty message")
-        return EX_DATAERR
+        return EX_DATAERR, "the message is empty"
     resolution = accounts.resolve(recipient)
     if not resolution.mailboxes:
-        log.error("deliver: no such local recipient: %s", recipient)
-        return EX_NOUSER
+        return EX_NOUSER, f"no such local recipient: {recipient}"
     queue_id = secrets.token_hex(6)
     received = local_received_field(by_host=hostname, queue_id=queue_id, recipient=recipient,
                                     when=datetime.now(UTC))
@@ -140,14 +147,41 @@ def deliver_message(
             mail_from=mail_from, recipients=[(recipient, resolution.mailboxes)],
             message=message, prefix_fields=[received])
     except QuotaExceededError as exc:
-        log.error("deliver: %s", exc)
-        return EX_TEMPFAIL
+        return EX_TEMPFAIL, f"{exc}; try again later"
     except UnknownUserError as exc:
-        log.error("deliver: %s (account without a Maildir)", exc)
-        return EX_TEMPFAIL
+        return EX_TEMPFAIL, f"{exc} (the account has no Maildir)"
     except OSError as exc:
-        log.error("deliver: cannot store the message: %s", exc)
-        return EX_TEMPFAIL
-    with contextlib.suppress(Exception):
-        log.info("deliver: %s -> %s id %s", recipient, ", ".join(resolution.mailboxes), queue_id)
-    return EX_OK
+        return EX_TEMPFAIL, f"cannot store the message: {exc}"
+    log.info("deliver: %s -> %s id %s", recipient, ", ".join(resolution.mailboxes), queue_id)
+    return EX_OK, ""
+
+
+def run_lda(root: Path, recipient: str | None, message: bytes, *,
+            mail_from: str = "") -> tuple[int, str]:
+    """The whole of `mailstack deliver`: (sysexits status, a line for stderr or "").
+
+    A deployment that cannot be opened is EX_TEMPFAIL, not 1: for the MTA calling us a
+    non-sysexits status can mean "bounce", and a broken config should not lose mail.
+    """
+    if not recipient:
+        return EX_USAGE, "usage: mailstack deliver ADDRESS < message"
+    try:
+        normalize_address(recipient)
+        if mail_from:
+            normalize_address(mail_from)
+    except UsageError as exc:
+        return EX_USAGE, str(exc)
+    try:
+        paths = StatePaths(root)
+        config = load_config(paths.config)
+        accounts = Accounts(paths.users_db)
+    except MailstackError as exc:
+        return EX_TEMPFAIL, exc.message
+    except Exception as exc:  # sqlite3: locked, unreadable, not a database
+        return EX_TEMPFAIL, f"cannot open {root}: {exc}"
+    try:
+        store = MaildirStore(paths, None, hostname=config.server.hostname)
+        return deliver_message(accounts, store, hostname=config.server.hostname,
+                               recipient=recipient, message=message, mail_from=mail_from)
+    finally:
+        accounts.close()

@@ -49,7 +49,7 @@ def test_mail_survives_sigkill_right_after_250(cli: Cli, deployment_dir: Path) -
         serve.stop()
     md = mailbox.Maildir(str(deployment_dir / "mail/example.com/alice"), factory=None,
                          create=False)
-    stored = sorted(md.get_bytes(key) for key in md.keys())
+    stored = sorted(md.get_bytes(key) for key in md.iterkeys())
     assert len(stored) == 3
     for body, message in zip(bodies, stored, strict=True):
         assert message.endswith(body.replace(b"\r\n", b"\n").replace(b"\n..", b"\n."))

@@ -684,3 +684,19 @@ def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool,
             raise ProblemsFoundError(f"{bad} check(s) did not pass",
                                      hint=None if as_json else "apply each fix shown above, "
                                      "then run `mailstack check` again")
+
+
+# -- deliver (LDA) ---------------------------------------------------------------------------------
+
+@main.command(context_settings=CONTEXT)
+@click.argument("address", required=False)
+@click.option("--from", "mail_from", default="", metavar="SENDER",
+              help="Envelope sender, written as Return-Path.")
+def deliver(address: str | None, mail_from: str) -> None:
+    """Deliver the message on stdin to ADDRESS (an LDA: sysexits codes, 75 = try later)."""
+    from delivery.local import run_lda
+
+    status, problem = run_lda(_obj().root, address, sys.stdin.buffer.read(), mail_from=mail_from)
+    if problem:
+        click.echo(f"error: {problem}", err=True)
+    sys.exit(status)

@@ -100,6 +100,9 @@ async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
         log.info("[%s] closing: %s", conn_id, exc.reason)
         with contextlib.suppress(ConnectionError):
             await write(response.bye(exc.reason, exc.code))
+    except _ShuttingDownError:
+        with contextlib.suppress(ConnectionError):
+            await write(response.bye("server shutting down"))
     except TimeoutError:
         log.info("[%s] autologout after %s s without a command", conn_id,
                  ctx.config.imap.idle_timeout_s)
@@ -136,13 +139,40 @@ async def _loop(ctx: ServerContext, session: Session, reader: asyncio.StreamRead
                     raise RemoteProtocolError("data pipelined after STARTTLS")
                 await writer.start_tls(ctx.tls.current, ssl_handshake_timeout=TLS_HANDSHAKE_S)
                 session.is_tls = True
+        if ctx.stopping.is_set():
+            raise _ShuttingDownError
         if session.is_idling:
             data = await _idle_read(ctx, session, reader, write, timeout_s)
         else:
-            data = await asyncio.wait_for(reader.read(READ_BYTES), timeout_s)
+            data = await _read(ctx, reader, timeout_s)
         if not data:
             return
         session.proto.receive_data(data)
+
+
+class _ShuttingDownError(Exception):
+    """`serve` is stopping: say BYE between commands (RFC 9051 §7.1.5) and close."""
+
+
+async def _read(ctx: ServerContext, reader: asyncio.StreamReader, timeout_s: float) -> bytes:
+    """The next bytes from the client; TimeoutError after `timeout_s`; _ShuttingDownError
+    as soon as the server begins to stop (a command in progress is never cut short)."""
+    read = asyncio.ensure_future(reader.read(READ_BYTES))
+    stop = asyncio.ensure_future(ctx.stopping.wait())
+    try:
+        done, _ = await asyncio.wait({read, stop}, timeout=timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+    if read in done:
+        return read.result()
+    if stop in done:
+        raise _ShuttingDownError
+    raise TimeoutError
 
 
 @contextlib.contextmanager
@@ -160,6 +190,7 @@ async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.Strea
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     read = asyncio.ensure_future(reader.read(READ_BYTES))
+    stopping = asyncio.ensure_future(ctx.stopping.wait())
     try:
         with _watch(ctx, session) as changed:
             await session.idle_poll(write)  # changes made before we started watching
@@ -167,7 +198,9 @@ async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.Strea
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError
-                waiters: set[asyncio.Future[Any]] = {read}
+                if ctx.stopping.is_set():
+                    raise _ShuttingDownError
+                waiters: set[asyncio.Future[Any]] = {read, stopping}
                 woke = asyncio.ensure_future(changed.wait()) if changed is not None else None
                 if woke is not None:
                     waiters.add(woke)
@@ -181,6 +214,7 @@ async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.Strea
                     changed.clear()
                 await session.idle_poll(write)
     finally:
+        stopping.cancel()
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -473,11 +473,11 @@ class Session:
             return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in uids]
         count = len(sel.messages)
         for r in seqset.ranges:
-            for n in (r.start, r.end):
-                if n is not None and n > count:
-                    raise _BadError(f"no message {n} (the mailbox has {count})")
-            if count == 0:
-                raise _BadError("the mailbox is empty")
+            # RFC 9051 §6.4.5: a number beyond the mailbox is an error. A range with "*" is
+            # not: "5:*" in a 3-message mailbox means 3:5, and "1:*" in an empty one nothing
+            # (clients send it blindly after SELECT).
+            if r.start is not None and r.end is not None and max(r.start, r.end) > count:
+                raise _BadError(f"no message {max(r.start, r.end)} (the mailbox has {count})")
         return [(n, sel.messages[n - 1]) for n in seqset.expand(count)]
 
     # -- mailbox commands (authenticated state) ------------------------------------------------

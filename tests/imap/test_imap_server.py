@@ -273,6 +273,25 @@ def test_create_special_use_delete_rename_subscribe(imap_server: ImapServerThrea
         assert client.tagged("SELECT Nowhere").startswith(b"NO [NONEXISTENT]")
 
 
+def test_sequence_ranges_with_star_in_an_empty_mailbox(imap_server: ImapServerThread) -> None:
+    with raw(imap_server) as client:
+        client.command("SELECT Trash")
+        assert client.command("FETCH 1:* FLAGS") == [b"t3 OK FETCH completed\r\n"]
+        assert client.tagged("FETCH 1 FLAGS").startswith(b"BAD")
+        assert client.tagged("STORE 1:* +FLAGS (\\Seen)").startswith(b"OK")
+
+
+def test_append_over_quota_is_refused(imap_deployment: ImapDeployment) -> None:
+    imap_deployment.add_user("small@example.com", "pw", quota_bytes=200)
+    with running_server(imap_deployment) as server, \
+            RawClient("127.0.0.1", server.imap_port) as client:
+        assert client.tagged("LOGIN small@example.com pw").startswith(b"OK")
+        assert client.tagged(b"APPEND INBOX {%d+}\r\n" % len(SIMPLE) + SIMPLE).startswith(b"OK")
+        big = SIMPLE + b"x" * 300 + b"\r\n"
+        assert client.tagged(b"APPEND INBOX {%d+}\r\n" % len(big) + big).startswith(
+            b"NO [OVERQUOTA]")
+
+
 def test_status(imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
     deliver(imap_deployment, SIMPLE)
     deliver(imap_deployment, MULTIPART)

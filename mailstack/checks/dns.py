@@ -29,6 +29,7 @@ import dns.reversename
 from mailstack.checks import Finding, failed, passed, skip_group, skipped, warned
 from mailstack.config import Config, parse_resolver
 from mailstack.dnsrecords import DnsRecord, fqdn
+from mailstack.errors import MailstackError
 from mailstack.keys import dkim_public_record
 from mailstack.paths import StatePaths
 from smtp import dmarc
@@ -293,7 +294,10 @@ def _dkim(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
     key_path = paths.dkim_key(selector, domain)
     if not key_path.exists():
         return skipped("dns.dkim", f"{domain}: no DKIM key at {key_path} (see files.present)")
-    expected_txt = dkim_public_record(key_path.read_bytes())
+    try:
+        expected_txt = dkim_public_record(key_path.read_bytes())
+    except (OSError, MailstackError) as exc:
+        return skipped("dns.dkim", f"{domain}: cannot read the DKIM key {key_path}: {exc}")
     expected = _dkim_key_der(_tags(expected_txt)["p"])
     want = _find(records, name, "TXT")
     found = [t for t in _txt(client, name) if "p=" in t]

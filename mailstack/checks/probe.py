@@ -186,7 +186,9 @@ def _send(dep: Deployment, probe: Probe, token: str, timeout_s: float) -> None:
     host, port = dep.config.listeners("smtp")[0]
     target = connect_host(host)
     source = source_address(dep, target)
-    with smtplib.SMTP(target, port, timeout=timeout_s, local_hostname=EHLO_NAME,
+    # EHLO with the address literal we connect from (RFC 5321 §4.1.3).
+    ehlo = EHLO_NAME if not source else f"[IPv6:{source}]" if ":" in source else f"[{source}]"
+    with smtplib.SMTP(target, port, timeout=timeout_s, local_hostname=ehlo,
                       source_address=(source, 0) if source else None) as smtp:
         smtp.ehlo()
         if smtp.has_extn("starttls"):

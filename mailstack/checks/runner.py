@@ -16,6 +16,7 @@ from mailstack.checks import CheckOptions, Finding, failed, skip_group, skipped
 from mailstack.checks.files import check_config, check_files
 from mailstack.config import Config
 from mailstack.deployment import Deployment
+from mailstack.errors import MailstackError
 from mailstack.paths import StatePaths
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,18 @@ def run(root: Path, options: CheckOptions) -> list[Finding]:
         if not options.wants("config"):
             out.append(config_finding)  # the reason must be visible even with --only
         return out
-    dep = Deployment.open(root)
+    try:
+        dep = Deployment.open(root)
+    except MailstackError as exc:  # e.g. users.sqlite3 unreadable by whoever runs check
+        reason = f"cannot open the deployment: {exc.message}"
+        if options.wants("files"):
+            out.append(failed("files.present", reason, exc.hint or "run check as the user "
+                              f"that owns {root} (or as root)"))
+        for group in ("files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e",
+                      "network"):
+            if options.wants(group):
+                out += [f for f in skip_group(group, reason) if f.id != "files.present"]
+        return out
     try:
         out += _run_groups(cfg, paths, dep, options)
     finally:

@@ -158,3 +158,14 @@ def test_invalid_config_names_the_key(deployment_dir: Path) -> None:
     assert valid["status"] == "fail"
     assert "server.hostname" in valid["message"]
     assert {c["status"] for c in data["checks"] if c["id"] != "config.valid"} == {"skip"}
+
+
+def test_unusable_user_database_is_a_finding_not_a_crash(deployment_dir: Path) -> None:
+    StatePaths(deployment_dir).users_db.write_bytes(b"this is not an SQLite database" * 100)
+    proc, data = check(deployment_dir, "--only", "files", "--only", "tls")
+    assert proc.returncode == 1
+    present = only(data, "files.present")
+    assert present["status"] == "fail"
+    assert present["message"].startswith("cannot open the deployment: cannot open ")
+    assert "not a database" in present["message"]
+    assert {c["status"] for c in data["checks"] if c["id"] != "files.present"} == {"skip"}

@@ -133,8 +133,6 @@ def test_certificate_changed_but_not_reloaded(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
-@pytest.mark.xfail(reason="serve does not yet pass smtp.inbound_auth's verifier to start_smtp "
-                   "(the MX accepts everything into INBOX)", strict=False)
 def test_probe_in_junk_when_spf_does_not_cover_us(tmp_path: Path) -> None:
     """serve judges the probe by our zones: SPF fails -> DMARC p=quarantine -> Junk -> warn."""
     root = tmp_path / "state"

@@ -524,6 +524,37 @@ def test_idle_with_imapclient_sees_flag_change_from_another_session(
     other.logout()
 
 
+@pytest.mark.timeout(60)
+def test_idle_rescan_finds_mail_written_by_another_process(
+        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    # Another program (Dovecot's LDA, procmail) writes the Maildir and publishes nothing here.
+    new = imap_deployment.paths.maildir(USER) / "new"
+    with raw(imap_server) as client:
+        client.command("SELECT INBOX")
+        client.send(b"i1 IDLE\r\n")
+        assert client.line() == b"+ idling\r\n"
+        (new.parent / "tmp" / "1700000000.x1.otherhost").write_bytes(SIMPLE.replace(b"\r\n", b"\n"))
+        (new.parent / "tmp" / "1700000000.x1.otherhost").rename(new / "1700000000.x1.otherhost")
+        line = client.line()
+        while not line.startswith(b"* 1 EXISTS"):
+            line = client.line()
+        client.send(b"DONE\r\n")
+        assert client.until_tagged(b"i1")[-1].startswith(b"i1 OK")
+
+
+def test_unexpected_store_failure_is_serverbug_and_logged(
+        imap_server: ImapServerThread, imap_deployment: ImapDeployment,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The kind of damage no code path expects: the UID list is a directory.
+    uidlist = imap_deployment.paths.maildir(USER) / ".Junk" / "dovecot-uidlist"
+    uidlist.unlink(missing_ok=True)
+    uidlist.mkdir()
+    with raw(imap_server) as client:
+        assert client.tagged("SELECT Junk").startswith(b"NO [SERVERBUG]")
+        assert client.tagged("SELECT INBOX").startswith(b"OK")
+    assert any(r.exc_info is not None and "failed" in r.getMessage() for r in caplog.records)
+
+
 def test_bad_idle_termination(imap_server: ImapServerThread) -> None:
     with raw(imap_server) as client:
         client.send(b"i1 IDLE\r\n")

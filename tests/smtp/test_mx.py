@@ -241,6 +241,15 @@ async def test_dot_stuffed_lines_survive_byte_exact(mx: SmtpHarness) -> None:
     assert body_of(mx.messages("bob@example.com")[0]) == lf(msg)
 
 
+async def test_large_message_across_many_reads_is_byte_exact(mx: SmtpHarness) -> None:
+    lines = [b"Subject: large", b""]
+    for i in range(60_000):  # ~3 MB: many socket reads, dot lines falling on every boundary
+        lines.append(b"." * (i % 3) + b"line %d " % i + b"y" * (i % 61))
+    msg = b"\r\n".join(lines) + b"\r\n"
+    assert await asyncio.to_thread(smtp_send, mx, ["bob@example.com"], msg) == {}
+    assert body_of(mx.messages("bob@example.com")[0]) == lf(msg)
+
+
 async def test_bdat_chunks(mx: SmtpHarness) -> None:
     chunks = [b"Subject: chunked\r\n\r\n", b"line with\r\n.\r\n a dot line\r\n", b"", b"end\r\n"]
 

@@ -9,7 +9,7 @@ import sys
 from rich.table import Table
 from rich.text import Text
 
-from mailstack.checks import GROUPS, Report, Status
+from mailstack.checks import Report, Status
 from mailstack.output import console
 
 _STYLE = {Status.PASS: ("✔", "green"), Status.WARN: ("!", "yellow"),
@@ -63,6 +63,3 @@ def print_report(report: Report) -> None:
     else:
         out.print(line, markup=False)
 
-
-def known_groups() -> list[str]:
-    return list(GROUPS)

@@ -8,6 +8,11 @@ checks skip while submission does not exist, network checks skip without --netwo
 from __future__ import annotations
 
 import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,9 +99,8 @@ def test_plain_table_when_piped(live: Live) -> None:
     assert lines[-1] == "OK: 8 pass, 1 warn, 0 fail, 0 skip"
 
 
-def test_dir_without_deployment_fails_config_and_skips_the_rest(tmp_path: os.PathLike[str],
-                                                                ) -> None:
-    proc, data = check(tmp_path / "nothing")  # type: ignore[operator]
+def test_dir_without_deployment_fails_config_and_skips_the_rest(tmp_path: Path) -> None:
+    proc, data = check(tmp_path / "nothing")
     assert proc.returncode == 1
     assert only(data, "config.valid")["status"] == "fail"
     assert "mailstack --dir" in only(data, "config.valid")["fix"]
@@ -112,3 +116,38 @@ def test_usage_errors_exit_2(live: Live, args: list[str]) -> None:
     proc = run_cli(live.root, "check", *args)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def run_on_terminal(root: Path, *args: str) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdout, as an admin at a shell would."""
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
+    env.update(COLUMNS="160", TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+                            stdout=terminal, stderr=subprocess.DEVNULL, env=env)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_rich_table_with_symbols_and_colours_on_a_terminal(live: Live) -> None:
+    code, screen = run_on_terminal(live.root, "check", "--resolver", live.resolver,
+                                   "--only", "tls", "--only", "relay")
+    assert code == 0
+    assert "\x1b[" in screen  # colours
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", screen)
+    assert "TLS certificate" in plain
+    assert "Open relay" in plain
+    assert re.search(r"│ ✔ │ tls\.chain", plain)
+    assert re.search(r"│ ! │ tls\.trust", plain)
+    assert "OK: 5 pass, 1 warn, 0 fail, 0 skip" in plain

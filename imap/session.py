@@ -695,7 +695,13 @@ class Session:
                                         recent_uids=frozenset(sel.recent))
         numbers = [f.info.uid if command.uid else f.seq for f in found]
         if "SAVE" in command.returns:
-            sel.saved = tuple(f.info.uid for f in found)
+            saved = [f.info.uid for f in found]
+            extremes = {"MIN", "MAX"} & set(command.returns)
+            if saved and extremes and not {"ALL", "COUNT"} & set(command.returns):
+                # RFC 5182 §2.4: SAVE with only MIN/MAX saves just those messages.
+                saved = sorted({saved[0] if "MIN" in extremes else saved[-1],
+                                saved[-1] if "MAX" in extremes else saved[0]})
+            sel.saved = tuple(saved)
         if not command.is_esearch:
             await write(response.untagged(" ".join(["SEARCH", *map(str, numbers)])))
         else:

@@ -420,6 +420,10 @@ def test_search(imap_server: ImapServerThread, imap_deployment: ImapDeployment) 
         assert client.command("SEARCH RETURN (SAVE) UNSEEN")[0].startswith(b"t15 OK")
         assert client.command("FETCH $ UID")[0] == b"* 2 FETCH (UID 2)\r\n"
         assert client.command("SEARCH $")[0] == b"* SEARCH 2\r\n"
+        client.command("SEARCH RETURN (SAVE MAX) ALL")
+        assert client.command("SEARCH $")[0] == b"* SEARCH 2\r\n"
+        client.command("SEARCH RETURN (SAVE MIN) ALL")
+        assert client.command("UID SEARCH $")[0] == b"* SEARCH 1\r\n"
 
 
 def test_copy_move_expunge_with_uidplus(imap_server: ImapServerThread,

@@ -138,7 +138,8 @@ async def _loop(ctx: ServerContext, session: Session, reader: asyncio.StreamRead
                 # Cleartext bytes already received after STARTTLS, whether framed or still in
                 # the StreamReader's buffer (no public API shows it), would be taken as if
                 # they had come over TLS: refuse them (CVE-2011-0411's command injection).
-                if not session.proto.framer.is_idle or getattr(reader, "_buffer", b""):
+                unread: bytes = getattr(reader, "_buffer", b"")
+                if not session.proto.framer.is_idle or unread:
                     raise RemoteProtocolError("data pipelined after STARTTLS")
                 await writer.start_tls(ctx.tls.current, ssl_handshake_timeout=TLS_HANDSHAKE_S)
                 session.is_tls = True

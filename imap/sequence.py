@@ -12,6 +12,7 @@ Pure: no I/O. Invariant: a parsed set never contains 0 and every number fits in 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -44,22 +45,36 @@ class SequenceSet:
     ranges: tuple[SeqRange, ...] = ()
     is_saved: bool = False
 
+    def intervals(self, largest: int) -> list[tuple[int, int]]:
+        """Sorted, disjoint (low, high) bounds, "*" meaning `largest`. Merging first keeps
+        every other operation O((n + r) log r) even for a 64 KiB line of overlapping ranges."""
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted(r.bounds(largest) for r in self.ranges):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        return merged
+
     def contains(self, n: int, largest: int) -> bool:
         """Is `n` in the set, "*" meaning `largest`? ("$" must be resolved first.)"""
         return any(lo <= n <= hi for lo, hi in (r.bounds(largest) for r in self.ranges))
 
     def select(self, values: Iterable[int], largest: int) -> list[int]:
-        """Members of the set among `values` (sorted UIDs or sequence numbers), in order."""
-        bounds = [r.bounds(largest) for r in self.ranges]
-        return [v for v in values if any(lo <= v <= hi for lo, hi in bounds)]
+        """Members of the set among `values` (UIDs or sequence numbers), in the given order."""
+        merged = self.intervals(largest)
+        starts = [lo for lo, _ in merged]
+        out = []
+        for v in values:
+            i = bisect.bisect_right(starts, v) - 1
+            if i >= 0 and v <= merged[i][1]:
+                out.append(v)
+        return out
 
     def expand(self, largest: int) -> Iterator[int]:
         """Every number in the set from 1 to `largest`, ascending, each once."""
-        seen: set[int] = set()
-        for r in self.ranges:
-            lo, hi = r.bounds(largest)
-            seen.update(range(max(lo, 1), min(hi, largest) + 1))
-        yield from sorted(seen)
+        for lo, hi in self.intervals(largest):
+            yield from range(max(lo, 1), min(hi, largest) + 1)
 
     def __str__(self) -> str:
         if self.is_saved:

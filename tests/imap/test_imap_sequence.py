@@ -65,3 +65,21 @@ def test_compress_ordered_keeps_order() -> None:
 def test_str_round_trips(numbers: list[int]) -> None:
     text = ",".join(map(str, numbers))
     assert str(parse_sequence_set(text)) == text
+
+
+@given(st.lists(st.tuples(st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=12),
+       st.integers(0, 70))
+def test_expand_select_and_contains_agree(ranges: list[tuple[int, int]], largest: int) -> None:
+    text = ",".join(f"{a}:{b}" if a != b else str(a) for a, b in ranges)
+    seqset = parse_sequence_set(text)
+    brute = {n for a, b in ranges for n in range(min(a, b), max(a, b) + 1)}
+    assert list(seqset.expand(largest)) == sorted(n for n in brute if n <= largest)
+    values = list(range(1, 80))
+    assert seqset.select(values, largest) == [v for v in values if v in brute]
+    assert [v for v in values if seqset.contains(v, largest)] == sorted(brute)
+
+
+def test_many_overlapping_ranges_stay_cheap() -> None:
+    seqset = parse_sequence_set(",".join(["1:4000000000"] * 10000))
+    assert seqset.intervals(5) == [(1, 4000000000)]
+    assert len(seqset.select(range(1, 100001), 100000)) == 100000

@@ -378,16 +378,15 @@ class MxSMTP(SMTP):
             return
         address: str | None
         params_text: str | None
-        if rest.strip() == "<>":
-            address, params_text = "", ""
-        else:
-            address, params_text = self._getaddr(rest)
-            if address is None:
-                await self.reply(replies.BAD_ADDRESS)
-                return
-            if not address:
-                await self.reply(syntax)
-                return
+        address, params_text = self._getaddr(rest)
+        if address is None:
+            await self.reply(replies.BAD_ADDRESS)
+            return
+        if not address:
+            await self.reply(syntax)
+            return
+        if address == "<>":
+            address = ""  # the null reverse-path of bounces (RFC 5321 §4.5.5)
         options = (params_text or "").split()
         params = self._getparams([o.upper() for o in options])
         if params is None:
@@ -441,7 +440,7 @@ class MxSMTP(SMTP):
             await self.reply(syntax)
             return
         address, params_text = self._getaddr(rest)
-        if address is None:
+        if address is None or address == "<>":
             await self.reply(replies.BAD_ADDRESS)
             return
         if not address:

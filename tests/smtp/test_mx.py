@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import smtplib
 import ssl
 from email import message_from_bytes
@@ -82,6 +84,47 @@ async def test_known_user_gets_the_message_with_trace_headers(mx: SmtpHarness) -
     assert received.startswith("from client.example.net ([127.0.0.1]) by mail.example.com")
     assert "with ESMTP id" in received and "for <alice@example.com>;" in received
     assert body_of(stored) == lf(MSG)
+
+
+async def test_null_sender_with_parameters(mx: SmtpHarness) -> None:
+    def run() -> list[str]:
+        c = mx.raw()
+        c.send(b"MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\nRCPT TO:<>\r\n"
+               b"RCPT TO:<alice@example.com>\r\nDATA\r\n")
+        out = c.replies(4)
+        c.send(MSG + b".\r\n")
+        return [*out, c.reply()]
+    out = await asyncio.to_thread(run)
+    assert [r[:9] for r in out] == ["250 2.1.0", "553 5.1.3", "250 2.1.5", "354 End d",
+                                    "250 2.0.0"]
+    assert mx.messages("alice@example.com")[0].startswith(b"Return-Path: <>\n")
+
+
+async def test_store_failure_is_451_and_nothing_half_written(
+        mx: SmtpHarness, caplog: pytest.LogCaptureFixture) -> None:
+    # bob's Maildir vanished under us: the transaction fails with 451 4.3.0 (try later, never
+    # a 5xx for our own trouble) and alice's copy, written first, is taken back.
+    shutil.rmtree(mx.ctx.paths.maildir("bob@example.com"))
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "bob@example.com"])
+    assert (exc.value.smtp_code, exc.value.smtp_error[:5]) == (451, b"4.3.0")
+    assert mx.messages("alice@example.com") == []
+    assert "delivery failed" in caplog.text
+
+
+async def test_one_log_line_per_transaction_without_body(
+        mx: SmtpHarness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="smtp")
+    secret = b"Subject: s\r\n\r\nthe body must never be logged\r\n"
+    await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "team@example.com"], secret)
+    lines = [r for r in caplog.records if r.name == "smtp.server" and r.levelno == logging.INFO]
+    assert len(lines) == 1
+    record = lines[0]
+    assert record.getMessage() == (f"from=<x@example.net> rcpts=<alice@example.com>,"
+                                   f"<team@example.com> size={len(secret)} result=250 2.0.0 OK: "
+                                   f"queued as {record.conn}.1")  # type: ignore[attr-defined]
+    assert record.peer == "127.0.0.1"  # type: ignore[attr-defined]
+    assert "never be logged" not in caplog.text
 
 
 async def test_multiple_recipients_and_aliases_one_copy_each(mx: SmtpHarness) -> None:
@@ -200,6 +243,27 @@ async def test_starttls_then_transaction_verified_against_the_ca(mx: SmtpHarness
     received = " ".join(message_from_bytes(mx.messages("alice@example.com")[0])["Received"]
                         .split())
     assert "with ESMTPS" in received and "(using TLSv1." in received and "with cipher" in received
+
+
+async def test_certificate_reload_applies_to_new_sessions(mx: SmtpHarness) -> None:
+    def peer_cert() -> bytes:
+        c = mx.raw()
+        c.send(b"STARTTLS\r\n")
+        assert c.reply().startswith("220 2.0.0")
+        tls = mx.client_tls_context().wrap_socket(c.sock, server_hostname=HOSTNAME)
+        mx.track(RawClient(tls))
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    before = await asyncio.to_thread(peer_cert)
+    leaf = mx.ca.issue_cert(HOSTNAME, "127.0.0.1")  # what `tls import` + SIGHUP would do
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(mx.ctx.paths.tls_cert))
+    leaf.private_key_pem.write_to_path(str(mx.ctx.paths.tls_key))
+    mx.ctx.tls.reload()
+    after = await asyncio.to_thread(peer_cert)
+    assert before != after
+    assert after == ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
 
 
 async def test_8bit_and_smtputf8(mx: SmtpHarness) -> None:

@@ -390,21 +390,27 @@ class MaildirStore:
         new_name = normalize_folder(new)
         if new_name == INBOX or (root / folder_dir_name(new_name) / "cur").is_dir():
             raise FolderExistsError(f"folder {new_name!r} exists")
-        if new_name.startswith(old_name + HIERARCHY_DELIMITER):
-            raise InvalidFolderNameError(f"cannot move {old_name!r} into itself")
         if old_name == INBOX:
+            # INBOX's children stay where they are (RFC 3501 §6.3.5), so "INBOX.old" is fine.
             self._rename_inbox(user, root, new_name)
             return
+        if new_name.startswith(old_name + HIERARCHY_DELIMITER):
+            raise InvalidFolderNameError(f"cannot move {old_name!r} into itself")
+        prefix = "." + old_name + HIERARCHY_DELIMITER
+        moves = [(old_dir, root / folder_dir_name(new_name))] + [
+            (root / child, root / f".{new_name}{child[len(prefix) - 1 :]}")
+            for child in sorted(n for n in os.listdir(root) if n.startswith(prefix))
+        ]
+        # Check every target first: a clash halfway would leave the hierarchy half renamed.
+        for _src, dst in moves:
+            if dst.exists():
+                raise FolderExistsError(f"folder {dst.name[1:]!r} exists")
         for parent in parent_folders(new_name):
             if parent != INBOX and not (root / folder_dir_name(parent) / "cur").is_dir():
                 with contextlib.suppress(FolderExistsError):
                     self._create_one(root, parent, None)
-        prefix = "." + old_name + HIERARCHY_DELIMITER
-        children = sorted(n for n in os.listdir(root) if n.startswith(prefix))
-        self._move_dir(root, old_dir, root / folder_dir_name(new_name))
-        for child in children:
-            suffix = child[len("." + old_name) :]
-            self._move_dir(root, root / child, root / f".{new_name}{suffix}")
+        for src, dst in moves:
+            self._move_dir(root, src, dst)
         self._publish(user, old_name, new_name)
 
     def _rename_inbox(self, user: str, root: Path, new_name: str) -> None:

@@ -102,8 +102,8 @@ def _scan(root: Path) -> tuple[int, int]:
         for sub in ("new", "cur"):
             try:
                 entries = os.scandir(folder / sub)
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # not a (complete) folder: nothing of it is counted or readable
             with entries:
                 for entry in entries:
                     if entry.name.startswith("."):

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -23,8 +24,17 @@ from delivery.layout import (
     parse_subscriptions,
     serialize_subscriptions,
 )
-from delivery.maildir import MaildirStore
-from delivery.store import Flag, FlagMode, InvalidFolderNameError
+from delivery.maildir import FolderHasChildrenError, MaildirStore
+from delivery.store import (
+    DEFAULT_FOLDERS,
+    INBOX,
+    Flag,
+    FlagMode,
+    FolderExistsError,
+    FolderNotFoundError,
+    InvalidFolderNameError,
+    StoreError,
+)
 from delivery.uidmap import UidList, UidRecord
 from mailstack.paths import StatePaths
 
@@ -117,6 +127,113 @@ class StoreModel(RuleBasedStateMachine):
 TestStoreModel = StoreModel.TestCase
 TestStoreModel.settings = settings(
     max_examples=25,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+FOLDER = st.lists(st.sampled_from(["a", "b", "Sent"]), min_size=1, max_size=3).map(".".join)
+# (a small alphabet, so that names collide, nest and clash often)
+FOLDER_OR_INBOX = st.one_of(FOLDER, st.just(INBOX), st.just("INBOX.a"))
+
+
+class FolderModel(RuleBasedStateMachine):
+    """CREATE/DELETE/RENAME/deliver in any order match a {folder: message count} model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="maildir-folders-"))
+        self.store = MaildirStore(StatePaths(self.dir), hostname="model")
+        self.store.create_account(ALICE)
+        self.model: dict[str, int] = {INBOX: 0, **{name: 0 for name in DEFAULT_FOLDERS}}
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _parents(self, name: str) -> list[str]:
+        parts = name.split(".")
+        return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+    def _expect(self, error: type[StoreError] | None, call: object, *args: object) -> None:
+        if error is None:
+            call(*args)  # type: ignore[operator]
+        else:
+            with pytest.raises(error):
+                call(*args)  # type: ignore[operator]
+
+    @rule(name=FOLDER_OR_INBOX)
+    def create(self, name: str) -> None:
+        error = FolderExistsError if name in self.model else None
+        self._expect(error, self.store.create_folder, ALICE, name)
+        if error is None:
+            for parent in [*self._parents(name), name]:
+                self.model.setdefault(parent, 0)
+
+    @rule(name=FOLDER_OR_INBOX)
+    def delete(self, name: str) -> None:
+        error: type[StoreError] | None = None
+        if name not in self.model:
+            error = FolderNotFoundError
+        elif name == INBOX:
+            error = InvalidFolderNameError
+        elif any(other.startswith(name + ".") for other in self.model):
+            error = FolderHasChildrenError
+        self._expect(error, self.store.delete_folder, ALICE, name)
+        if error is None:
+            del self.model[name]
+
+    @rule(data=st.data(), new=FOLDER_OR_INBOX)
+    def rename_existing(self, data: st.DataObject, new: str) -> None:
+        # Renames of what exists, nested names included: the interesting cases.
+        self.rename(data.draw(st.sampled_from(sorted(self.model))), new)
+
+    @rule(old=FOLDER_OR_INBOX, new=FOLDER_OR_INBOX)
+    def rename(self, old: str, new: str) -> None:
+        error: type[StoreError] | None = None
+        moving = [n for n in self.model if n == old or n.startswith(old + ".")]
+        if old not in self.model:
+            error = FolderNotFoundError
+        elif new in self.model or new == INBOX:
+            error = FolderExistsError
+        elif old != INBOX and new.startswith(old + "."):
+            error = InvalidFolderNameError
+        elif old != INBOX and any(new + n[len(old) :] in self.model for n in moving):
+            error = FolderExistsError
+        self._expect(error, self.store.rename_folder, ALICE, old, new)
+        if error is not None:
+            return
+        if old == INBOX:
+            for parent in [*self._parents(new), new]:
+                self.model.setdefault(parent, 0)
+            self.model[new], self.model[INBOX] = self.model[INBOX], 0
+            return
+        for parent in self._parents(new):
+            self.model.setdefault(parent, 0)
+        for name in moving:
+            self.model[new + name[len(old) :]] = self.model.pop(name)
+
+    @rule(name=FOLDER_OR_INBOX)
+    def deliver(self, name: str) -> None:
+        error = None if name in self.model else FolderNotFoundError
+        self._expect(error, self.store.deliver, [(ALICE, name)], b"Subject: x\r\n\r\nbody\r\n")
+        if error is None:
+            self.model[name] += 1
+
+    @invariant()
+    def matches_model(self) -> None:
+        infos = self.store.list_folders(ALICE)
+        assert {f.name for f in infos if f.is_selectable} == set(self.model)
+        for name, count in self.model.items():
+            assert len(self.store.snapshot(ALICE, name).messages) == count, name
+        assert self.store.usage_bytes(ALICE) == sum(self.model.values()) * len(
+            b"Subject: x\n\nbody\n"
+        )
+
+
+TestFolderModel = FolderModel.TestCase
+TestFolderModel.settings = settings(
+    max_examples=30,
     stateful_step_count=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -111,6 +111,24 @@ def test_deliver_is_all_or_nothing(store: MaildirStore, paths: StatePaths) -> No
     assert [m.uid for m in store.snapshot(ALICE, "INBOX").messages] == [ref.uid]
 
 
+def test_deliver_rolls_back_copies_already_placed(store: MaildirStore, paths: StatePaths) -> None:
+    store.deliver([(ALICE, "INBOX")], MESSAGE)
+    sent_new = maildir_root(paths) / ".Sent" / "new"
+    sent_new.rmdir()
+    sent_new.write_bytes(b"")  # tmp/ works, the rename into new/ fails: after INBOX's copy
+    with pytest.raises(NotADirectoryError):
+        store.deliver([(ALICE, "INBOX"), (ALICE, "Sent")], MESSAGE)
+    root = maildir_root(paths)
+    assert len(os.listdir(root / "new")) == 1  # only the first delivery's
+    assert os.listdir(root / "tmp") == []
+    assert os.listdir(root / ".Sent" / "tmp") == []
+    assert [m.uid for m in store.snapshot(ALICE, "INBOX").messages] == [1]
+    assert store.usage_bytes(ALICE) == len(LF_MESSAGE)
+    # The UID the rolled-back copy had is burnt, never handed out again.
+    (ref,) = store.deliver([(ALICE, "INBOX")], MESSAGE)
+    assert ref.uid > 2
+
+
 def test_unknown_user_and_folder(store: MaildirStore) -> None:
     with pytest.raises(UnknownUserError):
         store.deliver([("nobody@example.com", "INBOX")], MESSAGE)
@@ -268,7 +286,7 @@ def test_expunge_only_deleted_and_only_given(store: MaildirStore) -> None:
     assert store.usage_bytes(ALICE) == len(LF_MESSAGE)
 
 
-def test_quota(store: MaildirStore) -> None:
+def test_quota(store: MaildirStore, paths: StatePaths) -> None:
     limit = {ALICE: 2 * len(LF_MESSAGE)}
     store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes=limit)
     store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes=limit)
@@ -281,6 +299,8 @@ def test_quota(store: MaildirStore) -> None:
         store.copy(ALICE, "INBOX", [1], "Archive", quota_bytes=limit[ALICE])
     assert len(store.snapshot(ALICE, "INBOX").messages) == 2
     assert store.usage_bytes(ALICE) == 2 * len(LF_MESSAGE)
+    for folder in ("", ".Archive"):  # refused before anything was written
+        assert os.listdir(paths.maildir(ALICE) / folder / "tmp") == []
     store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes={ALICE: 0})  # 0 = unlimited
 
 

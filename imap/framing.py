@@ -90,6 +90,11 @@ class Framer:
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
+    def set_max_literal_bytes(self, max_literal_bytes: int) -> None:
+        """Change the literal limit (the session raises it once the client has logged in)."""
+        self._max_command += max_literal_bytes - self._max_literal
+        self._max_literal = max_literal_bytes
+
     @property
     def is_idle(self) -> bool:
         """True when no partial command is buffered (safe point to switch to TLS)."""

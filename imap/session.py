@@ -70,6 +70,7 @@ Write = Callable[[bytes], Awaitable[None]]
 SYSTEM_FLAGS = tuple(f.value for f in Flag)
 RECENT = "\\Recent"
 MAX_BAD_COMMANDS = 50  # consecutive BADs before we give up on a client (a confused script)
+PREAUTH_MAX_LITERAL_BYTES = 64 * 1024
 FETCH_BATCH = 50  # messages rendered per worker-thread trip, so big FETCHes stream
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -171,7 +172,9 @@ class Session:
         self.limits = limits
         self.starttls_available = starttls_available
         self.rescan_s = rescan_s
-        self.proto = ImapProtocol(max_literal_bytes=ctx.config.smtp.max_message_size)
+        # Before login nothing needs a big literal (a password does not): an anonymous client
+        # must not make us buffer a 50 MB LITERAL+ (RFC 7888 §4 lets servers refuse those).
+        self.proto = ImapProtocol(max_literal_bytes=PREAUTH_MAX_LITERAL_BYTES)
         self.user: str | None = None
         self.selected: Selected | None = None
         self.idle_tag: str | None = None
@@ -331,6 +334,7 @@ class Session:
             await asyncio.to_thread(self.ctx.store.create_account, address)
         self.user = address
         self.proto.state = State.AUTHENTICATED
+        self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
         self.log.info("[%s] login %s from %s", self.conn_id, address, self.peer_ip)
         caps = " ".join(self.capabilities())
         await write(response.ok(tag, "logged in", f"CAPABILITY {caps}"))

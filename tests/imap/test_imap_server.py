@@ -180,6 +180,14 @@ def test_too_big_non_synchronizing_literal_ends_the_connection(
         assert client.line().startswith(b"* BYE [TOOBIG]")
 
 
+def test_big_literal_before_login_is_refused(imap_server: ImapServerThread) -> None:
+    with raw(imap_server, login=False) as client:
+        client.send(b"a1 LOGIN {100000}\r\n")
+        assert client.line().startswith(b"a1 NO [TOOBIG]")
+        client.send(b"a2 LOGIN {100000+}\r\n")
+        assert client.line().startswith(b"* BYE [TOOBIG]")
+
+
 def test_overlong_line_ends_the_connection_with_bye(imap_server: ImapServerThread) -> None:
     with raw(imap_server, login=False) as client:
         client.send(b"a1 NOOP " + b"x" * 70000)

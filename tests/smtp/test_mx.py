@@ -376,6 +376,19 @@ async def test_oversize_rejected(tmp_path: Path) -> None:
     assert body_of(stored) == b"Subject: small\n\nok\n"
 
 
+async def test_overlong_text_line_rejected(mx: SmtpHarness) -> None:
+    def run() -> list[str]:
+        c = mx.raw()
+        c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
+        out = c.replies(3)
+        c.send(b"Subject: long\r\n\r\n" + b"w" * 1001 + b"\r\n.\r\nNOOP\r\n")
+        return [*out, *c.replies(2)]
+    out = await asyncio.to_thread(run)
+    assert [r[:9] for r in out] == ["250 2.1.0", "250 2.1.5", "354 End d", "500 5.5.2",
+                                    "250 2.0.0"]
+    assert mx.messages("alice@example.com") == []
+
+
 async def test_received_header_loop(mx: SmtpHarness) -> None:
     hops = b"".join(b"Received: from hop%d.example.net by x; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
                     % i for i in range(31))
@@ -576,3 +589,23 @@ def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
     assert len(stored) == 2
     assert all(b"\n.dotted line\n" in m for m in stored)
     assert all(b"from swaks.example.net ([127.0.0.1])" in m for m in stored)
+
+
+@pytest.mark.external
+@pytest.mark.parametrize(("rcpt", "expected", "status"), [
+    ("carol+list@example.org", "<-  250 2.1.5 Recipient OK", 0),
+    ("nobody@example.com", "<** 550 5.1.1 No such user here", 24),  # swaks: 24 = RCPT refused
+    ("someone@gmail.com", "<** 554 5.7.1 Relaying denied", 24),
+])
+def test_swaks_recipient_replies(tmp_path: Path, rcpt: str, expected: str, status: int) -> None:
+    async def main() -> tuple[int | None, str]:
+        async with running_smtp(tmp_path) as h:
+            proc = await asyncio.create_subprocess_exec(
+                "swaks", "--server", h.host, "--port", str(h.port), "--to", rcpt,
+                "--from", "x@example.net", "--quit-after", "RCPT",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await proc.communicate()
+            return proc.returncode, out.decode()
+    got_status, out = asyncio.run(main())
+    assert expected in out, out
+    assert got_status == status

@@ -3,7 +3,7 @@
 RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
 NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
 CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
-(5819), ESEARCH (4731) and SEARCHRES (5182).
+(5819), ESEARCH (4731), SEARCHRES (5182) and BINARY (3516).
 
 The transport (`imap/server.py`) feeds bytes to `self.proto` and hands each event to
 `handle()` with a `write` coroutine; it owns sockets, TLS, timeouts and IDLE's waiting.
@@ -75,7 +75,7 @@ FETCH_BATCH = 50  # messages rendered per worker-thread trip, so big FETCHes str
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
     "UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED",
-    "LIST-STATUS", "ESEARCH", "SEARCHRES",
+    "LIST-STATUS", "ESEARCH", "SEARCHRES", "BINARY",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
 

@@ -331,6 +331,17 @@ def test_append_with_flags_and_date_returns_appenduid(
 
 # -- selected state ---------------------------------------------------------------------------
 
+def test_binary_append_and_fetch(imap_server: ImapServerThread) -> None:
+    # RFC 3516: literal8 in APPEND; BINARY[] decodes the transfer encoding, literal8 for NULs.
+    with raw(imap_server) as client:
+        assert client.tagged(b"APPEND INBOX ~{%d+}\r\n" % len(MULTIPART) + MULTIPART).startswith(
+            b"OK [APPENDUID")
+        client.command("SELECT INBOX")
+        lines = client.command("FETCH 1 (BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[1]<0.3>)")
+        assert lines[0] == (b"* 1 FETCH (BINARY.SIZE[2] 3 BINARY[2] ~{3}\r\n\x00\x01\x02 "
+                            b'BINARY[1]<0> "see")\r\n')
+
+
 def test_select_and_examine_report_the_folder(imap_server: ImapServerThread,
                                               imap_deployment: ImapDeployment) -> None:
     deliver(imap_deployment, SIMPLE)

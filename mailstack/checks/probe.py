@@ -3,9 +3,9 @@
 `check` needs no password: `ProbeMailbox` creates a temporary account with a random name
 (`mailstack-check-<hex>@<first domain>`) and a random password in users.sqlite3 and its
 Maildir, which a running serve sees at once (INTERFACE.md), and removes both afterwards, even
-when a check fails or the run is interrupted (KeyboardInterrupt passes through `finally`). A
-probe left behind by a run that was killed outright is removed by the next run once it is
-older than `STALE_PROBE_S`.
+when a check fails or the run is interrupted (Ctrl-C, and SIGTERM, which unwinds as
+SystemExit while the probe exists). A probe left behind by a run killed outright (SIGKILL)
+is removed by the next run once it is older than `STALE_PROBE_S`.
 
 `e2e.delivery` sends a message over SMTP (the MX listener, STARTTLS when offered, as a
 sending MTA would) to the probe, waits until it shows up over IMAP (IMAPS if configured, else
@@ -20,9 +20,11 @@ import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -82,7 +84,30 @@ def _match_owner(dep: Deployment, top: Path) -> None:
 
 
 @contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the probe exists, SIGTERM (a timeout in a script, systemd) raises SystemExit,
+    so the `finally` below still removes the probe; the process then exits 143 as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def probe_mailbox(dep: Deployment, domain: str) -> Iterator[Probe]:
+    with _sigterm_unwinds():
+        yield from _probe(dep, domain)
+
+
+def _probe(dep: Deployment, domain: str) -> Iterator[Probe]:
     remove_stale_probes(dep)
     address = f"{PROBE_PREFIX}{secrets.token_hex(6)}@{domain}"
     password = secrets.token_urlsafe(24)

@@ -7,7 +7,11 @@ RCPT) that the config's listen.smtp points at: our own SMTP code is never change
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,4 +155,35 @@ def test_probe_in_junk_when_spf_does_not_cover_us(tmp_path: Path) -> None:
     assert e2e["status"] == "warn"
     assert e2e["message"].startswith("the probe message arrived in Junk, not INBOX")
     assert "dns.spf" in e2e["fix"]
+    nothing_left(root)
+
+
+def test_sigterm_while_the_probe_exists_still_removes_it(tmp_path: Path) -> None:
+    """An MX that accepts the connection and never greets holds check inside the e2e send,
+    with the probe mailbox present; SIGTERM then must unwind and remove it."""
+    root = tmp_path / "state"
+    make_deployment(root)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        set_listen(root, "smtp", f'["127.0.0.1:{silent.getsockname()[1]}"]')
+        env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
+        proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--dir", str(root),
+                                 "check", "--json", "--only", "e2e"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            silent.settimeout(60)
+            conn, _ = silent.accept()  # check is now waiting for our greeting
+            with conn:
+                accounts = Accounts(root / "users.sqlite3")
+                try:
+                    assert [u.address.split("-")[0] for u in accounts.users()] == ["mailstack"]
+                finally:
+                    accounts.close()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
     nothing_left(root)

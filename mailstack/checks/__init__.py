@@ -11,7 +11,7 @@ to each address (`dns.ptr`) or to each listener (`smtp.banner`, ...) appear once
 with the same id, and the message starts with the subject ("example.com: ...").
 
 Invariants: running the checks changes nothing in the deployment except for the probe mailbox,
-which `probe.ProbeMailbox` removes again, even on failure. Every network operation is bounded
+which `probe.probe_mailbox` removes again, even on failure. Every network operation is bounded
 by a timeout; nothing here exits or prints.
 """
 

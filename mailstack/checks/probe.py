@@ -1,6 +1,6 @@
 """The probe mailbox, the IMAP login check and the end-to-end delivery check.
 
-`check` needs no password: `ProbeMailbox` creates a temporary account with a random name
+`check` needs no password: `probe_mailbox` creates a temporary account with a random name
 (`mailstack-check-<hex>@<first domain>`) and a random password in users.sqlite3 and its
 Maildir, which a running serve sees at once (INTERFACE.md), and removes both afterwards, even
 when a check fails or the run is interrupted (Ctrl-C, and SIGTERM, which unwinds as

@@ -9,7 +9,7 @@ Maildir at the same time.
 Threads of one process first serialise on a `threading.Lock` per path, so only one thread per
 process polls the file system. A lock older than `stale_s` is taken over, as Dovecot does: its
 owner crashed (Dovecot's uidlist lock: MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT = 2 minutes); a lock
-that names a mailstack process of this host that no longer exists is taken over at once.
+whose "<pid>:<host>" names a process of this host that no longer exists is taken over at once.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mailstack.fsutil import fsync_dir
 STALE_S = 120.0  # Dovecot's uidlist dotlock stale timeout (maildir-uidlist.c)
 TIMEOUT_S = 60.0  # how long we wait for a live lock before giving up with an error
 
-_HOST = socket.gethostname().replace(" ", "_") or "localhost"
+_HOST = socket.gethostname()  # Dovecot's my_hostname
 
 _registry_lock = threading.Lock()
 _thread_locks: dict[str, threading.Lock] = {}
@@ -76,7 +76,7 @@ class DotLock:
         while True:
             try:
                 self._fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                os.write(self._fd, f"mailstack {os.getpid()} {_HOST}\n".encode())
+                os.write(self._fd, f"{os.getpid()}:{_HOST}".encode())  # as Dovecot writes it
                 return
             except FileExistsError:
                 pass
@@ -99,25 +99,26 @@ class DotLock:
             delay_s = min(delay_s * 2, 0.05)
 
     def _owner_is_dead(self) -> bool:
-        """A lock of ours whose process on this host is gone.
+        """The lock names a process of this host that no longer exists.
 
-        Locks we hold say "mailstack <pid> <host>" (replace() overwrites that with content), so
-        a waiter on this host can tell at once that the owner crashed instead of waiting out
-        the stale timeout.
+        Lock holders write "<pid>:<host>" into the lock (Dovecot's file-dotlock.c does so, and
+        so do we; replace() overwrites it with content), so a waiter on the same host can tell
+        at once that the owner crashed instead of waiting out the stale timeout. Dovecot makes
+        the same check, so it also takes over locks a crashed mailstack left behind.
         """
         try:
-            text = self.lock_path.read_text(errors="replace")
+            text = self.lock_path.read_text(errors="replace").strip()
         except FileNotFoundError:
             return False
-        fields = text.split()
-        if len(fields) != 3 or fields[0] != "mailstack" or fields[2] != _HOST:
-            return False  # Dovecot's or unreadable: only the stale timeout applies
+        pid, sep, host = text.partition(":")
+        if not sep or host != _HOST or not pid.isdigit() or int(pid) <= 0:
+            return False  # content (a uidlist being written) or another host's lock
         try:
-            os.kill(int(fields[1]), 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
             return True
-        except (ValueError, PermissionError):
-            return False
+        except PermissionError:
+            return False  # exists, owned by another user
         return False
 
     @property
@@ -130,7 +131,7 @@ class DotLock:
             raise RuntimeError("replace() without holding the lock")
         fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, 0)  # drop our owner line
+            os.ftruncate(fd, 0)  # drop our "<pid>:<host>"
             os.lseek(fd, 0, os.SEEK_SET)
             view = memoryview(data)
             while view:

@@ -3,13 +3,19 @@
 (a) mailstack writes; Dovecot over IMAP shows the same messages, flags, keywords, folders,
     subscriptions, UIDs and UIDVALIDITY.
 (b) Dovecot APPENDs, STOREs, EXPUNGEs and CREATEs; mailstack's snapshot agrees.
+(c) Both deliver into one folder at the same time: the shared dotlock keeps UIDs unique.
 """
 
 from __future__ import annotations
 
+import grp
 import imaplib
+import multiprocessing
+import os
+import pwd
 import re
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,7 @@ import pytest
 from delivery.maildir import MaildirStore
 from delivery.store import Flag, FlagMode
 from mailstack.paths import StatePaths
-from tests.support.dovecot import DovecotFactory
+from tests.support.dovecot import MAIL_GROUP, MAIL_USER, DovecotFactory
 
 pytestmark = pytest.mark.external
 
@@ -200,3 +206,55 @@ def test_flag_changes_round_trip_while_both_run(
         3: {"\\Seen"},
         4: set(),
     }
+
+
+def _deliver_as_mail_user(state_dir: Path, count: int, conn: Connection) -> None:
+    """Child process: deliver as Dovecot's mail user, so both write the same files."""
+    os.setgid(grp.getgrnam(MAIL_GROUP).gr_gid)
+    os.setuid(pwd.getpwnam(MAIL_USER).pw_uid)
+    store = MaildirStore(StatePaths(state_dir), hostname="mx.example.com")
+    uids = []
+    for i in range(count):
+        (ref,) = store.deliver([(USER, "INBOX")], f"Subject: mailstack {i}\r\n\r\nx\r\n".encode())
+        uids.append(ref.uid)
+    conn.send(uids)
+    conn.close()
+
+
+def test_dovecot_and_mailstack_deliver_at_the_same_time(
+    dovecot_server: DovecotFactory, setup: tuple[MaildirStore, Path]
+) -> None:
+    store, maildir = setup
+    server = dovecot_server({USER: (PASSWORD, maildir)})
+    count = 25
+    receiver, sender = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(
+        target=_deliver_as_mail_user, args=(maildir.parents[2], count, sender)
+    )
+    dovecot_uids = []
+    with server.imap(USER) as imap:
+        child.start()
+        sender.close()
+        for i in range(count):  # meanwhile Dovecot appends to the same folder
+            typ, data = imap.append(
+                "INBOX", None, None, f"Subject: dovecot {i}\r\n\r\ny\r\n".encode()
+            )
+            assert typ == "OK", data
+            m = re.search(rb"APPENDUID \d+ (\d+)", data[0] or b"")
+            assert m is not None, data
+            dovecot_uids.append(int(m[1]))
+        ours = receiver.recv()
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        imap.select("INBOX")
+        theirs = fetch(imap, "FLAGS")
+    assert sorted(ours + dovecot_uids) == list(range(1, 2 * count + 1))  # no UID twice
+    assert ours == sorted(ours)
+    assert dovecot_uids == sorted(dovecot_uids)
+    snap = store.snapshot(USER, "INBOX")
+    assert [m.uid for m in snap.messages] == sorted(theirs) == list(range(1, 2 * count + 1))
+    for uid in ours[:3] + dovecot_uids[:3]:
+        subject = store.read_message(USER, "INBOX", uid).split(b"\n", 1)[0]
+        expected = b"mailstack" if uid in ours else b"dovecot"
+        assert subject.startswith(b"Subject: " + expected)
+    assert "Error" not in server.log(), server.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
 def test_replace_writes_content_and_releases(tmp_path: Path) -> None:
     target = tmp_path / "dovecot-uidlist"
     with DotLock(target) as lock:
-        assert lock.lock_path.read_text().startswith("mailstack ")
+        assert lock.lock_path.read_text() == f"{os.getpid()}:{socket.gethostname()}"
         lock.replace(b"3 V1 N1 Gx\n")
     assert target.read_bytes() == b"3 V1 N1 Gx\n"
     assert not lock.lock_path.exists()
@@ -48,7 +49,7 @@ def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
     old = time.time() - 600
     os.utime(lock_path, (old, old))
     with DotLock(target, timeout_s=5):
-        assert lock_path.read_text().startswith(f"mailstack {os.getpid()} ")
+        assert lock_path.read_text().startswith(f"{os.getpid()}:")
 
 
 def test_lock_of_crashed_mailstack_process_is_taken_over(tmp_path: Path) -> None:
@@ -59,7 +60,9 @@ def test_lock_of_crashed_mailstack_process_is_taken_over(tmp_path: Path) -> None
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code, str(target)], check=True, cwd=root)
-    assert (tmp_path / "dovecot-uidlist.lock").read_text().startswith("mailstack ")
+    pid, _, host = (tmp_path / "dovecot-uidlist.lock").read_text().partition(":")
+    assert int(pid) != os.getpid()
+    assert host == socket.gethostname()
     with DotLock(target, timeout_s=5):  # fresh mtime, but its owner is gone
         pass
 

@@ -71,6 +71,7 @@ SYSTEM_FLAGS = tuple(f.value for f in Flag)
 RECENT = "\\Recent"
 MAX_BAD_COMMANDS = 50  # consecutive BADs before we give up on a client (a confused script)
 PREAUTH_MAX_LITERAL_BYTES = 64 * 1024
+STRUCTURE_CACHE_SIZE = 5000  # per session; a Structure is a few hundred bytes
 FETCH_BATCH = 50  # messages rendered per worker-thread trip, so big FETCHes stream
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -181,6 +182,8 @@ class Session:
         self.starttls_requested = False
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
+        # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
+        self._structures: dict[tuple[str, int, int], fetch.Structure] = {}
         self.log = logging.LoggerAdapter(log, {"conn": conn_id})
 
     # -- state ---------------------------------------------------------------------------------
@@ -743,13 +746,14 @@ class Session:
                 targets = [(seq, sel.messages[seq - 1]) for seq, _ in targets]
             if not any(a.name == "FLAGS" for a in attrs):
                 attrs = (*attrs, c.FetchAttr("FLAGS"))  # RFC 9051 §6.4.5: report the change
-        needs_bytes = any(a.name in fetch.MESSAGE_ITEMS and a.name != "RFC822.SIZE"
-                          for a in attrs)
+        needs_bytes = fetch.needs_message(attrs)
+        needs_structure = any(a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
+                              or (a.name == "BODY" and a.section is None) for a in attrs)
         gone = False
         for start in range(0, len(targets), FETCH_BATCH):
             batch = targets[start:start + FETCH_BATCH]
             rendered, batch_gone = await asyncio.to_thread(
-                self._render_batch, user, sel, batch, attrs, needs_bytes)
+                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure)
             gone = gone or batch_gone
             await write(b"".join(rendered))
         if gone:
@@ -757,20 +761,30 @@ class Session:
         await write(response.ok(command.tag, "FETCH completed"))
 
     def _render_batch(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]],
-                      attrs: tuple[c.FetchAttr, ...], needs_bytes: bool
+                      attrs: tuple[c.FetchAttr, ...], needs_bytes: bool, needs_structure: bool
                       ) -> tuple[list[bytes], bool]:
-        """FETCH responses for a batch of messages (runs in a worker thread)."""
+        """FETCH responses for a batch of messages (runs in a worker thread).
+
+        ENVELOPE/BODY/BODYSTRUCTURE come from a per-session cache of `fetch.Structure`
+        (a UID's bytes never change within a UIDVALIDITY), so clients that re-fetch them
+        on every open do not make us read and parse each message again."""
         out: list[bytes] = []
         gone = False
         for seq, info in batch:
             parsed = None
-            if needs_bytes:
+            key = (sel.name, sel.uid_validity, info.uid)
+            structure = self._structures.get(key) if needs_structure else None
+            if needs_bytes or (needs_structure and structure is None):
                 try:
                     parsed = fetch.ParsedMessage.parse(
                         self.ctx.store.read_message(user, sel.name, info.uid))
                 except MessageGoneError:
                     gone = True
                     continue
+                if needs_structure and structure is None:
+                    structure = self._structures[key] = fetch.Structure.of(parsed)
+                    while len(self._structures) > STRUCTURE_CACHE_SIZE:
+                        del self._structures[next(iter(self._structures))]
             items: list[bytes] = []
             for attr in attrs:
                 match attr.name:
@@ -782,6 +796,9 @@ class Session:
                         value = response.date_time(info.internal_date)
                     case "RFC822.SIZE":
                         value = b"%d" % info.size
+                    case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
+                            structure is not None and attr.section is None):
+                        value = response.value(fetch.structure_item(attr, structure))
                     case _ if parsed is not None:
                         try:
                             value = response.value(fetch.fetch_item(attr, parsed))

@@ -389,6 +389,11 @@ def test_fetch_items(imap_server: ImapServerThread, imap_deployment: ImapDeploym
     rfc822 = ok(client.fetch("1", "(RFC822)"))
     msg = email.message_from_bytes(rfc822[0][1])
     assert msg["Subject"] == "hello there"
+    # The second answer comes from the session's Structure cache and must not differ.
+    first = ok(client.fetch("1:2", "(ENVELOPE BODY BODYSTRUCTURE)"))
+    assert ok(client.fetch("1:2", "(ENVELOPE BODY BODYSTRUCTURE)")) == first
+    assert ok(client.fetch("1:2", "(BODYSTRUCTURE BODY[HEADER])"))[0][0].startswith(
+        b"1 (BODYSTRUCTURE (")
     data = ok(client.fetch("1", "ALL"))
     assert b"ENVELOPE" in data[0] and b"INTERNALDATE" in data[0]
     with pytest.raises(imaplib.IMAP4.error, match="no message 9"):

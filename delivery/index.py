@@ -268,16 +268,25 @@ class FolderIndex:
     # -- changing state (our own writes) -------------------------------------------------------
     def _append_records(self, records: list[UidRecord]) -> None:
         path = self.path / UIDLIST
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, serialize_records(records))
-            os.fsync(fd)  # the UID is promised (APPENDUID) once we return
-        finally:
-            os.close(fd)
-        self._uidlist_stamp = _stamp(path)
         for record in records:
             self._uid_of[record.base] = record.uid
         self._entries = None
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
+                # A writer died mid-line: appending would glue onto its torn line. Replace the
+                # file instead (the parse ignored the torn tail).
+                os.close(fd)
+                fd = -1
+                atomic_write(path, self.uidlist.serialize(), mode=FILE_MODE)
+            else:
+                os.write(fd, serialize_records(records))
+                os.fsync(fd)  # the UID is promised (APPENDUID) once we return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self._uidlist_stamp = _stamp(path)
 
     def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
         """We renamed `name` into `sub`/: number it and return the UID."""

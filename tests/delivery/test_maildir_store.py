@@ -182,6 +182,21 @@ def test_files_from_elsewhere_get_uids(store: MaildirStore, paths: StatePaths) -
     )
 
 
+def test_torn_uidlist_append_is_repaired(store: MaildirStore, paths: StatePaths) -> None:
+    store.deliver([(ALICE, "INBOX")], MESSAGE)
+    store.deliver([(ALICE, "INBOX")], MESSAGE)
+    uidlist = maildir_root(paths) / "dovecot-uidlist"
+    with open(uidlist, "ab") as f:
+        f.write(b"3 :1234.M1P1.crashed-wri")  # a writer died in the middle of a line
+    fresh = MaildirStore(paths)
+    (ref,) = fresh.deliver([(ALICE, "INBOX")], MESSAGE)
+    assert ref.uid == 3
+    assert uidlist.read_bytes().endswith(b"\n")
+    snap = MaildirStore(paths).snapshot(ALICE, "INBOX")
+    assert [m.uid for m in snap.messages] == [1, 2, 3]
+    assert snap.uid_validity == ref.uid_validity
+
+
 def test_uids_never_reused_after_expunge(store: MaildirStore, paths: StatePaths) -> None:
     for _ in range(3):
         store.deliver([(ALICE, "INBOX")], MESSAGE)

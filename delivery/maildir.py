@@ -17,10 +17,12 @@ and on any failure every file written so far is removed before the error propaga
 `recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
 new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/).
 
-DELETE of a folder that has children is refused (FolderHasChildrenError), as Dovecot's Maildir++
-does, instead of RFC 3501's alternative of keeping a \\Noselect name: Maildir++ has no way to
-store a name without a mailbox. INBOX cannot be deleted (RFC 9051 §6.3.4). RENAME of INBOX moves
-its messages into the new folder and leaves INBOX empty (RFC 9051 §6.3.6).
+DELETE of a folder that has children removes the folder and its messages; the name lives on as
+the \\Noselect parent of its children (RFC 9051 §6.3.4), which `list_folders` reports with
+`is_selectable=False` (Maildir++ stores "A.B" as `.A.B/` whether or not `.A/` exists). DELETE of
+such a name, which has no folder of its own, is FolderNotFoundError, as the RFC asks. INBOX
+cannot be deleted. RENAME of INBOX moves its messages into the new folder and leaves INBOX
+empty; its children stay (RFC 9051 §6.3.6).
 
 Lock order, to stay deadlock-free: the quota flock (shared) before any folder lock; at most one
 folder lock at a time; nothing that takes the quota lock exclusively runs under a folder lock.
@@ -72,17 +74,10 @@ from delivery.store import (
     MessageRef,
     QuotaExceededError,
     SpecialUse,
-    StoreError,
     UnknownUserError,
 )
 from mailstack.fsutil import fsync_dir
 from mailstack.paths import StatePaths
-
-
-class FolderHasChildrenError(StoreError):
-    """DELETE of a folder with subfolders (refused; see the module docstring)."""
-
-    code = "CANNOT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +359,6 @@ class MaildirStore:
         root, name, fdir = self._folder(user, folder)
         if name == INBOX:
             raise InvalidFolderNameError("INBOX cannot be deleted (RFC 9051 §6.3.4)")
-        prefix = "." + name + HIERARCHY_DELIMITER
-        if any(n.startswith(prefix) for n in os.listdir(root)):
-            raise FolderHasChildrenError(f"folder {name!r} has subfolders; delete them first")
         trash = root / "tmp" / f".deleted.{secrets.token_hex(8)}"
         self._move_dir(root, fdir, trash)
         shutil.rmtree(trash, ignore_errors=True)

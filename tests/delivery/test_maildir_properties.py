@@ -24,7 +24,7 @@ from delivery.layout import (
     parse_subscriptions,
     serialize_subscriptions,
 )
-from delivery.maildir import FolderHasChildrenError, MaildirStore
+from delivery.maildir import MaildirStore
 from delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
@@ -177,8 +177,6 @@ class FolderModel(RuleBasedStateMachine):
             error = FolderNotFoundError
         elif name == INBOX:
             error = InvalidFolderNameError
-        elif any(other.startswith(name + ".") for other in self.model):
-            error = FolderHasChildrenError
         self._expect(error, self.store.delete_folder, ALICE, name)
         if error is None:
             del self.model[name]

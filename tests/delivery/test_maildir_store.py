@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from delivery.maildir import FolderHasChildrenError, MaildirStore
+from delivery.maildir import MaildirStore
 from delivery.store import (
     DEFAULT_FOLDERS,
     Flag,
@@ -359,16 +359,24 @@ def test_uidvalidity_differs_for_recreated_folder(store: MaildirStore) -> None:
 def test_delete_folder(store: MaildirStore) -> None:
     store.create_folder(ALICE, "A.B")
     store.deliver([(ALICE, "A.B")], MESSAGE)
-    with pytest.raises(FolderHasChildrenError):
-        store.delete_folder(ALICE, "A")
+    store.deliver([(ALICE, "A")], MESSAGE)
     with pytest.raises(InvalidFolderNameError):
         store.delete_folder(ALICE, "inbox")
-    store.delete_folder(ALICE, "A.B")
+    # RFC 9051 §6.3.4: the messages go, the name stays as the \Noselect parent of "A.B".
     store.delete_folder(ALICE, "A")
-    assert "A" not in [f.name for f in store.list_folders(ALICE)]
+    infos = {f.name: f for f in store.list_folders(ALICE)}
+    assert not infos["A"].is_selectable
+    assert infos["A"].has_children
+    assert infos["A.B"].is_selectable
     with pytest.raises(FolderNotFoundError):
+        store.snapshot(ALICE, "A")
+    with pytest.raises(FolderNotFoundError):  # deleting a \Noselect name is an error
         store.delete_folder(ALICE, "A")
+    assert store.usage_bytes(ALICE) == len(LF_MESSAGE)
+    store.delete_folder(ALICE, "A.B")
+    assert not {"A", "A.B"} & {f.name for f in store.list_folders(ALICE)}
     assert store.usage_bytes(ALICE) == 0
+    store.create_folder(ALICE, "A")  # and the name can be made a folder again
 
 
 def test_rename_folder_with_children(store: MaildirStore) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +27,7 @@ from imap import response
 from imap.framing import RemoteProtocolError
 from imap.session import ConnectionLimits, Session, Write
 from mailstack.context import ServerContext
-
-log = logging.getLogger(__name__)
+from mailstack.logs import connection_logger, new_connection_id
 
 READ_BYTES = 65536
 RESCAN_S = 3.0  # IDLE rescan period for changes made by other processes (brief: 2-5 s)
@@ -79,15 +76,16 @@ async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
     """Run one connection to its end; never raises."""
     peer = writer.get_extra_info("peername")
     ip = str(peer[0]) if peer else "unknown"
-    conn_id = secrets.token_hex(4)
+    conn_id = new_connection_id("i")
+    clog = connection_logger(__name__, conn_id, ip)
     if not limits.acquire_ip(ip):
-        log.warning("[%s] refusing %s: too many connections from this address", conn_id, ip)
+        clog.warning("refusing %s: too many connections from this address", ip)
         writer.write(response.bye("too many connections from your address", "UNAVAILABLE"))
         await _close(writer)
         return
     session = Session(ctx, peer_ip=ip, is_tls=is_tls, conn_id=conn_id, limits=limits,
                       starttls_available=not is_tls, rescan_s=rescan_s)
-    log.debug("[%s] connection from %s (tls=%s)", conn_id, ip, is_tls)
+    clog.debug("connection from %s (tls=%s)", ip, is_tls)
 
     async def write(data: bytes) -> None:
         writer.write(data)
@@ -97,26 +95,25 @@ async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
         await write(session.greeting())
         await _loop(ctx, session, reader, writer, write)
     except RemoteProtocolError as exc:
-        log.info("[%s] closing: %s", conn_id, exc.reason)
+        clog.info("closing: %s", exc.reason)
         with contextlib.suppress(ConnectionError):
             await write(response.bye(exc.reason, exc.code))
     except _ShuttingDownError:
         with contextlib.suppress(ConnectionError):
             await write(response.bye("server shutting down"))
     except TimeoutError:
-        log.info("[%s] autologout after %s s without a command", conn_id,
-                 ctx.config.imap.idle_timeout_s)
+        clog.info("autologout after %s s without a command", ctx.config.imap.idle_timeout_s)
         with contextlib.suppress(ConnectionError):
             await write(response.bye("autologout: idle for too long"))
     except (ConnectionError, OSError) as exc:
-        log.debug("[%s] connection lost: %s", conn_id, exc)
+        clog.debug("connection lost: %s", exc)
     except asyncio.CancelledError:
         # The server is shutting down. This task is the connection's top level: ending it
         # normally (not as cancelled) keeps asyncio from logging the cancellation as an error.
         with contextlib.suppress(Exception):
             writer.write(response.bye("server shutting down"))
     except Exception:  # a bug: log it, and keep the server up
-        log.exception("[%s] unexpected error", conn_id)
+        clog.exception("unexpected error")
         with contextlib.suppress(Exception):
             await write(response.bye("internal server error", "SERVERBUG"))
     finally:

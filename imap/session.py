@@ -29,7 +29,6 @@ import binascii
 import contextlib
 import dataclasses
 import ipaddress
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -62,8 +61,7 @@ from imap.protocol import (
 )
 from imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.context import ServerContext
-
-log = logging.getLogger(__name__)
+from mailstack.logs import connection_logger
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -184,7 +182,7 @@ class Session:
         self._bad_in_a_row = 0
         # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
         self._structures: dict[tuple[str, int, int], fetch.Structure] = {}
-        self.log = logging.LoggerAdapter(log, {"conn": conn_id})
+        self.log = connection_logger(__name__, conn_id, peer_ip)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -250,7 +248,7 @@ class Session:
         self._bad_in_a_row = 0
         tag = command.tag
         # Command names only: arguments may hold passwords or message text (STYLE.md logging).
-        self.log.debug("[%s] C: %s %s", self.conn_id, tag, type(command).__name__.upper())
+        self.log.debug("C: %s %s", tag, type(command).__name__.upper())
         try:
             if self.selected is not None and not isinstance(
                     command, c.Close | c.Unselect | c.Logout | c.Select):
@@ -266,7 +264,7 @@ class Session:
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
-            self.log.exception("[%s] %s failed", self.conn_id, type(command).__name__)
+            self.log.exception("%s failed", type(command).__name__)
             await write(response.no(tag, "internal server error, logged", "SERVERBUG"))
 
     async def _dispatch(self, command: c.Command, write: Write) -> None:
@@ -318,7 +316,7 @@ class Session:
             raise _NoError("use STARTTLS or the implicit-TLS port first", "PRIVACYREQUIRED")
         throttle = self.ctx.throttle
         if throttle.is_locked_out(self.peer_ip, user):
-            self.log.warning("[%s] login refused for %s: too many failures", self.conn_id, user)
+            self.log.warning("login refused for %s: too many failures", user)
             raise _NoError("too many failed logins; try again later", "UNAVAILABLE")
         delay = throttle.delay_s(self.peer_ip)
         if delay:
@@ -326,7 +324,7 @@ class Session:
         address = await asyncio.to_thread(self.ctx.accounts.authenticate, user, password)
         if address is None:
             throttle.record_failure(self.peer_ip, user)
-            self.log.info("[%s] login failed for %r from %s", self.conn_id, user, self.peer_ip)
+            self.log.info("login failed for %r from %s", user, self.peer_ip)
             raise _NoError("invalid credentials", "AUTHENTICATIONFAILED")
         throttle.record_success(self.peer_ip, user)
         if not self.limits.acquire_user(address):
@@ -338,7 +336,7 @@ class Session:
         self.user = address
         self.proto.state = State.AUTHENTICATED
         self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
-        self.log.info("[%s] login %s from %s", self.conn_id, address, self.peer_ip)
+        self.log.info("login %s from %s", address, self.peer_ip)
         caps = " ".join(self.capabilities())
         await write(response.ok(tag, "logged in", f"CAPABILITY {caps}"))
 
@@ -399,7 +397,7 @@ class Session:
             try:
                 await self._sync(write, allow_expunge=True)
             except StoreError as exc:
-                self.log.warning("[%s] rescan during IDLE failed: %s", self.conn_id, exc)
+                self.log.warning("rescan during IDLE failed: %s", exc)
 
     # -- the selected folder -------------------------------------------------------------------
     def _require_user(self) -> str:
@@ -886,7 +884,7 @@ class Session:
                 await self._sync(write, allow_expunge=False)
             await write(response.ok(command.tag, "COPY completed", code))
         if len(pairs) < len(uids):
-            self.log.info("[%s] %s: %d of %d messages were gone", self.conn_id, verb,
+            self.log.info("%s: %d of %d messages were gone", verb,
                           len(uids) - len(pairs), len(uids))
 
 

@@ -95,6 +95,7 @@ def test_dovecot_reads_what_mailstack_wrote(
     store.store_flags(USER, "INBOX", [2], [Flag.DELETED], FlagMode.ADD)
     store.expunge(USER, "INBOX")  # UID 2 is gone; Dovecot must not reuse or show it
     store.create_folder(USER, "Projects.2024")
+    store.create_folder(USER, "Entw&APw-rfe")  # "Entwürfe" in modified UTF-7
     (ref,) = store.deliver([(USER, "Projects.2024")], bodies[0])
     store.set_subscribed(USER, "Projects.2024", True)
     store.set_subscribed(USER, "Junk", False)
@@ -120,6 +121,7 @@ def test_dovecot_reads_what_mailstack_wrote(
         typ, listing = imap.list()
         names = mailbox_names(listing)
         assert {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive", "Projects.2024"} <= names
+        assert "Entw&APw-rfe" in names
         typ, lsub = imap.lsub()
         subscribed = mailbox_names(lsub)
         assert "Projects.2024" in subscribed
@@ -257,4 +259,44 @@ def test_dovecot_and_mailstack_deliver_at_the_same_time(
         subject = store.read_message(USER, "INBOX", uid).split(b"\n", 1)[0]
         expected = b"mailstack" if uid in ours else b"dovecot"
         assert subject.startswith(b"Subject: " + expected)
+    assert "Error" not in server.log(), server.log()
+
+
+DOVECOT_QUOTA = """
+mail_plugins = $mail_plugins quota
+plugin {
+  quota = maildir:User quota
+  quota_rule = *:storage=1G
+}
+"""
+
+
+def test_maildirsize_shared_with_dovecot_quota(
+    dovecot_server: DovecotFactory, setup: tuple[MaildirStore, Path]
+) -> None:
+    """Dovecot's `quota = maildir` and mailstack keep one maildirsize exact between them."""
+    store, maildir = setup
+    store.deliver([(USER, "INBOX")], b"Subject: 1\r\n\r\n" + b"a" * 1000 + b"\r\n")
+    server = dovecot_server({USER: (PASSWORD, maildir)}, DOVECOT_QUOTA)
+    with server.imap(USER) as imap:
+        imap.select("INBOX")  # Dovecot reads (and may recount) maildirsize
+        for i in range(3):
+            imap.append("INBOX", None, None, f"Subject: d{i}\r\n\r\n{'b' * 500}\r\n".encode())
+        imap.uid("STORE", "2", "+FLAGS", r"(\Deleted)")
+        imap.expunge()
+    store.deliver([(USER, "Archive")], b"Subject: 2\r\n\r\n" + b"c" * 700 + b"\r\n")
+    on_disk = sum(
+        os.path.getsize(os.path.join(d, name))
+        for d in (
+            maildir / "cur",
+            maildir / "new",
+            maildir / ".Archive" / "cur",
+            maildir / ".Archive" / "new",
+        )
+        for name in os.listdir(d)
+    )
+    lines = (maildir / "maildirsize").read_text().splitlines()
+    assert lines[0].startswith("1073741824S")  # Dovecot's limit: it wrote this file
+    assert sum(int(line.split()[0]) for line in lines[1:]) == on_disk
+    assert MaildirStore(StatePaths(maildir.parents[2])).usage_bytes(USER) == on_disk
     assert "Error" not in server.log(), server.log()

@@ -156,10 +156,13 @@ class DovecotServer:
             self.process.wait(timeout=5)
 
 
-def start_dovecot(base: Path, accounts: dict[str, tuple[str, Path]]) -> DovecotServer:
+def start_dovecot(
+    base: Path, accounts: dict[str, tuple[str, Path]], extra_config: str = ""
+) -> DovecotServer:
     """Start Dovecot serving `accounts` ({user: (password, maildir)}) from `base`.
 
     Every maildir must lie under `base.parent`, which must be traversable by MAIL_USER.
+    `extra_config` is appended to dovecot.conf (e.g. `mail_plugins = quota` and its plugin {}).
     """
     for sub in ("run", "state"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -179,6 +182,7 @@ def start_dovecot(base: Path, accounts: dict[str, tuple[str, Path]]) -> DovecotS
             mail_uid=MAIL_USER,
             mail_gid=MAIL_GROUP,
         )
+        + extra_config
     )
     server = DovecotServer(base, port, dict(accounts))
     server.grant()
@@ -210,8 +214,11 @@ class DovecotFactory:
         self.workdir = workdir
         self.started: list[DovecotServer] = []
 
-    def __call__(self, accounts: dict[str, tuple[str, Path]]) -> DovecotServer:
-        server = start_dovecot(self.workdir / f"dovecot{len(self.started)}", accounts)
+    def __call__(
+        self, accounts: dict[str, tuple[str, Path]], extra_config: str = ""
+    ) -> DovecotServer:
+        base = self.workdir / f"dovecot{len(self.started)}"
+        server = start_dovecot(base, accounts, extra_config)
         self.started.append(server)
         return server
 

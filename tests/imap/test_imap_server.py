@@ -513,6 +513,53 @@ def test_two_sessions_see_each_others_flags_and_expunges(
         assert b"* 2 EXISTS\r\n" in two.command("NOOP")
 
 
+@pytest.mark.timeout(120)
+def test_concurrent_appends_get_distinct_uids_and_an_idler_sees_them_all(
+        imap_server: ImapServerThread) -> None:
+    writers, per_writer = 4, 10
+    with raw(imap_server) as idler:
+        idler.command("SELECT INBOX")
+        idler.send(b"i1 IDLE\r\n")
+        assert idler.line() == b"+ idling\r\n"
+        errors: list[BaseException] = []
+        uids: list[int] = []
+
+        def append_many() -> None:
+            try:
+                with raw(imap_server) as client:
+                    for _ in range(per_writer):
+                        done = client.tagged(b"APPEND INBOX {%d+}\r\n" % len(SIMPLE) + SIMPLE)
+                        m = re.match(rb"OK \[APPENDUID \d+ (\d+)\]", done)
+                        assert m is not None, done
+                        uids.append(int(m[1]))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=append_many) for _ in range(writers)]
+        for t in threads:
+            t.start()
+        total = writers * per_writer
+        seen = 0
+        while seen < total:  # EXISTS may coalesce several appends into one response
+            line = idler.line()
+            if m := re.match(rb"\* (\d+) EXISTS", line):
+                seen = int(m[1])
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(uids) == list(range(1, total + 1))
+        idler.send(b"DONE\r\n")
+        assert idler.until_tagged(b"i1")[-1].startswith(b"i1 OK")
+        assert client_count(idler) == total
+
+
+def client_count(client: RawClient) -> int:
+    line = client.command("STATUS INBOX (MESSAGES)")[0]
+    m = re.search(rb"MESSAGES (\d+)", line)
+    assert m is not None
+    return int(m[1])
+
+
 @pytest.mark.timeout(60)
 def test_idle_sees_a_delivery(imap_server: ImapServerThread,
                               imap_deployment: ImapDeployment) -> None:

@@ -742,8 +742,9 @@ class Session:
                                                   unseen, [Flag.SEEN.value], FlagMode.ADD)
                 self._update_flags(changed)
                 targets = [(seq, sel.messages[seq - 1]) for seq, _ in targets]
-            if not any(a.name == "FLAGS" for a in attrs):
-                attrs = (*attrs, c.FetchAttr("FLAGS"))  # RFC 9051 §6.4.5: report the change
+                if not any(a.name == "FLAGS" for a in attrs):
+                    # RFC 9051 §6.4.5: the \Seen we just set must be reported.
+                    attrs = (*attrs, c.FetchAttr("FLAGS"))
         needs_bytes = fetch.needs_message(attrs)
         needs_structure = any(a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
                               or (a.name == "BODY" and a.section is None) for a in attrs)

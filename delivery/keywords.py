@@ -59,17 +59,29 @@ class KeywordMap:
     def serialize(self) -> bytes:
         return "".join(f"{i} {name}\n" for i, name in enumerate(self.names) if name).encode()
 
+    def _index(self, keyword: str) -> int | None:
+        # Keywords compare case-insensitively, as system flags do (clients send "$junk" and
+        # "$Junk" for one thing): they share one letter, spelled as first stored.
+        folded = keyword.casefold()
+        for i, name in enumerate(self.names):
+            if name and name.casefold() == folded:
+                return i
+        return None
+
     def letter_for(self, keyword: str) -> str | None:
-        try:
-            return chr(ord("a") + self.names.index(keyword))
-        except ValueError:
-            return None
+        index = self._index(keyword)
+        return None if index is None else chr(ord("a") + index)
+
+    def canonical(self, keyword: str) -> str:
+        """The stored spelling of `keyword` (itself if it is not stored)."""
+        index = self._index(keyword)
+        return keyword if index is None else self.names[index]
 
     def add(self, keywords: Iterable[str]) -> bool:
         """Give letters to unknown keywords while free letters last; True if anything changed."""
         changed = False
         for keyword in keywords:
-            if keyword in self.names:
+            if self._index(keyword) is not None:
                 continue
             if "" in self.names:
                 self.names[self.names.index("")] = keyword

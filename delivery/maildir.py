@@ -481,6 +481,9 @@ class MaildirStore:
             index.sync()
             if mode is not FlagMode.REMOVE:
                 index.ensure_keywords(wanted)
+            wanted = frozenset(
+                f if f.startswith("\\") else index.keywords.canonical(f) for f in wanted
+            )
             by_uid = index.entries_by_uid()
             for uid in uids:
                 entry = by_uid.get(uid)

@@ -231,7 +231,9 @@ def test_store_flags_and_keywords(store: MaildirStore, paths: StatePaths) -> Non
     assert (root / "dovecot-keywords").read_text() == "0 $Junk\n1 $Label1\n"
     msg = mailbox.Maildir(root, create=False).get_message(name.split(":")[0])
     assert msg.get_flags() == "FSab"
-    got = store.store_flags(ALICE, "INBOX", [1], ["$Junk", Flag.SEEN], FlagMode.REMOVE)
+    got = store.store_flags(ALICE, "INBOX", [1], ["$label1"], FlagMode.ADD)  # same keyword
+    assert got == {1: {Flag.SEEN, Flag.FLAGGED, "$Junk", "$Label1"}}
+    got = store.store_flags(ALICE, "INBOX", [1], ["$JUNK", Flag.SEEN], FlagMode.REMOVE)
     assert got == {1: {Flag.FLAGGED, "$Label1"}}
     got = store.store_flags(ALICE, "INBOX", [1], [Flag.DRAFT], FlagMode.REPLACE)
     assert got == {1: {Flag.DRAFT}}

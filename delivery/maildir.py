@@ -172,8 +172,13 @@ class MaildirStore:
 
     def delete_account(self, user: str) -> None:
         root = self._root(user)
+        # Renamed away first, so the account vanishes at once rather than file by file (no
+        # local part starts with ".", so the name cannot be an account's).
+        doomed = root.with_name(f".deleted.{root.name}.{secrets.token_hex(8)}")
+        os.rename(root, doomed)
+        fsync_dir(root.parent)
         self._forget_indexes(root)
-        shutil.rmtree(root)
+        shutil.rmtree(doomed)
 
     def usage_bytes(self, user: str) -> int:
         return self._usage(self._root(user))

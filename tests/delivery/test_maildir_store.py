@@ -429,5 +429,6 @@ def test_delete_account(store: MaildirStore, paths: StatePaths) -> None:
     store.deliver([(ALICE, "INBOX")], MESSAGE)
     store.delete_account(ALICE)
     assert not maildir_root(paths).exists()
+    assert os.listdir(maildir_root(paths).parent) == []
     with pytest.raises(UnknownUserError):
         store.snapshot(ALICE, "INBOX")

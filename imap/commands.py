@@ -13,7 +13,7 @@ Conventions:
 
 RFCs: 3501 and 9051 (grammar), 2177 IDLE, 4315 UIDPLUS, 6851 MOVE, 2342 NAMESPACE, 2971 ID,
 5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/6154/5819 LIST extensions, 4731 ESEARCH,
-5182 SEARCHRES, 3516 BINARY.
+5182 SEARCHRES, 3516 BINARY, 9208 QUOTA.
 """
 
 from __future__ import annotations
@@ -338,6 +338,28 @@ class Idle(Command):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class GetQuota(Command):
+    """RFC 9208 §4.2: GETQUOTA quota-root."""
+
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetQuotaRoot(Command):
+    """RFC 9208 §4.3: GETQUOTAROOT mailbox."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetQuota(Command):
+    """RFC 9208 §4.1: SETQUOTA quota-root (resource limit ...); `limits` upper-cased names."""
+
+    root: str
+    limits: tuple[tuple[str, int], ...]
+
+
 # Selected (RFC 9051 §6.4).
 @dataclass(frozen=True, slots=True)
 class Check(Command):
@@ -412,7 +434,7 @@ ANY_STATE: tuple[type[Command], ...] = (Capability, Noop, Logout, Id)
 NOT_AUTHENTICATED: tuple[type[Command], ...] = (StartTls, Login, Authenticate)
 AUTHENTICATED: tuple[type[Command], ...] = (
     Enable, Select, Create, Delete, Rename, Subscribe, Unsubscribe, List, Lsub, Namespace,
-    Status, Append, Idle,
+    Status, Append, Idle, GetQuota, GetQuotaRoot, SetQuota,
 )
 SELECTED: tuple[type[Command], ...] = (
     Check, Close, Unselect, Expunge, Search, Fetch, Store, Copy, Move,

@@ -3,7 +3,7 @@
 Grammar: RFC 3501 §9, with RFC 9051 §9 where it differs (astring search arguments, UTF-8 in
 quoted strings), and the extensions we advertise: RFC 4315 UID EXPUNGE, 6851 MOVE, 2971 ID,
 5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/5819/6154 LIST options, 4731 ESEARCH,
-5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+.
+5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA.
 
 Any input yields a `Command` or raises `ParseError` carrying the tag ("*" when even the tag
 is unreadable) so the session answers `tag BAD reason` and the connection stays usable.
@@ -673,12 +673,40 @@ def _search_key(r: _Reader, depth: int) -> c.SearchKey:
     raise _BadError(f"unknown search key {name}")
 
 
+def _getquota(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    return c.GetQuota(tag, r.astring("a quota root"))
+
+
+def _getquotaroot(r: _Reader, tag: str) -> c.Command:
+    r.sp()
+    return c.GetQuotaRoot(tag, r.mailbox())
+
+
+def _setquota(r: _Reader, tag: str) -> c.Command:
+    # setquota = "SETQUOTA" SP quota-root-name SP setquota-list
+    # setquota-list = "(" [setquota-resource *(SP setquota-resource)] ")"
+    r.sp()
+    root = r.astring("a quota root")
+    r.sp()
+    r.expect(b"(", "a list of quota limits")
+    limits: list[tuple[str, int]] = []
+    while not r.accept(b")"):
+        if limits:
+            r.sp()
+        name = r.keyword("a quota resource")
+        r.sp()
+        limits.append((name, r.number("a quota limit")))
+    return c.SetQuota(tag, root, tuple(limits))
+
+
 _COMMANDS: dict[str, Callable[[_Reader, str], c.Command]] = {
     "ID": _id, "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable,
     "SELECT": _select(False), "EXAMINE": _select(True), "CREATE": _create,
     "DELETE": _one_mailbox(c.Delete), "SUBSCRIBE": _one_mailbox(c.Subscribe),
     "UNSUBSCRIBE": _one_mailbox(c.Unsubscribe), "RENAME": _rename, "LIST": _list,
-    "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
+    "LSUB": _lsub, "STATUS": _status, "APPEND": _append, "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _getquotaroot, "SETQUOTA": _setquota,
 }
 _UID_COMMANDS: dict[str, Callable[[_Reader, str, bool], c.Command]] = {
     "FETCH": _fetch, "SEARCH": _search, "STORE": _store, "COPY": _copy_move(c.Copy),

@@ -3,7 +3,7 @@
 RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
 NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
 CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
-(5819), ESEARCH (4731), SEARCHRES (5182) and BINARY (3516).
+(5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516) and QUOTA (9208).
 
 The transport (`imap/server.py`) feeds bytes to `self.proto` and hands each event to
 `handle()` with a `write` coroutine; it owns sockets, TLS, timeouts and IDLE's waiting.
@@ -74,7 +74,7 @@ FETCH_BATCH = 50  # messages rendered per worker-thread trip, so big FETCHes str
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
     "UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED",
-    "LIST-STATUS", "ESEARCH", "SEARCHRES", "BINARY",
+    "LIST-STATUS", "ESEARCH", "SEARCHRES", "BINARY", "QUOTA", "QUOTA=RES-STORAGE",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
 
@@ -301,6 +301,8 @@ class Session:
                 await write(response.ok(tag, "NAMESPACE completed"))
             case c.Idle():
                 await self._idle(tag, write)
+            case c.GetQuota() | c.GetQuotaRoot() | c.SetQuota():
+                await self._quota(command, write)
             case c.Select() | c.Create() | c.Delete() | c.Rename() | c.Subscribe() \
                     | c.Unsubscribe() | c.List() | c.Lsub() | c.Status() | c.Append():
                 await self._mailbox_command(command, write)
@@ -380,6 +382,30 @@ class Session:
         if authz and authz.lower() != authc.lower():
             raise _NoError("acting as another user is not allowed", "AUTHORIZATIONFAILED")
         await self._login(tag, authc, password, write)
+
+    # -- QUOTA (RFC 9208) ----------------------------------------------------------------------
+    async def _quota(self, command: c.GetQuota | c.GetQuotaRoot | c.SetQuota,
+                     write: Write) -> None:
+        """One quota root, "", holds every mailbox of the account; only STORAGE is limited
+        (in units of 1024 octets, RFC 9208 §5.1). An unlimited account has no quota root."""
+        user = self._require_user()
+        tag = command.tag
+        if isinstance(command, c.SetQuota):
+            raise _NoError("quotas are set by the administrator (mailstack user quota)",
+                           "NOPERM")
+        limit = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+        if isinstance(command, c.GetQuotaRoot):
+            name = _checked_name(command.mailbox)
+            await self._snapshot(name, claim_recent=False)  # NO [NONEXISTENT] if missing
+            roots = b' ""' if limit else b""
+            await write(response.untagged(b"QUOTAROOT " + response.mailbox(name) + roots))
+        elif command.root != "" or not limit:  # GETQUOTA
+            raise _NoError(f"no quota root {command.root!r}", "NONEXISTENT")
+        if limit:
+            used = await asyncio.to_thread(self.ctx.store.usage_bytes, user)
+            await write(response.untagged(
+                b'QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024)))
+        await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
 
     # -- IDLE ----------------------------------------------------------------------------------
     async def _idle(self, tag: str, write: Write) -> None:

@@ -77,6 +77,10 @@ CASES = [
                           datetime.datetime(2024, 2, 5, 13, 5, tzinfo=datetime.UTC)),
                  id="append-literal8"),
     pytest.param(b"a IDLE", c.Idle("a"), id="idle"),
+    pytest.param(b'a GETQUOTA ""', c.GetQuota("a", ""), id="getquota"),
+    pytest.param(b"a GETQUOTAROOT inbox", c.GetQuotaRoot("a", "INBOX"), id="getquotaroot"),
+    pytest.param(b'a SETQUOTA "" (STORAGE 512)', c.SetQuota("a", "", (("STORAGE", 512),)),
+                 id="setquota"),
     pytest.param(b"a CHECK", c.Check("a"), id="check"),
     pytest.param(b"a CLOSE", c.Close("a"), id="close"),
     pytest.param(b"a UNSELECT", c.Unselect("a"), id="unselect"),
@@ -204,6 +208,7 @@ ERRORS = [
     pytest.param(b'a1 LIST "" * RETURN (BOGUS)', "a1", id="bad-return-option"),
     pytest.param(b"a1 AUTHENTICATE PLAIN !!!", "a1", id="bad-base64"),
     pytest.param(b"a1 CREATE X (USE \\Sent)", "a1", id="create-use-not-list"),
+    pytest.param(b'a1 SETQUOTA "" (STORAGE)', "a1", id="setquota-no-limit"),
 ]
 
 

@@ -300,6 +300,24 @@ def test_append_over_quota_is_refused(imap_deployment: ImapDeployment) -> None:
             b"NO [OVERQUOTA]")
 
 
+def test_quota(imap_deployment: ImapDeployment) -> None:
+    imap_deployment.add_user("limited@example.com", "pw", quota_bytes=10 * 1024 * 1024)
+    imap_deployment.store.deliver([("limited@example.com", INBOX)], SIMPLE)
+    with running_server(imap_deployment) as server:
+        with RawClient("127.0.0.1", server.imap_port) as client:
+            assert b"QUOTA=RES-STORAGE" in client.command("LOGIN limited@example.com pw")[-1]
+            lines = client.command("GETQUOTAROOT INBOX")
+            assert lines[:2] == [b'* QUOTAROOT INBOX ""\r\n',
+                                 b'* QUOTA "" (STORAGE 1 10240)\r\n']
+            assert client.command('GETQUOTA ""')[0] == b'* QUOTA "" (STORAGE 1 10240)\r\n'
+            assert client.tagged("GETQUOTA other").startswith(b"NO [NONEXISTENT]")
+            assert client.tagged('SETQUOTA "" (STORAGE 1)').startswith(b"NO [NOPERM]")
+            assert client.tagged("GETQUOTAROOT Nowhere").startswith(b"NO [NONEXISTENT]")
+        with raw(server) as unlimited:  # alice has no quota: no quota root at all
+            assert unlimited.command("GETQUOTAROOT INBOX")[0] == b"* QUOTAROOT INBOX\r\n"
+            assert unlimited.tagged('GETQUOTA ""').startswith(b"NO [NONEXISTENT]")
+
+
 def test_status(imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
     deliver(imap_deployment, SIMPLE)
     deliver(imap_deployment, MULTIPART)

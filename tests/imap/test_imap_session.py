@@ -81,6 +81,7 @@ COMMANDS = st.sampled_from([
     b"COPY 1 Trash", b"LIST \"\" *", b"STATUS INBOX (MESSAGES UNSEEN SIZE)", b"UNSELECT",
     b"CREATE X", b"RENAME X Y", b"DELETE Y", b"CLOSE", b"EXPUNGE", b"UID EXPUNGE 9",
     b"APPEND INBOX {5+}\r\nhello", b"ENABLE X", b"ID NIL", b"NAMESPACE", b"LSUB \"\" *",
+    b"GETQUOTAROOT INBOX", b'GETQUOTA ""', b"IDLE", b"DONE", b"STARTTLS",
 ])
 LINES = st.one_of(COMMANDS, st.binary(max_size=40).map(lambda b: b.replace(b"\r\n", b"")))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
+TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
 FILE_MODE = 0o600
 
@@ -167,6 +169,8 @@ class FolderIndex:
         now_ns = time.time_ns()
         if stamp == self._listing_stamp:
             return False
+        if not self._listed:
+            self._clean_tmp()
         listing: dict[str, tuple[str, str]] = {}
         meta = self._meta
         for sub in ("new", "cur"):
@@ -183,7 +187,7 @@ class FolderIndex:
                         meta[base] = measured
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
         self._listing_stamp = stamp if settled else None
-        if listing == self._listing:
+        if listing == self._listing and self._listed:
             return False  # relisted (mtime too recent to trust) but nothing changed
         foreign = self._listed and self._listing.keys() != listing.keys()
         for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
@@ -193,6 +197,27 @@ class FolderIndex:
         self._listing = listing
         self._entries = None
         return foreign
+
+    def _clean_tmp(self) -> None:
+        """Remove what crashed writers left in tmp/ (once per process and folder).
+
+        cr.yp.to/proto/maildir.html: a file untouched in tmp/ for 36 hours is garbage. The
+        same holds for folders we were building or deleting there (delivery/folders.py).
+        """
+        cutoff = time.time() - TMP_MAX_AGE_S
+        with os.scandir(self.path / "tmp") as entries:
+            for entry in entries:
+                try:
+                    # ctime, not mtime: APPEND back-dates the mtime (INTERNALDATE) of files
+                    # it is still writing here.
+                    if entry.stat(follow_symlinks=False).st_ctime >= cutoff:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
 
     def sync(self) -> SyncResult:
         """Bring the index up to date, giving UIDs to files nobody numbered yet."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from delivery import index as index_module
 from delivery.maildir import MaildirStore
 from delivery.store import (
     DEFAULT_FOLDERS,
@@ -127,6 +128,21 @@ def test_deliver_rolls_back_copies_already_placed(store: MaildirStore, paths: St
     # The UID the rolled-back copy had is burnt, never handed out again.
     (ref,) = store.deliver([(ALICE, "INBOX")], MESSAGE)
     assert ref.uid > 2
+
+
+def test_abandoned_tmp_files_are_removed(
+    store: MaildirStore, paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = maildir_root(paths) / "tmp"
+    (tmp / "123.M1P1.crashed").write_bytes(b"half a message")
+    (tmp / ".mkfolder.abandoned").mkdir()
+    fresh = MaildirStore(paths)
+    fresh.snapshot(ALICE, "INBOX")
+    assert len(os.listdir(tmp)) == 2  # younger than 36 hours: maybe still being written
+    # The age is checked on ctime, which no test can set back: shorten the limit instead.
+    monkeypatch.setattr(index_module, "TMP_MAX_AGE_S", 0)
+    MaildirStore(paths).snapshot(ALICE, "INBOX")  # cleaned once per process and folder
+    assert os.listdir(tmp) == []
 
 
 def test_unknown_user_and_folder(store: MaildirStore) -> None:

@@ -148,10 +148,14 @@ class Selected:
 
 
 def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 and ::1, also as seen on a dual-stack socket (::ffff:127.0.0.1)."""
     try:
-        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+        addr = ipaddress.ip_address(ip.split("%")[0])
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 def _flags_of(info: MessageInfo, recent: set[int]) -> bytes:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from delivery.store import INBOX
 from imap.framing import RemoteProtocolError
-from imap.session import ConnectionLimits, Session
+from imap.session import ConnectionLimits, Session, is_loopback
 from tests.support.imapserver import PASSWORD, USER, ImapDeployment, make_deployment
 
 REMOTE_IP = "192.0.2.10"  # TEST-NET-1: never loopback
@@ -45,6 +45,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> ImapDeployment:
     dep = make_deployment(tmp_path_factory.mktemp("session") / "state")
     dep.store.deliver([(USER, INBOX)], b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n")
     return dep
+
+
+@pytest.mark.parametrize(
+    ("ip", "loopback"),
+    [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+     ("192.0.2.10", False), ("::ffff:192.0.2.10", False), ("2001:db8::1", False),
+     ("fe80::1%eth0", False), ("unknown", False)],
+)
+def test_is_loopback(ip: str, loopback: bool) -> None:
+    assert is_loopback(ip) is loopback
 
 
 async def test_cleartext_login_is_disabled_off_loopback(deployment: ImapDeployment) -> None:

@@ -2,13 +2,13 @@
 
 Each runs as a subprocess with a config in tmp_path against the implicit-TLS listener,
 trusting the deployment's CA (`tls/ca.pem`); the clients connect to "localhost" because
-mbsync only matches DNS names, not IP addresses, against the certificate.
+mbsync only matches DNS names, not IP addresses, against the certificate. A missing client
+fails the test (scripts/test installs isync, offlineimap and fetchmail; nothing is skipped).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +76,6 @@ def local_files(root: Path) -> set[str]:
 
 # -- mbsync -----------------------------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("mbsync") is None, reason="isync (mbsync) is not installed")
 @pytest.mark.timeout(300)
 def test_mbsync_syncs_both_ways_and_a_second_sync_changes_nothing(
         tmp_path: Path, deployment: ImapDeployment, server: ImapServerThread) -> None:
@@ -153,7 +152,6 @@ SyncState *
 
 # -- offlineimap ------------------------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("offlineimap") is None, reason="offlineimap is not installed")
 @pytest.mark.timeout(300)
 def test_offlineimap_syncs(tmp_path: Path, deployment: ImapDeployment,
                            server: ImapServerThread) -> None:
@@ -200,7 +198,6 @@ sslcacertfile = {deployment.paths.ca_cert}
 
 # -- fetchmail --------------------------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
 @pytest.mark.timeout(300)
 def test_fetchmail_retrieves_with_keep(tmp_path: Path, deployment: ImapDeployment,
                                        server: ImapServerThread) -> None:

@@ -448,8 +448,8 @@ def _list(r: _Reader, tag: str) -> c.Command:
             elif opt not in _LIST_RETURN:
                 raise _BadError(f"unsupported LIST return option {opt}")
             returns.append(opt)
-    if "RECURSIVEMATCH" in selection and selection == ["RECURSIVEMATCH"]:
-        # RFC 5258 §3.1: RECURSIVEMATCH alone is an error.
+    if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+        # RFC 5258 §3.1: RECURSIVEMATCH alone (or with only REMOTE) is an error.
         raise _BadError("RECURSIVEMATCH needs another selection option")
     return c.List(tag, reference, patterns, tuple(selection), tuple(returns), status_items)
 

@@ -205,6 +205,7 @@ ERRORS = [
     pytest.param(b"a1 APPEND INBOX hello", "a1", id="append-no-literal"),
     pytest.param(b"a1 UID FROB 1", "a1", id="uid-unknown"),
     pytest.param(b'a1 LIST (RECURSIVEMATCH) "" *', "a1", id="recursivematch-alone"),
+    pytest.param(b'a1 LIST (REMOTE RECURSIVEMATCH) "" *', "a1", id="recursivematch-remote"),
     pytest.param(b'a1 LIST "" * RETURN (BOGUS)', "a1", id="bad-return-option"),
     pytest.param(b"a1 AUTHENTICATE PLAIN !!!", "a1", id="bad-base64"),
     pytest.param(b"a1 CREATE X (USE \\Sent)", "a1", id="create-use-not-list"),

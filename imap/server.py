@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,17 +35,19 @@ RESCAN_S = 3.0  # IDLE rescan period for changes made by other processes (brief:
 TLS_HANDSHAKE_S = 30.0
 CLOSE_S = 5.0
 
-# One set of counters per serving context, shared by the imap and imaps listeners.
-_LIMITS: dict[int, tuple[ServerContext, ConnectionLimits]] = {}
+# One set of counters per serving context, shared by the imap and imaps listeners; an entry
+# goes when its context is garbage-collected (ServerContext is a mutable, unhashable dataclass,
+# so it is keyed by id with a finalizer rather than held in a WeakKeyDictionary).
+_LIMITS: dict[int, ConnectionLimits] = {}
 
 
 def limits_for(ctx: ServerContext) -> ConnectionLimits:
-    entry = _LIMITS.get(id(ctx))
-    if entry is None or entry[0] is not ctx:
-        limits = ConnectionLimits(ctx.config.imap.max_connections_per_ip,
-                                  ctx.config.imap.max_connections_per_user)
-        _LIMITS[id(ctx)] = entry = (ctx, limits)
-    return entry[1]
+    limits = _LIMITS.get(id(ctx))
+    if limits is None:
+        limits = _LIMITS[id(ctx)] = ConnectionLimits(ctx.config.imap.max_connections_per_ip,
+                                                     ctx.config.imap.max_connections_per_user)
+        weakref.finalize(ctx, _LIMITS.pop, id(ctx), None)
+    return limits
 
 
 async def start_imap(ctx: ServerContext, host: str, port: int) -> asyncio.Server:

@@ -743,7 +743,7 @@ class Session:
             returns = [r for r in command.returns if r != "SAVE"] or (
                 [] if command.returns else ["ALL"])
             if returns or "SAVE" not in command.returns:
-                parts = [f'ESEARCH (TAG "{command.tag}")']
+                parts = ["ESEARCH (TAG " + response.string(command.tag).decode("ascii") + ")"]
                 if command.uid:
                     parts.append("UID")
                 if numbers and "MIN" in returns:

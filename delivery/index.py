@@ -341,6 +341,10 @@ class FolderIndex:
 
     def rewrite_uidlist(self) -> None:
         """Replace the uidlist, keeping only records whose files exist, with current names."""
+        # Only a complete, current listing may decide which records die: one holding just the
+        # files this process added would drop every other message's UID.
+        self._load_uidlist()
+        self._load_listing()
         uidlist = self.uidlist
         kept = []
         for record in uidlist.records:

@@ -74,6 +74,7 @@ from delivery.store import (
     MessageRef,
     QuotaExceededError,
     SpecialUse,
+    StoreError,
     UnknownUserError,
 )
 from mailstack.fsutil import fsync_dir
@@ -90,6 +91,17 @@ class _Written:
     fdir: Path
     base: str  # unique base name, also its name in tmp/
     meta: tuple[float, int, int]  # (mtime, S, W)
+
+
+@dataclass(slots=True)
+class _Placed:
+    """A copy renamed into its folder (and numbered, once `uid` is set)."""
+
+    index: FolderIndex
+    sub: str
+    name: str
+    uid: int = 0
+    uid_validity: int = 0
 
 
 class MaildirStore:
@@ -227,7 +239,7 @@ class MaildirStore:
         self,
         written: Sequence[_Written],
         flags: Sequence[frozenset[str]],
-        placed: list[tuple[Path, str, str, int]],
+        placed: list[_Placed],
     ) -> None:
         """Rename each tmp file into new/ or cur/ and number it; appends to `placed`."""
         for item, item_flags in zip(written, flags, strict=True):
@@ -240,10 +252,11 @@ class MaildirStore:
                 else:
                     sub, name = "new", item.base
                 os.rename(item.fdir / "tmp" / item.base, item.fdir / sub / name)
-                placed.append((item.fdir, sub, name, 0))
-                uid = index.added(sub, name, item.meta)
-                placed[-1] = (item.fdir, sub, name, uid)
-        for fdir, sub in {(p[0], p[1]) for p in placed}:
+                done = _Placed(index, sub, name)
+                placed.append(done)
+                done.uid = index.added(sub, name, item.meta)
+                done.uid_validity = index.uidlist.uid_validity
+        for fdir, sub in {(p.index.path, p.sub) for p in placed}:
             fsync_dir(fdir / sub)
 
     def _commit(
@@ -252,7 +265,7 @@ class MaildirStore:
         flags: Sequence[frozenset[str]],
     ) -> list[MessageRef]:
         """Place `written` (all already in tmp/) atomically as a group, or remove them all."""
-        placed: list[tuple[Path, str, str, int]] = []
+        placed: list[_Placed] = []
         roots = sorted({w.root for w in written})
         try:
             with contextlib.ExitStack() as stack:
@@ -263,18 +276,18 @@ class MaildirStore:
                     mine = [w for w in written if w.root == root]
                     quota.record(root, sum(w.meta[1] for w in mine), len(mine))
         except BaseException:
-            for fdir, sub, name, _uid in placed:
-                with contextlib.suppress(OSError):
-                    (fdir / sub / name).unlink()
+            for done in placed:  # under the folder lock, as every other removal
+                with contextlib.suppress(OSError, StoreError), done.index.locked():
+                    (done.index.path / done.sub / done.name).unlink()
+                    done.index.removed([split_info(done.name)[0]])
             for item in written:
                 with contextlib.suppress(OSError):
                     (item.fdir / "tmp" / item.base).unlink()
             raise
-        refs = []
-        for item, (fdir, _sub, _name, uid) in zip(written, placed, strict=True):
-            uid_validity = self._index(item.root, fdir).uidlist.uid_validity
-            refs.append(MessageRef(item.user, item.folder, uid, uid_validity))
-        return refs
+        return [
+            MessageRef(item.user, item.folder, done.uid, done.uid_validity)
+            for item, done in zip(written, placed, strict=True)
+        ]
 
     def deliver(
         self,

@@ -99,7 +99,9 @@ def allowed_in(command: c.Command, state: State) -> bool:
     if state is State.AUTHENTICATED:
         return isinstance(command, c.AUTHENTICATED)
     if state is State.SELECTED:
-        return isinstance(command, c.AUTHENTICATED + c.SELECTED)
+        # RFC 5161 §3.1: ENABLE is valid only before any mailbox is selected.
+        return isinstance(command, c.AUTHENTICATED + c.SELECTED) and not isinstance(
+            command, c.Enable)
     return False
 
 

@@ -43,6 +43,7 @@ def drain(proto: ImapProtocol, data: bytes) -> list[Event]:
         pytest.param(State.SELECTED, b"a FETCH 1 FLAGS", True, id="fetch-selected"),
         pytest.param(State.SELECTED, b"a LIST \"\" *", True, id="list-selected"),
         pytest.param(State.SELECTED, b"a STARTTLS", False, id="starttls-selected"),
+        pytest.param(State.SELECTED, b"a ENABLE X", False, id="enable-selected"),
     ],
 )
 def test_commands_are_checked_against_the_state(state: State, line: bytes, ok: bool) -> None:

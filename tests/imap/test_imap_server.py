@@ -220,11 +220,13 @@ def test_id_namespace_enable_capability(imap_server: ImapServerThread) -> None:
         lines = client.command('ID ("name" "pytest")')
         assert lines[0].startswith(b'* ID ("name" "mailstack"')
         assert client.command("NAMESPACE")[0] == b'* NAMESPACE (("" ".")) NIL NIL\r\n'
-        assert client.tagged("SELECT INBOX").startswith(b"OK")
-        assert client.tagged("CHECK").startswith(b"OK")
         assert client.command("ENABLE CONDSTORE")[0] == b"* ENABLED\r\n"
         caps = client.command("CAPABILITY")[0]
         assert b"AUTH=PLAIN" not in caps and b"IDLE" in caps
+        assert client.tagged("SELECT INBOX").startswith(b"OK")
+        assert client.tagged("CHECK").startswith(b"OK")
+        # RFC 5161 §3.1: ENABLE only before a mailbox is selected.
+        assert client.tagged("ENABLE CONDSTORE").startswith(b"BAD")
 
 
 def test_imapclient_session_features(imap_server: ImapServerThread) -> None:

@@ -98,6 +98,24 @@ def test_starttls_rejects_bytes_pipelined_in_cleartext(imap_server: ImapServerTh
     assert lines[1].startswith(b"* BYE")
 
 
+def test_failed_tls_handshakes_close_quietly(imap_server: ImapServerThread,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    with RawClient("127.0.0.1", imap_server.imap_port) as client:
+        assert client.tagged("STARTTLS").startswith(b"OK")
+        client.send(b"this is not a TLS ClientHello\r\n")
+        with pytest.raises(ConnectionError):
+            client.line()
+    with socket.create_connection(("127.0.0.1", imap_server.imaps_port), timeout=10) as sock:
+        sock.sendall(b"a1 CAPABILITY\r\n")  # cleartext to the TLS port
+        received = b""
+        while chunk := sock.recv(4096):  # perhaps a TLS alert; then the server must close
+            received += chunk
+        assert b"CAPABILITY" not in received
+    with raw(imap_server) as client:  # and the server goes on serving
+        assert client.tagged("NOOP").startswith(b"OK")
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
 def test_implicit_tls_verifies_against_the_deployment_ca(imap_server: ImapServerThread) -> None:
     client = imap_server.imaps()
     assert "STARTTLS" not in client.capabilities

@@ -258,6 +258,8 @@ class Session:
                     command, c.Close | c.Unselect | c.Logout | c.Select):
                 await self._sync(write, allow_expunge=not (
                     isinstance(command, _MSN_COMMANDS) and not getattr(command, "uid", False)))
+                if self.is_logged_out:  # the folder vanished under us: BYE already sent
+                    return
             await self._dispatch(command, write)
         except _BadError as exc:
             await write(response.bad(tag, str(exc)))

@@ -514,6 +514,18 @@ def test_copy_move_expunge_with_uidplus(imap_server: ImapServerThread,
     assert len(imap_deployment.store.snapshot(USER, "Trash").messages) == 1
 
 
+def test_selected_mailbox_deleted_by_another_session_ends_with_bye(
+        imap_server: ImapServerThread) -> None:
+    with raw(imap_server) as one, raw(imap_server) as two:
+        assert one.tagged("CREATE Doomed").startswith(b"OK")
+        assert one.tagged("SELECT Doomed").startswith(b"OK")
+        assert two.tagged("DELETE Doomed").startswith(b"OK")
+        one.send(b"x1 FETCH 1:* FLAGS\r\n")
+        assert one.line().startswith(b"* BYE")
+        with pytest.raises(ConnectionError):
+            one.line()
+
+
 def test_close_expunges_and_unselect_does_not(imap_server: ImapServerThread,
                                               imap_deployment: ImapDeployment) -> None:
     deliver(imap_deployment, SIMPLE)

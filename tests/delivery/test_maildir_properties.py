@@ -64,10 +64,14 @@ class StoreModel(RuleBasedStateMachine):
     def teardown(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(body=st.binary(max_size=200))
-    def deliver(self, body: bytes) -> None:
+    def _any_store(self, fresh: bool) -> MaildirStore:
+        # A fresh instance stands for another process: it has listed nothing yet.
+        return MaildirStore(StatePaths(self.dir), hostname="other") if fresh else self.store
+
+    @rule(body=st.binary(max_size=200), fresh=st.booleans())
+    def deliver(self, body: bytes, fresh: bool) -> None:
         message = b"Subject: x\r\n\r\n" + body
-        (ref,) = self.store.deliver([(ALICE, "INBOX")], message)
+        (ref,) = self._any_store(fresh).deliver([(ALICE, "INBOX")], message)
         assert ref.uid == self.next_uid
         self.model[ref.uid] = frozenset()
         self.next_uid += 1
@@ -82,10 +86,12 @@ class StoreModel(RuleBasedStateMachine):
         self.bytes += len(b"Subject: appended\n\nhi\n")
 
     @precondition(lambda self: bool(self.model))
-    @rule(data=st.data(), flags=FLAGS, mode=st.sampled_from(list(FlagMode)))
-    def store_flags(self, data: st.DataObject, flags: frozenset[str], mode: FlagMode) -> None:
+    @rule(data=st.data(), flags=FLAGS, mode=st.sampled_from(list(FlagMode)), fresh=st.booleans())
+    def store_flags(
+        self, data: st.DataObject, flags: frozenset[str], mode: FlagMode, fresh: bool
+    ) -> None:
         uids = data.draw(st.lists(st.sampled_from(sorted(self.model)), max_size=4))
-        result = self.store.store_flags(ALICE, "INBOX", uids, flags, mode)
+        result = self._any_store(fresh).store_flags(ALICE, "INBOX", uids, flags, mode)
         for uid in uids:
             old = self.model[uid]
             self.model[uid] = {
@@ -95,9 +101,12 @@ class StoreModel(RuleBasedStateMachine):
             }[mode]
         assert result == {uid: self.model[uid] for uid in uids}
 
-    @rule(only=st.none() | st.lists(st.integers(min_value=1, max_value=40), max_size=5))
-    def expunge(self, only: list[int] | None) -> None:
-        gone = self.store.expunge(ALICE, "INBOX", only)
+    @rule(
+        only=st.none() | st.lists(st.integers(min_value=1, max_value=40), max_size=5),
+        fresh=st.booleans(),
+    )
+    def expunge(self, only: list[int] | None, fresh: bool) -> None:
+        gone = self._any_store(fresh).expunge(ALICE, "INBOX", only)
         expected = [
             uid
             for uid, flags in sorted(self.model.items())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mailbox
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,29 @@ def test_torn_uidlist_append_is_repaired(store: MaildirStore, paths: StatePaths)
     snap = MaildirStore(paths).snapshot(ALICE, "INBOX")
     assert [m.uid for m in snap.messages] == [1, 2, 3]
     assert snap.uid_validity == ref.uid_validity
+
+
+def test_cached_listing_notices_changes_by_others(store: MaildirStore, paths: StatePaths) -> None:
+    for _ in range(3):
+        store.deliver([(ALICE, "INBOX")], MESSAGE)
+    store.snapshot(ALICE, "INBOX", claim_recent=True)
+    root = maildir_root(paths)
+    past = time.time() - 60
+    for sub in ("new", "cur"):  # old directory mtimes: the index may trust its cached listing
+        os.utime(root / sub, (past, past))
+    before = store.snapshot(ALICE, "INBOX")
+    assert store.snapshot(ALICE, "INBOX") == before
+    # Another MUA (no locking) flags the first message and deletes the third.
+    first, _, third = (m.key for m in before.messages)
+    (name,) = [n for n in os.listdir(root / "cur") if n.startswith(first)]
+    os.rename(root / "cur" / name, root / "cur" / f"{first}:2,FS")
+    (third_name,) = [n for n in os.listdir(root / "cur") if n.startswith(third)]
+    os.unlink(root / "cur" / third_name)
+    after = store.snapshot(ALICE, "INBOX")
+    assert [(m.uid, m.flags) for m in after.messages] == [
+        (1, {Flag.FLAGGED, Flag.SEEN}),
+        (2, frozenset()),
+    ]
 
 
 def test_uids_never_reused_after_expunge(store: MaildirStore, paths: StatePaths) -> None:

@@ -285,11 +285,6 @@ class FolderIndex:
         info = MessageInfo(uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base)
         return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
 
-    def size_of(self, base: str) -> int:
-        """S= bytes (on disk) of a known message."""
-        meta = self._meta.get(base)
-        return meta[1] if meta else 0
-
     # -- changing state (our own writes) -------------------------------------------------------
     def _append_records(self, records: list[UidRecord]) -> None:
         path = self.path / UIDLIST

@@ -216,16 +216,16 @@ class MaildirStore:
         self, fdir: Path, data: bytes, mtime: float | None
     ) -> tuple[str, tuple[float, int, int]]:
         size, vsize = len(data), crlf_size(data)
-        base = unique_name(self._host, size, vsize, now=mtime)
+        base = unique_name(self._host, size, vsize)  # the name says when it was stored
         path = fdir / "tmp" / base
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))  # INTERNALDATE is the mtime (Dovecot does so)
+            os.fsync(fd)  # data and the mtime
             st = os.fstat(fd)
         except BaseException:
             os.close(fd)
@@ -599,14 +599,18 @@ class MaildirStore:
                     continue
                 if only_deleted and Flag.DELETED not in entry.info.flags:
                     continue
-                with contextlib.suppress(FileNotFoundError):  # gone already: expunged anyway
+                try:
                     (fdir / entry.sub / entry.name).unlink()
-                removed.append((entry.uid, entry.info.key, index.size_of(entry.info.key)))
+                    size = entry.disk_size
+                except FileNotFoundError:
+                    size = -1  # someone else removed it (and accounted for it): expunged anyway
+                removed.append((entry.uid, entry.info.key, size))
             if removed:
                 index.removed(key for _uid, key, _size in removed)
                 fsync_dir(fdir / "cur")
                 fsync_dir(fdir / "new")
-                quota.record(root, -sum(size for *_, size in removed), -len(removed))
+                mine = [size for *_, size in removed if size >= 0]
+                quota.record(root, -sum(mine), -len(mine))
         if removed:
             self._publish(user, name)
         return [uid for uid, *_ in removed]

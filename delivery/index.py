@@ -310,14 +310,21 @@ class FolderIndex:
 
     def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
         """We renamed `name` into `sub`/: number it and return the UID."""
+        (uid,) = self.added_many([(sub, name, meta)])
+        return uid
+
+    def added_many(self, files: list[tuple[str, str, tuple[float, int, int]]]) -> list[int]:
+        """Number files we renamed in, in order, with one uidlist append (one fsync)."""
         self._load_uidlist()
-        base = base_name(name)
-        self._meta[base] = meta
-        self._listing[base] = (sub, name)
-        self._listing_stamp = None  # our rename moved the directory's mtime
-        (record,) = self.uidlist.assign([name])
-        self._append_records([record])
-        return record.uid
+        for sub, name, meta in files:
+            base = base_name(name)
+            self._meta[base] = meta
+            self._listing[base] = (sub, name)
+        self._listing_stamp = None  # our renames moved the directories' mtimes
+        records = self.uidlist.assign(name for _sub, name, _meta in files)
+        if records:
+            self._append_records(records)
+        return [r.uid for r in records]
 
     def renamed(self, base: str, sub: str, name: str) -> None:
         self._listing[base] = (sub, name)

@@ -435,10 +435,12 @@ class MaildirStore:
             with dest_index.locked():
                 dest_index.sync()
                 dest_index.set_keywords(keywords)  # letters keep their meaning
-                for entry in entries:
+                moved = []
+                for entry in entries:  # in UID order, so the new UIDs keep the order
                     with contextlib.suppress(FileNotFoundError):
                         os.rename(root / entry.sub / entry.name, dest / entry.sub / entry.name)
-                        dest_index.added(entry.sub, entry.name, entry.meta)
+                        moved.append((entry.sub, entry.name, entry.meta))
+                dest_index.added_many(moved)
                 for sub in ("new", "cur"):
                     fsync_dir(dest / sub)
             src_index.removed(e.info.key for e in entries)

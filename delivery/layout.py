@@ -24,6 +24,8 @@ import time
 
 from delivery.store import HIERARCHY_DELIMITER, INBOX, InvalidFolderNameError
 
+# Dovecot renames a folder it deletes to this name before removing it (mailbox-list-delete.c).
+DOVECOT_TRASH_DIR = ".DOVECOT-TRASHED"
 MAX_DIR_NAME_BYTES = 255  # NAME_MAX on Linux file systems: ".<folder name>" must fit
 _MUTF7_SHIFT = re.compile(r"&([A-Za-z0-9+,]*)-")
 _SIZE_FIELD = re.compile(r",([SW])=(\d+)")
@@ -68,7 +70,7 @@ def folder_dir_name(name: str) -> str:
 
 def folder_from_dir_name(dir_name: str) -> str | None:
     """Inverse of folder_dir_name for entries of the root; None for non-folder entries."""
-    if not dir_name.startswith(".") or dir_name in (".", ".."):
+    if not dir_name.startswith(".") or dir_name in (".", "..", DOVECOT_TRASH_DIR):
         return None
     try:
         return normalize_folder(dir_name[1:])

@@ -198,6 +198,8 @@ async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.Strea
     try:
         with _watch(ctx, session) as changed:
             await session.idle_poll(write)  # changes made before we started watching
+            if session.is_logged_out:
+                return b""
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -217,6 +219,8 @@ async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.Strea
                 if changed is not None:
                     changed.clear()
                 await session.idle_poll(write)
+                if session.is_logged_out:  # e.g. the selected mailbox was deleted: BYE sent
+                    return b""
     finally:
         stopping.cancel()
         if not read.done():

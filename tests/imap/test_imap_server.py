@@ -526,6 +526,20 @@ def test_selected_mailbox_deleted_by_another_session_ends_with_bye(
             one.line()
 
 
+@pytest.mark.timeout(60)
+def test_idling_on_a_mailbox_deleted_elsewhere_ends_with_bye(
+        imap_server: ImapServerThread) -> None:
+    with raw(imap_server) as one, raw(imap_server) as two:
+        assert one.tagged("CREATE Doomed").startswith(b"OK")
+        assert one.tagged("SELECT Doomed").startswith(b"OK")
+        one.send(b"i1 IDLE\r\n")
+        assert one.line() == b"+ idling\r\n"
+        assert two.tagged("DELETE Doomed").startswith(b"OK")
+        assert one.line().startswith(b"* BYE")
+        with pytest.raises(ConnectionError):
+            one.line()
+
+
 def test_close_expunges_and_unselect_does_not(imap_server: ImapServerThread,
                                               imap_deployment: ImapDeployment) -> None:
     deliver(imap_deployment, SIMPLE)

@@ -31,15 +31,12 @@ import weakref
 from typing import Any
 
 import dns.asyncresolver
-import dns.exception
-import dns.resolver
-import dns.reversename
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
-from mailstack.config import parse_resolver
 from mailstack.context import ServerContext
 from mailstack.logs import connection_logger, new_connection_id
 from smtp import replies
+from smtp.dnsbl import dnsbl_listing, make_resolver
 from smtp.framing import DataError, DataFramer
 from smtp.handler import MxEnvelope, MxHandler, MxSession
 from smtp.limits import ConnectionLimiter
@@ -57,7 +54,6 @@ MAX_MAIL_COMMAND_BYTES = 512 + 26 + 15 + 10
 _READ_CHUNK = 256 * 1024
 _BDAT = re.compile(r"^(\d{1,15})(?:[ \t]+(LAST))?[ \t]*$", re.IGNORECASE)
 _COMMAND = re.compile(rb"^[A-Za-z]{1,16}$")
-_DNSBL_TIMEOUT_S = 5.0
 # Each listener's connection bookkeeping, for `open_connections` (shutdown, tests).
 _LIMITERS: weakref.WeakKeyDictionary[asyncio.Server, ConnectionLimiter] = (
     weakref.WeakKeyDictionary())
@@ -556,48 +552,6 @@ def _plain_ip(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)
     return str(addr)
-
-
-async def dnsbl_listing(resolver: dns.asyncresolver.Resolver, ip: str,
-                        zones: list[str]) -> str | None:
-    """The first DNSBL zone listing `ip` (an A record in 127.0.0.0/8, RFC 5782 §2.1), or None.
-
-    A lookup that fails or times out counts as not listed: a broken blocklist must not stop mail.
-    """
-    try:
-        reversed_name = dns.reversename.from_address(ip)
-    except (ValueError, dns.exception.SyntaxError):
-        return None
-    # in-addr.arpa / ip6.arpa labels without the suffix: 1.2.0.192.zen.spamhaus.org
-    labels = reversed_name.relativize(dns.reversename.ipv4_reverse_domain
-                                      if ":" not in ip else dns.reversename.ipv6_reverse_domain)
-
-    async def query(zone: str) -> str | None:
-        name = f"{labels.to_text()}.{zone.strip('.')}."
-        try:
-            answer = await resolver.resolve(name, "A", lifetime=_DNSBL_TIMEOUT_S)
-        except (dns.exception.DNSException, OSError):
-            return None
-        for rdata in answer:
-            if str(rdata.address).startswith("127."):
-                return zone
-        return None
-
-    results = await asyncio.gather(*(query(z) for z in zones))
-    return next((z for z in results if z is not None), None)
-
-
-def make_resolver(ctx: ServerContext) -> dns.asyncresolver.Resolver:
-    """An async resolver honouring `dns.resolver` (else the system's) and `dns.timeout_s`."""
-    if ctx.config.dns.resolver:
-        host, port = parse_resolver(ctx.config.dns.resolver)
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = port
-    else:
-        resolver = dns.asyncresolver.Resolver()
-    resolver.lifetime = ctx.config.dns.timeout_s
-    return resolver
 
 
 async def start_smtp(ctx: ServerContext, host: str, port: int, *,

@@ -162,12 +162,16 @@ def deliver_message(
     if not resolution.mailboxes:
         return EX_NOUSER, f"no such local recipient: {recipient}"
     queue_id = secrets.token_hex(6)
-    received = local_received_field(by_host=hostname, queue_id=queue_id, recipient=recipient,
-                                    when=datetime.now(UTC))
+    received = local_received_field(
+        by_host=hostname, queue_id=queue_id, recipient=recipient, when=datetime.now(UTC)
+    )
     try:
         LocalDelivery(accounts, store).deliver(
-            mail_from=mail_from, recipients=[(recipient, resolution.mailboxes)],
-            message=message, prefix_fields=[received])
+            mail_from=mail_from,
+            recipients=[(recipient, resolution.mailboxes)],
+            message=message,
+            prefix_fields=[received],
+        )
     except QuotaExceededError as exc:
         return EX_TEMPFAIL, f"{exc}; try again later"
     except UnknownUserError as exc:
@@ -178,8 +182,9 @@ def deliver_message(
     return EX_OK, ""
 
 
-def run_lda(root: Path, recipient: str | None, message: bytes, *,
-            mail_from: str = "") -> tuple[int, str]:
+def run_lda(
+    root: Path, recipient: str | None, message: bytes, *, mail_from: str = ""
+) -> tuple[int, str]:
     """The whole of `mailstack deliver`: (sysexits status, a line for stderr or "").
 
     A deployment that cannot be opened is EX_TEMPFAIL, not 1: for the MTA calling us a
@@ -203,7 +208,13 @@ def run_lda(root: Path, recipient: str | None, message: bytes, *,
         return EX_TEMPFAIL, f"cannot open {root}: {exc}"
     try:
         store = MaildirStore(paths, None, hostname=config.server.hostname)
-        return deliver_message(accounts, store, hostname=config.server.hostname,
-                               recipient=recipient, message=message, mail_from=mail_from)
+        return deliver_message(
+            accounts,
+            store,
+            hostname=config.server.hostname,
+            recipient=recipient,
+            message=message,
+            mail_from=mail_from,
+        )
     finally:
         accounts.close()

@@ -31,7 +31,7 @@ import weakref
 from typing import Any
 
 import dns.asyncresolver
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from mailstack.context import ServerContext
 from mailstack.logs import connection_logger, new_connection_id
@@ -449,6 +449,10 @@ class MxSMTP(SMTP):
             await self.reply(replies.SMTPUTF8_REQUIRED)
             return
         status = await self.event_handler.handle_RCPT(self, self.session, envelope, address, [])
+        if not status.startswith("2"):
+            # Refused recipients never reach DATA: log them here (relay probes, dictionary
+            # attacks), as Postfix's "NOQUEUE: reject: RCPT" lines.
+            self._log.info("from=<%s> rcpt=<%s> refused: %s", envelope.mail_from, address, status)
         await self.push(status)
 
     async def smtp_DATA(self, arg: str | None) -> None:  # noqa: N802
@@ -481,6 +485,7 @@ class MxSMTP(SMTP):
             return
         await self._finish_message(envelope, event.content, event.size, event.error)
 
+    @syntax("BDAT size [LAST]")
     async def smtp_BDAT(self, arg: str | None) -> None:  # noqa: N802
         m = _BDAT.match(arg or "")
         if m is None:

@@ -125,6 +125,10 @@ async def test_one_log_line_per_transaction_without_body(
                                    f"queued as {record.conn}.1")  # type: ignore[attr-defined]
     assert record.peer == "127.0.0.1"  # type: ignore[attr-defined]
     assert "never be logged" not in caplog.text
+    caplog.clear()
+    await asyncio.to_thread(rcpt_reply, mx, "someone@gmail.com")
+    assert [r.getMessage() for r in caplog.records if r.name == "smtp.server"] == [
+        "from=<x@example.net> rcpt=<someone@gmail.com> refused: 554 5.7.1 Relaying denied"]
 
 
 async def test_multiple_recipients_and_aliases_one_copy_each(mx: SmtpHarness) -> None:

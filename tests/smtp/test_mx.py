@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import re
 import shutil
 import smtplib
 import ssl
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from smtp.replies import Reply
+from smtp.server import open_connections
 from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
 from tests.support.nsd import NsdFactory, nsd_server  # noqa: F401  (fixture)
 from tests.support.smtpserver import (
@@ -422,6 +425,44 @@ async def test_malformed_input_rejected_while_another_client_is_served(mx: SmtpH
                                     "500 5.5.2", "500 5.5.2", "553 5.1.3", "503 5.5.1",
                                     "500 5.5.2", "250 2.0.0"]
     assert len(mx.messages("bob@example.com")) == 1
+
+
+async def test_random_garbage_gets_replies_never_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rng = random.Random(5321)
+    verbs = [b"MAIL FROM:", b"RCPT TO:", b"EHLO", b"HELO", b"BDAT", b"VRFY", b"STARTTLS",
+             b"RSET", b"DATA", b"AUTH", b"HELP", b""]
+    lines = [rng.choice(verbs) + bytes(rng.getrandbits(8) for _ in range(rng.randrange(40)))
+             .replace(b"\n", b"").replace(b"\r", b"") + b"\r\n" for _ in range(300)]
+    lines = [x for x in lines if not x.upper().startswith((b"BDAT", b"DATA", b"STARTTLS"))]
+    async with running_smtp(tmp_path, smtp={"max_errors": 1000}) as h:
+        def run() -> list[str]:
+            c = h.raw()
+            out = []
+            for line in lines:
+                c.send(line)
+                out.append(c.reply())
+            c.send(b"RSET\r\nMAIL FROM:<x@example.net>\r\nRCPT TO:<bob@example.com>\r\n"
+                   b"DATA\r\n")
+            out += c.replies(4)
+            c.send(MSG + b".\r\n")
+            out.append(c.reply())
+            # And one that goes away in the middle of a message: the server cleans up.
+            d = h.raw()
+            d.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+            d.replies(3)
+            d.send(b"Subject: half\r\n\r\nhalf a mess")
+            d.close()
+            return out
+        out = await asyncio.to_thread(run)
+        deadline = asyncio.get_running_loop().time() + 10
+        while open_connections(h.server) > 1 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert open_connections(h.server) == 1  # only the first client is still connected
+        assert len(h.messages("bob@example.com")) == 1
+    assert all(re.match(r"^[2345]\d\d[ -]", r) for r in out)
+    assert out[-1].startswith("250 2.0.0")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("body", [

@@ -551,6 +551,22 @@ async def test_command_timeout(tmp_path: Path) -> None:
     assert closed
 
 
+async def test_data_timeout_and_total_connection_limit(tmp_path: Path) -> None:
+    async with running_smtp(tmp_path, smtp={"data_timeout_s": 1, "max_connections": 1}) as h:
+        def run() -> tuple[str, str, bool]:
+            c = h.raw()
+            refused = h.raw(ehlo=None).reply()  # the only slot is taken
+            c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+            c.replies(3)
+            c.send(b"Subject: stalled\r\n\r\nand then nothing")
+            return refused, c.reply(), c.is_closed()
+        refused, reply, closed = await asyncio.to_thread(run)
+        assert h.messages("bob@example.com") == []
+    assert refused.startswith("421 4.7.0 Too many connections")
+    assert reply.startswith("421 4.4.2")
+    assert closed
+
+
 # -- the verification seam -----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("verdict", "code", "folder"), [

@@ -43,8 +43,12 @@ class Address:
             ascii_domain = to_ascii_domain(domain)
         except UnicodeError:
             raise AddressError(f"{domain!r} is not a valid domain name") from None
-        if (not ascii_domain or len(ascii_domain) > MAX_DOMAIN_BYTES or ".." in ascii_domain
-                or ascii_domain.startswith(".")):
+        if (
+            not ascii_domain
+            or len(ascii_domain) > MAX_DOMAIN_BYTES
+            or ".." in ascii_domain
+            or ascii_domain.startswith(".")
+        ):
             raise AddressError(f"{domain!r} is not a valid domain name")
         return cls(local, ascii_domain)
 

@@ -18,8 +18,9 @@ from mailstack.config import parse_resolver
 from mailstack.context import ServerContext
 
 
-async def dnsbl_listing(resolver: dns.asyncresolver.Resolver, ip: str,
-                        zones: list[str]) -> str | None:
+async def dnsbl_listing(
+    resolver: dns.asyncresolver.Resolver, ip: str, zones: list[str]
+) -> str | None:
     """The first DNSBL zone listing `ip` (an A record in 127.0.0.0/8, RFC 5782 §2.1), or None.
 
     A lookup that fails or times out counts as not listed: a broken blocklist must not stop mail.
@@ -29,8 +30,11 @@ async def dnsbl_listing(resolver: dns.asyncresolver.Resolver, ip: str,
     except (ValueError, dns.exception.SyntaxError):
         return None
     # in-addr.arpa / ip6.arpa labels without the suffix: 1.2.0.192.zen.spamhaus.org
-    labels = reversed_name.relativize(dns.reversename.ipv4_reverse_domain
-                                      if ":" not in ip else dns.reversename.ipv6_reverse_domain)
+    labels = reversed_name.relativize(
+        dns.reversename.ipv4_reverse_domain
+        if ":" not in ip
+        else dns.reversename.ipv6_reverse_domain
+    )
 
     async def query(zone: str) -> str | None:
         name = f"{labels.to_text()}.{zone.strip('.')}."

@@ -39,8 +39,8 @@ class DataEnd:
 
     content: bytes  # dot-unstuffed message, CRLF line endings; b"" when `error` is set
     error: DataError | None
-    size: int  # octets received before the terminator, as sent (dot-stuffed)
-    leftover: bytes  # bytes after the terminator
+    size: int  # octets before the terminator, as sent (dot-stuffed); on BARE_NEWLINE: so far
+    leftover: bytes  # bytes after the terminator (b"" on BARE_NEWLINE)
 
 
 class DataFramer:
@@ -59,9 +59,10 @@ class DataFramer:
         self._event: DataEnd | None = None
 
     def receive_data(self, data: bytes) -> None:
-        if (ev := self._event) is not None:  # after the end: more pipelined commands
-            self._event = DataEnd(ev.content, ev.error, ev.size, ev.leftover + data)
-            return
+        if (ev := self._event) is not None:
+            if ev.error is not DataError.BARE_NEWLINE:  # after the end: pipelined commands
+                self._event = DataEnd(ev.content, ev.error, ev.size, ev.leftover + data)
+            return  # after BARE_NEWLINE the session ends; what follows is not ours to parse
         self._buf += data
         self._advance()
 
@@ -92,7 +93,7 @@ class DataFramer:
             del buf[: len(buf) - keep]
 
     def _finish(self, start: int, length: int) -> None:
-        leftover = bytes(self._buf[start + length:])
+        leftover = bytes(self._buf[start + length :])
         self._buf = bytearray()
         content = b"".join(self._out) if self._error is None else b""
         self._out = []

@@ -55,9 +55,13 @@ class MxSession(Session):
 
     def info(self) -> SessionInfo:
         return SessionInfo(
-            connection_id=self.connection_id, peer_ip=self.peer_ip, peer_port=self.peer_port,
-            helo=self.host_name or "", is_esmtp=bool(self.extended_smtp),
-            tls_version=self.tls_version, tls_cipher=self.tls_cipher,
+            connection_id=self.connection_id,
+            peer_ip=self.peer_ip,
+            peer_port=self.peer_port,
+            helo=self.host_name or "",
+            is_esmtp=bool(self.extended_smtp),
+            tls_version=self.tls_version,
+            tls_cipher=self.tls_cipher,
             authenticated_as=None,
         )
 
@@ -75,8 +79,12 @@ class MxEnvelope(Envelope):
         self.bdat_error: DataError | None = None
 
     def info(self) -> EnvelopeInfo:
-        return EnvelopeInfo(mail_from=self.mail_from or "", rcpt_tos=tuple(self.rcpt_tos),
-                            smtp_utf8=bool(self.smtp_utf8), body_8bit=self.body_8bit)
+        return EnvelopeInfo(
+            mail_from=self.mail_from or "",
+            rcpt_tos=tuple(self.rcpt_tos),
+            smtp_utf8=bool(self.smtp_utf8),
+            body_8bit=self.body_8bit,
+        )
 
 
 class MxHandler:
@@ -95,15 +103,23 @@ class MxHandler:
             return RecipientFacts(is_hosted_domain=False, mailboxes=())
         resolution = self._ctx.accounts.resolve(str(address))
         full = tuple(m for m in resolution.mailboxes if self._is_full(m))
-        return RecipientFacts(is_hosted_domain=True, mailboxes=resolution.mailboxes,
-                              forwards=resolution.forwards, over_quota=full)
+        return RecipientFacts(
+            is_hosted_domain=True,
+            mailboxes=resolution.mailboxes,
+            forwards=resolution.forwards,
+            over_quota=full,
+        )
 
     def _is_full(self, mailbox: str) -> bool:
         quota = self._ctx.accounts.quota_bytes(mailbox)
         return quota > 0 and self._ctx.store.usage_bytes(mailbox) >= quota
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
-        self, server: Any, session: MxSession, envelope: MxEnvelope, address: str,
+        self,
+        server: Any,
+        session: MxSession,
+        envelope: MxEnvelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         try:
@@ -115,9 +131,13 @@ class MxHandler:
         else:
             facts = await asyncio.to_thread(self._recipient_facts, rcpt)
         reply = check_recipient(
-            facts, authenticated=False, accepted_so_far=len(envelope.rcpt_tos),
+            facts,
+            authenticated=False,
+            accepted_so_far=len(envelope.rcpt_tos),
             max_recipients=self._ctx.config.smtp.max_recipients,
-            blocklisted_by=session.blocklisted_by, peer_ip=session.peer_ip)
+            blocklisted_by=session.blocklisted_by,
+            peer_ip=session.peer_ip,
+        )
         if reply.is_positive:
             # Once a hook exists aiosmtpd leaves the bookkeeping to us.
             envelope.rcpt_tos.append(address)
@@ -127,8 +147,9 @@ class MxHandler:
     # -- DATA / BDAT LAST ----------------------------------------------------------------------
     async def deliver(self, session: MxSession, envelope: MxEnvelope, content: bytes) -> Reply:
         """Check, verify and store a received message; the reply to DATA or BDAT LAST."""
-        loop_reply = check_received_count(count_received(content),
-                                          self._ctx.config.smtp.max_received_headers)
+        loop_reply = check_received_count(
+            count_received(content), self._ctx.config.smtp.max_received_headers
+        )
         if loop_reply is not None:
             return loop_reply
         try:
@@ -143,22 +164,34 @@ class MxHandler:
         session.transactions += 1
         queue_id = f"{session.connection_id}.{session.transactions}"
         trace = TraceInfo(
-            helo=session.host_name or "", peer_ip=session.peer_ip,
+            helo=session.host_name or "",
+            peer_ip=session.peer_ip,
             by_host=self._ctx.config.server.hostname,
-            protocol=protocol_name(esmtp=bool(session.extended_smtp),
-                                   tls=session.tls_version is not None, authenticated=False,
-                                   smtputf8=bool(envelope.smtp_utf8)),
-            queue_id=queue_id, tls_version=session.tls_version, tls_cipher=session.tls_cipher,
+            protocol=protocol_name(
+                esmtp=bool(session.extended_smtp),
+                tls=session.tls_version is not None,
+                authenticated=False,
+                smtputf8=bool(envelope.smtp_utf8),
+            ),
+            queue_id=queue_id,
+            tls_version=session.tls_version,
+            tls_cipher=session.tls_cipher,
             tls_bits=session.tls_bits,
-            single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None)
+            single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+        )
         fields = [*verdict.header_lines, received_field(trace, when=datetime.now(UTC))]
         folder = "Junk" if verdict.disposition is Disposition.JUNK else "INBOX"
         recipients = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
         try:
             # The store fsyncs before it returns: only then may we answer 250.
-            await asyncio.to_thread(self._delivery.deliver, mail_from=envelope.mail_from or "",
-                                    recipients=recipients, message=content,
-                                    prefix_fields=fields, folder=folder)
+            await asyncio.to_thread(
+                self._delivery.deliver,
+                mail_from=envelope.mail_from or "",
+                recipients=recipients,
+                message=content,
+                prefix_fields=fields,
+                folder=folder,
+            )
         except QuotaExceededError:
             return replies.OVER_QUOTA
         except Exception:

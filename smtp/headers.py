@@ -58,8 +58,10 @@ def safe_helo(helo: str) -> str:
 def received_field(info: TraceInfo, *, when: datetime) -> str:
     """One Received field, folded (CRLF + tab), without the final CRLF."""
     literal = f"[IPv6:{info.peer_ip}]" if ":" in info.peer_ip else f"[{info.peer_ip}]"
-    parts = [f"Received: from {safe_helo(info.helo)} ({literal})",
-             f"\tby {info.by_host} (mailstack) with {info.protocol} id {info.queue_id}"]
+    parts = [
+        f"Received: from {safe_helo(info.helo)} ({literal})",
+        f"\tby {info.by_host} (mailstack) with {info.protocol} id {info.queue_id}",
+    ]
     if info.tls_version:
         bits = f" ({info.tls_bits}/{info.tls_bits} bits)" if info.tls_bits else ""
         parts.append(f"\t(using {info.tls_version} with cipher {info.tls_cipher}{bits})")
@@ -73,8 +75,10 @@ def received_field(info: TraceInfo, *, when: datetime) -> str:
 
 def local_received_field(*, by_host: str, queue_id: str, recipient: str, when: datetime) -> str:
     """The Received field of a local (LDA) delivery: no network peer."""
-    return (f"Received: by {by_host} (mailstack deliver) id {queue_id}\r\n"
-            f"\tfor <{recipient}>; {format_datetime(when)}")
+    return (
+        f"Received: by {by_host} (mailstack deliver) id {queue_id}\r\n"
+        f"\tfor <{recipient}>; {format_datetime(when)}"
+    )
 
 
 def return_path_field(mail_from: str) -> str:

@@ -16,12 +16,33 @@ _REPLY_LINE = re.compile(r"^([245]\d\d)([ -])(.*)\Z", re.DOTALL)
 
 # Default enhanced codes by basic reply code (RFC 3463 §3), used by `enhance`.
 _DEFAULT_ENHANCED = {
-    "220": "2.0.0", "221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5",
-    "252": "2.5.0", "421": "4.3.0", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1",
-    "454": "4.7.0", "455": "4.5.4", "500": "5.5.2", "501": "5.5.4", "502": "5.5.1",
-    "503": "5.5.1", "504": "5.5.4", "521": "5.3.2", "530": "5.7.0", "535": "5.7.8",
-    "538": "5.7.11", "550": "5.1.1", "551": "5.1.6", "552": "5.3.4", "553": "5.1.3",
-    "554": "5.0.0", "555": "5.5.4",
+    "220": "2.0.0",
+    "221": "2.0.0",
+    "235": "2.7.0",
+    "250": "2.0.0",
+    "251": "2.1.5",
+    "252": "2.5.0",
+    "421": "4.3.0",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "455": "4.5.4",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "521": "5.3.2",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.1.1",
+    "551": "5.1.6",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
 }
 
 
@@ -81,8 +102,9 @@ CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and
 # 4xx: try again later
 SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service not available, closing transmission channel")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
-TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0",
-                                     "Too many connections from your address, try again later")
+TOO_MANY_CONNECTIONS_FROM_IP = Reply(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -114,8 +136,9 @@ RELAY_DENIED = Reply(554, "5.7.1", "Relaying denied")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers: mail loop detected")
 BARE_NEWLINE = Reply(554, "5.5.2", "Bare <CR> or <LF> in message: lines end with <CR><LF>")
-DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Message line longer than 1000 octets "
-                                         "(RFC 5321 §4.5.3.1.6)")
+DATA_LINE_TOO_LONG = Reply(
+    500, "5.5.2", "Message line longer than 1000 octets (RFC 5321 §4.5.3.1.6)"
+)
 REJECTED = Reply(550, "5.7.1", "Message rejected")
 SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 

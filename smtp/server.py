@@ -56,15 +56,22 @@ _BDAT = re.compile(r"^(\d{1,15})(?:[ \t]+(LAST))?[ \t]*$", re.IGNORECASE)
 _COMMAND = re.compile(rb"^[A-Za-z]{1,16}$")
 # Each listener's connection bookkeeping, for `open_connections` (shutdown, tests).
 _LIMITERS: weakref.WeakKeyDictionary[asyncio.Server, ConnectionLimiter] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 class MxSMTP(SMTP):
     """One SMTP session on the MX port."""
 
-    def __init__(self, handler: MxHandler, *, ctx: ServerContext, limiter: ConnectionLimiter,
-                 resolver: dns.asyncresolver.Resolver | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        handler: MxHandler,
+        *,
+        ctx: ServerContext,
+        limiter: ConnectionLimiter,
+        resolver: dns.asyncresolver.Resolver | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         cfg = ctx.config.smtp
         super().__init__(
             handler,
@@ -88,7 +95,8 @@ class MxSMTP(SMTP):
         self._waiting_for_command = False
         self._connection_id = new_connection_id("s")
         self._log: logging.LoggerAdapter[logging.Logger] = connection_logger(
-            __name__, self._connection_id, "?")
+            __name__, self._connection_id, "?"
+        )
 
     # -- aiosmtpd factory hooks ----------------------------------------------------------------
     def _create_session(self) -> Session:
@@ -228,7 +236,8 @@ class MxSMTP(SMTP):
         try:
             if self._resolver is not None and self._cfg.dnsbl:
                 session.blocklisted_by = await dnsbl_listing(
-                    self._resolver, session.peer_ip, self._cfg.dnsbl)
+                    self._resolver, session.peer_ip, self._cfg.dnsbl
+                )
                 if session.blocklisted_by:
                     self._log.info("client listed in %s", session.blocklisted_by)
             await self._push_raw(f"220 {self.hostname} {self.__ident__}")
@@ -274,8 +283,9 @@ class MxSMTP(SMTP):
         command = verb.decode("ascii").upper()
         method = self._smtp_methods.get(command)
         if method is None:
-            await self.push(str(replies.COMMAND_UNRECOGNIZED.with_text(
-                f'Command "{command}" not recognized')))
+            await self.push(
+                str(replies.COMMAND_UNRECOGNIZED.with_text(f'Command "{command}" not recognized'))
+            )
             return
         arg: str | None = None
         if arg_bytes.strip():
@@ -325,12 +335,20 @@ class MxSMTP(SMTP):
         if not extended:
             await self.push(f"250 {self.hostname}")
             return
-        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8",
-                 "PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"]
+        lines = [
+            self.hostname,
+            f"SIZE {self.data_size_limit}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "PIPELINING",
+            "CHUNKING",
+            "ENHANCEDSTATUSCODES",
+        ]
         if self.tls_context is not None and self._tls_protocol is None:
             lines.append("STARTTLS")
-        await self._push_raw("\r\n".join(
-            f"250{'-' if i < len(lines) - 1 else ' '}{x}" for i, x in enumerate(lines)))
+        await self._push_raw(
+            "\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{x}" for i, x in enumerate(lines))
+        )
 
     async def smtp_AUTH(self, arg: str | None) -> None:  # noqa: N802
         await self.reply(replies.AUTH_NOT_HERE)
@@ -390,8 +408,9 @@ class MxSMTP(SMTP):
             return
         body = params.pop("BODY", "7BIT")
         if body not in ("7BIT", "8BITMIME"):
-            await self.reply(replies.PARAM_NOT_IMPLEMENTED.with_text(
-                "BODY must be 7BIT or 8BITMIME"))
+            await self.reply(
+                replies.PARAM_NOT_IMPLEMENTED.with_text("BODY must be 7BIT or 8BITMIME")
+            )
             return
         smtputf8 = params.pop("SMTPUTF8", False)
         if smtputf8 is not True and smtputf8 is not False:
@@ -530,8 +549,9 @@ class MxSMTP(SMTP):
         envelope.bdat_chunks.clear()
         await self._finish_message(envelope, content, envelope.bdat_size, envelope.bdat_error)
 
-    async def _finish_message(self, envelope: MxEnvelope, content: bytes, size: int,
-                              error: DataError | None) -> None:
+    async def _finish_message(
+        self, envelope: MxEnvelope, content: bytes, size: int, error: DataError | None
+    ) -> None:
         if error is DataError.TOO_BIG:
             reply = replies.MESSAGE_TOO_BIG
         elif error is DataError.LINE_TOO_LONG:
@@ -543,9 +563,13 @@ class MxSMTP(SMTP):
         await self.reply(reply)
 
     def _log_transaction(self, envelope: MxEnvelope, size: int, reply: Reply) -> None:
-        self._log.info("from=<%s> rcpts=%s size=%d result=%s", envelope.mail_from,
-                       ",".join(f"<{r}>" for r in envelope.rcpt_tos), size,
-                       str(reply).split("\r\n", 1)[0])
+        self._log.info(
+            "from=<%s> rcpts=%s size=%d result=%s",
+            envelope.mail_from,
+            ",".join(f"<{r}>" for r in envelope.rcpt_tos),
+            size,
+            str(reply).split("\r\n", 1)[0],
+        )
 
 
 def _plain_ip(ip: str) -> str:
@@ -559,8 +583,9 @@ def _plain_ip(ip: str) -> str:
     return str(addr)
 
 
-async def start_smtp(ctx: ServerContext, host: str, port: int, *,
-                     verify: Verifier | None = None) -> asyncio.Server:
+async def start_smtp(
+    ctx: ServerContext, host: str, port: int, *, verify: Verifier | None = None
+) -> asyncio.Server:
     """Listen for inbound mail on (host, port).
 
     `verify` is the inbound-check hook (smtp.verdict); by default SPF/DKIM/DMARC from
@@ -570,8 +595,9 @@ async def start_smtp(ctx: ServerContext, host: str, port: int, *,
     if logging.getLogger("mail.log").level == logging.NOTSET:
         # aiosmtpd logs every command at INFO; we log one line per transaction ourselves.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-    limiter = ConnectionLimiter(ctx.config.smtp.max_connections,
-                                ctx.config.smtp.max_connections_per_ip)
+    limiter = ConnectionLimiter(
+        ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
+    )
     handler = MxHandler(ctx, verify or default_verifier(ctx))
     resolver = make_resolver(ctx) if ctx.config.smtp.dnsbl else None
 

@@ -62,16 +62,22 @@ async def main(mb: int) -> None:
     loop = asyncio.get_running_loop()
     stock = await loop.create_server(
         lambda: SMTP(AcceptAll(), data_size_limit=200 * 2**20, hostname="stock", loop=loop),
-        "127.0.0.1", 0)
+        "127.0.0.1",
+        0,
+    )
     worst, took = await measure(stock.sockets[0].getsockname()[1], mb)
-    print(f"aiosmtpd stock DATA, {mb} MB: worst loop stall {worst * 1000:.0f} ms "
-          f"(transfer {took:.1f} s)")
+    print(
+        f"aiosmtpd stock DATA, {mb} MB: worst loop stall {worst * 1000:.0f} ms "
+        f"(transfer {took:.1f} s)"
+    )
     stock.close()
     with tempfile.TemporaryDirectory() as d:
         async with running_smtp(Path(d), smtp={"max_message_size": 200 * 2**20}) as h:
             worst, took = await measure(h.port, mb)
-            print(f"mailstack MX DATA + Maildir delivery, {mb} MB: worst loop stall "
-                  f"{worst * 1000:.0f} ms (transfer {took:.1f} s)")
+            print(
+                f"mailstack MX DATA + Maildir delivery, {mb} MB: worst loop stall "
+                f"{worst * 1000:.0f} ms (transfer {took:.1f} s)"
+            )
 
 
 if __name__ == "__main__":

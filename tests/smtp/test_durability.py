@@ -47,8 +47,7 @@ def test_mail_survives_sigkill_right_after_250(cli: Cli, deployment_dir: Path) -
             assert serve.proc.wait(timeout=30) == -signal.SIGKILL
     finally:
         serve.stop()
-    md = mailbox.Maildir(str(deployment_dir / "mail/example.com/alice"), factory=None,
-                         create=False)
+    md = mailbox.Maildir(str(deployment_dir / "mail/example.com/alice"), factory=None, create=False)
     stored = sorted(md.get_bytes(key) for key in md.iterkeys())
     assert len(stored) == 3
     for body, message in zip(bodies, stored, strict=True):

@@ -46,8 +46,13 @@ def body_of(stored: bytes) -> bytes:
     return b"\n".join(lines[i:])
 
 
-def smtp_send(h: SmtpHarness, rcpts: list[str], msg: bytes = MSG, mail_from: str = "x@example.net",
-              **kwargs: object) -> dict[str, tuple[int, bytes]]:
+def smtp_send(
+    h: SmtpHarness,
+    rcpts: list[str],
+    msg: bytes = MSG,
+    mail_from: str = "x@example.net",
+    **kwargs: object,
+) -> dict[str, tuple[int, bytes]]:
     with smtplib.SMTP(h.host, h.port, local_hostname="client.example.net", timeout=30) as s:
         return s.sendmail(mail_from, rcpts, msg, **kwargs)  # type: ignore[arg-type]
 
@@ -61,16 +66,20 @@ def rcpt_reply(h: SmtpHarness, rcpt: str) -> tuple[int, bytes]:
 
 # -- recipient policy ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("rcpt", "code", "text"), [
-    ("alice@example.com", 250, b"2.1.5"),
-    ("Alice@EXAMPLE.com", 250, b"2.1.5"),
-    ("alice+news@example.com", 250, b"2.1.5"),
-    ("team@example.com", 250, b"2.1.5"),
-    ("anything@example.org", 250, b"2.1.5"),  # catch-all
-    ("nobody@example.com", 550, b"5.1.1"),
-    ("someone@gmail.com", 554, b"5.7.1 Relaying denied"),
-    ("someone@example.com.evil.test", 554, b"5.7.1"),
-])
+
+@pytest.mark.parametrize(
+    ("rcpt", "code", "text"),
+    [
+        ("alice@example.com", 250, b"2.1.5"),
+        ("Alice@EXAMPLE.com", 250, b"2.1.5"),
+        ("alice+news@example.com", 250, b"2.1.5"),
+        ("team@example.com", 250, b"2.1.5"),
+        ("anything@example.org", 250, b"2.1.5"),  # catch-all
+        ("nobody@example.com", 550, b"5.1.1"),
+        ("someone@gmail.com", 554, b"5.7.1 Relaying denied"),
+        ("someone@example.com.evil.test", 554, b"5.7.1"),
+    ],
+)
 async def test_recipient_policy(mx: SmtpHarness, rcpt: str, code: int, text: bytes) -> None:
     got_code, got_text = await asyncio.to_thread(rcpt_reply, mx, rcpt)
     assert got_code == code
@@ -92,19 +101,22 @@ async def test_known_user_gets_the_message_with_trace_headers(mx: SmtpHarness) -
 async def test_null_sender_with_parameters(mx: SmtpHarness) -> None:
     def run() -> list[str]:
         c = mx.raw()
-        c.send(b"MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\nRCPT TO:<>\r\n"
-               b"RCPT TO:<alice@example.com>\r\nDATA\r\n")
+        c.send(
+            b"MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\nRCPT TO:<>\r\n"
+            b"RCPT TO:<alice@example.com>\r\nDATA\r\n"
+        )
         out = c.replies(4)
         c.send(MSG + b".\r\n")
         return [*out, c.reply()]
+
     out = await asyncio.to_thread(run)
-    assert [r[:9] for r in out] == ["250 2.1.0", "553 5.1.3", "250 2.1.5", "354 End d",
-                                    "250 2.0.0"]
+    assert [r[:9] for r in out] == ["250 2.1.0", "553 5.1.3", "250 2.1.5", "354 End d", "250 2.0.0"]
     assert mx.messages("alice@example.com")[0].startswith(b"Return-Path: <>\n")
 
 
 async def test_store_failure_is_451_and_nothing_half_written(
-        mx: SmtpHarness, caplog: pytest.LogCaptureFixture) -> None:
+    mx: SmtpHarness, caplog: pytest.LogCaptureFixture
+) -> None:
     # bob's Maildir vanished under us: the transaction fails with 451 4.3.0 (try later, never
     # a 5xx for our own trouble) and alice's copy, written first, is taken back.
     shutil.rmtree(mx.ctx.paths.maildir("bob@example.com"))
@@ -116,27 +128,38 @@ async def test_store_failure_is_451_and_nothing_half_written(
 
 
 async def test_one_log_line_per_transaction_without_body(
-        mx: SmtpHarness, caplog: pytest.LogCaptureFixture) -> None:
+    mx: SmtpHarness, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="smtp")
     secret = b"Subject: s\r\n\r\nthe body must never be logged\r\n"
     await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "team@example.com"], secret)
     lines = [r for r in caplog.records if r.name == "smtp.server" and r.levelno == logging.INFO]
     assert len(lines) == 1
     record = lines[0]
-    assert record.getMessage() == (f"from=<x@example.net> rcpts=<alice@example.com>,"
-                                   f"<team@example.com> size={len(secret)} result=250 2.0.0 OK: "
-                                   f"queued as {record.conn}.1")  # type: ignore[attr-defined]
-    assert record.peer == "127.0.0.1"  # type: ignore[attr-defined]
+    conn, peer = getattr(record, "conn", None), getattr(record, "peer", None)
+    assert record.getMessage() == (
+        f"from=<x@example.net> rcpts=<alice@example.com>,"
+        f"<team@example.com> size={len(secret)} result=250 2.0.0 OK: "
+        f"queued as {conn}.1"
+    )
+    assert peer == "127.0.0.1"
     assert "never be logged" not in caplog.text
     caplog.clear()
     await asyncio.to_thread(rcpt_reply, mx, "someone@gmail.com")
     assert [r.getMessage() for r in caplog.records if r.name == "smtp.server"] == [
-        "from=<x@example.net> rcpt=<someone@gmail.com> refused: 554 5.7.1 Relaying denied"]
+        "from=<x@example.net> rcpt=<someone@gmail.com> refused: 554 5.7.1 Relaying denied"
+    ]
 
 
 async def test_multiple_recipients_and_aliases_one_copy_each(mx: SmtpHarness) -> None:
-    rcpts = ["alice@example.com", "team@example.com", "alice+x@example.com", "bob@example.com",
-             "who@example.org", "carol@example.org"]
+    rcpts = [
+        "alice@example.com",
+        "team@example.com",
+        "alice+x@example.com",
+        "bob@example.com",
+        "who@example.org",
+        "carol@example.org",
+    ]
     assert await asyncio.to_thread(smtp_send, mx, rcpts) == {}
     for user in ("alice@example.com", "bob@example.com", "carol@example.org"):
         (stored,) = mx.messages(user)
@@ -147,12 +170,15 @@ async def test_multiple_recipients_and_aliases_one_copy_each(mx: SmtpHarness) ->
 
 async def test_too_many_recipients(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"max_recipients": 2}) as h:
+
         def run() -> list[tuple[int, bytes]]:
             with smtplib.SMTP(h.host, h.port, timeout=30) as s:
                 s.ehlo("client.example.net")
                 s.mail("x@example.net")
-                return [s.rcpt(r) for r in ("alice@example.com", "bob@example.com",
-                                            "carol@example.org")]
+                return [
+                    s.rcpt(r) for r in ("alice@example.com", "bob@example.com", "carol@example.org")
+                ]
+
         got = await asyncio.to_thread(run)
     assert [c for c, _ in got] == [250, 250, 452]
     assert got[2][1].startswith(b"4.5.3")
@@ -189,6 +215,7 @@ async def test_copy_for_a_full_mailbox_fails_the_whole_transaction(mx: SmtpHarne
 
 # -- ESMTP extensions ----------------------------------------------------------------------------
 
+
 async def test_ehlo_advertises_extensions_and_no_auth(mx: SmtpHarness) -> None:
     def run() -> tuple[list[str], list[str], tuple[int, bytes]]:
         with smtplib.SMTP(mx.host, mx.port, timeout=30) as s:
@@ -197,9 +224,17 @@ async def test_ehlo_advertises_extensions_and_no_auth(mx: SmtpHarness) -> None:
             s.starttls(context=mx.client_tls_context())
             s.ehlo("client.example.net")
             return before, sorted(s.esmtp_features), s.docmd("AUTH", "PLAIN AGFsaWNlAHB3")
+
     before, after, auth = await asyncio.to_thread(run)
-    assert before == ["8bitmime", "chunking", "enhancedstatuscodes", "pipelining", "size",
-                      "smtputf8", "starttls"]
+    assert before == [
+        "8bitmime",
+        "chunking",
+        "enhancedstatuscodes",
+        "pipelining",
+        "size",
+        "smtputf8",
+        "starttls",
+    ]
     assert "auth" not in after and "starttls" not in after
     assert auth[0] == 502 and auth[1].startswith(b"5.5.1")
 
@@ -207,22 +242,39 @@ async def test_ehlo_advertises_extensions_and_no_auth(mx: SmtpHarness) -> None:
 async def test_pipelined_transactions_answered_in_order(mx: SmtpHarness) -> None:
     def run() -> tuple[list[str], list[str]]:
         c = mx.raw()
-        c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\n"
-               b"RCPT TO:<nobody@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+        c.send(
+            b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\n"
+            b"RCPT TO:<nobody@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+        )
         first = c.replies(5)
         # The message, its end and the whole next transaction (BDAT can be pipelined) at once.
         two = b"Subject: two\r\n\r\nsecond\r\n"
-        c.send(b"Subject: one\r\n\r\nfirst\r\n.\r\n"
-               b"MAIL FROM:<>\r\nRCPT TO:<carol@example.org>\r\nBDAT %d LAST\r\n%s"
-               b"RSET\r\nNOOP\r\nQUIT\r\n" % (len(two), two))
+        c.send(
+            b"Subject: one\r\n\r\nfirst\r\n.\r\n"
+            b"MAIL FROM:<>\r\nRCPT TO:<carol@example.org>\r\nBDAT %d LAST\r\n%s"
+            b"RSET\r\nNOOP\r\nQUIT\r\n" % (len(two), two)
+        )
         second = c.replies(7)
         assert c.is_closed()
         return first, second
+
     first, second = await asyncio.to_thread(run)
-    assert [r[:9] for r in first] == ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5",
-                                      "354 End d"]
-    assert [r[:9] for r in second] == ["250 2.0.0", "250 2.1.0", "250 2.1.5", "250 2.0.0",
-                                       "250 2.0.0", "250 2.0.0", "221 2.0.0"]
+    assert [r[:9] for r in first] == [
+        "250 2.1.0",
+        "250 2.1.5",
+        "550 5.1.1",
+        "250 2.1.5",
+        "354 End d",
+    ]
+    assert [r[:9] for r in second] == [
+        "250 2.0.0",
+        "250 2.1.0",
+        "250 2.1.5",
+        "250 2.0.0",
+        "250 2.0.0",
+        "250 2.0.0",
+        "221 2.0.0",
+    ]
     assert body_of(mx.messages("alice@example.com")[0]) == b"Subject: one\n\nfirst\n"
     assert body_of(mx.messages("bob@example.com")[0]) == b"Subject: one\n\nfirst\n"
     assert body_of(mx.messages("carol@example.org")[0]) == b"Subject: two\n\nsecond\n"
@@ -244,11 +296,11 @@ async def test_starttls_then_transaction_verified_against_the_ca(mx: SmtpHarness
         result = t.reply()
         assert t.reply().startswith("221")
         return ehlo, result
+
     ehlo, result = await asyncio.to_thread(run)
     assert ehlo.startswith("250-mail.example.com") and "STARTTLS" not in ehlo
     assert result.startswith("250 2.0.0")
-    received = " ".join(message_from_bytes(mx.messages("alice@example.com")[0])["Received"]
-                        .split())
+    received = " ".join(message_from_bytes(mx.messages("alice@example.com")[0])["Received"].split())
     assert "with ESMTPS" in received and "(using TLSv1." in received and "with cipher" in received
 
 
@@ -282,10 +334,15 @@ async def test_8bit_and_smtputf8(mx: SmtpHarness) -> None:
     def run() -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes]]:
         with smtplib.SMTP(mx.host, mx.port, timeout=30) as s:
             s.ehlo("client.example.net")
-            refused = s.sendmail("jörg@exämple.de", ["jörg@example.com", "alice@example.com"],
-                                 msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+            refused = s.sendmail(
+                "jörg@exämple.de",
+                ["jörg@example.com", "alice@example.com"],
+                msg,
+                mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+            )
             s.mail("x@example.net")
             return refused, s.rcpt("jörg@example.com")  # no SMTPUTF8 in this transaction
+
     refused, plain = await asyncio.to_thread(run)
     assert refused == {}
     assert plain[0] == 553 and plain[1].startswith(b"5.6.7")
@@ -297,17 +354,19 @@ async def test_8bit_and_smtputf8(mx: SmtpHarness) -> None:
 
 
 async def test_dot_stuffed_lines_survive_byte_exact(mx: SmtpHarness) -> None:
-    msg = (b"Subject: dots\r\n\r\n.\r\n..\r\n...\r\n.leading\r\n trailing.\r\n. \r\n"
-           b"\x80\xff 8-bit bytes\r\nlast line\r\n")
+    msg = (
+        b"Subject: dots\r\n\r\n.\r\n..\r\n...\r\n.leading\r\n trailing.\r\n. \r\n"
+        b"\x80\xff 8-bit bytes\r\nlast line\r\n"
+    )
     stuffed = b"\r\n".join((b"." + x if x.startswith(b".") else x) for x in msg.split(b"\r\n"))
 
     def run() -> str:
         c = mx.raw()
-        c.send(b"MAIL FROM:<x@example.net> BODY=8BITMIME\r\nRCPT TO:<bob@example.com>\r\n"
-               b"DATA\r\n")
+        c.send(b"MAIL FROM:<x@example.net> BODY=8BITMIME\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
         assert [r[:3] for r in c.replies(3)] == ["250", "250", "354"]
         c.send(stuffed + b".\r\n")
         return c.reply()
+
     assert (await asyncio.to_thread(run)).startswith("250 2.0.0")
     assert body_of(mx.messages("bob@example.com")[0]) == lf(msg)
 
@@ -341,10 +400,21 @@ async def test_bdat_chunks(mx: SmtpHarness) -> None:
         c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<bob@example.com>\r\nBDAT 0 LAST\r\n")
         out += c.replies(3)
         return out
+
     out = await asyncio.to_thread(run)
-    assert [r[:9] for r in out] == ["503 5.5.1", "250 2.1.0", "250 2.1.5", "250 2.0.0",
-                                    "250 2.0.0", "250 2.0.0", "503 5.5.1", "250 2.0.0",
-                                    "250 2.1.0", "250 2.1.5", "250 2.0.0"]
+    assert [r[:9] for r in out] == [
+        "503 5.5.1",
+        "250 2.1.0",
+        "250 2.1.5",
+        "250 2.0.0",
+        "250 2.0.0",
+        "250 2.0.0",
+        "503 5.5.1",
+        "250 2.0.0",
+        "250 2.1.0",
+        "250 2.1.5",
+        "250 2.0.0",
+    ]
     assert out[3] == "250 2.0.0 20 octets received"
     assert body_of(mx.messages("alice@example.com")[0]) == lf(b"".join(chunks))
     assert body_of(mx.messages("bob@example.com")[0]) == b""
@@ -352,34 +422,52 @@ async def test_bdat_chunks(mx: SmtpHarness) -> None:
 
 # -- size, loops, malformed input ----------------------------------------------------------------
 
+
 async def test_oversize_rejected(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"max_message_size": 1000}) as h:
+
         def run() -> list[str]:
             c = h.raw()
             out = []
             c.send(b"MAIL FROM:<x@example.net> SIZE=1001\r\n")
             out.append(c.reply())
-            c.send(b"MAIL FROM:<x@example.net> SIZE=500\r\nRCPT TO:<alice@example.com>\r\n"
-                   b"DATA\r\n")
+            c.send(b"MAIL FROM:<x@example.net> SIZE=500\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
             out += c.replies(3)
             c.send(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 20 + b".\r\n")
             out.append(c.reply())
-            c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\n"
-                   b"BDAT 600\r\n" + b"y" * 600 + b"BDAT 600\r\n" + b"z" * 600 +
-                   b"BDAT 5 LAST\r\nhello")
+            c.send(
+                b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\n"
+                b"BDAT 600\r\n"
+                + b"y" * 600
+                + b"BDAT 600\r\n"
+                + b"z" * 600
+                + b"BDAT 5 LAST\r\nhello"
+            )
             out += c.replies(5)
             c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
             out += c.replies(3)
             c.send(b"Subject: small\r\n\r\nok\r\n.\r\n")
             out.append(c.reply())
             return out
+
         out = await asyncio.to_thread(run)
         (stored,) = h.messages("alice@example.com")
     assert [r[:9] for r in out] == [
-        "552 5.3.4", "250 2.1.0", "250 2.1.5", "354 End d", "552 5.3.4",
-        "250 2.1.0", "250 2.1.5", "250 2.0.0", "552 5.3.4",
+        "552 5.3.4",
+        "250 2.1.0",
+        "250 2.1.5",
+        "354 End d",
+        "552 5.3.4",
+        "250 2.1.0",
+        "250 2.1.5",
+        "250 2.0.0",
+        "552 5.3.4",
         "503 5.5.1",  # the LAST chunk: the transaction ended with the 552
-        "250 2.1.0", "250 2.1.5", "354 End d", "250 2.0.0"]
+        "250 2.1.0",
+        "250 2.1.5",
+        "354 End d",
+        "250 2.0.0",
+    ]
     assert body_of(stored) == b"Subject: small\n\nok\n"
 
 
@@ -390,15 +478,17 @@ async def test_overlong_text_line_rejected(mx: SmtpHarness) -> None:
         out = c.replies(3)
         c.send(b"Subject: long\r\n\r\n" + b"w" * 1001 + b"\r\n.\r\nNOOP\r\n")
         return [*out, *c.replies(2)]
+
     out = await asyncio.to_thread(run)
-    assert [r[:9] for r in out] == ["250 2.1.0", "250 2.1.5", "354 End d", "500 5.5.2",
-                                    "250 2.0.0"]
+    assert [r[:9] for r in out] == ["250 2.1.0", "250 2.1.5", "354 End d", "500 5.5.2", "250 2.0.0"]
     assert mx.messages("alice@example.com") == []
 
 
 async def test_received_header_loop(mx: SmtpHarness) -> None:
-    hops = b"".join(b"Received: from hop%d.example.net by x; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
-                    % i for i in range(31))
+    hops = b"".join(
+        b"Received: from hop%d.example.net by x; Thu, 1 Jan 2026 00:00:00 +0000\r\n" % i
+        for i in range(31)
+    )
     with pytest.raises(smtplib.SMTPDataError) as exc:
         await asyncio.to_thread(smtp_send, mx, ["alice@example.com"], hops + MSG)
     assert (exc.value.smtp_code, exc.value.smtp_error[:5]) == (554, b"5.4.6")
@@ -410,40 +500,77 @@ async def test_malformed_input_rejected_while_another_client_is_served(mx: SmtpH
     def bad() -> list[str]:
         c = mx.raw()
         out = []
-        for line in (b"NO\0OP\r\n", b"NOOP\n", b"X" * 2000 + b"\r\n", b"MAIL FROM:<" +
-                     b"a" * 600 + b"@example.net>\r\n", b"\xff\xfe garbage\r\n", b"FOO bar\r\n",
-                     b"MAIL FROM:<<>>\r\n", b"RCPT TO:<alice@example.com>\r\n", b"\r\n"):
+        for line in (
+            b"NO\0OP\r\n",
+            b"NOOP\n",
+            b"X" * 2000 + b"\r\n",
+            b"MAIL FROM:<" + b"a" * 600 + b"@example.net>\r\n",
+            b"\xff\xfe garbage\r\n",
+            b"FOO bar\r\n",
+            b"MAIL FROM:<<>>\r\n",
+            b"RCPT TO:<alice@example.com>\r\n",
+            b"\r\n",
+        ):
             c.send(line)
             out.append(c.reply())
         c.send(b"NOOP\r\n")
         out.append(c.reply())
         return out
+
     served = asyncio.to_thread(smtp_send, mx, ["bob@example.com"])
     out, refused = await asyncio.gather(asyncio.to_thread(bad), served)
     assert refused == {}
-    assert [r[:9] for r in out] == ["500 5.5.2", "500 5.5.2", "500 5.5.2", "500 5.5.2",
-                                    "500 5.5.2", "500 5.5.2", "553 5.1.3", "503 5.5.1",
-                                    "500 5.5.2", "250 2.0.0"]
+    assert [r[:9] for r in out] == [
+        "500 5.5.2",
+        "500 5.5.2",
+        "500 5.5.2",
+        "500 5.5.2",
+        "500 5.5.2",
+        "500 5.5.2",
+        "553 5.1.3",
+        "503 5.5.1",
+        "500 5.5.2",
+        "250 2.0.0",
+    ]
     assert len(mx.messages("bob@example.com")) == 1
 
 
 async def test_random_garbage_gets_replies_never_a_traceback(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = random.Random(5321)
-    verbs = [b"MAIL FROM:", b"RCPT TO:", b"EHLO", b"HELO", b"BDAT", b"VRFY", b"STARTTLS",
-             b"RSET", b"DATA", b"AUTH", b"HELP", b""]
-    lines = [rng.choice(verbs) + bytes(rng.getrandbits(8) for _ in range(rng.randrange(40)))
-             .replace(b"\n", b"").replace(b"\r", b"") + b"\r\n" for _ in range(300)]
+    verbs = [
+        b"MAIL FROM:",
+        b"RCPT TO:",
+        b"EHLO",
+        b"HELO",
+        b"BDAT",
+        b"VRFY",
+        b"STARTTLS",
+        b"RSET",
+        b"DATA",
+        b"AUTH",
+        b"HELP",
+        b"",
+    ]
+    lines = [
+        rng.choice(verbs)
+        + bytes(rng.getrandbits(8) for _ in range(rng.randrange(40)))
+        .replace(b"\n", b"")
+        .replace(b"\r", b"")
+        + b"\r\n"
+        for _ in range(300)
+    ]
     lines = [x for x in lines if not x.upper().startswith((b"BDAT", b"DATA", b"STARTTLS"))]
     async with running_smtp(tmp_path, smtp={"max_errors": 1000}) as h:
+
         def run() -> list[str]:
             c = h.raw()
             out = []
             for line in lines:
                 c.send(line)
                 out.append(c.reply())
-            c.send(b"RSET\r\nMAIL FROM:<x@example.net>\r\nRCPT TO:<bob@example.com>\r\n"
-                   b"DATA\r\n")
+            c.send(b"RSET\r\nMAIL FROM:<x@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
             out += c.replies(4)
             c.send(MSG + b".\r\n")
             out.append(c.reply())
@@ -454,6 +581,7 @@ async def test_random_garbage_gets_replies_never_a_traceback(
             d.send(b"Subject: half\r\n\r\nhalf a mess")
             d.close()
             return out
+
         out = await asyncio.to_thread(run)
         deadline = asyncio.get_running_loop().time() + 10
         while open_connections(h.server) > 1 and asyncio.get_running_loop().time() < deadline:
@@ -465,12 +593,21 @@ async def test_random_garbage_gets_replies_never_a_traceback(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize("body", [
-    pytest.param(b"a\n.\nMAIL FROM:<evil@example.net>\nRCPT TO:<bob@example.com>\nDATA\n"
-                 b"smuggled\n.\n\r\n.\r\n", id="lf-dot-lf"),
-    pytest.param(b"a\r\n.\rMAIL FROM:<evil@example.net>\r\nRCPT TO:<bob@example.com>\r\n"
-                 b"DATA\r\nsmuggled\r\n.\r\n", id="crlf-dot-cr"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            b"a\n.\nMAIL FROM:<evil@example.net>\nRCPT TO:<bob@example.com>\nDATA\n"
+            b"smuggled\n.\n\r\n.\r\n",
+            id="lf-dot-lf",
+        ),
+        pytest.param(
+            b"a\r\n.\rMAIL FROM:<evil@example.net>\r\nRCPT TO:<bob@example.com>\r\n"
+            b"DATA\r\nsmuggled\r\n.\r\n",
+            id="crlf-dot-cr",
+        ),
+    ],
+)
 async def test_smtp_smuggling_refused(mx: SmtpHarness, body: bytes) -> None:
     def run() -> tuple[str, bool]:
         c = mx.raw()
@@ -479,6 +616,7 @@ async def test_smtp_smuggling_refused(mx: SmtpHarness, body: bytes) -> None:
         c.send(b"Subject: s\r\n\r\n" + body)
         reply = c.reply()
         return reply, c.is_closed()
+
     reply, closed = await asyncio.to_thread(run)
     assert reply.startswith("554 5.5.2")
     assert closed
@@ -488,11 +626,13 @@ async def test_smtp_smuggling_refused(mx: SmtpHarness, body: bytes) -> None:
 
 async def test_too_many_errors_disconnects(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"max_errors": 3}) as h:
+
         def run() -> tuple[list[str], bool]:
             c = h.raw()
             c.send(b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n")
             out = c.replies(4)
             return out, c.is_closed()
+
         out, closed = await asyncio.to_thread(run)
     assert [r[:9] for r in out] == ["500 5.5.2", "500 5.5.2", "500 5.5.2", "421 4.7.0"]
     assert closed
@@ -500,6 +640,7 @@ async def test_too_many_errors_disconnects(tmp_path: Path) -> None:
 
 async def test_invalid_helo_rejected_when_configured(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"reject_invalid_helo": True}) as h:
+
         def run() -> list[str]:
             c = h.raw(ehlo=None)
             c.reply()
@@ -510,13 +651,14 @@ async def test_invalid_helo_rejected_when_configured(tmp_path: Path) -> None:
             c.send(b"HELO bad_name\r\n")
             out.append(c.reply())
             return out
+
         out = await asyncio.to_thread(run)
-    assert [r[:9] for r in out] == ["501 5.5.2", "250-mail.", "250-mail.", "501 5.5.4",
-                                    "501 5.5.2"]
+    assert [r[:9] for r in out] == ["501 5.5.2", "250-mail.", "250-mail.", "501 5.5.4", "501 5.5.2"]
 
 
 async def test_per_ip_connection_limit(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"max_connections_per_ip": 2}) as h:
+
         def run() -> tuple[str, bool, str]:
             first, second = h.raw(ehlo=None), h.raw(ehlo=None)
             assert first.reply().startswith("220") and second.reply().startswith("220")
@@ -535,6 +677,7 @@ async def test_per_ip_connection_limit(tmp_path: Path) -> None:
                     break
             second.close()
             return refused, closed, greeting
+
         refused, closed, greeting = await asyncio.to_thread(run)
     assert refused.startswith("421 4.7.0")
     assert closed
@@ -543,9 +686,11 @@ async def test_per_ip_connection_limit(tmp_path: Path) -> None:
 
 async def test_command_timeout(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"command_timeout_s": 1}) as h:
+
         def run() -> tuple[str, bool]:
             c = h.raw()
             return c.reply(), c.is_closed()  # we send nothing: the server gives up on us
+
         reply, closed = await asyncio.to_thread(run)
     assert reply.startswith("421 4.4.2")
     assert closed
@@ -553,6 +698,7 @@ async def test_command_timeout(tmp_path: Path) -> None:
 
 async def test_data_timeout_and_total_connection_limit(tmp_path: Path) -> None:
     async with running_smtp(tmp_path, smtp={"data_timeout_s": 1, "max_connections": 1}) as h:
+
         def run() -> tuple[str, str, bool]:
             c = h.raw()
             refused = h.raw(ehlo=None).reply()  # the only slot is taken
@@ -560,6 +706,7 @@ async def test_data_timeout_and_total_connection_limit(tmp_path: Path) -> None:
             c.replies(3)
             c.send(b"Subject: stalled\r\n\r\nand then nothing")
             return refused, c.reply(), c.is_closed()
+
         refused, reply, closed = await asyncio.to_thread(run)
         assert h.messages("bob@example.com") == []
     assert refused.startswith("421 4.7.0 Too many connections")
@@ -569,16 +716,24 @@ async def test_data_timeout_and_total_connection_limit(tmp_path: Path) -> None:
 
 # -- the verification seam -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("verdict", "code", "folder"), [
-    (Verdict(Disposition.JUNK, ("X-Spam: yes",)), 250, "Junk"),
-    (Verdict(Disposition.DELIVER, ("Authentication-Results: mail.example.com; spf=pass",)),
-     250, "INBOX"),
-    (Verdict(Disposition.REJECT, reply=Reply(550, "5.7.1", "DMARC policy says no")), 550, None),
-    (Verdict(Disposition.TEMPFAIL, reply=Reply(451, "4.7.5", "DNS timeout")), 451, None),
-    (None, 451, None),  # the verifier raised: 451 4.3.0, never a 5xx
-])
-async def test_verifier_verdicts(tmp_path: Path, verdict: Verdict | None, code: int,
-                                 folder: str | None) -> None:
+
+@pytest.mark.parametrize(
+    ("verdict", "code", "folder"),
+    [
+        (Verdict(Disposition.JUNK, ("X-Spam: yes",)), 250, "Junk"),
+        (
+            Verdict(Disposition.DELIVER, ("Authentication-Results: mail.example.com; spf=pass",)),
+            250,
+            "INBOX",
+        ),
+        (Verdict(Disposition.REJECT, reply=Reply(550, "5.7.1", "DMARC policy says no")), 550, None),
+        (Verdict(Disposition.TEMPFAIL, reply=Reply(451, "4.7.5", "DNS timeout")), 451, None),
+        (None, 451, None),  # the verifier raised: 451 4.3.0, never a 5xx
+    ],
+)
+async def test_verifier_verdicts(
+    tmp_path: Path, verdict: Verdict | None, code: int, folder: str | None
+) -> None:
     seen: list[tuple[SessionInfo, EnvelopeInfo, bytes]] = []
 
     async def verify(session: SessionInfo, envelope: EnvelopeInfo, message: bytes) -> Verdict:
@@ -598,7 +753,10 @@ async def test_verifier_verdicts(tmp_path: Path, verdict: Verdict | None, code: 
             assert error.smtp_error == f"{verdict.reply.enhanced} {verdict.reply.text}".encode()
         session, envelope, message = seen[0]
         assert (session.helo, session.peer_ip, session.tls_version) == (
-            "client.example.net", "127.0.0.1", None)
+            "client.example.net",
+            "127.0.0.1",
+            None,
+        )
         assert envelope.mail_from == "x@example.net"
         assert envelope.rcpt_tos == ("alice@example.com",)
         assert message == MSG
@@ -613,15 +771,19 @@ async def test_verifier_verdicts(tmp_path: Path, verdict: Verdict | None, code: 
             assert lines[3].startswith(b"Received: ")
 
 
-async def test_dnsbl_listed_client_refused_at_rcpt(
-        tmp_path: Path, nsd_server: NsdFactory) -> None:  # noqa: F811
-    zone = ("$ORIGIN bl.test.\n$TTL 60\n"
-            "@ IN SOA ns.bl.test. admin.bl.test. 1 3600 600 86400 60\n"
-            "@ IN NS ns.bl.test.\nns IN A 127.0.0.1\n"
-            "1.0.0.127 IN A 127.0.0.2\n")
+async def test_dnsbl_listed_client_refused_at_rcpt(tmp_path: Path, nsd_server: NsdFactory) -> None:  # noqa: F811
+    zone = (
+        "$ORIGIN bl.test.\n$TTL 60\n"
+        "@ IN SOA ns.bl.test. admin.bl.test. 1 3600 600 86400 60\n"
+        "@ IN NS ns.bl.test.\nns IN A 127.0.0.1\n"
+        "1.0.0.127 IN A 127.0.0.2\n"
+    )
     host, port = nsd_server({"bl.test": zone})
-    async with running_smtp(tmp_path, smtp={"dnsbl": ["bl.test", "clean.invalid"]},
-                            dns={"resolver": f"{host}:{port}", "timeout_s": 2.0}) as h:
+    async with running_smtp(
+        tmp_path,
+        smtp={"dnsbl": ["bl.test", "clean.invalid"]},
+        dns={"resolver": f"{host}:{port}", "timeout_s": 2.0},
+    ) as h:
         code, text = await asyncio.to_thread(rcpt_reply, h, "alice@example.com")
     assert code == 554
     assert text == b"5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test"
@@ -636,14 +798,28 @@ def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
             outs = []
             for extra in ([], ["--pipeline"]):
                 proc = await asyncio.create_subprocess_exec(
-                    "swaks", "--server", h.host, "--port", str(h.port), "--to",
-                    "team@example.com", "--from", "x@example.net", "--helo", "swaks.example.net",
-                    "--body", "Body from swaks\n.dotted line\n", *extra,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                    "swaks",
+                    "--server",
+                    h.host,
+                    "--port",
+                    str(h.port),
+                    "--to",
+                    "team@example.com",
+                    "--from",
+                    "x@example.net",
+                    "--helo",
+                    "swaks.example.net",
+                    "--body",
+                    "Body from swaks\n.dotted line\n",
+                    *extra,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
                 out, _ = await proc.communicate()
                 assert proc.returncode == 0, out.decode()
                 outs.append(out.decode())
             return outs, h.messages("bob@example.com")
+
     outs, stored = asyncio.run(main())
     assert all("250 2.0.0 OK: queued as" in out for out in outs)
     assert "PIPELINING" in outs[1]
@@ -653,20 +829,35 @@ def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
 
 
 @pytest.mark.external
-@pytest.mark.parametrize(("rcpt", "expected", "status"), [
-    ("carol+list@example.org", "<-  250 2.1.5 Recipient OK", 0),
-    ("nobody@example.com", "<** 550 5.1.1 No such user here", 24),  # swaks: 24 = RCPT refused
-    ("someone@gmail.com", "<** 554 5.7.1 Relaying denied", 24),
-])
+@pytest.mark.parametrize(
+    ("rcpt", "expected", "status"),
+    [
+        ("carol+list@example.org", "<-  250 2.1.5 Recipient OK", 0),
+        ("nobody@example.com", "<** 550 5.1.1 No such user here", 24),  # swaks: 24 = RCPT refused
+        ("someone@gmail.com", "<** 554 5.7.1 Relaying denied", 24),
+    ],
+)
 def test_swaks_recipient_replies(tmp_path: Path, rcpt: str, expected: str, status: int) -> None:
     async def main() -> tuple[int | None, str]:
         async with running_smtp(tmp_path) as h:
             proc = await asyncio.create_subprocess_exec(
-                "swaks", "--server", h.host, "--port", str(h.port), "--to", rcpt,
-                "--from", "x@example.net", "--quit-after", "RCPT",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                "swaks",
+                "--server",
+                h.host,
+                "--port",
+                str(h.port),
+                "--to",
+                rcpt,
+                "--from",
+                "x@example.net",
+                "--quit-after",
+                "RCPT",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             out, _ = await proc.communicate()
             return proc.returncode, out.decode()
+
     got_status, out = asyncio.run(main())
     assert expected in out, out
     assert got_status == status

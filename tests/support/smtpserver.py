@@ -77,24 +77,33 @@ def _template() -> tuple[Path, trustme.CA]:
     return _TEMPLATE
 
 
-def build_context(root: Path, *, smtp: dict[str, Any] | None = None,
-                  dns: dict[str, Any] | None = None) -> tuple[ServerContext, trustme.CA]:
+def build_context(
+    root: Path, *, smtp: dict[str, Any] | None = None, dns: dict[str, Any] | None = None
+) -> tuple[ServerContext, trustme.CA]:
     paths = StatePaths(root)
     template, ca = _template()
     shutil.copytree(template, root, dirs_exist_ok=True)
-    config = config_from_dict({
-        "server": {"hostname": HOSTNAME, "domains": ["example.com", "example.org"]},
-        "listen": {"smtp": ["127.0.0.1:0"], "submission": [], "submissions": [], "imap": [],
-                   "imaps": []},
-        "smtp": smtp or {},
-        "dns": dns or {},
-    })
+    config = config_from_dict(
+        {
+            "server": {"hostname": HOSTNAME, "domains": ["example.com", "example.org"]},
+            "listen": {
+                "smtp": ["127.0.0.1:0"],
+                "submission": [],
+                "submissions": [],
+                "imap": [],
+                "imaps": [],
+            },
+            "smtp": smtp or {},
+            "dns": dns or {},
+        }
+    )
     accounts = Accounts(paths.users_db)
     events = EventHub()
     store = MaildirStore(paths, events, hostname=HOSTNAME)
     tls = TlsProvider(paths.tls_cert, paths.tls_key)
-    ctx = ServerContext(config=config, paths=paths, accounts=accounts, store=store,
-                        events=events, tls=tls)
+    ctx = ServerContext(
+        config=config, paths=paths, accounts=accounts, store=store, events=events, tls=tls
+    )
     return ctx, ca
 
 
@@ -143,9 +152,13 @@ class SmtpHarness:
 
 
 @asynccontextmanager
-async def running_smtp(root: Path, *, smtp: dict[str, Any] | None = None,
-                       dns: dict[str, Any] | None = None,
-                       verify: Verifier | None = None) -> AsyncIterator[SmtpHarness]:
+async def running_smtp(
+    root: Path,
+    *,
+    smtp: dict[str, Any] | None = None,
+    dns: dict[str, Any] | None = None,
+    verify: Verifier | None = None,
+) -> AsyncIterator[SmtpHarness]:
     ctx, ca = build_context(root, smtp=smtp, dns=dns)
     ctx.events.bind(asyncio.get_running_loop())
     # Inbound SPF/DKIM/DMARC has its own tests (test_inbound_auth.py); here mail is accepted.

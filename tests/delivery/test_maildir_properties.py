@@ -247,6 +247,7 @@ TestFolderModel.settings = settings(
 )
 
 
+@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(st.lists(ATOM, unique_by=str.casefold, max_size=MAX_KEYWORDS), st.data())
 def test_keyword_letters_round_trip(keywords: list[str], data: st.DataObject) -> None:
     kmap = KeywordMap([])
@@ -272,6 +273,7 @@ def test_split_info_keeps_dovecot_extra_fields() -> None:
     assert split_info("123.M1P2.h,S=5") == ("123.M1P2.h,S=5", "", "")
 
 
+@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(
     st.integers(min_value=1, max_value=2**32 - 1),
     st.lists(st.tuples(st.integers(1, 1000), ATOM.filter(lambda s: ":" not in s)), max_size=10),
@@ -319,11 +321,13 @@ NAMES = st.lists(
 )
 
 
+@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(NAMES)
 def test_subscriptions_round_trip(names: list[str]) -> None:
     assert parse_subscriptions(serialize_subscriptions(names)) == names
 
 
+@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(st.text(max_size=40))
 def test_folder_names_valid_or_rejected(name: str) -> None:
     try:

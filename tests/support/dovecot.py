@@ -57,6 +57,7 @@ state_dir = {base}/state
 log_path = {base}/dovecot.log
 info_log_path = {base}/dovecot.log
 instance_name = mailstack-test-{port}
+login_greeting = {greeting}
 protocols = imap
 listen = 127.0.0.1
 ssl = no
@@ -172,7 +173,20 @@ def start_dovecot(
             for user, (password, maildir) in accounts.items()
         )
     )
-    port = _free_port()
+    server = DovecotServer(base, 0, dict(accounts))
+    server.grant()
+    for _attempt in range(3):
+        # The free port may be taken by another process before Dovecot binds it: try again.
+        server.port = _free_port()
+        if _start_on_port(server, extra_config):
+            return server
+    raise RuntimeError(f"dovecot could not bind a free port: {server.log()}")
+
+
+def _start_on_port(server: DovecotServer, extra_config: str) -> bool:
+    """Start Dovecot on `server.port`; False if that port was taken meanwhile."""
+    base, port = server.base, server.port
+    greeting = f"mailstack-test-{port}-{os.getpid()}"  # so we know it is our Dovecot answering
     config = base / "dovecot.conf"
     config.write_text(
         CONFIG.format(
@@ -181,11 +195,10 @@ def start_dovecot(
             user=pwd.getpwuid(os.getuid()).pw_name,
             mail_uid=MAIL_USER,
             mail_gid=MAIL_GROUP,
+            greeting=greeting,
         )
         + extra_config
     )
-    server = DovecotServer(base, port, dict(accounts))
-    server.grant()
     with open(base / "stderr.log", "wb") as stderr:  # the child keeps its own descriptor
         server.process = process = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=stderr
@@ -193,12 +206,14 @@ def start_dovecot(
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if process.poll() is not None:
-            err = (base / "stderr.log").read_text(errors="replace")
-            raise RuntimeError(f"dovecot exited with {process.returncode}: {err}{server.log()}")
+            err = (base / "stderr.log").read_text(errors="replace") + server.log()
+            if "in use" in err:
+                return False
+            raise RuntimeError(f"dovecot exited with {process.returncode}: {err}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(512).startswith(b"* OK"):
-                    return server
+                if greeting.encode() in s.recv(512):
+                    return True
         except OSError:
             pass
         if time.monotonic() > deadline:

@@ -266,9 +266,12 @@ class MxSMTP(SMTP):
                 self._log.debug("connection lost")
                 self._close()
                 return
-            except TLSSetupException:
-                self._log.info("TLS handshake failed")
+            except TLSSetupException as exc:
+                self._log.info("TLS handshake failed: %s", exc.__cause__ or exc)
                 self._close()
+                # The TLS layer never connected us, so it will not report the loss either
+                # (aiosmtpd does the same): release the connection's slot ourselves.
+                self.connection_lost(exc)
                 return
             except Exception:
                 self._log.exception("internal error")

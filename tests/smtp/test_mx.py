@@ -304,6 +304,31 @@ async def test_starttls_then_transaction_verified_against_the_ca(mx: SmtpHarness
     assert "with ESMTPS" in received and "(using TLSv1." in received and "with cipher" in received
 
 
+async def test_failed_tls_handshake_ends_only_that_session(
+    mx: SmtpHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    def run() -> bool:
+        c = mx.raw()
+        c.send(b"STARTTLS\r\n")
+        assert c.reply().startswith("220 2.0.0")
+        c.send(b"this is not a TLS ClientHello\r\n" * 4)
+        return c.is_closed()
+
+    assert await asyncio.to_thread(run)
+    assert await asyncio.to_thread(smtp_send, mx, ["alice@example.com"]) == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await connections_drop_to(mx, 0)  # the failed session gave its slot back
+
+
+async def connections_drop_to(h: SmtpHarness, n: int) -> None:
+    """Wait (bounded) until the listener counts `n` sessions; fail if it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while open_connections(h.server) != n and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert open_connections(h.server) == n
+
+
 async def test_certificate_reload_applies_to_new_sessions(mx: SmtpHarness) -> None:
     def peer_cert() -> bytes:
         c = mx.raw()
@@ -583,10 +608,7 @@ async def test_random_garbage_gets_replies_never_a_traceback(
             return out
 
         out = await asyncio.to_thread(run)
-        deadline = asyncio.get_running_loop().time() + 10
-        while open_connections(h.server) > 1 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert open_connections(h.server) == 1  # only the first client is still connected
+        await connections_drop_to(h, 1)  # only the first client is still connected
         assert len(h.messages("bob@example.com")) == 1
     assert all(re.match(r"^[2345]\d\d[ -]", r) for r in out)
     assert out[-1].startswith("250 2.0.0")

@@ -53,3 +53,21 @@ def test_mail_survives_sigkill_right_after_250(cli: Cli, deployment_dir: Path) -
     for body, message in zip(bodies, stored, strict=True):
         assert message.endswith(body.replace(b"\r\n", b"\n").replace(b"\n..", b"\n."))
         assert b"\nDelivered-To: alice@example.com\n" in b"\n" + message
+
+
+def test_sigterm_says_421_to_idle_sessions_and_exits_0(cli: Cli, deployment_dir: Path) -> None:
+    _without_inbound_checks(deployment_dir)
+    serve = ServeProcess(deployment_dir).start()
+    try:
+        with socket.create_connection(("127.0.0.1", serve.port("smtp")), timeout=30) as sock:
+            c = RawClient(sock)
+            assert c.reply().startswith("220 ")
+            c.send(b"EHLO client.example.net\r\n")
+            assert c.reply().startswith("250-")
+            serve.signal(signal.SIGTERM)
+            assert c.reply().startswith("421 4.3.2")
+            assert c.is_closed()
+        assert serve.proc is not None
+        assert serve.proc.wait(timeout=60) == 0  # one SIGTERM: drains and exits by itself
+    finally:
+        serve.stop()

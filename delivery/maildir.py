@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delivery import folders, quota
+from delivery.commit import GroupCommitter
 from delivery.events import EventHub
 from delivery.folders import DIR_MODE, SUBSCRIPTIONS
 from delivery.index import FILE_MODE, Entry, FolderIndex
@@ -93,6 +94,14 @@ class _Written:
     meta: tuple[float, int, int]  # (mtime, S, W)
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One all-or-nothing store call waiting for the group commit: its copies, their flags."""
+
+    written: tuple[_Written, ...]
+    flags: tuple[frozenset[str], ...]
+
+
 @dataclass(slots=True)
 class _Placed:
     """A copy renamed into its folder (and numbered, once `uid` is set)."""
@@ -119,6 +128,7 @@ class MaildirStore:
         self._indexes: dict[Path, FolderIndex] = {}
         self._indexes_lock = threading.Lock()
         self._quota_verified: set[Path] = set()
+        self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._flush)
 
     # -- paths and caches ----------------------------------------------------------------------
     def _user_root(self, user: str) -> Path:
@@ -235,59 +245,152 @@ class MaildirStore:
         os.close(fd)
         return base, (st.st_mtime, size, vsize)
 
-    def _place(
-        self,
-        written: Sequence[_Written],
-        flags: Sequence[frozenset[str]],
-        placed: list[_Placed],
-    ) -> None:
-        """Rename each tmp file into new/ or cur/ and number it; appends to `placed`."""
-        for item, item_flags in zip(written, flags, strict=True):
-            index = self._index(item.root, item.fdir)
-            with index.locked():
-                index.ensure_keywords(item_flags)
-                if item_flags:
-                    letters = letters_from_flags(item_flags, index.keywords)
-                    sub, name = "cur", file_name_with_flags(item.base, letters)
-                else:
-                    sub, name = "new", item.base
-                os.rename(item.fdir / "tmp" / item.base, item.fdir / sub / name)
-                done = _Placed(index, sub, name)
-                placed.append(done)
-                done.uid = index.added(sub, name, item.meta)
-                done.uid_validity = index.uidlist.uid_validity
-        for fdir, sub in {(p.index.path, p.sub) for p in placed}:
-            fsync_dir(fdir / sub)
-
     def _commit(
         self,
         written: list[_Written],
         flags: Sequence[frozenset[str]],
     ) -> list[MessageRef]:
-        """Place `written` (all already in tmp/) atomically as a group, or remove them all."""
-        placed: list[_Placed] = []
-        roots = sorted({w.root for w in written})
+        """Place `written` (all already fsynced in tmp/) atomically as a group, or remove them
+        all; concurrent callers share the folder locks and fsyncs (delivery/commit.py)."""
+        if not written:
+            return []
+        return self._committer.commit(_Job(tuple(written), tuple(flags)))
+
+    def _flush(self, jobs: Sequence[_Job]) -> list[list[MessageRef] | BaseException]:
+        """Make a batch of jobs durable: per folder one lock, one uidlist append (one fsync)
+        and one fsync of each directory renamed into; per account one quota line.
+
+        Each job is all or nothing on its own: when anything of a job fails (a rename, its
+        folder vanished, a shared fsync of a folder it has a copy in), every copy of that job
+        is removed again and it gets the exception; the other jobs go on. A job is answered
+        only after its renames, uidlist lines and directories were fsynced.
+        """
+        placed: list[list[_Placed | None]] = [[None] * len(job.written) for job in jobs]
+        failed: dict[int, BaseException] = {}
+        by_folder: dict[Path, list[tuple[int, int]]] = {}
+        for j, job in enumerate(jobs):
+            for i, item in enumerate(job.written):
+                by_folder.setdefault(item.fdir, []).append((j, i))
+        roots = sorted({w.root for job in jobs for w in job.written})
         try:
             with contextlib.ExitStack() as stack:
                 for root in roots:
-                    stack.enter_context(quota.changing(root))
-                self._place(written, flags, placed)
+                    try:
+                        stack.enter_context(quota.changing(root))
+                    except OSError as exc:
+                        self._fail_jobs(jobs, failed, exc, root)
+                for fdir, members in by_folder.items():
+                    self._flush_folder(jobs, fdir, members, placed, failed)
                 for root in roots:
-                    mine = [w for w in written if w.root == root]
-                    quota.record(root, sum(w.meta[1] for w in mine), len(mine))
+                    mine = [
+                        w
+                        for j, job in enumerate(jobs)
+                        if j not in failed
+                        for w in job.written
+                        if w.root == root
+                    ]
+                    if not mine:
+                        continue
+                    try:
+                        quota.record(root, sum(w.meta[1] for w in mine), len(mine))
+                    except OSError as exc:
+                        self._fail_jobs(jobs, failed, exc, root)
+                for j in failed:  # still under the quota locks: nobody counted these files
+                    self._undo(jobs[j], placed[j])
         except BaseException:
-            for done in placed:  # under the folder lock, as every other removal
-                with contextlib.suppress(OSError, StoreError), done.index.locked():
-                    (done.index.path / done.sub / done.name).unlink()
-                    done.index.removed([split_info(done.name)[0]])
-            for item in written:
+            for j, job in enumerate(jobs):
+                if j not in failed:
+                    self._undo(job, placed[j])
+            raise
+        outcomes: list[list[MessageRef] | BaseException] = []
+        for j, job in enumerate(jobs):
+            if j in failed:
+                outcomes.append(failed[j])
+                continue
+            outcomes.append(
+                [
+                    MessageRef(item.user, item.folder, done.uid, done.uid_validity)
+                    for item, done in zip(job.written, placed[j], strict=True)
+                    if done is not None  # always, for a job that did not fail
+                ]
+            )
+        return outcomes
+
+    @staticmethod
+    def _fail_jobs(
+        jobs: Sequence[_Job],
+        failed: dict[int, BaseException],
+        exc: BaseException,
+        root: Path,
+    ) -> None:
+        """Every job with a copy for the account at `root` fails with `exc`."""
+        for j, job in enumerate(jobs):
+            if any(w.root == root for w in job.written):
+                failed.setdefault(j, exc)
+
+    def _flush_folder(
+        self,
+        jobs: Sequence[_Job],
+        fdir: Path,
+        members: list[tuple[int, int]],
+        placed: list[list[_Placed | None]],
+        failed: dict[int, BaseException],
+    ) -> None:
+        """Rename this folder's copies of the live jobs into new/ or cur/, number them with one
+        uidlist append, fsync the directories once."""
+        live = [(j, i) for j, i in members if j not in failed]
+        if not live:
+            return
+        first = jobs[live[0][0]].written[live[0][1]]
+        index = self._index(first.root, fdir)
+        subs: set[str] = set()
+        try:
+            with index.locked():
+                renamed: list[tuple[int, int, _Placed]] = []
+                for j, i in live:
+                    if j in failed:
+                        continue
+                    item, item_flags = jobs[j].written[i], jobs[j].flags[i]
+                    try:
+                        index.ensure_keywords(item_flags)
+                        if item_flags:
+                            letters = letters_from_flags(item_flags, index.keywords)
+                            sub, name = "cur", file_name_with_flags(item.base, letters)
+                        else:
+                            sub, name = "new", item.base
+                        os.rename(fdir / "tmp" / item.base, fdir / sub / name)
+                    except (OSError, StoreError) as exc:
+                        failed.setdefault(j, exc)
+                        continue
+                    done = placed[j][i] = _Placed(index, sub, name)
+                    renamed.append((j, i, done))
+                    subs.add(sub)
+                numbered = [(j, i, done) for j, i, done in renamed if j not in failed]
+                uids = index.added_many(
+                    [(d.sub, d.name, jobs[j].written[i].meta) for j, i, d in numbered]
+                )
+                for (_j, _i, done), uid in zip(numbered, uids, strict=True):
+                    done.uid = uid
+                    done.uid_validity = index.uidlist.uid_validity
+            for sub in sorted(subs):
+                fsync_dir(fdir / sub)
+        except Exception as exc:  # the lock, the uidlist or a directory fsync: all of them
+            for j, _i in live:
+                failed.setdefault(j, exc)
+
+    def _undo(self, job: _Job, placed: list[_Placed | None]) -> None:
+        """Remove every copy of a failed job: placed ones under their folder lock (as every
+        other removal), the rest from tmp/."""
+        for done in placed:
+            if done is None:
+                continue
+            with contextlib.suppress(OSError, StoreError), done.index.locked():
+                (done.index.path / done.sub / done.name).unlink()
+                done.index.removed([split_info(done.name)[0]])
+        for item, done in zip(job.written, placed, strict=True):
+            if done is None:
                 with contextlib.suppress(OSError):
                     (item.fdir / "tmp" / item.base).unlink()
-            raise
-        return [
-            MessageRef(item.user, item.folder, done.uid, done.uid_validity)
-            for item, done in zip(written, placed, strict=True)
-        ]
 
     def deliver(
         self,
@@ -488,6 +591,31 @@ class MaildirStore:
                 raise MessageGoneError(f"UID {uid} was expunged") from None
         with f:
             return f.read()
+
+    def read_header(self, user: str, folder: str, uid: int) -> bytes:
+        """The message's header block, through the blank line that ends it (the whole message
+        if it has none), reading no more of the file than that. Raises MessageGoneError."""
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            index.sync()
+            entry = index.entry(uid)
+            if entry is None:
+                raise MessageGoneError(f"UID {uid} does not exist")
+            try:
+                f = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115 - read outside the lock
+            except FileNotFoundError:
+                raise MessageGoneError(f"UID {uid} was expunged") from None
+        data = b""
+        with f:
+            while chunk := f.read(8192):
+                start = max(0, len(data) - 3)  # the blank line may straddle two chunks
+                data += chunk
+                for blank in (b"\n\n", b"\n\r\n"):
+                    end = data.find(blank, start)
+                    if end >= 0:
+                        return data[: end + len(blank)]
+        return data
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode

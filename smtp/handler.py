@@ -5,12 +5,20 @@ mailboxes `Accounts.resolve` gives, their quota) and returns its reply; `deliver
 loop check, the inbound `Verifier` seam (`smtp.verdict`) and `delivery.local`, and maps
 their outcomes to replies. Anything unexpected while accepting mail is 451 4.3.0, never a 5xx.
 Blocking work (SQLite, Maildir scans, fsync) runs in worker threads, off the event loop.
+Deliveries get a pool of their own, as large as the number of sessions that can be in DATA at
+once (up to `_MAX_DELIVERY_THREADS`): they spend their time waiting for the disk, and the store
+commits concurrent deliveries as a group (delivery/commit.py), so every delivery in flight
+must be able to join the next commit instead of queueing behind asyncio's few default threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +36,8 @@ from smtp.replies import Reply
 from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verifier
 
 log = logging.getLogger(__name__)
+
+_MAX_DELIVERY_THREADS = 64
 
 
 class MxSession(Session):
@@ -95,6 +105,15 @@ class MxHandler:
         self._verify = verify
         self._delivery = LocalDelivery(ctx.accounts, ctx.store)
         self._queue_ids = 0
+        self._delivery_threads = ThreadPoolExecutor(
+            max_workers=max(4, min(_MAX_DELIVERY_THREADS, ctx.config.smtp.max_connections)),
+            thread_name_prefix="delivery",
+        )
+
+    async def _in_delivery_thread(self, func: Callable[..., object], /, **kwargs: object) -> None:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, func, **kwargs)
+        await loop.run_in_executor(self._delivery_threads, call)
 
     # -- RCPT ----------------------------------------------------------------------------------
     def _recipient_facts(self, address: Address) -> RecipientFacts:
@@ -184,7 +203,7 @@ class MxHandler:
         recipients = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
         try:
             # The store fsyncs before it returns: only then may we answer 250.
-            await asyncio.to_thread(
+            await self._in_delivery_thread(
                 self._delivery.deliver,
                 mail_from=envelope.mail_from or "",
                 recipients=recipients,

@@ -28,6 +28,8 @@ import logging
 import re
 import ssl
 import weakref
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 import dns.asyncresolver
@@ -124,6 +126,21 @@ class MxSMTP(SMTP):
 
     def _new_envelope(self) -> None:
         self.envelope = self._create_envelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parse, minus the `typing.Protocol` class its version defines on
+        every call: class creation on each MAIL and RCPT was ~15% of the loop's busy time."""
+        if not arg:
+            return "", ""
+        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+        try:
+            address, rest = parse(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     # -- output --------------------------------------------------------------------------------
     async def push(self, status: Any) -> None:

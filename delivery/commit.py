@@ -47,6 +47,7 @@ class GroupCommitter(Generic[J, R]):
     def __init__(self, flush: Callable[[Sequence[J]], Sequence[R | BaseException]]) -> None:
         self._flush = flush
         self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
         self._queue: list[_Waiter[J, R]] = []
         self._busy = False  # a leader is flushing (or about to)
         self.batches = 0  # flushes so far; tests and benchmarks read it
@@ -57,6 +58,7 @@ class GroupCommitter(Generic[J, R]):
         me: _Waiter[J, R] = _Waiter(job)
         with self._lock:
             self._queue.append(me)
+            self._queued.notify_all()
             if not self._busy:
                 self._busy = me.lead = True
         while not me.done:
@@ -68,6 +70,11 @@ class GroupCommitter(Generic[J, R]):
         if me.error is not None:
             raise me.error
         return me.result  # type: ignore[return-value]  # set with done when error is None
+
+    def wait_queued(self, count: int, timeout_s: float) -> bool:
+        """Wait until `count` jobs wait for the next flush (tests and benchmarks use it)."""
+        with self._queued:
+            return self._queued.wait_for(lambda: len(self._queue) >= count, timeout_s)
 
     def _lead(self) -> None:
         with self._lock:

@@ -130,6 +130,11 @@ class MaildirStore:
         self._quota_verified: set[Path] = set()
         self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._flush)
 
+    @property
+    def committer(self) -> GroupCommitter[_Job, list[MessageRef]]:
+        """The group commit every deliver/append/copy goes through (its counters, for tests)."""
+        return self._committer
+
     # -- paths and caches ----------------------------------------------------------------------
     def _user_root(self, user: str) -> Path:
         local, at, domain = user.rpartition("@")

@@ -883,3 +883,42 @@ def test_swaks_recipient_replies(tmp_path: Path, rcpt: str, expected: str, statu
     got_status, out = asyncio.run(main())
     assert expected in out, out
     assert got_status == status
+
+
+@pytest.mark.external
+def test_swaks_starttls_verified_against_the_ca(tmp_path: Path) -> None:
+    # swaks's TLS is Net::SSLeay (Debian's libnet-ssleay-perl, installed by scripts/test).
+    async def main() -> tuple[str, list[bytes]]:
+        async with running_smtp(tmp_path) as h:
+            proc = await asyncio.create_subprocess_exec(
+                "swaks",
+                "--server",
+                h.host,
+                "--port",
+                str(h.port),
+                "--tls",
+                "--tls-verify",
+                "--tls-ca-path",
+                str(h.ctx.paths.ca_cert),
+                "--to",
+                "alice@example.com",
+                "--from",
+                "x@example.net",
+                "--helo",
+                "swaks.example.net",
+                "--body",
+                "Body over TLS\n",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0, out.decode()
+            return out.decode(), h.messages("alice@example.com")
+
+    out, stored = asyncio.run(main())
+    assert "<-  220 2.0.0" in out  # the reply to STARTTLS
+    assert "=== TLS started with cipher TLSv1.3" in out, out
+    assert "250 2.0.0 OK: queued as" in out
+    assert len(stored) == 1
+    received = message_from_bytes(stored[0])["Received"]
+    assert "with ESMTPS" in " ".join(received.split()), received  # RFC 3848: ESMTP over TLS

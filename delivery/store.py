@@ -209,6 +209,10 @@ class MailStore(Protocol):
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         """The message as stored (LF endings). Raises MessageGoneError."""
 
+    def read_header(self, user: str, folder: str, uid: int) -> bytes:
+        """At least the message's header block (up to its blank line), without reading the
+        whole of a large message (SEARCH on header fields). Raises MessageGoneError."""
+
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:

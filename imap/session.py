@@ -29,9 +29,11 @@ import binascii
 import contextlib
 import dataclasses
 import ipaddress
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from delivery.cache import StructureCache, StructureCaches
 from delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
@@ -156,6 +158,25 @@ def is_loopback(ip: str) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
+
+
+# The structure caches of one serving context (an open SQLite file per account), closed when
+# the context goes; keyed by id as imap/server.py's connection limits, for the same reason.
+_CACHES: dict[int, StructureCaches] = {}
+
+
+def caches_for(ctx: ServerContext) -> StructureCaches:
+    caches = _CACHES.get(id(ctx))
+    if caches is None:
+        caches = _CACHES[id(ctx)] = StructureCaches()
+        weakref.finalize(ctx, _drop_caches, id(ctx))
+    return caches
+
+
+def _drop_caches(ctx_id: int) -> None:
+    caches = _CACHES.pop(ctx_id, None)
+    if caches is not None:
+        caches.close()
 
 
 def _flags_of(info: MessageInfo, recent: set[int]) -> bytes:
@@ -592,8 +613,39 @@ class Session:
         await write(b"".join(out))
         self.selected = sel
         self.proto.state = State.SELECTED
+        await self._prune_cache_once()
         await write(response.ok(tag, "EXAMINE completed" if readonly else "SELECT completed",
                                 "READ-ONLY" if readonly else "READ-WRITE"))
+
+    async def _prune_cache_once(self) -> None:
+        """Drop cached structures of messages expunged anywhere in the account, once per
+        account and process (the first SELECT): rows are keyed by message, not folder, so
+        only a look at every folder tells which are dead."""
+        user = self._require_user()
+        cache = self._disk_cache(user)
+        if cache.is_pruned:
+            return
+        cache.is_pruned = True
+        store = self.ctx.store
+
+        def live_keys() -> set[str] | None:
+            keys: set[str] = set()
+            try:
+                for folder in store.list_folders(user):
+                    if folder.is_selectable:
+                        keys.update(m.key for m in store.snapshot(user, folder.name).messages)
+            except (StoreError, OSError) as exc:
+                # A folder we cannot read may hold live messages: prune nothing this time.
+                self.log.debug("structure cache not pruned: %s", exc)
+                return None
+            return keys
+
+        keys = await asyncio.to_thread(live_keys)
+        if keys is None:
+            return
+        dropped = await asyncio.to_thread(cache.prune, keys)
+        if dropped:
+            self.log.debug("structure cache: dropped %d expunged messages", dropped)
 
     async def _list(self, command: c.List, write: Write, *, lsub: bool = False) -> None:
         user = self._require_user()
@@ -728,8 +780,15 @@ class Session:
             except MessageGoneError:
                 return b""  # expunged meanwhile: matches no text key
 
+        def read_header(uid: int) -> bytes:
+            try:
+                return self.ctx.store.read_header(user, name, uid)
+            except MessageGoneError:
+                return b""
+
         found = await asyncio.to_thread(search.search, key, list(sel.messages), scope, read,
-                                        recent_uids=frozenset(sel.recent))
+                                        recent_uids=frozenset(sel.recent),
+                                        read_header=read_header)
         numbers = [f.info.uid if command.uid else f.seq for f in found]
         if "SAVE" in command.returns:
             saved = [f.info.uid for f in found]
@@ -791,20 +850,64 @@ class Session:
             raise _NoError("some messages were expunged meanwhile", "EXPUNGEISSUED")
         await write(response.ok(command.tag, "FETCH completed"))
 
+    def _structures_for(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
+                        ) -> dict[int, fetch.Structure]:
+        """Cached Structures of the batch's messages, by UID: the session's memory first, then
+        the account's on-disk cache (delivery/cache.py). Misses are absent; the caller parses
+        those and hands them to `_remember`. An undecodable cached value counts as a miss."""
+        found: dict[int, fetch.Structure] = {}
+        missing: list[MessageInfo] = []
+        for _, info in batch:
+            structure = self._structures.get((sel.name, sel.uid_validity, info.uid))
+            if structure is not None:
+                found[info.uid] = structure
+            else:
+                missing.append(info)
+        if not missing:
+            return found
+        cache = self._disk_cache(user)
+        cached = cache.get_many([(m.key, m.size) for m in missing])
+        unusable = []
+        for info in missing:
+            text = cached.get(info.key)
+            if text is None:
+                continue
+            try:
+                structure = fetch.Structure.from_json(text)
+            except ValueError:
+                unusable.append(info.key)
+                continue
+            found[info.uid] = structure
+            self._remember(sel, info, structure)
+        if unusable:
+            self.log.info("dropping %d unreadable structure cache entries", len(unusable))
+            cache.forget(unusable)
+        return found
+
+    def _remember(self, sel: Selected, info: MessageInfo, structure: fetch.Structure) -> None:
+        self._structures[(sel.name, sel.uid_validity, info.uid)] = structure
+        while len(self._structures) > STRUCTURE_CACHE_SIZE:
+            del self._structures[next(iter(self._structures))]
+
+    def _disk_cache(self, user: str) -> StructureCache:
+        return caches_for(self.ctx).for_root(self.ctx.paths.maildir(user))
+
     def _render_batch(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]],
                       attrs: tuple[c.FetchAttr, ...], needs_bytes: bool, needs_structure: bool
                       ) -> tuple[list[bytes], bool]:
         """FETCH responses for a batch of messages (runs in a worker thread).
 
-        ENVELOPE/BODY/BODYSTRUCTURE come from a per-session cache of `fetch.Structure`
-        (a UID's bytes never change within a UIDVALIDITY), so clients that re-fetch them
-        on every open do not make us read and parse each message again."""
+        ENVELOPE/BODY/BODYSTRUCTURE come from `fetch.Structure`s cached in memory and on disk
+        (a message's bytes never change), so clients that re-fetch them on every open do not
+        make us read and parse each message again; RFC822.SIZE, FLAGS, INTERNALDATE and UID
+        come from the folder scan. Only BODY[...]/BINARY/RFC822* read the message file."""
         out: list[bytes] = []
         gone = False
+        structures = self._structures_for(user, sel, batch) if needs_structure else {}
+        new_rows: list[tuple[str, int, str]] = []
         for seq, info in batch:
             parsed = None
-            key = (sel.name, sel.uid_validity, info.uid)
-            structure = self._structures.get(key) if needs_structure else None
+            structure = structures.get(info.uid)
             if needs_bytes or (needs_structure and structure is None):
                 try:
                     parsed = fetch.ParsedMessage.parse(
@@ -813,9 +916,9 @@ class Session:
                     gone = True
                     continue
                 if needs_structure and structure is None:
-                    structure = self._structures[key] = fetch.Structure.of(parsed)
-                    while len(self._structures) > STRUCTURE_CACHE_SIZE:
-                        del self._structures[next(iter(self._structures))]
+                    structure = fetch.Structure.of(parsed)
+                    self._remember(sel, info, structure)
+                    new_rows.append((info.key, info.size, structure.to_json()))
             items: list[bytes] = []
             for attr in attrs:
                 match attr.name:
@@ -840,6 +943,8 @@ class Session:
                         raise AssertionError(f"{attr.name} needs the message")
                 items.append(attr.response_name().encode("ascii") + b" " + value)
             out.append(response.fetch(seq, items))
+        if new_rows:
+            self._disk_cache(user).put_many(new_rows)
         return out, gone
 
     def _update_flags(self, changed: dict[int, frozenset[str]]) -> None:
@@ -901,6 +1006,13 @@ class Session:
         except FolderNotFoundError:
             raise _NoError(f"no mailbox {dest}", "TRYCREATE") from None
         dest_snap = await self._snapshot(dest, claim_recent=False) if pairs else None
+        if pairs and dest_snap is not None:
+            # The copies have new file names but the same bytes: their structure is known.
+            source_key = {m.uid: m.key for _, m in targets}
+            copy_key = {m.uid: m.key for m in dest_snap.messages}
+            copied = [(source_key[old], copy_key[new]) for old, new in pairs
+                      if old in source_key and new in copy_key]
+            await asyncio.to_thread(self._disk_cache(user).copy_rows, copied)
         code = None
         if pairs and dest_snap is not None:
             code = (f"COPYUID {dest_snap.uid_validity} "

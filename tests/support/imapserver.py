@@ -30,6 +30,7 @@ import trustme
 from delivery.events import EventHub
 from delivery.maildir import MaildirStore
 from imap.server import start_imap, start_imaps
+from imap.session import caches_for
 from mailstack.config import Config, config_from_dict
 from mailstack.context import ServerContext, TlsProvider
 from mailstack.paths import StatePaths
@@ -151,6 +152,8 @@ class ImapServerThread:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
+            # As a process exit would: the next server on this deployment starts cold.
+            caches_for(self.ctx).close()
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():

@@ -7,102 +7,23 @@ Nothing here decides policy; nothing below here exits.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import sys
-import traceback
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
 from mailstack import __version__
+from mailstack.cli_accounts import alias, domain, user
+from mailstack.clikit import CONTEXT, Obj, cli_state, deployment, fail_usage, reporting
 from mailstack.config import (
-    format_size,
     is_fqdn,
     load_config,
-    parse_size,
     to_toml,
 )
-from mailstack.errors import MailstackError, UsageError
-from mailstack.paths import StatePaths, default_dir
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@contextlib.contextmanager
-def reporting(debug: bool = False) -> Iterator[None]:
-    """The CLI's error boundary: one clear line on stderr, never a traceback (unless --debug)."""
-    try:
-        yield
-    except click.exceptions.Exit:
-        raise
-    except (click.ClickException, click.Abort):
-        raise
-    except MailstackError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(
-            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-            err=True,
-        )
-        sys.exit(1)
-
-
-class Obj:
-    def __init__(self, root: Path, debug: bool) -> None:
-        self.root = root
-        self.debug = debug
-
-    @property
-    def paths(self) -> StatePaths:
-        return StatePaths(self.root)
-
-
-def _obj() -> Obj:
-    obj = click.get_current_context().find_object(Obj)
-    assert obj is not None  # noqa: S101 - set by the group callback
-    return obj
-
-
-@contextlib.contextmanager
-def deployment() -> Iterator[Any]:
-    from mailstack.deployment import Deployment
-
-    dep = Deployment.open(_obj().root)
-    try:
-        yield dep
-    finally:
-        dep.close()
-
-
-def fail_usage(message: str) -> NoReturn:
-    raise click.UsageError(message)
-
-
-class SizeType(click.ParamType):  # type: ignore[type-arg]
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-SIZE = SizeType()
+from mailstack.errors import MailstackError
+from mailstack.paths import default_dir
 
 
 @click.group(context_settings=CONTEXT)
@@ -120,6 +41,10 @@ SIZE = SizeType()
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """mailstack: SMTP, IMAP, DKIM and DNS for your domain, in one process."""
     ctx.obj = Obj((root or default_dir()).absolute(), debug)
+
+
+for _group in (user, alias, domain):
+    main.add_command(_group)
 
 
 # -- init ------------------------------------------------------------------------------------------
@@ -188,7 +113,7 @@ def init(
     from mailstack.init import InitOptions, dns_records, init_deployment
     from mailstack.output import print_records
 
-    obj = _obj()
+    obj = cli_state()
     interactive = not non_interactive and sys.stdin.isatty()
     domain = _prompt_or_fail(domain, "--domain", "Mail domain (e.g. example.com)", interactive)
     if not is_fqdn(domain):
@@ -237,207 +162,6 @@ def init(
         )
 
 
-# -- users -----------------------------------------------------------------------------------------
-
-
-def _read_password(from_stdin: bool) -> str | None:
-    if not from_stdin:
-        return None
-    line = sys.stdin.readline()
-    password = line.rstrip("\r\n")
-    if not password:
-        raise UsageError("--password-stdin: no password on standard input")
-    return password
-
-
-@main.group(context_settings=CONTEXT)
-def user() -> None:
-    """Manage accounts."""
-
-
-@user.command("add", context_settings=CONTEXT)
-@click.argument("address")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--quota", type=SIZE, default=None, help="Storage quota (bytes or K/M/G; 0 = none).")
-def user_add(address: str, password_stdin: bool, quota: int | None) -> None:
-    """Add an account (prints a generated password unless --password-stdin)."""
-    from mailstack.users import generate_password
-
-    with reporting(_obj().debug), deployment() as dep:
-        password = _read_password(password_stdin)
-        generated = password is None
-        password = password or generate_password()
-        quota_bytes = dep.config.default_quota_bytes if quota is None else quota
-        account = dep.accounts.add_user(address, password, quota_bytes=quota_bytes)
-        try:
-            dep.store.create_account(account.address)
-        except BaseException:
-            dep.accounts.delete_user(account.address)  # no account without its Maildir
-            raise
-        click.echo(f"added {account.address} (quota {_quota(account.quota_bytes)})")
-        if generated:
-            click.echo(f"password: {password}")
-
-
-def _quota(n: int) -> str:
-    return "unlimited" if n == 0 else format_size(n)
-
-
-@user.command("list", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True)
-def user_list(as_json: bool) -> None:
-    """List accounts with quota and usage."""
-    from mailstack.output import print_json, print_table
-
-    with reporting(_obj().debug), deployment() as dep:
-        rows = []
-        for u in dep.accounts.users():
-            used = dep.store.usage_bytes(u.address)
-            rows.append(
-                {
-                    "address": u.address,
-                    "quota_bytes": u.quota_bytes,
-                    "used_bytes": used,
-                    "enabled": u.enabled,
-                }
-            )
-        if as_json:
-            print_json(rows)
-            return
-        print_table(
-            ["address", "quota", "used", "enabled"],
-            [
-                [
-                    r["address"],
-                    _quota(r["quota_bytes"]),
-                    format_size(r["used_bytes"]) or "0",
-                    "yes" if r["enabled"] else "no",
-                ]
-                for r in rows
-            ],
-        )
-
-
-@user.command("passwd", context_settings=CONTEXT)
-@click.argument("address")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def user_passwd(address: str, password_stdin: bool) -> None:
-    """Set an account's password (generated and printed unless --password-stdin)."""
-    from mailstack.users import generate_password
-
-    with reporting(_obj().debug), deployment() as dep:
-        password = _read_password(password_stdin)
-        generated = password is None
-        password = password or generate_password()
-        dep.accounts.set_password(address, password)
-        click.echo(f"password changed for {dep.accounts.require_user(address).address}")
-        if generated:
-            click.echo(f"password: {password}")
-
-
-@user.command("quota", context_settings=CONTEXT)
-@click.argument("address")
-@click.argument("size", type=SIZE)
-def user_quota(address: str, size: int) -> None:
-    """Set an account's storage quota (0 = unlimited)."""
-    with reporting(_obj().debug), deployment() as dep:
-        dep.accounts.set_quota(address, size)
-        click.echo(f"quota of {dep.accounts.require_user(address).address} is now {_quota(size)}")
-
-
-@user.command("del", context_settings=CONTEXT)
-@click.argument("address")
-@click.option("--keep-mail", is_flag=True, help="Keep the Maildir on disk.")
-def user_del(address: str, keep_mail: bool) -> None:
-    """Delete an account and (unless --keep-mail) its mail."""
-    with reporting(_obj().debug), deployment() as dep:
-        account = dep.accounts.require_user(address)
-        dep.accounts.delete_user(account.address)
-        if not keep_mail:
-            dep.store.delete_account(account.address)
-        click.echo(f"deleted {account.address}" + (" (mail kept)" if keep_mail else ""))
-
-
-# -- aliases ---------------------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def alias() -> None:
-    """Manage aliases (ADDR or @domain for a catch-all)."""
-
-
-@alias.command("add", context_settings=CONTEXT)
-@click.argument("address")
-@click.argument("targets", nargs=-1, required=True)
-def alias_add(address: str, targets: tuple[str, ...]) -> None:
-    """Deliver mail for ADDRESS to each TARGET."""
-    with reporting(_obj().debug), deployment() as dep:
-        dep.accounts.add_alias(address, list(targets))
-        click.echo(f"alias {address} -> {', '.join(targets)}")
-
-
-@alias.command("list", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True)
-def alias_list(as_json: bool) -> None:
-    """List aliases."""
-    from mailstack.output import print_json, print_table
-
-    with reporting(_obj().debug), deployment() as dep:
-        aliases = dep.accounts.aliases()
-        if as_json:
-            print_json([{"address": a, "targets": t} for a, t in aliases.items()])
-            return
-        print_table(["alias", "targets"], [[a, ", ".join(t)] for a, t in aliases.items()])
-
-
-@alias.command("del", context_settings=CONTEXT)
-@click.argument("address")
-def alias_del(address: str) -> None:
-    """Delete an alias."""
-    with reporting(_obj().debug), deployment() as dep:
-        dep.accounts.delete_alias(address)
-        click.echo(f"deleted alias {address}")
-
-
-# -- domains and DNS -------------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def domain() -> None:
-    """Manage hosted domains."""
-
-
-@domain.command("add", context_settings=CONTEXT)
-@click.argument("name")
-def domain_add(name: str) -> None:
-    """Host another domain: DKIM key, zone file, records to publish."""
-    from mailstack.init import add_domain
-    from mailstack.output import print_records
-
-    if not is_fqdn(name):
-        fail_usage(f"{name!r} is not a valid domain name")
-    with reporting(_obj().debug):
-        records = add_domain(_obj().paths, name)
-        click.echo(f"now hosting {name}; publish these records:\n")
-        print_records(records)
-
-
-@domain.command("list", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True)
-def domain_list(as_json: bool) -> None:
-    """List hosted domains."""
-    from mailstack.init import hosted_domains
-    from mailstack.output import print_json
-
-    with reporting(_obj().debug), deployment() as dep:
-        domains = hosted_domains(dep.config, dep.accounts)
-        if as_json:
-            print_json(domains)
-        else:
-            for d in domains:
-                click.echo(d)
-
-
 @main.command(context_settings=CONTEXT)
 @click.option(
     "--format",
@@ -452,7 +176,7 @@ def dns(fmt: str) -> None:
     from mailstack.init import dns_records, render_zone
     from mailstack.output import print_json, print_records
 
-    with reporting(_obj().debug), deployment() as dep:
+    with reporting(cli_state().debug), deployment() as dep:
         records = dns_records(dep.config, dep.paths, dep.accounts)
         if fmt == "json":
             print_json([r.as_dict() for r in records])
@@ -475,8 +199,8 @@ def config() -> None:
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 def config_validate(file: Path | None) -> None:
     """Check a config file (default: the deployment's); exit 1 naming the key at fault."""
-    with reporting(_obj().debug):
-        path = file or _obj().paths.config
+    with reporting(cli_state().debug):
+        path = file or cli_state().paths.config
         load_config(path)
         click.echo(f"{path}: ok")
 
@@ -484,8 +208,8 @@ def config_validate(file: Path | None) -> None:
 @config.command("show", context_settings=CONTEXT)
 def config_show() -> None:
     """Print the effective configuration, defaults included."""
-    with reporting(_obj().debug):
-        click.echo(to_toml(load_config(_obj().paths.config)), nl=False)
+    with reporting(cli_state().debug):
+        click.echo(to_toml(load_config(cli_state().paths.config)), nl=False)
 
 
 # -- TLS -------------------------------------------------------------------------------------------
@@ -503,8 +227,8 @@ def tls_status(as_json: bool) -> None:
     from mailstack.keys import inspect_tls
     from mailstack.output import print_json
 
-    with reporting(_obj().debug):
-        paths = _obj().paths
+    with reporting(cli_state().debug):
+        paths = cli_state().paths
         cfg = load_config(paths.config)
         try:
             info = inspect_tls(paths.tls_cert.read_bytes())
@@ -549,8 +273,8 @@ def tls_import(cert_file: Path, key_file: Path) -> None:
     """Use a certificate from a public CA (checks key, chain order and hostname first)."""
     from mailstack.keys import validate_tls_pair, write_private, write_public
 
-    with reporting(_obj().debug):
-        paths = _obj().paths
+    with reporting(cli_state().debug):
+        paths = cli_state().paths
         cfg = load_config(paths.config)
         chain, key = cert_file.read_bytes(), key_file.read_bytes()
         info = validate_tls_pair(chain, key, cfg.server.hostname)
@@ -581,8 +305,8 @@ def serve(log_level: str | None, log_json: bool | None) -> None:
     from mailstack.deployment import Deployment
     from mailstack.logs import setup_logging
 
-    with reporting(_obj().debug):
-        dep = Deployment.open(_obj().root)
+    with reporting(cli_state().debug):
+        dep = Deployment.open(cli_state().root)
         setup_logging(
             log_level or dep.config.log.level,
             json_lines=dep.config.log.json if log_json is None else log_json,
@@ -603,7 +327,7 @@ def demo(base_port: int, no_serve: bool) -> None:
     """A throwaway deployment for example.test on loopback, with one user, served at once."""
     from mailstack.demo import DemoPorts, create_demo, instructions
 
-    obj = _obj()
+    obj = cli_state()
     explicit_dir = click.get_current_context().find_root().params.get("root") is not None
     with reporting(obj.debug):
         root = obj.root if explicit_dir else None
@@ -626,13 +350,13 @@ def systemd_unit(unit_user: str, unit_group: str) -> None:
     """Print a systemd unit that runs `serve` for this state directory."""
     from mailstack.render import render
 
-    with reporting(_obj().debug):
+    with reporting(cli_state().debug):
         exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "mailstack"
         click.echo(
             render(
                 "systemd/mailstack.service.j2",
                 exe=exe,
-                state_dir=_obj().root,
+                state_dir=cli_state().root,
                 user=unit_user,
                 group=unit_group,
             ),
@@ -641,6 +365,7 @@ def systemd_unit(unit_user: str, unit_group: str) -> None:
 
 
 # -- check -----------------------------------------------------------------------------------------
+
 
 def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     from mailstack.config import parse_resolver
@@ -656,47 +381,66 @@ def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | No
 
 @main.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--resolver", metavar="HOST[:PORT]", callback=_resolver_option,
-              help="DNS resolver to ask (overrides [dns] resolver).")
-@click.option("--only", "only", multiple=True, metavar="GROUP",
-              type=click.Choice(["config", "files", "dns", "tls", "smtp", "submission", "imap",
-                                 "relay", "e2e", "network"]),
-              help="Run only this group of checks (repeatable).")
+@click.option(
+    "--resolver",
+    metavar="HOST[:PORT]",
+    callback=_resolver_option,
+    help="DNS resolver to ask (overrides [dns] resolver).",
+)
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="GROUP",
+    type=click.Choice(
+        ["config", "files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e", "network"]
+    ),
+    help="Run only this group of checks (repeatable).",
+)
 @click.option("--strict", is_flag=True, help="Warnings fail too (exit 1).")
 @click.option("--network", is_flag=True, help="Also run checks that need the Internet.")
-def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool,
-          network: bool) -> None:
+def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool, network: bool) -> None:
     """Validate the deployment: DNS, TLS, listeners, login, delivery, open relay."""
     from mailstack.checks import CheckOptions, run_checks
     from mailstack.checks.report import print_json, print_report
     from mailstack.errors import ProblemsFoundError
 
-    with reporting(_obj().debug):
-        opts = CheckOptions(resolver=resolver, only=frozenset(only), strict=strict,
-                            network=network)
-        report = run_checks(_obj().root, opts)
+    with reporting(cli_state().debug):
+        opts = CheckOptions(resolver=resolver, only=frozenset(only), strict=strict, network=network)
+        report = run_checks(cli_state().root, opts)
         if as_json:
             print_json(report)
         else:
             print_report(report)
         if not report.ok:
             bad = report.counts.get("fail", 0) + (report.counts.get("warn", 0) if strict else 0)
-            raise ProblemsFoundError(f"{bad} check(s) did not pass",
-                                     hint=None if as_json else "apply each fix shown above, "
-                                     "then run `mailstack check` again")
+            raise ProblemsFoundError(
+                f"{bad} check(s) did not pass",
+                hint=None
+                if as_json
+                else "apply each fix shown above, then run `mailstack check` again",
+            )
 
 
 # -- deliver (LDA) ---------------------------------------------------------------------------------
 
+
 @main.command(context_settings=CONTEXT)
 @click.argument("address", required=False)
-@click.option("--from", "mail_from", default="", metavar="SENDER",
-              help="Envelope sender, written as Return-Path.")
+@click.option(
+    "--from",
+    "mail_from",
+    default="",
+    metavar="SENDER",
+    help="Envelope sender, written as Return-Path.",
+)
 def deliver(address: str | None, mail_from: str) -> None:
     """Deliver the message on stdin to ADDRESS (an LDA: sysexits codes, 75 = try later)."""
     from delivery.local import run_lda
 
-    status, problem = run_lda(_obj().root, address, sys.stdin.buffer.read(), mail_from=mail_from)
+    status, problem = run_lda(
+        cli_state().root, address, sys.stdin.buffer.read(), mail_from=mail_from
+    )
     if problem:
         click.echo(f"error: {problem}", err=True)
     sys.exit(status)

@@ -50,6 +50,7 @@ class GroupCommitter(Generic[J, R]):
         self._queued = threading.Condition(self._lock)
         self._queue: list[_Waiter[J, R]] = []
         self._busy = False  # a leader is flushing (or about to)
+        self._flushing = 0  # jobs in the batch being flushed now
         self.batches = 0  # flushes so far; tests and benchmarks read it
         self.largest_batch = 0
 
@@ -71,14 +72,19 @@ class GroupCommitter(Generic[J, R]):
             raise me.error
         return me.result  # type: ignore[return-value]  # set with done when error is None
 
-    def wait_queued(self, count: int, timeout_s: float) -> bool:
-        """Wait until `count` jobs wait for the next flush (tests and benchmarks use it)."""
+    def wait_until(self, *, queued: int = 0, flushing: int = 0, timeout_s: float) -> bool:
+        """Wait until at least `queued` jobs wait for the next flush and `flushing` are being
+        flushed (tests use it to force batches); False on timeout."""
         with self._queued:
-            return self._queued.wait_for(lambda: len(self._queue) >= count, timeout_s)
+            return self._queued.wait_for(
+                lambda: len(self._queue) >= queued and self._flushing >= flushing, timeout_s
+            )
 
     def _lead(self) -> None:
         with self._lock:
             batch, self._queue = self._queue, []
+            self._flushing = len(batch)
+            self._queued.notify_all()
         try:
             outcomes: Sequence[R | BaseException] = self._flush([w.job for w in batch])
             if len(outcomes) != len(batch):
@@ -86,6 +92,7 @@ class GroupCommitter(Generic[J, R]):
         except BaseException as exc:  # every waiter must hear of it, whatever it is
             outcomes = [exc] * len(batch)
         with self._lock:
+            self._flushing = 0
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
             for waiter, outcome in zip(batch, outcomes, strict=True):

@@ -554,6 +554,10 @@ class MaildirStore:
             src_index.removed(e.info.key for e in entries)
         self._publish(user, INBOX, new_name)
 
+    def subscriptions(self, user: str) -> list[str]:
+        """Every subscribed name, those with no folder (any more) included (RFC 9051 §6.3.7)."""
+        return folders.read_subscriptions(self._root(user))
+
     def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
         root = self._root(user)
         name = normalize_folder(folder)  # RFC 9051 §6.3.7: may name a folder that doesn't exist

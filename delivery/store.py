@@ -198,6 +198,9 @@ class MailStore(Protocol):
 
     def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None: ...
 
+    def subscriptions(self, user: str) -> list[str]:
+        """Every subscribed name, including names that have no folder (LIST \\NonExistent)."""
+
     # -- reading and changing messages ---------------------------------------------------------
     def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:
         """Scan the folder (new/ and cur/), assigning UIDs to newcomers.

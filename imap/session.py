@@ -39,6 +39,7 @@ from delivery.store import (
     INBOX,
     Flag,
     FlagMode,
+    FolderInfo,
     FolderNotFoundError,
     FolderSnapshot,
     MessageGoneError,
@@ -661,6 +662,13 @@ class Session:
         selection, returns = set(command.selection), set(command.returns)
         subscribed_only = "SUBSCRIBED" in selection
         by_name = {f.name: f for f in folders}
+        ghosts: set[str] = set()
+        if subscribed_only:
+            # RFC 5258 §3.1: subscribed names whose mailbox does not exist are listed too.
+            names = await asyncio.to_thread(self.ctx.store.subscriptions, user)
+            ghosts = set(names) - set(by_name)
+            folders = [*folders, *(FolderInfo(n, None, subscribed=True, has_children=False,
+                                              is_selectable=False) for n in ghosts)]
         out: list[bytes] = []
         for folder in sorted(folders, key=lambda f: (f.name != INBOX, f.name)):
             if not any(p.fullmatch(folder.name) for p in patterns):
@@ -677,7 +685,16 @@ class Session:
             if "SPECIAL-USE" in selection and folder.special_use is None:
                 continue
             attrs = []
-            if not lsub:  # LSUB predates CHILDREN and SPECIAL-USE; Dovecot sends neither
+            if lsub:
+                # LSUB (RFC 3501 §6.3.9) predates CHILDREN, SPECIAL-USE and \NonExistent: a
+                # name that cannot be selected is \Noselect there.
+                if not folder.is_selectable:
+                    attrs.append("\\Noselect")
+            elif folder.name in ghosts:
+                attrs.append("\\NonExistent")  # RFC 5258 §3: implies \Noselect
+            else:
+                if not folder.is_selectable:  # a parent implied by its children (§7.3.1)
+                    attrs.append("\\Noselect")
                 attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
                 if folder.special_use is not None:
                     attrs.append(str(folder.special_use))
@@ -686,7 +703,7 @@ class Session:
             kind = b"LSUB" if lsub else b"LIST"
             out.append(response.untagged(kind + b" " + response.flag_list(attrs) + b' "." '
                                          + response.mailbox(folder.name) + child_info))
-            if "STATUS" in returns and command.status_items:
+            if "STATUS" in returns and command.status_items and folder.is_selectable:
                 # RFC 5819 §2: a mailbox that cannot be opened just gets no STATUS.
                 with contextlib.suppress(StoreError, _NoError):
                     out.append(await self._status_line(folder.name, command.status_items))

@@ -1,0 +1,212 @@
+"""What the session's parts share: errors that become responses, the selected folder, and
+`SessionCore`, the state and helpers the command mixins (imap/session_mailbox.py,
+imap/session_select.py) work on. `imap/session.py` puts them together as `Session`; its
+docstring states the invariants.
+
+`_sync` is here because every selected-state command starts with it: it brings the selected
+folder up to date and reports the differences (EXISTS, EXPUNGE, FETCH FLAGS) as RFC 9051 §7.5.1
+allows at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from delivery.cache import StructureCache, StructureCaches
+from delivery.store import (
+    Flag,
+    FolderNotFoundError,
+    FolderSnapshot,
+    MessageInfo,
+)
+from imap import fetch, response, utf7
+from imap.protocol import ImapProtocol, State
+from imap.sequence import SequenceSet
+from mailstack.context import ServerContext
+
+Write = Callable[[bytes], Awaitable[None]]
+
+SYSTEM_FLAGS = tuple(f.value for f in Flag)
+RECENT = "\\Recent"
+STRUCTURE_CACHE_SIZE = 5000  # per session; a Structure is a few hundred bytes
+FETCH_BATCH = 50  # messages rendered per worker-thread trip, so big FETCHes stream
+
+
+class RefusedError(Exception):
+    """Answer the command with `NO [code] text`."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+class InvalidCommandError(Exception):
+    """Answer the command with `BAD text`."""
+
+
+@dataclass
+class Selected:
+    """The selected folder as this session has reported it to the client."""
+
+    name: str
+    readonly: bool
+    uid_validity: int
+    uid_next: int
+    keywords: tuple[str, ...]
+    messages: list[MessageInfo]  # index = sequence number - 1
+    recent: set[int]
+    saved: tuple[int, ...] = ()  # SEARCHRES "$": UIDs (RFC 5182)
+
+    @property
+    def largest_uid(self) -> int:
+        return self.messages[-1].uid if self.messages else 0
+
+
+# The structure caches of one serving context (an open SQLite file per account), closed when
+# the context goes; keyed by id as imap/server.py's connection limits, for the same reason.
+_CACHES: dict[int, StructureCaches] = {}
+
+
+def caches_for(ctx: ServerContext) -> StructureCaches:
+    caches = _CACHES.get(id(ctx))
+    if caches is None:
+        caches = _CACHES[id(ctx)] = StructureCaches()
+        weakref.finalize(ctx, _drop_caches, id(ctx))
+    return caches
+
+
+def _drop_caches(ctx_id: int) -> None:
+    caches = _CACHES.pop(ctx_id, None)
+    if caches is not None:
+        caches.close()
+
+
+def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
+    return response.flag_list(sorted(info.flags | {RECENT} if info.uid in recent else info.flags))
+
+
+def checked_name(name: str) -> str:
+    """A mailbox name as the store takes it: valid modified UTF-7, no empty levels."""
+    if not name or not utf7.is_valid(name):
+        raise InvalidCommandError(
+            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)")
+    return name
+
+
+def storable(flags: tuple[str, ...]) -> list[str]:
+    """Flags a client may set: system flags but \\Recent, and keywords (RFC 9051 §2.3.2)."""
+    out = []
+    for flag in flags:
+        if flag == RECENT:
+            continue  # RFC 3501 §2.3.2: \Recent cannot be altered by the client; ignore it
+        if flag.startswith("\\") and flag not in SYSTEM_FLAGS:
+            raise InvalidCommandError(f"{flag} is not a flag that can be stored")
+        out.append(flag)
+    return out
+
+
+class SessionCore:
+    """State and helpers shared by the command mixins; `Session.__init__` sets the fields."""
+
+    ctx: ServerContext
+    proto: ImapProtocol
+    user: str | None
+    selected: Selected | None
+    log: logging.LoggerAdapter[logging.Logger]
+    # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
+    _structures: dict[tuple[str, int, int], fetch.Structure]
+
+    def _require_user(self) -> str:
+        if self.user is None:  # pragma: no cover - the protocol checks the state first
+            raise InvalidCommandError("not logged in")
+        return self.user
+
+    def _sel(self) -> Selected:
+        if self.selected is None:  # pragma: no cover - the protocol checks the state first
+            raise InvalidCommandError("no mailbox selected")
+        return self.selected
+
+    async def _snapshot(self, folder: str, *, claim_recent: bool) -> FolderSnapshot:
+        snap: FolderSnapshot = await asyncio.to_thread(
+            self.ctx.store.snapshot, self._require_user(), folder, claim_recent=claim_recent)
+        return snap
+
+    async def _sync(self, write: Write, *, allow_expunge: bool) -> None:
+        """Bring the selected folder up to date and report the differences to the client."""
+        sel = self.selected
+        if sel is None:
+            return
+        try:
+            snap = await self._snapshot(sel.name, claim_recent=not sel.readonly)
+        except FolderNotFoundError:
+            # Deleted or renamed under us: nothing can be reported sensibly (Dovecot does this).
+            await write(response.bye("the selected mailbox was deleted or renamed"))
+            self.proto.state = State.LOGOUT
+            self.selected = None
+            return
+        if snap.uid_validity != sel.uid_validity:
+            await write(response.bye("UIDVALIDITY of the selected mailbox changed"))
+            self.proto.state = State.LOGOUT
+            self.selected = None
+            return
+        out: list[bytes] = []
+        current = {m.uid: m for m in snap.messages}
+        if allow_expunge:
+            for seq in range(len(sel.messages), 0, -1):  # highest first: lower numbers hold
+                if sel.messages[seq - 1].uid not in current:
+                    del sel.messages[seq - 1]
+                    out.append(response.expunge(seq))
+        for seq, old in enumerate(sel.messages, start=1):
+            new = current.get(old.uid)
+            if new is not None and new.flags != old.flags:
+                sel.messages[seq - 1] = new
+                out.append(response.fetch(seq, [b"UID %d" % new.uid,
+                                                b"FLAGS " + flags_of(new, sel.recent)]))
+        old_count, old_recent = len(sel.messages), len(sel.recent)
+        largest = sel.largest_uid
+        sel.messages.extend(m for m in snap.messages if m.uid > largest)
+        if not sel.readonly:
+            sel.recent |= snap.recent_uids
+        sel.recent &= set(current)
+        sel.uid_next = snap.uid_next
+        if len(sel.messages) != old_count:
+            out.append(response.exists(len(sel.messages)))
+        if len(sel.recent) != old_recent:
+            out.append(response.recent(len(sel.recent)))
+        if set(snap.keywords) - set(sel.keywords):
+            sel.keywords = snap.keywords
+            out.append(self._flags_response(sel.keywords))
+        if out:
+            await write(b"".join(out))
+
+    @staticmethod
+    def _flags_response(keywords: tuple[str, ...]) -> bytes:
+        return response.untagged(b"FLAGS " + response.flag_list((*SYSTEM_FLAGS, *keywords)))
+
+    def _targets(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, MessageInfo]]:
+        """(sequence number, message) pairs named by a sequence set, in order."""
+        sel = self._sel()
+        if seqset.is_saved:
+            saved = set(sel.saved)
+            return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in saved]
+        if uid:
+            uids = set(seqset.select([m.uid for m in sel.messages], sel.largest_uid))
+            return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in uids]
+        count = len(sel.messages)
+        for r in seqset.ranges:
+            # RFC 9051 §6.4.5: a number beyond the mailbox is an error. A range with "*" is
+            # not: "5:*" in a 3-message mailbox means 3:5, and "1:*" in an empty one nothing
+            # (clients send it blindly after SELECT).
+            if r.start is not None and r.end is not None and max(r.start, r.end) > count:
+                raise InvalidCommandError(
+                    f"no message {max(r.start, r.end)} (the mailbox has {count})")
+        return [(n, sel.messages[n - 1]) for n in seqset.expand(count)]
+
+    def _disk_cache(self, user: str) -> StructureCache:
+        """The account's on-disk structure cache (delivery/cache.py)."""
+        return caches_for(self.ctx).for_root(self.ctx.paths.maildir(user))

@@ -1,0 +1,255 @@
+"""Mailbox commands of the authenticated state: SELECT/EXAMINE, CREATE, DELETE, RENAME,
+(UN)SUBSCRIBE, LIST/LSUB (RFC 9051 §6.3, LIST-EXTENDED 5258, LIST-STATUS 5819, SPECIAL-USE
+6154, CHILDREN 3348), STATUS and APPEND (UIDPLUS 4315). A mixin of `Session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from delivery.store import (
+    HIERARCHY_DELIMITER,
+    INBOX,
+    Flag,
+    FolderInfo,
+    FolderNotFoundError,
+    SpecialUse,
+    StoreError,
+)
+from imap import commands as c
+from imap import response
+from imap.protocol import State, list_pattern
+from imap.session_base import (
+    SYSTEM_FLAGS,
+    RefusedError,
+    Selected,
+    SessionCore,
+    Write,
+    checked_name,
+    storable,
+)
+
+
+class MailboxCommands(SessionCore):
+    """SELECT, CREATE, DELETE, RENAME, (UN)SUBSCRIBE, LIST, LSUB, STATUS, APPEND."""
+
+    async def _mailbox_command(self, command: c.Command, write: Write) -> None:
+        user = self._require_user()
+        store = self.ctx.store
+        tag = command.tag
+        match command:
+            case c.Select(mailbox=name, readonly=readonly):
+                await self._select(tag, checked_name(name), readonly, write)
+            case c.Create(mailbox=name, special_use=uses):
+                name = checked_name(name).rstrip(HIERARCHY_DELIMITER)
+                if name.upper() == INBOX:
+                    raise RefusedError("INBOX always exists", "ALREADYEXISTS")
+                use = _special_use(uses)
+                await asyncio.to_thread(store.create_folder, user, name, use)
+                await write(response.ok(tag, "CREATE completed"))
+            case c.Delete(mailbox=name):
+                name = checked_name(name)
+                if name == INBOX:
+                    raise RefusedError("INBOX cannot be deleted", "CANNOT")
+                if self.selected is not None and self.selected.name == name:
+                    raise RefusedError("the mailbox is selected; close it first", "INUSE")
+                await asyncio.to_thread(store.delete_folder, user, name)
+                await write(response.ok(tag, "DELETE completed"))
+            case c.Rename(old=old, new=new):
+                old, new = checked_name(old), checked_name(new)
+                if new == INBOX:
+                    raise RefusedError("INBOX already exists", "ALREADYEXISTS")
+                await asyncio.to_thread(store.rename_folder, user, old, new)
+                await write(response.ok(tag, "RENAME completed"))
+            case c.Subscribe(mailbox=name) | c.Unsubscribe(mailbox=name):
+                await asyncio.to_thread(store.set_subscribed, user, checked_name(name),
+                                        isinstance(command, c.Subscribe))
+                await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
+            case c.List():
+                await self._list(command, write)
+            case c.Lsub(reference=reference, pattern=pattern):
+                await self._list(c.List(tag, reference, (pattern,), ("SUBSCRIBED",)), write,
+                                 lsub=True)
+            case c.Status(mailbox=name, items=items):
+                line = await self._status_line(checked_name(name), items)
+                await write(line)
+                await write(response.ok(tag, "STATUS completed"))
+            case c.Append():
+                await self._append(command, write)
+
+    async def _select(self, tag: str, name: str, readonly: bool, write: Write) -> None:
+        had_selection = self.selected is not None
+        self.selected = None
+        self.proto.state = State.AUTHENTICATED
+        if had_selection:
+            await write(response.untagged_status("OK", "previous mailbox closed", "CLOSED"))
+        try:
+            snap = await self._snapshot(name, claim_recent=not readonly)
+        except FolderNotFoundError:
+            raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
+        sel = Selected(name, readonly, snap.uid_validity, snap.uid_next, snap.keywords,
+                       list(snap.messages), set(snap.recent_uids))
+        permanent = response.flag_list((*SYSTEM_FLAGS, *snap.keywords, "\\*")).decode()
+        out = [
+            self._flags_response(snap.keywords),
+            response.exists(len(sel.messages)),
+            response.recent(len(sel.recent)),
+            response.untagged_status("OK", "flags that can be stored",
+                                     "PERMANENTFLAGS ()" if readonly else
+                                     f"PERMANENTFLAGS {permanent}"),
+            response.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {snap.uid_validity}"),
+            response.untagged_status("OK", "predicted next UID", f"UIDNEXT {snap.uid_next}"),
+        ]
+        unseen = next((i for i, m in enumerate(sel.messages, 1) if Flag.SEEN not in m.flags),
+                      None)
+        if unseen is not None:  # RFC 3501 §6.3.1 (IMAP4rev1 clients still use it)
+            out.append(response.untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
+        await write(b"".join(out))
+        self.selected = sel
+        self.proto.state = State.SELECTED
+        await self._prune_cache_once()
+        await write(response.ok(tag, "EXAMINE completed" if readonly else "SELECT completed",
+                                "READ-ONLY" if readonly else "READ-WRITE"))
+
+    async def _prune_cache_once(self) -> None:
+        """Drop cached structures of messages expunged anywhere in the account, once per
+        account and process (the first SELECT): rows are keyed by message, not folder, so
+        only a look at every folder tells which are dead."""
+        user = self._require_user()
+        cache = self._disk_cache(user)
+        if cache.is_pruned:
+            return
+        cache.is_pruned = True
+        store = self.ctx.store
+
+        def live_keys() -> set[str] | None:
+            keys: set[str] = set()
+            try:
+                for folder in store.list_folders(user):
+                    if folder.is_selectable:
+                        keys.update(m.key for m in store.snapshot(user, folder.name).messages)
+            except (StoreError, OSError) as exc:
+                # A folder we cannot read may hold live messages: prune nothing this time.
+                self.log.debug("structure cache not pruned: %s", exc)
+                return None
+            return keys
+
+        keys = await asyncio.to_thread(live_keys)
+        if keys is None:
+            return
+        dropped = await asyncio.to_thread(cache.prune, keys)
+        if dropped:
+            self.log.debug("structure cache: dropped %d expunged messages", dropped)
+
+    async def _list(self, command: c.List, write: Write, *, lsub: bool = False) -> None:
+        user = self._require_user()
+        tag = command.tag
+        if not lsub and command.patterns == ("",):
+            # RFC 9051 §6.3.9: an empty pattern asks for the delimiter and the root.
+            await write(response.untagged(b'LIST (\\Noselect) "." ""'))
+            await write(response.ok(tag, "LIST completed"))
+            return
+        folders = await asyncio.to_thread(self.ctx.store.list_folders, user)
+        patterns = [list_pattern(command.reference, p, HIERARCHY_DELIMITER)
+                    for p in command.patterns]
+        selection, returns = set(command.selection), set(command.returns)
+        subscribed_only = "SUBSCRIBED" in selection
+        by_name = {f.name: f for f in folders}
+        ghosts: set[str] = set()
+        if subscribed_only:
+            # RFC 5258 §3.1: subscribed names whose mailbox does not exist are listed too.
+            names = await asyncio.to_thread(self.ctx.store.subscriptions, user)
+            ghosts = set(names) - set(by_name)
+            folders = [*folders, *(FolderInfo(n, None, subscribed=True, has_children=False,
+                                              is_selectable=False) for n in ghosts)]
+        out: list[bytes] = []
+        for folder in sorted(folders, key=lambda f: (f.name != INBOX, f.name)):
+            if not any(p.fullmatch(folder.name) for p in patterns):
+                continue
+            child_info = b""
+            if subscribed_only and not folder.subscribed:
+                # RFC 5258 §3.5 RECURSIVEMATCH: a parent listed for its subscribed children.
+                if "RECURSIVEMATCH" in selection and any(
+                        n.startswith(folder.name + HIERARCHY_DELIMITER) and f.subscribed
+                        for n, f in by_name.items()):
+                    child_info = b' ("CHILDINFO" ("SUBSCRIBED"))'
+                else:
+                    continue
+            if "SPECIAL-USE" in selection and folder.special_use is None:
+                continue
+            attrs = []
+            if lsub:
+                # LSUB (RFC 3501 §6.3.9) predates CHILDREN, SPECIAL-USE and \NonExistent: a
+                # name that cannot be selected is \Noselect there.
+                if not folder.is_selectable:
+                    attrs.append("\\Noselect")
+            elif folder.name in ghosts:
+                attrs.append("\\NonExistent")  # RFC 5258 §3: implies \Noselect
+            else:
+                if not folder.is_selectable:  # a parent implied by its children (§7.3.1)
+                    attrs.append("\\Noselect")
+                attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
+                if folder.special_use is not None:
+                    attrs.append(str(folder.special_use))
+            if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed and not lsub:
+                attrs.append("\\Subscribed")
+            kind = b"LSUB" if lsub else b"LIST"
+            out.append(response.untagged(kind + b" " + response.flag_list(attrs) + b' "." '
+                                         + response.mailbox(folder.name) + child_info))
+            if "STATUS" in returns and command.status_items and folder.is_selectable:
+                # RFC 5819 §2: a mailbox that cannot be opened just gets no STATUS.
+                with contextlib.suppress(StoreError, RefusedError):
+                    out.append(await self._status_line(folder.name, command.status_items))
+        await write(b"".join(out))
+        await write(response.ok(tag, "LSUB completed" if lsub else "LIST completed"))
+
+    async def _status_line(self, name: str, items: tuple[str, ...]) -> bytes:
+        try:
+            snap = await self._snapshot(name, claim_recent=False)
+        except FolderNotFoundError:
+            raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
+        recent = snap.recent_uids
+        if self.selected is not None and self.selected.name == name:
+            recent = recent | frozenset(self.selected.recent)
+        values = {
+            "MESSAGES": len(snap.messages),
+            "RECENT": len(recent),
+            "UIDNEXT": snap.uid_next,
+            "UIDVALIDITY": snap.uid_validity,
+            "UNSEEN": sum(1 for m in snap.messages if Flag.SEEN not in m.flags),
+            "DELETED": sum(1 for m in snap.messages if Flag.DELETED in m.flags),
+            "SIZE": sum(m.size for m in snap.messages),
+        }
+        body = " ".join(f"{item} {values[item]}" for item in items)
+        return response.untagged(b"STATUS " + response.mailbox(name) + b" ("
+                                 + body.encode("ascii") + b")")
+
+    async def _append(self, command: c.Append, write: Write) -> None:
+        user = self._require_user()
+        name = checked_name(command.mailbox)
+        flags = storable(command.flags)
+        when = command.internal_date.timestamp() if command.internal_date else None
+        quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+        try:
+            ref = await asyncio.to_thread(self.ctx.store.append, user, name, command.message,
+                                          flags=flags, internal_date=when, quota_bytes=quota)
+        except FolderNotFoundError:
+            raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
+        if self.selected is not None and self.selected.name == name:
+            await self._sync(write, allow_expunge=True)
+        await write(response.ok(command.tag, "APPEND completed",
+                                f"APPENDUID {ref.uid_validity} {ref.uid}"))
+
+
+def _special_use(uses: tuple[str, ...]) -> SpecialUse | None:
+    if not uses:
+        return None
+    if len(uses) > 1:
+        raise RefusedError("only one special use per mailbox", "USEATTR")
+    try:
+        return SpecialUse(uses[0])
+    except ValueError:
+        raise RefusedError(f"{uses[0]} is not a supported special use", "USEATTR") from None
+
+

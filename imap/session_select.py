@@ -1,0 +1,355 @@
+"""Message commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE,
+UNSELECT (RFC 9051 §6.4; ESEARCH 4731, SEARCHRES 5182, MOVE 6851, UIDPLUS 4315, BINARY 3516).
+A mixin of `Session`.
+
+FETCH answers ENVELOPE/BODY/BODYSTRUCTURE from `fetch.Structure`s cached in the session's
+memory and in the account's on-disk cache (delivery/cache.py), so a folder's messages are read
+and parsed once, not on every open; SEARCH reads only headers for header keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from delivery.store import (
+    Flag,
+    FlagMode,
+    FolderNotFoundError,
+    MessageGoneError,
+    MessageInfo,
+)
+from imap import commands as c
+from imap import fetch, response, search
+from imap.protocol import State
+from imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
+from imap.session_base import (
+    FETCH_BATCH,
+    STRUCTURE_CACHE_SIZE,
+    RefusedError,
+    Selected,
+    SessionCore,
+    Write,
+    checked_name,
+    flags_of,
+    storable,
+)
+
+
+class SelectedCommands(SessionCore):
+    """FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT."""
+
+    async def _message_command(self, command: c.Command, write: Write) -> None:
+        sel = self._sel()
+        user = self._require_user()
+        store = self.ctx.store
+        tag = command.tag
+        match command:
+            case c.Close() | c.Unselect():
+                if isinstance(command, c.Close) and not sel.readonly:
+                    # RFC 9051 §6.4.1: CLOSE expunges silently.
+                    await asyncio.to_thread(store.expunge, user, sel.name)
+                self.selected = None
+                self.proto.state = State.AUTHENTICATED
+                await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
+            case c.Expunge(uids=uids):
+                if sel.readonly:
+                    raise RefusedError("the mailbox is read-only", "READ-ONLY")
+                wanted = None if uids is None else [m.uid for _, m in
+                                                    self._targets(uids, uid=True)]
+                if wanted == []:
+                    await write(response.ok(tag, "EXPUNGE completed (nothing to do)"))
+                    return
+                await asyncio.to_thread(store.expunge, user, sel.name, wanted)
+                await self._sync(write, allow_expunge=True)
+                await write(response.ok(tag, "EXPUNGE completed"))
+            case c.Search():
+                await self._search(command, write)
+            case c.Fetch():
+                await self._fetch(command, write)
+            case c.Store():
+                await self._store_flags(command, write)
+            case c.Copy() | c.Move():
+                await self._copy_move(command, write)
+
+    async def _search(self, command: c.Search, write: Write) -> None:
+        sel = self._sel()
+        user = self._require_user()
+        if command.charset not in (None, "UTF-8", "US-ASCII"):
+            raise RefusedError(f"charset {command.charset} is not supported",
+                           "BADCHARSET (UTF-8 US-ASCII)")
+        key = _resolve_saved(command.key, sel.saved)
+        scope = search.Scope(len(sel.messages), sel.largest_uid)
+        name = sel.name
+
+        def read(uid: int) -> bytes:
+            try:
+                return self.ctx.store.read_message(user, name, uid)
+            except MessageGoneError:
+                return b""  # expunged meanwhile: matches no text key
+
+        def read_header(uid: int) -> bytes:
+            try:
+                return self.ctx.store.read_header(user, name, uid)
+            except MessageGoneError:
+                return b""
+
+        found = await asyncio.to_thread(search.search, key, list(sel.messages), scope, read,
+                                        recent_uids=frozenset(sel.recent),
+                                        read_header=read_header)
+        numbers = [f.info.uid if command.uid else f.seq for f in found]
+        if "SAVE" in command.returns:
+            saved = [f.info.uid for f in found]
+            extremes = {"MIN", "MAX"} & set(command.returns)
+            if saved and extremes and not {"ALL", "COUNT"} & set(command.returns):
+                # RFC 5182 §2.4: SAVE with only MIN/MAX saves just those messages.
+                saved = sorted({saved[0] if "MIN" in extremes else saved[-1],
+                                saved[-1] if "MAX" in extremes else saved[0]})
+            sel.saved = tuple(saved)
+        if not command.is_esearch:
+            await write(response.untagged(" ".join(["SEARCH", *map(str, numbers)])))
+        else:
+            returns = [r for r in command.returns if r != "SAVE"] or (
+                [] if command.returns else ["ALL"])
+            if returns or "SAVE" not in command.returns:
+                parts = ["ESEARCH (TAG " + response.string(command.tag).decode("ascii") + ")"]
+                if command.uid:
+                    parts.append("UID")
+                if numbers and "MIN" in returns:
+                    parts.append(f"MIN {min(numbers)}")
+                if numbers and "MAX" in returns:
+                    parts.append(f"MAX {max(numbers)}")
+                if numbers and "ALL" in returns:
+                    parts.append(f"ALL {compress(numbers)}")
+                if "COUNT" in returns:
+                    parts.append(f"COUNT {len(numbers)}")
+                await write(response.untagged(" ".join(parts)))
+        await write(response.ok(command.tag, "SEARCH completed"))
+
+    async def _fetch(self, command: c.Fetch, write: Write) -> None:
+        sel = self._sel()
+        user = self._require_user()
+        targets = self._targets(command.seqset, uid=command.uid)
+        attrs = command.attrs
+        if command.uid and not any(a.name == "UID" for a in attrs):
+            attrs = (c.FetchAttr("UID"), *attrs)
+        sets_seen = not sel.readonly and any(a.sets_seen for a in attrs)
+        if sets_seen:
+            unseen = [m.uid for _, m in targets if Flag.SEEN not in m.flags]
+            if unseen:
+                changed = await asyncio.to_thread(self.ctx.store.store_flags, user, sel.name,
+                                                  unseen, [Flag.SEEN.value], FlagMode.ADD)
+                self._update_flags(changed)
+                targets = [(seq, sel.messages[seq - 1]) for seq, _ in targets]
+                if not any(a.name == "FLAGS" for a in attrs):
+                    # RFC 9051 §6.4.5: the \Seen we just set must be reported.
+                    attrs = (*attrs, c.FetchAttr("FLAGS"))
+        needs_bytes = fetch.needs_message(attrs)
+        needs_structure = any(a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
+                              or (a.name == "BODY" and a.section is None) for a in attrs)
+        gone = False
+        for start in range(0, len(targets), FETCH_BATCH):
+            batch = targets[start:start + FETCH_BATCH]
+            rendered, batch_gone = await asyncio.to_thread(
+                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure)
+            gone = gone or batch_gone
+            await write(b"".join(rendered))
+        if gone:
+            raise RefusedError("some messages were expunged meanwhile", "EXPUNGEISSUED")
+        await write(response.ok(command.tag, "FETCH completed"))
+
+    def _structures_for(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
+                        ) -> dict[int, fetch.Structure]:
+        """Cached Structures of the batch's messages, by UID: the session's memory first, then
+        the account's on-disk cache (delivery/cache.py). Misses are absent; the caller parses
+        those and hands them to `_remember`. An undecodable cached value counts as a miss."""
+        found: dict[int, fetch.Structure] = {}
+        missing: list[MessageInfo] = []
+        for _, info in batch:
+            structure = self._structures.get((sel.name, sel.uid_validity, info.uid))
+            if structure is not None:
+                found[info.uid] = structure
+            else:
+                missing.append(info)
+        if not missing:
+            return found
+        cache = self._disk_cache(user)
+        cached = cache.get_many([(m.key, m.size) for m in missing])
+        unusable = []
+        for info in missing:
+            text = cached.get(info.key)
+            if text is None:
+                continue
+            try:
+                structure = fetch.Structure.from_json(text)
+            except ValueError:
+                unusable.append(info.key)
+                continue
+            found[info.uid] = structure
+            self._remember(sel, info, structure)
+        if unusable:
+            self.log.info("dropping %d unreadable structure cache entries", len(unusable))
+            cache.forget(unusable)
+        return found
+
+    def _remember(self, sel: Selected, info: MessageInfo, structure: fetch.Structure) -> None:
+        self._structures[(sel.name, sel.uid_validity, info.uid)] = structure
+        while len(self._structures) > STRUCTURE_CACHE_SIZE:
+            del self._structures[next(iter(self._structures))]
+
+    def _render_batch(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]],
+                      attrs: tuple[c.FetchAttr, ...], needs_bytes: bool, needs_structure: bool
+                      ) -> tuple[list[bytes], bool]:
+        """FETCH responses for a batch of messages (runs in a worker thread).
+
+        ENVELOPE/BODY/BODYSTRUCTURE come from `fetch.Structure`s cached in memory and on disk
+        (a message's bytes never change), so clients that re-fetch them on every open do not
+        make us read and parse each message again; RFC822.SIZE, FLAGS, INTERNALDATE and UID
+        come from the folder scan. Only BODY[...]/BINARY/RFC822* read the message file."""
+        out: list[bytes] = []
+        gone = False
+        structures = self._structures_for(user, sel, batch) if needs_structure else {}
+        new_rows: list[tuple[str, int, str]] = []
+        for seq, info in batch:
+            parsed = None
+            structure = structures.get(info.uid)
+            if needs_bytes or (needs_structure and structure is None):
+                try:
+                    parsed = fetch.ParsedMessage.parse(
+                        self.ctx.store.read_message(user, sel.name, info.uid))
+                except MessageGoneError:
+                    gone = True
+                    continue
+                if needs_structure and structure is None:
+                    structure = fetch.Structure.of(parsed)
+                    self._remember(sel, info, structure)
+                    new_rows.append((info.key, info.size, structure.to_json()))
+            items: list[bytes] = []
+            for attr in attrs:
+                match attr.name:
+                    case "UID":
+                        value = b"%d" % info.uid
+                    case "FLAGS":
+                        value = flags_of(info, sel.recent)
+                    case "INTERNALDATE":
+                        value = response.date_time(info.internal_date)
+                    case "RFC822.SIZE":
+                        value = b"%d" % info.size
+                    case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
+                            structure is not None and attr.section is None):
+                        value = response.value(fetch.structure_item(attr, structure))
+                    case _ if parsed is not None:
+                        try:
+                            value = response.value(fetch.fetch_item(attr, parsed))
+                        except fetch.UnknownCteError:
+                            raise RefusedError("unknown content-transfer-encoding",
+                                           "UNKNOWN-CTE") from None
+                    case _:  # pragma: no cover - needs_bytes covers every other item
+                        raise AssertionError(f"{attr.name} needs the message")
+                items.append(attr.response_name().encode("ascii") + b" " + value)
+            out.append(response.fetch(seq, items))
+        if new_rows:
+            self._disk_cache(user).put_many(new_rows)
+        return out, gone
+
+    def _update_flags(self, changed: dict[int, frozenset[str]]) -> None:
+        sel = self._sel()
+        for i, m in enumerate(sel.messages):
+            if m.uid in changed:
+                sel.messages[i] = dataclasses.replace(m, flags=changed[m.uid])
+
+    async def _store_flags(self, command: c.Store, write: Write) -> None:
+        sel = self._sel()
+        if sel.readonly:
+            raise RefusedError("the mailbox is read-only", "READ-ONLY")
+        targets = self._targets(command.seqset, uid=command.uid)
+        flags = storable(command.flags)
+        changed: dict[int, frozenset[str]] = {}
+        if targets:
+            changed = await asyncio.to_thread(
+                self.ctx.store.store_flags, self._require_user(), sel.name,
+                [m.uid for _, m in targets], flags, command.mode)
+        self._update_flags(changed)
+        new_keywords = [f for f in flags if not f.startswith("\\") and f not in sel.keywords]
+        if new_keywords and changed:  # RFC 9051 §7.3.5: FLAGS grows with new keywords
+            sel.keywords = (*sel.keywords, *dict.fromkeys(new_keywords))
+            await write(self._flags_response(sel.keywords))
+        if not command.silent:
+            out = []
+            for seq, m in targets:
+                if m.uid in changed:
+                    info = sel.messages[seq - 1]
+                    items = [b"FLAGS " + flags_of(info, sel.recent)]
+                    if command.uid:
+                        items.insert(0, b"UID %d" % info.uid)
+                    out.append(response.fetch(seq, items))
+            await write(b"".join(out))
+        if len(changed) < len(targets):
+            raise RefusedError("some messages were expunged meanwhile", "EXPUNGEISSUED")
+        await write(response.ok(command.tag, "STORE completed"))
+
+    async def _copy_move(self, command: c.Copy | c.Move, write: Write) -> None:
+        sel = self._sel()
+        user = self._require_user()
+        is_move = isinstance(command, c.Move)
+        if is_move and sel.readonly:
+            raise RefusedError("the mailbox is read-only", "READ-ONLY")
+        dest = checked_name(command.mailbox)
+        targets = self._targets(command.seqset, uid=command.uid)
+        verb = "MOVE" if is_move else "COPY"
+        if not targets:
+            await write(response.ok(command.tag, f"{verb} completed (no messages)"))
+            return
+        uids = [m.uid for _, m in targets]
+        try:
+            if is_move:
+                pairs = await asyncio.to_thread(self.ctx.store.move, user, sel.name, uids, dest)
+            else:
+                quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+                pairs = await asyncio.to_thread(self.ctx.store.copy, user, sel.name, uids, dest,
+                                                quota_bytes=quota)
+        except FolderNotFoundError:
+            raise RefusedError(f"no mailbox {dest}", "TRYCREATE") from None
+        dest_snap = await self._snapshot(dest, claim_recent=False) if pairs else None
+        if pairs and dest_snap is not None:
+            # The copies have new file names but the same bytes: their structure is known.
+            source_key = {m.uid: m.key for _, m in targets}
+            copy_key = {m.uid: m.key for m in dest_snap.messages}
+            copied = [(source_key[old], copy_key[new]) for old, new in pairs
+                      if old in source_key and new in copy_key]
+            await asyncio.to_thread(self._disk_cache(user).copy_rows, copied)
+        code = None
+        if pairs and dest_snap is not None:
+            code = (f"COPYUID {dest_snap.uid_validity} "
+                    f"{compress_ordered([p[0] for p in pairs])} "
+                    f"{compress_ordered([p[1] for p in pairs])}")
+        if is_move:
+            # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+            if code:
+                await write(response.untagged_status("OK", "moved", code))
+            await self._sync(write, allow_expunge=True)
+            await write(response.ok(command.tag, "MOVE completed"))
+        else:
+            if dest == sel.name:
+                await self._sync(write, allow_expunge=False)
+            await write(response.ok(command.tag, "COPY completed", code))
+        if len(pairs) < len(uids):
+            self.log.info("%s: %d of %d messages were gone", verb,
+                          len(uids) - len(pairs), len(uids))
+
+
+def _resolve_saved(key: c.SearchKey, saved: tuple[int, ...]) -> c.SearchKey:
+    """Replace "$" (RFC 5182) with the saved UIDs."""
+    match key:
+        case c.SearchSeq(seqset=seqset) if seqset.is_saved:
+            ranges = tuple(SeqRange(u, u) for u in saved)
+            return c.SearchSeq(SequenceSet(ranges), uid=True) if ranges else c.SearchNot(
+                c.SearchAll())
+        case c.SearchNot(key=inner):
+            return c.SearchNot(_resolve_saved(inner, saved))
+        case c.SearchOr(left=left, right=right):
+            return c.SearchOr(_resolve_saved(left, saved), _resolve_saved(right, saved))
+        case c.SearchAnd(keys=keys):
+            return c.SearchAnd(tuple(_resolve_saved(k, saved) for k in keys))
+    return key
+

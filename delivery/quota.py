@@ -20,6 +20,11 @@ while it lists and replaces the file. So a message is counted either by the list
 line, never both, never neither. Appends only go to an existing file (no O_CREAT): when it is
 missing the next reader's recalculation counts everything.
 
+Parsing is incremental: every delivery appends a line, so the process remembers per Maildir the
+length, a digest and the sum of what it parsed last; when the file still begins with exactly
+those bytes only the appended lines are parsed. A replaced or truncated file, or a torn tail,
+is parsed whole again.
+
 Counted bytes are S= (bytes on disk with LF endings), as Dovecot's maildir quota counts them.
 Concurrent deliveries check the quota before writing and may together overshoot it by what is in
 flight at that moment; Dovecot has the same bound.
@@ -29,8 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from delivery.layout import sizes_from_name
@@ -38,6 +46,19 @@ from mailstack.fsutil import atomic_write
 
 FILE_NAME = "maildirsize"
 MAX_FILE_BYTES = 5120  # Courier README.maildirquota: recalculate when the file grows beyond it
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What we last summed of one maildirsize: its first `length` bytes and their sum."""
+
+    length: int
+    digest: bytes  # of those bytes: the sum holds only for a file that still begins with them
+    total: int
+
+
+_known: dict[str, _Known] = {}
+_known_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -119,15 +140,58 @@ def _scan(root: Path) -> tuple[int, int]:
     return total, count
 
 
+def _sum_lines(data: bytes) -> int | None:
+    """Sum of "<bytes> <count>" lines (no header); None if one is malformed or torn."""
+    if data and not data.endswith(b"\n"):
+        return None
+    total = 0
+    for line in data.split(b"\n")[:-1]:
+        fields = line.split()
+        if len(fields) != 2:
+            return None
+        try:
+            total += int(fields[0])
+        except ValueError:
+            return None
+    return total
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 def usage(root: Path, limit_bytes: int = 0) -> int:
     """Bytes used by the Maildir at `root`; recalculates the file when needed."""
+    path = os.fspath(root / FILE_NAME)
     try:
-        data = (root / FILE_NAME).read_bytes()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        data = b""
-    if len(data) <= MAX_FILE_BYTES and (total := _sum(data)) is not None:
-        return total
-    return recalculate(root, limit_bytes)
+        return recalculate(root, limit_bytes)
+    try:
+        data = os.pread(fd, MAX_FILE_BYTES + 1, 0)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        return recalculate(root, limit_bytes)
+    with _known_lock:
+        known = _known.get(path)
+    total: int | None = None
+    if (
+        known is not None
+        and len(data) >= known.length
+        and _digest(data[: known.length]) == known.digest
+    ):
+        # The same file grown by appends (a replaced file differs in its first bytes: the
+        # header or the recount line): only the new lines need parsing.
+        added = _sum_lines(data[known.length :])
+        total = None if added is None else known.total + added
+    if total is None:
+        total = _sum(data)
+    if total is None:
+        return recalculate(root, limit_bytes)
+    with _known_lock:
+        _known[path] = _Known(len(data), _digest(data), total)
+    return total
 
 
 def recalculate(root: Path, limit_bytes: int = 0) -> int:

@@ -12,36 +12,28 @@ Nothing else escapes (tests/imap/test_parser.py checks this with hypothesis). Pu
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Callable
 
-from delivery.store import Flag, FlagMode
+from delivery.store import FlagMode
 from imap import commands as c
-from imap.sequence import SequenceSet, SequenceSetError, parse_sequence_set
+from imap.parser_reader import (
+    BadSyntaxError,
+    ParseError,
+    Reader,
+    canonical_flag,
+    normalize_mailbox,
+)
+
+__all__ = ["MAX_DEPTH", "ParseError", "canonical_flag", "normalize_mailbox", "parse_command"]
 
 # Nesting of parenthesised search keys / NOT / OR. RFC 9051 sets no limit; 32 levels is far
 # beyond any real client (Thunderbird's deepest is ~4) and keeps recursion bounded.
 MAX_DEPTH = 32
 
-# RFC 9051 §9: ATOM-CHAR = <any CHAR except atom-specials>
-#   atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials
-_ATOM = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\\]\x80-\xff]+')
-_ASTRING_ATOM = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\\x80-\xff]+')  # ASTRING-CHAR adds "]"
-_LIST_ATOM = re.compile(rb'[^(){ \x00-\x1f\x7f"\\\x80-\xff]+')  # list-char adds % * ]
-_NUMBER = re.compile(rb"\d+")
-_SEQSET = re.compile(rb"[0-9:*,$]+")
-_LITERAL = re.compile(rb"~?\{(\d{1,19})\+?\}\r\n")
 _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTRING-CHAR except "+">
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
-
-# date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE
-_DATE_TIME = re.compile(
-    r" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
-_MONTHS = {m: i for i, m in enumerate(
-    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
-_SYSTEM_FLAGS = {f.value.upper(): f.value for f in Flag} | {"\\RECENT": "\\Recent"}
 _STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"})
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
@@ -67,228 +59,12 @@ _DATE_KEYS = {
 }
 
 
-class ParseError(Exception):
-    """The command is malformed; answer `tag BAD reason` (the connection stays usable)."""
-
-    def __init__(self, tag: str, reason: str) -> None:
-        super().__init__(f"{tag} BAD {reason}")
-        self.tag = tag
-        self.reason = reason
-
-
-class _BadError(Exception):
-    """Internal: a syntax error at the current position (becomes ParseError with the tag)."""
-
-
-def normalize_mailbox(name: str) -> str:
-    """RFC 9051 §5.1: "INBOX" is case-insensitive; every other name is case-sensitive."""
-    return "INBOX" if name.upper() == "INBOX" else name
-
-
-def canonical_flag(flag: str) -> str:
-    """'\\seen' -> '\\Seen' (system flags are case-insensitive, RFC 9051 §2.3.2)."""
-    return _SYSTEM_FLAGS.get(flag.upper(), flag) if flag.startswith("\\") else flag
-
-
-def _decode(raw: bytes) -> str:
-    # RFC 9051 allows UTF-8 in quoted strings; legacy clients send Latin-1 passwords, which
-    # cannot be valid UTF-8 in most cases, so fall back rather than refuse.
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-class _Reader:
-    """A cursor over one command's bytes with the grammar's terminals."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    # -- low level -----------------------------------------------------------------------------
-    def peek(self, n: int = 1) -> bytes:
-        return self.data[self.pos:self.pos + n]
-
-    def at(self, text: bytes) -> bool:
-        return self.data[self.pos:self.pos + len(text)].upper() == text
-
-    def accept(self, text: bytes) -> bool:
-        if self.at(text):
-            self.pos += len(text)
-            return True
-        return False
-
-    def expect(self, text: bytes, what: str | None = None) -> None:
-        if not self.accept(text):
-            raise _BadError(f"expected {what or text.decode()}")
-
-    def sp(self) -> None:
-        if not self.accept(b" "):
-            raise _BadError("expected a space")
-
-    def match(self, pattern: re.Pattern[bytes], what: str) -> bytes:
-        m = pattern.match(self.data, self.pos)
-        if m is None:
-            raise _BadError(f"expected {what}")
-        self.pos = m.end()
-        return m[0]
-
-    def at_end(self) -> bool:
-        return self.data[self.pos:] == b"\r\n"
-
-    def end(self) -> None:
-        if not self.at_end():
-            if self.pos >= len(self.data) - 2:
-                raise _BadError("unexpected end of command")
-            raise _BadError(f"unexpected characters at position {self.pos}")
-
-    # -- terminals -----------------------------------------------------------------------------
-    def atom(self, what: str = "an atom") -> str:
-        return self.match(_ATOM, what).decode("ascii")
-
-    def keyword(self, what: str = "a keyword") -> str:
-        return self.atom(what).upper()
-
-    def number(self, what: str = "a number") -> int:
-        digits = self.match(_NUMBER, what)
-        if len(digits) > 19:
-            raise _BadError(f"{what} is too large")
-        return int(digits)
-
-    def nz_number(self, what: str = "a non-zero number") -> int:
-        n = self.number(what)
-        if n == 0 or n > 2**32 - 1:
-            raise _BadError(f"{what} must be in 1..4294967295")
-        return n
-
-    def quoted(self) -> str:
-        """quoted = DQUOTE *QUOTED-CHAR DQUOTE; QUOTED-CHAR escapes only "\\" and DQUOTE."""
-        self.expect(b'"', "a quoted string")
-        out = bytearray()
-        while True:
-            ch = self.data[self.pos:self.pos + 1]
-            if not ch or ch in b"\r\n":
-                raise _BadError("unterminated quoted string")
-            self.pos += 1
-            if ch == b'"':
-                return _decode(bytes(out))
-            if ch == b"\\":
-                esc = self.data[self.pos:self.pos + 1]
-                if esc not in (b"\\", b'"'):
-                    raise _BadError("bad escape in quoted string")
-                self.pos += 1
-                out += esc
-            elif ch == b"\x00":
-                raise _BadError("NUL in quoted string")
-            else:
-                out += ch
-
-    def literal_bytes(self) -> bytes:
-        m = _LITERAL.match(self.data, self.pos)
-        if m is None:
-            raise _BadError("expected a literal")
-        size = int(m[1])
-        start = m.end()
-        if start + size > len(self.data):
-            raise _BadError("literal is shorter than announced")
-        self.pos = start + size
-        return self.data[start:start + size]
-
-    def string(self) -> str:
-        if self.peek() == b'"':
-            return self.quoted()
-        if self.peek() in (b"{", b"~"):
-            raw = self.literal_bytes()
-            if b"\x00" in raw:
-                raise _BadError("NUL in a string literal")
-            return _decode(raw)
-        raise _BadError("expected a string")
-
-    def astring(self, what: str = "a string") -> str:
-        if self.peek() in (b'"', b"{", b"~"):
-            return self.string()
-        return _decode(self.match(_ASTRING_ATOM, what))
-
-    def nstring(self) -> str | None:
-        if self.at(b"NIL") and not _ATOM.match(self.data, self.pos + 3):
-            self.pos += 3
-            return None
-        return self.string()
-
-    def mailbox(self) -> str:
-        return normalize_mailbox(self.astring("a mailbox name"))
-
-    def list_mailbox(self) -> str:
-        if self.peek() in (b'"', b"{", b"~"):
-            return self.string()
-        return _decode(self.match(_LIST_ATOM, "a mailbox pattern"))
-
-    def seqset(self) -> SequenceSet:
-        text = self.match(_SEQSET, "a sequence set").decode("ascii")
-        try:
-            return parse_sequence_set(text)
-        except SequenceSetError as exc:
-            raise _BadError(str(exc)) from None
-
-    def flag(self) -> str:
-        """flag = "\\Answered" / ... / flag-keyword / flag-extension ("\\" atom)."""
-        if self.accept(b"\\"):
-            return canonical_flag("\\" + self.atom("a flag"))
-        return self.atom("a flag")
-
-    def flag_list(self) -> tuple[str, ...]:
-        self.expect(b"(", "a flag list")
-        flags: list[str] = []
-        if not self.accept(b")"):
-            flags.append(self.flag())
-            while not self.accept(b")"):
-                self.sp()
-                flags.append(self.flag())
-        return tuple(flags)
-
-    def paren_list(self, item: Callable[[], str], what: str) -> tuple[str, ...]:
-        """ "(" item *(SP item) ")" with at least one item."""
-        self.expect(b"(", f"a list of {what}")
-        items = [item()]
-        while not self.accept(b")"):
-            self.sp()
-            items.append(item())
-        return tuple(items)
-
-    def date(self) -> datetime.date:
-        """date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
-        text = self.quoted() if self.peek() == b'"' else self.atom("a date")
-        m = re.fullmatch(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})", text)
-        if m is None or m[2].upper() not in _MONTHS:
-            raise _BadError(f"expected a date such as 1-Feb-2024, got {text!r}")
-        try:
-            return datetime.date(int(m[3]), _MONTHS[m[2].upper()], int(m[1]))
-        except ValueError:
-            raise _BadError(f"no such date: {text!r}") from None
-
-    def date_time(self) -> datetime.datetime:
-        """date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone
-        DQUOTE, e.g. " 1-Feb-2024 13:05:00 +0100"."""
-        text = self.quoted()
-        m = _DATE_TIME.fullmatch(text)
-        if m is None or m[2].upper() not in _MONTHS:
-            raise _BadError(
-                f'expected a date-time such as "01-Feb-2024 13:05:00 +0100", got {text!r}')
-        offset = datetime.timedelta(hours=int(m[8]), minutes=int(m[9]))
-        try:
-            zone = datetime.timezone(-offset if m[7] == "-" else offset)
-            return datetime.datetime(int(m[3]), _MONTHS[m[2].upper()], int(m[1]), int(m[4]),
-                                     int(m[5]), int(m[6]), tzinfo=zone)
-        except ValueError:
-            raise _BadError(f"no such date-time: {text!r}") from None
-
 
 # -- commands --------------------------------------------------------------------------------
 
 def parse_command(data: bytes) -> c.Command:
     """One whole command (final CRLF included) -> Command. Raises ParseError."""
-    r = _Reader(data)
+    r = Reader(data)
     tag = "*"
     try:
         tag = r.match(_TAG, "a tag").decode("ascii")
@@ -299,7 +75,7 @@ def parse_command(data: bytes) -> c.Command:
             name = r.keyword("a command after UID")
             parse = _UID_COMMANDS.get(name)
             if parse is None:
-                raise _BadError(f"UID {name} is not a command")
+                raise BadSyntaxError(f"UID {name} is not a command")
             command = parse(r, tag, True)
         else:
             simple = _SIMPLE.get(name)
@@ -310,10 +86,10 @@ def parse_command(data: bytes) -> c.Command:
             elif (parse_uid := _UID_COMMANDS.get(name)) is not None:
                 command = parse_uid(r, tag, False)
             else:
-                raise _BadError(f"unknown command {name}")
+                raise BadSyntaxError(f"unknown command {name}")
         r.end()
         return command
-    except _BadError as exc:
+    except BadSyntaxError as exc:
         raise ParseError(tag, str(exc)) from None
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps us far from the limit
         raise ParseError(tag, "command nested too deeply") from None
@@ -326,7 +102,7 @@ _SIMPLE: dict[str, Callable[[str], c.Command]] = {
 }
 
 
-def _id(r: _Reader, tag: str) -> c.Command:
+def _id(r: Reader, tag: str) -> c.Command:
     # id = "ID" SP id-params-list; id-params-list = "(" *(string SP nstring) ")" / nil
     r.sp()
     if r.accept(b"NIL"):
@@ -340,29 +116,29 @@ def _id(r: _Reader, tag: str) -> c.Command:
         r.sp()
         params.append((key, r.nstring()))
         if len(params) > 30:  # RFC 2971 §3.3: at most 30 field-value pairs
-            raise _BadError("too many ID fields")
+            raise BadSyntaxError("too many ID fields")
     return c.Id(tag, tuple(params))
 
 
-def _login(r: _Reader, tag: str) -> c.Command:
+def _login(r: Reader, tag: str) -> c.Command:
     r.sp()
     user = r.astring("a user name")
     r.sp()
     return c.Login(tag, user, r.astring("a password"))
 
 
-def _authenticate(r: _Reader, tag: str) -> c.Command:
+def _authenticate(r: Reader, tag: str) -> c.Command:
     r.sp()
     mech = r.keyword("a SASL mechanism")
     initial: str | None = None
     if r.accept(b" "):  # RFC 4959: initial-response = base64 / "="
         initial = r.match(_BASE64, "a base64 initial response").decode("ascii") or None
         if initial is None:
-            raise _BadError("expected a base64 initial response")
+            raise BadSyntaxError("expected a base64 initial response")
     return c.Authenticate(tag, mech, initial)
 
 
-def _enable(r: _Reader, tag: str) -> c.Command:
+def _enable(r: Reader, tag: str) -> c.Command:
     caps = []
     r.sp()
     caps.append(r.keyword("a capability"))
@@ -371,14 +147,14 @@ def _enable(r: _Reader, tag: str) -> c.Command:
     return c.Enable(tag, tuple(caps))
 
 
-def _select(readonly: bool) -> Callable[[_Reader, str], c.Command]:
-    def parse(r: _Reader, tag: str) -> c.Command:
+def _select(readonly: bool) -> Callable[[Reader, str], c.Command]:
+    def parse(r: Reader, tag: str) -> c.Command:
         r.sp()
         return c.Select(tag, r.mailbox(), readonly)
     return parse
 
 
-def _create(r: _Reader, tag: str) -> c.Command:
+def _create(r: Reader, tag: str) -> c.Command:
     r.sp()
     name = r.mailbox()
     uses: tuple[str, ...] = ()
@@ -392,21 +168,21 @@ def _create(r: _Reader, tag: str) -> c.Command:
     return c.Create(tag, name, uses)
 
 
-def _one_mailbox(cls: Callable[[str, str], c.Command]) -> Callable[[_Reader, str], c.Command]:
-    def parse(r: _Reader, tag: str) -> c.Command:
+def _one_mailbox(cls: Callable[[str, str], c.Command]) -> Callable[[Reader, str], c.Command]:
+    def parse(r: Reader, tag: str) -> c.Command:
         r.sp()
         return cls(tag, r.mailbox())
     return parse
 
 
-def _rename(r: _Reader, tag: str) -> c.Command:
+def _rename(r: Reader, tag: str) -> c.Command:
     r.sp()
     old = r.mailbox()
     r.sp()
     return c.Rename(tag, old, r.mailbox())
 
 
-def _options(r: _Reader, allowed: frozenset[str], what: str) -> list[str]:
+def _options(r: Reader, allowed: frozenset[str], what: str) -> list[str]:
     r.expect(b"(", f"a list of {what}")
     out: list[str] = []
     while not r.accept(b")"):
@@ -414,12 +190,12 @@ def _options(r: _Reader, allowed: frozenset[str], what: str) -> list[str]:
             r.sp()
         opt = r.keyword(what)
         if opt not in allowed:
-            raise _BadError(f"unsupported {what} {opt}")
+            raise BadSyntaxError(f"unsupported {what} {opt}")
         out.append(opt)
     return out
 
 
-def _list(r: _Reader, tag: str) -> c.Command:
+def _list(r: Reader, tag: str) -> c.Command:
     # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]
     r.sp()
     selection: list[str] = []
@@ -446,37 +222,37 @@ def _list(r: _Reader, tag: str) -> c.Command:
                 r.sp()
                 status_items = _status_items(r)
             elif opt not in _LIST_RETURN:
-                raise _BadError(f"unsupported LIST return option {opt}")
+                raise BadSyntaxError(f"unsupported LIST return option {opt}")
             returns.append(opt)
     if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
         # RFC 5258 §3.1: RECURSIVEMATCH alone (or with only REMOTE) is an error.
-        raise _BadError("RECURSIVEMATCH needs another selection option")
+        raise BadSyntaxError("RECURSIVEMATCH needs another selection option")
     return c.List(tag, reference, patterns, tuple(selection), tuple(returns), status_items)
 
 
-def _lsub(r: _Reader, tag: str) -> c.Command:
+def _lsub(r: Reader, tag: str) -> c.Command:
     r.sp()
     reference = r.astring("a reference name")
     r.sp()
     return c.Lsub(tag, reference, r.list_mailbox())
 
 
-def _status_items(r: _Reader) -> tuple[str, ...]:
+def _status_items(r: Reader) -> tuple[str, ...]:
     items = r.paren_list(lambda: r.keyword("a status item"), "status items")
     for item in items:
         if item not in _STATUS_ITEMS:
-            raise _BadError(f"unknown status item {item}")
+            raise BadSyntaxError(f"unknown status item {item}")
     return items
 
 
-def _status(r: _Reader, tag: str) -> c.Command:
+def _status(r: Reader, tag: str) -> c.Command:
     r.sp()
     name = r.mailbox()
     r.sp()
     return c.Status(tag, name, _status_items(r))
 
 
-def _append(r: _Reader, tag: str) -> c.Command:
+def _append(r: Reader, tag: str) -> c.Command:
     # append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
     r.sp()
     name = r.mailbox()
@@ -493,15 +269,15 @@ def _append(r: _Reader, tag: str) -> c.Command:
     return c.Append(tag, name, message, flags, when)
 
 
-def _expunge(r: _Reader, tag: str, uid: bool) -> c.Command:
+def _expunge(r: Reader, tag: str, uid: bool) -> c.Command:
     if not uid:
         return c.Expunge(tag)
     r.sp()
     return c.Expunge(tag, r.seqset())
 
 
-def _copy_move(cls: type[c.Copy] | type[c.Move]) -> Callable[[_Reader, str, bool], c.Command]:
-    def parse(r: _Reader, tag: str, uid: bool) -> c.Command:
+def _copy_move(cls: type[c.Copy] | type[c.Move]) -> Callable[[Reader, str, bool], c.Command]:
+    def parse(r: Reader, tag: str, uid: bool) -> c.Command:
         r.sp()
         seqset = r.seqset()
         r.sp()
@@ -509,7 +285,7 @@ def _copy_move(cls: type[c.Copy] | type[c.Move]) -> Callable[[_Reader, str, bool
     return parse
 
 
-def _store(r: _Reader, tag: str, uid: bool) -> c.Command:
+def _store(r: Reader, tag: str, uid: bool) -> c.Command:
     # store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
     r.sp()
     seqset = r.seqset()
@@ -531,7 +307,7 @@ def _store(r: _Reader, tag: str, uid: bool) -> c.Command:
 
 # -- FETCH -----------------------------------------------------------------------------------
 
-def _fetch(r: _Reader, tag: str, uid: bool) -> c.Command:
+def _fetch(r: Reader, tag: str, uid: bool) -> c.Command:
     # fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att /
     #         "(" fetch-att *(SP fetch-att) ")")
     r.sp()
@@ -552,13 +328,13 @@ def _fetch(r: _Reader, tag: str, uid: bool) -> c.Command:
     return c.Fetch(tag, seqset, tuple(attrs), uid)
 
 
-def _fetch_att(r: _Reader) -> c.FetchAttr:
+def _fetch_att(r: Reader) -> c.FetchAttr:
     name = r.match(_FETCH_NAME, "a FETCH item").decode("ascii").upper()
     peek = False
     if name in ("BODY.PEEK", "BINARY.PEEK"):
         name, peek = name.removesuffix(".PEEK"), True
     if name not in c.FETCH_NAMES:
-        raise _BadError(f"unknown FETCH item {name}")
+        raise BadSyntaxError(f"unknown FETCH item {name}")
     if name in ("BODY", "BINARY", "BINARY.SIZE") and r.accept(b"["):
         section = _section(r, binary=name != "BODY")
         partial = None
@@ -571,11 +347,11 @@ def _fetch_att(r: _Reader) -> c.FetchAttr:
             partial = (offset, count)
         return c.FetchAttr(name, section, partial, peek)
     if peek or name in ("BINARY", "BINARY.SIZE"):
-        raise _BadError(f"{name} needs a section")
+        raise BadSyntaxError(f"{name} needs a section")
     return c.FetchAttr(name)
 
 
-def _section(r: _Reader, *, binary: bool) -> c.Section:
+def _section(r: Reader, *, binary: bool) -> c.Section:
     # section-spec = section-msgtext / (section-part ["." section-text])
     part: list[int] = []
     text: str | None = None
@@ -593,17 +369,17 @@ def _section(r: _Reader, *, binary: bool) -> c.Section:
             fields = tuple(f.upper() for f in r.paren_list(
                 lambda: r.astring("a header field name"), "header field names"))
         elif word not in ("HEADER", "TEXT", "MIME") or (word == "MIME" and not part):
-            raise _BadError(f"bad section {word}")
+            raise BadSyntaxError(f"bad section {word}")
         text = word
     elif r.data[r.pos - 1:r.pos] == b".":
-        raise _BadError("expected a section text after the part number")
+        raise BadSyntaxError("expected a section text after the part number")
     r.expect(b"]", "] closing the section")
     return c.Section(tuple(part), text, fields)
 
 
 # -- SEARCH ----------------------------------------------------------------------------------
 
-def _search(r: _Reader, tag: str, uid: bool) -> c.Command:
+def _search(r: Reader, tag: str, uid: bool) -> c.Command:
     # search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)
     r.sp()
     returns: list[str] = []
@@ -623,9 +399,9 @@ def _search(r: _Reader, tag: str, uid: bool) -> c.Command:
     return c.Search(tag, key, uid, charset, tuple(returns), is_esearch)
 
 
-def _search_key(r: _Reader, depth: int) -> c.SearchKey:
+def _search_key(r: Reader, depth: int) -> c.SearchKey:
     if depth > MAX_DEPTH:
-        raise _BadError("search keys nested too deeply")
+        raise BadSyntaxError("search keys nested too deeply")
     if r.accept(b"("):
         keys = [_search_key(r, depth + 1)]
         while not r.accept(b")"):
@@ -645,7 +421,7 @@ def _search_key(r: _Reader, depth: int) -> c.SearchKey:
     if name == "OLD":
         return c.SearchFlag("\\Recent", False)
     if name not in _KEYS_WITH_ARGUMENTS:
-        raise _BadError(f"unknown search key {name}")
+        raise BadSyntaxError(f"unknown search key {name}")
     r.sp()
     if name in _HEADER_KEYS:
         return c.SearchHeader(_HEADER_KEYS[name], r.astring("a search string"))
@@ -670,20 +446,20 @@ def _search_key(r: _Reader, depth: int) -> c.SearchKey:
         left = _search_key(r, depth + 1)
         r.sp()
         return c.SearchOr(left, _search_key(r, depth + 1))
-    raise _BadError(f"unknown search key {name}")
+    raise BadSyntaxError(f"unknown search key {name}")
 
 
-def _getquota(r: _Reader, tag: str) -> c.Command:
+def _getquota(r: Reader, tag: str) -> c.Command:
     r.sp()
     return c.GetQuota(tag, r.astring("a quota root"))
 
 
-def _getquotaroot(r: _Reader, tag: str) -> c.Command:
+def _getquotaroot(r: Reader, tag: str) -> c.Command:
     r.sp()
     return c.GetQuotaRoot(tag, r.mailbox())
 
 
-def _setquota(r: _Reader, tag: str) -> c.Command:
+def _setquota(r: Reader, tag: str) -> c.Command:
     # setquota = "SETQUOTA" SP quota-root-name SP setquota-list
     # setquota-list = "(" [setquota-resource *(SP setquota-resource)] ")"
     r.sp()
@@ -700,7 +476,7 @@ def _setquota(r: _Reader, tag: str) -> c.Command:
     return c.SetQuota(tag, root, tuple(limits))
 
 
-_COMMANDS: dict[str, Callable[[_Reader, str], c.Command]] = {
+_COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "ID": _id, "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable,
     "SELECT": _select(False), "EXAMINE": _select(True), "CREATE": _create,
     "DELETE": _one_mailbox(c.Delete), "SUBSCRIBE": _one_mailbox(c.Subscribe),
@@ -708,7 +484,8 @@ _COMMANDS: dict[str, Callable[[_Reader, str], c.Command]] = {
     "LSUB": _lsub, "STATUS": _status, "APPEND": _append, "GETQUOTA": _getquota,
     "GETQUOTAROOT": _getquotaroot, "SETQUOTA": _setquota,
 }
-_UID_COMMANDS: dict[str, Callable[[_Reader, str, bool], c.Command]] = {
+_UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "FETCH": _fetch, "SEARCH": _search, "STORE": _store, "COPY": _copy_move(c.Copy),
     "MOVE": _copy_move(c.Move), "EXPUNGE": _expunge,
 }
+

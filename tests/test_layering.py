@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE = ["imap.framing", "imap.parser", "imap.commands", "imap.response", "imap.utf7",
-        "imap.sequence", "imap.protocol", "imap.fetch", "imap.search"]
+PURE = ["imap.framing", "imap.parser", "imap.parser_reader", "imap.commands", "imap.response",
+        "imap.utf7", "imap.sequence", "imap.protocol", "imap.fetch", "imap.search"]
 FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "subprocess", "threading", "os",
              "pathlib", "shutil", "io", "tempfile", "sqlite3", "mailbox"}
 OUR_PACKAGES = ("imap", "delivery", "mailstack", "smtp")

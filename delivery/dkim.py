@@ -1,0 +1,102 @@
+"""DKIM signing of outbound mail (RFC 6376) with dkimpy, once, when it enters the queue.
+
+Which key: the From: header's domain (RFC 6376 §1.1 leaves d= to the signer; signing with the
+author domain is what DMARC alignment, RFC 7489 §3.1.1, needs), when that domain is hosted
+here and `dkim/<selector>.<domain>.key` exists (`paths.dkim_key`). Anything else (no or
+several From: addresses, a foreign domain, no key) goes out unsigned, with a log line: a
+message we cannot sign is still a message the user wants delivered.
+
+How: rsa-sha256, relaxed/relaxed canonicalisation (survives the header re-folding and
+whitespace changes relays commonly make), the header fields RFC 6376 §5.4.1 lists as ones
+that SHOULD be signed, and `From` named twice in h= ("oversigning", RFC 6376 §8.15): a From:
+added on the way then breaks the signature instead of being shown to the reader.
+
+Signing happens at enqueue, never per attempt, so every retry sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection
+from email.utils import getaddresses
+
+import dkim
+
+from mailstack.paths import StatePaths
+
+log = logging.getLogger(__name__)
+
+# RFC 6376 §5.4.1: "The following header fields SHOULD be included in the signature, if they
+# are present in the message being signed". Listing a field the message lacks costs nothing.
+SIGNED_HEADERS: tuple[str, ...] = (
+    "from", "reply-to", "subject", "date", "to", "cc",
+    "resent-date", "resent-from", "resent-to", "resent-cc",
+    "in-reply-to", "references",
+    "list-id", "list-help", "list-unsubscribe", "list-subscribe", "list-post", "list-owner",
+    "list-archive",
+    # Not in §5.4.1's list, but changing them changes what the reader sees (RFC 6376 §5.4):
+    "message-id", "mime-version", "content-type", "content-transfer-encoding",
+)
+OVERSIGNED: tuple[str, ...] = ("from",)
+
+
+def _header_block(message: bytes) -> bytes:
+    m = re.search(rb"\r?\n\r?\n", message)
+    return message[: m.start()] if m else message
+
+
+def author_domain(message: bytes) -> str | None:
+    """The domain of the single From: address, lower-case ASCII; None if not exactly one."""
+    head = _header_block(message).decode("utf-8", "replace")
+    values = re.findall(r"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", head)
+    if len(values) != 1:
+        return None
+    addresses = [a for _, a in getaddresses(values) if a]
+    if len(addresses) != 1 or "@" not in addresses[0]:
+        return None
+    domain = addresses[0].rpartition("@")[2].strip().rstrip(".")
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def sign(
+    message: bytes, *, paths: StatePaths, selector: str, hosted_domains: Collection[str]
+) -> bytes:
+    """`message` with a DKIM-Signature field prepended, or unchanged when it is not ours to sign.
+
+    Blocking (reads the key file, RSA): async callers use `asyncio.to_thread`.
+    """
+    domain = author_domain(message)
+    if domain is None or domain not in hosted_domains:
+        log.info("dkim: not signing: From: domain %s is not hosted here", domain or "(none)")
+        return message
+    key_path = paths.dkim_key(selector, domain)
+    try:
+        key = key_path.read_bytes()
+    except OSError as exc:
+        log.warning("dkim: not signing for %s: cannot read %s: %s", domain, key_path, exc)
+        return message
+    # Fields the message has, in our order, then From again; listing absent fields would
+    # freeze them too, which breaks on mailing lists that add List-* (RFC 6376 §5.4.2).
+    present = {name.lower() for name in re.findall(
+        rb"(?m)^([!-9;-~]+)[ \t]*:", _header_block(message))}
+    include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
+    try:
+        field: bytes = dkim.sign(
+            message,
+            selector.encode("ascii"),
+            domain.encode("ascii"),
+            key,
+            canonicalize=(b"relaxed", b"relaxed"),
+            signature_algorithm=b"rsa-sha256",
+            include_headers=[h.encode("ascii") for h in include],
+        )
+    except dkim.DKIMException as exc:
+        log.warning("dkim: not signing for %s: %s", domain, exc)
+        return message
+    if b"\r\n" not in message:  # keep the message's own line ends consistent
+        field = field.replace(b"\r\n", b"\n")
+    return field + message

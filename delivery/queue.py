@@ -1,0 +1,542 @@
+"""The durable outbound queue: mail for other domains waits here until delivered or bounced.
+
+Layout under `paths.queue_dir` (INTERFACE.md `queue/`):
+
+    msg/<id>           the message as it will be sent (DKIM-signed at enqueue), never changed
+    state/<id>.json    envelope and per-recipient state (pending/delivered/failed, attempts,
+                       next attempt time, last reply); replaced atomically on every change
+    lock               flock(2)ed around every read-modify-write of a state file
+    wakeup             touched by other processes (`mailstack queue flush|delete`); the runner
+                       stats it every RESCAN_S seconds and rescans the spool when it changed
+
+Durability and crash safety: `enqueue` writes msg/<id> (fsync file, rename, fsync dir), then
+state/<id>.json the same way, and returns only then, so a 250 given after it is never lost.
+A message file without a state file is an enqueue that crashed before it returned (nobody was
+told 250): the runner removes it after ORPHAN_S and never sends it. A recipient's state changes
+only after the remote server answered, so a crash during an attempt leaves it pending and it is
+sent again (at-least-once, RFC 5321 §6.1: a duplicate is better than a loss); recipients
+already recorded delivered are never sent again. A DSN is enqueued before the state that
+triggers it is written (a crash in between can repeat a DSN, never lose one).
+
+Retry schedule (RFC 5321 §4.5.4.1: retry intervals "SHOULD be at least 30 minutes", give-up
+"SHOULD be at least 4-5 days"): SCHEDULE_S below, then every 4 hours, until GIVE_UP_S (5 days)
+after arrival. Deviation from §4.5.4.1: the first retries come after 1, 5 and 15 minutes,
+because most temporary failures today are greylisting, which lifts after a few minutes; the
+interval reaches the RFC's 30 minutes from the fourth retry on. A sender is warned once with
+a "delayed" DSN after DELAY_WARN_S (RFC 3464 Action: delayed), and gets a "failed" DSN when a
+recipient fails permanently or we give up. Never a DSN to the null sender `<>`.
+
+Runner: one asyncio task (`run`). Due recipients are grouped per message and domain, one
+`delivery.remote.deliver` attempt per group in a thread (`asyncio.to_thread`), at most
+MAX_PER_DOMAIN at once per destination domain (RFC 5321 §4.5.4.1 asks to limit simultaneous
+connections to one host) and MAX_ATTEMPTS at once in total. `enqueue` in this process wakes it
+at once; other processes touch `wakeup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from delivery import dkim, remote
+from delivery.dsn import DsnRecipient, build_dsn, needs_dsn
+from delivery.remote import RcptResult
+from mailstack.config import Config
+from mailstack.errors import NotFoundError, UsageError
+from mailstack.fsutil import atomic_write, ensure_dir, fsync_dir
+from mailstack.paths import StatePaths
+
+log = logging.getLogger(__name__)
+
+Status = Literal["pending", "delivered", "failed"]
+STATUSES: tuple[Status, ...] = ("pending", "delivered", "failed")
+
+SCHEDULE_S: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)  # delay after attempt n
+GIVE_UP_S = 5 * 24 * 3600  # RFC 5321 §4.5.4.1: "at least 4-5 days"
+DELAY_WARN_S = 4 * 3600  # Postfix's delay_warning_time default is off; 4h is Exim's first warning
+MAX_PER_DOMAIN = 2  # simultaneous attempts to one destination domain
+MAX_ATTEMPTS = 10  # simultaneous attempts in total (each is a thread and a socket)
+RESCAN_S = 1.0  # how often the runner stats `wakeup` for changes made by other processes
+ORPHAN_S = 3600.0  # a message file this old without state is a crashed enqueue
+
+STATE_VERSION = 1
+_ID = re.compile(r"[0-9a-f]{20}")
+
+
+def retry_delay_s(attempts: int) -> int:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
+    return SCHEDULE_S[min(max(attempts, 1), len(SCHEDULE_S)) - 1]
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    status: Status = "pending"
+    attempts: int = 0
+    next_attempt: float = 0.0  # Unix time; due when <= now
+    last_reply: str = ""
+    remote_mta: str = ""
+    warned: bool = False  # a "delayed" DSN went out
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One queued message's state file."""
+
+    id: str
+    mail_from: str
+    created: float
+    recipients: tuple[Recipient, ...]
+    size: int = 0
+
+    @property
+    def is_done(self) -> bool:
+        return all(r.status != "pending" for r in self.recipients)
+
+    def to_json(self) -> str:
+        data = {
+            "version": STATE_VERSION,
+            "id": self.id,
+            "mail_from": self.mail_from,
+            "created": self.created,
+            "size": self.size,
+            "recipients": [
+                {f: getattr(r, f) for f in Recipient.__dataclass_fields__} for r in self.recipients
+            ],
+        }
+        return json.dumps(data, ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        """Parse a state file; ValueError naming what is wrong."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError("not a version 1 queue state")
+        try:
+            recipients = tuple(_recipient(r) for r in data["recipients"])
+            entry = cls(
+                id=_typed(data["id"], str),
+                mail_from=_typed(data["mail_from"], str),
+                created=float(_typed(data["created"], int | float)),
+                size=_typed(data["size"], int),
+                recipients=recipients,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"bad queue state: {exc!r}") from None
+        if not recipients:
+            raise ValueError("bad queue state: no recipients")
+        return entry
+
+
+def _typed(value: Any, tp: Any) -> Any:
+    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
+        raise TypeError(f"expected {tp}, got {value!r}")
+    return value
+
+
+def _recipient(raw: Any) -> Recipient:
+    if not isinstance(raw, dict):
+        raise TypeError(f"recipient must be an object, got {raw!r}")
+    status = _typed(raw["status"], str)
+    if status not in STATUSES:
+        raise TypeError(f"unknown status {status!r}")
+    return Recipient(
+        address=_typed(raw["address"], str),
+        status=cast(Status, status),
+        attempts=_typed(raw["attempts"], int),
+        next_attempt=float(_typed(raw["next_attempt"], int | float)),
+        last_reply=_typed(raw["last_reply"], str),
+        remote_mta=_typed(raw["remote_mta"], str),
+        warned=_typed(raw["warned"], bool),
+    )
+
+
+Deliver = Callable[[Config, str, str, Sequence[str], bytes], list[RcptResult]]
+
+_Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients there due now
+
+
+@dataclass
+class _Runner:
+    inflight: set[tuple[str, str]] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    per_domain: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    total: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ATTEMPTS))
+
+
+class OutboundQueue:
+    """The spool in `paths.queue_dir`. Blocking methods (enqueue, list, delete, flush) touch
+    only the disk; `run`/`run_once` are the async runner."""
+
+    def __init__(
+        self,
+        config: Config,
+        paths: StatePaths,
+        *,
+        hosted_domains: Callable[[], Collection[str]] | None = None,
+        clock: Callable[[], float] = time.time,
+        deliver: Deliver = remote.deliver,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.root = paths.queue_dir
+        self._hosted = hosted_domains or (lambda: config.server.domains)
+        self.clock = clock
+        self._deliver = deliver
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner = _Runner()
+        self.attempted = asyncio.Event()  # set after every finished attempt (tests wait on it)
+
+    # -- paths and locking -------------------------------------------------------------------
+
+    def _msg(self, qid: str) -> Path:
+        return self.root / "msg" / qid
+
+    def _state(self, qid: str) -> Path:
+        return self.root / "state" / f"{qid}.json"
+
+    def _ensure(self) -> None:
+        for sub in ("msg", "state"):
+            ensure_dir(self.root / sub, mode=0o700)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._ensure()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _touch_wakeup(self) -> None:
+        self._ensure()
+        path = self.root / "wakeup"
+        path.touch()
+        os.utime(path)
+
+    def _check_id(self, qid: str) -> str:
+        if not _ID.fullmatch(qid):
+            raise NotFoundError(f"no queued message with id {qid!r}")
+        return qid
+
+    # -- the blocking API --------------------------------------------------------------------
+
+    def enqueue(
+        self, mail_from: str, rcpts: Sequence[str], message: bytes, *, sign: bool = True
+    ) -> str:
+        """Make the message durable in the queue and return its id (then 250 may be said).
+
+        Signs with DKIM for the From: domain when hosted (see delivery.dkim). Blocking.
+        """
+        if not rcpts:
+            raise UsageError("a queued message needs at least one recipient")
+        if sign:
+            message = dkim.sign(
+                message,
+                paths=self.paths,
+                selector=self.config.dkim.selector,
+                hosted_domains=set(self._hosted()),
+            )
+        self._ensure()
+        now = self.clock()
+        qid = f"{int(now):08x}{secrets.token_hex(6)}"[-20:].rjust(20, "0")
+        entry = Entry(
+            id=qid,
+            mail_from=mail_from,
+            created=now,
+            size=len(message),
+            recipients=tuple(Recipient(r, next_attempt=now) for r in dict.fromkeys(rcpts)),
+        )
+        atomic_write(self._msg(qid), message, mode=0o600)
+        atomic_write(self._state(qid), entry.to_json(), mode=0o600)  # now it exists
+        log.info("queue: %s from <%s> to %s, %d bytes", qid, mail_from,
+                 ", ".join(r.address for r in entry.recipients), len(message))
+        self.wake()
+        return qid
+
+    def _read(self, qid: str) -> Entry | None:
+        try:
+            text = self._state(qid).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        return Entry.from_json(text)
+
+    def get(self, qid: str) -> Entry:
+        entry = self._read(self._check_id(qid))
+        if entry is None:
+            raise NotFoundError(f"no queued message with id {qid!r}")
+        return entry
+
+    def message(self, qid: str) -> bytes:
+        return self._msg(self._check_id(qid)).read_bytes()
+
+    def list(self) -> builtins.list[Entry]:
+        """Every queued message (corrupt state files are logged and skipped), oldest first."""
+        entries: builtins.list[Entry] = []
+        state_dir = self.root / "state"
+        if not state_dir.is_dir():
+            return []
+        for path in state_dir.glob("*.json"):
+            try:
+                entry = self._read(path.stem)
+            except (ValueError, OSError) as exc:
+                log.error("queue: skipping unreadable %s: %s", path, exc)
+                continue
+            if entry is not None:
+                entries.append(entry)
+        return sorted(entries, key=lambda e: (e.created, e.id))
+
+    def delete(self, qid: str) -> None:
+        """Remove a message from the queue (an attempt in flight may still complete)."""
+        self._check_id(qid)
+        with self._locked():
+            if not self._state(qid).exists():
+                raise NotFoundError(f"no queued message with id {qid!r}")
+            self._remove(qid)
+        self._touch_wakeup()
+        log.info("queue: %s deleted", qid)
+
+    def _remove(self, qid: str) -> None:
+        # State first: without it the message is an orphan that is never sent.
+        with contextlib.suppress(FileNotFoundError):
+            self._state(qid).unlink()
+        fsync_dir(self.root / "state")
+        with contextlib.suppress(FileNotFoundError):
+            self._msg(qid).unlink()
+
+    def flush(self) -> int:
+        """Make every pending recipient due now; returns how many. A running runner sees it
+        within RESCAN_S (via `wakeup`)."""
+        count = 0
+        now = self.clock()
+        for entry in self.list():
+            with self._locked():
+                current = self._read(entry.id)
+                if current is None:
+                    continue
+                recipients = tuple(
+                    replace(r, next_attempt=now) if r.status == "pending" else r
+                    for r in current.recipients
+                )
+                count += sum(r.status == "pending" for r in recipients)
+                atomic_write(self._state(entry.id), replace(current, recipients=recipients)
+                             .to_json(), mode=0o600)
+        self._touch_wakeup()
+        self.wake()
+        return count
+
+    def remove_orphans(self) -> builtins.list[str]:
+        """Delete message files whose enqueue never finished (no state after ORPHAN_S)."""
+        removed: builtins.list[str] = []
+        msg_dir = self.root / "msg"
+        if not msg_dir.is_dir():
+            return removed
+        now = time.time()  # file ages are wall-clock, whatever clock the runner uses
+        with self._locked():
+            for path in msg_dir.iterdir():
+                if path.name.startswith(".") or self._state(path.name).exists():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime >= ORPHAN_S:
+                        path.unlink()
+                        removed.append(path.name)
+                        log.warning("queue: removed %s, an enqueue that never finished",
+                                    path.name)
+        return removed
+
+    # -- applying an attempt's results ---------------------------------------------------------
+
+    def record(self, qid: str, results: Sequence[RcptResult]) -> Entry | None:
+        """Write what an attempt found (and bounce or warn as needed); None if deleted."""
+        now = self.clock()
+        with self._locked():
+            entry = self._read(qid)
+            if entry is None:
+                return None
+            by_address = {r.address: r for r in results}
+            failed: builtins.list[DsnRecipient] = []
+            delayed: builtins.list[DsnRecipient] = []
+            recipients: builtins.list[Recipient] = []
+            for rcpt in entry.recipients:
+                result = by_address.get(rcpt.address)
+                if result is None or rcpt.status != "pending":
+                    recipients.append(rcpt)
+                    continue
+                new = replace(rcpt, attempts=rcpt.attempts + 1, last_reply=result.reply,
+                              remote_mta=result.remote_mta)
+                if result.kind == "delivered":
+                    new = replace(new, status="delivered")
+                elif result.kind == "permanent":
+                    new = replace(new, status="failed")
+                    failed.append(DsnRecipient(rcpt.address, "failed", result.reply,
+                                               result.remote_mta))
+                elif now - entry.created >= GIVE_UP_S:
+                    reply = result.reply
+                    new = replace(new, status="failed", last_reply=f"{reply} (gave up after "
+                                  f"{GIVE_UP_S // 86400} days)")
+                    failed.append(DsnRecipient(rcpt.address, "failed", new.last_reply,
+                                               result.remote_mta))
+                else:
+                    new = replace(new, next_attempt=now + retry_delay_s(new.attempts))
+                    if not rcpt.warned and now - entry.created >= DELAY_WARN_S:
+                        new = replace(new, warned=True)
+                        delayed.append(DsnRecipient(rcpt.address, "delayed", result.reply,
+                                                    result.remote_mta))
+                recipients.append(new)
+            updated = replace(entry, recipients=tuple(recipients))
+            for group in (failed, delayed):
+                if group:
+                    self._notify(updated, group, now)  # before the state: never lose a DSN
+            if updated.is_done:
+                self._remove(qid)
+            else:
+                atomic_write(self._state(qid), updated.to_json(), mode=0o600)
+        return updated
+
+    def _notify(self, entry: Entry, recipients: builtins.list[DsnRecipient], now: float) -> None:
+        if not needs_dsn(entry.mail_from):
+            log.info("queue: %s: no DSN for the null sender", entry.id)
+            return
+        try:
+            original = self._msg(entry.id).read_bytes()
+        except FileNotFoundError:
+            original = b""
+        primary = self.config.server.domains[0]
+        dsn = build_dsn(
+            reporting_mta=self.config.server.hostname,
+            from_address=f"MAILER-DAEMON@{primary}",
+            to=entry.mail_from,
+            original=original,
+            recipients=recipients,
+            arrival=datetime.fromtimestamp(entry.created, UTC),
+            now=datetime.fromtimestamp(now, UTC),
+        )
+        # RFC 5321 §4.5.5: a DSN's reverse-path is null, so it can never bounce back.
+        qid = self.enqueue("", [entry.mail_from], dsn)
+        log.info("queue: %s: %s DSN to <%s> queued as %s", entry.id, recipients[0].action,
+                 entry.mail_from, qid)
+
+    # -- the runner ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the runner look at the queue now (thread-safe; no-op without a runner)."""
+        if self._loop is not None and self._wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _due(self, now: float) -> tuple[builtins.list[_Group], float | None]:
+        """(groups due now, the earliest later due time)."""
+        groups: builtins.list[_Group] = []
+        later: float | None = None
+        for entry in self.list():
+            by_domain: dict[str, builtins.list[str]] = {}
+            for r in entry.recipients:
+                if r.status != "pending":
+                    continue
+                if r.next_attempt <= now:
+                    by_domain.setdefault(domain_of(r.address), []).append(r.address)
+                else:
+                    later = r.next_attempt if later is None else min(later, r.next_attempt)
+            groups.extend((entry, d, rcpts) for d, rcpts in by_domain.items())
+        return groups, later
+
+    async def _attempt(self, entry: Entry, domain: str, rcpts: builtins.list[str]) -> None:
+        runner = self._runner
+        sem = runner.per_domain.setdefault(domain, asyncio.Semaphore(MAX_PER_DOMAIN))
+        try:
+            async with runner.total, sem:
+                try:
+                    message = await asyncio.to_thread(self._msg(entry.id).read_bytes)
+                except FileNotFoundError:
+                    return  # deleted meanwhile
+                results = await asyncio.to_thread(
+                    self._deliver, self.config, domain, entry.mail_from, rcpts, message
+                )
+                await asyncio.to_thread(self.record, entry.id, results)
+        except Exception:
+            # A bug or a full disk must not kill the runner; the recipients stay pending.
+            log.exception("queue: %s: attempt for %s failed unexpectedly", entry.id, domain)
+        finally:
+            runner.inflight.discard((entry.id, domain))
+            self.attempted.set()
+            self.wake()
+
+    async def _dispatch(self) -> float | None:
+        groups, later = await asyncio.to_thread(self._due, self.clock())
+        for entry, domain, rcpts in groups:
+            key = (entry.id, domain)
+            if key in self._runner.inflight:
+                continue
+            self._runner.inflight.add(key)
+            task = asyncio.create_task(self._attempt(entry, domain, rcpts))
+            self._runner.tasks.add(task)
+            task.add_done_callback(self._runner.tasks.discard)
+        return later
+
+    async def run_once(self) -> None:
+        """Attempt everything due now and wait until those attempts are recorded."""
+        await self._dispatch()
+        while self._runner.tasks:
+            await asyncio.gather(*list(self._runner.tasks))
+
+    def _wakeup_mtime(self) -> float:
+        try:
+            return (self.root / "wakeup").stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The runner: until `stop` is set, deliver what is due, wake on enqueue/`wakeup`.
+
+        On stop, attempts in flight finish (each bounded by delivery.remote's timeouts).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        await asyncio.to_thread(self.remove_orphans)
+        seen = await asyncio.to_thread(self._wakeup_mtime)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                later = await self._dispatch()
+                timeout = RESCAN_S
+                if later is not None:
+                    timeout = min(timeout, max(0.0, later - self.clock()))
+                while not stop.is_set():
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    done, _ = await asyncio.wait({waker, stopping}, timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    waker.cancel()
+                    if done or (later is not None and self.clock() >= later):
+                        break
+                    mtime = await asyncio.to_thread(self._wakeup_mtime)
+                    if mtime != seen:
+                        seen = mtime
+                        break
+        finally:
+            stopping.cancel()
+            if self._runner.tasks:
+                await asyncio.gather(*list(self._runner.tasks), return_exceptions=True)
+            self._loop = self._wake = None

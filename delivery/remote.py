@@ -1,0 +1,271 @@
+"""One delivery attempt of one queued message to the recipients at one domain.
+
+    deliver(config, domain, mail_from, rcpts, message) -> one RcptResult per recipient
+
+Route (RFC 5321 §5.1): `[outbound] relay` when set (a smarthost, no MX lookup); otherwise the
+domain's MX records through the configured resolver (`[dns] resolver`, each lookup limited to
+`[dns] timeout_s`), ordered by `delivery.mx.order_hosts` (preference, equal ones shuffled);
+no MX records means the domain itself is the host (implicit MX); a null MX (RFC 7505) and a
+domain that does not exist fail permanently. Each host's addresses (A, then AAAA) are tried on
+`[outbound] mx_port` until one completes a transaction; a refused connection, a greeting other
+than 220, a failed TLS handshake or a drop before MAIL FROM moves on to the next address/host.
+
+Session: EHLO with our hostname; STARTTLS when offered, opportunistically and without
+verifying the certificate (RFC 7435 opportunistic security; RFC 3207 §4.1 leaves it to the
+client; MTAs default to this, e.g. Postfix's `smtp_tls_security_level = may`).
+Verified delivery needs MTA-STS/DANE, which this module does not implement.
+BODY=8BITMIME when the message has 8-bit bytes and the server offers it (RFC 6152); SMTPUTF8
+when an address is not ASCII (RFC 6531), and a server without it is a permanent 5.6.7 for
+those messages. We send 8-bit bodies also to servers without 8BITMIME (deviation from RFC
+6152 §3, which asks to downgrade; nearly every MTA accepts them, and downgrading would break
+the DKIM signature made at enqueue).
+
+Classification per recipient (RFC 5321 §4.2.1): 2xx delivered, 4xx temporary, 5xx permanent;
+connection and DNS trouble are temporary. Blocking (sockets, DNS): the queue runs it with
+`asyncio.to_thread`. Uses stdlib smtplib.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import smtplib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import dns.exception
+import dns.resolver
+
+from delivery.mx import MxRecord, NullMxError, order_hosts
+from mailstack.config import Config, parse_hostport, parse_resolver
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["delivered", "temporary", "permanent"]
+
+CONNECT_TIMEOUT_S = 30.0  # TCP connect and the 220 greeting (RFC 5321 §4.5.3.2.1 allows 5 min;
+# a host that slow is better skipped for the next MX)
+SESSION_TIMEOUT_S = 600.0  # per socket read after the greeting: RFC 5321 §4.5.3.2.6's longest
+# wait (10 min for the reply to the final "." of DATA)
+
+
+@dataclass(frozen=True, slots=True)
+class RcptResult:
+    address: str
+    kind: Kind
+    reply: str  # the remote reply ("550 5.1.1 no such user") or our own description
+    remote_mta: str = ""  # the host name that answered, "" when none did
+
+
+class _NextHostError(Exception):
+    """This host failed before a transaction began: try the next address or MX."""
+
+
+def classify(code: int) -> Kind:
+    if 200 <= code < 300:
+        return "delivered"
+    if 500 <= code < 600:
+        return "permanent"
+    return "temporary"  # 4xx, and anything unexpected: retrying is the safe side
+
+
+def make_resolver(config: Config) -> dns.resolver.Resolver:
+    """The resolver `[dns]` names (or the system's), time-boxed to `[dns] timeout_s`."""
+    if config.dns.resolver:
+        host, port = parse_resolver(config.dns.resolver)
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [host]
+        resolver.port = port
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.lifetime = config.dns.timeout_s
+    resolver.timeout = config.dns.timeout_s
+    return resolver
+
+
+def _all(rcpts: Sequence[str], kind: Kind, reply: str, mta: str = "") -> list[RcptResult]:
+    return [RcptResult(r, kind, reply, mta) for r in rcpts]
+
+
+def _addresses(resolver: dns.resolver.Resolver, host: str) -> tuple[list[str], bool]:
+    """(addresses of host, whether a lookup failed temporarily)."""
+    found: list[str] = []
+    temporary = False
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = resolver.resolve(host, rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        except dns.exception.DNSException:
+            temporary = True
+            continue
+        found.extend(str(r) for r in answer)
+    return found, temporary
+
+
+def route(
+    config: Config, domain: str, resolver: dns.resolver.Resolver, rng: random.Random | None = None
+) -> list[tuple[str, str]] | RcptResult:
+    """[(host name, address)] to try in order, or a result that applies to every recipient."""
+    try:
+        answer = resolver.resolve(domain, "MX")
+        records = [MxRecord(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+    except dns.resolver.NXDOMAIN:
+        return RcptResult("", "permanent", f"550 5.1.2 {domain}: no such domain (NXDOMAIN)")
+    except dns.resolver.NoAnswer:
+        records = []  # RFC 5321 §5.1: no MX, so the domain itself is the host
+    except dns.exception.DNSException as exc:
+        return RcptResult("", "temporary", f"451 4.4.3 {domain}: MX lookup failed: {exc}")
+    try:
+        hosts = order_hosts(domain, records, rng)
+    except NullMxError:
+        # RFC 7505 §4.2: 556 5.1.10 for a domain that declares it accepts no mail
+        return RcptResult("", "permanent", f"556 5.1.10 {domain}: the domain accepts no mail "
+                          "(null MX)")
+    targets: list[tuple[str, str]] = []
+    lookup_failed = False
+    for host in hosts:
+        addresses, failed = _addresses(resolver, host)
+        lookup_failed |= failed
+        targets.extend((host, a) for a in addresses)
+    if not targets:
+        if not records and not lookup_failed:
+            return RcptResult("", "permanent", f"550 5.1.2 {domain}: no MX and no address")
+        return RcptResult("", "temporary", f"451 4.4.4 {domain}: no address for any MX host "
+                          f"({', '.join(hosts)})")
+    return targets
+
+
+def _tls_context() -> ssl.SSLContext:
+    # Opportunistic TLS (RFC 7435): encrypt against passive eavesdroppers, verify nothing,
+    # because falling back to plain text on a verification failure would be no safer.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _session(
+    host: str, address: str, port: int, *, ehlo_name: str, mail_from: str,
+    rcpts: Sequence[str], message: bytes, use_tls: bool = True,
+) -> list[RcptResult]:
+    """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
+    smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
+    where = f"{host}[{address}]:{port}"
+    try:
+        try:
+            smtp.connect(address, port)
+            if smtp.sock is not None:
+                smtp.sock.settimeout(SESSION_TIMEOUT_S)
+            code, _ = smtp.ehlo()
+            if code != 250:
+                smtp.helo()
+            if use_tls and smtp.has_extn("starttls"):
+                smtp.starttls(context=_tls_context())
+                smtp.ehlo()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise _NextHostError(f"{where}: {_describe(exc)}") from None
+        return _transaction(smtp, host, mail_from, rcpts, message)
+    finally:
+        try:
+            smtp.quit()
+        except (OSError, smtplib.SMTPException):
+            smtp.close()
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "replace")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _reply(exc.smtp_code, _as_bytes(exc.smtp_error))
+    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+
+
+def _reply(code: int, text: bytes) -> str:
+    return f"{code} {' '.join(text.decode('utf-8', 'replace').split())}"
+
+
+def _transaction(
+    smtp: smtplib.SMTP, host: str, mail_from: str, rcpts: Sequence[str], message: bytes
+) -> list[RcptResult]:
+    options: list[str] = []
+    if any(b > 0x7F for b in message) and smtp.has_extn("8bitmime"):
+        options.append("BODY=8BITMIME")  # RFC 6152
+    if not all(a.isascii() for a in [mail_from, *rcpts]):
+        if not smtp.has_extn("smtputf8"):
+            # RFC 6531 §3.2: without SMTPUTF8 the message cannot be sent to this server
+            return _all(rcpts, "permanent", f"553 5.6.7 {host} does not support SMTPUTF8", host)
+        options.append("SMTPUTF8")
+    if smtp.has_extn("size"):
+        options.append(f"SIZE={len(message)}")  # RFC 1870: the server may refuse early
+    results: dict[str, RcptResult] = {}
+    accepted: list[str] = []
+    try:
+        code, text = smtp.mail(mail_from, options)
+        if code != 250:
+            return _all(rcpts, classify(code), _reply(code, text), host)
+        for rcpt in rcpts:
+            code, text = smtp.rcpt(rcpt)
+            if code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = RcptResult(rcpt, classify(code), _reply(code, text), host)
+        if accepted:
+            try:
+                code, text = smtp.data(message)
+            except smtplib.SMTPDataError as exc:  # no 354
+                code, text = exc.smtp_code, _as_bytes(exc.smtp_error)
+            for rcpt in accepted:
+                results[rcpt] = RcptResult(rcpt, classify(code), _reply(code, text), host)
+        else:
+            smtp.rset()
+    except (OSError, smtplib.SMTPException) as exc:
+        # Mid-transaction: what is not known delivered is retried (at-least-once: a drop after
+        # our final "." but before the reply can mean a duplicate, RFC 5321 §6.1 accepts this).
+        reply = f"451 4.4.2 {host}: connection lost: {_describe(exc)}"
+        return [results.get(r) or RcptResult(r, "temporary", reply, host) for r in rcpts]
+    return [results[r] for r in rcpts]
+
+
+def deliver(
+    config: Config,
+    domain: str,
+    mail_from: str,
+    rcpts: Sequence[str],
+    message: bytes,
+    *,
+    rng: random.Random | None = None,
+) -> list[RcptResult]:
+    """One attempt for `rcpts` (all at `domain`); one result per recipient, in order."""
+    ehlo_name = config.server.hostname
+    if config.outbound.relay:
+        relay_host, relay_port = parse_hostport(config.outbound.relay)
+        targets: list[tuple[str, str]] | RcptResult = [(relay_host, relay_host)]
+        port = relay_port
+    else:
+        targets = route(config, domain, make_resolver(config), rng)
+        port = config.outbound.mx_port
+    if isinstance(targets, RcptResult):
+        log.info("remote: %s: %s", domain, targets.reply)
+        return _all(rcpts, targets.kind, targets.reply)
+    errors: list[str] = []
+    for host, address in targets:
+        try:
+            results = _session(host, address, port, ehlo_name=ehlo_name, mail_from=mail_from,
+                               rcpts=rcpts, message=message)
+        except _NextHostError as exc:
+            log.info("remote: %s: %s; trying the next host", domain, exc)
+            errors.append(str(exc))
+            continue
+        for r in results:
+            log.info("remote: %s -> %s: %s", r.address, host, r.reply)
+        return results
+    reply = f"451 4.4.1 {domain}: no host accepted a connection: {'; '.join(errors[-3:])}"
+    return _all(rcpts, "temporary", reply)
+
+
+

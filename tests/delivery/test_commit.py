@@ -208,3 +208,39 @@ def test_many_threads_across_instances_and_appends(tmp_path: Path) -> None:
     snap = one.snapshot(ALICE, "INBOX")
     assert len(snap.messages) == 30
     assert sum(1 for m in snap.messages if "$k" in m.flags) == 10
+
+
+def test_a_copy_already_numbered_is_taken_back_when_its_sibling_fails(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    # Bob's Junk accepts the file but cannot number it (its uidlist is unreadable): the copy
+    # for alice, renamed and numbered earlier in the same flush, must go again.
+    store.create_account(BOB)
+    junk = paths.maildir(BOB) / ".Junk"
+    (junk / UIDLIST).unlink()
+    (junk / UIDLIST).mkdir()
+    inbox = DotLock(paths.maildir(ALICE) / UIDLIST)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        inbox.acquire()
+        try:
+            first = pool.submit(store.deliver, [(ALICE, "INBOX")], b"Subject: first\n\nx\n")
+            assert store.committer.wait_until(flushing=1, timeout_s=WAIT_S)
+            both = pool.submit(
+                store.deliver, [(ALICE, "INBOX"), (BOB, "Junk")], b"Subject: both\n\nx\n"
+            )
+            after = pool.submit(store.deliver, [(ALICE, "INBOX")], b"Subject: after\n\nx\n")
+            assert store.committer.wait_until(queued=2, timeout_s=WAIT_S)
+        finally:
+            inbox.release()
+        assert first.result(WAIT_S)[0].uid == 1
+        with pytest.raises(IsADirectoryError):
+            both.result(WAIT_S)
+        (later,) = after.result(WAIT_S)
+    assert later.uid == 3  # 2 went to the copy taken back; UIDs are never reused
+    assert _uids(paths, ALICE) == [1, 3]
+    assert [m.split(b"\n")[0] for m in _files(paths, ALICE)] == [
+        b"Subject: after",
+        b"Subject: first",
+    ]
+    assert list((junk / "new").iterdir()) == [] and list((junk / "tmp").iterdir()) == []
+    assert quota.usage(paths.maildir(ALICE)) == quota.recalculate(paths.maildir(ALICE))

@@ -95,11 +95,29 @@ class _Written:
 
 
 @dataclass(frozen=True, slots=True)
-class _Job:
-    """One all-or-nothing store call waiting for the group commit: its copies, their flags."""
+class _Target:
+    """A folder a new message goes into."""
 
-    written: tuple[_Written, ...]
+    user: str
+    root: Path
+    folder: str
+    fdir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One all-or-nothing store call waiting for the group commit.
+
+    Either `data` to write into each target's tmp/ (deliver, APPEND: the flush writes them, so
+    one thread makes every file syscall of a batch, not one thread per message contending for
+    the GIL), or copies already in tmp/ (`written`: COPY's hard links). `flags` per copy.
+    """
+
     flags: tuple[frozenset[str], ...]
+    targets: tuple[_Target, ...] = ()
+    data: bytes = b""
+    mtime: float | None = None
+    written: tuple[_Written, ...] = ()
 
 
 @dataclass(slots=True)
@@ -259,7 +277,25 @@ class MaildirStore:
         all; concurrent callers share the folder locks and fsyncs (delivery/commit.py)."""
         if not written:
             return []
-        return self._committer.commit(_Job(tuple(written), tuple(flags)))
+        return self._committer.commit(_Job(tuple(flags), written=tuple(written)))
+
+    def _write_jobs(
+        self, jobs: Sequence[_Job], failed: dict[int, BaseException]
+    ) -> list[list[_Written]]:
+        """Write (and fsync) the tmp/ files of jobs that bring data; per job its copies."""
+        written: list[list[_Written]] = []
+        for j, job in enumerate(jobs):
+            mine = list(job.written)
+            written.append(mine)
+            for t in job.targets:
+                try:
+                    base, meta = self._write_tmp(t.fdir, job.data, job.mtime)
+                except OSError as exc:
+                    gone = isinstance(exc, FileNotFoundError) and not (t.fdir / "cur").is_dir()
+                    failed[j] = FolderNotFoundError(f"folder vanished: {t.folder}") if gone else exc
+                    break
+                mine.append(_Written(t.user, t.root, t.folder, t.fdir, base, meta))
+        return written
 
     def _flush(self, jobs: Sequence[_Job]) -> list[list[MessageRef] | BaseException]:
         """Make a batch of jobs durable: per folder one lock, one uidlist append (one fsync)
@@ -270,72 +306,93 @@ class MaildirStore:
         is removed again and it gets the exception; the other jobs go on. A job is answered
         only after its renames, uidlist lines and directories were fsynced.
         """
-        placed: list[list[_Placed | None]] = [[None] * len(job.written) for job in jobs]
         failed: dict[int, BaseException] = {}
-        by_folder: dict[Path, list[tuple[int, int]]] = {}
-        for j, job in enumerate(jobs):
-            for i, item in enumerate(job.written):
-                by_folder.setdefault(item.fdir, []).append((j, i))
-        roots = sorted({w.root for job in jobs for w in job.written})
+        written: list[list[_Written]] = []
+        placed: list[list[_Placed | None]] = []
         try:
-            with contextlib.ExitStack() as stack:
-                for root in roots:
-                    try:
-                        stack.enter_context(quota.changing(root))
-                    except OSError as exc:
-                        self._fail_jobs(jobs, failed, exc, root)
-                for fdir, members in by_folder.items():
-                    self._flush_folder(jobs, fdir, members, placed, failed)
-                for root in roots:
-                    mine = [
-                        w
-                        for j, job in enumerate(jobs)
-                        if j not in failed
-                        for w in job.written
-                        if w.root == root
-                    ]
-                    if not mine:
-                        continue
-                    try:
-                        quota.record(root, sum(w.meta[1] for w in mine), len(mine))
-                    except OSError as exc:
-                        self._fail_jobs(jobs, failed, exc, root)
-                for j in failed:  # still under the quota locks: nobody counted these files
-                    self._undo(jobs[j], placed[j])
+            written = self._write_jobs(jobs, failed)
+            placed = [[None] * len(mine) for mine in written]
+            self._place_jobs(jobs, written, placed, failed)
         except BaseException:
-            for j, job in enumerate(jobs):
+            for j, mine in enumerate(written):
                 if j not in failed:
-                    self._undo(job, placed[j])
+                    self._undo(mine, placed[j] if j < len(placed) else [None] * len(mine))
             raise
         outcomes: list[list[MessageRef] | BaseException] = []
-        for j, job in enumerate(jobs):
+        for j, mine in enumerate(written):
             if j in failed:
                 outcomes.append(failed[j])
                 continue
             outcomes.append(
                 [
                     MessageRef(item.user, item.folder, done.uid, done.uid_validity)
-                    for item, done in zip(job.written, placed[j], strict=True)
+                    for item, done in zip(mine, placed[j], strict=True)
                     if done is not None  # always, for a job that did not fail
                 ]
             )
         return outcomes
 
+    def _place_jobs(
+        self,
+        jobs: Sequence[_Job],
+        written: list[list[_Written]],
+        placed: list[list[_Placed | None]],
+        failed: dict[int, BaseException],
+    ) -> None:
+        """Rename, number and fsync per folder; quota lines per account; undo failed jobs."""
+        by_folder: dict[Path, list[tuple[int, int]]] = {}
+        for j, mine in enumerate(written):
+            if j in failed:
+                continue
+            for i, item in enumerate(mine):
+                by_folder.setdefault(item.fdir, []).append((j, i))
+        roots = sorted({w.root for mine in written for w in mine})
+        try:
+            with contextlib.ExitStack() as stack:
+                for root in roots:
+                    try:
+                        stack.enter_context(quota.changing(root))
+                    except OSError as exc:
+                        self._fail_jobs(written, failed, exc, root)
+                for fdir, members in by_folder.items():
+                    self._flush_folder(jobs, written, fdir, members, placed, failed)
+                for root in roots:
+                    ours = [
+                        w
+                        for j, mine in enumerate(written)
+                        if j not in failed
+                        for w in mine
+                        if w.root == root
+                    ]
+                    if not ours:
+                        continue
+                    try:
+                        quota.record(root, sum(w.meta[1] for w in ours), len(ours))
+                    except OSError as exc:
+                        self._fail_jobs(written, failed, exc, root)
+                for j in failed:  # still under the quota locks: nobody counted these files
+                    self._undo(written[j], placed[j])
+        except BaseException:
+            for j in failed:
+                self._undo(written[j], placed[j])
+            raise
+
     @staticmethod
     def _fail_jobs(
-        jobs: Sequence[_Job],
+        written: list[list[_Written]],
         failed: dict[int, BaseException],
         exc: BaseException,
         root: Path,
     ) -> None:
         """Every job with a copy for the account at `root` fails with `exc`."""
-        for j, job in enumerate(jobs):
-            if any(w.root == root for w in job.written):
+        for j, mine in enumerate(written):
+            if any(w.root == root for w in mine):
                 failed.setdefault(j, exc)
 
     def _flush_folder(
         self,
         jobs: Sequence[_Job],
+        written: list[list[_Written]],
         fdir: Path,
         members: list[tuple[int, int]],
         placed: list[list[_Placed | None]],
@@ -346,7 +403,7 @@ class MaildirStore:
         live = [(j, i) for j, i in members if j not in failed]
         if not live:
             return
-        first = jobs[live[0][0]].written[live[0][1]]
+        first = written[live[0][0]][live[0][1]]
         index = self._index(first.root, fdir)
         subs: set[str] = set()
         try:
@@ -355,7 +412,7 @@ class MaildirStore:
                 for j, i in live:
                     if j in failed:
                         continue
-                    item, item_flags = jobs[j].written[i], jobs[j].flags[i]
+                    item, item_flags = written[j][i], jobs[j].flags[i]
                     try:
                         index.ensure_keywords(item_flags)
                         if item_flags:
@@ -372,7 +429,7 @@ class MaildirStore:
                     subs.add(sub)
                 numbered = [(j, i, done) for j, i, done in renamed if j not in failed]
                 uids = index.added_many(
-                    [(d.sub, d.name, jobs[j].written[i].meta) for j, i, d in numbered]
+                    [(d.sub, d.name, written[j][i].meta) for j, i, d in numbered]
                 )
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
@@ -383,7 +440,7 @@ class MaildirStore:
             for j, _i in live:
                 failed.setdefault(j, exc)
 
-    def _undo(self, job: _Job, placed: list[_Placed | None]) -> None:
+    def _undo(self, written: list[_Written], placed: list[_Placed | None]) -> None:
         """Remove every copy of a failed job: placed ones under their folder lock (as every
         other removal), the rest from tmp/."""
         for done in placed:
@@ -392,7 +449,7 @@ class MaildirStore:
             with contextlib.suppress(OSError, StoreError), done.index.locked():
                 (done.index.path / done.sub / done.name).unlink()
                 done.index.removed([split_info(done.name)[0]])
-        for item, done in zip(job.written, placed, strict=True):
+        for item, done in zip(written, placed, strict=True):
             if done is None:
                 with contextlib.suppress(OSError):
                     (item.fdir / "tmp" / item.base).unlink()
@@ -411,17 +468,16 @@ class MaildirStore:
             per_user[user] = per_user.get(user, 0) + len(data)
         for user, adding in per_user.items():
             self._check_quota(user, self._root(user), (quota_bytes or {}).get(user, 0), adding)
-        written: list[_Written] = []
-        try:
-            for user, root, name, fdir in resolved:
-                base, meta = self._write_tmp(fdir, data, None)
-                written.append(_Written(user, root, name, fdir, base, meta))
-        except BaseException:
-            for item in written:
-                with contextlib.suppress(OSError):
-                    (item.fdir / "tmp" / item.base).unlink()
-            raise
-        refs = self._commit(written, [frozenset()] * len(written))
+        if not resolved:
+            return []
+        # The flush writes, fsyncs and places the files (see _Job).
+        refs = self._committer.commit(
+            _Job(
+                (frozenset(),) * len(resolved),
+                targets=tuple(_Target(*r) for r in resolved),
+                data=data,
+            )
+        )
         for ref in refs:
             self._publish(ref.user, ref.folder)
         return refs
@@ -440,8 +496,10 @@ class MaildirStore:
         data = to_lf(message)
         self._check_quota(user, root, quota_bytes, len(data))
         wanted = _storable(flags)
-        base, meta = self._write_tmp(fdir, data, internal_date)
-        (ref,) = self._commit([_Written(user, root, name, fdir, base, meta)], [wanted])
+        target = _Target(user, root, name, fdir)
+        (ref,) = self._committer.commit(
+            _Job((wanted,), targets=(target,), data=data, mtime=internal_date)
+        )
         self._publish(user, name)
         return ref
 

@@ -110,8 +110,8 @@ class Entry:
     def is_done(self) -> bool:
         return all(r.status != "pending" for r in self.recipients)
 
-    def to_json(self) -> str:
-        data = {
+    def as_dict(self) -> dict[str, Any]:
+        return {
             "version": STATE_VERSION,
             "id": self.id,
             "mail_from": self.mail_from,
@@ -121,7 +121,9 @@ class Entry:
                 {f: getattr(r, f) for f in Recipient.__dataclass_fields__} for r in self.recipients
             ],
         }
-        return json.dumps(data, ensure_ascii=False, indent=1)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), ensure_ascii=False, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
@@ -520,7 +522,11 @@ class OutboundQueue:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                later = await self._dispatch()
+                try:
+                    later = await self._dispatch()
+                except Exception:  # e.g. the spool unreadable: keep running, try again soon
+                    log.exception("queue: cannot scan %s", self.root)
+                    later = None
                 timeout = RESCAN_S
                 if later is not None:
                     timeout = min(timeout, max(0.0, later - self.clock()))

@@ -153,6 +153,9 @@ def _session(
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
     smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
+    # smtplib takes the TLS server name (SNI) from the host given to its constructor, which
+    # would also connect; we connect to one address of the MX, and name the MX in SNI.
+    smtp._host = host  # type: ignore[attr-defined]
     where = f"{host}[{address}]:{port}"
     try:
         try:

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import cast
 
+from delivery.queue import OutboundQueue
 from mailstack.config import format_hostport
 from mailstack.context import ServerContext, StartService, TlsProvider
 from mailstack.deployment import Deployment
@@ -110,7 +111,10 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     loop = asyncio.get_running_loop()
     dep.events.bind(loop)
     ctx = build_context(dep)
+    ctx.queue = OutboundQueue(ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains)
     servers = await start_listeners(ctx)
+    # The outbound queue runner stops with ctx.stopping; _drain waits for its attempts in flight.
+    queue_runner = asyncio.create_task(ctx.queue.run(ctx.stopping), name="outbound-queue")
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -141,6 +145,8 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     for _, server in servers:
         server.close()
     await _drain(DRAIN_S)
+    if queue_runner.done() and not queue_runner.cancelled() and queue_runner.exception():
+        log.error("outbound queue runner failed", exc_info=queue_runner.exception())
     log.info("stopped")
 
 

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from delivery.events import EventHub
 from delivery.store import MailStore
@@ -19,6 +20,9 @@ from mailstack.errors import HostError
 from mailstack.paths import StatePaths
 from mailstack.throttle import LoginThrottle
 from mailstack.users import Accounts
+
+if TYPE_CHECKING:
+    from delivery.queue import OutboundQueue
 
 
 def load_server_tls(cert: Path, key: Path) -> ssl.SSLContext:
@@ -78,6 +82,8 @@ class ServerContext:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     # Set when `serve` begins to stop: long-lived sessions (IMAP IDLE) say BYE and close.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # The outbound queue (delivery.queue) that `serve` runs; None where no runner exists.
+    queue: OutboundQueue | None = None
 
     def hosted_domains(self) -> set[str]:
         """Config domains plus those added with `domain add` (read live)."""

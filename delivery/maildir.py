@@ -39,6 +39,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from delivery import folders, quota
 from delivery.commit import GroupCommitter
@@ -662,27 +663,31 @@ class MaildirStore:
     def read_header(self, user: str, folder: str, uid: int) -> bytes:
         """The message's header block, through the blank line that ends it (the whole message
         if it has none), reading no more of the file than that. Raises MessageGoneError."""
+        found = self.read_headers(user, folder, [uid])
+        if uid not in found:
+            raise MessageGoneError(f"UID {uid} was expunged")
+        return found[uid]
+
+    def read_headers(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """`read_header` of several messages under one folder lock (SEARCH over a whole folder
+        would otherwise take the lock once per message); expunged ones are absent. Files are
+        opened under the lock (a flag rename cannot move them away) and read after it."""
         root, _name, fdir = self._folder(user, folder)
         index = self._index(root, fdir)
-        with index.locked():
-            index.sync()
-            entry = index.entry(uid)
-            if entry is None:
-                raise MessageGoneError(f"UID {uid} does not exist")
-            try:
-                f = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115 - read outside the lock
-            except FileNotFoundError:
-                raise MessageGoneError(f"UID {uid} was expunged") from None
-        data = b""
-        with f:
-            while chunk := f.read(8192):
-                start = max(0, len(data) - 3)  # the blank line may straddle two chunks
-                data += chunk
-                for blank in (b"\n\n", b"\n\r\n"):
-                    end = data.find(blank, start)
-                    if end >= 0:
-                        return data[: end + len(blank)]
-        return data
+        files = {}
+        try:
+            with index.locked():
+                index.sync()
+                entries = index.entries_by_uid()
+                for uid in uids:
+                    entry = entries.get(uid)
+                    if entry is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            files[uid] = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115
+            return {uid: _header_block(f) for uid, f in files.items()}
+        finally:
+            for f in files.values():
+                f.close()
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
@@ -821,3 +826,16 @@ def _storable(flags: Iterable[str]) -> frozenset[str]:
         if canonical is not None:
             out.add(canonical)
     return frozenset(out)
+
+
+def _header_block(f: BinaryIO) -> bytes:
+    """Read up to and including the blank line that ends a message's header."""
+    data = b""
+    while chunk := f.read(8192):
+        start = max(0, len(data) - 3)  # the blank line may straddle two chunks
+        data += chunk
+        for blank in (b"\n\n", b"\n\r\n"):
+            end = data.find(blank, start)
+            if end >= 0:
+                return data[: end + len(blank)]
+    return data

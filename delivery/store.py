@@ -216,6 +216,9 @@ class MailStore(Protocol):
         """At least the message's header block (up to its blank line), without reading the
         whole of a large message (SEARCH on header fields). Raises MessageGoneError."""
 
+    def read_headers(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """`read_header` of several messages at once (expunged ones absent)."""
+
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:

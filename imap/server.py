@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from imap.session import ConnectionLimits, Session, Write
 from mailstack.context import ServerContext
 from mailstack.logs import connection_logger, new_connection_id
 
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 READ_BYTES = 65536
 RESCAN_S = 3.0  # IDLE rescan period for changes made by other processes (brief: 2-5 s)
 TLS_HANDSHAKE_S = 30.0
@@ -152,6 +154,18 @@ async def _loop(ctx: ServerContext, session: Session, reader: asyncio.StreamRead
         if not data:
             return
         session.proto.receive_data(data)
+        if not session.proto.framer.is_idle:
+            _quick_ack(writer)
+
+
+def _quick_ack(writer: asyncio.StreamWriter) -> None:
+    """ACK what we got now, not after Linux's delayed-ACK timer (40 ms), while a command is
+    incomplete. imaplib (and other clients) write a literal and the CRLF after it separately,
+    and Nagle's algorithm holds that CRLF until our ACK: each APPEND would wait 40 ms."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and _TCP_QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
 class _ShuttingDownError(Exception):

@@ -35,6 +35,8 @@ from imap.session_base import (
     storable,
 )
 
+HEADER_BATCH = 100  # headers per store call in SEARCH: ~100 open files, a few dozen KB
+
 
 class SelectedCommands(SessionCore):
     """FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT."""
@@ -88,11 +90,19 @@ class SelectedCommands(SessionCore):
             except MessageGoneError:
                 return b""  # expunged meanwhile: matches no text key
 
+        # Header keys read headers HEADER_BATCH messages at a time: one store call (one folder
+        # lock) per batch, not per message. A batch starts at the message asked for.
+        order = [m.uid for m in sel.messages]
+        position = {uid: i for i, uid in enumerate(order)}
+        headers: dict[int, bytes] = {}
+
         def read_header(uid: int) -> bytes:
-            try:
-                return self.ctx.store.read_header(user, name, uid)
-            except MessageGoneError:
-                return b""
+            if uid not in headers:
+                headers.clear()
+                start = position.get(uid, 0)
+                batch = order[start:start + HEADER_BATCH] if uid in position else [uid]
+                headers.update(self.ctx.store.read_headers(user, name, batch))
+            return headers.get(uid, b"")  # b"": expunged meanwhile, matches no text key
 
         found = await asyncio.to_thread(search.search, key, list(sel.messages), scope, read,
                                         recent_uids=frozenset(sel.recent),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -50,16 +50,19 @@ class CountingStore(MaildirStore):
         self.lock = threading.Lock()
         self.reads = 0
         self.header_reads = 0
+        self.header_calls = 0
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         with self.lock:
             self.reads += 1
         return super().read_message(user, folder, uid)
 
-    def read_header(self, user: str, folder: str, uid: int) -> bytes:
+    def read_headers(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        found = super().read_headers(user, folder, uids)
         with self.lock:
-            self.header_reads += 1
-        return super().read_header(user, folder, uid)
+            self.header_reads += len(found)
+            self.header_calls += 1
+        return found
 
 
 @pytest.fixture
@@ -228,6 +231,7 @@ def test_header_search_reads_headers_only(dep: ImapDeployment, counting: Countin
         assert search(server, "SENTSINCE 6-Feb-2024") == [uids[5], uids[-1]]
         assert counting.reads == 0
         assert counting.header_reads == 4 * len(uids)
+        assert counting.header_calls == 4  # one folder lock per search, not per message
         assert search(server, "BODY needle") == [uids[-1]]
         assert counting.reads == len(uids)
         # A key needing both reads the message once, not the header besides.

@@ -415,6 +415,12 @@ class OutboundQueue:
                 self._remove(qid)
             else:
                 atomic_write(self._state(qid), updated.to_json(), mode=0o600)
+        for r in updated.recipients:
+            if r.address in by_address and r.status == "pending":
+                log.info("queue: %s: %s deferred (attempt %d), next in %.0fs: %s", qid, r.address,
+                         r.attempts, r.next_attempt - now, r.last_reply)
+            elif r.address in by_address:
+                log.info("queue: %s: %s %s: %s", qid, r.address, r.status, r.last_reply)
         return updated
 
     def _notify(self, entry: Entry, recipients: builtins.list[DsnRecipient], now: float) -> None:

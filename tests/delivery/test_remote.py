@@ -133,13 +133,15 @@ class Double:
         return "250 2.1.5 ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if any(r.startswith("hang") for r in envelope.rcpt_tos):
-            self.data_started.set()
-            await self.release.wait()
+        # Recorded first: `hang*` is a remote that has stored the message but whose 250 is
+        # late (or never arrives, if the client dies meanwhile).
         async with self.changed:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                           envelope.original_content, envelope.mail_options))
             self.changed.notify_all()
+        if any(r.startswith("hang") for r in envelope.rcpt_tos):
+            self.data_started.set()
+            await self.release.wait()
         return "250 2.0.0 queued"
 
     def to(self, address: str) -> list[Received]:

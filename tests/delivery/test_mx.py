@@ -23,7 +23,8 @@ RECORDS = st.lists(
                      id="preference"),
         pytest.param([], ["example.com"], id="implicit-mx"),
         pytest.param([MxRecord(5, "A.Test"), MxRecord(10, "a.test")], ["a.test"], id="dedup"),
-        pytest.param([MxRecord(0, "."), MxRecord(10, "a.test")], ["a.test"], id="root-among-others"),
+        pytest.param([MxRecord(0, "."), MxRecord(10, "a.test")], ["a.test"],
+                     id="root-among-others"),
     ],
 )
 def test_order(records: list[MxRecord], expected: list[str]) -> None:
@@ -44,7 +45,7 @@ def test_equal_preferences_are_shuffled() -> None:
 @given(RECORDS, st.integers())
 def test_order_respects_preference_and_keeps_every_host(records: list[MxRecord], seed: int) -> None:
     hosts = order_hosts("example.com", records, random.Random(seed))
-    best = {}
+    best: dict[str, int] = {}
     for rec in records:
         best[rec.exchange] = min(best.get(rec.exchange, rec.preference), rec.preference)
     assert sorted(hosts) == sorted(best)

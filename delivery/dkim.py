@@ -52,7 +52,8 @@ def author_domain(message: bytes) -> str | None:
     values = re.findall(r"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", head)
     if len(values) != 1:
         return None
-    addresses = [a for _, a in getaddresses(values) if a]
+    unfolded = re.sub(r"\r?\n(?=[ \t])", "", values[0])  # RFC 5322 §2.2.3
+    addresses = [a for _, a in getaddresses([unfolded]) if a]
     if len(addresses) != 1 or "@" not in addresses[0]:
         return None
     domain = addresses[0].rpartition("@")[2].strip().rstrip(".")

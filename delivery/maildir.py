@@ -109,14 +109,15 @@ class _Target:
 class _Job:
     """One all-or-nothing store call waiting for the group commit.
 
-    Either `data` to write into each target's tmp/ (deliver, APPEND: the flush writes them, so
+    Either `parts` to write into each target's tmp/ (deliver, APPEND: the flush writes them, so
     one thread makes every file syscall of a batch, not one thread per message contending for
     the GIL), or copies already in tmp/ (`written`: COPY's hard links). `flags` per copy.
     """
 
     flags: tuple[frozenset[str], ...]
     targets: tuple[_Target, ...] = ()
-    data: bytes = b""
+    parts: tuple[bytes, ...] = ()  # the message with LF endings, in slices
+    sizes: tuple[int, int] = (0, 0)  # (S, W): bytes on disk, RFC822.SIZE
     mtime: float | None = None
     written: tuple[_Written, ...] = ()
 
@@ -247,16 +248,17 @@ class MaildirStore:
 
     # -- writing -------------------------------------------------------------------------------
     def _write_tmp(
-        self, fdir: Path, data: bytes, mtime: float | None
+        self, fdir: Path, parts: Sequence[bytes], sizes: tuple[int, int], mtime: float | None
     ) -> tuple[str, tuple[float, int, int]]:
-        size, vsize = len(data), crlf_size(data)
+        size, vsize = sizes
         base = unique_name(self._host, size, vsize)  # the name says when it was stored
         path = fdir / "tmp" / base
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))  # INTERNALDATE is the mtime (Dovecot does so)
             os.fsync(fd)  # data and the mtime
@@ -290,7 +292,7 @@ class MaildirStore:
             written.append(mine)
             for t in job.targets:
                 try:
-                    base, meta = self._write_tmp(t.fdir, job.data, job.mtime)
+                    base, meta = self._write_tmp(t.fdir, job.parts, job.sizes, job.mtime)
                 except OSError as exc:
                     gone = isinstance(exc, FileNotFoundError) and not (t.fdir / "cur").is_dir()
                     failed[j] = FolderNotFoundError(f"folder vanished: {t.folder}") if gone else exc
@@ -462,11 +464,23 @@ class MaildirStore:
         *,
         quota_bytes: dict[str, int] | None = None,
     ) -> list[MessageRef]:
-        data = to_lf(message)
+        return self.deliver_parts(targets, [to_lf(message)], quota_bytes=quota_bytes)
+
+    def deliver_parts(
+        self,
+        targets: Sequence[tuple[str, str]],
+        parts: Sequence[bytes],
+        *,
+        quota_bytes: dict[str, int] | None = None,
+    ) -> list[MessageRef]:
+        # Sizes slice by slice: one count over 25 MB would hold the GIL (and stall the event
+        # loop) for tens of ms; a slice of a MB takes about one.
+        size = sum(len(p) for p in parts)
+        sizes = (size, size + sum(p.count(b"\n") for p in parts))
         resolved = [(user, *self._folder(user, folder)) for user, folder in targets]
         per_user: dict[str, int] = {}
         for user, *_ in resolved:
-            per_user[user] = per_user.get(user, 0) + len(data)
+            per_user[user] = per_user.get(user, 0) + size
         for user, adding in per_user.items():
             self._check_quota(user, self._root(user), (quota_bytes or {}).get(user, 0), adding)
         if not resolved:
@@ -476,7 +490,8 @@ class MaildirStore:
             _Job(
                 (frozenset(),) * len(resolved),
                 targets=tuple(_Target(*r) for r in resolved),
-                data=data,
+                parts=tuple(parts),
+                sizes=sizes,
             )
         )
         for ref in refs:
@@ -499,7 +514,13 @@ class MaildirStore:
         wanted = _storable(flags)
         target = _Target(user, root, name, fdir)
         (ref,) = self._committer.commit(
-            _Job((wanted,), targets=(target,), data=data, mtime=internal_date)
+            _Job(
+                (wanted,),
+                targets=(target,),
+                parts=(data,),
+                sizes=(len(data), crlf_size(data)),
+                mtime=internal_date,
+            )
         )
         self._publish(user, name)
         return ref

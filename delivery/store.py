@@ -171,6 +171,16 @@ class MailStore(Protocol):
         QuotaExceededError before anything is written.
         """
 
+    def deliver_parts(
+        self,
+        targets: Sequence[tuple[str, str]],
+        parts: Sequence[bytes],
+        *,
+        quota_bytes: dict[str, int] | None = None,
+    ) -> list[MessageRef]:
+        """`deliver` of a message given as slices that already have LF endings, so that no
+        step has to join or scan a 25 MB message in one go (which holds the GIL)."""
+
     def append(
         self,
         user: str,

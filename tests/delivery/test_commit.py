@@ -228,6 +228,7 @@ def test_a_copy_already_numbered_is_taken_back_when_its_sibling_fails(
             both = pool.submit(
                 store.deliver, [(ALICE, "INBOX"), (BOB, "Junk")], b"Subject: both\n\nx\n"
             )
+            assert store.committer.wait_until(queued=1, timeout_s=WAIT_S)  # in this order
             after = pool.submit(store.deliver, [(ALICE, "INBOX")], b"Subject: after\n\nx\n")
             assert store.committer.wait_until(queued=2, timeout_s=WAIT_S)
         finally:

@@ -71,6 +71,7 @@ MAX_PER_DOMAIN = 2  # simultaneous attempts to one destination domain
 MAX_ATTEMPTS = 10  # simultaneous attempts in total (each is a thread and a socket)
 RESCAN_S = 1.0  # how often the runner stats `wakeup` for changes made by other processes
 ORPHAN_S = 3600.0  # a message file this old without state is a crashed enqueue
+STOP_GRACE_S = 10.0  # on stop, attempts in flight may finish this long, then are cut off
 
 STATE_VERSION = 1
 _ID = re.compile(r"[0-9a-f]{20}")
@@ -173,7 +174,8 @@ def _recipient(raw: Any) -> Recipient:
     )
 
 
-Deliver = Callable[[Config, str, str, Sequence[str], bytes], list[RcptResult]]
+# delivery.remote.deliver's shape: (config, domain, mail_from, rcpts, message, *, abort)
+Deliver = Callable[..., list[RcptResult]]
 
 _Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients there due now
 
@@ -208,6 +210,8 @@ class OutboundQueue:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = _Runner()
+        self._abort = remote.Abort()
+        self.stop_grace_s = STOP_GRACE_S
         self.attempted = asyncio.Event()  # set after every finished attempt (tests wait on it)
 
     # -- paths and locking -------------------------------------------------------------------
@@ -480,7 +484,8 @@ class OutboundQueue:
                 except FileNotFoundError:
                     return  # deleted meanwhile
                 results = await asyncio.to_thread(
-                    self._deliver, self.config, domain, entry.mail_from, rcpts, message
+                    self._deliver, self.config, domain, entry.mail_from, rcpts, message,
+                    abort=self._abort,
                 )
                 await asyncio.to_thread(self.record, entry.id, results)
         except Exception:
@@ -518,8 +523,10 @@ class OutboundQueue:
     async def run(self, stop: asyncio.Event) -> None:
         """The runner: until `stop` is set, deliver what is due, wake on enqueue/`wakeup`.
 
-        On stop, attempts in flight finish (each bounded by delivery.remote's timeouts).
+        On stop, attempts in flight get `stop_grace_s` to finish; then their connections are
+        cut (delivery.remote.Abort) and their recipients stay pending.
         """
+        self._abort = remote.Abort()
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         await asyncio.to_thread(self.remove_orphans)
@@ -550,5 +557,10 @@ class OutboundQueue:
         finally:
             stopping.cancel()
             if self._runner.tasks:
-                await asyncio.gather(*list(self._runner.tasks), return_exceptions=True)
+                _, pending = await asyncio.wait(self._runner.tasks, timeout=self.stop_grace_s)
+                if pending:
+                    # Cut the connections: the recipients stay pending (temporary failure).
+                    log.info("queue: stopping: interrupting %d attempt(s)", len(pending))
+                    self._abort.set()
+                    await asyncio.wait(pending)
             self._loop = self._wake = None

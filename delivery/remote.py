@@ -27,10 +27,13 @@ connection and DNS trouble are temporary. Blocking (sockets, DNS): the queue run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import smtplib
+import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -57,6 +60,44 @@ class RcptResult:
     kind: Kind
     reply: str  # the remote reply ("550 5.1.1 no such user") or our own description
     remote_mta: str = ""  # the host name that answered, "" when none did
+
+
+class Abort:
+    """Lets another thread end attempts in flight (serve shutting down): their sockets are
+    shut down, so a read blocked for up to SESSION_TIMEOUT_S returns at once and the
+    recipients are recorded as temporary failures. The TCP connect itself is bounded by
+    CONNECT_TIMEOUT_S only."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self.is_set = False
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._socks.add(sock)
+            if self.is_set:
+                _shut(sock)
+
+    def forget(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            if sock is not None:
+                self._socks.discard(sock)
+
+    def set(self) -> None:
+        with self._lock:
+            self.is_set = True
+            for sock in self._socks:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket.shutdown, not SSLSocket's override, which would clear the TLS object that
+    # the reading thread is using.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _NextHostError(Exception):
@@ -149,7 +190,7 @@ def _tls_context() -> ssl.SSLContext:
 
 def _session(
     host: str, address: str, port: int, *, ehlo_name: str, mail_from: str,
-    rcpts: Sequence[str], message: bytes, use_tls: bool = True,
+    rcpts: Sequence[str], message: bytes, abort: Abort,
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
     smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
@@ -157,16 +198,21 @@ def _session(
     # would also connect; we connect to one address of the MX, and name the MX in SNI.
     smtp._host = host  # type: ignore[attr-defined]
     where = f"{host}[{address}]:{port}"
+    socks: list[socket.socket | None] = []
     try:
         try:
             smtp.connect(address, port)
+            socks.append(smtp.sock)
+            abort.watch(smtp.sock)
             if smtp.sock is not None:
                 smtp.sock.settimeout(SESSION_TIMEOUT_S)
             code, _ = smtp.ehlo()
             if code != 250:
                 smtp.helo()
-            if use_tls and smtp.has_extn("starttls"):
+            if smtp.has_extn("starttls"):
                 smtp.starttls(context=_tls_context())
+                socks.append(smtp.sock)
+                abort.watch(smtp.sock)
                 smtp.ehlo()
         except (OSError, smtplib.SMTPException) as exc:
             raise _NextHostError(f"{where}: {_describe(exc)}") from None
@@ -176,6 +222,8 @@ def _session(
             smtp.quit()
         except (OSError, smtplib.SMTPException):
             smtp.close()
+        for sock in socks:
+            abort.forget(sock)
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -242,8 +290,10 @@ def deliver(
     message: bytes,
     *,
     rng: random.Random | None = None,
+    abort: Abort | None = None,
 ) -> list[RcptResult]:
     """One attempt for `rcpts` (all at `domain`); one result per recipient, in order."""
+    abort = abort or Abort()
     ehlo_name = config.server.hostname
     if config.outbound.relay:
         relay_host, relay_port = parse_hostport(config.outbound.relay)
@@ -257,9 +307,12 @@ def deliver(
         return _all(rcpts, targets.kind, targets.reply)
     errors: list[str] = []
     for host, address in targets:
+        if abort.is_set:
+            errors.append("interrupted: shutting down")
+            break
         try:
             results = _session(host, address, port, ehlo_name=ehlo_name, mail_from=mail_from,
-                               rcpts=rcpts, message=message)
+                               rcpts=rcpts, message=message, abort=abort)
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))

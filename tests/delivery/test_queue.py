@@ -266,6 +266,21 @@ async def test_runner_wakes_on_enqueue(
     assert queue.list() == []
 
 
+async def test_stop_interrupts_a_stalled_attempt(
+        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
+    queue.stop_grace_s = 0.1
+    qid = queue.enqueue("alice@sender.test", ["hang@a.test"], MESSAGE)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(queue.run(stop))
+    await asyncio.wait_for(double.data_started.wait(), 60)  # the remote never answers "."
+    stop.set()
+    await asyncio.wait_for(runner, 60)  # without the abort this waits for SESSION_TIMEOUT_S
+    (rcpt,) = queue.get(qid).recipients
+    assert (rcpt.status, rcpt.attempts) == ("pending", 1)
+    assert rcpt.last_reply.startswith("451 4.4.2 mx.a.test: connection lost")
+
+
 async def test_concurrency_per_domain(
         tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))

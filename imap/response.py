@@ -12,11 +12,13 @@ Everything returns bytes ready for the socket. Pure: no I/O.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from imap.fetch import Bodies, Value
+from imap.fetch import Bodies, Structure, Value
 
 # ASTRING-CHAR minus nothing: what may go out bare where the grammar says astring.
 _ATOM_SAFE = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\x80-\U0010ffff]+")
@@ -176,3 +178,53 @@ def capability(caps: Iterable[str]) -> bytes:
 
 def now() -> float:
     return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedStructure:
+    """ENVELOPE, BODY and BODYSTRUCTURE of one message as they go on the wire.
+
+    What the structure cache (delivery/cache.py) keeps: a warm FETCH of these items then only
+    copies bytes (rendering a `Structure` costs about as much as decoding it again). The
+    rendering depends on nothing but the message (no ENABLEd extension changes it)."""
+
+    envelope: bytes
+    body: bytes
+    bodystructure: bytes
+
+    _FORMAT = "r1"  # bump when the rendering changes: old cache rows then fail from_json
+
+    @classmethod
+    def of(cls, structure: Structure) -> RenderedStructure:
+        return cls(value(structure.envelope), value(structure.body),
+                   value(structure.bodystructure))
+
+    def item(self, name: str) -> bytes:
+        """ENVELOPE, BODY (no section) or BODYSTRUCTURE."""
+        match name:
+            case "ENVELOPE":
+                return self.envelope
+            case "BODY":
+                return self.body
+            case "BODYSTRUCTURE":
+                return self.bodystructure
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps([self._FORMAT, self.envelope.decode("latin-1"),
+                           self.body.decode("latin-1"), self.bodystructure.decode("latin-1")])
+
+    @classmethod
+    def from_json(cls, text: str) -> RenderedStructure:
+        """Inverse of `to_json`. Raises ValueError on anything `to_json` did not produce."""
+        try:
+            fmt, *parts = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a cached structure: {exc}") from exc
+        if fmt != cls._FORMAT or len(parts) != 3 or not all(isinstance(p, str) for p in parts):
+            raise ValueError("not a cached structure of this version")
+        try:
+            envelope, body, bodystructure = (p.encode("latin-1") for p in parts)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"not a cached structure: {exc}") from exc
+        return cls(envelope, body, bodystructure)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from delivery.store import StoreError, UnknownUserError
 from imap import commands as c
-from imap import fetch, response
+from imap import response
 from imap.protocol import (
     BadCommand,
     CommandReceived,
@@ -142,7 +142,7 @@ class Session(MailboxCommands, SelectedCommands):
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
         # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
-        self._structures: dict[tuple[str, int, int], fetch.Structure] = {}
+        self._structures: dict[tuple[str, int, int], response.RenderedStructure] = {}
         self.log = connection_logger(__name__, conn_id, peer_ip)
 
     # -- state ---------------------------------------------------------------------------------

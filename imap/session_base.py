@@ -23,7 +23,7 @@ from delivery.store import (
     FolderSnapshot,
     MessageInfo,
 )
-from imap import fetch, response, utf7
+from imap import response, utf7
 from imap.protocol import ImapProtocol, State
 from imap.sequence import SequenceSet
 from mailstack.context import ServerContext
@@ -32,7 +32,7 @@ Write = Callable[[bytes], Awaitable[None]]
 
 SYSTEM_FLAGS = tuple(f.value for f in Flag)
 RECENT = "\\Recent"
-STRUCTURE_CACHE_SIZE = 5000  # per session; a Structure is a few hundred bytes
+STRUCTURE_CACHE_SIZE = 5000  # per session; a rendered structure is a few hundred bytes
 FETCH_BATCH = 50  # messages rendered per worker-thread trip, so big FETCHes stream
 
 
@@ -119,7 +119,7 @@ class SessionCore:
     selected: Selected | None
     log: logging.LoggerAdapter[logging.Logger]
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
-    _structures: dict[tuple[str, int, int], fetch.Structure]
+    _structures: dict[tuple[str, int, int], response.RenderedStructure]
 
     def _require_user(self) -> str:
         if self.user is None:  # pragma: no cover - the protocol checks the state first

@@ -2,9 +2,10 @@
 UNSELECT (RFC 9051 §6.4; ESEARCH 4731, SEARCHRES 5182, MOVE 6851, UIDPLUS 4315, BINARY 3516).
 A mixin of `Session`.
 
-FETCH answers ENVELOPE/BODY/BODYSTRUCTURE from `fetch.Structure`s cached in the session's
-memory and in the account's on-disk cache (delivery/cache.py), so a folder's messages are read
-and parsed once, not on every open; SEARCH reads only headers for header keys.
+FETCH answers ENVELOPE/BODY/BODYSTRUCTURE from `response.RenderedStructure`s (a rendered
+`fetch.Structure`) cached in the session's memory and in the account's on-disk cache
+(delivery/cache.py), so a folder's messages are read, parsed and rendered once, not on every
+open; SEARCH reads only headers for header keys, a batch of messages per store call.
 """
 
 from __future__ import annotations
@@ -169,11 +170,11 @@ class SelectedCommands(SessionCore):
         await write(response.ok(command.tag, "FETCH completed"))
 
     def _structures_for(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
-                        ) -> dict[int, fetch.Structure]:
-        """Cached Structures of the batch's messages, by UID: the session's memory first, then
-        the account's on-disk cache (delivery/cache.py). Misses are absent; the caller parses
-        those and hands them to `_remember`. An undecodable cached value counts as a miss."""
-        found: dict[int, fetch.Structure] = {}
+                        ) -> dict[int, response.RenderedStructure]:
+        """Cached rendered structures of the batch's messages, by UID: the session's memory
+        first, then the account's on-disk cache (delivery/cache.py). Misses are absent; the
+        caller parses those and hands them to `_remember`. An undecodable value is a miss."""
+        found: dict[int, response.RenderedStructure] = {}
         missing: list[MessageInfo] = []
         for _, info in batch:
             structure = self._structures.get((sel.name, sel.uid_validity, info.uid))
@@ -191,7 +192,7 @@ class SelectedCommands(SessionCore):
             if text is None:
                 continue
             try:
-                structure = fetch.Structure.from_json(text)
+                structure = response.RenderedStructure.from_json(text)
             except ValueError:
                 unusable.append(info.key)
                 continue
@@ -202,7 +203,8 @@ class SelectedCommands(SessionCore):
             cache.forget(unusable)
         return found
 
-    def _remember(self, sel: Selected, info: MessageInfo, structure: fetch.Structure) -> None:
+    def _remember(self, sel: Selected, info: MessageInfo,
+                  structure: response.RenderedStructure) -> None:
         self._structures[(sel.name, sel.uid_validity, info.uid)] = structure
         while len(self._structures) > STRUCTURE_CACHE_SIZE:
             del self._structures[next(iter(self._structures))]
@@ -212,7 +214,7 @@ class SelectedCommands(SessionCore):
                       ) -> tuple[list[bytes], bool]:
         """FETCH responses for a batch of messages (runs in a worker thread).
 
-        ENVELOPE/BODY/BODYSTRUCTURE come from `fetch.Structure`s cached in memory and on disk
+        ENVELOPE/BODY/BODYSTRUCTURE come from rendered structures cached in memory and on disk
         (a message's bytes never change), so clients that re-fetch them on every open do not
         make us read and parse each message again; RFC822.SIZE, FLAGS, INTERNALDATE and UID
         come from the folder scan. Only BODY[...]/BINARY/RFC822* read the message file."""
@@ -231,7 +233,7 @@ class SelectedCommands(SessionCore):
                     gone = True
                     continue
                 if needs_structure and structure is None:
-                    structure = fetch.Structure.of(parsed)
+                    structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                     self._remember(sel, info, structure)
                     new_rows.append((info.key, info.size, structure.to_json()))
             items: list[bytes] = []
@@ -247,7 +249,7 @@ class SelectedCommands(SessionCore):
                         value = b"%d" % info.size
                     case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
                             structure is not None and attr.section is None):
-                        value = response.value(fetch.structure_item(attr, structure))
+                        value = structure.item(attr.name)
                     case _ if parsed is not None:
                         try:
                             value = response.value(fetch.fetch_item(attr, parsed))

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from imap import commands as c
 from imap import response
+from imap.fetch import ParsedMessage, Structure
 from imap.parser import parse_command
+from imap.response import RenderedStructure
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=200)
 
@@ -81,3 +83,17 @@ def test_date_time_is_internaldate_syntax() -> None:
     assert isinstance(cmd, c.Append)
     assert cmd.internal_date is not None
     assert cmd.internal_date.timestamp() == ts
+
+
+def test_rendered_structure_round_trips_and_rejects_other_text() -> None:
+    message = (b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nSubject: caf\xc3\xa9\r\n"
+               b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n")
+    rendered = RenderedStructure.of(Structure.of(ParsedMessage.parse(message)))
+    assert rendered.item("ENVELOPE").startswith(b"(NIL ")
+    assert rendered.item("BODYSTRUCTURE").startswith(b'("text" "plain"')
+    assert RenderedStructure.from_json(rendered.to_json()) == rendered
+    for text in ("", "5", "[]", '["r0", "a", "b", "c"]', '["r1", "a", "b"]',
+                 '["r1", "\\u20ac", "b", "c"]',
+                 Structure.of(ParsedMessage.parse(message)).to_json()):
+        with pytest.raises(ValueError, match="cached structure"):
+            RenderedStructure.from_json(text)

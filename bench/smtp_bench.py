@@ -38,12 +38,10 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -258,58 +256,64 @@ class StallResult:
     p99_noop_ms: float
 
 
-class NoopProbe(threading.Thread):
-    """NOOP round trips on a blocking socket in its own thread, until stopped (bounded)."""
+# The probe runs in a process of its own: as a thread of this process it shared the GIL with the
+# senders here, and its round trips measured this process's stalls as much as the server's.
+PROBE = r"""
+import json, select, socket, sys, time
+host, port, interval_s, max_probes = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), 200_000
+rtts = []
+with socket.create_connection((host, port), timeout=120) as s:
+    f = s.makefile("rb")
+    def reply():
+        while True:
+            line = f.readline()
+            if not line or line[3:4] != b"-":
+                return line
+    reply()
+    s.sendall(b"EHLO probe.example\r\n")
+    reply()
+    print("ready", flush=True)
+    while len(rtts) < max_probes:
+        t0 = time.perf_counter()
+        s.sendall(b"NOOP\r\n")
+        if not reply().startswith(b"250"):
+            raise SystemExit("NOOP refused")
+        rtts.append(time.perf_counter() - t0)
+        if select.select([sys.stdin], [], [], interval_s)[0]:
+            break  # told to stop
+    s.sendall(b"QUIT\r\n")
+print(json.dumps(rtts), flush=True)
+"""
 
-    def __init__(self, host: str, port: int, interval_s: float = 0.005,
-                 max_probes: int = 200_000) -> None:
-        super().__init__(daemon=True)
-        self.host, self.port, self.interval_s, self.max_probes = host, port, interval_s, max_probes
-        self.rtts: list[float] = []
-        self.halt = threading.Event()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=120) as s:
-                f = s.makefile("rb")
+class NoopProbe:
+    """NOOP round trips every `interval_s` on one connection, in a child process, until stop()."""
 
-                def reply() -> bytes:
-                    while True:
-                        line = f.readline()
-                        if not line or line[3:4] != b"-":
-                            return line
+    def __init__(self, host: str, port: int, interval_s: float = 0.005) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PROBE, host, str(port), str(interval_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-                reply()
-                s.sendall(b"EHLO probe.example\r\n")
-                reply()
-                self.ready.set()
-                while not self.halt.is_set() and len(self.rtts) < self.max_probes:
-                    t0 = time.perf_counter()
-                    s.sendall(b"NOOP\r\n")
-                    if not reply().startswith(b"250"):
-                        raise RuntimeError("NOOP refused")
-                    self.rtts.append(time.perf_counter() - t0)
-                    self.halt.wait(self.interval_s)
-                s.sendall(b"QUIT\r\n")
-        except BaseException as exc:  # reported by the caller
-            self.error = exc
-            self.ready.set()
+    def wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"NOOP probe failed (exit {self.proc.wait(60)})")
+
+    def stop(self) -> list[float]:
+        out, _ = self.proc.communicate("stop\n", timeout=120)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"NOOP probe failed (exit {self.proc.returncode})")
+        rtts: list[float] = json.loads(out.strip().splitlines()[-1])
+        return rtts
 
 
 async def run_stall(server: Server, size: int, senders: int, per_sender: int) -> StallResult:
     idle = NoopProbe(server.host, server.port)
-    idle.start()
-    await asyncio.to_thread(idle.ready.wait, 60)
+    await asyncio.to_thread(idle.wait_ready)
     await asyncio.sleep(0.5)  # half a second of idle round trips as the reference
-    idle.halt.set()
-    await asyncio.to_thread(idle.join, 60)
+    idle_rtts = await asyncio.to_thread(idle.stop)
     probe = NoopProbe(server.host, server.port)
-    probe.start()
-    await asyncio.to_thread(probe.ready.wait, 60)
-    if probe.error:
-        raise probe.error
+    await asyncio.to_thread(probe.wait_ready)
     message = make_message(size, 0)
     before = server.delivered()
     start = time.perf_counter()
@@ -322,17 +326,15 @@ async def run_stall(server: Server, size: int, senders: int, per_sender: int) ->
         finally:
             await client.quit()
 
-    await asyncio.gather(*(sender(n) for n in range(senders)))
-    await wait_delivered(server, before + senders * per_sender)
+    try:
+        await asyncio.gather(*(sender(n) for n in range(senders)))
+        await wait_delivered(server, before + senders * per_sender)
+    finally:
+        rtts = await asyncio.to_thread(probe.stop)
     seconds = time.perf_counter() - start
-    probe.halt.set()
-    await asyncio.to_thread(probe.join, 60)
-    if probe.error:
-        raise probe.error
     return StallResult(server.name, senders * per_sender, round(seconds, 2),
-                       round(statistics.median(idle.rtts) * 1000, 3), len(probe.rtts),
-                       round(max(probe.rtts) * 1000, 1),
-                       round(percentile(probe.rtts, 99) * 1000, 1))
+                       round(statistics.median(idle_rtts) * 1000, 3), len(rtts),
+                       round(max(rtts) * 1000, 1), round(percentile(rtts, 99) * 1000, 1))
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -183,6 +183,7 @@ _Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients the
 @dataclass
 class _Runner:
     inflight: set[tuple[str, str]] = field(default_factory=set)
+    not_before: dict[tuple[str, str], float] = field(default_factory=dict)  # after a crash
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_domain: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     total: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ATTEMPTS))
@@ -334,7 +335,8 @@ class OutboundQueue:
 
     def flush(self) -> int:
         """Make every pending recipient due now; returns how many. A running runner sees it
-        within RESCAN_S (via `wakeup`)."""
+        within RESCAN_S (via `wakeup`). A recipient with an attempt in flight gets that
+        attempt's result (and its next retry time) instead."""
         count = 0
         now = self.clock()
         for entry in self.list():
@@ -477,22 +479,31 @@ class OutboundQueue:
     async def _attempt(self, entry: Entry, domain: str, rcpts: builtins.list[str]) -> None:
         runner = self._runner
         sem = runner.per_domain.setdefault(domain, asyncio.Semaphore(MAX_PER_DOMAIN))
+        key = (entry.id, domain)
         try:
             async with runner.total, sem:
                 try:
                     message = await asyncio.to_thread(self._msg(entry.id).read_bytes)
                 except FileNotFoundError:
-                    return  # deleted meanwhile
-                results = await asyncio.to_thread(
-                    self._deliver, self.config, domain, entry.mail_from, rcpts, message,
-                    abort=self._abort,
-                )
+                    # Deleted meanwhile (then record() finds no state), or lost by hand: back
+                    # off like any temporary failure, and in the end bounce.
+                    message = None
+                if message is None:
+                    reply = "451 4.3.0 the queued message file is missing"
+                    results = [RcptResult(r, "temporary", reply) for r in rcpts]
+                else:
+                    results = await asyncio.to_thread(
+                        self._deliver, self.config, domain, entry.mail_from, rcpts, message,
+                        abort=self._abort,
+                    )
                 await asyncio.to_thread(self.record, entry.id, results)
         except Exception:
-            # A bug or a full disk must not kill the runner; the recipients stay pending.
+            # A bug or a full disk must not kill the runner, nor make it retry in a tight
+            # loop: the recipients stay pending, and this group waits a first retry interval.
             log.exception("queue: %s: attempt for %s failed unexpectedly", entry.id, domain)
+            runner.not_before[key] = self.clock() + SCHEDULE_S[0]
         finally:
-            runner.inflight.discard((entry.id, domain))
+            runner.inflight.discard(key)
             self.attempted.set()
             self.wake()
 
@@ -501,6 +512,10 @@ class OutboundQueue:
         for entry, domain, rcpts in groups:
             key = (entry.id, domain)
             if key in self._runner.inflight:
+                continue
+            if self._runner.not_before.get(key, 0.0) > self.clock():
+                wait_until = self._runner.not_before[key]
+                later = wait_until if later is None else min(later, wait_until)
                 continue
             self._runner.inflight.add(key)
             task = asyncio.create_task(self._attempt(entry, domain, rcpts))

@@ -33,6 +33,7 @@ from delivery.queue import (
     Recipient,
     retry_delay_s,
 )
+from delivery.remote import RcptResult
 from mailstack.config import Config
 from mailstack.errors import NotFoundError
 from mailstack.paths import StatePaths
@@ -311,6 +312,39 @@ async def test_concurrency_per_domain(
     await asyncio.wait_for(run, 60)
     assert len(double.to("hang@a.test")) == MAX_PER_DOMAIN + 1
     assert queue.list() == []
+
+
+async def test_missing_message_file_backs_off(tmp_path: Path) -> None:
+    clock = Clock()
+    queue = make_queue(tmp_path, queue_config(53, 25), clock)
+    qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE)
+    (tmp_path / "queue" / "msg" / qid).unlink()
+    await queue.run_once()
+    (rcpt,) = queue.get(qid).recipients
+    assert (rcpt.status, rcpt.attempts) == ("pending", 1)
+    assert rcpt.last_reply == "451 4.3.0 the queued message file is missing"
+
+
+async def test_an_unexpected_error_does_not_spin(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    def broken(*args: object, **kwargs: object) -> list[RcptResult]:
+        calls.append(str(args[1]))
+        raise RuntimeError("bug")
+
+    clock = Clock()
+    queue = OutboundQueue(queue_config(53, 25), StatePaths(tmp_path), clock=clock,
+                          deliver=broken)
+    qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE, sign=False)
+    await queue.run_once()
+    await queue.run_once()  # the failed group waits; no second call
+    assert calls == ["a.test"]
+    assert "attempt for a.test failed unexpectedly" in caplog.text
+    assert queue.get(qid).recipients[0].status == "pending"
+    clock.now += SCHEDULE_S[0]
+    await queue.run_once()
+    assert calls == ["a.test", "a.test"]
 
 
 async def test_orphans_and_corrupt_state(tmp_path: Path) -> None:

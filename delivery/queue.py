@@ -225,23 +225,41 @@ class OutboundQueue:
 
     def _ensure(self) -> None:
         for sub in ("msg", "state"):
-            ensure_dir(self.root / sub, mode=0o700)
+            if not (self.root / sub).is_dir():
+                ensure_dir(self.root / sub, mode=0o700)
+                self._match_owner(self.root / sub)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self._ensure()
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._match_owner(self.root / "lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # releases the lock
 
+    def _write(self, path: Path, data: bytes | str) -> None:
+        atomic_write(path, data, mode=0o600)
+        self._match_owner(path)
+
+    def _match_owner(self, path: Path) -> None:
+        """Root running `mailstack queue ...` on a spool that `serve` runs as another user
+        owns: what root creates must stay readable and writable for that user."""
+        if os.geteuid() != 0:
+            return
+        owner = self.root.stat()
+        st = path.stat()
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+
     def _touch_wakeup(self) -> None:
         self._ensure()
         path = self.root / "wakeup"
         path.touch()
         os.utime(path)
+        self._match_owner(path)
 
     def _check_id(self, qid: str) -> str:
         if not _ID.fullmatch(qid):
@@ -276,8 +294,8 @@ class OutboundQueue:
             size=len(message),
             recipients=tuple(Recipient(r, next_attempt=now) for r in dict.fromkeys(rcpts)),
         )
-        atomic_write(self._msg(qid), message, mode=0o600)
-        atomic_write(self._state(qid), entry.to_json(), mode=0o600)  # now it exists
+        self._write(self._msg(qid), message)
+        self._write(self._state(qid), entry.to_json())  # now it exists
         log.info("queue: %s from <%s> to %s, %d bytes", qid, mail_from,
                  ", ".join(r.address for r in entry.recipients), len(message))
         self.wake()
@@ -349,8 +367,8 @@ class OutboundQueue:
                     for r in current.recipients
                 )
                 count += sum(r.status == "pending" for r in recipients)
-                atomic_write(self._state(entry.id), replace(current, recipients=recipients)
-                             .to_json(), mode=0o600)
+                self._write(self._state(entry.id),
+                            replace(current, recipients=recipients).to_json())
         self._touch_wakeup()
         self.wake()
         return count
@@ -420,7 +438,7 @@ class OutboundQueue:
             if updated.is_done:
                 self._remove(qid)
             else:
-                atomic_write(self._state(qid), updated.to_json(), mode=0o600)
+                self._write(self._state(qid), updated.to_json())
         for r in updated.recipients:
             if r.address in by_address and r.status == "pending":
                 log.info("queue: %s: %s deferred (attempt %d), next in %.0fs: %s", qid, r.address,

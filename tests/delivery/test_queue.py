@@ -347,6 +347,21 @@ async def test_an_unexpected_error_does_not_spin(tmp_path: Path,
     assert calls == ["a.test", "a.test"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_root_keeps_the_spool_owned_by_its_owner(tmp_path: Path) -> None:
+    nobody = 65534
+    (tmp_path / "queue").mkdir(mode=0o700)
+    os.chown(tmp_path / "queue", nobody, nobody)
+    queue = make_queue(tmp_path, queue_config(53, 25))
+    qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE)
+    queue.flush()
+    spool = tmp_path / "queue"
+    made = [spool / "msg", spool / "state", spool / "msg" / qid, spool / "state" / f"{qid}.json",
+            spool / "lock", spool / "wakeup"]
+    assert {(p.name, p.stat().st_uid, p.stat().st_gid) for p in made} == {
+        (p.name, nobody, nobody) for p in made}
+
+
 async def test_orphans_and_corrupt_state(tmp_path: Path) -> None:
     queue = make_queue(tmp_path, queue_config(53, 25))
     qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE)

@@ -26,6 +26,10 @@ interval reaches the RFC's 30 minutes from the fourth retry on. A sender is warn
 a "delayed" DSN after DELAY_WARN_S (RFC 3464 Action: delayed), and gets a "failed" DSN when a
 recipient fails permanently or we give up. Never a DSN to the null sender `<>`.
 
+Recipients at hosted domains (DSNs to our own users, mostly) go straight into their
+Maildirs through `delivery.local` when the queue was given `local=` (serve does); otherwise,
+like any other, to the domain's MX.
+
 Runner: one asyncio task (`run`). Due recipients are grouped per message and domain, one
 `delivery.remote.deliver` attempt per group in a thread (`asyncio.to_thread`), at most
 MAX_PER_DOMAIN at once per destination domain (RFC 5321 §4.5.4.1 asks to limit simultaneous
@@ -53,11 +57,14 @@ from typing import Any, Literal, cast
 
 from delivery import dkim, remote
 from delivery.dsn import DsnRecipient, build_dsn, needs_dsn
+from delivery.local import EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
 from delivery.remote import RcptResult
+from delivery.store import MailStore
 from mailstack.config import Config
 from mailstack.errors import NotFoundError, UsageError
 from mailstack.fsutil import atomic_write, ensure_dir, fsync_dir
 from mailstack.paths import StatePaths
+from mailstack.users import Accounts
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +183,26 @@ def _recipient(raw: Any) -> Recipient:
 
 # delivery.remote.deliver's shape: (config, domain, mail_from, rcpts, message, *, abort)
 Deliver = Callable[..., list[RcptResult]]
+# One hosted recipient into its Maildir: (mail_from, rcpt, message) -> result. Blocking.
+LocalDeliver = Callable[[str, str, bytes], RcptResult]
+
+
+def local_delivery(accounts: Accounts, store: MailStore, hostname: str) -> LocalDeliver:
+    """Hosted recipients (DSNs to our own users, mostly) straight into their Maildirs with
+    `delivery.local`, as our MX would store them: no DNS, no connection to ourselves."""
+
+    def deliver(mail_from: str, rcpt: str, message: bytes) -> RcptResult:
+        status, problem = deliver_message(accounts, store, hostname=hostname, recipient=rcpt,
+                                          message=message, mail_from=mail_from)
+        if status == EX_OK:
+            return RcptResult(rcpt, "delivered", "250 2.0.0 delivered locally")
+        if status == EX_TEMPFAIL:
+            return RcptResult(rcpt, "temporary", f"451 4.2.0 {problem}")
+        if status == EX_NOUSER:
+            return RcptResult(rcpt, "permanent", f"550 5.1.1 {problem}")
+        return RcptResult(rcpt, "permanent", f"554 5.6.0 {problem}")
+
+    return deliver
 
 _Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients there due now
 
@@ -201,6 +228,7 @@ class OutboundQueue:
         hosted_domains: Callable[[], Collection[str]] | None = None,
         clock: Callable[[], float] = time.time,
         deliver: Deliver = remote.deliver,
+        local: LocalDeliver | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -208,6 +236,7 @@ class OutboundQueue:
         self._hosted = hosted_domains or (lambda: config.server.domains)
         self.clock = clock
         self._deliver = deliver
+        self._local = local
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = _Runner()
@@ -509,6 +538,9 @@ class OutboundQueue:
                 if message is None:
                     reply = "451 4.3.0 the queued message file is missing"
                     results = [RcptResult(r, "temporary", reply) for r in rcpts]
+                elif self._local is not None and domain in set(self._hosted()):
+                    results = await asyncio.to_thread(
+                        self._deliver_locally, self._local, entry.mail_from, rcpts, message)
                 else:
                     results = await asyncio.to_thread(
                         self._deliver, self.config, domain, entry.mail_from, rcpts, message,
@@ -524,6 +556,11 @@ class OutboundQueue:
             runner.inflight.discard(key)
             self.attempted.set()
             self.wake()
+
+    @staticmethod
+    def _deliver_locally(local: LocalDeliver, mail_from: str, rcpts: Sequence[str],
+                         message: bytes) -> builtins.list[RcptResult]:
+        return [local(mail_from, r, message) for r in rcpts]
 
     async def _dispatch(self) -> float | None:
         groups, later = await asyncio.to_thread(self._due, self.clock())

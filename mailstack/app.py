@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import cast
 
-from delivery.queue import OutboundQueue
+from delivery.queue import OutboundQueue, local_delivery
 from mailstack.config import format_hostport
 from mailstack.context import ServerContext, StartService, TlsProvider
 from mailstack.deployment import Deployment
@@ -111,7 +111,10 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     loop = asyncio.get_running_loop()
     dep.events.bind(loop)
     ctx = build_context(dep)
-    ctx.queue = OutboundQueue(ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains)
+    ctx.queue = OutboundQueue(
+        ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains,
+        local=local_delivery(ctx.accounts, ctx.store, ctx.config.server.hostname),
+    )
     servers = await start_listeners(ctx)
     # The outbound queue runner stops with ctx.stopping; _drain waits for its attempts in flight.
     queue_runner = asyncio.create_task(ctx.queue.run(ctx.stopping), name="outbound-queue")

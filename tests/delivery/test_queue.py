@@ -31,6 +31,7 @@ from delivery.queue import (
     Entry,
     OutboundQueue,
     Recipient,
+    local_delivery,
     retry_delay_s,
 )
 from delivery.remote import RcptResult
@@ -46,7 +47,7 @@ from tests.delivery.test_remote import (
     double,
     queue_config,
 )
-from tests.support.smtpserver import running_smtp
+from tests.support.smtpserver import build_context, running_smtp
 
 pytestmark = pytest.mark.external
 _fixtures = (dns_server, double)  # used by name
@@ -190,6 +191,32 @@ async def test_permanent_failure_sends_a_dsn(
     assert headers.get_content_type() == "text/rfc822-headers"
     assert "Message-ID: <m1@sender.test>" in headers.get_payload()
     assert dkim.verify(got.content, dnsfunc=dnsfunc(dns_server[1]))  # our DSNs are signed too
+
+
+async def test_bounce_to_a_local_user_is_stored_locally(
+        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    ctx, _ = build_context(tmp_path / "local")  # accounts and Maildirs for example.com
+    try:
+        queue = OutboundQueue(
+            queue_config(dns_server[1], double.port), ctx.paths,
+            hosted_domains=lambda: {SENDER_DOMAIN, "example.com", "example.org"},
+            local=local_delivery(ctx.accounts, ctx.store, "mail.sender.test"),
+        )
+        message = MESSAGE.replace(b"alice@sender.test", b"alice@example.com")
+        queue.enqueue("alice@example.com", ["perm@a.test"], message)
+        queue.enqueue("", ["nobody@example.com"], message)  # no such user, null sender
+        await queue.run_once()  # perm@ fails (DSN queued), nobody@ fails (no DSN)
+        await queue.run_once()  # the DSN goes into alice's INBOX, not over SMTP
+        assert queue.list() == []
+        assert [r.rcpts for r in double.received] == []  # perm@ was refused at RCPT
+        root = ctx.paths.maildir("alice@example.com")
+        (stored,) = [p.read_bytes() for p in (root / "new").iterdir()]
+    finally:
+        ctx.accounts.close()
+    assert stored.startswith(b"Return-Path: <>")
+    assert b"Delivered-To: alice@example.com" in stored
+    _, rcpt = delivery_status(parse(stored))
+    assert (rcpt["Final-Recipient"], rcpt["Status"]) == ("rfc822; perm@a.test", "5.1.1")
 
 
 async def test_no_dsn_for_the_null_sender(

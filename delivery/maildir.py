@@ -36,7 +36,7 @@ import secrets
 import shutil
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -681,6 +681,32 @@ class MaildirStore:
         with f:
             return f.read()
 
+    def read_messages(
+        self, user: str, folder: str, uids: Sequence[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        """(uid, message) for each of `uids` that still exists, in the order given, under one
+        folder lock (FETCH of a whole folder would otherwise take it once per message). The
+        files are opened under the lock and read one at a time as the caller iterates."""
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        files: dict[int, BinaryIO] = {}
+        try:
+            with index.locked():
+                index.sync()
+                entries = index.entries_by_uid()
+                for uid in uids:
+                    entry = entries.get(uid)
+                    if entry is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            files[uid] = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115
+            for uid, f in files.items():
+                with f:
+                    data = f.read()
+                yield uid, data
+        finally:
+            for f in files.values():
+                f.close()
+
     def read_header(self, user: str, folder: str, uid: int) -> bytes:
         """The message's header block, through the blank line that ends it (the whole message
         if it has none), reading no more of the file than that. Raises MessageGoneError."""
@@ -695,7 +721,7 @@ class MaildirStore:
         opened under the lock (a flag rename cannot move them away) and read after it."""
         root, _name, fdir = self._folder(user, folder)
         index = self._index(root, fdir)
-        files = {}
+        files: dict[int, BinaryIO] = {}
         try:
             with index.locked():
                 index.sync()

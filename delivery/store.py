@@ -19,7 +19,7 @@ delimiter ".", "INBOX" is the Maildir root; "Sent" lives in `.Sent/`, "Archive.2
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -228,6 +228,12 @@ class MailStore(Protocol):
 
     def read_headers(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
         """`read_header` of several messages at once (expunged ones absent)."""
+
+    def read_messages(
+        self, user: str, folder: str, uids: Sequence[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        """(uid, message) for each of `uids` still there, in that order: `read_message` of many
+        at the cost of one lookup. Close the iterator if you stop early."""
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode

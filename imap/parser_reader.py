@@ -163,15 +163,20 @@ class Reader:
     def string(self) -> str:
         if self.peek() == b'"':
             return self.quoted()
-        if self.peek() in (b"{", b"~"):
+        if self.peek() == b"{" or self.peek(2) == b"~{":
             raw = self.literal_bytes()
             if b"\x00" in raw:
                 raise BadSyntaxError("NUL in a string literal")
             return _decode(raw)
         raise BadSyntaxError("expected a string")
 
+    def _at_string(self) -> bool:
+        """A quoted string or a literal starts here ("~" alone is an atom char; "~{" is a
+        literal8, RFC 3516 §4.1)."""
+        return self.peek() in (b'"', b"{") or self.peek(2) == b"~{"
+
     def astring(self, what: str = "a string") -> str:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self._at_string():
             return self.string()
         return _decode(self.match(_ASTRING_ATOM, what))
 
@@ -185,7 +190,7 @@ class Reader:
         return normalize_mailbox(self.astring("a mailbox name"))
 
     def list_mailbox(self) -> str:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self._at_string():
             return self.string()
         return _decode(self.match(_LIST_ATOM, "a mailbox pattern"))
 

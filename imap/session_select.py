@@ -11,7 +11,9 @@ open; SEARCH reads only headers for header keys, a batch of messages per store c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Generator
 
 from delivery.store import (
     Flag,
@@ -222,44 +224,53 @@ class SelectedCommands(SessionCore):
         gone = False
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
-        for seq, info in batch:
-            parsed = None
-            structure = structures.get(info.uid)
-            if needs_bytes or (needs_structure and structure is None):
-                try:
-                    parsed = fetch.ParsedMessage.parse(
-                        self.ctx.store.read_message(user, sel.name, info.uid))
-                except MessageGoneError:
-                    gone = True
-                    continue
-                if needs_structure and structure is None:
-                    structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
-                    self._remember(sel, info, structure)
-                    new_rows.append((info.key, info.size, structure.to_json()))
-            items: list[bytes] = []
-            for attr in attrs:
-                match attr.name:
-                    case "UID":
-                        value = b"%d" % info.uid
-                    case "FLAGS":
-                        value = flags_of(info, sel.recent)
-                    case "INTERNALDATE":
-                        value = response.date_time(info.internal_date)
-                    case "RFC822.SIZE":
-                        value = b"%d" % info.size
-                    case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
-                            structure is not None and attr.section is None):
-                        value = structure.item(attr.name)
-                    case _ if parsed is not None:
-                        try:
-                            value = response.value(fetch.fetch_item(attr, parsed))
-                        except fetch.UnknownCteError:
-                            raise RefusedError("unknown content-transfer-encoding",
-                                           "UNKNOWN-CTE") from None
-                    case _:  # pragma: no cover - needs_bytes covers every other item
-                        raise AssertionError(f"{attr.name} needs the message")
-                items.append(attr.response_name().encode("ascii") + b" " + value)
-            out.append(response.fetch(seq, items))
+        to_read = [info.uid for _, info in batch
+                   if needs_bytes or (needs_structure and info.uid not in structures)]
+        # One store call (one folder lock) for the batch; it yields in our order, skipping
+        # messages expunged meanwhile, and reads each file only when we get to it.
+        def read_all() -> Generator[tuple[int, bytes]]:
+            if to_read:  # FLAGS-only batches take no lock at all
+                yield from self.ctx.store.read_messages(user, sel.name, to_read)
+
+        with contextlib.closing(read_all()) as files:
+            next_file = next(files, None)
+            for seq, info in batch:
+                parsed = None
+                structure = structures.get(info.uid)
+                if needs_bytes or (needs_structure and structure is None):
+                    if next_file is None or next_file[0] != info.uid:
+                        gone = True
+                        continue
+                    parsed = fetch.ParsedMessage.parse(next_file[1])
+                    next_file = next(files, None)
+                    if needs_structure and structure is None:
+                        structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
+                        self._remember(sel, info, structure)
+                        new_rows.append((info.key, info.size, structure.to_json()))
+                items: list[bytes] = []
+                for attr in attrs:
+                    match attr.name:
+                        case "UID":
+                            value = b"%d" % info.uid
+                        case "FLAGS":
+                            value = flags_of(info, sel.recent)
+                        case "INTERNALDATE":
+                            value = response.date_time(info.internal_date)
+                        case "RFC822.SIZE":
+                            value = b"%d" % info.size
+                        case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
+                                structure is not None and attr.section is None):
+                            value = structure.item(attr.name)
+                        case _ if parsed is not None:
+                            try:
+                                value = response.value(fetch.fetch_item(attr, parsed))
+                            except fetch.UnknownCteError:
+                                raise RefusedError("unknown content-transfer-encoding",
+                                                   "UNKNOWN-CTE") from None
+                        case _:  # pragma: no cover - needs_bytes covers every other item
+                            raise AssertionError(f"{attr.name} needs the message")
+                    items.append(attr.response_name().encode("ascii") + b" " + value)
+                out.append(response.fetch(seq, items))
         if new_rows:
             self._disk_cache(user).put_many(new_rows)
         return out, gone

@@ -57,6 +57,13 @@ class CountingStore(MaildirStore):
             self.reads += 1
         return super().read_message(user, folder, uid)
 
+    def read_messages(self, user: str, folder: str,
+                      uids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        for item in super().read_messages(user, folder, uids):
+            with self.lock:
+                self.reads += 1
+            yield item
+
     def read_headers(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
         found = super().read_headers(user, folder, uids)
         with self.lock:

@@ -14,7 +14,7 @@ state/<id>.json the same way, and returns only then, so a 250 given after it is 
 A message file without a state file is an enqueue that crashed before it returned (nobody was
 told 250): the runner removes it after ORPHAN_S and never sends it. A recipient's state changes
 only after the remote server answered, so a crash during an attempt leaves it pending and it is
-sent again (at-least-once, RFC 5321 §6.1: a duplicate is better than a loss); recipients
+sent again (at-least-once: the duplicate RFC 1047 describes, preferred to a loss); recipients
 already recorded delivered are never sent again. A DSN is enqueued before the state that
 triggers it is written (a crash in between can repeat a DSN, never lose one).
 
@@ -22,7 +22,9 @@ Retry schedule (RFC 5321 §4.5.4.1: retry intervals "SHOULD be at least 30 minut
 "SHOULD be at least 4-5 days"): SCHEDULE_S below, then every 4 hours, until GIVE_UP_S (5 days)
 after arrival. Deviation from §4.5.4.1: the first retries come after 1, 5 and 15 minutes,
 because most temporary failures today are greylisting, which lifts after a few minutes; the
-interval reaches the RFC's 30 minutes from the fourth retry on. A sender is warned once with
+interval reaches the RFC's 30 minutes from the fourth retry on. Deviation from §4.5.4.1's
+"parameters ... MUST be configurable": they are constants here, by design (nothing for an
+admin to get wrong); change them in this module. A sender is warned once with
 a "delayed" DSN after DELAY_WARN_S (RFC 3464 Action: delayed), and gets a "failed" DSN when a
 recipient fails permanently or we give up. Never a DSN to the null sender `<>`.
 
@@ -32,9 +34,9 @@ like any other, to the domain's MX.
 
 Runner: one asyncio task (`run`). Due recipients are grouped per message and domain, one
 `delivery.remote.deliver` attempt per group in a thread (`asyncio.to_thread`), at most
-MAX_PER_DOMAIN at once per destination domain (RFC 5321 §4.5.4.1 asks to limit simultaneous
-connections to one host) and MAX_ATTEMPTS at once in total. `enqueue` in this process wakes it
-at once; other processes touch `wakeup`.
+MAX_PER_DOMAIN at once per destination domain (receivers limit connections per client; ours
+is `smtp.max_connections_per_ip`) and MAX_ATTEMPTS at once in total. `enqueue` in this
+process wakes it at once; other processes touch `wakeup`.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from delivery.dsn import DsnRecipient, build_dsn, needs_dsn
 from delivery.local import EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
 from delivery.remote import RcptResult
 from delivery.store import MailStore
-from mailstack.config import Config
+from mailstack.config import Config, to_ascii_domain
 from mailstack.errors import NotFoundError, UsageError
 from mailstack.fsutil import atomic_write, ensure_dir, fsync_dir
 from mailstack.paths import StatePaths
@@ -73,7 +75,7 @@ STATUSES: tuple[Status, ...] = ("pending", "delivered", "failed")
 
 SCHEDULE_S: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)  # delay after attempt n
 GIVE_UP_S = 5 * 24 * 3600  # RFC 5321 §4.5.4.1: "at least 4-5 days"
-DELAY_WARN_S = 4 * 3600  # Postfix's delay_warning_time default is off; 4h is Exim's first warning
+DELAY_WARN_S = 4 * 3600  # RFC 3464 leaves it to us: the sender hears the same working day
 MAX_PER_DOMAIN = 2  # simultaneous attempts to one destination domain
 MAX_ATTEMPTS = 10  # simultaneous attempts in total (each is a thread and a socket)
 RESCAN_S = 1.0  # how often the runner stats `wakeup` for changes made by other processes
@@ -90,7 +92,12 @@ def retry_delay_s(attempts: int) -> int:
 
 
 def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower()
+    """The recipient's domain in ASCII (IDNA) form, as config and DNS use it."""
+    domain = address.rpartition("@")[2]
+    try:
+        return to_ascii_domain(domain)
+    except UnicodeError:
+        return domain.lower()  # not a valid IDN: the MX lookup will say so
 
 
 @dataclass(frozen=True, slots=True)

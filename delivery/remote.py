@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dns.exception
+import dns.name
 import dns.resolver
 
 from delivery.mx import MxRecord, NullMxError, order_hosts
@@ -157,6 +158,8 @@ def route(
         return RcptResult("", "permanent", f"550 5.1.2 {domain}: no such domain (NXDOMAIN)")
     except dns.resolver.NoAnswer:
         records = []  # RFC 5321 §5.1: no MX, so the domain itself is the host
+    except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong) as exc:
+        return RcptResult("", "permanent", f"553 5.1.3 {domain}: not a valid domain: {exc}")
     except dns.exception.DNSException as exc:
         return RcptResult("", "temporary", f"451 4.4.3 {domain}: MX lookup failed: {exc}")
     try:

@@ -206,6 +206,8 @@ async def test_no_mx_uses_the_domain_itself(dns_server: tuple[str, int], double:
     pytest.param("nosuch.test", "permanent", "550 5.1.2", id="nxdomain"),
     pytest.param("noaddr.test", "permanent", "550 5.1.2", id="no-mx-no-address"),
     pytest.param("alldown.test", "temporary", "451 4.4.1", id="every-host-down"),
+    pytest.param("a..test", "permanent", "553 5.1.3", id="empty-label"),
+    pytest.param("x" * 64 + ".test", "permanent", "553 5.1.3", id="label-too-long"),
 ])
 async def test_unreachable_domains(dns_server: tuple[str, int], double: Double, domain: str,
                                    kind: str, reply: str) -> None:

@@ -3,6 +3,7 @@
     MX records -> hosts by ascending preference; equal preferences shuffled
     no MX records -> the domain itself (the implicit MX, RFC 5321 §5.1)
     a single MX "0 ." -> the domain accepts no mail (null MX, RFC 7505)
+    we are one of the MX hosts -> only the better-preference hosts (RFC 5321 §5.1)
 
 No I/O: the resolver lives in `delivery.remote`; randomness comes from the caller's
 `random.Random` so tests can pin it.
@@ -11,7 +12,7 @@ No I/O: the resolver lives in `delivery.remote`; randomness comes from the calle
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 
@@ -25,10 +26,19 @@ class NullMxError(Exception):
     """The domain publishes a null MX: it accepts no mail (RFC 7505 §3)."""
 
 
+class MxLoopError(Exception):
+    """We are the best MX of a domain we do not host: mail would loop back to us."""
+
+
 def order_hosts(
-    domain: str, records: Iterable[MxRecord], rng: random.Random | None = None
+    domain: str,
+    records: Iterable[MxRecord],
+    rng: random.Random | None = None,
+    *,
+    self_names: Collection[str] = (),
 ) -> list[str]:
-    """Hosts to try, best first. Raises NullMxError for a null MX.
+    """Hosts to try, best first. Raises NullMxError for a null MX, MxLoopError when a name in
+    `self_names` (our host name) is the best MX.
 
     RFC 5321 §5.1: "the SMTP client SHOULD try ... in order of preference, lowest number first";
     among equal preferences "the sender-SMTP MUST randomize them to spread the load".
@@ -50,6 +60,14 @@ def order_hosts(
             by_pref.setdefault(rec.preference, []).append(host)
     if not by_pref:
         raise NullMxError(domain)
+    ours = {n.rstrip(".").lower() for n in self_names}
+    mine = [p for p, hosts in by_pref.items() if ours.intersection(hosts)]
+    if mine:
+        # RFC 5321 §5.1: a client that finds itself among the MX hosts "MUST discard the
+        # records with equal or higher preference values"; none left is an error (a loop).
+        by_pref = {p: hosts for p, hosts in by_pref.items() if p < min(mine)}
+        if not by_pref:
+            raise MxLoopError(domain)
     hosts: list[str] = []
     for pref in sorted(by_pref):
         group = sorted(set(by_pref[pref]))  # sort first so a seeded rng is reproducible

@@ -42,7 +42,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from delivery.mx import MxRecord, NullMxError, order_hosts
+from delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
 from mailstack.config import Config, parse_hostport, parse_resolver
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,11 @@ def route(
     except dns.exception.DNSException as exc:
         return RcptResult("", "temporary", f"451 4.4.3 {domain}: MX lookup failed: {exc}")
     try:
-        hosts = order_hosts(domain, records, rng)
+        hosts = order_hosts(domain, records, rng, self_names=[config.server.hostname])
+    except MxLoopError:
+        # Postfix's words for the same case: "mail for X loops back to myself"
+        return RcptResult("", "permanent", f"554 5.4.6 {domain}: mail loops back to "
+                          f"{config.server.hostname} (we are its best MX but do not host it)")
     except NullMxError:
         # RFC 7505 §4.2: 556 5.1.10 for a domain that declares it accepts no mail
         return RcptResult("", "permanent", f"556 5.1.10 {domain}: the domain accepts no mail "

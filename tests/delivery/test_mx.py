@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from delivery.mx import MxRecord, NullMxError, order_hosts
+from delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
 
 HOST = st.from_regex(r"[a-e]{1,3}\.example\.net", fullmatch=True)
 RECORDS = st.lists(
@@ -51,3 +51,27 @@ def test_order_respects_preference_and_keeps_every_host(records: list[MxRecord],
     assert sorted(hosts) == sorted(best)
     prefs = [best[h] for h in hosts]
     assert prefs == sorted(prefs)
+
+
+def test_we_are_an_mx() -> None:
+    records = [MxRecord(10, "a.test"), MxRecord(20, "Me.Test."), MxRecord(20, "b.test"),
+               MxRecord(30, "c.test")]
+    assert order_hosts("x.test", records, self_names=["me.test"]) == ["a.test"]
+    with pytest.raises(MxLoopError):
+        order_hosts("x.test", [MxRecord(5, "me.test"), MxRecord(9, "a.test")],
+                    self_names=["me.test"])
+
+
+@given(RECORDS, st.integers(), HOST)
+def test_never_ourselves_nor_worse(records: list[MxRecord], seed: int, me: str) -> None:
+    try:
+        hosts = order_hosts("example.com", records, random.Random(seed), self_names=[me])
+    except MxLoopError:
+        assert min(r.preference for r in records if r.exchange == me) == min(
+            r.preference for r in records)
+        return
+    mine = [r.preference for r in records if r.exchange == me]
+    assert me not in hosts
+    if mine:  # every host kept is better than us at its best preference
+        assert all(min(r.preference for r in records if r.exchange == h) < min(mine)
+                   for h in hosts)

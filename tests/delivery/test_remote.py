@@ -238,6 +238,15 @@ async def test_dns_down_is_temporary(double: Double) -> None:
     assert result.reply.startswith("451 4.4.3")
 
 
+async def test_mail_looping_back_to_us_fails(dns_server: tuple[str, int], double: Double
+                                             ) -> None:
+    config = config_from_dict({**_as_dict(queue_config(dns_server[1], double.port)),
+                               "server": {"hostname": "mx.a.test", "domains": [SENDER_DOMAIN]}})
+    (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok@a.test"])
+    assert (result.kind, result.reply[:9]) == ("permanent", "554 5.4.6")
+    assert double.received == []
+
+
 def _as_dict(config: Config) -> dict[str, Any]:
     from mailstack.config import config_to_dict
     return config_to_dict(config)

@@ -8,11 +8,12 @@ domain's MX records through the configured resolver (`[dns] resolver`, each look
 no MX records means the domain itself is the host (implicit MX); a null MX (RFC 7505) and a
 domain that does not exist fail permanently. Each host's addresses (A, then AAAA) are tried on
 `[outbound] mx_port` until one completes a transaction; a refused connection, a greeting other
-than 220, a failed TLS handshake or a drop before MAIL FROM moves on to the next address/host.
+than 220 or a drop before MAIL FROM moves on to the next address/host.
 
 Session: EHLO with our hostname; STARTTLS when offered, opportunistically and without
 verifying the certificate (RFC 7435 opportunistic security; RFC 3207 §4.1 leaves it to the
-client; MTAs default to this, e.g. Postfix's `smtp_tls_security_level = may`).
+client; MTAs default to this, e.g. Postfix's `smtp_tls_security_level = may`); a failed
+handshake is retried once in plain text on the same host, as RFC 7435 prefers delivery.
 Verified delivery needs MTA-STS/DANE, which this module does not implement.
 BODY=8BITMIME when the message has 8-bit bytes and the server offers it (RFC 6152); SMTPUTF8
 when an address is not ASCII (RFC 6531), and a server without it is a permanent 5.6.7 for
@@ -103,6 +104,10 @@ def _shut(sock: socket.socket) -> None:
 
 class _NextHostError(Exception):
     """This host failed before a transaction began: try the next address or MX."""
+
+
+class _TlsFailedError(_NextHostError):
+    """The STARTTLS handshake failed: opportunistic TLS retries this host in plain text."""
 
 
 def classify(code: int) -> Kind:
@@ -197,7 +202,7 @@ def _tls_context() -> ssl.SSLContext:
 
 def _session(
     host: str, address: str, port: int, *, ehlo_name: str, mail_from: str,
-    rcpts: Sequence[str], message: bytes, abort: Abort,
+    rcpts: Sequence[str], message: bytes, abort: Abort, use_tls: bool = True,
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
     smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
@@ -216,8 +221,11 @@ def _session(
             code, _ = smtp.ehlo()
             if code != 250:
                 smtp.helo()
-            if smtp.has_extn("starttls"):
-                smtp.starttls(context=_tls_context())
+            if use_tls and smtp.has_extn("starttls"):
+                try:
+                    smtp.starttls(context=_tls_context())
+                except ssl.SSLError as exc:
+                    raise _TlsFailedError(f"{where}: TLS handshake failed: {exc}") from None
                 socks.append(smtp.sock)
                 abort.watch(smtp.sock)
                 smtp.ehlo()
@@ -318,8 +326,16 @@ def deliver(
             errors.append("interrupted: shutting down")
             break
         try:
-            results = _session(host, address, port, ehlo_name=ehlo_name, mail_from=mail_from,
-                               rcpts=rcpts, message=message, abort=abort)
+            try:
+                results = _session(host, address, port, ehlo_name=ehlo_name,
+                                   mail_from=mail_from, rcpts=rcpts, message=message, abort=abort)
+            except _TlsFailedError as exc:
+                # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
+                # delivering; Postfix's "may" level does the same.
+                log.info("remote: %s: %s; retrying without TLS", domain, exc)
+                results = _session(host, address, port, ehlo_name=ehlo_name,
+                                   mail_from=mail_from, rcpts=rcpts, message=message,
+                                   abort=abort, use_tls=False)
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))

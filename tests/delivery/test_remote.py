@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -121,6 +122,7 @@ class Double:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     port: int = 0
     smtputf8: bool = True
+    broken_tls: bool = False  # offers STARTTLS with no certificate: every handshake fails
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any,  # noqa: N802
                           address: str, rcpt_options: list[str]) -> str:
@@ -157,8 +159,11 @@ class Double:
 @pytest.fixture
 async def double() -> AsyncIterator[Double]:
     d = Double()
-    server = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(d, hostname="mx.double.test", enable_SMTPUTF8=d.smtputf8), "127.0.0.1", 0)
+    def protocol() -> SMTP:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if d.broken_tls else None
+        return SMTP(d, hostname="mx.double.test", enable_SMTPUTF8=d.smtputf8, tls_context=tls)
+
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
     d.port = server.sockets[0].getsockname()[1]
     try:
         yield d
@@ -276,6 +281,18 @@ async def test_8bit_and_smtputf8(dns_server: tuple[str, int], double: Double) ->
     (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok-jörg@a.test"], body)
     assert (result.kind, result.reply[:9]) == ("permanent", "553 5.6.7")
     assert len(double.received) == 1
+
+
+async def test_failed_starttls_falls_back_to_plain_text(
+        dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture) -> None:
+    double.broken_tls = True
+    caplog.set_level("INFO", logger="delivery.remote")
+    config = queue_config(dns_server[1], double.port)
+    (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok@a.test"])
+    assert result.kind == "delivered", result.reply
+    assert "TLS handshake failed" in caplog.text
+    assert "retrying without TLS" in caplog.text
+    assert len(double.to("ok@a.test")) == 1
 
 
 def test_our_resolver_is_used(dns_server: tuple[str, int]) -> None:

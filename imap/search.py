@@ -128,7 +128,8 @@ class MessageText:
         self._read_header = read_header
         self._data: bytes | None = None
         self._root: Entity | None = None
-        self._header: dict[str, list[str]] | None = None
+        self._header: dict[str, list[bytes]] | None = None
+        self._decoded: dict[str, list[str]] = {}
         self._header_text: str | None = None
         self._body_texts: tuple[str, str] | None = None
 
@@ -138,7 +139,9 @@ class MessageText:
             self._root = parse_message(self._data)
         return self._data, self._root
 
-    def _fields(self) -> dict[str, list[str]]:
+    def _fields(self) -> dict[str, list[bytes]]:
+        """Raw field values by lower-case name, in order; decoded on demand (`header_values`):
+        SUBJECT needs one field decoded, not all of them."""
         if self._header is None:
             if self._data is None and self._read_header is not None:
                 data = to_crlf(self._read_header())
@@ -146,22 +149,28 @@ class MessageText:
             else:
                 _, root = self._message()
                 fields = root.fields
-            header: dict[str, list[str]] = {}
+            header: dict[str, list[bytes]] = {}
             for f in fields:
-                value = decode_words(f.value.decode("utf-8", "surrogateescape"))
-                header.setdefault(f.name.lower(), []).append(value)
+                header.setdefault(f.name.lower(), []).append(f.value)
             self._header = header
         return self._header
 
     def header_values(self, name: str) -> list[str]:
         """Every `name` field, RFC 2047-decoded, in order."""
-        return self._fields().get(name.lower(), [])
+        key = name.lower()
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            decoded = self._decoded[key] = [
+                decode_words(v.decode("utf-8", "surrogateescape"))
+                for v in self._fields().get(key, [])
+            ]
+        return decoded
 
     def header_text(self) -> str:
         """The whole top-level header, decoded, case-folded."""
         if self._header_text is None:
             self._header_text = "\n".join(
-                f"{name}: {v}" for name, values in self._fields().items() for v in values
+                f"{name}: {v}" for name in self._fields() for v in self.header_values(name)
             ).casefold()
         return self._header_text
 

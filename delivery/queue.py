@@ -84,6 +84,7 @@ STOP_GRACE_S = 10.0  # on stop, attempts in flight may finish this long, then ar
 
 STATE_VERSION = 1
 _ID = re.compile(r"[0-9a-f]{20}")
+_BAD_ADDRESS = re.compile(r"[\x00\r\n]")
 
 
 def retry_delay_s(attempts: int) -> int:
@@ -217,7 +218,7 @@ _Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients the
 @dataclass
 class _Runner:
     inflight: set[tuple[str, str]] = field(default_factory=set)
-    not_before: dict[tuple[str, str], float] = field(default_factory=dict)  # after a crash
+    not_before: dict[tuple[str, str], float] = field(default_factory=dict)  # after a bug
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_domain: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     total: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ATTEMPTS))
@@ -249,7 +250,6 @@ class OutboundQueue:
         self._runner = _Runner()
         self._abort = remote.Abort()
         self.stop_grace_s = STOP_GRACE_S
-        self.attempted = asyncio.Event()  # set after every finished attempt (tests wait on it)
 
     # -- paths and locking -------------------------------------------------------------------
 
@@ -313,6 +313,10 @@ class OutboundQueue:
         """
         if not rcpts:
             raise UsageError("a queued message needs at least one recipient")
+        for address in (mail_from, *rcpts):
+            # What goes into MAIL FROM:<...>/RCPT TO:<...> must not end or split the command.
+            if _BAD_ADDRESS.search(address) or (address is not mail_from and not address):
+                raise UsageError(f"not a mailbox address: {address!r}")
         if sign:
             message = dkim.sign(
                 message,
@@ -322,7 +326,7 @@ class OutboundQueue:
             )
         self._ensure()
         now = self.clock()
-        qid = f"{int(now):08x}{secrets.token_hex(6)}"[-20:].rjust(20, "0")
+        qid = f"{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(6)}"  # sorts by time, mostly
         entry = Entry(
             id=qid,
             mail_from=mail_from,
@@ -561,7 +565,6 @@ class OutboundQueue:
             runner.not_before[key] = self.clock() + SCHEDULE_S[0]
         finally:
             runner.inflight.discard(key)
-            self.attempted.set()
             self.wake()
 
     @staticmethod

@@ -36,7 +36,7 @@ from delivery.queue import (
 )
 from delivery.remote import RcptResult
 from mailstack.config import Config
-from mailstack.errors import NotFoundError
+from mailstack.errors import NotFoundError, UsageError
 from mailstack.paths import StatePaths
 from tests.delivery.test_remote import (
     SELECTOR,
@@ -118,6 +118,11 @@ async def test_enqueue_is_durable_signed_and_listed(tmp_path: Path) -> None:
         queue.get(qid)
     with pytest.raises(NotFoundError):
         queue.delete("../../etc/passwd")
+    for bad in (["x@a.test\r\nDATA"], [""], []):
+        with pytest.raises(UsageError):
+            queue.enqueue("alice@sender.test", bad, MESSAGE)
+    with pytest.raises(UsageError):
+        queue.enqueue("a@b.test>\r\nRSET", ["x@a.test"], MESSAGE)
 
 
 async def test_delivered_to_our_mx_and_signed(tmp_path: Path, dns_server: tuple[str, int]

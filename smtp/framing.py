@@ -20,7 +20,7 @@ Pure: no I/O, usable byte by byte (tests/smtp/test_framing.py checks chunking in
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TERMINATOR = b"\r\n.\r\n"
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF, plus one for the dot.
@@ -41,12 +41,17 @@ class DataEnd:
     error: DataError | None
     size: int  # octets before the terminator, as sent (dot-stuffed); on BARE_NEWLINE: so far
     leftover: bytes  # bytes after the terminator (b"" on BARE_NEWLINE)
+    # `content` in pieces (with join=False content is b""); the same message, so not compared.
+    parts: tuple[bytes, ...] = field(default=(), compare=False)
 
 
 class DataFramer:
     """Feeds on the bytes after `354`; yields one DataEnd."""
 
-    def __init__(self, *, max_bytes: int, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(
+        self, *, max_bytes: int, max_line_bytes: int = MAX_LINE_BYTES, join: bool = True
+    ) -> None:
+        self._join = join  # False: the caller takes `parts` (no join of 25 MB in one C call)
         self._max_bytes = max_bytes
         self._max_line = max_line_bytes
         self._buf = bytearray()
@@ -61,7 +66,7 @@ class DataFramer:
     def receive_data(self, data: bytes) -> None:
         if (ev := self._event) is not None:
             if ev.error is not DataError.BARE_NEWLINE:  # after the end: pipelined commands
-                self._event = DataEnd(ev.content, ev.error, ev.size, ev.leftover + data)
+                self._event = DataEnd(ev.content, ev.error, ev.size, ev.leftover + data, ev.parts)
             return  # after BARE_NEWLINE the session ends; what follows is not ours to parse
         self._buf += data
         self._advance()
@@ -95,9 +100,10 @@ class DataFramer:
     def _finish(self, start: int, length: int) -> None:
         leftover = bytes(self._buf[start + length :])
         self._buf = bytearray()
-        content = b"".join(self._out) if self._error is None else b""
+        parts = tuple(self._out) if self._error is None else ()
+        content = b"".join(parts) if self._join else b""
         self._out = []
-        self._event = DataEnd(content, self._error, self._size, leftover)
+        self._event = DataEnd(content, self._error, self._size, leftover, parts)
 
     def _process(self, region: bytes) -> None:
         """Validate and unstuff a run of message bytes that contains no terminator."""

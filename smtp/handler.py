@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -33,11 +33,13 @@ from smtp.framing import DataError
 from smtp.headers import TraceInfo, count_received, protocol_name, received_field
 from smtp.policy import RecipientFacts, check_received_count, check_recipient
 from smtp.replies import Reply
-from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verifier
+from smtp.verdict import DELIVER, Disposition, EnvelopeInfo, SessionInfo, Verifier, accept_all
 
 log = logging.getLogger(__name__)
 
 _MAX_DELIVERY_THREADS = 64
+# count_received looks at no more than the first MB (smtp/headers.py).
+_HEADER_SCAN_BYTES = 1024 * 1024
 
 
 class MxSession(Session):
@@ -164,15 +166,27 @@ class MxHandler:
         return str(reply)
 
     # -- DATA / BDAT LAST ----------------------------------------------------------------------
-    async def deliver(self, session: MxSession, envelope: MxEnvelope, content: bytes) -> Reply:
-        """Check, verify and store a received message; the reply to DATA or BDAT LAST."""
+    async def deliver(
+        self, session: MxSession, envelope: MxEnvelope, parts: Sequence[bytes]
+    ) -> Reply:
+        """Check, verify and store a received message (in the pieces it arrived in, never
+        joined on the way to the store unless a verifier needs it whole); the reply to DATA or
+        BDAT LAST."""
         loop_reply = check_received_count(
-            count_received(content), self._ctx.config.smtp.max_received_headers
+            count_received(_leading(parts, _HEADER_SCAN_BYTES)),
+            self._ctx.config.smtp.max_received_headers,
         )
         if loop_reply is not None:
             return loop_reply
+        content: bytes | Sequence[bytes] = parts
         try:
-            verdict = await self._verify(session.info(), envelope.info(), content)
+            if self._verify is accept_all:
+                verdict = DELIVER
+            else:
+                # DKIM needs the message whole; the join (GIL held) at least not on the loop.
+                whole = await asyncio.to_thread(b"".join, parts)
+                content = whole
+                verdict = await self._verify(session.info(), envelope.info(), whole)
         except Exception:
             log.exception("[%s] inbound verification failed", session.connection_id)
             return replies.LOCAL_ERROR
@@ -217,3 +231,12 @@ class MxHandler:
             log.exception("[%s] delivery failed", session.connection_id)
             return replies.LOCAL_ERROR
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
+
+
+def _leading(parts: Sequence[bytes], limit: int) -> bytes:
+    """The first pieces of a message, joined, up to at least `limit` bytes (or all of it)."""
+    taken, size = 0, 0
+    while taken < len(parts) and size < limit:
+        size += len(parts[taken])
+        taken += 1
+    return parts[0] if taken == 1 else b"".join(parts[:taken])

@@ -129,6 +129,7 @@ class MessageText:
         self._data: bytes | None = None
         self._root: Entity | None = None
         self._header: dict[str, list[bytes]] | None = None
+        self._raw: bytes | None = None  # the header block from read_header
         self._decoded: dict[str, list[str]] = {}
         self._header_text: str | None = None
         self._body_texts: tuple[str, str] | None = None
@@ -144,7 +145,7 @@ class MessageText:
         SUBJECT needs one field decoded, not all of them."""
         if self._header is None:
             if self._data is None and self._read_header is not None:
-                data = to_crlf(self._read_header())
+                data = to_crlf(self._raw_header())
                 fields, _ = parse_header(data, 0, len(data))
             else:
                 _, root = self._message()
@@ -154,6 +155,26 @@ class MessageText:
                 header.setdefault(f.name.lower(), []).append(f.value)
             self._header = header
         return self._header
+
+    def _raw_header(self) -> bytes:
+        if self._raw is None:
+            self._raw = self._read_header() if self._read_header is not None else b""
+        return self._raw
+
+    def header_may_contain(self, folded: str) -> bool:
+        """False only if no header field can contain `folded` (a casefolded needle), decided
+        without parsing: when the header block is plain ASCII without encoded-words, each
+        decoded field value is a piece of the block with its line breaks removed (RFC 5322
+        §2.2.3 unfolding), so a needle absent from the whole unbroken block is in no field.
+        True when it cannot tell. SUBJECT/FROM searches skip most parses this way."""
+        if (not folded or not folded.isascii() or self._header is not None
+                or self._data is not None or self._read_header is None):
+            return True
+        raw = self._raw_header()
+        if not raw.isascii() or b"=?" in raw:
+            return True
+        flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
+        return folded.encode("ascii") in flat
 
     def header_values(self, name: str) -> list[str]:
         """Every `name` field, RFC 2047-decoded, in order."""
@@ -294,6 +315,8 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
                 day = internal_day(message.info.internal_date, scope.tz)
             return _compare(op, day, wanted)
         case SearchHeader(field=name, value=value):
+            if value and not text.header_may_contain(value.casefold()):
+                return False
             values = text.header_values(name)
             # RFC 9051 §6.4.4: an empty string matches every message that has the field.
             return bool(values) and (not value or _contains(values, value))

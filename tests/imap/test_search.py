@@ -21,6 +21,7 @@ from imap.commands import (
     Search,
     SearchAnd,
     SearchDate,
+    SearchHeader,
     SearchKey,
     SearchNot,
     SearchOr,
@@ -379,3 +380,34 @@ def test_search_answers_match_dovecot() -> None:
     seq_of = {uid: seq for seq, uid in enumerate(ALL_UIDS, start=1)}
     for i, (query, want) in enumerate(rows):
         assert theirs[i] == [seq_of[u] for u in want], query
+
+
+# -- the header prefilter (MessageText.header_may_contain) -------------------------------------
+
+HEADER_PIECES = [b"Subject: ", b"From: ", b"X-A: ", b"hello", b"World", b" ", b"\t", b"\r\n ",
+                 b"\n\t", b"\r\n", b"=?utf-8?q?W=C3=B6rld?=", b"=?iso-8859-1?b?SGVsbG8=?=",
+                 b"caf\xc3\xa9", b"wor", b"ld", b"HELLO"]
+
+
+@given(st.lists(st.sampled_from(HEADER_PIECES), max_size=25).map(b"".join),
+       st.sampled_from(["Subject", "From", "X-A"]),
+       st.text(alphabet="helowrdHWLé \t", min_size=1, max_size=8))
+def test_header_prefilter_never_changes_an_answer(header: bytes, field: str,
+                                                  needle: str) -> None:
+    raw = header + b"\r\n\r\nbody hello world\r\n"
+    key = SearchHeader(field, needle)
+    candidate = Candidate(1, MessageInfo(1, frozenset(), 0.0, len(raw), "k"))
+    whole = MessageText(functools.partial(bytes, raw))  # no header reader: no prefilter
+    split = MessageText(functools.partial(bytes, raw),
+                        functools.partial(bytes, raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"))
+    assert matches(key, candidate, SCOPE, split) == matches(key, candidate, SCOPE, whole)
+
+
+def test_header_prefilter_skips_parsing_and_sees_folded_values() -> None:
+    header = b"Subject: hello\r\n world\r\nFrom: a@example.org\r\n\r\n"
+    text = MessageText(lambda: header, lambda: header)
+    assert not text.header_may_contain("zebra")
+    assert text._header is None  # decided without parsing the fields
+    assert text.header_may_contain("hello world")  # unfolded across the line break
+    encoded = MessageText(lambda: b"", lambda: b"Subject: =?utf-8?q?zebra?=\r\n\r\n")
+    assert encoded.header_may_contain("zebra")  # cannot tell without decoding

@@ -438,9 +438,11 @@ def render(results: list[Result], stalls: list[StallResult], command: str) -> st
             "stall of that loop (IMAP sessions run on the same loop in `serve`). Postfix runs "
             "one process per connection, so its column is the reference for \"no shared loop "
             "at all\". (Until 2026-11-22 15:30 the probe was a thread of the bench process and "
-            "shared its GIL with the senders, which inflated both columns: Postfix's worst went "
-            "from 1000 ms to single digits once the probe had a process of its own, so the "
-            "628 ms measured for mailstack then overstated its stall by an unknown amount.)",
+            "shared its GIL with the senders, so its round trips included the bench's own "
+            "stalls: the 628 ms measured for mailstack at 14:29 is not comparable with these "
+            "numbers. Postfix's worst of about 1000 ms recurs with the probe in a process of its "
+            "own: one NOOP per run waits about a second while its p99 stays low; we have not "
+            "looked into why.)",
             "",
             "| server | 25 MB messages | seconds | idle NOOP median ms | NOOPs during load "
             "| p99 NOOP ms | worst NOOP ms |",

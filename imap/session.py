@@ -21,6 +21,9 @@ Invariants:
   EXPUNGE (numbers would shift under the client); those messages stay until the next command
   that may report them, and reading one gives `NO [EXPUNGEISSUED]`.
 - Nothing answers APPEND/COPY with OK before the store returned (it fsyncs).
+- The structure cache (delivery/cache.py) is never trusted over the message files: a row is
+  used only if its recorded size equals the message's RFC822.SIZE and it decodes; anything
+  else is recomputed from the file and stored again.
 - Syntax errors are `BAD`; refusals `NO [CODE]` (a StoreError's `.code`); anything unexpected
   `NO [SERVERBUG]` with the traceback logged. The session survives all three.
 """

@@ -260,15 +260,17 @@ def parse_addresses(text: str | None) -> Value:
 def _wire(value: Value) -> Value:
     """Header text that was not UTF-8 (surrogate escapes, see Entity.header_text) -> bytes."""
     if isinstance(value, str):
+        if value.isascii():  # the common case, and never a surrogate escape
+            return value
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return value.encode("utf-8", "surrogateescape")
         return value
     if isinstance(value, Bodies):
-        return Bodies(_wire(v) for v in value)
+        return Bodies([_wire(v) for v in value])
     if isinstance(value, tuple):
-        return tuple(_wire(v) for v in value)
+        return tuple([_wire(v) for v in value])
     return value
 
 

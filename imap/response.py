@@ -48,7 +48,9 @@ def string(value: str | bytes) -> bytes:
     else:
         text = value
     if len(text) <= _MAX_QUOTED and _QUOTABLE.fullmatch(text):
-        return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+        if "\\" in text or '"' in text:
+            text = text.replace("\\", "\\\\").replace('"', '\\"')
+        return b'"' + text.encode("ascii") + b'"'
     return literal(text.encode("utf-8") if isinstance(value, str) else value)
 
 
@@ -56,8 +58,15 @@ def value(item: Value) -> bytes:
     """Render a FETCH value tree (see imap/fetch.py): None NIL, int number, str/bytes string,
     tuple a parenthesised list, `Bodies` the child bodies of a multipart back to back.
     Bytes holding NUL can only be a literal8 (RFC 3516 §4.2, BINARY content)."""
+    # Exact-type checks first: ENVELOPE/BODYSTRUCTURE trees are mostly str, None and plain
+    # tuples, and a cold FETCH of a folder renders a few hundred of them per message.
+    kind = type(item)
+    if kind is str:
+        return string(item)  # type: ignore[arg-type]
     if item is None:
         return b"NIL"
+    if kind is tuple:
+        return b"(" + b" ".join([value(v) for v in item]) + b")"  # type: ignore[union-attr]
     if isinstance(item, bool):  # pragma: no cover - not a Value, but bool is an int
         raise TypeError("bool is not an IMAP value")
     if isinstance(item, int):
@@ -69,8 +78,8 @@ def value(item: Value) -> bytes:
             return b"~{%d}\r\n" % len(item) + item
         return string(item)
     if isinstance(item, Bodies):
-        return b"".join(value(v) for v in item)
-    return b"(" + b" ".join(value(v) for v in item) + b")"
+        return b"".join([value(v) for v in item])
+    return b"(" + b" ".join([value(v) for v in item]) + b")"
 
 
 def nstring(value: str | bytes | None) -> bytes:

@@ -7,10 +7,14 @@ them once. `GroupCommitter.commit(job)` blocks until `job` is durable and return
 jobs submitted while a flush is running wait and are flushed together by the next one (the
 classic database group commit; no timer, so a lone writer never waits for company).
 
-There is no committer thread: the first caller that finds no flush running leads, flushes the
-whole queue (its own job included) with the `flush` function it was given, resolves every
-waiter, and hands the lead to the oldest waiter that arrived meanwhile. So the work runs in the
-callers' threads and nothing is left behind when a store object is dropped.
+Blocking callers (`commit`) need no committer thread: the first caller that finds no flush
+running leads, flushes the whole queue (its own job included) with the `flush` function it was
+given, resolves every waiter, and hands the lead to the oldest waiter that arrived meanwhile.
+Callers that must not block (the SMTP event loop) use `submit`, which returns a future at once;
+when no flush is running it starts a short-lived thread that flushes until the queue is empty
+(it also leads for blocking waiters queued behind; a blocking waiter that is oldest gets the lead
+back). So there is no hop into a worker thread per message, and no thread is left behind when
+the queue runs dry or a store object is dropped.
 
 Failure isolation is `flush`'s contract: it returns one outcome per job, a result or the
 exception for that job alone, so one bad message fails only itself. If `flush` itself raises,
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
@@ -30,10 +35,11 @@ R = TypeVar("R")
 
 
 class _Waiter(Generic[J, R]):
-    __slots__ = ("done", "error", "job", "lead", "result", "wake")
+    __slots__ = ("done", "error", "future", "job", "lead", "result", "wake")
 
-    def __init__(self, job: J) -> None:
+    def __init__(self, job: J, future: Future[R] | None = None) -> None:
         self.job = job
+        self.future = future  # set: `submit` (nobody waits in a thread); None: `commit`
         self.wake = threading.Event()
         self.done = False
         self.lead = False
@@ -72,6 +78,22 @@ class GroupCommitter(Generic[J, R]):
             raise me.error
         return me.result  # type: ignore[return-value]  # set with done when error is None
 
+    def submit(self, job: J) -> Future[R]:
+        """Queue `job` and return at once; the future resolves when it was flushed."""
+        future: Future[R] = Future()
+        with self._lock:
+            self._queue.append(_Waiter(job, future))
+            self._queued.notify_all()
+            start = not self._busy
+            self._busy = True
+        if start:
+            threading.Thread(target=self._drain, name="group-commit", daemon=True).start()
+        return future
+
+    def _drain(self) -> None:
+        while self._lead(draining=True):
+            pass
+
     def wait_until(self, *, queued: int = 0, flushing: int = 0, timeout_s: float) -> bool:
         """Wait until at least `queued` jobs wait for the next flush and `flushing` are being
         flushed (tests use it to force batches); False on timeout."""
@@ -80,9 +102,15 @@ class GroupCommitter(Generic[J, R]):
                 lambda: len(self._queue) >= queued and self._flushing >= flushing, timeout_s
             )
 
-    def _lead(self) -> None:
+    def _lead(self, *, draining: bool = False) -> bool:
+        """Flush one batch; True if the caller (a drain thread) should flush the next one."""
         with self._lock:
             batch, self._queue = self._queue, []
+            # A submitted job whose future was cancelled meanwhile is dropped; the others'
+            # futures can no longer be cancelled from here on.
+            batch = [
+                w for w in batch if w.future is None or w.future.set_running_or_notify_cancel()
+            ]
             self._flushing = len(batch)
             self._queued.notify_all()
         try:
@@ -103,10 +131,24 @@ class GroupCommitter(Generic[J, R]):
                 waiter.done = True
                 waiter.lead = False
                 waiter.wake.set()
-            if self._queue:
-                # Whoever came while we flushed leads the next batch (oldest first).
+            if not self._queue:
+                self._busy = False
+                keep_going = start_drain = False
+            elif self._queue[0].future is None:
+                # A blocked caller came first while we flushed: it leads the next batch.
                 successor = self._queue[0]
                 successor.lead = True
                 successor.wake.set()
+                keep_going = start_drain = False
             else:
-                self._busy = False
+                keep_going, start_drain = draining, not draining
+        # Futures resolved outside the lock: their callbacks may run right here.
+        for waiter, outcome in zip(batch, outcomes, strict=True):
+            if waiter.future is not None:
+                if isinstance(outcome, BaseException):
+                    waiter.future.set_exception(outcome)
+                else:
+                    waiter.future.set_result(outcome)
+        if start_drain:
+            threading.Thread(target=self._drain, name="group-commit", daemon=True).start()
+        return keep_going

@@ -15,13 +15,15 @@ Blocking (SQLite, disk): async callers use `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from delivery.layout import lf_slices
 from delivery.maildir import MaildirStore
 from delivery.store import (
     INBOX,
@@ -59,35 +61,6 @@ class Delivered:
     @property
     def mailboxes(self) -> tuple[str, ...]:
         return tuple(r.user for r in self.refs)
-
-
-# Slices of this size take about a ms each to convert: between them the thread lets the event loop
-# have the GIL, where one replace (or join, or count) over 25 MB held it for 20-80 ms.
-_SLICE_BYTES = 1 << 20
-
-
-def lf_slices(message: bytes | Sequence[bytes]) -> list[bytes]:
-    """The message (whole, or in pieces as the DATA framer hands them over) with LF line
-    endings, as Maildir stores it, in slices of at most `_SLICE_BYTES`.
-
-    The same bytes as `b"".join(message).replace(b"\r\n", b"\n")`, but no C call ever works on
-    more than a slice: a CR that ends a slice is carried over to the next one, so a CRLF cut in
-    two is still found.
-    """
-    pieces = [message] if isinstance(message, bytes) else message
-    out: list[bytes] = []
-    carry = b""
-    for piece in pieces:
-        for start in range(0, len(piece), _SLICE_BYTES):
-            chunk = carry + piece[start : start + _SLICE_BYTES]
-            carry = b""
-            if chunk.endswith(b"\r"):
-                chunk, carry = chunk[:-1], b"\r"
-            if chunk:
-                out.append(chunk.replace(b"\r\n", b"\n"))
-    if carry:
-        out.append(carry)
-    return out
 
 
 class LocalDelivery:
@@ -131,6 +104,58 @@ class LocalDelivery:
                 done.extend(refs)
         except BaseException:
             self._undo(done)
+            raise
+        return Delivered(tuple(done))
+
+    async def deliver_async(
+        self,
+        *,
+        mail_from: str,
+        recipients: Sequence[tuple[str, Sequence[str]]],
+        message: Sequence[bytes],
+        quotas: Mapping[str, int],
+        prefix_fields: Sequence[str] = (),
+        folder: str = INBOX,
+    ) -> Delivered:
+        """`deliver` for the event loop, with each mailbox's quota already looked up.
+
+        With a MaildirStore nothing blocks and no thread is borrowed per message: the copy
+        (CRLF pieces, converted by the store) goes straight into the group commit and we await
+        its future. Another store gets the blocking `deliver` in a worker thread.
+        """
+        store = self._store
+        if not isinstance(store, MaildirStore):
+            return await asyncio.to_thread(
+                self.deliver,
+                mail_from=mail_from,
+                recipients=recipients,
+                message=message,
+                prefix_fields=prefix_fields,
+                folder=folder,
+            )
+        mailboxes = list(dict.fromkeys(m for _rcpt, boxes in recipients for m in boxes))
+        trace = header_block(list(prefix_fields))
+        done: list[MessageRef] = []
+        try:
+            for mailbox in mailboxes:
+                head = header_block([return_path_field(mail_from), delivered_to_field(mailbox)])
+                copy = [head, trace, *message]
+                quota = {mailbox: quotas.get(mailbox, 0)}
+                try:
+                    refs = await asyncio.wrap_future(
+                        store.deliver_parts_nowait([(mailbox, folder)], copy, quota_bytes=quota)
+                    )
+                except FolderNotFoundError:
+                    if folder == INBOX:
+                        raise
+                    # The user deleted their Junk folder: INBOX rather than losing the mail.
+                    refs = await asyncio.wrap_future(
+                        store.deliver_parts_nowait([(mailbox, INBOX)], copy, quota_bytes=quota)
+                    )
+                done.extend(refs)
+        except BaseException:
+            if done:
+                await asyncio.shield(asyncio.to_thread(self._undo, done))
             raise
         return Delivered(tuple(done))
 

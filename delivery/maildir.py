@@ -37,6 +37,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -56,6 +57,7 @@ from delivery.keywords import (
 from delivery.layout import (
     crlf_size,
     folder_dir_name,
+    lf_slices,
     normalize_folder,
     parent_folders,
     to_lf,
@@ -120,6 +122,11 @@ class _Job:
     sizes: tuple[int, int] = (0, 0)  # (S, W): bytes on disk, RFC822.SIZE
     mtime: float | None = None
     written: tuple[_Written, ...] = ()
+    # `deliver_parts_nowait`: (user, folder) pairs the flush resolves, quota-checks and
+    # writes `parts` (still with CRLF) to; nothing of it ran in the caller.
+    unresolved: tuple[tuple[str, str], ...] = ()
+    quota_bytes: tuple[tuple[str, int], ...] = ()
+    publish: bool = False  # tell IDLE sessions once durable (the flush does it)
 
 
 @dataclass(slots=True)
@@ -282,6 +289,23 @@ class MaildirStore:
             return []
         return self._committer.commit(_Job(tuple(flags), written=tuple(written)))
 
+    def _prepare(self, job: _Job) -> tuple[tuple[_Target, ...], tuple[bytes, ...], tuple[int, int]]:
+        """A `deliver_parts_nowait` job's targets, LF slices and sizes, its quota checked."""
+        if not job.unresolved:
+            return job.targets, job.parts, job.sizes
+        parts = tuple(lf_slices(job.parts))
+        size = sum(len(p) for p in parts)
+        targets = tuple(
+            _Target(user, *self._folder(user, folder)) for user, folder in job.unresolved
+        )
+        limits = dict(job.quota_bytes)
+        per_user: dict[str, int] = {}
+        for t in targets:
+            per_user[t.user] = per_user.get(t.user, 0) + size
+        for user, adding in per_user.items():
+            self._check_quota(user, self._root(user), limits.get(user, 0), adding)
+        return targets, parts, (size, size + sum(p.count(b"\n") for p in parts))
+
     def _write_jobs(
         self, jobs: Sequence[_Job], failed: dict[int, BaseException]
     ) -> list[list[_Written]]:
@@ -290,9 +314,14 @@ class MaildirStore:
         for j, job in enumerate(jobs):
             mine = list(job.written)
             written.append(mine)
-            for t in job.targets:
+            try:
+                targets, parts, sizes = self._prepare(job)
+            except (OSError, StoreError) as exc:
+                failed[j] = exc
+                continue
+            for t in targets:
                 try:
-                    base, meta = self._write_tmp(t.fdir, job.parts, job.sizes, job.mtime)
+                    base, meta = self._write_tmp(t.fdir, parts, sizes, job.mtime)
                 except OSError as exc:
                     gone = isinstance(exc, FileNotFoundError) and not (t.fdir / "cur").is_dir()
                     failed[j] = FolderNotFoundError(f"folder vanished: {t.folder}") if gone else exc
@@ -326,13 +355,15 @@ class MaildirStore:
             if j in failed:
                 outcomes.append(failed[j])
                 continue
-            outcomes.append(
-                [
-                    MessageRef(item.user, item.folder, done.uid, done.uid_validity)
-                    for item, done in zip(mine, placed[j], strict=True)
-                    if done is not None  # always, for a job that did not fail
-                ]
-            )
+            refs = [
+                MessageRef(item.user, item.folder, done.uid, done.uid_validity)
+                for item, done in zip(mine, placed[j], strict=True)
+                if done is not None  # always, for a job that did not fail
+            ]
+            outcomes.append(refs)
+            if jobs[j].publish:
+                for ref in refs:
+                    self._publish(ref.user, ref.folder)
         return outcomes
 
     def _place_jobs(
@@ -485,18 +516,40 @@ class MaildirStore:
             self._check_quota(user, self._root(user), (quota_bytes or {}).get(user, 0), adding)
         if not resolved:
             return []
-        # The flush writes, fsyncs and places the files (see _Job).
-        refs = self._committer.commit(
+        # The flush writes, fsyncs and places the files (see _Job), then publishes.
+        return self._committer.commit(
             _Job(
                 (frozenset(),) * len(resolved),
                 targets=tuple(_Target(*r) for r in resolved),
                 parts=tuple(parts),
                 sizes=sizes,
+                publish=True,
             )
         )
-        for ref in refs:
-            self._publish(ref.user, ref.folder)
-        return refs
+
+    def deliver_parts_nowait(
+        self,
+        targets: Sequence[tuple[str, str]],
+        parts: Sequence[bytes],
+        *,
+        quota_bytes: dict[str, int] | None = None,
+    ) -> Future[list[MessageRef]]:
+        """`deliver_parts` for an event loop: returns at once. `parts` may still have CRLF
+        endings; everything else (folder checks, the quota, LF, the writes) happens in the
+        group commit's thread, and the future resolves once the copies are durable."""
+        if not targets:
+            done: Future[list[MessageRef]] = Future()
+            done.set_result([])
+            return done
+        return self._committer.submit(
+            _Job(
+                (frozenset(),) * len(targets),
+                parts=tuple(parts),
+                unresolved=tuple(targets),
+                quota_bytes=tuple((quota_bytes or {}).items()),
+                publish=True,
+            )
+        )
 
     def append(
         self,
@@ -520,9 +573,9 @@ class MaildirStore:
                 parts=(data,),
                 sizes=(len(data), crlf_size(data)),
                 mtime=internal_date,
+                publish=True,
             )
         )
-        self._publish(user, name)
         return ref
 
     # -- folders -------------------------------------------------------------------------------

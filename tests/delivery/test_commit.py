@@ -7,6 +7,7 @@ lock the store takes), so the first flush blocks while the other deliveries queu
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
 import threading
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from delivery.commit import GroupCommitter
 from delivery.dotlock import DotLock
 from delivery.index import UIDLIST
 from delivery.maildir import MaildirStore
-from delivery.store import FolderNotFoundError, MessageRef
+from delivery.store import FolderNotFoundError, MessageRef, QuotaExceededError
 from delivery.uidmap import UidList
 from mailstack.paths import StatePaths
 from tests.delivery.conftest import ALICE, BOB
@@ -245,3 +246,78 @@ def test_a_copy_already_numbered_is_taken_back_when_its_sibling_fails(
     ]
     assert list((junk / "new").iterdir()) == [] and list((junk / "tmp").iterdir()) == []
     assert quota.usage(paths.maildir(ALICE)) == quota.recalculate(paths.maildir(ALICE))
+
+
+# -- submit(): the event loop's way in ------------------------------------------------------------
+
+
+def test_submitted_jobs_resolve_their_futures_and_blocking_callers_still_lead() -> None:
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def flush(jobs: Sequence[int]) -> list[int | BaseException]:
+        if not batches:
+            release.wait(WAIT_S)
+        batches.append(list(jobs))
+        return [ValueError("odd") if job % 2 else job for job in jobs]
+
+    committer: GroupCommitter[int, int] = GroupCommitter(flush)
+    first = committer.submit(0)  # starts a drain thread, which blocks in the first flush
+    assert committer.wait_until(flushing=1, timeout_s=WAIT_S)
+    queued = [committer.submit(n) for n in range(1, 10)]
+    cancelled = committer.submit(99)
+    assert cancelled.cancel()  # still queued: never flushed
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        blocking = pool.submit(committer.commit, 10)
+        assert committer.wait_until(queued=11, timeout_s=WAIT_S)
+        release.set()
+        assert blocking.result(WAIT_S) == 10
+    assert first.result(WAIT_S) == 0
+    for n, future in zip(range(1, 10), queued, strict=True):
+        if n % 2:
+            assert isinstance(future.exception(WAIT_S), ValueError)
+        else:
+            assert future.result(WAIT_S) == n
+    assert sorted(batches[1]) == list(range(1, 11))  # one flush for all that waited
+    assert 99 not in [job for batch in batches for job in batch]
+
+
+async def test_many_tasks_deliver_without_threads_of_their_own(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    store.create_account(BOB)
+    messages = [
+        (ALICE if n % 2 else BOB, [b"Subject: %d\r\n" % n, b"\r\nline\r", b"\n..x\r\n"])
+        for n in range(60)
+    ]
+    futures = [
+        asyncio.wrap_future(store.deliver_parts_nowait([(user, "INBOX")], parts))
+        for user, parts in messages
+    ]
+    refs = [r for result in await asyncio.gather(*futures) for r in result]
+    for user in (ALICE, BOB):
+        mine = sorted(r.uid for r in refs if r.user == user)
+        assert mine == _uids(paths, user) == list(range(1, 31))
+        stored = _files(paths, user)
+        assert len(stored) == 30
+        assert all(m.endswith(b"\nline\n..x\n") and b"\r" not in m for m in stored)
+
+
+async def test_a_failing_nowait_delivery_fails_alone(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    store.create_account(BOB)
+    small = {ALICE: 1}  # one byte of quota: nothing fits
+    results = await asyncio.gather(
+        asyncio.wrap_future(
+            store.deliver_parts_nowait([(ALICE, "INBOX")], [b"a\r\n"], quota_bytes=small)
+        ),
+        asyncio.wrap_future(store.deliver_parts_nowait([(BOB, "Nope")], [b"b\r\n"])),
+        asyncio.wrap_future(store.deliver_parts_nowait([(BOB, "INBOX")], [b"c\r\n"])),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], QuotaExceededError)
+    assert isinstance(results[1], FolderNotFoundError)
+    assert isinstance(results[2], list) and results[2][0].uid == 1
+    assert _files(paths, ALICE) == [] and _files(paths, BOB) == [b"c\n"]
+    assert list((paths.maildir(ALICE) / "tmp").iterdir()) == []

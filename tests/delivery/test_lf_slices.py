@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from delivery import local
-from delivery.local import lf_slices
+from delivery import layout
+from delivery.layout import lf_slices
 
 ALPHABET = st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b".", b"\r\r\n", b"xyz"])
 
@@ -19,7 +19,7 @@ def test_pieces_cut_anywhere_convert_as_the_whole(pieces: list[bytes]) -> None:
 
 
 def test_no_slice_is_larger_than_the_slice_size() -> None:
-    message = (b"x" * 73 + b"\r\n") * (3 * local._SLICE_BYTES // 75)
+    message = (b"x" * 73 + b"\r\n") * (3 * layout._SLICE_BYTES // 75)
     slices = lf_slices([message[:12345], message[12345:]])
-    assert max(len(s) for s in slices) <= local._SLICE_BYTES
+    assert max(len(s) for s in slices) <= layout._SLICE_BYTES
     assert b"".join(slices) == message.replace(b"\r\n", b"\n")

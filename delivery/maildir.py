@@ -602,6 +602,9 @@ class MaildirStore:
         name = normalize_folder(folder)
         if name == INBOX:
             raise FolderExistsError("INBOX always exists")
+        if (root / folder_dir_name(name) / "cur").is_dir():
+            # Before the parents: a CREATE that fails must not bring back a deleted parent.
+            raise FolderExistsError(f"folder {name!r} exists")
         for parent in parent_folders(name):
             # RFC 9051 §6.3.4: the server SHOULD create missing superior names.
             if parent != INBOX and not (root / folder_dir_name(parent) / "cur").is_dir():

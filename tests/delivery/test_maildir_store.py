@@ -472,3 +472,14 @@ def test_delete_account(store: MaildirStore, paths: StatePaths) -> None:
     assert os.listdir(maildir_root(paths).parent) == []
     with pytest.raises(UnknownUserError):
         store.snapshot(ALICE, "INBOX")
+
+
+def test_a_failed_create_does_not_bring_back_a_deleted_parent(store: MaildirStore) -> None:
+    # Found by the folder model test: CREATE made missing parents before learning that the
+    # folder itself existed, so a refused CREATE "a.a" revived the deleted "a".
+    store.create_folder(ALICE, "a.a")
+    store.delete_folder(ALICE, "a")
+    with pytest.raises(FolderExistsError):
+        store.create_folder(ALICE, "a.a")
+    selectable = {f.name for f in store.list_folders(ALICE) if f.is_selectable}
+    assert "a" not in selectable and "a.a" in selectable

@@ -1,6 +1,6 @@
 """Local delivery: a received message into the Maildir of every local mailbox it is for.
 
-Used by the MX (smtp.handler, in a worker thread) and by `mailstack deliver` (an LDA for
+Used by the MX (smtp.handler, `deliver_async`) and by `mailstack deliver` (an LDA for
 Postfix's `mailbox_command` or a procmail-style pipe). Per mailbox one copy, whatever number of
 recipients or aliases lead to it, into INBOX (or Junk when the verdict says so), each prefixed
 with `Return-Path:` and `Delivered-To:` (RFC 5321 §4.4) above the caller's trace fields.
@@ -10,7 +10,8 @@ if a later one fails, the copies already made are expunged again before the erro
 and the caller answers 451/452 for the whole transaction. The store fsyncs before returning,
 so when `deliver` returns every copy is durable.
 
-Blocking (SQLite, disk): async callers use `asyncio.to_thread`.
+`deliver` blocks (SQLite, disk). `deliver_async` is the event loop's: it awaits the store's
+group commit (delivery/commit.py) and borrows no thread, given the quotas looked up at RCPT.
 """
 
 from __future__ import annotations

@@ -64,12 +64,29 @@ from tests.support.imapserver import PASSWORD, USER  # noqa: E402
 
 SUBJECT_WORD = "zanzibar"  # in 1% of subjects
 BODY_WORD = "quokka"  # in 1% of bodies
-WORDS = ("report", "meeting", "invoice", "lunch", "release", "budget", "travel", "review",
-         "draft", "notes", "update", "question", "photos", "agenda", "minutes", "plan")
+WORDS = (
+    "report",
+    "meeting",
+    "invoice",
+    "lunch",
+    "release",
+    "budget",
+    "travel",
+    "review",
+    "draft",
+    "notes",
+    "update",
+    "question",
+    "photos",
+    "agenda",
+    "minutes",
+    "plan",
+)
 APPEND_MESSAGES = 400  # per APPEND case, split between the clients
 
 
 # -- the mailbox ---------------------------------------------------------------------------------
+
 
 def message(i: int, rng: random.Random) -> bytes:
     subject = " ".join(rng.choice(WORDS) for _ in range(4))
@@ -79,17 +96,22 @@ def message(i: int, rng: random.Random) -> bytes:
     if i % 100 == 42:
         lines.insert(len(lines) // 2, f"the {BODY_WORD} is a small marsupial")
     text = "\n".join(lines) + "\n"
-    head = (f"From: Sender {i % 97} <sender{i % 97}@example.org>\n"
-            f"To: Alice <alice@example.com>\nCc: team{i % 7}@example.com\n"
-            f"Subject: {subject}\nDate: Mon, {1 + i % 28} Jan 2024 10:{i % 60:02d}:00 +0000\n"
-            f"Message-ID: <{i}.bench@example.org>\nMIME-Version: 1.0\n")
+    head = (
+        f"From: Sender {i % 97} <sender{i % 97}@example.org>\n"
+        f"To: Alice <alice@example.com>\nCc: team{i % 7}@example.com\n"
+        f"Subject: {subject}\nDate: Mon, {1 + i % 28} Jan 2024 10:{i % 60:02d}:00 +0000\n"
+        f"Message-ID: <{i}.bench@example.org>\nMIME-Version: 1.0\n"
+    )
     if i % 5 == 0:
         blob = rng.randbytes(3000).hex()
-        attachment = "\n".join(blob[j:j + 76] for j in range(0, len(blob), 76))
-        return (head + 'Content-Type: multipart/mixed; boundary="b1"\n\n'
-                "--b1\nContent-Type: text/plain; charset=utf-8\n\n" + text +
-                '--b1\nContent-Type: application/octet-stream; name="data.bin"\n'
-                "Content-Transfer-Encoding: base64\n\n" + attachment + "\n--b1--\n").encode()
+        attachment = "\n".join(blob[j : j + 76] for j in range(0, len(blob), 76))
+        return (
+            head + 'Content-Type: multipart/mixed; boundary="b1"\n\n'
+            "--b1\nContent-Type: text/plain; charset=utf-8\n\n"
+            + text
+            + '--b1\nContent-Type: application/octet-stream; name="data.bin"\n'
+            "Content-Transfer-Encoding: base64\n\n" + attachment + "\n--b1--\n"
+        ).encode()
     return (head + "Content-Type: text/plain; charset=utf-8\n\n" + text).encode()
 
 
@@ -108,6 +130,7 @@ def make_maildir(path: Path, count: int) -> None:
 
 
 # -- the servers ---------------------------------------------------------------------------------
+
 
 def serve_mailstack(state: Path, maildir: Path) -> None:
     """Subprocess mode: serve `maildir` as alice's Maildir in a fresh deployment at `state`;
@@ -144,9 +167,18 @@ def mailstack_server(work: Path, maildir: Path) -> Iterator[Server]:
 
     def start() -> int:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-mailstack", str(work / "mailstack-state"),
-             str(maildir)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+            [
+                sys.executable,
+                __file__,
+                "--serve-mailstack",
+                str(work / "mailstack-state"),
+                str(maildir),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         procs.append(proc)
         assert proc.stdout is not None
         return int(proc.stdout.readline())
@@ -185,6 +217,7 @@ def dovecot_server(work: Path, maildir: Path) -> Iterator[Server]:
 
 
 # -- measuring -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Row:
@@ -230,8 +263,11 @@ def fetch_all(client: imaplib.IMAP4, items: str) -> int:
 
 
 def appender(port: int, folder: str, count: int, errors: list[BaseException]) -> None:
-    body = (b"From: bench@example.org\r\nTo: alice@example.com\r\nSubject: appended\r\n\r\n"
-            + b"0123456789abcdef" * 256 + b"\r\n")
+    body = (
+        b"From: bench@example.org\r\nTo: alice@example.com\r\nSubject: appended\r\n\r\n"
+        + b"0123456789abcdef" * 256
+        + b"\r\n"
+    )
     try:
         client = connect(port)
         for _ in range(count):
@@ -260,8 +296,10 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
 
     client = connect(port)
     check(client.select("INBOX"))
-    add("FETCH 1:* (FLAGS)", statistics.median(
-        timed_ms(lambda: fetch_all(client, "FLAGS"))[0] for _ in range(repeat)))
+    add(
+        "FETCH 1:* (FLAGS)",
+        statistics.median(timed_ms(lambda: fetch_all(client, "FLAGS"))[0] for _ in range(repeat)),
+    )
     ms, n = timed_ms(lambda: fetch_all(client, "ENVELOPE BODYSTRUCTURE"))
     add("FETCH 1:* (ENVELOPE BODYSTRUCTURE), cold", ms, detail=f"{n} responses")
     client.logout()
@@ -273,14 +311,19 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
         check(client.select("INBOX"))
         warm.append(timed_ms(functools.partial(fetch_all, client, "ENVELOPE BODYSTRUCTURE"))[0])
         client.logout()
-    add("FETCH 1:* (ENVELOPE BODYSTRUCTURE), warm", statistics.median(warm),
-        detail="after a restart" if server.name == "mailstack" else "")
+    add(
+        "FETCH 1:* (ENVELOPE BODYSTRUCTURE), warm",
+        statistics.median(warm),
+        detail="after a restart" if server.name == "mailstack" else "",
+    )
 
     client = connect(port)
     check(client.select("INBOX"))
     hits: dict[str, int] = {}
-    for case, criteria in (("UID SEARCH SUBJECT (header)", f"SUBJECT {SUBJECT_WORD}"),
-                           ("UID SEARCH BODY (text)", f"BODY {BODY_WORD}")):
+    for case, criteria in (
+        ("UID SEARCH SUBJECT (header)", f"SUBJECT {SUBJECT_WORD}"),
+        ("UID SEARCH BODY (text)", f"BODY {BODY_WORD}"),
+    ):
         times = []
         for _ in range(repeat):
             ms, answer = timed_ms(functools.partial(client.uid, "SEARCH", criteria))
@@ -296,9 +339,12 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
         check(client.create(folder))
         client.logout()
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=appender,
-                                    args=(port, folder, APPEND_MESSAGES // clients, errors))
-                   for _ in range(clients)]
+        threads = [
+            threading.Thread(
+                target=appender, args=(port, folder, APPEND_MESSAGES // clients, errors)
+            )
+            for _ in range(clients)
+        ]
         start = time.perf_counter()
         for t in threads:
             t.start()
@@ -307,8 +353,11 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
         elapsed = time.perf_counter() - start
         if errors:
             raise RuntimeError(f"{server.name}: APPEND failed: {errors[0]!r}")
-        add(f"APPEND 4 KB, {clients} client{'s' if clients > 1 else ''}",
-            APPEND_MESSAGES / elapsed, "msg/s")
+        add(
+            f"APPEND 4 KB, {clients} client{'s' if clients > 1 else ''}",
+            APPEND_MESSAGES / elapsed,
+            "msg/s",
+        )
     return rows
 
 
@@ -319,6 +368,7 @@ def login_select_and_logout(port: int) -> tuple[float, float]:
 
 
 # -- reporting -----------------------------------------------------------------------------------
+
 
 def render(rows: list[Row], count: int, command: str) -> str:
     by = {(r.server, r.case): r for r in rows}
@@ -394,17 +444,20 @@ NOTES = [
 
 def dovecot_version() -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
-                              timeout=10, check=False).stdout.split()[0]
+        return subprocess.run(
+            ["dovecot", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.split()[0]
     return "(version unknown)"
 
 
 def machine_notes() -> str:
     cpus = os.cpu_count()
-    return (f"Machine: {cpus} cores, Linux {platform.release()}, Python "
-            f"{platform.python_version()}; Maildirs on the file system of the system temp "
-            "directory. Other developers' test runs shared the cores, so absolute numbers are "
-            "noisy; compare the ratios (same run, same minutes).")
+    return (
+        f"Machine: {cpus} cores, Linux {platform.release()}, Python "
+        f"{platform.python_version()}; Maildirs on the file system of the system temp "
+        "directory. Other developers' test runs shared the cores, so absolute numbers are "
+        "noisy; compare the ratios (same run, same minutes)."
+    )
 
 
 def write_section(doc: Path, section: str) -> None:
@@ -423,13 +476,19 @@ def main() -> int:
     parser.add_argument("--only", choices=("mailstack", "dovecot"))
     parser.add_argument("--write", type=Path, help="replace the ## IMAP section of this file")
     parser.add_argument("--serve-mailstack", nargs=2, type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--from-results", type=Path,
-                        help="re-render a saved bench/results/imap-*.json instead of running")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        help="re-render a saved bench/results/imap-*.json instead of running",
+    )
     args = parser.parse_args()
     if args.from_results:
         saved = json.loads(args.from_results.read_text())
-        section = render([Row(**r) for r in saved["rows"]], saved["messages"],
-                         saved.get("command", "python bench/imap_bench.py"))
+        section = render(
+            [Row(**r) for r in saved["rows"]],
+            saved["messages"],
+            saved.get("command", "python bench/imap_bench.py"),
+        )
         print(section)
         if args.write:
             write_section(args.write, section)
@@ -466,8 +525,15 @@ def main() -> int:
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (out_dir / f"imap-{stamp}.json").write_text(
-        json.dumps({"messages": args.messages, "command": command.strip(),
-                    "rows": [asdict(r) for r in rows]}, indent=1))
+        json.dumps(
+            {
+                "messages": args.messages,
+                "command": command.strip(),
+                "rows": [asdict(r) for r in rows],
+            },
+            indent=1,
+        )
+    )
     if args.write:
         write_section(args.write, section)
     return 0

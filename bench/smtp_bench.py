@@ -64,10 +64,12 @@ DELIVERY_WAIT_S = 180.0
 
 def make_message(size: int, seq: int) -> bytes:
     """A plain message of about `size` bytes, CRLF lines, none starting with a dot."""
-    head = (f"From: Bench <bench@sender.example>\r\nTo: <u1@{DOMAIN}>\r\n"
-            f"Subject: bench {seq}\r\nMessage-ID: <{seq}.{time.time_ns()}@sender.example>\r\n"
-            "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=us-ascii\r\n\r\n").encode()
+    head = (
+        f"From: Bench <bench@sender.example>\r\nTo: <u1@{DOMAIN}>\r\n"
+        f"Subject: bench {seq}\r\nMessage-ID: <{seq}.{time.time_ns()}@sender.example>\r\n"
+        "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    ).encode()
     line = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789xy\r\n"
     body = line * max(1, (size - len(head)) // len(line))
     return head + body
@@ -149,13 +151,38 @@ def start_mailstack(workdir: Path) -> Server:
     env.pop("MAILSTACK_DIR", None)
 
     def cli(*args: str, stdin: str | None = None) -> None:
-        subprocess.run([sys.executable, "-m", "mailstack", "--dir", str(root), *args],
-                       input=stdin, text=True, check=True, capture_output=True, env=env,
-                       cwd=REPO)
+        subprocess.run(
+            [sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+            input=stdin,
+            text=True,
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=REPO,
+        )
 
-    cli("init", "--domain", DOMAIN, "--hostname", f"mx.{DOMAIN}", "--ipv4", "127.0.0.1",
-        "--listen-host", "127.0.0.1", "--smtp-port", "0", "--submission-port", "0",
-        "--submissions-port", "0", "--imap-port", "0", "--imaps-port", "0", "--non-interactive")
+    cli(
+        "init",
+        "--domain",
+        DOMAIN,
+        "--hostname",
+        f"mx.{DOMAIN}",
+        "--ipv4",
+        "127.0.0.1",
+        "--listen-host",
+        "127.0.0.1",
+        "--smtp-port",
+        "0",
+        "--submission-port",
+        "0",
+        "--submissions-port",
+        "0",
+        "--imap-port",
+        "0",
+        "--imaps-port",
+        "0",
+        "--non-interactive",
+    )
     config = root / "mailstack.toml"
     text = config.read_text()
     if "verify_inbound = true" not in text:
@@ -176,8 +203,11 @@ def start_mailstack(workdir: Path) -> Server:
 
 def start_postfix(workdir: Path) -> Server:
     base = workdir / "postfix-mail"
-    instance = PostfixInstance(workdir / "postfix", hostname="postfix.bench.example",
-                               maildir=MaildirTarget(DOMAIN, base, USERS))
+    instance = PostfixInstance(
+        workdir / "postfix",
+        hostname="postfix.bench.example",
+        maildir=MaildirTarget(DOMAIN, base, USERS),
+    )
     host, port = instance.start()
     maildirs = [base / DOMAIN / user for user in USERS]
     return Server("postfix", host, port, maildirs, instance.stop)
@@ -240,9 +270,16 @@ async def run_scenario(server: Server, size: int, senders: int, per_sender: int)
     await asyncio.gather(*(sender(n) for n in range(senders)))
     await wait_delivered(server, before + sent)
     seconds = time.perf_counter() - start
-    return Result(server.name, size, senders, sent, round(seconds, 3), round(sent / seconds, 1),
-                  round(percentile(latencies, 50) * 1000, 2),
-                  round(percentile(latencies, 99) * 1000, 2))
+    return Result(
+        server.name,
+        size,
+        senders,
+        sent,
+        round(seconds, 3),
+        round(sent / seconds, 1),
+        round(percentile(latencies, 50) * 1000, 2),
+        round(percentile(latencies, 99) * 1000, 2),
+    )
 
 
 @dataclass
@@ -292,7 +329,10 @@ class NoopProbe:
     def __init__(self, host: str, port: int, interval_s: float = 0.005) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, host, str(port), str(interval_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def wait_ready(self) -> None:
         assert self.proc.stdout is not None
@@ -332,9 +372,15 @@ async def run_stall(server: Server, size: int, senders: int, per_sender: int) ->
     finally:
         rtts = await asyncio.to_thread(probe.stop)
     seconds = time.perf_counter() - start
-    return StallResult(server.name, senders * per_sender, round(seconds, 2),
-                       round(statistics.median(idle_rtts) * 1000, 3), len(rtts),
-                       round(max(rtts) * 1000, 1), round(percentile(rtts, 99) * 1000, 1))
+    return StallResult(
+        server.name,
+        senders * per_sender,
+        round(seconds, 2),
+        round(statistics.median(idle_rtts) * 1000, 3),
+        len(rtts),
+        round(max(rtts) * 1000, 1),
+        round(percentile(rtts, 99) * 1000, 1),
+    )
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -351,10 +397,16 @@ def machine_description() -> list[str]:
     with contextlib.suppress(OSError):
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f"{kb / 1024 / 1024:.0f} GiB RAM"
-    postfix = subprocess.run(["postconf", "-h", "-d", "mail_version"], capture_output=True,
-                             text=True, check=False).stdout.strip()
-    disk = subprocess.run(["df", "-hT", tempfile.gettempdir()], capture_output=True, text=True,
-                          check=False).stdout.splitlines()[-1].split()
+    postfix = subprocess.run(
+        ["postconf", "-h", "-d", "mail_version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    disk = (
+        subprocess.run(
+            ["df", "-hT", tempfile.gettempdir()], capture_output=True, text=True, check=False
+        )
+        .stdout.splitlines()[-1]
+        .split()
+    )
     return [
         f"- CPU: {os.cpu_count()} cores, {cpu}; {mem}",
         f"- Kernel: {platform.system()} {platform.release()}; file system for the Maildirs "
@@ -427,7 +479,8 @@ def render(results: list[Result], stalls: list[StallResult], command: str) -> st
             lines.append(
                 f"| {size // 1024} KB | {senders} | {m.per_second} | {p.per_second} "
                 f"| {ratio(m.per_second, p.per_second)} | {m.p99_ms} | {p.p99_ms} "
-                f"| {ratio(m.p99_ms, p.p99_ms)} | {m.messages} / {p.messages} |")
+                f"| {ratio(m.p99_ms, p.p99_ms)} | {m.messages} / {p.messages} |"
+            )
     if stalls:
         lines += [
             "",
@@ -437,8 +490,8 @@ def render(results: list[Result], stalls: list[StallResult], command: str) -> st
             "its own, sends NOOP every 5 ms and times each round trip. For mailstack every "
             "connection shares one asyncio loop, so the worst NOOP round trip bounds the longest "
             "stall of that loop (IMAP sessions run on the same loop in `serve`). Postfix runs "
-            "one process per connection, so its column is the reference for \"no shared loop "
-            "at all\". (Until 2026-11-22 15:30 the probe was a thread of the bench process and "
+            'one process per connection, so its column is the reference for "no shared loop '
+            'at all". (Until 2026-11-22 15:30 the probe was a thread of the bench process and '
             "shared its GIL with the senders, so its round trips included the bench's own "
             "stalls: the 628 ms measured for mailstack at 14:29 is not comparable with these "
             "numbers. Postfix's worst of about 1000 ms recurs with the probe in a process of its "
@@ -450,11 +503,16 @@ def render(results: list[Result], stalls: list[StallResult], command: str) -> st
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for s in stalls:
-            lines.append(f"| {s.server} | {s.messages} | {s.seconds} | {s.idle_noop_ms} "
-                         f"| {s.noops} | {s.p99_noop_ms} | {s.worst_noop_ms} |")
+            lines.append(
+                f"| {s.server} | {s.messages} | {s.seconds} | {s.idle_noop_ms} "
+                f"| {s.noops} | {s.p99_noop_ms} | {s.worst_noop_ms} |"
+            )
         if len(stalls) == 2:
-            lines += ["", f"Worst-stall ratio mailstack / Postfix: "
-                          f"{ratio(stalls[0].worst_noop_ms, stalls[1].worst_noop_ms)}."]
+            lines += [
+                "",
+                f"Worst-stall ratio mailstack / Postfix: "
+                f"{ratio(stalls[0].worst_noop_ms, stalls[1].worst_noop_ms)}.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -465,15 +523,17 @@ def render(results: list[Result], stalls: list[StallResult], command: str) -> st
 class Plan:
     sizes: list[int] = field(default_factory=lambda: [10 * 1024, 100 * 1024])
     senders: list[int] = field(default_factory=lambda: [1, 4, 16])
-    total_messages: dict[int, int] = field(default_factory=lambda: {10 * 1024: 960,
-                                                                    100 * 1024: 400})
+    total_messages: dict[int, int] = field(
+        default_factory=lambda: {10 * 1024: 960, 100 * 1024: 400}
+    )
     big_size: int = 25 * 1024 * 1024
     big_senders: int = 4
     big_per_sender: int = 2
 
 
-async def bench(plan: Plan, workdir: Path, *, stall: bool) -> tuple[list[Result],
-                                                                    list[StallResult]]:
+async def bench(
+    plan: Plan, workdir: Path, *, stall: bool
+) -> tuple[list[Result], list[StallResult]]:
     servers = [start_mailstack(workdir), start_postfix(workdir)]
     results: list[Result] = []
     stalls: list[StallResult] = []
@@ -523,15 +583,21 @@ def main() -> int:
         results, stalls = asyncio.run(bench(plan, workdir, stall=not args.no_stall))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    command = "sudo python bench/smtp_bench.py --write docs/benchmarks.md" + (
-        " --quick" if args.quick else "") + (" --no-stall" if args.no_stall else "")
+    command = (
+        "sudo python bench/smtp_bench.py --write docs/benchmarks.md"
+        + (" --quick" if args.quick else "")
+        + (" --no-stall" if args.no_stall else "")
+    )
     report = render(results, stalls, command)
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (out_dir / f"smtp-{stamp}.json").write_text(json.dumps(
-        {"results": [asdict(r) for r in results], "stalls": [asdict(s) for s in stalls]},
-        indent=2))
+    (out_dir / f"smtp-{stamp}.json").write_text(
+        json.dumps(
+            {"results": [asdict(r) for r in results], "stalls": [asdict(s) for s in stalls]},
+            indent=2,
+        )
+    )
     if args.write:
         args.write.write_text(report)
     print(report)

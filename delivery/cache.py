@@ -103,9 +103,7 @@ class StructureCache:
 
     def _failed(self, what: str, exc: sqlite3.Error) -> None:
         log.debug("structure cache %s: %s failed: %s", self.path, what, exc)
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-            exc, sqlite3.OperationalError
-        ):
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
             # Corrupt under us (e.g. truncated by hand): start over on the next call.
             with contextlib.suppress(sqlite3.Error):
                 if self._db is not None:
@@ -206,9 +204,7 @@ class StructureCache:
             if db is None:
                 return 0
             try:
-                stale = [
-                    (k,) for (k,) in db.execute("SELECT key FROM structure") if k not in live
-                ]
+                stale = [(k,) for (k,) in db.execute("SELECT key FROM structure") if k not in live]
                 if stale:
                     with db:
                         db.execute("BEGIN")

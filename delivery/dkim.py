@@ -30,13 +30,30 @@ log = logging.getLogger(__name__)
 # RFC 6376 §5.4.1: "The following header fields SHOULD be included in the signature, if they
 # are present in the message being signed". Listing a field the message lacks costs nothing.
 SIGNED_HEADERS: tuple[str, ...] = (
-    "from", "reply-to", "subject", "date", "to", "cc",
-    "resent-date", "resent-from", "resent-to", "resent-cc",
-    "in-reply-to", "references",
-    "list-id", "list-help", "list-unsubscribe", "list-subscribe", "list-post", "list-owner",
+    "from",
+    "reply-to",
+    "subject",
+    "date",
+    "to",
+    "cc",
+    "resent-date",
+    "resent-from",
+    "resent-to",
+    "resent-cc",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
     "list-archive",
     # Not in §5.4.1's list, but changing them changes what the reader sees (RFC 6376 §5.4):
-    "message-id", "mime-version", "content-type", "content-transfer-encoding",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
 )
 OVERSIGNED: tuple[str, ...] = ("from",)
 
@@ -82,8 +99,9 @@ def sign(
         return message
     # Fields the message has, in our order, then From again; listing absent fields would
     # freeze them too, which breaks on mailing lists that add List-* (RFC 6376 §5.4.2).
-    present = {name.lower() for name in re.findall(
-        rb"(?m)^([!-9;-~]+)[ \t]*:", _header_block(message))}
+    present = {
+        name.lower() for name in re.findall(rb"(?m)^([!-9;-~]+)[ \t]*:", _header_block(message))
+    }
     include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
     try:
         field: bytes = dkim.sign(

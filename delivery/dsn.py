@@ -101,11 +101,17 @@ def build_dsn(
         "",
     ]
     if failed:
-        lines += ["Your message could not be delivered to one or more recipients.",
-                  "It has been returned without its body; the headers are attached.", ""]
+        lines += [
+            "Your message could not be delivered to one or more recipients.",
+            "It has been returned without its body; the headers are attached.",
+            "",
+        ]
     else:
-        lines += ["Your message has not been delivered yet to the recipients below.",
-                  "The mail system will keep trying; you need not send it again.", ""]
+        lines += [
+            "Your message has not been delivered yet to the recipients below.",
+            "The mail system will keep trying; you need not send it again.",
+            "",
+        ]
     for r in recipients:
         lines.append(f"<{r.address}>: {r.action}: {_xtext_free(r.reply)}")
     lines += [
@@ -119,8 +125,12 @@ def build_dsn(
     ]
     for r in recipients:
         # RFC 3464 §2.3: per-recipient fields, each block preceded by a blank line
-        lines += ["", f"Final-Recipient: rfc822; {r.address}", f"Action: {r.action}",
-                  f"Status: {r.status}"]
+        lines += [
+            "",
+            f"Final-Recipient: rfc822; {r.address}",
+            f"Action: {r.action}",
+            f"Status: {r.status}",
+        ]
         if r.remote_mta:
             lines.append(f"Remote-MTA: dns; {r.remote_mta}")
         if r.reply:

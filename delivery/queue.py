@@ -200,8 +200,9 @@ def local_delivery(accounts: Accounts, store: MailStore, hostname: str) -> Local
     `delivery.local`, as our MX would store them: no DNS, no connection to ourselves."""
 
     def deliver(mail_from: str, rcpt: str, message: bytes) -> RcptResult:
-        status, problem = deliver_message(accounts, store, hostname=hostname, recipient=rcpt,
-                                          message=message, mail_from=mail_from)
+        status, problem = deliver_message(
+            accounts, store, hostname=hostname, recipient=rcpt, message=message, mail_from=mail_from
+        )
         if status == EX_OK:
             return RcptResult(rcpt, "delivered", "250 2.0.0 delivered locally")
         if status == EX_TEMPFAIL:
@@ -211,6 +212,7 @@ def local_delivery(accounts: Accounts, store: MailStore, hostname: str) -> Local
         return RcptResult(rcpt, "permanent", f"554 5.6.0 {problem}")
 
     return deliver
+
 
 _Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients there due now
 
@@ -336,8 +338,13 @@ class OutboundQueue:
         )
         self._write(self._msg(qid), message)
         self._write(self._state(qid), entry.to_json())  # now it exists
-        log.info("queue: %s from <%s> to %s, %d bytes", qid, mail_from,
-                 ", ".join(r.address for r in entry.recipients), len(message))
+        log.info(
+            "queue: %s from <%s> to %s, %d bytes",
+            qid,
+            mail_from,
+            ", ".join(r.address for r in entry.recipients),
+            len(message),
+        )
         self.wake()
         return qid
 
@@ -407,8 +414,9 @@ class OutboundQueue:
                     for r in current.recipients
                 )
                 count += sum(r.status == "pending" for r in recipients)
-                self._write(self._state(entry.id),
-                            replace(current, recipients=recipients).to_json())
+                self._write(
+                    self._state(entry.id), replace(current, recipients=recipients).to_json()
+                )
         self._touch_wakeup()
         self.wake()
         return count
@@ -428,8 +436,7 @@ class OutboundQueue:
                     if now - path.stat().st_mtime >= ORPHAN_S:
                         path.unlink()
                         removed.append(path.name)
-                        log.warning("queue: removed %s, an enqueue that never finished",
-                                    path.name)
+                        log.warning("queue: removed %s, an enqueue that never finished", path.name)
         return removed
 
     # -- applying an attempt's results ---------------------------------------------------------
@@ -450,26 +457,36 @@ class OutboundQueue:
                 if result is None or rcpt.status != "pending":
                     recipients.append(rcpt)
                     continue
-                new = replace(rcpt, attempts=rcpt.attempts + 1, last_reply=result.reply,
-                              remote_mta=result.remote_mta)
+                new = replace(
+                    rcpt,
+                    attempts=rcpt.attempts + 1,
+                    last_reply=result.reply,
+                    remote_mta=result.remote_mta,
+                )
                 if result.kind == "delivered":
                     new = replace(new, status="delivered")
                 elif result.kind == "permanent":
                     new = replace(new, status="failed")
-                    failed.append(DsnRecipient(rcpt.address, "failed", result.reply,
-                                               result.remote_mta))
+                    failed.append(
+                        DsnRecipient(rcpt.address, "failed", result.reply, result.remote_mta)
+                    )
                 elif now - entry.created >= GIVE_UP_S:
                     reply = result.reply
-                    new = replace(new, status="failed", last_reply=f"{reply} (gave up after "
-                                  f"{GIVE_UP_S // 86400} days)")
-                    failed.append(DsnRecipient(rcpt.address, "failed", new.last_reply,
-                                               result.remote_mta))
+                    new = replace(
+                        new,
+                        status="failed",
+                        last_reply=f"{reply} (gave up after {GIVE_UP_S // 86400} days)",
+                    )
+                    failed.append(
+                        DsnRecipient(rcpt.address, "failed", new.last_reply, result.remote_mta)
+                    )
                 else:
                     new = replace(new, next_attempt=now + retry_delay_s(new.attempts))
                     if not rcpt.warned and now - entry.created >= DELAY_WARN_S:
                         new = replace(new, warned=True)
-                        delayed.append(DsnRecipient(rcpt.address, "delayed", result.reply,
-                                                    result.remote_mta))
+                        delayed.append(
+                            DsnRecipient(rcpt.address, "delayed", result.reply, result.remote_mta)
+                        )
                 recipients.append(new)
             updated = replace(entry, recipients=tuple(recipients))
             for group in (failed, delayed):
@@ -481,8 +498,14 @@ class OutboundQueue:
                 self._write(self._state(qid), updated.to_json())
         for r in updated.recipients:
             if r.address in by_address and r.status == "pending":
-                log.info("queue: %s: %s deferred (attempt %d), next in %.0fs: %s", qid, r.address,
-                         r.attempts, r.next_attempt - now, r.last_reply)
+                log.info(
+                    "queue: %s: %s deferred (attempt %d), next in %.0fs: %s",
+                    qid,
+                    r.address,
+                    r.attempts,
+                    r.next_attempt - now,
+                    r.last_reply,
+                )
             elif r.address in by_address:
                 log.info("queue: %s: %s %s: %s", qid, r.address, r.status, r.last_reply)
         return updated
@@ -507,8 +530,13 @@ class OutboundQueue:
         )
         # RFC 5321 §4.5.5: a DSN's reverse-path is null, so it can never bounce back.
         qid = self.enqueue("", [entry.mail_from], dsn)
-        log.info("queue: %s: %s DSN to <%s> queued as %s", entry.id, recipients[0].action,
-                 entry.mail_from, qid)
+        log.info(
+            "queue: %s: %s DSN to <%s> queued as %s",
+            entry.id,
+            recipients[0].action,
+            entry.mail_from,
+            qid,
+        )
 
     # -- the runner ----------------------------------------------------------------------------
 
@@ -551,10 +579,16 @@ class OutboundQueue:
                     results = [RcptResult(r, "temporary", reply) for r in rcpts]
                 elif self._local is not None and domain in set(self._hosted()):
                     results = await asyncio.to_thread(
-                        self._deliver_locally, self._local, entry.mail_from, rcpts, message)
+                        self._deliver_locally, self._local, entry.mail_from, rcpts, message
+                    )
                 else:
                     results = await asyncio.to_thread(
-                        self._deliver, self.config, domain, entry.mail_from, rcpts, message,
+                        self._deliver,
+                        self.config,
+                        domain,
+                        entry.mail_from,
+                        rcpts,
+                        message,
                         abort=self._abort,
                     )
                 await asyncio.to_thread(self.record, entry.id, results)
@@ -568,8 +602,9 @@ class OutboundQueue:
             self.wake()
 
     @staticmethod
-    def _deliver_locally(local: LocalDeliver, mail_from: str, rcpts: Sequence[str],
-                         message: bytes) -> builtins.list[RcptResult]:
+    def _deliver_locally(
+        local: LocalDeliver, mail_from: str, rcpts: Sequence[str], message: bytes
+    ) -> builtins.list[RcptResult]:
         return [local(mail_from, r, message) for r in rcpts]
 
     async def _dispatch(self) -> float | None:
@@ -625,8 +660,9 @@ class OutboundQueue:
                     timeout = min(timeout, max(0.0, later - self.clock()))
                 while not stop.is_set():
                     waker = asyncio.ensure_future(self._wake.wait())
-                    done, _ = await asyncio.wait({waker, stopping}, timeout=timeout,
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {waker, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
                     waker.cancel()
                     if done or (later is not None and self.clock() >= later):
                         break

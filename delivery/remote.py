@@ -171,12 +171,17 @@ def route(
         hosts = order_hosts(domain, records, rng, self_names=[config.server.hostname])
     except MxLoopError:
         # Postfix's words for the same case: "mail for X loops back to myself"
-        return RcptResult("", "permanent", f"554 5.4.6 {domain}: mail loops back to "
-                          f"{config.server.hostname} (we are its best MX but do not host it)")
+        return RcptResult(
+            "",
+            "permanent",
+            f"554 5.4.6 {domain}: mail loops back to "
+            f"{config.server.hostname} (we are its best MX but do not host it)",
+        )
     except NullMxError:
         # RFC 7505 §4.2: 556 5.1.10 for a domain that declares it accepts no mail
-        return RcptResult("", "permanent", f"556 5.1.10 {domain}: the domain accepts no mail "
-                          "(null MX)")
+        return RcptResult(
+            "", "permanent", f"556 5.1.10 {domain}: the domain accepts no mail (null MX)"
+        )
     targets: list[tuple[str, str]] = []
     lookup_failed = False
     for host in hosts:
@@ -186,8 +191,9 @@ def route(
     if not targets:
         if not records and not lookup_failed:
             return RcptResult("", "permanent", f"550 5.1.2 {domain}: no MX and no address")
-        return RcptResult("", "temporary", f"451 4.4.4 {domain}: no address for any MX host "
-                          f"({', '.join(hosts)})")
+        return RcptResult(
+            "", "temporary", f"451 4.4.4 {domain}: no address for any MX host ({', '.join(hosts)})"
+        )
     return targets
 
 
@@ -201,8 +207,16 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _session(
-    host: str, address: str, port: int, *, ehlo_name: str, mail_from: str,
-    rcpts: Sequence[str], message: bytes, abort: Abort, use_tls: bool = True,
+    host: str,
+    address: str,
+    port: int,
+    *,
+    ehlo_name: str,
+    mail_from: str,
+    rcpts: Sequence[str],
+    message: bytes,
+    abort: Abort,
+    use_tls: bool = True,
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
     smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
@@ -327,15 +341,31 @@ def deliver(
             break
         try:
             try:
-                results = _session(host, address, port, ehlo_name=ehlo_name,
-                                   mail_from=mail_from, rcpts=rcpts, message=message, abort=abort)
+                results = _session(
+                    host,
+                    address,
+                    port,
+                    ehlo_name=ehlo_name,
+                    mail_from=mail_from,
+                    rcpts=rcpts,
+                    message=message,
+                    abort=abort,
+                )
             except _TlsFailedError as exc:
                 # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
                 # delivering; Postfix's "may" level does the same.
                 log.info("remote: %s: %s; retrying without TLS", domain, exc)
-                results = _session(host, address, port, ehlo_name=ehlo_name,
-                                   mail_from=mail_from, rcpts=rcpts, message=message,
-                                   abort=abort, use_tls=False)
+                results = _session(
+                    host,
+                    address,
+                    port,
+                    ehlo_name=ehlo_name,
+                    mail_from=mail_from,
+                    rcpts=rcpts,
+                    message=message,
+                    abort=abort,
+                    use_tls=False,
+                )
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))
@@ -345,6 +375,3 @@ def deliver(
         return results
     reply = f"451 4.4.1 {domain}: no host accepted a connection: {'; '.join(errors[-3:])}"
     return _all(rcpts, "temporary", reply)
-
-
-

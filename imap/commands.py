@@ -56,10 +56,22 @@ class Section:
 
 
 # Names of FETCH attributes (RFC 9051 §6.4.5, RFC 3501 §6.4.5 for the RFC822 forms).
-FETCH_NAMES = frozenset({
-    "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.TEXT",
-    "RFC822.SIZE", "BODY", "BODYSTRUCTURE", "UID", "BINARY", "BINARY.SIZE",
-})
+FETCH_NAMES = frozenset(
+    {
+        "ENVELOPE",
+        "FLAGS",
+        "INTERNALDATE",
+        "RFC822",
+        "RFC822.HEADER",
+        "RFC822.TEXT",
+        "RFC822.SIZE",
+        "BODY",
+        "BODYSTRUCTURE",
+        "UID",
+        "BINARY",
+        "BINARY.SIZE",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +110,20 @@ class FetchAttr:
 
 # RFC 9051 §6.4.5 macros.
 FETCH_MACROS: dict[str, tuple[FetchAttr, ...]] = {
-    "ALL": (FetchAttr("FLAGS"), FetchAttr("INTERNALDATE"), FetchAttr("RFC822.SIZE"),
-            FetchAttr("ENVELOPE")),
+    "ALL": (
+        FetchAttr("FLAGS"),
+        FetchAttr("INTERNALDATE"),
+        FetchAttr("RFC822.SIZE"),
+        FetchAttr("ENVELOPE"),
+    ),
     "FAST": (FetchAttr("FLAGS"), FetchAttr("INTERNALDATE"), FetchAttr("RFC822.SIZE")),
-    "FULL": (FetchAttr("FLAGS"), FetchAttr("INTERNALDATE"), FetchAttr("RFC822.SIZE"),
-             FetchAttr("ENVELOPE"), FetchAttr("BODY")),
+    "FULL": (
+        FetchAttr("FLAGS"),
+        FetchAttr("INTERNALDATE"),
+        FetchAttr("RFC822.SIZE"),
+        FetchAttr("ENVELOPE"),
+        FetchAttr("BODY"),
+    ),
 }
 
 
@@ -189,8 +210,18 @@ class SearchAnd:
     keys: tuple[SearchKey, ...]
 
 
-SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize
-             | SearchSeq | SearchNot | SearchOr | SearchAnd)
+SearchKey = (
+    SearchAll
+    | SearchFlag
+    | SearchHeader
+    | SearchText
+    | SearchDate
+    | SearchSize
+    | SearchSeq
+    | SearchNot
+    | SearchOr
+    | SearchAnd
+)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -433,9 +464,31 @@ class Move(Command):
 ANY_STATE: tuple[type[Command], ...] = (Capability, Noop, Logout, Id)
 NOT_AUTHENTICATED: tuple[type[Command], ...] = (StartTls, Login, Authenticate)
 AUTHENTICATED: tuple[type[Command], ...] = (
-    Enable, Select, Create, Delete, Rename, Subscribe, Unsubscribe, List, Lsub, Namespace,
-    Status, Append, Idle, GetQuota, GetQuotaRoot, SetQuota,
+    Enable,
+    Select,
+    Create,
+    Delete,
+    Rename,
+    Subscribe,
+    Unsubscribe,
+    List,
+    Lsub,
+    Namespace,
+    Status,
+    Append,
+    Idle,
+    GetQuota,
+    GetQuotaRoot,
+    SetQuota,
 )
 SELECTED: tuple[type[Command], ...] = (
-    Check, Close, Unselect, Expunge, Search, Fetch, Store, Copy, Move,
+    Check,
+    Close,
+    Unselect,
+    Expunge,
+    Search,
+    Fetch,
+    Store,
+    Copy,
+    Move,
 )

@@ -81,7 +81,7 @@ MISSING_DOMAIN = "MISSING_DOMAIN"
 # -- ENVELOPE -------------------------------------------------------------------------------
 
 # RFC 5322 §3.2.3 specials that structure an address list (others are kept as text).
-_SPECIALS = frozenset('<>@,;:.')
+_SPECIALS = frozenset("<>@,;:.")
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _ATOM_STOP = frozenset('<>@,;:."()[] \t\r\n\\')
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]+"  # RFC 5322 §3.2.3, RFC 6532 §3.2
@@ -173,11 +173,10 @@ def _local_part(tokens: list[_Token]) -> str:
 
 def _addr_spec(tokens: list[_Token]) -> tuple[str, str]:
     """(mailbox, host) of `local-part "@" domain`, with Dovecot's placeholders if missing."""
-    at = max((i for i, t in enumerate(tokens) if t.kind == "special" and t.text == "@"),
-             default=-1)
+    at = max((i for i, t in enumerate(tokens) if t.kind == "special" and t.text == "@"), default=-1)
     if at < 0:
         return _local_part(tokens), MISSING_DOMAIN
-    host = "".join(t.text for t in tokens[at + 1:] if t.kind != "comment")
+    host = "".join(t.text for t in tokens[at + 1 :] if t.kind != "comment")
     return _local_part(tokens[:at]), host or MISSING_DOMAIN
 
 
@@ -185,14 +184,15 @@ def _mailbox(tokens: list[_Token]) -> Value:
     """`name-addr / addr-spec` (RFC 5322 §3.4) -> (name adl mailbox host), or None if empty."""
     if not any(t.kind != "comment" for t in tokens):
         return None
-    opening = next((i for i, t in enumerate(tokens) if t.kind == "special" and t.text == "<"),
-                   None)
+    opening = next((i for i, t in enumerate(tokens) if t.kind == "special" and t.text == "<"), None)
     if opening is None:
         # addr-spec, possibly with the obsolete "(Real Name)" comment as the name.
         name = next((t.text.strip() for t in tokens if t.kind == "comment"), None) or None
         words = [t for t in tokens if t.kind != "comment"]
-        at = max((i for i, t in enumerate(words) if t.kind == "special" and t.text == "@"),
-                 default=len(words))
+        at = max(
+            (i for i, t in enumerate(words) if t.kind == "special" and t.text == "@"),
+            default=len(words),
+        )
         start = at - 1
         while start > 0 and not words[start].space_before:
             start -= 1
@@ -203,16 +203,21 @@ def _mailbox(tokens: list[_Token]) -> Value:
             words = words[start:]
         mailbox, host = _addr_spec(words)
         return (name, None, mailbox, host)
-    closing = next((i for i in range(opening + 1, len(tokens))
-                    if tokens[i].kind == "special" and tokens[i].text == ">"), len(tokens))
-    inside = tokens[opening + 1:closing]
+    closing = next(
+        (
+            i
+            for i in range(opening + 1, len(tokens))
+            if tokens[i].kind == "special" and tokens[i].text == ">"
+        ),
+        len(tokens),
+    )
+    inside = tokens[opening + 1 : closing]
     adl: str | None = None
-    colon = next((i for i, t in enumerate(inside) if t.kind == "special" and t.text == ":"),
-                 None)
+    colon = next((i for i, t in enumerate(inside) if t.kind == "special" and t.text == ":"), None)
     if colon is not None and inside and inside[0].text == "@":
         # RFC 5322 §4.4 obs-route "@a,@b:" -> RFC 3501 addr-adl "@a,@b"
         adl = "".join(t.text for t in inside[:colon] if t.kind != "comment") or None
-        inside = inside[colon + 1:]
+        inside = inside[colon + 1 :]
     mailbox, host = _addr_spec(inside)
     return (_phrase(tokens[:opening]), adl, mailbox, host)
 
@@ -355,7 +360,7 @@ def _body(data: bytes, part: Entity, extensible: bool) -> Value:
         if extensible:
             fields += (_params(ctype.params), *_extension(part))
         return fields
-    body = data[part.body_start:part.end]
+    body = data[part.body_start : part.end]
     encoding = part.header_text("Content-Transfer-Encoding")
     # body-fields = body-fld-param SP body-fld-id SP body-fld-desc SP body-fld-enc SP
     #               body-fld-octets
@@ -373,9 +378,11 @@ def _body(data: bytes, part: Entity, extensible: bool) -> Value:
     )
     if part.message is not None:
         # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
-        fields += (_envelope(part.message),
-                   _body(data, part.message, extensible),
-                   count_lines(body))
+        fields += (
+            _envelope(part.message),
+            _body(data, part.message, extensible),
+            count_lines(body),
+        )
     elif ctype.maintype.lower() == "text":
         fields += (count_lines(body),)  # body-type-text ... SP body-fld-lines
     if extensible:
@@ -403,8 +410,9 @@ class Structure:
         )
 
     def to_json(self) -> str:
-        return json.dumps([_to_json(self.envelope), _to_json(self.body),
-                           _to_json(self.bodystructure), self.size])
+        return json.dumps(
+            [_to_json(self.envelope), _to_json(self.body), _to_json(self.bodystructure), self.size]
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Structure:
@@ -446,8 +454,12 @@ def _from_json(value: object) -> Value:
 def _header_lines(data: bytes, fields: tuple[HeaderField, ...]) -> bytes:
     """Raw fields followed by the blank line (RFC 3501 §6.4.5: the subset of the header,
     which like HEADER ends with the empty line)."""
-    out = [data[f.start:f.end] if data[f.start:f.end].endswith(b"\r\n")
-           else data[f.start:f.end] + b"\r\n" for f in fields]
+    out = [
+        data[f.start : f.end]
+        if data[f.start : f.end].endswith(b"\r\n")
+        else data[f.start : f.end] + b"\r\n"
+        for f in fields
+    ]
     return b"".join(out) + b"\r\n"
 
 
@@ -462,26 +474,27 @@ def section_bytes(data: bytes, root: Entity, section: Section) -> bytes:
         if part is None:
             return b""
         if section.text is None:
-            return data[part.body_start:part.end]
+            return data[part.body_start : part.end]
         if section.text == "MIME":
-            return data[part.start:part.body_start]
+            return data[part.start : part.body_start]
         if part.message is None:
             return b""
         message = part.message
     else:
         message = root
         if section.text is None:
-            return data[root.start:root.end]
+            return data[root.start : root.end]
     match section.text:
         case "HEADER":
-            return data[message.start:message.body_start]
+            return data[message.start : message.body_start]
         case "TEXT":
-            return data[message.body_start:message.end]
+            return data[message.body_start : message.end]
         case "HEADER.FIELDS" | "HEADER.FIELDS.NOT":
             names = {n.lower() for n in section.fields}
             keep = section.text == "HEADER.FIELDS"
             return _header_lines(
-                data, tuple(f for f in message.fields if (f.name.lower() in names) == keep))
+                data, tuple(f for f in message.fields if (f.name.lower() in names) == keep)
+            )
     return b""
 
 
@@ -496,7 +509,7 @@ def binary_bytes(data: bytes, root: Entity, part_path: tuple[int, ...]) -> bytes
     part = find_part(root, part_path)
     if part is None:
         return b""
-    body = data[part.body_start:part.end]
+    body = data[part.body_start : part.end]
     if part.children or part.message is not None:
         return body  # RFC 2045 §6.4: composite types are never encoded
     encoding = part.transfer_encoding
@@ -508,7 +521,7 @@ def binary_bytes(data: bytes, root: Entity, part_path: tuple[int, ...]) -> bytes
 
 def partial(content: bytes, origin: int, count: int) -> bytes:
     """`<origin.count>` (RFC 9051 §6.4.5): an origin beyond the end gives the empty string."""
-    return content[origin:origin + count]
+    return content[origin : origin + count]
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,18 +545,30 @@ class ParsedMessage:
 
 # Items computed from the message bytes by `fetch_item`; FLAGS, UID and INTERNALDATE come
 # from the store's MessageInfo and are the session's.
-MESSAGE_ITEMS = frozenset({
-    "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "RFC822.SIZE", "BODY",
-    "BODYSTRUCTURE", "BINARY", "BINARY.SIZE",
-})
+MESSAGE_ITEMS = frozenset(
+    {
+        "ENVELOPE",
+        "RFC822",
+        "RFC822.HEADER",
+        "RFC822.TEXT",
+        "RFC822.SIZE",
+        "BODY",
+        "BODYSTRUCTURE",
+        "BINARY",
+        "BINARY.SIZE",
+    }
+)
 # Items a cached Structure answers without the message bytes.
 STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE"})
 
 
 def needs_message(attrs: tuple[FetchAttr, ...]) -> bool:
     """Must the message be read (and not just its cached Structure) to answer `attrs`?"""
-    return any(a.name in MESSAGE_ITEMS and not (
-        a.name in STRUCTURE_ITEMS or (a.name == "BODY" and a.section is None)) for a in attrs)
+    return any(
+        a.name in MESSAGE_ITEMS
+        and not (a.name in STRUCTURE_ITEMS or (a.name == "BODY" and a.section is None))
+        for a in attrs
+    )
 
 
 def structure_item(attr: FetchAttr, structure: Structure) -> Value:
@@ -581,9 +606,9 @@ def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
         case "RFC822":
             content = data
         case "RFC822.HEADER":
-            content = data[root.start:root.body_start]
+            content = data[root.start : root.body_start]
         case "RFC822.TEXT":
-            content = data[root.body_start:root.end]
+            content = data[root.body_start : root.end]
         case "BODY":
             content = section_bytes(data, root, attr.section or Section())
         case "BINARY":

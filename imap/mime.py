@@ -302,15 +302,13 @@ def parse_disposition(value: str | None) -> ContentType | None:
     return ContentType(kind, "", parse_params(pieces[1:]))
 
 
-def _delimiters(
-    data: bytes, start: int, end: int, boundary: bytes
-) -> list[tuple[int, int, bool]]:
+def _delimiters(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int, bool]]:
     """Boundary lines in data[start:end] as (line start, after its CRLF, is close delimiter).
 
-        dash-boundary = "--" boundary                       ; RFC 2046 §5.1.1
-        delimiter     = CRLF dash-boundary
-        close-delimiter = delimiter "--"
-        transport-padding = *LWSP-char                      ; after either, before CRLF
+    dash-boundary = "--" boundary                       ; RFC 2046 §5.1.1
+    delimiter     = CRLF dash-boundary
+    close-delimiter = delimiter "--"
+    transport-padding = *LWSP-char                      ; after either, before CRLF
     """
     marker = b"--" + boundary
     line_marker = b"\r\n" + marker
@@ -396,8 +394,11 @@ def find_part(root: Entity, path: tuple[int, ...]) -> Entity | None:
         if not 1 <= n <= len(parts):
             return None
         # Is `parts` the lone body of a single-part message rather than a multipart's list?
-        is_message_body = not parts[0].children and parts[0].message is None and (
-            parts[0] is root or (found is not None and found.message is parts[0]))
+        is_message_body = (
+            not parts[0].children
+            and parts[0].message is None
+            and (parts[0] is root or (found is not None and found.message is parts[0]))
+        )
         found = parts[n - 1]
         if found.children:
             parts = found.children

@@ -35,32 +35,62 @@ _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTR
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"})
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"}
+)
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
 _ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 _HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
 _FLAG_KEYS = {
-    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
-    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
-    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
-    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
-    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+    "ANSWERED": ("\\Answered", True),
+    "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True),
+    "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True),
+    "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True),
+    "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True),
+    "UNSEEN": ("\\Seen", False),
     "RECENT": ("\\Recent", True),
 }
-_KEYS_WITH_ARGUMENTS = frozenset({
-    "BCC", "CC", "FROM", "SUBJECT", "TO", "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "BEFORE",
-    "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "LARGER", "SMALLER", "HEADER", "UID",
-    "NOT", "OR",
-})
+_KEYS_WITH_ARGUMENTS = frozenset(
+    {
+        "BCC",
+        "CC",
+        "FROM",
+        "SUBJECT",
+        "TO",
+        "BODY",
+        "TEXT",
+        "KEYWORD",
+        "UNKEYWORD",
+        "BEFORE",
+        "ON",
+        "SINCE",
+        "SENTBEFORE",
+        "SENTON",
+        "SENTSINCE",
+        "LARGER",
+        "SMALLER",
+        "HEADER",
+        "UID",
+        "NOT",
+        "OR",
+    }
+)
 _DATE_KEYS = {
-    "BEFORE": ("BEFORE", False), "ON": ("ON", False), "SINCE": ("SINCE", False),
-    "SENTBEFORE": ("BEFORE", True), "SENTON": ("ON", True), "SENTSINCE": ("SINCE", True),
+    "BEFORE": ("BEFORE", False),
+    "ON": ("ON", False),
+    "SINCE": ("SINCE", False),
+    "SENTBEFORE": ("BEFORE", True),
+    "SENTON": ("ON", True),
+    "SENTSINCE": ("SINCE", True),
 }
-
 
 
 # -- commands --------------------------------------------------------------------------------
+
 
 def parse_command(data: bytes) -> c.Command:
     """One whole command (final CRLF included) -> Command. Raises ParseError."""
@@ -96,8 +126,14 @@ def parse_command(data: bytes) -> c.Command:
 
 
 _SIMPLE: dict[str, Callable[[str], c.Command]] = {
-    "CAPABILITY": c.Capability, "NOOP": c.Noop, "LOGOUT": c.Logout, "STARTTLS": c.StartTls,
-    "NAMESPACE": c.Namespace, "IDLE": c.Idle, "CHECK": c.Check, "CLOSE": c.Close,
+    "CAPABILITY": c.Capability,
+    "NOOP": c.Noop,
+    "LOGOUT": c.Logout,
+    "STARTTLS": c.StartTls,
+    "NAMESPACE": c.Namespace,
+    "IDLE": c.Idle,
+    "CHECK": c.Check,
+    "CLOSE": c.Close,
     "UNSELECT": c.Unselect,
 }
 
@@ -151,6 +187,7 @@ def _select(readonly: bool) -> Callable[[Reader, str], c.Command]:
     def parse(r: Reader, tag: str) -> c.Command:
         r.sp()
         return c.Select(tag, r.mailbox(), readonly)
+
     return parse
 
 
@@ -172,6 +209,7 @@ def _one_mailbox(cls: Callable[[str, str], c.Command]) -> Callable[[Reader, str]
     def parse(r: Reader, tag: str) -> c.Command:
         r.sp()
         return cls(tag, r.mailbox())
+
     return parse
 
 
@@ -282,6 +320,7 @@ def _copy_move(cls: type[c.Copy] | type[c.Move]) -> Callable[[Reader, str, bool]
         seqset = r.seqset()
         r.sp()
         return cls(tag, seqset, r.mailbox(), uid)
+
     return parse
 
 
@@ -290,8 +329,9 @@ def _store(r: Reader, tag: str, uid: bool) -> c.Command:
     r.sp()
     seqset = r.seqset()
     r.sp()
-    mode = FlagMode.ADD if r.accept(b"+") else FlagMode.REMOVE if r.accept(b"-") \
-        else FlagMode.REPLACE
+    mode = (
+        FlagMode.ADD if r.accept(b"+") else FlagMode.REMOVE if r.accept(b"-") else FlagMode.REPLACE
+    )
     r.expect(b"FLAGS", "FLAGS, +FLAGS or -FLAGS")
     silent = r.accept(b".SILENT")
     r.sp()
@@ -306,6 +346,7 @@ def _store(r: Reader, tag: str, uid: bool) -> c.Command:
 
 
 # -- FETCH -----------------------------------------------------------------------------------
+
 
 def _fetch(r: Reader, tag: str, uid: bool) -> c.Command:
     # fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att /
@@ -366,18 +407,23 @@ def _section(r: Reader, *, binary: bool) -> c.Section:
         word = r.match(_FETCH_NAME, "a section text").decode("ascii").upper()
         if word in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             r.sp()
-            fields = tuple(f.upper() for f in r.paren_list(
-                lambda: r.astring("a header field name"), "header field names"))
+            fields = tuple(
+                f.upper()
+                for f in r.paren_list(
+                    lambda: r.astring("a header field name"), "header field names"
+                )
+            )
         elif word not in ("HEADER", "TEXT", "MIME") or (word == "MIME" and not part):
             raise BadSyntaxError(f"bad section {word}")
         text = word
-    elif r.data[r.pos - 1:r.pos] == b".":
+    elif r.data[r.pos - 1 : r.pos] == b".":
         raise BadSyntaxError("expected a section text after the part number")
     r.expect(b"]", "] closing the section")
     return c.Section(tuple(part), text, fields)
 
 
 # -- SEARCH ----------------------------------------------------------------------------------
+
 
 def _search(r: Reader, tag: str, uid: bool) -> c.Command:
     # search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)
@@ -477,15 +523,30 @@ def _setquota(r: Reader, tag: str) -> c.Command:
 
 
 _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
-    "ID": _id, "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable,
-    "SELECT": _select(False), "EXAMINE": _select(True), "CREATE": _create,
-    "DELETE": _one_mailbox(c.Delete), "SUBSCRIBE": _one_mailbox(c.Subscribe),
-    "UNSUBSCRIBE": _one_mailbox(c.Unsubscribe), "RENAME": _rename, "LIST": _list,
-    "LSUB": _lsub, "STATUS": _status, "APPEND": _append, "GETQUOTA": _getquota,
-    "GETQUOTAROOT": _getquotaroot, "SETQUOTA": _setquota,
+    "ID": _id,
+    "LOGIN": _login,
+    "AUTHENTICATE": _authenticate,
+    "ENABLE": _enable,
+    "SELECT": _select(False),
+    "EXAMINE": _select(True),
+    "CREATE": _create,
+    "DELETE": _one_mailbox(c.Delete),
+    "SUBSCRIBE": _one_mailbox(c.Subscribe),
+    "UNSUBSCRIBE": _one_mailbox(c.Unsubscribe),
+    "RENAME": _rename,
+    "LIST": _list,
+    "LSUB": _lsub,
+    "STATUS": _status,
+    "APPEND": _append,
+    "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _getquotaroot,
+    "SETQUOTA": _setquota,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
-    "FETCH": _fetch, "SEARCH": _search, "STORE": _store, "COPY": _copy_move(c.Copy),
-    "MOVE": _copy_move(c.Move), "EXPUNGE": _expunge,
+    "FETCH": _fetch,
+    "SEARCH": _search,
+    "STORE": _store,
+    "COPY": _copy_move(c.Copy),
+    "MOVE": _copy_move(c.Move),
+    "EXPUNGE": _expunge,
 }
-

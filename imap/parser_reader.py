@@ -26,9 +26,14 @@ _LITERAL = re.compile(rb"~?\{(\d{1,19})\+?\}\r\n")
 
 # date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE
 _DATE_TIME = re.compile(
-    r" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
-_MONTHS = {m: i for i, m in enumerate(
-    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
+    r" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
+)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1
+    )
+}
 _SYSTEM_FLAGS = {f.value.upper(): f.value for f in Flag} | {"\\RECENT": "\\Recent"}
 
 
@@ -73,10 +78,10 @@ class Reader:
 
     # -- low level -----------------------------------------------------------------------------
     def peek(self, n: int = 1) -> bytes:
-        return self.data[self.pos:self.pos + n]
+        return self.data[self.pos : self.pos + n]
 
     def at(self, text: bytes) -> bool:
-        return self.data[self.pos:self.pos + len(text)].upper() == text
+        return self.data[self.pos : self.pos + len(text)].upper() == text
 
     def accept(self, text: bytes) -> bool:
         if self.at(text):
@@ -100,7 +105,7 @@ class Reader:
         return m[0]
 
     def at_end(self) -> bool:
-        return self.data[self.pos:] == b"\r\n"
+        return self.data[self.pos :] == b"\r\n"
 
     def end(self) -> None:
         if not self.at_end():
@@ -132,14 +137,14 @@ class Reader:
         self.expect(b'"', "a quoted string")
         out = bytearray()
         while True:
-            ch = self.data[self.pos:self.pos + 1]
+            ch = self.data[self.pos : self.pos + 1]
             if not ch or ch in b"\r\n":
                 raise BadSyntaxError("unterminated quoted string")
             self.pos += 1
             if ch == b'"':
                 return _decode(bytes(out))
             if ch == b"\\":
-                esc = self.data[self.pos:self.pos + 1]
+                esc = self.data[self.pos : self.pos + 1]
                 if esc not in (b"\\", b'"'):
                     raise BadSyntaxError("bad escape in quoted string")
                 self.pos += 1
@@ -158,7 +163,7 @@ class Reader:
         if start + size > len(self.data):
             raise BadSyntaxError("literal is shorter than announced")
         self.pos = start + size
-        return self.data[start:start + size]
+        return self.data[start : start + size]
 
     def string(self) -> str:
         if self.peek() == b'"':
@@ -244,11 +249,19 @@ class Reader:
         m = _DATE_TIME.fullmatch(text)
         if m is None or m[2].upper() not in _MONTHS:
             raise BadSyntaxError(
-                f'expected a date-time such as "01-Feb-2024 13:05:00 +0100", got {text!r}')
+                f'expected a date-time such as "01-Feb-2024 13:05:00 +0100", got {text!r}'
+            )
         offset = datetime.timedelta(hours=int(m[8]), minutes=int(m[9]))
         try:
             zone = datetime.timezone(-offset if m[7] == "-" else offset)
-            return datetime.datetime(int(m[3]), _MONTHS[m[2].upper()], int(m[1]), int(m[4]),
-                                     int(m[5]), int(m[6]), tzinfo=zone)
+            return datetime.datetime(
+                int(m[3]),
+                _MONTHS[m[2].upper()],
+                int(m[1]),
+                int(m[4]),
+                int(m[5]),
+                int(m[6]),
+                tzinfo=zone,
+            )
         except ValueError:
             raise BadSyntaxError(f"no such date-time: {text!r}") from None

@@ -101,7 +101,8 @@ def allowed_in(command: c.Command, state: State) -> bool:
     if state is State.SELECTED:
         # RFC 5161 §3.1: ENABLE is valid only before any mailbox is selected.
         return isinstance(command, c.AUTHENTICATED + c.SELECTED) and not isinstance(
-            command, c.Enable)
+            command, c.Enable
+        )
     return False
 
 
@@ -164,11 +165,15 @@ class ImapProtocol:
 
 # -- mailbox name rules (RFC 9051 §6.3.9) ------------------------------------------------------
 
+
 def list_pattern(reference: str, pattern: str, delimiter: str = ".") -> re.Pattern[str]:
     """A regex for LIST's `reference` + `pattern`: "*" matches anything, "%" anything but the
     hierarchy delimiter. INBOX matches case-insensitively (RFC 9051 §5.1)."""
-    full = reference + pattern if not pattern.startswith(delimiter) or not reference \
+    full = (
+        reference + pattern
+        if not pattern.startswith(delimiter) or not reference
         else reference.rstrip(delimiter) + pattern
+    )
     parts = []
     for ch in full:
         if ch == "*":

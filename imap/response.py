@@ -112,9 +112,11 @@ def date_time(ts: float, tz: datetime.tzinfo | None = None) -> bytes:
     minutes = int(offset.total_seconds()) // 60
     sign = "+" if minutes >= 0 else "-"
     minutes = abs(minutes)
-    return (f'"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} '
-            f'{when.hour:02d}:{when.minute:02d}:{when.second:02d} '
-            f'{sign}{minutes // 60:02d}{minutes % 60:02d}"').encode("ascii")
+    return (
+        f'"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} '
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+        f'{sign}{minutes // 60:02d}{minutes % 60:02d}"'
+    ).encode("ascii")
 
 
 def _text(text: str) -> bytes:
@@ -138,8 +140,15 @@ def untagged_status(status: str, text: str, code: str | None = None) -> bytes:
 
 def tagged(tag: str, status: str, text: str, code: str | None = None) -> bytes:
     """`tag OK|NO|BAD [CODE] text`."""
-    return (tag.encode("ascii", "replace") + b" " + status.encode("ascii") + b" " + _code(code)
-            + _text(text) + b"\r\n")
+    return (
+        tag.encode("ascii", "replace")
+        + b" "
+        + status.encode("ascii")
+        + b" "
+        + _code(code)
+        + _text(text)
+        + b"\r\n"
+    )
 
 
 def ok(tag: str, text: str, code: str | None = None) -> bytes:
@@ -205,8 +214,7 @@ class RenderedStructure:
 
     @classmethod
     def of(cls, structure: Structure) -> RenderedStructure:
-        return cls(value(structure.envelope), value(structure.body),
-                   value(structure.bodystructure))
+        return cls(value(structure.envelope), value(structure.body), value(structure.bodystructure))
 
     def item(self, name: str) -> bytes:
         """ENVELOPE, BODY (no section) or BODYSTRUCTURE."""
@@ -220,8 +228,14 @@ class RenderedStructure:
         raise KeyError(name)
 
     def to_json(self) -> str:
-        return json.dumps([self._FORMAT, self.envelope.decode("latin-1"),
-                           self.body.decode("latin-1"), self.bodystructure.decode("latin-1")])
+        return json.dumps(
+            [
+                self._FORMAT,
+                self.envelope.decode("latin-1"),
+                self.body.decode("latin-1"),
+                self.bodystructure.decode("latin-1"),
+            ]
+        )
 
     @classmethod
     def from_json(cls, text: str) -> RenderedStructure:

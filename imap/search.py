@@ -167,8 +167,13 @@ class MessageText:
         decoded field value is a piece of the block with its line breaks removed (RFC 5322
         §2.2.3 unfolding), so a needle absent from the whole unbroken block is in no field.
         True when it cannot tell. SUBJECT/FROM searches skip most parses this way."""
-        if (not folded or not folded.isascii() or self._header is not None
-                or self._data is not None or self._read_header is None):
+        if (
+            not folded
+            or not folded.isascii()
+            or self._header is not None
+            or self._data is not None
+            or self._read_header is None
+        ):
             return True
         raw = self._raw_header()
         if not raw.isascii() or b"=?" in raw:
@@ -214,12 +219,12 @@ class MessageText:
 
 
 def _field_lines(fields: Iterable[HeaderField]) -> list[str]:
-    return [f"{f.name}: {decode_words(f.value.decode('utf-8', 'surrogateescape'))}"
-            for f in fields]
+    return [f"{f.name}: {decode_words(f.value.decode('utf-8', 'surrogateescape'))}" for f in fields]
 
 
-def _collect_text(data: bytes, part: Entity, texts: list[str], mime_headers: list[str],
-                  *, is_top: bool = False) -> None:
+def _collect_text(
+    data: bytes, part: Entity, texts: list[str], mime_headers: list[str], *, is_top: bool = False
+) -> None:
     """Gather searchable text: text/* bodies decoded, encapsulated messages' headers (text of
     the body), and body parts' MIME headers (only TEXT searches those, RFC 9051 §6.4.4)."""
     if not is_top:
@@ -240,10 +245,11 @@ def _collect_text(data: bytes, part: Entity, texts: list[str], mime_headers: lis
 
 def _collect_leaf(data: bytes, part: Entity, texts: list[str]) -> None:
     if part.content_type.maintype.lower() == "text":
-        raw = data[part.body_start:part.end]
+        raw = data[part.body_start : part.end]
         decoded = decode_transfer(raw, part.transfer_encoding)
-        texts.append(decode_charset(raw if decoded is None else decoded,
-                                    part.content_type.param("charset")))
+        texts.append(
+            decode_charset(raw if decoded is None else decoded, part.content_type.param("charset"))
+        )
 
 
 def _contains(haystack: Iterable[str], needle: str) -> bool:
@@ -322,8 +328,9 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
             return bool(values) and (not value or _contains(values, value))
         case SearchText(where=where, value=value):
             folded = value.casefold()
-            if where == "TEXT" and (folded in text.header_text()
-                                    or folded in text.mime_header_text()):
+            if where == "TEXT" and (
+                folded in text.header_text() or folded in text.mime_header_text()
+            ):
                 return True
             return folded in text.body_text()
         case SearchNot(key=inner):

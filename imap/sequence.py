@@ -114,8 +114,9 @@ def format_ranges(ranges: Iterable[SeqRange]) -> str:
     def one(n: int | None) -> str:
         return "*" if n is None else str(n)
 
-    return ",".join(one(r.start) if r.start == r.end else f"{one(r.start)}:{one(r.end)}"
-                    for r in ranges)
+    return ",".join(
+        one(r.start) if r.start == r.end else f"{one(r.start)}:{one(r.end)}" for r in ranges
+    )
 
 
 def compress(numbers: Iterable[int]) -> str:

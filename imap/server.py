@@ -46,8 +46,9 @@ _LIMITS: dict[int, ConnectionLimits] = {}
 def limits_for(ctx: ServerContext) -> ConnectionLimits:
     limits = _LIMITS.get(id(ctx))
     if limits is None:
-        limits = _LIMITS[id(ctx)] = ConnectionLimits(ctx.config.imap.max_connections_per_ip,
-                                                     ctx.config.imap.max_connections_per_user)
+        limits = _LIMITS[id(ctx)] = ConnectionLimits(
+            ctx.config.imap.max_connections_per_ip, ctx.config.imap.max_connections_per_user
+        )
         weakref.finalize(ctx, _LIMITS.pop, id(ctx), None)
     return limits
 
@@ -62,22 +63,31 @@ async def start_imaps(ctx: ServerContext, host: str, port: int) -> asyncio.Serve
     return await _start(ctx, host, port, implicit_tls=True)
 
 
-async def _start(ctx: ServerContext, host: str, port: int, *, implicit_tls: bool,
-                 rescan_s: float = RESCAN_S) -> asyncio.Server:
+async def _start(
+    ctx: ServerContext, host: str, port: int, *, implicit_tls: bool, rescan_s: float = RESCAN_S
+) -> asyncio.Server:
     limits = limits_for(ctx)
     ssl_ctx = ctx.tls.listening_context() if implicit_tls else None
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_client(ctx, reader, writer, limits=limits, is_tls=implicit_tls,
-                           rescan_s=rescan_s)
+        await serve_client(
+            ctx, reader, writer, limits=limits, is_tls=implicit_tls, rescan_s=rescan_s
+        )
 
-    return await asyncio.start_server(client, host, port, ssl=ssl_ctx,
-                                      ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_ctx else None)
+    return await asyncio.start_server(
+        client, host, port, ssl=ssl_ctx, ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_ctx else None
+    )
 
 
-async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, *, limits: ConnectionLimits, is_tls: bool,
-                       rescan_s: float = RESCAN_S) -> None:
+async def serve_client(
+    ctx: ServerContext,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    limits: ConnectionLimits,
+    is_tls: bool,
+    rescan_s: float = RESCAN_S,
+) -> None:
     """Run one connection to its end; never raises."""
     peer = writer.get_extra_info("peername")
     ip = str(peer[0]) if peer else "unknown"
@@ -88,8 +98,15 @@ async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
         writer.write(response.bye("too many connections from your address", "UNAVAILABLE"))
         await _close(writer)
         return
-    session = Session(ctx, peer_ip=ip, is_tls=is_tls, conn_id=conn_id, limits=limits,
-                      starttls_available=not is_tls, rescan_s=rescan_s)
+    session = Session(
+        ctx,
+        peer_ip=ip,
+        is_tls=is_tls,
+        conn_id=conn_id,
+        limits=limits,
+        starttls_available=not is_tls,
+        rescan_s=rescan_s,
+    )
     clog.debug("connection from %s (tls=%s)", ip, is_tls)
 
     async def write(data: bytes) -> None:
@@ -127,8 +144,13 @@ async def serve_client(ctx: ServerContext, reader: asyncio.StreamReader,
         await _close(writer)
 
 
-async def _loop(ctx: ServerContext, session: Session, reader: asyncio.StreamReader,
-                writer: asyncio.StreamWriter, write: Write) -> None:
+async def _loop(
+    ctx: ServerContext,
+    session: Session,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    write: Write,
+) -> None:
     timeout_s = ctx.config.imap.idle_timeout_s
     while True:
         while (event := session.proto.next_event()) is not None:
@@ -178,8 +200,9 @@ async def _read(ctx: ServerContext, reader: asyncio.StreamReader, timeout_s: flo
     read = asyncio.ensure_future(reader.read(READ_BYTES))
     stop = asyncio.ensure_future(ctx.stopping.wait())
     try:
-        done, _ = await asyncio.wait({read, stop}, timeout=timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {read, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         stop.cancel()
         if not read.done():
@@ -202,8 +225,13 @@ def _watch(ctx: ServerContext, session: Session) -> Iterator[asyncio.Event | Non
         yield event
 
 
-async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.StreamReader,
-                     write: Write, timeout_s: float) -> bytes:
+async def _idle_read(
+    ctx: ServerContext,
+    session: Session,
+    reader: asyncio.StreamReader,
+    write: Write,
+    timeout_s: float,
+) -> bytes:
     """Wait for client bytes while reporting mailbox changes (RFC 2177)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -224,8 +252,11 @@ async def _idle_read(ctx: ServerContext, session: Session, reader: asyncio.Strea
                 woke = asyncio.ensure_future(changed.wait()) if changed is not None else None
                 if woke is not None:
                     waiters.add(woke)
-                done, _ = await asyncio.wait(waiters, timeout=min(session.rescan_s, remaining),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=min(session.rescan_s, remaining),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if woke is not None:
                     woke.cancel()
                 if read in done:

@@ -68,9 +68,26 @@ __all__ = ["ConnectionLimits", "Session", "Write", "caches_for", "is_loopback"]
 MAX_BAD_COMMANDS = 50  # consecutive BADs before we give up on a client (a confused script)
 PREAUTH_MAX_LITERAL_BYTES = 64 * 1024
 CAPABILITIES = (
-    "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-    "UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "LIST-EXTENDED",
-    "LIST-STATUS", "ESEARCH", "SEARCHRES", "BINARY", "QUOTA", "QUOTA=RES-STORAGE",
+    "IMAP4rev1",
+    "LITERAL+",
+    "SASL-IR",
+    "ID",
+    "ENABLE",
+    "IDLE",
+    "NAMESPACE",
+    "UNSELECT",
+    "UIDPLUS",
+    "MOVE",
+    "CHILDREN",
+    "SPECIAL-USE",
+    "CREATE-SPECIAL-USE",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "ESEARCH",
+    "SEARCHRES",
+    "BINARY",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
 
@@ -122,12 +139,21 @@ def is_loopback(ip: str) -> bool:
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
 
+
 class Session(MailboxCommands, SelectedCommands):
     """The per-connection IMAP state; see the module docstring."""
 
-    def __init__(self, ctx: ServerContext, *, peer_ip: str, is_tls: bool, conn_id: str,
-                 limits: ConnectionLimits, starttls_available: bool = True,
-                 rescan_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        *,
+        peer_ip: str,
+        is_tls: bool,
+        conn_id: str,
+        limits: ConnectionLimits,
+        starttls_available: bool = True,
+        rescan_s: float = 3.0,
+    ) -> None:
         self.ctx = ctx
         self.peer_ip = peer_ip
         self.is_tls = is_tls
@@ -157,8 +183,7 @@ class Session(MailboxCommands, SelectedCommands):
     def may_authenticate(self) -> bool:
         """LOGIN/AUTHENTICATE only over TLS, unless configured or on loopback (RFC 9051
         §11.1: servers must not allow cleartext passwords by default)."""
-        return (self.is_tls or self.ctx.config.imap.allow_plaintext_auth
-                or is_loopback(self.peer_ip))
+        return self.is_tls or self.ctx.config.imap.allow_plaintext_auth or is_loopback(self.peer_ip)
 
     def capabilities(self) -> list[str]:
         caps = list(CAPABILITIES)
@@ -170,8 +195,9 @@ class Session(MailboxCommands, SelectedCommands):
 
     def greeting(self) -> bytes:
         caps = " ".join(self.capabilities())
-        return response.untagged_status("OK", f"{self.ctx.config.server.hostname} ready",
-                                        f"CAPABILITY {caps}")
+        return response.untagged_status(
+            "OK", f"{self.ctx.config.server.hostname} ready", f"CAPABILITY {caps}"
+        )
 
     def close(self) -> None:
         """Release what the session holds (the transport calls this once, at the end)."""
@@ -186,8 +212,7 @@ class Session(MailboxCommands, SelectedCommands):
             case SendContinuation(data):
                 await write(data)
             case TooBig(tag, size):
-                await write(response.no(tag, f"literal of {size} octets is too large",
-                                        "TOOBIG"))
+                await write(response.no(tag, f"literal of {size} octets is too large", "TOOBIG"))
             case BadCommand(tag, reason):
                 await self._bad(write, tag, reason)
             case SaslResponse():
@@ -215,9 +240,14 @@ class Session(MailboxCommands, SelectedCommands):
         self.log.debug("C: %s %s", tag, type(command).__name__.upper())
         try:
             if self.selected is not None and not isinstance(
-                    command, c.Close | c.Unselect | c.Logout | c.Select):
-                await self._sync(write, allow_expunge=not (
-                    isinstance(command, _MSN_COMMANDS) and not getattr(command, "uid", False)))
+                command, c.Close | c.Unselect | c.Logout | c.Select
+            ):
+                await self._sync(
+                    write,
+                    allow_expunge=not (
+                        isinstance(command, _MSN_COMMANDS) and not getattr(command, "uid", False)
+                    ),
+                )
                 if self.is_logged_out:  # the folder vanished under us: BYE already sent
                     return
             await self._dispatch(command, write)
@@ -250,8 +280,9 @@ class Session(MailboxCommands, SelectedCommands):
                 await write(response.ok(tag, "ID completed"))
             case c.StartTls():
                 if self.is_tls or not self.starttls_available:
-                    raise InvalidCommandError("TLS is already active" if self.is_tls
-                                    else "STARTTLS is not available here")
+                    raise InvalidCommandError(
+                        "TLS is already active" if self.is_tls else "STARTTLS is not available here"
+                    )
                 await write(response.ok(tag, "begin TLS negotiation now"))
                 self.starttls_requested = True
             case c.Login(username=user, password=password):
@@ -269,11 +300,29 @@ class Session(MailboxCommands, SelectedCommands):
                 await self._idle(tag, write)
             case c.GetQuota() | c.GetQuotaRoot() | c.SetQuota():
                 await self._quota(command, write)
-            case c.Select() | c.Create() | c.Delete() | c.Rename() | c.Subscribe() \
-                    | c.Unsubscribe() | c.List() | c.Lsub() | c.Status() | c.Append():
+            case (
+                c.Select()
+                | c.Create()
+                | c.Delete()
+                | c.Rename()
+                | c.Subscribe()
+                | c.Unsubscribe()
+                | c.List()
+                | c.Lsub()
+                | c.Status()
+                | c.Append()
+            ):
                 await self._mailbox_command(command, write)
-            case c.Close() | c.Unselect() | c.Expunge() | c.Search() | c.Fetch() | c.Store() \
-                    | c.Copy() | c.Move():
+            case (
+                c.Close()
+                | c.Unselect()
+                | c.Expunge()
+                | c.Search()
+                | c.Fetch()
+                | c.Store()
+                | c.Copy()
+                | c.Move()
+            ):
                 await self._message_command(command, write)
             case _:  # pragma: no cover - every Command subclass is matched above
                 raise InvalidCommandError(f"{type(command).__name__} is not implemented")
@@ -350,15 +399,15 @@ class Session(MailboxCommands, SelectedCommands):
         await self._login(tag, authc, password, write)
 
     # -- QUOTA (RFC 9208) ----------------------------------------------------------------------
-    async def _quota(self, command: c.GetQuota | c.GetQuotaRoot | c.SetQuota,
-                     write: Write) -> None:
+    async def _quota(self, command: c.GetQuota | c.GetQuotaRoot | c.SetQuota, write: Write) -> None:
         """One quota root, "", holds every mailbox of the account; only STORAGE is limited
         (in units of 1024 octets, RFC 9208 §5.1). An unlimited account has no quota root."""
         user = self._require_user()
         tag = command.tag
         if isinstance(command, c.SetQuota):
-            raise RefusedError("quotas are set by the administrator (mailstack user quota)",
-                           "NOPERM")
+            raise RefusedError(
+                "quotas are set by the administrator (mailstack user quota)", "NOPERM"
+            )
         limit = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
         if isinstance(command, c.GetQuotaRoot):
             name = checked_name(command.mailbox)
@@ -369,8 +418,11 @@ class Session(MailboxCommands, SelectedCommands):
             raise RefusedError(f"no quota root {command.root!r}", "NONEXISTENT")
         if limit:
             used = await asyncio.to_thread(self.ctx.store.usage_bytes, user)
-            await write(response.untagged(
-                b'QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024)))
+            await write(
+                response.untagged(
+                    b'QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024)
+                )
+            )
         await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
 
     # -- IDLE ----------------------------------------------------------------------------------
@@ -390,4 +442,3 @@ class Session(MailboxCommands, SelectedCommands):
                 await self._sync(write, allow_expunge=True)
             except StoreError as exc:
                 self.log.warning("rescan during IDLE failed: %s", exc)
-

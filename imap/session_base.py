@@ -94,7 +94,8 @@ def checked_name(name: str) -> str:
     """A mailbox name as the store takes it: valid modified UTF-7, no empty levels."""
     if not name or not utf7.is_valid(name):
         raise InvalidCommandError(
-            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)")
+            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)"
+        )
     return name
 
 
@@ -133,7 +134,8 @@ class SessionCore:
 
     async def _snapshot(self, folder: str, *, claim_recent: bool) -> FolderSnapshot:
         snap: FolderSnapshot = await asyncio.to_thread(
-            self.ctx.store.snapshot, self._require_user(), folder, claim_recent=claim_recent)
+            self.ctx.store.snapshot, self._require_user(), folder, claim_recent=claim_recent
+        )
         return snap
 
     async def _sync(self, write: Write, *, allow_expunge: bool) -> None:
@@ -165,8 +167,11 @@ class SessionCore:
             new = current.get(old.uid)
             if new is not None and new.flags != old.flags:
                 sel.messages[seq - 1] = new
-                out.append(response.fetch(seq, [b"UID %d" % new.uid,
-                                                b"FLAGS " + flags_of(new, sel.recent)]))
+                out.append(
+                    response.fetch(
+                        seq, [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
+                    )
+                )
         old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         sel.messages.extend(m for m in snap.messages if m.uid > largest)
@@ -204,7 +209,8 @@ class SessionCore:
             # (clients send it blindly after SELECT).
             if r.start is not None and r.end is not None and max(r.start, r.end) > count:
                 raise InvalidCommandError(
-                    f"no message {max(r.start, r.end)} (the mailbox has {count})")
+                    f"no message {max(r.start, r.end)} (the mailbox has {count})"
+                )
         return [(n, sel.messages[n - 1]) for n in seqset.expand(count)]
 
     def _disk_cache(self, user: str) -> StructureCache:

@@ -63,14 +63,16 @@ class MailboxCommands(SessionCore):
                 await asyncio.to_thread(store.rename_folder, user, old, new)
                 await write(response.ok(tag, "RENAME completed"))
             case c.Subscribe(mailbox=name) | c.Unsubscribe(mailbox=name):
-                await asyncio.to_thread(store.set_subscribed, user, checked_name(name),
-                                        isinstance(command, c.Subscribe))
+                await asyncio.to_thread(
+                    store.set_subscribed, user, checked_name(name), isinstance(command, c.Subscribe)
+                )
                 await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
             case c.List():
                 await self._list(command, write)
             case c.Lsub(reference=reference, pattern=pattern):
-                await self._list(c.List(tag, reference, (pattern,), ("SUBSCRIBED",)), write,
-                                 lsub=True)
+                await self._list(
+                    c.List(tag, reference, (pattern,), ("SUBSCRIBED",)), write, lsub=True
+                )
             case c.Status(mailbox=name, items=items):
                 line = await self._status_line(checked_name(name), items)
                 await write(line)
@@ -88,29 +90,42 @@ class MailboxCommands(SessionCore):
             snap = await self._snapshot(name, claim_recent=not readonly)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
-        sel = Selected(name, readonly, snap.uid_validity, snap.uid_next, snap.keywords,
-                       list(snap.messages), set(snap.recent_uids))
+        sel = Selected(
+            name,
+            readonly,
+            snap.uid_validity,
+            snap.uid_next,
+            snap.keywords,
+            list(snap.messages),
+            set(snap.recent_uids),
+        )
         permanent = response.flag_list((*SYSTEM_FLAGS, *snap.keywords, "\\*")).decode()
         out = [
             self._flags_response(snap.keywords),
             response.exists(len(sel.messages)),
             response.recent(len(sel.recent)),
-            response.untagged_status("OK", "flags that can be stored",
-                                     "PERMANENTFLAGS ()" if readonly else
-                                     f"PERMANENTFLAGS {permanent}"),
+            response.untagged_status(
+                "OK",
+                "flags that can be stored",
+                "PERMANENTFLAGS ()" if readonly else f"PERMANENTFLAGS {permanent}",
+            ),
             response.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {snap.uid_validity}"),
             response.untagged_status("OK", "predicted next UID", f"UIDNEXT {snap.uid_next}"),
         ]
-        unseen = next((i for i, m in enumerate(sel.messages, 1) if Flag.SEEN not in m.flags),
-                      None)
+        unseen = next((i for i, m in enumerate(sel.messages, 1) if Flag.SEEN not in m.flags), None)
         if unseen is not None:  # RFC 3501 §6.3.1 (IMAP4rev1 clients still use it)
             out.append(response.untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
         await write(b"".join(out))
         self.selected = sel
         self.proto.state = State.SELECTED
         await self._prune_cache_once()
-        await write(response.ok(tag, "EXAMINE completed" if readonly else "SELECT completed",
-                                "READ-ONLY" if readonly else "READ-WRITE"))
+        await write(
+            response.ok(
+                tag,
+                "EXAMINE completed" if readonly else "SELECT completed",
+                "READ-ONLY" if readonly else "READ-WRITE",
+            )
+        )
 
     async def _prune_cache_once(self) -> None:
         """Drop cached structures of messages expunged anywhere in the account, once per
@@ -151,8 +166,9 @@ class MailboxCommands(SessionCore):
             await write(response.ok(tag, "LIST completed"))
             return
         folders = await asyncio.to_thread(self.ctx.store.list_folders, user)
-        patterns = [list_pattern(command.reference, p, HIERARCHY_DELIMITER)
-                    for p in command.patterns]
+        patterns = [
+            list_pattern(command.reference, p, HIERARCHY_DELIMITER) for p in command.patterns
+        ]
         selection, returns = set(command.selection), set(command.returns)
         subscribed_only = "SUBSCRIBED" in selection
         by_name = {f.name: f for f in folders}
@@ -161,8 +177,13 @@ class MailboxCommands(SessionCore):
             # RFC 5258 §3.1: subscribed names whose mailbox does not exist are listed too.
             names = await asyncio.to_thread(self.ctx.store.subscriptions, user)
             ghosts = set(names) - set(by_name)
-            folders = [*folders, *(FolderInfo(n, None, subscribed=True, has_children=False,
-                                              is_selectable=False) for n in ghosts)]
+            folders = [
+                *folders,
+                *(
+                    FolderInfo(n, None, subscribed=True, has_children=False, is_selectable=False)
+                    for n in ghosts
+                ),
+            ]
         out: list[bytes] = []
         for folder in sorted(folders, key=lambda f: (f.name != INBOX, f.name)):
             if not any(p.fullmatch(folder.name) for p in patterns):
@@ -171,8 +192,9 @@ class MailboxCommands(SessionCore):
             if subscribed_only and not folder.subscribed:
                 # RFC 5258 §3.5 RECURSIVEMATCH: a parent listed for its subscribed children.
                 if "RECURSIVEMATCH" in selection and any(
-                        n.startswith(folder.name + HIERARCHY_DELIMITER) and f.subscribed
-                        for n, f in by_name.items()):
+                    n.startswith(folder.name + HIERARCHY_DELIMITER) and f.subscribed
+                    for n, f in by_name.items()
+                ):
                     child_info = b' ("CHILDINFO" ("SUBSCRIBED"))'
                 else:
                     continue
@@ -195,8 +217,16 @@ class MailboxCommands(SessionCore):
             if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed and not lsub:
                 attrs.append("\\Subscribed")
             kind = b"LSUB" if lsub else b"LIST"
-            out.append(response.untagged(kind + b" " + response.flag_list(attrs) + b' "." '
-                                         + response.mailbox(folder.name) + child_info))
+            out.append(
+                response.untagged(
+                    kind
+                    + b" "
+                    + response.flag_list(attrs)
+                    + b' "." '
+                    + response.mailbox(folder.name)
+                    + child_info
+                )
+            )
             if "STATUS" in returns and command.status_items and folder.is_selectable:
                 # RFC 5819 §2: a mailbox that cannot be opened just gets no STATUS.
                 with contextlib.suppress(StoreError, RefusedError):
@@ -222,8 +252,9 @@ class MailboxCommands(SessionCore):
             "SIZE": sum(m.size for m in snap.messages),
         }
         body = " ".join(f"{item} {values[item]}" for item in items)
-        return response.untagged(b"STATUS " + response.mailbox(name) + b" ("
-                                 + body.encode("ascii") + b")")
+        return response.untagged(
+            b"STATUS " + response.mailbox(name) + b" (" + body.encode("ascii") + b")"
+        )
 
     async def _append(self, command: c.Append, write: Write) -> None:
         user = self._require_user()
@@ -232,14 +263,22 @@ class MailboxCommands(SessionCore):
         when = command.internal_date.timestamp() if command.internal_date else None
         quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
         try:
-            ref = await asyncio.to_thread(self.ctx.store.append, user, name, command.message,
-                                          flags=flags, internal_date=when, quota_bytes=quota)
+            ref = await asyncio.to_thread(
+                self.ctx.store.append,
+                user,
+                name,
+                command.message,
+                flags=flags,
+                internal_date=when,
+                quota_bytes=quota,
+            )
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
         if self.selected is not None and self.selected.name == name:
             await self._sync(write, allow_expunge=True)
-        await write(response.ok(command.tag, "APPEND completed",
-                                f"APPENDUID {ref.uid_validity} {ref.uid}"))
+        await write(
+            response.ok(command.tag, "APPEND completed", f"APPENDUID {ref.uid_validity} {ref.uid}")
+        )
 
 
 def _special_use(uses: tuple[str, ...]) -> SpecialUse | None:
@@ -251,5 +290,3 @@ def _special_use(uses: tuple[str, ...]) -> SpecialUse | None:
         return SpecialUse(uses[0])
     except ValueError:
         raise RefusedError(f"{uses[0]} is not a supported special use", "USEATTR") from None
-
-

@@ -60,8 +60,7 @@ class SelectedCommands(SessionCore):
             case c.Expunge(uids=uids):
                 if sel.readonly:
                     raise RefusedError("the mailbox is read-only", "READ-ONLY")
-                wanted = None if uids is None else [m.uid for _, m in
-                                                    self._targets(uids, uid=True)]
+                wanted = None if uids is None else [m.uid for _, m in self._targets(uids, uid=True)]
                 if wanted == []:
                     await write(response.ok(tag, "EXPUNGE completed (nothing to do)"))
                     return
@@ -81,8 +80,9 @@ class SelectedCommands(SessionCore):
         sel = self._sel()
         user = self._require_user()
         if command.charset not in (None, "UTF-8", "US-ASCII"):
-            raise RefusedError(f"charset {command.charset} is not supported",
-                           "BADCHARSET (UTF-8 US-ASCII)")
+            raise RefusedError(
+                f"charset {command.charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)"
+            )
         key = _resolve_saved(command.key, sel.saved)
         scope = search.Scope(len(sel.messages), sel.largest_uid)
         name = sel.name
@@ -103,27 +103,38 @@ class SelectedCommands(SessionCore):
             if uid not in headers:
                 headers.clear()
                 start = position.get(uid, 0)
-                batch = order[start:start + HEADER_BATCH] if uid in position else [uid]
+                batch = order[start : start + HEADER_BATCH] if uid in position else [uid]
                 headers.update(self.ctx.store.read_headers(user, name, batch))
             return headers.get(uid, b"")  # b"": expunged meanwhile, matches no text key
 
-        found = await asyncio.to_thread(search.search, key, list(sel.messages), scope, read,
-                                        recent_uids=frozenset(sel.recent),
-                                        read_header=read_header)
+        found = await asyncio.to_thread(
+            search.search,
+            key,
+            list(sel.messages),
+            scope,
+            read,
+            recent_uids=frozenset(sel.recent),
+            read_header=read_header,
+        )
         numbers = [f.info.uid if command.uid else f.seq for f in found]
         if "SAVE" in command.returns:
             saved = [f.info.uid for f in found]
             extremes = {"MIN", "MAX"} & set(command.returns)
             if saved and extremes and not {"ALL", "COUNT"} & set(command.returns):
                 # RFC 5182 §2.4: SAVE with only MIN/MAX saves just those messages.
-                saved = sorted({saved[0] if "MIN" in extremes else saved[-1],
-                                saved[-1] if "MAX" in extremes else saved[0]})
+                saved = sorted(
+                    {
+                        saved[0] if "MIN" in extremes else saved[-1],
+                        saved[-1] if "MAX" in extremes else saved[0],
+                    }
+                )
             sel.saved = tuple(saved)
         if not command.is_esearch:
             await write(response.untagged(" ".join(["SEARCH", *map(str, numbers)])))
         else:
             returns = [r for r in command.returns if r != "SAVE"] or (
-                [] if command.returns else ["ALL"])
+                [] if command.returns else ["ALL"]
+            )
             if returns or "SAVE" not in command.returns:
                 parts = ["ESEARCH (TAG " + response.string(command.tag).decode("ascii") + ")"]
                 if command.uid:
@@ -150,29 +161,40 @@ class SelectedCommands(SessionCore):
         if sets_seen:
             unseen = [m.uid for _, m in targets if Flag.SEEN not in m.flags]
             if unseen:
-                changed = await asyncio.to_thread(self.ctx.store.store_flags, user, sel.name,
-                                                  unseen, [Flag.SEEN.value], FlagMode.ADD)
+                changed = await asyncio.to_thread(
+                    self.ctx.store.store_flags,
+                    user,
+                    sel.name,
+                    unseen,
+                    [Flag.SEEN.value],
+                    FlagMode.ADD,
+                )
                 self._update_flags(changed)
                 targets = [(seq, sel.messages[seq - 1]) for seq, _ in targets]
                 if not any(a.name == "FLAGS" for a in attrs):
                     # RFC 9051 §6.4.5: the \Seen we just set must be reported.
                     attrs = (*attrs, c.FetchAttr("FLAGS"))
         needs_bytes = fetch.needs_message(attrs)
-        needs_structure = any(a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
-                              or (a.name == "BODY" and a.section is None) for a in attrs)
+        needs_structure = any(
+            a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
+            or (a.name == "BODY" and a.section is None)
+            for a in attrs
+        )
         gone = False
         for start in range(0, len(targets), FETCH_BATCH):
-            batch = targets[start:start + FETCH_BATCH]
+            batch = targets[start : start + FETCH_BATCH]
             rendered, batch_gone = await asyncio.to_thread(
-                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure)
+                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure
+            )
             gone = gone or batch_gone
             await write(b"".join(rendered))
         if gone:
             raise RefusedError("some messages were expunged meanwhile", "EXPUNGEISSUED")
         await write(response.ok(command.tag, "FETCH completed"))
 
-    def _structures_for(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
-                        ) -> dict[int, response.RenderedStructure]:
+    def _structures_for(
+        self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
+    ) -> dict[int, response.RenderedStructure]:
         """Cached rendered structures of the batch's messages, by UID: the session's memory
         first, then the account's on-disk cache (delivery/cache.py). Misses are absent; the
         caller parses those and hands them to `_remember`. An undecodable value is a miss."""
@@ -205,15 +227,22 @@ class SelectedCommands(SessionCore):
             cache.forget(unusable)
         return found
 
-    def _remember(self, sel: Selected, info: MessageInfo,
-                  structure: response.RenderedStructure) -> None:
+    def _remember(
+        self, sel: Selected, info: MessageInfo, structure: response.RenderedStructure
+    ) -> None:
         self._structures[(sel.name, sel.uid_validity, info.uid)] = structure
         while len(self._structures) > STRUCTURE_CACHE_SIZE:
             del self._structures[next(iter(self._structures))]
 
-    def _render_batch(self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]],
-                      attrs: tuple[c.FetchAttr, ...], needs_bytes: bool, needs_structure: bool
-                      ) -> tuple[list[bytes], bool]:
+    def _render_batch(
+        self,
+        user: str,
+        sel: Selected,
+        batch: list[tuple[int, MessageInfo]],
+        attrs: tuple[c.FetchAttr, ...],
+        needs_bytes: bool,
+        needs_structure: bool,
+    ) -> tuple[list[bytes], bool]:
         """FETCH responses for a batch of messages (runs in a worker thread).
 
         ENVELOPE/BODY/BODYSTRUCTURE come from rendered structures cached in memory and on disk
@@ -224,8 +253,12 @@ class SelectedCommands(SessionCore):
         gone = False
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
-        to_read = [info.uid for _, info in batch
-                   if needs_bytes or (needs_structure and info.uid not in structures)]
+        to_read = [
+            info.uid
+            for _, info in batch
+            if needs_bytes or (needs_structure and info.uid not in structures)
+        ]
+
         # One store call (one folder lock) for the batch; it yields in our order, skipping
         # messages expunged meanwhile, and reads each file only when we get to it.
         def read_all() -> Generator[tuple[int, bytes]]:
@@ -259,14 +292,16 @@ class SelectedCommands(SessionCore):
                         case "RFC822.SIZE":
                             value = b"%d" % info.size
                         case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
-                                structure is not None and attr.section is None):
+                            structure is not None and attr.section is None
+                        ):
                             value = structure.item(attr.name)
                         case _ if parsed is not None:
                             try:
                                 value = response.value(fetch.fetch_item(attr, parsed))
                             except fetch.UnknownCteError:
-                                raise RefusedError("unknown content-transfer-encoding",
-                                                   "UNKNOWN-CTE") from None
+                                raise RefusedError(
+                                    "unknown content-transfer-encoding", "UNKNOWN-CTE"
+                                ) from None
                         case _:  # pragma: no cover - needs_bytes covers every other item
                             raise AssertionError(f"{attr.name} needs the message")
                     items.append(attr.response_name().encode("ascii") + b" " + value)
@@ -290,8 +325,13 @@ class SelectedCommands(SessionCore):
         changed: dict[int, frozenset[str]] = {}
         if targets:
             changed = await asyncio.to_thread(
-                self.ctx.store.store_flags, self._require_user(), sel.name,
-                [m.uid for _, m in targets], flags, command.mode)
+                self.ctx.store.store_flags,
+                self._require_user(),
+                sel.name,
+                [m.uid for _, m in targets],
+                flags,
+                command.mode,
+            )
         self._update_flags(changed)
         new_keywords = [f for f in flags if not f.startswith("\\") and f not in sel.keywords]
         if new_keywords and changed:  # RFC 9051 §7.3.5: FLAGS grows with new keywords
@@ -329,8 +369,9 @@ class SelectedCommands(SessionCore):
                 pairs = await asyncio.to_thread(self.ctx.store.move, user, sel.name, uids, dest)
             else:
                 quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
-                pairs = await asyncio.to_thread(self.ctx.store.copy, user, sel.name, uids, dest,
-                                                quota_bytes=quota)
+                pairs = await asyncio.to_thread(
+                    self.ctx.store.copy, user, sel.name, uids, dest, quota_bytes=quota
+                )
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {dest}", "TRYCREATE") from None
         dest_snap = await self._snapshot(dest, claim_recent=False) if pairs else None
@@ -338,14 +379,19 @@ class SelectedCommands(SessionCore):
             # The copies have new file names but the same bytes: their structure is known.
             source_key = {m.uid: m.key for _, m in targets}
             copy_key = {m.uid: m.key for m in dest_snap.messages}
-            copied = [(source_key[old], copy_key[new]) for old, new in pairs
-                      if old in source_key and new in copy_key]
+            copied = [
+                (source_key[old], copy_key[new])
+                for old, new in pairs
+                if old in source_key and new in copy_key
+            ]
             await asyncio.to_thread(self._disk_cache(user).copy_rows, copied)
         code = None
         if pairs and dest_snap is not None:
-            code = (f"COPYUID {dest_snap.uid_validity} "
-                    f"{compress_ordered([p[0] for p in pairs])} "
-                    f"{compress_ordered([p[1] for p in pairs])}")
+            code = (
+                f"COPYUID {dest_snap.uid_validity} "
+                f"{compress_ordered([p[0] for p in pairs])} "
+                f"{compress_ordered([p[1] for p in pairs])}"
+            )
         if is_move:
             # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
             if code:
@@ -357,8 +403,9 @@ class SelectedCommands(SessionCore):
                 await self._sync(write, allow_expunge=False)
             await write(response.ok(command.tag, "COPY completed", code))
         if len(pairs) < len(uids):
-            self.log.info("%s: %d of %d messages were gone", verb,
-                          len(uids) - len(pairs), len(uids))
+            self.log.info(
+                "%s: %d of %d messages were gone", verb, len(uids) - len(pairs), len(uids)
+            )
 
 
 def _resolve_saved(key: c.SearchKey, saved: tuple[int, ...]) -> c.SearchKey:
@@ -366,8 +413,9 @@ def _resolve_saved(key: c.SearchKey, saved: tuple[int, ...]) -> c.SearchKey:
     match key:
         case c.SearchSeq(seqset=seqset) if seqset.is_saved:
             ranges = tuple(SeqRange(u, u) for u in saved)
-            return c.SearchSeq(SequenceSet(ranges), uid=True) if ranges else c.SearchNot(
-                c.SearchAll())
+            return (
+                c.SearchSeq(SequenceSet(ranges), uid=True) if ranges else c.SearchNot(c.SearchAll())
+            )
         case c.SearchNot(key=inner):
             return c.SearchNot(_resolve_saved(inner, saved))
         case c.SearchOr(left=left, right=right):
@@ -375,4 +423,3 @@ def _resolve_saved(key: c.SearchKey, saved: tuple[int, ...]) -> c.SearchKey:
         case c.SearchAnd(keys=keys):
             return c.SearchAnd(tuple(_resolve_saved(k, saved) for k in keys))
     return key
-

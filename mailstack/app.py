@@ -112,7 +112,9 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     dep.events.bind(loop)
     ctx = build_context(dep)
     ctx.queue = OutboundQueue(
-        ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains,
+        ctx.config,
+        ctx.paths,
+        hosted_domains=ctx.hosted_domains,
         local=local_delivery(ctx.accounts, ctx.store, ctx.config.server.hostname),
     )
     servers = await start_listeners(ctx)

@@ -461,13 +461,24 @@ def queue_list(as_json: bool) -> None:
             print_json([e.as_dict() for e in entries])
             return
         rows = [
-            [e.id, when(e.created), e.mail_from or "<>", r.address, r.status, str(r.attempts),
-             when(r.next_attempt) if r.status == "pending" else "", r.last_reply]
+            [
+                e.id,
+                when(e.created),
+                e.mail_from or "<>",
+                r.address,
+                r.status,
+                str(r.attempts),
+                when(r.next_attempt) if r.status == "pending" else "",
+                r.last_reply,
+            ]
             for e in entries
             for r in e.recipients
         ]
-        print_table(["id", "queued (UTC)", "from", "to", "status", "attempts", "next (UTC)",
-                     "last reply"], rows, title=f"{len(entries)} queued message(s)")
+        print_table(
+            ["id", "queued (UTC)", "from", "to", "status", "attempts", "next (UTC)", "last reply"],
+            rows,
+            title=f"{len(entries)} queued message(s)",
+        )
 
 
 @queue.command("flush", context_settings=CONTEXT)

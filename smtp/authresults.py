@@ -121,12 +121,12 @@ def _skip_cfws(text: str, i: int) -> int:
 def authserv_id_of(value: str) -> str:
     """The authserv-id of an Authentication-Results value, lower-cased ("" if none)."""
     i = _skip_cfws(value, 0)
-    if value[i:i + 1] == '"':
+    if value[i : i + 1] == '"':
         out, i = [], i + 1
         while i < len(value) and value[i] != '"':
             if value[i] == "\\":
                 i += 1
-            out.append(value[i:i + 1])
+            out.append(value[i : i + 1])
             i += 1
         return "".join(out).lower()
     m = re.match(r"[^\s;()]+", value[i:])
@@ -138,7 +138,8 @@ def strip_forged(message: bytes, authserv_id: str) -> tuple[bytes, int]:
     fields, rest = split_fields(message)
     ours = authserv_id.lower()
     kept = [
-        f for f in fields
+        f
+        for f in fields
         if not (field_name(f) == HEADER_NAME.lower() and authserv_id_of(field_value(f)) == ours)
     ]
     removed = len(fields) - len(kept)

@@ -187,13 +187,15 @@ def evaluate(
         if is_aligned(d, from_domain, record.adkim):
             return Evaluation(Result.PASS, from_domain, published, reason="DKIM aligned")
     if has_temperror:
-        return Evaluation(Result.TEMPERROR, from_domain, published,
-                          reason="SPF or DKIM lookup failed temporarily")
+        return Evaluation(
+            Result.TEMPERROR, from_domain, published, reason="SPF or DKIM lookup failed temporarily"
+        )
     applied = published
     if sample * 100 >= record.pct:
         applied = {Policy.REJECT: Policy.QUARANTINE}.get(published, Policy.NONE)
-    return Evaluation(Result.FAIL, from_domain, published, applied,
-                      reason="no aligned SPF or DKIM pass")
+    return Evaluation(
+        Result.FAIL, from_domain, published, applied, reason="no aligned SPF or DKIM pass"
+    )
 
 
 def from_domains(from_values: list[str]) -> list[str] | None:

@@ -257,8 +257,9 @@ def check_dkim(client: DnsClient, message: bytes) -> list[DkimOutcome]:
         b_prefix = tags.get(b"b", b"").decode("ascii", "replace")[:8]
         key_found: list[bool] = []
 
-        def dnsfunc(name: bytes | str, timeout: float = 5, _found: list[bool] = key_found) -> (
-                bytes | None):
+        def dnsfunc(
+            name: bytes | str, timeout: float = 5, _found: list[bool] = key_found
+        ) -> bytes | None:
             record = client.dkim_txt(name, timeout)
             _found.append(record is not None)
             return record
@@ -272,8 +273,15 @@ def check_dkim(client: DnsClient, message: bytes) -> list[DkimOutcome]:
             # The body hash not matching is a failed signature (RFC 6376 §6.1.3); dkimpy raises
             # the same classes for malformed tags, which RFC 8601 §2.7.1 calls "neutral".
             bad_body = "body hash mismatch" in str(exc)
-            outcomes.append(DkimOutcome("fail" if bad_body else "neutral", domain, selector,
-                                        b_prefix, "body hash mismatch" if bad_body else str(exc)))
+            outcomes.append(
+                DkimOutcome(
+                    "fail" if bad_body else "neutral",
+                    domain,
+                    selector,
+                    b_prefix,
+                    "body hash mismatch" if bad_body else str(exc),
+                )
+            )
             continue
         except dkim.DKIMException as exc:  # key unusable, unknown key type, bad canonicalisation
             outcomes.append(DkimOutcome("permerror", domain, selector, b_prefix, str(exc)))
@@ -283,8 +291,9 @@ def check_dkim(client: DnsClient, message: bytes) -> list[DkimOutcome]:
         elif key_found == [False]:
             outcomes.append(DkimOutcome("permerror", domain, selector, b_prefix, "no key in DNS"))
         else:
-            outcomes.append(DkimOutcome("fail", domain, selector, b_prefix,
-                                        "signature did not verify"))
+            outcomes.append(
+                DkimOutcome("fail", domain, selector, b_prefix, "signature did not verify")
+            )
     return outcomes
 
 
@@ -301,8 +310,14 @@ def _dmarc_record(client: DnsClient, domain: str) -> tuple[dmarc.DmarcRecord | N
     return dmarc.select_record(texts), True
 
 
-def evaluate(client: DnsClient, session: SessionInfo, envelope: EnvelopeInfo,
-             message: bytes, *, sample: float) -> Evaluation:
+def evaluate(
+    client: DnsClient,
+    session: SessionInfo,
+    envelope: EnvelopeInfo,
+    message: bytes,
+    *,
+    sample: float,
+) -> Evaluation:
     """Run SPF, DKIM and DMARC (blocking: call it in a thread)."""
     result = Evaluation(spf=check_spf(client, session.peer_ip, envelope.mail_from, session.helo))
     result.dkim = check_dkim(client, message)
@@ -314,7 +329,8 @@ def evaluate(client: DnsClient, session: SessionInfo, envelope: EnvelopeInfo,
     spf_pass_domain = result.spf.domain if result.spf.result == "pass" else None
     dkim_pass = [d.domain for d in result.dkim if d.result == "pass"]
     temperror = result.spf.result == "temperror" or any(
-        d.result == "temperror" for d in result.dkim)
+        d.result == "temperror" for d in result.dkim
+    )
     for domain in domains:
         try:
             record, at_org = _dmarc_record(client, domain)
@@ -322,16 +338,29 @@ def evaluate(client: DnsClient, session: SessionInfo, envelope: EnvelopeInfo,
             result.dmarc_temperror = True
             result.dmarc.append(dmarc.Evaluation(dmarc.Result.TEMPERROR, domain, reason=str(exc)))
             continue
-        result.dmarc.append(dmarc.evaluate(
-            from_domain=domain, record=record, record_is_for_org_domain=at_org,
-            spf_pass_domain=spf_pass_domain, dkim_pass_domains=dkim_pass,
-            has_temperror=temperror, sample=sample))
+        result.dmarc.append(
+            dmarc.evaluate(
+                from_domain=domain,
+                record=record,
+                record_is_for_org_domain=at_org,
+                spf_pass_domain=spf_pass_domain,
+                dkim_pass_domains=dkim_pass,
+                has_temperror=temperror,
+                sample=sample,
+            )
+        )
     return result
 
 
-def strip_and_evaluate(client: DnsClient, authserv_id: str, session: SessionInfo,
-                       envelope: EnvelopeInfo, message: bytes, *,
-                       sample: float) -> tuple[bytes, int, Evaluation]:
+def strip_and_evaluate(
+    client: DnsClient,
+    authserv_id: str,
+    session: SessionInfo,
+    envelope: EnvelopeInfo,
+    message: bytes,
+    *,
+    sample: float,
+) -> tuple[bytes, int, Evaluation]:
     """Remove forged results, then evaluate (blocking; copies up to a whole message)."""
     stripped, removed = strip_forged(message, authserv_id)
     return stripped, removed, evaluate(client, session, envelope, stripped, sample=sample)
@@ -340,13 +369,17 @@ def strip_and_evaluate(client: DnsClient, authserv_id: str, session: SessionInfo
 def results_for_header(ev: Evaluation) -> list[MethodResult]:
     # RFC 8601 §2.7.2: smtp.mailfrom carries the MAIL FROM address, smtp.helo the HELO name.
     spf_prop = "smtp.mailfrom" if ev.spf.identity == "mailfrom" else "smtp.helo"
-    out = [MethodResult("spf", ev.spf.result, ((spf_prop, ev.spf.sender),) if ev.spf.sender
-                        else ())]
+    out = [
+        MethodResult("spf", ev.spf.result, ((spf_prop, ev.spf.sender),) if ev.spf.sender else ())
+    ]
     if not ev.dkim:
         out.append(MethodResult("dkim", "none"))
     for d in ev.dkim:
-        props = tuple((k, v) for k, v in (("header.d", d.domain), ("header.s", d.selector),
-                                          ("header.b", d.b_prefix)) if v)
+        props = tuple(
+            (k, v)
+            for k, v in (("header.d", d.domain), ("header.s", d.selector), ("header.b", d.b_prefix))
+            if v
+        )
         out.append(MethodResult("dkim", d.result, props, d.reason))
     if not ev.dmarc:
         out.append(MethodResult("dmarc", "none", (), ev.dmarc_comment))
@@ -354,8 +387,9 @@ def results_for_header(ev: Evaluation) -> list[MethodResult]:
         comment = f"p={m.policy.value}" if m.result is not dmarc.Result.NONE else ""
         if m.result is dmarc.Result.FAIL and m.applied is not m.policy:
             comment += f" applied={m.applied.value} (pct)"
-        out.append(MethodResult("dmarc", m.result.value, (("header.from", m.from_domain),),
-                                comment))
+        out.append(
+            MethodResult("dmarc", m.result.value, (("header.from", m.from_domain),), comment)
+        )
     return out
 
 
@@ -369,7 +403,8 @@ def decide(ev: Evaluation, *, reject_to_junk: bool) -> tuple[Disposition, Reply 
             if reject_to_junk:
                 return Disposition.JUNK, None
             return Disposition.REJECT, DMARC_REJECTED.with_text(
-                DMARC_REJECTED.text.format(domain=m.from_domain))
+                DMARC_REJECTED.text.format(domain=m.from_domain)
+            )
     if any(m.applied is dmarc.Policy.QUARANTINE for m in failed):
         return Disposition.JUNK, None
     return Disposition.DELIVER, None
@@ -381,49 +416,73 @@ def decide(ev: Evaluation, *, reject_to_junk: bool) -> tuple[Disposition, Reply 
 class InboundVerifier:
     """`smtp.verdict.Verifier`: SPF + DKIM + DMARC, Authentication-Results, disposition."""
 
-    def __init__(self, config: Config, *, resolver: dns.resolver.Resolver | None = None,
-                 sample: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resolver: dns.resolver.Resolver | None = None,
+        sample: Callable[[], float] | None = None,
+    ) -> None:
         self.config = config
         self.authserv_id = config.server.hostname
         self.client = DnsClient(resolver or make_resolver(config.dns))
         self.timeout_s = config.dns.timeout_s * EVALUATION_TIMEOUT_FACTOR
         # pct= sampling (RFC 7489 §6.6.4) is a random draw; not for security, so `random`.
         self._sample = sample or random.random
-        self._executor = ThreadPoolExecutor(MAX_PARALLEL_CHECKS,
-                                            thread_name_prefix="inbound-auth")
+        self._executor = ThreadPoolExecutor(MAX_PARALLEL_CHECKS, thread_name_prefix="inbound-auth")
 
     def close(self) -> None:
         """Let the worker threads go (checks still running finish on their own)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def __call__(self, session: SessionInfo, envelope: EnvelopeInfo,
-                       message: bytes) -> Verdict:
+    async def __call__(
+        self, session: SessionInfo, envelope: EnvelopeInfo, message: bytes
+    ) -> Verdict:
         if session.authenticated_as or not self.config.smtp.verify_inbound:
             return DELIVER  # our own users' submissions are not inbound mail
         try:
             stripped, removed, ev = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
-                    self._executor, functools.partial(
-                        strip_and_evaluate, self.client, self.authserv_id, session, envelope,
-                        message, sample=self._sample())),
-                self.timeout_s)
+                    self._executor,
+                    functools.partial(
+                        strip_and_evaluate,
+                        self.client,
+                        self.authserv_id,
+                        session,
+                        envelope,
+                        message,
+                        sample=self._sample(),
+                    ),
+                ),
+                self.timeout_s,
+            )
         except TimeoutError:
-            log.warning("%s: sender checks took over %.0fs; deferring",
-                        session.connection_id, self.timeout_s)
+            log.warning(
+                "%s: sender checks took over %.0fs; deferring",
+                session.connection_id,
+                self.timeout_s,
+            )
             return Verdict(Disposition.TEMPFAIL, reply=DNS_TEMPFAIL)
         if removed:
-            log.info("%s: removed %d forged Authentication-Results claiming %s",
-                     session.connection_id, removed, self.authserv_id)
+            log.info(
+                "%s: removed %d forged Authentication-Results claiming %s",
+                session.connection_id,
+                removed,
+                self.authserv_id,
+            )
         disposition, reply = decide(ev, reject_to_junk=self.config.smtp.dmarc_reject_to_junk)
         header = format_header(self.authserv_id, results_for_header(ev))
-        log.info("%s: spf=%s dkim=%s dmarc=%s -> %s", session.connection_id, ev.spf.result,
-                 ",".join(d.result for d in ev.dkim) or "none",
-                 ",".join(m.result.value for m in ev.dmarc) or "none", disposition.value)
+        log.info(
+            "%s: spf=%s dkim=%s dmarc=%s -> %s",
+            session.connection_id,
+            ev.spf.result,
+            ",".join(d.result for d in ev.dkim) or "none",
+            ",".join(m.result.value for m in ev.dmarc) or "none",
+            disposition.value,
+        )
         if disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
             return Verdict(disposition, reply=reply)
-        return Verdict(disposition, header_lines=(header,),
-                       message=stripped if removed else None)
-
+        return Verdict(disposition, header_lines=(header,), message=stripped if removed else None)
 
 
 def verifier_for(config: Config) -> Verifier:

@@ -12,10 +12,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE = ["imap.framing", "imap.parser", "imap.parser_reader", "imap.commands", "imap.response",
-        "imap.utf7", "imap.sequence", "imap.protocol", "imap.fetch", "imap.search"]
-FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "subprocess", "threading", "os",
-             "pathlib", "shutil", "io", "tempfile", "sqlite3", "mailbox"}
+PURE = [
+    "imap.framing",
+    "imap.parser",
+    "imap.parser_reader",
+    "imap.commands",
+    "imap.response",
+    "imap.utf7",
+    "imap.sequence",
+    "imap.protocol",
+    "imap.fetch",
+    "imap.search",
+]
+FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "subprocess",
+    "threading",
+    "os",
+    "pathlib",
+    "shutil",
+    "io",
+    "tempfile",
+    "sqlite3",
+    "mailbox",
+}
 OUR_PACKAGES = ("imap", "delivery", "mailstack", "smtp")
 FORBIDDEN_CALLS = {"open", "exec", "eval", "__import__"}
 
@@ -60,8 +83,11 @@ def _violations(module: str, seen: set[str]) -> list[str]:
         elif top in OUR_PACKAGES and _source(name) is not None:
             problems.extend(_violations(name, seen))
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in FORBIDDEN_CALLS):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in FORBIDDEN_CALLS
+        ):
             problems.append(f"{module} calls {node.func.id}()")
     return problems
 

@@ -42,8 +42,13 @@ class Finding:
         return self.id.split(".", 1)[0]
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "group": self.group, "status": str(self.status),
-                "message": self.message, "fix": self.fix}
+        return {
+            "id": self.id,
+            "group": self.group,
+            "status": str(self.status),
+            "message": self.message,
+            "fix": self.fix,
+        }
 
 
 def passed(id_: str, message: str) -> Finding:
@@ -65,10 +70,26 @@ def skipped(id_: str, reason: str) -> Finding:
 # Every id each group can report, in display order: a group that cannot run skips each of them.
 GROUPS: dict[str, tuple[str, ...]] = {
     "config": ("config.valid",),
-    "files": ("files.present", "files.modes", "files.owner", "files.disk", "files.queue",
-              "files.maildirs"),
-    "dns": ("dns.resolver", "dns.mx", "dns.a", "dns.ptr", "dns.spf", "dns.dkim", "dns.dmarc",
-            "dns.tlsrpt", "dns.srv", "dns.caa"),
+    "files": (
+        "files.present",
+        "files.modes",
+        "files.owner",
+        "files.disk",
+        "files.queue",
+        "files.maildirs",
+    ),
+    "dns": (
+        "dns.resolver",
+        "dns.mx",
+        "dns.a",
+        "dns.ptr",
+        "dns.spf",
+        "dns.dkim",
+        "dns.dmarc",
+        "dns.tlsrpt",
+        "dns.srv",
+        "dns.caa",
+    ),
     "tls": ("tls.chain", "tls.key", "tls.hostname", "tls.expiry", "tls.trust"),
     "smtp": ("smtp.banner", "smtp.ehlo", "smtp.starttls", "smtp.auth"),
     "submission": ("submission.starttls", "submission.auth", "submission.tls"),

@@ -65,8 +65,13 @@ def resolver_label(cfg: Config) -> str:
     return cfg.dns.resolver or "the system resolver"
 
 
-def check_dns(cfg: Config, paths: StatePaths, domains: list[str], records: Records,
-              resolver_override: str = "") -> list[Finding]:
+def check_dns(
+    cfg: Config,
+    paths: StatePaths,
+    domains: list[str],
+    records: Records,
+    resolver_override: str = "",
+) -> list[Finding]:
     dns_cfg = cfg.dns
     if resolver_override:
         parse_resolver(resolver_override)  # validated by the CLI; a ValueError here is a bug
@@ -78,13 +83,24 @@ def check_dns(cfg: Config, paths: StatePaths, domains: list[str], records: Recor
         client.lookup(first, "SOA")
     except DnsTempError as exc:
         where = resolver_label(cfg)
-        return [failed("dns.resolver", f"{where} gives no answer for {first}: {exc}",
-                       f"make sure {where} answers (`dig {_dig_at(cfg)}{first} SOA`); set "
-                       "[dns] resolver in mailstack.toml or pass --resolver HOST[:PORT]"),
-                *skip_group("dns", "DNS lookups fail (see dns.resolver)")[1:]]
+        return [
+            failed(
+                "dns.resolver",
+                f"{where} gives no answer for {first}: {exc}",
+                f"make sure {where} answers (`dig {_dig_at(cfg)}{first} SOA`); set "
+                "[dns] resolver in mailstack.toml or pass --resolver HOST[:PORT]",
+            ),
+            *skip_group("dns", "DNS lookups fail (see dns.resolver)")[1:],
+        ]
     out = [passed("dns.resolver", f"{resolver_label(cfg)} answers")]
     per_domain: list[Callable[[DnsClient, Config, StatePaths, str, Records], Finding]] = [
-        _mx, _spf, _dkim, _dmarc, _tlsrpt, _srv]
+        _mx,
+        _spf,
+        _dkim,
+        _dmarc,
+        _tlsrpt,
+        _srv,
+    ]
     by_id: dict[str, list[Finding]] = {}
     for check in per_domain:
         for d in domains:
@@ -114,27 +130,47 @@ def _dig_at(cfg: Config) -> str:
 
 
 def _lookup_failed(id_: str, subject: str, exc: Exception) -> Finding:
-    return failed(id_, f"{subject}: lookup failed: {exc}",
-                  f"the DNS servers for {subject} must answer (SERVFAIL, REFUSED or a timeout "
-                  "means receivers cannot see your records either): check the zone at your "
-                  "DNS host")
+    return failed(
+        id_,
+        f"{subject}: lookup failed: {exc}",
+        f"the DNS servers for {subject} must answer (SERVFAIL, REFUSED or a timeout "
+        "means receivers cannot see your records either): check the zone at your "
+        "DNS host",
+    )
 
 
-_ID_OF = {"_mx": "dns.mx", "_spf": "dns.spf", "_dkim": "dns.dkim", "_dmarc": "dns.dmarc",
-          "_tlsrpt": "dns.tlsrpt", "_srv": "dns.srv", "_a": "dns.a", "_caa": "dns.caa"}
+_ID_OF = {
+    "_mx": "dns.mx",
+    "_spf": "dns.spf",
+    "_dkim": "dns.dkim",
+    "_dmarc": "dns.dmarc",
+    "_tlsrpt": "dns.tlsrpt",
+    "_srv": "dns.srv",
+    "_a": "dns.a",
+    "_caa": "dns.caa",
+}
 
 
-def _guarded(check: Callable[[DnsClient, Config, StatePaths, str, Records], Finding],
-             client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-             records: Records) -> Finding:
+def _guarded(
+    check: Callable[[DnsClient, Config, StatePaths, str, Records], Finding],
+    client: DnsClient,
+    cfg: Config,
+    paths: StatePaths,
+    domain: str,
+    records: Records,
+) -> Finding:
     try:
         return check(client, cfg, paths, domain, records)
     except DnsTempError as exc:
         return _lookup_failed(_ID_OF[check.__name__], domain, exc)
 
 
-def _guarded_host(check: Callable[[DnsClient, Config, Records], Finding], client: DnsClient,
-                  cfg: Config, records: Records) -> Finding:
+def _guarded_host(
+    check: Callable[[DnsClient, Config, Records], Finding],
+    client: DnsClient,
+    cfg: Config,
+    records: Records,
+) -> Finding:
     try:
         return check(client, cfg, records)
     except DnsTempError as exc:
@@ -143,32 +179,45 @@ def _guarded_host(check: Callable[[DnsClient, Config, Records], Finding], client
 
 # -- MX, A/AAAA, PTR ---------------------------------------------------------------------------
 
-def _mx(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-        records: Records) -> Finding:
+
+def _mx(
+    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+) -> Finding:
     host = fqdn(cfg.server.hostname)
     want = _find(records, domain, "MX")
-    found = sorted((int(r.preference), r.exchange.to_text().lower()) for r in
-                   client.lookup(domain, "MX"))
+    found = sorted(
+        (int(r.preference), r.exchange.to_text().lower()) for r in client.lookup(domain, "MX")
+    )
     shown = ", ".join(f"{p} {x}" for p, x in found)
     if not found:
-        return failed("dns.mx", f"{domain}: no MX record: mail for it cannot be delivered here",
-                      publish(want))
+        return failed(
+            "dns.mx", f"{domain}: no MX record: mail for it cannot be delivered here", publish(want)
+        )
     if host not in {x for _, x in found}:
-        return failed("dns.mx", f"{domain}: MX points to {shown}, not to {host}",
-                      publish(want) + f" ; and remove: {domain}. IN MX " +
-                      ", ".join(f"{p} {x}" for p, x in found))
+        return failed(
+            "dns.mx",
+            f"{domain}: MX points to {shown}, not to {host}",
+            publish(want)
+            + f" ; and remove: {domain}. IN MX "
+            + ", ".join(f"{p} {x}" for p, x in found),
+        )
     best = found[0][0]
     ours = min(p for p, x in found if x == host)
     if ours > best:
-        return warned("dns.mx", f"{domain}: {host} is MX with preference {ours}, but {shown} "
-                      "is preferred: senders try the other host first",
-                      publish(want) + " ; and give the other MX a higher preference number")
+        return warned(
+            "dns.mx",
+            f"{domain}: {host} is MX with preference {ours}, but {shown} "
+            "is preferred: senders try the other host first",
+            publish(want) + " ; and give the other MX a higher preference number",
+        )
     return passed("dns.mx", f"{domain}: MX {shown}")
 
 
 def _addresses(client: DnsClient, name: str) -> dict[str, set[str]]:
-    return {t: {str(ipaddress.ip_address(r.address)) for r in client.lookup(name, t)}
-            for t in ("A", "AAAA")}
+    return {
+        t: {str(ipaddress.ip_address(r.address)) for r in client.lookup(name, t)}
+        for t in ("A", "AAAA")
+    }
 
 
 def _a(client: DnsClient, cfg: Config, records: Records) -> Finding:
@@ -185,16 +234,22 @@ def _a(client: DnsClient, cfg: Config, records: Records) -> Finding:
             fixes += _find(records, host, type_)
         if have - want:
             key = "server.ipv4" if type_ == "A" else "server.ipv6"
-            problems.append(f"{type_} {', '.join(sorted(have - want))} is not this server "
-                            f"({key} = {configured!r})")
+            problems.append(
+                f"{type_} {', '.join(sorted(have - want))} is not this server "
+                f"({key} = {configured!r})"
+            )
             removals += [f"{fqdn(host)} IN {type_} {a}" for a in sorted(have - want)]
     if not problems:
         shown = ", ".join(sorted(found["A"] | found["AAAA"]))
         return passed("dns.a", f"{host} resolves to {shown}")
     fix = publish(fixes) if fixes else ""
     if removals:
-        fix += (" ; " if fix else "") + "remove: " + " ; ".join(removals) + \
-            " (or set server.ipv4/ipv6 in mailstack.toml if those are this server's)"
+        fix += (
+            (" ; " if fix else "")
+            + "remove: "
+            + " ; ".join(removals)
+            + " (or set server.ipv4/ipv6 in mailstack.toml if those are this server's)"
+        )
     return failed("dns.a", f"{host}: " + "; ".join(problems), fix)
 
 
@@ -204,22 +259,33 @@ def _ptr(client: DnsClient, cfg: Config, address: str, records: Records) -> Find
     want = [r for r in records if r.type == "PTR" and r.name == owner]
     names = sorted(r.target.to_text().lower() for r in client.lookup(owner, "PTR"))
     if not names:
-        return failed("dns.ptr", f"{address}: no reverse DNS (PTR): many receivers refuse mail "
-                      "from addresses without it", publish(want))
+        return failed(
+            "dns.ptr",
+            f"{address}: no reverse DNS (PTR): many receivers refuse mail "
+            "from addresses without it",
+            publish(want),
+        )
     if host not in names:
-        return failed("dns.ptr", f"{address}: reverse DNS names {', '.join(names)}, not {host}",
-                      publish(want))
+        return failed(
+            "dns.ptr", f"{address}: reverse DNS names {', '.join(names)}, not {host}", publish(want)
+        )
     back = _addresses(client, host)
     if str(ipaddress.ip_address(address)) not in back["A"] | back["AAAA"]:
         type_ = "A" if ipaddress.ip_address(address).version == 4 else "AAAA"
         fwd = [r for r in records if r.type == type_ and r.name == host] or [
-            DnsRecord(host, type_, address, host, "dns-host", "forward-confirmed reverse DNS")]
-        return failed("dns.ptr", f"{address}: PTR names {host}, but {host} does not resolve "
-                      f"back to {address} (forward-confirmed reverse DNS fails)", publish(fwd))
+            DnsRecord(host, type_, address, host, "dns-host", "forward-confirmed reverse DNS")
+        ]
+        return failed(
+            "dns.ptr",
+            f"{address}: PTR names {host}, but {host} does not resolve "
+            f"back to {address} (forward-confirmed reverse DNS fails)",
+            publish(fwd),
+        )
     return passed("dns.ptr", f"{address}: PTR {host}, which resolves back (FCrDNS)")
 
 
 # -- SPF, DKIM, DMARC --------------------------------------------------------------------------
+
 
 def is_spf(text: str) -> bool:
     # RFC 7208 §4.5: "v=spf1" exactly, then a space or the end.
@@ -230,43 +296,63 @@ def suggest_spf(current: str, addresses: list[str]) -> str:
     """`current` with mechanisms for `addresses` inserted before its final all/redirect."""
     terms = current.split()
     mechs = [f"ip{ipaddress.ip_address(a).version}:{a}" for a in addresses]
-    tail_at = next((i for i, t in enumerate(terms) if t.lstrip("+-~?").lower() == "all"
-                    or t.lower().startswith("redirect=")), len(terms))
+    tail_at = next(
+        (
+            i
+            for i, t in enumerate(terms)
+            if t.lstrip("+-~?").lower() == "all" or t.lower().startswith("redirect=")
+        ),
+        len(terms),
+    )
     return " ".join(terms[:tail_at] + mechs + terms[tail_at:])
 
 
-def _spf(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-         records: Records) -> Finding:
+def _spf(
+    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+) -> Finding:
     want = _find(records, domain, "TXT")
     want = [r for r in want if r.unsplit and is_spf(r.unsplit)]
     found = [t for t in _txt(client, domain) if is_spf(t)]
     if not found:
-        return failed("dns.spf", f"{domain}: no SPF record: receivers cannot tell our mail from "
-                      "forgeries", publish(want))
+        return failed(
+            "dns.spf",
+            f"{domain}: no SPF record: receivers cannot tell our mail from forgeries",
+            publish(want),
+        )
     if len(found) > 1:
         listed = " | ".join(found)
-        return failed("dns.spf", f"{domain}: {len(found)} SPF records ({listed}): RFC 7208 §4.5 "
-                      "makes that a permerror, as if there were none",
-                      "keep exactly one SPF TXT record: remove the others, then " + publish(want))
+        return failed(
+            "dns.spf",
+            f"{domain}: {len(found)} SPF records ({listed}): RFC 7208 §4.5 "
+            "makes that a permerror, as if there were none",
+            "keep exactly one SPF TXT record: remove the others, then " + publish(want),
+        )
     addresses = [a for a in (cfg.server.ipv4, cfg.server.ipv6) if a]
     if not addresses:
-        return skipped("dns.spf", f"{domain}: no server.ipv4/ipv6 in the config to evaluate "
-                       "the record for")
+        return skipped(
+            "dns.spf", f"{domain}: no server.ipv4/ipv6 in the config to evaluate the record for"
+        )
     bad: list[str] = []
     for ip in addresses:
         outcome = check_spf(client, ip, f"postmaster@{domain}", cfg.server.hostname)
         if outcome.result == "permerror":
-            return failed("dns.spf", f"{domain}: SPF record {found[0]!r} does not parse: "
-                          f"{outcome.explanation}", "replace it: " + publish(want))
+            return failed(
+                "dns.spf",
+                f"{domain}: SPF record {found[0]!r} does not parse: {outcome.explanation}",
+                "replace it: " + publish(want),
+            )
         if outcome.result == "temperror":
             raise DnsTempError(outcome.explanation)
         if outcome.result != "pass":
             bad.append(f"{ip} ({outcome.result})")
     if bad:
         fixed = suggest_spf(found[0], [b.split()[0] for b in bad])
-        return failed("dns.spf", f"{domain}: SPF {found[0]!r} does not authorise "
-                      f"{', '.join(bad)}: receivers may reject or junk our mail",
-                      f"replace the SPF record: {domain}. 3600 IN TXT \"{fixed}\"")
+        return failed(
+            "dns.spf",
+            f"{domain}: SPF {found[0]!r} does not authorise "
+            f"{', '.join(bad)}: receivers may reject or junk our mail",
+            f'replace the SPF record: {domain}. 3600 IN TXT "{fixed}"',
+        )
     return passed("dns.spf", f"{domain}: {found[0]!r} authorises {', '.join(addresses)}")
 
 
@@ -287,8 +373,9 @@ def _dkim_key_der(p: str) -> bytes | None:
         return None
 
 
-def _dkim(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-          records: Records) -> Finding:
+def _dkim(
+    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+) -> Finding:
     selector = cfg.dkim.selector
     name = f"{selector}._domainkey.{domain}"
     key_path = paths.dkim_key(selector, domain)
@@ -302,58 +389,95 @@ def _dkim(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
     want = _find(records, name, "TXT")
     found = [t for t in _txt(client, name) if "p=" in t]
     if not found:
-        return failed("dns.dkim", f"{domain}: no DKIM key record at {name}: receivers cannot "
-                      "verify our signatures", publish(want))
+        return failed(
+            "dns.dkim",
+            f"{domain}: no DKIM key record at {name}: receivers cannot verify our signatures",
+            publish(want),
+        )
     if len(found) > 1:
-        return failed("dns.dkim", f"{domain}: {len(found)} key records at {name}: verifiers pick "
-                      "one at random", "keep only this one: " + publish(want))
+        return failed(
+            "dns.dkim",
+            f"{domain}: {len(found)} key records at {name}: verifiers pick one at random",
+            "keep only this one: " + publish(want),
+        )
     tags = _tags(found[0])
     if tags.get("v", "DKIM1") != "DKIM1" or tags.get("k", "rsa").lower() != "rsa":
-        return failed("dns.dkim", f"{domain}: the record at {name} is not an RSA DKIM1 key "
-                      f"(v={tags.get('v')}, k={tags.get('k')})", "replace it: " + publish(want))
+        return failed(
+            "dns.dkim",
+            f"{domain}: the record at {name} is not an RSA DKIM1 key "
+            f"(v={tags.get('v')}, k={tags.get('k')})",
+            "replace it: " + publish(want),
+        )
     if not tags.get("p"):
-        return failed("dns.dkim", f"{domain}: the key at {name} is revoked (empty p=)",
-                      "replace it: " + publish(want))
+        return failed(
+            "dns.dkim",
+            f"{domain}: the key at {name} is revoked (empty p=)",
+            "replace it: " + publish(want),
+        )
     if _dkim_key_der(tags["p"]) != expected:
-        return failed("dns.dkim", f"{domain}: the key published at {name} is not the public half "
-                      f"of {key_path}: every signature will fail", "replace it: " + publish(want))
+        return failed(
+            "dns.dkim",
+            f"{domain}: the key published at {name} is not the public half "
+            f"of {key_path}: every signature will fail",
+            "replace it: " + publish(want),
+        )
     return passed("dns.dkim", f"{domain}: {name} holds the public half of {key_path.name}")
 
 
-def _dmarc(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-           records: Records) -> Finding:
+def _dmarc(
+    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+) -> Finding:
     name = f"_dmarc.{domain}"
     want = _find(records, name, "TXT")
     found = [t for t in _txt(client, name) if t.replace(" ", "").upper().startswith("V=DMARC1")]
     if not found:
-        return failed("dns.dmarc", f"{domain}: no DMARC record at {name}: large receivers "
-                      "require one", publish(want))
+        return failed(
+            "dns.dmarc",
+            f"{domain}: no DMARC record at {name}: large receivers require one",
+            publish(want),
+        )
     if len(found) > 1:
-        return failed("dns.dmarc", f"{domain}: {len(found)} DMARC records at {name}: RFC 7489 "
-                      "§6.6.3 ignores them all", "keep only one: " + publish(want))
+        return failed(
+            "dns.dmarc",
+            f"{domain}: {len(found)} DMARC records at {name}: RFC 7489 §6.6.3 ignores them all",
+            "keep only one: " + publish(want),
+        )
     try:
         record = dmarc.parse_record(found[0])
     except dmarc.DmarcRecordError as exc:
-        return failed("dns.dmarc", f"{domain}: DMARC record {found[0]!r} does not parse: {exc}",
-                      "replace it: " + publish(want))
+        return failed(
+            "dns.dmarc",
+            f"{domain}: DMARC record {found[0]!r} does not parse: {exc}",
+            "replace it: " + publish(want),
+        )
     policy = record.policy.value
     if record.policy is dmarc.Policy.NONE:
-        return warned("dns.dmarc", f"{domain}: DMARC policy p=none: forged mail from {domain} is "
-                      "only reported, not stopped", "once reports show only your own mail, "
-                      "tighten it: " + publish(want))
-    return passed("dns.dmarc", f"{domain}: DMARC p={policy}" +
-                  (f" pct={record.pct}" if record.pct != 100 else ""))
+        return warned(
+            "dns.dmarc",
+            f"{domain}: DMARC policy p=none: forged mail from {domain} is "
+            "only reported, not stopped",
+            "once reports show only your own mail, tighten it: " + publish(want),
+        )
+    return passed(
+        "dns.dmarc",
+        f"{domain}: DMARC p={policy}" + (f" pct={record.pct}" if record.pct != 100 else ""),
+    )
 
 
 # -- TLS-RPT, SRV, CAA -------------------------------------------------------------------------
 
-def _tlsrpt(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-            records: Records) -> Finding:
+
+def _tlsrpt(
+    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+) -> Finding:
     name = f"_smtp._tls.{domain}"
     found = [t for t in _txt(client, name) if t.replace(" ", "").startswith("v=TLSRPTv1")]
     if not found:
-        return warned("dns.tlsrpt", f"{domain}: no TLS-RPT record: senders cannot tell you when "
-                      "TLS to your server fails", publish(_find(records, name, "TXT")))
+        return warned(
+            "dns.tlsrpt",
+            f"{domain}: no TLS-RPT record: senders cannot tell you when TLS to your server fails",
+            publish(_find(records, name, "TXT")),
+        )
     return passed("dns.tlsrpt", f"{domain}: {found[0]}")
 
 
@@ -362,8 +486,9 @@ def _srv_tuple(value: str) -> tuple[int, str]:
     return int(port), target.lower()
 
 
-def _srv(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
-         records: Records) -> Finding:
+def _srv(
+    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+) -> Finding:
     want = [r for r in records if r.type == "SRV" and r.zone == fqdn(domain)]
     wrong: list[DnsRecord] = []
     notes: list[str] = []
@@ -373,12 +498,17 @@ def _srv(client: DnsClient, cfg: Config, paths: StatePaths, domain: str,
         if expected not in found:
             wrong.append(rec)
             label = rec.name.split(".")[0]
-            notes.append(f"{label}: " + (", ".join(f"{t}:{p}" for p, t in sorted(found))
-                                          if found else "missing"))
+            notes.append(
+                f"{label}: "
+                + (", ".join(f"{t}:{p}" for p, t in sorted(found)) if found else "missing")
+            )
     if wrong:
-        return warned("dns.srv", f"{domain}: RFC 6186 SRV records missing or different "
-                      f"({'; '.join(notes)}): mail clients cannot set themselves up",
-                      publish(wrong))
+        return warned(
+            "dns.srv",
+            f"{domain}: RFC 6186 SRV records missing or different "
+            f"({'; '.join(notes)}): mail clients cannot set themselves up",
+            publish(wrong),
+        )
     return passed("dns.srv", f"{domain}: {len(want)} RFC 6186 SRV records as expected")
 
 
@@ -396,10 +526,14 @@ def _caa(client: DnsClient, cfg: Config, records: Records) -> Finding:
             break
         name = name.parent()
     if not found:
-        caa = DnsRecord(stop.to_text(), "CAA", '0 issue "letsencrypt.org"', stop.to_text(),
-                        "dns-host", "CAA")
-        return warned("dns.caa", f"{host.rstrip('.')}: no CAA record: any public CA may "
-                      "issue certificates for it", publish([caa]) + " (name the CA you use)")
+        caa = DnsRecord(
+            stop.to_text(), "CAA", '0 issue "letsencrypt.org"', stop.to_text(), "dns-host", "CAA"
+        )
+        return warned(
+            "dns.caa",
+            f"{host.rstrip('.')}: no CAA record: any public CA may issue certificates for it",
+            publish([caa]) + " (name the CA you use)",
+        )
     shown = "; ".join(r.to_text() for r in found)
     return passed("dns.caa", f"{host.rstrip('.')}: CAA at {name.to_text()}: {shown}")
 
@@ -428,8 +562,11 @@ def check_dnsbl(cfg: Config, resolver_override: str = "") -> list[Finding]:
     for address in addresses:
         ip = ipaddress.ip_address(address)
         if ip.is_private or ip.is_loopback or ip.is_link_local:
-            out.append(skipped("network.dnsbl", f"{address} is not a public address: no "
-                               "blocklist lists it"))
+            out.append(
+                skipped(
+                    "network.dnsbl", f"{address} is not a public address: no blocklist lists it"
+                )
+            )
             continue
         listed: list[str] = []
         unknown: list[str] = []
@@ -441,23 +578,35 @@ def check_dnsbl(cfg: Config, resolver_override: str = "") -> list[Finding]:
                 continue
             # RFC 5782 §2.1: 127.0.0.2 and up mean listed; Spamhaus answers 127.255.255.x
             # when it refuses the query (e.g. through a public resolver): that says nothing.
-            codes = [a for a in answers if a.startswith("127.") and
-                     not a.startswith("127.255.255.")]
+            codes = [
+                a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")
+            ]
             if codes:
                 listed.append(f"{zone} ({', '.join(codes)})")
             elif answers:
                 unknown.append(f"{zone} (refused the query: {', '.join(answers)})")
         if listed:
-            out.append(failed("network.dnsbl", f"{address} is listed on {'; '.join(listed)}: "
-                              "receivers using these lists refuse our mail",
-                              "find and stop the cause (an open relay, a compromised account, "
-                              "a spamming script), then request removal on each list's web "
-                              "site"))
+            out.append(
+                failed(
+                    "network.dnsbl",
+                    f"{address} is listed on {'; '.join(listed)}: "
+                    "receivers using these lists refuse our mail",
+                    "find and stop the cause (an open relay, a compromised account, "
+                    "a spamming script), then request removal on each list's web "
+                    "site",
+                )
+            )
         elif len(unknown) == len(lists):
-            out.append(skipped("network.dnsbl", f"{address}: no list could be asked: "
-                               f"{'; '.join(unknown)}"))
+            out.append(
+                skipped("network.dnsbl", f"{address}: no list could be asked: {'; '.join(unknown)}")
+            )
         else:
             asked = len(lists) - len(unknown)
-            out.append(passed("network.dnsbl", f"{address} is on none of {asked} blocklist(s)"
-                              + (f" (not asked: {'; '.join(unknown)})" if unknown else "")))
+            out.append(
+                passed(
+                    "network.dnsbl",
+                    f"{address} is on none of {asked} blocklist(s)"
+                    + (f" (not asked: {'; '.join(unknown)})" if unknown else ""),
+                )
+            )
     return out

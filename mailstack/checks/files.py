@@ -32,18 +32,25 @@ DISK_WARN_FRACTION = 0.05
 
 def check_config(paths: StatePaths) -> tuple[Config | None, Finding]:
     if not paths.config.exists():
-        return None, failed("config.valid", f"no mailstack deployment in {paths.root} "
-                            "(no mailstack.toml)",
-                            f"create one with `mailstack --dir {shlex.quote(str(paths.root))} init "
-                            "--domain DOMAIN --hostname HOSTNAME --ipv4 ADDRESS`, or pass the "
-                            "right --dir")
+        return None, failed(
+            "config.valid",
+            f"no mailstack deployment in {paths.root} (no mailstack.toml)",
+            f"create one with `mailstack --dir {shlex.quote(str(paths.root))} init "
+            "--domain DOMAIN --hostname HOSTNAME --ipv4 ADDRESS`, or pass the "
+            "right --dir",
+        )
     try:
         cfg = load_config(paths.config)
     except ConfigError as exc:
-        return None, failed("config.valid", exc.message,
-                            exc.hint or "fix the key, then run `mailstack config validate`")
-    return cfg, passed("config.valid", f"{paths.config} is valid "
-                       f"({cfg.server.hostname} for {', '.join(cfg.server.domains)})")
+        return None, failed(
+            "config.valid",
+            exc.message,
+            exc.hint or "fix the key, then run `mailstack config validate`",
+        )
+    return cfg, passed(
+        "config.valid",
+        f"{paths.config} is valid ({cfg.server.hostname} for {', '.join(cfg.server.domains)})",
+    )
 
 
 def _q(path: Path) -> str:
@@ -58,8 +65,9 @@ def private_files(cfg: Config, paths: StatePaths, domains: list[str]) -> list[Pa
     return [p for p in dict.fromkeys(keys) if p.exists()]
 
 
-def check_files(cfg: Config, paths: StatePaths, accounts: Accounts | None,
-                domains: list[str]) -> list[Finding]:
+def check_files(
+    cfg: Config, paths: StatePaths, accounts: Accounts | None, domains: list[str]
+) -> list[Finding]:
     return [
         _present(cfg, paths, domains),
         _modes(cfg, paths, domains),
@@ -84,12 +92,20 @@ def _present(cfg: Config, paths: StatePaths, domains: list[str]) -> Finding:
     for d in domains:
         key = paths.dkim_key(cfg.dkim.selector, d)
         if not key.exists():
-            missing.append((key, "restore it from a backup; a new key (`mailstack init --force`) "
-                                 "needs its DKIM record republished"))
+            missing.append(
+                (
+                    key,
+                    "restore it from a backup; a new key (`mailstack init --force`) "
+                    "needs its DKIM record republished",
+                )
+            )
     if not missing:
         return passed("files.present", "certificate, keys, users.sqlite3, mail/ and queue/ exist")
-    return failed("files.present", "missing: " + ", ".join(str(p) for p, _ in missing),
-                  "; ".join(f"{p.name}: {fix}" for p, fix in missing))
+    return failed(
+        "files.present",
+        "missing: " + ", ".join(str(p) for p, _ in missing),
+        "; ".join(f"{p.name}: {fix}" for p, fix in missing),
+    )
 
 
 def _modes(cfg: Config, paths: StatePaths, domains: list[str]) -> Finding:
@@ -100,25 +116,43 @@ def _modes(cfg: Config, paths: StatePaths, domains: list[str]) -> Finding:
             too_open.append((key, mode))
     # The account database holds password hashes: the owner (and a group, if the admin wants
     # one) may read it, others never; SQLite's -wal/-shm files hold the same data.
-    dbs = [p for p in (paths.users_db, paths.users_db.with_name("users.sqlite3-wal"),
-                       paths.users_db.with_name("users.sqlite3-shm")) if p.exists()]
+    dbs = [
+        p
+        for p in (
+            paths.users_db,
+            paths.users_db.with_name("users.sqlite3-wal"),
+            paths.users_db.with_name("users.sqlite3-shm"),
+        )
+        if p.exists()
+    ]
     for db in dbs:
         mode = stat.S_IMODE(db.stat().st_mode)
         if mode & 0o007:
             too_open.append((db, mode))
     if not too_open:
-        return passed("files.modes", "private keys are 0600 and users.sqlite3 is not "
-                      "world-readable")
+        return passed(
+            "files.modes", "private keys are 0600 and users.sqlite3 is not world-readable"
+        )
     listing = ", ".join(f"{p} is {m:04o}" for p, m in too_open)
-    return failed("files.modes", f"secrets readable by others: {listing}",
-                  "chmod 600 " + " ".join(_q(p) for p, _ in too_open))
+    return failed(
+        "files.modes",
+        f"secrets readable by others: {listing}",
+        "chmod 600 " + " ".join(_q(p) for p, _ in too_open),
+    )
 
 
 def _owner(paths: StatePaths) -> Finding:
     owner = paths.root.stat().st_uid
     foreign: list[Path] = []
-    candidates = [paths.config, paths.users_db, paths.tls_dir, paths.dkim_dir, paths.dns_dir,
-                  paths.mail_dir, paths.queue_dir]
+    candidates = [
+        paths.config,
+        paths.users_db,
+        paths.tls_dir,
+        paths.dkim_dir,
+        paths.dns_dir,
+        paths.mail_dir,
+        paths.queue_dir,
+    ]
     for top in (paths.tls_dir, paths.dkim_dir, paths.queue_dir):
         if top.is_dir():
             candidates += sorted(top.iterdir())
@@ -135,9 +169,11 @@ def _owner(paths: StatePaths) -> Finding:
     if not foreign:
         return passed("files.owner", f"everything in {paths.root} belongs to {name}")
     shown = ", ".join(str(p) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-    return failed("files.owner", f"{len(foreign)} path(s) not owned by {name} (the owner of "
-                  f"{paths.root}): {shown}",
-                  f"chown -R {shlex.quote(name)}: {_q(paths.root)}")
+    return failed(
+        "files.owner",
+        f"{len(foreign)} path(s) not owned by {name} (the owner of {paths.root}): {shown}",
+        f"chown -R {shlex.quote(name)}: {_q(paths.root)}",
+    )
 
 
 def _user_name(uid: int) -> str:
@@ -152,12 +188,18 @@ def _disk(paths: StatePaths) -> Finding:
     free, total = usage.free, usage.total
     text = f"{_gib(free)} free of {_gib(total)}"
     if free < DISK_FAIL_BYTES:
-        return failed("files.disk", f"{paths.root}: only {text}; delivery will fail",
-                      f"free space on the file system of {paths.root} (or move it to a larger "
-                      "one): mail needs room to arrive")
+        return failed(
+            "files.disk",
+            f"{paths.root}: only {text}; delivery will fail",
+            f"free space on the file system of {paths.root} (or move it to a larger "
+            "one): mail needs room to arrive",
+        )
     if free < DISK_WARN_BYTES or free < total * DISK_WARN_FRACTION:
-        return warned("files.disk", f"{paths.root}: {text}",
-                      f"free space on the file system of {paths.root} before it fills up")
+        return warned(
+            "files.disk",
+            f"{paths.root}: {text}",
+            f"free space on the file system of {paths.root} before it fills up",
+        )
     return passed("files.disk", f"{paths.root}: {text}")
 
 
@@ -180,8 +222,11 @@ def _writable_dir(id_: str, directory: Path, what: str) -> Finding:
     if not directory.is_dir():
         return failed(id_, f"{what} {directory} does not exist", f"mkdir -m 700 {_q(directory)}")
     if (reason := _try_write(directory)) is not None:
-        return failed(id_, f"cannot write to {what} {directory}: {reason}",
-                      f"make it writable by the service user: chown -R USER: {_q(directory)}")
+        return failed(
+            id_,
+            f"cannot write to {what} {directory}: {reason}",
+            f"make it writable by the service user: chown -R USER: {_q(directory)}",
+        )
     return passed(id_, f"{what} {directory} is writable")
 
 
@@ -203,6 +248,9 @@ def _maildirs(paths: StatePaths, accounts: Accounts | None) -> Finding:
     if problems:
         return failed("files.maildirs", "; ".join(problems), "; ".join(fixes))
     if (reason := _try_write(paths.mail_dir)) is not None:
-        return failed("files.maildirs", f"cannot write to {paths.mail_dir}: {reason}",
-                      f"chown -R USER: {_q(paths.mail_dir)}  # USER: the account serve runs as")
+        return failed(
+            "files.maildirs",
+            f"cannot write to {paths.mail_dir}: {reason}",
+            f"chown -R USER: {_q(paths.mail_dir)}  # USER: the account serve runs as",
+        )
     return passed("files.maildirs", f"{len(users)} Maildir(s) present and writable")

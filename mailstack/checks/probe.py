@@ -124,13 +124,15 @@ def _probe(dep: Deployment, domain: str) -> Iterator[Probe]:
 
 # -- IMAP login -----------------------------------------------------------------------------
 
+
 def imap_login(dep: Deployment, probe: Probe, timeout_s: float) -> imaplib.IMAP4:
     """A logged-in IMAP session for the probe over TLS; raises OSError/IMAP4.error/SSLError."""
     cfg = dep.config
     if cfg.listeners("imaps"):
         host, port = cfg.listeners("imaps")[0]
-        imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(connect_host(host), port,
-                                                ssl_context=client_tls(), timeout=timeout_s)
+        imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+            connect_host(host), port, ssl_context=client_tls(), timeout=timeout_s
+        )
     else:
         host, port = cfg.listeners("imap")[0]
         imap = imaplib.IMAP4(connect_host(host), port, timeout=timeout_s)
@@ -160,18 +162,25 @@ def check_login(dep: Deployment, probe: Probe, timeout_s: float) -> Finding:
     try:
         imap = imap_login(dep, probe, timeout_s)
     except imaplib.IMAP4.error as exc:
-        return failed("imap.login", f"{where}: the probe account could not log in: {exc}",
-                      "serve must read accounts from this deployment's users.sqlite3: is it "
-                      "running with the same --dir? read its log")
+        return failed(
+            "imap.login",
+            f"{where}: the probe account could not log in: {exc}",
+            "serve must read accounts from this deployment's users.sqlite3: is it "
+            "running with the same --dir? read its log",
+        )
     except (OSError, ssl.SSLError) as exc:
-        return failed("imap.login", f"{where}: cannot connect for the login: {exc}",
-                      "start serve (`systemctl start mailstack`) and read its log")
+        return failed(
+            "imap.login",
+            f"{where}: cannot connect for the login: {exc}",
+            "start serve (`systemctl start mailstack`) and read its log",
+        )
     with contextlib.suppress(OSError, imaplib.IMAP4.error):
         imap.logout()
     return passed("imap.login", f"{where}: a new account can log in at once over TLS")
 
 
 # -- end to end ---------------------------------------------------------------------------
+
 
 def _message(probe: Probe, token: str) -> EmailMessage:
     msg = EmailMessage()
@@ -213,14 +222,18 @@ def _send(dep: Deployment, probe: Probe, token: str, timeout_s: float) -> None:
     source = source_address(dep, target)
     # EHLO with the address literal we connect from (RFC 5321 §4.1.3).
     ehlo = EHLO_NAME if not source else f"[IPv6:{source}]" if ":" in source else f"[{source}]"
-    with smtplib.SMTP(target, port, timeout=timeout_s, local_hostname=ehlo,
-                      source_address=(source, 0) if source else None) as smtp:
+    with smtplib.SMTP(
+        target,
+        port,
+        timeout=timeout_s,
+        local_hostname=ehlo,
+        source_address=(source, 0) if source else None,
+    ) as smtp:
         smtp.ehlo()
         if smtp.has_extn("starttls"):
             smtp.starttls(context=client_tls())
             smtp.ehlo()
-        smtp.send_message(_message(probe, token), from_addr=probe.address,
-                          to_addrs=[probe.address])
+        smtp.send_message(_message(probe, token), from_addr=probe.address, to_addrs=[probe.address])
 
 
 def _find(imap: imaplib.IMAP4, folder: str, token: str) -> list[bytes]:
@@ -243,35 +256,48 @@ def check_e2e(dep: Deployment, probe: Probe, timeout_s: float, io_timeout_s: flo
     for service in ("smtp", "imaps" if cfg.listeners("imaps") else "imap"):
         host, port = cfg.listeners(service)[0]
         if port == 0:
-            return unknown_port(service, format_hostport(connect_host(host), port),
-                                ("e2e.delivery",))[0]
+            return unknown_port(
+                service, format_hostport(connect_host(host), port), ("e2e.delivery",)
+            )[0]
     token = secrets.token_hex(8)
     started = time.monotonic()
     try:
         _send(dep, probe, token, io_timeout_s)
     except smtplib.SMTPException as exc:
-        return failed("e2e.delivery", f"SMTP refused the probe message to {probe.address}: "
-                      f"{exc}", "read serve's log for the refusal (and smtp.* above)")
+        return failed(
+            "e2e.delivery",
+            f"SMTP refused the probe message to {probe.address}: {exc}",
+            "read serve's log for the refusal (and smtp.* above)",
+        )
     except (OSError, ssl.SSLError) as exc:
         return failed("e2e.delivery", f"cannot send over SMTP: {exc}", "see smtp.banner")
     try:
         imap = imap_login(dep, probe, io_timeout_s)
     except (OSError, ssl.SSLError, imaplib.IMAP4.error) as exc:
-        return failed("e2e.delivery", f"the probe message was accepted, but IMAP login failed: "
-                      f"{exc}", "see imap.login")
+        return failed(
+            "e2e.delivery",
+            f"the probe message was accepted, but IMAP login failed: {exc}",
+            "see imap.login",
+        )
     try:
         finding = _await(imap, token, started, timeout_s)
     except (OSError, ssl.SSLError, imaplib.IMAP4.error) as exc:
-        return failed("e2e.delivery", f"IMAP failed while looking for the message: {exc}",
-                      "read serve's log")
+        return failed(
+            "e2e.delivery", f"IMAP failed while looking for the message: {exc}", "read serve's log"
+        )
     finally:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             imap.logout()
-    if finding.status is Status.WARN and source_address(
-            dep, connect_host(cfg.listeners("smtp")[0][0])) is None:
-        return replace(finding, message=finding.message + "; this host does not hold "
-                       "server.ipv4/ipv6 (NAT?), so the message came from loopback, which "
-                       "SPF does not list: mail from outside is judged on its own")
+    if (
+        finding.status is Status.WARN
+        and source_address(dep, connect_host(cfg.listeners("smtp")[0][0])) is None
+    ):
+        return replace(
+            finding,
+            message=finding.message + "; this host does not hold "
+            "server.ipv4/ipv6 (NAT?), so the message came from loopback, which "
+            "SPF does not list: mail from outside is judged on its own",
+        )
     return finding
 
 
@@ -287,14 +313,21 @@ def _await(imap: imaplib.IMAP4, token: str, started: float, timeout_s: float) ->
     elapsed = time.monotonic() - started
     if not uids:
         if _find(imap, "Junk", token):
-            return warned("e2e.delivery", "the probe message arrived in Junk, not INBOX: the "
-                          "server's SPF/DKIM/DMARC verdict on mail from this host is negative",
-                          "see dns.spf and dns.dmarc: this host's address must pass SPF for "
-                          "the domain")
-        return failed("e2e.delivery", f"SMTP accepted the probe message, but it did not show "
-                      f"up over IMAP within {timeout_s:.0f}s",
-                      "read serve's log: delivery to the Maildir failed or is slow")
+            return warned(
+                "e2e.delivery",
+                "the probe message arrived in Junk, not INBOX: the "
+                "server's SPF/DKIM/DMARC verdict on mail from this host is negative",
+                "see dns.spf and dns.dmarc: this host's address must pass SPF for the domain",
+            )
+        return failed(
+            "e2e.delivery",
+            f"SMTP accepted the probe message, but it did not show "
+            f"up over IMAP within {timeout_s:.0f}s",
+            "read serve's log: delivery to the Maildir failed or is slow",
+        )
     imap.uid("STORE", b",".join(uids).decode(), "+FLAGS.SILENT", r"(\Deleted)")
     imap.expunge()
-    return passed("e2e.delivery", f"a message sent over SMTP showed up over IMAP after "
-                  f"{elapsed:.1f}s, and was deleted")
+    return passed(
+        "e2e.delivery",
+        f"a message sent over SMTP showed up over IMAP after {elapsed:.1f}s, and was deleted",
+    )

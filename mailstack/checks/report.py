@@ -12,12 +12,24 @@ from rich.text import Text
 from mailstack.checks import Report, Status
 from mailstack.output import console
 
-_STYLE = {Status.PASS: ("✔", "green"), Status.WARN: ("!", "yellow"),
-          Status.FAIL: ("✘", "bold red"), Status.SKIP: ("-", "dim")}
-_TITLES = {"config": "Configuration", "files": "State directory", "dns": "DNS",
-           "tls": "TLS certificate", "smtp": "SMTP (MX)", "submission": "Submission",
-           "imap": "IMAP", "relay": "Open relay", "e2e": "End to end",
-           "network": "From outside"}
+_STYLE = {
+    Status.PASS: ("✔", "green"),
+    Status.WARN: ("!", "yellow"),
+    Status.FAIL: ("✘", "bold red"),
+    Status.SKIP: ("-", "dim"),
+}
+_TITLES = {
+    "config": "Configuration",
+    "files": "State directory",
+    "dns": "DNS",
+    "tls": "TLS certificate",
+    "smtp": "SMTP (MX)",
+    "submission": "Submission",
+    "imap": "IMAP",
+    "relay": "Open relay",
+    "e2e": "End to end",
+    "network": "From outside",
+}
 
 
 def print_json(report: Report) -> None:
@@ -62,4 +74,3 @@ def print_report(report: Report) -> None:
         out.print(Text(line, style="bold green" if report.ok else "bold red"))
     else:
         out.print(line, markup=False)
-

@@ -27,9 +27,13 @@ def _guard(group: str, fn: Callable[[], list[Finding]]) -> list[Finding]:
         return fn()
     except Exception as exc:  # a bug in a check: report it, run the others
         log.debug("check group %s failed", group, exc_info=True)
-        return [failed(f"{group}.error", f"the {group} checks stopped: "
-                       f"{type(exc).__name__}: {exc}",
-                       "this is a bug in mailstack check: rerun with --debug and report it")]
+        return [
+            failed(
+                f"{group}.error",
+                f"the {group} checks stopped: {type(exc).__name__}: {exc}",
+                "this is a bug in mailstack check: rerun with --debug and report it",
+            )
+        ]
 
 
 def submission_available() -> bool:
@@ -44,8 +48,17 @@ def run(root: Path, options: CheckOptions) -> list[Finding]:
     out: list[Finding] = [config_finding] if options.wants("config") else []
     if cfg is None:
         reason = "the config is not valid (see config.valid)"
-        for group in ("files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e",
-                      "network"):
+        for group in (
+            "files",
+            "dns",
+            "tls",
+            "smtp",
+            "submission",
+            "imap",
+            "relay",
+            "e2e",
+            "network",
+        ):
             if options.wants(group):
                 out += skip_group(group, reason)
         if not options.wants("config"):
@@ -56,10 +69,24 @@ def run(root: Path, options: CheckOptions) -> list[Finding]:
     except MailstackError as exc:  # e.g. users.sqlite3 unreadable by whoever runs check
         reason = f"cannot open the deployment: {exc.message}"
         if options.wants("files"):
-            out.append(failed("files.present", reason, exc.hint or "run check as the user "
-                              f"that owns {root} (or as root)"))
-        for group in ("files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e",
-                      "network"):
+            out.append(
+                failed(
+                    "files.present",
+                    reason,
+                    exc.hint or f"run check as the user that owns {root} (or as root)",
+                )
+            )
+        for group in (
+            "files",
+            "dns",
+            "tls",
+            "smtp",
+            "submission",
+            "imap",
+            "relay",
+            "e2e",
+            "network",
+        ):
             if options.wants(group):
                 out += [f for f in skip_group(group, reason) if f.id != "files.present"]
         return out
@@ -70,8 +97,9 @@ def run(root: Path, options: CheckOptions) -> list[Finding]:
     return out
 
 
-def _run_groups(cfg: Config, paths: StatePaths, dep: Deployment,
-                options: CheckOptions) -> list[Finding]:
+def _run_groups(
+    cfg: Config, paths: StatePaths, dep: Deployment, options: CheckOptions
+) -> list[Finding]:
     from mailstack.init import dns_records, hosted_domains
 
     domains = hosted_domains(cfg, dep.accounts)
@@ -82,9 +110,12 @@ def _run_groups(cfg: Config, paths: StatePaths, dep: Deployment,
     if options.wants("dns"):
         from mailstack.checks.dns import check_dns
 
-        out += _guard("dns", lambda: check_dns(cfg, paths, domains,
-                                                dns_records(cfg, paths, dep.accounts),
-                                                options.resolver))
+        out += _guard(
+            "dns",
+            lambda: check_dns(
+                cfg, paths, domains, dns_records(cfg, paths, dep.accounts), options.resolver
+            ),
+        )
     if options.wants("tls"):
         from mailstack.checks.tls import check_tls
 
@@ -94,8 +125,10 @@ def _run_groups(cfg: Config, paths: StatePaths, dep: Deployment,
     if options.wants("smtp"):
         out += _guard("smtp", lambda: listeners.check_smtp(cfg, paths, timeout))
     if options.wants("submission"):
-        out += _guard("submission", lambda: listeners.check_submission(
-            cfg, paths, timeout, submission_available()))
+        out += _guard(
+            "submission",
+            lambda: listeners.check_submission(cfg, paths, timeout, submission_available()),
+        )
     imap: list[Finding] = []
     if options.wants("imap"):
         imap = _guard("imap", lambda: listeners.check_imap(cfg, paths, timeout))
@@ -119,16 +152,21 @@ def _with_probe(dep: Deployment, domain: str, options: CheckOptions) -> list[Fin
         except Exception as exc:
             reason = f"cannot create the probe mailbox: {exc}"
             if options.wants("imap"):
-                out.append(failed("imap.login", reason, "see files.* (users.sqlite3 and mail/ "
-                                  "must be writable by whoever runs check)"))
+                out.append(
+                    failed(
+                        "imap.login",
+                        reason,
+                        "see files.* (users.sqlite3 and mail/ "
+                        "must be writable by whoever runs check)",
+                    )
+                )
             if options.wants("e2e"):
                 out.append(skipped("e2e.delivery", reason))
             return out
         if options.wants("imap"):
             out.append(probe.check_login(dep, mailbox, options.io_timeout_s))
         if options.wants("e2e"):
-            out.append(probe.check_e2e(dep, mailbox, options.e2e_timeout_s,
-                                       options.io_timeout_s))
+            out.append(probe.check_e2e(dep, mailbox, options.e2e_timeout_s, options.io_timeout_s))
     return out
 
 
@@ -141,7 +179,12 @@ def _network(cfg: Config, options: CheckOptions) -> list[Finding]:
     out = _guard("network", lambda: check_dnsbl(cfg, options.resolver))
     # A connection from this host to its own address never leaves it: whether port 25 is
     # reachable from the Internet can only be seen from outside.
-    out.append(skipped("network.port25", "cannot be tested from this host: from another "
-                       "network, run `swaks --to postmaster@DOMAIN --server HOSTNAME`, or "
-                       "`nc -vz HOSTNAME 25`"))
+    out.append(
+        skipped(
+            "network.port25",
+            "cannot be tested from this host: from another "
+            "network, run `swaks --to postmaster@DOMAIN --server HOSTNAME`, or "
+            "`nc -vz HOSTNAME 25`",
+        )
+    )
     return out

@@ -28,9 +28,11 @@ from mailstack.paths import StatePaths
 EXPIRY_WARN_DAYS = 30
 EXPIRY_FAIL_DAYS = 7
 
-_RENEW = ("renew it: with the private CA, `mailstack init --force` makes a new one; with a "
-          "public CA, `mailstack tls import --cert fullchain.pem --key privkey.pem`, then "
-          "reload serve (SIGHUP)")
+_RENEW = (
+    "renew it: with the private CA, `mailstack init --force` makes a new one; with a "
+    "public CA, `mailstack tls import --cert fullchain.pem --key privkey.pem`, then "
+    "reload serve (SIGHUP)"
+)
 
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -47,37 +49,56 @@ def check_tls(cfg: Config, paths: StatePaths, now: dt.datetime | None = None) ->
         chain = load_chain(paths.tls_cert.read_bytes())
     except (OSError, MailstackError) as exc:
         reason = f"cannot read {paths.tls_cert}: {exc}"
-        return [failed("tls.chain", reason, "restore the file, or `mailstack tls import`"),
-                *(skipped(i, f"no certificate ({reason})") for i in
-                  ("tls.key", "tls.hostname", "tls.expiry", "tls.trust"))]
-    return [_chain(paths, chain), _key(paths, chain[0]), _hostname(cfg, chain[0]),
-            _expiry(chain[0], now), _trust(paths, chain)]
+        return [
+            failed("tls.chain", reason, "restore the file, or `mailstack tls import`"),
+            *(
+                skipped(i, f"no certificate ({reason})")
+                for i in ("tls.key", "tls.hostname", "tls.expiry", "tls.trust")
+            ),
+        ]
+    return [
+        _chain(paths, chain),
+        _key(paths, chain[0]),
+        _hostname(cfg, chain[0]),
+        _expiry(chain[0], now),
+        _trust(paths, chain),
+    ]
 
 
 def _chain(paths: StatePaths, chain: list[x509.Certificate]) -> Finding:
     for i, (cert, issuer) in enumerate(itertools.pairwise(chain)):
         if not _signed_by(cert, issuer):
-            return failed("tls.chain", f"{paths.tls_cert}: certificate {i + 1} is not signed by "
-                          f"certificate {i + 2}",
-                          "the file must hold the server certificate first, then each issuer "
-                          "in order (a fullchain.pem); `mailstack tls import` checks this")
-    return passed("tls.chain", f"{paths.tls_cert}: {len(chain)} certificate(s) in order, "
-                  "each signed by the next")
+            return failed(
+                "tls.chain",
+                f"{paths.tls_cert}: certificate {i + 1} is not signed by certificate {i + 2}",
+                "the file must hold the server certificate first, then each issuer "
+                "in order (a fullchain.pem); `mailstack tls import` checks this",
+            )
+    return passed(
+        "tls.chain",
+        f"{paths.tls_cert}: {len(chain)} certificate(s) in order, each signed by the next",
+    )
 
 
 def _key(paths: StatePaths, leaf: x509.Certificate) -> Finding:
     try:
         key = serialization.load_pem_private_key(paths.tls_key.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        return failed("tls.key", f"cannot read {paths.tls_key}: {exc}",
-                      "the key must be unencrypted PEM: `mailstack tls import --cert ... "
-                      "--key ...` with the key of this certificate")
+        return failed(
+            "tls.key",
+            f"cannot read {paths.tls_key}: {exc}",
+            "the key must be unencrypted PEM: `mailstack tls import --cert ... "
+            "--key ...` with the key of this certificate",
+        )
     if not key_matches_cert(key, leaf):
-        return failed("tls.key", f"{paths.tls_key} is not the key of the certificate in "
-                      f"{paths.tls_cert}: serve cannot start TLS",
-                      "install the matching pair: `mailstack tls import --cert fullchain.pem "
-                      "--key privkey.pem` (or `mailstack init --force` for a new private-CA "
-                      "pair)")
+        return failed(
+            "tls.key",
+            f"{paths.tls_key} is not the key of the certificate in "
+            f"{paths.tls_cert}: serve cannot start TLS",
+            "install the matching pair: `mailstack tls import --cert fullchain.pem "
+            "--key privkey.pem` (or `mailstack init --force` for a new private-CA "
+            "pair)",
+        )
     return passed("tls.key", f"{paths.tls_key.name} matches the certificate")
 
 
@@ -86,10 +107,12 @@ def _hostname(cfg: Config, leaf: x509.Certificate) -> Finding:
     names = cert_names(leaf)
     if any(name_matches(n, host) for n in names):
         return passed("tls.hostname", f"the certificate covers {host}")
-    return failed("tls.hostname", f"the certificate names {', '.join(names) or 'nothing'}, not "
-                  f"{host}: clients refuse it",
-                  f"get a certificate with {host} as a subjectAltName and `mailstack tls import` "
-                  "it (or `mailstack init --force` for a private-CA one)")
+    return failed(
+        "tls.hostname",
+        f"the certificate names {', '.join(names) or 'nothing'}, not {host}: clients refuse it",
+        f"get a certificate with {host} as a subjectAltName and `mailstack tls import` "
+        "it (or `mailstack init --force` for a private-CA one)",
+    )
 
 
 def _expiry(leaf: x509.Certificate, now: dt.datetime) -> Finding:
@@ -97,9 +120,11 @@ def _expiry(leaf: x509.Certificate, now: dt.datetime) -> Finding:
     days = (not_after - now).total_seconds() / 86400
     when = f"{not_after:%Y-%m-%d %H:%M} UTC"
     if now < leaf.not_valid_before_utc:
-        return failed("tls.expiry", f"the certificate is not valid before "
-                      f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
-                      "check the system clock, or install a certificate valid now")
+        return failed(
+            "tls.expiry",
+            f"the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+            "check the system clock, or install a certificate valid now",
+        )
     if days < 0:
         return failed("tls.expiry", f"the certificate expired on {when}", _RENEW)
     if days < EXPIRY_FAIL_DAYS:
@@ -130,22 +155,29 @@ def _trust(paths: StatePaths, chain: list[x509.Certificate]) -> Finding:
         except MailstackError:
             private_ca = None
     if private_ca is not None and (last == private_ca or _signed_by(last, private_ca)):
-        return warned("tls.trust", "the certificate is from mailstack's private CA: public "
-                      "senders and mail clients do not trust it (clients must import "
-                      f"{paths.ca_cert})", "for public use get a certificate from a public CA "
-                      "(e.g. Let's Encrypt) and `mailstack tls import --cert fullchain.pem "
-                      "--key privkey.pem`")
+        return warned(
+            "tls.trust",
+            "the certificate is from mailstack's private CA: public "
+            "senders and mail clients do not trust it (clients must import "
+            f"{paths.ca_cert})",
+            "for public use get a certificate from a public CA "
+            "(e.g. Let's Encrypt) and `mailstack tls import --cert fullchain.pem "
+            "--key privkey.pem`",
+        )
     roots = system_roots()
     for root in roots:
         if last == root or (root.subject == last.issuer and _signed_by(last, root)):
-            return passed("tls.trust", f"the chain ends at a public root: "
-                          f"{root.subject.rfc4514_string()}")
+            return passed(
+                "tls.trust", f"the chain ends at a public root: {root.subject.rfc4514_string()}"
+            )
     if last.issuer == last.subject:
         what = "is self-signed"
     else:
         what = f"ends at {last.issuer.rfc4514_string()}, which the system does not trust"
-    return warned("tls.trust", f"the certificate chain {what}: public senders and mail "
-                  "clients will not trust it",
-                  "get a certificate from a public CA (e.g. Let's Encrypt) and `mailstack tls "
-                  "import --cert fullchain.pem --key privkey.pem`; if the chain lacks its "
-                  "intermediate, import the full chain")
+    return warned(
+        "tls.trust",
+        f"the certificate chain {what}: public senders and mail clients will not trust it",
+        "get a certificate from a public CA (e.g. Let's Encrypt) and `mailstack tls "
+        "import --cert fullchain.pem --key privkey.pem`; if the chain lacks its "
+        "intermediate, import the full chain",
+    )

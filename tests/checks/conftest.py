@@ -41,15 +41,25 @@ def free_ports(n: int) -> list[int]:
 
 def make_deployment(root: Path) -> dict[str, int]:
     ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    init_deployment(root, InitOptions(domain=DOMAIN, hostname=HOSTNAME, ipv4="127.0.0.1",
-                                      listen_host="127.0.0.1", ports=tuple(ports.items()),
-                                      dkim_selector="test"))
+    init_deployment(
+        root,
+        InitOptions(
+            domain=DOMAIN,
+            hostname=HOSTNAME,
+            ipv4="127.0.0.1",
+            listen_host="127.0.0.1",
+            ports=tuple(ports.items()),
+            dkim_selector="test",
+        ),
+    )
     return ports
 
 
 def zones(root: Path) -> dict[str, str]:
-    return {FORWARD: (root / "dns" / f"{FORWARD}.zone").read_text(),
-            REVERSE: (root / "dns" / f"{REVERSE}.zone").read_text()}
+    return {
+        FORWARD: (root / "dns" / f"{FORWARD}.zone").read_text(),
+        REVERSE: (root / "dns" / f"{REVERSE}.zone").read_text(),
+    }
 
 
 def start_nsd(directory: Path, zone_texts: dict[str, str]) -> NsdServer:

@@ -37,8 +37,11 @@ BASELINE = {"dns.caa": "warn"}  # init writes no CAA record (asserted in test_ch
 
 def record(root: Path, name: str, type_: str, startswith: str = "") -> DnsRecord:
     paths = StatePaths(root)
-    recs = [r for r in dns_records(load_config(paths.config), paths, None)
-            if r.name == name and r.type == type_ and (r.unsplit or r.value).startswith(startswith)]
+    recs = [
+        r
+        for r in dns_records(load_config(paths.config), paths, None)
+        if r.name == name and r.type == type_ and (r.unsplit or r.value).startswith(startswith)
+    ]
     assert len(recs) == 1, recs
     return recs[0]
 
@@ -48,6 +51,7 @@ def drop(pattern: str) -> Callable[[str], str]:
         out, n = re.subn(rf"(?m)^{pattern}.*\n", "", text)
         assert n == 1, pattern
         return out
+
     return edit
 
 
@@ -56,6 +60,7 @@ def replace(pattern: str, new: str) -> Callable[[str], str]:
         out, n = re.subn(rf"(?m)^{pattern}.*$", new, text)
         assert n == 1, pattern
         return out
+
     return edit
 
 
@@ -68,11 +73,16 @@ def both(*edits: Callable[[str], str]) -> Callable[[str], str]:
         for e in edits:
             text = e(text)
         return text
+
     return edit
 
 
-def run_variant(root: Path, tmp_path: Path, forward: Callable[[str], str] | None = None,
-                reverse: Callable[[str], str] | None = None) -> dict[str, object]:
+def run_variant(
+    root: Path,
+    tmp_path: Path,
+    forward: Callable[[str], str] | None = None,
+    reverse: Callable[[str], str] | None = None,
+) -> dict[str, object]:
     texts = zones(root)
     if forward:
         texts[FORWARD] = forward(texts[FORWARD])
@@ -90,8 +100,10 @@ def run_variant(root: Path, tmp_path: Path, forward: Callable[[str], str] | None
 def test_unbroken_zones_pass(dns_only: Path, tmp_path: Path) -> None:
     data = run_variant(dns_only, tmp_path)
     assert not_passing(data) == BASELINE
-    assert only(data, "dns.ptr")["message"] == \
-        "127.0.0.1: PTR mail.example.com., which resolves back (FCrDNS)"
+    assert (
+        only(data, "dns.ptr")["message"]
+        == "127.0.0.1: PTR mail.example.com., which resolves back (FCrDNS)"
+    )
     assert only(data, "dns.spf")["message"] == "example.com: 'v=spf1 mx -all' authorises 127.0.0.1"
 
 
@@ -106,8 +118,13 @@ def test_dkim_missing(dns_only: Path, tmp_path: Path) -> None:
 
 def test_dkim_holding_another_key(dns_only: Path, tmp_path: Path) -> None:
     other = dkim_public_record(make_dkim_key())
-    data = run_variant(dns_only, tmp_path, forward=replace(
-        "test._domainkey", f'test._domainkey 3600 IN TXT "{other[:200]}" "{other[200:]}"'))
+    data = run_variant(
+        dns_only,
+        tmp_path,
+        forward=replace(
+            "test._domainkey", f'test._domainkey 3600 IN TXT "{other[:200]}" "{other[200:]}"'
+        ),
+    )
     assert not_passing(data) == {**BASELINE, "dns.dkim": "fail"}
     dkim = only(data, "dns.dkim")
     assert "is not the public half of" in dkim["message"]
@@ -117,15 +134,22 @@ def test_dkim_holding_another_key(dns_only: Path, tmp_path: Path) -> None:
 
 def test_mx_pointing_elsewhere(dns_only: Path, tmp_path: Path) -> None:
     # SPF "mx" follows the MX, so SPF stops covering our address too: both must fail.
-    data = run_variant(dns_only, tmp_path, forward=both(
-        replace(r"@\t3600\tIN\tMX", "@ 3600 IN MX 10 mx.elsewhere.example.com."),
-        add("mx.elsewhere 3600 IN A 192.0.2.7")))
+    data = run_variant(
+        dns_only,
+        tmp_path,
+        forward=both(
+            replace(r"@\t3600\tIN\tMX", "@ 3600 IN MX 10 mx.elsewhere.example.com."),
+            add("mx.elsewhere 3600 IN A 192.0.2.7"),
+        ),
+    )
     assert not_passing(data) == {**BASELINE, "dns.mx": "fail", "dns.spf": "fail"}
     mx = only(data, "dns.mx")
-    assert mx["message"] == ("example.com: MX points to 10 mx.elsewhere.example.com., "
-                             "not to mail.example.com.")
-    assert mx["fix"].startswith("publish at the DNS host of example.com: "
-                                "example.com. 3600 IN MX 10 mail.example.com.")
+    assert mx["message"] == (
+        "example.com: MX points to 10 mx.elsewhere.example.com., not to mail.example.com."
+    )
+    assert mx["fix"].startswith(
+        "publish at the DNS host of example.com: example.com. 3600 IN MX 10 mail.example.com."
+    )
     assert "remove: example.com. IN MX 10 mx.elsewhere.example.com." in mx["fix"]
     assert "127.0.0.1 (fail)" in only(data, "dns.spf")["message"]
 
@@ -135,17 +159,21 @@ def test_ptr_missing(dns_only: Path, tmp_path: Path) -> None:
     assert not_passing(data) == {**BASELINE, "dns.ptr": "fail"}
     ptr = only(data, "dns.ptr")
     assert ptr["message"].startswith("127.0.0.1: no reverse DNS (PTR)")
-    assert ptr["fix"] == ("ask your hosting provider (whoever owns the IP block) to set reverse "
-                          "DNS: 1.0.0.127.in-addr.arpa. 3600 IN PTR mail.example.com.")
+    assert ptr["fix"] == (
+        "ask your hosting provider (whoever owns the IP block) to set reverse "
+        "DNS: 1.0.0.127.in-addr.arpa. 3600 IN PTR mail.example.com."
+    )
 
 
 def test_ptr_not_matching(dns_only: Path, tmp_path: Path) -> None:
-    data = run_variant(dns_only, tmp_path,
-                       reverse=replace(r"1\t", "1 3600 IN PTR host.isp.example."))
+    data = run_variant(
+        dns_only, tmp_path, reverse=replace(r"1\t", "1 3600 IN PTR host.isp.example.")
+    )
     assert not_passing(data) == {**BASELINE, "dns.ptr": "fail"}
     ptr = only(data, "dns.ptr")
-    assert ptr["message"] == ("127.0.0.1: reverse DNS names host.isp.example., "
-                              "not mail.example.com.")
+    assert ptr["message"] == (
+        "127.0.0.1: reverse DNS names host.isp.example., not mail.example.com."
+    )
     assert ptr["fix"].endswith("1.0.0.127.in-addr.arpa. 3600 IN PTR mail.example.com.")
 
 
@@ -154,26 +182,37 @@ def test_spf_missing(dns_only: Path, tmp_path: Path) -> None:
     assert not_passing(data) == {**BASELINE, "dns.spf": "fail"}
     spf = only(data, "dns.spf")
     assert spf["message"].startswith("example.com: no SPF record")
-    assert spf["fix"] == ('publish at the DNS host of example.com: '
-                          'example.com. 3600 IN TXT "v=spf1 mx -all"')
+    assert spf["fix"] == (
+        'publish at the DNS host of example.com: example.com. 3600 IN TXT "v=spf1 mx -all"'
+    )
 
 
 def test_spf_not_covering_our_address(dns_only: Path, tmp_path: Path) -> None:
-    data = run_variant(dns_only, tmp_path, forward=replace(
-        r'@\t3600\tIN\tTXT\t"v=spf1', '@ 3600 IN TXT "v=spf1 ip4:192.0.2.1 -all"'))
+    data = run_variant(
+        dns_only,
+        tmp_path,
+        forward=replace(r'@\t3600\tIN\tTXT\t"v=spf1', '@ 3600 IN TXT "v=spf1 ip4:192.0.2.1 -all"'),
+    )
     assert not_passing(data) == {**BASELINE, "dns.spf": "fail"}
     spf = only(data, "dns.spf")
     assert "does not authorise 127.0.0.1 (fail)" in spf["message"]
-    assert spf["fix"] == ('replace the SPF record: example.com. 3600 IN TXT '
-                          '"v=spf1 ip4:192.0.2.1 ip4:127.0.0.1 -all"')
+    assert spf["fix"] == (
+        'replace the SPF record: example.com. 3600 IN TXT "v=spf1 ip4:192.0.2.1 ip4:127.0.0.1 -all"'
+    )
 
 
 def test_spf_evaluated_not_string_matched(dns_only: Path, tmp_path: Path) -> None:
     """An include: that authorises us passes; the text does not mention our address."""
-    data = run_variant(dns_only, tmp_path, forward=both(
-        replace(r'@\t3600\tIN\tTXT\t"v=spf1',
-                '@ 3600 IN TXT "v=spf1 include:_spf.example.com -all"'),
-        add('_spf 3600 IN TXT "v=spf1 ip4:127.0.0.0/24 -all"')))
+    data = run_variant(
+        dns_only,
+        tmp_path,
+        forward=both(
+            replace(
+                r'@\t3600\tIN\tTXT\t"v=spf1', '@ 3600 IN TXT "v=spf1 include:_spf.example.com -all"'
+            ),
+            add('_spf 3600 IN TXT "v=spf1 ip4:127.0.0.0/24 -all"'),
+        ),
+    )
     assert not_passing(data) == BASELINE
 
 
@@ -187,8 +226,9 @@ def test_two_spf_records(dns_only: Path, tmp_path: Path) -> None:
 
 
 def test_dmarc_p_none_warns(dns_only: Path, tmp_path: Path) -> None:
-    data = run_variant(dns_only, tmp_path, forward=replace(
-        "_dmarc", '_dmarc 3600 IN TXT "v=DMARC1; p=none"'))
+    data = run_variant(
+        dns_only, tmp_path, forward=replace("_dmarc", '_dmarc 3600 IN TXT "v=DMARC1; p=none"')
+    )
     assert not_passing(data) == {**BASELINE, "dns.dmarc": "warn"}
     assert "p=none" in only(data, "dns.dmarc")["message"]
 

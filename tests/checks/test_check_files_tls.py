@@ -23,29 +23,42 @@ NOW = dt.datetime.now(dt.UTC)
 PRIVATE_CA = {"tls.trust": "warn"}  # init's certificate comes from its private CA
 
 
-def write_leaf(root: Path, *, names: list[str], not_before: dt.datetime,
-               not_after: dt.datetime, new_key: bool = False) -> None:
+def write_leaf(
+    root: Path,
+    *,
+    names: list[str],
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    new_key: bool = False,
+) -> None:
     paths = StatePaths(root)
     ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     key = serialization.load_pem_private_key(paths.tls_key.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     paths.tls_cert.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
     if new_key:
         other = ec.generate_private_key(ec.SECP256R1())
-        paths.tls_key.write_bytes(other.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        paths.tls_key.write_bytes(
+            other.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
 
 
 def test_fresh_certificate_only_warns_about_the_private_ca(deployment_dir: Path) -> None:
@@ -56,8 +69,12 @@ def test_fresh_certificate_only_warns_about_the_private_ca(deployment_dir: Path)
 
 
 def test_expired(deployment_dir: Path) -> None:
-    write_leaf(deployment_dir, names=["mail.example.com"], not_before=NOW - dt.timedelta(days=400),
-               not_after=NOW - dt.timedelta(days=2))
+    write_leaf(
+        deployment_dir,
+        names=["mail.example.com"],
+        not_before=NOW - dt.timedelta(days=400),
+        not_after=NOW - dt.timedelta(days=2),
+    )
     proc, data = check(deployment_dir, "--only", "tls")
     assert proc.returncode == 1
     assert not_passing(data) == {**PRIVATE_CA, "tls.expiry": "fail"}
@@ -69,28 +86,42 @@ def test_expired(deployment_dir: Path) -> None:
 
 @pytest.mark.parametrize(("days", "status"), [(3, "fail"), (20, "warn"), (45, "pass")])
 def test_expiry_thresholds(deployment_dir: Path, days: int, status: str) -> None:
-    write_leaf(deployment_dir, names=["mail.example.com"], not_before=NOW - dt.timedelta(days=1),
-               not_after=NOW + dt.timedelta(days=days, hours=1))
+    write_leaf(
+        deployment_dir,
+        names=["mail.example.com"],
+        not_before=NOW - dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=days, hours=1),
+    )
     _, data = check(deployment_dir, "--only", "tls")
     assert only(data, "tls.expiry")["status"] == status
     assert f"{days}" in only(data, "tls.expiry")["message"]
 
 
 def test_for_another_name(deployment_dir: Path) -> None:
-    write_leaf(deployment_dir, names=["www.example.org"], not_before=NOW - dt.timedelta(days=1),
-               not_after=NOW + dt.timedelta(days=90))
+    write_leaf(
+        deployment_dir,
+        names=["www.example.org"],
+        not_before=NOW - dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=90),
+    )
     proc, data = check(deployment_dir, "--only", "tls")
     assert proc.returncode == 1
     assert not_passing(data) == {**PRIVATE_CA, "tls.hostname": "fail"}
     hostname = only(data, "tls.hostname")
-    assert hostname["message"] == ("the certificate names www.example.org, not mail.example.com: "
-                                   "clients refuse it")
+    assert hostname["message"] == (
+        "the certificate names www.example.org, not mail.example.com: clients refuse it"
+    )
     assert "mail.example.com as a subjectAltName" in hostname["fix"]
 
 
 def test_key_mismatch(deployment_dir: Path) -> None:
-    write_leaf(deployment_dir, names=["mail.example.com"], not_before=NOW - dt.timedelta(days=1),
-               not_after=NOW + dt.timedelta(days=90), new_key=True)
+    write_leaf(
+        deployment_dir,
+        names=["mail.example.com"],
+        not_before=NOW - dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=90),
+        new_key=True,
+    )
     proc, data = check(deployment_dir, "--only", "tls")
     assert proc.returncode == 1
     assert not_passing(data) == {**PRIVATE_CA, "tls.key": "fail"}
@@ -150,8 +181,9 @@ def test_missing_dkim_key_and_unwritable_queue(deployment_dir: Path) -> None:
 
 def test_invalid_config_names_the_key(deployment_dir: Path) -> None:
     config = StatePaths(deployment_dir).config
-    config.write_text(config.read_text().replace('hostname = "mail.example.com"',
-                                                 'hostname = "not a host"'))
+    config.write_text(
+        config.read_text().replace('hostname = "mail.example.com"', 'hostname = "not a host"')
+    )
     proc, data = check(deployment_dir)
     assert proc.returncode == 1
     valid = only(data, "config.valid")

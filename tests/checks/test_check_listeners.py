@@ -71,9 +71,16 @@ def test_nothing_running_fails_and_still_cleans_up(tmp_path: Path) -> None:
     proc, data = check(root, *LIVE_GROUPS)
     assert proc.returncode == 1
     assert not_passing(data) == {
-        "smtp.banner": "fail", "smtp.ehlo": "skip", "smtp.starttls": "skip", "smtp.auth": "skip",
-        "imap.banner": "fail", "imap.starttls": "skip", "imap.tls": "fail", "imap.login": "fail",
-        "relay.open": "skip", "e2e.delivery": "fail",
+        "smtp.banner": "fail",
+        "smtp.ehlo": "skip",
+        "smtp.starttls": "skip",
+        "smtp.auth": "skip",
+        "imap.banner": "fail",
+        "imap.starttls": "skip",
+        "imap.tls": "fail",
+        "imap.login": "fail",
+        "relay.open": "skip",
+        "e2e.delivery": "fail",
     }
     nothing_left(root)
 
@@ -81,8 +88,14 @@ def test_nothing_running_fails_and_still_cleans_up(tmp_path: Path) -> None:
 class AcceptEverything:
     """A foreign MTA misconfigured as an open relay: every RCPT gets 250."""
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any,  # noqa: N802
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self,
+        server: Any,
+        session: Any,
+        envelope: Any,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -91,8 +104,9 @@ def test_open_relay_is_caught(tmp_path: Path) -> None:
     root = tmp_path / "state"
     make_deployment(root)
     (port,) = free_ports(1)
-    relay = Controller(AcceptEverything(), hostname="127.0.0.1", port=port,
-                       server_hostname="mail.example.com")
+    relay = Controller(
+        AcceptEverything(), hostname="127.0.0.1", port=port, server_hostname="mail.example.com"
+    )
     relay.start()
     try:
         set_listen(root, "smtp", f'["127.0.0.1:{port}"]')
@@ -122,8 +136,12 @@ def test_certificate_changed_but_not_reloaded(tmp_path: Path) -> None:
     make_deployment(root)
     now = dt.datetime.now(dt.UTC)
     with ServeProcess(root) as serve:
-        write_leaf(root, names=["mail.example.com"], not_before=now - dt.timedelta(hours=1),
-                   not_after=now + dt.timedelta(days=90))
+        write_leaf(
+            root,
+            names=["mail.example.com"],
+            not_before=now - dt.timedelta(hours=1),
+            not_after=now + dt.timedelta(days=90),
+        )
         _, data = check(root, "--only", "smtp", "--only", "imap")
         stale = {"smtp.starttls": "fail", "imap.starttls": "fail", "imap.tls": "fail"}
         assert not_passing(data) == stale
@@ -168,9 +186,22 @@ def test_sigterm_while_the_probe_exists_still_removes_it(tmp_path: Path) -> None
         silent.listen()
         set_listen(root, "smtp", f'["127.0.0.1:{silent.getsockname()[1]}"]')
         env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
-        proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--dir", str(root),
-                                 "check", "--json", "--only", "e2e"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailstack",
+                "--dir",
+                str(root),
+                "check",
+                "--json",
+                "--only",
+                "e2e",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         try:
             silent.settimeout(60)
             conn, _ = silent.accept()  # check is now waiting for our greeting

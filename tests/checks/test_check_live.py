@@ -28,8 +28,12 @@ SUBMISSION_IDS = ("submission.starttls", "submission.auth", "submission.tls")
 
 
 def expected_not_passing() -> dict[str, str]:
-    expected = {"tls.trust": "warn", "dns.caa": "warn", "network.dnsbl": "skip",
-                "network.port25": "skip"}
+    expected = {
+        "tls.trust": "warn",
+        "dns.caa": "warn",
+        "network.dnsbl": "skip",
+        "network.port25": "skip",
+    }
     if _resolve("submission") is None:
         expected.update(dict.fromkeys(SUBMISSION_IDS, "skip"))
     return expected
@@ -52,7 +56,8 @@ def test_everything_passes_but_the_known_warnings(live: Live) -> None:
     assert "tls import" in trust["fix"]
     assert "no CAA record" in only(data, "dns.caa")["message"]
     assert only(data, "dns.caa")["fix"].endswith(
-        'example.com. 3600 IN CAA 0 issue "letsencrypt.org" (name the CA you use)')
+        'example.com. 3600 IN CAA 0 issue "letsencrypt.org" (name the CA you use)'
+    )
     if _resolve("submission") is None:
         for id_ in SUBMISSION_IDS:
             assert only(data, id_)["message"] == "submission is not available in this version"
@@ -86,8 +91,17 @@ def test_strict_fails_on_warnings(live: Live) -> None:
 
 
 def test_plain_table_when_piped(live: Live) -> None:
-    proc = run_cli(live.root, "check", "--resolver", live.resolver, "--only", "tls",
-                   "--only", "smtp", timeout=60)
+    proc = run_cli(
+        live.root,
+        "check",
+        "--resolver",
+        live.resolver,
+        "--only",
+        "tls",
+        "--only",
+        "smtp",
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" not in proc.stdout  # no colour codes when not a terminal
     lines = proc.stdout.splitlines()
@@ -107,11 +121,14 @@ def test_dir_without_deployment_fails_config_and_skips_the_rest(tmp_path: Path) 
     assert {c["status"] for c in data["checks"] if c["id"] != "config.valid"} == {"skip"}
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(["--only", "nonsense"], id="unknown-group"),
-    pytest.param(["--resolver", "not-an-ip"], id="bad-resolver"),
-    pytest.param(["--bogus"], id="unknown-flag"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--only", "nonsense"], id="unknown-group"),
+        pytest.param(["--resolver", "not-an-ip"], id="bad-resolver"),
+        pytest.param(["--bogus"], id="unknown-flag"),
+    ],
+)
 def test_usage_errors_exit_2(live: Live, args: list[str]) -> None:
     proc = run_cli(live.root, "check", *args)
     assert proc.returncode == 2
@@ -124,8 +141,12 @@ def run_on_terminal(root: Path, *args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
     env.update(COLUMNS="160", TERM="xterm-256color")
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "mailstack", "--dir", str(root), *args],
-                            stdout=terminal, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     os.close(terminal)
     chunks = []
     while True:
@@ -141,8 +162,9 @@ def run_on_terminal(root: Path, *args: str) -> tuple[int, str]:
 
 
 def test_rich_table_with_symbols_and_colours_on_a_terminal(live: Live) -> None:
-    code, screen = run_on_terminal(live.root, "check", "--resolver", live.resolver,
-                                   "--only", "tls", "--only", "relay")
+    code, screen = run_on_terminal(
+        live.root, "check", "--resolver", live.resolver, "--only", "tls", "--only", "relay"
+    )
     assert code == 0
     assert "\x1b[" in screen  # colours
     plain = re.sub(r"\x1b\[[0-9;]*m", "", screen)

@@ -16,15 +16,18 @@ from mailstack.checks.probe import PROBE_PREFIX, STALE_PROBE_S, probe_mailbox, r
 from mailstack.deployment import Deployment
 from tests.checks.conftest import check, make_deployment, only, start_nsd
 
-SOA = ("$TTL 300\n@ IN SOA ns.{z}. hostmaster.{z}. 1 3600 600 86400 300\n"
-       "@ IN NS ns.{z}.\nns IN A 127.0.0.1\n")
+SOA = (
+    "$TTL 300\n@ IN SOA ns.{z}. hostmaster.{z}. 1 3600 600 86400 300\n"
+    "@ IN NS ns.{z}.\nns IN A 127.0.0.1\n"
+)
 
 
 def configure(root: Path, ipv4: str, lists: list[str]) -> None:
     config = root / "mailstack.toml"
     text = re.sub(r'(?m)^ipv4 = ".*"$', f'ipv4 = "{ipv4}"', config.read_text())
-    text = re.sub(r"(?m)^dnsbl = \[.*\]$", "dnsbl = [" + ", ".join(f'"{z}"' for z in lists) + "]",
-                  text)
+    text = re.sub(
+        r"(?m)^dnsbl = \[.*\]$", "dnsbl = [" + ", ".join(f'"{z}"' for z in lists) + "]", text
+    )
     config.write_text(text)
 
 
@@ -33,10 +36,13 @@ def test_dnsbl_listing_fails_and_clean_passes(tmp_path: Path) -> None:
     root = tmp_path / "state"
     make_deployment(root)
     configure(root, "1.2.3.4", ["bl.test", "clean.test"])
-    nsd = start_nsd(tmp_path / "nsd", {
-        "bl.test": SOA.format(z="bl.test") + "4.3.2.1 IN A 127.0.0.2\n",
-        "clean.test": SOA.format(z="clean.test"),
-    })
+    nsd = start_nsd(
+        tmp_path / "nsd",
+        {
+            "bl.test": SOA.format(z="bl.test") + "4.3.2.1 IN A 127.0.0.2\n",
+            "clean.test": SOA.format(z="clean.test"),
+        },
+    )
     try:
         resolver = f"127.0.0.1:{nsd.port}"
         proc, data = check(root, "--only", "network", "--network", "--resolver", resolver)
@@ -55,35 +61,52 @@ def test_dnsbl_listing_fails_and_clean_passes(tmp_path: Path) -> None:
 
 
 def test_network_checks_skip_without_the_flag_and_for_private_addresses(
-        deployment_dir: Path) -> None:
+    deployment_dir: Path,
+) -> None:
     _, data = check(deployment_dir, "--only", "network")
     assert {c["status"] for c in data["checks"]} == {"skip"}
     _, data = check(deployment_dir, "--only", "network", "--network")
-    assert only(data, "network.dnsbl")["message"] == \
-        "127.0.0.1 is not a public address: no blocklist lists it"
+    assert (
+        only(data, "network.dnsbl")["message"]
+        == "127.0.0.1 is not a public address: no blocklist lists it"
+    )
 
 
 def test_dnsbl_query_names() -> None:
     assert dnsbl_name("192.0.2.99", "zen.example") == "99.2.0.192.zen.example."
-    assert dnsbl_name("2001:db8::1", "bl.example.") == \
-        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.example."
+    assert (
+        dnsbl_name("2001:db8::1", "bl.example.")
+        == "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.example."
+    )
 
 
-@pytest.mark.parametrize(("record", "addresses", "expected"), [
-    ("v=spf1 mx -all", ["192.0.2.1"], "v=spf1 mx ip4:192.0.2.1 -all"),
-    ("v=spf1 include:_spf.example.net ~all", ["2001:db8::1"],
-     "v=spf1 include:_spf.example.net ip6:2001:db8::1 ~all"),
-    ("v=spf1 a redirect=_spf.example.net", ["192.0.2.1"],
-     "v=spf1 a ip4:192.0.2.1 redirect=_spf.example.net"),
-    ("v=spf1", ["192.0.2.1"], "v=spf1 ip4:192.0.2.1"),
-])
-def test_spf_fix_adds_our_addresses_before_the_final_term(record: str, addresses: list[str],
-                                                          expected: str) -> None:
+@pytest.mark.parametrize(
+    ("record", "addresses", "expected"),
+    [
+        ("v=spf1 mx -all", ["192.0.2.1"], "v=spf1 mx ip4:192.0.2.1 -all"),
+        (
+            "v=spf1 include:_spf.example.net ~all",
+            ["2001:db8::1"],
+            "v=spf1 include:_spf.example.net ip6:2001:db8::1 ~all",
+        ),
+        (
+            "v=spf1 a redirect=_spf.example.net",
+            ["192.0.2.1"],
+            "v=spf1 a ip4:192.0.2.1 redirect=_spf.example.net",
+        ),
+        ("v=spf1", ["192.0.2.1"], "v=spf1 ip4:192.0.2.1"),
+    ],
+)
+def test_spf_fix_adds_our_addresses_before_the_final_term(
+    record: str, addresses: list[str], expected: str
+) -> None:
     assert suggest(record, addresses) == expected
 
 
-@pytest.mark.parametrize(("host", "expected"), [
-    ("0.0.0.0", "127.0.0.1"), ("::", "::1"), ("192.0.2.5", "192.0.2.5"), ("::1", "::1")])
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("0.0.0.0", "127.0.0.1"), ("::", "::1"), ("192.0.2.5", "192.0.2.5"), ("::1", "::1")],
+)
 def test_wildcard_listeners_are_reached_on_loopback(host: str, expected: str) -> None:
     assert connect_host(host) == expected
 

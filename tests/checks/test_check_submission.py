@@ -45,12 +45,21 @@ def doubles(deployment_dir: Path, request: pytest.FixtureRequest) -> Iterator[Pa
     """587 (STARTTLS) and 465 (implicit TLS) doubles; param: does 587 require TLS for AUTH?"""
     auth_require_tls: bool = request.param
     starttls_port, tls_port = free_ports(2)
-    common: dict[str, Any] = {"hostname": "127.0.0.1", "server_hostname": "mail.example.com",
-                              "authenticator": deny_all}
-    submission = Controller(Sink(), port=starttls_port, tls_context=server_tls(deployment_dir),
-                            auth_require_tls=auth_require_tls, **common)
-    submissions = Controller(Sink(), port=tls_port, ssl_context=server_tls(deployment_dir),
-                             **common)
+    common: dict[str, Any] = {
+        "hostname": "127.0.0.1",
+        "server_hostname": "mail.example.com",
+        "authenticator": deny_all,
+    }
+    submission = Controller(
+        Sink(),
+        port=starttls_port,
+        tls_context=server_tls(deployment_dir),
+        auth_require_tls=auth_require_tls,
+        **common,
+    )
+    submissions = Controller(
+        Sink(), port=tls_port, ssl_context=server_tls(deployment_dir), **common
+    )
     submission.start()
     submissions.start()
     try:
@@ -64,16 +73,20 @@ def doubles(deployment_dir: Path, request: pytest.FixtureRequest) -> Iterator[Pa
 
 def run(root: Path) -> dict[str, tuple[Status, str, str | None]]:
     cfg = load_config(StatePaths(root).config)
-    return {f.id: (f.status, f.message, f.fix)
-            for f in check_submission(cfg, StatePaths(root), 10.0, available=True)}
+    return {
+        f.id: (f.status, f.message, f.fix)
+        for f in check_submission(cfg, StatePaths(root), 10.0, available=True)
+    }
 
 
 @pytest.mark.parametrize("doubles", [True], indirect=True)
 def test_tls_first_submission_passes(doubles: Path) -> None:
     found = run(doubles)
     assert {k: v[0] for k, v in found.items()} == {
-        "submission.starttls": Status.PASS, "submission.auth": Status.PASS,
-        "submission.tls": Status.PASS}
+        "submission.starttls": Status.PASS,
+        "submission.auth": Status.PASS,
+        "submission.tls": Status.PASS,
+    }
     assert "AUTH before TLS is refused (538)" in found["submission.auth"][1]
 
 
@@ -82,8 +95,9 @@ def test_auth_offered_in_clear_text_fails(doubles: Path) -> None:
     found = run(doubles)
     status, message, fix = found["submission.auth"]
     assert status is Status.FAIL
-    assert message.endswith("AUTH is offered before STARTTLS: passwords could cross the "
-                            "network in clear text")
+    assert message.endswith(
+        "AUTH is offered before STARTTLS: passwords could cross the network in clear text"
+    )
     assert fix == "offer AUTH only after STARTTLS (RFC 6409, RFC 8314)"
     assert found["submission.starttls"][0] is Status.PASS
 
@@ -93,4 +107,5 @@ def test_skipped_while_submission_is_not_available(deployment_dir: Path) -> None
     found = check_submission(cfg, StatePaths(deployment_dir), 10.0, available=False)
     assert [(f.id, f.status, f.message) for f in found] == [
         (i, Status.SKIP, "submission is not available in this version")
-        for i in ("submission.starttls", "submission.auth", "submission.tls")]
+        for i in ("submission.starttls", "submission.auth", "submission.tls")
+    ]

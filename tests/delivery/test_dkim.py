@@ -52,8 +52,12 @@ def test_signs_for_a_hosted_from_domain(tmp_path: Path) -> None:
     assert signed.startswith(b"DKIM-Signature:") and signed.endswith(MESSAGE)
     assert dkim.verify(signed, dnsfunc=txt_for("s1._domainkey.example.com", dkim_key()))
     t = tags(signed)
-    assert (t["d"], t["s"], t["a"], t["c"]) == ("example.com", "s1", "rsa-sha256",
-                                                "relaxed/relaxed")
+    assert (t["d"], t["s"], t["a"], t["c"]) == (
+        "example.com",
+        "s1",
+        "rsa-sha256",
+        "relaxed/relaxed",
+    )
     # The §5.4.1 fields the message has, From oversigned; X-Mailer is none of them.
     assert t["h"].split(":") == ["from", "subject", "date", "to", "message-id", "from"]
 
@@ -63,8 +67,9 @@ def test_relaxed_survives_refolding_but_not_an_added_from(tmp_path: Path) -> Non
     get_txt = txt_for("s1._domainkey.example.com", dkim_key())
     refolded = signed.replace(b"Subject: hello", b"Subject:   hello\r\n ")
     assert dkim.verify(refolded, dnsfunc=get_txt)
-    assert not dkim.verify(signed.replace(b"\r\n\r\n", b"\r\nFrom: mallory@evil.test\r\n\r\n", 1),
-                           dnsfunc=get_txt)  # oversigned From: a second one breaks it
+    assert not dkim.verify(
+        signed.replace(b"\r\n\r\n", b"\r\nFrom: mallory@evil.test\r\n\r\n", 1), dnsfunc=get_txt
+    )  # oversigned From: a second one breaks it
     assert not dkim.verify(signed.replace(b"hello there", b"hello thar"), dnsfunc=get_txt)
 
 
@@ -72,25 +77,33 @@ def test_bare_lf_message_keeps_its_line_ends(tmp_path: Path) -> None:
     message = MESSAGE.replace(b"\r\n", b"\n")
     signed = sign(message, paths=keyed(tmp_path), selector="s1", hosted_domains={"example.com"})
     assert b"\r" not in signed
-    assert dkim.verify(signed.replace(b"\n", b"\r\n"),
-                       dnsfunc=txt_for("s1._domainkey.example.com", dkim_key()))
+    assert dkim.verify(
+        signed.replace(b"\n", b"\r\n"), dnsfunc=txt_for("s1._domainkey.example.com", dkim_key())
+    )
 
 
-@pytest.mark.parametrize("message", [
-    pytest.param(MESSAGE.replace(b"example.com>", b"elsewhere.test>"), id="foreign-domain"),
-    pytest.param(MESSAGE.replace(b"From: Alice <alice@example.com>\r\n", b""), id="no-from"),
-    pytest.param(MESSAGE.replace(b"<alice@example.com>", b"a@example.com, b@example.com"),
-                 id="two-authors"),
-    pytest.param(b"From: alice@example.com\r\nFrom: bob@example.com\r\n\r\nx\r\n",
-                 id="two-from-fields"),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(MESSAGE.replace(b"example.com>", b"elsewhere.test>"), id="foreign-domain"),
+        pytest.param(MESSAGE.replace(b"From: Alice <alice@example.com>\r\n", b""), id="no-from"),
+        pytest.param(
+            MESSAGE.replace(b"<alice@example.com>", b"a@example.com, b@example.com"),
+            id="two-authors",
+        ),
+        pytest.param(
+            b"From: alice@example.com\r\nFrom: bob@example.com\r\n\r\nx\r\n", id="two-from-fields"
+        ),
+    ],
+)
 def test_unsigned_when_not_ours(tmp_path: Path, message: bytes) -> None:
     paths = keyed(tmp_path)
     assert sign(message, paths=paths, selector="s1", hosted_domains={"example.com"}) == message
 
 
-def test_missing_or_bad_key_sends_unsigned(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                           ) -> None:
+def test_missing_or_bad_key_sends_unsigned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="delivery.dkim")
     paths = StatePaths(tmp_path)
     assert sign(MESSAGE, paths=paths, selector="s1", hosted_domains={"example.com"}) == MESSAGE
@@ -100,12 +113,15 @@ def test_missing_or_bad_key_sends_unsigned(tmp_path: Path, caplog: pytest.LogCap
     assert sign(MESSAGE, paths=paths, selector="s1", hosted_domains={"example.com"}) == MESSAGE
 
 
-@pytest.mark.parametrize(("header", "domain"), [
-    (b"From: Alice <alice@Example.COM>", "example.com"),
-    (b"From: =?utf-8?q?J=C3=B6rg?= <j@b\xc3\xbccher.example>", "xn--bcher-kva.example"),
-    (b"From: Alice (folded)\r\n\t<alice@example.com>", "example.com"),
-    (b"From: undisclosed", None),
-])
+@pytest.mark.parametrize(
+    ("header", "domain"),
+    [
+        (b"From: Alice <alice@Example.COM>", "example.com"),
+        (b"From: =?utf-8?q?J=C3=B6rg?= <j@b\xc3\xbccher.example>", "xn--bcher-kva.example"),
+        (b"From: Alice (folded)\r\n\t<alice@example.com>", "example.com"),
+        (b"From: undisclosed", None),
+    ],
+)
 def test_author_domain(header: bytes, domain: str | None) -> None:
     assert author_domain(header + b"\r\nTo: x@y.test\r\n\r\nbody") == domain
 

@@ -37,10 +37,16 @@ def build(recipients: list[DsnRecipient]) -> bytes:
 
 
 def test_failed_dsn_fields() -> None:
-    msg = parse(build([
-        DsnRecipient("bob@remote.test", "failed", "550 5.1.1 no such user", "mx.remote.test"),
-        DsnRecipient("carol@remote.test", "failed", "554 transaction failed"),
-    ]))
+    msg = parse(
+        build(
+            [
+                DsnRecipient(
+                    "bob@remote.test", "failed", "550 5.1.1 no such user", "mx.remote.test"
+                ),
+                DsnRecipient("carol@remote.test", "failed", "554 transaction failed"),
+            ]
+        )
+    )
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
     assert msg["To"] == "<alice@example.com>"

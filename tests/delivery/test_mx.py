@@ -19,12 +19,16 @@ RECORDS = st.lists(
 @pytest.mark.parametrize(
     ("records", "expected"),
     [
-        pytest.param([MxRecord(20, "b.test."), MxRecord(10, "a.test.")], ["a.test", "b.test"],
-                     id="preference"),
+        pytest.param(
+            [MxRecord(20, "b.test."), MxRecord(10, "a.test.")],
+            ["a.test", "b.test"],
+            id="preference",
+        ),
         pytest.param([], ["example.com"], id="implicit-mx"),
         pytest.param([MxRecord(5, "A.Test"), MxRecord(10, "a.test")], ["a.test"], id="dedup"),
-        pytest.param([MxRecord(0, "."), MxRecord(10, "a.test")], ["a.test"],
-                     id="root-among-others"),
+        pytest.param(
+            [MxRecord(0, "."), MxRecord(10, "a.test")], ["a.test"], id="root-among-others"
+        ),
     ],
 )
 def test_order(records: list[MxRecord], expected: list[str]) -> None:
@@ -54,12 +58,17 @@ def test_order_respects_preference_and_keeps_every_host(records: list[MxRecord],
 
 
 def test_we_are_an_mx() -> None:
-    records = [MxRecord(10, "a.test"), MxRecord(20, "Me.Test."), MxRecord(20, "b.test"),
-               MxRecord(30, "c.test")]
+    records = [
+        MxRecord(10, "a.test"),
+        MxRecord(20, "Me.Test."),
+        MxRecord(20, "b.test"),
+        MxRecord(30, "c.test"),
+    ]
     assert order_hosts("x.test", records, self_names=["me.test"]) == ["a.test"]
     with pytest.raises(MxLoopError):
-        order_hosts("x.test", [MxRecord(5, "me.test"), MxRecord(9, "a.test")],
-                    self_names=["me.test"])
+        order_hosts(
+            "x.test", [MxRecord(5, "me.test"), MxRecord(9, "a.test")], self_names=["me.test"]
+        )
 
 
 @given(RECORDS, st.integers(), HOST)
@@ -68,10 +77,10 @@ def test_never_ourselves_nor_worse(records: list[MxRecord], seed: int, me: str) 
         hosts = order_hosts("example.com", records, random.Random(seed), self_names=[me])
     except MxLoopError:
         assert min(r.preference for r in records if r.exchange == me) == min(
-            r.preference for r in records)
+            r.preference for r in records
+        )
         return
     mine = [r.preference for r in records if r.exchange == me]
     assert me not in hosts
     if mine:  # every host kept is better than us at its best preference
-        assert all(min(r.preference for r in records if r.exchange == h) < min(mine)
-                   for h in hosts)
+        assert all(min(r.preference for r in records if r.exchange == h) < min(mine) for h in hosts)

@@ -67,8 +67,7 @@ class Clock:
         return self.now
 
 
-def make_queue(root: Path, config: Config, clock: Callable[[], float] = time.time
-               ) -> OutboundQueue:
+def make_queue(root: Path, config: Config, clock: Callable[[], float] = time.time) -> OutboundQueue:
     paths = StatePaths(root)
     paths.dkim_dir.mkdir(parents=True, exist_ok=True)
     paths.dkim_key(SELECTOR, SENDER_DOMAIN).write_bytes(dkim_key())
@@ -107,11 +106,14 @@ async def test_enqueue_is_durable_signed_and_listed(tmp_path: Path) -> None:
     assert entry.id == qid
     assert entry.mail_from == "alice@sender.test"
     assert [(r.address, r.status, r.attempts) for r in entry.recipients] == [
-        ("x@a.test", "pending", 0), ("y@b.test", "pending", 0)]
+        ("x@a.test", "pending", 0),
+        ("y@b.test", "pending", 0),
+    ]
     assert queue.get(qid) == entry
     # A foreign From: domain is not ours to sign.
-    other = queue.enqueue("bob@else.test", ["x@a.test"], MESSAGE.replace(b"sender.test",
-                                                                          b"else.test"))
+    other = queue.enqueue(
+        "bob@else.test", ["x@a.test"], MESSAGE.replace(b"sender.test", b"else.test")
+    )
     assert not queue.message(other).startswith(b"DKIM-Signature:")
     queue.delete(qid)
     with pytest.raises(NotFoundError):
@@ -125,8 +127,7 @@ async def test_enqueue_is_durable_signed_and_listed(tmp_path: Path) -> None:
         queue.enqueue("a@b.test>\r\nRSET", ["x@a.test"], MESSAGE)
 
 
-async def test_delivered_to_our_mx_and_signed(tmp_path: Path, dns_server: tuple[str, int]
-                                              ) -> None:
+async def test_delivered_to_our_mx_and_signed(tmp_path: Path, dns_server: tuple[str, int]) -> None:
     async with running_smtp(tmp_path / "mx") as mx:
         queue = make_queue(tmp_path / "state", queue_config(dns_server[1], mx.port))
         queue.enqueue("alice@sender.test", ["alice@example.com", "bob@example.com"], MESSAGE)
@@ -139,7 +140,7 @@ async def test_delivered_to_our_mx_and_signed(tmp_path: Path, dns_server: tuple[
     received = got[: got.index(b"DKIM-Signature:")]  # what our MX added above the signature
     assert b"from mail.sender.test" in received  # our EHLO name
     assert b"with ESMTPS" in received  # opportunistic STARTTLS happened (RFC 3848)
-    signed = got[got.index(b"DKIM-Signature:"):]
+    signed = got[got.index(b"DKIM-Signature:") :]
     assert dkim.verify(signed, dnsfunc=dnsfunc(dns_server[1]))
     sig = parse(signed)["DKIM-Signature"]
     tags = dict(t.strip().split("=", 1) for t in "".join(sig.split()).split(";") if t.strip())
@@ -151,7 +152,8 @@ async def test_delivered_to_our_mx_and_signed(tmp_path: Path, dns_server: tuple[
 
 
 async def test_temporary_failure_then_success_on_flush(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     clock = Clock()
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port), clock)
     qid = queue.enqueue("alice@sender.test", ["flaky@a.test", "ok@b.test"], MESSAGE)
@@ -173,7 +175,8 @@ async def test_temporary_failure_then_success_on_flush(
 
 
 async def test_permanent_failure_sends_a_dsn(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
     queue.enqueue("alice@sender.test", ["perm@a.test", "ok@a.test"], MESSAGE)
     await queue.run_once()  # perm fails, the DSN is queued
@@ -199,11 +202,13 @@ async def test_permanent_failure_sends_a_dsn(
 
 
 async def test_bounce_to_a_local_user_is_stored_locally(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     ctx, _ = build_context(tmp_path / "local")  # accounts and Maildirs for example.com
     try:
         queue = OutboundQueue(
-            queue_config(dns_server[1], double.port), ctx.paths,
+            queue_config(dns_server[1], double.port),
+            ctx.paths,
             hosted_domains=lambda: {SENDER_DOMAIN, "example.com", "example.org"},
             local=local_delivery(ctx.accounts, ctx.store, "mail.sender.test"),
         )
@@ -225,7 +230,8 @@ async def test_bounce_to_a_local_user_is_stored_locally(
 
 
 async def test_no_dsn_for_the_null_sender(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
     queue.enqueue("", ["perm@a.test"], MESSAGE)
     await queue.run_once()
@@ -233,8 +239,7 @@ async def test_no_dsn_for_the_null_sender(
     assert double.received == []
 
 
-async def test_null_mx_bounces(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+async def test_null_mx_bounces(tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
     queue.enqueue("alice@sender.test", ["x@nullmx.test"], MESSAGE)
     await queue.run_once()
@@ -246,7 +251,8 @@ async def test_null_mx_bounces(
 
 
 async def test_delay_warning_then_give_up(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     clock = Clock()
     start = clock.now
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port), clock)
@@ -279,13 +285,23 @@ async def test_delay_warning_then_give_up(
 
 def test_schedule_follows_rfc_5321_advice() -> None:
     assert [retry_delay_s(n) for n in range(1, 10)] == [
-        60, 300, 900, 1800, 3600, 7200, 14400, 14400, 14400]
+        60,
+        300,
+        900,
+        1800,
+        3600,
+        7200,
+        14400,
+        14400,
+        14400,
+    ]
     assert all(s >= 1800 for s in SCHEDULE_S[3:])  # RFC 5321 §4.5.4.1: at least 30 minutes
     assert GIVE_UP_S >= 4 * 86400  # "at least 4-5 days"
 
 
 async def test_runner_wakes_on_enqueue(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
     stop = asyncio.Event()
     runner = asyncio.create_task(queue.run(stop))
@@ -300,7 +316,8 @@ async def test_runner_wakes_on_enqueue(
 
 
 async def test_stop_interrupts_a_stalled_attempt(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
     queue.stop_grace_s = 0.1
     qid = queue.enqueue("alice@sender.test", ["hang@a.test"], MESSAGE)
@@ -315,7 +332,8 @@ async def test_stop_interrupts_a_stalled_attempt(
 
 
 async def test_concurrency_per_domain(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     queue = make_queue(tmp_path, queue_config(dns_server[1], double.port))
     for _ in range(MAX_PER_DOMAIN + 1):
         queue.enqueue("alice@sender.test", ["hang@a.test"], MESSAGE)
@@ -357,8 +375,9 @@ async def test_missing_message_file_backs_off(tmp_path: Path) -> None:
     assert rcpt.last_reply == "451 4.3.0 the queued message file is missing"
 
 
-async def test_an_unexpected_error_does_not_spin(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_unexpected_error_does_not_spin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     calls: list[str] = []
 
     def broken(*args: object, **kwargs: object) -> list[RcptResult]:
@@ -366,8 +385,7 @@ async def test_an_unexpected_error_does_not_spin(tmp_path: Path,
         raise RuntimeError("bug")
 
     clock = Clock()
-    queue = OutboundQueue(queue_config(53, 25), StatePaths(tmp_path), clock=clock,
-                          deliver=broken)
+    queue = OutboundQueue(queue_config(53, 25), StatePaths(tmp_path), clock=clock, deliver=broken)
     qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE, sign=False)
     await queue.run_once()
     await queue.run_once()  # the failed group waits; no second call
@@ -388,10 +406,17 @@ def test_root_keeps_the_spool_owned_by_its_owner(tmp_path: Path) -> None:
     qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE)
     queue.flush()
     spool = tmp_path / "queue"
-    made = [spool / "msg", spool / "state", spool / "msg" / qid, spool / "state" / f"{qid}.json",
-            spool / "lock", spool / "wakeup"]
+    made = [
+        spool / "msg",
+        spool / "state",
+        spool / "msg" / qid,
+        spool / "state" / f"{qid}.json",
+        spool / "lock",
+        spool / "wakeup",
+    ]
     assert {(p.name, p.stat().st_uid, p.stat().st_gid) for p in made} == {
-        (p.name, nobody, nobody) for p in made}
+        (p.name, nobody, nobody) for p in made
+    }
 
 
 async def test_orphans_and_corrupt_state(tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def test_list_and_delete(deployment_dir: Path) -> None:
     assert [e["id"] for e in data] == [first, second]
     assert data[0]["mail_from"] == "alice@example.com"
     assert [(r["address"], r["status"], r["attempts"]) for r in data[0]["recipients"]] == [
-        ("x@a.test", "pending", 0), ("y@b.test", "pending", 0)]
+        ("x@a.test", "pending", 0),
+        ("y@b.test", "pending", 0),
+    ]
 
     table = run_cli(root, "queue", "list")
     assert table.returncode == 0
@@ -80,7 +82,8 @@ def test_list_and_delete(deployment_dir: Path) -> None:
 
 
 async def test_running_serve_delivers_and_sees_flush(
-        deployment_dir: Path, dns_server: tuple[str, int], double: Double) -> None:
+    deployment_dir: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     root = deployment_dir
     point_at(root, dns_server[1], double.port)
     queue = queue_of(root)
@@ -90,8 +93,12 @@ async def test_running_serve_delivers_and_sees_flush(
         await asyncio.to_thread(serve.start)
         await double.wait_for("ok@a.test")
         # The serve's runner recorded both results (a retry of the 451 is a minute away).
-        await asyncio.to_thread(logged, serve, f"{qid}: ok@a.test delivered",
-                                f"{qid}: flaky@b.test deferred (attempt 1)")
+        await asyncio.to_thread(
+            logged,
+            serve,
+            f"{qid}: ok@a.test delivered",
+            f"{qid}: flaky@b.test deferred (attempt 1)",
+        )
         (entry,) = queue.list()
         assert [r.status for r in entry.recipients] == ["pending", "delivered"]
         double.flaky = False

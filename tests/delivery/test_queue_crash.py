@@ -39,7 +39,8 @@ asyncio.run(OutboundQueue(config, StatePaths(Path(sys.argv[1]))).run_once())
 
 
 async def test_sigkill_mid_run_loses_nothing(
-        tmp_path: Path, dns_server: tuple[str, int], double: Double) -> None:
+    tmp_path: Path, dns_server: tuple[str, int], double: Double
+) -> None:
     config = queue_config(dns_server[1], double.port)
     queue = make_queue(tmp_path, config)
     qid = queue.enqueue("alice@sender.test", ["ok@a.test", "hang@b.test"], MESSAGE)

@@ -47,7 +47,7 @@ def dkim_key() -> bytes:
 
 def _txt(value: str) -> str:
     """A TXT value split into <=255-byte strings (RFC 1035 §3.3.14)."""
-    return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+    return " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
 
 
 def zones() -> dict[str, str]:
@@ -96,11 +96,13 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 
 
 def queue_config(dns_port: int, mx_port: int, **outbound: Any) -> Config:
-    return config_from_dict({
-        "server": {"hostname": "mail.sender.test", "domains": [SENDER_DOMAIN]},
-        "dns": {"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
-        "outbound": {"mx_port": mx_port, **outbound},
-    })
+    return config_from_dict(
+        {
+            "server": {"hostname": "mail.sender.test", "domains": [SENDER_DOMAIN]},
+            "dns": {"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
+            "outbound": {"mx_port": mx_port, **outbound},
+        }
+    )
 
 
 @dataclass
@@ -124,8 +126,14 @@ class Double:
     smtputf8: bool = True
     broken_tls: bool = False  # offers STARTTLS with no certificate: every handshake fails
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any,  # noqa: N802
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self,
+        server: Any,
+        session: Any,
+        envelope: Any,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         local = address.partition("@")[0]
         if local.startswith("temp") or (local.startswith("flaky") and self.flaky):
             return "451 4.7.1 greylisted, try again later"
@@ -138,8 +146,14 @@ class Double:
         # Recorded first: `hang*` is a remote that has stored the message but whose 250 is
         # late (or never arrives, if the client dies meanwhile).
         async with self.changed:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          envelope.original_content, envelope.mail_options))
+            self.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    envelope.mail_options,
+                )
+            )
             self.changed.notify_all()
         if any(r.startswith("hang") for r in envelope.rcpt_tos):
             self.data_started.set()
@@ -152,13 +166,15 @@ class Double:
     async def wait_for(self, address: str, count: int = 1) -> list[Received]:
         async with self.changed:
             await asyncio.wait_for(
-                self.changed.wait_for(lambda: len(self.to(address)) >= count), 60)
+                self.changed.wait_for(lambda: len(self.to(address)) >= count), 60
+            )
         return self.to(address)
 
 
 @pytest.fixture
 async def double() -> AsyncIterator[Double]:
     d = Double()
+
     def protocol() -> SMTP:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if d.broken_tls else None
         return SMTP(d, hostname="mx.double.test", enable_SMTPUTF8=d.smtputf8, tls_context=tls)
@@ -173,8 +189,13 @@ async def double() -> AsyncIterator[Double]:
         await server.wait_closed()
 
 
-def attempt(config: Config, domain: str, rcpts: list[str], message: bytes = b"",
-            mail_from: str = "alice@sender.test") -> list[remote.RcptResult]:
+def attempt(
+    config: Config,
+    domain: str,
+    rcpts: list[str],
+    message: bytes = b"",
+    mail_from: str = "alice@sender.test",
+) -> list[remote.RcptResult]:
     body = message or b"From: alice@sender.test\r\nSubject: hi\r\n\r\nhello\r\n"
     return remote.deliver(config, domain, mail_from, rcpts, body)
 
@@ -182,9 +203,13 @@ def attempt(config: Config, domain: str, rcpts: list[str], message: bytes = b"",
 async def test_classifies_each_recipient(dns_server: tuple[str, int], double: Double) -> None:
     config = queue_config(dns_server[1], double.port)
     results = await asyncio.to_thread(
-        attempt, config, "a.test", ["ok@a.test", "temp@a.test", "perm@a.test"])
+        attempt, config, "a.test", ["ok@a.test", "temp@a.test", "perm@a.test"]
+    )
     assert [(r.address, r.kind) for r in results] == [
-        ("ok@a.test", "delivered"), ("temp@a.test", "temporary"), ("perm@a.test", "permanent")]
+        ("ok@a.test", "delivered"),
+        ("temp@a.test", "temporary"),
+        ("perm@a.test", "permanent"),
+    ]
     assert results[2].reply == "550 5.1.1 no such user here"
     assert results[0].remote_mta == "mx.a.test"
     (got,) = double.received
@@ -207,15 +232,19 @@ async def test_no_mx_uses_the_domain_itself(dns_server: tuple[str, int], double:
     assert double.to("ok@implicit.test")
 
 
-@pytest.mark.parametrize(("domain", "kind", "reply"), [
-    pytest.param("nosuch.test", "permanent", "550 5.1.2", id="nxdomain"),
-    pytest.param("noaddr.test", "permanent", "550 5.1.2", id="no-mx-no-address"),
-    pytest.param("alldown.test", "temporary", "451 4.4.1", id="every-host-down"),
-    pytest.param("a..test", "permanent", "553 5.1.3", id="empty-label"),
-    pytest.param("x" * 64 + ".test", "permanent", "553 5.1.3", id="label-too-long"),
-])
-async def test_unreachable_domains(dns_server: tuple[str, int], double: Double, domain: str,
-                                   kind: str, reply: str) -> None:
+@pytest.mark.parametrize(
+    ("domain", "kind", "reply"),
+    [
+        pytest.param("nosuch.test", "permanent", "550 5.1.2", id="nxdomain"),
+        pytest.param("noaddr.test", "permanent", "550 5.1.2", id="no-mx-no-address"),
+        pytest.param("alldown.test", "temporary", "451 4.4.1", id="every-host-down"),
+        pytest.param("a..test", "permanent", "553 5.1.3", id="empty-label"),
+        pytest.param("x" * 64 + ".test", "permanent", "553 5.1.3", id="label-too-long"),
+    ],
+)
+async def test_unreachable_domains(
+    dns_server: tuple[str, int], double: Double, domain: str, kind: str, reply: str
+) -> None:
     config = queue_config(dns_server[1], double.port)
     (result,) = await asyncio.to_thread(attempt, config, domain, [f"ok@{domain}"])
     assert (result.kind, result.reply[:9]) == (kind, reply)
@@ -223,7 +252,8 @@ async def test_unreachable_domains(dns_server: tuple[str, int], double: Double, 
 
 
 async def test_next_mx_when_the_preferred_one_is_down(
-        dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture) -> None:
+    dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture
+) -> None:
     config = queue_config(dns_server[1], double.port)
     resolver = remote.make_resolver(config)
     targets = remote.route(config, "pref.test", resolver)
@@ -236,17 +266,21 @@ async def test_next_mx_when_the_preferred_one_is_down(
 
 async def test_dns_down_is_temporary(double: Double) -> None:
     config = queue_config(_free_port(), double.port)  # nothing answers DNS there
-    config = config_from_dict({**_as_dict(config), "dns": {"resolver": config.dns.resolver,
-                                                           "timeout_s": 0.5}})
+    config = config_from_dict(
+        {**_as_dict(config), "dns": {"resolver": config.dns.resolver, "timeout_s": 0.5}}
+    )
     (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok@a.test"])
     assert result.kind == "temporary"
     assert result.reply.startswith("451 4.4.3")
 
 
-async def test_mail_looping_back_to_us_fails(dns_server: tuple[str, int], double: Double
-                                             ) -> None:
-    config = config_from_dict({**_as_dict(queue_config(dns_server[1], double.port)),
-                               "server": {"hostname": "mx.a.test", "domains": [SENDER_DOMAIN]}})
+async def test_mail_looping_back_to_us_fails(dns_server: tuple[str, int], double: Double) -> None:
+    config = config_from_dict(
+        {
+            **_as_dict(queue_config(dns_server[1], double.port)),
+            "server": {"hostname": "mx.a.test", "domains": [SENDER_DOMAIN]},
+        }
+    )
     (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok@a.test"])
     assert (result.kind, result.reply[:9]) == ("permanent", "554 5.4.6")
     assert double.received == []
@@ -254,15 +288,18 @@ async def test_mail_looping_back_to_us_fails(dns_server: tuple[str, int], double
 
 def _as_dict(config: Config) -> dict[str, Any]:
     from mailstack.config import config_to_dict
+
     return config_to_dict(config)
 
 
 async def test_relay_skips_mx(double: Double) -> None:
     # No resolver at all: a relay is used as given, whatever the recipient domain.
-    config = config_from_dict({
-        "server": {"hostname": "mail.sender.test", "domains": [SENDER_DOMAIN]},
-        "outbound": {"relay": f"127.0.0.1:{double.port}"},
-    })
+    config = config_from_dict(
+        {
+            "server": {"hostname": "mail.sender.test", "domains": [SENDER_DOMAIN]},
+            "outbound": {"relay": f"127.0.0.1:{double.port}"},
+        }
+    )
     (result,) = await asyncio.to_thread(attempt, config, "nowhere.invalid", ["ok@nowhere.invalid"])
     assert result.kind == "delivered"
     assert double.to("ok@nowhere.invalid")
@@ -284,7 +321,8 @@ async def test_8bit_and_smtputf8(dns_server: tuple[str, int], double: Double) ->
 
 
 async def test_failed_starttls_falls_back_to_plain_text(
-        dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture) -> None:
+    dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture
+) -> None:
     double.broken_tls = True
     caplog.set_level("INFO", logger="delivery.remote")
     config = queue_config(dns_server[1], double.port)
@@ -302,8 +340,9 @@ def test_our_resolver_is_used(dns_server: tuple[str, int]) -> None:
         resolver.resolve("nosuch.test", "MX")
 
 
-async def test_postfix_as_the_remote(dns_server: tuple[str, int], tmp_path: Path,
-                                     postfix_instance: Any) -> None:
+async def test_postfix_as_the_remote(
+    dns_server: tuple[str, int], tmp_path: Path, postfix_instance: Any
+) -> None:
     # The virtual agent writes as `postfix`: the Maildir base must be reachable by it.
     top = Path(tempfile.mkdtemp(prefix="mailstack-pf-maildirs-"))
     try:
@@ -312,7 +351,8 @@ async def test_postfix_as_the_remote(dns_server: tuple[str, int], tmp_path: Path
         _, port = await asyncio.to_thread(pf.start)
         config = queue_config(dns_server[1], port)
         results = await asyncio.to_thread(
-            attempt, config, "pf.test", ["ok@pf.test", "nobody@pf.test"])
+            attempt, config, "pf.test", ["ok@pf.test", "nobody@pf.test"]
+        )
         assert [r.kind for r in results] == ["delivered", "permanent"], results
         assert results[1].reply.startswith("550 5.1.1")
         new = top / "base" / "pf.test" / "ok" / "new"
@@ -324,4 +364,3 @@ async def test_postfix_as_the_remote(dns_server: tuple[str, int], tmp_path: Path
         assert b"hello" in path.read_bytes()
     finally:
         shutil.rmtree(top, ignore_errors=True)
-

@@ -15,8 +15,9 @@ _LITERAL_END = re.compile(rb"\{(\d+)\}\r\n$")
 
 
 class RawClient:
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
-                 timeout_s: float = 30) -> None:
+    def __init__(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, timeout_s: float = 30
+    ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock: socket.socket = tls.wrap_socket(sock, server_hostname=host) if tls else sock
         self.buf = b""

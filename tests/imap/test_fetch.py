@@ -143,7 +143,7 @@ Content-Type: text/html
 
 NON_ASCII = (
     "From: =?utf-8?q?J=C3=B6rg?= <joerg@example.de>\n"
-    "To: \"Zoë\" <zoe@example.de>\n"
+    'To: "Zoë" <zoe@example.de>\n'
     "Subject: =?iso-8859-1?q?Gr=FC=DFe?= und Küsse\n"
     "Content-Type: text/plain; charset=utf-8\n"
     "Content-Transfer-Encoding: 8bit\n"
@@ -173,7 +173,7 @@ body two
 ADDRESSES = (
     b'From: "Last, First" <first.last@example.com>\n'
     b"Sender: =?utf-8?q?S=C3=A9cr=C3=A9taire?= <sec@example.com>\n"
-    b"Reply-To: list: one@example.com, \"two words\"@example.com;, other@example.net\n"
+    b'Reply-To: list: one@example.com, "two words"@example.com;, other@example.net\n'
     b"To: a@example.com (Comment Name), B <b@example.com>,\n"
     b"  C <c@example.com>\n"
     b"Cc: <bare@example.com>\n"
@@ -247,20 +247,25 @@ two lines
 """
 
 EIGHT_BIT_HEADERS = (
-    "From: Zoë Doe <zoe@example.com>\n"
-    "Subject: Grüße\n"
-    "To: \"Jürgen\" <j@example.com>\n"
-    "\n"
-    "text\n"
+    'From: Zoë Doe <zoe@example.com>\nSubject: Grüße\nTo: "Jürgen" <j@example.com>\n\ntext\n'
 ).encode() + b"X-Latin1: caf\xe9\n"
 
-CORPUS = {"simple": SIMPLE, "mixed": MIXED, "rfc822": RFC822, "non_ascii": NON_ASCII,
-          "digest": DIGEST, "addresses": ADDRESSES, "params": PARAMS,
-          "forward_single": FORWARD_SINGLE, "eight_bit_headers": EIGHT_BIT_HEADERS,
-          "nul": b"Subject: nul\nContent-Type: text/plain\n\na\x00b\n"}
+CORPUS = {
+    "simple": SIMPLE,
+    "mixed": MIXED,
+    "rfc822": RFC822,
+    "non_ascii": NON_ASCII,
+    "digest": DIGEST,
+    "addresses": ADDRESSES,
+    "params": PARAMS,
+    "forward_single": FORWARD_SINGLE,
+    "eight_bit_headers": EIGHT_BIT_HEADERS,
+    "nul": b"Subject: nul\nContent-Type: text/plain\n\na\x00b\n",
+}
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
 
 def render(value: Value) -> bytes:
     """The value as it goes on the wire: imap/response.py renders fetch.py's tree."""
@@ -275,7 +280,7 @@ def imaplib_shape(line: bytes) -> list[bytes | tuple[bytes, bytes]]:
     pos = 0
     while (m := re.compile(rb"\{(\d+)\}\r\n").search(line, pos)) is not None:
         size = int(m[1])
-        out.append((line[pos:m.start() + len(m[0]) - 2], line[m.end():m.end() + size]))
+        out.append((line[pos : m.start() + len(m[0]) - 2], line[m.end() : m.end() + size]))
         pos = m.end() + size
     out.append(line[pos:])
     return out
@@ -306,6 +311,7 @@ def type_of(entity: Entity) -> str:
 
 # -- the MIME tree against the email package --------------------------------------------------
 
+
 @pytest.mark.parametrize("raw", CORPUS.values(), ids=CORPUS.keys())
 def test_part_tree_matches_email_package(raw: bytes) -> None:
     check_part_tree(raw)
@@ -319,7 +325,7 @@ def check_part_tree(raw: bytes) -> None:
     for entity, part in zip(ours, theirs, strict=True):
         if entity.children or entity.message is not None:
             continue
-        body = msg.data[entity.body_start:entity.end]
+        body = msg.data[entity.body_start : entity.end]
         payload = part.get_payload(decode=False)
         assert isinstance(payload, str)
         if payload.isascii():  # else compat32 has already decoded the 8-bit charset
@@ -359,7 +365,7 @@ def check_bodystructure(raw: bytes) -> None:
         assert body[1].decode().lower() == part.get_content_subtype()
         assert body[6] == entity.end - entity.body_start
         if part.get_content_maintype() == "text":
-            text = msg.data[entity.body_start:entity.end]
+            text = msg.data[entity.body_start : entity.end]
             assert body[7] == text.count(b"\n")  # line breaks, as Dovecot counts
         if part.get_content_type() == "message/rfc822":
             inner = part.get_payload()
@@ -384,8 +390,9 @@ def addresses(value: Value) -> list[tuple[Any, str]]:
     return out
 
 
-@pytest.mark.parametrize("raw", [SIMPLE, MIXED, RFC822, NON_ASCII], ids=["simple", "mixed",
-                                                                          "rfc822", "non_ascii"])
+@pytest.mark.parametrize(
+    "raw", [SIMPLE, MIXED, RFC822, NON_ASCII], ids=["simple", "mixed", "rfc822", "non_ascii"]
+)
 def test_envelope_matches_email_package_and_imapclient(raw: bytes) -> None:
     msg = ParsedMessage.parse(raw)
     ref = reference(msg.data)
@@ -401,12 +408,15 @@ def test_envelope_matches_email_package_and_imapclient(raw: bytes) -> None:
         assert addresses(value) == [
             (n.encode("ascii", "surrogateescape").decode(), a)
             for n, a in email.utils.getaddresses(
-                [v for k, v in ref.raw_items() if k.lower() == field.lower()])]
+                [v for k, v in ref.raw_items() if k.lower() == field.lower()]
+            )
+        ]
     assert sender == reply_to == from_  # RFC 3501 §7.4.2 defaults
     parsed: Any = parse_with_imapclient("ENVELOPE", env)
     assert parsed.subject == wire_subject.encode()
     assert [(a.mailbox + b"@" + a.host).decode() for a in parsed.from_] == [
-        a for _, a in email.utils.getaddresses(ref.get_all("From", []))]
+        a for _, a in email.utils.getaddresses(ref.get_all("From", []))
+    ]
 
 
 def test_envelope_of_message_rfc822_part_and_groups() -> None:
@@ -416,47 +426,78 @@ def test_envelope_of_message_rfc822_part_and_groups() -> None:
     body = fetch_item(FetchAttr("BODYSTRUCTURE"), msg)
     assert isinstance(body, tuple)
     inner: Any = body[0][1]  # type: ignore[index]
-    assert inner[:7] == ("message", "rfc822", None, None, None, "7bit",
-                         part.end - part.body_start)
+    assert inner[:7] == ("message", "rfc822", None, None, None, "7bit", part.end - part.body_start)
     env = inner[7]
     assert env[1] == "the inner one"
     assert env[2] == (("Inner Sender", None, "inner", "example.org"),)
     assert env[3] == ((None, None, "sec", "example.org"),)
     assert env[4] == ((None, None, "replies", "example.org"),)
     assert env[8:] == ("<parent@example.org>", "<inner@example.org>")
-    assert inner[9] == (RFC822.split(b"Content-Type: message/rfc822\n\n")[1]
-                        .split(b"\n--b1--")[0].count(b"\n"))
+    assert inner[9] == (
+        RFC822.split(b"Content-Type: message/rfc822\n\n")[1].split(b"\n--b1--")[0].count(b"\n")
+    )
     mixed: Any = fetch_item(FetchAttr("ENVELOPE"), ParsedMessage.parse(MIXED))
-    assert mixed[6] == ((None, None, "undisclosed-recipients", None),
-                        (None, None, None, None))
+    assert mixed[6] == ((None, None, "undisclosed-recipients", None), (None, None, None, None))
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    pytest.param('"Doe, John" <john@x.test>', (("Doe, John", None, "john", "x.test"),),
-                 id="quoted-name"),
-    pytest.param("<@r1,@r2:m@x.test>", ((None, "@r1,@r2", "m", "x.test"),), id="route"),
-    pytest.param('"a b"@x.test', ((None, None, '"a b"', "x.test"),), id="quoted-local"),
-    pytest.param("m@x.test (Real Name)", (("Real Name", None, "m", "x.test"),),
-                 id="comment-name"),
-    pytest.param("team: a@x.test, b@y.test;", (
-        (None, None, "team", None), (None, None, "a", "x.test"), (None, None, "b", "y.test"),
-        (None, None, None, None)), id="group"),
-    pytest.param("John Q. Public <jqp@x.test>", (("John Q. Public", None, "jqp", "x.test"),),
-                 id="obs-phrase"),
-    pytest.param("=?utf-8?q?J=C3=B6rg?= <j@x.test>",
-                 (("=?utf-8?q?J=C3=B6rg?=", None, "j", "x.test"),), id="encoded-word-kept"),
-    pytest.param("nobody", ((None, None, "nobody", MISSING_DOMAIN),), id="no-domain"),
-    pytest.param("multi word name a@b.test", (("multi word name", None, "a", "b.test"),),
-                 id="name-without-brackets"),
-    pytest.param("group: ; other@x.test", (
-        (None, None, "group", None), (None, None, None, None), (None, None, "other", "x.test")),
-        id="address-after-empty-group"),
-    pytest.param("a@b.test, , c@d.test", ((None, None, "a", "b.test"), (None, None, "c", "d.test")),
-                 id="empty-member"),
-    pytest.param('"A  \t B" <a@b.test>', (("A B", None, "a", "b.test"),), id="name-white-space"),
-    pytest.param("", None, id="empty"),
-    pytest.param(" , ,", None, id="only-commas"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '"Doe, John" <john@x.test>', (("Doe, John", None, "john", "x.test"),), id="quoted-name"
+        ),
+        pytest.param("<@r1,@r2:m@x.test>", ((None, "@r1,@r2", "m", "x.test"),), id="route"),
+        pytest.param('"a b"@x.test', ((None, None, '"a b"', "x.test"),), id="quoted-local"),
+        pytest.param(
+            "m@x.test (Real Name)", (("Real Name", None, "m", "x.test"),), id="comment-name"
+        ),
+        pytest.param(
+            "team: a@x.test, b@y.test;",
+            (
+                (None, None, "team", None),
+                (None, None, "a", "x.test"),
+                (None, None, "b", "y.test"),
+                (None, None, None, None),
+            ),
+            id="group",
+        ),
+        pytest.param(
+            "John Q. Public <jqp@x.test>",
+            (("John Q. Public", None, "jqp", "x.test"),),
+            id="obs-phrase",
+        ),
+        pytest.param(
+            "=?utf-8?q?J=C3=B6rg?= <j@x.test>",
+            (("=?utf-8?q?J=C3=B6rg?=", None, "j", "x.test"),),
+            id="encoded-word-kept",
+        ),
+        pytest.param("nobody", ((None, None, "nobody", MISSING_DOMAIN),), id="no-domain"),
+        pytest.param(
+            "multi word name a@b.test",
+            (("multi word name", None, "a", "b.test"),),
+            id="name-without-brackets",
+        ),
+        pytest.param(
+            "group: ; other@x.test",
+            (
+                (None, None, "group", None),
+                (None, None, None, None),
+                (None, None, "other", "x.test"),
+            ),
+            id="address-after-empty-group",
+        ),
+        pytest.param(
+            "a@b.test, , c@d.test",
+            ((None, None, "a", "b.test"), (None, None, "c", "d.test")),
+            id="empty-member",
+        ),
+        pytest.param(
+            '"A  \t B" <a@b.test>', (("A B", None, "a", "b.test"),), id="name-white-space"
+        ),
+        pytest.param("", None, id="empty"),
+        pytest.param(" , ,", None, id="only-commas"),
+    ],
+)
 def test_address_lists(text: str, expected: Value) -> None:
     assert parse_addresses(text) == expected
 
@@ -479,9 +520,19 @@ def test_bodystructure_fields_of_an_attachment() -> None:
     assert isinstance(parts, Bodies)
     assert (subtype, params) == ("mixed", ("boundary", "==outer=="))
     pdf = parts[1]
-    assert pdf == ("application", "pdf", ("name", "r.pdf"), "<pdf@x>", "the report", "base64",
-                   len(b"JVBERi0xLjQKJcfs\r\nj6IKMSAwIG9iago="), None,
-                   ("attachment", ("filename", "r.pdf")), ("en", "de"), "http://x.test/r.pdf")
+    assert pdf == (
+        "application",
+        "pdf",
+        ("name", "r.pdf"),
+        "<pdf@x>",
+        "the report",
+        "base64",
+        len(b"JVBERi0xLjQKJcfs\r\nj6IKMSAwIG9iago="),
+        None,
+        ("attachment", ("filename", "r.pdf")),
+        ("en", "de"),
+        "http://x.test/r.pdf",
+    )
     alternative = parts[0]
     assert isinstance(alternative, tuple)
     assert alternative[1:3] == ("alternative", ("boundary", "inner"))
@@ -500,10 +551,19 @@ def test_nul_only_in_binary() -> None:
 
 def test_message_global_is_a_leaf_and_encoding_comments_go() -> None:
     # IMAP4rev1 clients only expect an envelope after MESSAGE/RFC822 (Dovecot 2.3 agrees).
-    msg = ParsedMessage.parse(b"Content-Type: message/global\n"
-                              b"Content-Transfer-Encoding: 8bit (utf-8)\n\nSubject: x\n\nb\n")
+    msg = ParsedMessage.parse(
+        b"Content-Type: message/global\n"
+        b"Content-Transfer-Encoding: 8bit (utf-8)\n\nSubject: x\n\nb\n"
+    )
     assert fetch_item(FetchAttr("BODY"), msg) == (
-        "message", "global", None, None, None, "8bit", len(b"Subject: x\r\n\r\nb\r\n"))
+        "message",
+        "global",
+        None,
+        None,
+        None,
+        "8bit",
+        len(b"Subject: x\r\n\r\nb\r\n"),
+    )
 
 
 def test_structure_cache_round_trip_and_answers_without_bytes() -> None:
@@ -519,6 +579,7 @@ def test_structure_cache_round_trip_and_answers_without_bytes() -> None:
 
 
 # -- sections ---------------------------------------------------------------------------------
+
 
 def body(msg: ParsedMessage, spec: str, partial_: tuple[int, int] | None = None) -> Value:
     """BODY[spec] parsed by the real parser, so the section syntax is the client's."""
@@ -548,8 +609,9 @@ def check_tiling(raw: bytes) -> None:
     assert header.endswith(b"\r\n\r\n")
 
     def paths(entity: Entity, prefix: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
-        kids = entity.children or ((entity.message.children or (entity.message,))
-                                   if entity.message is not None else ())
+        kids = entity.children or (
+            (entity.message.children or (entity.message,)) if entity.message is not None else ()
+        )
         for n, kid in enumerate(kids, start=1):
             yield (*prefix, n)
             yield from paths(kid, (*prefix, n))
@@ -562,7 +624,7 @@ def check_tiling(raw: bytes) -> None:
         assert part is not None
         assert isinstance(mime, bytes)
         assert isinstance(content, bytes)
-        assert mime + content == wire[part.start:part.end]
+        assert mime + content == wire[part.start : part.end]
 
 
 def test_part_numbers_and_message_rfc822_sections() -> None:
@@ -579,7 +641,8 @@ def test_part_numbers_and_message_rfc822_sections() -> None:
     assert body(msg, "2.2") == b"<p>inner</p>"
     assert body(msg, "2.2.MIME") == b"Content-Type: text/html\r\n\r\n"
     assert body(msg, "2.HEADER.FIELDS (subject MESSAGE-id)") == (
-        b"Subject: the inner one\r\nMessage-ID: <inner@example.org>\r\n\r\n")
+        b"Subject: the inner one\r\nMessage-ID: <inner@example.org>\r\n\r\n"
+    )
     assert body(msg, "HEADER.FIELDS (X-NOPE)") == b"\r\n"
     not_fields = body(msg, "HEADER.FIELDS.NOT (From To Content-Type)")
     assert not_fields == b"Subject: Fwd: inner\r\n\r\n"
@@ -611,11 +674,13 @@ def test_partial_fetch() -> None:
 @given(st.binary(max_size=300), st.integers(0, 400), st.integers(0, 400))
 def test_partial_is_a_slice(content: bytes, origin: int, count: int) -> None:
     got = partial(content, origin, count)
-    assert got == content[origin:origin + count]
+    assert got == content[origin : origin + count]
     assert len(got) == max(0, min(count, len(content) - origin))
     # Clients that page through a section with <n.k> reassemble exactly the section.
-    assert b"".join(partial(content, o, max(count, 1))
-                    for o in range(0, len(content), max(count, 1))) == content
+    assert (
+        b"".join(partial(content, o, max(count, 1)) for o in range(0, len(content), max(count, 1)))
+        == content
+    )
 
 
 def test_binary_decodes_like_email_package() -> None:
@@ -644,9 +709,11 @@ MALFORMED = {
     "empty": b"",
     "bad-content-type": b"Content-Type: garbage\n\nx",
     "unterminated-quote": b'Content-Type: text/plain; charset="utf-8\n\nx',
-    "nested-missing-close": (b"Content-Type: multipart/mixed; boundary=o\n\n--o\n"
-                             b"Content-Type: multipart/mixed; boundary=i\n\n--i\n\nx\n"
-                             b"--o\n\ny\n--o--\n"),
+    "nested-missing-close": (
+        b"Content-Type: multipart/mixed; boundary=o\n\n--o\n"
+        b"Content-Type: multipart/mixed; boundary=i\n\n--i\n\nx\n"
+        b"--o\n\ny\n--o--\n"
+    ),
     "8bit-boundary": b"Content-Type: multipart/mixed; boundary=\xff\n\n--\xff\n\nx\n--\xff--\n",
     "rfc822-empty": b"Content-Type: message/rfc822\n\n",
 }
@@ -668,8 +735,12 @@ def test_missing_close_delimiter_ends_inner_part_at_outer_boundary() -> None:
 
 def test_deep_nesting_is_cut_not_crashed() -> None:
     depth = MAX_DEPTH * 3
-    raw = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
-                   for i in range(depth)) + b"\nleaf\n"
+    raw = (
+        b"".join(
+            b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(depth)
+        )
+        + b"\nleaf\n"
+    )
     msg = ParsedMessage.parse(raw)
     everything(msg)
     d, entity = 0, msg.root
@@ -685,35 +756,69 @@ def everything(msg: ParsedMessage) -> None:
         assert 0 <= entity.start <= entity.body_start <= entity.end <= n
     structure = Structure.of(msg)
     assert Structure.from_json(structure.to_json()) == structure
-    for spec in (Section(), Section(text="HEADER"), Section(text="TEXT"),
-                 Section(text="HEADER.FIELDS", fields=("FROM", "SUBJECT")),
-                 Section(text="HEADER.FIELDS.NOT", fields=("FROM",)),
-                 Section((1,)), Section((1,), "MIME"), Section((1,), "HEADER"),
-                 Section((1, 1)), Section((2,), "TEXT"), Section((1, 2, 1))):
+    for spec in (
+        Section(),
+        Section(text="HEADER"),
+        Section(text="TEXT"),
+        Section(text="HEADER.FIELDS", fields=("FROM", "SUBJECT")),
+        Section(text="HEADER.FIELDS.NOT", fields=("FROM",)),
+        Section((1,)),
+        Section((1,), "MIME"),
+        Section((1,), "HEADER"),
+        Section((1, 1)),
+        Section((2,), "TEXT"),
+        Section((1, 2, 1)),
+    ):
         fetch_item(FetchAttr("BODY", spec, (1, 50)), msg)
         section_bytes(msg.data, msg.root, spec)
     for path in ((), (1,), (1, 1), (2,)):
         with contextlib.suppress(UnknownCteError):
             fetch_item(FetchAttr("BINARY.SIZE", Section(path)), msg)
-    for name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER",
-                 "RFC822.TEXT", "RFC822.SIZE"):
+    for name in (
+        "ENVELOPE",
+        "BODY",
+        "BODYSTRUCTURE",
+        "RFC822",
+        "RFC822.HEADER",
+        "RFC822.TEXT",
+        "RFC822.SIZE",
+    ):
         fetch_item(FetchAttr(name), msg)
 
 
 FRAGMENTS = [
-    b"Content-Type: multipart/mixed; boundary=b\n", b"Content-Type: message/rfc822\n",
-    b"Content-Type: multipart/digest; boundary=c\n", b"--b\n", b"--b--\n", b"--c\n",
-    b"Content-Transfer-Encoding: base64\n", b"Content-Transfer-Encoding: quoted-printable\n",
-    b"From: a <b@c>, (x) d:;\n", b"Content-Disposition: attachment; filename*=utf-8''%e2\n",
-    b"\n", b"\r\n", b" folded\n", b"x=\n", b"\xff\xfe\x00", b"=?utf-8?b?w6k=?=", b"To: \"\\",
-    b"Subject:\n", b"(((", b"<@", b"Content-Type: text/plain; charset=bogus\n",
-    b"Date: 31 Feb 99999999999 25:61:61 +9999\n", b"Date: Mon, 7 Feb 1994 21:52:25 -0800\n",
+    b"Content-Type: multipart/mixed; boundary=b\n",
+    b"Content-Type: message/rfc822\n",
+    b"Content-Type: multipart/digest; boundary=c\n",
+    b"--b\n",
+    b"--b--\n",
+    b"--c\n",
+    b"Content-Transfer-Encoding: base64\n",
+    b"Content-Transfer-Encoding: quoted-printable\n",
+    b"From: a <b@c>, (x) d:;\n",
+    b"Content-Disposition: attachment; filename*=utf-8''%e2\n",
+    b"\n",
+    b"\r\n",
+    b" folded\n",
+    b"x=\n",
+    b"\xff\xfe\x00",
+    b"=?utf-8?b?w6k=?=",
+    b'To: "\\',
+    b"Subject:\n",
+    b"(((",
+    b"<@",
+    b"Content-Type: text/plain; charset=bogus\n",
+    b"Date: 31 Feb 99999999999 25:61:61 +9999\n",
+    b"Date: Mon, 7 Feb 1994 21:52:25 -0800\n",
 ]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.binary(max_size=2000),
-                 st.lists(st.sampled_from(FRAGMENTS), max_size=40).map(b"".join)))
+@given(
+    st.one_of(
+        st.binary(max_size=2000), st.lists(st.sampled_from(FRAGMENTS), max_size=40).map(b"".join)
+    )
+)
 @example(b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\n--b--")
 @example(b"\n")
 def test_any_bytes_never_raise(raw: bytes) -> None:
@@ -729,13 +834,34 @@ def test_any_bytes_never_raise(raw: bytes) -> None:
 DOVECOT_IMAP = Path("/usr/lib/dovecot/imap")
 
 DOVECOT_ITEMS = [
-    "BODYSTRUCTURE", "BODY", "ENVELOPE", "RFC822.SIZE", "BODY.PEEK[]", "BODY.PEEK[HEADER]",
-    "BODY.PEEK[TEXT]", "BODY.PEEK[HEADER.FIELDS (FROM subject)]",
-    "BODY.PEEK[HEADER.FIELDS.NOT (FROM)]", "BODY.PEEK[1]", "BODY.PEEK[1.MIME]", "BODY.PEEK[2]",
-    "BODY.PEEK[2.MIME]", "BODY.PEEK[2.1]", "BODY.PEEK[2.HEADER]", "BODY.PEEK[2.TEXT]",
-    "BODY.PEEK[1.1]", "BODY.PEEK[1.2]", "BODY.PEEK[1.2.MIME]", "BODY.PEEK[3]",
-    "BINARY.PEEK[1]", "BINARY.PEEK[1.1]", "BINARY.PEEK[1.2]", "BINARY.PEEK[2]",
-    "BINARY.SIZE[1]", "BINARY.SIZE[2]", "BODY.PEEK[]<5.10>", "BODY.PEEK[TEXT]<500.10>",
+    "BODYSTRUCTURE",
+    "BODY",
+    "ENVELOPE",
+    "RFC822.SIZE",
+    "BODY.PEEK[]",
+    "BODY.PEEK[HEADER]",
+    "BODY.PEEK[TEXT]",
+    "BODY.PEEK[HEADER.FIELDS (FROM subject)]",
+    "BODY.PEEK[HEADER.FIELDS.NOT (FROM)]",
+    "BODY.PEEK[1]",
+    "BODY.PEEK[1.MIME]",
+    "BODY.PEEK[2]",
+    "BODY.PEEK[2.MIME]",
+    "BODY.PEEK[2.1]",
+    "BODY.PEEK[2.HEADER]",
+    "BODY.PEEK[2.TEXT]",
+    "BODY.PEEK[1.1]",
+    "BODY.PEEK[1.2]",
+    "BODY.PEEK[1.2.MIME]",
+    "BODY.PEEK[3]",
+    "BINARY.PEEK[1]",
+    "BINARY.PEEK[1.1]",
+    "BINARY.PEEK[1.2]",
+    "BINARY.PEEK[2]",
+    "BINARY.SIZE[1]",
+    "BINARY.SIZE[2]",
+    "BODY.PEEK[]<5.10>",
+    "BODY.PEEK[TEXT]<500.10>",
 ]
 
 # Where we answer differently on purpose:
@@ -745,14 +871,19 @@ DOVECOT_ITEMS = [
 # - "addresses" ENVELOPE: Dovecot sends the local part "two words" unquoted, which makes
 #   `mailbox@host` an invalid address; we keep the quotes the address needs.
 KNOWN_DIFFERENCES = {
-    ("rfc822", "BODYSTRUCTURE"), ("rfc822", "BODY"), ("rfc822", "BODY[2]"),
-    ("rfc822", "BODY[2.TEXT]"), ("rfc822", "BINARY[2]"), ("rfc822", "BINARY.SIZE[2]"),
+    ("rfc822", "BODYSTRUCTURE"),
+    ("rfc822", "BODY"),
+    ("rfc822", "BODY[2]"),
+    ("rfc822", "BODY[2.TEXT]"),
+    ("rfc822", "BINARY[2]"),
+    ("rfc822", "BINARY.SIZE[2]"),
     ("addresses", "ENVELOPE"),
 }
 
 
-def run_dovecot(messages: list[bytes], commands: bytes,
-                internal_dates: list[float] | None = None) -> bytes:
+def run_dovecot(
+    messages: list[bytes], commands: bytes, internal_dates: list[float] | None = None
+) -> bytes:
     """SELECT INBOX holding `messages` (internal dates: the files' mtimes), send `commands`,
     LOGOUT; the whole transcript. Also used by test_search.py."""
     base = Path(tempfile.mkdtemp(prefix="mailstack-dovecot-"))
@@ -777,12 +908,16 @@ def run_dovecot(messages: list[bytes], commands: bytes,
         conf.write_text(
             f"log_path = /dev/stderr\nssl = no\nmail_location = maildir:{maildir}\n"
             f"mail_uid = {uid}\nmail_gid = {gid}\nfirst_valid_uid = 0\nfirst_valid_gid = 0\n"
-            f"base_dir = {base}/run\n")
+            f"base_dir = {base}/run\n"
+        )
         proc = subprocess.run(
             [str(DOVECOT_IMAP), "-c", str(conf)],
             input=b"a SELECT INBOX\r\n" + commands + b"z LOGOUT\r\n",
-            capture_output=True, timeout=60, check=True,
-            env={"HOME": str(base), "USER": name, "TZ": "UTC", "PATH": "/usr/bin:/bin"})
+            capture_output=True,
+            timeout=60,
+            check=True,
+            env={"HOME": str(base), "USER": name, "TZ": "UTC", "PATH": "/usr/bin:/bin"},
+        )
         assert b"z OK" in proc.stdout, proc.stderr.decode(errors="replace")
         return proc.stdout
     finally:
@@ -817,7 +952,7 @@ def test_fetch_answers_match_dovecot() -> None:
     theirs: dict[int, dict[bytes, Any]] = {}
     for line in responses(run_dovecot([CORPUS[n] for n in names], commands)):
         if (m := re.match(rb"\* (\d+) FETCH ", line)) is not None:
-            theirs.setdefault(int(m[1]), {}).update(fetch_values(m[1] + b" " + line[m.end():]))
+            theirs.setdefault(int(m[1]), {}).update(fetch_values(m[1] + b" " + line[m.end() :]))
     compared = 0
     for seq, name in enumerate(names, start=1):
         msg = ParsedMessage.parse(CORPUS[name])
@@ -832,8 +967,9 @@ def test_fetch_answers_match_dovecot() -> None:
                 part = find_part(msg.root, attr.section.part)
                 if part is not None and (part.children or part.message is not None):
                     continue  # BINARY of a composite part: RFC 3516 leaves it open
-            ours = fetch_values(b"1 (" + label.encode() + b" " + render(fetch_item(attr, msg))
-                                + b")")[label.encode()]
+            ours = fetch_values(
+                b"1 (" + label.encode() + b" " + render(fetch_item(attr, msg)) + b")"
+            )[label.encode()]
             expected = theirs[seq][label.encode()]
             if attr.name == "BODY" and attr.section is None:
                 # Dovecot lower-cases BODY (not BODYSTRUCTURE) values; compare without case.
@@ -844,6 +980,7 @@ def test_fetch_answers_match_dovecot() -> None:
 
 
 # -- generated MIME trees ---------------------------------------------------------------------
+
 
 def _text_part(text: str, subtype: str, charset: str) -> email.message.Message:
     return MIMEText(text, subtype, charset)
@@ -860,17 +997,25 @@ def _multipart(parts: list[email.message.Message], subtype: str) -> email.messag
 
 
 leaves = st.one_of(
-    st.builds(_text_part, st.text(max_size=120), st.sampled_from(["plain", "html"]),
-              st.just("utf-8")),
-    st.builds(_text_part, st.text(st.characters(max_codepoint=255), max_size=120),
-              st.just("plain"), st.just("iso-8859-1")),
+    st.builds(
+        _text_part, st.text(max_size=120), st.sampled_from(["plain", "html"]), st.just("utf-8")
+    ),
+    st.builds(
+        _text_part,
+        st.text(st.characters(max_codepoint=255), max_size=120),
+        st.just("plain"),
+        st.just("iso-8859-1"),
+    ),
     st.builds(MIMEApplication, st.binary(max_size=200)),
 )
 trees = st.recursive(
     leaves,
     lambda kids: st.one_of(
-        st.builds(_multipart, st.lists(kids, min_size=1, max_size=3),
-                  st.sampled_from(["mixed", "alternative", "related"])),
+        st.builds(
+            _multipart,
+            st.lists(kids, min_size=1, max_size=3),
+            st.sampled_from(["mixed", "alternative", "related"]),
+        ),
         st.builds(_message_part, kids, st.text(alphabet="abc xyz", max_size=20)),
     ),
     max_leaves=6,
@@ -887,15 +1032,20 @@ def test_generated_mime_trees_match_email_package(tree: email.message.Message) -
     check_tiling(raw)
     # Attachments come back byte for byte through BINARY[part].
     msg = ParsedMessage.parse(raw)
-    built = [p.get_payload(decode=True) for p in tree.walk()
-             if p.get_content_maintype() == "application"]
-    ours = [decode_transfer(msg.data[e.body_start:e.end], e.transfer_encoding)
-            for e in walk(msg.root) if e.content_type.maintype == "application"]
+    built = [
+        p.get_payload(decode=True) for p in tree.walk() if p.get_content_maintype() == "application"
+    ]
+    ours = [
+        decode_transfer(msg.data[e.body_start : e.end], e.transfer_encoding)
+        for e in walk(msg.root)
+        if e.content_type.maintype == "application"
+    ]
     assert ours == built
 
 
 def random_tree(rng: random.Random, depth: int = 0) -> email.message.Message:
     """A random MIME tree as email.mime builds them (seeded: the same list every run)."""
+
     def text() -> str:
         return "".join(rng.choice("abc é\nxyz\t") for _ in range(rng.randint(0, 80)))
 
@@ -908,9 +1058,10 @@ def random_tree(rng: random.Random, depth: int = 0) -> email.message.Message:
             return MIMEText(text().replace("é", "e"), "plain", "us-ascii")
         return MIMEApplication(rng.randbytes(rng.randint(0, 100)))
     if roll < 0.8:
-        return MIMEMultipart(rng.choice(["mixed", "alternative"]),
-                             _subparts=[random_tree(rng, depth + 1)
-                                        for _ in range(rng.randint(1, 3))])
+        return MIMEMultipart(
+            rng.choice(["mixed", "alternative"]),
+            _subparts=[random_tree(rng, depth + 1) for _ in range(rng.randint(1, 3))],
+        )
     inner = random_tree(rng, depth + 1)
     inner["Subject"] = "inner " + text()[:12].replace("\n", " ")
     inner["From"] = "Inner \t Name <x@y.example>"
@@ -929,14 +1080,25 @@ def test_generated_messages_match_dovecot() -> None:
         tree["Subject"] = f"generated {n}"
         tree["To"] = "A <a@b.example>, d@e.example"
         messages.append(tree.as_bytes())
-    items = ["BODYSTRUCTURE", "ENVELOPE", "BODY.PEEK[1]", "BODY.PEEK[1.MIME]", "BODY.PEEK[2]",
-             "BODY.PEEK[1.1]", "BODY.PEEK[1.2]", "BODY.PEEK[2.1]", "BODY.PEEK[2.2.1]",
-             "BODY.PEEK[1.HEADER]", "BODY.PEEK[2.TEXT]", "BINARY.SIZE[1.1]"]
+    items = [
+        "BODYSTRUCTURE",
+        "ENVELOPE",
+        "BODY.PEEK[1]",
+        "BODY.PEEK[1.MIME]",
+        "BODY.PEEK[2]",
+        "BODY.PEEK[1.1]",
+        "BODY.PEEK[1.2]",
+        "BODY.PEEK[2.1]",
+        "BODY.PEEK[2.2.1]",
+        "BODY.PEEK[1.HEADER]",
+        "BODY.PEEK[2.TEXT]",
+        "BINARY.SIZE[1.1]",
+    ]
     commands = b"".join(b"f FETCH 1:* (%s)\r\n" % item.encode() for item in items)
     theirs: dict[int, dict[bytes, Any]] = {}
     for line in responses(run_dovecot(messages, commands)):
         if (m := re.match(rb"\* (\d+) FETCH ", line)) is not None:
-            theirs.setdefault(int(m[1]), {}).update(fetch_values(m[1] + b" " + line[m.end():]))
+            theirs.setdefault(int(m[1]), {}).update(fetch_values(m[1] + b" " + line[m.end() :]))
     for seq, raw in enumerate(messages, start=1):
         msg = ParsedMessage.parse(raw)
         for item in items:

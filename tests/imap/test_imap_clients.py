@@ -27,9 +27,11 @@ from tests.support.imapserver import (
 
 pytestmark = pytest.mark.external
 
-MESSAGE = (b"From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: %s\r\n"
-           b"Date: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <%s@example.org>\r\n\r\n"
-           b"Hello %s.\r\n")
+MESSAGE = (
+    b"From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: %s\r\n"
+    b"Date: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <%s@example.org>\r\n\r\n"
+    b"Hello %s.\r\n"
+)
 
 
 def message(name: str) -> bytes:
@@ -49,8 +51,9 @@ def server(deployment: ImapDeployment) -> Iterator[ImapServerThread]:
 
 
 def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
-                            **kwargs)  # type: ignore[call-overload]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, check=False, **kwargs
+    )  # type: ignore[call-overload]
     assert result.returncode == 0, f"{argv[0]} failed:\n{result.stdout}\n{result.stderr}"
     return result  # type: ignore[no-any-return]
 
@@ -70,15 +73,20 @@ def subjects(dep: ImapDeployment, folder: str = INBOX) -> set[str]:
 
 
 def local_files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and p.parent.name in ("cur", "new")}
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.parent.name in ("cur", "new")
+    }
 
 
 # -- mbsync -----------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(300)
 def test_mbsync_syncs_both_ways_and_a_second_sync_changes_nothing(
-        tmp_path: Path, deployment: ImapDeployment, server: ImapServerThread) -> None:
+    tmp_path: Path, deployment: ImapDeployment, server: ImapServerThread
+) -> None:
     deployment.store.deliver([(USER, INBOX)], message("first"))
     deployment.store.deliver([(USER, INBOX)], message("doomed"))
     local = tmp_path / "local"
@@ -119,14 +127,14 @@ SyncState *
     assert {p.name for p in (local).iterdir()} >= {"INBOX", "Sent", "Drafts", "Trash"}
 
     # Local changes: a new message, \Seen on one pulled message, the other deleted.
-    by_subject = {p.read_bytes().split(b"Subject: ")[1].split(b"\n")[0].strip(): p
-                  for p in pulled}
+    by_subject = {p.read_bytes().split(b"Subject: ")[1].split(b"\n")[0].strip(): p for p in pulled}
     seen = by_subject[b"first"]
     seen.rename(seen.parent.parent / "cur" / (seen.name.split(":")[0] + ":2,S"))
     doomed = by_subject[b"doomed"]
     doomed.rename(doomed.parent.parent / "cur" / (doomed.name.split(":")[0] + ":2,T"))
     (local / "INBOX" / "new" / "1700000000.local1.host").write_bytes(
-        message("from-local").replace(b"\r\n", b"\n"))
+        message("from-local").replace(b"\r\n", b"\n")
+    )
     # A server-side change at the same time.
     deployment.store.deliver([(USER, INBOX)], message("from-server"))
     (local / "Projects").mkdir()
@@ -136,12 +144,17 @@ SyncState *
     run(sync)
     assert subjects(deployment) == {"first", "from-local", "from-server"}
     state = {m.uid: m.flags for m in deployment.store.snapshot(USER, INBOX).messages}
-    first_uid = next(m.uid for m in deployment.store.snapshot(USER, INBOX).messages
-                     if b"Subject: first" in deployment.store.read_message(USER, INBOX, m.uid))
+    first_uid = next(
+        m.uid
+        for m in deployment.store.snapshot(USER, INBOX).messages
+        if b"Subject: first" in deployment.store.read_message(USER, INBOX, m.uid)
+    )
     assert Flag.SEEN in state[first_uid]
     assert "Projects" in {f.name for f in deployment.store.list_folders(USER)}
-    local_subjects = {p.read_bytes().split(b"Subject: ")[1].split(b"\n")[0].strip()
-                      for p in (local / "INBOX").glob("*/*")}
+    local_subjects = {
+        p.read_bytes().split(b"Subject: ")[1].split(b"\n")[0].strip()
+        for p in (local / "INBOX").glob("*/*")
+    }
     assert local_subjects == {b"first", b"from-local", b"from-server"}
 
     before_server, before_local = server_state(deployment), local_files(local)
@@ -152,9 +165,11 @@ SyncState *
 
 # -- offlineimap ------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(300)
-def test_offlineimap_syncs(tmp_path: Path, deployment: ImapDeployment,
-                           server: ImapServerThread) -> None:
+def test_offlineimap_syncs(
+    tmp_path: Path, deployment: ImapDeployment, server: ImapServerThread
+) -> None:
     deployment.store.deliver([(USER, INBOX)], message("for-offlineimap"))
     local = tmp_path / "oi"
     rc = tmp_path / "offlineimaprc"
@@ -188,7 +203,8 @@ sslcacertfile = {deployment.paths.ca_cert}
     assert b"Subject: for-offlineimap" in files[0].read_bytes()
     # Upload a message written locally, and pull a flag change made on the server.
     (local / "INBOX" / "new" / "1700000001.oi.host").write_bytes(
-        message("from-oi").replace(b"\r\n", b"\n"))
+        message("from-oi").replace(b"\r\n", b"\n")
+    )
     run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], env=env)
     assert subjects(deployment) == {"for-offlineimap", "from-oi"}
     before = server_state(deployment)
@@ -198,23 +214,32 @@ sslcacertfile = {deployment.paths.ca_cert}
 
 # -- fetchmail --------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(300)
-def test_fetchmail_retrieves_with_keep(tmp_path: Path, deployment: ImapDeployment,
-                                       server: ImapServerThread) -> None:
+def test_fetchmail_retrieves_with_keep(
+    tmp_path: Path, deployment: ImapDeployment, server: ImapServerThread
+) -> None:
     deployment.store.deliver([(USER, INBOX)], message("fetch-me"))
     deployment.store.deliver([(USER, INBOX)], message("fetch-me-too"))
     out = tmp_path / "fetched.mbox"
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
-        f'poll localhost protocol IMAP port {server.imaps_port}\n'
+        f"poll localhost protocol IMAP port {server.imaps_port}\n"
         f'  user "{USER}" password "{PASSWORD}" is "tester" here\n'
         f'  ssl sslcertck sslcertfile "{deployment.paths.ca_cert}"\n'
         f"  keep fetchall\n"
-        f'  mda "/bin/sh -c \'cat >> {out}\'"\n')
+        f"  mda \"/bin/sh -c 'cat >> {out}'\"\n"
+    )
     rc.chmod(0o600)
     env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
-    result = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog"],
-                            capture_output=True, text=True, timeout=120, env=env, check=False)
+    result = subprocess.run(
+        ["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = out.read_bytes()
     assert b"Subject: fetch-me\r\n" in text or b"Subject: fetch-me\n" in text

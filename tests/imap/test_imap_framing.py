@@ -17,8 +17,10 @@ from imap.framing import (
     RemoteProtocolError,
 )
 
-STREAM = (b'a1 NOOP\r\na2 LOGIN {5+}\r\nalice "pw"\r\na3 APPEND INBOX {3}\r\nhi!\r\n'
-          b"a4 X {0}\r\n {2+}\r\n\r\n\r\n")
+STREAM = (
+    b'a1 NOOP\r\na2 LOGIN {5+}\r\nalice "pw"\r\na3 APPEND INBOX {3}\r\nhi!\r\n'
+    b"a4 X {0}\r\n {2+}\r\n\r\n\r\n"
+)
 
 
 def events(data: bytes, cuts: list[int], **limits: int) -> list[object]:

@@ -81,7 +81,10 @@ def test_subscribed_but_missing_names(client: RawClient) -> None:
     assert sub[b"Lists.Work"] == b"\\HasNoChildren \\Subscribed"
     lsub = listed(client, 'LSUB "" *')
     assert (lsub[b"Ghost"], lsub[b"Lists"], lsub[b"Lists.Work"]) == (
-        b"\\Noselect", b"\\Noselect", b"")
+        b"\\Noselect",
+        b"\\Noselect",
+        b"",
+    )
     # Plain LIST shows mailboxes, not subscriptions: no ghost there.
     assert b"Ghost" not in listed(client, 'LIST "" *')
     assert b"Ghost" not in listed(client, 'LIST "" * RETURN (SUBSCRIBED)')

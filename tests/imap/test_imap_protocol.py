@@ -41,7 +41,7 @@ def drain(proto: ImapProtocol, data: bytes) -> list[Event]:
         pytest.param(State.AUTHENTICATED, b"a FETCH 1 FLAGS", False, id="fetch-unselected"),
         pytest.param(State.AUTHENTICATED, b"a IDLE", True, id="idle-authenticated"),
         pytest.param(State.SELECTED, b"a FETCH 1 FLAGS", True, id="fetch-selected"),
-        pytest.param(State.SELECTED, b"a LIST \"\" *", True, id="list-selected"),
+        pytest.param(State.SELECTED, b'a LIST "" *', True, id="list-selected"),
         pytest.param(State.SELECTED, b"a STARTTLS", False, id="starttls-selected"),
         pytest.param(State.SELECTED, b"a ENABLE X", False, id="enable-selected"),
     ],
@@ -72,7 +72,9 @@ def test_synchronizing_literal_asks_for_continuation() -> None:
 def test_too_big_literal_is_refused_with_the_tag() -> None:
     proto = ImapProtocol(max_literal_bytes=100)
     assert drain(proto, b"a1 APPEND INBOX {101}\r\na2 NOOP\r\n") == [
-        TooBig("a1", 101), CommandReceived(c.Noop("a2"))]
+        TooBig("a1", 101),
+        CommandReceived(c.Noop("a2")),
+    ]
 
 
 def test_sasl_line_is_not_a_command() -> None:
@@ -81,7 +83,9 @@ def test_sasl_line_is_not_a_command() -> None:
     assert event == CommandReceived(c.Authenticate("a1", "PLAIN"))
     proto.expect_sasl_response()
     assert drain(proto, b"AGFsaWNlAHB3\r\na2 NOOP\r\n") == [
-        SaslResponse("AGFsaWNlAHB3"), CommandReceived(c.Noop("a2"))]
+        SaslResponse("AGFsaWNlAHB3"),
+        CommandReceived(c.Noop("a2")),
+    ]
     proto.expect_sasl_response()
     (cancel,) = drain(proto, b"*\r\n")
     assert isinstance(cancel, SaslResponse)

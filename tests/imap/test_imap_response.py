@@ -67,7 +67,8 @@ def test_untagged_forms() -> None:
     assert response.exists(3) == b"* 3 EXISTS\r\n"
     assert response.expunge(2) == b"* 2 EXPUNGE\r\n"
     assert response.fetch(1, [b"UID 5", b"FLAGS (\\Seen)"]) == (
-        b"* 1 FETCH (UID 5 FLAGS (\\Seen))\r\n")
+        b"* 1 FETCH (UID 5 FLAGS (\\Seen))\r\n"
+    )
     assert response.bye("Autologout") == b"* BYE Autologout\r\n"
     assert response.continuation() == b"+ \r\n"
     assert response.continuation("idling") == b"+ idling\r\n"
@@ -77,8 +78,9 @@ def test_date_time_is_internaldate_syntax() -> None:
     tz = datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))
     ts = datetime.datetime(2024, 2, 5, 13, 5, 9, tzinfo=datetime.UTC).timestamp()
     assert response.date_time(ts, tz) == b'" 5-Feb-2024 07:35:09 -0530"'
-    assert re.fullmatch(rb'"[ \d]\d-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"',
-                        response.date_time(ts))
+    assert re.fullmatch(
+        rb'"[ \d]\d-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"', response.date_time(ts)
+    )
     # and the parser reads it back (APPEND uses the same syntax)
     cmd = parse_command(b"t APPEND INBOX " + response.date_time(ts, tz) + b" {1+}\r\nx\r\n")
     assert isinstance(cmd, c.Append)
@@ -87,14 +89,22 @@ def test_date_time_is_internaldate_syntax() -> None:
 
 
 def test_rendered_structure_round_trips_and_rejects_other_text() -> None:
-    message = (b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nSubject: caf\xc3\xa9\r\n"
-               b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n")
+    message = (
+        b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nSubject: caf\xc3\xa9\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n"
+    )
     rendered = RenderedStructure.of(Structure.of(ParsedMessage.parse(message)))
     assert rendered.item("ENVELOPE").startswith(b"(NIL ")
     assert rendered.item("BODYSTRUCTURE").startswith(b'("text" "plain"')
     assert RenderedStructure.from_json(rendered.to_json()) == rendered
-    for text in ("", "5", "[]", '["r0", "a", "b", "c"]', '["r1", "a", "b"]',
-                 '["r1", "\\u20ac", "b", "c"]',
-                 Structure.of(ParsedMessage.parse(message)).to_json()):
+    for text in (
+        "",
+        "5",
+        "[]",
+        '["r0", "a", "b", "c"]',
+        '["r1", "a", "b"]',
+        '["r1", "\\u20ac", "b", "c"]',
+        Structure.of(ParsedMessage.parse(message)).to_json(),
+    ):
         with pytest.raises(ValueError, match="cached structure"):
             RenderedStructure.from_json(text)

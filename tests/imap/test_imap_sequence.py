@@ -67,8 +67,10 @@ def test_str_round_trips(numbers: list[int]) -> None:
     assert str(parse_sequence_set(text)) == text
 
 
-@given(st.lists(st.tuples(st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=12),
-       st.integers(0, 70))
+@given(
+    st.lists(st.tuples(st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=12),
+    st.integers(0, 70),
+)
 def test_expand_select_and_contains_agree(ranges: list[tuple[int, int]], largest: int) -> None:
     text = ",".join(f"{a}:{b}" if a != b else str(a) for a, b in ranges)
     seqset = parse_sequence_set(text)

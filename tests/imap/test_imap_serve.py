@@ -16,8 +16,7 @@ PASSWORD = "imap in serve"
 
 
 def test_serve_imap_starttls_login_and_idle_until_sigterm(deployment_dir: Path) -> None:
-    added = run_cli(deployment_dir, "user", "add", USER, "--password-stdin",
-                    input=PASSWORD + "\n")
+    added = run_cli(deployment_dir, "user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     tls = ssl.create_default_context(cafile=str(deployment_dir / "tls/ca.pem"))
     proc = ServeProcess(deployment_dir).start()
@@ -32,8 +31,10 @@ def test_serve_imap_starttls_login_and_idle_until_sigterm(deployment_dir: Path) 
         assert client.tagged("SELECT INBOX").startswith(b"OK [READ-WRITE]")
         client.send(b"i IDLE\r\n")
         assert client.line() == b"+ idling\r\n"
-        with socket.create_connection(("127.0.0.1", proc.port("imaps")), timeout=10) as raw, \
-                tls.wrap_socket(raw, server_hostname="mail.example.com") as imaps:
+        with (
+            socket.create_connection(("127.0.0.1", proc.port("imaps")), timeout=10) as raw,
+            tls.wrap_socket(raw, server_hostname="mail.example.com") as imaps,
+        ):
             assert imaps.recv(4096).startswith(b"* OK [CAPABILITY IMAP4rev1")
     finally:
         status = proc.stop()

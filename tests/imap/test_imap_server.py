@@ -43,15 +43,20 @@ def imap_server(imap_deployment: ImapDeployment) -> Iterator[ImapServerThread]:
     with running_server(imap_deployment) as server:
         yield server
 
-SIMPLE = (b"From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: hello there\r\n"
-          b"Date: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n"
-          b"Hi Alice,\r\nthe quick brown fox.\r\n")
-MULTIPART = (b"From: Carol <carol@example.net>\r\nTo: alice@example.com\r\n"
-             b"Subject: report\r\nDate: Tue, 6 Feb 2024 11:00:00 +0100\r\nMIME-Version: 1.0\r\n"
-             b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
-             b"preamble\r\n--XX\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-             b"see attachment\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
-             b"Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--XX--\r\n")
+
+SIMPLE = (
+    b"From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: hello there\r\n"
+    b"Date: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n"
+    b"Hi Alice,\r\nthe quick brown fox.\r\n"
+)
+MULTIPART = (
+    b"From: Carol <carol@example.net>\r\nTo: alice@example.com\r\n"
+    b"Subject: report\r\nDate: Tue, 6 Feb 2024 11:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
+    b"preamble\r\n--XX\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+    b"see attachment\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--XX--\r\n"
+)
 
 
 def deliver(dep: ImapDeployment, message: bytes, folder: str = INBOX, user: str = USER) -> None:
@@ -73,16 +78,28 @@ def ok(result: tuple[str, Any]) -> list[Any]:
 
 # -- connection, TLS, authentication ----------------------------------------------------------
 
+
 def test_greeting_advertises_starttls_and_plain_on_loopback(imap_server: ImapServerThread) -> None:
     client = imap_server.imap()
-    assert {"IMAP4REV1", "STARTTLS", "AUTH=PLAIN", "IDLE", "UIDPLUS", "MOVE", "LITERAL+",
-            "SASL-IR", "SPECIAL-USE", "LIST-STATUS"} <= set(client.capabilities)
+    assert {
+        "IMAP4REV1",
+        "STARTTLS",
+        "AUTH=PLAIN",
+        "IDLE",
+        "UIDPLUS",
+        "MOVE",
+        "LITERAL+",
+        "SASL-IR",
+        "SPECIAL-USE",
+        "LIST-STATUS",
+    } <= set(client.capabilities)
     assert "LOGINDISABLED" not in client.capabilities
     client.logout()
 
 
-def test_starttls_then_login(imap_server: ImapServerThread,
-                             imap_deployment: ImapDeployment) -> None:
+def test_starttls_then_login(
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     client = imap_server.imap()
     ok(client.starttls(imap_deployment.client_tls()))
     assert "STARTTLS" not in client.capabilities
@@ -98,8 +115,9 @@ def test_starttls_rejects_bytes_pipelined_in_cleartext(imap_server: ImapServerTh
     assert lines[1].startswith(b"* BYE")
 
 
-def test_failed_tls_handshakes_close_quietly(imap_server: ImapServerThread,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_tls_handshakes_close_quietly(
+    imap_server: ImapServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     with RawClient("127.0.0.1", imap_server.imap_port) as client:
         assert client.tagged("STARTTLS").startswith(b"OK")
         client.send(b"this is not a TLS ClientHello\r\n")
@@ -125,16 +143,20 @@ def test_implicit_tls_verifies_against_the_deployment_ca(imap_server: ImapServer
 
 def test_implicit_tls_refuses_an_untrusting_client(imap_server: ImapServerThread) -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
-        imaplib.IMAP4_SSL("127.0.0.1", imap_server.imaps_port,
-                          ssl_context=ssl.create_default_context(), timeout=10)
+        imaplib.IMAP4_SSL(
+            "127.0.0.1",
+            imap_server.imaps_port,
+            ssl_context=ssl.create_default_context(),
+            timeout=10,
+        )
 
 
-def test_wrong_password_is_refused_and_the_connection_stays(
-        imap_server: ImapServerThread) -> None:
+def test_wrong_password_is_refused_and_the_connection_stays(imap_server: ImapServerThread) -> None:
     with raw(imap_server, login=False) as client:
         assert client.tagged(f"LOGIN {USER} wrong").startswith(b"NO [AUTHENTICATIONFAILED]")
         assert client.tagged(f'LOGIN nobody@example.com "{PASSWORD}"').startswith(
-            b"NO [AUTHENTICATIONFAILED]")
+            b"NO [AUTHENTICATIONFAILED]"
+        )
         assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK [CAPABILITY")
 
 
@@ -147,6 +169,7 @@ def test_authenticate_plain_with_continuation(imap_server: ImapServerThread) -> 
 
 def test_authenticate_plain_sasl_ir_and_cancel(imap_server: ImapServerThread) -> None:
     import base64
+
     good = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
     bad = base64.b64encode(f"{OTHER_USER}\0{USER}\0{PASSWORD}".encode()).decode()
     with raw(imap_server, login=False) as client:
@@ -171,7 +194,8 @@ def test_commands_in_the_wrong_state_are_bad(imap_server: ImapServerThread) -> N
 
 
 def test_syntax_errors_are_bad_and_the_connection_stays_usable(
-        imap_server: ImapServerThread) -> None:
+    imap_server: ImapServerThread,
+) -> None:
     with raw(imap_server) as client:
         assert client.tagged("FROBNICATE").startswith(b"BAD")
         assert client.tagged("FETCH 1 (FLAGS").startswith(b"BAD")
@@ -182,7 +206,8 @@ def test_syntax_errors_are_bad_and_the_connection_stays_usable(
 
 
 def test_too_big_synchronizing_literal_is_refused_politely(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     size = imap_deployment.config.smtp.max_message_size + 1
     with raw(imap_server) as client:
         client.send(b"a1 APPEND INBOX {%d}\r\n" % size)
@@ -191,7 +216,8 @@ def test_too_big_synchronizing_literal_is_refused_politely(
 
 
 def test_too_big_non_synchronizing_literal_ends_the_connection(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     size = imap_deployment.config.smtp.max_message_size + 1
     with raw(imap_server) as client:
         client.send(b"a1 APPEND INBOX {%d+}\r\n" % size)
@@ -233,6 +259,7 @@ def test_logout(imap_server: ImapServerThread) -> None:
 
 # -- simple any-state and authenticated-state commands ----------------------------------------
 
+
 def test_id_namespace_enable_capability(imap_server: ImapServerThread) -> None:
     with raw(imap_server) as client:
         lines = client.command('ID ("name" "pytest")')
@@ -248,8 +275,7 @@ def test_id_namespace_enable_capability(imap_server: ImapServerThread) -> None:
 
 
 def test_imapclient_session_features(imap_server: ImapServerThread) -> None:
-    client = imapclient.IMAPClient("127.0.0.1", port=imap_server.imap_port, ssl=False,
-                                   timeout=30)
+    client = imapclient.IMAPClient("127.0.0.1", port=imap_server.imap_port, ssl=False, timeout=30)
     client.login(USER, PASSWORD)
     assert client.namespace().personal == (("", "."),)
     (server_id,) = client.id_({"name": "imapclient"})  # imapclient 3 keeps the list's nesting
@@ -264,19 +290,22 @@ def test_imapclient_session_features(imap_server: ImapServerThread) -> None:
 def test_list_variants(imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
     deliver(imap_deployment, SIMPLE)
     with raw(imap_server) as client:
-        assert client.tagged("CREATE Projects.2024") .startswith(b"OK")
+        assert client.tagged("CREATE Projects.2024").startswith(b"OK")
         assert client.command('LIST "" ""')[0] == b'* LIST (\\Noselect) "." ""\r\n'
         top = client.command('LIST "" %')
         assert b'* LIST (\\HasChildren) "." Projects\r\n' in top
         assert not any(b"2024" in line for line in top)
         assert b'* LIST (\\HasNoChildren) "." Projects.2024\r\n' in client.command(
-            'LIST Projects. %')
+            "LIST Projects. %"
+        )
         assert client.command('LIST "" inbox')[0] == b'* LIST (\\HasNoChildren) "." INBOX\r\n'
         special = client.command('LIST (SPECIAL-USE) "" *')
         assert len(special) == 6 and all(b"Projects" not in line for line in special)
         status = client.command('LIST "" INBOX RETURN (STATUS (MESSAGES UNSEEN UIDNEXT))')
-        assert status[:2] == [b'* LIST (\\HasNoChildren) "." INBOX\r\n',
-                              b"* STATUS INBOX (MESSAGES 1 UNSEEN 1 UIDNEXT 2)\r\n"]
+        assert status[:2] == [
+            b'* LIST (\\HasNoChildren) "." INBOX\r\n',
+            b"* STATUS INBOX (MESSAGES 1 UNSEEN 1 UIDNEXT 2)\r\n",
+        ]
         both = client.command('LIST "" (INBOX Sent) RETURN (SUBSCRIBED CHILDREN)')
         assert len(both) == 3
 
@@ -313,13 +342,16 @@ def test_sequence_ranges_with_star_in_an_empty_mailbox(imap_server: ImapServerTh
 
 def test_append_over_quota_is_refused(imap_deployment: ImapDeployment) -> None:
     imap_deployment.add_user("small@example.com", "pw", quota_bytes=200)
-    with running_server(imap_deployment) as server, \
-            RawClient("127.0.0.1", server.imap_port) as client:
+    with (
+        running_server(imap_deployment) as server,
+        RawClient("127.0.0.1", server.imap_port) as client,
+    ):
         assert client.tagged("LOGIN small@example.com pw").startswith(b"OK")
         assert client.tagged(b"APPEND INBOX {%d+}\r\n" % len(SIMPLE) + SIMPLE).startswith(b"OK")
         big = SIMPLE + b"x" * 300 + b"\r\n"
         assert client.tagged(b"APPEND INBOX {%d+}\r\n" % len(big) + big).startswith(
-            b"NO [OVERQUOTA]")
+            b"NO [OVERQUOTA]"
+        )
 
 
 def test_quota(imap_deployment: ImapDeployment) -> None:
@@ -329,8 +361,7 @@ def test_quota(imap_deployment: ImapDeployment) -> None:
         with RawClient("127.0.0.1", server.imap_port) as client:
             assert b"QUOTA=RES-STORAGE" in client.command("LOGIN limited@example.com pw")[-1]
             lines = client.command("GETQUOTAROOT INBOX")
-            assert lines[:2] == [b'* QUOTAROOT INBOX ""\r\n',
-                                 b'* QUOTA "" (STORAGE 1 10240)\r\n']
+            assert lines[:2] == [b'* QUOTAROOT INBOX ""\r\n', b'* QUOTA "" (STORAGE 1 10240)\r\n']
             assert client.command('GETQUOTA ""')[0] == b'* QUOTA "" (STORAGE 1 10240)\r\n'
             assert client.tagged("GETQUOTA other").startswith(b"NO [NONEXISTENT]")
             assert client.tagged('SETQUOTA "" (STORAGE 1)').startswith(b"NO [NOPERM]")
@@ -346,16 +377,17 @@ def test_status(imap_server: ImapServerThread, imap_deployment: ImapDeployment) 
     client = imap_server.login()
     data = ok(client.status("INBOX", "(MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN SIZE DELETED)"))
     text = data[0].decode()
-    assert re.search(r"MESSAGES 2 RECENT 2 UIDNEXT 3 UIDVALIDITY \d+ UNSEEN 2 SIZE \d+ DELETED 0",
-                     text), text
+    assert re.search(
+        r"MESSAGES 2 RECENT 2 UIDNEXT 3 UIDVALIDITY \d+ UNSEEN 2 SIZE \d+ DELETED 0", text
+    ), text
     client.logout()
 
 
 def test_append_with_flags_and_date_returns_appenduid(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     client = imap_server.login()
-    data = ok(client.append("Drafts", "(\\Draft $Work)", '"05-Feb-2024 13:05:00 +0100"',
-                            SIMPLE))
+    data = ok(client.append("Drafts", "(\\Draft $Work)", '"05-Feb-2024 13:05:00 +0100"', SIMPLE))
     m = re.match(rb"\[APPENDUID (\d+) (\d+)\]", data[0])
     assert m is not None
     snap = imap_deployment.store.snapshot(USER, "Drafts")
@@ -371,19 +403,23 @@ def test_append_with_flags_and_date_returns_appenduid(
 
 # -- selected state ---------------------------------------------------------------------------
 
+
 def test_binary_append_and_fetch(imap_server: ImapServerThread) -> None:
     # RFC 3516: literal8 in APPEND; BINARY[] decodes the transfer encoding, literal8 for NULs.
     with raw(imap_server) as client:
         assert client.tagged(b"APPEND INBOX ~{%d+}\r\n" % len(MULTIPART) + MULTIPART).startswith(
-            b"OK [APPENDUID")
+            b"OK [APPENDUID"
+        )
         client.command("SELECT INBOX")
         lines = client.command("FETCH 1 (BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[1]<0.3>)")
-        assert lines[0] == (b"* 1 FETCH (BINARY.SIZE[2] 3 BINARY[2] ~{3}\r\n\x00\x01\x02 "
-                            b'BINARY[1]<0> "see")\r\n')
+        assert lines[0] == (
+            b'* 1 FETCH (BINARY.SIZE[2] 3 BINARY[2] ~{3}\r\n\x00\x01\x02 BINARY[1]<0> "see")\r\n'
+        )
 
 
-def test_select_and_examine_report_the_folder(imap_server: ImapServerThread,
-                                              imap_deployment: ImapDeployment) -> None:
+def test_select_and_examine_report_the_folder(
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     deliver(imap_deployment, SIMPLE)
     with raw(imap_server) as client:
         lines = client.command("EXAMINE INBOX")
@@ -397,7 +433,8 @@ def test_select_and_examine_report_the_folder(imap_server: ImapServerThread,
         lines = client.command("SELECT INBOX")
         assert lines[0].startswith(b"* OK [CLOSED]")
         assert b"[PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft \\*)]" in (
-            b"".join(lines))
+            b"".join(lines)
+        )
         assert lines[-1].startswith(b"t5 OK [READ-WRITE]")
         # EXAMINE claimed nothing, so this SELECT is the one that sees the message as recent.
         assert b"* 1 RECENT" in b"".join(lines)
@@ -413,8 +450,12 @@ def test_fetch_items(imap_server: ImapServerThread, imap_deployment: ImapDeploym
     assert b'"mixed"' in data[1]
     with raw(imap_server) as rawc:
         rawc.command("EXAMINE INBOX")
-        text = b"".join(rawc.command("FETCH 2 (BODY.PEEK[1] BODY.PEEK[HEADER.FIELDS (Subject)] "
-                                     "BODY.PEEK[2.MIME] BINARY.PEEK[2] BODY.PEEK[]<0.4>)"))
+        text = b"".join(
+            rawc.command(
+                "FETCH 2 (BODY.PEEK[1] BODY.PEEK[HEADER.FIELDS (Subject)] "
+                "BODY.PEEK[2.MIME] BINARY.PEEK[2] BODY.PEEK[]<0.4>)"
+            )
+        )
     assert b"see attachment" in text
     assert b"Subject: report\r\n\r\n" in text
     assert b"Content-Transfer-Encoding: base64" in text
@@ -433,7 +474,8 @@ def test_fetch_items(imap_server: ImapServerThread, imap_deployment: ImapDeploym
     first = ok(client.fetch("1:2", "(ENVELOPE BODY BODYSTRUCTURE)"))
     assert ok(client.fetch("1:2", "(ENVELOPE BODY BODYSTRUCTURE)")) == first
     assert ok(client.fetch("1:2", "(BODYSTRUCTURE BODY[HEADER])"))[0][0].startswith(
-        b"1 (BODYSTRUCTURE (")
+        b"1 (BODYSTRUCTURE ("
+    )
     data = ok(client.fetch("1", "ALL"))
     assert b"ENVELOPE" in data[0] and b"INTERNALDATE" in data[0]
     with pytest.raises(imaplib.IMAP4.error, match="no message 9"):
@@ -450,15 +492,19 @@ def test_store_variants(imap_server: ImapServerThread, imap_deployment: ImapDepl
         client.command("SELECT INBOX")
         lines = client.command("STORE 1:2 +FLAGS (\\Flagged $Label)")
         assert lines[0] == b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label)\r\n"
-        assert lines[1:3] == [b"* 1 FETCH (FLAGS ($Label \\Flagged \\Recent))\r\n",
-                             b"* 2 FETCH (FLAGS ($Label \\Flagged \\Recent))\r\n"]
+        assert lines[1:3] == [
+            b"* 1 FETCH (FLAGS ($Label \\Flagged \\Recent))\r\n",
+            b"* 2 FETCH (FLAGS ($Label \\Flagged \\Recent))\r\n",
+        ]
         assert client.command("STORE 1 -FLAGS.SILENT ($Label)")[0].startswith(b"t4 OK")
         lines = client.command("UID STORE 2 FLAGS (\\Seen)")
         assert lines[0] == b"* 2 FETCH (UID 2 FLAGS (\\Recent \\Seen))\r\n"
         assert client.tagged("STORE 1 +FLAGS (\\Bogus)").startswith(b"BAD")
         lines = client.command("FETCH 1:2 FLAGS")
-        assert lines[:2] == [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n",
-                             b"* 2 FETCH (FLAGS (\\Recent \\Seen))\r\n"]
+        assert lines[:2] == [
+            b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n",
+            b"* 2 FETCH (FLAGS (\\Recent \\Seen))\r\n",
+        ]
 
 
 def test_search(imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
@@ -473,14 +519,15 @@ def test_search(imap_server: ImapServerThread, imap_deployment: ImapDeployment) 
         assert client.command("SEARCH OR SUBJECT hello SUBJECT report")[0] == b"* SEARCH 1 2\r\n"
         assert client.command("SEARCH BODY fox NOT DELETED")[0] == b"* SEARCH 1\r\n"
         assert client.command("SEARCH SENTSINCE 6-Feb-2024")[0] == b"* SEARCH 2\r\n"
-        assert client.command("UID SEARCH CHARSET UTF-8 TEXT attachment")[0] == (
-            b"* SEARCH 2\r\n")
+        assert client.command("UID SEARCH CHARSET UTF-8 TEXT attachment")[0] == (b"* SEARCH 2\r\n")
         assert client.command("SEARCH LARGER 100000")[0] == b"* SEARCH\r\n"
         assert client.tagged("SEARCH CHARSET KOI8-R ALL").startswith(b"NO [BADCHARSET")
         assert client.command("SEARCH RETURN (MIN MAX COUNT ALL) ALL")[0] == (
-            b'* ESEARCH (TAG "t13") MIN 1 MAX 2 ALL 1:2 COUNT 2\r\n')
+            b'* ESEARCH (TAG "t13") MIN 1 MAX 2 ALL 1:2 COUNT 2\r\n'
+        )
         assert client.command("UID SEARCH RETURN () 1:*")[0] == (
-            b'* ESEARCH (TAG "t14") UID ALL 1:2\r\n')
+            b'* ESEARCH (TAG "t14") UID ALL 1:2\r\n'
+        )
         assert client.command("SEARCH RETURN (SAVE) UNSEEN")[0].startswith(b"t15 OK")
         assert client.command("FETCH $ UID")[0] == b"* 2 FETCH (UID 2)\r\n"
         assert client.command("SEARCH $")[0] == b"* SEARCH 2\r\n"
@@ -490,8 +537,9 @@ def test_search(imap_server: ImapServerThread, imap_deployment: ImapDeployment) 
         assert client.command("UID SEARCH $")[0] == b"* SEARCH 1\r\n"
 
 
-def test_copy_move_expunge_with_uidplus(imap_server: ImapServerThread,
-                                        imap_deployment: ImapDeployment) -> None:
+def test_copy_move_expunge_with_uidplus(
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     for _ in range(4):
         deliver(imap_deployment, SIMPLE)
     with raw(imap_server) as client:
@@ -515,7 +563,8 @@ def test_copy_move_expunge_with_uidplus(imap_server: ImapServerThread,
 
 
 def test_selected_mailbox_deleted_by_another_session_ends_with_bye(
-        imap_server: ImapServerThread) -> None:
+    imap_server: ImapServerThread,
+) -> None:
     with raw(imap_server) as one, raw(imap_server) as two:
         assert one.tagged("CREATE Doomed").startswith(b"OK")
         assert one.tagged("SELECT Doomed").startswith(b"OK")
@@ -527,8 +576,7 @@ def test_selected_mailbox_deleted_by_another_session_ends_with_bye(
 
 
 @pytest.mark.timeout(60)
-def test_idling_on_a_mailbox_deleted_elsewhere_ends_with_bye(
-        imap_server: ImapServerThread) -> None:
+def test_idling_on_a_mailbox_deleted_elsewhere_ends_with_bye(imap_server: ImapServerThread) -> None:
     with raw(imap_server) as one, raw(imap_server) as two:
         assert one.tagged("CREATE Doomed").startswith(b"OK")
         assert one.tagged("SELECT Doomed").startswith(b"OK")
@@ -540,8 +588,9 @@ def test_idling_on_a_mailbox_deleted_elsewhere_ends_with_bye(
             one.line()
 
 
-def test_close_expunges_and_unselect_does_not(imap_server: ImapServerThread,
-                                              imap_deployment: ImapDeployment) -> None:
+def test_close_expunges_and_unselect_does_not(
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     deliver(imap_deployment, SIMPLE)
     deliver(imap_deployment, SIMPLE)
     with raw(imap_server) as client:
@@ -557,8 +606,10 @@ def test_close_expunges_and_unselect_does_not(imap_server: ImapServerThread,
 
 # -- concurrency, IDLE, restart ---------------------------------------------------------------
 
+
 def test_two_sessions_see_each_others_flags_and_expunges(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     deliver(imap_deployment, SIMPLE)
     deliver(imap_deployment, SIMPLE)
     with raw(imap_server) as one, raw(imap_server) as two:
@@ -581,7 +632,8 @@ def test_two_sessions_see_each_others_flags_and_expunges(
 
 @pytest.mark.timeout(120)
 def test_concurrent_appends_get_distinct_uids_and_an_idler_sees_them_all(
-        imap_server: ImapServerThread) -> None:
+    imap_server: ImapServerThread,
+) -> None:
     writers, per_writer = 4, 10
     with raw(imap_server) as idler:
         idler.command("SELECT INBOX")
@@ -627,8 +679,9 @@ def client_count(client: RawClient) -> int:
 
 
 @pytest.mark.timeout(60)
-def test_idle_sees_a_delivery(imap_server: ImapServerThread,
-                              imap_deployment: ImapDeployment) -> None:
+def test_idle_sees_a_delivery(
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     with raw(imap_server) as client:
         client.command("SELECT INBOX")
         client.send(b"i1 IDLE\r\n")
@@ -646,10 +699,10 @@ def test_idle_sees_a_delivery(imap_server: ImapServerThread,
 
 @pytest.mark.timeout(60)
 def test_idle_with_imapclient_sees_flag_change_from_another_session(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     deliver(imap_deployment, SIMPLE)
-    client = imapclient.IMAPClient("127.0.0.1", port=imap_server.imap_port, ssl=False,
-                                   timeout=30)
+    client = imapclient.IMAPClient("127.0.0.1", port=imap_server.imap_port, ssl=False, timeout=30)
     client.login(USER, PASSWORD)
     client.select_folder("INBOX")
     client.idle()
@@ -667,7 +720,8 @@ def test_idle_with_imapclient_sees_flag_change_from_another_session(
 
 @pytest.mark.timeout(60)
 def test_idle_rescan_finds_mail_written_by_another_process(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment
+) -> None:
     # Another program (Dovecot's LDA, procmail) writes the Maildir and publishes nothing here.
     new = imap_deployment.paths.maildir(USER) / "new"
     with raw(imap_server) as client:
@@ -684,8 +738,8 @@ def test_idle_rescan_finds_mail_written_by_another_process(
 
 
 def test_unexpected_store_failure_is_serverbug_and_logged(
-        imap_server: ImapServerThread, imap_deployment: ImapDeployment,
-        caplog: pytest.LogCaptureFixture) -> None:
+    imap_server: ImapServerThread, imap_deployment: ImapDeployment, caplog: pytest.LogCaptureFixture
+) -> None:
     # The kind of damage no code path expects: the UID list is a directory.
     uidlist = imap_deployment.paths.maildir(USER) / ".Junk" / "dovecot-uidlist"
     uidlist.unlink(missing_ok=True)
@@ -726,7 +780,8 @@ def test_uids_and_uidvalidity_survive_a_restart(imap_deployment: ImapDeployment)
         ok(client.select("INBOX"))
         after = ok(client.uid("FETCH", "1:*", "(UID FLAGS)"))
         assert [re.findall(rb"UID \d+", x) for x in after] == [
-            re.findall(rb"UID \d+", x) for x in before]
+            re.findall(rb"UID \d+", x) for x in before
+        ]
         assert b"UID 2" not in b" ".join(after)
         client.logout()
     finally:
@@ -735,13 +790,15 @@ def test_uids_and_uidvalidity_survive_a_restart(imap_deployment: ImapDeployment)
 
 # -- limits -----------------------------------------------------------------------------------
 
+
 def test_connection_limits_per_ip_and_per_user(tmp_path: Path) -> None:
-    dep = make_deployment(tmp_path / "s", max_connections_per_ip=2,
-                          max_connections_per_user=1)
+    dep = make_deployment(tmp_path / "s", max_connections_per_ip=2, max_connections_per_user=1)
     server = ImapServerThread(dep).start()
     try:
-        with RawClient("127.0.0.1", server.imap_port) as one, \
-                RawClient("127.0.0.1", server.imap_port) as two:
+        with (
+            RawClient("127.0.0.1", server.imap_port) as one,
+            RawClient("127.0.0.1", server.imap_port) as two,
+        ):
             assert one.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
             assert two.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"NO [LIMIT]")
             assert two.tagged(f'LOGIN {OTHER_USER} "{OTHER_PASSWORD}"').startswith(b"OK")
@@ -762,8 +819,7 @@ def test_login_lockout_after_repeated_failures(imap_deployment: ImapDeployment) 
     try:
         with RawClient("127.0.0.1", server.imap_port) as client:
             for _ in range(3):
-                assert client.tagged(f"LOGIN {USER} wrong").startswith(
-                    b"NO [AUTHENTICATIONFAILED]")
+                assert client.tagged(f"LOGIN {USER} wrong").startswith(b"NO [AUTHENTICATIONFAILED]")
             assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"NO [UNAVAILABLE]")
     finally:
         server.stop()
@@ -781,7 +837,8 @@ def test_autologout(tmp_path: Path) -> None:
 
 
 def test_peer_that_vanishes_mid_literal_does_not_hurt_the_server(
-        imap_server: ImapServerThread) -> None:
+    imap_server: ImapServerThread,
+) -> None:
     sock = socket.create_connection(("127.0.0.1", imap_server.imap_port), timeout=10)
     sock.recv(1000)
     sock.sendall(b"a LOGIN {5+}\r\nab")

@@ -28,8 +28,9 @@ class Transcript:
 
 
 def session_for(dep: ImapDeployment, *, ip: str, is_tls: bool = False) -> Session:
-    return Session(dep.context(), peer_ip=ip, is_tls=is_tls, conn_id="test",
-                   limits=ConnectionLimits(10, 10))
+    return Session(
+        dep.context(), peer_ip=ip, is_tls=is_tls, conn_id="test", limits=ConnectionLimits(10, 10)
+    )
 
 
 async def feed(session: Session, data: bytes) -> bytes:
@@ -49,9 +50,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> ImapDeployment:
 
 @pytest.mark.parametrize(
     ("ip", "loopback"),
-    [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
-     ("192.0.2.10", False), ("::ffff:192.0.2.10", False), ("2001:db8::1", False),
-     ("fe80::1%eth0", False), ("unknown", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("192.0.2.10", False),
+        ("::ffff:192.0.2.10", False),
+        ("2001:db8::1", False),
+        ("fe80::1%eth0", False),
+        ("unknown", False),
+    ],
 )
 def test_is_loopback(ip: str, loopback: bool) -> None:
     assert is_loopback(ip) is loopback
@@ -61,8 +70,7 @@ async def test_cleartext_login_is_disabled_off_loopback(deployment: ImapDeployme
     session = session_for(deployment, ip=REMOTE_IP)
     assert b"LOGINDISABLED" in session.greeting()
     assert b"AUTH=PLAIN" not in session.greeting()
-    out = await feed(session, f'a LOGIN {USER} "{PASSWORD}"\r\nb AUTHENTICATE PLAIN =\r\n'
-                     .encode())
+    out = await feed(session, f'a LOGIN {USER} "{PASSWORD}"\r\nb AUTHENTICATE PLAIN =\r\n'.encode())
     assert b"a NO [PRIVACYREQUIRED]" in out
     assert b"b NO [PRIVACYREQUIRED]" in out
     assert session.user is None
@@ -84,24 +92,51 @@ async def test_allow_plaintext_auth_config(tmp_path: Path) -> None:
     session.close()
 
 
-COMMANDS = st.sampled_from([
-    b"NOOP", b"CAPABILITY", b"SELECT INBOX", b"EXAMINE INBOX", b"FETCH 1:* (FLAGS BODY[])",
-    b"UID FETCH 1:* (BODY.PEEK[1.MIME] BINARY[1] ENVELOPE)", b"STORE 1 +FLAGS (\\Seen)",
-    b"SEARCH OR TEXT hello NOT SEEN", b"UID SEARCH RETURN (SAVE) ALL", b"FETCH $ UID",
-    b"COPY 1 Trash", b"LIST \"\" *", b"STATUS INBOX (MESSAGES UNSEEN SIZE)", b"UNSELECT",
-    b"CREATE X", b"RENAME X Y", b"DELETE Y", b"CLOSE", b"EXPUNGE", b"UID EXPUNGE 9",
-    b"APPEND INBOX {5+}\r\nhello", b"ENABLE X", b"ID NIL", b"NAMESPACE", b"LSUB \"\" *",
-    b"GETQUOTAROOT INBOX", b'GETQUOTA ""', b"IDLE", b"DONE", b"STARTTLS",
-])
+COMMANDS = st.sampled_from(
+    [
+        b"NOOP",
+        b"CAPABILITY",
+        b"SELECT INBOX",
+        b"EXAMINE INBOX",
+        b"FETCH 1:* (FLAGS BODY[])",
+        b"UID FETCH 1:* (BODY.PEEK[1.MIME] BINARY[1] ENVELOPE)",
+        b"STORE 1 +FLAGS (\\Seen)",
+        b"SEARCH OR TEXT hello NOT SEEN",
+        b"UID SEARCH RETURN (SAVE) ALL",
+        b"FETCH $ UID",
+        b"COPY 1 Trash",
+        b'LIST "" *',
+        b"STATUS INBOX (MESSAGES UNSEEN SIZE)",
+        b"UNSELECT",
+        b"CREATE X",
+        b"RENAME X Y",
+        b"DELETE Y",
+        b"CLOSE",
+        b"EXPUNGE",
+        b"UID EXPUNGE 9",
+        b"APPEND INBOX {5+}\r\nhello",
+        b"ENABLE X",
+        b"ID NIL",
+        b"NAMESPACE",
+        b'LSUB "" *',
+        b"GETQUOTAROOT INBOX",
+        b'GETQUOTA ""',
+        b"IDLE",
+        b"DONE",
+        b"STARTTLS",
+    ]
+)
 LINES = st.one_of(COMMANDS, st.binary(max_size=40).map(lambda b: b.replace(b"\r\n", b"")))
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(LINES, max_size=8), st.booleans())
 @example([b"SELECT INBOX", b"FETCH 1 BODY[]", b"\xff\xfe", b"FETCH 99 FLAGS"], True)
 def test_any_input_in_any_state_never_hits_a_server_bug(
-        deployment: ImapDeployment, lines: list[bytes], logged_in: bool) -> None:
+    deployment: ImapDeployment, lines: list[bytes], logged_in: bool
+) -> None:
     async def scenario() -> bytes:
         session = session_for(deployment, ip="127.0.0.1")
         out = b""

@@ -29,8 +29,13 @@ class Client:
     """A session plus the client-side view of the selected folder built from responses."""
 
     def __init__(self, dep: ImapDeployment) -> None:
-        self.session = Session(dep.context(), peer_ip="127.0.0.1", is_tls=False,
-                               conn_id="model", limits=ConnectionLimits(10, 10))
+        self.session = Session(
+            dep.context(),
+            peer_ip="127.0.0.1",
+            is_tls=False,
+            conn_id="model",
+            limits=ConnectionLimits(10, 10),
+        )
         self.uids: list[int | None] = []  # None: announced by EXISTS, UID not yet fetched
         self.flags: dict[int, frozenset[str]] = {}
         self.n = 0
@@ -82,14 +87,19 @@ def snapshot(dep: ImapDeployment, folder: str) -> tuple[list[int], dict[int, fro
     return [m.uid for m in snap.messages], {m.uid: m.flags for m in snap.messages}
 
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("deliver"), st.integers(1, 3)),
-    st.tuples(st.just("flag"), st.integers(1, 6), st.sampled_from(["\\Seen", "\\Flagged", "$X"])),
-    st.tuples(st.just("delete"), st.integers(1, 6)),
-    st.tuples(st.just("delete-and-expunge-first"), st.integers(2, 4)),
-    st.tuples(st.just("expunge"), st.just(0)),
-    st.tuples(st.just("fetch-by-seq"), st.just(0)),
-), max_size=12)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("deliver"), st.integers(1, 3)),
+        st.tuples(
+            st.just("flag"), st.integers(1, 6), st.sampled_from(["\\Seen", "\\Flagged", "$X"])
+        ),
+        st.tuples(st.just("delete"), st.integers(1, 6)),
+        st.tuples(st.just("delete-and-expunge-first"), st.integers(2, 4)),
+        st.tuples(st.just("expunge"), st.just(0)),
+        st.tuples(st.just("fetch-by-seq"), st.just(0)),
+    ),
+    max_size=12,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +107,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> ImapDeployment:
     return make_deployment(tmp_path_factory.mktemp("model") / "state")
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(OPS)
 def test_untagged_updates_keep_the_client_model_exact(
-        deployment: ImapDeployment, ops: list[tuple[object, ...]]) -> None:
+    deployment: ImapDeployment, ops: list[tuple[object, ...]]
+) -> None:
     folder = f"Model{next(_folders)}"
     deployment.store.create_folder(USER, folder)
 

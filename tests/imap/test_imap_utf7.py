@@ -17,8 +17,9 @@ from imap import utf7
         pytest.param("INBOX", "INBOX", id="ascii"),
         pytest.param("&", "&-", id="ampersand"),
         pytest.param("Entwürfe", "Entw&APw-rfe", id="umlaut"),
-        pytest.param("~peter/mail/日本語/台北", "~peter/mail/&ZeVnLIqe-/&U,BTFw-",
-                     id="rfc-example"),
+        pytest.param(
+            "~peter/mail/日本語/台北", "~peter/mail/&ZeVnLIqe-/&U,BTFw-", id="rfc-example"
+        ),
         pytest.param("😀", "&2D3eAA-", id="astral"),
     ],
 )

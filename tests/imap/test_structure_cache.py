@@ -29,13 +29,16 @@ from tests.support.imapserver import (
 )
 
 MESSAGES = [
-    (b"From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: number %d\r\n"
-     b"Date: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <%d@example.org>\r\n\r\n"
-     b"Body of message %d.\r\n") % (i, i, i)
+    (
+        b"From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: number %d\r\n"
+        b"Date: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <%d@example.org>\r\n\r\n"
+        b"Body of message %d.\r\n"
+    )
+    % (i, i, i)
     for i in range(1, 6)
 ] + [
     b"From: Carol <carol@example.net>\r\nTo: alice@example.com\r\nSubject: report\r\n"
-    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="XX"\r\n\r\n'
     b"--XX\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nsee attachment\r\n"
     b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
     b"\r\nAAEC\r\n--XX--\r\n"
@@ -57,8 +60,9 @@ class CountingStore(MaildirStore):
             self.reads += 1
         return super().read_message(user, folder, uid)
 
-    def read_messages(self, user: str, folder: str,
-                      uids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+    def read_messages(
+        self, user: str, folder: str, uids: Sequence[int]
+    ) -> Iterator[tuple[int, bytes]]:
         for item in super().read_messages(user, folder, uids):
             with self.lock:
                 self.reads += 1
@@ -116,7 +120,8 @@ ITEMS = "ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE"
 
 
 def test_second_process_fetches_structure_without_opening_messages(
-        dep: ImapDeployment, counting: CountingStore, reference: bytes) -> None:
+    dep: ImapDeployment, counting: CountingStore, reference: bytes
+) -> None:
     with running_server(dep) as server:
         first = fetch_all(server, ITEMS)
     assert counting.reads == len(MESSAGES)  # parsed once each, cold
@@ -129,8 +134,7 @@ def test_second_process_fetches_structure_without_opening_messages(
     assert first == second == reference
 
 
-def test_body_sections_still_read_the_message(dep: ImapDeployment,
-                                              counting: CountingStore) -> None:
+def test_body_sections_still_read_the_message(dep: ImapDeployment, counting: CountingStore) -> None:
     with running_server(dep) as server:
         fetch_all(server)
         out = fetch_all(server, "BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
@@ -138,8 +142,9 @@ def test_body_sections_still_read_the_message(dep: ImapDeployment,
     assert b"Subject: number 3" in out
 
 
-def test_corrupt_cache_file_is_rebuilt(dep: ImapDeployment, counting: CountingStore,
-                                       reference: bytes) -> None:
+def test_corrupt_cache_file_is_rebuilt(
+    dep: ImapDeployment, counting: CountingStore, reference: bytes
+) -> None:
     with running_server(dep) as server:
         fetch_all(server, ITEMS)
     cache = dep.paths.maildir(USER) / CACHE_FILE
@@ -154,13 +159,17 @@ def test_corrupt_cache_file_is_rebuilt(dep: ImapDeployment, counting: CountingSt
     assert counting.reads == 2 * len(MESSAGES)  # ... and cached again
 
 
-@pytest.mark.parametrize("damage", [
-    pytest.param("UPDATE structure SET value = 'not json' WHERE rowid = 2", id="undecodable"),
-    pytest.param("UPDATE structure SET size = size + 1 WHERE rowid = 2", id="size-mismatch"),
-    pytest.param("UPDATE structure SET value = '[1, 2]' WHERE rowid = 2", id="wrong-shape"),
-])
-def test_stale_or_damaged_entry_is_recomputed(dep: ImapDeployment, counting: CountingStore,
-                                              reference: bytes, damage: str) -> None:
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param("UPDATE structure SET value = 'not json' WHERE rowid = 2", id="undecodable"),
+        pytest.param("UPDATE structure SET size = size + 1 WHERE rowid = 2", id="size-mismatch"),
+        pytest.param("UPDATE structure SET value = '[1, 2]' WHERE rowid = 2", id="wrong-shape"),
+    ],
+)
+def test_stale_or_damaged_entry_is_recomputed(
+    dep: ImapDeployment, counting: CountingStore, reference: bytes, damage: str
+) -> None:
     with running_server(dep) as server:
         fetch_all(server, ITEMS)
     with sqlite3.connect(dep.paths.maildir(USER) / CACHE_FILE) as db:
@@ -174,8 +183,9 @@ def test_stale_or_damaged_entry_is_recomputed(dep: ImapDeployment, counting: Cou
     assert counting.reads == len(MESSAGES) + 1  # the recomputed entry was stored again
 
 
-def test_flag_renames_and_moves_keep_the_entry(dep: ImapDeployment,
-                                               counting: CountingStore) -> None:
+def test_flag_renames_and_moves_keep_the_entry(
+    dep: ImapDeployment, counting: CountingStore
+) -> None:
     with running_server(dep) as server:
         fetch_all(server)
         with session(server) as client:
@@ -214,9 +224,12 @@ def test_cache_without_a_maildir_is_a_no_op(tmp_path: Path) -> None:
 
 # -- SEARCH reads only what its keys need -------------------------------------------------------
 
-BIG = (b"From: Dave <dave@example.org>\r\nTo: alice@example.com\r\nSubject: big one\r\n"
-       b"Date: Wed, 7 Feb 2024 09:00:00 +0000\r\n\r\n" + b"filler line of body text\r\n" * 20000
-       + b"needle at the very end\r\n")
+BIG = (
+    b"From: Dave <dave@example.org>\r\nTo: alice@example.com\r\nSubject: big one\r\n"
+    b"Date: Wed, 7 Feb 2024 09:00:00 +0000\r\n\r\n"
+    + b"filler line of body text\r\n" * 20000
+    + b"needle at the very end\r\n"
+)
 
 
 def search(server: ImapServerThread, criteria: str) -> list[int]:
@@ -231,7 +244,7 @@ def test_header_search_reads_headers_only(dep: ImapDeployment, counting: Countin
     dep.store.deliver([(USER, INBOX)], BIG)
     uids = [m.uid for m in dep.store.snapshot(USER, INBOX).messages]
     with running_server(dep) as server:
-        assert search(server, "SUBJECT \"big one\"") == [uids[-1]]
+        assert search(server, 'SUBJECT "big one"') == [uids[-1]]
         assert search(server, "FROM carol") == [uids[5]]
         assert search(server, "HEADER Message-ID <3@example.org>") == [uids[2]]
         # Carol's report has no Date: it counts as sent on its internal date (today).
@@ -243,7 +256,7 @@ def test_header_search_reads_headers_only(dep: ImapDeployment, counting: Countin
         assert counting.reads == len(uids)
         # A key needing both reads the message once, not the header besides.
         before = counting.header_reads
-        assert search(server, "SUBJECT number BODY \"message 4\"") == [uids[3]]
+        assert search(server, 'SUBJECT number BODY "message 4"') == [uids[3]]
         assert counting.header_reads - before <= len(uids)
 
 

@@ -46,12 +46,18 @@ def test_demo_sets_up_and_serves(tmp_path: Path) -> None:
     with ServeProcess(root) as proc:
         assert proc.port("smtp") == base + 25
         # the exact line the demo tells a person to run
-        sent = subprocess.run([*shlex.split(swaks_line), "--body", "hello demo"],
-                              capture_output=True, text=True, timeout=60, check=False)
+        sent = subprocess.run(
+            [*shlex.split(swaks_line), "--body", "hello demo"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert sent.returncode == 0, sent.stdout + sent.stderr
         with smtplib.SMTP("127.0.0.1", base + 25, timeout=10) as smtp:
-            smtp.sendmail("someone@example.org", ["demo@example.test"],
-                          b"Subject: hi\r\n\r\nsecond\r\n")
+            smtp.sendmail(
+                "someone@example.org", ["demo@example.test"], b"Subject: hi\r\n\r\nsecond\r\n"
+            )
     delivered = sorted((root / "mail/example.test/demo/new").iterdir())
     assert len(delivered) == 2
     assert any(b"hello demo" in p.read_bytes() for p in delivered)

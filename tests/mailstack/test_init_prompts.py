@@ -10,8 +10,12 @@ import pexpect
 
 def test_init_prompts_for_missing_values(tmp_path: Path) -> None:
     root = tmp_path / "state"
-    child = pexpect.spawn(sys.executable, ["-m", "mailstack", "--dir", str(root), "init"],
-                          encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "mailstack", "--dir", str(root), "init"],
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect_exact("Mail domain (e.g. example.com):")
     child.sendline("example.net")
     child.expect_exact("Server hostname [mail.example.net]:")

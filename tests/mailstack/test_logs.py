@@ -8,12 +8,15 @@ import pytest
 from mailstack.logs import JsonFormatter, TextFormatter, connection_logger, redact
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("a1 LOGIN alice secret", "a1 LOGIN ***"),
-    ("a2 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==", "a2 AUTHENTICATE ***"),
-    ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "AUTH ***"),
-    ("a3 SELECT INBOX", "a3 SELECT INBOX"),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("a1 LOGIN alice secret", "a1 LOGIN ***"),
+        ("a2 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==", "a2 AUTHENTICATE ***"),
+        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "AUTH ***"),
+        ("a3 SELECT INBOX", "a3 SELECT INBOX"),
+    ],
+)
 def test_redact(line: str, expected: str) -> None:
     assert redact(line) == expected
 

@@ -32,18 +32,19 @@ def keys() -> Keys:
 
 
 def verifier_config(dns: dict[str, object], **smtp: object) -> Config:
-    return config_from_dict({"server": {"hostname": HOSTNAME, "domains": ["example.com"]},
-                             "dns": dns, "smtp": smtp})
+    return config_from_dict(
+        {"server": {"hostname": HOSTNAME, "domains": ["example.com"]}, "dns": dns, "smtp": smtp}
+    )
 
 
 def send(harness: SmtpHarness, mail_from: str, msg: bytes, source_ip: str) -> None:
-    with smtplib.SMTP(harness.host, harness.port, source_address=(source_ip, 0),
-                      timeout=30) as client:
+    with smtplib.SMTP(
+        harness.host, harness.port, source_address=(source_ip, 0), timeout=30
+    ) as client:
         client.sendmail(mail_from, [RCPT], msg)
 
 
-async def test_end_to_end_dispositions(nsd_server: NsdFactory, keys: Keys,
-                                       tmp_path: Path) -> None:
+async def test_end_to_end_dispositions(nsd_server: NsdFactory, keys: Keys, tmp_path: Path) -> None:
     host, port = nsd_server(build_zones(*keys))
     dns = {"resolver": f"{host}:{port}", "timeout_s": 2.0}
     verify = InboundVerifier(verifier_config(dns))
@@ -65,8 +66,13 @@ async def test_end_to_end_dispositions(nsd_server: NsdFactory, keys: Keys,
         assert head.index(b"Authentication-Results:") < head.index(b"Received:")
 
         # 2. p=quarantine failure (unsigned, SPF softfail): stored in Junk, not INBOX.
-        await asyncio.to_thread(send, harness, "news@example.net",
-                                message("news@example.net", subject="junk me"), "127.0.0.9")
+        await asyncio.to_thread(
+            send,
+            harness,
+            "news@example.net",
+            message("news@example.net", subject="junk me"),
+            "127.0.0.9",
+        )
         assert len(harness.messages(RCPT)) == 1
         (junk,) = harness.messages(RCPT, "Junk")
         assert b"Subject: junk me" in junk
@@ -74,17 +80,24 @@ async def test_end_to_end_dispositions(nsd_server: NsdFactory, keys: Keys,
 
         # 3. p=reject failure: 550 5.7.1 on DATA, nothing stored anywhere.
         with pytest.raises(smtplib.SMTPDataError) as refused:
-            await asyncio.to_thread(send, harness, "ceo@strict.example",
-                                    message("ceo@strict.example"), "127.0.0.9")
+            await asyncio.to_thread(
+                send, harness, "ceo@strict.example", message("ceo@strict.example"), "127.0.0.9"
+            )
         assert refused.value.smtp_code == 550
         assert refused.value.smtp_error == (
-            b"5.7.1 Message rejected: it fails the DMARC policy of strict.example")
+            b"5.7.1 Message rejected: it fails the DMARC policy of strict.example"
+        )
         assert len(harness.messages(RCPT)) == 1
         assert len(harness.messages(RCPT, "Junk")) == 1
 
         # 4. SPF pass from the authorised address aligns for strict.example: delivered.
-        await asyncio.to_thread(send, harness, "ceo@strict.example",
-                                message("ceo@strict.example", subject="spf ok"), "127.0.0.2")
+        await asyncio.to_thread(
+            send,
+            harness,
+            "ceo@strict.example",
+            message("ceo@strict.example", subject="spf ok"),
+            "127.0.0.2",
+        )
         inbox = harness.messages(RCPT)
         assert len(inbox) == 2
         assert b"spf=pass smtp.mailfrom=ceo@strict.example" in inbox[1]
@@ -92,21 +105,22 @@ async def test_end_to_end_dispositions(nsd_server: NsdFactory, keys: Keys,
         # 5. The DNS server goes away: 451 4.4.3, the sender will retry; nothing stored.
         nsd_server.last.stop()
         with pytest.raises(smtplib.SMTPDataError) as deferred:
-            await asyncio.to_thread(send, harness, "other@example.org",
-                                    message("other@example.org"), "127.0.0.2")
+            await asyncio.to_thread(
+                send, harness, "other@example.org", message("other@example.org"), "127.0.0.2"
+            )
         assert deferred.value.smtp_code == 451
         assert deferred.value.smtp_error[:6] == b"4.4.3 "
         assert len(harness.messages(RCPT)) == 2
 
 
-async def test_reject_to_junk_setting(nsd_server: NsdFactory, keys: Keys,
-                                      tmp_path: Path) -> None:
+async def test_reject_to_junk_setting(nsd_server: NsdFactory, keys: Keys, tmp_path: Path) -> None:
     host, port = nsd_server(build_zones(*keys))
     dns = {"resolver": f"{host}:{port}", "timeout_s": 2.0}
     verify = InboundVerifier(verifier_config(dns, dmarc_reject_to_junk=True))
     async with running_smtp(tmp_path / "state", dns=dns, verify=verify) as harness:
-        await asyncio.to_thread(send, harness, "ceo@strict.example",
-                                message("ceo@strict.example"), "127.0.0.9")
+        await asyncio.to_thread(
+            send, harness, "ceo@strict.example", message("ceo@strict.example"), "127.0.0.9"
+        )
         assert harness.messages(RCPT) == []
         (junk,) = harness.messages(RCPT, "Junk")
         assert b"dmarc=fail (p=reject)" in junk

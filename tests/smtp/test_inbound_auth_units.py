@@ -23,25 +23,60 @@ from smtp.dmarc import Alignment, Policy
     ("text", "policy", "sp", "aspf", "adkim", "pct"),
     [
         pytest.param("v=DMARC1; p=reject", Policy.REJECT, Policy.REJECT, "r", "r", 100, id="min"),
-        pytest.param("v=DMARC1;p=quarantine;sp=none;aspf=s;adkim=s;pct=20",
-                     Policy.QUARANTINE, Policy.NONE, "s", "s", 20, id="all-tags"),
-        pytest.param("v=DMARC1; p=NONE; rua=mailto:x@example.org; unknown=1",
-                     Policy.NONE, Policy.NONE, "r", "r", 100, id="unknown-tag-ignored"),
-        pytest.param("v=DMARC1; p=bogus; rua=mailto:x@example.org", Policy.NONE, Policy.NONE,
-                     "r", "r", 100, id="bad-p-with-rua-is-none"),
-        pytest.param("v=DMARC1; p=reject; pct=250; sp=weird", Policy.REJECT, Policy.REJECT,
-                     "r", "r", 100, id="clamped"),
+        pytest.param(
+            "v=DMARC1;p=quarantine;sp=none;aspf=s;adkim=s;pct=20",
+            Policy.QUARANTINE,
+            Policy.NONE,
+            "s",
+            "s",
+            20,
+            id="all-tags",
+        ),
+        pytest.param(
+            "v=DMARC1; p=NONE; rua=mailto:x@example.org; unknown=1",
+            Policy.NONE,
+            Policy.NONE,
+            "r",
+            "r",
+            100,
+            id="unknown-tag-ignored",
+        ),
+        pytest.param(
+            "v=DMARC1; p=bogus; rua=mailto:x@example.org",
+            Policy.NONE,
+            Policy.NONE,
+            "r",
+            "r",
+            100,
+            id="bad-p-with-rua-is-none",
+        ),
+        pytest.param(
+            "v=DMARC1; p=reject; pct=250; sp=weird",
+            Policy.REJECT,
+            Policy.REJECT,
+            "r",
+            "r",
+            100,
+            id="clamped",
+        ),
     ],
 )
-def test_parse_record(text: str, policy: Policy, sp: Policy, aspf: str, adkim: str,
-                      pct: int) -> None:
+def test_parse_record(
+    text: str, policy: Policy, sp: Policy, aspf: str, adkim: str, pct: int
+) -> None:
     rec = dmarc.parse_record(text)
     assert (rec.policy, rec.subdomain_policy, rec.aspf.value, rec.adkim.value, rec.pct) == (
-        policy, sp, aspf, adkim, pct)
+        policy,
+        sp,
+        aspf,
+        adkim,
+        pct,
+    )
 
 
-@pytest.mark.parametrize("text", ["p=reject; v=DMARC1", "v=DMARC2; p=reject", "v=DMARC1; p=x",
-                                  "v=DMARC1; garbage"])
+@pytest.mark.parametrize(
+    "text", ["p=reject; v=DMARC1", "v=DMARC2; p=reject", "v=DMARC1; p=x", "v=DMARC1; garbage"]
+)
 def test_bad_records(text: str) -> None:
     with pytest.raises(dmarc.DmarcRecordError):
         dmarc.parse_record(text)
@@ -79,19 +114,31 @@ def test_alignment() -> None:
 
 def test_evaluate_pct_and_subdomain_policy() -> None:
     rec = dmarc.parse_record("v=DMARC1; p=reject; sp=quarantine; pct=50")
-    common: dict[str, Any] = {"spf_pass_domain": None, "dkim_pass_domains": [],
-                              "has_temperror": False}
-    sub = dmarc.evaluate(from_domain="a.example.com", record=rec, record_is_for_org_domain=True,
-                         sample=0.1, **common)
+    common: dict[str, Any] = {
+        "spf_pass_domain": None,
+        "dkim_pass_domains": [],
+        "has_temperror": False,
+    }
+    sub = dmarc.evaluate(
+        from_domain="a.example.com", record=rec, record_is_for_org_domain=True, sample=0.1, **common
+    )
     assert (sub.result, sub.policy, sub.applied) == (
-        dmarc.Result.FAIL, Policy.QUARANTINE, Policy.QUARANTINE)
-    outside = dmarc.evaluate(from_domain="example.com", record=rec,
-                             record_is_for_org_domain=False, sample=0.9,
-                             **common)
+        dmarc.Result.FAIL,
+        Policy.QUARANTINE,
+        Policy.QUARANTINE,
+    )
+    outside = dmarc.evaluate(
+        from_domain="example.com", record=rec, record_is_for_org_domain=False, sample=0.9, **common
+    )
     assert (outside.policy, outside.applied) == (Policy.REJECT, Policy.QUARANTINE)
-    tempfail = dmarc.evaluate(from_domain="example.com", record=rec,
-                              record_is_for_org_domain=False, spf_pass_domain=None,
-                              dkim_pass_domains=[], has_temperror=True)
+    tempfail = dmarc.evaluate(
+        from_domain="example.com",
+        record=rec,
+        record_is_for_org_domain=False,
+        spf_pass_domain=None,
+        dkim_pass_domains=[],
+        has_temperror=True,
+    )
     assert tempfail.result is dmarc.Result.TEMPERROR
 
 
@@ -115,17 +162,25 @@ def test_from_domains(values: list[str], expected: list[str] | None) -> None:
 
 
 def test_format_header_quotes_what_needs_quoting() -> None:
-    header = format_header("mx.example.com", [
-        MethodResult("spf", "pass", (("smtp.mailfrom", "a@example.org"),)),
-        MethodResult("dkim", "fail", (("header.d", "example.org"), ("header.b", "ab/c+d=")),
-                     "body (hash) mismatch\r\n"),
-        MethodResult("dmarc", "none"),
-    ])
+    header = format_header(
+        "mx.example.com",
+        [
+            MethodResult("spf", "pass", (("smtp.mailfrom", "a@example.org"),)),
+            MethodResult(
+                "dkim",
+                "fail",
+                (("header.d", "example.org"), ("header.b", "ab/c+d=")),
+                "body (hash) mismatch\r\n",
+            ),
+            MethodResult("dmarc", "none"),
+        ],
+    )
     assert header == (
         "Authentication-Results: mx.example.com;\r\n"
         "\tspf=pass smtp.mailfrom=a@example.org;\r\n"
         '\tdkim=fail (body ?hash? mismatch??) header.d=example.org header.b="ab/c+d=";\r\n'
-        "\tdmarc=none")
+        "\tdmarc=none"
+    )
     assert format_header("mx.example.com", []) == "Authentication-Results: mx.example.com; none"
 
 
@@ -144,16 +199,20 @@ def test_authserv_id(value: str, authserv_id: str) -> None:
 
 
 def test_strip_forged_keeps_others_and_body() -> None:
-    msg = (b"Received: x\r\n"
-           b"Authentication-Results: mx.example.com;\r\n\tdkim=pass\r\n"
-           b"authentication-results : other.example; spf=pass\r\n"
-           b"Subject: s\r\n\r\n"
-           b"Authentication-Results: mx.example.com; in the body stays\r\n")
+    msg = (
+        b"Received: x\r\n"
+        b"Authentication-Results: mx.example.com;\r\n\tdkim=pass\r\n"
+        b"authentication-results : other.example; spf=pass\r\n"
+        b"Subject: s\r\n\r\n"
+        b"Authentication-Results: mx.example.com; in the body stays\r\n"
+    )
     out, n = strip_forged(msg, "MX.example.com")
     assert n == 1
-    assert out == (b"Received: x\r\nauthentication-results : other.example; spf=pass\r\n"
-                   b"Subject: s\r\n\r\n"
-                   b"Authentication-Results: mx.example.com; in the body stays\r\n")
+    assert out == (
+        b"Received: x\r\nauthentication-results : other.example; spf=pass\r\n"
+        b"Subject: s\r\n\r\n"
+        b"Authentication-Results: mx.example.com; in the body stays\r\n"
+    )
     assert strip_forged(out, "mx.example.com") == (out, 0)
 
 

@@ -35,12 +35,14 @@ def submit(host: str, port: int, mail_from: str, rcpts: list[str], msg: bytes) -
 
 
 async def test_postfix_relays_into_our_maildir(
-        nsd_server: NsdFactory, postfix_instance: PostfixFactory, tmp_path: Path) -> None:
+    nsd_server: NsdFactory, postfix_instance: PostfixFactory, tmp_path: Path
+) -> None:
     key = make_key()
     host, port = nsd_server(build_zones(key, make_key()))
     dns = {"resolver": f"{host}:{port}", "timeout_s": 2.0}
-    verify = InboundVerifier(config_from_dict(
-        {"server": {"hostname": HOSTNAME, "domains": ["example.com"]}, "dns": dns}))
+    verify = InboundVerifier(
+        config_from_dict({"server": {"hostname": HOSTNAME, "domains": ["example.com"]}, "dns": dns})
+    )
     async with running_smtp(tmp_path / "state", dns=dns, verify=verify) as harness:
         pf = postfix_instance(relay_to=(harness.host, harness.port))
         pf_host, pf_port = await asyncio.to_thread(pf.start)

@@ -57,10 +57,15 @@ class ImapDeployment:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     def context(self) -> ServerContext:
-        return ServerContext(config=self.config, paths=self.paths, accounts=self.accounts,
-                             store=self.store, events=self.events,
-                             tls=TlsProvider(self.paths.tls_cert, self.paths.tls_key),
-                             throttle=self.throttle)
+        return ServerContext(
+            config=self.config,
+            paths=self.paths,
+            accounts=self.accounts,
+            store=self.store,
+            events=self.events,
+            tls=TlsProvider(self.paths.tls_cert, self.paths.tls_key),
+            throttle=self.throttle,
+        )
 
     def add_user(self, address: str, password: str, *, quota_bytes: int = 0) -> None:
         self.accounts.add_user(address, password, quota_bytes=quota_bytes)
@@ -75,12 +80,19 @@ class ImapDeployment:
 
 def make_deployment(root: Path, **imap: Any) -> ImapDeployment:
     """A deployment for example.com in `root` with alice and bob; `imap` overrides [imap]."""
-    config = config_from_dict({
-        "server": {"hostname": HOSTNAME, "domains": [DOMAIN]},
-        "listen": {"smtp": [], "submission": [], "submissions": [],
-                   "imap": ["127.0.0.1:0"], "imaps": ["127.0.0.1:0"]},
-        "imap": imap,
-    })
+    config = config_from_dict(
+        {
+            "server": {"hostname": HOSTNAME, "domains": [DOMAIN]},
+            "listen": {
+                "smtp": [],
+                "submission": [],
+                "submissions": [],
+                "imap": ["127.0.0.1:0"],
+                "imaps": ["127.0.0.1:0"],
+            },
+            "imap": imap,
+        }
+    )
     paths = StatePaths(root)
     root.mkdir(parents=True, exist_ok=True)
     paths.tls_dir.mkdir(exist_ok=True)
@@ -166,8 +178,9 @@ class ImapServerThread:
         return imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
 
     def imaps(self) -> imaplib.IMAP4_SSL:
-        return imaplib.IMAP4_SSL(HOSTNAME_IP, self.imaps_port,
-                                 ssl_context=self.deployment.client_tls(), timeout=30)
+        return imaplib.IMAP4_SSL(
+            HOSTNAME_IP, self.imaps_port, ssl_context=self.deployment.client_tls(), timeout=30
+        )
 
     def login(self, user: str = USER, password: str = PASSWORD) -> imaplib.IMAP4:
         client = self.imap()

@@ -134,8 +134,11 @@ class NsdServer:
             "    control-enable: no",
         ]
         for origin in self.zones:
-            lines += ["zone:", f"    name: {_quote(origin)}",
-                      f"    zonefile: {_quote(self._zone_file(origin).name)}"]
+            lines += [
+                "zone:",
+                f"    name: {_quote(origin)}",
+                f"    zonefile: {_quote(self._zone_file(origin).name)}",
+            ]
         conf = d / "nsd.conf"
         conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return conf
@@ -194,8 +197,11 @@ class NsdServer:
             response = dns.query.udp(query, self.host, port=self.port, timeout=0.2)
         except (dns.exception.Timeout, OSError):
             return False
-        return bool(response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA
-                    and response.answer)
+        return bool(
+            response.rcode() == dns.rcode.NOERROR
+            and response.flags & dns.flags.AA
+            and response.answer
+        )
 
     def stop(self) -> None:
         """SIGTERM the nsd we started (by PID) and wait for it; SIGKILL if it lingers."""

@@ -88,9 +88,15 @@ class MaildirTarget:
 
 
 class PostfixInstance:
-    def __init__(self, directory: Path, *, relay_to: tuple[str, int] | None = None,
-                 maildir: MaildirTarget | None = None, hostname: str = "postfix.test",
-                 smtpd_procs: int = 100) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        relay_to: tuple[str, int] | None = None,
+        maildir: MaildirTarget | None = None,
+        hostname: str = "postfix.test",
+        smtpd_procs: int = 100,
+    ) -> None:
         self.directory = directory
         self.config_dir = directory / "etc"
         self.queue_dir = directory / "spool"
@@ -153,27 +159,35 @@ class PostfixInstance:
             lines["relayhost"] = f"[{host}]:{port}"
         if self.maildir:
             users = self.config_dir / "vmailbox"
-            users.write_text("".join(f"{u}@{self.maildir.domain} {self.maildir.domain}/{u}/\n"
-                                     for u in self.maildir.users))
-            lines.update({
-                "virtual_mailbox_domains": self.maildir.domain,
-                "virtual_mailbox_base": str(self.maildir.base),
-                "virtual_mailbox_maps": f"texthash:{users}",
-                "virtual_uid_maps": f"static:{owner.pw_uid}",
-                "virtual_gid_maps": f"static:{owner.pw_gid}",
-                "virtual_minimum_uid": str(min(owner.pw_uid, 100)),
-                "virtual_destination_concurrency_limit": "50",
-                "virtual_destination_recipient_limit": "1",
-                "virtual_mailbox_limit": "0",  # no per-mailbox size limit
-            })
+            users.write_text(
+                "".join(
+                    f"{u}@{self.maildir.domain} {self.maildir.domain}/{u}/\n"
+                    for u in self.maildir.users
+                )
+            )
+            lines.update(
+                {
+                    "virtual_mailbox_domains": self.maildir.domain,
+                    "virtual_mailbox_base": str(self.maildir.base),
+                    "virtual_mailbox_maps": f"texthash:{users}",
+                    "virtual_uid_maps": f"static:{owner.pw_uid}",
+                    "virtual_gid_maps": f"static:{owner.pw_gid}",
+                    "virtual_minimum_uid": str(min(owner.pw_uid, 100)),
+                    "virtual_destination_concurrency_limit": "50",
+                    "virtual_destination_recipient_limit": "1",
+                    "virtual_mailbox_limit": "0",  # no per-mailbox size limit
+                }
+            )
         return "".join(f"{k} = {v}\n" for k, v in lines.items())
 
     def start(self) -> tuple[str, int]:
         """Write the config, start the master, return (host, port) once it greets."""
         for parent in self.directory.parents:
             if not parent.stat().st_mode & 0o001:
-                raise PostfixError(f"{parent} is not searchable by the postfix user; put the "
-                                   "instance under a directory with mode o+x")
+                raise PostfixError(
+                    f"{parent} is not searchable by the postfix user; put the "
+                    "instance under a directory with mode o+x"
+                )
         for _ in range(5):  # the probed port can be taken before Postfix binds it
             self.port = free_tcp_port()
             self.config_dir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +198,9 @@ class PostfixInstance:
             if self.maildir:
                 self._prepare_maildir_base(self.maildir.base)
             (self.config_dir / "main.cf").write_text(self._main_cf())
-            (self.config_dir / "master.cf").write_text(MASTER_CF.format(
-                listen=f"127.0.0.1:{self.port}", smtpd_procs=self.smtpd_procs))
+            (self.config_dir / "master.cf").write_text(
+                MASTER_CF.format(listen=f"127.0.0.1:{self.port}", smtpd_procs=self.smtpd_procs)
+            )
             self._postfix("check")  # creates the queue subdirectories with their owners
             self._postfix("start")
             self.master_pid = self._read_pid()
@@ -208,15 +223,24 @@ class PostfixInstance:
         # searchable by it (pytest's tmp dirs are 0700 root, so use a dir made for it).
         for parent in base.parents:
             if not parent.stat().st_mode & 0o001:
-                raise PostfixError(f"{parent} is not searchable by the postfix user; put the "
-                                   "Maildir base under a directory with mode o+x")
+                raise PostfixError(
+                    f"{parent} is not searchable by the postfix user; put the "
+                    "Maildir base under a directory with mode o+x"
+                )
 
     def _postfix(self, action: str) -> None:
-        proc = subprocess.run([POSTFIX, "-c", str(self.config_dir), action],
-                              capture_output=True, text=True, check=False, timeout=60)
+        proc = subprocess.run(
+            [POSTFIX, "-c", str(self.config_dir), action],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
         if proc.returncode != 0:
-            raise PostfixError(f"postfix {action} failed ({proc.returncode}): "
-                               f"{(proc.stdout + proc.stderr).strip()}\n{self.log()}")
+            raise PostfixError(
+                f"postfix {action} failed ({proc.returncode}): "
+                f"{(proc.stdout + proc.stderr).strip()}\n{self.log()}"
+            )
 
     def _read_pid(self) -> int | None:
         try:

@@ -94,3 +94,52 @@ def check_received_count(count: int, max_received_headers: int) -> Reply | None:
     if count > max_received_headers:
         return replies.TOO_MANY_HOPS  # 554 5.4.6
     return None
+
+
+# -- submission (RFC 6409) -----------------------------------------------------------------------
+
+MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")  # RFC 3207 §4
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")  # RFC 4954 §6
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
+FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header address rejected: not owned by user")
+FROM_MISSING = Reply(550, "5.6.0", "Message has no From: header (RFC 5322 §3.6)")
+QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Outbound mail is not available now, try later")
+
+
+def check_sender(address: str, *, owned: bool) -> Reply | None:
+    """MAIL FROM on submission (RFC 6409 §6.1): only an address the user owns (their own, a
+    +detail of it, an alias reaching them). The null path `<>` is for bounces, which users
+    do not send: refused like any address they do not own."""
+    if not address or not owned:
+        return SENDER_NOT_OWNED
+    return None
+
+
+def check_from_header(owned: list[bool]) -> Reply | None:
+    """The From: header on submission: one ownership answer per address it lists. Every
+    author must be the user (RFC 6409 §6.1 lets the MSA enforce this), and there must be one
+    (RFC 5322 §3.6: From: is required)."""
+    if not owned:
+        return FROM_MISSING
+    if not all(owned):
+        return FROM_NOT_OWNED
+    return None
+
+
+def check_submission_recipient(
+    facts: RecipientFacts, *, accepted_so_far: int, max_recipients: int, can_queue: bool
+) -> Reply:
+    """RCPT TO from an authenticated user: local mailboxes are checked as on the MX; foreign
+    addresses (and aliases forwarding outside) need the outbound queue."""
+    if accepted_so_far >= max_recipients:
+        return replies.TOO_MANY_RECIPIENTS  # 452 4.5.3
+    if not facts.is_hosted_domain or facts.forwards:
+        if not can_queue:
+            return QUEUE_UNAVAILABLE
+        if not facts.is_hosted_domain:
+            return replies.RCPT_OK
+    if not facts.mailboxes and not facts.forwards:
+        return replies.NO_SUCH_USER  # 550 5.1.1
+    if facts.over_quota:
+        return replies.OVER_QUOTA  # 452 4.2.2
+    return replies.RCPT_OK

@@ -368,8 +368,14 @@ class MxSMTP(SMTP):
         if not extended:
             await self.push(f"250 {self.hostname}")
             return
-        lines = [
-            self.hostname,
+        lines = [self.hostname, *self._ehlo_keywords()]
+        await self._push_raw(
+            "\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{x}" for i, x in enumerate(lines))
+        )
+
+    def _ehlo_keywords(self) -> list[str]:
+        """The EHLO extensions; the submission listener (smtp.submission) adds AUTH."""
+        keywords = [
             f"SIZE {self.data_size_limit}",
             "8BITMIME",
             "SMTPUTF8",
@@ -378,10 +384,12 @@ class MxSMTP(SMTP):
             "ENHANCEDSTATUSCODES",
         ]
         if self.tls_context is not None and self._tls_protocol is None:
-            lines.append("STARTTLS")
-        await self._push_raw(
-            "\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{x}" for i, x in enumerate(lines))
-        )
+            keywords.append("STARTTLS")
+        return keywords
+
+    async def _sender_refusal(self, address: str) -> Reply | None:
+        """A refusal of MAIL FROM's address; the MX takes any (submission checks ownership)."""
+        return None
 
     async def smtp_AUTH(self, arg: str | None) -> None:  # noqa: N802
         await self.reply(replies.AUTH_NOT_HERE)
@@ -463,6 +471,8 @@ class MxSMTP(SMTP):
             await self.reply(replies.SMTPUTF8_REQUIRED)
             return
         refusal = check_declared_size(declared, self.data_size_limit or 0)
+        if refusal is None:
+            refusal = await self._sender_refusal(address)
         if refusal is not None:
             await self.reply(refusal)
             return

@@ -1,0 +1,384 @@
+"""The submission listeners: 587 with STARTTLS (RFC 6409, RFC 3207) and 465 with implicit TLS
+(RFC 8314), both with AUTH PLAIN/LOGIN (RFC 4954, `smtp.auth`), feeding local delivery and
+the outbound queue.
+
+`SubmissionSMTP` is the MX session (`smtp.server.MxSMTP`: same command loop, framing, BDAT,
+limits and enhanced codes) with these differences:
+
+- AUTH is offered and accepted only inside TLS; before STARTTLS, AUTH, MAIL and RCPT get
+  `530 5.7.0 Must issue a STARTTLS command first`. MAIL and RCPT need AUTH (530 5.7.0).
+- Passwords are checked by `Accounts.authenticate` in a worker thread (argon2 is slow by
+  design), throttled by `ctx.throttle` as IMAP logins are: a delay after a few failures,
+  `454 4.7.0` while the address or account is locked out, `535 5.7.8` for bad credentials.
+- Sender rule (RFC 6409 §6.1): MAIL FROM must be an address the user owns
+  (`Accounts.owns`: the own address, its +details, aliases that reach the user), else
+  `553 5.7.1`; `<>` is refused too. After DATA every address in From: must be owned as
+  well, else `550 5.7.1` (no From: at all: `550 5.6.0`). Sender: is not checked.
+- Recipients in hosted domains are delivered locally exactly as the MX delivers them
+  (`MxHandler`'s lookups, `LocalDelivery.deliver_async`); all other recipients of one
+  message (and external targets of aliases) go into one `ctx.queue.enqueue`, which signs
+  with DKIM. 250 is sent only when both are durable: local copies first, and if the enqueue
+  then fails they are taken back, so a retried submission is never delivered twice.
+- No inbound SPF/DKIM/DMARC verification and no DNSBL: the client is authenticated.
+- The Received field says `with ESMTPSA` (RFC 3848) and names the authenticated user, as
+  Postfix's `smtpd_sasl_authenticated_header`. No copy goes to Sent: clients APPEND it.
+- Limits (size, recipients, connections in total and per address) are `[smtp]`'s, counted
+  per listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import email.utils
+import logging
+import ssl
+import weakref
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiosmtpd.smtp import Envelope
+
+from delivery.store import Flag, FlagMode, MessageRef, QuotaExceededError
+from mailstack.context import ServerContext
+from smtp import replies
+from smtp.address import Address, AddressError
+from smtp.auth import SaslError, SaslExchange
+from smtp.handler import MxEnvelope, MxHandler, MxSession, _leading
+from smtp.headers import TraceInfo, count_received, protocol_name, received_field
+from smtp.limits import ConnectionLimiter
+from smtp.policy import (
+    AUTH_REQUIRED,
+    MUST_STARTTLS,
+    check_from_header,
+    check_received_count,
+    check_sender,
+    check_submission_recipient,
+)
+from smtp.replies import Reply
+from smtp.server import MxSMTP
+from smtp.verdict import accept_all
+
+log = logging.getLogger(__name__)
+
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+LOCKED_OUT = Reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed during a mail transaction")
+NO_STARTTLS_HERE = Reply(503, "5.5.1", "TLS already active")
+
+_HEADER_SCAN_BYTES = 1024 * 1024
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.Server, ConnectionLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class SubmissionEnvelope(MxEnvelope):
+    """The MX envelope plus whose transaction it is and where each recipient goes."""
+
+    def __init__(self, user: str | None) -> None:
+        super().__init__()
+        self.user = user  # the authenticated address, fixed for the envelope's life
+        self.foreign: list[str] = []  # recipients for the outbound queue
+
+
+class SubmissionHandler(MxHandler):
+    """Recipients and delivery for authenticated users (shared by a listener's sessions)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx, accept_all)
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
+        self,
+        server: Any,
+        session: MxSession,
+        envelope: MxEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if not isinstance(envelope, SubmissionEnvelope):
+            raise TypeError("a submission session has a SubmissionEnvelope")
+        try:
+            rcpt = Address.parse(address)
+        except AddressError:
+            return str(replies.BAD_ADDRESS)
+        facts, quotas = await asyncio.to_thread(self._recipient_facts, rcpt)
+        reply = check_submission_recipient(
+            facts,
+            accepted_so_far=len(envelope.rcpt_tos),
+            max_recipients=self._ctx.config.smtp.max_recipients,
+            can_queue=self._ctx.queue is not None,
+        )
+        if reply.is_positive:
+            envelope.rcpt_tos.append(address)
+            envelope.mailboxes[address] = facts.mailboxes
+            envelope.quotas.update(quotas)
+            for target in (address,) if not facts.is_hosted_domain else facts.forwards:
+                if target not in envelope.foreign:
+                    envelope.foreign.append(target)
+        return str(reply)
+
+    def _from_owned(self, user: str, header: bytes) -> list[bool]:
+        """Blocking: for each address in From:, whether `user` owns it."""
+        parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
+        fields = [str(v) for v in parsed.get_all("From", [])]
+        addresses = [a for _name, a in email.utils.getaddresses(fields) if a]
+        return [self._ctx.accounts.owns(user, a) for a in addresses]
+
+    async def deliver(
+        self, session: MxSession, envelope: MxEnvelope, parts: Sequence[bytes]
+    ) -> Reply:
+        if not isinstance(envelope, SubmissionEnvelope) or envelope.user is None:
+            raise TypeError("a submission transaction has an authenticated user")
+        user = envelope.user
+        head = _leading(parts, _HEADER_SCAN_BYTES)
+        loop_reply = check_received_count(
+            count_received(head), self._ctx.config.smtp.max_received_headers
+        )
+        if loop_reply is not None:
+            return loop_reply
+        try:
+            owned = await asyncio.to_thread(self._from_owned, user, _header_section(head))
+        except Exception:
+            log.exception("[%s] From: check failed", session.connection_id)
+            return replies.LOCAL_ERROR
+        if (refusal := check_from_header(owned)) is not None:
+            return refusal
+        session.transactions += 1
+        queue_id = f"{session.connection_id}.{session.transactions}"
+        received = _authenticated_received(
+            TraceInfo(
+                helo=session.host_name or "",
+                peer_ip=session.peer_ip,
+                by_host=self._ctx.config.server.hostname,
+                protocol=protocol_name(
+                    esmtp=bool(session.extended_smtp),
+                    tls=session.tls_version is not None,
+                    authenticated=True,
+                    smtputf8=bool(envelope.smtp_utf8),
+                ),
+                queue_id=queue_id,
+                tls_version=session.tls_version,
+                tls_cipher=session.tls_cipher,
+                tls_bits=session.tls_bits,
+                single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+            ),
+            user,
+        )
+        local = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
+        local = [(r, boxes) for r, boxes in local if boxes]
+        mail_from = envelope.mail_from or ""
+        delivered = None
+        try:
+            if local:
+                delivered = await self._delivery.deliver_async(
+                    mail_from=mail_from,
+                    recipients=local,
+                    message=parts,
+                    quotas=envelope.quotas,
+                    prefix_fields=[received],
+                )
+            if envelope.foreign:
+                qid = await self._enqueue(mail_from, envelope.foreign, received, parts)
+                log.info("[%s] queued as %s for %s", session.connection_id, qid, user)
+        except QuotaExceededError:
+            return replies.OVER_QUOTA
+        except Exception:
+            log.exception("[%s] submission failed", session.connection_id)
+            if delivered is not None and delivered.refs:
+                await asyncio.shield(asyncio.to_thread(self._take_back, delivered.refs))
+            return replies.LOCAL_ERROR
+        return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
+
+    async def _enqueue(
+        self, mail_from: str, rcpts: list[str], received: str, parts: Sequence[bytes]
+    ) -> str:
+        queue = self._ctx.queue
+        if queue is None:  # RCPT refused foreign recipients then; `serve` always has one
+            raise RuntimeError("no outbound queue")
+        prefix = (received + "\r\n").encode("utf-8", "surrogateescape")
+
+        def enqueue() -> str:
+            return queue.enqueue(mail_from, rcpts, b"".join([prefix, *parts]))
+
+        return await asyncio.to_thread(enqueue)
+
+    def _take_back(self, refs: Sequence[MessageRef]) -> None:
+        """Expunge local copies of a message whose enqueue failed (the client will retry)."""
+        for ref in refs:
+            try:
+                self._ctx.store.store_flags(
+                    ref.user, ref.folder, [ref.uid], [Flag.DELETED], FlagMode.ADD
+                )
+                self._ctx.store.expunge(ref.user, ref.folder, [ref.uid])
+            except Exception:
+                log.exception("could not take back %s/%s uid %d", ref.user, ref.folder, ref.uid)
+
+
+def _header_section(head: bytes) -> bytes:
+    end = head.find(b"\r\n\r\n")
+    return head if end < 0 else head[: end + 2]
+
+
+def _authenticated_received(info: TraceInfo, user: str) -> str:
+    """`received_field` with the authenticated user in a comment below its first line."""
+    first, _, rest = received_field(info, when=datetime.now(UTC)).partition("\r\n")
+    return f"{first}\r\n\t(Authenticated sender: {user})\r\n{rest}"
+
+
+class SubmissionSMTP(MxSMTP):
+    """One session on a submission port (STARTTLS or, with implicit_tls, TLS from the start)."""
+
+    def __init__(self, handler: SubmissionHandler, *, implicit_tls: bool, **kwargs: Any) -> None:
+        super().__init__(handler, resolver=None, **kwargs)
+        self._implicit_tls = implicit_tls
+        self._auth_user: str | None = None
+        if implicit_tls:
+            self.tls_context = None  # the listener did the handshake; no STARTTLS inside it
+
+    def _create_envelope(self) -> Envelope:
+        return SubmissionEnvelope(self._auth_user)
+
+    def _tls_active(self) -> bool:
+        return self._implicit_tls or self._tls_protocol is not None
+
+    async def _serve_session(self) -> None:
+        if self._implicit_tls and self.transport is not None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+                session = self.mx_session()
+                session.tls_version = ssl_object.version()
+                cipher = ssl_object.cipher()
+                if cipher is not None:
+                    session.tls_cipher, session.tls_bits = cipher[0], cipher[2]
+        await super()._serve_session()
+
+    def _ehlo_keywords(self) -> list[str]:
+        keywords = super()._ehlo_keywords()
+        if self._tls_active():
+            keywords.append("AUTH PLAIN LOGIN")
+        return keywords
+
+    async def _sender_refusal(self, address: str) -> Reply | None:
+        user = self._auth_user
+        if user is None:
+            return AUTH_REQUIRED
+        owned = bool(address) and await asyncio.to_thread(self._ctx.accounts.owns, user, address)
+        refusal = check_sender(address, owned=owned)
+        if refusal is not None:
+            self._log.info("%s may not send as <%s>", user, address)
+        return refusal
+
+    async def _refuse_unauthenticated(self) -> bool:
+        if not self._tls_active():
+            await self.reply(MUST_STARTTLS)
+            return True
+        if self._auth_user is None:
+            await self.reply(AUTH_REQUIRED)
+            return True
+        return False
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:  # noqa: N802
+        if self._implicit_tls:
+            await self.reply(NO_STARTTLS_HERE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802
+        if not await self._refuse_unauthenticated():
+            await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802
+        if not await self._refuse_unauthenticated():
+            await super().smtp_RCPT(arg)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:  # noqa: N802
+        if not self._tls_active():
+            await self.reply(MUST_STARTTLS)
+            return
+        if await self.check_helo_needed():
+            return
+        if self._auth_user is not None:
+            await self.reply(ALREADY_AUTHENTICATED)
+            return
+        if self.mx_envelope().mail_from is not None:
+            await self.reply(AUTH_IN_TRANSACTION)
+            return
+        mechanism, _, initial = (arg or "").strip().partition(" ")
+        if not mechanism:
+            await self.reply(replies.SYNTAX_ERROR.with_text("Syntax: AUTH mechanism [response]"))
+            return
+        try:
+            exchange = SaslExchange(mechanism, initial.strip() or None)
+            while exchange.credentials is None:
+                await self._push_raw(f"334 {exchange.challenge}")
+                line = await self._read_command()
+                if isinstance(line, Reply):
+                    await self.reply(line)
+                    return
+                exchange.feed(line.decode("ascii", "replace"))
+        except SaslError as exc:
+            await self.reply(exc.reply)
+            return
+        await self._check_password(exchange.credentials.username, exchange.credentials.password)
+
+    async def _check_password(self, username: str, password: str) -> None:
+        session = self.mx_session()
+        throttle = self._ctx.throttle
+        if throttle.is_locked_out(session.peer_ip, username):
+            self._log.warning("AUTH refused for %r: too many failures", username)
+            await self.reply(LOCKED_OUT)
+            return
+        delay = throttle.delay_s(session.peer_ip)
+        if delay:
+            await asyncio.sleep(delay)  # slows guessing; the event loop serves others meanwhile
+        address = await asyncio.to_thread(self._ctx.accounts.authenticate, username, password)
+        if address is None:
+            throttle.record_failure(session.peer_ip, username)
+            self._log.info("AUTH failed for %r", username)
+            await self.reply(AUTH_FAILED)
+            return
+        throttle.record_success(session.peer_ip, username)
+        self._auth_user = address
+        self._new_envelope()  # the envelope now carries the user
+        self._log.info("AUTH %s", address)
+        await self.reply(AUTH_OK)
+
+
+async def _start(ctx: ServerContext, host: str, port: int, *, implicit_tls: bool) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    if logging.getLogger("mail.log").level == logging.NOTSET:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # as start_smtp: one line each
+    limiter = ConnectionLimiter(
+        ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
+    )
+    handler = SubmissionHandler(ctx)
+
+    def factory() -> SubmissionSMTP:
+        return SubmissionSMTP(
+            handler, implicit_tls=implicit_tls, ctx=ctx, limiter=limiter, loop=loop
+        )
+
+    tls = ctx.tls.listening_context() if implicit_tls else None
+    server = await loop.create_server(factory, host, port, ssl=tls)
+    _LIMITERS[server] = limiter
+    return server
+
+
+async def start_submission(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+    """Listen on (host, port) for submission with STARTTLS (port 587)."""
+    return await _start(ctx, host, port, implicit_tls=False)
+
+
+async def start_submissions(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+    """Listen on (host, port) for submission over implicit TLS (port 465, RFC 8314 §3.3)."""
+    return await _start(ctx, host, port, implicit_tls=True)
+
+
+def open_connections(server: asyncio.Server) -> int:
+    """Sessions of this listener still connected."""
+    limiter = _LIMITERS.get(server)
+    return limiter.total if limiter is not None else 0

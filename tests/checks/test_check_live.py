@@ -1,8 +1,8 @@
 """`mailstack check` on a working deployment: real nsd, real serve, real clients.
 
 Everything passes except what cannot on loopback with a private CA, each asserted with its
-reason: tls.trust warns (private CA), dns.caa warns (init writes no CAA record), submission
-checks skip while submission does not exist, network checks skip without --network.
+reason: tls.trust warns (private CA), dns.caa warns (init writes no CAA record), network checks
+skip without --network. Submission (587 STARTTLS, 465 implicit TLS) passes like the rest.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ def expected_not_passing() -> dict[str, str]:
         "network.dnsbl": "skip",
         "network.port25": "skip",
     }
-    if _resolve("submission") is None:
-        expected.update(dict.fromkeys(SUBMISSION_IDS, "skip"))
     return expected
 
 
@@ -58,9 +56,10 @@ def test_everything_passes_but_the_known_warnings(live: Live) -> None:
     assert only(data, "dns.caa")["fix"].endswith(
         'example.com. 3600 IN CAA 0 issue "letsencrypt.org" (name the CA you use)'
     )
-    if _resolve("submission") is None:
-        for id_ in SUBMISSION_IDS:
-            assert only(data, id_)["message"] == "submission is not available in this version"
+    assert _resolve("submission") is not None
+    for id_ in SUBMISSION_IDS:
+        assert only(data, id_)["status"] == "pass"
+    assert "AUTH before TLS is refused (530)" in only(data, "submission.auth")["message"]
     assert "needs the Internet" in only(data, "network.dnsbl")["message"]
     assert "p=quarantine" in only(data, "dns.dmarc")["message"]
     assert "was deleted" in only(data, "e2e.delivery")["message"]

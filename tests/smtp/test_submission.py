@@ -282,8 +282,8 @@ async def test_wrong_password_535_then_lockout_454(
     sub.ctx.throttle = LoginThrottle(free_failures=100, lockout_failures=2)
     secret = "not-the-password-XYZZY"
 
-    def client() -> list[tuple[int, bytes]]:
-        codes = []
+    def client() -> list[tuple[int, bytes | str]]:
+        codes: list[tuple[int, bytes | str]] = []
         smtp = sub.smtps()
         for password in (secret, secret, PASSWORD):
             try:

@@ -1,0 +1,77 @@
+"""Submission to the Internet, end to end: smtplib submits over implicit TLS with AUTH, the
+outbound queue resolves the recipient's MX in a real nsd (test_remote.py's zones plus a DKIM
+key for example.com) and delivers to an aiosmtpd double of a foreign MTA, DKIM-signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim
+import pytest
+
+from delivery.queue import OutboundQueue
+from mailstack.config import config_from_dict
+from mailstack.keys import dkim_public_record
+from tests.delivery.test_queue import dnsfunc
+from tests.delivery.test_remote import Double, _txt, dkim_key, double, zones
+from tests.smtp.test_submission import ALICE, BOB, PASSWORD, message, running, thread
+from tests.support.nsd import NsdServer
+
+pytestmark = pytest.mark.external
+_fixtures = (double,)  # used by name
+SELECTOR = "mailstack"  # DkimConfig's default
+
+
+@pytest.fixture(scope="module")
+def dns_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    all_zones = zones()
+    all_zones["example.com"] += (
+        f"{SELECTOR}._domainkey IN TXT ( {_txt(dkim_public_record(dkim_key()))} )\n"
+    )
+    server = NsdServer(tmp_path_factory.mktemp("nsd"), all_zones)
+    try:
+        yield server.start()[1]
+    finally:
+        server.stop()
+
+
+async def test_submitted_mail_is_signed_and_delivered_to_the_foreign_mx(
+    tmp_path: Path, dns_port: int, double: Double
+) -> None:
+    async with running(tmp_path / "state") as h:
+        ctx = h.ctx
+        ctx.config = config_from_dict(
+            {
+                "server": {"hostname": "mail.example.com", "domains": ["example.com"]},
+                "dns": {"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
+                "outbound": {"mx_port": double.port},
+            }
+        )
+        ctx.paths.dkim_dir.mkdir(parents=True, exist_ok=True)
+        ctx.paths.dkim_key(SELECTOR, "example.com").write_bytes(dkim_key())
+        ctx.queue = OutboundQueue(ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains)
+
+        def client() -> dict[str, tuple[int, bytes]]:
+            smtp = h.smtps()
+            smtp.login(ALICE, PASSWORD)
+            refused = smtp.sendmail(ALICE, ["ok@a.test", BOB], message(to="ok@a.test"))
+            smtp.quit()
+            return refused
+
+        assert await thread(client) == {}
+        assert len(h.messages(BOB)) == 1
+        await ctx.queue.run_once()
+        (got,) = await asyncio.wait_for(double.wait_for("ok@a.test"), 60)
+        assert ctx.queue.list() == []  # delivered: the entry is gone
+
+    assert got.mail_from == ALICE
+    assert got.rcpts == ["ok@a.test"]
+    assert got.content.startswith(b"DKIM-Signature:")
+    assert dkim.verify(got.content, dnsfunc=dnsfunc(dns_port))
+    assert b"d=example.com" in got.content.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ")
+    assert b"with ESMTPSA" in got.content
+    assert b"(Authenticated sender: alice@example.com)" in got.content
+    assert got.content.endswith(b"\r\n\r\nhello there\r\n")

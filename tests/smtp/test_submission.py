@@ -230,6 +230,7 @@ async def test_implicit_tls_auth_login_to_an_alias(sub: Submission) -> None:
         (stored,) = sub.messages(user)
         assert b"with ESMTPSA" in stored
         assert b"for <team@example.com>" in stored
+        assert b"(using TLSv1.3 with cipher" in stored  # the implicit handshake, recorded
 
 
 async def test_sasl_exchanges_line_by_line(sub: Submission) -> None:

@@ -23,6 +23,17 @@ PURE = [
     "imap.protocol",
     "imap.fetch",
     "imap.search",
+    "imap.mime",
+    "smtp.auth",
+    "smtp.framing",
+    "smtp.replies",
+    "smtp.dmarc",
+    "smtp.authresults",
+    "delivery.mx",
+    "delivery.dsn",
+    "smtp.headers",
+    "mailstack.throttle",
+    "mailstack.dnsrecords",
 ]
 FORBIDDEN = {
     "asyncio",

@@ -103,7 +103,6 @@ class MxHandler:
         self._ctx = ctx
         self._verify = verify
         self._delivery = LocalDelivery(ctx.accounts, ctx.store)
-        self._queue_ids = 0
 
     # -- RCPT ----------------------------------------------------------------------------------
     def _recipient_facts(self, address: Address) -> tuple[RecipientFacts, dict[str, int]]:
@@ -187,24 +186,10 @@ class MxHandler:
             return refusal
         if verdict.message is not None:
             content = verdict.message
-        session.transactions += 1
-        queue_id = f"{session.connection_id}.{session.transactions}"
-        trace = TraceInfo(
-            helo=session.host_name or "",
-            peer_ip=session.peer_ip,
-            by_host=self._ctx.config.server.hostname,
-            protocol=protocol_name(
-                esmtp=bool(session.extended_smtp),
-                tls=session.tls_version is not None,
-                authenticated=False,
-                smtputf8=bool(envelope.smtp_utf8),
-            ),
-            queue_id=queue_id,
-            tls_version=session.tls_version,
-            tls_cipher=session.tls_cipher,
-            tls_bits=session.tls_bits,
-            single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+        trace = next_transaction_trace(
+            session, envelope, self._ctx.config.server.hostname, authenticated=False
         )
+        queue_id = trace.queue_id
         fields = [*verdict.header_lines, received_field(trace, when=datetime.now(UTC))]
         folder = "Junk" if verdict.disposition is Disposition.JUNK else "INBOX"
         recipients = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
@@ -224,6 +209,29 @@ class MxHandler:
             log.exception("[%s] delivery failed", session.connection_id)
             return replies.LOCAL_ERROR
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
+
+
+def next_transaction_trace(
+    session: MxSession, envelope: MxEnvelope, by_host: str, *, authenticated: bool
+) -> TraceInfo:
+    """Count a new transaction on the session and describe it for the Received: field."""
+    session.transactions += 1
+    return TraceInfo(
+        helo=session.host_name or "",
+        peer_ip=session.peer_ip,
+        by_host=by_host,
+        protocol=protocol_name(
+            esmtp=bool(session.extended_smtp),
+            tls=session.tls_version is not None,
+            authenticated=authenticated,
+            smtputf8=bool(envelope.smtp_utf8),
+        ),
+        queue_id=f"{session.connection_id}.{session.transactions}",
+        tls_version=session.tls_version,
+        tls_cipher=session.tls_cipher,
+        tls_bits=session.tls_bits,
+        single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+    )
 
 
 def _leading(parts: Sequence[bytes], limit: int) -> bytes:

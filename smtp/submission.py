@@ -46,8 +46,8 @@ from mailstack.context import ServerContext
 from smtp import replies
 from smtp.address import Address, AddressError
 from smtp.auth import SaslError, SaslExchange
-from smtp.handler import MxEnvelope, MxHandler, MxSession, _leading
-from smtp.headers import TraceInfo, count_received, protocol_name, received_field
+from smtp.handler import MxEnvelope, MxHandler, MxSession, _leading, next_transaction_trace
+from smtp.headers import TraceInfo, count_received, received_field
 from smtp.limits import ConnectionLimiter
 from smtp.policy import (
     AUTH_REQUIRED,
@@ -147,27 +147,11 @@ class SubmissionHandler(MxHandler):
             return replies.LOCAL_ERROR
         if (refusal := check_from_header(owned)) is not None:
             return refusal
-        session.transactions += 1
-        queue_id = f"{session.connection_id}.{session.transactions}"
-        received = _authenticated_received(
-            TraceInfo(
-                helo=session.host_name or "",
-                peer_ip=session.peer_ip,
-                by_host=self._ctx.config.server.hostname,
-                protocol=protocol_name(
-                    esmtp=bool(session.extended_smtp),
-                    tls=session.tls_version is not None,
-                    authenticated=True,
-                    smtputf8=bool(envelope.smtp_utf8),
-                ),
-                queue_id=queue_id,
-                tls_version=session.tls_version,
-                tls_cipher=session.tls_cipher,
-                tls_bits=session.tls_bits,
-                single_recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
-            ),
-            user,
+        trace = next_transaction_trace(
+            session, envelope, self._ctx.config.server.hostname, authenticated=True
         )
+        queue_id = trace.queue_id
+        received = _authenticated_received(trace, user)
         local = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
         local = [(r, boxes) for r, boxes in local if boxes]
         mail_from = envelope.mail_from or ""

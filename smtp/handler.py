@@ -22,7 +22,7 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from delivery.local import LocalDelivery
-from delivery.store import QuotaExceededError
+from delivery.store import Flag, FlagMode, MessageRef, QuotaExceededError
 from mailstack.context import ServerContext
 from smtp import replies
 from smtp.address import Address, AddressError
@@ -82,6 +82,7 @@ class MxEnvelope(Envelope):
         self.body_8bit = False
         self.mailboxes: dict[str, tuple[str, ...]] = {}  # accepted rcpt -> local mailboxes
         self.quotas: dict[str, int] = {}  # mailbox -> quota in bytes, looked up at RCPT
+        self.foreign: list[str] = []  # addresses for the outbound queue (alias forwards, ...)
         self.bdat_started = False
         self.bdat_chunks: list[bytes] = []
         self.bdat_size = 0
@@ -149,12 +150,14 @@ class MxHandler:
             max_recipients=self._ctx.config.smtp.max_recipients,
             blocklisted_by=session.blocklisted_by,
             peer_ip=session.peer_ip,
+            can_forward=self._ctx.queue is not None,
         )
         if reply.is_positive:
             # Once a hook exists aiosmtpd leaves the bookkeeping to us.
             envelope.rcpt_tos.append(address)
             envelope.mailboxes[address] = facts.mailboxes
             envelope.quotas.update(quotas)
+            envelope.foreign.extend(f for f in facts.forwards if f not in envelope.foreign)
         return str(reply)
 
     # -- DATA / BDAT LAST ----------------------------------------------------------------------
@@ -193,22 +196,62 @@ class MxHandler:
         fields = [*verdict.header_lines, received_field(trace, when=datetime.now(UTC))]
         folder = "Junk" if verdict.disposition is Disposition.JUNK else "INBOX"
         recipients = [(r, envelope.mailboxes.get(r, ())) for r in envelope.rcpt_tos]
+        pieces = [content] if isinstance(content, bytes) else content
+        delivered = None
         try:
             # Resolves once every copy is fsynced and in place: only then may we answer 250.
-            await self._delivery.deliver_async(
+            delivered = await self._delivery.deliver_async(
                 mail_from=envelope.mail_from or "",
                 recipients=recipients,
-                message=[content] if isinstance(content, bytes) else content,
+                message=pieces,
                 quotas=envelope.quotas,
                 prefix_fields=fields,
                 folder=folder,
             )
+            if envelope.foreign:  # aliases forwarding outside: as received, not signed by us
+                qid = await self._enqueue(
+                    envelope.mail_from or "", envelope.foreign, fields, pieces, sign=False
+                )
+                log.info("[%s] forwarded as %s", session.connection_id, qid)
         except QuotaExceededError:
             return replies.OVER_QUOTA
         except Exception:
             log.exception("[%s] delivery failed", session.connection_id)
+            if delivered is not None and delivered.refs:  # all or nothing: the client retries
+                await asyncio.shield(asyncio.to_thread(self._take_back, delivered.refs))
             return replies.LOCAL_ERROR
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
+
+    async def _enqueue(
+        self,
+        mail_from: str,
+        rcpts: list[str],
+        prefix_fields: Sequence[str],
+        parts: Sequence[bytes],
+        *,
+        sign: bool,
+    ) -> str:
+        """Hand a message to the outbound queue (durable when this returns)."""
+        queue = self._ctx.queue
+        if queue is None:  # RCPT refused such recipients then; `serve` always has a queue
+            raise RuntimeError("no outbound queue")
+        prefix = "".join(f + "\r\n" for f in prefix_fields).encode("utf-8", "surrogateescape")
+
+        def enqueue() -> str:
+            return queue.enqueue(mail_from, rcpts, b"".join([prefix, *parts]), sign=sign)
+
+        return await asyncio.to_thread(enqueue)
+
+    def _take_back(self, refs: Sequence[MessageRef]) -> None:
+        """Expunge local copies of a message whose forwarding failed (the client will retry)."""
+        for ref in refs:
+            try:
+                self._ctx.store.store_flags(
+                    ref.user, ref.folder, [ref.uid], [Flag.DELETED], FlagMode.ADD
+                )
+                self._ctx.store.expunge(ref.user, ref.folder, [ref.uid])
+            except Exception:
+                log.exception("could not take back %s/%s uid %d", ref.user, ref.folder, ref.uid)
 
 
 def next_transaction_trace(

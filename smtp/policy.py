@@ -36,8 +36,13 @@ def check_recipient(
     max_recipients: int,
     blocklisted_by: str | None = None,
     peer_ip: str = "",
+    can_forward: bool = False,
 ) -> Reply:
-    """The reply to `RCPT TO` (RFC 5321 §3.3, codes from RFC 3463)."""
+    """The reply to `RCPT TO` (RFC 5321 §3.3, codes from RFC 3463).
+
+    `can_forward`: an outbound queue takes aliases' external targets; without one such a
+    recipient is deferred (451), never accepted with part of its targets dropped.
+    """
     if blocklisted_by is not None:
         return replies.blocklisted(peer_ip, blocklisted_by)  # 554 5.7.1
     if accepted_so_far >= max_recipients:
@@ -46,11 +51,9 @@ def check_recipient(
     if not facts.is_hosted_domain:
         # An MX never relays for unauthenticated clients (RFC 5321 §3.6.2, RFC 2505).
         return replies.RCPT_OK if authenticated else replies.RELAY_DENIED  # 554 5.7.1
-    if not facts.mailboxes:
-        if facts.forwards:
-            # Alias to an external address: the outbound queue is not wired into the MX yet, so
-            # defer rather than lose or bounce it.
-            return replies.LOCAL_ERROR.with_text("Forwarding is not available yet, try later")
+    if facts.forwards and not can_forward:
+        return replies.LOCAL_ERROR.with_text("Forwarding is not available here, try later")
+    if not facts.mailboxes and not facts.forwards:
         return replies.NO_SUCH_USER  # 550 5.1.1
     if facts.over_quota:
         return replies.OVER_QUOTA  # 452 4.2.2

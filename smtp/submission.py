@@ -41,7 +41,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope
 
-from delivery.store import Flag, FlagMode, MessageRef, QuotaExceededError
+from delivery.store import QuotaExceededError
 from mailstack.context import ServerContext
 from smtp import replies
 from smtp.address import Address, AddressError
@@ -82,7 +82,6 @@ class SubmissionEnvelope(MxEnvelope):
     def __init__(self, user: str | None) -> None:
         super().__init__()
         self.user = user  # the authenticated address, fixed for the envelope's life
-        self.foreign: list[str] = []  # recipients for the outbound queue
 
 
 class SubmissionHandler(MxHandler):
@@ -166,7 +165,7 @@ class SubmissionHandler(MxHandler):
                     prefix_fields=[received],
                 )
             if envelope.foreign:
-                qid = await self._enqueue(mail_from, envelope.foreign, received, parts)
+                qid = await self._enqueue(mail_from, envelope.foreign, [received], parts, sign=True)
                 log.info("[%s] queued as %s for %s", session.connection_id, qid, user)
         except QuotaExceededError:
             return replies.OVER_QUOTA
@@ -176,30 +175,6 @@ class SubmissionHandler(MxHandler):
                 await asyncio.shield(asyncio.to_thread(self._take_back, delivered.refs))
             return replies.LOCAL_ERROR
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
-
-    async def _enqueue(
-        self, mail_from: str, rcpts: list[str], received: str, parts: Sequence[bytes]
-    ) -> str:
-        queue = self._ctx.queue
-        if queue is None:  # RCPT refused foreign recipients then; `serve` always has one
-            raise RuntimeError("no outbound queue")
-        prefix = (received + "\r\n").encode("utf-8", "surrogateescape")
-
-        def enqueue() -> str:
-            return queue.enqueue(mail_from, rcpts, b"".join([prefix, *parts]))
-
-        return await asyncio.to_thread(enqueue)
-
-    def _take_back(self, refs: Sequence[MessageRef]) -> None:
-        """Expunge local copies of a message whose enqueue failed (the client will retry)."""
-        for ref in refs:
-            try:
-                self._ctx.store.store_flags(
-                    ref.user, ref.folder, [ref.uid], [Flag.DELETED], FlagMode.ADD
-                )
-                self._ctx.store.expunge(ref.user, ref.folder, [ref.uid])
-            except Exception:
-                log.exception("could not take back %s/%s uid %d", ref.user, ref.folder, ref.uid)
 
 
 def _header_section(head: bytes) -> bytes:

@@ -44,6 +44,13 @@ FORWARD_ONLY = RecipientFacts(is_hosted_domain=True, mailboxes=(), forwards=("x@
             id="blocklisted",
         ),
         pytest.param(FORWARD_ONLY, {}, "451 4.3.0", id="forward-only-deferred"),
+        pytest.param(FORWARD_ONLY, {"can_forward": True}, "250", id="forward-only-queued"),
+        pytest.param(
+            RecipientFacts(is_hosted_domain=True, mailboxes=("a@x.test",), forwards=("b@y.test",)),
+            {},
+            "451 4.3.0",
+            id="mixed-alias-without-queue-deferred",
+        ),
     ],
 )
 def test_check_recipient(facts: RecipientFacts, kwargs: dict[str, object], expected: str) -> None:

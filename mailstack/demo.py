@@ -82,6 +82,8 @@ mailstack demo: {DOMAIN} served from {r.root}
 
 Mail client settings (the certificate is from the demo's own CA: {ca}):
   IMAP      127.0.0.1 port {r.ports.imap} (STARTTLS) or {r.ports.imaps} (SSL/TLS)
+  SMTP out  127.0.0.1 port {r.ports.submission} (STARTTLS) or {r.ports.submissions} (SSL/TLS), \
+with the same login
   SMTP in   127.0.0.1 port {r.ports.smtp} (no login; mail for @{DOMAIN} only)
   user name {r.user}
 

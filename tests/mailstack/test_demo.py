@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mailbox
 import re
 import shlex
 import smtplib
@@ -54,13 +55,27 @@ def test_demo_sets_up_and_serves(tmp_path: Path) -> None:
             check=False,
         )
         assert sent.returncode == 0, sent.stdout + sent.stderr
+        # and the curl line it prints to read the mail over IMAPS, verified against its CA
+        lines = out.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith("curl"))
+        curl_line = lines[at].rstrip(" \\") + " " + lines[at + 1].strip()
+        read = subprocess.run(
+            [*shlex.split(curl_line), "--silent", "--show-error"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert read.returncode == 0, read.stderr
+        assert "hello demo" in read.stdout
         with smtplib.SMTP("127.0.0.1", base + 25, timeout=10) as smtp:
             smtp.sendmail(
                 "someone@example.org", ["demo@example.test"], b"Subject: hi\r\n\r\nsecond\r\n"
             )
-    delivered = sorted((root / "mail/example.test/demo/new").iterdir())
+    inbox = mailbox.Maildir(root / "mail/example.test/demo", create=False)
+    delivered = [inbox.get_bytes(key) for key in inbox.iterkeys()]
     assert len(delivered) == 2
-    assert any(b"hello demo" in p.read_bytes() for p in delivered)
+    assert any(b"hello demo" in m for m in delivered)
     # running demo again reuses the deployment and resets the password
     again = run_cli(root, "demo", "--base-port", str(base), "--no-serve")
     assert again.returncode == 0, again.stderr

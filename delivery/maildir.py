@@ -743,18 +743,8 @@ class MaildirStore:
         """(uid, message) for each of `uids` that still exists, in the order given, under one
         folder lock (FETCH of a whole folder would otherwise take it once per message). The
         files are opened under the lock and read one at a time as the caller iterates."""
-        root, _name, fdir = self._folder(user, folder)
-        index = self._index(root, fdir)
-        files: dict[int, BinaryIO] = {}
+        files = self._open_messages(user, folder, uids)
         try:
-            with index.locked():
-                index.sync()
-                entries = index.entries_by_uid()
-                for uid in uids:
-                    entry = entries.get(uid)
-                    if entry is not None:
-                        with contextlib.suppress(FileNotFoundError):
-                            files[uid] = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115
             for uid, f in files.items():
                 with f:
                     data = f.read()
@@ -773,8 +763,18 @@ class MaildirStore:
 
     def read_headers(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
         """`read_header` of several messages under one folder lock (SEARCH over a whole folder
-        would otherwise take the lock once per message); expunged ones are absent. Files are
-        opened under the lock (a flag rename cannot move them away) and read after it."""
+        would otherwise take the lock once per message); expunged ones are absent."""
+        files = self._open_messages(user, folder, uids)
+        try:
+            return {uid: _header_block(f) for uid, f in files.items()}
+        finally:
+            for f in files.values():
+                f.close()
+
+    def _open_messages(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, BinaryIO]:
+        """Open each of `uids` that still exists, in the order given, under one folder lock: an
+        open file survives a flag rename, so reading after the lock is safe. The caller closes
+        them."""
         root, _name, fdir = self._folder(user, folder)
         index = self._index(root, fdir)
         files: dict[int, BinaryIO] = {}
@@ -787,10 +787,11 @@ class MaildirStore:
                     if entry is not None:
                         with contextlib.suppress(FileNotFoundError):
                             files[uid] = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115
-            return {uid: _header_block(f) for uid, f in files.items()}
-        finally:
+        except BaseException:
             for f in files.values():
                 f.close()
+            raise
+        return files
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode

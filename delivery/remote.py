@@ -29,6 +29,7 @@ connection and DNS trouble are temporary. Blocking (sockets, DNS): the queue run
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import smtplib
@@ -340,32 +341,24 @@ def deliver(
             errors.append("interrupted: shutting down")
             break
         try:
+            attempt = functools.partial(
+                _session,
+                host,
+                address,
+                port,
+                ehlo_name=ehlo_name,
+                mail_from=mail_from,
+                rcpts=rcpts,
+                message=message,
+                abort=abort,
+            )
             try:
-                results = _session(
-                    host,
-                    address,
-                    port,
-                    ehlo_name=ehlo_name,
-                    mail_from=mail_from,
-                    rcpts=rcpts,
-                    message=message,
-                    abort=abort,
-                )
+                results = attempt()
             except _TlsFailedError as exc:
                 # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
                 # delivering; Postfix's "may" level does the same.
                 log.info("remote: %s: %s; retrying without TLS", domain, exc)
-                results = _session(
-                    host,
-                    address,
-                    port,
-                    ehlo_name=ehlo_name,
-                    mail_from=mail_from,
-                    rcpts=rcpts,
-                    message=message,
-                    abort=abort,
-                    use_tls=False,
-                )
+                results = attempt(use_tls=False)
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from mailstack.checks import CheckOptions, Finding, failed, skip_group, skipped
+from mailstack.checks import GROUPS, CheckOptions, Finding, failed, skip_group, skipped
 from mailstack.checks.files import check_config, check_files
 from mailstack.config import Config
 from mailstack.deployment import Deployment
@@ -42,23 +42,17 @@ def submission_available() -> bool:
     return _resolve("submission") is not None
 
 
+# Every group that needs a valid config and an openable deployment.
+_AFTER_CONFIG = tuple(g for g in GROUPS if g != "config")
+
+
 def run(root: Path, options: CheckOptions) -> list[Finding]:
     paths = StatePaths(root)
     cfg, config_finding = check_config(paths)
     out: list[Finding] = [config_finding] if options.wants("config") else []
     if cfg is None:
         reason = "the config is not valid (see config.valid)"
-        for group in (
-            "files",
-            "dns",
-            "tls",
-            "smtp",
-            "submission",
-            "imap",
-            "relay",
-            "e2e",
-            "network",
-        ):
+        for group in _AFTER_CONFIG:
             if options.wants(group):
                 out += skip_group(group, reason)
         if not options.wants("config"):
@@ -76,17 +70,7 @@ def run(root: Path, options: CheckOptions) -> list[Finding]:
                     exc.hint or f"run check as the user that owns {root} (or as root)",
                 )
             )
-        for group in (
-            "files",
-            "dns",
-            "tls",
-            "smtp",
-            "submission",
-            "imap",
-            "relay",
-            "e2e",
-            "network",
-        ):
+        for group in _AFTER_CONFIG:
             if options.wants(group):
                 out += [f for f in skip_group(group, reason) if f.id != "files.present"]
         return out

@@ -87,6 +87,7 @@ class FolderIndex:
         self._next_uid_validity = next_uid_validity
         self._uidlist: UidList | None = None
         self._uidlist_stamp: Stamp | None = None
+        self._uidlist_parsed = 0  # bytes of the file parsed: up to the last complete line
         self._uid_of: dict[str, int] = {}
         self._keywords = KeywordMap([])
         self._keywords_stamp: Stamp | None = None
@@ -127,21 +128,58 @@ class FolderIndex:
         stamp = _stamp(path)
         if stamp is not None and stamp == self._uidlist_stamp:
             return
+        if stamp is not None and self._extend_uidlist(path, stamp):
+            return
         uidlist: UidList | None = None
         if stamp is not None:
             try:
-                uidlist = UidList.parse(path.read_bytes())
+                data = path.read_bytes()
+                uidlist = UidList.parse(data)
+                self._uidlist_parsed = data.rfind(b"\n") + 1
             except (UidListError, FileNotFoundError) as exc:
                 # Dovecot also starts over with a new UIDVALIDITY (clients resync) on a broken
                 # uidlist: keeping a UID whose meaning we cannot know would be worse.
                 log.warning("%s: %s; assigning a new UIDVALIDITY", path, exc)
         if uidlist is None:
             uidlist = UidList(uid_validity=self._next_uid_validity())
-            atomic_write(path, uidlist.serialize(), mode=FILE_MODE)
+            data = uidlist.serialize()
+            atomic_write(path, data, mode=FILE_MODE)
             stamp = _stamp(path)
+            self._uidlist_parsed = len(data)
         self._uidlist, self._uidlist_stamp = uidlist, stamp
         self._uid_of = {r.base: r.uid for r in uidlist.records}
         self._entries = None
+
+    def _extend_uidlist(self, path: Path, stamp: Stamp) -> bool:
+        """Another process (a second mailstack process, Dovecot) appended records: parse just
+        those. Appends keep the inode and only grow the file; every other change is a rename
+        over it, a new inode, which takes the full parse."""
+        known, uidlist = self._uidlist_stamp, self._uidlist
+        if known is None or uidlist is None or stamp[0] != known[0] or stamp[1] <= known[1]:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != known[0]:
+                return False
+            tail = os.pread(fd, st.st_size - self._uidlist_parsed, self._uidlist_parsed)
+        finally:
+            os.close(fd)
+        complete = tail.rfind(b"\n") + 1
+        try:
+            before = len(uidlist.records)
+            uidlist.extend(tail[:complete])
+        except UidListError:
+            return False  # the full parse decides what to do with it
+        for record in uidlist.records[before:]:
+            self._uid_of[record.base] = record.uid
+        self._uidlist_parsed += complete
+        self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._entries = None
+        return True
 
     def _load_keywords(self) -> None:
         path = self.path / KEYWORDS
@@ -303,10 +341,15 @@ class FolderIndex:
             else:
                 os.write(fd, serialize_records(records))
                 os.fsync(fd)  # the UID is promised (APPENDUID) once we return
+                st = os.fstat(fd)
+                self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+                self._uidlist_parsed = st.st_size
+                return
         finally:
             if fd >= 0:
                 os.close(fd)
         self._uidlist_stamp = _stamp(path)
+        self._uidlist_parsed = self._uidlist_stamp[1] if self._uidlist_stamp else 0
 
     def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
         """We renamed `name` into `sub`/: number it and return the UID."""
@@ -355,8 +398,10 @@ class FolderIndex:
                 kept.append(UidRecord(uid=record.uid, name=current[1], ext=record.ext))
         uidlist.records = kept
         path = self.path / UIDLIST
-        atomic_write(path, uidlist.serialize(), mode=FILE_MODE)
+        data = uidlist.serialize()
+        atomic_write(path, data, mode=FILE_MODE)
         self._uidlist_stamp = _stamp(path)
+        self._uidlist_parsed = len(data)
         self._uid_of = {r.base: r.uid for r in kept}
         self._entries = None
 

@@ -86,20 +86,8 @@ class UidList:
                 extra.append(item)
         if uid_validity == 0:
             raise UidListError("dovecot-uidlist has no UIDVALIDITY")
-        records: list[UidRecord] = []
-        last = 0
-        for line in lines[1:]:
-            head, sep, name = line.partition(" :")
-            uid_text, _, ext = head.partition(" ")
-            if not sep or not name or not uid_text.isdigit():
-                raise UidListError(f"malformed dovecot-uidlist line: {line!r}")
-            uid = int(uid_text)
-            if uid <= last:
-                # UIDs must ascend (Dovecot rejects such a file too); rebuilding it would
-                # silently renumber messages, so the caller decides.
-                raise UidListError(f"dovecot-uidlist UIDs not ascending at {uid}")
-            last = uid
-            records.append(UidRecord(uid=uid, name=name, ext=ext.strip()))
+        records = _parse_records(lines[1:], last=0)
+        last = records[-1].uid if records else 0
         return cls(
             uid_validity=uid_validity,
             next_uid=max(next_uid, last + 1),
@@ -107,6 +95,17 @@ class UidList:
             records=records,
             extra_header=tuple(extra),
         )
+
+    def extend(self, appended: bytes) -> None:
+        """Add the records of complete lines appended to the file since it was parsed (Dovecot
+        and we append with O_APPEND and replace the file by rename for anything else)."""
+        lines = appended.decode("utf-8", "surrogateescape").split("\n")
+        lines.pop()
+        last = self.records[-1].uid if self.records else 0
+        added = _parse_records(lines, last=last)
+        self.records.extend(added)
+        if added:
+            self.next_uid = max(self.next_uid, added[-1].uid + 1)
 
     def header(self) -> str:
         extra = "".join(f" {item}" for item in self.extra_header)
@@ -129,6 +128,24 @@ class UidList:
 
     def by_base(self) -> dict[str, UidRecord]:
         return {r.base: r for r in self.records}
+
+
+def _parse_records(lines: Iterable[str], *, last: int) -> list[UidRecord]:
+    """Record lines, UIDs ascending above `last`."""
+    records: list[UidRecord] = []
+    for line in lines:
+        head, sep, name = line.partition(" :")
+        uid_text, _, ext = head.partition(" ")
+        if not sep or not name or not uid_text.isdigit():
+            raise UidListError(f"malformed dovecot-uidlist line: {line!r}")
+        uid = int(uid_text)
+        if uid <= last:
+            # UIDs must ascend (Dovecot rejects such a file too); rebuilding it would
+            # silently renumber messages, so the caller decides.
+            raise UidListError(f"dovecot-uidlist UIDs not ascending at {uid}")
+        last = uid
+        records.append(UidRecord(uid=uid, name=name, ext=ext.strip()))
+    return records
 
 
 def serialize_records(records: Iterable[UidRecord]) -> bytes:

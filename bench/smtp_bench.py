@@ -565,6 +565,9 @@ def main() -> int:
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
     parser.add_argument("--quick", action="store_true", help="a few messages per scenario")
     parser.add_argument("--no-stall", action="store_true", help="skip the 25 MB stall test")
+    parser.add_argument(
+        "--senders", type=int, nargs="+", help="only these sender counts (default: 1 4 16)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root: Postfix's master starts as root", file=sys.stderr)
@@ -576,6 +579,8 @@ def main() -> int:
     if args.quick:
         plan.total_messages = {10 * 1024: 32, 100 * 1024: 16}
         plan.big_per_sender = 1
+    if args.senders:
+        plan.senders = args.senders
     # Postfix daemons (user `postfix`) must reach the work dir: make it o+x, ours alone.
     workdir = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
     workdir.chmod(0o711)
@@ -587,6 +592,7 @@ def main() -> int:
         "sudo python bench/smtp_bench.py --write docs/benchmarks.md"
         + (" --quick" if args.quick else "")
         + (" --no-stall" if args.no_stall else "")
+        + (" --senders " + " ".join(map(str, args.senders)) if args.senders else "")
     )
     report = render(results, stalls, command)
     out_dir = REPO / "bench" / "results"

@@ -21,8 +21,9 @@ line, never both, never neither. Appends only go to an existing file (no O_CREAT
 missing the next reader's recalculation counts everything.
 
 Parsing is incremental: every delivery appends a line, so the process remembers per Maildir the
-length, a digest and the sum of what it parsed last; when the file still begins with exactly
-those bytes only the appended lines are parsed. A replaced or truncated file, or a torn tail,
+length, a digest and the sum of what it parsed last, and the file's (inode, size, mtime) then:
+an unchanged stamp needs no read at all; when the file still begins with exactly those bytes
+only the appended lines are parsed. A replaced or truncated file, or a torn tail,
 is parsed whole again.
 
 Counted bytes are S= (bytes on disk with LF endings), as Dovecot's maildir quota counts them.
@@ -55,6 +56,7 @@ class _Known:
     length: int
     digest: bytes  # of those bytes: the sum holds only for a file that still begins with them
     total: int
+    stamp: tuple[int, int, int]  # (inode, size, mtime) when read: unchanged means same sum
 
 
 _known: dict[str, _Known] = {}
@@ -163,18 +165,22 @@ def _digest(data: bytes) -> bytes:
 def usage(root: Path, limit_bytes: int = 0) -> int:
     """Bytes used by the Maildir at `root`; recalculates the file when needed."""
     path = os.fspath(root / FILE_NAME)
+    with _known_lock:
+        known = _known.get(path)
     try:
+        if known is not None and _stamp(os.stat(path)) == known.stamp:
+            return known.total  # one stat per delivery and RCPT, no read while nothing changed
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return recalculate(root, limit_bytes)
     try:
+        # Stamped before reading: an append landing in between makes the next call read again.
+        stamp = _stamp(os.fstat(fd))
         data = os.pread(fd, MAX_FILE_BYTES + 1, 0)
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         return recalculate(root, limit_bytes)
-    with _known_lock:
-        known = _known.get(path)
     total: int | None = None
     if (
         known is not None
@@ -190,8 +196,12 @@ def usage(root: Path, limit_bytes: int = 0) -> int:
     if total is None:
         return recalculate(root, limit_bytes)
     with _known_lock:
-        _known[path] = _Known(len(data), _digest(data), total)
+        _known[path] = _Known(len(data), _digest(data), total, stamp)
     return total
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def recalculate(root: Path, limit_bytes: int = 0) -> int:

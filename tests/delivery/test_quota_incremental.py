@@ -45,3 +45,18 @@ def test_a_torn_appended_line_makes_it_recount(tmp_path: Path) -> None:
     (root / "new" / "1.M1P1.host,S=40,W=42").write_bytes(b"x" * 40)
     assert quota.usage(root) == 40  # recounted from the listing, the file rewritten
     assert (root / quota.FILE_NAME).read_bytes() == b"0S\n40 1\n"
+
+
+def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
+    root = _maildir(tmp_path, b"0S\n100 1\n")
+    assert quota.usage(root) == 100
+    # Change the bytes in place, keeping inode, size and mtime: a reader would see 999; the
+    # cached stamp says nothing changed, so no read happens.
+    path = root / quota.FILE_NAME
+    st = os.stat(path)
+    path.write_bytes(b"0S\n999 1\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert quota.usage(root) == 100
+    with quota.changing(root):
+        quota.record(root, 5, 1)  # an append moves the size: read again (whole, as the
+    assert quota.usage(root) == 1004  # first bytes differ from those summed before)

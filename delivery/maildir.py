@@ -237,6 +237,13 @@ class MaildirStore:
     def usage_bytes(self, user: str) -> int:
         return self._usage(self._root(user))
 
+    def counted_usage_bytes(self, user: str) -> int | None:
+        root = self._paths.maildir(user)
+        with self._indexes_lock:
+            if root not in self._quota_verified:
+                return None  # the first look per process recounts (see _usage)
+        return quota.counted_usage(root)
+
     def _usage(self, root: Path, limit: int = 0) -> int:
         # Once per account and store instance, recount from the listings: writers that do
         # not keep maildirsize (Dovecot without its quota plugin, scripts) may have added

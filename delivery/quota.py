@@ -164,6 +164,13 @@ def _digest(data: bytes) -> bytes:
 
 def usage(root: Path, limit_bytes: int = 0) -> int:
     """Bytes used by the Maildir at `root`; recalculates the file when needed."""
+    total = counted_usage(root)
+    return recalculate(root, limit_bytes) if total is None else total
+
+
+def counted_usage(root: Path) -> int | None:
+    """`usage` from the file alone: None where it would have to recount the folders (missing,
+    over-long or damaged file). A few small reads at most, so callable from an event loop."""
     path = os.fspath(root / FILE_NAME)
     with _known_lock:
         known = _known.get(path)
@@ -172,7 +179,7 @@ def usage(root: Path, limit_bytes: int = 0) -> int:
             return known.total  # one stat per delivery and RCPT, no read while nothing changed
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return recalculate(root, limit_bytes)
+        return None
     try:
         # Stamped before reading: an append landing in between makes the next call read again.
         stamp = _stamp(os.fstat(fd))
@@ -180,7 +187,7 @@ def usage(root: Path, limit_bytes: int = 0) -> int:
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:
-        return recalculate(root, limit_bytes)
+        return None
     total: int | None = None
     if (
         known is not None
@@ -194,7 +201,7 @@ def usage(root: Path, limit_bytes: int = 0) -> int:
     if total is None:
         total = _sum(data)
     if total is None:
-        return recalculate(root, limit_bytes)
+        return None
     with _known_lock:
         _known[path] = _Known(len(data), _digest(data), total, stamp)
     return total

@@ -156,6 +156,10 @@ class MailStore(Protocol):
     def usage_bytes(self, user: str) -> int:
         """Bytes stored by the account across all folders (for the quota)."""
 
+    def counted_usage_bytes(self, user: str) -> int | None:
+        """`usage_bytes` when it is known without recounting the folders (a small read at
+        most, fit for an event loop); None when only `usage_bytes` can tell."""
+
     # -- writing -------------------------------------------------------------------------------
     def deliver(
         self,

@@ -135,6 +135,12 @@ class Accounts:
             raise
         db.execute("COMMIT")
 
+    def data_version(self) -> int:
+        """Differs from the last answer in this thread whenever anyone else (a CLI call, another
+        thread or process) committed a change meanwhile: what lookup caches compare. Cheap: the
+        WAL index in shared memory, no file read."""
+        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:

@@ -4,7 +4,9 @@ Translation only: `handle_RCPT` gathers what `check_recipient` needs (hosted dom
 mailboxes `Accounts.resolve` gives, their quota) and returns its reply; `deliver` runs the
 loop check, the inbound `Verifier` seam (`smtp.verdict`) and `delivery.local`, and maps
 their outcomes to replies. Anything unexpected while accepting mail is 451 4.3.0, never a 5xx.
-Blocking work (SQLite, Maildir scans, fsync) runs in worker threads, off the event loop.
+Blocking work (SQLite, Maildir scans, fsync) runs in worker threads, off the event loop;
+a recipient looked up before is answered on the loop from a cache that the account database's
+`data_version` invalidates (plus the maildirsize read the quota needs, which is small).
 Delivery borrows no thread per message: `LocalDelivery.deliver_async` hands each copy to the
 store's group commit (delivery/commit.py), whose own thread converts, writes, fsyncs and renames
 every delivery queued meanwhile, and we await its future; a thread hop per message cost about
@@ -97,6 +99,10 @@ class MxEnvelope(Envelope):
         )
 
 
+_Routes = tuple[bool, tuple[str, ...], tuple[str, ...], dict[str, int]]
+_ROUTE_CACHE_MAX = 10_000  # recipients remembered; a flood of random addresses just clears it
+
+
 class MxHandler:
     """Shared by every session of one listener."""
 
@@ -104,27 +110,69 @@ class MxHandler:
         self._ctx = ctx
         self._verify = verify
         self._delivery = LocalDelivery(ctx.accounts, ctx.store)
+        # address -> (hosted domain?, mailboxes, forwards, quota per mailbox), valid while the
+        # account database's data_version stays what it was when they were read. A hit answers
+        # RCPT on the loop, without a hop into a worker thread (most RCPTs under load).
+        self._routes: dict[str, _Routes] = {}
+        self._routes_version: int | None = None
 
     # -- RCPT ----------------------------------------------------------------------------------
-    def _recipient_facts(self, address: Address) -> tuple[RecipientFacts, dict[str, int]]:
-        """Blocking lookups for one recipient (SQLite, and a Maildir scan when a quota is set);
-        also each mailbox's quota, which delivery needs again after DATA."""
+    def _lookup_routes(self, address: Address) -> _Routes:
+        """Blocking SQLite lookups for one recipient: hosted domain, mailboxes, quotas."""
         if address.domain not in self._ctx.hosted_domains():
-            return RecipientFacts(is_hosted_domain=False, mailboxes=()), {}
+            return False, (), (), {}
         resolution = self._ctx.accounts.resolve(str(address))
         quotas = {m: self._ctx.accounts.quota_bytes(m) for m in resolution.mailboxes}
-        full = tuple(
-            m
-            for m, quota in quotas.items()
-            if quota > 0 and self._ctx.store.usage_bytes(m) >= quota
-        )
-        facts = RecipientFacts(
-            is_hosted_domain=True,
-            mailboxes=resolution.mailboxes,
-            forwards=resolution.forwards,
-            over_quota=full,
-        )
-        return facts, quotas
+        return True, resolution.mailboxes, resolution.forwards, quotas
+
+    def _over_quota(self, quotas: dict[str, int], *, blocking: bool) -> tuple[str, ...] | None:
+        """Mailboxes already full; None when that needs a recount and `blocking` is False."""
+        full = []
+        for mailbox, quota in quotas.items():
+            if quota <= 0:
+                continue
+            store = self._ctx.store
+            used = store.usage_bytes(mailbox) if blocking else store.counted_usage_bytes(mailbox)
+            if used is None:
+                return None
+            if used >= quota:
+                full.append(mailbox)
+        return tuple(full)
+
+    def _lookup_all(self, address: Address) -> tuple[_Routes, tuple[str, ...]]:
+        """Routes and full mailboxes, blocking: for a worker thread."""
+        routes = self._lookup_routes(address)
+        return routes, self._over_quota(routes[3], blocking=True) or ()
+
+    def _cached_facts(self, address: Address) -> tuple[RecipientFacts, dict[str, int]] | None:
+        version = self._ctx.accounts.data_version()
+        if version != self._routes_version:
+            self._routes.clear()
+            self._routes_version = version
+            return None
+        routes = self._routes.get(str(address))
+        if routes is None:
+            return None
+        over = self._over_quota(routes[3], blocking=False)
+        return None if over is None else (_facts(routes, over), routes[3])
+
+    async def _recipient(self, address: Address) -> tuple[RecipientFacts, dict[str, int]]:
+        """What `check_recipient` needs about `address`, and its mailboxes' quotas."""
+        try:
+            cached = self._cached_facts(address)
+        except Exception:  # the database or a maildirsize unreadable: the thread path says why
+            log.debug("route cache lookup failed", exc_info=True)
+            cached = None
+        if cached is not None:
+            return cached
+        version = self._routes_version
+        routes, over = await asyncio.to_thread(self._lookup_all, address)
+        # Cached only if no change was seen meanwhile: then `version` is older than the data.
+        if version is not None and version == self._routes_version:
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[str(address)] = routes
+        return _facts(routes, over), routes[3]
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self,
@@ -142,7 +190,7 @@ class MxHandler:
         if session.blocklisted_by is not None:
             facts = RecipientFacts(is_hosted_domain=False, mailboxes=())
         else:
-            facts, quotas = await asyncio.to_thread(self._recipient_facts, rcpt)
+            facts, quotas = await self._recipient(rcpt)
         reply = check_recipient(
             facts,
             authenticated=False,
@@ -252,6 +300,13 @@ class MxHandler:
                 self._ctx.store.expunge(ref.user, ref.folder, [ref.uid])
             except Exception:
                 log.exception("could not take back %s/%s uid %d", ref.user, ref.folder, ref.uid)
+
+
+def _facts(routes: _Routes, over_quota: tuple[str, ...]) -> RecipientFacts:
+    hosted, mailboxes, forwards, _quotas = routes
+    return RecipientFacts(
+        is_hosted_domain=hosted, mailboxes=mailboxes, forwards=forwards, over_quota=over_quota
+    )
 
 
 def next_transaction_trace(

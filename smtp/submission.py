@@ -104,7 +104,7 @@ class SubmissionHandler(MxHandler):
             rcpt = Address.parse(address)
         except AddressError:
             return str(replies.BAD_ADDRESS)
-        facts, quotas = await asyncio.to_thread(self._recipient_facts, rcpt)
+        facts, quotas = await self._recipient(rcpt)
         reply = check_submission_recipient(
             facts,
             accepted_so_far=len(envelope.rcpt_tos),

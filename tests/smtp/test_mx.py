@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mailstack.users import Accounts
 from smtp.replies import Reply
 from smtp.server import open_connections
 from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
@@ -73,7 +74,7 @@ def rcpt_reply(h: SmtpHarness, rcpt: str) -> tuple[int, bytes]:
         ("alice@example.com", 250, b"2.1.5"),
         ("Alice@EXAMPLE.com", 250, b"2.1.5"),
         ("alice+news@example.com", 250, b"2.1.5"),
-        ("team@example.com", 250, b"2.1.5"),
+        ("crew@example.com", 250, b"2.1.5"),
         ("anything@example.org", 250, b"2.1.5"),  # catch-all
         ("nobody@example.com", 550, b"5.1.1"),
         ("someone@gmail.com", 554, b"5.7.1 Relaying denied"),
@@ -84,6 +85,25 @@ async def test_recipient_policy(mx: SmtpHarness, rcpt: str, code: int, text: byt
     got_code, got_text = await asyncio.to_thread(rcpt_reply, mx, rcpt)
     assert got_code == code
     assert got_text.startswith(text)
+
+
+async def test_account_changes_reach_rcpt_at_once(mx: SmtpHarness) -> None:
+    # RCPT answers repeat recipients from a cache; a change committed by anyone else (here a
+    # second connection to users.sqlite3, as the CLI makes) must be seen by the next RCPT.
+    other = Accounts(mx.ctx.accounts.path)
+    try:
+        for _ in range(2):  # the second answer comes from the cache
+            assert (await asyncio.to_thread(rcpt_reply, mx, "carol@example.com"))[0] == 550
+        other.add_user("carol@example.com", "pw-carol-1234")
+        assert (await asyncio.to_thread(rcpt_reply, mx, "carol@example.com"))[0] == 250
+        assert (await asyncio.to_thread(rcpt_reply, mx, "carol@example.com"))[0] == 250
+        other.delete_user("carol@example.com")
+        assert (await asyncio.to_thread(rcpt_reply, mx, "carol@example.com"))[0] == 550
+        assert (await asyncio.to_thread(rcpt_reply, mx, "crew@example.com"))[0] == 550
+        other.add_alias("crew@example.com", ["alice@example.com"])
+        assert (await asyncio.to_thread(rcpt_reply, mx, "crew@example.com"))[0] == 250
+    finally:
+        other.close()
 
 
 async def test_known_user_gets_the_message_with_trace_headers(mx: SmtpHarness) -> None:
@@ -132,14 +152,14 @@ async def test_one_log_line_per_transaction_without_body(
 ) -> None:
     caplog.set_level(logging.INFO, logger="smtp")
     secret = b"Subject: s\r\n\r\nthe body must never be logged\r\n"
-    await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "team@example.com"], secret)
+    await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "crew@example.com"], secret)
     lines = [r for r in caplog.records if r.name == "smtp.server" and r.levelno == logging.INFO]
     assert len(lines) == 1
     record = lines[0]
     conn, peer = getattr(record, "conn", None), getattr(record, "peer", None)
     assert record.getMessage() == (
         f"from=<x@example.net> rcpts=<alice@example.com>,"
-        f"<team@example.com> size={len(secret)} result=250 2.0.0 OK: "
+        f"<crew@example.com> size={len(secret)} result=250 2.0.0 OK: "
         f"queued as {conn}.1"
     )
     assert peer == "127.0.0.1"
@@ -154,7 +174,7 @@ async def test_one_log_line_per_transaction_without_body(
 async def test_multiple_recipients_and_aliases_one_copy_each(mx: SmtpHarness) -> None:
     rcpts = [
         "alice@example.com",
-        "team@example.com",
+        "crew@example.com",
         "alice+x@example.com",
         "bob@example.com",
         "who@example.org",
@@ -826,7 +846,7 @@ def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
                     "--port",
                     str(h.port),
                     "--to",
-                    "team@example.com",
+                    "crew@example.com",
                     "--from",
                     "x@example.net",
                     "--helo",

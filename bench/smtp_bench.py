@@ -187,7 +187,10 @@ def start_mailstack(workdir: Path) -> Server:
     text = config.read_text()
     if "verify_inbound = true" not in text:
         raise RuntimeError("cannot find smtp.verify_inbound in the generated config")
-    config.write_text(text.replace("verify_inbound = true", "verify_inbound = false"))
+    text = text.replace("verify_inbound = true", "verify_inbound = false")
+    if os.environ.get("BENCH_SMTP_WORKERS"):  # compare worker counts: e.g. 0 (in-process), 2, 3
+        text = text.replace("workers = -1", f"workers = {os.environ['BENCH_SMTP_WORKERS']}")
+    config.write_text(text)
     for user in USERS:
         cli("user", "add", f"{user}@{DOMAIN}", "--password-stdin", stdin="bench-password\n")
     os.environ["PYTHONPATH"] = str(REPO)  # ServeProcess passes the environment on

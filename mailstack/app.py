@@ -23,6 +23,7 @@ from mailstack.config import format_hostport
 from mailstack.context import ServerContext, StartService, TlsProvider
 from mailstack.deployment import Deployment
 from mailstack.errors import HostError
+from mailstack.workers import SmtpWorkers, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,18 @@ def build_context(dep: Deployment) -> ServerContext:
     )
 
 
-async def start_listeners(ctx: ServerContext) -> list[tuple[str, asyncio.Server]]:
-    """Bind every configured listener; on any failure close those already open and raise."""
+async def start_listeners(
+    ctx: ServerContext, overrides: dict[str, StartService] | None = None
+) -> list[tuple[str, asyncio.Server]]:
+    """Bind every configured listener; on any failure close those already open and raise.
+    `overrides`: another start function for a service (the SMTP workers' hand-off)."""
     servers: list[tuple[str, asyncio.Server]] = []
     try:
         for service in LISTENERS:
             addresses = ctx.config.listeners(service)
             if not addresses:
                 continue
-            start = _resolve(service)
+            start = (overrides or {}).get(service) or _resolve(service)
             if start is None:
                 log.warning(
                     "%s is not available in this version; listen.%s ignored", service, service
@@ -117,8 +121,19 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
         hosted_domains=ctx.hosted_domains,
         local=local_delivery(ctx.accounts, ctx.store, ctx.config.server.hostname),
     )
-    servers = await start_listeners(ctx)
-    # The outbound queue runner stops with ctx.stopping; _drain waits for its attempts in flight.
+    workers: SmtpWorkers | None = None
+    count = worker_count(ctx.config.smtp.workers)
+    if count and ctx.config.listeners("smtp"):
+        workers = SmtpWorkers(ctx, count)
+        await workers.start()
+    try:
+        servers = await start_listeners(ctx, {"smtp": workers.listen} if workers else None)
+    except BaseException:
+        if workers is not None:
+            ctx.stopping.set()
+            await workers.stop()
+        raise
+    # The outbound queue runner stops with ctx.stopping; drain waits for its attempts in flight.
     queue_runner = asyncio.create_task(ctx.queue.run(ctx.stopping), name="outbound-queue")
     stop = asyncio.Event()
 
@@ -129,6 +144,8 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
             log.error("SIGHUP: keeping the old certificate: %s", exc)
         else:
             log.info("SIGHUP: certificate reloaded from %s", ctx.tls.cert)
+        if workers is not None:
+            workers.reload()
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -149,13 +166,15 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     ctx.stopping.set()
     for _, server in servers:
         server.close()
-    await _drain(DRAIN_S)
+    if workers is not None:
+        await workers.stop()
+    await drain(DRAIN_S)
     if queue_runner.done() and not queue_runner.cancelled() and queue_runner.exception():
         log.error("outbound queue runner failed", exc_info=queue_runner.exception())
     log.info("stopped")
 
 
-async def _drain(deadline_s: float) -> None:
+async def drain(deadline_s: float) -> None:
     """Wait for connection tasks to end by themselves, then cancel what is left."""
     me = asyncio.current_task()
     pending = {t for t in asyncio.all_tasks() if t is not me}

@@ -22,6 +22,7 @@ from mailstack.errors import ConfigError
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+MAX_SMTP_WORKERS = 64
 
 
 def doc(text: str, **kwargs: Any) -> Any:
@@ -152,6 +153,11 @@ class SmtpConfig:
     )
     verify_inbound: bool = doc(
         "Check SPF, DKIM and DMARC of inbound mail and add Authentication-Results.", default=True
+    )
+    workers: int = doc(
+        "Processes serving port 25, so inbound mail uses every core (the main process accepts "
+        "and hands connections over); -1: one per CPU core, 0: none, SMTP in the main process.",
+        default=-1,
     )
 
 
@@ -338,6 +344,12 @@ def _validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise _KeyError(key, f"must be greater than 0, got {value}")
+    if not -1 <= cfg.smtp.workers <= MAX_SMTP_WORKERS:
+        raise _KeyError(
+            "smtp.workers",
+            f"must be -1 (one per core), 0 (none) or up to {MAX_SMTP_WORKERS}, "
+            f"got {cfg.smtp.workers}",
+        )
     if not 1 <= cfg.outbound.mx_port <= 65535:
         raise _KeyError("outbound.mx_port", f"port {cfg.outbound.mx_port} is out of range")
     for key, value in (("dns.resolver", cfg.dns.resolver), ("outbound.relay", cfg.outbound.relay)):

@@ -22,7 +22,9 @@ class Deployment:
     events: EventHub
 
     @classmethod
-    def open(cls, root: Path) -> Deployment:
+    def open(cls, root: Path, *, events: EventHub | None = None) -> Deployment:
+        """`events`: the hub the store publishes deliveries to (an SMTP worker passes one that
+        forwards them to the main process)."""
         paths = StatePaths(root)
         if not paths.config.exists():
             raise ConfigError(
@@ -36,7 +38,7 @@ class Deployment:
             raise HostError(f"cannot open {paths.users_db}: {exc}") from None
         for domain in config.server.domains:  # a domain added to the config by hand is hosted
             accounts.add_domain(domain, exist_ok=True)
-        events = EventHub()
+        events = events or EventHub()
         store = MaildirStore(paths, events, hostname=config.server.hostname)
         return cls(config, paths, accounts, store, events)
 

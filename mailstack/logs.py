@@ -18,11 +18,17 @@ from collections.abc import MutableMapping
 from typing import Any
 
 _ids = itertools.count(1)
+_process_tag = ""  # "w2." in SMTP worker 2: ids (and the queue ids made of them) stay unique
 
 
 def new_connection_id(prefix: str) -> str:
-    """Short ids ('s1', 'i7') that tie every line of one connection together."""
-    return f"{prefix}{next(_ids)}"
+    """Short ids ('s1', 'i7', 'w2.s5') that tie every line of one connection together."""
+    return f"{_process_tag}{prefix}{next(_ids)}"
+
+
+def set_process_tag(tag: str) -> None:
+    global _process_tag
+    _process_tag = f"{tag}." if tag else ""
 
 
 class ConnectionLogger(logging.LoggerAdapter[logging.Logger]):
@@ -78,6 +84,13 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
         return json.dumps(data)
+
+
+def current_settings() -> tuple[str, bool]:
+    """(level, json_lines) as `setup_logging` set them, for child processes to copy."""
+    root = logging.getLogger()
+    json_lines = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.level), json_lines
 
 
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:

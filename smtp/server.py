@@ -28,7 +28,7 @@ import logging
 import re
 import ssl
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from typing import Any
 
@@ -102,6 +102,9 @@ class MxSMTP(SMTP):
         self._close_after_reply = False
         self._waiting_for_command = False
         self._connection_id = new_connection_id("s")
+        # Called once when the connection is gone (an SMTP worker reports it to the main
+        # process, which counts the connection limits).
+        self.on_closed: Callable[[], None] | None = None
         self._log: logging.LoggerAdapter[logging.Logger] = connection_logger(
             __name__, self._connection_id, "?"
         )
@@ -252,7 +255,7 @@ class MxSMTP(SMTP):
     async def _serve_session(self) -> None:
         session = self.mx_session()
         peer = session.peer if isinstance(session.peer, tuple) else ("?", 0)
-        session.peer_ip, session.peer_port = _plain_ip(str(peer[0])), int(peer[1])
+        session.peer_ip, session.peer_port = plain_ip(str(peer[0])), int(peer[1])
         self._log = connection_logger(__name__, self._connection_id, session.peer_ip)
         refusal = self._limiter.admit(session.peer_ip)
         if refusal is not None:
@@ -347,6 +350,9 @@ class MxSMTP(SMTP):
         if self._admitted_ip is not None:
             self._limiter.release(self._admitted_ip)
             self._admitted_ip = None
+        if self.on_closed is not None:
+            on_closed, self.on_closed = self.on_closed, None
+            on_closed()
         super().connection_lost(error)
 
     # -- commands --------------------------------------------------------------------------------
@@ -617,7 +623,7 @@ class MxSMTP(SMTP):
         )
 
 
-def _plain_ip(ip: str) -> str:
+def plain_ip(ip: str) -> str:
     """'::ffff:192.0.2.1' -> '192.0.2.1' (a v4 client on a dual-stack socket)."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -631,27 +637,42 @@ def _plain_ip(ip: str) -> str:
 async def start_smtp(
     ctx: ServerContext, host: str, port: int, *, verify: Verifier | None = None
 ) -> asyncio.Server:
-    """Listen for inbound mail on (host, port).
+    """Listen for inbound mail on (host, port), every session in this process.
 
     `verify` is the inbound-check hook (smtp.verdict); by default SPF/DKIM/DMARC from
     `smtp.inbound_auth.verifier_for(config)`, which honours `smtp.verify_inbound`.
+    (`serve` with `smtp.workers` uses mailstack.workers instead, which runs `mx_sessions` in
+    worker processes.)
     """
+    limiter = ConnectionLimiter(
+        ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
+    )
+    factory = mx_sessions(ctx, limiter, verify=verify)
+    server = await asyncio.get_running_loop().create_server(factory, host, port)
+    register_limiter(server, limiter)
+    return server
+
+
+def mx_sessions(
+    ctx: ServerContext, limiter: ConnectionLimiter, *, verify: Verifier | None = None
+) -> Callable[[], MxSMTP]:
+    """A protocol factory for MX sessions sharing one handler, limiter and resolver."""
     loop = asyncio.get_running_loop()
     if logging.getLogger("mail.log").level == logging.NOTSET:
         # aiosmtpd logs every command at INFO; we log one line per transaction ourselves.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-    limiter = ConnectionLimiter(
-        ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
-    )
     handler = MxHandler(ctx, verify or default_verifier(ctx))
     resolver = make_resolver(ctx) if ctx.config.smtp.dnsbl else None
 
     def factory() -> MxSMTP:
         return MxSMTP(handler, ctx=ctx, limiter=limiter, resolver=resolver, loop=loop)
 
-    server = await loop.create_server(factory, host, port)
+    return factory
+
+
+def register_limiter(server: asyncio.Server, limiter: ConnectionLimiter) -> None:
+    """Make `open_connections(server)` count `limiter`'s connections."""
     _LIMITERS[server] = limiter
-    return server
 
 
 def default_verifier(ctx: ServerContext) -> Verifier:

@@ -1,0 +1,319 @@
+"""SMTP worker processes: the MX's sessions spread over every core.
+
+A Python process runs one thread of Python at a time, and an MX under load is CPU-bound in
+Python (docs/benchmarks.md: one process kept 1.2 of 2 cores busy while Postfix used both). So
+`serve` runs the MX sessions in `smtp.workers` child processes (`python -m smtp.worker`), each
+with its own event loop, store and group commit; the Maildir layer is safe for several writer
+processes (Dovecot's dotlocks, O_APPEND uidlist and maildirsize lines).
+
+The main process keeps the listening socket: it accepts, applies the connection limits (in
+total and per client address: only one process can count those) and passes the accepted socket
+to the ready worker with the fewest connections, over a Unix SOCK_SEQPACKET socketpair
+(SCM_RIGHTS). One message per packet:
+
+    main -> worker   C <token>            plus the connection's file descriptor
+    worker -> main   R                    ready: hand me connections
+                     D <token>            that connection is closed: its limit slot is free
+                     E <user> NUL <folder>  a delivery is durable: wake IMAP IDLE here
+                     Q                    mail was queued for outbound delivery: run the queue
+
+A worker that dies is restarted after a second and its connections' slots are released. When
+the main process dies, even by SIGKILL, workers read EOF, take no more connections and finish
+the sessions they have. SIGTERM and SIGHUP reach them from the main process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailstack.context import ServerContext
+from mailstack.errors import HostError
+from mailstack.logs import current_settings
+from smtp import replies
+from smtp.limits import ConnectionLimiter
+from smtp.server import plain_ip, register_limiter
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 30.0  # a worker that is not ready by then fails `serve` at start-up
+RESTART_DELAY_S = 1.0
+STOP_TIMEOUT_S = 35.0  # the workers' own drain (app.DRAIN_S) plus a margin, then SIGKILL
+PACKET_MAX = 4096
+
+
+def worker_count(configured: int) -> int:
+    """`smtp.workers` resolved: -1 is one per core, none where there is only one."""
+    if configured >= 0:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if cores and cores > 1 else 0
+
+
+class Channel:
+    """One end of a worker socketpair. `send` never blocks and may be called from any thread;
+    it returns False when the packet could not go (peer gone, buffer full)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.broken = False  # the peer is gone: nothing will ever go through again
+        self._lock = threading.Lock()
+
+    def send(self, packet: bytes, fds: list[int] | None = None) -> bool:
+        with self._lock:
+            try:
+                if fds:
+                    socket.send_fds(self.sock, [packet], fds)
+                else:
+                    self.sock.send(packet)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self.broken = True
+                return False
+        return True
+
+    def receive(self) -> tuple[bytes, list[int]] | None:
+        """The next packet and its descriptors; None when none is waiting; (b"", []) at EOF."""
+        try:
+            packet, fds, _flags, _addr = socket.recv_fds(self.sock, PACKET_MAX, 4)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b"", []
+        return packet, fds
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(eq=False)
+class _Worker:
+    slot: int
+    channel: Channel | None = None
+    proc: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: dict[int, str] = field(default_factory=dict)  # token -> client address
+
+
+class SmtpWorkers:
+    """The main process's side: spawn, supervise, hand connections over, relay reports."""
+
+    def __init__(self, ctx: ServerContext, count: int) -> None:
+        self._ctx = ctx
+        self._workers = [_Worker(slot) for slot in range(1, count + 1)]
+        self._limiter = ConnectionLimiter(
+            ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
+        )
+        self._tokens = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._limiter.total
+
+    async def start(self) -> None:
+        """Start every worker and wait until each is ready; HostError if one is not."""
+        for worker in self._workers:
+            self._tasks.append(
+                asyncio.create_task(self._supervise(worker), name=f"smtp-worker-{worker.slot}")
+            )
+
+        async def all_ready() -> None:
+            for w in self._workers:
+                await w.ready.wait()
+
+        ready = asyncio.create_task(all_ready())
+        done, _ = await asyncio.wait(
+            [ready, *self._tasks], timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready in done:
+            self._started = True
+            return
+        ready.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        raise HostError(
+            "SMTP worker processes did not start (their errors are above)",
+            hint="set `workers = 0` under [smtp] in mailstack.toml to serve SMTP in the main "
+            "process, and report the error",
+        )
+
+    async def listen(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+        """The `smtp` listener: accepted connections go to the workers."""
+        server = await asyncio.get_running_loop().create_server(lambda: _HandOff(self), host, port)
+        register_limiter(server, self._limiter)
+        return server
+
+    def reload(self) -> None:
+        """Pass SIGHUP on (each worker reloads its certificate)."""
+        for worker in self._workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                worker.proc.send_signal(signal.SIGHUP)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (they finish their sessions), wait, SIGKILL what is left."""
+        for worker in self._workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for worker in self._workers:
+                if worker.proc is not None and worker.proc.returncode is None:
+                    log.warning("SMTP worker %d did not stop in time: killed", worker.slot)
+                    worker.proc.kill()
+            if late:
+                await asyncio.wait(late, timeout=5)
+
+    # -- handing connections over ----------------------------------------------------------------
+    def hand_off(self, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = plain_ip(str(peer[0])) if isinstance(peer, tuple) else "?"
+        refusal = self._limiter.admit(ip)
+        if refusal is not None:
+            log.info("refused %s at connect: %s", ip, refusal)
+            _refuse(transport, str(refusal))
+            return
+        ready = [w for w in self._workers if w.ready.is_set() and w.channel is not None]
+        worker = min(ready, key=lambda w: len(w.connections), default=None)
+        sock = transport.get_extra_info("socket")
+        token = next(self._tokens)
+        if (
+            worker is None
+            or worker.channel is None
+            or sock is None
+            or not worker.channel.send(b"C %d" % token, [sock.fileno()])
+        ):
+            self._limiter.release(ip)
+            log.warning("no SMTP worker could take a connection from %s", ip)
+            _refuse(transport, str(replies.SERVICE_UNAVAILABLE))
+            return
+        worker.connections[token] = ip
+        # The worker holds its own descriptor now; closing ours leaves the connection open.
+        transport.abort()
+
+    def _closed(self, worker: _Worker, token: int) -> None:
+        ip = worker.connections.pop(token, None)
+        if ip is not None:
+            self._limiter.release(ip)
+
+    # -- supervision -----------------------------------------------------------------------------
+    async def _supervise(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._run_once(worker, loop)
+                if self._ctx.stopping.is_set() or not self._started:
+                    return  # stopping; or it died before start-up finished: `start` says so
+                log.error(
+                    "SMTP worker %d exited with status %s; restarting it",
+                    worker.slot,
+                    worker.proc.returncode if worker.proc else "?",
+                )
+                await asyncio.sleep(RESTART_DELAY_S)
+                if self._ctx.stopping.is_set():
+                    return
+        finally:
+            if worker.proc is not None and worker.proc.returncode is None:
+                worker.proc.kill()
+                with contextlib.suppress(Exception):
+                    await worker.proc.wait()
+
+    async def _run_once(self, worker: _Worker, loop: asyncio.AbstractEventLoop) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel = Channel(ours)
+        worker.ready.clear()
+        level, json_lines = current_settings()
+        argv = [
+            sys.executable,
+            "-m",
+            "smtp.worker",
+            "--dir",
+            str(self._ctx.paths.root),
+            "--ipc-fd",
+            str(theirs.fileno()),
+            "--tag",
+            f"w{worker.slot}",
+            "--log-level",
+            level,
+            *(["--log-json"] if json_lines else []),
+        ]
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL, env=_env()
+            )
+        finally:
+            theirs.close()
+        worker.channel = channel
+        loop.add_reader(ours.fileno(), self._on_packets, worker, channel)
+        try:
+            await worker.proc.wait()
+        finally:
+            loop.remove_reader(ours.fileno())
+            worker.ready.clear()
+            worker.channel = None
+            channel.close()
+            for token in list(worker.connections):
+                self._closed(worker, token)
+
+    def _on_packets(self, worker: _Worker, channel: Channel) -> None:
+        while (got := channel.receive()) is not None:
+            packet, fds = got
+            for fd in fds:  # workers send none; never leak one
+                os.close(fd)
+            if not packet:  # EOF: the worker is exiting; _run_once notices its exit
+                asyncio.get_running_loop().remove_reader(channel.sock.fileno())
+                return
+            kind, _, rest = packet.partition(b" ")
+            if kind == b"D":
+                with contextlib.suppress(ValueError):
+                    self._closed(worker, int(rest))
+            elif kind == b"E":
+                user, _, folder = rest.decode("utf-8", "surrogateescape").partition("\0")
+                log.debug("SMTP worker %d delivered to %s %s", worker.slot, user, folder)
+                self._ctx.events.publish(user, folder)
+            elif kind == b"Q":
+                if self._ctx.queue is not None:
+                    self._ctx.queue.wake()
+            elif kind == b"R":
+                worker.ready.set()
+                pid = worker.proc.pid if worker.proc else "?"
+                log.info("SMTP worker %d ready (pid %s)", worker.slot, pid)
+
+
+class _HandOff(asyncio.Protocol):
+    """What the main process's `smtp` listener does with a connection: give it away."""
+
+    def __init__(self, pool: SmtpWorkers) -> None:
+        self._pool = pool
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):  # always, for a TCP listener
+            self._pool.hand_off(transport)
+
+
+def _refuse(transport: asyncio.Transport, reply: str) -> None:
+    transport.write(reply.encode("ascii") + b"\r\n")
+    transport.close()
+
+
+def _env() -> dict[str, str]:
+    """The child must import our packages even when they are not installed (a checkout)."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[1])
+    path = env.get("PYTHONPATH", "")
+    if here not in path.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, path) if p)
+    return env

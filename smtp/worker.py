@@ -1,0 +1,164 @@
+"""An SMTP worker process: MX sessions for the connections the main process hands over.
+
+`serve` starts these (mailstack.workers, which also describes the protocol between the two) as
+`python -m smtp.worker --dir ROOT --ipc-fd N --tag wK`; it is not a command for admins. A
+worker opens the deployment itself (config, accounts, its own store and group commit), says
+`R` when it can take connections, serves each one it receives with the same `MxSMTP` sessions
+as an in-process listener, and reports closed connections, durable deliveries (for IMAP IDLE
+in the main process) and queued mail back. SIGTERM, or EOF from the main process: no new
+sessions, the open ones finish (up to app.DRAIN_S), exit 0. SIGHUP reloads the certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from delivery.events import EventHub
+from delivery.queue import OutboundQueue, local_delivery
+from mailstack.app import DRAIN_S, build_context, drain
+from mailstack.deployment import Deployment
+from mailstack.errors import HostError, MailstackError
+from mailstack.logs import set_process_tag, setup_logging
+from mailstack.workers import Channel
+from smtp.limits import ConnectionLimiter
+from smtp.server import mx_sessions
+
+log = logging.getLogger(__name__)
+
+REPORT_RETRY_S = 0.05  # a full socketpair buffer: try a "connection closed" report again
+
+
+class _ForwardingHub(EventHub):
+    """Deliveries made here are announced in the main process, where IMAP IDLE waits."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def publish(self, user: str, folder: str) -> None:
+        # Best effort, like every publish: an IDLE session that misses it rescans soon.
+        self._channel.send(b"E " + f"{user}\0{folder}".encode("utf-8", "surrogateescape"))
+
+
+class _ForwardingQueue(OutboundQueue):
+    """Mail queued here (aliases forwarding outside) is sent by the main process's runner."""
+
+    channel: Channel | None = None
+
+    def wake(self) -> None:
+        if self.channel is not None:
+            self.channel.send(b"Q")
+
+
+async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
+    loop = asyncio.get_running_loop()
+    ctx = build_context(dep)
+    queue = _ForwardingQueue(
+        ctx.config,
+        ctx.paths,
+        hosted_domains=ctx.hosted_domains,
+        local=local_delivery(ctx.accounts, ctx.store, ctx.config.server.hostname),
+    )
+    queue.channel = channel
+    ctx.queue = queue
+    # The main process counts connections against the limits; here every one is admitted.
+    factory = mx_sessions(ctx, ConnectionLimiter(sys.maxsize, sys.maxsize))
+    stop = asyncio.Event()
+    fd = channel.sock.fileno()
+    starting: set[asyncio.Task[None]] = set()
+
+    def report_closed(token: int) -> None:
+        if not channel.send(b"D %d" % token) and not channel.broken:
+            loop.call_later(REPORT_RETRY_S, report_closed, token)
+
+    async def serve_one(token: int, conn: socket.socket) -> None:
+        def session() -> asyncio.Protocol:
+            proto = factory()
+            proto.on_closed = lambda: report_closed(token)
+            return proto
+
+        try:
+            await loop.connect_accepted_socket(session, conn)
+        except OSError as exc:
+            log.info("connection %d lost before its session began: %s", token, exc)
+            conn.close()
+            report_closed(token)
+
+    def on_packets() -> None:
+        while (got := channel.receive()) is not None:
+            packet, fds = got
+            if not packet:  # the main process is gone: finish what we have
+                loop.remove_reader(fd)
+                stop.set()
+                return
+            kind, _, rest = packet.partition(b" ")
+            if kind == b"C" and len(fds) == 1 and rest.isdigit():
+                conn = socket.socket(fileno=fds[0])
+                task = loop.create_task(serve_one(int(rest), conn))
+                starting.add(task)
+                task.add_done_callback(starting.discard)
+            else:
+                log.warning("unexpected packet from the main process: %r", packet[:40])
+                for extra in fds:
+                    socket.socket(fileno=extra).close()
+
+    def reload() -> None:
+        try:
+            ctx.tls.reload()
+        except HostError as exc:
+            log.error("SMTP worker %s: SIGHUP: keeping the old certificate: %s", tag, exc)
+        else:
+            log.info("SMTP worker %s: SIGHUP: certificate reloaded", tag)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_reader(fd, on_packets)
+    channel.send(b"R")
+    await stop.wait()
+    ctx.stopping.set()  # idle sessions get 421 now, busy ones after their reply
+    await drain(DRAIN_S)
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_reader(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m smtp.worker", description=__doc__)
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--ipc-fd", type=int, required=True)
+    parser.add_argument("--tag", default="w")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-json", action="store_true")
+    args = parser.parse_args(argv)
+    # Ctrl-C on a terminal reaches the whole process group; the main process decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(args.log_level, json_lines=args.log_json)
+    set_process_tag(args.tag)
+    channel = Channel(socket.socket(fileno=args.ipc_fd))
+    try:
+        dep = Deployment.open(args.dir, events=_ForwardingHub(channel))
+    except MailstackError as exc:
+        log.error("SMTP worker %s cannot start: %s", args.tag, exc)
+        return 1
+    try:
+        import os
+
+        if os.environ.get("MS_UVLOOP"):
+            import uvloop
+
+            uvloop.run(serve_worker(dep, channel, args.tag))
+        else:
+            asyncio.run(serve_worker(dep, channel, args.tag))
+    finally:
+        dep.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -147,14 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("SMTP worker %s cannot start: %s", args.tag, exc)
         return 1
     try:
-        import os
-
-        if os.environ.get("MS_UVLOOP"):
-            import uvloop
-
-            uvloop.run(serve_worker(dep, channel, args.tag))
-        else:
-            asyncio.run(serve_worker(dep, channel, args.tag))
+        asyncio.run(serve_worker(dep, channel, args.tag))
     finally:
         dep.close()
     return 0

@@ -74,7 +74,7 @@ def rcpt_reply(h: SmtpHarness, rcpt: str) -> tuple[int, bytes]:
         ("alice@example.com", 250, b"2.1.5"),
         ("Alice@EXAMPLE.com", 250, b"2.1.5"),
         ("alice+news@example.com", 250, b"2.1.5"),
-        ("crew@example.com", 250, b"2.1.5"),
+        ("team@example.com", 250, b"2.1.5"),
         ("anything@example.org", 250, b"2.1.5"),  # catch-all
         ("nobody@example.com", 550, b"5.1.1"),
         ("someone@gmail.com", 554, b"5.7.1 Relaying denied"),
@@ -152,14 +152,14 @@ async def test_one_log_line_per_transaction_without_body(
 ) -> None:
     caplog.set_level(logging.INFO, logger="smtp")
     secret = b"Subject: s\r\n\r\nthe body must never be logged\r\n"
-    await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "crew@example.com"], secret)
+    await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "team@example.com"], secret)
     lines = [r for r in caplog.records if r.name == "smtp.server" and r.levelno == logging.INFO]
     assert len(lines) == 1
     record = lines[0]
     conn, peer = getattr(record, "conn", None), getattr(record, "peer", None)
     assert record.getMessage() == (
         f"from=<x@example.net> rcpts=<alice@example.com>,"
-        f"<crew@example.com> size={len(secret)} result=250 2.0.0 OK: "
+        f"<team@example.com> size={len(secret)} result=250 2.0.0 OK: "
         f"queued as {conn}.1"
     )
     assert peer == "127.0.0.1"
@@ -174,7 +174,7 @@ async def test_one_log_line_per_transaction_without_body(
 async def test_multiple_recipients_and_aliases_one_copy_each(mx: SmtpHarness) -> None:
     rcpts = [
         "alice@example.com",
-        "crew@example.com",
+        "team@example.com",
         "alice+x@example.com",
         "bob@example.com",
         "who@example.org",
@@ -846,7 +846,7 @@ def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
                     "--port",
                     str(h.port),
                     "--to",
-                    "crew@example.com",
+                    "team@example.com",
                     "--from",
                     "x@example.net",
                     "--helo",

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from delivery.layout import current_pid
 from delivery.store import StoreError
 from mailstack.fsutil import fsync_dir
 
@@ -76,7 +77,7 @@ class DotLock:
         while True:
             try:
                 self._fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                os.write(self._fd, f"{os.getpid()}:{_HOST}".encode())  # as Dovecot writes it
+                os.write(self._fd, f"{current_pid()}:{_HOST}".encode())  # as Dovecot writes it
                 return
             except FileExistsError:
                 pass

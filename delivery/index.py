@@ -331,8 +331,12 @@ class FolderIndex:
         self._entries = None
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
-            size = os.fstat(fd).st_size
-            if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
+            # Under the lock, right after _load_uidlist: when we parsed the file to its end, it
+            # ends with a newline and nothing needs checking.
+            known = self._uidlist_stamp
+            whole = known is not None and self._uidlist_parsed == known[1] > 0
+            size = 0 if whole else os.fstat(fd).st_size
+            if not whole and (size == 0 or os.pread(fd, 1, size - 1) != b"\n"):
                 # A writer died mid-line: appending would glue onto its torn line. Replace the
                 # file instead (the parse ignored the torn tail).
                 os.close(fd)

@@ -108,7 +108,16 @@ def unique_name(host: str, size: int, vsize: int, *, now: float | None = None) -
     now = time.time() if now is None else now
     secs = int(now)
     usecs = int((now - secs) * 1_000_000)
-    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_escape_host(host)},S={size},W={vsize}"
+    return f"{secs}.M{usecs}P{_pid[0]}Q{next(_counter)}.{_escape_host(host)},S={size},W={vsize}"
+
+
+def current_pid() -> int:
+    """os.getpid() without a system call per message (kept right across fork)."""
+    return _pid[0]
+
+
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def sizes_from_name(base: str) -> tuple[int | None, int | None]:

@@ -84,6 +84,8 @@ from delivery.store import (
 from mailstack.fsutil import fsync_dir
 from mailstack.paths import StatePaths
 
+_LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
+
 
 @dataclass(frozen=True, slots=True)
 class _Written:
@@ -155,6 +157,7 @@ class MaildirStore:
         self._indexes: dict[Path, FolderIndex] = {}
         self._indexes_lock = threading.Lock()
         self._quota_verified: set[Path] = set()
+        self._located: dict[tuple[str, str], tuple[Path, str, Path]] = {}
         self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._flush)
 
     @property
@@ -179,11 +182,34 @@ class MaildirStore:
     def _folder(self, user: str, folder: str) -> tuple[Path, str, Path]:
         """(account root, normalized name, folder directory); the folder must exist."""
         root = self._root(user)
-        name = normalize_folder(folder)
-        fdir = root / folder_dir_name(name) if name != INBOX else root
-        if not (fdir / "cur").is_dir():
+        _, name, fdir = self._locate(user, folder)
+        if fdir != root and not (fdir / "cur").is_dir():
             raise FolderNotFoundError(f"no folder {name!r}")
         return root, name, fdir
+
+    def _locate(self, user: str, folder: str) -> tuple[Path, str, Path]:
+        """`_folder` without looking at the disk (cached: pure path arithmetic). Deliveries
+        use it and learn of a missing account or folder from the failing write instead of a
+        stat() per message beforehand (see `_missing`)."""
+        key = (user, folder)
+        found = self._located.get(key)
+        if found is None:
+            root = self._user_root(user)
+            name = normalize_folder(folder)
+            fdir = root / folder_dir_name(name) if name != INBOX else root
+            if len(self._located) >= _LOCATE_CACHE_MAX:
+                self._located.clear()
+            found = self._located[key] = (root, name, fdir)
+        return found
+
+    @staticmethod
+    def _missing(target: _Target) -> StoreError | None:
+        """Why writing into `target` found no directory: no account, no folder, or neither."""
+        if not (target.root / "cur").is_dir():
+            return UnknownUserError(f"no mailbox for {target.user}")
+        if not (target.fdir / "cur").is_dir():
+            return FolderNotFoundError(f"folder vanished: {target.folder}")
+        return None
 
     def _index(self, root: Path, fdir: Path) -> FolderIndex:
         with self._indexes_lock:
@@ -303,14 +329,17 @@ class MaildirStore:
         parts = tuple(lf_slices(job.parts))
         size = sum(len(p) for p in parts)
         targets = tuple(
-            _Target(user, *self._folder(user, folder)) for user, folder in job.unresolved
+            _Target(user, *self._locate(user, folder)) for user, folder in job.unresolved
         )
         limits = dict(job.quota_bytes)
-        per_user: dict[str, int] = {}
+        per_user: dict[str, tuple[_Target, int]] = {}
         for t in targets:
-            per_user[t.user] = per_user.get(t.user, 0) + size
-        for user, adding in per_user.items():
-            self._check_quota(user, self._root(user), limits.get(user, 0), adding)
+            per_user[t.user] = (t, per_user.get(t.user, (t, 0))[1] + size)
+        for user, (t, adding) in per_user.items():
+            try:
+                self._check_quota(user, t.root, limits.get(user, 0), adding)
+            except FileNotFoundError:
+                raise self._missing(t) or FolderNotFoundError(f"no folder {t.folder!r}") from None
         return targets, parts, (size, size + sum(p.count(b"\n") for p in parts))
 
     def _write_jobs(
@@ -330,8 +359,8 @@ class MaildirStore:
                 try:
                     base, meta = self._write_tmp(t.fdir, parts, sizes, job.mtime)
                 except OSError as exc:
-                    gone = isinstance(exc, FileNotFoundError) and not (t.fdir / "cur").is_dir()
-                    failed[j] = FolderNotFoundError(f"folder vanished: {t.folder}") if gone else exc
+                    missing = self._missing(t) if isinstance(exc, FileNotFoundError) else None
+                    failed[j] = missing or exc
                     break
                 mine.append(_Written(t.user, t.root, t.folder, t.fdir, base, meta))
         return written
@@ -455,8 +484,8 @@ class MaildirStore:
                         continue
                     item, item_flags = written[j][i], jobs[j].flags[i]
                     try:
-                        index.ensure_keywords(item_flags)
                         if item_flags:
+                            index.ensure_keywords(item_flags)
                             letters = letters_from_flags(item_flags, index.keywords)
                             sub, name = "cur", file_name_with_flags(item.base, letters)
                         else:

@@ -94,6 +94,7 @@ def current_settings() -> tuple[str, bool]:
 
 
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    logging.logProcesses = False  # a getpid() system call per record; no format shows it
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()

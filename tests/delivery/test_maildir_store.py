@@ -157,6 +157,27 @@ def test_unknown_user_and_folder(store: MaildirStore) -> None:
         store.snapshot(ALICE, "Nope")
 
 
+def test_unknown_user_and_folder_without_waiting(store: MaildirStore) -> None:
+    # The event-loop path finds a missing account or folder when it writes (no stat() per
+    # message beforehand), so it must still name the right error, and leave nothing behind.
+    def deliver(user: str, folder: str) -> object:
+        return store.deliver_parts_nowait([(user, folder)], [MESSAGE]).result(30)
+
+    with pytest.raises(UnknownUserError):
+        deliver("nobody@example.com", "INBOX")
+    with pytest.raises(FolderNotFoundError):
+        deliver(ALICE, "Nope")
+    store.create_folder(ALICE, "Lists")
+    deliver(ALICE, "Lists")  # remembered where Lists lives...
+    store.delete_folder(ALICE, "Lists")
+    with pytest.raises(FolderNotFoundError):  # ...which does not make it exist
+        deliver(ALICE, "Lists")
+    store.delete_account(ALICE)
+    with pytest.raises(UnknownUserError):
+        deliver(ALICE, "INBOX")
+    assert not store._paths.maildir(ALICE).exists()  # nothing written for the gone account
+
+
 @pytest.mark.parametrize(
     "name", ["", "a/b", ".hidden", "a..b", "trailing.", "..", "tab\tname", "caf\xe9", "a&b"]
 )

@@ -6,8 +6,11 @@ uidlist, writes the new content into the lock file and renames it over `dovecot-
 a reader never sees half a file. We take the same lock, so Dovecot and mailstack can work on one
 Maildir at the same time.
 
-Threads of one process first serialise on a `threading.Lock` per path, so only one thread per
-process polls the file system. A lock older than `stale_s` is taken over, as Dovecot does: its
+Threads of one process first serialise on a `threading.Lock` per path; then, with `queue_on`,
+mailstack processes queue on a kernel flock (SMTP workers and the main process deliver into the
+same folders), so only a lock held by another program (Dovecot) is polled for.
+
+A lock older than `stale_s` is taken over, as Dovecot does: its
 owner crashed (Dovecot's uidlist lock: MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT = 2 minutes); a lock
 whose "<pid>:<host>" names a process of this host that no longer exists is taken over at once.
 """
@@ -15,6 +18,7 @@ whose "<pid>:<host>" names a process of this host that no longer exists is taken
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import threading
@@ -54,22 +58,52 @@ def _thread_lock(path: Path) -> threading.Lock:
 class DotLock:
     """`with DotLock(path): ...` holds `path.lock`; `replace(data)` writes `path` and unlocks."""
 
-    def __init__(self, path: Path, *, stale_s: float = STALE_S, timeout_s: float = TIMEOUT_S):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        stale_s: float = STALE_S,
+        timeout_s: float = TIMEOUT_S,
+        queue_on: Path | None = None,
+    ):
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         self._stale_s = stale_s
         self._timeout_s = timeout_s
         self._thread_lock = _thread_lock(path)
         self._fd: int | None = None
+        self._queue_on = queue_on
+        self._queue_fd: int | None = None
 
     def acquire(self) -> None:
         if not self._thread_lock.acquire(timeout=self._timeout_s):
             raise LockTimeoutError(f"timed out waiting for {self.lock_path}")
         try:
+            self._enter_queue()
             self._acquire_file()
         except BaseException:
+            self._leave_queue()
             self._thread_lock.release()
             raise
+
+    def _enter_queue(self) -> None:
+        """Wait for other mailstack processes in the kernel (flock on `queue_on`), so the
+        dotlock is free by the time we try it: no polling among ourselves, and the waiter is
+        woken the moment the holder is done. Only Dovecot's holds are polled for."""
+        if self._queue_on is None:
+            return
+        fd = os.open(self._queue_on, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._queue_fd = fd
+
+    def _leave_queue(self) -> None:
+        if self._queue_fd is not None:
+            fd, self._queue_fd = self._queue_fd, None
+            os.close(fd)  # drops the flock
 
     def _acquire_file(self) -> None:
         deadline = time.monotonic() + self._timeout_s
@@ -148,6 +182,7 @@ class DotLock:
                 self.lock_path.unlink()
             raise
         finally:
+            self._leave_queue()
             self._thread_lock.release()
 
     def release(self) -> None:
@@ -159,6 +194,7 @@ class DotLock:
             with contextlib.suppress(FileNotFoundError):
                 self.lock_path.unlink()
         finally:
+            self._leave_queue()
             self._thread_lock.release()
 
     def __enter__(self) -> Self:

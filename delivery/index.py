@@ -87,6 +87,11 @@ class FolderIndex:
         self._next_uid_validity = next_uid_validity
         self._uidlist: UidList | None = None
         self._uidlist_stamp: Stamp | None = None
+        # One lock object for the folder, reused: its threading.Lock lets a single thread of
+        # the process hold it at a time. tmp/ is what mailstack processes queue on: a directory
+        # every folder has and nothing else flocks (the quota flocks the account root, which is
+        # INBOX's folder directory itself).
+        self._lock = DotLock(path / UIDLIST, queue_on=path / "tmp")
         self._uidlist_parsed = 0  # bytes of the file parsed: up to the last complete line
         self._uid_of: dict[str, int] = {}
         self._keywords = KeywordMap([])
@@ -102,7 +107,7 @@ class FolderIndex:
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[FolderIndex]:
-        lock = DotLock(self.path / UIDLIST)
+        lock = self._lock
         try:
             lock.acquire()
         except (FileNotFoundError, NotADirectoryError):

@@ -264,7 +264,7 @@ class MaildirStore:
         return self._usage(self._root(user))
 
     def counted_usage_bytes(self, user: str) -> int | None:
-        root = self._paths.maildir(user)
+        root = self._locate(user, INBOX)[0]
         with self._indexes_lock:
             if root not in self._quota_verified:
                 return None  # the first look per process recounts (see _usage)

@@ -83,3 +83,66 @@ async def test_events_published_after_changes(paths: StatePaths) -> None:
         await asyncio.to_thread(store.move, ALICE, "INBOX", [1], "Archive")
         await asyncio.wait_for(inbox.wait(), 10)
         await asyncio.wait_for(archive.wait(), 10)
+
+
+_HOLD_FOLDER_LOCK = """
+import sys, time
+from pathlib import Path
+from delivery.maildir import MaildirStore
+from mailstack.paths import StatePaths
+store = MaildirStore(StatePaths(Path(sys.argv[1])))
+root = store._paths.maildir(sys.argv[2])
+with store._index(root, root).locked():
+    print("locked", flush=True)
+    sys.stdin.readline()  # hold it until told
+"""
+
+
+def _flock_waiters(directory: Path) -> int:
+    """Requests blocked on a flock of `directory` (/proc/locks marks them with "->")."""
+    inode = f":{os.stat(directory).st_ino} "
+    return sum(
+        1
+        for line in Path("/proc/locks").read_text().splitlines()
+        if "->" in line and " FLOCK " in line and inode in line
+    )
+
+
+def test_mailstack_processes_wait_for_a_folder_lock_in_the_kernel(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    # Two mailstack processes (an SMTP worker and the main process, say) want one folder: the
+    # second waits on a flock, woken when the first is done, instead of polling the dotlock.
+    cwd = Path(__file__).resolve().parents[2]
+
+    def holder() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _HOLD_FOLDER_LOCK, str(paths.root), ALICE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+        )
+
+    holders = [holder()]
+    first = holders[0]
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "locked\n"
+        second = holder()  # only now: the first one holds the lock
+        holders.append(second)
+        queue = paths.maildir(ALICE) / "tmp"
+        deadline = time.monotonic() + 30
+        while _flock_waiters(queue) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _flock_waiters(queue) == 1  # the second one is queued in the kernel
+        assert second.poll() is None
+        first.communicate("\n", timeout=30)
+        assert second.stdout is not None and second.stdout.readline() == "locked\n"
+        second.communicate("\n", timeout=30)
+    finally:
+        for proc in holders:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()  # reaps it and closes its pipes
+    assert first.returncode == 0 and second.returncode == 0
+    assert not (paths.maildir(ALICE) / "dovecot-uidlist.lock").exists()

@@ -214,14 +214,20 @@ class SmtpWorkers:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._run_once(worker, loop)
-                if self._ctx.stopping.is_set() or not self._started:
-                    return  # stopping; or it died before start-up finished: `start` says so
-                log.error(
-                    "SMTP worker %d exited with status %s; restarting it",
-                    worker.slot,
-                    worker.proc.returncode if worker.proc else "?",
-                )
+                try:
+                    await self._run_once(worker, loop)
+                except OSError as exc:  # could not even start it (EMFILE, ENOMEM, ...)
+                    if not self._started:
+                        raise
+                    log.error("SMTP worker %d cannot be started: %s", worker.slot, exc)
+                else:
+                    if self._ctx.stopping.is_set() or not self._started:
+                        return  # stopping; or it died before start-up finished: `start` says so
+                    log.error(
+                        "SMTP worker %d exited with status %s; restarting it",
+                        worker.slot,
+                        worker.proc.returncode if worker.proc else "?",
+                    )
                 await asyncio.sleep(RESTART_DELAY_S)
                 if self._ctx.stopping.is_set():
                     return
@@ -254,6 +260,9 @@ class SmtpWorkers:
             worker.proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL, env=_env()
             )
+        except BaseException:
+            channel.close()
+            raise
         finally:
             theirs.close()
         worker.channel = channel

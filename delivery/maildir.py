@@ -38,7 +38,6 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,7 +45,7 @@ from delivery import folders, quota
 from delivery.commit import GroupCommitter
 from delivery.events import EventHub
 from delivery.folders import DIR_MODE, SUBSCRIPTIONS
-from delivery.index import FILE_MODE, Entry, FolderIndex
+from delivery.index import FolderIndex
 from delivery.keywords import (
     canonical_flag,
     file_name_with_flags,
@@ -57,12 +56,11 @@ from delivery.keywords import (
 from delivery.layout import (
     crlf_size,
     folder_dir_name,
-    lf_slices,
     normalize_folder,
     parent_folders,
     to_lf,
-    unique_name,
 )
+from delivery.maildir_write import BatchWriter, _Job, _Target, _Written
 from delivery.store import (
     DEFAULT_FOLDERS,
     HIERARCHY_DELIMITER,
@@ -78,68 +76,12 @@ from delivery.store import (
     MessageRef,
     QuotaExceededError,
     SpecialUse,
-    StoreError,
     UnknownUserError,
 )
 from mailstack.fsutil import fsync_dir
 from mailstack.paths import StatePaths
 
 _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """One message copy on its way into a folder."""
-
-    user: str
-    root: Path  # the account's Maildir
-    folder: str
-    fdir: Path
-    base: str  # unique base name, also its name in tmp/
-    meta: tuple[float, int, int]  # (mtime, S, W)
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """A folder a new message goes into."""
-
-    user: str
-    root: Path
-    folder: str
-    fdir: Path
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """One all-or-nothing store call waiting for the group commit.
-
-    Either `parts` to write into each target's tmp/ (deliver, APPEND: the flush writes them, so
-    one thread makes every file syscall of a batch, not one thread per message contending for
-    the GIL), or copies already in tmp/ (`written`: COPY's hard links). `flags` per copy.
-    """
-
-    flags: tuple[frozenset[str], ...]
-    targets: tuple[_Target, ...] = ()
-    parts: tuple[bytes, ...] = ()  # the message with LF endings, in slices
-    sizes: tuple[int, int] = (0, 0)  # (S, W): bytes on disk, RFC822.SIZE
-    mtime: float | None = None
-    written: tuple[_Written, ...] = ()
-    # `deliver_parts_nowait`: (user, folder) pairs the flush resolves, quota-checks and
-    # writes `parts` (still with CRLF) to; nothing of it ran in the caller.
-    unresolved: tuple[tuple[str, str], ...] = ()
-    quota_bytes: tuple[tuple[str, int], ...] = ()
-    publish: bool = False  # tell IDLE sessions once durable (the flush does it)
-
-
-@dataclass(slots=True)
-class _Placed:
-    """A copy renamed into its folder (and numbered, once `uid` is set)."""
-
-    index: FolderIndex
-    sub: str
-    name: str
-    uid: int = 0
-    uid_validity: int = 0
 
 
 class MaildirStore:
@@ -153,12 +95,20 @@ class MaildirStore:
     ) -> None:
         self._paths = paths
         self._events = events
-        self._host = hostname
         self._indexes: dict[Path, FolderIndex] = {}
         self._indexes_lock = threading.Lock()
         self._quota_verified: set[Path] = set()
         self._located: dict[tuple[str, str], tuple[Path, str, Path]] = {}
-        self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._flush)
+        # The group-commit write path lives in delivery/maildir_write.py; it reaches the
+        # store's caches, quota check and IDLE events only through these callables.
+        self._writer = BatchWriter(
+            hostname,
+            index=self._index,
+            locate=self._locate,
+            check_quota=self._check_quota,
+            publish=self._publish,
+        )
+        self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._writer.flush)
 
     @property
     def committer(self) -> GroupCommitter[_Job, list[MessageRef]]:
@@ -190,7 +140,7 @@ class MaildirStore:
     def _locate(self, user: str, folder: str) -> tuple[Path, str, Path]:
         """`_folder` without looking at the disk (cached: pure path arithmetic). Deliveries
         use it and learn of a missing account or folder from the failing write instead of a
-        stat() per message beforehand (see `_missing`)."""
+        stat() per message beforehand (see `BatchWriter._missing`)."""
         key = (user, folder)
         found = self._located.get(key)
         if found is None:
@@ -201,15 +151,6 @@ class MaildirStore:
                 self._located.clear()
             found = self._located[key] = (root, name, fdir)
         return found
-
-    @staticmethod
-    def _missing(target: _Target) -> StoreError | None:
-        """Why writing into `target` found no directory: no account, no folder, or neither."""
-        if not (target.root / "cur").is_dir():
-            return UnknownUserError(f"no mailbox for {target.user}")
-        if not (target.fdir / "cur").is_dir():
-            return FolderNotFoundError(f"folder vanished: {target.folder}")
-        return None
 
     def _index(self, root: Path, fdir: Path) -> FolderIndex:
         with self._indexes_lock:
@@ -286,31 +227,7 @@ class MaildirStore:
         if quota.recalculate(root, limit) + adding > limit:
             raise QuotaExceededError(f"{user}: quota of {limit} bytes exceeded")
 
-    # -- writing -------------------------------------------------------------------------------
-    def _write_tmp(
-        self, fdir: Path, parts: Sequence[bytes], sizes: tuple[int, int], mtime: float | None
-    ) -> tuple[str, tuple[float, int, int]]:
-        size, vsize = sizes
-        base = unique_name(self._host, size, vsize)  # the name says when it was stored
-        path = fdir / "tmp" / base
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))  # INTERNALDATE is the mtime (Dovecot does so)
-            os.fsync(fd)  # data and the mtime
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        os.close(fd)
-        return base, (st.st_mtime, size, vsize)
-
+    # -- writing (the flush itself: delivery/maildir_write.py) ----------------------------------
     def _commit(
         self,
         written: list[_Written],
@@ -321,208 +238,6 @@ class MaildirStore:
         if not written:
             return []
         return self._committer.commit(_Job(tuple(flags), written=tuple(written)))
-
-    def _prepare(self, job: _Job) -> tuple[tuple[_Target, ...], tuple[bytes, ...], tuple[int, int]]:
-        """A `deliver_parts_nowait` job's targets, LF slices and sizes, its quota checked."""
-        if not job.unresolved:
-            return job.targets, job.parts, job.sizes
-        parts = tuple(lf_slices(job.parts))
-        size = sum(len(p) for p in parts)
-        targets = tuple(
-            _Target(user, *self._locate(user, folder)) for user, folder in job.unresolved
-        )
-        limits = dict(job.quota_bytes)
-        per_user: dict[str, tuple[_Target, int]] = {}
-        for t in targets:
-            per_user[t.user] = (t, per_user.get(t.user, (t, 0))[1] + size)
-        for user, (t, adding) in per_user.items():
-            try:
-                self._check_quota(user, t.root, limits.get(user, 0), adding)
-            except FileNotFoundError:
-                raise self._missing(t) or FolderNotFoundError(f"no folder {t.folder!r}") from None
-        return targets, parts, (size, size + sum(p.count(b"\n") for p in parts))
-
-    def _write_jobs(
-        self, jobs: Sequence[_Job], failed: dict[int, BaseException]
-    ) -> list[list[_Written]]:
-        """Write (and fsync) the tmp/ files of jobs that bring data; per job its copies."""
-        written: list[list[_Written]] = []
-        for j, job in enumerate(jobs):
-            mine = list(job.written)
-            written.append(mine)
-            try:
-                targets, parts, sizes = self._prepare(job)
-            except (OSError, StoreError) as exc:
-                failed[j] = exc
-                continue
-            for t in targets:
-                try:
-                    base, meta = self._write_tmp(t.fdir, parts, sizes, job.mtime)
-                except OSError as exc:
-                    missing = self._missing(t) if isinstance(exc, FileNotFoundError) else None
-                    failed[j] = missing or exc
-                    break
-                mine.append(_Written(t.user, t.root, t.folder, t.fdir, base, meta))
-        return written
-
-    def _flush(self, jobs: Sequence[_Job]) -> list[list[MessageRef] | BaseException]:
-        """Make a batch of jobs durable: per folder one lock, one uidlist append (one fsync)
-        and one fsync of each directory renamed into; per account one quota line.
-
-        Each job is all or nothing on its own: when anything of a job fails (a rename, its
-        folder vanished, a shared fsync of a folder it has a copy in), every copy of that job
-        is removed again and it gets the exception; the other jobs go on. A job is answered
-        only after its renames, uidlist lines and directories were fsynced.
-        """
-        failed: dict[int, BaseException] = {}
-        written: list[list[_Written]] = []
-        placed: list[list[_Placed | None]] = []
-        try:
-            written = self._write_jobs(jobs, failed)
-            placed = [[None] * len(mine) for mine in written]
-            self._place_jobs(jobs, written, placed, failed)
-        except BaseException:
-            for j, mine in enumerate(written):
-                if j not in failed:
-                    self._undo(mine, placed[j] if j < len(placed) else [None] * len(mine))
-            raise
-        outcomes: list[list[MessageRef] | BaseException] = []
-        for j, mine in enumerate(written):
-            if j in failed:
-                outcomes.append(failed[j])
-                continue
-            refs = [
-                MessageRef(item.user, item.folder, done.uid, done.uid_validity)
-                for item, done in zip(mine, placed[j], strict=True)
-                if done is not None  # always, for a job that did not fail
-            ]
-            outcomes.append(refs)
-            if jobs[j].publish:
-                for ref in refs:
-                    self._publish(ref.user, ref.folder)
-        return outcomes
-
-    def _place_jobs(
-        self,
-        jobs: Sequence[_Job],
-        written: list[list[_Written]],
-        placed: list[list[_Placed | None]],
-        failed: dict[int, BaseException],
-    ) -> None:
-        """Rename, number and fsync per folder; quota lines per account; undo failed jobs."""
-        by_folder: dict[Path, list[tuple[int, int]]] = {}
-        for j, mine in enumerate(written):
-            if j in failed:
-                continue
-            for i, item in enumerate(mine):
-                by_folder.setdefault(item.fdir, []).append((j, i))
-        roots = sorted({w.root for mine in written for w in mine})
-        try:
-            with contextlib.ExitStack() as stack:
-                for root in roots:
-                    try:
-                        stack.enter_context(quota.changing(root))
-                    except OSError as exc:
-                        self._fail_jobs(written, failed, exc, root)
-                for fdir, members in by_folder.items():
-                    self._flush_folder(jobs, written, fdir, members, placed, failed)
-                for root in roots:
-                    ours = [
-                        w
-                        for j, mine in enumerate(written)
-                        if j not in failed
-                        for w in mine
-                        if w.root == root
-                    ]
-                    if not ours:
-                        continue
-                    try:
-                        quota.record(root, sum(w.meta[1] for w in ours), len(ours))
-                    except OSError as exc:
-                        self._fail_jobs(written, failed, exc, root)
-                for j in failed:  # still under the quota locks: nobody counted these files
-                    self._undo(written[j], placed[j])
-        except BaseException:
-            for j in failed:
-                self._undo(written[j], placed[j])
-            raise
-
-    @staticmethod
-    def _fail_jobs(
-        written: list[list[_Written]],
-        failed: dict[int, BaseException],
-        exc: BaseException,
-        root: Path,
-    ) -> None:
-        """Every job with a copy for the account at `root` fails with `exc`."""
-        for j, mine in enumerate(written):
-            if any(w.root == root for w in mine):
-                failed.setdefault(j, exc)
-
-    def _flush_folder(
-        self,
-        jobs: Sequence[_Job],
-        written: list[list[_Written]],
-        fdir: Path,
-        members: list[tuple[int, int]],
-        placed: list[list[_Placed | None]],
-        failed: dict[int, BaseException],
-    ) -> None:
-        """Rename this folder's copies of the live jobs into new/ or cur/, number them with one
-        uidlist append, fsync the directories once."""
-        live = [(j, i) for j, i in members if j not in failed]
-        if not live:
-            return
-        first = written[live[0][0]][live[0][1]]
-        index = self._index(first.root, fdir)
-        subs: set[str] = set()
-        try:
-            with index.locked():
-                renamed: list[tuple[int, int, _Placed]] = []
-                for j, i in live:
-                    if j in failed:
-                        continue
-                    item, item_flags = written[j][i], jobs[j].flags[i]
-                    try:
-                        if item_flags:
-                            index.ensure_keywords(item_flags)
-                            letters = letters_from_flags(item_flags, index.keywords)
-                            sub, name = "cur", file_name_with_flags(item.base, letters)
-                        else:
-                            sub, name = "new", item.base
-                        os.rename(fdir / "tmp" / item.base, fdir / sub / name)
-                    except (OSError, StoreError) as exc:
-                        failed.setdefault(j, exc)
-                        continue
-                    done = placed[j][i] = _Placed(index, sub, name)
-                    renamed.append((j, i, done))
-                    subs.add(sub)
-                numbered = [(j, i, done) for j, i, done in renamed if j not in failed]
-                uids = index.added_many(
-                    [(d.sub, d.name, written[j][i].meta) for j, i, d in numbered]
-                )
-                for (_j, _i, done), uid in zip(numbered, uids, strict=True):
-                    done.uid = uid
-                    done.uid_validity = index.uidlist.uid_validity
-            for sub in sorted(subs):
-                fsync_dir(fdir / sub)
-        except Exception as exc:  # the lock, the uidlist or a directory fsync: all of them
-            for j, _i in live:
-                failed.setdefault(j, exc)
-
-    def _undo(self, written: list[_Written], placed: list[_Placed | None]) -> None:
-        """Remove every copy of a failed job: placed ones under their folder lock (as every
-        other removal), the rest from tmp/."""
-        for done in placed:
-            if done is None:
-                continue
-            with contextlib.suppress(OSError, StoreError), done.index.locked():
-                (done.index.path / done.sub / done.name).unlink()
-                done.index.removed([split_info(done.name)[0]])
-        for item, done in zip(written, placed, strict=True):
-            if done is None:
-                with contextlib.suppress(OSError):
-                    (item.fdir / "tmp" / item.base).unlink()
 
     def deliver(
         self,
@@ -890,7 +605,9 @@ class MaildirStore:
                 by_uid = index.entries_by_uid()
                 chosen = [by_uid[u] for u in dict.fromkeys(uids) if u in by_uid]
                 for entry in chosen:
-                    written.append(self._link_tmp(user, root, dest_name, dest_dir, fdir, entry))
+                    written.append(
+                        self._writer.link_tmp(user, root, dest_name, dest_dir, fdir, entry)
+                    )
                     sources.append((entry.uid, entry.info.flags))
         except BaseException:
             for item in written:
@@ -901,23 +618,6 @@ class MaildirStore:
         if refs:
             self._publish(user, dest_name)
         return [(uid, ref.uid) for (uid, _flags), ref in zip(sources, refs, strict=True)]
-
-    def _link_tmp(
-        self, user: str, root: Path, dest_name: str, dest_dir: Path, fdir: Path, entry: Entry
-    ) -> _Written:
-        meta = entry.meta
-        base = unique_name(self._host, meta[1], entry.info.size)
-        src, tmp = fdir / entry.sub / entry.name, dest_dir / "tmp" / base
-        try:
-            os.link(src, tmp)  # messages are immutable: share the file, as Dovecot does
-        except FileNotFoundError:
-            raise MessageGoneError(f"UID {entry.uid} was expunged") from None
-        except OSError:
-            shutil.copyfile(src, tmp)
-            os.utime(tmp, (meta[0], meta[0]))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        return _Written(user, root, dest_name, dest_dir, base, meta)
 
     def move(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         pairs = self.copy(user, folder, uids, dest)

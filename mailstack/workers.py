@@ -186,23 +186,21 @@ class SmtpWorkers:
             log.info("refused %s at connect: %s", ip, refusal)
             _refuse(transport, str(refusal))
             return
-        ready = [w for w in self._workers if w.ready.is_set() and w.channel is not None]
-        worker = min(ready, key=lambda w: len(w.connections), default=None)
         sock = transport.get_extra_info("socket")
         token = next(self._tokens)
-        if (
-            worker is None
-            or worker.channel is None
-            or sock is None
-            or not worker.channel.send(b"C %d" % token, [sock.fileno()])
-        ):
-            self._limiter.release(ip)
-            log.warning("no SMTP worker could take a connection from %s", ip)
-            _refuse(transport, str(replies.SERVICE_UNAVAILABLE))
-            return
-        worker.connections[token] = ip
-        # The worker holds its own descriptor now; closing ours leaves the connection open.
-        transport.abort()
+        packet = b"C %d" % token
+        # Least busy first; one whose socketpair is full (stuck, or behind) is passed over.
+        ready = [w for w in self._workers if w.ready.is_set() and w.channel is not None]
+        for worker in sorted(ready, key=lambda w: len(w.connections)):
+            channel = worker.channel
+            if sock is not None and channel is not None and channel.send(packet, [sock.fileno()]):
+                worker.connections[token] = ip
+                # The worker holds its own descriptor now; closing ours leaves it open.
+                transport.abort()
+                return
+        self._limiter.release(ip)
+        log.warning("no SMTP worker could take a connection from %s", ip)
+        _refuse(transport, str(replies.SERVICE_UNAVAILABLE))
 
     def _closed(self, worker: _Worker, token: int) -> None:
         ip = worker.connections.pop(token, None)

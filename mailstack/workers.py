@@ -119,10 +119,6 @@ class SmtpWorkers:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
-    @property
-    def open_connections(self) -> int:
-        return self._limiter.total
-
     async def start(self) -> None:
         """Start every worker and wait until each is ready; HostError if one is not."""
         for worker in self._workers:

@@ -62,3 +62,17 @@ def deployment_dir(state_dir: Path) -> Path:
         ),
     )
     return state_dir
+
+
+def install_new_certificate(root: Path) -> Path:
+    """Replace the deployment's certificate with one from a fresh CA (as an admin renewing
+    it would); returns that CA's PEM file, to verify against after SIGHUP."""
+    import trustme  # only the tests that renew certificates need it
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("mail.example.com")
+    (root / "tls/fullchain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    (root / "tls/privkey.pem").write_bytes(leaf.private_key_pem.bytes())
+    ca_file = root / "new-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return ca_file

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import run_cli
+from tests.conftest import install_new_certificate, run_cli
 from tests.support.serve import ServeProcess
 
 
@@ -86,18 +86,11 @@ def test_sighup_reloads_the_certificate(deployment_dir: Path) -> None:
     with ServeProcess(deployment_dir) as proc:
         port = proc.port("imaps")
         before = _served_cert(port, deployment_dir / "tls/ca.pem")
-        ca = trustme.CA()
-        leaf = ca.issue_cert("mail.example.com")
-        (deployment_dir / "tls/fullchain.pem").write_bytes(
-            b"".join(b.bytes() for b in leaf.cert_chain_pems)
-        )
-        (deployment_dir / "tls/privkey.pem").write_bytes(leaf.private_key_pem.bytes())
+        ca_file = install_new_certificate(deployment_dir)
         proc.signal(signal.SIGHUP)
         proc.wait_for("certificate reloaded")
         after = _served_cert(port, None)
         assert after != before
-        ca_file = deployment_dir / "new-ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
         assert _served_cert(port, ca_file) == after  # verifies against the new CA
 
 

@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.conftest import run_cli
+from tests.conftest import install_new_certificate, run_cli
 from tests.support.serve import ServeProcess
 
 ALICE = "alice@example.com"
@@ -191,16 +190,9 @@ def test_sighup_reloads_the_workers_starttls_certificate(
     served: tuple[ServeProcess, dict[int, int]], deployment_dir: Path
 ) -> None:
     proc, _pids = served
-    ca = trustme.CA()
-    leaf = ca.issue_cert("mail.example.com")
-    (deployment_dir / "tls/fullchain.pem").write_bytes(
-        b"".join(b.bytes() for b in leaf.cert_chain_pems)
-    )
-    (deployment_dir / "tls/privkey.pem").write_bytes(leaf.private_key_pem.bytes())
+    ca_file = install_new_certificate(deployment_dir)
     proc.signal(signal.SIGHUP)
     _wait_all(proc, [f"SMTP worker w{n}: SIGHUP: certificate reloaded" for n in (1, 2)])
-    ca_file = deployment_dir / "new-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
     trust_new = ssl.create_default_context(cafile=str(ca_file))
     trust_new.check_hostname = False  # we connect to 127.0.0.1; the chain is what we check
     with (  # both at once: one connection per worker

@@ -4,7 +4,8 @@ Layout and names: delivery/layout.py. UIDs: `dovecot-uidlist` (delivery/uidmap.p
 folder by delivery/index.py under Dovecot's `dovecot-uidlist.lock`. Flags and keywords: the
 ":2," info letters and `dovecot-keywords` (delivery/keywords.py). Quota: `maildirsize`
 (delivery/quota.py, which explains the choice). Folders, subscriptions, UIDVALIDITY and
-special use: delivery/folders.py.
+special use: delivery/folders.py; LIST, CREATE, DELETE, RENAME and their semantics (DELETE of a
+folder with children, RENAME of INBOX): delivery/maildir_folders.py.
 
 Writing a message (cr.yp.to/proto/maildir.html): write tmp/<unique>, fsync, rename into new/
 (or cur/ when it carries flags), give it its UID in the uidlist, fsync the directory; only then
@@ -16,13 +17,6 @@ and on any failure every file written so far is removed before the error propaga
 `recent_uids`: only one session ever claims a message. Without claiming (EXAMINE, STATUS),
 `recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
 new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/).
-
-DELETE of a folder that has children removes the folder and its messages; the name lives on as
-the \\Noselect parent of its children (RFC 9051 §6.3.4), which `list_folders` reports with
-`is_selectable=False` (Maildir++ stores "A.B" as `.A.B/` whether or not `.A/` exists). DELETE of
-such a name, which has no folder of its own, is FolderNotFoundError, as the RFC asks. INBOX
-cannot be deleted. RENAME of INBOX moves its messages into the new folder and leaves INBOX
-empty; its children stay (RFC 9051 §6.3.6).
 
 Lock order, to stay deadlock-free: the quota flock (shared) before any folder lock; at most one
 folder lock at a time; nothing that takes the quota lock exclusively runs under a folder lock.
@@ -53,17 +47,11 @@ from delivery.keywords import (
     letters_from_flags,
     split_info,
 )
-from delivery.layout import (
-    crlf_size,
-    folder_dir_name,
-    normalize_folder,
-    parent_folders,
-    to_lf,
-)
+from delivery.layout import crlf_size, folder_dir_name, normalize_folder, to_lf
+from delivery.maildir_folders import FolderOps
 from delivery.maildir_write import BatchWriter, _Job, _Target, _Written
 from delivery.store import (
     DEFAULT_FOLDERS,
-    HIERARCHY_DELIMITER,
     INBOX,
     Flag,
     FlagMode,
@@ -71,7 +59,6 @@ from delivery.store import (
     FolderInfo,
     FolderNotFoundError,
     FolderSnapshot,
-    InvalidFolderNameError,
     MessageGoneError,
     MessageRef,
     QuotaExceededError,
@@ -109,6 +96,15 @@ class MaildirStore:
             publish=self._publish,
         )
         self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._writer.flush)
+        # LIST/CREATE/DELETE/RENAME and subscriptions live in delivery/maildir_folders.py; they
+        # reach the store's lookups, index cache and IDLE events only through these callables.
+        self._folder_ops = FolderOps(
+            root=self._root,
+            folder=self._folder,
+            index=self._index,
+            forget_indexes=self._forget_indexes,
+            publish=self._publish,
+        )
 
     @property
     def committer(self) -> GroupCommitter[_Job, list[MessageRef]]:
@@ -329,129 +325,25 @@ class MaildirStore:
         )
         return ref
 
-    # -- folders -------------------------------------------------------------------------------
+    # -- folders (the work itself: delivery/maildir_folders.py) -------------------------------
     def list_folders(self, user: str) -> list[FolderInfo]:
-        root = self._root(user)
-        real = folders.folder_names(root)
-        # Parents that exist only as a prefix ("A" of "A.B" made by Dovecot or a script).
-        implied = {p for name in real for p in parent_folders(name)} - real
-        subscribed = set(folders.read_subscriptions(root))
-        names = sorted(real | implied, key=lambda n: (n != INBOX, n))
-        return [
-            FolderInfo(
-                name=name,
-                special_use=folders.read_special_use(root, name) if name in real else None,
-                subscribed=name in subscribed,
-                has_children=any(o.startswith(name + HIERARCHY_DELIMITER) for o in names),
-                is_selectable=name in real,
-            )
-            for name in names
-        ]
+        return self._folder_ops.list_folders(user)
 
     def create_folder(self, user: str, folder: str, special_use: SpecialUse | None = None) -> None:
-        root = self._root(user)
-        name = normalize_folder(folder)
-        if name == INBOX:
-            raise FolderExistsError("INBOX always exists")
-        if (root / folder_dir_name(name) / "cur").is_dir():
-            # Before the parents: a CREATE that fails must not bring back a deleted parent.
-            raise FolderExistsError(f"folder {name!r} exists")
-        for parent in parent_folders(name):
-            # RFC 9051 §6.3.4: the server SHOULD create missing superior names.
-            if parent != INBOX and not (root / folder_dir_name(parent) / "cur").is_dir():
-                with contextlib.suppress(FolderExistsError):
-                    self._create_one(root, parent, None)
-        self._create_one(root, name, special_use)
-        self._publish(user, name)
-
-    def _create_one(self, root: Path, name: str, special_use: SpecialUse | None) -> None:
-        final = folders.build_folder(root, name, special_use)
-        self._forget_indexes(final)
+        self._folder_ops.create_folder(user, folder, special_use)
 
     def delete_folder(self, user: str, folder: str) -> None:
-        root, name, fdir = self._folder(user, folder)
-        if name == INBOX:
-            raise InvalidFolderNameError("INBOX cannot be deleted (RFC 9051 §6.3.4)")
-        trash = root / "tmp" / f".deleted.{secrets.token_hex(8)}"
-        self._move_dir(root, fdir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        quota.invalidate(root)
-        self._publish(user, name)
-
-    def _move_dir(self, root: Path, src: Path, dst: Path) -> None:
-        """Rename a folder directory while holding its lock, so no writer is inside."""
-        index = self._index(root, src)
-        with index.locked():
-            os.rename(src, dst)
-            # Our dotlock moved along with the directory; remove it there (release() will
-            # find nothing at the old path).
-            with contextlib.suppress(FileNotFoundError):
-                (dst / "dovecot-uidlist.lock").unlink()
-        fsync_dir(root)
-        self._forget_indexes(src)
+        self._folder_ops.delete_folder(user, folder)
 
     def rename_folder(self, user: str, old: str, new: str) -> None:
-        root, old_name, old_dir = self._folder(user, old)
-        new_name = normalize_folder(new)
-        if new_name == INBOX or (root / folder_dir_name(new_name) / "cur").is_dir():
-            raise FolderExistsError(f"folder {new_name!r} exists")
-        if old_name == INBOX:
-            # INBOX's children stay where they are (RFC 3501 §6.3.5), so "INBOX.old" is fine.
-            self._rename_inbox(user, root, new_name)
-            return
-        if new_name.startswith(old_name + HIERARCHY_DELIMITER):
-            raise InvalidFolderNameError(f"cannot move {old_name!r} into itself")
-        prefix = "." + old_name + HIERARCHY_DELIMITER
-        moves = [(old_dir, root / folder_dir_name(new_name))] + [
-            (root / child, root / f".{new_name}{child[len(prefix) - 1 :]}")
-            for child in sorted(n for n in os.listdir(root) if n.startswith(prefix))
-        ]
-        # Check every target first: a clash halfway would leave the hierarchy half renamed.
-        for _src, dst in moves:
-            if dst.exists():
-                raise FolderExistsError(f"folder {dst.name[1:]!r} exists")
-        for parent in parent_folders(new_name):
-            if parent != INBOX and not (root / folder_dir_name(parent) / "cur").is_dir():
-                with contextlib.suppress(FolderExistsError):
-                    self._create_one(root, parent, None)
-        for src, dst in moves:
-            self._move_dir(root, src, dst)
-        self._publish(user, old_name, new_name)
-
-    def _rename_inbox(self, user: str, root: Path, new_name: str) -> None:
-        self.create_folder(user, new_name)
-        dest = root / folder_dir_name(new_name)
-        src_index, dest_index = self._index(root, root), self._index(root, dest)
-        with src_index.locked():
-            src_index.sync()
-            entries = src_index.entries()
-            keywords = src_index.keywords
-            # The only place holding two folder locks, always INBOX first: no cycle possible.
-            with dest_index.locked():
-                dest_index.sync()
-                dest_index.set_keywords(keywords)  # letters keep their meaning
-                moved = []
-                for entry in entries:  # in UID order, so the new UIDs keep the order
-                    with contextlib.suppress(FileNotFoundError):
-                        os.rename(root / entry.sub / entry.name, dest / entry.sub / entry.name)
-                        moved.append((entry.sub, entry.name, entry.meta))
-                dest_index.added_many(moved)
-                for sub in ("new", "cur"):
-                    fsync_dir(dest / sub)
-            src_index.removed(e.info.key for e in entries)
-        self._publish(user, INBOX, new_name)
+        self._folder_ops.rename_folder(user, old, new)
 
     def subscriptions(self, user: str) -> list[str]:
         """Every subscribed name, those with no folder (any more) included (RFC 9051 §6.3.7)."""
-        return folders.read_subscriptions(self._root(user))
+        return self._folder_ops.subscriptions(user)
 
     def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
-        root = self._root(user)
-        name = normalize_folder(folder)  # RFC 9051 §6.3.7: may name a folder that doesn't exist
-        if subscribed:
-            folders.change_subscriptions(root, add=[name], remove=[])
-        else:
-            folders.change_subscriptions(root, add=[], remove=[name])
+        self._folder_ops.set_subscribed(user, folder, subscribed)
 
     # -- reading and changing messages ---------------------------------------------------------
     def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:

@@ -220,3 +220,22 @@ def test_workers_config_is_checked(deployment_dir: Path) -> None:
     assert result.returncode == 1
     assert "smtp.workers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_workers_zero_serves_smtp_in_the_main_process(deployment_dir: Path) -> None:
+    # What a single-core host gets by default: no worker processes, the same MX.
+    _configure(deployment_dir, workers=0)
+    assert (
+        run_cli(
+            deployment_dir, "user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n"
+        ).returncode
+        == 0
+    )
+    proc = ServeProcess(deployment_dir).start()
+    try:
+        assert not any("SMTP worker" in line for line in proc.log)
+        _send(proc.port("smtp"), 1)
+        assert len(_inbox(deployment_dir)) == 1
+    finally:
+        assert proc.stop() == 0, "".join(proc.log)
+    assert not any("SMTP worker" in line for line in proc.log)

@@ -1,10 +1,12 @@
-"""`mailstack serve`: one process, one asyncio loop, every listener the config names.
+"""`mailstack serve`: one asyncio loop in the main process, every listener the config names.
 
 Services plug in through `LISTENERS` (service -> "module:function", each an async
-`start(ctx, host, port) -> asyncio.Server`). Start-up binds every listener or none: a port in
-use, a missing or mismatched certificate stops it with one clear line. SIGTERM/SIGINT stop
-accepting, let connections in flight finish (up to `DRAIN_S`), and exit 0; SIGHUP reloads the
-certificate (accounts need no reload: every lookup reads users.sqlite3).
+`start(ctx, host, port) -> asyncio.Server`). With `smtp.workers`, the `smtp` listener is the
+hand-off of mailstack.workers instead: its sessions run in SMTP worker processes started first.
+Start-up binds every listener or none: a port in use, a missing or mismatched certificate stops
+it with one clear line. SIGTERM/SIGINT stop accepting, let connections in flight finish (up to
+`DRAIN_S`; workers drain theirs), and exit 0; SIGHUP reloads the certificate, in the workers
+too (accounts need no reload: lookups follow users.sqlite3).
 """
 
 from __future__ import annotations

@@ -140,7 +140,28 @@ class StructureCache:
 
     def put_many(self, rows: Iterable[tuple[str, int, str]]) -> None:
         """Store (key, size, value) rows, replacing older ones; best effort."""
-        batch = list(rows)
+        self._write_many(
+            "write",
+            "INSERT OR REPLACE INTO structure (key, size, value) VALUES (?, ?, ?)",
+            list(rows),
+        )
+
+    def copy_rows(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Give copies their originals' rows: (source key, copy key) pairs (IMAP COPY/MOVE
+        write new files with new names but the same bytes)."""
+        self._write_many(
+            "copy",
+            "INSERT OR REPLACE INTO structure (key, size, value)"
+            " SELECT ?, size, value FROM structure WHERE key = ?",
+            [(dst, src) for src, dst in pairs if src != dst],
+        )
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop rows the caller found unusable (it recomputes and `put_many`s them)."""
+        self._write_many("forget", "DELETE FROM structure WHERE key = ?", [(k,) for k in keys])
+
+    def _write_many(self, what: str, sql: str, batch: list[tuple[object, ...]]) -> None:
+        """`sql` once per row of `batch`, in one transaction; best effort (see `_failed`)."""
         if not batch:
             return
         with self._lock:
@@ -150,47 +171,9 @@ class StructureCache:
             try:
                 with db:  # one transaction
                     db.execute("BEGIN")
-                    db.executemany(
-                        "INSERT OR REPLACE INTO structure (key, size, value) VALUES (?, ?, ?)",
-                        batch,
-                    )
+                    db.executemany(sql, batch)
             except sqlite3.Error as exc:
-                self._failed("write", exc)
-
-    def copy_rows(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Give copies their originals' rows: (source key, copy key) pairs (IMAP COPY/MOVE
-        write new files with new names but the same bytes)."""
-        batch = [(dst, src) for src, dst in pairs if src != dst]
-        if not batch:
-            return
-        with self._lock:
-            db = self._connect()
-            if db is None:
-                return
-            try:
-                with db:
-                    db.execute("BEGIN")
-                    db.executemany(
-                        "INSERT OR REPLACE INTO structure (key, size, value)"
-                        " SELECT ?, size, value FROM structure WHERE key = ?",
-                        batch,
-                    )
-            except sqlite3.Error as exc:
-                self._failed("copy", exc)
-
-    def forget(self, keys: Iterable[str]) -> None:
-        """Drop rows the caller found unusable (it recomputes and `put_many`s them)."""
-        batch = [(k,) for k in keys]
-        with self._lock:
-            db = self._connect()
-            if db is None or not batch:
-                return
-            try:
-                with db:
-                    db.execute("BEGIN")
-                    db.executemany("DELETE FROM structure WHERE key = ?", batch)
-            except sqlite3.Error as exc:
-                self._failed("forget", exc)
+                self._failed(what, exc)
 
     def prune(self, live_keys: Iterable[str]) -> int:
         """Delete rows for messages that no longer exist anywhere in the account.

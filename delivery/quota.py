@@ -96,19 +96,9 @@ def record(root: Path, delta_bytes: int, delta_count: int) -> None:
 
 
 def _sum(data: bytes) -> int | None:
-    lines = data.decode("ascii", "replace").split("\n")
-    if len(lines) < 2 or lines[-1] != "":
-        return None  # no header, or a torn last line
-    total = 0
-    for line in lines[1:-1]:
-        fields = line.split()
-        if len(fields) != 2:
-            return None
-        try:
-            total += int(fields[0])
-        except ValueError:
-            return None
-    return total
+    """Sum of a whole file: its header line, then "<bytes> <count>" lines; None if torn."""
+    header_end = data.find(b"\n")
+    return None if header_end < 0 else _sum_lines(data[header_end + 1 :])
 
 
 def _folder_dirs(root: Path) -> Iterator[Path]:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiosmtpd.smtp import Envelope, Session
 
@@ -99,7 +99,23 @@ class MxEnvelope(Envelope):
         )
 
 
-_Routes = tuple[bool, tuple[str, ...], tuple[str, ...], dict[str, int]]
+class _Routes(NamedTuple):
+    """Where mail for one address goes, as the account database says (the cached part)."""
+
+    hosted: bool
+    mailboxes: tuple[str, ...]
+    forwards: tuple[str, ...]
+    quotas: dict[str, int]  # mailbox -> quota in bytes
+
+    def facts(self, over_quota: tuple[str, ...]) -> RecipientFacts:
+        return RecipientFacts(
+            is_hosted_domain=self.hosted,
+            mailboxes=self.mailboxes,
+            forwards=self.forwards,
+            over_quota=over_quota,
+        )
+
+
 _ROUTE_CACHE_MAX = 10_000  # recipients remembered; a flood of random addresses just clears it
 
 
@@ -120,10 +136,10 @@ class MxHandler:
     def _lookup_routes(self, address: Address) -> _Routes:
         """Blocking SQLite lookups for one recipient: hosted domain, mailboxes, quotas."""
         if address.domain not in self._ctx.hosted_domains():
-            return False, (), (), {}
+            return _Routes(False, (), (), {})
         resolution = self._ctx.accounts.resolve(str(address))
         quotas = {m: self._ctx.accounts.quota_bytes(m) for m in resolution.mailboxes}
-        return True, resolution.mailboxes, resolution.forwards, quotas
+        return _Routes(True, resolution.mailboxes, resolution.forwards, quotas)
 
     def _over_quota(self, quotas: dict[str, int], *, blocking: bool) -> tuple[str, ...] | None:
         """Mailboxes already full; None when that needs a recount and `blocking` is False."""
@@ -142,7 +158,7 @@ class MxHandler:
     def _lookup_all(self, address: Address) -> tuple[_Routes, tuple[str, ...]]:
         """Routes and full mailboxes, blocking: for a worker thread."""
         routes = self._lookup_routes(address)
-        return routes, self._over_quota(routes[3], blocking=True) or ()
+        return routes, self._over_quota(routes.quotas, blocking=True) or ()
 
     def _cached_facts(self, address: Address) -> tuple[RecipientFacts, dict[str, int]] | None:
         version = self._ctx.accounts.data_version()
@@ -153,8 +169,8 @@ class MxHandler:
         routes = self._routes.get(str(address))
         if routes is None:
             return None
-        over = self._over_quota(routes[3], blocking=False)
-        return None if over is None else (_facts(routes, over), routes[3])
+        over = self._over_quota(routes.quotas, blocking=False)
+        return None if over is None else (routes.facts(over), routes.quotas)
 
     async def _recipient(self, address: Address) -> tuple[RecipientFacts, dict[str, int]]:
         """What `check_recipient` needs about `address`, and its mailboxes' quotas."""
@@ -172,7 +188,7 @@ class MxHandler:
             if len(self._routes) >= _ROUTE_CACHE_MAX:
                 self._routes.clear()
             self._routes[str(address)] = routes
-        return _facts(routes, over), routes[3]
+        return routes.facts(over), routes.quotas
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self,
@@ -300,13 +316,6 @@ class MxHandler:
                 self._ctx.store.expunge(ref.user, ref.folder, [ref.uid])
             except Exception:
                 log.exception("could not take back %s/%s uid %d", ref.user, ref.folder, ref.uid)
-
-
-def _facts(routes: _Routes, over_quota: tuple[str, ...]) -> RecipientFacts:
-    hosted, mailboxes, forwards, _quotas = routes
-    return RecipientFacts(
-        is_hosted_domain=hosted, mailboxes=mailboxes, forwards=forwards, over_quota=over_quota
-    )
 
 
 def next_transaction_trace(

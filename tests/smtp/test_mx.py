@@ -831,35 +831,42 @@ async def test_dnsbl_listed_client_refused_at_rcpt(tmp_path: Path, nsd_server: N
     assert text == b"5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test"
 
 
+async def swaks(h: SmtpHarness, *args: str) -> tuple[int, str]:
+    """swaks (the Debian package) against the harness's MX: (exit status, its transcript)."""
+    proc = await asyncio.create_subprocess_exec(
+        "swaks",
+        "--server",
+        h.host,
+        "--port",
+        str(h.port),
+        "--from",
+        "x@example.net",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
 @pytest.mark.external
 def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
-    # swaks's TLS needs Net::SSLeay, which the test image lacks; STARTTLS is covered above with
-    # Python's ssl module verifying against the CA.
     async def main() -> tuple[list[str], list[bytes]]:
         async with running_smtp(tmp_path) as h:
             outs = []
             for extra in ([], ["--pipeline"]):
-                proc = await asyncio.create_subprocess_exec(
-                    "swaks",
-                    "--server",
-                    h.host,
-                    "--port",
-                    str(h.port),
+                status, out = await swaks(
+                    h,
                     "--to",
                     "team@example.com",
-                    "--from",
-                    "x@example.net",
                     "--helo",
                     "swaks.example.net",
                     "--body",
                     "Body from swaks\n.dotted line\n",
                     *extra,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
                 )
-                out, _ = await proc.communicate()
-                assert proc.returncode == 0, out.decode()
-                outs.append(out.decode())
+                assert status == 0, out
+                outs.append(out)
             return outs, h.messages("bob@example.com")
 
     outs, stored = asyncio.run(main())
@@ -880,25 +887,9 @@ def test_swaks_plain_and_pipelined(tmp_path: Path) -> None:
     ],
 )
 def test_swaks_recipient_replies(tmp_path: Path, rcpt: str, expected: str, status: int) -> None:
-    async def main() -> tuple[int | None, str]:
+    async def main() -> tuple[int, str]:
         async with running_smtp(tmp_path) as h:
-            proc = await asyncio.create_subprocess_exec(
-                "swaks",
-                "--server",
-                h.host,
-                "--port",
-                str(h.port),
-                "--to",
-                rcpt,
-                "--from",
-                "x@example.net",
-                "--quit-after",
-                "RCPT",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            out, _ = await proc.communicate()
-            return proc.returncode, out.decode()
+            return await swaks(h, "--to", rcpt, "--quit-after", "RCPT")
 
     got_status, out = asyncio.run(main())
     assert expected in out, out
@@ -910,30 +901,21 @@ def test_swaks_starttls_verified_against_the_ca(tmp_path: Path) -> None:
     # swaks's TLS is Net::SSLeay (Debian's libnet-ssleay-perl, installed by scripts/test).
     async def main() -> tuple[str, list[bytes]]:
         async with running_smtp(tmp_path) as h:
-            proc = await asyncio.create_subprocess_exec(
-                "swaks",
-                "--server",
-                h.host,
-                "--port",
-                str(h.port),
+            status, out = await swaks(
+                h,
                 "--tls",
                 "--tls-verify",
                 "--tls-ca-path",
                 str(h.ctx.paths.ca_cert),
                 "--to",
                 "alice@example.com",
-                "--from",
-                "x@example.net",
                 "--helo",
                 "swaks.example.net",
                 "--body",
                 "Body over TLS\n",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
             )
-            out, _ = await proc.communicate()
-            assert proc.returncode == 0, out.decode()
-            return out.decode(), h.messages("alice@example.com")
+            assert status == 0, out
+            return out, h.messages("alice@example.com")
 
     out, stored = asyncio.run(main())
     assert "<-  220 2.0.0" in out  # the reply to STARTTLS

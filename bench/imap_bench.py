@@ -58,7 +58,8 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from delivery.layout import crlf_size, unique_name  # noqa: E402
+from mailstack.delivery.layout import crlf_size, unique_name  # noqa: E402
+
 from tests.support.dovecot import start_dovecot  # noqa: E402
 from tests.support.imapserver import PASSWORD, USER  # noqa: E402
 

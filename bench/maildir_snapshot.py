@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from delivery.layout import crlf_size, unique_name
-from delivery.maildir import MaildirStore
-from mailstack.paths import StatePaths
+from mailstack.delivery.layout import crlf_size, unique_name
+from mailstack.delivery.maildir import MaildirStore
+
+from mailstack.base.paths import StatePaths
 
 USER = "bench@example.com"
 

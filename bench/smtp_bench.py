@@ -497,7 +497,7 @@ def _workers_setting() -> str:
 
 
 def _workers_used() -> int:
-    from mailstack.workers import worker_count
+    from mailstack.workers.parent import worker_count
 
     return worker_count(int(_workers_setting()))
 

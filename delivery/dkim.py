@@ -23,7 +23,7 @@ from email.utils import getaddresses
 
 import dkim
 
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from delivery.layout import current_pid
-from delivery.store import StoreError
-from mailstack.fsutil import fsync_dir
+from mailstack.delivery.layout import current_pid
+from mailstack.delivery.store import StoreError
+
+from mailstack.base.fsutil import fsync_dir
 
 STALE_S = 120.0  # Dovecot's uidlist dotlock stale timeout (maildir-uidlist.c)
 TIMEOUT_S = 60.0  # how long we wait for a live lock before giving up with an error

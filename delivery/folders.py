@@ -24,16 +24,23 @@ import shutil
 import time
 from pathlib import Path
 
-from delivery.dotlock import DotLock
-from delivery.index import FILE_MODE, FolderIndex
-from delivery.layout import (
+from mailstack.delivery.dotlock import DotLock
+from mailstack.delivery.index import FILE_MODE, FolderIndex
+from mailstack.delivery.layout import (
     folder_dir_name,
     folder_from_dir_name,
     parse_subscriptions,
     serialize_subscriptions,
 )
-from delivery.store import DEFAULT_FOLDERS, INBOX, FolderExistsError, SpecialUse, StoreError
-from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.delivery.store import (
+    DEFAULT_FOLDERS,
+    INBOX,
+    FolderExistsError,
+    SpecialUse,
+    StoreError,
+)
+
+from mailstack.base.fsutil import atomic_write, fsync_dir
 
 DIR_MODE = 0o700
 SUBSCRIPTIONS = "subscriptions"

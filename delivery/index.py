@@ -32,12 +32,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from delivery.dotlock import DotLock
-from delivery.keywords import KeywordMap, flags_from_letters, split_info
-from delivery.layout import crlf_size, sizes_from_name, time_from_name
-from delivery.store import FolderNotFoundError, MessageInfo
-from delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
-from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.delivery.dotlock import DotLock
+from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
+from mailstack.delivery.layout import crlf_size, sizes_from_name, time_from_name
+from mailstack.delivery.store import FolderNotFoundError, MessageInfo
+from mailstack.delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
+
+from mailstack.base.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 

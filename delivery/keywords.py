@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from delivery.store import Flag
+from mailstack.delivery.store import Flag
 
 MAX_KEYWORDS = 26  # letters a..z
 

@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Sequence
 
-from delivery.store import HIERARCHY_DELIMITER, INBOX, InvalidFolderNameError
+from mailstack.delivery.store import HIERARCHY_DELIMITER, INBOX, InvalidFolderNameError
 
 # Dovecot renames a folder it deletes to this name before removing it (mailbox-list-delete.c).
 DOVECOT_TRASH_DIR = ".DOVECOT-TRASHED"

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from delivery.layout import lf_slices
-from delivery.maildir import MaildirStore
-from delivery.store import (
+from mailstack.delivery.layout import lf_slices
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import (
     INBOX,
     Flag,
     FlagMode,
@@ -36,11 +36,17 @@ from delivery.store import (
     QuotaExceededError,
     UnknownUserError,
 )
-from mailstack.config import load_config
-from mailstack.errors import MailstackError, UsageError
-from mailstack.paths import StatePaths
-from mailstack.users import Accounts, normalize_address
-from smtp.headers import delivered_to_field, header_block, local_received_field, return_path_field
+from mailstack.delivery.trace import (
+    delivered_to_field,
+    header_block,
+    local_received_field,
+    return_path_field,
+)
+
+from mailstack.base.config import load_config
+from mailstack.base.errors import MailstackError, UsageError
+from mailstack.base.paths import StatePaths
+from mailstack.base.users import Accounts, normalize_address
 
 log = logging.getLogger(__name__)
 

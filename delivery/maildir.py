@@ -35,22 +35,22 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from delivery import folders, quota
-from delivery.commit import GroupCommitter
-from delivery.events import EventHub
-from delivery.folders import DIR_MODE, SUBSCRIPTIONS
-from delivery.index import FolderIndex
-from delivery.keywords import (
+from mailstack.delivery import folders, quota
+from mailstack.delivery.commit import GroupCommitter
+from mailstack.delivery.events import EventHub
+from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
+from mailstack.delivery.index import FolderIndex
+from mailstack.delivery.keywords import (
     canonical_flag,
     file_name_with_flags,
     flags_from_letters,
     letters_from_flags,
     split_info,
 )
-from delivery.layout import crlf_size, folder_dir_name, normalize_folder, to_lf
-from delivery.maildir_folders import FolderOps
-from delivery.maildir_write import BatchWriter, _Job, _Target, _Written
-from delivery.store import (
+from mailstack.delivery.layout import crlf_size, folder_dir_name, normalize_folder, to_lf
+from mailstack.delivery.maildir_folders import FolderOps
+from mailstack.delivery.maildir_write import BatchWriter, _Job, _Target, _Written
+from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
     Flag,
@@ -65,8 +65,9 @@ from delivery.store import (
     SpecialUse,
     UnknownUserError,
 )
-from mailstack.fsutil import fsync_dir
-from mailstack.paths import StatePaths
+
+from mailstack.base.fsutil import fsync_dir
+from mailstack.base.paths import StatePaths
 
 _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
 

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from delivery import folders, quota
-from delivery.index import FolderIndex
-from delivery.layout import folder_dir_name, normalize_folder, parent_folders
-from delivery.store import (
+from mailstack.delivery import folders, quota
+from mailstack.delivery.index import FolderIndex
+from mailstack.delivery.layout import folder_dir_name, normalize_folder, parent_folders
+from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
     FolderExistsError,
@@ -38,7 +38,8 @@ from delivery.store import (
     InvalidFolderNameError,
     SpecialUse,
 )
-from mailstack.fsutil import fsync_dir
+
+from mailstack.base.fsutil import fsync_dir
 
 
 class _Publish(Protocol):

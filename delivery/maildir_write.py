@@ -20,18 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from delivery import quota
-from delivery.index import FILE_MODE, Entry, FolderIndex
-from delivery.keywords import file_name_with_flags, letters_from_flags, split_info
-from delivery.layout import lf_slices, unique_name
-from delivery.store import (
+from mailstack.delivery import quota
+from mailstack.delivery.index import FILE_MODE, Entry, FolderIndex
+from mailstack.delivery.keywords import file_name_with_flags, letters_from_flags, split_info
+from mailstack.delivery.layout import lf_slices, unique_name
+from mailstack.delivery.store import (
     FolderNotFoundError,
     MessageGoneError,
     MessageRef,
     StoreError,
     UnknownUserError,
 )
-from mailstack.fsutil import fsync_dir
+
+from mailstack.base.fsutil import fsync_dir
 
 
 @dataclass(frozen=True, slots=True)

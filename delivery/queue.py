@@ -57,16 +57,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from delivery import dkim, remote
-from delivery.dsn import DsnRecipient, build_dsn, needs_dsn
-from delivery.local import EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
-from delivery.remote import RcptResult
-from delivery.store import MailStore
-from mailstack.config import Config, to_ascii_domain
-from mailstack.errors import NotFoundError, UsageError
-from mailstack.fsutil import atomic_write, ensure_dir, fsync_dir
-from mailstack.paths import StatePaths
-from mailstack.users import Accounts
+from mailstack.delivery import dkim, remote
+from mailstack.delivery.dsn import DsnRecipient, build_dsn, needs_dsn
+from mailstack.delivery.local import EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
+from mailstack.delivery.remote import RcptResult
+from mailstack.delivery.store import MailStore
+
+from mailstack.base.config import Config, to_ascii_domain
+from mailstack.base.errors import NotFoundError, UsageError
+from mailstack.base.fsutil import atomic_write, ensure_dir, fsync_dir
+from mailstack.base.paths import StatePaths
+from mailstack.base.users import Accounts
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from delivery.layout import sizes_from_name
-from mailstack.fsutil import atomic_write
+from mailstack.delivery.layout import sizes_from_name
+
+from mailstack.base.fsutil import atomic_write
 
 FILE_NAME = "maildirsize"
 MAX_FILE_BYTES = 5120  # Courier README.maildirquota: recalculate when the file grows beyond it

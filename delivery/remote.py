@@ -43,9 +43,9 @@ from typing import Literal
 import dns.exception
 import dns.name
 import dns.resolver
+from mailstack.delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
 
-from delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
-from mailstack.config import Config, parse_hostport, parse_resolver
+from mailstack.base.config import Config, parse_hostport, parse_resolver
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from delivery.store import FlagMode
-from imap.sequence import SequenceSet
+from mailstack.delivery.store import FlagMode
+from mailstack.imap.sequence import SequenceSet
 
 # -- FETCH ----------------------------------------------------------------------------------
 

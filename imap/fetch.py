@@ -44,8 +44,8 @@ import re
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from imap.commands import FetchAttr, Section
-from imap.mime import (
+from mailstack.imap.commands import FetchAttr, Section
+from mailstack.imap.mime import (
     KNOWN_ENCODINGS,
     Entity,
     HeaderField,

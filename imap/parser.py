@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from delivery.store import FlagMode
-from imap import commands as c
-from imap.parser_reader import (
+from mailstack.delivery.store import FlagMode
+from mailstack.imap import commands as c
+from mailstack.imap.parser_reader import (
     BadSyntaxError,
     ParseError,
     Reader,

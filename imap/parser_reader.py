@@ -12,8 +12,8 @@ import datetime
 import re
 from collections.abc import Callable
 
-from delivery.store import Flag
-from imap.sequence import SequenceSet, SequenceSetError, parse_sequence_set
+from mailstack.delivery.store import Flag
+from mailstack.imap.sequence import SequenceSet, SequenceSetError, parse_sequence_set
 
 # RFC 9051 §9: ATOM-CHAR = <any CHAR except atom-specials>
 #   atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials

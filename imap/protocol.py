@@ -19,9 +19,9 @@ import enum
 import re
 from dataclasses import dataclass
 
-from imap import commands as c
-from imap.framing import CommandBytes, ContinuationRequired, Framer, LiteralRefused
-from imap.parser import ParseError, parse_command
+from mailstack.imap import commands as c
+from mailstack.imap.framing import CommandBytes, ContinuationRequired, Framer, LiteralRefused
+from mailstack.imap.parser import ParseError, parse_command
 
 _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')
 

@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import assert_never
 
-from delivery.store import MessageInfo
-from imap.commands import (
+from mailstack.delivery.store import MessageInfo
+from mailstack.imap.commands import (
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -52,7 +52,7 @@ from imap.commands import (
     SearchSize,
     SearchText,
 )
-from imap.mime import (
+from mailstack.imap.mime import (
     Entity,
     HeaderField,
     decode_charset,

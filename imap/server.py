@@ -25,11 +25,12 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from imap import response
-from imap.framing import RemoteProtocolError
-from imap.session import ConnectionLimits, Session, Write
-from mailstack.context import ServerContext
-from mailstack.logs import connection_logger, new_connection_id
+from mailstack.delivery.services import ServerContext
+from mailstack.imap import response
+from mailstack.imap.framing import RemoteProtocolError
+from mailstack.imap.session import ConnectionLimits, Session, Write
+
+from mailstack.base.logs import connection_logger, new_connection_id
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 READ_BYTES = 65536

@@ -36,10 +36,11 @@ import binascii
 import ipaddress
 from dataclasses import dataclass, field
 
-from delivery.store import StoreError, UnknownUserError
-from imap import commands as c
-from imap import response
-from imap.protocol import (
+from mailstack.delivery.services import ServerContext
+from mailstack.delivery.store import StoreError, UnknownUserError
+from mailstack.imap import commands as c
+from mailstack.imap import response
+from mailstack.imap.protocol import (
     BadCommand,
     CommandReceived,
     Event,
@@ -50,7 +51,7 @@ from imap.protocol import (
     State,
     TooBig,
 )
-from imap.session_base import (
+from mailstack.imap.session_base import (
     InvalidCommandError,
     RefusedError,
     Selected,
@@ -58,10 +59,10 @@ from imap.session_base import (
     caches_for,
     checked_name,
 )
-from imap.session_mailbox import MailboxCommands
-from imap.session_select import SelectedCommands
-from mailstack.context import ServerContext
-from mailstack.logs import connection_logger
+from mailstack.imap.session_mailbox import MailboxCommands
+from mailstack.imap.session_select import SelectedCommands
+
+from mailstack.base.logs import connection_logger
 
 __all__ = ["ConnectionLimits", "Session", "Write", "caches_for", "is_loopback"]
 

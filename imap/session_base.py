@@ -16,17 +16,17 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from delivery.cache import StructureCache, StructureCaches
-from delivery.store import (
+from mailstack.delivery.cache import StructureCache, StructureCaches
+from mailstack.delivery.services import ServerContext
+from mailstack.delivery.store import (
     Flag,
     FolderNotFoundError,
     FolderSnapshot,
     MessageInfo,
 )
-from imap import response, utf7
-from imap.protocol import ImapProtocol, State
-from imap.sequence import SequenceSet
-from mailstack.context import ServerContext
+from mailstack.imap import response, utf7
+from mailstack.imap.protocol import ImapProtocol, State
+from mailstack.imap.sequence import SequenceSet
 
 Write = Callable[[bytes], Awaitable[None]]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from delivery.store import (
+from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
     Flag,
@@ -17,10 +17,10 @@ from delivery.store import (
     SpecialUse,
     StoreError,
 )
-from imap import commands as c
-from imap import response
-from imap.protocol import State, list_pattern
-from imap.session_base import (
+from mailstack.imap import commands as c
+from mailstack.imap import response
+from mailstack.imap.protocol import State, list_pattern
+from mailstack.imap.session_base import (
     SYSTEM_FLAGS,
     RefusedError,
     Selected,

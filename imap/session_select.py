@@ -15,18 +15,18 @@ import contextlib
 import dataclasses
 from collections.abc import Generator
 
-from delivery.store import (
+from mailstack.delivery.store import (
     Flag,
     FlagMode,
     FolderNotFoundError,
     MessageGoneError,
     MessageInfo,
 )
-from imap import commands as c
-from imap import fetch, response, search
-from imap.protocol import State
-from imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
-from imap.session_base import (
+from mailstack.imap import commands as c
+from mailstack.imap import fetch, response, search
+from mailstack.imap.protocol import State
+from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
+from mailstack.imap.session_base import (
     FETCH_BATCH,
     STRUCTURE_CACHE_SIZE,
     RefusedError,

@@ -1,8 +1,9 @@
 """`mailstack serve`: one asyncio loop in the main process, every listener the config names.
 
-Services plug in through `LISTENERS` (service -> "module:function", each an async
-`start(ctx, host, port) -> asyncio.Server`). With `smtp.workers`, the `smtp` listener is the
-hand-off of mailstack.workers instead: its sessions run in SMTP worker processes started first.
+`LISTENERS` maps each service to its start function, an async
+`start(ctx, host, port) -> asyncio.Server`. With `smtp.workers`, the `smtp` listener is
+the hand-off of mailstack.workers.parent instead: its sessions run in SMTP worker processes
+started first.
 Start-up binds every listener or none: a port in use, a missing or mismatched certificate stops
 it with one clear line. SIGTERM/SIGINT stop accepting, let connections in flight finish (up to
 `DRAIN_S`; workers drain theirs), and exit 0; SIGHUP reloads the certificate, in the workers
@@ -14,40 +15,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
 import logging
 import signal
 from collections.abc import Callable
-from typing import cast
 
-from delivery.queue import OutboundQueue, local_delivery
-from mailstack.config import format_hostport
-from mailstack.context import ServerContext, StartService, TlsProvider
+from mailstack.base.config import format_hostport
+from mailstack.base.errors import HostError
+from mailstack.base.tls import TlsProvider
+from mailstack.delivery.queue import OutboundQueue, local_delivery
+from mailstack.delivery.services import ServerContext, StartService
 from mailstack.deployment import Deployment
-from mailstack.errors import HostError
-from mailstack.workers import SmtpWorkers, worker_count
+from mailstack.imap.server import start_imap, start_imaps
+from mailstack.smtp.server import start_smtp
+from mailstack.smtp.submission import start_submission, start_submissions
+from mailstack.workers.parent import SmtpWorkers, worker_count
 
 log = logging.getLogger(__name__)
 
-LISTENERS: dict[str, str] = {
-    "smtp": "smtp.server:start_smtp",
-    "submission": "smtp.submission:start_submission",
-    "submissions": "smtp.submission:start_submissions",
-    "imap": "imap.server:start_imap",
-    "imaps": "imap.server:start_imaps",
+LISTENERS: dict[str, StartService] = {
+    "smtp": start_smtp,
+    "submission": start_submission,
+    "submissions": start_submissions,
+    "imap": start_imap,
+    "imaps": start_imaps,
 }
 DRAIN_S = 30.0  # how long in-flight sessions may take to finish after SIGTERM
-
-
-def _resolve(service: str) -> StartService | None:
-    module_name, _, func = LISTENERS[service].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None
-    return cast(StartService | None, getattr(module, func, None))
 
 
 def build_context(dep: Deployment) -> ServerContext:
@@ -73,12 +65,7 @@ async def start_listeners(
             addresses = ctx.config.listeners(service)
             if not addresses:
                 continue
-            start = (overrides or {}).get(service) or _resolve(service)
-            if start is None:
-                log.warning(
-                    "%s is not available in this version; listen.%s ignored", service, service
-                )
-                continue
+            start = (overrides or {}).get(service) or LISTENERS[service]
             for host, port in addresses:
                 try:
                     server = await start(ctx, host, port)

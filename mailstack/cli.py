@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING
 import click
 
 from mailstack import __version__
-from mailstack.cli_accounts import alias, domain, user
-from mailstack.clikit import CONTEXT, Obj, cli_state, deployment, fail_usage, reporting
-from mailstack.config import (
+from mailstack.base.config import (
     is_fqdn,
     load_config,
     to_toml,
 )
-from mailstack.errors import MailstackError
-from mailstack.paths import default_dir
+from mailstack.base.errors import MailstackError
+from mailstack.base.paths import default_dir
+from mailstack.cli_accounts import alias, domain, user
+from mailstack.clikit import CONTEXT, Obj, cli_state, deployment, fail_usage, reporting
 
 if TYPE_CHECKING:
-    from delivery.queue import OutboundQueue
+    from mailstack.delivery.queue import OutboundQueue
     from mailstack.deployment import Deployment
 
 
@@ -307,8 +307,8 @@ def tls_import(cert_file: Path, key_file: Path) -> None:
 def serve(log_level: str | None, log_json: bool | None) -> None:
     """Run every listener in the foreground (SIGTERM stops, SIGHUP reloads certificates)."""
     from mailstack.app import serve as run_serve
+    from mailstack.base.logs import setup_logging
     from mailstack.deployment import Deployment
-    from mailstack.logs import setup_logging
 
     with reporting(cli_state().debug):
         dep = Deployment.open(cli_state().root)
@@ -341,8 +341,8 @@ def demo(base_port: int, no_serve: bool) -> None:
         if no_serve:
             return
         from mailstack.app import serve as run_serve
+        from mailstack.base.logs import setup_logging
         from mailstack.deployment import Deployment
-        from mailstack.logs import setup_logging
 
         setup_logging("INFO")
         run_serve(Deployment.open(result.root))
@@ -373,7 +373,7 @@ def systemd_unit(unit_user: str, unit_group: str) -> None:
 
 
 def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    from mailstack.config import parse_resolver
+    from mailstack.base.config import parse_resolver
 
     if not value:
         return ""
@@ -406,9 +406,9 @@ def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--network", is_flag=True, help="Also run checks that need the Internet.")
 def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool, network: bool) -> None:
     """Validate the deployment: DNS, TLS, listeners, login, delivery, open relay."""
+    from mailstack.base.errors import ProblemsFoundError
     from mailstack.checks import CheckOptions, run_checks
     from mailstack.checks.report import print_json, print_report
-    from mailstack.errors import ProblemsFoundError
 
     with reporting(cli_state().debug):
         opts = CheckOptions(resolver=resolver, only=frozenset(only), strict=strict, network=network)
@@ -439,7 +439,7 @@ def queue() -> None:
 
 
 def _outbound_queue(dep: Deployment) -> OutboundQueue:
-    from delivery.queue import OutboundQueue
+    from mailstack.delivery.queue import OutboundQueue
 
     return OutboundQueue(dep.config, dep.paths, hosted_domains=dep.accounts.domains)
 
@@ -512,7 +512,7 @@ def queue_delete(queue_id: str) -> None:
 )
 def deliver(address: str | None, mail_from: str) -> None:
     """Deliver the message on stdin to ADDRESS (an LDA: sysexits codes, 75 = try later)."""
-    from delivery.local import run_lda
+    from mailstack.delivery.local import run_lda
 
     status, problem = run_lda(
         cli_state().root, address, sys.stdin.buffer.read(), mail_from=mail_from

@@ -9,9 +9,9 @@ import sys
 
 import click
 
+from mailstack.base.config import format_size, is_fqdn
+from mailstack.base.errors import UsageError
 from mailstack.clikit import CONTEXT, SIZE, cli_state, deployment, fail_usage, reporting
-from mailstack.config import format_size, is_fqdn
-from mailstack.errors import UsageError
 
 # -- users -----------------------------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ def user() -> None:
 @click.option("--quota", type=SIZE, default=None, help="Storage quota (bytes or K/M/G; 0 = none).")
 def user_add(address: str, password_stdin: bool, quota: int | None) -> None:
     """Add an account (prints a generated password unless --password-stdin)."""
-    from mailstack.users import generate_password
+    from mailstack.base.users import generate_password
 
     with reporting(cli_state().debug), deployment() as dep:
         password = _read_password(password_stdin)
@@ -99,7 +99,7 @@ def user_list(as_json: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def user_passwd(address: str, password_stdin: bool) -> None:
     """Set an account's password (generated and printed unless --password-stdin)."""
-    from mailstack.users import generate_password
+    from mailstack.base.users import generate_password
 
     with reporting(cli_state().debug), deployment() as dep:
         password = _read_password(password_stdin)

@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 
 import click
 
-from mailstack.config import parse_size
-from mailstack.errors import MailstackError
-from mailstack.paths import StatePaths
+from mailstack.base.config import parse_size
+from mailstack.base.errors import MailstackError
+from mailstack.base.paths import StatePaths
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -10,9 +10,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstack.base.users import generate_password
 from mailstack.deployment import Deployment
 from mailstack.init import InitOptions, init_deployment, is_deployment
-from mailstack.users import generate_password
 
 DOMAIN = "example.test"
 HOSTNAME = "mail.example.test"

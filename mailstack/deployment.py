@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from delivery.events import EventHub
-from delivery.maildir import MaildirStore
-from mailstack.config import Config, load_config
-from mailstack.errors import ConfigError, HostError
-from mailstack.paths import StatePaths
-from mailstack.users import Accounts
+from mailstack.base.config import Config, load_config
+from mailstack.base.errors import ConfigError, HostError
+from mailstack.base.paths import StatePaths
+from mailstack.base.users import Accounts
+from mailstack.delivery.events import EventHub
+from mailstack.delivery.maildir import MaildirStore
 
 
 @dataclass

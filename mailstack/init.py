@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack import keys
-from mailstack.config import Config, config_from_dict, field_docs, format_hostport, load_config
+from mailstack.base.config import Config, config_from_dict, field_docs, format_hostport, load_config
+from mailstack.base.errors import ExistsError, HostError
+from mailstack.base.fsutil import atomic_write, ensure_dir
+from mailstack.base.paths import StatePaths
+from mailstack.base.users import Accounts
 from mailstack.dnsrecords import DnsRecord, MailDns, Ports, group_by_zone, in_zone
-from mailstack.errors import ExistsError, HostError
-from mailstack.fsutil import atomic_write, ensure_dir
-from mailstack.paths import StatePaths
 from mailstack.render import render
-from mailstack.users import Accounts
 
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
 DEFAULT_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993}

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mailstack.errors import MailstackError
-from mailstack.fsutil import atomic_write
+from mailstack.base.errors import MailstackError
+from mailstack.base.fsutil import atomic_write
 
 CA_DAYS = 3650
 LEAF_DAYS = 397

@@ -7,7 +7,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 _ENV = Environment(
-    loader=PackageLoader("templates", "."),
+    loader=PackageLoader("mailstack.templates", "."),
     undefined=StrictUndefined,
     autoescape=False,  # noqa: S701 - we render zone files, TOML and unit files, never HTML
     keep_trailing_newline=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailstack.config import to_ascii_domain
+from mailstack.base.config import to_ascii_domain
 
 # RFC 5321 §4.5.3.1.1 and §4.5.3.1.2: local part 64 octets, domain 255 octets.
 MAX_LOCAL_PART_BYTES = 64

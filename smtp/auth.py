@@ -17,7 +17,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from smtp.replies import Reply
+from mailstack.smtp.replies import Reply
 
 MECHANISMS = ("PLAIN", "LOGIN")
 

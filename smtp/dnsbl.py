@@ -13,9 +13,9 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import dns.reversename
+from mailstack.delivery.services import ServerContext
 
-from mailstack.config import parse_resolver
-from mailstack.context import ServerContext
+from mailstack.base.config import parse_resolver
 
 
 async def dnsbl_listing(

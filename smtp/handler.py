@@ -22,17 +22,23 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from aiosmtpd.smtp import Envelope, Session
-
-from delivery.local import LocalDelivery
-from delivery.store import Flag, FlagMode, MessageRef, QuotaExceededError
-from mailstack.context import ServerContext
-from smtp import replies
-from smtp.address import Address, AddressError
-from smtp.framing import DataError
-from smtp.headers import TraceInfo, count_received, protocol_name, received_field
-from smtp.policy import RecipientFacts, check_received_count, check_recipient
-from smtp.replies import Reply
-from smtp.verdict import DELIVER, Disposition, EnvelopeInfo, SessionInfo, Verifier, accept_all
+from mailstack.delivery.local import LocalDelivery
+from mailstack.delivery.services import ServerContext
+from mailstack.delivery.store import Flag, FlagMode, MessageRef, QuotaExceededError
+from mailstack.delivery.trace import TraceInfo, count_received, protocol_name, received_field
+from mailstack.smtp import replies
+from mailstack.smtp.address import Address, AddressError
+from mailstack.smtp.framing import DataError
+from mailstack.smtp.policy import RecipientFacts, check_received_count, check_recipient
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.verdict import (
+    DELIVER,
+    Disposition,
+    EnvelopeInfo,
+    SessionInfo,
+    Verifier,
+    accept_all,
+)
 
 log = logging.getLogger(__name__)
 

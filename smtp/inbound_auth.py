@@ -47,12 +47,16 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 import spf
-
-from mailstack.config import Config, DnsConfig, parse_resolver
-from smtp import dmarc
-from smtp.authresults import MethodResult, format_header, header_values, split_fields, strip_forged
-from smtp.replies import Reply
-from smtp.verdict import (
+from mailstack.smtp import dmarc
+from mailstack.smtp.authresults import (
+    MethodResult,
+    format_header,
+    header_values,
+    split_fields,
+    strip_forged,
+)
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.verdict import (
     DELIVER,
     Disposition,
     EnvelopeInfo,
@@ -61,6 +65,8 @@ from smtp.verdict import (
     Verifier,
     accept_all,
 )
+
+from mailstack.base.config import Config, DnsConfig, parse_resolver
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from smtp import replies
-from smtp.replies import Reply
+from mailstack.smtp import replies
+from mailstack.smtp.replies import Reply
 
 
 @dataclass(slots=True)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from mailstack.config import is_fqdn
-from smtp import replies
-from smtp.replies import Reply
+from mailstack.smtp import replies
+from mailstack.smtp.replies import Reply
+
+from mailstack.base.config import is_fqdn
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,17 +34,17 @@ from typing import Any
 
 import dns.asyncresolver
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
+from mailstack.delivery.services import ServerContext
+from mailstack.smtp import replies
+from mailstack.smtp.dnsbl import dnsbl_listing, make_resolver
+from mailstack.smtp.framing import DataError, DataFramer
+from mailstack.smtp.handler import MxEnvelope, MxHandler, MxSession
+from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.policy import check_declared_size, check_helo
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.verdict import Verifier, accept_all
 
-from mailstack.context import ServerContext
-from mailstack.logs import connection_logger, new_connection_id
-from smtp import replies
-from smtp.dnsbl import dnsbl_listing, make_resolver
-from smtp.framing import DataError, DataFramer
-from smtp.handler import MxEnvelope, MxHandler, MxSession
-from smtp.limits import ConnectionLimiter
-from smtp.policy import check_declared_size, check_helo
-from smtp.replies import Reply
-from smtp.verdict import Verifier, accept_all
+from mailstack.base.logs import connection_logger, new_connection_id
 
 log = logging.getLogger(__name__)
 
@@ -641,7 +641,7 @@ async def start_smtp(
 
     `verify` is the inbound-check hook (smtp.verdict); by default SPF/DKIM/DMARC from
     `smtp.inbound_auth.verifier_for(config)`, which honours `smtp.verify_inbound`.
-    (`serve` with `smtp.workers` uses mailstack.workers instead, which runs `mx_sessions` in
+    (`serve` with `smtp.workers` uses mailstack.workers.parent instead, which runs `mx_sessions` in
     worker processes.)
     """
     limiter = ConnectionLimiter(
@@ -678,7 +678,7 @@ def register_limiter(server: asyncio.Server, limiter: ConnectionLimiter) -> None
 def default_verifier(ctx: ServerContext) -> Verifier:
     if not ctx.config.smtp.verify_inbound:
         return accept_all
-    from smtp.inbound_auth import verifier_for  # dkimpy and friends load only when used
+    from mailstack.smtp.inbound_auth import verifier_for  # dkimpy and friends load only when used
 
     return verifier_for(ctx.config)
 

@@ -40,16 +40,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.smtp import Envelope
-
-from delivery.store import QuotaExceededError
-from mailstack.context import ServerContext
-from smtp import replies
-from smtp.address import Address, AddressError
-from smtp.auth import SaslError, SaslExchange
-from smtp.handler import MxEnvelope, MxHandler, MxSession, _leading, next_transaction_trace
-from smtp.headers import TraceInfo, count_received, received_field
-from smtp.limits import ConnectionLimiter
-from smtp.policy import (
+from mailstack.delivery.services import ServerContext
+from mailstack.delivery.store import QuotaExceededError
+from mailstack.delivery.trace import TraceInfo, count_received, received_field
+from mailstack.smtp import replies
+from mailstack.smtp.address import Address, AddressError
+from mailstack.smtp.auth import SaslError, SaslExchange
+from mailstack.smtp.handler import (
+    MxEnvelope,
+    MxHandler,
+    MxSession,
+    _leading,
+    next_transaction_trace,
+)
+from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.policy import (
     AUTH_REQUIRED,
     MUST_STARTTLS,
     check_from_header,
@@ -57,9 +62,9 @@ from smtp.policy import (
     check_sender,
     check_submission_recipient,
 )
-from smtp.replies import Reply
-from smtp.server import MxSMTP
-from smtp.verdict import accept_all
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.server import MxSMTP
+from mailstack.smtp.verdict import accept_all
 
 log = logging.getLogger(__name__)
 

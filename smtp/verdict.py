@@ -25,7 +25,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from smtp.replies import REJECTED, TEMPFAIL, Reply
+from mailstack.smtp.replies import REJECTED, TEMPFAIL, Reply
 
 
 class Disposition(enum.Enum):

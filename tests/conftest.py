@@ -10,7 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.init import InitOptions, init_deployment
+# The suite tests the installed wheel (scripts/test builds and installs it), never this checkout.
+# pytest put the checkout's root on sys.path to import the `tests` package; take it off before
+# anything imports `mailstack`. Subprocesses run the installed console script (MAILSTACK), which
+# does not put the working directory on sys.path as `python -m` would.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+
+import mailstack  # noqa: E402
+
+if "site-packages" not in Path(mailstack.__file__).parts:
+    pytest.exit(
+        f"mailstack was imported from the checkout ({mailstack.__file__}), not an installed"
+        " wheel: run ./scripts/test, which builds and installs it",
+        returncode=2,
+    )
+
+from mailstack.init import InitOptions, init_deployment  # noqa: E402
+
+MAILSTACK = str(Path(sys.executable).with_name("mailstack"))
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -21,7 +39,7 @@ def run_cli(
     """`mailstack --dir ROOT ARGS...` as a real subprocess, as an admin would run it."""
     env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
     return subprocess.run(
-        [sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+        [MAILSTACK, "--dir", str(root), *args],
         input=input,
         capture_output=True,
         text=True,

@@ -26,14 +26,14 @@ from typing import Any
 import dns.name
 import dns.reversename
 
+from mailstack.base.config import Config, parse_resolver
+from mailstack.base.errors import MailstackError
+from mailstack.base.paths import StatePaths
 from mailstack.checks import Finding, failed, passed, skip_group, skipped, warned
-from mailstack.config import Config, parse_resolver
 from mailstack.dnsrecords import DnsRecord, fqdn
-from mailstack.errors import MailstackError
 from mailstack.keys import dkim_public_record
-from mailstack.paths import StatePaths
-from smtp import dmarc
-from smtp.inbound_auth import DnsClient, DnsTempError, check_spf, make_resolver
+from mailstack.smtp import dmarc
+from mailstack.smtp.inbound_auth import DnsClient, DnsTempError, check_spf, make_resolver
 
 Records = list[DnsRecord]
 

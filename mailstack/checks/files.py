@@ -17,11 +17,11 @@ import stat
 import tempfile
 from pathlib import Path
 
+from mailstack.base.config import Config, load_config
+from mailstack.base.errors import ConfigError
+from mailstack.base.paths import StatePaths
+from mailstack.base.users import Accounts
 from mailstack.checks import Finding, failed, passed, warned
-from mailstack.config import Config, load_config
-from mailstack.errors import ConfigError
-from mailstack.paths import StatePaths
-from mailstack.users import Accounts
 
 # Below this much free space deliveries start failing soon (a few large messages): fail.
 DISK_FAIL_BYTES = 100 * 1024**2

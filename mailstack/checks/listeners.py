@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mailstack.base.config import Config, format_hostport
+from mailstack.base.paths import StatePaths
 from mailstack.checks import GROUPS, Finding, failed, passed, skip_group, skipped
-from mailstack.config import Config, format_hostport
 from mailstack.keys import load_chain
-from mailstack.paths import StatePaths
 
 # Used as the EHLO name: an address literal is always acceptable (RFC 5321 §4.1.3).
 EHLO_NAME = "[127.0.0.1]"
@@ -308,11 +308,7 @@ def check_relay(
 # -- submission ---------------------------------------------------------------------------------
 
 
-def check_submission(
-    cfg: Config, paths: StatePaths, timeout_s: float, available: bool
-) -> list[Finding]:
-    if not available:
-        return skip_group("submission", "submission is not available in this version")
+def check_submission(cfg: Config, paths: StatePaths, timeout_s: float) -> list[Finding]:
     targets = _Targets(cfg, paths, timeout_s)
     out: list[Finding] = []
     if not cfg.listeners("submission"):

@@ -32,12 +32,12 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from delivery.store import UnknownUserError
+from mailstack.base.config import format_hostport
+from mailstack.base.errors import NotFoundError
 from mailstack.checks import Finding, Status, failed, passed, skipped, warned
 from mailstack.checks.listeners import EHLO_NAME, client_tls, connect_host, unknown_port
-from mailstack.config import format_hostport
+from mailstack.delivery.store import UnknownUserError
 from mailstack.deployment import Deployment
-from mailstack.errors import NotFoundError
 
 PROBE_PREFIX = "mailstack-check-"
 STALE_PROBE_S = 3600.0  # no check runs this long: an older probe was left by a killed run

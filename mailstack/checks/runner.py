@@ -12,12 +12,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from mailstack.base.config import Config
+from mailstack.base.errors import MailstackError
+from mailstack.base.paths import StatePaths
 from mailstack.checks import GROUPS, CheckOptions, Finding, failed, skip_group, skipped
 from mailstack.checks.files import check_config, check_files
-from mailstack.config import Config
 from mailstack.deployment import Deployment
-from mailstack.errors import MailstackError
-from mailstack.paths import StatePaths
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ def _guard(group: str, fn: Callable[[], list[Finding]]) -> list[Finding]:
                 "this is a bug in mailstack check: rerun with --debug and report it",
             )
         ]
-
-
-def submission_available() -> bool:
-    from mailstack.app import _resolve
-
-    return _resolve("submission") is not None
 
 
 # Every group that needs a valid config and an openable deployment.
@@ -111,7 +105,7 @@ def _run_groups(
     if options.wants("submission"):
         out += _guard(
             "submission",
-            lambda: listeners.check_submission(cfg, paths, timeout, submission_available()),
+            lambda: listeners.check_submission(cfg, paths, timeout),
         )
     imap: list[Finding] = []
     if options.wants("imap"):

@@ -19,11 +19,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from mailstack.base.config import Config
+from mailstack.base.errors import MailstackError
+from mailstack.base.paths import StatePaths
 from mailstack.checks import Finding, failed, passed, skipped, warned
-from mailstack.config import Config
-from mailstack.errors import MailstackError
 from mailstack.keys import cert_names, key_matches_cert, load_chain, name_matches
-from mailstack.paths import StatePaths
 
 EXPIRY_WARN_DAYS = 30
 EXPIRY_FAIL_DAYS = 7

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from mailstack.base.config import load_config
+from mailstack.base.paths import StatePaths
 from mailstack.checks.dns import zone_line
-from mailstack.config import load_config
 from mailstack.dnsrecords import DnsRecord
 from mailstack.init import dns_records
 from mailstack.keys import dkim_public_record, make_dkim_key
-from mailstack.paths import StatePaths
 from tests.checks.conftest import (
     FORWARD,
     REVERSE,

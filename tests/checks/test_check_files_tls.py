@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 from tests.checks.conftest import check, not_passing, only
 
 NOW = dt.datetime.now(dt.UTC)

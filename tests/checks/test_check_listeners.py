@@ -11,14 +11,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from mailstack.users import Accounts
+from mailstack.base.users import Accounts
 from tests.checks.conftest import (
     FORWARD,
     check,
@@ -32,6 +31,7 @@ from tests.checks.conftest import (
     zones,
 )
 from tests.checks.test_check_files_tls import write_leaf
+from tests.conftest import MAILSTACK
 from tests.support.serve import ServeProcess
 
 pytestmark = pytest.mark.external
@@ -188,9 +188,7 @@ def test_sigterm_while_the_probe_exists_still_removes_it(tmp_path: Path) -> None
         env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "mailstack",
+                MAILSTACK,
                 "--dir",
                 str(root),
                 "check",

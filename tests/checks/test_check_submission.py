@@ -17,10 +17,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
+from mailstack.base.config import load_config
+from mailstack.base.paths import StatePaths
 from mailstack.checks import Status
 from mailstack.checks.listeners import check_submission
-from mailstack.config import load_config
-from mailstack.paths import StatePaths
 from tests.checks.conftest import free_ports, set_listen
 
 
@@ -74,8 +74,7 @@ def doubles(deployment_dir: Path, request: pytest.FixtureRequest) -> Iterator[Pa
 def run(root: Path) -> dict[str, tuple[Status, str, str | None]]:
     cfg = load_config(StatePaths(root).config)
     return {
-        f.id: (f.status, f.message, f.fix)
-        for f in check_submission(cfg, StatePaths(root), 10.0, available=True)
+        f.id: (f.status, f.message, f.fix) for f in check_submission(cfg, StatePaths(root), 10.0)
     }
 
 
@@ -100,12 +99,3 @@ def test_auth_offered_in_clear_text_fails(doubles: Path) -> None:
     )
     assert fix == "offer AUTH only after STARTTLS (RFC 6409, RFC 8314)"
     assert found["submission.starttls"][0] is Status.PASS
-
-
-def test_skipped_while_submission_is_not_available(deployment_dir: Path) -> None:
-    cfg = load_config(StatePaths(deployment_dir).config)
-    found = check_submission(cfg, StatePaths(deployment_dir), 10.0, available=False)
-    assert [(f.id, f.status, f.message) for f in found] == [
-        (i, Status.SKIP, "submission is not available in this version")
-        for i in ("submission.starttls", "submission.auth", "submission.tls")
-    ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.maildir import MaildirStore
 
-from delivery.maildir import MaildirStore
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 from tests.support.dovecot import dovecot_server  # noqa: F401 - a fixture, used by name
 
 ALICE = "alice@example.com"

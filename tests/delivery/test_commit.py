@@ -16,15 +16,15 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from mailstack.delivery import quota
+from mailstack.delivery.commit import GroupCommitter
+from mailstack.delivery.dotlock import DotLock
+from mailstack.delivery.index import UIDLIST
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import FolderNotFoundError, MessageRef, QuotaExceededError
+from mailstack.delivery.uidmap import UidList
 
-from delivery import quota
-from delivery.commit import GroupCommitter
-from delivery.dotlock import DotLock
-from delivery.index import UIDLIST
-from delivery.maildir import MaildirStore
-from delivery.store import FolderNotFoundError, MessageRef, QuotaExceededError
-from delivery.uidmap import UidList
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE, BOB
 
 WAIT_S = 30

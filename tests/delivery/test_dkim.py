@@ -8,10 +8,10 @@ from pathlib import Path
 
 import dkim
 import pytest
+from mailstack.delivery.dkim import author_domain, sign
 
-from delivery.dkim import author_domain, sign
+from mailstack.base.paths import StatePaths
 from mailstack.keys import dkim_public_record, make_dkim_key
-from mailstack.paths import StatePaths
 from tests.delivery.test_remote import dkim_key
 
 MESSAGE = (
@@ -104,7 +104,7 @@ def test_unsigned_when_not_ours(tmp_path: Path, message: bytes) -> None:
 def test_missing_or_bad_key_sends_unsigned(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="delivery.dkim")
+    caplog.set_level(logging.WARNING, logger="mailstack.delivery.dkim")
     paths = StatePaths(tmp_path)
     assert sign(MESSAGE, paths=paths, selector="s1", hosted_domains={"example.com"}) == MESSAGE
     assert "cannot read" in caplog.text

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from delivery.dsn import DsnRecipient, build_dsn, needs_dsn
+from mailstack.delivery.dsn import DsnRecipient, build_dsn, needs_dsn
 
 ORIGINAL = (
     b"From: alice@example.com\r\nTo: bob@remote.test\r\nSubject: hello\r\n"

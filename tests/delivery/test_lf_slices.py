@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from delivery import layout
-from delivery.layout import lf_slices
+from mailstack.delivery import layout
+from mailstack.delivery.layout import lf_slices
 
 ALPHABET = st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b".", b"\r\r\n", b"xyz"])
 

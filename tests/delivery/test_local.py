@@ -6,9 +6,16 @@ import mailbox
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.local import (
+    EX_DATAERR,
+    EX_NOUSER,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    LocalDelivery,
+)
+from mailstack.delivery.store import QuotaExceededError
 
-from delivery.local import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, LocalDelivery
-from delivery.store import QuotaExceededError
 from tests.conftest import Cli, run_cli
 from tests.support.smtpserver import SMALL_QUOTA_USER, build_context
 

@@ -8,10 +8,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from delivery.maildir import MaildirStore
-from delivery.store import Flag, FlagMode
-from delivery.uidmap import UidList
-from mailstack.paths import StatePaths
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import Flag, FlagMode
+from mailstack.delivery.uidmap import UidList
+
+from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE
 
 THREADS = 8
@@ -78,8 +79,8 @@ def test_threads_get_unique_increasing_uids(store: MaildirStore, paths: StatePat
 SCRIPT = """
 import sys
 from pathlib import Path
-from delivery.maildir import MaildirStore
-from mailstack.paths import StatePaths
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.base.paths import StatePaths
 store = MaildirStore(StatePaths(Path(sys.argv[1])), hostname="p" + sys.argv[2])
 for i in range(int(sys.argv[3])):
     (ref,) = store.deliver([("alice@example.com", "INBOX")], b"Subject: %d\\n\\nbody\\n" % i)
@@ -92,7 +93,7 @@ def test_processes_share_the_uidlist_lock(store: MaildirStore, paths: StatePaths
     root = Path(__file__).resolve().parents[2]
     running = [
         subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, str(paths.root), str(p), str(count)],
+            [sys.executable, "-P", "-c", SCRIPT, str(paths.root), str(p), str(count)],
             stdout=subprocess.PIPE,
             text=True,
             cwd=root,

@@ -19,10 +19,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import Flag, FlagMode
 
-from delivery.maildir import MaildirStore
-from delivery.store import Flag, FlagMode
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 from tests.support.dovecot import MAIL_GROUP, MAIL_USER, DovecotFactory
 
 pytestmark = pytest.mark.external

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.dotlock import DotLock, LockTimeoutError
+from mailstack.delivery.events import EventHub
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import Flag, FlagMode
 
-from delivery.dotlock import DotLock, LockTimeoutError
-from delivery.events import EventHub
-from delivery.maildir import MaildirStore
-from delivery.store import Flag, FlagMode
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
@@ -55,11 +55,11 @@ def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
 def test_lock_of_crashed_mailstack_process_is_taken_over(tmp_path: Path) -> None:
     target = tmp_path / "dovecot-uidlist"
     code = (
-        "import os, sys; from pathlib import Path; from delivery.dotlock import DotLock;"
+        "import os, sys; from pathlib import Path; from mailstack.delivery.dotlock import DotLock;"
         "DotLock(Path(sys.argv[1])).acquire(); os._exit(0)"  # dies holding the lock
     )
     root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-c", code, str(target)], check=True, cwd=root)
+    subprocess.run([sys.executable, "-P", "-c", code, str(target)], check=True, cwd=root)
     pid, _, host = (tmp_path / "dovecot-uidlist.lock").read_text().partition(":")
     assert int(pid) != os.getpid()
     assert host == socket.gethostname()
@@ -88,8 +88,8 @@ async def test_events_published_after_changes(paths: StatePaths) -> None:
 _HOLD_FOLDER_LOCK = """
 import sys, time
 from pathlib import Path
-from delivery.maildir import MaildirStore
-from mailstack.paths import StatePaths
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.base.paths import StatePaths
 store = MaildirStore(StatePaths(Path(sys.argv[1])))
 root = store._paths.maildir(sys.argv[2])
 with store._index(root, root).locked():
@@ -117,7 +117,7 @@ def test_mailstack_processes_wait_for_a_folder_lock_in_the_kernel(
 
     def holder() -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-c", _HOLD_FOLDER_LOCK, str(paths.root), ALICE],
+            [sys.executable, "-P", "-c", _HOLD_FOLDER_LOCK, str(paths.root), ALICE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

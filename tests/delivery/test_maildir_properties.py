@@ -10,22 +10,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from delivery.keywords import (
+from mailstack.delivery.keywords import (
     MAX_KEYWORDS,
     KeywordMap,
     flags_from_letters,
     letters_from_flags,
     split_info,
 )
-from delivery.layout import (
+from mailstack.delivery.layout import (
     folder_dir_name,
     normalize_folder,
     parse_subscriptions,
     serialize_subscriptions,
 )
-from delivery.maildir import MaildirStore
-from delivery.store import (
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
     Flag,
@@ -35,8 +34,9 @@ from delivery.store import (
     InvalidFolderNameError,
     StoreError,
 )
-from delivery.uidmap import UidList, UidRecord
-from mailstack.paths import StatePaths
+from mailstack.delivery.uidmap import UidList, UidRecord
+
+from mailstack.base.paths import StatePaths
 
 ALICE = "alice@example.com"
 ATOM = st.text(

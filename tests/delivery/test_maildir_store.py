@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from delivery import index as index_module
-from delivery.maildir import MaildirStore
-from delivery.store import (
+from mailstack.delivery import index as index_module
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     Flag,
     FlagMode,
@@ -24,7 +23,8 @@ from delivery.store import (
     SpecialUse,
     UnknownUserError,
 )
-from mailstack.paths import StatePaths
+
+from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE, BOB
 
 MESSAGE = b"From: bob@example.org\r\nSubject: hello\r\n\r\nline one\r\nline two\r\n"

@@ -7,8 +7,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
+from mailstack.delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
 
 HOST = st.from_regex(r"[a-e]{1,3}\.example\.net", fullmatch=True)
 RECORDS = st.lists(

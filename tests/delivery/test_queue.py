@@ -21,8 +21,7 @@ import dns.resolver
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from delivery.queue import (
+from mailstack.delivery.queue import (
     DELAY_WARN_S,
     GIVE_UP_S,
     MAX_PER_DOMAIN,
@@ -34,10 +33,11 @@ from delivery.queue import (
     local_delivery,
     retry_delay_s,
 )
-from delivery.remote import RcptResult
-from mailstack.config import Config
-from mailstack.errors import NotFoundError, UsageError
-from mailstack.paths import StatePaths
+from mailstack.delivery.remote import RcptResult
+
+from mailstack.base.config import Config
+from mailstack.base.errors import NotFoundError, UsageError
+from mailstack.base.paths import StatePaths
 from tests.delivery.test_remote import (
     SELECTOR,
     SENDER_DOMAIN,

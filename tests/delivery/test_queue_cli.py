@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.queue import OutboundQueue
 
-from delivery.queue import OutboundQueue
-from mailstack.config import load_config
-from mailstack.paths import StatePaths
+from mailstack.base.config import load_config
+from mailstack.base.paths import StatePaths
 from tests.conftest import run_cli
 from tests.delivery.test_remote import Double, dns_server, double
 from tests.support.serve import ServeProcess

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.config import config_to_dict
+from mailstack.base.config import config_to_dict
 from tests.delivery.test_queue import MESSAGE, make_queue
 from tests.delivery.test_remote import Double, dns_server, double, queue_config
 
@@ -30,9 +30,9 @@ _fixtures = (dns_server, double)  # used by name
 CHILD = """
 import asyncio, json, sys
 from pathlib import Path
-from delivery.queue import OutboundQueue
-from mailstack.config import config_from_dict
-from mailstack.paths import StatePaths
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.base.config import config_from_dict
+from mailstack.base.paths import StatePaths
 config = config_from_dict(json.loads(sys.argv[2]))
 asyncio.run(OutboundQueue(config, StatePaths(Path(sys.argv[1]))).run_once())
 """
@@ -46,7 +46,7 @@ async def test_sigkill_mid_run_loses_nothing(
     qid = queue.enqueue("alice@sender.test", ["ok@a.test", "hang@b.test"], MESSAGE)
     stored = queue.message(qid)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path), json.dumps(config_to_dict(config))],
+        [sys.executable, "-P", "-c", CHILD, str(tmp_path), json.dumps(config_to_dict(config))],
         cwd=Path(__file__).resolve().parents[2],
     )
     try:

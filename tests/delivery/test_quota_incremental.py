@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from delivery import quota
+from mailstack.delivery import quota
 
 
 def _maildir(tmp_path: Path, content: bytes) -> Path:

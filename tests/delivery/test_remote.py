@@ -25,9 +25,9 @@ from typing import Any
 import dns.resolver
 import pytest
 from aiosmtpd.smtp import SMTP
+from mailstack.delivery import remote
 
-from delivery import remote
-from mailstack.config import Config, config_from_dict
+from mailstack.base.config import Config, config_from_dict
 from mailstack.keys import dkim_public_record, make_dkim_key
 from tests.support import postfix
 from tests.support.nsd import NsdServer, _free_port
@@ -258,7 +258,7 @@ async def test_next_mx_when_the_preferred_one_is_down(
     resolver = remote.make_resolver(config)
     targets = remote.route(config, "pref.test", resolver)
     assert targets == [("down.pref.test", "127.0.0.2"), ("up.pref.test", "127.0.0.1")]
-    caplog.set_level("INFO", logger="delivery.remote")
+    caplog.set_level("INFO", logger="mailstack.delivery.remote")
     (result,) = await asyncio.to_thread(attempt, config, "pref.test", ["ok@pref.test"])
     assert (result.kind, result.remote_mta) == ("delivered", "up.pref.test")
     assert "down.pref.test[127.0.0.2]" in caplog.text
@@ -287,7 +287,7 @@ async def test_mail_looping_back_to_us_fails(dns_server: tuple[str, int], double
 
 
 def _as_dict(config: Config) -> dict[str, Any]:
-    from mailstack.config import config_to_dict
+    from mailstack.base.config import config_to_dict
 
     return config_to_dict(config)
 
@@ -324,7 +324,7 @@ async def test_failed_starttls_falls_back_to_plain_text(
     dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture
 ) -> None:
     double.broken_tls = True
-    caplog.set_level("INFO", logger="delivery.remote")
+    caplog.set_level("INFO", logger="mailstack.delivery.remote")
     config = queue_config(dns_server[1], double.port)
     (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok@a.test"])
     assert result.kind == "delivered", result.reply

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailstack.delivery.index import UIDLIST, FolderIndex
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import Flag, FlagMode
+from mailstack.delivery.uidmap import UidList
 
-from delivery.index import UIDLIST, FolderIndex
-from delivery.maildir import MaildirStore
-from delivery.store import Flag, FlagMode
-from delivery.uidmap import UidList
-from mailstack.paths import StatePaths
+from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from imap.framing import RemoteProtocolError
-    from imap.protocol import ImapProtocol, State
+    from mailstack.imap.framing import RemoteProtocolError
+    from mailstack.imap.protocol import ImapProtocol, State
 
 STATES = list(State)
 SEEDS = [

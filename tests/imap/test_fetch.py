@@ -33,10 +33,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from imapclient.response_parser import parse_fetch_response
 from imapclient.response_types import BodyData
-
-from imap import response
-from imap.commands import Fetch, FetchAttr, Section
-from imap.fetch import (
+from mailstack.imap import response
+from mailstack.imap.commands import Fetch, FetchAttr, Section
+from mailstack.imap.fetch import (
     MISSING_DOMAIN,
     Bodies,
     ParsedMessage,
@@ -51,7 +50,7 @@ from imap.fetch import (
     section_bytes,
     structure_item,
 )
-from imap.mime import MAX_DEPTH, Entity, decode_transfer, find_part, to_crlf
+from mailstack.imap.mime import MAX_DEPTH, Entity, decode_transfer, find_part, to_crlf
 
 # -- corpus -----------------------------------------------------------------------------------
 
@@ -583,7 +582,7 @@ def test_structure_cache_round_trip_and_answers_without_bytes() -> None:
 
 def body(msg: ParsedMessage, spec: str, partial_: tuple[int, int] | None = None) -> Value:
     """BODY[spec] parsed by the real parser, so the section syntax is the client's."""
-    from imap.parser import parse_command
+    from mailstack.imap.parser import parse_command
 
     command = parse_command(f"a FETCH 1 BODY.PEEK[{spec}]\r\n".encode())
     assert isinstance(command, Fetch)
@@ -945,7 +944,7 @@ def fetch_values(line: bytes) -> dict[bytes, Any]:
 @pytest.mark.external
 @pytest.mark.skipif(not DOVECOT_IMAP.exists(), reason="needs dovecot-imapd")
 def test_fetch_answers_match_dovecot() -> None:
-    from imap.parser import parse_command
+    from mailstack.imap.parser import parse_command
 
     names = list(CORPUS)
     commands = b"".join(b"f FETCH 1:* (%s)\r\n" % item.encode() for item in DOVECOT_ITEMS)
@@ -1071,7 +1070,7 @@ def random_tree(rng: random.Random, depth: int = 0) -> email.message.Message:
 @pytest.mark.external
 @pytest.mark.skipif(not DOVECOT_IMAP.exists(), reason="needs dovecot-imapd")
 def test_generated_messages_match_dovecot() -> None:
-    from imap.parser import parse_command
+    from mailstack.imap.parser import parse_command
 
     rng = random.Random(20241001)
     messages = []

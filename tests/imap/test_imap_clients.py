@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.store import INBOX, Flag
 
-from delivery.store import INBOX, Flag
 from tests.support.imapserver import (
     PASSWORD,
     USER,

@@ -8,8 +8,7 @@ import itertools
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-
-from imap.framing import (
+from mailstack.imap.framing import (
     CommandBytes,
     ContinuationRequired,
     Framer,

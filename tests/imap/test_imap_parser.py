@@ -8,11 +8,10 @@ import datetime
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-
-from delivery.store import FlagMode
-from imap import commands as c
-from imap.parser import MAX_DEPTH, ParseError, parse_command
-from imap.sequence import SeqRange, SequenceSet
+from mailstack.delivery.store import FlagMode
+from mailstack.imap import commands as c
+from mailstack.imap.parser import MAX_DEPTH, ParseError, parse_command
+from mailstack.imap.sequence import SeqRange, SequenceSet
 
 
 def seq(*ranges: tuple[int | None, int | None]) -> SequenceSet:

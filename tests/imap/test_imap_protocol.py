@@ -7,10 +7,9 @@ import contextlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from imap import commands as c
-from imap.framing import RemoteProtocolError
-from imap.protocol import (
+from mailstack.imap import commands as c
+from mailstack.imap.framing import RemoteProtocolError
+from mailstack.imap.protocol import (
     BadCommand,
     CommandReceived,
     Event,

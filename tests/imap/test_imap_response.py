@@ -8,12 +8,11 @@ import re
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-
-from imap import commands as c
-from imap import response
-from imap.fetch import ParsedMessage, Structure
-from imap.parser import parse_command
-from imap.response import RenderedStructure
+from mailstack.imap import commands as c
+from mailstack.imap import response
+from mailstack.imap.fetch import ParsedMessage, Structure
+from mailstack.imap.parser import parse_command
+from mailstack.imap.response import RenderedStructure
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=200)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from imap.sequence import (
+from mailstack.imap.sequence import (
     SequenceSetError,
     compress,
     compress_ordered,

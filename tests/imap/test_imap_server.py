@@ -18,8 +18,8 @@ from typing import Any
 
 import imapclient
 import pytest
+from mailstack.delivery.store import INBOX
 
-from delivery.store import INBOX
 from tests.imap.rawclient import RawClient
 from tests.support.imapserver import (
     OTHER_PASSWORD,

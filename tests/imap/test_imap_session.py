@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from mailstack.delivery.store import INBOX
+from mailstack.imap.framing import RemoteProtocolError
+from mailstack.imap.session import ConnectionLimits, Session, is_loopback
 
-from delivery.store import INBOX
-from imap.framing import RemoteProtocolError
-from imap.session import ConnectionLimits, Session, is_loopback
 from tests.support.imapserver import PASSWORD, USER, ImapDeployment, make_deployment
 
 REMOTE_IP = "192.0.2.10"  # TEST-NET-1: never loopback

@@ -16,8 +16,8 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mailstack.imap.session import ConnectionLimits, Session
 
-from imap.session import ConnectionLimits, Session
 from tests.support.imapserver import PASSWORD, USER, ImapDeployment, make_deployment
 
 MESSAGE = b"From: a@example.org\r\nSubject: model\r\n\r\nbody\r\n"

@@ -7,8 +7,7 @@ import contextlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from imap import utf7
+from mailstack.imap import utf7
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,8 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from delivery.store import MessageInfo
-from imap.commands import (
+from mailstack.delivery.store import MessageInfo
+from mailstack.imap.commands import (
     Search,
     SearchAnd,
     SearchDate,
@@ -27,9 +26,9 @@ from imap.commands import (
     SearchOr,
     SearchText,
 )
-from imap.mime import to_crlf
-from imap.parser import parse_command
-from imap.search import (
+from mailstack.imap.mime import to_crlf
+from mailstack.imap.parser import parse_command
+from mailstack.imap.search import (
     Candidate,
     MessageText,
     Need,
@@ -39,7 +38,8 @@ from imap.search import (
     plan,
     search,
 )
-from imap.sequence import parse_sequence_set
+from mailstack.imap.sequence import parse_sequence_set
+
 from tests.imap.test_fetch import DOVECOT_IMAP, FRAGMENTS, run_dovecot
 
 UTC = datetime.UTC

@@ -14,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.cache import CACHE_FILE, StructureCache
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import INBOX
 
-from delivery.cache import CACHE_FILE, StructureCache
-from delivery.maildir import MaildirStore
-from delivery.store import INBOX
 from tests.imap.rawclient import RawClient
 from tests.support.imapserver import (
     PASSWORD,

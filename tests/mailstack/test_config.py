@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.config import (
+from mailstack.base.config import (
     Config,
     config_from_dict,
     field_docs,
@@ -12,7 +12,7 @@ from mailstack.config import (
     parse_hostport,
     parse_size,
 )
-from mailstack.errors import ConfigError
+from mailstack.base.errors import ConfigError
 
 MINIMAL = {"server": {"hostname": "mail.example.com", "domains": ["example.com"]}}
 

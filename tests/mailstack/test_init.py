@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mailstack.config import load_config
+from mailstack.base.config import load_config
 from tests.conftest import Cli
 
 INIT = (

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pexpect
+
+from tests.conftest import MAILSTACK
 
 
 def test_init_prompts_for_missing_values(tmp_path: Path) -> None:
     root = tmp_path / "state"
     child = pexpect.spawn(
-        sys.executable,
-        ["-m", "mailstack", "--dir", str(root), "init"],
+        MAILSTACK,
+        ["--dir", str(root), "init"],
         encoding="utf-8",
         timeout=60,
     )

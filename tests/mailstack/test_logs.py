@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from mailstack.logs import JsonFormatter, TextFormatter, connection_logger, redact
+from mailstack.base.logs import JsonFormatter, TextFormatter, connection_logger, redact
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def test_redact(line: str, expected: str) -> None:
 
 def test_connection_lines_carry_id_and_peer(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    connection_logger("smtp.server", "s42", "192.0.2.1").info("accepted %d bytes", 10)
+    connection_logger("mailstack.smtp.server", "s42", "192.0.2.1").info("accepted %d bytes", 10)
     (record,) = caplog.records
     text = TextFormatter().format(record)
     assert text.endswith("INFO smtp [s42 192.0.2.1] accepted 10 bytes")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from mailstack.throttle import LoginThrottle
+from mailstack.base.throttle import LoginThrottle
 
 
 class Clock:

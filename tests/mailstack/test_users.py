@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.errors import ExistsError, NotFoundError, UsageError
-from mailstack.users import Accounts, normalize_address
+from mailstack.base.errors import ExistsError, NotFoundError, UsageError
+from mailstack.base.users import Accounts, normalize_address
 
 
 @pytest.fixture

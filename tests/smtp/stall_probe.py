@@ -45,7 +45,9 @@ async def measure(port: int, mb: int) -> tuple[float, float]:
     stop, lags = asyncio.Event(), []  # type: ignore[var-annotated]
     monitor = asyncio.create_task(lag_monitor(stop, lags))
     start = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(port), str(mb))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-c", CLIENT, str(port), str(mb)
+    )
     assert await proc.wait() == 0
     elapsed = time.perf_counter() - start
     stop.set()

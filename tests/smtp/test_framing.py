@@ -7,8 +7,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from smtp.framing import DataEnd, DataError, DataFramer
+from mailstack.smtp.framing import DataEnd, DataError, DataFramer
 
 
 def frame(

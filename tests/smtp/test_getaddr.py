@@ -7,8 +7,8 @@ from email._header_value_parser import get_addr_spec, get_angle_addr
 
 from hypothesis import given
 from hypothesis import strategies as st
+from mailstack.smtp.server import _PLAIN_PATH, MxSMTP
 
-from smtp.server import _PLAIN_PATH, MxSMTP
 from tests.support.smtpserver import SmtpHarness
 
 ATOM = "abcXYZ019!#$%&'*+/=?^_`{|}~-"

@@ -6,10 +6,10 @@ import re
 import socket
 
 import pytest
+from mailstack.smtp.inbound_auth import InboundVerifier
+from mailstack.smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
 
-from mailstack.config import Config, config_from_dict
-from smtp.inbound_auth import InboundVerifier
-from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
+from mailstack.base.config import Config, config_from_dict
 from tests.smtp.authzones import DkimKey, build_zones, make_key, message, sign
 from tests.support import nsd
 from tests.support.nsd import NsdFactory

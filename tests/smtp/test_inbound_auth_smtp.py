@@ -11,9 +11,9 @@ import smtplib
 from pathlib import Path
 
 import pytest
+from mailstack.smtp.inbound_auth import InboundVerifier
 
-from mailstack.config import Config, config_from_dict
-from smtp.inbound_auth import InboundVerifier
+from mailstack.base.config import Config, config_from_dict
 from tests.smtp.authzones import DkimKey, build_zones, make_key, message, sign
 from tests.support import nsd
 from tests.support.nsd import NsdFactory

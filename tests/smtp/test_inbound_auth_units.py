@@ -7,16 +7,15 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from smtp import dmarc
-from smtp.authresults import (
+from mailstack.smtp import dmarc
+from mailstack.smtp.authresults import (
     MethodResult,
     authserv_id_of,
     format_header,
     split_fields,
     strip_forged,
 )
-from smtp.dmarc import Alignment, Policy
+from mailstack.smtp.dmarc import Alignment, Policy
 
 
 @pytest.mark.parametrize(

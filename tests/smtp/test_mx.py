@@ -13,11 +13,11 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
+from mailstack.smtp.replies import Reply
+from mailstack.smtp.server import open_connections
+from mailstack.smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
 
-from mailstack.users import Accounts
-from smtp.replies import Reply
-from smtp.server import open_connections
-from smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
+from mailstack.base.users import Accounts
 from tests.support.nsd import NsdFactory, nsd_server  # noqa: F401  (fixture)
 from tests.support.smtpserver import (
     HOSTNAME,
@@ -150,10 +150,12 @@ async def test_store_failure_is_451_and_nothing_half_written(
 async def test_one_log_line_per_transaction_without_body(
     mx: SmtpHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="smtp")
+    caplog.set_level(logging.INFO, logger="mailstack.smtp")
     secret = b"Subject: s\r\n\r\nthe body must never be logged\r\n"
     await asyncio.to_thread(smtp_send, mx, ["alice@example.com", "team@example.com"], secret)
-    lines = [r for r in caplog.records if r.name == "smtp.server" and r.levelno == logging.INFO]
+    lines = [
+        r for r in caplog.records if r.name == "mailstack.smtp.server" and r.levelno == logging.INFO
+    ]
     assert len(lines) == 1
     record = lines[0]
     conn, peer = getattr(record, "conn", None), getattr(record, "peer", None)
@@ -166,7 +168,7 @@ async def test_one_log_line_per_transaction_without_body(
     assert "never be logged" not in caplog.text
     caplog.clear()
     await asyncio.to_thread(rcpt_reply, mx, "someone@gmail.com")
-    assert [r.getMessage() for r in caplog.records if r.name == "smtp.server"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "mailstack.smtp.server"] == [
         "from=<x@example.net> rcpt=<someone@gmail.com> refused: 554 5.7.1 Relaying denied"
     ]
 

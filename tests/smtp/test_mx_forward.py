@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from delivery.queue import OutboundQueue
+from mailstack.delivery.queue import OutboundQueue
+
 from tests.support.smtpserver import SmtpHarness, running_smtp
 
 T = TypeVar("T")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
-from smtp import replies
-from smtp.address import Address, AddressError
-from smtp.headers import TraceInfo, count_received, protocol_name, received_field
-from smtp.limits import ConnectionLimiter
-from smtp.policy import (
+from mailstack.delivery.trace import TraceInfo, count_received, protocol_name, received_field
+from mailstack.smtp import replies
+from mailstack.smtp.address import Address, AddressError
+from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.policy import (
     RecipientFacts,
     check_declared_size,
     check_helo,

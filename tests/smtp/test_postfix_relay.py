@@ -13,9 +13,9 @@ import smtplib
 from pathlib import Path
 
 import pytest
+from mailstack.smtp.inbound_auth import InboundVerifier
 
-from mailstack.config import config_from_dict
-from smtp.inbound_auth import InboundVerifier
+from mailstack.base.config import config_from_dict
 from tests.smtp.authzones import build_zones, make_key, message, sign
 from tests.support import nsd, postfix
 from tests.support.nsd import NsdFactory

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.services import ServerContext
+from mailstack.smtp.submission import open_connections, start_submission, start_submissions
 
-from delivery.queue import OutboundQueue
-from mailstack.context import ServerContext
-from mailstack.throttle import LoginThrottle
-from smtp.submission import open_connections, start_submission, start_submissions
+from mailstack.base.throttle import LoginThrottle
 from tests.support.smtpserver import HOSTNAME, RawClient, build_context
 
 T = TypeVar("T")

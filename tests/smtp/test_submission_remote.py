@@ -11,9 +11,9 @@ from pathlib import Path
 
 import dkim
 import pytest
+from mailstack.delivery.queue import OutboundQueue
 
-from delivery.queue import OutboundQueue
-from mailstack.config import config_from_dict
+from mailstack.base.config import config_from_dict
 from mailstack.keys import dkim_public_record
 from tests.delivery.test_queue import dnsfunc
 from tests.delivery.test_remote import Double, _txt, dkim_key, double, zones

@@ -8,10 +8,9 @@ import base64
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from smtp import auth, policy, replies
-from smtp.auth import Credentials, SaslError, SaslExchange
-from smtp.policy import RecipientFacts
+from mailstack.smtp import auth, policy, replies
+from mailstack.smtp.auth import Credentials, SaslError, SaslExchange
+from mailstack.smtp.policy import RecipientFacts
 
 
 def b64(raw: bytes) -> str:

@@ -26,16 +26,17 @@ from typing import Any
 
 import pytest
 import trustme
+from mailstack.delivery.events import EventHub
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.services import ServerContext
+from mailstack.imap.server import start_imap, start_imaps
+from mailstack.imap.session import caches_for
 
-from delivery.events import EventHub
-from delivery.maildir import MaildirStore
-from imap.server import start_imap, start_imaps
-from imap.session import caches_for
-from mailstack.config import Config, config_from_dict
-from mailstack.context import ServerContext, TlsProvider
-from mailstack.paths import StatePaths
-from mailstack.throttle import LoginThrottle
-from mailstack.users import Accounts
+from mailstack.base.config import Config, config_from_dict
+from mailstack.base.paths import StatePaths
+from mailstack.base.throttle import LoginThrottle
+from mailstack.base.tls import TlsProvider
+from mailstack.base.users import Accounts
 
 HOSTNAME = "mail.example.com"
 DOMAIN = "example.com"

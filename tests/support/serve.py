@@ -11,11 +11,12 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
+
+from tests.conftest import MAILSTACK
 
 _LISTEN = re.compile(r" (\w+) listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)$")
 
@@ -33,7 +34,7 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailstack", "--dir", str(self.root), "serve", *self.extra],
+            [MAILSTACK, "--dir", str(self.root), "serve", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+from mailstack.delivery.events import EventHub
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.services import ServerContext
+from mailstack.smtp.server import open_connections, start_smtp
+from mailstack.smtp.verdict import Verifier, accept_all
 
-from delivery.events import EventHub
-from delivery.maildir import MaildirStore
-from mailstack.config import config_from_dict
-from mailstack.context import ServerContext, TlsProvider
-from mailstack.paths import StatePaths
-from mailstack.users import Accounts
-from smtp.server import open_connections, start_smtp
-from smtp.verdict import Verifier, accept_all
+from mailstack.base.config import config_from_dict
+from mailstack.base.paths import StatePaths
+from mailstack.base.tls import TlsProvider
+from mailstack.base.users import Accounts
 
 HOSTNAME = "mail.example.com"
 USERS = ("alice@example.com", "bob@example.com", "carol@example.org")

@@ -1,13 +1,13 @@
 """An SMTP worker process: MX sessions for the connections the main process hands over.
 
-`serve` starts these (mailstack.workers, which also describes the protocol between the two) as
-`python -m smtp.worker --dir ROOT --ipc-fd N --tag wK`; it is not a command for admins. A
-worker opens the deployment itself (config, accounts, its own store and group commit), says
-`R` when it can take connections, serves each one it receives with the same `MxSMTP` sessions
-as an in-process listener, and reports closed connections, durable deliveries (for IMAP IDLE
-in the main process) and queued mail back. SIGTERM, or EOF from the main process: no new
-sessions, the open ones finish (up to app.DRAIN_S), exit 0. SIGHUP reloads the certificate.
-"""
+`serve` starts these (mailstack.workers.parent, which also describes the protocol between the
+two) as `python -m mailstack.workers.child --dir ROOT --ipc-fd N --tag wK`; it is not a command
+for admins. A worker opens the deployment itself (config, accounts, its own store and group
+commit), says `R` when it can take connections, serves each one it receives with the same
+`MxSMTP` sessions as an in-process listener, and reports closed connections, durable deliveries
+(for IMAP IDLE in the main process) and queued mail back. SIGTERM, or EOF from the main process:
+no new sessions, the open ones finish (up to app.DRAIN_S), exit 0. SIGHUP reloads the
+certificate."""
 
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ import socket
 import sys
 from pathlib import Path
 
-from delivery.events import EventHub
-from delivery.queue import OutboundQueue, local_delivery
 from mailstack.app import DRAIN_S, build_context, drain
+from mailstack.base.errors import HostError, MailstackError
+from mailstack.base.logs import set_process_tag, setup_logging
+from mailstack.delivery.events import EventHub
+from mailstack.delivery.queue import OutboundQueue, local_delivery
 from mailstack.deployment import Deployment
-from mailstack.errors import HostError, MailstackError
-from mailstack.logs import set_process_tag, setup_logging
-from mailstack.workers import Channel
-from smtp.limits import ConnectionLimiter
-from smtp.server import mx_sessions
+from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.server import mx_sessions
+from mailstack.workers.parent import Channel
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smtp.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mailstack.workers.child", description=__doc__)
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--tag", default="w")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import argon2
 
-from mailstack.config import to_ascii_domain
-from mailstack.errors import ExistsError, NotFoundError, UsageError
+from mailstack.base.config import to_ascii_domain
+from mailstack.base.errors import ExistsError, NotFoundError, UsageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (

@@ -58,10 +58,18 @@ def redact(line: str) -> str:
     return f"{m[1]} ***" if m else line
 
 
+def _component(logger_name: str) -> str:
+    """The part of mailstack a line comes from: "mailstack.smtp.server" -> "smtp"."""
+    parts = logger_name.split(".")
+    if parts[0] == "mailstack" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
-        component = record.name.split(".", 1)[0]
+        component = _component(record.name)
         conn = getattr(record, "conn", None)
         where = f" [{conn} {getattr(record, 'peer', '')}]" if conn else ""
         line = f"{ts} {record.levelname} {component}{where} {record.getMessage()}"
@@ -75,7 +83,7 @@ class JsonFormatter(logging.Formatter):
         data: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname,
-            "component": record.name.split(".", 1)[0],
+            "component": _component(record.name),
             "message": record.getMessage(),
         }
         for key in ("conn", "peer"):

@@ -1,28 +1,11 @@
-"""What every listener gets from `serve`: config, paths, accounts, store, events, TLS, throttle.
-
-Built once by `mailstack.app` and passed to each service's `start(ctx, host, port)`. Lives
-apart from `app` so smtp/ and imap/ can import it without importing the orchestration.
-"""
+"""The server certificate as an `ssl.SSLContext`, reloadable without restarting listeners."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from delivery.events import EventHub
-from delivery.store import MailStore
-from mailstack.config import Config
-from mailstack.errors import HostError
-from mailstack.paths import StatePaths
-from mailstack.throttle import LoginThrottle
-from mailstack.users import Accounts
-
-if TYPE_CHECKING:
-    from delivery.queue import OutboundQueue
+from mailstack.base.errors import HostError
 
 
 def load_server_tls(cert: Path, key: Path) -> ssl.SSLContext:
@@ -69,26 +52,3 @@ class TlsProvider:
 
         outer.sni_callback = pick
         return outer
-
-
-@dataclass
-class ServerContext:
-    config: Config
-    paths: StatePaths
-    accounts: Accounts
-    store: MailStore
-    events: EventHub
-    tls: TlsProvider
-    throttle: LoginThrottle = field(default_factory=LoginThrottle)
-    # Set when `serve` begins to stop: long-lived sessions (IMAP IDLE) say BYE and close.
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # The outbound queue (delivery.queue) that `serve` runs; None where no runner exists.
-    queue: OutboundQueue | None = None
-
-    def hosted_domains(self) -> set[str]:
-        """Config domains plus those added with `domain add` (read live)."""
-        return set(self.config.server.domains) | set(self.accounts.domains())
-
-
-# A service's entry point: start listening on (host, port), return the server to close later.
-StartService = Callable[[ServerContext, str, int], Awaitable[asyncio.Server]]

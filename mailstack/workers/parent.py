@@ -2,14 +2,15 @@
 
 A Python process runs one thread of Python at a time, and an MX under load is CPU-bound in
 Python (docs/benchmarks.md: one process kept 1.2 of 2 cores busy while Postfix used both). So
-`serve` runs the MX sessions in `smtp.workers` child processes (`python -m smtp.worker`), each
-with its own event loop, store and group commit; the Maildir layer is safe for several writer
-processes (Dovecot's dotlocks, O_APPEND uidlist and maildirsize lines).
+`serve` runs the MX sessions in `smtp.workers` child processes (`python -m
+mailstack.workers.child`), each with its own event loop, store and group commit; the Maildir
+layer is safe for several writer processes (Dovecot's dotlocks, O_APPEND uidlist and maildirsize
+lines).
 
-The main process keeps the listening socket: it accepts, applies the connection limits (in
-total and per client address: only one process can count those) and passes the accepted socket
-to the ready worker with the fewest connections, over a Unix SOCK_SEQPACKET socketpair
-(SCM_RIGHTS). One message per packet:
+The main process keeps the listening socket: it accepts, applies the connection limits (in total
+and per client address: only one process can count those) and passes the accepted socket to the
+ready worker with the fewest connections, over a Unix SOCK_SEQPACKET socketpair (SCM_RIGHTS).
+One message per packet:
 
     main -> worker   C <token>            plus the connection's file descriptor
     worker -> main   R                    ready: hand me connections
@@ -17,10 +18,9 @@ to the ready worker with the fewest connections, over a Unix SOCK_SEQPACKET sock
                      E <user> NUL <folder>  a delivery is durable: wake IMAP IDLE here
                      Q                    mail was queued for outbound delivery: run the queue
 
-A worker that dies is restarted after a second and its connections' slots are released. When
-the main process dies, even by SIGKILL, workers read EOF, take no more connections and finish
-the sessions they have. SIGTERM and SIGHUP reach them from the main process.
-"""
+A worker that dies is restarted after a second and its connections' slots are released. When the
+main process dies, even by SIGKILL, workers read EOF, take no more connections and finish the
+sessions they have. SIGTERM and SIGHUP reach them from the main process."""
 
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailstack.context import ServerContext
-from mailstack.errors import HostError
-from mailstack.logs import current_settings
-from smtp import replies
-from smtp.limits import ConnectionLimiter
-from smtp.server import plain_ip, register_limiter
+from mailstack.base.errors import HostError
+from mailstack.base.logs import current_settings
+from mailstack.delivery.services import ServerContext
+from mailstack.smtp import replies
+from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.server import plain_ip, register_limiter
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,9 @@ class SmtpWorkers:
         level, json_lines = current_settings()
         argv = [
             sys.executable,
+            "-P",  # not the working directory first: a `mailstack/` folder there must not shadow us
             "-m",
-            "smtp.worker",
+            "mailstack.workers.child",
             "--dir",
             str(self._ctx.paths.root),
             "--ipc-fd",

@@ -28,7 +28,8 @@ from mailstack.delivery.queue import OutboundQueue, local_delivery
 from mailstack.deployment import Deployment
 from mailstack.smtp.limits import ConnectionLimiter
 from mailstack.smtp.server import mx_sessions
-from mailstack.workers.parent import Channel
+from mailstack.workers.channel import Channel
+from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class _ForwardingHub(EventHub):
 
     def publish(self, user: str, folder: str) -> None:
         # Best effort, like every publish: an IDLE session that misses it rescans soon.
-        self._channel.send(b"E " + f"{user}\0{folder}".encode("utf-8", "surrogateescape"))
+        self._channel.send(Delivered(user, folder))
 
 
 class _ForwardingQueue(OutboundQueue):
@@ -54,7 +55,7 @@ class _ForwardingQueue(OutboundQueue):
 
     def wake(self) -> None:
         if self.channel is not None:
-            self.channel.send(b"Q")
+            self.channel.send(Queued())
 
 
 async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
@@ -75,7 +76,7 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     starting: set[asyncio.Task[None]] = set()
 
     def report_closed(token: int) -> None:
-        if not channel.send(b"D %d" % token) and not channel.broken:
+        if not channel.send(Closed(token)) and not channel.broken:
             loop.call_later(REPORT_RETRY_S, report_closed, token)
 
     async def serve_one(token: int, conn: socket.socket) -> None:
@@ -98,10 +99,10 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
                 loop.remove_reader(fd)
                 stop.set()
                 return
-            kind, _, rest = packet.partition(b" ")
-            if kind == b"C" and len(fds) == 1 and rest.isdigit():
+            message = decode(packet)
+            if isinstance(message, HandOff) and len(fds) == 1:
                 conn = socket.socket(fileno=fds[0])
-                task = loop.create_task(serve_one(int(rest), conn))
+                task = loop.create_task(serve_one(message.token, conn))
                 starting.add(task)
                 task.add_done_callback(starting.discard)
             else:
@@ -120,7 +121,7 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_reader(fd, on_packets)
-    channel.send(b"R")
+    channel.send(Ready())
     await stop.wait()
     ctx.stopping.set()  # idle sessions get 421 now, busy ones after their reply
     await drain(DRAIN_S)

@@ -10,13 +10,7 @@ lines).
 The main process keeps the listening socket: it accepts, applies the connection limits (in total
 and per client address: only one process can count those) and passes the accepted socket to the
 ready worker with the fewest connections, over a Unix SOCK_SEQPACKET socketpair (SCM_RIGHTS).
-One message per packet:
-
-    main -> worker   C <token>            plus the connection's file descriptor
-    worker -> main   R                    ready: hand me connections
-                     D <token>            that connection is closed: its limit slot is free
-                     E <user> NUL <folder>  a delivery is durable: wake IMAP IDLE here
-                     Q                    mail was queued for outbound delivery: run the queue
+The packets both ways are mailstack.workers.codec's.
 
 A worker that dies is restarted after a second and its connections' slots are released. When the
 main process dies, even by SIGKILL, workers read EOF, take no more connections and finish the
@@ -32,7 +26,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,13 +35,14 @@ from mailstack.delivery.services import ServerContext
 from mailstack.smtp import replies
 from mailstack.smtp.limits import ConnectionLimiter
 from mailstack.smtp.server import plain_ip, register_limiter
+from mailstack.workers.channel import Channel
+from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0  # a worker that is not ready by then fails `serve` at start-up
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 35.0  # the workers' own drain (app.DRAIN_S) plus a margin, then SIGKILL
-PACKET_MAX = 4096
 
 
 def worker_count(configured: int) -> int:
@@ -57,44 +51,6 @@ def worker_count(configured: int) -> int:
         return configured
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return cores if cores and cores > 1 else 0
-
-
-class Channel:
-    """One end of a worker socketpair. `send` never blocks and may be called from any thread;
-    it returns False when the packet could not go (peer gone, buffer full)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self.broken = False  # the peer is gone: nothing will ever go through again
-        self._lock = threading.Lock()
-
-    def send(self, packet: bytes, fds: list[int] | None = None) -> bool:
-        with self._lock:
-            try:
-                if fds:
-                    socket.send_fds(self.sock, [packet], fds)
-                else:
-                    self.sock.send(packet)
-            except BlockingIOError:
-                return False
-            except OSError:
-                self.broken = True
-                return False
-        return True
-
-    def receive(self) -> tuple[bytes, list[int]] | None:
-        """The next packet and its descriptors; None when none is waiting; (b"", []) at EOF."""
-        try:
-            packet, fds, _flags, _addr = socket.recv_fds(self.sock, PACKET_MAX, 4)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return b"", []
-        return packet, fds
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass(eq=False)
@@ -184,7 +140,7 @@ class SmtpWorkers:
             return
         sock = transport.get_extra_info("socket")
         token = next(self._tokens)
-        packet = b"C %d" % token
+        packet = HandOff(token)
         # Least busy first; one whose socketpair is full (stuck, or behind) is passed over.
         ready = [w for w in self._workers if w.ready.is_set() and w.channel is not None]
         for worker in sorted(ready, key=lambda w: len(w.connections)):
@@ -280,21 +236,23 @@ class SmtpWorkers:
             if not packet:  # EOF: the worker is exiting; _run_once notices its exit
                 asyncio.get_running_loop().remove_reader(channel.sock.fileno())
                 return
-            kind, _, rest = packet.partition(b" ")
-            if kind == b"D":
-                with contextlib.suppress(ValueError):
-                    self._closed(worker, int(rest))
-            elif kind == b"E":
-                user, _, folder = rest.decode("utf-8", "surrogateescape").partition("\0")
-                log.debug("SMTP worker %d delivered to %s %s", worker.slot, user, folder)
-                self._ctx.events.publish(user, folder)
-            elif kind == b"Q":
-                if self._ctx.queue is not None:
-                    self._ctx.queue.wake()
-            elif kind == b"R":
-                worker.ready.set()
-                pid = worker.proc.pid if worker.proc else "?"
-                log.info("SMTP worker %d ready (pid %s)", worker.slot, pid)
+            match decode(packet):
+                case Closed(token):
+                    self._closed(worker, token)
+                case Delivered(user, folder):
+                    log.debug("SMTP worker %d delivered to %s %s", worker.slot, user, folder)
+                    self._ctx.events.publish(user, folder)
+                case Queued():
+                    if self._ctx.queue is not None:
+                        self._ctx.queue.wake()
+                case Ready():
+                    worker.ready.set()
+                    pid = worker.proc.pid if worker.proc else "?"
+                    log.info("SMTP worker %d ready (pid %s)", worker.slot, pid)
+                case _:
+                    log.warning(
+                        "unexpected packet from SMTP worker %d: %r", worker.slot, packet[:40]
+                    )
 
 
 class _HandOff(asyncio.Protocol):

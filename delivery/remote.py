@@ -45,7 +45,8 @@ import dns.name
 import dns.resolver
 from mailstack.delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
 
-from mailstack.base.config import Config, parse_hostport, parse_resolver
+from mailstack.base.config import Config, parse_hostport
+from mailstack.base.dns import make_resolver
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,6 @@ def classify(code: int) -> Kind:
     if 500 <= code < 600:
         return "permanent"
     return "temporary"  # 4xx, and anything unexpected: retrying is the safe side
-
-
-def make_resolver(config: Config) -> dns.resolver.Resolver:
-    """The resolver `[dns]` names (or the system's), time-boxed to `[dns] timeout_s`."""
-    if config.dns.resolver:
-        host, port = parse_resolver(config.dns.resolver)
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = port
-    else:
-        resolver = dns.resolver.Resolver()
-    resolver.lifetime = config.dns.timeout_s
-    resolver.timeout = config.dns.timeout_s
-    return resolver
 
 
 def _all(rcpts: Sequence[str], kind: Kind, reply: str, mta: str = "") -> list[RcptResult]:
@@ -330,7 +317,7 @@ def deliver(
         targets: list[tuple[str, str]] | RcptResult = [(relay_host, relay_host)]
         port = relay_port
     else:
-        targets = route(config, domain, make_resolver(config), rng)
+        targets = route(config, domain, make_resolver(config.dns), rng)
         port = config.outbound.mx_port
     if isinstance(targets, RcptResult):
         log.info("remote: %s: %s", domain, targets.reply)

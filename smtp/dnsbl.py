@@ -13,9 +13,6 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import dns.reversename
-from mailstack.delivery.services import ServerContext
-
-from mailstack.base.config import parse_resolver
 
 
 async def dnsbl_listing(
@@ -49,16 +46,3 @@ async def dnsbl_listing(
 
     results = await asyncio.gather(*(query(z) for z in zones))
     return next((z for z in results if z is not None), None)
-
-
-def make_resolver(ctx: ServerContext) -> dns.asyncresolver.Resolver:
-    """An async resolver honouring `dns.resolver` (else the system's) and `dns.timeout_s`."""
-    if ctx.config.dns.resolver:
-        host, port = parse_resolver(ctx.config.dns.resolver)
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = port
-    else:
-        resolver = dns.asyncresolver.Resolver()
-    resolver.lifetime = ctx.config.dns.timeout_s
-    return resolver

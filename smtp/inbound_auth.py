@@ -66,7 +66,8 @@ from mailstack.smtp.verdict import (
     accept_all,
 )
 
-from mailstack.base.config import Config, DnsConfig, parse_resolver
+from mailstack.base.config import Config
+from mailstack.base.dns import DnsClient, DnsTempError, make_resolver
 
 log = logging.getLogger(__name__)
 
@@ -86,54 +87,11 @@ DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected: it fails the DMARC polic
 DNS_TEMPFAIL = Reply(451, "4.4.3", "DNS lookup failed while checking the sender; try again later")
 
 
-class DnsTempError(Exception):
-    """A lookup got no answer (SERVFAIL, REFUSED, timeout): try again later."""
-
-
 # -- DNS -----------------------------------------------------------------------------------
 
 
-def make_resolver(cfg: DnsConfig) -> dns.resolver.Resolver:
-    """A dnspython resolver for `[dns]`: the configured server, else /etc/resolv.conf."""
-    if cfg.resolver:
-        host, port = parse_resolver(cfg.resolver)
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = port
-    else:
-        try:
-            resolver = dns.resolver.Resolver()
-        except dns.resolver.NoResolverConfiguration:
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = ["127.0.0.1"]
-    resolver.timeout = cfg.timeout_s
-    resolver.lifetime = cfg.timeout_s
-    resolver.cache = dns.resolver.LRUCache(4096)  # honours each answer's TTL
-    return resolver
-
-
-class DnsClient:
-    """Blocking lookups on one resolver: empty for NXDOMAIN/NODATA, DnsTempError otherwise."""
-
-    def __init__(self, resolver: dns.resolver.Resolver) -> None:
-        self.resolver = resolver
-
-    def lookup(self, name: str, rdtype: str) -> list[Any]:
-        try:
-            answer = self.resolver.resolve(name, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
-            return []
-        except (dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.NameTooLong):
-            return []  # not a name that can exist: same as NXDOMAIN
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            raise DnsTempError(f"{name} {rdtype}: {exc}") from None
-        except dns.exception.DNSException as exc:
-            raise DnsTempError(f"{name} {rdtype}: {exc}") from None
-        return list(answer)
-
-    def txt(self, name: str) -> list[bytes]:
-        """Each TXT record's character-strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
-        return [b"".join(r.strings) for r in self.lookup(name, "TXT")]
+class AuthDns(DnsClient):
+    """The one DNS client (mailstack.base.dns) in the shapes pyspf and dkimpy call."""
 
     def spf_lookup(self, name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
         """pyspf's DNSLookup contract: [((name, qtype), value), ...]; TempError on failure."""
@@ -160,7 +118,7 @@ class DnsClient:
         return records[0] if records else None
 
 
-_spf_client: contextvars.ContextVar[DnsClient | None] = contextvars.ContextVar(
+_spf_client: contextvars.ContextVar[AuthDns | None] = contextvars.ContextVar(
     "mailstack_spf_client", default=None
 )
 _pyspf_lookup: Callable[..., Any] = spf.DNSLookup
@@ -206,7 +164,7 @@ class Evaluation:
     dmarc_temperror: bool = False
 
 
-def check_spf(client: DnsClient, ip: str, mail_from: str, helo: str) -> SpfOutcome:
+def check_spf(client: AuthDns, ip: str, mail_from: str, helo: str) -> SpfOutcome:
     """RFC 7208 check_host() for MAIL FROM, or for the HELO identity when MAIL FROM is <>."""
     identity = "mailfrom" if mail_from else "helo"
     local_at_domain = mail_from.rpartition("@")
@@ -245,7 +203,7 @@ def _signature_tags(value: bytes) -> dict[bytes, bytes]:
     return tags
 
 
-def check_dkim(client: DnsClient, message: bytes) -> list[DkimOutcome]:
+def check_dkim(client: AuthDns, message: bytes) -> list[DkimOutcome]:
     """Verify up to MAX_SIGNATURES DKIM-Signature fields; [] when there are none."""
     fields, _ = split_fields(message)
     if not header_values(fields, "DKIM-Signature"):
@@ -317,7 +275,7 @@ def _dmarc_record(client: DnsClient, domain: str) -> tuple[dmarc.DmarcRecord | N
 
 
 def evaluate(
-    client: DnsClient,
+    client: AuthDns,
     session: SessionInfo,
     envelope: EnvelopeInfo,
     message: bytes,
@@ -359,7 +317,7 @@ def evaluate(
 
 
 def strip_and_evaluate(
-    client: DnsClient,
+    client: AuthDns,
     authserv_id: str,
     session: SessionInfo,
     envelope: EnvelopeInfo,
@@ -431,7 +389,7 @@ class InboundVerifier:
     ) -> None:
         self.config = config
         self.authserv_id = config.server.hostname
-        self.client = DnsClient(resolver or make_resolver(config.dns))
+        self.client = AuthDns(resolver or make_resolver(config.dns))
         self.timeout_s = config.dns.timeout_s * EVALUATION_TIMEOUT_FACTOR
         # pct= sampling (RFC 7489 §6.6.4) is a random draw; not for security, so `random`.
         self._sample = sample or random.random

@@ -36,7 +36,7 @@ import dns.asyncresolver
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 from mailstack.delivery.services import ServerContext
 from mailstack.smtp import replies
-from mailstack.smtp.dnsbl import dnsbl_listing, make_resolver
+from mailstack.smtp.dnsbl import dnsbl_listing
 from mailstack.smtp.framing import DataError, DataFramer
 from mailstack.smtp.handler import MxEnvelope, MxHandler, MxSession
 from mailstack.smtp.limits import ConnectionLimiter
@@ -44,6 +44,7 @@ from mailstack.smtp.policy import check_declared_size, check_helo
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.verdict import Verifier, accept_all
 
+from mailstack.base.dns import make_async_resolver
 from mailstack.base.logs import connection_logger, new_connection_id
 
 log = logging.getLogger(__name__)
@@ -662,7 +663,7 @@ def mx_sessions(
         # aiosmtpd logs every command at INFO; we log one line per transaction ourselves.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     handler = MxHandler(ctx, verify or default_verifier(ctx))
-    resolver = make_resolver(ctx) if ctx.config.smtp.dnsbl else None
+    resolver = make_async_resolver(ctx.config.dns) if ctx.config.smtp.dnsbl else None
 
     def factory() -> MxSMTP:
         return MxSMTP(handler, ctx=ctx, limiter=limiter, resolver=resolver, loop=loop)

@@ -1,7 +1,7 @@
 """DNS checks (`dns.*`): what the world sees of this deployment, through one resolver.
 
 Lookups go to `--resolver`, else `[dns] resolver`, else the system resolver, each bounded by
-`[dns] timeout_s` (smtp.inbound_auth's `make_resolver`/`DnsClient`: NXDOMAIN and NODATA are
+`[dns] timeout_s` (mailstack.base.dns's `make_resolver`/`DnsClient`: NXDOMAIN and NODATA are
 empty answers, anything else an error). What should be published is `init.dns_records()`, so
 the fix of a failing check is that record in zone-file form.
 
@@ -27,13 +27,14 @@ import dns.name
 import dns.reversename
 
 from mailstack.base.config import Config, parse_resolver
+from mailstack.base.dns import DnsTempError, make_resolver
 from mailstack.base.errors import MailstackError
 from mailstack.base.paths import StatePaths
 from mailstack.checks import Finding, failed, passed, skip_group, skipped, warned
 from mailstack.dnsrecords import DnsRecord, fqdn
 from mailstack.keys import dkim_public_record
 from mailstack.smtp import dmarc
-from mailstack.smtp.inbound_auth import DnsClient, DnsTempError, check_spf, make_resolver
+from mailstack.smtp.inbound_auth import AuthDns, check_spf
 
 Records = list[DnsRecord]
 
@@ -57,7 +58,7 @@ def _find(records: Records, name: str, type_: str) -> list[DnsRecord]:
     return [r for r in records if r.name == fqdn(name) and r.type == type_]
 
 
-def _txt(client: DnsClient, name: str) -> list[str]:
+def _txt(client: AuthDns, name: str) -> list[str]:
     return [t.decode("utf-8", "replace") for t in client.txt(name)]
 
 
@@ -77,7 +78,7 @@ def check_dns(
         parse_resolver(resolver_override)  # validated by the CLI; a ValueError here is a bug
         dns_cfg = dataclasses.replace(dns_cfg, resolver=resolver_override)
     cfg = dataclasses.replace(cfg, dns=dns_cfg)
-    client = DnsClient(make_resolver(dns_cfg))
+    client = AuthDns(make_resolver(dns_cfg))
     first = domains[0]
     try:
         client.lookup(first, "SOA")
@@ -93,7 +94,7 @@ def check_dns(
             *skip_group("dns", "DNS lookups fail (see dns.resolver)")[1:],
         ]
     out = [passed("dns.resolver", f"{resolver_label(cfg)} answers")]
-    per_domain: list[Callable[[DnsClient, Config, StatePaths, str, Records], Finding]] = [
+    per_domain: list[Callable[[AuthDns, Config, StatePaths, str, Records], Finding]] = [
         _mx,
         _spf,
         _dkim,
@@ -152,8 +153,8 @@ _ID_OF = {
 
 
 def _guarded(
-    check: Callable[[DnsClient, Config, StatePaths, str, Records], Finding],
-    client: DnsClient,
+    check: Callable[[AuthDns, Config, StatePaths, str, Records], Finding],
+    client: AuthDns,
     cfg: Config,
     paths: StatePaths,
     domain: str,
@@ -166,8 +167,8 @@ def _guarded(
 
 
 def _guarded_host(
-    check: Callable[[DnsClient, Config, Records], Finding],
-    client: DnsClient,
+    check: Callable[[AuthDns, Config, Records], Finding],
+    client: AuthDns,
     cfg: Config,
     records: Records,
 ) -> Finding:
@@ -180,9 +181,7 @@ def _guarded_host(
 # -- MX, A/AAAA, PTR ---------------------------------------------------------------------------
 
 
-def _mx(
-    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
-) -> Finding:
+def _mx(client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records) -> Finding:
     host = fqdn(cfg.server.hostname)
     want = _find(records, domain, "MX")
     found = sorted(
@@ -213,14 +212,14 @@ def _mx(
     return passed("dns.mx", f"{domain}: MX {shown}")
 
 
-def _addresses(client: DnsClient, name: str) -> dict[str, set[str]]:
+def _addresses(client: AuthDns, name: str) -> dict[str, set[str]]:
     return {
         t: {str(ipaddress.ip_address(r.address)) for r in client.lookup(name, t)}
         for t in ("A", "AAAA")
     }
 
 
-def _a(client: DnsClient, cfg: Config, records: Records) -> Finding:
+def _a(client: AuthDns, cfg: Config, records: Records) -> Finding:
     host = cfg.server.hostname
     found = _addresses(client, host)
     problems: list[str] = []
@@ -253,7 +252,7 @@ def _a(client: DnsClient, cfg: Config, records: Records) -> Finding:
     return failed("dns.a", f"{host}: " + "; ".join(problems), fix)
 
 
-def _ptr(client: DnsClient, cfg: Config, address: str, records: Records) -> Finding:
+def _ptr(client: AuthDns, cfg: Config, address: str, records: Records) -> Finding:
     host = fqdn(cfg.server.hostname)
     owner = dns.reversename.from_address(address).to_text()
     want = [r for r in records if r.type == "PTR" and r.name == owner]
@@ -307,9 +306,7 @@ def suggest_spf(current: str, addresses: list[str]) -> str:
     return " ".join(terms[:tail_at] + mechs + terms[tail_at:])
 
 
-def _spf(
-    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
-) -> Finding:
+def _spf(client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records) -> Finding:
     want = _find(records, domain, "TXT")
     want = [r for r in want if r.unsplit and is_spf(r.unsplit)]
     found = [t for t in _txt(client, domain) if is_spf(t)]
@@ -374,7 +371,7 @@ def _dkim_key_der(p: str) -> bytes | None:
 
 
 def _dkim(
-    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+    client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records
 ) -> Finding:
     selector = cfg.dkim.selector
     name = f"{selector}._domainkey.{domain}"
@@ -425,7 +422,7 @@ def _dkim(
 
 
 def _dmarc(
-    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+    client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records
 ) -> Finding:
     name = f"_dmarc.{domain}"
     want = _find(records, name, "TXT")
@@ -468,7 +465,7 @@ def _dmarc(
 
 
 def _tlsrpt(
-    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
+    client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records
 ) -> Finding:
     name = f"_smtp._tls.{domain}"
     found = [t for t in _txt(client, name) if t.replace(" ", "").startswith("v=TLSRPTv1")]
@@ -486,9 +483,7 @@ def _srv_tuple(value: str) -> tuple[int, str]:
     return int(port), target.lower()
 
 
-def _srv(
-    client: DnsClient, cfg: Config, paths: StatePaths, domain: str, records: Records
-) -> Finding:
+def _srv(client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records) -> Finding:
     want = [r for r in records if r.type == "SRV" and r.zone == fqdn(domain)]
     wrong: list[DnsRecord] = []
     notes: list[str] = []
@@ -512,7 +507,7 @@ def _srv(
     return passed("dns.srv", f"{domain}: {len(want)} RFC 6186 SRV records as expected")
 
 
-def _caa(client: DnsClient, cfg: Config, records: Records) -> Finding:
+def _caa(client: AuthDns, cfg: Config, records: Records) -> Finding:
     """RFC 8659 §3: the relevant CAA set is the first one found climbing from the name."""
     host = fqdn(cfg.server.hostname)
     name = dns.name.from_text(host)
@@ -553,7 +548,7 @@ def dnsbl_name(address: str, zone: str) -> str:
 
 def check_dnsbl(cfg: Config, resolver_override: str = "") -> list[Finding]:
     dns_cfg = dataclasses.replace(cfg.dns, resolver=resolver_override or cfg.dns.resolver)
-    client = DnsClient(make_resolver(dns_cfg))
+    client = AuthDns(make_resolver(dns_cfg))
     lists = list(cfg.smtp.dnsbl) or list(DEFAULT_DNSBLS)
     addresses = [a for a in (cfg.server.ipv4, cfg.server.ipv6) if a]
     if not addresses:

@@ -28,6 +28,7 @@ from aiosmtpd.smtp import SMTP
 from mailstack.delivery import remote
 
 from mailstack.base.config import Config, config_from_dict
+from mailstack.base.dns import make_resolver
 from mailstack.keys import dkim_public_record, make_dkim_key
 from tests.support import postfix
 from tests.support.nsd import NsdServer, _free_port
@@ -255,7 +256,7 @@ async def test_next_mx_when_the_preferred_one_is_down(
     dns_server: tuple[str, int], double: Double, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = queue_config(dns_server[1], double.port)
-    resolver = remote.make_resolver(config)
+    resolver = make_resolver(config.dns)
     targets = remote.route(config, "pref.test", resolver)
     assert targets == [("down.pref.test", "127.0.0.2"), ("up.pref.test", "127.0.0.1")]
     caplog.set_level("INFO", logger="mailstack.delivery.remote")
@@ -334,7 +335,7 @@ async def test_failed_starttls_falls_back_to_plain_text(
 
 
 def test_our_resolver_is_used(dns_server: tuple[str, int]) -> None:
-    resolver = remote.make_resolver(queue_config(dns_server[1], 25))
+    resolver = make_resolver(queue_config(dns_server[1], 25).dns)
     assert [str(r) for r in resolver.resolve("mx.a.test", "A")] == ["127.0.0.1"]
     with pytest.raises(dns.resolver.NXDOMAIN):
         resolver.resolve("nosuch.test", "MX")

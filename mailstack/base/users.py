@@ -73,10 +73,22 @@ class Resolution:
         return bool(self.mailboxes or self.forwards)
 
 
+# RFC 5322 §3.2.3 atext, plus RFC 6532 §3.2's UTF-8 beyond ASCII (printable, not a surrogate:
+# bytes that were not UTF-8 arrive as surrogates from a surrogateescape decode).
+_ATEXT = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-"
+)
+
+
+def _is_atext(c: str) -> bool:
+    return c in _ATEXT or (c > "\x7f" and c.isprintable() and not "\ud800" <= c <= "\udfff")
+
+
 def normalize_address(address: str) -> str:
     """'Alice@Bücher.DE' -> 'alice@xn--bcher-kva.de'; '@Example.com' (catch-all) keeps its '@'.
 
-    Raises UsageError for anything that is not local@domain.
+    The local part must be a dot-atom (RFC 5321 §4.1.2 Dot-string; UTF-8 allowed, RFC 6531):
+    quoted local parts cannot name an account here. Raises UsageError for anything else.
     """
     address = address.strip()
     local, at, domain = address.rpartition("@")
@@ -90,6 +102,9 @@ def normalize_address(address: str) -> str:
         raise UsageError(f"{address!r}: the domain is not a valid domain name")
     if len(local) > 64 or ".." in local or local.startswith(".") or local.endswith("."):
         raise UsageError(f"{address!r}: the local part is not valid")
+    if not all(_is_atext(c) or c == "." for c in local):
+        bad = next(c for c in local if not (_is_atext(c) or c == "."))
+        raise UsageError(f"{address!r}: the local part may not contain {bad!r}")
     return f"{local.lower()}@{domain}"
 
 

@@ -256,3 +256,22 @@ def test_usage_errors_exit_2(cli: Cli, args: tuple[str, ...]) -> None:
     result = cli(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "add", "two@@example.com"),
+        ("user", "add", "a(b)@example.com"),
+        ("alias", "add", "x@example.com", "two@@example.com"),
+        ("alias", "add", "two@@example.com", "alice@example.com"),
+    ],
+)
+def test_malformed_addresses_exit_2_with_the_reason(
+    cli: Cli, deployment_dir: Path, args: tuple[str, ...]
+) -> None:
+    result = cli(*args, input="a-long-password-1\n")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "local part may not contain" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert ok(cli("user", "list", "--json")).count("two@") == 0

@@ -105,13 +105,31 @@ def test_owns(accounts: Accounts) -> None:
     [
         ("Alice@Example.COM", "alice@example.com"),
         ("jörg@bücher.de", "jörg@xn--bcher-kva.de"),
+        ("o'brien+news@example.com", "o'brien+news@example.com"),
+        ("@Example.com", "@example.com"),
     ],
 )
 def test_normalize(raw: str, expected: str) -> None:
     assert normalize_address(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["alice", "a b@example.com", "<a@example.com>", "a..b@x.com", "@"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "alice",
+        "a b@example.com",
+        "<a@example.com>",
+        "a..b@x.com",
+        "@",
+        "two@@example.test",  # '@' in the local part
+        "a(b)@example.com",
+        "a[b]@example.com",
+        "a:b@example.com",
+        "\udcff@example.test",  # a byte that was not UTF-8, decoded with surrogateescape
+        "a\x00b@example.com",
+        "a\u200bb@example.com",  # invisible: not printable
+    ],
+)
 def test_normalize_rejects(raw: str) -> None:
     with pytest.raises(UsageError):
         normalize_address(raw)

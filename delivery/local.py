@@ -1,31 +1,31 @@
 """Local delivery: a received message into the Maildir of every local mailbox it is for.
 
-Used by the MX (smtp.handler, `deliver_async`) and by `mailstack deliver` (an LDA for
-Postfix's `mailbox_command` or a procmail-style pipe). Per mailbox one copy, whatever number of
-recipients or aliases lead to it, into INBOX (or Junk when the verdict says so), each prefixed
-with `Return-Path:` and `Delivered-To:` (RFC 5321 §4.4) above the caller's trace fields.
+The one local-delivery path: the MX and submission (`deliver_async`), the outbound queue for
+mail to our own users (`deliver_to`, DSNs mostly) and `mailstack deliver`, the LDA, which maps
+`deliver_to`'s typed result to sysexits codes in the CLI layer (mailstack.lda). Per mailbox one
+copy, whatever number of recipients or aliases lead to it, into INBOX (or Junk when the verdict
+says so), each prefixed with `Return-Path:` and `Delivered-To:` (RFC 5321 §4.4) above the
+caller's trace fields.
 
 All or nothing: every copy differs (its own Delivered-To), so each is a separate store call;
-if a later one fails, the copies already made are expunged again before the error propagates,
-and the caller answers 451/452 for the whole transaction. The store fsyncs before returning,
-so when `deliver` returns every copy is durable.
-
-`deliver` blocks (SQLite, disk). `deliver_async` is the event loop's: it awaits the store's
-group commit (delivery/commit.py) and borrows no thread, given the quotas looked up at RCPT.
+if a later one fails, the copies already made are taken back (`take_back`) before the error
+propagates, and the caller answers 451/452 for the whole transaction. Each copy goes into the
+store's group commit (delivery/commit.py) and is durable when its future resolves, so when a
+deliver returns every copy is durable. `deliver_async` borrows no thread per message;
+`deliver` blocks its caller's thread until the same steps are done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-from mailstack.delivery.layout import lf_slices
-from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import (
     INBOX,
     Flag,
@@ -43,20 +43,9 @@ from mailstack.delivery.trace import (
     return_path_field,
 )
 
-from mailstack.base.config import load_config
-from mailstack.base.errors import MailstackError, UsageError
-from mailstack.base.paths import StatePaths
-from mailstack.base.users import Accounts, normalize_address
+from mailstack.base.users import Accounts
 
 log = logging.getLogger(__name__)
-
-# sysexits.h, which Postfix's pipe(8) and local(8) interpret for an LDA.
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +57,22 @@ class Delivered:
     @property
     def mailboxes(self) -> tuple[str, ...]:
         return tuple(r.user for r in self.refs)
+
+
+class Outcome(enum.Enum):
+    """What became of a message for one recipient (`deliver_to`)."""
+
+    DELIVERED = "delivered"
+    NO_SUCH_USER = "no such user"  # permanent: nobody here has that address
+    TRY_LATER = "try later"  # quota, a missing Maildir, the disk: the sender retries
+    BAD_MESSAGE = "bad message"  # permanent: nothing to deliver
+
+
+@dataclass(frozen=True, slots=True)
+class LocalResult:
+    outcome: Outcome
+    problem: str = ""  # for the log, a DSN or the LDA's stderr; empty when delivered
+    mailboxes: tuple[str, ...] = ()
 
 
 class LocalDelivery:
@@ -84,33 +89,26 @@ class LocalDelivery:
         prefix_fields: Sequence[str] = (),
         folder: str = INBOX,
     ) -> Delivered:
-        """Store one copy per distinct mailbox of `recipients` ((rcpt, mailboxes) pairs).
+        """Store one copy per distinct mailbox of `recipients` ((rcpt, mailboxes) pairs),
+        blocking until all are durable; each mailbox's quota is looked up here.
 
-        `message` whole or in pieces (a 25 MB message is never joined: see `lf_slices`).
-
-        `prefix_fields` (verdict headers, our Received) go below Return-Path/Delivered-To.
         Raises QuotaExceededError (nothing stored), or any store/OS error (nothing stored).
         """
-        mailboxes = list(dict.fromkeys(m for _rcpt, boxes in recipients for m in boxes))
-        trace = header_block(list(prefix_fields)).replace(b"\r\n", b"\n")
-        body = lf_slices(message)
+        parts = [message] if isinstance(message, bytes) else message
         done: list[MessageRef] = []
         try:
-            for mailbox in mailboxes:
-                head = header_block([return_path_field(mail_from), delivered_to_field(mailbox)])
-                # Slices, never joined: a join or scan of 25 MB holds the GIL for tens of ms.
-                copy = [head.replace(b"\r\n", b"\n"), trace, *body]
-                quota = {mailbox: self._accounts.quota_bytes(mailbox)}
+            for mailbox, copy in self._copies(mail_from, recipients, parts, prefix_fields):
+                quota = self._accounts.quota_bytes(mailbox)
                 try:
-                    refs = self._store.deliver_parts([(mailbox, folder)], copy, quota_bytes=quota)
+                    refs = self._submit(mailbox, folder, copy, quota).result()
                 except FolderNotFoundError:
                     if folder == INBOX:
                         raise
                     # The user deleted their Junk folder: INBOX rather than losing the mail.
-                    refs = self._store.deliver_parts([(mailbox, INBOX)], copy, quota_bytes=quota)
+                    refs = self._submit(mailbox, INBOX, copy, quota).result()
                 done.extend(refs)
         except BaseException:
-            self._undo(done)
+            self.take_back(done)
             raise
         return Delivered(tuple(done))
 
@@ -124,50 +122,61 @@ class LocalDelivery:
         prefix_fields: Sequence[str] = (),
         folder: str = INBOX,
     ) -> Delivered:
-        """`deliver` for the event loop, with each mailbox's quota already looked up.
-
-        With a MaildirStore nothing blocks and no thread is borrowed per message: the copy
-        (CRLF pieces, converted by the store) goes straight into the group commit and we await
-        its future. Another store gets the blocking `deliver` in a worker thread.
-        """
-        store = self._store
-        if not isinstance(store, MaildirStore):
-            return await asyncio.to_thread(
-                self.deliver,
-                mail_from=mail_from,
-                recipients=recipients,
-                message=message,
-                prefix_fields=prefix_fields,
-                folder=folder,
-            )
-        mailboxes = list(dict.fromkeys(m for _rcpt, boxes in recipients for m in boxes))
-        trace = header_block(list(prefix_fields))
+        """`deliver` for the event loop, with each mailbox's quota already looked up (at
+        RCPT): nothing blocks and no thread is borrowed per message (`message` in the pieces
+        it arrived in, CRLF endings and all: the group commit converts them)."""
         done: list[MessageRef] = []
         try:
-            for mailbox in mailboxes:
-                head = header_block([return_path_field(mail_from), delivered_to_field(mailbox)])
-                copy = [head, trace, *message]
-                quota = {mailbox: quotas.get(mailbox, 0)}
+            for mailbox, copy in self._copies(mail_from, recipients, message, prefix_fields):
+                quota = quotas.get(mailbox, 0)
                 try:
-                    refs = await asyncio.wrap_future(
-                        store.deliver_parts_nowait([(mailbox, folder)], copy, quota_bytes=quota)
-                    )
+                    refs = await asyncio.wrap_future(self._submit(mailbox, folder, copy, quota))
                 except FolderNotFoundError:
                     if folder == INBOX:
                         raise
                     # The user deleted their Junk folder: INBOX rather than losing the mail.
-                    refs = await asyncio.wrap_future(
-                        store.deliver_parts_nowait([(mailbox, INBOX)], copy, quota_bytes=quota)
-                    )
+                    refs = await asyncio.wrap_future(self._submit(mailbox, INBOX, copy, quota))
                 done.extend(refs)
         except BaseException:
             if done:
-                await asyncio.shield(asyncio.to_thread(self._undo, done))
+                await asyncio.shield(asyncio.to_thread(self.take_back, done))
             raise
         return Delivered(tuple(done))
 
-    def _undo(self, refs: list[MessageRef]) -> None:
-        """Expunge copies already stored when a later one failed (best effort, logged)."""
+    @staticmethod
+    def _copies(
+        mail_from: str,
+        recipients: Sequence[tuple[str, Sequence[str]]],
+        message: Sequence[bytes],
+        prefix_fields: Sequence[str],
+    ) -> list[tuple[str, list[bytes]]]:
+        """(mailbox, the copy's pieces) per distinct mailbox. Pieces, never joined: a join or
+        scan of 25 MB holds the GIL for tens of ms."""
+        mailboxes = dict.fromkeys(m for _rcpt, boxes in recipients for m in boxes)
+        trace = header_block(list(prefix_fields))
+        return [
+            (
+                mailbox,
+                [
+                    header_block([return_path_field(mail_from), delivered_to_field(mailbox)]),
+                    trace,
+                    *message,
+                ],
+            )
+            for mailbox in mailboxes
+        ]
+
+    def _submit(
+        self, mailbox: str, folder: str, copy: list[bytes], quota: int
+    ) -> Future[list[MessageRef]]:
+        return self._store.deliver_parts_nowait(
+            [(mailbox, folder)], copy, quota_bytes={mailbox: quota}
+        )
+
+    def take_back(self, refs: Sequence[MessageRef]) -> None:
+        """Expunge copies already stored when the transaction they belong to failed (a later
+        copy, or the forward to an outside address): the client retries the whole message.
+        Best effort, logged."""
         for ref in refs:
             try:
                 self._store.store_flags(
@@ -183,7 +192,7 @@ class LocalDelivery:
                 )
 
 
-def deliver_message(
+def deliver_to(
     accounts: Accounts,
     store: MailStore,
     *,
@@ -191,19 +200,16 @@ def deliver_message(
     recipient: str,
     message: bytes,
     mail_from: str = "",
-) -> tuple[int, str]:
-    """`mailstack deliver ADDR < message`: store for one address; (sysexits status, problem).
-
-    0 delivered · 67 EX_NOUSER no such local recipient · 75 EX_TEMPFAIL quota or disk trouble
-    (the calling MTA retries later) · 65 EX_DATAERR an empty message.
-    """
+) -> LocalResult:
+    """One message for one local address (and whoever its aliases lead to), with a Received:
+    field of its own; the outcome as a value, never raised."""
     if message.startswith(b"From "):  # an mbox "From " line from a pipe: not part of the mail
         message = message.split(b"\n", 1)[1] if b"\n" in message else b""
     if not message.strip():
-        return EX_DATAERR, "the message is empty"
+        return LocalResult(Outcome.BAD_MESSAGE, "the message is empty")
     resolution = accounts.resolve(recipient)
     if not resolution.mailboxes:
-        return EX_NOUSER, f"no such local recipient: {recipient}"
+        return LocalResult(Outcome.NO_SUCH_USER, f"no such local recipient: {recipient}")
     queue_id = secrets.token_hex(6)
     received = local_received_field(
         by_host=hostname, queue_id=queue_id, recipient=recipient, when=datetime.now(UTC)
@@ -216,48 +222,10 @@ def deliver_message(
             prefix_fields=[received],
         )
     except QuotaExceededError as exc:
-        return EX_TEMPFAIL, f"{exc}; try again later"
+        return LocalResult(Outcome.TRY_LATER, f"{exc}; try again later")
     except UnknownUserError as exc:
-        return EX_TEMPFAIL, f"{exc} (the account has no Maildir)"
+        return LocalResult(Outcome.TRY_LATER, f"{exc} (the account has no Maildir)")
     except OSError as exc:
-        return EX_TEMPFAIL, f"cannot store the message: {exc}"
-    log.info("deliver: %s -> %s id %s", recipient, ", ".join(resolution.mailboxes), queue_id)
-    return EX_OK, ""
-
-
-def run_lda(
-    root: Path, recipient: str | None, message: bytes, *, mail_from: str = ""
-) -> tuple[int, str]:
-    """The whole of `mailstack deliver`: (sysexits status, a line for stderr or "").
-
-    A deployment that cannot be opened is EX_TEMPFAIL, not 1: for the MTA calling us a
-    non-sysexits status can mean "bounce", and a broken config should not lose mail.
-    """
-    if not recipient:
-        return EX_USAGE, "usage: mailstack deliver ADDRESS < message"
-    try:
-        normalize_address(recipient)
-        if mail_from:
-            normalize_address(mail_from)
-    except UsageError as exc:
-        return EX_USAGE, str(exc)
-    try:
-        paths = StatePaths(root)
-        config = load_config(paths.config)
-        accounts = Accounts(paths.users_db)
-    except MailstackError as exc:
-        return EX_TEMPFAIL, exc.message
-    except Exception as exc:  # sqlite3: locked, unreadable, not a database
-        return EX_TEMPFAIL, f"cannot open {root}: {exc}"
-    try:
-        store = MaildirStore(paths, None, hostname=config.server.hostname)
-        return deliver_message(
-            accounts,
-            store,
-            hostname=config.server.hostname,
-            recipient=recipient,
-            message=message,
-            mail_from=mail_from,
-        )
-    finally:
-        accounts.close()
+        return LocalResult(Outcome.TRY_LATER, f"cannot store the message: {exc}")
+    log.info("local delivery: %s -> %s id %s", recipient, ", ".join(resolution.mailboxes), queue_id)
+    return LocalResult(Outcome.DELIVERED, mailboxes=resolution.mailboxes)

@@ -59,7 +59,7 @@ from typing import Any, Literal, cast
 
 from mailstack.delivery import dkim, remote
 from mailstack.delivery.dsn import DsnRecipient, build_dsn, needs_dsn
-from mailstack.delivery.local import EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
+from mailstack.delivery.local import Outcome, deliver_to
 from mailstack.delivery.remote import RcptResult
 from mailstack.delivery.store import MailStore
 
@@ -201,16 +201,18 @@ def local_delivery(accounts: Accounts, store: MailStore, hostname: str) -> Local
     `delivery.local`, as our MX would store them: no DNS, no connection to ourselves."""
 
     def deliver(mail_from: str, rcpt: str, message: bytes) -> RcptResult:
-        status, problem = deliver_message(
+        result = deliver_to(
             accounts, store, hostname=hostname, recipient=rcpt, message=message, mail_from=mail_from
         )
-        if status == EX_OK:
-            return RcptResult(rcpt, "delivered", "250 2.0.0 delivered locally")
-        if status == EX_TEMPFAIL:
-            return RcptResult(rcpt, "temporary", f"451 4.2.0 {problem}")
-        if status == EX_NOUSER:
-            return RcptResult(rcpt, "permanent", f"550 5.1.1 {problem}")
-        return RcptResult(rcpt, "permanent", f"554 5.6.0 {problem}")
+        match result.outcome:
+            case Outcome.DELIVERED:
+                return RcptResult(rcpt, "delivered", "250 2.0.0 delivered locally")
+            case Outcome.TRY_LATER:
+                return RcptResult(rcpt, "temporary", f"451 4.2.0 {result.problem}")
+            case Outcome.NO_SUCH_USER:
+                return RcptResult(rcpt, "permanent", f"550 5.1.1 {result.problem}")
+            case Outcome.BAD_MESSAGE:
+                return RcptResult(rcpt, "permanent", f"554 5.6.0 {result.problem}")
 
     return deliver
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -184,6 +185,16 @@ class MailStore(Protocol):
     ) -> list[MessageRef]:
         """`deliver` of a message given as slices that already have LF endings, so that no
         step has to join or scan a 25 MB message in one go (which holds the GIL)."""
+
+    def deliver_parts_nowait(
+        self,
+        targets: Sequence[tuple[str, str]],
+        parts: Sequence[bytes],
+        *,
+        quota_bytes: dict[str, int] | None = None,
+    ) -> Future[list[MessageRef]]:
+        """`deliver_parts` that returns at once (parts may keep CRLF endings); the future
+        resolves with the refs once every copy is durable, or with the error."""
 
     def append(
         self,

@@ -512,7 +512,7 @@ def queue_delete(queue_id: str) -> None:
 )
 def deliver(address: str | None, mail_from: str) -> None:
     """Deliver the message on stdin to ADDRESS (an LDA: sysexits codes, 75 = try later)."""
-    from mailstack.delivery.local import run_lda
+    from mailstack.lda import run_lda
 
     status, problem = run_lda(
         cli_state().root, address, sys.stdin.buffer.read(), mail_from=mail_from

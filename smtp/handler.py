@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from aiosmtpd.smtp import Envelope, Session
 from mailstack.delivery.local import LocalDelivery
 from mailstack.delivery.services import ServerContext
-from mailstack.delivery.store import Flag, FlagMode, MessageRef, QuotaExceededError
+from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, protocol_name, received_field
 from mailstack.smtp import replies
 from mailstack.smtp.address import Address, AddressError
@@ -288,7 +288,7 @@ class MxHandler:
         except Exception:
             log.exception("[%s] delivery failed", session.connection_id)
             if delivered is not None and delivered.refs:  # all or nothing: the client retries
-                await asyncio.shield(asyncio.to_thread(self._take_back, delivered.refs))
+                await asyncio.shield(asyncio.to_thread(self._delivery.take_back, delivered.refs))
             return replies.LOCAL_ERROR
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
 
@@ -311,17 +311,6 @@ class MxHandler:
             return queue.enqueue(mail_from, rcpts, b"".join([prefix, *parts]), sign=sign)
 
         return await asyncio.to_thread(enqueue)
-
-    def _take_back(self, refs: Sequence[MessageRef]) -> None:
-        """Expunge local copies of a message whose forwarding failed (the client will retry)."""
-        for ref in refs:
-            try:
-                self._ctx.store.store_flags(
-                    ref.user, ref.folder, [ref.uid], [Flag.DELETED], FlagMode.ADD
-                )
-                self._ctx.store.expunge(ref.user, ref.folder, [ref.uid])
-            except Exception:
-                log.exception("could not take back %s/%s uid %d", ref.user, ref.folder, ref.uid)
 
 
 def next_transaction_trace(

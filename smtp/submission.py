@@ -177,7 +177,7 @@ class SubmissionHandler(MxHandler):
         except Exception:
             log.exception("[%s] submission failed", session.connection_id)
             if delivered is not None and delivered.refs:
-                await asyncio.shield(asyncio.to_thread(self._take_back, delivered.refs))
+                await asyncio.shield(asyncio.to_thread(self._delivery.take_back, delivered.refs))
             return replies.LOCAL_ERROR
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
 

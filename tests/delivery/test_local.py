@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
 from pathlib import Path
 
 import pytest
-from mailstack.delivery.local import (
-    EX_DATAERR,
-    EX_NOUSER,
-    EX_OK,
-    EX_TEMPFAIL,
-    EX_USAGE,
-    LocalDelivery,
-)
+from mailstack.delivery.local import LocalDelivery, LocalResult, Outcome, deliver_to
 from mailstack.delivery.store import QuotaExceededError
 
+from mailstack.lda import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from tests.conftest import Cli, run_cli
 from tests.support.smtpserver import SMALL_QUOTA_USER, build_context
 
@@ -71,6 +66,44 @@ def test_failure_on_a_later_mailbox_takes_back_the_earlier_copies(tmp_path: Path
     for user in ("alice@example.com", "bob@example.com", SMALL_QUOTA_USER):
         assert stored(tmp_path, user) == []
         assert ctx.store.snapshot(user, "INBOX").messages == ()
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["deliver", "deliver_async"])
+def test_a_deleted_junk_folder_sends_the_copy_to_inbox(tmp_path: Path, blocking: bool) -> None:
+    ctx, _ = build_context(tmp_path)
+    ctx.store.delete_folder("alice@example.com", "Junk")
+    agent = LocalDelivery(ctx.accounts, ctx.store)
+    recipients = [("alice@example.com", ("alice@example.com",))]
+    if blocking:
+        done = agent.deliver(mail_from="", recipients=recipients, message=MSG, folder="Junk")
+    else:
+        done = asyncio.run(
+            agent.deliver_async(
+                mail_from="", recipients=recipients, message=[MSG], quotas={}, folder="Junk"
+            )
+        )
+    assert [(r.user, r.folder) for r in done.refs] == [("alice@example.com", "INBOX")]
+    assert len(stored(tmp_path, "alice@example.com")) == 1
+
+
+def test_deliver_to_answers_a_typed_outcome(tmp_path: Path) -> None:
+    ctx, _ = build_context(tmp_path)
+
+    def to(recipient: str, message: bytes = MSG) -> LocalResult:
+        return deliver_to(
+            ctx.accounts, ctx.store, hostname="mx.test", recipient=recipient, message=message
+        )
+
+    assert to("team@example.com") == LocalResult(
+        Outcome.DELIVERED, mailboxes=("alice@example.com", "bob@example.com")
+    )
+    assert to("nobody@example.com").outcome is Outcome.NO_SUCH_USER
+    assert to("alice@example.com", b"From sender Mon\n\n").outcome is Outcome.BAD_MESSAGE
+    over = to(SMALL_QUOTA_USER, MSG + b"x" * 70 * 100)
+    assert over.outcome is Outcome.TRY_LATER
+    assert "try again later" in over.problem
+    (copy,) = stored(tmp_path, "bob@example.com")
+    assert copy.startswith(b"Return-Path: <>\nDelivered-To: bob@example.com\nReceived: by mx.test ")
 
 
 def test_lda_exit_codes(tmp_path: Path) -> None:

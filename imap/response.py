@@ -18,7 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mailstack.imap.fetch import Bodies, Structure, Value
+from mailstack.imap.fetch import Structure
+from mailstack.imap.values import Bodies, Value
 
 # ASTRING-CHAR minus nothing: what may go out bare where the grammar says astring.
 _ATOM_SAFE = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\x80-\U0010ffff]+")

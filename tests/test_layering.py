@@ -43,6 +43,8 @@ PURE = [
     "mailstack.imap.sequence",
     "mailstack.imap.protocol",
     "mailstack.imap.fetch",
+    "mailstack.imap.envelope",
+    "mailstack.imap.values",
     "mailstack.imap.search",
     "mailstack.imap.mime",
     "mailstack.smtp.auth",

@@ -35,22 +35,20 @@ from imapclient.response_parser import parse_fetch_response
 from imapclient.response_types import BodyData
 from mailstack.imap import response
 from mailstack.imap.commands import Fetch, FetchAttr, Section
+from mailstack.imap.envelope import MISSING_DOMAIN, parse_addresses
 from mailstack.imap.fetch import (
-    MISSING_DOMAIN,
-    Bodies,
     ParsedMessage,
     Structure,
     UnknownCteError,
-    Value,
     binary_bytes,
     fetch_item,
     needs_message,
-    parse_addresses,
     partial,
     section_bytes,
     structure_item,
 )
 from mailstack.imap.mime import MAX_DEPTH, Entity, decode_transfer, find_part, to_crlf
+from mailstack.imap.values import Bodies, Value
 
 # -- corpus -----------------------------------------------------------------------------------
 

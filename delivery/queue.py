@@ -45,7 +45,6 @@ import asyncio
 import builtins
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import re
@@ -55,11 +54,14 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
 
 from mailstack.delivery import dkim, remote
 from mailstack.delivery.dsn import DsnRecipient, build_dsn, needs_dsn
 from mailstack.delivery.local import Outcome, deliver_to
+from mailstack.delivery.queue_state import (
+    Entry,
+    Recipient,
+)
 from mailstack.delivery.remote import RcptResult
 from mailstack.delivery.store import MailStore
 
@@ -71,9 +73,6 @@ from mailstack.base.users import Accounts
 
 log = logging.getLogger(__name__)
 
-Status = Literal["pending", "delivered", "failed"]
-STATUSES: tuple[Status, ...] = ("pending", "delivered", "failed")
-
 SCHEDULE_S: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)  # delay after attempt n
 GIVE_UP_S = 5 * 24 * 3600  # RFC 5321 §4.5.4.1: "at least 4-5 days"
 DELAY_WARN_S = 4 * 3600  # RFC 3464 leaves it to us: the sender hears the same working day
@@ -83,14 +82,8 @@ RESCAN_S = 1.0  # how often the runner stats `wakeup` for changes made by other 
 ORPHAN_S = 3600.0  # a message file this old without state is a crashed enqueue
 STOP_GRACE_S = 10.0  # on stop, attempts in flight may finish this long, then are cut off
 
-STATE_VERSION = 1
 _ID = re.compile(r"[0-9a-f]{20}")
 _BAD_ADDRESS = re.compile(r"[\x00\r\n]")
-
-
-def retry_delay_s(attempts: int) -> int:
-    """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
-    return SCHEDULE_S[min(max(attempts, 1), len(SCHEDULE_S)) - 1]
 
 
 def domain_of(address: str) -> str:
@@ -102,92 +95,9 @@ def domain_of(address: str) -> str:
         return domain.lower()  # not a valid IDN: the MX lookup will say so
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    address: str
-    status: Status = "pending"
-    attempts: int = 0
-    next_attempt: float = 0.0  # Unix time; due when <= now
-    last_reply: str = ""
-    remote_mta: str = ""
-    warned: bool = False  # a "delayed" DSN went out
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One queued message's state file."""
-
-    id: str
-    mail_from: str
-    created: float
-    recipients: tuple[Recipient, ...]
-    size: int = 0
-
-    @property
-    def is_done(self) -> bool:
-        return all(r.status != "pending" for r in self.recipients)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "id": self.id,
-            "mail_from": self.mail_from,
-            "created": self.created,
-            "size": self.size,
-            "recipients": [
-                {f: getattr(r, f) for f in Recipient.__dataclass_fields__} for r in self.recipients
-            ],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), ensure_ascii=False, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> Entry:
-        """Parse a state file; ValueError naming what is wrong."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise ValueError("not a version 1 queue state")
-        try:
-            recipients = tuple(_recipient(r) for r in data["recipients"])
-            entry = cls(
-                id=_typed(data["id"], str),
-                mail_from=_typed(data["mail_from"], str),
-                created=float(_typed(data["created"], int | float)),
-                size=_typed(data["size"], int),
-                recipients=recipients,
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"bad queue state: {exc!r}") from None
-        if not recipients:
-            raise ValueError("bad queue state: no recipients")
-        return entry
-
-
-def _typed(value: Any, tp: Any) -> Any:
-    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
-        raise TypeError(f"expected {tp}, got {value!r}")
-    return value
-
-
-def _recipient(raw: Any) -> Recipient:
-    if not isinstance(raw, dict):
-        raise TypeError(f"recipient must be an object, got {raw!r}")
-    status = _typed(raw["status"], str)
-    if status not in STATUSES:
-        raise TypeError(f"unknown status {status!r}")
-    return Recipient(
-        address=_typed(raw["address"], str),
-        status=cast(Status, status),
-        attempts=_typed(raw["attempts"], int),
-        next_attempt=float(_typed(raw["next_attempt"], int | float)),
-        last_reply=_typed(raw["last_reply"], str),
-        remote_mta=_typed(raw["remote_mta"], str),
-        warned=_typed(raw["warned"], bool),
-    )
+def retry_delay_s(attempts: int) -> int:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
+    return SCHEDULE_S[min(max(attempts, 1), len(SCHEDULE_S)) - 1]
 
 
 # delivery.remote.deliver's shape: (config, domain, mail_from, rcpts, message, *, abort)

@@ -54,6 +54,7 @@ PURE = [
     "mailstack.smtp.authresults",
     "mailstack.delivery.mx",
     "mailstack.delivery.dsn",
+    "mailstack.delivery.queue_state",
     "mailstack.delivery.trace",
     "mailstack.base.throttle",
     "mailstack.dnsrecords",

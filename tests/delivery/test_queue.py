@@ -27,12 +27,11 @@ from mailstack.delivery.queue import (
     MAX_PER_DOMAIN,
     ORPHAN_S,
     SCHEDULE_S,
-    Entry,
     OutboundQueue,
-    Recipient,
     local_delivery,
     retry_delay_s,
 )
+from mailstack.delivery.queue_state import Entry, Recipient
 from mailstack.delivery.remote import RcptResult
 
 from mailstack.base.config import Config

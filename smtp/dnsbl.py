@@ -1,48 +1,61 @@
-"""DNS blocklist lookups for the MX (RFC 5782): is the client address listed?
+"""DNS blocklist lookups (RFC 5782): is an address listed? One rule for the MX and `check`.
 
-Asked once per connection, before the greeting; a listed client is refused at RCPT time with
-554 5.7.1 naming the list (Postfix's reject_rbl_client), so the refusal is logged with the
-envelope. Uses dnspython's async resolver with `[dns] resolver` when set.
+The MX asks once per connection, before the greeting; a listed client is refused at RCPT time
+with 554 5.7.1 naming the list (Postfix's reject_rbl_client), so the refusal is logged with the
+envelope. `mailstack check --network` asks the same question about our own addresses.
+
+What counts as listed (`listing_codes`): an A record in 127.0.0.0/8 (RFC 5782 §2.1), except
+127.255.255.x, which Spamhaus answers when it refuses the query (for example one that came
+through a public resolver): that says nothing about the address, and treating it as a listing
+would refuse every client.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import dns.asyncresolver
 import dns.exception
-import dns.resolver
 import dns.reversename
+
+REFUSED_QUERY = "127.255.255."
+
+
+def dnsbl_name(address: str, zone: str) -> str:
+    """RFC 5782 §2.1 (IPv4: octets reversed) and §2.4 (IPv6: nibbles reversed) under `zone`.
+    Raises ValueError for something that is not an IP address."""
+    try:
+        rev = dns.reversename.from_address(address).to_text()
+    except dns.exception.SyntaxError as exc:
+        raise ValueError(str(exc)) from None
+    labels = rev.removesuffix("in-addr.arpa.").removesuffix("ip6.arpa.")
+    return f"{labels}{zone.strip('.')}."
+
+
+def listing_codes(answers: Iterable[str]) -> list[str]:
+    """The answers that say "listed" (see the module docstring)."""
+    return [a for a in answers if a.startswith("127.") and not a.startswith(REFUSED_QUERY)]
 
 
 async def dnsbl_listing(
     resolver: dns.asyncresolver.Resolver, ip: str, zones: list[str]
 ) -> str | None:
-    """The first DNSBL zone listing `ip` (an A record in 127.0.0.0/8, RFC 5782 §2.1), or None.
+    """The first DNSBL zone listing `ip`, or None.
 
     A lookup that fails or times out counts as not listed: a broken blocklist must not stop mail.
     """
     try:
-        reversed_name = dns.reversename.from_address(ip)
-    except (ValueError, dns.exception.SyntaxError):
+        names = [(zone, dnsbl_name(ip, zone)) for zone in zones]
+    except ValueError:
         return None
-    # in-addr.arpa / ip6.arpa labels without the suffix: 1.2.0.192.zen.spamhaus.org
-    labels = reversed_name.relativize(
-        dns.reversename.ipv4_reverse_domain
-        if ":" not in ip
-        else dns.reversename.ipv6_reverse_domain
-    )
 
-    async def query(zone: str) -> str | None:
-        name = f"{labels.to_text()}.{zone.strip('.')}."
+    async def query(zone: str, name: str) -> str | None:
         try:
             answer = await resolver.resolve(name, "A")  # lifetime: [dns] timeout_s
         except (dns.exception.DNSException, OSError):
             return None
-        for rdata in answer:
-            if str(rdata.address).startswith("127."):
-                return zone
-        return None
+        return zone if listing_codes(str(r.address) for r in answer) else None
 
-    results = await asyncio.gather(*(query(z) for z in zones))
+    results = await asyncio.gather(*(query(zone, name) for zone, name in names))
     return next((z for z in results if z is not None), None)

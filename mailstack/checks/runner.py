@@ -152,7 +152,7 @@ def _network(cfg: Config, options: CheckOptions) -> list[Finding]:
     if not options.network:
         reason = "needs the Internet; run `mailstack check --network` to include it"
         return skip_group("network", reason)
-    from mailstack.checks.dns import check_dnsbl
+    from mailstack.checks.dnsbl import check_dnsbl
 
     out = _guard("network", lambda: check_dnsbl(cfg, options.resolver))
     # A connection from this host to its own address never leaves it: whether port 25 is

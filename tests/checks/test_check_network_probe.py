@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from mailstack.smtp.dnsbl import dnsbl_name
 
-from mailstack.checks.dns import dnsbl_name
 from mailstack.checks.dns import suggest_spf as suggest
 from mailstack.checks.listeners import connect_host
 from mailstack.checks.probe import PROBE_PREFIX, STALE_PROBE_S, probe_mailbox, remove_stale_probes

@@ -833,6 +833,28 @@ async def test_dnsbl_listed_client_refused_at_rcpt(tmp_path: Path, nsd_server: N
     assert text == b"5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test"
 
 
+async def test_dnsbl_refusing_the_query_is_not_a_listing(
+    tmp_path: Path,
+    nsd_server: NsdFactory,  # noqa: F811
+) -> None:
+    # Spamhaus answers 127.255.255.x when it refuses a query (through a public resolver, say):
+    # taken as a listing, it would refuse every client. check --network uses the same rule.
+    zone = (
+        "$ORIGIN bl.test.\n$TTL 60\n"
+        "@ IN SOA ns.bl.test. admin.bl.test. 1 3600 600 86400 60\n"
+        "@ IN NS ns.bl.test.\nns IN A 127.0.0.1\n"
+        "1.0.0.127 IN A 127.255.255.254\n"
+    )
+    host, port = nsd_server({"bl.test": zone})
+    async with running_smtp(
+        tmp_path,
+        smtp={"dnsbl": ["bl.test"]},
+        dns={"resolver": f"{host}:{port}", "timeout_s": 2.0},
+    ) as h:
+        code, _text = await asyncio.to_thread(rcpt_reply, h, "alice@example.com")
+    assert code == 250
+
+
 async def swaks(h: SmtpHarness, *args: str) -> tuple[int, str]:
     """swaks (the Debian package) against the harness's MX: (exit status, its transcript)."""
     proc = await asyncio.create_subprocess_exec(

@@ -21,7 +21,7 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,14 +98,13 @@ class LocalDelivery:
         done: list[MessageRef] = []
         try:
             for mailbox, copy in self._copies(mail_from, recipients, parts, prefix_fields):
-                quota = self._accounts.quota_bytes(mailbox)
                 try:
-                    refs = self._submit(mailbox, folder, copy, quota).result()
+                    refs = self._submit(mailbox, folder, copy).result()
                 except FolderNotFoundError:
                     if folder == INBOX:
                         raise
                     # The user deleted their Junk folder: INBOX rather than losing the mail.
-                    refs = self._submit(mailbox, INBOX, copy, quota).result()
+                    refs = self._submit(mailbox, INBOX, copy).result()
                 done.extend(refs)
         except BaseException:
             self.take_back(done)
@@ -118,7 +117,6 @@ class LocalDelivery:
         mail_from: str,
         recipients: Sequence[tuple[str, Sequence[str]]],
         message: Sequence[bytes],
-        quotas: Mapping[str, int],
         prefix_fields: Sequence[str] = (),
         folder: str = INBOX,
     ) -> Delivered:
@@ -128,14 +126,13 @@ class LocalDelivery:
         done: list[MessageRef] = []
         try:
             for mailbox, copy in self._copies(mail_from, recipients, message, prefix_fields):
-                quota = quotas.get(mailbox, 0)
                 try:
-                    refs = await asyncio.wrap_future(self._submit(mailbox, folder, copy, quota))
+                    refs = await asyncio.wrap_future(self._submit(mailbox, folder, copy))
                 except FolderNotFoundError:
                     if folder == INBOX:
                         raise
                     # The user deleted their Junk folder: INBOX rather than losing the mail.
-                    refs = await asyncio.wrap_future(self._submit(mailbox, INBOX, copy, quota))
+                    refs = await asyncio.wrap_future(self._submit(mailbox, INBOX, copy))
                 done.extend(refs)
         except BaseException:
             if done:
@@ -166,12 +163,8 @@ class LocalDelivery:
             for mailbox in mailboxes
         ]
 
-    def _submit(
-        self, mailbox: str, folder: str, copy: list[bytes], quota: int
-    ) -> Future[list[MessageRef]]:
-        return self._store.deliver_parts_nowait(
-            [(mailbox, folder)], copy, quota_bytes={mailbox: quota}
-        )
+    def _submit(self, mailbox: str, folder: str, copy: list[bytes]) -> Future[list[MessageRef]]:
+        return self._store.deliver_parts_nowait([(mailbox, folder)], copy)
 
     def take_back(self, refs: Sequence[MessageRef]) -> None:
         """Expunge copies already stored when the transaction they belong to failed (a later

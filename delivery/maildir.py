@@ -30,7 +30,7 @@ import secrets
 import shutil
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
@@ -80,8 +80,11 @@ class MaildirStore:
         paths: StatePaths,
         events: EventHub | None = None,
         hostname: str = socket.gethostname(),
+        quota_of: Callable[[str], int] | None = None,
     ) -> None:
         self._paths = paths
+        # The account database's quota per user (0: unlimited); none given: no quotas.
+        self._quota_of = quota_of
         self._events = events
         self._indexes: dict[Path, FolderIndex] = {}
         self._indexes_lock = threading.Lock()
@@ -217,7 +220,19 @@ class MaildirStore:
             self._quota_verified.add(root)
         return quota.usage(root, limit) if is_verified else quota.recalculate(root, limit)
 
-    def _check_quota(self, user: str, root: Path, limit: int, adding: int) -> None:
+    def quota_of(self, user: str) -> int:
+        return self._quota_of(user) if self._quota_of is not None else 0
+
+    def is_full(self, user: str, *, blocking: bool = True, limit: int | None = None) -> bool | None:
+        if limit is None:
+            limit = self.quota_of(user)
+        if limit <= 0:
+            return False
+        used = self.usage_bytes(user) if blocking else self.counted_usage_bytes(user)
+        return None if used is None else used >= limit
+
+    def _check_quota(self, user: str, root: Path, adding: int) -> None:
+        limit = self.quota_of(user)
         if limit <= 0 or self._usage(root, limit) + adding <= limit:
             return
         # Refuse only on a fresh count, never on a stale maildirsize.
@@ -240,17 +255,13 @@ class MaildirStore:
         self,
         targets: Sequence[tuple[str, str]],
         message: bytes,
-        *,
-        quota_bytes: dict[str, int] | None = None,
     ) -> list[MessageRef]:
-        return self.deliver_parts(targets, [to_lf(message)], quota_bytes=quota_bytes)
+        return self.deliver_parts(targets, [to_lf(message)])
 
     def deliver_parts(
         self,
         targets: Sequence[tuple[str, str]],
         parts: Sequence[bytes],
-        *,
-        quota_bytes: dict[str, int] | None = None,
     ) -> list[MessageRef]:
         # Sizes slice by slice: one count over 25 MB would hold the GIL (and stall the event
         # loop) for tens of ms; a slice of a MB takes about one.
@@ -261,7 +272,7 @@ class MaildirStore:
         for user, *_ in resolved:
             per_user[user] = per_user.get(user, 0) + size
         for user, adding in per_user.items():
-            self._check_quota(user, self._root(user), (quota_bytes or {}).get(user, 0), adding)
+            self._check_quota(user, self._root(user), adding)
         if not resolved:
             return []
         # The flush writes, fsyncs and places the files (see _Job), then publishes.
@@ -279,8 +290,6 @@ class MaildirStore:
         self,
         targets: Sequence[tuple[str, str]],
         parts: Sequence[bytes],
-        *,
-        quota_bytes: dict[str, int] | None = None,
     ) -> Future[list[MessageRef]]:
         """`deliver_parts` for an event loop: returns at once. `parts` may still have CRLF
         endings; everything else (folder checks, the quota, LF, the writes) happens in the
@@ -294,7 +303,6 @@ class MaildirStore:
                 (frozenset(),) * len(targets),
                 parts=tuple(parts),
                 unresolved=tuple(targets),
-                quota_bytes=tuple((quota_bytes or {}).items()),
                 publish=True,
             )
         )
@@ -307,11 +315,10 @@ class MaildirStore:
         *,
         flags: Iterable[str] = (),
         internal_date: float | None = None,
-        quota_bytes: int = 0,
     ) -> MessageRef:
         root, name, fdir = self._folder(user, folder)
         data = to_lf(message)
-        self._check_quota(user, root, quota_bytes, len(data))
+        self._check_quota(user, root, len(data))
         wanted = _storable(flags)
         target = _Target(user, root, name, fdir)
         (ref,) = self._committer.commit(
@@ -476,22 +483,20 @@ class MaildirStore:
             self._publish(user, name)
         return result
 
-    def copy(
-        self, user: str, folder: str, uids: Sequence[int], dest: str, *, quota_bytes: int = 0
-    ) -> list[tuple[int, int]]:
+    def copy(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         root, _name, fdir = self._folder(user, folder)
         _, dest_name, dest_dir = self._folder(user, dest)
         index = self._index(root, fdir)
         written: list[_Written] = []
         sources: list[tuple[int, frozenset[str]]] = []
-        if quota_bytes > 0:
+        if self.quota_of(user) > 0:
             # Checked before taking the folder lock: a recount takes the quota lock
             # exclusively, which must never happen under a folder lock (see module docstring).
             with index.locked():
                 index.sync()
                 by_uid = index.entries_by_uid()
                 adding = sum(by_uid[u].disk_size for u in dict.fromkeys(uids) if u in by_uid)
-            self._check_quota(user, root, quota_bytes, adding)
+            self._check_quota(user, root, adding)
         try:
             with index.locked():
                 index.sync()

@@ -75,7 +75,6 @@ class _Job:
     # `deliver_parts_nowait`: (user, folder) pairs the flush resolves, quota-checks and
     # writes `parts` (still with CRLF) to; nothing of it ran in the caller.
     unresolved: tuple[tuple[str, str], ...] = ()
-    quota_bytes: tuple[tuple[str, int], ...] = ()
     publish: bool = False  # tell IDLE sessions once durable (the flush does it)
 
 
@@ -99,13 +98,13 @@ class BatchWriter:
         *,
         index: Callable[[Path, Path], FolderIndex],
         locate: Callable[[str, str], tuple[Path, str, Path]],
-        check_quota: Callable[[str, Path, int, int], None],
+        check_quota: Callable[[str, Path, int], None],
         publish: Callable[[str, str], None],
     ) -> None:
         self._host = hostname
         self._index = index  # (account root, folder directory) -> the store's cached index
         self._locate = locate  # (user, folder) -> (root, normalized name, folder directory)
-        self._check_quota = check_quota  # (user, root, limit, adding); raises when over
+        self._check_quota = check_quota  # (user, root, adding); raises when over
         self._publish = publish  # (user, folder): tell IDLE sessions
 
     @staticmethod
@@ -168,13 +167,12 @@ class BatchWriter:
         targets = tuple(
             _Target(user, *self._locate(user, folder)) for user, folder in job.unresolved
         )
-        limits = dict(job.quota_bytes)
         per_user: dict[str, tuple[_Target, int]] = {}
         for t in targets:
             per_user[t.user] = (t, per_user.get(t.user, (t, 0))[1] + size)
         for user, (t, adding) in per_user.items():
             try:
-                self._check_quota(user, t.root, limits.get(user, 0), adding)
+                self._check_quota(user, t.root, adding)
             except FileNotFoundError:
                 raise self._missing(t) or FolderNotFoundError(f"no folder {t.folder!r}") from None
         return targets, parts, (size, size + sum(p.count(b"\n") for p in parts))

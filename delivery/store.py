@@ -157,6 +157,16 @@ class MailStore(Protocol):
     def usage_bytes(self, user: str) -> int:
         """Bytes stored by the account across all folders (for the quota)."""
 
+    def quota_of(self, user: str) -> int:
+        """The account's quota in bytes, 0 for unlimited: the one lookup every write that
+        checks the quota uses (the store is given it once, at construction)."""
+
+    def is_full(self, user: str, *, blocking: bool = True, limit: int | None = None) -> bool | None:
+        """Has the account reached its quota? Non-blocking: None when only a recount of its
+        folders could tell (the caller asks again with blocking=True in a thread). `limit`: the
+        quota when the caller already has it from `quota_of` (the MX caches it per recipient,
+        so that RCPT needs no database read on the event loop)."""
+
     def counted_usage_bytes(self, user: str) -> int | None:
         """`usage_bytes` when it is known without recounting the folders (a small read at
         most, fit for an event loop); None when only `usage_bytes` can tell."""
@@ -166,22 +176,18 @@ class MailStore(Protocol):
         self,
         targets: Sequence[tuple[str, str]],
         message: bytes,
-        *,
-        quota_bytes: dict[str, int] | None = None,
     ) -> list[MessageRef]:
         """Durably store one copy of `message` per (user, folder) target, all or nothing.
 
-        `message` has CRLF or LF endings (stored with LF, as Maildir does). A quota of 0 or a
-        missing entry means unlimited; a target whose quota would be exceeded raises
-        QuotaExceededError before anything is written.
+        `message` has CRLF or LF endings (stored with LF, as Maildir does). A target whose
+        account's quota (the store's `quota_of`) would be exceeded raises QuotaExceededError
+        before anything is written; so do `append` and `copy`.
         """
 
     def deliver_parts(
         self,
         targets: Sequence[tuple[str, str]],
         parts: Sequence[bytes],
-        *,
-        quota_bytes: dict[str, int] | None = None,
     ) -> list[MessageRef]:
         """`deliver` of a message given as slices that already have LF endings, so that no
         step has to join or scan a 25 MB message in one go (which holds the GIL)."""
@@ -190,8 +196,6 @@ class MailStore(Protocol):
         self,
         targets: Sequence[tuple[str, str]],
         parts: Sequence[bytes],
-        *,
-        quota_bytes: dict[str, int] | None = None,
     ) -> Future[list[MessageRef]]:
         """`deliver_parts` that returns at once (parts may keep CRLF endings); the future
         resolves with the refs once every copy is durable, or with the error."""
@@ -204,7 +208,6 @@ class MailStore(Protocol):
         *,
         flags: Iterable[str] = (),
         internal_date: float | None = None,
-        quota_bytes: int = 0,
     ) -> MessageRef:
         """IMAP APPEND: store with flags and date, durably, and return its UID."""
 
@@ -255,9 +258,7 @@ class MailStore(Protocol):
     ) -> dict[int, frozenset[str]]:
         """Change flags; returns the new flags of each message that still exists."""
 
-    def copy(
-        self, user: str, folder: str, uids: Sequence[int], dest: str, *, quota_bytes: int = 0
-    ) -> list[tuple[int, int]]:
+    def copy(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         """Copy messages (flags kept) durably; returns (source uid, new uid) pairs."""
 
     def move(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:

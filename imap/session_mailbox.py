@@ -261,7 +261,6 @@ class MailboxCommands(SessionCore):
         name = checked_name(command.mailbox)
         flags = storable(command.flags)
         when = command.internal_date.timestamp() if command.internal_date else None
-        quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
         try:
             ref = await asyncio.to_thread(
                 self.ctx.store.append,
@@ -270,7 +269,6 @@ class MailboxCommands(SessionCore):
                 command.message,
                 flags=flags,
                 internal_date=when,
-                quota_bytes=quota,
             )
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None

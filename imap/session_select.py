@@ -368,10 +368,7 @@ class SelectedCommands(SessionCore):
             if is_move:
                 pairs = await asyncio.to_thread(self.ctx.store.move, user, sel.name, uids, dest)
             else:
-                quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
-                pairs = await asyncio.to_thread(
-                    self.ctx.store.copy, user, sel.name, uids, dest, quota_bytes=quota
-                )
+                pairs = await asyncio.to_thread(self.ctx.store.copy, user, sel.name, uids, dest)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {dest}", "TRYCREATE") from None
         dest_snap = await self._snapshot(dest, claim_recent=False) if pairs else None

@@ -39,7 +39,9 @@ class Deployment:
         for domain in config.server.domains:  # a domain added to the config by hand is hosted
             accounts.add_domain(domain, exist_ok=True)
         events = events or EventHub()
-        store = MaildirStore(paths, events, hostname=config.server.hostname)
+        store = MaildirStore(
+            paths, events, hostname=config.server.hostname, quota_of=accounts.quota_bytes
+        )
         return cls(config, paths, accounts, store, events)
 
     def close(self) -> None:

@@ -54,7 +54,9 @@ def run_lda(
     except Exception as exc:  # sqlite3: locked, unreadable, not a database
         return EX_TEMPFAIL, f"cannot open {root}: {exc}"
     try:
-        store = MaildirStore(paths, None, hostname=config.server.hostname)
+        store = MaildirStore(
+            paths, None, hostname=config.server.hostname, quota_of=accounts.quota_bytes
+        )
         result = deliver_to(
             accounts,
             store,

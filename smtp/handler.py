@@ -89,7 +89,6 @@ class MxEnvelope(Envelope):
         super().__init__()
         self.body_8bit = False
         self.mailboxes: dict[str, tuple[str, ...]] = {}  # accepted rcpt -> local mailboxes
-        self.quotas: dict[str, int] = {}  # mailbox -> quota in bytes, looked up at RCPT
         self.foreign: list[str] = []  # addresses for the outbound queue (alias forwards, ...)
         self.bdat_started = False
         self.bdat_chunks: list[bytes] = []
@@ -111,7 +110,7 @@ class _Routes(NamedTuple):
     hosted: bool
     mailboxes: tuple[str, ...]
     forwards: tuple[str, ...]
-    quotas: dict[str, int]  # mailbox -> quota in bytes
+    quotas: dict[str, int]  # mailbox -> quota in bytes (store.quota_of), for RCPT's check
 
     def facts(self, over_quota: tuple[str, ...]) -> RecipientFacts:
         return RecipientFacts(
@@ -144,20 +143,17 @@ class MxHandler:
         if address.domain not in self._ctx.hosted_domains():
             return _Routes(False, (), (), {})
         resolution = self._ctx.accounts.resolve(str(address))
-        quotas = {m: self._ctx.accounts.quota_bytes(m) for m in resolution.mailboxes}
+        quotas = {m: self._ctx.store.quota_of(m) for m in resolution.mailboxes}
         return _Routes(True, resolution.mailboxes, resolution.forwards, quotas)
 
     def _over_quota(self, quotas: dict[str, int], *, blocking: bool) -> tuple[str, ...] | None:
         """Mailboxes already full; None when that needs a recount and `blocking` is False."""
         full = []
         for mailbox, quota in quotas.items():
-            if quota <= 0:
-                continue
-            store = self._ctx.store
-            used = store.usage_bytes(mailbox) if blocking else store.counted_usage_bytes(mailbox)
-            if used is None:
+            is_full = self._ctx.store.is_full(mailbox, blocking=blocking, limit=quota)
+            if is_full is None:
                 return None
-            if used >= quota:
+            if is_full:
                 full.append(mailbox)
         return tuple(full)
 
@@ -166,7 +162,7 @@ class MxHandler:
         routes = self._lookup_routes(address)
         return routes, self._over_quota(routes.quotas, blocking=True) or ()
 
-    def _cached_facts(self, address: Address) -> tuple[RecipientFacts, dict[str, int]] | None:
+    def _cached_facts(self, address: Address) -> RecipientFacts | None:
         version = self._ctx.accounts.data_version()
         if version != self._routes_version:
             self._routes.clear()
@@ -176,10 +172,10 @@ class MxHandler:
         if routes is None:
             return None
         over = self._over_quota(routes.quotas, blocking=False)
-        return None if over is None else (routes.facts(over), routes.quotas)
+        return None if over is None else routes.facts(over)
 
-    async def _recipient(self, address: Address) -> tuple[RecipientFacts, dict[str, int]]:
-        """What `check_recipient` needs about `address`, and its mailboxes' quotas."""
+    async def _recipient(self, address: Address) -> RecipientFacts:
+        """What `check_recipient` needs about `address`."""
         try:
             cached = self._cached_facts(address)
         except Exception:  # the database or a maildirsize unreadable: the thread path says why
@@ -194,7 +190,7 @@ class MxHandler:
             if len(self._routes) >= _ROUTE_CACHE_MAX:
                 self._routes.clear()
             self._routes[str(address)] = routes
-        return routes.facts(over), routes.quotas
+        return routes.facts(over)
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self,
@@ -208,11 +204,10 @@ class MxHandler:
             rcpt = Address.parse(address)
         except AddressError:
             return str(replies.BAD_ADDRESS)
-        quotas: dict[str, int] = {}
         if session.blocklisted_by is not None:
             facts = RecipientFacts(is_hosted_domain=False, mailboxes=())
         else:
-            facts, quotas = await self._recipient(rcpt)
+            facts = await self._recipient(rcpt)
         reply = check_recipient(
             facts,
             authenticated=False,
@@ -226,7 +221,6 @@ class MxHandler:
             # Once a hook exists aiosmtpd leaves the bookkeeping to us.
             envelope.rcpt_tos.append(address)
             envelope.mailboxes[address] = facts.mailboxes
-            envelope.quotas.update(quotas)
             envelope.foreign.extend(f for f in facts.forwards if f not in envelope.foreign)
         return str(reply)
 
@@ -274,7 +268,6 @@ class MxHandler:
                 mail_from=envelope.mail_from or "",
                 recipients=recipients,
                 message=pieces,
-                quotas=envelope.quotas,
                 prefix_fields=fields,
                 folder=folder,
             )

@@ -109,7 +109,7 @@ class SubmissionHandler(MxHandler):
             rcpt = Address.parse(address)
         except AddressError:
             return str(replies.BAD_ADDRESS)
-        facts, quotas = await self._recipient(rcpt)
+        facts = await self._recipient(rcpt)
         reply = check_submission_recipient(
             facts,
             accepted_so_far=len(envelope.rcpt_tos),
@@ -119,7 +119,6 @@ class SubmissionHandler(MxHandler):
         if reply.is_positive:
             envelope.rcpt_tos.append(address)
             envelope.mailboxes[address] = facts.mailboxes
-            envelope.quotas.update(quotas)
             for target in (address,) if not facts.is_hosted_domain else facts.forwards:
                 if target not in envelope.foreign:
                     envelope.foreign.append(target)
@@ -166,7 +165,6 @@ class SubmissionHandler(MxHandler):
                     mail_from=mail_from,
                     recipients=local,
                     message=parts,
-                    quotas=envelope.quotas,
                     prefix_fields=[received],
                 )
             if envelope.foreign:

@@ -306,12 +306,11 @@ async def test_many_tasks_deliver_without_threads_of_their_own(
 async def test_a_failing_nowait_delivery_fails_alone(
     store: MaildirStore, paths: StatePaths
 ) -> None:
+    store = MaildirStore(paths, hostname="mx.example.com", quota_of=lambda u: int(u == ALICE))
+    store.create_account(ALICE)  # one byte of quota: nothing fits
     store.create_account(BOB)
-    small = {ALICE: 1}  # one byte of quota: nothing fits
     results = await asyncio.gather(
-        asyncio.wrap_future(
-            store.deliver_parts_nowait([(ALICE, "INBOX")], [b"a\r\n"], quota_bytes=small)
-        ),
+        asyncio.wrap_future(store.deliver_parts_nowait([(ALICE, "INBOX")], [b"a\r\n"])),
         asyncio.wrap_future(store.deliver_parts_nowait([(BOB, "Nope")], [b"b\r\n"])),
         asyncio.wrap_future(store.deliver_parts_nowait([(BOB, "INBOX")], [b"c\r\n"])),
         return_exceptions=True,

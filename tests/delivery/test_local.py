@@ -78,9 +78,7 @@ def test_a_deleted_junk_folder_sends_the_copy_to_inbox(tmp_path: Path, blocking:
         done = agent.deliver(mail_from="", recipients=recipients, message=MSG, folder="Junk")
     else:
         done = asyncio.run(
-            agent.deliver_async(
-                mail_from="", recipients=recipients, message=[MSG], quotas={}, folder="Junk"
-            )
+            agent.deliver_async(mail_from="", recipients=recipients, message=[MSG], folder="Junk")
         )
     assert [(r.user, r.folder) for r in done.refs] == [("alice@example.com", "INBOX")]
     assert len(stored(tmp_path, "alice@example.com")) == 1

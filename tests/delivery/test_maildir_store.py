@@ -364,22 +364,33 @@ def test_expunge_only_deleted_and_only_given(store: MaildirStore) -> None:
     assert store.usage_bytes(ALICE) == len(LF_MESSAGE)
 
 
-def test_quota(store: MaildirStore, paths: StatePaths) -> None:
-    limit = {ALICE: 2 * len(LF_MESSAGE)}
-    store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes=limit)
-    store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes=limit)
+def test_quota(paths: StatePaths) -> None:
+    # The store asks its quota_of for every write that checks (deliver, append, copy), at the
+    # time of the write: a change of quota applies to the next one.
+    limits = {ALICE: 2 * len(LF_MESSAGE)}
+    store = MaildirStore(paths, hostname="mx.example.com", quota_of=lambda u: limits.get(u, 0))
+    store.create_account(ALICE)
+    store.deliver([(ALICE, "INBOX")], MESSAGE)
+    assert store.is_full(ALICE) is False
+    store.deliver([(ALICE, "INBOX")], MESSAGE)
+    assert store.is_full(ALICE) is True
     with pytest.raises(QuotaExceededError) as err:
-        store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes=limit)
+        store.deliver([(ALICE, "INBOX")], MESSAGE)
     assert err.value.code == "OVERQUOTA"
     with pytest.raises(QuotaExceededError):
-        store.append(ALICE, "INBOX", MESSAGE, quota_bytes=limit[ALICE])
+        store.append(ALICE, "INBOX", MESSAGE)
     with pytest.raises(QuotaExceededError):
-        store.copy(ALICE, "INBOX", [1], "Archive", quota_bytes=limit[ALICE])
+        store.copy(ALICE, "INBOX", [1], "Archive")
+    with pytest.raises(QuotaExceededError):
+        store.deliver_parts_nowait([(ALICE, "INBOX")], [MESSAGE]).result()
     assert len(store.snapshot(ALICE, "INBOX").messages) == 2
     assert store.usage_bytes(ALICE) == 2 * len(LF_MESSAGE)
     for folder in ("", ".Archive"):  # refused before anything was written
         assert os.listdir(paths.maildir(ALICE) / folder / "tmp") == []
-    store.deliver([(ALICE, "INBOX")], MESSAGE, quota_bytes={ALICE: 0})  # 0 = unlimited
+    limits[ALICE] = 0  # 0 = unlimited
+    assert store.is_full(ALICE) is False
+    store.deliver([(ALICE, "INBOX")], MESSAGE)
+    store.copy(ALICE, "INBOX", [1], "Archive")
 
 
 def test_usage_recalculated_when_maildirsize_is_lost(

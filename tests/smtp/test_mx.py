@@ -13,6 +13,7 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
+from mailstack.delivery.maildir import MaildirStore
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.server import open_connections
 from mailstack.smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
@@ -216,7 +217,9 @@ async def test_over_quota_at_rcpt_and_at_data_loses_nothing(mx: SmtpHarness) -> 
     # One that fits is stored; the mailbox is then full and RCPT itself says 452 4.2.2.
     fits = MSG + (b"y" * 70 + b"\r\n") * 40
     assert await asyncio.to_thread(smtp_send, mx, [SMALL_QUOTA_USER], fits) == {}
-    mx.ctx.store.append(SMALL_QUOTA_USER, "INBOX", b"Subject: filler\r\n\r\n" + b"z\r\n" * 1000)
+    # Another writer (an admin's import, Dovecot without its quota plugin) fills it up.
+    other = MaildirStore(mx.ctx.paths, hostname="import")
+    other.append(SMALL_QUOTA_USER, "INBOX", b"Subject: filler\r\n\r\n" + b"z\r\n" * 1000)
     code, text = await asyncio.to_thread(rcpt_reply, mx, SMALL_QUOTA_USER)
     assert (code, text[:5]) == (452, b"4.2.2")
     assert len(mx.messages(SMALL_QUOTA_USER)) == 2

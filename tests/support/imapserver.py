@@ -106,7 +106,7 @@ def make_deployment(root: Path, **imap: Any) -> ImapDeployment:
     accounts = Accounts(paths.users_db)
     accounts.add_domain(DOMAIN, exist_ok=True)
     events = EventHub()
-    store = MaildirStore(paths, events, hostname=HOSTNAME)
+    store = MaildirStore(paths, events, hostname=HOSTNAME, quota_of=accounts.quota_bytes)
     dep = ImapDeployment(root, config, paths, accounts, store, events, ca)
     dep.add_user(USER, PASSWORD)
     dep.add_user(OTHER_USER, OTHER_PASSWORD)

@@ -59,7 +59,7 @@ def _template() -> tuple[Path, trustme.CA]:
         accounts = Accounts(paths.users_db)
         for domain in ("example.com", "example.org"):
             accounts.add_domain(domain, exist_ok=True)
-        store = MaildirStore(paths, None, hostname=HOSTNAME)
+        store = MaildirStore(paths, None, hostname=HOSTNAME, quota_of=accounts.quota_bytes)
         for user in USERS:
             accounts.add_user(user, "pw-" + user)
             store.create_account(user)
@@ -100,7 +100,7 @@ def build_context(
     )
     accounts = Accounts(paths.users_db)
     events = EventHub()
-    store = MaildirStore(paths, events, hostname=HOSTNAME)
+    store = MaildirStore(paths, events, hostname=HOSTNAME, quota_of=accounts.quota_bytes)
     tls = TlsProvider(paths.tls_cert, paths.tls_key)
     ctx = ServerContext(
         config=config, paths=paths, accounts=accounts, store=store, events=events, tls=tls

@@ -28,6 +28,7 @@ from mailstack.deployment import Deployment
 from mailstack.imap.server import start_imap, start_imaps
 from mailstack.smtp.server import start_smtp
 from mailstack.smtp.submission import start_submission, start_submissions
+from mailstack.status import ServeStatus
 from mailstack.workers.parent import SmtpWorkers, worker_count
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
         raise
     # The outbound queue runner stops with ctx.stopping; drain waits for its attempts in flight.
     queue_runner = asyncio.create_task(ctx.queue.run(ctx.stopping), name="outbound-queue")
+    status = ServeStatus.starting(ctx.paths, ctx.config.server.hostname, servers)
+    if workers is not None:
+        workers.on_ready = lambda: status.write(workers.pids() if workers else [])
+    status.write(workers.pids() if workers else [])
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -152,6 +157,7 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("stopping: no new connections; waiting up to %.0fs for sessions in flight", DRAIN_S)
+    status.remove()
     ctx.stopping.set()
     for _, server in servers:
         server.close()

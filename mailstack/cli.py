@@ -21,8 +21,8 @@ from mailstack.base.config import (
     load_config,
     to_toml,
 )
-from mailstack.base.errors import MailstackError
-from mailstack.base.paths import default_dir
+from mailstack.base.errors import ConfigError, MailstackError
+from mailstack.base.paths import StatePaths, default_dir
 from mailstack.cli_accounts import alias, domain, user
 from mailstack.clikit import CONTEXT, Obj, cli_state, deployment, fail_usage, reporting
 
@@ -425,6 +425,30 @@ def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool, net
                 if as_json
                 else "apply each fix shown above, then run `mailstack check` again",
             )
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(as_json: bool) -> None:
+    """Is serve running (exit 0) or not (exit 1)? Listeners, workers, queue, certificate
+    expiry, the last check and free disk."""
+    from mailstack.output import print_json
+    from mailstack.status import collect, render
+
+    with reporting(cli_state().debug):
+        root = cli_state().root
+        if not StatePaths(root).config.exists():
+            raise ConfigError(
+                f"no mailstack deployment in {root} (no mailstack.toml)",
+                hint="pass --dir or set MAILSTACK_DIR",
+            )
+        found = collect(root)
+        if as_json:
+            print_json(found.as_dict())
+        else:
+            for line in render(found):
+                click.echo(line)
+    sys.exit(0 if found.running else 1)
 
 
 # -- queue ---------------------------------------------------------------------------------------

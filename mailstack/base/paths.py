@@ -73,3 +73,16 @@ class StatePaths:
     @property
     def queue_dir(self) -> Path:
         return self.root / "queue"
+
+    @property
+    def run_dir(self) -> Path:
+        """What a running `serve` and the last `check` leave for `mailstack status`."""
+        return self.root / "run"
+
+    @property
+    def serve_status(self) -> Path:
+        return self.run_dir / "serve.json"
+
+    @property
+    def last_check(self) -> Path:
+        return self.run_dir / "last-check.json"

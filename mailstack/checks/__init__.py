@@ -17,7 +17,10 @@ by a timeout; nothing here exits or prints.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,4 +149,27 @@ def run_checks(root: Path, options: CheckOptions) -> Report:
     counts: dict[str, int] = {}
     for f in findings:
         counts[str(f.status)] = counts.get(str(f.status), 0) + 1
-    return Report(findings, options.strict, counts)
+    report = Report(findings, options.strict, counts)
+    _remember(root, options, report)
+    return report
+
+
+def _remember(root: Path, options: CheckOptions, report: Report) -> None:
+    """Leave the outcome for `mailstack status` (best effort: a check run by a user who cannot
+    write the state directory still reports)."""
+    from mailstack.base.fsutil import atomic_write, ensure_dir
+    from mailstack.base.paths import StatePaths
+
+    paths = StatePaths(root)
+    if not paths.config.exists():
+        return
+    record = {
+        "time": time.time(),
+        "ok": report.ok,
+        "counts": report.counts,
+        "only": sorted(options.only),
+        "failed": [f.id for f in report.findings if f.status is Status.FAIL],
+    }
+    with contextlib.suppress(OSError):
+        ensure_dir(paths.run_dir, mode=0o750)
+        atomic_write(paths.last_check, json.dumps(record) + "\n", mode=0o640)

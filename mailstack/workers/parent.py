@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,12 @@ class SmtpWorkers:
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        # Called when a worker (re)starts and is ready: `serve` records the pids for `status`.
+        self.on_ready: Callable[[], None] | None = None
+
+    def pids(self) -> list[int]:
+        """The worker processes that are ready now."""
+        return [w.proc.pid for w in self._workers if w.ready.is_set() and w.proc is not None]
 
     async def start(self) -> None:
         """Start every worker and wait until each is ready; HostError if one is not."""
@@ -249,6 +256,8 @@ class SmtpWorkers:
                     worker.ready.set()
                     pid = worker.proc.pid if worker.proc else "?"
                     log.info("SMTP worker %d ready (pid %s)", worker.slot, pid)
+                    if self.on_ready is not None:
+                        self.on_ready()
                 case _:
                     log.warning(
                         "unexpected packet from SMTP worker %d: %r", worker.slot, packet[:40]

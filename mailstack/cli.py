@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 @click.version_option(__version__, prog_name="mailstack")
 @click.pass_context
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
-    """mailstack: SMTP, IMAP, DKIM and DNS for your domain, in one process."""
+    """mailstack: SMTP, IMAP, DKIM and DNS for your domain, in one service."""
     ctx.obj = Obj((root or default_dir()).absolute(), debug)
 
 

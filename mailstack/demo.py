@@ -6,10 +6,12 @@ printed password, every listener on 127.0.0.1, and the exact client settings and
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstack.base.errors import HostError
 from mailstack.base.users import generate_password
 from mailstack.deployment import Deployment
 from mailstack.init import InitOptions, init_deployment, is_deployment
@@ -31,6 +33,35 @@ class DemoPorts:
     def from_base(cls, base: int) -> DemoPorts:
         return cls(base + 25, base + 87, base + 65, base + 43, base + 93)
 
+    def all(self) -> tuple[int, ...]:
+        return (self.smtp, self.submission, self.submissions, self.imap, self.imaps)
+
+
+def ensure_ports_free(ports: DemoPorts) -> None:
+    """Before anything is created: a demo already running (or any other program) on one of the
+    ports gets one line naming the port and a base port that is free, not a banner first."""
+    busy = [p for p in ports.all() if not _is_free(p)]
+    if not busy:
+        return
+    hint = "stop the other program (is a demo already running?)"
+    for base in range(3000, 60000, 100):
+        if all(_is_free(p) for p in DemoPorts.from_base(base).all()):
+            hint += f", or use other ports: mailstack demo --base-port {base}"
+            break
+    raise HostError(f"port {busy[0]} on 127.0.0.1 is in use", hint=hint)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # As serve binds (asyncio sets SO_REUSEADDR): a port left in TIME_WAIT by a demo that
+        # just stopped is free for it; one that another program listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
@@ -42,6 +73,7 @@ class DemoResult:
 
 def create_demo(root: Path | None, ports: DemoPorts) -> DemoResult:
     """Set up (or reuse, resetting the demo password) a demo deployment in `root` or a tmp dir."""
+    ensure_ports_free(ports)
     root = root or Path(tempfile.mkdtemp(prefix="mailstack-demo-"))
     if not is_deployment(root):
         opts = InitOptions(
@@ -76,11 +108,14 @@ def instructions(r: DemoResult) -> str:
     ca = r.root / "tls" / "ca.pem"
     return f"""\
 mailstack demo: {DOMAIN} served from {r.root}
+  (mail, keys and accounts stay there: `mailstack --dir {r.root} demo` runs it again,
+   `rm -rf {r.root}` removes it)
 
   account   {r.user}
   password  {r.password}
 
-Mail client settings (the certificate is from the demo's own CA: {ca}):
+Mail client settings (the certificate, for mail.example.test and 127.0.0.1, is from the
+demo's own CA: {ca}):
   IMAP      127.0.0.1 port {r.ports.imap} (STARTTLS) or {r.ports.imaps} (SSL/TLS)
   SMTP out  127.0.0.1 port {r.ports.submission} (STARTTLS) or {r.ports.submissions} (SSL/TLS), \
 with the same login
@@ -91,8 +126,8 @@ Send a test mail (Debian: apt-get install swaks):
   swaks --server 127.0.0.1:{r.ports.smtp} --from someone@example.org --to {r.user}
 
 Read it (curl speaks IMAP):
-  curl --cacert {ca} --resolve {HOSTNAME}:{r.ports.imaps}:127.0.0.1 \\
-       'imaps://{HOSTNAME}:{r.ports.imaps}/INBOX;UID=1' -u '{r.user}:{r.password}'
+  curl --cacert {ca} 'imaps://127.0.0.1:{r.ports.imaps}/INBOX;UID=1' \\
+       -u '{r.user}:{r.password}'
 
 Press Ctrl-C to stop.
 """

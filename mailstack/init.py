@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -143,8 +144,21 @@ def write_zones(
 
 
 def tls_names(cfg: Config, domains: list[str]) -> list[str]:
-    """SANs of the server certificate: the hostname and each domain's autoconfig name."""
-    return [cfg.server.hostname, *(f"autoconfig.{d}" for d in domains)]
+    """SANs of the server certificate: the hostname and each domain's autoconfig name; when
+    every listener is on one loopback address (the demo, a test setup), that address too, so a
+    client on this machine can connect by address and still verify the certificate."""
+    names = [cfg.server.hostname, *(f"autoconfig.{d}" for d in domains)]
+    hosts = {host for service in SERVICES for host, _port in cfg.listeners(service)}
+    if len(hosts) == 1 and _is_loopback(host := hosts.pop()):
+        names.append(host)
+    return names
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def write_tls(cfg: Config, paths: StatePaths, domains: list[str]) -> None:

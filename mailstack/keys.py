@@ -52,6 +52,14 @@ class TlsMaterial:
     privkey: bytes
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address (RFC 5280 §4.2.1.6), a DNS name SAN otherwise."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_tls(hostname: str, extra_names: list[str]) -> TlsMaterial:
     """A private CA and a server certificate for `hostname` (+ `extra_names`) signed by it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -101,7 +109,7 @@ def make_tls(hostname: str, extra_names: list[str]) -> TlsMaterial:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -7,7 +7,9 @@ import re
 import shlex
 import smtplib
 import socket
+import ssl
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -80,3 +82,36 @@ def test_demo_sets_up_and_serves(tmp_path: Path) -> None:
     again = run_cli(root, "demo", "--base-port", str(base), "--no-serve")
     assert again.returncode == 0, again.stderr
     assert re.search(r"password\s+(\S+)", again.stdout)[1] != password[1]  # type: ignore[index]
+
+
+def test_demo_certificate_names_the_loopback_address(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    base = free_base_port()
+    assert run_cli(root, "demo", "--base-port", str(base), "--no-serve").returncode == 0
+    tls = ssl.create_default_context(cafile=str(root / "tls/ca.pem"))
+    # By address, verified: what the demo tells people to connect to.
+    with (
+        ServeProcess(root),
+        socket.create_connection(("127.0.0.1", base + 93), timeout=10) as raw,
+        tls.wrap_socket(raw, server_hostname="127.0.0.1") as imaps,
+    ):
+        assert imaps.recv(100).startswith(b"* OK")
+
+
+def test_a_second_demo_on_busy_ports_says_so_before_creating_anything(tmp_path: Path) -> None:
+    base = free_base_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", base + 43))
+        holder.listen()
+        demos_before = set(Path(tempfile.gettempdir()).glob("mailstack-demo-*"))
+        result = run_cli(tmp_path / "unused", "demo", "--base-port", str(base), "--no-serve")
+        demos_after = set(Path(tempfile.gettempdir()).glob("mailstack-demo-*"))
+    assert result.returncode == 1
+    assert result.stdout == ""  # no banner, no password
+    (error, hint) = result.stderr.splitlines()
+    assert error == f"error: port {base + 43} on 127.0.0.1 is in use"
+    assert "is a demo already running?" in hint
+    other = int(re.search(r"--base-port (\d+)", hint)[1])  # type: ignore[index]
+    assert other != base
+    assert not (tmp_path / "unused").exists()
+    assert demos_after == demos_before

@@ -24,14 +24,22 @@ from mailstack.base.config import (
 from mailstack.base.errors import ConfigError, MailstackError
 from mailstack.base.paths import StatePaths, default_dir
 from mailstack.cli_accounts import alias, domain, user
-from mailstack.clikit import CONTEXT, Obj, cli_state, deployment, fail_usage, reporting
+from mailstack.clikit import (
+    CONTEXT,
+    GlobalOptionsGroup,
+    Obj,
+    cli_state,
+    deployment,
+    fail_usage,
+    reporting,
+)
 
 if TYPE_CHECKING:
     from mailstack.delivery.queue import OutboundQueue
     from mailstack.deployment import Deployment
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=GlobalOptionsGroup, context_settings=CONTEXT)
 @click.option(
     "--dir",
     "root",

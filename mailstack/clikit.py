@@ -21,6 +21,41 @@ from mailstack.base.paths import StatePaths
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+# The group's own options, accepted anywhere on the line: admins type
+# `mailstack user list --dir X` as often as `mailstack --dir X user list`.
+GLOBAL_VALUED = ("--dir",)
+GLOBAL_FLAGS = ("--debug",)
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move the global options found after the subcommand to the front, keeping their order
+    (and everything after a `--` as it is)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in GLOBAL_VALUED and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if arg in GLOBAL_FLAGS or arg.startswith(tuple(f"{o}=" for o in GLOBAL_VALUED)):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class GlobalOptionsGroup(click.Group):
+    """The top-level group: its options may also follow the subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
 
 @contextlib.contextmanager
 def reporting(debug: bool = False) -> Iterator[None]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import dns.zone
@@ -18,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import Cli
+from mailstack.clikit import hoist_global_options
+from tests.conftest import MAILSTACK, Cli, run_cli
 
 
 def ok(result: object) -> str:
@@ -275,3 +278,36 @@ def test_malformed_addresses_exit_2_with_the_reason(
     assert "local part may not contain" in result.stderr
     assert "Traceback" not in result.stderr
     assert ok(cli("user", "list", "--json")).count("two@") == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "list", "--json", "--dir", "{root}"),
+        ("user", "list", "--dir={root}", "--json"),
+        ("--debug", "user", "list", "--json", "--dir", "{root}"),
+        ("user", "--dir", "{root}", "list", "--json"),
+    ],
+)
+def test_global_options_after_the_subcommand(deployment_dir: Path, args: tuple[str, ...]) -> None:
+    ok(run_cli(deployment_dir, "user", "add", "ann@example.com", input="a-long-password-1\n"))
+    argv = [a.replace("{root}", str(deployment_dir)) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
+    result = subprocess.run(
+        [MAILSTACK, *argv], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert [u["address"] for u in json.loads(result.stdout)] == ["ann@example.com"]
+
+
+def test_hoisting_keeps_everything_else_in_place() -> None:
+    assert hoist_global_options(["alias", "add", "a@b.c", "x@b.c", "--dir", "/d"]) == [
+        "--dir",
+        "/d",
+        "alias",
+        "add",
+        "a@b.c",
+        "x@b.c",
+    ]
+    assert hoist_global_options(["deliver", "--", "--dir"]) == ["deliver", "--", "--dir"]
+    assert hoist_global_options(["check", "--dir"]) == ["check", "--dir"]  # click says why

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from mailstack.dnsrecords import DnsRecord
 
+LONG_VALUE = 60  # characters: longer values are printed outside the table on a terminal
+
 
 def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
@@ -54,8 +56,21 @@ def print_records(records: list[DnsRecord]) -> None:
         recs = [r for r in records if r.where == where]
         if not recs:
             continue
-        rows = [[r.name, r.type, r.unsplit or r.value, r.reason] for r in recs]
+        rows = []
+        below: list[DnsRecord] = []
+        for r in recs:
+            value = r.unsplit or r.value
+            if out.is_terminal and len(value) > LONG_VALUE:
+                # A table cell would wrap it between box borders, and a copy would pick
+                # those up: the value goes below the table, on one line of its own.
+                rows.append([r.name, r.type, "(see below)", r.reason])
+                below.append(r)
+            else:
+                rows.append([r.name, r.type, value, r.reason])
         print_table(["name", "type", "value", "why"], rows, title=title)
+        for r in below:
+            out.print(f"{r.name} {r.type}:", markup=False)
+            out.print(r.unsplit or r.value, markup=False, soft_wrap=True, crop=False)
         out.print()
     if any(r.unsplit and r.unsplit != r.value.strip('"') for r in records):
         out.print(

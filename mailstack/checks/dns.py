@@ -44,6 +44,14 @@ def zone_line(rec: DnsRecord) -> str:
     return f"{rec.name} {rec.ttl} IN {rec.type} {rec.value}"
 
 
+def copy_line(rec: DnsRecord) -> str:
+    """A record as a person copies it: a long TXT value (DKIM) as one unbroken string, which
+    DNS web forms take (the zone-file line's 255-byte quoted pieces pasted there break it)."""
+    if rec.unsplit and rec.value != f'"{rec.unsplit}"':
+        return f"{rec.name} {rec.ttl} IN {rec.type} with this value as one string: {rec.unsplit}"
+    return zone_line(rec)
+
+
 def publish(records: list[DnsRecord]) -> str:
     if not records:
         return ""
@@ -51,7 +59,7 @@ def publish(records: list[DnsRecord]) -> str:
         head = "ask your hosting provider (whoever owns the IP block) to set reverse DNS: "
     else:
         head = f"publish at the DNS host of {records[0].zone.rstrip('.')}: "
-    return head + " ; ".join(zone_line(r) for r in records)
+    return head + " ; ".join(copy_line(r) for r in records)
 
 
 def _find(records: Records, name: str, type_: str) -> list[DnsRecord]:

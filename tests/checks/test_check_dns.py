@@ -14,7 +14,7 @@ import pytest
 
 from mailstack.base.config import load_config
 from mailstack.base.paths import StatePaths
-from mailstack.checks.dns import zone_line
+from mailstack.checks.dns import copy_line
 from mailstack.dnsrecords import DnsRecord
 from mailstack.init import dns_records
 from mailstack.keys import dkim_public_record, make_dkim_key
@@ -113,7 +113,13 @@ def test_dkim_missing(dns_only: Path, tmp_path: Path) -> None:
     dkim = only(data, "dns.dkim")
     assert "no DKIM key record at test._domainkey.example.com" in dkim["message"]
     rec = record(dns_only, "test._domainkey.example.com.", "TXT")
-    assert dkim["fix"] == f"publish at the DNS host of example.com: {zone_line(rec)}"
+    assert dkim["fix"] == (
+        "publish at the DNS host of example.com: test._domainkey.example.com. 3600 IN TXT"
+        f" with this value as one string: {rec.unsplit}"
+    )
+    assert rec.unsplit is not None
+    assert rec.unsplit.startswith("v=DKIM1; k=rsa; p=")
+    assert '"' not in dkim["fix"]  # not the zone file's quoted 255-byte pieces
 
 
 def test_dkim_holding_another_key(dns_only: Path, tmp_path: Path) -> None:
@@ -129,7 +135,8 @@ def test_dkim_holding_another_key(dns_only: Path, tmp_path: Path) -> None:
     dkim = only(data, "dns.dkim")
     assert "is not the public half of" in dkim["message"]
     rec = record(dns_only, "test._domainkey.example.com.", "TXT")
-    assert dkim["fix"] == f"replace it: publish at the DNS host of example.com: {zone_line(rec)}"
+    assert dkim["fix"] == f"replace it: publish at the DNS host of example.com: {copy_line(rec)}"
+    assert dkim["fix"].endswith(f"as one string: {rec.unsplit}")
 
 
 def test_mx_pointing_elsewhere(dns_only: Path, tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import dns.rdatatype
 import dns.zone
+import pexpect
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mailstack.base.config import load_config
-from tests.conftest import Cli
+from tests.conftest import MAILSTACK, Cli, run_cli
 
 INIT = (
     "init",
@@ -284,3 +285,25 @@ def test_init_config_loads_and_names_ports(inited: Path) -> None:
     assert cfg.listen.smtp == ["0.0.0.0:25"]
     assert cfg.server.ipv6 == "2001:db8::25"
     assert cfg.dkim.selector == "ms202611"
+
+
+def test_dns_table_on_a_terminal_prints_the_dkim_value_unbroken(deployment_dir: Path) -> None:
+    """On an 80-column terminal the DKIM value must come out as one run of characters (the
+    terminal wraps it, not us): box borders or line breaks inside it end up in a copy."""
+    dump = run_cli(deployment_dir, "dns", "--format", "json")
+    records = json.loads(dump.stdout)
+    (dkim,) = [r for r in records if r["name"].startswith("test._domainkey.")]
+    value = dkim["value"]
+    assert len(value) > 300
+    child = pexpect.spawn(
+        MAILSTACK,
+        ["--dir", str(deployment_dir), "dns"],
+        encoding="utf-8",
+        dimensions=(50, 80),
+        timeout=60,
+    )
+    out = child.read()
+    child.close()
+    assert child.exitstatus == 0, out
+    assert value in out
+    assert "(see below)" in out

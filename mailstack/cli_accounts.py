@@ -145,11 +145,19 @@ def alias() -> None:
 @alias.command("add", context_settings=CONTEXT)
 @click.argument("address")
 @click.argument("targets", nargs=-1, required=True)
-def alias_add(address: str, targets: tuple[str, ...]) -> None:
-    """Deliver mail for ADDRESS to each TARGET."""
+@click.option(
+    "--external",
+    is_flag=True,
+    help="Allow targets outside the hosted domains (mail is forwarded there).",
+)
+def alias_add(address: str, targets: tuple[str, ...], external: bool) -> None:
+    """Deliver mail for ADDRESS to each TARGET (each must exist here, or be outside with
+    --external); prints all of the alias's targets."""
     with reporting(cli_state().debug), deployment() as dep:
-        dep.accounts.add_alias(address, list(targets))
-        click.echo(f"alias {address} -> {', '.join(targets)}")
+        all_targets = dep.accounts.add_alias(
+            address, list(targets), allow_external=external, allow_unknown=False
+        )
+        click.echo(f"alias {address} -> {', '.join(all_targets)}")
 
 
 @alias.command("list", context_settings=CONTEXT)
@@ -168,11 +176,17 @@ def alias_list(as_json: bool) -> None:
 
 @alias.command("del", context_settings=CONTEXT)
 @click.argument("address")
-def alias_del(address: str) -> None:
-    """Delete an alias."""
+@click.argument("targets", nargs=-1)
+def alias_del(address: str, targets: tuple[str, ...]) -> None:
+    """Delete an alias, or only the given TARGETs of it."""
     with reporting(cli_state().debug), deployment() as dep:
-        dep.accounts.delete_alias(address)
-        click.echo(f"deleted alias {address}")
+        left = dep.accounts.delete_alias(address, targets)
+        if not targets:
+            click.echo(f"deleted alias {address}")
+        elif left:
+            click.echo(f"alias {address} -> {', '.join(left)}")
+        else:
+            click.echo(f"deleted alias {address} (no targets left)")
 
 
 # -- domains and DNS -------------------------------------------------------------------------------

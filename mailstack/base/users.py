@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,8 +294,20 @@ class Accounts:
         return addr
 
     # -- aliases -------------------------------------------------------------------------------
-    def add_alias(self, address: str, targets: list[str]) -> None:
-        """Add `address` -> targets; '@domain' is a catch-all. Refuses loops and duplicates."""
+    def add_alias(
+        self,
+        address: str,
+        targets: list[str],
+        *,
+        allow_external: bool = True,
+        allow_unknown: bool = True,
+    ) -> list[str]:
+        """Add `address` -> targets; '@domain' is a catch-all. Refuses loops and duplicates.
+
+        What an admin types goes through `mailstack alias add`, which is strict: a target in a
+        hosted domain must exist (allow_unknown=False: a typo there would bounce), and one
+        outside must be asked for (allow_external=False unless --external: a mistyped domain
+        would forward mail outside). Returns the alias's whole target list."""
         if address.strip().startswith("@"):
             domain = to_ascii_domain(address.strip()[1:])
             addr = f"@{domain}"
@@ -313,6 +325,18 @@ class Accounts:
         if self.get_user(addr) is not None:
             raise ExistsError(f"{addr} is a user; an alias cannot shadow it")
         for t in norm_targets:
+            if not self.is_local_domain(t.rpartition("@")[2]):
+                if not allow_external:
+                    raise UsageError(
+                        f"{t} is not in a hosted domain: mail to {addr} would be forwarded outside",
+                        hint="check the spelling; to forward outside on purpose, add --external",
+                    )
+            elif not allow_unknown and not self._names_something(t):
+                raise NotFoundError(
+                    f"{t} does not exist (no user or alias)",
+                    hint=f"add it first: mailstack user add {t}",
+                )
+        for t in norm_targets:
             if t == addr:
                 raise UsageError(f"alias {addr} cannot point to itself")
             if self._reaches(t, addr, depth=0):
@@ -323,10 +347,20 @@ class Accounts:
             existing = {
                 r[0] for r in db.execute("SELECT target FROM aliases WHERE address=?", (addr,))
             }
-            new = [t for t in norm_targets if t not in existing]
+            new = [t for t in dict.fromkeys(norm_targets) if t not in existing]
             if not new:
                 raise ExistsError(f"alias {addr} already has these targets")
             db.executemany("INSERT INTO aliases VALUES (?, ?)", [(addr, t) for t in new])
+            return sorted(existing | set(new))
+
+    def _names_something(self, address: str) -> bool:
+        """A user or alias by that name (or its address without +detail); a catch-all that
+        would swallow it does not count: that is how a typo goes unnoticed."""
+        base = split_plus(address)
+        return any(
+            self.get_user(a) is not None or bool(self._alias_targets(a))
+            for a in (address, *([base] if base else []))
+        )
 
     def _reaches(self, start: str, goal: str, depth: int) -> bool:
         if depth > _MAX_ALIAS_DEPTH:
@@ -352,15 +386,32 @@ class Accounts:
             out.setdefault(addr, []).append(target)
         return out
 
-    def delete_alias(self, address: str) -> None:
+    def delete_alias(self, address: str, targets: Sequence[str] = ()) -> list[str]:
+        """Delete the alias, or only the given targets of it; returns the targets left."""
         addr = (
             f"@{to_ascii_domain(address.strip()[1:])}"
             if address.strip().startswith("@")
             else normalize_address(address)
         )
         with self._tx() as db:
-            if db.execute("DELETE FROM aliases WHERE address=?", (addr,)).rowcount == 0:
-                raise NotFoundError(f"no such alias: {addr}", hint="see `mailstack alias list`")
+            if not targets:
+                if db.execute("DELETE FROM aliases WHERE address=?", (addr,)).rowcount == 0:
+                    raise NotFoundError(f"no such alias: {addr}", hint="see `mailstack alias list`")
+                return []
+            for target in dict.fromkeys(normalize_address(t) for t in targets):
+                gone = db.execute(
+                    "DELETE FROM aliases WHERE address=? AND target=?", (addr, target)
+                ).rowcount
+                if not gone:
+                    raise NotFoundError(
+                        f"{addr} has no target {target}", hint="see `mailstack alias list`"
+                    )
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT target FROM aliases WHERE address=? ORDER BY target", (addr,)
+                )
+            ]
 
     # -- lookups for SMTP and IMAP -------------------------------------------------------------
     def resolve(self, recipient: str) -> Resolution:

@@ -29,12 +29,13 @@ def ok(result: object) -> str:
     return result.stdout  # type: ignore[attr-defined,no-any-return]
 
 
-def failed(result: object, code: int, message: str) -> None:
+def failed(result: object, code: int, message: str) -> str:
     stderr: str = result.stderr  # type: ignore[attr-defined]
     assert result.returncode == code, (result.returncode, stderr)  # type: ignore[attr-defined]
     assert message in stderr
     assert "Traceback" not in stderr
     assert "internal error" not in stderr
+    return stderr
 
 
 def test_user_lifecycle(cli: Cli, deployment_dir: Path) -> None:
@@ -104,6 +105,36 @@ def test_aliases(cli: Cli, deployment_dir: Path) -> None:
     failed(cli("alias", "add", "x@unhosted.example", "alice@example.com"), 1, "not hosted")
     ok(cli("alias", "del", "sales@example.com"))
     failed(cli("alias", "del", "sales@example.com"), 1, "no such alias")
+
+
+def test_alias_targets_must_exist_or_be_asked_for_outside(cli: Cli, deployment_dir: Path) -> None:
+    ok(cli("user", "add", "alice@example.com", "--password-stdin", input="pw\n"))
+    ok(cli("user", "add", "bob@example.com", "--password-stdin", input="pw\n"))
+    ok(cli("alias", "add", "@example.com", "alice@example.com"))  # a catch-all hides no typo
+    # A local target that does not exist: refused, naming it and how to add it.
+    missing = failed(cli("alias", "add", "sales@example.com", "bbo@example.com"), 1, "bbo@")
+    assert "does not exist" in missing
+    # A mistyped domain would forward outside: refused unless asked for with --external.
+    outside = failed(cli("alias", "add", "sales@example.com", "bob@exmaple.com"), 2, "exmaple")
+    assert "--external" in outside
+    assert json.loads(ok(cli("alias", "list", "--json"))) == [
+        {"address": "@example.com", "targets": ["alice@example.com"]}
+    ]
+    # Adding prints the whole alias, not only what was added.
+    assert ok(cli("alias", "add", "sales@example.com", "alice@example.com")).strip() == (
+        "alias sales@example.com -> alice@example.com"
+    )
+    added = ok(cli("alias", "add", "sales@example.com", "bob@example.com", "bob+x@example.com"))
+    assert added.strip() == (
+        "alias sales@example.com -> alice@example.com, bob+x@example.com, bob@example.com"
+    )
+    ok(cli("alias", "add", "sales@example.com", "friend@elsewhere.test", "--external"))
+    # One target out: the rest stays and is shown.
+    left = ok(cli("alias", "del", "sales@example.com", "bob+x@example.com"))
+    assert left.strip() == (
+        "alias sales@example.com -> alice@example.com, bob@example.com, friend@elsewhere.test"
+    )
+    failed(cli("alias", "del", "sales@example.com", "carol@example.com"), 1, "no target")
 
 
 def test_domain_add_writes_key_and_zone(cli: Cli, deployment_dir: Path) -> None:

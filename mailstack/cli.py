@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,25 +64,66 @@ for _group in (user, alias, domain):
 # -- init ------------------------------------------------------------------------------------------
 
 
-def _prompt_or_fail(
-    value: str | None, flag: str, prompt: str, interactive: bool, default: str | None = None
+def _ask(
+    value: str | None,
+    flag: str,
+    prompt: str,
+    interactive: bool,
+    problem: Callable[[str], str | None],
+    default: str | None = None,
 ) -> str:
+    """A value from its flag (a bad one: exit 2 with the reason) or, on a terminal, asked for
+    until it is good (a bad answer is explained and asked again, not the end of init)."""
     if value:
+        if (why := problem(value)) is not None:
+            fail_usage(f"{flag}: {why}")
         return value
-    if interactive:
-        result: str = click.prompt(prompt, default=default)
-        return result
-    fail_usage(f"missing option {flag} (no terminal to ask on; pass it, or run interactively)")
+    if not interactive:
+        fail_usage(f"missing option {flag} (no terminal to ask on; pass it, or run interactively)")
+    while True:
+        answer: str = click.prompt(prompt, default=default)
+        if (why := problem(answer.strip())) is None:
+            return answer.strip()
+        click.echo(f"  {why}; try again", err=True)
 
 
-def _check_ip(value: str, version: int, flag: str) -> str:
+def _not_ip(value: str, version: int) -> str | None:
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        fail_usage(f"{flag}: {value!r} is not an IPv{version} address")
-    if ip.version != version:
-        fail_usage(f"{flag}: {value!r} is not an IPv{version} address")
-    return str(ip)
+        return f"{value!r} is not an IPv{version} address"
+    return None if ip.version == version else f"{value!r} is not an IPv{version} address"
+
+
+def _not_domain(value: str) -> str | None:
+    return None if is_fqdn(value) else f"{value!r} is not a valid domain name"
+
+
+def _not_hostname(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:  # an MX must name a host (RFC 5321 §5.1, RFC 7505 aside): "MX 10 203.0.113.5." is wrong
+        return f"{value!r} is an IP address; give the server's name (e.g. mail.example.com)"
+    return None if is_fqdn(value) else f"{value!r} is not a fully-qualified host name"
+
+
+def _init_warnings(domain: str, hostname: str, ipv4: str) -> list[str]:
+    """Legal but probably not meant: said, not refused (test setups and split names exist)."""
+    out = []
+    ip = ipaddress.ip_address(ipv4)
+    if not ip.is_global:
+        out.append(
+            f"--ipv4 {ipv4} is not a public address: other servers cannot reach it, and the"
+            " A and PTR records will point nowhere useful"
+        )
+    if hostname != domain and not hostname.endswith("." + domain):
+        out.append(
+            f"--hostname {hostname} is outside {domain}: fine if you control its DNS (its A"
+            " record and the PTR must match it), else use e.g. mail." + domain
+        )
+    return out
 
 
 @main.command(context_settings=CONTEXT)
@@ -128,19 +170,26 @@ def init(
 
     obj = cli_state()
     interactive = not non_interactive and sys.stdin.isatty()
-    domain = _prompt_or_fail(domain, "--domain", "Mail domain (e.g. example.com)", interactive)
-    if not is_fqdn(domain):
-        fail_usage(f"--domain: {domain!r} is not a valid domain name")
-    hostname = _prompt_or_fail(
-        hostname, "--hostname", "Server hostname", interactive, default=f"mail.{domain}"
+    domain = _ask(domain, "--domain", "Mail domain (e.g. example.com)", interactive, _not_domain)
+    hostname = _ask(
+        hostname,
+        "--hostname",
+        "Server hostname",
+        interactive,
+        _not_hostname,
+        default=f"mail.{domain}",
     )
-    if not is_fqdn(hostname):
-        fail_usage(f"--hostname: {hostname!r} is not a fully-qualified host name")
-    ipv4 = _check_ip(
-        _prompt_or_fail(ipv4, "--ipv4", "Public IPv4 address", interactive), 4, "--ipv4"
+    ipv4 = str(
+        ipaddress.ip_address(
+            _ask(ipv4, "--ipv4", "Public IPv4 address", interactive, lambda v: _not_ip(v, 4))
+        )
     )
     if ipv6:
-        ipv6 = _check_ip(ipv6, 6, "--ipv6")
+        if (why := _not_ip(ipv6, 6)) is not None:
+            fail_usage(f"--ipv6: {why}")
+        ipv6 = str(ipaddress.ip_address(ipv6))
+    for warning in _init_warnings(domain, hostname, ipv4):
+        click.echo(f"warning: {warning}", err=True)
     with reporting(obj.debug):
         try:
             ipaddress.ip_address(listen_host)
@@ -168,10 +217,11 @@ def init(
         click.echo(f"Created the mailstack deployment for {domain} in {obj.root}\n")
         print_records(dns_records(cfg, paths, None))
         click.echo(f"Zone files to import: {paths.dns_dir}/")
+        # The hints repeat --dir when the deployment is not in the default place.
+        ms = "mailstack" if obj.root == default_dir().absolute() else f"mailstack --dir {obj.root}"
         click.echo(
             "Next: publish the records above, add an account with "
-            f"`mailstack user add you@{domain}`, run `mailstack serve`, then "
-            "`mailstack check`."
+            f"`{ms} user add you@{domain}`, run `{ms} serve`, then `{ms} check`."
         )
 
 

@@ -260,6 +260,16 @@ def test_force_regenerates_keys_but_keeps_accounts(cli: Cli, inited: Path) -> No
             "No such option",
             id="unknown-flag",
         ),
+        pytest.param(
+            ("--domain", "example.com", "--hostname", "203.0.113.5", "--ipv4", "203.0.113.5"),
+            "--hostname: '203.0.113.5' is an IP address; give the server's name",
+            id="ip-as-hostname",
+        ),
+        pytest.param(
+            ("--domain", "example.com", "--hostname", "mail.example.com", "--ipv4", "2001:db8::1"),
+            "--ipv4: '2001:db8::1' is not an IPv4 address",
+            id="v6-as-v4",
+        ),
     ],
 )
 def test_init_usage_errors(cli: Cli, state_dir: Path, args: tuple[str, ...], message: str) -> None:
@@ -307,3 +317,35 @@ def test_dns_table_on_a_terminal_prints_the_dkim_value_unbroken(deployment_dir: 
     assert child.exitstatus == 0, out
     assert value in out
     assert "(see below)" in out
+
+
+def test_init_warns_about_a_private_address_and_a_foreign_hostname(
+    cli: Cli, state_dir: Path
+) -> None:
+    result = cli(
+        "init",
+        "--non-interactive",
+        "--domain",
+        "example.com",
+        "--hostname",
+        "mx.other.example",
+        "--ipv4",
+        "10.1.2.3",
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2
+    assert "--ipv4 10.1.2.3 is not a public address" in warnings[0]
+    assert "--hostname mx.other.example is outside example.com" in warnings[1]
+    # A public address and a name inside the domain: nothing to say. (INIT's 203.0.113.5 is a
+    # documentation address, not a public one.)
+    args = [a if a != "203.0.113.5" else "1.2.3.4" for a in INIT]
+    again = cli(*args, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "warning:" not in again.stderr
+
+
+def test_init_next_hints_keep_the_dir(cli: Cli, state_dir: Path) -> None:
+    out = cli(*INIT).stdout
+    assert f"`mailstack --dir {state_dir.absolute()} user add you@example.com`" in out
+    assert f"`mailstack --dir {state_dir.absolute()} check`" in out

@@ -12,6 +12,7 @@ import click
 from mailstack.base.config import format_size, is_fqdn
 from mailstack.base.errors import UsageError
 from mailstack.clikit import CONTEXT, SIZE, cli_state, deployment, fail_usage, reporting
+from mailstack.output import client_settings
 
 # -- users -----------------------------------------------------------------------------------------
 
@@ -53,6 +54,14 @@ def user_add(address: str, password_stdin: bool, quota: int | None) -> None:
         click.echo(f"added {account.address} (quota {_quota(account.quota_bytes)})")
         if generated:
             click.echo(f"password: {password}")
+        ports = {
+            service: listeners[0][1]
+            for service in ("imaps", "imap", "submissions", "submission")
+            if (listeners := dep.config.listeners(service))
+        }
+        click.echo("\nMail client settings:")
+        for line in client_settings(dep.config.server.hostname, ports, account.address):
+            click.echo(line)
 
 
 def _quota(n: int) -> str:

@@ -15,6 +15,7 @@ from mailstack.base.errors import HostError
 from mailstack.base.users import generate_password
 from mailstack.deployment import Deployment
 from mailstack.init import InitOptions, init_deployment, is_deployment
+from mailstack.output import client_settings
 
 DOMAIN = "example.test"
 HOSTNAME = "mail.example.test"
@@ -106,6 +107,13 @@ def create_demo(root: Path | None, ports: DemoPorts) -> DemoResult:
 
 def instructions(r: DemoResult) -> str:
     ca = r.root / "tls" / "ca.pem"
+    ports = {
+        "imaps": r.ports.imaps,
+        "imap": r.ports.imap,
+        "submissions": r.ports.submissions,
+        "submission": r.ports.submission,
+    }
+    settings = "\n".join(client_settings("127.0.0.1", ports, r.user))
     return f"""\
 mailstack demo: {DOMAIN} served from {r.root}
   (mail, keys and accounts stay there: `mailstack --dir {r.root} demo` runs it again,
@@ -116,11 +124,8 @@ mailstack demo: {DOMAIN} served from {r.root}
 
 Mail client settings (the certificate, for mail.example.test and 127.0.0.1, is from the
 demo's own CA: {ca}):
-  IMAP      127.0.0.1 port {r.ports.imap} (STARTTLS) or {r.ports.imaps} (SSL/TLS)
-  SMTP out  127.0.0.1 port {r.ports.submission} (STARTTLS) or {r.ports.submissions} (SSL/TLS), \
-with the same login
+{settings}
   SMTP in   127.0.0.1 port {r.ports.smtp} (no login; mail for @{DOMAIN} only)
-  user name {r.user}
 
 Send a test mail (Debian: apt-get install swaks):
   swaks --server 127.0.0.1:{r.ports.smtp} --from someone@example.org --to {r.user}

@@ -21,6 +21,24 @@ def console(stderr: bool = False) -> Console:
     return Console(file=stream, highlight=False, soft_wrap=not stream.isatty())
 
 
+def client_settings(host: str, ports: dict[str, int], user: str) -> list[str]:
+    """What a person types into a mail client (`ports`: service -> port; a missing service is
+    left out). Used by `user add` and `demo`."""
+    lines = []
+
+    def either(tls: str, starttls: str) -> str:
+        both = [f"{ports[tls]} (SSL/TLS)"] if tls in ports else []
+        both += [f"{ports[starttls]} (STARTTLS)"] if starttls in ports else []
+        return " or ".join(both)
+
+    if imap := either("imaps", "imap"):
+        lines.append(f"  IMAP      {host} port {imap}")
+    if smtp := either("submissions", "submission"):
+        lines.append(f"  SMTP out  {host} port {smtp}, with the same login")
+    lines.append(f"  user name {user}")
+    return lines
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 

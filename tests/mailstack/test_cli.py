@@ -342,3 +342,28 @@ def test_hoisting_keeps_everything_else_in_place() -> None:
     ]
     assert hoist_global_options(["deliver", "--", "--dir"]) == ["deliver", "--", "--dir"]
     assert hoist_global_options(["check", "--dir"]) == ["check", "--dir"]  # click says why
+
+
+def test_user_add_prints_the_client_settings(cli: Cli) -> None:
+    ok(
+        cli(
+            "init",
+            "--non-interactive",
+            "--domain",
+            "example.com",
+            "--hostname",
+            "mail.example.com",
+            "--ipv4",
+            "1.2.3.4",
+            "--imaps-port",
+            "1993",
+        )
+    )
+    out = ok(cli("user", "add", "ann@example.com"))
+    lines = out.splitlines()
+    at = lines.index("Mail client settings:")
+    assert lines[at + 1 :] == [
+        "  IMAP      mail.example.com port 1993 (SSL/TLS) or 143 (STARTTLS)",
+        "  SMTP out  mail.example.com port 465 (SSL/TLS) or 587 (STARTTLS), with the same login",
+        "  user name ann@example.com",
+    ]

@@ -44,7 +44,7 @@ def test_demo_sets_up_and_serves(tmp_path: Path) -> None:
     password = re.search(r"password\s+(\S+)", out)
     assert password is not None
     assert f"swaks --server 127.0.0.1:{base + 25}" in out
-    assert f"127.0.0.1 port {base + 43} (STARTTLS)" in out
+    assert f"IMAP      127.0.0.1 port {base + 93} (SSL/TLS) or {base + 43} (STARTTLS)" in out
     swaks_line = next(line.strip() for line in out.splitlines() if line.strip().startswith("swaks"))
     with ServeProcess(root) as proc:
         assert proc.port("smtp") == base + 25

@@ -275,7 +275,8 @@ class MxHandler:
                 qid = await self._enqueue(
                     envelope.mail_from or "", envelope.foreign, fields, pieces, sign=False
                 )
-                log.info("[%s] forwarded as %s", session.connection_id, qid)
+                log.info("[%s] %s forwarded as %s", session.connection_id, queue_id, qid)
+                queue_id = qid  # the id `mailstack queue list` shows for it
         except QuotaExceededError:
             return replies.OVER_QUOTA
         except Exception:

@@ -169,7 +169,8 @@ class SubmissionHandler(MxHandler):
                 )
             if envelope.foreign:
                 qid = await self._enqueue(mail_from, envelope.foreign, [received], parts, sign=True)
-                log.info("[%s] queued as %s for %s", session.connection_id, qid, user)
+                log.info("[%s] %s queued as %s for %s", session.connection_id, queue_id, qid, user)
+                queue_id = qid  # the id `mailstack queue list` shows for it
         except QuotaExceededError:
             return replies.OVER_QUOTA
         except Exception:

@@ -47,10 +47,21 @@ async def test_forwarding_alias_is_queued_and_local_targets_delivered(tmp_path: 
     async with running_smtp(tmp_path / "state") as h:
         h.ctx.accounts.add_alias("fwd@example.com", ["alice@example.com", "friend@elsewhere.test"])
         h.ctx.queue = OutboundQueue(h.ctx.config, h.ctx.paths, hosted_domains=h.ctx.hosted_domains)
-        assert await in_thread(lambda: send(h, ["fwd@example.com"])) == {}
+
+        def send_one() -> tuple[int, bytes]:
+            with smtplib.SMTP(h.host, h.port, timeout=30) as client:
+                client.ehlo()
+                client.mail("sender@example.net")
+                assert client.rcpt("fwd@example.com")[0] == 250
+                return client.data(MESSAGE)
+
+        code, text = await in_thread(send_one)
+        assert code == 250
         (local,) = h.messages("alice@example.com")
         assert b"please pass this on" in local
         (entry,) = h.ctx.queue.list()
+        # The reply names the queue entry, as `mailstack queue list` shows it.
+        assert text == f"2.0.0 OK: queued as {entry.id}".encode()
         assert entry.mail_from == "sender@example.net"  # the original envelope sender
         assert [r.address for r in entry.recipients] == ["friend@elsewhere.test"]
         queued = (h.ctx.paths.queue_dir / "msg" / entry.id).read_bytes()

@@ -159,3 +159,35 @@ def _held_back(buf: bytearray, *, at_line_start: bool) -> int:
         if buf.endswith(TERMINATOR[:k]):
             return k
     return 0
+
+
+class LineEndings:
+    """Finds a bare <CR> or <LF> in a message that arrives in pieces (BDAT chunks, RFC 3030).
+
+    BDAT has no terminator to smuggle, but what we accept we may relay: a bare <CR> in a chunk
+    reached the next hop unchanged (`hello<CR>.<CR>MAIL FROM:...`), which a lenient server reads
+    as a second message from our address. So BDAT gets DATA's rule (Postfix's
+    `smtpd_forbid_bare_newline` covers BDAT too): every CR is followed by LF, every LF
+    preceded by CR, across piece boundaries. Pure.
+    """
+
+    def __init__(self) -> None:
+        self._pending_cr = False  # the last piece ended in a CR awaiting its LF
+
+    def feed(self, data: bytes) -> bool:
+        """False once a bare <CR> or <LF> was seen (then stop feeding)."""
+        if not data:
+            return True
+        joined = 1 if self._pending_cr and data.startswith(b"\n") else 0
+        if self._pending_cr and not joined:
+            return False
+        crlf = data.count(b"\r\n")
+        trailing_cr = 1 if data.endswith(b"\r") else 0
+        if data.count(b"\n") != crlf + joined or data.count(b"\r") != crlf + trailing_cr:
+            return False
+        self._pending_cr = bool(trailing_cr)
+        return True
+
+    def finish(self) -> bool:
+        """False when the message ended in a CR without its LF."""
+        return not self._pending_cr

@@ -34,7 +34,6 @@ import email.policy
 import email.utils
 import logging
 import ssl
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +44,7 @@ from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, received_field
 from mailstack.smtp import replies
 from mailstack.smtp.address import Address, AddressError
+from mailstack.smtp.aiosmtpd_adapter import quiet_aiosmtpd_log
 from mailstack.smtp.auth import SaslError, SaslExchange
 from mailstack.smtp.handler import (
     MxEnvelope,
@@ -53,7 +53,7 @@ from mailstack.smtp.handler import (
     _leading,
     next_transaction_trace,
 )
-from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.limits import smtp_limiter
 from mailstack.smtp.policy import (
     AUTH_REQUIRED,
     MUST_STARTTLS,
@@ -63,7 +63,7 @@ from mailstack.smtp.policy import (
     check_submission_recipient,
 )
 from mailstack.smtp.replies import Reply
-from mailstack.smtp.server import MxSMTP
+from mailstack.smtp.session import MxSMTP
 from mailstack.smtp.verdict import accept_all
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,6 @@ AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed during a mail tra
 NO_STARTTLS_HERE = Reply(503, "5.5.1", "TLS already active")
 
 _HEADER_SCAN_BYTES = 1024 * 1024
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.Server, ConnectionLimiter] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class SubmissionEnvelope(MxEnvelope):
@@ -201,11 +198,11 @@ class SubmissionSMTP(MxSMTP):
         if implicit_tls:
             self.tls_context = None  # the listener did the handshake; no STARTTLS inside it
 
-    def _create_envelope(self) -> Envelope:
+    def new_envelope(self) -> Envelope:
         return SubmissionEnvelope(self._auth_user)
 
     def _tls_active(self) -> bool:
-        return self._implicit_tls or self._tls_protocol is not None
+        return self._implicit_tls or self.is_tls_started()
 
     async def _serve_session(self) -> None:
         if self._implicit_tls and self.transport is not None:
@@ -305,42 +302,49 @@ class SubmissionSMTP(MxSMTP):
             return
         throttle.record_success(session.peer_ip, username)
         self._auth_user = address
+        if self._ticket is not None:
+            self._limiter.authenticated(self._ticket)  # out of the pre-auth counts
         self._new_envelope()  # the envelope now carries the user
         self._log.info("AUTH %s", address)
         await self.reply(AUTH_OK)
 
 
-async def _start(ctx: ServerContext, host: str, port: int, *, implicit_tls: bool) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    if logging.getLogger("mail.log").level == logging.NOTSET:
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # as start_smtp: one line each
-    limiter = ConnectionLimiter(
-        ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
-    )
-    handler = SubmissionHandler(ctx)
+class SubmissionService:
+    """One submission listener: its sessions share this handler and connection limiter."""
 
-    def factory() -> SubmissionSMTP:
-        return SubmissionSMTP(
-            handler, implicit_tls=implicit_tls, ctx=ctx, limiter=limiter, loop=loop
-        )
+    def __init__(self, ctx: ServerContext, *, implicit_tls: bool) -> None:
+        self.ctx = ctx
+        self.implicit_tls = implicit_tls
+        # Logged-in sessions leave the pre-auth counts and may use the reserved slots.
+        self.limiter = smtp_limiter(ctx.config.smtp, authenticated_reserve=True)
+        self._handler = SubmissionHandler(ctx)
 
-    tls = ctx.tls.listening_context() if implicit_tls else None
-    server = await loop.create_server(factory, host, port, ssl=tls)
-    _LIMITERS[server] = limiter
-    return server
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        quiet_aiosmtpd_log()
+
+        def factory() -> SubmissionSMTP:
+            return SubmissionSMTP(
+                self._handler,
+                implicit_tls=self.implicit_tls,
+                ctx=self.ctx,
+                limiter=self.limiter,
+                loop=loop,
+            )
+
+        tls = self.ctx.tls.listening_context() if self.implicit_tls else None
+        return await loop.create_server(factory, host, port, ssl=tls)
+
+    def open_connections(self) -> int:
+        """Sessions of this listener still connected."""
+        return self.limiter.total
 
 
 async def start_submission(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
     """Listen on (host, port) for submission with STARTTLS (port 587)."""
-    return await _start(ctx, host, port, implicit_tls=False)
+    return await SubmissionService(ctx, implicit_tls=False).listen(host, port)
 
 
 async def start_submissions(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
     """Listen on (host, port) for submission over implicit TLS (port 465, RFC 8314 §3.3)."""
-    return await _start(ctx, host, port, implicit_tls=True)
-
-
-def open_connections(server: asyncio.Server) -> int:
-    """Sessions of this listener still connected."""
-    limiter = _LIMITERS.get(server)
-    return limiter.total if limiter is not None else 0
+    return await SubmissionService(ctx, implicit_tls=True).listen(host, port)

@@ -33,7 +33,8 @@ def test_a_sync_handle_client_is_reported() -> None:
     class Changed(SMTP):
         def _handle_client(self) -> None: ...  # type: ignore[override]
 
-    assert any("_handle_client changed between sync and async" in p for p in contract_problems(Changed))
+    problems = contract_problems(Changed)
+    assert any("_handle_client changed between sync and async" in p for p in problems)
 
 
 async def test_a_connected_session_has_every_attribute_we_read() -> None:

@@ -43,7 +43,7 @@ class PathError(ValueError):
 
 
 class NullRecipientError(PathError):
-    """"<>" as a recipient: well-formed, but no mailbox (RFC 5321 §4.5.5 is for senders)."""
+    """ "<>" as a recipient: well-formed, but no mailbox (RFC 5321 §4.5.5 is for senders)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from mailstack.smtp.policy import (
     MUST_STARTTLS,
     check_from_header,
     check_received_count,
+    check_resent_from_header,
     check_sender,
     check_submission_recipient,
 )
@@ -121,12 +122,16 @@ class SubmissionHandler(MxHandler):
                     envelope.foreign.append(target)
         return str(reply)
 
-    def _from_owned(self, user: str, header: bytes) -> list[bool]:
-        """Blocking: for each address in From:, whether `user` owns it."""
+    def _authors_owned(self, user: str, header: bytes) -> tuple[list[bool], list[bool]]:
+        """Blocking: for each address in From:, then in Resent-From:, whether `user` owns it."""
         parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
-        fields = [str(v) for v in parsed.get_all("From", [])]
-        addresses = [a for _name, a in email.utils.getaddresses(fields) if a]
-        return [self._ctx.accounts.owns(user, a) for a in addresses]
+
+        def owned(name: str) -> list[bool]:
+            fields = [str(v) for v in parsed.get_all(name, [])]
+            addresses = [a for _name, a in email.utils.getaddresses(fields) if a]
+            return [self._ctx.accounts.owns(user, a) for a in addresses]
+
+        return owned("From"), owned("Resent-From")
 
     async def deliver(
         self, session: MxSession, envelope: MxEnvelope, parts: Sequence[bytes]
@@ -141,12 +146,16 @@ class SubmissionHandler(MxHandler):
         if loop_reply is not None:
             return loop_reply
         try:
-            owned = await asyncio.to_thread(self._from_owned, user, _header_section(head))
+            from_owned, resent_owned = await asyncio.to_thread(
+                self._authors_owned, user, _header_section(head)
+            )
         except Exception:
             log.exception("[%s] From: check failed", session.connection_id)
             return replies.LOCAL_ERROR
-        if (refusal := check_from_header(owned)) is not None:
-            return refusal
+        refusal = check_from_header(from_owned) or check_resent_from_header(resent_owned)
+        if refusal is not None:
+            log.info("[%s] %s: %s", session.connection_id, user, refusal)
+            return refusal  # refused before the queue: nothing is signed
         trace = next_transaction_trace(
             session, envelope, self._ctx.config.server.hostname, authenticated=True
         )

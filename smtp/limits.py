@@ -2,8 +2,8 @@
 
 RFC 5321 §4.5.3.2 leaves the numbers to us; the defaults in `SmtpConfig` follow Postfix's
 `smtpd_client_connection_count_limit` spirit, plus a per-network limit (IPv4 /24, IPv6 /64)
-checked before the global cap, so a few hosts cannot take every slot. On submission, sessions
-that authenticated leave the pre-auth counts and may use `reserved_for_authenticated`.
+checked before the global cap, so a few hosts cannot take every slot. On submission, only
+sessions that authenticated may use the last `reserved_for_authenticated` slots.
 A refusal is `421 4.7.0` before the greeting (RFC 5321 §3.1 allows 421 in place of 220).
 """
 

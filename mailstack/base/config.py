@@ -197,11 +197,11 @@ class ImapConfig:
         "Concurrent IMAP connections in total (both listeners together).", default=1000
     )
     max_connections_per_ip: int = doc(
-        "Concurrent unauthenticated IMAP connections from one client address.", default=50
+        "Concurrent IMAP connections from one client address.", default=50
     )
     max_connections_per_network: int = doc(
-        "Concurrent unauthenticated IMAP connections from one client network (IPv4 /24, "
-        "IPv6 /64), checked before the global cap; 0: no limit.",
+        "Concurrent IMAP connections from one client network (IPv4 /24, IPv6 /64), checked "
+        "before the global cap; 0: no limit.",
         default=100,
     )
     reserved_for_authenticated: int = doc(

@@ -2,16 +2,19 @@
 from one event loop only.
 
 A new connection is counted as *pre-auth*; a session that logs in moves to the authenticated
-count (`authenticated`). The checks, in order, for a pre-auth connection:
+count (`authenticated`). The checks, in order, for a new connection:
 
 1. per client address (`max_per_ip`);
 2. per client network (`max_per_network`: IPv4 /24, IPv6 /64, the blocks one site or one
    customer line usually holds: Postfix's anvil and Dovecot count per address only, so one
    host with 250 addresses could take every slot);
 3. the global cap, of which `reserved_for_authenticated` slots pre-auth connections never
-   take: idle unauthenticated connections cannot crowd out logged-in users.
+   take: connections that have not logged in (yet) hold at most `max_total - reserved`,
+   so idle unauthenticated ones cannot push the logged-in sessions out of room; a client
+   that logs in frees its pre-auth place for the next one.
 
-Authenticated sessions count only against the global cap (IMAP has its own per-account limit).
+Every open connection counts against its address and network, logged in or not (one office
+behind NAT: raise the limits); the pre-auth count is what the reserve is kept from.
 Addresses are normalised first: `::ffff:192.0.2.1` (a v4 client on a dual-stack socket) is
 `192.0.2.1`, so it shares its counts with the same client over IPv4.
 """
@@ -83,7 +86,8 @@ class ConnectionLimiter:
             return Refusal.ADDRESS
         if self.max_per_network and self._per_network[network] >= self.max_per_network:
             return Refusal.NETWORK
-        if self.total >= self.max_total - max(0, self.reserved_for_authenticated):
+        preauth_cap = self.max_total - max(0, self.reserved_for_authenticated)
+        if self.total >= self.max_total or self._preauth >= preauth_cap:
             return Refusal.TOTAL
         self._per_ip[ip] += 1
         self._per_network[network] += 1
@@ -91,11 +95,11 @@ class ConnectionLimiter:
         return Ticket(ip, network)
 
     def authenticated(self, ticket: Ticket) -> None:
-        """The connection logged in: it leaves the pre-auth counts (its slot stays taken)."""
+        """The connection logged in: it moves from the pre-auth count to the authenticated."""
         if ticket.is_authenticated or ticket.is_released:
             return
         ticket.is_authenticated = True
-        self._uncount_preauth(ticket)
+        self._preauth -= 1
         self._authenticated += 1
 
     def release(self, ticket: Ticket) -> None:
@@ -105,10 +109,7 @@ class ConnectionLimiter:
         if ticket.is_authenticated:
             self._authenticated -= 1
         else:
-            self._uncount_preauth(ticket)
-
-    def _uncount_preauth(self, ticket: Ticket) -> None:
-        self._preauth -= 1
+            self._preauth -= 1
         for table, key in ((self._per_ip, ticket.ip), (self._per_network, ticket.network)):
             table[key] -= 1
             if table[key] <= 0:

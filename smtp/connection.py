@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +31,7 @@ from mailstack.delivery.services import ServerContext
 from mailstack.smtp import replies
 from mailstack.smtp.aiosmtpd_adapter import SmtpAdapter
 from mailstack.smtp.dnsbl import dnsbl_listing
+from mailstack.smtp.framing import MAX_MAIL_COMMAND_BYTES, check_command_line, parse_command
 from mailstack.smtp.handler import MxEnvelope, MxHandler, MxSession
 from mailstack.smtp.limits import ConnectionLimiter, Ticket
 from mailstack.smtp.policy import check_helo
@@ -40,13 +40,8 @@ from mailstack.smtp.replies import Reply
 from mailstack.base.connections import plain_ip
 from mailstack.base.logs import connection_logger, new_connection_id
 
-# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. MAIL may carry
-# SIZE= (RFC 1870 §3: +26), BODY=8BITMIME (+15) and SMTPUTF8 (RFC 6531 §3.4: +10).
-MAX_COMMAND_BYTES = 512
-MAX_MAIL_COMMAND_BYTES = 512 + 26 + 15 + 10
 # How much we read at once (of an overlong line we keep nothing).
 READ_CHUNK = 256 * 1024
-_COMMAND = re.compile(rb"^[A-Za-z]{1,16}$")
 # Session log lines keep the logger name they always had (admins' filters select on it).
 LOGGER = "mailstack.smtp.server"
 
@@ -175,16 +170,7 @@ class SmtpConnection(SmtpAdapter):
                 self._inbuf += await self._fill(deadline)
             finally:
                 self._waiting_for_command = False
-        if len(line) > MAX_MAIL_COMMAND_BYTES:
-            return replies.LINE_TOO_LONG
-        if not line.endswith(b"\r\n"):
-            return replies.BARE_LF_IN_COMMAND
-        line = line[:-2]
-        if b"\0" in line:
-            return replies.NUL_IN_COMMAND
-        if b"\r" in line:
-            return replies.BARE_LF_IN_COMMAND.with_text("Bare <CR> in command")
-        return line
+        return check_command_line(line)
 
     # -- the session -----------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -258,24 +244,16 @@ class SmtpConnection(SmtpAdapter):
                 self._new_envelope()
 
     async def _dispatch(self, line: bytes) -> None:
-        verb, _, arg_bytes = line.partition(b" ")
-        if not _COMMAND.match(verb):
-            await self.push(str(replies.COMMAND_UNRECOGNIZED))
+        parsed = parse_command(line)
+        if isinstance(parsed, Reply):
+            await self.reply(parsed)
             return
-        command = verb.decode("ascii").upper()
+        command, arg = parsed.verb, parsed.arg
         method = self.command(command)
         if method is None:
             await self.push(
                 str(replies.COMMAND_UNRECOGNIZED.with_text(f'Command "{command}" not recognized'))
             )
-            return
-        arg: str | None = None
-        if arg_bytes.strip():
-            # Bytes that are not UTF-8 stay as surrogate escapes: the address parser refuses
-            # them (smtp.arguments), HELO names and the like are only logged.
-            arg = arg_bytes.strip().decode("utf-8", "surrogateescape")
-        if len(line) + 2 > MAX_COMMAND_BYTES and command != "MAIL":
-            await self.push(str(replies.LINE_TOO_LONG))
             return
         self._log.debug(">> %s", command)
         # Time to carry the command out (deliveries, DNS); reading input sets its own deadline.

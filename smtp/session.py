@@ -22,7 +22,6 @@ Decisions are `smtp.policy`'s and `smtp.handler`'s; this module moves bytes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from aiosmtpd.smtp import syntax
@@ -36,12 +35,11 @@ from mailstack.smtp.arguments import (
     strip_keyword,
 )
 from mailstack.smtp.connection import READ_CHUNK, SmtpConnection
-from mailstack.smtp.framing import DataError, DataFramer, LineEndings
+from mailstack.smtp.framing import DataError, DataFramer, LineEndings, parse_bdat
 from mailstack.smtp.handler import MxEnvelope
 from mailstack.smtp.policy import check_declared_size
 from mailstack.smtp.replies import Reply
 
-_BDAT = re.compile(r"^(\d{1,15})(?:[ \t]+(LAST))?[ \t]*$", re.IGNORECASE)
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RCPT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 
@@ -189,13 +187,13 @@ class MxSMTP(SmtpConnection):
 
     @syntax("BDAT size [LAST]")
     async def smtp_BDAT(self, arg: str | None) -> None:  # noqa: N802
-        m = _BDAT.match(arg or "")
-        if m is None:
+        parsed = parse_bdat(arg)
+        if parsed is None:
             # RFC 3030 §2: without a valid size we cannot find the next command; give up.
             await self.reply(replies.SYNTAX_ERROR.with_text("Syntax: BDAT size [LAST]"))
             self._close()
             return
-        size, last = int(m[1]), m[2] is not None
+        size, last = parsed
         envelope = self.mx_envelope()
         session = self.mx_session()
         refusal: Reply | None = None

@@ -2,7 +2,7 @@
 (RFC 8314), both with AUTH PLAIN/LOGIN (RFC 4954, `smtp.auth`), feeding local delivery and
 the outbound queue.
 
-`SubmissionSMTP` is the MX session (`smtp.server.MxSMTP`: same command loop, framing, BDAT,
+`SubmissionSMTP` is the MX session (`smtp.session.MxSMTP`: same command loop, framing, BDAT,
 limits and enhanced codes) with these differences:
 
 - AUTH is offered and accepted only inside TLS; before STARTTLS, AUTH, MAIL and RCPT get
@@ -22,8 +22,9 @@ limits and enhanced codes) with these differences:
 - No inbound SPF/DKIM/DMARC verification and no DNSBL: the client is authenticated.
 - The Received field says `with ESMTPSA` (RFC 3848) and names the authenticated user, as
   Postfix's `smtpd_sasl_authenticated_header`. No copy goes to Sent: clients APPEND it.
-- Limits (size, recipients, connections in total and per address) are `[smtp]`'s, counted
-  per listener.
+- Limits (size, recipients, connections in total, per address and per network) are
+  `[smtp]`'s, counted per listener (`SubmissionService`); a session that authenticated may
+  use the `reserved_for_authenticated` slots that sessions not logged in never take.
 """
 
 from __future__ import annotations

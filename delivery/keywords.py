@@ -4,8 +4,11 @@ System flags are the upper-case letters of the Maildir spec (cr.yp.to/proto/mail
 D draft, F flagged, P passed (no IMAP flag, kept as found), R replied (\\Answered), S seen,
 T trashed (\\Deleted). Keywords are Dovecot's extension: lower-case letters a..z, where letter
 number i means the keyword on the line "i <keyword>" of the folder's `dovecot-keywords` file.
-So at most 26 keywords per folder fit in file names; a 27th cannot be stored (Dovecot keeps
-such keywords only in its index) and `KeywordMap.letter_for` returns None for it.
+So at most 26 keywords per folder fit in file names. Dovecot keeps any more only in its own
+index, which mutt, Dovecot's Maildir-only readers and we cannot see; so rather than answer OK
+and drop them (what a client would not notice until it looked), `KeywordMap.add` refuses a
+keyword that does not fit: `TooManyKeywordsError`, IMAP `NO [LIMIT]` (RFC 5530 §3), before
+anything changes.
 
 Letters are written in ASCII order (upper case before lower case), as the spec asks.
 This module is pure.
@@ -16,9 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mailstack.delivery.store import Flag
+from mailstack.delivery.store import Flag, StoreError
 
 MAX_KEYWORDS = 26  # letters a..z
+
+
+class TooManyKeywordsError(StoreError):
+    code = "LIMIT"
+
 
 _LETTER_OF_FLAG: dict[str, str] = {
     Flag.DRAFT: "D",
@@ -78,19 +86,24 @@ class KeywordMap:
         return keyword if index is None else self.names[index]
 
     def add(self, keywords: Iterable[str]) -> bool:
-        """Give letters to unknown keywords while free letters last; True if anything changed."""
-        changed = False
+        """Give letters to unknown keywords; True if anything changed. TooManyKeywordsError,
+        with nothing changed, when they do not all fit in the 26 letters."""
+        new: dict[str, str] = {}
         for keyword in keywords:
-            if self._index(keyword) is not None:
-                continue
+            if self._index(keyword) is None:
+                new.setdefault(keyword.casefold(), keyword)
+        free = self.names.count("") + MAX_KEYWORDS - len(self.names)
+        if len(new) > free:
+            raise TooManyKeywordsError(
+                f"a mailbox holds at most {MAX_KEYWORDS} keywords "
+                f"({MAX_KEYWORDS - free} in use; Dovecot's Maildir letters a-z)"
+            )
+        for keyword in new.values():
             if "" in self.names:
                 self.names[self.names.index("")] = keyword
-            elif len(self.names) < MAX_KEYWORDS:
-                self.names.append(keyword)
             else:
-                continue
-            changed = True
-        return changed
+                self.names.append(keyword)
+        return bool(new)
 
     def defined(self) -> tuple[str, ...]:
         return tuple(name for name in self.names if name)

@@ -21,6 +21,11 @@ those messages. We send 8-bit bodies also to servers without 8BITMIME (deviation
 6152 §3, which asks to downgrade; nearly every MTA accepts them, and downgrading would break
 the DKIM signature made at enqueue).
 
+Line endings: every line we send ends in CRLF (RFC 5321 §2.3.8), whatever the queue file holds
+(files written before BDAT chunks were checked may hold bare CR or LF): a bare <CR> passed on
+unchanged let `hello<CR>.<CR>MAIL FROM:...` read as a second message at a lenient next hop
+(SMTP smuggling). smtplib then dot-stuffs the normalised lines.
+
 Classification per recipient (RFC 5321 §4.2.1): 2xx delivered, 4xx temporary, 5xx permanent;
 connection and DNS trouble are temporary. Blocking (sockets, DNS): the queue runs it with
 `asyncio.to_thread`. Uses stdlib smtplib.
@@ -299,6 +304,14 @@ def _transaction(
     return [results[r] for r in rcpts]
 
 
+def crlf_lines(message: bytes) -> bytes:
+    """Every bare CR, bare LF and CRLF as CRLF; the message itself when it has no bare one."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") == crlf and message.count(b"\n") == crlf:
+        return message  # the common case: counted in C, no copy
+    return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
 def deliver(
     config: Config,
     domain: str,
@@ -311,6 +324,7 @@ def deliver(
 ) -> list[RcptResult]:
     """One attempt for `rcpts` (all at `domain`); one result per recipient, in order."""
     abort = abort or Abort()
+    message = crlf_lines(message)
     ehlo_name = config.server.hostname
     if config.outbound.relay:
         relay_host, relay_port = parse_hostport(config.outbound.relay)

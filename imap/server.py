@@ -4,14 +4,19 @@ A thin transport: it moves bytes between the socket and `Session.proto` (the san
 hands events to the session, and owns what needs a socket or a clock:
 - TLS: implicit on `start_imaps`, STARTTLS upgrade on `start_imap` (RFC 9051 §6.2.1). Bytes
   pipelined after STARTTLS are refused with BYE (they were sent in the clear; CVE-2011-0411).
-- Autologout after `imap.idle_timeout_s` without a command (RFC 9051 §5.4: at least 30
-  minutes); each command, IDLE included, restarts the clock.
+- Deadlines, not idle timers: a connection must log in within `imap.login_timeout_s` of
+  connecting, however slowly its bytes trickle in; after login, autologout after
+  `imap.idle_timeout_s` without a whole command (RFC 9051 §5.4: at least 30 minutes, which
+  is for authenticated clients only); each complete command, IDLE included, restarts it.
 - IDLE (RFC 2177): waits for the client's DONE, for `ctx.events` (the store publishes after
   every durable change), and rescans every `rescan_s` for changes made by other processes
   (Dovecot, the CLI, a second mailstack) that publish nothing here.
-- Limits: `imap.max_connections_per_ip` open connections per client address, refused with
-  BYE at the greeting; `imap.max_connections_per_user` sessions per account (LOGIN fails with
-  NO [LIMIT]); login throttling is `ctx.throttle`, applied by the session.
+- Limits (`mailstack.base.connections`, shared by both listeners): connections per client
+  address (`::ffff:a.b.c.d` counted as a.b.c.d), per network (IPv4 /24, IPv6 /64) and in total,
+  of which `imap.reserved_for_authenticated` are for logged-in sessions; refused with
+  `* BYE [UNAVAILABLE]` in place of the greeting. `imap.max_connections_per_user` sessions per
+  account (LOGIN fails with NO [LIMIT]); login throttling is `ctx.throttle`, applied by the
+  session.
 - A framing violation (over-long line, oversized LITERAL+) ends the connection with
   `* BYE [TOOBIG]` or `* BYE reason`: the byte stream cannot be resynchronised after one.
 """
@@ -30,6 +35,7 @@ from mailstack.imap import response
 from mailstack.imap.framing import RemoteProtocolError
 from mailstack.imap.session import ConnectionLimits, Session, Write
 
+from mailstack.base.connections import ConnectionLimiter, Refusal, Ticket, plain_ip
 from mailstack.base.logs import connection_logger, new_connection_id
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
@@ -38,20 +44,36 @@ RESCAN_S = 3.0  # IDLE rescan period for changes made by other processes (brief:
 TLS_HANDSHAKE_S = 30.0
 CLOSE_S = 5.0
 
-# One set of counters per serving context, shared by the imap and imaps listeners; an entry
-# goes when its context is garbage-collected (ServerContext is a mutable, unhashable dataclass,
-# so it is keyed by id with a finalizer rather than held in a WeakKeyDictionary).
-_LIMITS: dict[int, ConnectionLimits] = {}
 
+class ImapService:
+    """What the imap and imaps listeners of one `serve` share: the connection limiter and the
+    per-account session counts."""
 
-def limits_for(ctx: ServerContext) -> ConnectionLimits:
-    limits = _LIMITS.get(id(ctx))
-    if limits is None:
-        limits = _LIMITS[id(ctx)] = ConnectionLimits(
-            ctx.config.imap.max_connections_per_ip, ctx.config.imap.max_connections_per_user
+    def __init__(self, ctx: ServerContext) -> None:
+        cfg = ctx.config.imap
+        self.connections = ConnectionLimiter(
+            cfg.max_connections,
+            cfg.max_connections_per_ip,
+            cfg.max_connections_per_network,
+            cfg.reserved_for_authenticated,
         )
-        weakref.finalize(ctx, _LIMITS.pop, id(ctx), None)
-    return limits
+        # Per account (LOGIN's NO [LIMIT]); addresses are the limiter's business.
+        self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_user)
+
+
+# The service of each serving context, so that start_imap and start_imaps (called one by one
+# by `serve`) share it; an entry goes when its context is garbage-collected (ServerContext is a
+# mutable, unhashable dataclass: keyed by id with a finalizer, not a WeakKeyDictionary).
+# Once `serve` builds one ImapService and hands it to both listeners, this table can go.
+_SERVICES: dict[int, ImapService] = {}
+
+
+def service_for(ctx: ServerContext) -> ImapService:
+    service = _SERVICES.get(id(ctx))
+    if service is None:
+        service = _SERVICES[id(ctx)] = ImapService(ctx)
+        weakref.finalize(ctx, _SERVICES.pop, id(ctx), None)
+    return service
 
 
 async def start_imap(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
@@ -67,12 +89,18 @@ async def start_imaps(ctx: ServerContext, host: str, port: int) -> asyncio.Serve
 async def _start(
     ctx: ServerContext, host: str, port: int, *, implicit_tls: bool, rescan_s: float = RESCAN_S
 ) -> asyncio.Server:
-    limits = limits_for(ctx)
+    service = service_for(ctx)
     ssl_ctx = ctx.tls.listening_context() if implicit_tls else None
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_client(
-            ctx, reader, writer, limits=limits, is_tls=implicit_tls, rescan_s=rescan_s
+            ctx,
+            reader,
+            writer,
+            limits=service.limits,
+            connections=service.connections,
+            is_tls=implicit_tls,
+            rescan_s=rescan_s,
         )
 
     return await asyncio.start_server(
@@ -86,17 +114,19 @@ async def serve_client(
     writer: asyncio.StreamWriter,
     *,
     limits: ConnectionLimits,
+    connections: ConnectionLimiter,
     is_tls: bool,
     rescan_s: float = RESCAN_S,
 ) -> None:
     """Run one connection to its end; never raises."""
     peer = writer.get_extra_info("peername")
-    ip = str(peer[0]) if peer else "unknown"
+    ip = plain_ip(str(peer[0])) if peer else "unknown"
     conn_id = new_connection_id("i")
     clog = connection_logger(__name__, conn_id, ip)
-    if not limits.acquire_ip(ip):
-        clog.warning("refusing %s: too many connections from this address", ip)
-        writer.write(response.bye("too many connections from your address", "UNAVAILABLE"))
+    ticket = connections.admit(ip)
+    if isinstance(ticket, Refusal):
+        clog.warning("refusing %s: %s", ip, ticket.value)
+        writer.write(response.bye(ticket.value, "UNAVAILABLE"))
         await _close(writer)
         return
     session = Session(
@@ -116,7 +146,7 @@ async def serve_client(
 
     try:
         await write(session.greeting())
-        await _loop(ctx, session, reader, writer, write)
+        await _loop(ctx, session, reader, writer, write, connections, ticket)
     except RemoteProtocolError as exc:
         clog.info("closing: %s", exc.reason)
         with contextlib.suppress(ConnectionError):
@@ -125,7 +155,10 @@ async def serve_client(
         with contextlib.suppress(ConnectionError):
             await write(response.bye("server shutting down"))
     except TimeoutError:
-        clog.info("autologout after %s s without a command", ctx.config.imap.idle_timeout_s)
+        if session.user is None:
+            clog.info("no login within %s s", ctx.config.imap.login_timeout_s)
+        else:
+            clog.info("autologout after %s s without a command", ctx.config.imap.idle_timeout_s)
         with contextlib.suppress(ConnectionError):
             await write(response.bye("autologout: idle for too long"))
     except (ConnectionError, OSError) as exc:
@@ -141,7 +174,7 @@ async def serve_client(
             await write(response.bye("internal server error", "SERVERBUG"))
     finally:
         session.close()
-        limits.release_ip(ip)
+        connections.release(ticket)
         await _close(writer)
 
 
@@ -151,13 +184,22 @@ async def _loop(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     write: Write,
+    connections: ConnectionLimiter,
+    ticket: Ticket,
 ) -> None:
-    timeout_s = ctx.config.imap.idle_timeout_s
+    loop = asyncio.get_running_loop()
+    # Deadlines: the login within login_timeout_s of connecting; after it, each whole command
+    # within idle_timeout_s of the previous one. Bytes that trickle in extend neither.
+    deadline = loop.time() + ctx.config.imap.login_timeout_s
     while True:
         while (event := session.proto.next_event()) is not None:
             await session.handle(event, write)
             if session.is_logged_out:
                 return
+            if session.user is not None:
+                if not ticket.is_authenticated:
+                    connections.authenticated(ticket)
+                deadline = loop.time() + ctx.config.imap.idle_timeout_s
             if session.starttls_requested:
                 session.starttls_requested = False
                 # Cleartext bytes already received after STARTTLS, whether framed or still in
@@ -170,6 +212,9 @@ async def _loop(
                 session.is_tls = True
         if ctx.stopping.is_set():
             raise _ShuttingDownError
+        timeout_s = deadline - loop.time()
+        if timeout_s <= 0:
+            raise TimeoutError
         if session.is_idling:
             data = await _idle_read(ctx, session, reader, write, timeout_s)
         else:

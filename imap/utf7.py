@@ -4,6 +4,9 @@ Printable US-ASCII (0x20-0x7e) stands for itself, except "&", written "&-". Any 
 characters is UTF-16BE, base64-encoded with "," instead of "/", no padding, between "&" and
 "-". Decoding is strict (RFC 3501: "&" runs must be minimal and not encode printable ASCII)
 so that each name has exactly one encoded form and the store's directory names are unique.
+Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) are refused even when
+encoded ("&AAA-" is NUL): RFC 9051 §5.1 says names SHOULD NOT hold them, and a NUL in a name
+ends it early in every C string (Dovecot's, a file system's) that later holds it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 
 _RUN = re.compile(r"&([^-]*)-")
 
@@ -71,6 +75,8 @@ def decode(name: str) -> str:
             raise Utf7Error(f"bad encoding in {m[0]!r}") from None
         if any("\x20" <= t <= "\x7e" for t in text) or _encode_run(text) != m[0]:
             raise Utf7Error(f"{m[0]!r} is not the canonical encoding")
+        if any(unicodedata.category(t) == "Cc" for t in text):
+            raise Utf7Error(f"{m[0]!r} encodes a control character")
         if run_end == m.start():  # "&AOQ-&APY-": one run must not be split in two
             raise Utf7Error("adjacent encoded runs")
         run_end = pos

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailstack.smtp.arguments import is_address_literal, is_utf8
+
 from mailstack.base.config import to_ascii_domain
 
 # RFC 5321 §4.5.3.1.1 and §4.5.3.1.2: local part 64 octets, domain 255 octets.
@@ -35,9 +37,11 @@ class Address:
             raise AddressError("local part longer than 64 octets")
         if any(ord(c) < 0x20 or c == "\x7f" for c in text):
             raise AddressError("control character in address")
+        if not is_utf8(text):
+            raise AddressError("address is not valid UTF-8")  # RFC 6531 §3.3
         if domain.startswith("["):
-            if not domain.endswith("]"):
-                raise AddressError("malformed address literal")
+            if not is_address_literal(domain):
+                raise AddressError("malformed address literal")  # RFC 5321 §4.1.3
             return cls(local, domain.lower())
         try:
             ascii_domain = to_ascii_domain(domain)

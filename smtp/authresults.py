@@ -136,11 +136,16 @@ def authserv_id_of(value: str) -> str:
 def strip_forged(message: bytes, authserv_id: str) -> tuple[bytes, int]:
     """Remove every Authentication-Results field claiming `authserv_id`; return the count."""
     fields, rest = split_fields(message)
-    ours = authserv_id.lower()
+    # "mail.example.com." is the same host as "mail.example.com" (RFC 1034 §3.1: the trailing
+    # dot only says the name is absolute): a forgery that spells it so is ours to remove too.
+    ours = authserv_id.lower().rstrip(".")
     kept = [
         f
         for f in fields
-        if not (field_name(f) == HEADER_NAME.lower() and authserv_id_of(field_value(f)) == ours)
+        if not (
+            field_name(f) == HEADER_NAME.lower()
+            and authserv_id_of(field_value(f)).rstrip(".") == ours
+        )
     ]
     removed = len(fields) - len(kept)
     if not removed:

@@ -1,4 +1,5 @@
-"""DATA framing: client bytes after `354` -> the message, found with bytes.find, not per line.
+"""SMTP framing: command lines (`check_command_line`, `parse_command`), DATA after `354` (found
+with bytes.find, not per line) and BDAT chunks' line endings (`LineEndings`).
 
 RFC 5321 §4.1.1.4: the message ends at `<CRLF>.<CRLF>`; §4.5.2: a line starting with "." has
 that dot removed (transparency). aiosmtpd reads DATA one line at a time with a coroutine step
@@ -20,11 +21,69 @@ Pure: no I/O, usable byte by byte (tests/smtp/test_framing.py checks chunking in
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
+
+from mailstack.smtp import replies
+from mailstack.smtp.replies import Reply
 
 TERMINATOR = b"\r\n.\r\n"
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF, plus one for the dot.
 MAX_LINE_BYTES = 1001
+
+
+# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. MAIL may carry
+# SIZE= (RFC 1870 §3: +26), BODY=8BITMIME (+15) and SMTPUTF8 (RFC 6531 §3.4: +10).
+MAX_COMMAND_BYTES = 512
+MAX_MAIL_COMMAND_BYTES = 512 + 26 + 15 + 10
+_VERB = re.compile(rb"^[A-Za-z]{1,16}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    verb: str  # upper case
+    arg: str | None  # stripped; bytes that are not UTF-8 as surrogate escapes
+
+
+def check_command_line(line: bytes) -> bytes | Reply:
+    """A line as cut at its LF -> the line without CRLF, or the Reply that refuses it.
+
+    RFC 5321 §2.3.8: lines end with <CRLF>; a bare <LF> or <CR> or a NUL is refused.
+    """
+    if len(line) > MAX_MAIL_COMMAND_BYTES:
+        return replies.LINE_TOO_LONG
+    if not line.endswith(b"\r\n"):
+        return replies.BARE_LF_IN_COMMAND
+    line = line[:-2]
+    if b"\0" in line:
+        return replies.NUL_IN_COMMAND
+    if b"\r" in line:
+        return replies.BARE_LF_IN_COMMAND.with_text("Bare <CR> in command")
+    return line
+
+
+def parse_command(line: bytes) -> Command | Reply:
+    """RFC 5321 §4.1.1: `verb [SP argument]` (a line `check_command_line` passed)."""
+    verb, _, arg_bytes = line.partition(b" ")
+    if not _VERB.match(verb):
+        return replies.COMMAND_UNRECOGNIZED
+    command = verb.decode("ascii").upper()
+    if len(line) + 2 > MAX_COMMAND_BYTES and command != "MAIL":
+        return replies.LINE_TOO_LONG
+    # Bytes that are not UTF-8 stay surrogate escapes: smtp.arguments refuses them in paths.
+    arg = arg_bytes.strip().decode("utf-8", "surrogateescape") or None
+    return Command(command, arg)
+
+
+# RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] CRLF; chunk-size = 1*DIGIT;
+# end-marker = "LAST". 15 digits: more than any message we take, and int() stays cheap.
+_BDAT_ARG = re.compile(r"^(\d{1,15})(?:[ \t]+(LAST))?[ \t]*$", re.IGNORECASE)
+
+
+def parse_bdat(arg: str | None) -> tuple[int, bool] | None:
+    """BDAT's argument -> (chunk size, is last); None when malformed."""
+    m = _BDAT_ARG.match(arg or "")
+    return None if m is None else (int(m[1]), m[2] is not None)
 
 
 class DataError(enum.Enum):
@@ -159,3 +218,35 @@ def _held_back(buf: bytearray, *, at_line_start: bool) -> int:
         if buf.endswith(TERMINATOR[:k]):
             return k
     return 0
+
+
+class LineEndings:
+    """Finds a bare <CR> or <LF> in a message that arrives in pieces (BDAT chunks, RFC 3030).
+
+    BDAT has no terminator to smuggle, but what we accept we may relay: a bare <CR> in a chunk
+    reached the next hop unchanged (`hello<CR>.<CR>MAIL FROM:...`), which a lenient server reads
+    as a second message from our address. So BDAT gets DATA's rule (Postfix's
+    `smtpd_forbid_bare_newline` covers BDAT too): every CR is followed by LF, every LF
+    preceded by CR, across piece boundaries. Pure.
+    """
+
+    def __init__(self) -> None:
+        self._pending_cr = False  # the last piece ended in a CR awaiting its LF
+
+    def feed(self, data: bytes) -> bool:
+        """False once a bare <CR> or <LF> was seen (then stop feeding)."""
+        if not data:
+            return True
+        joined = 1 if self._pending_cr and data.startswith(b"\n") else 0
+        if self._pending_cr and not joined:
+            return False
+        crlf = data.count(b"\r\n")
+        trailing_cr = 1 if data.endswith(b"\r") else 0
+        if data.count(b"\n") != crlf + joined or data.count(b"\r") != crlf + trailing_cr:
+            return False
+        self._pending_cr = bool(trailing_cr)
+        return True
+
+    def finish(self) -> bool:
+        """False when the message ended in a CR without its LF."""
+        return not self._pending_cr

@@ -28,7 +28,7 @@ from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, protocol_name, received_field
 from mailstack.smtp import replies
 from mailstack.smtp.address import Address, AddressError
-from mailstack.smtp.framing import DataError
+from mailstack.smtp.framing import DataError, LineEndings
 from mailstack.smtp.policy import RecipientFacts, check_received_count, check_recipient
 from mailstack.smtp.replies import Reply
 from mailstack.smtp.verdict import (
@@ -94,6 +94,7 @@ class MxEnvelope(Envelope):
         self.bdat_chunks: list[bytes] = []
         self.bdat_size = 0
         self.bdat_error: DataError | None = None
+        self.bdat_endings = LineEndings()  # bare <CR>/<LF> across the chunks
 
     def info(self) -> EnvelopeInfo:
         return EnvelopeInfo(

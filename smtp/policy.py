@@ -107,6 +107,9 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")  # RFC 4954 §6
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header address rejected: not owned by user")
 FROM_MISSING = Reply(550, "5.6.0", "Message has no From: header (RFC 5322 §3.6)")
+RESENT_FROM_NOT_OWNED = Reply(
+    550, "5.7.1", "Resent-From: header address rejected: not owned by user"
+)
 QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Outbound mail is not available now, try later")
 
 
@@ -128,6 +131,12 @@ def check_from_header(owned: list[bool]) -> Reply | None:
     if not all(owned):
         return FROM_NOT_OWNED
     return None
+
+
+def check_resent_from_header(owned: list[bool]) -> Reply | None:
+    """Resent-From: on submission (RFC 5322 §3.6.6: the author of a resending): checked as
+    From: is, or anyone could resend mail in another user's name, signed by us. Optional."""
+    return None if all(owned) else RESENT_FROM_NOT_OWNED
 
 
 def check_submission_recipient(

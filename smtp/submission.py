@@ -2,7 +2,7 @@
 (RFC 8314), both with AUTH PLAIN/LOGIN (RFC 4954, `smtp.auth`), feeding local delivery and
 the outbound queue.
 
-`SubmissionSMTP` is the MX session (`smtp.server.MxSMTP`: same command loop, framing, BDAT,
+`SubmissionSMTP` is the MX session (`smtp.session.MxSMTP`: same command loop, framing, BDAT,
 limits and enhanced codes) with these differences:
 
 - AUTH is offered and accepted only inside TLS; before STARTTLS, AUTH, MAIL and RCPT get
@@ -22,8 +22,9 @@ limits and enhanced codes) with these differences:
 - No inbound SPF/DKIM/DMARC verification and no DNSBL: the client is authenticated.
 - The Received field says `with ESMTPSA` (RFC 3848) and names the authenticated user, as
   Postfix's `smtpd_sasl_authenticated_header`. No copy goes to Sent: clients APPEND it.
-- Limits (size, recipients, connections in total and per address) are `[smtp]`'s, counted
-  per listener.
+- Limits (size, recipients, connections in total, per address and per network) are
+  `[smtp]`'s, counted per listener (`SubmissionService`); a session that authenticated may
+  use the `reserved_for_authenticated` slots that sessions not logged in never take.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import email.policy
 import email.utils
 import logging
 import ssl
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +45,7 @@ from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, received_field
 from mailstack.smtp import replies
 from mailstack.smtp.address import Address, AddressError
+from mailstack.smtp.aiosmtpd_adapter import quiet_aiosmtpd_log
 from mailstack.smtp.auth import SaslError, SaslExchange
 from mailstack.smtp.handler import (
     MxEnvelope,
@@ -53,17 +54,18 @@ from mailstack.smtp.handler import (
     _leading,
     next_transaction_trace,
 )
-from mailstack.smtp.limits import ConnectionLimiter
+from mailstack.smtp.limits import smtp_limiter
 from mailstack.smtp.policy import (
     AUTH_REQUIRED,
     MUST_STARTTLS,
     check_from_header,
     check_received_count,
+    check_resent_from_header,
     check_sender,
     check_submission_recipient,
 )
 from mailstack.smtp.replies import Reply
-from mailstack.smtp.server import MxSMTP
+from mailstack.smtp.session import MxSMTP
 from mailstack.smtp.verdict import accept_all
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,6 @@ AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed during a mail tra
 NO_STARTTLS_HERE = Reply(503, "5.5.1", "TLS already active")
 
 _HEADER_SCAN_BYTES = 1024 * 1024
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.Server, ConnectionLimiter] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class SubmissionEnvelope(MxEnvelope):
@@ -124,12 +123,16 @@ class SubmissionHandler(MxHandler):
                     envelope.foreign.append(target)
         return str(reply)
 
-    def _from_owned(self, user: str, header: bytes) -> list[bool]:
-        """Blocking: for each address in From:, whether `user` owns it."""
+    def _authors_owned(self, user: str, header: bytes) -> tuple[list[bool], list[bool]]:
+        """Blocking: for each address in From:, then in Resent-From:, whether `user` owns it."""
         parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
-        fields = [str(v) for v in parsed.get_all("From", [])]
-        addresses = [a for _name, a in email.utils.getaddresses(fields) if a]
-        return [self._ctx.accounts.owns(user, a) for a in addresses]
+
+        def owned(name: str) -> list[bool]:
+            fields = [str(v) for v in parsed.get_all(name, [])]
+            addresses = [a for _name, a in email.utils.getaddresses(fields) if a]
+            return [self._ctx.accounts.owns(user, a) for a in addresses]
+
+        return owned("From"), owned("Resent-From")
 
     async def deliver(
         self, session: MxSession, envelope: MxEnvelope, parts: Sequence[bytes]
@@ -144,12 +147,16 @@ class SubmissionHandler(MxHandler):
         if loop_reply is not None:
             return loop_reply
         try:
-            owned = await asyncio.to_thread(self._from_owned, user, _header_section(head))
+            from_owned, resent_owned = await asyncio.to_thread(
+                self._authors_owned, user, _header_section(head)
+            )
         except Exception:
             log.exception("[%s] From: check failed", session.connection_id)
             return replies.LOCAL_ERROR
-        if (refusal := check_from_header(owned)) is not None:
-            return refusal
+        refusal = check_from_header(from_owned) or check_resent_from_header(resent_owned)
+        if refusal is not None:
+            log.info("[%s] %s: %s", session.connection_id, user, refusal)
+            return refusal  # refused before the queue: nothing is signed
         trace = next_transaction_trace(
             session, envelope, self._ctx.config.server.hostname, authenticated=True
         )
@@ -202,11 +209,11 @@ class SubmissionSMTP(MxSMTP):
         if implicit_tls:
             self.tls_context = None  # the listener did the handshake; no STARTTLS inside it
 
-    def _create_envelope(self) -> Envelope:
+    def new_envelope(self) -> Envelope:
         return SubmissionEnvelope(self._auth_user)
 
     def _tls_active(self) -> bool:
-        return self._implicit_tls or self._tls_protocol is not None
+        return self._implicit_tls or self.is_tls_started()
 
     async def _serve_session(self) -> None:
         if self._implicit_tls and self.transport is not None:
@@ -306,42 +313,49 @@ class SubmissionSMTP(MxSMTP):
             return
         throttle.record_success(session.peer_ip, username)
         self._auth_user = address
+        if self._ticket is not None:
+            self._limiter.authenticated(self._ticket)  # out of the pre-auth counts
         self._new_envelope()  # the envelope now carries the user
         self._log.info("AUTH %s", address)
         await self.reply(AUTH_OK)
 
 
-async def _start(ctx: ServerContext, host: str, port: int, *, implicit_tls: bool) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    if logging.getLogger("mail.log").level == logging.NOTSET:
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # as start_smtp: one line each
-    limiter = ConnectionLimiter(
-        ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
-    )
-    handler = SubmissionHandler(ctx)
+class SubmissionService:
+    """One submission listener: its sessions share this handler and connection limiter."""
 
-    def factory() -> SubmissionSMTP:
-        return SubmissionSMTP(
-            handler, implicit_tls=implicit_tls, ctx=ctx, limiter=limiter, loop=loop
-        )
+    def __init__(self, ctx: ServerContext, *, implicit_tls: bool) -> None:
+        self.ctx = ctx
+        self.implicit_tls = implicit_tls
+        # Logged-in sessions leave the pre-auth counts and may use the reserved slots.
+        self.limiter = smtp_limiter(ctx.config.smtp, authenticated_reserve=True)
+        self._handler = SubmissionHandler(ctx)
 
-    tls = ctx.tls.listening_context() if implicit_tls else None
-    server = await loop.create_server(factory, host, port, ssl=tls)
-    _LIMITERS[server] = limiter
-    return server
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        quiet_aiosmtpd_log()
+
+        def factory() -> SubmissionSMTP:
+            return SubmissionSMTP(
+                self._handler,
+                implicit_tls=self.implicit_tls,
+                ctx=self.ctx,
+                limiter=self.limiter,
+                loop=loop,
+            )
+
+        tls = self.ctx.tls.listening_context() if self.implicit_tls else None
+        return await loop.create_server(factory, host, port, ssl=tls)
+
+    def open_connections(self) -> int:
+        """Sessions of this listener still connected."""
+        return self.limiter.total
 
 
 async def start_submission(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
     """Listen on (host, port) for submission with STARTTLS (port 587)."""
-    return await _start(ctx, host, port, implicit_tls=False)
+    return await SubmissionService(ctx, implicit_tls=False).listen(host, port)
 
 
 async def start_submissions(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
     """Listen on (host, port) for submission over implicit TLS (port 465, RFC 8314 §3.3)."""
-    return await _start(ctx, host, port, implicit_tls=True)
-
-
-def open_connections(server: asyncio.Server) -> int:
-    """Sessions of this listener still connected."""
-    limiter = _LIMITERS.get(server)
-    return limiter.total if limiter is not None else 0
+    return await SubmissionService(ctx, implicit_tls=True).listen(host, port)

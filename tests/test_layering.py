@@ -49,6 +49,7 @@ PURE = [
     "mailstack.imap.mime",
     "mailstack.smtp.auth",
     "mailstack.smtp.framing",
+    "mailstack.smtp.arguments",
     "mailstack.smtp.replies",
     "mailstack.smtp.dmarc",
     "mailstack.smtp.authresults",
@@ -57,6 +58,7 @@ PURE = [
     "mailstack.delivery.queue_state",
     "mailstack.delivery.trace",
     "mailstack.base.throttle",
+    "mailstack.base.connections",
     "mailstack.dnsrecords",
 ]
 FORBIDDEN = {

@@ -129,12 +129,31 @@ class SmtpConfig:
     max_connections_per_ip: int = doc(
         "Concurrent SMTP connections from one client address.", default=20
     )
+    max_connections_per_network: int = doc(
+        "Concurrent SMTP connections from one client network (IPv4 /24, IPv6 /64), "
+        "checked before the global cap; 0: no limit.",
+        default=50,
+    )
+    reserved_for_authenticated: int = doc(
+        "Of max_connections on each submission listener, slots that only sessions which "
+        "authenticated may hold (idle unauthenticated clients cannot take them).",
+        default=20,
+    )
     max_errors: int = doc("Protocol errors in one session before we disconnect.", default=10)
     command_timeout_s: int = doc(
-        "Seconds to wait for a command (RFC 5321 §4.5.3.2.7: 5 min).", default=300
+        "Deadline in seconds for a whole command line, from our last reply to its CRLF "
+        "(RFC 5321 §4.5.3.2.7: 5 min); a byte now and then does not extend it.",
+        default=300,
     )
     data_timeout_s: int = doc(
-        "Seconds to wait for each chunk of DATA (RFC 5321: 3 min).", default=180
+        "Seconds a DATA body or BDAT chunk may take, plus one second per min_data_rate bytes "
+        "received (RFC 5321 §4.5.3.2.6: 3 min per block).",
+        default=180,
+    )
+    min_data_rate: int = doc(
+        "Bytes per second a client must keep up during DATA/BDAT to earn more time than "
+        "data_timeout_s (as Postfix's smtpd_min_data_rate).",
+        default=500,
     )
     max_received_headers: int = doc(
         "Received: headers beyond which mail is a loop (554 5.4.6).", default=30
@@ -174,12 +193,28 @@ class ImapConfig:
         "Allow LOGIN/AUTHENTICATE without TLS even off loopback (benchmarks, trusted proxies).",
         default=False,
     )
+    max_connections: int = doc(
+        "Concurrent IMAP connections in total (both listeners together).", default=1000
+    )
     max_connections_per_ip: int = doc(
         "Concurrent IMAP connections from one client address.", default=50
     )
+    max_connections_per_network: int = doc(
+        "Concurrent IMAP connections from one client network (IPv4 /24, IPv6 /64), checked "
+        "before the global cap; 0: no limit.",
+        default=100,
+    )
+    reserved_for_authenticated: int = doc(
+        "Of max_connections, slots that only logged-in sessions may hold.", default=200
+    )
     max_connections_per_user: int = doc("Concurrent IMAP sessions of one account.", default=30)
+    login_timeout_s: int = doc(
+        "Deadline in seconds from connect to a successful login; bytes sent meanwhile do not "
+        "extend it.",
+        default=60,
+    )
     idle_timeout_s: int = doc(
-        "Autologout after this many seconds without a command "
+        "After login: autologout after this many seconds without a whole command "
         "(RFC 9051 §5.4: at least 30 minutes).",
         default=1800,
     )

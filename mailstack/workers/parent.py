@@ -30,12 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailstack.base.connections import plain_ip
 from mailstack.base.errors import HostError
 from mailstack.base.logs import current_settings
 from mailstack.delivery.services import ServerContext
 from mailstack.smtp import replies
-from mailstack.smtp.limits import ConnectionLimiter
-from mailstack.smtp.server import plain_ip, register_limiter
+from mailstack.smtp.limits import smtp_limiter
 from mailstack.workers.channel import Channel
 from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
 
@@ -69,9 +69,7 @@ class SmtpWorkers:
     def __init__(self, ctx: ServerContext, count: int) -> None:
         self._ctx = ctx
         self._workers = [_Worker(slot) for slot in range(1, count + 1)]
-        self._limiter = ConnectionLimiter(
-            ctx.config.smtp.max_connections, ctx.config.smtp.max_connections_per_ip
-        )
+        self._limiter = smtp_limiter(ctx.config.smtp)
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -113,7 +111,6 @@ class SmtpWorkers:
     async def listen(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
         """The `smtp` listener: accepted connections go to the workers."""
         server = await asyncio.get_running_loop().create_server(lambda: _HandOff(self), host, port)
-        register_limiter(server, self._limiter)
         return server
 
     def reload(self) -> None:

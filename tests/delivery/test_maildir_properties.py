@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from mailstack.delivery.keywords import (
     MAX_KEYWORDS,
     KeywordMap,
+    TooManyKeywordsError,
     flags_from_letters,
     letters_from_flags,
     split_info,
@@ -261,10 +262,16 @@ def test_keyword_letters_round_trip(keywords: list[str], data: st.DataObject) ->
     assert flags_from_letters(letters, reread) == flags
 
 
-def test_twenty_seventh_keyword_is_not_stored() -> None:
+def test_twenty_seventh_keyword_is_refused_and_nothing_changes() -> None:
     kmap = KeywordMap([])
-    kmap.add(f"k{i}" for i in range(MAX_KEYWORDS + 1))
+    with pytest.raises(TooManyKeywordsError):
+        kmap.add(f"k{i}" for i in range(MAX_KEYWORDS + 1))
+    assert kmap.defined() == ()
+    kmap.add(f"k{i}" for i in range(MAX_KEYWORDS))
     assert kmap.letter_for("k25") == "z"
+    assert kmap.add(["K3"]) is False  # known (case-insensitively): no room needed
+    with pytest.raises(TooManyKeywordsError):
+        kmap.add(["k26"])
     assert kmap.letter_for("k26") is None
 
 

@@ -827,7 +827,7 @@ def test_login_lockout_after_repeated_failures(imap_deployment: ImapDeployment) 
 
 @pytest.mark.timeout(60)
 def test_autologout(tmp_path: Path) -> None:
-    dep = make_deployment(tmp_path / "s", idle_timeout_s=1)
+    dep = make_deployment(tmp_path / "s", idle_timeout_s=1, login_timeout_s=1)
     server = ImapServerThread(dep).start()
     try:
         with RawClient("127.0.0.1", server.imap_port) as client:

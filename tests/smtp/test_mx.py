@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.smtp.replies import Reply
-from mailstack.smtp.server import open_connections
 from mailstack.smtp.verdict import Disposition, EnvelopeInfo, SessionInfo, Verdict
 
 from mailstack.base.users import Accounts
@@ -349,9 +348,9 @@ async def connections_drop_to(h: SmtpHarness, n: int) -> None:
     """Wait (bounded) until the listener counts `n` sessions; fail if it never does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while open_connections(h.server) != n and loop.time() < deadline:
+    while h.service.open_connections() != n and loop.time() < deadline:
         await asyncio.sleep(0.01)
-    assert open_connections(h.server) == n
+    assert h.service.open_connections() == n
 
 
 async def test_certificate_reload_applies_to_new_sessions(mx: SmtpHarness) -> None:
@@ -577,7 +576,7 @@ async def test_malformed_input_rejected_while_another_client_is_served(mx: SmtpH
         "500 5.5.2",
         "500 5.5.2",
         "500 5.5.2",
-        "553 5.1.3",
+        "501 5.1.7",
         "503 5.5.1",
         "500 5.5.2",
         "250 2.0.0",

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from mailstack.delivery.queue import OutboundQueue
 from mailstack.delivery.services import ServerContext
-from mailstack.smtp.submission import open_connections, start_submission, start_submissions
+from mailstack.smtp.submission import SubmissionService
 
 from mailstack.base.throttle import LoginThrottle
 from tests.support.smtpserver import HOSTNAME, RawClient, build_context
@@ -47,6 +47,7 @@ class Submission:
     starttls: asyncio.Server
     implicit: asyncio.Server
     clients: list[Any]
+    services: tuple[SubmissionService, SubmissionService]
 
     @property
     def port(self) -> int:
@@ -121,9 +122,13 @@ class running:  # noqa: N801 - used like a function
         ctx.events.bind(asyncio.get_running_loop())
         if self.with_queue:
             ctx.queue = OutboundQueue(ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains)
-        starttls = await start_submission(ctx, "127.0.0.1", 0)
-        implicit = await start_submissions(ctx, "127.0.0.1", 0)
-        self.harness = Submission(ctx, starttls, implicit, [])
+        services = (
+            SubmissionService(ctx, implicit_tls=False),
+            SubmissionService(ctx, implicit_tls=True),
+        )
+        starttls = await services[0].listen("127.0.0.1", 0)
+        implicit = await services[1].listen("127.0.0.1", 0)
+        self.harness = Submission(ctx, starttls, implicit, [], services)
         return self.harness
 
     async def __aexit__(self, *exc: object) -> None:
@@ -135,9 +140,7 @@ class running:  # noqa: N801 - used like a function
         h.ctx.stopping.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while (open_connections(h.starttls) or open_connections(h.implicit)) and (
-            loop.time() < deadline
-        ):
+        while any(s.open_connections() for s in h.services) and loop.time() < deadline:
             await asyncio.sleep(0.01)  # bounded wait for every session's connection_lost
         await h.starttls.wait_closed()
         await h.implicit.wait_closed()

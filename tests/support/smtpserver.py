@@ -31,7 +31,7 @@ import trustme
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.services import ServerContext
-from mailstack.smtp.server import open_connections, start_smtp
+from mailstack.smtp.server import SmtpService
 from mailstack.smtp.verdict import Verifier, accept_all
 
 from mailstack.base.config import config_from_dict
@@ -113,6 +113,7 @@ class SmtpHarness:
     ctx: ServerContext
     server: asyncio.Server
     ca: trustme.CA
+    service: SmtpService
     clients: list[RawClient] = field(default_factory=list)
 
     @property
@@ -163,8 +164,9 @@ async def running_smtp(
     ctx, ca = build_context(root, smtp=smtp, dns=dns)
     ctx.events.bind(asyncio.get_running_loop())
     # Inbound SPF/DKIM/DMARC has its own tests (test_inbound_auth.py); here mail is accepted.
-    server = await start_smtp(ctx, "127.0.0.1", 0, verify=verify or accept_all)
-    harness = SmtpHarness(ctx, server, ca)
+    service = SmtpService(ctx, verify=verify or accept_all)
+    server = await service.listen("127.0.0.1", 0)
+    harness = SmtpHarness(ctx, server, ca, service)
     try:
         yield harness
     finally:
@@ -173,7 +175,7 @@ async def running_smtp(
         server.close()
         ctx.stopping.set()  # idle sessions say 421 and close
         deadline = asyncio.get_running_loop().time() + 10
-        while open_connections(server) and asyncio.get_running_loop().time() < deadline:
+        while service.open_connections() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)  # bounded wait for connection_lost of every session
         await server.wait_closed()
         ctx.accounts.close()

@@ -1,7 +1,7 @@
 """atheris fuzz target for the IMAP core: framing, parsing and state checks on any bytes.
 
-Run: `python tests/fuzz/fuzz_imap.py -atheris_runs=100000 tests/fuzz/corpus_imap` (atheris is
-not a project dependency: `pip install atheris`). Not collected by pytest (no test_ prefix).
+Run: `python tests/fuzz/fuzz_imap.py -runs=100000 tests/fuzz/corpus/fuzz_imap` (or all targets:
+`scripts/fuzz`). Not collected by pytest (no test_ prefix).
 One seed per command is written to the corpus directory on first run; the first input byte
 picks the connection state, so every command is tried in every state (as mox's fuzzer does).
 Only `RemoteProtocolError` may escape; any other exception is a crash to turn into an
@@ -10,10 +10,8 @@ Only `RemoteProtocolError` may escape; any other exception is a crash to turn in
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from mailstack.imap.framing import RemoteProtocolError
@@ -49,16 +47,8 @@ def test_one_input(data: bytes) -> None:
         pass
 
 
-def main() -> None:
-    corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
-    if corpus is not None and not corpus.exists():
-        corpus.mkdir(parents=True)
-        for i, seed in enumerate(SEEDS):
-            for s in range(len(STATES)):
-                (corpus / f"seed-{i}-{s}").write_bytes(bytes([s]) + seed + b"\r\n")
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
 
 if __name__ == "__main__":
-    main()
+    # The first byte picks the connection state: every seed in every state.
+    seeds = [bytes([s]) + seed + b"\r\n" for seed in SEEDS for s in range(len(STATES))]
+    harness.run(test_one_input, seeds)

@@ -8,10 +8,8 @@ on how the message is cut, and equals a direct count on the whole.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from mailstack.smtp.framing import LineEndings, parse_bdat
@@ -36,15 +34,6 @@ def test_one_input(data: bytes) -> None:
     assert clean_when_cut(message, max(len(message), 1)) == expected
 
 
-def main() -> None:
-    corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
-    if corpus is not None and not corpus.exists():
-        corpus.mkdir(parents=True)
-        for i, seed in enumerate(SEEDS):
-            (corpus / f"seed-{i}").write_bytes(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
 
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input, SEEDS)

@@ -9,10 +9,8 @@ crash to turn into an `@example(...)` in tests/smtp/test_wire_properties.py.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from mailstack.smtp.arguments import PathError, parse_params, parse_path, strip_keyword
@@ -55,15 +53,6 @@ def test_one_input(data: bytes) -> None:
         parse_params([w.upper() for w in path.rest.split()])
 
 
-def main() -> None:
-    corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
-    if corpus is not None and not corpus.exists():
-        corpus.mkdir(parents=True)
-        for i, seed in enumerate(SEEDS):
-            (corpus / f"seed-{i}").write_bytes(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
 
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input, SEEDS)

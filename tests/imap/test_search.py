@@ -365,9 +365,9 @@ def test_message_text_is_total_on_junk() -> None:
         b"Content-Type: text/plain; charset=idna\n\n\xff\xff",
     ):
         text = MessageText(functools.partial(bytes, raw))
-        text.header_text()
-        text.body_text()
-        text.header_values("Subject")
+        assert isinstance(text.header_text(), str)
+        assert isinstance(text.body_text(), str)
+        assert all(isinstance(v, str) for v in text.header_values("Subject"))
 
 
 # -- laws -------------------------------------------------------------------------------------

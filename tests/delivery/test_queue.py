@@ -97,7 +97,7 @@ def delivery_status(dsn: Any) -> list[Any]:
     return list(part.get_payload())
 
 
-async def test_enqueue_is_durable_signed_and_listed(tmp_path: Path) -> None:
+async def test_enqueue_stores_signs_and_lists(tmp_path: Path) -> None:
     queue = make_queue(tmp_path, queue_config(53, 25))
     qid = queue.enqueue("alice@sender.test", ["x@a.test", "y@b.test", "x@a.test"], MESSAGE)
     assert (tmp_path / "queue" / "msg" / qid).read_bytes().startswith(b"DKIM-Signature:")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from imapclient.response_parser import parse_fetch_response
 from imapclient.response_types import BodyData
@@ -810,7 +810,7 @@ FRAGMENTS = [
 ]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(
     st.one_of(
         st.binary(max_size=2000), st.lists(st.sampled_from(FRAGMENTS), max_size=40).map(b"".join)
@@ -1020,7 +1020,7 @@ trees = st.recursive(
 )
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(trees)
 def test_generated_mime_trees_match_email_package(tree: email.message.Message) -> None:
     tree["Subject"] = "generated"

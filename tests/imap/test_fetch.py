@@ -1096,6 +1096,7 @@ def test_generated_messages_match_dovecot() -> None:
     for line in responses(run_dovecot(messages, commands)):
         if (m := re.match(rb"\* (\d+) FETCH ", line)) is not None:
             theirs.setdefault(int(m[1]), {}).update(fetch_values(m[1] + b" " + line[m.end() :]))
+    assert sorted(theirs) == list(range(1, len(messages) + 1))  # Dovecot answered for each
     for seq, raw in enumerate(messages, start=1):
         msg = ParsedMessage.parse(raw)
         for item in items:

@@ -32,6 +32,7 @@ class ServeProcess:
         self.extra = extra
         self.timeout_s = timeout_s
         self.wrapper = tuple(wrapper)
+        self._serve_pid: int | None = None
         self.listeners: dict[str, list[tuple[str, int]]] = {}
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
@@ -48,6 +49,7 @@ class ServeProcess:
         )
         threading.Thread(target=self._pump, daemon=True).start()
         self.wait_for("mailstack ready")
+        _ = self.pid  # while serve surely runs: stop() must not look it up after it exited
         return self
 
     def _pump(self) -> None:
@@ -81,13 +83,15 @@ class ServeProcess:
 
     @property
     def pid(self) -> int:
-        """serve's own PID (under a wrapper: the wrapper's one child)."""
+        """serve's own PID (under a wrapper: the wrapper's one child, looked up once)."""
         assert self.proc is not None
         if not self.wrapper:
             return self.proc.pid
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        (child,) = children.split()
-        return int(child)
+        if self._serve_pid is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            (child,) = children.split()
+            self._serve_pid = int(child)
+        return self._serve_pid
 
     def port(self, service: str) -> int:
         return self.listeners[service][0][1]
@@ -100,7 +104,8 @@ class ServeProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             serve = self.pid
-            os.kill(serve, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it may have exited by itself
+                os.kill(serve, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:

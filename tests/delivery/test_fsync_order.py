@@ -202,7 +202,7 @@ def test_forwarded_250_comes_after_the_spool_is_durable(
     cli: Cli, deployment: Path, tmp_path: Path
 ) -> None:
     """The MX hands an alias's outside target to the queue; here the 250 is in clear text."""
-    added = cli("alias", "add", "fwd@example.com", "friend@elsewhere.test")
+    added = cli("alias", "add", "--external", "fwd@example.com", "friend@elsewhere.test")
     assert added.returncode == 0, added.stderr
     trace = tmp_path / "trace"
     ports = []

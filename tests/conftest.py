@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 # The suite tests the installed wheel (scripts/test builds and installs it), never this checkout.
 # pytest put the checkout's root on sys.path to import the `tests` package; take it off before
@@ -27,6 +28,13 @@ if "site-packages" not in Path(mailstack.__file__).parts:
     )
 
 from mailstack.init import InitOptions, init_deployment  # noqa: E402
+
+# Hypothesis for the whole suite. The suite runs on small shared machines (2 cores, other runs
+# beside it), where an example's wall time measures the machine, not mailstack: no per-example
+# deadline, and no too_slow health check (store and protocol examples do real file I/O).
+# A test's own @settings overrides only what it names.
+settings.register_profile("mailstack", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mailstack")
 
 MAILSTACK = str(Path(sys.executable).with_name("mailstack"))
 

@@ -117,7 +117,7 @@ def _files(paths: StatePaths, user: str, folder: str = "INBOX") -> list[bytes]:
     return sorted(md.get_bytes(key) for key in md.iterkeys())
 
 
-def test_concurrent_deliveries_are_grouped_and_each_durably_numbered(
+def test_concurrent_deliveries_are_grouped_and_each_numbered_on_disk(
     store: MaildirStore, paths: StatePaths
 ) -> None:
     store.create_account(BOB)

@@ -28,15 +28,20 @@ def lf_size(n: int) -> int:
 
 
 def test_threads_get_unique_increasing_uids(store: MaildirStore, paths: StatePaths) -> None:
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
     snapshots: list[list[int]] = []
 
     def reader() -> None:
-        # Concurrent SELECTs and flag changes must never see a half-delivered state.
-        while not stop.is_set():
+        # Concurrent SELECTs and flag changes must never see a half-delivered state. One
+        # snapshot before the writers start and one after they stopped, at least.
+        while True:
+            done = stop.is_set()
             snap = store.snapshot(ALICE, "INBOX", claim_recent=True)
             uids = [m.uid for m in snap.messages]
             snapshots.append(uids)
+            started.set()
+            if done:
+                return
             store.store_flags(ALICE, "INBOX", uids[-3:], [Flag.SEEN], FlagMode.ADD)
 
     def worker(t: int) -> list[int]:
@@ -49,6 +54,7 @@ def test_threads_get_unique_increasing_uids(store: MaildirStore, paths: StatePat
 
     watcher = threading.Thread(target=reader)
     watcher.start()
+    assert started.wait(30)
     try:
         with ThreadPoolExecutor(THREADS) as pool:
             per_thread = list(pool.map(worker, range(THREADS)))
@@ -60,6 +66,9 @@ def test_threads_get_unique_increasing_uids(store: MaildirStore, paths: StatePat
     for uids in per_thread:
         assert uids == sorted(uids)  # each thread's deliveries got increasing UIDs
     assert sorted(u for uids in per_thread for u in uids) == list(range(1, total + 1))
+    assert len(snapshots) >= 2
+    assert snapshots[0] == []
+    assert snapshots[-1] == list(range(1, total + 1))
     for uids in snapshots:
         assert uids == sorted(set(uids))
     snap = store.snapshot(ALICE, "INBOX")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from mailstack.delivery.keywords import (
@@ -138,8 +138,6 @@ TestStoreModel = StoreModel.TestCase
 TestStoreModel.settings = settings(
     max_examples=25,
     stateful_step_count=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -243,12 +241,9 @@ TestFolderModel = FolderModel.TestCase
 TestFolderModel.settings = settings(
     max_examples=30,
     stateful_step_count=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
-@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(st.lists(ATOM, unique_by=str.casefold, max_size=MAX_KEYWORDS), st.data())
 def test_keyword_letters_round_trip(keywords: list[str], data: st.DataObject) -> None:
     kmap = KeywordMap([])
@@ -280,7 +275,6 @@ def test_split_info_keeps_dovecot_extra_fields() -> None:
     assert split_info("123.M1P2.h,S=5") == ("123.M1P2.h,S=5", "", "")
 
 
-@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(
     st.integers(min_value=1, max_value=2**32 - 1),
     st.lists(st.tuples(st.integers(1, 1000), ATOM.filter(lambda s: ":" not in s)), max_size=10),
@@ -328,13 +322,11 @@ NAMES = st.lists(
 )
 
 
-@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(NAMES)
 def test_subscriptions_round_trip(names: list[str]) -> None:
     assert parse_subscriptions(serialize_subscriptions(names)) == names
 
 
-@settings(deadline=None)  # a loaded CI machine is no reason to fail
 @given(st.text(max_size=40))
 def test_folder_names_valid_or_rejected(name: str) -> None:
     try:

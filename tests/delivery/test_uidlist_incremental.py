@@ -100,7 +100,7 @@ def test_a_rewrite_by_rename_is_read_whole(paths: StatePaths) -> None:
     assert _uids_seen(b, root) == [2, 3, 4]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(st.lists(st.sampled_from(["a", "b", "expunge-a", "expunge-b"]), max_size=12))
 def test_two_writers_always_see_the_file_as_it_is(
     tmp_path_factory: pytest.TempPathFactory, steps: list[str]

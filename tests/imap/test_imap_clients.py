@@ -196,7 +196,9 @@ remotepass = {PASSWORD}
 ssl = yes
 sslcacertfile = {deployment.paths.ca_cert}
 """)
-    env = {**os.environ, "HOME": str(tmp_path)}
+    # offlineimap imports its modules from next to its script: PYTHONSAFEPATH, which a test run
+    # may set for our own imports, would hide them.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"} | {"HOME": str(tmp_path)}
     run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], env=env)
     files = list((local / "INBOX").glob("*/*"))
     assert len(files) == 1

@@ -408,7 +408,7 @@ ATOMS = st.text(
 def test_command_shaped_text_parses_or_raises_parse_error(text: str) -> None:
     for name in ("SEARCH", "FETCH 1", "UID STORE 1:*", "LIST", "APPEND INBOX", "STATUS X"):
         with contextlib.suppress(ParseError):
-            parse_command(f"t {name} {text}\r\n".encode())
+            assert isinstance(parse_command(f"t {name} {text}\r\n".encode()), c.Command)
 
 
 def test_tilde_is_an_atom_char_unless_it_starts_a_literal8() -> None:

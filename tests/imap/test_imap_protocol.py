@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import typing
 
 import pytest
 from hypothesis import given
@@ -104,4 +105,5 @@ def test_any_bytes_give_events_or_protocol_error(data: bytes, state: State) -> N
     proto = ImapProtocol(max_literal_bytes=100, max_line_bytes=200)
     proto.state = state
     with contextlib.suppress(RemoteProtocolError):
-        drain(proto, data)
+        events = drain(proto, data)
+        assert all(isinstance(e, typing.get_args(Event)) for e in events), events

@@ -130,7 +130,8 @@ LINES = st.one_of(COMMANDS, st.binary(max_size=40).map(lambda b: b.replace(b"\r\
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(st.lists(LINES, max_size=8), st.booleans())
 @example([b"SELECT INBOX", b"FETCH 1 BODY[]", b"\xff\xfe", b"FETCH 99 FLAGS"], True)

@@ -108,7 +108,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> ImapDeployment:
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(OPS)
 def test_untagged_updates_keep_the_client_model_exact(

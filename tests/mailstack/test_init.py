@@ -164,7 +164,13 @@ def test_reverse_zones(inited: Path) -> None:
 def test_zones_pass_nsd_checkzone(inited: Path) -> None:
     checker = shutil.which("nsd-checkzone")
     assert checker, "nsd-checkzone (Debian package nsd) is required"
-    for path in (inited / "dns").glob("*.zone"):
+    zones = sorted((inited / "dns").glob("*.zone"))
+    assert [p.name for p in zones] == [
+        "0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.zone",  # the /64 of --ipv6
+        "113.0.203.in-addr.arpa.zone",  # the /24 of --ipv4
+        "example.com.zone",
+    ]
+    for path in zones:
         result = subprocess.run(
             [checker, path.name.removesuffix(".zone"), str(path)],
             capture_output=True,

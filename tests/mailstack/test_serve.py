@@ -23,14 +23,34 @@ def set_listener(root: Path, service: str, value: str) -> None:
 
 
 def test_serve_starts_every_listener_and_stops_on_sigterm(deployment_dir: Path) -> None:
+    tls = ssl.create_default_context(cafile=str(deployment_dir / "tls/ca.pem"))
+    tls.check_hostname = False  # we connect to 127.0.0.1; the chain is still verified
     proc = ServeProcess(deployment_dir).start()
     try:
-        assert {"smtp", "imap", "imaps"} <= set(proc.listeners)
+        assert {"smtp", "submission", "submissions", "imap", "imaps"} <= set(proc.listeners)
         with smtplib.SMTP("127.0.0.1", proc.port("smtp"), timeout=10) as smtp:
             code, banner = smtp.ehlo("client.example.org")
             assert code == 250
             assert banner.startswith(b"mail.example.com")
+        with smtplib.SMTP("127.0.0.1", proc.port("submission"), timeout=10) as smtp:
+            smtp.ehlo("client.example.org")
+            assert smtp.has_extn("starttls")
+            assert smtp.starttls(context=tls)[0] == 220
+            code, banner = smtp.ehlo("client.example.org")
+            assert code == 250
+            assert smtp.has_extn("auth")
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", proc.port("submissions"), timeout=10, context=tls
+        ) as smtp:
+            code, banner = smtp.ehlo("client.example.org")
+            assert code == 250
+            assert smtp.has_extn("auth")
         with socket.create_connection(("127.0.0.1", proc.port("imap")), timeout=10) as s:
+            assert s.recv(1024).startswith(b"* OK")
+        with (
+            socket.create_connection(("127.0.0.1", proc.port("imaps")), timeout=10) as raw,
+            tls.wrap_socket(raw, server_hostname="mail.example.com") as s,
+        ):
             assert s.recv(1024).startswith(b"* OK")
     finally:
         status = proc.stop()

@@ -1,7 +1,9 @@
 """250 means durable: `mailstack serve` is SIGKILLed the instant it says 250, the mail is there.
 
 Runs the real `python -m mailstack --dir D serve` as a subprocess (tests/support/serve.py), so
-nothing in this process can finish the write after the reply.
+nothing in this process can finish the write after the reply. A process kill cannot show a
+missing fsync (the kernel keeps the written pages); tests/delivery/test_fsync_order.py checks
+the fsyncs themselves, from the system calls.
 """
 
 from __future__ import annotations

@@ -654,7 +654,7 @@ async def test_random_garbage_gets_replies_never_a_traceback(
         ),
     ],
 )
-async def test_smtp_smuggling_refused(mx: SmtpHarness, body: bytes) -> None:
+async def test_smtp_smuggling_in_data_refused(mx: SmtpHarness, body: bytes) -> None:
     def run() -> tuple[str, bool]:
         c = mx.raw()
         c.send(b"MAIL FROM:<x@example.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")

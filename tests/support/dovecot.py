@@ -242,7 +242,7 @@ class DovecotFactory:
 def dovecot_server() -> Iterator[DovecotFactory]:
     """Starts Dovecot for {user: (password, maildir)}; stopped and cleaned up after the test."""
     if not (Path(DOVECOT).exists() and shutil.which("doveconf")):
-        pytest.skip("dovecot is not installed (Debian: dovecot-imapd)")
+        pytest.fail("dovecot is not installed (Debian: dovecot-imapd); scripts/test installs it")
     # Not tmp_path: pytest's base temp dir is 0700, and Dovecot's imap runs as MAIL_USER.
     workdir = Path(tempfile.mkdtemp(prefix="mailstack-dovecot-"))
     workdir.chmod(0o711)

@@ -1,11 +1,13 @@
 """Run `mailstack serve` as a real subprocess and learn where it listens.
 
 Waits for the log lines `<service> listening on host:port` and `mailstack ready`, never for a
-fixed time. Stops the process it started (by PID) at exit.
+fixed time. Stops the process it started (by PID) at exit. `wrapper` runs serve under another
+program (strace, for the fsync-order tests); signals then go to serve itself, not the wrapper.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -22,10 +25,14 @@ _LISTEN = re.compile(r" (\w+) listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)$")
 
 
 class ServeProcess:
-    def __init__(self, root: Path, *extra: str, timeout_s: float = 30) -> None:
+    def __init__(
+        self, root: Path, *extra: str, timeout_s: float = 30, wrapper: Sequence[str] = ()
+    ) -> None:
         self.root = root
         self.extra = extra
         self.timeout_s = timeout_s
+        self.wrapper = tuple(wrapper)
+        self._serve_pid: int | None = None
         self.listeners: dict[str, list[tuple[str, int]]] = {}
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
@@ -34,7 +41,7 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         env = {k: v for k, v in os.environ.items() if k != "MAILSTACK_DIR"}
         self.proc = subprocess.Popen(
-            [MAILSTACK, "--dir", str(self.root), "serve", *self.extra],
+            [*self.wrapper, MAILSTACK, "--dir", str(self.root), "serve", *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -42,6 +49,7 @@ class ServeProcess:
         )
         threading.Thread(target=self._pump, daemon=True).start()
         self.wait_for("mailstack ready")
+        _ = self.pid  # while serve surely runs: stop() must not look it up after it exited
         return self
 
     def _pump(self) -> None:
@@ -73,21 +81,37 @@ class ServeProcess:
             f"no {needle!r} from serve within {self.timeout_s}s:\n" + "".join(self.log)
         )
 
+    @property
+    def pid(self) -> int:
+        """serve's own PID (under a wrapper: the wrapper's one child, looked up once)."""
+        assert self.proc is not None
+        if not self.wrapper:
+            return self.proc.pid
+        if self._serve_pid is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            (child,) = children.split()
+            self._serve_pid = int(child)
+        return self._serve_pid
+
     def port(self, service: str) -> int:
         return self.listeners[service][0][1]
 
     def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+        os.kill(self.pid, sig)
 
     def stop(self) -> int:
         """SIGTERM, then the exit status (SIGKILL if it does not stop in time)."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            serve = self.pid
+            with contextlib.suppress(ProcessLookupError):  # it may have exited by itself
+                os.kill(serve, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
+                if serve != self.proc.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(serve, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait()
         while True:  # the pump ends at EOF, after the process exited

@@ -125,7 +125,7 @@ class Logins:
             log.warning("login refused for %r from %s: %s", account, peer_ip, decision.reason)
             return LoginResult(Outcome.THROTTLED)
         try:
-            address = await self._check(account, password, decision)
+            address, cached = await self._check(account, password, decision)
         except _BusyError:
             self.throttle.cancel(decision)
             log.warning("login shed for %r from %s: verifier pool full", account, peer_ip)
@@ -138,10 +138,13 @@ class Logins:
             log.info("login failed for %r from %s", account, peer_ip)
             return LoginResult(Outcome.FAILED)
         self.throttle.record_success(decision)
-        log.info("login %s from %s", address, peer_ip)
+        log.info("login %s from %s%s", address, peer_ip, " (cached)" if cached else "")
         return LoginResult(Outcome.OK, address)
 
-    async def _check(self, account: str, password: str, decision: Reservation) -> str | None:
+    async def _check(
+        self, account: str, password: str, decision: Reservation
+    ) -> tuple[str | None, bool]:
+        """The canonical address if the password is right, and whether the cache said so."""
         if decision.delay_s:
             await asyncio.sleep(decision.delay_s)  # slows guessing; the loop serves others
         key = self._cache_entry(account, password)
@@ -149,14 +152,14 @@ class Logins:
         if key is not None and (hit := self._cache.get(key)) is not None:
             cached, expires = hit
             if time.monotonic() < expires:
-                return cached
+                return cached, True
             del self._cache[key]
         address = await self._verify(account, password, decision.network)
         if address is not None and key is not None and self._accounts_version() == version:
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
             self._cache[key] = (address, time.monotonic() + self.settings.cache_s)
-        return address
+        return address, False
 
     # -- the auth cache ------------------------------------------------------------------------
     def _cache_entry(self, account: str, password: str) -> bytes | None:

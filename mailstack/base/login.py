@@ -110,9 +110,6 @@ class Logins:
         self.verified = 0
         self.peak_per_network = 0
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
     async def login(
         self, name: str, password: str, peer_ip: str, *, log: Any = _log
     ) -> LoginResult:

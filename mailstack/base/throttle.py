@@ -74,6 +74,10 @@ class Reservation:
 
 # Called with each key whose record changed (None: the record is gone), to persist it.
 OnChange = Callable[[Key, Record | None], None]
+# Called by `prune` with the cut-offs (failures last before the first, successes before the
+# second are forgotten), so the file forgets them too in two statements.
+OnPrune = Callable[[float, float], None]
+_GOOD_REFRESH_S = 3600.0  # a known network's success time is rewritten at most hourly
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ class LoginThrottle:
     good_s: float = 30 * 86400.0  # how long a successful network stays known for the ceiling
     clock: Callable[[], float] = time.time  # wall clock: records outlive a restart
     on_change: OnChange | None = None
+    on_prune: OnPrune | None = None
     records: dict[Key, Record] = field(default_factory=dict)
 
     # -- decisions -----------------------------------------------------------------------------
@@ -145,10 +150,13 @@ class LoginThrottle:
         rec = self.records.pop(pair, None)
         if rec is not None and rec.in_flight > 1:  # others from there are still in flight
             self.records[pair] = Record(0, 0.0, rec.in_flight - 1)
-        self._changed(pair, None)
-        good = (Kind.GOOD, r.account, r.network)
-        self.records[good] = Record(0, self.clock())
-        self._changed(good, self.records[good])
+        if rec is not None and rec.failures:
+            self._changed(pair, None)
+        now, good = self.clock(), (Kind.GOOD, r.account, r.network)
+        known = self.records.get(good)
+        if known is None or now - known.last > _GOOD_REFRESH_S:  # not a write per login
+            self.records[good] = Record(0, now)
+            self._changed(good, self.records[good])
 
     def cancel(self, r: Reservation) -> None:
         """Not verified after all (shed by a full verifier pool): nothing is counted."""
@@ -188,6 +196,8 @@ class LoginThrottle:
             span = self.good_s if key[0] is Kind.GOOD else self.window_s
             if rec.in_flight == 0 and now - rec.last > span:
                 del self.records[key]
+        if self.on_prune is not None:
+            self.on_prune(now - self.window_s, now - self.good_s)
 
     def replace_failures(self, rows: dict[Key, tuple[int, float]]) -> None:
         """Take persisted failures as the truth (after `mailstack throttle clear`), keeping

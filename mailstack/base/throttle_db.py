@@ -95,6 +95,18 @@ class ThrottleDb:
         """Write every later change of `throttle` through; the first `follow` loads what an
         earlier run left (lazily: SMTP worker processes build a context but never log in)."""
         throttle.on_change = self.save
+        throttle.on_prune = self.prune
+
+    def prune(self, failures_before: float, good_before: float) -> None:
+        """Forget what the throttle forgot; never raises."""
+        try:
+            self._conn().execute(
+                "DELETE FROM throttle WHERE (kind != 'good' AND last < ?)"
+                " OR (kind = 'good' AND last < ?)",
+                (failures_before, good_before),
+            )
+        except sqlite3.Error as exc:
+            log.warning("throttle state not pruned in %s: %s", self.path, exc)
 
     def follow(self, throttle: LoginThrottle) -> None:
         """Take a `throttle clear` made since the last call into `throttle`; never raises."""

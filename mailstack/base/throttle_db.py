@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS throttle (
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# What a write or read may raise that must not fail a login: ValueError is text SQLite cannot
+# encode (a lone surrogate in a name).
+_DB_ERRORS = (sqlite3.Error, ValueError)
 _MAX_AGE_S = 31 * 86400.0  # longer than LoginThrottle.good_s and any sane window_s
 _FAILURES = "DELETE FROM throttle WHERE kind != 'good'"
 
@@ -88,7 +91,7 @@ class ThrottleDb:
                     " SET failures=excluded.failures, last=excluded.last",
                     (kind.value, account, network, rec.failures, rec.last),
                 )
-        except sqlite3.Error as exc:
+        except _DB_ERRORS as exc:
             log.warning("throttle state not saved to %s: %s", self.path, exc)
 
     def attach(self, throttle: LoginThrottle) -> None:
@@ -105,7 +108,7 @@ class ThrottleDb:
                 " OR (kind = 'good' AND last < ?)",
                 (failures_before, good_before),
             )
-        except sqlite3.Error as exc:
+        except _DB_ERRORS as exc:
             log.warning("throttle state not pruned in %s: %s", self.path, exc)
 
     def follow(self, throttle: LoginThrottle) -> None:
@@ -126,7 +129,7 @@ class ThrottleDb:
                 throttle.replace_failures(self.load())
                 if not first:
                     log.info("throttle state reloaded after `mailstack throttle clear`")
-        except sqlite3.Error as exc:
+        except _DB_ERRORS as exc:
             log.warning("throttle state not read from %s: %s", self.path, exc)
 
     def _data_version(self) -> int:

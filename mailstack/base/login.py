@@ -11,8 +11,8 @@ In this order, each step for a reason:
 4. The auth cache: a success within `auth.cache_s` for the same name and password answers
    without hashing. Its key is an HMAC of name and password under a random per-process key, so
    neither the cache nor a memory dump holds a password or a hash that can be tested offline
-   faster than argon2. Failures are never cached (a cached "no" would let a guesser skip the
-   verifier pool's queue). Every entry goes when users.sqlite3 changes (`PRAGMA data_version`:
+   faster than argon2. Failures are never cached: every wrong guess costs a verification and
+   counts in the throttle. Every entry goes when users.sqlite3 changes (`PRAGMA data_version`:
    `user passwd`, `user del`, disabling), and a success whose verification overlapped a change
    is not cached.
 5. Verify in a bounded pool of our own threads (`auth.verify_threads`, by default half the

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.base.config import AuthConfig
+from mailstack.base.config import AuthConfig, config_from_dict
+from mailstack.base.errors import ConfigError
 from mailstack.base.login import Logins, Outcome, canonical_name
 from mailstack.base.throttle import Kind, LoginThrottle
 from mailstack.base.users import Accounts
@@ -149,3 +150,18 @@ async def test_cache_s_0_disables_the_cache(accounts: Accounts) -> None:
     for _ in range(2):
         assert (await path.login(ALICE, PASSWORD, "192.0.2.1")).outcome is Outcome.OK
     assert path.verified == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        pytest.param("cache_s", -1, "auth.cache_s: must be 0 or more", id="cache-negative"),
+        pytest.param("lockout_failures", 0, "auth.lockout_failures: must be greater", id="zero"),
+        pytest.param("verify_queue", "8", "auth.verify_queue: expected integer", id="type"),
+        pytest.param("cache_seconds", 1, "auth.cache_seconds: unknown key", id="unknown"),
+    ],
+)
+def test_auth_keys_are_validated_by_name(key: str, value: object, message: str) -> None:
+    data = {"server": {"hostname": "mail.example.test", "domains": ["example.test"]}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**data, "auth": {key: value}})

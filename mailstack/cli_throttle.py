@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
+from mailstack.base.connections import network_of
 from mailstack.base.errors import UsageError
-from mailstack.base.throttle import Kind, network_of
+from mailstack.base.throttle import Kind
 from mailstack.clikit import CONTEXT, cli_state, deployment, reporting
 
 

@@ -41,8 +41,9 @@ from enum import StrEnum
 from typing import Any
 
 from mailstack.base.config import AuthConfig
+from mailstack.base.connections import network_of
 from mailstack.base.errors import UsageError
-from mailstack.base.throttle import LoginThrottle, Refused, Reservation, network_of
+from mailstack.base.throttle import LoginThrottle, Refused, Reservation
 from mailstack.base.throttle_db import ThrottleDb
 from mailstack.base.users import Accounts, normalize_address
 

@@ -4,8 +4,8 @@ that persists it and shows it to `mailstack throttle` is mailstack/base/throttle
 
 Keys, all on the *canonical* account name (the caller canonicalises exactly as the account
 lookup does, so `Alice@Example.test.` and ` alice@example.test` share one budget) and the client
-*network* (IPv4 /24, IPv6 /64, as Dovecot's and fail2ban's usual bans: one host rarely owns
-only one address):
+*network* (IPv4 /24, IPv6 /64: `mailstack.base.connections.network_of`, the blocks the
+connection limits count too, as one host or site rarely owns only one address):
 - (account, network): from `free_failures` failures on, each attempt waits `base_delay_s *
   2**n` (capped at `max_delay_s`); at `lockout_failures` this pair is refused. Only the
   attacker's network is refused: the real user elsewhere still logs in.
@@ -21,11 +21,12 @@ limits (issue 10 item 4). `record_failure`, `record_success` or `cancel` ends a 
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from mailstack.base.connections import network_of
 
 
 class Kind(StrEnum):
@@ -36,19 +37,6 @@ class Kind(StrEnum):
 
 
 Key = tuple[Kind, str, str]  # (kind, account or "", network or "")
-
-
-def network_of(ip: str) -> str:
-    """'192.0.2.77' -> '192.0.2.0/24', '2001:db8::1' -> '2001:db8::/64'; an IPv4-mapped IPv6
-    address counts as its IPv4 address; anything unparsable is its own network."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = 24 if addr.version == 4 else 64
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 
 @dataclass(slots=True)

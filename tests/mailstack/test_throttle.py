@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.base.throttle import Kind, LoginThrottle, Refused, Reservation, network_of
+from mailstack.base.connections import network_of
+from mailstack.base.throttle import Kind, LoginThrottle, Refused, Reservation
 from mailstack.base.throttle_db import ThrottleDb
 
 ALICE = "alice@example.com"

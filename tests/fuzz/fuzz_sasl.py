@@ -1,20 +1,17 @@
 """atheris fuzz target for SASL (mailstack/base/sasl.py, smtp/auth.py): any bytes, as a base64
 response or as a decoded PLAIN message, give credentials or a SASL error, nothing else.
 
-Run: `python tests/fuzz/fuzz_sasl.py -atheris_runs=100000 tests/fuzz/corpus_sasl` (atheris is in
-the test extras). Not collected by pytest (no test_ prefix). Seeds are written to the corpus
-directory on first run. The first input byte picks the entry point: the RFC 4616 parser, the
-base64 response decoder, or a whole SMTP AUTH exchange (PLAIN or LOGIN, the rest of the input
-split into response lines). Any exception other than a SASL error is a crash to turn into an
+Run: `python tests/fuzz/fuzz_sasl.py -runs=100000 [corpus_dir]` (`scripts/fuzz` runs it from
+tests/fuzz/corpus/fuzz_sasl/). Not collected by pytest. The first input byte picks the entry
+point: the RFC 4616 parser, the base64 response decoder, or a whole SMTP AUTH exchange (PLAIN
+or LOGIN, the rest of the input split into response lines). Any exception other than a SASL error is a crash to turn into an
 `@example(...)` in tests/mailstack/test_sasl.py.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from mailstack.base import sasl
@@ -55,16 +52,6 @@ def test_one_input(data: bytes) -> None:
         pass
 
 
-def main() -> None:
-    corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
-    if corpus is not None and not corpus.exists():
-        corpus.mkdir(parents=True)
-        for i, seed in enumerate(SEEDS):
-            for mode in range(4):
-                (corpus / f"seed-{i}-{mode}").write_bytes(bytes([mode]) + seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    # The first byte picks the entry point: every seed through every one.
+    harness.run(test_one_input, [bytes([mode]) + seed for seed in SEEDS for mode in range(4)])

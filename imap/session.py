@@ -31,8 +31,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -62,6 +60,8 @@ from mailstack.imap.session_base import (
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_select import SelectedCommands
 
+from mailstack.base import sasl
+from mailstack.base.login import Outcome
 from mailstack.base.logs import connection_logger
 
 __all__ = ["ConnectionLimits", "Session", "Write", "caches_for", "is_loopback"]
@@ -332,19 +332,15 @@ class Session(MailboxCommands, SelectedCommands):
     async def _login(self, tag: str, user: str, password: str, write: Write) -> None:
         if not self.may_authenticate:
             raise RefusedError("use STARTTLS or the implicit-TLS port first", "PRIVACYREQUIRED")
-        throttle = self.ctx.throttle
-        if throttle.is_locked_out(self.peer_ip, user):
-            self.log.warning("login refused for %s: too many failures", user)
+        # The one login path (mailstack/base/login.py): canonical name, throttle, verify, log.
+        result = await self.ctx.logins.login(user, password, self.peer_ip, log=self.log)
+        if result.outcome is Outcome.THROTTLED:
             raise RefusedError("too many failed logins; try again later", "UNAVAILABLE")
-        delay = throttle.delay_s(self.peer_ip)
-        if delay:
-            await asyncio.sleep(delay)
-        address = await asyncio.to_thread(self.ctx.accounts.authenticate, user, password)
+        if result.outcome is Outcome.BUSY:
+            raise RefusedError("server busy; try again later", "UNAVAILABLE")
+        address = result.address
         if address is None:
-            throttle.record_failure(self.peer_ip, user)
-            self.log.info("login failed for %r from %s", user, self.peer_ip)
             raise RefusedError("invalid credentials", "AUTHENTICATIONFAILED")
-        throttle.record_success(self.peer_ip, user)
         if not self.limits.acquire_user(address):
             raise RefusedError("too many sessions for this account", "LIMIT")
         try:
@@ -354,7 +350,6 @@ class Session(MailboxCommands, SelectedCommands):
         self.user = address
         self.proto.state = State.AUTHENTICATED
         self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
-        self.log.info("login %s from %s", address, self.peer_ip)
         caps = " ".join(self.capabilities())
         await write(response.ok(tag, "logged in", f"CAPABILITY {caps}"))
 
@@ -383,21 +378,16 @@ class Session(MailboxCommands, SelectedCommands):
             await write(response.no(tag, exc.text, exc.code))
 
     async def _sasl_plain(self, tag: str, data: str, write: Write) -> None:
-        # RFC 4616: message = [authzid] UTF8NUL authcid UTF8NUL passwd
+        # RFC 4616 as mailstack.base.sasl parses it for SMTP AUTH too.
         try:
-            raw = b"" if data == "=" else base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidCommandError("invalid base64 in SASL response") from None
-        parts = raw.split(b"\x00")
-        if len(parts) != 3:
-            raise InvalidCommandError("malformed SASL PLAIN message")
-        try:
-            authz, authc, password = (p.decode("utf-8") for p in parts)
-        except UnicodeDecodeError:
-            raise RefusedError("invalid credentials", "AUTHENTICATIONFAILED") from None
-        if authz and authz.lower() != authc.lower():
-            raise RefusedError("acting as another user is not allowed", "AUTHORIZATIONFAILED")
-        await self._login(tag, authc, password, write)
+            plain = sasl.parse_plain(sasl.decode_response(data))
+        except sasl.SaslProxyError:
+            raise RefusedError(
+                "acting as another user is not allowed", "AUTHORIZATIONFAILED"
+            ) from None
+        except sasl.SaslError as exc:
+            raise InvalidCommandError(f"malformed SASL PLAIN response: {exc}") from None
+        await self._login(tag, plain.authcid, plain.password, write)
 
     # -- QUOTA (RFC 9208) ----------------------------------------------------------------------
     async def _quota(self, command: c.GetQuota | c.GetQuotaRoot | c.SetQuota, write: Write) -> None:

@@ -25,6 +25,7 @@ from mailstack.base.config import (
 from mailstack.base.errors import ConfigError, MailstackError
 from mailstack.base.paths import StatePaths, default_dir
 from mailstack.cli_accounts import alias, domain, user
+from mailstack.cli_throttle import throttle
 from mailstack.clikit import (
     CONTEXT,
     GlobalOptionsGroup,
@@ -57,7 +58,7 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     ctx.obj = Obj((root or default_dir()).absolute(), debug)
 
 
-for _group in (user, alias, domain):
+for _group in (user, alias, domain, throttle):
     main.add_command(_group)
 
 

@@ -2,8 +2,9 @@
 
 `SaslExchange(mechanism, initial_response)` says what to send next: `challenge` (base64 text
 for a `334` reply, the client answers with one line that goes to `feed`) until `credentials`
-is set. Every client mistake raises `SaslError` carrying the reply to send. Checking the
-password is the caller's business (`Accounts.authenticate`, off the event loop).
+is set. Every client mistake raises `SaslError` carrying the reply to send. The PLAIN message and
+base64 rules are `mailstack.base.sasl`'s, shared with IMAP AUTHENTICATE; checking the password
+is the caller's business (`mailstack.base.login`, the one login path).
 
 Only these two mechanisms: both send the password itself, which is why submission offers
 AUTH only inside TLS (RFC 4954 §4, RFC 8314). LOGIN is no RFC, but Outlook and older
@@ -14,10 +15,11 @@ A password never appears in a repr, an exception or a log line.
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 
 from mailstack.smtp.replies import Reply
+
+from mailstack.base import sasl
 
 MECHANISMS = ("PLAIN", "LOGIN")
 
@@ -46,33 +48,30 @@ class Credentials:
 
 def decode_response(text: str) -> bytes:
     """One client response: base64, `=` for empty (RFC 4954 §4), `*` to cancel."""
-    text = text.strip()
-    if text == "*":
+    if text.strip() == "*":
         raise SaslError(CANCELLED)
-    if text == "=":
-        return b""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return sasl.decode_response(text)
+    except sasl.SaslError:
         raise SaslError(BAD_BASE64) from None
 
 
-def _text(raw: bytes) -> str:
+def _text(raw: bytes, what: str) -> str:
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
+        return sasl.utf8_part(raw, what)
+    except sasl.SaslError:
         raise SaslError(MALFORMED) from None
 
 
 def parse_plain(message: bytes) -> Credentials:
-    """RFC 4616 §2: [authzid] NUL authcid NUL passwd."""
-    parts = message.split(b"\0")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise SaslError(MALFORMED)
-    authzid, username, password = (_text(p) for p in parts)
-    if authzid and authzid.lower() != username.lower():
-        raise SaslError(NO_PROXY)
-    return Credentials(username, password)
+    """RFC 4616 §2: [authzid] NUL authcid NUL passwd (mailstack.base.sasl's rules)."""
+    try:
+        plain = sasl.parse_plain(message)
+    except sasl.SaslProxyError:
+        raise SaslError(NO_PROXY) from None
+    except sasl.SaslError:
+        raise SaslError(MALFORMED) from None
+    return Credentials(plain.authcid, plain.password)
 
 
 class SaslExchange:
@@ -97,10 +96,7 @@ class SaslExchange:
             raise SaslError(UNKNOWN_MECHANISM)
 
     def _take_username(self, raw: bytes) -> None:
-        username = _text(raw)
-        if not username:
-            raise SaslError(MALFORMED)
-        self._username = username
+        self._username = _text(raw, "user name")
         self.challenge = _LOGIN_PASSWORD
 
     def feed(self, line: str) -> None:
@@ -114,8 +110,6 @@ class SaslExchange:
         elif self._username is None:
             self._take_username(raw)
         else:
-            password = _text(raw)
-            if not password:
-                raise SaslError(MALFORMED)
+            password = _text(raw, "password")
             self.challenge = None
             self.credentials = Credentials(self._username, password)

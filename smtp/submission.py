@@ -7,9 +7,10 @@ limits and enhanced codes) with these differences:
 
 - AUTH is offered and accepted only inside TLS; before STARTTLS, AUTH, MAIL and RCPT get
   `530 5.7.0 Must issue a STARTTLS command first`. MAIL and RCPT need AUTH (530 5.7.0).
-- Passwords are checked by `Accounts.authenticate` in a worker thread (argon2 is slow by
-  design), throttled by `ctx.throttle` as IMAP logins are: a delay after a few failures,
-  `454 4.7.0` while the address or account is locked out, `535 5.7.8` for bad credentials.
+- Passwords are checked by the one login path IMAP uses too (`ctx.logins`,
+  mailstack/base/login.py: throttle, auth cache, bounded verifier pool): a delay after a few
+  failures, `454 4.7.0` while throttled or while the verifier pool is full, `535 5.7.8` for
+  bad credentials.
 - Sender rule (RFC 6409 §6.1): MAIL FROM must be an address the user owns
   (`Accounts.owns`: the own address, its +details, aliases that reach the user), else
   `553 5.7.1`; `<>` is refused too. After DATA every address in From: must be owned as
@@ -68,11 +69,14 @@ from mailstack.smtp.replies import Reply
 from mailstack.smtp.session import MxSMTP
 from mailstack.smtp.verdict import accept_all
 
+from mailstack.base.login import Outcome
+
 log = logging.getLogger(__name__)
 
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 LOCKED_OUT = Reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
+BUSY = Reply(454, "4.7.0", "Too many authentication attempts in progress, try again later")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed during a mail transaction")
 NO_STARTTLS_HERE = Reply(503, "5.5.1", "TLS already active")
@@ -296,27 +300,22 @@ class SubmissionSMTP(MxSMTP):
         await self._check_password(exchange.credentials.username, exchange.credentials.password)
 
     async def _check_password(self, username: str, password: str) -> None:
+        # The one login path (mailstack/base/login.py): canonical name, throttle, verify, log.
         session = self.mx_session()
-        throttle = self._ctx.throttle
-        if throttle.is_locked_out(session.peer_ip, username):
-            self._log.warning("AUTH refused for %r: too many failures", username)
+        result = await self._ctx.logins.login(username, password, session.peer_ip, log=self._log)
+        if result.outcome is Outcome.THROTTLED:
             await self.reply(LOCKED_OUT)
             return
-        delay = throttle.delay_s(session.peer_ip)
-        if delay:
-            await asyncio.sleep(delay)  # slows guessing; the event loop serves others meanwhile
-        address = await asyncio.to_thread(self._ctx.accounts.authenticate, username, password)
-        if address is None:
-            throttle.record_failure(session.peer_ip, username)
-            self._log.info("AUTH failed for %r", username)
+        if result.outcome is Outcome.BUSY:
+            await self.reply(BUSY)
+            return
+        if result.address is None:
             await self.reply(AUTH_FAILED)
             return
-        throttle.record_success(session.peer_ip, username)
-        self._auth_user = address
+        self._auth_user = result.address
         if self._ticket is not None:
             self._limiter.authenticated(self._ticket)  # out of the pre-auth counts
         self._new_envelope()  # the envelope now carries the user
-        self._log.info("AUTH %s", address)
         await self.reply(AUTH_OK)
 
 

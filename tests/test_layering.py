@@ -59,6 +59,7 @@ PURE = [
     "mailstack.delivery.trace",
     "mailstack.base.throttle",
     "mailstack.base.connections",
+    "mailstack.base.sasl",
     "mailstack.dnsrecords",
 ]
 FORBIDDEN = {

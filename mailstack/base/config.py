@@ -221,6 +221,52 @@ class ImapConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Logins on IMAP and submission (mailstack/base/login.py, mailstack/base/throttle.py)."""
+
+    cache_s: int = doc(
+        "Seconds a successful login is remembered so a reconnecting client skips the slow "
+        "password hash (keyed by an HMAC of name and password, never the password; dropped "
+        "when any account changes); 0 disables.",
+        default=300,
+    )
+    free_failures: int = doc(
+        "Failed logins for one account from one network (IPv4 /24, IPv6 /64) before each "
+        "further attempt is delayed (1 s, doubling, at most max_delay_s).",
+        default=3,
+    )
+    max_delay_s: int = doc("Longest delay before a throttled login is checked.", default=30)
+    lockout_failures: int = doc(
+        "Failed logins for one account from one network that refuse that pair until "
+        "window_s passes (other networks still log in).",
+        default=20,
+    )
+    network_lockout_failures: int = doc(
+        "Failed logins from one network, any account, that refuse the network.", default=100
+    )
+    account_ceiling: int = doc(
+        "Failed logins for one account from everywhere that refuse it everywhere except "
+        "networks it logged in from before.",
+        default=1000,
+    )
+    window_s: int = doc("Seconds after the last failure that a counter is forgotten.", default=900)
+    verify_threads: int = doc(
+        "Threads checking password hashes; 0: half the CPU cores (at least 1), so hashing "
+        "never takes every core from mail delivery and IMAP.",
+        default=0,
+    )
+    verify_queue: int = doc(
+        "Password checks that may wait for a thread; more are answered 'try again later' "
+        "before any hashing.",
+        default=32,
+    )
+    verify_per_network: int = doc(
+        "Password checks in progress for one client network at a time; more wait their turn.",
+        default=2,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class DnsConfig:
     resolver: str = doc(
         '"host[:port]" of the DNS resolver; empty = the system resolver.', default=""
@@ -255,6 +301,7 @@ class Config:
     smtp: SmtpConfig = doc("SMTP receiving.", default_factory=SmtpConfig)
     accounts: AccountsConfig = doc("Accounts.", default_factory=AccountsConfig)
     imap: ImapConfig = doc("IMAP.", default_factory=ImapConfig)
+    auth: AuthConfig = doc("Logins (IMAP and submission).", default_factory=AuthConfig)
     dns: DnsConfig = doc("DNS lookups.", default_factory=DnsConfig)
     dkim: DkimConfig = doc("DKIM signing.", default_factory=DkimConfig)
     outbound: OutboundConfig = doc("Outbound delivery.", default_factory=OutboundConfig)
@@ -375,10 +422,21 @@ def _validate(cfg: Config) -> None:
         "imap.max_connections_per_user": cfg.imap.max_connections_per_user,
         "imap.idle_timeout_s": cfg.imap.idle_timeout_s,
         "dns.timeout_s": cfg.dns.timeout_s,
+        "auth.free_failures": cfg.auth.free_failures,
+        "auth.max_delay_s": cfg.auth.max_delay_s,
+        "auth.lockout_failures": cfg.auth.lockout_failures,
+        "auth.network_lockout_failures": cfg.auth.network_lockout_failures,
+        "auth.account_ceiling": cfg.auth.account_ceiling,
+        "auth.window_s": cfg.auth.window_s,
+        "auth.verify_queue": cfg.auth.verify_queue,
+        "auth.verify_per_network": cfg.auth.verify_per_network,
     }
     for key, value in positive.items():
         if value <= 0:
             raise _KeyError(key, f"must be greater than 0, got {value}")
+    for key in ("cache_s", "verify_threads"):
+        if getattr(cfg.auth, key) < 0:
+            raise _KeyError(f"auth.{key}", f"must be 0 or more, got {getattr(cfg.auth, key)}")
     if not -1 <= cfg.smtp.workers <= MAX_SMTP_WORKERS:
         raise _KeyError(
             "smtp.workers",

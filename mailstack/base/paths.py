@@ -62,6 +62,11 @@ class StatePaths:
         return self.root / "users.sqlite3"
 
     @property
+    def throttle_db(self) -> Path:
+        """Login throttle state (mailstack/base/throttle_db.py)."""
+        return self.root / "throttle.sqlite3"
+
+    @property
     def mail_dir(self) -> Path:
         return self.root / "mail"
 

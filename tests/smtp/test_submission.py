@@ -25,7 +25,7 @@ from mailstack.delivery.queue import OutboundQueue
 from mailstack.delivery.services import ServerContext
 from mailstack.smtp.submission import SubmissionService
 
-from mailstack.base.throttle import LoginThrottle
+from mailstack.base.throttle import LoginThrottle, Refused, Reservation
 from tests.support.smtpserver import HOSTNAME, RawClient, build_context
 
 T = TypeVar("T")
@@ -283,7 +283,7 @@ async def test_sasl_exchanges_line_by_line(sub: Submission) -> None:
 async def test_wrong_password_535_then_lockout_454(
     sub: Submission, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sub.ctx.throttle = LoginThrottle(free_failures=100, lockout_failures=2)
+    sub.ctx.logins.throttle = LoginThrottle(free_failures=100, lockout_failures=2)
     secret = "not-the-password-XYZZY"
 
     def client() -> list[tuple[int, bytes | str]]:
@@ -304,11 +304,13 @@ async def test_wrong_password_535_then_lockout_454(
     assert await thread(client) == [invalid, locked, locked]
     assert secret not in caplog.text
     assert base64.b64encode(f"\0{ALICE}\0{secret}".encode()).decode() not in caplog.text
-    assert sub.ctx.throttle.is_locked_out("127.0.0.1", ALICE)
+    assert isinstance(sub.ctx.logins.throttle.reserve(ALICE, "127.0.0.1"), Refused)
 
 
 async def test_failures_are_delayed_then_success_resets(sub: Submission) -> None:
-    sub.ctx.throttle = LoginThrottle(free_failures=1, base_delay_s=0.001, lockout_failures=50)
+    sub.ctx.logins.throttle = LoginThrottle(
+        free_failures=1, base_delay_s=0.001, lockout_failures=50
+    )
 
     def client() -> None:
         smtp = sub.smtps()
@@ -319,7 +321,9 @@ async def test_failures_are_delayed_then_success_resets(sub: Submission) -> None
         smtp.quit()
 
     await thread(client)
-    assert sub.ctx.throttle.delay_s("127.0.0.1") == 0.0
+    again = sub.ctx.logins.throttle.reserve(ALICE, "127.0.0.1")
+    assert isinstance(again, Reservation)
+    assert again.delay_s == 0.0
 
 
 # -- sender policy -------------------------------------------------------------------------------

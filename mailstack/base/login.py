@@ -1,0 +1,261 @@
+"""The one login path: IMAP LOGIN and AUTHENTICATE PLAIN, SMTP AUTH PLAIN and LOGIN all call
+`Logins.login(name, password, peer_ip)`.
+
+In this order, each step for a reason:
+1. Canonicalise the name exactly as the account lookup does (`normalize_address`: spaces,
+   trailing dot, case, IDNA), so that every spelling of an account shares one throttle budget
+   (issue 10 item 1). A name that is no address is throttled on its folded string.
+2. Reserve a throttle slot (mailstack/base/throttle.py): refused attempts are never verified,
+   and an attempt counts before its verification, so parallel guesses cannot pass the limits.
+3. Wait the throttle's delay (on the loop: costs nothing but a timer).
+4. The auth cache: a success within `auth.cache_s` for the same name and password answers
+   without hashing. Its key is an HMAC of name and password under a random per-process key, so
+   neither the cache nor a memory dump holds a password or a hash that can be tested offline
+   faster than argon2. Failures are never cached: every wrong guess costs a verification and
+   counts in the throttle. Every entry goes when users.sqlite3 changes (`PRAGMA data_version`:
+   `user passwd`, `user del`, disabling), and a success whose verification overlapped a change
+   is not cached.
+5. Verify in a bounded pool of our own threads (`auth.verify_threads`, by default half the
+   cores), never the loop's default executor that the store uses: a flood of bad logins then
+   cannot starve delivery and IMAP (issue 10 item 6). At most `auth.verify_per_network` checks
+   per client network run or wait in the pool at once; a few more wait on the loop; beyond
+   that, and when `auth.verify_queue` checks already wait, the attempt is shed before any
+   hashing ("try again later") and not counted as a failure.
+6. Record the outcome in the throttle and log one line (never the password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from mailstack.base.config import AuthConfig
+from mailstack.base.connections import network_of
+from mailstack.base.errors import UsageError
+from mailstack.base.throttle import LoginThrottle, Refused, Reservation
+from mailstack.base.throttle_db import ThrottleDb
+from mailstack.base.users import Accounts, normalize_address
+
+_log = logging.getLogger(__name__)
+
+MAX_NAME_CHARS = 320  # RFC 5321 §4.5.3.1: 64 local + @ + 255 domain; longer names are hashed
+WAITING_PER_NETWORK = 8  # attempts from one network waiting for its verification slots
+CACHE_MAX = 10_000  # cached successes; a full cache is emptied (only costs rehashing)
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"  # wrong name or password, or a disabled account
+    THROTTLED = "throttled"  # refused by the throttle, not verified
+    BUSY = "busy"  # shed by the verifier pool, not verified
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    outcome: Outcome
+    address: str | None = None  # the canonical address, when OK
+
+
+def canonical_name(name: str) -> str:
+    """The throttle's and the lookup's name for what a client typed: `normalize_address`'s
+    answer, or for a name that is no address its stripped, folded string."""
+    try:
+        canonical = normalize_address(name)
+    except UsageError:
+        canonical = name.strip().rstrip(".").casefold()
+    if len(canonical) > MAX_NAME_CHARS:  # bounded keys in memory and in throttle.sqlite3
+        canonical = "#" + hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
+    return canonical
+
+
+class _BusyError(Exception):
+    """The verifier pool is full: shed the attempt before hashing."""
+
+
+class Logins:
+    """Shared by every listener of one `serve` (ServerContext.logins). Used on one event loop."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        settings: AuthConfig,
+        throttle: LoginThrottle,
+        *,
+        db: ThrottleDb | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.settings = settings
+        self.throttle = throttle
+        self.db = db
+        threads = settings.verify_threads or max(1, (os.cpu_count() or 2) // 2)
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
+        self._submitted = 0  # verifications in the pool, running or queued
+        self._per_network: dict[str, int] = {}  # of those, per client network
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache_key = secrets.token_bytes(32)
+        self._cache_version: int | None = None
+        # Observed, for tests and `throttle list`: verifications started, most at once per net.
+        self.verified = 0
+        self.peak_per_network = 0
+
+    async def login(
+        self, name: str, password: str, peer_ip: str, *, log: Any = _log
+    ) -> LoginResult:
+        """Check one login attempt; `log` is the connection's logger (its id on the line)."""
+        account = canonical_name(name)
+        if self.db is not None:
+            self.db.follow(self.throttle)  # a `mailstack throttle clear` takes effect now
+        decision = self.throttle.reserve(account, peer_ip)
+        if isinstance(decision, Refused):
+            log.warning("login refused for %r from %s: %s", account, peer_ip, decision.reason)
+            return LoginResult(Outcome.THROTTLED)
+        try:
+            address, cached = await self._check(account, password, decision)
+        except _BusyError:
+            self.throttle.cancel(decision)
+            log.warning("login shed for %r from %s: verifier pool full", account, peer_ip)
+            return LoginResult(Outcome.BUSY)
+        except BaseException:  # the client went away (cancelled) or a database error
+            self.throttle.cancel(decision)
+            raise
+        if address is None:
+            self.throttle.record_failure(decision)
+            log.info("login failed for %r from %s", account, peer_ip)
+            return LoginResult(Outcome.FAILED)
+        self.throttle.record_success(decision)
+        log.info("login %s from %s%s", address, peer_ip, " (cached)" if cached else "")
+        return LoginResult(Outcome.OK, address)
+
+    async def _check(
+        self, account: str, password: str, decision: Reservation
+    ) -> tuple[str | None, bool]:
+        """The canonical address if the password is right, and whether the cache said so."""
+        if decision.delay_s:
+            await asyncio.sleep(decision.delay_s)  # slows guessing; the loop serves others
+        key = self._cache_entry(account, password)
+        version = self._accounts_version()
+        if key is not None and (hit := self._cache.get(key)) is not None:
+            cached, expires = hit
+            if time.monotonic() < expires:
+                return cached, True
+            del self._cache[key]
+        address = await self._verify(account, password, decision.network)
+        if address is not None and key is not None and self._accounts_version() == version:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = (address, time.monotonic() + self.settings.cache_s)
+        return address, False
+
+    # -- the auth cache ------------------------------------------------------------------------
+    def _cache_entry(self, account: str, password: str) -> bytes | None:
+        if self.settings.cache_s <= 0:
+            return None
+        data = account.encode("utf-8", "replace") + b"\0" + password.encode("utf-8", "replace")
+        return hmac.digest(self._cache_key, data, "sha256")
+
+    def _accounts_version(self) -> int:
+        """users.sqlite3's data_version; a change empties the cache (cheap: shared memory)."""
+        version = self.accounts.data_version()
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        return version
+
+    # -- the verifier pool ---------------------------------------------------------------------
+    def _is_full(self) -> bool:
+        return self._submitted >= self.threads + self.settings.verify_queue
+
+    async def _verify(self, account: str, password: str, network: str) -> str | None:
+        if self._is_full():
+            raise _BusyError
+        await self._acquire(network)
+        if self._is_full():  # filled while we waited our network's turn
+            self._release(network)
+            raise _BusyError
+        loop = asyncio.get_running_loop()
+        self._submitted += 1
+        self.verified += 1
+        done: Future[str | None] = self._pool.submit(self.accounts.authenticate, account, password)
+        # Slots are freed when the thread is done, not when an impatient caller is cancelled.
+        done.add_done_callback(lambda _: _call_soon(loop, self._finished, network))
+        return await asyncio.wrap_future(done)
+
+    def _finished(self, network: str) -> None:
+        self._submitted -= 1
+        self._release(network)
+
+    async def _acquire(self, network: str) -> None:
+        """Take one of the network's verification slots, waiting (boundedly) for one."""
+        held = self._per_network.get(network, 0)
+        if held < self.settings.verify_per_network:
+            self._per_network[network] = held + 1
+            self.peak_per_network = max(self.peak_per_network, held + 1)
+            return
+        queue = self._waiting.setdefault(network, deque())
+        if len(queue) >= WAITING_PER_NETWORK:
+            raise _BusyError
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn  # `_release` hands its slot over by resolving this
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(network)  # handed over just now: pass it on
+            elif turn in queue:
+                queue.remove(turn)
+            raise
+
+    def _release(self, network: str) -> None:
+        queue = self._waiting.get(network)
+        while queue:
+            turn = queue.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot moves to the waiter: the count stays
+                return
+        self._waiting.pop(network, None)
+        held = self._per_network.get(network, 0) - 1
+        if held > 0:
+            self._per_network[network] = held
+        else:
+            self._per_network.pop(network, None)
+
+    def in_flight(self, peer_ip: str) -> int:
+        """Verifications running or queued for this client's network."""
+        return self._per_network.get(network_of(peer_ip), 0)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed (serve stopped) meanwhile
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def make_logins(accounts: Accounts, settings: AuthConfig, db: ThrottleDb | None) -> Logins:
+    """The login path `serve` uses: the throttle from `[auth]`, persisted in `db` if given."""
+    throttle = throttle_from_config(settings)
+    if db is not None:
+        db.attach(throttle)
+    return Logins(accounts, settings, throttle, db=db)
+
+
+def throttle_from_config(settings: AuthConfig) -> LoginThrottle:
+    return LoginThrottle(
+        free_failures=settings.free_failures,
+        max_delay_s=float(settings.max_delay_s),
+        lockout_failures=settings.lockout_failures,
+        network_lockout_failures=settings.network_lockout_failures,
+        account_ceiling=settings.account_ceiling,
+        window_s=float(settings.window_s),
+    )

@@ -170,10 +170,9 @@ class DataFramer:
             return
         self._size += len(region)
         at_line_start, self._at_line_start = self._at_line_start, region.endswith(b"\n")
-        if self._error is not None:
-            self._pending_cr = region.endswith(b"\r")
-            return
         # Bare CR / bare LF: every CR must be followed by LF and every LF preceded by CR.
+        # Checked even after another error (a line too long, the size): where the message
+        # ends must not depend on how its bytes were cut (tests/fuzz/fuzz_smtp_data.py).
         crlf = region.count(b"\r\n")
         joined = 1 if self._pending_cr and region.startswith(b"\n") else 0
         if self._pending_cr and not joined:
@@ -182,6 +181,8 @@ class DataFramer:
         if region.count(b"\n") != crlf + joined or region.count(b"\r") != crlf + trailing_cr:
             return self._fail(DataError.BARE_NEWLINE)
         self._pending_cr = bool(trailing_cr)
+        if self._error is not None:
+            return  # nothing more to keep or measure
         # Line lengths, counted with the line's CRLF.
         lines = region.split(b"\n")
         first = self._line_len + len(lines[0]) + (1 if len(lines) > 1 else 0)

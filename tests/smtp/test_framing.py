@@ -135,3 +135,17 @@ def test_any_bytes_give_a_consistent_result(data: bytes, cuts: list[int]) -> Non
     assert chunked == whole
     if whole is not None and whole.error is None:
         assert b"\r\n.\r\n" in b"\r\n" + data  # only a real terminator ends a message
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 1000, 5000])
+def test_bare_newline_after_a_too_long_line_is_seen_however_the_bytes_are_cut(step: int) -> None:
+    # Found by tests/fuzz/fuzz_smtp_data.py: once a line was too long, later chunks skipped the
+    # bare CR/LF check, so a message cut in pieces waited for a terminator while the same bytes
+    # in one piece ended DATA with BARE_NEWLINE.
+    data = b"x" * 1100 + b"\r\n.\xd2\nMAIL FROM:<a@b>\r\n"
+    framer = DataFramer(max_bytes=4096)
+    for i in range(0, len(data), step):
+        framer.receive_data(data[i : i + step])
+    event = framer.next_event()
+    assert event is not None
+    assert event.error is DataError.BARE_NEWLINE

@@ -1,8 +1,10 @@
 """What every listener gets from `serve`: config, paths, accounts, store, events, TLS, the login
 path (`logins`, with its throttle), the outbound queue.
 
-Built once by `mailstack.app` and passed to each service's `start(ctx, host, port)`. It lives on
-the delivery floor, below the protocols that receive it and above the base it bundles.
+Built once by `mailstack.app` (and by each SMTP worker), frozen, and passed to each service's
+`start(ctx, host, port)`; what a protocol keeps for itself (connection limits, caches) lives in
+its service object, not here. It lives on the delivery floor, below the protocols that receive
+it and above the base it bundles.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ if TYPE_CHECKING:
     from mailstack.delivery.queue import OutboundQueue
 
 
-@dataclass
+def hosted_domains(config: Config, accounts: Accounts) -> set[str]:
+    """Config domains plus those added with `domain add` (read live)."""
+    return set(config.server.domains) | set(accounts.domains())
+
+
+@dataclass(frozen=True)
 class ServerContext:
     config: Config
     paths: StatePaths
@@ -46,16 +53,19 @@ class ServerContext:
     logins: Logins = field(init=False)
 
     def __post_init__(self) -> None:
+        # Frozen: the two fields derived at construction are set the one way a frozen
+        # dataclass allows.
         if self.throttle is None:
             db = ThrottleDb(self.paths.throttle_db)
-            self.logins = make_logins(self.accounts, self.config.auth, db)
-            self.throttle = self.logins.throttle
+            logins = make_logins(self.accounts, self.config.auth, db)
+            object.__setattr__(self, "throttle", logins.throttle)
         else:
-            self.logins = Logins(self.accounts, self.config.auth, self.throttle)
+            logins = Logins(self.accounts, self.config.auth, self.throttle)
+        object.__setattr__(self, "logins", logins)
 
     def hosted_domains(self) -> set[str]:
         """Config domains plus those added with `domain add` (read live)."""
-        return set(self.config.server.domains) | set(self.accounts.domains())
+        return hosted_domains(self.config, self.accounts)
 
 
 # A service's entry point: start listening on (host, port), return the server to close later.

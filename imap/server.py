@@ -26,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from mailstack.delivery.cache import StructureCaches
 from mailstack.delivery.services import ServerContext
 from mailstack.imap import response
 from mailstack.imap.framing import RemoteProtocolError
@@ -46,10 +46,14 @@ CLOSE_S = 5.0
 
 
 class ImapService:
-    """What the imap and imaps listeners of one `serve` share: the connection limiter and the
-    per-account session counts."""
+    """What the imap and imaps listeners of one `serve` share: the connection limiter, the
+    per-account session counts and the structure caches. `serve` builds one and starts both
+    listeners from it; `start_imap`/`start_imaps` alone give a listener a service of its own."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, *, rescan_s: float = RESCAN_S) -> None:
+        self.ctx = ctx
+        self.rescan_s = rescan_s
+        self.caches = StructureCaches()
         cfg = ctx.config.imap
         self.connections = ConnectionLimiter(
             cfg.max_connections,
@@ -60,52 +64,54 @@ class ImapService:
         # Per account (LOGIN's NO [LIMIT]); addresses are the limiter's business.
         self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_user)
 
+    async def start_imap(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+        """IMAP on `host:port` with STARTTLS (cleartext login only where the session allows)."""
+        return await self._start(ctx, host, port, implicit_tls=False)
 
-# The service of each serving context, so that start_imap and start_imaps (called one by one
-# by `serve`) share it; an entry goes when its context is garbage-collected (ServerContext is a
-# mutable, unhashable dataclass: keyed by id with a finalizer, not a WeakKeyDictionary).
-# Once `serve` builds one ImapService and hands it to both listeners, this table can go.
-_SERVICES: dict[int, ImapService] = {}
+    async def start_imaps(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+        """IMAP over implicit TLS on `host:port` (RFC 8314)."""
+        return await self._start(ctx, host, port, implicit_tls=True)
 
+    async def _start(
+        self, ctx: ServerContext, host: str, port: int, *, implicit_tls: bool
+    ) -> asyncio.Server:
+        if ctx is not self.ctx:
+            raise ValueError("an ImapService serves the context it was built for")
+        ssl_ctx = ctx.tls.listening_context() if implicit_tls else None
 
-def service_for(ctx: ServerContext) -> ImapService:
-    service = _SERVICES.get(id(ctx))
-    if service is None:
-        service = _SERVICES[id(ctx)] = ImapService(ctx)
-        weakref.finalize(ctx, _SERVICES.pop, id(ctx), None)
-    return service
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await serve_client(
+                ctx,
+                reader,
+                writer,
+                limits=self.limits,
+                connections=self.connections,
+                caches=self.caches,
+                is_tls=implicit_tls,
+                rescan_s=self.rescan_s,
+            )
+
+        return await asyncio.start_server(
+            client,
+            host,
+            port,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_ctx else None,
+        )
+
+    def close(self) -> None:
+        """Close the structure caches' files (as a process exit would)."""
+        self.caches.close()
 
 
 async def start_imap(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
-    """IMAP on `host:port` with STARTTLS (cleartext login only where the session allows)."""
-    return await _start(ctx, host, port, implicit_tls=False)
+    """One IMAP (STARTTLS) listener with a service of its own."""
+    return await ImapService(ctx).start_imap(ctx, host, port)
 
 
 async def start_imaps(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
-    """IMAP over implicit TLS on `host:port` (RFC 8314)."""
-    return await _start(ctx, host, port, implicit_tls=True)
-
-
-async def _start(
-    ctx: ServerContext, host: str, port: int, *, implicit_tls: bool, rescan_s: float = RESCAN_S
-) -> asyncio.Server:
-    service = service_for(ctx)
-    ssl_ctx = ctx.tls.listening_context() if implicit_tls else None
-
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_client(
-            ctx,
-            reader,
-            writer,
-            limits=service.limits,
-            connections=service.connections,
-            is_tls=implicit_tls,
-            rescan_s=rescan_s,
-        )
-
-    return await asyncio.start_server(
-        client, host, port, ssl=ssl_ctx, ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_ctx else None
-    )
+    """One IMAPS listener with a service of its own."""
+    return await ImapService(ctx).start_imaps(ctx, host, port)
 
 
 async def serve_client(
@@ -115,6 +121,7 @@ async def serve_client(
     *,
     limits: ConnectionLimits,
     connections: ConnectionLimiter,
+    caches: StructureCaches,
     is_tls: bool,
     rescan_s: float = RESCAN_S,
 ) -> None:
@@ -135,6 +142,7 @@ async def serve_client(
         is_tls=is_tls,
         conn_id=conn_id,
         limits=limits,
+        caches=caches,
         starttls_available=not is_tls,
         rescan_s=rescan_s,
     )

@@ -34,6 +34,7 @@ import asyncio
 import ipaddress
 from dataclasses import dataclass, field
 
+from mailstack.delivery.cache import StructureCaches
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import StoreError, UnknownUserError
 from mailstack.imap import commands as c
@@ -54,7 +55,6 @@ from mailstack.imap.session_base import (
     RefusedError,
     Selected,
     Write,
-    caches_for,
     checked_name,
 )
 from mailstack.imap.session_mailbox import MailboxCommands
@@ -64,7 +64,7 @@ from mailstack.base import sasl
 from mailstack.base.login import Outcome
 from mailstack.base.logs import connection_logger
 
-__all__ = ["ConnectionLimits", "Session", "Write", "caches_for", "is_loopback"]
+__all__ = ["ConnectionLimits", "Session", "Write", "is_loopback"]
 
 MAX_BAD_COMMANDS = 50  # consecutive BADs before we give up on a client (a confused script)
 PREAUTH_MAX_LITERAL_BYTES = 64 * 1024
@@ -152,10 +152,13 @@ class Session(MailboxCommands, SelectedCommands):
         is_tls: bool,
         conn_id: str,
         limits: ConnectionLimits,
+        caches: StructureCaches | None = None,
         starttls_available: bool = True,
         rescan_s: float = 3.0,
     ) -> None:
         self.ctx = ctx
+        # None: caches of this session's own (a session outside a server, in tests).
+        self.caches = caches if caches is not None else StructureCaches()
         self.peer_ip = peer_ip
         self.is_tls = is_tls
         self.conn_id = conn_id

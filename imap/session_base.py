@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -67,25 +66,6 @@ class Selected:
         return self.messages[-1].uid if self.messages else 0
 
 
-# The structure caches of one serving context (an open SQLite file per account), closed when
-# the context goes; keyed by id as imap/server.py's connection limits, for the same reason.
-_CACHES: dict[int, StructureCaches] = {}
-
-
-def caches_for(ctx: ServerContext) -> StructureCaches:
-    caches = _CACHES.get(id(ctx))
-    if caches is None:
-        caches = _CACHES[id(ctx)] = StructureCaches()
-        weakref.finalize(ctx, _drop_caches, id(ctx))
-    return caches
-
-
-def _drop_caches(ctx_id: int) -> None:
-    caches = _CACHES.pop(ctx_id, None)
-    if caches is not None:
-        caches.close()
-
-
 def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
     return response.flag_list(sorted(info.flags | {RECENT} if info.uid in recent else info.flags))
 
@@ -115,6 +95,9 @@ class SessionCore:
     """State and helpers shared by the command mixins; `Session.__init__` sets the fields."""
 
     ctx: ServerContext
+    # The listeners' structure caches (one open SQLite file per account), owned by their
+    # ImapService (imap/server.py) and shared by every session of it.
+    caches: StructureCaches
     proto: ImapProtocol
     user: str | None
     selected: Selected | None
@@ -215,4 +198,4 @@ class SessionCore:
 
     def _disk_cache(self, user: str) -> StructureCache:
         """The account's on-disk structure cache (delivery/cache.py)."""
-        return caches_for(self.ctx).for_root(self.ctx.paths.maildir(user))
+        return self.caches.for_root(self.ctx.paths.maildir(user))

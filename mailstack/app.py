@@ -1,6 +1,6 @@
 """`mailstack serve`: one asyncio loop in the main process, every listener the config names.
 
-`LISTENERS` maps each service to its start function, an async
+`listeners(ctx)` maps each service to its start function, an async
 `start(ctx, host, port) -> asyncio.Server`. With `smtp.workers`, the `smtp` listener is
 the hand-off of mailstack.workers.parent instead: its sessions run in SMTP worker processes
 started first.
@@ -18,14 +18,15 @@ import errno
 import logging
 import signal
 from collections.abc import Callable
+from typing import TypeVar
 
 from mailstack.base.config import format_hostport
 from mailstack.base.errors import HostError
 from mailstack.base.tls import TlsProvider
 from mailstack.delivery.queue import OutboundQueue, local_delivery
-from mailstack.delivery.services import ServerContext, StartService
+from mailstack.delivery.services import ServerContext, StartService, hosted_domains
 from mailstack.deployment import Deployment
-from mailstack.imap.server import start_imap, start_imaps
+from mailstack.imap.server import ImapService
 from mailstack.smtp.server import start_smtp
 from mailstack.smtp.submission import start_submission, start_submissions
 from mailstack.status import ServeStatus
@@ -33,17 +34,26 @@ from mailstack.workers.parent import SmtpWorkers, worker_count
 
 log = logging.getLogger(__name__)
 
-LISTENERS: dict[str, StartService] = {
-    "smtp": start_smtp,
-    "submission": start_submission,
-    "submissions": start_submissions,
-    "imap": start_imap,
-    "imaps": start_imaps,
-}
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
+
+
+def listeners(ctx: ServerContext) -> dict[str, StartService]:
+    """Each configured service's start function; the IMAP listeners share one ImapService
+    (connection limits, per-account session counts, structure caches)."""
+    imap = ImapService(ctx)
+    return {
+        "smtp": start_smtp,
+        "submission": start_submission,
+        "submissions": start_submissions,
+        "imap": imap.start_imap,
+        "imaps": imap.start_imaps,
+    }
+
+
 DRAIN_S = 30.0  # how long in-flight sessions may take to finish after SIGTERM
 
 
-def build_context(dep: Deployment) -> ServerContext:
+def build_context(dep: Deployment, queue: OutboundQueue | None = None) -> ServerContext:
     tls = TlsProvider(dep.paths.tls_cert, dep.paths.tls_key)
     return ServerContext(
         config=dep.config,
@@ -52,6 +62,20 @@ def build_context(dep: Deployment) -> ServerContext:
         store=dep.store,
         events=dep.events,
         tls=tls,
+        queue=queue,
+    )
+
+
+Q = TypeVar("Q", bound=OutboundQueue)
+
+
+def outbound_queue(dep: Deployment, cls: type[Q]) -> Q:
+    """The outbound queue `serve` runs (a worker's forwards to the main process's runner)."""
+    return cls(
+        dep.config,
+        dep.paths,
+        hosted_domains=lambda: hosted_domains(dep.config, dep.accounts),
+        local=local_delivery(dep.accounts, dep.store, dep.config.server.hostname),
     )
 
 
@@ -62,11 +86,12 @@ async def start_listeners(
     `overrides`: another start function for a service (the SMTP workers' hand-off)."""
     servers: list[tuple[str, asyncio.Server]] = []
     try:
-        for service in LISTENERS:
+        starts = listeners(ctx) | (overrides or {})
+        for service in SERVICES:
             addresses = ctx.config.listeners(service)
             if not addresses:
                 continue
-            start = (overrides or {}).get(service) or LISTENERS[service]
+            start = starts[service]
             for host, port in addresses:
                 try:
                     server = await start(ctx, host, port)
@@ -104,13 +129,8 @@ def _bind_error(service: str, host: str, port: int, exc: OSError) -> HostError:
 async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     dep.events.bind(loop)
-    ctx = build_context(dep)
-    ctx.queue = OutboundQueue(
-        ctx.config,
-        ctx.paths,
-        hosted_domains=ctx.hosted_domains,
-        local=local_delivery(ctx.accounts, ctx.store, ctx.config.server.hostname),
-    )
+    queue = outbound_queue(dep, OutboundQueue)
+    ctx = build_context(dep, queue)
     workers: SmtpWorkers | None = None
     count = worker_count(ctx.config.smtp.workers)
     if count and ctx.config.listeners("smtp"):
@@ -124,7 +144,7 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
             await workers.stop()
         raise
     # The outbound queue runner stops with ctx.stopping; drain waits for its attempts in flight.
-    queue_runner = asyncio.create_task(ctx.queue.run(ctx.stopping), name="outbound-queue")
+    queue_runner = asyncio.create_task(queue.run(ctx.stopping), name="outbound-queue")
     status = ServeStatus.starting(ctx.paths, ctx.config.server.hostname, servers)
     if workers is not None:
         workers.on_ready = lambda: status.write(workers.pids() if workers else [])

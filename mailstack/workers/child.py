@@ -20,11 +20,11 @@ import socket
 import sys
 from pathlib import Path
 
-from mailstack.app import DRAIN_S, build_context, drain
+from mailstack.app import DRAIN_S, build_context, drain, outbound_queue
 from mailstack.base.errors import HostError, MailstackError
 from mailstack.base.logs import set_process_tag, setup_logging
 from mailstack.delivery.events import EventHub
-from mailstack.delivery.queue import OutboundQueue, local_delivery
+from mailstack.delivery.queue import OutboundQueue
 from mailstack.deployment import Deployment
 from mailstack.smtp.limits import ConnectionLimiter
 from mailstack.smtp.server import mx_sessions
@@ -60,15 +60,9 @@ class _ForwardingQueue(OutboundQueue):
 
 async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     loop = asyncio.get_running_loop()
-    ctx = build_context(dep)
-    queue = _ForwardingQueue(
-        ctx.config,
-        ctx.paths,
-        hosted_domains=ctx.hosted_domains,
-        local=local_delivery(ctx.accounts, ctx.store, ctx.config.server.hostname),
-    )
+    queue = outbound_queue(dep, _ForwardingQueue)
     queue.channel = channel
-    ctx.queue = queue
+    ctx = build_context(dep, queue)
     # The main process counts connections against the limits; here every one is admitted.
     factory = mx_sessions(ctx, ConnectionLimiter(sys.maxsize, sys.maxsize))
     stop = asyncio.Event()

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from mailstack.delivery.queue import OutboundQueue
-
 from tests.support.smtpserver import SmtpHarness, running_smtp
 
 T = TypeVar("T")
@@ -44,9 +42,9 @@ def send(h: SmtpHarness, rcpts: list[str]) -> dict[str, tuple[int, bytes]]:
 
 
 async def test_forwarding_alias_is_queued_and_local_targets_delivered(tmp_path: Path) -> None:
-    async with running_smtp(tmp_path / "state") as h:
+    async with running_smtp(tmp_path / "state", queue=True) as h:
         h.ctx.accounts.add_alias("fwd@example.com", ["alice@example.com", "friend@elsewhere.test"])
-        h.ctx.queue = OutboundQueue(h.ctx.config, h.ctx.paths, hosted_domains=h.ctx.hosted_domains)
+        assert h.ctx.queue is not None
 
         def send_one() -> tuple[int, bytes]:
             with smtplib.SMTP(h.host, h.port, timeout=30) as client:

@@ -114,14 +114,20 @@ async def sub(tmp_path: Path) -> AsyncIterator[Submission]:
 
 
 class running:  # noqa: N801 - used like a function
-    def __init__(self, root: Path, smtp: dict[str, Any] | None = None, queue: bool = True) -> None:
-        self.root, self.smtp_cfg, self.with_queue = root, smtp, queue
+    def __init__(
+        self,
+        root: Path,
+        smtp: dict[str, Any] | None = None,
+        queue: bool = True,
+        **config: dict[str, Any],
+    ) -> None:
+        self.root, self.smtp_cfg, self.with_queue, self.config = root, smtp, queue, config
 
     async def __aenter__(self) -> Submission:
-        ctx, _ca = build_context(self.root, smtp=self.smtp_cfg)
+        ctx, _ca = build_context(
+            self.root, smtp=self.smtp_cfg, queue=self.with_queue, **self.config
+        )
         ctx.events.bind(asyncio.get_running_loop())
-        if self.with_queue:
-            ctx.queue = OutboundQueue(ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains)
         services = (
             SubmissionService(ctx, implicit_tls=False),
             SubmissionService(ctx, implicit_tls=True),

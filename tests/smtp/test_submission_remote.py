@@ -11,9 +11,7 @@ from pathlib import Path
 
 import dkim
 import pytest
-from mailstack.delivery.queue import OutboundQueue
 
-from mailstack.base.config import config_from_dict
 from mailstack.keys import dkim_public_record
 from tests.delivery.test_queue import dnsfunc
 from tests.delivery.test_remote import Double, _txt, dkim_key, double, zones
@@ -41,18 +39,15 @@ def dns_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 async def test_submitted_mail_is_signed_and_delivered_to_the_foreign_mx(
     tmp_path: Path, dns_port: int, double: Double
 ) -> None:
-    async with running(tmp_path / "state") as h:
+    async with running(
+        tmp_path / "state",
+        dns={"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
+        outbound={"mx_port": double.port},
+    ) as h:
         ctx = h.ctx
-        ctx.config = config_from_dict(
-            {
-                "server": {"hostname": "mail.example.com", "domains": ["example.com"]},
-                "dns": {"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
-                "outbound": {"mx_port": double.port},
-            }
-        )
+        assert ctx.queue is not None
         ctx.paths.dkim_dir.mkdir(parents=True, exist_ok=True)
         ctx.paths.dkim_key(SELECTOR, "example.com").write_bytes(dkim_key())
-        ctx.queue = OutboundQueue(ctx.config, ctx.paths, hosted_domains=ctx.hosted_domains)
 
         def client() -> dict[str, tuple[int, bytes]]:
             smtp = h.smtps()

@@ -29,8 +29,7 @@ import trustme
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.services import ServerContext
-from mailstack.imap.server import start_imap, start_imaps
-from mailstack.imap.session import caches_for
+from mailstack.imap.server import ImapService
 
 from mailstack.base.config import Config, config_from_dict
 from mailstack.base.paths import StatePaths
@@ -146,8 +145,9 @@ class ImapServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.ctx.events.bind(self._loop)
-        imap = await start_imap(self.ctx, "127.0.0.1", 0)
-        imaps = await start_imaps(self.ctx, "127.0.0.1", 0)
+        service = ImapService(self.ctx)  # one for both listeners, as serve does
+        imap = await service.start_imap(self.ctx, "127.0.0.1", 0)
+        imaps = await service.start_imaps(self.ctx, "127.0.0.1", 0)
         self.imap_port = imap.sockets[0].getsockname()[1]
         self.imaps_port = imaps.sockets[0].getsockname()[1]
         self._ready.set()
@@ -166,7 +166,7 @@ class ImapServerThread:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
             # As a process exit would: the next server on this deployment starts cold.
-            caches_for(self.ctx).close()
+            service.close()
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():

@@ -30,7 +30,8 @@ from typing import Any
 import trustme
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.services import ServerContext
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.services import ServerContext, hosted_domains
 from mailstack.smtp.server import SmtpService
 from mailstack.smtp.verdict import Verifier, accept_all
 
@@ -79,8 +80,15 @@ def _template() -> tuple[Path, trustme.CA]:
 
 
 def build_context(
-    root: Path, *, smtp: dict[str, Any] | None = None, dns: dict[str, Any] | None = None
+    root: Path,
+    *,
+    smtp: dict[str, Any] | None = None,
+    dns: dict[str, Any] | None = None,
+    outbound: dict[str, Any] | None = None,
+    queue: bool = False,
 ) -> tuple[ServerContext, trustme.CA]:
+    """A context as serve builds one; `queue`: with an outbound queue (nobody runs it: a test
+    calls its run_once)."""
     paths = StatePaths(root)
     template, ca = _template()
     shutil.copytree(template, root, dirs_exist_ok=True)
@@ -96,14 +104,26 @@ def build_context(
             },
             "smtp": smtp or {},
             "dns": dns or {},
+            "outbound": outbound or {},
         }
     )
     accounts = Accounts(paths.users_db)
     events = EventHub()
     store = MaildirStore(paths, events, hostname=HOSTNAME, quota_of=accounts.quota_bytes)
     tls = TlsProvider(paths.tls_cert, paths.tls_key)
+    outbound_queue = (
+        OutboundQueue(config, paths, hosted_domains=lambda: hosted_domains(config, accounts))
+        if queue
+        else None
+    )
     ctx = ServerContext(
-        config=config, paths=paths, accounts=accounts, store=store, events=events, tls=tls
+        config=config,
+        paths=paths,
+        accounts=accounts,
+        store=store,
+        events=events,
+        tls=tls,
+        queue=outbound_queue,
     )
     return ctx, ca
 
@@ -160,8 +180,9 @@ async def running_smtp(
     smtp: dict[str, Any] | None = None,
     dns: dict[str, Any] | None = None,
     verify: Verifier | None = None,
+    queue: bool = False,
 ) -> AsyncIterator[SmtpHarness]:
-    ctx, ca = build_context(root, smtp=smtp, dns=dns)
+    ctx, ca = build_context(root, smtp=smtp, dns=dns, queue=queue)
     ctx.events.bind(asyncio.get_running_loop())
     # Inbound SPF/DKIM/DMARC has its own tests (test_inbound_auth.py); here mail is accepted.
     service = SmtpService(ctx, verify=verify or accept_all)

@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mailstack.delivery.store import Flag, StoreError
+from mailstack.delivery.store import StoreError
+
+from mailstack.base.flags import Flag
 
 MAX_KEYWORDS = 26  # letters a..z
 

@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 
 from mailstack.delivery.store import (
     INBOX,
-    Flag,
-    FlagMode,
     FolderNotFoundError,
     MailStore,
     MessageRef,
@@ -43,6 +41,7 @@ from mailstack.delivery.trace import (
     return_path_field,
 )
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.users import Accounts
 
 log = logging.getLogger(__name__)

@@ -53,8 +53,6 @@ from mailstack.delivery.maildir_write import BatchWriter, _Job, _Target, _Writte
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
-    Flag,
-    FlagMode,
     FolderExistsError,
     FolderInfo,
     FolderNotFoundError,
@@ -66,6 +64,7 @@ from mailstack.delivery.store import (
     UnknownUserError,
 )
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.fsutil import fsync_dir
 from mailstack.base.paths import StatePaths
 

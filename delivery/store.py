@@ -24,6 +24,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailstack.base.flags import FlagMode
+
 HIERARCHY_DELIMITER = "."
 INBOX = "INBOX"
 
@@ -62,16 +64,6 @@ class MessageGoneError(StoreError):
     code = "EXPUNGEISSUED"
 
 
-class Flag(enum.StrEnum):
-    """System flags (RFC 9051 §2.3.2) and their Maildir info letters."""
-
-    SEEN = "\\Seen"
-    ANSWERED = "\\Answered"
-    FLAGGED = "\\Flagged"
-    DELETED = "\\Deleted"
-    DRAFT = "\\Draft"
-
-
 class SpecialUse(enum.StrEnum):
     """RFC 6154 special-use attributes of the default folders."""
 
@@ -90,14 +82,6 @@ DEFAULT_FOLDERS: dict[str, SpecialUse] = {
     "Junk": SpecialUse.JUNK,
     "Archive": SpecialUse.ARCHIVE,
 }
-
-
-class FlagMode(enum.Enum):
-    """How STORE applies flags (RFC 9051 §6.4.6)."""
-
-    REPLACE = "FLAGS"
-    ADD = "+FLAGS"
-    REMOVE = "-FLAGS"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ Conventions:
 - Mailbox names are kept as sent on the wire (modified UTF-7, RFC 3501 §5.1.3), except that
   any case of "INBOX" is normalised to "INBOX" (RFC 9051 §5.1).
 - Flags and keywords keep the client's spelling; system flags are canonicalised to the
-  capitalisation of `delivery.store.Flag` (`\\seen` -> `\\Seen`) by the parser.
+  capitalisation of `mailstack.base.flags.Flag` (`\\seen` -> `\\Seen`) by the parser.
 - Upper-case strings name protocol keywords (`"BODYSTRUCTURE"`, `"UIDNEXT"`).
 
 RFCs: 3501 and 9051 (grammar), 2177 IDLE, 4315 UIDPLUS, 6851 MOVE, 2342 NAMESPACE, 2971 ID,
@@ -21,8 +21,9 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from mailstack.delivery.store import FlagMode
 from mailstack.imap.sequence import SequenceSet
+
+from mailstack.base.flags import FlagMode
 
 # -- FETCH ----------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from mailstack.delivery.store import FlagMode
 from mailstack.imap import commands as c
 from mailstack.imap.parser_reader import (
     BadSyntaxError,
@@ -24,6 +23,8 @@ from mailstack.imap.parser_reader import (
     canonical_flag,
     normalize_mailbox,
 )
+
+from mailstack.base.flags import FlagMode
 
 __all__ = ["MAX_DEPTH", "ParseError", "canonical_flag", "normalize_mailbox", "parse_command"]
 

@@ -12,8 +12,9 @@ import datetime
 import re
 from collections.abc import Callable
 
-from mailstack.delivery.store import Flag
 from mailstack.imap.sequence import SequenceSet, SequenceSetError, parse_sequence_set
+
+from mailstack.base.flags import Flag
 
 # RFC 9051 §9: ATOM-CHAR = <any CHAR except atom-specials>
 #   atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials

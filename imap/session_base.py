@@ -17,15 +17,12 @@ from dataclasses import dataclass
 
 from mailstack.delivery.cache import StructureCache, StructureCaches
 from mailstack.delivery.services import ServerContext
-from mailstack.delivery.store import (
-    Flag,
-    FolderNotFoundError,
-    FolderSnapshot,
-    MessageInfo,
-)
+from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
 from mailstack.imap import response, utf7
 from mailstack.imap.protocol import ImapProtocol, State
 from mailstack.imap.sequence import SequenceSet
+
+from mailstack.base.flags import Flag
 
 Write = Callable[[bytes], Awaitable[None]]
 

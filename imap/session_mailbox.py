@@ -11,7 +11,6 @@ import contextlib
 from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
-    Flag,
     FolderInfo,
     FolderNotFoundError,
     SpecialUse,
@@ -29,6 +28,8 @@ from mailstack.imap.session_base import (
     checked_name,
     storable,
 )
+
+from mailstack.base.flags import Flag
 
 
 class MailboxCommands(SessionCore):

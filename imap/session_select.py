@@ -15,13 +15,7 @@ import contextlib
 import dataclasses
 from collections.abc import Generator
 
-from mailstack.delivery.store import (
-    Flag,
-    FlagMode,
-    FolderNotFoundError,
-    MessageGoneError,
-    MessageInfo,
-)
+from mailstack.delivery.store import FolderNotFoundError, MessageGoneError, MessageInfo
 from mailstack.imap import commands as c
 from mailstack.imap import fetch, response, search
 from mailstack.imap.protocol import State
@@ -37,6 +31,8 @@ from mailstack.imap.session_base import (
     flags_of,
     storable,
 )
+
+from mailstack.base.flags import Flag, FlagMode
 
 HEADER_BATCH = 100  # headers per store call in SEARCH: ~100 open files, a few dozen KB
 

@@ -58,6 +58,7 @@ PURE = [
     "mailstack.delivery.queue_state",
     "mailstack.delivery.trace",
     "mailstack.base.throttle",
+    "mailstack.base.flags",
     "mailstack.base.connections",
     "mailstack.base.sasl",
     "mailstack.dnsrecords",

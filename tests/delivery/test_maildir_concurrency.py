@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import Flag, FlagMode
 from mailstack.delivery.uidmap import UidList
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE
 

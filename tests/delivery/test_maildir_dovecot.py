@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import Flag, FlagMode
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
 from tests.support.dovecot import MAIL_GROUP, MAIL_USER, DovecotFactory
 

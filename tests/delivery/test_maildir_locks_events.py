@@ -14,8 +14,8 @@ import pytest
 from mailstack.delivery.dotlock import DotLock, LockTimeoutError
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import Flag, FlagMode
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE
 

@@ -28,8 +28,6 @@ from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
-    Flag,
-    FlagMode,
     FolderExistsError,
     FolderNotFoundError,
     InvalidFolderNameError,
@@ -37,6 +35,7 @@ from mailstack.delivery.store import (
 )
 from mailstack.delivery.uidmap import UidList, UidRecord
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
 
 ALICE = "alice@example.com"

@@ -13,8 +13,6 @@ from mailstack.delivery import index as index_module
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
-    Flag,
-    FlagMode,
     FolderExistsError,
     FolderNotFoundError,
     InvalidFolderNameError,
@@ -24,6 +22,7 @@ from mailstack.delivery.store import (
     UnknownUserError,
 )
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE, BOB
 

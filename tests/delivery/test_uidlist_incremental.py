@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailstack.delivery.index import UIDLIST, FolderIndex
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import Flag, FlagMode
 from mailstack.delivery.uidmap import UidList
 
+from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
 from tests.delivery.conftest import ALICE
 

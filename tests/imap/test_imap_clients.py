@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mailstack.delivery.store import INBOX, Flag
+from mailstack.delivery.store import INBOX
 
+from mailstack.base.flags import Flag
 from tests.support.imapserver import (
     PASSWORD,
     USER,

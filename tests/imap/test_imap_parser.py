@@ -8,10 +8,11 @@ import datetime
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from mailstack.delivery.store import FlagMode
 from mailstack.imap import commands as c
 from mailstack.imap.parser import MAX_DEPTH, ParseError, parse_command
 from mailstack.imap.sequence import SeqRange, SequenceSet
+
+from mailstack.base.flags import FlagMode
 
 
 def seq(*ranges: tuple[int | None, int | None]) -> SequenceSet:

@@ -203,7 +203,7 @@ def now() -> float:
 class RenderedStructure:
     """ENVELOPE, BODY and BODYSTRUCTURE of one message as they go on the wire.
 
-    What the structure cache (delivery/cache.py) keeps: a warm FETCH of these items then only
+    What the structure cache (imap/cache.py) keeps: a warm FETCH of these items then only
     copies bytes (rendering a `Structure` costs about as much as decoding it again). The
     rendering depends on nothing but the message (no ENABLEd extension changes it)."""
 

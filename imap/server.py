@@ -29,9 +29,9 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from mailstack.delivery.cache import StructureCaches
 from mailstack.delivery.services import ServerContext
 from mailstack.imap import response
+from mailstack.imap.cache import StructureCaches
 from mailstack.imap.framing import RemoteProtocolError
 from mailstack.imap.session import ConnectionLimits, Session, Write
 

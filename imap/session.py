@@ -21,7 +21,7 @@ Invariants:
   EXPUNGE (numbers would shift under the client); those messages stay until the next command
   that may report them, and reading one gives `NO [EXPUNGEISSUED]`.
 - Nothing answers APPEND/COPY with OK before the store returned (it fsyncs).
-- The structure cache (delivery/cache.py) is never trusted over the message files: a row is
+- The structure cache (imap/cache.py) is never trusted over the message files: a row is
   used only if its recorded size equals the message's RFC822.SIZE and it decodes; anything
   else is recomputed from the file and stored again.
 - Syntax errors are `BAD`; refusals `NO [CODE]` (a StoreError's `.code`); anything unexpected
@@ -34,11 +34,11 @@ import asyncio
 import ipaddress
 from dataclasses import dataclass, field
 
-from mailstack.delivery.cache import StructureCaches
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import StoreError, UnknownUserError
 from mailstack.imap import commands as c
 from mailstack.imap import response
+from mailstack.imap.cache import StructureCaches
 from mailstack.imap.protocol import (
     BadCommand,
     CommandReceived,

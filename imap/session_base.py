@@ -15,10 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mailstack.delivery.cache import StructureCache, StructureCaches
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
 from mailstack.imap import response, utf7
+from mailstack.imap.cache import StructureCache, StructureCaches
 from mailstack.imap.protocol import ImapProtocol, State
 from mailstack.imap.sequence import SequenceSet
 
@@ -194,5 +194,5 @@ class SessionCore:
         return [(n, sel.messages[n - 1]) for n in seqset.expand(count)]
 
     def _disk_cache(self, user: str) -> StructureCache:
-        """The account's on-disk structure cache (delivery/cache.py)."""
+        """The account's on-disk structure cache (imap/cache.py)."""
         return self.caches.for_root(self.ctx.paths.maildir(user))

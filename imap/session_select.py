@@ -4,7 +4,7 @@ A mixin of `Session`.
 
 FETCH answers ENVELOPE/BODY/BODYSTRUCTURE from `response.RenderedStructure`s (a rendered
 `fetch.Structure`) cached in the session's memory and in the account's on-disk cache
-(delivery/cache.py), so a folder's messages are read, parsed and rendered once, not on every
+(imap/cache.py), so a folder's messages are read, parsed and rendered once, not on every
 open; SEARCH reads only headers for header keys, a batch of messages per store call.
 """
 
@@ -192,7 +192,7 @@ class SelectedCommands(SessionCore):
         self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
     ) -> dict[int, response.RenderedStructure]:
         """Cached rendered structures of the batch's messages, by UID: the session's memory
-        first, then the account's on-disk cache (delivery/cache.py). Misses are absent; the
+        first, then the account's on-disk cache (imap/cache.py). Misses are absent; the
         caller parses those and hands them to `_remember`. An undecodable value is a miss."""
         found: dict[int, response.RenderedStructure] = {}
         missing: list[MessageInfo] = []

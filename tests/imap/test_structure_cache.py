@@ -1,4 +1,4 @@
-"""The on-disk structure cache (delivery/cache.py) as the IMAP server uses it.
+"""The on-disk structure cache (imap/cache.py) as the IMAP server uses it.
 
 A server restart is a new process as far as the cache is concerned (a new `ServerContext`,
 so new `StructureCache` objects and an empty session memory): what survives it came from
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from mailstack.delivery.cache import CACHE_FILE, StructureCache
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX
+from mailstack.imap.cache import CACHE_FILE, StructureCache
 
 from tests.imap.rawclient import RawClient
 from tests.support.imapserver import (

@@ -56,7 +56,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# Last, so the installed mailstack (not the checkout's folders) is imported; tests.* from here.
+sys.path.append(str(REPO))
 
 from mailstack.delivery.layout import crlf_size, unique_name  # noqa: E402
 

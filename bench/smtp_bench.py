@@ -48,7 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# Last, so the installed mailstack (not the checkout's folders) is imported; tests.* from here.
+sys.path.append(str(REPO))
 
 from tests.support.postfix import MaildirTarget, PostfixInstance  # noqa: E402
 from tests.support.serve import ServeProcess  # noqa: E402

@@ -64,8 +64,9 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
 
 
 # Commands that never switch to the state dir's owner: init creates and hands over the dir,
-# serve re-executes itself with CAP_NET_BIND_SERVICE, demo and systemd-unit write nothing there.
-_AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit"})
+# serve re-executes itself with CAP_NET_BIND_SERVICE; demo, systemd-unit and config write
+# nothing there (config validate reads a file root may own, e.g. Ansible's temporary copy).
+_AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit", "config"})
 
 
 for _group in (user, alias, domain, throttle):

@@ -106,3 +106,18 @@ def test_config_template_with_a_bad_value_fails_validation(tmp_path: Path) -> No
     )
     assert done.returncode == 1
     assert "smtp.max_message_size" in done.stderr
+
+
+def test_example_vault_password_decrypts_as_documented(tmp_path: Path) -> None:
+    # group_vars/all.example.yml says which vault password its example was encrypted with.
+    (tmp_path / "vault-password").write_text("example-vault-password\n")
+    done = subprocess.run(
+        [str(BIN / "ansible"), "-i", "localhost,", "-c", "local", "localhost", "-m", "debug",
+         "-a", "var=mailstack_password_you", "-e", f"@{ANSIBLE_DIR}/group_vars/all.example.yml",
+         "--vault-password-file", str(tmp_path / "vault-password")],
+        capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path), "PYTHONWARNINGS": "ignore"},
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"mailstack_password_you": "correct horse battery staple"' in done.stdout

@@ -77,6 +77,14 @@ def become_owner(root: Path) -> None:
         os.setgroups([])
     os.setgid(st.st_gid)
     os.setuid(st.st_uid)
+    stdlib = os.path.dirname(os.__file__)
+    if not os.access(stdlib, os.R_OK | os.X_OK):  # e.g. a Python installed under /root
+        raise HostError(
+            f"{root} belongs to uid {st.st_uid}, and as that user this Python cannot read its "
+            f"standard library ({stdlib})",
+            hint="install mailstack with a Python every user can run (e.g. /usr/bin/python3), "
+            "or run the command as that user",
+        )
 
 
 def reexec_serve_as_owner(root: Path) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.ansible.support import SERVICES, PlaybookRun, free_ports, open_path_to, run_playbook
 
@@ -37,7 +38,9 @@ class Deployed:
         return int(ports[service])
 
 
-def variables_for(work: Path, wheel: str, passwords: dict[str, str]) -> dict[str, object]:
+def variables_for(
+    work: Path, wheel: str, passwords: dict[str, str], ports: dict[str, int]
+) -> dict[str, object]:
     return {
         "mailstack_domain": "example.com",
         "mailstack_hostname": "mail.example.com",
@@ -47,7 +50,7 @@ def variables_for(work: Path, wheel: str, passwords: dict[str, str]) -> dict[str
         "mailstack_state_dir": str(work / "state"),
         "mailstack_unit_path": str(work / "mailstack.service"),
         "mailstack_listen_host": "127.0.0.1",
-        "mailstack_ports": dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True)),
+        "mailstack_ports": ports,
         "mailstack_apt_update_cache": False,  # python3-venv is here; no list refresh needed
         "mailstack_manage_service": False,
         "mailstack_check": False,
@@ -59,7 +62,21 @@ def variables_for(work: Path, wheel: str, passwords: dict[str, str]) -> dict[str
         "mailstack_aliases": [
             {"address": "team@example.com", "targets": ["alice@example.com", "Bob@example.com"]}
         ],
+        # a certificate "from a public CA" (trustme's), imported with `mailstack tls import`
+        "mailstack_tls_cert": str(work / "public/fullchain.pem"),
+        "mailstack_tls_key": str(work / "public/privkey.pem"),
     }
+
+
+def _public_certificate(work: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("mail.example.com")
+    (work / "public").mkdir()
+    leaf.cert_chain_pems[0].write_to_path(str(work / "public/fullchain.pem"))
+    for blob in leaf.cert_chain_pems[1:]:
+        blob.write_to_path(str(work / "public/fullchain.pem"), append=True)
+    leaf.private_key_pem.write_to_path(str(work / "public/privkey.pem"))
+    ca.cert_pem.write_to_path(str(work / "public/ca.pem"))
 
 
 @pytest.fixture(scope="package")
@@ -72,7 +89,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployed:
     )
     work = tmp_path_factory.mktemp("ansible")
     open_path_to(work)  # serve runs as mailstack and must reach its state dir
-    variables = variables_for(work, wheel, PASSWORDS)
+    _public_certificate(work)
+    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+    variables = variables_for(work, wheel, PASSWORDS, ports)
     first = run_playbook(work, variables, name="first")
     assert (first.returncode, first.failed) == (0, 0), first.explain()
     return Deployed(work, variables, first)

@@ -107,20 +107,26 @@ def test_second_run_changes_nothing(deployed: Deployed, served: ServeFrom) -> No
     assert (again.changed, again.changed_tasks) == (0, []), again.explain()
 
 
-def test_changed_password_changes_exactly_that(deployed: Deployed, served: ServeFrom) -> None:
-    passwords = {**PASSWORDS, "bob@example.com": "bob-second-pw"}
+SECOND_PASSWORDS = {**PASSWORDS, "bob@example.com": "bob-second-pw"}
+
+
+def _later(deployed: Deployed, **extra: object) -> dict[str, object]:
+    """The variables of the runs after the second: bob's password changed, plus `extra`."""
     ports = deployed.variables["mailstack_ports"]
     assert isinstance(ports, dict)
-    variables = {
-        **variables_for(
-            deployed.work, str(deployed.variables["mailstack_source"]), passwords, ports
-        ),
+    wheel = str(deployed.variables["mailstack_source"])
+    return {**variables_for(deployed.work, wheel, SECOND_PASSWORDS, ports), **extra}
+
+
+def test_changed_password_changes_exactly_that(deployed: Deployed, served: ServeFrom) -> None:
+    variables = _later(
+        deployed,
         # on a host where systemd is not PID 1 the play says why it does not start the unit
-        "mailstack_manage_service": True,
+        mailstack_manage_service=True,
         # check runs (its table is shown) and changes nothing
-        "mailstack_check": True,
-        "mailstack_check_args": ["--only", "config", "--only", "files"],
-    }
+        mailstack_check=True,
+        mailstack_check_args=["--only", "config", "--only", "files"],
+    )
     third = run_playbook(deployed.work, variables, name="third")
     assert (third.returncode, third.failed) == (0, 0), third.explain()
     assert (third.changed, third.changed_tasks) == (1, ["Set the passwords that differ"]), (
@@ -132,6 +138,20 @@ def test_changed_password_changes_exactly_that(deployed: Deployed, served: Serve
     assert _imap_inbox(deployed, "bob@example.com", "bob-second-pw")  # at once, no restart
     assert _login_fails(deployed, "bob@example.com", "bob-first-pw")
     assert _imap_inbox(deployed, "alice@example.com", "alice-first-pw")
+
+
+def test_strict_check_fails_the_play(deployed: Deployed) -> None:
+    variables = _later(
+        deployed,
+        mailstack_check=True,
+        mailstack_check_strict=True,
+        mailstack_check_args=["--only", "dns", "--resolver", "127.0.0.1:9"],  # nobody answers
+    )
+    fourth = run_playbook(deployed.work, variables, name="fourth")
+    assert (fourth.failed, fourth.changed) == (1, 0), fourth.explain()
+    assert fourth.returncode != 0
+    assert "dns.resolver" in fourth.output  # the table is shown before the play fails
+    assert "mailstack check failed: see the table above" in fourth.output
 
 
 def test_installed_unit_passes_systemd_analyze_verify(deployed: Deployed) -> None:

@@ -246,6 +246,11 @@ def init(
             "Next: publish the records above, add an account with "
             f"`{ms} user add you@{domain}`, run `{ms} serve`, then `{ms} check`."
         )
+        if system_user:
+            click.echo(
+                "The state directory belongs to the user mailstack; run serve as a service "
+                "with `mailstack systemd-unit > /etc/systemd/system/mailstack.service`."
+            )
 
 
 def _deployment_owner(root: Path, system_user: bool) -> tuple[int, int] | None:

@@ -86,6 +86,14 @@ def test_systemd_unit_is_hardened_and_unprivileged(cli: Cli, deployment_dir: Pat
     assert cli("systemd-unit", "--user", "mail", "--group", "adm").stdout.count("=mail\n") == 1
 
 
+def test_systemd_unit_warns_when_its_user_does_not_exist(cli: Cli, deployment_dir: Path) -> None:
+    result = cli("systemd-unit", "--user", "no-such-mailstack-user")
+    assert result.returncode == 0  # the unit may be written before the user is made
+    assert "User=no-such-mailstack-user" in result.stdout
+    assert result.stderr.startswith("warning: user no-such-mailstack-user does not exist yet")
+    assert "mailstack init --system-user" in result.stderr
+
+
 def test_systemd_unit_refuses_root(cli: Cli, deployment_dir: Path) -> None:
     result = cli("systemd-unit", "--user", "root")
     assert result.returncode == 2

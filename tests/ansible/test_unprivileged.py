@@ -48,6 +48,7 @@ def low_ports_deployment(deployed: Deployed, tmp_path_factory: pytest.TempPathFa
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert init.returncode == 0, init.stderr
+    assert "The state directory belongs to the user mailstack" in init.stdout
     assert root.stat().st_uid == pwd.getpwnam("mailstack").pw_uid
     return root
 

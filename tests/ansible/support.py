@@ -94,7 +94,7 @@ def free_ports(count: int, candidates: list[int] | None = None) -> list[int]:
     chosen: list[int] = []
     held: list[socket.socket] = []
     try:
-        for port in candidates or [0] * count:
+        for port in [0] * count if candidates is None else candidates:
             if len(chosen) == count:
                 break
             s = socket.socket()

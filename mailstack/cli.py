@@ -249,7 +249,7 @@ def init(
         if system_user:
             click.echo(
                 "The state directory belongs to the user mailstack; run serve as a service "
-                "with `mailstack systemd-unit > /etc/systemd/system/mailstack.service`."
+                f"with `{ms} systemd-unit > /etc/systemd/system/mailstack.service`."
             )
 
 

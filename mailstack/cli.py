@@ -230,11 +230,11 @@ def init(
             dkim_selector=dkim_selector,
             force=force,
         )
-        owner = _deployment_owner(obj.root, system_user)
+        from mailstack.privileges import deployment_owner, hand_over
+
+        owner = deployment_owner(obj.root, system_user)
         cfg = init_deployment(obj.root, opts)
         if owner is not None:  # files init wrote as root belong to the user serve runs as
-            from mailstack.privileges import hand_over
-
             hand_over(obj.root, *owner)
         paths = obj.paths
         click.echo(f"Created the mailstack deployment for {domain} in {obj.root}\n")
@@ -251,20 +251,6 @@ def init(
                 "The state directory belongs to the user mailstack; run serve as a service "
                 f"with `{ms} systemd-unit > /etc/systemd/system/mailstack.service`."
             )
-
-
-def _deployment_owner(root: Path, system_user: bool) -> tuple[int, int] | None:
-    """Who gets the state dir after init: `mailstack` with --system-user (created first, so a
-    failure leaves nothing behind), else the owner of a directory someone prepared for us."""
-    from mailstack.privileges import SYSTEM_USER, ensure_system_user, foreign_owner
-
-    if system_user:
-        if os.geteuid() != 0:
-            fail_usage("--system-user creates a user and hands it the state dir: run as root")
-        pw = ensure_system_user(SYSTEM_USER, root)
-        return pw.pw_uid, pw.pw_gid
-    st = foreign_owner(root)
-    return (st.st_uid, st.st_gid) if st is not None else None
 
 
 @main.command(context_settings=CONTEXT)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailstack.base.errors import HostError
+from mailstack.base.errors import HostError, UsageError
 
 SYSTEM_USER = "mailstack"
 NOLOGIN = "/usr/sbin/nologin"
@@ -43,6 +43,19 @@ def ensure_system_user(name: str, home: Path) -> pwd.struct_passwd:
         detail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
         raise HostError(f"cannot create user {name}: useradd: {detail}")
     return pwd.getpwnam(name)
+
+
+def deployment_owner(root: Path, system_user: bool) -> tuple[int, int] | None:
+    """Who gets the state dir after `init`: mailstack with --system-user (created before init
+    writes anything, so a failure leaves nothing behind), else the owner of a directory someone
+    prepared for us (the Ansible role makes it first), else nobody (root keeps it)."""
+    if system_user:
+        if os.geteuid() != 0:
+            raise UsageError("--system-user creates a user and hands it the state dir: run as root")
+        pw = ensure_system_user(SYSTEM_USER, root)
+        return pw.pw_uid, pw.pw_gid
+    st = foreign_owner(root)
+    return (st.st_uid, st.st_gid) if st is not None else None
 
 
 def hand_over(root: Path, uid: int, gid: int) -> None:

@@ -56,6 +56,17 @@ if TYPE_CHECKING:
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """mailstack: SMTP, IMAP, DKIM and DNS for your domain, in one service."""
     ctx.obj = Obj((root or default_dir()).absolute(), debug)
+    if ctx.invoked_subcommand not in _AS_INVOKER:
+        from mailstack.privileges import become_owner
+
+        with reporting(debug):
+            become_owner(ctx.obj.root)  # root on a deployment of `mailstack`: act as mailstack
+
+
+# Commands that never switch to the state dir's owner: init creates and hands over the dir,
+# serve re-executes itself with CAP_NET_BIND_SERVICE; demo, systemd-unit and config write
+# nothing there (config validate reads a file root may own, e.g. Ansible's temporary copy).
+_AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit", "config"})
 
 
 for _group in (user, alias, domain, throttle):
@@ -150,6 +161,11 @@ def _init_warnings(domain: str, hostname: str, ipv4: str) -> list[str]:
     help="Regenerate an existing deployment's config, keys and zones (accounts and mail are kept).",
 )
 @click.option("--non-interactive", is_flag=True, help="Never prompt; fail on missing options.")
+@click.option(
+    "--system-user",
+    is_flag=True,
+    help="Create the system user `mailstack` (if missing) and give it the state dir (as root).",
+)
 def init(
     domain: str | None,
     hostname: str | None,
@@ -164,6 +180,7 @@ def init(
     dkim_selector: str,
     force: bool,
     non_interactive: bool,
+    system_user: bool,
 ) -> None:
     """Create a deployment: config, TLS certificates, DKIM keys and DNS zone files."""
     from mailstack.init import InitOptions, dns_records, init_deployment
@@ -213,7 +230,12 @@ def init(
             dkim_selector=dkim_selector,
             force=force,
         )
+        from mailstack.privileges import deployment_owner, hand_over
+
+        owner = deployment_owner(obj.root, system_user)
         cfg = init_deployment(obj.root, opts)
+        if owner is not None:  # files init wrote as root belong to the user serve runs as
+            hand_over(obj.root, *owner)
         paths = obj.paths
         click.echo(f"Created the mailstack deployment for {domain} in {obj.root}\n")
         print_records(dns_records(cfg, paths, None))
@@ -224,6 +246,11 @@ def init(
             "Next: publish the records above, add an account with "
             f"`{ms} user add you@{domain}`, run `{ms} serve`, then `{ms} check`."
         )
+        if system_user:
+            click.echo(
+                "The state directory belongs to the user mailstack; run serve as a service "
+                f"with `{ms} systemd-unit > /etc/systemd/system/mailstack.service`."
+            )
 
 
 @main.command(context_settings=CONTEXT)
@@ -368,8 +395,10 @@ def serve(log_level: str | None, log_json: bool | None) -> None:
     from mailstack.app import serve as run_serve
     from mailstack.base.logs import setup_logging
     from mailstack.deployment import Deployment
+    from mailstack.privileges import reexec_serve_as_owner
 
     with reporting(cli_state().debug):
+        reexec_serve_as_owner(cli_state().root)  # root on mailstack's dir: run as mailstack
         dep = Deployment.open(cli_state().root)
         setup_logging(
             log_level or dep.config.log.level,
@@ -409,12 +438,22 @@ def demo(base_port: int, no_serve: bool) -> None:
 
 @main.command("systemd-unit", context_settings=CONTEXT)
 @click.option("--user", "unit_user", default="mailstack", show_default=True)
-@click.option("--group", "unit_group", default="mailstack", show_default=True)
-def systemd_unit(unit_user: str, unit_group: str) -> None:
-    """Print a systemd unit that runs `serve` for this state directory."""
+@click.option("--group", "unit_group", default=None, help="Default: the user's own group.")
+def systemd_unit(unit_user: str, unit_group: str | None) -> None:
+    """Print a systemd unit that runs `serve` for this state directory, unprivileged."""
+    from mailstack.privileges import user_exists
     from mailstack.render import render
 
+    unit_group = unit_group or unit_user
+    if unit_user == "root":
+        fail_usage("--user root: serve runs unprivileged (the unit grants CAP_NET_BIND_SERVICE)")
     with reporting(cli_state().debug):
+        if not user_exists(unit_user):  # a warning: the unit may be written before the user
+            click.echo(
+                f"warning: user {unit_user} does not exist yet; `mailstack init --system-user` "
+                "creates it and hands it the state directory",
+                err=True,
+            )
         exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "mailstack"
         click.echo(
             render(

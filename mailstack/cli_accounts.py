@@ -10,7 +10,7 @@ import sys
 import click
 
 from mailstack.base.config import format_size, is_fqdn
-from mailstack.base.errors import UsageError
+from mailstack.base.errors import MailstackError, UsageError
 from mailstack.clikit import CONTEXT, SIZE, cli_state, deployment, fail_usage, reporting
 from mailstack.output import client_settings
 
@@ -106,12 +106,27 @@ def user_list(as_json: bool) -> None:
 @user.command("passwd", context_settings=CONTEXT)
 @click.argument("address")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def user_passwd(address: str, password_stdin: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only compare with the password on stdin: exit 0 if it matches, 1 if not.",
+)
+def user_passwd(address: str, password_stdin: bool, check: bool) -> None:
     """Set an account's password (generated and printed unless --password-stdin)."""
     from mailstack.base.users import generate_password
 
+    if check and not password_stdin:
+        fail_usage("--check compares with a password read from stdin: add --password-stdin")
     with reporting(cli_state().debug), deployment() as dep:
         password = _read_password(password_stdin)
+        if check:
+            # Provisioning (the Ansible role) asks before it changes: nothing is written here.
+            assert password is not None  # noqa: S101 - --password-stdin is required above
+            account = dep.accounts.require_user(address)
+            if not dep.accounts.verify_password(account.address, password):
+                raise MailstackError(f"the password of {account.address} differs")
+            click.echo(f"the password of {account.address} matches")
+            return
         generated = password is None
         password = password or generate_password()
         dep.accounts.set_password(address, password)

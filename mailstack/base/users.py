@@ -293,6 +293,18 @@ class Accounts:
                 )
         return addr
 
+    def verify_password(self, address: str, password: str) -> bool:
+        """Is `password` the account's password? Changes nothing (no rehash, enabled or not):
+        what `user passwd --check` answers, so provisioning changes a password only when it
+        differs. Blocking, as authenticate()."""
+        user = self.require_user(address)
+        row = (
+            self._conn()
+            .execute("SELECT password_hash FROM users WHERE address=?", (user.address,))
+            .fetchone()
+        )
+        return row is not None and _verify(row[0], password)
+
     # -- aliases -------------------------------------------------------------------------------
     def add_alias(
         self,

@@ -19,12 +19,12 @@ import click
 from mailstack import __version__
 from mailstack.base.config import (
     is_fqdn,
-    load_config,
-    to_toml,
 )
-from mailstack.base.errors import ConfigError, MailstackError
+from mailstack.base.errors import ConfigError
 from mailstack.base.paths import StatePaths, default_dir
 from mailstack.cli_accounts import alias, domain, user
+from mailstack.cli_config import config, tls
+from mailstack.cli_queue import queue
 from mailstack.cli_throttle import throttle
 from mailstack.clikit import (
     CONTEXT,
@@ -37,8 +37,7 @@ from mailstack.clikit import (
 )
 
 if TYPE_CHECKING:
-    from mailstack.delivery.queue import OutboundQueue
-    from mailstack.deployment import Deployment
+    pass
 
 
 @click.group(cls=GlobalOptionsGroup, context_settings=CONTEXT)
@@ -69,7 +68,7 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
 _AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit", "config"})
 
 
-for _group in (user, alias, domain, throttle):
+for _group in (user, alias, domain, throttle, config, tls, queue):
     main.add_command(_group)
 
 
@@ -278,107 +277,6 @@ def dns(fmt: str) -> None:
             print_records(records)
 
 
-# -- config ----------------------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def config() -> None:
-    """Validate and show the configuration."""
-
-
-@config.command("validate", context_settings=CONTEXT)
-@click.argument("file", required=False, type=click.Path(path_type=Path))
-def config_validate(file: Path | None) -> None:
-    """Check a config file (default: the deployment's); exit 1 naming the key at fault."""
-    with reporting(cli_state().debug):
-        path = file or cli_state().paths.config
-        load_config(path)
-        click.echo(f"{path}: ok")
-
-
-@config.command("show", context_settings=CONTEXT)
-def config_show() -> None:
-    """Print the effective configuration, defaults included."""
-    with reporting(cli_state().debug):
-        click.echo(to_toml(load_config(cli_state().paths.config)), nl=False)
-
-
-# -- TLS -------------------------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def tls() -> None:
-    """Inspect or replace the server certificate."""
-
-
-@tls.command("status", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True)
-def tls_status(as_json: bool) -> None:
-    """Show the certificate in use: names, issuer, expiry."""
-    from mailstack.keys import inspect_tls
-    from mailstack.output import print_json
-
-    with reporting(cli_state().debug):
-        paths = cli_state().paths
-        cfg = load_config(paths.config)
-        try:
-            info = inspect_tls(paths.tls_cert.read_bytes())
-        except FileNotFoundError:
-            raise MailstackError(
-                f"no certificate at {paths.tls_cert}",
-                hint="run `mailstack init` or `mailstack tls import`",
-            ) from None
-        data = {
-            "file": str(paths.tls_cert),
-            "subject": info.subject,
-            "issuer": info.issuer,
-            "names": list(info.names),
-            "not_after": info.not_after.isoformat(),
-            "days_left": int(info.days_left()),
-            "private_ca": info.is_self_issued_chain and paths.ca_cert.exists(),
-            "covers_hostname": cfg.server.hostname,
-        }
-        if as_json:
-            print_json(data)
-            return
-        for key, value in data.items():
-            click.echo(f"{key:16} {', '.join(value) if isinstance(value, list) else value}")
-
-
-@tls.command("import", context_settings=CONTEXT)
-@click.option(
-    "--cert",
-    "cert_file",
-    required=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="PEM chain: server certificate first.",
-)
-@click.option(
-    "--key",
-    "key_file",
-    required=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="PEM private key (unencrypted).",
-)
-def tls_import(cert_file: Path, key_file: Path) -> None:
-    """Use a certificate from a public CA (checks key, chain order and hostname first)."""
-    from mailstack.keys import validate_tls_pair, write_private, write_public
-
-    with reporting(cli_state().debug):
-        paths = cli_state().paths
-        cfg = load_config(paths.config)
-        chain, key = cert_file.read_bytes(), key_file.read_bytes()
-        info = validate_tls_pair(chain, key, cfg.server.hostname)
-        write_private(paths.tls_key, key)
-        write_public(paths.tls_cert, chain)
-        for stale in (paths.ca_cert, paths.ca_key):  # the private CA no longer vouches for us
-            stale.unlink(missing_ok=True)
-        click.echo(
-            f"imported certificate for {', '.join(info.names)} "
-            f"(expires {info.not_after:%Y-%m-%d}); a running serve picks it up on SIGHUP"
-        )
-
-
 # -- serve and demo --------------------------------------------------------------------------------
 
 
@@ -547,77 +445,6 @@ def status(as_json: bool) -> None:
             for line in render(found):
                 click.echo(line)
     sys.exit(0 if found.running else 1)
-
-
-# -- queue ---------------------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def queue() -> None:
-    """The outbound queue: list, retry now, delete.
-
-    A running `serve` notices `flush` and `delete` within a second (they touch queue/wakeup).
-    """
-
-
-def _outbound_queue(dep: Deployment) -> OutboundQueue:
-    from mailstack.delivery.queue import OutboundQueue
-
-    return OutboundQueue(dep.config, dep.paths, hosted_domains=dep.accounts.domains)
-
-
-@queue.command("list", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of queued messages.")
-def queue_list(as_json: bool) -> None:
-    """List queued messages and the state of each recipient."""
-    import datetime as dt
-
-    from mailstack.output import print_json, print_table
-
-    def when(ts: float) -> str:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-    with reporting(cli_state().debug), deployment() as dep:
-        entries = _outbound_queue(dep).list()
-        if as_json:
-            print_json([e.as_dict() for e in entries])
-            return
-        rows = [
-            [
-                e.id,
-                when(e.created),
-                e.mail_from or "<>",
-                r.address,
-                r.status,
-                str(r.attempts),
-                when(r.next_attempt) if r.status == "pending" else "",
-                r.last_reply,
-            ]
-            for e in entries
-            for r in e.recipients
-        ]
-        print_table(
-            ["id", "queued (UTC)", "from", "to", "status", "attempts", "next (UTC)", "last reply"],
-            rows,
-            title=f"{len(entries)} queued message(s)",
-        )
-
-
-@queue.command("flush", context_settings=CONTEXT)
-def queue_flush() -> None:
-    """Retry every pending recipient now."""
-    with reporting(cli_state().debug), deployment() as dep:
-        count = _outbound_queue(dep).flush()
-        click.echo(f"{count} pending recipient(s) due now")
-
-
-@queue.command("delete", context_settings=CONTEXT)
-@click.argument("queue_id", metavar="ID")
-def queue_delete(queue_id: str) -> None:
-    """Remove the message ID from the queue without sending it (no DSN)."""
-    with reporting(cli_state().debug), deployment() as dep:
-        _outbound_queue(dep).delete(queue_id)
-        click.echo(f"deleted {queue_id}")
 
 
 # -- deliver (LDA) ---------------------------------------------------------------------------------

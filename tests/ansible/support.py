@@ -21,6 +21,7 @@ from tests.support.serve import ServeProcess
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "ansible"
 PLAYBOOK = ANSIBLE_DIR / "playbook.yml"
+ROLES = ANSIBLE_DIR / "roles"
 BIN = Path(sys.executable).parent
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
 # The managed host's Python (python3-apt is there), not whatever a PATH lookup finds first.

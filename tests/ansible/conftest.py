@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +97,15 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployed:
     first = run_playbook(work, variables, name="first")
     assert (first.returncode, first.failed) == (0, 0), first.explain()
     return Deployed(work, variables, first)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_role_run_per_machine() -> Iterator[None]:
+    """The role creates and changes the machine's one `mailstack` system user: two test runs
+    at once (two checkouts on one machine) would fight over it. They take turns here."""
+    with open("/tmp/mailstack-ansible-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

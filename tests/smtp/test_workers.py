@@ -181,7 +181,10 @@ def test_a_killed_worker_is_replaced_and_its_connections_released(
     b.close()
     assert hello_a.startswith(b"220 ") and hello_b.startswith(b"220 ")
     _until(lambda: _admitted(port), "slots back after closing both")
-    for n in range(3):  # one at a time: each close frees its slot before the next needs it
+    for n in range(3):
+        # One at a time, each after a slot is seen free: a worker reports a close to the main
+        # process a moment after the client sees it, later still on a loaded machine.
+        _until(lambda: _admitted(port), "a free slot")
         _send(port, n)
     assert len(_inbox(deployment_dir)) == 3
 

@@ -429,10 +429,12 @@ NOTES = [
     "ASCII header block that does not contain the needle at all, and decodes only the "
     "fields a key names.",
     "",
+    "LOGIN: the case logs in again and again with one password, which `[auth] cache_s` "
+    "answers from memory after the first argon2id verification (an HMAC of name and password, "
+    "never the password); a first login still pays for argon2id, in a bounded pool of its own.",
+    "",
     "Still over 3x, and why:",
     "",
-    "- LOGIN: mailstack verifies an argon2id hash on purpose (Dovecot here reads a plain "
-    "password); it runs in a worker thread, so other sessions are not held up.",
     "- Cold FETCH and BODY search: parsing MIME in Python (about 150 µs a message) against C. "
     "Each message is parsed once; later FETCHes come from `mailstack.cache.sqlite3`.",
     "- Header SEARCH: Dovecot answers from the header fields cached in its index; mailstack "

@@ -150,12 +150,13 @@ class Server:
 
 def start_mailstack(workdir: Path) -> Server:
     root = workdir / "mailstack"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MAILSTACK_DIR", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAILSTACK_DIR", "PYTHONPATH")}
 
     def cli(*args: str, stdin: str | None = None) -> None:
         subprocess.run(
-            [sys.executable, "-m", "mailstack", "--dir", str(root), *args],
+            # The installed console script: `python -m` from the checkout would import its
+            # folders instead of the installed package.
+            [str(Path(sys.executable).with_name("mailstack")), "--dir", str(root), *args],
             input=stdin,
             text=True,
             check=True,
@@ -196,7 +197,6 @@ def start_mailstack(workdir: Path) -> Server:
     config.write_text(text)
     for user in USERS:
         cli("user", "add", f"{user}@{DOMAIN}", "--password-stdin", stdin=PASSWORD + "\n")
-    os.environ["PYTHONPATH"] = str(REPO)  # ServeProcess passes the environment on
     serve = ServeProcess(root, timeout_s=60).start()
     host, port = serve.listeners["smtp"][0]
     maildirs = [root / "mail" / DOMAIN / user for user in USERS]

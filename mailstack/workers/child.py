@@ -31,7 +31,9 @@ from mailstack.smtp.server import mx_sessions
 from mailstack.workers.channel import Channel
 from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
 
-log = logging.getLogger(__name__)
+# By its name, not __name__: run as `python -m`, this module is "__main__" (and so were its
+# log lines).
+log = logging.getLogger("mailstack.workers.child")
 
 REPORT_RETRY_S = 0.05  # a full socketpair buffer: try a "connection closed" report again
 

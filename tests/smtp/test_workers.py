@@ -196,6 +196,11 @@ def test_sighup_reloads_the_workers_starttls_certificate(
     ca_file = install_new_certificate(deployment_dir)
     proc.signal(signal.SIGHUP)
     _wait_all(proc, [f"SMTP worker w{n}: SIGHUP: certificate reloaded" for n in (1, 2)])
+    # The workers' lines name their component (run as `python -m`, it had been "__main__").
+    reloaded = [line for line in proc.log if "SMTP worker w" in line and "reloaded" in line]
+    assert len(reloaded) == 2
+    assert all(" INFO workers SMTP worker w" in line for line in reloaded)
+    assert not any("__main__" in line for line in proc.log)
     trust_new = ssl.create_default_context(cafile=str(ca_file))
     trust_new.check_hostname = False  # we connect to 127.0.0.1; the chain is what we check
     with (  # both at once: one connection per worker

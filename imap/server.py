@@ -62,7 +62,7 @@ class ImapService:
             cfg.reserved_for_authenticated,
         )
         # Per account (LOGIN's NO [LIMIT]); addresses are the limiter's business.
-        self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_user)
+        self.limits = ConnectionLimits(cfg.max_connections_per_user)
 
     async def start_imap(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
         """IMAP on `host:port` with STARTTLS (cleartext login only where the session allows)."""

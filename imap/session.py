@@ -95,39 +95,24 @@ _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
 
 @dataclass
 class ConnectionLimits:
-    """Open connections per client address and sessions per account (shared by listeners)."""
+    """Sessions per account (LOGIN's NO [LIMIT]), shared by the listeners of one ImapService.
+    Connections per address and network are the shared limiter's (mailstack.base.connections)."""
 
-    per_ip: int
     per_user: int
-    by_ip: dict[str, int] = field(default_factory=dict)
     by_user: dict[str, int] = field(default_factory=dict)
 
-    @staticmethod
-    def _acquire(table: dict[str, int], key: str, limit: int) -> bool:
-        if table.get(key, 0) >= limit:
+    def acquire_user(self, user: str) -> bool:
+        if self.by_user.get(user, 0) >= self.per_user:
             return False
-        table[key] = table.get(key, 0) + 1
+        self.by_user[user] = self.by_user.get(user, 0) + 1
         return True
 
-    @staticmethod
-    def _release(table: dict[str, int], key: str) -> None:
-        n = table.get(key, 0) - 1
-        if n <= 0:
-            table.pop(key, None)
-        else:
-            table[key] = n
-
-    def acquire_ip(self, ip: str) -> bool:
-        return self._acquire(self.by_ip, ip, self.per_ip)
-
-    def release_ip(self, ip: str) -> None:
-        self._release(self.by_ip, ip)
-
-    def acquire_user(self, user: str) -> bool:
-        return self._acquire(self.by_user, user, self.per_user)
-
     def release_user(self, user: str) -> None:
-        self._release(self.by_user, user)
+        n = self.by_user.get(user, 0) - 1
+        if n <= 0:
+            self.by_user.pop(user, None)
+        else:
+            self.by_user[user] = n
 
 
 def is_loopback(ip: str) -> bool:

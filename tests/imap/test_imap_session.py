@@ -29,7 +29,7 @@ class Transcript:
 
 def session_for(dep: ImapDeployment, *, ip: str, is_tls: bool = False) -> Session:
     return Session(
-        dep.context(), peer_ip=ip, is_tls=is_tls, conn_id="test", limits=ConnectionLimits(10, 10)
+        dep.context(), peer_ip=ip, is_tls=is_tls, conn_id="test", limits=ConnectionLimits(10)
     )
 
 

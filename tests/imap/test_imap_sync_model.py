@@ -34,7 +34,7 @@ class Client:
             peer_ip="127.0.0.1",
             is_tls=False,
             conn_id="model",
-            limits=ConnectionLimits(10, 10),
+            limits=ConnectionLimits(10),
         )
         self.uids: list[int | None] = []  # None: announced by EXISTS, UID not yet fetched
         self.flags: dict[int, frozenset[str]] = {}

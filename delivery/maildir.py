@@ -39,6 +39,7 @@ from mailstack.delivery import folders, quota
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
+from mailstack.delivery.fulltext import FolderText
 from mailstack.delivery.index import FolderIndex
 from mailstack.delivery.keywords import (
     canonical_flag,
@@ -86,6 +87,7 @@ class MaildirStore:
         self._quota_of = quota_of
         self._events = events
         self._indexes: dict[Path, FolderIndex] = {}
+        self._texts: dict[Path, FolderText] = {}
         self._indexes_lock = threading.Lock()
         self._quota_verified: set[Path] = set()
         self._located: dict[tuple[str, str], tuple[Path, str, Path]] = {}
@@ -163,6 +165,18 @@ class MaildirStore:
         with self._indexes_lock:
             for path in [p for p in self._indexes if p == prefix or prefix in p.parents]:
                 del self._indexes[path]
+            for path in [p for p in self._texts if p == prefix or prefix in p.parents]:
+                self._texts.pop(path).close()
+
+    def fulltext(self, user: str, folder: str) -> FolderText:
+        """The folder's full-text pre-filter (delivery/fulltext.py): one per folder and
+        process, shared by its sessions."""
+        _, _, fdir = self._folder(user, folder)
+        with self._indexes_lock:
+            text = self._texts.get(fdir)
+            if text is None:
+                text = self._texts[fdir] = FolderText(fdir)
+            return text
 
     def _publish(self, user: str, *folders: str) -> None:
         if self._events is not None:

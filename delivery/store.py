@@ -19,7 +19,7 @@ delimiter ".", "INBOX" is the Maildir root; "Sent" lives in `.Sent/`, "Archive.2
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
@@ -126,6 +126,20 @@ class FolderInfo:
     # False for a name that only exists as the parent of others (Dovecot creates "A.B" without
     # "A"): LIST shows it \Noselect (RFC 9051 §7.3.1); SELECT of it is FolderNotFoundError.
     is_selectable: bool = True
+
+
+class TextIndex(Protocol):
+    """A folder's full-text pre-filter (delivery/fulltext.py has the rules): which indexed
+    messages may contain strings. None answers mean "unusable: scan"."""
+
+    def indexed(self, uid_validity: int, live: Collection[int]) -> set[int] | None:
+        """The UIDs of `live` that are indexed (forgetting the others)."""
+
+    def candidates(self, uid_validity: int, terms: Iterable[str]) -> set[int] | None:
+        """Indexed UIDs whose text may contain every one of `terms` (case-folded)."""
+
+    def add(self, uid_validity: int, texts: Iterable[tuple[int, str]]) -> None:
+        """Index (uid, searchable text) pairs."""
 
 
 class MailStore(Protocol):
@@ -250,3 +264,6 @@ class MailStore(Protocol):
 
     def expunge(self, user: str, folder: str, uids: Iterable[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only those in `uids` if given); returns their UIDs."""
+
+    def fulltext(self, user: str, folder: str) -> TextIndex:
+        """The folder's full-text pre-filter (delivery/fulltext.py)."""

@@ -31,11 +31,14 @@ Matching rules:
 from __future__ import annotations
 
 import datetime
+import email
 import email.utils
 import enum
 import functools
-from collections.abc import Callable, Iterable
+import html.parser
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
+from email.policy import compat32
 from typing import assert_never
 
 from mailstack.delivery.store import MessageInfo
@@ -208,6 +211,16 @@ class MessageText:
         """The body parts' MIME header fields, decoded, case-folded (TEXT searches them)."""
         return self._texts()[1]
 
+    def loaded(self) -> bool:
+        """Has the whole message been read (so `fulltext` costs no further I/O)?"""
+        return self._data is not None
+
+    def fulltext(self) -> str:
+        """Everything BODY and TEXT can match, case-folded, in one string: what the full-text
+        pre-filter indexes (delivery/fulltext.py). Built from the same pieces `matches` looks
+        in, so a message that matches contains the needle here too and is never filtered out."""
+        return "\n".join((self.header_text(), self.mime_header_text(), self.body_text()))
+
     def _texts(self) -> tuple[str, str]:
         if self._body_texts is None:
             data, root = self._message()
@@ -229,6 +242,9 @@ def _collect_text(
     the body), and body parts' MIME headers (only TEXT searches those, RFC 9051 §6.4.4)."""
     if not is_top:
         mime_headers.extend(_field_lines(part.fields))
+        name = _attachment_name(data, part)
+        if name:
+            mime_headers.append(name)
     if part.children:
         for child in part.children:
             _collect_text(data, child, texts, mime_headers)
@@ -247,9 +263,62 @@ def _collect_leaf(data: bytes, part: Entity, texts: list[str]) -> None:
     if part.content_type.maintype.lower() == "text":
         raw = data[part.body_start : part.end]
         decoded = decode_transfer(raw, part.transfer_encoding)
-        texts.append(
-            decode_charset(raw if decoded is None else decoded, part.content_type.param("charset"))
+        text = decode_charset(
+            raw if decoded is None else decoded, part.content_type.param("charset")
         )
+        texts.append(text)
+        if part.content_type.subtype.lower() == "html":
+            # Also the text a reader sees: "two words" matches "<b>two</b> words".
+            texts.append(html_text(text))
+
+
+def _attachment_name(data: bytes, part: Entity) -> str:
+    """A body part's file name (Content-Disposition filename, else Content-Type name), RFC 2231
+    and RFC 2047 decoded, so TEXT finds attachments by the name the reader sees."""
+    header = email.message_from_bytes(data[part.start : part.body_start], policy=compat32)
+    try:
+        name = header.get_filename()
+    except (LookupError, ValueError):  # an unknown charset in an RFC 2231 value
+        return ""
+    return decode_words(name) if name else ""
+
+
+class _HtmlText(html.parser.HTMLParser):
+    """Collects the text of an HTML document: character data outside script/style, entities
+    resolved (the stdlib parser does the tokenising)."""
+
+    SKIP = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self._skipping += 1
+        elif tag in ("br", "p", "div", "li", "tr", "td", "th", "h1", "h2", "h3"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP and self._skipping:
+            self._skipping -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_text(markup: str) -> str:
+    """The visible text of an HTML part, whitespace runs collapsed to one space per line."""
+    parser = _HtmlText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except (AssertionError, ValueError):  # the stdlib parser gives up on some malformed input
+        pass
+    lines = ("".join(parser.parts)).splitlines()
+    return "\n".join(" ".join(line.split()) for line in lines if line.strip())
 
 
 def _contains(haystack: Iterable[str], needle: str) -> bool:
@@ -342,6 +411,18 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
     assert_never(key)
 
 
+def required_texts(key: SearchKey) -> list[str]:
+    """Case-folded strings that every message matching `key` contains in its `fulltext`: the
+    BODY/TEXT values of the key itself or of its top-level AND (not under OR or NOT). The
+    full-text pre-filter narrows a search to the messages containing all of them."""
+    match key:
+        case SearchText(value=value):
+            return [value.casefold()]
+        case SearchAnd(keys=keys):
+            return [t for k in keys for t in required_texts(k)]
+    return []
+
+
 def search(
     key: SearchKey,
     messages: Iterable[MessageInfo],
@@ -350,15 +431,22 @@ def search(
     *,
     recent_uids: frozenset[int] = frozenset(),
     read_header: Callable[[int], bytes] | None = None,
+    only_uids: Container[int] | None = None,
+    on_loaded: Callable[[int, MessageText], None] | None = None,
 ) -> list[Candidate]:
     """Messages (in order, numbered from 1) that satisfy `key`.
 
     `read_message(uid)` / `read_header(uid)` are called only for messages whose evaluation
     needs them; exceptions they raise (e.g. MessageGoneError) propagate to the session.
+    `only_uids`: the pre-filter's verdict; other messages cannot match and are skipped.
+    `on_loaded(uid, text)` is told of each message that had to be read in full (the session
+    indexes its text then, while it is at hand).
     """
     key = plan(key)
     found: list[Candidate] = []
     for seq, info in enumerate(messages, start=1):
+        if only_uids is not None and info.uid not in only_uids:
+            continue
         candidate = Candidate(seq, info, info.uid in recent_uids)
         text = MessageText(
             functools.partial(read_message, info.uid),
@@ -366,4 +454,6 @@ def search(
         )
         if matches(key, candidate, scope, text):
             found.append(candidate)
+        if on_loaded is not None and text.loaded():
+            on_loaded(info.uid, text)
     return found

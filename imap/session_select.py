@@ -34,6 +34,7 @@ from mailstack.imap.session_base import (
 
 from mailstack.base.flags import Flag, FlagMode
 
+FULLTEXT_MIN = 100  # messages: below this a scan is as fast as asking the full-text index
 HEADER_BATCH = 100  # headers per store call in SEARCH: ~100 open files, a few dozen KB
 
 
@@ -103,15 +104,48 @@ class SelectedCommands(SessionCore):
                 headers.update(self.ctx.store.read_headers(user, name, batch))
             return headers.get(uid, b"")  # b"": expunged meanwhile, matches no text key
 
-        found = await asyncio.to_thread(
-            search.search,
-            key,
-            list(sel.messages),
-            scope,
-            read,
-            recent_uids=frozenset(sel.recent),
-            read_header=read_header,
+        messages = list(sel.messages)
+        terms = search.required_texts(key)
+        fulltext = (
+            self.ctx.store.fulltext(user, name) if terms and len(messages) >= FULLTEXT_MIN else None
         )
+
+        def run() -> list[search.Candidate]:
+            if fulltext is None:
+                return search.search(
+                    key,
+                    messages,
+                    scope,
+                    read,
+                    recent_uids=frozenset(sel.recent),
+                    read_header=read_header,
+                )
+            # The pre-filter (delivery/fulltext.py) answers for the messages it has indexed;
+            # the rest are read, matched, and indexed on the way.
+            live = {m.uid for m in messages}
+            indexed = fulltext.indexed(sel.uid_validity, live)
+            hits = fulltext.candidates(sel.uid_validity, terms)
+            only = None if indexed is None or hits is None else hits | (live - indexed)
+            fresh: list[tuple[int, str]] = []
+
+            def learn(uid: int, text: search.MessageText) -> None:
+                if indexed is not None and uid not in indexed:
+                    fresh.append((uid, text.fulltext()))
+
+            found = search.search(
+                key,
+                messages,
+                scope,
+                read,
+                recent_uids=frozenset(sel.recent),
+                read_header=read_header,
+                only_uids=only,
+                on_loaded=learn,
+            )
+            fulltext.add(sel.uid_validity, fresh)
+            return found
+
+        found = await asyncio.to_thread(run)
         numbers = [f.info.uid if command.uid else f.seq for f in found]
         if "SAVE" in command.returns:
             saved = [f.info.uid for f in found]

@@ -25,6 +25,7 @@ from mailstack.base.paths import StatePaths, default_dir
 from mailstack.cli_accounts import alias, domain, user
 from mailstack.cli_config import config, tls
 from mailstack.cli_queue import queue
+from mailstack.cli_share import mailbox, share
 from mailstack.cli_throttle import throttle
 from mailstack.clikit import (
     CONTEXT,
@@ -68,7 +69,7 @@ def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
 _AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit", "config"})
 
 
-for _group in (user, alias, domain, throttle, config, tls, queue):
+for _group in (user, alias, domain, throttle, config, tls, queue, share, mailbox):
     main.add_command(_group)
 
 

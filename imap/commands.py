@@ -371,6 +371,45 @@ class Idle(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class GetAcl(Command):
+    """RFC 4314 §3.3: GETACL mailbox."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class MyRights(Command):
+    """RFC 4314 §3.5: MYRIGHTS mailbox."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListRights(Command):
+    """RFC 4314 §3.4: LISTRIGHTS mailbox identifier."""
+
+    mailbox: str
+    identifier: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetAcl(Command):
+    """RFC 4314 §3.1: SETACL mailbox identifier mod-rights ("+"/"-" prefix: add/remove)."""
+
+    mailbox: str
+    identifier: str
+    rights: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAcl(Command):
+    """RFC 4314 §3.2: DELETEACL mailbox identifier."""
+
+    mailbox: str
+    identifier: str
+
+
+@dataclass(frozen=True, slots=True)
 class GetQuota(Command):
     """RFC 9208 §4.2: GETQUOTA quota-root."""
 
@@ -481,6 +520,11 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     GetQuota,
     GetQuotaRoot,
     SetQuota,
+    GetAcl,
+    MyRights,
+    ListRights,
+    SetAcl,
+    DeleteAcl,
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,

@@ -523,6 +523,33 @@ def _setquota(r: Reader, tag: str) -> c.Command:
     return c.SetQuota(tag, root, tuple(limits))
 
 
+def _acl_identifier(r: Reader) -> str:
+    # RFC 4314 §4: identifier = astring (an account name, "anyone", "authenticated")
+    r.sp()
+    return r.astring("an ACL identifier")
+
+
+def _listrights(r: Reader, tag: str) -> c.Command:
+    r.sp()
+    mailbox = r.mailbox()
+    return c.ListRights(tag, mailbox, _acl_identifier(r))
+
+
+def _setacl(r: Reader, tag: str) -> c.Command:
+    # setacl = "SETACL" SP mailbox SP identifier SP mod-rights; mod-rights = astring
+    r.sp()
+    mailbox = r.mailbox()
+    identifier = _acl_identifier(r)
+    r.sp()
+    return c.SetAcl(tag, mailbox, identifier, r.astring("rights"))
+
+
+def _deleteacl(r: Reader, tag: str) -> c.Command:
+    r.sp()
+    mailbox = r.mailbox()
+    return c.DeleteAcl(tag, mailbox, _acl_identifier(r))
+
+
 _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "ID": _id,
     "LOGIN": _login,
@@ -542,6 +569,11 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _getquotaroot,
     "SETQUOTA": _setquota,
+    "GETACL": _one_mailbox(c.GetAcl),
+    "MYRIGHTS": _one_mailbox(c.MyRights),
+    "LISTRIGHTS": _listrights,
+    "SETACL": _setacl,
+    "DELETEACL": _deleteacl,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "FETCH": _fetch,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,7 @@ from mailstack.imap import response
 from mailstack.imap.cache import StructureCaches
 from mailstack.imap.framing import RemoteProtocolError
 from mailstack.imap.session import ConnectionLimits, Session, Write
+from mailstack.imap.shared import SharedStore
 
 from mailstack.base.connections import ConnectionLimiter, Refusal, Ticket, plain_ip
 from mailstack.base.logs import connection_logger, new_connection_id
@@ -52,6 +54,12 @@ class ImapService:
 
     def __init__(self, ctx: ServerContext, *, rescan_s: float = RESCAN_S) -> None:
         self.ctx = ctx
+        # Sessions see other accounts' shared folders through the ACL-checking store.
+        self.session_ctx = dataclasses.replace(
+            ctx, store=SharedStore(ctx.store, ctx.paths.mail_dir, ctx.accounts)
+        )
+        # The same login path (throttle, auth cache, verifier pool) as every other listener.
+        object.__setattr__(self.session_ctx, "logins", ctx.logins)
         self.rescan_s = rescan_s
         self.caches = StructureCaches()
         cfg = ctx.config.imap
@@ -81,7 +89,7 @@ class ImapService:
 
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await serve_client(
-                ctx,
+                self.session_ctx,
                 reader,
                 writer,
                 limits=self.limits,
@@ -275,7 +283,10 @@ def _watch(ctx: ServerContext, session: Session) -> Iterator[asyncio.Event | Non
     if session.user is None or session.selected is None:
         yield None
         return
-    with ctx.events.watch(session.user, session.selected.name) as event:
+    user, folder = session.user, session.selected.name
+    if isinstance(ctx.store, SharedStore):  # a shared folder changes under its owner's name
+        user, folder = ctx.store.locate(user, folder)
+    with ctx.events.watch(user, folder) as event:
         yield event
 
 

@@ -50,6 +50,7 @@ from mailstack.imap.protocol import (
     State,
     TooBig,
 )
+from mailstack.imap.session_acl import AclCommands
 from mailstack.imap.session_base import (
     InvalidCommandError,
     RefusedError,
@@ -89,6 +90,8 @@ CAPABILITIES = (
     "BINARY",
     "QUOTA",
     "QUOTA=RES-STORAGE",
+    "ACL",
+    "RIGHTS=texk",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
 
@@ -126,7 +129,7 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
-class Session(MailboxCommands, SelectedCommands):
+class Session(MailboxCommands, SelectedCommands, AclCommands):
     """The per-connection IMAP state; see the module docstring."""
 
     def __init__(
@@ -283,12 +286,17 @@ class Session(MailboxCommands, SelectedCommands):
                 await write(response.untagged(b"ENABLED"))
                 await write(response.ok(tag, "ENABLE completed"))
             case c.Namespace():
-                await write(response.untagged(b'NAMESPACE (("" ".")) NIL NIL'))
+                # RFC 2342: personal, other users' (shared folders), shared (team mailboxes).
+                await write(
+                    response.untagged(b'NAMESPACE (("" ".")) (("Shared/" "/")) (("Public/" "/"))')
+                )
                 await write(response.ok(tag, "NAMESPACE completed"))
             case c.Idle():
                 await self._idle(tag, write)
             case c.GetQuota() | c.GetQuotaRoot() | c.SetQuota():
                 await self._quota(command, write)
+            case c.GetAcl() | c.MyRights() | c.ListRights() | c.SetAcl() | c.DeleteAcl():
+                await self._acl_command(command, write)
             case (
                 c.Select()
                 | c.Create()

@@ -28,6 +28,7 @@ from mailstack.imap.session_base import (
     checked_name,
     storable,
 )
+from mailstack.imap.shared import OTHER_DELIMITER, SharedStore, delimiter_of
 
 from mailstack.base.flags import Flag
 
@@ -88,6 +89,11 @@ class MailboxCommands(SessionCore):
         if had_selection:
             await write(response.untagged_status("OK", "previous mailbox closed", "CLOSED"))
         try:
+            store = self.ctx.store
+            if not readonly and isinstance(store, SharedStore):
+                # RFC 4314 §4: without a right to change anything the folder opens read-only.
+                route = await asyncio.to_thread(store.route, self._require_user(), name)
+                readonly = not set("stwie") & set(route.rights)
             snap = await self._snapshot(name, claim_recent=not readonly)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
@@ -170,6 +176,10 @@ class MailboxCommands(SessionCore):
         patterns = [
             list_pattern(command.reference, p, HIERARCHY_DELIMITER) for p in command.patterns
         ]
+        # The Shared/ and Public/ namespaces use "/" (imap/shared.py): "%" stops there.
+        other_patterns = [
+            list_pattern(command.reference, p, OTHER_DELIMITER) for p in command.patterns
+        ]
         selection, returns = set(command.selection), set(command.returns)
         subscribed_only = "SUBSCRIBED" in selection
         by_name = {f.name: f for f in folders}
@@ -187,7 +197,9 @@ class MailboxCommands(SessionCore):
             ]
         out: list[bytes] = []
         for folder in sorted(folders, key=lambda f: (f.name != INBOX, f.name)):
-            if not any(p.fullmatch(folder.name) for p in patterns):
+            delimiter = delimiter_of(folder.name)
+            wanted = other_patterns if delimiter == OTHER_DELIMITER else patterns
+            if not any(p.fullmatch(folder.name) for p in wanted):
                 continue
             child_info = b""
             if subscribed_only and not folder.subscribed:
@@ -223,7 +235,7 @@ class MailboxCommands(SessionCore):
                     kind
                     + b" "
                     + response.flag_list(attrs)
-                    + b' "." '
+                    + f' "{delimiter}" '.encode()
                     + response.mailbox(folder.name)
                     + child_info
                 )

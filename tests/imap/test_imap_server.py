@@ -264,7 +264,9 @@ def test_id_namespace_enable_capability(imap_server: ImapServerThread) -> None:
     with raw(imap_server) as client:
         lines = client.command('ID ("name" "pytest")')
         assert lines[0].startswith(b'* ID ("name" "mailstack"')
-        assert client.command("NAMESPACE")[0] == b'* NAMESPACE (("" ".")) NIL NIL\r\n'
+        assert client.command("NAMESPACE")[0] == (
+            b'* NAMESPACE (("" ".")) (("Shared/" "/")) (("Public/" "/"))\r\n'
+        )
         assert client.command("ENABLE CONDSTORE")[0] == b"* ENABLED\r\n"
         caps = client.command("CAPABILITY")[0]
         assert b"AUTH=PLAIN" not in caps and b"IDLE" in caps

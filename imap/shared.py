@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.delivery import acl
+from mailstack.delivery import acl, folders
 from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
@@ -115,8 +115,7 @@ class SharedStore:
         prefix, owner, folder = split
         if owner == user or self._prefix_of(owner) != prefix:
             raise FolderNotFoundError(f"no folder {name!r}")
-        local, _, domain = owner.partition("@")
-        directory = acl.folder_dir(self.mail_dir / domain / local, folder)
+        directory = acl.folder_dir(self._home(owner), folder)
         rights = acl.rights_of(acl.read_acl(directory), user, owner)
         if "l" not in rights and "r" not in rights:
             raise FolderNotFoundError(f"no folder {name!r}")  # RFC 4314 §4: no hint it exists
@@ -204,17 +203,33 @@ class SharedStore:
         )
 
     def list_folders(self, user: str) -> list[FolderInfo]:
-        return [*self.inner.list_folders(user), *self._shared_infos(user)]
+        shared = self._shared_infos(user)
+        if shared:
+            subscribed = set(self.inner.subscriptions(user))
+            shared = [dataclasses.replace(f, subscribed=f.name in subscribed) for f in shared]
+        return [*self.inner.list_folders(user), *shared]
 
     def create_folder(self, user: str, folder: str, special_use: SpecialUse | None = None) -> None:
         if _split(folder) is None:
+            owner, name, parent = user, folder, folder.rpartition(HIERARCHY_DELIMITER)[0]
             self.inner.create_folder(user, folder, special_use)
-            return
-        parent = folder.rsplit(OTHER_DELIMITER, 1)[0]
-        route = self.route(user, parent)
-        route.need("k", "create folders")
-        name = folder.rsplit(OTHER_DELIMITER, 1)[1]
-        self.inner.create_folder(route.owner, f"{route.folder}{HIERARCHY_DELIMITER}{name}")
+        else:
+            route = self.route(user, folder.rsplit(OTHER_DELIMITER, 1)[0])
+            route.need("k", "create folders")
+            owner, parent = route.owner, route.folder
+            name = f"{parent}{HIERARCHY_DELIMITER}{folder.rsplit(OTHER_DELIMITER, 1)[1]}"
+            self.inner.create_folder(owner, name)
+        # A new folder starts with its parent's ACL, as Dovecot's ACL inheritance does: a
+        # folder a member creates in a team mailbox is the team's too.
+        if parent:
+            home = self._home(owner)
+            entries = acl.read_acl(acl.folder_dir(home, parent))
+            if entries is not None:
+                acl.write_acl(acl.folder_dir(home, name), entries)
+
+    def _home(self, owner: str) -> Path:
+        local, _, domain = owner.partition("@")
+        return self.mail_dir / domain / local
 
     def delete_folder(self, user: str, folder: str) -> None:
         route = self.route(user, folder)
@@ -227,7 +242,15 @@ class SharedStore:
         self.inner.rename_folder(user, old, new)
 
     def set_subscribed(self, user: str, folder: str, subscribed: bool) -> None:
-        self.inner.set_subscribed(user, folder, subscribed)
+        if _split(folder) is None:
+            self.inner.set_subscribed(user, folder, subscribed)
+            return
+        # A shared name is kept in the user's own subscriptions file as the client spells it
+        # (Dovecot keeps its namespace prefix there too); LSUB then lists it with "/".
+        if subscribed:
+            self.route(user, folder)  # only what the user may see
+        change = ([folder], []) if subscribed else ([], [folder])
+        folders.change_subscriptions(self._home(user), add=change[0], remove=change[1])
 
     def subscriptions(self, user: str) -> list[str]:
         return self.inner.subscriptions(user)

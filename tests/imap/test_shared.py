@@ -169,3 +169,26 @@ def test_imaplib_client_sees_the_shared_folder(server: ImapServerThread) -> None
     typ, data = imap.select(f'"{PROJECTS}"')
     assert typ == "OK" and int(data[0]) == 3
     imap.logout()
+
+
+def test_new_folders_inherit_the_acl_and_lsub_lists_shared_subscriptions(
+    server: ImapServerThread, dep: ImapDeployment
+) -> None:
+    with raw(server, BOB, OTHER_PASSWORD) as bob, raw(server, ALICE, PASSWORD) as alice:
+        # Bob (k on the team's INBOX) creates a folder in it: Alice sees it, same rights.
+        cases = "Public/support@example.com/INBOX/Cases"
+        assert bob.tagged(f'CREATE "{cases}"').startswith(b"OK")
+        assert cases in listed(alice)
+        assert alice.tagged(f'SELECT "{cases}"').startswith(b"OK [READ-WRITE]")
+        assert bob.tagged('CREATE "Public/support@example.com/Top"').startswith(b"NO")
+        with raw(server, CAROL, CAROL_PASSWORD) as carol:
+            assert carol.tagged(f'CREATE "{cases}/Mine"').startswith(b"NO")
+        # Alice's own new subfolder of a shared folder is shared the same way.
+        assert alice.tagged("CREATE Projects.2024").startswith(b"OK")
+        assert "Shared/alice@example.com/Projects/2024" in listed(bob)
+        assert "Shared/alice@example.com/Private" not in listed(bob)
+        # LSUB (what older Thunderbird uses): shared folders can be subscribed and listed.
+        assert bob.tagged(f'SUBSCRIBE "{PROJECTS}"').startswith(b"OK")
+        lsub = bob.command('LSUB "" "Shared/*"')
+        assert any(line.rstrip().endswith(PROJECTS.encode()) for line in lsub[:-1]), lsub
+        assert b'"/"' in lsub[0]

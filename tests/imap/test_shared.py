@@ -5,6 +5,7 @@ sessions, the RFC 4314 commands, IDLE on a shared folder, COPY between accounts.
 from __future__ import annotations
 
 import imaplib
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,58 @@ def test_new_folders_inherit_the_acl_and_lsub_lists_shared_subscriptions(
         lsub = bob.command('LSUB "" "Shared/*"')
         assert any(line.rstrip().endswith(PROJECTS.encode()) for line in lsub[:-1]), lsub
         assert b'"/"' in lsub[0]
+
+
+@pytest.mark.external
+@pytest.mark.timeout(300)
+def test_mbsync_member_syncs_the_team_mailbox(
+    tmp_path: Path, server: ImapServerThread, dep: ImapDeployment
+) -> None:
+    """Bob's mbsync, configured for the Public/ namespace only, pulls the team's mail and
+    pushes a \\Seen back, which Alice then sees: one mailbox, two people. mbsync takes one
+    delimiter for the whole server and refuses names with another, so it is told "/" (the
+    README says so for mbsync users of shared folders)."""
+    local = tmp_path / "local"
+    local.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""
+IMAPAccount bob
+Host localhost
+Port {server.imaps_port}
+User {BOB}
+Pass "{OTHER_PASSWORD}"
+SSLType IMAPS
+CertificateFile {dep.paths.ca_cert}
+AuthMechs PLAIN
+
+IMAPStore remote
+Account bob
+PathDelimiter /
+
+MaildirStore local
+Path {local}/
+SubFolders Verbatim
+
+Channel team
+Far :remote:
+Near :local:
+Patterns "Public/support@example.com/*"
+Create Near
+Sync All
+SyncState *
+""")
+    result = subprocess.run(
+        ["mbsync", "-c", str(rc), "team"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    pulled = list((local / "Public/support@example.com/INBOX").glob("*/*"))
+    assert [p.read_bytes().count(b"plan 9") for p in pulled] == [1]
+    assert not (local / "Shared").exists()  # outside the pattern: not synced
+    mail = pulled[0]
+    mail.rename(mail.parent.parent / "cur" / (mail.name.split(":")[0] + ":2,S"))
+    result = subprocess.run(
+        ["mbsync", "-c", str(rc), "team"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [info] = dep.store.snapshot(TEAM, INBOX).messages
+    assert "\\Seen" in info.flags

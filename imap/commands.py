@@ -371,6 +371,25 @@ class Idle(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class GetMetadata(Command):
+    """RFC 5464 §4.2: GETMETADATA [(MAXSIZE n DEPTH d)] mailbox entries. `depth` None is
+    "infinity"; entry names lower-cased."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: int | None = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata(Command):
+    """RFC 5464 §4.3: SETMETADATA mailbox (entry value ...); a None value removes the entry."""
+
+    mailbox: str
+    values: tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GetAcl(Command):
     """RFC 4314 §3.3: GETACL mailbox."""
 
@@ -525,6 +544,8 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     ListRights,
     SetAcl,
     DeleteAcl,
+    GetMetadata,
+    SetMetadata,
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,

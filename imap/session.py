@@ -59,6 +59,7 @@ from mailstack.imap.session_base import (
     checked_name,
 )
 from mailstack.imap.session_mailbox import MailboxCommands
+from mailstack.imap.session_metadata import MetadataCommands
 from mailstack.imap.session_select import SelectedCommands
 
 from mailstack.base import sasl
@@ -92,6 +93,7 @@ CAPABILITIES = (
     "QUOTA=RES-STORAGE",
     "ACL",
     "RIGHTS=texk",
+    "METADATA",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
 
@@ -129,7 +131,7 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
-class Session(MailboxCommands, SelectedCommands, AclCommands):
+class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands):
     """The per-connection IMAP state; see the module docstring."""
 
     def __init__(
@@ -297,6 +299,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands):
                 await self._quota(command, write)
             case c.GetAcl() | c.MyRights() | c.ListRights() | c.SetAcl() | c.DeleteAcl():
                 await self._acl_command(command, write)
+            case c.GetMetadata() | c.SetMetadata():
+                await self._metadata_command(command, write)
             case (
                 c.Select()
                 | c.Create()

@@ -28,6 +28,8 @@ from mailstack.render import render
 
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
 DEFAULT_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993}
+# The web side listens only where InitOptions.ports names it (`init --https-port/--http-port`).
+WEB_SERVICES = ("https", "http")
 
 
 def default_selector(today: dt.date | None = None) -> str:
@@ -51,6 +53,7 @@ def build_config(opts: InitOptions) -> Config:
     """The config `init` writes, validated by the same code that loads it (errors name keys)."""
     ports = dict(opts.ports)
     listen = {s: [format_hostport(opts.listen_host, ports[s])] for s in SERVICES}
+    listen |= {s: [format_hostport(opts.listen_host, ports[s])] for s in WEB_SERVICES if s in ports}
     data = {
         "server": {
             "hostname": opts.hostname,
@@ -66,7 +69,7 @@ def build_config(opts: InitOptions) -> Config:
 
 def render_config(cfg: Config) -> str:
     sections = []
-    for name in ("smtp", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log"):
+    for name in ("smtp", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log", "web"):
         table = getattr(cfg, name)
         items = [(f, _toml(getattr(table, f))) for f in type(table).__dataclass_fields__]
         sections.append({"name": name, "items": items})
@@ -74,7 +77,7 @@ def render_config(cfg: Config) -> str:
         "config/mailstack.toml.j2",
         docs=field_docs(),
         server=cfg.server,
-        listen={s: getattr(cfg.listen, s) for s in SERVICES},
+        listen={s: getattr(cfg.listen, s) for s in (*SERVICES, *WEB_SERVICES)},
         sections=sections,
     )
 

@@ -44,6 +44,16 @@ class StatePaths:
         return self.tls_dir / "ca.key"
 
     @property
+    def acme_dir(self) -> Path:
+        """ACME state (`mailstack tls acme`): account key, directory URL, last renewal."""
+        return self.root / "acme"
+
+    @property
+    def acme_challenges(self) -> Path:
+        """HTTP-01 key authorizations by token, which the http listener serves (RFC 8555 §8.3)."""
+        return self.acme_dir / "challenges"
+
+    @property
     def dkim_dir(self) -> Path:
         return self.root / "dkim"
 

@@ -151,9 +151,10 @@ def tls_names(cfg: Config, domains: list[str]) -> list[str]:
     every listener is on one loopback address (the demo, a test setup), that address too, so a
     client on this machine can connect by address and still verify the certificate."""
     names = [cfg.server.hostname, *(f"autoconfig.{d}" for d in domains)]
-    # The web side's names (autodiscover, the MTA-STS policy host) when it is served.
+    # The web side's names when it is served: autodiscover, the MTA-STS policy host, and the
+    # domain itself (Thunderbird's second autoconfig URL is https://<domain>/.well-known/...).
     if cfg.listen.https:
-        names += [f"{sub}.{d}" for d in domains for sub in ("autodiscover", "mta-sts")]
+        names += [f"{sub}{d}" for d in domains for sub in ("autodiscover.", "mta-sts.", "")]
     hosts = {host for service in SERVICES for host, _port in cfg.listeners(service)}
     if len(hosts) == 1 and _is_loopback(host := hosts.pop()):
         names.append(host)

@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 from mailstack.init import InitOptions, init_deployment
-from tests.conftest import LOOPBACK_PORTS
+from tests.checks.conftest import free_ports
 from tests.support.serve import ServeProcess
 
-WEB_PORTS = (*LOOPBACK_PORTS, ("https", 0), ("http", 0))
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "https", "http")
 
 
 @pytest.fixture
 def web_dir(state_dir: Path) -> Path:
+    """Fixed free ports (not 0): autoconfig and `check` tell the ports in the config."""
+    ports = tuple(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
     init_deployment(
         state_dir,
         InitOptions(
@@ -28,7 +30,7 @@ def web_dir(state_dir: Path) -> Path:
             hostname="mail.example.com",
             ipv4="127.0.0.1",
             listen_host="127.0.0.1",
-            ports=WEB_PORTS,
+            ports=ports,
             dkim_selector="test",
         ),
     )

@@ -410,7 +410,10 @@ def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | No
     multiple=True,
     metavar="GROUP",
     type=click.Choice(
-        ["config", "files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e", "network"]
+        [
+            *("config", "files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e"),
+            *("network", "web"),
+        ]
     ),
     help="Run only this group of checks (repeatable).",
 )

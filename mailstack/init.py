@@ -23,7 +23,7 @@ from mailstack.base.errors import ExistsError, HostError
 from mailstack.base.fsutil import atomic_write, ensure_dir
 from mailstack.base.paths import StatePaths
 from mailstack.base.users import Accounts
-from mailstack.dnsrecords import DnsRecord, MailDns, Ports, group_by_zone, in_zone
+from mailstack.dnsrecords import DnsRecord, MailDns, MtaStsPolicy, Ports, group_by_zone, in_zone
 from mailstack.render import render
 
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
@@ -111,8 +111,21 @@ def dns_records(cfg: Config, paths: StatePaths, accounts: Accounts | None) -> li
     for d in hosted_domains(cfg, accounts):
         key_path = paths.dkim_key(selector, d)
         domains[d] = keys.dkim_public_record(key_path.read_bytes()) if key_path.exists() else None
-    mail_dns = MailDns(cfg.server.hostname, cfg.server.ipv4, cfg.server.ipv6, public_ports(cfg))
+    https = cfg.listeners("https")
+    mail_dns = MailDns(
+        cfg.server.hostname,
+        cfg.server.ipv4,
+        cfg.server.ipv6,
+        public_ports(cfg),
+        https_port=https[0][1] if https else None,
+        mta_sts=mta_sts_policy(cfg) if https else None,
+    )
     return mail_dns.all_records(domains, selector)
+
+
+def mta_sts_policy(cfg: Config) -> MtaStsPolicy:
+    """The policy `serve` publishes at https://mta-sts.<domain>/.well-known/mta-sts.txt."""
+    return MtaStsPolicy(cfg.web.mta_sts_mode, (cfg.server.hostname,), cfg.web.mta_sts_max_age)
 
 
 def render_zone(zone: str, records: list[DnsRecord], cfg: Config, command: str) -> str:

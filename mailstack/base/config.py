@@ -492,6 +492,8 @@ def _validate(cfg: Config) -> None:
         raise _KeyError(
             "log.level", f"expected DEBUG, INFO, WARNING or ERROR, got {cfg.log.level!r}"
         )
+    if cfg.web.mta_sts_max_age > 31557600:  # RFC 8461 §3.2: at most a year
+        raise _KeyError("web.mta_sts_max_age", "must be at most 31557600 (RFC 8461 §3.2)")
     if cfg.web.mta_sts_mode not in MTA_STS_MODES:
         raise _KeyError(
             "web.mta_sts_mode", f"expected enforce, testing or none, got {cfg.web.mta_sts_mode!r}"

@@ -54,6 +54,16 @@ class StatePaths:
         return self.acme_dir / "challenges"
 
     @property
+    def acme_account(self) -> Path:
+        """The ACME account: directory URL, contact, CA bundle, account key (mode 0600)."""
+        return self.acme_dir / "account.json"
+
+    @property
+    def acme_state(self) -> Path:
+        """The last issuance or renewal attempt, for `status` and `check`."""
+        return self.acme_dir / "state.json"
+
+    @property
     def dkim_dir(self) -> Path:
         return self.root / "dkim"
 

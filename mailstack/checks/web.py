@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 import socket
 import ssl
 
@@ -32,14 +33,35 @@ def check_web(
     resolver_override: str = "",
     timeout_s: float = 10.0,
 ) -> list[Finding]:
+    acme = _acme(paths)
     if not cfg.listeners("https"):
-        return [skipped("web.mta_sts", "the web side is off (listen.https = [])")]
+        return [skipped("web.mta_sts", "the web side is off (listen.https = [])"), acme]
     dns_cfg = cfg.dns
     if resolver_override:
         parse_resolver(resolver_override)
         dns_cfg = dataclasses.replace(dns_cfg, resolver=resolver_override)
     client = DnsClient(make_resolver(dns_cfg))
-    return [_mta_sts(cfg, paths, client, d, records, timeout_s) for d in domains]
+    return [*(_mta_sts(cfg, paths, client, d, records, timeout_s) for d in domains), acme]
+
+
+def _acme(paths: StatePaths) -> Finding:
+    """web.acme: the last issuance or renewal attempt went through (acme/state.json)."""
+    if not paths.acme_account.exists():
+        return skipped("web.acme", "no ACME account (`mailstack tls acme` sets one up)")
+    try:  # written by mailstack.web.acme.write_state
+        state = json.loads(paths.acme_state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict):
+        return passed("web.acme", "ACME account set up; serve renews when due")
+    if state.get("ok"):
+        return passed("web.acme", f"ACME: {state.get('message')}")
+    return warned(
+        "web.acme",
+        f"ACME: {state.get('message')} (serve still uses the current certificate; see tls.expiry)",
+        "see serve's log for the CA's answer: the names must resolve to this server and "
+        "listen.http must be reachable on port 80; serve tries again at the next interval",
+    )
 
 
 def _mta_sts(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+from pathlib import Path
 
 from aiohttp import web
 
@@ -23,6 +24,8 @@ PAGES_MODULE = "mailstack.web.pages"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 # The ports the https listeners are bound to (port 0 in the config: known only once bound).
 HTTPS_PORTS = web.AppKey("mailstack.https_ports", list[int])
+# Where the HTTP-01 key authorizations are (acme/challenges/; mailstack.web.acme writes them).
+CHALLENGES = web.AppKey("mailstack.acme_challenges", Path)
 
 
 def make_app(deps: WebDeps) -> web.Application:
@@ -42,6 +45,7 @@ def make_http_app(deps: WebDeps, https_ports: list[int] | None = None) -> web.Ap
     app = web.Application()
     app[DEPS] = deps
     app[HTTPS_PORTS] = https_ports if https_ports is not None else []
+    app[CHALLENGES] = deps.paths.acme_challenges
     app.router.add_get("/.well-known/acme-challenge/{token}", acme_challenge)
     app.router.add_route("*", "/{tail:.*}", redirect_to_https)
     return app
@@ -52,7 +56,7 @@ async def acme_challenge(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     if not _TOKEN.fullmatch(token):
         raise web.HTTPNotFound()
-    path = request.app[DEPS].paths.acme_challenges / token
+    path = request.app[CHALLENGES] / token
     try:
         body = path.read_bytes()
     except OSError:

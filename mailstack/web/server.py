@@ -15,6 +15,8 @@ import logging
 from aiohttp import web
 
 from mailstack.delivery.services import ServerContext
+from mailstack.init import hosted_domains
+from mailstack.web.acme import reload_by_signal, renew_forever
 from mailstack.web.app import make_app, make_http_app
 from mailstack.web.deps import WebDeps
 
@@ -30,6 +32,7 @@ class WebService:
         self.deps = WebDeps.from_context(ctx)
         self._runners: dict[str, web.AppRunner] = {}
         self._closer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.https_ports: list[int] = []  # as bound, for the http listener's redirects
 
     async def _handler(self, kind: str) -> web.Server:
@@ -46,9 +49,22 @@ class WebService:
             self._runners[kind] = runner
             if self._closer is None:
                 self._closer = asyncio.create_task(self._close_when_stopping(), name="web-stop")
+            if self._renewer is None:
+                self._renewer = asyncio.create_task(self._renew(), name="acme-renewal")
         if runner.server is None:  # only before setup(), which ran above
             raise RuntimeError(f"web {kind} runner is not set up")
         return runner.server
+
+    async def _renew(self) -> None:
+        """ACME renewal runs beside the web listeners (HTTP-01 needs the http one)."""
+        deps = self.deps
+        await renew_forever(
+            deps.paths,
+            deps.config,
+            lambda: hosted_domains(deps.config, deps.accounts),
+            deps.stopping,
+            reload_by_signal,
+        )
 
     async def _close_when_stopping(self) -> None:
         await self.deps.stopping.wait()

@@ -262,6 +262,10 @@ async def _renew_once(
 
 def reload_by_signal() -> None:
     """The one reload path of serve (its SIGHUP handler reloads listeners and SMTP workers)."""
+    if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        # Not yet installed (serve still starting): the default action would end the process.
+        log.warning("ACME: serve is not ready for SIGHUP; the new certificate loads on the next")
+        return
     os.kill(os.getpid(), signal.SIGHUP)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import ssl
 from pathlib import Path
 
@@ -97,3 +98,24 @@ def test_init_enables_the_web_side_only_when_asked(tmp_path: Path) -> None:
     assert off.returncode == 0, off.stderr
     text = (tmp_path / "off/mailstack.toml").read_text()
     assert "https = []" in text and "http = []" in text
+
+
+def test_sigterm_closes_idle_keep_alive_connections(web_serve: ServeProcess, web_dir: Path) -> None:
+    """An idle keep-alive client does not hold serve for the whole drain deadline."""
+    import http.client
+    import time
+
+    ctx = ssl.create_default_context(cafile=str(web_dir / "tls/ca.pem"))
+    conn = http.client.HTTPSConnection("127.0.0.1", web_serve.port("https"), context=ctx)
+    conn.sock = ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", web_serve.port("https"))),
+        server_hostname="mail.example.com",
+    )
+    conn.request("GET", "/mail/config-v1.1.xml", headers={"Host": "autoconfig.example.com"})
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200 and not response.will_close  # kept alive
+    started = time.monotonic()
+    assert web_serve.stop() == 0
+    assert time.monotonic() - started < 15  # well under serve's 30 s drain deadline
+    conn.close()

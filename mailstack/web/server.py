@@ -16,7 +16,6 @@ from aiohttp import web
 
 from mailstack.delivery.services import ServerContext
 from mailstack.init import hosted_domains
-from mailstack.web.acme import reload_by_signal, renew_forever
 from mailstack.web.app import make_app, make_http_app
 from mailstack.web.deps import WebDeps
 
@@ -57,6 +56,10 @@ class WebService:
 
     async def _renew(self) -> None:
         """ACME renewal runs beside the web listeners (HTTP-01 needs the http one)."""
+        # Imported here: the acme library (requests, josepy) stays out of SMTP worker processes,
+        # which import mailstack.app but run no web listener.
+        from mailstack.web.acme import reload_by_signal, renew_forever
+
         deps = self.deps
         await renew_forever(
             deps.paths,

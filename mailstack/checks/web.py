@@ -1,4 +1,5 @@
-"""The web side's checks (`web.*`): the MTA-STS policy as senders fetch it, ACME renewal.
+"""The web side's checks (`web.*`): the MTA-STS policy as senders fetch it, client
+autoconfiguration as Thunderbird fetches it, ACME renewal.
 
 `web.mta_sts` (per hosted domain, RFC 8461 §3): the `_mta-sts` TXT record holds the id of the
 policy this deployment serves, and https://mta-sts.<domain>/.well-known/mta-sts.txt, fetched
@@ -22,6 +23,7 @@ from mailstack.checks import Finding, failed, passed, skipped, warned
 from mailstack.dnsrecords import DnsRecord, fqdn
 
 POLICY_PATH = "/.well-known/mta-sts.txt"  # RFC 8461 §3.3
+AUTOCONFIG_PATH = "/mail/config-v1.1.xml"  # Thunderbird's first lookup
 MAX_POLICY_BYTES = 65536  # RFC 8461 §3.3: senders may refuse policies over 64 KiB
 
 
@@ -35,13 +37,52 @@ def check_web(
 ) -> list[Finding]:
     acme = _acme(paths)
     if not cfg.listeners("https"):
-        return [skipped("web.mta_sts", "the web side is off (listen.https = [])"), acme]
+        off = "the web side is off (listen.https = [])"
+        return [skipped("web.mta_sts", off), skipped("web.autoconfig", off), acme]
     dns_cfg = cfg.dns
     if resolver_override:
         parse_resolver(resolver_override)
         dns_cfg = dataclasses.replace(dns_cfg, resolver=resolver_override)
     client = DnsClient(make_resolver(dns_cfg))
-    return [*(_mta_sts(cfg, paths, client, d, records, timeout_s) for d in domains), acme]
+    return [
+        *(_mta_sts(cfg, paths, client, d, records, timeout_s) for d in domains),
+        *(_autoconfig(cfg, paths, client, d, timeout_s) for d in domains),
+        acme,
+    ]
+
+
+def _autoconfig(
+    cfg: Config, paths: StatePaths, client: DnsClient, domain: str, timeout_s: float
+) -> Finding:
+    """web.autoconfig: Thunderbird's first URL answers with our host (its ISPDB comes later)."""
+    name = f"autoconfig.{domain}"
+    url = f"https://{name}{AUTOCONFIG_PATH}"
+    try:
+        addresses = [str(r) for r in client.lookup(name, "A")]
+    except DnsTempError as exc:
+        return failed("web.autoconfig", f"{domain}: DNS lookup failed: {exc}", "see dns.resolver")
+    if not addresses:
+        return warned(
+            "web.autoconfig",
+            f"{domain}: {name} has no address: mail clients cannot configure themselves",
+            f"publish `{name}. CNAME {cfg.server.hostname}.`",
+        )
+    port = cfg.listeners("https")[0][1]
+    try:
+        status, body = _fetch(addresses[0], port, name, paths, timeout_s, AUTOCONFIG_PATH)
+    except (OSError, http.client.HTTPException) as exc:
+        return warned(
+            "web.autoconfig",
+            f"{domain}: cannot fetch {url}: {exc}",
+            f"is serve running with listen.https, and does the certificate name {name}?",
+        )
+    if status != 200 or f"<hostname>{cfg.server.hostname}</hostname>".encode() not in body:
+        return warned(
+            "web.autoconfig",
+            f"{domain}: {url} answered HTTP {status} without {cfg.server.hostname}",
+            f"is {name} pointing at this server?",
+        )
+    return passed("web.autoconfig", f"{domain}: {url} gives mail clients {cfg.server.hostname}")
 
 
 def _acme(paths: StatePaths) -> Finding:
@@ -130,9 +171,9 @@ def _mta_sts(
 
 
 def _fetch(
-    address: str, port: int, name: str, paths: StatePaths, timeout_s: float
+    address: str, port: int, name: str, paths: StatePaths, timeout_s: float, path: str = POLICY_PATH
 ) -> tuple[int, bytes]:
-    """GET the policy from `address` with SNI and Host `name`, verified for `name` against the
+    """GET `path` from `address` with SNI and Host `name`, verified for `name` against the
     system's roots plus this deployment's private CA (if it has one)."""
     ctx = ssl.create_default_context()
     if paths.ca_cert.exists():
@@ -141,7 +182,7 @@ def _fetch(
     conn = http.client.HTTPSConnection(name, port, context=ctx, timeout=timeout_s)
     try:
         conn.sock = ctx.wrap_socket(raw, server_hostname=name)
-        conn.request("GET", POLICY_PATH, headers={"Host": name})
+        conn.request("GET", path, headers={"Host": name})
         response = conn.getresponse()
         return response.status, response.read(MAX_POLICY_BYTES)
     finally:

@@ -80,6 +80,8 @@ def test_check_fetches_the_policy_and_compares_the_txt(web_dir: Path, tmp_path: 
             finding = only(data, "web.mta_sts")
             assert finding["status"] == "pass", finding
             assert "id " in finding["message"] and proc.returncode == 0
+            assert only(data, "web.autoconfig")["status"] == "pass"
+            assert only(data, "web.acme")["status"] == "skip"
         # The policy changes, the published TXT does not: check says which record to publish.
         set_web(web_dir, "mta_sts_mode", '"enforce"')
         with ServeProcess(web_dir):
@@ -98,5 +100,6 @@ def test_check_fetches_the_policy_and_compares_the_txt(web_dir: Path, tmp_path: 
             "cannot fetch https://mta-sts.example.com/.well-known/mta-sts.txt"
             in (finding["message"])
         )
+        assert only(data, "web.autoconfig")["status"] == "warn"
     finally:
         nsd.stop()

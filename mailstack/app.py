@@ -30,23 +30,27 @@ from mailstack.imap.server import ImapService
 from mailstack.smtp.server import start_smtp
 from mailstack.smtp.submission import start_submission, start_submissions
 from mailstack.status import ServeStatus
+from mailstack.web.server import WebService
 from mailstack.workers.parent import SmtpWorkers, worker_count
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "https", "http")
 
 
 def listeners(ctx: ServerContext) -> dict[str, StartService]:
     """Each configured service's start function; the IMAP listeners share one ImapService
     (connection limits, per-account session counts, structure caches)."""
     imap = ImapService(ctx)
+    web = WebService(ctx)
     return {
         "smtp": start_smtp,
         "submission": start_submission,
         "submissions": start_submissions,
         "imap": imap.start_imap,
         "imaps": imap.start_imaps,
+        "https": web.start_https,
+        "http": web.start_http,
     }
 
 

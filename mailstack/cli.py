@@ -154,6 +154,16 @@ def _init_warnings(domain: str, hostname: str, ipv4: str) -> list[str]:
 @click.option("--submissions-port", type=click.IntRange(0, 65535), default=465, show_default=True)
 @click.option("--imap-port", type=click.IntRange(0, 65535), default=143, show_default=True)
 @click.option("--imaps-port", type=click.IntRange(0, 65535), default=993, show_default=True)
+@click.option(
+    "--https-port",
+    type=click.IntRange(0, 65535),
+    help="Serve autoconfig, MTA-STS and the web pages on this port (e.g. 443); default: off.",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    help="Answer ACME challenges and redirect to https on this port (e.g. 80); default: off.",
+)
 @click.option("--dkim-selector", default="", help="DKIM selector (default msYYYYMM).")
 @click.option(
     "--force",
@@ -177,6 +187,8 @@ def init(
     submissions_port: int,
     imap_port: int,
     imaps_port: int,
+    https_port: int | None,
+    http_port: int | None,
     dkim_selector: str,
     force: bool,
     non_interactive: bool,
@@ -213,12 +225,15 @@ def init(
             ipaddress.ip_address(listen_host)
         except ValueError:
             fail_usage(f"--listen-host: {listen_host!r} is not an IP address")
-        ports = (
+        ports: tuple[tuple[str, int], ...] = (
             ("smtp", smtp_port),
             ("submission", submission_port),
             ("submissions", submissions_port),
             ("imap", imap_port),
             ("imaps", imaps_port),
+        )
+        ports += tuple(
+            (s, p) for s, p in (("https", https_port), ("http", http_port)) if p is not None
         )
         opts = InitOptions(
             domain=domain,
@@ -395,7 +410,10 @@ def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | No
     multiple=True,
     metavar="GROUP",
     type=click.Choice(
-        ["config", "files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e", "network"]
+        [
+            *("config", "files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e"),
+            *("network", "web"),
+        ]
     ),
     help="Run only this group of checks (repeatable).",
 )

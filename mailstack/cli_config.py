@@ -114,3 +114,45 @@ def tls_import(cert_file: Path, key_file: Path) -> None:
             f"imported certificate for {', '.join(info.names)} "
             f"(expires {info.not_after:%Y-%m-%d}); a running serve picks it up on SIGHUP"
         )
+
+
+@tls.command("acme", context_settings=CONTEXT)
+@click.option("--email", required=True, help="Contact address for the ACME account (expiry mail).")
+@click.option(
+    "--directory",
+    default="https://acme-v02.api.letsencrypt.org/directory",
+    show_default=True,
+    help="The ACME CA's directory URL.",
+)
+@click.option(
+    "--ca-bundle",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="CA bundle to trust for the directory (a private or test CA).",
+)
+def tls_acme(email: str, directory: str, ca_bundle: Path | None) -> None:
+    """Get a certificate from an ACME CA (HTTP-01 on listen.http); serve renews it."""
+    import datetime as dt
+
+    from mailstack.deployment import Deployment
+    from mailstack.init import hosted_domains
+    from mailstack.web.acme import acme_command
+
+    with reporting(cli_state().debug):
+        dep = Deployment.open(cli_state().root)
+        try:
+            issued = acme_command(
+                dep.paths,
+                dep.config,
+                hosted_domains(dep.config, dep.accounts),
+                email=email,
+                directory=directory,
+                ca_bundle=str(ca_bundle.absolute()) if ca_bundle else "",
+            )
+        finally:
+            dep.close()
+        when = dt.datetime.fromtimestamp(issued.expires, dt.UTC)
+        click.echo(f"certificate for {', '.join(issued.names)} (expires {when:%Y-%m-%d})")
+        if issued.reloaded_pid is not None:
+            click.echo(f"serve (pid {issued.reloaded_pid}) reloads it now")
+        days = dep.config.web.acme_renew_days
+        click.echo(f"serve renews it {days} days before it expires")

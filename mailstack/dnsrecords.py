@@ -2,14 +2,17 @@
 
 For each hosted domain: MX, SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489), TLS-RPT
 (RFC 8460), the RFC 6186 SRV records that let clients find submission and IMAP (and say that
-POP3 is not offered), an autoconfig name; for the hostname: A/AAAA and an SPF record of its own
-(HELO checks and bounces use it); and the reverse (PTR) records, which go to whoever owns the IP
-block, not to the registrar. TXT values longer than 255 bytes are split into several strings
-(RFC 7208 §3.3), and `unsplit` keeps the whole value for DNS web forms.
+POP3 is not offered), an autoconfig name; when the web side is served, the autodiscover name and
+SRV record and MTA-STS (RFC 8461: the policy host and the `_mta-sts` TXT whose id is derived
+from the policy, so it changes whenever the policy does); for the hostname: A/AAAA and an SPF
+record of its own (HELO checks and bounces use it); and the reverse (PTR) records, which go to
+whoever owns the IP block, not to the registrar. TXT values longer than 255 bytes are split into
+several strings (RFC 7208 §3.3), and `unsplit` keeps the whole value for DNS web forms.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,11 +86,37 @@ class Ports:
 
 
 @dataclass(frozen=True, slots=True)
+class MtaStsPolicy:
+    """The MTA-STS policy this server publishes for every hosted domain (RFC 8461 §3.2)."""
+
+    mode: str  # enforce, testing or none
+    mx: tuple[str, ...]
+    max_age: int  # seconds; RFC 8461 §3.2 caps it at 31557600
+
+    def text(self) -> str:
+        # RFC 8461 §3.2: "key: value" lines; CRLF is the recommended line end.
+        lines = ["version: STSv1", f"mode: {self.mode}"]
+        lines += [f"mx: {mx}" for mx in self.mx]
+        lines.append(f"max_age: {self.max_age}")
+        return "".join(line + "\r\n" for line in lines)
+
+    def policy_id(self) -> str:
+        """RFC 8461 §3.1: 1-32 alphanumerics that change when the policy does; a digest of
+        the policy text does that by construction."""
+        return hashlib.sha256(self.text().encode("ascii")).hexdigest()[:20]
+
+    def txt(self) -> str:
+        return f"v=STSv1; id={self.policy_id()}"
+
+
+@dataclass(frozen=True, slots=True)
 class MailDns:
     hostname: str
     ipv4: str = ""
     ipv6: str = ""
     ports: Ports = field(default_factory=Ports)
+    https_port: int | None = None  # the web side (autoconfig, autodiscover, MTA-STS); None: off
+    mta_sts: MtaStsPolicy | None = None
 
     def domain_records(
         self, domain: str, dkim_selector: str, dkim_txt: str | None
@@ -180,6 +209,50 @@ class MailDns:
                     zone,
                     "dns-host",
                     "mail-client autoconfiguration is served by the mail host",
+                )
+            )
+        if self.https_port:
+            recs += self._web_records(zone, host)
+        return recs
+
+    def _web_records(self, zone: str, host: str) -> list[DnsRecord]:
+        recs = [
+            DnsRecord(
+                f"{sub}.{zone}",
+                "CNAME",
+                host,
+                zone,
+                "dns-host",
+                f"{why} is served by the mail host",
+            )
+            for sub, why in (
+                ("autodiscover", "Outlook's autodiscover"),
+                ("mta-sts", "the MTA-STS policy (RFC 8461 §3.3)"),
+            )
+            if f"{sub}.{zone}" != host
+        ]
+        recs.append(
+            DnsRecord(
+                f"_autodiscover._tcp.{zone}",
+                "SRV",
+                f"0 1 {self.https_port} {host}",
+                zone,
+                "dns-host",
+                f"Outlook finds autodiscover at {self.hostname}:{self.https_port}",
+            )
+        )
+        if self.mta_sts is not None:
+            txt = self.mta_sts.txt()
+            recs.append(
+                DnsRecord(
+                    f"_mta-sts.{zone}",
+                    "TXT",
+                    txt_rdata(txt),
+                    zone,
+                    "dns-host",
+                    f"MTA-STS (RFC 8461): senders require TLS to our MX ({self.mta_sts.mode}); "
+                    "the id changes with the policy",
+                    txt,
                 )
             )
         return recs

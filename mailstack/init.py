@@ -23,11 +23,13 @@ from mailstack.base.errors import ExistsError, HostError
 from mailstack.base.fsutil import atomic_write, ensure_dir
 from mailstack.base.paths import StatePaths
 from mailstack.base.users import Accounts
-from mailstack.dnsrecords import DnsRecord, MailDns, Ports, group_by_zone, in_zone
+from mailstack.dnsrecords import DnsRecord, MailDns, MtaStsPolicy, Ports, group_by_zone, in_zone
 from mailstack.render import render
 
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps")
 DEFAULT_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993}
+# The web side listens only where InitOptions.ports names it (`init --https-port/--http-port`).
+WEB_SERVICES = ("https", "http")
 
 
 def default_selector(today: dt.date | None = None) -> str:
@@ -51,6 +53,7 @@ def build_config(opts: InitOptions) -> Config:
     """The config `init` writes, validated by the same code that loads it (errors name keys)."""
     ports = dict(opts.ports)
     listen = {s: [format_hostport(opts.listen_host, ports[s])] for s in SERVICES}
+    listen |= {s: [format_hostport(opts.listen_host, ports[s])] for s in WEB_SERVICES if s in ports}
     data = {
         "server": {
             "hostname": opts.hostname,
@@ -66,7 +69,7 @@ def build_config(opts: InitOptions) -> Config:
 
 def render_config(cfg: Config) -> str:
     sections = []
-    for name in ("smtp", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log"):
+    for name in ("smtp", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log", "web"):
         table = getattr(cfg, name)
         items = [(f, _toml(getattr(table, f))) for f in type(table).__dataclass_fields__]
         sections.append({"name": name, "items": items})
@@ -74,7 +77,7 @@ def render_config(cfg: Config) -> str:
         "config/mailstack.toml.j2",
         docs=field_docs(),
         server=cfg.server,
-        listen={s: getattr(cfg.listen, s) for s in SERVICES},
+        listen={s: getattr(cfg.listen, s) for s in (*SERVICES, *WEB_SERVICES)},
         sections=sections,
     )
 
@@ -108,8 +111,21 @@ def dns_records(cfg: Config, paths: StatePaths, accounts: Accounts | None) -> li
     for d in hosted_domains(cfg, accounts):
         key_path = paths.dkim_key(selector, d)
         domains[d] = keys.dkim_public_record(key_path.read_bytes()) if key_path.exists() else None
-    mail_dns = MailDns(cfg.server.hostname, cfg.server.ipv4, cfg.server.ipv6, public_ports(cfg))
+    https = cfg.listeners("https")
+    mail_dns = MailDns(
+        cfg.server.hostname,
+        cfg.server.ipv4,
+        cfg.server.ipv6,
+        public_ports(cfg),
+        https_port=https[0][1] if https else None,
+        mta_sts=mta_sts_policy(cfg) if https else None,
+    )
     return mail_dns.all_records(domains, selector)
+
+
+def mta_sts_policy(cfg: Config) -> MtaStsPolicy:
+    """The policy `serve` publishes at https://mta-sts.<domain>/.well-known/mta-sts.txt."""
+    return MtaStsPolicy(cfg.web.mta_sts_mode, (cfg.server.hostname,), cfg.web.mta_sts_max_age)
 
 
 def render_zone(zone: str, records: list[DnsRecord], cfg: Config, command: str) -> str:
@@ -148,6 +164,10 @@ def tls_names(cfg: Config, domains: list[str]) -> list[str]:
     every listener is on one loopback address (the demo, a test setup), that address too, so a
     client on this machine can connect by address and still verify the certificate."""
     names = [cfg.server.hostname, *(f"autoconfig.{d}" for d in domains)]
+    # The web side's names when it is served: autodiscover, the MTA-STS policy host, and the
+    # domain itself (Thunderbird's second autoconfig URL is https://<domain>/.well-known/...).
+    if cfg.listen.https:
+        names += [f"{sub}{d}" for d in domains for sub in ("autodiscover.", "mta-sts.", "")]
     hosts = {host for service in SERVICES for host, _port in cfg.listeners(service)}
     if len(hosts) == 1 and _is_loopback(host := hosts.pop()):
         names.append(host)

@@ -92,6 +92,8 @@ class Status:
     certificate_days_left: float | None = None
     last_check: dict[str, Any] | None = None
     disk_free_bytes: int | None = None
+    # The last ACME issuance or renewal attempt (acme/state.json); None without ACME.
+    acme: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +174,7 @@ def collect(root: Path, *, now: float | None = None) -> Status:
         status.certificate_expires = expires
         status.certificate_days_left = (expires - now) / 86400
     status.last_check = _read_json(paths.last_check)
+    status.acme = _read_json(paths.acme_state)
     with contextlib.suppress(OSError):
         status.disk_free_bytes = shutil.disk_usage(root).free
     return status
@@ -215,6 +218,10 @@ def render(status: Status, *, now: float | None = None) -> list[str]:
         days = status.certificate_days_left
         note = "EXPIRED" if days < 0 else ("renew soon" if days < 30 else "ok")
         lines.append(f"tls        certificate expires in {days:.0f} days ({note})")
+    if status.acme:
+        when = _duration(now - float(status.acme.get("time", now)))
+        state = "ok" if status.acme.get("ok") else "FAILED"
+        lines.append(f"acme       {state} {when} ago: {status.acme.get('message', '')}")
     check = status.last_check
     if check:
         when = _duration(now - float(check.get("time", now)))

@@ -159,6 +159,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, lines: list[str]) -> N
 
 
 @pytest.mark.external
+@pytest.mark.timeout(300)  # a fresh venv and every dependency installed: ~110 s on a busy machine
 def test_the_readme_try_it_line_works_as_written(tmp_path: Path) -> None:
     """The README's first command, run from a copy of the checkout as a new user would (as root,
     on Debian), with a throwaway prefix instead of /opt/mailstack; then the demo it starts is

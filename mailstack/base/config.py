@@ -113,6 +113,14 @@ class ListenConfig:
     )
     imap: list[str] = doc("IMAP with STARTTLS.", default_factory=lambda: ["0.0.0.0:143"])
     imaps: list[str] = doc("IMAP over implicit TLS.", default_factory=lambda: ["0.0.0.0:993"])
+    https: list[str] = doc(
+        "HTTPS: client autoconfiguration, the MTA-STS policy, status and self-service pages.",
+        default_factory=list,
+    )
+    http: list[str] = doc(
+        "Plain HTTP: ACME HTTP-01 challenges; everything else is redirected to https.",
+        default_factory=list,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +296,27 @@ class OutboundConfig:
     mx_port: int = doc("Port for every SMTP connection to an MX, probes included.", default=25)
 
 
+MTA_STS_MODES = ("enforce", "testing", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    mta_sts_mode: str = doc(
+        "MTA-STS policy mode served for every hosted domain: enforce, testing or none "
+        "(RFC 8461 section 5).",
+        default="testing",
+    )
+    mta_sts_max_age: int = doc(
+        "Seconds senders may cache the MTA-STS policy (RFC 8461 section 3.2).", default=604800
+    )
+    acme_renew_days: int = doc(
+        "`serve` renews an ACME certificate this many days before it expires.", default=30
+    )
+    acme_check_interval_s: float = doc(
+        "Seconds between `serve`'s looks at the ACME certificate's expiry.", default=43200.0
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = doc("DEBUG, INFO, WARNING or ERROR.", default="INFO")
@@ -306,6 +335,7 @@ class Config:
     dkim: DkimConfig = doc("DKIM signing.", default_factory=DkimConfig)
     outbound: OutboundConfig = doc("Outbound delivery.", default_factory=OutboundConfig)
     log: LogConfig = doc("Logging.", default_factory=LogConfig)
+    web: WebConfig = doc("The HTTPS side: MTA-STS policy, ACME renewal.", default_factory=WebConfig)
 
     @property
     def default_quota_bytes(self) -> int:
@@ -403,7 +433,7 @@ def _validate(cfg: Config) -> None:
                 ip = None
             if ip is None or ip.version != version:
                 raise _KeyError(f"server.{key}", f"{value!r} is not an IPv{version} address")
-    for service in ("smtp", "submission", "submissions", "imap", "imaps"):
+    for service in ("smtp", "submission", "submissions", "imap", "imaps", "https", "http"):
         for i, v in enumerate(getattr(cfg.listen, service)):
             try:
                 parse_hostport(v)
@@ -430,6 +460,9 @@ def _validate(cfg: Config) -> None:
         "auth.window_s": cfg.auth.window_s,
         "auth.verify_queue": cfg.auth.verify_queue,
         "auth.verify_per_network": cfg.auth.verify_per_network,
+        "web.mta_sts_max_age": cfg.web.mta_sts_max_age,
+        "web.acme_renew_days": cfg.web.acme_renew_days,
+        "web.acme_check_interval_s": cfg.web.acme_check_interval_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -458,6 +491,12 @@ def _validate(cfg: Config) -> None:
     if cfg.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise _KeyError(
             "log.level", f"expected DEBUG, INFO, WARNING or ERROR, got {cfg.log.level!r}"
+        )
+    if cfg.web.mta_sts_max_age > 31557600:  # RFC 8461 §3.2: at most a year
+        raise _KeyError("web.mta_sts_max_age", "must be at most 31557600 (RFC 8461 §3.2)")
+    if cfg.web.mta_sts_mode not in MTA_STS_MODES:
+        raise _KeyError(
+            "web.mta_sts_mode", f"expected enforce, testing or none, got {cfg.web.mta_sts_mode!r}"
         )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.dkim.selector):
         raise _KeyError("dkim.selector", f"{cfg.dkim.selector!r} is not a valid DNS label")

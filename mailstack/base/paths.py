@@ -44,6 +44,26 @@ class StatePaths:
         return self.tls_dir / "ca.key"
 
     @property
+    def acme_dir(self) -> Path:
+        """ACME state (`mailstack tls acme`): account key, directory URL, last renewal."""
+        return self.root / "acme"
+
+    @property
+    def acme_challenges(self) -> Path:
+        """HTTP-01 key authorizations by token, which the http listener serves (RFC 8555 §8.3)."""
+        return self.acme_dir / "challenges"
+
+    @property
+    def acme_account(self) -> Path:
+        """The ACME account: directory URL, contact, CA bundle, account key (mode 0600)."""
+        return self.acme_dir / "account.json"
+
+    @property
+    def acme_state(self) -> Path:
+        """The last issuance or renewal attempt, for `status` and `check`."""
+        return self.acme_dir / "state.json"
+
+    @property
     def dkim_dir(self) -> Path:
         return self.root / "dkim"
 

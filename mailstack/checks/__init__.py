@@ -100,6 +100,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "relay": ("relay.open",),
     "e2e": ("e2e.delivery",),
     "network": ("network.dnsbl", "network.port25"),
+    "web": ("web.mta_sts", "web.autoconfig", "web.acme"),
 }
 
 

@@ -117,6 +117,13 @@ def _run_groups(
         out += _guard("e2e", lambda: _with_probe(dep, domains[0], options))
     if options.wants("network"):
         out += _network(cfg, options)
+    if options.wants("web"):
+        from mailstack.checks.web import check_web
+
+        records = dns_records(cfg, paths, dep.accounts)
+        out += _guard(
+            "web", lambda: check_web(cfg, paths, domains, records, options.resolver, timeout)
+        )
     return out
 
 

@@ -220,11 +220,18 @@ class OutboundQueue:
     # -- the blocking API --------------------------------------------------------------------
 
     def enqueue(
-        self, mail_from: str, rcpts: Sequence[str], message: bytes, *, sign: bool = True
+        self,
+        mail_from: str,
+        rcpts: Sequence[str],
+        message: bytes,
+        *,
+        sign: bool = True,
+        user: str = "",
     ) -> str:
         """Make the message durable in the queue and return its id (then 250 may be said).
 
-        Signs with DKIM for the From: domain when hosted (see delivery.dkim). Blocking.
+        Signs with DKIM for the From: domain when hosted (see delivery.dkim). `user`: the
+        authenticated account that submitted it ("" for forwarded mail and DSNs). Blocking.
         """
         if not rcpts:
             raise UsageError("a queued message needs at least one recipient")
@@ -247,14 +254,16 @@ class OutboundQueue:
             mail_from=mail_from,
             created=now,
             size=len(message),
+            user=user,
             recipients=tuple(Recipient(r, next_attempt=now) for r in dict.fromkeys(rcpts)),
         )
         self._write(self._msg(qid), message)
         self._write(self._state(qid), entry.to_json())  # now it exists
         log.info(
-            "queue: %s from <%s> to %s, %d bytes",
+            "queue: %s from <%s>%s to %s, %d bytes",
             qid,
             mail_from,
+            f" (user {user})" if user else "",
             ", ".join(r.address for r in entry.recipients),
             len(message),
         )

@@ -69,7 +69,8 @@ def build_config(opts: InitOptions) -> Config:
 
 def render_config(cfg: Config) -> str:
     sections = []
-    for name in ("smtp", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log", "web"):
+    names = ("smtp", "submission", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log")
+    for name in (*names, "web"):
         table = getattr(cfg, name)
         items = [(f, _toml(getattr(table, f))) for f in type(table).__dataclass_fields__]
         sections.append({"name": name, "items": items})

@@ -295,15 +295,18 @@ class MxHandler:
         parts: Sequence[bytes],
         *,
         sign: bool,
+        user: str = "",
     ) -> str:
-        """Hand a message to the outbound queue (durable when this returns)."""
+        """Hand a message to the outbound queue (durable when this returns); `user`: who
+        submitted it (shown by `mailstack queue list`)."""
         queue = self._ctx.queue
         if queue is None:  # RCPT refused such recipients then; `serve` always has a queue
             raise RuntimeError("no outbound queue")
         prefix = "".join(f + "\r\n" for f in prefix_fields).encode("utf-8", "surrogateescape")
 
         def enqueue() -> str:
-            return queue.enqueue(mail_from, rcpts, b"".join([prefix, *parts]), sign=sign)
+            message = b"".join([prefix, *parts])
+            return queue.enqueue(mail_from, rcpts, message, sign=sign, user=user)
 
         return await asyncio.to_thread(enqueue)
 

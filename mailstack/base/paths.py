@@ -87,6 +87,11 @@ class StatePaths:
         return self.root / "throttle.sqlite3"
 
     @property
+    def send_limits_db(self) -> Path:
+        """What each account sent lately, for the sending limits (smtp/sendlimits.py)."""
+        return self.root / "sendlimits.sqlite3"
+
+    @property
     def mail_dir(self) -> Path:
         return self.root / "mail"
 

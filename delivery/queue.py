@@ -16,7 +16,9 @@ told 250): the runner removes it after ORPHAN_S and never sends it. A recipient'
 only after the remote server answered, so a crash during an attempt leaves it pending and it is
 sent again (at-least-once: the duplicate RFC 1047 describes, preferred to a loss); recipients
 already recorded delivered are never sent again. A DSN is enqueued before the state that
-triggers it is written (a crash in between can repeat a DSN, never lose one).
+triggers it is written (a crash in between can repeat a DSN, never lose one). The temporary
+files of writes a crash cut short go after ORPHAN_S too. tests/delivery/test_queue_kill.py
+proves all of it with SIGKILLs at random points.
 
 Retry schedule (RFC 5321 §4.5.4.1: retry intervals "SHOULD be at least 30 minutes", give-up
 "SHOULD be at least 4-5 days"): SCHEDULE_S below, then every 4 hours, until GIVE_UP_S (5 days)
@@ -344,13 +346,19 @@ class OutboundQueue:
         return count
 
     def remove_orphans(self) -> builtins.list[str]:
-        """Delete message files whose enqueue never finished (no state after ORPHAN_S)."""
+        """Delete message files whose enqueue never finished (no state after ORPHAN_S), and
+        the temporary files of writes a crash cut short (`.<name>.<random>.tmp`, as old)."""
         removed: builtins.list[str] = []
         msg_dir = self.root / "msg"
         if not msg_dir.is_dir():
             return removed
         now = time.time()  # file ages are wall-clock, whatever clock the runner uses
         with self._locked():
+            for path in [*msg_dir.glob(".*.tmp"), *(self.root / "state").glob(".*.tmp")]:
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime >= ORPHAN_S:  # else: a write in progress
+                        path.unlink()
+                        log.warning("queue: removed %s, left by a write that never finished", path)
             for path in msg_dir.iterdir():
                 if path.name.startswith(".") or self._state(path.name).exists():
                     continue

@@ -178,6 +178,11 @@ class SmtpConfig:
         "instead of refusing it with 550 5.7.1.",
         default=False,
     )
+    srs: bool = doc(
+        "Rewrite the envelope sender of mail that aliases forward outside with SRS (so SPF "
+        "passes at the next hop) and pass bounces to such addresses back.",
+        default=True,
+    )
     verify_inbound: bool = doc(
         "Check SPF, DKIM and DMARC of inbound mail and add Authentication-Results.", default=True
     )

@@ -24,6 +24,7 @@ from mailstack.base.errors import ConfigError
 from mailstack.base.paths import StatePaths, default_dir
 from mailstack.cli_accounts import alias, domain, user
 from mailstack.cli_config import config, tls
+from mailstack.cli_dkim import dkim
 from mailstack.cli_queue import queue
 from mailstack.cli_share import mailbox, share
 from mailstack.cli_throttle import throttle
@@ -71,6 +72,7 @@ _AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit", "config"})
 
 for _group in (user, alias, domain, throttle, config, tls, queue, share, mailbox):
     main.add_command(_group)
+main.add_command(dkim)
 
 
 # -- init ------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import email
 import email.policy
+import os
 import shutil
 import smtplib
 import socket
@@ -30,6 +31,7 @@ from mailstack.smtp.inbound_auth import AuthDns, check_spf
 
 from mailstack.base.config import DnsConfig
 from mailstack.base.dns import make_resolver
+from mailstack.base.paths import StatePaths
 from tests.support.nsd import NsdServer, _free_port
 from tests.support.smtpserver import running_smtp
 
@@ -336,3 +338,18 @@ async def test_forward_then_bounce_round_trip(
             code, text = await asyncio.to_thread(send, "", address, dsn)
             assert code == 550 and text.startswith(b"5.7.1 Invalid SRS address") and why in text
         assert len(handler.got) == 2  # nothing more went out
+
+
+def test_check_flags_a_readable_secret(deployment_dir: Path) -> None:
+    """Anyone who can read srs.secret can make our SRS addresses relay for them."""
+    from tests.checks.conftest import check
+
+    secret = StatePaths(deployment_dir).srs_secret
+    read_or_make_secrets(secret)
+    _proc, data = check(deployment_dir, "--only", "files")
+    assert all(c["status"] == "pass" for c in data["checks"]), data
+    os.chmod(secret, 0o644)
+    _proc, data = check(deployment_dir, "--only", "files")
+    modes = next(c for c in data["checks"] if c["id"] == "files.modes")
+    assert modes["status"] == "fail"
+    assert f"{secret} is 0644" in modes["message"]

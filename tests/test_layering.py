@@ -56,6 +56,7 @@ PURE = [
     "mailstack.delivery.mx",
     "mailstack.delivery.dsn",
     "mailstack.delivery.queue_state",
+    "mailstack.delivery.srs",
     "mailstack.delivery.trace",
     "mailstack.base.throttle",
     "mailstack.base.flags",

@@ -51,6 +51,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -166,6 +167,9 @@ class OutboundQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = _Runner()
         self._abort = remote.Abort()
+        # qid -> ((inode, size, mtime_ns) of its state file, the parsed Entry): see list()
+        self._cache: dict[str, tuple[tuple[int, int, int], Entry]] = {}
+        self._cache_lock = threading.Lock()
         self.stop_grace_s = STOP_GRACE_S
 
     # -- paths and locking -------------------------------------------------------------------
@@ -289,19 +293,39 @@ class OutboundQueue:
         return self._msg(self._check_id(qid)).read_bytes()
 
     def list(self) -> builtins.list[Entry]:
-        """Every queued message (corrupt state files are logged and skipped), oldest first."""
+        """Every queued message (corrupt state files are logged and skipped), oldest first.
+
+        The runner calls this after every attempt, so a parse per file per call made a burst
+        of N messages cost N² file reads. State files are only ever replaced whole (a new
+        inode), so a file whose (inode, size, mtime) is unchanged is taken from memory."""
         entries: builtins.list[Entry] = []
         state_dir = self.root / "state"
-        if not state_dir.is_dir():
+        seen: set[str] = set()
+        try:
+            listing = builtins.list(os.scandir(state_dir))
+        except FileNotFoundError:
             return []
-        for path in state_dir.glob("*.json"):
+        for item in listing:
+            if not item.name.endswith(".json") or item.name.startswith("."):
+                continue
+            qid = item.name[: -len(".json")]
             try:
-                entry = self._read(path.stem)
+                st = item.stat()
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+                with self._cache_lock:
+                    cached = self._cache.get(qid)
+                entry = cached[1] if cached is not None and cached[0] == stamp else self._read(qid)
             except (ValueError, OSError) as exc:
-                log.error("queue: skipping unreadable %s: %s", path, exc)
+                log.error("queue: skipping unreadable %s: %s", item.path, exc)
                 continue
             if entry is not None:
+                seen.add(qid)
+                with self._cache_lock:
+                    self._cache[qid] = (stamp, entry)
                 entries.append(entry)
+        with self._cache_lock:
+            for gone in set(self._cache) - seen:
+                del self._cache[gone]
         return sorted(entries, key=lambda e: (e.created, e.id))
 
     def delete(self, qid: str) -> None:

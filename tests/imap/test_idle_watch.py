@@ -214,3 +214,18 @@ def test_dovecot_changes_reach_our_idle(dovecot_server, tmp_path: Path) -> None:
             assert theirs.append("INBOX", "", None, MESSAGE)[0] == "OK"
             wait_for(client, rb"^\* 3 EXISTS")
         done(client)
+
+
+def test_serve_lifts_its_open_files_limit() -> None:
+    # Thousands of IDLE sessions need thousands of sockets: serve raises its soft limit.
+    import resource
+
+    from mailstack.app import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        assert raise_open_files_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

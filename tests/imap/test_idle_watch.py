@@ -138,13 +138,15 @@ def test_sessions_of_one_folder_share_one_watch(
     other = idling(server, "Junk")
     assert server.service is not None
     watcher = server.service.watcher
-    assert watcher.watched_folders == 2
     cp(deployment, "x.elsewhere", ".Junk")
     wait_for(other, rb"^\* 1 EXISTS")  # only now surely waiting: the next wake is inotify's
     for n, client in enumerate(clients, start=1):
         settled(client, deployment, n)
         for earlier in clients[: n - 1]:
             wait_for(earlier, rb"^\* %d EXISTS" % n)
+    # Every session is waiting now (each saw a change while IDLE): two folders, two watches
+    # each, however many sessions.
+    assert watcher.watched_folders == 2
     (deployment.paths.maildir(USER) / "tmp" / "x.elsewhere").write_bytes(MESSAGE)
     (deployment.paths.maildir(USER) / "tmp" / "x.elsewhere").rename(
         deployment.paths.maildir(USER) / "new" / "x.elsewhere"

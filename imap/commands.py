@@ -486,6 +486,34 @@ class Search(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SortCriterion:
+    """`["REVERSE" SP] sort-key` (RFC 5256 §4, RFC 5957): `key` upper-cased."""
+
+    key: str
+    reverse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256): the searched messages in `criteria` order."""
+
+    criteria: tuple[SortCriterion, ...]
+    charset: str
+    key: SearchKey
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256): `algorithm` upper-cased (ORDEREDSUBJECT, REFERENCES)."""
+
+    algorithm: str
+    charset: str
+    key: SearchKey
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch(Command):
     """FETCH / UID FETCH. For UID FETCH the session adds UID to the attributes it returns."""
 
@@ -557,4 +585,6 @@ SELECTED: tuple[type[Command], ...] = (
     Store,
     Copy,
     Move,
+    Sort,
+    Thread,
 )

@@ -23,6 +23,7 @@ from mailstack.imap.parser_reader import (
     canonical_flag,
     normalize_mailbox,
 )
+from mailstack.imap.parser_sort import parse_sort, parse_thread
 
 from mailstack.base.flags import FlagMode
 
@@ -496,6 +497,14 @@ def _search_key(r: Reader, depth: int) -> c.SearchKey:
     raise BadSyntaxError(f"unknown search key {name}")
 
 
+def _sort(r: Reader, tag: str, uid: bool) -> c.Command:
+    return parse_sort(r, tag, uid, _search_key)  # RFC 5256 (imap/parser_sort.py)
+
+
+def _thread(r: Reader, tag: str, uid: bool) -> c.Command:
+    return parse_thread(r, tag, uid, _search_key)
+
+
 def _getquota(r: Reader, tag: str) -> c.Command:
     r.sp()
     return c.GetQuota(tag, r.astring("a quota root"))
@@ -665,4 +674,6 @@ _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "COPY": _copy_move(c.Copy),
     "MOVE": _copy_move(c.Move),
     "EXPUNGE": _expunge,
+    "SORT": _sort,
+    "THREAD": _thread,
 }

@@ -41,7 +41,7 @@ import smtplib
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,8 +49,11 @@ import dns.exception
 import dns.name
 import dns.resolver
 from mailstack.delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
+from mailstack.delivery.routes import Route, RouteError, route_for
+from mailstack.delivery.transport import OPPORTUNISTIC, TlsRequirement, peer_chain, verified
 
 from mailstack.base.config import Config, parse_hostport
+from mailstack.base.credentials import RouteCredentials
 from mailstack.base.dns import make_resolver
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,31 @@ class _NextHostError(Exception):
 
 class _TlsFailedError(_NextHostError):
     """The STARTTLS handshake failed: opportunistic TLS retries this host in plain text."""
+
+
+class _TlsRefusedError(_NextHostError):
+    """TLS was required (route, MTA-STS, DANE) and not achieved: next host, no plain text.
+    `result_type` is RFC 8460 §4.3's name for the failure, for TLS-RPT."""
+
+    def __init__(self, message: str, result_type: str) -> None:
+        super().__init__(message)
+        self.result_type = result_type
+
+
+# TLS-RPT (RFC 8460): called once per session with None (TLS as required) or a result type
+TlsOutcome = Callable[[str, str, str | None], None]  # (host, address, result type or None)
+
+
+def _verify_failure(exc: ssl.SSLError) -> str:
+    """RFC 8460 §4.3 result type of a failed verifying handshake."""
+    text = str(exc).lower()
+    if "hostname mismatch" in text or "ip address mismatch" in text:
+        return "certificate-host-mismatch"
+    if "expired" in text:
+        return "certificate-expired"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate-not-trusted"
+    return "validation-failure"
 
 
 def classify(code: int) -> Kind:
@@ -190,15 +218,6 @@ def route(
     return targets
 
 
-def _tls_context() -> ssl.SSLContext:
-    # Opportunistic TLS (RFC 7435): encrypt against passive eavesdroppers, verify nothing,
-    # because falling back to plain text on a verification failure would be no safer.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _session(
     host: str,
     address: str,
@@ -210,8 +229,12 @@ def _session(
     message: bytes,
     abort: Abort,
     use_tls: bool = True,
+    tls: TlsRequirement = OPPORTUNISTIC,
+    credentials: RouteCredentials | None = None,
+    on_tls: TlsOutcome | None = None,
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
+    report = on_tls or (lambda _host, _address, _result: None)
     smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
     # smtplib takes the TLS server name (SNI) from the host given to its constructor, which
     # would also connect; we connect to one address of the MX, and name the MX in SNI.
@@ -230,12 +253,31 @@ def _session(
                 smtp.helo()
             if use_tls and smtp.has_extn("starttls"):
                 try:
-                    smtp.starttls(context=_tls_context())
+                    smtp.starttls(context=tls.context)
                 except ssl.SSLError as exc:
+                    if tls.required:
+                        report(host, address, _verify_failure(exc))
+                        raise _TlsRefusedError(
+                            f"{where}: TLS required ({tls.policy}) but failed: {exc}",
+                            _verify_failure(exc),
+                        ) from None
                     raise _TlsFailedError(f"{where}: TLS handshake failed: {exc}") from None
                 socks.append(smtp.sock)
                 abort.watch(smtp.sock)
+                problem = _check_chain(tls, smtp.sock)
+                if problem is not None:
+                    report(host, address, "validation-failure")
+                    raise _TlsRefusedError(f"{where}: {problem}", "validation-failure")
+                report(host, address, None)
                 smtp.ehlo()
+            elif tls.required:
+                report(host, address, "starttls-not-supported")
+                raise _TlsRefusedError(
+                    f"{where}: STARTTLS not offered, but TLS is required ({tls.policy})",
+                    "starttls-not-supported",
+                )
+            if credentials is not None:
+                _login(smtp, where, credentials)
         except (OSError, smtplib.SMTPException) as exc:
             raise _NextHostError(f"{where}: {_describe(exc)}") from None
         return _transaction(smtp, host, mail_from, rcpts, message)
@@ -246,6 +288,34 @@ def _session(
             smtp.close()
         for sock in socks:
             abort.forget(sock)
+
+
+def _check_chain(tls: TlsRequirement, sock: socket.socket | None) -> str | None:
+    if tls.check is None or not isinstance(sock, ssl.SSLSocket):
+        return None
+    return tls.check(peer_chain(sock))
+
+
+def _login(smtp: smtplib.SMTP, where: str, credentials: RouteCredentials) -> None:
+    """AUTH at a route relay (RFC 4954), only ever inside verified TLS."""
+    offered = smtp.esmtp_features.get("auth", "").upper().split()
+    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+    if mechanism is None:
+        raise _NextHostError(f"{where}: the relay offers neither AUTH PLAIN nor LOGIN")
+    # One mechanism, one try: smtplib's login() would try each offered one after a refusal,
+    # counting against the relay's failed-login limits several times per attempt.
+    smtp.user, smtp.password = credentials.username, credentials.password
+    authobject = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+    try:
+        code, text = smtp.auth(mechanism, authobject)
+        if code != 235:
+            raise smtplib.SMTPAuthenticationError(code, text)
+    except smtplib.SMTPAuthenticationError as exc:
+        # Deviation from RFC 4954 §6's 535 being permanent: the relay refusing our account
+        # is the admin's to fix, so the mail waits (and bounces after the queue's lifetime).
+        raise _NextHostError(
+            f"{where}: AUTH as {credentials.username} refused: {_describe(exc)}"
+        ) from None
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -326,6 +396,12 @@ def deliver(
     abort = abort or Abort()
     message = crlf_lines(message)
     ehlo_name = config.server.hostname
+    try:
+        routed = route_for(config, domain)
+    except RouteError as exc:
+        return _all(rcpts, "temporary", f"451 4.3.5 {exc}")
+    if routed is not None:
+        return _deliver_routed(config, routed, domain, mail_from, rcpts, message, abort)
     if config.outbound.relay:
         relay_host, relay_port = parse_hostport(config.outbound.relay)
         targets: list[tuple[str, str]] | RcptResult = [(relay_host, relay_host)]
@@ -369,3 +445,34 @@ def deliver(
         return results
     reply = f"451 4.4.1 {domain}: no host accepted a connection: {'; '.join(errors[-3:])}"
     return _all(rcpts, "temporary", reply)
+
+
+def _deliver_routed(
+    config: Config,
+    routed: Route,
+    domain: str,
+    mail_from: str,
+    rcpts: Sequence[str],
+    message: bytes,
+    abort: Abort,
+) -> list[RcptResult]:
+    """A routed domain: its relay only, verified STARTTLS, AUTH when configured."""
+    try:
+        results = _session(
+            routed.host,
+            routed.host,
+            routed.port,
+            ehlo_name=config.server.hostname,
+            mail_from=mail_from,
+            rcpts=rcpts,
+            message=message,
+            abort=abort,
+            tls=verified("route", config.outbound.ca_file),
+            credentials=routed.credentials,
+        )
+    except _NextHostError as exc:
+        log.info("remote: %s: route: %s", domain, exc)
+        return _all(rcpts, "temporary", f"451 4.4.1 {domain}: route to relay failed: {exc}")
+    for r in results:
+        log.info("remote: %s -> %s (route): %s", r.address, routed.host, r.reply)
+    return results

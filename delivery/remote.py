@@ -50,6 +50,7 @@ import dns.name
 import dns.resolver
 from mailstack.delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
 from mailstack.delivery.routes import Route, RouteError, route_for
+from mailstack.delivery.security import OutboundSecurity, Plan, Refusal
 from mailstack.delivery.transport import OPPORTUNISTIC, TlsRequirement, peer_chain, verified
 
 from mailstack.base.config import Config, parse_hostport
@@ -255,8 +256,8 @@ def _session(
                 try:
                     smtp.starttls(context=tls.context)
                 except ssl.SSLError as exc:
+                    report(host, address, _verify_failure(exc))
                     if tls.required:
-                        report(host, address, _verify_failure(exc))
                         raise _TlsRefusedError(
                             f"{where}: TLS required ({tls.policy}) but failed: {exc}",
                             _verify_failure(exc),
@@ -270,12 +271,13 @@ def _session(
                     raise _TlsRefusedError(f"{where}: {problem}", "validation-failure")
                 report(host, address, None)
                 smtp.ehlo()
-            elif tls.required:
+            elif use_tls:
                 report(host, address, "starttls-not-supported")
-                raise _TlsRefusedError(
-                    f"{where}: STARTTLS not offered, but TLS is required ({tls.policy})",
-                    "starttls-not-supported",
-                )
+                if tls.required:
+                    raise _TlsRefusedError(
+                        f"{where}: STARTTLS not offered, but TLS is required ({tls.policy})",
+                        "starttls-not-supported",
+                    )
             if credentials is not None:
                 _login(smtp, where, credentials)
         except (OSError, smtplib.SMTPException) as exc:
@@ -382,6 +384,17 @@ def crlf_lines(message: bytes) -> bytes:
     return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
+_default_security: OutboundSecurity | None = None
+
+
+def default_security() -> OutboundSecurity:
+    """In-memory MTA-STS cache and TLS-RPT counts for callers without a queue of their own."""
+    global _default_security
+    if _default_security is None:
+        _default_security = OutboundSecurity(None)
+    return _default_security
+
+
 def deliver(
     config: Config,
     domain: str,
@@ -391,11 +404,11 @@ def deliver(
     *,
     rng: random.Random | None = None,
     abort: Abort | None = None,
+    security: OutboundSecurity | None = None,
 ) -> list[RcptResult]:
     """One attempt for `rcpts` (all at `domain`); one result per recipient, in order."""
     abort = abort or Abort()
     message = crlf_lines(message)
-    ehlo_name = config.server.hostname
     try:
         routed = route_for(config, domain)
     except RouteError as exc:
@@ -403,39 +416,39 @@ def deliver(
     if routed is not None:
         return _deliver_routed(config, routed, domain, mail_from, rcpts, message, abort)
     if config.outbound.relay:
+        # A smarthost for everything: MTA-STS and DANE are the smarthost's business.
         relay_host, relay_port = parse_hostport(config.outbound.relay)
-        targets: list[tuple[str, str]] | RcptResult = [(relay_host, relay_host)]
+        plan = Plan([(relay_host, relay_host, OPPORTUNISTIC)], lambda *_: None)
         port = relay_port
     else:
-        targets = route(config, domain, make_resolver(config.dns), rng)
-        port = config.outbound.mx_port
-    if isinstance(targets, RcptResult):
-        log.info("remote: %s: %s", domain, targets.reply)
-        return _all(rcpts, targets.kind, targets.reply)
+        resolver = make_resolver(config.dns)
+        targets = route(config, domain, resolver, rng)
+        if isinstance(targets, RcptResult):
+            log.info("remote: %s: %s", domain, targets.reply)
+            return _all(rcpts, targets.kind, targets.reply)
+        planned = (security or default_security()).plan(config, domain, targets, resolver)
+        if isinstance(planned, Refusal):
+            log.info("remote: %s: %s", domain, planned.reply)
+            return _all(rcpts, "temporary", planned.reply)
+        plan, port = planned, config.outbound.mx_port
     errors: list[str] = []
-    for host, address in targets:
+    for host, address, tls in plan.targets:
         if abort.is_set:
             errors.append("interrupted: shutting down")
             break
+        attempt = functools.partial(
+            _session,
+            host,
+            address,
+            port,
+            ehlo_name=config.server.hostname,
+            mail_from=mail_from,
+            rcpts=rcpts,
+            message=message,
+            abort=abort,
+        )
         try:
-            attempt = functools.partial(
-                _session,
-                host,
-                address,
-                port,
-                ehlo_name=ehlo_name,
-                mail_from=mail_from,
-                rcpts=rcpts,
-                message=message,
-                abort=abort,
-            )
-            try:
-                results = attempt()
-            except _TlsFailedError as exc:
-                # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
-                # delivering; Postfix's "may" level does the same.
-                log.info("remote: %s: %s; retrying without TLS", domain, exc)
-                results = attempt(use_tls=False)
+            results = _with_fallback(attempt, domain, tls, plan)
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))
@@ -445,6 +458,27 @@ def deliver(
         return results
     reply = f"451 4.4.1 {domain}: no host accepted a connection: {'; '.join(errors[-3:])}"
     return _all(rcpts, "temporary", reply)
+
+
+def _with_fallback(
+    attempt: Callable[..., list[RcptResult]], domain: str, tls: TlsRequirement, plan: Plan
+) -> list[RcptResult]:
+    """One host: with the TLS it must reach; when that is not required and fails, again with
+    opportunistic TLS (after a verifying try, MTA-STS testing), then in plain text."""
+    try:
+        return attempt(tls=tls, on_tls=functools.partial(plan.report, tls))
+    except _TlsFailedError as exc:
+        failure = exc
+    if tls.context is not OPPORTUNISTIC.context:
+        log.info("remote: %s: %s; retrying with unverified TLS", domain, failure)
+        try:
+            return attempt(tls=OPPORTUNISTIC)
+        except _TlsFailedError as exc:
+            failure = exc
+    # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
+    # delivering; Postfix's "may" level does the same.
+    log.info("remote: %s: %s; retrying without TLS", domain, failure)
+    return attempt(use_tls=False)
 
 
 def _deliver_routed(

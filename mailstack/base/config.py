@@ -313,6 +313,13 @@ class DnsConfig:
         '"host[:port]" of the DNS resolver; empty = the system resolver.', default=""
     )
     timeout_s: float = doc("Seconds a single DNS lookup may take.", default=5.0)
+    dnssec: str = doc(
+        'Whom to believe about DNSSEC, for DANE (RFC 7672): "off" (no DANE); "trust-ad": the '
+        "resolver validates and the path to it is trusted (e.g. unbound on loopback), its AD "
+        'bit is believed; "trust-all": every answer counts as validated (test setups with an '
+        "authoritative test server only, never in production).",
+        default="off",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +560,10 @@ def _validate(cfg: Config) -> None:
             except ValueError as exc:
                 raise _KeyError(key, str(exc)) from None
     _validate_outbound(cfg.outbound)
+    if cfg.dns.dnssec not in ("off", "trust-ad", "trust-all"):
+        raise _KeyError(
+            "dns.dnssec", f'expected "off", "trust-ad" or "trust-all", got {cfg.dns.dnssec!r}'
+        )
     try:
         parse_size(cfg.accounts.default_quota)
     except ValueError as exc:

@@ -37,8 +37,8 @@ import dns.exception
 import dns.flags
 import dns.resolver
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from mailstack.delivery.transport import TlsRequirement, opportunistic_context
 
 TLSA_PORT = 25  # RFC 7672 §2.2.2: _25._tcp.<MX host>
@@ -94,20 +94,61 @@ def match(
     if any(_matches(r, leaf) for r in usable if r.usage == DANE_EE):
         return None
     for anchor in certs:
-        if not any(_matches(r, anchor) for r in usable if r.usage == DANE_TA):
-            continue
-        try:
-            verifier = (
-                PolicyBuilder()
-                .store(Store([anchor]))
-                .time(now)
-                .build_server_verifier(x509.DNSName(host))
-            )
-            verifier.verify(leaf, [c for c in certs[1:] if c is not anchor])
-        except (VerificationError, ValueError) as exc:
-            return f"DANE-TA: the certificate does not chain to the TLSA trust anchor: {exc}"
-        return None
+        if any(_matches(r, anchor) for r in usable if r.usage == DANE_TA):
+            problem = _chains_to(anchor, leaf, certs[1:], host, now)
+            return None if problem is None else f"DANE-TA: {problem}"
     return f"DANE: no TLSA record of _{TLSA_PORT}._tcp.{host} matches the certificate"
+
+
+def _chains_to(
+    anchor: x509.Certificate,
+    leaf: x509.Certificate,
+    others: Sequence[x509.Certificate],
+    host: str,
+    now: datetime.datetime,
+) -> str | None:
+    """RFC 7672 §3.1.2: the leaf must chain (signatures, dates) to the anchor the TLSA
+    record names, and (§3.2.2) carry the MX host name. The anchor's own dates do not matter
+    (RFC 7671 §5.2.2: the TLSA record vouches for it). Not the full Web PKI profile: DANE-TA
+    anchors are private CAs as often as public ones."""
+    path, current = [leaf], leaf
+    while current != anchor:
+        issuer = next(
+            (c for c in [anchor, *others] if c.subject == current.issuer and _signed(current, c)),
+            None,
+        )
+        if issuer is None or len(path) > 8:  # a chain longer than 8 is not one we accept
+            return "the certificate does not chain to the TLSA trust anchor"
+        path.append(issuer)
+        current = issuer
+    for cert in path[:-1] if len(path) > 1 else path:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return f"certificate {cert.subject.rfc4514_string()!r} is not valid now"
+    if not _names_host(leaf, host):
+        return f"the certificate does not name {host}"
+    return None
+
+
+def _signed(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _names_host(cert: x509.Certificate, host: str) -> bool:
+    """RFC 6125 §6.4: a DNS-ID equal to the host, or "*." plus the host minus its first label."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    host = host.lower().rstrip(".")
+    for name in san.value.get_values_for_type(x509.DNSName):
+        name = name.lower().rstrip(".")
+        if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:]):
+            return True
+    return False
 
 
 class Lookup:

@@ -14,7 +14,10 @@ Session: EHLO with our hostname; STARTTLS when offered, opportunistically and wi
 verifying the certificate (RFC 7435 opportunistic security; RFC 3207 §4.1 leaves it to the
 client; MTAs default to this, e.g. Postfix's `smtp_tls_security_level = may`); a failed
 handshake is retried once in plain text on the same host, as RFC 7435 prefers delivery.
-Verified delivery needs MTA-STS/DANE, which this module does not implement.
+Where the domain asks for more (MTA-STS, DANE), `delivery.security` plans which hosts may be
+used and what TLS each must reach (`delivery.transport.TlsRequirement`): required TLS is never
+retried in plain text. A domain in `[outbound] routes` goes to its relay only, with verified
+STARTTLS and AUTH (`delivery.routes`).
 BODY=8BITMIME when the message has 8-bit bytes and the server offers it (RFC 6152); SMTPUTF8
 when an address is not ASCII (RFC 6531), and a server without it is a permanent 5.6.7 for
 those messages. We send 8-bit bodies also to servers without 8BITMIME (deviation from RFC

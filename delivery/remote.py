@@ -70,6 +70,9 @@ SESSION_TIMEOUT_S = 600.0  # per socket read after the greeting: RFC 5321 §4.5.
 # wait (10 min for the reply to the final "." of DATA)
 
 
+SUBMISSIONS_PORT = 465  # RFC 8314 §7.3: a route to this port uses implicit TLS, not STARTTLS
+
+
 @dataclass(frozen=True, slots=True)
 class RcptResult:
     address: str
@@ -236,10 +239,16 @@ def _session(
     tls: TlsRequirement = OPPORTUNISTIC,
     credentials: RouteCredentials | None = None,
     on_tls: TlsOutcome | None = None,
+    implicit_tls: bool = False,
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
     report = on_tls or (lambda _host, _address, _result: None)
-    smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
+    smtp = (
+        # RFC 8314 §3: a route relay on 465 speaks TLS from the first byte
+        smtplib.SMTP_SSL(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S, context=tls.context)
+        if implicit_tls
+        else smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
+    )
     # smtplib takes the TLS server name (SNI) from the host given to its constructor, which
     # would also connect; we connect to one address of the MX, and name the MX in SNI.
     smtp._host = host  # type: ignore[attr-defined]
@@ -255,7 +264,9 @@ def _session(
             code, _ = smtp.ehlo()
             if code != 250:
                 smtp.helo()
-            if use_tls and smtp.has_extn("starttls"):
+            if implicit_tls:
+                report(host, address, None)
+            elif use_tls and smtp.has_extn("starttls"):
                 try:
                     smtp.starttls(context=tls.context)
                 except ssl.SSLError as exc:
@@ -506,6 +517,7 @@ def _deliver_routed(
             abort=abort,
             tls=verified("route", config.outbound.ca_file),
             credentials=routed.credentials,
+            implicit_tls=routed.port == SUBMISSIONS_PORT,
         )
     except _NextHostError as exc:
         log.info("remote: %s: route: %s", domain, exc)

@@ -4,6 +4,7 @@ For hosts whose direct delivery to one provider is blocked (or throttled), mail 
 recipient domain goes to that relay only, never to the domain's MX: STARTTLS with a verified
 certificate is required there (the relay is a named host we chose; a password must not travel
 in clear), and AUTH when `[outbound] route_credentials` holds an entry for that "host:port".
+A relay on port 465 is spoken to over implicit TLS (RFC 8314), any other port with STARTTLS.
 Every other domain is delivered as before. The match is on the whole domain (ASCII form):
 "outlook.com" does not route "eu.outlook.com".
 """

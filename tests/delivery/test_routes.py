@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from mailstack.delivery import remote
 
 from mailstack.base.config import config_from_dict
 from mailstack.base.errors import ConfigError
@@ -46,7 +47,13 @@ class Relay:
     received: list[tuple[str, list[str], bool]] = field(default_factory=list)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), session.ssl is not None))
+        self.received.append(
+            (
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                server.transport.get_extra_info("ssl_object") is not None,
+            )
+        )
         return "250 2.0.0 relayed"
 
     def authenticate(
@@ -83,6 +90,51 @@ async def relay() -> AsyncIterator[Relay]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+async def smtps_relay() -> AsyncIterator[Relay]:
+    """The same relay on implicit TLS (what port 465 speaks, RFC 8314)."""
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(ctx)
+    r = Relay(ca)
+
+    def protocol() -> SMTP:
+        # aiosmtpd counts only STARTTLS as TLS for auth_require_tls; this socket is all TLS
+        return SMTP(r, hostname="relay.test", authenticator=r.authenticate, auth_require_tls=False)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol, "127.0.0.1", 0, ssl=ctx)
+    r.port = server.sockets[0].getsockname()[1]
+    try:
+        yield r
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_route_to_port_465_uses_implicit_tls(
+    dns_server: tuple[str, int],
+    double: Double,
+    smtps_relay: Relay,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The relay cannot listen on 465 in a test: the port that means "implicit TLS" is
+    # pointed at the test relay's port instead.
+    monkeypatch.setattr(remote, "SUBMISSIONS_PORT", smtps_relay.port)
+    config = queue_config(
+        dns_server[1],
+        double.port,
+        routes={"routed.test": f"localhost:{smtps_relay.port}"},
+        ca_file=_ca_file(smtps_relay, tmp_path),
+        route_credentials=_credentials(tmp_path, smtps_relay),
+    )
+    (result,) = await asyncio.to_thread(attempt, config, "routed.test", ["bob@routed.test"])
+    assert result.kind == "delivered", result.reply
+    assert smtps_relay.logins == ["route-user"]
+    assert [over_tls for _, _, over_tls in smtps_relay.received] == [True]
 
 
 def _ca_file(relay: Relay, tmp_path: Path) -> str:

@@ -12,16 +12,21 @@ Domains (all MX and mta-sts hosts resolve to 127.0.0.1):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mailstack.delivery import remote
+from mailstack.delivery.mtasts_fetch import PolicyStore, StsLookup
 from mailstack.delivery.queue import GIVE_UP_S, OutboundQueue
 from mailstack.delivery.security import OutboundSecurity
 
 from mailstack.base.config import Config, config_from_dict
+from mailstack.base.dns import DnsClient, make_resolver
 from mailstack.base.paths import StatePaths
 from tests.delivery.outsec_support import Pki, PolicyServer, TlsMx, domain_records, policy, zone
 from tests.support.nsd import NsdServer
@@ -201,3 +206,72 @@ async def test_the_queue_keeps_the_message_then_bounces_with_the_reason(
     assert good_mx.received == [] or all(
         "bob@wrongmx.test" not in g.rcpts for g in good_mx.received
     )
+
+
+def _lookup(store: PolicyStore, cfg: Config, domain: str, now: float) -> StsLookup:
+    client = DnsClient(make_resolver(cfg.dns))
+    return store.lookup(
+        domain,
+        client,
+        port=cfg.outbound.mta_sts_port,
+        ca_file=cfg.outbound.ca_file,
+        now=now,
+    )
+
+
+def _seed(directory: Path, domain: str, record_id: str, fetched_at: float, body: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    entry = {"id": record_id, "fetched_at": fetched_at, "body": body.decode()}
+    (directory / f"{domain}.json").write_text(json.dumps(entry))
+
+
+async def test_a_new_id_or_an_expired_policy_is_fetched_again(
+    dns_port: int, good_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    cfg = config(dns_port, good_mx, policies, pki, tmp_path)
+    cache = tmp_path / "cache"
+    # Cached under an older id: the TXT record now says 20261206, so it is fetched again.
+    _seed(cache, "sts.test", "older", 1000.0, policy("testing", "mx.sts.test", max_age=10**6))
+    before = policies.fetches("sts.test")
+    got = await asyncio.to_thread(_lookup, PolicyStore(cache), cfg, "sts.test", 2000.0)
+    assert got.policy is not None and got.policy.mode == "enforce"
+    assert policies.fetches("sts.test") == before + 1
+    # Same id, within max_age (86400): from the cache; past it: fetched again.
+    store = PolicyStore(cache)
+    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 86000)
+    assert policies.fetches("sts.test") == before + 1
+    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 86400)
+    assert policies.fetches("sts.test") == before + 2
+
+
+async def test_a_failed_refresh_keeps_the_cached_policy_in_force(
+    dns_port: int, good_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    # gone.test publishes a new id but its policy cannot be fetched (404): someone blocking
+    # the fetch must not switch enforcement off while the cached policy is unexpired (§5.1).
+    cfg = config(dns_port, good_mx, policies, pki, tmp_path)
+    now = time.time()
+    _seed(
+        tmp_path / "spool" / "mta-sts",
+        "gone.test",
+        "older",
+        now - 60,
+        policy("enforce", "mx.elsewhere.test"),
+    )
+    result = await asyncio.to_thread(send, cfg, "gone.test", OutboundSecurity(tmp_path / "spool"))
+    assert (result.kind, result.reply[:9]) == ("temporary", "451 4.7.5"), result.reply
+    assert good_mx.received == []
+
+
+async def test_a_policy_host_with_an_untrusted_certificate_gives_no_policy(
+    dns_port: int, good_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    # Without ca_file the policy server's certificate is trusted by nobody: no policy (RFC 8461
+    # §3.3), delivery as without one, and the failure counted for TLS-RPT.
+    cfg = config(dns_port, good_mx, policies, pki, tmp_path)
+    cfg = dataclasses.replace(cfg, outbound=dataclasses.replace(cfg.outbound, ca_file=""))
+    security = OutboundSecurity(None)
+    result = await asyncio.to_thread(send, cfg, "wrongmx.test", security)
+    assert result.kind == "delivered", result.reply
+    rows = security.reports.rows(*security.reports.finished_days(security.clock() + 86400)[0])
+    assert ("sts", "[]", "", "", "sts-webpki-invalid", 1) in rows

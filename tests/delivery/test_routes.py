@@ -30,6 +30,8 @@ from tests.delivery.test_remote import (
     double,
     queue_config,
 )
+from tests.smtp.test_submission import ALICE, message, running, thread
+from tests.smtp.test_submission import PASSWORD as ALICE_PW
 
 pytestmark = pytest.mark.external
 _fixtures = (dns_server, double)  # used by name
@@ -264,3 +266,38 @@ def test_config_show_never_prints_the_password(
     bad = cli("config", "validate")
     assert bad.returncode == 1
     assert "outbound.route_credentials" in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def test_submitted_mail_takes_the_route_end_to_end(
+    dns_server: tuple[str, int], double: Double, relay: Relay, tmp_path: Path
+) -> None:
+    # Submission (465, AUTH) -> the outbound queue -> the route's relay (STARTTLS, AUTH):
+    # what serve does, in this test's loop.
+
+    outbound = {
+        "mx_port": double.port,
+        "routes": {"routed.test": f"localhost:{relay.port}"},
+        "ca_file": _ca_file(relay, tmp_path),
+        "route_credentials": _credentials(tmp_path, relay),
+    }
+    async with running(
+        tmp_path / "state",
+        dns={"resolver": f"127.0.0.1:{dns_server[1]}", "timeout_s": 5.0},
+        outbound=outbound,
+    ) as h:
+
+        def client() -> dict[str, tuple[int, bytes]]:
+            smtp = h.smtps()
+            smtp.login(ALICE, ALICE_PW)
+            refused = smtp.sendmail(
+                ALICE, ["bob@routed.test", "ok@a.test"], message(to="bob@routed.test")
+            )
+            smtp.quit()
+            return refused
+
+        assert await thread(client) == {}
+        await h.queue.run_once()
+        assert h.queue.list() == []
+    assert [(f, r) for f, r, _ in relay.received] == [(ALICE, ["bob@routed.test"])]
+    assert relay.logins == ["route-user"]
+    assert [r.rcpts for r in double.received] == [["ok@a.test"]]

@@ -94,7 +94,11 @@ class OutboundSecurity:
         ca_file = config.outbound.ca_file
         tlsa = dane.Lookup(resolver, config.dns.dnssec, domain)
 
+        mismatched: set[str] = set()  # testing mode: MX hosts enforce would have refused
+
         def report(req: TlsRequirement, host: str, address: str, result: str | None) -> None:
+            if result is None and host in mismatched:
+                result = "validation-failure"  # TLS fine, but not an MX the policy names
             kind, strings = "no-policy-found", []
             if req.policy == "dane":
                 kind, strings = "tlsa", tlsa.strings(host)
@@ -130,7 +134,7 @@ class OutboundSecurity:
                     report(verified("sts", ca_file), host, address, "validation-failure")
             else:  # testing: report what enforce would refuse, deliver anyway
                 if not policy.allows(host):
-                    report(OPPORTUNISTIC, host, address, "validation-failure")
+                    mismatched.add(host)
                 planned.append((host, address, _testing(ca_file)))
         if not planned:
             return Refusal(

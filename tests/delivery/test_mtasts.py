@@ -160,18 +160,39 @@ async def test_no_starttls_under_enforce_is_refused(
         assert plain.received == []
 
 
-async def test_testing_mode_delivers_and_records_the_failures(
-    dns_port: int, untrusted_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+@pytest.fixture(
+    params=[
+        pytest.param(("untrusted", "certificate-not-trusted"), id="untrusted-certificate"),
+        pytest.param(("trusted", "validation-failure"), id="mx-not-in-policy"),
+    ]
+)
+async def testing_mx(request: pytest.FixtureRequest, pki: Pki) -> AsyncIterator[tuple[TlsMx, str]]:
+    which, failure = request.param
+    ca = pki.untrusted if which == "untrusted" else pki.trusted
+    ctx, _ = pki.server_context(*(f"mx.{n}.test" for n in NAMES), ca=ca)
+    async for mx in _mx(ctx):
+        yield mx, failure
+
+
+async def test_testing_mode_delivers_and_records_the_failure(
+    dns_port: int,
+    policies: PolicyServer,
+    pki: Pki,
+    tmp_path: Path,
+    testing_mx: tuple[TlsMx, str],
 ) -> None:
-    cfg = config(dns_port, untrusted_mx, policies, pki, tmp_path)
+    mx, failure = testing_mx
+    cfg = config(dns_port, mx, policies, pki, tmp_path)
     security = OutboundSecurity(tmp_path / "spool")
     result = await asyncio.to_thread(send, cfg, "testing.test", security)
     assert result.kind == "delivered", result.reply
-    assert [g.over_tls for g in untrusted_mx.received] == [True]  # unverified, still TLS
-    day = security.reports.finished_days(security.clock() + 86400)
-    assert day and day[0][1] == "testing.test"
-    results = {row[4] for row in security.reports.rows(*day[0])}
-    assert {"validation-failure", "certificate-not-trusted"} <= results
+    assert [g.over_tls for g in mx.received] == [True]  # TLS all the same
+    (day,) = security.reports.finished_days(security.clock() + 86400)
+    assert day[1] == "testing.test"
+    # one session, one failure of the sts policy (RFC 8460 counts sessions)
+    ((kind, strings, host, _, result_type, count),) = security.reports.rows(*day)
+    assert (kind, host, result_type, count) == ("sts", "mx.testing.test", failure, 1)
+    assert "mode: testing" in strings
 
 
 async def test_a_published_record_without_a_policy_delivers_as_before(

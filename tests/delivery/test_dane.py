@@ -21,6 +21,8 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
 from mailstack.delivery import remote
 from mailstack.delivery.dane import Tlsa, match
 from mailstack.delivery.security import OutboundSecurity
@@ -224,3 +226,15 @@ def test_only_unusable_records_mean_tls_without_authentication(
     # RFC 7672 §3.1.3: PKIX-* usages are unusable for SMTP, even when they would match
     assert match([_tlsa(1, 1, 1, der[-1])], [der[0]], "mx.example.test", NOW) is None
     assert match([_tlsa(3, 1, 1, der[0])], der[1:], "mx.example.test", NOW) is not None
+
+
+@given(
+    st.lists(st.binary(max_size=64), max_size=3),
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2), st.integers(0, 3)), max_size=3),
+)
+def test_any_chain_bytes_give_a_verdict_not_an_exception(
+    chain: list[bytes], params: list[tuple[int, int, int]]
+) -> None:
+    records = [Tlsa(u, s, m, b"\x00" * 32) for u, s, m in params]
+    verdict = match(records, chain, "mx.example.test", NOW)
+    assert verdict is None or isinstance(verdict, str)

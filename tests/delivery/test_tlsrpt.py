@@ -16,6 +16,8 @@ from typing import Any
 
 import dkim
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from mailstack.delivery import tlsrpt
 from mailstack.delivery.queue import OutboundQueue
 from mailstack.delivery.tlsrpt import ReportStore, Session, parse_tlsrpt_record
@@ -202,3 +204,12 @@ async def test_serve_task_sends_what_finished_days_owe(dns_port: int, tls_mx: Tl
 )
 def test_rua_records(records: list[bytes], expected: list[str]) -> None:
     assert parse_tlsrpt_record(records) == expected
+
+
+@given(st.lists(st.binary(max_size=300), max_size=3))
+@example([b"v=TLSRPTv1; rua=mailto:"])
+@example([b"v=TLSRPTv1;rua=mailto:a@b?subject=x,mailto:\xff@x"])
+def test_any_txt_records_give_addresses_or_nothing(records: list[bytes]) -> None:
+    for address in parse_tlsrpt_record(records):
+        local, _, domain = address.partition("@")
+        assert local and domain and address.isascii()

@@ -66,6 +66,7 @@ from mailstack.delivery.queue_state import (
     Recipient,
 )
 from mailstack.delivery.remote import RcptResult
+from mailstack.delivery.security import OutboundSecurity
 from mailstack.delivery.store import MailStore
 
 from mailstack.base.config import Config, to_ascii_domain
@@ -171,6 +172,8 @@ class OutboundQueue:
         self._cache: dict[str, tuple[tuple[int, int, int], Entry]] = {}
         self._cache_lock = threading.Lock()
         self.stop_grace_s = STOP_GRACE_S
+        # MTA-STS policy cache and TLS-RPT counts, kept in the spool (delivery/security.py)
+        self.security = OutboundSecurity(self.root)
 
     # -- paths and locking -------------------------------------------------------------------
 
@@ -544,6 +547,7 @@ class OutboundQueue:
                         rcpts,
                         message,
                         abort=self._abort,
+                        security=self.security,
                     )
                 await asyncio.to_thread(self.record, entry.id, results)
         except Exception:

@@ -14,7 +14,10 @@ Session: EHLO with our hostname; STARTTLS when offered, opportunistically and wi
 verifying the certificate (RFC 7435 opportunistic security; RFC 3207 §4.1 leaves it to the
 client; MTAs default to this, e.g. Postfix's `smtp_tls_security_level = may`); a failed
 handshake is retried once in plain text on the same host, as RFC 7435 prefers delivery.
-Verified delivery needs MTA-STS/DANE, which this module does not implement.
+Where the domain asks for more (MTA-STS, DANE), `delivery.security` plans which hosts may be
+used and what TLS each must reach (`delivery.transport.TlsRequirement`): required TLS is never
+retried in plain text. A domain in `[outbound] routes` goes to its relay only, with verified
+STARTTLS and AUTH (`delivery.routes`).
 BODY=8BITMIME when the message has 8-bit bytes and the server offers it (RFC 6152); SMTPUTF8
 when an address is not ASCII (RFC 6531), and a server without it is a permanent 5.6.7 for
 those messages. We send 8-bit bodies also to servers without 8BITMIME (deviation from RFC
@@ -41,7 +44,7 @@ import smtplib
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,8 +52,12 @@ import dns.exception
 import dns.name
 import dns.resolver
 from mailstack.delivery.mx import MxLoopError, MxRecord, NullMxError, order_hosts
+from mailstack.delivery.routes import Route, RouteError, route_for
+from mailstack.delivery.security import OutboundSecurity, Plan, Refusal
+from mailstack.delivery.transport import OPPORTUNISTIC, TlsRequirement, peer_chain, verified
 
 from mailstack.base.config import Config, parse_hostport
+from mailstack.base.credentials import RouteCredentials
 from mailstack.base.dns import make_resolver
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,9 @@ CONNECT_TIMEOUT_S = 30.0  # TCP connect and the 220 greeting (RFC 5321 §4.5.3.2
 # a host that slow is better skipped for the next MX)
 SESSION_TIMEOUT_S = 600.0  # per socket read after the greeting: RFC 5321 §4.5.3.2.6's longest
 # wait (10 min for the reply to the final "." of DATA)
+
+
+SUBMISSIONS_PORT = 465  # RFC 8314 §7.3: a route to this port uses implicit TLS, not STARTTLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,31 @@ class _NextHostError(Exception):
 
 class _TlsFailedError(_NextHostError):
     """The STARTTLS handshake failed: opportunistic TLS retries this host in plain text."""
+
+
+class _TlsRefusedError(_NextHostError):
+    """TLS was required (route, MTA-STS, DANE) and not achieved: next host, no plain text.
+    `result_type` is RFC 8460 §4.3's name for the failure, for TLS-RPT."""
+
+    def __init__(self, message: str, result_type: str) -> None:
+        super().__init__(message)
+        self.result_type = result_type
+
+
+# TLS-RPT (RFC 8460): called once per session with None (TLS as required) or a result type
+TlsOutcome = Callable[[str, str, str | None], None]  # (host, address, result type or None)
+
+
+def _verify_failure(exc: ssl.SSLError) -> str:
+    """RFC 8460 §4.3 result type of a failed verifying handshake."""
+    text = str(exc).lower()
+    if "hostname mismatch" in text or "ip address mismatch" in text:
+        return "certificate-host-mismatch"
+    if "expired" in text:
+        return "certificate-expired"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate-not-trusted"
+    return "validation-failure"
 
 
 def classify(code: int) -> Kind:
@@ -190,15 +225,6 @@ def route(
     return targets
 
 
-def _tls_context() -> ssl.SSLContext:
-    # Opportunistic TLS (RFC 7435): encrypt against passive eavesdroppers, verify nothing,
-    # because falling back to plain text on a verification failure would be no safer.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _session(
     host: str,
     address: str,
@@ -210,9 +236,19 @@ def _session(
     message: bytes,
     abort: Abort,
     use_tls: bool = True,
+    tls: TlsRequirement = OPPORTUNISTIC,
+    credentials: RouteCredentials | None = None,
+    on_tls: TlsOutcome | None = None,
+    implicit_tls: bool = False,
 ) -> list[RcptResult]:
     """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
-    smtp = smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
+    report = on_tls or (lambda _host, _address, _result: None)
+    smtp = (
+        # RFC 8314 §3: a route relay on 465 speaks TLS from the first byte
+        smtplib.SMTP_SSL(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S, context=tls.context)
+        if implicit_tls
+        else smtplib.SMTP(local_hostname=ehlo_name, timeout=CONNECT_TIMEOUT_S)
+    )
     # smtplib takes the TLS server name (SNI) from the host given to its constructor, which
     # would also connect; we connect to one address of the MX, and name the MX in SNI.
     smtp._host = host  # type: ignore[attr-defined]
@@ -228,14 +264,36 @@ def _session(
             code, _ = smtp.ehlo()
             if code != 250:
                 smtp.helo()
-            if use_tls and smtp.has_extn("starttls"):
+            if implicit_tls:
+                report(host, address, None)
+            elif use_tls and smtp.has_extn("starttls"):
                 try:
-                    smtp.starttls(context=_tls_context())
+                    smtp.starttls(context=tls.context)
                 except ssl.SSLError as exc:
+                    report(host, address, _verify_failure(exc))
+                    if tls.required:
+                        raise _TlsRefusedError(
+                            f"{where}: TLS required ({tls.policy}) but failed: {exc}",
+                            _verify_failure(exc),
+                        ) from None
                     raise _TlsFailedError(f"{where}: TLS handshake failed: {exc}") from None
                 socks.append(smtp.sock)
                 abort.watch(smtp.sock)
+                problem = _check_chain(tls, smtp.sock)
+                if problem is not None:
+                    report(host, address, "validation-failure")
+                    raise _TlsRefusedError(f"{where}: {problem}", "validation-failure")
+                report(host, address, None)
                 smtp.ehlo()
+            elif use_tls:
+                report(host, address, "starttls-not-supported")
+                if tls.required:
+                    raise _TlsRefusedError(
+                        f"{where}: STARTTLS not offered, but TLS is required ({tls.policy})",
+                        "starttls-not-supported",
+                    )
+            if credentials is not None:
+                _login(smtp, where, credentials)
         except (OSError, smtplib.SMTPException) as exc:
             raise _NextHostError(f"{where}: {_describe(exc)}") from None
         return _transaction(smtp, host, mail_from, rcpts, message)
@@ -246,6 +304,34 @@ def _session(
             smtp.close()
         for sock in socks:
             abort.forget(sock)
+
+
+def _check_chain(tls: TlsRequirement, sock: socket.socket | None) -> str | None:
+    if tls.check is None or not isinstance(sock, ssl.SSLSocket):
+        return None
+    return tls.check(peer_chain(sock))
+
+
+def _login(smtp: smtplib.SMTP, where: str, credentials: RouteCredentials) -> None:
+    """AUTH at a route relay (RFC 4954), only ever inside verified TLS."""
+    offered = smtp.esmtp_features.get("auth", "").upper().split()
+    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+    if mechanism is None:
+        raise _NextHostError(f"{where}: the relay offers neither AUTH PLAIN nor LOGIN")
+    # One mechanism, one try: smtplib's login() would try each offered one after a refusal,
+    # counting against the relay's failed-login limits several times per attempt.
+    smtp.user, smtp.password = credentials.username, credentials.password
+    authobject = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+    try:
+        code, text = smtp.auth(mechanism, authobject)
+        if code != 235:
+            raise smtplib.SMTPAuthenticationError(code, text)
+    except smtplib.SMTPAuthenticationError as exc:
+        # Deviation from RFC 4954 §6's 535 being permanent: the relay refusing our account
+        # is the admin's to fix, so the mail waits (and bounces after the queue's lifetime).
+        raise _NextHostError(
+            f"{where}: AUTH as {credentials.username} refused: {_describe(exc)}"
+        ) from None
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -312,6 +398,17 @@ def crlf_lines(message: bytes) -> bytes:
     return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
+_default_security: OutboundSecurity | None = None
+
+
+def default_security() -> OutboundSecurity:
+    """In-memory MTA-STS cache and TLS-RPT counts for callers without a queue of their own."""
+    global _default_security
+    if _default_security is None:
+        _default_security = OutboundSecurity(None)
+    return _default_security
+
+
 def deliver(
     config: Config,
     domain: str,
@@ -321,45 +418,51 @@ def deliver(
     *,
     rng: random.Random | None = None,
     abort: Abort | None = None,
+    security: OutboundSecurity | None = None,
 ) -> list[RcptResult]:
     """One attempt for `rcpts` (all at `domain`); one result per recipient, in order."""
     abort = abort or Abort()
     message = crlf_lines(message)
-    ehlo_name = config.server.hostname
+    try:
+        routed = route_for(config, domain)
+    except RouteError as exc:
+        return _all(rcpts, "temporary", f"451 4.3.5 {exc}")
+    if routed is not None:
+        return _deliver_routed(config, routed, domain, mail_from, rcpts, message, abort)
     if config.outbound.relay:
+        # A smarthost for everything: MTA-STS and DANE are the smarthost's business.
         relay_host, relay_port = parse_hostport(config.outbound.relay)
-        targets: list[tuple[str, str]] | RcptResult = [(relay_host, relay_host)]
+        plan = Plan([(relay_host, relay_host, OPPORTUNISTIC)], lambda *_: None)
         port = relay_port
     else:
-        targets = route(config, domain, make_resolver(config.dns), rng)
-        port = config.outbound.mx_port
-    if isinstance(targets, RcptResult):
-        log.info("remote: %s: %s", domain, targets.reply)
-        return _all(rcpts, targets.kind, targets.reply)
+        resolver = make_resolver(config.dns)
+        targets = route(config, domain, resolver, rng)
+        if isinstance(targets, RcptResult):
+            log.info("remote: %s: %s", domain, targets.reply)
+            return _all(rcpts, targets.kind, targets.reply)
+        planned = (security or default_security()).plan(config, domain, targets, resolver)
+        if isinstance(planned, Refusal):
+            log.info("remote: %s: %s", domain, planned.reply)
+            return _all(rcpts, "temporary", planned.reply)
+        plan, port = planned, config.outbound.mx_port
     errors: list[str] = []
-    for host, address in targets:
+    for host, address, tls in plan.targets:
         if abort.is_set:
             errors.append("interrupted: shutting down")
             break
+        attempt = functools.partial(
+            _session,
+            host,
+            address,
+            port,
+            ehlo_name=config.server.hostname,
+            mail_from=mail_from,
+            rcpts=rcpts,
+            message=message,
+            abort=abort,
+        )
         try:
-            attempt = functools.partial(
-                _session,
-                host,
-                address,
-                port,
-                ehlo_name=ehlo_name,
-                mail_from=mail_from,
-                rcpts=rcpts,
-                message=message,
-                abort=abort,
-            )
-            try:
-                results = attempt()
-            except _TlsFailedError as exc:
-                # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
-                # delivering; Postfix's "may" level does the same.
-                log.info("remote: %s: %s; retrying without TLS", domain, exc)
-                results = attempt(use_tls=False)
+            results = _with_fallback(attempt, domain, tls, plan)
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))
@@ -369,3 +472,56 @@ def deliver(
         return results
     reply = f"451 4.4.1 {domain}: no host accepted a connection: {'; '.join(errors[-3:])}"
     return _all(rcpts, "temporary", reply)
+
+
+def _with_fallback(
+    attempt: Callable[..., list[RcptResult]], domain: str, tls: TlsRequirement, plan: Plan
+) -> list[RcptResult]:
+    """One host: with the TLS it must reach; when that is not required and fails, again with
+    opportunistic TLS (after a verifying try, MTA-STS testing), then in plain text."""
+    try:
+        return attempt(tls=tls, on_tls=functools.partial(plan.report, tls))
+    except _TlsFailedError as exc:
+        failure = exc
+    if tls.context is not OPPORTUNISTIC.context:
+        log.info("remote: %s: %s; retrying with unverified TLS", domain, failure)
+        try:
+            return attempt(tls=OPPORTUNISTIC)
+        except _TlsFailedError as exc:
+            failure = exc
+    # RFC 7435 §1: opportunistic security falls back to cleartext rather than not
+    # delivering; Postfix's "may" level does the same.
+    log.info("remote: %s: %s; retrying without TLS", domain, failure)
+    return attempt(use_tls=False)
+
+
+def _deliver_routed(
+    config: Config,
+    routed: Route,
+    domain: str,
+    mail_from: str,
+    rcpts: Sequence[str],
+    message: bytes,
+    abort: Abort,
+) -> list[RcptResult]:
+    """A routed domain: its relay only, verified STARTTLS, AUTH when configured."""
+    try:
+        results = _session(
+            routed.host,
+            routed.host,
+            routed.port,
+            ehlo_name=config.server.hostname,
+            mail_from=mail_from,
+            rcpts=rcpts,
+            message=message,
+            abort=abort,
+            tls=verified("route", config.outbound.ca_file),
+            credentials=routed.credentials,
+            implicit_tls=routed.port == SUBMISSIONS_PORT,
+        )
+    except _NextHostError as exc:
+        log.info("remote: %s: route: %s", domain, exc)
+        return _all(rcpts, "temporary", f"451 4.4.1 {domain}: route to relay failed: {exc}")
+    for r in results:
+        log.info("remote: %s -> %s (route): %s", r.address, routed.host, r.reply)
+    return results

@@ -24,6 +24,7 @@ from typing import TypeVar
 from mailstack.base.config import format_hostport
 from mailstack.base.errors import HostError
 from mailstack.base.tls import TlsProvider
+from mailstack.delivery import tlsrpt
 from mailstack.delivery.queue import OutboundQueue, local_delivery
 from mailstack.delivery.services import ServerContext, StartService, hosted_domains
 from mailstack.deployment import Deployment
@@ -150,6 +151,10 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
         raise
     # The outbound queue runner stops with ctx.stopping; drain waits for its attempts in flight.
     queue_runner = asyncio.create_task(queue.run(ctx.stopping), name="outbound-queue")
+    # TLS-RPT (RFC 8460): yesterday's outbound TLS counts mailed to domains that ask for them
+    tls_reports = asyncio.create_task(
+        tlsrpt.run(queue.security.reports, queue, ctx.config, ctx.stopping), name="tls-reports"
+    )
     status = ServeStatus.starting(ctx.paths, ctx.config.server.hostname, servers)
     if workers is not None:
         workers.on_ready = lambda: status.write(workers.pids() if workers else [])
@@ -191,6 +196,8 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     await drain(DRAIN_S)
     if queue_runner.done() and not queue_runner.cancelled() and queue_runner.exception():
         log.error("outbound queue runner failed", exc_info=queue_runner.exception())
+    if tls_reports.done() and not tls_reports.cancelled() and tls_reports.exception():
+        log.error("TLS report task failed", exc_info=tls_reports.exception())
     log.info("stopped")
 
 

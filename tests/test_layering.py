@@ -61,6 +61,7 @@ PURE = [
     "mailstack.delivery.queue_state",
     "mailstack.delivery.srs",
     "mailstack.delivery.trace",
+    "mailstack.delivery.mtasts",
     "mailstack.base.throttle",
     "mailstack.base.flags",
     "mailstack.base.connections",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailstack.base.credentials import check_ca_file, read_route_credentials
 from mailstack.base.errors import ConfigError
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -312,6 +313,13 @@ class DnsConfig:
         '"host[:port]" of the DNS resolver; empty = the system resolver.', default=""
     )
     timeout_s: float = doc("Seconds a single DNS lookup may take.", default=5.0)
+    dnssec: str = doc(
+        'Whom to believe about DNSSEC, for DANE (RFC 7672): "off" (no DANE); "trust-ad": the '
+        "resolver validates and the path to it is trusted (e.g. unbound on loopback), its AD "
+        'bit is believed; "trust-all": every answer counts as validated (test setups with an '
+        "authoritative test server only, never in production).",
+        default="off",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +334,27 @@ class DkimConfig:
 class OutboundConfig:
     relay: str = doc('Smarthost "host:port"; empty = deliver direct to MX.', default="")
     mx_port: int = doc("Port for every SMTP connection to an MX, probes included.", default=25)
+    mta_sts_port: int = doc(
+        "Port for MTA-STS policy fetches (https://mta-sts.<domain>:<port>/.well-known/"
+        "mta-sts.txt, RFC 8461); 443 outside tests.",
+        default=443,
+    )
+    ca_file: str = doc(
+        "Extra trusted CA bundle (PEM) for verified outbound TLS (MTA-STS, routes) and "
+        "MTA-STS policy fetches, added to the system CAs; empty: the system CAs only.",
+        default="",
+    )
+    routes: dict[str, str] = doc(
+        'Per recipient domain, "host:port" of a relay that takes its mail instead of the MX, '
+        'e.g. {"outlook.com" = "relay.example.net:587"}; STARTTLS with a verified '
+        "certificate is required there.",
+        default_factory=dict,
+    )
+    route_credentials: str = doc(
+        "Absolute path of a TOML file (mode 0600) with AUTH credentials per route relay: "
+        '["relay.example.net:587"] username = "..." password = "..."; empty: no AUTH.',
+        default="",
+    )
 
 
 MTA_STS_MODES = ("enforce", "testing", "none")
@@ -389,6 +418,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return f"a table of {_type_name(typing.get_args(tp)[1])}s"
     return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(tp, str(tp))
 
 
@@ -400,6 +431,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"expected {_type_name(tp)}, got {type(value).__name__}")
         (item,) = typing.get_args(tp)
         return [_coerce_item(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # an inline table of string keys, e.g. [outbound] routes
+        if not isinstance(value, dict):
+            raise ValueError(f"expected {_type_name(tp)}, got {type(value).__name__}")
+        item = typing.get_args(tp)[1]
+        return {k: _coerce_item(v, item, f'{key}."{k}"') for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"expected a table [{key}], got {type(value).__name__}")
@@ -523,6 +559,11 @@ def _validate(cfg: Config) -> None:
                 parse_resolver(value) if key == "dns.resolver" else parse_hostport(value)
             except ValueError as exc:
                 raise _KeyError(key, str(exc)) from None
+    _validate_outbound(cfg.outbound)
+    if cfg.dns.dnssec not in ("off", "trust-ad", "trust-all"):
+        raise _KeyError(
+            "dns.dnssec", f'expected "off", "trust-ad" or "trust-all", got {cfg.dns.dnssec!r}'
+        )
     try:
         parse_size(cfg.accounts.default_quota)
     except ValueError as exc:
@@ -539,6 +580,37 @@ def _validate(cfg: Config) -> None:
         )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.dkim.selector):
         raise _KeyError("dkim.selector", f"{cfg.dkim.selector!r} is not a valid DNS label")
+
+
+def _validate_outbound(out: OutboundConfig) -> None:
+    """The transport-security keys of [outbound] (routes, credentials, CA file)."""
+    if not 1 <= out.mta_sts_port <= 65535:
+        raise _KeyError("outbound.mta_sts_port", f"port {out.mta_sts_port} is out of range")
+    for domain, target in out.routes.items():
+        key = f'outbound.routes."{domain}"'
+        if not is_fqdn(domain):
+            raise _KeyError(key, f"{domain!r} is not a domain name")
+        try:
+            _, port = parse_hostport(target)
+        except ValueError as exc:
+            raise _KeyError(key, str(exc)) from None
+        if port == 0:
+            raise _KeyError(key, "port 0 is not a relay's port")
+    if out.ca_file:
+        try:
+            check_ca_file(out.ca_file)
+        except ValueError as exc:
+            raise _KeyError("outbound.ca_file", str(exc)) from None
+    if out.route_credentials:
+        try:
+            creds = read_route_credentials(out.route_credentials)
+        except ValueError as exc:
+            raise _KeyError("outbound.route_credentials", str(exc)) from None
+        for relay in creds:
+            try:
+                parse_hostport(relay)
+            except ValueError as exc:
+                raise _KeyError("outbound.route_credentials", f"[{relay!r}]: {exc}") from None
 
 
 def parse_resolver(value: str) -> tuple[str, int]:
@@ -644,5 +716,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        pairs = (f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     s = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'

@@ -20,6 +20,7 @@ from mailstack.base.config import Config, parse_resolver
 from mailstack.base.dns import DnsClient, DnsTempError, make_resolver
 from mailstack.base.paths import StatePaths
 from mailstack.checks import Finding, failed, passed, skipped, warned
+from mailstack.delivery.mtasts import StsError, parse_policy
 from mailstack.dnsrecords import DnsRecord, fqdn
 
 POLICY_PATH = "/.well-known/mta-sts.txt"  # RFC 8461 §3.3
@@ -164,9 +165,41 @@ def _mta_sts(
             "before the config changed?)",
             "restart serve so it serves the current policy",
         )
+    if (problem := _as_a_sender_sees_it(cfg, client, domain, body)) is not None:
+        return problem
     return passed(
         "web.mta_sts",
         f"{domain}: {url} serves mode {policy.mode}, id {policy.policy_id()} matches DNS",
+    )
+
+
+def _as_a_sender_sees_it(
+    cfg: Config, client: DnsClient, domain: str, body: bytes
+) -> Finding | None:
+    """What a sender enforcing the policy does with it: mailstack's own outbound parser
+    (delivery.mtasts) reads it, and every MX host of the domain must match one of its mx
+    patterns (RFC 8461 §4.1), or enforcing senders will not deliver to that host."""
+    try:
+        served = parse_policy(body)
+        answer = client.lookup(domain, "MX")
+    except StsError as exc:
+        return failed(
+            "web.mta_sts",
+            f"{domain}: senders would ignore the policy served: {exc}",
+            "report this as a bug: the served policy and the outbound parser disagree",
+        )
+    except DnsTempError as exc:
+        return failed("web.mta_sts", f"{domain}: MX lookup failed: {exc}", "see dns.resolver")
+    hosts = [r.exchange.to_text(omit_final_dot=True) for r in answer] or [domain]
+    outside = [h for h in hosts if not served.allows(h)]
+    if not outside:
+        return None
+    verdict = failed if served.mode == "enforce" else warned
+    return verdict(
+        "web.mta_sts",
+        f"{domain}: MX {', '.join(outside)} is not in the policy's mx "
+        f"({', '.join(served.mx)}): senders enforcing it will not deliver there",
+        f"point every MX record of {domain} at {cfg.server.hostname}.",
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from mailstack.base.fsutil import atomic_write
 
 FILE_NAME = "mailstack-vacation.json"
+SENT_FILE_NAME = "mailstack-vacation-sent.json"  # who was answered when (delivery/autoreply.py)
 MAX_SUBJECT_CHARS = 200
 MAX_BODY_CHARS = 10_000
 # RFC 3834 §4: "once per sender per N days"; it suggests 7 as the default interval.
@@ -67,6 +68,8 @@ def save(maildir_root: Path, vacation: Vacation) -> None:
     if (problem := validate(vacation)) is not None:
         raise ValueError(problem)
     atomic_write(path_for(maildir_root), json.dumps(asdict(vacation)) + "\n", mode=0o600)
+    # New settings, a new absence: everyone may get the new message once.
+    (maildir_root / SENT_FILE_NAME).unlink(missing_ok=True)
 
 
 # RFC 3834 §2: answer neither list traffic nor robots; these local parts are robots by custom.

@@ -47,6 +47,7 @@ class Admin:
             users=users,
             aliases=deps.accounts.aliases(),
             domains=hosted_domains(deps.config, deps.accounts),
+            config_domains=deps.config.server.domains,
             events=self.pages.events.latest(),
             now=now,
         )
@@ -163,6 +164,16 @@ class Admin:
             return self.pages.back(session, "/admin", f"error: {name!r} is not a domain name")
         return await self.act(session, "domain add", self._add_domain, name)
 
+    async def delete_domain(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        name = form_field(await request.post(), "domain").strip()
+        return await self.act(visit.session, "domain del", self._delete_domain, name)
+
+    def _delete_domain(self, name: str) -> str:
+        from mailstack.init import remove_domain
+
+        removed = remove_domain(self.deps.paths, name)
+        return f"No longer hosting {removed}: remove its DNS records."
+
     def _add_domain(self, name: str) -> str:
         from mailstack.init import add_domain
 
@@ -179,3 +190,4 @@ def setup(app: web.Application, pages: Pages) -> None:
     app.router.add_post("/admin/aliases/add", r(admin.add_alias, role="admin"))
     app.router.add_post("/admin/aliases/delete", r(admin.delete_alias, role="admin"))
     app.router.add_post("/admin/domains/add", r(admin.add_domain, role="admin"))
+    app.router.add_post("/admin/domains/delete", r(admin.delete_domain, role="admin"))

@@ -83,3 +83,37 @@ async def test_an_auto_reply_answers_each_sender_once_and_no_list(stack: WebStac
     assert [m["In-Reply-To"] for m in inbox_of(stack, BOB)] == ["<third@example.com>"]
     assert len(inbox_of(stack, ADMIN)) == 1
     assert len(inbox_of(stack, USER)) == 4  # every message itself was delivered
+
+
+async def test_mail_submitted_by_our_own_user_is_answered_too(stack: WebStack) -> None:
+    import asyncio
+
+    from tests.web.stack import ADMIN_PASSWORD
+
+    async with Browser(stack) as b:
+        await b.log_in(USER, USER_PASSWORD)
+        token = await b.csrf("/account")
+        await b.post(
+            "/account/vacation",
+            csrf=token,
+            enabled="on",
+            subject="Away",
+            body="Back soon.",
+            days="1",
+        )
+
+    def submit() -> None:
+        port = stack.port("submissions")
+        with smtplib.SMTP_SSL("127.0.0.1", port, context=stack.client_tls(), timeout=30) as smtp:
+            smtp.login(ADMIN, ADMIN_PASSWORD)
+            smtp.sendmail(
+                ADMIN,
+                [USER],
+                f"From: {ADMIN}\r\nTo: {USER}\r\nSubject: hello\r\n"
+                "Message-ID: <sub@example.com>\r\n\r\nhi\r\n".encode(),
+            )
+
+    await asyncio.to_thread(submit)
+    reply = await asyncio.to_thread(wait_for_mail, stack, ADMIN)
+    assert reply["In-Reply-To"] == "<sub@example.com>"
+    assert reply["Subject"] == "Away"

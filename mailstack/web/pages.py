@@ -119,6 +119,11 @@ class Pages:
                         "Reload the page and try again.",
                     )
                     return self._finish(response, token if is_new else None)
+            if session.address is not None and not self._still_valid(session.address):
+                # Deleted or disabled meanwhile (CLI or another admin): the login ends here.
+                self.sessions.drop_account(session.address)
+                token, session = self.sessions.new()
+                is_new = True
             if role is not None and session.address is None:
                 response = see_other("/login")
             elif role == "admin" and not session.is_admin:
@@ -139,6 +144,11 @@ class Pages:
             return self._finish(response, token if is_new else None)
 
         return wrapped
+
+    def _still_valid(self, address: str) -> bool:
+        """Does the session's account still exist, enabled? One indexed SQLite read."""
+        user = self.deps.accounts.get_user(address)
+        return user is not None and user.enabled
 
     def _finish(self, response: web.StreamResponse, new_token: str | None) -> web.StreamResponse:
         if new_token is not None:

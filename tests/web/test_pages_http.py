@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import yarl
 
+from tests.conftest import run_cli
 from tests.web.stack import ADMIN, ADMIN_PASSWORD, USER, USER_PASSWORD, WebStack, make_deployment
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -301,3 +302,14 @@ async def test_the_admin_page_shows_listeners_deliveries_and_rejections(stack: W
     assert any(kind == "rejected" and "nobody@example.com" in line for kind, line in events)
     # The user's storage grew by the message, as `user list` would show it.
     assert re.search(rf"<td>{re.escape(USER)}</td>\s*<td>\d+ B \(0%\)</td>", text)
+
+
+async def test_deleting_an_account_ends_its_web_login(stack: WebStack) -> None:
+    async with Browser(stack) as b:
+        await b.log_in(USER, USER_PASSWORD)
+        assert (await b.get("/account"))[0] == 200
+        done = run_cli(stack.root, "user", "del", USER)  # the CLI, beside the running serve
+        assert done.returncode == 0, done.stderr
+        status, _ = await b.get("/account")
+        assert status == 303
+        assert (await b.get("/login"))[0] == 200

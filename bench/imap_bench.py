@@ -465,12 +465,17 @@ def machine_notes() -> str:
 
 
 def write_section(doc: Path, section: str) -> None:
-    """Replace (or append) the `## IMAP` section, which runs to the end of the file."""
+    """Replace (or append) the `## IMAP` section: up to the next `## ` heading, so the
+    sections other benches write after it stay."""
     text = doc.read_text() if doc.exists() else ""
     marker = "\n## IMAP\n"
-    if marker in text:
-        text = text[: text.index(marker)]
-    doc.write_text(text.rstrip("\n") + "\n\n" + section)
+    if marker not in text:
+        doc.write_text(text.rstrip("\n") + "\n\n" + section)
+        return
+    start = text.index(marker)
+    end = text.find("\n## ", start + len(marker))
+    rest = "" if end < 0 else text[end:]
+    doc.write_text(text[:start].rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n" + rest)
 
 
 def main() -> int:

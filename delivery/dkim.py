@@ -12,6 +12,8 @@ that SHOULD be signed, and `From` named twice in h= ("oversigning", RFC 6376 §8
 added on the way then breaks the signature instead of being shown to the reader.
 
 Signing happens at enqueue, never per attempt, so every retry sends the same bytes.
+The selector is the domain's current one after `mailstack dkim rotate` (delivery/dkim_selectors.py),
+else `[dkim] selector`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from collections.abc import Collection
 from email.utils import getaddresses
 
 import dkim
+from mailstack.delivery.dkim_selectors import signing_selector
 
+from mailstack.base.errors import MailstackError
 from mailstack.base.paths import StatePaths
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,10 @@ def sign(
     if domain is None or domain not in hosted_domains:
         log.info("dkim: not signing: From: domain %s is not hosted here", domain or "(none)")
         return message
+    try:
+        selector = signing_selector(paths, selector, domain)
+    except MailstackError as exc:  # a damaged state file: the configured key still works
+        log.warning("dkim: %s; signing %s with selector %s", exc, domain, selector)
     key_path = paths.dkim_key(selector, domain)
     try:
         key = key_path.read_bytes()

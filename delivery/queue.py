@@ -16,7 +16,9 @@ told 250): the runner removes it after ORPHAN_S and never sends it. A recipient'
 only after the remote server answered, so a crash during an attempt leaves it pending and it is
 sent again (at-least-once: the duplicate RFC 1047 describes, preferred to a loss); recipients
 already recorded delivered are never sent again. A DSN is enqueued before the state that
-triggers it is written (a crash in between can repeat a DSN, never lose one).
+triggers it is written (a crash in between can repeat a DSN, never lose one). The temporary
+files of writes a crash cut short go after ORPHAN_S too. tests/delivery/test_queue_kill.py
+proves all of it with SIGKILLs at random points.
 
 Retry schedule (RFC 5321 §4.5.4.1: retry intervals "SHOULD be at least 30 minutes", give-up
 "SHOULD be at least 4-5 days"): SCHEDULE_S below, then every 4 hours, until GIVE_UP_S (5 days)
@@ -49,6 +51,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -164,6 +167,9 @@ class OutboundQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = _Runner()
         self._abort = remote.Abort()
+        # qid -> ((inode, size, mtime_ns) of its state file, the parsed Entry): see list()
+        self._cache: dict[str, tuple[tuple[int, int, int], Entry]] = {}
+        self._cache_lock = threading.Lock()
         self.stop_grace_s = STOP_GRACE_S
 
     # -- paths and locking -------------------------------------------------------------------
@@ -220,11 +226,18 @@ class OutboundQueue:
     # -- the blocking API --------------------------------------------------------------------
 
     def enqueue(
-        self, mail_from: str, rcpts: Sequence[str], message: bytes, *, sign: bool = True
+        self,
+        mail_from: str,
+        rcpts: Sequence[str],
+        message: bytes,
+        *,
+        sign: bool = True,
+        user: str = "",
     ) -> str:
         """Make the message durable in the queue and return its id (then 250 may be said).
 
-        Signs with DKIM for the From: domain when hosted (see delivery.dkim). Blocking.
+        Signs with DKIM for the From: domain when hosted (see delivery.dkim). `user`: the
+        authenticated account that submitted it ("" for forwarded mail and DSNs). Blocking.
         """
         if not rcpts:
             raise UsageError("a queued message needs at least one recipient")
@@ -247,14 +260,16 @@ class OutboundQueue:
             mail_from=mail_from,
             created=now,
             size=len(message),
+            user=user,
             recipients=tuple(Recipient(r, next_attempt=now) for r in dict.fromkeys(rcpts)),
         )
         self._write(self._msg(qid), message)
         self._write(self._state(qid), entry.to_json())  # now it exists
         log.info(
-            "queue: %s from <%s> to %s, %d bytes",
+            "queue: %s from <%s>%s to %s, %d bytes",
             qid,
             mail_from,
+            f" (user {user})" if user else "",
             ", ".join(r.address for r in entry.recipients),
             len(message),
         )
@@ -278,19 +293,39 @@ class OutboundQueue:
         return self._msg(self._check_id(qid)).read_bytes()
 
     def list(self) -> builtins.list[Entry]:
-        """Every queued message (corrupt state files are logged and skipped), oldest first."""
+        """Every queued message (corrupt state files are logged and skipped), oldest first.
+
+        The runner calls this after every attempt, so a parse per file per call made a burst
+        of N messages cost N² file reads. State files are only ever replaced whole (a new
+        inode), so a file whose (inode, size, mtime) is unchanged is taken from memory."""
         entries: builtins.list[Entry] = []
         state_dir = self.root / "state"
-        if not state_dir.is_dir():
+        seen: set[str] = set()
+        try:
+            listing = builtins.list(os.scandir(state_dir))
+        except FileNotFoundError:
             return []
-        for path in state_dir.glob("*.json"):
+        for item in listing:
+            if not item.name.endswith(".json") or item.name.startswith("."):
+                continue
+            qid = item.name[: -len(".json")]
             try:
-                entry = self._read(path.stem)
+                st = item.stat()
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+                with self._cache_lock:
+                    cached = self._cache.get(qid)
+                entry = cached[1] if cached is not None and cached[0] == stamp else self._read(qid)
             except (ValueError, OSError) as exc:
-                log.error("queue: skipping unreadable %s: %s", path, exc)
+                log.error("queue: skipping unreadable %s: %s", item.path, exc)
                 continue
             if entry is not None:
+                seen.add(qid)
+                with self._cache_lock:
+                    self._cache[qid] = (stamp, entry)
                 entries.append(entry)
+        with self._cache_lock:
+            for gone in set(self._cache) - seen:
+                del self._cache[gone]
         return sorted(entries, key=lambda e: (e.created, e.id))
 
     def delete(self, qid: str) -> None:
@@ -335,13 +370,19 @@ class OutboundQueue:
         return count
 
     def remove_orphans(self) -> builtins.list[str]:
-        """Delete message files whose enqueue never finished (no state after ORPHAN_S)."""
+        """Delete message files whose enqueue never finished (no state after ORPHAN_S), and
+        the temporary files of writes a crash cut short (`.<name>.<random>.tmp`, as old)."""
         removed: builtins.list[str] = []
         msg_dir = self.root / "msg"
         if not msg_dir.is_dir():
             return removed
         now = time.time()  # file ages are wall-clock, whatever clock the runner uses
         with self._locked():
+            for path in [*msg_dir.glob(".*.tmp"), *(self.root / "state").glob(".*.tmp")]:
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime >= ORPHAN_S:  # else: a write in progress
+                        path.unlink()
+                        log.warning("queue: removed %s, left by a write that never finished", path)
             for path in msg_dir.iterdir():
                 if path.name.startswith(".") or self._state(path.name).exists():
                     continue

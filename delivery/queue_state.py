@@ -37,6 +37,7 @@ class Entry:
     created: float
     recipients: tuple[Recipient, ...]
     size: int = 0
+    user: str = ""  # the authenticated account that submitted it; "" if none
 
     @property
     def is_done(self) -> bool:
@@ -49,6 +50,7 @@ class Entry:
             "mail_from": self.mail_from,
             "created": self.created,
             "size": self.size,
+            "user": self.user,
             "recipients": [
                 {f: getattr(r, f) for f in Recipient.__dataclass_fields__} for r in self.recipients
             ],
@@ -73,6 +75,7 @@ class Entry:
                 mail_from=_typed(data["mail_from"], str),
                 created=float(_typed(data["created"], int | float)),
                 size=_typed(data["size"], int),
+                user=_typed(data.get("user", ""), str),  # absent in files written before it
                 recipients=recipients,
             )
         except (KeyError, TypeError) as exc:

@@ -371,6 +371,25 @@ class Idle(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class GetMetadata(Command):
+    """RFC 5464 §4.2: GETMETADATA [(MAXSIZE n DEPTH d)] mailbox entries. `depth` None is
+    "infinity"; entry names lower-cased."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: int | None = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata(Command):
+    """RFC 5464 §4.3: SETMETADATA mailbox (entry value ...); a None value removes the entry."""
+
+    mailbox: str
+    values: tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GetAcl(Command):
     """RFC 4314 §3.3: GETACL mailbox."""
 
@@ -467,6 +486,34 @@ class Search(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SortCriterion:
+    """`["REVERSE" SP] sort-key` (RFC 5256 §4, RFC 5957): `key` upper-cased."""
+
+    key: str
+    reverse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256): the searched messages in `criteria` order."""
+
+    criteria: tuple[SortCriterion, ...]
+    charset: str
+    key: SearchKey
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256): `algorithm` upper-cased (ORDEREDSUBJECT, REFERENCES)."""
+
+    algorithm: str
+    charset: str
+    key: SearchKey
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch(Command):
     """FETCH / UID FETCH. For UID FETCH the session adds UID to the attributes it returns."""
 
@@ -525,6 +572,8 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     ListRights,
     SetAcl,
     DeleteAcl,
+    GetMetadata,
+    SetMetadata,
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,
@@ -536,4 +585,6 @@ SELECTED: tuple[type[Command], ...] = (
     Store,
     Copy,
     Move,
+    Sort,
+    Thread,
 )

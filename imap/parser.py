@@ -23,6 +23,7 @@ from mailstack.imap.parser_reader import (
     canonical_flag,
     normalize_mailbox,
 )
+from mailstack.imap.parser_sort import parse_sort, parse_thread
 
 from mailstack.base.flags import FlagMode
 
@@ -496,6 +497,14 @@ def _search_key(r: Reader, depth: int) -> c.SearchKey:
     raise BadSyntaxError(f"unknown search key {name}")
 
 
+def _sort(r: Reader, tag: str, uid: bool) -> c.Command:
+    return parse_sort(r, tag, uid, _search_key)  # RFC 5256 (imap/parser_sort.py)
+
+
+def _thread(r: Reader, tag: str, uid: bool) -> c.Command:
+    return parse_thread(r, tag, uid, _search_key)
+
+
 def _getquota(r: Reader, tag: str) -> c.Command:
     r.sp()
     return c.GetQuota(tag, r.astring("a quota root"))
@@ -550,6 +559,87 @@ def _deleteacl(r: Reader, tag: str) -> c.Command:
     return c.DeleteAcl(tag, mailbox, _acl_identifier(r))
 
 
+def _metadata_entry(r: Reader) -> str:
+    # RFC 5464 §3.2: "/private/..." or "/shared/...", slash-separated, case-insensitive; no
+    # "*" or "%", no empty component, no trailing "/", printable ASCII only.
+    entry = r.astring("a metadata entry").lower()
+    top, _, rest = entry[1:].partition("/")
+    if (
+        not entry.startswith("/")
+        or top not in ("private", "shared")
+        or not rest
+        or "//" in entry
+        or entry.endswith("/")
+        or any(ch in "*%" or not " " < ch < "\x7f" for ch in entry)
+    ):
+        raise BadSyntaxError(f"{entry!r} is not a metadata entry (/private/... or /shared/...)")
+    return entry
+
+
+def _metadata_value(r: Reader) -> bytes | None:
+    # value = nstring / literal8 (binary allowed in literal8 only)
+    if r.peek() == b'"':
+        return r.quoted().encode("utf-8", "surrogateescape")
+    if r.peek() == b"{" or r.peek(2) == b"~{":
+        binary = r.peek() == b"~"
+        raw = r.literal_bytes()
+        if b"\x00" in raw and not binary:
+            raise BadSyntaxError("NUL in a literal (use literal8: ~{n})")
+        return raw
+    if r.nstring() is None:
+        return None
+    raise BadSyntaxError("expected a metadata value")  # pragma: no cover - nstring raised
+
+
+def _getmetadata(r: Reader, tag: str) -> c.Command:
+    r.sp()
+    maxsize: int | None = None
+    depth: int | None = 0
+    if r.accept(b"("):
+        while True:
+            option = r.keyword("a GETMETADATA option")
+            r.sp()
+            if option == "MAXSIZE":
+                maxsize = r.number("a size")
+            elif option == "DEPTH":
+                value = r.atom("a depth").lower()
+                if value not in ("0", "1", "infinity"):
+                    raise BadSyntaxError("DEPTH is 0, 1 or infinity")
+                depth = None if value == "infinity" else int(value)
+            else:
+                raise BadSyntaxError(f"unknown GETMETADATA option {option}")
+            if r.accept(b")"):
+                break
+            r.sp()
+        r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    if r.accept(b"("):
+        entries = [_metadata_entry(r)]
+        while not r.accept(b")"):
+            r.sp()
+            entries.append(_metadata_entry(r))
+    else:
+        entries = [_metadata_entry(r)]
+    return c.GetMetadata(tag, mailbox, tuple(entries), maxsize, depth)
+
+
+def _setmetadata(r: Reader, tag: str) -> c.Command:
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    r.expect(b"(", "( and entry-value pairs")
+    values: list[tuple[str, bytes | None]] = []
+    while True:
+        entry = _metadata_entry(r)
+        r.sp()
+        values.append((entry, _metadata_value(r)))
+        if r.accept(b")"):
+            break
+        r.sp()
+    return c.SetMetadata(tag, mailbox, tuple(values))
+
+
 _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "ID": _id,
     "LOGIN": _login,
@@ -574,6 +664,8 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "LISTRIGHTS": _listrights,
     "SETACL": _setacl,
     "DELETEACL": _deleteacl,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "FETCH": _fetch,
@@ -582,4 +674,6 @@ _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "COPY": _copy_move(c.Copy),
     "MOVE": _copy_move(c.Move),
     "EXPUNGE": _expunge,
+    "SORT": _sort,
+    "THREAD": _thread,
 }

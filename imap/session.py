@@ -3,7 +3,8 @@
 RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
 NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
 CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
-(5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516) and QUOTA (9208).
+(5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208) and SORT/THREAD
+(5256, 5957).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state
@@ -59,7 +60,9 @@ from mailstack.imap.session_base import (
     checked_name,
 )
 from mailstack.imap.session_mailbox import MailboxCommands
+from mailstack.imap.session_metadata import MetadataCommands
 from mailstack.imap.session_select import SelectedCommands
+from mailstack.imap.session_sort import SortCommands
 
 from mailstack.base import sasl
 from mailstack.base.login import Outcome
@@ -92,8 +95,13 @@ CAPABILITIES = (
     "QUOTA=RES-STORAGE",
     "ACL",
     "RIGHTS=texk",
+    "METADATA",
+    "SORT",  # RFC 5256 (imap/session_sort.py)
+    "SORT=DISPLAY",  # RFC 5957
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
 )
-_MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move)
+_MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
 
 
 @dataclass
@@ -129,7 +137,7 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
-class Session(MailboxCommands, SelectedCommands, AclCommands):
+class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, SortCommands):
     """The per-connection IMAP state; see the module docstring."""
 
     def __init__(
@@ -297,6 +305,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands):
                 await self._quota(command, write)
             case c.GetAcl() | c.MyRights() | c.ListRights() | c.SetAcl() | c.DeleteAcl():
                 await self._acl_command(command, write)
+            case c.GetMetadata() | c.SetMetadata():
+                await self._metadata_command(command, write)
             case (
                 c.Select()
                 | c.Create()
@@ -321,6 +331,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands):
                 | c.Move()
             ):
                 await self._message_command(command, write)
+            case c.Sort() | c.Thread():
+                await self._sort_or_thread(command, write)
             case _:  # pragma: no cover - every Command subclass is matched above
                 raise InvalidCommandError(f"{type(command).__name__} is not implemented")
 

@@ -102,6 +102,12 @@ class SessionCore:
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
     _structures: dict[tuple[str, int, int], response.RenderedStructure]
 
+    def _metadata_renamed(self, old: str, new: str) -> None:
+        """A folder was renamed (imap/session_metadata.py carries its annotations along)."""
+
+    def _metadata_deleted(self, name: str) -> None:
+        """A folder was deleted (imap/session_metadata.py drops its annotations)."""
+
     def _require_user(self) -> str:
         if self.user is None:  # pragma: no cover - the protocol checks the state first
             raise InvalidCommandError("not logged in")

@@ -57,12 +57,14 @@ class MailboxCommands(SessionCore):
                 if self.selected is not None and self.selected.name == name:
                     raise RefusedError("the mailbox is selected; close it first", "INUSE")
                 await asyncio.to_thread(store.delete_folder, user, name)
+                await asyncio.to_thread(self._metadata_deleted, name)
                 await write(response.ok(tag, "DELETE completed"))
             case c.Rename(old=old, new=new):
                 old, new = checked_name(old), checked_name(new)
                 if new == INBOX:
                     raise RefusedError("INBOX already exists", "ALREADYEXISTS")
                 await asyncio.to_thread(store.rename_folder, user, old, new)
+                await asyncio.to_thread(self._metadata_renamed, old, new)
                 await write(response.ok(tag, "RENAME completed"))
             case c.Subscribe(mailbox=name) | c.Unsubscribe(mailbox=name):
                 await asyncio.to_thread(

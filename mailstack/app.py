@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from typing import TypeVar
@@ -207,7 +208,20 @@ async def drain(deadline_s: float) -> None:
             await asyncio.wait(still, timeout=2)
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: every IMAP session holds a socket, and
+    the usual soft limit of 1,024 would cap `serve` near a thousand IDLE clients. (The systemd
+    unit sets both with LimitNOFILE=; README "Many IMAP clients" says how to go higher.)"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
 def serve(dep: Deployment) -> None:
+    log.info("open files limit: %d", raise_open_files_limit())
     try:
         asyncio.run(run(dep))
     finally:

@@ -22,8 +22,10 @@ from mailstack.base.config import (
 )
 from mailstack.base.errors import ConfigError
 from mailstack.base.paths import StatePaths, default_dir
+from mailstack.checks import GROUPS
 from mailstack.cli_accounts import alias, domain, user
 from mailstack.cli_config import config, tls
+from mailstack.cli_dkim import dkim
 from mailstack.cli_queue import queue
 from mailstack.cli_share import mailbox, share
 from mailstack.cli_throttle import throttle
@@ -71,6 +73,7 @@ _AS_INVOKER = frozenset({"init", "serve", "demo", "systemd-unit", "config"})
 
 for _group in (user, alias, domain, throttle, config, tls, queue, share, mailbox):
     main.add_command(_group)
+main.add_command(dkim)
 
 
 # -- init ------------------------------------------------------------------------------------------
@@ -409,24 +412,47 @@ def _resolver_option(ctx: click.Context, param: click.Parameter, value: str | No
     "only",
     multiple=True,
     metavar="GROUP",
-    type=click.Choice(
-        [
-            *("config", "files", "dns", "tls", "smtp", "submission", "imap", "relay", "e2e"),
-            *("network", "web"),
-        ]
-    ),
+    type=click.Choice(list(GROUPS)),
     help="Run only this group of checks (repeatable).",
 )
 @click.option("--strict", is_flag=True, help="Warnings fail too (exit 1).")
 @click.option("--network", is_flag=True, help="Also run checks that need the Internet.")
-def check(as_json: bool, resolver: str, only: tuple[str, ...], strict: bool, network: bool) -> None:
+@click.option(
+    "--deliverability",
+    is_flag=True,
+    help="Only the deliverability report: blocklists, reverse DNS, alignment, policies.",
+)
+@click.option(
+    "--port25-domain",
+    default="gmail.com",
+    show_default=True,
+    metavar="DOMAIN",
+    help="With --deliverability --network: whose MX the port 25 test connects to.",
+)
+def check(
+    as_json: bool,
+    resolver: str,
+    only: tuple[str, ...],
+    strict: bool,
+    network: bool,
+    deliverability: bool,
+    port25_domain: str,
+) -> None:
     """Validate the deployment: DNS, TLS, listeners, login, delivery, open relay."""
     from mailstack.base.errors import ProblemsFoundError
     from mailstack.checks import CheckOptions, run_checks
     from mailstack.checks.report import print_json, print_report
 
     with reporting(cli_state().debug):
-        opts = CheckOptions(resolver=resolver, only=frozenset(only), strict=strict, network=network)
+        if deliverability:
+            only = (*only, "deliverability")
+        opts = CheckOptions(
+            resolver=resolver,
+            only=frozenset(only),
+            strict=strict,
+            network=network,
+            port25_domain=port25_domain,
+        )
         report = run_checks(cli_state().root, opts)
         if as_json:
             print_json(report)

@@ -50,6 +50,7 @@ def queue_list(as_json: bool) -> None:
             [
                 e.id,
                 when(e.created),
+                e.user,
                 e.mail_from or "<>",
                 r.address,
                 r.status,
@@ -61,7 +62,17 @@ def queue_list(as_json: bool) -> None:
             for r in e.recipients
         ]
         print_table(
-            ["id", "queued (UTC)", "from", "to", "status", "attempts", "next (UTC)", "last reply"],
+            [
+                "id",
+                "queued (UTC)",
+                "user",
+                "from",
+                "to",
+                "status",
+                "attempts",
+                "next (UTC)",
+                "last reply",
+            ],
             rows,
             title=f"{len(entries)} queued message(s)",
         )

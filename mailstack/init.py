@@ -9,6 +9,7 @@ mail and the queue: no flag of ours ever deletes mail.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -23,6 +24,7 @@ from mailstack.base.errors import ExistsError, HostError
 from mailstack.base.fsutil import atomic_write, ensure_dir
 from mailstack.base.paths import StatePaths
 from mailstack.base.users import Accounts
+from mailstack.delivery import dkim_selectors
 from mailstack.dnsrecords import DnsRecord, MailDns, MtaStsPolicy, Ports, group_by_zone, in_zone
 from mailstack.render import render
 
@@ -69,7 +71,8 @@ def build_config(opts: InitOptions) -> Config:
 
 def render_config(cfg: Config) -> str:
     sections = []
-    for name in ("smtp", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log", "web"):
+    names = ("smtp", "submission", "accounts", "imap", "auth", "dns", "dkim", "outbound", "log")
+    for name in (*names, "web"):
         table = getattr(cfg, name)
         items = [(f, _toml(getattr(table, f))) for f in type(table).__dataclass_fields__]
         sections.append({"name": name, "items": items})
@@ -120,7 +123,26 @@ def dns_records(cfg: Config, paths: StatePaths, accounts: Accounts | None) -> li
         https_port=https[0][1] if https else None,
         mta_sts=mta_sts_policy(cfg) if https else None,
     )
-    return mail_dns.all_records(domains, selector)
+    rotated = dkim_selectors.load(paths)  # `mailstack dkim rotate`: per-domain selectors
+    for d in rotated.keys() & domains.keys():
+        domains[d] = None  # its DKIM records follow, one per selector in use
+    recs = mail_dns.all_records(domains, selector)
+    for d, state in rotated.items():
+        in_use = [
+            (state.signing, "DKIM: the key that signs now"),
+            (state.pending, "DKIM: the next key (`mailstack dkim rotate` waits for it)"),
+            (state.previous, "DKIM: the old key, kept for `dkim status`'s grace period"),
+        ]
+        for sel, reason in in_use:
+            if not sel or d not in domains or not paths.dkim_key(sel, d).exists():
+                continue
+            txt = keys.dkim_public_record(paths.dkim_key(sel, d).read_bytes())
+            recs += [
+                dataclasses.replace(r, reason=reason)
+                for r in mail_dns.domain_records(d, sel, txt)
+                if r.name.startswith(f"{sel}._domainkey.")
+            ]
+    return recs
 
 
 def mta_sts_policy(cfg: Config) -> MtaStsPolicy:

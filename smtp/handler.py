@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -25,10 +26,12 @@ from aiosmtpd.smtp import Envelope, Session
 from mailstack.delivery import autoreply
 from mailstack.delivery.local import LocalDelivery
 from mailstack.delivery.services import ServerContext
+from mailstack.delivery.srs import is_srs
 from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, protocol_name, received_field
 from mailstack.smtp import replies
 from mailstack.smtp.address import Address, AddressError
+from mailstack.smtp.forwarding import forward_sender, reverse_recipient, srs_codec, srs_refused
 from mailstack.smtp.framing import DataError, LineEndings
 from mailstack.smtp.policy import RecipientFacts, check_received_count, check_recipient
 from mailstack.smtp.replies import Reply
@@ -138,6 +141,7 @@ class MxHandler:
         # RCPT on the loop, without a hop into a worker thread (most RCPTs under load).
         self._routes: dict[str, _Routes] = {}
         self._routes_version: int | None = None
+        self._srs = srs_codec(ctx.config, ctx.paths)  # None: [smtp] srs is off
 
     # -- RCPT ----------------------------------------------------------------------------------
     def _lookup_routes(self, address: Address) -> _Routes:
@@ -208,6 +212,11 @@ class MxHandler:
             return str(replies.BAD_ADDRESS)
         if session.blocklisted_by is not None:
             facts = RecipientFacts(is_hosted_domain=False, mailboxes=())
+        elif self._srs is not None and is_srs(rcpt.local):
+            srs = await self._srs_recipient(rcpt)
+            if isinstance(srs, Reply):
+                return str(srs)
+            facts = srs
         else:
             facts = await self._recipient(rcpt)
         reply = check_recipient(
@@ -225,6 +234,32 @@ class MxHandler:
             envelope.mailboxes[address] = facts.mailboxes
             envelope.foreign.extend(f for f in facts.forwards if f not in envelope.foreign)
         return str(reply)
+
+    async def _srs_recipient(self, rcpt: Address) -> RecipientFacts | Reply:
+        """An SRS address (smtp/forwarding.py): the facts of the address it stands for, or
+        the refusal of a forged or expired one of ours."""
+        if self._srs is None:
+            raise RuntimeError("SRS is off")
+        hosted = await asyncio.to_thread(self._ctx.hosted_domains)
+        if rcpt.domain not in hosted:
+            return RecipientFacts(is_hosted_domain=False, mailboxes=())  # relay: refused
+        original = reverse_recipient(self._srs, str(rcpt), time.time())
+        if isinstance(original, Reply):
+            return original
+        try:
+            target = Address.parse(original)
+        except AddressError:
+            return srs_refused("malformed original address")
+        if target.domain in hosted:
+            return await self._recipient(target)
+        return RecipientFacts(is_hosted_domain=True, mailboxes=(), forwards=(original,))
+
+    async def _forward_sender(self, mail_from: str) -> str:
+        """The envelope sender of what aliases forward outside (SRS when on)."""
+        if self._srs is None or not mail_from:
+            return mail_from
+        hosted = await asyncio.to_thread(self._ctx.hosted_domains)
+        return forward_sender(self._srs, mail_from, hosted, time.time())
 
     # -- DATA / BDAT LAST ----------------------------------------------------------------------
     async def deliver(
@@ -274,9 +309,8 @@ class MxHandler:
                 folder=folder,
             )
             if envelope.foreign:  # aliases forwarding outside: as received, not signed by us
-                qid = await self._enqueue(
-                    envelope.mail_from or "", envelope.foreign, fields, pieces, sign=False
-                )
+                sender = await self._forward_sender(envelope.mail_from or "")
+                qid = await self._enqueue(sender, envelope.foreign, fields, pieces, sign=False)
                 log.info("[%s] %s forwarded as %s", session.connection_id, queue_id, qid)
                 queue_id = qid  # the id `mailstack queue list` shows for it
         except QuotaExceededError:
@@ -304,15 +338,18 @@ class MxHandler:
         parts: Sequence[bytes],
         *,
         sign: bool,
+        user: str = "",
     ) -> str:
-        """Hand a message to the outbound queue (durable when this returns)."""
+        """Hand a message to the outbound queue (durable when this returns); `user`: who
+        submitted it (shown by `mailstack queue list`)."""
         queue = self._ctx.queue
         if queue is None:  # RCPT refused such recipients then; `serve` always has a queue
             raise RuntimeError("no outbound queue")
         prefix = "".join(f + "\r\n" for f in prefix_fields).encode("utf-8", "surrogateescape")
 
         def enqueue() -> str:
-            return queue.enqueue(mail_from, rcpts, b"".join([prefix, *parts]), sign=sign)
+            message = b"".join([prefix, *parts])
+            return queue.enqueue(mail_from, rcpts, message, sign=sign, user=user)
 
         return await asyncio.to_thread(enqueue)
 

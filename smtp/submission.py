@@ -23,6 +23,9 @@ limits and enhanced codes) with these differences:
 - No inbound SPF/DKIM/DMARC verification and no DNSBL: the client is authenticated.
 - The Received field says `with ESMTPSA` (RFC 3848) and names the authenticated user, as
   Postfix's `smtpd_sasl_authenticated_header`. No copy goes to Sent: clients APPEND it.
+- Sending limits (`[submission]`, smtp/sendlimits.py): checked at MAIL with the usage then
+  (an account over its hourly budget learns it before sending DATA), per message at RCPT,
+  and counted atomically when DATA is accepted; refusals are `550 5.7.1` naming the limit.
 - Limits (size, recipients, connections in total, per address and per network) are
   `[smtp]`'s, counted per listener (`SubmissionService`); a session that authenticated may
   use the `reserved_for_authenticated` slots that sessions not logged in never take.
@@ -67,9 +70,11 @@ from mailstack.smtp.policy import (
     check_submission_recipient,
 )
 from mailstack.smtp.replies import Reply
+from mailstack.smtp.sendlimits import SendLog, Usage, check_usage
 from mailstack.smtp.session import MxSMTP
 from mailstack.smtp.verdict import accept_all
 
+from mailstack.base.connections import network_of
 from mailstack.base.login import Outcome
 
 log = logging.getLogger(__name__)
@@ -91,13 +96,16 @@ class SubmissionEnvelope(MxEnvelope):
     def __init__(self, user: str | None) -> None:
         super().__init__()
         self.user = user  # the authenticated address, fixed for the envelope's life
+        self.network = ""  # the client's network, the sending limits' key
+        self.usage = Usage()  # what user and network had sent this hour, seen at MAIL
 
 
 class SubmissionHandler(MxHandler):
     """Recipients and delivery for authenticated users (shared by a listener's sessions)."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, send_log: SendLog) -> None:
         super().__init__(ctx, accept_all)
+        self.send_log = send_log
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self,
@@ -113,6 +121,12 @@ class SubmissionHandler(MxHandler):
             rcpt = Address.parse(address)
         except AddressError:
             return str(replies.BAD_ADDRESS)
+        limits = self._ctx.config.submission
+        # One more recipient within recipients_per_message and the hourly budget seen at MAIL?
+        refusal = check_usage(envelope.usage, limits, len(envelope.rcpt_tos) + 1)
+        if refusal is not None:
+            log.info("[%s] %s: %s", session.connection_id, envelope.user, refusal)
+            return str(refusal)
         facts = await self._recipient(rcpt)
         reply = check_submission_recipient(
             facts,
@@ -162,6 +176,33 @@ class SubmissionHandler(MxHandler):
         if refusal is not None:
             log.info("[%s] %s: %s", session.connection_id, user, refusal)
             return refusal  # refused before the queue: nothing is signed
+        try:
+            counted = await asyncio.to_thread(
+                self.send_log.reserve,
+                user,
+                envelope.network,
+                len(envelope.rcpt_tos),
+                self._ctx.config.submission,
+            )
+        except Exception:
+            log.exception("[%s] sending limits unreadable", session.connection_id)
+            return replies.LOCAL_ERROR
+        if isinstance(counted, Reply):
+            log.info("[%s] %s: %s", session.connection_id, user, counted)
+            return counted
+        reply = await self._submit(session, envelope, user, parts, head)
+        if not reply.is_positive:  # not sent after all: not counted either
+            await asyncio.shield(asyncio.to_thread(self.send_log.release, counted))
+        return reply
+
+    async def _submit(
+        self,
+        session: MxSession,
+        envelope: SubmissionEnvelope,
+        user: str,
+        parts: Sequence[bytes],
+        head: bytes,
+    ) -> Reply:
         trace = next_transaction_trace(
             session, envelope, self._ctx.config.server.hostname, authenticated=True
         )
@@ -180,7 +221,9 @@ class SubmissionHandler(MxHandler):
                     prefix_fields=[received],
                 )
             if envelope.foreign:
-                qid = await self._enqueue(mail_from, envelope.foreign, [received], parts, sign=True)
+                qid = await self._enqueue(
+                    mail_from, envelope.foreign, [received], parts, sign=True, user=user
+                )
                 log.info("[%s] %s queued as %s for %s", session.connection_id, queue_id, qid, user)
                 queue_id = qid  # the id `mailstack queue list` shows for it
         except QuotaExceededError:
@@ -215,6 +258,7 @@ class SubmissionSMTP(MxSMTP):
         super().__init__(handler, resolver=None, **kwargs)
         self._implicit_tls = implicit_tls
         self._auth_user: str | None = None
+        self._send_log: SendLog | None = handler.send_log
         if implicit_tls:
             self.tls_context = None  # the listener did the handshake; no STARTTLS inside it
 
@@ -249,6 +293,19 @@ class SubmissionSMTP(MxSMTP):
         refusal = check_sender(address, owned=owned)
         if refusal is not None:
             self._log.info("%s may not send as <%s>", user, address)
+            return refusal
+        envelope = self.mx_envelope()
+        if not isinstance(envelope, SubmissionEnvelope) or self._send_log is None:
+            raise TypeError("a submission session has a SubmissionEnvelope and a send log")
+        envelope.network = network_of(self.mx_session().peer_ip)
+        try:
+            envelope.usage = await asyncio.to_thread(self._send_log.usage, user, envelope.network)
+        except Exception:
+            self._log.exception("sending limits unreadable")
+            return replies.LOCAL_ERROR
+        refusal = check_usage(envelope.usage, self._ctx.config.submission, 1)
+        if refusal is not None:
+            self._log.info("%s: %s", user, refusal)
         return refusal
 
     async def _refuse_unauthenticated(self) -> bool:
@@ -332,7 +389,9 @@ class SubmissionService:
         self.implicit_tls = implicit_tls
         # Logged-in sessions leave the pre-auth counts and may use the reserved slots.
         self.limiter = smtp_limiter(ctx.config.smtp, authenticated_reserve=True)
-        self._handler = SubmissionHandler(ctx)
+        # Both listeners' logs are the one file: each process and listener counts together.
+        self.send_log = SendLog(ctx.paths.send_limits_db)
+        self._handler = SubmissionHandler(ctx, self.send_log)
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()

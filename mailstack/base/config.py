@@ -178,6 +178,11 @@ class SmtpConfig:
         "instead of refusing it with 550 5.7.1.",
         default=False,
     )
+    srs: bool = doc(
+        "Rewrite the envelope sender of mail that aliases forward outside with SRS (so SPF "
+        "passes at the next hop) and pass bounces to such addresses back.",
+        default=True,
+    )
     verify_inbound: bool = doc(
         "Check SPF, DKIM and DMARC of inbound mail and add Authentication-Results.", default=True
     )
@@ -185,6 +190,33 @@ class SmtpConfig:
         "Processes serving port 25, so inbound mail uses every core (the main process accepts "
         "and hands connections over); -1: one per CPU core, 0: none, SMTP in the main process.",
         default=-1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """Sending limits of authenticated users (smtp/sendlimits.py); 0 turns one off."""
+
+    messages_per_hour: int = doc(
+        "Messages one account may send per hour from one client network (IPv4 /24, IPv6 /64).",
+        default=200,
+    )
+    recipients_per_hour: int = doc(
+        "Recipients (all messages together) one account may send to per hour from one network.",
+        default=1000,
+    )
+    recipients_per_message: int = doc(
+        "Recipients of one submitted message; more get 550 5.7.1.", default=100
+    )
+    account_messages_per_hour: int = doc(
+        "Messages one account may send per hour from all networks together; networks it has "
+        "sent from for more than a day are exempt (a stolen password cannot lock them out).",
+        default=1000,
+    )
+    network_messages_per_hour: int = doc(
+        "Messages all accounts together may send per hour from one network; accounts that have "
+        "sent from it for more than a day are exempt.",
+        default=1000,
     )
 
 
@@ -339,6 +371,9 @@ class Config:
     server: ServerConfig = doc("This server and the domains it hosts.")
     listen: ListenConfig = doc("Listening sockets.", default_factory=ListenConfig)
     smtp: SmtpConfig = doc("SMTP receiving.", default_factory=SmtpConfig)
+    submission: SubmissionConfig = doc(
+        "Sending limits on submission.", default_factory=SubmissionConfig
+    )
     accounts: AccountsConfig = doc("Accounts.", default_factory=AccountsConfig)
     imap: ImapConfig = doc("IMAP.", default_factory=ImapConfig)
     auth: AuthConfig = doc("Logins (IMAP and submission).", default_factory=AuthConfig)
@@ -478,6 +513,10 @@ def _validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise _KeyError(key, f"must be greater than 0, got {value}")
+    for f in dataclasses.fields(SubmissionConfig):
+        if getattr(cfg.submission, f.name) < 0:
+            value = getattr(cfg.submission, f.name)
+            raise _KeyError(f"submission.{f.name}", f"must be 0 (no limit) or more, got {value}")
     for key in ("cache_s", "verify_threads"):
         if getattr(cfg.auth, key) < 0:
             raise _KeyError(f"auth.{key}", f"must be 0 or more, got {getattr(cfg.auth, key)}")

@@ -143,15 +143,18 @@ class Logins:
         self, account: str, password: str, decision: Reservation
     ) -> tuple[str | None, bool]:
         """The canonical address if the password is right, and whether the cache said so."""
+        # A cached success answers before the delay: the throttle has already refused a pair
+        # that is locked out (the cache must not become an oracle that bypasses it), and a
+        # hit only ever ends a guessing run, so skipping the wait helps no attacker, while a
+        # client reconnecting, or opening five connections at once, never waits.
+        if (cached := self._cached(account, password)) is not None:
+            return cached, True
         if decision.delay_s:
             await asyncio.sleep(decision.delay_s)  # slows guessing; the loop serves others
         key = self._cache_entry(account, password)
         version = self._accounts_version()
-        if key is not None and (hit := self._cache.get(key)) is not None:
-            cached, expires = hit
-            if time.monotonic() < expires:
-                return cached, True
-            del self._cache[key]
+        if (cached := self._cached(account, password)) is not None:
+            return cached, True  # verified by a parallel login while this one waited
         address = await self._verify(account, password, decision.network)
         if address is not None and key is not None and self._accounts_version() == version:
             if len(self._cache) >= CACHE_MAX:
@@ -160,6 +163,18 @@ class Logins:
         return address, False
 
     # -- the auth cache ------------------------------------------------------------------------
+    def _cached(self, account: str, password: str) -> str | None:
+        """The address if this name and password were verified within cache_s."""
+        key = self._cache_entry(account, password)
+        self._accounts_version()  # an account change empties the cache first
+        if key is None or (hit := self._cache.get(key)) is None:
+            return None
+        address, expires = hit
+        if time.monotonic() < expires:
+            return address
+        self._cache.pop(key, None)
+        return None
+
     def _cache_entry(self, account: str, password: str) -> bytes | None:
         if self.settings.cache_s <= 0:
             return None

@@ -17,6 +17,11 @@ connection limits count too, as one host or site rarely owns only one address):
 Counters end `window_s` after their last failure. An attempt counts from the moment it is
 reserved (`reserve`), before its password is verified: parallel attempts cannot slip past the
 limits (issue 10 item 4). `record_failure`, `record_success` or `cancel` ends a reservation.
+Real clients log in in parallel too (Thunderbird opens up to 5 connections at start, an office
+behind one address starts everyone's at 9:00): the first `parallel_free` attempts in flight
+per (account, network), and `network_parallel_free` per network, are not counted, so only
+parallelism beyond what clients do is treated as guessing; an attacker gains at most that many
+unslowed guesses per window.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class LoginThrottle:
     account_ceiling: int = 1000
     window_s: float = 900.0  # 15 minutes, fail2ban's usual findtime
     good_s: float = 30 * 86400.0  # how long a successful network stays known for the ceiling
+    parallel_free: int = 5  # attempts in flight per (account, network) not counted
+    network_parallel_free: int = 50  # and per network (an office's clients starting at once)
     clock: Callable[[], float] = time.time  # wall clock: records outlive a restart
     on_change: OnChange | None = None
     on_prune: OnPrune | None = None
@@ -91,8 +98,8 @@ class LoginThrottle:
         pair = self._get((Kind.PAIR, account, network))
         net = self._get((Kind.NETWORK, "", network))
         acct = self._get((Kind.ACCOUNT, account, ""))
-        n_pair = pair.failures + pair.in_flight
-        n_net = net.failures + net.in_flight
+        n_pair = pair.failures + max(0, pair.in_flight - self.parallel_free)
+        n_net = net.failures + max(0, net.in_flight - self.network_parallel_free)
         if n_pair >= self.lockout_failures:
             return Refused(f"{n_pair} failures for this account from {network}")
         if n_net >= self.network_lockout_failures:

@@ -101,7 +101,19 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "e2e": ("e2e.delivery",),
     "network": ("network.dnsbl", "network.port25"),
     "web": ("web.mta_sts", "web.autoconfig", "web.acme"),
+    # Only on request (`--deliverability`, `--only deliverability`): checks/deliverability.py.
+    "deliverability": (
+        "deliverability.dnsbl",
+        "deliverability.fcrdns",
+        "deliverability.helo",
+        "deliverability.alignment",
+        "deliverability.dmarc_policy",
+        "deliverability.mta_sts",
+        "deliverability.tlsrpt",
+        "deliverability.port25",
+    ),
 }
+OPT_IN_GROUPS = frozenset({"deliverability"})
 
 
 def skip_group(group: str, reason: str) -> list[Finding]:
@@ -114,10 +126,13 @@ class CheckOptions:
     only: frozenset[str] = frozenset()  # groups to run; empty: all
     strict: bool = False  # warnings fail too
     network: bool = False  # checks that need the Internet (DNSBL, outside reachability)
+    port25_domain: str = "gmail.com"  # deliverability.port25 connects to this domain's MX
     e2e_timeout_s: float = 10.0  # how long a probe message may take to show up over IMAP
     io_timeout_s: float = 10.0  # each connect/read of a listener check
 
     def wants(self, group: str) -> bool:
+        if group in OPT_IN_GROUPS:
+            return group in self.only
         return not self.only or group in self.only
 
 

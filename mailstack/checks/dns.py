@@ -31,6 +31,7 @@ from mailstack.base.dns import DnsTempError, make_resolver
 from mailstack.base.errors import MailstackError
 from mailstack.base.paths import StatePaths
 from mailstack.checks import Finding, failed, passed, skip_group, skipped, warned
+from mailstack.delivery import dkim_selectors
 from mailstack.dnsrecords import DnsRecord, fqdn
 from mailstack.keys import dkim_public_record
 from mailstack.smtp import dmarc
@@ -381,7 +382,7 @@ def _dkim_key_der(p: str) -> bytes | None:
 def _dkim(
     client: AuthDns, cfg: Config, paths: StatePaths, domain: str, records: Records
 ) -> Finding:
-    selector = cfg.dkim.selector
+    selector = dkim_selectors.signing_selector(paths, cfg.dkim.selector, domain)  # rotated?
     name = f"{selector}._domainkey.{domain}"
     key_path = paths.dkim_key(selector, domain)
     if not key_path.exists():

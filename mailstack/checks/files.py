@@ -59,6 +59,7 @@ def _q(path: Path) -> str:
 
 def private_files(cfg: Config, paths: StatePaths, domains: list[str]) -> list[Path]:
     keys = [paths.tls_key, paths.ca_key]
+    keys += [paths.srs_secret]  # whoever has it can make our SRS addresses relay for them
     keys += [paths.dkim_key(cfg.dkim.selector, d) for d in domains]
     if paths.dkim_dir.is_dir():  # older selectors' keys are just as secret
         keys += sorted(paths.dkim_dir.glob("*.key"))

@@ -124,6 +124,20 @@ def _run_groups(
         out += _guard(
             "web", lambda: check_web(cfg, paths, domains, records, options.resolver, timeout)
         )
+    if options.wants("deliverability"):
+        from mailstack.checks.deliverability import check_deliverability
+
+        out += _guard(
+            "deliverability",
+            lambda: check_deliverability(
+                cfg,
+                paths,
+                domains,
+                options.resolver,
+                network=options.network,
+                port25_domain=options.port25_domain,
+            ),
+        )
     return out
 
 

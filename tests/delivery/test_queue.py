@@ -465,3 +465,35 @@ def test_state_round_trip(entry: Entry) -> None:
 def test_state_parse_or_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):  # anything else is a bug
         assert isinstance(Entry.from_json(text), Entry)
+
+
+class CountingQueue(OutboundQueue):
+    """The real queue, counting state-file parses."""
+
+    parses = 0
+
+    def _read(self, qid: str) -> Entry | None:
+        self.parses += 1
+        return super()._read(qid)
+
+
+def test_list_parses_only_changed_state_files(tmp_path: Path) -> None:
+    """The runner lists the queue after every attempt: a burst of N messages must not cost
+    N² parses. An unchanged file is taken from memory; a replaced one is read again, also
+    when another process replaced it."""
+    paths = StatePaths(tmp_path)
+    queue = CountingQueue(queue_config(53, 25), paths, clock=Clock())
+    ids = [queue.enqueue("a@sender.test", [f"r{i}@a.test"], MESSAGE, sign=False) for i in range(5)]
+    assert sorted(e.id for e in queue.list()) == sorted(ids)
+    first = queue.parses
+    assert sorted(e.id for e in queue.list()) == sorted(ids)
+    assert queue.parses == first  # nothing changed: nothing parsed
+    queue.record(ids[2], [RcptResult("r2@a.test", "delivered", "250 ok")])
+    changed = {e.id: e for e in queue.list()}
+    assert ids[2] not in changed  # delivered to everyone: gone
+    other = OutboundQueue(queue_config(53, 25), paths, clock=Clock())  # another process
+    other.record(ids[0], [RcptResult("r0@a.test", "temporary", "451 later")])
+    before = queue.parses
+    entry = {e.id: e for e in queue.list()}[ids[0]]
+    assert queue.parses == before + 1  # only the file the other process replaced
+    assert entry.recipients[0].attempts == 1 and entry.recipients[0].last_reply == "451 later"

@@ -135,6 +135,22 @@ async def test_the_cache_answers_repeats_but_never_a_throttled_pair(
     assert path.verified == 4  # failures are verified every time: they are never cached
 
 
+async def test_a_cached_login_does_not_wait_for_the_throttles_delay(accounts: Accounts) -> None:
+    throttle = LoginThrottle(free_failures=0, base_delay_s=30, lockout_failures=10)
+    path = logins(accounts, throttle)
+    await path.login(ALICE, "typo", "192.0.2.1")  # one mistake: the next attempts wait 30 s
+    assert throttle.reserve(ALICE, "192.0.2.1").delay_s == 30  # type: ignore[union-attr]
+    path.throttle = LoginThrottle()  # a fresh budget to verify once without waiting
+    assert (await path.login(ALICE, PASSWORD, "192.0.2.1")).outcome is Outcome.OK
+    path.throttle = throttle
+    result = await asyncio.wait_for(path.login(ALICE, PASSWORD, "192.0.2.1"), timeout=10)
+    assert result.outcome is Outcome.OK  # from the cache, without the 30 s wait
+    wrong = asyncio.ensure_future(path.login(ALICE, "wrong", "192.0.2.1"))
+    await asyncio.sleep(0.2)
+    assert not wrong.done()  # a wrong password still waits its 30 s
+    wrong.cancel()
+
+
 async def test_the_cache_forgets_when_the_account_database_changes(accounts: Accounts) -> None:
     path = logins(accounts)
     assert (await path.login(ALICE, PASSWORD, "192.0.2.1")).outcome is Outcome.OK

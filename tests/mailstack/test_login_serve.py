@@ -231,4 +231,7 @@ def test_a_flood_of_bad_logins_does_not_slow_a_normal_client(
             t.join(30)
     print(f"round trip {baseline:.2f}s before, {during:.2f}s during; fresh login {fresh:.2f}s")
     assert during < 2.0
-    assert fresh < 5.0
+    # A verifying login waits for at most a few hashes, not the flood's: 5 s on an idle
+    # machine; on a loaded one (the baseline round trip, which verifies too, shows how
+    # loaded) proportionally more. Starved by the flood it would take tens of seconds.
+    assert fresh < max(5.0, 2 * baseline)

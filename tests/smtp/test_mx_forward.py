@@ -60,7 +60,9 @@ async def test_forwarding_alias_is_queued_and_local_targets_delivered(tmp_path: 
         (entry,) = h.ctx.queue.list()
         # The reply names the queue entry, as `mailstack queue list` shows it.
         assert text == f"2.0.0 OK: queued as {entry.id}".encode()
-        assert entry.mail_from == "sender@example.net"  # the original envelope sender
+        # The envelope sender in SRS form at our domain (so SPF passes at the next hop).
+        assert entry.mail_from.startswith("SRS0=")
+        assert entry.mail_from.endswith("=example.net=sender@example.com")
         assert [r.address for r in entry.recipients] == ["friend@elsewhere.test"]
         queued = (h.ctx.paths.queue_dir / "msg" / entry.id).read_bytes()
         assert queued.startswith(b"Received: from ")  # our trace line first

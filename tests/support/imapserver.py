@@ -115,9 +115,11 @@ def make_deployment(root: Path, **imap: Any) -> ImapDeployment:
 class ImapServerThread:
     """`start_imap` + `start_imaps` on 127.0.0.1 in a thread with its own loop."""
 
-    def __init__(self, deployment: ImapDeployment) -> None:
+    def __init__(self, deployment: ImapDeployment, *, rescan_s: float | None = None) -> None:
         self.deployment = deployment
         self.ctx = deployment.context()
+        self.rescan_s = rescan_s  # IDLE's polling period; None: the service's default
+        self.service: ImapService | None = None
         self.imap_port = 0
         self.imaps_port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,7 +147,11 @@ class ImapServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.ctx.events.bind(self._loop)
-        service = ImapService(self.ctx)  # one for both listeners, as serve does
+        # One for both listeners, as serve does.
+        service = ImapService(
+            self.ctx, **({} if self.rescan_s is None else {"rescan_s": self.rescan_s})
+        )
+        self.service = service
         imap = await service.start_imap(self.ctx, "127.0.0.1", 0)
         imaps = await service.start_imaps(self.ctx, "127.0.0.1", 0)
         self.imap_port = imap.sockets[0].getsockname()[1]

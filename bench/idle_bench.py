@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""IDLE benchmark: many concurrent IDLE sessions in one `mailstack serve`, and an isolated
+Dovecot with as many as this machine allows.
+
+Not a test (pytest does not collect bench/). Run from the repository root, as root:
+
+    python bench/idle_bench.py --accounts 1000 --sessions 10000 --write docs/benchmarks.md
+
+For mailstack, a real deployment (`mailstack init`, then `mailstack serve` as a subprocess,
+the IMAP connection caps raised above `--sessions`, RLIMIT_NOFILE raised to its hard limit
+for both processes) with `--accounts` accounts; `--sessions` IMAP connections spread evenly
+over them, each LOGIN, SELECT INBOX, IDLE, opened from one asyncio client process. Then:
+
+- resident memory (VmRSS) of all mailstack processes (`serve` and its SMTP workers): before
+  any session, and with every session IDLEing; the difference per session;
+- the time from one delivery to the moment the last IDLE session on that folder has read
+  its `* n EXISTS`: through our SMTP listener (smtplib, one message), and written into the
+  Maildir by another program (a file in tmp/ renamed into new/), `--rounds` of each on
+  different accounts; median and worst.
+
+For Dovecot (tests/support/dovecot.py's isolated instance, one `imap` process per session as
+its default `client_limit = 1` has it) the same with `--dovecot-sessions` sessions over the
+same number of accounts; its deliveries are the external write and an APPEND from another
+IMAP session. Only 127.0.0.1 is contacted; every server started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))  # last: the installed mailstack wins over the checkout's folders
+
+from bench.imap_bench import dovecot_version, machine_notes  # noqa: E402
+from bench.imap_stress import write_section  # noqa: E402
+from tests.support.dovecot import start_dovecot  # noqa: E402
+
+DOMAIN = "example.com"
+PASSWORD = "idle bench password"  # noqa: S105 - the generated accounts' password
+SECTION = "## IMAP IDLE: many sessions, one delivery"
+MESSAGE = b"From: bench@example.org\r\nTo: someone@example.com\r\nSubject: wake up\r\n\r\nhello\r\n"
+# The installed console script (`python -m mailstack` from the checkout would import its
+# folders, which are not the installed package).
+MAILSTACK = str(Path(sys.executable).parent / "mailstack")
+# Logins in flight at once. The login throttle counts each one still being verified as a
+# failure of its network, and delays every login beyond 10 such from one /24 (all of ours
+# come from 127.0.0.1): 8 keeps the bench clear of it.
+CONNECT_CONCURRENCY = 8
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (what `LimitNOFILE=` does for the unit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kb(root_pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of `root_pid` and all its descendants, in KiB. RSS counts a page shared by
+    many processes (Dovecot's imap processes share most of theirs) once per process; PSS
+    splits it between them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    rss = pss = 0
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return rss, pss
+
+
+# -- the IDLE clients ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sessions:
+    """Open IDLE sessions, and when each account's sessions last saw an EXISTS."""
+
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    seen: dict[str, list[float]] = field(default_factory=dict)  # user -> EXISTS arrival times
+    failed: int = 0
+
+
+async def open_session(port: int, user: str, sessions: Sessions) -> None:
+    for _attempt in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        await reader.readline()  # greeting
+        writer.write(f'a LOGIN {user} "{PASSWORD}"\r\n'.encode())
+        line = b""
+        while not line.startswith(b"a "):
+            line = await reader.readline()
+        if line.startswith(b"a OK"):
+            break
+        writer.close()  # NO [UNAVAILABLE]: the server's login queue is full; try again
+        await asyncio.sleep(0.2)
+    else:
+        sessions.failed += 1
+        return
+    writer.write(b"b SELECT INBOX\r\nc IDLE\r\n")
+    while not (await reader.readline()).startswith(b"+"):
+        pass
+    sessions.writers.append(writer)
+    sessions.seen.setdefault(user, [])
+
+    async def listen() -> None:
+        while line := await reader.readline():
+            if line.endswith(b"EXISTS\r\n"):
+                sessions.seen[user].append(time.monotonic())
+
+    sessions.tasks.append(asyncio.ensure_future(listen()))
+
+
+async def open_all(port: int, users: list[str], count: int) -> Sessions:
+    sessions = Sessions()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await open_session(port, users[i % len(users)], sessions)
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    print(
+        f"  {len(sessions.writers)} sessions IDLE in {time.monotonic() - start:.0f} s "
+        f"({sessions.failed} failed)",
+        flush=True,
+    )
+    return sessions
+
+
+async def latency(
+    sessions: Sessions, user: str, per_user: int, deliver: Callable[[], Awaitable[None]]
+) -> float:
+    """ms from the delivery's start until the last of `user`'s sessions saw EXISTS."""
+    sessions.seen[user].clear()
+    start = time.monotonic()
+    await deliver()
+    while len(sessions.seen[user]) < per_user:
+        if time.monotonic() - start > 60:
+            raise RuntimeError(f"{user}: {len(sessions.seen[user])} of {per_user} woke in 60 s")
+        await asyncio.sleep(0.001)
+    return (max(sessions.seen[user]) - start) * 1000
+
+
+def external_write(maildir: Path, n: int) -> Callable[[], Awaitable[None]]:
+    """What another delivery agent does: write in tmp/, rename into new/."""
+
+    async def deliver() -> None:
+        name = f"{int(time.time())}.bench{n}.elsewhere"
+        (maildir / "tmp" / name).write_bytes(MESSAGE.replace(b"\r\n", b"\n"))
+        os.chmod(maildir / "tmp" / name, 0o644)  # Dovecot reads it as `nobody`
+        (maildir / "tmp" / name).rename(maildir / "new" / name)
+
+    return deliver
+
+
+# -- mailstack -----------------------------------------------------------------------------------
+
+
+def configure(state: Path, smtp_port: int, imap_port: int, sessions: int) -> None:
+    subprocess.run(
+        [MAILSTACK, "--dir", str(state), "init", "--domain", DOMAIN,
+         "--hostname", "mail.example.com", "--ipv4", "127.0.0.1", "--listen-host", "127.0.0.1",
+         "--non-interactive"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    overrides = {
+        "listen": {
+            "smtp": f'["127.0.0.1:{smtp_port}"]',
+            "imap": f'["127.0.0.1:{imap_port}"]',
+            "submission": "[]",
+            "submissions": "[]",
+            "imaps": "[]",
+        },
+        "imap": {
+            "max_connections": str(sessions + 400),  # 200 of them reserved for logged-in ones
+            "max_connections_per_ip": str(sessions + 100),
+            "max_connections_per_network": "0",
+            "max_connections_per_user": str(sessions),
+        },
+        "auth": {
+            "verify_queue": "10000",
+            "verify_per_network": "64",
+            "verify_threads": "2",
+            "lockout_failures": "100000",
+            "network_lockout_failures": "100000",
+        },
+    }
+    config = state / "mailstack.toml"
+    out, section = [], ""
+    for line in config.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[] ")
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and key in overrides.get(section, {}):
+            line = f"{key} = {overrides[section][key]}"
+        out.append(line)
+    config.write_text("\n".join(out) + "\n")
+
+
+def add_users(state: Path, count: int) -> list[str]:
+    """`count` accounts with one password. The first is added the normal way; the others
+    get a copy of its argon2id hash straight into users.sqlite3 (hashing a thousand times
+    would take minutes and measure nothing here). The server still verifies each account's
+    first login."""
+    import sqlite3
+
+    from mailstack.base.paths import StatePaths
+    from mailstack.base.users import Accounts
+
+    db_path = StatePaths(state).users_db
+    users = [f"idle{i}@{DOMAIN}" for i in range(count)]
+    Accounts(db_path).add_user(users[0], PASSWORD)
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        row = db.execute("SELECT * FROM users WHERE address = ?", (users[0],)).fetchone()
+        db.executemany(
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)",
+            [(user, *row[1:]) for user in users[1:]],
+        )
+    return users
+
+
+@contextlib.contextmanager
+def mailstack_serve(state: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = open(state / "serve.log", "wb")  # noqa: SIM115 - the child writes it until stopped
+    proc = subprocess.Popen(
+        [MAILSTACK, "--dir", str(state), "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=raise_fd_limit,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("serve did not listen within 120 s")
+
+
+async def bench_mailstack(work: Path, accounts: int, count: int, rounds: int) -> dict[str, Any]:
+    state = work / "mailstack"
+    smtp_port, imap_port = free_port(), free_port()
+    configure(state, smtp_port, imap_port, count)
+    print(f"mailstack: adding {accounts} accounts ...", flush=True)
+    users = add_users(state, accounts)
+    per_user = count // accounts
+    with mailstack_serve(state) as proc:
+        wait_listening(imap_port, proc)
+        await asyncio.sleep(2)  # workers settle
+        idle_kb = rss_kb(proc.pid)
+        sessions = await open_all(imap_port, users, count)
+        await asyncio.sleep(2)
+        busy_kb = rss_kb(proc.pid)
+
+        def smtp_delivery(user: str) -> Callable[[], Awaitable[None]]:
+            def send() -> None:
+                with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:
+                    smtp.sendmail("bench@example.org", [user], MESSAGE)
+
+            async def deliver() -> None:
+                await asyncio.to_thread(send)
+
+            return deliver
+
+        via_smtp, via_file = [], []
+        for r in range(rounds):
+            user = users[(r * 7) % accounts]
+            via_smtp.append(await latency(sessions, user, per_user, smtp_delivery(user)))
+            user = users[(r * 7 + 3) % accounts]
+            maildir = state / "mail" / DOMAIN / user.split("@")[0]
+            via_file.append(await latency(sessions, user, per_user, external_write(maildir, r)))
+        result = summary("mailstack", sessions, count, accounts, idle_kb, busy_kb)
+        result["delivery_ms"] = {"our SMTP": via_smtp, "external write": via_file}
+        await close(sessions)
+    return result
+
+
+def summary(
+    server: str,
+    sessions: Sessions,
+    count: int,
+    accounts: int,
+    idle_kb: tuple[int, int],
+    busy_kb: tuple[int, int],
+) -> dict[str, Any]:
+    idle = len(sessions.writers)
+    result = {
+        "server": server,
+        "sessions": idle,
+        "asked": count,
+        "accounts": accounts,
+        "rss_idle_mb": round(idle_kb[0] / 1024, 1),
+        "rss_busy_mb": round(busy_kb[0] / 1024, 1),
+        "pss_busy_mb": round(busy_kb[1] / 1024, 1),
+        "kb_per_session": round((busy_kb[0] - idle_kb[0]) / max(1, idle), 1),
+        "pss_kb_per_session": round((busy_kb[1] - idle_kb[1]) / max(1, idle), 1),
+    }
+    print("  " + json.dumps(result), flush=True)
+    return result
+
+
+async def close(sessions: Sessions) -> None:
+    for writer in sessions.writers:
+        writer.close()
+    for task in sessions.tasks:
+        task.cancel()
+    await asyncio.gather(*sessions.tasks, return_exceptions=True)
+
+
+# -- Dovecot -------------------------------------------------------------------------------------
+
+
+async def bench_dovecot(work: Path, accounts: int, count: int, rounds: int) -> dict[str, Any]:
+    base = work / "dovecot-mail"
+    users = [f"idle{i}@{DOMAIN}" for i in range(accounts)]
+    boxes = {}
+    for user in users:
+        maildir = base / user.split("@")[0]
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        boxes[user] = (PASSWORD, maildir)
+    per_user = count // accounts
+    limits = (
+        f"protocol imap {{\n  mail_max_userip_connections = {per_user + 10}\n}}\n"
+        f"default_process_limit = {count + 100}\ndefault_client_limit = {count + 1000}\n"
+        "service anvil {\n  client_limit = " + str(count + 1000) + "\n}\n"
+    )
+    dovecot = start_dovecot(work / "dovecot", boxes, limits)
+    try:
+        master = dovecot.process.pid if dovecot.process else 0
+        idle_kb = rss_kb(master)
+        sessions = await open_all(dovecot.port, users, count)
+        await asyncio.sleep(2)
+        busy_kb = rss_kb(master)
+
+        def append(user: str) -> Callable[[], Awaitable[None]]:
+            def run() -> None:
+                import imaplib
+
+                client = imaplib.IMAP4("127.0.0.1", dovecot.port)
+                client.login(user, PASSWORD)
+                client.append("INBOX", "", None, MESSAGE)
+                client.logout()
+
+            async def deliver() -> None:
+                await asyncio.to_thread(run)
+
+            return deliver
+
+        via_append, via_file = [], []
+        for r in range(rounds):
+            user = users[(r * 7) % accounts]
+            via_append.append(await latency(sessions, user, per_user, append(user)))
+            user = users[(r * 7 + 3) % accounts]
+            via_file.append(
+                await latency(sessions, user, per_user, external_write(boxes[user][1], r))
+            )
+        result = summary("dovecot", sessions, count, accounts, idle_kb, busy_kb)
+        result["delivery_ms"] = {"IMAP APPEND": via_append, "external write": via_file}
+        await close(sessions)
+    finally:
+        dovecot.stop()
+    return result
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+NOTES = [
+    "",
+    "What the numbers say (2026-12-06 run, 2,000 mailstack sessions: the modest size the "
+    "shared machine allowed, not the 10,000 of issue 11):",
+    "",
+    "- Wake-ups: one inotify instance per `serve` and two watches per folder; a file renamed "
+    "into new/ reached every IDLE session on its folder in tens of ms, a delivery through "
+    "our SMTP (a worker process, then the main process's store event) in under a quarter "
+    "of a second.",
+    "- Memory: about 36 KB per IDLE session (RSS of all mailstack processes; tracemalloc "
+    "finds about 19 KB of Python objects: the asyncio stream and transport, IDLE's waiting "
+    "futures and context managers, the session) on top of 144 MB for an idle `serve` with "
+    "its two SMTP workers. Projected to 10,000 sessions: about 500 MB, over issue 11's "
+    "300 MB; the fixed part (three interpreters) and IDLE's per-session futures are where "
+    "to cut.",
+    "- Dovecot runs one `imap` process per session (about 0.5 MB PSS each), and each takes "
+    "an inotify instance: past `fs.inotify.max_user_instances` (128 here, per user; its "
+    "mail user is `nobody`) its log says 'Inotify instance limit ... exceeded, disabling' "
+    "and those sessions poll every `mailbox_idle_check_interval` (30 s), hence the 25 s "
+    "median. Raising that sysctl would help it; it was left alone on this shared machine, "
+    "so about 120 IDLE sessions is the most this machine allows Dovecot with prompt "
+    "wake-ups.",
+]
+
+
+def render(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Method: `bench/idle_bench.py` (its docstring has the details); `{command}`, one run; "
+        f"Dovecot {dovecot_version()}. " + machine_notes(),
+        "",
+        "| server | IDLE sessions | accounts | RSS idle server | RSS (PSS) with sessions | "
+        "RSS (PSS) per session | delivery -> last session's EXISTS, median / worst |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        wakes = "; ".join(
+            f"{how}: {statistics.median(ms):.0f} / {max(ms):.0f} ms"
+            for how, ms in r["delivery_ms"].items()
+            if ms
+        )
+        lines.append(
+            f"| {r['server']} | {r['sessions']} of {r['asked']} | {r['accounts']} | "
+            f"{r['rss_idle_mb']} MB | {r['rss_busy_mb']} ({r['pss_busy_mb']}) MB | "
+            f"{r['kb_per_session']} ({r['pss_kb_per_session']}) KB | "
+            f"{wakes} |"
+        )
+    return "\n".join(lines + NOTES) + "\n"
+
+
+async def main_async(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    results = []
+    if args.only != "dovecot":
+        results.append(await bench_mailstack(work, args.accounts, args.sessions, args.rounds))
+    if args.only != "mailstack" and args.dovecot_sessions:
+        results.append(await bench_dovecot(work, args.accounts, args.dovecot_sessions, args.rounds))
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--dovecot-sessions", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=("mailstack", "dovecot"))
+    parser.add_argument("--write", type=Path, help="replace this section of the file")
+    parser.add_argument(
+        "--from-results", nargs=2, metavar=("JSON", "COMMAND"),
+        help="re-render a saved bench/results/idle-*.json instead of running",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.from_results:
+        path, command = args.from_results
+        section = render(json.loads(Path(path).read_text()), command)
+        print(section)
+        if args.write:
+            write_section(args.write, SECTION, section)
+        return 0
+    if os.geteuid() != 0:
+        print("run as root: Dovecot is given the Maildirs as `nobody`", file=sys.stderr)
+        return 2
+    print(f"RLIMIT_NOFILE raised to {raise_fd_limit()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="idle-bench-"))
+    work.chmod(0o711)  # Dovecot's imap (as nobody) must traverse it
+    try:
+        results = asyncio.run(main_async(args, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    command = ("python bench/idle_bench.py " + " ".join(sys.argv[1:])).strip()
+    section = render(results, command)
+    print(section)
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out_dir / f"idle-{stamp}.json").write_text(json.dumps(results, indent=1))
+    if args.write:
+        write_section(args.write, SECTION, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

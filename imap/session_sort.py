@@ -1,0 +1,94 @@
+"""SORT and THREAD in the selected state (RFC 5256, RFC 5957 SORT=DISPLAY). A mixin of
+`Session`.
+
+The searched messages are found as SEARCH finds them (imap/search.py); then each one's
+header block is read through the store, a batch of messages per store call (one folder lock
+per batch), and reduced to what imap/sort.py sorts and imap/thread.py threads by. SORT by
+ARRIVAL and SIZE alone reads no message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailstack.delivery.store import MessageGoneError
+from mailstack.imap import commands as c
+from mailstack.imap import response, search, sort, thread
+from mailstack.imap.session_base import RefusedError, SessionCore, Write
+from mailstack.imap.session_select import HEADER_BATCH, _resolve_saved
+
+# RFC 5256 §3: US-ASCII and UTF-8 must be supported; search strings in either need no
+# conversion, and every other charset is refused with the list of these two.
+CHARSETS = ("UTF-8", "US-ASCII")
+
+
+class SortCommands(SessionCore):
+    """SORT, THREAD and their UID forms."""
+
+    async def _sort_or_thread(self, command: c.Sort | c.Thread, write: Write) -> None:
+        if command.charset not in CHARSETS:
+            raise RefusedError(
+                f"charset {command.charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)"
+            )
+        criteria = (
+            [sort.Criterion(k.key, k.reverse) for k in command.criteria]
+            if isinstance(command, c.Sort)
+            else None
+        )
+        with_headers = criteria is None or sort.needs_header(criteria)
+        messages = await asyncio.to_thread(self._sortable, command.key, with_headers)
+
+        def number(m: sort.Message) -> int:
+            return m.info.uid if command.uid else m.seq
+
+        if isinstance(command, c.Sort):
+            ordered = sort.sort(messages, criteria or [])
+            line = " ".join(["SORT", *(str(number(m)) for m in ordered)])
+        else:
+            algorithm = (
+                thread.references if command.algorithm == "REFERENCES" else thread.ordered_subject
+            )
+            threads = algorithm(messages)
+            line = "THREAD" + (" " + thread.render(threads, number) if threads else "")
+        await write(response.untagged(line))
+        name = type(command).__name__.upper()
+        await write(response.ok(command.tag, f"{'UID ' if command.uid else ''}{name} completed"))
+
+    def _sortable(self, key: c.SearchKey, with_headers: bool) -> list[sort.Message]:
+        """The messages `key` selects, with what SORT/THREAD need (runs in a worker thread)."""
+        sel = self._sel()
+        user = self._require_user()
+        store = self.ctx.store
+        name = sel.name
+        snapshot = list(sel.messages)
+        order = [m.uid for m in snapshot]
+        position = {uid: i for i, uid in enumerate(order)}
+        headers: dict[int, bytes] = {}
+
+        def read_header(uid: int) -> bytes:
+            if uid not in headers:
+                headers.clear()  # at most one batch in memory
+                start = position.get(uid, 0)
+                batch = order[start : start + HEADER_BATCH] if uid in position else [uid]
+                headers.update(store.read_headers(user, name, batch))
+            return headers.get(uid, b"")  # b"": expunged meanwhile
+
+        def read(uid: int) -> bytes:
+            try:
+                return store.read_message(user, name, uid)
+            except MessageGoneError:
+                return b""
+
+        found = search.search(
+            _resolve_saved(key, sel.saved),
+            snapshot,
+            search.Scope(len(snapshot), sel.largest_uid),
+            read,
+            recent_uids=frozenset(sel.recent),
+            read_header=read_header,
+        )
+        out = []
+        for candidate in found:
+            header = read_header(candidate.info.uid) if with_headers else b""
+            out.append(sort.Message.of(candidate.seq, candidate.info, header))
+        return out

@@ -236,6 +236,17 @@ def domain_add(name: str) -> None:
         print_records(records)
 
 
+@domain.command("del", context_settings=CONTEXT)
+@click.argument("name")
+def domain_del(name: str) -> None:
+    """Stop hosting a domain added with `domain add` (no users or aliases may be left in it)."""
+    from mailstack.init import remove_domain
+
+    with reporting(cli_state().debug):
+        removed = remove_domain(cli_state().paths, name)
+        click.echo(f"no longer hosting {removed}; remove its DNS records (its DKIM key stays)")
+
+
 @domain.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True)
 def domain_list(as_json: bool) -> None:

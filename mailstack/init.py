@@ -296,3 +296,27 @@ def add_domain(paths: StatePaths, domain: str) -> list[DnsRecord]:
         return [r for r in dns_records(cfg, paths, accounts) if in_zone(r.name, f"{name}.")]
     finally:
         accounts.close()
+
+
+def remove_domain(paths: StatePaths, domain: str) -> str:
+    """`domain del`: stop hosting a domain that `domain add` added (one in the config's
+    server.domains is the config's to drop). Its zone file goes; its DKIM key stays, so adding
+    the domain back reuses the key whose record may still be published."""
+    from mailstack.base.config import to_ascii_domain
+    from mailstack.base.errors import MailstackError
+
+    cfg = load_config(paths.config)
+    name = to_ascii_domain(domain)
+    if name in cfg.server.domains:
+        raise MailstackError(
+            f"domain {name} is in mailstack.toml (server.domains)",
+            hint="remove it there, then restart serve",
+        )
+    accounts = Accounts(paths.users_db)
+    try:
+        accounts.delete_domain(name)
+        paths.zone_file(name).unlink(missing_ok=True)
+        write_zones(cfg, paths, accounts, command="domain del")  # the reverse zone's notes
+    finally:
+        accounts.close()
+    return name

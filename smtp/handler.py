@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from aiosmtpd.smtp import Envelope, Session
+from mailstack.delivery import autoreply
 from mailstack.delivery.local import LocalDelivery
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.srs import is_srs
@@ -319,6 +320,14 @@ class MxHandler:
             if delivered is not None and delivered.refs:  # all or nothing: the client retries
                 await asyncio.shield(asyncio.to_thread(self._delivery.take_back, delivered.refs))
             return replies.LOCAL_ERROR
+        if folder == "INBOX":  # junk gets no auto-reply: its sender is likely forged
+            autoreply.schedule(
+                self._ctx.paths,
+                self._ctx.queue,
+                mail_from=envelope.mail_from or "",
+                recipients=recipients,
+                header=_leading(pieces, _HEADER_SCAN_BYTES),
+            )
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
 
     async def _enqueue(

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.smtp import Envelope
+from mailstack.delivery import autoreply
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, received_field
@@ -232,6 +233,10 @@ class SubmissionHandler(MxHandler):
             if delivered is not None and delivered.refs:
                 await asyncio.shield(asyncio.to_thread(self._delivery.take_back, delivered.refs))
             return replies.LOCAL_ERROR
+        if local:  # our users' auto-replies answer mail from our users too
+            autoreply.schedule(
+                self._ctx.paths, self._ctx.queue, mail_from=mail_from, recipients=local, header=head
+            )
         return replies.QUEUED.with_text(f"OK: queued as {queue_id}")
 
 

@@ -376,6 +376,17 @@ class WebConfig:
     acme_check_interval_s: float = doc(
         "Seconds between `serve`'s looks at the ACME certificate's expiry.", default=43200.0
     )
+    # The status and self-service pages (mailstack/web/pages.py).
+    admins: list[str] = doc(
+        "Accounts that see the admin page (status, users, aliases, domains) after logging in "
+        'with their own password, e.g. ["postmaster@example.com"]; everyone else sees only '
+        "their own account.",
+        default_factory=list,
+    )
+    session_idle_s: int = doc(
+        "Seconds without a request after which a web login ends.", default=1800
+    )
+    session_max_s: int = doc("Seconds after which a web login ends in any case.", default=43200)
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +591,13 @@ def _validate(cfg: Config) -> None:
         )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.dkim.selector):
         raise _KeyError("dkim.selector", f"{cfg.dkim.selector!r} is not a valid DNS label")
+    for i, admin in enumerate(cfg.web.admins):
+        local, at, domain = admin.rpartition("@")
+        if not (local and at and is_fqdn(domain)):
+            raise _KeyError(f"web.admins[{i}]", f"{admin!r} is not an account address")
+    for key in ("session_idle_s", "session_max_s"):
+        if getattr(cfg.web, key) <= 0:
+            raise _KeyError(f"web.{key}", f"must be greater than 0, got {getattr(cfg.web, key)}")
 
 
 def _validate_outbound(out: OutboundConfig) -> None:

@@ -173,6 +173,29 @@ class Accounts:
             db.execute("INSERT INTO domains VALUES (?, ?)", (name, time.time()))
         return name
 
+    def delete_domain(self, domain: str) -> str:
+        """Stop hosting `domain`; refused while users or aliases (a catch-all too) are in it,
+        so no mail address silently stops working."""
+        name = to_ascii_domain(domain)
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone():
+                raise NotFoundError(
+                    f"domain {name} is not hosted here", hint="see `mailstack domain list`"
+                )
+            users = db.execute("SELECT COUNT(*) FROM users WHERE domain=?", (name,)).fetchone()[0]
+            aliases = sum(
+                1
+                for (address,) in db.execute("SELECT DISTINCT address FROM aliases")
+                if address.rpartition("@")[2] == name
+            )
+            if users or aliases:
+                raise ExistsError(
+                    f"domain {name} still has {users} user(s) and {aliases} alias(es)",
+                    hint="delete them first (mailstack user del, mailstack alias del)",
+                )
+            db.execute("DELETE FROM domains WHERE name=?", (name,))
+        return name
+
     def domains(self) -> list[str]:
         return [r[0] for r in self._conn().execute("SELECT name FROM domains ORDER BY name")]
 

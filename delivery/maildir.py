@@ -16,7 +16,9 @@ and on any failure every file written so far is removed before the error propaga
 `snapshot(claim_recent=True)` (SELECT) moves those files into cur/ and reports them in
 `recent_uids`: only one session ever claims a message. Without claiming (EXAMINE, STATUS),
 `recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
-new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/).
+new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/) and are
+listed in the folder's `mailstack-recent` until a claiming snapshot takes them
+(delivery/recent.py).
 
 Lock order, to stay deadlock-free: the quota flock (shared) before any folder lock; at most one
 folder lock at a time; nothing that takes the quota lock exclusively runs under a folder lock.
@@ -35,7 +37,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from mailstack.delivery import folders, quota
+from mailstack.delivery import folders, quota, recent
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
@@ -374,6 +376,11 @@ class MaildirStore:
             result = index.sync()
             claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
             messages, in_new, _ = index.view()
+            # APPEND/COPY with flags land in cur/ but are recent too (delivery/recent.py).
+            stored = recent.take(fdir) if claim_recent else recent.peek(fdir)
+            if stored:
+                live = {m.uid for m in messages}
+                claimed, in_new = claimed | (stored & live), in_new | (stored & live)
             snap = FolderSnapshot(
                 name=name,
                 uid_validity=index.uidlist.uid_validity,

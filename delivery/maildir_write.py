@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.delivery import quota
+from mailstack.delivery import quota, recent
 from mailstack.delivery.index import FILE_MODE, Entry, FolderIndex
 from mailstack.delivery.keywords import file_name_with_flags, letters_from_flags, split_info
 from mailstack.delivery.layout import lf_slices, unique_name
@@ -339,6 +339,9 @@ class BatchWriter:
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
                     done.uid_validity = index.uidlist.uid_validity
+                # Flags put these in cur/, where nothing marks them \Recent (delivery/recent.py).
+                with contextlib.suppress(OSError):
+                    recent.add(fdir, [d.uid for _j, _i, d in numbered if d.sub == "cur"])
             for sub in sorted(subs):
                 fsync_dir(fdir / sub)
         except Exception as exc:  # the lock, the uidlist or a directory fsync: all of them

@@ -73,10 +73,8 @@ class MailboxCommands(SessionCore):
                 await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
             case c.List():
                 await self._list(command, write)
-            case c.Lsub(reference=reference, pattern=pattern):
-                await self._list(
-                    c.List(tag, reference, (pattern,), ("SUBSCRIBED",)), write, lsub=True
-                )
+            case c.Lsub():
+                await self._lsub(command, write)
             case c.Status(mailbox=name, items=items):
                 line = await self._status_line(checked_name(name), items)
                 await write(line)
@@ -166,10 +164,10 @@ class MailboxCommands(SessionCore):
         if dropped:
             self.log.debug("structure cache: dropped %d expunged messages", dropped)
 
-    async def _list(self, command: c.List, write: Write, *, lsub: bool = False) -> None:
+    async def _list(self, command: c.List, write: Write) -> None:
         user = self._require_user()
         tag = command.tag
-        if not lsub and command.patterns == ("",):
+        if command.patterns == ("",):
             # RFC 9051 §6.3.9: an empty pattern asks for the delimiter and the root.
             await write(response.untagged(b'LIST (\\Noselect) "." ""'))
             await write(response.ok(tag, "LIST completed"))
@@ -216,12 +214,7 @@ class MailboxCommands(SessionCore):
             if "SPECIAL-USE" in selection and folder.special_use is None:
                 continue
             attrs = []
-            if lsub:
-                # LSUB (RFC 3501 §6.3.9) predates CHILDREN, SPECIAL-USE and \NonExistent: a
-                # name that cannot be selected is \Noselect there.
-                if not folder.is_selectable:
-                    attrs.append("\\Noselect")
-            elif folder.name in ghosts:
+            if folder.name in ghosts:
                 attrs.append("\\NonExistent")  # RFC 5258 §3: implies \Noselect
             else:
                 if not folder.is_selectable:  # a parent implied by its children (§7.3.1)
@@ -229,13 +222,11 @@ class MailboxCommands(SessionCore):
                 attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
                 if folder.special_use is not None:
                     attrs.append(str(folder.special_use))
-            if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed and not lsub:
+            if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed:
                 attrs.append("\\Subscribed")
-            kind = b"LSUB" if lsub else b"LIST"
             out.append(
                 response.untagged(
-                    kind
-                    + b" "
+                    b"LIST "
                     + response.flag_list(attrs)
                     + f' "{delimiter}" '.encode()
                     + response.mailbox(folder.name)
@@ -247,7 +238,39 @@ class MailboxCommands(SessionCore):
                 with contextlib.suppress(StoreError, RefusedError):
                     out.append(await self._status_line(folder.name, command.status_items))
         await write(b"".join(out))
-        await write(response.ok(tag, "LSUB completed" if lsub else "LIST completed"))
+        await write(response.ok(tag, "LIST completed"))
+
+    async def _lsub(self, command: c.Lsub, write: Write) -> None:
+        """LSUB (RFC 3501 §6.3.9): the subscribed names the pattern matches, and a name
+        where "%" stopped short of a subscribed descendant, as \\Noselect ("if "foo/bar" is
+        subscribed but "foo" is not, a "%" wildcard to LSUB must return foo")."""
+        user = self._require_user()
+        folders = await asyncio.to_thread(self.ctx.store.list_folders, user)
+        subscribed = set(await asyncio.to_thread(self.ctx.store.subscriptions, user))
+        selectable = {f.name for f in folders if f.is_selectable}
+        pattern = list_pattern(command.reference, command.pattern, HIERARCHY_DELIMITER)
+        noselect: dict[str, bool] = {}
+        for name in subscribed:
+            if pattern.fullmatch(name):
+                # LSUB predates CHILDREN and \NonExistent: what cannot be selected is \Noselect.
+                noselect[name] = name not in selectable
+                continue
+            levels = name.split(HIERARCHY_DELIMITER)
+            for depth in range(1, len(levels)):
+                parent = HIERARCHY_DELIMITER.join(levels[:depth])
+                if parent not in subscribed and pattern.fullmatch(parent):
+                    noselect[parent] = True
+        out = [
+            response.untagged(
+                b"LSUB "
+                + response.flag_list(["\\Noselect"] if noselect[name] else [])
+                + b' "." '
+                + response.mailbox(name)
+            )
+            for name in sorted(noselect, key=lambda n: (n != INBOX, n))
+        ]
+        await write(b"".join(out))
+        await write(response.ok(command.tag, "LSUB completed"))
 
     async def _status_line(self, name: str, items: tuple[str, ...]) -> bytes:
         try:

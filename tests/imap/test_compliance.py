@@ -133,3 +133,113 @@ def canonical_flags(seen: list[list[bytes]]) -> list[list[bytes]]:
         return b"FLAGS (" + b" ".join(sorted(m[1].split())) + b")"
 
     return [[re.sub(rb"FLAGS \(([^)]*)\)", sort, line) for line in group] for group in seen]
+
+
+# -- LSUB of a parent whose child alone is subscribed (RFC 3501 §6.3.9) ---------------------------
+
+
+def lsub_scenario(open_session: Opener) -> list[list[bytes]]:
+    with open_session() as c:
+        for line in untagged(c.command('LSUB "" *')):  # a new mailstack account's folders
+            assert c.tagged(b"UNSUBSCRIBE " + line.rsplit(b" ", 1)[1]).startswith(b"OK")
+        for command in (
+            "CREATE Foo.Bar.Baz",
+            "SUBSCRIBE Foo.Bar.Baz",
+            "CREATE Top",
+            "SUBSCRIBE Top",
+        ):
+            assert c.tagged(command).startswith(b"OK")
+        return [
+            sorted(untagged(c.command(f"LSUB {reference} {pattern}")))
+            for reference, pattern in (
+                ('""', "Foo.%"),
+                ('""', "%"),
+                ('""', "*"),
+                ("Foo.", "%"),
+                ('""', "Foo.Bar.%"),
+                ('""', "Foo.*"),
+            )
+        ]
+
+
+def test_lsub_lists_noselect_parents_of_subscribed_children(ours: Opener, theirs: Opener) -> None:
+    expected = [
+        [b'* LSUB (\\Noselect) "." Foo.Bar'],
+        [b'* LSUB (\\Noselect) "." Foo', b'* LSUB () "." Top'],
+        [b'* LSUB () "." Foo.Bar.Baz', b'* LSUB () "." Top'],
+        [b'* LSUB (\\Noselect) "." Foo.Bar'],
+        [b'* LSUB () "." Foo.Bar.Baz'],
+        [b'* LSUB () "." Foo.Bar.Baz'],
+    ]
+    expected = [sorted(group) for group in expected]
+    assert lsub_scenario(theirs) == expected
+    assert lsub_scenario(ours) == expected
+
+
+# -- a well-formed name we cannot store is NO, not BAD (RFC 9051 §7.1) ----------------------------
+
+NAMES = ['"a&b"', "a&b", "&Jjo", '"a..b"', '".x"']
+
+
+def names_scenario(open_session: Opener) -> list[bytes]:
+    out = []
+    with open_session() as c:
+        for name in NAMES:
+            for command in (f"CREATE {name}", f"SELECT {name}", f"STATUS {name} (MESSAGES)"):
+                out.append(normalise(c.command(command))[-1].split(b" ", 2)[1])
+            out.append(normalise(c.command("NOOP"))[-1].split(b" ", 2)[1])
+    return out
+
+
+def test_unstorable_names_are_refused_with_no(ours: Opener, theirs: Opener) -> None:
+    expected = [b"NO", b"NO", b"NO", b"OK"] * len(NAMES)
+    assert names_scenario(theirs) == expected
+    assert names_scenario(ours) == expected
+
+
+# -- SEARCH FROM matches the parsed address, as ENVELOPE shows it ---------------------------------
+
+FROMS = [
+    b"<user (comment)@ (comment) example.com>",
+    b"user@example.com",
+    b'"Some User" <user@example.com>',
+    b"user (Some User) @example.com",
+    b"other@example.com (user@example.com)",
+    b"=?utf-8?q?J=C3=B6rg?= <joerg@example.com>",
+    b"nobody@example.org",
+]
+
+
+def from_scenario(open_session: Opener) -> list[list[bytes]]:
+    with open_session() as c:
+        for sender in FROMS:
+            assert append(c, "INBOX", b"From: " + sender + b"\r\nSubject: s\r\n\r\nbody\r\n")[:2]
+        assert c.tagged("SELECT INBOX").startswith(b"OK")
+        return [
+            untagged(c.command(b"SEARCH " + key))
+            for key in (
+                b"FROM user@example.com",
+                b'FROM "user@example.com"',
+                b"FROM example.com",
+                b"FROM Some",
+                b'FROM "Some User"',
+                b"CHARSET UTF-8 FROM {5+}\r\nJ\xc3\xb6rg",
+                b"FROM joerg",
+                b"FROM comment",
+            )
+        ]
+
+
+def test_search_from_matches_the_parsed_address(ours: Opener, theirs: Opener) -> None:
+    want = [
+        [b"* SEARCH 1 2 3 4 5"],  # 5 has "(user@example.com)" as its display name
+        [b"* SEARCH 1 2 3 4 5"],
+        [b"* SEARCH 1 2 3 4 5 6"],
+        [b"* SEARCH 3 4"],
+        [b"* SEARCH 3 4"],
+        [b"* SEARCH 6"],
+        [b"* SEARCH 6"],
+        [b"* SEARCH"],  # comments inside <...> are no part of the address
+    ]
+    assert from_scenario(theirs) == want
+    assert from_scenario(ours) == want

@@ -68,10 +68,13 @@ def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
 
 
 def checked_name(name: str) -> str:
-    """A mailbox name as the store takes it: valid modified UTF-7, no empty levels."""
+    """A mailbox name as the store takes it: valid modified UTF-7, no empty levels.
+
+    A name the grammar accepts but we cannot store is a refusal (NO), not a syntax error
+    (BAD, RFC 9051 §7.1.3): the command was well formed, and Dovecot answers NO too."""
     if not name or not utf7.is_valid(name):
-        raise InvalidCommandError(
-            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)"
+        raise RefusedError(
+            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)", "CANNOT"
         )
     return name
 

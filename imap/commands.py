@@ -152,10 +152,12 @@ class SearchFlag:
 class SearchHeader:
     """Substring of a header field, case-insensitive (RFC 9051 §6.4.4). BCC, CC, FROM,
     SUBJECT, TO map to their field names ("Bcc", "Cc", "From", "Subject", "To"); HEADER f s
-    keeps f as given. An empty `value` matches every message that has the field."""
+    keeps f as given. An empty `value` matches every message that has the field.
+    `address` (FROM, TO, CC, BCC): match the parsed addresses, as ENVELOPE shows them."""
 
     field: str
     value: str
+    address: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -472,7 +472,8 @@ def _search_key(r: Reader, depth: int) -> c.SearchKey:
         raise BadSyntaxError(f"unknown search key {name}")
     r.sp()
     if name in _HEADER_KEYS:
-        return c.SearchHeader(_HEADER_KEYS[name], r.astring("a search string"))
+        field = _HEADER_KEYS[name]
+        return c.SearchHeader(field, r.astring("a search string"), field != "Subject")
     if name in ("BODY", "TEXT"):
         return c.SearchText(name, r.astring("a search string"))
     if name in ("KEYWORD", "UNKEYWORD"):

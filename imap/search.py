@@ -354,9 +354,10 @@ def _render_addresses(addresses: Value) -> str:
         if not isinstance(address, tuple) or len(address) != 4:  # pragma: no cover
             continue
         name, _adl, mailbox, host = address
-        if host is None:  # a group's start (name in the mailbox slot) or end (all NIL)
-            if isinstance(mailbox, str):
-                out.append(decode_words(mailbox) + ":")
+        if not isinstance(mailbox, str):  # a group's end: all NIL
+            continue
+        if not isinstance(host, str):  # a group's start: its name in the mailbox slot
+            out.append(decode_words(mailbox) + ":")
             continue
         spec = f"{mailbox}@{host}"
         out.append(f"{decode_words(name)} <{spec}>" if isinstance(name, str) else spec)

@@ -16,8 +16,8 @@ from mailstack.delivery.store import (
     SpecialUse,
     StoreError,
 )
+from mailstack.imap import binary, response
 from mailstack.imap import commands as c
-from mailstack.imap import response
 from mailstack.imap.protocol import State, list_pattern
 from mailstack.imap.session_base import (
     SYSTEM_FLAGS,
@@ -304,7 +304,7 @@ class MailboxCommands(SessionCore):
                 self.ctx.store.append,
                 user,
                 name,
-                command.message,
+                binary.store_safe(command.message),
                 flags=flags,
                 internal_date=when,
             )

@@ -146,6 +146,10 @@ class SessionCore:
             self.selected = None
             return
         out: list[bytes] = []
+        if set(snap.keywords) - set(sel.keywords):
+            # RFC 9051 §7.3.5: FLAGS (and PERMANENTFLAGS) before any FETCH that shows one.
+            sel.keywords = snap.keywords
+            out.append(self._keywords_response(sel))
         current = {m.uid: m for m in snap.messages}
         if allow_expunge:
             for seq in range(len(sel.messages), 0, -1):  # highest first: lower numbers hold
@@ -172,15 +176,24 @@ class SessionCore:
             out.append(response.exists(len(sel.messages)))
         if len(sel.recent) != old_recent:
             out.append(response.recent(len(sel.recent)))
-        if set(snap.keywords) - set(sel.keywords):
-            sel.keywords = snap.keywords
-            out.append(self._flags_response(sel.keywords))
         if out:
             await write(b"".join(out))
 
     @staticmethod
     def _flags_response(keywords: tuple[str, ...]) -> bytes:
         return response.untagged(b"FLAGS " + response.flag_list((*SYSTEM_FLAGS, *keywords)))
+
+    @classmethod
+    def _keywords_response(cls, sel: Selected) -> bytes:
+        """FLAGS and, if the mailbox is writable, PERMANENTFLAGS after the set of keywords
+        grew: both lists changed, and a client learns the new ones as Dovecot tells them."""
+        out = cls._flags_response(sel.keywords)
+        if not sel.readonly:
+            permanent = response.flag_list((*SYSTEM_FLAGS, *sel.keywords, "\\*")).decode()
+            out += response.untagged_status(
+                "OK", "flags that can be stored", f"PERMANENTFLAGS {permanent}"
+            )
+        return out
 
     def _targets(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, MessageInfo]]:
         """(sequence number, message) pairs named by a sequence set, in order."""

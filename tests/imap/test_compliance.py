@@ -243,3 +243,65 @@ def test_search_from_matches_the_parsed_address(ours: Opener, theirs: Opener) ->
     ]
     assert from_scenario(theirs) == want
     assert from_scenario(ours) == want
+
+
+# -- BINARY: bare LF in a binary part, quoted-printable by RFC 2045 §6.7 --------------------------
+
+BINARY_PART = b"ab\ncd\ne"  # 7 octets; as text with CRLF it would be 9
+MULTIPART = (
+    b"From: a@example.com\r\nSubject: binary\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+    + BINARY_PART
+    + b"\r\n--XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"a=\r\nb=  \r\nc= \t\r\nd\r\ntrailing white space  \r\n=3D=3d =\r\n\r\n--XX--\r\n"
+)
+
+
+def binary_scenario(open_session: Opener) -> list[bytes]:
+    with open_session() as c:
+        literal8 = b"~{%d+}\r\n" % len(MULTIPART) + MULTIPART
+        assert normalise(c.command(b"APPEND INBOX " + literal8))[-1].split(b" ")[1] == b"OK"
+        assert c.tagged("SELECT INBOX").startswith(b"OK")
+        lines = c.command("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BINARY.SIZE[2] BINARY.PEEK[2])")
+        assert lines[-1].split(b" ")[1] == b"OK", lines
+        # Dovecot sends every BINARY[] as a literal8; a literal is as valid (RFC 3516 §4.2).
+        return [line.replace(b"~{", b"{") for line in lines[:-1]]
+
+
+def test_binary_keeps_bare_lf_and_decodes_qp_soft_breaks(ours: Opener, theirs: Opener) -> None:
+    qp = b"abcd\r\ntrailing white space\r\n== "
+    expected = [
+        b"* 1 FETCH (BINARY.SIZE[1] 7 BINARY[1] {7}\r\n"
+        + BINARY_PART
+        + b" BINARY.SIZE[2] %d BINARY[2] {%d}\r\n" % (len(qp), len(qp))
+        + qp
+        + b")\r\n"
+    ]
+    assert binary_scenario(theirs) == expected
+    assert binary_scenario(ours) == expected
+
+
+# -- a new keyword: FLAGS and PERMANENTFLAGS before the FETCH that uses it (RFC 9051 §7.3.5) ------
+
+
+def keyword_scenario(open_session: Opener) -> list[list[bytes]]:
+    with open_session() as a, open_session() as b:
+        assert append(a, "INBOX", MESSAGE) == b"OK [APPENDUID V 1]"
+        assert a.tagged("SELECT INBOX").startswith(b"OK")
+        assert b.tagged("SELECT INBOX").startswith(b"OK")
+        stored = untagged(a.command("STORE 1 +FLAGS ($Important)"))
+        # mailstack names the UID in unsolicited FETCHes too (RFC 9051 §7.5.2 allows it).
+        noticed = [re.sub(rb"\(UID \d+ ", b"(", x) for x in untagged(b.command("NOOP"))]
+        return [stored, noticed]
+
+
+def test_new_keyword_is_announced_before_its_fetch(ours: Opener, theirs: Opener) -> None:
+    flags = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Important"
+    announce = [b"* FLAGS (" + flags + b")", b"* OK [PERMANENTFLAGS (" + flags + b" \\*)]"]
+    expected = [
+        [*announce, b"* 1 FETCH (FLAGS ($Important \\Recent))"],
+        [*announce, b"* 1 FETCH (FLAGS ($Important))"],
+    ]
+    assert canonical_flags(keyword_scenario(theirs)) == canonical_flags(expected)
+    assert canonical_flags(keyword_scenario(ours)) == canonical_flags(expected)

@@ -431,6 +431,13 @@ class DeleteAcl(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class Compress(Command):
+    """RFC 4978 §3: COMPRESS mechanism (upper-cased; only DEFLATE exists)."""
+
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
 class GetQuota(Command):
     """RFC 9208 §4.2: GETQUOTA quota-root."""
 
@@ -576,6 +583,7 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     DeleteAcl,
     GetMetadata,
     SetMetadata,
+    Compress,
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,

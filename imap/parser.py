@@ -158,6 +158,12 @@ def _id(r: Reader, tag: str) -> c.Command:
     return c.Id(tag, tuple(params))
 
 
+def _compress(r: Reader, tag: str) -> c.Command:
+    # RFC 4978 §5: command-auth =/ compress; compress = "COMPRESS" SP algorithm
+    r.sp()
+    return c.Compress(tag, r.keyword("a compression algorithm"))
+
+
 def _login(r: Reader, tag: str) -> c.Command:
     r.sp()
     user = r.astring("a user name")
@@ -667,6 +673,7 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "DELETEACL": _deleteacl,
     "GETMETADATA": _getmetadata,
     "SETMETADATA": _setmetadata,
+    "COMPRESS": _compress,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "FETCH": _fetch,

@@ -2,6 +2,7 @@
 
 RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
 NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
+COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py),
 CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
 (5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208) and SORT/THREAD
 (5256, 5957).
@@ -168,6 +169,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
         self.selected: Selected | None = None
         self.idle_tag: str | None = None
         self.starttls_requested = False
+        self.compress_requested = False  # the transport starts DEFLATE after our OK
+        self.is_compressed = False
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
         # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
@@ -191,6 +194,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             if not self.is_tls and self.starttls_available:
                 caps.append("STARTTLS")
             caps.append("AUTH=PLAIN" if self.may_authenticate else "LOGINDISABLED")
+        else:
+            caps.append("COMPRESS=DEFLATE")  # RFC 4978: a command of the authenticated state
         return caps
 
     def greeting(self) -> bytes:
@@ -301,6 +306,14 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await write(response.ok(tag, "NAMESPACE completed"))
             case c.Idle():
                 await self._idle(tag, write)
+            case c.Compress(mechanism=mechanism):
+                # RFC 4978 §3: BAD for an unknown algorithm, NO [COMPRESSIONACTIVE] twice.
+                if mechanism != "DEFLATE":
+                    raise InvalidCommandError(f"unknown compression algorithm {mechanism}")
+                if self.is_compressed:
+                    raise RefusedError("DEFLATE is already active", "COMPRESSIONACTIVE")
+                await write(response.ok(tag, "DEFLATE active"))
+                self.compress_requested = True
             case c.GetQuota() | c.GetQuotaRoot() | c.SetQuota():
                 await self._quota(command, write)
             case c.GetAcl() | c.MyRights() | c.ListRights() | c.SetAcl() | c.DeleteAcl():

@@ -31,6 +31,7 @@ SEEDS = [
     b"a FETCH 1:* (FLAGS BODY.PEEK[1.HEADER.FIELDS (From)]<0.10> BINARY[1])",
     b"a UID STORE 1 +FLAGS.SILENT (\\Deleted)", b"a COPY 1 X", b"a UID MOVE $ Y",
     b"a GETQUOTAROOT INBOX", b'a GETQUOTA ""', b'a SETQUOTA "" (STORAGE 1)',
+    b"a COMPRESS DEFLATE",
 ]
 
 

@@ -348,6 +348,33 @@ class MaildirStore:
         )
         return ref
 
+    def append_many(
+        self,
+        user: str,
+        folder: str,
+        messages: Sequence[tuple[bytes, Iterable[str], float | None]],
+    ) -> list[MessageRef]:
+        """MULTIAPPEND (RFC 3502): (message, flags, internal date) each, all or nothing: every
+        message is fsynced in tmp/ first, then they are placed and numbered as one group (as
+        COPY's links are); on any failure the files written so far are removed."""
+        root, name, fdir = self._folder(user, folder)
+        data = [to_lf(message) for message, _flags, _when in messages]
+        self._check_quota(user, root, sum(len(d) for d in data))
+        target = _Target(user, root, name, fdir)
+        written: list[_Written] = []
+        try:
+            for lf, (_message, _flags, when) in zip(data, messages, strict=True):
+                written.append(self._writer.write_tmp(target, lf, (len(lf), crlf_size(lf)), when))
+        except BaseException:
+            for item in written:
+                with contextlib.suppress(OSError):
+                    (item.fdir / "tmp" / item.base).unlink()
+            raise
+        refs = self._commit(written, [_storable(flags) for _m, flags, _w in messages])
+        if refs:
+            self._publish(user, name)
+        return refs
+
     # -- folders (the work itself: delivery/maildir_folders.py) -------------------------------
     def list_folders(self, user: str) -> list[FolderInfo]:
         return self._folder_ops.list_folders(user)

@@ -140,6 +140,13 @@ class BatchWriter:
         os.close(fd)
         return base, (st.st_mtime, size, vsize)
 
+    def write_tmp(
+        self, target: _Target, data: bytes, sizes: tuple[int, int], mtime: float | None
+    ) -> _Written:
+        """MULTIAPPEND's message (LF endings) fsynced into `target`/tmp/, to commit as a group."""
+        base, meta = self._write_tmp(target.fdir, (data,), sizes, mtime)
+        return _Written(target.user, target.root, target.folder, target.fdir, base, meta)
+
     def link_tmp(
         self, user: str, root: Path, dest_name: str, dest_dir: Path, fdir: Path, entry: Entry
     ) -> _Written:

@@ -351,20 +351,32 @@ class Namespace(Command):
 
 @dataclass(frozen=True, slots=True)
 class Status(Command):
-    """`items` upper-cased: MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, DELETED, SIZE."""
+    """`items` upper-cased: MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, DELETED, SIZE,
+    APPENDLIMIT (RFC 7889)."""
 
     mailbox: str
     items: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of a MULTIAPPEND after the first (RFC 3502 §6 append-message)."""
+
+    message: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: datetime.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Append(Command):
-    """`internal_date` is timezone-aware when given."""
+    """`internal_date` is timezone-aware when given. `more`: the further messages of a
+    MULTIAPPEND (RFC 3502), stored together with the first, all or nothing."""
 
     mailbox: str
     message: bytes
     flags: tuple[str, ...] = ()
     internal_date: datetime.datetime | None = None
+    more: tuple[AppendMessage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

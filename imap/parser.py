@@ -37,7 +37,7 @@ _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTR
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"}
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT"}
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
@@ -299,9 +299,18 @@ def _status(r: Reader, tag: str) -> c.Command:
 
 
 def _append(r: Reader, tag: str) -> c.Command:
-    # append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    # RFC 3502 §6 (MULTIAPPEND): append = "APPEND" SP mailbox 1*append-message
     r.sp()
     name = r.mailbox()
+    first = _append_message(r)
+    more = []
+    while not r.at_end():
+        more.append(_append_message(r))
+    return c.Append(tag, name, first.message, first.flags, first.internal_date, tuple(more))
+
+
+def _append_message(r: Reader) -> c.AppendMessage:
+    # append-message = SP [flag-list SP] [date-time SP] literal (RFC 3502 §6: append-opts)
     r.sp()
     flags: tuple[str, ...] = ()
     when = None
@@ -311,8 +320,7 @@ def _append(r: Reader, tag: str) -> c.Command:
     if r.peek() == b'"':
         when = r.date_time()
         r.sp()
-    message = r.literal_bytes()
-    return c.Append(tag, name, message, flags, when)
+    return c.AppendMessage(r.literal_bytes(), flags, when)
 
 
 def _expunge(r: Reader, tag: str, uid: bool) -> c.Command:

@@ -2,7 +2,8 @@
 
 RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
 NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
-COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py),
+COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py), MULTIAPPEND (3502),
+APPENDLIMIT (7889), STATUS=SIZE (8438),
 CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
 (5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208) and SORT/THREAD
 (5256, 5957).
@@ -33,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -101,8 +103,27 @@ CAPABILITIES = (
     "SORT=DISPLAY",  # RFC 5957
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "MULTIAPPEND",
+    "STATUS=SIZE",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
+
+
+def _server_id() -> bytes:
+    """RFC 2971 §3.3 fields: name, version, vendor (version from the installed package)."""
+    try:
+        version = importlib.metadata.version("mailstack")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        version = "unknown"
+    fields = {"name": "mailstack", "version": version, "vendor": "mailstack"}
+    return (
+        b"("
+        + b" ".join(response.string(k) + b" " + response.string(v) for k, v in fields.items())
+        + b")"
+    )
+
+
+_SERVER_ID = _server_id()
 
 
 @dataclass
@@ -170,6 +191,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
         self.idle_tag: str | None = None
         self.starttls_requested = False
         self.compress_requested = False  # the transport starts DEFLATE after our OK
+        self.has_quota = False  # the account's, as at login (APPENDLIMIT's form)
         self.is_compressed = False
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
@@ -196,6 +218,10 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             caps.append("AUTH=PLAIN" if self.may_authenticate else "LOGINDISABLED")
         else:
             caps.append("COMPRESS=DEFLATE")  # RFC 4978: a command of the authenticated state
+            # RFC 7889 §3: one limit for every mailbox, unless a quota makes it vary (then
+            # STATUS/LIST-STATUS APPENDLIMIT tells it per mailbox).
+            max_size = self.ctx.config.smtp.max_message_size
+            caps.append("APPENDLIMIT" if self.has_quota else f"APPENDLIMIT={max_size}")
         return caps
 
     def greeting(self) -> bytes:
@@ -280,8 +306,12 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await write(response.bye("logging out"))
                 await write(response.ok(tag, "LOGOUT completed"))
                 self.proto.state = State.LOGOUT
-            case c.Id():
-                await write(response.untagged(b'ID ("name" "mailstack" "vendor" "mailstack")'))
+            case c.Id(params=params):
+                # RFC 2971 §3.1: always answer with our own ID (or NIL); the client's, if
+                # any, is logged to help debug a client's behaviour, never trusted.
+                if params:
+                    self.log.info("client ID: %s", ", ".join(f"{k}={v!r}" for k, v in params)[:500])
+                await write(response.untagged(b"ID " + _SERVER_ID))
                 await write(response.ok(tag, "ID completed"))
             case c.StartTls():
                 if self.is_tls or not self.starttls_available:
@@ -369,6 +399,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
         except UnknownUserError:  # an account made before its Maildir: make it now
             await asyncio.to_thread(self.ctx.store.create_account, address)
         self.user = address
+        self.has_quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, address) > 0
         self.proto.state = State.AUTHENTICATED
         self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
         caps = " ".join(self.capabilities())

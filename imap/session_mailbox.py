@@ -19,6 +19,7 @@ from mailstack.delivery.store import (
 from mailstack.imap import binary, response
 from mailstack.imap import commands as c
 from mailstack.imap.protocol import State, list_pattern
+from mailstack.imap.sequence import compress_ordered
 from mailstack.imap.session_base import (
     SYSTEM_FLAGS,
     RefusedError,
@@ -287,33 +288,57 @@ class MailboxCommands(SessionCore):
             "UIDVALIDITY": snap.uid_validity,
             "UNSEEN": sum(1 for m in snap.messages if Flag.SEEN not in m.flags),
             "DELETED": sum(1 for m in snap.messages if Flag.DELETED in m.flags),
-            "SIZE": sum(m.size for m in snap.messages),
+            "SIZE": sum(m.size for m in snap.messages),  # RFC 8438: the sum of RFC822.SIZE
         }
+        if "APPENDLIMIT" in items:
+            values["APPENDLIMIT"] = await self._append_limit()
         body = " ".join(f"{item} {values[item]}" for item in items)
         return response.untagged(
             b"STATUS " + response.mailbox(name) + b" (" + body.encode("ascii") + b")"
         )
 
+    async def _append_limit(self) -> int:
+        """RFC 7889 §4: the largest APPEND this mailbox takes now, the message size limit or
+        what is left of the quota, whichever is smaller."""
+        user = self._require_user()
+        limit = self.ctx.config.smtp.max_message_size
+        quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+        if quota > 0:
+            used = await asyncio.to_thread(self.ctx.store.usage_bytes, user)
+            limit = min(limit, max(0, quota - used))
+        return limit
+
     async def _append(self, command: c.Append, write: Write) -> None:
         user = self._require_user()
         name = checked_name(command.mailbox)
-        flags = storable(command.flags)
-        when = command.internal_date.timestamp() if command.internal_date else None
-        try:
-            ref = await asyncio.to_thread(
-                self.ctx.store.append,
-                user,
-                name,
-                binary.store_safe(command.message),
-                flags=flags,
-                internal_date=when,
+        first = c.AppendMessage(command.message, command.flags, command.internal_date)
+        messages = [
+            (
+                binary.store_safe(m.message),
+                storable(m.flags),
+                m.internal_date.timestamp() if m.internal_date else None,
             )
+            for m in (first, *command.more)
+        ]
+        store = self.ctx.store
+        try:
+            if len(messages) == 1:
+                data, flags, when = messages[0]
+                refs = [
+                    await asyncio.to_thread(
+                        store.append, user, name, data, flags=flags, internal_date=when
+                    )
+                ]
+            else:  # MULTIAPPEND (RFC 3502 §3): all or none
+                refs = await asyncio.to_thread(store.append_many, user, name, messages)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
         if self.selected is not None and self.selected.name == name:
             await self._sync(write, allow_expunge=True)
+        # RFC 4315 §3: APPENDUID with a uid-set for a MULTIAPPEND, in the messages' order.
+        uids = compress_ordered([ref.uid for ref in refs])
         await write(
-            response.ok(command.tag, "APPEND completed", f"APPENDUID {ref.uid_validity} {ref.uid}")
+            response.ok(command.tag, "APPEND completed", f"APPENDUID {refs[0].uid_validity} {uids}")
         )
 
 

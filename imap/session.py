@@ -61,6 +61,7 @@ from mailstack.imap.session_base import (
     Selected,
     Write,
     checked_name,
+    names_from_utf8,
 )
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_metadata import MetadataCommands
@@ -77,6 +78,7 @@ MAX_BAD_COMMANDS = 50  # consecutive BADs before we give up on a client (a confu
 PREAUTH_MAX_LITERAL_BYTES = 64 * 1024
 CAPABILITIES = (
     "IMAP4rev1",
+    "IMAP4rev2",  # RFC 9051, once the client says ENABLE IMAP4rev2 (imap/session_base.py)
     "LITERAL+",
     "SASL-IR",
     "ID",
@@ -192,6 +194,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
         self.starttls_requested = False
         self.compress_requested = False  # the transport starts DEFLATE after our OK
         self.has_quota = False  # the account's, as at login (APPENDLIMIT's form)
+        self.rev2 = False  # ENABLE IMAP4rev2 (RFC 9051) was given
         self.is_compressed = False
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
@@ -267,6 +270,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
     async def _run(self, command: c.Command, write: Write) -> None:
         self._bad_in_a_row = 0
         tag = command.tag
+        if self.rev2:  # RFC 9051 §5.1: mailbox names are UTF-8 on the wire
+            command = names_from_utf8(command)
         # Command names only: arguments may hold passwords or message text (STYLE.md logging).
         self.log.debug("C: %s %s", tag, type(command).__name__.upper())
         try:
@@ -324,9 +329,14 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await self._login(tag, user, password, write)
             case c.Authenticate():
                 await self._authenticate(command, write)
-            case c.Enable():
-                # We implement no ENABLE-able extension (RFC 5161 §3.1: list what was enabled).
-                await write(response.untagged(b"ENABLED"))
+            case c.Enable(capabilities=wanted):
+                # RFC 5161 §3.1: ENABLED lists what this command newly enabled; unknown names
+                # are ignored. IMAP4rev2 is the one ENABLE-able extension so far.
+                enabled = []
+                if "IMAP4REV2" in wanted and not self.rev2:
+                    self.rev2 = True
+                    enabled.append("IMAP4rev2")
+                await write(response.untagged(" ".join(["ENABLED", *enabled])))
                 await write(response.ok(tag, "ENABLE completed"))
             case c.Namespace():
                 # RFC 2342: personal, other users' (shared folders), shared (team mailboxes).
@@ -456,7 +466,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             name = checked_name(command.mailbox)
             await self._snapshot(name, claim_recent=False)  # NO [NONEXISTENT] if missing
             roots = b' ""' if limit else b""
-            await write(response.untagged(b"QUOTAROOT " + response.mailbox(name) + roots))
+            await write(response.untagged(b"QUOTAROOT " + self._mailbox_out(name) + roots))
         elif command.root != "" or not limit:  # GETQUOTA
             raise RefusedError(f"no quota root {command.root!r}", "NONEXISTENT")
         if limit:

@@ -11,6 +11,8 @@ allows at that moment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
 from mailstack.imap import response, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
+from mailstack.imap.commands import Command, List, Lsub
 from mailstack.imap.protocol import ImapProtocol, State
 from mailstack.imap.sequence import SequenceSet
 
@@ -67,6 +70,29 @@ def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
     return response.flag_list(sorted(info.flags | {RECENT} if info.uid in recent else info.flags))
 
 
+# Command fields that hold a mailbox name or a LIST pattern (imap/commands.py).
+_NAME_FIELDS = ("mailbox", "old", "new", "reference")
+
+
+def names_from_utf8(command: Command) -> Command:
+    """`command` with its mailbox names as the store keeps them (modified UTF-7), for an
+    IMAP4rev2 client, which sends them in UTF-8 (RFC 9051 §5.1). "&" becomes "&-"."""
+    changes: dict[str, object] = {
+        name: _to_utf7(getattr(command, name))
+        for name in _NAME_FIELDS
+        if isinstance(getattr(command, name, None), str)
+    }
+    if isinstance(command, List):
+        changes["patterns"] = tuple(_to_utf7(p) for p in command.patterns)
+    if isinstance(command, Lsub):
+        changes["pattern"] = _to_utf7(command.pattern)
+    return dataclasses.replace(command, **changes) if changes else command  # type: ignore[arg-type]
+
+
+def _to_utf7(name: str) -> str:
+    return name if name == "INBOX" else utf7.encode(name)
+
+
 def checked_name(name: str) -> str:
     """A mailbox name as the store takes it: valid modified UTF-7, no empty levels.
 
@@ -101,6 +127,7 @@ class SessionCore:
     proto: ImapProtocol
     user: str | None
     selected: Selected | None
+    rev2: bool  # ENABLE IMAP4rev2: no \Recent, ESEARCH answers, UTF-8 mailbox names
     log: logging.LoggerAdapter[logging.Logger]
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
     _structures: dict[tuple[str, int, int], response.RenderedStructure]
@@ -110,6 +137,13 @@ class SessionCore:
 
     def _metadata_deleted(self, name: str) -> None:
         """A folder was deleted (imap/session_metadata.py drops its annotations)."""
+    def _mailbox_out(self, name: str) -> bytes:
+        """A stored (modified UTF-7) name as this client reads it: UTF-8 after ENABLE
+        IMAP4rev2 (RFC 9051 §5.1), else as stored."""
+        if self.rev2:
+            with contextlib.suppress(utf7.Utf7Error):  # a foreign name: show it as it is
+                name = utf7.decode(name)
+        return response.mailbox(name)
 
     def _require_user(self) -> str:
         if self.user is None:  # pragma: no cover - the protocol checks the state first
@@ -168,7 +202,7 @@ class SessionCore:
         old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         sel.messages.extend(m for m in snap.messages if m.uid > largest)
-        if not sel.readonly:
+        if not sel.readonly and not self.rev2:  # RFC 9051 has no \Recent
             sel.recent |= snap.recent_uids
         sel.recent &= set(current)
         sel.uid_next = snap.uid_next

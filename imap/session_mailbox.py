@@ -105,13 +105,16 @@ class MailboxCommands(SessionCore):
             snap.uid_next,
             snap.keywords,
             list(snap.messages),
-            set(snap.recent_uids),
+            set() if self.rev2 else set(snap.recent_uids),  # RFC 9051 has no \Recent
         )
         permanent = response.flag_list((*SYSTEM_FLAGS, *snap.keywords, "\\*")).decode()
         out = [
             self._flags_response(snap.keywords),
             response.exists(len(sel.messages)),
-            response.recent(len(sel.recent)),
+            # RFC 9051 §6.3.2: no RECENT, and a LIST response with the canonical name.
+            response.untagged(b'LIST () "." ' + self._mailbox_out(name))
+            if self.rev2
+            else response.recent(len(sel.recent)),
             response.untagged_status(
                 "OK",
                 "flags that can be stored",
@@ -121,7 +124,7 @@ class MailboxCommands(SessionCore):
             response.untagged_status("OK", "predicted next UID", f"UIDNEXT {snap.uid_next}"),
         ]
         unseen = next((i for i, m in enumerate(sel.messages, 1) if Flag.SEEN not in m.flags), None)
-        if unseen is not None:  # RFC 3501 §6.3.1 (IMAP4rev1 clients still use it)
+        if unseen is not None and not self.rev2:  # RFC 3501 §6.3.1 (IMAP4rev2 dropped it)
             out.append(response.untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
         await write(b"".join(out))
         self.selected = sel
@@ -219,7 +222,9 @@ class MailboxCommands(SessionCore):
                 attrs.append("\\NonExistent")  # RFC 5258 §3: implies \Noselect
             else:
                 if not folder.is_selectable:  # a parent implied by its children (§7.3.1)
-                    attrs.append("\\Noselect")
+                    # No such mailbox: RFC 9051 §7.3.1 says \NonExistent (which implies
+                    # \Noselect); IMAP4rev1 clients know only \Noselect.
+                    attrs.append("\\NonExistent" if self.rev2 else "\\Noselect")
                 attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
                 if folder.special_use is not None:
                     attrs.append(str(folder.special_use))
@@ -230,7 +235,7 @@ class MailboxCommands(SessionCore):
                     b"LIST "
                     + response.flag_list(attrs)
                     + f' "{delimiter}" '.encode()
-                    + response.mailbox(folder.name)
+                    + self._mailbox_out(folder.name)
                     + child_info
                 )
             )
@@ -266,7 +271,7 @@ class MailboxCommands(SessionCore):
                 b"LSUB "
                 + response.flag_list(["\\Noselect"] if noselect[name] else [])
                 + b' "." '
-                + response.mailbox(name)
+                + self._mailbox_out(name)
             )
             for name in sorted(noselect, key=lambda n: (n != INBOX, n))
         ]
@@ -294,7 +299,7 @@ class MailboxCommands(SessionCore):
             values["APPENDLIMIT"] = await self._append_limit()
         body = " ".join(f"{item} {values[item]}" for item in items)
         return response.untagged(
-            b"STATUS " + response.mailbox(name) + b" (" + body.encode("ascii") + b")"
+            b"STATUS " + self._mailbox_out(name) + b" (" + body.encode("ascii") + b")"
         )
 
     async def _append_limit(self) -> int:

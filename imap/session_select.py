@@ -159,7 +159,7 @@ class SelectedCommands(SessionCore):
                     }
                 )
             sel.saved = tuple(saved)
-        if not command.is_esearch:
+        if not command.is_esearch and not self.rev2:  # RFC 9051 §7.3.4: ESEARCH only
             await write(response.untagged(" ".join(["SEARCH", *map(str, numbers)])))
         else:
             returns = [r for r in command.returns if r != "SAVE"] or (

@@ -254,23 +254,28 @@ class MailboxCommands(SessionCore):
         folders = await asyncio.to_thread(self.ctx.store.list_folders, user)
         subscribed = set(await asyncio.to_thread(self.ctx.store.subscriptions, user))
         selectable = {f.name for f in folders if f.is_selectable}
-        pattern = list_pattern(command.reference, command.pattern, HIERARCHY_DELIMITER)
+        # Shared/ and Public/ names use "/" (imap/shared.py): "%" stops there, not at ".".
+        patterns = {
+            delimiter: list_pattern(command.reference, command.pattern, delimiter)
+            for delimiter in (HIERARCHY_DELIMITER, OTHER_DELIMITER)
+        }
         noselect: dict[str, bool] = {}
         for name in subscribed:
-            if pattern.fullmatch(name):
+            delimiter = delimiter_of(name)
+            if patterns[delimiter].fullmatch(name):
                 # LSUB predates CHILDREN and \NonExistent: what cannot be selected is \Noselect.
                 noselect[name] = name not in selectable
                 continue
-            levels = name.split(HIERARCHY_DELIMITER)
+            levels = name.split(delimiter)
             for depth in range(1, len(levels)):
-                parent = HIERARCHY_DELIMITER.join(levels[:depth])
-                if parent not in subscribed and pattern.fullmatch(parent):
+                parent = delimiter.join(levels[:depth])
+                if parent not in subscribed and patterns[delimiter].fullmatch(parent):
                     noselect[parent] = True
         out = [
             response.untagged(
                 b"LSUB "
                 + response.flag_list(["\\Noselect"] if noselect[name] else [])
-                + b' "." '
+                + f' "{delimiter_of(name)}" '.encode()
                 + self._mailbox_out(name)
             )
             for name in sorted(noselect, key=lambda n: (n != INBOX, n))

@@ -1,12 +1,13 @@
 """One IMAP session: executes parsed commands on the `MailStore` and writes the responses.
 
-RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
-NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
-COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py), MULTIAPPEND (3502),
-APPENDLIMIT (7889), STATUS=SIZE (8438),
-CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
-(5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208) and SORT/THREAD
-(5256, 5957).
+RFC 3501 semantics for IMAP4rev1 clients and RFC 9051's for those that ENABLE IMAP4rev2 (no
+\\Recent, ESEARCH answers, UTF-8 mailbox names: `rev2`), plus IDLE (2177), UIDPLUS (4315),
+MOVE (6851), NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888),
+SASL-IR (4959), COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py),
+MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
+SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
+(4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314) and SORT/THREAD (5256,
+5957).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state

@@ -137,6 +137,7 @@ class SessionCore:
 
     def _metadata_deleted(self, name: str) -> None:
         """A folder was deleted (imap/session_metadata.py drops its annotations)."""
+
     def _mailbox_out(self, name: str) -> bytes:
         """A stored (modified UTF-7) name as this client reads it: UTF-8 after ENABLE
         IMAP4rev2 (RFC 9051 §5.1), else as stored."""

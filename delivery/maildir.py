@@ -16,7 +16,9 @@ and on any failure every file written so far is removed before the error propaga
 `snapshot(claim_recent=True)` (SELECT) moves those files into cur/ and reports them in
 `recent_uids`: only one session ever claims a message. Without claiming (EXAMINE, STATUS),
 `recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
-new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/).
+new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/) and are
+listed in the folder's `mailstack-recent` until a claiming snapshot takes them
+(delivery/recent.py).
 
 Lock order, to stay deadlock-free: the quota flock (shared) before any folder lock; at most one
 folder lock at a time; nothing that takes the quota lock exclusively runs under a folder lock.
@@ -35,7 +37,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from mailstack.delivery import folders, quota
+from mailstack.delivery import folders, quota, recent
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
@@ -346,6 +348,33 @@ class MaildirStore:
         )
         return ref
 
+    def append_many(
+        self,
+        user: str,
+        folder: str,
+        messages: Sequence[tuple[bytes, Iterable[str], float | None]],
+    ) -> list[MessageRef]:
+        """MULTIAPPEND (RFC 3502): (message, flags, internal date) each, all or nothing: every
+        message is fsynced in tmp/ first, then they are placed and numbered as one group (as
+        COPY's links are); on any failure the files written so far are removed."""
+        root, name, fdir = self._folder(user, folder)
+        data = [to_lf(message) for message, _flags, _when in messages]
+        self._check_quota(user, root, sum(len(d) for d in data))
+        target = _Target(user, root, name, fdir)
+        written: list[_Written] = []
+        try:
+            for lf, (_message, _flags, when) in zip(data, messages, strict=True):
+                written.append(self._writer.write_tmp(target, lf, (len(lf), crlf_size(lf)), when))
+        except BaseException:
+            for item in written:
+                with contextlib.suppress(OSError):
+                    (item.fdir / "tmp" / item.base).unlink()
+            raise
+        refs = self._commit(written, [_storable(flags) for _m, flags, _w in messages])
+        if refs:
+            self._publish(user, name)
+        return refs
+
     # -- folders (the work itself: delivery/maildir_folders.py) -------------------------------
     def list_folders(self, user: str) -> list[FolderInfo]:
         return self._folder_ops.list_folders(user)
@@ -374,6 +403,11 @@ class MaildirStore:
             result = index.sync()
             claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
             messages, in_new, _ = index.view()
+            # APPEND/COPY with flags land in cur/ but are recent too (delivery/recent.py).
+            stored = recent.take(fdir) if claim_recent else recent.peek(fdir)
+            if stored:
+                live = {m.uid for m in messages}
+                claimed, in_new = claimed | (stored & live), in_new | (stored & live)
             snap = FolderSnapshot(
                 name=name,
                 uid_validity=index.uidlist.uid_validity,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.delivery import quota
+from mailstack.delivery import quota, recent
 from mailstack.delivery.index import FILE_MODE, Entry, FolderIndex
 from mailstack.delivery.keywords import file_name_with_flags, letters_from_flags, split_info
 from mailstack.delivery.layout import lf_slices, unique_name
@@ -139,6 +139,13 @@ class BatchWriter:
             raise
         os.close(fd)
         return base, (st.st_mtime, size, vsize)
+
+    def write_tmp(
+        self, target: _Target, data: bytes, sizes: tuple[int, int], mtime: float | None
+    ) -> _Written:
+        """MULTIAPPEND's message (LF endings) fsynced into `target`/tmp/, to commit as a group."""
+        base, meta = self._write_tmp(target.fdir, (data,), sizes, mtime)
+        return _Written(target.user, target.root, target.folder, target.fdir, base, meta)
 
     def link_tmp(
         self, user: str, root: Path, dest_name: str, dest_dir: Path, fdir: Path, entry: Entry
@@ -339,6 +346,9 @@ class BatchWriter:
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
                     done.uid_validity = index.uidlist.uid_validity
+                # Flags put these in cur/, where nothing marks them \Recent (delivery/recent.py).
+                with contextlib.suppress(OSError):
+                    recent.add(fdir, [d.uid for _j, _i, d in numbered if d.sub == "cur"])
             for sub in sorted(subs):
                 fsync_dir(fdir / sub)
         except Exception as exc:  # the lock, the uidlist or a directory fsync: all of them

@@ -209,6 +209,15 @@ class MailStore(Protocol):
     ) -> MessageRef:
         """IMAP APPEND: store with flags and date, durably, and return its UID."""
 
+    def append_many(
+        self,
+        user: str,
+        folder: str,
+        messages: Sequence[tuple[bytes, Iterable[str], float | None]],
+    ) -> list[MessageRef]:
+        """IMAP MULTIAPPEND (RFC 3502): (message, flags, internal date) each, stored all or
+        nothing, durably; the refs in the order given."""
+
     # -- folders -------------------------------------------------------------------------------
     def list_folders(self, user: str) -> list[FolderInfo]:
         """Every folder of the account, INBOX included."""

@@ -152,10 +152,12 @@ class SearchFlag:
 class SearchHeader:
     """Substring of a header field, case-insensitive (RFC 9051 §6.4.4). BCC, CC, FROM,
     SUBJECT, TO map to their field names ("Bcc", "Cc", "From", "Subject", "To"); HEADER f s
-    keeps f as given. An empty `value` matches every message that has the field."""
+    keeps f as given. An empty `value` matches every message that has the field.
+    `address` (FROM, TO, CC, BCC): match the parsed addresses, as ENVELOPE shows them."""
 
     field: str
     value: str
+    address: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,20 +351,32 @@ class Namespace(Command):
 
 @dataclass(frozen=True, slots=True)
 class Status(Command):
-    """`items` upper-cased: MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, DELETED, SIZE."""
+    """`items` upper-cased: MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, DELETED, SIZE,
+    APPENDLIMIT (RFC 7889)."""
 
     mailbox: str
     items: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of a MULTIAPPEND after the first (RFC 3502 §6 append-message)."""
+
+    message: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: datetime.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Append(Command):
-    """`internal_date` is timezone-aware when given."""
+    """`internal_date` is timezone-aware when given. `more`: the further messages of a
+    MULTIAPPEND (RFC 3502), stored together with the first, all or nothing."""
 
     mailbox: str
     message: bytes
     flags: tuple[str, ...] = ()
     internal_date: datetime.datetime | None = None
+    more: tuple[AppendMessage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +440,13 @@ class DeleteAcl(Command):
 
     mailbox: str
     identifier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Compress(Command):
+    """RFC 4978 §3: COMPRESS mechanism (upper-cased; only DEFLATE exists)."""
+
+    mechanism: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,6 +595,7 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     DeleteAcl,
     GetMetadata,
     SetMetadata,
+    Compress,
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,

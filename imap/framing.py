@@ -100,6 +100,12 @@ class Framer:
         """True when no partial command is buffered (safe point to switch to TLS)."""
         return not self._buf and not self._parts and not self._want
 
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes not framed yet: after COMPRESS (RFC 4978) they are
+        DEFLATE data the transport inflates and feeds back in."""
+        data, self._buf, self._scanned = bytes(self._buf), bytearray(), 0
+        return data
+
     @property
     def buffered(self) -> bytes:
         """Bytes received but not yet framed (the transport checks none follow STARTTLS)."""

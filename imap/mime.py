@@ -440,8 +440,33 @@ def decode_transfer(body: bytes, encoding: str) -> bytes | None:
         except binascii.Error:  # cannot happen after the clean-up above; stay total anyway
             return b""
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(body)
+        return decode_quoted_printable(body)
     return None
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_QP_LINE_END = re.compile(rb"[ \t]*\r?\n")
+
+
+def decode_quoted_printable(body: bytes) -> bytes:
+    """Quoted-printable by RFC 2045 §6.7: white space at the end of a line is transport
+    padding and goes (rule 3); "=" at the end of a line, padding after it or not, is a soft
+    line break (rule 5); "=XX" is an octet, lower-case hex accepted (note 1); any other "="
+    stays as written (note 2's "reasonable approach"). Python's binascii.a2b_qp keeps the
+    padding and misses "=  " soft breaks. Line breaks come out as CRLF."""
+    out = []
+    lines = _QP_LINE_END.split(body)
+    for n, line in enumerate(lines):
+        is_last = n == len(lines) - 1
+        if is_last:
+            line = line.rstrip(b" \t")  # a last line without its line break
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), line) if b"=" in line else line)
+        if not soft and not is_last:
+            out.append(b"\r\n")
+    return b"".join(out)
 
 
 def decode_charset(data: bytes, charset: str | None) -> str:

@@ -37,7 +37,7 @@ _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTR
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"}
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT"}
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
@@ -156,6 +156,12 @@ def _id(r: Reader, tag: str) -> c.Command:
         if len(params) > 30:  # RFC 2971 §3.3: at most 30 field-value pairs
             raise BadSyntaxError("too many ID fields")
     return c.Id(tag, tuple(params))
+
+
+def _compress(r: Reader, tag: str) -> c.Command:
+    # RFC 4978 §5: command-auth =/ compress; compress = "COMPRESS" SP algorithm
+    r.sp()
+    return c.Compress(tag, r.keyword("a compression algorithm"))
 
 
 def _login(r: Reader, tag: str) -> c.Command:
@@ -293,9 +299,18 @@ def _status(r: Reader, tag: str) -> c.Command:
 
 
 def _append(r: Reader, tag: str) -> c.Command:
-    # append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    # RFC 3502 §6 (MULTIAPPEND): append = "APPEND" SP mailbox 1*append-message
     r.sp()
     name = r.mailbox()
+    first = _append_message(r)
+    more = []
+    while not r.at_end():
+        more.append(_append_message(r))
+    return c.Append(tag, name, first.message, first.flags, first.internal_date, tuple(more))
+
+
+def _append_message(r: Reader) -> c.AppendMessage:
+    # append-message = SP [flag-list SP] [date-time SP] literal (RFC 3502 §6: append-opts)
     r.sp()
     flags: tuple[str, ...] = ()
     when = None
@@ -305,8 +320,7 @@ def _append(r: Reader, tag: str) -> c.Command:
     if r.peek() == b'"':
         when = r.date_time()
         r.sp()
-    message = r.literal_bytes()
-    return c.Append(tag, name, message, flags, when)
+    return c.AppendMessage(r.literal_bytes(), flags, when)
 
 
 def _expunge(r: Reader, tag: str, uid: bool) -> c.Command:
@@ -472,7 +486,8 @@ def _search_key(r: Reader, depth: int) -> c.SearchKey:
         raise BadSyntaxError(f"unknown search key {name}")
     r.sp()
     if name in _HEADER_KEYS:
-        return c.SearchHeader(_HEADER_KEYS[name], r.astring("a search string"))
+        field = _HEADER_KEYS[name]
+        return c.SearchHeader(field, r.astring("a search string"), field != "Subject")
     if name in ("BODY", "TEXT"):
         return c.SearchText(name, r.astring("a search string"))
     if name in ("KEYWORD", "UNKEYWORD"):
@@ -666,6 +681,7 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "DELETEACL": _deleteacl,
     "GETMETADATA": _getmetadata,
     "SETMETADATA": _setmetadata,
+    "COMPRESS": _compress,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "FETCH": _fetch,

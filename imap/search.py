@@ -36,6 +36,7 @@ import email.utils
 import enum
 import functools
 import html.parser
+import re
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from email.policy import compat32
@@ -55,6 +56,7 @@ from mailstack.imap.commands import (
     SearchSize,
     SearchText,
 )
+from mailstack.imap.envelope import parse_addresses
 from mailstack.imap.mime import (
     Entity,
     HeaderField,
@@ -65,6 +67,7 @@ from mailstack.imap.mime import (
     parse_message,
     to_crlf,
 )
+from mailstack.imap.values import Value
 
 RECENT = "\\Recent"
 
@@ -164,12 +167,16 @@ class MessageText:
             self._raw = self._read_header() if self._read_header is not None else b""
         return self._raw
 
-    def header_may_contain(self, folded: str) -> bool:
+    def header_may_contain(self, folded: str, *, is_address: bool = False) -> bool:
         """False only if no header field can contain `folded` (a casefolded needle), decided
         without parsing: when the header block is plain ASCII without encoded-words, each
         decoded field value is a piece of the block with its line breaks removed (RFC 5322
         §2.2.3 unfolding), so a needle absent from the whole unbroken block is in no field.
-        True when it cannot tell. SUBJECT/FROM searches skip most parses this way."""
+        True when it cannot tell. SUBJECT/FROM searches skip most parses this way.
+
+        An address as matched (`address_values`) is a piece of the block too unless
+        parsing changed its middle: a comment, quoting, white space around "@", a run of white
+        space, "<" without a space before it (`is_address` checks for those first)."""
         if (
             not folded
             or not folded.isascii()
@@ -182,6 +189,8 @@ class MessageText:
         if not raw.isascii() or b"=?" in raw:
             return True
         flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
+        if is_address and _ADDRESS_REWRITES.search(flat):
+            return True
         return folded.encode("ascii") in flat
 
     def header_values(self, name: str) -> list[str]:
@@ -194,6 +203,19 @@ class MessageText:
                 for v in self._fields().get(key, [])
             ]
         return decoded
+
+    def address_values(self, name: str) -> list[str]:
+        """Every `name` field as its parsed addresses, `Name <mailbox@host>` joined by ", ":
+        what ENVELOPE shows, so comments, quoting and folding do not hide an address
+        (Dovecot matches FROM/TO/CC/BCC on the same normalised form)."""
+        key = "address " + name.lower()
+        rendered = self._decoded.get(key)
+        if rendered is None:
+            rendered = self._decoded[key] = [
+                _render_addresses(parse_addresses(v.decode("utf-8", "surrogateescape")))
+                for v in self._fields().get(name.lower(), [])
+            ]
+        return rendered
 
     def header_text(self) -> str:
         """The whole top-level header, decoded, case-folded."""
@@ -321,6 +343,27 @@ def html_text(markup: str) -> str:
     return "\n".join(" ".join(line.split()) for line in lines if line.strip())
 
 
+# What parsing an address removes from between its characters (see header_may_contain).
+_ADDRESS_REWRITES = re.compile(rb'[("\\\t]|  | @|@ |[^ ]<')
+
+
+def _render_addresses(addresses: Value) -> str:
+    """An address list from `envelope.parse_addresses` as text to search in."""
+    out = []
+    for address in addresses if isinstance(addresses, tuple) else ():
+        if not isinstance(address, tuple) or len(address) != 4:  # pragma: no cover
+            continue
+        name, _adl, mailbox, host = address
+        if not isinstance(mailbox, str):  # a group's end: all NIL
+            continue
+        if not isinstance(host, str):  # a group's start: its name in the mailbox slot
+            out.append(decode_words(mailbox) + ":")
+            continue
+        spec = f"{mailbox}@{host}"
+        out.append(f"{decode_words(name)} <{spec}>" if isinstance(name, str) else spec)
+    return ", ".join(out)
+
+
 def _contains(haystack: Iterable[str], needle: str) -> bool:
     folded = needle.casefold()
     return any(folded in h.casefold() for h in haystack)
@@ -389,6 +432,11 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
             if day is None:
                 day = internal_day(message.info.internal_date, scope.tz)
             return _compare(op, day, wanted)
+        case SearchHeader(field=name, value=value, address=True):
+            if value and not text.header_may_contain(value.casefold(), is_address=True):
+                return False
+            values = text.address_values(name)
+            return bool(values) and (not value or _contains(values, value))
         case SearchHeader(field=name, value=value):
             if value and not text.header_may_contain(value.casefold()):
                 return False

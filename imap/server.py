@@ -19,6 +19,8 @@ hands events to the session, and owns what needs a socket or a clock:
   `* BYE [UNAVAILABLE]` in place of the greeting. `imap.max_connections_per_user` sessions per
   account (LOGIN fails with NO [LIMIT]); login throttling is `ctx.throttle`, applied by the
   session.
+- COMPRESS=DEFLATE (RFC 4978): after the session's OK, bytes read are inflated and bytes
+  written deflated (imap/compress.py), IDLE and STARTTLS'd connections alike.
 - A framing violation (over-long line, oversized LITERAL+) ends the connection with
   `* BYE [TOOBIG]` or `* BYE reason`: the byte stream cannot be resynchronised after one.
 """
@@ -36,6 +38,7 @@ from mailstack.delivery.services import ServerContext
 from mailstack.delivery.watch import MaildirWatcher
 from mailstack.imap import response
 from mailstack.imap.cache import StructureCaches
+from mailstack.imap.compress import Deflate
 from mailstack.imap.framing import RemoteProtocolError
 from mailstack.imap.session import ConnectionLimits, Session, Write
 from mailstack.imap.shared import SharedStore
@@ -167,13 +170,12 @@ async def serve_client(
     )
     clog.debug("connection from %s (tls=%s)", ip, is_tls)
 
-    async def write(data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
+    wire = _Wire(writer)
+    write = wire.write
 
     try:
         await write(session.greeting())
-        await _loop(ctx, session, reader, writer, write, connections, ticket, watcher)
+        await _loop(ctx, session, reader, wire, connections, ticket, watcher)
     except RemoteProtocolError as exc:
         clog.info("closing: %s", exc.reason)
         with contextlib.suppress(ConnectionError):
@@ -194,7 +196,7 @@ async def serve_client(
         # The server is shutting down. This task is the connection's top level: ending it
         # normally (not as cancelled) keeps asyncio from logging the cancellation as an error.
         with contextlib.suppress(Exception):
-            writer.write(response.bye("server shutting down"))
+            writer.write(wire.encode(response.bye("server shutting down")))
     except Exception:  # a bug: log it, and keep the server up
         clog.exception("unexpected error")
         with contextlib.suppress(Exception):
@@ -205,16 +207,31 @@ async def serve_client(
         await _close(writer)
 
 
+class _Wire:
+    """The connection's outgoing side and its DEFLATE layer, once COMPRESS is active."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.deflate: Deflate | None = None
+
+    def encode(self, data: bytes) -> bytes:
+        return data if self.deflate is None else self.deflate.compress(data)
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(self.encode(data))
+        await self.writer.drain()
+
+
 async def _loop(
     ctx: ServerContext,
     session: Session,
     reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    write: Write,
+    wire: _Wire,
     connections: ConnectionLimiter,
     ticket: Ticket,
     watcher: MaildirWatcher | None = None,
 ) -> None:
+    writer, write = wire.writer, wire.write
     loop = asyncio.get_running_loop()
     # Deadlines: the login within login_timeout_s of connecting; after it, each whole command
     # within idle_timeout_s of the previous one. Bytes that trickle in extend neither.
@@ -238,17 +255,30 @@ async def _loop(
                     raise RemoteProtocolError("data pipelined after STARTTLS")
                 await writer.start_tls(ctx.tls.current, ssl_handshake_timeout=TLS_HANDSHAKE_S)
                 session.is_tls = True
+            if session.compress_requested:
+                # RFC 4978 §3: both directions are DEFLATE from the byte after the OK; what
+                # the client pipelined after COMPRESS is compressed already.
+                session.compress_requested, session.is_compressed = False, True
+                wire.deflate = Deflate()
+                if pipelined := session.proto.framer.take_buffered():
+                    session.proto.receive_data(wire.deflate.decompress(pipelined))
         if ctx.stopping.is_set():
             raise _ShuttingDownError
         timeout_s = deadline - loop.time()
         if timeout_s <= 0:
             raise TimeoutError
+        if wire.deflate is not None and wire.deflate.has_more:
+            # Inflating stopped at its bound: go on before reading more (imap/compress.py).
+            session.proto.receive_data(wire.deflate.more())
+            continue
         if session.is_idling:
             data = await _idle_read(ctx, session, reader, write, timeout_s, watcher)
         else:
             data = await _read(ctx, reader, timeout_s)
         if not data:
             return
+        if wire.deflate is not None:
+            data = wire.deflate.decompress(data)
         session.proto.receive_data(data)
         if not session.proto.framer.is_idle:
             _quick_ack(writer)

@@ -1,10 +1,13 @@
 """One IMAP session: executes parsed commands on the `MailStore` and writes the responses.
 
-RFC 9051/3501 semantics for IMAP4rev1 clients, plus IDLE (2177), UIDPLUS (4315), MOVE (6851),
-NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888), SASL-IR (4959),
-CHILDREN (3348), SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS
-(5819), ESEARCH (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208) and SORT/THREAD
-(5256, 5957).
+RFC 3501 semantics for IMAP4rev1 clients and RFC 9051's for those that ENABLE IMAP4rev2 (no
+\\Recent, ESEARCH answers, UTF-8 mailbox names: `rev2`), plus IDLE (2177), UIDPLUS (4315),
+MOVE (6851), NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERAL+ (7888),
+SASL-IR (4959), COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py),
+MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
+SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
+(4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314) and SORT/THREAD (5256,
+5957).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state
@@ -32,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -58,6 +62,7 @@ from mailstack.imap.session_base import (
     Selected,
     Write,
     checked_name,
+    names_from_utf8,
 )
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_metadata import MetadataCommands
@@ -74,6 +79,7 @@ MAX_BAD_COMMANDS = 50  # consecutive BADs before we give up on a client (a confu
 PREAUTH_MAX_LITERAL_BYTES = 64 * 1024
 CAPABILITIES = (
     "IMAP4rev1",
+    "IMAP4rev2",  # RFC 9051, once the client says ENABLE IMAP4rev2 (imap/session_base.py)
     "LITERAL+",
     "SASL-IR",
     "ID",
@@ -100,8 +106,27 @@ CAPABILITIES = (
     "SORT=DISPLAY",  # RFC 5957
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "MULTIAPPEND",
+    "STATUS=SIZE",
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
+
+
+def _server_id() -> bytes:
+    """RFC 2971 §3.3 fields: name, version, vendor (version from the installed package)."""
+    try:
+        version = importlib.metadata.version("mailstack")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        version = "unknown"
+    fields = {"name": "mailstack", "version": version, "vendor": "mailstack"}
+    return (
+        b"("
+        + b" ".join(response.string(k) + b" " + response.string(v) for k, v in fields.items())
+        + b")"
+    )
+
+
+_SERVER_ID = _server_id()
 
 
 @dataclass
@@ -168,6 +193,10 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
         self.selected: Selected | None = None
         self.idle_tag: str | None = None
         self.starttls_requested = False
+        self.compress_requested = False  # the transport starts DEFLATE after our OK
+        self.has_quota = False  # the account's, as at login (APPENDLIMIT's form)
+        self.rev2 = False  # ENABLE IMAP4rev2 (RFC 9051) was given
+        self.is_compressed = False
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
         # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
@@ -191,6 +220,12 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             if not self.is_tls and self.starttls_available:
                 caps.append("STARTTLS")
             caps.append("AUTH=PLAIN" if self.may_authenticate else "LOGINDISABLED")
+        else:
+            caps.append("COMPRESS=DEFLATE")  # RFC 4978: a command of the authenticated state
+            # RFC 7889 §3: one limit for every mailbox, unless a quota makes it vary (then
+            # STATUS/LIST-STATUS APPENDLIMIT tells it per mailbox).
+            max_size = self.ctx.config.smtp.max_message_size
+            caps.append("APPENDLIMIT" if self.has_quota else f"APPENDLIMIT={max_size}")
         return caps
 
     def greeting(self) -> bytes:
@@ -236,6 +271,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
     async def _run(self, command: c.Command, write: Write) -> None:
         self._bad_in_a_row = 0
         tag = command.tag
+        if self.rev2:  # RFC 9051 §5.1: mailbox names are UTF-8 on the wire
+            command = names_from_utf8(command)
         # Command names only: arguments may hold passwords or message text (STYLE.md logging).
         self.log.debug("C: %s %s", tag, type(command).__name__.upper())
         try:
@@ -275,8 +312,12 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await write(response.bye("logging out"))
                 await write(response.ok(tag, "LOGOUT completed"))
                 self.proto.state = State.LOGOUT
-            case c.Id():
-                await write(response.untagged(b'ID ("name" "mailstack" "vendor" "mailstack")'))
+            case c.Id(params=params):
+                # RFC 2971 §3.1: always answer with our own ID (or NIL); the client's, if
+                # any, is logged to help debug a client's behaviour, never trusted.
+                if params:
+                    self.log.info("client ID: %s", ", ".join(f"{k}={v!r}" for k, v in params)[:500])
+                await write(response.untagged(b"ID " + _SERVER_ID))
                 await write(response.ok(tag, "ID completed"))
             case c.StartTls():
                 if self.is_tls or not self.starttls_available:
@@ -289,9 +330,14 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await self._login(tag, user, password, write)
             case c.Authenticate():
                 await self._authenticate(command, write)
-            case c.Enable():
-                # We implement no ENABLE-able extension (RFC 5161 §3.1: list what was enabled).
-                await write(response.untagged(b"ENABLED"))
+            case c.Enable(capabilities=wanted):
+                # RFC 5161 §3.1: ENABLED lists what this command newly enabled; unknown names
+                # are ignored. IMAP4rev2 is the one ENABLE-able extension so far.
+                enabled = []
+                if "IMAP4REV2" in wanted and not self.rev2:
+                    self.rev2 = True
+                    enabled.append("IMAP4rev2")
+                await write(response.untagged(" ".join(["ENABLED", *enabled])))
                 await write(response.ok(tag, "ENABLE completed"))
             case c.Namespace():
                 # RFC 2342: personal, other users' (shared folders), shared (team mailboxes).
@@ -301,6 +347,14 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await write(response.ok(tag, "NAMESPACE completed"))
             case c.Idle():
                 await self._idle(tag, write)
+            case c.Compress(mechanism=mechanism):
+                # RFC 4978 §3: BAD for an unknown algorithm, NO [COMPRESSIONACTIVE] twice.
+                if mechanism != "DEFLATE":
+                    raise InvalidCommandError(f"unknown compression algorithm {mechanism}")
+                if self.is_compressed:
+                    raise RefusedError("DEFLATE is already active", "COMPRESSIONACTIVE")
+                await write(response.ok(tag, "DEFLATE active"))
+                self.compress_requested = True
             case c.GetQuota() | c.GetQuotaRoot() | c.SetQuota():
                 await self._quota(command, write)
             case c.GetAcl() | c.MyRights() | c.ListRights() | c.SetAcl() | c.DeleteAcl():
@@ -356,6 +410,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
         except UnknownUserError:  # an account made before its Maildir: make it now
             await asyncio.to_thread(self.ctx.store.create_account, address)
         self.user = address
+        self.has_quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, address) > 0
         self.proto.state = State.AUTHENTICATED
         self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
         caps = " ".join(self.capabilities())
@@ -412,7 +467,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             name = checked_name(command.mailbox)
             await self._snapshot(name, claim_recent=False)  # NO [NONEXISTENT] if missing
             roots = b' ""' if limit else b""
-            await write(response.untagged(b"QUOTAROOT " + response.mailbox(name) + roots))
+            await write(response.untagged(b"QUOTAROOT " + self._mailbox_out(name) + roots))
         elif command.root != "" or not limit:  # GETQUOTA
             raise RefusedError(f"no quota root {command.root!r}", "NONEXISTENT")
         if limit:

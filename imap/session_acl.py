@@ -68,7 +68,9 @@ class AclCommands(SessionCore):
         match command:
             case c.MyRights(mailbox=name):
                 route = await asyncio.to_thread(self._route, name)
-                line = b"MYRIGHTS " + response.mailbox(name) + b" " + response.astring(route.rights)
+                line = (
+                    b"MYRIGHTS " + self._mailbox_out(name) + b" " + response.astring(route.rights)
+                )
                 await write(response.untagged(line))
                 await write(response.ok(tag, "MYRIGHTS completed"))
             case c.GetAcl(mailbox=name):
@@ -77,7 +79,7 @@ class AclCommands(SessionCore):
                 entries = await asyncio.to_thread(acl.read_acl, self._folder_dir(route))
                 if entries is None:  # the no-file default, spelled out
                     entries = [acl.Entry(acl.OWNER, acl.ALL_RIGHTS)]
-                parts = [b"ACL", response.mailbox(name)]
+                parts = [b"ACL", self._mailbox_out(name)]
                 for e in entries:
                     if e.rights is not None:
                         parts += [
@@ -91,7 +93,7 @@ class AclCommands(SessionCore):
                 self._need_admin(route)
                 self._identifier(route, who)
                 line = b" ".join(
-                    [b"LISTRIGHTS", response.mailbox(name), response.astring(who), b'""']
+                    [b"LISTRIGHTS", self._mailbox_out(name), response.astring(who), b'""']
                 )
                 await write(response.untagged(line + b" " + _OPTIONAL.encode()))
                 await write(response.ok(tag, "LISTRIGHTS completed"))

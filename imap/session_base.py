@@ -11,6 +11,8 @@ allows at that moment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
 from mailstack.imap import response, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
+from mailstack.imap.commands import Command, List, Lsub
 from mailstack.imap.protocol import ImapProtocol, State
 from mailstack.imap.sequence import SequenceSet
 
@@ -67,11 +70,37 @@ def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
     return response.flag_list(sorted(info.flags | {RECENT} if info.uid in recent else info.flags))
 
 
+# Command fields that hold a mailbox name or a LIST pattern (imap/commands.py).
+_NAME_FIELDS = ("mailbox", "old", "new", "reference")
+
+
+def names_from_utf8(command: Command) -> Command:
+    """`command` with its mailbox names as the store keeps them (modified UTF-7), for an
+    IMAP4rev2 client, which sends them in UTF-8 (RFC 9051 §5.1). "&" becomes "&-"."""
+    changes: dict[str, object] = {
+        name: _to_utf7(getattr(command, name))
+        for name in _NAME_FIELDS
+        if isinstance(getattr(command, name, None), str)
+    }
+    if isinstance(command, List):
+        changes["patterns"] = tuple(_to_utf7(p) for p in command.patterns)
+    if isinstance(command, Lsub):
+        changes["pattern"] = _to_utf7(command.pattern)
+    return dataclasses.replace(command, **changes) if changes else command  # type: ignore[arg-type]
+
+
+def _to_utf7(name: str) -> str:
+    return name if name == "INBOX" else utf7.encode(name)
+
+
 def checked_name(name: str) -> str:
-    """A mailbox name as the store takes it: valid modified UTF-7, no empty levels."""
+    """A mailbox name as the store takes it: valid modified UTF-7, no empty levels.
+
+    A name the grammar accepts but we cannot store is a refusal (NO), not a syntax error
+    (BAD, RFC 9051 §7.1.3): the command was well formed, and Dovecot answers NO too."""
     if not name or not utf7.is_valid(name):
-        raise InvalidCommandError(
-            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)"
+        raise RefusedError(
+            f"{name!r} is not a valid mailbox name (modified UTF-7, RFC 3501 §5.1.3)", "CANNOT"
         )
     return name
 
@@ -98,6 +127,7 @@ class SessionCore:
     proto: ImapProtocol
     user: str | None
     selected: Selected | None
+    rev2: bool  # ENABLE IMAP4rev2: no \Recent, ESEARCH answers, UTF-8 mailbox names
     log: logging.LoggerAdapter[logging.Logger]
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
     _structures: dict[tuple[str, int, int], response.RenderedStructure]
@@ -107,6 +137,14 @@ class SessionCore:
 
     def _metadata_deleted(self, name: str) -> None:
         """A folder was deleted (imap/session_metadata.py drops its annotations)."""
+
+    def _mailbox_out(self, name: str) -> bytes:
+        """A stored (modified UTF-7) name as this client reads it: UTF-8 after ENABLE
+        IMAP4rev2 (RFC 9051 §5.1), else as stored."""
+        if self.rev2:
+            with contextlib.suppress(utf7.Utf7Error):  # a foreign name: show it as it is
+                name = utf7.decode(name)
+        return response.mailbox(name)
 
     def _require_user(self) -> str:
         if self.user is None:  # pragma: no cover - the protocol checks the state first
@@ -143,6 +181,10 @@ class SessionCore:
             self.selected = None
             return
         out: list[bytes] = []
+        if set(snap.keywords) - set(sel.keywords):
+            # RFC 9051 §7.3.5: FLAGS (and PERMANENTFLAGS) before any FETCH that shows one.
+            sel.keywords = snap.keywords
+            out.append(self._keywords_response(sel))
         current = {m.uid: m for m in snap.messages}
         if allow_expunge:
             for seq in range(len(sel.messages), 0, -1):  # highest first: lower numbers hold
@@ -161,7 +203,7 @@ class SessionCore:
         old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         sel.messages.extend(m for m in snap.messages if m.uid > largest)
-        if not sel.readonly:
+        if not sel.readonly and not self.rev2:  # RFC 9051 has no \Recent
             sel.recent |= snap.recent_uids
         sel.recent &= set(current)
         sel.uid_next = snap.uid_next
@@ -169,15 +211,24 @@ class SessionCore:
             out.append(response.exists(len(sel.messages)))
         if len(sel.recent) != old_recent:
             out.append(response.recent(len(sel.recent)))
-        if set(snap.keywords) - set(sel.keywords):
-            sel.keywords = snap.keywords
-            out.append(self._flags_response(sel.keywords))
         if out:
             await write(b"".join(out))
 
     @staticmethod
     def _flags_response(keywords: tuple[str, ...]) -> bytes:
         return response.untagged(b"FLAGS " + response.flag_list((*SYSTEM_FLAGS, *keywords)))
+
+    @classmethod
+    def _keywords_response(cls, sel: Selected) -> bytes:
+        """FLAGS and, if the mailbox is writable, PERMANENTFLAGS after the set of keywords
+        grew: both lists changed, and a client learns the new ones as Dovecot tells them."""
+        out = cls._flags_response(sel.keywords)
+        if not sel.readonly:
+            permanent = response.flag_list((*SYSTEM_FLAGS, *sel.keywords, "\\*")).decode()
+            out += response.untagged_status(
+                "OK", "flags that can be stored", f"PERMANENTFLAGS {permanent}"
+            )
+        return out
 
     def _targets(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, MessageInfo]]:
         """(sequence number, message) pairs named by a sequence set, in order."""

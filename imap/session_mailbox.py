@@ -16,9 +16,10 @@ from mailstack.delivery.store import (
     SpecialUse,
     StoreError,
 )
+from mailstack.imap import binary, response
 from mailstack.imap import commands as c
-from mailstack.imap import response
 from mailstack.imap.protocol import State, list_pattern
+from mailstack.imap.sequence import compress_ordered
 from mailstack.imap.session_base import (
     SYSTEM_FLAGS,
     RefusedError,
@@ -73,10 +74,8 @@ class MailboxCommands(SessionCore):
                 await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))
             case c.List():
                 await self._list(command, write)
-            case c.Lsub(reference=reference, pattern=pattern):
-                await self._list(
-                    c.List(tag, reference, (pattern,), ("SUBSCRIBED",)), write, lsub=True
-                )
+            case c.Lsub():
+                await self._lsub(command, write)
             case c.Status(mailbox=name, items=items):
                 line = await self._status_line(checked_name(name), items)
                 await write(line)
@@ -106,13 +105,16 @@ class MailboxCommands(SessionCore):
             snap.uid_next,
             snap.keywords,
             list(snap.messages),
-            set(snap.recent_uids),
+            set() if self.rev2 else set(snap.recent_uids),  # RFC 9051 has no \Recent
         )
         permanent = response.flag_list((*SYSTEM_FLAGS, *snap.keywords, "\\*")).decode()
         out = [
             self._flags_response(snap.keywords),
             response.exists(len(sel.messages)),
-            response.recent(len(sel.recent)),
+            # RFC 9051 §6.3.2: no RECENT, and a LIST response with the canonical name.
+            response.untagged(b'LIST () "." ' + self._mailbox_out(name))
+            if self.rev2
+            else response.recent(len(sel.recent)),
             response.untagged_status(
                 "OK",
                 "flags that can be stored",
@@ -122,7 +124,7 @@ class MailboxCommands(SessionCore):
             response.untagged_status("OK", "predicted next UID", f"UIDNEXT {snap.uid_next}"),
         ]
         unseen = next((i for i, m in enumerate(sel.messages, 1) if Flag.SEEN not in m.flags), None)
-        if unseen is not None:  # RFC 3501 §6.3.1 (IMAP4rev1 clients still use it)
+        if unseen is not None and not self.rev2:  # RFC 3501 §6.3.1 (IMAP4rev2 dropped it)
             out.append(response.untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
         await write(b"".join(out))
         self.selected = sel
@@ -166,10 +168,10 @@ class MailboxCommands(SessionCore):
         if dropped:
             self.log.debug("structure cache: dropped %d expunged messages", dropped)
 
-    async def _list(self, command: c.List, write: Write, *, lsub: bool = False) -> None:
+    async def _list(self, command: c.List, write: Write) -> None:
         user = self._require_user()
         tag = command.tag
-        if not lsub and command.patterns == ("",):
+        if command.patterns == ("",):
             # RFC 9051 §6.3.9: an empty pattern asks for the delimiter and the root.
             await write(response.untagged(b'LIST (\\Noselect) "." ""'))
             await write(response.ok(tag, "LIST completed"))
@@ -216,29 +218,24 @@ class MailboxCommands(SessionCore):
             if "SPECIAL-USE" in selection and folder.special_use is None:
                 continue
             attrs = []
-            if lsub:
-                # LSUB (RFC 3501 §6.3.9) predates CHILDREN, SPECIAL-USE and \NonExistent: a
-                # name that cannot be selected is \Noselect there.
-                if not folder.is_selectable:
-                    attrs.append("\\Noselect")
-            elif folder.name in ghosts:
+            if folder.name in ghosts:
                 attrs.append("\\NonExistent")  # RFC 5258 §3: implies \Noselect
             else:
                 if not folder.is_selectable:  # a parent implied by its children (§7.3.1)
-                    attrs.append("\\Noselect")
+                    # No such mailbox: RFC 9051 §7.3.1 says \NonExistent (which implies
+                    # \Noselect); IMAP4rev1 clients know only \Noselect.
+                    attrs.append("\\NonExistent" if self.rev2 else "\\Noselect")
                 attrs.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
                 if folder.special_use is not None:
                     attrs.append(str(folder.special_use))
-            if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed and not lsub:
+            if (subscribed_only or "SUBSCRIBED" in returns) and folder.subscribed:
                 attrs.append("\\Subscribed")
-            kind = b"LSUB" if lsub else b"LIST"
             out.append(
                 response.untagged(
-                    kind
-                    + b" "
+                    b"LIST "
                     + response.flag_list(attrs)
                     + f' "{delimiter}" '.encode()
-                    + response.mailbox(folder.name)
+                    + self._mailbox_out(folder.name)
                     + child_info
                 )
             )
@@ -247,7 +244,44 @@ class MailboxCommands(SessionCore):
                 with contextlib.suppress(StoreError, RefusedError):
                     out.append(await self._status_line(folder.name, command.status_items))
         await write(b"".join(out))
-        await write(response.ok(tag, "LSUB completed" if lsub else "LIST completed"))
+        await write(response.ok(tag, "LIST completed"))
+
+    async def _lsub(self, command: c.Lsub, write: Write) -> None:
+        """LSUB (RFC 3501 §6.3.9): the subscribed names the pattern matches, and a name
+        where "%" stopped short of a subscribed descendant, as \\Noselect ("if "foo/bar" is
+        subscribed but "foo" is not, a "%" wildcard to LSUB must return foo")."""
+        user = self._require_user()
+        folders = await asyncio.to_thread(self.ctx.store.list_folders, user)
+        subscribed = set(await asyncio.to_thread(self.ctx.store.subscriptions, user))
+        selectable = {f.name for f in folders if f.is_selectable}
+        # Shared/ and Public/ names use "/" (imap/shared.py): "%" stops there, not at ".".
+        patterns = {
+            delimiter: list_pattern(command.reference, command.pattern, delimiter)
+            for delimiter in (HIERARCHY_DELIMITER, OTHER_DELIMITER)
+        }
+        noselect: dict[str, bool] = {}
+        for name in subscribed:
+            delimiter = delimiter_of(name)
+            if patterns[delimiter].fullmatch(name):
+                # LSUB predates CHILDREN and \NonExistent: what cannot be selected is \Noselect.
+                noselect[name] = name not in selectable
+                continue
+            levels = name.split(delimiter)
+            for depth in range(1, len(levels)):
+                parent = delimiter.join(levels[:depth])
+                if parent not in subscribed and patterns[delimiter].fullmatch(parent):
+                    noselect[parent] = True
+        out = [
+            response.untagged(
+                b"LSUB "
+                + response.flag_list(["\\Noselect"] if noselect[name] else [])
+                + f' "{delimiter_of(name)}" '.encode()
+                + self._mailbox_out(name)
+            )
+            for name in sorted(noselect, key=lambda n: (n != INBOX, n))
+        ]
+        await write(b"".join(out))
+        await write(response.ok(command.tag, "LSUB completed"))
 
     async def _status_line(self, name: str, items: tuple[str, ...]) -> bytes:
         try:
@@ -264,33 +298,57 @@ class MailboxCommands(SessionCore):
             "UIDVALIDITY": snap.uid_validity,
             "UNSEEN": sum(1 for m in snap.messages if Flag.SEEN not in m.flags),
             "DELETED": sum(1 for m in snap.messages if Flag.DELETED in m.flags),
-            "SIZE": sum(m.size for m in snap.messages),
+            "SIZE": sum(m.size for m in snap.messages),  # RFC 8438: the sum of RFC822.SIZE
         }
+        if "APPENDLIMIT" in items:
+            values["APPENDLIMIT"] = await self._append_limit()
         body = " ".join(f"{item} {values[item]}" for item in items)
         return response.untagged(
-            b"STATUS " + response.mailbox(name) + b" (" + body.encode("ascii") + b")"
+            b"STATUS " + self._mailbox_out(name) + b" (" + body.encode("ascii") + b")"
         )
+
+    async def _append_limit(self) -> int:
+        """RFC 7889 §4: the largest APPEND this mailbox takes now, the message size limit or
+        what is left of the quota, whichever is smaller."""
+        user = self._require_user()
+        limit = self.ctx.config.smtp.max_message_size
+        quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+        if quota > 0:
+            used = await asyncio.to_thread(self.ctx.store.usage_bytes, user)
+            limit = min(limit, max(0, quota - used))
+        return limit
 
     async def _append(self, command: c.Append, write: Write) -> None:
         user = self._require_user()
         name = checked_name(command.mailbox)
-        flags = storable(command.flags)
-        when = command.internal_date.timestamp() if command.internal_date else None
-        try:
-            ref = await asyncio.to_thread(
-                self.ctx.store.append,
-                user,
-                name,
-                command.message,
-                flags=flags,
-                internal_date=when,
+        first = c.AppendMessage(command.message, command.flags, command.internal_date)
+        messages = [
+            (
+                binary.store_safe(m.message),
+                storable(m.flags),
+                m.internal_date.timestamp() if m.internal_date else None,
             )
+            for m in (first, *command.more)
+        ]
+        store = self.ctx.store
+        try:
+            if len(messages) == 1:
+                data, flags, when = messages[0]
+                refs = [
+                    await asyncio.to_thread(
+                        store.append, user, name, data, flags=flags, internal_date=when
+                    )
+                ]
+            else:  # MULTIAPPEND (RFC 3502 §3): all or none
+                refs = await asyncio.to_thread(store.append_many, user, name, messages)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
         if self.selected is not None and self.selected.name == name:
             await self._sync(write, allow_expunge=True)
+        # RFC 4315 §3: APPENDUID with a uid-set for a MULTIAPPEND, in the messages' order.
+        uids = compress_ordered([ref.uid for ref in refs])
         await write(
-            response.ok(command.tag, "APPEND completed", f"APPENDUID {ref.uid_validity} {ref.uid}")
+            response.ok(command.tag, "APPEND completed", f"APPENDUID {refs[0].uid_validity} {uids}")
         )
 
 

@@ -117,7 +117,7 @@ class MetadataCommands(SessionCore):
                         continue
                     parts += [response.astring(entry), response.string(value)]
                 if parts:
-                    line = b"METADATA " + response.mailbox(name) + b" (" + b" ".join(parts) + b")"
+                    line = b"METADATA " + self._mailbox_out(name) + b" (" + b" ".join(parts) + b")"
                     await write(response.untagged(line))
                 code = f"METADATA LONGENTRIES {longest}" if longest else None
                 await write(response.ok(command.tag, "GETMETADATA completed", code))

@@ -159,7 +159,7 @@ class SelectedCommands(SessionCore):
                     }
                 )
             sel.saved = tuple(saved)
-        if not command.is_esearch:
+        if not command.is_esearch and not self.rev2:  # RFC 9051 §7.3.4: ESEARCH only
             await write(response.untagged(" ".join(["SEARCH", *map(str, numbers)])))
         else:
             returns = [r for r in command.returns if r != "SAVE"] or (
@@ -366,7 +366,7 @@ class SelectedCommands(SessionCore):
         new_keywords = [f for f in flags if not f.startswith("\\") and f not in sel.keywords]
         if new_keywords and changed:  # RFC 9051 §7.3.5: FLAGS grows with new keywords
             sel.keywords = (*sel.keywords, *dict.fromkeys(new_keywords))
-            await write(self._flags_response(sel.keywords))
+            await write(self._keywords_response(sel))
         if not command.silent:
             out = []
             for seq, m in targets:

@@ -202,6 +202,17 @@ class SharedStore:
             route.owner, route.folder, message, flags=flags, internal_date=internal_date
         )
 
+    def append_many(
+        self,
+        user: str,
+        folder: str,
+        messages: Sequence[tuple[bytes, Iterable[str], float | None]],
+    ) -> list[MessageRef]:
+        """MULTIAPPEND (RFC 3502), under the same right as APPEND."""
+        route = self.route(user, folder)
+        route.need("i", "append")
+        return self.inner.append_many(route.owner, route.folder, messages)
+
     def list_folders(self, user: str) -> list[FolderInfo]:
         shared = self._shared_infos(user)
         if shared:

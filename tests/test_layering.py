@@ -50,6 +50,8 @@ PURE = [
     "mailstack.imap.thread",
     "mailstack.imap.parser_sort",
     "mailstack.imap.mime",
+    "mailstack.imap.compress",
+    "mailstack.imap.binary",
     "mailstack.smtp.auth",
     "mailstack.smtp.framing",
     "mailstack.smtp.arguments",

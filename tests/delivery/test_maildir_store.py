@@ -334,7 +334,10 @@ def test_append_with_flags_and_date(store: MaildirStore, paths: StatePaths) -> N
     (name,) = os.listdir(maildir_root(paths) / ".Drafts" / "cur")
     assert name.endswith(":2,Da")
     plain = store.append(ALICE, "Drafts", MESSAGE)
-    assert store.snapshot(ALICE, "Drafts").recent_uids == {plain.uid}
+    # RFC 3501 §2.3.2: recent whatever its flags, for the first session that selects it.
+    assert store.snapshot(ALICE, "Drafts").recent_uids == {ref.uid, plain.uid}
+    assert store.snapshot(ALICE, "Drafts", claim_recent=True).recent_uids == {ref.uid, plain.uid}
+    assert store.snapshot(ALICE, "Drafts", claim_recent=True).recent_uids == frozenset()
 
 
 def test_copy_and_move(store: MaildirStore, paths: StatePaths) -> None:

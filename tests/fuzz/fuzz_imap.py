@@ -31,6 +31,9 @@ SEEDS = [
     b"a FETCH 1:* (FLAGS BODY.PEEK[1.HEADER.FIELDS (From)]<0.10> BINARY[1])",
     b"a UID STORE 1 +FLAGS.SILENT (\\Deleted)", b"a COPY 1 X", b"a UID MOVE $ Y",
     b"a GETQUOTAROOT INBOX", b'a GETQUOTA ""', b'a SETQUOTA "" (STORAGE 1)',
+    b"a COMPRESS DEFLATE",
+    b"a APPEND INBOX {1+}\r\nx (\\Seen) \" 1-Feb-2024 10:00:00 +0000\" {1+}\r\ny",
+    b"a STATUS INBOX (SIZE APPENDLIMIT DELETED)",
 ]
 
 

@@ -237,8 +237,10 @@ CASES = [
             c.SearchAnd(
                 (
                     c.SearchOr(
-                        c.SearchHeader("From", "alice"),
-                        c.SearchAnd((c.SearchHeader("To", "bob"), c.SearchHeader("Cc", "carol"))),
+                        c.SearchHeader("From", "alice", address=True),
+                        c.SearchAnd(
+                            (c.SearchHeader("To", "bob", True), c.SearchHeader("Cc", "carol", True))
+                        ),
                     ),
                     c.SearchNot(c.SearchFlag("\\Deleted")),
                 )

@@ -25,10 +25,10 @@ def test_mailbox_names_that_decode_to_control_characters_are_refused(tmp_path: P
     dep = make_deployment(tmp_path / "s")
     with running_server(dep) as server, RawClient("127.0.0.1", server.imap_port) as c:
         assert c.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
-        assert c.tagged('CREATE "&AAA-"').startswith(b"BAD")
-        assert c.tagged('CREATE "Lists.&AAA-x"').startswith(b"BAD")
+        assert c.tagged('CREATE "&AAA-"').startswith(b"NO [CANNOT]")
+        assert c.tagged('CREATE "Lists.&AAA-x"').startswith(b"NO [CANNOT]")
         assert c.tagged("CREATE Box").startswith(b"OK")
-        assert c.tagged('RENAME Box "&AB8-"').startswith(b"BAD")
+        assert c.tagged('RENAME Box "&AB8-"').startswith(b"NO [CANNOT]")
         listed = b"".join(c.command('LIST "" "*"'))
     assert b"&AAA-" not in listed and b"&AB8-" not in listed
     on_disk = sorted(p.name for p in dep.paths.maildir(USER).iterdir() if p.name.startswith("."))

@@ -24,6 +24,7 @@ sees consistent files too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
+from mailstack.delivery.index_db import IndexDb, IndexRebuiltError, Row, flag_text
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
 from mailstack.delivery.layout import crlf_size, sizes_from_name, time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
@@ -104,6 +106,11 @@ class FolderIndex:
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
         self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
         self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
+        # The persistent side (MODSEQs, expunge log): delivery/index_db.py. What changed since
+        # its last reconcile: these UIDs, or anything at all when `_touched_all`.
+        self.db = IndexDb(path)
+        self._touched: set[int] = set()
+        self._touched_all = True
 
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -155,6 +162,7 @@ class FolderIndex:
         self._uidlist, self._uidlist_stamp = uidlist, stamp
         self._uid_of = {r.base: r.uid for r in uidlist.records}
         self._entries = None
+        self._touched_all = True
 
     def _extend_uidlist(self, path: Path, stamp: Stamp) -> bool:
         """Another process (a second mailstack process, Dovecot) appended records: parse just
@@ -182,6 +190,7 @@ class FolderIndex:
             return False  # the full parse decides what to do with it
         for record in uidlist.records[before:]:
             self._uid_of[record.base] = record.uid
+            self._touched.add(record.uid)
         self._uidlist_parsed += complete
         self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         self._entries = None
@@ -199,6 +208,7 @@ class FolderIndex:
         self._keywords_stamp = stamp
         self._entry_of.clear()  # flags depend on the letter map
         self._entries = None
+        self._touched_all = True
 
     def _dir_stamp(self) -> tuple[int, int]:
         return (
@@ -215,6 +225,32 @@ class FolderIndex:
             return False
         if not self._listed:
             self._clean_tmp()
+        listing = self._list_dirs()
+        if self._listed and self._listing.keys() - listing.keys():
+            # A file moved from new/ to cur/ between our two listdir() calls is in neither
+            # listing; taking that as an expunge would be final (VANISHED UIDs never come
+            # back). Files that vanished must be missing from a second listing too.
+            listing = self._list_dirs()
+        settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
+        self._listing_stamp = stamp if settled else None
+        if listing == self._listing and self._listed:
+            return False  # relisted (mtime too recent to trust) but nothing changed
+        foreign = self._listed and self._listing.keys() != listing.keys()
+        if self._listed and not self._touched_all:
+            old = self._listing
+            for base in old.keys() | listing.keys():
+                if old.get(base) != listing.get(base):
+                    self._touch(base)
+        for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
+            self._meta.pop(base, None)
+            self._entry_of.pop(base, None)
+        self._listed = True
+        self._listing = listing
+        self._entries = None
+        return foreign
+
+    def _list_dirs(self) -> dict[str, tuple[str, str]]:
+        """base -> (sub, name) of every message file in new/ and cur/."""
         listing: dict[str, tuple[str, str]] = {}
         meta = self._meta
         for sub in ("new", "cur"):
@@ -229,18 +265,7 @@ class FolderIndex:
                     measured = _measure(os.path.join(directory, name), base)
                     if measured is not None:
                         meta[base] = measured
-        settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
-        self._listing_stamp = stamp if settled else None
-        if listing == self._listing and self._listed:
-            return False  # relisted (mtime too recent to trust) but nothing changed
-        foreign = self._listed and self._listing.keys() != listing.keys()
-        for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
-            self._meta.pop(base, None)
-            self._entry_of.pop(base, None)
-        self._listed = True
-        self._listing = listing
-        self._entries = None
-        return foreign
+        return listing
 
     def _clean_tmp(self) -> None:
         """Remove what crashed writers left in tmp/ (once per process and folder).
@@ -278,10 +303,27 @@ class FolderIndex:
             self._append_records(self.uidlist.assign(self._listing[b][1] for b in newcomers))
         return SyncResult(foreign_changes=foreign or bool(newcomers))
 
+    def _touch(self, base: str) -> None:
+        uid = self._uid_of.get(base)
+        if uid is not None:
+            self._touched.add(uid)
+
+    @property
+    def highest_modseq(self) -> int:
+        """The folder's HIGHESTMODSEQ as of the last entries() (RFC 7162 §3.1.2.1)."""
+        self.entries()
+        return self.db.highest_modseq
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after `modseq` (None: the log does not reach back so far)."""
+        self.entries()
+        return self.db.expunged_since(modseq)
+
     def entries(self) -> list[Entry]:
         """Every message, in UID order (after sync())."""
         if self._entries is not None:
             return self._entries
+        made: set[int] = set()
         entries = []
         for base, (sub, name) in self._listing.items():
             uid = self._uid_of.get(base)
@@ -293,11 +335,42 @@ class FolderIndex:
                 if entry is None:
                     continue
                 self._entry_of[base] = entry
+                made.add(uid)
             entries.append(entry)
         entries.sort(key=lambda e: e.uid)
+        self._record(entries, made)
         self._entries = entries
         self._view = None
         return entries
+
+    def _record(self, entries: list[Entry], made: set[int]) -> None:
+        """Hand what changed to the persistent index and give entries their MODSEQs."""
+        uid_validity = self.uidlist.uid_validity
+        partial = not self._touched_all and self.db.is_complete_for(uid_validity)
+        touched = self._touched | made
+        self._touched, self._touched_all = set(), False
+        if partial:
+            positions = {e.uid: i for i, e in enumerate(entries) if e.uid in touched}
+            chosen = [entries[i] for i in positions.values()]
+            removed: list[int] | None = [u for u in touched if u not in positions]
+        else:
+            chosen, removed = entries, None
+        rows = [_row(e) for e in chosen]
+        try:
+            modseqs = self.db.reconcile(uid_validity, rows, removed)
+        except IndexRebuiltError:
+            chosen, rows = entries, [_row(e) for e in entries]
+            modseqs = self.db.reconcile(uid_validity, rows, None)
+        if chosen is entries:
+            targets: Iterable[tuple[int, Entry]] = enumerate(entries)
+        else:
+            targets = ((positions[e.uid], e) for e in chosen)
+        for i, entry in targets:
+            modseq = modseqs.get(entry.uid, 0)
+            if entry.info.modseq != modseq:
+                info = dataclasses.replace(entry.info, modseq=modseq)
+                entries[i] = new = dataclasses.replace(entry, info=info)
+                self._entry_of[entry.info.key] = new
 
     def view(self) -> tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]]:
         """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
@@ -334,6 +407,7 @@ class FolderIndex:
         path = self.path / UIDLIST
         for record in records:
             self._uid_of[record.base] = record.uid
+            self._touched.add(record.uid)
         self._entries = None
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
@@ -380,6 +454,7 @@ class FolderIndex:
         return [r.uid for r in records]
 
     def renamed(self, base: str, sub: str, name: str) -> None:
+        self._touch(base)
         self._listing[base] = (sub, name)
         self._listing_stamp = None
         self._entries = None
@@ -387,6 +462,7 @@ class FolderIndex:
     def removed(self, bases: Iterable[str]) -> None:
         """Files we unlinked: drop them from the listing and the uidlist (rewritten)."""
         for base in bases:
+            self._touch(base)
             self._listing.pop(base, None)
             self._meta.pop(base, None)
             self._entry_of.pop(base, None)
@@ -448,6 +524,19 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
+
+
+def _row(entry: Entry) -> Row:
+    info = entry.info
+    return Row(
+        uid=info.uid,
+        flags=flag_text(info.flags),
+        base=info.key,
+        name=entry.name,
+        disk_size=entry.disk_size,
+        size=info.size,
+        internal_date=info.internal_date,
+    )
 
 
 def _measure(path: str, base: str) -> tuple[float, int, int] | None:

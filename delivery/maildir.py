@@ -54,6 +54,7 @@ from mailstack.delivery.maildir_write import BatchWriter, _Job, _Target, _Writte
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
+    FlagChange,
     FolderExistsError,
     FolderInfo,
     FolderNotFoundError,
@@ -381,6 +382,7 @@ class MaildirStore:
                 messages=messages,
                 keywords=index.keywords.defined(),
                 recent_uids=claimed if claim_recent else in_new,
+                highest_modseq=index.highest_modseq,
             )
         if result.foreign_changes:
             quota.invalidate(root)  # someone else added or removed files: recount lazily
@@ -460,10 +462,24 @@ class MaildirStore:
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:
+        change = self.change_flags(user, folder, uids, flags, mode)
+        return {uid: info.flags for uid, info in change.done.items()}
+
+    def change_flags(
+        self,
+        user: str,
+        folder: str,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: FlagMode,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagChange:
         root, name, fdir = self._folder(user, folder)
         wanted = _storable(flags)
         index = self._index(root, fdir)
-        result: dict[int, frozenset[str]] = {}
+        done: dict[int, frozenset[str]] = {}
+        modified: list[int] = []
         changed = False
         with index.locked():
             index.sync()
@@ -477,6 +493,9 @@ class MaildirStore:
                 entry = by_uid.get(uid)
                 if entry is None:
                     continue
+                if unchanged_since is not None and entry.info.modseq > unchanged_since:
+                    modified.append(uid)  # RFC 7162 §3.1.3: changed since the client looked
+                    continue
                 old = entry.info.flags
                 new = {FlagMode.REPLACE: wanted, FlagMode.ADD: old | wanted}.get(mode, old - wanted)
                 base, old_letters, extra = split_info(entry.name)
@@ -489,12 +508,22 @@ class MaildirStore:
                         continue  # expunged or renamed by someone else meanwhile: skip it
                     index.renamed(base, "cur", new_name)
                     changed = True
-                result[uid] = flags_from_letters(letters, index.keywords)
+                done[uid] = flags_from_letters(letters, index.keywords)
             if changed:
-                fsync_dir(fdir / "cur")
+                # No directory fsync: a flag change is not fsynced (delivery/index_db.py, as
+                # Dovecot's mail_fsync=optimized); a crash may lose it, never the message.
+                by_uid = index.entries_by_uid()  # records the new MODSEQs
+            infos = {uid: by_uid[uid].info for uid in done if uid in by_uid}
         if changed:
             self._publish(user, name)
-        return result
+        return FlagChange(done=infos, modified=tuple(modified))
+
+    def expunged_since(self, user: str, folder: str, modseq: int) -> list[int] | None:
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            index.sync()
+            return index.expunged_since(modseq)
 
     def copy(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         root, _name, fdir = self._folder(user, folder)

@@ -105,11 +105,21 @@ class IndexDb:
         # uid -> (flags, modseq) as the file says, as of `_seen_modseq`.
         self._known: dict[int, tuple[str, int]] | None = None
         self._seen_modseq = 0
+        self._inode = 0  # of the file `_db` has open: a different one means it was replaced
 
     # -- connection ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
-            return self._db
+            try:
+                is_same = os.stat(self.path).st_ino == self._inode
+            except FileNotFoundError:
+                is_same = False
+            if is_same:
+                return self._db
+            # Deleted or replaced under us (an admin removing index files): an open connection
+            # would go on writing to the orphan. Start over from the Maildir.
+            log.info("folder index %s was removed, rebuilding", self.path)
+            self.close()
         try:
             self._db = self._open()
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -167,6 +177,7 @@ class IndexDb:
         self.expunge_floor = int(meta.get("expunge_floor", highest))
         self.uid_validity = int(meta.get("uidvalidity", 0))
         self._known = None
+        self._inode = os.stat(self.path).st_ino
         return db
 
     def _set_aside(self) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import StoreError, UnknownUserError
 from mailstack.imap import commands as c
-from mailstack.imap import response
+from mailstack.imap import condstore, response
 from mailstack.imap.cache import StructureCaches
 from mailstack.imap.protocol import (
     BadCommand,
@@ -100,6 +100,7 @@ CAPABILITIES = (
     "SORT=DISPLAY",  # RFC 5957
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    *condstore.CAPABILITIES,
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
 
@@ -250,6 +251,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 )
                 if self.is_logged_out:  # the folder vanished under us: BYE already sent
                     return
+            if condstore.enables_condstore(command) and not isinstance(command, c.Select):
+                await self._condstore_on(write)  # RFC 7162 §3.1
             await self._dispatch(command, write)
         except InvalidCommandError as exc:
             await write(response.bad(tag, str(exc)))
@@ -290,9 +293,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             case c.Authenticate():
                 await self._authenticate(command, write)
             case c.Enable():
-                # We implement no ENABLE-able extension (RFC 5161 §3.1: list what was enabled).
-                await write(response.untagged(b"ENABLED"))
-                await write(response.ok(tag, "ENABLE completed"))
+                await self._enable(command, write)  # imap/session_base.py
             case c.Namespace():
                 # RFC 2342: personal, other users' (shared folders), shared (team mailboxes).
                 await write(

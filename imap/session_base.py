@@ -5,7 +5,8 @@ docstring states the invariants.
 
 `_sync` is here because every selected-state command starts with it: it brings the selected
 folder up to date and reports the differences (EXISTS, EXPUNGE, FETCH FLAGS) as RFC 9051 §7.5.1
-allows at that moment.
+allows at that moment. Once the client enabled CONDSTORE (RFC 7162 §3.1) those FETCHes carry
+MODSEQ; once it enabled QRESYNC, expunges are reported as `* VANISHED uids` (§3.2.10).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
-from mailstack.imap import response, utf7
+from mailstack.imap import commands as c
+from mailstack.imap import condstore, response, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
 from mailstack.imap.protocol import ImapProtocol, State
 from mailstack.imap.sequence import SequenceSet
@@ -57,6 +59,7 @@ class Selected:
     messages: list[MessageInfo]  # index = sequence number - 1
     recent: set[int]
     saved: tuple[int, ...] = ()  # SEARCHRES "$": UIDs (RFC 5182)
+    highest_modseq: int = 0  # RFC 7162 HIGHESTMODSEQ as last reported
 
     @property
     def largest_uid(self) -> int:
@@ -101,6 +104,9 @@ class SessionCore:
     log: logging.LoggerAdapter[logging.Logger]
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
     _structures: dict[tuple[str, int, int], response.RenderedStructure]
+    # RFC 7162: enabled by ENABLE or by a CONDSTORE-enabling command; never turned off.
+    condstore: bool = False
+    qresync: bool = False
 
     def _metadata_renamed(self, old: str, new: str) -> None:
         """A folder was renamed (imap/session_metadata.py carries its annotations along)."""
@@ -145,19 +151,26 @@ class SessionCore:
         out: list[bytes] = []
         current = {m.uid: m for m in snap.messages}
         if allow_expunge:
+            gone: list[int] = []
             for seq in range(len(sel.messages), 0, -1):  # highest first: lower numbers hold
                 if sel.messages[seq - 1].uid not in current:
+                    gone.append(sel.messages[seq - 1].uid)
                     del sel.messages[seq - 1]
-                    out.append(response.expunge(seq))
+                    if not self.qresync:
+                        out.append(response.expunge(seq))
+            if self.qresync:  # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE
+                out.append(condstore.vanished(gone, earlier=False))
         for seq, old in enumerate(sel.messages, start=1):
             new = current.get(old.uid)
-            if new is not None and new.flags != old.flags:
-                sel.messages[seq - 1] = new
-                out.append(
-                    response.fetch(
-                        seq, [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
-                    )
-                )
+            if new is None or (new.flags == old.flags and new.modseq == old.modseq):
+                continue
+            sel.messages[seq - 1] = new
+            if new.flags != old.flags or self.condstore:
+                items = [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
+                if self.condstore:  # RFC 7162 §3.1.4.1
+                    items.append(condstore.modseq_item(new.modseq))
+                out.append(response.fetch(seq, items))
+        sel.highest_modseq = max(sel.highest_modseq, snap.highest_modseq)
         old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         sel.messages.extend(m for m in snap.messages if m.uid > largest)
@@ -174,6 +187,79 @@ class SessionCore:
             out.append(self._flags_response(sel.keywords))
         if out:
             await write(b"".join(out))
+
+    async def _enable(self, command: c.Enable, write: Write) -> None:
+        """RFC 5161 ENABLE; we implement CONDSTORE and QRESYNC (RFC 7162 §3.2.3: QRESYNC
+        implies CONDSTORE). ENABLED lists what this command turned on."""
+        enabled = []
+        for cap in dict.fromkeys(command.capabilities):
+            if cap == "CONDSTORE" and not self.condstore:
+                enabled.append(cap)
+            elif cap == "QRESYNC" and not self.qresync:
+                enabled.append(cap)
+                self.qresync = True
+        if enabled:
+            await self._condstore_on(write)
+        await write(response.untagged(" ".join(["ENABLED", *enabled])))
+        await write(response.ok(command.tag, "ENABLE completed"))
+
+    async def _condstore_on(self, write: Write) -> None:
+        """Turn CONDSTORE on; with a mailbox selected, tell its HIGHESTMODSEQ (RFC 7162 §3.1:
+        the first CONDSTORE-enabling command in the selected state)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        sel = self.selected
+        if sel is not None:
+            code = condstore.highest_modseq_code(sel.highest_modseq)
+            await write(response.untagged_status("OK", "highest", code))
+
+    async def _resync_lines(
+        self, sel: Selected, modseq: int, uids: SequenceSet | None
+    ) -> tuple[bytes, list[tuple[int, MessageInfo]]]:
+        """What changed since `modseq` among `uids` (all when None): `* VANISHED (EARLIER)`
+        of the expunged UIDs (RFC 7162 §3.2.5.2, §3.2.6) and the (seq, message) pairs whose
+        MODSEQ is above it. The expunge log answers exactly; when it does not reach back so
+        far, every missing UID in range is reported instead."""
+        limit = max(sel.uid_next - 1, sel.largest_uid)
+        present = [m.uid for m in sel.messages]
+        expunged = await asyncio.to_thread(
+            self.ctx.store.expunged_since, self._require_user(), sel.name, modseq
+        )
+        if expunged is None:
+            line = condstore.vanished_ranges(
+                condstore.missing_uids(present, limit, uids), earlier=True
+            )
+        else:
+            still = set(present)  # expunged meanwhile but not yet reported: later, not twice
+            gone = [u for u in condstore.expunged_in(expunged, uids, limit) if u not in still]
+            line = condstore.vanished(gone, earlier=True)
+        wanted = None if uids is None else set(uids.select(present, limit))
+        changed = [
+            (seq, m)
+            for seq, m in enumerate(sel.messages, 1)
+            if m.modseq > modseq and (wanted is None or m.uid in wanted)
+        ]
+        return line, changed
+
+    async def _qresync_select(self, sel: Selected, params: c.Qresync) -> bytes:
+        """The resync part of SELECT/EXAMINE (QRESYNC ...) (RFC 7162 §3.2.5.2): nothing when
+        the UIDVALIDITY differs (the client starts over)."""
+        if params.uid_validity != sel.uid_validity:
+            return b""
+        line, changed = await self._resync_lines(sel, params.modseq, params.known_uids)
+        fetches = [
+            response.fetch(
+                seq,
+                [
+                    b"UID %d" % m.uid,
+                    b"FLAGS " + flags_of(m, sel.recent),
+                    condstore.modseq_item(m.modseq),
+                ],
+            )
+            for seq, m in changed
+        ]
+        return line + b"".join(fetches)
 
     @staticmethod
     def _flags_response(keywords: tuple[str, ...]) -> bytes:

@@ -8,9 +8,19 @@ one only when it changed:
 - uidlist and keywords: when their (inode, size, mtime) differ. Every writer of either holds the
   folder's `dovecot-uidlist.lock` (Dovecot does too), so after our own write we can record the
   new stamp without a race.
-- the listing: when the mtime of `new/` or `cur/` differs, or is less than `DIR_SETTLE_NS` old:
-  a change landing in the same timestamp tick as our scan would not move the mtime, so a recent
-  mtime proves nothing (Dovecot's maildir sync applies the same rule).
+- the listing: when the mtime of `new/` or `cur/` differs. A change landing in the same
+  timestamp tick as our scan (or as our own rename) would not move the mtime, so while the
+  mtime is less than `DIR_SETTLE_NS` old it proves nothing: one verifying re-list follows once
+  it has settled. Foreign changes in that window are seen within about `DIR_SETTLE_NS` rather
+  than at once; in exchange our own renames (STORE, EXPUNGE, APPEND) update the index in place
+  and never re-list a 100,000-message folder.
+
+Our own changes (`added_many`, `renamed`, `removed`) update the cached entries in place (O(log
+n) per message) and mark their UIDs for the persistent index (delivery/index_db.py), which
+gives them a new MODSEQ on the next `entries()`; anything found by a re-list is compared and
+recorded the same way. Records of expunged messages stay in `dovecot-uidlist` (a record
+whose file is gone is dead, as after any `rm`; Dovecot reads such files) until they are a
+quarter of it: rewriting a 100,000-line file costs seconds in Python, an EXPUNGE should not.
 
 The internal date is the file's mtime (as Dovecot: RFC 3501 §2.3.3 INTERNALDATE), so each file is
 stat()ed once per process, the first time it is seen; sizes without S=/W= fields (files other
@@ -23,6 +33,7 @@ sees consistent files too.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import logging
@@ -48,6 +59,7 @@ UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
 TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
+DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
 FILE_MODE = 0o600
 
 Stamp = tuple[int, int, int]
@@ -101,9 +113,13 @@ class FolderIndex:
         self._keywords_stamp: Stamp | None = None
         self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
         self._listing_stamp: tuple[int, int] | None = None
+        self._verify_after_ns = 0  # re-list once the directories' mtimes are this old
         self._listed = False  # _listing came from a full scan at least once
         self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
+        self._by_uid: dict[int, Entry] = {}  # the same entries by UID
+        self._dead_records = 0  # uidlist records whose files we removed (module docstring)
+        self._in_new: set[int] = set()  # UIDs of entries in new/
         self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
         self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
         # The persistent side (MODSEQs, expunge log): delivery/index_db.py. What changed since
@@ -163,6 +179,7 @@ class FolderIndex:
         self._uid_of = {r.base: r.uid for r in uidlist.records}
         self._entries = None
         self._touched_all = True
+        self._listing_stamp = None  # rewritten by someone: files came or went, re-list
 
     def _extend_uidlist(self, path: Path, stamp: Stamp) -> bool:
         """Another process (a second mailstack process, Dovecot) appended records: parse just
@@ -191,6 +208,8 @@ class FolderIndex:
         for record in uidlist.records[before:]:
             self._uid_of[record.base] = record.uid
             self._touched.add(record.uid)
+        if len(uidlist.records) > before:
+            self._listing_stamp = None  # others numbered new files: re-list to find them
         self._uidlist_parsed += complete
         self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         self._entries = None
@@ -221,7 +240,9 @@ class FolderIndex:
         index did not add or remove itself (someone else wrote: Dovecot, a script, a CLI)."""
         stamp = self._dir_stamp()
         now_ns = time.time_ns()
-        if stamp == self._listing_stamp:
+        if stamp == self._listing_stamp and not (
+            self._verify_after_ns and now_ns >= self._verify_after_ns
+        ):
             return False
         if not self._listed:
             self._clean_tmp()
@@ -232,7 +253,8 @@ class FolderIndex:
             # back). Files that vanished must be missing from a second listing too.
             listing = self._list_dirs()
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
-        self._listing_stamp = stamp if settled else None
+        self._listing_stamp = stamp
+        self._verify_after_ns = 0 if settled else max(stamp) + DIR_SETTLE_NS
         if listing == self._listing and self._listed:
             return False  # relisted (mtime too recent to trust) but nothing changed
         foreign = self._listed and self._listing.keys() != listing.keys()
@@ -292,6 +314,10 @@ class FolderIndex:
         """Bring the index up to date, giving UIDs to files nobody numbered yet."""
         self._load_uidlist()
         self._load_keywords()
+        if self.db.changed_elsewhere():
+            # Another mailstack process (an SMTP worker, the LDA, a second serve) recorded a
+            # change: re-list now rather than trust an mtime that may not have moved.
+            self._listing_stamp = None
         foreign = self._load_listing()
         if self._entries is not None:
             # Nothing was re-read or changed since the last entries(): all files are numbered.
@@ -320,9 +346,15 @@ class FolderIndex:
         return self.db.expunged_since(modseq)
 
     def entries(self) -> list[Entry]:
-        """Every message, in UID order (after sync())."""
-        if self._entries is not None:
-            return self._entries
+        """Every message, in UID order (after sync()), each with its MODSEQ."""
+        entries = self._entries
+        if entries is None:
+            entries = self._rebuild()
+        elif self._touched or self._touched_all:
+            self._record(entries)
+        return entries
+
+    def _rebuild(self) -> list[Entry]:
         made: set[int] = set()
         entries = []
         for base, (sub, name) in self._listing.items():
@@ -331,65 +363,89 @@ class FolderIndex:
                 continue  # appeared after our sync; the next one numbers it
             entry = self._entry_of.get(base)
             if entry is None or entry.name != name or entry.sub != sub or entry.uid != uid:
-                entry = self._make_entry(uid, sub, name)
+                entry = self._make_entry(uid, sub, name, entry.info.modseq if entry else 0)
                 if entry is None:
                     continue
                 self._entry_of[base] = entry
                 made.add(uid)
             entries.append(entry)
-        entries.sort(key=lambda e: e.uid)
-        self._record(entries, made)
+        entries.sort(key=_uid_key)
         self._entries = entries
+        self._by_uid = {e.uid: e for e in entries}
+        self._in_new = {e.uid for e in entries if e.sub == "new"}
         self._view = None
+        self._touched |= made
+        self._record(entries)
         return entries
 
-    def _record(self, entries: list[Entry], made: set[int]) -> None:
+    def _position(self, uid: int) -> int | None:
+        entries = self._entries
+        if entries is None:
+            return None
+        i = bisect.bisect_left(entries, uid, key=_uid_key)
+        return i if i < len(entries) and entries[i].uid == uid else None
+
+    def _put(self, entry: Entry) -> bool:
+        """Replace the cached entry of `entry.uid` in place; False if it has none."""
+        i = self._position(entry.uid)
+        if i is None or self._entries is None:
+            return False
+        self._entries[i] = entry
+        self._by_uid[entry.uid] = entry
+        self._entry_of[entry.info.key] = entry
+        if entry.sub == "new":
+            self._in_new.add(entry.uid)
+        else:
+            self._in_new.discard(entry.uid)
+        self._view = None
+        return True
+
+    def _record(self, entries: list[Entry]) -> None:
         """Hand what changed to the persistent index and give entries their MODSEQs."""
         uid_validity = self.uidlist.uid_validity
         partial = not self._touched_all and self.db.is_complete_for(uid_validity)
-        touched = self._touched | made
+        touched = self._touched
         self._touched, self._touched_all = set(), False
+        removed: list[int] | None = None
         if partial:
-            positions = {e.uid: i for i, e in enumerate(entries) if e.uid in touched}
-            chosen = [entries[i] for i in positions.values()]
-            removed: list[int] | None = [u for u in touched if u not in positions]
+            chosen = [self._by_uid[u] for u in sorted(touched) if u in self._by_uid]
+            removed = [u for u in touched if u not in self._by_uid]
         else:
-            chosen, removed = entries, None
-        rows = [_row(e) for e in chosen]
+            chosen = entries
         try:
-            modseqs = self.db.reconcile(uid_validity, rows, removed)
+            modseqs = self.db.reconcile(uid_validity, [_row(e) for e in chosen], removed)
         except IndexRebuiltError:
-            chosen, rows = entries, [_row(e) for e in entries]
-            modseqs = self.db.reconcile(uid_validity, rows, None)
-        if chosen is entries:
-            targets: Iterable[tuple[int, Entry]] = enumerate(entries)
-        else:
-            targets = ((positions[e.uid], e) for e in chosen)
-        for i, entry in targets:
+            chosen = entries
+            modseqs = self.db.reconcile(uid_validity, [_row(e) for e in entries], None)
+        for entry in chosen:
             modseq = modseqs.get(entry.uid, 0)
             if entry.info.modseq != modseq:
                 info = dataclasses.replace(entry.info, modseq=modseq)
-                entries[i] = new = dataclasses.replace(entry, info=info)
-                self._entry_of[entry.info.key] = new
+                self._put(dataclasses.replace(entry, info=info))
+
+    def changed_since(self, modseq: int) -> list[Entry]:
+        """Messages whose MODSEQ is above `modseq`, in UID order (CONDSTORE, and how sessions
+        catch up without comparing whole folders)."""
+        self.entries()
+        by_uid = self._by_uid
+        return [by_uid[u] for u in self.db.changed_since(modseq) if u in by_uid]
 
     def view(self) -> tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]]:
         """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
         entries = self.entries()
         if self._view is None:
-            self._view = (
-                tuple(e.info for e in entries),
-                frozenset(e.uid for e in entries if e.sub == "new"),
-                {e.uid: e for e in entries},
-            )
+            self._view = (tuple(e.info for e in entries), frozenset(self._in_new), self._by_uid)
         return self._view
 
     def entry(self, uid: int) -> Entry | None:
-        return self.view()[2].get(uid)
+        self.entries()
+        return self._by_uid.get(uid)
 
     def entries_by_uid(self) -> dict[int, Entry]:
-        return self.view()[2]
+        self.entries()
+        return self._by_uid
 
-    def _make_entry(self, uid: int, sub: str, name: str) -> Entry | None:
+    def _make_entry(self, uid: int, sub: str, name: str, modseq: int = 0) -> Entry | None:
         base, letters, _ = split_info(name)
         meta = self._meta.get(base)
         if meta is None:
@@ -399,7 +455,9 @@ class FolderIndex:
             self._meta[base] = meta
         mtime, size, vsize = meta
         flags = flags_from_letters(letters, self._keywords) if sub == "cur" else frozenset()
-        info = MessageInfo(uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base)
+        info = MessageInfo(
+            uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
+        )
         return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
 
     # -- changing state (our own writes) -------------------------------------------------------
@@ -408,7 +466,6 @@ class FolderIndex:
         for record in records:
             self._uid_of[record.base] = record.uid
             self._touched.add(record.uid)
-        self._entries = None
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             # Under the lock, right after _load_uidlist: when we parsed the file to its end, it
@@ -447,28 +504,67 @@ class FolderIndex:
             base = base_name(name)
             self._meta[base] = meta
             self._listing[base] = (sub, name)
-        self._listing_stamp = None  # our renames moved the directories' mtimes
+        self._note_own_change()
         records = self.uidlist.assign(name for _sub, name, _meta in files)
         if records:
             self._append_records(records)
+        entries = self._entries
+        for record, (sub, name, _meta) in zip(records, files, strict=True):
+            entry = self._make_entry(record.uid, sub, name) if entries is not None else None
+            if entries is None or entry is None or (entries and entries[-1].uid >= entry.uid):
+                self._entries = entries = None  # rebuilt on the next entries()
+                continue
+            entries.append(entry)  # new UIDs are the largest: the order holds
+            self._by_uid[entry.uid] = entry
+            self._entry_of[entry.info.key] = entry
+            if sub == "new":
+                self._in_new.add(entry.uid)
+            self._view = None
         return [r.uid for r in records]
 
     def renamed(self, base: str, sub: str, name: str) -> None:
+        """We renamed a message file (flags, new/ -> cur/): update it in place."""
         self._touch(base)
         self._listing[base] = (sub, name)
-        self._listing_stamp = None
-        self._entries = None
+        self._note_own_change()
+        uid = self._uid_of.get(base)
+        old = self._by_uid.get(uid) if uid is not None else None
+        entry = None
+        if uid is not None and old is not None:
+            entry = self._make_entry(uid, sub, name, old.info.modseq)
+        if entry is None or not self._put(entry):
+            self._entries = None
 
-    def removed(self, bases: Iterable[str]) -> None:
-        """Files we unlinked: drop them from the listing and the uidlist (rewritten)."""
-        for base in bases:
+    def removed(self, bases: Iterable[str], *, rewrite: bool = False) -> None:
+        """Files we unlinked: drop them from the listing and the entries; the uidlist is
+        rewritten without them when `rewrite` or once dead records are many (module
+        docstring)."""
+        for base in list(bases):  # may be a generator over our own entries
+            self._dead_records += 1
             self._touch(base)
             self._listing.pop(base, None)
             self._meta.pop(base, None)
             self._entry_of.pop(base, None)
-        self._listing_stamp = None
-        self._entries = None
-        self.rewrite_uidlist()
+            uid = self._uid_of.get(base)
+            i = self._position(uid) if uid is not None else None
+            if i is not None and self._entries is not None and uid is not None:
+                del self._entries[i]
+                self._by_uid.pop(uid, None)
+                self._in_new.discard(uid)
+                self._view = None
+        self._note_own_change()
+        records = len(self._uidlist.records) if self._uidlist is not None else 0
+        if rewrite or self._dead_records >= max(DEAD_RECORDS_MIN, records // 4):
+            self.rewrite_uidlist()
+
+    def _note_own_change(self) -> None:
+        """We renamed or unlinked in new/ or cur/: take the directories' new mtimes as known
+        instead of re-listing, and verify once they have settled (module docstring)."""
+        if self._listing_stamp is None:
+            return  # a re-list is due anyway
+        self._listing_stamp = self._dir_stamp()
+        if not self._verify_after_ns:
+            self._verify_after_ns = max(self._listing_stamp) + DIR_SETTLE_NS
 
     def rewrite_uidlist(self) -> None:
         """Replace the uidlist, keeping only records whose files exist, with current names."""
@@ -489,7 +585,7 @@ class FolderIndex:
         self._uidlist_stamp = _stamp(path)
         self._uidlist_parsed = len(data)
         self._uid_of = {r.base: r.uid for r in kept}
-        self._entries = None
+        self._dead_records = 0
 
     def ensure_keywords(self, keywords: Iterable[str]) -> None:
         """Give letters to new keywords and persist dovecot-keywords (uidlist lock held)."""
@@ -510,9 +606,9 @@ class FolderIndex:
     def claim_new(self) -> list[int]:
         """Move every numbered file of new/ into cur/ (RFC 3501 \\Recent goes to the claimer)."""
         claimed = []
-        for entry in self.entries():
-            if entry.sub != "new":
-                continue
+        self.entries()
+        for uid in sorted(self._in_new):
+            entry = self._by_uid[uid]
             name = f"{entry.name}:2,"
             try:
                 os.rename(self.path / "new" / entry.name, self.path / "cur" / name)
@@ -524,6 +620,10 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
+
+
+def _uid_key(entry: Entry) -> int:
+    return entry.uid
 
 
 def _row(entry: Entry) -> Row:

@@ -105,6 +105,7 @@ class IndexDb:
         # uid -> (flags, modseq) as the file says, as of `_seen_modseq`.
         self._known: dict[int, tuple[str, int]] | None = None
         self._seen_modseq = 0
+        self._foreign = False  # a reconcile saw others' changes the listing may not show yet
         self._inode = 0  # of the file `_db` has open: a different one means it was replaced
 
     # -- connection ----------------------------------------------------------------------------
@@ -255,6 +256,8 @@ class IndexDb:
                 "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
             ):
                 known.pop(uid, None)
+        if self._known is not None and highest != self._seen_modseq:
+            self._foreign = True  # another process recorded changes (see changed_elsewhere)
         self._known = known
         self.highest_modseq = max(self.highest_modseq, highest)
         self._seen_modseq = highest
@@ -339,6 +342,28 @@ class IndexDb:
             uid
             for (uid,) in db.execute(
                 "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,)
+            )
+        ]
+
+    def changed_elsewhere(self) -> bool:
+        """Did another process record changes since this one last looked? (One small read.)"""
+        if self._foreign:
+            self._foreign = False
+            return True
+        if self._db is None or self._known is None:
+            return False  # the first look reads everything anyway
+        db = self._connect()
+        row = db.execute("SELECT value FROM meta WHERE key = 'highestmodseq'").fetchone()
+        return row is not None and int(row[0]) != self._seen_modseq
+
+    def changed_since(self, modseq: int) -> list[int]:
+        """UIDs of messages whose MODSEQ is above `modseq`, ascending (as of the last
+        reconcile: the caller reconciles first)."""
+        db = self._connect()
+        return [
+            uid
+            for (uid,) in db.execute(
+                "SELECT uid FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
             )
         ]
 

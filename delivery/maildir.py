@@ -576,9 +576,13 @@ class MaildirStore:
         removed: list[tuple[int, str, int]] = []
         with quota.changing(root), index.locked():
             index.sync()
-            for entry in index.entries():
-                if wanted is not None and entry.uid not in wanted:
-                    continue
+            by_uid = index.entries_by_uid()
+            chosen = (
+                index.entries()
+                if wanted is None
+                else [by_uid[u] for u in sorted(wanted) if u in by_uid]  # no folder-wide scan
+            )
+            for entry in chosen:
                 if only_deleted and Flag.DELETED not in entry.info.flags:
                     continue
                 try:
@@ -589,6 +593,7 @@ class MaildirStore:
                 removed.append((entry.uid, entry.info.key, size))
             if removed:
                 index.removed(key for _uid, key, _size in removed)
+                index.entries()  # recorded (MODSEQ, expunge log) before the lock goes
                 fsync_dir(fdir / "cur")
                 fsync_dir(fdir / "new")
                 mine = [size for *_, size in removed if size >= 0]

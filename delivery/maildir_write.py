@@ -336,6 +336,7 @@ class BatchWriter:
                 uids = index.added_many(
                     [(d.sub, d.name, written[j][i].meta) for j, i, d in numbered]
                 )
+                index.entries()  # MODSEQs recorded: other processes see the change at once
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
                     done.uid_validity = index.uidlist.uid_validity
@@ -353,7 +354,8 @@ class BatchWriter:
                 continue
             with contextlib.suppress(OSError, StoreError), done.index.locked():
                 (done.index.path / done.sub / done.name).unlink()
-                done.index.removed([split_info(done.name)[0]])
+                # Rewritten at once: a UID taken back must not stay in the file.
+                done.index.removed([split_info(done.name)[0]], rewrite=True)
         for item, done in zip(written, placed, strict=True):
             if done is None:
                 with contextlib.suppress(OSError):

@@ -437,6 +437,11 @@ class FolderIndex:
             self._view = (tuple(e.info for e in entries), frozenset(self._in_new), self._by_uid)
         return self._view
 
+    def in_new(self) -> frozenset[int]:
+        """UIDs of the messages still in new/ (RFC 3501 \\Recent for EXAMINE and STATUS)."""
+        self.entries()
+        return frozenset(self._in_new)
+
     def entry(self, uid: int) -> Entry | None:
         self.entries()
         return self._by_uid.get(uid)

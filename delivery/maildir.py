@@ -55,6 +55,7 @@ from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
     FlagChange,
+    FolderChanges,
     FolderExistsError,
     FolderInfo,
     FolderNotFoundError,
@@ -387,6 +388,30 @@ class MaildirStore:
         if result.foreign_changes:
             quota.invalidate(root)  # someone else added or removed files: recount lazily
         return snap
+
+    def changes(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            result = index.sync()
+            claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
+            expunged = index.expunged_since(since)
+            if expunged is None:
+                return None
+            found = FolderChanges(
+                uid_validity=index.uidlist.uid_validity,
+                uid_next=index.uidlist.next_uid,
+                highest_modseq=index.highest_modseq,
+                changed=tuple(e.info for e in index.changed_since(since)),
+                expunged=tuple(expunged),
+                keywords=index.keywords.defined(),
+                recent_uids=claimed if claim_recent else index.in_new(),
+            )
+        if result.foreign_changes:
+            quota.invalidate(root)
+        return found
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         root, _name, fdir = self._folder(user, folder)

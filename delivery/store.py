@@ -120,6 +120,19 @@ class FolderSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class FolderChanges:
+    """What changed in a folder after a MODSEQ: how a session catches up without a snapshot."""
+
+    uid_validity: int
+    uid_next: int
+    highest_modseq: int
+    changed: tuple[MessageInfo, ...]  # MODSEQ above the one asked about, UID order (new too)
+    expunged: tuple[int, ...]  # UIDs expunged after it, ascending
+    keywords: tuple[str, ...]
+    recent_uids: frozenset[int]  # as in FolderSnapshot
+
+
+@dataclass(frozen=True, slots=True)
 class FlagChange:
     """What `change_flags` did: each stored message's new state (flags and MODSEQ) and the
     UIDs left alone because they changed after `unchanged_since` (RFC 7162 §3.1.3)."""
@@ -245,6 +258,12 @@ class MailStore(Protocol):
         `claim_recent=True` (SELECT, not EXAMINE/STATUS) moves new/ to cur/ and reports those
         messages in `recent_uids`: only one session ever sees a message as \\Recent.
         """
+
+    def changes(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        """What changed after MODSEQ `since` (`snapshot`'s claim_recent semantics); None when
+        the store no longer knows every expunge since then (take a snapshot instead)."""
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         """The message as stored (LF endings). Raises MessageGoneError."""

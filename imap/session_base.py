@@ -12,6 +12,9 @@ MODSEQ; once it enabled QRESYNC, expunges are reported as `* VANISHED uids` (§3
 from __future__ import annotations
 
 import asyncio
+import bisect
+import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -60,10 +63,24 @@ class Selected:
     recent: set[int]
     saved: tuple[int, ...] = ()  # SEARCHRES "$": UIDs (RFC 5182)
     highest_modseq: int = 0  # RFC 7162 HIGHESTMODSEQ as last reported
+    # The MODSEQ `_sync` has caught up to (own STOREs do not move it: a change another
+    # session made just before ours must still be found), and expunges seen but not yet
+    # reported (RFC 9051 §7.5.1 forbids them during FETCH/STORE/SEARCH by number).
+    synced_modseq: int = 0
+    pending_expunges: set[int] = dataclasses.field(default_factory=set)
 
     @property
     def largest_uid(self) -> int:
         return self.messages[-1].uid if self.messages else 0
+
+    def position(self, uid: int) -> int | None:
+        """Index of `uid` in `messages` (sequence number - 1), by bisection (UID order)."""
+        i = bisect.bisect_left(self.messages, uid, key=_uid_of)
+        return i if i < len(self.messages) and self.messages[i].uid == uid else None
+
+
+def _uid_of(info: MessageInfo) -> int:
+    return info.uid
 
 
 def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
@@ -131,7 +148,88 @@ class SessionCore:
         return snap
 
     async def _sync(self, write: Write, *, allow_expunge: bool) -> None:
-        """Bring the selected folder up to date and report the differences to the client."""
+        """Bring the selected folder up to date and report the differences to the client:
+        from the store's changes since `synced_modseq` (cost: the changes), or by comparing a
+        whole snapshot when the store cannot tell every expunge since then."""
+        sel = self.selected
+        if sel is None:
+            return
+        try:
+            changes = None
+            if sel.synced_modseq:
+                changes = await asyncio.to_thread(
+                    functools.partial(
+                        self.ctx.store.changes,
+                        self._require_user(),
+                        sel.name,
+                        sel.synced_modseq,
+                        claim_recent=not sel.readonly,
+                    )
+                )
+        except FolderNotFoundError:
+            await write(response.bye("the selected mailbox was deleted or renamed"))
+            self.proto.state = State.LOGOUT
+            self.selected = None
+            return
+        if changes is None:
+            await self._sync_full(write, allow_expunge=allow_expunge)
+            return
+        if changes.uid_validity != sel.uid_validity:
+            await write(response.bye("UIDVALIDITY of the selected mailbox changed"))
+            self.proto.state = State.LOGOUT
+            self.selected = None
+            return
+        out: list[bytes] = []
+        old_count, old_recent = len(sel.messages), len(sel.recent)
+        sel.pending_expunges.update(u for u in changes.expunged if sel.position(u) is not None)
+        if allow_expunge and sel.pending_expunges:
+            gone = sorted(sel.pending_expunges, reverse=True)  # highest first: lower hold
+            sel.pending_expunges = set()
+            for uid in gone:
+                i = sel.position(uid)
+                if i is not None:
+                    del sel.messages[i]
+                    if not self.qresync:
+                        out.append(response.expunge(i + 1))
+            if self.qresync:  # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE
+                out.append(condstore.vanished(gone, earlier=False))
+            sel.recent.difference_update(gone)
+        largest = sel.largest_uid
+        arrived = []
+        for new in changes.changed:
+            if new.uid > largest:
+                arrived.append(new)
+                continue
+            i = sel.position(new.uid)
+            if i is None:
+                continue  # expunged and already reported
+            old = sel.messages[i]
+            if new.flags == old.flags and new.modseq == old.modseq:
+                continue  # our own STORE, already reported
+            sel.messages[i] = new
+            if new.flags != old.flags or self.condstore:
+                items = [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
+                if self.condstore:  # RFC 7162 §3.1.4.1
+                    items.append(condstore.modseq_item(new.modseq))
+                out.append(response.fetch(i + 1, items))
+        sel.messages.extend(arrived)
+        if not sel.readonly:
+            sel.recent |= changes.recent_uids
+        sel.uid_next = changes.uid_next
+        sel.synced_modseq = changes.highest_modseq
+        sel.highest_modseq = max(sel.highest_modseq, changes.highest_modseq)
+        if len(sel.messages) != old_count:
+            out.append(response.exists(len(sel.messages)))
+        if len(sel.recent) != old_recent:
+            out.append(response.recent(len(sel.recent)))
+        if set(changes.keywords) - set(sel.keywords):
+            sel.keywords = changes.keywords
+            out.append(self._flags_response(sel.keywords))
+        if out:
+            await write(b"".join(out))
+
+    async def _sync_full(self, write: Write, *, allow_expunge: bool) -> None:
+        """`_sync` by comparing a whole snapshot with what the client was told."""
         sel = self.selected
         if sel is None:
             return
@@ -171,6 +269,9 @@ class SessionCore:
                     items.append(condstore.modseq_item(new.modseq))
                 out.append(response.fetch(seq, items))
         sel.highest_modseq = max(sel.highest_modseq, snap.highest_modseq)
+        if allow_expunge:
+            sel.pending_expunges = set()
+            sel.synced_modseq = snap.highest_modseq  # else the next one compares again
         old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         sel.messages.extend(m for m in snap.messages if m.uid > largest)
@@ -272,8 +373,14 @@ class SessionCore:
             saved = set(sel.saved)
             return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in saved]
         if uid:
-            uids = set(seqset.select([m.uid for m in sel.messages], sel.largest_uid))
-            return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in uids]
+            # By bisection per range: a UID FETCH/STORE of a few messages in a 100,000
+            # folder costs the few, not the folder.
+            out: list[tuple[int, MessageInfo]] = []
+            for low, high in seqset.intervals(sel.largest_uid):
+                i = bisect.bisect_left(sel.messages, low, key=_uid_of)
+                j = bisect.bisect_right(sel.messages, high, key=_uid_of)
+                out.extend((n + 1, sel.messages[n]) for n in range(i, j))
+            return out
         count = len(sel.messages)
         for r in seqset.ranges:
             # RFC 9051 §6.4.5: a number beyond the mailbox is an error. A range with "*" is

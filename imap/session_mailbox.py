@@ -114,6 +114,7 @@ class MailboxCommands(SessionCore):
             list(snap.messages),
             set(snap.recent_uids),
             highest_modseq=snap.highest_modseq,
+            synced_modseq=snap.highest_modseq,
         )
         if command is not None and (command.condstore or command.qresync is not None):
             self.condstore = True  # RFC 7162 §3.1.8

@@ -376,9 +376,10 @@ class SelectedCommands(SessionCore):
     def _update_flags(self, changed: dict[int, MessageInfo]) -> None:
         """Take the store's new flags and MODSEQs of messages this session just changed."""
         sel = self._sel()
-        for i, m in enumerate(sel.messages):
-            new = changed.get(m.uid)
-            if new is not None:
+        for uid, new in changed.items():
+            i = sel.position(uid)
+            if i is not None:
+                m = sel.messages[i]
                 sel.messages[i] = dataclasses.replace(m, flags=new.flags, modseq=new.modseq)
                 sel.highest_modseq = max(sel.highest_modseq, new.modseq)
 

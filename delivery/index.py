@@ -403,9 +403,15 @@ class FolderIndex:
     def _record(self, entries: list[Entry]) -> None:
         """Hand what changed to the persistent index and give entries their MODSEQs."""
         uid_validity = self.uidlist.uid_validity
-        partial = not self._touched_all and self.db.is_complete_for(uid_validity)
+        # A process that never listed the folder (an SMTP worker delivering) knows only what
+        # it touched: it records just that, never a whole-folder compare (which would take
+        # every message it has not seen for expunged).
+        blind = not self._listed
+        partial = blind or (not self._touched_all and self.db.is_complete_for(uid_validity))
         touched = self._touched
-        self._touched, self._touched_all = set(), False
+        self._touched = set()
+        if not blind:
+            self._touched_all = False
         removed: list[int] | None = None
         if partial:
             chosen = [self._by_uid[u] for u in sorted(touched) if u in self._by_uid]
@@ -415,8 +421,9 @@ class FolderIndex:
         try:
             modseqs = self.db.reconcile(uid_validity, [_row(e) for e in chosen], removed)
         except IndexRebuiltError:
-            chosen = entries
-            modseqs = self.db.reconcile(uid_validity, [_row(e) for e in entries], None)
+            if not blind:
+                chosen, removed = entries, None
+            modseqs = self.db.reconcile(uid_validity, [_row(e) for e in chosen], removed)
         for entry in chosen:
             modseq = modseqs.get(entry.uid, 0)
             if entry.info.modseq != modseq:

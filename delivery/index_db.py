@@ -271,7 +271,16 @@ class IndexDb:
         rows: Sequence[Row],
         removed: Iterable[int] | None,
     ) -> dict[int, int]:
-        known = self._catch_up(db)
+        if removed is not None and self._known is None:
+            # A partial record by a process that never read the whole folder (an SMTP worker
+            # delivering): look up just these rows instead of loading every one.
+            removed = list(removed)
+            known = self._rows_of([r.uid for r in rows] + removed, db)
+        else:
+            known = self._catch_up(db)
+        if uid_validity != self.uid_validity and self.uid_validity == 0 and not known:
+            self._set_meta(db, "uidvalidity", uid_validity)  # a new file: nothing to forget
+            self.uid_validity = uid_validity
         if uid_validity != self.uid_validity:
             # A new UIDVALIDITY (RFC 9051 §2.3.1.1): every UID is new; old expunges mean
             # nothing. HIGHESTMODSEQ carries on upwards.
@@ -312,6 +321,22 @@ class IndexDb:
             if gone:
                 self._trim_expunge_log(db)
         return {r.uid: known[r.uid][1] for r in rows}
+
+    def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+        """uid -> (flags, modseq) of just these UIDs, with the meta values brought up to date."""
+        self._catch_up_meta(db)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        self.uid_validity = int(meta.get("uidvalidity", 0))
+        found: dict[int, tuple[str, int]] = {}
+        for start in range(0, len(uids), _BATCH):
+            batch = uids[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            for uid, flags, modseq in db.execute(
+                f"SELECT uid, flags, modseq FROM messages WHERE uid IN ({marks})",  # noqa: S608
+                batch,
+            ):
+                found[uid] = (flags, modseq)
+        return found
 
     def _trim_expunge_log(self, db: sqlite3.Connection) -> None:
         (count,) = db.execute("SELECT count(*) FROM expunged").fetchone()

@@ -125,3 +125,18 @@ def test_unchanged_since_skips_messages_changed_later(store: MaildirStore) -> No
     assert set(change.done) == {uids[1]}
     assert Flag.SEEN.value in change.done[uids[1]].flags
     assert change.done[uids[1]].modseq == highest(store)
+
+
+def test_a_delivering_process_records_only_its_own_messages(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    """An SMTP worker delivers without ever listing the folder: it must not take the
+    messages it has not seen for expunged."""
+    uids = deliver(store, 3)
+    before, top = modseqs(store), highest(store)
+    worker = MaildirStore(paths, hostname="mx.example.com")
+    (new,) = deliver(worker)
+    assert store.expunged_since(ALICE, INBOX, top) == []
+    after = modseqs(store)
+    assert {u: after[u] for u in uids} == before
+    assert after[new] > top

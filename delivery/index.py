@@ -119,6 +119,7 @@ class FolderIndex:
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
         self._by_uid: dict[int, Entry] = {}  # the same entries by UID
         self._dead_records = 0  # uidlist records whose files we removed (module docstring)
+        self._unlinked: set[int] = set()  # UIDs whose files we removed since the last record
         self._in_new: set[int] = set()  # UIDs of entries in new/
         self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
         self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
@@ -408,14 +409,16 @@ class FolderIndex:
         # every message it has not seen for expunged).
         blind = not self._listed
         partial = blind or (not self._touched_all and self.db.is_complete_for(uid_validity))
-        touched = self._touched
-        self._touched = set()
+        touched, unlinked = self._touched, self._unlinked
+        self._touched, self._unlinked = set(), set()
         if not blind:
             self._touched_all = False
         removed: list[int] | None = None
         if partial:
             chosen = [self._by_uid[u] for u in sorted(touched) if u in self._by_uid]
-            removed = [u for u in touched if u not in self._by_uid]
+            # Without a listing, a touched UID we have no entry for is only gone if we
+            # unlinked it (others' new records are touched too).
+            removed = [u for u in touched if u not in self._by_uid and (not blind or u in unlinked)]
         else:
             chosen = entries
         try:
@@ -558,6 +561,8 @@ class FolderIndex:
             self._meta.pop(base, None)
             self._entry_of.pop(base, None)
             uid = self._uid_of.get(base)
+            if uid is not None:
+                self._unlinked.add(uid)
             i = self._position(uid) if uid is not None else None
             if i is not None and self._entries is not None and uid is not None:
                 del self._entries[i]

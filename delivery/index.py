@@ -41,13 +41,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
-from mailstack.delivery.index_db import IndexDb, IndexRebuiltError, Row, flag_text
+from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
+from mailstack.delivery.index_entry import Entry, Stamp, SyncResult, measure, row, uid_key
+from mailstack.delivery.index_entry import stamp as file_stamp
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
-from mailstack.delivery.layout import crlf_size, sizes_from_name, time_from_name
+from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
 from mailstack.delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
 
@@ -61,37 +62,6 @@ TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
 DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
 FILE_MODE = 0o600
-
-Stamp = tuple[int, int, int]
-
-
-def _stamp(path: Path) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One message file as the index knows it."""
-
-    uid: int
-    sub: str  # "new" or "cur"
-    name: str  # current file name, info included
-    info: MessageInfo
-    disk_size: int  # S=: bytes on disk (what the quota counts)
-
-    @property
-    def meta(self) -> tuple[float, int, int]:
-        """(internal date, S, W) as `FolderIndex.added` takes it."""
-        return (self.info.internal_date, self.disk_size, self.info.size)
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    foreign_changes: bool  # files appeared or vanished that this process did not write/remove
 
 
 class FolderIndex:
@@ -155,7 +125,7 @@ class FolderIndex:
 
     def _load_uidlist(self) -> None:
         path = self.path / UIDLIST
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp is not None and stamp == self._uidlist_stamp:
             return
         if stamp is not None and self._extend_uidlist(path, stamp):
@@ -174,7 +144,7 @@ class FolderIndex:
             uidlist = UidList(uid_validity=self._next_uid_validity())
             data = uidlist.serialize()
             atomic_write(path, data, mode=FILE_MODE)
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
             self._uidlist_parsed = len(data)
         self._uidlist, self._uidlist_stamp = uidlist, stamp
         self._uid_of = {r.base: r.uid for r in uidlist.records}
@@ -218,7 +188,7 @@ class FolderIndex:
 
     def _load_keywords(self) -> None:
         path = self.path / KEYWORDS
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp == self._keywords_stamp:
             return
         try:
@@ -285,7 +255,7 @@ class FolderIndex:
                 listing[base] = (sub, name)
                 if base not in meta:
                     # First sight in this process: measure it now; later syncs use the cache.
-                    measured = _measure(os.path.join(directory, name), base)
+                    measured = measure(os.path.join(directory, name), base)
                     if measured is not None:
                         meta[base] = measured
         return listing
@@ -370,7 +340,7 @@ class FolderIndex:
                 self._entry_of[base] = entry
                 made.add(uid)
             entries.append(entry)
-        entries.sort(key=_uid_key)
+        entries.sort(key=uid_key)
         self._entries = entries
         self._by_uid = {e.uid: e for e in entries}
         self._in_new = {e.uid for e in entries if e.sub == "new"}
@@ -383,7 +353,7 @@ class FolderIndex:
         entries = self._entries
         if entries is None:
             return None
-        i = bisect.bisect_left(entries, uid, key=_uid_key)
+        i = bisect.bisect_left(entries, uid, key=uid_key)
         return i if i < len(entries) and entries[i].uid == uid else None
 
     def _put(self, entry: Entry) -> bool:
@@ -422,11 +392,11 @@ class FolderIndex:
         else:
             chosen = entries
         try:
-            modseqs = self.db.reconcile(uid_validity, [_row(e) for e in chosen], removed)
+            modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
         except IndexRebuiltError:
             if not blind:
                 chosen, removed = entries, None
-            modseqs = self.db.reconcile(uid_validity, [_row(e) for e in chosen], removed)
+            modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
         for entry in chosen:
             modseq = modseqs.get(entry.uid, 0)
             if entry.info.modseq != modseq:
@@ -464,7 +434,7 @@ class FolderIndex:
         base, letters, _ = split_info(name)
         meta = self._meta.get(base)
         if meta is None:
-            meta = _measure(os.path.join(self.path, sub, name), base)
+            meta = measure(os.path.join(self.path, sub, name), base)
             if meta is None:
                 return None
             self._meta[base] = meta
@@ -504,7 +474,7 @@ class FolderIndex:
         finally:
             if fd >= 0:
                 os.close(fd)
-        self._uidlist_stamp = _stamp(path)
+        self._uidlist_stamp = file_stamp(path)
         self._uidlist_parsed = self._uidlist_stamp[1] if self._uidlist_stamp else 0
 
     def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
@@ -599,7 +569,7 @@ class FolderIndex:
         path = self.path / UIDLIST
         data = uidlist.serialize()
         atomic_write(path, data, mode=FILE_MODE)
-        self._uidlist_stamp = _stamp(path)
+        self._uidlist_stamp = file_stamp(path)
         self._uidlist_parsed = len(data)
         self._uid_of = {r.base: r.uid for r in kept}
         self._dead_records = 0
@@ -610,13 +580,13 @@ class FolderIndex:
         if self._keywords.add(k for k in keywords if not k.startswith("\\")):
             path = self.path / KEYWORDS
             atomic_write(path, self._keywords.serialize(), mode=FILE_MODE)
-            self._keywords_stamp = _stamp(path)
+            self._keywords_stamp = file_stamp(path)
 
     def set_keywords(self, keywords: KeywordMap) -> None:
         path = self.path / KEYWORDS
         atomic_write(path, keywords.serialize(), mode=FILE_MODE)
         self._keywords = KeywordMap(list(keywords.names))
-        self._keywords_stamp = _stamp(path)
+        self._keywords_stamp = file_stamp(path)
         self._entry_of.clear()
         self._entries = None
 
@@ -637,37 +607,3 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
-
-
-def _uid_key(entry: Entry) -> int:
-    return entry.uid
-
-
-def _row(entry: Entry) -> Row:
-    info = entry.info
-    return Row(
-        uid=info.uid,
-        flags=flag_text(info.flags),
-        base=info.key,
-        name=entry.name,
-        disk_size=entry.disk_size,
-        size=info.size,
-        internal_date=info.internal_date,
-    )
-
-
-def _measure(path: str, base: str) -> tuple[float, int, int] | None:
-    """(mtime, S, W) of a message file: the mtime is INTERNALDATE; sizes from the name."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    size, vsize = sizes_from_name(base)
-    if vsize is None:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
-    return (st.st_mtime, st.st_size if size is None else size, vsize)

@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from mailstack.delivery import folders, quota
+from mailstack.delivery import folders, maildir_flags, quota
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
@@ -43,10 +43,6 @@ from mailstack.delivery.fulltext import FolderText
 from mailstack.delivery.index import FolderIndex
 from mailstack.delivery.keywords import (
     canonical_flag,
-    file_name_with_flags,
-    flags_from_letters,
-    letters_from_flags,
-    split_info,
 )
 from mailstack.delivery.layout import crlf_size, folder_dir_name, normalize_folder, to_lf
 from mailstack.delivery.maildir_folders import FolderOps
@@ -503,45 +499,13 @@ class MaildirStore:
         root, name, fdir = self._folder(user, folder)
         wanted = _storable(flags)
         index = self._index(root, fdir)
-        done: dict[int, frozenset[str]] = {}
-        modified: list[int] = []
-        changed = False
         with index.locked():
-            index.sync()
-            if mode is not FlagMode.REMOVE:
-                index.ensure_keywords(wanted)
-            wanted = frozenset(
-                f if f.startswith("\\") else index.keywords.canonical(f) for f in wanted
+            result, changed = maildir_flags.change_flags(
+                index, fdir, uids, wanted, mode, unchanged_since
             )
-            by_uid = index.entries_by_uid()
-            for uid in uids:
-                entry = by_uid.get(uid)
-                if entry is None:
-                    continue
-                if unchanged_since is not None and entry.info.modseq > unchanged_since:
-                    modified.append(uid)  # RFC 7162 §3.1.3: changed since the client looked
-                    continue
-                old = entry.info.flags
-                new = {FlagMode.REPLACE: wanted, FlagMode.ADD: old | wanted}.get(mode, old - wanted)
-                base, old_letters, extra = split_info(entry.name)
-                letters = letters_from_flags(new, index.keywords, keep=old_letters)
-                new_name = file_name_with_flags(base, letters, extra)
-                if (entry.sub, entry.name) != ("cur", new_name):
-                    try:
-                        os.rename(fdir / entry.sub / entry.name, fdir / "cur" / new_name)
-                    except FileNotFoundError:
-                        continue  # expunged or renamed by someone else meanwhile: skip it
-                    index.renamed(base, "cur", new_name)
-                    changed = True
-                done[uid] = flags_from_letters(letters, index.keywords)
-            if changed:
-                # No directory fsync: a flag change is not fsynced (delivery/index_db.py, as
-                # Dovecot's mail_fsync=optimized); a crash may lose it, never the message.
-                by_uid = index.entries_by_uid()  # records the new MODSEQs
-            infos = {uid: by_uid[uid].info for uid in done if uid in by_uid}
         if changed:
             self._publish(user, name)
-        return FlagChange(done=infos, modified=tuple(modified))
+        return result
 
     def expunged_since(self, user: str, folder: str, modseq: int) -> list[int] | None:
         root, _name, fdir = self._folder(user, folder)

@@ -8,9 +8,19 @@ one only when it changed:
 - uidlist and keywords: when their (inode, size, mtime) differ. Every writer of either holds the
   folder's `dovecot-uidlist.lock` (Dovecot does too), so after our own write we can record the
   new stamp without a race.
-- the listing: when the mtime of `new/` or `cur/` differs, or is less than `DIR_SETTLE_NS` old:
-  a change landing in the same timestamp tick as our scan would not move the mtime, so a recent
-  mtime proves nothing (Dovecot's maildir sync applies the same rule).
+- the listing: when the mtime of `new/` or `cur/` differs. A change landing in the same
+  timestamp tick as our scan (or as our own rename) would not move the mtime, so while the
+  mtime is less than `DIR_SETTLE_NS` old it proves nothing: one verifying re-list follows once
+  it has settled. Foreign changes in that window are seen within about `DIR_SETTLE_NS` rather
+  than at once; in exchange our own renames (STORE, EXPUNGE, APPEND) update the index in place
+  and never re-list a 100,000-message folder.
+
+Our own changes (`added_many`, `renamed`, `removed`) update the cached entries in place (O(log
+n) per message) and mark their UIDs for the persistent index (delivery/index_db.py), which
+gives them a new MODSEQ on the next `entries()`; anything found by a re-list is compared and
+recorded the same way. Records of expunged messages stay in `dovecot-uidlist` (a record
+whose file is gone is dead, as after any `rm`; Dovecot reads such files) until they are a
+quarter of it: rewriting a 100,000-line file costs seconds in Python, an EXPUNGE should not.
 
 The internal date is the file's mtime (as Dovecot: RFC 3501 §2.3.3 INTERNALDATE), so each file is
 stat()ed once per process, the first time it is seen; sizes without S=/W= fields (files other
@@ -23,18 +33,22 @@ sees consistent files too.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
+from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
+from mailstack.delivery.index_entry import Entry, Stamp, SyncResult, measure, row, uid_key
+from mailstack.delivery.index_entry import stamp as file_stamp
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
-from mailstack.delivery.layout import crlf_size, sizes_from_name, time_from_name
+from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
 from mailstack.delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
 
@@ -46,38 +60,8 @@ UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
 TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
+DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
 FILE_MODE = 0o600
-
-Stamp = tuple[int, int, int]
-
-
-def _stamp(path: Path) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One message file as the index knows it."""
-
-    uid: int
-    sub: str  # "new" or "cur"
-    name: str  # current file name, info included
-    info: MessageInfo
-    disk_size: int  # S=: bytes on disk (what the quota counts)
-
-    @property
-    def meta(self) -> tuple[float, int, int]:
-        """(internal date, S, W) as `FolderIndex.added` takes it."""
-        return (self.info.internal_date, self.disk_size, self.info.size)
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    foreign_changes: bool  # files appeared or vanished that this process did not write/remove
 
 
 class FolderIndex:
@@ -99,11 +83,21 @@ class FolderIndex:
         self._keywords_stamp: Stamp | None = None
         self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
         self._listing_stamp: tuple[int, int] | None = None
+        self._verify_after_ns = 0  # re-list once the directories' mtimes are this old
         self._listed = False  # _listing came from a full scan at least once
         self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
+        self._by_uid: dict[int, Entry] = {}  # the same entries by UID
+        self._dead_records = 0  # uidlist records whose files we removed (module docstring)
+        self._unlinked: set[int] = set()  # UIDs whose files we removed since the last record
+        self._in_new: set[int] = set()  # UIDs of entries in new/
         self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
         self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
+        # The persistent side (MODSEQs, expunge log): delivery/index_db.py. What changed since
+        # its last reconcile: these UIDs, or anything at all when `_touched_all`.
+        self.db = IndexDb(path)
+        self._touched: set[int] = set()
+        self._touched_all = True
 
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -131,7 +125,7 @@ class FolderIndex:
 
     def _load_uidlist(self) -> None:
         path = self.path / UIDLIST
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp is not None and stamp == self._uidlist_stamp:
             return
         if stamp is not None and self._extend_uidlist(path, stamp):
@@ -150,11 +144,13 @@ class FolderIndex:
             uidlist = UidList(uid_validity=self._next_uid_validity())
             data = uidlist.serialize()
             atomic_write(path, data, mode=FILE_MODE)
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
             self._uidlist_parsed = len(data)
         self._uidlist, self._uidlist_stamp = uidlist, stamp
         self._uid_of = {r.base: r.uid for r in uidlist.records}
         self._entries = None
+        self._touched_all = True
+        self._listing_stamp = None  # rewritten by someone: files came or went, re-list
 
     def _extend_uidlist(self, path: Path, stamp: Stamp) -> bool:
         """Another process (a second mailstack process, Dovecot) appended records: parse just
@@ -182,6 +178,9 @@ class FolderIndex:
             return False  # the full parse decides what to do with it
         for record in uidlist.records[before:]:
             self._uid_of[record.base] = record.uid
+            self._touched.add(record.uid)
+        if len(uidlist.records) > before:
+            self._listing_stamp = None  # others numbered new files: re-list to find them
         self._uidlist_parsed += complete
         self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         self._entries = None
@@ -189,7 +188,7 @@ class FolderIndex:
 
     def _load_keywords(self) -> None:
         path = self.path / KEYWORDS
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp == self._keywords_stamp:
             return
         try:
@@ -199,6 +198,7 @@ class FolderIndex:
         self._keywords_stamp = stamp
         self._entry_of.clear()  # flags depend on the letter map
         self._entries = None
+        self._touched_all = True
 
     def _dir_stamp(self) -> tuple[int, int]:
         return (
@@ -211,10 +211,39 @@ class FolderIndex:
         index did not add or remove itself (someone else wrote: Dovecot, a script, a CLI)."""
         stamp = self._dir_stamp()
         now_ns = time.time_ns()
-        if stamp == self._listing_stamp:
+        if stamp == self._listing_stamp and not (
+            self._verify_after_ns and now_ns >= self._verify_after_ns
+        ):
             return False
         if not self._listed:
             self._clean_tmp()
+        listing = self._list_dirs()
+        if self._listed and self._listing.keys() - listing.keys():
+            # A file moved from new/ to cur/ between our two listdir() calls is in neither
+            # listing; taking that as an expunge would be final (VANISHED UIDs never come
+            # back). Files that vanished must be missing from a second listing too.
+            listing = self._list_dirs()
+        settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
+        self._listing_stamp = stamp
+        self._verify_after_ns = 0 if settled else max(stamp) + DIR_SETTLE_NS
+        if listing == self._listing and self._listed:
+            return False  # relisted (mtime too recent to trust) but nothing changed
+        foreign = self._listed and self._listing.keys() != listing.keys()
+        if self._listed and not self._touched_all:
+            old = self._listing
+            for base in old.keys() | listing.keys():
+                if old.get(base) != listing.get(base):
+                    self._touch(base)
+        for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
+            self._meta.pop(base, None)
+            self._entry_of.pop(base, None)
+        self._listed = True
+        self._listing = listing
+        self._entries = None
+        return foreign
+
+    def _list_dirs(self) -> dict[str, tuple[str, str]]:
+        """base -> (sub, name) of every message file in new/ and cur/."""
         listing: dict[str, tuple[str, str]] = {}
         meta = self._meta
         for sub in ("new", "cur"):
@@ -226,21 +255,10 @@ class FolderIndex:
                 listing[base] = (sub, name)
                 if base not in meta:
                     # First sight in this process: measure it now; later syncs use the cache.
-                    measured = _measure(os.path.join(directory, name), base)
+                    measured = measure(os.path.join(directory, name), base)
                     if measured is not None:
                         meta[base] = measured
-        settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
-        self._listing_stamp = stamp if settled else None
-        if listing == self._listing and self._listed:
-            return False  # relisted (mtime too recent to trust) but nothing changed
-        foreign = self._listed and self._listing.keys() != listing.keys()
-        for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
-            self._meta.pop(base, None)
-            self._entry_of.pop(base, None)
-        self._listed = True
-        self._listing = listing
-        self._entries = None
-        return foreign
+        return listing
 
     def _clean_tmp(self) -> None:
         """Remove what crashed writers left in tmp/ (once per process and folder).
@@ -267,6 +285,10 @@ class FolderIndex:
         """Bring the index up to date, giving UIDs to files nobody numbered yet."""
         self._load_uidlist()
         self._load_keywords()
+        if self.db.changed_elsewhere():
+            # Another mailstack process (an SMTP worker, the LDA, a second serve) recorded a
+            # change: re-list now rather than trust an mtime that may not have moved.
+            self._listing_stamp = None
         foreign = self._load_listing()
         if self._entries is not None:
             # Nothing was re-read or changed since the last entries(): all files are numbered.
@@ -278,10 +300,33 @@ class FolderIndex:
             self._append_records(self.uidlist.assign(self._listing[b][1] for b in newcomers))
         return SyncResult(foreign_changes=foreign or bool(newcomers))
 
+    def _touch(self, base: str) -> None:
+        uid = self._uid_of.get(base)
+        if uid is not None:
+            self._touched.add(uid)
+
+    @property
+    def highest_modseq(self) -> int:
+        """The folder's HIGHESTMODSEQ as of the last entries() (RFC 7162 §3.1.2.1)."""
+        self.entries()
+        return self.db.highest_modseq
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after `modseq` (None: the log does not reach back so far)."""
+        self.entries()
+        return self.db.expunged_since(modseq)
+
     def entries(self) -> list[Entry]:
-        """Every message, in UID order (after sync())."""
-        if self._entries is not None:
-            return self._entries
+        """Every message, in UID order (after sync()), each with its MODSEQ."""
+        entries = self._entries
+        if entries is None:
+            entries = self._rebuild()
+        elif self._touched or self._touched_all:
+            self._record(entries)
+        return entries
+
+    def _rebuild(self) -> list[Entry]:
+        made: set[int] = set()
         entries = []
         for base, (sub, name) in self._listing.items():
             uid = self._uid_of.get(base)
@@ -289,44 +334,115 @@ class FolderIndex:
                 continue  # appeared after our sync; the next one numbers it
             entry = self._entry_of.get(base)
             if entry is None or entry.name != name or entry.sub != sub or entry.uid != uid:
-                entry = self._make_entry(uid, sub, name)
+                entry = self._make_entry(uid, sub, name, entry.info.modseq if entry else 0)
                 if entry is None:
                     continue
                 self._entry_of[base] = entry
+                made.add(uid)
             entries.append(entry)
-        entries.sort(key=lambda e: e.uid)
+        entries.sort(key=uid_key)
         self._entries = entries
+        self._by_uid = {e.uid: e for e in entries}
+        self._in_new = {e.uid for e in entries if e.sub == "new"}
         self._view = None
+        self._touched |= made
+        self._record(entries)
         return entries
+
+    def _position(self, uid: int) -> int | None:
+        entries = self._entries
+        if entries is None:
+            return None
+        i = bisect.bisect_left(entries, uid, key=uid_key)
+        return i if i < len(entries) and entries[i].uid == uid else None
+
+    def _put(self, entry: Entry) -> bool:
+        """Replace the cached entry of `entry.uid` in place; False if it has none."""
+        i = self._position(entry.uid)
+        if i is None or self._entries is None:
+            return False
+        self._entries[i] = entry
+        self._by_uid[entry.uid] = entry
+        self._entry_of[entry.info.key] = entry
+        if entry.sub == "new":
+            self._in_new.add(entry.uid)
+        else:
+            self._in_new.discard(entry.uid)
+        self._view = None
+        return True
+
+    def _record(self, entries: list[Entry]) -> None:
+        """Hand what changed to the persistent index and give entries their MODSEQs."""
+        uid_validity = self.uidlist.uid_validity
+        # A process that never listed the folder (an SMTP worker delivering) knows only what
+        # it touched: it records just that, never a whole-folder compare (which would take
+        # every message it has not seen for expunged).
+        blind = not self._listed
+        partial = blind or (not self._touched_all and self.db.is_complete_for(uid_validity))
+        touched, unlinked = self._touched, self._unlinked
+        self._touched, self._unlinked = set(), set()
+        if not blind:
+            self._touched_all = False
+        removed: list[int] | None = None
+        if partial:
+            chosen = [self._by_uid[u] for u in sorted(touched) if u in self._by_uid]
+            # Without a listing, a touched UID we have no entry for is only gone if we
+            # unlinked it (others' new records are touched too).
+            removed = [u for u in touched if u not in self._by_uid and (not blind or u in unlinked)]
+        else:
+            chosen = entries
+        try:
+            modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
+        except IndexRebuiltError:
+            if not blind:
+                chosen, removed = entries, None
+            modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
+        for entry in chosen:
+            modseq = modseqs.get(entry.uid, 0)
+            if entry.info.modseq != modseq:
+                info = dataclasses.replace(entry.info, modseq=modseq)
+                self._put(dataclasses.replace(entry, info=info))
+
+    def changed_since(self, modseq: int) -> list[Entry]:
+        """Messages whose MODSEQ is above `modseq`, in UID order (CONDSTORE, and how sessions
+        catch up without comparing whole folders)."""
+        self.entries()
+        by_uid = self._by_uid
+        return [by_uid[u] for u in self.db.changed_since(modseq) if u in by_uid]
 
     def view(self) -> tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]]:
         """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
         entries = self.entries()
         if self._view is None:
-            self._view = (
-                tuple(e.info for e in entries),
-                frozenset(e.uid for e in entries if e.sub == "new"),
-                {e.uid: e for e in entries},
-            )
+            self._view = (tuple(e.info for e in entries), frozenset(self._in_new), self._by_uid)
         return self._view
 
+    def in_new(self) -> frozenset[int]:
+        """UIDs of the messages still in new/ (RFC 3501 \\Recent for EXAMINE and STATUS)."""
+        self.entries()
+        return frozenset(self._in_new)
+
     def entry(self, uid: int) -> Entry | None:
-        return self.view()[2].get(uid)
+        self.entries()
+        return self._by_uid.get(uid)
 
     def entries_by_uid(self) -> dict[int, Entry]:
-        return self.view()[2]
+        self.entries()
+        return self._by_uid
 
-    def _make_entry(self, uid: int, sub: str, name: str) -> Entry | None:
+    def _make_entry(self, uid: int, sub: str, name: str, modseq: int = 0) -> Entry | None:
         base, letters, _ = split_info(name)
         meta = self._meta.get(base)
         if meta is None:
-            meta = _measure(os.path.join(self.path, sub, name), base)
+            meta = measure(os.path.join(self.path, sub, name), base)
             if meta is None:
                 return None
             self._meta[base] = meta
         mtime, size, vsize = meta
         flags = flags_from_letters(letters, self._keywords) if sub == "cur" else frozenset()
-        info = MessageInfo(uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base)
+        info = MessageInfo(
+            uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
+        )
         return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
 
     # -- changing state (our own writes) -------------------------------------------------------
@@ -334,7 +450,7 @@ class FolderIndex:
         path = self.path / UIDLIST
         for record in records:
             self._uid_of[record.base] = record.uid
-        self._entries = None
+            self._touched.add(record.uid)
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             # Under the lock, right after _load_uidlist: when we parsed the file to its end, it
@@ -358,7 +474,7 @@ class FolderIndex:
         finally:
             if fd >= 0:
                 os.close(fd)
-        self._uidlist_stamp = _stamp(path)
+        self._uidlist_stamp = file_stamp(path)
         self._uidlist_parsed = self._uidlist_stamp[1] if self._uidlist_stamp else 0
 
     def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
@@ -373,26 +489,69 @@ class FolderIndex:
             base = base_name(name)
             self._meta[base] = meta
             self._listing[base] = (sub, name)
-        self._listing_stamp = None  # our renames moved the directories' mtimes
+        self._note_own_change()
         records = self.uidlist.assign(name for _sub, name, _meta in files)
         if records:
             self._append_records(records)
+        entries = self._entries
+        for record, (sub, name, _meta) in zip(records, files, strict=True):
+            entry = self._make_entry(record.uid, sub, name) if entries is not None else None
+            if entries is None or entry is None or (entries and entries[-1].uid >= entry.uid):
+                self._entries = entries = None  # rebuilt on the next entries()
+                continue
+            entries.append(entry)  # new UIDs are the largest: the order holds
+            self._by_uid[entry.uid] = entry
+            self._entry_of[entry.info.key] = entry
+            if sub == "new":
+                self._in_new.add(entry.uid)
+            self._view = None
         return [r.uid for r in records]
 
     def renamed(self, base: str, sub: str, name: str) -> None:
+        """We renamed a message file (flags, new/ -> cur/): update it in place."""
+        self._touch(base)
         self._listing[base] = (sub, name)
-        self._listing_stamp = None
-        self._entries = None
+        self._note_own_change()
+        uid = self._uid_of.get(base)
+        old = self._by_uid.get(uid) if uid is not None else None
+        entry = None
+        if uid is not None and old is not None:
+            entry = self._make_entry(uid, sub, name, old.info.modseq)
+        if entry is None or not self._put(entry):
+            self._entries = None
 
-    def removed(self, bases: Iterable[str]) -> None:
-        """Files we unlinked: drop them from the listing and the uidlist (rewritten)."""
-        for base in bases:
+    def removed(self, bases: Iterable[str], *, rewrite: bool = False) -> None:
+        """Files we unlinked: drop them from the listing and the entries; the uidlist is
+        rewritten without them when `rewrite` or once dead records are many (module
+        docstring)."""
+        for base in list(bases):  # may be a generator over our own entries
+            self._dead_records += 1
+            self._touch(base)
             self._listing.pop(base, None)
             self._meta.pop(base, None)
             self._entry_of.pop(base, None)
-        self._listing_stamp = None
-        self._entries = None
-        self.rewrite_uidlist()
+            uid = self._uid_of.get(base)
+            if uid is not None:
+                self._unlinked.add(uid)
+            i = self._position(uid) if uid is not None else None
+            if i is not None and self._entries is not None and uid is not None:
+                del self._entries[i]
+                self._by_uid.pop(uid, None)
+                self._in_new.discard(uid)
+                self._view = None
+        self._note_own_change()
+        records = len(self._uidlist.records) if self._uidlist is not None else 0
+        if rewrite or self._dead_records >= max(DEAD_RECORDS_MIN, records // 4):
+            self.rewrite_uidlist()
+
+    def _note_own_change(self) -> None:
+        """We renamed or unlinked in new/ or cur/: take the directories' new mtimes as known
+        instead of re-listing, and verify once they have settled (module docstring)."""
+        if self._listing_stamp is None:
+            return  # a re-list is due anyway
+        self._listing_stamp = self._dir_stamp()
+        if not self._verify_after_ns:
+            self._verify_after_ns = max(self._listing_stamp) + DIR_SETTLE_NS
 
     def rewrite_uidlist(self) -> None:
         """Replace the uidlist, keeping only records whose files exist, with current names."""
@@ -410,10 +569,10 @@ class FolderIndex:
         path = self.path / UIDLIST
         data = uidlist.serialize()
         atomic_write(path, data, mode=FILE_MODE)
-        self._uidlist_stamp = _stamp(path)
+        self._uidlist_stamp = file_stamp(path)
         self._uidlist_parsed = len(data)
         self._uid_of = {r.base: r.uid for r in kept}
-        self._entries = None
+        self._dead_records = 0
 
     def ensure_keywords(self, keywords: Iterable[str]) -> None:
         """Give letters to new keywords and persist dovecot-keywords (uidlist lock held)."""
@@ -421,22 +580,22 @@ class FolderIndex:
         if self._keywords.add(k for k in keywords if not k.startswith("\\")):
             path = self.path / KEYWORDS
             atomic_write(path, self._keywords.serialize(), mode=FILE_MODE)
-            self._keywords_stamp = _stamp(path)
+            self._keywords_stamp = file_stamp(path)
 
     def set_keywords(self, keywords: KeywordMap) -> None:
         path = self.path / KEYWORDS
         atomic_write(path, keywords.serialize(), mode=FILE_MODE)
         self._keywords = KeywordMap(list(keywords.names))
-        self._keywords_stamp = _stamp(path)
+        self._keywords_stamp = file_stamp(path)
         self._entry_of.clear()
         self._entries = None
 
     def claim_new(self) -> list[int]:
         """Move every numbered file of new/ into cur/ (RFC 3501 \\Recent goes to the claimer)."""
         claimed = []
-        for entry in self.entries():
-            if entry.sub != "new":
-                continue
+        self.entries()
+        for uid in sorted(self._in_new):
+            entry = self._by_uid[uid]
             name = f"{entry.name}:2,"
             try:
                 os.rename(self.path / "new" / entry.name, self.path / "cur" / name)
@@ -448,20 +607,3 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
-
-
-def _measure(path: str, base: str) -> tuple[float, int, int] | None:
-    """(mtime, S, W) of a message file: the mtime is INTERNALDATE; sizes from the name."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    size, vsize = sizes_from_name(base)
-    if vsize is None:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
-    return (st.st_mtime, st.st_size if size is None else size, vsize)

@@ -37,7 +37,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from mailstack.delivery import folders, quota, recent
+from mailstack.delivery import folders, maildir_flags, quota, recent
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
@@ -45,10 +45,6 @@ from mailstack.delivery.fulltext import FolderText
 from mailstack.delivery.index import FolderIndex
 from mailstack.delivery.keywords import (
     canonical_flag,
-    file_name_with_flags,
-    flags_from_letters,
-    letters_from_flags,
-    split_info,
 )
 from mailstack.delivery.layout import crlf_size, folder_dir_name, normalize_folder, to_lf
 from mailstack.delivery.maildir_folders import FolderOps
@@ -56,6 +52,8 @@ from mailstack.delivery.maildir_write import BatchWriter, _Job, _Target, _Writte
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
     INBOX,
+    FlagChange,
+    FolderChanges,
     FolderExistsError,
     FolderInfo,
     FolderNotFoundError,
@@ -415,10 +413,35 @@ class MaildirStore:
                 messages=messages,
                 keywords=index.keywords.defined(),
                 recent_uids=claimed if claim_recent else in_new,
+                highest_modseq=index.highest_modseq,
             )
         if result.foreign_changes:
             quota.invalidate(root)  # someone else added or removed files: recount lazily
         return snap
+
+    def changes(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            result = index.sync()
+            claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
+            expunged = index.expunged_since(since)
+            if expunged is None:
+                return None
+            found = FolderChanges(
+                uid_validity=index.uidlist.uid_validity,
+                uid_next=index.uidlist.next_uid,
+                highest_modseq=index.highest_modseq,
+                changed=tuple(e.info for e in index.changed_since(since)),
+                expunged=tuple(expunged),
+                keywords=index.keywords.defined(),
+                recent_uids=claimed if claim_recent else index.in_new(),
+            )
+        if result.foreign_changes:
+            quota.invalidate(root)
+        return found
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         root, _name, fdir = self._folder(user, folder)
@@ -494,41 +517,36 @@ class MaildirStore:
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:
+        change = self.change_flags(user, folder, uids, flags, mode)
+        return {uid: info.flags for uid, info in change.done.items()}
+
+    def change_flags(
+        self,
+        user: str,
+        folder: str,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: FlagMode,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagChange:
         root, name, fdir = self._folder(user, folder)
         wanted = _storable(flags)
         index = self._index(root, fdir)
-        result: dict[int, frozenset[str]] = {}
-        changed = False
         with index.locked():
-            index.sync()
-            if mode is not FlagMode.REMOVE:
-                index.ensure_keywords(wanted)
-            wanted = frozenset(
-                f if f.startswith("\\") else index.keywords.canonical(f) for f in wanted
+            result, changed = maildir_flags.change_flags(
+                index, fdir, uids, wanted, mode, unchanged_since
             )
-            by_uid = index.entries_by_uid()
-            for uid in uids:
-                entry = by_uid.get(uid)
-                if entry is None:
-                    continue
-                old = entry.info.flags
-                new = {FlagMode.REPLACE: wanted, FlagMode.ADD: old | wanted}.get(mode, old - wanted)
-                base, old_letters, extra = split_info(entry.name)
-                letters = letters_from_flags(new, index.keywords, keep=old_letters)
-                new_name = file_name_with_flags(base, letters, extra)
-                if (entry.sub, entry.name) != ("cur", new_name):
-                    try:
-                        os.rename(fdir / entry.sub / entry.name, fdir / "cur" / new_name)
-                    except FileNotFoundError:
-                        continue  # expunged or renamed by someone else meanwhile: skip it
-                    index.renamed(base, "cur", new_name)
-                    changed = True
-                result[uid] = flags_from_letters(letters, index.keywords)
-            if changed:
-                fsync_dir(fdir / "cur")
         if changed:
             self._publish(user, name)
         return result
+
+    def expunged_since(self, user: str, folder: str, modseq: int) -> list[int] | None:
+        root, _name, fdir = self._folder(user, folder)
+        index = self._index(root, fdir)
+        with index.locked():
+            index.sync()
+            return index.expunged_since(modseq)
 
     def copy(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         root, _name, fdir = self._folder(user, folder)
@@ -581,9 +599,13 @@ class MaildirStore:
         removed: list[tuple[int, str, int]] = []
         with quota.changing(root), index.locked():
             index.sync()
-            for entry in index.entries():
-                if wanted is not None and entry.uid not in wanted:
-                    continue
+            by_uid = index.entries_by_uid()
+            chosen = (
+                index.entries()
+                if wanted is None
+                else [by_uid[u] for u in sorted(wanted) if u in by_uid]  # no folder-wide scan
+            )
+            for entry in chosen:
                 if only_deleted and Flag.DELETED not in entry.info.flags:
                     continue
                 try:
@@ -594,6 +616,7 @@ class MaildirStore:
                 removed.append((entry.uid, entry.info.key, size))
             if removed:
                 index.removed(key for _uid, key, _size in removed)
+                index.entries()  # recorded (MODSEQ, expunge log) before the lock goes
                 fsync_dir(fdir / "cur")
                 fsync_dir(fdir / "new")
                 mine = [size for *_, size in removed if size >= 0]

@@ -172,7 +172,7 @@ class FolderOps:
                 dest_index.added_many(moved)
                 for sub in ("new", "cur"):
                     fsync_dir(dest / sub)
-            src_index.removed(e.info.key for e in entries)
+            src_index.removed((e.info.key for e in entries), rewrite=True)
         self._publish(user, INBOX, new_name)
 
     def subscriptions(self, user: str) -> list[str]:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery import quota, recent
-from mailstack.delivery.index import FILE_MODE, Entry, FolderIndex
+from mailstack.delivery.index import FILE_MODE, FolderIndex
+from mailstack.delivery.index_entry import Entry
 from mailstack.delivery.keywords import file_name_with_flags, letters_from_flags, split_info
 from mailstack.delivery.layout import lf_slices, unique_name
 from mailstack.delivery.store import (
@@ -343,6 +344,7 @@ class BatchWriter:
                 uids = index.added_many(
                     [(d.sub, d.name, written[j][i].meta) for j, i, d in numbered]
                 )
+                index.entries()  # MODSEQs recorded: other processes see the change at once
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
                     done.uid_validity = index.uidlist.uid_validity
@@ -363,7 +365,8 @@ class BatchWriter:
                 continue
             with contextlib.suppress(OSError, StoreError), done.index.locked():
                 (done.index.path / done.sub / done.name).unlink()
-                done.index.removed([split_info(done.name)[0]])
+                # Rewritten at once: a UID taken back must not stay in the file.
+                done.index.removed([split_info(done.name)[0]], rewrite=True)
         for item, done in zip(written, placed, strict=True):
             if done is None:
                 with contextlib.suppress(OSError):

@@ -103,6 +103,7 @@ class MessageInfo:
     internal_date: float  # seconds since the epoch (Maildir: the file's delivery time)
     size: int  # RFC822.SIZE: the size with CRLF line endings
     key: str  # the Maildir unique name (base name without ":2,..." info)
+    modseq: int = 0  # RFC 7162 MODSEQ: when the message last changed (delivery/index_db.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,29 @@ class FolderSnapshot:
     messages: tuple[MessageInfo, ...]
     keywords: tuple[str, ...]  # keywords defined in the folder (PERMANENTFLAGS, FLAGS)
     recent_uids: frozenset[int]  # messages this snapshot is the first to see (RFC 3501 \Recent)
+    highest_modseq: int = 0  # RFC 7162 HIGHESTMODSEQ
+
+
+@dataclass(frozen=True, slots=True)
+class FolderChanges:
+    """What changed in a folder after a MODSEQ: how a session catches up without a snapshot."""
+
+    uid_validity: int
+    uid_next: int
+    highest_modseq: int
+    changed: tuple[MessageInfo, ...]  # MODSEQ above the one asked about, UID order (new too)
+    expunged: tuple[int, ...]  # UIDs expunged after it, ascending
+    keywords: tuple[str, ...]
+    recent_uids: frozenset[int]  # as in FolderSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """What `change_flags` did: each stored message's new state (flags and MODSEQ) and the
+    UIDs left alone because they changed after `unchanged_since` (RFC 7162 §3.1.3)."""
+
+    done: dict[int, MessageInfo]
+    modified: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +268,12 @@ class MailStore(Protocol):
         messages in `recent_uids`: only one session ever sees a message as \\Recent.
         """
 
+    def changes(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        """What changed after MODSEQ `since` (`snapshot`'s claim_recent semantics); None when
+        the store no longer knows every expunge since then (take a snapshot instead)."""
+
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         """The message as stored (LF endings). Raises MessageGoneError."""
 
@@ -264,6 +294,23 @@ class MailStore(Protocol):
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:
         """Change flags; returns the new flags of each message that still exists."""
+
+    def change_flags(
+        self,
+        user: str,
+        folder: str,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: FlagMode,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagChange:
+        """`store_flags` that also reports MODSEQs, and with `unchanged_since` (STORE
+        UNCHANGEDSINCE, RFC 7162 §3.1.3) skips messages whose MODSEQ is above it."""
+
+    def expunged_since(self, user: str, folder: str, modseq: int) -> list[int] | None:
+        """UIDs expunged with a MODSEQ above `modseq` (QRESYNC, RFC 7162 §3.2.5); None when
+        the store no longer remembers that far back."""
 
     def copy(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         """Copy messages (flags kept) durably; returns (source uid, new uid) pairs."""

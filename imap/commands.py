@@ -71,6 +71,7 @@ FETCH_NAMES = frozenset(
         "UID",
         "BINARY",
         "BINARY.SIZE",
+        "MODSEQ",  # RFC 7162 §3.1.4.1
     }
 )
 
@@ -198,6 +199,14 @@ class SearchSeq:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchModseq:
+    """RFC 7162 §3.1.5 MODSEQ [entry-name entry-type] n: MODSEQ >= n. We keep one MODSEQ
+    per message (no per-flag ones), so the optional entry name and type change nothing."""
+
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
 class SearchNot:
     key: SearchKey
 
@@ -221,6 +230,7 @@ SearchKey = (
     | SearchDate
     | SearchSize
     | SearchSeq
+    | SearchModseq
     | SearchNot
     | SearchOr
     | SearchAnd
@@ -289,10 +299,23 @@ class Enable(Command):
 
 @dataclass(frozen=True, slots=True)
 class Select(Command):
-    """SELECT, or EXAMINE when `readonly`."""
+    """SELECT, or EXAMINE when `readonly`; `condstore`/`qresync` are the RFC 7162 §3.1.8 and
+    §3.2.5 select parameters."""
 
     mailbox: str
     readonly: bool = False
+    condstore: bool = False
+    qresync: Qresync | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Qresync:
+    """RFC 7162 §3.2.5: QRESYNC (uidvalidity modseq [known-uids [seq-match-data]])."""
+
+    uid_validity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None  # (sequence numbers, UIDs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +564,8 @@ class Fetch(Command):
     seqset: SequenceSet
     attrs: tuple[FetchAttr, ...]
     uid: bool = False
+    changed_since: int | None = None  # RFC 7162 §3.1.4.1 CHANGEDSINCE
+    vanished: bool = False  # RFC 7162 §3.2.6 VANISHED (UID FETCH only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,6 +577,7 @@ class Store(Command):
     flags: tuple[str, ...]
     silent: bool = False
     uid: bool = False
+    unchanged_since: int | None = None  # RFC 7162 §3.1.3 UNCHANGEDSINCE
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 
 from mailstack.imap import commands as c
+from mailstack.imap.parser_condstore import modseq as _modseq
+from mailstack.imap.parser_condstore import qresync as _qresync
 from mailstack.imap.parser_reader import (
     BadSyntaxError,
     ParseError,
@@ -37,7 +39,17 @@ _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTR
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT"}
+    {
+        "MESSAGES",
+        "RECENT",
+        "UIDNEXT",
+        "UIDVALIDITY",
+        "UNSEEN",
+        "DELETED",
+        "SIZE",
+        "APPENDLIMIT",
+        "HIGHESTMODSEQ",
+    }
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
@@ -79,6 +91,7 @@ _KEYS_WITH_ARGUMENTS = frozenset(
         "UID",
         "NOT",
         "OR",
+        "MODSEQ",
     }
 )
 _DATE_KEYS = {
@@ -194,7 +207,25 @@ def _enable(r: Reader, tag: str) -> c.Command:
 def _select(readonly: bool) -> Callable[[Reader, str], c.Command]:
     def parse(r: Reader, tag: str) -> c.Command:
         r.sp()
-        return c.Select(tag, r.mailbox(), readonly)
+        name = r.mailbox()
+        condstore, qresync = False, None
+        if r.accept(b" ("):
+            # RFC 4466 §2.1 select-params = SP "(" select-param *(SP select-param) ")"
+            # RFC 7162 §7: select-param =/ "CONDSTORE" / "QRESYNC" SP "(" uidvalidity SP
+            #   mod-sequence-value [SP known-uids] [SP seq-match-data] ")"
+            while True:
+                param = r.keyword("a select parameter")
+                if param == "CONDSTORE":
+                    condstore = True
+                elif param == "QRESYNC" and qresync is None:
+                    r.sp()
+                    qresync = _qresync(r)
+                else:
+                    raise BadSyntaxError(f"unknown select parameter {param}")
+                if r.accept(b")"):
+                    break
+                r.sp()
+        return c.Select(tag, name, readonly, condstore, qresync)
 
     return parse
 
@@ -345,6 +376,14 @@ def _store(r: Reader, tag: str, uid: bool) -> c.Command:
     r.sp()
     seqset = r.seqset()
     r.sp()
+    unchanged_since = None
+    if r.accept(b"("):
+        # RFC 7162 §7: store-modifier =/ "UNCHANGEDSINCE" SP mod-sequence-valzer
+        r.expect(b"UNCHANGEDSINCE", "UNCHANGEDSINCE")
+        r.sp()
+        unchanged_since = _modseq(r, zero=True)
+        r.expect(b")", ") closing the STORE modifiers")
+        r.sp()
     mode = (
         FlagMode.ADD if r.accept(b"+") else FlagMode.REMOVE if r.accept(b"-") else FlagMode.REPLACE
     )
@@ -358,7 +397,7 @@ def _store(r: Reader, tag: str, uid: bool) -> c.Command:
         while r.accept(b" "):
             items.append(r.flag())
         flags = tuple(items)
-    return c.Store(tag, seqset, mode, flags, silent, uid)
+    return c.Store(tag, seqset, mode, flags, silent, uid, unchanged_since)
 
 
 # -- FETCH -----------------------------------------------------------------------------------
@@ -380,9 +419,29 @@ def _fetch(r: Reader, tag: str, uid: bool) -> c.Command:
         for macro, expanded in c.FETCH_MACROS.items():
             if r.at(macro.encode()) and not _FETCH_NAME.match(r.data, r.pos + len(macro)):
                 r.pos += len(macro)
-                return c.Fetch(tag, seqset, expanded, uid)
-        attrs.append(_fetch_att(r))
-    return c.Fetch(tag, seqset, tuple(attrs), uid)
+                attrs.extend(expanded)
+                break
+        else:
+            attrs.append(_fetch_att(r))
+    changed_since, vanished = None, False
+    if r.accept(b" ("):
+        # RFC 7162 §7: fetch-modifier =/ "CHANGEDSINCE" SP mod-sequence-valzer / "VANISHED"
+        while True:
+            modifier = r.keyword("a FETCH modifier")
+            if modifier == "CHANGEDSINCE" and changed_since is None:
+                r.sp()
+                changed_since = _modseq(r, zero=True)
+            elif modifier == "VANISHED" and not vanished:
+                vanished = True
+            else:
+                raise BadSyntaxError(f"unknown FETCH modifier {modifier}")
+            if r.accept(b")"):
+                break
+            r.sp()
+        if vanished and (not uid or changed_since is None):
+            # RFC 7162 §3.2.6: only UID FETCH, and only together with CHANGEDSINCE.
+            raise BadSyntaxError("VANISHED needs UID FETCH and CHANGEDSINCE")
+    return c.Fetch(tag, seqset, tuple(attrs), uid, changed_since, vanished)
 
 
 def _fetch_att(r: Reader) -> c.FetchAttr:
@@ -503,6 +562,18 @@ def _search_key(r: Reader, depth: int) -> c.SearchKey:
         return c.SearchHeader(field, r.astring("a search string"))
     if name == "UID":
         return c.SearchSeq(r.seqset(), uid=True)
+    if name == "MODSEQ":
+        # RFC 7162 §7: "MODSEQ" [search-modseq-ext] SP mod-sequence-valzer, where
+        # search-modseq-ext = SP entry-name SP entry-type-req
+        if r.peek() == b'"':
+            entry = r.quoted()
+            if not entry.lower().startswith("/flags/"):
+                raise BadSyntaxError('a MODSEQ entry name is "/flags/<flag>"')
+            r.sp()
+            if r.keyword("an entry type") not in ("PRIV", "SHARED", "ALL"):
+                raise BadSyntaxError("a MODSEQ entry type is priv, shared or all")
+            r.sp()
+        return c.SearchModseq(_modseq(r, zero=True))
     if name == "NOT":
         return c.SearchNot(_search_key(r, depth + 1))
     if name == "OR":

@@ -50,6 +50,7 @@ from mailstack.imap.commands import (
     SearchFlag,
     SearchHeader,
     SearchKey,
+    SearchModseq,
     SearchNot,
     SearchOr,
     SearchSeq,
@@ -83,7 +84,7 @@ class Need(enum.IntEnum):
 def needed(key: SearchKey) -> Need:
     """The most a key may read (the session can skip loading, or load only the header)."""
     match key:
-        case SearchAll() | SearchFlag() | SearchSize() | SearchSeq():
+        case SearchAll() | SearchFlag() | SearchSize() | SearchSeq() | SearchModseq():
             return Need.INFO
         case SearchDate(sent=sent):
             return Need.HEADER if sent else Need.INFO
@@ -423,6 +424,8 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
             return has == is_set
         case SearchSize(op=op, size=size):
             return message.info.size > size if op == "LARGER" else message.info.size < size
+        case SearchModseq(modseq=modseq):
+            return message.info.modseq >= modseq  # RFC 7162 §3.1.5
         case SearchSeq(seqset=seqset, uid=uid):
             if uid:
                 return seqset.contains(message.info.uid, scope.largest_uid)

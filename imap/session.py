@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import StoreError, UnknownUserError
 from mailstack.imap import commands as c
-from mailstack.imap import response
+from mailstack.imap import condstore, response
 from mailstack.imap.cache import StructureCaches
 from mailstack.imap.protocol import (
     BadCommand,
@@ -108,6 +108,7 @@ CAPABILITIES = (
     "THREAD=REFERENCES",
     "MULTIAPPEND",
     "STATUS=SIZE",
+    *condstore.CAPABILITIES,
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
 
@@ -287,6 +288,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 )
                 if self.is_logged_out:  # the folder vanished under us: BYE already sent
                     return
+            if condstore.enables_condstore(command) and not isinstance(command, c.Select):
+                await self._condstore_on(write)  # RFC 7162 §3.1
             await self._dispatch(command, write)
         except InvalidCommandError as exc:
             await write(response.bad(tag, str(exc)))
@@ -330,15 +333,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await self._login(tag, user, password, write)
             case c.Authenticate():
                 await self._authenticate(command, write)
-            case c.Enable(capabilities=wanted):
-                # RFC 5161 §3.1: ENABLED lists what this command newly enabled; unknown names
-                # are ignored. IMAP4rev2 is the one ENABLE-able extension so far.
-                enabled = []
-                if "IMAP4REV2" in wanted and not self.rev2:
-                    self.rev2 = True
-                    enabled.append("IMAP4rev2")
-                await write(response.untagged(" ".join(["ENABLED", *enabled])))
-                await write(response.ok(tag, "ENABLE completed"))
+            case c.Enable():
+                await self._enable(command, write)  # imap/session_base.py
             case c.Namespace():
                 # RFC 2342: personal, other users' (shared folders), shared (team mailboxes).
                 await write(

@@ -5,21 +5,25 @@ docstring states the invariants.
 
 `_sync` is here because every selected-state command starts with it: it brings the selected
 folder up to date and reports the differences (EXISTS, EXPUNGE, FETCH FLAGS) as RFC 9051 §7.5.1
-allows at that moment.
+allows at that moment. Once the client enabled CONDSTORE (RFC 7162 §3.1) those FETCHes carry
+MODSEQ; once it enabled QRESYNC, expunges are reported as `* VANISHED uids` (§3.2.10).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
-from mailstack.imap import response, utf7
+from mailstack.imap import commands as c
+from mailstack.imap import condstore, response, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
 from mailstack.imap.commands import Command, List, Lsub
 from mailstack.imap.protocol import ImapProtocol, State
@@ -60,10 +64,25 @@ class Selected:
     messages: list[MessageInfo]  # index = sequence number - 1
     recent: set[int]
     saved: tuple[int, ...] = ()  # SEARCHRES "$": UIDs (RFC 5182)
+    highest_modseq: int = 0  # RFC 7162 HIGHESTMODSEQ as last reported
+    # The MODSEQ `_sync` has caught up to (own STOREs do not move it: a change another
+    # session made just before ours must still be found), and expunges seen but not yet
+    # reported (RFC 9051 §7.5.1 forbids them during FETCH/STORE/SEARCH by number).
+    synced_modseq: int = 0
+    pending_expunges: set[int] = dataclasses.field(default_factory=set)
 
     @property
     def largest_uid(self) -> int:
         return self.messages[-1].uid if self.messages else 0
+
+    def position(self, uid: int) -> int | None:
+        """Index of `uid` in `messages` (sequence number - 1), by bisection (UID order)."""
+        i = bisect.bisect_left(self.messages, uid, key=_uid_of)
+        return i if i < len(self.messages) and self.messages[i].uid == uid else None
+
+
+def _uid_of(info: MessageInfo) -> int:
+    return info.uid
 
 
 def flags_of(info: MessageInfo, recent: set[int]) -> bytes:
@@ -131,6 +150,9 @@ class SessionCore:
     log: logging.LoggerAdapter[logging.Logger]
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
     _structures: dict[tuple[str, int, int], response.RenderedStructure]
+    # RFC 7162: enabled by ENABLE or by a CONDSTORE-enabling command; never turned off.
+    condstore: bool = False
+    qresync: bool = False
 
     def _metadata_renamed(self, old: str, new: str) -> None:
         """A folder was renamed (imap/session_metadata.py carries its annotations along)."""
@@ -163,7 +185,89 @@ class SessionCore:
         return snap
 
     async def _sync(self, write: Write, *, allow_expunge: bool) -> None:
-        """Bring the selected folder up to date and report the differences to the client."""
+        """Bring the selected folder up to date and report the differences to the client:
+        from the store's changes since `synced_modseq` (cost: the changes), or by comparing a
+        whole snapshot when the store cannot tell every expunge since then."""
+        sel = self.selected
+        if sel is None:
+            return
+        try:
+            changes = None
+            if sel.synced_modseq:
+                changes = await asyncio.to_thread(
+                    functools.partial(
+                        self.ctx.store.changes,
+                        self._require_user(),
+                        sel.name,
+                        sel.synced_modseq,
+                        claim_recent=not sel.readonly,
+                    )
+                )
+        except FolderNotFoundError:
+            await write(response.bye("the selected mailbox was deleted or renamed"))
+            self.proto.state = State.LOGOUT
+            self.selected = None
+            return
+        if changes is None:
+            await self._sync_full(write, allow_expunge=allow_expunge)
+            return
+        if changes.uid_validity != sel.uid_validity:
+            await write(response.bye("UIDVALIDITY of the selected mailbox changed"))
+            self.proto.state = State.LOGOUT
+            self.selected = None
+            return
+        out: list[bytes] = []
+        if set(changes.keywords) - set(sel.keywords):
+            # RFC 9051 §7.3.5: FLAGS (and PERMANENTFLAGS) before any FETCH that shows one.
+            sel.keywords = changes.keywords
+            out.append(self._keywords_response(sel))
+        old_count, old_recent = len(sel.messages), len(sel.recent)
+        sel.pending_expunges.update(u for u in changes.expunged if sel.position(u) is not None)
+        if allow_expunge and sel.pending_expunges:
+            gone = sorted(sel.pending_expunges, reverse=True)  # highest first: lower hold
+            sel.pending_expunges = set()
+            for uid in gone:
+                i = sel.position(uid)
+                if i is not None:
+                    del sel.messages[i]
+                    if not self.qresync:
+                        out.append(response.expunge(i + 1))
+            if self.qresync:  # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE
+                out.append(condstore.vanished(gone, earlier=False))
+            sel.recent.difference_update(gone)
+        largest = sel.largest_uid
+        arrived = []
+        for new in changes.changed:
+            if new.uid > largest:
+                arrived.append(new)
+                continue
+            i = sel.position(new.uid)
+            if i is None:
+                continue  # expunged and already reported
+            old = sel.messages[i]
+            if new.flags == old.flags and new.modseq == old.modseq:
+                continue  # our own STORE, already reported
+            sel.messages[i] = new
+            if new.flags != old.flags or self.condstore:
+                items = [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
+                if self.condstore:  # RFC 7162 §3.1.4.1
+                    items.append(condstore.modseq_item(new.modseq))
+                out.append(response.fetch(i + 1, items))
+        sel.messages.extend(arrived)
+        if not sel.readonly and not self.rev2:  # RFC 9051 has no \Recent
+            sel.recent |= changes.recent_uids
+        sel.uid_next = changes.uid_next
+        sel.synced_modseq = changes.highest_modseq
+        sel.highest_modseq = max(sel.highest_modseq, changes.highest_modseq)
+        if len(sel.messages) != old_count:
+            out.append(response.exists(len(sel.messages)))
+        if len(sel.recent) != old_recent:
+            out.append(response.recent(len(sel.recent)))
+        if out:
+            await write(b"".join(out))
+
+    async def _sync_full(self, write: Write, *, allow_expunge: bool) -> None:
+        """`_sync` by comparing a whole snapshot with what the client was told."""
         sel = self.selected
         if sel is None:
             return
@@ -187,19 +291,29 @@ class SessionCore:
             out.append(self._keywords_response(sel))
         current = {m.uid: m for m in snap.messages}
         if allow_expunge:
+            gone: list[int] = []
             for seq in range(len(sel.messages), 0, -1):  # highest first: lower numbers hold
                 if sel.messages[seq - 1].uid not in current:
+                    gone.append(sel.messages[seq - 1].uid)
                     del sel.messages[seq - 1]
-                    out.append(response.expunge(seq))
+                    if not self.qresync:
+                        out.append(response.expunge(seq))
+            if self.qresync:  # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE
+                out.append(condstore.vanished(gone, earlier=False))
         for seq, old in enumerate(sel.messages, start=1):
             new = current.get(old.uid)
-            if new is not None and new.flags != old.flags:
-                sel.messages[seq - 1] = new
-                out.append(
-                    response.fetch(
-                        seq, [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
-                    )
-                )
+            if new is None or (new.flags == old.flags and new.modseq == old.modseq):
+                continue
+            sel.messages[seq - 1] = new
+            if new.flags != old.flags or self.condstore:
+                items = [b"UID %d" % new.uid, b"FLAGS " + flags_of(new, sel.recent)]
+                if self.condstore:  # RFC 7162 §3.1.4.1
+                    items.append(condstore.modseq_item(new.modseq))
+                out.append(response.fetch(seq, items))
+        sel.highest_modseq = max(sel.highest_modseq, snap.highest_modseq)
+        if allow_expunge:
+            sel.pending_expunges = set()
+            sel.synced_modseq = snap.highest_modseq  # else the next one compares again
         old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         sel.messages.extend(m for m in snap.messages if m.uid > largest)
@@ -213,6 +327,82 @@ class SessionCore:
             out.append(response.recent(len(sel.recent)))
         if out:
             await write(b"".join(out))
+
+    async def _enable(self, command: c.Enable, write: Write) -> None:
+        """RFC 5161 ENABLE; we implement IMAP4rev2, CONDSTORE and QRESYNC (RFC 7162 §3.2.3:
+        QRESYNC implies CONDSTORE). ENABLED lists what this command turned on."""
+        enabled = []
+        for cap in dict.fromkeys(command.capabilities):
+            if cap == "IMAP4REV2" and not self.rev2:
+                self.rev2 = True  # RFC 9051: the session follows IMAP4rev2 from now on
+                enabled.append("IMAP4rev2")
+            elif cap == "CONDSTORE" and not self.condstore:
+                enabled.append(cap)
+            elif cap == "QRESYNC" and not self.qresync:
+                enabled.append(cap)
+                self.qresync = True
+        if {"CONDSTORE", "QRESYNC"} & set(enabled):
+            await self._condstore_on(write)
+        await write(response.untagged(" ".join(["ENABLED", *enabled])))
+        await write(response.ok(command.tag, "ENABLE completed"))
+
+    async def _condstore_on(self, write: Write) -> None:
+        """Turn CONDSTORE on; with a mailbox selected, tell its HIGHESTMODSEQ (RFC 7162 §3.1:
+        the first CONDSTORE-enabling command in the selected state)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        sel = self.selected
+        if sel is not None:
+            code = condstore.highest_modseq_code(sel.highest_modseq)
+            await write(response.untagged_status("OK", "highest", code))
+
+    async def _resync_lines(
+        self, sel: Selected, modseq: int, uids: SequenceSet | None
+    ) -> tuple[bytes, list[tuple[int, MessageInfo]]]:
+        """What changed since `modseq` among `uids` (all when None): `* VANISHED (EARLIER)`
+        of the expunged UIDs (RFC 7162 §3.2.5.2, §3.2.6) and the (seq, message) pairs whose
+        MODSEQ is above it. The expunge log answers exactly; when it does not reach back so
+        far, every missing UID in range is reported instead."""
+        limit = max(sel.uid_next - 1, sel.largest_uid)
+        present = [m.uid for m in sel.messages]
+        expunged = await asyncio.to_thread(
+            self.ctx.store.expunged_since, self._require_user(), sel.name, modseq
+        )
+        if expunged is None:
+            line = condstore.vanished_ranges(
+                condstore.missing_uids(present, limit, uids), earlier=True
+            )
+        else:
+            still = set(present)  # expunged meanwhile but not yet reported: later, not twice
+            gone = [u for u in condstore.expunged_in(expunged, uids, limit) if u not in still]
+            line = condstore.vanished(gone, earlier=True)
+        wanted = None if uids is None else set(uids.select(present, limit))
+        changed = [
+            (seq, m)
+            for seq, m in enumerate(sel.messages, 1)
+            if m.modseq > modseq and (wanted is None or m.uid in wanted)
+        ]
+        return line, changed
+
+    async def _qresync_select(self, sel: Selected, params: c.Qresync) -> bytes:
+        """The resync part of SELECT/EXAMINE (QRESYNC ...) (RFC 7162 §3.2.5.2): nothing when
+        the UIDVALIDITY differs (the client starts over)."""
+        if params.uid_validity != sel.uid_validity:
+            return b""
+        line, changed = await self._resync_lines(sel, params.modseq, params.known_uids)
+        fetches = [
+            response.fetch(
+                seq,
+                [
+                    b"UID %d" % m.uid,
+                    b"FLAGS " + flags_of(m, sel.recent),
+                    condstore.modseq_item(m.modseq),
+                ],
+            )
+            for seq, m in changed
+        ]
+        return line + b"".join(fetches)
 
     @staticmethod
     def _flags_response(keywords: tuple[str, ...]) -> bytes:
@@ -237,8 +427,14 @@ class SessionCore:
             saved = set(sel.saved)
             return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in saved]
         if uid:
-            uids = set(seqset.select([m.uid for m in sel.messages], sel.largest_uid))
-            return [(i, m) for i, m in enumerate(sel.messages, 1) if m.uid in uids]
+            # By bisection per range: a UID FETCH/STORE of a few messages in a 100,000
+            # folder costs the few, not the folder.
+            out: list[tuple[int, MessageInfo]] = []
+            for low, high in seqset.intervals(sel.largest_uid):
+                i = bisect.bisect_left(sel.messages, low, key=_uid_of)
+                j = bisect.bisect_right(sel.messages, high, key=_uid_of)
+                out.extend((n + 1, sel.messages[n]) for n in range(i, j))
+            return out
         count = len(sel.messages)
         for r in seqset.ranges:
             # RFC 9051 §6.4.5: a number beyond the mailbox is an error. A range with "*" is

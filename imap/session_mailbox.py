@@ -16,12 +16,13 @@ from mailstack.delivery.store import (
     SpecialUse,
     StoreError,
 )
-from mailstack.imap import binary, response
+from mailstack.imap import binary, condstore, response
 from mailstack.imap import commands as c
 from mailstack.imap.protocol import State, list_pattern
 from mailstack.imap.sequence import compress_ordered
 from mailstack.imap.session_base import (
     SYSTEM_FLAGS,
+    InvalidCommandError,
     RefusedError,
     Selected,
     SessionCore,
@@ -43,7 +44,7 @@ class MailboxCommands(SessionCore):
         tag = command.tag
         match command:
             case c.Select(mailbox=name, readonly=readonly):
-                await self._select(tag, checked_name(name), readonly, write)
+                await self._select(tag, checked_name(name), readonly, write, command)
             case c.Create(mailbox=name, special_use=uses):
                 name = checked_name(name).rstrip(HIERARCHY_DELIMITER)
                 if name.upper() == INBOX:
@@ -83,7 +84,12 @@ class MailboxCommands(SessionCore):
             case c.Append():
                 await self._append(command, write)
 
-    async def _select(self, tag: str, name: str, readonly: bool, write: Write) -> None:
+    async def _select(
+        self, tag: str, name: str, readonly: bool, write: Write, command: c.Select | None = None
+    ) -> None:
+        if command is not None and command.qresync is not None and not self.qresync:
+            # RFC 7162 §3.2.5: QRESYNC must be enabled before it is used.
+            raise InvalidCommandError("ENABLE QRESYNC first")
         had_selection = self.selected is not None
         self.selected = None
         self.proto.state = State.AUTHENTICATED
@@ -106,7 +112,11 @@ class MailboxCommands(SessionCore):
             snap.keywords,
             list(snap.messages),
             set() if self.rev2 else set(snap.recent_uids),  # RFC 9051 has no \Recent
+            highest_modseq=snap.highest_modseq,
+            synced_modseq=snap.highest_modseq,
         )
+        if command is not None and (command.condstore or command.qresync is not None):
+            self.condstore = True  # RFC 7162 §3.1.8
         permanent = response.flag_list((*SYSTEM_FLAGS, *snap.keywords, "\\*")).decode()
         out = [
             self._flags_response(snap.keywords),
@@ -126,6 +136,11 @@ class MailboxCommands(SessionCore):
         unseen = next((i for i, m in enumerate(sel.messages, 1) if Flag.SEEN not in m.flags), None)
         if unseen is not None and not self.rev2:  # RFC 3501 §6.3.1 (IMAP4rev2 dropped it)
             out.append(response.untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
+        # RFC 7162 §3.1.2.1: every successful SELECT/EXAMINE tells the HIGHESTMODSEQ.
+        code = condstore.highest_modseq_code(snap.highest_modseq)
+        out.append(response.untagged_status("OK", "highest", code))
+        if command is not None and command.qresync is not None:
+            out.append(await self._qresync_select(sel, command.qresync))
         await write(b"".join(out))
         self.selected = sel
         self.proto.state = State.SELECTED
@@ -299,6 +314,7 @@ class MailboxCommands(SessionCore):
             "UNSEEN": sum(1 for m in snap.messages if Flag.SEEN not in m.flags),
             "DELETED": sum(1 for m in snap.messages if Flag.DELETED in m.flags),
             "SIZE": sum(m.size for m in snap.messages),  # RFC 8438: the sum of RFC822.SIZE
+            "HIGHESTMODSEQ": snap.highest_modseq,  # RFC 7162 §3.1.2.3
         }
         if "APPENDLIMIT" in items:
             values["APPENDLIMIT"] = await self._append_limit()

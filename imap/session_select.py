@@ -13,16 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Generator
 
-from mailstack.delivery.store import FolderNotFoundError, MessageGoneError, MessageInfo
+from mailstack.delivery.store import (
+    FlagChange,
+    FolderNotFoundError,
+    MessageGoneError,
+    MessageInfo,
+)
 from mailstack.imap import commands as c
-from mailstack.imap import fetch, response, search
+from mailstack.imap import condstore, fetch, response, search
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
     FETCH_BATCH,
     STRUCTURE_CACHE_SIZE,
+    InvalidCommandError,
     RefusedError,
     Selected,
     SessionCore,
@@ -147,6 +154,12 @@ class SelectedCommands(SessionCore):
 
         found = await asyncio.to_thread(run)
         numbers = [f.info.uid if command.uid else f.seq for f in found]
+        # RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ of what it found.
+        top = (
+            max(f.info.modseq for f in found)
+            if found and condstore.has_modseq_key(command.key)
+            else None
+        )
         if "SAVE" in command.returns:
             saved = [f.info.uid for f in found]
             extremes = {"MIN", "MAX"} & set(command.returns)
@@ -160,7 +173,10 @@ class SelectedCommands(SessionCore):
                 )
             sel.saved = tuple(saved)
         if not command.is_esearch and not self.rev2:  # RFC 9051 §7.3.4: ESEARCH only
-            await write(response.untagged(" ".join(["SEARCH", *map(str, numbers)])))
+            words = ["SEARCH", *map(str, numbers)]
+            if top is not None:
+                words.append(f"(MODSEQ {top})")
+            await write(response.untagged(" ".join(words)))
         else:
             returns = [r for r in command.returns if r != "SAVE"] or (
                 [] if command.returns else ["ALL"]
@@ -177,6 +193,8 @@ class SelectedCommands(SessionCore):
                     parts.append(f"ALL {compress(numbers)}")
                 if "COUNT" in returns:
                     parts.append(f"COUNT {len(numbers)}")
+                if top is not None:
+                    parts.append(f"MODSEQ {top}")
                 await write(response.untagged(" ".join(parts)))
         await write(response.ok(command.tag, "SEARCH completed"))
 
@@ -187,19 +205,32 @@ class SelectedCommands(SessionCore):
         attrs = command.attrs
         if command.uid and not any(a.name == "UID" for a in attrs):
             attrs = (c.FetchAttr("UID"), *attrs)
+        since = command.changed_since
+        if since is not None:
+            if command.vanished:
+                if not self.qresync:  # RFC 7162 §3.2.6
+                    raise InvalidCommandError("VANISHED needs ENABLE QRESYNC first")
+                if not command.seqset.is_saved:
+                    line, _ = await self._resync_lines(sel, since, command.seqset)
+                    await write(line)
+            # RFC 7162 §3.1.4.1: only messages changed since, and MODSEQ goes with them.
+            targets = [(seq, m) for seq, m in targets if m.modseq > since]
+        wants_modseq = since is not None or any(a.sets_seen for a in attrs)
+        if self.condstore and wants_modseq and not any(a.name == "MODSEQ" for a in attrs):
+            attrs = (*attrs, c.FetchAttr("MODSEQ"))
         sets_seen = not sel.readonly and any(a.sets_seen for a in attrs)
         if sets_seen:
             unseen = [m.uid for _, m in targets if Flag.SEEN not in m.flags]
             if unseen:
-                changed = await asyncio.to_thread(
-                    self.ctx.store.store_flags,
+                change = await asyncio.to_thread(
+                    self.ctx.store.change_flags,
                     user,
                     sel.name,
                     unseen,
                     [Flag.SEEN.value],
                     FlagMode.ADD,
                 )
-                self._update_flags(changed)
+                self._update_flags(change.done)
                 targets = [(seq, sel.messages[seq - 1]) for seq, _ in targets]
                 if not any(a.name == "FLAGS" for a in attrs):
                     # RFC 9051 §6.4.5: the \Seen we just set must be reported.
@@ -321,6 +352,8 @@ class SelectedCommands(SessionCore):
                             value = response.date_time(info.internal_date)
                         case "RFC822.SIZE":
                             value = b"%d" % info.size
+                        case "MODSEQ":  # RFC 7162 §3.1.4.1
+                            value = b"(%d)" % info.modseq
                         case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
                             structure is not None and attr.section is None
                         ):
@@ -340,11 +373,15 @@ class SelectedCommands(SessionCore):
             self._disk_cache(user).put_many(new_rows)
         return out, gone
 
-    def _update_flags(self, changed: dict[int, frozenset[str]]) -> None:
+    def _update_flags(self, changed: dict[int, MessageInfo]) -> None:
+        """Take the store's new flags and MODSEQs of messages this session just changed."""
         sel = self._sel()
-        for i, m in enumerate(sel.messages):
-            if m.uid in changed:
-                sel.messages[i] = dataclasses.replace(m, flags=changed[m.uid])
+        for uid, new in changed.items():
+            i = sel.position(uid)
+            if i is not None:
+                m = sel.messages[i]
+                sel.messages[i] = dataclasses.replace(m, flags=new.flags, modseq=new.modseq)
+                sel.highest_modseq = max(sel.highest_modseq, new.modseq)
 
     async def _store_flags(self, command: c.Store, write: Write) -> None:
         sel = self._sel()
@@ -352,34 +389,50 @@ class SelectedCommands(SessionCore):
             raise RefusedError("the mailbox is read-only", "READ-ONLY")
         targets = self._targets(command.seqset, uid=command.uid)
         flags = storable(command.flags)
-        changed: dict[int, frozenset[str]] = {}
+        change = FlagChange({})
         if targets:
-            changed = await asyncio.to_thread(
-                self.ctx.store.store_flags,
-                self._require_user(),
-                sel.name,
-                [m.uid for _, m in targets],
-                flags,
-                command.mode,
+            change = await asyncio.to_thread(
+                functools.partial(
+                    self.ctx.store.change_flags,
+                    self._require_user(),
+                    sel.name,
+                    [m.uid for _, m in targets],
+                    flags,
+                    command.mode,
+                    unchanged_since=command.unchanged_since,
+                )
             )
+        changed = change.done
         self._update_flags(changed)
         new_keywords = [f for f in flags if not f.startswith("\\") and f not in sel.keywords]
         if new_keywords and changed:  # RFC 9051 §7.3.5: FLAGS grows with new keywords
             sel.keywords = (*sel.keywords, *dict.fromkeys(new_keywords))
             await write(self._keywords_response(sel))
-        if not command.silent:
-            out = []
-            for seq, m in targets:
-                if m.uid in changed:
-                    info = sel.messages[seq - 1]
-                    items = [b"FLAGS " + flags_of(info, sel.recent)]
-                    if command.uid:
-                        items.insert(0, b"UID %d" % info.uid)
-                    out.append(response.fetch(seq, items))
-            await write(b"".join(out))
-        if len(changed) < len(targets):
+        out = []
+        for seq, m in targets:
+            if m.uid not in changed:
+                continue
+            info = sel.messages[seq - 1]
+            items = []
+            if not command.silent:
+                items.append(b"FLAGS " + flags_of(info, sel.recent))
+            if self.condstore and (not command.silent or info.modseq != m.modseq):
+                # RFC 7162 §3.1.3: MODSEQ is reported, even for .SILENT, once enabled.
+                items.append(condstore.modseq_item(info.modseq))
+            if items:
+                if command.uid:
+                    items.insert(0, b"UID %d" % info.uid)
+                out.append(response.fetch(seq, items))
+        await write(b"".join(out))
+        code = None
+        if change.modified:
+            # RFC 7162 §3.1.3: MODIFIED names the messages that failed UNCHANGEDSINCE.
+            failed = set(change.modified)
+            numbers = [m.uid if command.uid else seq for seq, m in targets if m.uid in failed]
+            code = f"MODIFIED {compress(numbers)}"
+        if len(changed) + len(change.modified) < len(targets):
             raise RefusedError("some messages were expunged meanwhile", "EXPUNGEISSUED")
-        await write(response.ok(command.tag, "STORE completed"))
+        await write(response.ok(command.tag, "STORE completed", code))
 
     async def _copy_move(self, command: c.Copy | c.Move, write: Write) -> None:
         sel = self._sel()

@@ -32,6 +32,8 @@ from mailstack.delivery import acl, folders
 from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
+    FlagChange,
+    FolderChanges,
     FolderInfo,
     FolderNotFoundError,
     FolderSnapshot,
@@ -300,6 +302,34 @@ class SharedStore:
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:
+        change = self.change_flags(user, folder, uids, flags, mode)
+        return {uid: info.flags for uid, info in change.done.items()}
+
+    def expunged_since(self, user: str, folder: str, modseq: int) -> list[int] | None:
+        route = self.route(user, folder)
+        route.need("r", "read")
+        return self.inner.expunged_since(route.owner, route.folder, modseq)
+
+    def changes(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        route = self.route(user, folder)
+        route.need("r", "read")
+        # \Recent belongs to the owner's sessions, as in snapshot().
+        return self.inner.changes(
+            route.owner, route.folder, since, claim_recent=claim_recent and route.owner == user
+        )
+
+    def change_flags(
+        self,
+        user: str,
+        folder: str,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: FlagMode,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagChange:
         route = self.route(user, folder)
         wanted = set(flags)
         if mode is FlagMode.REPLACE:  # replaces \Seen, \Deleted and the rest alike
@@ -310,7 +340,9 @@ class SharedStore:
             route.need("t", "set or clear \\Deleted")
         if wanted - {Flag.SEEN, Flag.DELETED}:
             route.need("w", "change flags")
-        return self.inner.store_flags(route.owner, route.folder, uids, wanted, mode)
+        return self.inner.change_flags(
+            route.owner, route.folder, uids, wanted, mode, unchanged_since=unchanged_since
+        )
 
     def copy(self, user: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
         source, target = self.route(user, folder), self.route(user, dest)

@@ -37,6 +37,8 @@ PURE = [
     "mailstack.imap.framing",
     "mailstack.imap.parser",
     "mailstack.imap.parser_reader",
+    "mailstack.imap.parser_condstore",
+    "mailstack.imap.condstore",
     "mailstack.imap.commands",
     "mailstack.imap.response",
     "mailstack.imap.utf7",

@@ -267,7 +267,7 @@ def test_id_namespace_enable_capability(imap_server: ImapServerThread) -> None:
         assert client.command("NAMESPACE")[0] == (
             b'* NAMESPACE (("" ".")) (("Shared/" "/")) (("Public/" "/"))\r\n'
         )
-        assert client.command("ENABLE CONDSTORE")[0] == b"* ENABLED\r\n"
+        assert client.command("ENABLE CONDSTORE")[0] == b"* ENABLED CONDSTORE\r\n"
         caps = client.command("CAPABILITY")[0]
         assert b"AUTH=PLAIN" not in caps and b"IDLE" in caps
         assert client.tagged("SELECT INBOX").startswith(b"OK")

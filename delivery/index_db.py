@@ -1,0 +1,398 @@
+"""The persistent folder index: MODSEQs, HIGHESTMODSEQ and the expunge log (RFC 7162).
+
+Design
+------
+Maildir and `dovecot-uidlist` stay the truth (Dovecot, mbsync, `cp` into new/ share them);
+this file is a cache of what can be derived from them plus the one thing that cannot: when
+each message last changed (its MODSEQ) and which UIDs were expunged when. `FolderIndex`
+(delivery/index.py) scans the directory as before (cheap stamps: the uidlist's and the
+directories' mtimes) and hands every change it sees, ours or another writer's, to
+`IndexDb.reconcile`, which records it under a new MODSEQ. So one code path numbers our own
+STOREs, deliveries from the SMTP worker processes and the LDA, and a flag that Dovecot or a
+`mv` in cur/ changed.
+
+One SQLite file per folder, `<folder dir>/mailstack.index.sqlite3` (WAL), not one per
+account: every write to it already happens under that folder's dotlock (so two folders never
+queue on SQLite's single writer lock), it moves with the folder on RENAME and dies with it on
+DELETE (as Dovecot's `dovecot.index*` files do), and a damaged file costs one folder's rebuild.
+Dovecot ignores it (no leading dot: not a folder; not one of its names).
+
+Tables: `meta` (uidvalidity, highestmodseq, expunge_floor), `messages` (uid, modseq, flags,
+base name, file name, sizes, internal date) and `expunged` (uid, modseq).
+
+MODSEQ invariants (RFC 7162 §3.1.1: strictly increasing, never reused):
+- One new MODSEQ per reconcile that finds changes (a STORE of 1,000 messages is one), all
+  under the folder lock, so processes sharing the folder allocate in turn: highest + 1.
+- When a process first opens the file it raises HIGHESTMODSEQ to at least the current time in
+  microseconds. Allocations are serialised and each takes far more than a microsecond, so no
+  MODSEQ ever issued exceeds the clock at the time; hence a file rebuilt from scratch (deleted,
+  corrupt) or one that lost its last transactions in a power cut starts above every MODSEQ any
+  client has seen. This assumes the clock does not step backwards across a rebuild.
+- Flag changes are not fsynced (PRAGMA synchronous=NORMAL in WAL: a commit is written, the
+  fsync waits for the checkpoint), as Dovecot's default `mail_fsync = optimized` does not fsync
+  for them: a kill -9 loses nothing (the page cache has it); a power cut may lose the newest
+  MODSEQs, which the clock floor above covers. Deliveries and APPEND keep their guarantee (the
+  message file, its directory and the uidlist are fsynced before 250/APPENDUID); their index
+  row is derived state.
+
+Expunge log: every expunged UID is kept with its MODSEQ for QRESYNC (RFC 7162 §3.2.5), the
+newest `EXPUNGE_LOG_MAX` per folder (about 2 MB). Older rows are dropped and `expunge_floor`
+rises to the newest dropped MODSEQ; a resync from before the floor (or before the file was
+rebuilt) is answered with every UID in the client's range that no longer exists, which RFC
+7162 §3.2.5.2 allows ("MAY include UIDs that were never in the mailbox"). Dovecot keeps
+expunges as long as its transaction log (rotated when it grows past 1 MB and older than
+5 minutes), so we remember at least as many in practice.
+
+Caller holds the folder lock for every call (the store's `FolderIndex.locked()`). No IMAP here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "mailstack.index.sqlite3"
+FILE_MODE = 0o600
+SCHEMA_VERSION = 1
+EXPUNGE_LOG_MAX = 100_000  # rows of (uid, modseq): ~2 MB; see the module docstring
+BUSY_TIMEOUT_MS = 10_000  # only another mailstack process under the same folder lock waits
+_BATCH = 500  # uids per statement: below SQLite's default 999-variable limit
+
+
+def flag_text(flags: Iterable[str]) -> str:
+    """The stored form of a flag set: sorted, space separated (flags contain no spaces)."""
+    return " ".join(sorted(flags))
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What reconcile needs to know of one message."""
+
+    uid: int
+    flags: str  # flag_text()
+    base: str
+    name: str
+    disk_size: int
+    size: int
+    internal_date: float
+
+
+class IndexRebuiltError(Exception):
+    """The index file failed and was set aside: reconcile again with every row."""
+
+
+def _now_floor() -> int:
+    return time.time_ns() // 1000
+
+
+class IndexDb:
+    """The SQLite side of one folder's index; see the module docstring."""
+
+    def __init__(self, folder_dir: Path) -> None:
+        self.path = folder_dir / INDEX_FILE
+        self._db: sqlite3.Connection | None = None
+        self.highest_modseq = 0
+        self.expunge_floor = 0
+        self.uid_validity = 0
+        # uid -> (flags, modseq) as the file says, as of `_seen_modseq`.
+        self._known: dict[int, tuple[str, int]] | None = None
+        self._seen_modseq = 0
+        self._foreign = False  # a reconcile saw others' changes the listing may not show yet
+        self._inode = 0  # of the file `_db` has open: a different one means it was replaced
+
+    # -- connection ----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            try:
+                is_same = os.stat(self.path).st_ino == self._inode
+            except FileNotFoundError:
+                is_same = False
+            if is_same:
+                return self._db
+            # Deleted or replaced under us (an admin removing index files): an open connection
+            # would go on writing to the orphan. Start over from the Maildir.
+            log.info("folder index %s was removed, rebuilding", self.path)
+            self.close()
+        try:
+            self._db = self._open()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            log.warning("folder index %s unusable, rebuilding: %s", self.path, exc)
+            self._set_aside()
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        # Created 0600 by us: sqlite3 would use the umask.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        os.close(fd)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"unknown index schema {version}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # see "Flag changes are not fsynced"
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS messages (uid INTEGER PRIMARY KEY,"
+                " modseq INTEGER NOT NULL, flags TEXT NOT NULL, base TEXT NOT NULL,"
+                " name TEXT NOT NULL, disk_size INTEGER NOT NULL, size INTEGER NOT NULL,"
+                " internal_date REAL NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS expunged"
+                " (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            floor = _now_floor()
+            highest = max(int(meta.get("highestmodseq", 0)), floor)
+            if "highestmodseq" not in meta:
+                # New or rebuilt: nothing is known of expunges before now.
+                db.execute("DELETE FROM expunged")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('expunge_floor', ?)", (highest,))
+                meta["expunge_floor"] = highest
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('highestmodseq', ?)", (highest,))
+            db.execute("COMMIT")
+            db.execute("SELECT uid FROM messages LIMIT 1").fetchall()  # corrupt: raises
+        except BaseException:
+            db.close()
+            raise
+        self.highest_modseq = highest
+        self.expunge_floor = int(meta.get("expunge_floor", highest))
+        self.uid_validity = int(meta.get("uidvalidity", 0))
+        self._known = None
+        self._inode = os.stat(self.path).st_ino
+        return db
+
+    def _set_aside(self) -> None:
+        """Remove an unusable index (and its WAL files): the Maildir can rebuild it."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                os.unlink(f"{self.path}{suffix}")
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+        self._known = None
+
+    # -- reconcile -----------------------------------------------------------------------------
+    def reconcile(
+        self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None = None
+    ) -> dict[int, int]:
+        """Record messages' current state; returns uid -> MODSEQ of each of `rows`.
+
+        `removed` None: `rows` is every message of the folder (a full compare: first look in
+        this process, or after a change this process cannot pin down). Otherwise `rows` are
+        just the messages that may have changed (added, renamed) and `removed` the UIDs whose
+        files are gone, so a single-message change costs a single-message compare. Any failure
+        of the file (corrupt, deleted under us) rebuilds it once; the caller then gets
+        `IndexRebuiltError` and passes every row again."""
+        try:
+            return self._reconcile(uid_validity, rows, removed)
+        except sqlite3.DatabaseError as exc:
+            log.warning("folder index %s failed, rebuilding: %s", self.path, exc)
+            self.close()
+            self._set_aside()
+            raise IndexRebuiltError(str(exc)) from None
+
+    def is_complete_for(self, uid_validity: int) -> bool:
+        """May the next reconcile be partial? False on the first look in this process, after a
+        rebuild, and when the UIDVALIDITY changed (all UIDs are new)."""
+        self._connect()
+        return self._known is not None and uid_validity == self.uid_validity
+
+    def _reconcile(
+        self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None
+    ) -> dict[int, int]:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            modseqs = self._reconcile_in(db, uid_validity, rows, removed)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._known = None
+            raise
+        return modseqs
+
+    def _catch_up(self, db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+        """`_known` brought up to the file's state (other processes write it too)."""
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        highest = int(meta.get("highestmodseq", 0))
+        self.expunge_floor = int(meta.get("expunge_floor", 0))
+        stored_validity = int(meta.get("uidvalidity", 0))
+        known = self._known
+        if known is None or stored_validity != self.uid_validity:
+            known = {
+                uid: (flags, modseq)
+                for uid, flags, modseq in db.execute("SELECT uid, flags, modseq FROM messages")
+            }
+        elif highest != self._seen_modseq:
+            for uid, flags, modseq in db.execute(
+                "SELECT uid, flags, modseq FROM messages WHERE modseq > ?", (self._seen_modseq,)
+            ):
+                known[uid] = (flags, modseq)
+            for (uid,) in db.execute(
+                "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
+            ):
+                known.pop(uid, None)
+        if self._known is not None and highest != self._seen_modseq:
+            self._foreign = True  # another process recorded changes (see changed_elsewhere)
+        self._known = known
+        self.highest_modseq = max(self.highest_modseq, highest)
+        self._seen_modseq = highest
+        self.uid_validity = stored_validity
+        return known
+
+    def _reconcile_in(
+        self,
+        db: sqlite3.Connection,
+        uid_validity: int,
+        rows: Sequence[Row],
+        removed: Iterable[int] | None,
+    ) -> dict[int, int]:
+        if removed is not None and self._known is None:
+            # A partial record by a process that never read the whole folder (an SMTP worker
+            # delivering): look up just these rows instead of loading every one.
+            removed = list(removed)
+            known = self._rows_of([r.uid for r in rows] + removed, db)
+        else:
+            known = self._catch_up(db)
+        if uid_validity != self.uid_validity and self.uid_validity == 0 and not known:
+            self._set_meta(db, "uidvalidity", uid_validity)  # a new file: nothing to forget
+            self.uid_validity = uid_validity
+        if uid_validity != self.uid_validity:
+            # A new UIDVALIDITY (RFC 9051 §2.3.1.1): every UID is new; old expunges mean
+            # nothing. HIGHESTMODSEQ carries on upwards.
+            db.execute("DELETE FROM messages")
+            db.execute("DELETE FROM expunged")
+            self._set_meta(db, "uidvalidity", uid_validity)
+            self._set_meta(db, "expunge_floor", self.highest_modseq)
+            self.uid_validity, self.expunge_floor = uid_validity, self.highest_modseq
+            known.clear()
+        if removed is None:
+            present = {r.uid for r in rows}
+            gone = [uid for uid in known if uid not in present]
+        else:
+            gone = [uid for uid in set(removed) if uid in known]
+        changed = [r for r in rows if (k := known.get(r.uid)) is None or k[0] != r.flags]
+        if changed or gone:
+            modseq = self.highest_modseq + 1
+            db.executemany(
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.uid, modseq, r.flags, r.base, r.name, r.disk_size, r.size, r.internal_date)
+                    for r in changed
+                ],
+            )
+            for r in changed:
+                known[r.uid] = (r.flags, modseq)
+            for start in range(0, len(gone), _BATCH):
+                batch = gone[start : start + _BATCH]
+                marks = ",".join("?" * len(batch))
+                db.execute(f"DELETE FROM messages WHERE uid IN ({marks})", batch)  # noqa: S608
+            db.executemany(
+                "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for u in gone]
+            )
+            for uid in gone:
+                known.pop(uid, None)
+            self._set_meta(db, "highestmodseq", modseq)
+            self.highest_modseq = self._seen_modseq = modseq
+            if gone:
+                self._trim_expunge_log(db)
+        return {r.uid: known[r.uid][1] for r in rows}
+
+    def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+        """uid -> (flags, modseq) of just these UIDs, with the meta values brought up to date."""
+        self._catch_up_meta(db)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        self.uid_validity = int(meta.get("uidvalidity", 0))
+        found: dict[int, tuple[str, int]] = {}
+        for start in range(0, len(uids), _BATCH):
+            batch = uids[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            for uid, flags, modseq in db.execute(
+                f"SELECT uid, flags, modseq FROM messages WHERE uid IN ({marks})",  # noqa: S608
+                batch,
+            ):
+                found[uid] = (flags, modseq)
+        return found
+
+    def _trim_expunge_log(self, db: sqlite3.Connection) -> None:
+        (count,) = db.execute("SELECT count(*) FROM expunged").fetchone()
+        if count <= EXPUNGE_LOG_MAX:
+            return
+        (cut,) = db.execute(
+            "SELECT modseq FROM expunged ORDER BY modseq LIMIT 1 OFFSET ?",
+            (count - EXPUNGE_LOG_MAX,),
+        ).fetchone()
+        db.execute("DELETE FROM expunged WHERE modseq < ?", (cut,))
+        floor = max(self.expunge_floor, cut - 1)
+        self._set_meta(db, "expunge_floor", floor)
+        self.expunge_floor = floor
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: int) -> None:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- queries -------------------------------------------------------------------------------
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged with a MODSEQ above `modseq`, ascending; None when the log does not
+        reach back that far (the caller then reports every missing UID instead)."""
+        db = self._connect()
+        self._catch_up_meta(db)
+        if modseq < self.expunge_floor:
+            return None
+        return [
+            uid
+            for (uid,) in db.execute(
+                "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,)
+            )
+        ]
+
+    def changed_elsewhere(self) -> bool:
+        """Did another process record changes since this one last looked? (One small read.)"""
+        if self._foreign:
+            self._foreign = False
+            return True
+        if self._db is None or self._known is None:
+            return False  # the first look reads everything anyway
+        db = self._connect()
+        row = db.execute("SELECT value FROM meta WHERE key = 'highestmodseq'").fetchone()
+        return row is not None and int(row[0]) != self._seen_modseq
+
+    def changed_since(self, modseq: int) -> list[int]:
+        """UIDs of messages whose MODSEQ is above `modseq`, ascending (as of the last
+        reconcile: the caller reconciles first)."""
+        db = self._connect()
+        return [
+            uid
+            for (uid,) in db.execute(
+                "SELECT uid FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
+            )
+        ]
+
+    def _catch_up_meta(self, db: sqlite3.Connection) -> None:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        self.expunge_floor = int(meta.get("expunge_floor", 0))
+        self.highest_modseq = max(self.highest_modseq, int(meta.get("highestmodseq", 0)))

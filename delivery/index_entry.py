@@ -1,0 +1,77 @@
+"""Values and helpers of delivery/index.py: one message file as the index knows it, and the
+pure functions that measure files and turn entries into persistent-index rows."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailstack.delivery.index_db import Row, flag_text
+from mailstack.delivery.layout import crlf_size, sizes_from_name
+from mailstack.delivery.store import MessageInfo
+
+Stamp = tuple[int, int, int]
+
+
+def stamp(path: Path) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message file as the index knows it."""
+
+    uid: int
+    sub: str  # "new" or "cur"
+    name: str  # current file name, info included
+    info: MessageInfo
+    disk_size: int  # S=: bytes on disk (what the quota counts)
+
+    @property
+    def meta(self) -> tuple[float, int, int]:
+        """(internal date, S, W) as `FolderIndex.added` takes it."""
+        return (self.info.internal_date, self.disk_size, self.info.size)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    foreign_changes: bool  # files appeared or vanished that this process did not write/remove
+
+
+def uid_key(entry: Entry) -> int:
+    return entry.uid
+
+
+def row(entry: Entry) -> Row:
+    info = entry.info
+    return Row(
+        uid=info.uid,
+        flags=flag_text(info.flags),
+        base=info.key,
+        name=entry.name,
+        disk_size=entry.disk_size,
+        size=info.size,
+        internal_date=info.internal_date,
+    )
+
+
+def measure(path: str, base: str) -> tuple[float, int, int] | None:
+    """(mtime, S, W) of a message file: the mtime is INTERNALDATE; sizes from the name."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    size, vsize = sizes_from_name(base)
+    if vsize is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
+    return (st.st_mtime, st.st_size if size is None else size, vsize)

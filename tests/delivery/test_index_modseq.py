@@ -1,0 +1,144 @@
+"""The persistent folder index (delivery/index_db.py): MODSEQs per message, HIGHESTMODSEQ and
+the expunge log, on real Maildirs, across store instances (processes), foreign writers and a
+deleted or corrupt index file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mailstack.delivery.index_db import INDEX_FILE
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import INBOX
+
+from mailstack.base.flags import Flag, FlagMode
+from mailstack.base.paths import StatePaths
+from tests.delivery.conftest import ALICE
+
+MESSAGE = b"From: bob@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
+
+
+def modseqs(store: MaildirStore) -> dict[int, int]:
+    return {m.uid: m.modseq for m in store.snapshot(ALICE, INBOX).messages}
+
+
+def highest(store: MaildirStore) -> int:
+    return store.snapshot(ALICE, INBOX).highest_modseq
+
+
+def deliver(store: MaildirStore, n: int = 1) -> list[int]:
+    return [store.deliver([(ALICE, INBOX)], MESSAGE)[0].uid for _ in range(n)]
+
+
+def test_every_change_raises_modseq_and_only_the_changed_message(store: MaildirStore) -> None:
+    uids = deliver(store, 3)
+    before, top = modseqs(store), highest(store)
+    assert all(m > 0 for m in before.values())
+    assert top == max(before.values())
+    store.store_flags(ALICE, INBOX, [uids[1]], [Flag.SEEN.value], FlagMode.ADD)
+    after = modseqs(store)
+    assert after[uids[1]] == highest(store) > top
+    assert {u: after[u] for u in (uids[0], uids[2])} == {u: before[u] for u in (uids[0], uids[2])}
+    # A STORE that changes nothing changes no MODSEQ (as Dovecot).
+    same = highest(store)
+    store.store_flags(ALICE, INBOX, [uids[1]], [Flag.SEEN.value], FlagMode.ADD)
+    assert highest(store) == same
+    (new,) = deliver(store)
+    assert modseqs(store)[new] == highest(store) > same
+
+
+def test_expunges_are_logged_with_their_modseq(store: MaildirStore) -> None:
+    uids = deliver(store, 4)
+    mark = highest(store)
+    assert store.expunged_since(ALICE, INBOX, mark) == []
+    store.store_flags(ALICE, INBOX, uids[:2], [Flag.DELETED.value], FlagMode.ADD)
+    assert store.expunge(ALICE, INBOX) == uids[:2]
+    assert highest(store) > mark
+    assert store.expunged_since(ALICE, INBOX, mark) == uids[:2]
+    assert store.expunged_since(ALICE, INBOX, highest(store)) == []
+
+
+def test_modseqs_persist_across_store_instances(store: MaildirStore, paths: StatePaths) -> None:
+    uids = deliver(store, 2)
+    store.store_flags(ALICE, INBOX, [uids[0]], ["$Label1"], FlagMode.ADD)
+    seen, top = modseqs(store), highest(store)
+    other = MaildirStore(paths, hostname="mx.example.com")  # another process, in effect
+    assert modseqs(other) == seen
+    assert highest(other) >= top
+    other.store_flags(ALICE, INBOX, [uids[1]], [Flag.FLAGGED.value], FlagMode.ADD)
+    # The first store learns of the other's change from the shared index, not by bumping again.
+    assert modseqs(store)[uids[1]] == modseqs(other)[uids[1]] > top
+
+
+def test_foreign_flag_rename_gets_a_new_modseq(store: MaildirStore, paths: StatePaths) -> None:
+    (uid,) = deliver(store)
+    store.snapshot(ALICE, INBOX, claim_recent=True)  # into cur/
+    before, top = modseqs(store)[uid], highest(store)
+    cur = paths.maildir(ALICE) / "cur"
+    (name,) = os.listdir(cur)
+    os.rename(cur / name, cur / (name.split(":")[0] + ":2,S"))  # as Dovecot or mutt would
+    after = store.snapshot(ALICE, INBOX)
+    (info,) = after.messages
+    assert Flag.SEEN.value in info.flags
+    assert info.modseq > max(before, top - 1)
+    assert after.highest_modseq == info.modseq
+
+
+def test_deleted_index_rebuilds_above_every_modseq_seen(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    uids = deliver(store, 3)
+    store.store_flags(ALICE, INBOX, uids, [Flag.SEEN.value], FlagMode.ADD)
+    top = highest(store)
+    flags = {m.uid: m.flags for m in store.snapshot(ALICE, INBOX).messages}
+    for suffix in ("", "-wal", "-shm"):
+        (paths.maildir(ALICE) / f"{INDEX_FILE}{suffix}").unlink(missing_ok=True)
+    fresh = MaildirStore(paths, hostname="mx.example.com")
+    snap = fresh.snapshot(ALICE, INBOX)
+    assert {m.uid: m.flags for m in snap.messages} == flags
+    assert min(m.modseq for m in snap.messages) > top
+    # The expunge log starts after the rebuild: older resyncs cannot be answered from it.
+    assert fresh.expunged_since(ALICE, INBOX, top) is None
+
+
+def test_corrupt_index_is_rebuilt(store: MaildirStore, paths: StatePaths) -> None:
+    uids = deliver(store, 2)
+    top = highest(store)
+    path = paths.maildir(ALICE) / INDEX_FILE
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"this is not a database" * 100)
+    fresh = MaildirStore(paths, hostname="mx.example.com")
+    snap = fresh.snapshot(ALICE, INBOX)
+    assert [m.uid for m in snap.messages] == uids
+    assert snap.highest_modseq > top
+
+
+def test_unchanged_since_skips_messages_changed_later(store: MaildirStore) -> None:
+    uids = deliver(store, 2)
+    mark = highest(store)
+    store.store_flags(ALICE, INBOX, [uids[0]], [Flag.FLAGGED.value], FlagMode.ADD)
+    change = store.change_flags(
+        ALICE, INBOX, uids, [Flag.SEEN.value], FlagMode.ADD, unchanged_since=mark
+    )
+    assert change.modified == (uids[0],)
+    assert set(change.done) == {uids[1]}
+    assert Flag.SEEN.value in change.done[uids[1]].flags
+    assert change.done[uids[1]].modseq == highest(store)
+
+
+def test_a_delivering_process_records_only_its_own_messages(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    """An SMTP worker delivers without ever listing the folder: it must not take the
+    messages it has not seen for expunged."""
+    uids = deliver(store, 3)
+    before, top = modseqs(store), highest(store)
+    worker = MaildirStore(paths, hostname="mx.example.com")
+    other = MaildirStore(paths, hostname="mx.example.com")
+    # Two workers in turn: each sees the other's uidlist records, never its files.
+    new = [deliver(w)[0] for w in (worker, other, worker, other)]
+    assert store.expunged_since(ALICE, INBOX, top) == []
+    after = modseqs(store)
+    assert {u: after[u] for u in uids} == before
+    assert all(after[u] > top for u in new)

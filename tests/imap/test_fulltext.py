@@ -13,8 +13,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import stat
-import threading
-from collections.abc import Iterator, Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -23,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mailstack.delivery.fulltext import FILE_NAME, FolderText, trigram_query
-from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX, MessageInfo
 from mailstack.imap.commands import SearchAnd, SearchHeader, SearchKey, SearchText
 from mailstack.imap.search import MessageText, Scope, html_text, required_texts, search
 
 from mailstack.base.flags import FlagMode
 from tests.imap.rawclient import RawClient
+from tests.imap.test_structure_cache import CountingStore
 from tests.support.imapserver import (
     PASSWORD,
     USER,
@@ -197,28 +195,6 @@ def test_corrupt_file_is_set_aside(tmp_path: Path) -> None:
 
 
 # -- over the wire -------------------------------------------------------------------------------
-class CountingStore(MaildirStore):
-    """The real store, counting whole-message reads."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.lock = threading.Lock()
-        self.reads = 0
-
-    def read_message(self, user: str, folder: str, uid: int) -> bytes:
-        with self.lock:
-            self.reads += 1
-        return super().read_message(user, folder, uid)
-
-    def read_messages(
-        self, user: str, folder: str, uids: Sequence[int]
-    ) -> Iterator[tuple[int, bytes]]:
-        for item in super().read_messages(user, folder, uids):
-            with self.lock:
-                self.reads += 1
-            yield item
-
-
 @pytest.fixture
 def dep(tmp_path: Path) -> ImapDeployment:
     dep = make_deployment(tmp_path / "state")

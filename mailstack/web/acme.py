@@ -117,8 +117,8 @@ class AcmeAccount:
 
 
 def choose_challenge(cfg: Config, chosen: str = "") -> str:
-    """`chosen` if given, else HTTP-01 where listen.http is set (the CA's first choice for a
-    web server) and TLS-ALPN-01 otherwise; ConfigError if its listener is not configured."""
+    """`chosen` if given, else HTTP-01 where listen.http is set and TLS-ALPN-01 otherwise;
+    ConfigError if the listener the CA must reach is not configured."""
     challenge = chosen or (HTTP_01 if cfg.listeners("http") else TLS_ALPN_01)
     if challenge not in CHALLENGES:
         raise ConfigError(f"unknown ACME challenge {challenge!r}", hint="http-01 or tls-alpn-01")
@@ -241,7 +241,9 @@ def _obtain(
             offered = next((c for c in authz.body.challenges if c.chall.typ == challenge), None)
             if offered is None or not isinstance(offered.chall, KeyAuthorizationChallenge):
                 raise AcmeError(f"the CA offers no {challenge} for {name}")
-            response, authorization = offered.response_and_validation(net.key)
+            # The key authorization (RFC 8555 §8.1) is what both challenges publish.
+            authorization = offered.chall.key_authorization(net.key)
+            response = offered.chall.response(net.key)
             publish(name, offered.chall.encode("token"), authorization)
             acme.answer_challenge(offered, response)  # the CA validates from now on
         order = acme.poll_and_finalize(order, deadline)

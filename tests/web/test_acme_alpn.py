@@ -224,3 +224,11 @@ def test_challenge_choice_needs_its_listener(env: Env, cli: Cli) -> None:
     env.set_listen("http", "[]")  # neither listener: the default (TLS-ALPN-01) says what to set
     result = cli("tls", "acme", "--email", "a@example.com", "--directory", "https://127.0.0.1:1/d")
     assert result.returncode == 1 and "listen.https" in result.stderr, result.stderr
+
+
+def test_challenge_file_names_come_only_from_host_names(tmp_path: Path) -> None:
+    """The SNI name picks a file: nothing but a plain A-label host name may (no traversal)."""
+    assert alpn.challenge_path(tmp_path, "Mail.Example.COM.") == tmp_path / "mail.example.com.pem"
+    assert alpn.challenge_path(tmp_path, "xn--bcher-kva.example") is not None
+    for bad in ("../acme/account", "a/b", "..", "a..b", "", ".", "-", "a b", "ä.example"):
+        assert alpn.challenge_path(tmp_path, bad) is None, bad

@@ -9,8 +9,9 @@ and whose only ALPN protocol is "acme-tls/1" (§3), so the CA's validation hands
 Python's ssl module has no ALPN-select callback, and SNI is decided before ALPN, so the switch is
 by name alone: while that exact name's challenge is pending (the seconds the CA needs to
 validate), ordinary HTTPS to it gets the challenge certificate and fails, as with other ACME
-clients' standalone TLS-ALPN mode. Other names keep the real certificate throughout. The look-up
-costs one stat() per handshake; a challenge's context is built once per file.
+clients' standalone TLS-ALPN mode. Other names keep the real certificate throughout. A file left
+behind by a killed `tls acme` stops counting after MAX_PENDING_S, so it cannot keep a name from
+its real certificate. The look-up costs one stat() per handshake; a context is built once per file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import logging
 import re
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 ACME_TLS_1 = "acme-tls/1"  # the ALPN protocol of the validation handshake (RFC 8737 §6.2)
 ID_PE_ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # RFC 8737 §6.1
 # An SNI name we may turn into a file name: an A-label host name, nothing else.
+# Far beyond an order's deadline (mailstack.web.acme.ORDER_TIMEOUT_S): older files are leftovers.
+MAX_PENDING_S = 600
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 
 
@@ -123,6 +127,8 @@ class AlpnResponder:
             mtime = path.stat().st_mtime_ns
         except OSError:
             self._cache.pop(path, None)
+            return None
+        if time.time() - mtime / 1e9 > MAX_PENDING_S:
             return None
         cached = self._cache.get(path)
         if cached is not None and cached[0] == mtime:

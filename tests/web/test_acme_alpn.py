@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +188,15 @@ def test_a_pending_challenge_switches_only_its_own_name(env: Env, web_dir: Path)
                 handshake(port, "autoconfig.example.com", ca=ca)
         # Challenge over: the name has the real certificate again.
         cert, _ = handshake(port, "autoconfig.example.com", ca=ca)
+        assert cert.serial_number == real.serial_number
+        # A challenge left behind (tls acme killed) stops counting after MAX_PENDING_S.
+        stale = alpn.challenge_dir(StatePaths(web_dir)) / "mta-sts.example.com.pem"
+        stale.write_bytes(alpn.challenge_certificate("mta-sts.example.com", authorization))
+        _, protocol = handshake(port, "mta-sts.example.com", alpn_protocols=["acme-tls/1"])
+        assert protocol == "acme-tls/1"
+        old = time.time() - alpn.MAX_PENDING_S - 60
+        os.utime(stale, (old, old))
+        cert, _ = handshake(port, "mta-sts.example.com", ca=ca)
         assert cert.serial_number == real.serial_number
 
 

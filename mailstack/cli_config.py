@@ -129,8 +129,14 @@ def tls_import(cert_file: Path, key_file: Path) -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="CA bundle to trust for the directory (a private or test CA).",
 )
-def tls_acme(email: str, directory: str, ca_bundle: Path | None) -> None:
-    """Get a certificate from an ACME CA (HTTP-01 on listen.http); serve renews it."""
+@click.option(
+    "--challenge",
+    type=click.Choice(["http-01", "tls-alpn-01"]),
+    help="How the CA checks the names: http-01 on listen.http, or tls-alpn-01 on listen.https "
+    "(default: http-01 when listen.http is set, else tls-alpn-01). Renewals use the same.",
+)
+def tls_acme(email: str, directory: str, ca_bundle: Path | None, challenge: str | None) -> None:
+    """Get a certificate from an ACME CA (HTTP-01 or TLS-ALPN-01); serve renews it."""
     import datetime as dt
 
     from mailstack.deployment import Deployment
@@ -147,6 +153,7 @@ def tls_acme(email: str, directory: str, ca_bundle: Path | None) -> None:
                 email=email,
                 directory=directory,
                 ca_bundle=str(ca_bundle.absolute()) if ca_bundle else "",
+                challenge=challenge or "",
             )
         finally:
             dep.close()

@@ -3,8 +3,10 @@
 Each listener is a plain `loop.create_server` over aiohttp's protocol factory, so it is an
 `asyncio.Server` like every other service's and `mailstack.app` binds, lists and closes it the
 same way. https takes its TLS context from the shared TlsProvider (SNI callback: a SIGHUP or an
-ACME renewal applies to the next handshake). When serve begins to stop, open keep-alive
-connections are closed after the requests in flight (aiohttp's shutdown with a deadline).
+ACME renewal applies to the next handshake), and answers ACME TLS-ALPN-01 handshakes for names
+with a pending challenge from the same callback (mailstack.web.alpn). When serve begins to stop,
+open keep-alive connections are closed after the requests in flight (aiohttp's shutdown with a
+deadline).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from mailstack.delivery.services import ServerContext
 from mailstack.init import hosted_domains
+from mailstack.web.alpn import AlpnResponder, challenge_dir
 from mailstack.web.app import make_app, make_http_app
 from mailstack.web.deps import WebDeps
 
@@ -55,7 +58,8 @@ class WebService:
         return runner.server
 
     async def _renew(self) -> None:
-        """ACME renewal runs beside the web listeners (HTTP-01 needs the http one)."""
+        """ACME renewal runs beside the web listeners (HTTP-01 needs the http one, TLS-ALPN-01
+        the https one)."""
         # Imported here: the acme library (requests, josepy) stays out of SMTP worker processes,
         # which import mailstack.app but run no web listener.
         from mailstack.web.acme import reload_by_signal, renew_forever
@@ -76,7 +80,8 @@ class WebService:
 
     async def start_https(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
         handler = await self._handler("https")
-        tls = ctx.tls.listening_context()
+        # RFC 8737: pending TLS-ALPN-01 names first (`tls acme` or our renewal wrote them).
+        tls = AlpnResponder(challenge_dir(self.deps.paths)).wrap(ctx.tls.listening_context())
         server = await asyncio.get_running_loop().create_server(handler, host, port, ssl=tls)
         self.https_ports += [sock.getsockname()[1] for sock in server.sockets]
         return server

@@ -2,7 +2,8 @@
 
 Its own HTTPS listener uses a trustme certificate (`ca_bundle` trusts it); its validation
 authority resolves names through `dns` (a test nsd serving the deployment's zone) and fetches
-HTTP-01 challenges on `http_port` (the deployment's listen.http port). No random validation
+HTTP-01 challenges on `http_port` (the deployment's listen.http port) and makes TLS-ALPN-01
+handshakes to `tls_port` (its listen.https port; 1, nothing, when not given). No random validation
 sleeps, no rejected nonces: the tests wait on events, not luck. Stopped by its PID.
 """
 
@@ -27,10 +28,17 @@ from tests.checks.conftest import free_ports
 
 class Pebble:
     def __init__(
-        self, directory: Path, *, http_port: int, dns: str, validity_s: int | None = None
+        self,
+        directory: Path,
+        *,
+        http_port: int,
+        dns: str,
+        validity_s: int | None = None,
+        tls_port: int = 1,
     ) -> None:
         self.directory = directory
         self.http_port = http_port
+        self.tls_port = tls_port
         self.dns = dns
         self.validity_s = validity_s
         self.port, self.management_port = free_ports(2)
@@ -58,7 +66,7 @@ class Pebble:
             "certificate": str(self.directory / "cert.pem"),
             "privateKey": str(self.directory / "key.pem"),
             "httpPort": self.http_port,
-            "tlsPort": 1,  # TLS-ALPN-01 is not used
+            "tlsPort": self.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }

@@ -65,7 +65,7 @@ class ImapService:
         self.ctx = ctx
         # Sessions see other accounts' shared folders through the ACL-checking store.
         self.session_ctx = dataclasses.replace(
-            ctx, store=SharedStore(ctx.store, ctx.paths.mail_dir, ctx.accounts)
+            ctx, store=SharedStore(ctx.store, ctx.paths, ctx.accounts)
         )
         # The same login path (throttle, auth cache, verifier pool) as every other listener.
         object.__setattr__(self.session_ctx, "logins", ctx.logins)

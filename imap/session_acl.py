@@ -41,8 +41,7 @@ class AclCommands(SessionCore):
         return route
 
     def _folder_dir(self, route: Route) -> Path:
-        local, _, domain = route.owner.partition("@")
-        return acl.folder_dir(self.ctx.paths.mail_dir / domain / local, route.folder)
+        return acl.folder_dir(self.ctx.paths.maildir(route.owner), route.folder)
 
     def _identifier(self, route: Route, name: str) -> str:
         """The dovecot-acl identifier of an IMAP identifier."""

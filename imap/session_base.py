@@ -204,23 +204,15 @@ class SessionCore:
                     )
                 )
         except FolderNotFoundError:
-            await write(response.bye("the selected mailbox was deleted or renamed"))
-            self.proto.state = State.LOGOUT
-            self.selected = None
+            await self._lose_selection(write, "the selected mailbox was deleted or renamed")
             return
         if changes is None:
             await self._sync_full(write, allow_expunge=allow_expunge)
             return
         if changes.uid_validity != sel.uid_validity:
-            await write(response.bye("UIDVALIDITY of the selected mailbox changed"))
-            self.proto.state = State.LOGOUT
-            self.selected = None
+            await self._lose_selection(write, "UIDVALIDITY of the selected mailbox changed")
             return
-        out: list[bytes] = []
-        if set(changes.keywords) - set(sel.keywords):
-            # RFC 9051 §7.3.5: FLAGS (and PERMANENTFLAGS) before any FETCH that shows one.
-            sel.keywords = changes.keywords
-            out.append(self._keywords_response(sel))
+        out = self._new_keywords(sel, changes.keywords)
         old_count, old_recent = len(sel.messages), len(sel.recent)
         sel.pending_expunges.update(u for u in changes.expunged if sel.position(u) is not None)
         if allow_expunge and sel.pending_expunges:
@@ -266,6 +258,21 @@ class SessionCore:
         if out:
             await write(b"".join(out))
 
+    async def _lose_selection(self, write: Write, reason: str) -> None:
+        """The selected folder was deleted, renamed or renumbered under us: nothing can be
+        reported sensibly, so the session ends (Dovecot does this)."""
+        await write(response.bye(reason))
+        self.proto.state = State.LOGOUT
+        self.selected = None
+
+    def _new_keywords(self, sel: Selected, keywords: tuple[str, ...]) -> list[bytes]:
+        """The start of a sync's output: FLAGS (and PERMANENTFLAGS) when keywords were added,
+        before any FETCH that shows one (RFC 9051 §7.3.5)."""
+        if not set(keywords) - set(sel.keywords):
+            return []
+        sel.keywords = keywords
+        return [self._keywords_response(sel)]
+
     async def _sync_full(self, write: Write, *, allow_expunge: bool) -> None:
         """`_sync` by comparing a whole snapshot with what the client was told."""
         sel = self.selected
@@ -274,21 +281,12 @@ class SessionCore:
         try:
             snap = await self._snapshot(sel.name, claim_recent=not sel.readonly)
         except FolderNotFoundError:
-            # Deleted or renamed under us: nothing can be reported sensibly (Dovecot does this).
-            await write(response.bye("the selected mailbox was deleted or renamed"))
-            self.proto.state = State.LOGOUT
-            self.selected = None
+            await self._lose_selection(write, "the selected mailbox was deleted or renamed")
             return
         if snap.uid_validity != sel.uid_validity:
-            await write(response.bye("UIDVALIDITY of the selected mailbox changed"))
-            self.proto.state = State.LOGOUT
-            self.selected = None
+            await self._lose_selection(write, "UIDVALIDITY of the selected mailbox changed")
             return
-        out: list[bytes] = []
-        if set(snap.keywords) - set(sel.keywords):
-            # RFC 9051 §7.3.5: FLAGS (and PERMANENTFLAGS) before any FETCH that shows one.
-            sel.keywords = snap.keywords
-            out.append(self._keywords_response(sel))
+        out = self._new_keywords(sel, snap.keywords)
         current = {m.uid: m for m in snap.messages}
         if allow_expunge:
             gone: list[int] = []

@@ -42,10 +42,6 @@ def metadata_of(maildir: Path) -> Metadata:
 class MetadataCommands(SessionCore):
     """GETMETADATA, SETMETADATA."""
 
-    def _home(self, address: str) -> Path:
-        local, _, domain = address.partition("@")
-        return self.ctx.paths.mail_dir / domain / local
-
     def _meta_route(self, name: str) -> Route | None:
         """None for the server; the folder's route otherwise (it must exist and be readable)."""
         if name == SERVER:
@@ -57,7 +53,7 @@ class MetadataCommands(SessionCore):
             route = store.route(user, name)
         else:  # pragma: no cover - ImapService always wraps the store
             route = Route(user, name, acl.ALL_RIGHTS, name)
-        if not (acl.folder_dir(self._home(route.owner), route.folder) / "cur").is_dir():
+        if not (acl.folder_dir(self.ctx.paths.maildir(route.owner), route.folder) / "cur").is_dir():
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT")
         return route
 
@@ -74,13 +70,13 @@ class MetadataCommands(SessionCore):
             raise RefusedError(f"no right to read {name} (needs r)", "NOPERM")
         private = [e for e in entries if e.startswith("/private")]
         shared = [e for e in entries if e.startswith("/shared")]
-        out = metadata_of(self._home(user)).get(name, private, depth) if private else {}
+        out = metadata_of(self.ctx.paths.maildir(user)).get(name, private, depth) if private else {}
         if shared:
             if route is None:
                 server = self._server_shared()
                 out.update({k: v for k, v in server.items() if _wanted(k, shared, depth)})
             else:
-                owner = metadata_of(self._home(route.owner))
+                owner = metadata_of(self.ctx.paths.maildir(route.owner))
                 out.update(owner.get(route.folder, shared, depth))
         return out
 
@@ -97,9 +93,9 @@ class MetadataCommands(SessionCore):
             route.need("w", "set shared annotations")
         try:
             if private:
-                metadata_of(self._home(user)).set(name, private)
+                metadata_of(self.ctx.paths.maildir(user)).set(name, private)
             if shared and route is not None:
-                metadata_of(self._home(route.owner)).set(route.folder, shared)
+                metadata_of(self.ctx.paths.maildir(route.owner)).set(route.folder, shared)
         except TooManyError:
             raise RefusedError("too many annotations on this mailbox", "METADATA TOOMANY") from None
         except TooLargeError as exc:
@@ -127,10 +123,10 @@ class MetadataCommands(SessionCore):
 
     def _metadata_renamed(self, old: str, new: str) -> None:
         """RENAME of one of the user's folders carries its annotations (RFC 5464 §3.2)."""
-        metadata_of(self._home(self._require_user())).rename(old, new, ".")
+        metadata_of(self.ctx.paths.maildir(self._require_user())).rename(old, new, ".")
 
     def _metadata_deleted(self, name: str) -> None:
-        metadata_of(self._home(self._require_user())).drop(name)
+        metadata_of(self.ctx.paths.maildir(self._require_user())).drop(name)
 
 
 def _wanted(entry: str, asked: list[str], depth: int | None) -> bool:

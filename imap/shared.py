@@ -26,7 +26,6 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 from mailstack.delivery import acl, folders
 from mailstack.delivery.store import (
@@ -45,6 +44,7 @@ from mailstack.delivery.store import (
 )
 
 from mailstack.base.flags import Flag, FlagMode
+from mailstack.base.paths import StatePaths
 from mailstack.base.users import Accounts
 
 SHARED, PUBLIC = "Shared", "Public"
@@ -98,9 +98,9 @@ def _split(name: str) -> tuple[str, str, str] | None:
 class SharedStore:
     """The store with other accounts' shared folders mapped in (see the module docstring)."""
 
-    def __init__(self, inner: MailStore, mail_dir: Path, accounts: Accounts) -> None:
+    def __init__(self, inner: MailStore, paths: StatePaths, accounts: Accounts) -> None:
         self.inner = inner
-        self.mail_dir = mail_dir
+        self.paths = paths
         self.accounts = accounts
 
     # -- names and rights ----------------------------------------------------------------------
@@ -117,7 +117,7 @@ class SharedStore:
         prefix, owner, folder = split
         if owner == user or self._prefix_of(owner) != prefix:
             raise FolderNotFoundError(f"no folder {name!r}")
-        directory = acl.folder_dir(self._home(owner), folder)
+        directory = acl.folder_dir(self.paths.maildir(owner), folder)
         rights = acl.rights_of(acl.read_acl(directory), user, owner)
         if "l" not in rights and "r" not in rights:
             raise FolderNotFoundError(f"no folder {name!r}")  # RFC 4314 §4: no hint it exists
@@ -133,7 +133,7 @@ class SharedStore:
 
     def _shared_infos(self, user: str) -> list[FolderInfo]:
         infos: dict[str, FolderInfo] = {}
-        for shared in acl.shared_folders(self.mail_dir):
+        for shared in acl.shared_folders(self.paths.mail_dir):
             if shared.owner == user or "l" not in acl.rights_of(shared.entries, user, shared.owner):
                 continue
             prefix = self._prefix_of(shared.owner)
@@ -235,14 +235,10 @@ class SharedStore:
         # A new folder starts with its parent's ACL, as Dovecot's ACL inheritance does: a
         # folder a member creates in a team mailbox is the team's too.
         if parent:
-            home = self._home(owner)
+            home = self.paths.maildir(owner)
             entries = acl.read_acl(acl.folder_dir(home, parent))
             if entries is not None:
                 acl.write_acl(acl.folder_dir(home, name), entries)
-
-    def _home(self, owner: str) -> Path:
-        local, _, domain = owner.partition("@")
-        return self.mail_dir / domain / local
 
     def delete_folder(self, user: str, folder: str) -> None:
         route = self.route(user, folder)
@@ -263,7 +259,7 @@ class SharedStore:
         if subscribed:
             self.route(user, folder)  # only what the user may see
         change = ([folder], []) if subscribed else ([], [folder])
-        folders.change_subscriptions(self._home(user), add=change[0], remove=change[1])
+        folders.change_subscriptions(self.paths.maildir(user), add=change[0], remove=change[1])
 
     def subscriptions(self, user: str) -> list[str]:
         return self.inner.subscriptions(user)

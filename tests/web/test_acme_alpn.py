@@ -31,6 +31,7 @@ from tests.conftest import Cli
 from tests.support.nsd import NsdServer
 from tests.support.serve import ServeProcess
 from tests.web.pebble import Pebble
+from tests.web.test_acme import acme, leaf
 
 pytestmark = pytest.mark.external
 
@@ -71,18 +72,6 @@ def env(web_dir: Path, tmp_path: Path) -> Iterator[Env]:
         yield Env(web_dir, nsd, tmp_path)
     finally:
         nsd.stop()
-
-
-def acme(cli: Cli, pebble: Pebble, *extra: str) -> tuple[int, str, str]:
-    result = cli(
-        "tls", "acme", "--email", "admin@example.com",
-        "--directory", pebble.directory_url, "--ca-bundle", str(pebble.ca_bundle), *extra,
-    )  # fmt: skip
-    return result.returncode, result.stdout, result.stderr
-
-
-def leaf(root: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate((root / "tls/fullchain.pem").read_bytes())
 
 
 def handshake(

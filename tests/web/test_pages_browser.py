@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.web.stack import ADMIN, ADMIN_PASSWORD, USER, USER_PASSWORD, WebStack, make_deployment
@@ -86,9 +86,22 @@ def check_screenshot(browser: WebDriver, path: Path, heading: str) -> Image.Imag
 
 
 def submit(browser: WebDriver, button: WebElement) -> None:
-    """Click a form's button and wait for the next page (a click does not wait for it)."""
+    """Click a form's button and wait for the next page (a click does not wait for it).
+
+    The old page is marked and the wait is for a fully loaded page without the mark: asking
+    about the clicked button itself races with Chrome detaching it ("Node with given id does
+    not belong to the document").
+    """
+    browser.execute_script("document.documentElement.dataset.submitted = '1'")
     button.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(button))
+
+    def next_page(driver: WebDriver) -> bool:
+        state = driver.execute_script(
+            "return [document.readyState, document.documentElement.dataset.submitted || '']"
+        )
+        return bool(state == ["complete", ""])
+
+    WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(next_page)
 
 
 def log_in(browser: WebDriver, stack: WebStack, address: str, password: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Callable
+from typing import TypeVar
 
 from mailstack.imap.sequence import SequenceSet, SequenceSetError, parse_sequence_set
 
@@ -266,3 +267,16 @@ class Reader:
             )
         except ValueError:
             raise BadSyntaxError(f"no such date-time: {text!r}") from None
+
+
+_T = TypeVar("_T")
+
+
+def one_mailbox(cls: Callable[[str, str], _T]) -> Callable[[Reader, str], _T]:
+    """The parser of a command whose only argument is a mailbox name (DELETE, GETACL, ...)."""
+
+    def parse(r: Reader, tag: str) -> _T:
+        r.sp()
+        return cls(tag, r.mailbox())
+
+    return parse

@@ -52,7 +52,7 @@ from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
 from mailstack.delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
 
-from mailstack.base.fsutil import atomic_write, fsync_dir
+from mailstack.base.fsutil import atomic_write, fsync_dir, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,9 @@ class FolderIndex:
         return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
 
     # -- changing state (our own writes) -------------------------------------------------------
-    def _append_records(self, records: list[UidRecord]) -> None:
+    def _append_records(self, records: list[UidRecord], *, sync: bool = True) -> None:
+        """Append UID lines; `sync=False` leaves the fsync to the caller (`fsync_uidlist`),
+        who must make it before promising the UIDs to anyone."""
         path = self.path / UIDLIST
         for record in records:
             self._uid_of[record.base] = record.uid
@@ -466,7 +468,8 @@ class FolderIndex:
                 atomic_write(path, self.uidlist.serialize(), mode=FILE_MODE)
             else:
                 os.write(fd, serialize_records(records))
-                os.fsync(fd)  # the UID is promised (APPENDUID) once we return
+                if sync:
+                    os.fsync(fd)  # the UID is promised (APPENDUID) once we return
                 st = os.fstat(fd)
                 self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
                 self._uidlist_parsed = st.st_size
@@ -482,8 +485,11 @@ class FolderIndex:
         (uid,) = self.added_many([(sub, name, meta)])
         return uid
 
-    def added_many(self, files: list[tuple[str, str, tuple[float, int, int]]]) -> list[int]:
-        """Number files we renamed in, in order, with one uidlist append (one fsync)."""
+    def added_many(
+        self, files: list[tuple[str, str, tuple[float, int, int]]], *, sync: bool = True
+    ) -> list[int]:
+        """Number files we renamed in, in order, with one uidlist append (one fsync; with
+        `sync=False` the caller's `fsync_uidlist`, which may run after the lock is left)."""
         self._load_uidlist()
         for sub, name, meta in files:
             base = base_name(name)
@@ -492,7 +498,7 @@ class FolderIndex:
         self._note_own_change()
         records = self.uidlist.assign(name for _sub, name, _meta in files)
         if records:
-            self._append_records(records)
+            self._append_records(records, sync=sync)
         entries = self._entries
         for record, (sub, name, _meta) in zip(records, files, strict=True):
             entry = self._make_entry(record.uid, sub, name) if entries is not None else None
@@ -506,6 +512,10 @@ class FolderIndex:
                 self._in_new.add(entry.uid)
             self._view = None
         return [r.uid for r in records]
+
+    def fsync_uidlist(self) -> None:
+        """Make the UID lines of `added_many(sync=False)` durable (no lock needed)."""
+        fsync_path(self.path / UIDLIST)
 
     def renamed(self, base: str, sub: str, name: str) -> None:
         """We renamed a message file (flags, new/ -> cur/): update it in place."""

@@ -15,7 +15,12 @@ from pathlib import Path
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or create inside `path` durable (POSIX needs the directory fsynced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_path(path, os.O_DIRECTORY)
+
+
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """fsync `path` by name: what any process wrote into it reaches the disk."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:

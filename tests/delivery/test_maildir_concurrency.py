@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from mailstack.delivery.maildir import MaildirStore
@@ -121,3 +123,29 @@ def test_processes_share_the_uidlist_lock(store: MaildirStore, paths: StatePaths
         store.usage_bytes(ALICE)
         == sum(len(b"Subject: %d\n\nbody\n" % i) for i in range(count)) * procs
     )
+
+
+def _deliver_in_child(root: str, conn: Connection) -> None:
+    store = MaildirStore(StatePaths(Path(root)), hostname="mx.example.com")
+    (ref,) = store.deliver([(ALICE, "INBOX")], message(2))
+    conn.send(ref.uid)
+
+
+def test_a_process_forked_after_delivering_can_deliver(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    # The parent's deliveries started fsync threads; a forked child has none of them and must
+    # not hand its fsyncs to them (it waited forever).
+    store.deliver([(ALICE, "INBOX")], message(1))
+    receiver, sender = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(
+        target=_deliver_in_child, args=(str(paths.root), sender), daemon=True
+    )
+    child.start()
+    sender.close()
+    try:
+        assert receiver.poll(30), "a forked process's delivery did not finish in 30 s"
+        assert receiver.recv() == 2
+    finally:
+        child.kill()
+        child.join()

@@ -231,7 +231,7 @@ def test_dovecot_and_mailstack_deliver_at_the_same_time(
     count = 25
     receiver, sender = multiprocessing.get_context("fork").Pipe(duplex=False)
     child = multiprocessing.get_context("fork").Process(
-        target=_deliver_as_mail_user, args=(maildir.parents[2], count, sender)
+        target=_deliver_as_mail_user, args=(maildir.parents[2], count, sender), daemon=True
     )
     dovecot_uids = []
     with server.imap(USER) as imap:
@@ -245,6 +245,8 @@ def test_dovecot_and_mailstack_deliver_at_the_same_time(
             m = re.search(rb"APPENDUID \d+ (\d+)", data[0] or b"")
             assert m is not None, data
             dovecot_uids.append(int(m[1]))
+        # A hang is a failure too (a forked child once inherited a dead fsync thread pool).
+        assert receiver.poll(60), "the forked child's deliveries did not finish in 60 s"
         ours = receiver.recv()
         child.join(timeout=60)
         assert child.exitcode == 0

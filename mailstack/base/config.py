@@ -9,7 +9,6 @@ Nothing else in mailstack reads the config file or the environment for settings.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 import tomllib
 import typing
@@ -17,75 +16,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailstack.base.credentials import check_ca_file, read_route_credentials
+from mailstack.base.config_rules import ConfigKeyError, validate
+from mailstack.base.config_values import (
+    MAX_SMTP_WORKERS,
+    MTA_STS_MODES,
+    format_hostport,
+    format_size,
+    is_fqdn,
+    parse_hostport,
+    parse_resolver,
+    parse_size,
+    to_ascii_domain,
+)
 from mailstack.base.errors import ConfigError
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-MAX_SMTP_WORKERS = 64
+# The values' parsers live in config_values.py; re-exported for the code that reads config.
+__all__ = [
+    "MAX_SMTP_WORKERS",
+    "MTA_STS_MODES",
+    "AccountsConfig",
+    "AuthConfig",
+    "Config",
+    "DkimConfig",
+    "DnsConfig",
+    "ImapConfig",
+    "ListenConfig",
+    "LogConfig",
+    "OutboundConfig",
+    "ServerConfig",
+    "SmtpConfig",
+    "SubmissionConfig",
+    "WebConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "doc",
+    "field_docs",
+    "format_hostport",
+    "format_size",
+    "is_fqdn",
+    "load_config",
+    "parse_hostport",
+    "parse_resolver",
+    "parse_size",
+    "to_ascii_domain",
+    "to_toml",
+]
 
 
 def doc(text: str, **kwargs: Any) -> Any:
     """A dataclass field carrying its documentation (rendered into the config template)."""
     return field(metadata={"doc": text}, **kwargs)
-
-
-def parse_size(value: str | int) -> int:
-    """'10G', '512M', '1024', 0 -> bytes. Raises ValueError on anything else."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 10G, 512M or a number of bytes")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    m = _SIZE.match(value)
-    if not m:
-        raise ValueError(f"expected a size such as 10G, 512M or a number of bytes, got {value!r}")
-    return int(m[1]) * _SIZE_UNITS[m[2].upper()]
-
-
-def format_size(n: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if n and n % _SIZE_UNITS[unit] == 0:
-            return f"{n // _SIZE_UNITS[unit]}{unit}"
-    return str(n)
-
-
-def is_fqdn(name: str) -> bool:
-    """A fully-qualified host name: at least two labels of letters, digits and hyphens."""
-    try:
-        ascii_name = name.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return False
-    labels = ascii_name.split(".")
-    return len(labels) >= 2 and len(ascii_name) <= 253 and all(_LABEL.match(x) for x in labels)
-
-
-def to_ascii_domain(name: str) -> str:
-    """IDNA-encode a domain to its lower-case ASCII form ('bücher.de' -> 'xn--bcher-kva.de')."""
-    return name.rstrip(".").encode("idna").decode("ascii").lower()
-
-
-def parse_hostport(value: str) -> tuple[str, int]:
-    """'0.0.0.0:25', '[::1]:143', 'localhost:2525' -> (host, port). Raises ValueError."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", value)
-    if not m:
-        raise ValueError(f'expected "host:port" (IPv6 as "[::1]:port"), got {value!r}')
-    host = m[1] or m[3]
-    port = int(m[2] or m[4])
-    if m[1]:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    return host, port
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,9 +337,6 @@ class OutboundConfig:
     )
 
 
-MTA_STS_MODES = ("enforce", "testing", "none")
-
-
 @dataclass(frozen=True, slots=True)
 class WebConfig:
     mta_sts_mode: str = doc(
@@ -462,15 +439,10 @@ def _coerce_item(value: Any, tp: Any, key: str) -> Any:
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        raise _KeyError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise ConfigKeyError(
+            key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
     return float(value) if tp is float else value
-
-
-class _KeyError(Exception):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
 
 
 def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
@@ -479,166 +451,19 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     for name in table:
         if name not in known:
             dotted = f"{prefix}.{name}" if prefix else name
-            raise _KeyError(dotted, f"unknown key (known here: {', '.join(sorted(known))})")
+            raise ConfigKeyError(dotted, f"unknown key (known here: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
         if f.name not in table:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _KeyError(dotted, "required key is missing")
+                raise ConfigKeyError(dotted, "required key is missing")
             continue
         try:
             kwargs[f.name] = _coerce(table[f.name], hints[f.name], dotted)
         except ValueError as exc:
-            raise _KeyError(dotted, str(exc)) from None
+            raise ConfigKeyError(dotted, str(exc)) from None
     return cls(**kwargs)
-
-
-def _validate(cfg: Config) -> None:
-    """Semantic checks beyond types; raise _KeyError naming the key."""
-    if not is_fqdn(cfg.server.hostname):
-        raise _KeyError(
-            "server.hostname",
-            f"{cfg.server.hostname!r} is not a fully-qualified host name such as mail.example.com",
-        )
-    if not cfg.server.domains:
-        raise _KeyError("server.domains", "at least one mail domain is required")
-    for i, d in enumerate(cfg.server.domains):
-        if not is_fqdn(d):
-            raise _KeyError(f"server.domains[{i}]", f"{d!r} is not a valid domain name")
-    for key, version in (("ipv4", 4), ("ipv6", 6)):
-        value = getattr(cfg.server, key)
-        if value:
-            try:
-                ip = ipaddress.ip_address(value)
-            except ValueError:
-                ip = None
-            if ip is None or ip.version != version:
-                raise _KeyError(f"server.{key}", f"{value!r} is not an IPv{version} address")
-    for service in ("smtp", "submission", "submissions", "imap", "imaps", "https", "http"):
-        for i, v in enumerate(getattr(cfg.listen, service)):
-            try:
-                parse_hostport(v)
-            except ValueError as exc:
-                raise _KeyError(f"listen.{service}[{i}]", str(exc)) from None
-    positive = {
-        "smtp.max_message_size": cfg.smtp.max_message_size,
-        "smtp.max_recipients": cfg.smtp.max_recipients,
-        "smtp.max_connections": cfg.smtp.max_connections,
-        "smtp.max_connections_per_ip": cfg.smtp.max_connections_per_ip,
-        "smtp.max_errors": cfg.smtp.max_errors,
-        "smtp.command_timeout_s": cfg.smtp.command_timeout_s,
-        "smtp.data_timeout_s": cfg.smtp.data_timeout_s,
-        "smtp.max_received_headers": cfg.smtp.max_received_headers,
-        "imap.max_connections_per_ip": cfg.imap.max_connections_per_ip,
-        "imap.max_connections_per_user": cfg.imap.max_connections_per_user,
-        "imap.idle_timeout_s": cfg.imap.idle_timeout_s,
-        "dns.timeout_s": cfg.dns.timeout_s,
-        "auth.free_failures": cfg.auth.free_failures,
-        "auth.max_delay_s": cfg.auth.max_delay_s,
-        "auth.lockout_failures": cfg.auth.lockout_failures,
-        "auth.network_lockout_failures": cfg.auth.network_lockout_failures,
-        "auth.account_ceiling": cfg.auth.account_ceiling,
-        "auth.window_s": cfg.auth.window_s,
-        "auth.verify_queue": cfg.auth.verify_queue,
-        "auth.verify_per_network": cfg.auth.verify_per_network,
-        "web.mta_sts_max_age": cfg.web.mta_sts_max_age,
-        "web.acme_renew_days": cfg.web.acme_renew_days,
-        "web.acme_check_interval_s": cfg.web.acme_check_interval_s,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise _KeyError(key, f"must be greater than 0, got {value}")
-    for f in dataclasses.fields(SubmissionConfig):
-        if getattr(cfg.submission, f.name) < 0:
-            value = getattr(cfg.submission, f.name)
-            raise _KeyError(f"submission.{f.name}", f"must be 0 (no limit) or more, got {value}")
-    for key in ("cache_s", "verify_threads"):
-        if getattr(cfg.auth, key) < 0:
-            raise _KeyError(f"auth.{key}", f"must be 0 or more, got {getattr(cfg.auth, key)}")
-    if not -1 <= cfg.smtp.workers <= MAX_SMTP_WORKERS:
-        raise _KeyError(
-            "smtp.workers",
-            f"must be -1 (one per core), 0 (none) or up to {MAX_SMTP_WORKERS}, "
-            f"got {cfg.smtp.workers}",
-        )
-    if not 1 <= cfg.outbound.mx_port <= 65535:
-        raise _KeyError("outbound.mx_port", f"port {cfg.outbound.mx_port} is out of range")
-    for key, value in (("dns.resolver", cfg.dns.resolver), ("outbound.relay", cfg.outbound.relay)):
-        if value:
-            try:
-                parse_resolver(value) if key == "dns.resolver" else parse_hostport(value)
-            except ValueError as exc:
-                raise _KeyError(key, str(exc)) from None
-    _validate_outbound(cfg.outbound)
-    if cfg.dns.dnssec not in ("off", "trust-ad", "trust-all"):
-        raise _KeyError(
-            "dns.dnssec", f'expected "off", "trust-ad" or "trust-all", got {cfg.dns.dnssec!r}'
-        )
-    try:
-        parse_size(cfg.accounts.default_quota)
-    except ValueError as exc:
-        raise _KeyError("accounts.default_quota", str(exc)) from None
-    if cfg.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise _KeyError(
-            "log.level", f"expected DEBUG, INFO, WARNING or ERROR, got {cfg.log.level!r}"
-        )
-    if cfg.web.mta_sts_max_age > 31557600:  # RFC 8461 §3.2: at most a year
-        raise _KeyError("web.mta_sts_max_age", "must be at most 31557600 (RFC 8461 §3.2)")
-    if cfg.web.mta_sts_mode not in MTA_STS_MODES:
-        raise _KeyError(
-            "web.mta_sts_mode", f"expected enforce, testing or none, got {cfg.web.mta_sts_mode!r}"
-        )
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.dkim.selector):
-        raise _KeyError("dkim.selector", f"{cfg.dkim.selector!r} is not a valid DNS label")
-    for i, admin in enumerate(cfg.web.admins):
-        local, at, domain = admin.rpartition("@")
-        if not (local and at and is_fqdn(domain)):
-            raise _KeyError(f"web.admins[{i}]", f"{admin!r} is not an account address")
-    for key in ("session_idle_s", "session_max_s"):
-        if getattr(cfg.web, key) <= 0:
-            raise _KeyError(f"web.{key}", f"must be greater than 0, got {getattr(cfg.web, key)}")
-
-
-def _validate_outbound(out: OutboundConfig) -> None:
-    """The transport-security keys of [outbound] (routes, credentials, CA file)."""
-    if not 1 <= out.mta_sts_port <= 65535:
-        raise _KeyError("outbound.mta_sts_port", f"port {out.mta_sts_port} is out of range")
-    for domain, target in out.routes.items():
-        key = f'outbound.routes."{domain}"'
-        if not is_fqdn(domain):
-            raise _KeyError(key, f"{domain!r} is not a domain name")
-        try:
-            _, port = parse_hostport(target)
-        except ValueError as exc:
-            raise _KeyError(key, str(exc)) from None
-        if port == 0:
-            raise _KeyError(key, "port 0 is not a relay's port")
-    if out.ca_file:
-        try:
-            check_ca_file(out.ca_file)
-        except ValueError as exc:
-            raise _KeyError("outbound.ca_file", str(exc)) from None
-    if out.route_credentials:
-        try:
-            creds = read_route_credentials(out.route_credentials)
-        except ValueError as exc:
-            raise _KeyError("outbound.route_credentials", str(exc)) from None
-        for relay in creds:
-            try:
-                parse_hostport(relay)
-            except ValueError as exc:
-                raise _KeyError("outbound.route_credentials", f"[{relay!r}]: {exc}") from None
-
-
-def parse_resolver(value: str) -> tuple[str, int]:
-    """'127.0.0.1', '127.0.0.1:5353', '[::1]:53' -> (address, port); the address must be an IP."""
-    host, port = parse_hostport(value) if re.search(r":\d+$", value) else (value.strip("[]"), 53)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"resolver must be an IP address, got {host!r}") from None
-    return host, port
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -665,8 +490,8 @@ def config_from_dict(
 ) -> Config:
     try:
         cfg: Config = _build(Config, data, "")
-        _validate(cfg)
-    except _KeyError as exc:
+        validate(cfg)
+    except ConfigKeyError as exc:
         line = _line_of(text, exc.key) if text else None
         where = f"{source}:{line}" if line else source
         raise ConfigError(

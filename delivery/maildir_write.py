@@ -14,16 +14,14 @@ the publish callback for IDLE sessions). The lock order of delivery/maildir.py a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from mailstack.delivery import quota, recent
+from mailstack.delivery import fsyncs, quota, recent
 from mailstack.delivery.index import FILE_MODE, FolderIndex
 from mailstack.delivery.index_entry import Entry
 from mailstack.delivery.keywords import file_name_with_flags, letters_from_flags, split_info
@@ -37,9 +35,6 @@ from mailstack.delivery.store import (
 )
 
 from mailstack.base.fsutil import fsync_dir
-
-_A = TypeVar("_A")
-_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +65,7 @@ class _Job:
 
     Either `parts` to write into each target's tmp/ (deliver, APPEND: the flush writes them, so
     one thread makes the write syscalls of a batch, not one thread per message contending for
-    the GIL; only the fsyncs wait in a pool), or copies already in tmp/ (`written`: COPY's
+    the GIL; only the fsyncs may wait in a pool), or copies already in tmp/ (`written`: COPY's
     hard links). `flags` per copy.
     """
 
@@ -114,41 +109,8 @@ def _discard(fd: int, path: Path) -> None:
         path.unlink()
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _fsync_pool() -> ThreadPoolExecutor:
-    """Threads that wait in fsync; made on first use (most processes never deliver)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
-        return _POOL
-
-
-def _forget_pool_in_child() -> None:
-    # A forked child has none of the parent's threads: a pool inherited from it would take
-    # work and never run it (a delivery from a forked process would hang).
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_in_child)
-
-
-def _in_parallel(fn: Callable[[_A], _R], items: Sequence[_A]) -> list[_R | BaseException]:
-    """`fn` of each item, the slow ones in the pool at once; an item's exception is its result."""
-
-    def call(item: _A) -> _R | BaseException:
-        try:
-            return fn(item)
-        except Exception as exc:  # the item's own failure; nothing else fails with it
-            return exc
-
-    if len(items) <= 1:
-        return [call(item) for item in items]
-    return list(_fsync_pool().map(call, items))
+def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 class BatchWriter:
@@ -264,10 +226,9 @@ class BatchWriter:
     ) -> list[list[_Written]]:
         """Write (and fsync) the tmp/ files of jobs that bring data; per job its copies.
 
-        Every file is written first and then all are fsynced at once from a thread pool: the
-        file system commits concurrent fsyncs together (one journal commit and one disk cache
-        flush for the lot), where one after another each paid its own (7 ms against 0.4 ms per
-        10 KB file with 8 at once on this project's ext4 test machine).
+        Every file is written first and then all are fsynced, at once from a thread pool while
+        the disk is slow (delivery/fsyncs.py: concurrent fsyncs share one journal commit; 7 ms
+        one after another against 0.4 ms per 10 KB file with 8 at once on a busy ext4 disk).
         """
         written: list[list[_Written]] = [list(job.written) for job in jobs]
         pending: list[tuple[int, _Target, _OpenTmp]] = []
@@ -284,7 +245,7 @@ class BatchWriter:
                     missing = self._missing(t) if isinstance(exc, FileNotFoundError) else None
                     failed[j] = missing or exc
                     break
-        synced = _in_parallel(self._sync_tmp, [tmp for _j, _t, tmp in pending])
+        synced = fsyncs.run_all(self._sync_tmp, [tmp for _j, _t, tmp in pending])
         for (j, t, _tmp), outcome in zip(pending, synced, strict=True):
             if isinstance(outcome, BaseException):
                 failed.setdefault(j, outcome)
@@ -404,7 +365,6 @@ class BatchWriter:
         first = written[live[0][0]][live[0][1]]
         index = self._index(first.root, fdir)
         subs: set[str] = set()
-        syncs: list[Future[None]] = []
         try:
             with index.locked():
                 renamed: list[tuple[int, int, _Placed]] = []
@@ -427,13 +387,9 @@ class BatchWriter:
                     renamed.append((j, i, done))
                     subs.add(sub)
                 numbered = [(j, i, done) for j, i, done in renamed if j not in failed]
-                # The uidlist's and the directories' fsyncs run at once, and outside the lock
-                # as far as they can: concurrent fsyncs share one journal commit and disk flush.
-                syncs = [_fsync_pool().submit(fsync_dir, fdir / sub) for sub in sorted(subs)]
                 uids = index.added_many(
                     [(d.sub, d.name, written[j][i].meta) for j, i, d in numbered], sync=False
                 )
-                syncs.append(_fsync_pool().submit(index.fsync_uidlist))
                 index.entries()  # MODSEQs recorded: other processes see the change at once
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
@@ -441,8 +397,13 @@ class BatchWriter:
                 # Flags put these in cur/, where nothing marks them \Recent (delivery/recent.py).
                 with contextlib.suppress(OSError):
                     recent.add(fdir, [d.uid for _j, _i, d in numbered if d.sub == "cur"])
-            for sync in syncs:
-                sync.result()
+            # The uidlist's fsync waits outside the lock, with the directories' (at once when
+            # the disk is slow); the UIDs are answered (250, APPENDUID) only after all of them.
+            syncs: list[Callable[[], None]] = [index.fsync_uidlist]
+            syncs += [functools.partial(fsync_dir, fdir / sub) for sub in sorted(subs)]
+            for outcome in fsyncs.run_all(_call, syncs):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         except Exception as exc:  # the lock, the uidlist or a directory fsync: all of them
             for j, _i in live:
                 failed.setdefault(j, exc)

@@ -421,6 +421,27 @@ class Move(Command):
     uid: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """One event-group of NOTIFY SET (RFC 5465 §8). `filter` upper-cased (SELECTED,
+    SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE, MAILBOXES); `mailboxes` those of
+    SUBTREE/MAILBOXES; `events` in the RFC's spelling for known ones (MessageNew, ...), as sent
+    otherwise, empty for NONE; `fetch` the attributes MessageNew asks for."""
+
+    filter: str
+    mailboxes: tuple[str, ...]
+    events: tuple[str, ...]
+    fetch: tuple[FetchAttr, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notify(Command):
+    """NOTIFY SET [STATUS] groups / NOTIFY NONE (RFC 5465 §3): `groups` None for NONE."""
+
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False
+
+
 # Which commands each state accepts (RFC 9051 §3). Selected accepts all authenticated ones too.
 ANY_STATE: tuple[type[Command], ...] = (Capability, Noop, Logout, Id)
 NOT_AUTHENTICATED: tuple[type[Command], ...] = (StartTls, Login, Authenticate)
@@ -449,6 +470,7 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     GetMetadata,
     SetMetadata,
     Compress,
+    Notify,  # RFC 5465
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,

@@ -19,6 +19,7 @@ from mailstack.imap import commands as c
 from mailstack.imap.parser_admin import ADMIN_COMMANDS
 from mailstack.imap.parser_condstore import modseq as _modseq
 from mailstack.imap.parser_condstore import qresync as _qresync
+from mailstack.imap.parser_notify import parse_notify
 from mailstack.imap.parser_reader import (
     BadSyntaxError,
     ParseError,
@@ -585,6 +586,10 @@ def _thread(r: Reader, tag: str, uid: bool) -> c.Command:
     return parse_thread(r, tag, uid, _search_key)
 
 
+def _notify(r: Reader, tag: str) -> c.Command:
+    return parse_notify(r, tag, _fetch_att)  # RFC 5465 (imap/parser_notify.py)
+
+
 _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "ID": _id,
     "LOGIN": _login,
@@ -602,6 +607,7 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "STATUS": _status,
     "APPEND": _append,
     "COMPRESS": _compress,
+    "NOTIFY": _notify,
     **ADMIN_COMMANDS,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {

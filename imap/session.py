@@ -66,6 +66,7 @@ from mailstack.imap.session_base import (
 )
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_metadata import MetadataCommands
+from mailstack.imap.session_notify import NotifyCommands
 from mailstack.imap.session_select import SelectedCommands
 from mailstack.imap.session_sort import SortCommands
 
@@ -108,6 +109,7 @@ CAPABILITIES = (
     "THREAD=REFERENCES",
     "MULTIAPPEND",
     "STATUS=SIZE",
+    "NOTIFY",  # RFC 5465 (imap/session_notify.py)
     *condstore.CAPABILITIES,
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
@@ -163,7 +165,14 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
-class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, SortCommands):
+class Session(
+    NotifyCommands,  # first: it builds on the mailbox and message mixins (imap/session_notify.py)
+    MailboxCommands,
+    SelectedCommands,
+    AclCommands,
+    MetadataCommands,
+    SortCommands,
+):
     """The per-connection IMAP state; see the module docstring."""
 
     def __init__(
@@ -237,6 +246,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
 
     def close(self) -> None:
         """Release what the session holds (the transport calls this once, at the end)."""
+        self._notify_stop()
         if self.user is not None:
             self.limits.release_user(self.user)
             self.user = None
@@ -291,6 +301,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             if condstore.enables_condstore(command) and not isinstance(command, c.Select):
                 await self._condstore_on(write)  # RFC 7162 §3.1
             await self._dispatch(command, write)
+            self._notify_track_selected()  # RFC 5465: the selected mailbox may have changed
         except InvalidCommandError as exc:
             await write(response.bad(tag, str(exc)))
         except RefusedError as exc:
@@ -370,6 +381,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 | c.Append()
             ):
                 await self._mailbox_command(command, write)
+                self._notify_after(command)  # RFC 5465 MailboxName/SubscriptionChange
             case (
                 c.Close()
                 | c.Unselect()
@@ -383,6 +395,8 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await self._message_command(command, write)
             case c.Sort() | c.Thread():
                 await self._sort_or_thread(command, write)
+            case c.Notify():
+                await self._notify_command(command, write)
             case _:  # pragma: no cover - every Command subclass is matched above
                 raise InvalidCommandError(f"{type(command).__name__} is not implemented")
 

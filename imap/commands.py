@@ -354,6 +354,7 @@ class Search(Command):
     charset: str | None = None
     returns: tuple[str, ...] = ()
     is_esearch: bool = False
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL low:high ("PARTIAL" in returns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,12 +367,16 @@ class SortCriterion:
 
 @dataclass(frozen=True, slots=True)
 class Sort(Command):
-    """SORT / UID SORT (RFC 5256): the searched messages in `criteria` order."""
+    """SORT / UID SORT (RFC 5256): the searched messages in `criteria` order. With RETURN
+    (ESORT, RFC 5267 §3) `is_esort`, `returns` and `partial` as in `Search`."""
 
     criteria: tuple[SortCriterion, ...]
     charset: str
     key: SearchKey
     uid: bool = False
+    returns: tuple[str, ...] = ()
+    is_esort: bool = False
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

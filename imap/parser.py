@@ -28,7 +28,7 @@ from mailstack.imap.parser_reader import (
     normalize_mailbox,
     one_mailbox,
 )
-from mailstack.imap.parser_sort import parse_sort, parse_thread
+from mailstack.imap.parser_sort import parse_returns, parse_sort, parse_thread
 
 from mailstack.base.flags import FlagMode
 
@@ -56,7 +56,7 @@ _STATUS_ITEMS = frozenset(
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-_ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL"})
 _HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
@@ -498,11 +498,12 @@ def _section(r: Reader, *, binary: bool) -> c.Section:
 def _search(r: Reader, tag: str, uid: bool) -> c.Command:
     # search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)
     r.sp()
-    returns: list[str] = []
+    returns: tuple[str, ...] = ()
     is_esearch = False
-    if r.accept(b"RETURN "):  # RFC 4731 §3
+    partial = None
+    if r.accept(b"RETURN "):  # RFC 4731 §3; PARTIAL: RFC 5267 §4.4 (imap/parser_sort.py)
         is_esearch = True
-        returns = _options(r, _ESEARCH_RETURN, "SEARCH return option")
+        returns, partial = parse_returns(r, _ESEARCH_RETURN)
         r.sp()
     charset = None
     if r.accept(b"CHARSET "):
@@ -512,7 +513,7 @@ def _search(r: Reader, tag: str, uid: bool) -> c.Command:
     while r.accept(b" "):
         keys.append(_search_key(r, 0))
     key = keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
-    return c.Search(tag, key, uid, charset, tuple(returns), is_esearch)
+    return c.Search(tag, key, uid, charset, returns, is_esearch, partial)
 
 
 def _search_key(r: Reader, depth: int) -> c.SearchKey:

@@ -105,6 +105,7 @@ CAPABILITIES = (
     "METADATA",
     "SORT",  # RFC 5256 (imap/session_sort.py)
     "SORT=DISPLAY",  # RFC 5957
+    "ESORT",  # RFC 5267 §3 (SORT RETURN)
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "MULTIAPPEND",

@@ -23,7 +23,7 @@ from mailstack.delivery.store import (
     MessageInfo,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, fetch, response, search
+from mailstack.imap import condstore, fetch, response, search, sort
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
@@ -193,6 +193,8 @@ class SelectedCommands(SessionCore):
                     parts.append(f"ALL {compress(numbers)}")
                 if "COUNT" in returns:
                     parts.append(f"COUNT {len(numbers)}")
+                if command.partial is not None:  # RFC 5267 §4.4
+                    parts.append(sort.partial_item(numbers, command.partial, ordered=False))
                 if top is not None:
                     parts.append(f"MODSEQ {top}")
                 await write(response.untagged(" ".join(parts)))

@@ -447,6 +447,13 @@ class Notify(Command):
     status: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose updates end."""
+
+    tags: tuple[str, ...]
+
+
 # Which commands each state accepts (RFC 9051 §3). Selected accepts all authenticated ones too.
 ANY_STATE: tuple[type[Command], ...] = (Capability, Noop, Logout, Id)
 NOT_AUTHENTICATED: tuple[type[Command], ...] = (StartTls, Login, Authenticate)
@@ -489,4 +496,5 @@ SELECTED: tuple[type[Command], ...] = (
     Move,
     Sort,
     Thread,
+    CancelUpdate,  # RFC 5267
 )

@@ -28,7 +28,12 @@ from mailstack.imap.parser_reader import (
     normalize_mailbox,
     one_mailbox,
 )
-from mailstack.imap.parser_sort import parse_returns, parse_sort, parse_thread
+from mailstack.imap.parser_sort import (
+    parse_cancel_update,
+    parse_returns,
+    parse_sort,
+    parse_thread,
+)
 
 from mailstack.base.flags import FlagMode
 
@@ -56,7 +61,9 @@ _STATUS_ITEMS = frozenset(
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-_ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL"})
+_ESEARCH_RETURN = frozenset(
+    {"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE", "CONTEXT"}  # RFC 5267 the last 3
+)
 _HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
@@ -609,6 +616,7 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "APPEND": _append,
     "COMPRESS": _compress,
     "NOTIFY": _notify,
+    "CANCELUPDATE": parse_cancel_update,
     **ADMIN_COMMANDS,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {

@@ -5,6 +5,7 @@
     search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
     search-return-opt  = "MIN" / "MAX" / "ALL" / "COUNT" / "SAVE"      ; RFC 4731, 5182
                          / "PARTIAL" SP partial-range                 ; RFC 5267 §4.4
+                         / "UPDATE" / "CONTEXT"                       ; RFC 5267 §4.2, §4.3
     partial-range   = nz-number ":" nz-number
     sort-criteria   = "(" sort-criterion *(SP sort-criterion) ")"
     sort-criterion  = ["REVERSE" SP] sort-key
@@ -29,8 +30,21 @@ from mailstack.imap.sort import SORT_KEYS
 from mailstack.imap.thread import ALGORITHMS
 
 SearchKeyParser = Callable[[Reader, int], c.SearchKey]
-# RFC 5267 §3: ESORT takes SEARCH's return options but SAVE (the saved set has no order).
+# RFC 5267 §3: ESORT takes SEARCH's return options but SAVE (the saved set has no order), and
+# UPDATE/CONTEXT only with CONTEXT=SORT, which we do not offer.
 SORT_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
+
+
+def parse_cancel_update(r: Reader, tag: str) -> c.CancelUpdate:
+    # RFC 5267 §5: command-select =/ "CANCELUPDATE" 1*(SP quoted)
+    tags = []
+    while r.accept(b" "):
+        if r.peek() != b'"':
+            raise BadSyntaxError("expected a quoted tag")
+        tags.append(r.quoted())
+    if not tags:
+        raise BadSyntaxError("expected the tag of a search")
+    return c.CancelUpdate(tag, tuple(tags))
 
 
 def parse_returns(
@@ -46,6 +60,8 @@ def parse_returns(
         opt = r.keyword("a return option")
         if opt not in allowed or opt in out:
             raise BadSyntaxError(f"unsupported or repeated return option {opt}")
+        if {opt, *out} >= {"ALL", "PARTIAL"}:  # RFC 5267 §4.4: one of them at most
+            raise BadSyntaxError("ALL and PARTIAL exclude each other")
         out.append(opt)
         if opt == "PARTIAL":
             r.sp()

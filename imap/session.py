@@ -64,6 +64,7 @@ from mailstack.imap.session_base import (
     checked_name,
     names_from_utf8,
 )
+from mailstack.imap.session_context import ContextCommands
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_metadata import MetadataCommands
 from mailstack.imap.session_notify import NotifyCommands
@@ -106,6 +107,7 @@ CAPABILITIES = (
     "SORT",  # RFC 5256 (imap/session_sort.py)
     "SORT=DISPLAY",  # RFC 5957
     "ESORT",  # RFC 5267 §3 (SORT RETURN)
+    "CONTEXT=SEARCH",  # RFC 5267 §4 (imap/session_context.py)
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "MULTIAPPEND",
@@ -167,6 +169,7 @@ def is_loopback(ip: str) -> bool:
 
 
 class Session(
+    ContextCommands,  # first: it wraps _sync (imap/session_context.py)
     NotifyCommands,  # first: it builds on the mailbox and message mixins (imap/session_notify.py)
     MailboxCommands,
     SelectedCommands,
@@ -398,6 +401,8 @@ class Session(
                 await self._sort_or_thread(command, write)
             case c.Notify():
                 await self._notify_command(command, write)
+            case c.CancelUpdate():
+                await self._cancel_update(command, write)
             case _:  # pragma: no cover - every Command subclass is matched above
                 raise InvalidCommandError(f"{type(command).__name__} is not implemented")
 

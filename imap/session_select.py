@@ -88,6 +88,7 @@ class SelectedCommands(SessionCore):
                 f"charset {command.charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)"
             )
         key = _resolve_saved(command.key, sel.saved)
+        self._context_check(command)  # RFC 5267 §4.3 (imap/session_context.py)
         scope = search.Scope(len(sel.messages), sel.largest_uid)
         name = sel.name
 
@@ -178,8 +179,9 @@ class SelectedCommands(SessionCore):
                 words.append(f"(MODSEQ {top})")
             await write(response.untagged(" ".join(words)))
         else:
-            returns = [r for r in command.returns if r != "SAVE"] or (
-                [] if command.returns else ["ALL"]
+            # UPDATE/CONTEXT (RFC 5267 §4) ask for no result item: alone they mean ALL too.
+            returns = [r for r in command.returns if r not in ("SAVE", "UPDATE", "CONTEXT")] or (
+                [] if "SAVE" in command.returns else ["ALL"]
             )
             if returns or "SAVE" not in command.returns:
                 parts = ["ESEARCH (TAG " + response.string(command.tag).decode("ascii") + ")"]
@@ -198,6 +200,8 @@ class SelectedCommands(SessionCore):
                 if top is not None:
                     parts.append(f"MODSEQ {top}")
                 await write(response.untagged(" ".join(parts)))
+        if refused := self._context_start(command, key, [f.info.uid for f in found]):
+            await write(refused)
         await write(response.ok(command.tag, "SEARCH completed"))
 
     async def _fetch(self, command: c.Fetch, write: Write) -> None:

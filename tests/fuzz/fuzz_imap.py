@@ -37,6 +37,7 @@ SEEDS = [
     # RFC 5267 ESORT and PARTIAL
     b"a UID SORT RETURN (MIN MAX COUNT ALL PARTIAL 1:10) (REVERSE DATE) UTF-8 ALL",
     b"a SEARCH RETURN (COUNT PARTIAL 5:1) UNSEEN", b"a SORT RETURN () (SIZE) UTF-8 ALL",
+    b'a UID SEARCH RETURN (UPDATE CONTEXT COUNT) UNSEEN', b'a CANCELUPDATE "a1" "a2"',
     # RFC 5465 NOTIFY
     b"a NOTIFY SET STATUS (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (From)]) "
     b"MessageExpunge FlagChange)) (subtree (Lists \"a b\") (MessageNew MessageExpunge)) "

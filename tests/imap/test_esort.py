@@ -1,4 +1,5 @@
-"""ESORT (RFC 5267 §3: SORT RETURN) and PARTIAL (§4.4) for SORT and SEARCH, over raw bytes:
+"""ESORT (RFC 5267 §3: SORT RETURN) and PARTIAL (§4.4) for SORT and SEARCH, over raw bytes
+(UPDATE contexts: tests/imap/test_context_search.py):
 every answer is checked against the plain SORT's order on the same messages
 (tests/imap/sort_fixtures.py), and next to Dovecot's where Dovecot answers the same."""
 
@@ -117,7 +118,8 @@ def test_search_return_partial(client: RawClient) -> None:
         pytest.param("SORT RETURN (MIN MIN) (DATE) UTF-8 ALL", id="repeated"),
         pytest.param("SORT RETURN (MIN (DATE) UTF-8 ALL", id="unclosed"),
         pytest.param("SEARCH RETURN (PARTIAL -1:-3) ALL", id="negative-is-rfc-9394"),
-        pytest.param("SEARCH RETURN (UPDATE) ALL", id="update-not-offered"),
+        pytest.param("SORT RETURN (UPDATE) (DATE) UTF-8 ALL", id="context-sort-not-offered"),
+        pytest.param("SEARCH RETURN (ALL PARTIAL 1:5) ALL", id="all-and-partial"),
     ],
 )
 def test_bad_return_options(client: RawClient, command: str) -> None:
@@ -125,10 +127,10 @@ def test_bad_return_options(client: RawClient, command: str) -> None:
     assert client.tagged("NOOP").startswith(b"OK")
 
 
-def test_capability_names_esort_only(client: RawClient) -> None:
+def test_capability_names_esort_and_context_search(client: RawClient) -> None:
     caps = client.command("CAPABILITY")[0].split()
-    assert b"ESORT" in caps
-    assert b"CONTEXT=SEARCH" not in caps and b"CONTEXT=SORT" not in caps
+    assert b"ESORT" in caps and b"CONTEXT=SEARCH" in caps
+    assert b"CONTEXT=SORT" not in caps  # SORT RETURN (UPDATE) is not implemented
 
 
 @pytest.mark.external

@@ -4,6 +4,8 @@ client how its result changes, as `* ESEARCH (TAG "t") [UID] ADDTO (0 set)` and
 of `Session`, in front of the others: it wraps `_sync`, where every change to the selected
 mailbox is learnt (before a command, during IDLE, on a NOTIFY wake-up).
 
+- UPDATE (and CONTEXT) are no result items: `RETURN (UPDATE)` alone answers with the
+  correlator only, as Dovecot does; clients add ALL or COUNT for the first result.
 - Context position 0 throughout (§4.3.3: allowed for SEARCH; updates in mailbox order).
 - REMOVEFROM for expunged messages comes before the EXPUNGEs (their numbers are still
   valid), ADDTO for new messages after EXISTS (§4.3.3, §4.3.4); a message whose flags changed
@@ -23,7 +25,13 @@ from mailstack.delivery.store import MessageGoneError, MessageInfo
 from mailstack.imap import commands as c
 from mailstack.imap import response, search
 from mailstack.imap.sequence import compress
-from mailstack.imap.session_base import InvalidCommandError, Selected, SessionCore, Write
+from mailstack.imap.session_base import (
+    InvalidCommandError,
+    RefusedError,
+    Selected,
+    SessionCore,
+    Write,
+)
 
 MAX_CONTEXTS = 10  # §4.3.1: at least one per client; a few cover every client we know
 
@@ -70,11 +78,12 @@ class ContextCommands(SessionCore):
         return self._contexts
 
     async def _cancel_update(self, command: c.CancelUpdate, write: Write) -> None:
-        """§4.3.5; a tag that names no live context is no error (it may have ended with its
-        selection)."""
+        """§4.3.5. A tag that names no live context is refused, as Dovecot does (the others
+        named are cancelled all the same)."""
         live = self._live_contexts()
-        for tag in command.tags:
-            live.pop(tag, None)
+        unknown = [tag for tag in command.tags if live.pop(tag, None) is None]
+        if unknown:
+            raise RefusedError(f"no update context {unknown[0]!r}")
         await write(response.ok(command.tag, "CANCELUPDATE completed"))
 
     async def _sync(self, write: Write, *, allow_expunge: bool) -> None:

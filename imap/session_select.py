@@ -179,9 +179,8 @@ class SelectedCommands(SessionCore):
                 words.append(f"(MODSEQ {top})")
             await write(response.untagged(" ".join(words)))
         else:
-            # UPDATE/CONTEXT (RFC 5267 §4) ask for no result item: alone they mean ALL too.
-            returns = [r for r in command.returns if r not in ("SAVE", "UPDATE", "CONTEXT")] or (
-                [] if "SAVE" in command.returns else ["ALL"]
+            returns = [r for r in command.returns if r != "SAVE"] or (
+                [] if command.returns else ["ALL"]
             )
             if returns or "SAVE" not in command.returns:
                 parts = ["ESEARCH (TAG " + response.string(command.tag).decode("ascii") + ")"]
@@ -193,10 +192,10 @@ class SelectedCommands(SessionCore):
                     parts.append(f"MAX {max(numbers)}")
                 if numbers and "ALL" in returns:
                     parts.append(f"ALL {compress(numbers)}")
+                if command.partial is not None:  # RFC 5267 §4.4 (where ALL goes, as Dovecot)
+                    parts.append(sort.partial_item(numbers, command.partial, ordered=False))
                 if "COUNT" in returns:
                     parts.append(f"COUNT {len(numbers)}")
-                if command.partial is not None:  # RFC 5267 §4.4
-                    parts.append(sort.partial_item(numbers, command.partial, ordered=False))
                 if top is not None:
                     parts.append(f"MODSEQ {top}")
                 await write(response.untagged(" ".join(parts)))

@@ -318,8 +318,8 @@ def esort_items(
         items.append(f"MAX {numbers[-1]}")
     if numbers and "ALL" in wanted:
         items.append(f"ALL {compress_ordered(numbers)}")
-    if "COUNT" in wanted:
-        items.append(f"COUNT {len(numbers)}")
     if window is not None:
         items.append(partial_item(numbers, window, ordered=True))
+    if "COUNT" in wanted:
+        items.append(f"COUNT {len(numbers)}")
     return items

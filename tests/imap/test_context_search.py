@@ -72,7 +72,7 @@ def untagged(lines: list[bytes]) -> list[bytes]:
 
 def test_uid_update_follows_arrivals_flags_and_expunges(server: ImapServerThread) -> None:
     client = selected(server)
-    lines = run(client, b"u1 UID SEARCH RETURN (UPDATE) UNSEEN")
+    lines = run(client, b"u1 UID SEARCH RETURN (UPDATE ALL) UNSEEN")
     assert lines == [b'* ESEARCH (TAG "u1") UID ALL 1:3\r\n', b"u1 OK SEARCH completed\r\n"]
     other = selected(server)
     assert other.tagged(b"APPEND INBOX {%d+}\r\n" % len(MESSAGE % 4) + MESSAGE % 4).startswith(
@@ -124,9 +124,11 @@ def test_update_during_idle(server: ImapServerThread, dep: ImapDeployment) -> No
 
 def test_cancelupdate_and_reselect_end_updates(server: ImapServerThread) -> None:
     client = selected(server)
-    run(client, b"u1 UID SEARCH RETURN (UPDATE) ALL")
+    # UPDATE alone: the correlator only, no result (as Dovecot answers).
+    assert run(client, b"u1 UID SEARCH RETURN (UPDATE) ALL")[0] == b'* ESEARCH (TAG "u1") UID\r\n'
     run(client, b"u2 SEARCH RETURN (UPDATE) ALL")
     assert run(client, b'c1 CANCELUPDATE "u1"')[-1] == b"c1 OK CANCELUPDATE completed\r\n"
+    assert run(client, b'c2 CANCELUPDATE "u1"')[-1].startswith(b"c2 NO ")  # no longer live
     other = selected(server)
     assert other.tagged(b"APPEND INBOX {%d+}\r\n" % len(MESSAGE % 8) + MESSAGE % 8).startswith(
         b"OK"

@@ -85,7 +85,7 @@ def test_uid_esort_and_partial_windows(client: RawClient) -> None:
     program = "(REVERSE SUBJECT REVERSE DATE)"
     order = plain_sort(client, program, uid=True)
     line = untagged(client, f"UID SORT RETURN (COUNT PARTIAL 2:4) {program} UTF-8 ALL", b"* ES")
-    assert re.match(rb'\* ESEARCH \(TAG "t\d+"\) UID COUNT \d+ PARTIAL \(2:4 ', line)
+    assert re.match(rb'\* ESEARCH \(TAG "t\d+"\) UID PARTIAL \(2:4 ', line)
     assert expand(items(line)["PARTIAL"][5:-1]) == order[1:4]
     # The window may be given high:low and may reach past the end; past it: NIL.
     line = untagged(client, f"UID SORT RETURN (PARTIAL 100:3) {program} UTF-8 ALL", b"* ES")
@@ -106,7 +106,7 @@ def test_search_return_partial(client: RawClient) -> None:
     assert re.fullmatch(rb'\* ESEARCH \(TAG "t\d+"\) PARTIAL \(3:5 [0-9:,]+\)', line)
     assert expand(items(line)["PARTIAL"][5:-1]) == every[2:5]
     line = untagged(client, "UID SEARCH RETURN (COUNT PARTIAL 1:2) NOT SUBJECT nope", b"* ESE")
-    assert re.fullmatch(rb'\* ESEARCH \(TAG "t\d+"\) UID COUNT \d+ PARTIAL \(1:2 1:2\)', line)
+    assert re.fullmatch(rb'\* ESEARCH \(TAG "t\d+"\) UID PARTIAL \(1:2 1:2\) COUNT \d+', line)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,12 @@ def test_capability_names_esort_and_context_search(client: RawClient) -> None:
 @pytest.mark.external
 def test_esort_matches_dovecot(tmp_path: Path) -> None:
     commands = [f"SORT RETURN (MIN MAX COUNT) {program} UTF-8 ALL" for program in SORTS]
-    commands += ["SORT RETURN (COUNT) (SUBJECT) UTF-8 FROM bob"]
+    commands += [
+        "SORT RETURN (COUNT) (SUBJECT) UTF-8 FROM bob",
+        "SEARCH RETURN (PARTIAL 5:2) ALL",
+        "SEARCH RETURN (COUNT PARTIAL 1:3) NOT SUBJECT hello",
+        "UID SEARCH RETURN (UPDATE) ALL",  # CONTEXT=SEARCH: the correlator alone
+    ]
     transcript = run_dovecot(
         [raw for raw, _ in MESSAGES],
         b"".join(f"q{i} {cmd}\r\n".encode() for i, cmd in enumerate(commands)),

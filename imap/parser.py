@@ -3,7 +3,8 @@
 Grammar: RFC 3501 §9, with RFC 9051 §9 where it differs (astring search arguments, UTF-8 in
 quoted strings), and the extensions we advertise: RFC 4315 UID EXPUNGE, 6851 MOVE, 2971 ID,
 5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/5819/6154 LIST options, 4731 ESEARCH,
-5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA.
+5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA, 5267 RETURN (PARTIAL,
+UPDATE, CONTEXT) and CANCELUPDATE (imap/parser_sort.py), 5465 NOTIFY (imap/parser_notify.py).
 
 Any input yields a `Command` or raises `ParseError` carrying the tag ("*" when even the tag
 is unreadable) so the session answers `tag BAD reason` and the connection stays usable.

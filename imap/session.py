@@ -6,8 +6,9 @@ MOVE (6851), NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERA
 SASL-IR (4959), COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py),
 MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
 SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
-(4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314) and SORT/THREAD (5256,
-5957).
+(4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314), SORT/THREAD (5256,
+5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py) and NOTIFY (5465,
+imap/session_notify.py).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state

@@ -134,10 +134,19 @@ def events_for(p: Plan, name: str, subscribed: frozenset[str]) -> frozenset[str]
     return frozenset()
 
 
-def status_items(*, condstore: bool) -> tuple[str, ...]:
+def status_items(*, condstore: bool, is_initial: bool = False) -> tuple[str, ...]:
     """What a STATUS for MessageNew/MessageExpunge/FlagChange carries (§5.2-§5.4 ask for at
-    least MESSAGES and UIDNEXT; UNSEEN shows a flag change, HIGHESTMODSEQ with CONDSTORE)."""
-    items = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+    least MESSAGES and UIDNEXT; UNSEEN shows a flag change, HIGHESTMODSEQ with CONDSTORE), as
+    Dovecot sends them; NOTIFY SET STATUS adds UIDVALIDITY, which a client starts from (§3.1)."""
+    items = (
+        ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+        if is_initial
+        else (
+            "MESSAGES",
+            "UIDNEXT",
+            "UNSEEN",
+        )
+    )
     return (*items, "HIGHESTMODSEQ") if condstore else items
 
 

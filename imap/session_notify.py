@@ -87,7 +87,7 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         if command.status:  # §3.1: STATUS for each mailbox with message events, now
             for name, events in list(active.watched.values()):
                 if events & notify.MESSAGE_EVENTS and not self._is_selected(name):
-                    await write(await self._notify_status(name))
+                    await write(await self._notify_status(name, is_initial=True))
         await write(response.ok(command.tag, "NOTIFY completed"))
 
     def _notify_stop(self) -> None:
@@ -221,8 +221,9 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         if out:
             await write(b"".join(out))
 
-    async def _notify_status(self, name: str) -> bytes:
-        return await self._status_line(name, notify.status_items(condstore=self.condstore))
+    async def _notify_status(self, name: str, *, is_initial: bool = False) -> bytes:
+        items = notify.status_items(condstore=self.condstore, is_initial=is_initial)
+        return await self._status_line(name, items)
 
     async def _notify_selected(self, write: Write, plan: notify.Plan) -> None:
         """The selected mailbox's changes as RFC 9051 reports them, now (§5.1-§5.3), and the

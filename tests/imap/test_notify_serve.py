@@ -48,7 +48,7 @@ def test_smtp_delivery_and_a_foreign_file_reach_notify(deployment_dir: Path) -> 
         with smtplib.SMTP("127.0.0.1", proc.port("smtp"), timeout=60) as smtp:
             smtp.sendmail("x@example.org", [USER], message(1))
         line = wait_for(client, rb"^\* STATUS")
-        assert re.match(rb"\* STATUS INBOX \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)", line)
+        assert line == b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n"
         # Another program writes into the selected folder (inotify in the serve process).
         maildir = deployment_dir / "mail/example.com/dana"
         (maildir / ".Archive/new/1700000000.foreign.elsewhere").write_bytes(message(2))

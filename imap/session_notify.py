@@ -40,7 +40,6 @@ class _Active:
     plan: notify.Plan
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     watched: dict[notify.Key, tuple[str, frozenset[str]]] = field(default_factory=dict)
-    owners: set[str] = field(default_factory=set)
     subscribed: frozenset[str] = frozenset()
     selected_key: notify.Key | None = None
     selected_watch: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -125,7 +124,7 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
                 stack.enter_context(self.watcher.watch(*key))
         old, active.stack = active.stack, stack
         old.close()  # after the new watches exist: shared watches are kept, not redone
-        active.watched, active.owners = watched, owners
+        active.watched = watched
 
     def _listener(self, owner: str) -> Listener:
         return functools.partial(self._notify_heard, owner)
@@ -146,10 +145,9 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         active.selected_watch, active.selected_key = contextlib.ExitStack(), key
         if key is None:
             return
-        if key[0] not in active.owners:
-            active.selected_watch.enter_context(
-                self.ctx.events.listen(key[0], self._listener(key[0]))
-            )
+        # A listener of its own even if a watched folder shares the owner: a later rewatch
+        # may drop that one (the callback is cheap, and `pending` is a set).
+        active.selected_watch.enter_context(self.ctx.events.listen(key[0], self._listener(key[0])))
         if self.watcher is not None:
             active.selected_watch.enter_context(self.watcher.watch(*key))
 

@@ -10,9 +10,9 @@ imap/session_notify.py does the waiting and the store calls.
 - The selected mailbox is never reported by STATUS; its events are the SELECTED group's
   (none without one: then it is reported as RFC 9051 does, in command responses).
 - Events we implement: MessageNew (with fetch attributes for the selected mailbox),
-  MessageExpunge, FlagChange, MailboxName, SubscriptionChange. AnnotationChange needs
-  per-message annotations (RFC 5257, not implemented) and the METADATA events change
-  notification of METADATA we do not keep: all three get NO [BADEVENT] (§3.1).
+  MessageExpunge, FlagChange, MailboxName, SubscriptionChange, and MailboxMetadataChange /
+  ServerMetadataChange for the METADATA (RFC 5464) the account's sessions set. AnnotationChange
+  needs per-message annotations (RFC 5257, not implemented): NO [BADEVENT] (§3.1).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ SUPPORTED_EVENTS = (
     "FlagChange",
     "MailboxName",
     "SubscriptionChange",
+    "MailboxMetadataChange",
+    "ServerMetadataChange",
 )
 MESSAGE_EVENTS = frozenset({"MessageNew", "MessageExpunge", "FlagChange"})
 # Changes waiting to be told before we give up and say NOTIFICATIONOVERFLOW (§5.8): enough
@@ -72,6 +74,18 @@ class SubscriptionChange:
     name: str
     is_subscribed: bool
     origin: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataChange:
+    """SETMETADATA of `entries` on `mailbox` ("" for the server's), by the session `origin`."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    origin: int
+
+
+Change = MailboxNameChange | SubscriptionChange | MetadataChange
 
 
 def plan(groups: Iterable[c.NotifyGroup]) -> Plan:
@@ -152,8 +166,14 @@ def status_items(*, condstore: bool, is_initial: bool = False) -> tuple[str, ...
 
 def wants_change(p: Plan, change: object, subscribed: frozenset[str]) -> bool:
     """Whether a mailbox-level change is for this client (§5.4 MailboxName, §5.5
-    SubscriptionChange: a group with the event that matches the old or the new name)."""
-    if isinstance(change, MailboxNameChange):
+    SubscriptionChange, §5.6/§5.7 metadata: a group with the event that matches the old or
+    the new name; ServerMetadataChange in any group, the selected one included)."""
+    if isinstance(change, MetadataChange) and change.mailbox == "":
+        everything = p.selected.union(*(g.events for g in p.others))
+        return "ServerMetadataChange" in everything
+    if isinstance(change, MetadataChange):
+        event, names = "MailboxMetadataChange", [change.mailbox]
+    elif isinstance(change, MailboxNameChange):
         event, names = "MailboxName", [n for n in (change.old, change.new) if n is not None]
     elif isinstance(change, SubscriptionChange):
         event, names = "SubscriptionChange", [change.name]

@@ -373,6 +373,7 @@ class Session(
                 await self._acl_command(command, write)
             case c.GetMetadata() | c.SetMetadata():
                 await self._metadata_command(command, write)
+                self._notify_after(command)  # RFC 5465 MailboxMetadataChange and friends
             case (
                 c.Select()
                 | c.Create()

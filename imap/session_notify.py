@@ -195,9 +195,9 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             names = active.subscribed
             if isinstance(change, notify.SubscriptionChange):
                 names = names | {change.name}  # an unsubscribed name still matches
-            if isinstance(
-                change, notify.SubscriptionChange | notify.MailboxNameChange
-            ) and notify.wants_change(active.plan, change, names):
+            if isinstance(change, notify.Change) and notify.wants_change(
+                active.plan, change, names
+            ):
                 out.append(self._change_line(change))
         if active.must_rewatch:
             active.must_rewatch = False
@@ -257,9 +257,14 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         )
         await write(b"".join(rendered))
 
-    def _change_line(self, change: notify.SubscriptionChange | notify.MailboxNameChange) -> bytes:
+    def _change_line(self, change: notify.Change) -> bytes:
         """§5.4: LIST for a created, deleted (\\NonExistent) or renamed (OLDNAME, RFC 5258
-        §3.6) mailbox; §5.5: LIST with or without \\Subscribed."""
+        §3.6) mailbox; §5.5: LIST with or without \\Subscribed; §5.6, §5.7: the unsolicited
+        METADATA of RFC 5464 §4.4.2 (the entries' names, not their values)."""
+        if isinstance(change, notify.MetadataChange):
+            entries = b" ".join(response.astring(e) for e in change.entries)
+            mailbox = self._mailbox_out(change.mailbox) if change.mailbox else b'""'
+            return response.untagged(b"METADATA " + mailbox + b" " + entries)
         if isinstance(change, notify.SubscriptionChange):
             attrs, name, extra = ("\\Subscribed" if change.is_subscribed else ""), change.name, b""
         else:
@@ -287,6 +292,8 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
                 change = notify.MailboxNameChange(old, new, me)
             case c.Subscribe(mailbox=name) | c.Unsubscribe(mailbox=name):
                 change = notify.SubscriptionChange(name, isinstance(command, c.Subscribe), me)
+            case c.SetMetadata(mailbox=name, values=values):
+                change = notify.MetadataChange(name, tuple(e for e, _ in values), me)
             case _:
                 return
         self.ctx.events.publish_change(user, "", change)

@@ -122,7 +122,8 @@ def test_capability_advertises_notify(server: ImapServerThread) -> None:
         pytest.param("NOTIFY MAYBE", b"BAD", id="neither-set-nor-none"),
         pytest.param(
             "NOTIFY SET (personal (MessageNew MessageExpunge AnnotationChange))",
-            b"NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+            b"NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange "
+            b"MailboxMetadataChange ServerMetadataChange)]",
             id="badevent",
         ),
         pytest.param("NOTIFY SET (personal (FancyEvent))", b"NO [BADEVENT", id="event-ext"),
@@ -225,6 +226,20 @@ def test_mailbox_name_and_subscription_change(server: ImapServerThread) -> None:
     # The session that made a change is not told about it.
     assert client.tagged("CREATE Mine").startswith(b"OK")
     assert not [line for line in quiet(client) if line.startswith(b"* LIST")]
+
+
+def test_metadata_changes(server: ImapServerThread) -> None:
+    client = login(server)
+    assert client.tagged(
+        "NOTIFY SET (mailboxes Other (MailboxMetadataChange)) (inboxes (ServerMetadataChange))"
+    ).startswith(b"OK")
+    other = login(server)
+    assert other.tagged('SETMETADATA Other (/private/comment "hi")').startswith(b"OK")
+    assert wait_for(client, rb"^\* METADATA") == b"* METADATA Other /private/comment\r\n"
+    assert other.tagged('SETMETADATA "" (/private/vendor/x "1")').startswith(b"OK")
+    assert wait_for(client, rb"^\* METADATA") == b'* METADATA "" /private/vendor/x\r\n'
+    assert other.tagged('SETMETADATA Lists (/private/comment "not asked")').startswith(b"OK")
+    assert quiet(client) == []
 
 
 def test_notify_during_idle(server: ImapServerThread, dep: ImapDeployment) -> None:

@@ -354,6 +354,7 @@ class Search(Command):
     charset: str | None = None
     returns: tuple[str, ...] = ()
     is_esearch: bool = False
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL low:high ("PARTIAL" in returns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,12 +367,16 @@ class SortCriterion:
 
 @dataclass(frozen=True, slots=True)
 class Sort(Command):
-    """SORT / UID SORT (RFC 5256): the searched messages in `criteria` order."""
+    """SORT / UID SORT (RFC 5256): the searched messages in `criteria` order. With RETURN
+    (ESORT, RFC 5267 §3) `is_esort`, `returns` and `partial` as in `Search`."""
 
     criteria: tuple[SortCriterion, ...]
     charset: str
     key: SearchKey
     uid: bool = False
+    returns: tuple[str, ...] = ()
+    is_esort: bool = False
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +426,34 @@ class Move(Command):
     uid: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """One event-group of NOTIFY SET (RFC 5465 §8). `filter` upper-cased (SELECTED,
+    SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE, MAILBOXES); `mailboxes` those of
+    SUBTREE/MAILBOXES; `events` in the RFC's spelling for known ones (MessageNew, ...), as sent
+    otherwise, empty for NONE; `fetch` the attributes MessageNew asks for."""
+
+    filter: str
+    mailboxes: tuple[str, ...]
+    events: tuple[str, ...]
+    fetch: tuple[FetchAttr, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notify(Command):
+    """NOTIFY SET [STATUS] groups / NOTIFY NONE (RFC 5465 §3): `groups` None for NONE."""
+
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose updates end."""
+
+    tags: tuple[str, ...]
+
+
 # Which commands each state accepts (RFC 9051 §3). Selected accepts all authenticated ones too.
 ANY_STATE: tuple[type[Command], ...] = (Capability, Noop, Logout, Id)
 NOT_AUTHENTICATED: tuple[type[Command], ...] = (StartTls, Login, Authenticate)
@@ -449,6 +482,7 @@ AUTHENTICATED: tuple[type[Command], ...] = (
     GetMetadata,
     SetMetadata,
     Compress,
+    Notify,  # RFC 5465
 )
 SELECTED: tuple[type[Command], ...] = (
     Check,
@@ -462,4 +496,5 @@ SELECTED: tuple[type[Command], ...] = (
     Move,
     Sort,
     Thread,
+    CancelUpdate,  # RFC 5267
 )

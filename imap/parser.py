@@ -3,7 +3,8 @@
 Grammar: RFC 3501 §9, with RFC 9051 §9 where it differs (astring search arguments, UTF-8 in
 quoted strings), and the extensions we advertise: RFC 4315 UID EXPUNGE, 6851 MOVE, 2971 ID,
 5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/5819/6154 LIST options, 4731 ESEARCH,
-5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA.
+5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA, 5267 RETURN (PARTIAL,
+UPDATE, CONTEXT) and CANCELUPDATE (imap/parser_sort.py), 5465 NOTIFY (imap/parser_notify.py).
 
 Any input yields a `Command` or raises `ParseError` carrying the tag ("*" when even the tag
 is unreadable) so the session answers `tag BAD reason` and the connection stays usable.
@@ -19,6 +20,7 @@ from mailstack.imap import commands as c
 from mailstack.imap.parser_admin import ADMIN_COMMANDS
 from mailstack.imap.parser_condstore import modseq as _modseq
 from mailstack.imap.parser_condstore import qresync as _qresync
+from mailstack.imap.parser_notify import parse_notify
 from mailstack.imap.parser_reader import (
     BadSyntaxError,
     ParseError,
@@ -27,7 +29,12 @@ from mailstack.imap.parser_reader import (
     normalize_mailbox,
     one_mailbox,
 )
-from mailstack.imap.parser_sort import parse_sort, parse_thread
+from mailstack.imap.parser_sort import (
+    parse_cancel_update,
+    parse_returns,
+    parse_sort,
+    parse_thread,
+)
 
 from mailstack.base.flags import FlagMode
 
@@ -55,7 +62,9 @@ _STATUS_ITEMS = frozenset(
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-_ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_ESEARCH_RETURN = frozenset(
+    {"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE", "CONTEXT"}  # RFC 5267 the last 3
+)
 _HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
@@ -497,11 +506,12 @@ def _section(r: Reader, *, binary: bool) -> c.Section:
 def _search(r: Reader, tag: str, uid: bool) -> c.Command:
     # search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)
     r.sp()
-    returns: list[str] = []
+    returns: tuple[str, ...] = ()
     is_esearch = False
-    if r.accept(b"RETURN "):  # RFC 4731 §3
+    partial = None
+    if r.accept(b"RETURN "):  # RFC 4731 §3; PARTIAL: RFC 5267 §4.4 (imap/parser_sort.py)
         is_esearch = True
-        returns = _options(r, _ESEARCH_RETURN, "SEARCH return option")
+        returns, partial = parse_returns(r, _ESEARCH_RETURN)
         r.sp()
     charset = None
     if r.accept(b"CHARSET "):
@@ -511,7 +521,7 @@ def _search(r: Reader, tag: str, uid: bool) -> c.Command:
     while r.accept(b" "):
         keys.append(_search_key(r, 0))
     key = keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
-    return c.Search(tag, key, uid, charset, tuple(returns), is_esearch)
+    return c.Search(tag, key, uid, charset, returns, is_esearch, partial)
 
 
 def _search_key(r: Reader, depth: int) -> c.SearchKey:
@@ -585,6 +595,10 @@ def _thread(r: Reader, tag: str, uid: bool) -> c.Command:
     return parse_thread(r, tag, uid, _search_key)
 
 
+def _notify(r: Reader, tag: str) -> c.Command:
+    return parse_notify(r, tag, _fetch_att)  # RFC 5465 (imap/parser_notify.py)
+
+
 _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "ID": _id,
     "LOGIN": _login,
@@ -602,6 +616,8 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "STATUS": _status,
     "APPEND": _append,
     "COMPRESS": _compress,
+    "NOTIFY": _notify,
+    "CANCELUPDATE": parse_cancel_update,
     **ADMIN_COMMANDS,
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {

@@ -168,6 +168,7 @@ async def serve_client(
         starttls_available=not is_tls,
         rescan_s=rescan_s,
     )
+    session.watcher = watcher  # NOTIFY watches other folders through it (imap/session_notify.py)
     clog.debug("connection from %s (tls=%s)", ip, is_tls)
 
     wire = _Wire(writer)
@@ -271,10 +272,20 @@ async def _loop(
             # Inflating stopped at its bound: go on before reading more (imap/compress.py).
             session.proto.receive_data(wire.deflate.more())
             continue
+        # RFC 5465 §5: notifications between commands, never inside one (a literal's wait).
+        is_between = session.proto.framer.is_idle
+        if session.notify_pending and is_between:
+            await session.notify_flush(write)
+            if session.is_logged_out:  # the selected mailbox went away: BYE sent
+                return
+            continue
+        data: bytes | None
         if session.is_idling:
             data = await _idle_read(ctx, session, reader, write, timeout_s, watcher)
         else:
-            data = await _read(ctx, reader, timeout_s)
+            data = await _read(ctx, reader, timeout_s, session.notify_wake if is_between else None)
+            if data is None:
+                continue  # NOTIFY has something to say
         if not data:
             return
         if wire.deflate is not None:
@@ -298,17 +309,28 @@ class _ShuttingDownError(Exception):
     """`serve` is stopping: say BYE between commands (RFC 9051 §7.1.5) and close."""
 
 
-async def _read(ctx: ServerContext, reader: asyncio.StreamReader, timeout_s: float) -> bytes:
+async def _read(
+    ctx: ServerContext,
+    reader: asyncio.StreamReader,
+    timeout_s: float,
+    wake: asyncio.Event | None = None,
+) -> bytes | None:
     """The next bytes from the client; TimeoutError after `timeout_s`; _ShuttingDownError
-    as soon as the server begins to stop (a command in progress is never cut short)."""
+    as soon as the server begins to stop (a command in progress is never cut short); None
+    when `wake` (NOTIFY's) is set first."""
     read = asyncio.ensure_future(reader.read(READ_BYTES))
     stop = asyncio.ensure_future(ctx.stopping.wait())
+    woke = asyncio.ensure_future(wake.wait()) if wake is not None else None
     try:
         done, _ = await asyncio.wait(
-            {read, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            {read, stop} if woke is None else {read, stop, woke},
+            timeout=timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
         )
     finally:
         stop.cancel()
+        if woke is not None:
+            woke.cancel()
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -317,6 +339,8 @@ async def _read(ctx: ServerContext, reader: asyncio.StreamReader, timeout_s: flo
         return read.result()
     if stop in done:
         raise _ShuttingDownError
+    if woke is not None and woke in done:
+        return None
     raise TimeoutError
 
 
@@ -366,6 +390,10 @@ async def _idle_read(
                 woke = asyncio.ensure_future(changed.wait()) if changed is not None else None
                 if woke is not None:
                     waiters.add(woke)
+                notified = None
+                if session.notify_wake is not None:  # RFC 5465 during IDLE
+                    notified = asyncio.ensure_future(session.notify_wake.wait())
+                    waiters.add(notified)
                 done, _ = await asyncio.wait(
                     waiters,
                     timeout=min(rescan_s, remaining),
@@ -373,10 +401,16 @@ async def _idle_read(
                 )
                 if woke is not None:
                     woke.cancel()
+                if notified is not None:
+                    notified.cancel()
                 if read in done:
                     return read.result()
                 if changed is not None:
                     changed.clear()
+                if session.notify_pending:
+                    await session.notify_flush(write)
+                    if session.is_logged_out:
+                        return b""
                 await session.idle_poll(write)
                 if session.is_logged_out:  # e.g. the selected mailbox was deleted: BYE sent
                     return b""

@@ -6,8 +6,9 @@ MOVE (6851), NAMESPACE (2342), ID (2971), ENABLE (5161), UNSELECT (3691), LITERA
 SASL-IR (4959), COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.py),
 MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
 SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
-(4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314) and SORT/THREAD (5256,
-5957).
+(4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314), SORT/THREAD (5256,
+5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py) and NOTIFY (5465,
+imap/session_notify.py).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state
@@ -64,8 +65,10 @@ from mailstack.imap.session_base import (
     checked_name,
     names_from_utf8,
 )
+from mailstack.imap.session_context import ContextCommands
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_metadata import MetadataCommands
+from mailstack.imap.session_notify import NotifyCommands
 from mailstack.imap.session_select import SelectedCommands
 from mailstack.imap.session_sort import SortCommands
 
@@ -104,10 +107,13 @@ CAPABILITIES = (
     "METADATA",
     "SORT",  # RFC 5256 (imap/session_sort.py)
     "SORT=DISPLAY",  # RFC 5957
+    "ESORT",  # RFC 5267 §3 (SORT RETURN)
+    "CONTEXT=SEARCH",  # RFC 5267 §4 (imap/session_context.py)
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "MULTIAPPEND",
     "STATUS=SIZE",
+    "NOTIFY",  # RFC 5465 (imap/session_notify.py)
     *condstore.CAPABILITIES,
 )
 _MSN_COMMANDS = (c.Fetch, c.Store, c.Search, c.Copy, c.Move, c.Sort, c.Thread)
@@ -163,7 +169,15 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
-class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, SortCommands):
+class Session(
+    ContextCommands,  # first: it wraps _sync (imap/session_context.py)
+    NotifyCommands,  # first: it builds on the mailbox and message mixins (imap/session_notify.py)
+    MailboxCommands,
+    SelectedCommands,
+    AclCommands,
+    MetadataCommands,
+    SortCommands,
+):
     """The per-connection IMAP state; see the module docstring."""
 
     def __init__(
@@ -237,6 +251,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
 
     def close(self) -> None:
         """Release what the session holds (the transport calls this once, at the end)."""
+        self._notify_stop()
         if self.user is not None:
             self.limits.release_user(self.user)
             self.user = None
@@ -291,6 +306,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
             if condstore.enables_condstore(command) and not isinstance(command, c.Select):
                 await self._condstore_on(write)  # RFC 7162 §3.1
             await self._dispatch(command, write)
+            self._notify_track_selected()  # RFC 5465: the selected mailbox may have changed
         except InvalidCommandError as exc:
             await write(response.bad(tag, str(exc)))
         except RefusedError as exc:
@@ -357,6 +373,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await self._acl_command(command, write)
             case c.GetMetadata() | c.SetMetadata():
                 await self._metadata_command(command, write)
+                self._notify_after(command)  # RFC 5465 MailboxMetadataChange and friends
             case (
                 c.Select()
                 | c.Create()
@@ -370,6 +387,7 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 | c.Append()
             ):
                 await self._mailbox_command(command, write)
+                self._notify_after(command)  # RFC 5465 MailboxName/SubscriptionChange
             case (
                 c.Close()
                 | c.Unselect()
@@ -383,6 +401,10 @@ class Session(MailboxCommands, SelectedCommands, AclCommands, MetadataCommands, 
                 await self._message_command(command, write)
             case c.Sort() | c.Thread():
                 await self._sort_or_thread(command, write)
+            case c.Notify():
+                await self._notify_command(command, write)
+            case c.CancelUpdate():
+                await self._cancel_update(command, write)
             case _:  # pragma: no cover - every Command subclass is matched above
                 raise InvalidCommandError(f"{type(command).__name__} is not implemented")
 

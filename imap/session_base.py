@@ -154,6 +154,14 @@ class SessionCore:
     condstore: bool = False
     qresync: bool = False
 
+    def _context_check(self, command: c.Search) -> bool:
+        """May this SEARCH keep an UPDATE context? (imap/session_context.py, RFC 5267)"""
+        return False
+
+    def _context_start(self, command: c.Search, key: c.SearchKey, uids: list[int]) -> bytes:
+        """Keep a SEARCH's UPDATE context; what to write first (imap/session_context.py)."""
+        return b""
+
     def _metadata_renamed(self, old: str, new: str) -> None:
         """A folder was renamed (imap/session_metadata.py carries its annotations along)."""
 

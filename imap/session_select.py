@@ -23,7 +23,7 @@ from mailstack.delivery.store import (
     MessageInfo,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, fetch, response, search
+from mailstack.imap import condstore, fetch, response, search, sort
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
@@ -88,6 +88,7 @@ class SelectedCommands(SessionCore):
                 f"charset {command.charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)"
             )
         key = _resolve_saved(command.key, sel.saved)
+        self._context_check(command)  # RFC 5267 §4.3 (imap/session_context.py)
         scope = search.Scope(len(sel.messages), sel.largest_uid)
         name = sel.name
 
@@ -191,11 +192,15 @@ class SelectedCommands(SessionCore):
                     parts.append(f"MAX {max(numbers)}")
                 if numbers and "ALL" in returns:
                     parts.append(f"ALL {compress(numbers)}")
+                if command.partial is not None:  # RFC 5267 §4.4 (where ALL goes, as Dovecot)
+                    parts.append(sort.partial_item(numbers, command.partial, ordered=False))
                 if "COUNT" in returns:
                     parts.append(f"COUNT {len(numbers)}")
                 if top is not None:
                     parts.append(f"MODSEQ {top}")
                 await write(response.untagged(" ".join(parts)))
+        if refused := self._context_start(command, key, [f.info.uid for f in found]):
+            await write(refused)
         await write(response.ok(command.tag, "SEARCH completed"))
 
     async def _fetch(self, command: c.Fetch, write: Write) -> None:

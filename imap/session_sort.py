@@ -41,7 +41,12 @@ class SortCommands(SessionCore):
         def number(m: sort.Message) -> int:
             return m.info.uid if command.uid else m.seq
 
-        if isinstance(command, c.Sort):
+        if isinstance(command, c.Sort) and command.is_esort:  # RFC 5267 §3: ESEARCH form
+            numbers = [number(m) for m in sort.sort(messages, criteria or [])]
+            tag = response.string(command.tag).decode("ascii")
+            items = sort.esort_items(numbers, command.returns, command.partial)
+            line = " ".join([f"ESEARCH (TAG {tag})", *(["UID"] if command.uid else []), *items])
+        elif isinstance(command, c.Sort):
             ordered = sort.sort(messages, criteria or [])
             line = " ".join(["SORT", *(str(number(m)) for m in ordered)])
         else:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from mailstack.delivery.store import MessageInfo
 from mailstack.imap.envelope import parse_addresses
 from mailstack.imap.mime import decode_words, parse_header, to_crlf
+from mailstack.imap.sequence import compress, compress_ordered
 
 # RFC 5256 §3 and RFC 5957 §3.
 SORT_KEYS = frozenset(
@@ -289,3 +290,36 @@ def sort(messages: Sequence[Message], criteria: Sequence[Criterion]) -> list[Mes
     for criterion in reversed(criteria):
         ordered.sort(key=_KEYS[criterion.key], reverse=criterion.reverse)
     return ordered
+
+
+# -- ESORT and PARTIAL results (RFC 5267 §3.1, §4.4) ------------------------------------------
+
+
+def partial_item(numbers: Sequence[int], window: tuple[int, int], *, ordered: bool) -> str:
+    """`PARTIAL (low:high set)`: the results at positions low..high (1-based) of the whole
+    result, NIL when there are none; in sort order for SORT (`ordered`)."""
+    low, high = window
+    part = numbers[low - 1 : high]
+    rendered = (compress_ordered(part) if ordered else compress(part)) or "NIL"
+    return f"PARTIAL ({low}:{high} {rendered})"
+
+
+def esort_items(
+    numbers: Sequence[int], returns: Sequence[str], window: tuple[int, int] | None
+) -> list[str]:
+    """The result items of `* ESEARCH` for SORT RETURN: MIN and MAX are the first and the
+    last in sort order, ALL keeps the order (only ascending runs become ranges), COUNT, and
+    PARTIAL; RETURN () means ALL (as RFC 4731 §3.1 says for SEARCH)."""
+    wanted = set(returns) or {"ALL"}
+    items = []
+    if numbers and "MIN" in wanted:
+        items.append(f"MIN {numbers[0]}")
+    if numbers and "MAX" in wanted:
+        items.append(f"MAX {numbers[-1]}")
+    if numbers and "ALL" in wanted:
+        items.append(f"ALL {compress_ordered(numbers)}")
+    if window is not None:
+        items.append(partial_item(numbers, window, ordered=True))
+    if "COUNT" in wanted:
+        items.append(f"COUNT {len(numbers)}")
+    return items

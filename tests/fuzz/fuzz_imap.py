@@ -34,6 +34,15 @@ SEEDS = [
     b"a COMPRESS DEFLATE",
     b"a APPEND INBOX {1+}\r\nx (\\Seen) \" 1-Feb-2024 10:00:00 +0000\" {1+}\r\ny",
     b"a STATUS INBOX (SIZE APPENDLIMIT DELETED)",
+    # RFC 5267 ESORT and PARTIAL
+    b"a UID SORT RETURN (MIN MAX COUNT ALL PARTIAL 1:10) (REVERSE DATE) UTF-8 ALL",
+    b"a SEARCH RETURN (COUNT PARTIAL 5:1) UNSEEN", b"a SORT RETURN () (SIZE) UTF-8 ALL",
+    b'a UID SEARCH RETURN (UPDATE CONTEXT COUNT) UNSEEN', b'a CANCELUPDATE "a1" "a2"',
+    # RFC 5465 NOTIFY
+    b"a NOTIFY SET STATUS (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (From)]) "
+    b"MessageExpunge FlagChange)) (subtree (Lists \"a b\") (MessageNew MessageExpunge)) "
+    b"(mailboxes INBOX (MailboxName SubscriptionChange)) (personal NONE)", b"a NOTIFY NONE",
+    b"a NOTIFY SET (inboxes (MessageNew MessageExpunge AnnotationChange))",
     # RFC 7162 CONDSTORE/QRESYNC syntax
     b"a ENABLE QRESYNC CONDSTORE", b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 "
     b"41,43:211,214:541 (1:10 41:50)))", b"a EXAMINE INBOX (CONDSTORE)",

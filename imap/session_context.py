@@ -1,0 +1,181 @@
+"""CONTEXT=SEARCH (RFC 5267 §4): SEARCH RETURN (UPDATE) keeps the search alive and tells the
+client how its result changes, as `* ESEARCH (TAG "t") [UID] ADDTO (0 set)` and
+`REMOVEFROM (0 set)`, until CANCELUPDATE or until the mailbox is no longer selected. A mixin
+of `Session`, in front of the others: it wraps `_sync`, where every change to the selected
+mailbox is learnt (before a command, during IDLE, on a NOTIFY wake-up).
+
+- UPDATE (and CONTEXT) are no result items: `RETURN (UPDATE)` alone answers with the
+  correlator only, as Dovecot does; clients add ALL or COUNT for the first result.
+- Context position 0 throughout (§4.3.3: allowed for SEARCH; updates in mailbox order).
+- REMOVEFROM for expunged messages comes before the EXPUNGEs (their numbers are still
+  valid), ADDTO for new messages after EXISTS (§4.3.3, §4.3.4); a message whose flags changed
+  is searched again and moves in or out.
+- Cost: nothing while no context lives; with one, each sync compares the selected folder with
+  its state before (a dict of the folder) and searches only the messages that changed.
+- At most `MAX_CONTEXTS` per session: more get `* NO [NOUPDATE "tag"]` and a plain answer
+  (§4.3.1); an UPDATE whose tag is already a live context's is BAD (§4.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from mailstack.delivery.store import MessageGoneError, MessageInfo
+from mailstack.imap import commands as c
+from mailstack.imap import response, search
+from mailstack.imap.sequence import compress
+from mailstack.imap.session_base import (
+    InvalidCommandError,
+    RefusedError,
+    Selected,
+    SessionCore,
+    Write,
+)
+
+MAX_CONTEXTS = 10  # §4.3.1: at least one per client; a few cover every client we know
+
+
+@dataclass
+class _Context:
+    tag: str
+    key: c.SearchKey  # "$" already resolved (it named the saved set of that moment)
+    uid: bool
+    selected: Selected  # the selection it belongs to: updates stop with it
+    results: set[int] = field(default_factory=set)  # UIDs
+
+
+class ContextCommands(SessionCore):
+    """UPDATE contexts and CANCELUPDATE; see the module docstring."""
+
+    _contexts: dict[str, _Context] | None = None
+
+    def _context_check(self, command: c.Search) -> bool:
+        """Before a SEARCH runs: may it have an UPDATE context? BAD on a reused tag."""
+        if "UPDATE" not in command.returns:
+            return False
+        live = self._live_contexts()
+        if command.tag in live:
+            raise InvalidCommandError(f"tag {command.tag} names a live update context")
+        return len(live) < MAX_CONTEXTS
+
+    def _context_start(self, command: c.Search, key: c.SearchKey, uids: list[int]) -> bytes:
+        """After the SEARCH: keep it (or say NOUPDATE) and return what to write."""
+        if "UPDATE" not in command.returns or self.selected is None:
+            return b""
+        live = self._live_contexts()
+        if len(live) >= MAX_CONTEXTS:
+            code = "NOUPDATE " + response.string(command.tag).decode("ascii")
+            return response.untagged_status("NO", "too many update contexts", code)
+        live[command.tag] = _Context(command.tag, key, command.uid, self.selected, set(uids))
+        return b""
+
+    def _live_contexts(self) -> dict[str, _Context]:
+        if self._contexts is None:
+            self._contexts = {}
+        for tag in [t for t, ctx in self._contexts.items() if ctx.selected is not self.selected]:
+            del self._contexts[tag]  # §4.3: the mailbox is no longer selected
+        return self._contexts
+
+    async def _cancel_update(self, command: c.CancelUpdate, write: Write) -> None:
+        """§4.3.5. A tag that names no live context is refused, as Dovecot does (the others
+        named are cancelled all the same)."""
+        live = self._live_contexts()
+        unknown = [tag for tag in command.tags if live.pop(tag, None) is None]
+        if unknown:
+            raise RefusedError(f"no update context {unknown[0]!r}")
+        await write(response.ok(command.tag, "CANCELUPDATE completed"))
+
+    async def _sync(self, write: Write, *, allow_expunge: bool) -> None:
+        sel = self.selected
+        contexts = list(self._live_contexts().values()) if self._contexts else []
+        if sel is None or not contexts:
+            await super()._sync(write, allow_expunge=allow_expunge)
+            return
+        before = {m.uid: (seq, m) for seq, m in enumerate(sel.messages, 1)}
+        held: list[bytes] = []
+
+        async def hold(data: bytes) -> None:
+            held.append(data)
+
+        await super()._sync(hold, allow_expunge=allow_expunge)
+        now = self.selected
+        if now is not sel:  # the selection was lost (BYE said): no more updates
+            await write(b"".join(held))
+            return
+        current = {m.uid for m in sel.messages}
+        gone = sorted(set(before) - current)
+        changed = [
+            m for m in sel.messages if (old := before.get(m.uid)) is None or old[1].flags != m.flags
+        ]
+        out = []
+        for ctx in contexts:  # §4.3.4: before the EXPUNGEs, with the numbers they had
+            removed = [u for u in gone if u in ctx.results]
+            ctx.results.difference_update(removed)
+            numbers = removed if ctx.uid else [before[u][0] for u in removed]
+            if numbers:
+                out.append(_update(ctx, "REMOVEFROM", numbers))
+        out.extend(held)
+        if changed:
+            matching = await asyncio.to_thread(self._context_match, sel, contexts, changed)
+            for ctx, hits in zip(contexts, matching, strict=True):
+                out.extend(self._context_moves(ctx, sel, changed, hits))
+        if out:
+            await write(b"".join(out))
+
+    def _context_moves(
+        self, ctx: _Context, sel: Selected, changed: list[MessageInfo], hits: set[int]
+    ) -> list[bytes]:
+        """ADDTO for changed messages that match now, REMOVEFROM for those that stopped."""
+        added = [m.uid for m in changed if m.uid in hits and m.uid not in ctx.results]
+        left = [m.uid for m in changed if m.uid not in hits and m.uid in ctx.results]
+        ctx.results.update(added)
+        ctx.results.difference_update(left)
+        out = []
+        for item, uids in (("REMOVEFROM", left), ("ADDTO", added)):
+            if uids:
+                numbers = (
+                    uids if ctx.uid else [p + 1 for u in uids if (p := sel.position(u)) is not None]
+                )
+                out.append(_update(ctx, item, numbers))
+        return out
+
+    def _context_match(
+        self, sel: Selected, contexts: list[_Context], changed: list[MessageInfo]
+    ) -> list[set[int]]:
+        """For each context, the UIDs among `changed` its key matches (in a worker thread)."""
+        user, name = self._require_user(), sel.name
+        only = {m.uid for m in changed}
+        messages = list(sel.messages)
+        scope = search.Scope(len(messages), sel.largest_uid)
+
+        def read(uid: int) -> bytes:
+            try:
+                return self.ctx.store.read_message(user, name, uid)
+            except MessageGoneError:
+                return b""
+
+        def read_header(uid: int) -> bytes:
+            return self.ctx.store.read_headers(user, name, [uid]).get(uid, b"")
+
+        return [
+            {
+                found.info.uid
+                for found in search.search(
+                    ctx.key,
+                    messages,
+                    scope,
+                    read,
+                    recent_uids=frozenset(sel.recent),
+                    read_header=read_header,
+                    only_uids=only,
+                )
+            }
+            for ctx in contexts
+        ]
+
+
+def _update(ctx: _Context, item: str, numbers: list[int]) -> bytes:
+    tag = response.string(ctx.tag).decode("ascii")
+    uid = " UID" if ctx.uid else ""
+    return response.untagged(f"ESEARCH (TAG {tag}){uid} {item} (0 {compress(numbers)})")

@@ -24,6 +24,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailstack.delivery.index_headers import HeaderRow
+
 from mailstack.base.flags import FlagMode
 
 HIERARCHY_DELIMITER = "."
@@ -164,6 +166,25 @@ class TextIndex(Protocol):
 
     def add(self, uid_validity: int, texts: Iterable[tuple[int, str]]) -> None:
         """Index (uid, searchable text) pairs."""
+
+
+class HeaderIndex(Protocol):
+    """A folder's stored header fields (delivery/index_headers.py has the rules), keyed by
+    (uid, base name) pairs; missing and stale rows are simply absent."""
+
+    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, bytes]:
+        """Stored raw field lines of these messages."""
+
+    def missing(self, wanted: Sequence[tuple[int, str]]) -> list[int]:
+        """UIDs of these messages without a stored row."""
+
+    def put(self, rows: Iterable[HeaderRow]) -> None:
+        """Store rows, in one transaction."""
+
+    def candidates(
+        self, wanted: Sequence[tuple[int, str]], terms: Sequence[tuple[str, bool]]
+    ) -> tuple[dict[int, bytes], set[int]] | None:
+        """(raw lines of the messages that may contain every term, UIDs without a row)."""
 
 
 class MailStore(Protocol):
@@ -323,3 +344,6 @@ class MailStore(Protocol):
 
     def fulltext(self, user: str, folder: str) -> TextIndex:
         """The folder's full-text pre-filter (delivery/fulltext.py)."""
+
+    def header_index(self, user: str, folder: str) -> HeaderIndex:
+        """The folder's stored header fields (delivery/index_headers.py)."""

@@ -21,10 +21,12 @@ block and stores the row, one transaction per call. Nothing happens at delivery:
 path stays as it was.
 
 A row: `raw`, the field lines exactly as the file has them (CRLF line ends: byte-exact for
-BODY[HEADER.FIELDS]); `plain`, their text lower-cased with line breaks removed when that is
-exactly what a substring search sees (plain ASCII, no encoded-words), else NULL (cannot
-tell); `exact`, whether addresses in it read the same after parsing. `candidates` uses the
-last two as a pre-filter; the IMAP layer still decides each candidate exactly.
+BODY[HEADER.FIELDS]); `envelope`, the rendered FETCH ENVELOPE (it reads only stored
+fields, so a client's header fetch reads no file once filled); `plain`, their text
+lower-cased with line breaks removed when that is exactly what a substring search sees
+(plain ASCII, no encoded-words), else NULL (cannot tell); `exact`, whether addresses in
+it read the same after parsing. `candidates` uses the last two as a pre-filter; the IMAP
+layer still decides each candidate exactly.
 
 Own connection and lock: lookups take neither the folder's dotlock nor wait on the
 index's writers (WAL readers do not block). Failures are logged at DEBUG and answered with
@@ -59,6 +61,7 @@ class HeaderRow:
     raw: bytes
     plain: str | None
     exact: bool
+    envelope: bytes  # the rendered FETCH ENVELOPE (it reads only stored fields)
 
 
 class HeaderTable:
@@ -104,10 +107,11 @@ class HeaderTable:
         log.debug("header index %s: %s failed: %s", self.path, what, exc)
         self._close()
 
-    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, bytes]:
-        """Stored `raw` of (uid, base name) pairs; missing and stale rows absent."""
+    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes]]:
+        """Stored (`raw`, `envelope`) of (uid, base name) pairs; missing and stale rows
+        absent."""
         bases = dict(wanted)
-        out: dict[int, bytes] = {}
+        out: dict[int, tuple[bytes, bytes]] = {}
         uids = list(bases)
         with self._lock:
             db = self._connect()
@@ -117,12 +121,12 @@ class HeaderTable:
                 for start in range(0, len(uids), _BATCH):
                     chunk = uids[start : start + _BATCH]
                     marks = ",".join("?" * len(chunk))
-                    for uid, base, raw in db.execute(
-                        f"SELECT uid, base, raw FROM headers WHERE uid IN ({marks})",  # noqa: S608
+                    for uid, base, raw, env in db.execute(
+                        f"SELECT uid, base, raw, envelope FROM headers WHERE uid IN ({marks})",  # noqa: S608
                         chunk,
                     ):
                         if bases.get(uid) == base:
-                            out[uid] = bytes(raw)
+                            out[uid] = (bytes(raw), bytes(env))
             except sqlite3.Error as exc:
                 self._failed("read", exc)
                 return {}
@@ -130,7 +134,7 @@ class HeaderTable:
 
     def put(self, rows: Iterable[HeaderRow]) -> None:
         """Store rows (replacing older ones), in one transaction; best effort."""
-        batch = [(r.uid, r.base, r.raw, r.plain, int(r.exact)) for r in rows]
+        batch = [(r.uid, r.base, r.raw, r.plain, int(r.exact), r.envelope) for r in rows]
         if not batch:
             return
         with self._lock:
@@ -140,7 +144,9 @@ class HeaderTable:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?)", batch)
+                    db.executemany(
+                        "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?)", batch
+                    )
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):

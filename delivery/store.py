@@ -172,8 +172,8 @@ class HeaderIndex(Protocol):
     """A folder's stored header fields (delivery/index_headers.py has the rules), keyed by
     (uid, base name) pairs; missing and stale rows are simply absent."""
 
-    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, bytes]:
-        """Stored raw field lines of these messages."""
+    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes]]:
+        """Stored (raw field lines, rendered ENVELOPE) of these messages."""
 
     def missing(self, wanted: Sequence[tuple[int, str]]) -> list[int]:
         """UIDs of these messages without a stored row."""

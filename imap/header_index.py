@@ -16,6 +16,13 @@ message's fields reads its header block once; one transaction per command) and a
 - BODY[HEADER.FIELDS (names)] of the whole message when every name is indexed (RFC 9051
   §6.4.5): the stored lines are the file's own bytes (CRLF line ends, as FETCH sends them),
   so the answer is byte-identical to cutting them out of the file.
+- ENVELOPE, rendered once from the stored fields (it reads only those), when no
+  BODYSTRUCTURE comes with it: a client's header fetch of a never-seen folder reads each
+  header block once instead of parsing each whole message.
+
+Why BODYSTRUCTURE stays in the account's structure cache (imap/cache.py): it needs the whole
+message parsed, and that cache is keyed by base name across the account, so COPY/MOVE
+keep it; header rows are keyed by UID, per folder, like the rest of the folder index.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 from mailstack.delivery.index_headers import HeaderRow
 from mailstack.delivery.store import HeaderIndex, MailStore, MessageGoneError, MessageInfo
-from mailstack.imap import search
+from mailstack.imap import response, search
 from mailstack.imap.commands import (
     FetchAttr,
     SearchAnd,
@@ -35,8 +42,9 @@ from mailstack.imap.commands import (
     SearchOr,
     SearchText,
 )
+from mailstack.imap.envelope import envelope
 from mailstack.imap.fetch import partial
-from mailstack.imap.mime import parse_header, to_crlf
+from mailstack.imap.mime import parse_header, parse_message, to_crlf
 
 # Lower-case names of the stored fields: what clients' header fetches, SEARCH, SORT/THREAD
 # and ENVELOPE read (Sender and Reply-To are ENVELOPE's too).
@@ -76,7 +84,9 @@ def make_row(uid: int, base: str, header: bytes) -> HeaderRow:
         flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
         plain = flat.decode("ascii")
         exact = search.ADDRESS_REWRITES.search(flat) is None
-    return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact)
+    # ENVELOPE reads the first of each of its fields (RFC 9051 §7.5.2), all of them stored.
+    rendered = response.value(envelope(parse_message(raw + b"\r\n")))
+    return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
 
 
 def fill(
@@ -93,11 +103,20 @@ def fill(
     table.put(rows)
 
 
+def ensure(store: MailStore, user: str, folder: str, messages: Sequence[MessageInfo]) -> None:
+    """Fill the missing rows of `messages` (one transaction for a whole command)."""
+    table = store.header_index(user, folder)
+    wanted = [(m.uid, m.key) for m in messages]
+    missing = set(table.missing(wanted))
+    if missing:
+        fill(store, table, user, folder, [(u, b) for u, b in wanted if u in missing])
+
+
 def stored_headers(
     store: MailStore, user: str, folder: str, messages: Sequence[MessageInfo]
-) -> dict[int, bytes]:
-    """uid -> stored field lines of `messages`, filling the missing rows first. Messages that
-    are gone are absent."""
+) -> dict[int, tuple[bytes, bytes]]:
+    """uid -> (stored field lines, rendered ENVELOPE) of `messages`, filling the missing
+    rows first. Messages that are gone are absent."""
     table = store.header_index(user, folder)
     wanted = [(m.uid, m.key) for m in messages]
     found = table.get(wanted)
@@ -165,9 +184,7 @@ def search_stored(
     be used (the caller reads the files)."""
     table = store.header_index(user, folder)
     wanted = [(m.uid, m.key) for m in messages]
-    missing = set(table.missing(wanted))
-    if missing:
-        fill(store, table, user, folder, [(u, b) for u, b in wanted if u in missing])
+    ensure(store, user, folder, messages)
     needles = terms(key)
     if needles:
         got = table.candidates(wanted, needles)
@@ -176,7 +193,7 @@ def search_stored(
         hits, unknown = got
         only: set[int] | None = hits.keys() | unknown
     else:
-        hits, only = table.get(wanted), None
+        hits, only = {uid: raw for uid, (raw, _) in table.get(wanted).items()}, None
 
     def read_header(uid: int) -> bytes:
         raw = hits.get(uid)
@@ -229,5 +246,9 @@ def fields_item(attr: FetchAttr, raw: bytes) -> bytes:
 
 
 def stored_fields(attrs: Iterable[FetchAttr]) -> frozenset[FetchAttr]:
-    """The attributes of a FETCH that stored fields answer."""
-    return frozenset(a for a in attrs if fields_attr(a))
+    """The attributes of a FETCH that stored rows answer: BODY[HEADER.FIELDS] of indexed
+    names, and ENVELOPE unless BODY/BODYSTRUCTURE come along (those need the whole message
+    parsed, and the structure cache, imap/cache.py, has all three)."""
+    attrs = tuple(attrs)
+    structure = any(a.name in ("BODYSTRUCTURE", "BODY") and a.section is None for a in attrs)
+    return frozenset(a for a in attrs if fields_attr(a) or (a.name == "ENVELOPE" and not structure))

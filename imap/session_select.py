@@ -241,19 +241,19 @@ class SelectedCommands(SessionCore):
                 if not any(a.name == "FLAGS" for a in attrs):
                     # RFC 9051 §6.4.5: the \Seen we just set must be reported.
                     attrs = (*attrs, c.FetchAttr("FLAGS"))
-        # BODY[HEADER.FIELDS] of indexed names comes from stored fields (imap/header_index.py),
-        # filled for the whole command at once when nothing else needs the files.
+        # BODY[HEADER.FIELDS] of indexed names and ENVELOPE come from stored header rows
+        # (imap/header_index.py), filled for the whole command at once when nothing else
+        # needs the files.
         stored = header_index.stored_fields(attrs)
         needs_bytes = fetch.needs_message(tuple(a for a in attrs if a not in stored))
         if stored and not needs_bytes:
             infos = [m for _, m in targets]
-            await asyncio.to_thread(
-                header_index.stored_headers, self.ctx.store, user, sel.name, infos
-            )
+            await asyncio.to_thread(header_index.ensure, self.ctx.store, user, sel.name, infos)
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)
             for a in attrs
+            if a not in stored
         )
         gone = False
         for start in range(0, len(targets), FETCH_BATCH):
@@ -383,7 +383,10 @@ class SelectedCommands(SessionCore):
                         ):
                             value = structure.item(attr.name)
                         case "BODY" if attr in stored and info.uid in fields:
-                            value = response.value(header_index.fields_item(attr, fields[info.uid]))
+                            raw = fields[info.uid][0]
+                            value = response.value(header_index.fields_item(attr, raw))
+                        case "ENVELOPE" if attr in stored and info.uid in fields:
+                            value = fields[info.uid][1]
                         case _ if parsed is not None:
                             try:
                                 value = response.value(fetch.fetch_item(attr, parsed))

@@ -264,3 +264,33 @@ def test_prefilter_keeps_every_match(header: bytes, field: tuple[str, bool], nee
         assert 1 in hits, (header, key)
         # ... and the stored lines decide exactly as the file does.
         assert search(key, [info], scope, lambda _uid: b"", read_header=hits.get)  # type: ignore[arg-type]
+
+
+def sort_lines(dep: ImapDeployment, commands: list[str]) -> list[bytes]:
+    with running_server(dep) as server, RawClient("127.0.0.1", server.imap_port) as client:
+        assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
+        assert client.tagged("SELECT INBOX").startswith(b"OK")
+        out = []
+        for command in commands:
+            lines = client.command(command)
+            assert lines[-1].split(b" ")[1] == b"OK", lines
+            out += [x for x in lines if x.startswith((b"* SORT", b"* THREAD"))]
+    return out
+
+
+def test_sort_and_thread_use_stored_rows(fields_dep: ImapDeployment) -> None:
+    store = fields_dep.store
+    assert isinstance(store, CountingStore)
+    commands = [
+        "SORT (SUBJECT) UTF-8 ALL",
+        "SORT (REVERSE FROM DATE) UTF-8 ALL",
+        "SORT (TO) UTF-8 SUBJECT o",
+        "THREAD REFERENCES UTF-8 ALL",
+    ]
+    other = ["SORT (SUBJECT) UTF-8 HEADER X-Other skip"]  # not a stored field: files decide
+    first = sort_lines(fields_dep, commands)
+    assert store.header_reads == len(FIELDS_CORPUS)  # the rows, filled once
+    assert sort_lines(fields_dep, commands) == first
+    assert store.header_reads == len(FIELDS_CORPUS)
+    assert sort_lines(fields_dep, other) == [b"* SORT 2\r\n"]
+    assert store.reads == 0

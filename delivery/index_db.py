@@ -70,7 +70,7 @@ _BATCH = 500  # uids per statement: below SQLite's default 999-variable limit
 # module only creates the table and drops rows whose UIDs are gone or mean something else.
 HEADERS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS headers (uid INTEGER PRIMARY KEY, base TEXT NOT NULL,"
-    " raw BLOB NOT NULL, plain TEXT, exact INTEGER NOT NULL, envelope BLOB NOT NULL)"
+    " raw BLOB NOT NULL, plain TEXT, exact INTEGER NOT NULL, envelope BLOB)"
 )
 
 

@@ -22,7 +22,8 @@ path stays as it was.
 
 A row: `raw`, the field lines exactly as the file has them (CRLF line ends: byte-exact for
 BODY[HEADER.FIELDS]); `envelope`, the rendered FETCH ENVELOPE (it reads only stored
-fields, so a client's header fetch reads no file once filled); `plain`, their text
+fields, so a client's header fetch reads no file once filled; NULL until a FETCH asks for
+it: SEARCH need not pay for rendering it); `plain`, their text
 lower-cased with line breaks removed when that is exactly what a substring search sees
 (plain ASCII, no encoded-words), else NULL (cannot tell); `exact`, whether addresses in
 it read the same after parsing. `candidates` uses the last two as a pre-filter; the IMAP
@@ -61,7 +62,7 @@ class HeaderRow:
     raw: bytes
     plain: str | None
     exact: bool
-    envelope: bytes  # the rendered FETCH ENVELOPE (it reads only stored fields)
+    envelope: bytes | None  # the rendered FETCH ENVELOPE; None until a FETCH needs it
 
 
 class HeaderTable:
@@ -107,11 +108,11 @@ class HeaderTable:
         log.debug("header index %s: %s failed: %s", self.path, what, exc)
         self._close()
 
-    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes]]:
+    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes | None]]:
         """Stored (`raw`, `envelope`) of (uid, base name) pairs; missing and stale rows
         absent."""
         bases = dict(wanted)
-        out: dict[int, tuple[bytes, bytes]] = {}
+        out: dict[int, tuple[bytes, bytes | None]] = {}
         uids = list(bases)
         with self._lock:
             db = self._connect()
@@ -126,7 +127,7 @@ class HeaderTable:
                         chunk,
                     ):
                         if bases.get(uid) == base:
-                            out[uid] = (bytes(raw), bytes(env))
+                            out[uid] = (bytes(raw), None if env is None else bytes(env))
             except sqlite3.Error as exc:
                 self._failed("read", exc)
                 return {}
@@ -134,7 +135,12 @@ class HeaderTable:
 
     def put(self, rows: Iterable[HeaderRow]) -> None:
         """Store rows (replacing older ones), in one transaction; best effort."""
-        batch = [(r.uid, r.base, r.raw, r.plain, int(r.exact), r.envelope) for r in rows]
+        self._write(
+            "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.uid, r.base, r.raw, r.plain, int(r.exact), r.envelope) for r in rows],
+        )
+
+    def _write(self, sql: str, batch: list[tuple[object, ...]]) -> None:
         if not batch:
             return
         with self._lock:
@@ -144,9 +150,7 @@ class HeaderTable:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?)", batch
-                    )
+                    db.executemany(sql, batch)
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -155,23 +159,31 @@ class HeaderTable:
             except sqlite3.Error as exc:
                 self._failed("write", exc)
 
-    def missing(self, wanted: Sequence[tuple[int, str]]) -> list[int]:
-        """The UIDs of `wanted` (uid, base name) without a current row, in the order given
-        (all of them when the table is unusable)."""
+    def missing(self, wanted: Sequence[tuple[int, str]], *, envelope: bool = False) -> list[int]:
+        """The UIDs of `wanted` (uid, base name) without a current row (or, with `envelope`,
+        without its ENVELOPE), in the order given (all of them when the table is unusable)."""
         bases = dict(wanted)
+        sql = (
+            "SELECT uid, base FROM headers WHERE envelope IS NOT NULL"
+            if envelope
+            else "SELECT uid, base FROM headers"
+        )
+        have: set[int] = set()
         with self._lock:
             db = self._connect()
-            have: set[int] = set()
             if db is not None:
                 try:
-                    have = {
-                        u
-                        for u, b in db.execute("SELECT uid, base FROM headers")
-                        if bases.get(u) == b
-                    }
+                    have = {u for u, b in db.execute(sql) if bases.get(u) == b}
                 except sqlite3.Error as exc:
                     self._failed("read", exc)
         return [uid for uid, _ in wanted if uid not in have]
+
+    def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
+        """Store the rendered ENVELOPE of existing rows: (uid, base name, envelope)."""
+        self._write(
+            "UPDATE headers SET envelope = ? WHERE uid = ? AND base = ?",
+            [(env, uid, base) for uid, base, env in rows],
+        )
 
     def candidates(
         self, wanted: Sequence[tuple[int, str]], terms: Sequence[tuple[str, bool]]

@@ -172,11 +172,15 @@ class HeaderIndex(Protocol):
     """A folder's stored header fields (delivery/index_headers.py has the rules), keyed by
     (uid, base name) pairs; missing and stale rows are simply absent."""
 
-    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes]]:
-        """Stored (raw field lines, rendered ENVELOPE) of these messages."""
+    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes | None]]:
+        """Stored (raw field lines, rendered ENVELOPE or None) of these messages."""
 
-    def missing(self, wanted: Sequence[tuple[int, str]]) -> list[int]:
-        """UIDs of these messages without a stored row."""
+    def missing(self, wanted: Sequence[tuple[int, str]], *, envelope: bool = False) -> list[int]:
+        """UIDs of these messages without a stored row (or, with `envelope`, without its
+        ENVELOPE)."""
+
+    def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
+        """Store the ENVELOPE of existing rows: (uid, base name, envelope)."""
 
     def put(self, rows: Iterable[HeaderRow]) -> None:
         """Store rows, in one transaction."""

@@ -44,7 +44,7 @@ from mailstack.imap.commands import (
 )
 from mailstack.imap.envelope import envelope
 from mailstack.imap.fetch import partial
-from mailstack.imap.mime import parse_header, parse_message, to_crlf
+from mailstack.imap.mime import DEFAULT_TYPE, Entity, HeaderField, parse_header, to_crlf
 
 # Lower-case names of the stored fields: what clients' header fetches, SEARCH, SORT/THREAD
 # and ENVELOPE read (Sender and Reply-To are ENVELOPE's too).
@@ -68,15 +68,15 @@ INDEXED = frozenset(
 READ_BATCH = 500  # header blocks per store call (one folder lock) while filling
 
 
-def make_row(uid: int, base: str, header: bytes) -> HeaderRow:
+def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False) -> HeaderRow:
     """The stored form of a message's header block (LF or CRLF line ends)."""
     data = to_crlf(header)
     fields, _ = parse_header(data, 0, len(data))
+    kept = [f for f in fields if f.name.lower() in INDEXED]
     lines = []
-    for f in fields:
-        if f.name.lower() in INDEXED:
-            line = data[f.start : f.end]
-            lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
+    for f in kept:
+        line = data[f.start : f.end]
+        lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
     raw = b"".join(lines)
     plain: str | None = None
     exact = False
@@ -84,13 +84,30 @@ def make_row(uid: int, base: str, header: bytes) -> HeaderRow:
         flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
         plain = flat.decode("ascii")
         exact = search.ADDRESS_REWRITES.search(flat) is None
-    # ENVELOPE reads the first of each of its fields (RFC 9051 §7.5.2), all of them stored.
-    rendered = response.value(envelope(parse_message(raw + b"\r\n")))
+    rendered = _envelope(tuple(kept)) if with_envelope else None
     return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
 
 
+def _envelope(fields: tuple[HeaderField, ...]) -> bytes:
+    # ENVELOPE reads the first of each of its fields (RFC 9051 §7.5.2), all of them stored:
+    # an entity of just those fields gives what the whole message gives.
+    return response.value(envelope(Entity(0, 0, 0, fields, DEFAULT_TYPE)))
+
+
+def render_envelope(raw: bytes) -> bytes:
+    """The rendered ENVELOPE of stored field lines."""
+    fields, _ = parse_header(raw, 0, len(raw))
+    return _envelope(fields)
+
+
 def fill(
-    store: MailStore, table: HeaderIndex, user: str, folder: str, wanted: Sequence[tuple[int, str]]
+    store: MailStore,
+    table: HeaderIndex,
+    user: str,
+    folder: str,
+    wanted: Sequence[tuple[int, str]],
+    *,
+    envelopes: bool = False,
 ) -> None:
     """Read the header blocks of `wanted` (uid, base name) and store their rows, in one
     transaction. Messages expunged meanwhile are skipped. (A UID names one base name for its
@@ -99,31 +116,57 @@ def fill(
     for start in range(0, len(wanted), READ_BATCH):
         chunk = dict(wanted[start : start + READ_BATCH])
         for uid, block in store.read_headers(user, folder, list(chunk)).items():
-            rows.append(make_row(uid, chunk[uid], block))
+            rows.append(make_row(uid, chunk[uid], block, with_envelope=envelopes))
     table.put(rows)
 
 
-def ensure(store: MailStore, user: str, folder: str, messages: Sequence[MessageInfo]) -> None:
-    """Fill the missing rows of `messages` (one transaction for a whole command)."""
+def ensure(
+    store: MailStore,
+    user: str,
+    folder: str,
+    messages: Sequence[MessageInfo],
+    *,
+    envelopes: bool = False,
+) -> None:
+    """Fill the missing rows of `messages` (one transaction for a whole command) and, with
+    `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read)."""
     table = store.header_index(user, folder)
     wanted = [(m.uid, m.key) for m in messages]
     missing = set(table.missing(wanted))
     if missing:
-        fill(store, table, user, folder, [(u, b) for u, b in wanted if u in missing])
+        chosen = [(u, b) for u, b in wanted if u in missing]
+        fill(store, table, user, folder, chosen, envelopes=envelopes)
+    if envelopes:
+        lacking = set(table.missing(wanted, envelope=True))
+        if lacking:
+            bases = dict(wanted)
+            rows = table.get([(u, b) for u, b in wanted if u in lacking])
+            table.set_envelopes(
+                (uid, bases[uid], render_envelope(raw)) for uid, (raw, _) in rows.items()
+            )
 
 
 def stored_headers(
-    store: MailStore, user: str, folder: str, messages: Sequence[MessageInfo]
-) -> dict[int, tuple[bytes, bytes]]:
+    store: MailStore,
+    user: str,
+    folder: str,
+    messages: Sequence[MessageInfo],
+    *,
+    envelopes: bool = False,
+) -> dict[int, tuple[bytes, bytes | None]]:
     """uid -> (stored field lines, rendered ENVELOPE) of `messages`, filling the missing
-    rows first. Messages that are gone are absent."""
+    rows first; with `envelopes` every ENVELOPE is there. Gone messages are absent."""
     table = store.header_index(user, folder)
     wanted = [(m.uid, m.key) for m in messages]
     found = table.get(wanted)
     missing = [(uid, base) for uid, base in wanted if uid not in found]
     if missing:
-        fill(store, table, user, folder, missing)
+        fill(store, table, user, folder, missing, envelopes=envelopes)
         found.update(table.get(missing))
+    if envelopes:
+        for uid, (raw, env) in list(found.items()):
+            if env is None:  # the table could not store it: render it for this answer
+                found[uid] = (raw, render_envelope(raw))
     return found
 
 

@@ -248,7 +248,16 @@ class SelectedCommands(SessionCore):
         needs_bytes = fetch.needs_message(tuple(a for a in attrs if a not in stored))
         if stored and not needs_bytes:
             infos = [m for _, m in targets]
-            await asyncio.to_thread(header_index.ensure, self.ctx.store, user, sel.name, infos)
+            await asyncio.to_thread(
+                functools.partial(
+                    header_index.ensure,
+                    self.ctx.store,
+                    user,
+                    sel.name,
+                    infos,
+                    envelopes=any(a.name == "ENVELOPE" for a in stored),
+                )
+            )
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)
@@ -331,7 +340,13 @@ class SelectedCommands(SessionCore):
         new_rows: list[tuple[str, int, str]] = []
         infos = [info for _, info in batch]
         fields = (
-            header_index.stored_headers(self.ctx.store, user, sel.name, infos)
+            header_index.stored_headers(
+                self.ctx.store,
+                user,
+                sel.name,
+                infos,
+                envelopes=any(a.name == "ENVELOPE" for a in stored),
+            )
             if stored and not needs_bytes
             else {}
         )
@@ -386,7 +401,8 @@ class SelectedCommands(SessionCore):
                             raw = fields[info.uid][0]
                             value = response.value(header_index.fields_item(attr, raw))
                         case "ENVELOPE" if attr in stored and info.uid in fields:
-                            value = fields[info.uid][1]
+                            raw, env = fields[info.uid]
+                            value = env if env is not None else header_index.render_envelope(raw)
                         case _ if parsed is not None:
                             try:
                                 value = response.value(fetch.fetch_item(attr, parsed))

@@ -98,7 +98,7 @@ def header_answers(store: MaildirStore, *, stored: bool) -> list[object]:
             found = search(key, messages, scope, read)
         out.append([c.info.uid for c in found])
     if stored:
-        rows = header_index.stored_headers(store, ALICE, INBOX, messages)
+        rows = header_index.stored_headers(store, ALICE, INBOX, messages, envelopes=True)
         out.append({uid: env for uid, (_, env) in rows.items()})
     else:
         out.append(

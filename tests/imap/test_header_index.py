@@ -294,3 +294,26 @@ def test_sort_and_thread_use_stored_rows(fields_dep: ImapDeployment) -> None:
     assert store.header_reads == len(FIELDS_CORPUS)
     assert sort_lines(fields_dep, other) == [b"* SORT 2\r\n"]
     assert store.reads == 0
+
+
+def test_envelope_is_added_to_rows_a_search_filled(fields_dep: ImapDeployment) -> None:
+    """SEARCH fills rows without ENVELOPE; the first FETCH ENVELOPE renders it from the
+    stored lines (no file read) and stores it."""
+    store = fields_dep.store
+    assert isinstance(store, CountingStore)
+    from_files = literals(ours(fields_dep, "ENVELOPE BODY.PEEK[TEXT]"))
+    assert sort_lines(fields_dep, ["SORT (SUBJECT) UTF-8 SUBJECT o"])
+    assert store.header_reads == len(FIELDS_CORPUS)
+    root = fields_dep.paths.maildir(USER)
+    with sqlite3.connect(root / INDEX_FILE) as db:
+        assert db.execute("SELECT count(*) FROM headers WHERE envelope IS NULL").fetchone() == (
+            len(FIELDS_CORPUS),
+        )
+    db.close()
+    envelopes = {k: v for k, v in from_files.items() if k[1] == b"ENVELOPE"}
+    assert literals(ours(fields_dep, "ENVELOPE")) == envelopes
+    assert store.header_reads == len(FIELDS_CORPUS)
+    assert store.reads == len(FIELDS_CORPUS)  # only the BODY[TEXT] fetch read files
+    with sqlite3.connect(root / INDEX_FILE) as db:
+        assert db.execute("SELECT count(*) FROM headers WHERE envelope IS NULL").fetchone() == (0,)
+    db.close()

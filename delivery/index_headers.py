@@ -42,27 +42,15 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery.index_db import HEADERS_SCHEMA, INDEX_FILE
+from mailstack.delivery.store import HeaderRow
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 2000
 _BATCH = 500  # uids per statement: below SQLite's default 999-variable limit
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderRow:
-    """One message's stored fields (see the module docstring for `plain` and `exact`)."""
-
-    uid: int
-    base: str
-    raw: bytes
-    plain: str | None
-    exact: bool
-    envelope: bytes | None  # the rendered FETCH ENVELOPE; None until a FETCH needs it
 
 
 class HeaderTable:

@@ -24,8 +24,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailstack.delivery.index_headers import HeaderRow
-
 from mailstack.base.flags import FlagMode
 
 HIERARCHY_DELIMITER = "."
@@ -166,6 +164,18 @@ class TextIndex(Protocol):
 
     def add(self, uid_validity: int, texts: Iterable[tuple[int, str]]) -> None:
         """Index (uid, searchable text) pairs."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRow:
+    """One message's stored header fields (delivery/index_headers.py explains each)."""
+
+    uid: int
+    base: str
+    raw: bytes
+    plain: str | None
+    exact: bool
+    envelope: bytes | None  # the rendered FETCH ENVELOPE; None until a FETCH needs it
 
 
 class HeaderIndex(Protocol):

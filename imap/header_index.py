@@ -29,8 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from mailstack.delivery.index_headers import HeaderRow
-from mailstack.delivery.store import HeaderIndex, MailStore, MessageGoneError, MessageInfo
+from mailstack.delivery.store import (
+    HeaderIndex,
+    HeaderRow,
+    MailStore,
+    MessageGoneError,
+    MessageInfo,
+)
 from mailstack.imap import response, search
 from mailstack.imap.commands import (
     FetchAttr,

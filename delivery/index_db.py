@@ -402,6 +402,23 @@ class IndexDb:
             )
         ]
 
+    def file_meta(self) -> dict[str, tuple[float, int, int]]:
+        """base name -> (internal date, disk size, RFC822.SIZE) as recorded: a process that
+        opens the folder takes these instead of a stat() (and, for names without S=/W=, a
+        read) per file. INTERNALDATE is the file's mtime when first seen, kept as Dovecot
+        keeps it in its index. Empty when the file is unusable (every file is measured)."""
+        try:
+            db = self._connect()
+            return {
+                base: (date, disk, size)
+                for base, date, disk, size in db.execute(
+                    "SELECT base, internal_date, disk_size, size FROM messages"
+                )
+            }
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("folder index %s: no recorded sizes: %s", self.path, exc)
+            return {}
+
     def _catch_up_meta(self, db: sqlite3.Connection) -> None:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.expunge_floor = int(meta.get("expunge_floor", 0))

@@ -61,6 +61,10 @@ class HeaderTable:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._inode = 0
+        # uid -> base name of every row, as of `_version` (PRAGMA data_version: it moves
+        # when another connection commits), so a repeated SEARCH need not re-read every key.
+        self._rows: dict[int, str] | None = None
+        self._version = -1
 
     def _connect(self) -> sqlite3.Connection | None:
         try:
@@ -83,6 +87,7 @@ class HeaderTable:
         return db
 
     def _close(self) -> None:
+        self._rows = None
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
@@ -123,12 +128,13 @@ class HeaderTable:
 
     def put(self, rows: Iterable[HeaderRow]) -> None:
         """Store rows (replacing older ones), in one transaction; best effort."""
-        self._write(
-            "INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?)",
-            [(r.uid, r.base, r.raw, r.plain, int(r.exact), r.envelope) for r in rows],
-        )
+        batch = [(r.uid, r.base, r.raw, r.plain, int(r.exact), r.envelope) for r in rows]
+        self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?)", batch)
+        with self._lock:
+            if self._rows is not None:  # our own commits do not move data_version
+                self._rows.update((row[0], row[1]) for row in batch)
 
-    def _write(self, sql: str, batch: list[tuple[object, ...]]) -> None:
+    def _write(self, sql: str, batch: Sequence[tuple[object, ...]]) -> None:
         if not batch:
             return
         with self._lock:
@@ -192,13 +198,28 @@ class HeaderTable:
             if db is None:
                 return None
             try:
-                have = {
-                    u for u, b in db.execute("SELECT uid, base FROM headers") if bases.get(u) == b
-                }
-                sql = f"SELECT uid, base, raw FROM headers WHERE {where or '1'}"  # noqa: S608
-                for uid, base, raw in db.execute(sql, [t for t, _ in terms]):
-                    if bases.get(uid) == base:
-                        found[uid] = bytes(raw)
+                version = db.execute("PRAGMA data_version").fetchone()[0]
+                known = self._rows if version == self._version else None
+                if known is not None and all(known.get(u) == b for u, b in wanted):
+                    # Every wanted row is there and nobody else wrote since: the matches only.
+                    have = set(bases)
+                    sql = f"SELECT uid, base, raw FROM headers WHERE {where or '1'}"  # noqa: S608
+                    for uid, base, raw in db.execute(sql, [t for t, _ in terms]):
+                        if bases.get(uid) == base:
+                            found[uid] = bytes(raw)
+                else:
+                    # One scan: every row's key (which rows are current), the raw lines of
+                    # those that pass the pre-filter.
+                    sql = f"SELECT uid, base, CASE WHEN {where or '1'} THEN raw END FROM headers"  # noqa: S608
+                    have = set()
+                    rows: dict[int, str] = {}
+                    for uid, base, raw in db.execute(sql, [t for t, _ in terms]):
+                        rows[uid] = base
+                        if bases.get(uid) == base:
+                            have.add(uid)
+                            if raw is not None:
+                                found[uid] = bytes(raw)
+                    self._rows, self._version = rows, version
             except sqlite3.Error as exc:
                 self._failed("search", exc)
                 return None

@@ -232,15 +232,18 @@ def search_stored(
     be used (the caller reads the files)."""
     table = store.header_index(user, folder)
     wanted = [(m.uid, m.key) for m in messages]
-    ensure(store, user, folder, messages)
     needles = terms(key)
     if needles:
         got = table.candidates(wanted, needles)
+        if got is not None and got[1]:  # rows missing: fill them (once), then ask again
+            fill(store, table, user, folder, [(u, b) for u, b in wanted if u in got[1]])
+            got = table.candidates(wanted, needles)
         if got is None:
             return None
         hits, unknown = got
         only: set[int] | None = hits.keys() | unknown
     else:
+        ensure(store, user, folder, messages)
         hits, only = {uid: raw for uid, (raw, _) in table.get(wanted).items()}, None
 
     def read_header(uid: int) -> bytes:

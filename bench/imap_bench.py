@@ -21,6 +21,8 @@ imaplib over 127.0.0.1 (one connection at a time unless said otherwise):
 - `FETCH 1:* (ENVELOPE BODYSTRUCTURE)` cold (first time: every message parsed) and warm (a
   new connection: from the servers' caches; for mailstack a *restarted* server, i.e. from
   `mailstack.cache.sqlite3`, not from memory);
+- the client header fetch (`CLIENT_HEADERS`) cold, on the connection that did the cold
+  SELECT (before anything was parsed), and warm (new connections after the restart);
 - `UID SEARCH SUBJECT word` (a header key) and `UID SEARCH BODY word` (reads every message);
 - APPEND of 4 KB messages into a fresh folder by 1 and by 8 concurrent clients (msg/s).
 
@@ -66,6 +68,11 @@ from tests.support.imapserver import PASSWORD, USER  # noqa: E402
 
 SUBJECT_WORD = "zanzibar"  # in 1% of subjects
 BODY_WORD = "quokka"  # in 1% of bodies
+# The fetch a mail client sends on opening a folder (issue 11's "client header fetch").
+CLIENT_HEADERS = (
+    "UID RFC822.SIZE FLAGS INTERNALDATE ENVELOPE"
+    " BODY.PEEK[HEADER.FIELDS (From To Cc Subject Date Message-ID References)]"
+)
 WORDS = (
     "report",
     "meeting",
@@ -302,6 +309,12 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
         "FETCH 1:* (FLAGS)",
         statistics.median(timed_ms(lambda: fetch_all(client, "FLAGS"))[0] for _ in range(repeat)),
     )
+    # What a mail client asks of a folder it never saw (nothing parsed or stored yet).
+    ms, _ = timed_ms(lambda: fetch_all(client, CLIENT_HEADERS))
+    add("FETCH 1:* client headers, cold", ms)
+    client.logout()
+    client = connect(port)
+    check(client.select("INBOX"))
     ms, n = timed_ms(lambda: fetch_all(client, "ENVELOPE BODYSTRUCTURE"))
     add("FETCH 1:* (ENVELOPE BODYSTRUCTURE), cold", ms, detail=f"{n} responses")
     client.logout()
@@ -318,6 +331,13 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
         statistics.median(warm),
         detail="after a restart" if server.name == "mailstack" else "",
     )
+    warm = []
+    for _ in range(repeat):
+        client = connect(port)
+        check(client.select("INBOX"))
+        warm.append(timed_ms(functools.partial(fetch_all, client, CLIENT_HEADERS))[0])
+        client.logout()
+    add("FETCH 1:* client headers, warm", statistics.median(warm))
 
     client = connect(port)
     check(client.select("INBOX"))

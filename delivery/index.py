@@ -23,8 +23,9 @@ whose file is gone is dead, as after any `rm`; Dovecot reads such files) until t
 quarter of it: rewriting a 100,000-line file costs seconds in Python, an EXPUNGE should not.
 
 The internal date is the file's mtime (as Dovecot: RFC 3501 §2.3.3 INTERNALDATE), so each file is
-stat()ed once per process, the first time it is seen; sizes without S=/W= fields (files other
-software wrote) are computed once and cached likewise.
+stat()ed once, the first time it is seen; sizes without S=/W= fields (files other software
+wrote) are computed once likewise. Both are recorded in the index file, so a later process
+takes them from there (`IndexDb.file_meta`) and stats only files it has no record of.
 
 Invariant: every method except `locked()` is called with the folder lock held (`with
 index.locked(): ...`); that lock is Dovecot's dotlock, so a Dovecot working on the same Maildir
@@ -217,6 +218,8 @@ class FolderIndex:
             return False
         if not self._listed:
             self._clean_tmp()
+            # A restart: what the index file recorded of each file spares a stat() apiece.
+            self._meta.update(self.db.file_meta())
         listing = self._list_dirs()
         if self._listed and self._listing.keys() - listing.keys():
             # A file moved from new/ to cur/ between our two listdir() calls is in neither

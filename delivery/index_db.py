@@ -18,7 +18,8 @@ DELETE (as Dovecot's `dovecot.index*` files do), and a damaged file costs one fo
 Dovecot ignores it (no leading dot: not a folder; not one of its names).
 
 Tables: `meta` (uidvalidity, highestmodseq, expunge_floor), `messages` (uid, modseq, flags,
-base name, file name, sizes, internal date) and `expunged` (uid, modseq).
+base name, file name, sizes, internal date), `expunged` (uid, modseq) and `headers` (stored
+header fields, filled lazily: delivery/index_headers.py).
 
 MODSEQ invariants (RFC 7162 §3.1.1: strictly increasing, never reused):
 - One new MODSEQ per reconcile that finds changes (a STORE of 1,000 messages is one), all
@@ -65,6 +66,12 @@ SCHEMA_VERSION = 1
 EXPUNGE_LOG_MAX = 100_000  # rows of (uid, modseq): ~2 MB; see the module docstring
 BUSY_TIMEOUT_MS = 10_000  # only another mailstack process under the same folder lock waits
 _BATCH = 500  # uids per statement: below SQLite's default 999-variable limit
+# Stored header fields, filled lazily by the IMAP layer (delivery/index_headers.py); this
+# module only creates the table and drops rows whose UIDs are gone or mean something else.
+HEADERS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS headers (uid INTEGER PRIMARY KEY, base TEXT NOT NULL,"
+    " raw BLOB NOT NULL, plain TEXT, exact INTEGER NOT NULL, envelope BLOB)"
+)
 
 
 def flag_text(flags: Iterable[str]) -> str:
@@ -159,6 +166,7 @@ class IndexDb:
                 " (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)")
+            db.execute(HEADERS_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             floor = _now_floor()
@@ -286,6 +294,7 @@ class IndexDb:
             # nothing. HIGHESTMODSEQ carries on upwards.
             db.execute("DELETE FROM messages")
             db.execute("DELETE FROM expunged")
+            db.execute("DELETE FROM headers")
             self._set_meta(db, "uidvalidity", uid_validity)
             self._set_meta(db, "expunge_floor", self.highest_modseq)
             self.uid_validity, self.expunge_floor = uid_validity, self.highest_modseq
@@ -311,6 +320,7 @@ class IndexDb:
                 batch = gone[start : start + _BATCH]
                 marks = ",".join("?" * len(batch))
                 db.execute(f"DELETE FROM messages WHERE uid IN ({marks})", batch)  # noqa: S608
+                db.execute(f"DELETE FROM headers WHERE uid IN ({marks})", batch)  # noqa: S608
             db.executemany(
                 "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for u in gone]
             )
@@ -391,6 +401,23 @@ class IndexDb:
                 "SELECT uid FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
             )
         ]
+
+    def file_meta(self) -> dict[str, tuple[float, int, int]]:
+        """base name -> (internal date, disk size, RFC822.SIZE) as recorded: a process that
+        opens the folder takes these instead of a stat() (and, for names without S=/W=, a
+        read) per file. INTERNALDATE is the file's mtime when first seen, kept as Dovecot
+        keeps it in its index. Empty when the file is unusable (every file is measured)."""
+        try:
+            db = self._connect()
+            return {
+                base: (date, disk, size)
+                for base, date, disk, size in db.execute(
+                    "SELECT base, internal_date, disk_size, size FROM messages"
+                )
+            }
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("folder index %s: no recorded sizes: %s", self.path, exc)
+            return {}
 
     def _catch_up_meta(self, db: sqlite3.Connection) -> None:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())

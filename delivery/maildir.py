@@ -43,6 +43,7 @@ from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
 from mailstack.delivery.fulltext import FolderText
 from mailstack.delivery.index import FolderIndex
+from mailstack.delivery.index_headers import HeaderTable
 from mailstack.delivery.keywords import (
     canonical_flag,
 )
@@ -88,6 +89,7 @@ class MaildirStore:
         self._events = events
         self._indexes: dict[Path, FolderIndex] = {}
         self._texts: dict[Path, FolderText] = {}
+        self._headers: dict[Path, HeaderTable] = {}
         self._indexes_lock = threading.Lock()
         self._quota_verified: set[Path] = set()
         self._located: dict[tuple[str, str], tuple[Path, str, Path]] = {}
@@ -167,6 +169,8 @@ class MaildirStore:
                 del self._indexes[path]
             for path in [p for p in self._texts if p == prefix or prefix in p.parents]:
                 self._texts.pop(path).close()
+            for path in [p for p in self._headers if p == prefix or prefix in p.parents]:
+                self._headers.pop(path).close()
 
     def fulltext(self, user: str, folder: str) -> FolderText:
         """The folder's full-text pre-filter (delivery/fulltext.py): one per folder and
@@ -177,6 +181,16 @@ class MaildirStore:
             if text is None:
                 text = self._texts[fdir] = FolderText(fdir)
             return text
+
+    def header_index(self, user: str, folder: str) -> HeaderTable:
+        """The folder's stored header fields (delivery/index_headers.py): one per folder and
+        process, shared by its sessions."""
+        _, _, fdir = self._folder(user, folder)
+        with self._indexes_lock:
+            table = self._headers.get(fdir)
+            if table is None:
+                table = self._headers[fdir] = HeaderTable(fdir)
+            return table
 
     def _publish(self, user: str, *folders: str) -> None:
         if self._events is not None:

@@ -166,6 +166,41 @@ class TextIndex(Protocol):
         """Index (uid, searchable text) pairs."""
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderRow:
+    """One message's stored header fields (delivery/index_headers.py explains each)."""
+
+    uid: int
+    base: str
+    raw: bytes
+    plain: str | None
+    exact: bool
+    envelope: bytes | None  # the rendered FETCH ENVELOPE; None until a FETCH needs it
+
+
+class HeaderIndex(Protocol):
+    """A folder's stored header fields (delivery/index_headers.py has the rules), keyed by
+    (uid, base name) pairs; missing and stale rows are simply absent."""
+
+    def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes | None]]:
+        """Stored (raw field lines, rendered ENVELOPE or None) of these messages."""
+
+    def missing(self, wanted: Sequence[tuple[int, str]], *, envelope: bool = False) -> list[int]:
+        """UIDs of these messages without a stored row (or, with `envelope`, without its
+        ENVELOPE)."""
+
+    def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
+        """Store the ENVELOPE of existing rows: (uid, base name, envelope)."""
+
+    def put(self, rows: Iterable[HeaderRow]) -> None:
+        """Store rows, in one transaction."""
+
+    def candidates(
+        self, wanted: Sequence[tuple[int, str]], terms: Sequence[tuple[str, bool]]
+    ) -> tuple[dict[int, bytes], set[int]] | None:
+        """(raw lines of the messages that may contain every term, UIDs without a row)."""
+
+
 class MailStore(Protocol):
     """Everything delivery and IMAP need from storage."""
 
@@ -323,3 +358,6 @@ class MailStore(Protocol):
 
     def fulltext(self, user: str, folder: str) -> TextIndex:
         """The folder's full-text pre-filter (delivery/fulltext.py)."""
+
+    def header_index(self, user: str, folder: str) -> HeaderIndex:
+        """The folder's stored header fields (delivery/index_headers.py)."""

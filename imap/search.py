@@ -346,6 +346,7 @@ def html_text(markup: str) -> str:
 
 # What parsing an address removes from between its characters (see header_may_contain).
 _ADDRESS_REWRITES = re.compile(rb'[("\\\t]|  | @|@ |[^ ]<')
+ADDRESS_REWRITES = _ADDRESS_REWRITES  # the stored-field pre-filter (imap/header_index.py) too
 
 
 def _render_addresses(addresses: Value) -> str:

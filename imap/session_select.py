@@ -23,7 +23,7 @@ from mailstack.delivery.store import (
     MessageInfo,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, fetch, response, search, sort
+from mailstack.imap import condstore, fetch, header_index, response, search, sort
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
@@ -119,6 +119,12 @@ class SelectedCommands(SessionCore):
         )
 
         def run() -> list[search.Candidate]:
+            if header_index.answers(key):  # stored header fields, no file reads once filled
+                stored = header_index.search_stored(
+                    self.ctx.store, user, name, key, messages, scope, frozenset(sel.recent)
+                )
+                if stored is not None:
+                    return stored
             if fulltext is None:
                 return search.search(
                     key,
@@ -240,17 +246,34 @@ class SelectedCommands(SessionCore):
                 if not any(a.name == "FLAGS" for a in attrs):
                     # RFC 9051 §6.4.5: the \Seen we just set must be reported.
                     attrs = (*attrs, c.FetchAttr("FLAGS"))
-        needs_bytes = fetch.needs_message(attrs)
+        # BODY[HEADER.FIELDS] of indexed names and ENVELOPE come from stored header rows
+        # (imap/header_index.py), filled for the whole command at once when nothing else
+        # needs the files.
+        stored = header_index.stored_fields(attrs)
+        needs_bytes = fetch.needs_message(tuple(a for a in attrs if a not in stored))
+        if stored and not needs_bytes:
+            infos = [m for _, m in targets]
+            await asyncio.to_thread(
+                functools.partial(
+                    header_index.ensure,
+                    self.ctx.store,
+                    user,
+                    sel.name,
+                    infos,
+                    envelopes=any(a.name == "ENVELOPE" for a in stored),
+                )
+            )
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)
             for a in attrs
+            if a not in stored
         )
         gone = False
         for start in range(0, len(targets), FETCH_BATCH):
             batch = targets[start : start + FETCH_BATCH]
             rendered, batch_gone = await asyncio.to_thread(
-                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure
+                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure, stored
             )
             gone = gone or batch_gone
             await write(b"".join(rendered))
@@ -308,6 +331,7 @@ class SelectedCommands(SessionCore):
         attrs: tuple[c.FetchAttr, ...],
         needs_bytes: bool,
         needs_structure: bool,
+        stored: frozenset[c.FetchAttr] = frozenset(),
     ) -> tuple[list[bytes], bool]:
         """FETCH responses for a batch of messages (runs in a worker thread).
 
@@ -319,6 +343,18 @@ class SelectedCommands(SessionCore):
         gone = False
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
+        infos = [info for _, info in batch]
+        fields = (
+            header_index.stored_headers(
+                self.ctx.store,
+                user,
+                sel.name,
+                infos,
+                envelopes=any(a.name == "ENVELOPE" for a in stored),
+            )
+            if stored and not needs_bytes
+            else {}
+        )
         to_read = [
             info.uid
             for _, info in batch
@@ -346,6 +382,9 @@ class SelectedCommands(SessionCore):
                         structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                         self._remember(sel, info, structure)
                         new_rows.append((info.key, info.size, structure.to_json()))
+                elif stored and not needs_bytes and info.uid not in fields:
+                    gone = True  # expunged before its fields could be read
+                    continue
                 items: list[bytes] = []
                 for attr in attrs:
                     match attr.name:
@@ -363,6 +402,12 @@ class SelectedCommands(SessionCore):
                             structure is not None and attr.section is None
                         ):
                             value = structure.item(attr.name)
+                        case "BODY" if attr in stored and info.uid in fields:
+                            raw = fields[info.uid][0]
+                            value = response.value(header_index.fields_item(attr, raw))
+                        case "ENVELOPE" if attr in stored and info.uid in fields:
+                            raw, env = fields[info.uid]
+                            value = env if env is not None else header_index.render_envelope(raw)
                         case _ if parsed is not None:
                             try:
                                 value = response.value(fetch.fetch_item(attr, parsed))

@@ -2,9 +2,10 @@
 `Session`.
 
 The searched messages are found as SEARCH finds them (imap/search.py); then each one's
-header block is read through the store, a batch of messages per store call (one folder lock
-per batch), and reduced to what imap/sort.py sorts and imap/thread.py threads by. SORT by
-ARRIVAL and SIZE alone reads no message.
+header fields come from the stored header rows (imap/header_index.py, filled on first use),
+or, when the key reads other fields, its header block is read through the store, a batch of
+messages per store call (one folder lock per batch); either is reduced to what imap/sort.py
+sorts and imap/thread.py threads by. SORT by ARRIVAL and SIZE alone reads no message.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 
 from mailstack.delivery.store import MessageGoneError
 from mailstack.imap import commands as c
-from mailstack.imap import response, search, sort, thread
+from mailstack.imap import header_index, response, search, sort, thread
 from mailstack.imap.session_base import RefusedError, SessionCore, Write
 from mailstack.imap.session_select import HEADER_BATCH, _resolve_saved
 
@@ -69,8 +70,19 @@ class SortCommands(SessionCore):
         order = [m.uid for m in snapshot]
         position = {uid: i for i, uid in enumerate(order)}
         headers: dict[int, bytes] = {}
+        key = _resolve_saved(key, sel.saved)
+        names = header_index.key_fields(key)
+        # Stored header rows (imap/header_index.py) hold every field SORT/THREAD read; they
+        # stand in for the header block when the key reads no other field (nor the body).
+        rows = (
+            header_index.stored_headers(store, user, name, snapshot)
+            if with_headers and names is not None and names <= header_index.INDEXED
+            else None
+        )
 
         def read_header(uid: int) -> bytes:
+            if rows is not None and uid in rows:
+                return rows[uid][0]
             if uid not in headers:
                 headers.clear()  # at most one batch in memory
                 start = position.get(uid, 0)
@@ -85,7 +97,7 @@ class SortCommands(SessionCore):
                 return b""
 
         found = search.search(
-            _resolve_saved(key, sel.saved),
+            key,
             snapshot,
             search.Scope(len(snapshot), sel.largest_uid),
             read,

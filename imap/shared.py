@@ -36,6 +36,7 @@ from mailstack.delivery.store import (
     FolderInfo,
     FolderNotFoundError,
     FolderSnapshot,
+    HeaderIndex,
     MailStore,
     MessageRef,
     SpecialUse,
@@ -387,3 +388,8 @@ class SharedStore:
         route = self.route(user, folder)
         route.need("r", "read")
         return self.inner.fulltext(route.owner, route.folder)
+
+    def header_index(self, user: str, folder: str) -> HeaderIndex:
+        route = self.route(user, folder)
+        route.need("r", "read")
+        return self.inner.header_index(route.owner, route.folder)

@@ -1,0 +1,305 @@
+"""Header SEARCH, SORT and BODY[HEADER.FIELDS] answered from stored header fields.
+
+The store keeps, per message, the raw lines of the header fields clients search and fetch
+(`INDEXED`; delivery/index_headers.py stores them). This module decides what goes in a row
+(it owns the header syntax: imap/mime.py), fills rows lazily (the first command that needs a
+message's fields reads its header block once; one transaction per command) and answers:
+
+- SEARCH/SORT keys that read only indexed fields (FROM, TO, CC, BCC, SUBJECT, HEADER <name>
+  for an indexed name, SENT*): the stored lines stand in for the header block, so search.py's
+  exact rules (RFC 9051 §6.4.4 case-insensitive substring of the decoded value) decide as
+  before, on the same field values. A key that also reads other fields, or the whole
+  message (BODY, TEXT: header_text covers every field), is not answered here.
+- Non-empty ASCII strings of a top-level AND narrow the messages first, in SQL, on the
+  stored lower-cased text (`plain`): what search.MessageText.header_may_contain decides per
+  message from the file, decided here for the whole folder in one scan.
+- BODY[HEADER.FIELDS (names)] of the whole message when every name is indexed (RFC 9051
+  §6.4.5): the stored lines are the file's own bytes (CRLF line ends, as FETCH sends them),
+  so the answer is byte-identical to cutting them out of the file.
+- ENVELOPE, rendered once from the stored fields (it reads only those), when no
+  BODYSTRUCTURE comes with it: a client's header fetch of a never-seen folder reads each
+  header block once instead of parsing each whole message.
+
+Why BODYSTRUCTURE stays in the account's structure cache (imap/cache.py): it needs the whole
+message parsed, and that cache is keyed by base name across the account, so COPY/MOVE
+keep it; header rows are keyed by UID, per folder, like the rest of the folder index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from mailstack.delivery.store import (
+    HeaderIndex,
+    HeaderRow,
+    MailStore,
+    MessageGoneError,
+    MessageInfo,
+)
+from mailstack.imap import response, search
+from mailstack.imap.commands import (
+    FetchAttr,
+    SearchAnd,
+    SearchDate,
+    SearchHeader,
+    SearchKey,
+    SearchNot,
+    SearchOr,
+    SearchText,
+)
+from mailstack.imap.envelope import envelope
+from mailstack.imap.fetch import partial
+from mailstack.imap.mime import DEFAULT_TYPE, Entity, HeaderField, parse_header, to_crlf
+
+# Lower-case names of the stored fields: what clients' header fetches, SEARCH, SORT/THREAD
+# and ENVELOPE read (Sender and Reply-To are ENVELOPE's too).
+INDEXED = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "list-id",
+        "content-type",
+        "sender",
+        "reply-to",
+    }
+)
+READ_BATCH = 500  # header blocks per store call (one folder lock) while filling
+
+
+def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False) -> HeaderRow:
+    """The stored form of a message's header block (LF or CRLF line ends)."""
+    data = to_crlf(header)
+    fields, _ = parse_header(data, 0, len(data))
+    kept = [f for f in fields if f.name.lower() in INDEXED]
+    lines = []
+    for f in kept:
+        line = data[f.start : f.end]
+        lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
+    raw = b"".join(lines)
+    plain: str | None = None
+    exact = False
+    if raw.isascii() and b"=?" not in raw:
+        flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
+        plain = flat.decode("ascii")
+        exact = search.ADDRESS_REWRITES.search(flat) is None
+    rendered = _envelope(tuple(kept)) if with_envelope else None
+    return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
+
+
+def _envelope(fields: tuple[HeaderField, ...]) -> bytes:
+    # ENVELOPE reads the first of each of its fields (RFC 9051 §7.5.2), all of them stored:
+    # an entity of just those fields gives what the whole message gives.
+    return response.value(envelope(Entity(0, 0, 0, fields, DEFAULT_TYPE)))
+
+
+def render_envelope(raw: bytes) -> bytes:
+    """The rendered ENVELOPE of stored field lines."""
+    fields, _ = parse_header(raw, 0, len(raw))
+    return _envelope(fields)
+
+
+def fill(
+    store: MailStore,
+    table: HeaderIndex,
+    user: str,
+    folder: str,
+    wanted: Sequence[tuple[int, str]],
+    *,
+    envelopes: bool = False,
+) -> None:
+    """Read the header blocks of `wanted` (uid, base name) and store their rows, in one
+    transaction. Messages expunged meanwhile are skipped. (A UID names one base name for its
+    whole life, so the caller's snapshot gives the right name.)"""
+    rows = []
+    for start in range(0, len(wanted), READ_BATCH):
+        chunk = dict(wanted[start : start + READ_BATCH])
+        for uid, block in store.read_headers(user, folder, list(chunk)).items():
+            rows.append(make_row(uid, chunk[uid], block, with_envelope=envelopes))
+    table.put(rows)
+
+
+def ensure(
+    store: MailStore,
+    user: str,
+    folder: str,
+    messages: Sequence[MessageInfo],
+    *,
+    envelopes: bool = False,
+) -> None:
+    """Fill the missing rows of `messages` (one transaction for a whole command) and, with
+    `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read)."""
+    table = store.header_index(user, folder)
+    wanted = [(m.uid, m.key) for m in messages]
+    missing = set(table.missing(wanted))
+    if missing:
+        chosen = [(u, b) for u, b in wanted if u in missing]
+        fill(store, table, user, folder, chosen, envelopes=envelopes)
+    if envelopes:
+        lacking = set(table.missing(wanted, envelope=True))
+        if lacking:
+            bases = dict(wanted)
+            rows = table.get([(u, b) for u, b in wanted if u in lacking])
+            table.set_envelopes(
+                (uid, bases[uid], render_envelope(raw)) for uid, (raw, _) in rows.items()
+            )
+
+
+def stored_headers(
+    store: MailStore,
+    user: str,
+    folder: str,
+    messages: Sequence[MessageInfo],
+    *,
+    envelopes: bool = False,
+) -> dict[int, tuple[bytes, bytes | None]]:
+    """uid -> (stored field lines, rendered ENVELOPE) of `messages`, filling the missing
+    rows first; with `envelopes` every ENVELOPE is there. Gone messages are absent."""
+    table = store.header_index(user, folder)
+    wanted = [(m.uid, m.key) for m in messages]
+    found = table.get(wanted)
+    missing = [(uid, base) for uid, base in wanted if uid not in found]
+    if missing:
+        fill(store, table, user, folder, missing, envelopes=envelopes)
+        found.update(table.get(missing))
+    if envelopes:
+        for uid, (raw, env) in list(found.items()):
+            if env is None:  # the table could not store it: render it for this answer
+                found[uid] = (raw, render_envelope(raw))
+    return found
+
+
+def key_fields(key: SearchKey) -> set[str] | None:
+    """Lower-case names of the header fields `key` reads; None when it reads the whole
+    message (BODY/TEXT)."""
+    match key:
+        case SearchHeader(field=name):
+            return {name.lower()}
+        case SearchDate(sent=sent):
+            return {"date"} if sent else set()
+        case SearchText():
+            return None
+        case SearchNot(key=inner):
+            return key_fields(inner)
+        case SearchOr(left=left, right=right):
+            a, b = key_fields(left), key_fields(right)
+            return None if a is None or b is None else a | b
+        case SearchAnd(keys=keys):
+            out: set[str] = set()
+            for k in keys:
+                names = key_fields(k)
+                if names is None:
+                    return None
+                out |= names
+            return out
+    return set()
+
+
+def answers(key: SearchKey) -> bool:
+    """Can stored fields stand in for the header block for `key`? (It reads some header
+    field, and only indexed ones.)"""
+    names = key_fields(key)
+    return bool(names) and names is not None and names <= INDEXED
+
+
+def terms(key: SearchKey) -> list[tuple[str, bool]]:
+    """(needle, is an address key) for the non-empty ASCII header strings every match
+    contains: those of the key itself or of its top-level AND."""
+    match key:
+        case SearchHeader(value=value, address=address) if value and value.isascii():
+            return [(value.casefold(), address)]
+        case SearchAnd(keys=keys):
+            return [t for k in keys for t in terms(k)]
+    return []
+
+
+def search_stored(
+    store: MailStore,
+    user: str,
+    folder: str,
+    key: SearchKey,
+    messages: list[MessageInfo],
+    scope: search.Scope,
+    recent_uids: frozenset[int],
+) -> list[search.Candidate] | None:
+    """SEARCH of a key that `answers`, from stored fields; None when the stored fields cannot
+    be used (the caller reads the files)."""
+    table = store.header_index(user, folder)
+    wanted = [(m.uid, m.key) for m in messages]
+    needles = terms(key)
+    if needles:
+        got = table.candidates(wanted, needles)
+        if got is not None and got[1]:  # rows missing: fill them (once), then ask again
+            fill(store, table, user, folder, [(u, b) for u, b in wanted if u in got[1]])
+            got = table.candidates(wanted, needles)
+        if got is None:
+            return None
+        hits, unknown = got
+        only: set[int] | None = hits.keys() | unknown
+    else:
+        ensure(store, user, folder, messages)
+        hits, only = {uid: raw for uid, (raw, _) in table.get(wanted).items()}, None
+
+    def read_header(uid: int) -> bytes:
+        raw = hits.get(uid)
+        if raw is not None:
+            return raw
+        try:  # no row (it could not be stored): the file decides
+            return store.read_header(user, folder, uid)
+        except MessageGoneError:
+            return b""
+
+    def read(uid: int) -> bytes:  # pragma: no cover - `answers` keys never read bodies
+        try:
+            return store.read_message(user, folder, uid)
+        except MessageGoneError:
+            return b""
+
+    return search.search(
+        key,
+        messages,
+        scope,
+        read,
+        recent_uids=recent_uids,
+        read_header=read_header,
+        only_uids=only,
+    )
+
+
+def fields_attr(attr: FetchAttr) -> bool:
+    """Is `attr` BODY[HEADER.FIELDS (...)] of the whole message with only indexed names?"""
+    section = attr.section
+    return (
+        attr.name == "BODY"
+        and section is not None
+        and not section.part
+        and section.text == "HEADER.FIELDS"
+        and all(n.lower() in INDEXED for n in section.fields)
+    )
+
+
+def fields_item(attr: FetchAttr, raw: bytes) -> bytes:
+    """BODY[HEADER.FIELDS (...)]<partial> from stored lines (see `fields_attr`): the named
+    fields in their order in the message, then the empty line (RFC 9051 §6.4.5)."""
+    names = {n.lower() for n in attr.section.fields} if attr.section is not None else set()
+    fields, _ = parse_header(raw, 0, len(raw))
+    content = b"".join(raw[f.start : f.end] for f in fields if f.name.lower() in names) + b"\r\n"
+    content = content.replace(b"\x00", b"\x80")  # as fetch.fetch_item: no NUL in a literal
+    if attr.partial is not None:
+        content = partial(content, *attr.partial)
+    return content
+
+
+def stored_fields(attrs: Iterable[FetchAttr]) -> frozenset[FetchAttr]:
+    """The attributes of a FETCH that stored rows answer: BODY[HEADER.FIELDS] of indexed
+    names, and ENVELOPE unless BODY/BODYSTRUCTURE come along (those need the whole message
+    parsed, and the structure cache, imap/cache.py, has all three)."""
+    attrs = tuple(attrs)
+    structure = any(a.name in ("BODYSTRUCTURE", "BODY") and a.section is None for a in attrs)
+    return frozenset(a for a in attrs if fields_attr(a) or (a.name == "ENVELOPE" and not structure))

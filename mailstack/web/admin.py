@@ -20,6 +20,7 @@ from mailstack import status as server_status
 from mailstack.base.config import format_size, is_fqdn, parse_size
 from mailstack.base.errors import MailstackError
 from mailstack.base.users import generate_password
+from mailstack.web import events
 from mailstack.web.pages import Pages, Visit, form_field, password_problem
 from mailstack.web.session import Session
 
@@ -39,6 +40,7 @@ class Admin:
         now = time.time()
         state = await asyncio.to_thread(server_status.collect, deps.paths.root, now=now)
         users = await asyncio.to_thread(self._users)
+        recent = await asyncio.to_thread(events.latest, deps.paths.events_db)
         return self.pages.render(
             "admin.html",
             session,
@@ -48,7 +50,7 @@ class Admin:
             aliases=deps.accounts.aliases(),
             domains=hosted_domains(deps.config, deps.accounts),
             config_domains=deps.config.server.domains,
-            events=self.pages.events.latest(),
+            events=recent,
             now=now,
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -31,7 +32,6 @@ from mailstack.base.errors import UsageError
 from mailstack.base.login import Outcome
 from mailstack.base.users import normalize_address
 from mailstack.web.deps import WebDeps
-from mailstack.web.events import RecentEvents
 from mailstack.web.session import COOKIE, Session, SessionStore, is_valid_csrf
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ class Pages:
             max_age_s=float(deps.config.web.session_max_s),
         )
         self.admins = {_canonical(a) for a in deps.config.web.admins}
-        self.events = RecentEvents()
         self.env = Environment(
             loader=PackageLoader("mailstack.templates", "web/pages"),
             autoescape=True,  # every value shown is escaped: addresses and subjects are input
@@ -92,6 +91,7 @@ class Pages:
         )
         self.env.filters["size"] = lambda n: "unlimited" if not n else format_size(int(n))
         self.env.filters["bytes"] = human_bytes
+        self.env.filters["utc"] = lambda t, fmt: time.strftime(fmt, time.gmtime(float(t)))
         self.css = resources.files("mailstack.templates").joinpath("web/pages/mailstack.css")
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -340,9 +340,3 @@ def setup(app: web.Application, deps: WebDeps) -> None:
     app.router.add_post("/account/vacation", r(pages.set_vacation, role="user"))
     app.router.add_get("/static/mailstack.css", pages.stylesheet)
     admin.setup(app, pages)
-    logging.getLogger("mailstack").addHandler(pages.events)
-
-    async def forget_events(_app: web.Application) -> None:
-        logging.getLogger("mailstack").removeHandler(pages.events)
-
-    app.on_cleanup.append(forget_events)

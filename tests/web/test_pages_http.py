@@ -18,6 +18,10 @@ from tests.conftest import run_cli
 from tests.web.stack import ADMIN, ADMIN_PASSWORD, USER, USER_PASSWORD, WebStack, make_deployment
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+# One line of the admin page's recent events: (kind, text).
+EVENT = re.compile(
+    r'<li class="(\w+)"><time [^>]*>[^<]*</time> <span class="kind">\w+</span> ([^<]*)</li>'
+)
 
 
 @pytest.fixture
@@ -297,7 +301,7 @@ async def test_the_admin_page_shows_listeners_deliveries_and_rejections(stack: W
     for service in ("smtp", "submission", "submissions", "imap", "imaps"):
         port = stack.port(service)
         assert f'<td>{service}</td><td>127.0.0.1:{port}</td><td class="ok">accepting' in text
-    events = re.findall(r'<li class="(\w+)"><span class="kind">\w+</span> ([^<]*)</li>', text)
+    events = EVENT.findall(text)
     assert any(kind == "delivered" and USER in line for kind, line in events), events
     assert any(kind == "rejected" and "nobody@example.com" in line for kind, line in events)
     # The user's storage grew by the message, as `user list` would show it.

@@ -62,7 +62,10 @@ class Event:
     text: str
 
 
-def event_of(record: logging.LogRecord) -> Event | None:
+Row = tuple[float, str, str]  # (time, kind, text): what is pending (cheaper than an Event)
+
+
+def event_of(record: logging.LogRecord) -> Row | None:
     """The event a log record tells of, or None (most records: a cheap prefix test)."""
     if not record.name.startswith(("mailstack.smtp", "mailstack.delivery.")):
         return None
@@ -76,7 +79,7 @@ def event_of(record: logging.LogRecord) -> Event | None:
             args = record.args if isinstance(record.args, tuple) else ()
             if needle == _TRANSACTION and not (args and str(args[-1]).startswith("2")):
                 kind = "rejected"  # the reply to DATA (the last argument) was 4xx/5xx
-            return Event(record.created or time.time(), kind, text)
+            return (record.created or time.time(), kind, text)
     return None
 
 
@@ -109,7 +112,7 @@ class EventRecorder(logging.Handler):
         self.flush_s = flush_s
         self.keep_rows = keep_rows
         self.keep_days = keep_days
-        self._pending: list[Event] = []
+        self._pending: list[Row] = []
         self._guard = threading.Lock()  # _pending and _timer (the timer thread swaps them)
         self._writing = threading.Lock()  # one batch at a time over the one connection
         self._timer: threading.Timer | None = None
@@ -143,17 +146,14 @@ class EventRecorder(logging.Handler):
                 # Logged under this module's name, which is no event: no loop back to here.
                 log.warning("recent events: cannot write %s: %s", self.path, exc)
 
-    def _write(self, batch: list[Event]) -> None:
+    def _write(self, batch: list[Row]) -> None:
         if self._db is None:
             self._db = _connect(self.path)
         db = self._db
         cutoff = time.time() - self.keep_days * 86400
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO events (time, kind, text) VALUES (?, ?, ?)",
-                [(e.time, e.kind, e.text) for e in batch],
-            )
+            db.executemany("INSERT INTO events (time, kind, text) VALUES (?, ?, ?)", batch)
             # Bounded: the newest keep_rows rows (ids grow with time) of the last keep_days.
             db.execute(
                 "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ? OR time < ?",

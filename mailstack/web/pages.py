@@ -33,6 +33,7 @@ from mailstack.base.config import format_size
 from mailstack.base.errors import UsageError
 from mailstack.base.login import Outcome
 from mailstack.base.users import normalize_address
+from mailstack.web.autoconfig import profile_response
 from mailstack.web.deps import WebDeps
 from mailstack.web.session import COOKIE, Session, SessionStore, is_valid_csrf
 from mailstack.web.session_db import SessionDb
@@ -277,6 +278,10 @@ class Pages:
         state = "on" if settings.enabled else "off"
         return self.back(session, "/account", f"Auto-reply saved ({state}).")
 
+    async def apple_profile(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        """The logged-in user's own Apple profile (the same as /mobileconfig?email=)."""
+        return profile_response(self.deps.config, _logged_in(visit.session))
+
     def back(self, session: Session, where: str, message: str) -> web.StreamResponse:
         """Redirect to a page that shows `message` once (POST/redirect/GET)."""
         session.flash.append(message)
@@ -361,6 +366,7 @@ def setup(app: web.Application, deps: WebDeps) -> None:
     app.router.add_get("/account", r(pages.account, role="user"))
     app.router.add_post("/account/password", r(pages.change_password, role="user"))
     app.router.add_post("/account/vacation", r(pages.set_vacation, role="user"))
+    app.router.add_get("/account/mobileconfig", r(pages.apple_profile, role="user"))
     app.router.add_get("/static/mailstack.css", pages.stylesheet)
     admin.setup(app, pages)
 

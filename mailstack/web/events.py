@@ -96,6 +96,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _same_file(path: Path, inode: int) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except OSError:
+        return False
+
+
 class EventRecorder(logging.Handler):
     """Collects this process's events and writes them to `path` in batches."""
 
@@ -117,7 +124,9 @@ class EventRecorder(logging.Handler):
         self._writing = threading.Lock()  # one batch at a time over the one connection
         self._timer: threading.Timer | None = None
         self._db: sqlite3.Connection | None = None
+        self._inode = 0  # of the file self._db has open
         self._closed = False
+        self._failing = False  # warned about a write failure: once until a write succeeds
 
     def emit(self, record: logging.LogRecord) -> None:
         event = event_of(record)
@@ -143,12 +152,22 @@ class EventRecorder(logging.Handler):
             try:
                 self._write(batch)
             except (sqlite3.Error, OSError) as exc:
-                # Logged under this module's name, which is no event: no loop back to here.
-                log.warning("recent events: cannot write %s: %s", self.path, exc)
+                if not self._failing:
+                    # Under this module's name, which is no event: no loop back to here.
+                    log.warning("recent events: cannot write %s: %s", self.path, exc)
+                self._failing = True
+            else:
+                self._failing = False
 
     def _write(self, batch: list[Row]) -> None:
+        if self._db is not None and not _same_file(self.path, self._inode):
+            # Deleted or replaced meanwhile (README: safe to delete): write to the new file,
+            # not on into the unlinked one nobody reads.
+            self._db.close()
+            self._db = None
         if self._db is None:
             self._db = _connect(self.path)
+            self._inode = os.stat(self.path).st_ino
         db = self._db
         cutoff = time.time() - self.keep_days * 86400
         db.execute("BEGIN IMMEDIATE")

@@ -67,13 +67,17 @@ class SessionDb:
     def load(self, oldest_created: float, oldest_seen: float) -> list[Row]:
         """The stored sessions not yet expired; the expired ones are deleted."""
         with self._lock:
-            self._db.execute(
-                "DELETE FROM sessions WHERE created < ? OR last_seen < ?",
-                (oldest_created, oldest_seen),
-            )
-            rows = self._db.execute(
-                "SELECT key, csrf, address, is_admin, created, last_seen, stamp FROM sessions"
-            ).fetchall()
+            try:
+                self._db.execute(
+                    "DELETE FROM sessions WHERE created < ? OR last_seen < ?",
+                    (oldest_created, oldest_seen),
+                )
+                rows = self._db.execute(
+                    "SELECT key, csrf, address, is_admin, created, last_seen, stamp FROM sessions"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                log.warning("web sessions: cannot read %s: %s; starting without", self.path, exc)
+                return []
         return [(bytes(r[0]), r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def save(self, row: Row) -> None:

@@ -67,7 +67,7 @@ def test_the_timer_writes_within_its_interval(tmp_path: Path) -> None:
     try:
         _transaction("a@example.com", "250 ok")
         deadline = time.monotonic() + 10
-        while not (path.exists() and _rows(path)):
+        while not latest(path):  # (the table may not be there yet: then [])
             assert time.monotonic() < deadline, "the timer never wrote the event"
             time.sleep(0.02)
     finally:
@@ -160,3 +160,34 @@ async def test_a_workers_delivery_and_rejection_show_and_survive_a_restart(
     with WebStack(web_dir) as again:  # a new serve: the list comes back from events.sqlite3
         after = await _admin_events(again, 2)
     assert sorted(after) == sorted(events)
+
+
+def test_a_deleted_file_is_made_again_and_a_broken_one_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    recorder = EventRecorder(path)
+    try:
+        _refuse(recorder, "first")
+        recorder.flush()
+        for leftover in tmp_path.glob("events.sqlite3*"):  # README: safe to delete
+            leftover.unlink()
+        _refuse(recorder, "second")
+        recorder.flush()
+        assert _rows(path) == [("rejected", "second refused")]
+        for leftover in tmp_path.glob("events.sqlite3*"):
+            leftover.unlink()
+        path.write_bytes(b"not a database" * 100)
+        for n in range(3):
+            _refuse(recorder, f"lost{n}")
+            recorder.flush()  # no exception: the mail log goes on, the page lacks these
+        warnings = [r for r in caplog.records if "recent events: cannot write" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        recorder.close()
+
+
+def _refuse(recorder: EventRecorder, who: str) -> None:
+    recorder.handle(
+        SMTP_LOG.makeRecord(SMTP_LOG.name, logging.INFO, "", 1, f"{who} refused", (), None)
+    )

@@ -86,7 +86,7 @@ class Pages:
             max_age_s=float(deps.config.web.session_max_s),
             db=open_session_db(deps.paths.web_sessions_db),
         )
-        self.admins = {_canonical(a) for a in deps.config.web.admins}
+        self.admins = {canonical(a) for a in deps.config.web.admins}
         self.env = Environment(
             loader=PackageLoader("mailstack.templates", "web/pages"),
             autoescape=True,  # every value shown is escaped: addresses and subjects are input
@@ -325,7 +325,7 @@ def open_session_db(path: Path) -> SessionDb | None:
         return None
 
 
-def _canonical(address: str) -> str:
+def canonical(address: str) -> str:
     try:
         return normalize_address(address)
     except UsageError:

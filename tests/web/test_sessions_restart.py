@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -80,4 +81,23 @@ async def test_user_passwd_and_user_del_end_web_logins_even_across_a_restart(
             await user.log_in(USER, "and another one 9")
             assert (await user.get("/account"))[0] == 200
             assert run_cli(root, "user", "del", USER).returncode == 0
+            assert (await user.get("/account"))[0] == 303
+
+
+async def test_an_admin_deleting_an_account_ends_its_stored_logins(root: Path) -> None:
+    def stored(address: str) -> int:
+        with sqlite3.connect(root / "web-sessions.sqlite3") as db:
+            query = "SELECT count(*) FROM sessions WHERE address=?"
+            return int(db.execute(query, (address,)).fetchone()[0])
+
+    with WebStack(root) as stack:
+        async with Browser(stack) as user, Browser(stack) as admin:
+            await user.log_in(USER, USER_PASSWORD)
+            await admin.log_in(ADMIN, ADMIN_PASSWORD)
+            assert stored(USER) == 1
+            token = await admin.csrf("/admin")
+            status, _, _ = await admin.post("/admin/users/delete", csrf=token, address=USER)
+            assert status == 303
+            assert "Deleted alice@example.com." in (await admin.get("/admin"))[1]
+            assert stored(USER) == 0  # at once, not at the user's next click
             assert (await user.get("/account"))[0] == 303

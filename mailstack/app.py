@@ -32,6 +32,7 @@ from mailstack.imap.server import ImapService
 from mailstack.smtp.server import start_smtp
 from mailstack.smtp.submission import start_submission, start_submissions
 from mailstack.status import ServeStatus
+from mailstack.web.events import record_events, stop_recording
 from mailstack.web.server import WebService
 from mailstack.workers.parent import SmtpWorkers, worker_count
 
@@ -229,7 +230,9 @@ def raise_open_files_limit() -> int:
 
 def serve(dep: Deployment) -> None:
     log.info("open files limit: %d", raise_open_files_limit())
+    recorder = record_events(dep.paths.events_db)  # the admin page's recent deliveries
     try:
         asyncio.run(run(dep))
     finally:
+        stop_recording(recorder)
         dep.close()

@@ -330,7 +330,8 @@ def serve(log_level: str | None, log_json: bool | None) -> None:
     type=click.IntRange(1024, 65000),
     default=2500,
     show_default=True,
-    help="SMTP on BASE+25, submission +87, submissions +65, IMAP +43, IMAPS +93.",
+    help="SMTP on BASE+25, submission +87, submissions +65, IMAP +43, IMAPS +93, "
+    "HTTPS +44, HTTP +80.",
 )
 @click.option("--no-serve", is_flag=True, help="Set up the demo deployment, print, and exit.")
 def demo(base_port: int, no_serve: bool) -> None:

@@ -1,20 +1,25 @@
 """`mailstack demo`: a throwaway deployment for example.test on loopback high ports.
 
 It exists so that a person can see mailstack work in one command: init, one user with a
-printed password, every listener on 127.0.0.1, and the exact client settings and a swaks line.
+printed password, every listener on 127.0.0.1 (the web pages too, with the demo user as their
+admin), and the exact client settings, a swaks line and the admin page's address.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstack.base.config import format_hostport, load_config
 from mailstack.base.errors import HostError
+from mailstack.base.fsutil import atomic_write
+from mailstack.base.paths import StatePaths
 from mailstack.base.users import generate_password
 from mailstack.deployment import Deployment
-from mailstack.init import InitOptions, init_deployment, is_deployment
+from mailstack.init import InitOptions, init_deployment, is_deployment, render_config
 from mailstack.output import client_settings
 
 DOMAIN = "example.test"
@@ -29,13 +34,15 @@ class DemoPorts:
     submissions: int
     imap: int
     imaps: int
+    https: int  # the status and self-service pages
+    http: int  # redirects to https (and ACME, which a demo does not use)
 
     @classmethod
     def from_base(cls, base: int) -> DemoPorts:
-        return cls(base + 25, base + 87, base + 65, base + 43, base + 93)
+        return cls(base + 25, base + 87, base + 65, base + 43, base + 93, base + 44, base + 80)
 
     def all(self) -> tuple[int, ...]:
-        return (self.smtp, self.submission, self.submissions, self.imap, self.imaps)
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
 
 def ensure_ports_free(ports: DemoPorts) -> None:
@@ -88,10 +95,13 @@ def create_demo(root: Path | None, ports: DemoPorts) -> DemoResult:
                 ("submissions", ports.submissions),
                 ("imap", ports.imap),
                 ("imaps", ports.imaps),
+                ("https", ports.https),
+                ("http", ports.http),
             ),
             dkim_selector="demo",
         )
         init_deployment(root, opts)
+    enable_web(root, ports)
     password = generate_password()
     dep = Deployment.open(root)
     try:
@@ -103,6 +113,23 @@ def create_demo(root: Path | None, ports: DemoPorts) -> DemoResult:
     finally:
         dep.close()
     return DemoResult(root, USER, password, ports)
+
+
+def enable_web(root: Path, ports: DemoPorts) -> None:
+    """The web listeners (a demo made before they existed gets them too) with the demo user
+    as the pages' admin; the config is rewritten only when that changes something."""
+    paths = StatePaths(root)
+    cfg = load_config(paths.config)
+    listen = cfg.listen
+    if not listen.https:
+        listen = dataclasses.replace(listen, https=[format_hostport("127.0.0.1", ports.https)])
+    if not listen.http:
+        listen = dataclasses.replace(listen, http=[format_hostport("127.0.0.1", ports.http)])
+    admins = cfg.web.admins if USER in cfg.web.admins else [*cfg.web.admins, USER]
+    web = dataclasses.replace(cfg.web, admins=admins)
+    changed = dataclasses.replace(cfg, listen=listen, web=web)
+    if changed != cfg:
+        atomic_write(paths.config, render_config(changed), mode=0o640)  # as init writes it
 
 
 def instructions(r: DemoResult) -> str:
@@ -133,6 +160,10 @@ Send a test mail (Debian: apt-get install swaks):
 Read it (curl speaks IMAP):
   curl --cacert {ca} 'imaps://127.0.0.1:{r.ports.imaps}/INBOX;UID=1' \\
        -u '{r.user}:{r.password}'
+
+The status page and admin (log in as {r.user} with the password above; the browser
+warns about the demo's own CA, or import {ca}):
+  https://127.0.0.1:{r.ports.https}/
 
 Press Ctrl-C to stop.
 """

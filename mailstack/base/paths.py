@@ -97,6 +97,16 @@ class StatePaths:
         return self.root / "sendlimits.sqlite3"
 
     @property
+    def events_db(self) -> Path:
+        """Recent deliveries and rejections of every serve process (mailstack/web/events.py)."""
+        return self.root / "events.sqlite3"
+
+    @property
+    def web_sessions_db(self) -> Path:
+        """Logged-in web sessions, keyed by their token's hash (mailstack/web/session_db.py)."""
+        return self.root / "web-sessions.sqlite3"
+
+    @property
     def mail_dir(self) -> Path:
         return self.root / "mail"
 

@@ -13,6 +13,7 @@ SQLite in WAL mode lets the CLI write while the server reads.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import sqlite3
 import threading
@@ -315,6 +316,23 @@ class Accounts:
                     (_HASHER.hash(password), addr),
                 )
         return addr
+
+    def credential_stamp(self, address: str) -> str | None:
+        """A short digest of the account's password hash, or None when there is no such enabled
+        account. A web session keeps the one of its login and ends when it changes: `user
+        passwd` (or a rehash at login) ends every web login of the account, in any process."""
+        try:
+            addr = normalize_address(address)
+        except UsageError:
+            return None
+        row = (
+            self._conn()
+            .execute("SELECT password_hash, enabled FROM users WHERE address=?", (addr,))
+            .fetchone()
+        )
+        if row is None or not row[1]:
+            return None
+        return hashlib.sha256(str(row[0]).encode()).hexdigest()[:32]
 
     def verify_password(self, address: str, password: str) -> bool:
         """Is `password` the account's password? Changes nothing (no rehash, enabled or not):

@@ -20,7 +20,8 @@ from mailstack import status as server_status
 from mailstack.base.config import format_size, is_fqdn, parse_size
 from mailstack.base.errors import MailstackError
 from mailstack.base.users import generate_password
-from mailstack.web.pages import Pages, Visit, form_field, password_problem
+from mailstack.web import events
+from mailstack.web.pages import Pages, Visit, canonical, form_field, password_problem
 from mailstack.web.session import Session
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Admin:
         now = time.time()
         state = await asyncio.to_thread(server_status.collect, deps.paths.root, now=now)
         users = await asyncio.to_thread(self._users)
+        recent = await asyncio.to_thread(events.latest, deps.paths.events_db)
         return self.pages.render(
             "admin.html",
             session,
@@ -48,7 +50,7 @@ class Admin:
             aliases=deps.accounts.aliases(),
             domains=hosted_domains(deps.config, deps.accounts),
             config_domains=deps.config.server.domains,
-            events=self.pages.events.latest(),
+            events=recent,
             now=now,
         )
 
@@ -116,14 +118,18 @@ class Admin:
             self.deps.accounts.require_user(address).address == session.address
         ):
             return self.pages.back(session, "/admin", "error: you cannot delete your own account")
-        return await self.act(session, "user del", self._delete_user, address, keep_mail)
+        response = await self.act(session, "user del", self._delete_user, address, keep_mail)
+        # Here on the loop, not in act's thread, which would race requests over the session
+        # dict. (Their next request would end them anyway: the account is gone.)
+        if self.deps.accounts.get_user(address) is None:
+            self.pages.sessions.drop_account(canonical(address))
+        return response
 
     def _delete_user(self, address: str, keep_mail: bool) -> str:
         account = self.deps.accounts.require_user(address)
         self.deps.accounts.delete_user(account.address)
         if not keep_mail:
             self.deps.store.delete_account(account.address)
-        self.pages.sessions.drop_account(account.address)
         return f"Deleted {account.address}" + (" (mail kept)." if keep_mail else ".")
 
     # -- aliases -------------------------------------------------------------------------------

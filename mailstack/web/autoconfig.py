@@ -7,7 +7,8 @@
 - Outlook POX autodiscover ([MS-OXDSCLI]) at `/autodiscover/autodiscover.xml`: POST with the
   request XML (parsed with defusedxml: the body comes from anyone), or GET with `?email=`.
 - Apple configuration profile (`com.apple.mail.managed` payload) at `/mobileconfig?email=`:
-  settings and the user name only, never a password (the device asks for it).
+  settings and the user name only, never a password (the device asks for it). Logged-in users
+  also find it on their account page (`/account/mobileconfig`, mailstack/web/pages.py).
 
 Every answer carries only what DNS already tells (host name, ports), so it is the same whether
 an account exists or not: nothing here reveals who has a mailbox. An address or domain that is
@@ -187,9 +188,14 @@ async def apple_profile(request: web.Request) -> web.Response:
     email = hosted_address(deps, request.query.get("email", ""))
     if email is None:
         raise web.HTTPNotFound(text="give ?email= with an address of this server\n")
+    return profile_response(deps.config, email)
+
+
+def profile_response(config: Config, email: str) -> web.Response:
+    """The profile of `email` as a download (the browser saves it; iOS offers to install it)."""
     filename = re.sub(r"[^A-Za-z0-9@._-]", "_", email) + ".mobileconfig"
     return web.Response(
-        body=mobileconfig(deps.config, email),
+        body=mobileconfig(config, email),
         content_type="application/x-apple-aspen-config",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,9 +33,10 @@ from mailstack.base.config import format_size
 from mailstack.base.errors import UsageError
 from mailstack.base.login import Outcome
 from mailstack.base.users import normalize_address
+from mailstack.web.autoconfig import profile_response
 from mailstack.web.deps import WebDeps
-from mailstack.web.events import RecentEvents
 from mailstack.web.session import COOKIE, Session, SessionStore, is_valid_csrf
+from mailstack.web.session_db import SessionDb
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,9 @@ class Pages:
         self.sessions = SessionStore(
             idle_s=float(deps.config.web.session_idle_s),
             max_age_s=float(deps.config.web.session_max_s),
+            db=open_session_db(deps.paths.web_sessions_db),
         )
-        self.admins = {_canonical(a) for a in deps.config.web.admins}
-        self.events = RecentEvents()
+        self.admins = {canonical(a) for a in deps.config.web.admins}
         self.env = Environment(
             loader=PackageLoader("mailstack.templates", "web/pages"),
             autoescape=True,  # every value shown is escaped: addresses and subjects are input
@@ -92,6 +96,7 @@ class Pages:
         )
         self.env.filters["size"] = lambda n: "unlimited" if not n else format_size(int(n))
         self.env.filters["bytes"] = human_bytes
+        self.env.filters["utc"] = lambda t, fmt: time.strftime(fmt, time.gmtime(float(t)))
         self.css = resources.files("mailstack.templates").joinpath("web/pages/mailstack.css")
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -119,8 +124,9 @@ class Pages:
                         "Reload the page and try again.",
                     )
                     return self._finish(response, token if is_new else None)
-            if session.address is not None and not self._still_valid(session.address):
-                # Deleted or disabled meanwhile (CLI or another admin): the login ends here.
+            if session.address is not None and not self._still_valid(session):
+                # Deleted, disabled or given a new password meanwhile (CLI or another admin):
+                # the login ends here, and the account's other ones with it.
                 self.sessions.drop_account(session.address)
                 token, session = self.sessions.new()
                 is_new = True
@@ -145,10 +151,13 @@ class Pages:
 
         return wrapped
 
-    def _still_valid(self, address: str) -> bool:
-        """Does the session's account still exist, enabled? One indexed SQLite read."""
-        user = self.deps.accounts.get_user(address)
-        return user is not None and user.enabled
+    def _still_valid(self, session: Session) -> bool:
+        """Does the session's account still exist, enabled, with the password of the login?
+        One indexed SQLite read."""
+        address = session.address
+        return address is not None and (
+            self.deps.accounts.credential_stamp(address) == session.stamp
+        )
 
     def _finish(self, response: web.StreamResponse, new_token: str | None) -> web.StreamResponse:
         if new_token is not None:
@@ -184,8 +193,12 @@ class Pages:
         address, password = form_field(form, "address"), form_field(form, "password")
         result = await self.deps.logins.login(address, password, visit.ip)
         if result.outcome is Outcome.OK and result.address is not None:
+            stamp = await asyncio.to_thread(self.deps.accounts.credential_stamp, result.address)
             token, _ = self.sessions.log_in(
-                visit.token, result.address, is_admin=result.address in self.admins
+                visit.token,
+                result.address,
+                is_admin=result.address in self.admins,
+                stamp=stamp or "",
             )
             response = see_other("/")
             set_session_cookie(response, token)
@@ -237,6 +250,8 @@ class Pages:
         if result.outcome is not Outcome.OK:
             return self.back(session, "/account", "error: the current password is wrong")
         await asyncio.to_thread(self.deps.accounts.set_password, address, new)
+        stamp = await asyncio.to_thread(self.deps.accounts.credential_stamp, address)
+        self.sessions.restamp(visit.token, stamp or "")
         ended = self.sessions.drop_account(address, keep=visit.token)
         log.info("web: %s changed their password (%d other session(s) ended)", address, ended)
         return self.back(session, "/account", "Password changed.")
@@ -262,6 +277,10 @@ class Pages:
         await asyncio.to_thread(vacation.save, self.deps.paths.maildir(address), settings)
         state = "on" if settings.enabled else "off"
         return self.back(session, "/account", f"Auto-reply saved ({state}).")
+
+    async def apple_profile(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        """The logged-in user's own Apple profile (the same as /mobileconfig?email=)."""
+        return profile_response(self.deps.config, _logged_in(visit.session))
 
     def back(self, session: Session, where: str, message: str) -> web.StreamResponse:
         """Redirect to a page that shows `message` once (POST/redirect/GET)."""
@@ -297,7 +316,16 @@ def set_session_cookie(response: web.StreamResponse, token: str) -> None:
     response.set_cookie(COOKIE, token, path="/", secure=True, httponly=True, samesite="Strict")
 
 
-def _canonical(address: str) -> str:
+def open_session_db(path: Path) -> SessionDb | None:
+    """The stored logins, or None (logins then last until serve stops) if the file is broken."""
+    try:
+        return SessionDb(path)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("web sessions: cannot open %s: %s; logins end when serve stops", path, exc)
+        return None
+
+
+def canonical(address: str) -> str:
     try:
         return normalize_address(address)
     except UsageError:
@@ -338,11 +366,12 @@ def setup(app: web.Application, deps: WebDeps) -> None:
     app.router.add_get("/account", r(pages.account, role="user"))
     app.router.add_post("/account/password", r(pages.change_password, role="user"))
     app.router.add_post("/account/vacation", r(pages.set_vacation, role="user"))
+    app.router.add_get("/account/mobileconfig", r(pages.apple_profile, role="user"))
     app.router.add_get("/static/mailstack.css", pages.stylesheet)
     admin.setup(app, pages)
-    logging.getLogger("mailstack").addHandler(pages.events)
 
-    async def forget_events(_app: web.Application) -> None:
-        logging.getLogger("mailstack").removeHandler(pages.events)
+    async def close_sessions(_app: web.Application) -> None:
+        if pages.sessions.db is not None:
+            pages.sessions.db.close()
 
-    app.on_cleanup.append(forget_events)
+    app.on_cleanup.append(close_sessions)

@@ -28,6 +28,7 @@ from mailstack.delivery.queue import OutboundQueue
 from mailstack.deployment import Deployment
 from mailstack.smtp.limits import ConnectionLimiter
 from mailstack.smtp.server import mx_sessions
+from mailstack.web.events import record_events, stop_recording
 from mailstack.workers.channel import Channel
 from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
 
@@ -143,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     except MailstackError as exc:
         log.error("SMTP worker %s cannot start: %s", args.tag, exc)
         return 1
+    recorder = record_events(dep.paths.events_db)  # this worker's sessions, for the admin page
     try:
         asyncio.run(serve_worker(dep, channel, args.tag))
     finally:
+        stop_recording(recorder)
         dep.close()
     return 0
 

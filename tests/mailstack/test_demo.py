@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import mailbox
 import re
 import shlex
@@ -10,6 +11,8 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -19,7 +22,7 @@ from tests.support.serve import ServeProcess
 def free_base_port() -> int:
     """A base port whose demo ports (base+25..+93) are free right now."""
     for base in range(20000, 60000, 137):
-        ports = [base + n for n in (25, 43, 65, 87, 93)]
+        ports = [base + n for n in (25, 43, 44, 65, 80, 87, 93)]
         try:
             socks = []
             for p in ports:
@@ -82,6 +85,42 @@ def test_demo_sets_up_and_serves(tmp_path: Path) -> None:
     again = run_cli(root, "demo", "--base-port", str(base), "--no-serve")
     assert again.returncode == 0, again.stderr
     assert re.search(r"password\s+(\S+)", again.stdout)[1] != password[1]  # type: ignore[index]
+
+
+def test_demo_serves_the_admin_page_it_prints(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    base = free_base_port()
+    result = run_cli(root, "demo", "--base-port", str(base), "--no-serve")
+    assert result.returncode == 0, result.stderr
+    url = re.search(r"^  (https://127\.0\.0\.1:\d+/)$", result.stdout, re.M)
+    password = re.search(r"password\s+(\S+)", result.stdout)
+    assert url is not None, result.stdout
+    assert password is not None
+    assert url[1] == f"https://127.0.0.1:{base + 44}/"
+    assert "log in as demo@example.test" in result.stdout
+    tls = ssl.create_default_context(cafile=str(root / "tls/ca.pem"))
+    with ServeProcess(root) as proc:
+        assert proc.port("https") == base + 44
+        assert proc.port("http") == base + 80
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=tls),
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+        )
+        page = opener.open(url[1] + "login", timeout=30).read().decode()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None, page
+        form = {"csrf": csrf[1], "address": "demo@example.test", "password": password[1]}
+        answer = opener.open(
+            url[1] + "login", data=urllib.parse.urlencode(form).encode(), timeout=30
+        )
+        assert answer.url == url[1] + "admin"  # the demo user is the pages' admin
+        assert "<h1>Server status</h1>" in answer.read().decode()
+        # Plain http answers with a redirect to the https page.
+        with socket.create_connection(("127.0.0.1", base + 80), timeout=10) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = plain.recv(4096).decode()
+        assert head.startswith("HTTP/1.1 308"), head
+        assert f"Location: https://127.0.0.1:{base + 44}/" in head
 
 
 def test_demo_certificate_names_the_loopback_address(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ the pages beside IMAP and SMTP on one loop, as serve does)."""
 from __future__ import annotations
 
 import json
+import plistlib
 import re
 import time
 from collections.abc import Iterator
@@ -18,6 +19,10 @@ from tests.conftest import run_cli
 from tests.web.stack import ADMIN, ADMIN_PASSWORD, USER, USER_PASSWORD, WebStack, make_deployment
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+# One line of the admin page's recent events: (kind, text).
+EVENT = re.compile(
+    r'<li class="(\w+)"><time [^>]*>[^<]*</time> <span class="kind">\w+</span> ([^<]*)</li>'
+)
 
 
 @pytest.fixture
@@ -297,7 +302,7 @@ async def test_the_admin_page_shows_listeners_deliveries_and_rejections(stack: W
     for service in ("smtp", "submission", "submissions", "imap", "imaps"):
         port = stack.port(service)
         assert f'<td>{service}</td><td>127.0.0.1:{port}</td><td class="ok">accepting' in text
-    events = re.findall(r'<li class="(\w+)"><span class="kind">\w+</span> ([^<]*)</li>', text)
+    events = EVENT.findall(text)
     assert any(kind == "delivered" and USER in line for kind, line in events), events
     assert any(kind == "rejected" and "nobody@example.com" in line for kind, line in events)
     # The user's storage grew by the message, as `user list` would show it.
@@ -313,3 +318,24 @@ async def test_deleting_an_account_ends_its_web_login(stack: WebStack) -> None:
         status, _ = await b.get("/account")
         assert status == 303
         assert (await b.get("/login"))[0] == 200
+
+
+async def test_a_user_downloads_their_own_apple_profile_from_their_page(stack: WebStack) -> None:
+    async with Browser(stack) as b:
+        async with b.http.get("/account/mobileconfig", allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/login")  # login first
+        await b.log_in(USER, USER_PASSWORD)
+        status, text = await b.get("/account")
+        assert status == 200
+        assert 'href="/account/mobileconfig" download' in text
+        async with b.http.get("/account/mobileconfig", allow_redirects=False) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "application/x-apple-aspen-config"
+            assert f'filename="{USER}.mobileconfig"' in r.headers["Content-Disposition"]
+            body = await r.read()
+    profile = plistlib.loads(body)
+    (account,) = profile["PayloadContent"]
+    assert account["EmailAddress"] == USER
+    assert account["IncomingMailServerUsername"] == USER
+    assert not {"IncomingPassword", "OutgoingPassword"} & account.keys()  # the device asks
+    assert USER_PASSWORD.encode() not in body

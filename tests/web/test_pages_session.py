@@ -1,10 +1,15 @@
-"""The session store's rules, with a clock of our own (mailstack/web/session.py)."""
+"""The session store's rules, with a clock of our own (mailstack/web/session.py), and the
+logins it keeps in SQLite across restarts (mailstack/web/session_db.py)."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import pytest
 
 from mailstack.web.session import ANONYMOUS_S, SessionStore, is_valid_csrf
+from mailstack.web.session_db import SessionDb
 
 
 class Clock:
@@ -93,3 +98,46 @@ def test_a_flood_of_visitors_does_not_log_users_out(clock: Clock) -> None:
         sessions.new()
     assert len(sessions) == 10
     assert all(sessions.get(t) is not None for t in users)
+
+
+def test_logins_are_kept_on_disk_under_their_tokens_hash(clock: Clock, tmp_path: Path) -> None:
+    path = tmp_path / "web-sessions.sqlite3"
+    sessions = SessionStore(idle_s=600, max_age_s=3600, clock=clock, db=SessionDb(path))
+    visitor, _ = sessions.new()
+    token, alice = sessions.new("alice@example.com", stamp="s1")
+    gone, _ = sessions.new("bob@example.com", stamp="s2")
+    sessions.drop(gone)
+    assert sessions.db is not None
+    sessions.db.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("web-sessions.sqlite3*"))
+    assert token.encode() not in stored  # what a cookie carries is not in the file
+    assert hashlib.sha256(token.encode()).digest() in stored
+    assert path.stat().st_mode & 0o077 == 0
+
+    clock.now += 300  # a new serve: the login is back, with its CSRF token and stamp
+    again = SessionStore(idle_s=600, max_age_s=3600, clock=clock, db=SessionDb(path))
+    back = again.get(token)
+    assert back is not None
+    assert (back.address, back.csrf, back.stamp) == ("alice@example.com", alice.csrf, "s1")
+    assert again.get(visitor) is None  # a visitor's session is not worth a write
+    assert again.get(gone) is None  # logged out before the restart: stays out
+    assert len(again) == 1
+
+
+def test_stored_logins_expire_and_restamp_across_restarts(clock: Clock, tmp_path: Path) -> None:
+    path = tmp_path / "web-sessions.sqlite3"
+    first = SessionStore(idle_s=600, max_age_s=3600, clock=clock, db=SessionDb(path))
+    idle, _ = first.new("alice@example.com", stamp="a")
+    busy, _ = first.new("bob@example.com", stamp="b")
+    for _ in range(5):  # bob keeps clicking: the stored last-seen follows (every TOUCH_S)
+        clock.now += 200
+        assert first.get(busy) is not None
+    first.restamp(busy, "b2")
+    second = SessionStore(idle_s=600, max_age_s=3600, clock=clock, db=SessionDb(path))
+    assert second.get(idle) is None  # idle for 1000 s > 600 s
+    session = second.get(busy)
+    assert session is not None
+    assert session.stamp == "b2"
+    clock.now += 3600  # past the maximum age, whatever the activity
+    third = SessionStore(idle_s=36000, max_age_s=3600, clock=clock, db=SessionDb(path))
+    assert len(third) == 0

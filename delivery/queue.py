@@ -211,9 +211,12 @@ class OutboundQueue:
         if os.geteuid() != 0:
             return
         owner = self.root.stat()
-        st = path.stat()
-        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-            os.chown(path, owner.st_uid, owner.st_gid)
+        try:
+            st = path.stat()
+            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                os.chown(path, owner.st_uid, owner.st_gid)
+        except FileNotFoundError:
+            pass  # a state file the runner delivered and removed while enqueue fsynced it
 
     def _touch_wakeup(self) -> None:
         self._ensure()
@@ -319,6 +322,8 @@ class OutboundQueue:
                 with self._cache_lock:
                     cached = self._cache.get(qid)
                 entry = cached[1] if cached is not None and cached[0] == stamp else self._read(qid)
+            except FileNotFoundError:
+                continue  # delivered and removed since the directory was listed
             except (ValueError, OSError) as exc:
                 log.error("queue: skipping unreadable %s: %s", item.path, exc)
                 continue

@@ -4,14 +4,16 @@ connection that the server ends before MAIL FROM hands its message back unattemp
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mailstack.delivery.queue import MAX_PER_DOMAIN
+from mailstack.delivery.queue import MAX_PER_DOMAIN, OutboundQueue
 from mailstack.delivery.queue_runner import GroupSync
 
+from mailstack.base.paths import StatePaths
 from tests.delivery.test_queue import MESSAGE, make_queue
 from tests.delivery.test_remote import Double, dns_server, double, queue_config
 
@@ -84,3 +86,21 @@ def test_group_sync_shares_fsyncs(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert 10 <= sync.fsyncs < 160  # each call covered by one fsync; callers shared them
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the owner check runs for root only")
+def test_enqueue_survives_the_runner_delivering_first(tmp_path: Path) -> None:
+    # The runner can see a state file once it is renamed into place, deliver the message
+    # and remove it while enqueue still waits for its directory fsync: enqueue must still
+    # report success (a 451 after a delivery would make the client send it again).
+    class Racing(OutboundQueue):
+        def _sync_dir(self, path: Path) -> None:
+            super()._sync_dir(path)
+            if path.name == "state":
+                for state in path.glob("*.json"):
+                    self._remove(state.stem)  # delivered and recorded meanwhile
+
+    queue = Racing(queue_config(53, 25), StatePaths(tmp_path))
+    qid = queue.enqueue("alice@sender.test", ["x@a.test"], MESSAGE, sign=False)
+    assert len(qid) == 20
+    assert queue.list() == []

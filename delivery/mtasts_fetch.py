@@ -56,7 +56,7 @@ class StsLookup:
     detail: str = ""
 
 
-class _Connection(http.client.HTTPSConnection):
+class HttpsConnection(http.client.HTTPSConnection):
     """HTTPS to one address we resolved ourselves, verifying the certificate for `host`."""
 
     def __init__(self, host: str, address: str, port: int, context: ssl.SSLContext) -> None:
@@ -80,7 +80,7 @@ def fetch_policy(dns: DnsClient, domain: str, *, port: int, ca_file: str) -> byt
         raise StsError(f"{host} has no address", "sts-policy-fetch-error")
     errors: list[str] = []
     for address in addresses:
-        conn = _Connection(host, address, port, verified_context(ca_file))
+        conn = HttpsConnection(host, address, port, verified_context(ca_file))
         try:
             conn.request("GET", POLICY_PATH, headers={"Accept": "text/plain"})
             response = conn.getresponse()

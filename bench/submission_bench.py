@@ -2,26 +2,34 @@
 """Submission benchmark: mailstack vs an isolated Postfix, relaying to a loopback sink MX.
 
 Not a test (pytest does not collect bench/). Run from the repository root, as root (Postfix's
-master starts as root):
+master starts as root), with opendkim installed (`apt-get install opendkim`) for the
+Postfix-with-DKIM row:
 
-    python bench/submission_bench.py --messages 800 --write docs/benchmarks.md
+    python -P bench/submission_bench.py --messages 800 --rounds 3
 
 What it measures: SENDERS clients (16) each keep one connection and submit 10 KB messages one
 after another to one outside recipient; throughput is the number of messages per second of
 wall time from the moment all senders are connected (and logged in: the argon2id checks are
 timed apart, as a client logs in once per connection) until the sink has *received* the last
 one (accepted and relayed). Latency: MAIL FROM to the 250 after DATA, per message (p50, p99).
+The servers all run at once (idle but for the one driven) and are driven in turn, round after
+round, in a rotating order, so a machine loaded by others slows each alike; the table gives
+each one's median round (and the slowest and fastest).
 
-The servers, both relaying through `[outbound] relay` / `relayhost` to the same sink:
+The servers, all relaying through `[outbound] relay` / `relayhost` to the same sink:
 - mailstack: `mailstack serve` (a fresh `init` deployment), clients on the submission port
   with STARTTLS and AUTH PLAIN (argon2id checked once per connection), every message
   DKIM-signed (rsa-sha256, 2048 bits) at enqueue, fsync'd into the queue before 250;
   `[submission]` sending limits turned off (they would stop a benchmark, by design).
-- Postfix: an instance with its own config and queue (tests/support/postfix.py) on plain SMTP,
-  relaying for 127.0.0.0/8 (`permit_mynetworks`): no TLS, no AUTH and no DKIM signing milter
-  (opendkim is not installed here), so it does strictly less work per message.
-The sink: aiosmtpd in a process of its own that counts messages (and checks mailstack's carry
-a DKIM-Signature). Only 127.0.0.1 is contacted; every process started here is stopped by PID.
+- postfix+opendkim: an instance with its own config and queue (tests/support/postfix.py),
+  clients with STARTTLS (same certificate) but no AUTH (Postfix's SASL needs a Dovecot or
+  Cyrus daemon; relaying is allowed to 127.0.0.0/8 instead), every message signed by an
+  opendkim milter (rsa-sha256, relaxed/relaxed, 2048 bits, the same key).
+- postfix: the same without TLS and without the milter: strictly less work per message.
+Both Postfix instances reuse connections to the relay as Postfix does by default
+(`smtp_connection_cache_on_demand = yes`; the test instances turn it off).
+The sink: aiosmtpd in a process of its own that counts messages (and those that carry a
+DKIM-Signature). Only 127.0.0.1 is contacted; every process started here is stopped by PID.
 """
 
 from __future__ import annotations
@@ -32,8 +40,11 @@ import base64
 import contextlib
 import os
 import platform
+import pwd
 import re
+import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -46,7 +57,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # last: the installed mailstack, tests.* from the checkout
 
+from tests.support import postfix as postfix_support  # noqa: E402
 from tests.support.postfix import PostfixInstance, free_tcp_port  # noqa: E402
+
+# STARTTLS in smtpd needs the TLS manager (its PRNG seed), which the test instances leave out
+postfix_support.MASTER_CF += "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
 from tests.support.serve import ServeProcess  # noqa: E402
 
 DOMAIN = "bench.example"
@@ -64,7 +79,8 @@ state = {"n": 0, "signed": 0}
 class Handler:
     async def handle_DATA(self, server, session, envelope):
         state["n"] += 1
-        state["signed"] += envelope.original_content.startswith(b"DKIM-Signature:")
+        head = b"\n" + envelope.original_content.split(b"\r\n\r\n", 1)[0]
+        state["signed"] += b"\nDKIM-Signature:" in head
         return "250 2.0.0 ok"
 async def main():
     loop = asyncio.get_running_loop()
@@ -111,7 +127,7 @@ class Client:
             raise RuntimeError(f"{line[:20]!r}: expected {code}, got {text!r}")
 
     @classmethod
-    async def connect(cls, port: int, tls: ssl.SSLContext | None) -> Client:
+    async def connect(cls, port: int, tls: ssl.SSLContext | None, auth: bool) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         client = cls(reader, writer)
         if (await client.reply())[0] != 220:
@@ -121,6 +137,7 @@ class Client:
             await client.command(b"STARTTLS", 220)
             await writer.start_tls(tls, server_hostname=f"mail.{DOMAIN}")
             await client.command(b"EHLO bench.client.example", 250)
+        if auth:
             token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
             await client.command(b"AUTH PLAIN " + token, 235)
         return client
@@ -180,13 +197,13 @@ class Sink:
 
 
 async def drive(
-    port: int, tls: ssl.SSLContext | None, senders: int, total: int
+    port: int, tls: ssl.SSLContext | None, auth: bool, senders: int, total: int
 ) -> tuple[list[float], float, float]:
     """(latencies, connect+AUTH seconds for all senders, perf_counter when sending began)."""
     per = total // senders
     latencies: list[float] = []
     start = time.perf_counter()
-    clients = await asyncio.gather(*(Client.connect(port, tls) for _ in range(senders)))
+    clients = await asyncio.gather(*(Client.connect(port, tls, auth) for _ in range(senders)))
     began = time.perf_counter()
 
     async def one(index: int, client: Client) -> None:
@@ -200,9 +217,18 @@ async def drive(
     return latencies, began - start, began
 
 
-def run_one(name: str, port: int, tls: ssl.SSLContext | None, sink: Sink, n: int) -> Result:
+@dataclass
+class Server:
+    name: str
+    port: int
+    tls: ssl.SSLContext | None
+    auth: bool
+
+
+def run_one(server: Server, sink: Sink, n: int) -> Result:
+    name = server.name
     before, signed_before = sink.counts()
-    latencies, login_s, began = asyncio.run(drive(port, tls, 16, n))
+    latencies, login_s, began = asyncio.run(drive(server.port, server.tls, server.auth, 16, n))
     sent = len(latencies)
     deadline = time.monotonic() + WAIT_S
     while sink.counts()[0] - before < sent:
@@ -251,34 +277,99 @@ def start_mailstack(workdir: Path, sink_port: int) -> tuple[ServeProcess, Path]:
     return ServeProcess(root, timeout_s=60).start(), root
 
 
-def render(results: list[Result], n: int) -> str:
-    m = next(r for r in results if r.server == "mailstack")
-    p = next(r for r in results if r.server == "postfix")
+class BenchPostfix(PostfixInstance):
+    """A test instance with Postfix's default connection reuse and, optionally, STARTTLS and
+    an opendkim milter."""
+
+    def __init__(
+        self, directory: Path, sink_port: int, *, tls: Path | None = None, milter: int = 0
+    ) -> None:
+        super().__init__(
+            directory, hostname="postfix.bench.example", relay_to=("127.0.0.1", sink_port)
+        )
+        self.tls, self.milter = tls, milter
+
+    def _main_cf(self) -> str:
+        extra = {"smtp_connection_cache_on_demand": "yes"}  # Postfix's default
+        if self.tls is not None:
+            extra |= {
+                "smtpd_tls_security_level": "may",
+                "smtpd_tls_cert_file": str(self.tls / "fullchain.pem"),
+                "smtpd_tls_key_file": str(self.tls / "privkey.pem"),
+            }
+        if self.milter:
+            extra |= {
+                "smtpd_milters": f"inet:127.0.0.1:{self.milter}",
+                "milter_default_action": "tempfail",  # never relay unsigned
+            }
+        return super()._main_cf() + "".join(f"{k} = {v}\n" for k, v in extra.items())
+
+
+def start_opendkim(workdir: Path, key: Path, selector: str) -> tuple[subprocess.Popen[bytes], int]:
+    """opendkim in the foreground as a signing milter on a loopback port."""
+    # opendkim refuses a configuration or key under a directory others may write (/tmp)
+    directory = Path(tempfile.mkdtemp(prefix="submission-bench-opendkim-", dir="/run"))
+    (workdir / "opendkim").symlink_to(directory)  # found beside the rest; removed at the end
+    user = pwd.getpwnam("opendkim")
+    shutil.copy(key, directory / "key.pem")
+    for path in (directory, directory / "key.pem"):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    os.chmod(directory / "key.pem", 0o600)
+    port = free_tcp_port()
+    conf = directory / "opendkim.conf"
+    conf.write_text(
+        f"Mode s\nDomain {DOMAIN}\nSelector {selector}\nKeyFile {directory / 'key.pem'}\n"
+        "Canonicalization relaxed/relaxed\nSignatureAlgorithm rsa-sha256\n"
+        f"Socket inet:{port}@127.0.0.1\nUserID opendkim\nInternalHosts 127.0.0.1\n"
+        f"PidFile {directory / 'pid'}\nSyslog no\n"
+    )
+    proc = subprocess.Popen(["opendkim", "-f", "-x", str(conf)])
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return proc, port
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("opendkim did not start")
+        time.sleep(0.1)
+
+
+def median_of(results: list[Result]) -> Result:
+    return sorted(results, key=lambda r: r.rate)[len(results) // 2]
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def render(rounds: dict[str, list[Result]], n: int, loads: list[str]) -> str:
+    rows = []
+    for name, results in rounds.items():
+        m = median_of(results)
+        rates = sorted(r.rate for r in results)
+        rows.append(
+            f"| {name} | {len(results)} x {m.messages} | **{m.rate:.1f}** | "
+            f"{rates[0]:.1f}-{rates[-1]:.1f} | {m.p50_ms:.1f} | {m.p99_ms:.1f} | "
+            f"{m.signed} | {m.login_s:.2f} |"
+        )
+    ours = median_of(rounds["mailstack"]).rate
+    ratios = [
+        f"{ours / median_of(r).rate:.2f}x vs {name}" for name, r in rounds.items()
+        if name != "mailstack"
+    ]  # fmt: skip
     return "\n".join(
         [
-            "## Submission: mailstack vs Postfix, relaying to a sink MX",
+            f"`python -P bench/submission_bench.py --messages {n} --rounds "
+            f"{len(rounds['mailstack'])}` on {platform.machine()}, {os.cpu_count()} cores "
+            f"shared with other builds, {time.strftime('%Y-%m-%d %H:%M')} UTC; load average "
+            f"(1/5/15 min) at the start of each round: {'; '.join(loads)}.",
             "",
-            f"`python bench/submission_bench.py --messages {n}` on {platform.machine()}, "
-            f"{os.cpu_count()} cores (shared), {time.strftime('%Y-%m-%d')}. 16 clients, one "
-            "connection each, 10 KB messages to one outside recipient; msg/s from the moment "
-            "all 16 are connected (and, for mailstack, logged in: argon2id, timed apart) until "
-            "the sink has every message. mailstack: STARTTLS + AUTH PLAIN on "
-            "the submission port, every message DKIM-signed and fsync'd in the queue before "
-            "250, relayed through `[outbound] relay`. Postfix: plain SMTP from mynetworks, "
-            "no TLS, no AUTH, **no DKIM milter** (less work per message), `relayhost` to the "
-            "same sink.",
+            "| server | rounds x messages | msg/s (median round) | slowest-fastest | p50 ms |"
+            " p99 ms | DKIM-signed at the sink | 16 connects (+TLS, AUTH) s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
             "",
-            "| server | messages | msg/s | p50 ms | p99 ms | DKIM-signed at the sink |"
-            " 16 connects (+TLS, AUTH) s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-            *(
-                f"| {r.server} | {r.messages} | {r.rate:.1f} | {r.p50_ms:.1f} | "
-                f"{r.p99_ms:.1f} | {r.signed} | {r.login_s:.2f} |"
-                for r in (m, p)
-            ),
-            "",
-            f"Ratio mailstack / Postfix: **{m.rate / p.rate:.2f}x** msg/s "
-            f"(p99 latency {m.p99_ms / p.p99_ms:.2f}x).",
+            f"Ratio mailstack / Postfix (median rounds): **{', '.join(ratios)}**.",
             "",
         ]
     )
@@ -286,36 +377,51 @@ def render(results: list[Result], n: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=800, help="per server (16 senders)")
-    parser.add_argument("--write", type=Path, help="append the section to this Markdown file")
+    parser.add_argument("--messages", type=int, default=800, help="per server and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only-mailstack", action="store_true", help="no Postfix rows")
+    parser.add_argument("--profile", type=Path, help="py-spy record serve into this file")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="submission-bench-", dir="/tmp"))
     os.chmod(workdir, 0o755)  # noqa: S103 - the postfix user must reach its instance
     sink = Sink(workdir)
-    results: list[Result] = []
-    try:
+    rounds: dict[str, list[Result]] = {}
+    loads: list[str] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(sink.stop)
         serve, root = start_mailstack(workdir, sink.port)
-        try:
-            tls = ssl.create_default_context(cafile=str(root / "tls/ca.pem"))
-            results.append(run_one("mailstack", serve.port("submission"), tls, sink, args.messages))
-        finally:
-            serve.stop()
-            (workdir / "serve.log").write_text("".join(serve.log))  # kept: where time went
-        postfix = PostfixInstance(
-            workdir / "postfix", hostname="postfix.bench.example", relay_to=("127.0.0.1", sink.port)
-        )
-        _host, port = postfix.start()
-        try:
-            results.append(run_one("postfix", port, None, sink, args.messages))
-        finally:
-            postfix.stop()
-    finally:
-        sink.stop()
-    report = render(results, args.messages)
+        stack.callback(lambda: (workdir / "serve.log").write_text("".join(serve.log)))
+        stack.callback(serve.stop)
+        tls = ssl.create_default_context(cafile=str(root / "tls/ca.pem"))
+        servers = [Server("mailstack", serve.port("submission"), tls, True)]
+        if not args.only_mailstack:
+            key = next((root / "dkim").glob(f"*.{DOMAIN}.key"))
+            milter, milter_port = start_opendkim(workdir, key, key.name.split(".")[0])
+            stack.callback(shutil.rmtree, (workdir / "opendkim").resolve())
+            stack.callback(lambda: (milter.terminate(), milter.wait(10)))
+            for name, postfix in (
+                ("postfix+opendkim", BenchPostfix(
+                    workdir / "pf-dkim", sink.port, tls=root / "tls", milter=milter_port)),
+                ("postfix", BenchPostfix(workdir / "pf-plain", sink.port)),
+            ):  # fmt: skip
+                _host, port = postfix.start()
+                stack.callback(postfix.stop)
+                servers.append(Server(name, port, tls if postfix.tls else None, False))
+        if args.profile:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "-o",
+                 str(args.profile), "--format", "raw" if args.profile.suffix == ".txt"
+                 else "flamegraph", "--pid", str(serve.pid)]
+            )  # fmt: skip
+            stack.callback(lambda: (spy.send_signal(signal.SIGINT), spy.wait(60)))
+        for i in range(args.rounds):
+            loads.append(load_average())
+            for server in servers[i % len(servers) :] + servers[: i % len(servers)]:
+                result = run_one(server, sink, args.messages)
+                print(f"round {i + 1}: {server.name}: {result.rate:.1f} msg/s", flush=True)
+                rounds.setdefault(server.name, []).append(result)
+    report = render(rounds, args.messages, loads)
     print(report)
-    if args.write:
-        with args.write.open("a", encoding="utf-8") as f:
-            f.write("\n" + report)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""DKIM signing of outbound mail (RFC 6376) with dkimpy, once, when it enters the queue.
+"""DKIM signing of outbound mail (RFC 6376), once, when it enters the queue.
 
 Which key: the From: header's domain (RFC 6376 §1.1 leaves d= to the signer; signing with the
 author domain is what DMARC alignment, RFC 7489 §3.1.1, needs), when that domain is hosted
@@ -6,10 +6,11 @@ here and `dkim/<selector>.<domain>.key` exists (`paths.dkim_key`). Anything else
 several From: addresses, a foreign domain, no key) goes out unsigned, with a log line: a
 message we cannot sign is still a message the user wants delivered.
 
-How: rsa-sha256, relaxed/relaxed canonicalisation (survives the header re-folding and
-whitespace changes relays commonly make), the header fields RFC 6376 §5.4.1 lists as ones
-that SHOULD be signed, and `From` named twice in h= ("oversigning", RFC 6376 §8.15): a From:
-added on the way then breaks the signature instead of being shown to the reader.
+How (delivery/dkim_rsa.py; RSA by OpenSSL): rsa-sha256, relaxed/relaxed canonicalisation
+(survives the header re-folding and whitespace changes relays commonly make), the header
+fields RFC 6376 §5.4.1 lists as ones that SHOULD be signed, and `From` named twice in h=
+("oversigning", RFC 6376 §8.15): a From: added on the way then breaks the signature instead
+of being shown to the reader.
 
 Signing happens at enqueue, never per attempt, so every retry sends the same bytes.
 The selector is the domain's current one after `mailstack dkim rotate` (delivery/dkim_selectors.py),
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Collection
 from email.utils import getaddresses
 
-import dkim
+from mailstack.delivery.dkim_rsa import signature_field
 from mailstack.delivery.dkim_selectors import signing_selector
 
 from mailstack.base.errors import MailstackError
@@ -60,6 +62,11 @@ SIGNED_HEADERS: tuple[str, ...] = (
     "content-transfer-encoding",
 )
 OVERSIGNED: tuple[str, ...] = ("from",)
+
+
+def _crlf(message: bytes) -> bytes:
+    """The message as it goes on the wire (delivery.remote sends every line end as CRLF)."""
+    return re.sub(rb"\r?\n|\r", b"\r\n", message)
 
 
 def _header_block(message: bytes) -> bytes:
@@ -112,16 +119,15 @@ def sign(
     }
     include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
     try:
-        field: bytes = dkim.sign(
-            message,
-            selector.encode("ascii"),
-            domain.encode("ascii"),
-            key,
-            canonicalize=(b"relaxed", b"relaxed"),
-            signature_algorithm=b"rsa-sha256",
-            include_headers=[h.encode("ascii") for h in include],
+        field = signature_field(
+            _crlf(message),
+            domain=domain,
+            selector=selector,
+            key_pem=key,
+            signed_headers=include,
+            timestamp=int(time.time()),
         )
-    except dkim.DKIMException as exc:
+    except ValueError as exc:  # not an RSA key in PEM form
         log.warning("dkim: not signing for %s: %s", domain, exc)
         return message
     if b"\r\n" not in message:  # keep the message's own line ends consistent

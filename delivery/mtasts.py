@@ -151,11 +151,22 @@ class CachedPolicy:
     def is_fresh(self, now: float) -> bool:
         return now < self.fetched_at + self.policy.max_age_s
 
+    def refresh_due(self, now: float) -> bool:
+        """RFC 8461 §5.1 asks for refreshes before expiry (so that a policy stays in force
+        when an attacker later hides the TXT record): daily, or at half its max_age."""
+        return now >= self.fetched_at + min(REFRESH_S, self.policy.max_age_s / 2)
+
+
+REFRESH_S = 86400.0
+
 
 def needs_fetch(cached: CachedPolicy | None, record_id: str | None, now: float) -> bool:
     """RFC 8461 §5.1: fetch when a TXT record is published and nothing fresh with its id is
-    cached. Without a TXT record (removed, or the lookup failed) a fresh cached policy stays
-    in force and nothing is fetched: an attacker who strips the record gains nothing."""
+    cached, and refresh a fresh policy that is due (with or without a TXT record). Without a
+    TXT record (removed, or the lookup failed) a fresh cached policy stays in force: an
+    attacker who strips the record gains nothing."""
+    if cached is not None and cached.is_fresh(now) and cached.refresh_due(now):
+        return True
     if record_id is None:
         return False
     return cached is None or cached.record_id != record_id or not cached.is_fresh(now)

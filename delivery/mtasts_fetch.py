@@ -56,7 +56,7 @@ class StsLookup:
     detail: str = ""
 
 
-class _Connection(http.client.HTTPSConnection):
+class HttpsConnection(http.client.HTTPSConnection):
     """HTTPS to one address we resolved ourselves, verifying the certificate for `host`."""
 
     def __init__(self, host: str, address: str, port: int, context: ssl.SSLContext) -> None:
@@ -80,7 +80,7 @@ def fetch_policy(dns: DnsClient, domain: str, *, port: int, ca_file: str) -> byt
         raise StsError(f"{host} has no address", "sts-policy-fetch-error")
     errors: list[str] = []
     for address in addresses:
-        conn = _Connection(host, address, port, verified_context(ca_file))
+        conn = HttpsConnection(host, address, port, verified_context(ca_file))
         try:
             conn.request("GET", POLICY_PATH, headers={"Accept": "text/plain"})
             response = conn.getresponse()
@@ -104,6 +104,9 @@ def fetch_policy(dns: DnsClient, domain: str, *, port: int, ca_file: str) -> byt
     raise StsError(f"{host}: {'; '.join(errors)}", "sts-policy-fetch-error")
 
 
+REFRESH_RETRY_S = 3600.0
+
+
 class PolicyStore:
     """The policy cache and the lookup that fills it."""
 
@@ -111,6 +114,8 @@ class PolicyStore:
         self.directory = directory
         self._memory: dict[str, CachedPolicy] = {}
         self._lock = threading.Lock()
+        # A failed refresh of a fresh policy: not tried again on every delivery for a while
+        self._refresh_failed: dict[str, float] = {}
 
     def _file(self, domain: str) -> Path | None:
         return None if self.directory is None else self.directory / f"{domain}.json"
@@ -160,8 +165,14 @@ class PolicyStore:
         except DnsTempError as exc:
             log.info("mta-sts: %s: TXT lookup failed: %s", domain, exc)
         fresh = cached.policy if cached is not None and cached.is_fresh(now) else None
-        if record_id is None or not needs_fetch(cached, record_id, now):
+        if not needs_fetch(cached, record_id, now):
             return StsLookup(fresh)
+        if record_id is None or (cached is not None and cached.record_id == record_id):
+            # only a refresh is due: at most one try per REFRESH_RETRY_S
+            with self._lock:
+                if now < self._refresh_failed.get(domain, -REFRESH_RETRY_S) + REFRESH_RETRY_S:
+                    return StsLookup(fresh)
+        stored_id = record_id or (cached.record_id if cached is not None else "")
         try:
             body = fetch_policy(dns, domain, port=port, ca_file=ca_file)
             policy = parse_policy(body)
@@ -169,8 +180,10 @@ class PolicyStore:
             # §5.1: a failed refresh keeps a policy that has not expired yet
             failure = exc.args[1] if len(exc.args) > 1 else "sts-policy-invalid"
             log.info("mta-sts: %s: no policy fetched: %s", domain, exc.args[0])
+            with self._lock:
+                self._refresh_failed[domain] = now
             return StsLookup(fresh, failure=str(failure), detail=str(exc.args[0]))
-        self._store(domain, CachedPolicy(record_id, now, policy), body)
+        self._store(domain, CachedPolicy(stored_id, now, policy), body)
         log.info(
             "mta-sts: %s: policy id %s, mode %s, mx %s",
             domain,

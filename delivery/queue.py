@@ -34,11 +34,14 @@ Recipients at hosted domains (DSNs to our own users, mostly) go straight into th
 Maildirs through `delivery.local` when the queue was given `local=` (serve does); otherwise,
 like any other, to the domain's MX.
 
-Runner: one asyncio task (`run`). Due recipients are grouped per message and domain, one
-`delivery.remote.deliver` attempt per group in a thread (`asyncio.to_thread`), at most
-MAX_PER_DOMAIN at once per destination domain (receivers limit connections per client; ours
-is `smtp.max_connections_per_ip`) and MAX_ATTEMPTS at once in total. `enqueue` in this
-process wakes it at once; other processes touch `wakeup`.
+Runner: one asyncio task (`run`). Due recipients are grouped per message and domain; the
+groups wait per destination (the domain, or the one `[outbound] relay`) for connections,
+each a thread of the runner's own pool that sends them one after another over one SMTP
+session (delivery/queue_runner.py): at most MAX_PER_DOMAIN at once per destination domain
+(receivers limit connections per client; ours is `smtp.max_connections_per_ip`),
+MAX_PER_RELAY to the relay, MAX_ATTEMPTS at once in total. `enqueue` in this process wakes
+it at once; other processes touch `wakeup`. Directory fsyncs are shared between threads
+(queue_runner.GroupSync), and `record` makes its change durable after releasing the lock.
 """
 
 from __future__ import annotations
@@ -47,41 +50,56 @@ import asyncio
 import builtins
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mailstack.delivery import dkim, remote
 from mailstack.delivery.dsn import DsnRecipient, build_dsn, needs_dsn
-from mailstack.delivery.local import Outcome, deliver_to
+from mailstack.delivery.queue_runner import MAX_ATTEMPTS as MAX_ATTEMPTS
+from mailstack.delivery.queue_runner import MAX_PER_CONNECTION as MAX_PER_CONNECTION
+from mailstack.delivery.queue_runner import (
+    MAX_PER_DOMAIN,
+    MAX_PER_RELAY,
+    Deliver,
+    Group,
+    GroupSync,
+    Key,
+    LocalDeliver,
+    RunnerState,
+    Send,
+    deliver_locally,
+    each,
+    send_connection,
+)
+from mailstack.delivery.queue_runner import local_delivery as local_delivery
 from mailstack.delivery.queue_state import (
     Entry,
     Recipient,
 )
 from mailstack.delivery.remote import RcptResult
+from mailstack.delivery.routes import RouteError, route_for
 from mailstack.delivery.security import OutboundSecurity
-from mailstack.delivery.store import MailStore
 
 from mailstack.base.config import Config, to_ascii_domain
 from mailstack.base.errors import NotFoundError, UsageError
-from mailstack.base.fsutil import atomic_write, ensure_dir, fsync_dir
+from mailstack.base.fsutil import atomic_write, ensure_dir
 from mailstack.base.paths import StatePaths
-from mailstack.base.users import Accounts
 
 log = logging.getLogger(__name__)
 
 SCHEDULE_S: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)  # delay after attempt n
 GIVE_UP_S = 5 * 24 * 3600  # RFC 5321 §4.5.4.1: "at least 4-5 days"
 DELAY_WARN_S = 4 * 3600  # RFC 3464 leaves it to us: the sender hears the same working day
-MAX_PER_DOMAIN = 2  # simultaneous attempts to one destination domain
-MAX_ATTEMPTS = 10  # simultaneous attempts in total (each is a thread and a socket)
 RESCAN_S = 1.0  # how often the runner stats `wakeup` for changes made by other processes
 ORPHAN_S = 3600.0  # a message file this old without state is a crashed enqueue
 STOP_GRACE_S = 10.0  # on stop, attempts in flight may finish this long, then are cut off
@@ -104,43 +122,11 @@ def retry_delay_s(attempts: int) -> int:
     return SCHEDULE_S[min(max(attempts, 1), len(SCHEDULE_S)) - 1]
 
 
-# delivery.remote.deliver's shape: (config, domain, mail_from, rcpts, message, *, abort)
-Deliver = Callable[..., list[RcptResult]]
-# One hosted recipient into its Maildir: (mail_from, rcpt, message) -> result. Blocking.
-LocalDeliver = Callable[[str, str, bytes], RcptResult]
+_After = list[Callable[[], None]]
 
 
-def local_delivery(accounts: Accounts, store: MailStore, hostname: str) -> LocalDeliver:
-    """Hosted recipients (DSNs to our own users, mostly) straight into their Maildirs with
-    `delivery.local`, as our MX would store them: no DNS, no connection to ourselves."""
-
-    def deliver(mail_from: str, rcpt: str, message: bytes) -> RcptResult:
-        result = deliver_to(
-            accounts, store, hostname=hostname, recipient=rcpt, message=message, mail_from=mail_from
-        )
-        match result.outcome:
-            case Outcome.DELIVERED:
-                return RcptResult(rcpt, "delivered", "250 2.0.0 delivered locally")
-            case Outcome.TRY_LATER:
-                return RcptResult(rcpt, "temporary", f"451 4.2.0 {result.problem}")
-            case Outcome.NO_SUCH_USER:
-                return RcptResult(rcpt, "permanent", f"550 5.1.1 {result.problem}")
-            case Outcome.BAD_MESSAGE:
-                return RcptResult(rcpt, "permanent", f"554 5.6.0 {result.problem}")
-
-    return deliver
-
-
-_Group = tuple[Entry, str, list[str]]  # a message, a domain, its recipients there due now
-
-
-@dataclass
-class _Runner:
-    inflight: set[tuple[str, str]] = field(default_factory=set)
-    not_before: dict[tuple[str, str], float] = field(default_factory=dict)  # after a bug
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    per_domain: dict[str, asyncio.Semaphore] = field(default_factory=dict)
-    total: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ATTEMPTS))
+def _soon(loop: asyncio.AbstractEventLoop, fn: Callable[[Key], None], key: Key) -> None:
+    loop.call_soon_threadsafe(fn, key)
 
 
 class OutboundQueue:
@@ -166,11 +152,12 @@ class OutboundQueue:
         self._local = local
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner = _Runner()
+        self._runner = RunnerState()
         self._abort = remote.Abort()
         # qid -> ((inode, size, mtime_ns) of its state file, the parsed Entry): see list()
         self._cache: dict[str, tuple[tuple[int, int, int], Entry]] = {}
         self._cache_lock = threading.Lock()
+        self._dir_syncs: dict[Path, GroupSync] = {}
         self.stop_grace_s = STOP_GRACE_S
         # MTA-STS policy cache and TLS-RPT counts, kept in the spool (delivery/security.py)
         self.security = OutboundSecurity(self.root)
@@ -200,9 +187,23 @@ class OutboundQueue:
         finally:
             os.close(fd)  # releases the lock
 
-    def _write(self, path: Path, data: bytes | str) -> None:
-        atomic_write(path, data, mode=0o600)
+    def _write(self, path: Path, data: bytes | str, after: _After | None = None) -> None:
+        """Durably replace `path`; with `after`, the directory's fsync is left to the caller,
+        to run once it released the lock (fsyncs under the lock could never be shared)."""
+
+        def sync(directory: Path) -> None:
+            if after is None:
+                self._sync_dir(directory)
+            else:
+                after.append(functools.partial(self._sync_dir, directory))
+
+        atomic_write(path, data, mode=0o600, sync_dir=sync)
         self._match_owner(path)
+
+    def _sync_dir(self, path: Path) -> None:
+        with self._cache_lock:
+            syncer = self._dir_syncs.setdefault(path, GroupSync(path))
+        syncer.sync()
 
     def _match_owner(self, path: Path) -> None:
         """Root running `mailstack queue ...` on a spool that `serve` runs as another user
@@ -210,9 +211,12 @@ class OutboundQueue:
         if os.geteuid() != 0:
             return
         owner = self.root.stat()
-        st = path.stat()
-        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-            os.chown(path, owner.st_uid, owner.st_gid)
+        try:
+            st = path.stat()
+            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                os.chown(path, owner.st_uid, owner.st_gid)
+        except FileNotFoundError:
+            pass  # a state file the runner delivered and removed while enqueue fsynced it
 
     def _touch_wakeup(self) -> None:
         self._ensure()
@@ -318,6 +322,8 @@ class OutboundQueue:
                 with self._cache_lock:
                     cached = self._cache.get(qid)
                 entry = cached[1] if cached is not None and cached[0] == stamp else self._read(qid)
+            except FileNotFoundError:
+                continue  # delivered and removed since the directory was listed
             except (ValueError, OSError) as exc:
                 log.error("queue: skipping unreadable %s: %s", item.path, exc)
                 continue
@@ -341,13 +347,20 @@ class OutboundQueue:
         self._touch_wakeup()
         log.info("queue: %s deleted", qid)
 
-    def _remove(self, qid: str) -> None:
+    def _remove(self, qid: str, after: _After | None = None) -> None:
         # State first: without it the message is an orphan that is never sent.
         with contextlib.suppress(FileNotFoundError):
             self._state(qid).unlink()
-        fsync_dir(self.root / "state")
-        with contextlib.suppress(FileNotFoundError):
-            self._msg(qid).unlink()
+
+        def finish() -> None:
+            self._sync_dir(self.root / "state")
+            with contextlib.suppress(FileNotFoundError):
+                self._msg(qid).unlink()
+
+        if after is None:
+            finish()
+        else:
+            after.append(finish)
 
     def flush(self) -> int:
         """Make every pending recipient due now; returns how many. A running runner sees it
@@ -401,6 +414,7 @@ class OutboundQueue:
     def record(self, qid: str, results: Sequence[RcptResult]) -> Entry | None:
         """Write what an attempt found (and bounce or warn as needed); None if deleted."""
         now = self.clock()
+        after: _After = []  # durability steps that need not hold the lock
         with self._locked():
             entry = self._read(qid)
             if entry is None:
@@ -450,9 +464,11 @@ class OutboundQueue:
                 if group:
                     self._notify(updated, group, now)  # before the state: never lose a DSN
             if updated.is_done:
-                self._remove(qid)
+                self._remove(qid, after)
             else:
-                self._write(self._state(qid), updated.to_json())
+                self._write(self._state(qid), updated.to_json(), after)
+        for step in after:
+            step()  # before returning: what the caller does next relies on it being durable
         for r in updated.recipients:
             if r.address in by_address and r.status == "pending":
                 log.info(
@@ -503,9 +519,9 @@ class OutboundQueue:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _due(self, now: float) -> tuple[builtins.list[_Group], float | None]:
+    def _due(self, now: float) -> tuple[builtins.list[Group], float | None]:
         """(groups due now, the earliest later due time)."""
-        groups: builtins.list[_Group] = []
+        groups: builtins.list[Group] = []
         later: float | None = None
         for entry in self.list():
             by_domain: dict[str, builtins.list[str]] = {}
@@ -519,73 +535,101 @@ class OutboundQueue:
             groups.extend((entry, d, rcpts) for d, rcpts in by_domain.items())
         return groups, later
 
-    async def _attempt(self, entry: Entry, domain: str, rcpts: builtins.list[str]) -> None:
+    def _destination(self, domain: str) -> tuple[str, int]:
+        """(the key that connections are counted and shared under, its connection limit)."""
+        if self._local is not None and domain in set(self._hosted()):
+            return f"local {domain}", MAX_PER_DOMAIN
+        with contextlib.suppress(RouteError):
+            if route_for(self.config, domain) is not None:
+                return domain, MAX_PER_DOMAIN  # its own relay and credentials
+        if self.config.outbound.relay:
+            return f"relay {self.config.outbound.relay}", MAX_PER_RELAY
+        return domain, MAX_PER_DOMAIN
+
+    async def _connection(self, dest: str) -> None:
+        """One connection's worth of work for `dest`, in a thread of the runner's pool."""
         runner = self._runner
-        sem = runner.per_domain.setdefault(domain, asyncio.Semaphore(MAX_PER_DOMAIN))
-        key = (entry.id, domain)
+        loop = asyncio.get_running_loop()
         try:
-            async with runner.total, sem:
-                try:
-                    message = await asyncio.to_thread(self._msg(entry.id).read_bytes)
-                except FileNotFoundError:
-                    # Deleted meanwhile (then record() finds no state), or lost by hand: back
-                    # off like any temporary failure, and in the end bounce.
-                    message = None
-                if message is None:
-                    reply = "451 4.3.0 the queued message file is missing"
-                    results = [RcptResult(r, "temporary", reply) for r in rcpts]
-                elif self._local is not None and domain in set(self._hosted()):
-                    results = await asyncio.to_thread(
-                        self._deliver_locally, self._local, entry.mail_from, rcpts, message
-                    )
-                else:
-                    results = await asyncio.to_thread(
-                        self._deliver,
-                        self.config,
-                        domain,
-                        entry.mail_from,
-                        rcpts,
-                        message,
-                        abort=self._abort,
-                        security=self.security,
-                    )
-                await asyncio.to_thread(self.record, entry.id, results)
-        except Exception:
-            # A bug or a full disk must not kill the runner, nor make it retry in a tight
-            # loop: the recipients stay pending, and this group waits a first retry interval.
-            log.exception("queue: %s: attempt for %s failed unexpectedly", entry.id, domain)
-            runner.not_before[key] = self.clock() + SCHEDULE_S[0]
+            async with runner.total:
+                await loop.run_in_executor(runner.executor(), self._send_from, dest, loop)
+        except Exception:  # _send_from handles its own; this is a bug in the scheduling
+            log.exception("queue: connection to %s failed unexpectedly", dest)
         finally:
-            runner.inflight.discard(key)
+            runner.active[dest] -= 1
             self.wake()
 
-    @staticmethod
-    def _deliver_locally(
-        local: LocalDeliver, mail_from: str, rcpts: Sequence[str], message: bytes
-    ) -> builtins.list[RcptResult]:
-        return [local(mail_from, r, message) for r in rcpts]
+    def _send_from(self, dest: str, loop: asyncio.AbstractEventLoop) -> None:
+        """One connection for `dest` (see queue_runner.send_connection). Blocking."""
+        runner = self._runner
+        send: Send
+        if self._local is not None and dest.startswith("local "):
+            send = functools.partial(each, functools.partial(deliver_locally, self._local))
+        elif self._deliver is remote.deliver:
+            send = functools.partial(
+                remote.deliver_batch, self.config, abort=self._abort, security=self.security
+            )
+        else:
+            deliver = functools.partial(self._deliver, abort=self._abort, security=self.security)
+            send = functools.partial(
+                each, lambda i: deliver(self.config, i.domain, i.mail_from, i.rcpts, i.message)
+            )
 
-    async def _dispatch(self) -> float | None:
+        def bug(key: tuple[str, str]) -> None:
+            # A bug or a full disk must not kill the runner, nor make it retry in a tight
+            # loop: the recipients stay pending, and this group waits a first retry interval.
+            log.exception("queue: %s: attempt for %s failed unexpectedly", *key)
+            until = self.clock() + SCHEDULE_S[0]
+            loop.call_soon_threadsafe(runner.not_before.__setitem__, key, until)
+
+        send_connection(
+            runner,
+            runner.waiting[dest],
+            read=lambda qid: self._msg(qid).read_bytes(),
+            record=self.record,
+            finished=lambda key: _soon(loop, runner.finish, key),
+            bug=bug,
+            send=send,
+        )
+
+    async def _dispatch(self, only: Collection[tuple[str, str]] | None = None) -> float | None:
+        """Hand what is due (of `only`, when given) to connections; the next due time."""
+        runner = self._runner
+        scanned_at = runner.epoch
         groups, later = await asyncio.to_thread(self._due, self.clock())
+        runner.dispatched = set()
         for entry, domain, rcpts in groups:
             key = (entry.id, domain)
-            if key in self._runner.inflight:
+            if only is not None and key not in only:
                 continue
-            if self._runner.not_before.get(key, 0.0) > self.clock():
-                wait_until = self._runner.not_before[key]
+            if key in runner.inflight or runner.finished.get(key, -1) > scanned_at:
+                continue  # in flight, or recorded since the scan read its state
+            if runner.not_before.get(key, 0.0) > self.clock():
+                wait_until = runner.not_before[key]
                 later = wait_until if later is None else min(later, wait_until)
                 continue
-            self._runner.inflight.add(key)
-            task = asyncio.create_task(self._attempt(entry, domain, rcpts))
-            self._runner.tasks.add(task)
-            task.add_done_callback(self._runner.tasks.discard)
+            runner.inflight.add(key)
+            runner.dispatched.add(key)
+            dest, limit = self._destination(domain)
+            runner.limits[dest] = limit
+            runner.waiting.setdefault(dest, deque()).append((entry, domain, rcpts))
+        runner.forget_finished(scanned_at)
+        # Connections per destination: up to its limit, no more than messages wait.
+        for dest, waiting in runner.waiting.items():
+            while runner.active.get(dest, 0) < min(runner.limits[dest], len(waiting)):
+                runner.active[dest] = runner.active.get(dest, 0) + 1
+                task = asyncio.create_task(self._connection(dest))
+                runner.tasks.add(task)
+                task.add_done_callback(runner.tasks.discard)
         return later
 
     async def run_once(self) -> None:
         """Attempt everything due now and wait until those attempts are recorded."""
         await self._dispatch()
+        first = self._runner.dispatched
         while self._runner.tasks:
             await asyncio.gather(*list(self._runner.tasks))
+            await self._dispatch(only=first)  # what a connection gave back or left waiting
 
     def _wakeup_mtime(self) -> float:
         try:
@@ -630,6 +674,7 @@ class OutboundQueue:
                         break
         finally:
             stopping.cancel()
+            self._runner.closing = True  # connections finish their message, take no more
             if self._runner.tasks:
                 _, pending = await asyncio.wait(self._runner.tasks, timeout=self.stop_grace_s)
                 if pending:
@@ -637,4 +682,7 @@ class OutboundQueue:
                     log.info("queue: stopping: interrupting %d attempt(s)", len(pending))
                     self._abort.set()
                     await asyncio.wait(pending)
+            if self._runner.pool is not None:
+                self._runner.pool.shutdown(wait=False)
+            self._runner = RunnerState()  # what waited is still pending on disk
             self._loop = self._wake = None

@@ -29,6 +29,12 @@ Line endings: every line we send ends in CRLF (RFC 5321 §2.3.8), whatever the q
 unchanged let `hello<CR>.<CR>MAIL FROM:...` read as a second message at a lenient next hop
 (SMTP smuggling). smtplib then dot-stuffs the normalised lines.
 
+Connection reuse (RFC 5321 §3.3: a session may carry several transactions): `deliver_batch`
+takes further messages for the same destination from its caller after each transaction and
+sends them over the open connection, reporting each message's results as soon as its reply
+came (the queue records them before the next one goes). A reused connection that is gone
+before the next MAIL FROM hands that message back unattempted.
+
 Classification per recipient (RFC 5321 §4.2.1): 2xx delivered, 4xx temporary, 5xx permanent;
 connection and DNS trouble are temporary. Blocking (sockets, DNS): the queue runs it with
 `asyncio.to_thread`. Uses stdlib smtplib.
@@ -45,7 +51,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import dns.exception
@@ -79,6 +85,21 @@ class RcptResult:
     kind: Kind
     reply: str  # the remote reply ("550 5.1.1 no such user") or our own description
     remote_mta: str = ""  # the host name that answered, "" when none did
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message for one destination: what a transaction sends."""
+
+    domain: str
+    mail_from: str
+    rcpts: Sequence[str]
+    message: bytes
+
+
+Take = Callable[[], Outgoing | None]  # the next message for this destination, or None: QUIT
+# A message's results (one per recipient, in order), or None: not attempted, give it back
+Done = Callable[[Outgoing, list[RcptResult] | None], None]
 
 
 class Abort:
@@ -231,17 +252,18 @@ def _session(
     port: int,
     *,
     ehlo_name: str,
-    mail_from: str,
-    rcpts: Sequence[str],
-    message: bytes,
+    first: Outgoing,
+    take: Take,
+    done: Done,
     abort: Abort,
     use_tls: bool = True,
     tls: TlsRequirement = OPPORTUNISTIC,
     credentials: RouteCredentials | None = None,
     on_tls: TlsOutcome | None = None,
     implicit_tls: bool = False,
-) -> list[RcptResult]:
-    """One SMTP transaction. _NextHostError when nothing was attempted on this host."""
+) -> None:
+    """`first`, then what `take` gives, over one connection; each message's results go to
+    `done`. _NextHostError when nothing was attempted on this host."""
     report = on_tls or (lambda _host, _address, _result: None)
     smtp = (
         # RFC 8314 §3: a route relay on 465 speaks TLS from the first byte
@@ -296,7 +318,13 @@ def _session(
                 _login(smtp, where, credentials)
         except (OSError, smtplib.SMTPException) as exc:
             raise _NextHostError(f"{where}: {_describe(exc)}") from None
-        return _transaction(smtp, host, mail_from, rcpts, message)
+        results, state = _transaction(smtp, host, first)
+        done(first, results)
+        while state == "open" and not abort.is_set and (item := take()) is not None:
+            results, state = _transaction(smtp, host, item)
+            # Gone before MAIL FROM (the server closed an idle or busy connection): the
+            # message was not attempted, so it goes back to the queue, unrecorded.
+            done(item, None if state == "gone" else results)
     finally:
         try:
             smtp.quit()
@@ -348,25 +376,32 @@ def _reply(code: int, text: bytes) -> str:
     return f"{code} {' '.join(text.decode('utf-8', 'replace').split())}"
 
 
-def _transaction(
-    smtp: smtplib.SMTP, host: str, mail_from: str, rcpts: Sequence[str], message: bytes
-) -> list[RcptResult]:
+_State = Literal["open", "lost", "gone"]  # after a transaction: reusable, dropped, dropped early
+
+
+def _transaction(smtp: smtplib.SMTP, host: str, item: Outgoing) -> tuple[list[RcptResult], _State]:
+    mail_from, rcpts, message = item.mail_from, item.rcpts, item.message
     options: list[str] = []
     if any(b > 0x7F for b in message) and smtp.has_extn("8bitmime"):
         options.append("BODY=8BITMIME")  # RFC 6152
     if not all(a.isascii() for a in [mail_from, *rcpts]):
         if not smtp.has_extn("smtputf8"):
             # RFC 6531 §3.2: without SMTPUTF8 the message cannot be sent to this server
-            return _all(rcpts, "permanent", f"553 5.6.7 {host} does not support SMTPUTF8", host)
+            reply = f"553 5.6.7 {host} does not support SMTPUTF8"
+            return _all(rcpts, "permanent", reply, host), "open"
         options.append("SMTPUTF8")
     if smtp.has_extn("size"):
         options.append(f"SIZE={len(message)}")  # RFC 1870: the server may refuse early
     results: dict[str, RcptResult] = {}
     accepted: list[str] = []
+    mail_sent = False
     try:
         code, text = smtp.mail(mail_from, options)
+        mail_sent = True
+        if code == 421:  # RFC 5321 §3.8: the server is closing the connection; nothing sent
+            return _all(rcpts, "temporary", _reply(code, text), host), "gone"
         if code != 250:
-            return _all(rcpts, classify(code), _reply(code, text), host)
+            return _all(rcpts, classify(code), _reply(code, text), host), "open"
         for rcpt in rcpts:
             code, text = smtp.rcpt(rcpt)
             if code in (250, 251):
@@ -386,8 +421,9 @@ def _transaction(
         # Mid-transaction: what is not known delivered is retried (at-least-once: a drop after
         # our final "." but before the reply can mean a duplicate, RFC 5321 §6.1 accepts this).
         reply = f"451 4.4.2 {host}: connection lost: {_describe(exc)}"
-        return [results.get(r) or RcptResult(r, "temporary", reply, host) for r in rcpts]
-    return [results[r] for r in rcpts]
+        lost = [results.get(r) or RcptResult(r, "temporary", reply, host) for r in rcpts]
+        return lost, "lost" if mail_sent else "gone"
+    return [results[r] for r in rcpts], "open"
 
 
 def crlf_lines(message: bytes) -> bytes:
@@ -421,14 +457,51 @@ def deliver(
     security: OutboundSecurity | None = None,
 ) -> list[RcptResult]:
     """One attempt for `rcpts` (all at `domain`); one result per recipient, in order."""
+    pending = [Outgoing(domain, mail_from, rcpts, message)]
+    found: list[RcptResult] = []
+
+    def done(_item: Outgoing, results: list[RcptResult] | None) -> None:
+        found.extend(results or ())
+
+    deliver_batch(
+        config, lambda: pending.pop() if pending else None, done, rng=rng, abort=abort,
+        security=security,
+    )  # fmt: skip
+    return found
+
+
+def deliver_batch(
+    config: Config,
+    take: Take,
+    done: Done,
+    *,
+    rng: random.Random | None = None,
+    abort: Abort | None = None,
+    security: OutboundSecurity | None = None,
+) -> None:
+    """Messages from `take` (all to one destination: one domain, or anything for one relay)
+    over one connection where possible; each message's results go to `done` as they come.
+    Returns when `take` has nothing more, or after the connection ended (what `take` still
+    holds is the caller's to send again)."""
     abort = abort or Abort()
-    message = crlf_lines(message)
+    raw = take()
+    if raw is None:
+        return
+    first = _normalised(raw)
+
+    def take_next() -> Outgoing | None:
+        item = take()
+        return None if item is None else _normalised(item)
+
+    domain, rcpts = first.domain, first.rcpts
     try:
         routed = route_for(config, domain)
     except RouteError as exc:
-        return _all(rcpts, "temporary", f"451 4.3.5 {exc}")
+        done(first, _all(rcpts, "temporary", f"451 4.3.5 {exc}"))
+        return
     if routed is not None:
-        return _deliver_routed(config, routed, domain, mail_from, rcpts, message, abort)
+        _deliver_routed(config, routed, first, take_next, done, abort)
+        return
     if config.outbound.relay:
         # A smarthost for everything: MTA-STS and DANE are the smarthost's business.
         relay_host, relay_port = parse_hostport(config.outbound.relay)
@@ -439,11 +512,13 @@ def deliver(
         targets = route(config, domain, resolver, rng)
         if isinstance(targets, RcptResult):
             log.info("remote: %s: %s", domain, targets.reply)
-            return _all(rcpts, targets.kind, targets.reply)
+            done(first, _all(rcpts, targets.kind, targets.reply))
+            return
         planned = (security or default_security()).plan(config, domain, targets, resolver)
         if isinstance(planned, Refusal):
             log.info("remote: %s: %s", domain, planned.reply)
-            return _all(rcpts, "temporary", planned.reply)
+            done(first, _all(rcpts, "temporary", planned.reply))
+            return
         plan, port = planned, config.outbound.mx_port
     errors: list[str] = []
     for host, address, tls in plan.targets:
@@ -456,27 +531,39 @@ def deliver(
             address,
             port,
             ehlo_name=config.server.hostname,
-            mail_from=mail_from,
-            rcpts=rcpts,
-            message=message,
+            first=first,
+            take=take_next,
+            done=_logged(done, host, ""),
             abort=abort,
         )
         try:
-            results = _with_fallback(attempt, domain, tls, plan)
+            _with_fallback(attempt, domain, tls, plan)
         except _NextHostError as exc:
             log.info("remote: %s: %s; trying the next host", domain, exc)
             errors.append(str(exc))
             continue
-        for r in results:
-            log.info("remote: %s -> %s: %s", r.address, host, r.reply)
-        return results
+        return
     reply = f"451 4.4.1 {domain}: no host accepted a connection: {'; '.join(errors[-3:])}"
-    return _all(rcpts, "temporary", reply)
+    done(first, _all(rcpts, "temporary", reply))
+
+
+def _normalised(item: Outgoing) -> Outgoing:
+    message = crlf_lines(item.message)
+    return item if message is item.message else replace(item, message=message)
+
+
+def _logged(done: Done, host: str, how: str) -> Done:
+    def logged(item: Outgoing, results: list[RcptResult] | None) -> None:
+        for r in results or ():
+            log.info("remote: %s -> %s%s: %s", r.address, host, how, r.reply)
+        done(item, results)
+
+    return logged
 
 
 def _with_fallback(
-    attempt: Callable[..., list[RcptResult]], domain: str, tls: TlsRequirement, plan: Plan
-) -> list[RcptResult]:
+    attempt: Callable[..., None], domain: str, tls: TlsRequirement, plan: Plan
+) -> None:
     """One host: with the TLS it must reach; when that is not required and fails, again with
     opportunistic TLS (after a verifying try, MTA-STS testing), then in plain text."""
     try:
@@ -496,32 +583,24 @@ def _with_fallback(
 
 
 def _deliver_routed(
-    config: Config,
-    routed: Route,
-    domain: str,
-    mail_from: str,
-    rcpts: Sequence[str],
-    message: bytes,
-    abort: Abort,
-) -> list[RcptResult]:
+    config: Config, routed: Route, first: Outgoing, take: Take, done: Done, abort: Abort
+) -> None:
     """A routed domain: its relay only, verified STARTTLS, AUTH when configured."""
     try:
-        results = _session(
+        _session(
             routed.host,
             routed.host,
             routed.port,
             ehlo_name=config.server.hostname,
-            mail_from=mail_from,
-            rcpts=rcpts,
-            message=message,
+            first=first,
+            take=take,
+            done=_logged(done, routed.host, " (route)"),
             abort=abort,
             tls=verified("route", config.outbound.ca_file),
             credentials=routed.credentials,
             implicit_tls=routed.port == SUBMISSIONS_PORT,
         )
     except _NextHostError as exc:
-        log.info("remote: %s: route: %s", domain, exc)
-        return _all(rcpts, "temporary", f"451 4.4.1 {domain}: route to relay failed: {exc}")
-    for r in results:
-        log.info("remote: %s -> %s (route): %s", r.address, routed.host, r.reply)
-    return results
+        log.info("remote: %s: route: %s", first.domain, exc)
+        reply = f"451 4.4.1 {first.domain}: route to relay failed: {exc}"
+        done(first, _all(first.rcpts, "temporary", reply))

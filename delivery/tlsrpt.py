@@ -13,7 +13,10 @@ publishes `_smtp._tls.<domain>` TXT `v=TLSRPTv1; rua=mailto:...` gets one JSON r
 gzipped, in a multipart/report message through the outbound queue (DKIM-signed there as our
 primary domain, as §5.3 asks); then that day's rows are deleted (for a domain without a rua
 too). A crash between the enqueue and the delete sends a day's report twice; never loses one.
-https: rua endpoints are skipped (not implemented). The envelope sender is null (RFC 5321
+An `https:` rua gets the same gzipped JSON by POST (§3, Content-Type
+application/tlsrpt+gzip; `post_report`), its host resolved through our resolver and its
+certificate verified against the system CAs or `[outbound] ca_file`; a refused or failed POST
+is logged and not retried (the mailto: copies still go). The envelope sender is null (RFC 5321
 §4.5.5): a report that cannot be delivered must not bounce back into a loop.
 """
 
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import datetime
 import gzip
+import http.client
 import json
 import logging
 import re
@@ -30,12 +34,16 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, Protocol
+
+from mailstack.delivery.mtasts_fetch import HttpsConnection
+from mailstack.delivery.transport import verified_context
 
 from mailstack.base.config import Config
 from mailstack.base.dns import DnsClient, DnsTempError, make_resolver
@@ -140,9 +148,9 @@ class ReportStore:
 _FIELD_SEP = re.compile(r"[ \t]*;[ \t]*")
 
 
-def parse_tlsrpt_record(records: Iterable[bytes]) -> list[str]:
-    """The mailto: addresses of the one `_smtp._tls` record; [] when there is none usable
-    (§3: records not starting with the version are ignored; more than one: no reporting)."""
+def _rua(records: Iterable[bytes]) -> list[str]:
+    """The rua URIs of the one `_smtp._tls` record; [] when there is none usable (§3:
+    records not starting with the version are ignored; more than one: no reporting)."""
     texts = [r for r in records if r.startswith(b"v=TLSRPTv1")]
     if len(texts) != 1:
         return []
@@ -153,9 +161,18 @@ def parse_tlsrpt_record(records: Iterable[bytes]) -> list[str]:
     if fields[0] != "v=TLSRPTv1":
         return []
     rua = next((f[4:] for f in fields[1:] if f.startswith("rua=")), "")
+    return [uri.strip() for uri in rua.split(",")]
+
+
+def parse_tlsrpt_https(records: Iterable[bytes]) -> list[str]:
+    """The https: URLs of the one `_smtp._tls` record (RFC 8460 §3)."""
+    return [u for u in _rua(records) if re.fullmatch(r"(?i)https://[A-Za-z0-9.-]+(:\d+)?/\S*", u)]
+
+
+def parse_tlsrpt_record(records: Iterable[bytes]) -> list[str]:
+    """The mailto: addresses of the one `_smtp._tls` record (RFC 8460 §3)."""
     out: list[str] = []
-    for uri in rua.split(","):
-        uri = uri.strip()
+    for uri in _rua(records):
         if uri.lower().startswith("mailto:"):
             address = uri[7:].split("?", 1)[0]
             if re.fullmatch(r"[^@\s,;<>]+@[A-Za-z0-9.-]+", address):
@@ -263,11 +280,12 @@ def send_due_reports(
     submitter = config.server.domains[0]
     for day, domain in store.finished_days(now):
         try:
-            rua = parse_tlsrpt_record(dns.txt(f"_smtp._tls.{domain}"))
+            records = dns.txt(f"_smtp._tls.{domain}")
         except DnsTempError as exc:
             log.info("tlsrpt: %s: cannot look up the rua now: %s", domain, exc)
             continue  # next time
-        if rua:
+        rua, urls = parse_tlsrpt_record(records), parse_tlsrpt_https(records)
+        if rua or urls:
             report = build_report(
                 organization=submitter,
                 contact=f"postmaster@{submitter}",
@@ -276,17 +294,58 @@ def send_due_reports(
                 domain=domain,
                 rows=store.rows(day, domain),
             )
-            message = report_message(
-                report=report,
-                submitter=submitter,
-                from_address=f"tlsrpt-noreply@{submitter}",
-                to=rua,
-                now=now,
-            )
-            queued.append(queue.enqueue("", rua, message))
-            log.info("tlsrpt: %s report for %s queued to %s", day, domain, ", ".join(rua))
+            for url in urls:
+                try:
+                    post_report(dns, url, report, ca_file=config.outbound.ca_file)
+                except ReportPostError as exc:
+                    log.warning("tlsrpt: %s report for %s not posted: %s", day, domain, exc)
+                else:
+                    log.info("tlsrpt: %s report for %s posted to %s", day, domain, url)
+            if rua:
+                message = report_message(
+                    report=report,
+                    submitter=submitter,
+                    from_address=f"tlsrpt-noreply@{submitter}",
+                    to=rua,
+                    now=now,
+                )
+                queued.append(queue.enqueue("", rua, message))
+                log.info("tlsrpt: %s report for %s queued to %s", day, domain, ", ".join(rua))
         store.forget(day, domain)
     return queued
+
+
+class ReportPostError(Exception):
+    """An https: rua did not take the report."""
+
+
+def post_report(dns: DnsClient, url: str, report: dict[str, Any], *, ca_file: str) -> None:
+    """POST the gzipped JSON report to an https: rua (RFC 8460 §3); 2xx is success.
+    Blocking (DNS, HTTPS): send_due_reports runs in a thread."""
+    parsed = urllib.parse.urlsplit(url)
+    host, port = parsed.hostname or "", parsed.port or 443
+    try:
+        addresses = [str(r) for t in ("A", "AAAA") for r in dns.lookup(host, t)]
+    except DnsTempError as exc:
+        raise ReportPostError(f"{host}: {exc}") from None
+    if not addresses:
+        raise ReportPostError(f"{host} has no address")
+    body = gzip.compress(json.dumps(report).encode(), mtime=0)
+    path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+    errors: list[str] = []
+    for address in addresses:
+        conn = HttpsConnection(host, address, port, verified_context(ca_file))
+        try:
+            conn.request("POST", path, body, headers={"Content-Type": "application/tlsrpt+gzip"})
+            status = conn.getresponse().status
+            if 200 <= status < 300:
+                return
+            raise ReportPostError(f"{url}: HTTP {status}")  # the server answered: no retry
+        except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError included
+            errors.append(f"{address}: {exc}")
+        finally:
+            conn.close()
+    raise ReportPostError(f"{url}: {'; '.join(errors)}")
 
 
 async def run(store: ReportStore, queue: Enqueue, config: Config, stop: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -27,8 +27,15 @@ def fsync_path(path: Path, flags: int = 0) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically and durably, with permission bits `mode`."""
+def atomic_write(
+    path: Path,
+    data: bytes | str,
+    *,
+    mode: int = 0o644,
+    sync_dir: Callable[[Path], None] = fsync_dir,
+) -> None:
+    """Replace `path` with `data` atomically and durably, with permission bits `mode`.
+    `sync_dir`: how the directory is made durable (the queue shares fsyncs between threads)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -43,7 +50,7 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def ensure_dir(path: Path, *, mode: int = 0o755) -> Path:

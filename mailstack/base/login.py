@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -107,6 +108,10 @@ class Logins:
         self._cache: dict[bytes, tuple[str, float]] = {}
         self._cache_key = secrets.token_bytes(32)
         self._cache_version: int | None = None
+        # Verifications running, by cache key: the same name and password arriving again
+        # meanwhile (a client opening 16 connections at once) wait for that one's answer
+        # instead of hashing again. Keyed like the cache, so only identical pairs share.
+        self._running: dict[bytes, asyncio.Future[str | None]] = {}
         # Observed, for tests and `throttle list`: verifications started, most at once per net.
         self.verified = 0
         self.peak_per_network = 0
@@ -155,12 +160,25 @@ class Logins:
         version = self._accounts_version()
         if (cached := self._cached(account, password)) is not None:
             return cached, True  # verified by a parallel login while this one waited
-        address = await self._verify(account, password, decision.network)
+        if key is not None and (running := self._running.get(key)) is not None:
+            with contextlib.suppress(_BusyError):
+                if (shared := await asyncio.shield(running)) is not None:
+                    return shared, True  # the same pair was being verified: it is right
+            # A failure is never shared: every wrong guess costs its own verification.
+        verification = asyncio.ensure_future(self._verify(account, password, decision.network))
+        if key is not None:
+            self._running[key] = verification
+            verification.add_done_callback(functools.partial(self._ran, key))
+        address = await asyncio.shield(verification)
         if address is not None and key is not None and self._accounts_version() == version:
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
             self._cache[key] = (address, time.monotonic() + self.settings.cache_s)
         return address, False
+
+    def _ran(self, key: bytes, verification: asyncio.Future[str | None]) -> None:
+        if self._running.get(key) is verification:
+            del self._running[key]
 
     # -- the auth cache ------------------------------------------------------------------------
     def _cached(self, account: str, password: str) -> str | None:

@@ -45,6 +45,7 @@ def pki() -> Pki:
 @pytest.fixture(scope="module")
 def dns_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     records = "".join(domain_records(n, sts_id="20261206") for n in NAMES)
+    records += "mta-sts.nosts IN A 127.0.0.1\n"  # a policy host, no _mta-sts record
     server = NsdServer(tmp_path_factory.mktemp("nsd"), {"test": zone(records)})
     try:
         yield server.start()[1]
@@ -54,7 +55,7 @@ def dns_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def policies(pki: Pki) -> Iterator[PolicyServer]:
-    ctx, _ = pki.server_context(*(f"mta-sts.{n}.test" for n in NAMES))
+    ctx, _ = pki.server_context(*(f"mta-sts.{n}.test" for n in [*NAMES, "nosts"]))
     with PolicyServer(ctx) as server:
         server.policies = {
             "mta-sts.sts.test": policy("enforce", "mx.sts.test"),
@@ -257,12 +258,38 @@ async def test_a_new_id_or_an_expired_policy_is_fetched_again(
     got = await asyncio.to_thread(_lookup, PolicyStore(cache), cfg, "sts.test", 2000.0)
     assert got.policy is not None and got.policy.mode == "enforce"
     assert policies.fetches("sts.test") == before + 1
-    # Same id, within max_age (86400): from the cache; past it: fetched again.
+    # Same id, within half its max_age (86400): from the cache; then refreshed before it
+    # expires (RFC 8461 §5.1), and again once that copy is due in turn.
     store = PolicyStore(cache)
-    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 86000)
+    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 43000)
     assert policies.fetches("sts.test") == before + 1
-    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 86400)
+    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 43200)
     assert policies.fetches("sts.test") == before + 2
+    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 86000)
+    assert policies.fetches("sts.test") == before + 2
+    await asyncio.to_thread(_lookup, store, cfg, "sts.test", 2000.0 + 86400)
+    assert policies.fetches("sts.test") == before + 3
+
+
+async def test_a_refresh_keeps_a_policy_whose_txt_record_is_gone(
+    dns_port: int, good_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    # nosts.test publishes no _mta-sts record (any more), but its policy host still serves
+    # one: a cached policy due for refresh is fetched again and stays in force (§5.1).
+    cfg = config(dns_port, good_mx, policies, pki, tmp_path)
+    cache = tmp_path / "cache"
+    policies.policies["mta-sts.nosts.test"] = policy("enforce", "mx.nosts.test", max_age=1000)
+    _seed(cache, "nosts.test", "old", 1000.0, policy("enforce", "mx.nosts.test", max_age=1000))
+    store = PolicyStore(cache)
+    got = await asyncio.to_thread(_lookup, store, cfg, "nosts.test", 1400.0)
+    assert policies.fetches("nosts.test") == 0 and got.policy is not None
+    got = await asyncio.to_thread(_lookup, store, cfg, "nosts.test", 1600.0)
+    assert policies.fetches("nosts.test") == 1
+    cached = store.cached("nosts.test")
+    assert cached is not None and (cached.record_id, cached.fetched_at) == ("old", 1600.0)
+    # Past the first copy's expiry (2000), the refreshed one is still in force.
+    got = await asyncio.to_thread(_lookup, store, cfg, "nosts.test", 2050.0)
+    assert got.policy is not None and got.policy.mode == "enforce"
 
 
 async def test_a_failed_refresh_keeps_the_cached_policy_in_force(

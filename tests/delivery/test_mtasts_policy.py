@@ -118,10 +118,15 @@ POLICY = Policy("enforce", ("mx.example.com",), 100)
     ("cached", "record_id", "now", "fetch"),
     [
         pytest.param(None, "a", 0.0, True, id="nothing-cached"),
-        pytest.param(CachedPolicy("a", 0.0, POLICY), "a", 50.0, False, id="fresh-same-id"),
+        pytest.param(CachedPolicy("a", 0.0, POLICY), "a", 49.0, False, id="fresh-same-id"),
+        # §5.1: refreshed before it expires (at half its max_age, at most daily), with or
+        # without the TXT record
+        pytest.param(CachedPolicy("a", 0.0, POLICY), "a", 50.0, True, id="refresh-due"),
+        pytest.param(CachedPolicy("a", 0.0, POLICY), None, 50.0, True, id="refresh-no-record"),
         pytest.param(CachedPolicy("a", 0.0, POLICY), "b", 50.0, True, id="id-changed"),
         pytest.param(CachedPolicy("a", 0.0, POLICY), "a", 100.0, True, id="max-age-passed"),
-        pytest.param(CachedPolicy("a", 0.0, POLICY), None, 50.0, False, id="record-removed"),
+        pytest.param(CachedPolicy("a", 0.0, POLICY), None, 49.0, False, id="record-removed"),
+        pytest.param(CachedPolicy("a", 0.0, POLICY), None, 100.0, False, id="removed-expired"),
         pytest.param(None, None, 0.0, False, id="no-record-no-cache"),
     ],
 )

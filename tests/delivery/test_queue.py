@@ -355,7 +355,8 @@ async def test_concurrency_per_domain(
     await asyncio.wait_for(reached.wait(), 60)
     runner = queue._runner
     assert len(runner.inflight) == MAX_PER_DOMAIN + 1  # all dispatched ...
-    assert runner.per_domain["a.test"].locked()  # ... the last waits for a slot
+    assert runner.active["a.test"] == MAX_PER_DOMAIN  # ... to this many connections
+    assert len(runner.waiting["a.test"]) == 1  # the last waits for one of them
     assert in_data == MAX_PER_DOMAIN
     double.release.set()
     await asyncio.wait_for(run, 60)

@@ -8,7 +8,9 @@ import asyncio
 import email
 import email.policy
 import gzip
+import http.server
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,10 +40,54 @@ START = 1_800_000_000.0  # 2027-01-15, mid-day UTC
 RUA = "v=TLSRPTv1; rua=mailto:tls@reports.test,https://reports.test/ignored"
 
 
+class ReportSink:
+    """HTTPS on 127.0.0.1 (a certificate for collector.reports.test from the test CA) that
+    keeps every POST: what an https: rua receives."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.posts: list[tuple[str, str, bytes]] = []  # (path, Content-Type, body)
+        self.status = 200
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.posts.append((self.path, self.headers.get("Content-Type", ""), body))
+                self.send_response(sink.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        ctx, _ = pki.server_context("collector.reports.test")
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
-def dns_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def pki() -> Pki:
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def report_sink(pki: Pki) -> Iterator[ReportSink]:
+    sink = ReportSink(pki)
+    try:
+        yield sink
+    finally:
+        sink.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dns_port(tmp_path_factory: pytest.TempPathFactory, report_sink: ReportSink) -> Iterator[int]:
+    https_rua = f"v=TLSRPTv1; rua=https://collector.reports.test:{report_sink.port}/tlsrpt?d=1"
     records = (
         domain_records("rpt", extra=f'_smtp._tls.rpt IN TXT "{RUA}"\n')
+        + domain_records("hrpt", extra=f'_smtp._tls.hrpt IN TXT "{https_rua}"\n')
+        + "collector.reports IN A 127.0.0.1\n"
         + domain_records("quiet")
         + domain_records("reports")
         + f"mailstack._domainkey.sender IN TXT ( {_txt(dkim_public_record(dkim_key()))} )\n"
@@ -213,3 +259,38 @@ def test_any_txt_records_give_addresses_or_nothing(records: list[bytes]) -> None
     for address in parse_tlsrpt_record(records):
         local, _, domain = address.partition("@")
         assert local and domain and address.isascii()
+
+
+async def test_an_https_rua_gets_the_gzipped_json_by_post(
+    dns_port: int, report_sink: ReportSink, pki: Pki, tmp_path: Path
+) -> None:
+    # RFC 8460 §3: an https: rua receives the report as a POST of the gzipped JSON.
+    cfg = config_from_dict(
+        {
+            "server": {"hostname": "mail.sender.test", "domains": ["sender.test"]},
+            "dns": {"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
+            "outbound": {"ca_file": pki.ca_file(tmp_path)},
+        }
+    )
+    store = ReportStore(None)
+    store.add(Session("hrpt.test", "no-policy-found", (), "mx.hrpt.test", "127.0.0.1", None),
+              now=START)  # fmt: skip
+    client = DnsClient(make_resolver(cfg.dns))
+    queue = _queue(cfg, tmp_path, [START])
+    assert tlsrpt.send_due_reports(store, queue, cfg, client, START + DAY_S) == []  # no mailto
+    (path, content_type, body) = report_sink.posts[-1]
+    assert (path, content_type) == ("/tlsrpt?d=1", "application/tlsrpt+gzip")
+    report = json.loads(gzip.decompress(body))
+    (policy,) = report["policies"]
+    assert policy["policy"]["policy-domain"] == "hrpt.test"
+    assert policy["summary"]["total-successful-session-count"] == 1
+    assert store.finished_days(START + DAY_S) == []
+    # A collector that refuses is logged, not retried; the day is done all the same.
+    report_sink.status = 500
+    store.add(Session("hrpt.test", "no-policy-found", (), "mx.hrpt.test", "127.0.0.1", None),
+              now=START)  # fmt: skip
+    before = len(report_sink.posts)
+    tlsrpt.send_due_reports(store, queue, cfg, client, START + DAY_S)
+    assert len(report_sink.posts) == before + 1
+    assert store.finished_days(START + DAY_S) == []
+    report_sink.status = 200

@@ -181,3 +181,15 @@ def test_auth_keys_are_validated_by_name(key: str, value: object, message: str) 
     data = {"server": {"hostname": "mail.example.test", "domains": ["example.test"]}}
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**data, "auth": {key: value}})
+
+
+async def test_parallel_logins_of_one_pair_share_one_verification(accounts: Accounts) -> None:
+    # A mail client opening 16 connections at once: one argon2id check, not 16 in a row.
+    path = logins(accounts)
+    results = await asyncio.gather(*(path.login(ALICE, PASSWORD, "192.0.2.1") for _ in range(16)))
+    assert {r.outcome for r in results} == {Outcome.OK}
+    assert path.verified == 1
+    # A failure is never shared: each wrong guess is verified (and counted) on its own.
+    wrong = await asyncio.gather(*(path.login(ALICE, "wrong", "192.0.2.1") for _ in range(3)))
+    assert {r.outcome for r in wrong} == {Outcome.FAILED}
+    assert path.verified == 4

@@ -10,6 +10,8 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mailstack.delivery.dkim_rsa import BadKeyError, relaxed_body, signature_field
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -71,3 +73,40 @@ def test_a_bad_key_is_a_value_error() -> None:
             signed_headers=["from"],
             timestamp=1,
         )
+
+
+_WSP_TEXT = st.text(alphabet=" \t", min_size=0, max_size=3)
+_VALUE = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=0, max_size=20
+)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> bytes:
+    """Header fields with folding and WSP runs in any place, repeated names, odd bodies."""
+    fields = [b"From: a@x.test\r\n"]
+    for _ in range(draw(st.integers(0, 6))):
+        # One From only: with several, dkimpy refuses even its own signatures.
+        name = draw(st.sampled_from(["Subject", "To", "subject", "DATE", "X-Other", "to"]))
+        parts = draw(st.lists(st.tuples(_WSP_TEXT, _VALUE), min_size=1, max_size=4))
+        value = ""
+        for i, (wsp, text) in enumerate(parts):
+            value += ("\r\n " + wsp if i and draw(st.booleans()) else wsp) + text
+        fields.append(f"{name}:{value}\r\n".encode())  # dkimpy refuses WSP before ":"
+    lines = draw(st.lists(st.tuples(_WSP_TEXT, _VALUE, _WSP_TEXT), max_size=6))
+    body = b"".join(f"{a}{b}{c}\r\n".encode() for a, b, c in lines)
+    return b"".join(fields) + b"\r\n" + body
+
+
+@settings(max_examples=60, deadline=None)
+@given(_messages())
+def test_dkimpy_verifies_any_generated_message(message: bytes) -> None:
+    field = signature_field(
+        message,
+        domain="x.test",
+        selector="s1",
+        key_pem=PEM,
+        signed_headers=HEADERS,
+        timestamp=int(time.time()),
+    )
+    assert dkim.verify(field + message, dnsfunc=lambda _name, timeout=5: RECORD)

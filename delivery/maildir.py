@@ -76,7 +76,7 @@ _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
 # SQLite connection (about 150 KB resident: page cache, WAL index), so 1,000 accounts' six
 # folders would cost a gigabyte; a dropped folder is read again as another process reads it
 # (its connection closes when the last thread using it lets go).
-MAX_OPEN_INDEXES = 256
+MAX_OPEN_INDEXES = 128
 
 
 class MaildirStore:

@@ -45,7 +45,7 @@ SCHEMA_VERSION = 1
 _BATCH = 500  # keys per SELECT: stays below SQLite's default 999-variable limit
 # Accounts whose cache stays open per process, least recently used dropped first: each holds
 # an SQLite connection (about 150 KB resident), too much for 1,000 accounts (issue 11).
-MAX_OPEN_CACHES = 256
+MAX_OPEN_CACHES = 128
 
 
 class StructureCache:

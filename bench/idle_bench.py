@@ -581,6 +581,8 @@ def main() -> int:
         print("run as root: Dovecot is given the Maildirs as `nobody`", file=sys.stderr)
         return 2
     print(f"RLIMIT_NOFILE raised to {raise_fd_limit()}", flush=True)
+    # `timeout` or kill: unwind, so the servers started here are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="idle-bench-"))
     work.chmod(0o711)  # Dovecot's imap (as nobody) must traverse it
     try:

@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import smtplib
 import socket
 import statistics
@@ -146,8 +147,11 @@ async def open_session(port: int, user: str, sessions: Sessions) -> None:
     sessions.tasks.append(asyncio.ensure_future(listen()))
 
 
-async def open_all(port: int, users: list[str], count: int) -> Sessions:
-    sessions = Sessions()
+async def open_all(
+    port: int, users: list[str], count: int, sessions: Sessions | None = None
+) -> Sessions:
+    """`count` more IDLE sessions over `users`, round robin (added to `sessions`)."""
+    sessions = sessions if sessions is not None else Sessions()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one(i: int) -> None:
@@ -256,14 +260,35 @@ def add_users(state: Path, count: int) -> list[str]:
     return users
 
 
+# `serve` under tracemalloc (--tracemalloc): SIGUSR2 makes it dump a snapshot to the file
+# $IDLE_BENCH_SNAPSHOT names (written aside, then renamed: the bench waits for the name).
+TRACED_SERVE = """
+import os, signal, sys, tracemalloc
+tracemalloc.start(6)  # frames per allocation: enough to see the caller (not in the workers)
+def dump(signum, frame):
+    path = os.environ["IDLE_BENCH_SNAPSHOT"]
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.rename(path + ".part", path)
+signal.signal(signal.SIGUSR2, dump)
+from mailstack.cli import main
+sys.argv[0] = "mailstack"
+main()
+"""
+
+
 @contextlib.contextmanager
-def mailstack_serve(state: Path) -> Iterator[subprocess.Popen[bytes]]:
+def mailstack_serve(state: Path, traced: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     log = open(state / "serve.log", "wb")  # noqa: SIM115 - the child writes it until stopped
+    command = [MAILSTACK] if not traced else [sys.executable, "-P", "-c", TRACED_SERVE]
+    env = dict(os.environ)
+    if traced:
+        env["IDLE_BENCH_SNAPSHOT"] = str(state / "snapshot")
     proc = subprocess.Popen(
-        [MAILSTACK, "--dir", str(state), "serve"],
+        [*command, "--dir", str(state), "serve"],
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=raise_fd_limit,
+        env=env,
     )
     try:
         yield proc
@@ -281,25 +306,70 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode}")
+            log = Path(proc.args[-2]) / "serve.log"  # [..., "--dir", state, "serve"]
+            raise RuntimeError(f"serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             return
         time.sleep(0.1)
     raise RuntimeError("serve did not listen within 120 s")
 
 
-async def bench_mailstack(work: Path, accounts: int, count: int, rounds: int) -> dict[str, Any]:
+async def snapshot(proc: subprocess.Popen[bytes], state: Path, keep: Path) -> Any:
+    """A tracemalloc snapshot of the traced `serve` (see TRACED_SERVE), also saved as `keep`
+    (for `tracemalloc.Snapshot.load` and other groupings than print_growth's)."""
+    import tracemalloc
+
+    path = state / "snapshot"
+    path.unlink(missing_ok=True)
+    proc.send_signal(signal.SIGUSR2)
+    while not path.exists():  # noqa: ASYNC110 - another process writes it
+        await asyncio.sleep(0.2)
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, keep)
+    return tracemalloc.Snapshot.load(str(path))
+
+
+def print_growth(before: Any, after: Any, sessions: int, what: str) -> None:
+    """The allocations that grew between two snapshots, per session, biggest first."""
+    stats = after.compare_to(before, "traceback")
+    total = sum(s.size_diff for s in stats)
+    print(f"  tracemalloc, {what}: {total / sessions / 1024:.1f} KiB per session", flush=True)
+    for stat in stats[:25]:
+        if stat.size_diff <= 0:
+            break
+        frames = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:4])
+        print(
+            f"    {stat.size_diff / sessions:8.0f} B {stat.count_diff / sessions:6.2f} blocks"
+            f"  {frames}",
+            flush=True,
+        )
+
+
+async def bench_mailstack(
+    work: Path, accounts: int, count: int, rounds: int, traced: Path | None = None
+) -> dict[str, Any]:
     state = work / "mailstack"
     smtp_port, imap_port = free_port(), free_port()
     configure(state, smtp_port, imap_port, count)
     print(f"mailstack: adding {accounts} accounts ...", flush=True)
     users = add_users(state, accounts)
     per_user = count // accounts
-    with mailstack_serve(state) as proc:
+    with mailstack_serve(state, traced is not None) as proc:
         wait_listening(imap_port, proc)
         await asyncio.sleep(2)  # workers settle
         idle_kb = rss_kb(proc.pid)
-        sessions = await open_all(imap_port, users, count)
+        if traced:  # at 0, half and all sessions: the second half's growth is per session
+            half = count // 2
+            snaps = [await snapshot(proc, state, traced / "0.tracemalloc")]
+            sessions = await open_all(imap_port, users, half)
+            snaps.append(await snapshot(proc, state, traced / f"{half}.tracemalloc"))
+            rotated = users[half % accounts :] + users[: half % accounts]
+            await open_all(imap_port, rotated, count - half, sessions)
+            snaps.append(await snapshot(proc, state, traced / f"{count}.tracemalloc"))
+            print_growth(snaps[0], snaps[1], max(1, half), "first half (accounts warm up)")
+            print_growth(snaps[1], snaps[2], max(1, count - half), "second half")
+        else:
+            sessions = await open_all(imap_port, users, count)
         await asyncio.sleep(2)
         busy_kb = rss_kb(proc.pid)
 
@@ -419,19 +489,20 @@ async def bench_dovecot(work: Path, accounts: int, count: int, rounds: int) -> d
 
 NOTES = [
     "",
-    "What the numbers say (2026-12-06 run, 2,000 mailstack sessions: the modest size the "
-    "shared machine allowed, not the 10,000 of issue 11):",
+    "What the numbers say (2026-12-06 runs, 1,000 sessions over 100 accounts: the size the "
+    "shared, loaded machine allowed, not the 10,000 over 1,000 of issue 11):",
     "",
     "- Wake-ups: one inotify instance per `serve` and two watches per folder; a file renamed "
     "into new/ reached every IDLE session on its folder in tens of ms, a delivery through "
     "our SMTP (a worker process, then the main process's store event) in under a quarter "
     "of a second.",
-    "- Memory: about 36 KB per IDLE session (RSS of all mailstack processes; tracemalloc "
-    "finds about 19 KB of Python objects: the asyncio stream and transport, IDLE's waiting "
-    "futures and context managers, the session) on top of 144 MB for an idle `serve` with "
-    "its two SMTP workers. Projected to 10,000 sessions: about 500 MB, over issue 11's "
-    "300 MB; the fixed part (three interpreters) and IDLE's per-session futures are where "
-    "to cut.",
+    "- Memory: the cost was per account more than per session: each folder index and "
+    "structure cache kept an SQLite connection (~150 KB) open for the life of `serve`, "
+    "~1.4 MB per account. Now at most 128 of each stay open (least recently used closed), "
+    "and an IDLE session holds one read task and one future (its folder's store event, "
+    "inotify watch and shutdown are waited for once per folder): tracemalloc finds 9.6 KB "
+    "of Python objects per session, 15.5 KB before. The fixed part is three interpreters "
+    "(`serve` and two SMTP workers, ~63 MB RSS each, ~24 MB of it shared libraries).",
     "- Dovecot runs one `imap` process per session (about 0.5 MB PSS each), and each takes "
     "an inotify instance: past `fs.inotify.max_user_instances` (128 here, per user; its "
     "mail user is `nobody`) its log says 'Inotify instance limit ... exceeded, disabling' "
@@ -471,7 +542,11 @@ def render(results: list[dict[str, Any]], command: str) -> str:
 async def main_async(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     results = []
     if args.only != "dovecot":
-        results.append(await bench_mailstack(work, args.accounts, args.sessions, args.rounds))
+        results.append(
+            await bench_mailstack(
+                work, args.accounts, args.sessions, args.rounds, traced=args.tracemalloc
+            )
+        )
     if args.only != "mailstack" and args.dovecot_sessions:
         results.append(await bench_dovecot(work, args.accounts, args.dovecot_sessions, args.rounds))
     return results
@@ -484,6 +559,11 @@ def main() -> int:
     parser.add_argument("--dovecot-sessions", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=("mailstack", "dovecot"))
+    parser.add_argument(
+        "--tracemalloc", type=Path, metavar="DIR",
+        help="run serve under tracemalloc, print what each session allocates and keep the "
+        "snapshots in DIR (slower and bigger: not for the RSS numbers)",
+    )  # fmt: skip
     parser.add_argument("--write", type=Path, help="replace this section of the file")
     parser.add_argument(
         "--from-results", nargs=2, metavar=("JSON", "COMMAND"),
@@ -501,6 +581,8 @@ def main() -> int:
         print("run as root: Dovecot is given the Maildirs as `nobody`", file=sys.stderr)
         return 2
     print(f"RLIMIT_NOFILE raised to {raise_fd_limit()}", flush=True)
+    # `timeout` or kill: unwind, so the servers started here are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="idle-bench-"))
     work.chmod(0o711)  # Dovecot's imap (as nobody) must traverse it
     try:

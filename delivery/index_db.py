@@ -202,6 +202,12 @@ class IndexDb:
         self._db = None
         self._known = None
 
+    def __del__(self) -> None:
+        # The store dropped this folder's index (its LRU, delivery/maildir.py) and no thread
+        # uses it any more: close now. An unclosed sqlite3.Connection is in a reference cycle
+        # of its own and would keep its page cache until a full garbage collection.
+        self.close()
+
     # -- reconcile -----------------------------------------------------------------------------
     def reconcile(
         self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None = None

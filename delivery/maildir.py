@@ -32,6 +32,7 @@ import secrets
 import shutil
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -71,6 +72,11 @@ from mailstack.base.fsutil import fsync_dir
 from mailstack.base.paths import StatePaths
 
 _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
+# Folder indexes kept per process, least recently used dropped first. Each holds an open
+# SQLite connection (about 150 KB resident: page cache, WAL index), so 1,000 accounts' six
+# folders would cost a gigabyte; a dropped folder is read again as another process reads it
+# (its connection closes when the last thread using it lets go).
+MAX_OPEN_INDEXES = 128
 
 
 class MaildirStore:
@@ -87,7 +93,7 @@ class MaildirStore:
         # The account database's quota per user (0: unlimited); none given: no quotas.
         self._quota_of = quota_of
         self._events = events
-        self._indexes: dict[Path, FolderIndex] = {}
+        self._indexes: OrderedDict[Path, FolderIndex] = OrderedDict()  # LRU, see above
         self._texts: dict[Path, FolderText] = {}
         self._headers: dict[Path, HeaderTable] = {}
         self._indexes_lock = threading.Lock()
@@ -161,6 +167,10 @@ class MaildirStore:
             if index is None:
                 index = FolderIndex(fdir, lambda: folders.next_uid_validity(root))
                 self._indexes[fdir] = index
+                while len(self._indexes) > MAX_OPEN_INDEXES:
+                    self._indexes.popitem(last=False)
+            else:
+                self._indexes.move_to_end(fdir)
             return index
 
     def _forget_indexes(self, prefix: Path) -> None:

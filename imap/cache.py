@@ -32,6 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -42,6 +43,9 @@ FILE_MODE = 0o600
 BUSY_TIMEOUT_MS = 200  # a cache may skip a write rather than stall a FETCH behind a writer
 SCHEMA_VERSION = 1
 _BATCH = 500  # keys per SELECT: stays below SQLite's default 999-variable limit
+# Accounts whose cache stays open per process, least recently used dropped first: each holds
+# an SQLite connection (about 150 KB resident), too much for 1,000 accounts (issue 11).
+MAX_OPEN_CACHES = 128
 
 
 class StructureCache:
@@ -204,23 +208,32 @@ class StructureCache:
                     self._db.close()
                 self._db = None
 
+    def __del__(self) -> None:
+        # Dropped by StructureCaches' LRU and no longer used: close now (an unclosed
+        # sqlite3.Connection waits for a full garbage collection, its own reference cycle).
+        self.close()
+
 
 class StructureCaches:
     """One `StructureCache` per account root, shared by every session of the process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._caches: dict[Path, StructureCache] = {}
+        self._caches: OrderedDict[Path, StructureCache] = OrderedDict()  # LRU
 
     def for_root(self, maildir_root: Path) -> StructureCache:
         with self._lock:
             cache = self._caches.get(maildir_root)
             if cache is None:
                 cache = self._caches[maildir_root] = StructureCache(maildir_root)
+                while len(self._caches) > MAX_OPEN_CACHES:
+                    self._caches.popitem(last=False)  # closed once no session uses it
+            else:
+                self._caches.move_to_end(maildir_root)
             return cache
 
     def close(self) -> None:
         with self._lock:
-            caches, self._caches = list(self._caches.values()), {}
+            caches, self._caches = list(self._caches.values()), OrderedDict()
         for cache in caches:
             cache.close()

@@ -11,8 +11,9 @@ hands events to the session, and owns what needs a socket or a clock:
 - IDLE (RFC 2177): waits for the client's DONE and for `ctx.events`, which the store
   publishes to after every durable change and the service's `MaildirWatcher`
   (delivery/watch.py, inotify) after every change other processes make (Dovecot, mbsync, a
-  `cp` into new/, the CLI). Where inotify covers the folder a rescan every
-  `WATCHED_RESCAN_S` is only a safety net; elsewhere IDLE rescans every `rescan_s`.
+  `cp` into new/, the CLI), both subscribed once per folder for all its IDLE sessions
+  (imap/idle.py). Where inotify covers the folder a rescan every `WATCHED_RESCAN_S` is only
+  a safety net; elsewhere IDLE rescans every `rescan_s`.
 - Limits (`mailstack.base.connections`, shared by both listeners): connections per client
   address (`::ffff:a.b.c.d` counted as a.b.c.d), per network (IPv4 /24, IPv6 /64) and in total,
   of which `imap.reserved_for_authenticated` are for logged-in sessions; refused with
@@ -31,8 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import Iterator
-from typing import Any
 
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.watch import MaildirWatcher
@@ -40,6 +39,7 @@ from mailstack.imap import response
 from mailstack.imap.cache import StructureCaches
 from mailstack.imap.compress import Deflate
 from mailstack.imap.framing import RemoteProtocolError
+from mailstack.imap.idle import IdleWaiters, Key, Waiter
 from mailstack.imap.session import ConnectionLimits, Session, Write
 from mailstack.imap.shared import SharedStore
 
@@ -82,6 +82,7 @@ class ImapService:
         self.limits = ConnectionLimits(cfg.max_connections_per_user)
         # inotify watches of the folders IDLE sessions wait on, shared by all of them.
         self.watcher = MaildirWatcher(ctx.events, ctx.paths.maildir)
+        self.idlers = IdleWaiters(ctx.events, self.watcher, ctx.stopping)
 
     async def start_imap(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
         """IMAP on `host:port` with STARTTLS (cleartext login only where the session allows)."""
@@ -109,6 +110,7 @@ class ImapService:
                 is_tls=implicit_tls,
                 rescan_s=self.rescan_s,
                 watcher=self.watcher,
+                idlers=self.idlers,
             )
 
         return await asyncio.start_server(
@@ -122,6 +124,7 @@ class ImapService:
     def close(self) -> None:
         """Close the structure caches' files and the inotify instance (as an exit would)."""
         self.caches.close()
+        self.idlers.close()
         self.watcher.close()
 
 
@@ -146,6 +149,7 @@ async def serve_client(
     is_tls: bool,
     rescan_s: float = RESCAN_S,
     watcher: MaildirWatcher | None = None,
+    idlers: IdleWaiters | None = None,
 ) -> None:
     """Run one connection to its end; never raises."""
     peer = writer.get_extra_info("peername")
@@ -176,7 +180,9 @@ async def serve_client(
 
     try:
         await write(session.greeting())
-        await _loop(ctx, session, reader, wire, connections, ticket, watcher)
+        if idlers is None:  # a connection outside a service: polls, but hears of shutdown
+            idlers = IdleWaiters(ctx.events, None, ctx.stopping)
+        await _loop(ctx, session, reader, wire, connections, ticket, idlers)
     except RemoteProtocolError as exc:
         clog.info("closing: %s", exc.reason)
         with contextlib.suppress(ConnectionError):
@@ -230,7 +236,7 @@ async def _loop(
     wire: _Wire,
     connections: ConnectionLimiter,
     ticket: Ticket,
-    watcher: MaildirWatcher | None = None,
+    idlers: IdleWaiters,
 ) -> None:
     writer, write = wire.writer, wire.write
     loop = asyncio.get_running_loop()
@@ -281,7 +287,7 @@ async def _loop(
             continue
         data: bytes | None
         if session.is_idling:
-            data = await _idle_read(ctx, session, reader, write, timeout_s, watcher)
+            data = await _idle_read(ctx, session, reader, write, timeout_s, idlers)
         else:
             data = await _read(ctx, reader, timeout_s, session.notify_wake if is_between else None)
             if data is None:
@@ -344,21 +350,14 @@ async def _read(
     raise TimeoutError
 
 
-@contextlib.contextmanager
-def _watch(
-    ctx: ServerContext, session: Session, watcher: MaildirWatcher | None
-) -> Iterator[tuple[asyncio.Event | None, bool]]:
-    """The selected folder's change event, and whether inotify watches the folder too."""
+def _idle_key(ctx: ServerContext, session: Session) -> Key | None:
+    """The folder whose changes wake the session: (owner, folder) as the store publishes."""
     if session.user is None or session.selected is None:
-        yield None, False
-        return
+        return None
     user, folder = session.user, session.selected.name
     if isinstance(ctx.store, SharedStore):  # a shared folder changes under its owner's name
         user, folder = ctx.store.locate(user, folder)
-    with contextlib.ExitStack() as stack:
-        event = stack.enter_context(ctx.events.watch(user, folder))
-        is_watched = watcher is not None and stack.enter_context(watcher.watch(user, folder))
-        yield event, is_watched
+    return user, folder
 
 
 async def _idle_read(
@@ -367,55 +366,52 @@ async def _idle_read(
     reader: asyncio.StreamReader,
     write: Write,
     timeout_s: float,
-    watcher: MaildirWatcher | None = None,
+    idlers: IdleWaiters,
 ) -> bytes:
-    """Wait for client bytes while reporting mailbox changes (RFC 2177)."""
+    """Wait for client bytes while reporting mailbox changes (RFC 2177). What waits per
+    session is one read task and one `Waiter` (imap/idle.py): no task per event source."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    waiter = Waiter()
     read = asyncio.ensure_future(reader.read(READ_BYTES))
-    stopping = asyncio.ensure_future(ctx.stopping.wait())
+    read.add_done_callback(waiter.wake)
+    key = _idle_key(ctx, session)
+    is_watched = idlers.add(waiter, key)
     try:
-        with _watch(ctx, session, watcher) as (changed, is_watched):
-            rescan_s = max(session.rescan_s, WATCHED_RESCAN_S) if is_watched else session.rescan_s
-            await session.idle_poll(write)  # changes made before we started watching
-            if session.is_logged_out:
-                return b""
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError
-                if ctx.stopping.is_set():
-                    raise _ShuttingDownError
-                waiters: set[asyncio.Future[Any]] = {read, stopping}
-                woke = asyncio.ensure_future(changed.wait()) if changed is not None else None
-                if woke is not None:
-                    waiters.add(woke)
-                notified = None
-                if session.notify_wake is not None:  # RFC 5465 during IDLE
-                    notified = asyncio.ensure_future(session.notify_wake.wait())
-                    waiters.add(notified)
-                done, _ = await asyncio.wait(
-                    waiters,
-                    timeout=min(rescan_s, remaining),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if woke is not None:
-                    woke.cancel()
+        rescan_s = max(session.rescan_s, WATCHED_RESCAN_S) if is_watched else session.rescan_s
+        await session.idle_poll(write)  # changes made before we started watching
+        if session.is_logged_out:
+            return b""
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            if read.done():
+                return read.result()
+            if ctx.stopping.is_set():
+                raise _ShuttingDownError
+            notified = None
+            if session.notify_wake is not None:  # RFC 5465 during IDLE: a wait of its own
+                notified = asyncio.ensure_future(session.notify_wake.wait())
+                notified.add_done_callback(waiter.wake)
+            try:
+                await waiter.wait(min(rescan_s, remaining))
+            finally:
                 if notified is not None:
+                    notified.remove_done_callback(waiter.wake)
                     notified.cancel()
-                if read in done:
-                    return read.result()
-                if changed is not None:
-                    changed.clear()
-                if session.notify_pending:
-                    await session.notify_flush(write)
-                    if session.is_logged_out:
-                        return b""
-                await session.idle_poll(write)
-                if session.is_logged_out:  # e.g. the selected mailbox was deleted: BYE sent
+            if read.done() or ctx.stopping.is_set():
+                continue
+            if session.notify_pending:
+                await session.notify_flush(write)
+                if session.is_logged_out:
                     return b""
+            await session.idle_poll(write)  # a change, or the rescan timer
+            if session.is_logged_out:  # e.g. the selected mailbox was deleted: BYE sent
+                return b""
     finally:
-        stopping.cancel()
+        idlers.discard(waiter, key)
+        read.remove_done_callback(waiter.wake)
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):

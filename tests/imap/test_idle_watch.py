@@ -161,6 +161,45 @@ def test_sessions_of_one_folder_share_one_watch(
     assert watcher.watched_folders == 0
 
 
+def server_tasks(server: ImapServerThread) -> int:
+    """asyncio tasks alive on the server's loop (counted on that loop)."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    assert server._loop is not None
+    return asyncio.run_coroutine_threadsafe(count(), server._loop).result(WAIT_S)
+
+
+def test_idle_costs_one_task_per_session_and_one_subscription_per_folder(
+    server: ImapServerThread, deployment: ImapDeployment
+) -> None:
+    """Issue 11's 10,000 IDLE sessions: per session only the connection's task and its read
+    wait; the folder's store events, inotify watch and shutdown are waited for once, for
+    all the folder's sessions (imap/idle.py)."""
+    assert server.service is not None
+    before = server_tasks(server)
+    sessions = 6
+    clients = [idling(server) for _ in range(sessions - 1)] + [idling(server, "Junk")]
+    cp(deployment, "x.elsewhere")
+    cp(deployment, "y.elsewhere", ".Junk")
+    for client in clients:  # each woke once: all are in their waiting loop now
+        wait_for(client, rb"^\* 1 EXISTS")
+    assert server.service.idlers.folders == 2
+    assert server.service.watcher.watched_folders == 2
+    # connection + read per session; a relay per folder; one for shutdown; the counter.
+    assert server_tasks(server) - before <= 2 * sessions + 2 + 1 + 1
+    deployment.store.append(USER, INBOX, MESSAGE)  # our own write: the store's event
+    for client in clients[:-1]:
+        wait_for(client, rb"^\* 2 EXISTS")
+    for client in clients:
+        done(client)
+    deadline = time.monotonic() + WAIT_S
+    while server.service.idlers.folders and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.service.idlers.folders == 0
+
+
 def test_without_inotify_idle_still_polls(
     deployment: ImapDeployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,6 +86,7 @@ class FolderIndex:
         self._listing_stamp: tuple[int, int] | None = None
         self._verify_after_ns = 0  # re-list once the directories' mtimes are this old
         self._listed = False  # _listing came from a full scan at least once
+        self._unrecorded: list[tuple[int, str, str]] = []  # (uid, sub, name): record_own_changes
         self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
         self._by_uid: dict[int, Entry] = {}  # the same entries by UID
@@ -243,6 +244,7 @@ class FolderIndex:
         self._listed = True
         self._listing = listing
         self._entries = None
+        self._unrecorded = []  # in the listing now: entries() records them
         return foreign
 
     def _list_dirs(self) -> dict[str, tuple[str, str]]:
@@ -318,6 +320,29 @@ class FolderIndex:
         """UIDs expunged after `modseq` (None: the log does not reach back so far)."""
         self.entries()
         return self.db.expunged_since(modseq)
+
+    def record_own_changes(self) -> None:
+        """Hand our own changes to the persistent index now, so other processes see them.
+
+        A process that never listed the folder records just the files it numbered since the
+        last call and forgets them: building entries for every file it ever delivered made
+        each delivery of an SMTP worker cost time in proportion to its past deliveries.
+        """
+        if self._listed or self._entries is not None:
+            self.entries()
+            return
+        fresh = [self._make_entry(uid, sub, name) for uid, sub, name in self._unrecorded]
+        self._by_uid = {e.uid: e for e in fresh if e is not None}
+        try:
+            self._record([])  # blind: records the touched UIDs found in _by_uid
+        finally:
+            for uid, _sub, name in self._unrecorded:
+                base = split_info(name)[0]
+                self._listing.pop(base, None)
+                self._meta.pop(base, None)
+                self._entry_of.pop(base, None)
+                self._by_uid.pop(uid, None)
+            self._unrecorded = []
 
     def entries(self) -> list[Entry]:
         """Every message, in UID order (after sync()), each with its MODSEQ."""
@@ -503,6 +528,12 @@ class FolderIndex:
         if records:
             self._append_records(records, sync=sync)
         entries = self._entries
+        if entries is None and not self._listed:
+            # A process that never listed the folder (an SMTP worker) keeps only what it has
+            # yet to record (`record_own_changes`), not an entry per file it ever delivered.
+            pairs = zip(records, files, strict=True)
+            self._unrecorded += [(r.uid, sub, name) for r, (sub, name, _meta) in pairs]
+            return [r.uid for r in records]
         for record, (sub, name, _meta) in zip(records, files, strict=True):
             entry = self._make_entry(record.uid, sub, name) if entries is not None else None
             if entries is None or entry is None or (entries and entries[-1].uid >= entry.uid):

@@ -390,7 +390,7 @@ class BatchWriter:
                 uids = index.added_many(
                     [(d.sub, d.name, written[j][i].meta) for j, i, d in numbered], sync=False
                 )
-                index.entries()  # MODSEQs recorded: other processes see the change at once
+                index.record_own_changes()  # MODSEQs recorded: other processes see them now
                 for (_j, _i, done), uid in zip(numbered, uids, strict=True):
                     done.uid = uid
                     done.uid_validity = index.uidlist.uid_validity

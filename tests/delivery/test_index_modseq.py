@@ -142,3 +142,18 @@ def test_a_delivering_process_records_only_its_own_messages(
     after = modseqs(store)
     assert {u: after[u] for u in uids} == before
     assert all(after[u] > top for u in new)
+
+
+def test_a_delivering_process_keeps_nothing_per_delivered_message(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    """A worker's index held an entry per message it ever delivered and rebuilt them all at
+    every delivery (each 250 cost time in proportion to the worker's past deliveries)."""
+    worker = MaildirStore(paths, hostname="mx.example.com")
+    new = deliver(worker, 40)
+    root = paths.maildir(ALICE)
+    with worker._index(root, root).locked() as index:
+        assert not index._listing and not index._meta and not index._unrecorded
+    mine = modseqs(store)  # a listing process sees each with its own, increasing MODSEQ
+    assert sorted(mine) == new
+    assert [mine[u] for u in new] == sorted({mine[u] for u in new})

@@ -112,6 +112,8 @@ CAPABILITIES = (
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "MULTIAPPEND",
+    "CATENATE",  # RFC 4469 (imap/catenate.py)
+    "UTF8=ACCEPT",  # RFC 6855, once ENABLEd (imap/enabled.py, imap/downgrade.py)
     "STATUS=SIZE",
     "NOTIFY",  # RFC 5465 (imap/session_notify.py)
     *condstore.CAPABILITIES,

@@ -1,0 +1,148 @@
+"""CATENATE (RFC 4469) over raw sockets: APPEND joins TEXT literals and IMAP URLs (RFC 5092)
+to messages the user can read, with MULTIAPPEND, [BADURL] and [TOOBIG] (nothing stored then),
+and the ACL rights of shared folders (a folder without `r` is a BADURL)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mailstack.delivery import acl
+
+from tests.imap.rawclient import RawClient
+from tests.support.imapserver import (
+    OTHER_PASSWORD,
+    OTHER_USER,
+    PASSWORD,
+    USER,
+    ImapDeployment,
+    ImapServerThread,
+    make_deployment,
+    running_server,
+)
+
+HEADER = (
+    b"From: a@example.com\r\nSubject: original\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+)
+BODY = b"--b\r\nContent-Type: text/plain\r\n\r\npart one\r\n--b\r\n\r\npart two\r\n--b--\r\n"
+LIMIT = 1000  # smtp.max_message_size of this deployment: two copies of the message exceed it
+
+
+@pytest.fixture
+def dep(tmp_path: Path) -> ImapDeployment:
+    dep = make_deployment(tmp_path / "state")
+    smtp = dataclasses.replace(dep.config.smtp, max_message_size=LIMIT)
+    dep = dataclasses.replace(dep, config=dataclasses.replace(dep.config, smtp=smtp))
+    dep.store.deliver(
+        [(USER, "INBOX")], HEADER + BODY + b"x" * (LIMIT // 2 + 10 - len(HEADER + BODY))
+    )
+    for folder, rights in (("Readable", "lr"), ("Listed", "l")):
+        dep.store.create_folder(USER, folder)
+        dep.store.deliver([(USER, folder)], HEADER + BODY)
+        acl.set_rights(
+            acl.folder_dir(dep.paths.maildir(USER), folder), f"user={OTHER_USER}", rights
+        )
+    return dep
+
+
+@pytest.fixture
+def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
+    with running_server(dep) as server:
+        yield server
+
+
+def login(server: ImapServerThread, user: str = USER, password: str = PASSWORD) -> RawClient:
+    client = RawClient("127.0.0.1", server.imap_port)
+    assert client.tagged(f'LOGIN {user} "{password}"').startswith(b"OK")
+    return client
+
+
+def text(data: bytes) -> bytes:
+    return b"TEXT {%d+}\r\n" % len(data) + data
+
+
+def uid_validity(client: RawClient, folder: str) -> int:
+    line = client.command(f"STATUS {folder} (UIDVALIDITY)")[0]
+    m = re.search(rb"UIDVALIDITY (\d+)", line)
+    assert m is not None, line
+    return int(m[1])
+
+
+def fetch_body(client: RawClient, folder: str, uid: int) -> bytes:
+    assert client.tagged(f"EXAMINE {folder}").startswith(b"OK")
+    line = client.command(f"UID FETCH {uid} BODY.PEEK[]")[0]
+    if (quoted := re.search(rb'BODY\[\] "(.*)"\)\r\n$', line)) is not None:
+        return quoted[1]
+    head, _, rest = line.partition(b"}\r\n")
+    return rest[: int(head.rsplit(b"{", 1)[1])]
+
+
+def test_text_and_urls_joined(server: ImapServerThread) -> None:
+    with login(server) as client:
+        assert b" CATENATE " in client.command("CAPABILITY")[0]
+        uv = uid_validity(client, "INBOX")
+        url = f"/INBOX;UIDVALIDITY={uv}/;UID=1/;SECTION=HEADER".encode()
+        intro = b"\r\nnew text first\r\n"
+        ok = client.tagged(
+            b"APPEND Drafts (\\Draft) CATENATE (URL "
+            + url
+            + b" "
+            + text(intro)
+            + b" URL imap://alice@mail.example.com/INBOX/;UID=1/;SECTION=1)"
+        )
+        assert ok.startswith(b"OK [APPENDUID "), ok
+        assert fetch_body(client, "Drafts", 1) == HEADER + intro + b"part one"
+        # Relative to the selected mailbox, with PARTIAL (RFC 5092 §3.5).
+        assert client.tagged("SELECT INBOX").startswith(b"OK")
+        ok = client.tagged(b'APPEND Drafts CATENATE (URL ";UID=1/;SECTION=2;PARTIAL=0.4")')
+        assert ok.startswith(b"OK"), ok
+        assert fetch_body(client, "Drafts", 2) == b"part"
+
+
+def test_multiappend_with_catenate_is_all_or_nothing(server: ImapServerThread) -> None:
+    with login(server) as client:
+        uv = uid_validity(client, "INBOX")
+        good = f"URL /INBOX;UIDVALIDITY={uv}/;UID=1/;SECTION=1".encode()
+        ok = client.tagged(b"APPEND Drafts CATENATE (" + good + b") CATENATE (" + good + b")")
+        assert ok.startswith(b"OK [APPENDUID %d 1:2]" % uid_validity(client, "Drafts")), ok
+        for bad_url in (
+            f"/INBOX;UIDVALIDITY={uv + 1}/;UID=1".encode(),  # UIDVALIDITY changed
+            b"/INBOX/;UID=99",  # no such message
+            b"/Nowhere/;UID=1",  # no such folder
+            b"http://example.com/",  # not an IMAP URL
+            b"/INBOX/;UID=1/;SECTION=BOGUS",  # no such section
+        ):
+            answer = client.tagged(
+                b"APPEND Drafts CATENATE (" + good + b") CATENATE (URL " + bad_url + b")"
+            )
+            assert answer.startswith(b"NO [BADURL " + bad_url + b"]"), answer
+        # TOOBIG: the joined result exceeds the size limit; nothing is stored.
+        answer = client.tagged(b"APPEND Drafts CATENATE (" + good + b" URL /INBOX/;UID=1)")
+        assert answer.startswith(b"OK"), answer
+        answer = client.tagged(b"APPEND Drafts CATENATE (URL /INBOX/;UID=1 URL /INBOX/;UID=1)")
+        assert answer.startswith(b"NO [TOOBIG]"), answer
+        assert client.command("STATUS Drafts (MESSAGES)")[0].endswith(b"(MESSAGES 3)\r\n")
+        # Syntax: a literal8 is not a TEXT part; an unknown part type is BAD.
+        assert client.tagged(b"APPEND Drafts CATENATE (TEXT ~{1+}\r\nx)").startswith(b"BAD")
+        assert client.tagged(b"APPEND Drafts CATENATE (FILE x)").startswith(b"BAD")
+        assert client.tagged(b"APPEND Drafts CATENATE ()").startswith(b"BAD")
+
+
+def test_urls_follow_acl_rights(server: ImapServerThread) -> None:
+    readable = "Shared/alice@example.com/Readable"
+    listed = "Shared/alice@example.com/Listed"
+    with login(server, OTHER_USER, OTHER_PASSWORD) as bob:
+        url = f"/{readable}/;UID=1/;SECTION=1".replace("@", "%40").encode()
+        # "%" is a list-wildcard, not an ASTRING-CHAR: such a URL goes quoted.
+        ok = bob.tagged(b'APPEND INBOX CATENATE (URL "' + url + b'")')
+        assert ok.startswith(b"OK"), ok
+        assert fetch_body(bob, "INBOX", 1) == b"part one"
+        # Bob sees Listed (l) but may not read it (no r): a BADURL, as if it did not exist.
+        url = f"/{listed}/;UID=1".replace("@", "%40").encode()
+        answer = bob.tagged(b'APPEND INBOX CATENATE (URL "' + url + b'")')
+        assert answer.startswith(b"NO [BADURL " + url + b"]"), answer
+        # Alice's own folders are not Bob's: /INBOX is his INBOX, Readable is nobody's.
+        assert bob.tagged(b"APPEND INBOX CATENATE (URL /Readable/;UID=1)").startswith(b"NO [BADURL")

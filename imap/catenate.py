@@ -7,7 +7,8 @@ We take the URLs RFC 4469 §3 asks for, naming a message or a part of one on thi
     ;UID=20/;SECTION=TEXT                                      (relative to the selected mailbox)
 
 The mailbox is UTF-8, %-encoded (RFC 5092 §3.2). ;UIDVALIDITY, when given, must match.
-URLAUTH (RFC 4467) and other servers' or users' URLs are not ours to fetch: BADURL.
+The authority (`user@host`) is not looked at: every URL is read as the logged-in user, with
+that user's rights, whoever it names. URLAUTH (RFC 4467) is not supported: BADURL.
 
 `parse_url` is pure; `resolve` reads through the `MailStore`, which enforces ACL rights (a
 folder the user has no `r` on reads as missing), so every failure becomes `NO [BADURL url]`

@@ -64,6 +64,8 @@ def _entities(root: Entity) -> list[Entity]:
 def downgrade(message: ParsedMessage) -> ParsedMessage:
     """`message` with every 8-bit header field downgraded; `message` itself if none is."""
     data = message.data
+    if data.isascii():  # nearly every message: one pass in C, nothing to walk
+        return message
     edits: list[tuple[int, int, bytes]] = []
     for entity in _entities(message.root):
         for field in entity.fields:

@@ -7,7 +7,8 @@ answers `BAD reason` when it says something.
   are syntax errors, as in Dovecot 2.4's IMAP4rev2 search grammar. IMAP4rev1 sessions keep them.
 - The UTF8 data item of APPEND (RFC 6855 §4) needs ENABLE UTF8=ACCEPT first.
 - After ENABLE UTF8=ACCEPT a SEARCH with CHARSET is refused with BAD (RFC 6855 §3: its
-  strings are UTF-8 already, so a charset label can only conflict with that).
+  strings are UTF-8 already, so a charset label can only conflict with that), and SORT or
+  THREAD with a charset other than UTF-8 too (verified erratum 4029).
 """
 
 from __future__ import annotations
@@ -46,4 +47,7 @@ def bad_reason(command: c.Command, *, rev2: bool, utf8_accept: bool) -> str | No
                 return "ENABLE UTF8=ACCEPT before APPEND with UTF8 (RFC 6855 §4)"
     if utf8_accept and isinstance(command, c.Search) and command.charset is not None:
         return "no CHARSET after ENABLE UTF8=ACCEPT: search strings are UTF-8 (RFC 6855 §3)"
+    if utf8_accept and isinstance(command, c.Sort | c.Thread) and command.charset != "UTF-8":
+        # RFC 6855 erratum 4029: a mandatory charset other than UTF-8 conflicts the same way.
+        return "only CHARSET UTF-8 after ENABLE UTF8=ACCEPT (RFC 6855 §3, erratum 4029)"
     return None

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from mailstack.delivery import acl
+from mailstack.imap import commands as c
+from mailstack.imap.catenate import BadUrlError, ImapUrl, parse_url
+from mailstack.imap.parser import ParseError, parse_command
 
 from tests.imap.rawclient import RawClient
 from tests.support.imapserver import (
@@ -146,3 +149,74 @@ def test_urls_follow_acl_rights(server: ImapServerThread) -> None:
         assert answer.startswith(b"NO [BADURL " + url + b"]"), answer
         # Alice's own folders are not Bob's: /INBOX is his INBOX, Readable is nobody's.
         assert bob.tagged(b"APPEND INBOX CATENATE (URL /Readable/;UID=1)").startswith(b"NO [BADURL")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        pytest.param(
+            b"a APPEND X CATENATE (TEXT {2+}\r\nhi URL /INBOX/;UID=3)\r\n",
+            (c.CatenatePart(text=b"hi"), c.CatenatePart(url="/INBOX/;UID=3")),
+            id="text-and-url",
+        ),
+        pytest.param(
+            b'a APPEND X CATENATE (URL "/a%20b/;UID=1" UTF8 (~{2+}\r\n\xc3\xa9))\r\n',
+            (c.CatenatePart(url="/a%20b/;UID=1"), c.CatenatePart(text=b"\xc3\xa9", utf8=True)),
+            id="quoted-url-and-utf8",
+        ),
+    ],
+)
+def test_parse_catenate(line: bytes, expected: tuple[c.CatenatePart, ...]) -> None:
+    command = parse_command(line)
+    assert isinstance(command, c.Append)
+    assert command.all_messages()[0].catenate == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"a APPEND X CATENATE ()\r\n",
+        b"a APPEND X CATENATE (TEXT ~{1+}\r\nx)\r\n",  # TEXT takes a literal, not a literal8
+        b"a APPEND X CATENATE (URL)\r\n",
+        b"a APPEND X CATENATE (TEXT {1+}\r\nx\r\n",  # unclosed
+        b"a APPEND X UTF8 ({1+}\r\nx)\r\n",  # UTF8 takes a literal8
+        b"a APPEND X UTF8 (~{1+}\r\nx\r\n",
+    ],
+)
+def test_parse_catenate_errors(line: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_command(line)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "imap://alice@mail.example.com/INBOX;UIDVALIDITY=7/;UID=20/;SECTION=1.2.MIME",
+            ImapUrl("INBOX", 7, 20, c.Section((1, 2), "MIME")),
+        ),
+        ("/Entw%C3%BCrfe/;UID=1", ImapUrl("Entw&APw-rfe", None, 1, c.Section())),
+        (";UID=5/;PARTIAL=10.20", ImapUrl(None, None, 5, c.Section(), (10, 20))),
+        (
+            "/inbox/;UID=2/;SECTION=HEADER.FIELDS%20(SUBJECT)",
+            ImapUrl("INBOX", None, 2, c.Section((), "HEADER.FIELDS", ("SUBJECT",))),
+        ),
+    ],
+)
+def test_parse_url(url: str, expected: ImapUrl) -> None:
+    assert parse_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/INBOX",  # a mailbox, not a message
+        "/INBOX/;UID=0",
+        "/INBOX/;UID=1/;URLAUTH=anonymous:internal:abc",  # RFC 4467: not supported
+        "/INBOX/;UID=1/;SECTION=1..2",
+        "http://example.com/INBOX/;UID=1",
+    ],
+)
+def test_parse_url_errors(url: str) -> None:
+    with pytest.raises(BadUrlError):
+        parse_url(url)

@@ -110,6 +110,11 @@ def test_search_charset_rules(server: ImapServerThread) -> None:
         assert client.tagged("SEARCH CHARSET UTF-8 ALL").startswith(b"BAD no CHARSET")
         found = client.command('SEARCH SUBJECT "Grüße"'.encode())
         assert found[0] == b"* SEARCH 2\r\n"
+        # Erratum 4029: SORT and THREAD take UTF-8 only.
+        assert client.tagged("SORT (SUBJECT) US-ASCII ALL").startswith(b"BAD only CHARSET")
+        assert client.command('SORT (SUBJECT) UTF-8 SUBJECT "Köln"'.encode())[0] == (
+            b"* SORT 2\r\n"
+        )
     with session(server, utf8=False) as client:
         assert client.tagged("SELECT INBOX").startswith(b"OK")
         found = client.command('SEARCH CHARSET UTF-8 SUBJECT "Grüße"'.encode())

@@ -183,6 +183,12 @@ class SessionCore:
         9051 §5.1) or ENABLE UTF8=ACCEPT (RFC 6855 §3)."""
         return self.rev2 or self.utf8_accept
 
+    def _claims_recent(self, readonly: bool) -> bool:
+        """Does opening a folder take \\Recent from its new messages? Not read-only (RFC 3501
+        §6.3.2), and not for an IMAP4rev2 session, which cannot report it (RFC 9051 has no
+        \\Recent): an IMAP4rev1 session of the same account still sees those as recent."""
+        return not readonly and not self.rev2
+
     def _require_user(self) -> str:
         if self.user is None:  # pragma: no cover - the protocol checks the state first
             raise InvalidCommandError("not logged in")
@@ -215,7 +221,7 @@ class SessionCore:
                         self._require_user(),
                         sel.name,
                         sel.synced_modseq,
-                        claim_recent=not sel.readonly,
+                        claim_recent=self._claims_recent(sel.readonly),
                     )
                 )
         except FolderNotFoundError:
@@ -294,7 +300,7 @@ class SessionCore:
         if sel is None:
             return
         try:
-            snap = await self._snapshot(sel.name, claim_recent=not sel.readonly)
+            snap = await self._snapshot(sel.name, claim_recent=self._claims_recent(sel.readonly))
         except FolderNotFoundError:
             await self._lose_selection(write, "the selected mailbox was deleted or renamed")
             return

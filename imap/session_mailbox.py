@@ -101,7 +101,7 @@ class MailboxCommands(SessionCore):
                 # RFC 4314 §4: without a right to change anything the folder opens read-only.
                 route = await asyncio.to_thread(store.route, self._require_user(), name)
                 readonly = not set("stwie") & set(route.rights)
-            snap = await self._snapshot(name, claim_recent=not readonly)
+            snap = await self._snapshot(name, claim_recent=self._claims_recent(readonly))
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
         sel = Selected(

@@ -145,3 +145,16 @@ def test_no_recent_anywhere_after_enable(server: ImapServerThread) -> None:
         assert rev2.command("FETCH 1:* FLAGS")[0] == b"* 1 FETCH (FLAGS ())\r\n"
         # The session goes on after each BAD.
         assert rev2.tagged("NOOP").startswith(b"OK")
+
+
+def test_rev2_session_leaves_recent_to_rev1_sessions(server: ImapServerThread) -> None:
+    # RFC 9051 has no \Recent: a session that cannot report it does not take it away from an
+    # IMAP4rev1 session of the same account (RFC 3501 §2.3.2 allows "recent" when unsure).
+    with session(server, rev2=True) as rev2:
+        assert rev2.tagged("SELECT INBOX").startswith(b"OK")
+        server.deployment.store.deliver([(USER, "INBOX")], MESSAGE)
+        assert rev2.command("NOOP")[:-1] == [b"* 3 EXISTS\r\n"]
+        with session(server, rev2=False) as rev1:
+            assert b"* 3 RECENT\r\n" in rev1.command("SELECT INBOX")
+        with session(server, rev2=False) as rev1:  # the first rev1 session took them
+            assert b"* 0 RECENT\r\n" in rev1.command("SELECT INBOX")

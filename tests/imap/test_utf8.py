@@ -13,6 +13,11 @@ from pathlib import Path
 
 import imapclient
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from mailstack.imap import fetch, response
+from mailstack.imap.downgrade import downgrade
+from mailstack.imap.fetch import ParsedMessage
 
 from tests.imap.rawclient import RawClient
 from tests.support.imapserver import (
@@ -34,6 +39,7 @@ INTL = (
     "Hallo\r\n"
 ).encode()
 ASCII = b"From: a@example.com\r\nSubject: plain\r\n\r\nbody\r\n"
+FIELD_NAMES = ["From", "To", "Subject", "Message-ID", "Content-Type", "X-Note", "References"]
 
 
 @pytest.fixture
@@ -159,3 +165,67 @@ def test_imapclient_reads_it_as_is(server: ImapServerThread) -> None:
         assert data[2][b"ENVELOPE"].subject == "Grüße aus Köln".encode()
     finally:
         client.logout()
+
+
+def downgraded_header(message: bytes) -> bytes:
+    parsed = downgrade(ParsedMessage.parse(message))
+    return parsed.data[: parsed.root.body_start]
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        pytest.param("Subject: Grüße", b"Subject: =?utf-8?b?R3LDvMOfZQ==?=\r\n", id="unstructured"),
+        pytest.param(
+            "To: Jörg <j@example.com>, b@bücher.example",
+            b"To: =?utf-8?b?SsO2cmc=?= <j@example.com>, b@xn--bcher-kva.example\r\n",
+            id="name-and-idn",
+        ),
+        pytest.param(
+            "Cc: δοκιμή@παράδειγμα.δοκιμή",
+            b"Cc: =?utf-8?b?zrTOv866zrnOvM6uQM+AzrHPgc6szrTOtc65zrPOvM6xLs60zr/Ous65zrzOrg==?="
+            b" :;\r\n",
+            id="local-part-to-group",
+        ),
+        pytest.param(
+            "In-Reply-To: <ü@example.com>",
+            b"Downgraded-In-Reply-To: =?utf-8?b?PMO8QGV4YW1wbGUuY29tPg==?=\r\n",
+            id="identifier",
+        ),
+        pytest.param(
+            'Content-Disposition: attachment; filename="Bücher.pdf"',
+            b"Content-Disposition: attachment; filename*=utf-8''B%C3%BCcher.pdf\r\n",
+            id="rfc2231-parameter",
+        ),
+    ],
+)
+def test_downgrade_fields(field: str, expected: bytes) -> None:
+    assert downgraded_header(field.encode() + b"\r\n\r\nbody\r\n") == expected + b"\r\n"
+
+
+def test_downgrade_parts_and_latin1() -> None:
+    message = (
+        b"From: a@example.com\r\nSubject: caf\xe9\r\n"  # Latin-1, not UTF-8: U+FFFD
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        + 'Content-Type: text/plain; name="Grüße.txt"\r\n\r\nhi\r\n--b--\r\n'.encode()
+    )
+    parsed = downgrade(ParsedMessage.parse(message))
+    assert parsed.data.isascii()
+    assert b"Subject: =?utf-8?b?Y2Fm77+9?=\r\n" in parsed.data
+    # BODYSTRUCTURE shows the RFC 2231 parameter as written (ASCII, for the client to decode).
+    assert b'"name*" "utf-8\'\'Gr%C3%BC%C3%9Fe.txt"' in response.value(
+        fetch.Structure.of(parsed).bodystructure
+    )
+    plain = ParsedMessage.parse(b"Subject: hi\r\n\r\nbody \xc3\xa9\r\n")  # 8-bit body only
+    assert downgrade(plain) is plain
+
+
+@given(st.lists(st.tuples(st.sampled_from(FIELD_NAMES), st.text(max_size=40)), max_size=6))
+def test_downgrade_never_leaves_8bit_in_a_header(fields: list[tuple[str, str]]) -> None:
+    lines = b"".join(
+        name.encode() + b": " + value.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+        for name, value in fields
+    )
+    parsed = downgrade(ParsedMessage.parse(lines + b"\r\nbody\r\n"))
+    assert parsed.data[: parsed.root.body_start].isascii()
+    assert response.value(fetch.Structure.of(parsed).envelope).isascii()

@@ -7,8 +7,9 @@ SASL-IR (4959), COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.
 MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
 SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
 (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314), SORT/THREAD (5256,
-5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py) and NOTIFY (5465,
-imap/session_notify.py).
+5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py), NOTIFY (5465,
+imap/session_notify.py), UTF8=ACCEPT (6855: imap/enabled.py, imap/downgrade.py) and CATENATE
+(4469).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state

@@ -122,6 +122,10 @@ def test_multiappend_with_catenate_is_all_or_nothing(server: ImapServerThread) -
                 b"APPEND Drafts CATENATE (" + good + b") CATENATE (URL " + bad_url + b")"
             )
             assert answer.startswith(b"NO [BADURL " + bad_url + b"]"), answer
+        # A name that climbs out of the Maildir is no folder at all.
+        for escape in (b"/..%2F..%2Fbob%40example.com/;UID=1", b"/../;UID=1", b"/./;UID=1"):
+            answer = client.tagged(b'APPEND Drafts CATENATE (URL "' + escape + b'")')
+            assert answer.startswith(b"NO [BADURL " + escape + b"]"), answer
         # TOOBIG: the joined result exceeds the size limit; nothing is stored.
         answer = client.tagged(b"APPEND Drafts CATENATE (" + good + b" URL /INBOX/;UID=1)")
         assert answer.startswith(b"OK"), answer

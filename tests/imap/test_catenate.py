@@ -105,6 +105,17 @@ def test_text_and_urls_joined(server: ImapServerThread) -> None:
         assert fetch_body(client, "Drafts", 2) == b"part"
 
 
+def test_url_mailbox_is_utf8(server: ImapServerThread) -> None:
+    # RFC 5092 §3.2: a URL names the mailbox in UTF-8, %-encoded, whatever the session enabled.
+    with login(server) as client:
+        assert client.tagged("CREATE Entw&APw-rfe").startswith(b"OK")
+        append = b"APPEND Entw&APw-rfe {%d+}\r\n" % len(HEADER + BODY) + HEADER + BODY
+        assert client.tagged(append).startswith(b"OK")
+        url = b'"/Entw%C3%BCrfe/;UID=1/;SECTION=1"'
+        assert client.tagged(b"APPEND Drafts CATENATE (URL " + url + b")").startswith(b"OK")
+        assert fetch_body(client, "Drafts", 1) == b"part one"
+
+
 def test_multiappend_with_catenate_is_all_or_nothing(server: ImapServerThread) -> None:
     with login(server) as client:
         uv = uid_validity(client, "INBOX")

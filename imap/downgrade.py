@@ -6,18 +6,20 @@ downgraded form. We downgrade, as RFC 6857 describes, so such a client still see
 message (with readable, RFC 2047-encoded text) and never a raw 8-bit header byte in ENVELOPE,
 BODYSTRUCTURE, BODY[HEADER] or BODY[]. The stored message is never changed; a UTF8=ACCEPT
 session gets it as delivered. What we do per header field (of the message and of each MIME
-part), only for fields that hold 8-bit bytes:
+part), only for fields that hold 8-bit bytes, following RFC 6857 §3:
 
-- address fields (RFC 6857 §3.1.10): a non-ASCII display name becomes encoded words; a
+- address fields: a non-ASCII display name becomes encoded words; a
   non-ASCII domain its IDNA A-label; an address whose local part is non-ASCII cannot be
   written in ASCII, so it becomes an empty group whose name is the encoded original
   (`=?UTF-8?B?...?= :;`), which a client shows but cannot reply to;
-- Message-ID, In-Reply-To, References and their Resent- form (RFC 6857 §3.1.4-3.1.5): the
+- Message-ID, In-Reply-To, References and their Resent- form: the
   field is renamed `Downgraded-<name>` and its value encoded, so no client threads on a
   mangled identifier;
-- Content-Type and Content-Disposition (RFC 6857 §3.1.6): each 8-bit parameter value in
+- Content-Type and Content-Disposition: each 8-bit parameter value in
   RFC 2231 form (`name*=utf-8''...`), so the MIME structure still parses;
 - every other field: its value as encoded words (RFC 2047 §5, as unstructured text).
+A field that is not UTF-8 (a legacy 8-bit header from before RFC 6532) is read as
+Windows-1252 first, so its letters survive the trip.
 
 Deviation: RFC822.SIZE stays the stored size (the index knows no other without reading every
 message); BODY[] of a downgraded message is longer than it says.
@@ -96,8 +98,7 @@ def encode_words(text: str, name: str = "") -> str:
 
 
 def _field(field: HeaderField) -> bytes:
-    # 8-bit bytes that are not UTF-8 (RFC 6532 requires UTF-8) become U+FFFD.
-    value = field.value.decode("utf-8", "replace")
+    value = _text(field.value)
     name = field.name
     lower = name.lower()
     if lower in _ADDRESS_FIELDS:
@@ -110,6 +111,16 @@ def _field(field: HeaderField) -> bytes:
     else:
         text = encode_words(value, name)
     return f"{name}: {text}\r\n".encode("ascii", "replace")
+
+
+def _text(raw: bytes) -> str:
+    """A field value as text: UTF-8 (RFC 6532), else a legacy 8-bit header from before it
+    read as Windows-1252, the usual charset of those (a superset of Latin-1's printable
+    characters), so "caf\\xe9" still reads "café" rather than losing the letter."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
 
 
 def _param(m: re.Match[str]) -> str:
@@ -131,7 +142,7 @@ def _addresses(value: str) -> str:
                 domain = domain.encode("idna").decode("ascii")
         if not local.isascii() or not domain.isascii():
             original = f"{name} <{addr}>" if name else addr
-            out.append(f"{encode_words(original)} :;")  # RFC 6857 §3.1.10: an empty group
+            out.append(f"{encode_words(original)} :;")  # RFC 6857 §3: an empty group
             continue
         addr = f"{local}@{domain}" if local else domain
         if name and not name.isascii():

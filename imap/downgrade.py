@@ -149,4 +149,6 @@ def _addresses(value: str) -> str:
             out.append(f"{encode_words(name)} <{addr}>")
         else:
             out.append(email.utils.formataddr((name, addr)))
-    return ", ".join(out)
+    joined = ", ".join(out)
+    # RFC 5322 §2.1.1: lines of at most 78 characters where possible; fold between addresses.
+    return joined if len(joined) <= 70 else ",\r\n ".join(out)

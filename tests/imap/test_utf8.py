@@ -188,6 +188,13 @@ def downgraded_header(message: bytes) -> bytes:
             id="local-part-to-group",
         ),
         pytest.param(
+            "Bcc: " + ", ".join(f"Jörg {n} <j{n}@example.com>" for n in range(3)),
+            b"Bcc: =?utf-8?q?J=C3=B6rg_0?= <j0@example.com>,\r\n"
+            b" =?utf-8?q?J=C3=B6rg_1?= <j1@example.com>,\r\n"
+            b" =?utf-8?q?J=C3=B6rg_2?= <j2@example.com>\r\n",
+            id="folded-between-addresses",
+        ),
+        pytest.param(
             "In-Reply-To: <ü@example.com>",
             b"Downgraded-In-Reply-To: =?utf-8?b?PMO8QGV4YW1wbGUuY29tPg==?=\r\n",
             id="identifier",

@@ -386,16 +386,21 @@ class MailboxCommands(SessionCore):
                         catenate.resolve, self.ctx.store, user, selected, part.url
                     )
                 except catenate.BadUrlError as exc:
-                    # RFC 4469 §6: resp-text-code =/ "BADURL" SP url-resp-text (an
-                    # atom-like url; one we could not echo safely goes without it)
-                    url = part.url if part.url.isascii() and part.url.isprintable() else ""
-                    code = f"BADURL {url}" if url and " " not in url else "BADURL"
-                    raise RefusedError(str(exc), code) from None
+                    # RFC 4469 §6: resp-text-code =/ "BADURL" SP url-resp-text, where
+                    # url-resp-text is 1*(TEXT-CHAR except "]"): anything else %-encoded.
+                    url = "".join(
+                        ch if " " <= ch <= "~" and ch != "]" else _percent(ch) for ch in part.url
+                    )
+                    raise RefusedError(str(exc), f"BADURL {url or '%20'}") from None
             size += len(piece)
             if size > limit:  # RFC 4469 §5: [TOOBIG] when the result is too large
                 raise RefusedError("the joined message is too large", "TOOBIG")
             pieces.append(piece)
         return b"".join(pieces)
+
+
+def _percent(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
 
 
 def _special_use(uses: tuple[str, ...]) -> SpecialUse | None:

@@ -137,6 +137,9 @@ def test_multiappend_with_catenate_is_all_or_nothing(server: ImapServerThread) -
         for escape in (b"/..%2F..%2Fbob%40example.com/;UID=1", b"/../;UID=1", b"/./;UID=1"):
             answer = client.tagged(b'APPEND Drafts CATENATE (URL "' + escape + b'")')
             assert answer.startswith(b"NO [BADURL " + escape + b"]"), answer
+        # The code echoes the URL with what its grammar cannot hold %-encoded (RFC 4469 §6).
+        answer = client.tagged('APPEND Drafts CATENATE (URL "/a]b/;UID=1ü")'.encode())
+        assert answer.startswith(b"NO [BADURL /a%5Db/;UID=1%C3%BC] "), answer
         # TOOBIG: the joined result exceeds the size limit; nothing is stored.
         answer = client.tagged(b"APPEND Drafts CATENATE (" + good + b" URL /INBOX/;UID=1)")
         assert answer.startswith(b"OK"), answer

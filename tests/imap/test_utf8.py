@@ -142,6 +142,16 @@ def test_headers_as_is_or_downgraded(server: ImapServerThread, utf8_first: bool)
                     assert envelope.isascii(), envelope
                     assert b'"=?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?="' in envelope
                     assert b'"Ann" NIL "ann" "xn--bcher-kva.example"' in envelope
+            # ENVELOPE alone and HEADER.FIELDS come from the stored header rows instead.
+            envelope = client.command("FETCH 2 ENVELOPE")[0]
+            fields = header_of(client.command("FETCH 2 BODY.PEEK[HEADER.FIELDS (SUBJECT)]"))
+            if utf8:
+                assert "Grüße aus Köln".encode() in envelope
+                assert fields == "Subject: Grüße aus Köln\r\n\r\n".encode()
+            else:
+                assert envelope.isascii(), envelope
+                assert b'"=?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?="' in envelope
+                assert fields == b"Subject: =?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?=\r\n\r\n"
             header = header_of(client.command("FETCH 2 BODY.PEEK[HEADER]"))
             if utf8:
                 assert header == raw_header

@@ -209,12 +209,26 @@ class Status(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class CatenatePart:
+    """One cat-part of CATENATE (RFC 4469 §5): literal `text`, or an IMAP `url` (RFC 5092)
+    naming a message or part to copy; `utf8` for RFC 6855 §4's `UTF8 (~{n}...)` text."""
+
+    text: bytes | None = None
+    url: str | None = None
+    utf8: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
-    """One message of a MULTIAPPEND after the first (RFC 3502 §6 append-message)."""
+    """One message of a MULTIAPPEND after the first (RFC 3502 §6 append-message).
+    `utf8`: sent as RFC 6855 §4 `UTF8 (~{n}...)`; `catenate`: RFC 4469 parts to join
+    (then `message` is empty)."""
 
     message: bytes
     flags: tuple[str, ...] = ()
     internal_date: datetime.datetime | None = None
+    utf8: bool = False
+    catenate: tuple[CatenatePart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +241,12 @@ class Append(Command):
     flags: tuple[str, ...] = ()
     internal_date: datetime.datetime | None = None
     more: tuple[AppendMessage, ...] = ()
+    # Every message, the first included, with UTF8/CATENATE (imap/parser_append.py).
+    messages: tuple[AppendMessage, ...] = ()
+
+    def all_messages(self) -> tuple[AppendMessage, ...]:
+        first = AppendMessage(self.message, self.flags, self.internal_date)
+        return self.messages or (first, *self.more)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ Grammar: RFC 3501 §9, with RFC 9051 §9 where it differs (astring search argume
 quoted strings), and the extensions we advertise: RFC 4315 UID EXPUNGE, 6851 MOVE, 2971 ID,
 5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/5819/6154 LIST options, 4731 ESEARCH,
 5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA, 5267 RETURN (PARTIAL,
-UPDATE, CONTEXT) and CANCELUPDATE (imap/parser_sort.py), 5465 NOTIFY (imap/parser_notify.py).
+UPDATE, CONTEXT) and CANCELUPDATE (imap/parser_sort.py), 5465 NOTIFY (imap/parser_notify.py);
+APPEND with 3502 MULTIAPPEND, 4469 CATENATE and 6855 UTF8 is imap/parser_append.py's.
 
 Any input yields a `Command` or raises `ParseError` carrying the tag ("*" when even the tag
 is unreadable) so the session answers `tag BAD reason` and the connection stays usable.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from mailstack.imap import commands as c
 from mailstack.imap.parser_admin import ADMIN_COMMANDS
+from mailstack.imap.parser_append import parse_append
 from mailstack.imap.parser_condstore import modseq as _modseq
 from mailstack.imap.parser_condstore import qresync as _qresync
 from mailstack.imap.parser_notify import parse_notify
@@ -332,31 +334,6 @@ def _status(r: Reader, tag: str) -> c.Command:
     return c.Status(tag, name, _status_items(r))
 
 
-def _append(r: Reader, tag: str) -> c.Command:
-    # RFC 3502 §6 (MULTIAPPEND): append = "APPEND" SP mailbox 1*append-message
-    r.sp()
-    name = r.mailbox()
-    first = _append_message(r)
-    more = []
-    while not r.at_end():
-        more.append(_append_message(r))
-    return c.Append(tag, name, first.message, first.flags, first.internal_date, tuple(more))
-
-
-def _append_message(r: Reader) -> c.AppendMessage:
-    # append-message = SP [flag-list SP] [date-time SP] literal (RFC 3502 §6: append-opts)
-    r.sp()
-    flags: tuple[str, ...] = ()
-    when = None
-    if r.peek() == b"(":
-        flags = r.flag_list()
-        r.sp()
-    if r.peek() == b'"':
-        when = r.date_time()
-        r.sp()
-    return c.AppendMessage(r.literal_bytes(), flags, when)
-
-
 def _expunge(r: Reader, tag: str, uid: bool) -> c.Command:
     if not uid:
         return c.Expunge(tag)
@@ -614,7 +591,7 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
     "LIST": _list,
     "LSUB": _lsub,
     "STATUS": _status,
-    "APPEND": _append,
+    "APPEND": parse_append,  # imap/parser_append.py: MULTIAPPEND, CATENATE, UTF8
     "COMPRESS": _compress,
     "NOTIFY": _notify,
     "CANCELUPDATE": parse_cancel_update,

@@ -217,6 +217,11 @@ class RenderedStructure:
     def of(cls, structure: Structure) -> RenderedStructure:
         return cls(value(structure.envelope), value(structure.body), value(structure.bodystructure))
 
+    @property
+    def has_8bit(self) -> bool:
+        """Raw 8-bit header text inside (imap/downgrade.py: a UTF-8 header, RFC 6532)."""
+        return not (self.envelope.isascii() and self.bodystructure.isascii())
+
     def item(self, name: str) -> bytes:
         """ENVELOPE, BODY (no section) or BODYSTRUCTURE."""
         match name:

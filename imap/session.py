@@ -7,8 +7,9 @@ SASL-IR (4959), COMPRESS=DEFLATE (4978; the transport compresses, imap/compress.
 MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
 SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
 (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314), SORT/THREAD (5256,
-5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py) and NOTIFY (5465,
-imap/session_notify.py).
+5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py), NOTIFY (5465,
+imap/session_notify.py), UTF8=ACCEPT (6855: imap/enabled.py, imap/downgrade.py) and CATENATE
+(4469).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import StoreError, UnknownUserError
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, response
+from mailstack.imap import condstore, enabled, response
 from mailstack.imap.cache import StructureCaches
 from mailstack.imap.protocol import (
     BadCommand,
@@ -112,6 +113,8 @@ CAPABILITIES = (
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "MULTIAPPEND",
+    "CATENATE",  # RFC 4469 (imap/catenate.py)
+    "UTF8=ACCEPT",  # RFC 6855, once ENABLEd (imap/enabled.py, imap/downgrade.py)
     "STATUS=SIZE",
     "NOTIFY",  # RFC 5465 (imap/session_notify.py)
     *condstore.CAPABILITIES,
@@ -211,6 +214,7 @@ class Session(
         self.compress_requested = False  # the transport starts DEFLATE after our OK
         self.has_quota = False  # the account's, as at login (APPENDLIMIT's form)
         self.rev2 = False  # ENABLE IMAP4rev2 (RFC 9051) was given
+        self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 6855) was given
         self.is_compressed = False
         self._sasl_tag: str | None = None
         self._bad_in_a_row = 0
@@ -287,8 +291,12 @@ class Session(
     async def _run(self, command: c.Command, write: Write) -> None:
         self._bad_in_a_row = 0
         tag = command.tag
-        if self.rev2:  # RFC 9051 §5.1: mailbox names are UTF-8 on the wire
+        if self.utf8_names:  # RFC 9051 §5.1, RFC 6855 §3: mailbox names are UTF-8 on the wire
             command = names_from_utf8(command)
+        bad = enabled.bad_reason(command, rev2=self.rev2, utf8_accept=self.utf8_accept)
+        if bad is not None:  # imap/enabled.py: grammar that ENABLE changed
+            await write(response.bad(tag, bad))
+            return
         # Command names only: arguments may hold passwords or message text (STYLE.md logging).
         self.log.debug("C: %s %s", tag, type(command).__name__.upper())
         try:

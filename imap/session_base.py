@@ -147,6 +147,7 @@ class SessionCore:
     user: str | None
     selected: Selected | None
     rev2: bool  # ENABLE IMAP4rev2: no \Recent, ESEARCH answers, UTF-8 mailbox names
+    utf8_accept: bool  # ENABLE UTF8=ACCEPT (RFC 6855): UTF-8 names, strings and headers
     log: logging.LoggerAdapter[logging.Logger]
     # (folder, UIDVALIDITY, UID) -> ENVELOPE/BODY/BODYSTRUCTURE, oldest first
     _structures: dict[tuple[str, int, int], response.RenderedStructure]
@@ -171,10 +172,22 @@ class SessionCore:
     def _mailbox_out(self, name: str) -> bytes:
         """A stored (modified UTF-7) name as this client reads it: UTF-8 after ENABLE
         IMAP4rev2 (RFC 9051 §5.1), else as stored."""
-        if self.rev2:
+        if self.utf8_names:
             with contextlib.suppress(utf7.Utf7Error):  # a foreign name: show it as it is
                 name = utf7.decode(name)
         return response.mailbox(name)
+
+    @property
+    def utf8_names(self) -> bool:
+        """Mailbox names (and message headers) go out in UTF-8: after ENABLE IMAP4rev2 (RFC
+        9051 §5.1) or ENABLE UTF8=ACCEPT (RFC 6855 §3)."""
+        return self.rev2 or self.utf8_accept
+
+    def _claims_recent(self, readonly: bool) -> bool:
+        """Does opening a folder take \\Recent from its new messages? Not read-only (RFC 3501
+        §6.3.2), and not for an IMAP4rev2 session, which cannot report it (RFC 9051 has no
+        \\Recent): an IMAP4rev1 session of the same account still sees those as recent."""
+        return not readonly and not self.rev2
 
     def _require_user(self) -> str:
         if self.user is None:  # pragma: no cover - the protocol checks the state first
@@ -208,7 +221,7 @@ class SessionCore:
                         self._require_user(),
                         sel.name,
                         sel.synced_modseq,
-                        claim_recent=not sel.readonly,
+                        claim_recent=self._claims_recent(sel.readonly),
                     )
                 )
         except FolderNotFoundError:
@@ -287,7 +300,7 @@ class SessionCore:
         if sel is None:
             return
         try:
-            snap = await self._snapshot(sel.name, claim_recent=not sel.readonly)
+            snap = await self._snapshot(sel.name, claim_recent=self._claims_recent(sel.readonly))
         except FolderNotFoundError:
             await self._lose_selection(write, "the selected mailbox was deleted or renamed")
             return
@@ -335,13 +348,16 @@ class SessionCore:
             await write(b"".join(out))
 
     async def _enable(self, command: c.Enable, write: Write) -> None:
-        """RFC 5161 ENABLE; we implement IMAP4rev2, CONDSTORE and QRESYNC (RFC 7162 §3.2.3:
-        QRESYNC implies CONDSTORE). ENABLED lists what this command turned on."""
+        """RFC 5161 ENABLE; we implement IMAP4rev2, UTF8=ACCEPT, CONDSTORE and QRESYNC (RFC
+        7162 §3.2.3: QRESYNC implies CONDSTORE). ENABLED lists what this command turned on."""
         enabled = []
         for cap in dict.fromkeys(command.capabilities):
             if cap == "IMAP4REV2" and not self.rev2:
                 self.rev2 = True  # RFC 9051: the session follows IMAP4rev2 from now on
                 enabled.append("IMAP4rev2")
+            elif cap == "UTF8=ACCEPT" and not self.utf8_accept:
+                self.utf8_accept = True  # RFC 6855 §3: UTF-8 names, strings and headers
+                enabled.append(cap)
             elif cap == "CONDSTORE" and not self.condstore:
                 enabled.append(cap)
             elif cap == "QRESYNC" and not self.qresync:

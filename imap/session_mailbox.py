@@ -16,7 +16,7 @@ from mailstack.delivery.store import (
     SpecialUse,
     StoreError,
 )
-from mailstack.imap import binary, condstore, response
+from mailstack.imap import binary, catenate, condstore, response
 from mailstack.imap import commands as c
 from mailstack.imap.protocol import State, list_pattern
 from mailstack.imap.sequence import compress_ordered
@@ -101,7 +101,7 @@ class MailboxCommands(SessionCore):
                 # RFC 4314 §4: without a right to change anything the folder opens read-only.
                 route = await asyncio.to_thread(store.route, self._require_user(), name)
                 readonly = not set("stwie") & set(route.rights)
-            snap = await self._snapshot(name, claim_recent=not readonly)
+            snap = await self._snapshot(name, claim_recent=self._claims_recent(readonly))
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
         sel = Selected(
@@ -337,14 +337,13 @@ class MailboxCommands(SessionCore):
     async def _append(self, command: c.Append, write: Write) -> None:
         user = self._require_user()
         name = checked_name(command.mailbox)
-        first = c.AppendMessage(command.message, command.flags, command.internal_date)
         messages = [
             (
-                binary.store_safe(m.message),
+                binary.store_safe(await self._message_data(m)),
                 storable(m.flags),
                 m.internal_date.timestamp() if m.internal_date else None,
             )
-            for m in (first, *command.more)
+            for m in command.all_messages()
         ]
         store = self.ctx.store
         try:
@@ -366,6 +365,42 @@ class MailboxCommands(SessionCore):
         await write(
             response.ok(command.tag, "APPEND completed", f"APPENDUID {refs[0].uid_validity} {uids}")
         )
+
+    async def _message_data(self, message: c.AppendMessage) -> bytes:
+        """The bytes of one APPENDed message: its literal, or its CATENATE parts joined
+        (RFC 4469 §5), each URL read with this user's rights; nothing is stored unless every
+        part resolves (NO [BADURL url]) and the whole fits (NO [TOOBIG])."""
+        if not message.catenate:
+            return message.message
+        user = self._require_user()
+        selected = self.selected.name if self.selected is not None else None
+        limit = self.ctx.config.smtp.max_message_size
+        pieces: list[bytes] = []
+        size = 0
+        for part in message.catenate:
+            if part.url is None:
+                piece = part.text or b""
+            else:
+                try:
+                    piece = await asyncio.to_thread(
+                        catenate.resolve, self.ctx.store, user, selected, part.url
+                    )
+                except catenate.BadUrlError as exc:
+                    # RFC 4469 §6: resp-text-code =/ "BADURL" SP url-resp-text, where
+                    # url-resp-text is 1*(TEXT-CHAR except "]"): anything else %-encoded.
+                    url = "".join(
+                        ch if " " <= ch <= "~" and ch != "]" else _percent(ch) for ch in part.url
+                    )
+                    raise RefusedError(str(exc), f"BADURL {url or '%20'}") from None
+            size += len(piece)
+            if size > limit:  # RFC 4469 §5: [TOOBIG] when the result is too large
+                raise RefusedError("the joined message is too large", "TOOBIG")
+            pieces.append(piece)
+        return b"".join(pieces)
+
+
+def _percent(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
 
 
 def _special_use(uses: tuple[str, ...]) -> SpecialUse | None:

@@ -69,7 +69,7 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             await write(response.ok(command.tag, "NOTIFY NONE completed"))
             return
         groups = command.groups
-        if self.rev2:  # RFC 9051 §5.1: names come in UTF-8; the store keeps modified UTF-7
+        if self.utf8_names:  # RFC 9051 §5.1, RFC 6855 §3: names in UTF-8; the store: mUTF-7
             groups = tuple(
                 g.__class__(g.filter, tuple(map(_to_utf7, g.mailboxes)), g.events, g.fetch)
                 for g in groups

@@ -24,6 +24,7 @@ from mailstack.delivery.store import (
 )
 from mailstack.imap import commands as c
 from mailstack.imap import condstore, fetch, header_index, response, search, sort
+from mailstack.imap.downgrade import downgrade, downgrade_fields
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
@@ -355,10 +356,13 @@ class SelectedCommands(SessionCore):
             if stored and not needs_bytes
             else {}
         )
+        # A client without UTF8=ACCEPT gets 8-bit headers downgraded (imap/downgrade.py); the
+        # cached structure shows which messages have them (it holds their 8-bit text).
+        lower = set() if self.utf8_names else {u for u, s in structures.items() if s.has_8bit}
         to_read = [
             info.uid
             for _, info in batch
-            if needs_bytes or (needs_structure and info.uid not in structures)
+            if needs_bytes or (needs_structure and info.uid not in structures) or info.uid in lower
         ]
 
         # One store call (one folder lock) for the batch; it yields in our order, skipping
@@ -372,7 +376,7 @@ class SelectedCommands(SessionCore):
             for seq, info in batch:
                 parsed = None
                 structure = structures.get(info.uid)
-                if needs_bytes or (needs_structure and structure is None):
+                if needs_bytes or (needs_structure and structure is None) or info.uid in lower:
                     if next_file is None or next_file[0] != info.uid:
                         gone = True
                         continue
@@ -382,6 +386,10 @@ class SelectedCommands(SessionCore):
                         structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                         self._remember(sel, info, structure)
                         new_rows.append((info.key, info.size, structure.to_json()))
+                    if not self.utf8_names and (lowered := downgrade(parsed)) is not parsed:
+                        parsed = lowered  # never cached: the stored bytes stay the truth
+                        if needs_structure:
+                            structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                 elif stored and not needs_bytes and info.uid not in fields:
                     gone = True  # expunged before its fields could be read
                     continue
@@ -404,9 +412,13 @@ class SelectedCommands(SessionCore):
                             value = structure.item(attr.name)
                         case "BODY" if attr in stored and info.uid in fields:
                             raw = fields[info.uid][0]
+                            if not self.utf8_names and not raw.isascii():
+                                raw = downgrade_fields(raw)  # imap/downgrade.py
                             value = response.value(header_index.fields_item(attr, raw))
                         case "ENVELOPE" if attr in stored and info.uid in fields:
                             raw, env = fields[info.uid]
+                            if not self.utf8_names and not raw.isascii():
+                                raw, env = downgrade_fields(raw), None
                             value = env if env is not None else header_index.render_envelope(raw)
                         case _ if parsed is not None:
                             try:

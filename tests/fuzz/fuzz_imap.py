@@ -49,6 +49,10 @@ SEEDS = [
     b"a UID FETCH 300:500 (FLAGS MODSEQ) (CHANGEDSINCE 12345 VANISHED)",
     b"a STORE 1:3 (UNCHANGEDSINCE 0) +FLAGS.SILENT (\\Seen)",
     b'a SEARCH MODSEQ "/flags/\\\\draft" all 620162338', b"a STATUS INBOX (HIGHESTMODSEQ)",
+    # RFC 4469 CATENATE and RFC 6855 UTF8 in APPEND (imap/parser_append.py)
+    b'a APPEND Drafts (\\Seen) CATENATE (URL "/INBOX;UIDVALIDITY=3/;UID=5/;SECTION=1" '
+    b"TEXT {3+}\r\nabc UTF8 (~{2+}\r\n\xc3\xa9)) CATENATE (URL ;UID=1/;PARTIAL=0.9)",
+    b"a APPEND INBOX UTF8 (~{4+}\r\nab\xc3\xa9)", b"a SORT (DATE) UTF-8 NEW",
 ]
 
 

@@ -116,3 +116,45 @@ def test_mailbox_names_are_utf8(dep: ImapDeployment, server: ImapServerThread) -
         listed = rev1.command('LIST "" *')
         assert b'* LIST (\\HasNoChildren) "." Entw&APw-rfe\r\n' in listed
         assert rev1.command("STATUS R&-D (MESSAGES)")[0] == b"* STATUS R&-D (MESSAGES 1)\r\n"
+
+
+def test_no_recent_anywhere_after_enable(server: ImapServerThread) -> None:
+    # RFC 9051 §2.3.2 and Appendix E: no \Recent; §9 dropped the RECENT status item and the
+    # RECENT, NEW and OLD search keys, so they are syntax errors for an IMAP4rev2 session.
+    with session(server, rev2=False) as rev1:
+        assert rev1.command("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 2)\r\n"
+        assert rev1.tagged("EXAMINE INBOX").startswith(b"OK")
+        assert rev1.command("SEARCH NEW")[0] == b"* SEARCH 1 2\r\n"
+        assert rev1.command("SEARCH OLD")[0] == b"* SEARCH\r\n"
+        assert rev1.command("FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS (\\Recent))\r\n"
+    with session(server, rev2=True) as rev2:
+        for bad in (
+            "STATUS INBOX (MESSAGES RECENT)",
+            'LIST "" INBOX RETURN (STATUS (RECENT))',
+        ):
+            assert rev2.tagged(bad).startswith(b"BAD IMAP4rev2 has no RECENT"), bad
+        assert rev2.command('LIST "" INBOX RETURN (STATUS (MESSAGES))')[1] == (
+            b"* STATUS INBOX (MESSAGES 2)\r\n"
+        )
+        lines = rev2.command("SELECT INBOX")
+        assert not any(b"RECENT" in line for line in lines), lines
+        for bad in ("SEARCH RECENT", "SEARCH NEW", "UID SEARCH OLD", "SEARCH NOT (1 OR 2 NEW)"):
+            assert rev2.tagged(bad).startswith(b"BAD IMAP4rev2 has no RECENT"), bad
+        assert rev2.tagged("SORT (DATE) UTF-8 RECENT").startswith(b"BAD")
+        assert rev2.command("SEARCH UNSEEN")[0] == b'* ESEARCH (TAG "t12") ALL 1:2\r\n'
+        assert rev2.command("FETCH 1:* FLAGS")[0] == b"* 1 FETCH (FLAGS ())\r\n"
+        # The session goes on after each BAD.
+        assert rev2.tagged("NOOP").startswith(b"OK")
+
+
+def test_rev2_session_leaves_recent_to_rev1_sessions(server: ImapServerThread) -> None:
+    # RFC 9051 has no \Recent: a session that cannot report it does not take it away from an
+    # IMAP4rev1 session of the same account (RFC 3501 §2.3.2 allows "recent" when unsure).
+    with session(server, rev2=True) as rev2:
+        assert rev2.tagged("SELECT INBOX").startswith(b"OK")
+        server.deployment.store.deliver([(USER, "INBOX")], MESSAGE)
+        assert rev2.command("NOOP")[:-1] == [b"* 3 EXISTS\r\n"]
+        with session(server, rev2=False) as rev1:
+            assert b"* 3 RECENT\r\n" in rev1.command("SELECT INBOX")
+        with session(server, rev2=False) as rev1:  # the first rev1 session took them
+            assert b"* 0 RECENT\r\n" in rev1.command("SELECT INBOX")

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from mailstack.delivery import folders, maildir_flags, quota, recent
 from mailstack.delivery.commit import GroupCommitter
@@ -71,6 +71,7 @@ from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.fsutil import fsync_dir
 from mailstack.base.paths import StatePaths
 
+_T = TypeVar("_T")
 _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
 # Folder indexes kept per process, least recently used dropped first. Each holds an open
 # SQLite connection (about 150 KB resident: page cache, WAL index), so 1,000 accounts' six
@@ -183,24 +184,23 @@ class MaildirStore:
                 self._headers.pop(path).close()
 
     def fulltext(self, user: str, folder: str) -> FolderText:
-        """The folder's full-text pre-filter (delivery/fulltext.py): one per folder and
-        process, shared by its sessions."""
-        _, _, fdir = self._folder(user, folder)
-        with self._indexes_lock:
-            text = self._texts.get(fdir)
-            if text is None:
-                text = self._texts[fdir] = FolderText(fdir)
-            return text
+        """The folder's full-text pre-filter (delivery/fulltext.py)."""
+        return self._per_folder(self._texts, user, folder, FolderText)
 
     def header_index(self, user: str, folder: str) -> HeaderTable:
-        """The folder's stored header fields (delivery/index_headers.py): one per folder and
-        process, shared by its sessions."""
+        """The folder's stored header fields (delivery/index_headers.py)."""
+        return self._per_folder(self._headers, user, folder, HeaderTable)
+
+    def _per_folder(
+        self, opened: dict[Path, _T], user: str, folder: str, make: Callable[[Path], _T]
+    ) -> _T:
+        """One per folder and process, shared by its sessions; made on first use."""
         _, _, fdir = self._folder(user, folder)
         with self._indexes_lock:
-            table = self._headers.get(fdir)
-            if table is None:
-                table = self._headers[fdir] = HeaderTable(fdir)
-            return table
+            found = opened.get(fdir)
+            if found is None:
+                found = opened[fdir] = make(fdir)
+            return found
 
     def _publish(self, user: str, *folders: str) -> None:
         if self._events is not None:

@@ -153,24 +153,28 @@ class HeaderTable:
             except sqlite3.Error as exc:
                 self._failed("write", exc)
 
-    def missing(self, wanted: Sequence[tuple[int, str]], *, envelope: bool = False) -> list[int]:
-        """The UIDs of `wanted` (uid, base name) without a current row (or, with `envelope`,
-        without its ENVELOPE), in the order given (all of them when the table is unusable)."""
+    def missing(self, wanted: Sequence[tuple[int, str]]) -> tuple[list[int], list[int]]:
+        """The UIDs of `wanted` (uid, base name) without a current row, and those without its
+        ENVELOPE, in the order given (all of them when the table is unusable): one scan."""
         bases = dict(wanted)
-        sql = (
-            "SELECT uid, base FROM headers WHERE envelope IS NOT NULL"
-            if envelope
-            else "SELECT uid, base FROM headers"
-        )
-        have: set[int] = set()
+        rows: set[int] = set()
+        envelopes: set[int] = set()
         with self._lock:
             db = self._connect()
             if db is not None:
                 try:
-                    have = {u for u, b in db.execute(sql) if bases.get(u) == b}
+                    sql = "SELECT uid, base, envelope IS NOT NULL FROM headers"
+                    for uid, base, has_envelope in db.execute(sql):
+                        if bases.get(uid) == base:
+                            rows.add(uid)
+                            if has_envelope:
+                                envelopes.add(uid)
                 except sqlite3.Error as exc:
                     self._failed("read", exc)
-        return [uid for uid, _ in wanted if uid not in have]
+        return (
+            [uid for uid, _ in wanted if uid not in rows],
+            [uid for uid, _ in wanted if uid not in envelopes],
+        )
 
     def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
         """Store the rendered ENVELOPE of existing rows: (uid, base name, envelope)."""

@@ -185,9 +185,8 @@ class HeaderIndex(Protocol):
     def get(self, wanted: Sequence[tuple[int, str]]) -> dict[int, tuple[bytes, bytes | None]]:
         """Stored (raw field lines, rendered ENVELOPE or None) of these messages."""
 
-    def missing(self, wanted: Sequence[tuple[int, str]], *, envelope: bool = False) -> list[int]:
-        """UIDs of these messages without a stored row (or, with `envelope`, without its
-        ENVELOPE)."""
+    def missing(self, wanted: Sequence[tuple[int, str]]) -> tuple[list[int], list[int]]:
+        """UIDs of these messages without a stored row, and those without a stored ENVELOPE."""
 
     def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
         """Store the ENVELOPE of existing rows: (uid, base name, envelope)."""

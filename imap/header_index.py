@@ -27,6 +27,8 @@ keep it; header rows are keyed by UID, per folder, like the rest of the folder i
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Sequence
 
 from mailstack.delivery.store import (
@@ -137,12 +139,14 @@ def ensure(
     `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read)."""
     table = store.header_index(user, folder)
     wanted = [(m.uid, m.key) for m in messages]
-    missing = set(table.missing(wanted))
+    no_row, no_envelope = table.missing(wanted)
+    missing = set(no_row)
     if missing:
         chosen = [(u, b) for u, b in wanted if u in missing]
         fill(store, table, user, folder, chosen, envelopes=envelopes)
     if envelopes:
-        lacking = set(table.missing(wanted, envelope=True))
+        # Rows just filled have their ENVELOPE (fill renders it): only older ones lack it.
+        lacking = set(no_envelope) - missing
         if lacking:
             bases = dict(wanted)
             rows = table.get([(u, b) for u, b in wanted if u in lacking])
@@ -287,13 +291,26 @@ def fields_attr(attr: FetchAttr) -> bool:
 def fields_item(attr: FetchAttr, raw: bytes) -> bytes:
     """BODY[HEADER.FIELDS (...)]<partial> from stored lines (see `fields_attr`): the named
     fields in their order in the message, then the empty line (RFC 9051 §6.4.5)."""
-    names = {n.lower() for n in attr.section.fields} if attr.section is not None else set()
-    fields, _ = parse_header(raw, 0, len(raw))
-    content = b"".join(raw[f.start : f.end] for f in fields if f.name.lower() in names) + b"\r\n"
+    names = attr.section.fields if attr.section is not None else ()
+    content = b"".join(_fields_pattern(tuple(names)).findall(raw)) + b"\r\n"
     content = content.replace(b"\x00", b"\x80")  # as fetch.fetch_item: no NUL in a literal
     if attr.partial is not None:
         content = partial(content, *attr.partial)
     return content
+
+
+@functools.lru_cache(maxsize=64)
+def _fields_pattern(names: tuple[str, ...]) -> re.Pattern[bytes]:
+    """The fields called `names` (any case) with their continuation lines, in stored lines.
+
+    A client's header fetch asks this of every message, and parsing the lines into fields
+    (values unfolded) took a quarter of its time. Stored lines are whole fields, each line
+    ending in CRLF (`make_row`), so a field is a line starting with its name, optional
+    blanks and a colon (mime._FIELD), and the lines after it that start with a blank."""
+    if not names:
+        return re.compile(rb"(?!)")
+    alternatives = b"|".join(re.escape(n.encode("ascii")) for n in names)
+    return re.compile(rb"^(?:" + alternatives + rb")[ \t]*:.*\r\n(?:[ \t].*\r\n)*", re.I | re.M)
 
 
 def stored_fields(attrs: Iterable[FetchAttr]) -> frozenset[FetchAttr]:

@@ -466,7 +466,12 @@ class SessionCore:
                 raise InvalidCommandError(
                     f"no message {max(r.start, r.end)} (the mailbox has {count})"
                 )
-        return [(n, sel.messages[n - 1]) for n in seqset.expand(count)]
+        out = []
+        for low, high in seqset.intervals(count):  # ascending, disjoint (sequence.py)
+            low, high = max(low, 1), min(high, count)
+            if low <= high:  # slices: "1:*" of a big folder is a copy, not a loop
+                out.extend(zip(range(low, high + 1), sel.messages[low - 1 : high], strict=True))
+        return out
 
     def _disk_cache(self, user: str) -> StructureCache:
         """The account's on-disk structure cache (imap/cache.py)."""

@@ -25,7 +25,10 @@ from mailstack.delivery.index_headers import HeaderTable
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX, MessageGoneError, MessageInfo
 from mailstack.imap import header_index
-from mailstack.imap.commands import SearchHeader
+from mailstack.imap.commands import Fetch, SearchHeader
+from mailstack.imap.fetch import ParsedMessage, fetch_item
+from mailstack.imap.mime import to_crlf
+from mailstack.imap.parser import parse_command
 from mailstack.imap.search import Scope, search
 
 from tests.imap.rawclient import RawClient
@@ -268,6 +271,50 @@ def test_prefilter_keeps_every_match(header: bytes, field: tuple[str, bool], nee
         assert 1 in hits, (header, key)
         # ... and the stored lines decide exactly as the file does.
         assert search(key, [info], scope, lambda _uid: b"", read_header=hits.get)  # type: ignore[arg-type]
+
+
+FIELD_PIECES = [
+    b"From: a@b\r\n",
+    b"from :x\r\n",
+    b"TO: c@d\r\n",
+    b"Reply-To: r@s\r\n",
+    b"X-To: no\r\n",
+    b"Subject: hi\r\n",
+    b"Subject: folded\r\n there\r\n\tand here\r\n",
+    b"Cc:\r\n \r\n",
+    b"Date: Mon, 1 Jan 2024 00:00:00 +0000\n",
+    b"References: <a@b>\r\n <c@d>\r\n",
+    b"Message-ID: <m\r@x>\r\n",
+    b"List-Id: caf\xc3\xa9 <l.x>\r\n",
+    b" leading continuation\r\n",
+    b"To:tight\r\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(FIELD_PIECES), max_size=12).map(b"".join),
+    st.lists(
+        st.sampled_from(["From", "to", "CC", "Subject", "Date", "Reply-To", "references"]),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+)
+def test_header_fields_from_stored_lines_are_those_of_the_file(
+    header: bytes, names: list[str]
+) -> None:
+    # fields_item() picks the named fields out of stored lines without parsing them into
+    # fields; whatever the header, it must answer what the whole message's parse answers.
+    raw = header + b"\r\nbody\r\n"
+    command = parse_command(
+        b"t FETCH 1 (BODY.PEEK[HEADER.FIELDS (" + " ".join(names).encode() + b")])\r\n"
+    )
+    assert isinstance(command, Fetch)
+    (attr,) = command.attrs
+    row = header_index.make_row(1, "k1", raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    from_file = fetch_item(attr, ParsedMessage.parse(to_crlf(raw)))
+    assert header_index.fields_item(attr, row.raw) == from_file
 
 
 def sort_lines(dep: ImapDeployment, commands: list[str]) -> list[bytes]:

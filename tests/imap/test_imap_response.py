@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import time
 
 import pytest
 from hypothesis import example, given
@@ -85,6 +87,33 @@ def test_date_time_is_internaldate_syntax() -> None:
     assert isinstance(cmd, c.Append)
     assert cmd.internal_date is not None
     assert cmd.internal_date.timestamp() == ts
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/St_Johns", "Asia/Kathmandu", "Europe/Berlin"])
+@given(ts=st.integers(min_value=0, max_value=4_102_444_800))
+def test_internaldate_in_the_server_zone_is_the_zone_s_local_time(zone: str, ts: int) -> None:
+    # date_time() without a zone formats through the C library (time.localtime); it must say
+    # what datetime's own conversion says, DST switches and half-hour zones included.
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        when = datetime.datetime.fromtimestamp(ts, datetime.UTC).astimezone()
+        offset = when.utcoffset()
+        assert offset is not None
+        minutes = int(offset.total_seconds()) // 60
+        sign, minutes = ("+" if minutes >= 0 else "-"), abs(minutes)
+        expected = (
+            f'"{when.day:2d}-{when.strftime("%b")}-{when.year:04d} {when:%H:%M:%S} '
+            f'{sign}{minutes // 60:02d}{minutes % 60:02d}"'
+        ).encode()
+        assert response.date_time(ts) == expected
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 def test_rendered_structure_round_trips_and_rejects_other_text() -> None:

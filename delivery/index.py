@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
@@ -46,7 +45,15 @@ from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
 from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
-from mailstack.delivery.index_entry import Entry, Stamp, SyncResult, measure, row, uid_key
+from mailstack.delivery.index_entry import (
+    Entry,
+    Stamp,
+    SyncResult,
+    measure,
+    row,
+    uid_key,
+    with_modseq,
+)
 from mailstack.delivery.index_entry import stamp as file_stamp
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
 from mailstack.delivery.layout import time_from_name
@@ -63,6 +70,8 @@ TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
 DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
 FILE_MODE = 0o600
+BULK_PUT = 64  # entries changed at once above which _record rebuilds the list in one pass
+_NO_FLAGS: frozenset[str] = frozenset()
 
 
 class FolderIndex:
@@ -82,6 +91,9 @@ class FolderIndex:
         self._uid_of: dict[str, int] = {}
         self._keywords = KeywordMap([])
         self._keywords_stamp: Stamp | None = None
+        # info letters -> flags under _keywords: one shared frozenset per combination (a
+        # folder has a handful), so a 100,000-message index does not hold 100,000 copies.
+        self._flags_of: dict[str, frozenset[str]] = {}
         self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
         self._listing_stamp: tuple[int, int] | None = None
         self._verify_after_ns = 0  # re-list once the directories' mtimes are this old
@@ -198,6 +210,7 @@ class FolderIndex:
         except FileNotFoundError:
             self._keywords = KeywordMap([])
         self._keywords_stamp = stamp
+        self._flags_of.clear()
         self._entry_of.clear()  # flags depend on the letter map
         self._entries = None
         self._touched_all = True
@@ -425,11 +438,22 @@ class FolderIndex:
             if not blind:
                 chosen, removed = entries, None
             modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
+        changed = []
         for entry in chosen:
             modseq = modseqs.get(entry.uid, 0)
             if entry.info.modseq != modseq:
-                info = dataclasses.replace(entry.info, modseq=modseq)
-                self._put(dataclasses.replace(entry, info=info))
+                changed.append(with_modseq(entry, modseq))
+        if len(changed) > BULK_PUT and self._entries is not None:
+            # A first open gives every entry its MODSEQ: one pass, not a bisection apiece.
+            # Only MODSEQs changed, so new/ membership stays as it is.
+            by_uid = {e.uid: e for e in changed}
+            self._entries[:] = [by_uid.get(e.uid, e) for e in self._entries]
+            self._by_uid.update(by_uid)
+            self._entry_of.update((e.info.key, e) for e in changed)
+            self._view = None
+        else:
+            for entry in changed:
+                self._put(entry)
 
     def changed_since(self, modseq: int) -> list[Entry]:
         """Messages whose MODSEQ is above `modseq`, in UID order (CONDSTORE, and how sessions
@@ -467,7 +491,9 @@ class FolderIndex:
                 return None
             self._meta[base] = meta
         mtime, size, vsize = meta
-        flags = flags_from_letters(letters, self._keywords) if sub == "cur" else frozenset()
+        flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
+        if flags is None:
+            flags = self._flags_of[letters] = flags_from_letters(letters, self._keywords)
         info = MessageInfo(
             uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
         )
@@ -625,12 +651,14 @@ class FolderIndex:
             path = self.path / KEYWORDS
             atomic_write(path, self._keywords.serialize(), mode=FILE_MODE)
             self._keywords_stamp = file_stamp(path)
+            self._flags_of.clear()  # a letter that meant nothing may mean a keyword now
 
     def set_keywords(self, keywords: KeywordMap) -> None:
         path = self.path / KEYWORDS
         atomic_write(path, keywords.serialize(), mode=FILE_MODE)
         self._keywords = KeywordMap(list(keywords.names))
         self._keywords_stamp = file_stamp(path)
+        self._flags_of.clear()
         self._entry_of.clear()
         self._entries = None
 

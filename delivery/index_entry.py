@@ -3,6 +3,7 @@ pure functions that measure files and turn entries into persistent-index rows.""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ class SyncResult:
     foreign_changes: bool  # files appeared or vanished that this process did not write/remove
 
 
+def with_modseq(entry: Entry, modseq: int) -> Entry:
+    """`entry` with another MODSEQ. Built directly: two dataclasses.replace() calls per
+    message cost more than the rest of a first open of a folder."""
+    i = entry.info
+    info = MessageInfo(i.uid, i.flags, i.internal_date, i.size, i.key, modseq)
+    return Entry(entry.uid, entry.sub, entry.name, info, entry.disk_size)
+
+
 def uid_key(entry: Entry) -> int:
     return entry.uid
 
@@ -51,13 +60,19 @@ def row(entry: Entry) -> Row:
     info = entry.info
     return Row(
         uid=info.uid,
-        flags=flag_text(info.flags),
+        flags=_stored_flags(info.flags),
         base=info.key,
         name=entry.name,
         disk_size=entry.disk_size,
         size=info.size,
         internal_date=info.internal_date,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_flags(flags: frozenset[str]) -> str:
+    # Entries of a folder share a handful of flag sets (FolderIndex._flags_of).
+    return flag_text(flags)
 
 
 def measure(path: str, base: str) -> tuple[float, int, int] | None:

@@ -4,12 +4,14 @@ deleted or corrupt index file."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from mailstack.delivery.index_db import INDEX_FILE
+from mailstack.delivery.index_entry import Entry, with_modseq
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import INBOX
+from mailstack.delivery.store import INBOX, MessageInfo
 
 from mailstack.base.flags import Flag, FlagMode
 from mailstack.base.paths import StatePaths
@@ -157,3 +159,53 @@ def test_a_delivering_process_keeps_nothing_per_delivered_message(
     mine = modseqs(store)  # a listing process sees each with its own, increasing MODSEQ
     assert sorted(mine) == new
     assert [mine[u] for u in new] == sorted({mine[u] for u in new})
+
+
+def test_a_first_open_of_a_big_folder_gives_each_message_its_modseq_and_flags(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    """A first open sets every MODSEQ in one pass (BULK_PUT) and shares one flag set per
+    letter combination: each message must still get a MODSEQ (one reconcile, one MODSEQ for
+    all) and its own flags."""
+    root = paths.maildir(ALICE)
+    letters = ["", "S", "FS", "RST", "S"]
+    for i in range(200):
+        name = f"{1_700_000_000 + i}.M{i}P1.other:2,{letters[i % len(letters)]}"
+        (root / "cur" / name).write_bytes(MESSAGE)
+    messages = store.snapshot(ALICE, INBOX).messages
+    assert len(messages) == 200
+    assert min(m.modseq for m in messages) > 0
+    by_letters = {"": set(), "S": {"\\Seen"}, "FS": {"\\Flagged", "\\Seen"}}
+    by_letters["RST"] = {"\\Answered", "\\Seen", "\\Deleted"}
+    for i, m in enumerate(messages):
+        assert m.flags == by_letters[letters[i % len(letters)]], (i, m)
+    before = {m.uid: m.modseq for m in messages}
+    store.store_flags(ALICE, INBOX, [messages[5].uid], [Flag.ANSWERED.value], FlagMode.ADD)
+    after = modseqs(store)
+    assert after[messages[5].uid] > max(before.values())
+    assert {u: s for u, s in after.items() if u != messages[5].uid} == {
+        u: s for u, s in before.items() if u != messages[5].uid
+    }
+
+
+def test_a_keyword_another_program_defines_later_shows_on_its_letter(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    """Letters a-z name keywords in dovecot-keywords. A letter nobody defined means nothing;
+    once Dovecot defines it, messages carrying it show the keyword (the letter -> flags
+    table is per keyword map)."""
+    root = paths.maildir(ALICE)
+    (root / "cur" / "1700000000.M1P1.other:2,Sa").write_bytes(MESSAGE)
+    (root / "cur" / "1700000001.M2P1.other:2,S").write_bytes(MESSAGE)
+    first = store.snapshot(ALICE, INBOX).messages
+    assert [m.flags for m in first] == [{"\\Seen"}, {"\\Seen"}]
+    (root / "dovecot-keywords").write_bytes(b"0 $Label1\n")
+    later = store.snapshot(ALICE, INBOX).messages
+    assert [m.flags for m in later] == [{"\\Seen", "$Label1"}, {"\\Seen"}]
+
+
+def test_with_modseq_changes_nothing_but_the_modseq() -> None:
+    info = MessageInfo(3, frozenset({"\\Seen"}), 1.5, 42, "base", modseq=9)
+    entry = Entry(uid=3, sub="cur", name="base:2,S", info=info, disk_size=40)
+    expected = dataclasses.replace(entry, info=dataclasses.replace(info, modseq=11))
+    assert with_modseq(entry, 11) == expected

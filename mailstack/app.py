@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from mailstack.base.config import format_hostport
 from mailstack.base.errors import HostError
+from mailstack.base.threads import use_blocking_pool
 from mailstack.base.tls import TlsProvider
 from mailstack.delivery import tlsrpt
 from mailstack.delivery.queue import OutboundQueue, local_delivery
@@ -136,6 +137,7 @@ def _bind_error(service: str, host: str, port: int, exc: OSError) -> HostError:
 async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     dep.events.bind(loop)
+    use_blocking_pool(loop)
     queue = outbound_queue(dep, OutboundQueue)
     ctx = build_context(dep, queue)
     workers: SmtpWorkers | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from mailstack.app import DRAIN_S, build_context, drain, outbound_queue
 from mailstack.base.errors import HostError, MailstackError
 from mailstack.base.logs import set_process_tag, setup_logging
+from mailstack.base.threads import use_blocking_pool
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.queue import OutboundQueue
 from mailstack.deployment import Deployment
@@ -63,6 +64,7 @@ class _ForwardingQueue(OutboundQueue):
 
 async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     loop = asyncio.get_running_loop()
+    use_blocking_pool(loop)
     queue = outbound_queue(dep, _ForwardingQueue)
     queue.channel = channel
     ctx = build_context(dep, queue)

@@ -10,6 +10,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailstack.delivery.dkim_rsa import BadKeyError, relaxed_body, signature_field
@@ -110,3 +111,26 @@ def test_dkimpy_verifies_any_generated_message(message: bytes) -> None:
         timestamp=int(time.time()),
     )
     assert dkim.verify(field + message, dnsfunc=lambda _name, timeout=5: RECORD)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(_WSP_TEXT, _VALUE, _WSP_TEXT), min_size=1, max_size=4))
+def test_a_body_without_final_crlf_is_canonicalised_as_it_is_sent(
+    lines: list[tuple[str, str, str]],
+) -> None:
+    """A BDAT message may end without CRLF; DATA adds one on the way out (RFC 5321 §4.1.1.4).
+    dkimpy keeps the white space ending such a last line, we drop it (RFC 6376 §3.4.4 reads
+    both ways): what must agree is the canonical form of the body as it is sent."""
+    body = "\r\n".join(a + b + c for a, b, c in lines).encode()
+    sent = body + b"\r\n"
+    assert relaxed_body(body) == relaxed_body(sent) == Relaxed.canonicalize_body(sent)
+    message = b"From: a@x.test\r\nSubject: no final CRLF\r\n\r\n" + body
+    field = signature_field(
+        message,
+        domain="x.test",
+        selector="s1",
+        key_pem=PEM,
+        signed_headers=HEADERS,
+        timestamp=int(time.time()),
+    )
+    assert dkim.verify(field + message + b"\r\n", dnsfunc=lambda _name, timeout=5: RECORD)

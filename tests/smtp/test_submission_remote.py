@@ -70,3 +70,48 @@ async def test_submitted_mail_is_signed_and_delivered_to_the_foreign_mx(
     assert b"with ESMTPSA" in got.content
     assert b"(Authenticated sender: alice@example.com)" in got.content
     assert got.content.endswith(b"\r\n\r\nhello there\r\n")
+
+
+async def test_bdat_message_ending_in_whitespace_without_crlf_verifies_as_relayed(
+    tmp_path: Path, dns_port: int, double: Double
+) -> None:
+    """BDAT (RFC 3030) lets a message end without CRLF. Canonicalisers differ on such a last
+    line's trailing white space (RFC 6376 §3.4.4 is read two ways), so what must hold is that
+    the signature verifies on the bytes the foreign MTA actually received."""
+    body = b"first line\r\nthe last line ends in white space \t "
+    content = (
+        b"From: alice@example.com\r\nTo: ok@a.test\r\nSubject: bdat\r\n"
+        b"Message-ID: <bdat@example.com>\r\n\r\n" + body
+    )
+    async with running(
+        tmp_path / "state",
+        dns={"resolver": f"127.0.0.1:{dns_port}", "timeout_s": 5.0},
+        outbound={"mx_port": double.port},
+    ) as h:
+        ctx = h.ctx
+        assert ctx.queue is not None
+        ctx.paths.dkim_dir.mkdir(parents=True, exist_ok=True)
+        ctx.paths.dkim_key(SELECTOR, "example.com").write_bytes(dkim_key())
+
+        def client() -> tuple[int, bytes]:
+            smtp = h.smtps()
+            smtp.login(ALICE, PASSWORD)
+            smtp.ehlo()
+            assert smtp.has_extn("chunking")
+            assert smtp.mail(ALICE)[0] == 250
+            assert smtp.rcpt("ok@a.test")[0] == 250
+            smtp.putcmd("BDAT", f"{len(content)} LAST")
+            smtp.send(content)
+            reply = smtp.getreply()
+            smtp.quit()
+            return reply
+
+        code, text = await thread(client)
+        assert code == 250, text
+        await ctx.queue.run_once()
+        (got,) = await asyncio.wait_for(double.wait_for("ok@a.test"), 60)
+
+    assert got.content.startswith(b"DKIM-Signature:")
+    # DATA ends every message with CRLF before the "." (RFC 5321 §4.1.1.4)
+    assert got.content.endswith(body + b"\r\n")
+    assert dkim.verify(got.content, dnsfunc=dnsfunc(dns_port))

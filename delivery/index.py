@@ -344,17 +344,17 @@ class FolderIndex:
         if self._listed or self._entries is not None:
             self.entries()
             return
-        fresh = [self._make_entry(uid, sub, name) for uid, sub, name in self._unrecorded]
-        self._by_uid = {e.uid: e for e in fresh if e is not None}
+        made = (self._make_entry(uid, sub, name) for uid, sub, name in self._unrecorded)
+        fresh = {e.uid: e for e in made if e is not None}
+        touched, unlinked = self._take_touched()
         try:
-            self._record([])  # blind: records the touched UIDs found in _by_uid
+            self._reconcile(*_touched_rows(touched, unlinked, fresh, blind=True))
         finally:
-            for uid, _sub, name in self._unrecorded:
+            for _uid, _sub, name in self._unrecorded:
                 base = split_info(name)[0]
                 self._listing.pop(base, None)
                 self._meta.pop(base, None)
                 self._entry_of.pop(base, None)
-                self._by_uid.pop(uid, None)
             self._unrecorded = []
 
     def entries(self) -> list[Entry]:
@@ -414,29 +414,40 @@ class FolderIndex:
 
     def _record(self, entries: list[Entry]) -> None:
         """Hand what changed to the persistent index and give entries their MODSEQs."""
-        uid_validity = self.uidlist.uid_validity
         # A process that never listed the folder (an SMTP worker delivering) knows only what
         # it touched: it records just that, never a whole-folder compare (which would take
         # every message it has not seen for expunged).
         blind = not self._listed
-        partial = blind or (not self._touched_all and self.db.is_complete_for(uid_validity))
-        touched, unlinked = self._touched, self._unlinked
-        self._touched, self._unlinked = set(), set()
+        partial = blind or (
+            not self._touched_all and self.db.is_complete_for(self.uidlist.uid_validity)
+        )
+        touched, unlinked = self._take_touched()
         if not blind:
             self._touched_all = False
-        removed: list[int] | None = None
-        if partial:
-            chosen = [self._by_uid[u] for u in sorted(touched) if u in self._by_uid]
-            # Without a listing, a touched UID we have no entry for is only gone if we
-            # unlinked it (others' new records are touched too).
-            removed = [u for u in touched if u not in self._by_uid and (not blind or u in unlinked)]
-        else:
-            chosen = entries
+        if not partial:
+            self._reconcile(entries, None)
+            return
+        chosen, removed = _touched_rows(touched, unlinked, self._by_uid, blind=blind)
+        self._reconcile(chosen, removed, everything=None if blind else entries)
+
+    def _take_touched(self) -> tuple[set[int], set[int]]:
+        """(UIDs touched, UIDs whose files we unlinked) since the last record; both reset."""
+        touched, unlinked = self._touched, self._unlinked
+        self._touched, self._unlinked = set(), set()
+        return touched, unlinked
+
+    def _reconcile(
+        self, chosen: list[Entry], removed: list[int] | None, everything: list[Entry] | None = None
+    ) -> None:
+        """Record `chosen` (and `removed`, None: whatever `chosen` lacks) in the persistent
+        index and give them their MODSEQs. When the index file was rebuilt meanwhile, the
+        whole folder (`everything`) is recorded instead, when we have it."""
+        uid_validity = self.uidlist.uid_validity
         try:
             modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
         except IndexRebuiltError:
-            if not blind:
-                chosen, removed = entries, None
+            if everything is not None:
+                chosen, removed = everything, None
             modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
         changed = []
         for entry in chosen:
@@ -679,3 +690,14 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
+
+
+def _touched_rows(
+    touched: set[int], unlinked: set[int], known: dict[int, Entry], *, blind: bool
+) -> tuple[list[Entry], list[int]]:
+    """(entries of the touched UIDs we know, in UID order; touched UIDs that are gone). Without
+    a listing (`blind`), a touched UID we have no entry for is only gone if we unlinked it
+    (others' new uidlist records are touched too)."""
+    chosen = [known[u] for u in sorted(touched) if u in known]
+    removed = [u for u in touched if u not in known and (not blind or u in unlinked)]
+    return chosen, removed

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
 from mailstack.delivery.index import FolderIndex
-from mailstack.delivery.index_uidlist import FILE_MODE
+from mailstack.delivery.index_files import FILE_MODE
 from mailstack.delivery.layout import (
     folder_dir_name,
     folder_from_dir_name,

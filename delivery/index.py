@@ -5,8 +5,8 @@ A folder's state is three things on disk: the `dovecot-uidlist` (UIDs), the `dov
 and, through the S=/W= fields, their sizes). `FolderIndex` keeps the parse of each and re-reads
 one only when it changed:
 
-- uidlist and keywords: when their (inode, size, mtime) differ (the uidlist's parse and
-  writes: delivery/index_uidlist.py). Every writer of either holds the folder's
+- uidlist and keywords: when their (inode, size, mtime) differ (their parse and
+  writes: delivery/index_files.py). Every writer of either holds the folder's
   `dovecot-uidlist.lock` (Dovecot does too), so after our own write we can record the new
   stamp without a race.
 - the listing (delivery/index_listing.py): when the mtime of `new/` or `cur/` differs. A
@@ -47,26 +47,23 @@ from mailstack.delivery.dotlock import DotLock
 from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
 from mailstack.delivery.index_entry import (
     Entry,
-    Stamp,
     SyncResult,
     measure,
     row,
     uid_key,
     with_modseq,
 )
-from mailstack.delivery.index_entry import stamp as file_stamp
+from mailstack.delivery.index_files import UIDLIST, KeywordsFile, UidlistFile
 from mailstack.delivery.index_listing import clean_tmp, list_dirs
-from mailstack.delivery.index_uidlist import FILE_MODE, UIDLIST, UidlistFile
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
 from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
 from mailstack.delivery.uidmap import UidList, UidRecord, base_name
 
-from mailstack.base.fsutil import atomic_write, fsync_dir
+from mailstack.base.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
-KEYWORDS = "dovecot-keywords"
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
 DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
 BULK_PUT = 64  # entries changed at once above which _reconcile rebuilds the list in one pass
@@ -78,14 +75,13 @@ class FolderIndex:
 
     def __init__(self, path: Path, next_uid_validity: Callable[[], int]) -> None:
         self.path = path
-        self._file = UidlistFile(path, next_uid_validity)  # delivery/index_uidlist.py
+        self._file = UidlistFile(path, next_uid_validity)  # delivery/index_files.py
         # One lock object for the folder, reused: its threading.Lock lets a single thread of
         # the process hold it at a time. tmp/ is what mailstack processes queue on: a directory
         # every folder has and nothing else flocks (the quota flocks the account root, which is
         # INBOX's folder directory itself).
         self._lock = DotLock(path / UIDLIST, queue_on=path / "tmp")
-        self._keywords = KeywordMap([])
-        self._keywords_stamp: Stamp | None = None
+        self._kw = KeywordsFile(path)  # delivery/index_files.py
         # info letters -> flags under _keywords: one shared frozenset per combination (a
         # folder has a handful), so a 100,000-message index does not hold 100,000 copies.
         self._flags_of: dict[str, frozenset[str]] = {}
@@ -128,7 +124,7 @@ class FolderIndex:
 
     @property
     def keywords(self) -> KeywordMap:
-        return self._keywords
+        return self._kw.keywords
 
     def _load_uidlist(self) -> None:
         change = self._file.load()
@@ -144,19 +140,11 @@ class FolderIndex:
             self._listing_stamp = None  # others numbered new files: re-list to find them
 
     def _load_keywords(self) -> None:
-        path = self.path / KEYWORDS
-        stamp = file_stamp(path)
-        if stamp == self._keywords_stamp:
-            return
-        try:
-            self._keywords = KeywordMap.parse(path.read_bytes()) if stamp else KeywordMap([])
-        except FileNotFoundError:
-            self._keywords = KeywordMap([])
-        self._keywords_stamp = stamp
-        self._flags_of.clear()
-        self._entry_of.clear()  # flags depend on the letter map
-        self._entries = None
-        self._touched_all = True
+        if self._kw.load():
+            self._flags_of.clear()
+            self._entry_of.clear()  # flags depend on the letter map
+            self._entries = None
+            self._touched_all = True
 
     def _dir_stamp(self) -> tuple[int, int]:
         return (
@@ -408,7 +396,7 @@ class FolderIndex:
         mtime, size, vsize = meta
         flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
         if flags is None:
-            flags = self._flags_of[letters] = flags_from_letters(letters, self._keywords)
+            flags = self._flags_of[letters] = flags_from_letters(letters, self._kw.keywords)
         info = MessageInfo(
             uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
         )
@@ -522,17 +510,11 @@ class FolderIndex:
     def ensure_keywords(self, keywords: Iterable[str]) -> None:
         """Give letters to new keywords and persist dovecot-keywords (uidlist lock held)."""
         self._load_keywords()
-        if self._keywords.add(k for k in keywords if not k.startswith("\\")):
-            path = self.path / KEYWORDS
-            atomic_write(path, self._keywords.serialize(), mode=FILE_MODE)
-            self._keywords_stamp = file_stamp(path)
+        if self._kw.add(keywords):
             self._flags_of.clear()  # a letter that meant nothing may mean a keyword now
 
     def set_keywords(self, keywords: KeywordMap) -> None:
-        path = self.path / KEYWORDS
-        atomic_write(path, keywords.serialize(), mode=FILE_MODE)
-        self._keywords = KeywordMap(list(keywords.names))
-        self._keywords_stamp = file_stamp(path)
+        self._kw.replace(keywords)
         self._flags_of.clear()
         self._entry_of.clear()
         self._entries = None

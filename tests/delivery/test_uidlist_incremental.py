@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailstack.delivery.index import FolderIndex
-from mailstack.delivery.index_uidlist import UIDLIST
+from mailstack.delivery.index_files import UIDLIST
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.uidmap import UidList
 

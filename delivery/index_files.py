@@ -1,25 +1,28 @@
-"""One folder's `dovecot-uidlist` as this process last read or wrote it (delivery/index.py).
+"""One folder's Dovecot control files as this process last read or wrote them
+(delivery/index.py): `dovecot-uidlist` (UIDs) and `dovecot-keywords` (letters -> keywords).
 
-Re-read only when its (inode, size, mtime) changed. Dovecot and other mailstack processes only
-ever append records (the inode stays, the file grows) or replace the whole file (a rename over
-it, a new inode), so an append is parsed from where the last parse stopped: a whole parse of a
-100,000-line file per delivery would cost more than the delivery. A file that does not parse
-starts over with a new UIDVALIDITY, as Dovecot does.
+Each is re-read only when its (inode, size, mtime) changed. Dovecot and other mailstack
+processes only ever append uidlist records (the inode stays, the file grows) or replace the
+whole file (a rename over it, a new inode), so an append is parsed from where the last parse
+stopped: a whole parse of a 100,000-line file per delivery would cost more than the delivery.
+A uidlist that does not parse starts over with a new UIDVALIDITY, as Dovecot does.
 
 Invariant: the caller holds the folder's `dovecot-uidlist.lock` (delivery/dotlock.py) around
-every method but `fsync`, so our own writes can record the file's new stamp without a race.
+every method but `UidlistFile.fsync`, so our own writes can record the file's new stamp
+without a race.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery.index_entry import Stamp
 from mailstack.delivery.index_entry import stamp as file_stamp
+from mailstack.delivery.keywords import KeywordMap
 from mailstack.delivery.uidmap import UidList, UidListError, UidRecord, serialize_records
 
 from mailstack.base.fsutil import atomic_write, fsync_path
@@ -27,6 +30,7 @@ from mailstack.base.fsutil import atomic_write, fsync_path
 log = logging.getLogger(__name__)
 
 UIDLIST = "dovecot-uidlist"
+KEYWORDS = "dovecot-keywords"
 FILE_MODE = 0o600  # what the index and the store write in a Maildir: for the owner only
 
 
@@ -173,3 +177,37 @@ class UidlistFile:
         self._stamp = file_stamp(self.path)
         self._parsed = len(data)
         self.uid_of = {r.base: r.uid for r in kept}
+
+
+class KeywordsFile:
+    """The keyword letters of the folder directory `folder` (delivery/keywords.py)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / KEYWORDS
+        self.keywords = KeywordMap([])
+        self._stamp: Stamp | None = None
+
+    def load(self) -> bool:
+        """Re-read the file if it changed; True when it did (flags may read differently)."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        try:
+            self.keywords = KeywordMap.parse(self.path.read_bytes()) if stamp else KeywordMap([])
+        except FileNotFoundError:
+            self.keywords = KeywordMap([])
+        self._stamp = stamp
+        return True
+
+    def add(self, keywords: Iterable[str]) -> bool:
+        """Give letters to the keywords that have none and write the file; True if any did."""
+        if not self.keywords.add(k for k in keywords if not k.startswith("\\")):
+            return False
+        atomic_write(self.path, self.keywords.serialize(), mode=FILE_MODE)
+        self._stamp = file_stamp(self.path)
+        return True
+
+    def replace(self, keywords: KeywordMap) -> None:
+        atomic_write(self.path, keywords.serialize(), mode=FILE_MODE)
+        self.keywords = KeywordMap(list(keywords.names))
+        self._stamp = file_stamp(self.path)

@@ -64,9 +64,14 @@ SIGNED_HEADERS: tuple[str, ...] = (
 OVERSIGNED: tuple[str, ...] = ("from",)
 
 
-def _crlf(message: bytes) -> bytes:
-    """The message as it goes on the wire (delivery.remote sends every line end as CRLF)."""
-    return re.sub(rb"\r?\n|\r", b"\r\n", message)
+def _wire(message: bytes) -> bytes:
+    """The message as it goes on the wire: delivery.remote sends every line end as CRLF, and
+    DATA ends a message without one with CRLF before the "." (RFC 5321 §4.1.1.4; smtplib does
+    it). Signing exactly that keeps us clear of a reading RFC 6376 §3.4.4 leaves open: whether
+    white space ending a last line that lacks its CRLF is "at the end of a line" (dkimpy keeps
+    it, we drop it; both agree once the CRLF is there)."""
+    wire = re.sub(rb"\r?\n|\r", b"\r\n", message)
+    return wire if not wire or wire.endswith(b"\r\n") else wire + b"\r\n"
 
 
 def _header_block(message: bytes) -> bytes:
@@ -120,7 +125,7 @@ def sign(
     include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
     try:
         field = signature_field(
-            _crlf(message),
+            _wire(message),
             domain=domain,
             selector=selector,
             key_pem=key,

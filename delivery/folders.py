@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
-from mailstack.delivery.index import FILE_MODE, FolderIndex
+from mailstack.delivery.index import FolderIndex
+from mailstack.delivery.index_files import FILE_MODE
 from mailstack.delivery.layout import (
     folder_dir_name,
     folder_from_dir_name,

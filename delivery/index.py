@@ -5,15 +5,16 @@ A folder's state is three things on disk: the `dovecot-uidlist` (UIDs), the `dov
 and, through the S=/W= fields, their sizes). `FolderIndex` keeps the parse of each and re-reads
 one only when it changed:
 
-- uidlist and keywords: when their (inode, size, mtime) differ. Every writer of either holds the
-  folder's `dovecot-uidlist.lock` (Dovecot does too), so after our own write we can record the
-  new stamp without a race.
-- the listing: when the mtime of `new/` or `cur/` differs. A change landing in the same
-  timestamp tick as our scan (or as our own rename) would not move the mtime, so while the
-  mtime is less than `DIR_SETTLE_NS` old it proves nothing: one verifying re-list follows once
-  it has settled. Foreign changes in that window are seen within about `DIR_SETTLE_NS` rather
-  than at once; in exchange our own renames (STORE, EXPUNGE, APPEND) update the index in place
-  and never re-list a 100,000-message folder.
+- uidlist and keywords: when their (inode, size, mtime) differ (their parse and
+  writes: delivery/index_files.py). Every writer of either holds the folder's
+  `dovecot-uidlist.lock` (Dovecot does too), so after our own write we can record the new
+  stamp without a race.
+- the listing (delivery/index_listing.py): when the mtime of `new/` or `cur/` differs. A
+  change landing in the same timestamp tick as our scan (or as our own rename) would not move
+  the mtime, so while the mtime is less than `DIR_SETTLE_NS` old it proves nothing: one
+  verifying re-list follows once it has settled. Foreign changes in that window are seen
+  within about `DIR_SETTLE_NS` rather than at once; in exchange our own renames (STORE,
+  EXPUNGE, APPEND) update the index in place and never re-list a 100,000-message folder.
 
 Our own changes (`added_many`, `renamed`, `removed`) update the cached entries in place (O(log
 n) per message) and mark their UIDs for the persistent index (delivery/index_db.py), which
@@ -38,7 +39,6 @@ import bisect
 import contextlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -47,30 +47,26 @@ from mailstack.delivery.dotlock import DotLock
 from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
 from mailstack.delivery.index_entry import (
     Entry,
-    Stamp,
     SyncResult,
     measure,
     row,
     uid_key,
     with_modseq,
 )
-from mailstack.delivery.index_entry import stamp as file_stamp
+from mailstack.delivery.index_files import UIDLIST, KeywordsFile, UidlistFile
+from mailstack.delivery.index_listing import clean_tmp, list_dirs
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
 from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
-from mailstack.delivery.uidmap import UidList, UidListError, UidRecord, base_name, serialize_records
+from mailstack.delivery.uidmap import UidList, UidRecord, base_name
 
-from mailstack.base.fsutil import atomic_write, fsync_dir, fsync_path
+from mailstack.base.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
-UIDLIST = "dovecot-uidlist"
-KEYWORDS = "dovecot-keywords"
-TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
 DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
-FILE_MODE = 0o600
-BULK_PUT = 64  # entries changed at once above which _record rebuilds the list in one pass
+BULK_PUT = 64  # entries changed at once above which _reconcile rebuilds the list in one pass
 _NO_FLAGS: frozenset[str] = frozenset()
 
 
@@ -79,18 +75,13 @@ class FolderIndex:
 
     def __init__(self, path: Path, next_uid_validity: Callable[[], int]) -> None:
         self.path = path
-        self._next_uid_validity = next_uid_validity
-        self._uidlist: UidList | None = None
-        self._uidlist_stamp: Stamp | None = None
+        self._file = UidlistFile(path, next_uid_validity)  # delivery/index_files.py
         # One lock object for the folder, reused: its threading.Lock lets a single thread of
         # the process hold it at a time. tmp/ is what mailstack processes queue on: a directory
         # every folder has and nothing else flocks (the quota flocks the account root, which is
         # INBOX's folder directory itself).
         self._lock = DotLock(path / UIDLIST, queue_on=path / "tmp")
-        self._uidlist_parsed = 0  # bytes of the file parsed: up to the last complete line
-        self._uid_of: dict[str, int] = {}
-        self._keywords = KeywordMap([])
-        self._keywords_stamp: Stamp | None = None
+        self._kw = KeywordsFile(path)  # delivery/index_files.py
         # info letters -> flags under _keywords: one shared frozenset per combination (a
         # folder has a handful), so a 100,000-message index does not hold 100,000 copies.
         self._flags_of: dict[str, frozenset[str]] = {}
@@ -129,91 +120,31 @@ class FolderIndex:
     # -- reading state -------------------------------------------------------------------------
     @property
     def uidlist(self) -> UidList:
-        if self._uidlist is None:
-            raise RuntimeError("FolderIndex.sync() first")
-        return self._uidlist
+        return self._file.uidlist
 
     @property
     def keywords(self) -> KeywordMap:
-        return self._keywords
+        return self._kw.keywords
 
     def _load_uidlist(self) -> None:
-        path = self.path / UIDLIST
-        stamp = file_stamp(path)
-        if stamp is not None and stamp == self._uidlist_stamp:
+        change = self._file.load()
+        if change is None:
             return
-        if stamp is not None and self._extend_uidlist(path, stamp):
-            return
-        uidlist: UidList | None = None
-        if stamp is not None:
-            try:
-                data = path.read_bytes()
-                uidlist = UidList.parse(data)
-                self._uidlist_parsed = data.rfind(b"\n") + 1
-            except (UidListError, FileNotFoundError) as exc:
-                # Dovecot also starts over with a new UIDVALIDITY (clients resync) on a broken
-                # uidlist: keeping a UID whose meaning we cannot know would be worse.
-                log.warning("%s: %s; assigning a new UIDVALIDITY", path, exc)
-        if uidlist is None:
-            uidlist = UidList(uid_validity=self._next_uid_validity())
-            data = uidlist.serialize()
-            atomic_write(path, data, mode=FILE_MODE)
-            stamp = file_stamp(path)
-            self._uidlist_parsed = len(data)
-        self._uidlist, self._uidlist_stamp = uidlist, stamp
-        self._uid_of = {r.base: r.uid for r in uidlist.records}
         self._entries = None
-        self._touched_all = True
-        self._listing_stamp = None  # rewritten by someone: files came or went, re-list
-
-    def _extend_uidlist(self, path: Path, stamp: Stamp) -> bool:
-        """Another process (a second mailstack process, Dovecot) appended records: parse just
-        those. Appends keep the inode and only grow the file; every other change is a rename
-        over it, a new inode, which takes the full parse."""
-        known, uidlist = self._uidlist_stamp, self._uidlist
-        if known is None or uidlist is None or stamp[0] != known[0] or stamp[1] <= known[1]:
-            return False
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            st = os.fstat(fd)
-            if st.st_ino != known[0]:
-                return False
-            tail = os.pread(fd, st.st_size - self._uidlist_parsed, self._uidlist_parsed)
-        finally:
-            os.close(fd)
-        complete = tail.rfind(b"\n") + 1
-        try:
-            before = len(uidlist.records)
-            uidlist.extend(tail[:complete])
-        except UidListError:
-            return False  # the full parse decides what to do with it
-        for record in uidlist.records[before:]:
-            self._uid_of[record.base] = record.uid
-            self._touched.add(record.uid)
-        if len(uidlist.records) > before:
+        if change.replaced:
+            self._touched_all = True
+            self._listing_stamp = None  # rewritten by someone: files came or went, re-list
+            return
+        self._touched.update(r.uid for r in change.appended)
+        if change.appended:
             self._listing_stamp = None  # others numbered new files: re-list to find them
-        self._uidlist_parsed += complete
-        self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        self._entries = None
-        return True
 
     def _load_keywords(self) -> None:
-        path = self.path / KEYWORDS
-        stamp = file_stamp(path)
-        if stamp == self._keywords_stamp:
-            return
-        try:
-            self._keywords = KeywordMap.parse(path.read_bytes()) if stamp else KeywordMap([])
-        except FileNotFoundError:
-            self._keywords = KeywordMap([])
-        self._keywords_stamp = stamp
-        self._flags_of.clear()
-        self._entry_of.clear()  # flags depend on the letter map
-        self._entries = None
-        self._touched_all = True
+        if self._kw.load():
+            self._flags_of.clear()
+            self._entry_of.clear()  # flags depend on the letter map
+            self._entries = None
+            self._touched_all = True
 
     def _dir_stamp(self) -> tuple[int, int]:
         return (
@@ -231,15 +162,15 @@ class FolderIndex:
         ):
             return False
         if not self._listed:
-            self._clean_tmp()
+            clean_tmp(self.path)
             # A restart: what the index file recorded of each file spares a stat() apiece.
             self._meta.update(self.db.file_meta())
-        listing = self._list_dirs()
+        listing = list_dirs(self.path, self._meta)
         if self._listed and self._listing.keys() - listing.keys():
             # A file moved from new/ to cur/ between our two listdir() calls is in neither
             # listing; taking that as an expunge would be final (VANISHED UIDs never come
             # back). Files that vanished must be missing from a second listing too.
-            listing = self._list_dirs()
+            listing = list_dirs(self.path, self._meta)
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
         self._listing_stamp = stamp
         self._verify_after_ns = 0 if settled else max(stamp) + DIR_SETTLE_NS
@@ -260,45 +191,6 @@ class FolderIndex:
         self._unrecorded = []  # in the listing now: entries() records them
         return foreign
 
-    def _list_dirs(self) -> dict[str, tuple[str, str]]:
-        """base -> (sub, name) of every message file in new/ and cur/."""
-        listing: dict[str, tuple[str, str]] = {}
-        meta = self._meta
-        for sub in ("new", "cur"):
-            directory = os.path.join(self.path, sub)
-            for name in os.listdir(directory):  # names only: no stat() per message
-                if name[0] == ".":
-                    continue
-                base = name.split(":", 1)[0]
-                listing[base] = (sub, name)
-                if base not in meta:
-                    # First sight in this process: measure it now; later syncs use the cache.
-                    measured = measure(os.path.join(directory, name), base)
-                    if measured is not None:
-                        meta[base] = measured
-        return listing
-
-    def _clean_tmp(self) -> None:
-        """Remove what crashed writers left in tmp/ (once per process and folder).
-
-        cr.yp.to/proto/maildir.html: a file untouched in tmp/ for 36 hours is garbage. The
-        same holds for folders we were building or deleting there (delivery/folders.py).
-        """
-        cutoff = time.time() - TMP_MAX_AGE_S
-        with os.scandir(self.path / "tmp") as entries:
-            for entry in entries:
-                try:
-                    # ctime, not mtime: APPEND back-dates the mtime (INTERNALDATE) of files
-                    # it is still writing here.
-                    if entry.stat(follow_symlinks=False).st_ctime >= cutoff:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-
     def sync(self) -> SyncResult:
         """Bring the index up to date, giving UIDs to files nobody numbered yet."""
         self._load_uidlist()
@@ -311,7 +203,7 @@ class FolderIndex:
         if self._entries is not None:
             # Nothing was re-read or changed since the last entries(): all files are numbered.
             return SyncResult(foreign_changes=foreign)
-        newcomers = [base for base in self._listing if base not in self._uid_of]
+        newcomers = [base for base in self._listing if base not in self._file.uid_of]
         if newcomers:
             # Arrival order: names begin with the delivery time (Maildir spec).
             newcomers.sort(key=lambda b: (time_from_name(b) or 0.0, b))
@@ -319,7 +211,7 @@ class FolderIndex:
         return SyncResult(foreign_changes=foreign or bool(newcomers))
 
     def _touch(self, base: str) -> None:
-        uid = self._uid_of.get(base)
+        uid = self._file.uid_of.get(base)
         if uid is not None:
             self._touched.add(uid)
 
@@ -344,17 +236,17 @@ class FolderIndex:
         if self._listed or self._entries is not None:
             self.entries()
             return
-        fresh = [self._make_entry(uid, sub, name) for uid, sub, name in self._unrecorded]
-        self._by_uid = {e.uid: e for e in fresh if e is not None}
+        made = (self._make_entry(uid, sub, name) for uid, sub, name in self._unrecorded)
+        fresh = {e.uid: e for e in made if e is not None}
+        touched, unlinked = self._take_touched()
         try:
-            self._record([])  # blind: records the touched UIDs found in _by_uid
+            self._reconcile(*_touched_rows(touched, unlinked, fresh, blind=True))
         finally:
-            for uid, _sub, name in self._unrecorded:
+            for _uid, _sub, name in self._unrecorded:
                 base = split_info(name)[0]
                 self._listing.pop(base, None)
                 self._meta.pop(base, None)
                 self._entry_of.pop(base, None)
-                self._by_uid.pop(uid, None)
             self._unrecorded = []
 
     def entries(self) -> list[Entry]:
@@ -370,7 +262,7 @@ class FolderIndex:
         made: set[int] = set()
         entries = []
         for base, (sub, name) in self._listing.items():
-            uid = self._uid_of.get(base)
+            uid = self._file.uid_of.get(base)
             if uid is None:
                 continue  # appeared after our sync; the next one numbers it
             entry = self._entry_of.get(base)
@@ -414,29 +306,40 @@ class FolderIndex:
 
     def _record(self, entries: list[Entry]) -> None:
         """Hand what changed to the persistent index and give entries their MODSEQs."""
-        uid_validity = self.uidlist.uid_validity
         # A process that never listed the folder (an SMTP worker delivering) knows only what
         # it touched: it records just that, never a whole-folder compare (which would take
         # every message it has not seen for expunged).
         blind = not self._listed
-        partial = blind or (not self._touched_all and self.db.is_complete_for(uid_validity))
-        touched, unlinked = self._touched, self._unlinked
-        self._touched, self._unlinked = set(), set()
+        partial = blind or (
+            not self._touched_all and self.db.is_complete_for(self.uidlist.uid_validity)
+        )
+        touched, unlinked = self._take_touched()
         if not blind:
             self._touched_all = False
-        removed: list[int] | None = None
-        if partial:
-            chosen = [self._by_uid[u] for u in sorted(touched) if u in self._by_uid]
-            # Without a listing, a touched UID we have no entry for is only gone if we
-            # unlinked it (others' new records are touched too).
-            removed = [u for u in touched if u not in self._by_uid and (not blind or u in unlinked)]
-        else:
-            chosen = entries
+        if not partial:
+            self._reconcile(entries, None)
+            return
+        chosen, removed = _touched_rows(touched, unlinked, self._by_uid, blind=blind)
+        self._reconcile(chosen, removed, everything=None if blind else entries)
+
+    def _take_touched(self) -> tuple[set[int], set[int]]:
+        """(UIDs touched, UIDs whose files we unlinked) since the last record; both reset."""
+        touched, unlinked = self._touched, self._unlinked
+        self._touched, self._unlinked = set(), set()
+        return touched, unlinked
+
+    def _reconcile(
+        self, chosen: list[Entry], removed: list[int] | None, everything: list[Entry] | None = None
+    ) -> None:
+        """Record `chosen` (and `removed`, None: whatever `chosen` lacks) in the persistent
+        index and give them their MODSEQs. When the index file was rebuilt meanwhile, the
+        whole folder (`everything`) is recorded instead, when we have it."""
+        uid_validity = self.uidlist.uid_validity
         try:
             modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
         except IndexRebuiltError:
-            if not blind:
-                chosen, removed = entries, None
+            if everything is not None:
+                chosen, removed = everything, None
             modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
         changed = []
         for entry in chosen:
@@ -493,7 +396,7 @@ class FolderIndex:
         mtime, size, vsize = meta
         flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
         if flags is None:
-            flags = self._flags_of[letters] = flags_from_letters(letters, self._keywords)
+            flags = self._flags_of[letters] = flags_from_letters(letters, self._kw.keywords)
         info = MessageInfo(
             uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
         )
@@ -503,36 +406,8 @@ class FolderIndex:
     def _append_records(self, records: list[UidRecord], *, sync: bool = True) -> None:
         """Append UID lines; `sync=False` leaves the fsync to the caller (`fsync_uidlist`),
         who must make it before promising the UIDs to anyone."""
-        path = self.path / UIDLIST
-        for record in records:
-            self._uid_of[record.base] = record.uid
-            self._touched.add(record.uid)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        try:
-            # Under the lock, right after _load_uidlist: when we parsed the file to its end, it
-            # ends with a newline and nothing needs checking.
-            known = self._uidlist_stamp
-            whole = known is not None and self._uidlist_parsed == known[1] > 0
-            size = 0 if whole else os.fstat(fd).st_size
-            if not whole and (size == 0 or os.pread(fd, 1, size - 1) != b"\n"):
-                # A writer died mid-line: appending would glue onto its torn line. Replace the
-                # file instead (the parse ignored the torn tail).
-                os.close(fd)
-                fd = -1
-                atomic_write(path, self.uidlist.serialize(), mode=FILE_MODE)
-            else:
-                os.write(fd, serialize_records(records))
-                if sync:
-                    os.fsync(fd)  # the UID is promised (APPENDUID) once we return
-                st = os.fstat(fd)
-                self._uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-                self._uidlist_parsed = st.st_size
-                return
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        self._uidlist_stamp = file_stamp(path)
-        self._uidlist_parsed = self._uidlist_stamp[1] if self._uidlist_stamp else 0
+        self._touched.update(r.uid for r in records)
+        self._file.append(records, sync=sync)
 
     def added(self, sub: str, name: str, meta: tuple[float, int, int]) -> int:
         """We renamed `name` into `sub`/: number it and return the UID."""
@@ -575,14 +450,14 @@ class FolderIndex:
 
     def fsync_uidlist(self) -> None:
         """Make the UID lines of `added_many(sync=False)` durable (no lock needed)."""
-        fsync_path(self.path / UIDLIST)
+        self._file.fsync()
 
     def renamed(self, base: str, sub: str, name: str) -> None:
         """We renamed a message file (flags, new/ -> cur/): update it in place."""
         self._touch(base)
         self._listing[base] = (sub, name)
         self._note_own_change()
-        uid = self._uid_of.get(base)
+        uid = self._file.uid_of.get(base)
         old = self._by_uid.get(uid) if uid is not None else None
         entry = None
         if uid is not None and old is not None:
@@ -600,7 +475,7 @@ class FolderIndex:
             self._listing.pop(base, None)
             self._meta.pop(base, None)
             self._entry_of.pop(base, None)
-            uid = self._uid_of.get(base)
+            uid = self._file.uid_of.get(base)
             if uid is not None:
                 self._unlinked.add(uid)
             i = self._position(uid) if uid is not None else None
@@ -610,7 +485,7 @@ class FolderIndex:
                 self._in_new.discard(uid)
                 self._view = None
         self._note_own_change()
-        records = len(self._uidlist.records) if self._uidlist is not None else 0
+        records = self._file.record_count
         if rewrite or self._dead_records >= max(DEAD_RECORDS_MIN, records // 4):
             self.rewrite_uidlist()
 
@@ -629,35 +504,17 @@ class FolderIndex:
         # files this process added would drop every other message's UID.
         self._load_uidlist()
         self._load_listing()
-        uidlist = self.uidlist
-        kept = []
-        for record in uidlist.records:
-            current = self._listing.get(record.base)
-            if current is not None:
-                kept.append(UidRecord(uid=record.uid, name=current[1], ext=record.ext))
-        uidlist.records = kept
-        path = self.path / UIDLIST
-        data = uidlist.serialize()
-        atomic_write(path, data, mode=FILE_MODE)
-        self._uidlist_stamp = file_stamp(path)
-        self._uidlist_parsed = len(data)
-        self._uid_of = {r.base: r.uid for r in kept}
+        self._file.rewrite(self._listing)
         self._dead_records = 0
 
     def ensure_keywords(self, keywords: Iterable[str]) -> None:
         """Give letters to new keywords and persist dovecot-keywords (uidlist lock held)."""
         self._load_keywords()
-        if self._keywords.add(k for k in keywords if not k.startswith("\\")):
-            path = self.path / KEYWORDS
-            atomic_write(path, self._keywords.serialize(), mode=FILE_MODE)
-            self._keywords_stamp = file_stamp(path)
+        if self._kw.add(keywords):
             self._flags_of.clear()  # a letter that meant nothing may mean a keyword now
 
     def set_keywords(self, keywords: KeywordMap) -> None:
-        path = self.path / KEYWORDS
-        atomic_write(path, keywords.serialize(), mode=FILE_MODE)
-        self._keywords = KeywordMap(list(keywords.names))
-        self._keywords_stamp = file_stamp(path)
+        self._kw.replace(keywords)
         self._flags_of.clear()
         self._entry_of.clear()
         self._entries = None
@@ -679,3 +536,14 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
+
+
+def _touched_rows(
+    touched: set[int], unlinked: set[int], known: dict[int, Entry], *, blind: bool
+) -> tuple[list[Entry], list[int]]:
+    """(entries of the touched UIDs we know, in UID order; touched UIDs that are gone). Without
+    a listing (`blind`), a touched UID we have no entry for is only gone if we unlinked it
+    (others' new uidlist records are touched too)."""
+    chosen = [known[u] for u in sorted(touched) if u in known]
+    removed = [u for u in touched if u not in known and (not blind or u in unlinked)]
+    return chosen, removed

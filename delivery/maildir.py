@@ -3,22 +3,18 @@
 Layout and names: delivery/layout.py. UIDs: `dovecot-uidlist` (delivery/uidmap.py), kept per
 folder by delivery/index.py under Dovecot's `dovecot-uidlist.lock`. Flags and keywords: the
 ":2," info letters and `dovecot-keywords` (delivery/keywords.py). Quota: `maildirsize`
-(delivery/quota.py, which explains the choice). Folders, subscriptions, UIDVALIDITY and
-special use: delivery/folders.py; LIST, CREATE, DELETE, RENAME and their semantics (DELETE of a
-folder with children, RENAME of INBOX): delivery/maildir_folders.py.
+(delivery/quota.py, which explains the choice), per account: delivery/maildir_quota.py.
+Folders, subscriptions, UIDVALIDITY and special use: delivery/folders.py; LIST, CREATE,
+DELETE, RENAME and their semantics (DELETE of a folder with children, RENAME of INBOX):
+delivery/maildir_folders.py. Snapshots, reading, EXPUNGE: delivery/maildir_messages.py.
 
 Writing a message (cr.yp.to/proto/maildir.html): write tmp/<unique>, fsync, rename into new/
 (or cur/ when it carries flags), give it its UID in the uidlist, fsync the directory; only then
 return. `deliver()` to several targets is all or nothing: every copy is written into tmp/ first,
 and on any failure every file written so far is removed before the error propagates.
 
-\\Recent (RFC 3501 §2.3.2): a message in new/ has not been seen by any session.
-`snapshot(claim_recent=True)` (SELECT) moves those files into cur/ and reports them in
-`recent_uids`: only one session ever claims a message. Without claiming (EXAMINE, STATUS),
-`recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
-new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/) and are
-listed in the folder's `mailstack-recent` until a claiming snapshot takes them
-(delivery/recent.py).
+\\Recent (RFC 3501 §2.3.2): a message in new/ has not been seen by any session; only one
+session ever claims it (delivery/maildir_messages.py, delivery/recent.py).
 
 Lock order, to stay deadlock-free: the quota flock (shared) before any folder lock; at most one
 folder lock at a time; nothing that takes the quota lock exclusively runs under a folder lock.
@@ -38,18 +34,17 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from mailstack.delivery import folders, maildir_flags, quota, recent
+from mailstack.delivery import folders, maildir_flags, maildir_messages, quota
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
 from mailstack.delivery.fulltext import FolderText
 from mailstack.delivery.index import FolderIndex
 from mailstack.delivery.index_headers import HeaderTable
-from mailstack.delivery.keywords import (
-    canonical_flag,
-)
 from mailstack.delivery.layout import crlf_size, folder_dir_name, normalize_folder, to_lf
+from mailstack.delivery.maildir_flags import storable_flags
 from mailstack.delivery.maildir_folders import FolderOps
+from mailstack.delivery.maildir_quota import AccountQuotas
 from mailstack.delivery.maildir_write import BatchWriter, _Job, _Target, _Written
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
@@ -62,12 +57,11 @@ from mailstack.delivery.store import (
     FolderSnapshot,
     MessageGoneError,
     MessageRef,
-    QuotaExceededError,
     SpecialUse,
     UnknownUserError,
 )
 
-from mailstack.base.flags import Flag, FlagMode
+from mailstack.base.flags import FlagMode
 from mailstack.base.fsutil import fsync_dir
 from mailstack.base.paths import StatePaths
 
@@ -91,14 +85,12 @@ class MaildirStore:
         quota_of: Callable[[str], int] | None = None,
     ) -> None:
         self._paths = paths
-        # The account database's quota per user (0: unlimited); none given: no quotas.
-        self._quota_of = quota_of
+        self._quotas = AccountQuotas(quota_of)  # delivery/maildir_quota.py
         self._events = events
         self._indexes: OrderedDict[Path, FolderIndex] = OrderedDict()  # LRU, see above
         self._texts: dict[Path, FolderText] = {}
         self._headers: dict[Path, HeaderTable] = {}
         self._indexes_lock = threading.Lock()
-        self._quota_verified: set[Path] = set()
         self._located: dict[tuple[str, str], tuple[Path, str, Path]] = {}
         # The group-commit write path lives in delivery/maildir_write.py; it reaches the
         # store's caches, quota check and IDLE events only through these callables.
@@ -106,7 +98,7 @@ class MaildirStore:
             hostname,
             index=self._index,
             locate=self._locate,
-            check_quota=self._check_quota,
+            check_quota=self._quotas.check,
             publish=self._publish,
         )
         self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._writer.flush)
@@ -239,26 +231,13 @@ class MaildirStore:
         shutil.rmtree(doomed)
 
     def usage_bytes(self, user: str) -> int:
-        return self._usage(self._root(user))
+        return self._quotas.usage(self._root(user))
 
     def counted_usage_bytes(self, user: str) -> int | None:
-        root = self._locate(user, INBOX)[0]
-        with self._indexes_lock:
-            if root not in self._quota_verified:
-                return None  # the first look per process recounts (see _usage)
-        return quota.counted_usage(root)
-
-    def _usage(self, root: Path, limit: int = 0) -> int:
-        # Once per account and store instance, recount from the listings: writers that do
-        # not keep maildirsize (Dovecot without its quota plugin, scripts) may have added
-        # mail while we were not running. Afterwards snapshots notice foreign changes.
-        with self._indexes_lock:
-            is_verified = root in self._quota_verified
-            self._quota_verified.add(root)
-        return quota.usage(root, limit) if is_verified else quota.recalculate(root, limit)
+        return self._quotas.counted(self._locate(user, INBOX)[0])
 
     def quota_of(self, user: str) -> int:
-        return self._quota_of(user) if self._quota_of is not None else 0
+        return self._quotas.limit(user)
 
     def is_full(self, user: str, *, blocking: bool = True, limit: int | None = None) -> bool | None:
         if limit is None:
@@ -267,14 +246,6 @@ class MaildirStore:
             return False
         used = self.usage_bytes(user) if blocking else self.counted_usage_bytes(user)
         return None if used is None else used >= limit
-
-    def _check_quota(self, user: str, root: Path, adding: int) -> None:
-        limit = self.quota_of(user)
-        if limit <= 0 or self._usage(root, limit) + adding <= limit:
-            return
-        # Refuse only on a fresh count, never on a stale maildirsize.
-        if quota.recalculate(root, limit) + adding > limit:
-            raise QuotaExceededError(f"{user}: quota of {limit} bytes exceeded")
 
     # -- writing (the flush itself: delivery/maildir_write.py) ----------------------------------
     def _commit(
@@ -309,7 +280,7 @@ class MaildirStore:
         for user, *_ in resolved:
             per_user[user] = per_user.get(user, 0) + size
         for user, adding in per_user.items():
-            self._check_quota(user, self._root(user), adding)
+            self._quotas.check(user, self._root(user), adding)
         if not resolved:
             return []
         # The flush writes, fsyncs and places the files (see _Job), then publishes.
@@ -355,8 +326,8 @@ class MaildirStore:
     ) -> MessageRef:
         root, name, fdir = self._folder(user, folder)
         data = to_lf(message)
-        self._check_quota(user, root, len(data))
-        wanted = _storable(flags)
+        self._quotas.check(user, root, len(data))
+        wanted = storable_flags(flags)
         target = _Target(user, root, name, fdir)
         (ref,) = self._committer.commit(
             _Job(
@@ -381,7 +352,7 @@ class MaildirStore:
         COPY's links are); on any failure the files written so far are removed."""
         root, name, fdir = self._folder(user, folder)
         data = [to_lf(message) for message, _flags, _when in messages]
-        self._check_quota(user, root, sum(len(d) for d in data))
+        self._quotas.check(user, root, sum(len(d) for d in data))
         target = _Target(user, root, name, fdir)
         written: list[_Written] = []
         try:
@@ -392,7 +363,7 @@ class MaildirStore:
                 with contextlib.suppress(OSError):
                     (item.fdir / "tmp" / item.base).unlink()
             raise
-        refs = self._commit(written, [_storable(flags) for _m, flags, _w in messages])
+        refs = self._commit(written, [storable_flags(flags) for _m, flags, _w in messages])
         if refs:
             self._publish(user, name)
         return refs
@@ -420,26 +391,10 @@ class MaildirStore:
     # -- reading and changing messages ---------------------------------------------------------
     def snapshot(self, user: str, folder: str, *, claim_recent: bool = False) -> FolderSnapshot:
         root, name, fdir = self._folder(user, folder)
-        index = self._index(root, fdir)
-        with index.locked():
-            result = index.sync()
-            claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
-            messages, in_new, _ = index.view()
-            # APPEND/COPY with flags land in cur/ but are recent too (delivery/recent.py).
-            stored = recent.take(fdir) if claim_recent else recent.peek(fdir)
-            if stored:
-                live = {m.uid for m in messages}
-                claimed, in_new = claimed | (stored & live), in_new | (stored & live)
-            snap = FolderSnapshot(
-                name=name,
-                uid_validity=index.uidlist.uid_validity,
-                uid_next=index.uidlist.next_uid,
-                messages=messages,
-                keywords=index.keywords.defined(),
-                recent_uids=claimed if claim_recent else in_new,
-                highest_modseq=index.highest_modseq,
-            )
-        if result.foreign_changes:
+        snap, foreign = maildir_messages.snapshot(
+            self._index(root, fdir), fdir, name, claim_recent=claim_recent
+        )
+        if foreign:
             quota.invalidate(root)  # someone else added or removed files: recount lazily
         return snap
 
@@ -447,39 +402,16 @@ class MaildirStore:
         self, user: str, folder: str, since: int, *, claim_recent: bool = False
     ) -> FolderChanges | None:
         root, _name, fdir = self._folder(user, folder)
-        index = self._index(root, fdir)
-        with index.locked():
-            result = index.sync()
-            claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
-            expunged = index.expunged_since(since)
-            if expunged is None:
-                return None
-            found = FolderChanges(
-                uid_validity=index.uidlist.uid_validity,
-                uid_next=index.uidlist.next_uid,
-                highest_modseq=index.highest_modseq,
-                changed=tuple(e.info for e in index.changed_since(since)),
-                expunged=tuple(expunged),
-                keywords=index.keywords.defined(),
-                recent_uids=claimed if claim_recent else index.in_new(),
-            )
-        if result.foreign_changes:
+        found, foreign = maildir_messages.changes(
+            self._index(root, fdir), since, claim_recent=claim_recent
+        )
+        if foreign:
             quota.invalidate(root)
         return found
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         root, _name, fdir = self._folder(user, folder)
-        index = self._index(root, fdir)
-        with index.locked():
-            index.sync()
-            entry = index.entry(uid)
-            if entry is None:
-                raise MessageGoneError(f"UID {uid} does not exist")
-            try:
-                f = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115 - read outside the lock
-            except FileNotFoundError:
-                raise MessageGoneError(f"UID {uid} was expunged") from None
-        with f:
+        with maildir_messages.open_message(self._index(root, fdir), fdir, uid) as f:
             return f.read()
 
     def read_messages(
@@ -511,7 +443,7 @@ class MaildirStore:
         would otherwise take the lock once per message); expunged ones are absent."""
         files = self._open_messages(user, folder, uids)
         try:
-            return {uid: _header_block(f) for uid, f in files.items()}
+            return {uid: maildir_messages.header_block(f) for uid, f in files.items()}
         finally:
             for f in files.values():
                 f.close()
@@ -521,22 +453,7 @@ class MaildirStore:
         open file survives a flag rename, so reading after the lock is safe. The caller closes
         them."""
         root, _name, fdir = self._folder(user, folder)
-        index = self._index(root, fdir)
-        files: dict[int, BinaryIO] = {}
-        try:
-            with index.locked():
-                index.sync()
-                entries = index.entries_by_uid()
-                for uid in uids:
-                    entry = entries.get(uid)
-                    if entry is not None:
-                        with contextlib.suppress(FileNotFoundError):
-                            files[uid] = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115
-        except BaseException:
-            for f in files.values():
-                f.close()
-            raise
-        return files
+        return maildir_messages.open_messages(self._index(root, fdir), fdir, uids)
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode
@@ -555,7 +472,7 @@ class MaildirStore:
         unchanged_since: int | None = None,
     ) -> FlagChange:
         root, name, fdir = self._folder(user, folder)
-        wanted = _storable(flags)
+        wanted = storable_flags(flags)
         index = self._index(root, fdir)
         with index.locked():
             result, changed = maildir_flags.change_flags(
@@ -585,7 +502,7 @@ class MaildirStore:
                 index.sync()
                 by_uid = index.entries_by_uid()
                 adding = sum(by_uid[u].disk_size for u in dict.fromkeys(uids) if u in by_uid)
-            self._check_quota(user, root, adding)
+            self._quotas.check(user, root, adding)
         try:
             with index.locked():
                 index.sync()
@@ -619,55 +536,7 @@ class MaildirStore:
     ) -> list[int]:
         root, name, fdir = self._folder(user, folder)
         index = self._index(root, fdir)
-        wanted = None if uids is None else set(uids)
-        removed: list[tuple[int, str, int]] = []
-        with quota.changing(root), index.locked():
-            index.sync()
-            by_uid = index.entries_by_uid()
-            chosen = (
-                index.entries()
-                if wanted is None
-                else [by_uid[u] for u in sorted(wanted) if u in by_uid]  # no folder-wide scan
-            )
-            for entry in chosen:
-                if only_deleted and Flag.DELETED not in entry.info.flags:
-                    continue
-                try:
-                    (fdir / entry.sub / entry.name).unlink()
-                    size = entry.disk_size
-                except FileNotFoundError:
-                    size = -1  # someone else removed it (and accounted for it): expunged anyway
-                removed.append((entry.uid, entry.info.key, size))
-            if removed:
-                index.removed(key for _uid, key, _size in removed)
-                index.entries()  # recorded (MODSEQ, expunge log) before the lock goes
-                fsync_dir(fdir / "cur")
-                fsync_dir(fdir / "new")
-                mine = [size for *_, size in removed if size >= 0]
-                quota.record(root, -sum(mine), -len(mine))
+        removed = maildir_messages.remove(index, root, fdir, uids, only_deleted=only_deleted)
         if removed:
             self._publish(user, name)
-        return [uid for uid, *_ in removed]
-
-
-def _storable(flags: Iterable[str]) -> frozenset[str]:
-    """Flags a message can carry: system flags in canonical case and keywords; no \\Recent."""
-    out = set()
-    for flag in flags:
-        canonical = canonical_flag(flag)
-        if canonical is not None:
-            out.add(canonical)
-    return frozenset(out)
-
-
-def _header_block(f: BinaryIO) -> bytes:
-    """Read up to and including the blank line that ends a message's header."""
-    data = b""
-    while chunk := f.read(8192):
-        start = max(0, len(data) - 3)  # the blank line may straddle two chunks
-        data += chunk
-        for blank in (b"\n\n", b"\n\r\n"):
-            end = data.find(blank, start)
-            if end >= 0:
-                return data[: end + len(blank)]
-    return data
+        return removed

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mailstack.delivery.index import FolderIndex
 from mailstack.delivery.keywords import (
+    canonical_flag,
     file_name_with_flags,
     flags_from_letters,
     letters_from_flags,
@@ -69,3 +70,13 @@ def change_flags(
         by_uid = index.entries_by_uid()  # records the new MODSEQs
     infos = {uid: by_uid[uid].info for uid in done if uid in by_uid}
     return FlagChange(done=infos, modified=tuple(modified)), changed
+
+
+def storable_flags(flags: Iterable[str]) -> frozenset[str]:
+    """Flags a message can carry: system flags in canonical case and keywords; no \\Recent."""
+    out = set()
+    for flag in flags:
+        canonical = canonical_flag(flag)
+        if canonical is not None:
+            out.add(canonical)
+    return frozenset(out)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.delivery import fsyncs, quota, recent
-from mailstack.delivery.index import FILE_MODE, FolderIndex
+from mailstack.delivery.index import FolderIndex
 from mailstack.delivery.index_entry import Entry
+from mailstack.delivery.index_files import FILE_MODE
 from mailstack.delivery.keywords import file_name_with_flags, letters_from_flags, split_info
 from mailstack.delivery.layout import lf_slices, unique_name
 from mailstack.delivery.store import (

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mailstack.delivery.local import Outcome, deliver_to
 from mailstack.delivery.queue_state import Entry
-from mailstack.delivery.remote import Done, Outgoing, RcptResult, Take
+from mailstack.delivery.remote_session import Done, Outgoing, RcptResult, Take
 from mailstack.delivery.store import MailStore
 
 from mailstack.base.fsutil import fsync_dir

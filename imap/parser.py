@@ -5,7 +5,8 @@ quoted strings), and the extensions we advertise: RFC 4315 UID EXPUNGE, 6851 MOV
 5161 ENABLE, 3691 UNSELECT, 4959 SASL-IR, 5258/5819/6154 LIST options, 4731 ESEARCH,
 5182 SEARCHRES, 3516 literal8 in APPEND, 7888 LITERAL+, 9208 QUOTA, 5267 RETURN (PARTIAL,
 UPDATE, CONTEXT) and CANCELUPDATE (imap/parser_sort.py), 5465 NOTIFY (imap/parser_notify.py);
-APPEND with 3502 MULTIAPPEND, 4469 CATENATE and 6855 UTF8 is imap/parser_append.py's.
+APPEND with 3502 MULTIAPPEND, 4469 CATENATE and 6855 UTF8 is imap/parser_append.py's; SEARCH and
+its keys (4731 ESEARCH, 7162 MODSEQ) are imap/parser_search.py's.
 
 Any input yields a `Command` or raises `ParseError` carrying the tag ("*" when even the tag
 is unreadable) so the session answers `tag BAD reason` and the connection stays usable.
@@ -31,9 +32,9 @@ from mailstack.imap.parser_reader import (
     normalize_mailbox,
     one_mailbox,
 )
+from mailstack.imap.parser_search import MAX_DEPTH, parse_search, search_key
 from mailstack.imap.parser_sort import (
     parse_cancel_update,
-    parse_returns,
     parse_sort,
     parse_thread,
 )
@@ -41,10 +42,6 @@ from mailstack.imap.parser_sort import (
 from mailstack.base.flags import FlagMode
 
 __all__ = ["MAX_DEPTH", "ParseError", "canonical_flag", "normalize_mailbox", "parse_command"]
-
-# Nesting of parenthesised search keys / NOT / OR. RFC 9051 sets no limit; 32 levels is far
-# beyond any real client (Thunderbird's deepest is ~4) and keeps recursion bounded.
-MAX_DEPTH = 32
 
 _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')  # tag = 1*<any ASTRING-CHAR except "+">
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
@@ -64,59 +61,6 @@ _STATUS_ITEMS = frozenset(
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-_ESEARCH_RETURN = frozenset(
-    {"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE", "CONTEXT"}  # RFC 5267 the last 3
-)
-_HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
-_FLAG_KEYS = {
-    "ANSWERED": ("\\Answered", True),
-    "UNANSWERED": ("\\Answered", False),
-    "DELETED": ("\\Deleted", True),
-    "UNDELETED": ("\\Deleted", False),
-    "DRAFT": ("\\Draft", True),
-    "UNDRAFT": ("\\Draft", False),
-    "FLAGGED": ("\\Flagged", True),
-    "UNFLAGGED": ("\\Flagged", False),
-    "SEEN": ("\\Seen", True),
-    "UNSEEN": ("\\Seen", False),
-    "RECENT": ("\\Recent", True),
-}
-_KEYS_WITH_ARGUMENTS = frozenset(
-    {
-        "BCC",
-        "CC",
-        "FROM",
-        "SUBJECT",
-        "TO",
-        "BODY",
-        "TEXT",
-        "KEYWORD",
-        "UNKEYWORD",
-        "BEFORE",
-        "ON",
-        "SINCE",
-        "SENTBEFORE",
-        "SENTON",
-        "SENTSINCE",
-        "LARGER",
-        "SMALLER",
-        "HEADER",
-        "UID",
-        "NOT",
-        "OR",
-        "MODSEQ",
-    }
-)
-_DATE_KEYS = {
-    "BEFORE": ("BEFORE", False),
-    "ON": ("ON", False),
-    "SINCE": ("SINCE", False),
-    "SENTBEFORE": ("BEFORE", True),
-    "SENTON": ("ON", True),
-    "SENTSINCE": ("SINCE", True),
-}
-
-
 # -- commands --------------------------------------------------------------------------------
 
 
@@ -477,99 +421,12 @@ def _section(r: Reader, *, binary: bool) -> c.Section:
     return c.Section(tuple(part), text, fields)
 
 
-# -- SEARCH ----------------------------------------------------------------------------------
-
-
-def _search(r: Reader, tag: str, uid: bool) -> c.Command:
-    # search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset] 1*(SP search-key)
-    r.sp()
-    returns: tuple[str, ...] = ()
-    is_esearch = False
-    partial = None
-    if r.accept(b"RETURN "):  # RFC 4731 §3; PARTIAL: RFC 5267 §4.4 (imap/parser_sort.py)
-        is_esearch = True
-        returns, partial = parse_returns(r, _ESEARCH_RETURN)
-        r.sp()
-    charset = None
-    if r.accept(b"CHARSET "):
-        charset = r.astring("a charset").upper()
-        r.sp()
-    keys = [_search_key(r, 0)]
-    while r.accept(b" "):
-        keys.append(_search_key(r, 0))
-    key = keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
-    return c.Search(tag, key, uid, charset, returns, is_esearch, partial)
-
-
-def _search_key(r: Reader, depth: int) -> c.SearchKey:
-    if depth > MAX_DEPTH:
-        raise BadSyntaxError("search keys nested too deeply")
-    if r.accept(b"("):
-        keys = [_search_key(r, depth + 1)]
-        while not r.accept(b")"):
-            r.sp()
-            keys.append(_search_key(r, depth + 1))
-        return keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
-    if r.peek() and r.peek() in b"0123456789*$":
-        return c.SearchSeq(r.seqset())
-    name = r.keyword("a search key")
-    if name == "ALL":
-        return c.SearchAll()
-    if name in _FLAG_KEYS:
-        flag, is_set = _FLAG_KEYS[name]
-        return c.SearchFlag(flag, is_set)
-    if name == "NEW":
-        return c.SearchAnd((c.SearchFlag("\\Recent"), c.SearchFlag("\\Seen", False)))
-    if name == "OLD":
-        return c.SearchFlag("\\Recent", False)
-    if name not in _KEYS_WITH_ARGUMENTS:
-        raise BadSyntaxError(f"unknown search key {name}")
-    r.sp()
-    if name in _HEADER_KEYS:
-        field = _HEADER_KEYS[name]
-        return c.SearchHeader(field, r.astring("a search string"), field != "Subject")
-    if name in ("BODY", "TEXT"):
-        return c.SearchText(name, r.astring("a search string"))
-    if name in ("KEYWORD", "UNKEYWORD"):
-        return c.SearchFlag(r.flag(), name == "KEYWORD")
-    if name in _DATE_KEYS:
-        op, sent = _DATE_KEYS[name]
-        return c.SearchDate(op, r.date(), sent)
-    if name in ("LARGER", "SMALLER"):
-        return c.SearchSize(name, r.number("a size"))
-    if name == "HEADER":
-        field = r.astring("a header field name")
-        r.sp()
-        return c.SearchHeader(field, r.astring("a search string"))
-    if name == "UID":
-        return c.SearchSeq(r.seqset(), uid=True)
-    if name == "MODSEQ":
-        # RFC 7162 §7: "MODSEQ" [search-modseq-ext] SP mod-sequence-valzer, where
-        # search-modseq-ext = SP entry-name SP entry-type-req
-        if r.peek() == b'"':
-            entry = r.quoted()
-            if not entry.lower().startswith("/flags/"):
-                raise BadSyntaxError('a MODSEQ entry name is "/flags/<flag>"')
-            r.sp()
-            if r.keyword("an entry type") not in ("PRIV", "SHARED", "ALL"):
-                raise BadSyntaxError("a MODSEQ entry type is priv, shared or all")
-            r.sp()
-        return c.SearchModseq(_modseq(r, zero=True))
-    if name == "NOT":
-        return c.SearchNot(_search_key(r, depth + 1))
-    if name == "OR":
-        left = _search_key(r, depth + 1)
-        r.sp()
-        return c.SearchOr(left, _search_key(r, depth + 1))
-    raise BadSyntaxError(f"unknown search key {name}")
-
-
 def _sort(r: Reader, tag: str, uid: bool) -> c.Command:
-    return parse_sort(r, tag, uid, _search_key)  # RFC 5256 (imap/parser_sort.py)
+    return parse_sort(r, tag, uid, search_key)  # RFC 5256 (imap/parser_sort.py)
 
 
 def _thread(r: Reader, tag: str, uid: bool) -> c.Command:
-    return parse_thread(r, tag, uid, _search_key)
+    return parse_thread(r, tag, uid, search_key)
 
 
 def _notify(r: Reader, tag: str) -> c.Command:
@@ -599,7 +456,7 @@ _COMMANDS: dict[str, Callable[[Reader, str], c.Command]] = {
 }
 _UID_COMMANDS: dict[str, Callable[[Reader, str, bool], c.Command]] = {
     "FETCH": _fetch,
-    "SEARCH": _search,
+    "SEARCH": parse_search,
     "STORE": _store,
     "COPY": _copy_move(c.Copy),
     "MOVE": _copy_move(c.Move),

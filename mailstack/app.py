@@ -26,7 +26,8 @@ from mailstack.base.errors import HostError
 from mailstack.base.threads import use_blocking_pool
 from mailstack.base.tls import TlsProvider
 from mailstack.delivery import tlsrpt
-from mailstack.delivery.queue import OutboundQueue, local_delivery
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_runner import local_delivery
 from mailstack.delivery.services import ServerContext, StartService, hosted_domains
 from mailstack.deployment import Deployment
 from mailstack.imap.server import ImapService

@@ -52,6 +52,7 @@ PURE = [
     "mailstack.imap.thread",
     "mailstack.imap.parser_sort",
     "mailstack.imap.parser_append",
+    "mailstack.imap.parser_search",
     "mailstack.imap.enabled",
     "mailstack.imap.downgrade",
     "mailstack.imap.mime",

@@ -19,7 +19,7 @@ import pytest
 from mailstack.delivery import quota
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.dotlock import DotLock
-from mailstack.delivery.index import UIDLIST
+from mailstack.delivery.index_files import UIDLIST
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import FolderNotFoundError, MessageRef, QuotaExceededError
 from mailstack.delivery.uidmap import UidList

@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mailstack.delivery import remote
 from mailstack.delivery.dane import Tlsa, match
+from mailstack.delivery.remote_session import RcptResult
 from mailstack.delivery.security import OutboundSecurity
 
 from mailstack.base.config import Config, config_from_dict
@@ -96,7 +97,7 @@ def config(dns_port: int, mx_port: int, dnssec: str) -> Config:
     )
 
 
-def send(cfg: Config, domain: str, security: OutboundSecurity | None = None) -> remote.RcptResult:
+def send(cfg: Config, domain: str, security: OutboundSecurity | None = None) -> RcptResult:
     (result,) = remote.deliver(
         cfg,
         domain,

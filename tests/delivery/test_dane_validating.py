@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trustme
 from mailstack.delivery import remote
+from mailstack.delivery.remote_session import RcptResult
 from mailstack.delivery.security import OutboundSecurity
 
 from mailstack.base.config import Config, config_from_dict
@@ -94,7 +95,7 @@ def config(resolver_port: int, mx_port: int) -> Config:
     )
 
 
-def send(cfg: Config, domain: str) -> remote.RcptResult:
+def send(cfg: Config, domain: str) -> RcptResult:
     (result,) = remote.deliver(
         cfg,
         domain,

@@ -82,6 +82,20 @@ def test_bare_lf_message_keeps_its_line_ends(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("ending", [b"\r\n", b"\n"], ids=["crlf", "bare-lf"])
+def test_a_last_line_without_line_end_is_signed_as_it_is_sent(
+    tmp_path: Path, ending: bytes
+) -> None:
+    # BDAT allows it; DATA adds the CRLF on the way out, and the white space before it is
+    # what canonicalisers disagree on (test_dkim_rsa.py, tests/smtp/test_submission_remote.py).
+    message = MESSAGE.replace(b"\r\n", ending).removesuffix(ending) + b" \t "
+    signed = sign(message, paths=keyed(tmp_path), selector="s1", hosted_domains={"example.com"})
+    assert signed.endswith(b"hello there \t ")  # the message itself is not changed
+    sent = signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # as delivery.remote sends
+    get_txt = txt_for("s1._domainkey.example.com", dkim_key())
+    assert dkim.verify(sent + b"\r\n", dnsfunc=get_txt)
+
+
 @pytest.mark.parametrize(
     "message",
     [

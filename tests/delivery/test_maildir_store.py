@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mailstack.delivery import index as index_module
+from mailstack.delivery import index_listing
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import (
     DEFAULT_FOLDERS,
@@ -140,7 +140,7 @@ def test_abandoned_tmp_files_are_removed(
     fresh.snapshot(ALICE, "INBOX")
     assert len(os.listdir(tmp)) == 2  # younger than 36 hours: maybe still being written
     # The age is checked on ctime, which no test can set back: shorten the limit instead.
-    monkeypatch.setattr(index_module, "TMP_MAX_AGE_S", 0)
+    monkeypatch.setattr(index_listing, "TMP_MAX_AGE_S", 0)
     MaildirStore(paths).snapshot(ALICE, "INBOX")  # cleaned once per process and folder
     assert os.listdir(tmp) == []
 

@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 from mailstack.delivery import remote
 from mailstack.delivery.mtasts_fetch import PolicyStore, StsLookup
-from mailstack.delivery.queue import GIVE_UP_S, OutboundQueue
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_spool import GIVE_UP_S
+from mailstack.delivery.remote_session import RcptResult
 from mailstack.delivery.security import OutboundSecurity
 
 from mailstack.base.config import Config, config_from_dict
@@ -103,7 +105,7 @@ def config(dns_port: int, mx: TlsMx, policies: PolicyServer, pki: Pki, tmp: Path
     )
 
 
-def send(cfg: Config, domain: str, security: OutboundSecurity) -> remote.RcptResult:
+def send(cfg: Config, domain: str, security: OutboundSecurity) -> RcptResult:
     (result,) = remote.deliver(
         cfg, domain, "alice@sender.test", [f"bob@{domain}"], MESSAGE, security=security
     )

@@ -21,18 +21,17 @@ import dns.resolver
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mailstack.delivery.queue import (
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_runner import MAX_PER_DOMAIN, local_delivery
+from mailstack.delivery.queue_spool import (
     DELAY_WARN_S,
     GIVE_UP_S,
-    MAX_PER_DOMAIN,
     ORPHAN_S,
     SCHEDULE_S,
-    OutboundQueue,
-    local_delivery,
     retry_delay_s,
 )
 from mailstack.delivery.queue_state import Entry, Recipient
-from mailstack.delivery.remote import RcptResult
+from mailstack.delivery.remote_session import RcptResult
 
 from mailstack.base.config import Config
 from mailstack.base.errors import NotFoundError, UsageError

@@ -34,7 +34,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from mailstack.delivery.queue import ORPHAN_S, OutboundQueue
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_spool import ORPHAN_S
 
 from mailstack.base.config import config_to_dict
 from tests.delivery.test_queue import make_queue

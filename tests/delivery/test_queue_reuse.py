@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mailstack.delivery.queue import MAX_PER_DOMAIN, OutboundQueue
-from mailstack.delivery.queue_runner import GroupSync
+from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_runner import MAX_PER_DOMAIN, GroupSync
 
 from mailstack.base.paths import StatePaths
 from tests.delivery.test_queue import MESSAGE, make_queue

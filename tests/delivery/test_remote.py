@@ -26,6 +26,7 @@ import dns.resolver
 import pytest
 from aiosmtpd.smtp import SMTP
 from mailstack.delivery import remote
+from mailstack.delivery.remote_session import RcptResult
 
 from mailstack.base.config import Config, config_from_dict
 from mailstack.base.dns import make_resolver
@@ -196,7 +197,7 @@ def attempt(
     rcpts: list[str],
     message: bytes = b"",
     mail_from: str = "alice@sender.test",
-) -> list[remote.RcptResult]:
+) -> list[RcptResult]:
     body = message or b"From: alice@sender.test\r\nSubject: hi\r\n\r\nhello\r\n"
     return remote.deliver(config, domain, mail_from, rcpts, body)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mailstack.delivery.index import UIDLIST, FolderIndex
+from mailstack.delivery.index import FolderIndex
+from mailstack.delivery.index_files import UIDLIST
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.uidmap import UidList
 

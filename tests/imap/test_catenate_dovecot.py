@@ -5,17 +5,8 @@ bad URLs must be refused with NO [BADURL] by both."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
-from mailstack.delivery.maildir import MaildirStore
-
-from mailstack.base.paths import StatePaths
-from tests.imap.rawclient import RawClient
-from tests.support.dovecot import DovecotFactory, dovecot_server  # noqa: F401 - a fixture
-from tests.support.imapserver import PASSWORD, USER, make_deployment, running_server
+from tests.imap.servers import Endpoint  # the `endpoints` fixture: tests/imap/conftest.py
 
 ORIGINAL = (
     b"From: a@example.com\r\nSubject: original\r\nMIME-Version: 1.0\r\n"
@@ -28,29 +19,6 @@ NEW_HEADER = (
     b"From: b@example.com\r\nSubject: forward\r\nMIME-Version: 1.0\r\n"
     b"Content-Type: multipart/mixed; boundary=n\r\n\r\n--n\r\n"
 )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    port: int
-
-    def connect(self) -> RawClient:
-        client = RawClient("127.0.0.1", self.port)
-        assert client.tagged(f'LOGIN "{USER}" "{PASSWORD}"').startswith(b"OK")
-        return client
-
-
-@pytest.fixture
-def endpoints(
-    tmp_path: Path,
-    dovecot_server: DovecotFactory,  # noqa: F811 - the imported fixture
-) -> Iterator[tuple[Endpoint, Endpoint]]:
-    store = MaildirStore(StatePaths(dovecot_server.workdir / "dovecot-state"))
-    store.create_account(USER)
-    theirs = dovecot_server({USER: (PASSWORD, store._root(USER))})
-    with running_server(make_deployment(tmp_path / "state")) as ours:
-        yield Endpoint("mailstack", ours.imap_port), Endpoint("dovecot", theirs.port)
 
 
 def text(data: bytes) -> bytes:

@@ -11,50 +11,13 @@ messages changed is compared, and that each server's values order the same way.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
-from mailstack.delivery.maildir import MaildirStore
-
-from mailstack.base.paths import StatePaths
-from tests.imap.rawclient import RawClient
-from tests.support.dovecot import DovecotFactory, dovecot_server  # noqa: F401 - a fixture
-from tests.support.imapserver import PASSWORD, USER, make_deployment, running_server
+from tests.imap.servers import Endpoint  # the `endpoints` fixture: tests/imap/conftest.py
 
 BODIES = [
     f"Subject: message {i}\r\nMessage-ID: <{i}@example.org>\r\n\r\nbody {i}\r\n".encode()
     for i in range(1, 11)
 ]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    port: int
-    user: str
-    password: str
-
-    def connect(self) -> RawClient:
-        client = RawClient("127.0.0.1", self.port)
-        assert client.tagged(f'LOGIN "{self.user}" "{self.password}"').startswith(b"OK")
-        return client
-
-
-@pytest.fixture
-def endpoints(
-    tmp_path: Path,
-    dovecot_server: DovecotFactory,  # noqa: F811 - the imported fixture
-) -> Iterator[tuple[Endpoint, Endpoint]]:
-    store = MaildirStore(StatePaths(dovecot_server.workdir / "dovecot-state"))
-    store.create_account(USER)
-    theirs = dovecot_server({USER: (PASSWORD, store._root(USER))})
-    with running_server(make_deployment(tmp_path / "state")) as ours:
-        yield (
-            Endpoint("mailstack", ours.imap_port, USER, PASSWORD),
-            Endpoint("dovecot", theirs.port, USER, PASSWORD),
-        )
 
 
 def uid_set(text: str) -> set[int]:

@@ -6,7 +6,6 @@ CANCELUPDATE or another SELECT; NOUPDATE past the limit, BAD on a reused tag."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from mailstack.delivery.store import INBOX
 from mailstack.imap import session_context
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import connect
 from tests.support.imapserver import (
     PASSWORD,
     USER,
@@ -33,28 +33,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    started = ImapServerThread(dep, rescan_s=60.0).start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-OPEN: list[RawClient] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
 def selected(server: ImapServerThread) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=5.0)
-    OPEN.append(client)
+    client = connect(server.imap_port, timeout_s=5.0)
     assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
     assert client.tagged("SELECT INBOX").startswith(b"OK")
     return client
@@ -168,7 +148,6 @@ def test_bad_cancelupdate(server: ImapServerThread, line: bytes) -> None:
 
 
 def test_cancelupdate_needs_a_selected_mailbox(server: ImapServerThread) -> None:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=5.0)
-    OPEN.append(client)
+    client = connect(server.imap_port, timeout_s=5.0)
     assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
     assert re.match(rb"BAD", client.tagged('CANCELUPDATE "x"'))

@@ -21,6 +21,7 @@ from mailstack.delivery.store import INBOX
 from mailstack.delivery.watch import MaildirWatcher
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import connect
 from tests.support.dovecot import dovecot_server  # noqa: F401
 from tests.support.imapserver import (
     PASSWORD,
@@ -60,19 +61,8 @@ def running_server_polling(dep: ImapDeployment, rescan_s: float):
     return run()
 
 
-OPEN: list[RawClient] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while OPEN:  # also those a failed wait left open
-        OPEN.pop().close()
-
-
 def idling(server: ImapServerThread, folder: str = "INBOX") -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=WAIT_S)
-    OPEN.append(client)
+    client = connect(server.imap_port, timeout_s=WAIT_S)  # closed after the test
     assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
     assert client.tagged(f"SELECT {folder}").startswith(b"OK")
     client.send(b"i1 IDLE\r\n")

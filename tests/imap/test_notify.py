@@ -10,7 +10,6 @@ inotify for files other programs write), each within `WAIT_S`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from mailstack.delivery.store import INBOX
 from mailstack.imap import notify
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import connect
 from tests.support.imapserver import (
     OTHER_PASSWORD,
     OTHER_USER,
@@ -44,28 +44,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    started = ImapServerThread(dep, rescan_s=60.0).start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-OPEN: list[RawClient] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
 def login(server: ImapServerThread, user: str = USER, password: str = PASSWORD) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=WAIT_S)
-    OPEN.append(client)
+    client = connect(server.imap_port, timeout_s=WAIT_S)
     assert client.tagged(f'LOGIN {user} "{password}"').startswith(b"OK")
     return client
 
@@ -139,8 +119,7 @@ def test_notify_syntax_and_refusals(server: ImapServerThread, command: str, answ
 
 
 def test_notify_needs_login(server: ImapServerThread) -> None:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=WAIT_S)
-    OPEN.append(client)
+    client = connect(server.imap_port, timeout_s=WAIT_S)
     assert client.tagged("NOTIFY NONE").startswith(b"BAD")
 
 

@@ -1,0 +1,54 @@
+"""Reading a Maildir folder's directories for delivery/index.py: the names in new/ and cur/,
+and the clean-up of what crashed writers left in tmp/. The caller holds the folder lock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from mailstack.delivery.index_entry import measure
+
+TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
+
+
+def list_dirs(folder: Path, meta: dict[str, tuple[float, int, int]]) -> dict[str, tuple[str, str]]:
+    """base -> (sub, name) of every message file in new/ and cur/; files `meta` has no
+    (mtime, S, W) for are measured into it."""
+    listing: dict[str, tuple[str, str]] = {}
+    for sub in ("new", "cur"):
+        directory = os.path.join(folder, sub)
+        for name in os.listdir(directory):  # names only: no stat() per message
+            if name[0] == ".":
+                continue
+            base = name.split(":", 1)[0]
+            listing[base] = (sub, name)
+            if base not in meta:
+                # First sight in this process: measure it now; later syncs use the cache.
+                measured = measure(os.path.join(directory, name), base)
+                if measured is not None:
+                    meta[base] = measured
+    return listing
+
+
+def clean_tmp(folder: Path) -> None:
+    """Remove what crashed writers left in tmp/ (once per process and folder).
+
+    cr.yp.to/proto/maildir.html: a file untouched in tmp/ for 36 hours is garbage. The
+    same holds for folders we were building or deleting there (delivery/folders.py).
+    """
+    cutoff = time.time() - TMP_MAX_AGE_S
+    with os.scandir(folder / "tmp") as entries:
+        for entry in entries:
+            try:
+                # ctime, not mtime: APPEND back-dates the mtime (INTERNALDATE) of files
+                # it is still writing here.
+                if entry.stat(follow_symlinks=False).st_ctime >= cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue

@@ -1,0 +1,163 @@
+"""Reading and removing the messages of one Maildir folder: snapshots, changes since a
+MODSEQ, message and header files, EXPUNGE. A part of `MaildirStore` (delivery/maildir.py),
+which finds the folder and its index; every function here takes the folder lock itself.
+
+\\Recent (RFC 3501 §2.3.2): a message in new/ has not been seen by any session.
+`snapshot(claim_recent=True)` (SELECT) moves those files into cur/ and reports them in
+`recent_uids`: only one session ever claims a message. Without claiming (EXAMINE, STATUS),
+`recent_uids` lists what is still in new/. Deliveries, and APPEND/COPY without flags, land in
+new/; APPEND/COPY with flags go to cur/ (the Maildir spec allows no info in new/) and are
+listed in the folder's `mailstack-recent` until a claiming snapshot takes them
+(delivery/recent.py).
+
+Files are opened under the lock and read after it: an open file survives a flag rename.
+Expunged files are unlinked under the quota lock (shared) and then the folder lock, the
+store's lock order (delivery/maildir.py), and recorded before the folder lock goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from mailstack.delivery import quota, recent
+from mailstack.delivery.index import FolderIndex
+from mailstack.delivery.store import FolderChanges, FolderSnapshot, MessageGoneError
+
+from mailstack.base.flags import Flag
+from mailstack.base.fsutil import fsync_dir
+
+
+def snapshot(
+    index: FolderIndex, fdir: Path, name: str, *, claim_recent: bool
+) -> tuple[FolderSnapshot, bool]:
+    """(the folder's snapshot, whether others changed its files since we last looked)."""
+    with index.locked():
+        result = index.sync()
+        claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
+        messages, in_new, _ = index.view()
+        # APPEND/COPY with flags land in cur/ but are recent too (delivery/recent.py).
+        stored = recent.take(fdir) if claim_recent else recent.peek(fdir)
+        if stored:
+            live = {m.uid for m in messages}
+            claimed, in_new = claimed | (stored & live), in_new | (stored & live)
+        snap = FolderSnapshot(
+            name=name,
+            uid_validity=index.uidlist.uid_validity,
+            uid_next=index.uidlist.next_uid,
+            messages=messages,
+            keywords=index.keywords.defined(),
+            recent_uids=claimed if claim_recent else in_new,
+            highest_modseq=index.highest_modseq,
+        )
+    return snap, result.foreign_changes
+
+
+def changes(
+    index: FolderIndex, since: int, *, claim_recent: bool
+) -> tuple[FolderChanges | None, bool]:
+    """(what changed after MODSEQ `since`, None when the expunge log does not reach back so
+    far; whether others changed the folder's files since we last looked)."""
+    with index.locked():
+        result = index.sync()
+        claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
+        expunged = index.expunged_since(since)
+        if expunged is None:
+            return None, result.foreign_changes
+        found = FolderChanges(
+            uid_validity=index.uidlist.uid_validity,
+            uid_next=index.uidlist.next_uid,
+            highest_modseq=index.highest_modseq,
+            changed=tuple(e.info for e in index.changed_since(since)),
+            expunged=tuple(expunged),
+            keywords=index.keywords.defined(),
+            recent_uids=claimed if claim_recent else index.in_new(),
+        )
+    return found, result.foreign_changes
+
+
+def open_message(index: FolderIndex, fdir: Path, uid: int) -> BinaryIO:
+    """The file of `uid`, opened under the folder lock. Raises MessageGoneError."""
+    with index.locked():
+        index.sync()
+        entry = index.entry(uid)
+        if entry is None:
+            raise MessageGoneError(f"UID {uid} does not exist")
+        try:
+            return open(fdir / entry.sub / entry.name, "rb")
+        except FileNotFoundError:
+            raise MessageGoneError(f"UID {uid} was expunged") from None
+
+
+def open_messages(index: FolderIndex, fdir: Path, uids: Sequence[int]) -> dict[int, BinaryIO]:
+    """Open each of `uids` that still exists, in the order given, under one folder lock. The
+    caller closes them."""
+    files: dict[int, BinaryIO] = {}
+    try:
+        with index.locked():
+            index.sync()
+            entries = index.entries_by_uid()
+            for uid in uids:
+                entry = entries.get(uid)
+                if entry is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        files[uid] = open(fdir / entry.sub / entry.name, "rb")  # noqa: SIM115
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    return files
+
+
+def header_block(f: BinaryIO) -> bytes:
+    """Read up to and including the blank line that ends a message's header."""
+    data = b""
+    while chunk := f.read(8192):
+        start = max(0, len(data) - 3)  # the blank line may straddle two chunks
+        data += chunk
+        for blank in (b"\n\n", b"\n\r\n"):
+            end = data.find(blank, start)
+            if end >= 0:
+                return data[: end + len(blank)]
+    return data
+
+
+def remove(
+    index: FolderIndex,
+    root: Path,
+    fdir: Path,
+    uids: Iterable[int] | None,
+    *,
+    only_deleted: bool,
+) -> list[int]:
+    """Unlink `uids` (None: every message), with `only_deleted` just those flagged \\Deleted
+    (EXPUNGE); the UIDs removed. `root` is the account's, whose quota is kept."""
+    wanted = None if uids is None else set(uids)
+    removed: list[tuple[int, str, int]] = []
+    with quota.changing(root), index.locked():
+        index.sync()
+        by_uid = index.entries_by_uid()
+        chosen = (
+            index.entries()
+            if wanted is None
+            else [by_uid[u] for u in sorted(wanted) if u in by_uid]  # no folder-wide scan
+        )
+        for entry in chosen:
+            if only_deleted and Flag.DELETED not in entry.info.flags:
+                continue
+            try:
+                (fdir / entry.sub / entry.name).unlink()
+                size = entry.disk_size
+            except FileNotFoundError:
+                size = -1  # someone else removed it (and accounted for it): expunged anyway
+            removed.append((entry.uid, entry.info.key, size))
+        if removed:
+            index.removed(key for _uid, key, _size in removed)
+            index.entries()  # recorded (MODSEQ, expunge log) before the lock goes
+            fsync_dir(fdir / "cur")
+            fsync_dir(fdir / "new")
+            mine = [size for *_, size in removed if size >= 0]
+            quota.record(root, -sum(mine), -len(mine))
+    return [uid for uid, *_ in removed]

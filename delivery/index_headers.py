@@ -59,12 +59,17 @@ class HeaderTable:
     def __init__(self, folder_dir: Path) -> None:
         self.path = folder_dir / INDEX_FILE
         self._lock = threading.Lock()
+        self._filling = threading.Lock()  # `filling`: sessions filling rows take turns
         self._db: sqlite3.Connection | None = None
         self._inode = 0
         # uid -> base name of every row, as of `_version` (PRAGMA data_version: it moves
         # when another connection commits), so a repeated SEARCH need not re-read every key.
         self._rows: dict[int, str] | None = None
         self._version = -1
+
+    @property
+    def filling(self) -> threading.Lock:
+        return self._filling
 
     def _connect(self) -> sqlite3.Connection | None:
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -193,6 +194,11 @@ class HeaderIndex(Protocol):
 
     def put(self, rows: Iterable[HeaderRow]) -> None:
         """Store rows, in one transaction."""
+
+    @property
+    def filling(self) -> AbstractContextManager[object]:
+        """Held while rows are being filled, so that sessions take turns (one lock per
+        folder and process)."""
 
     def candidates(
         self, wanted: Sequence[tuple[int, str]], terms: Sequence[tuple[str, bool]]

@@ -116,15 +116,24 @@ def fill(
     *,
     envelopes: bool = False,
 ) -> None:
-    """Read the header blocks of `wanted` (uid, base name) and store their rows, in one
-    transaction. Messages expunged meanwhile are skipped. (A UID names one base name for its
-    whole life, so the caller's snapshot gives the right name.)"""
-    rows = []
-    for start in range(0, len(wanted), READ_BATCH):
-        chunk = dict(wanted[start : start + READ_BATCH])
-        for uid, block in store.read_headers(user, folder, list(chunk)).items():
-            rows.append(make_row(uid, chunk[uid], block, with_envelope=envelopes))
-    table.put(rows)
+    """Read the header blocks of `wanted` (uid, base name) and store their rows. Messages
+    expunged meanwhile are skipped. (A UID names one base name for its whole life, so the
+    caller's snapshot gives the right name.)
+
+    Rows are stored READ_BATCH at a time, so a first search of a 100,000-message folder
+    holds a batch in memory, not the folder. Sessions of one folder fill in turn and each
+    skips the rows the one before it stored: eight sessions opening a new folder at once
+    read its files once, not eight times (and held eight folders' rows at once before)."""
+    with table.filling:
+        no_row, _ = table.missing(wanted)
+        todo = set(no_row)
+        wanted = [(uid, base) for uid, base in wanted if uid in todo]
+        for start in range(0, len(wanted), READ_BATCH):
+            chunk = dict(wanted[start : start + READ_BATCH])
+            blocks = store.read_headers(user, folder, list(chunk))
+            table.put(
+                [make_row(u, chunk[u], b, with_envelope=envelopes) for u, b in blocks.items()]
+            )
 
 
 def ensure(

@@ -15,6 +15,7 @@ import os
 import re
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,39 @@ def test_header_fields_from_stored_lines_are_those_of_the_file(
     row = header_index.make_row(1, "k1", raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
     from_file = fetch_item(attr, ParsedMessage.parse(to_crlf(raw)))
     assert header_index.fields_item(attr, row.raw) == from_file
+
+
+def test_sessions_filling_one_folder_at_once_read_each_header_once(tmp_path: Path) -> None:
+    """Eight sessions opening a folder nobody indexed yet, at the same moment: the rows are
+    filled once (the others wait and find them), not eight times over (which also held
+    eight folders' rows in memory at once)."""
+    dep = make_deployment(tmp_path / "state")
+    store = CountingStore(dep.paths, dep.events, hostname="mail.example.com")
+    root = dep.paths.maildir(USER)
+    for i in range(2 * header_index.READ_BATCH + 7):
+        (root / "cur" / f"{1_700_000_000 + i}.M{i}P1.test:2,S").write_bytes(
+            b"From: a%d@example.org\r\nSubject: s%d\r\n\r\nbody\r\n" % (i, i)
+        )
+    messages = store.snapshot(USER, INBOX).messages
+    start = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def session() -> None:
+        try:
+            start.wait()
+            header_index.ensure(store, USER, INBOX, messages, envelopes=True)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=session) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert store.header_reads == len(messages)
+    rows = store.header_index(USER, INBOX).get([(m.uid, m.key) for m in messages])
+    assert len(rows) == len(messages) and all(env for _, env in rows.values())
 
 
 def sort_lines(dep: ImapDeployment, commands: list[str]) -> list[bytes]:

@@ -354,6 +354,11 @@ class SelectedCommands(SessionCore):
         come from the folder scan. Only BODY[...]/BINARY/RFC822* read the message file."""
         out: list[bytes] = []
         gone = False
+        # RFC 3501 §2.3.4: RFC822.SIZE is the size BODY[] has for this client; a client
+        # without UTF8=ACCEPT gets 8-bit headers downgraded, which changes it, and the cached
+        # structure is what tells which messages have them (read once, then cached).
+        sized = not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs)
+        needs_structure = needs_structure or sized
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
         infos = [info for _, info in batch]
@@ -391,6 +396,7 @@ class SelectedCommands(SessionCore):
             next_file = next(files, None)
             for seq, info in batch:
                 parsed = None
+                size = info.size
                 structure = structures.get(info.uid)
                 if needs_bytes or (needs_structure and structure is None) or info.uid in lower:
                     if next_file is None or next_file[0] != info.uid:
@@ -404,6 +410,7 @@ class SelectedCommands(SessionCore):
                         new_rows.append((info.key, info.size, structure.to_json()))
                     if not self.utf8_names and (lowered := downgrade(parsed)) is not parsed:
                         parsed = lowered  # never cached: the stored bytes stay the truth
+                        size = parsed.size
                         if needs_structure:
                             structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                 elif stored and not needs_bytes and info.uid not in fields:
@@ -419,7 +426,7 @@ class SelectedCommands(SessionCore):
                         case "INTERNALDATE":
                             value = response.date_time(info.internal_date)
                         case "RFC822.SIZE":
-                            value = b"%d" % info.size
+                            value = b"%d" % size
                         case "MODSEQ":  # RFC 7162 §3.1.4.1
                             value = b"(%d)" % info.modseq
                         case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (

@@ -375,7 +375,11 @@ class SelectedCommands(SessionCore):
         )
         # A client without UTF8=ACCEPT gets 8-bit headers downgraded (imap/downgrade.py); the
         # cached structure shows which messages have them (it holds their 8-bit text).
-        lower = set() if self.utf8_names else {u for u, s in structures.items() if s.has_8bit}
+        # A UTF-8 client sees message/global parts opened (RFC 9051 §7.5.2); the cached
+        # structure is the IMAP4rev1 form, so those few messages are parsed again.
+        lower = {
+            u for u, s in structures.items() if (s.has_global if self.utf8_names else s.has_8bit)
+        }
         to_read = [
             info.uid
             for _, info in batch
@@ -408,9 +412,13 @@ class SelectedCommands(SessionCore):
                         structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                         self._remember(sel, info, structure)
                         new_rows.append((info.key, info.size, structure.to_json()))
-                    if not self.utf8_names and (lowered := downgrade(parsed)) is not parsed:
+                    if self.utf8_names:
+                        lowered = parsed.for_utf8()  # message/global opened, if any
+                    else:
+                        lowered = downgrade(parsed)
+                        size = lowered.size
+                    if lowered is not parsed:
                         parsed = lowered  # never cached: the stored bytes stay the truth
-                        size = parsed.size
                         if needs_structure:
                             structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                 elif stored and not needs_bytes and info.uid not in fields:

@@ -1,0 +1,102 @@
+"""NOTIFY MailboxName and SubscriptionChange (RFC 5465 §5.4, §5.5) for changes no session of
+the running `serve` made: another program creating, deleting or subscribing folders in the
+Maildir, the admin's `mailstack share`, `share revoke` and `mailbox add` (a folder appears in
+or leaves the Shared/Public namespace), and the owner of a shared folder creating a child of
+it. The NOTIFY session sends no command meanwhile; it hears it all as LIST responses."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mailstack.delivery import folders
+
+from tests.conftest import run_cli
+from tests.imap.rawclient import RawClient
+from tests.support.serve import ServeProcess
+
+BOB, ALICE = "bob@example.com", "alice@example.com"
+PASSWORD = "notify from the cli"
+WAIT_S = 10.0  # generous on a loaded machine; how fast it is belongs in bench/
+NOTIFY = (
+    "NOTIFY SET (personal (MailboxName SubscriptionChange))"
+    " (subtree (Shared Public) (MailboxName SubscriptionChange))"
+)
+
+
+def next_list(client: RawClient) -> bytes:
+    """The next LIST response (skipping anything else the server says)."""
+    while not re.match(rb"\* LIST ", line := client.line()):
+        pass
+    return line
+
+
+def login(port: int, user: str) -> RawClient:
+    client = RawClient("127.0.0.1", port, timeout_s=WAIT_S)
+    assert client.tagged(f'LOGIN {user} "{PASSWORD}"').startswith(b"OK")
+    return client
+
+
+@pytest.fixture
+def opened() -> Iterator[list[RawClient]]:
+    clients: list[RawClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def test_changes_from_outside_reach_notify(deployment_dir: Path, opened: list[RawClient]) -> None:
+    for user in (BOB, ALICE):
+        added = run_cli(deployment_dir, "user", "add", user, "--password-stdin", input=PASSWORD)
+        assert added.returncode == 0, added.stderr
+    bob_root = deployment_dir / "mail/example.com/bob"
+    with ServeProcess(deployment_dir) as proc:
+        port = proc.port("imap")
+        client = login(port, BOB)
+        opened.append(client)
+        assert client.tagged(NOTIFY).startswith(b"OK")
+        # Another program (mbsync, Dovecot, a script) makes a folder: one rename into place.
+        staged = deployment_dir / "staged"
+        for sub in ("cur", "new", "tmp"):
+            (staged / sub).mkdir(parents=True)
+        os.rename(staged, bob_root / ".Projects")
+        assert next_list(client) == b'* LIST () "." Projects\r\n'
+        folders.change_subscriptions(bob_root, ["Projects"], [])
+        assert next_list(client) == b'* LIST (\\Subscribed) "." Projects\r\n'
+        folders.change_subscriptions(bob_root, [], ["Projects"])
+        assert next_list(client) == b'* LIST () "." Projects\r\n'
+        shutil.rmtree(bob_root / ".Projects")
+        assert next_list(client) == b'* LIST (\\NonExistent) "." Projects\r\n'
+        # The admin shares one of Alice's folders with Bob, then takes it back.
+        shared = b'"/" Shared/alice@example.com/Archive\r\n'
+        done = run_cli(deployment_dir, "share", "Archive", "--owner", ALICE, "--with", BOB)
+        assert done.returncode == 0, done.stderr
+        assert next_list(client) == b"* LIST () " + shared
+        # Alice makes a child of it in her session: it inherits the ACL, Bob sees it come.
+        alice = login(port, ALICE)
+        opened.append(alice)
+        assert alice.tagged("CREATE Archive.2024").startswith(b"OK")
+        assert next_list(client) == b'* LIST () "/" Shared/alice@example.com/Archive/2024\r\n'
+        alice.close()
+        done = run_cli(
+            deployment_dir, "share", "revoke", "Archive", "--owner", ALICE, "--with", BOB
+        )
+        assert done.returncode == 0, done.stderr
+        assert next_list(client) == b"* LIST (\\NonExistent) " + shared
+        # A team mailbox Bob is a member of appears in the Public namespace.
+        done = run_cli(deployment_dir, "mailbox", "add", "support@example.com", "--members", BOB)
+        assert done.returncode == 0, done.stderr
+        team = b'* LIST () "/" Public/support@example.com/'
+        folders_made = ("Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash")  # `user add`'s
+        told = [next_list(client) for _ in folders_made]
+        assert told == [team + name.encode() + b"\r\n" for name in folders_made]
+        # Nothing was told twice: whatever comes before NOOP's OK is no LIST.
+        rest = client.command("NOOP")
+        assert b" OK " in rest[-1]
+        assert not [line for line in rest if line.startswith(b"* LIST")], rest
+        client.close()
+        assert proc.stop() == 0, "".join(proc.log)

@@ -18,8 +18,6 @@ appeared or went (RFC 5465 §5.4).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +101,7 @@ def _touch_views(dep: Deployment, grantees: list[str]) -> None:
     docstring). Best effort: a session that misses it sees the change on its next LIST."""
     if any(g in GRANTEES for g in grantees):
         grantees = [user.address for user in dep.accounts.users()]
-    for address in grantees:
-        with contextlib.suppress(OSError):
-            os.utime(dep.paths.maildir(address))
+    acl.touch_views(dep.paths.maildir(address) for address in grantees)
 
 
 def grants(dep: Deployment, owner: str | None = None) -> list[Grant]:

@@ -1,8 +1,9 @@
 """NOTIFY MailboxName and SubscriptionChange (RFC 5465 §5.4, §5.5) for changes no session of
-the running `serve` made: another program creating, deleting or subscribing folders in the
-Maildir, the admin's `mailstack share`, `share revoke` and `mailbox add` (a folder appears in
-or leaves the Shared/Public namespace), and the owner of a shared folder creating a child of
-it. The NOTIFY session sends no command meanwhile; it hears it all as LIST responses."""
+the NOTIFY session's account made: another program creating, deleting or subscribing
+folders in the Maildir, the admin's `mailstack share`, `share revoke` and `mailbox add` (a
+folder appears in or leaves the Shared/Public namespace), and the owner of a shared folder
+creating a child of it or sharing another (SETACL/DELETEACL). The NOTIFY session sends no
+command meanwhile; it hears it all as LIST responses."""
 
 from __future__ import annotations
 
@@ -81,6 +82,11 @@ def test_changes_from_outside_reach_notify(deployment_dir: Path, opened: list[Ra
         opened.append(alice)
         assert alice.tagged("CREATE Archive.2024").startswith(b"OK")
         assert next_list(client) == b'* LIST () "/" Shared/alice@example.com/Archive/2024\r\n'
+        # Alice shares another folder herself (SETACL): the same.
+        assert alice.tagged(f"SETACL Sent {BOB} lr").startswith(b"OK")
+        assert next_list(client) == b'* LIST () "/" Shared/alice@example.com/Sent\r\n'
+        assert alice.tagged(f"DELETEACL Sent {BOB}").startswith(b"OK")
+        assert next_list(client) == b'* LIST (\\NonExistent) "/" Shared/alice@example.com/Sent\r\n'
         alice.close()
         done = run_cli(
             deployment_dir, "share", "revoke", "Archive", "--owner", ALICE, "--with", BOB

@@ -186,9 +186,12 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             if key != active.selected_key and key not in active.watched:
                 return
             active.pending[key] = None
-        elif isinstance(change, FolderTreeChange) or (
-            owner != self.user and not isinstance(change, notify.MetadataChange)
-        ):
+        elif isinstance(change, notify.MetadataChange) and owner != self.user:
+            shown = self._foreign_metadata(active, owner, change)
+            if shown is None:
+                return
+            active.changes.append(shown)
+        elif isinstance(change, FolderTreeChange) or owner != self.user:
             # Seen on disk, or another owner's change in names of theirs: look again.
             active.must_rewatch = True
         elif getattr(change, "origin", None) == id(self):
@@ -199,6 +202,21 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         if len(active.pending) + len(active.changes) > notify.MAX_PENDING:
             active.is_overflowed = True
         wake.set()
+
+    def _foreign_metadata(
+        self, active: _Active, owner: str, change: notify.MetadataChange
+    ) -> notify.MetadataChange | None:
+        """Another owner's METADATA change as this user sees it: only `/shared` entries
+        (RFC 5464 §3.2: `/private` ones are that user's alone) of a folder this user sees,
+        under the name it has here; None if nothing of it is ours to hear."""
+        entries = tuple(e for e in change.entries if e.lower().startswith("/shared/"))
+        if not change.mailbox or not entries or active.names is None:
+            return None
+        user = self._require_user()
+        for name in active.names:
+            if notify.key_of(user, name) == (owner, change.mailbox):
+                return notify.MetadataChange(name, entries, 0)
+        return None
 
     async def notify_flush(self, write: Write) -> None:
         """Write what `_notify_heard` noted (the transport calls this between commands)."""

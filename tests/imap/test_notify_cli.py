@@ -25,7 +25,7 @@ PASSWORD = "notify from the cli"
 WAIT_S = 10.0  # generous on a loaded machine; how fast it is belongs in bench/
 NOTIFY = (
     "NOTIFY SET (personal (MailboxName SubscriptionChange))"
-    " (subtree (Shared Public) (MailboxName SubscriptionChange))"
+    " (subtree (Shared Public) (MailboxName SubscriptionChange MailboxMetadataChange))"
 )
 
 
@@ -82,6 +82,13 @@ def test_changes_from_outside_reach_notify(deployment_dir: Path, opened: list[Ra
         opened.append(alice)
         assert alice.tagged("CREATE Archive.2024").startswith(b"OK")
         assert next_list(client) == b'* LIST () "/" Shared/alice@example.com/Archive/2024\r\n'
+        # Her annotation of it: the /shared entry under Bob's name for it, not her /private one.
+        assert alice.tagged(
+            'SETMETADATA Archive.2024 (/private/comment "mine" /shared/comment "ours")'
+        ).startswith(b"OK")
+        while not (line := client.line()).startswith(b"* METADATA"):
+            pass
+        assert line == b"* METADATA Shared/alice@example.com/Archive/2024 /shared/comment\r\n"
         # Alice shares another folder herself (SETACL): the same.
         assert alice.tagged(f"SETACL Sent {BOB} lr").startswith(b"OK")
         assert next_list(client) == b'* LIST () "/" Shared/alice@example.com/Sent\r\n'

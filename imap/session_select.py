@@ -23,7 +23,7 @@ from mailstack.delivery.store import (
     MessageInfo,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, fetch, header_index, response, search, sort
+from mailstack.imap import condstore, downgrade_size, fetch, header_index, response, search, sort
 from mailstack.imap.downgrade import downgrade, downgrade_fields
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
@@ -354,13 +354,9 @@ class SelectedCommands(SessionCore):
         come from the folder scan. Only BODY[...]/BINARY/RFC822* read the message file."""
         out: list[bytes] = []
         gone = False
-        # RFC 3501 §2.3.4: RFC822.SIZE is the size BODY[] has for this client; a client
-        # without UTF8=ACCEPT gets 8-bit headers downgraded, which changes it, and the cached
-        # structure is what tells which messages have them (read once, then cached).
-        sized = not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs)
-        needs_structure = needs_structure or sized
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
+        size_rows: list[tuple[str, int, str]] = []
         infos = [info for _, info in batch]
         fields = (
             header_index.stored_headers(
@@ -386,6 +382,21 @@ class SelectedCommands(SessionCore):
             if needs_bytes or (needs_structure and info.uid not in structures) or info.uid in lower
         ]
 
+        # RFC 3501 §2.3.4: RFC822.SIZE is the size BODY[] has for this client, which the
+        # downgrade changes for a client without UTF8=ACCEPT (imap/downgrade_size.py); the
+        # messages read below get theirs from the bytes.
+        sizes: dict[int, int] = {}
+        sized = not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs)
+        if sized:
+            reading = set(to_read)
+            sizes = downgrade_size.sizes_seen(
+                self._disk_cache(user),
+                self.ctx.store,
+                user,
+                sel.name,
+                [info for _, info in batch if info.uid not in reading],
+            )
+
         # One store call (one folder lock) for the batch; it yields in our order, skipping
         # messages expunged meanwhile, and reads each file only when we get to it.
         def read_all() -> Generator[tuple[int, bytes]]:
@@ -400,7 +411,7 @@ class SelectedCommands(SessionCore):
             next_file = next(files, None)
             for seq, info in batch:
                 parsed = None
-                size = info.size
+                size = sizes.get(info.uid, info.size)
                 structure = structures.get(info.uid)
                 if needs_bytes or (needs_structure and structure is None) or info.uid in lower:
                     if next_file is None or next_file[0] != info.uid:
@@ -417,6 +428,8 @@ class SelectedCommands(SessionCore):
                     else:
                         lowered = downgrade(parsed)
                         size = lowered.size
+                        if sized:  # remembered for the next FETCH (imap/downgrade_size.py)
+                            size_rows.append(downgrade_size.size_row(info, size))
                     if lowered is not parsed:
                         parsed = lowered  # never cached: the stored bytes stay the truth
                         if needs_structure:
@@ -462,8 +475,8 @@ class SelectedCommands(SessionCore):
                             raise AssertionError(f"{attr.name} needs the message")
                     items.append(label + value)
                 out.append(response.fetch(seq, items))
-        if new_rows:
-            self._disk_cache(user).put_many(new_rows)
+        if new_rows or size_rows:
+            self._disk_cache(user).put_many([*new_rows, *size_rows])
         return out, gone
 
     def _update_flags(self, changed: dict[int, MessageInfo]) -> None:

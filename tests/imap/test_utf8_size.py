@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mailstack.imap.cache import StructureCache
+from mailstack.imap.downgrade_size import seen_size
 
 from tests.imap.rawclient import RawClient
 from tests.imap.test_utf8 import ASCII, INTL
@@ -106,3 +108,13 @@ def test_rfc822_size_is_what_body_holds(server: ImapServerThread, utf8: bool, it
             mine = sizes(other, items)
             for n, body in bodies(other).items():
                 assert mine[n] == len(body)
+
+
+def test_size_rows_live_and_die_with_their_message(tmp_path: Path) -> None:
+    cache = StructureCache(tmp_path)
+    cache.put_many([("m1", 10, "{}"), ("m1:size", 10, "12"), ("m2:size", 5, "5")])
+    assert cache.prune(["m1"]) == 1  # m2 is gone: its size row goes; m1's stays
+    assert cache.get_many([("m1:size", 10), ("m2:size", 5)]) == {"m1:size": "12"}
+    assert seen_size(b"Subject: x\n\nbody\n") == len(b"Subject: x\r\n\r\nbody\r\n")
+    assert seen_size(INTL) > len(INTL)  # downgraded header fields are longer
+    cache.close()

@@ -42,7 +42,9 @@ PART = (
     "JVBERg==\r\n"
     "--b--\r\n"
 ).encode()
-MESSAGES = [ASCII, INTL, PART]
+# 8-bit only in a field neither ENVELOPE nor BODYSTRUCTURE shows.
+NOTE = "From: a@example.com\r\nX-Note: Grüße\r\nSubject: x\r\n\r\nbody\r\n".encode()
+MESSAGES = [ASCII, INTL, PART, NOTE]
 
 
 @pytest.fixture
@@ -93,16 +95,16 @@ def test_rfc822_size_is_what_body_holds(server: ImapServerThread, utf8: bool, it
         cold = sizes(client, items)  # nothing cached yet: the first FETCH
         got = bodies(client)
         warm = sizes(client, items)  # structures cached now
-        assert sorted(got) == [1, 2, 3]
+        assert sorted(got) == [1, 2, 3, 4]
         for n, body in got.items():
             assert cold[n] == warm[n] == len(body), (n, body[:80])
             assert body.isascii() or utf8
         stored = [len(m) for m in MESSAGES]
         if utf8:
-            assert [cold[n] for n in (1, 2, 3)] == stored
+            assert [cold[n] for n in (1, 2, 3, 4)] == stored
         else:
             assert cold[1] == stored[0]  # an ASCII message keeps its size
-            assert cold[2] != stored[1] and cold[3] != stored[2]
+            assert cold[2] != stored[1] and cold[3] != stored[2] and cold[4] != stored[3]
         # The other kind of client, after this one filled the caches, still gets its own.
         with session(server, utf8=not utf8) as other:
             mine = sizes(other, items)

@@ -276,11 +276,31 @@ class SelectedCommands(SessionCore):
         # cost more than rendering the batch (a third of a `FETCH 1:* (FLAGS)`), so render
         # them here, yielding to other sessions between batches.
         in_memory = not (needs_bytes or needs_structure or stored)
+        sizes = None
+        if in_memory and not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
+            # The downgraded sizes (imap/downgrade_size.py) take the cache, maybe files: one
+            # thread trip for the whole command, then the batches render from memory.
+            sizes = await asyncio.to_thread(
+                downgrade_size.sizes_seen,
+                self._disk_cache(user),
+                self.ctx.store,
+                user,
+                sel.name,
+                [m for _, m in targets],
+            )
         step = MEMORY_BATCH if in_memory else FETCH_BATCH
         for start in range(0, len(targets), step):
             batch = targets[start : start + step]
             render = functools.partial(
-                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure, stored
+                self._render_batch,
+                user,
+                sel,
+                batch,
+                attrs,
+                needs_bytes,
+                needs_structure,
+                stored,
+                sizes=sizes,
             )
             if in_memory:
                 if start:
@@ -345,6 +365,8 @@ class SelectedCommands(SessionCore):
         needs_bytes: bool,
         needs_structure: bool,
         stored: frozenset[c.FetchAttr] = frozenset(),
+        *,
+        sizes: dict[int, int] | None = None,
     ) -> tuple[list[bytes], bool]:
         """FETCH responses for a batch of messages (runs in a worker thread).
 
@@ -385,9 +407,8 @@ class SelectedCommands(SessionCore):
         # RFC 3501 §2.3.4: RFC822.SIZE is the size BODY[] has for this client, which the
         # downgrade changes for a client without UTF8=ACCEPT (imap/downgrade_size.py); the
         # messages read below get theirs from the bytes.
-        sizes: dict[int, int] = {}
         sized = not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs)
-        if sized:
+        if sizes is None and sized:  # else `sizes` came with the call, or is not needed
             reading = set(to_read)
             sizes = downgrade_size.sizes_seen(
                 self._disk_cache(user),
@@ -411,7 +432,7 @@ class SelectedCommands(SessionCore):
             next_file = next(files, None)
             for seq, info in batch:
                 parsed = None
-                size = sizes.get(info.uid, info.size)
+                size = (sizes or {}).get(info.uid, info.size)
                 structure = structures.get(info.uid)
                 if needs_bytes or (needs_structure and structure is None) or info.uid in lower:
                     if next_file is None or next_file[0] != info.uid:

@@ -365,6 +365,10 @@ def _apply(active: _Active, change: notify.Change) -> bool:
         names.discard(change.old or "")
         if change.new is not None:
             names.add(change.new)
+        if change.old is not None and change.new is not None:
+            # RENAME takes the children along (RFC 9051 §6.3.6): the client infers them.
+            below = change.old + delimiter_of(change.old)
+            names = {change.new + n[len(change.old) :] if n.startswith(below) else n for n in names}
         active.names = frozenset(names)
         return is_new
     if isinstance(change, notify.SubscriptionChange):

@@ -70,8 +70,31 @@ def test_changes_from_outside_reach_notify(deployment_dir: Path, opened: list[Ra
         assert next_list(client) == b'* LIST (\\Subscribed) "." Projects\r\n'
         folders.change_subscriptions(bob_root, [], ["Projects"])
         assert next_list(client) == b'* LIST () "." Projects\r\n'
+        # A rename in a session of Bob's takes the children along, for the others too:
+        # told once, with OLDNAME, and no word of the children (the client infers them).
+        other = login(port, BOB)
+        opened.append(other)
+        assert other.tagged("CREATE Projects.2024").startswith(b"OK")
+        assert next_list(client) == b'* LIST () "." Projects.2024\r\n'
+        assert other.tagged("RENAME Projects Plans").startswith(b"OK")
+        assert next_list(client) == b'* LIST () "." Plans ("OLDNAME" (Projects))\r\n'
+        os.rename(bob_root / ".Plans", bob_root / ".Projects")  # and back, by another hand
+        os.rename(bob_root / ".Plans.2024", bob_root / ".Projects.2024")
+        told = {next_list(client) for _ in range(4)}
+        assert told == {
+            b'* LIST (\\NonExistent) "." Plans\r\n',
+            b'* LIST (\\NonExistent) "." Plans.2024\r\n',
+            b'* LIST () "." Projects\r\n',
+            b'* LIST () "." Projects.2024\r\n',
+        }
+        other.close()
+        shutil.rmtree(bob_root / ".Projects.2024")
         shutil.rmtree(bob_root / ".Projects")
-        assert next_list(client) == b'* LIST (\\NonExistent) "." Projects\r\n'
+        told = {next_list(client) for _ in range(2)}
+        assert told == {
+            b'* LIST (\\NonExistent) "." Projects\r\n',
+            b'* LIST (\\NonExistent) "." Projects.2024\r\n',
+        }
         # The admin shares one of Alice's folders with Bob, then takes it back.
         shared = b'"/" Shared/alice@example.com/Archive\r\n'
         done = run_cli(deployment_dir, "share", "Archive", "--owner", ALICE, "--with", BOB)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from mailstack.delivery.store import INBOX
+from mailstack.imap import session_context
 
 from tests.imap.rawclient import RawClient
 from tests.imap.test_fetch import run_dovecot
@@ -139,3 +140,31 @@ def test_first_answer_as_dovecot(server: ImapServerThread, clients: list[RawClie
     ours = run(selected(server, clients), line)[0]
     theirs = run_dovecot(FIRST, line + b"\r\n")
     assert ours in theirs.splitlines(keepends=True)
+
+
+def test_reused_tag_limit_and_bad_forms(
+    server: ImapServerThread, clients: list[RawClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_context, "MAX_CONTEXTS", 2)
+    client = selected(server, clients)
+    run(client, b"u1 SEARCH RETURN (UPDATE) ALL")
+    # One namespace of tags for both kinds (§4.3): a live SEARCH context's tag is BAD here.
+    assert run(client, b"u1 SORT RETURN (UPDATE) (DATE) UTF-8 ALL")[-1].startswith(b"u1 BAD")
+    run(client, b"u2 SORT RETURN (UPDATE) (DATE) UTF-8 ALL")
+    lines = run(client, b"u3 SORT RETURN (UPDATE COUNT) (DATE) UTF-8 ALL")
+    assert lines == [
+        b'* ESEARCH (TAG "u3") COUNT 3\r\n',
+        b'* NO [NOUPDATE "u3"] too many update contexts\r\n',
+        b"u3 OK SORT completed\r\n",
+    ]
+    for bad in (
+        b"b1 SORT RETURN (UPDATE SAVE) (DATE) UTF-8 ALL",  # SAVE has no order (§3)
+        b"b2 SORT RETURN (UPDATE UPDATE) (DATE) UTF-8 ALL",
+        b"b3 SORT RETURN (UPDATE) UTF-8 ALL",  # no sort criteria
+    ):
+        assert run(client, bad)[-1].startswith(bad[:3] + b"BAD"), bad
+    # A plain SORT (no RETURN) starts no context: nothing comes of a new message.
+    assert run(client, b'c1 CANCELUPDATE "u1" "u2"')[-1].startswith(b"c1 OK")
+    run(client, b"s1 SORT (DATE) UTF-8 ALL")
+    append(selected(server, clients), b"z")
+    assert not [x for x in run(client, b"n1 NOOP") if b"ESEARCH" in x]

@@ -144,3 +144,23 @@ def test_as_dovecot(server: ImapServerThread) -> None:
     with session(server, "UTF8=ACCEPT") as client:
         ours = b"* 1 FETCH (BODYSTRUCTURE " + structure(client, 1) + b")\r\n"
     assert ours.replace(b'"global"', b'"rfc822"') in theirs_rfc822
+
+
+@pytest.mark.parametrize("enable", [None, "UTF8=ACCEPT"])
+def test_catenate_urls_number_parts_as_fetch_does(
+    server: ImapServerThread, enable: str | None
+) -> None:
+    """An IMAP URL's SECTION (RFC 5092, in CATENATE) means what FETCH shows this client."""
+    with session(server, enable) as client:
+        line = client.command("STATUS INBOX (UIDVALIDITY)")[0]
+        uv = int(re.search(rb"UIDVALIDITY (\d+)", line)[1])  # type: ignore[index]
+        url = f"/INBOX;UIDVALIDITY={uv}/;UID=1/;SECTION=2.1".encode()
+        ok = client.tagged(b"APPEND Drafts CATENATE (URL " + url + b")")
+        assert ok.startswith(b"OK [APPENDUID "), ok
+        assert client.tagged("EXAMINE Drafts").startswith(b"OK")
+        stored = literal(client.command("FETCH 1 BODY.PEEK[]"))
+        if enable:  # 2.1: the encapsulated message's body
+            assert stored == b"Hallo\r\nWelt"
+        else:  # 2.1 of a leaf is the leaf: the whole inner message, shown downgraded here
+            assert stored.startswith(b"From: =?utf-8?")
+            assert stored.endswith(b"\r\n\r\nHallo\r\nWelt")

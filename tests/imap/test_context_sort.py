@@ -8,7 +8,6 @@ Dovecot's, which parses SORT RETURN (UPDATE) but does not advertise CONTEXT=SORT
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from mailstack.delivery.store import INBOX
 from mailstack.imap import session_context
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import connect
 from tests.imap.test_fetch import run_dovecot
 from tests.support.imapserver import (
     PASSWORD,
@@ -37,26 +37,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    started = ImapServerThread(dep, rescan_s=60.0).start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture
-def clients(server: ImapServerThread) -> Iterator[list[RawClient]]:
-    opened: list[RawClient] = []
-    yield opened
-    for client in opened:
-        client.close()
-
-
-def selected(server: ImapServerThread, opened: list[RawClient]) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=5.0)
-    opened.append(client)
+def selected(server: ImapServerThread) -> RawClient:
+    client = connect(server.imap_port, timeout_s=5.0)
     assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
     assert client.tagged("SELECT INBOX").startswith(b"OK")
     return client
@@ -76,9 +58,8 @@ def append(client: RawClient, subject: bytes) -> None:
     assert client.tagged(b"APPEND INBOX {%d+}\r\n" % len(raw) + raw).startswith(b"OK")
 
 
-def test_capability(server: ImapServerThread, clients: list[RawClient]) -> None:
-    client = RawClient("127.0.0.1", server.imap_port, timeout_s=5.0)
-    clients.append(client)
+def test_capability(server: ImapServerThread) -> None:
+    client = connect(server.imap_port, timeout_s=5.0)
     # Before LOGIN and after it, as every extension of the selected state here.
     assert b" CONTEXT=SORT " in client.greeting
     assert b" CONTEXT=SORT " in client.command("CAPABILITY")[0]
@@ -86,13 +67,11 @@ def test_capability(server: ImapServerThread, clients: list[RawClient]) -> None:
     assert b" CONTEXT=SORT " in client.command("CAPABILITY")[0]
 
 
-def test_uid_sort_update_tells_positions(
-    server: ImapServerThread, clients: list[RawClient]
-) -> None:
-    client = selected(server, clients)
+def test_uid_sort_update_tells_positions(server: ImapServerThread) -> None:
+    client = selected(server)
     lines = run(client, b"u1 UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNSEEN")
     assert lines == [b'* ESEARCH (TAG "u1") UID ALL 2,1,3\r\n', b"u1 OK UID SORT completed\r\n"]
-    other = selected(server, clients)
+    other = selected(server)
     append(other, b"b")  # UID 4 between "a" and "c"
     assert updates(client, b"n1") == [b'* ESEARCH (TAG "u1") UID ADDTO (2 4)\r\n']
     # Two at once: each pair applies to the result the previous pairs left.
@@ -117,11 +96,11 @@ def test_uid_sort_update_tells_positions(
     assert run(client, b"s1 UID SORT (SUBJECT) UTF-8 UNSEEN")[0] == b"* SORT 2 7 4 1 5\r\n"
 
 
-def test_numbered_sort_update_reverse(server: ImapServerThread, clients: list[RawClient]) -> None:
-    client = selected(server, clients)
+def test_numbered_sort_update_reverse(server: ImapServerThread) -> None:
+    client = selected(server)
     lines = run(client, b"u1 SORT RETURN (UPDATE COUNT) (REVERSE SUBJECT) UTF-8 ALL")
     assert lines[0] == b'* ESEARCH (TAG "u1") COUNT 3\r\n'
-    other = selected(server, clients)
+    other = selected(server)
     assert other.tagged("STORE 2 +FLAGS (\\Deleted)").startswith(b"OK")  # "a": last
     assert other.tagged("EXPUNGE").startswith(b"OK")
     got = [x for x in run(client, b"n1 NOOP") if b"EXPUNGE" in x or b"ESEARCH" in x]
@@ -135,18 +114,18 @@ def test_numbered_sort_update_reverse(server: ImapServerThread, clients: list[Ra
 
 
 @pytest.mark.external
-def test_first_answer_as_dovecot(server: ImapServerThread, clients: list[RawClient]) -> None:
+def test_first_answer_as_dovecot(server: ImapServerThread) -> None:
     line = b"u1 UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 ALL"
-    ours = run(selected(server, clients), line)[0]
+    ours = run(selected(server), line)[0]
     theirs = run_dovecot(FIRST, line + b"\r\n")
     assert ours in theirs.splitlines(keepends=True)
 
 
 def test_reused_tag_limit_and_bad_forms(
-    server: ImapServerThread, clients: list[RawClient], monkeypatch: pytest.MonkeyPatch
+    server: ImapServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session_context, "MAX_CONTEXTS", 2)
-    client = selected(server, clients)
+    client = selected(server)
     run(client, b"u1 SEARCH RETURN (UPDATE) ALL")
     # One namespace of tags for both kinds (§4.3): a live SEARCH context's tag is BAD here.
     assert run(client, b"u1 SORT RETURN (UPDATE) (DATE) UTF-8 ALL")[-1].startswith(b"u1 BAD")
@@ -166,5 +145,5 @@ def test_reused_tag_limit_and_bad_forms(
     # A plain SORT (no RETURN) starts no context: nothing comes of a new message.
     assert run(client, b'c1 CANCELUPDATE "u1" "u2"')[-1].startswith(b"c1 OK")
     run(client, b"s1 SORT (DATE) UTF-8 ALL")
-    append(selected(server, clients), b"z")
+    append(selected(server), b"z")
     assert not [x for x in run(client, b"n1 NOOP") if b"ESEARCH" in x]

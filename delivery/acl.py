@@ -28,9 +28,10 @@ stat() calls; the files themselves stay the only record, as they are for Dovecot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,16 @@ class SharedFolder:
     owner: str
     folder: str
     entries: tuple[Entry, ...]
+
+
+def touch_views(maildirs: Iterable[Path]) -> None:
+    """Touch these accounts' Maildir roots after a change to what is shared with them: a
+    running `serve` watches the roots of accounts with a NOTIFY session (delivery/watch.py)
+    and those sessions then look at their folder list again. Best effort: a session that
+    misses it sees the change at its next LIST. Dovecot reads nothing from a root's times."""
+    for maildir in maildirs:
+        with contextlib.suppress(OSError):
+            os.utime(maildir)
 
 
 def account_folders(maildir: Path) -> Iterator[tuple[str, Path]]:

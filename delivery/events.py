@@ -21,6 +21,18 @@ from contextlib import contextmanager
 Listener = Callable[[str, object], None]
 
 
+class FolderTreeChange:
+    """`publish_change`'s change when an account's folder list, subscriptions or sharing
+    changed on disk by a hand we do not know (another program, another process, the CLI):
+    delivery/watch.py sees it; a NOTIFY session (imap/session_notify.py) looks again."""
+
+    def __repr__(self) -> str:
+        return "FolderTreeChange()"
+
+
+FOLDER_TREE_CHANGED = FolderTreeChange()
+
+
 class EventHub:
     """Maps (user, folder) to the asyncio.Events of sessions watching it."""
 

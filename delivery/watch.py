@@ -13,6 +13,16 @@ sessions IDLEing on it through the same `EventHub` our own writes publish to.
   every watched folder.
 - Where inotify is unavailable (not Linux, the watch limit reached, a folder that vanished),
   `watch` yields False and the caller keeps polling; nothing here raises for that.
+- `watch_account` watches an account's Maildir root (one watch per account, shared likewise)
+  for NOTIFY's mailbox-level events (RFC 5465 §5.4, §5.5): a folder directory (`.Name`)
+  made, removed or renamed, the `subscriptions` file or INBOX's `dovecot-acl` replaced, and
+  the root's own attributes touched, which is how `mailstack share` and `mailstack mailbox`
+  tell an account that what is shared with it changed (mailstack/sharing.py). Those publish
+  `FOLDER_TREE_CHANGED`; everything else in the root (INBOX's uidlist, caches, indexes) is
+  ignored, so a delivery costs nothing here. They are published `TREE_DELAY_S` after the
+  first event of a burst, once per account: a script's or the CLI's many changes cost one
+  look, and a change a session of this process made is announced by that session first
+  (with RENAME's old name, which a look at the directory cannot tell).
 
 Why inotify_simple: a maintained ctypes wrapper of the three system calls with nothing
 else; asyncinotify would bring its own async iteration model where one `add_reader` suffices.
@@ -27,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mailstack.delivery.events import EventHub
+from mailstack.delivery.events import FOLDER_TREE_CHANGED, EventHub
 from mailstack.delivery.layout import folder_dir_name
 from mailstack.delivery.store import INBOX
 
@@ -54,6 +64,30 @@ MASK: int = (
     )
 )
 _GONE: int = 0 if _F is None else (_F.IGNORED | _F.DELETE_SELF | _F.MOVE_SELF)
+# An account root: entries made, removed or renamed, files finished, the root touched.
+ROOT_MASK: int = (
+    0
+    if _F is None
+    else (
+        _F.CREATE
+        | _F.DELETE
+        | _F.MOVED_FROM
+        | _F.MOVED_TO
+        | _F.CLOSE_WRITE
+        | _F.ATTRIB
+        | _F.DELETE_SELF
+        | _F.MOVE_SELF
+        | _F.ONLYDIR
+    )
+)
+_ISDIR: int = 0 if _F is None else _F.ISDIR
+_ATTRIB: int = 0 if _F is None else _F.ATTRIB
+# Root entries that are the folder list, subscriptions or INBOX's rights (delivery/folders.py,
+# delivery/acl.py name them as Dovecot does).
+_ROOT_FILES = frozenset({"subscriptions", "dovecot-acl"})
+# See the module docstring: long enough for our own session's announcement (microseconds to
+# a few milliseconds after its system call), short beside a person watching a folder list.
+TREE_DELAY_S = 0.1
 _OVERFLOW: int = 0 if _F is None else _F.Q_OVERFLOW
 
 Key = tuple[str, str]  # (user, folder)
@@ -71,6 +105,10 @@ class MaildirWatcher:
         self._users: dict[Key, int] = {}  # sessions watching each folder
         self._watches: dict[Key, list[int]] = {}  # the folder's watch descriptors
         self._keys: dict[int, set[Key]] = {}  # watch descriptor -> folders (a dir is one wd)
+        self._roots: dict[str, tuple[int, int]] = {}  # account -> (root wd, sessions)
+        self._root_of: dict[int, str] = {}  # root wd -> account
+        self._trees: set[str] = set()  # accounts whose FOLDER_TREE_CHANGED is due
+        self._tree_timer: asyncio.TimerHandle | None = None
 
     @property
     def watched_folders(self) -> int:
@@ -107,6 +145,57 @@ class MaildirWatcher:
         finally:
             if is_watched:
                 self._release(key)
+
+    @contextlib.contextmanager
+    def watch_account(self, user: str) -> Iterator[bool]:
+        """Watch `user`'s Maildir root for the block (see the module docstring); yields
+        whether inotify covers it. Call on the event loop's thread."""
+        is_watched = self._acquire_root(user)
+        try:
+            yield is_watched
+        finally:
+            if is_watched:
+                self._release_root(user)
+
+    def _acquire_root(self, user: str) -> bool:
+        if user in self._roots:
+            wd, count = self._roots[user]
+            self._roots[user] = (wd, count + 1)
+            return True
+        if not self._start():
+            return False
+        try:
+            wd = int(self._inotify.add_watch(self._maildir(user), ROOT_MASK))
+        except OSError as exc:  # ENOSPC, or no Maildir (yet)
+            log.info("cannot watch %s's Maildir (%s)", user, exc)
+            return False
+        self._roots[user] = (wd, 1)
+        self._root_of[wd] = user
+        return True
+
+    def _release_root(self, user: str) -> None:
+        found = self._roots.get(user)
+        if found is None:  # dropped when the root went away
+            return
+        wd, count = found
+        if count > 1:
+            self._roots[user] = (wd, count - 1)
+            return
+        del self._roots[user]
+        self._root_of.pop(wd, None)
+        with contextlib.suppress(OSError):
+            self._inotify.rm_watch(wd)
+
+    def _root_event(self, user: str, event: Any) -> bool:
+        """Does this event in `user`'s root change what NOTIFY reports? (module docstring)"""
+        if event.mask & _GONE:
+            wd, _ = self._roots.pop(user, (event.wd, 0))
+            self._root_of.pop(wd, None)
+            return True
+        name = event.name
+        if not name:
+            return bool(event.mask & _ATTRIB)  # the root itself touched
+        return name in _ROOT_FILES or bool(event.mask & _ISDIR and name.startswith("."))
 
     def _acquire(self, key: Key) -> bool:
         if key in self._watches:
@@ -155,9 +244,15 @@ class MaildirWatcher:
         except (OSError, ValueError):  # pragma: no cover - EAGAIN races, closed meanwhile
             return
         changed: set[Key] = set()
+        trees: set[str] = set()
         for event in events:
             if event.mask & _OVERFLOW:
                 changed.update(self._watches)
+                trees.update(self._roots)
+                continue
+            if (user := self._root_of.get(event.wd)) is not None:
+                if self._root_event(user, event):
+                    trees.add(user)
                 continue
             keys = self._keys.get(event.wd, set())
             changed.update(keys)
@@ -169,8 +264,20 @@ class MaildirWatcher:
                         self._remove_wd(wd, key)
         for user, folder in changed:
             self._events.publish(user, folder)
+        if trees and self._loop is not None:
+            self._trees |= trees
+            if self._tree_timer is None:
+                self._tree_timer = self._loop.call_later(TREE_DELAY_S, self._publish_trees)
+
+    def _publish_trees(self) -> None:
+        trees, self._trees, self._tree_timer = self._trees, set(), None
+        for user in sorted(trees):
+            self._events.publish_change(user, "", FOLDER_TREE_CHANGED)
 
     def close(self) -> None:
+        if self._tree_timer is not None:
+            self._tree_timer.cancel()
+            self._tree_timer = None
         if self._inotify is None:
             return
         if self._loop is not None and not self._loop.is_closed():
@@ -181,3 +288,5 @@ class MaildirWatcher:
         self._watches.clear()
         self._users.clear()
         self._keys.clear()
+        self._roots.clear()
+        self._root_of.clear()

@@ -183,7 +183,9 @@ class StructureCache:
         """Delete rows for messages that no longer exist anywhere in the account.
 
         `live_keys` must be every base name in every folder (a move keeps its base name, so
-        pruning per folder would drop rows of messages moved elsewhere). Returns rows deleted.
+        pruning per folder would drop rows of messages moved elsewhere). A key
+        `<base name>:<what>` (imap/downgrade_size.py) lives as long as its base name.
+        Returns rows deleted.
         """
         live = set(live_keys)
         with self._lock:
@@ -191,7 +193,11 @@ class StructureCache:
             if db is None:
                 return 0
             try:
-                stale = [(k,) for (k,) in db.execute("SELECT key FROM structure") if k not in live]
+                stale = [
+                    (k,)
+                    for (k,) in db.execute("SELECT key FROM structure")
+                    if k.split(":", 1)[0] not in live
+                ]
                 if stale:
                     with db:
                         db.execute("BEGIN")

@@ -82,8 +82,11 @@ def _section(text: str) -> c.Section:
     return section if section is not None else c.Section()
 
 
-def resolve(store: MailStore, user: str, selected: str | None, url: str) -> bytes:
-    """The bytes `url` names, read as `user`. Raises BadUrlError."""
+def resolve(
+    store: MailStore, user: str, selected: str | None, url: str, *, utf8: bool = False
+) -> bytes:
+    """The bytes `url` names, read as `user`. Raises BadUrlError. `utf8`: the client takes
+    UTF-8, so its section numbers go into message/global parts (imap/mime.py), as in FETCH."""
     where = parse_url(url)
     mailbox = where.mailbox if where.mailbox is not None else selected
     if mailbox is None:
@@ -96,7 +99,7 @@ def resolve(store: MailStore, user: str, selected: str | None, url: str) -> byte
         raw = store.read_message(user, mailbox, where.uid)
     except StoreError:  # no such folder or message, or no right to read it (RFC 4314)
         raise BadUrlError("no such message") from None
-    message = fetch.ParsedMessage.parse(raw)
+    message = fetch.ParsedMessage.parse(raw, utf8=utf8)
     data = fetch.section_bytes(message.data, message.root, where.section)
     if where.partial is not None:
         offset, length = where.partial

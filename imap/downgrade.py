@@ -21,8 +21,9 @@ part), only for fields that hold 8-bit bytes, following RFC 6857 §3:
 A field that is not UTF-8 (a legacy 8-bit header from before RFC 6532) is read as
 Windows-1252 first, so its letters survive the trip.
 
-Deviation: RFC822.SIZE stays the stored size (the index knows no other without reading every
-message); BODY[] of a downgraded message is longer than it says.
+RFC822.SIZE (RFC 3501 §2.3.4) is the size of what this client gets (imap/downgrade_size.py:
+each message read once, then remembered). Deviation: SEARCH LARGER/SMALLER, SORT SIZE and
+STATUS SIZE keep the stored size, which the index holds without reading any message.
 """
 
 from __future__ import annotations

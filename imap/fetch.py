@@ -41,6 +41,7 @@ from mailstack.imap.mime import (
     HeaderField,
     decode_transfer,
     find_part,
+    has_global,
     parse_disposition,
     parse_message,
     strip_comments,
@@ -276,10 +277,18 @@ class ParsedMessage:
     root: Entity
 
     @classmethod
-    def parse(cls, raw: bytes) -> ParsedMessage:
-        """Parse a message as stored (LF or CRLF endings). Never raises."""
+    def parse(cls, raw: bytes, *, utf8: bool = False) -> ParsedMessage:
+        """Parse a message as stored (LF or CRLF endings). Never raises. `utf8`: for a client
+        that takes UTF-8, whose BODYSTRUCTURE and sections open message/global parts
+        (imap/mime.py `parse_message`)."""
         data = to_crlf(raw)
-        return cls(data, parse_message(data))
+        return cls(data, parse_message(data, nest_global=utf8))
+
+    def for_utf8(self) -> ParsedMessage:
+        """This message as a UTF-8 client sees it: itself unless it holds message/global."""
+        if not has_global(self.root):
+            return self
+        return ParsedMessage(self.data, parse_message(self.data, nest_global=True))
 
     @property
     def size(self) -> int:

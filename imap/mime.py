@@ -122,9 +122,11 @@ class Entity:
 
 @dataclass
 class _Budget:
-    """Parts left to create (MAX_PARTS), shared across the recursion of one parse."""
+    """Parts left to create (MAX_PARTS), shared across the recursion of one parse, and how
+    that parse reads message/global."""
 
     parts_left: int = MAX_PARTS
+    nest_global: bool = False  # see parse_message
 
 
 def parse_header(data: bytes, start: int, end: int) -> tuple[tuple[HeaderField, ...], int]:
@@ -362,18 +364,50 @@ def _entity(
         if not children:
             children.append(Entity(body_start, body_start, end, (), DEFAULT_TYPE))
         return Entity(start, body_start, end, fields, ctype, tuple(children))
-    # Deviation from RFC 9051 §7.5.2, which also encapsulates message/global: IMAP4rev1's
-    # grammar only knows MESSAGE/RFC822, and a rev1 client would misread an envelope after
-    # "message" "global"; Dovecot 2.3 keeps it a leaf too.
-    if main == "message" and ctype.subtype.lower() == "rfc822" and may_nest:
+    # RFC 9051 §7.5.2 encapsulates message/global as message/rfc822 (RFC 6532 §3.7), but
+    # IMAP4rev1's grammar only knows MESSAGE/RFC822 and a rev1 client would misread an envelope
+    # after "message" "global" (Dovecot 2.3 keeps it a leaf): so only when asked
+    # (`nest_global`), and only unencoded (§3.7 allows base64/quoted-printable for it, and an
+    # encoded message has no header to show).
+    subtype = ctype.subtype.lower()
+    if (
+        main == "message"
+        and (
+            subtype == "rfc822"
+            or (
+                subtype == "global"
+                and budget.nest_global
+                and entity.transfer_encoding in IDENTITY_ENCODINGS
+            )
+        )
+        and may_nest
+    ):
         message = _entity(data, body_start, end, DEFAULT_TYPE, depth + 1, budget)
         return Entity(start, body_start, end, fields, ctype, message=message)
     return Entity(start, body_start, end, fields, ctype)
 
 
-def parse_message(data: bytes) -> Entity:
-    """The MIME tree of `data` (CRLF line endings). Never raises."""
-    return _entity(data, 0, len(data), DEFAULT_TYPE, 0, _Budget())
+def parse_message(data: bytes, *, nest_global: bool = False) -> Entity:
+    """The MIME tree of `data` (CRLF line endings). Never raises.
+
+    `nest_global`: a message/global part (RFC 6532 §3.7) holds an encapsulated message, as a
+    message/rfc822 part does (RFC 9051 §7.5.2), for a client that takes UTF-8 (IMAP4rev2 or
+    UTF8=ACCEPT); otherwise it is a leaf, the form IMAP4rev1's grammar can express."""
+    return _entity(data, 0, len(data), DEFAULT_TYPE, 0, _Budget(nest_global=nest_global))
+
+
+def has_global(root: Entity) -> bool:
+    """Does the tree hold a message/global leaf (which `nest_global` would open)?"""
+    todo = [root]
+    while todo:
+        entity = todo.pop()
+        ctype = entity.content_type
+        if ctype.maintype.lower() == "message" and ctype.subtype.lower() == "global":
+            return True
+        todo.extend(entity.children)
+        if entity.message is not None:
+            todo.append(entity.message)
+    return False
 
 
 def message_parts(message: Entity) -> tuple[Entity, ...]:

@@ -31,8 +31,8 @@ from mailstack.imap.thread import ALGORITHMS
 
 SearchKeyParser = Callable[[Reader, int], c.SearchKey]
 # RFC 5267 §3: ESORT takes SEARCH's return options but SAVE (the saved set has no order), and
-# UPDATE/CONTEXT only with CONTEXT=SORT, which we do not offer.
-SORT_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
+# UPDATE/CONTEXT with CONTEXT=SORT (§4, imap/session_context.py).
+SORT_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL", "UPDATE", "CONTEXT"})
 
 
 def parse_cancel_update(r: Reader, tag: str) -> c.CancelUpdate:

@@ -217,6 +217,9 @@ def now() -> float:
     return time.time()
 
 
+_GLOBAL = re.compile(rb'"message" "global"', re.IGNORECASE)
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedStructure:
     """ENVELOPE, BODY and BODYSTRUCTURE of one message as they go on the wire.
@@ -239,6 +242,13 @@ class RenderedStructure:
     def has_8bit(self) -> bool:
         """Raw 8-bit header text inside (imap/downgrade.py: a UTF-8 header, RFC 6532)."""
         return not (self.envelope.isascii() and self.bodystructure.isascii())
+
+    @property
+    def has_global(self) -> bool:
+        """A message/global part inside, which a UTF-8 client sees opened (imap/mime.py
+        `parse_message`); the cached rendering is the IMAP4rev1 one, where it is a leaf.
+        A false positive (the words in a parameter) only costs a parse."""
+        return _GLOBAL.search(self.bodystructure) is not None
 
     def item(self, name: str) -> bytes:
         """ENVELOPE, BODY (no section) or BODYSTRUCTURE."""

@@ -110,6 +110,7 @@ CAPABILITIES = (
     "SORT=DISPLAY",  # RFC 5957
     "ESORT",  # RFC 5267 §3 (SORT RETURN)
     "CONTEXT=SEARCH",  # RFC 5267 §4 (imap/session_context.py)
+    "CONTEXT=SORT",  # RFC 5267 §4, positions in ADDTO/REMOVEFROM (imap/session_context.py)
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "MULTIAPPEND",

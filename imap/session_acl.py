@@ -101,13 +101,26 @@ class AclCommands(SessionCore):
                 self._need_admin(route)
                 identifier = self._identifier(route, who)
                 await asyncio.to_thread(self._set, route, identifier, text)
+                await asyncio.to_thread(self._touch_views, identifier)
                 await write(response.ok(tag, "SETACL completed"))
             case c.DeleteAcl(mailbox=name, identifier=who):
                 route = await asyncio.to_thread(self._route, name)
                 self._need_admin(route)
                 identifier = self._identifier(route, who)
                 await asyncio.to_thread(acl.set_rights, self._folder_dir(route), identifier, "")
+                await asyncio.to_thread(self._touch_views, identifier)
                 await write(response.ok(tag, "DELETEACL completed"))
+
+    def _touch_views(self, identifier: str) -> None:
+        """Tell the grantees' NOTIFY sessions, in every `serve` process, that what is shared
+        with them changed (delivery/acl.py `touch_views`, RFC 5465 §5.4)."""
+        if identifier == acl.OWNER:
+            return
+        if identifier.startswith("user="):
+            addresses = [identifier[5:]]
+        else:  # anyone, authenticated
+            addresses = [user.address for user in self.ctx.accounts.users()]
+        acl.touch_views(self.ctx.paths.maildir(a) for a in addresses)
 
     @staticmethod
     def _need_admin(route: Route) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, response, utf7
+from mailstack.imap import condstore, response, sort, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
 from mailstack.imap.commands import Command, List, Lsub
 from mailstack.imap.protocol import ImapProtocol, State
@@ -155,12 +155,22 @@ class SessionCore:
     condstore: bool = False
     qresync: bool = False
 
-    def _context_check(self, command: c.Search) -> bool:
-        """May this SEARCH keep an UPDATE context? (imap/session_context.py, RFC 5267)"""
+    def _context_check(self, command: c.Search | c.Sort) -> bool:
+        """May this SEARCH/SORT keep an UPDATE context? (imap/session_context.py, RFC 5267)"""
         return False
 
     def _context_start(self, command: c.Search, key: c.SearchKey, uids: list[int]) -> bytes:
         """Keep a SEARCH's UPDATE context; what to write first (imap/session_context.py)."""
+        return b""
+
+    def _context_start_sort(
+        self,
+        command: c.Sort,
+        key: c.SearchKey,
+        criteria: list[sort.Criterion],
+        ordered: list[sort.Message],
+    ) -> bytes:
+        """Keep a SORT's UPDATE context (CONTEXT=SORT, imap/session_context.py)."""
         return b""
 
     def _metadata_renamed(self, old: str, new: str) -> None:

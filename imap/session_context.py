@@ -1,12 +1,22 @@
-"""CONTEXT=SEARCH (RFC 5267 §4): SEARCH RETURN (UPDATE) keeps the search alive and tells the
-client how its result changes, as `* ESEARCH (TAG "t") [UID] ADDTO (0 set)` and
-`REMOVEFROM (0 set)`, until CANCELUPDATE or until the mailbox is no longer selected. A mixin
-of `Session`, in front of the others: it wraps `_sync`, where every change to the selected
-mailbox is learnt (before a command, during IDLE, on a NOTIFY wake-up).
+"""CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 §4): SEARCH RETURN (UPDATE) and SORT RETURN
+(UPDATE) keep the search alive and tell the client how its result changes, as
+`* ESEARCH (TAG "t") [UID] ADDTO (position set)` and `REMOVEFROM (position set)`, until
+CANCELUPDATE or until the mailbox is no longer selected. A mixin of `Session`, in front of the
+others: it wraps `_sync`, where every change to the selected mailbox is learnt (before a
+command, during IDLE, on a NOTIFY wake-up).
 
 - UPDATE (and CONTEXT) are no result items: `RETURN (UPDATE)` alone answers with the
   correlator only, as Dovecot does; clients add ALL or COUNT for the first result.
-- Context position 0 throughout (§4.3.3: allowed for SEARCH; updates in mailbox order).
+- SEARCH: context position 0 throughout (§4.3.3: allowed for SEARCH; updates in mailbox order).
+- SORT: real positions (§4.3.2), one (position number) pair per message, each pair applying
+  to the result as the pairs before it left it (§4.3.2's example adds three messages at
+  position 1 in turn): REMOVEFROM from the highest position down, ADDTO from the lowest up,
+  so every position is also the message's place in the result before (REMOVEFROM) or after
+  (ADDTO) the whole update. The context keeps its sorted result; a message that enters is
+  read (its header fields, not the body) and placed by `sort.sort`, ties by UID as SORT
+  breaks them by mailbox order. No sort key reads flags, so a message that still matches
+  after a flag change keeps its place. A PARTIAL window does not narrow the updates, as for
+  SEARCH.
 - REMOVEFROM for expunged messages comes before the EXPUNGEs (their numbers are still
   valid), ADDTO for new messages after EXISTS (§4.3.3, §4.3.4); a message whose flags changed
   is searched again and moves in or out.
@@ -19,11 +29,13 @@ mailbox is learnt (before a command, during IDLE, on a NOTIFY wake-up).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailstack.delivery.store import MessageGoneError, MessageInfo
 from mailstack.imap import commands as c
-from mailstack.imap import response, search
+from mailstack.imap import response, search, sort
 from mailstack.imap.sequence import compress
 from mailstack.imap.session_base import (
     InvalidCommandError,
@@ -43,6 +55,8 @@ class _Context:
     uid: bool
     selected: Selected  # the selection it belongs to: updates stop with it
     results: set[int] = field(default_factory=set)  # UIDs
+    criteria: list[sort.Criterion] | None = None  # a SORT context (CONTEXT=SORT)
+    ordered: list[sort.Message] = field(default_factory=list)  # SORT's result; seq = UID
 
 
 class ContextCommands(SessionCore):
@@ -50,8 +64,8 @@ class ContextCommands(SessionCore):
 
     _contexts: dict[str, _Context] | None = None
 
-    def _context_check(self, command: c.Search) -> bool:
-        """Before a SEARCH runs: may it have an UPDATE context? BAD on a reused tag."""
+    def _context_check(self, command: c.Search | c.Sort) -> bool:
+        """Before a SEARCH or SORT runs: may it have an UPDATE context? BAD on a reused tag."""
         if "UPDATE" not in command.returns:
             return False
         live = self._live_contexts()
@@ -69,6 +83,23 @@ class ContextCommands(SessionCore):
             return response.untagged_status("NO", "too many update contexts", code)
         live[command.tag] = _Context(command.tag, key, command.uid, self.selected, set(uids))
         return b""
+
+    def _context_start_sort(
+        self,
+        command: c.Sort,
+        key: c.SearchKey,
+        criteria: list[sort.Criterion],
+        ordered: list[sort.Message],
+    ) -> bytes:
+        """After an ESORT: keep its UPDATE context (CONTEXT=SORT) or say NOUPDATE."""
+        search_like = c.Search(command.tag, key, command.uid, returns=command.returns)
+        refused = self._context_start(search_like, key, [m.info.uid for m in ordered])
+        if not refused and (ctx := self._live_contexts().get(command.tag)) is not None:
+            ctx.criteria = criteria
+            # Ties go by mailbox order (RFC 5256 §3), i.e. by UID, which unlike the sequence
+            # number stays put while the context lives.
+            ctx.ordered = [dataclasses.replace(m, seq=m.info.uid) for m in ordered]
+        return refused
 
     def _live_contexts(self) -> dict[str, _Context]:
         if self._contexts is None:
@@ -112,6 +143,10 @@ class ContextCommands(SessionCore):
         for ctx in contexts:  # §4.3.4: before the EXPUNGEs, with the numbers they had
             removed = [u for u in gone if u in ctx.results]
             ctx.results.difference_update(removed)
+            if ctx.criteria is not None:
+                pairs = _sort_remove(ctx, set(removed))
+                out.append(_sort_update(ctx, "REMOVEFROM", pairs, lambda u: before[u][0]))
+                continue
             numbers = removed if ctx.uid else [before[u][0] for u in removed]
             if numbers:
                 out.append(_update(ctx, "REMOVEFROM", numbers))
@@ -119,9 +154,43 @@ class ContextCommands(SessionCore):
         if changed:
             matching = await asyncio.to_thread(self._context_match, sel, contexts, changed)
             for ctx, hits in zip(contexts, matching, strict=True):
-                out.extend(self._context_moves(ctx, sel, changed, hits))
+                if ctx.criteria is None:
+                    out.extend(self._context_moves(ctx, sel, changed, hits))
+                else:
+                    out.extend(await self._sort_moves(ctx, sel, changed, hits))
         if out:
             await write(b"".join(out))
+
+    async def _sort_moves(
+        self, ctx: _Context, sel: Selected, changed: list[MessageInfo], hits: set[int]
+    ) -> list[bytes]:
+        """REMOVEFROM and ADDTO with positions for a SORT context (see the docstring)."""
+        added = [m for m in changed if m.uid in hits and m.uid not in ctx.results]
+        left = {m.uid for m in changed if m.uid not in hits and m.uid in ctx.results}
+        ctx.results.update(m.uid for m in added)
+        ctx.results.difference_update(left)
+
+        def number(uid: int) -> int:
+            return (sel.position(uid) or 0) + 1
+
+        out = [_sort_update(ctx, "REMOVEFROM", _sort_remove(ctx, left), number)]
+        if added:
+            entering = await asyncio.to_thread(self._sort_entries, sel, ctx, added)
+            ctx.ordered = sort.sort([*ctx.ordered, *entering], ctx.criteria or [])
+            new = {m.info.uid for m in entering}
+            pairs = [(i, m.info.uid) for i, m in enumerate(ctx.ordered, 1) if m.info.uid in new]
+            out.append(_sort_update(ctx, "ADDTO", pairs, number))
+        return [line for line in out if line]
+
+    def _sort_entries(
+        self, sel: Selected, ctx: _Context, infos: list[MessageInfo]
+    ) -> list[sort.Message]:
+        """What SORT orders `infos` by (in a worker thread); seq = UID as in `ordered`."""
+        headers: dict[int, bytes] = {}
+        if sort.needs_header(ctx.criteria or []):
+            uids = [m.uid for m in infos]
+            headers = self.ctx.store.read_headers(self._require_user(), sel.name, uids)
+        return [sort.Message.of(m.uid, m, headers.get(m.uid, b"")) for m in infos]
 
     def _context_moves(
         self, ctx: _Context, sel: Selected, changed: list[MessageInfo], hits: set[int]
@@ -173,6 +242,30 @@ class ContextCommands(SessionCore):
             }
             for ctx in contexts
         ]
+
+
+def _sort_remove(ctx: _Context, uids: set[int]) -> list[tuple[int, int]]:
+    """Take `uids` out of a SORT context's result: (position, UID) pairs, highest first."""
+    if not uids:
+        return []
+    pairs = [(i, m.info.uid) for i, m in enumerate(ctx.ordered, 1) if m.info.uid in uids]
+    ctx.ordered = [m for m in ctx.ordered if m.info.uid not in uids]
+    return pairs[::-1]
+
+
+def _sort_update(
+    ctx: _Context, item: str, pairs: list[tuple[int, int]], number: Callable[[int], int]
+) -> bytes:
+    """`* ESEARCH (TAG t) [UID] ADDTO|REMOVEFROM (position n position n ...)`; b"" if none.
+
+    RFC 5267 §6: "ADDTO" SP "(" context-position SP sequence-set *(SP context-position SP
+    sequence-set) ")"; each set here is one message (UID, or its sequence number)."""
+    if not pairs:
+        return b""
+    tag = response.string(ctx.tag).decode("ascii")
+    uid = " UID" if ctx.uid else ""
+    text = " ".join(f"{pos} {u if ctx.uid else number(u)}" for pos, u in pairs)
+    return response.untagged(f"ESEARCH (TAG {tag}){uid} {item} ({text})")
 
 
 def _update(ctx: _Context, item: str, numbers: list[int]) -> bytes:

@@ -383,7 +383,12 @@ class MailboxCommands(SessionCore):
             else:
                 try:
                     piece = await asyncio.to_thread(
-                        catenate.resolve, self.ctx.store, user, selected, part.url
+                        catenate.resolve,
+                        self.ctx.store,
+                        user,
+                        selected,
+                        part.url,
+                        utf8=self.utf8_names,  # message/global parts as FETCH shows them
                     )
                 except catenate.BadUrlError as exc:
                     # RFC 4469 §6: resp-text-code =/ "BADURL" SP url-resp-text, where

@@ -13,6 +13,16 @@ the middle of a command's responses). More than `MAX_PENDING` changes unread end
 Mailbox-level events reach other sessions through `EventHub.publish_change`: after our own
 CREATE/DELETE/RENAME/(UN)SUBSCRIBE (`_notify_after`), as `LIST` responses (§5.4, §5.5; the
 session that made the change is not told, it knows).
+
+Changes nobody in this process announces (another program or `serve` process making or
+removing folders or editing `subscriptions`, `mailstack share`/`mailbox add`, the owner of a
+shared folder making a child of it) are found by looking again: a plan with MailboxName or
+SubscriptionChange watches the Maildir roots of the account and of the owners of the shared
+folders it sees (`MaildirWatcher.watch_account`), and on each `FOLDER_TREE_CHANGED` lists the
+folders and subscriptions again and tells the difference (a rename by another hand shows as a
+deletion and a creation). The session keeps the view it has told (`_Active.names`,
+`subscribed`): every change, announced or found, is told only if it changes that view, so
+one heard both ways is told once, and our own are applied to it untold.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 
-from mailstack.delivery.events import Listener
+from mailstack.delivery.events import FolderTreeChange, Listener
 from mailstack.delivery.store import FolderInfo, StoreError
 from mailstack.delivery.watch import MaildirWatcher
 from mailstack.imap import commands as c
@@ -41,6 +51,7 @@ class _Active:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     watched: dict[notify.Key, tuple[str, frozenset[str]]] = field(default_factory=dict)
     subscribed: frozenset[str] = frozenset()
+    names: frozenset[str] | None = None  # the selectable folders it sees (None: not yet)
     selected_key: notify.Key | None = None
     selected_watch: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     pending: dict[notify.Key, None] = field(default_factory=dict)  # an ordered set
@@ -81,7 +92,7 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             raise RefusedError(f"event {exc} is not supported", f"BADEVENT ({supported})") from None
         self._notify = active
         self.notify_wake = asyncio.Event()
-        await self._notify_rewatch(active)
+        await self._notify_rewatch(active)  # the first view: nothing to tell
         self._notify_track_selected()
         if command.status:  # §3.1: STATUS for each mailbox with message events, now
             for name, events in list(active.watched.values()):
@@ -96,8 +107,9 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             active.selected_watch.close()
             active.stack.close()
 
-    async def _notify_rewatch(self, active: _Active) -> None:
-        """(Re)compute which folders the plan covers; listen to their owners and watch them."""
+    async def _notify_rewatch(self, active: _Active) -> list[notify.Change]:
+        """(Re)compute which folders the plan covers; listen to their owners and watch them.
+        Returns how the folders and subscriptions differ from the view told so far."""
         user = self._require_user()
         store = self.ctx.store
 
@@ -105,7 +117,12 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             return store.list_folders(user), store.subscriptions(user)
 
         folders, subscriptions = await asyncio.to_thread(load)
-        active.subscribed = frozenset(subscriptions)
+        if self._notify is not active:  # NOTIFY NONE/SET came meanwhile
+            return []
+        subscribed = frozenset(subscriptions)
+        names = frozenset(info.name for info in folders if info.is_selectable)
+        found = _differences(active, names, subscribed)
+        active.subscribed, active.names = subscribed, names
         watched: dict[notify.Key, tuple[str, frozenset[str]]] = {}
         for info in folders:
             if not info.is_selectable:
@@ -114,17 +131,21 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             if events & notify.MESSAGE_EVENTS:
                 watched[notify.key_of(user, info.name)] = (info.name, events)
         owners = {user} | {owner for owner, _ in watched}
-        if self._notify is not active:  # NOTIFY NONE/SET came meanwhile
-            return
+        trees = set()
+        if _wants_tree(active.plan):  # whose Maildir roots show what we list (docstring)
+            trees = {user} | {notify.key_of(user, name)[0] for name in names}
         stack = contextlib.ExitStack()
-        for owner in sorted(owners):
+        for owner in sorted(owners | trees):
             stack.enter_context(self.ctx.events.listen(owner, self._listener(owner)))
         if self.watcher is not None:
             for key in watched:
                 stack.enter_context(self.watcher.watch(*key))
+            for owner in sorted(trees):
+                stack.enter_context(self.watcher.watch_account(owner))
         old, active.stack = active.stack, stack
         old.close()  # after the new watches exist: shared watches are kept, not redone
         active.watched = watched
+        return found
 
     def _listener(self, owner: str) -> Listener:
         return functools.partial(self._notify_heard, owner)
@@ -165,6 +186,14 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             if key != active.selected_key and key not in active.watched:
                 return
             active.pending[key] = None
+        elif isinstance(change, notify.MetadataChange) and owner != self.user:
+            shown = self._foreign_metadata(active, owner, change)
+            if shown is None:
+                return
+            active.changes.append(shown)
+        elif isinstance(change, FolderTreeChange) or owner != self.user:
+            # Seen on disk, or another owner's change in names of theirs: look again.
+            active.must_rewatch = True
         elif getattr(change, "origin", None) == id(self):
             active.must_rewatch = True  # our own CREATE/RENAME/...: new folders to watch
         else:
@@ -173,6 +202,21 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         if len(active.pending) + len(active.changes) > notify.MAX_PENDING:
             active.is_overflowed = True
         wake.set()
+
+    def _foreign_metadata(
+        self, active: _Active, owner: str, change: notify.MetadataChange
+    ) -> notify.MetadataChange | None:
+        """Another owner's METADATA change as this user sees it: only `/shared` entries
+        (RFC 5464 §3.2: `/private` ones are that user's alone) of a folder this user sees,
+        under the name it has here; None if nothing of it is ours to hear."""
+        entries = tuple(e for e in change.entries if e.lower().startswith("/shared/"))
+        if not change.mailbox or not entries or active.names is None:
+            return None
+        user = self._require_user()
+        for name in active.names:
+            if notify.key_of(user, name) == (owner, change.mailbox):
+                return notify.MetadataChange(name, entries, 0)
+        return None
 
     async def notify_flush(self, write: Write) -> None:
         """Write what `_notify_heard` noted (the transport calls this between commands)."""
@@ -192,16 +236,12 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         pending, active.pending = list(active.pending), {}
         out = []
         for change in changes:
-            names = active.subscribed
-            if isinstance(change, notify.SubscriptionChange):
-                names = names | {change.name}  # an unsubscribed name still matches
-            if isinstance(change, notify.Change) and notify.wants_change(
-                active.plan, change, names
-            ):
-                out.append(self._change_line(change))
+            if isinstance(change, notify.Change) and _apply(active, change):
+                out.extend(self._told(active, change))
         if active.must_rewatch:
             active.must_rewatch = False
-            await self._notify_rewatch(active)
+            for found in await self._notify_rewatch(active):
+                out.extend(self._told(active, found))
         for key in pending:
             if key == active.selected_key:
                 if out:
@@ -257,6 +297,15 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
         )
         await write(b"".join(rendered))
 
+    def _told(self, active: _Active, change: notify.Change) -> list[bytes]:
+        """The LIST/METADATA line for `change` if the plan wants it, else nothing."""
+        names = active.subscribed
+        if isinstance(change, notify.SubscriptionChange):
+            names = names | {change.name}  # an unsubscribed name still matches
+        if notify.wants_change(active.plan, change, names):
+            return [self._change_line(change)]
+        return []
+
     def _change_line(self, change: notify.Change) -> bytes:
         """§5.4: LIST for a created, deleted (\\NonExistent) or renamed (OLDNAME, RFC 5258
         §3.6) mailbox; §5.5: LIST with or without \\Subscribed; §5.6, §5.7: the unsolicited
@@ -296,7 +345,57 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
                 change = notify.MetadataChange(name, tuple(e for e, _ in values), me)
             case _:
                 return
+        if self._notify is not None:
+            _apply(self._notify, change)  # ours: in the view, never told to us
         self.ctx.events.publish_change(user, "", change)
+
+
+def _wants_tree(plan: notify.Plan) -> bool:
+    """Does the plan report folders made, removed or (un)subscribed (§5.4, §5.5)?"""
+    return any({"MailboxName", "SubscriptionChange"} & set(g.events) for g in plan.others)
+
+
+def _apply(active: _Active, change: notify.Change) -> bool:
+    """Put `change` into the view told so far; False if the view had it already."""
+    if isinstance(change, notify.MailboxNameChange) and active.names is not None:
+        names = set(active.names)
+        is_new = (change.old is not None and change.old in names) or (
+            change.new is not None and change.new not in names
+        )
+        names.discard(change.old or "")
+        if change.new is not None:
+            names.add(change.new)
+        if change.old is not None and change.new is not None:
+            # RENAME takes the children along (RFC 9051 §6.3.6): the client infers them.
+            below = change.old + delimiter_of(change.old)
+            names = {change.new + n[len(change.old) :] if n.startswith(below) else n for n in names}
+        active.names = frozenset(names)
+        return is_new
+    if isinstance(change, notify.SubscriptionChange):
+        is_new = (change.name in active.subscribed) != change.is_subscribed
+        if change.is_subscribed:
+            active.subscribed = active.subscribed | {change.name}
+        else:
+            active.subscribed = active.subscribed - {change.name}
+        return is_new
+    return True
+
+
+def _differences(
+    active: _Active, names: frozenset[str], subscribed: frozenset[str]
+) -> list[notify.Change]:
+    """What changed from the view told so far to (names, subscribed), found by looking."""
+    if active.names is None:
+        return []
+    found: list[notify.Change] = [
+        notify.MailboxNameChange(name, None, 0) for name in sorted(active.names - names)
+    ]
+    found += [notify.MailboxNameChange(None, name, 0) for name in sorted(names - active.names)]
+    found += [
+        notify.SubscriptionChange(name, name in subscribed, 0)
+        for name in sorted(active.subscribed ^ subscribed)
+    ]
+    return found
 
 
 def _to_utf7(name: str) -> str:

@@ -23,7 +23,7 @@ from mailstack.delivery.store import (
     MessageInfo,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, fetch, header_index, response, search, sort
+from mailstack.imap import condstore, downgrade_size, fetch, header_index, response, search, sort
 from mailstack.imap.downgrade import downgrade, downgrade_fields
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
@@ -276,11 +276,31 @@ class SelectedCommands(SessionCore):
         # cost more than rendering the batch (a third of a `FETCH 1:* (FLAGS)`), so render
         # them here, yielding to other sessions between batches.
         in_memory = not (needs_bytes or needs_structure or stored)
+        sizes = None
+        if in_memory and not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
+            # The downgraded sizes (imap/downgrade_size.py) take the cache, maybe files: one
+            # thread trip for the whole command, then the batches render from memory.
+            sizes = await asyncio.to_thread(
+                downgrade_size.sizes_seen,
+                self._disk_cache(user),
+                self.ctx.store,
+                user,
+                sel.name,
+                [m for _, m in targets],
+            )
         step = MEMORY_BATCH if in_memory else FETCH_BATCH
         for start in range(0, len(targets), step):
             batch = targets[start : start + step]
             render = functools.partial(
-                self._render_batch, user, sel, batch, attrs, needs_bytes, needs_structure, stored
+                self._render_batch,
+                user,
+                sel,
+                batch,
+                attrs,
+                needs_bytes,
+                needs_structure,
+                stored,
+                sizes=sizes,
             )
             if in_memory:
                 if start:
@@ -345,6 +365,8 @@ class SelectedCommands(SessionCore):
         needs_bytes: bool,
         needs_structure: bool,
         stored: frozenset[c.FetchAttr] = frozenset(),
+        *,
+        sizes: dict[int, int] | None = None,
     ) -> tuple[list[bytes], bool]:
         """FETCH responses for a batch of messages (runs in a worker thread).
 
@@ -356,6 +378,7 @@ class SelectedCommands(SessionCore):
         gone = False
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
+        size_rows: list[tuple[str, int, str]] = []
         infos = [info for _, info in batch]
         fields = (
             header_index.stored_headers(
@@ -370,12 +393,30 @@ class SelectedCommands(SessionCore):
         )
         # A client without UTF8=ACCEPT gets 8-bit headers downgraded (imap/downgrade.py); the
         # cached structure shows which messages have them (it holds their 8-bit text).
-        lower = set() if self.utf8_names else {u for u, s in structures.items() if s.has_8bit}
+        # A UTF-8 client sees message/global parts opened (RFC 9051 §7.5.2); the cached
+        # structure is the IMAP4rev1 form, so those few messages are parsed again.
+        lower = {
+            u for u, s in structures.items() if (s.has_global if self.utf8_names else s.has_8bit)
+        }
         to_read = [
             info.uid
             for _, info in batch
             if needs_bytes or (needs_structure and info.uid not in structures) or info.uid in lower
         ]
+
+        # RFC 3501 §2.3.4: RFC822.SIZE is the size BODY[] has for this client, which the
+        # downgrade changes for a client without UTF8=ACCEPT (imap/downgrade_size.py); the
+        # messages read below get theirs from the bytes.
+        sized = not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs)
+        if sizes is None and sized:  # else `sizes` came with the call, or is not needed
+            reading = set(to_read)
+            sizes = downgrade_size.sizes_seen(
+                self._disk_cache(user),
+                self.ctx.store,
+                user,
+                sel.name,
+                [info for _, info in batch if info.uid not in reading],
+            )
 
         # One store call (one folder lock) for the batch; it yields in our order, skipping
         # messages expunged meanwhile, and reads each file only when we get to it.
@@ -391,6 +432,7 @@ class SelectedCommands(SessionCore):
             next_file = next(files, None)
             for seq, info in batch:
                 parsed = None
+                size = (sizes or {}).get(info.uid, info.size)
                 structure = structures.get(info.uid)
                 if needs_bytes or (needs_structure and structure is None) or info.uid in lower:
                     if next_file is None or next_file[0] != info.uid:
@@ -402,7 +444,14 @@ class SelectedCommands(SessionCore):
                         structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                         self._remember(sel, info, structure)
                         new_rows.append((info.key, info.size, structure.to_json()))
-                    if not self.utf8_names and (lowered := downgrade(parsed)) is not parsed:
+                    if self.utf8_names:
+                        lowered = parsed.for_utf8()  # message/global opened, if any
+                    else:
+                        lowered = downgrade(parsed)
+                        size = lowered.size
+                        if sized:  # remembered for the next FETCH (imap/downgrade_size.py)
+                            size_rows.append(downgrade_size.size_row(info, size))
+                    if lowered is not parsed:
                         parsed = lowered  # never cached: the stored bytes stay the truth
                         if needs_structure:
                             structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
@@ -419,7 +468,7 @@ class SelectedCommands(SessionCore):
                         case "INTERNALDATE":
                             value = response.date_time(info.internal_date)
                         case "RFC822.SIZE":
-                            value = b"%d" % info.size
+                            value = b"%d" % size
                         case "MODSEQ":  # RFC 7162 §3.1.4.1
                             value = b"(%d)" % info.modseq
                         case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
@@ -447,8 +496,8 @@ class SelectedCommands(SessionCore):
                             raise AssertionError(f"{attr.name} needs the message")
                     items.append(label + value)
                 out.append(response.fetch(seq, items))
-        if new_rows:
-            self._disk_cache(user).put_many(new_rows)
+        if new_rows or size_rows:
+            self._disk_cache(user).put_many([*new_rows, *size_rows])
         return out, gone
 
     def _update_flags(self, changed: dict[int, MessageInfo]) -> None:

@@ -37,16 +37,22 @@ class SortCommands(SessionCore):
             else None
         )
         with_headers = criteria is None or sort.needs_header(criteria)
+        if isinstance(command, c.Sort):
+            self._context_check(command)  # RFC 5267 §4 CONTEXT=SORT (imap/session_context.py)
         messages = await asyncio.to_thread(self._sortable, command.key, with_headers)
 
         def number(m: sort.Message) -> int:
             return m.info.uid if command.uid else m.seq
 
+        refused = b""
         if isinstance(command, c.Sort) and command.is_esort:  # RFC 5267 §3: ESEARCH form
-            numbers = [number(m) for m in sort.sort(messages, criteria or [])]
+            ordered = sort.sort(messages, criteria or [])
+            numbers = [number(m) for m in ordered]
             tag = response.string(command.tag).decode("ascii")
             items = sort.esort_items(numbers, command.returns, command.partial)
             line = " ".join([f"ESEARCH (TAG {tag})", *(["UID"] if command.uid else []), *items])
+            key = _resolve_saved(command.key, self._sel().saved)
+            refused = self._context_start_sort(command, key, criteria or [], ordered)
         elif isinstance(command, c.Sort):
             ordered = sort.sort(messages, criteria or [])
             line = " ".join(["SORT", *(str(number(m)) for m in ordered)])
@@ -56,7 +62,7 @@ class SortCommands(SessionCore):
             )
             threads = algorithm(messages)
             line = "THREAD" + (" " + thread.render(threads, number) if threads else "")
-        await write(response.untagged(line))
+        await write(response.untagged(line) + refused)
         name = type(command).__name__.upper()
         await write(response.ok(command.tag, f"{'UID ' if command.uid else ''}{name} completed"))
 

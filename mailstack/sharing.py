@@ -9,6 +9,11 @@ password nobody is told) whose folders grant its members `TEAM_RIGHTS`. Mail to 
 delivered to it like to any account. Flags are shared: when one member reads a message, it is
 \\Seen for all (the team sees what has been dealt with; Dovecot's default for shared folders
 too, without its per-user INDEXPVT option).
+
+After a change it touches the Maildir root of each account whose view changed (the grantee's,
+every account's for anyone/authenticated): a running `serve` watches the roots of accounts
+with a NOTIFY session (delivery/watch.py), which then tell their clients the folders that
+appeared or went (RFC 5465 §5.4).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ def share(dep: Deployment, folder: str, owner: str, grantee: str, rights: str) -
         raise UsageError(f"{owner} owns {folder!r} already: share it with someone else")
     name, directory = _folder(dep, owner, folder)
     acl.set_rights(directory, identifier, letters)
+    _touch_views(dep, [shown])
     return Grant(owner, name, shown, letters)
 
 
@@ -86,7 +92,16 @@ def revoke(dep: Deployment, folder: str, owner: str, grantee: str) -> Grant:
     if current is None:
         raise NotFoundError(f"{shown} has no rights on {owner}'s {name!r}")
     acl.set_rights(directory, identifier, "")
+    _touch_views(dep, [shown])
     return Grant(owner, name, shown, current.rights or "")
+
+
+def _touch_views(dep: Deployment, grantees: list[str]) -> None:
+    """Touch the Maildir roots of the accounts whose shared folders changed (see the module
+    docstring). Best effort: a session that misses it sees the change on its next LIST."""
+    if any(g in GRANTEES for g in grantees):
+        grantees = [user.address for user in dep.accounts.users()]
+    acl.touch_views(dep.paths.maildir(address) for address in grantees)
 
 
 def grants(dep: Deployment, owner: str | None = None) -> list[Grant]:
@@ -129,4 +144,5 @@ def add_team_mailbox(
         for person in people:
             acl.set_rights(directory, f"user={person}", letters)
             out.append(Grant(account.address, folder, person, letters))
+    _touch_views(dep, people)
     return out

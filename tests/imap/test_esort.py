@@ -118,7 +118,6 @@ def test_search_return_partial(client: RawClient) -> None:
         pytest.param("SORT RETURN (MIN MIN) (DATE) UTF-8 ALL", id="repeated"),
         pytest.param("SORT RETURN (MIN (DATE) UTF-8 ALL", id="unclosed"),
         pytest.param("SEARCH RETURN (PARTIAL -1:-3) ALL", id="negative-is-rfc-9394"),
-        pytest.param("SORT RETURN (UPDATE) (DATE) UTF-8 ALL", id="context-sort-not-offered"),
         pytest.param("SEARCH RETURN (ALL PARTIAL 1:5) ALL", id="all-and-partial"),
     ],
 )
@@ -127,10 +126,10 @@ def test_bad_return_options(client: RawClient, command: str) -> None:
     assert client.tagged("NOOP").startswith(b"OK")
 
 
-def test_capability_names_esort_and_context_search(client: RawClient) -> None:
+def test_capability_names_esort_and_contexts(client: RawClient) -> None:
     caps = client.command("CAPABILITY")[0].split()
     assert b"ESORT" in caps and b"CONTEXT=SEARCH" in caps
-    assert b"CONTEXT=SORT" not in caps  # SORT RETURN (UPDATE) is not implemented
+    assert b"CONTEXT=SORT" in caps  # tests/imap/test_context_sort.py
 
 
 @pytest.mark.external

@@ -101,7 +101,6 @@ def test_parse(line: str, expected: c.Command) -> None:
         "a NOTIFY NONE extra",
         "a SEARCH RETURN (PARTIAL 1:*) ALL",
         "a SEARCH RETURN (PARTIAL PARTIAL 1:2) ALL",
-        "a SORT RETURN (CONTEXT) (DATE) UTF-8 ALL",
         "a CANCELUPDATE",
         'a CANCELUPDATE "x"junk',
     ],

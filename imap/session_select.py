@@ -1,53 +1,39 @@
-"""Message commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE,
-UNSELECT (RFC 9051 §6.4; ESEARCH 4731, SEARCHRES 5182, MOVE 6851, UIDPLUS 4315, BINARY 3516).
-A mixin of `Session`.
+"""Message commands of the selected state: FETCH (imap/session_fetch.py), STORE, SEARCH, COPY,
+MOVE, EXPUNGE, CLOSE, UNSELECT (RFC 9051 §6.4; ESEARCH 4731, SEARCHRES 5182, MOVE 6851,
+UIDPLUS 4315). A mixin of `Session`.
 
-FETCH answers ENVELOPE/BODY/BODYSTRUCTURE from `response.RenderedStructure`s (a rendered
-`fetch.Structure`) cached in the session's memory and in the account's on-disk cache
-(imap/cache.py), so a folder's messages are read, parsed and rendered once, not on every
-open; SEARCH reads only headers for header keys, a batch of messages per store call.
+SEARCH reads only headers for header keys, a batch of messages per store call, and answers
+header keys from the stored header rows (imap/header_index.py) once they are filled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import functools
-from collections.abc import Generator
 
 from mailstack.delivery.store import (
     FlagChange,
     FolderNotFoundError,
     MessageGoneError,
-    MessageInfo,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, downgrade_size, fetch, header_index, response, search, sort
-from mailstack.imap.downgrade import downgrade, downgrade_fields
+from mailstack.imap import condstore, header_index, response, search, sort
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
-    FETCH_BATCH,
-    STRUCTURE_CACHE_SIZE,
-    InvalidCommandError,
     RefusedError,
-    Selected,
-    SessionCore,
     Write,
     checked_name,
     flags_of,
     storable,
 )
-
-from mailstack.base.flags import Flag, FlagMode
+from mailstack.imap.session_fetch import FetchCommands
 
 FULLTEXT_MIN = 100  # messages: below this a scan is as fast as asking the full-text index
-MEMORY_BATCH = 500  # messages rendered per event-loop turn when nothing is read (about 2 ms)
 HEADER_BATCH = 100  # headers per store call in SEARCH: ~100 open files, a few dozen KB
 
 
-class SelectedCommands(SessionCore):
+class SelectedCommands(FetchCommands):
     """FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT."""
 
     async def _message_command(self, command: c.Command, write: Write) -> None:
@@ -210,305 +196,6 @@ class SelectedCommands(SessionCore):
         if refused := self._context_start(command, key, [f.info.uid for f in found]):
             await write(refused)
         await write(response.ok(command.tag, "SEARCH completed"))
-
-    async def _fetch(self, command: c.Fetch, write: Write) -> None:
-        sel = self._sel()
-        user = self._require_user()
-        targets = self._targets(command.seqset, uid=command.uid)
-        attrs = command.attrs
-        if command.uid and not any(a.name == "UID" for a in attrs):
-            attrs = (c.FetchAttr("UID"), *attrs)
-        since = command.changed_since
-        if since is not None:
-            if command.vanished:
-                if not self.qresync:  # RFC 7162 §3.2.6
-                    raise InvalidCommandError("VANISHED needs ENABLE QRESYNC first")
-                if not command.seqset.is_saved:
-                    line, _ = await self._resync_lines(sel, since, command.seqset)
-                    await write(line)
-            # RFC 7162 §3.1.4.1: only messages changed since, and MODSEQ goes with them.
-            targets = [(seq, m) for seq, m in targets if m.modseq > since]
-        wants_modseq = since is not None or any(a.sets_seen for a in attrs)
-        if self.condstore and wants_modseq and not any(a.name == "MODSEQ" for a in attrs):
-            attrs = (*attrs, c.FetchAttr("MODSEQ"))
-        sets_seen = not sel.readonly and any(a.sets_seen for a in attrs)
-        if sets_seen:
-            unseen = [m.uid for _, m in targets if Flag.SEEN not in m.flags]
-            if unseen:
-                change = await asyncio.to_thread(
-                    self.ctx.store.change_flags,
-                    user,
-                    sel.name,
-                    unseen,
-                    [Flag.SEEN.value],
-                    FlagMode.ADD,
-                )
-                self._update_flags(change.done)
-                targets = [(seq, sel.messages[seq - 1]) for seq, _ in targets]
-                if not any(a.name == "FLAGS" for a in attrs):
-                    # RFC 9051 §6.4.5: the \Seen we just set must be reported.
-                    attrs = (*attrs, c.FetchAttr("FLAGS"))
-        # BODY[HEADER.FIELDS] of indexed names and ENVELOPE come from stored header rows
-        # (imap/header_index.py), filled for the whole command at once when nothing else
-        # needs the files.
-        stored = header_index.stored_fields(attrs)
-        needs_bytes = fetch.needs_message(tuple(a for a in attrs if a not in stored))
-        if stored and not needs_bytes:
-            infos = [m for _, m in targets]
-            await asyncio.to_thread(
-                functools.partial(
-                    header_index.ensure,
-                    self.ctx.store,
-                    user,
-                    sel.name,
-                    infos,
-                    envelopes=any(a.name == "ENVELOPE" for a in stored),
-                )
-            )
-        needs_structure = any(
-            a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
-            or (a.name == "BODY" and a.section is None)
-            for a in attrs
-            if a not in stored
-        )
-        gone = False
-        # UID/FLAGS/INTERNALDATE/RFC822.SIZE/MODSEQ come from memory: a thread trip per batch
-        # cost more than rendering the batch (a third of a `FETCH 1:* (FLAGS)`), so render
-        # them here, yielding to other sessions between batches.
-        in_memory = not (needs_bytes or needs_structure or stored)
-        sizes = None
-        if in_memory and not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
-            # The downgraded sizes (imap/downgrade_size.py) take the cache, maybe files: one
-            # thread trip for the whole command, then the batches render from memory.
-            sizes = await asyncio.to_thread(
-                downgrade_size.sizes_seen,
-                self._disk_cache(user),
-                self.ctx.store,
-                user,
-                sel.name,
-                [m for _, m in targets],
-            )
-        step = MEMORY_BATCH if in_memory else FETCH_BATCH
-        for start in range(0, len(targets), step):
-            batch = targets[start : start + step]
-            render = functools.partial(
-                self._render_batch,
-                user,
-                sel,
-                batch,
-                attrs,
-                needs_bytes,
-                needs_structure,
-                stored,
-                sizes=sizes,
-            )
-            if in_memory:
-                if start:
-                    await asyncio.sleep(0)
-                rendered, batch_gone = render()
-            else:
-                rendered, batch_gone = await asyncio.to_thread(render)
-            gone = gone or batch_gone
-            await write(b"".join(rendered))
-        if gone:
-            raise RefusedError("some messages were expunged meanwhile", "EXPUNGEISSUED")
-        await write(response.ok(command.tag, "FETCH completed"))
-
-    def _structures_for(
-        self, user: str, sel: Selected, batch: list[tuple[int, MessageInfo]]
-    ) -> dict[int, response.RenderedStructure]:
-        """Cached rendered structures of the batch's messages, by UID: the session's memory
-        first, then the account's on-disk cache (imap/cache.py). Misses are absent; the
-        caller parses those and hands them to `_remember`. An undecodable value is a miss."""
-        found: dict[int, response.RenderedStructure] = {}
-        missing: list[MessageInfo] = []
-        for _, info in batch:
-            structure = self._structures.get((sel.name, sel.uid_validity, info.uid))
-            if structure is not None:
-                found[info.uid] = structure
-            else:
-                missing.append(info)
-        if not missing:
-            return found
-        cache = self._disk_cache(user)
-        cached = cache.get_many([(m.key, m.size) for m in missing])
-        unusable = []
-        for info in missing:
-            text = cached.get(info.key)
-            if text is None:
-                continue
-            try:
-                structure = response.RenderedStructure.from_json(text)
-            except ValueError:
-                unusable.append(info.key)
-                continue
-            found[info.uid] = structure
-            self._remember(sel, info, structure)
-        if unusable:
-            self.log.info("dropping %d unreadable structure cache entries", len(unusable))
-            cache.forget(unusable)
-        return found
-
-    def _remember(
-        self, sel: Selected, info: MessageInfo, structure: response.RenderedStructure
-    ) -> None:
-        self._structures[(sel.name, sel.uid_validity, info.uid)] = structure
-        while len(self._structures) > STRUCTURE_CACHE_SIZE:
-            del self._structures[next(iter(self._structures))]
-
-    def _render_batch(
-        self,
-        user: str,
-        sel: Selected,
-        batch: list[tuple[int, MessageInfo]],
-        attrs: tuple[c.FetchAttr, ...],
-        needs_bytes: bool,
-        needs_structure: bool,
-        stored: frozenset[c.FetchAttr] = frozenset(),
-        *,
-        sizes: dict[int, int] | None = None,
-    ) -> tuple[list[bytes], bool]:
-        """FETCH responses for a batch of messages (runs in a worker thread).
-
-        ENVELOPE/BODY/BODYSTRUCTURE come from rendered structures cached in memory and on disk
-        (a message's bytes never change), so clients that re-fetch them on every open do not
-        make us read and parse each message again; RFC822.SIZE, FLAGS, INTERNALDATE and UID
-        come from the folder scan. Only BODY[...]/BINARY/RFC822* read the message file."""
-        out: list[bytes] = []
-        gone = False
-        structures = self._structures_for(user, sel, batch) if needs_structure else {}
-        new_rows: list[tuple[str, int, str]] = []
-        size_rows: list[tuple[str, int, str]] = []
-        infos = [info for _, info in batch]
-        fields = (
-            header_index.stored_headers(
-                self.ctx.store,
-                user,
-                sel.name,
-                infos,
-                envelopes=any(a.name == "ENVELOPE" for a in stored),
-            )
-            if stored and not needs_bytes
-            else {}
-        )
-        # A client without UTF8=ACCEPT gets 8-bit headers downgraded (imap/downgrade.py); the
-        # cached structure shows which messages have them (it holds their 8-bit text).
-        # A UTF-8 client sees message/global parts opened (RFC 9051 §7.5.2); the cached
-        # structure is the IMAP4rev1 form, so those few messages are parsed again.
-        lower = {
-            u for u, s in structures.items() if (s.has_global if self.utf8_names else s.has_8bit)
-        }
-        to_read = [
-            info.uid
-            for _, info in batch
-            if needs_bytes or (needs_structure and info.uid not in structures) or info.uid in lower
-        ]
-
-        # RFC 3501 §2.3.4: RFC822.SIZE is the size BODY[] has for this client, which the
-        # downgrade changes for a client without UTF8=ACCEPT (imap/downgrade_size.py); the
-        # messages read below get theirs from the bytes.
-        sized = not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs)
-        if sizes is None and sized:  # else `sizes` came with the call, or is not needed
-            reading = set(to_read)
-            sizes = downgrade_size.sizes_seen(
-                self._disk_cache(user),
-                self.ctx.store,
-                user,
-                sel.name,
-                [info for _, info in batch if info.uid not in reading],
-            )
-
-        # One store call (one folder lock) for the batch; it yields in our order, skipping
-        # messages expunged meanwhile, and reads each file only when we get to it.
-        def read_all() -> Generator[tuple[int, bytes]]:
-            if to_read:  # FLAGS-only batches take no lock at all
-                yield from self.ctx.store.read_messages(user, sel.name, to_read)
-
-        # Per attribute, not per message: hashing one costs as much as rendering a small item.
-        attr_stored = [
-            (attr, attr in stored, attr.response_name().encode("ascii") + b" ") for attr in attrs
-        ]
-        with contextlib.closing(read_all()) as files:
-            next_file = next(files, None)
-            for seq, info in batch:
-                parsed = None
-                size = (sizes or {}).get(info.uid, info.size)
-                structure = structures.get(info.uid)
-                if needs_bytes or (needs_structure and structure is None) or info.uid in lower:
-                    if next_file is None or next_file[0] != info.uid:
-                        gone = True
-                        continue
-                    parsed = fetch.ParsedMessage.parse(next_file[1])
-                    next_file = next(files, None)
-                    if needs_structure and structure is None:
-                        structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
-                        self._remember(sel, info, structure)
-                        new_rows.append((info.key, info.size, structure.to_json()))
-                    if self.utf8_names:
-                        lowered = parsed.for_utf8()  # message/global opened, if any
-                    else:
-                        lowered = downgrade(parsed)
-                        size = lowered.size
-                        if sized:  # remembered for the next FETCH (imap/downgrade_size.py)
-                            size_rows.append(downgrade_size.size_row(info, size))
-                    if lowered is not parsed:
-                        parsed = lowered  # never cached: the stored bytes stay the truth
-                        if needs_structure:
-                            structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
-                elif stored and not needs_bytes and info.uid not in fields:
-                    gone = True  # expunged before its fields could be read
-                    continue
-                items: list[bytes] = []
-                for attr, is_stored, label in attr_stored:
-                    match attr.name:
-                        case "UID":
-                            value = b"%d" % info.uid
-                        case "FLAGS":
-                            value = flags_of(info, sel.recent)
-                        case "INTERNALDATE":
-                            value = response.date_time(info.internal_date)
-                        case "RFC822.SIZE":
-                            value = b"%d" % size
-                        case "MODSEQ":  # RFC 7162 §3.1.4.1
-                            value = b"(%d)" % info.modseq
-                        case "ENVELOPE" | "BODYSTRUCTURE" | "BODY" if (
-                            structure is not None and attr.section is None
-                        ):
-                            value = structure.item(attr.name)
-                        case "BODY" if is_stored and info.uid in fields:
-                            raw = fields[info.uid][0]
-                            if not self.utf8_names and not raw.isascii():
-                                raw = downgrade_fields(raw)  # imap/downgrade.py
-                            value = response.value(header_index.fields_item(attr, raw))
-                        case "ENVELOPE" if is_stored and info.uid in fields:
-                            raw, env = fields[info.uid]
-                            if not self.utf8_names and not raw.isascii():
-                                raw, env = downgrade_fields(raw), None
-                            value = env if env is not None else header_index.render_envelope(raw)
-                        case _ if parsed is not None:
-                            try:
-                                value = response.value(fetch.fetch_item(attr, parsed))
-                            except fetch.UnknownCteError:
-                                raise RefusedError(
-                                    "unknown content-transfer-encoding", "UNKNOWN-CTE"
-                                ) from None
-                        case _:  # pragma: no cover - needs_bytes covers every other item
-                            raise AssertionError(f"{attr.name} needs the message")
-                    items.append(label + value)
-                out.append(response.fetch(seq, items))
-        if new_rows or size_rows:
-            self._disk_cache(user).put_many([*new_rows, *size_rows])
-        return out, gone
-
-    def _update_flags(self, changed: dict[int, MessageInfo]) -> None:
-        """Take the store's new flags and MODSEQs of messages this session just changed."""
-        sel = self._sel()
-        for uid, new in changed.items():
-            i = sel.position(uid)
-            if i is not None:
-                m = sel.messages[i]
-                sel.messages[i] = dataclasses.replace(m, flags=new.flags, modseq=new.modseq)
-                sel.highest_modseq = max(sel.highest_modseq, new.modseq)
 
     async def _store_flags(self, command: c.Store, write: Write) -> None:
         sel = self._sel()

@@ -23,6 +23,7 @@ from mailstack.base.config import AuthConfig
 from mailstack.base.login import LoginResult, Logins, Outcome, ScramLogin
 from mailstack.base.throttle import Kind, LoginThrottle
 from mailstack.base.users import Accounts
+from tests.conftest import Cli
 
 ALICE, PASSWORD = "alice@example.test", "correct horse"
 
@@ -156,9 +157,13 @@ def accounts(tmp_path: Path) -> Iterator[Accounts]:
 
 
 def proves(keys: scram.ScramKeys | None, password: str) -> bool:
+    return proves_for(keys, ALICE, password)
+
+
+def proves_for(keys: scram.ScramKeys | None, user: str, password: str) -> bool:
     """Does a real client knowing `password` get in against `keys`?"""
     assert keys is not None
-    client = scramp.ScramClient([scram.MECHANISM], ALICE, password)
+    client = scramp.ScramClient([scram.MECHANISM], user, password)
     exchange = scram.ScramExchange(client.get_client_first().encode())
     client.set_server_first(exchange.server_first(keys).decode())
     return exchange.finish(client.get_client_final().encode()) is not None
@@ -280,3 +285,26 @@ async def test_a_refused_first_message_is_not_counted(accounts: Accounts) -> Non
     with pytest.raises(scram.ScramBindingError):
         await ScramLogin(logins, "192.0.2.1").start(b"p=tls-unique,,n=alice@example.test,r=a")
     assert not logins.throttle.records
+
+
+def test_the_cli_doors_write_keys(deployment_dir: Path, cli: Cli) -> None:
+    """`user add` and `user passwd` (the installed console script) leave keys that prove."""
+    assert (
+        cli(
+            "user",
+            "add",
+            ALICE.replace("example.test", "example.com"),
+            "--password-stdin",
+            input=f"{PASSWORD}\n",
+        ).returncode
+        == 0
+    )
+    accounts = Accounts(deployment_dir / "users.sqlite3")
+    try:
+        address = "alice@example.com"
+        assert proves_for(accounts.scram_keys(address), address, PASSWORD)
+        assert cli("user", "passwd", address, "--password-stdin", input="n3w pw\n").returncode == 0
+        assert proves_for(accounts.scram_keys(address), address, "n3w pw")
+        assert not proves_for(accounts.scram_keys(address), address, PASSWORD)
+    finally:
+        accounts.close()

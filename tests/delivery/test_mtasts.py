@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -410,3 +411,24 @@ async def test_serve_refreshes_a_cached_policy_with_an_empty_queue(
     assert policies.fetches("sts.test") == before + 1
     entry = json.loads((StatePaths(deployment_dir).queue_dir / "mta-sts/sts.test.json").read_text())
     assert entry["fetched_at"] > fetched_at + 49_000
+
+
+# -- [outbound] ca_file read again when it changes (delivery/transport.py) ----------------------
+
+
+async def test_a_ca_added_to_ca_file_is_trusted_by_the_next_connection(
+    dns_port: int, untrusted_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    cfg = config(dns_port, untrusted_mx, policies, pki, tmp_path)
+    security = OutboundSecurity(None)
+    first = await asyncio.to_thread(send, cfg, "sts.test", security)
+    assert first.kind == "temporary" and "certificate verify failed" in first.reply
+    # The admin adds the MX's CA, as editors and config management write files (a new file
+    # renamed over the old); no restart and no SIGHUP.
+    ca_file = Path(cfg.outbound.ca_file)
+    new = ca_file.with_name("ca.pem.new")
+    new.write_bytes(ca_file.read_bytes() + pki.untrusted.cert_pem.bytes())
+    os.replace(new, ca_file)
+    second = await asyncio.to_thread(send, cfg, "sts.test", security)
+    assert second.kind == "delivered", second.reply
+    assert [g.over_tls for g in untrusted_mx.received] == [True]

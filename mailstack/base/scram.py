@@ -13,7 +13,10 @@ proof, and a stolen ServerKey only lets someone pose as this server to a client.
 
 Channel binding (RFC 5802 §6): we offer SCRAM-SHA-256 only, not -PLUS. A client that demands
 binding ("p=...") is refused; "y" (the client could bind but believes we cannot) is right,
-as we cannot. An authzid ("a=") must be absent: one user never acts for another, as with PLAIN.
+as we cannot. Why not -PLUS: TLS 1.3 clients bind with tls-exporter (RFC 9266), which needs
+the TLS exporter Python's ssl module does not offer; -PLUS with tls-server-end-point alone
+would invite those clients to pick it and fail. An authzid ("a=") must be absent: one user
+never acts for another, as with PLAIN.
 """
 
 from __future__ import annotations

@@ -138,9 +138,13 @@ class Accounts:
         self._add_scram_column()
 
     def _add_scram_column(self) -> None:
+        def has_it(db: sqlite3.Connection) -> bool:
+            return "scram" in {row[1] for row in db.execute("PRAGMA table_info(users)")}
+
+        if has_it(self._conn()):  # the usual case: no write, no lock (read-only users too)
+            return
         with self._tx() as db:  # IMMEDIATE: two processes opening an old file add it once
-            columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
-            if "scram" not in columns:
+            if not has_it(db):
                 db.execute(f"ALTER TABLE users ADD COLUMN {_SCRAM_COLUMN}")
 
     # -- plumbing ------------------------------------------------------------------------------

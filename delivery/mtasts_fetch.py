@@ -1,6 +1,7 @@
 """MTA-STS (RFC 8461) lookups: the `_mta-sts` TXT record, the HTTPS policy fetch, the cache.
 
     PolicyStore(directory).lookup(domain, dns, port=, ca_file=, now=) -> StsLookup
+    PolicyStore(directory).refresh_due(dns, port=, ca_file=, now=) -> [domain, ...]
 
 TXT records come through mailstack's resolver (`[dns] resolver`), and so does the address of
 `mta-sts.<domain>`: tests and split-horizon setups see the same names for policy and MX. The
@@ -140,6 +141,31 @@ class PolicyStore:
         with self._lock:
             self._memory[domain] = entry
         return entry
+
+    def domains(self) -> list[str]:
+        """Every domain with a cached policy: in memory, and in the directory (from earlier
+        runs: a restart must not forget what to keep fresh)."""
+        with self._lock:
+            names = set(self._memory)
+        if self.directory is not None:
+            with contextlib.suppress(OSError):  # no cache directory yet: nothing cached
+                names.update(p.stem for p in self.directory.glob("*.json"))
+        return sorted(names)
+
+    def refresh_due(self, dns: DnsClient, *, port: int, ca_file: str, now: float) -> list[str]:
+        """RFC 8461 §5.1: refresh every unexpired cached policy that is due, whether or not
+        mail goes to its domain, so that the policy of a domain we write to once a month does
+        not lapse and leave the next message to a downgrade. Each goes through `lookup`
+        (a new TXT id, the retry spacing of failed refreshes, the cache file). The domains
+        tried, for the log and tests."""
+        tried = []
+        for domain in self.domains():
+            cached = self.cached(domain)
+            if cached is None or not cached.is_fresh(now) or not cached.refresh_due(now):
+                continue  # expired ones are fetched again when mail needs them
+            self.lookup(domain, dns, port=port, ca_file=ca_file, now=now)
+            tried.append(domain)
+        return tried
 
     def _store(self, domain: str, entry: CachedPolicy, body: bytes) -> None:
         with self._lock:

@@ -11,13 +11,19 @@
 - DANE (RFC 7672): STARTTLS required, the certificate checked by `check` against the TLSA
   records (names and CAs do not matter for DANE-EE, RFC 7672 §3.1.1).
 
-No sockets here: contexts are built, not used.
+No sockets here: contexts are built, not used. `[outbound] ca_file` is read again when it
+changes (its mtime, size or inode, one stat() per context asked for), so a CA added there is
+trusted by the next connection without a restart or SIGHUP; a changed file that does not load
+(half written, not PEM) keeps the CAs last loaded from it, with a warning.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +31,8 @@ from typing import Literal
 # the peer's certificate chain (DER, leaf first) -> None when acceptable, else the reason
 ChainCheck = Callable[[list[bytes]], str | None]
 PolicyKind = Literal["none", "route", "sts", "sts-testing", "dane"]
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -37,9 +45,39 @@ def opportunistic_context() -> ssl.SSLContext:
     return ctx
 
 
-@functools.cache
 def verified_context(ca_file: str = "") -> ssl.SSLContext:
-    """System CAs plus `ca_file`, host name checked (RFC 8461 §4.2, RFC 6125)."""
+    """System CAs plus `ca_file` as it is now, host name checked (RFC 8461 §4.2, RFC 6125)."""
+    if not ca_file:
+        return _verified_context("", None)
+    stamp = _stamp(ca_file)
+    try:
+        ctx = _verified_context(ca_file, stamp)
+    except (OSError, ssl.SSLError) as exc:
+        with _lock:
+            last = _last_good.get(ca_file)
+        if last is None:
+            raise  # never loaded: as before this file could change (config checked it)
+        log.warning("outbound ca_file %s does not load, keeping its last CAs: %s", ca_file, exc)
+        return last
+    with _lock:
+        _last_good[ca_file] = ctx
+    return ctx
+
+
+_lock = threading.Lock()  # delivery attempts run in threads
+_last_good: dict[str, ssl.SSLContext] = {}
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # gone: loading it raises, and the last good context answers
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@functools.lru_cache(maxsize=16)  # a few paths, one stamp each that matters
+def _verified_context(ca_file: str, stamp: tuple[int, int, int] | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if ca_file:
         ctx.load_verify_locations(cafile=ca_file)

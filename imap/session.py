@@ -8,8 +8,8 @@ MULTIAPPEND (3502), APPENDLIMIT (7889), STATUS=SIZE (8438), CHILDREN (3348),
 SPECIAL-USE/CREATE-SPECIAL-USE (6154), LIST-EXTENDED (5258), LIST-STATUS (5819), ESEARCH
 (4731), SEARCHRES (5182), BINARY (3516), QUOTA (9208), ACL (4314), SORT/THREAD (5256,
 5957), ESORT and CONTEXT=SEARCH (5267, imap/session_context.py), NOTIFY (5465,
-imap/session_notify.py), UTF8=ACCEPT (6855: imap/enabled.py, imap/downgrade.py) and CATENATE
-(4469).
+imap/session_notify.py), UTF8=ACCEPT (6855: imap/enabled.py, imap/downgrade.py), CATENATE
+(4469) and AUTHENTICATE SCRAM-SHA-256 (7677: imap/session_scram.py).
 
 `Session` is this module's connection-level part (state, dispatch, authentication, QUOTA,
 IDLE) combined with two mixins: mailbox commands in imap/session_mailbox.py and selected-state
@@ -70,6 +70,7 @@ from mailstack.imap.session_context import ContextCommands
 from mailstack.imap.session_mailbox import MailboxCommands
 from mailstack.imap.session_metadata import MetadataCommands
 from mailstack.imap.session_notify import NotifyCommands
+from mailstack.imap.session_scram import SCRAM, ScramCommands
 from mailstack.imap.session_select import SelectedCommands
 from mailstack.imap.session_sort import SortCommands
 
@@ -181,6 +182,7 @@ class Session(
     AclCommands,
     MetadataCommands,
     SortCommands,
+    ScramCommands,
 ):
     """The per-connection IMAP state; see the module docstring."""
 
@@ -240,6 +242,8 @@ class Session(
             if not self.is_tls and self.starttls_available:
                 caps.append("STARTTLS")
             caps.append("AUTH=PLAIN" if self.may_authenticate else "LOGINDISABLED")
+            if self.may_authenticate:
+                caps.append(f"AUTH={SCRAM}")  # RFC 7677 (imap/session_scram.py)
         else:
             caps.append("COMPRESS=DEFLATE")  # RFC 4978: a command of the authenticated state
             # RFC 7889 §3: one limit for every mailbox, unless a quota makes it vary (then
@@ -257,6 +261,7 @@ class Session(
     def close(self) -> None:
         """Release what the session holds (the transport calls this once, at the end)."""
         self._notify_stop()
+        self._scram_abandon()
         if self.user is not None:
             self.limits.release_user(self.user)
             self.user = None
@@ -430,6 +435,10 @@ class Session(
         address = result.address
         if address is None:
             raise RefusedError("invalid credentials", "AUTHENTICATIONFAILED")
+        await self._logged_in(tag, address, write)
+
+    async def _logged_in(self, tag: str, address: str, write: Write) -> None:
+        """The credentials were right (any mechanism): enter the authenticated state."""
         if not self.limits.acquire_user(address):
             raise RefusedError("too many sessions for this account", "LIMIT")
         try:
@@ -444,10 +453,13 @@ class Session(
         await write(response.ok(tag, "logged in", f"CAPABILITY {caps}"))
 
     async def _authenticate(self, command: c.Authenticate, write: Write) -> None:
-        if command.mechanism != "PLAIN":
+        if command.mechanism not in ("PLAIN", SCRAM):
             raise RefusedError(f"mechanism {command.mechanism} is not supported", "CANNOT")
         if not self.may_authenticate:
             raise RefusedError("use STARTTLS or the implicit-TLS port first", "PRIVACYREQUIRED")
+        if command.mechanism == SCRAM:  # imap/session_scram.py
+            await self._scram_begin(command.tag, command.initial_response, write)
+            return
         if command.initial_response is None:
             self._sasl_tag = command.tag
             self.proto.expect_sasl_response()
@@ -457,6 +469,9 @@ class Session(
 
     async def _sasl_step(self, event: SaslResponse, write: Write) -> None:
         tag, self._sasl_tag = self._sasl_tag or "*", None
+        if self._scram is not None:
+            await self._scram_step(tag, event, write)
+            return
         if event.is_cancel:  # RFC 9051 §6.2.2: "*" cancels, answered with BAD
             await write(response.bad(tag, "AUTHENTICATE cancelled"))
             return

@@ -25,7 +25,7 @@ from mailstack.base.config import format_hostport
 from mailstack.base.errors import HostError
 from mailstack.base.threads import use_blocking_pool
 from mailstack.base.tls import TlsProvider
-from mailstack.delivery import tlsrpt
+from mailstack.delivery import mtasts_refresh, tlsrpt
 from mailstack.delivery.queue import OutboundQueue
 from mailstack.delivery.queue_runner import local_delivery
 from mailstack.delivery.services import ServerContext, StartService, hosted_domains
@@ -159,6 +159,10 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     tls_reports = asyncio.create_task(
         tlsrpt.run(queue.security.reports, queue, ctx.config, ctx.stopping), name="tls-reports"
     )
+    # MTA-STS (RFC 8461 §5.1): cached policies refreshed before they expire, mail or not
+    sts_refresh = asyncio.create_task(
+        mtasts_refresh.run(queue.security.sts, ctx.config, ctx.stopping), name="mta-sts-refresh"
+    )
     status = ServeStatus.starting(ctx.paths, ctx.config.server.hostname, servers)
     if workers is not None:
         workers.on_ready = lambda: status.write(workers.pids() if workers else [])
@@ -202,6 +206,8 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
         log.error("outbound queue runner failed", exc_info=queue_runner.exception())
     if tls_reports.done() and not tls_reports.cancelled() and tls_reports.exception():
         log.error("TLS report task failed", exc_info=tls_reports.exception())
+    if sts_refresh.done() and not sts_refresh.cancelled() and sts_refresh.exception():
+        log.error("MTA-STS refresh task failed", exc_info=sts_refresh.exception())
     log.info("stopped")
 
 

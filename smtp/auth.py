@@ -21,12 +21,16 @@ from mailstack.smtp.replies import Reply
 
 from mailstack.base import sasl
 
-MECHANISMS = ("PLAIN", "LOGIN")
+# As EHLO lists them. SCRAM-SHA-256 (RFC 7677) is smtp/submission.py's `_auth_scram` over
+# mailstack/base/scram.py: its proof is checked inside the exchange, not by `SaslExchange`.
+MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")  # RFC 4954 §4: client sent "*"
 BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode the response (base64)")
 MALFORMED = Reply(501, "5.5.2", "Malformed authentication response")
-UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type: use PLAIN or LOGIN")
+UNKNOWN_MECHANISM = Reply(
+    504, "5.5.4", "Unrecognized authentication type: use PLAIN, LOGIN or SCRAM-SHA-256"
+)
 # RFC 4616 §2: we do not let one user act for another, so an authzid must be the user itself.
 NO_PROXY = Reply(535, "5.7.8", "Authorization identity must be empty or the user itself")
 

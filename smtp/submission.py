@@ -1,6 +1,6 @@
 """The submission listeners: 587 with STARTTLS (RFC 6409, RFC 3207) and 465 with implicit TLS
-(RFC 8314), both with AUTH PLAIN/LOGIN (RFC 4954, `smtp.auth`), feeding local delivery and
-the outbound queue.
+(RFC 8314), both with AUTH PLAIN/LOGIN (RFC 4954, `smtp.auth`) and SCRAM-SHA-256 (RFC 7677,
+`_auth_scram`), feeding local delivery and the outbound queue.
 
 `SubmissionSMTP` is the MX session (`smtp.session.MxSMTP`: same command loop, framing, BDAT,
 limits and enhanced codes) with these differences:
@@ -34,6 +34,7 @@ limits and enhanced codes) with these differences:
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.parser
 import email.policy
 import email.utils
@@ -48,10 +49,10 @@ from mailstack.delivery import autoreply
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import QuotaExceededError
 from mailstack.delivery.trace import TraceInfo, count_received, received_field
-from mailstack.smtp import replies
+from mailstack.smtp import auth, replies
 from mailstack.smtp.address import Address, AddressError
 from mailstack.smtp.aiosmtpd_adapter import quiet_aiosmtpd_log
-from mailstack.smtp.auth import SaslError, SaslExchange
+from mailstack.smtp.auth import MECHANISMS, SaslError, SaslExchange, decode_response
 from mailstack.smtp.handler import (
     MxEnvelope,
     MxHandler,
@@ -74,8 +75,9 @@ from mailstack.smtp.sendlimits import SendLog, Usage, check_usage
 from mailstack.smtp.session import MxSMTP
 from mailstack.smtp.verdict import accept_all
 
+from mailstack.base import scram
 from mailstack.base.connections import network_of
-from mailstack.base.login import Outcome
+from mailstack.base.login import LoginResult, Outcome, ScramLogin
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ BUSY = Reply(454, "4.7.0", "Too many authentication attempts in progress, try ag
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed during a mail transaction")
 NO_STARTTLS_HERE = Reply(503, "5.5.1", "TLS already active")
+SCRAM_MALFORMED = Reply(501, "5.5.2", "Malformed SCRAM message")
+# RFC 5802 §6: the client demands channel binding ("p="); we offer no SCRAM-SHA-256-PLUS.
+SCRAM_NO_BINDING = Reply(535, "5.7.8", "Channel binding is not offered: use SCRAM-SHA-256")
 
 _HEADER_SCAN_BYTES = 1024 * 1024
 
@@ -282,7 +287,7 @@ class SubmissionSMTP(MxSMTP):
     def _ehlo_keywords(self) -> list[str]:
         keywords = super()._ehlo_keywords()
         if self._tls_active():
-            keywords.append("AUTH PLAIN LOGIN")
+            keywords.append("AUTH " + " ".join(MECHANISMS))
         return keywords
 
     async def _sender_refusal(self, address: str) -> Reply | None:
@@ -347,6 +352,9 @@ class SubmissionSMTP(MxSMTP):
         if not mechanism:
             await self.reply(replies.SYNTAX_ERROR.with_text("Syntax: AUTH mechanism [response]"))
             return
+        if mechanism.upper() == scram.MECHANISM:
+            await self._auth_scram(initial.strip() or None)
+            return
         try:
             exchange = SaslExchange(mechanism, initial.strip() or None)
             while exchange.credentials is None:
@@ -361,10 +369,57 @@ class SubmissionSMTP(MxSMTP):
             return
         await self._check_password(exchange.credentials.username, exchange.credentials.password)
 
+    async def _auth_scram(self, initial: str | None) -> None:
+        """RFC 5802 §5 over RFC 4954: client-first (initial response or after "334 "), "334"
+        server-first, client-final, then "334" server-final answered by an empty line (SMTP
+        has no additional data with success), then 235. Same login path as PLAIN."""
+        login = ScramLogin(self._ctx.logins, self.mx_session().peer_ip, log=self._log)
+        try:
+            message = decode_response(initial) if initial is not None else await self._sasl(b"")
+            if message is None:
+                return
+            started = await login.start(message)
+            if isinstance(started, LoginResult):
+                await self._login_result(started)
+                return
+            if (final := await self._sasl(started)) is None:
+                return
+            result = login.finish(final)
+            if result.outcome is Outcome.OK and login.server_final is not None:
+                ack = await self._sasl(login.server_final)
+                if ack is None:
+                    return
+                if ack:  # RFC 5802 §5: nothing follows the server-final message
+                    await self.reply(SCRAM_MALFORMED)
+                    return
+            await self._login_result(result)
+        except SaslError as exc:
+            await self.reply(exc.reply)
+        except scram.ScramProxyError:
+            await self.reply(auth.NO_PROXY)
+        except scram.ScramBindingError:
+            await self.reply(SCRAM_NO_BINDING)
+        except scram.ScramSyntaxError:
+            await self.reply(SCRAM_MALFORMED)
+        finally:
+            login.abandon()  # the client went away or cancelled mid-way: not a guess
+
+    async def _sasl(self, challenge: bytes) -> bytes | None:
+        """Send one 334 challenge and decode the answer; None when a reply was sent instead."""
+        await self._push_raw("334 " + base64.b64encode(challenge).decode("ascii"))
+        line = await self._read_command()
+        if isinstance(line, Reply):
+            await self.reply(line)
+            return None
+        return decode_response(line.decode("ascii", "replace"))
+
     async def _check_password(self, username: str, password: str) -> None:
         # The one login path (mailstack/base/login.py): canonical name, throttle, verify, log.
         session = self.mx_session()
         result = await self._ctx.logins.login(username, password, session.peer_ip, log=self._log)
+        await self._login_result(result)
+
+    async def _login_result(self, result: LoginResult) -> None:
         if result.outcome is Outcome.THROTTLED:
             await self.reply(LOCKED_OUT)
             return

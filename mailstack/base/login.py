@@ -22,6 +22,12 @@ In this order, each step for a reason:
    that, and when `auth.verify_queue` checks already wait, the attempt is shed before any
    hashing ("try again later") and not counted as a failure.
 6. Record the outcome in the throttle and log one line (never the password).
+
+SCRAM-SHA-256 (`ScramLogin`, IMAP AUTHENTICATE and SMTP AUTH) takes steps 1, 2, 3 and 6 the
+same way, through the same two methods (`_reserve`, `_conclude`): the reservation is taken at
+the client's first message and ended by its proof. Steps 4 and 5 do not apply: every proof
+answers a fresh nonce (nothing to cache), and checking one is two HMACs (the client did the
+expensive PBKDF2), so it needs no verifier pool.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from mailstack.base import scram
 from mailstack.base.config import AuthConfig
 from mailstack.base.connections import network_of
 from mailstack.base.errors import UsageError
@@ -121,11 +128,8 @@ class Logins:
     ) -> LoginResult:
         """Check one login attempt; `log` is the connection's logger (its id on the line)."""
         account = canonical_name(name)
-        if self.db is not None:
-            self.db.follow(self.throttle)  # a `mailstack throttle clear` takes effect now
-        decision = self.throttle.reserve(account, peer_ip)
-        if isinstance(decision, Refused):
-            log.warning("login refused for %r from %s: %s", account, peer_ip, decision.reason)
+        decision = self._reserve(account, peer_ip, log)
+        if decision is None:
             return LoginResult(Outcome.THROTTLED)
         try:
             address, cached = await self._check(account, password, decision)
@@ -136,12 +140,28 @@ class Logins:
         except BaseException:  # the client went away (cancelled) or a database error
             self.throttle.cancel(decision)
             raise
+        return self._conclude(decision, address, peer_ip, log, " (cached)" if cached else "")
+
+    def _reserve(self, account: str, peer_ip: str, log: Any) -> Reservation | None:
+        """Step 2: a throttle slot for this attempt, or None (logged) when it is refused."""
+        if self.db is not None:
+            self.db.follow(self.throttle)  # a `mailstack throttle clear` takes effect now
+        decision = self.throttle.reserve(account, peer_ip)
+        if isinstance(decision, Refused):
+            log.warning("login refused for %r from %s: %s", account, peer_ip, decision.reason)
+            return None
+        return decision
+
+    def _conclude(
+        self, decision: Reservation, address: str | None, peer_ip: str, log: Any, how: str
+    ) -> LoginResult:
+        """Step 6: the outcome into the throttle, one log line."""
         if address is None:
             self.throttle.record_failure(decision)
-            log.info("login failed for %r from %s", account, peer_ip)
+            log.info("login failed for %r from %s%s", decision.account, peer_ip, how)
             return LoginResult(Outcome.FAILED)
         self.throttle.record_success(decision)
-        log.info("login %s from %s%s", address, peer_ip, " (cached)" if cached else "")
+        log.info("login %s from %s%s", address, peer_ip, how)
         return LoginResult(Outcome.OK, address)
 
     async def _check(
@@ -268,6 +288,60 @@ class Logins:
     def in_flight(self, peer_ip: str) -> int:
         """Verifications running or queued for this client's network."""
         return self._per_network.get(network_of(peer_ip), 0)
+
+
+class ScramLogin:
+    """One SCRAM-SHA-256 login (RFC 5802 §5, mailstack/base/scram.py) on the login path:
+    `start(client_first)` gives the server-first message (or THROTTLED), `finish(client_final)`
+    the result, with the server-final message in `server_final` when OK. `abandon()` (the
+    client cancelled or went away) returns the throttle slot uncounted. Used on one loop."""
+
+    def __init__(self, logins: Logins, peer_ip: str, *, log: Any = _log) -> None:
+        self._logins = logins
+        self._peer_ip = peer_ip
+        self._log = log
+        self._decision: Reservation | None = None
+        self._exchange: scram.ScramExchange | None = None
+        self.server_final: bytes | None = None
+
+    async def start(self, client_first: bytes) -> bytes | LoginResult:
+        """Raises scram.ScramError for a message we refuse: not a guess, so not counted."""
+        exchange = scram.ScramExchange(client_first)
+        account = canonical_name(exchange.username)
+        decision = self._logins._reserve(account, self._peer_ip, self._log)
+        if decision is None:
+            return LoginResult(Outcome.THROTTLED)
+        self._decision = decision
+        try:
+            if decision.delay_s:
+                await asyncio.sleep(decision.delay_s)  # the same delay as a PLAIN attempt
+            keys = await asyncio.to_thread(self._logins.accounts.scram_keys, account)
+        except BaseException:
+            self.abandon()
+            raise
+        self._exchange = exchange
+        return exchange.server_first(keys or scram.decoy_keys(account, _DECOY_SECRET))
+
+    def finish(self, client_final: bytes) -> LoginResult:
+        decision, exchange = self._decision, self._exchange
+        if decision is None or exchange is None:
+            raise RuntimeError("start() comes first")
+        self._decision = self._exchange = None
+        self.server_final = exchange.finish(client_final)
+        address = decision.account if self.server_final is not None else None
+        return self._logins._conclude(
+            decision, address, self._peer_ip, self._log, f" ({scram.MECHANISM})"
+        )
+
+    def abandon(self) -> None:
+        if self._decision is not None:
+            self._logins.throttle.cancel(self._decision)
+            self._decision = self._exchange = None
+
+
+# Makes the decoy keys of accounts without SCRAM keys. Per process: a restart changes an unknown
+# name's salt, which tells nothing RCPT TO on port 25 does not already tell (550 5.1.1).
+_DECOY_SECRET = secrets.token_bytes(32)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:

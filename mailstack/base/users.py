@@ -5,6 +5,10 @@ form. `alice+tag@example.com` resolves to `alice@example.com` (plus-addressing) 
 user or alias exists. A catch-all alias is written `@example.com`. Passwords are argon2id hashes
 (argon2-cffi defaults, RFC 9106's second recommended profile); a bcrypt hash imported from
 another server (`$2b$...`) is verified too and rehashed to argon2id on the next login.
+Beside the hash, `scram` holds the account's SCRAM-SHA-256 keys (mailstack/base/scram.py:
+salt, iterations, StoredKey, ServerKey; never the password), written wherever a password is
+set. Accounts whose password was set before SCRAM existed have none until their next password
+change or successful PLAIN/LOGIN, which derives them (SCRAM fails for them until then).
 
 Every call reads the database, so account changes made by the CLI take effect on a running
 `serve` at once. Connections are per thread (the store and argon2 run in worker threads).
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import argon2
 
+from mailstack.base import scram
 from mailstack.base.config import to_ascii_domain
 from mailstack.base.errors import ExistsError, NotFoundError, UsageError
 
@@ -47,6 +52,8 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (address, target)
 );
 """
+# Added after the first release: ALTERed into databases made before it (Accounts.__init__).
+_SCRAM_COLUMN = "scram TEXT"  # RFC 5803 text of the SCRAM-SHA-256 keys; NULL: none yet
 
 _HASHER = argon2.PasswordHasher()  # argon2id, t=3, m=64 MiB, p=4
 # Verified when the user does not exist, so that a wrong user costs as much as a wrong password.
@@ -128,6 +135,17 @@ class Accounts:
         self.path = path
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)  # executescript manages its own transaction
+        self._add_scram_column()
+
+    def _add_scram_column(self) -> None:
+        def has_it(db: sqlite3.Connection) -> bool:
+            return "scram" in {row[1] for row in db.execute("PRAGMA table_info(users)")}
+
+        if has_it(self._conn()):  # the usual case: no write, no lock (read-only users too)
+            return
+        with self._tx() as db:  # IMMEDIATE: two processes opening an old file add it once
+            if not has_it(db):
+                db.execute(f"ALTER TABLE users ADD COLUMN {_SCRAM_COLUMN}")
 
     # -- plumbing ------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -220,6 +238,7 @@ class Accounts:
                 hint=f"run `mailstack domain add {domain}` first",
             )
         pw_hash = _HASHER.hash(password)
+        scram_keys = _scram_text(password)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM users WHERE address=?", (addr,)).fetchone():
                 raise ExistsError(f"user {addr} already exists")
@@ -227,8 +246,9 @@ class Accounts:
                 raise ExistsError(f"{addr} is an alias", hint=f"mailstack alias del {addr}")
             created = time.time()
             db.execute(
-                "INSERT INTO users VALUES (?, ?, ?, ?, 1, ?)",
-                (addr, domain, pw_hash, quota_bytes, created),
+                "INSERT INTO users (address, domain, password_hash, quota_bytes, enabled, created,"
+                " scram) VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (addr, domain, pw_hash, quota_bytes, created, scram_keys),
             )
         return User(addr, quota_bytes, True, created)
 
@@ -262,8 +282,8 @@ class Accounts:
         user = self.require_user(address)
         with self._tx() as db:
             db.execute(
-                "UPDATE users SET password_hash=? WHERE address=?",
-                (_HASHER.hash(password), user.address),
+                "UPDATE users SET password_hash=?, scram=? WHERE address=?",
+                (_HASHER.hash(password), _scram_text(password), user.address),
             )
 
     def set_quota(self, address: str, quota_bytes: int) -> None:
@@ -300,22 +320,47 @@ class Accounts:
             addr = ""
         row = (
             self._conn()
-            .execute("SELECT password_hash, enabled FROM users WHERE address=?", (addr,))
+            .execute("SELECT password_hash, enabled, scram FROM users WHERE address=?", (addr,))
             .fetchone()
         )
         stored, enabled = (row[0], bool(row[1])) if row else (_DUMMY_HASH, False)
         ok = _verify(stored, password)
         if not (ok and row and enabled):
             return None
+        # A password set before SCRAM existed gets its keys now that we know it (only while the
+        # row still holds the hash we verified: a parallel `user passwd` wins).
+        keys = _scram_text(password) if row[2] is None else None
         if (
             stored.startswith("$argon2") and _HASHER.check_needs_rehash(stored)
         ) or not stored.startswith("$argon2"):
             with self._tx() as db:
                 db.execute(
-                    "UPDATE users SET password_hash=? WHERE address=?",
-                    (_HASHER.hash(password), addr),
+                    "UPDATE users SET password_hash=?, scram=COALESCE(scram, ?) WHERE address=?",
+                    (_HASHER.hash(password), keys, addr),
+                )
+        elif keys is not None:  # the hash stays, so web sessions' credential_stamp stays too
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE users SET scram=?"
+                    " WHERE address=? AND scram IS NULL AND password_hash=?",
+                    (keys, addr, stored),
                 )
         return addr
+
+    def scram_keys(self, address: str) -> scram.ScramKeys | None:
+        """The account's SCRAM-SHA-256 keys, or None: no such enabled account, or no keys yet.
+        `address` is canonical (the login path's `canonical_name`)."""
+        row = (
+            self._conn()
+            .execute("SELECT scram, enabled FROM users WHERE address=?", (address,))
+            .fetchone()
+        )
+        if row is None or not row[1] or row[0] is None:
+            return None
+        try:
+            return scram.ScramKeys.from_text(row[0])
+        except ValueError:
+            return None  # damaged by hand: SCRAM fails, PLAIN works, `user passwd` mends it
 
     def credential_stamp(self, address: str) -> str | None:
         """A short digest of the account's password hash, or None when there is no such enabled
@@ -520,6 +565,15 @@ class Accounts:
         return user in self.resolve(addr).mailboxes and bool(
             self._alias_targets(addr) or self._alias_targets(split_plus(addr) or "")
         )
+
+
+def _scram_text(password: str) -> str | None:
+    """What the scram column holds for `password`; None when SASLprep refuses the password
+    (RFC 5802 §2.2: it could never be typed into a SCRAM client the same way)."""
+    try:
+        return scram.make_keys(password).to_text()
+    except ValueError:
+        return None
 
 
 def _verify(stored: str, password: str) -> bool:

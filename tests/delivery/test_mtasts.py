@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from mailstack.base.dns import DnsClient, make_resolver
 from mailstack.base.paths import StatePaths
 from tests.delivery.outsec_support import Pki, PolicyServer, TlsMx, domain_records, policy, zone
 from tests.support.nsd import NsdServer
+from tests.support.serve import ServeProcess
 
 pytestmark = pytest.mark.external
 
@@ -325,3 +328,107 @@ async def test_a_policy_host_with_an_untrusted_certificate_gives_no_policy(
     assert result.kind == "delivered", result.reply
     rows = security.reports.rows(*security.reports.finished_days(security.clock() + 86400)[0])
     assert ("sts", "[]", "", "", "sts-webpki-invalid", 1) in rows
+
+
+# -- refreshing without traffic (RFC 8461 §5.1), delivery/mtasts_refresh.py ---------------------
+
+
+def _client(cfg: Config) -> DnsClient:
+    return DnsClient(make_resolver(cfg.dns))
+
+
+async def test_due_policies_are_refreshed_without_any_mail(
+    dns_port: int, good_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    cfg = config(dns_port, good_mx, policies, pki, tmp_path)
+    cache, now = tmp_path / "cache", 10_000_000.0
+    body = policy("enforce", "mx.sts.test")  # max_age 86400: due at half, 43200 s old
+    _seed(cache, "sts.test", "20261206", now - 50_000, body)  # due
+    _seed(cache, "testing.test", "20261206", now - 100, policy("testing", "mx.elsewhere.test"))
+    _seed(cache, "wrongmx.test", "20261206", now - 90_000, body)  # expired: mail fetches it
+    before = {d: policies.fetches(d) for d in ("sts.test", "testing.test", "wrongmx.test")}
+    store = PolicyStore(cache)  # a new process: the domains come from the files
+
+    def refresh(at: float) -> list[str]:
+        port, ca = cfg.outbound.mta_sts_port, cfg.outbound.ca_file
+        return store.refresh_due(_client(cfg), port=port, ca_file=ca, now=at)
+
+    assert await asyncio.to_thread(refresh, now) == ["sts.test"]
+    after = {d: policies.fetches(d) for d in before}
+    assert after == {**before, "sts.test": before["sts.test"] + 1}
+    cached = store.cached("sts.test")
+    assert cached is not None and cached.fetched_at == now
+    assert json.loads((cache / "sts.test.json").read_text())["fetched_at"] == now
+    # Fresh again: nothing due until half its max_age has passed once more.
+    assert await asyncio.to_thread(refresh, now + 1000) == []
+    assert policies.fetches("sts.test") == after["sts.test"]
+
+
+async def test_a_failed_refresh_without_mail_keeps_the_policy_and_waits(
+    dns_port: int, good_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    # gone.test serves no policy: the refresh fails, the cached one stays in force, and the
+    # next pass within REFRESH_RETRY_S does not fetch again.
+    cfg = config(dns_port, good_mx, policies, pki, tmp_path)
+    cache, now = tmp_path / "cache", 10_000_000.0
+    _seed(cache, "gone.test", "20261206", now - 50_000, policy("enforce", "mx.gone.test"))
+    store = PolicyStore(cache)
+    client, port, ca = _client(cfg), cfg.outbound.mta_sts_port, cfg.outbound.ca_file
+    before = policies.fetches("gone.test")
+    await asyncio.to_thread(store.refresh_due, client, port=port, ca_file=ca, now=now)
+    await asyncio.to_thread(store.refresh_due, client, port=port, ca_file=ca, now=now + 60)
+    assert policies.fetches("gone.test") == before + 1
+    got = await asyncio.to_thread(_lookup, store, cfg, "gone.test", now + 60)
+    assert got.policy is not None and got.policy.mode == "enforce"
+
+
+async def test_serve_refreshes_a_cached_policy_with_an_empty_queue(
+    dns_port: int, policies: PolicyServer, pki: Pki, deployment_dir: Path
+) -> None:
+    """The real `mailstack serve`: a policy cached by an earlier run, due for refresh, is
+    fetched again at start although nothing is queued."""
+    toml = deployment_dir / "mailstack.toml"
+    text = toml.read_text()
+    for key, value in (
+        ("resolver", f'"127.0.0.1:{dns_port}"'),
+        ("mta_sts_port", str(policies.port)),
+        ("ca_file", f'"{pki.ca_file(deployment_dir)}"'),
+    ):
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert n == 1, key
+    toml.write_text(text)
+    fetched_at = time.time() - 50_000  # max_age 86400: due, not expired
+    _seed(
+        StatePaths(deployment_dir).queue_dir / "mta-sts",
+        "sts.test",
+        "20261206",
+        fetched_at,
+        policy("enforce", "mx.sts.test"),
+    )
+    before = policies.fetches("sts.test")
+    with ServeProcess(deployment_dir) as serve:
+        serve.wait_for("mta-sts: refreshed cached policies of sts.test")
+    assert policies.fetches("sts.test") == before + 1
+    entry = json.loads((StatePaths(deployment_dir).queue_dir / "mta-sts/sts.test.json").read_text())
+    assert entry["fetched_at"] > fetched_at + 49_000
+
+
+# -- [outbound] ca_file read again when it changes (delivery/transport.py) ----------------------
+
+
+async def test_a_ca_added_to_ca_file_is_trusted_by_the_next_connection(
+    dns_port: int, untrusted_mx: TlsMx, policies: PolicyServer, pki: Pki, tmp_path: Path
+) -> None:
+    cfg = config(dns_port, untrusted_mx, policies, pki, tmp_path)
+    security = OutboundSecurity(None)
+    first = await asyncio.to_thread(send, cfg, "sts.test", security)
+    assert first.kind == "temporary" and "certificate verify failed" in first.reply
+    # The admin adds the MX's CA, as editors and config management write files (a new file
+    # renamed over the old); no restart and no SIGHUP.
+    ca_file = Path(cfg.outbound.ca_file)
+    new = ca_file.with_name("ca.pem.new")
+    new.write_bytes(ca_file.read_bytes() + pki.untrusted.cert_pem.bytes())
+    os.replace(new, ca_file)
+    second = await asyncio.to_thread(send, cfg, "sts.test", security)
+    assert second.kind == "delivered", second.reply
+    assert [g.over_tls for g in untrusted_mx.received] == [True]

@@ -21,6 +21,7 @@ STATES = list(State)
 SEEDS = [
     b"a CAPABILITY", b"a NOOP", b"a LOGOUT", b'a ID ("name" "x")', b"a STARTTLS",
     b"a LOGIN alice {2+}\r\npw", b"a AUTHENTICATE PLAIN AGEAYg==", b"a ENABLE UTF8=ACCEPT",
+    b"a AUTHENTICATE SCRAM-SHA-256 biwsbj1hbGljZUBleGFtcGxlLmNvbSxyPWFiYw==",
     b"a SELECT INBOX", b"a EXAMINE Sent", b"a CREATE X (USE (\\Sent))", b"a DELETE X",
     b"a RENAME X Y", b"a SUBSCRIBE X", b"a UNSUBSCRIBE X",
     b'a LIST (SUBSCRIBED) "" ("*" %) RETURN (CHILDREN STATUS (MESSAGES))', b'a LSUB "" *',

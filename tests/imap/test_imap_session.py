@@ -124,6 +124,8 @@ COMMANDS = st.sampled_from(
         b"IDLE",
         b"DONE",
         b"STARTTLS",
+        b"AUTHENTICATE SCRAM-SHA-256",  # the lines after it are its SASL responses
+        b"AUTHENTICATE SCRAM-SHA-256 biwsbj1hbGljZUBleGFtcGxlLmNvbSxyPWFiYw==",
     ]
 )
 LINES = st.one_of(COMMANDS, st.binary(max_size=40).map(lambda b: b.replace(b"\r\n", b"")))

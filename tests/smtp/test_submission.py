@@ -172,7 +172,7 @@ async def test_starttls_required_before_auth_and_mail(sub: Submission) -> None:
         smtp.starttls(context=sub.tls())
         smtp.ehlo()
         assert smtp.has_extn("auth")
-        assert smtp.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        assert smtp.esmtp_features["auth"].split() == ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
         assert not smtp.has_extn("starttls")
         assert smtp.docmd("MAIL", f"FROM:<{ALICE}>") == (530, b"5.7.0 Authentication required")
         assert smtp.docmd("RCPT", f"TO:<{BOB}>")[0] == 530
@@ -267,7 +267,7 @@ async def test_sasl_exchanges_line_by_line(sub: Submission) -> None:
         return out
 
     assert await thread(client) == [
-        "504 5.5.4 Unrecognized authentication type: use PLAIN or LOGIN",
+        "504 5.5.4 Unrecognized authentication type: use PLAIN, LOGIN or SCRAM-SHA-256",
         "501 5.5.2 Cannot decode the response (base64)",
         "334 ",
         "501 5.0.0 Authentication cancelled",

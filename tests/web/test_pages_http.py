@@ -4,6 +4,8 @@ the pages beside IMAP and SMTP on one loop, as serve does)."""
 
 from __future__ import annotations
 
+import asyncio
+import imaplib
 import json
 import plistlib
 import re
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import scramp
 import yarl
 
 from tests.conftest import run_cli
@@ -177,6 +180,26 @@ async def _imap_login(stack: WebStack, address: str, password: str) -> str:
     return await asyncio.to_thread(stack.imap_login, address, password)
 
 
+def _scram_login(stack: WebStack, address: str, password: str) -> str:
+    """IMAPS AUTHENTICATE SCRAM-SHA-256 (scramp's client): 'OK', or the server's NO text."""
+    client = scramp.ScramClient(["SCRAM-SHA-256"], address, password)
+    answers = iter(
+        [
+            lambda _: client.get_client_first().encode(),
+            lambda c: (client.set_server_first(c.decode()), client.get_client_final().encode())[1],
+            lambda c: (client.set_server_final(c.decode()), b"")[1],
+        ]
+    )
+    tls = stack.client_tls()
+    with imaplib.IMAP4_SSL("127.0.0.1", stack.port("imaps"), ssl_context=tls) as imap:
+        try:
+            imap.authenticate("SCRAM-SHA-256", lambda c: next(answers)(c))
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+        imap.logout()
+        return "OK"
+
+
 async def test_changing_the_password_applies_to_imap_and_ends_other_sessions(
     stack: WebStack,
 ) -> None:
@@ -211,6 +234,11 @@ async def test_changing_the_password_applies_to_imap_and_ends_other_sessions(
             assert "Password changed." in (await b.get("/account"))[1]
             assert await _imap_login(stack, USER, new) == "OK"
             assert await _imap_login(stack, USER, USER_PASSWORD) != "OK"
+            # The page's change wrote the new SCRAM keys too (mailstack/base/users.py).
+            scram = await asyncio.to_thread(_scram_login, stack, USER, new)
+            assert scram == "OK"
+            scram = await asyncio.to_thread(_scram_login, stack, USER, USER_PASSWORD)
+            assert "AUTHENTICATIONFAILED" in scram
         assert (await other.get("/account"))[0] == 303  # the other browser was logged out
 
 

@@ -2,7 +2,9 @@
 tests/imap/conftest.py.
 
 - `connect`: a raw client that is closed after the test, also when a failed wait left it open
-  (test_notify.py, test_context_search.py, test_idle_watch.py).
+  (test_notify.py, test_context_search.py, test_idle_watch.py); `logged_in`: one logged in
+  as USER, with an extension enabled and a folder examined if asked (test_utf8*.py,
+  test_imap4rev2.py, test_message_global.py).
 - `Endpoint`, `dovecot_and_ours`: the same account on an isolated Dovecot and on a running
   mailstack, each with its own Maildir, for differential tests (test_catenate_dovecot.py,
   test_condstore_dovecot.py).
@@ -28,6 +30,18 @@ OPEN: list[RawClient] = []  # closed by tests/imap/conftest.py after each test
 def connect(port: int, *, timeout_s: float) -> RawClient:
     client = RawClient("127.0.0.1", port, timeout_s=timeout_s)
     OPEN.append(client)
+    return client
+
+
+def logged_in(port: int, *, enable: str | None = None, examine: str | None = None) -> RawClient:
+    """A raw client logged in as USER (closed after the test); `enable` an extension first
+    (ENABLE must answer ENABLED for it), then EXAMINE `examine`."""
+    client = connect(port, timeout_s=30)
+    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
+    if enable:
+        assert client.command(f"ENABLE {enable}")[0] == f"* ENABLED {enable}\r\n".encode()
+    if examine:
+        assert client.tagged(f"EXAMINE {examine}").startswith(b"OK")
     return client
 
 

@@ -8,19 +8,18 @@ clients see them as always).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.support.imapserver import (
     PASSWORD,
     USER,
     ImapDeployment,
     ImapServerThread,
     make_deployment,
-    running_server,
 )
 
 MESSAGE = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -36,18 +35,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def session(server: ImapServerThread, *, rev2: bool) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
-    if rev2:
-        assert client.command("ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2\r\n"
-    return client
+    return logged_in(server.imap_port, enable="IMAP4rev2" if rev2 else None)
 
 
 def test_capability_before_and_after_login(server: ImapServerThread) -> None:

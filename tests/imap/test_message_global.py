@@ -8,7 +8,6 @@ byte for byte as Dovecot 2.3 answers. A base64 or quoted-printable message/globa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,13 @@ from mailstack.imap.commands import FetchAttr
 from mailstack.imap.fetch import ParsedMessage, fetch_item
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.imap.test_fetch import run_dovecot
 from tests.support.imapserver import (
-    PASSWORD,
     USER,
     ImapDeployment,
     ImapServerThread,
     make_deployment,
-    running_server,
 )
 
 INNER = "From: Jörg <jörg@bücher.example>\r\nSubject: Grüße\r\n\r\nHallo\r\nWelt\r\n".encode()
@@ -59,19 +57,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def session(server: ImapServerThread, enable: str | None) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
-    if enable:
-        assert client.command(f"ENABLE {enable}")[0] == f"* ENABLED {enable}\r\n".encode()
-    assert client.tagged("EXAMINE INBOX").startswith(b"OK")
-    return client
+    return logged_in(server.imap_port, enable=enable, examine="INBOX")
 
 
 def literal(lines: list[bytes]) -> bytes:

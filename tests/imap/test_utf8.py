@@ -8,7 +8,6 @@ returned byte for byte. A client that did not enable it gets such a message down
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import imapclient
@@ -20,13 +19,13 @@ from mailstack.imap.downgrade import downgrade
 from mailstack.imap.fetch import ParsedMessage
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.support.imapserver import (
     PASSWORD,
     USER,
     ImapDeployment,
     ImapServerThread,
     make_deployment,
-    running_server,
 )
 
 # As the MX stores an SMTPUTF8 message (RFC 6532: UTF-8 in header fields).
@@ -50,18 +49,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def session(server: ImapServerThread, *, utf8: bool) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
-    if utf8:
-        assert client.command("ENABLE UTF8=ACCEPT")[0] == b"* ENABLED UTF8=ACCEPT\r\n"
-    return client
+    return logged_in(server.imap_port, enable="UTF8=ACCEPT" if utf8 else None)
 
 
 def header_of(lines: list[bytes]) -> bytes:

@@ -6,7 +6,6 @@ downgraded one; a UTF8=ACCEPT client gets the stored bytes and the stored size."
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,13 @@ from mailstack.imap.cache import StructureCache
 from mailstack.imap.downgrade_size import seen_size
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.imap.test_utf8 import ASCII, INTL
 from tests.support.imapserver import (
-    PASSWORD,
     USER,
     ImapDeployment,
     ImapServerThread,
     make_deployment,
-    running_server,
 )
 
 # 8-bit only in a MIME part's header (a file name): the message's own header is ASCII.
@@ -55,19 +53,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def session(server: ImapServerThread, *, utf8: bool) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
-    if utf8:
-        assert client.command("ENABLE UTF8=ACCEPT")[0] == b"* ENABLED UTF8=ACCEPT\r\n"
-    assert client.tagged("EXAMINE INBOX").startswith(b"OK")
-    return client
+    return logged_in(server.imap_port, enable="UTF8=ACCEPT" if utf8 else None, examine="INBOX")
 
 
 def sizes(client: RawClient, items: str) -> dict[int, int]:

@@ -13,7 +13,9 @@ from tests.ansible.conftest import PASSWORDS, variables_for
 from tests.ansible.support import SERVICES, free_ports, open_path_to, run_playbook
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.external
+# Two playbook runs, a wheel built from the checkout and a venv installed: like test_playbook.py,
+# far beyond the suite's 120 s hang guard on a shared 2-core machine.
+pytestmark = [pytest.mark.external, pytest.mark.timeout(900)]
 
 
 def test_a_checkout_as_source_installs_and_a_second_run_changes_nothing(

@@ -15,15 +15,17 @@ Channel binding (RFC 5802 §6): we offer SCRAM-SHA-256 only, not -PLUS. A client
 binding ("p=...") is refused; "y" (the client could bind but believes we cannot) is right,
 as we cannot. Why not -PLUS: TLS 1.3 clients bind with tls-exporter (RFC 9266), which needs
 the TLS exporter Python's ssl module does not offer; -PLUS with tls-server-end-point alone
-would invite those clients to pick it and fail. An authzid ("a=") must be absent: one user
-never acts for another, as with PLAIN.
+would invite those clients to pick it and fail. An authzid ("a=") must be absent or name the
+user itself: one user never acts for another, as with PLAIN.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,42 +122,81 @@ class ScramExchange:
     """One server side of RFC 5802 §5: `ScramExchange(client_first)` parses it (`username` is
     what the client typed), `server_first(keys)` answers it, `finish(client_final)` checks the
     proof: the server-final message on success, None for a wrong proof or any other failure
-    of the final step (the caller counts it as a failed login)."""
+    of the final step (the caller counts it as a failed login).
+
+    scramp parses the first message and makes ours; the proof is checked here (§3's few
+    lines of HMAC), because scramp refuses any authzid, and real clients send one naming the
+    user itself (mutt and neomutt through GNU SASL: `n,a=alice@...,n=alice@...`). As with
+    PLAIN (mailstack/base/sasl.py), an authzid must be absent or the user itself."""
 
     def __init__(self, client_first: bytes) -> None:
-        self._client_first = _text(client_first)
+        text = _text(client_first)
         # RFC 5802 §7: gs2-header = gs2-cbind-flag "," [ authzid ] ","
-        _flag, _, rest = self._client_first.partition(",")
-        if rest.startswith("a="):
-            raise ScramProxyError("authorization identity must be absent")
+        flag, comma, rest = text.partition(",")
+        authzid, comma2, bare = rest.partition(",")
+        if not (comma and comma2):
+            raise ScramSyntaxError("malformed SCRAM message: no GS2 header")
+        if authzid and not authzid.startswith("a="):
+            raise ScramSyntaxError("malformed SCRAM message: bad authorization identity")
         names: list[str] = []
 
         def capture(username: str) -> tuple[bytes, bytes, bytes, int]:
             names.append(username)
             return _PARSE_ONLY.salt, b"", b"", ITERATIONS  # thrown away with this server
 
-        self._run(_MECH.make_server(capture).set_client_first, self._client_first)
+        self._without_authzid = f"{flag},,{bare}"  # what scramp parses
+        self._run(_MECH.make_server(capture).set_client_first, self._without_authzid)
         self.username = names[0]
+        if authzid and _saslname(authzid[2:]).casefold() != self.username.casefold():
+            raise ScramProxyError("acting as another user is not allowed")
+        self._gs2_header = text[: len(flag) + len(authzid) + 2]  # echoed in the final's c=
+        self._bare = bare
         self.server_final: bytes | None = None
-        self._server: scramp.ScramServer | None = None
+        self._pending: tuple[ScramKeys, str] | None = None  # (keys, our server-first)
 
     def server_first(self, keys: ScramKeys, *, nonce: str | None = None) -> bytes:
         """`nonce`: our half of the nonce, random unless a test replays RFC 7677 §3."""
         keys_tuple = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
         server = _MECH.make_server(lambda _user: keys_tuple, s_nonce=nonce)
-        self._run(server.set_client_first, self._client_first)
-        self._server = server
-        return str(self._run(server.get_server_first)).encode("ascii")
+        self._run(server.set_client_first, self._without_authzid)
+        first = str(self._run(server.get_server_first))
+        self._pending = (keys, first)
+        return first.encode("ascii")
 
     def finish(self, client_final: bytes) -> bytes | None:
-        if self._server is None:
+        if self._pending is None:
             raise RuntimeError("server_first() comes first")
-        server, self._server = self._server, None
+        (keys, server_first), self._pending = self._pending, None
         try:
-            server.set_client_final(_text(client_final))
-        except (ScramError, scramp.ScramException, ValueError, TypeError):
-            return None  # wrong proof, nonce or binding data: a failed login
-        self.server_final = str(server.get_server_final()).encode("ascii")
+            text = _text(client_final)
+        except ScramError:
+            return None
+        # RFC 5802 §7: client-final-message = channel-binding "," nonce ["," extensions]
+        # "," proof; the proof is last, and no attribute value holds a comma.
+        without_proof, sep, proof_b64 = text.rpartition(",p=")
+        fields = without_proof.split(",")
+        nonce = server_first.split(",", 1)[0]  # "r=<client nonce><ours>"
+        if not sep or len(fields) < 2 or not fields[0].startswith("c=") or fields[1] != nonce:
+            return None
+        try:
+            binding = _unb64(fields[0][2:])
+            proof = _unb64(proof_b64)
+        except (ValueError, binascii.Error):
+            return None
+        # §6: without channel binding, c= is the GS2 header exactly as the client sent it.
+        if not hmac.compare_digest(binding, self._gs2_header.encode("utf-8")):
+            return None
+        # §3: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); H(ClientKey) must
+        # be StoredKey. ServerSignature = HMAC(ServerKey, AuthMessage) proves us to the client.
+        auth_message = f"{self._bare},{server_first},{without_proof}".encode()
+        signature = hmac.digest(keys.stored_key, auth_message, "sha256")
+        if len(proof) != len(signature):
+            return None
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), keys.stored_key):
+            return None
+        server_signature = hmac.digest(keys.server_key, auth_message, "sha256")
+        self.server_final = b"v=" + base64.b64encode(server_signature)
         return self.server_final
 
     @staticmethod
@@ -168,6 +209,13 @@ class ScramExchange:
             raise ScramSyntaxError(f"malformed SCRAM message: {exc.args[0]}") from None
         except (ValueError, TypeError, UnicodeError) as exc:  # scramp's own slips, never ours
             raise ScramSyntaxError(f"malformed SCRAM message: {exc}") from None
+
+
+def _saslname(text: str) -> str:
+    """RFC 5802 §5.1: "=2C" is a comma, "=3D" an equals sign; any other "=" is malformed."""
+    if re.search(r"=(?!2C|3D)", text):
+        raise ScramSyntaxError("malformed SCRAM message: bad escape in a name")
+    return text.replace("=2C", ",").replace("=3D", "=")
 
 
 _PARSE_ONLY = ScramKeys(b"\0" * SALT_BYTES, ITERATIONS, b"", b"")

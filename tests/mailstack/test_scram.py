@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +78,42 @@ def test_wrong_password_fails_with_a_real_client() -> None:
     exchange = scram.ScramExchange(client.get_client_first().encode())
     client.set_server_first(exchange.server_first(keys).decode())
     assert exchange.finish(client.get_client_final().encode()) is None
+
+
+def _proof_client(user: str, password: str, authzid: str) -> tuple[bytes, Callable[[bytes], bytes]]:
+    """RFC 5802 §3 from the client's side, written out (scramp's client sends no authzid):
+    the first message, and a function from our server-first to the final message."""
+    gs2 = f"n,a={authzid},"
+    bare = f"n={user},r=clientnonce123"
+
+    def final(server_first: bytes) -> bytes:
+        fields = dict(f.split("=", 1) for f in server_first.decode().split(","))
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"])
+        )
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        without_proof = f"c={base64.b64encode(gs2.encode()).decode()},r={fields['r']}"
+        auth = f"{bare},{server_first.decode()},{without_proof}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth, "sha256")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    return (gs2 + bare).encode(), final
+
+
+def test_an_authzid_naming_the_user_itself_logs_in() -> None:
+    # What mutt/neomutt send through GNU SASL; PLAIN allows the same (case-insensitively).
+    keys = scram.make_keys("pencil")
+    first, final = _proof_client("alice@example.test", "pencil", "Alice@Example.test")
+    exchange = scram.ScramExchange(first)
+    assert exchange.username == "alice@example.test"
+    server_first = exchange.server_first(keys)
+    answer = exchange.finish(final(server_first))
+    assert answer is not None and answer.startswith(b"v=")
+    # ... and the same exchange with a wrong password is a failed login, not an error.
+    first, final = _proof_client("alice@example.test", "pen", "alice@example.test")
+    exchange = scram.ScramExchange(first)
+    assert exchange.finish(final(exchange.server_first(keys))) is None
 
 
 @pytest.mark.parametrize(

@@ -347,7 +347,7 @@ NOTES = [
     "What the numbers say (2026-12-06, 16:40 run; rewrite these notes after a new run):",
     "",
     "- Without per-loop logins mailstack now does 1.24x (10 clients) and 1.85x (50 "
-    "clients) Dovecot's commands per second; the 11:00 baseline of the same day, "
+    "clients) Dovecot's commands per second; the baseline committed at 10:16 the same day, "
     "before the persistent index, was 0.30x and 0.35x. STORE/EXPUNGE/APPEND p50 are "
     "30-80 ms at 10 clients (were 160-330 ms) and 150-270 ms at 50 (were 1.0-1.6 s).",
     "- Dovecot still answers a single command faster at p50 (FETCH 4-7 ms against our "

@@ -153,3 +153,21 @@ def test_sizes_need_no_file_once_a_message_was_parsed(
             assert f"(SIZE {sum(seen.values())})".encode() in lines[0], lines
             assert client.tagged(f"EXAMINE {folder}").startswith(b"OK")
             assert numbers(client.command("SORT (SIZE) UTF-8 ALL"), "SORT") == by_size(seen)
+
+
+@pytest.mark.parametrize("utf8", [False, True], ids=["plain-client", "utf8-client"])
+def test_sort_context_places_new_mail_by_the_seen_size(
+    dep: ImapDeployment, server: ImapServerThread, utf8: bool
+) -> None:
+    """CONTEXT=SORT (RFC 5267 §4.3.2): a new message's ADDTO position follows the size this
+    client sees; INTL lands on the other side of MIDDLE for the two kinds of client."""
+    with login(server, utf8=utf8) as client:
+        assert client.tagged("SELECT INBOX").startswith(b"OK")
+        seen = sizes(client, "RFC822.SIZE")
+        lines = client.command("SORT RETURN (UPDATE) (SIZE) UTF-8 ALL")
+        assert lines[-1].split(b" ")[1] == b"OK"
+        dep.store.deliver([(USER, "INBOX")], INTL)
+        new = seen_size(INTL) if not utf8 else len(INTL)
+        position = 1 + sum(1 for size in seen.values() if size <= new)
+        update = b"".join(client.command("NOOP"))
+        assert b"ADDTO (%d %d)" % (position, len(ALL) + 1) in update, update

@@ -55,6 +55,14 @@ def folder_names(root: Path) -> set[str]:
     return set(folder_idents(root))
 
 
+def folder_ident(directory: Path) -> int:
+    """FolderInfo.ident of the folder in `directory` (0 if it is gone)."""
+    try:
+        return os.stat(directory).st_ino
+    except OSError:
+        return 0
+
+
 def folder_idents(root: Path) -> dict[str, int]:
     """{name: inode of its directory} of the folders that exist (have cur/), INBOX included.
     A rename keeps the inode (FolderInfo.ident); readdir gives it, so it costs no stat."""

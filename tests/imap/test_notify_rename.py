@@ -20,6 +20,8 @@ from mailstack.delivery.maildir import MaildirStore
 from tests.imap.rawclient import RawClient
 from tests.support.imapserver import (
     HOSTNAME,
+    OTHER_PASSWORD,
+    OTHER_USER,
     PASSWORD,
     USER,
     ImapDeployment,
@@ -110,3 +112,22 @@ def test_a_rename_in_another_server_process_is_told_with_oldname(
             assert renamer.tagged("RENAME Work Job").startswith(b"OK")
         assert next_list(client) == b'* LIST () "." Job ("OLDNAME" (Work))\r\n'
         no_more_lists(client)
+
+
+def test_a_shared_folder_renamed_by_its_owner_is_told_with_oldname(
+    server: ImapServerThread,
+) -> None:
+    """Bob sees Alice's shared folder (RFC 4314 rights in its dovecot-acl, which moves with the
+    directory) under Shared/; her RENAME of it is one rename for him too."""
+    with login(server.imap_port) as alice:
+        assert alice.tagged(f"SETACL Work {OTHER_USER} lr").startswith(b"OK")
+        bob = RawClient("127.0.0.1", server.imap_port, timeout_s=WAIT_S)
+        with bob:
+            assert bob.tagged(f'LOGIN {OTHER_USER} "{OTHER_PASSWORD}"').startswith(b"OK")
+            assert bob.tagged("NOTIFY SET (subtree (Shared) (MailboxName))").startswith(b"OK")
+            assert alice.tagged("RENAME Work Job").startswith(b"OK")
+            shared = f"Shared/{USER}/".encode()
+            assert next_list(bob) == (
+                b'* LIST () "/" ' + shared + b'Job ("OLDNAME" (' + shared + b"Work))\r\n"
+            )
+            no_more_lists(bob)

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from mailstack.delivery.events import EventHub
 from mailstack.delivery.maildir import MaildirStore
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import connect
 from tests.support.imapserver import (
     HOSTNAME,
     OTHER_PASSWORD,
@@ -41,14 +41,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def login(port: int) -> RawClient:
-    client = RawClient("127.0.0.1", port, timeout_s=WAIT_S)
+    client = connect(port, timeout_s=WAIT_S)
     assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
     return client
 
@@ -121,7 +115,7 @@ def test_a_shared_folder_renamed_by_its_owner_is_told_with_oldname(
     directory) under Shared/; her RENAME of it is one rename for him too."""
     with login(server.imap_port) as alice:
         assert alice.tagged(f"SETACL Work {OTHER_USER} lr").startswith(b"OK")
-        bob = RawClient("127.0.0.1", server.imap_port, timeout_s=WAIT_S)
+        bob = connect(server.imap_port, timeout_s=WAIT_S)
         with bob:
             assert bob.tagged(f'LOGIN {OTHER_USER} "{OTHER_PASSWORD}"').startswith(b"OK")
             assert bob.tagged("NOTIFY SET (subtree (Shared) (MailboxName))").startswith(b"OK")

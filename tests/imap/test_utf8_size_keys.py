@@ -10,23 +10,16 @@ must use that same size. A UTF8=ACCEPT client sees the stored size everywhere.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mailstack.imap.downgrade_size import seen_size
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.imap.test_utf8 import INTL
 from tests.imap.test_utf8_size import MESSAGES, sizes
-from tests.support.imapserver import (
-    PASSWORD,
-    USER,
-    ImapDeployment,
-    ImapServerThread,
-    make_deployment,
-    running_server,
-)
+from tests.support.imapserver import USER, ImapDeployment, ImapServerThread, make_deployment
 
 
 def filler(size: int) -> bytes:
@@ -50,18 +43,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def login(server: ImapServerThread, *, utf8: bool) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
-    if utf8:
-        assert client.command("ENABLE UTF8=ACCEPT")[0] == b"* ENABLED UTF8=ACCEPT\r\n"
-    return client
+    return logged_in(server.imap_port, enable="UTF8=ACCEPT" if utf8 else None)
 
 
 def numbers(lines: list[bytes], word: str) -> list[int]:

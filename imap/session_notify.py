@@ -390,7 +390,9 @@ def _differences(
 
     A name gone whose folder identity (`FolderInfo.ident`, a Maildir++ directory's inode)
     a new name has was renamed: told as a RENAME here is, with OLDNAME (RFC 5465 §5.4), once
-    for a folder and its children (RFC 9051 §6.3.6: the client infers theirs)."""
+    for a folder and its children (RFC 9051 §6.3.6: the client infers theirs). A folder
+    deleted and another created between two looks whose new directory got the old inode
+    number reads as a rename too: rare, and the client's UIDVALIDITY check still holds."""
     if active.names is None:
         return []
     gone, made = active.names - names, names - active.names

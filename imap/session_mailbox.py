@@ -307,7 +307,8 @@ class MailboxCommands(SessionCore):
         if self.selected is not None and self.selected.name == name:
             recent = recent | frozenset(self.selected.recent)
         size = sum(m.size for m in snap.messages)
-        if "SIZE" in items:  # RFC 8438 §3: the sum of the RFC822.SIZE this client sees
+        if "SIZE" in items and not self.utf8_names:  # RFC 8438 §3: the sum of the
+            # RFC822.SIZE this client sees (a UTF-8 client: the stored sizes, as summed above)
             user = self._require_user()
             seen = await asyncio.to_thread(self._seen_sizes, user, name, snap.messages)
             if seen is not None:

@@ -52,13 +52,27 @@ MAILDIRFOLDER = "maildirfolder"
 
 def folder_names(root: Path) -> set[str]:
     """Names of the folders that exist (have cur/), INBOX included."""
-    names = {INBOX}
+    return set(folder_idents(root))
+
+
+def folder_ident(directory: Path) -> int:
+    """FolderInfo.ident of the folder in `directory` (0 if it is gone)."""
+    try:
+        return os.stat(directory).st_ino
+    except OSError:
+        return 0
+
+
+def folder_idents(root: Path) -> dict[str, int]:
+    """{name: inode of its directory} of the folders that exist (have cur/), INBOX included.
+    A rename keeps the inode (FolderInfo.ident); readdir gives it, so it costs no stat."""
+    idents = {INBOX: os.stat(root).st_ino}
     with os.scandir(root) as entries:
         for entry in entries:
             name = folder_from_dir_name(entry.name)
             if name and name != INBOX and (root / entry.name / "cur").is_dir():
-                names.add(name)
-    return names
+                idents[name] = entry.inode()
+    return idents
 
 
 def build_folder(root: Path, name: str, special_use: SpecialUse | None) -> Path:

@@ -66,7 +66,8 @@ class FolderOps:
 
     def list_folders(self, user: str) -> list[FolderInfo]:
         root = self._root(user)
-        real = folders.folder_names(root)
+        idents = folders.folder_idents(root)
+        real = set(idents)
         # Parents that exist only as a prefix ("A" of "A.B" made by Dovecot or a script).
         implied = {p for name in real for p in parent_folders(name)} - real
         subscribed = set(folders.read_subscriptions(root))
@@ -78,6 +79,7 @@ class FolderOps:
                 subscribed=name in subscribed,
                 has_children=any(o.startswith(name + HIERARCHY_DELIMITER) for o in names),
                 is_selectable=name in real,
+                ident=idents.get(name, 0),
             )
             for name in names
         ]

@@ -151,6 +151,9 @@ class FolderInfo:
     # False for a name that only exists as the parent of others (Dovecot creates "A.B" without
     # "A"): LIST shows it \Noselect (RFC 9051 §7.3.1); SELECT of it is FolderNotFoundError.
     is_selectable: bool = True
+    # What stays the same when another program renames the folder (Maildir++: its directory's
+    # inode), so NOTIFY can tell a rename from a deletion and a creation; 0: unknown.
+    ident: int = 0
 
 
 class TextIndex(Protocol):

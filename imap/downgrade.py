@@ -22,8 +22,8 @@ A field that is not UTF-8 (a legacy 8-bit header from before RFC 6532) is read a
 Windows-1252 first, so its letters survive the trip.
 
 RFC822.SIZE (RFC 3501 §2.3.4) is the size of what this client gets (imap/downgrade_size.py:
-each message read once, then remembered). Deviation: SEARCH LARGER/SMALLER, SORT SIZE and
-STATUS SIZE keep the stored size, which the index holds without reading any message.
+each message read once, then remembered), and so is the size SEARCH LARGER/SMALLER, SORT SIZE
+and STATUS SIZE use for it (`SessionCore._seen_sizes`). APPENDLIMIT is about what is stored.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ told without reading the message, so each is read once, its size for such client
 ASCII message: no parse at all) and remembered in the account's structure cache
 (imap/cache.py) under `<base name>:size` (a Maildir base name holds no ":", so these keys never
 meet a structure row), with the stored size as the row's size like every row there. A client's
-later FETCH RFC822.SIZE, of any folder the message moves to, reads nothing.
+later FETCH RFC822.SIZE, SEARCH LARGER/SMALLER, SORT SIZE or STATUS SIZE, of any folder the
+message is copied or moved to, reads nothing. Why not the structure cache's `has_8bit`: it
+sees only what ENVELOPE and BODYSTRUCTURE show, not an 8-bit `X-Note:` or `Organization:`.
+Any FETCH that parses a message for its structure records this row too, the bytes in hand.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from mailstack.delivery.store import (
     HeaderIndex,
@@ -240,6 +240,7 @@ def search_stored(
     messages: list[MessageInfo],
     scope: search.Scope,
     recent_uids: frozenset[int],
+    sizes: Mapping[int, int] | None = None,
 ) -> list[search.Candidate] | None:
     """SEARCH of a key that `answers`, from stored fields; None when the stored fields cannot
     be used (the caller reads the files)."""
@@ -282,6 +283,7 @@ def search_stored(
         recent_uids=recent_uids,
         read_header=read_header,
         only_uids=only,
+        sizes=sizes,  # RFC822.SIZE as the client sees it (LARGER/SMALLER)
     )
 
 

@@ -37,7 +37,7 @@ import enum
 import functools
 import html.parser
 import re
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from email.policy import compat32
 from typing import assert_never
@@ -108,6 +108,13 @@ class Candidate:
     seq: int
     info: MessageInfo
     is_recent: bool = False
+    # RFC822.SIZE as this client sees it when not the stored one (a downgraded message:
+    # imap/downgrade_size.py); LARGER/SMALLER compare it.
+    seen_size: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.info.size if self.seen_size is None else self.seen_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +431,7 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
             has = flag.casefold() in {f.casefold() for f in message.info.flags}
             return has == is_set
         case SearchSize(op=op, size=size):
-            return message.info.size > size if op == "LARGER" else message.info.size < size
+            return message.size > size if op == "LARGER" else message.size < size
         case SearchModseq(modseq=modseq):
             return message.info.modseq >= modseq  # RFC 7162 §3.1.5
         case SearchSeq(seqset=seqset, uid=uid):
@@ -463,6 +470,21 @@ def matches(key: SearchKey, message: Candidate, scope: Scope, text: MessageText)
     assert_never(key)
 
 
+def reads_size(key: SearchKey) -> bool:
+    """Does `key` compare sizes (LARGER/SMALLER) anywhere? The session then finds the
+    sizes a client without UTF8=ACCEPT sees (imap/downgrade_size.py) before searching."""
+    match key:
+        case SearchSize():
+            return True
+        case SearchNot(key=inner):
+            return reads_size(inner)
+        case SearchOr(left=left, right=right):
+            return reads_size(left) or reads_size(right)
+        case SearchAnd(keys=keys):
+            return any(reads_size(k) for k in keys)
+    return False
+
+
 def required_texts(key: SearchKey) -> list[str]:
     """Case-folded strings that every message matching `key` contains in its `fulltext`: the
     BODY/TEXT values of the key itself or of its top-level AND (not under OR or NOT). The
@@ -485,6 +507,7 @@ def search(
     read_header: Callable[[int], bytes] | None = None,
     only_uids: Container[int] | None = None,
     on_loaded: Callable[[int, MessageText], None] | None = None,
+    sizes: Mapping[int, int] | None = None,
 ) -> list[Candidate]:
     """Messages (in order, numbered from 1) that satisfy `key`.
 
@@ -493,13 +516,15 @@ def search(
     `only_uids`: the pre-filter's verdict; other messages cannot match and are skipped.
     `on_loaded(uid, text)` is told of each message that had to be read in full (the session
     indexes its text then, while it is at hand).
+    `sizes`: {uid: RFC822.SIZE} where the client sees another size than the stored one.
     """
     key = plan(key)
     found: list[Candidate] = []
     for seq, info in enumerate(messages, start=1):
         if only_uids is not None and info.uid not in only_uids:
             continue
-        candidate = Candidate(seq, info, info.uid in recent_uids)
+        seen = None if sizes is None else sizes.get(info.uid)
+        candidate = Candidate(seq, info, info.uid in recent_uids, seen)
         text = MessageText(
             functools.partial(read_message, info.uid),
             None if read_header is None else functools.partial(read_header, info.uid),

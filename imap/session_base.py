@@ -17,13 +17,13 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, response, sort, utf7
+from mailstack.imap import condstore, downgrade_size, response, sort, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
 from mailstack.imap.commands import Command, List, Lsub
 from mailstack.imap.protocol import ImapProtocol, State
@@ -32,6 +32,7 @@ from mailstack.imap.sequence import SequenceSet
 from mailstack.base.flags import Flag
 
 Write = Callable[[bytes], Awaitable[None]]
+Sizes = dict[int, int] | None  # `SessionCore._seen_sizes`: None means the stored sizes
 
 SYSTEM_FLAGS = tuple(f.value for f in Flag)
 RECENT = "\\Recent"
@@ -486,3 +487,14 @@ class SessionCore:
     def _disk_cache(self, user: str) -> StructureCache:
         """The account's on-disk structure cache (imap/cache.py)."""
         return self.caches.for_root(self.ctx.paths.maildir(user))
+
+    def _seen_sizes(self, user: str, folder: str, infos: Sequence[MessageInfo]) -> Sizes:
+        """{uid: RFC822.SIZE} of `infos` as this client sees them, for every path that reads
+        a size (SEARCH LARGER/SMALLER, SORT SIZE, STATUS SIZE; FETCH does the same):
+        downgraded for a client without UTF8=ACCEPT (imap/downgrade_size.py: remembered,
+        so each message is read at most once), None for a UTF-8 client, which sees the
+        stored sizes. Runs in a worker thread."""
+        if self.utf8_names:
+            return None
+        cache = self._disk_cache(user)
+        return downgrade_size.sizes_seen(cache, self.ctx.store, user, folder, infos)

@@ -190,7 +190,13 @@ class ContextCommands(SessionCore):
         if sort.needs_header(ctx.criteria or []):
             uids = [m.uid for m in infos]
             headers = self.ctx.store.read_headers(self._require_user(), sel.name, uids)
-        return [sort.Message.of(m.uid, m, headers.get(m.uid, b"")) for m in infos]
+        sizes = None
+        if any(k.key == "SIZE" for k in ctx.criteria or []):  # the size this client sees
+            sizes = self._seen_sizes(self._require_user(), sel.name, infos)
+        return [
+            sort.Message.of(m.uid, m, headers.get(m.uid, b""), (sizes or {}).get(m.uid))
+            for m in infos
+        ]
 
     def _context_moves(
         self, ctx: _Context, sel: Selected, changed: list[MessageInfo], hits: set[int]
@@ -227,6 +233,10 @@ class ContextCommands(SessionCore):
         def read_header(uid: int) -> bytes:
             return self.ctx.store.read_headers(user, name, [uid]).get(uid, b"")
 
+        sizes = None
+        if any(search.reads_size(ctx.key) for ctx in contexts):  # LARGER/SMALLER
+            sizes = self._seen_sizes(user, name, changed)
+
         return [
             {
                 found.info.uid
@@ -238,6 +248,7 @@ class ContextCommands(SessionCore):
                     recent_uids=frozenset(sel.recent),
                     read_header=read_header,
                     only_uids=only,
+                    sizes=sizes,
                 )
             }
             for ctx in contexts

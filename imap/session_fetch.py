@@ -267,16 +267,23 @@ class FetchCommands(SessionCore):
                         continue
                     parsed = fetch.ParsedMessage.parse(next_file[1])
                     next_file = next(files, None)
-                    if needs_structure and structure is None:
+                    is_new = needs_structure and structure is None
+                    if is_new:
                         structure = response.RenderedStructure.of(fetch.Structure.of(parsed))
                         self._remember(sel, info, structure)
                         new_rows.append((info.key, info.size, structure.to_json()))
                     if self.utf8_names:
                         lowered = parsed.for_utf8()  # message/global opened, if any
+                        if is_new:  # the bytes are at hand: see below
+                            seen = downgrade(parsed).size  # an ASCII message: no work
+                            size_rows.append(downgrade_size.size_row(info, seen))
                     else:
                         lowered = downgrade(parsed)
                         size = lowered.size
-                        if sized:  # remembered for the next FETCH (imap/downgrade_size.py)
+                        if sized or is_new:
+                            # Remembered for the next FETCH, SEARCH LARGER/SMALLER, SORT SIZE
+                            # and STATUS SIZE of such a client (imap/downgrade_size.py), which
+                            # then read no file for this message.
                             size_rows.append(downgrade_size.size_row(info, size))
                     if lowered is not parsed:
                         parsed = lowered  # never cached: the stored bytes stay the truth

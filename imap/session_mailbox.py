@@ -306,6 +306,13 @@ class MailboxCommands(SessionCore):
         recent = snap.recent_uids
         if self.selected is not None and self.selected.name == name:
             recent = recent | frozenset(self.selected.recent)
+        size = sum(m.size for m in snap.messages)
+        if "SIZE" in items and not self.utf8_names:  # RFC 8438 §3: the sum of the
+            # RFC822.SIZE this client sees (a UTF-8 client: the stored sizes, as summed above)
+            user = self._require_user()
+            seen = await asyncio.to_thread(self._seen_sizes, user, name, snap.messages)
+            if seen is not None:
+                size = sum(seen.get(m.uid, m.size) for m in snap.messages)
         values = {
             "MESSAGES": len(snap.messages),
             "RECENT": len(recent),
@@ -313,7 +320,7 @@ class MailboxCommands(SessionCore):
             "UIDVALIDITY": snap.uid_validity,
             "UNSEEN": sum(1 for m in snap.messages if Flag.SEEN not in m.flags),
             "DELETED": sum(1 for m in snap.messages if Flag.DELETED in m.flags),
-            "SIZE": sum(m.size for m in snap.messages),  # RFC 8438: the sum of RFC822.SIZE
+            "SIZE": size,
             "HIGHESTMODSEQ": snap.highest_modseq,  # RFC 7162 §3.1.2.3
         }
         if "APPENDLIMIT" in items:

@@ -19,10 +19,10 @@ removing folders or editing `subscriptions`, `mailstack share`/`mailbox add`, th
 shared folder making a child of it) are found by looking again: a plan with MailboxName or
 SubscriptionChange watches the Maildir roots of the account and of the owners of the shared
 folders it sees (`MaildirWatcher.watch_account`), and on each `FOLDER_TREE_CHANGED` lists the
-folders and subscriptions again and tells the difference (a rename by another hand shows as a
-deletion and a creation). The session keeps the view it has told (`_Active.names`,
-`subscribed`): every change, announced or found, is told only if it changes that view, so
-one heard both ways is told once, and our own are applied to it untold.
+folders and subscriptions again and tells the difference (a folder renamed by another hand
+keeps its identity, `FolderInfo.ident`: told with OLDNAME). The session keeps the view it has
+told (`_Active.names`, `subscribed`): every change, announced or found, is told only if it
+changes that view, so one heard both ways is told once, and our own are applied to it untold.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class _Active:
     watched: dict[notify.Key, tuple[str, frozenset[str]]] = field(default_factory=dict)
     subscribed: frozenset[str] = frozenset()
     names: frozenset[str] | None = None  # the selectable folders it sees (None: not yet)
+    idents: dict[str, int] = field(default_factory=dict)  # their FolderInfo.ident, as of then
     selected_key: notify.Key | None = None
     selected_watch: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     pending: dict[notify.Key, None] = field(default_factory=dict)  # an ordered set
@@ -121,8 +122,9 @@ class NotifyCommands(MailboxCommands, SelectedCommands):
             return []
         subscribed = frozenset(subscriptions)
         names = frozenset(info.name for info in folders if info.is_selectable)
-        found = _differences(active, names, subscribed)
-        active.subscribed, active.names = subscribed, names
+        idents = {info.name: info.ident for info in folders if info.is_selectable and info.ident}
+        found = _differences(active, names, subscribed, idents)
+        active.subscribed, active.names, active.idents = subscribed, names, idents
         watched: dict[notify.Key, tuple[str, frozenset[str]]] = {}
         for info in folders:
             if not info.is_selectable:
@@ -382,20 +384,46 @@ def _apply(active: _Active, change: notify.Change) -> bool:
 
 
 def _differences(
-    active: _Active, names: frozenset[str], subscribed: frozenset[str]
+    active: _Active, names: frozenset[str], subscribed: frozenset[str], idents: dict[str, int]
 ) -> list[notify.Change]:
-    """What changed from the view told so far to (names, subscribed), found by looking."""
+    """What changed from the view told so far to (names, subscribed), found by looking.
+
+    A name gone whose folder identity (`FolderInfo.ident`, a Maildir++ directory's inode)
+    a new name has was renamed: told as a RENAME here is, with OLDNAME (RFC 5465 §5.4), once
+    for a folder and its children (RFC 9051 §6.3.6: the client infers theirs). A folder
+    deleted and another created between two looks whose new directory got the old inode
+    number reads as a rename too: rare, and the client's UIDVALIDITY check still holds."""
     if active.names is None:
         return []
+    gone, made = active.names - names, names - active.names
+    by_ident = {idents[name]: name for name in made if name in idents}
+    renamed = {
+        old: by_ident[ident]
+        for old in gone
+        if (ident := active.idents.get(old)) is not None and ident in by_ident
+    }
     found: list[notify.Change] = [
-        notify.MailboxNameChange(name, None, 0) for name in sorted(active.names - names)
+        notify.MailboxNameChange(old, new, 0)
+        for old, new in sorted(renamed.items())
+        if not _is_implied(old, new, renamed)
     ]
-    found += [notify.MailboxNameChange(None, name, 0) for name in sorted(names - active.names)]
+    found += [notify.MailboxNameChange(name, None, 0) for name in sorted(gone - renamed.keys())]
+    found += [
+        notify.MailboxNameChange(None, name, 0) for name in sorted(made - set(renamed.values()))
+    ]
     found += [
         notify.SubscriptionChange(name, name in subscribed, 0)
         for name in sorted(active.subscribed ^ subscribed)
     ]
     return found
+
+
+def _is_implied(old: str, new: str, renamed: dict[str, str]) -> bool:
+    """Is old -> new a child's rename that its parent's (also in `renamed`) implies?"""
+    return any(
+        old.startswith(parent + delimiter_of(parent)) and new == to + old[len(parent) :]
+        for parent, to in renamed.items()
+    )
 
 
 def _to_utf7(name: str) -> str:

@@ -17,7 +17,7 @@ from mailstack.delivery.store import (
     MessageGoneError,
 )
 from mailstack.imap import commands as c
-from mailstack.imap import condstore, header_index, response, search, sort
+from mailstack.imap import condstore, downgrade_size, header_index, response, search, sort
 from mailstack.imap.protocol import State
 from mailstack.imap.sequence import SeqRange, SequenceSet, compress, compress_ordered
 from mailstack.imap.session_base import (
@@ -107,9 +107,11 @@ class SelectedCommands(FetchCommands):
         )
 
         def run() -> list[search.Candidate]:
+            # LARGER/SMALLER compare the RFC822.SIZE this client sees (RFC 9051 §6.4.4).
+            sizes = self._seen_sizes(user, name, messages) if search.reads_size(key) else None
             if header_index.answers(key):  # stored header fields, no file reads once filled
                 stored = header_index.search_stored(
-                    self.ctx.store, user, name, key, messages, scope, frozenset(sel.recent)
+                    self.ctx.store, user, name, key, messages, scope, frozenset(sel.recent), sizes
                 )
                 if stored is not None:
                     return stored
@@ -121,6 +123,7 @@ class SelectedCommands(FetchCommands):
                     read,
                     recent_uids=frozenset(sel.recent),
                     read_header=read_header,
+                    sizes=sizes,
                 )
             # The pre-filter (delivery/fulltext.py) answers for the messages it has indexed;
             # the rest are read, matched, and indexed on the way.
@@ -143,6 +146,7 @@ class SelectedCommands(FetchCommands):
                 read_header=read_header,
                 only_uids=only,
                 on_loaded=learn,
+                sizes=sizes,
             )
             fulltext.add(sel.uid_validity, fresh)
             return found
@@ -278,6 +282,8 @@ class SelectedCommands(FetchCommands):
                 for old, new in pairs
                 if old in source_key and new in copy_key
             ]
+            # ... and so is their size for a client without UTF8=ACCEPT (imap/downgrade_size.py).
+            copied += [(a + downgrade_size.SUFFIX, b + downgrade_size.SUFFIX) for a, b in copied]
             await asyncio.to_thread(self._disk_cache(user).copy_rows, copied)
         code = None
         if pairs and dest_snap is not None:

@@ -5,7 +5,9 @@ The searched messages are found as SEARCH finds them (imap/search.py); then each
 header fields come from the stored header rows (imap/header_index.py, filled on first use),
 or, when the key reads other fields, its header block is read through the store, a batch of
 messages per store call (one folder lock per batch); either is reduced to what imap/sort.py
-sorts and imap/thread.py threads by. SORT by ARRIVAL and SIZE alone reads no message.
+sorts and imap/thread.py threads by. SORT by ARRIVAL and SIZE alone reads no message (for a
+client without UTF8=ACCEPT, SIZE is the downgraded size: each message read once, ever;
+imap/downgrade_size.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class SortCommands(SessionCore):
         with_headers = criteria is None or sort.needs_header(criteria)
         if isinstance(command, c.Sort):
             self._context_check(command)  # RFC 5267 §4 CONTEXT=SORT (imap/session_context.py)
-        messages = await asyncio.to_thread(self._sortable, command.key, with_headers)
+        sized = any(k.key == "SIZE" for k in criteria or [])
+        messages = await asyncio.to_thread(self._sortable, command.key, with_headers, sized)
 
         def number(m: sort.Message) -> int:
             return m.info.uid if command.uid else m.seq
@@ -66,8 +69,9 @@ class SortCommands(SessionCore):
         name = type(command).__name__.upper()
         await write(response.ok(command.tag, f"{'UID ' if command.uid else ''}{name} completed"))
 
-    def _sortable(self, key: c.SearchKey, with_headers: bool) -> list[sort.Message]:
-        """The messages `key` selects, with what SORT/THREAD need (runs in a worker thread)."""
+    def _sortable(self, key: c.SearchKey, with_headers: bool, sized: bool) -> list[sort.Message]:
+        """The messages `key` selects, with what SORT/THREAD need (runs in a worker thread);
+        `sized`: SORT by SIZE, the RFC822.SIZE this client sees (imap/downgrade_size.py)."""
         sel = self._sel()
         user = self._require_user()
         store = self.ctx.store
@@ -102,6 +106,9 @@ class SortCommands(SessionCore):
             except MessageGoneError:
                 return b""
 
+        sizes = None
+        if search.reads_size(key):
+            sizes = self._seen_sizes(user, name, snapshot)
         found = search.search(
             key,
             snapshot,
@@ -109,9 +116,13 @@ class SortCommands(SessionCore):
             read,
             recent_uids=frozenset(sel.recent),
             read_header=read_header,
+            sizes=sizes,
         )
+        if sized and sizes is None:  # only the messages found
+            sizes = self._seen_sizes(user, name, [f.info for f in found])
         out = []
         for candidate in found:
             header = read_header(candidate.info.uid) if with_headers else b""
-            out.append(sort.Message.of(candidate.seq, candidate.info, header))
+            size = None if sizes is None else sizes.get(candidate.info.uid)
+            out.append(sort.Message.of(candidate.seq, candidate.info, header, size))
         return out

@@ -154,7 +154,13 @@ class SharedStore:
                 )
             known = infos.get(name)
             infos[name] = FolderInfo(
-                name, None, False, has_children=known.has_children if known else False
+                name,
+                None,
+                False,
+                has_children=known.has_children if known else False,
+                ident=folders.folder_ident(
+                    acl.folder_dir(self.paths.maildir(shared.owner), shared.folder)
+                ),
             )
         return list(infos.values())
 

@@ -221,14 +221,21 @@ class Message:
     display_to: bytes
     message_id: str | None
     references: tuple[str, ...]  # References, or the first In-Reply-To msg-id if none
+    # RFC822.SIZE as the client sees it when not the stored one (imap/downgrade_size.py)
+    seen_size: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.info.size if self.seen_size is None else self.seen_size
 
     @property
     def arrival(self) -> int:
         return int(self.info.internal_date)
 
     @classmethod
-    def of(cls, seq: int, info: MessageInfo, header: bytes) -> Message:
-        """Build from the message's header block (LF or CRLF; b"" when unreadable)."""
+    def of(cls, seq: int, info: MessageInfo, header: bytes, size: int | None = None) -> Message:
+        """Build from the message's header block (LF or CRLF; b"" when unreadable); `size`:
+        the RFC822.SIZE the client sees when not the stored one."""
         data = to_crlf(header)
         fields, _ = parse_header(data, 0, len(data))
         first: dict[str, str] = {}
@@ -253,6 +260,7 @@ class Message:
             display_to=collation_key(_display(first.get("to"))),
             message_id=ids[0] if ids else None,
             references=tuple(references),
+            seen_size=size,
         )
 
 
@@ -269,7 +277,7 @@ _KEYS: dict[str, Callable[[Message], int | bytes]] = {
     "CC": lambda m: m.cc,
     "DATE": lambda m: m.date,
     "FROM": lambda m: m.sender,
-    "SIZE": lambda m: m.info.size,
+    "SIZE": lambda m: m.size,  # RFC 5256 §3: RFC822.SIZE
     "SUBJECT": lambda m: m.subject,
     "TO": lambda m: m.to,
     "DISPLAYFROM": lambda m: m.display_from,

@@ -78,15 +78,10 @@ def test_changes_from_outside_reach_notify(deployment_dir: Path, opened: list[Ra
         assert next_list(client) == b'* LIST () "." Projects.2024\r\n'
         assert other.tagged("RENAME Projects Plans").startswith(b"OK")
         assert next_list(client) == b'* LIST () "." Plans ("OLDNAME" (Projects))\r\n'
-        os.rename(bob_root / ".Plans", bob_root / ".Projects")  # and back, by another hand
+        # And back, by another hand: the same, known by the directory's inode.
+        os.rename(bob_root / ".Plans", bob_root / ".Projects")
         os.rename(bob_root / ".Plans.2024", bob_root / ".Projects.2024")
-        told = {next_list(client) for _ in range(4)}
-        assert told == {
-            b'* LIST (\\NonExistent) "." Plans\r\n',
-            b'* LIST (\\NonExistent) "." Plans.2024\r\n',
-            b'* LIST () "." Projects\r\n',
-            b'* LIST () "." Projects.2024\r\n',
-        }
+        assert next_list(client) == b'* LIST () "." Projects ("OLDNAME" (Plans))\r\n'
         other.close()
         shutil.rmtree(bob_root / ".Projects.2024")
         shutil.rmtree(bob_root / ".Projects")

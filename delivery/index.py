@@ -271,7 +271,7 @@ class FolderIndex:
         # 50 bytes a message); an entry is reused when its UID, base, directory and name match.
         old, remake = self._by_uid, self._remake_entries
         self._remake_entries = False
-        meta = self._meta
+        meta, popped = self._meta, 0
         for base, (sub, name) in self._listing.items():
             uid = self._file.uid_of.get(base)
             if uid is None:
@@ -285,10 +285,10 @@ class FolderIndex:
                 if entry is None:
                     continue
                 made.add(uid)
-            if meta:
-                meta.pop(base, None)  # the entry holds it now
+            if meta and meta.pop(base, None) is not None:  # the entry holds it now
+                popped += 1
             entries.append(entry)
-        if len(made) > BULK_PUT:
+        if popped > BULK_PUT:
             self._meta = dict(meta)  # a dict keeps its table after pops: shrink it to the rest
         entries.sort(key=uid_key)
         self._entries = entries

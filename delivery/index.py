@@ -86,7 +86,10 @@ class FolderIndex:
         # info letters -> flags under _keywords: one shared frozenset per combination (a
         # folder has a handful), so a 100,000-message index does not hold 100,000 copies.
         self._flags_of: dict[str, frozenset[str]] = {}
-        self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
+        # base -> name of every file in new/ and cur/, and the bases of those in new/ (a
+        # handful): a (sub, name) tuple per message would cost 56 bytes more.
+        self._listing: dict[str, str] = {}
+        self._listing_new: set[str] = set()
         self._listing_stamp: tuple[int, int] | None = None
         self._verify_after_ns = 0  # re-list once the directories' mtimes are this old
         self._listed = False  # _listing came from a full scan at least once
@@ -173,27 +176,27 @@ class FolderIndex:
             clean_tmp(self.path)
             # A restart: what the index file recorded of each file spares a stat() apiece.
             self._meta.update(self.db.file_meta())
-        listing = list_dirs(self.path)
+        listing, in_new = list_dirs(self.path)
         if self._listed and self._listing.keys() - listing.keys():
             # A file moved from new/ to cur/ between our two listdir() calls is in neither
             # listing; taking that as an expunge would be final (VANISHED UIDs never come
             # back). Files that vanished must be missing from a second listing too.
-            listing = list_dirs(self.path)
+            listing, in_new = list_dirs(self.path)
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
         self._listing_stamp = stamp
         self._verify_after_ns = 0 if settled else max(stamp) + DIR_SETTLE_NS
-        if listing == self._listing and self._listed:
+        if listing == self._listing and in_new == self._listing_new and self._listed:
             return False  # relisted (mtime too recent to trust) but nothing changed
         foreign = self._listed and self._listing.keys() != listing.keys()
         if self._listed and not self._touched_all:
-            old = self._listing
+            old, old_new = self._listing, self._listing_new
             for base in old.keys() | listing.keys():
-                if old.get(base) != listing.get(base):
+                if old.get(base) != listing.get(base) or (base in old_new) != (base in in_new):
                     self._touch(base)
         for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
             self._meta.pop(base, None)
         self._listed = True
-        self._listing = listing
+        self._listing, self._listing_new = listing, in_new
         self._entries = None
         self._unrecorded = []  # in the listing now: entries() records them
         return foreign
@@ -214,7 +217,7 @@ class FolderIndex:
         if newcomers:
             # Arrival order: names begin with the delivery time (Maildir spec).
             newcomers.sort(key=lambda b: (time_from_name(b) or 0.0, b))
-            self._append_records(self.uidlist.assign(self._listing[b][1] for b in newcomers))
+            self._append_records(self.uidlist.assign(self._listing[b] for b in newcomers))
         return SyncResult(foreign_changes=foreign or bool(newcomers))
 
     def _touch(self, base: str) -> None:
@@ -252,6 +255,7 @@ class FolderIndex:
             for _uid, _sub, name in self._unrecorded:
                 base = split_info(name)[0]
                 self._listing.pop(base, None)
+                self._listing_new.discard(base)
                 self._meta.pop(base, None)
             self._unrecorded = []
 
@@ -272,7 +276,9 @@ class FolderIndex:
         old, remake = self._by_uid, self._remake_entries
         self._remake_entries = False
         meta, popped = self._meta, 0
-        for base, (sub, name) in self._listing.items():
+        in_new = self._listing_new
+        for base, name in self._listing.items():
+            sub = "new" if base in in_new else "cur"
             uid = self._file.uid_of.get(base)
             if uid is None:
                 continue  # appeared after our sync; the next one numbers it
@@ -446,7 +452,7 @@ class FolderIndex:
         for sub, name, meta in files:
             base = base_name(name)
             self._meta[base] = meta
-            self._listing[base] = (sub, name)
+            self._list(base, sub, name)
         self._note_own_change()
         records = self.uidlist.assign(name for _sub, name, _meta in files)
         if records:
@@ -478,7 +484,7 @@ class FolderIndex:
     def renamed(self, base: str, sub: str, name: str) -> None:
         """We renamed a message file (flags, new/ -> cur/): update it in place."""
         self._touch(base)
-        self._listing[base] = (sub, name)
+        self._list(base, sub, name)
         self._note_own_change()
         uid = self._file.uid_of.get(base)
         old = self._by_uid.get(uid) if uid is not None else None
@@ -496,6 +502,7 @@ class FolderIndex:
             self._dead_records += 1
             self._touch(base)
             self._listing.pop(base, None)
+            self._listing_new.discard(base)
             self._meta.pop(base, None)
             uid = self._file.uid_of.get(base)
             if uid is not None:
@@ -510,6 +517,14 @@ class FolderIndex:
         records = self._file.record_count
         if rewrite or self._dead_records >= max(DEAD_RECORDS_MIN, records // 4):
             self.rewrite_uidlist()
+
+    def _list(self, base: str, sub: str, name: str) -> None:
+        """Enter a file we renamed into `sub`/ in the listing."""
+        self._listing[base] = name
+        if sub == "new":
+            self._listing_new.add(base)
+        else:
+            self._listing_new.discard(base)
 
     def _note_own_change(self) -> None:
         """We renamed or unlinked in new/ or cur/: take the directories' new mtimes as known

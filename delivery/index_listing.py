@@ -12,10 +12,12 @@ from pathlib import Path
 TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 
 
-def list_dirs(folder: Path) -> dict[str, tuple[str, str]]:
-    """base -> (sub, name) of every message file in new/ and cur/. Names only: the index
-    measures a file (delivery/index_entry.py `measure`) when it first makes its entry."""
-    listing: dict[str, tuple[str, str]] = {}
+def list_dirs(folder: Path) -> tuple[dict[str, str], set[str]]:
+    """(base -> name of every message file in new/ and cur/, the bases of those in new/).
+    Names only: the index measures a file (delivery/index_entry.py `measure`) when it first
+    makes its entry."""
+    listing: dict[str, str] = {}
+    in_new: set[str] = set()
     for sub in ("new", "cur"):
         directory = os.path.join(folder, sub)
         for name in os.listdir(directory):  # names only: no stat() per message
@@ -25,8 +27,10 @@ def list_dirs(folder: Path) -> dict[str, tuple[str, str]]:
             # same strings; one copy each per message instead of one per holder.
             name = sys.intern(name)
             base = sys.intern(name.split(":", 1)[0])
-            listing[base] = (sub, name)
-    return listing
+            listing[base] = name
+            if sub == "new":
+                in_new.add(base)
+    return listing, in_new
 
 
 def clean_tmp(folder: Path) -> None:

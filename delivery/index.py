@@ -39,6 +39,7 @@ import bisect
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -85,19 +86,26 @@ class FolderIndex:
         # info letters -> flags under _keywords: one shared frozenset per combination (a
         # folder has a handful), so a 100,000-message index does not hold 100,000 copies.
         self._flags_of: dict[str, frozenset[str]] = {}
-        self._listing: dict[str, tuple[str, str]] = {}  # base -> (sub, name)
+        # base -> name of every file in new/ and cur/, and the bases of those in new/ (a
+        # handful): a (sub, name) tuple per message would cost 56 bytes more.
+        self._listing: dict[str, str] = {}
+        self._listing_new: set[str] = set()
         self._listing_stamp: tuple[int, int] | None = None
         self._verify_after_ns = 0  # re-list once the directories' mtimes are this old
         self._listed = False  # _listing came from a full scan at least once
         self._unrecorded: list[tuple[int, str, str]] = []  # (uid, sub, name): record_own_changes
-        self._meta: dict[str, tuple[float, int, int]] = {}  # base -> (mtime, S, W)
+        # base -> (mtime, S, W) of files that have no entry (yet): an entry holds its own, and
+        # a second tuple per message would cost about 100 bytes (_make_entry, _rebuild).
+        self._meta: dict[str, tuple[float, int, int]] = {}
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
         self._by_uid: dict[int, Entry] = {}  # the same entries by UID
         self._dead_records = 0  # uidlist records whose files we removed (module docstring)
         self._unlinked: set[int] = set()  # UIDs whose files we removed since the last record
         self._in_new: set[int] = set()  # UIDs of entries in new/
         self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
-        self._entry_of: dict[str, Entry] = {}  # base -> Entry, survives flag renames
+        # Entries are reused across rebuilds through _by_uid (matched on UID and base name);
+        # True when none may be (the keyword letters changed what flags they stand for).
+        self._remake_entries = False
         # The persistent side (MODSEQs, expunge log): delivery/index_db.py. What changed since
         # its last reconcile: these UIDs, or anything at all when `_touched_all`.
         self.db = IndexDb(path)
@@ -132,6 +140,9 @@ class FolderIndex:
             return
         self._entries = None
         if change.replaced:
+            # UIDs may mean other files now: keep the entries' (mtime, S, W) by base name,
+            # which _rebuild no longer finds through the UIDs.
+            self._meta.update((e.info.key, e.meta) for e in self._by_uid.values())
             self._touched_all = True
             self._listing_stamp = None  # rewritten by someone: files came or went, re-list
             return
@@ -142,7 +153,7 @@ class FolderIndex:
     def _load_keywords(self) -> None:
         if self._kw.load():
             self._flags_of.clear()
-            self._entry_of.clear()  # flags depend on the letter map
+            self._remake_entries = True  # flags depend on the letter map
             self._entries = None
             self._touched_all = True
 
@@ -165,28 +176,27 @@ class FolderIndex:
             clean_tmp(self.path)
             # A restart: what the index file recorded of each file spares a stat() apiece.
             self._meta.update(self.db.file_meta())
-        listing = list_dirs(self.path, self._meta)
+        listing, in_new = list_dirs(self.path)
         if self._listed and self._listing.keys() - listing.keys():
             # A file moved from new/ to cur/ between our two listdir() calls is in neither
             # listing; taking that as an expunge would be final (VANISHED UIDs never come
             # back). Files that vanished must be missing from a second listing too.
-            listing = list_dirs(self.path, self._meta)
+            listing, in_new = list_dirs(self.path)
         settled = all(now_ns - ns > DIR_SETTLE_NS for ns in stamp)
         self._listing_stamp = stamp
         self._verify_after_ns = 0 if settled else max(stamp) + DIR_SETTLE_NS
-        if listing == self._listing and self._listed:
+        if listing == self._listing and in_new == self._listing_new and self._listed:
             return False  # relisted (mtime too recent to trust) but nothing changed
         foreign = self._listed and self._listing.keys() != listing.keys()
         if self._listed and not self._touched_all:
-            old = self._listing
+            old, old_new = self._listing, self._listing_new
             for base in old.keys() | listing.keys():
-                if old.get(base) != listing.get(base):
+                if old.get(base) != listing.get(base) or (base in old_new) != (base in in_new):
                     self._touch(base)
         for base in self._listing.keys() - listing.keys():  # expunged elsewhere: forget them
             self._meta.pop(base, None)
-            self._entry_of.pop(base, None)
         self._listed = True
-        self._listing = listing
+        self._listing, self._listing_new = listing, in_new
         self._entries = None
         self._unrecorded = []  # in the listing now: entries() records them
         return foreign
@@ -207,7 +217,7 @@ class FolderIndex:
         if newcomers:
             # Arrival order: names begin with the delivery time (Maildir spec).
             newcomers.sort(key=lambda b: (time_from_name(b) or 0.0, b))
-            self._append_records(self.uidlist.assign(self._listing[b][1] for b in newcomers))
+            self._append_records(self.uidlist.assign(self._listing[b] for b in newcomers))
         return SyncResult(foreign_changes=foreign or bool(newcomers))
 
     def _touch(self, base: str) -> None:
@@ -245,8 +255,8 @@ class FolderIndex:
             for _uid, _sub, name in self._unrecorded:
                 base = split_info(name)[0]
                 self._listing.pop(base, None)
+                self._listing_new.discard(base)
                 self._meta.pop(base, None)
-                self._entry_of.pop(base, None)
             self._unrecorded = []
 
     def entries(self) -> list[Entry]:
@@ -261,18 +271,31 @@ class FolderIndex:
     def _rebuild(self) -> list[Entry]:
         made: set[int] = set()
         entries = []
-        for base, (sub, name) in self._listing.items():
+        # The previous entries, by UID: one map fewer than a second one by base name (about
+        # 50 bytes a message); an entry is reused when its UID, base, directory and name match.
+        old, remake = self._by_uid, self._remake_entries
+        self._remake_entries = False
+        meta, popped = self._meta, 0
+        in_new = self._listing_new
+        for base, name in self._listing.items():
+            sub = "new" if base in in_new else "cur"
             uid = self._file.uid_of.get(base)
             if uid is None:
                 continue  # appeared after our sync; the next one numbers it
-            entry = self._entry_of.get(base)
-            if entry is None or entry.name != name or entry.sub != sub or entry.uid != uid:
-                entry = self._make_entry(uid, sub, name, entry.info.modseq if entry else 0)
+            entry = old.get(uid)
+            if entry is not None and entry.info.key != base:
+                entry = None  # the UID means another message now (a new UIDVALIDITY)
+            if entry is None or remake or entry.name != name or entry.sub != sub:
+                modseq = entry.info.modseq if entry and not remake else 0
+                entry = self._make_entry(uid, sub, name, modseq, entry)
                 if entry is None:
                     continue
-                self._entry_of[base] = entry
                 made.add(uid)
+            if meta and meta.pop(base, None) is not None:  # the entry holds it now
+                popped += 1
             entries.append(entry)
+        if popped > BULK_PUT:
+            self._meta = dict(meta)  # a dict keeps its table after pops: shrink it to the rest
         entries.sort(key=uid_key)
         self._entries = entries
         self._by_uid = {e.uid: e for e in entries}
@@ -296,7 +319,6 @@ class FolderIndex:
             return False
         self._entries[i] = entry
         self._by_uid[entry.uid] = entry
-        self._entry_of[entry.info.key] = entry
         if entry.sub == "new":
             self._in_new.add(entry.uid)
         else:
@@ -352,7 +374,6 @@ class FolderIndex:
             by_uid = {e.uid: e for e in changed}
             self._entries[:] = [by_uid.get(e.uid, e) for e in self._entries]
             self._by_uid.update(by_uid)
-            self._entry_of.update((e.info.key, e) for e in changed)
             self._view = None
         else:
             for entry in changed:
@@ -385,15 +406,23 @@ class FolderIndex:
         self.entries()
         return self._by_uid
 
-    def _make_entry(self, uid: int, sub: str, name: str, modseq: int = 0) -> Entry | None:
+    def _make_entry(
+        self, uid: int, sub: str, name: str, modseq: int = 0, prev: Entry | None = None
+    ) -> Entry | None:
+        """The entry of a file: (mtime, S, W) from `prev` (its entry so far), `_meta`, or, on
+        first sight, the file itself (kept in `_meta` until an entry is cached)."""
         base, letters, _ = split_info(name)
-        meta = self._meta.get(base)
-        if meta is None:
-            meta = measure(os.path.join(self.path, sub, name), base)
+        base = sys.intern(base)  # shared with the listing's keys (index_listing.py)
+        if prev is not None and prev.info.key == base:
+            mtime, size, vsize = prev.info.internal_date, prev.disk_size, prev.info.size
+        else:
+            meta = self._meta.get(base)
             if meta is None:
-                return None
-            self._meta[base] = meta
-        mtime, size, vsize = meta
+                meta = measure(os.path.join(self.path, sub, name), base)
+                if meta is None:
+                    return None
+                self._meta[base] = meta
+            mtime, size, vsize = meta
         flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
         if flags is None:
             flags = self._flags_of[letters] = flags_from_letters(letters, self._kw.keywords)
@@ -423,7 +452,7 @@ class FolderIndex:
         for sub, name, meta in files:
             base = base_name(name)
             self._meta[base] = meta
-            self._listing[base] = (sub, name)
+            self._list(base, sub, name)
         self._note_own_change()
         records = self.uidlist.assign(name for _sub, name, _meta in files)
         if records:
@@ -442,7 +471,7 @@ class FolderIndex:
                 continue
             entries.append(entry)  # new UIDs are the largest: the order holds
             self._by_uid[entry.uid] = entry
-            self._entry_of[entry.info.key] = entry
+            self._meta.pop(entry.info.key, None)  # the entry holds it now
             if sub == "new":
                 self._in_new.add(entry.uid)
             self._view = None
@@ -455,13 +484,13 @@ class FolderIndex:
     def renamed(self, base: str, sub: str, name: str) -> None:
         """We renamed a message file (flags, new/ -> cur/): update it in place."""
         self._touch(base)
-        self._listing[base] = (sub, name)
+        self._list(base, sub, name)
         self._note_own_change()
         uid = self._file.uid_of.get(base)
         old = self._by_uid.get(uid) if uid is not None else None
         entry = None
         if uid is not None and old is not None:
-            entry = self._make_entry(uid, sub, name, old.info.modseq)
+            entry = self._make_entry(uid, sub, name, old.info.modseq, old)
         if entry is None or not self._put(entry):
             self._entries = None
 
@@ -473,8 +502,8 @@ class FolderIndex:
             self._dead_records += 1
             self._touch(base)
             self._listing.pop(base, None)
+            self._listing_new.discard(base)
             self._meta.pop(base, None)
-            self._entry_of.pop(base, None)
             uid = self._file.uid_of.get(base)
             if uid is not None:
                 self._unlinked.add(uid)
@@ -488,6 +517,14 @@ class FolderIndex:
         records = self._file.record_count
         if rewrite or self._dead_records >= max(DEAD_RECORDS_MIN, records // 4):
             self.rewrite_uidlist()
+
+    def _list(self, base: str, sub: str, name: str) -> None:
+        """Enter a file we renamed into `sub`/ in the listing."""
+        self._listing[base] = name
+        if sub == "new":
+            self._listing_new.add(base)
+        else:
+            self._listing_new.discard(base)
 
     def _note_own_change(self) -> None:
         """We renamed or unlinked in new/ or cur/: take the directories' new mtimes as known
@@ -516,7 +553,7 @@ class FolderIndex:
     def set_keywords(self, keywords: KeywordMap) -> None:
         self._kw.replace(keywords)
         self._flags_of.clear()
-        self._entry_of.clear()
+        self._remake_entries = True
         self._entries = None
 
     def claim_new(self) -> list[int]:

@@ -53,6 +53,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -257,15 +258,16 @@ class IndexDb:
         stored_validity = int(meta.get("uidvalidity", 0))
         known = self._known
         if known is None or stored_validity != self.uid_validity:
+            # Interned: a folder has a handful of distinct flag texts, not one per message.
             known = {
-                uid: (flags, modseq)
+                uid: (sys.intern(flags), modseq)
                 for uid, flags, modseq in db.execute("SELECT uid, flags, modseq FROM messages")
             }
         elif highest != self._seen_modseq:
             for uid, flags, modseq in db.execute(
                 "SELECT uid, flags, modseq FROM messages WHERE modseq > ?", (self._seen_modseq,)
             ):
-                known[uid] = (flags, modseq)
+                known[uid] = (sys.intern(flags), modseq)
             for (uid,) in db.execute(
                 "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
             ):
@@ -415,8 +417,8 @@ class IndexDb:
         keeps it in its index. Empty when the file is unusable (every file is measured)."""
         try:
             db = self._connect()
-            return {
-                base: (date, disk, size)
+            return {  # interned: the listing's keys are the same strings (index_listing.py)
+                sys.intern(base): (date, disk, size)
                 for base, date, disk, size in db.execute(
                     "SELECT base, internal_date, disk_size, size FROM messages"
                 )

@@ -162,12 +162,12 @@ class UidlistFile:
         """Make the lines of `append(sync=False)` durable (no lock needed)."""
         fsync_path(self.path)
 
-    def rewrite(self, listing: Mapping[str, tuple[str, str]]) -> None:
+    def rewrite(self, listing: Mapping[str, str]) -> None:
         """Replace the file, keeping only the records whose files are in `listing` (base ->
-        (sub, current name)), each under its current name."""
+        current name), each under its current name."""
         uidlist = self.uidlist
         kept = [
-            UidRecord(uid=r.uid, name=listing[r.base][1], ext=r.ext)
+            UidRecord(uid=r.uid, name=listing[r.base], ext=r.ext)
             for r in uidlist.records
             if r.base in listing
         ]

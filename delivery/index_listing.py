@@ -5,31 +5,32 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
-
-from mailstack.delivery.index_entry import measure
 
 TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 
 
-def list_dirs(folder: Path, meta: dict[str, tuple[float, int, int]]) -> dict[str, tuple[str, str]]:
-    """base -> (sub, name) of every message file in new/ and cur/; files `meta` has no
-    (mtime, S, W) for are measured into it."""
-    listing: dict[str, tuple[str, str]] = {}
+def list_dirs(folder: Path) -> tuple[dict[str, str], set[str]]:
+    """(base -> name of every message file in new/ and cur/, the bases of those in new/).
+    Names only: the index measures a file (delivery/index_entry.py `measure`) when it first
+    makes its entry."""
+    listing: dict[str, str] = {}
+    in_new: set[str] = set()
     for sub in ("new", "cur"):
         directory = os.path.join(folder, sub)
         for name in os.listdir(directory):  # names only: no stat() per message
             if name[0] == ".":
                 continue
-            base = name.split(":", 1)[0]
-            listing[base] = (sub, name)
-            if base not in meta:
-                # First sight in this process: measure it now; later syncs use the cache.
-                measured = measure(os.path.join(directory, name), base)
-                if measured is not None:
-                    meta[base] = measured
-    return listing
+            # Interned: the uidlist records, the index's maps and MessageInfo.key hold the
+            # same strings; one copy each per message instead of one per holder.
+            name = sys.intern(name)
+            base = sys.intern(name.split(":", 1)[0])
+            listing[base] = name
+            if sub == "new":
+                in_new.add(base)
+    return listing, in_new
 
 
 def clean_tmp(folder: Path) -> None:

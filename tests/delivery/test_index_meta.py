@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from mailstack.delivery.index_db import INDEX_FILE
+from mailstack.delivery.index_files import UIDLIST
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX
 
@@ -48,3 +49,27 @@ def test_restart_takes_dates_and_sizes_from_the_index(
     rebuilt = MaildirStore(paths, hostname="mx.example.com").snapshot(ALICE, INBOX).messages
     assert [m.internal_date for m in rebuilt] == [1_600_000_000.0] * 2
     assert rebuilt[0].size == first[0].size + len(b"more\r\n")
+
+
+def test_a_replaced_uidlist_keeps_the_dates_first_seen(
+    paths: StatePaths, store: MaildirStore
+) -> None:
+    """Another writer renumbers the folder (a new uidlist, new UIDVALIDITY): the open index
+    keeps each file's INTERNALDATE from when it first saw it (its entry held it), as a restart
+    would from the index file, instead of taking a later mtime."""
+    root = paths.maildir(ALICE)
+    for i in range(3):
+        store.deliver([(ALICE, INBOX)], f"Subject: {i}\n\nbody\n".encode())
+    first = {m.key: m.internal_date for m in store.snapshot(ALICE, INBOX).messages}
+    names = sorted(os.listdir(root / "cur") + os.listdir(root / "new"))
+    for sub in ("new", "cur"):
+        for name in os.listdir(root / sub):
+            os.utime(root / sub / name, (1_600_000_000, 1_600_000_000))
+    lines = "".join(f"{uid} :{name}\n" for uid, name in enumerate(reversed(names), start=1))
+    (root / "uidlist.new").write_text(f"3 V77 N4 G{'0' * 32}\n{lines}")
+    os.rename(root / "uidlist.new", root / UIDLIST)
+
+    again = store.snapshot(ALICE, INBOX)
+    assert again.uid_validity == 77
+    assert {m.key: m.internal_date for m in again.messages} == first
+    assert 1_600_000_000.0 not in first.values()

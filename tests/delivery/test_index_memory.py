@@ -1,0 +1,87 @@
+"""Memory an open folder's index costs per message (issue 11: a 100,000-message INBOX held about
+1.7 KB a message in the serving process).
+
+Measured with tracemalloc, not timed: the Python allocations a fresh `MaildirStore` makes while
+it opens a 5,000-message INBOX whose uidlist and index file exist (a restart of `serve`), and
+while it opens one never seen before (no uidlist, no index file: mail another program left),
+the snapshot kept alive as a session keeps it.
+
+Every index holds each message's base name and file name once; the test makes those strings
+(interned, as the index interns them) before it measures and counts what the index holds
+besides: its structures and any further copy of a name. Interning them first also keeps the
+interpreter's table of interned strings from growing during the measurement, which it may or
+may not do depending on what ran before (a resize would add megabytes at once).
+
+The bound: before the index shared its strings (one interned base name and file name per
+message instead of up to four copies) and dropped its duplicate maps (`_entry_of`, a second
+(mtime, S, W) tuple per message, a (sub, name) tuple per listed file) this measured about 1,300
+bytes a message after a restart and 1,000 on a first open; afterwards about 510 and 450. The
+bound sits between, with room for the interpreter's own variation (dict tables grow in powers
+of two) but not for a return of the old copies.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from mailstack.delivery.layout import unique_name
+from mailstack.delivery.maildir import MaildirStore
+from mailstack.delivery.store import INBOX
+
+from mailstack.base.paths import StatePaths
+from tests.delivery.conftest import ALICE
+
+MESSAGES = 5_000
+START = 1_700_000_000
+
+
+def fill(root: Path) -> list[str]:
+    """MESSAGES small files in cur/, two in three \\Seen, named as our deliveries name them;
+    returns each one's base name and file name, interned."""
+    body = b"From: a@example.com\nSubject: hello\n\nbody\n"
+    names = []
+    for i in range(MESSAGES):
+        base = unique_name("mx.example.com", len(body), len(body) + 4, now=START + i)
+        name = f"{base}:2,{'S' if i % 3 else ''}"
+        path = root / "cur" / name
+        path.write_bytes(body)
+        os.utime(path, (START + i, START + i))
+        names += [sys.intern(base), sys.intern(name)]
+    return names
+
+
+def bytes_per_message(paths: StatePaths) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        store = MaildirStore(paths, hostname="mx.example.com")
+        snapshot = store.snapshot(ALICE, INBOX)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(snapshot.messages) == MESSAGES
+    return held / MESSAGES
+
+
+@pytest.mark.parametrize(
+    ("restart", "bound"),
+    [
+        pytest.param(True, 800, id="restart-with-index"),
+        pytest.param(False, 800, id="first-open"),
+    ],
+)
+def test_an_open_folder_costs_a_bounded_number_of_bytes_per_message(
+    paths: StatePaths, store: MaildirStore, restart: bool, bound: int
+) -> None:
+    names = fill(paths.maildir(ALICE))  # held until the end: see the module docstring
+    if restart:
+        store.snapshot(ALICE, INBOX)  # writes the uidlist and the index file
+    per_message = bytes_per_message(paths)
+    assert per_message < bound, f"{per_message:.0f} bytes a message"
+    assert len(names) == 2 * MESSAGES

@@ -19,9 +19,9 @@ delimiter ".", "INBOX" is the Maildir root; "Sent" lives in `.Sent/`, "Archive.2
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -199,7 +199,7 @@ class HeaderIndex(Protocol):
         """Store rows, in one transaction."""
 
     @property
-    def filling(self) -> AbstractContextManager[object]:
+    def filling(self) -> threading.Lock:
         """Held while rows are being filled, so that sessions take turns (one lock per
         folder and process)."""
 

@@ -123,17 +123,25 @@ def fill(
     Rows are stored READ_BATCH at a time, so a first search of a 100,000-message folder
     holds a batch in memory, not the folder. Sessions of one folder fill in turn and each
     skips the rows the one before it stored: eight sessions opening a new folder at once
-    read its files once, not eight times (and held eight folders' rows at once before)."""
-    with table.filling:
-        no_row, _ = table.missing(wanted)
-        todo = set(no_row)
-        wanted = [(uid, base) for uid, base in wanted if uid in todo]
+    read its files once, not eight times (and held eight folders' rows at once before).
+    The caller found `wanted` missing; only a session that had to wait asks the table again."""
+    lock = table.filling
+    waited = not lock.acquire(blocking=False)
+    if waited:
+        lock.acquire()
+    try:
+        if waited:  # another session filled meanwhile: only what it left is still missing
+            no_row, _ = table.missing(wanted)
+            todo = set(no_row)
+            wanted = [(uid, base) for uid, base in wanted if uid in todo]
         for start in range(0, len(wanted), READ_BATCH):
             chunk = dict(wanted[start : start + READ_BATCH])
             blocks = store.read_headers(user, folder, list(chunk))
             table.put(
                 [make_row(u, chunk[u], b, with_envelope=envelopes) for u, b in blocks.items()]
             )
+    finally:
+        lock.release()
 
 
 def ensure(

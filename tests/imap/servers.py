@@ -4,7 +4,10 @@ tests/imap/conftest.py.
 - `connect`: a raw client that is closed after the test, also when a failed wait left it open
   (test_notify.py, test_context_search.py, test_idle_watch.py); `logged_in`: one logged in
   as USER, with an extension enabled and a folder examined if asked (test_utf8*.py,
-  test_imap4rev2.py, test_message_global.py).
+  test_imap4rev2.py, test_message_global.py, test_catenate.py, test_metadata.py,
+  test_multiappend.py).
+- `fetchmail_keep`: what Debian's fetchmail retrieves over IMAPS (keep, fetchall) into an
+  mbox (test_imap_clients.py, test_utf8_clients.py).
 - `Endpoint`, `dovecot_and_ours`: the same account on an isolated Dovecot and on a running
   mailstack, each with its own Maildir, for differential tests (test_catenate_dovecot.py,
   test_condstore_dovecot.py).
@@ -12,6 +15,8 @@ tests/imap/conftest.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,16 +38,49 @@ def connect(port: int, *, timeout_s: float) -> RawClient:
     return client
 
 
-def logged_in(port: int, *, enable: str | None = None, examine: str | None = None) -> RawClient:
-    """A raw client logged in as USER (closed after the test); `enable` an extension first
-    (ENABLE must answer ENABLED for it), then EXAMINE `examine`."""
+def logged_in(
+    port: int,
+    *,
+    user: str = USER,
+    password: str = PASSWORD,
+    enable: str | None = None,
+    examine: str | None = None,
+) -> RawClient:
+    """A raw client logged in as `user` (closed after the test); `enable` an extension
+    first (ENABLE must answer ENABLED for it), then EXAMINE `examine`."""
     client = connect(port, timeout_s=30)
-    assert client.tagged(f'LOGIN {USER} "{PASSWORD}"').startswith(b"OK")
+    assert client.tagged(f'LOGIN {user} "{password}"').startswith(b"OK")
     if enable:
         assert client.command(f"ENABLE {enable}")[0] == f"* ENABLED {enable}\r\n".encode()
     if examine:
         assert client.tagged(f"EXAMINE {examine}").startswith(b"OK")
     return client
+
+
+def fetchmail_keep(home: Path, ca_cert: Path, imaps_port: int) -> bytes:
+    """Run fetchmail once against our IMAPS port as USER (keep, fetchall), delivering into
+    an mbox by a shell MDA; the mbox's bytes. A failed run fails the test with its output."""
+    out = home / "fetched.mbox"
+    rc = home / "fetchmailrc"
+    rc.write_text(
+        f"poll localhost protocol IMAP port {imaps_port}\n"
+        f'  user "{USER}" password "{PASSWORD}" is "tester" here\n'
+        f'  ssl sslcertck sslcertfile "{ca_cert}"\n'
+        f"  keep fetchall\n"
+        f"  mda \"/bin/sh -c 'cat >> {out}'\"\n"
+    )
+    rc.chmod(0o600)
+    env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
+    result = subprocess.run(
+        ["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out.read_bytes()
 
 
 def close_opened() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from mailstack.imap.catenate import BadUrlError, ImapUrl, parse_url
 from mailstack.imap.parser import ParseError, parse_command
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.support.imapserver import (
     OTHER_PASSWORD,
     OTHER_USER,
@@ -24,7 +24,6 @@ from tests.support.imapserver import (
     ImapDeployment,
     ImapServerThread,
     make_deployment,
-    running_server,
 )
 
 HEADER = (
@@ -51,16 +50,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def login(server: ImapServerThread, user: str = USER, password: str = PASSWORD) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {user} "{password}"').startswith(b"OK")
-    return client
+    return logged_in(server.imap_port, user=user, password=password)
 
 
 def text(data: bytes) -> bytes:

@@ -17,6 +17,7 @@ import pytest
 from mailstack.delivery.store import INBOX
 
 from mailstack.base.flags import Flag
+from tests.imap.servers import fetchmail_keep
 from tests.support.imapserver import (
     PASSWORD,
     USER,
@@ -224,27 +225,7 @@ def test_fetchmail_retrieves_with_keep(
 ) -> None:
     deployment.store.deliver([(USER, INBOX)], message("fetch-me"))
     deployment.store.deliver([(USER, INBOX)], message("fetch-me-too"))
-    out = tmp_path / "fetched.mbox"
-    rc = tmp_path / "fetchmailrc"
-    rc.write_text(
-        f"poll localhost protocol IMAP port {server.imaps_port}\n"
-        f'  user "{USER}" password "{PASSWORD}" is "tester" here\n'
-        f'  ssl sslcertck sslcertfile "{deployment.paths.ca_cert}"\n'
-        f"  keep fetchall\n"
-        f"  mda \"/bin/sh -c 'cat >> {out}'\"\n"
-    )
-    rc.chmod(0o600)
-    env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
-    result = subprocess.run(
-        ["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = out.read_bytes()
+    text = fetchmail_keep(tmp_path, deployment.paths.ca_cert, server.imaps_port)
     assert b"Subject: fetch-me\r\n" in text or b"Subject: fetch-me\n" in text
     assert b"Subject: fetch-me-too" in text
     state = server_state(deployment)

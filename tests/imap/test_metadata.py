@@ -3,13 +3,13 @@ MAXSIZE, binary values, limits, RENAME/DELETE, persistence, and rights on a shar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mailstack.delivery import acl
 
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.support.imapserver import (
     OTHER_PASSWORD,
     OTHER_USER,
@@ -32,16 +32,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return dep
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def login(server: ImapServerThread, user: str = ALICE, password: str = PASSWORD) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {user} "{password}"').startswith(b"OK")
-    return client
+    return logged_in(server.imap_port, user=user, password=password)
 
 
 def get(client: RawClient, args: str) -> tuple[bytes, bytes]:

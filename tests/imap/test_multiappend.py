@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from imapclient import IMAPClient
 
 from tests.imap.dovecot_preauth import DovecotMaildir, dovecot_maildir  # noqa: F401
 from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
 from tests.support.imapserver import (
     OTHER_PASSWORD,
     OTHER_USER,
@@ -22,7 +22,6 @@ from tests.support.imapserver import (
     ImapDeployment,
     ImapServerThread,
     make_deployment,
-    running_server,
 )
 
 MAX_SIZE = 50 * 1024 * 1024  # smtp.max_message_size's default: the literal limit after login
@@ -51,16 +50,8 @@ def dep(tmp_path: Path) -> ImapDeployment:
     return make_deployment(tmp_path / "state")
 
 
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    with running_server(dep) as server:
-        yield server
-
-
 def login(server: ImapServerThread, user: str = USER, password: str = PASSWORD) -> RawClient:
-    client = RawClient("127.0.0.1", server.imap_port)
-    assert client.tagged(f'LOGIN {user} "{password}"').startswith(b"OK")
-    return client
+    return logged_in(server.imap_port, user=user, password=password)
 
 
 def answers(client: RawClient) -> list[bytes]:

@@ -4,16 +4,14 @@ its body as delivered."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mailstack.delivery.store import INBOX
 
+from tests.imap.servers import fetchmail_keep
 from tests.support.imapserver import (
-    PASSWORD,
     USER,
     ImapDeployment,
     ImapServerThread,
@@ -48,27 +46,9 @@ def test_fetchmail_gets_the_downgraded_form(
     tmp_path: Path, deployment: ImapDeployment, server: ImapServerThread
 ) -> None:
     deployment.store.deliver([(USER, INBOX)], INTL)
-    out = tmp_path / "fetched.mbox"
-    rc = tmp_path / "fetchmailrc"
-    rc.write_text(
-        f"poll localhost protocol IMAP port {server.imaps_port}\n"
-        f'  user "{USER}" password "{PASSWORD}" is "tester" here\n'
-        f'  ssl sslcertck sslcertfile "{deployment.paths.ca_cert}"\n'
-        f"  keep fetchall\n"
-        f"  mda \"/bin/sh -c 'cat >> {out}'\"\n"
+    fetched = fetchmail_keep(tmp_path, deployment.paths.ca_cert, server.imaps_port).replace(
+        b"\r\n", b"\n"
     )
-    rc.chmod(0o600)
-    env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
-    result = subprocess.run(
-        ["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    fetched = out.read_bytes().replace(b"\r\n", b"\n")
     header, _, body = fetched.partition(b"\n\n")
     assert header.isascii(), header
     assert b"\nSubject: =?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?=\n" in header

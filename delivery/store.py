@@ -19,7 +19,6 @@ delimiter ".", "INBOX" is the Maildir root; "Sent" lives in `.Sent/`, "Archive.2
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -182,6 +181,15 @@ class HeaderRow:
     envelope: bytes | None  # the rendered FETCH ENVELOPE; None until a FETCH needs it
 
 
+class FillLock(Protocol):
+    """What `HeaderIndex.filling` is: a lock (threading.Lock in delivery/index_headers.py);
+    this module stays free of threading (tests/test_layering.py's pure modules)."""
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class HeaderIndex(Protocol):
     """A folder's stored header fields (delivery/index_headers.py has the rules), keyed by
     (uid, base name) pairs; missing and stale rows are simply absent."""
@@ -199,7 +207,7 @@ class HeaderIndex(Protocol):
         """Store rows, in one transaction."""
 
     @property
-    def filling(self) -> threading.Lock:
+    def filling(self) -> FillLock:
         """Held while rows are being filled, so that sessions take turns (one lock per
         folder and process)."""
 

@@ -61,6 +61,14 @@ class ServeProcess:
                 self._lines.put(line)
         self._lines.put(None)
 
+    def seen_or_wait_for(self, needle: str) -> str:
+        """A line with `needle` already read (e.g. while waiting for "mailstack ready", which
+        a line logged during start-up may precede), else `wait_for(needle)`."""
+        for line in self.log:
+            if needle in line:
+                return line
+        return self.wait_for(needle)
+
     def wait_for(self, needle: str) -> str:
         """Read stderr until a line containing `needle`; fail with the log if the process ends."""
         deadline = time.monotonic() + self.timeout_s

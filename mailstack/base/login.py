@@ -7,21 +7,34 @@ In this order, each step for a reason:
    (issue 10 item 1). A name that is no address is throttled on its folded string.
 2. Reserve a throttle slot (mailstack/base/throttle.py): refused attempts are never verified,
    and an attempt counts before its verification, so parallel guesses cannot pass the limits.
-3. Wait the throttle's delay (on the loop: costs nothing but a timer).
-4. The auth cache: a success within `auth.cache_s` for the same name and password answers
-   without hashing. Its key is an HMAC of name and password under a random per-process key, so
-   neither the cache nor a memory dump holds a password or a hash that can be tested offline
-   faster than argon2. Failures are never cached: every wrong guess costs a verification and
-   counts in the throttle. Every entry goes when users.sqlite3 changes (`PRAGMA data_version`:
-   `user passwd`, `user del`, disabling), and a success whose verification overlapped a change
-   is not cached.
+   The same name and password from the same network while one is in flight (a client opening
+   16 connections at once) is the same guess: it shares that attempt's slot and verdict
+   instead of taking a slot of its own, which would soon delay a client for its parallelism.
+3. The auth cache: a success within `auth.cache_s` for the same name and password answers
+   without hashing and without the throttle's delay (a locked-out pair was refused in step 2).
+   Its key is an HMAC of name and password under a random per-process key, so neither the
+   cache nor a memory dump holds a password or a hash that can be tested offline faster than
+   argon2. Failures are never cached: every wrong guess costs a verification and counts in
+   the throttle. Every entry goes when users.sqlite3 changes (`PRAGMA data_version`: `user
+   passwd`, `user del`, disabling), and a success whose verification overlapped a change is
+   not cached.
+4. Wait the throttle's delay (on the loop: costs nothing but a timer).
 5. Verify in a bounded pool of our own threads (`auth.verify_threads`, by default half the
    cores), never the loop's default executor that the store uses: a flood of bad logins then
    cannot starve delivery and IMAP (issue 10 item 6). At most `auth.verify_per_network` checks
    per client network run or wait in the pool at once; a few more wait on the loop; beyond
    that, and when `auth.verify_queue` checks already wait, the attempt is shed before any
-   hashing ("try again later") and not counted as a failure.
+   hashing ("try again later").
 6. Record the outcome in the throttle and log one line (never the password).
+
+From step 3 on an attempt is decided in a task of its own: a cache hit answers at once and a
+miss does not, so a client that could hang up uncounted after a miss would test guesses
+against the cache for free. An attempt abandoned during its delay counts as a failure; one
+abandoned during its verification gets the verification's verdict. For the same reason an
+attempt that step 5 would shed because its own network has too many in line is shed before
+the cache is asked (uncounted), and one shed after a cache miss (the whole pool full: a flood
+from many networks) counts toward the account's ceiling, which never refuses networks the
+account logged in from (`LoginThrottle.record_unanswered`).
 
 SCRAM-SHA-256 (`ScramLogin`, IMAP AUTHENTICATE and SMTP AUTH) takes steps 1, 2, 3 and 6 the
 same way, through the same two methods (`_reserve`, `_conclude`): the reservation is taken at
@@ -43,7 +56,7 @@ import secrets
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -91,6 +104,15 @@ class _BusyError(Exception):
     """The verifier pool is full: shed the attempt before hashing."""
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """One reservation being decided, and the clients waiting for its verdict."""
+
+    task: asyncio.Future[LoginResult] = field(init=False)
+    waiters: int = 0
+    delaying: bool = False  # in the throttle's delay: the last client leaving may cancel it
+
+
 class Logins:
     """Shared by every listener of one `serve` (ServerContext.logins). Used on one event loop."""
 
@@ -115,12 +137,13 @@ class Logins:
         self._cache: dict[bytes, tuple[str, float]] = {}
         self._cache_key = secrets.token_bytes(32)
         self._cache_version: int | None = None
-        # Verifications running, by cache key: the same name and password arriving again
-        # meanwhile (a client opening 16 connections at once) wait for that one's answer
-        # instead of hashing again. Keyed like the cache, so only identical pairs share.
-        self._running: dict[bytes, asyncio.Future[str | None]] = {}
-        # Observed, for tests and `throttle list`: verifications started, most at once per net.
+        # Attempts being decided, by an HMAC of network, name and password: the same three
+        # arriving again meanwhile share the verdict (`login`).
+        self._attempts: dict[bytes, _Attempt] = {}
+        # Observed, for tests and `throttle list`: verifications started, attempts that waited
+        # out a throttle delay, most verifications at once per network.
         self.verified = 0
+        self.delayed = 0
         self.peak_per_network = 0
 
     async def login(
@@ -128,19 +151,109 @@ class Logins:
     ) -> LoginResult:
         """Check one login attempt; `log` is the connection's logger (its id on the line)."""
         account = canonical_name(name)
+        network = network_of(peer_ip)
+        key = self._attempt_key(account, password, network)
+        attempt = self._attempts.get(key)
+        if attempt is not None:
+            # The same name and password from the same network already in flight (a client
+            # opening 16 connections at once): the same guess, so one reservation, one
+            # verification and one verdict for all of them, counted once.
+            result = await self._await(attempt)
+            if result.address is not None:
+                log.info("login %s from %s (shared)", result.address, peer_ip)
+            else:
+                log.info("login %s for %r from %s (shared)", result.outcome, account, peer_ip)
+            return result
         decision = self._reserve(account, peer_ip, log)
         if decision is None:
             return LoginResult(Outcome.THROTTLED)
+        attempt = _Attempt()
+        attempt.task = asyncio.ensure_future(
+            self._decide(account, password, decision, peer_ip, log, attempt)
+        )
+        self._attempts[key] = attempt
+        attempt.task.add_done_callback(functools.partial(self._ran, key, attempt))
+        return await self._await(attempt)
+
+    async def _await(self, attempt: _Attempt) -> LoginResult:
+        """Wait for an attempt's verdict. The attempt is not the client's to cancel once the
+        cache has seen the password: a client that leaves then is still judged (below)."""
+        attempt.waiters += 1
         try:
-            address, cached = await self._check(account, password, decision)
-        except _BusyError:
+            return await asyncio.shield(attempt.task)
+        except asyncio.CancelledError:
+            attempt.waiters -= 1
+            if attempt.waiters == 0 and attempt.delaying:
+                attempt.task.cancel()  # `_decide` counts it as failed
+            raise
+
+    async def _decide(
+        self,
+        account: str,
+        password: str,
+        decision: Reservation,
+        peer_ip: str,
+        log: Any,
+        attempt: _Attempt,
+    ) -> LoginResult:
+        """Steps 3-6 for one reservation, in a task of its own that no client can cancel once
+        it has answered anything about the password.
+
+        Why: a cached success answers at once, a wrong password only after the delay or the
+        hash. Were an attempt that the client abandoned at that point not counted, a guesser
+        would hang up whenever no answer came within milliseconds and so test guesses
+        against the cache for free. So after the cache has said no, an attempt ends in a
+        verdict, and one abandoned during its delay or shed by a full pool counts as failed.
+        """
+        if self._line_is_full(decision.network):
+            # Shed before the cache is asked: the answer says nothing about the password.
             self.throttle.cancel(decision)
+            log.warning("login shed for %r from %s: too many from its network", account, peer_ip)
+            return LoginResult(Outcome.BUSY)
+        if (cached := self._cached(account, password)) is not None:
+            return self._conclude(decision, cached, peer_ip, log, " (cached)")
+        try:
+            if decision.delay_s:
+                self.delayed += 1
+                attempt.delaying = True
+                log.info(
+                    "login for %r from %s waits %.0f s (earlier failures)",
+                    account,
+                    peer_ip,
+                    decision.delay_s,
+                )
+                try:
+                    await asyncio.sleep(decision.delay_s)  # slows guessing; costs a timer
+                except asyncio.CancelledError:
+                    self._conclude(decision, None, peer_ip, log, " (left during the delay)")
+                    raise
+                attempt.delaying = False
+            version = self._accounts_version()
+            address = await self._verify(account, password, decision.network)
+        except _BusyError:
+            self.throttle.record_unanswered(decision)  # see the docstring: no free answer
             log.warning("login shed for %r from %s: verifier pool full", account, peer_ip)
             return LoginResult(Outcome.BUSY)
-        except BaseException:  # the client went away (cancelled) or a database error
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # a database error: nothing was decided
             self.throttle.cancel(decision)
             raise
-        return self._conclude(decision, address, peer_ip, log, " (cached)" if cached else "")
+        key = self._cache_entry(account, password)
+        if address is not None and key is not None and self._accounts_version() == version:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = (address, time.monotonic() + self.settings.cache_s)
+        return self._conclude(decision, address, peer_ip, log, "")
+
+    def _ran(self, key: bytes, attempt: _Attempt, _task: object) -> None:
+        if self._attempts.get(key) is attempt:
+            del self._attempts[key]
+
+    def _attempt_key(self, account: str, password: str, network: str) -> bytes:
+        """Names an attempt in flight without holding its password (HMAC, as the cache)."""
+        data = "\0".join((network, account, password)).encode("utf-8", "replace")
+        return hmac.digest(self._cache_key, data, "sha256")
 
     def _reserve(self, account: str, peer_ip: str, log: Any) -> Reservation | None:
         """Step 2: a throttle slot for this attempt, or None (logged) when it is refused."""
@@ -163,42 +276,6 @@ class Logins:
         self.throttle.record_success(decision)
         log.info("login %s from %s%s", address, peer_ip, how)
         return LoginResult(Outcome.OK, address)
-
-    async def _check(
-        self, account: str, password: str, decision: Reservation
-    ) -> tuple[str | None, bool]:
-        """The canonical address if the password is right, and whether the cache said so."""
-        # A cached success answers before the delay: the throttle has already refused a pair
-        # that is locked out (the cache must not become an oracle that bypasses it), and a
-        # hit only ever ends a guessing run, so skipping the wait helps no attacker, while a
-        # client reconnecting, or opening five connections at once, never waits.
-        if (cached := self._cached(account, password)) is not None:
-            return cached, True
-        if decision.delay_s:
-            await asyncio.sleep(decision.delay_s)  # slows guessing; the loop serves others
-        key = self._cache_entry(account, password)
-        version = self._accounts_version()
-        if (cached := self._cached(account, password)) is not None:
-            return cached, True  # verified by a parallel login while this one waited
-        if key is not None and (running := self._running.get(key)) is not None:
-            with contextlib.suppress(_BusyError):
-                if (shared := await asyncio.shield(running)) is not None:
-                    return shared, True  # the same pair was being verified: it is right
-            # A failure is never shared: every wrong guess costs its own verification.
-        verification = asyncio.ensure_future(self._verify(account, password, decision.network))
-        if key is not None:
-            self._running[key] = verification
-            verification.add_done_callback(functools.partial(self._ran, key))
-        address = await asyncio.shield(verification)
-        if address is not None and key is not None and self._accounts_version() == version:
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = (address, time.monotonic() + self.settings.cache_s)
-        return address, False
-
-    def _ran(self, key: bytes, verification: asyncio.Future[str | None]) -> None:
-        if self._running.get(key) is verification:
-            del self._running[key]
 
     # -- the auth cache ------------------------------------------------------------------------
     def _cached(self, account: str, password: str) -> str | None:
@@ -228,6 +305,12 @@ class Logins:
         return version
 
     # -- the verifier pool ---------------------------------------------------------------------
+    def _line_is_full(self, network: str) -> bool:
+        """`_acquire` would shed an attempt from this network now."""
+        return self._per_network.get(network, 0) >= self.settings.verify_per_network and (
+            len(self._waiting.get(network, ())) >= WAITING_PER_NETWORK
+        )
+
     def _is_full(self) -> bool:
         return self._submitted >= self.threads + self.settings.verify_queue
 

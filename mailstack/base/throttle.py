@@ -153,6 +153,20 @@ class LoginThrottle:
             self.records[good] = Record(0, now)
             self._changed(good, self.records[good])
 
+    def record_unanswered(self, r: Reservation) -> None:
+        """Shed after the auth cache said no (mailstack/base/login.py): a guess that got an
+        answer, though no verdict. It counts toward the account's ceiling only, which spares
+        networks the account logged in from: a flood that fills the verifier pool then neither
+        lets guesses test the cache for free nor locks out the user whose login it shed."""
+        pair, net, acct = self._keys(r)
+        self._release(pair)
+        self._release(net)
+        rec = self._get(acct)
+        rec.in_flight = max(0, rec.in_flight - 1)
+        rec.failures += 1
+        rec.last = self.clock()
+        self._changed(acct, rec)
+
     def cancel(self, r: Reservation) -> None:
         """Not verified after all (shed by a full verifier pool): nothing is counted."""
         for key in self._keys(r):

@@ -98,13 +98,15 @@ def test_45_parallel_wrong_logins_verify_at_most_the_limit(dep: ImapDeployment) 
     dep.throttle = LoginThrottle(base_delay_s=0.01, max_delay_s=0.05)  # lockout_failures=20
     ready = threading.Barrier(45)
 
-    def attempt(port: int) -> bytes:
+    def attempt(guess: int) -> bytes:
         with ClientFrom(port) as client:
             ready.wait(30)
-            return client.tagged(f"LOGIN {ALICE} wrong-guess")
+            # 45 different guesses: the same one 45 times is one attempt, shared.
+            return client.tagged(f"LOGIN {ALICE} wrong-guess-{guess}")
 
     with running_server(dep) as server, ThreadPoolExecutor(45) as pool:
-        answers = list(pool.map(attempt, [server.imap_port] * 45))
+        port = server.imap_port
+        answers = list(pool.map(attempt, range(45)))
         ctx = server.ctx
     failed = [a for a in answers if a.startswith(b"NO [AUTHENTICATIONFAILED]")]
     refused = [a for a in answers if a.startswith(b"NO [UNAVAILABLE]")]

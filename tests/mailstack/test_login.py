@@ -93,31 +93,64 @@ async def test_excess_attempts_are_shed_before_hashing_and_not_counted(
 
 
 async def test_a_full_pool_sheds_other_networks_too(accounts: Accounts) -> None:
-    path = logins(accounts, verify_threads=1, verify_queue=0)
+    throttle = LoginThrottle()
+    path = logins(accounts, throttle, verify_threads=1, verify_queue=0)
     first = asyncio.ensure_future(path.login(ALICE, "guess", "192.0.2.1"))
-    await asyncio.sleep(0)  # the first is in the pool now
+    await asyncio.sleep(0.01)  # the first is in the pool now
     assert (await path.login(ALICE, PASSWORD, "198.51.100.1")).outcome is Outcome.BUSY
+    # Shed after the cache said no: counted toward the account's ceiling only, never against
+    # the pair or the network, so a flood cannot lock the real user out.
+    assert throttle.records[(Kind.ACCOUNT, ALICE, "")].failures == 1
+    assert throttle.records[(Kind.PAIR, ALICE, "198.51.100.0/24")].failures == 0
+    assert throttle.records[(Kind.NETWORK, "", "198.51.100.0/24")].failures == 0
     assert (await first).outcome is Outcome.FAILED
     assert (await path.login(ALICE, PASSWORD, "198.51.100.1")).outcome is Outcome.OK
 
 
-async def test_a_client_that_leaves_frees_its_slot_and_counts_nothing(
+async def test_a_client_that_leaves_after_the_cache_said_no_is_still_judged(
     accounts: Accounts,
 ) -> None:
+    # A cached success answers at once: were a guess whose answer did not come at once
+    # uncounted when the client hangs up, the cache would test guesses for free.
     throttle = LoginThrottle()
     path = logins(accounts, throttle, verify_per_network=1)
     running = asyncio.ensure_future(path.login(ALICE, "guess", "192.0.2.1"))
-    waiting = asyncio.ensure_future(path.login(ALICE, "guess", "192.0.2.2"))
+    waiting = asyncio.ensure_future(path.login(ALICE, "other guess", "192.0.2.2"))
     await asyncio.sleep(0.01)
     waiting.cancel()  # gone while waiting for the network's slot
-    running.cancel()  # gone while its hash is computed: the slot frees when the thread ends
+    running.cancel()  # gone while its hash is computed
     for task in (running, waiting):
         with pytest.raises(asyncio.CancelledError):
             await task
-    pair = throttle.records[(Kind.PAIR, ALICE, "192.0.2.0/24")]
-    assert (pair.failures, pair.in_flight) == (0, 0)
-    assert (await path.login(ALICE, PASSWORD, "192.0.2.3")).outcome is Outcome.OK
+    pair = (Kind.PAIR, ALICE, "192.0.2.0/24")
+    for _ in range(200):  # both are verified and counted without their clients
+        if throttle.records[pair].failures == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert (throttle.records[pair].failures, throttle.records[pair].in_flight) == (2, 0)
+    assert path.verified == 2
     assert path.in_flight("192.0.2.1") == 0
+    assert (await path.login(ALICE, PASSWORD, "192.0.2.3")).outcome is Outcome.OK
+
+
+async def test_a_client_that_leaves_during_the_delay_counts_as_failed(
+    accounts: Accounts,
+) -> None:
+    throttle = LoginThrottle(free_failures=1, base_delay_s=30, lockout_failures=10)
+    path = logins(accounts, throttle)
+    assert (await path.login(ALICE, PASSWORD, "192.0.2.1")).outcome is Outcome.OK  # cached
+    await path.login(ALICE, "typo", "192.0.2.1")  # the next misses wait 30 s
+    guess = asyncio.ensure_future(path.login(ALICE, "guess", "192.0.2.1"))
+    await asyncio.sleep(0.05)
+    assert not guess.done()  # no answer at once: not the cached password
+    guess.cancel()  # ... so a guesser hangs up
+    with pytest.raises(asyncio.CancelledError):
+        await guess
+    await asyncio.sleep(0)
+    pair = throttle.records[(Kind.PAIR, ALICE, "192.0.2.0/24")]
+    assert (pair.failures, pair.in_flight) == (2, 0)
+    assert path.verified == 2  # counted without hashing
+    assert path.delayed == 1
 
 
 async def test_the_cache_answers_repeats_but_never_a_throttled_pair(
@@ -184,12 +217,34 @@ def test_auth_keys_are_validated_by_name(key: str, value: object, message: str) 
 
 
 async def test_parallel_logins_of_one_pair_share_one_verification(accounts: Accounts) -> None:
-    # A mail client opening 16 connections at once: one argon2id check, not 16 in a row.
-    path = logins(accounts)
+    # A mail client opening 16 connections at once: one argon2id check, not 16 in a row, and
+    # one attempt in flight for the throttle: the client is not delayed for its parallelism.
+    throttle = LoginThrottle()
+    path = logins(accounts, throttle)
     results = await asyncio.gather(*(path.login(ALICE, PASSWORD, "192.0.2.1") for _ in range(16)))
     assert {r.outcome for r in results} == {Outcome.OK}
     assert path.verified == 1
-    # A failure is never shared: each wrong guess is verified (and counted) on its own.
+    assert path.delayed == 0
+    # The same wrong password 3 times at once is one guess: verified and counted once.
     wrong = await asyncio.gather(*(path.login(ALICE, "wrong", "192.0.2.1") for _ in range(3)))
     assert {r.outcome for r in wrong} == {Outcome.FAILED}
+    assert path.verified == 2
+    assert throttle.records[(Kind.PAIR, ALICE, "192.0.2.0/24")].failures == 1
+    # Different guesses at once are each verified and counted.
+    guesses = await asyncio.gather(*(path.login(ALICE, f"g{i}", "192.0.2.1") for i in range(2)))
+    assert {r.outcome for r in guesses} == {Outcome.FAILED}
     assert path.verified == 4
+    assert throttle.records[(Kind.PAIR, ALICE, "192.0.2.0/24")].failures == 3
+
+
+async def test_the_same_password_from_another_network_is_its_own_attempt(
+    accounts: Accounts,
+) -> None:
+    throttle = LoginThrottle(lockout_failures=1)
+    path = logins(accounts, throttle)
+    await path.login(ALICE, "wrong", "198.51.100.1")  # that pair is locked out now
+    first = asyncio.ensure_future(path.login(ALICE, PASSWORD, "192.0.2.1"))
+    await asyncio.sleep(0)
+    # Sharing the first one's verdict would let a locked-out network in.
+    assert (await path.login(ALICE, PASSWORD, "198.51.100.1")).outcome is Outcome.THROTTLED
+    assert (await first).outcome is Outcome.OK

@@ -156,6 +156,32 @@ def test_the_auth_cache_answers_repeats_and_forgets_on_passwd_and_del(
     assert not any(PASSWORD in line or NEW_PASSWORD in line for line in serve.log)
 
 
+def test_a_client_opening_16_connections_at_once_is_not_delayed(serve: ServeProcess) -> None:
+    # 16 logins in flight for one account from one network used to count 11 of them as
+    # failures (beyond the 5 in flight it lets pass) and delay the last by 30 s.
+    barrier = threading.Barrier(16)
+    answers: list[str] = []
+
+    def connect() -> None:
+        client = Imap(serve.port("imap"))
+        try:
+            barrier.wait()
+            answers.append(client.login(ALICE, PASSWORD)[0])
+        finally:
+            client.shutdown()
+
+    threads = [threading.Thread(target=connect) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers == ["OK"] * 16
+    lines = [serve.wait_for("login ").rstrip("\n") for _ in range(16)]
+    assert all(line.split("] ", 1)[-1].startswith(f"login {ALICE} from ") for line in lines), lines
+    assert len([line for line in lines if line.endswith("from 127.0.0.1")]) == 1  # one argon2id
+    assert throttle_list(serve.root) == []
+
+
 def round_trip(serve: ServeProcess, subject: str) -> float:
     """A normal client's work: deliver one message on 25, then log in over IMAP, select the
     inbox and fetch it. Seconds taken."""

@@ -24,6 +24,10 @@ imaplib over 127.0.0.1 (one connection at a time unless said otherwise):
 - the client header fetch (`CLIENT_HEADERS`) cold, on the connection that did the cold
   SELECT (before anything was parsed), and warm (new connections after the restart);
 - `UID SEARCH SUBJECT word` (a header key) and `UID SEARCH BODY word` (reads every message);
+- `UID SEARCH FROM address` (1 message in 97);
+- one message changed in the big INBOX (`one_message_changes`): `UID STORE` of its flags,
+  `EXPUNGE` of one message, `APPEND` of one 4 KB message; then a CONDSTORE resync, `FETCH 1:*
+  (FLAGS) (CHANGEDSINCE m)` on a new connection after another session changed 10 messages;
 - APPEND of 4 KB messages into a fresh folder by 1 and by 8 concurrent clients (msg/s).
 
 Warm cases run `--repeat` times and report the median. The servers:
@@ -68,6 +72,7 @@ from tests.support.imapserver import PASSWORD, USER  # noqa: E402
 
 SUBJECT_WORD = "zanzibar"  # in 1% of subjects
 BODY_WORD = "quokka"  # in 1% of bodies
+FROM_WORD = "sender42@example.org"  # one sender in 97
 # The fetch a mail client sends on opening a folder (issue 11's "client header fetch").
 CLIENT_HEADERS = (
     "UID RFC822.SIZE FLAGS INTERNALDATE ENVELOPE"
@@ -298,6 +303,7 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
     if exists != count:
         raise RuntimeError(f"{server.name}: SELECT saw {exists} messages, not {count}")
     add("SELECT INBOX, cold", ms)
+    cold_select_ms = ms
     client.logout()
     warm_opens = [login_select_and_logout(port) for _ in range(repeat)]
     add("LOGIN (connect + LOGIN)", statistics.median(o[0] for o in warm_opens))
@@ -312,6 +318,7 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
     # What a mail client asks of a folder it never saw (nothing parsed or stored yet).
     ms, _ = timed_ms(lambda: fetch_all(client, CLIENT_HEADERS))
     add("FETCH 1:* client headers, cold", ms)
+    add("first SELECT + client headers, cold (the two above)", cold_select_ms + ms)
     client.logout()
     client = connect(port)
     check(client.select("INBOX"))
@@ -344,6 +351,7 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
     hits: dict[str, int] = {}
     for case, criteria in (
         ("UID SEARCH SUBJECT (header)", f"SUBJECT {SUBJECT_WORD}"),
+        ("UID SEARCH FROM (header)", f"FROM {FROM_WORD}"),
         ("UID SEARCH BODY (text)", f"BODY {BODY_WORD}"),
     ):
         times = []
@@ -354,6 +362,10 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
             hits[case] = len(data[0].split()) if data and data[0] else 0
         add(case, statistics.median(times), detail=f"{hits[case]} hits")
     client.logout()
+
+    rows_of_one = one_message_changes(port, repeat)
+    for case, value in rows_of_one:
+        add(case, value)
 
     for clients in (1, 8):
         folder = f"Appended{clients}"
@@ -381,6 +393,58 @@ def measure(server: Server, repeat: int, count: int) -> list[Row]:
             "msg/s",
         )
     return rows
+
+
+def one_message_changes(port: int, repeat: int) -> list[tuple[str, float]]:
+    """Changes of one message in the big INBOX, each on its own (median ms): what a client
+    does all day, whose cost must not grow with the folder. Then a CONDSTORE resync (RFC
+    7162 §3.1.4) after 10 flag changes made by another session."""
+    client = connect(port)
+    check(client.select("INBOX"))
+    uids = check(client.uid("SEARCH", "ALL"))[0].split()
+    stores, expunges, appends = [], [], []
+    for i in range(repeat):
+        uid = uids[len(uids) // 2 + i].decode()
+        ms, answer = timed_ms(functools.partial(client.uid, "STORE", uid, "+FLAGS", "(\\Flagged)"))
+        check(answer)
+        stores.append(ms)
+        check(client.uid("STORE", uids[-1 - i].decode(), "+FLAGS", "(\\Deleted)"))
+        ms, answer = timed_ms(client.expunge)
+        check(answer)
+        expunges.append(ms)
+        body = b"From: bench@example.org\r\nSubject: one more\r\n\r\n" + b"x" * 4000 + b"\r\n"
+        ms, answer = timed_ms(functools.partial(client.append, "INBOX", "", None, body))
+        check(answer)
+        appends.append(ms)
+    client.logout()
+
+    other = connect(port)
+    check(other.enable("CONDSTORE"))
+    check(other.select("INBOX"))
+    status = check(other.status("INBOX", "(HIGHESTMODSEQ)"))[0].decode()
+    since = int(status.rsplit("HIGHESTMODSEQ", 1)[1].strip(" )"))
+    for uid in uids[:10]:
+        check(other.uid("STORE", uid.decode(), "+FLAGS", "(\\Seen $Bench)"))
+    other.logout()
+    resyncs = []
+    for _ in range(repeat):
+        client = connect(port)
+        check(client.enable("CONDSTORE"))
+        check(client.select("INBOX"))
+        ms, answer = timed_ms(
+            functools.partial(client.fetch, "1:*", f"(FLAGS) (CHANGEDSINCE {since})")
+        )
+        changed = check(answer)
+        if len([d for d in changed if d]) < 10:
+            raise RuntimeError(f"CHANGEDSINCE {since} answered {len(changed)} messages, not 10+")
+        resyncs.append(ms)
+        client.logout()
+    return [
+        ("UID STORE of one message", statistics.median(stores)),
+        ("EXPUNGE of one message", statistics.median(expunges)),
+        ("APPEND of one 4 KB message to INBOX", statistics.median(appends)),
+        ("FETCH 1:* (FLAGS) (CHANGEDSINCE) after 10 changes", statistics.median(resyncs)),
+    ]
 
 
 def login_select_and_logout(port: int) -> tuple[float, float]:

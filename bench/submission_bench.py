@@ -12,6 +12,8 @@ after another to one outside recipient; throughput is the number of messages per
 wall time from the moment all senders are connected (and logged in: the argon2id checks are
 timed apart, as a client logs in once per connection) until the sink has *received* the last
 one (accepted and relayed). Latency: MAIL FROM to the 250 after DATA, per message (p50, p99).
+For mailstack also the CPU (user + system) of `serve` and its SMTP workers per message, from
+/proc: a figure that a machine loaded by others barely moves, for A/B runs of two builds.
 The servers all run at once (idle but for the one driven) and are driven in turn, round after
 round, in a rotating order, so a machine loaded by others slows each alike; the table gives
 each one's median round (and the slowest and fastest).
@@ -166,6 +168,7 @@ class Result:
     p99_ms: float
     signed: int
     login_s: float  # connecting all senders (mailstack: + STARTTLS and AUTH), not in `seconds`
+    cpu_ms: float | None = None  # CPU of serve and its workers per message (mailstack only)
 
     @property
     def rate(self) -> float:
@@ -223,11 +226,25 @@ class Server:
     port: int
     tls: ssl.SSLContext | None
     auth: bool
+    pid: int | None = None  # mailstack's serve: its CPU (and its workers') is measured
+
+
+def cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a process and its live children (serve's SMTP workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for p in [pid, *map(int, children)]:
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def run_one(server: Server, sink: Sink, n: int) -> Result:
     name = server.name
     before, signed_before = sink.counts()
+    cpu_before = cpu_s(server.pid) if server.pid else 0.0
     latencies, login_s, began = asyncio.run(drive(server.port, server.tls, server.auth, 16, n))
     sent = len(latencies)
     deadline = time.monotonic() + WAIT_S
@@ -236,6 +253,7 @@ def run_one(server: Server, sink: Sink, n: int) -> Result:
             raise RuntimeError(f"{name}: the sink got {sink.counts()[0] - before} of {sent}")
         time.sleep(0.01)
     seconds = time.perf_counter() - began
+    cpu_ms = (cpu_s(server.pid) - cpu_before) * 1000 / sent if server.pid else None
     latencies.sort()
     return Result(
         name,
@@ -245,6 +263,7 @@ def run_one(server: Server, sink: Sink, n: int) -> Result:
         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         sink.counts()[1] - signed_before,
         login_s,
+        cpu_ms,
     )
 
 
@@ -350,7 +369,8 @@ def render(rounds: dict[str, list[Result]], n: int, loads: list[str]) -> str:
         rows.append(
             f"| {name} | {len(results)} x {m.messages} | **{m.rate:.1f}** | "
             f"{rates[0]:.1f}-{rates[-1]:.1f} | {m.p50_ms:.1f} | {m.p99_ms:.1f} | "
-            f"{m.signed} | {m.login_s:.2f} |"
+            f"{m.signed} | {m.login_s:.2f} | "
+            f"{'-' if m.cpu_ms is None else f'{m.cpu_ms:.2f}'} |"
         )
     ours = median_of(rounds["mailstack"]).rate
     ratios = [
@@ -365,8 +385,9 @@ def render(rounds: dict[str, list[Result]], n: int, loads: list[str]) -> str:
             f"(1/5/15 min) at the start of each round: {'; '.join(loads)}.",
             "",
             "| server | rounds x messages | msg/s (median round) | slowest-fastest | p50 ms |"
-            " p99 ms | DKIM-signed at the sink | 16 connects (+TLS, AUTH) s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            " p99 ms | DKIM-signed at the sink | 16 connects (+TLS, AUTH) s |"
+            " server CPU ms/msg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             f"Ratio mailstack / Postfix (median rounds): **{', '.join(ratios)}**.",
@@ -393,7 +414,7 @@ def main() -> int:
         stack.callback(lambda: (workdir / "serve.log").write_text("".join(serve.log)))
         stack.callback(serve.stop)
         tls = ssl.create_default_context(cafile=str(root / "tls/ca.pem"))
-        servers = [Server("mailstack", serve.port("submission"), tls, True)]
+        servers = [Server("mailstack", serve.port("submission"), tls, True, serve.pid)]
         if not args.only_mailstack:
             key = next((root / "dkim").glob(f"*.{DOMAIN}.key"))
             milter, milter_port = start_opendkim(workdir, key, key.name.split(".")[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mailstack.smtp.sendlimits import TRUSTED_AFTER_S, SendLog, Usage, check_usage
+from mailstack.smtp.sendlimits import TRUSTED_AFTER_S, Counted, SendLog, Usage, check_usage
 from mailstack.smtp.submission import SubmissionService
 
 from mailstack.base.config import SubmissionConfig, to_toml
@@ -93,55 +94,87 @@ def test_thief_on_new_networks_cannot_lock_out_the_user_at_home(tmp_path: Path) 
         "203.0.113.0/24",
         "2001:db8::/64",
     )
-    assert isinstance(log.reserve(ALICE, home, 1, LIMITS), int)  # the user's own network
+    assert isinstance(log.reserve(ALICE, home, 1, LIMITS), Counted)  # the user's own network
     clock.now += TRUSTED_AFTER_S + 1  # a day later the pair is known
     for network in (thief1, thief2):  # the stolen password, from new networks
         for _ in range(2):
-            assert isinstance(log.reserve(ALICE, network, 1, LIMITS), int)
+            assert isinstance(log.reserve(ALICE, network, 1, LIMITS), Counted)
     refused = log.reserve(ALICE, thief3, 1, LIMITS)  # the account's ceiling (4 per hour)
-    assert not isinstance(refused, int)
+    assert not isinstance(refused, Counted)
     assert "account_messages_per_hour" in refused.text
     for _ in range(3):  # home is exempt from the ceiling, within its own budget
-        assert isinstance(log.reserve(ALICE, home, 1, LIMITS), int)
+        assert isinstance(log.reserve(ALICE, home, 1, LIMITS), Counted)
     assert "(submission.messages_per_hour)" in str(log.reserve(ALICE, home, 1, LIMITS))
-    clock.now += 3601  # a sliding hour later, everything may send again
-    assert isinstance(log.reserve(ALICE, thief3, 1, LIMITS), int)
+    clock.now += 3660  # an hour (counted to the minute) later, everything may send again
+    assert isinstance(log.reserve(ALICE, thief3, 1, LIMITS), Counted)
 
 
 def test_busy_network_does_not_lock_out_its_known_user(tmp_path: Path) -> None:
     clock = Clock()
     log = SendLog(tmp_path / "s.sqlite3", clock=clock)
     office = "192.0.2.0/24"
-    assert isinstance(log.reserve(ALICE, office, 1, LIMITS), int)
+    assert isinstance(log.reserve(ALICE, office, 1, LIMITS), Counted)
     clock.now += TRUSTED_AFTER_S + 1
     for i in range(6):  # six other (stolen or new) accounts fill the network's hour
-        assert isinstance(log.reserve(f"u{i}@example.com", office, 1, LIMITS), int)
+        assert isinstance(log.reserve(f"u{i}@example.com", office, 1, LIMITS), Counted)
     refused = log.reserve("new@example.com", office, 1, LIMITS)
     assert "network_messages_per_hour" in str(refused)
-    assert isinstance(log.reserve(ALICE, office, 1, LIMITS), int)  # known here: exempt
+    assert isinstance(log.reserve(ALICE, office, 1, LIMITS), Counted)  # known here: exempt
 
 
 def test_release_gives_the_budget_back(tmp_path: Path) -> None:
     log = SendLog(tmp_path / "s.sqlite3")
     ids = [log.reserve(ALICE, "n", 1, LIMITS) for _ in range(3)]
-    assert all(isinstance(i, int) for i in ids)
-    assert not isinstance(log.reserve(ALICE, "n", 1, LIMITS), int)
-    log.release(ids[0])  # type: ignore[arg-type]
-    assert isinstance(log.reserve(ALICE, "n", 1, LIMITS), int)
+    assert all(isinstance(i, Counted) for i in ids)
+    assert not isinstance(log.reserve(ALICE, "n", 1, LIMITS), Counted)
+    assert isinstance(ids[0], Counted)
+    log.release(ids[0])
+    assert isinstance(log.reserve(ALICE, "n", 1, LIMITS), Counted)
     assert (tmp_path / "s.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_message_counts_for_an_hour_to_the_minute(tmp_path: Path) -> None:
+    clock = Clock()
+    log = SendLog(tmp_path / "s.sqlite3", clock=clock)
+    start = clock.now = 1_800_000_030.0  # half a minute into a minute
+    assert isinstance(log.reserve(ALICE, "n", 2, LIMITS), Counted)
+    for later, counted in ((3599, 1), (3600, 1), (3629, 1), (3630, 0)):
+        clock.now = start + later  # never less than an hour; at most the minute more
+        usage = log.usage(ALICE, "n")
+        assert (usage.pair_messages, usage.pair_recipients) == (counted, 2 * counted), later
+
+
+def test_a_file_with_a_row_per_message_keeps_its_last_hour(tmp_path: Path) -> None:
+    # sendlimits.sqlite3 as written before the per-minute counts.
+    path = tmp_path / "s.sqlite3"
+    now = time.time()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE sent (id INTEGER PRIMARY KEY, account TEXT NOT NULL,"
+            " network TEXT NOT NULL, at REAL NOT NULL, recipients INTEGER NOT NULL)"
+        )
+        rows = [(ALICE, "n", now - 60 * i, 3) for i in range(3)]
+        rows.append((ALICE, "n", now - 7200, 1))  # older than the hour: gone
+        db.executemany("INSERT INTO sent (account, network, at, recipients) VALUES (?,?,?,?)", rows)
+    db.close()
+    usage = SendLog(path).usage(ALICE, "n")
+    assert (usage.pair_messages, usage.pair_recipients) == (3, 9)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name='sent'").fetchall() == []
+    db.close()
 
 
 RACER = """
 import sys, time
 from pathlib import Path
 from mailstack.base.config import SubmissionConfig
-from mailstack.smtp.sendlimits import SendLog
+from mailstack.smtp.sendlimits import Counted, SendLog
 log = SendLog(Path(sys.argv[1]))
 limits = SubmissionConfig(messages_per_hour=100, account_messages_per_hour=0)
 log.usage("x", "y")  # connected; now wait for the others
 while not Path(sys.argv[2]).exists():
     time.sleep(0.001)
-print(sum(isinstance(log.reserve("alice@example.com", "n", 1, limits), int) for _ in range(40)))
+print(sum(isinstance(log.reserve("alice@example.com", "n", 1, limits), Counted) for _ in range(40)))
 """
 
 

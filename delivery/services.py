@@ -18,7 +18,7 @@ from mailstack.delivery.events import EventHub
 from mailstack.delivery.store import MailStore
 
 from mailstack.base.config import Config
-from mailstack.base.login import Logins, make_logins
+from mailstack.base.login import LoginPath, Logins, make_logins
 from mailstack.base.paths import StatePaths
 from mailstack.base.throttle import LoginThrottle
 from mailstack.base.throttle_db import ThrottleDb
@@ -49,8 +49,9 @@ class ServerContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # The outbound queue (delivery.queue) that `serve` runs; None where no runner exists.
     queue: OutboundQueue | None = None
-    # The one login path of IMAP and submission (mailstack/base/login.py).
-    logins: Logins = field(init=False)
+    # The one login path of IMAP and submission (mailstack/base/login.py); in an SMTP worker
+    # process, a proxy to the main process's (mailstack/workers/logins.py).
+    logins: LoginPath = field(init=False)
 
     def __post_init__(self) -> None:
         # Frozen: the two fields derived at construction are set the one way a frozen

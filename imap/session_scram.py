@@ -26,7 +26,7 @@ from mailstack.imap.protocol import SaslResponse
 from mailstack.imap.session_base import InvalidCommandError, RefusedError, SessionCore, Write
 
 from mailstack.base import sasl, scram
-from mailstack.base.login import Outcome, ScramLogin
+from mailstack.base.login import Outcome, ScramAttempt
 
 SCRAM = scram.MECHANISM
 
@@ -42,7 +42,7 @@ class ScramCommands(SessionCore):
 
     peer_ip: str
     _sasl_tag: str | None
-    _scram: ScramLogin | None = None
+    _scram: ScramAttempt | None = None
     _scram_step_next: _Step = _Step.CLIENT_FIRST
     _scram_address: str | None = None
 
@@ -50,7 +50,7 @@ class ScramCommands(SessionCore):
         raise NotImplementedError  # imap/session.py
 
     async def _scram_begin(self, tag: str, initial: str | None, write: Write) -> None:
-        self._scram = ScramLogin(self.ctx.logins, self.peer_ip, log=self.log)
+        self._scram = self.ctx.logins.scram(self.peer_ip, log=self.log)
         if initial is None:
             self._scram_step_next = _Step.CLIENT_FIRST
             await self._scram_challenge(tag, b"", write)
@@ -100,7 +100,7 @@ class ScramCommands(SessionCore):
                 self._scram_step_next = _Step.CLIENT_FINAL
                 await self._scram_challenge(tag, started, write)
                 return
-            result = login.finish(message)
+            result = await login.finish(message)
         except scram.ScramProxyError:
             raise RefusedError(
                 "acting as another user is not allowed", "AUTHORIZATIONFAILED"

@@ -1,9 +1,9 @@
 """`mailstack serve`: one asyncio loop in the main process, every listener the config names.
 
 `listeners(ctx)` maps each service to its start function, an async
-`start(ctx, host, port) -> asyncio.Server`. With `smtp.workers`, the `smtp` listener is
-the hand-off of mailstack.workers.parent instead: its sessions run in SMTP worker processes
-started first.
+`start(ctx, host, port) -> asyncio.Server`. With `smtp.workers`, the `smtp`, `submission`
+and `submissions` listeners are the hand-off of mailstack.workers.parent instead: their
+sessions run in SMTP worker processes started first (logins are still decided here).
 Start-up binds every listener or none: a port in use, a missing or mismatched certificate stops
 it with one clear line. SIGTERM/SIGINT stop accepting, let connections in flight finish (up to
 `DRAIN_S`; workers drain theirs), and exit 0; SIGHUP reloads the certificate, in the workers
@@ -41,6 +41,7 @@ from mailstack.workers.parent import SmtpWorkers, worker_count
 log = logging.getLogger(__name__)
 
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "https", "http")
+WORKER_SERVICES = ("smtp", "submission", "submissions")  # served in SMTP workers, when any
 
 
 def listeners(ctx: ServerContext) -> dict[str, StartService]:
@@ -143,11 +144,12 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     ctx = build_context(dep, queue)
     workers: SmtpWorkers | None = None
     count = worker_count(ctx.config.smtp.workers)
-    if count and ctx.config.listeners("smtp"):
+    if count and any(ctx.config.listeners(service) for service in WORKER_SERVICES):
         workers = SmtpWorkers(ctx, count)
         await workers.start()
     try:
-        servers = await start_listeners(ctx, {"smtp": workers.listen} if workers else None)
+        handed_off = {s: workers.listener(s) for s in WORKER_SERVICES} if workers else None
+        servers = await start_listeners(ctx, handed_off)
     except BaseException:
         if workers is not None:
             ctx.stopping.set()

@@ -83,6 +83,9 @@ class SmtpConnection(SmtpAdapter):
         # Called once when the connection is gone (an SMTP worker reports it to the main
         # process, which counts the connection limits).
         self.on_closed: Callable[[], None] | None = None
+        # Set by an SMTP worker: told when the session logged in (submission), for the main
+        # process's limiter that counted the connection.
+        self.on_authenticated: Callable[[], None] | None = None
         self._log: logging.LoggerAdapter[logging.Logger] = connection_logger(
             LOGGER, self._connection_id, "?"
         )

@@ -40,7 +40,7 @@ import email.policy
 import email.utils
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,7 +60,7 @@ from mailstack.smtp.handler import (
     _leading,
     next_transaction_trace,
 )
-from mailstack.smtp.limits import smtp_limiter
+from mailstack.smtp.limits import ConnectionLimiter, smtp_limiter
 from mailstack.smtp.policy import (
     AUTH_REQUIRED,
     MUST_STARTTLS,
@@ -77,7 +77,7 @@ from mailstack.smtp.verdict import accept_all
 
 from mailstack.base import scram
 from mailstack.base.connections import network_of
-from mailstack.base.login import LoginResult, Outcome, ScramLogin
+from mailstack.base.login import LoginResult, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class SubmissionSMTP(MxSMTP):
         """RFC 5802 §5 over RFC 4954: client-first (initial response or after "334 "), "334"
         server-first, client-final, then "334" server-final answered by an empty line (SMTP
         has no additional data with success), then 235. Same login path as PLAIN."""
-        login = ScramLogin(self._ctx.logins, self.mx_session().peer_ip, log=self._log)
+        login = self._ctx.logins.scram(self.mx_session().peer_ip, log=self._log)
         try:
             message = decode_response(initial) if initial is not None else await self._sasl(b"")
             if message is None:
@@ -384,7 +384,7 @@ class SubmissionSMTP(MxSMTP):
                 return
             if (final := await self._sasl(started)) is None:
                 return
-            result = login.finish(final)
+            result = await login.finish(final)
             if result.outcome is Outcome.OK and login.server_final is not None:
                 ack = await self._sasl(login.server_final)
                 if ack is None:
@@ -432,6 +432,8 @@ class SubmissionSMTP(MxSMTP):
         self._auth_user = result.address
         if self._ticket is not None:
             self._limiter.authenticated(self._ticket)  # out of the pre-auth counts
+        if self.on_authenticated is not None:
+            self.on_authenticated()  # a worker's session: the main process counts it too
         self._new_envelope()  # the envelope now carries the user
         await self.reply(AUTH_OK)
 
@@ -439,16 +441,20 @@ class SubmissionSMTP(MxSMTP):
 class SubmissionService:
     """One submission listener: its sessions share this handler and connection limiter."""
 
-    def __init__(self, ctx: ServerContext, *, implicit_tls: bool) -> None:
+    def __init__(
+        self, ctx: ServerContext, *, implicit_tls: bool, limiter: ConnectionLimiter | None = None
+    ) -> None:
         self.ctx = ctx
         self.implicit_tls = implicit_tls
-        # Logged-in sessions leave the pre-auth counts and may use the reserved slots.
-        self.limiter = smtp_limiter(ctx.config.smtp, authenticated_reserve=True)
+        # Logged-in sessions leave the pre-auth counts and may use the reserved slots. (In an
+        # SMTP worker the main process counts, and `limiter` admits every connection.)
+        self.limiter = limiter or smtp_limiter(ctx.config.smtp, authenticated_reserve=True)
         # Both listeners' logs are the one file: each process and listener counts together.
         self.send_log = SendLog(ctx.paths.send_limits_db)
         self._handler = SubmissionHandler(ctx, self.send_log)
 
-    async def listen(self, host: str, port: int) -> asyncio.Server:
+    def sessions(self) -> Callable[[], SubmissionSMTP]:
+        """A protocol factory for this listener's sessions (call on the serving loop)."""
         loop = asyncio.get_running_loop()
         quiet_aiosmtpd_log()
 
@@ -461,8 +467,15 @@ class SubmissionService:
                 loop=loop,
             )
 
-        tls = self.ctx.tls.listening_context() if self.implicit_tls else None
-        return await loop.create_server(factory, host, port, ssl=tls)
+        return factory
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What accepted connections are wrapped in before the session (port 465)."""
+        return self.ctx.tls.listening_context() if self.implicit_tls else None
+
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.sessions(), host, port, ssl=self.tls_context())
 
     def open_connections(self) -> int:
         """Sessions of this listener still connected."""

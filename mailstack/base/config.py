@@ -168,8 +168,9 @@ class SmtpConfig:
         "Check SPF, DKIM and DMARC of inbound mail and add Authentication-Results.", default=True
     )
     workers: int = doc(
-        "Processes serving port 25, so inbound mail uses every core (the main process accepts "
-        "and hands connections over); -1: one per CPU core, 0: none, SMTP in the main process.",
+        "Processes serving SMTP (port 25 and submission), so mail uses every core (the main "
+        "process accepts, hands connections over and decides logins); -1: one per CPU core, "
+        "0: none, SMTP in the main process.",
         default=-1,
     )
 

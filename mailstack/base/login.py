@@ -58,7 +58,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from mailstack.base import scram
 from mailstack.base.config import AuthConfig
@@ -73,6 +73,29 @@ _log = logging.getLogger(__name__)
 MAX_NAME_CHARS = 320  # RFC 5321 §4.5.3.1: 64 local + @ + 255 domain; longer names are hashed
 WAITING_PER_NETWORK = 8  # attempts from one network waiting for its verification slots
 CACHE_MAX = 10_000  # cached successes; a full cache is emptied (only costs rehashing)
+
+
+class LoginPath(Protocol):
+    """What a session needs of the login path: `Logins` in the process that decides logins,
+    a proxy to it elsewhere (an SMTP worker: mailstack/workers/logins.py)."""
+
+    async def login(
+        self, name: str, password: str, peer_ip: str, *, log: Any = ...
+    ) -> LoginResult: ...
+
+    def scram(self, peer_ip: str, *, log: Any = ...) -> ScramAttempt: ...
+
+
+class ScramAttempt(Protocol):
+    """One SCRAM-SHA-256 login in progress (`ScramLogin` describes the steps)."""
+
+    server_final: bytes | None
+
+    async def start(self, client_first: bytes) -> bytes | LoginResult: ...
+
+    async def finish(self, client_final: bytes) -> LoginResult: ...
+
+    def abandon(self) -> None: ...
 
 
 class Outcome(StrEnum):
@@ -246,6 +269,9 @@ class Logins:
             self._cache[key] = (address, time.monotonic() + self.settings.cache_s)
         return self._conclude(decision, address, peer_ip, log, "")
 
+    def scram(self, peer_ip: str, *, log: Any = _log) -> ScramLogin:
+        return ScramLogin(self, peer_ip, log=log)
+
     def _ran(self, key: bytes, attempt: _Attempt, _task: object) -> None:
         if self._attempts.get(key) is attempt:
             del self._attempts[key]
@@ -405,7 +431,7 @@ class ScramLogin:
         self._exchange = exchange
         return exchange.server_first(keys or scram.decoy_keys(account, _DECOY_SECRET))
 
-    def finish(self, client_final: bytes) -> LoginResult:
+    async def finish(self, client_final: bytes) -> LoginResult:
         decision, exchange = self._decision, self._exchange
         if decision is None or exchange is None:
             raise RuntimeError("start() comes first")

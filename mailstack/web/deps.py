@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mailstack.base.config import Config
-from mailstack.base.login import Logins
+from mailstack.base.login import LoginPath
 from mailstack.base.paths import StatePaths
 from mailstack.base.tls import TlsProvider
 from mailstack.base.users import Accounts
@@ -26,7 +26,7 @@ class WebDeps:
     config: Config
     paths: StatePaths  # the state directory's layout (run/, tls/, acme/, ...)
     accounts: Accounts  # users, aliases, domains (users.sqlite3, read live)
-    logins: Logins  # the login path and throttle IMAP and submission share
+    logins: LoginPath  # the login path and throttle IMAP and submission share
     tls: TlsProvider  # the certificate the listeners present (reloadable)
     store: MailStore
     queue: OutboundQueue | None  # the outbound queue serve runs (None outside serve)

@@ -1,13 +1,15 @@
-"""An SMTP worker process: MX sessions for the connections the main process hands over.
+"""An SMTP worker process: MX and submission sessions for the connections the main process
+hands over.
 
 `serve` starts these (mailstack.workers.parent, which also describes the protocol between the
 two) as `python -m mailstack.workers.child --dir ROOT --ipc-fd N --tag wK`; it is not a command
 for admins. A worker opens the deployment itself (config, accounts, its own store and group
 commit), says `R` when it can take connections, serves each one it receives with the same
-`MxSMTP` sessions as an in-process listener, and reports closed connections, durable deliveries
-(for IMAP IDLE in the main process) and queued mail back. SIGTERM, or EOF from the main process:
-no new sessions, the open ones finish (up to app.DRAIN_S), exit 0. SIGHUP reloads the
-certificate."""
+`MxSMTP` or `SubmissionSMTP` sessions as an in-process listener (logins are asked of the main
+process: mailstack/workers/logins.py), and reports closed connections, logged-in submission
+sessions, durable deliveries (for IMAP IDLE in the main process) and queued mail back.
+SIGTERM, or EOF from the main process: no new sessions, the open ones finish (up to
+app.DRAIN_S), exit 0. SIGHUP reloads the certificate."""
 
 from __future__ import annotations
 
@@ -29,9 +31,20 @@ from mailstack.delivery.queue import OutboundQueue
 from mailstack.deployment import Deployment
 from mailstack.smtp.limits import ConnectionLimiter
 from mailstack.smtp.server import mx_sessions
+from mailstack.smtp.submission import SubmissionService
 from mailstack.web.events import record_events, stop_recording
 from mailstack.workers.channel import Channel
-from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
+from mailstack.workers.codec import (
+    Closed,
+    Delivered,
+    HandOff,
+    LoggedIn,
+    Queued,
+    Ready,
+    Verdict,
+    decode,
+)
+from mailstack.workers.logins import RemoteLogins
 
 # By its name, not __name__: run as `python -m`, this module is "__main__" (and so were its
 # log lines).
@@ -68,24 +81,41 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     queue = outbound_queue(dep, _ForwardingQueue)
     queue.channel = channel
     ctx = build_context(dep, queue)
+    logins = RemoteLogins(channel)
+    object.__setattr__(ctx, "logins", logins)  # frozen: decided in the main process instead
     # The main process counts connections against the limits; here every one is admitted.
-    factory = mx_sessions(ctx, ConnectionLimiter(sys.maxsize, sys.maxsize))
+    admit_all = ConnectionLimiter(sys.maxsize, sys.maxsize)
+    submission = {
+        service: SubmissionService(ctx, implicit_tls=service == "submissions", limiter=admit_all)
+        for service in ("submission", "submissions")
+    }
+    factories = {
+        "smtp": mx_sessions(ctx, admit_all),
+        **{service: s.sessions() for service, s in submission.items()},
+    }
     stop = asyncio.Event()
     fd = channel.sock.fileno()
     starting: set[asyncio.Task[None]] = set()
 
-    def report_closed(token: int) -> None:
-        if not channel.send(Closed(token)) and not channel.broken:
-            loop.call_later(REPORT_RETRY_S, report_closed, token)
+    def report(packet: Closed | LoggedIn) -> None:
+        if not channel.send(packet) and not channel.broken:
+            loop.call_later(REPORT_RETRY_S, report, packet)
 
-    async def serve_one(token: int, conn: socket.socket) -> None:
+    def report_closed(token: int) -> None:
+        report(Closed(token))
+
+    async def serve_one(token: int, service: str, conn: socket.socket) -> None:
+        factory = factories[service]
+
         def session() -> asyncio.Protocol:
             proto = factory()
             proto.on_closed = lambda: report_closed(token)
+            proto.on_authenticated = lambda: report(LoggedIn(token))
             return proto
 
+        tls = submission[service].tls_context() if service in submission else None
         try:
-            await loop.connect_accepted_socket(session, conn)
+            await loop.connect_accepted_socket(session, conn, ssl=tls)
         except OSError as exc:
             log.info("connection %d lost before its session began: %s", token, exc)
             conn.close()
@@ -96,12 +126,15 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
             packet, fds = got
             if not packet:  # the main process is gone: finish what we have
                 loop.remove_reader(fd)
+                logins.main_gone()
                 stop.set()
                 return
             message = decode(packet)
-            if isinstance(message, HandOff) and len(fds) == 1:
+            if isinstance(message, Verdict) and not fds:
+                logins.answer(message)
+            elif isinstance(message, HandOff) and len(fds) == 1:
                 conn = socket.socket(fileno=fds[0])
-                task = loop.create_task(serve_one(message.token, conn))
+                task = loop.create_task(serve_one(message.token, message.service, conn))
                 starting.add(task)
                 task.add_done_callback(starting.discard)
             else:

@@ -7,10 +7,16 @@ mailstack.workers.child`), each with its own event loop, store and group commit;
 layer is safe for several writer processes (Dovecot's dotlocks, O_APPEND uidlist and maildirsize
 lines).
 
-The main process keeps the listening socket: it accepts, applies the connection limits (in total
-and per client address: only one process can count those) and passes the accepted socket to the
-ready worker with the fewest connections, over a Unix SOCK_SEQPACKET socketpair (SCM_RIGHTS).
-The packets both ways are mailstack.workers.codec's.
+The main process keeps the listening sockets: it accepts, applies the connection limits (in
+total and per client address: only one process can count those) and passes the accepted socket
+to the ready worker with the fewest connections, over a Unix SOCK_SEQPACKET socketpair
+(SCM_RIGHTS). The packets both ways are mailstack.workers.codec's.
+
+Submission (587, and 465 with implicit TLS) is handed over the same way: a submission session
+is as CPU-bound as an MX one (TLS, DKIM signing, the queue's writes), and in one process it
+kept one core busy while Postfix used both (docs/benchmarks.md). Its logins are still decided
+here, where IMAP's are (mailstack/workers/logins.py, login_desk.py), and a session that
+logged in says so (`U`), so that it may use the slots reserved for logged-in sessions.
 
 A worker that dies is restarted after a second and its connections' slots are released. When the
 main process dies, even by SIGKILL, workers read EOF, take no more connections and finish the
@@ -33,11 +39,24 @@ from pathlib import Path
 from mailstack.base.connections import plain_ip
 from mailstack.base.errors import HostError
 from mailstack.base.logs import current_settings
-from mailstack.delivery.services import ServerContext
+from mailstack.delivery.services import ServerContext, StartService
 from mailstack.smtp import replies
-from mailstack.smtp.limits import smtp_limiter
+from mailstack.smtp.limits import ConnectionLimiter, Ticket, smtp_limiter
 from mailstack.workers.channel import Channel
-from mailstack.workers.codec import Closed, Delivered, HandOff, Queued, Ready, decode
+from mailstack.workers.codec import (
+    Closed,
+    Delivered,
+    HandOff,
+    LoggedIn,
+    LoginCheck,
+    Queued,
+    Ready,
+    ScramAbandon,
+    ScramProof,
+    ScramStart,
+    decode,
+)
+from mailstack.workers.login_desk import LoginDesk
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +77,11 @@ def worker_count(configured: int) -> int:
 class _Worker:
     slot: int
     channel: Channel | None = None
+    desk: LoginDesk | None = None  # its logins, decided here
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    connections: dict[int, str] = field(default_factory=dict)  # token -> client address
+    # token -> the limiter that counted the connection, and its ticket there
+    connections: dict[int, tuple[ConnectionLimiter, Ticket]] = field(default_factory=dict)
 
 
 class SmtpWorkers:
@@ -69,7 +90,13 @@ class SmtpWorkers:
     def __init__(self, ctx: ServerContext, count: int) -> None:
         self._ctx = ctx
         self._workers = [_Worker(slot) for slot in range(1, count + 1)]
-        self._limiter = smtp_limiter(ctx.config.smtp)
+        # One limiter per listener, as in-process listeners have; on submission, logged-in
+        # sessions may use the reserved slots.
+        self._limiters = {
+            "smtp": smtp_limiter(ctx.config.smtp),
+            "submission": smtp_limiter(ctx.config.smtp, authenticated_reserve=True),
+            "submissions": smtp_limiter(ctx.config.smtp, authenticated_reserve=True),
+        }
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -108,10 +135,18 @@ class SmtpWorkers:
             "process, and report the error",
         )
 
+    def listener(self, service: str) -> StartService:
+        """The start function of a listener whose accepted connections go to the workers."""
+
+        async def listen(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+            loop = asyncio.get_running_loop()
+            return await loop.create_server(lambda: _HandOff(self, service), host, port)
+
+        return listen
+
     async def listen(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
         """The `smtp` listener: accepted connections go to the workers."""
-        server = await asyncio.get_running_loop().create_server(lambda: _HandOff(self), host, port)
-        return server
+        return await self.listener("smtp")(ctx, host, port)
 
     def reload(self) -> None:
         """Pass SIGHUP on (each worker reloads its certificate)."""
@@ -134,34 +169,36 @@ class SmtpWorkers:
                 await asyncio.wait(late, timeout=5)
 
     # -- handing connections over ----------------------------------------------------------------
-    def hand_off(self, transport: asyncio.Transport) -> None:
+    def hand_off(self, transport: asyncio.Transport, service: str = "smtp") -> None:
         peer = transport.get_extra_info("peername")
         ip = plain_ip(str(peer[0])) if isinstance(peer, tuple) else "?"
-        refusal = self._limiter.admit(ip)
-        if refusal is not None:
-            log.info("refused %s at connect: %s", ip, refusal)
-            _refuse(transport, str(refusal))
+        limiter = self._limiters[service]
+        ticket = limiter.admit_connection(ip)
+        if not isinstance(ticket, Ticket):
+            log.info("refused %s at connect: %s", ip, ticket)
+            _refuse(transport, str(ticket))
             return
         sock = transport.get_extra_info("socket")
         token = next(self._tokens)
-        packet = HandOff(token)
+        packet = HandOff(token, service)
         # Least busy first; one whose socketpair is full (stuck, or behind) is passed over.
         ready = [w for w in self._workers if w.ready.is_set() and w.channel is not None]
         for worker in sorted(ready, key=lambda w: len(w.connections)):
             channel = worker.channel
             if sock is not None and channel is not None and channel.send(packet, [sock.fileno()]):
-                worker.connections[token] = ip
+                worker.connections[token] = (limiter, ticket)
                 # The worker holds its own descriptor now; closing ours leaves it open.
                 transport.abort()
                 return
-        self._limiter.release(ip)
+        limiter.release_connection(ticket)
         log.warning("no SMTP worker could take a connection from %s", ip)
         _refuse(transport, str(replies.SERVICE_UNAVAILABLE))
 
     def _closed(self, worker: _Worker, token: int) -> None:
-        ip = worker.connections.pop(token, None)
-        if ip is not None:
-            self._limiter.release(ip)
+        counted = worker.connections.pop(token, None)
+        if counted is not None:
+            limiter, ticket = counted
+            limiter.release_connection(ticket)
 
     # -- supervision -----------------------------------------------------------------------------
     async def _supervise(self, worker: _Worker) -> None:
@@ -221,6 +258,7 @@ class SmtpWorkers:
         finally:
             theirs.close()
         worker.channel = channel
+        worker.desk = LoginDesk(self._ctx.logins, channel, worker.slot)
         loop.add_reader(ours.fileno(), self._on_packets, worker, channel)
         try:
             await worker.proc.wait()
@@ -228,6 +266,9 @@ class SmtpWorkers:
             loop.remove_reader(ours.fileno())
             worker.ready.clear()
             worker.channel = None
+            if worker.desk is not None:
+                worker.desk.close()
+                worker.desk = None
             channel.close()
             for token in list(worker.connections):
                 self._closed(worker, token)
@@ -243,6 +284,13 @@ class SmtpWorkers:
             match decode(packet):
                 case Closed(token):
                     self._closed(worker, token)
+                case LoggedIn(token):
+                    if (counted := worker.connections.get(token)) is not None:
+                        limiter, ticket = counted
+                        limiter.authenticated(ticket)
+                case LoginCheck() | ScramStart() | ScramProof() | ScramAbandon() as asked:
+                    if worker.desk is not None:
+                        worker.desk.handle(asked)
                 case Delivered(user, folder):
                     log.debug("SMTP worker %d delivered to %s %s", worker.slot, user, folder)
                     self._ctx.events.publish(user, folder)
@@ -264,12 +312,13 @@ class SmtpWorkers:
 class _HandOff(asyncio.Protocol):
     """What the main process's `smtp` listener does with a connection: give it away."""
 
-    def __init__(self, pool: SmtpWorkers) -> None:
+    def __init__(self, pool: SmtpWorkers, service: str) -> None:
         self._pool = pool
+        self._service = service
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if isinstance(transport, asyncio.Transport):  # always, for a TCP listener
-            self._pool.hand_off(transport)
+            self._pool.hand_off(transport, self._service)
 
 
 def _refuse(transport: asyncio.Transport, reply: str) -> None:

@@ -267,7 +267,7 @@ async def scram_login(logins: Logins, user: str, password: str, ip: str = "192.0
     if isinstance(started, LoginResult):
         return started.outcome
     client.set_server_first(started.decode())
-    result = login.finish(client.get_client_final().encode())
+    result = await login.finish(client.get_client_final().encode())
     if result.outcome is Outcome.OK:
         assert login.server_final is not None
         client.set_server_final(login.server_final.decode())  # the client checks our signature

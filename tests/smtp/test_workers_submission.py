@@ -1,0 +1,123 @@
+"""Submission served by SMTP worker processes, logins decided in the main process.
+
+Real `mailstack serve` with two workers, real sockets. What must hold although the session runs
+in a child: it is a worker's session (its connection id says so), a wrong password there counts
+in the one throttle IMAP uses too, SCRAM works through the worker, and a session that logged in
+in a worker frees its pre-auth place in the main process's limiter.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.mailstack.test_login_serve import login as imap_login
+from tests.smtp.test_submission_scram import MECH, authobject
+from tests.smtp.test_workers import _configure
+from tests.support.serve import ServeProcess
+
+ALICE = "alice@example.com"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def served(deployment_dir: Path) -> Iterator[ServeProcess]:
+    limits = {"max_connections": 3, "reserved_for_authenticated": 1, "lockout_failures": 3}
+    _configure(deployment_dir, workers=2, **limits)  # the first of each key: [smtp], [auth]
+    added = run_cli(deployment_dir, "user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    proc = ServeProcess(deployment_dir)
+    proc.start()
+    try:
+        assert proc.seen_or_wait_for("SMTP worker 2 ready")
+        yield proc
+    finally:
+        assert proc.stop() == 0, "".join(proc.log)
+
+
+def _tls(root: Path) -> ssl.SSLContext:
+    tls = ssl.create_default_context(cafile=str(root / "tls" / "ca.pem"))
+    tls.check_hostname = False  # we connect to 127.0.0.1; the chain is still verified
+    return tls
+
+
+def _starttls(proc: ServeProcess, source_ip: str = "127.0.0.1") -> smtplib.SMTP:
+    smtp = smtplib.SMTP(
+        "127.0.0.1", proc.port("submission"), timeout=30, source_address=(source_ip, 0)
+    )
+    try:
+        smtp.starttls(context=_tls(proc.root))
+        smtp.ehlo("client.example.org")
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+def test_a_wrong_password_in_a_worker_counts_in_the_throttle_imap_uses(
+    served: ServeProcess,
+) -> None:
+    assert (
+        imap_login(served.port("imap"), ALICE, PASSWORD, "127.0.1.1") == "OK"
+    )  # the main process's throttle is warm
+    for _ in range(3):
+        with _starttls(served) as smtp, pytest.raises(smtplib.SMTPAuthenticationError):
+            smtp.login(ALICE, "wrong")
+    line = served.wait_for("login failed for")
+    assert "[w1." in line or "[w2." in line  # a worker's session; decided in the main process
+    # The same network, locked out by submission's failures:
+    assert "UNAVAILABLE" in imap_login(served.port("imap"), ALICE, PASSWORD)
+    with _starttls(served, "127.0.1.1") as smtp:  # another network is not
+        assert smtp.login(ALICE, PASSWORD)[0] == 235
+
+
+def test_scram_through_a_worker(served: ServeProcess) -> None:
+    with _starttls(served) as smtp:
+        _client, answer = authobject(ALICE, PASSWORD)
+        assert smtp.auth(MECH, answer, initial_response_ok=True)[0] == 235
+        assert smtp.sendmail(ALICE, [ALICE], f"From: {ALICE}\r\nSubject: s\r\n\r\nhi\r\n") == {}
+    _client, answer = authobject(ALICE, PASSWORD, tamper=True)
+    with _starttls(served) as smtp, pytest.raises(smtplib.SMTPAuthenticationError):
+        smtp.auth(MECH, answer, initial_response_ok=True)
+    assert served.wait_for("login failed for").rstrip().endswith("(SCRAM-SHA-256)")
+
+
+def test_a_login_in_a_worker_frees_its_pre_auth_place(served: ServeProcess) -> None:
+    # 3 connections at most, 1 of them kept for sessions that logged in.
+    port = served.port("submission")
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+    try:
+        greetings = [s.recv(1000)[:9] for s in idle]
+        assert greetings == [b"220 mail.", b"220 mail.", b"421 4.7.0"]
+        idle.pop().close()
+        idle.pop().close()  # one pre-auth place free again
+        user = None
+        for _ in range(100):  # the main process hears of the close through the worker
+            try:
+                user = _starttls(served)
+                break
+            except smtplib.SMTPConnectError:
+                time.sleep(0.05)
+        assert user is not None
+        with user:
+            assert user.login(ALICE, PASSWORD)[0] == 235  # ...and leaves it: 1 + 1 in all
+            late = None
+            for _ in range(100):
+                late = socket.create_connection(("127.0.0.1", port), timeout=30)
+                if late.recv(1000)[:9] == b"220 mail.":
+                    break
+                late.close()
+                late = None
+                time.sleep(0.05)
+            assert late is not None, "the logged-in session still holds a pre-auth place"
+            late.close()
+    finally:
+        for s in idle:
+            s.close()

@@ -137,7 +137,7 @@ def build_dsn(
             lines.append(f"Diagnostic-Code: smtp; {_xtext_free(r.reply)}")
         lines.append(f"Last-Attempt-Date: {format_datetime(now)}")
     head = _header_block(original)
-    is_8bit = any(b > 0x7F for b in head)
+    is_8bit = not head.isascii()
     lines += [
         "",
         f"--{boundary}",

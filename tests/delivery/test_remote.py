@@ -320,6 +320,10 @@ async def test_8bit_and_smtputf8(dns_server: tuple[str, int], double: Double) ->
     (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok-jörg@a.test"], body)
     assert (result.kind, result.reply[:9]) == ("permanent", "553 5.6.7")
     assert len(double.received) == 1
+    ascii_body = b"From: alice@sender.test\r\nSubject: plain\r\n\r\nhm\r\n"
+    (result,) = await asyncio.to_thread(attempt, config, "a.test", ["ok@a.test"], ascii_body)
+    assert result.kind == "delivered", result.reply
+    assert "BODY=8BITMIME" not in double.received[-1].mail_options  # 7-bit stays unlabelled
 
 
 async def test_failed_starttls_falls_back_to_plain_text(

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 _WSP = re.compile(rb"[ \t]+")
+# The runs that relaxed canonicalization changes: any with a tab, or of two or more: a lone SP
+# (most of any text) is left alone instead of being replaced by itself.
+_WSP_CHANGED = re.compile(rb"\t[ \t]*| [ \t]+")
 _FIELD_START = re.compile(rb"(?m)^(?=[^ \t])")  # a line that does not continue the last field
 _KEYS_MAX = 16  # parsed keys kept (one per domain and selector in use)
 _keys: dict[bytes, rsa.RSAPrivateKey] = {}
@@ -71,10 +74,14 @@ def relaxed_header(field: bytes) -> bytes:
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 §3.4.3-3.4.4: WSP runs as one SP, none at line ends, no empty lines at the
     end, and a final CRLF unless the body is empty."""
-    lines = [_WSP.sub(b" ", line).rstrip(b" ") for line in body.split(b"\r\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return b"".join(line + b"\r\n" for line in lines)
+    # On the whole body at once, in C (a regex and a split per line cost 1 ms per 10 KB):
+    # WSP never spans a CRLF, so runs become one SP the same, and the only WSP left before a
+    # line end is one SP.
+    text = _WSP_CHANGED.sub(b" ", body).replace(b" \r\n", b"\r\n").rstrip(b" ")
+    end = len(text)
+    while text.endswith(b"\r\n", 0, end):  # empty lines at the end (only whole CRLFs)
+        end -= 2
+    return text[:end] + b"\r\n" if end else b""
 
 
 def _selected(fields: list[bytes], names: Sequence[str]) -> list[bytes]:

@@ -71,7 +71,7 @@ from mailstack.smtp.policy import (
     check_submission_recipient,
 )
 from mailstack.smtp.replies import Reply
-from mailstack.smtp.sendlimits import SendLog, Usage, check_usage
+from mailstack.smtp.sendlimits import Counted, SendLog, Usage, check_usage
 from mailstack.smtp.session import MxSMTP
 from mailstack.smtp.verdict import accept_all
 
@@ -170,27 +170,21 @@ class SubmissionHandler(MxHandler):
         )
         if loop_reply is not None:
             return loop_reply
+        header, limits = _header_section(head), self._ctx.config.submission
+
+        def check_and_count() -> Reply | Counted:
+            """One trip to a thread: From:/Resent-From: ownership, then the sending limits."""
+            from_owned, resent_owned = self._authors_owned(user, header)
+            refusal = check_from_header(from_owned) or check_resent_from_header(resent_owned)
+            if refusal is not None:
+                return refusal  # refused before the queue: nothing is signed or counted
+            rcpts = len(envelope.rcpt_tos)
+            return self.send_log.reserve(user, envelope.network, rcpts, limits)
+
         try:
-            from_owned, resent_owned = await asyncio.to_thread(
-                self._authors_owned, user, _header_section(head)
-            )
+            counted = await asyncio.to_thread(check_and_count)
         except Exception:
-            log.exception("[%s] From: check failed", session.connection_id)
-            return replies.LOCAL_ERROR
-        refusal = check_from_header(from_owned) or check_resent_from_header(resent_owned)
-        if refusal is not None:
-            log.info("[%s] %s: %s", session.connection_id, user, refusal)
-            return refusal  # refused before the queue: nothing is signed
-        try:
-            counted = await asyncio.to_thread(
-                self.send_log.reserve,
-                user,
-                envelope.network,
-                len(envelope.rcpt_tos),
-                self._ctx.config.submission,
-            )
-        except Exception:
-            log.exception("[%s] sending limits unreadable", session.connection_id)
+            log.exception("[%s] From: check or sending limits failed", session.connection_id)
             return replies.LOCAL_ERROR
         if isinstance(counted, Reply):
             log.info("[%s] %s: %s", session.connection_id, user, counted)
@@ -294,20 +288,26 @@ class SubmissionSMTP(MxSMTP):
         user = self._auth_user
         if user is None:
             return AUTH_REQUIRED
-        owned = bool(address) and await asyncio.to_thread(self._ctx.accounts.owns, user, address)
+        envelope = self.mx_envelope()
+        send_log = self._send_log
+        if not isinstance(envelope, SubmissionEnvelope) or send_log is None:
+            raise TypeError("a submission session has a SubmissionEnvelope and a send log")
+        network = network_of(self.mx_session().peer_ip)
+
+        def look_up() -> tuple[bool, Usage]:  # one trip to a thread for both
+            owned = bool(address) and self._ctx.accounts.owns(user, address)
+            return owned, send_log.usage(user, network)
+
+        try:
+            owned, usage = await asyncio.to_thread(look_up)
+        except Exception:
+            self._log.exception("sender or sending limits unreadable")
+            return replies.LOCAL_ERROR
         refusal = check_sender(address, owned=owned)
         if refusal is not None:
             self._log.info("%s may not send as <%s>", user, address)
             return refusal
-        envelope = self.mx_envelope()
-        if not isinstance(envelope, SubmissionEnvelope) or self._send_log is None:
-            raise TypeError("a submission session has a SubmissionEnvelope and a send log")
-        envelope.network = network_of(self.mx_session().peer_ip)
-        try:
-            envelope.usage = await asyncio.to_thread(self._send_log.usage, user, envelope.network)
-        except Exception:
-            self._log.exception("sending limits unreadable")
-            return replies.LOCAL_ERROR
+        envelope.network, envelope.usage = network, usage
         refusal = check_usage(envelope.usage, self._ctx.config.submission, 1)
         if refusal is not None:
             self._log.info("%s: %s", user, refusal)

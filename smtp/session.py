@@ -285,9 +285,14 @@ class MxSMTP(SmtpConnection):
 
     def _log_transaction(self, envelope: MxEnvelope, size: int, reply: Reply) -> None:
         self._log.info(
-            "from=<%s> rcpts=%s size=%d result=%s",
+            "from=<%s> rcpts=%s size=%d%s result=%s",  # the reply last: web/events.py reads it
             envelope.mail_from,
             ",".join(f"<{r}>" for r in envelope.rcpt_tos),
             size,
+            self._transaction_note(envelope),
             str(reply).split("\r\n", 1)[0],
         )
+
+    def _transaction_note(self, envelope: MxEnvelope) -> str:
+        """More for the transaction's log line (submission: who sent it)."""
+        return ""

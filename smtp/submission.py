@@ -223,7 +223,6 @@ class SubmissionHandler(MxHandler):
                 qid = await self._enqueue(
                     mail_from, envelope.foreign, [received], parts, sign=True, user=user
                 )
-                log.info("[%s] %s queued as %s for %s", session.connection_id, queue_id, qid, user)
                 queue_id = qid  # the id `mailstack queue list` shows for it
         except QuotaExceededError:
             return replies.OVER_QUOTA
@@ -312,6 +311,10 @@ class SubmissionSMTP(MxSMTP):
         if refusal is not None:
             self._log.info("%s: %s", user, refusal)
         return refusal
+
+    def _transaction_note(self, envelope: MxEnvelope) -> str:
+        # The queue id is in the result and the user here: one line per submitted message.
+        return f" user={self._auth_user}" if self._auth_user else ""
 
     async def _refuse_unauthenticated(self) -> bool:
         if not self._tls_active():

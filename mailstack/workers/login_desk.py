@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from mailstack.base import scram
-from mailstack.base.login import LoginPath, LoginResult, ScramAttempt
+from mailstack.base.login import LoginPath, LoginResult, Outcome, ScramAttempt
 from mailstack.base.logs import connection_logger
 from mailstack.workers.channel import Channel
 from mailstack.workers.codec import LoginCheck, ScramAbandon, ScramProof, ScramStart, Verdict
@@ -45,19 +45,19 @@ class LoginDesk:
     def handle(self, packet: LoginCheck | ScramStart | ScramProof | ScramAbandon) -> None:
         match packet:
             case LoginCheck():
-                self._spawn(self._check(packet))
+                self._spawn(self._check(packet), packet.id)
             case ScramStart(number, conn, ip, message):
                 if number in self._scram:
                     return  # a worker never reuses a number; ignore a confused one
                 attempt = self._logins.scram(ip, log=connection_logger(LOGGER, conn, ip))
-                task = self._spawn(self._scram_start(number, attempt, message))
+                task = self._spawn(self._scram_start(number, attempt, message), number)
                 self._scram[number] = (attempt, task)
             case ScramProof(number, message):
                 held = self._scram.pop(number, None)
                 if held is None:
                     self._send(Verdict(number, "syntax", "no SCRAM exchange in progress"))
                     return
-                self._spawn(self._scram_finish(number, held[0], message))
+                self._spawn(self._scram_finish(number, held[0], message), number)
             case ScramAbandon(number):
                 self._drop(number)
 
@@ -74,11 +74,23 @@ class LoginDesk:
                 task.cancel()  # ScramLogin.start abandons itself
             attempt.abandon()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], number: int) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._answering(coro, number))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _answering(self, coro: Coroutine[Any, Any, None], number: int) -> None:
+        """Run one step; if it fails (a database error), the session still gets an answer
+        ('try again later') instead of waiting for one until its deadline."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("SMTP worker %d: login %d could not be decided", self._slot, number)
+            self._scram.pop(number, None)
+            self._send(Verdict(number, Outcome.BUSY.value))
 
     async def _check(self, packet: LoginCheck) -> None:
         name = packet.name.decode("utf-8", "surrogateescape")

@@ -252,9 +252,11 @@ def add_users(state: Path, count: int) -> list[str]:
     users = [f"idle{i}@{DOMAIN}" for i in range(count)]
     Accounts(db_path).add_user(users[0], PASSWORD)
     with contextlib.closing(sqlite3.connect(db_path)) as db, db:
-        row = db.execute("SELECT * FROM users WHERE address = ?", (users[0],)).fetchone()
+        cursor = db.execute("SELECT * FROM users WHERE address = ?", (users[0],))
+        row, columns = cursor.fetchone(), [d[0] for d in cursor.description]
+        # By column name: the table gains columns over time (names from the table itself).
         db.executemany(
-            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO users ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",  # noqa: S608
             [(user, *row[1:]) for user in users[1:]],
         )
     return users

@@ -19,24 +19,26 @@ import logging
 import resource
 import signal
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailstack.base.config import format_hostport
 from mailstack.base.errors import HostError
 from mailstack.base.threads import use_blocking_pool
-from mailstack.base.tls import TlsProvider
 from mailstack.delivery import mtasts_refresh, tlsrpt
 from mailstack.delivery.queue import OutboundQueue
 from mailstack.delivery.queue_runner import local_delivery
 from mailstack.delivery.services import ServerContext, StartService, hosted_domains
 from mailstack.deployment import Deployment
 from mailstack.imap.server import ImapService
+from mailstack.lifecycle import DRAIN_S, build_context, drain
 from mailstack.smtp.server import start_smtp
 from mailstack.smtp.submission import start_submission, start_submissions
 from mailstack.status import ServeStatus
 from mailstack.web.events import record_events, stop_recording
-from mailstack.web.server import WebService
 from mailstack.workers.parent import SmtpWorkers, worker_count
+
+if TYPE_CHECKING:
+    from mailstack.web.server import WebService
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def listeners(ctx: ServerContext) -> dict[str, StartService]:
     """Each configured service's start function; the IMAP listeners share one ImapService
     (connection limits, per-account session counts, structure caches)."""
     imap = ImapService(ctx)
-    web = WebService(ctx)
+    web = _LazyWeb(ctx)
     return {
         "smtp": start_smtp,
         "submission": start_submission,
@@ -60,20 +62,26 @@ def listeners(ctx: ServerContext) -> dict[str, StartService]:
     }
 
 
-DRAIN_S = 30.0  # how long in-flight sessions may take to finish after SIGTERM
+class _LazyWeb:
+    """The web listeners' service, imported and built when the first one starts: aiohttp and
+    jinja2 (about 11 MB per process) stay out of a `serve` that runs no web listener."""
 
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+        self._service: WebService | None = None
 
-def build_context(dep: Deployment, queue: OutboundQueue | None = None) -> ServerContext:
-    tls = TlsProvider(dep.paths.tls_cert, dep.paths.tls_key)
-    return ServerContext(
-        config=dep.config,
-        paths=dep.paths,
-        accounts=dep.accounts,
-        store=dep.store,
-        events=dep.events,
-        tls=tls,
-        queue=queue,
-    )
+    def _web(self) -> WebService:
+        if self._service is None:
+            from mailstack.web.server import WebService
+
+            self._service = WebService(self._ctx)
+        return self._service
+
+    async def start_https(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+        return await self._web().start_https(ctx, host, port)
+
+    async def start_http(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+        return await self._web().start_http(ctx, host, port)
 
 
 Q = TypeVar("Q", bound=OutboundQueue)
@@ -211,20 +219,6 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     if sts_refresh.done() and not sts_refresh.cancelled() and sts_refresh.exception():
         log.error("MTA-STS refresh task failed", exc_info=sts_refresh.exception())
     log.info("stopped")
-
-
-async def drain(deadline_s: float) -> None:
-    """Wait for connection tasks to end by themselves, then cancel what is left."""
-    me = asyncio.current_task()
-    pending = {t for t in asyncio.all_tasks() if t is not me}
-    if not pending:
-        return
-    _, still = await asyncio.wait(pending, timeout=deadline_s)
-    for task in still:
-        task.cancel()
-    if still:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait(still, timeout=2)
 
 
 def raise_open_files_limit() -> int:

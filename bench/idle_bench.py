@@ -80,10 +80,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_kb(root_pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of `root_pid` and all its descendants, in KiB. RSS counts a page shared by
-    many processes (Dovecot's imap processes share most of theirs) once per process; PSS
-    splits it between them."""
+def process_kb(root_pid: int) -> list[tuple[int, str, int, int]]:
+    """(pid, name, RSS, PSS) of `root_pid` and each of its descendants, RSS and PSS in KiB.
+    RSS counts a page shared by many processes (Dovecot's imap processes share most of
+    theirs) once per process; PSS splits it between them."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -91,18 +91,42 @@ def rss_kb(root_pid: int) -> tuple[int, int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry))
-    rss = pss = 0
+    found = []
     todo = [root_pid]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
+        rss = pss = 0
         with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):
                     rss += int(line.split()[1])
                 elif line.startswith("Pss:"):
                     pss += int(line.split()[1])
-    return rss, pss
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            # `serve`, an SMTP worker by its --tag, or the program's name (Dovecot's)
+            name = next(
+                (argv[i + 1].decode() for i, a in enumerate(argv[:-1]) if a == b"--tag"),
+                "serve" if b"serve" in argv else Path(argv[0].decode().split(" ")[0]).name,
+            )
+            found.append((pid, name, rss, pss))
+    return found
+
+
+def rss_kb(root_pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of `root_pid` and all its descendants, in KiB (see process_kb)."""
+    found = process_kb(root_pid)
+    return sum(p[2] for p in found), sum(p[3] for p in found)
+
+
+def by_process(root_pid: int) -> dict[str, list[float]]:
+    """name -> [RSS MB, PSS MB] (Dovecot's many `imap` processes summed under one name)."""
+    out: dict[str, list[float]] = {}
+    for _pid, name, rss, pss in process_kb(root_pid):
+        mb = out.setdefault(name, [0.0, 0.0])
+        mb[0] = round(mb[0] + rss / 1024, 1)
+        mb[1] = round(mb[1] + pss / 1024, 1)
+    return out
 
 
 # -- the IDLE clients ----------------------------------------------------------------------------
@@ -123,8 +147,8 @@ async def open_session(port: int, user: str, sessions: Sessions) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         await reader.readline()  # greeting
         writer.write(f'a LOGIN {user} "{PASSWORD}"\r\n'.encode())
-        line = b""
-        while not line.startswith(b"a "):
+        line = b"*"
+        while line and not line.startswith(b"a "):
             line = await reader.readline()
         if line.startswith(b"a OK"):
             break
@@ -134,8 +158,10 @@ async def open_session(port: int, user: str, sessions: Sessions) -> None:
         sessions.failed += 1
         return
     writer.write(b"b SELECT INBOX\r\nc IDLE\r\n")
-    while not (await reader.readline()).startswith(b"+"):
-        pass
+    while not (line := await reader.readline()).startswith(b"+"):
+        if not line:  # closed by the server
+            sessions.failed += 1
+            return
     sessions.writers.append(writer)
     sessions.seen.setdefault(user, [])
 
@@ -223,6 +249,9 @@ def configure(state: Path, smtp_port: int, imap_port: int, sessions: int) -> Non
             "verify_per_network": "64",
             "verify_threads": "2",
             "lockout_failures": "100000",
+            # First logins of 1,000 accounts take minutes (argon2id, two threads): remember
+            # each for the whole run, so a session opened later does not hash again.
+            "cache_s": "3600",
             "network_lockout_failures": "100000",
         },
     }
@@ -374,6 +403,8 @@ async def bench_mailstack(
             sessions = await open_all(imap_port, users, count)
         await asyncio.sleep(2)
         busy_kb = rss_kb(proc.pid)
+        busy_processes = by_process(proc.pid)
+        print(f"  by process: {busy_processes}", flush=True)
 
         def smtp_delivery(user: str) -> Callable[[], Awaitable[None]]:
             def send() -> None:
@@ -392,7 +423,14 @@ async def bench_mailstack(
             user = users[(r * 7 + 3) % accounts]
             maildir = state / "mail" / DOMAIN / user.split("@")[0]
             via_file.append(await latency(sessions, user, per_user, external_write(maildir, r)))
+        # Deliveries load what receiving needs (SPF, DKIM, DMARC checks) into the workers.
         result = summary("mailstack", sessions, count, accounts, idle_kb, busy_kb)
+        after_kb = rss_kb(proc.pid)
+        result["rss_after_mb"] = round(after_kb[0] / 1024, 1)
+        result["pss_after_mb"] = round(after_kb[1] / 1024, 1)
+        result["processes"] = busy_processes
+        result["processes_after"] = by_process(proc.pid)
+        print(f"  after the deliveries: {result['processes_after']}", flush=True)
         result["delivery_ms"] = {"our SMTP": via_smtp, "external write": via_file}
         await close(sessions)
     return result
@@ -433,7 +471,9 @@ async def close(sessions: Sessions) -> None:
 # -- Dovecot -------------------------------------------------------------------------------------
 
 
-async def bench_dovecot(work: Path, accounts: int, count: int, rounds: int) -> dict[str, Any]:
+async def bench_dovecot(
+    work: Path, accounts: int, count: int, rounds: int, per_process: int = 1
+) -> dict[str, Any]:
     base = work / "dovecot-mail"
     users = [f"idle{i}@{DOMAIN}" for i in range(accounts)]
     boxes = {}
@@ -448,6 +488,13 @@ async def bench_dovecot(work: Path, accounts: int, count: int, rounds: int) -> d
         f"default_process_limit = {count + 100}\ndefault_client_limit = {count + 1000}\n"
         "service anvil {\n  client_limit = " + str(count + 1000) + "\n}\n"
     )
+    if per_process > 1:
+        # Several sessions per `imap` process (Dovecot's default is one): fewer processes,
+        # and fewer inotify instances (one per process) than max_user_instances.
+        limits += (
+            f"service imap {{\n  client_limit = {per_process}\n  service_count = 0\n"
+            f"  process_limit = {count // per_process + 10}\n}}\n"
+        )
     dovecot = start_dovecot(work / "dovecot", boxes, limits)
     try:
         master = dovecot.process.pid if dovecot.process else 0
@@ -479,6 +526,8 @@ async def bench_dovecot(work: Path, accounts: int, count: int, rounds: int) -> d
                 await latency(sessions, user, per_user, external_write(boxes[user][1], r))
             )
         result = summary("dovecot", sessions, count, accounts, idle_kb, busy_kb)
+        result["server"] = f"dovecot, {per_process} session(s) per imap process"
+        result["processes"] = {"imap": by_process(master).get("imap", [0.0, 0.0])}
         result["delivery_ms"] = {"IMAP APPEND": via_append, "external write": via_file}
         await close(sessions)
     finally:
@@ -523,8 +572,9 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         f"Dovecot {dovecot_version()}. " + machine_notes(),
         "",
         "| server | IDLE sessions | accounts | RSS idle server | RSS (PSS) with sessions | "
-        "RSS (PSS) per session | delivery -> last session's EXISTS, median / worst |",
-        "|---|---|---|---|---|---|---|",
+        "... after the deliveries | RSS (PSS) per session | by process, with sessions: RSS "
+        "(PSS) | delivery -> last session's EXISTS, median / worst |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         wakes = "; ".join(
@@ -532,10 +582,14 @@ def render(results: list[dict[str, Any]], command: str) -> str:
             for how, ms in r["delivery_ms"].items()
             if ms
         )
+        after = f"{r['rss_after_mb']} ({r['pss_after_mb']}) MB" if "rss_after_mb" in r else "-"
+        procs = ", ".join(
+            f"{name} {mb[0]:.0f} ({mb[1]:.0f})" for name, mb in r.get("processes", {}).items()
+        )
         lines.append(
             f"| {r['server']} | {r['sessions']} of {r['asked']} | {r['accounts']} | "
-            f"{r['rss_idle_mb']} MB | {r['rss_busy_mb']} ({r['pss_busy_mb']}) MB | "
-            f"{r['kb_per_session']} ({r['pss_kb_per_session']}) KB | "
+            f"{r['rss_idle_mb']} MB | {r['rss_busy_mb']} ({r['pss_busy_mb']}) MB | {after} | "
+            f"{r['kb_per_session']} ({r['pss_kb_per_session']}) KB | {procs or '-'} | "
             f"{wakes} |"
         )
     return "\n".join(lines + NOTES) + "\n"
@@ -550,7 +604,15 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[dict[str, Any
             )
         )
     if args.only != "mailstack" and args.dovecot_sessions:
-        results.append(await bench_dovecot(work, args.accounts, args.dovecot_sessions, args.rounds))
+        results.append(
+            await bench_dovecot(
+                work,
+                args.dovecot_accounts or args.accounts,
+                args.dovecot_sessions,
+                args.rounds,
+                args.dovecot_per_process,
+            )
+        )
     return results
 
 
@@ -559,6 +621,13 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--dovecot-sessions", type=int, default=2000)
+    parser.add_argument(
+        "--dovecot-accounts", type=int, metavar="N", help="Dovecot's accounts (default: --accounts)"
+    )
+    parser.add_argument(
+        "--dovecot-per-process", type=int, default=1, metavar="N",
+        help="Dovecot's `service imap { client_limit }`: sessions per imap process",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=("mailstack", "dovecot"))
     parser.add_argument(

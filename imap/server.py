@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import socket
 
 from mailstack.delivery.services import ServerContext
@@ -99,20 +100,19 @@ class ImapService:
             raise ValueError("an ImapService serves the context it was built for")
         ssl_ctx = ctx.tls.listening_context() if implicit_tls else None
 
-        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await serve_client(
-                self.session_ctx,
-                reader,
-                writer,
-                limits=self.limits,
-                connections=self.connections,
-                caches=self.caches,
-                is_tls=implicit_tls,
-                rescan_s=self.rescan_s,
-                watcher=self.watcher,
-                idlers=self.idlers,
-            )
-
+        # A partial, not a wrapping coroutine: each connection's task runs serve_client
+        # itself, one coroutine frame fewer for the life of every session (~400 bytes).
+        client = functools.partial(
+            serve_client,
+            self.session_ctx,
+            limits=self.limits,
+            connections=self.connections,
+            caches=self.caches,
+            is_tls=implicit_tls,
+            rescan_s=self.rescan_s,
+            watcher=self.watcher,
+            idlers=self.idlers,
+        )
         return await asyncio.start_server(
             client,
             host,

@@ -549,7 +549,7 @@ NOTES = [
     "- Memory: all of mailstack's processes under 300 MB with 10,000 IDLE sessions, also after "
     "the deliveries (an SMTP worker loads the SPF/DKIM/DMARC checks with its first message). "
     "The fixed part is `serve` (~54 MB idle) and two SMTP workers (~40 MB each, importing only "
-    "what MX sessions need); then about 16 KB per session.",
+    "what their sessions need); then about 16 KB per session.",
     "- Wake-ups: one inotify instance per `serve`, two watches per folder; a delivery through "
     "our SMTP (a worker, then the main process's store event) and a file another program "
     "renames into new/ reached all 10 sessions of the folder within a few tens of ms (median).",

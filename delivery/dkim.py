@@ -122,8 +122,9 @@ def sign(
         name.lower() for name in re.findall(rb"(?m)^([!-9;-~]+)[ \t]*:", _header_block(message))
     }
     include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
-    # Imported here: the `cryptography` package (about 9 MB per process) stays out of SMTP
-    # worker processes until one signs (an auto-reply); their spool imports this module.
+    # Imported here: the `cryptography` package (about 9 MB per process) stays out of an SMTP
+    # worker process until it signs (a submitted message, an auto-reply); the spool imports
+    # this module.
     from mailstack.delivery.dkim_rsa import signature_field
 
     try:

@@ -52,7 +52,7 @@ FORBIDDEN = (
     "rich",
     "click",
     "acme",
-    "cryptography",  # DKIM signing loads it when a worker signs (an auto-reply), not before
+    "cryptography",  # DKIM signing loads it when a worker signs (submission), not before
 )
 
 

@@ -25,7 +25,6 @@ import time
 from collections.abc import Collection
 from email.utils import getaddresses
 
-from mailstack.delivery.dkim_rsa import signature_field
 from mailstack.delivery.dkim_selectors import signing_selector
 
 from mailstack.base.errors import MailstackError
@@ -123,6 +122,11 @@ def sign(
         name.lower() for name in re.findall(rb"(?m)^([!-9;-~]+)[ \t]*:", _header_block(message))
     }
     include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
+    # Imported here: the `cryptography` package (about 9 MB per process) stays out of an SMTP
+    # worker process until it signs (a submitted message, an auto-reply); the spool imports
+    # this module.
+    from mailstack.delivery.dkim_rsa import signature_field
+
     try:
         field = signature_field(
             _wire(message),

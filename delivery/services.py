@@ -26,7 +26,7 @@ from mailstack.base.tls import TlsProvider
 from mailstack.base.users import Accounts
 
 if TYPE_CHECKING:
-    from mailstack.delivery.queue import OutboundQueue
+    from mailstack.delivery.queue_spool import Spool
 
 
 def hosted_domains(config: Config, accounts: Accounts) -> set[str]:
@@ -47,8 +47,9 @@ class ServerContext:
     throttle: LoginThrottle | None = None
     # Set when `serve` begins to stop: long-lived sessions (IMAP IDLE) say BYE and close.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # The outbound queue (delivery.queue) that `serve` runs; None where no runner exists.
-    queue: OutboundQueue | None = None
+    # The outbound queue (delivery.queue) that `serve` runs, or in an SMTP worker the spool
+    # it writes for the main process's runner; None where no runner exists.
+    queue: Spool | None = None
     # The one login path of IMAP and submission (mailstack/base/login.py); in an SMTP worker
     # process, a proxy to the main process's (mailstack/workers/logins.py).
     logins: LoginPath = field(init=False)

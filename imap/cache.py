@@ -226,14 +226,20 @@ class StructureCaches:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._caches: OrderedDict[Path, StructureCache] = OrderedDict()  # LRU
+        # Roots pruned by this process: the mark outlives a cache closed by the LRU, or
+        # every session of 1,000 accounts would prune again (each a look at every folder).
+        self._pruned: set[Path] = set()
 
     def for_root(self, maildir_root: Path) -> StructureCache:
         with self._lock:
             cache = self._caches.get(maildir_root)
             if cache is None:
                 cache = self._caches[maildir_root] = StructureCache(maildir_root)
+                cache.is_pruned = maildir_root in self._pruned
                 while len(self._caches) > MAX_OPEN_CACHES:
-                    self._caches.popitem(last=False)  # closed once no session uses it
+                    _, dropped = self._caches.popitem(last=False)  # closed once unused
+                    if dropped.is_pruned:
+                        self._pruned.add(dropped.path.parent)
             else:
                 self._caches.move_to_end(maildir_root)
             return cache

@@ -442,7 +442,9 @@ class Session(
         if not self.limits.acquire_user(address):
             raise RefusedError("too many sessions for this account", "LIMIT")
         try:
-            await asyncio.to_thread(self.ctx.store.list_folders, address)
+            # Does its Maildir exist? Asked of the subscriptions file, not by a folder list,
+            # which also looks at every folder other accounts share (all of them, on disk).
+            await asyncio.to_thread(self.ctx.store.subscriptions, address)
         except UnknownUserError:  # an account made before its Maildir: make it now
             await asyncio.to_thread(self.ctx.store.create_account, address)
         self.user = address

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from mailstack.dnsrecords import DnsRecord
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 LONG_VALUE = 60  # characters: longer values are printed outside the table on a terminal
 
 
 def console(stderr: bool = False) -> Console:
+    # rich is imported on first output: `serve`, which prints no table, never loads it.
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     # Plain text when piped: no colours, no box drawing, no wrapping of long DKIM values.
     return Console(file=stream, highlight=False, soft_wrap=not stream.isatty())
@@ -55,6 +58,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title:
                 markup=False,
             )
         return
+    from rich.table import Table
+
     table = Table(title=title or None)
     for h in headers:
         table.add_column(h, overflow="fold")

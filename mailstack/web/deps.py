@@ -16,7 +16,7 @@ from mailstack.base.login import LoginPath
 from mailstack.base.paths import StatePaths
 from mailstack.base.tls import TlsProvider
 from mailstack.base.users import Accounts
-from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_spool import Spool
 from mailstack.delivery.services import ServerContext, hosted_domains
 from mailstack.delivery.store import MailStore
 
@@ -29,7 +29,7 @@ class WebDeps:
     logins: LoginPath  # the login path and throttle IMAP and submission share
     tls: TlsProvider  # the certificate the listeners present (reloadable)
     store: MailStore
-    queue: OutboundQueue | None  # the outbound queue serve runs (None outside serve)
+    queue: Spool | None  # the outbound queue serve runs (None outside serve)
     stopping: asyncio.Event  # set when serve begins to stop
 
     @classmethod

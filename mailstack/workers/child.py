@@ -9,7 +9,11 @@ commit), says `R` when it can take connections, serves each one it receives with
 process: mailstack/workers/logins.py), and reports closed connections, logged-in submission
 sessions, durable deliveries (for IMAP IDLE in the main process) and queued mail back.
 SIGTERM, or EOF from the main process: no new sessions, the open ones finish (up to
-app.DRAIN_S), exit 0. SIGHUP reloads the certificate."""
+lifecycle.DRAIN_S), exit 0. SIGHUP reloads the certificate.
+
+A worker imports what its sessions need and nothing more (not mailstack.app: no IMAP, web or
+outbound runner): every module costs each worker memory, and `serve` runs one worker per
+core beside the process that holds the IMAP sessions."""
 
 from __future__ import annotations
 
@@ -22,13 +26,14 @@ import socket
 import sys
 from pathlib import Path
 
-from mailstack.app import DRAIN_S, build_context, drain, outbound_queue
 from mailstack.base.errors import HostError, MailstackError
 from mailstack.base.logs import set_process_tag, setup_logging
 from mailstack.base.threads import use_blocking_pool
 from mailstack.delivery.events import EventHub
-from mailstack.delivery.queue import OutboundQueue
+from mailstack.delivery.queue_spool import Spool
+from mailstack.delivery.services import hosted_domains
 from mailstack.deployment import Deployment
+from mailstack.lifecycle import DRAIN_S, build_context, drain
 from mailstack.smtp.limits import ConnectionLimiter
 from mailstack.smtp.server import mx_sessions
 from mailstack.smtp.submission import SubmissionService
@@ -65,22 +70,24 @@ class _ForwardingHub(EventHub):
         self._channel.send(Delivered(user, folder))
 
 
-class _ForwardingQueue(OutboundQueue):
-    """Mail queued here (aliases forwarding outside) is sent by the main process's runner."""
+class _ForwardingQueue(Spool):
+    """Mail queued here (aliases forwarding outside, auto-replies) is sent by the main
+    process's runner: a worker only writes the spool, and says so."""
 
-    channel: Channel | None = None
+    def __init__(self, dep: Deployment, channel: Channel) -> None:
+        super().__init__(
+            dep.config, dep.paths, hosted_domains=lambda: hosted_domains(dep.config, dep.accounts)
+        )
+        self.channel = channel
 
     def wake(self) -> None:
-        if self.channel is not None:
-            self.channel.send(Queued())
+        self.channel.send(Queued())
 
 
 async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     loop = asyncio.get_running_loop()
     use_blocking_pool(loop)
-    queue = outbound_queue(dep, _ForwardingQueue)
-    queue.channel = channel
-    ctx = build_context(dep, queue)
+    ctx = build_context(dep, _ForwardingQueue(dep, channel))
     logins = RemoteLogins(channel)
     object.__setattr__(ctx, "logins", logins)  # frozen: decided in the main process instead
     # The main process counts connections against the limits; here every one is admitted.

@@ -59,6 +59,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstack.delivery.index_known import KnownRows
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "mailstack.index.sqlite3"
@@ -110,8 +112,9 @@ class IndexDb:
         self.highest_modseq = 0
         self.expunge_floor = 0
         self.uid_validity = 0
-        # uid -> (flags, modseq) as the file says, as of `_seen_modseq`.
-        self._known: dict[int, tuple[str, int]] | None = None
+        # uid -> (flags, modseq) as the file says, as of `_seen_modseq` (compact:
+        # delivery/index_known.py).
+        self._known: KnownRows | None = None
         self._seen_modseq = 0
         self._foreign = False  # a reconcile saw others' changes the listing may not show yet
         self._inode = 0  # of the file `_db` has open: a different one means it was replaced
@@ -250,7 +253,7 @@ class IndexDb:
             raise
         return modseqs
 
-    def _catch_up(self, db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+    def _catch_up(self, db: sqlite3.Connection) -> KnownRows:
         """`_known` brought up to the file's state (other processes write it too)."""
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         highest = int(meta.get("highestmodseq", 0))
@@ -259,19 +262,23 @@ class IndexDb:
         known = self._known
         if known is None or stored_validity != self.uid_validity:
             # Interned: a folder has a handful of distinct flag texts, not one per message.
-            known = {
-                uid: (sys.intern(flags), modseq)
-                for uid, flags, modseq in db.execute("SELECT uid, flags, modseq FROM messages")
-            }
+            known = KnownRows(
+                (uid, sys.intern(flags), modseq)
+                for uid, flags, modseq in db.execute(
+                    "SELECT uid, flags, modseq FROM messages ORDER BY uid"
+                )
+            )
         elif highest != self._seen_modseq:
             for uid, flags, modseq in db.execute(
                 "SELECT uid, flags, modseq FROM messages WHERE modseq > ?", (self._seen_modseq,)
             ):
                 known[uid] = (sys.intern(flags), modseq)
-            for (uid,) in db.execute(
-                "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
-            ):
-                known.pop(uid, None)
+            known.remove(
+                uid
+                for (uid,) in db.execute(
+                    "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
+                )
+            )
         if self._known is not None and highest != self._seen_modseq:
             self._foreign = True  # another process recorded changes (see changed_elsewhere)
         self._known = known
@@ -317,13 +324,12 @@ class IndexDb:
             modseq = self.highest_modseq + 1
             db.executemany(
                 "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+                (  # streamed: a first open writes every message
                     (r.uid, modseq, r.flags, r.base, r.name, r.disk_size, r.size, r.internal_date)
                     for r in changed
-                ],
+                ),
             )
-            for r in changed:
-                known[r.uid] = (r.flags, modseq)
+            known.set_many(((r.uid, r.flags) for r in changed), modseq)
             for start in range(0, len(gone), _BATCH):
                 batch = gone[start : start + _BATCH]
                 marks = ",".join("?" * len(batch))
@@ -332,29 +338,27 @@ class IndexDb:
             db.executemany(
                 "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for u in gone]
             )
-            for uid in gone:
-                known.pop(uid, None)
+            known.remove(gone)
             self._set_meta(db, "highestmodseq", modseq)
             self.highest_modseq = self._seen_modseq = modseq
             if gone:
                 self._trim_expunge_log(db)
         return {r.uid: known[r.uid][1] for r in rows}
 
-    def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+    def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> KnownRows:
         """uid -> (flags, modseq) of just these UIDs, with the meta values brought up to date."""
         self._catch_up_meta(db)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.uid_validity = int(meta.get("uidvalidity", 0))
-        found: dict[int, tuple[str, int]] = {}
+        found: list[tuple[int, str, int]] = []
         for start in range(0, len(uids), _BATCH):
             batch = uids[start : start + _BATCH]
             marks = ",".join("?" * len(batch))
-            for uid, flags, modseq in db.execute(
+            found += db.execute(
                 f"SELECT uid, flags, modseq FROM messages WHERE uid IN ({marks})",  # noqa: S608
                 batch,
-            ):
-                found[uid] = (flags, modseq)
-        return found
+            )
+        return KnownRows(found)
 
     def _trim_expunge_log(self, db: sqlite3.Connection) -> None:
         (count,) = db.execute("SELECT count(*) FROM expunged").fetchone()

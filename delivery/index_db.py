@@ -55,9 +55,9 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from mailstack.delivery.index_known import KnownRows
 
@@ -82,9 +82,9 @@ def flag_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """What reconcile needs to know of one message."""
+class Row(NamedTuple):
+    """What reconcile needs to know of one message (a tuple: made in C, as reconcile makes
+    one per message on demand, delivery/index_entry.py `Rows`)."""
 
     uid: int
     flags: str  # flag_text()
@@ -317,19 +317,40 @@ class IndexDb:
         if removed is None:
             present = {r.uid for r in rows}
             gone = [uid for uid in known if uid not in present]
+            del present
         else:
             gone = [uid for uid in set(removed) if uid in known]
-        changed = [r for r in rows if (k := known.get(r.uid)) is None or k[0] != r.flags]
+        modseq = self.highest_modseq + 1
+        changed = 0
+
+        def changed_rows() -> Iterator[tuple[object, ...]]:
+            # Streamed into the INSERT and recorded in `known` on the way: a first open
+            # changes every message, and a list of them cost a row object apiece.
+            nonlocal changed
+            shared: dict[str, tuple[str, int]] = {}
+            for r in rows:
+                k = known.get(r.uid)
+                if k is None or k[0] != r.flags:
+                    changed += 1
+                    pair = shared.get(r.flags)
+                    if pair is None:
+                        pair = shared[r.flags] = (r.flags, modseq)
+                    known[r.uid] = pair
+                    yield (
+                        r.uid,
+                        modseq,
+                        r.flags,
+                        r.base,
+                        r.name,
+                        r.disk_size,
+                        r.size,
+                        r.internal_date,
+                    )
+
+        db.executemany(
+            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changed_rows()
+        )
         if changed or gone:
-            modseq = self.highest_modseq + 1
-            db.executemany(
-                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (  # streamed: a first open writes every message
-                    (r.uid, modseq, r.flags, r.base, r.name, r.disk_size, r.size, r.internal_date)
-                    for r in changed
-                ),
-            )
-            known.set_many(((r.uid, r.flags) for r in changed), modseq)
             for start in range(0, len(gone), _BATCH):
                 batch = gone[start : start + _BATCH]
                 marks = ",".join("?" * len(batch))

@@ -65,15 +65,6 @@ class KnownRows:
             raise KeyError(uid)
         return self._values[i]
 
-    def set_many(self, uids: Iterable[tuple[int, str]], modseq: int) -> None:
-        """Record (uid, flags) pairs under one MODSEQ."""
-        shared: dict[str, Pair] = {}
-        for uid, flags in uids:
-            pair = shared.get(flags)
-            if pair is None:
-                pair = shared[flags] = (flags, modseq)
-            self[uid] = pair
-
     def __setitem__(self, uid: int, pair: Pair) -> None:
         uids = self._uids
         if not uids or uid > uids[-1]:  # a new message: the largest UID yet

@@ -1,5 +1,5 @@
 """delivery/index_known.py: `KnownRows` answers as a dict of uid -> (flags, MODSEQ) would,
-under any sequence of loads, sets, bulk sets and removals (one by one and in one pass)."""
+under any sequence of loads, sets and removals (one by one and in one pass)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ ROWS = st.lists(st.tuples(UIDS, FLAGS, st.integers(1, 10)), unique_by=lambda r: 
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), UIDS, FLAGS, st.integers(1, 50)),
-        st.tuples(st.just("set_many"), st.lists(st.tuples(UIDS, FLAGS)), st.integers(1, 50)),
         st.tuples(st.just("remove"), st.lists(UIDS, max_size=2 * REMOVE_ONE_BY_ONE)),
         st.tuples(st.just("clear")),
     )
@@ -28,9 +27,6 @@ def test_known_rows_behave_as_a_dict(rows: list[tuple[int, str, int]], ops: list
         match op:
             case ("set", uid, flags, modseq):
                 known[uid] = model[uid] = (flags, modseq)
-            case ("set_many", pairs, modseq):
-                known.set_many(pairs, modseq)
-                model.update((uid, (flags, modseq)) for uid, flags in pairs)
             case ("remove", uids):
                 known.remove(uids)
                 for uid in uids:
@@ -51,5 +47,3 @@ def test_messages_with_the_same_flags_and_modseq_share_one_pair() -> None:
     known = KnownRows((uid, "\\Seen" if uid % 2 else "", 7) for uid in range(1, 1001))
     assert known[1] is known[999]
     assert known[2] is known[1000]
-    known.set_many(((uid, "\\Seen") for uid in range(1, 1001)), 8)
-    assert known[1] is known[2]

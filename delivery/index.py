@@ -391,7 +391,7 @@ class FolderIndex:
         """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
         entries = self.entries()
         if self._view is None:
-            self._view = (tuple(e.info for e in entries), frozenset(self._in_new), self._by_uid)
+            self._view = (tuple(entries), frozenset(self._in_new), self._by_uid)
         return self._view
 
     def in_new(self) -> frozenset[int]:
@@ -427,10 +427,7 @@ class FolderIndex:
         flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
         if flags is None:
             flags = self._flags_of[letters] = flags_from_letters(letters, self._kw.keywords)
-        info = MessageInfo(
-            uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
-        )
-        return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
+        return Entry(uid, flags, mtime, vsize, base, modseq, sub=sub, name=name, disk_size=size)
 
     # -- changing state (our own writes) -------------------------------------------------------
     def _append_records(self, records: list[UidRecord], *, sync: bool = True) -> None:

@@ -370,13 +370,13 @@ class FolderIndex:
             # ones held both). Only MODSEQs changed: new/ membership stays as it is.
             by_uid = self._by_uid
             for i, entry in enumerate(entries):
-                modseq = modseqs.get(entry.uid, 0)
+                modseq = modseqs.modseq(entry.uid)
                 if entry.info.modseq != modseq:
                     entries[i] = by_uid[entry.uid] = with_modseq(entry, modseq)
                     self._view = None
             return
         for entry in chosen:
-            modseq = modseqs.get(entry.uid, 0)
+            modseq = modseqs.modseq(entry.uid)
             if entry.info.modseq != modseq:
                 self._put(with_modseq(entry, modseq))
 

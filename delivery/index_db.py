@@ -215,8 +215,9 @@ class IndexDb:
     # -- reconcile -----------------------------------------------------------------------------
     def reconcile(
         self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None = None
-    ) -> dict[int, int]:
-        """Record messages' current state; returns uid -> MODSEQ of each of `rows`.
+    ) -> KnownRows:
+        """Record messages' current state; returns what is known of the folder's rows, which
+        has the MODSEQ of each of `rows` (`KnownRows.modseq`; read it before the next call).
 
         `removed` None: `rows` is every message of the folder (a full compare: first look in
         this process, or after a change this process cannot pin down). Otherwise `rows` are
@@ -240,7 +241,7 @@ class IndexDb:
 
     def _reconcile(
         self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None
-    ) -> dict[int, int]:
+    ) -> KnownRows:
         db = self._connect()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -293,7 +294,7 @@ class IndexDb:
         uid_validity: int,
         rows: Sequence[Row],
         removed: Iterable[int] | None,
-    ) -> dict[int, int]:
+    ) -> KnownRows:
         if removed is not None and self._known is None:
             # A partial record by a process that never read the whole folder (an SMTP worker
             # delivering): look up just these rows instead of loading every one.
@@ -315,9 +316,7 @@ class IndexDb:
             self.uid_validity, self.expunge_floor = uid_validity, self.highest_modseq
             known.clear()
         if removed is None:
-            present = {r.uid for r in rows}
-            gone = [uid for uid in known if uid not in present]
-            del present
+            gone = known.absent_from([r.uid for r in rows])
         else:
             gone = [uid for uid in set(removed) if uid in known]
         modseq = self.highest_modseq + 1
@@ -364,7 +363,7 @@ class IndexDb:
             self.highest_modseq = self._seen_modseq = modseq
             if gone:
                 self._trim_expunge_log(db)
-        return {r.uid: known[r.uid][1] for r in rows}
+        return known
 
     def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> KnownRows:
         """uid -> (flags, modseq) of just these UIDs, with the meta values brought up to date."""

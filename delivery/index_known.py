@@ -12,8 +12,9 @@ are the largest, so recording a delivery appends.
 from __future__ import annotations
 
 import bisect
+import itertools
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 Pair = tuple[str, int]  # (flags as index_db.flag_text stores them, MODSEQ)
 REMOVE_ONE_BY_ONE = 32  # removals above which the arrays are rebuilt in one pass
@@ -64,6 +65,28 @@ class KnownRows:
         if i < 0:
             raise KeyError(uid)
         return self._values[i]
+
+    def modseq(self, uid: int) -> int:
+        """The MODSEQ of `uid`, 0 when it is not known."""
+        i = self._find(uid)
+        return self._values[i][1] if i >= 0 else 0
+
+    def absent_from(self, uids: Sequence[int]) -> list[int]:
+        """The known UIDs that are not among `uids`, ascending. When `uids` ascend (a
+        folder's entries do) one merge, not a set of every message."""
+        if any(a >= b for a, b in itertools.pairwise(uids)):
+            present = set(uids)
+            return [uid for uid in self._uids if uid not in present]
+        absent: list[int] = []
+        known, i, n = self._uids, 0, len(self._uids)
+        for uid in uids:
+            while i < n and known[i] < uid:
+                absent.append(known[i])
+                i += 1
+            if i < n and known[i] == uid:
+                i += 1
+        absent.extend(known[i:])
+        return absent
 
     def __setitem__(self, uid: int, pair: Pair) -> None:
         uids = self._uids

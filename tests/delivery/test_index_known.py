@@ -47,3 +47,16 @@ def test_messages_with_the_same_flags_and_modseq_share_one_pair() -> None:
     known = KnownRows((uid, "\\Seen" if uid % 2 else "", 7) for uid in range(1, 1001))
     assert known[1] is known[999]
     assert known[2] is known[1000]
+
+
+@given(ROWS, st.lists(UIDS), st.booleans())
+def test_absent_from_is_a_set_difference(
+    rows: list[tuple[int, str, int]], uids: list[int], ascending: bool
+) -> None:
+    """A merge when the UIDs ascend (a folder's entries), a set otherwise: the same answer."""
+    present = sorted(set(uids)) if ascending else uids
+    known = KnownRows(rows)
+    assert known.absent_from(present) == sorted({r[0] for r in rows} - set(uids))
+    assert known.modseq(0) == 0
+    for uid, _flags, modseq in rows:
+        assert known.modseq(uid) == modseq

@@ -48,9 +48,9 @@ from mailstack.delivery.dotlock import DotLock
 from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
 from mailstack.delivery.index_entry import (
     Entry,
+    Rows,
     SyncResult,
     measure,
-    row,
     uid_key,
     with_modseq,
 )
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
 DEAD_RECORDS_MIN = 1000  # records of expunged messages a uidlist keeps before its rewrite
-BULK_PUT = 64  # entries changed at once above which _reconcile rebuilds the list in one pass
+BULK_PUT = 64  # file sizes dropped from _meta at once above which _rebuild shrinks that dict
 _NO_FLAGS: frozenset[str] = frozenset()
 
 
@@ -358,26 +358,27 @@ class FolderIndex:
         whole folder (`everything`) is recorded instead, when we have it."""
         uid_validity = self.uidlist.uid_validity
         try:
-            modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
+            modseqs = self.db.reconcile(uid_validity, Rows(chosen), removed)
         except IndexRebuiltError:
             if everything is not None:
                 chosen, removed = everything, None
-            modseqs = self.db.reconcile(uid_validity, [row(e) for e in chosen], removed)
-        changed = []
+            modseqs = self.db.reconcile(uid_validity, Rows(chosen), removed)
+        entries = self._entries
+        if entries is not None and chosen is entries:
+            # Every entry (a first open gives each its MODSEQ): replaced in place, one pass,
+            # so that each old entry is freed as its successor comes (a list of the new
+            # ones held both). Only MODSEQs changed: new/ membership stays as it is.
+            by_uid = self._by_uid
+            for i, entry in enumerate(entries):
+                modseq = modseqs.modseq(entry.uid)
+                if entry.info.modseq != modseq:
+                    entries[i] = by_uid[entry.uid] = with_modseq(entry, modseq)
+                    self._view = None
+            return
         for entry in chosen:
-            modseq = modseqs.get(entry.uid, 0)
+            modseq = modseqs.modseq(entry.uid)
             if entry.info.modseq != modseq:
-                changed.append(with_modseq(entry, modseq))
-        if len(changed) > BULK_PUT and self._entries is not None:
-            # A first open gives every entry its MODSEQ: one pass, not a bisection apiece.
-            # Only MODSEQs changed, so new/ membership stays as it is.
-            by_uid = {e.uid: e for e in changed}
-            self._entries[:] = [by_uid.get(e.uid, e) for e in self._entries]
-            self._by_uid.update(by_uid)
-            self._view = None
-        else:
-            for entry in changed:
-                self._put(entry)
+                self._put(with_modseq(entry, modseq))
 
     def changed_since(self, modseq: int) -> list[Entry]:
         """Messages whose MODSEQ is above `modseq`, in UID order (CONDSTORE, and how sessions
@@ -390,7 +391,7 @@ class FolderIndex:
         """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
         entries = self.entries()
         if self._view is None:
-            self._view = (tuple(e.info for e in entries), frozenset(self._in_new), self._by_uid)
+            self._view = (tuple(entries), frozenset(self._in_new), self._by_uid)
         return self._view
 
     def in_new(self) -> frozenset[int]:
@@ -426,10 +427,7 @@ class FolderIndex:
         flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
         if flags is None:
             flags = self._flags_of[letters] = flags_from_letters(letters, self._kw.keywords)
-        info = MessageInfo(
-            uid=uid, flags=flags, internal_date=mtime, size=vsize, key=base, modseq=modseq
-        )
-        return Entry(uid=uid, sub=sub, name=name, info=info, disk_size=size)
+        return Entry(uid, flags, mtime, vsize, base, modseq, sub=sub, name=name, disk_size=size)
 
     # -- changing state (our own writes) -------------------------------------------------------
     def _append_records(self, records: list[UidRecord], *, sync: bool = True) -> None:

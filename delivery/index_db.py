@@ -55,9 +55,11 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+from mailstack.delivery.index_known import KnownRows
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,9 @@ def flag_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """What reconcile needs to know of one message."""
+class Row(NamedTuple):
+    """What reconcile needs to know of one message (a tuple: made in C, as reconcile makes
+    one per message on demand, delivery/index_entry.py `Rows`)."""
 
     uid: int
     flags: str  # flag_text()
@@ -110,8 +112,9 @@ class IndexDb:
         self.highest_modseq = 0
         self.expunge_floor = 0
         self.uid_validity = 0
-        # uid -> (flags, modseq) as the file says, as of `_seen_modseq`.
-        self._known: dict[int, tuple[str, int]] | None = None
+        # uid -> (flags, modseq) as the file says, as of `_seen_modseq` (compact:
+        # delivery/index_known.py).
+        self._known: KnownRows | None = None
         self._seen_modseq = 0
         self._foreign = False  # a reconcile saw others' changes the listing may not show yet
         self._inode = 0  # of the file `_db` has open: a different one means it was replaced
@@ -212,8 +215,9 @@ class IndexDb:
     # -- reconcile -----------------------------------------------------------------------------
     def reconcile(
         self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None = None
-    ) -> dict[int, int]:
-        """Record messages' current state; returns uid -> MODSEQ of each of `rows`.
+    ) -> KnownRows:
+        """Record messages' current state; returns what is known of the folder's rows, which
+        has the MODSEQ of each of `rows` (`KnownRows.modseq`; read it before the next call).
 
         `removed` None: `rows` is every message of the folder (a full compare: first look in
         this process, or after a change this process cannot pin down). Otherwise `rows` are
@@ -237,7 +241,7 @@ class IndexDb:
 
     def _reconcile(
         self, uid_validity: int, rows: Sequence[Row], removed: Iterable[int] | None
-    ) -> dict[int, int]:
+    ) -> KnownRows:
         db = self._connect()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -250,7 +254,7 @@ class IndexDb:
             raise
         return modseqs
 
-    def _catch_up(self, db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+    def _catch_up(self, db: sqlite3.Connection) -> KnownRows:
         """`_known` brought up to the file's state (other processes write it too)."""
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         highest = int(meta.get("highestmodseq", 0))
@@ -259,19 +263,23 @@ class IndexDb:
         known = self._known
         if known is None or stored_validity != self.uid_validity:
             # Interned: a folder has a handful of distinct flag texts, not one per message.
-            known = {
-                uid: (sys.intern(flags), modseq)
-                for uid, flags, modseq in db.execute("SELECT uid, flags, modseq FROM messages")
-            }
+            known = KnownRows(
+                (uid, sys.intern(flags), modseq)
+                for uid, flags, modseq in db.execute(
+                    "SELECT uid, flags, modseq FROM messages ORDER BY uid"
+                )
+            )
         elif highest != self._seen_modseq:
             for uid, flags, modseq in db.execute(
                 "SELECT uid, flags, modseq FROM messages WHERE modseq > ?", (self._seen_modseq,)
             ):
                 known[uid] = (sys.intern(flags), modseq)
-            for (uid,) in db.execute(
-                "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
-            ):
-                known.pop(uid, None)
+            known.remove(
+                uid
+                for (uid,) in db.execute(
+                    "SELECT uid FROM expunged WHERE modseq > ?", (self._seen_modseq,)
+                )
+            )
         if self._known is not None and highest != self._seen_modseq:
             self._foreign = True  # another process recorded changes (see changed_elsewhere)
         self._known = known
@@ -286,7 +294,7 @@ class IndexDb:
         uid_validity: int,
         rows: Sequence[Row],
         removed: Iterable[int] | None,
-    ) -> dict[int, int]:
+    ) -> KnownRows:
         if removed is not None and self._known is None:
             # A partial record by a process that never read the whole folder (an SMTP worker
             # delivering): look up just these rows instead of loading every one.
@@ -308,22 +316,40 @@ class IndexDb:
             self.uid_validity, self.expunge_floor = uid_validity, self.highest_modseq
             known.clear()
         if removed is None:
-            present = {r.uid for r in rows}
-            gone = [uid for uid in known if uid not in present]
+            gone = known.absent_from([r.uid for r in rows])
         else:
             gone = [uid for uid in set(removed) if uid in known]
-        changed = [r for r in rows if (k := known.get(r.uid)) is None or k[0] != r.flags]
+        modseq = self.highest_modseq + 1
+        changed = 0
+
+        def changed_rows() -> Iterator[tuple[object, ...]]:
+            # Streamed into the INSERT and recorded in `known` on the way: a first open
+            # changes every message, and a list of them cost a row object apiece.
+            nonlocal changed
+            shared: dict[str, tuple[str, int]] = {}
+            for r in rows:
+                k = known.get(r.uid)
+                if k is None or k[0] != r.flags:
+                    changed += 1
+                    pair = shared.get(r.flags)
+                    if pair is None:
+                        pair = shared[r.flags] = (r.flags, modseq)
+                    known[r.uid] = pair
+                    yield (
+                        r.uid,
+                        modseq,
+                        r.flags,
+                        r.base,
+                        r.name,
+                        r.disk_size,
+                        r.size,
+                        r.internal_date,
+                    )
+
+        db.executemany(
+            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changed_rows()
+        )
         if changed or gone:
-            modseq = self.highest_modseq + 1
-            db.executemany(
-                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.uid, modseq, r.flags, r.base, r.name, r.disk_size, r.size, r.internal_date)
-                    for r in changed
-                ],
-            )
-            for r in changed:
-                known[r.uid] = (r.flags, modseq)
             for start in range(0, len(gone), _BATCH):
                 batch = gone[start : start + _BATCH]
                 marks = ",".join("?" * len(batch))
@@ -332,29 +358,27 @@ class IndexDb:
             db.executemany(
                 "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for u in gone]
             )
-            for uid in gone:
-                known.pop(uid, None)
+            known.remove(gone)
             self._set_meta(db, "highestmodseq", modseq)
             self.highest_modseq = self._seen_modseq = modseq
             if gone:
                 self._trim_expunge_log(db)
-        return {r.uid: known[r.uid][1] for r in rows}
+        return known
 
-    def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> dict[int, tuple[str, int]]:
+    def _rows_of(self, uids: list[int], db: sqlite3.Connection) -> KnownRows:
         """uid -> (flags, modseq) of just these UIDs, with the meta values brought up to date."""
         self._catch_up_meta(db)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.uid_validity = int(meta.get("uidvalidity", 0))
-        found: dict[int, tuple[str, int]] = {}
+        found: list[tuple[int, str, int]] = []
         for start in range(0, len(uids), _BATCH):
             batch = uids[start : start + _BATCH]
             marks = ",".join("?" * len(batch))
-            for uid, flags, modseq in db.execute(
+            found += db.execute(
                 f"SELECT uid, flags, modseq FROM messages WHERE uid IN ({marks})",  # noqa: S608
                 batch,
-            ):
-                found[uid] = (flags, modseq)
-        return found
+            )
+        return KnownRows(found)
 
     def _trim_expunge_log(self, db: sqlite3.Connection) -> None:
         (count,) = db.execute("SELECT count(*) FROM expunged").fetchone()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from mailstack.delivery.index_db import Row, flag_text
 from mailstack.delivery.layout import crlf_size, sizes_from_name
@@ -23,20 +25,25 @@ def stamp(path: Path) -> Stamp | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One message file as the index knows it."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry(MessageInfo):
+    """One message file as the index knows it: its `MessageInfo` (what snapshots hand out:
+    the entry itself) and where the file is. One object, not an entry holding a
+    MessageInfo: a second object per message cost about 50 bytes a message."""
 
-    uid: int
     sub: str  # "new" or "cur"
     name: str  # current file name, info included
-    info: MessageInfo
     disk_size: int  # S=: bytes on disk (what the quota counts)
+
+    @property
+    def info(self) -> MessageInfo:
+        """The message as snapshots show it (sessions compare fields, not classes)."""
+        return self
 
     @property
     def meta(self) -> tuple[float, int, int]:
         """(internal date, S, W) as `FolderIndex.added` takes it."""
-        return (self.info.internal_date, self.disk_size, self.info.size)
+        return (self.internal_date, self.disk_size, self.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +52,64 @@ class SyncResult:
 
 
 def with_modseq(entry: Entry, modseq: int) -> Entry:
-    """`entry` with another MODSEQ. Built directly: two dataclasses.replace() calls per
-    message cost more than the rest of a first open of a folder."""
-    i = entry.info
-    info = MessageInfo(i.uid, i.flags, i.internal_date, i.size, i.key, modseq)
-    return Entry(entry.uid, entry.sub, entry.name, info, entry.disk_size)
+    """`entry` with another MODSEQ. Built directly: dataclasses.replace() per message cost
+    more than the rest of a first open of a folder."""
+    e = entry
+    return Entry(
+        e.uid,
+        e.flags,
+        e.internal_date,
+        e.size,
+        e.key,
+        modseq,
+        sub=e.sub,
+        name=e.name,
+        disk_size=e.disk_size,
+    )
 
 
 def uid_key(entry: Entry) -> int:
     return entry.uid
 
 
+class Rows(Sequence[Row]):
+    """The persistent-index rows of `entries`, each made when asked: a first open records
+    every message, and a list of rows beside the entries cost about 90 bytes a message."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, i: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Rows: ...
+
+    def __getitem__(self, i: int | slice) -> Row | Rows:
+        if isinstance(i, slice):
+            return Rows(self._entries[i])
+        return row(self._entries[i])
+
+    def __iter__(self) -> Iterator[Row]:
+        for entry in self._entries:
+            yield row(entry)
+
+
 def row(entry: Entry) -> Row:
     info = entry.info
     return Row(
-        uid=info.uid,
-        flags=_stored_flags(info.flags),
-        base=info.key,
-        name=entry.name,
-        disk_size=entry.disk_size,
-        size=info.size,
-        internal_date=info.internal_date,
+        info.uid,
+        _stored_flags(info.flags),
+        info.key,
+        entry.name,
+        entry.disk_size,
+        info.size,
+        info.internal_date,
     )
 
 

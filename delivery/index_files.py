@@ -53,6 +53,11 @@ class UidlistFile:
         self._stamp: Stamp | None = None
         self._parsed = 0  # bytes of the file parsed: up to the last complete line
         self.uid_of: dict[str, int] = {}
+        # The records themselves are not kept (`uid_of` has what the index needs; a record
+        # object per message cost about 64 bytes): their count, the last UID (appends must
+        # ascend from it), and the file to re-read when a rewrite needs them all.
+        self._count = 0
+        self._last_uid = 0
 
     @property
     def uidlist(self) -> UidList:
@@ -62,7 +67,7 @@ class UidlistFile:
 
     @property
     def record_count(self) -> int:
-        return len(self._uidlist.records) if self._uidlist is not None else 0
+        return self._count
 
     def load(self) -> UidlistChange | None:
         """Bring the parse up to date with the file; None when it did not change."""
@@ -91,8 +96,21 @@ class UidlistFile:
             stamp = file_stamp(path)
             self._parsed = len(data)
         self._uidlist, self._stamp = uidlist, stamp
-        self.uid_of = {r.base: r.uid for r in uidlist.records}
+        self._keep(uidlist.records, replaced=True)
         return UidlistChange(replaced=True)
+
+    def _keep(self, records: list[UidRecord], *, replaced: bool = False) -> None:
+        """Take `records` (parsed or assigned) into `uid_of` and forget them."""
+        if replaced:
+            self.uid_of = {r.base: r.uid for r in records}
+            self._count, self._last_uid = 0, 0
+        else:
+            for record in records:
+                self.uid_of[record.base] = record.uid
+        self._count += len(records)
+        if records:
+            self._last_uid = records[-1].uid
+        self.uidlist.records = []
 
     def _extend(self, stamp: Stamp) -> tuple[UidRecord, ...] | None:
         """Another process (a second mailstack process, Dovecot) appended records: parse just
@@ -114,13 +132,12 @@ class UidlistFile:
             os.close(fd)
         complete = tail.rfind(b"\n") + 1
         try:
-            before = len(uidlist.records)
-            uidlist.extend(tail[:complete])
+            uidlist.extend(tail[:complete], last=self._last_uid)
         except UidListError:
+            uidlist.records = []
             return None  # the full parse decides what to do with it
-        appended = tuple(uidlist.records[before:])
-        for record in appended:
-            self.uid_of[record.base] = record.uid
+        appended = tuple(uidlist.records)
+        self._keep(uidlist.records)
         self._parsed += complete
         self._stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         return appended
@@ -129,8 +146,7 @@ class UidlistFile:
         """Append UID lines; `sync=False` leaves the fsync to the caller (`fsync`), who must
         make it before promising the UIDs to anyone."""
         path = self.path
-        for record in records:
-            self.uid_of[record.base] = record.uid
+        self._keep(records)  # `UidList.assign` made them
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             # Under the lock, right after load(): when we parsed the file to its end, it ends
@@ -143,7 +159,9 @@ class UidlistFile:
                 # file instead (the parse ignored the torn tail).
                 os.close(fd)
                 fd = -1
-                atomic_write(path, self.uidlist.serialize(), mode=FILE_MODE)
+                current = self._reread()
+                current.records += records
+                atomic_write(path, current.serialize(), mode=FILE_MODE)
             else:
                 os.write(fd, serialize_records(records))
                 if sync:
@@ -165,18 +183,27 @@ class UidlistFile:
     def rewrite(self, listing: Mapping[str, str]) -> None:
         """Replace the file, keeping only the records whose files are in `listing` (base ->
         current name), each under its current name."""
-        uidlist = self.uidlist
-        kept = [
+        uidlist = self._reread()
+        uidlist.records = [
             UidRecord(uid=r.uid, name=listing[r.base], ext=r.ext)
             for r in uidlist.records
             if r.base in listing
         ]
-        uidlist.records = kept
         data = uidlist.serialize()
         atomic_write(self.path, data, mode=FILE_MODE)
         self._stamp = file_stamp(self.path)
         self._parsed = len(data)
-        self.uid_of = {r.base: r.uid for r in kept}
+        self._keep(uidlist.records, replaced=True)
+
+    def _reread(self) -> UidList:
+        """Every record, from the file (the caller loaded it under the lock: all our
+        records are written there), with this process's header values (its next UID)."""
+        whole = UidList.parse(self.path.read_bytes())  # a torn last line is ignored
+        known = self.uidlist
+        whole.uid_validity, whole.guid = known.uid_validity, known.guid
+        whole.next_uid = max(whole.next_uid, known.next_uid)
+        whole.extra_header = known.extra_header
+        return whole
 
 
 class KeywordsFile:

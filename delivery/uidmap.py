@@ -100,12 +100,14 @@ class UidList:
             extra_header=tuple(extra),
         )
 
-    def extend(self, appended: bytes) -> None:
+    def extend(self, appended: bytes, *, last: int | None = None) -> None:
         """Add the records of complete lines appended to the file since it was parsed (Dovecot
-        and we append with O_APPEND and replace the file by rename for anything else)."""
+        and we append with O_APPEND and replace the file by rename for anything else).
+        `last`: the UID they must ascend from, when `records` no longer holds it."""
         lines = appended.decode("utf-8", "surrogateescape").split("\n")
         lines.pop()
-        last = self.records[-1].uid if self.records else 0
+        if last is None:
+            last = self.records[-1].uid if self.records else 0
         added = _parse_records(lines, last=last)
         self.records.extend(added)
         if added:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import overload
 
 from mailstack.delivery.store import (
     HeaderIndex,
@@ -107,6 +108,36 @@ def render_envelope(raw: bytes) -> bytes:
     return _envelope(fields)
 
 
+class Keys(Sequence[tuple[int, str]]):
+    """(uid, base name) of each of `messages`, made when asked: what the header table is
+    asked about. A list of 100,000 such pairs per command cost about 7 MB a session, and
+    eight sessions searching a new folder at once held eight."""
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: Sequence[MessageInfo]) -> None:
+        self._messages = messages
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, str]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Keys: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[int, str] | Keys:
+        if isinstance(i, slice):
+            return Keys(self._messages[i])
+        m = self._messages[i]
+        return (m.uid, m.key)
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        for m in self._messages:
+            yield (m.uid, m.key)
+
+
 def fill(
     store: MailStore,
     table: HeaderIndex,
@@ -115,33 +146,43 @@ def fill(
     wanted: Sequence[tuple[int, str]],
     *,
     envelopes: bool = False,
+    missing: Collection[int] | None = None,
 ) -> None:
-    """Read the header blocks of `wanted` (uid, base name) and store their rows. Messages
-    expunged meanwhile are skipped. (A UID names one base name for its whole life, so the
-    caller's snapshot gives the right name.)
+    """Read the header blocks of the messages of `wanted` (uid, base name) that have no
+    row and store their rows: `missing` names them, or None (the table is asked once the
+    turn to fill has come). Messages expunged meanwhile are skipped. (A UID names one base
+    name for its whole life, so the caller's snapshot gives the right name.)
 
     Rows are stored READ_BATCH at a time, so a first search of a 100,000-message folder
     holds a batch in memory, not the folder. Sessions of one folder fill in turn and each
     skips the rows the one before it stored: eight sessions opening a new folder at once
     read its files once, not eight times (and held eight folders' rows at once before).
-    The caller found `wanted` missing; only a session that had to wait asks the table again."""
+    Only a session that had to wait asks the table again; a caller with many missing rows
+    passes None, so that sessions waiting their turn do not each hold the list."""
     lock = table.filling
     waited = not lock.acquire(blocking=False)
     if waited:
         lock.acquire()
     try:
-        if waited:  # another session filled meanwhile: only what it left is still missing
-            no_row, _ = table.missing(wanted)
-            todo = set(no_row)
-            wanted = [(uid, base) for uid, base in wanted if uid in todo]
-        for start in range(0, len(wanted), READ_BATCH):
-            chunk = dict(wanted[start : start + READ_BATCH])
+        if waited or missing is None:  # another session may have filled meanwhile
+            missing = table.missing(wanted)[0]
+        chosen = set(missing)
+        missing = None
+        todo = [(uid, base) for uid, base in wanted if uid in chosen]
+        del chosen
+        for start in range(0, len(todo), READ_BATCH):
+            chunk = dict(todo[start : start + READ_BATCH])
             blocks = store.read_headers(user, folder, list(chunk))
             table.put(
                 [make_row(u, chunk[u], b, with_envelope=envelopes) for u, b in blocks.items()]
             )
     finally:
         lock.release()
+
+
+def _passed(missing: Collection[int]) -> Collection[int] | None:
+    """What a caller hands `fill` as `missing`: a few UIDs, or None (see `fill`)."""
+    return missing if len(missing) <= READ_BATCH else None
 
 
 def ensure(
@@ -155,21 +196,22 @@ def ensure(
     """Fill the missing rows of `messages` (one transaction for a whole command) and, with
     `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read)."""
     table = store.header_index(user, folder)
-    wanted = [(m.uid, m.key) for m in messages]
+    wanted = Keys(messages)
     no_row, no_envelope = table.missing(wanted)
-    missing = set(no_row)
-    if missing:
-        chosen = [(u, b) for u, b in wanted if u in missing]
-        fill(store, table, user, folder, chosen, envelopes=envelopes)
-    if envelopes:
+    if no_row:
+        passed = _passed(no_row)
+        del no_row, no_envelope  # not held while waiting for the turn to fill
+        fill(store, table, user, folder, wanted, envelopes=envelopes, missing=passed)
         # Rows just filled have their ENVELOPE (fill renders it): only older ones lack it.
-        lacking = set(no_envelope) - missing
-        if lacking:
-            bases = dict(wanted)
-            rows = table.get([(u, b) for u, b in wanted if u in lacking])
-            table.set_envelopes(
-                (uid, bases[uid], render_envelope(raw)) for uid, (raw, _) in rows.items()
-            )
+        no_envelope = table.missing(wanted)[1] if envelopes else []
+    if envelopes and no_envelope:
+        lacking = set(no_envelope)
+        chosen = [(u, b) for u, b in wanted if u in lacking]
+        bases = dict(chosen)
+        rows = table.get(chosen)
+        table.set_envelopes(
+            (uid, bases[uid], render_envelope(raw)) for uid, (raw, _) in rows.items()
+        )
 
 
 def stored_headers(
@@ -183,11 +225,12 @@ def stored_headers(
     """uid -> (stored field lines, rendered ENVELOPE) of `messages`, filling the missing
     rows first; with `envelopes` every ENVELOPE is there. Gone messages are absent."""
     table = store.header_index(user, folder)
-    wanted = [(m.uid, m.key) for m in messages]
+    wanted = Keys(messages)
     found = table.get(wanted)
     missing = [(uid, base) for uid, base in wanted if uid not in found]
     if missing:
-        fill(store, table, user, folder, missing, envelopes=envelopes)
+        passed = _passed([uid for uid, _ in missing])
+        fill(store, table, user, folder, missing, envelopes=envelopes, missing=passed)
         found.update(table.get(missing))
     if envelopes:
         for uid, (raw, env) in list(found.items()):
@@ -253,12 +296,13 @@ def search_stored(
     """SEARCH of a key that `answers`, from stored fields; None when the stored fields cannot
     be used (the caller reads the files)."""
     table = store.header_index(user, folder)
-    wanted = [(m.uid, m.key) for m in messages]
+    wanted = Keys(messages)
     needles = terms(key)
     if needles:
         got = table.candidates(wanted, needles)
         if got is not None and got[1]:  # rows missing: fill them (once), then ask again
-            fill(store, table, user, folder, [(u, b) for u, b in wanted if u in got[1]])
+            missing, got = _passed(got[1]), None  # not held while waiting for the turn
+            fill(store, table, user, folder, wanted, missing=missing)
             got = table.candidates(wanted, needles)
         if got is None:
             return None

@@ -117,7 +117,7 @@ class FetchCommands(SessionCore):
             )
         step = MEMORY_BATCH if in_memory else FETCH_BATCH
         for start in range(0, len(targets), step):
-            batch = targets[start : start + step]
+            batch = list(targets[start : start + step])
             render = functools.partial(
                 self._render_batch,
                 user,

@@ -9,7 +9,9 @@ header keys from the stored header rows (imap/header_index.py) once they are fil
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import operator
 
 from mailstack.delivery.store import (
     FlagChange,
@@ -31,6 +33,7 @@ from mailstack.imap.session_fetch import FetchCommands
 
 FULLTEXT_MIN = 100  # messages: below this a scan is as fast as asking the full-text index
 HEADER_BATCH = 100  # headers per store call in SEARCH: ~100 open files, a few dozen KB
+_UID = operator.attrgetter("uid")
 
 
 class SelectedCommands(FetchCommands):
@@ -87,16 +90,20 @@ class SelectedCommands(FetchCommands):
                 return b""  # expunged meanwhile: matches no text key
 
         # Header keys read headers HEADER_BATCH messages at a time: one store call (one folder
-        # lock) per batch, not per message. A batch starts at the message asked for.
-        order = [m.uid for m in sel.messages]
-        position = {uid: i for i, uid in enumerate(order)}
+        # lock) per batch, not per message. A batch starts at the message asked for, found by
+        # bisection (messages are in UID order): a map of every UID to its position cost
+        # about 10 MB a session on 100,000 messages, and searches from stored fields never
+        # read a header block at all.
         headers: dict[int, bytes] = {}
 
         def read_header(uid: int) -> bytes:
             if uid not in headers:
                 headers.clear()
-                start = position.get(uid, 0)
-                batch = order[start : start + HEADER_BATCH] if uid in position else [uid]
+                start = bisect.bisect_left(messages, uid, key=_UID)
+                if start < len(messages) and messages[start].uid == uid:
+                    batch = [m.uid for m in messages[start : start + HEADER_BATCH]]
+                else:
+                    batch = [uid]
                 headers.update(self.ctx.store.read_headers(user, name, batch))
             return headers.get(uid, b"")  # b"": expunged meanwhile, matches no text key
 

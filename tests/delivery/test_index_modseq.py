@@ -205,7 +205,17 @@ def test_a_keyword_another_program_defines_later_shows_on_its_letter(
 
 
 def test_with_modseq_changes_nothing_but_the_modseq() -> None:
-    info = MessageInfo(3, frozenset({"\\Seen"}), 1.5, 42, "base", modseq=9)
-    entry = Entry(uid=3, sub="cur", name="base:2,S", info=info, disk_size=40)
-    expected = dataclasses.replace(entry, info=dataclasses.replace(info, modseq=11))
+    entry = Entry(
+        3,
+        frozenset({"\\Seen"}),
+        1.5,
+        42,
+        "base",
+        modseq=9,
+        sub="cur",
+        name="base:2,S",
+        disk_size=40,
+    )
+    expected = dataclasses.replace(entry, modseq=11)
     assert with_modseq(entry, 11) == expected
+    assert isinstance(entry.info, MessageInfo)

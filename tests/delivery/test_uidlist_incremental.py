@@ -31,7 +31,7 @@ def _uids_seen(store: MaildirStore, root: Path) -> list[int]:
     index = _index(store, root)
     with index.locked():
         index.sync()
-        return [r.uid for r in index.uidlist.records]
+        return sorted(index._file.uid_of.values())  # records are not kept, their UIDs are
 
 
 def _expunge(store: MaildirStore, uid: int) -> None:
@@ -102,6 +102,35 @@ def test_a_rewrite_by_rename_is_read_whole(paths: StatePaths) -> None:
         index.rewrite_uidlist()  # a new inode (an EXPUNGE alone defers this)
     a.deliver([(ALICE, "INBOX")], b"Subject: 4\n\nx\n")
     assert _uids_seen(b, root) == [2, 3, 4]
+
+
+def test_a_rewrite_keeps_every_live_record_though_the_index_keeps_none(
+    paths: StatePaths,
+) -> None:
+    """The index keeps UIDs, not record objects (delivery/index_files.py): a rewrite reads
+    the records again from the file, keeps others' extension fields and current names,
+    drops the dead, and the next append follows it."""
+    a = MaildirStore(paths, hostname="a.example")
+    a.create_account(ALICE)
+    root = paths.maildir(ALICE)
+    refs = [a.deliver([(ALICE, "INBOX")], b"Subject: %d\n\nx\n" % n)[0] for n in range(3)]
+    name = "1700000000.M1P1.dovecot,S=10"
+    (root / "cur" / f"{name}:2,S").write_bytes(b"Subject: d\n\nx\n")
+    with open(root / UIDLIST, "ab") as f:  # Dovecot numbers a file, with an extension field
+        f.write(b"9 W11 :%s:2,S\n" % name.encode())
+    a.store_flags(ALICE, "INBOX", [refs[2].uid], [Flag.FLAGGED], FlagMode.ADD)
+    _expunge(a, refs[0].uid)
+    index = _index(a, root)
+    with index.locked():
+        index.sync()
+        index.rewrite_uidlist()
+    records = UidList.parse((root / UIDLIST).read_bytes()).records
+    assert [(r.uid, r.ext) for r in records] == [(2, ""), (3, ""), (9, "W11")]
+    assert records[1].name.endswith(":2,F")  # the name as it is now
+    assert records[2].name == f"{name}:2,S"
+    (ref,) = a.deliver([(ALICE, "INBOX")], b"Subject: 4\n\nx\n")
+    assert ref.uid == 10
+    assert _on_disk(root) == [2, 3, 9, 10]
 
 
 @settings(max_examples=25)

@@ -73,6 +73,8 @@ INDEXED = frozenset(
         "reply-to",
     }
 )
+# The fields SEARCH FROM, TO, CC and BCC read (imap/parser_search.py: address keys).
+ADDRESS_KEYS = frozenset({"from", "to", "cc", "bcc"})
 READ_BATCH = 500  # header blocks per store call (one folder lock) while filling
 
 
@@ -91,7 +93,13 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
     if raw.isascii() and b"=?" not in raw:
         flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
         plain = flat.decode("ascii")
-        exact = search.ADDRESS_REWRITES.search(flat) is None
+        # Only the fields an address key reads: a quoted MIME boundary in Content-Type made
+        # every multipart message a candidate of every FROM search.
+        addresses = b"".join(
+            line for f, line in zip(kept, lines, strict=True) if f.name.lower() in ADDRESS_KEYS
+        )
+        flat_addresses = addresses.replace(b"\r", b"").replace(b"\n", b"").lower()
+        exact = search.ADDRESS_REWRITES.search(flat_addresses) is None
     rendered = _envelope(tuple(kept)) if with_envelope else None
     return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
 

@@ -36,9 +36,9 @@ the cache is asked (uncounted), and one shed after a cache miss (the whole pool 
 from many networks) counts toward the account's ceiling, which never refuses networks the
 account logged in from (`LoginThrottle.record_unanswered`).
 
-SCRAM-SHA-256 (`ScramLogin`, IMAP AUTHENTICATE and SMTP AUTH) takes steps 1, 2, 3 and 6 the
+SCRAM-SHA-256 (`ScramLogin`, IMAP AUTHENTICATE and SMTP AUTH) takes steps 1, 2, 4 and 6 the
 same way, through the same two methods (`_reserve`, `_conclude`): the reservation is taken at
-the client's first message and ended by its proof. Steps 4 and 5 do not apply: every proof
+the client's first message and ended by its proof. Steps 3 and 5 do not apply: every proof
 answers a fresh nonce (nothing to cache), and checking one is two HMACs (the client did the
 expensive PBKDF2), so it needs no verifier pool.
 """
@@ -226,7 +226,8 @@ class Logins:
         hash. Were an attempt that the client abandoned at that point not counted, a guesser
         would hang up whenever no answer came within milliseconds and so test guesses
         against the cache for free. So after the cache has said no, an attempt ends in a
-        verdict, and one abandoned during its delay or shed by a full pool counts as failed.
+        verdict: one abandoned during its delay counts as failed, one shed by a full pool
+        toward the account's ceiling (the module docstring says why only that).
         """
         if self._line_is_full(decision.network):
             # Shed before the cache is asked: the answer says nothing about the password.

@@ -19,17 +19,14 @@ from mailstack.base.login import LoginPath, LoginResult, Outcome, ScramAttempt
 from mailstack.base.logs import connection_logger
 from mailstack.workers.channel import Channel
 from mailstack.workers.codec import LoginCheck, ScramAbandon, ScramProof, ScramStart, Verdict
+from mailstack.workers.logins import SCRAM_ERRORS
 
 log = logging.getLogger(__name__)
 
 LOGGER = "mailstack.smtp.submission"  # the worker's session lines carry this name too
 SEND_RETRY_S = 0.05  # a full socketpair buffer: try a verdict again
 SEND_TRIES = 100
-_SCRAM_KINDS: dict[type[scram.ScramError], str] = {
-    scram.ScramProxyError: "proxy",
-    scram.ScramBindingError: "binding",
-    scram.ScramSyntaxError: "syntax",
-}
+_SCRAM_KINDS = {error: kind for kind, error in SCRAM_ERRORS.items()}  # the worker's map, turned
 
 
 class LoginDesk:

@@ -72,9 +72,9 @@ class RemoteLogins:
         """Send the packet `make(id)` and wait for the main process's verdict on it."""
         number = number or self.next_id()
         packet = make(number)
-        if len(encode(packet)) > PACKET_MAX:
+        if (size := len(encode(packet))) > PACKET_MAX:
             # Names and passwords of kilobytes are no one's: refused without being checked.
-            log.info("login refused: the credentials are %d bytes long", len(encode(packet)))
+            log.info("login refused: the credentials are %d bytes long", size)
             return Verdict(number, Outcome.FAILED.value)
         waiting: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._waiting[number] = waiting

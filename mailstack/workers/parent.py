@@ -144,10 +144,6 @@ class SmtpWorkers:
 
         return listen
 
-    async def listen(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
-        """The `smtp` listener: accepted connections go to the workers."""
-        return await self.listener("smtp")(ctx, host, port)
-
     def reload(self) -> None:
         """Pass SIGHUP on (each worker reloads its certificate)."""
         for worker in self._workers:

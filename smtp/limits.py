@@ -14,7 +14,7 @@ from mailstack.smtp.replies import Reply
 
 from mailstack.base.config import SmtpConfig
 from mailstack.base.connections import ConnectionLimiter as _Counts
-from mailstack.base.connections import Refusal, Ticket
+from mailstack.base.connections import Refusal, Ticket, plain_ip
 
 TOO_MANY_CONNECTIONS_FROM_NETWORK = Reply(
     421, "4.7.0", "Too many connections from your network, try again later"
@@ -39,6 +39,7 @@ class ConnectionLimiter:
         reserved_for_authenticated: int = 0,
     ) -> None:
         self._counts = _Counts(max_total, max_per_ip, max_per_network, reserved_for_authenticated)
+        self._by_ip: dict[str, list[Ticket]] = {}  # for admit/release by address
 
     def admit_connection(self, ip: str) -> Ticket | Reply:
         """Count a new connection, or the 421 reply that refuses it."""
@@ -50,6 +51,21 @@ class ConnectionLimiter:
 
     def release_connection(self, ticket: Ticket) -> None:
         self._counts.release(ticket)
+
+    # The MX's hand-off to worker processes counts by address (no login happens on port 25).
+    def admit(self, ip: str) -> Reply | None:
+        result = self.admit_connection(ip)
+        if isinstance(result, Reply):
+            return result
+        self._by_ip.setdefault(result.ip, []).append(result)
+        return None
+
+    def release(self, ip: str) -> None:
+        tickets = self._by_ip.get(plain_ip(ip))
+        if tickets:
+            self._counts.release(tickets.pop())
+            if not tickets:
+                del self._by_ip[plain_ip(ip)]
 
     @property
     def total(self) -> int:

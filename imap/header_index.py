@@ -39,7 +39,7 @@ from mailstack.delivery.store import (
     MessageGoneError,
     MessageInfo,
 )
-from mailstack.imap import response, search
+from mailstack.imap import envelope, response, search
 from mailstack.imap.commands import (
     FetchAttr,
     SearchAnd,
@@ -50,9 +50,9 @@ from mailstack.imap.commands import (
     SearchOr,
     SearchText,
 )
-from mailstack.imap.envelope import envelope
 from mailstack.imap.fetch import partial
-from mailstack.imap.mime import DEFAULT_TYPE, Entity, HeaderField, parse_header, to_crlf
+from mailstack.imap.mime import HeaderField, parse_header, to_crlf
+from mailstack.imap.values import to_wire
 
 # Lower-case names of the stored fields: what clients' header fetches, SEARCH, SORT/THREAD
 # and ENVELOPE read (Sender and Reply-To are ENVELOPE's too).
@@ -104,10 +104,74 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
     return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
 
 
-def _envelope(fields: tuple[HeaderField, ...]) -> bytes:
-    # ENVELOPE reads the first of each of its fields (RFC 9051 §7.5.2), all of them stored:
-    # an entity of just those fields gives what the whole message gives.
-    return response.value(envelope(Entity(0, 0, 0, fields, DEFAULT_TYPE)))
+# ENVELOPE's fields (RFC 9051 §7.5.2), all of them stored.
+_ENVELOPE_FIELDS = frozenset(
+    {"date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc", "in-reply-to"}
+    | {"message-id"}
+)
+
+
+def _envelope(fields: Sequence[HeaderField]) -> bytes:
+    """ENVELOPE of a message with these header fields, rendered: the bytes
+    `response.value(envelope(entity))` gives (imap/envelope.py; a test holds the two equal),
+    made without the value tree. It reads the first of each of its fields, all stored, so
+    the stored lines give what the whole message gives. A first header fetch renders one
+    per message, and the tree cost twice the rest of the row."""
+    first: dict[str, bytes] = {}
+    for f in fields:
+        name = f.name.lower()
+        if name in _ENVELOPE_FIELDS and name not in first:
+            first[name] = f.value
+
+    def text(name: str) -> bytes:
+        return _text(first.get(name))
+
+    from_ = _addresses(first.get("from"))
+    # RFC 3501 §7.4.2: an absent or empty Sender or Reply-To is the From.
+    sender = _addresses(first.get("sender")) or from_
+    reply_to = _addresses(first.get("reply-to")) or from_
+    subject = first.get("subject")
+    return b"(%s)" % b" ".join(
+        (
+            text("date"),
+            _text(None if subject is None else _WSP_RUN.sub(b" ", subject)),
+            from_ or b"NIL",
+            sender or b"NIL",
+            reply_to or b"NIL",
+            _addresses(first.get("to")) or b"NIL",
+            _addresses(first.get("cc")) or b"NIL",
+            _addresses(first.get("bcc")) or b"NIL",
+            text("in-reply-to"),
+            text("message-id"),
+        )
+    )
+
+
+# envelope.py's subject rule (folding white space as one space), on the bytes: UTF-8 and
+# surrogate escapes never hold these four.
+_WSP_RUN = re.compile(rb"[ \t\r\n]+")
+
+
+def _text(raw: bytes | None) -> bytes:
+    """A text member as envelope.py's tree renders it: header_text's str through to_wire
+    (ASCII, the common case, is the same either way)."""
+    if raw is None:
+        return b"NIL"
+    if raw.isascii():
+        return response.string(raw)
+    return response.value(to_wire(raw.decode("utf-8", "surrogateescape")))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rendered_addresses(raw: bytes) -> bytes | None:
+    parsed = envelope.parse_addresses(raw.decode("utf-8", "surrogateescape"))
+    return None if parsed is None else response.value(to_wire(parsed))
+
+
+def _addresses(raw: bytes | None) -> bytes | None:
+    """An address list field rendered (None: absent or empty). A folder's messages name the
+    same few address lists again and again: each is parsed and rendered once."""
+    return None if raw is None else _rendered_addresses(raw)
 
 
 def render_envelope(raw: bytes) -> bytes:

@@ -33,7 +33,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from imapclient.response_parser import parse_fetch_response
 from imapclient.response_types import BodyData
-from mailstack.imap import response
+from mailstack.imap import mime, response
 from mailstack.imap.commands import Fetch, FetchAttr, Section
 from mailstack.imap.envelope import MISSING_DOMAIN, parse_addresses
 from mailstack.imap.fetch import (
@@ -1115,3 +1115,34 @@ def test_generated_messages_match_dovecot() -> None:
 @given(st.binary(max_size=200).map(lambda b: b.replace(b"a", b"\r").replace(b"b", b"\n")))
 def test_to_crlf_turns_every_line_end_into_crlf(raw: bytes) -> None:
     assert to_crlf(raw) == re.sub(rb"\r?\n", b"\r\n", raw)
+
+
+HEADER_PIECES = [
+    b"A: b",
+    b"From :x",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b" ",
+    b"\t",
+    b"cont",
+    b":",
+    b"X-Y: z\r\n",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(HEADER_PIECES), max_size=20).map(b"".join),
+    st.integers(0, 40),
+    st.integers(0, 40),
+)
+@example(b"A: b\r\n c", 0, 0)  # a last continuation without CRLF belongs to its field
+@example(b" cont\r\nA: b\r\n\r\n", 0, 0)  # a leading continuation is skipped
+def test_parse_header_takes_whole_fields_as_the_line_rule_does(
+    data: bytes, cut_start: int, cut_end: int
+) -> None:
+    # parse_header matches each well-formed field at once and hands anything else to the
+    # line-by-line rule (mime._parse_lines); any header block and window give one answer.
+    start, end = min(cut_start, len(data)), max(min(cut_start, len(data)), len(data) - cut_end)
+    assert mime.parse_header(data, start, end) == mime._parse_lines(data, start, end, [])

@@ -25,8 +25,8 @@ from mailstack.delivery.index_db import INDEX_FILE
 from mailstack.delivery.index_headers import HeaderTable
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX, MessageGoneError, MessageInfo
-from mailstack.imap import header_index
-from mailstack.imap.commands import Fetch, SearchHeader
+from mailstack.imap import header_index, response
+from mailstack.imap.commands import Fetch, FetchAttr, SearchHeader
 from mailstack.imap.fetch import ParsedMessage, fetch_item
 from mailstack.imap.mime import to_crlf
 from mailstack.imap.parser import parse_command
@@ -412,3 +412,34 @@ def test_envelope_is_added_to_rows_a_search_filled(fields_dep: ImapDeployment) -
     with sqlite3.connect(root / INDEX_FILE) as db:
         assert db.execute("SELECT count(*) FROM headers WHERE envelope IS NULL").fetchone() == (0,)
     db.close()
+
+
+ENVELOPE_PIECES = [
+    b"From: Ann <ann@example.org>\r\n",
+    b'from: b@c, "D, E" <d@e>\r\n',
+    b"Sender:\r\n",
+    b"Sender: s@x\r\n",
+    b"Reply-To: g: a@b, c@d;\r\n",
+    b"To: caf\xc3\xa9 <x@y>\r\n",
+    b"Cc: \xff@x\r\n",
+    b"Bcc: (c) <@r,@s:u@v>\r\n",
+    b"Subject: folded\r\n  there\r\n\tand\there\r\n",
+    b"Subject: =?utf-8?q?caf=C3=A9?=\r\n",
+    b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+    b'Message-ID: <m"q\\@x>\r\n',
+    b"In-Reply-To: a\x00b\r\n",
+    b"In-Reply-To: \xc3\x28\r\n",
+    b"X-Other: 1\r\n",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(ENVELOPE_PIECES), max_size=14).map(b"".join))
+def test_envelope_of_stored_fields_is_the_parsed_message_envelope(header: bytes) -> None:
+    # make_row renders ENVELOPE from the fields straight to bytes; a client must get what
+    # the whole message's parse (the value tree of imap/envelope.py) renders.
+    row = header_index.make_row(1, "k1", header + b"\r\n", with_envelope=True)
+    parsed = ParsedMessage.parse(header + b"\r\nbody\r\n")
+    from_file = response.value(fetch_item(FetchAttr("ENVELOPE"), parsed))
+    assert row.envelope == from_file
+    assert header_index.render_envelope(row.raw) == from_file

@@ -16,7 +16,7 @@ Any FETCH that parses a message for its structure records this row too, the byte
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from mailstack.delivery.store import MailStore, MessageInfo
 from mailstack.imap.cache import StructureCache
@@ -68,3 +68,30 @@ def sizes_seen(
 def size_row(info: MessageInfo, size: int) -> tuple[str, int, str]:
     """The cache row that remembers `size` for the message `info` (for `put_many`)."""
     return info.key + SUFFIX, info.size, str(size)
+
+
+class SizeRecorder:
+    """Called with each message another step reads whole (header_index.fill's `whole`): its
+    size for a client without UTF8=ACCEPT is found from the bytes in hand and stored, so
+    the `sizes_seen` that follows reads no file. A first header fetch of a new folder read
+    every file twice before, once for its header and once for this."""
+
+    FLUSH = 500  # rows written at once: a batch in memory, not the folder
+
+    def __init__(self, cache: StructureCache, info_of: Callable[[int], MessageInfo | None]) -> None:
+        self._cache = cache
+        self._info_of = info_of
+        self._rows: list[tuple[str, int, str]] = []
+
+    def __call__(self, uid: int, raw: bytes) -> None:
+        info = self._info_of(uid)
+        if info is None:
+            return
+        self._rows.append(size_row(info, seen_size(raw)))
+        if len(self._rows) >= self.FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self._cache.put_many(self._rows)
+            self._rows = []

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import overload
 
 from mailstack.delivery.store import (
@@ -82,11 +82,19 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
     """The stored form of a message's header block (LF or CRLF line ends)."""
     data = to_crlf(header)
     fields, _ = parse_header(data, 0, len(data))
-    kept = [f for f in fields if f.name.lower() in INDEXED]
-    lines = []
-    for f in kept:
-        line = data[f.start : f.end]
-        lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
+    kept: list[HeaderField] = []
+    lines: list[bytes] = []
+    address_lines: list[bytes] = []  # the fields SEARCH FROM/TO/CC/BCC read
+    for f in fields:
+        name = f.name.lower()
+        if name in INDEXED:
+            line = data[f.start : f.end]
+            if not line.endswith(b"\r\n"):
+                line += b"\r\n"
+            kept.append(f)
+            lines.append(line)
+            if name in ADDRESS_KEYS:
+                address_lines.append(line)
     raw = b"".join(lines)
     plain: str | None = None
     exact = False
@@ -95,12 +103,10 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
         plain = flat.decode("ascii")
         # Only the fields an address key reads: a quoted MIME boundary in Content-Type made
         # every multipart message a candidate of every FROM search.
-        addresses = b"".join(
-            line for f, line in zip(kept, lines, strict=True) if f.name.lower() in ADDRESS_KEYS
-        )
+        addresses = b"".join(address_lines)
         flat_addresses = addresses.replace(b"\r", b"").replace(b"\n", b"").lower()
         exact = search.ADDRESS_REWRITES.search(flat_addresses) is None
-    rendered = _envelope(tuple(kept)) if with_envelope else None
+    rendered = _envelope(kept) if with_envelope else None
     return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
 
 
@@ -219,11 +225,14 @@ def fill(
     *,
     envelopes: bool = False,
     missing: Collection[int] | None = None,
+    whole: Callable[[int, bytes], None] | None = None,
 ) -> None:
     """Read the header blocks of the messages of `wanted` (uid, base name) that have no
     row and store their rows: `missing` names them, or None (the table is asked once the
     turn to fill has come). Messages expunged meanwhile are skipped. (A UID names one base
-    name for its whole life, so the caller's snapshot gives the right name.)
+    name for its whole life, so the caller's snapshot gives the right name.) With `whole`,
+    each of those messages is read whole instead and handed to it, for a caller that needs
+    the bytes too (a client's downgraded RFC822.SIZE): one read of each file, not two.
 
     Rows are stored READ_BATCH at a time, so a first search of a 100,000-message folder
     holds a batch in memory, not the folder. Sessions of one folder fill in turn and each
@@ -244,12 +253,27 @@ def fill(
         del chosen
         for start in range(0, len(todo), READ_BATCH):
             chunk = dict(todo[start : start + READ_BATCH])
-            blocks = store.read_headers(user, folder, list(chunk))
+            if whole is None:
+                blocks = store.read_headers(user, folder, list(chunk))
+            else:
+                blocks = {}
+                for uid, data in store.read_messages(user, folder, list(chunk)):
+                    whole(uid, data)
+                    blocks[uid] = header_of(data)
             table.put(
                 [make_row(u, chunk[u], b, with_envelope=envelopes) for u, b in blocks.items()]
             )
     finally:
         lock.release()
+
+
+def header_of(message: bytes) -> bytes:
+    """The header block of a whole message, through the blank line that ends it (what the
+    store's read_headers gives; the whole message if it has none)."""
+    lf = message.find(b"\n\n")
+    end = len(message) if lf < 0 else lf + 2
+    crlf = message.find(b"\n\r\n", 0, end)  # only where it comes first
+    return message[: crlf + 3] if crlf >= 0 else message[:end]
 
 
 def _passed(missing: Collection[int]) -> Collection[int] | None:
@@ -264,16 +288,18 @@ def ensure(
     messages: Sequence[MessageInfo],
     *,
     envelopes: bool = False,
+    whole: Callable[[int, bytes], None] | None = None,
 ) -> None:
     """Fill the missing rows of `messages` (one transaction for a whole command) and, with
-    `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read)."""
+    `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read).
+    `whole`: see `fill`."""
     table = store.header_index(user, folder)
     wanted = Keys(messages)
     no_row, no_envelope = table.missing(wanted)
     if no_row:
         passed = _passed(no_row)
         del no_row, no_envelope  # not held while waiting for the turn to fill
-        fill(store, table, user, folder, wanted, envelopes=envelopes, missing=passed)
+        fill(store, table, user, folder, wanted, envelopes=envelopes, missing=passed, whole=whole)
         # Rows just filled have their ENVELOPE (fill renders it): only older ones lack it.
         no_envelope = table.missing(wanted)[1] if envelopes else []
     if envelopes and no_envelope:

@@ -82,6 +82,11 @@ class Selected:
         i = bisect.bisect_left(self.messages, uid, key=_uid_of)
         return i if i < len(self.messages) and self.messages[i].uid == uid else None
 
+    def info(self, uid: int) -> MessageInfo | None:
+        """The message `uid` as this session knows it, if it does."""
+        i = self.position(uid)
+        return None if i is None else self.messages[i]
+
 
 def _uid_of(info: MessageInfo) -> int:
     return info.uid

@@ -82,6 +82,10 @@ class FetchCommands(SessionCore):
         needs_bytes = fetch.needs_message(tuple(a for a in attrs if a not in stored))
         if stored and not needs_bytes:
             infos = [m for _, m in targets]
+            recorder = None
+            if not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
+                # Rows still to fill read their files whole, for the sizes too.
+                recorder = downgrade_size.SizeRecorder(self._disk_cache(user), sel.info)
             await asyncio.to_thread(
                 functools.partial(
                     header_index.ensure,
@@ -90,8 +94,11 @@ class FetchCommands(SessionCore):
                     sel.name,
                     infos,
                     envelopes=any(a.name == "ENVELOPE" for a in stored),
+                    whole=recorder,
                 )
             )
+            if recorder is not None:
+                await asyncio.to_thread(recorder.flush)
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)

@@ -443,3 +443,25 @@ def test_envelope_of_stored_fields_is_the_parsed_message_envelope(header: bytes)
     from_file = response.value(fetch_item(FetchAttr("ENVELOPE"), parsed))
     assert row.envelope == from_file
     assert header_index.render_envelope(row.raw) == from_file
+
+
+def test_a_first_header_fetch_reads_each_file_once_for_rows_and_sizes(
+    fields_dep: ImapDeployment,
+) -> None:
+    # The client header fetch of a folder nobody indexed (a client without UTF8=ACCEPT, so
+    # RFC822.SIZE is the downgraded size): the rows and the sizes come from one read of
+    # each file, and the sizes are those a later FETCH gives from the cache alone.
+    store = fields_dep.store
+    assert isinstance(store, CountingStore)
+    items = "RFC822.SIZE ENVELOPE BODY.PEEK[HEADER.FIELDS (From Subject)]"
+    first = ours(fields_dep, items)
+    assert store.reads == len(FIELDS_CORPUS)
+    assert store.header_reads == 0
+    sizes = re.findall(rb"RFC822\.SIZE (\d+)", first)
+    assert len(sizes) == len(FIELDS_CORPUS)
+    again = ours(fields_dep, "RFC822.SIZE")
+    assert store.reads == len(FIELDS_CORPUS)  # sizes remembered, no file read again
+    assert re.findall(rb"RFC822\.SIZE (\d+)", again) == sizes
+    # ... and they are the sizes of what BODY[] gives this client.
+    whole = ours(fields_dep, "BODY.PEEK[]")
+    assert [b"%d" % int(n) for n in re.findall(rb"BODY\[\] \{(\d+)\}", whole)] == sizes

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import time
 from collections.abc import Generator
 
 from mailstack.delivery.store import MessageInfo
@@ -35,6 +36,7 @@ from mailstack.imap.session_base import (
 from mailstack.base.flags import Flag, FlagMode
 
 MEMORY_BATCH = 500  # messages rendered per event-loop turn when nothing is read (about 2 ms)
+QUICK_BATCH_S = 0.005  # a worker-thread batch faster than this doubles the next (up to 500)
 
 
 class FetchCommands(SessionCore):
@@ -123,8 +125,10 @@ class FetchCommands(SessionCore):
                 [m for _, m in targets],
             )
         step = MEMORY_BATCH if in_memory else FETCH_BATCH
-        for start in range(0, len(targets), step):
+        start = 0
+        while start < len(targets):
             batch = list(targets[start : start + step])
+            began = time.perf_counter()
             render = functools.partial(
                 self._render_batch,
                 user,
@@ -142,6 +146,12 @@ class FetchCommands(SessionCore):
                 rendered, batch_gone = render()
             else:
                 rendered, batch_gone = await asyncio.to_thread(render)
+                if step < MEMORY_BATCH and time.perf_counter() - began < QUICK_BATCH_S:
+                    # Nothing was read (rows and structures cached): fewer, bigger thread
+                    # trips. Each costs two GIL hand-offs, a quarter of a warm header fetch
+                    # at 50 messages a trip.
+                    step *= 2
+            start += len(batch)
             gone = gone or batch_gone
             await write(b"".join(rendered))
         if gone:

@@ -405,12 +405,11 @@ class IndexDb:
         self._catch_up_meta(db)
         if modseq < self.expunge_floor:
             return None
-        return [
-            uid
-            for (uid,) in db.execute(
-                "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,)
-            )
-        ]
+        # Sorted here: an ORDER BY uid makes SQLite scan the whole table in UID order
+        # instead of using the MODSEQ index (see changed_since).
+        return sorted(
+            uid for (uid,) in db.execute("SELECT uid FROM expunged WHERE modseq > ?", (modseq,))
+        )
 
     def changed_elsewhere(self) -> bool:
         """Did another process record changes since this one last looked? (One small read.)"""
@@ -427,12 +426,12 @@ class IndexDb:
         """UIDs of messages whose MODSEQ is above `modseq`, ascending (as of the last
         reconcile: the caller reconciles first)."""
         db = self._connect()
-        return [
-            uid
-            for (uid,) in db.execute(
-                "SELECT uid FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
-            )
-        ]
+        # Sorted here, not by an ORDER BY uid: with it SQLite scans every row in UID order
+        # (EXPLAIN QUERY PLAN: SCAN messages) instead of the few the MODSEQ index finds,
+        # and every command of a session in a 100,000-message folder asks this.
+        return sorted(
+            uid for (uid,) in db.execute("SELECT uid FROM messages WHERE modseq > ?", (modseq,))
+        )
 
     def file_meta(self) -> dict[str, tuple[float, int, int]]:
         """base name -> (internal date, disk size, RFC822.SIZE) as recorded: a process that

@@ -29,6 +29,7 @@ from mailstack.imap.session_base import (
     RefusedError,
     Selected,
     SessionCore,
+    Targets,
     Write,
     flags_of,
 )
@@ -56,7 +57,10 @@ class FetchCommands(SessionCore):
                     line, _ = await self._resync_lines(sel, since, command.seqset)
                     await write(line)
             # RFC 7162 §3.1.4.1: only messages changed since, and MODSEQ goes with them.
-            targets = [(seq, m) for seq, m in targets if m.modseq > since]
+            if isinstance(targets, Targets):
+                targets = targets.changed_since(since)
+            else:
+                targets = [(seq, m) for seq, m in targets if m.modseq > since]
         wants_modseq = since is not None or any(a.sets_seen for a in attrs)
         if self.condstore and wants_modseq and not any(a.name == "MODSEQ" for a in attrs):
             attrs = (*attrs, c.FetchAttr("MODSEQ"))

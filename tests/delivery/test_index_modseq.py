@@ -8,7 +8,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from mailstack.delivery.index_db import INDEX_FILE
+from mailstack.delivery.index_db import INDEX_FILE, IndexDb
 from mailstack.delivery.index_entry import Entry, with_modseq
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX, MessageInfo
@@ -219,3 +219,32 @@ def test_with_modseq_changes_nothing_but_the_modseq() -> None:
     expected = dataclasses.replace(entry, modseq=11)
     assert with_modseq(entry, 11) == expected
     assert isinstance(entry.info, MessageInfo)
+
+
+def test_changes_since_a_modseq_read_only_the_changed_rows(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    # Every command of a session asks what changed since its MODSEQ; in a big folder that
+    # must cost the few changed rows, not a scan of all (an ORDER BY uid made SQLite scan
+    # the table instead of using the MODSEQ index). Counted in SQLite VM steps: no clock.
+    root = paths.maildir(ALICE)
+    for i in range(3000):
+        (root / "cur" / f"{1_700_000_000 + i}.M{i}P1.test:2,").write_bytes(MESSAGE)
+    uids = [m.uid for m in store.snapshot(ALICE, INBOX).messages]
+    mark = highest(store)
+    store.store_flags(ALICE, INBOX, uids[5:7], [Flag.SEEN.value], FlagMode.ADD)
+    store.store_flags(ALICE, INBOX, uids[9:10], [Flag.DELETED.value], FlagMode.ADD)
+    store.expunge(ALICE, INBOX)
+    db = IndexDb(root)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db._connect().set_progress_handler(count, 10)
+    assert db.changed_since(mark) == uids[5:7]
+    assert db.expunged_since(mark) == uids[9:10]
+    assert steps < 100  # a scan of 3,000 rows takes thousands of steps of 10
+    db.close()

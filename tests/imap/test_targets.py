@@ -8,13 +8,15 @@ from hypothesis import strategies as st
 from mailstack.delivery.store import MessageInfo
 from mailstack.imap.session_base import Targets
 
-MESSAGES = [MessageInfo(uid, frozenset(), 0.0, 10, f"k{uid}") for uid in range(1, 61)]
+MESSAGES = [
+    MessageInfo(uid, frozenset(), 0.0, 10, f"k{uid}", modseq=uid * 7 % 61) for uid in range(1, 61)
+]
 RUNS = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=6)
 
 
-@given(RUNS, st.integers(-70, 70), st.integers(-70, 70), st.integers(-70, 70))
+@given(RUNS, st.integers(-70, 70), st.integers(-70, 70), st.integers(-70, 70), st.integers(-1, 61))
 def test_targets_read_as_the_list_of_pairs(
-    runs: list[tuple[int, int]], index: int, start: int, stop: int
+    runs: list[tuple[int, int]], index: int, start: int, stop: int, modseq: int
 ) -> None:
     targets, expected, low = Targets(), [], 0
     for a, b in runs:  # ascending, disjoint runs, as sequence sets give them
@@ -29,6 +31,7 @@ def test_targets_read_as_the_list_of_pairs(
     assert list(targets) == expected
     assert targets[start:stop] == expected[start:stop]
     assert bool(targets) == bool(expected)
+    assert targets.changed_since(modseq) == [(n, m) for n, m in expected if m.modseq > modseq]
     if -len(expected) <= index < len(expected):
         assert targets[index] == expected[index]
     else:

@@ -92,6 +92,10 @@ def _uid_of(info: MessageInfo) -> int:
     return info.uid
 
 
+def _first_of(run: tuple[int, list[MessageInfo]]) -> int:
+    return run[0]
+
+
 class Targets(Sequence[tuple[int, MessageInfo]]):
     """The (sequence number, message) pairs of a command, made when asked from runs of
     consecutive messages (copies of the session's list: it may change while a FETCH
@@ -138,6 +142,14 @@ class Targets(Sequence[tuple[int, MessageInfo]]):
     def __iter__(self) -> Iterator[tuple[int, MessageInfo]]:
         for first, messages in self._runs:
             yield from enumerate(messages, first)
+
+    def covers(self, seq: int) -> bool:
+        """Is message number `seq` one of the pairs?"""
+        run = bisect.bisect_right(self._runs, seq, key=_first_of) - 1
+        if run < 0:
+            return False
+        first, messages = self._runs[run]
+        return seq < first + len(messages)
 
     def changed_since(self, modseq: int) -> list[tuple[int, MessageInfo]]:
         """The pairs whose message's MODSEQ is above `modseq` (CHANGEDSINCE, RFC 7162

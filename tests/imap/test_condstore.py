@@ -110,6 +110,31 @@ def test_condstore_fetch_changedsince_and_status(
         ]
 
 
+def test_changedsince_in_a_bigger_folder_answers_the_changed_in_range(
+    server: ImapServerThread, dep: ImapDeployment
+) -> None:
+    # A few changes among many messages: the changed ones are found through the store's
+    # MODSEQ index (session_fetch._changed_since), and only those the command names count.
+    uids = deliver(dep, 40)
+    with login(server) as client:
+        top = highest(client.command("SELECT INBOX (CONDSTORE)"))
+        with login(server) as other:
+            other.command("SELECT INBOX")
+            for i in (3, 20, 35):
+                assert other.tagged(f"UID STORE {uids[i]} +FLAGS (\\Flagged)").startswith(b"OK")
+            assert other.tagged(f"UID STORE {uids[38]} +FLAGS (\\Deleted)").startswith(b"OK")
+            assert other.tagged("EXPUNGE").startswith(b"OK")
+        client.command("NOOP")  # the other session's changes, reported unasked
+        lines = client.command(f"UID FETCH {uids[10]}:* (FLAGS) (CHANGEDSINCE {top})")
+        assert set(fetched(lines)) == {uids[20], uids[35]}
+        lines = client.command(f"FETCH 1:30 (UID FLAGS) (CHANGEDSINCE {top})")
+        numbers = [int(m[1]) for x in lines if (m := re.match(rb"\* (\d+) FETCH", x))]
+        assert numbers == [4, 21]  # sequence numbers as this session knows them
+        assert set(fetched(lines)) == {uids[3], uids[20]}
+        lines = client.command(f"FETCH 4,5,36 (UID FLAGS) (CHANGEDSINCE {top})")
+        assert set(fetched(lines)) == {uids[3], uids[35]}
+
+
 def test_store_unchangedsince_reports_modified(
     server: ImapServerThread, dep: ImapDeployment
 ) -> None:

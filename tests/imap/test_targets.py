@@ -32,6 +32,8 @@ def test_targets_read_as_the_list_of_pairs(
     assert targets[start:stop] == expected[start:stop]
     assert bool(targets) == bool(expected)
     assert targets.changed_since(modseq) == [(n, m) for n, m in expected if m.modseq > modseq]
+    numbers = {n for n, _ in expected}
+    assert [targets.covers(n) for n in range(-1, 63)] == [n in numbers for n in range(-1, 63)]
     if -len(expected) <= index < len(expected):
         assert targets[index] == expected[index]
     else:

@@ -7,10 +7,11 @@ writes them too), but finding them means listing every account's folders and try
 a file in each: with 1,000 accounts of six folders, some 10,000 syscalls per LIST, per user,
 and again at each account's first SELECT (its structure cache prune lists its folders). The
 registry holds a row per (identifier, owner, folder) of every entry that may grant someone
-other than the owner something (`user=ADDRESS`, `authenticated`, `anyone`, and lines we only
-carry along). A LIST asks for the rows of `user=<it>`, `authenticated` and `anyone`, then
-reads those folders' own files for the rights, as SharedStore.route does on every access: a
-stale row never grants anything, it only says where to look, and a revoke applies at once.
+other than the owner something (`user=ADDRESS`, `authenticated`, `anyone`; not the lines
+acl.py only carries along, which grant nothing). A LIST asks for the rows of `user=<it>`,
+`authenticated` and `anyone`, then reads those folders' own files for the rights, as
+SharedStore.route does on every access: a stale row never grants anything, it only says where
+to look, and a revoke applies at once.
 
 Why SQLite in the state directory, not a cache in each process: the CLI (`mailstack share`),
 every `serve` and their sessions write and read it, and a commit is seen by the next query of

@@ -21,9 +21,10 @@ Lines we cannot read (a group identifier, negative `-user=` rights, unknown lett
 as written when we rewrite the file, and ignored when computing rights: unknown entries never
 grant anything.
 
-Sharing is found by walking the accounts' Maildirs for `dovecot-acl` files (`shared_folders`):
-a small business has tens of accounts with a few folders each, so a LIST pays a few hundred
-stat() calls; the files themselves stay the only record, as they are for Dovecot.
+The files stay the only record of rights, as they are for Dovecot. Which folders have one is
+found by walking every account's Maildir (`shared_folders`), which a deployment of 1,000
+accounts cannot afford per LIST: delivery/acl_registry.py keeps what the walk would find in
+the state directory, and walks only to fill or check it.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ def shared_folders(mail_dir: Path) -> Iterator[SharedFolder]:
         except (FileNotFoundError, NotADirectoryError):
             continue
         for local in locals_:
+            if local.startswith("."):  # no account's: one being deleted (delivery/maildir.py)
+                continue
             for folder, directory in account_folders(mail_dir / domain / local):
                 entries = read_acl(directory)
                 if entries is not None:

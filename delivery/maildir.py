@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from mailstack.delivery import folders, maildir_flags, maildir_messages, quota
+from mailstack.delivery.acl_registry import AclRegistry
 from mailstack.delivery.commit import GroupCommitter
 from mailstack.delivery.events import EventHub
 from mailstack.delivery.folders import DIR_MODE, SUBSCRIPTIONS
@@ -102,6 +103,7 @@ class MaildirStore:
             publish=self._publish,
         )
         self._committer: GroupCommitter[_Job, list[MessageRef]] = GroupCommitter(self._writer.flush)
+        self.acls = AclRegistry(paths)  # which folders are shared with whom (for LIST)
         # LIST/CREATE/DELETE/RENAME and subscriptions live in delivery/maildir_folders.py; they
         # reach the store's lookups, index cache and IDLE events only through these callables.
         self._folder_ops = FolderOps(
@@ -110,6 +112,7 @@ class MaildirStore:
             index=self._index,
             forget_indexes=self._forget_indexes,
             publish=self._publish,
+            acls=self.acls,
         )
 
     @property
@@ -228,6 +231,7 @@ class MaildirStore:
         os.rename(root, doomed)
         fsync_dir(root.parent)
         self._forget_indexes(root)
+        self.acls.forget_account(user)
         shutil.rmtree(doomed)
 
     def usage_bytes(self, user: str) -> int:

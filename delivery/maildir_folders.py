@@ -2,7 +2,8 @@
 
 LIST, CREATE, DELETE, RENAME and the subscriptions of one account. The files they work on
 (folder directories, `subscriptions`, UIDVALIDITY, special use) are delivery/folders.py's; this
-module adds the IMAP semantics on top and keeps the store's index cache in step.
+module adds the IMAP semantics on top and keeps the store's index cache in step, and the
+registry of shared folders (delivery/acl_registry.py) when a folder with an ACL file goes or moves.
 
 DELETE of a folder that has children removes the folder and its messages; the name lives on as
 the \\Noselect parent of its children (RFC 9051 §6.3.4), which `list_folders` reports with
@@ -27,9 +28,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from mailstack.delivery import folders, quota
+from mailstack.delivery import acl, folders, quota
+from mailstack.delivery.acl_registry import AclRegistry
 from mailstack.delivery.index import FolderIndex
-from mailstack.delivery.layout import folder_dir_name, normalize_folder, parent_folders
+from mailstack.delivery.layout import (
+    folder_dir_name,
+    folder_from_dir_name,
+    normalize_folder,
+    parent_folders,
+)
 from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
@@ -57,12 +64,14 @@ class FolderOps:
         index: Callable[[Path, Path], FolderIndex],
         forget_indexes: Callable[[Path], None],
         publish: _Publish,
+        acls: AclRegistry | None = None,
     ) -> None:
         self._root = root  # user -> the account's Maildir; raises UnknownUserError
         self._folder = folder  # (user, folder) -> (root, normalized name, folder directory)
         self._index = index  # (account root, folder directory) -> the store's cached index
         self._forget_indexes = forget_indexes  # drop cached indexes at and below a directory
         self._publish = publish  # (user, *folders): tell IDLE sessions
+        self._acls = acls  # told when a folder with an ACL file goes or moves
 
     def list_folders(self, user: str) -> list[FolderInfo]:
         root = self._root(user)
@@ -110,6 +119,8 @@ class FolderOps:
             raise InvalidFolderNameError("INBOX cannot be deleted (RFC 9051 §6.3.4)")
         trash = root / "tmp" / f".deleted.{secrets.token_hex(8)}"
         self._move_dir(root, fdir, trash)
+        if self._acls is not None and (trash / acl.ACL_FILE).exists():
+            self._acls.forget(user, name)
         shutil.rmtree(trash, ignore_errors=True)
         quota.invalidate(root)
         self._publish(user, name)
@@ -152,6 +163,10 @@ class FolderOps:
                     self._create_one(root, parent, None)
         for src, dst in moves:
             self._move_dir(root, src, dst)
+        # Their ACL files moved along: so must the registry's rows.
+        shared = [(src.name, dst.name) for src, dst in moves if (dst / acl.ACL_FILE).exists()]
+        if self._acls is not None and shared:
+            self._acls.renamed(user, _folder_names(shared))
         self._publish(user, old_name, new_name)
 
     def _rename_inbox(self, user: str, root: Path, new_name: str) -> None:
@@ -188,3 +203,9 @@ class FolderOps:
             folders.change_subscriptions(root, add=[name], remove=[])
         else:
             folders.change_subscriptions(root, add=[], remove=[name])
+
+
+def _folder_names(moves: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(old folder, new folder) of (old, new) directory names."""
+    names = [(folder_from_dir_name(old), folder_from_dir_name(new)) for old, new in moves]
+    return [(old, new) for old, new in names if old is not None and new is not None]

@@ -3,10 +3,12 @@
 
 Rights are read and written in the folder's dovecot-acl file (delivery/acl.py) through the
 route the shared store gives a name (imap/shared.py), so they work on personal folders and on
-shared folders the user administers (right `a`). On the wire an `owner` entry is shown under
-the owner's address and `user=ADDRESS` as the address, as Dovecot shows them; `anyone` and
-`authenticated` as they are. SETACL to an identifier that is no account (or one of those two)
-is refused: a typo must not create an entry that grants nobody anything silently.
+shared folders the user administers (right `a`); writes go through the registry of shared
+folders (delivery/acl_registry.py), so the grantee's next LIST, in any process, sees them. On
+the wire an `owner` entry is shown under the owner's address and `user=ADDRESS` as the
+address, as Dovecot shows them; `anyone` and `authenticated` as they are. SETACL to an
+identifier that is no account (or one of those two) is refused: a typo must not create an
+entry that grants nobody anything silently.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ _OPTIONAL = " ".join(acl.ALL_RIGHTS)
 class AclCommands(SessionCore):
     """GETACL, SETACL, DELETEACL, LISTRIGHTS, MYRIGHTS."""
 
-    def _route(self, name: str) -> Route:
+    def _shared(self) -> SharedStore:
         store = self.ctx.store
         if not isinstance(store, SharedStore):  # pragma: no cover - ImapService wraps it
             raise RefusedError("ACLs are not available here", "CANNOT")
-        route = store.route(self._require_user(), checked_name(name))
+        return store
+
+    def _route(self, name: str) -> Route:
+        route = self._shared().route(self._require_user(), checked_name(name))
         folder_dir = self._folder_dir(route)
         if not (folder_dir / "cur").is_dir():
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT")
@@ -107,7 +112,7 @@ class AclCommands(SessionCore):
                 route = await asyncio.to_thread(self._route, name)
                 self._need_admin(route)
                 identifier = self._identifier(route, who)
-                await asyncio.to_thread(acl.set_rights, self._folder_dir(route), identifier, "")
+                await asyncio.to_thread(self._set_rights, route, identifier, "")
                 await asyncio.to_thread(self._touch_views, identifier)
                 await write(response.ok(tag, "DELETEACL completed"))
 
@@ -149,4 +154,8 @@ class AclCommands(SessionCore):
             current -= set(wanted)
         else:
             current = set(wanted)
-        acl.set_rights(directory, identifier, "".join(ch for ch in acl.ALL_RIGHTS if ch in current))
+        self._set_rights(route, identifier, "".join(ch for ch in acl.ALL_RIGHTS if ch in current))
+
+    def _set_rights(self, route: Route, identifier: str, rights: str) -> None:
+        """Write the folder's file and the registry of shared folders (what LIST looks at)."""
+        self._shared().acls.set_rights(route.owner, route.folder, identifier, rights)

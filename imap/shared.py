@@ -17,6 +17,9 @@ and a small read):
 - e: EXPUNGE (and the source side of MOVE, with t); k: CREATE under it; x: DELETE it.
 A folder on which the user has neither l nor r does not exist for them (RFC 4314 §4: no hint
 that it exists); a missing right on a folder they can see is NO [NOPERM].
+LIST finds the folders shared with the user in the registry of delivery/acl_registry.py (who
+shares what with whom, kept by our writers, rescanned for files others wrote) and reads each
+one's file for the rights: it costs what is shared with the user, not a look at every account.
 Flags are shared: a message Bob reads in Alice's folder is \\Seen for Alice too.
 """
 
@@ -28,6 +31,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from mailstack.delivery import acl, folders
+from mailstack.delivery.acl_registry import AclRegistry
+from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
     INBOX,
@@ -103,6 +108,8 @@ class SharedStore:
         self.inner = inner
         self.paths = paths
         self.accounts = accounts
+        # Which folders are shared with whom: the store keeps it in step with its renames.
+        self.acls = inner.acls if isinstance(inner, MaildirStore) else AclRegistry(paths)
 
     # -- names and rights ----------------------------------------------------------------------
     def _prefix_of(self, owner: str) -> str | None:
@@ -133,12 +140,15 @@ class SharedStore:
         return route.owner, route.folder
 
     def _shared_infos(self, user: str) -> list[FolderInfo]:
+        """What other accounts share with `user`: the registry says where to look, each
+        folder's own file what the user may do (a revoke applies at once)."""
         infos: dict[str, FolderInfo] = {}
-        for shared in acl.shared_folders(self.paths.mail_dir):
-            if shared.owner == user or "l" not in acl.rights_of(shared.entries, user, shared.owner):
+        for owner, folder in self.acls.shared_with(user):
+            directory = acl.folder_dir(self.paths.maildir(owner), folder)
+            if "l" not in acl.rights_of(acl.read_acl(directory), user, owner):
                 continue
-            prefix = self._prefix_of(shared.owner)
-            name = visible_name(prefix, shared.owner, shared.folder) if prefix else None
+            prefix = self._prefix_of(owner)
+            name = visible_name(prefix, owner, folder) if prefix else None
             if prefix is None or name is None:
                 continue
             parts = name.split(OTHER_DELIMITER)
@@ -158,9 +168,7 @@ class SharedStore:
                 None,
                 False,
                 has_children=known.has_children if known else False,
-                ident=folders.folder_ident(
-                    acl.folder_dir(self.paths.maildir(shared.owner), shared.folder)
-                ),
+                ident=folders.folder_ident(directory),
             )
         return list(infos.values())
 
@@ -242,10 +250,9 @@ class SharedStore:
         # A new folder starts with its parent's ACL, as Dovecot's ACL inheritance does: a
         # folder a member creates in a team mailbox is the team's too.
         if parent:
-            home = self.paths.maildir(owner)
-            entries = acl.read_acl(acl.folder_dir(home, parent))
+            entries = acl.read_acl(acl.folder_dir(self.paths.maildir(owner), parent))
             if entries is not None:
-                acl.write_acl(acl.folder_dir(home, name), entries)
+                self.acls.write(owner, name, entries)
 
     def delete_folder(self, user: str, folder: str) -> None:
         route = self.route(user, folder)

@@ -2,7 +2,9 @@
 
 Rights live in the folders' `dovecot-acl` files (delivery/acl.py has the format and the rules),
 so they take effect for every reader of the Maildir the moment they are written: our IMAP server
-reads them on each access and a Dovecot serving the same Maildir does too.
+reads them on each access and a Dovecot serving the same Maildir does too. Each write also goes
+into the registry of shared folders (delivery/acl_registry.py), where a running `serve` looks
+for what to list.
 
 A team mailbox (`support@example.com`) is an account nobody logs in to (disabled, with a random
 password nobody is told) whose folders grant its members `TEAM_RIGHTS`. Mail to the address is
@@ -76,8 +78,8 @@ def share(dep: Deployment, folder: str, owner: str, grantee: str, rights: str) -
     identifier, shown = _identifier(dep, grantee)
     if shown == owner:
         raise UsageError(f"{owner} owns {folder!r} already: share it with someone else")
-    name, directory = _folder(dep, owner, folder)
-    acl.set_rights(directory, identifier, letters)
+    name, _directory = _folder(dep, owner, folder)
+    dep.store.acls.set_rights(owner, name, identifier, letters)
     _touch_views(dep, [shown])
     return Grant(owner, name, shown, letters)
 
@@ -91,7 +93,7 @@ def revoke(dep: Deployment, folder: str, owner: str, grantee: str) -> Grant:
     current = next((e for e in entries if e.identifier == identifier), None)
     if current is None:
         raise NotFoundError(f"{shown} has no rights on {owner}'s {name!r}")
-    acl.set_rights(directory, identifier, "")
+    dep.store.acls.set_rights(owner, name, identifier, "")
     _touch_views(dep, [shown])
     return Grant(owner, name, shown, current.rights or "")
 
@@ -105,10 +107,11 @@ def _touch_views(dep: Deployment, grantees: list[str]) -> None:
 
 
 def grants(dep: Deployment, owner: str | None = None) -> list[Grant]:
-    """Every right given to someone other than a folder's owner."""
+    """Every right given to someone other than a folder's owner, as the files say: every
+    account's folders are looked at, and the registry of shared folders brought in line."""
     wanted = _account(dep, owner, "--owner") if owner else None
     out: list[Grant] = []
-    for shared in acl.shared_folders(dep.paths.mail_dir):
+    for shared in dep.store.acls.rescan():
         if wanted is not None and shared.owner != wanted:
             continue
         for entry in shared.entries:
@@ -140,9 +143,9 @@ def add_team_mailbox(
         dep.accounts.delete_user(account.address)
         raise
     out: list[Grant] = []
-    for folder, directory in acl.account_folders(dep.paths.maildir(account.address)):
+    for folder, _directory in acl.account_folders(dep.paths.maildir(account.address)):
         for person in people:
-            acl.set_rights(directory, f"user={person}", letters)
+            dep.store.acls.set_rights(account.address, folder, f"user={person}", letters)
             out.append(Grant(account.address, folder, person, letters))
     _touch_views(dep, people)
     return out

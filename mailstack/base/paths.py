@@ -107,6 +107,12 @@ class StatePaths:
         return self.root / "web-sessions.sqlite3"
 
     @property
+    def shares_db(self) -> Path:
+        """Who shares which folder with whom, found in the dovecot-acl files
+        (delivery/acl_registry.py): a cache of them, safe to delete."""
+        return self.root / "shares.sqlite3"
+
+    @property
     def mail_dir(self) -> Path:
         return self.root / "mail"
 

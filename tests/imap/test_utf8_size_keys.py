@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mailstack.imap.downgrade_size import seen_size
+from mailstack.imap.mime import to_crlf
 
 from tests.imap.rawclient import RawClient
 from tests.imap.servers import logged_in
@@ -154,3 +157,12 @@ def test_sort_context_places_new_mail_by_the_seen_size(
         position = 1 + sum(1 for size in seen.values() if size <= new)
         update = b"".join(client.command("NOOP"))
         assert b"ADDTO (%d %d)" % (position, len(ALL) + 1) in update, update
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b" ", b"\xc3\xa9"]), max_size=40))
+def test_seen_size_of_a_message_is_its_length_with_crlf_line_ends(pieces: list[bytes]) -> None:
+    # An ASCII message is counted without copying it; the count must be to_crlf's length,
+    # what BODY[] sends (RFC 3501 §2.3.4).
+    raw = b"".join(pieces)
+    if raw.isascii():
+        assert seen_size(raw) == len(to_crlf(raw))

@@ -81,20 +81,16 @@ READ_BATCH = 500  # header blocks per store call (one folder lock) while filling
 def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False) -> HeaderRow:
     """The stored form of a message's header block (LF or CRLF line ends)."""
     data = to_crlf(header)
-    fields, _ = parse_header(data, 0, len(data))
-    kept: list[HeaderField] = []
+    kept, _ = parse_header(data, 0, len(data), only=INDEXED)
     lines: list[bytes] = []
     address_lines: list[bytes] = []  # the fields SEARCH FROM/TO/CC/BCC read
-    for f in fields:
-        name = f.name.lower()
-        if name in INDEXED:
-            line = data[f.start : f.end]
-            if not line.endswith(b"\r\n"):
-                line += b"\r\n"
-            kept.append(f)
-            lines.append(line)
-            if name in ADDRESS_KEYS:
-                address_lines.append(line)
+    for f in kept:
+        line = data[f.start : f.end]
+        if not line.endswith(b"\r\n"):
+            line += b"\r\n"
+        lines.append(line)
+        if f.name.lower() in ADDRESS_KEYS:
+            address_lines.append(line)
     raw = b"".join(lines)
     plain: str | None = None
     exact = False

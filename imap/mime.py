@@ -135,8 +135,12 @@ class _Budget:
     nest_global: bool = False  # see parse_message
 
 
-def parse_header(data: bytes, start: int, end: int) -> tuple[tuple[HeaderField, ...], int]:
+def parse_header(
+    data: bytes, start: int, end: int, *, only: frozenset[str] | None = None
+) -> tuple[tuple[HeaderField, ...], int]:
     """Parse the header block at data[start:end]; return the fields and where the body starts.
+    With `only` (lower-case names), just the fields so named: a caller that keeps a few
+    fields of a header with dozens (Received, DKIM-Signature, ...) builds no others.
 
     The header ends at the first empty line (RFC 5322 §2.1), which belongs to the header. A
     line that is neither a field nor a continuation also ends it and starts the body (no blank
@@ -159,16 +163,23 @@ def parse_header(data: bytes, start: int, end: int) -> tuple[tuple[HeaderField, 
         after = m.end()
         if after < end and data[after] in b" \t":  # a continuation without CRLF follows
             break
+        name = m[1].decode("ascii")
+        if only is not None and name.lower() not in only:
+            pos = after
+            continue
         raw = m[2]
         if raw.find(b"\r\n") == len(raw) - 2:  # one line: nothing to unfold
             value = raw.strip(b" \t\r\n")
         else:
             value = _FOLD.sub(b"", raw).strip(b" \t\r\n")
-        fields.append(HeaderField(m[1].decode("ascii"), value, pos, after))
+        fields.append(HeaderField(name, value, pos, after))
         pos = after
     if pos >= end:
         return tuple(fields), end
-    return _parse_lines(data, pos, end, fields)
+    found, body = _parse_lines(data, pos, end, fields)
+    if only is not None:
+        found = tuple(f for f in found if f.name.lower() in only)
+    return found, body
 
 
 def _parse_lines(

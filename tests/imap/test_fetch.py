@@ -1145,4 +1145,9 @@ def test_parse_header_takes_whole_fields_as_the_line_rule_does(
     # parse_header matches each well-formed field at once and hands anything else to the
     # line-by-line rule (mime._parse_lines); any header block and window give one answer.
     start, end = min(cut_start, len(data)), max(min(cut_start, len(data)), len(data) - cut_end)
-    assert mime.parse_header(data, start, end) == mime._parse_lines(data, start, end, [])
+    expected = mime._parse_lines(data, start, end, [])
+    assert mime.parse_header(data, start, end) == expected
+    # ... and with `only`, the same fields filtered by name, the same body start.
+    only = frozenset({"a", "from"})
+    kept = tuple(f for f in expected[0] if f.name.lower() in only)
+    assert mime.parse_header(data, start, end, only=only) == (kept, expected[1])

@@ -269,26 +269,36 @@ def partial(content: bytes, origin: int, count: int) -> bytes:
     return content[origin : origin + count]
 
 
-@dataclass(frozen=True, slots=True)
 class ParsedMessage:
-    """A message in IMAP form (CRLF) and its MIME tree."""
+    """A message in IMAP form (CRLF) and its MIME tree, parsed when first asked for: BODY[]
+    and RFC822 of an ASCII message (no downgrade to decide) are the bytes alone, and a
+    client syncing bodies fetched them with a full parse each."""
 
-    data: bytes
-    root: Entity
+    __slots__ = ("_nest_global", "_root", "data")
+
+    def __init__(self, data: bytes, root: Entity | None = None, *, nest_global: bool = False):
+        self.data = data
+        self._root = root
+        self._nest_global = nest_global
+
+    @property
+    def root(self) -> Entity:
+        if self._root is None:
+            self._root = parse_message(self.data, nest_global=self._nest_global)
+        return self._root
 
     @classmethod
     def parse(cls, raw: bytes, *, utf8: bool = False) -> ParsedMessage:
         """Parse a message as stored (LF or CRLF endings). Never raises. `utf8`: for a client
         that takes UTF-8, whose BODYSTRUCTURE and sections open message/global parts
         (imap/mime.py `parse_message`)."""
-        data = to_crlf(raw)
-        return cls(data, parse_message(data, nest_global=utf8))
+        return cls(to_crlf(raw), nest_global=utf8)
 
     def for_utf8(self) -> ParsedMessage:
         """This message as a UTF-8 client sees it: itself unless it holds message/global."""
-        if not has_global(self.root):
+        if self._nest_global or not has_global(self.root):
             return self
-        return ParsedMessage(self.data, parse_message(self.data, nest_global=True))
+        return ParsedMessage(self.data, nest_global=True)
 
     @property
     def size(self) -> int:
@@ -344,28 +354,32 @@ def fetch_item(attr: FetchAttr, message: ParsedMessage) -> Value:
     Raises UnknownCteError for BINARY of an undecodable part, ValueError for items that are
     not derived from the message (FLAGS, UID, INTERNALDATE).
     """
-    data, root = message.data, message.root
+    data = message.data
     match attr.name:
         case "ENVELOPE":
-            return envelope(root)
+            return envelope(message.root)
         case "BODYSTRUCTURE":
-            return body_structure(data, root)
+            return body_structure(data, message.root)
         case "BODY" if attr.section is None:
-            return body_structure(data, root, extensible=False)
+            return body_structure(data, message.root, extensible=False)
         case "RFC822.SIZE":
             return message.size
         case "BINARY.SIZE":
-            return len(binary_bytes(data, root, attr.section.part if attr.section else ()))
+            part = attr.section.part if attr.section else ()
+            return len(binary_bytes(data, message.root, part))
         case "RFC822":
             content = data
+        case "BODY" if attr.section is not None and attr.section == Section():
+            content = data  # BODY[]: the whole message, no tree needed
         case "RFC822.HEADER":
-            content = data[root.start : root.body_start]
+            content = data[message.root.start : message.root.body_start]
         case "RFC822.TEXT":
-            content = data[root.body_start : root.end]
+            content = data[message.root.body_start : message.root.end]
         case "BODY":
-            content = section_bytes(data, root, attr.section or Section())
+            content = section_bytes(data, message.root, attr.section or Section())
         case "BINARY":
-            content = binary_bytes(data, root, attr.section.part if attr.section else ())
+            part = attr.section.part if attr.section else ()
+            content = binary_bytes(data, message.root, part)
         case _:
             raise ValueError(f"{attr.name} is not derived from the message")
     if attr.name != "BINARY":

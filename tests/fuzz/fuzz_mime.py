@@ -17,9 +17,10 @@ import harness
 
 with atheris.instrument_imports():
     from mailstack.imap import fetch, header_index, mime, response
-    from mailstack.imap.commands import FetchAttr
+    from mailstack.imap.commands import FetchAttr, Section
 
 ENVELOPE = FetchAttr("ENVELOPE")
+BODY = FetchAttr("BODY", Section())
 SEEDS = [
     b"From: a@b\r\nTo: c@d, e@f\r\nSubject: hi\r\n there\r\n\r\nbody\r\n",
     b"Subject: x\r\n\tfolded\rbare\r\nFrom: \"Q\" <q@x>\r\nSender:\r\n\r\n",
@@ -40,7 +41,11 @@ def _check_entity(entity: mime.Entity, size: int) -> None:
 
 def test_one_input(data: bytes) -> None:
     wire = mime.to_crlf(data)
-    _check_entity(mime.parse_message(wire), len(wire))
+    root = mime.parse_message(wire)
+    _check_entity(root, len(wire))
+    # BODY[] of a message parsed lazily (no tree) is the section the tree gives.
+    whole = fetch.fetch_item(BODY, fetch.ParsedMessage.parse(data))
+    assert whole == fetch.section_bytes(wire, root, Section()).replace(b"\x00", b"\x80")
     for start, end in ((0, len(data)), (len(data) // 3, len(data) - len(data) // 4)):
         fields, body = mime._parse_lines(data, start, end, [])
         assert mime.parse_header(data, start, end) == (fields, body)

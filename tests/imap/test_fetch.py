@@ -35,6 +35,7 @@ from imapclient.response_parser import parse_fetch_response
 from imapclient.response_types import BodyData
 from mailstack.imap import mime, response
 from mailstack.imap.commands import Fetch, FetchAttr, Section
+from mailstack.imap.downgrade import downgrade
 from mailstack.imap.envelope import MISSING_DOMAIN, parse_addresses
 from mailstack.imap.fetch import (
     ParsedMessage,
@@ -1151,3 +1152,18 @@ def test_parse_header_takes_whole_fields_as_the_line_rule_does(
     only = frozenset({"a", "from"})
     kept = tuple(f for f in expected[0] if f.name.lower() in only)
     assert mime.parse_header(data, start, end, only=only) == (kept, expected[1])
+
+
+def test_whole_message_items_of_an_ascii_message_parse_no_tree() -> None:
+    # A client syncing bodies asks BODY[] of every message: the bytes are the answer, and
+    # the MIME tree is parsed only for an item that reads it (a part, a structure).
+    raw = (
+        b"From: a@b\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\nhi\r\n--x--\r\n"
+    )
+    parsed = ParsedMessage.parse(raw)
+    assert downgrade(parsed) is parsed
+    for name, section in (("BODY", Section()), ("RFC822", None), ("RFC822.SIZE", None)):
+        fetch_item(FetchAttr(name, section), parsed)
+    assert parsed._root is None
+    assert fetch_item(FetchAttr("BODY", Section((1,))), parsed) == b"hi"
+    assert parsed._root is not None

@@ -176,6 +176,13 @@ def _addresses(raw: bytes | None) -> bytes | None:
     return None if raw is None else _rendered_addresses(raw)
 
 
+def message_envelope(data: bytes) -> bytes:
+    """The rendered ENVELOPE of a whole message in IMAP form (CRLF): from its header alone,
+    no MIME tree (a FETCH of ENVELOPE with BODY[] has the bytes in hand)."""
+    fields, _ = parse_header(data, 0, len(data), only=_ENVELOPE_FIELDS)
+    return _envelope(fields)
+
+
 def render_envelope(raw: bytes) -> bytes:
     """The rendered ENVELOPE of stored field lines."""
     fields, _ = parse_header(raw, 0, len(raw))

@@ -358,6 +358,8 @@ class FetchCommands(SessionCore):
                             if not self.utf8_names and not raw.isascii():
                                 raw, env = downgrade_fields(raw), None
                             value = env if env is not None else header_index.render_envelope(raw)
+                        case "ENVELOPE" if parsed is not None:
+                            value = header_index.message_envelope(parsed.data)
                         case _ if parsed is not None:
                             try:
                                 value = response.value(fetch.fetch_item(attr, parsed))

@@ -51,6 +51,10 @@ def test_one_input(data: bytes) -> None:
         assert mime.parse_header(data, start, end) == (fields, body)
         kept = tuple(f for f in fields if f.name.lower() in header_index.INDEXED)
         assert mime.parse_header(data, start, end, only=header_index.INDEXED) == (kept, body)
+    parsed_whole = fetch.ParsedMessage.parse(data)
+    assert header_index.message_envelope(wire) == response.value(
+        fetch.fetch_item(ENVELOPE, parsed_whole)
+    )
     head, _ = mime.parse_header(wire, 0, len(wire))
     block = wire[: head[-1].end] + b"\r\n" if head else b"\r\n"
     row = header_index.make_row(1, "k", block, with_envelope=True)

@@ -465,3 +465,16 @@ def test_a_first_header_fetch_reads_each_file_once_for_rows_and_sizes(
     # ... and they are the sizes of what BODY[] gives this client.
     whole = ours(fields_dep, "BODY.PEEK[]")
     assert [b"%d" % int(n) for n in re.findall(rb"BODY\[\] \{(\d+)\}", whole)] == sizes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(ENVELOPE_PIECES), max_size=14).map(b"".join),
+    st.sampled_from([b"body\r\n", b"", b"--x\r\nSubject: inner\r\n\r\n--x--\r\n"]),
+)
+def test_envelope_of_a_whole_message_from_its_header(header: bytes, body: bytes) -> None:
+    # FETCH ENVELOPE with BODY[] takes ENVELOPE from the header of the bytes in hand.
+    data = header + b"\r\n" + body
+    parsed = ParsedMessage.parse(data)
+    expected = response.value(fetch_item(FetchAttr("ENVELOPE"), parsed))
+    assert header_index.message_envelope(parsed.data) == expected

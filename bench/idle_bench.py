@@ -225,7 +225,9 @@ def external_write(maildir: Path, n: int) -> Callable[[], Awaitable[None]]:
 # -- mailstack -----------------------------------------------------------------------------------
 
 
-def configure(state: Path, smtp_port: int, imap_port: int, sessions: int) -> None:
+def configure(
+    state: Path, smtp_port: int, imap_port: int, sessions: int, submission_port: int = 0
+) -> None:
     subprocess.run(
         [MAILSTACK, "--dir", str(state), "init", "--domain", DOMAIN,
          "--hostname", "mail.example.com", "--ipv4", "127.0.0.1", "--listen-host", "127.0.0.1",
@@ -236,7 +238,7 @@ def configure(state: Path, smtp_port: int, imap_port: int, sessions: int) -> Non
         "listen": {
             "smtp": f'["127.0.0.1:{smtp_port}"]',
             "imap": f'["127.0.0.1:{imap_port}"]',
-            "submission": "[]",
+            "submission": f'["127.0.0.1:{submission_port}"]' if submission_port else "[]",
             "submissions": "[]",
             "imaps": "[]",
         },
@@ -378,12 +380,40 @@ def print_growth(before: Any, after: Any, sessions: int, what: str) -> None:
         )
 
 
+def submit(port: int, user: str, count: int) -> None:
+    """`count` messages submitted at once by `user` (STARTTLS, AUTH) to an outside address,
+    so that every SMTP worker takes some: each worker DKIM-signs what it takes (and loads
+    the signing code with its first). The queue then keeps them (nothing goes out)."""
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # init's self-signed certificate
+    message = b"From: %s\r\nTo: someone@example.net\r\nSubject: out\r\n\r\nhi\r\n"
+
+    def one(_: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            smtp.starttls(context=context)
+            smtp.login(user, PASSWORD)
+            smtp.sendmail(user, ["someone@example.net"], message % user.encode())
+
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(one, range(count)))
+
+
 async def bench_mailstack(
-    work: Path, accounts: int, count: int, rounds: int, traced: Path | None = None
+    work: Path,
+    accounts: int,
+    count: int,
+    rounds: int,
+    traced: Path | None = None,
+    submissions: int = 0,
 ) -> dict[str, Any]:
     state = work / "mailstack"
     smtp_port, imap_port = free_port(), free_port()
-    configure(state, smtp_port, imap_port, count)
+    submission_port = free_port() if submissions else 0
+    configure(state, smtp_port, imap_port, count, submission_port)
     print(f"mailstack: adding {accounts} accounts ...", flush=True)
     users = add_users(state, accounts)
     per_user = count // accounts
@@ -433,6 +463,14 @@ async def bench_mailstack(
         result["processes"] = busy_processes
         result["processes_after"] = by_process(proc.pid)
         print(f"  after the deliveries: {result['processes_after']}", flush=True)
+        if submissions:  # connections spread over the workers: each signs some
+            await asyncio.to_thread(submit, submission_port, users[0], submissions)
+            await asyncio.sleep(2)
+            signed_kb = rss_kb(proc.pid)
+            result["rss_after_submissions_mb"] = round(signed_kb[0] / 1024, 1)
+            result["pss_after_submissions_mb"] = round(signed_kb[1] / 1024, 1)
+            result["processes_after_submissions"] = by_process(proc.pid)
+            print(f"  after {submissions} submissions: {by_process(proc.pid)}", flush=True)
         result["delivery_ms"] = {"our SMTP": via_smtp, "external write": via_file}
         await close(sessions)
     return result
@@ -581,6 +619,11 @@ def render(results: list[dict[str, Any]], command: str) -> str:
             if ms
         )
         after = f"{r['rss_after_mb']} ({r['pss_after_mb']}) MB" if "rss_after_mb" in r else "-"
+        if "rss_after_submissions_mb" in r:  # --submissions: the workers have signed too
+            after += (
+                f"; after submissions {r['rss_after_submissions_mb']}"
+                f" ({r['pss_after_submissions_mb']}) MB"
+            )
         procs = ", ".join(
             f"{name} {mb[0]:.0f} ({mb[1]:.0f})" for name, mb in r.get("processes", {}).items()
         )
@@ -598,7 +641,12 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[dict[str, Any
     if args.only != "dovecot":
         results.append(
             await bench_mailstack(
-                work, args.accounts, args.sessions, args.rounds, traced=args.tracemalloc
+                work,
+                args.accounts,
+                args.sessions,
+                args.rounds,
+                traced=args.tracemalloc,
+                submissions=args.submissions,
             )
         )
     if args.only != "mailstack" and args.dovecot_sessions:
@@ -627,6 +675,11 @@ def main() -> int:
         help="Dovecot's `service imap { client_limit }`: sessions per imap process",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--submissions", type=int, default=0, metavar="N",
+        help="also listen for submission and, after the deliveries, submit N signed messages "
+        "(spread over the SMTP workers) and measure the memory again",
+    )  # fmt: skip
     parser.add_argument("--only", choices=("mailstack", "dovecot"))
     parser.add_argument(
         "--tracemalloc", type=Path, metavar="DIR",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from email.utils import getaddresses
 
 from mailstack.delivery.dkim_selectors import signing_selector
@@ -95,10 +95,22 @@ def author_domain(message: bytes) -> str | None:
         return None
 
 
+# (selector, domain, SHA-256 digest) -> the RSA signature, by another process that holds
+# the key; raises when it cannot (the caller then signs itself).
+RemoteSigner = Callable[[str, str, bytes], bytes]
+
+
 def sign(
-    message: bytes, *, paths: StatePaths, selector: str, hosted_domains: Collection[str]
+    message: bytes,
+    *,
+    paths: StatePaths,
+    selector: str,
+    hosted_domains: Collection[str],
+    signer: RemoteSigner | None = None,
 ) -> bytes:
     """`message` with a DKIM-Signature field prepended, or unchanged when it is not ours to sign.
+    With `signer`, the RSA step is asked of it (an SMTP worker asks the main process, so
+    the worker never loads `cryptography`); if that fails, this process signs.
 
     Blocking (reads the key file, RSA): async callers use `asyncio.to_thread`.
     """
@@ -110,12 +122,6 @@ def sign(
         selector = signing_selector(paths, selector, domain)
     except MailstackError as exc:  # a damaged state file: the configured key still works
         log.warning("dkim: %s; signing %s with selector %s", exc, domain, selector)
-    key_path = paths.dkim_key(selector, domain)
-    try:
-        key = key_path.read_bytes()
-    except OSError as exc:
-        log.warning("dkim: not signing for %s: cannot read %s: %s", domain, key_path, exc)
-        return message
     # Fields the message has, in our order, then From again; listing absent fields would
     # freeze them too, which breaks on mailing lists that add List-* (RFC 6376 §5.4.2).
     present = {
@@ -127,18 +133,40 @@ def sign(
     # this module.
     from mailstack.delivery.dkim_rsa import signature_field
 
-    try:
-        field = signature_field(
-            _wire(message),
-            domain=domain,
-            selector=selector,
-            key_pem=key,
-            signed_headers=include,
-            timestamp=int(time.time()),
-        )
-    except ValueError as exc:  # not an RSA key in PEM form
-        log.warning("dkim: not signing for %s: %s", domain, exc)
-        return message
+    wire, now = _wire(message), int(time.time())
+    field = None
+    if signer is not None:
+        try:
+            field = signature_field(
+                wire,
+                domain=domain,
+                selector=selector,
+                signed_headers=include,
+                timestamp=now,
+                sign=lambda digest: signer(selector, domain, digest),
+            )
+        except Exception as exc:
+            log.warning(
+                "dkim: the main process did not sign for %s (%s): signing here", domain, exc
+            )
+    if field is None:
+        key_path = paths.dkim_key(selector, domain)
+        try:
+            key = key_path.read_bytes()
+            field = signature_field(
+                wire,
+                domain=domain,
+                selector=selector,
+                signed_headers=include,
+                timestamp=now,
+                key_pem=key,
+            )
+        except OSError as exc:
+            log.warning("dkim: not signing for %s: cannot read %s: %s", domain, key_path, exc)
+            return message
+        except ValueError as exc:  # not an RSA key in PEM form
+            log.warning("dkim: not signing for %s: %s", domain, exc)
+            return message
     if b"\r\n" not in message:  # keep the message's own line ends consistent
         field = field.replace(b"\r\n", b"\n")
     return field + message

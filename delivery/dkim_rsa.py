@@ -15,10 +15,11 @@ import base64
 import hashlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 _WSP = re.compile(rb"[ \t]+")
 # The runs that relaxed canonicalization changes: any with a tab, or of two or more: a lone SP
@@ -36,6 +37,12 @@ class BadKeyError(ValueError):
 
 def _private_key(pem: bytes) -> rsa.RSAPrivateKey:
     """Parsed once per key: loading checks the key, which costs more than a signature."""
+    # Imported here: an SMTP worker canonicalizes and hashes with this module but has the
+    # main process do the RSA step (mailstack/workers/login_desk.py), and `cryptography`
+    # costs a process about 10 MB.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     with _keys_lock:
         key = _keys.get(pem)
     if key is not None:
@@ -115,18 +122,31 @@ def _fold(tags: list[bytes], width: int = 76) -> bytes:
     return out
 
 
+def sign_digest(key_pem: bytes, digest: bytes) -> bytes:
+    """The RSASSA-PKCS1-v1_5 signature of a SHA-256 `digest` (RFC 6376 §3.3.1, RFC 8017)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+    key = _private_key(key_pem)
+    return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+
+
 def signature_field(
     message: bytes,
     *,
     domain: str,
     selector: str,
-    key_pem: bytes,
     signed_headers: Sequence[str],
     timestamp: int,
+    key_pem: bytes = b"",
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """The DKIM-Signature field (CRLF-terminated) for `message` (CRLF line ends), signing
-    the header fields named in `signed_headers`, in that order (RFC 6376 §3.5, §5)."""
-    key = _private_key(key_pem)
+    the header fields named in `signed_headers`, in that order (RFC 6376 §3.5, §5). The RSA
+    step: with the key `key_pem`, or `sign` given the SHA-256 digest of what is signed (an
+    SMTP worker asks the main process). BadKeyError when the key is no RSA key."""
+    if sign is None:
+        _private_key(key_pem)  # a bad key fails before any work
     fields, body = split_message(message)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     tags = [
@@ -144,7 +164,8 @@ def signature_field(
     # §3.7: the selected fields, then this field with an empty b= and without its CRLF
     signed = b"".join(relaxed_header(f) for f in _selected(fields, signed_headers))
     signed += relaxed_header(unsigned)[:-2]
-    signature = key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
+    digest = hashlib.sha256(signed).digest()
+    signature = sign(digest) if sign is not None else sign_digest(key_pem, digest)
     b64 = base64.b64encode(signature)
     chunks = [b64[i : i + 72] for i in range(0, len(b64), 72)]  # §3.5: WSP in b= is ignored
     return unsigned + b"".join(b"\r\n\t" + c for c in chunks) + b"\r\n"

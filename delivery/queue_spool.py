@@ -109,6 +109,7 @@ class Spool:
         self._cache: dict[str, tuple[tuple[int, int, int], Entry]] = {}
         self._cache_lock = threading.Lock()
         self._dir_syncs: dict[Path, GroupSync] = {}
+        self.signer: dkim.RemoteSigner | None = None  # who does the RSA step (delivery.dkim)
 
     def wake(self) -> None:
         """Tell the runner the spool changed; a spool without a runner has nobody to tell."""
@@ -209,6 +210,7 @@ class Spool:
                 paths=self.paths,
                 selector=self.config.dkim.selector,
                 hosted_domains=set(self._hosted()),
+                signer=self.signer,
             )
         self._ensure()
         now = self.clock()

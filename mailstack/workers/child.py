@@ -90,6 +90,8 @@ async def serve_worker(dep: Deployment, channel: Channel, tag: str) -> None:
     ctx = build_context(dep, _ForwardingQueue(dep, channel))
     logins = RemoteLogins(channel)
     object.__setattr__(ctx, "logins", logins)  # frozen: decided in the main process instead
+    if isinstance(ctx.queue, Spool):  # DKIM's RSA step, too (codec.py: K)
+        ctx.queue.signer = logins.blocking_signer(loop)
     # The main process counts connections against the limits; here every one is admitted.
     admit_all = ConnectionLimiter(sys.maxsize, sys.maxsize)
     submission = {

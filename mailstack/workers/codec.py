@@ -17,9 +17,14 @@ One packet per SOCK_SEQPACKET message (so no framing is needed), ASCII keyword f
                      S <id> <b64 conn> <ip> <b64 client-first>   a SCRAM login begins
                      P <id> <b64 client-final>                    its proof
                      X <id>                                       it was abandoned
+                     K <id> <b64 selector> <b64 domain> <b64 digest>
+                                            sign this SHA-256 digest with our DKIM key
+                                            (answered by V: "signed" with the signature)
 
 Logins are decided in the main process so that IMAP and submission share one throttle and
-one auth cache (mailstack/base/login.py), whichever process serves the connection. Fields a
+one auth cache (mailstack/base/login.py), whichever process serves the connection. DKIM's
+RSA step is done there too: the main process has `cryptography` loaded anyway, a worker
+would grow by about 10 MB for it. Fields a
 client chose are base64, so no byte of theirs can split a packet.
 
 `decode` answers None for anything else, so a malformed packet is logged and dropped by the
@@ -76,6 +81,14 @@ class ScramAbandon:
 
 
 @dataclass(frozen=True, slots=True)
+class SignRequest:
+    id: int
+    selector: str
+    domain: str
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """`kind`: a login Outcome ("ok", "failed", "throttled", "busy"), "challenge" (`data` is
     the SCRAM server-first), or a refused SCRAM message ("proxy", "binding", "syntax")."""
@@ -118,6 +131,7 @@ Packet = (
     | ScramStart
     | ScramProof
     | ScramAbandon
+    | SignRequest
     | Verdict
 )
 
@@ -146,6 +160,8 @@ def encode(packet: Packet) -> bytes:
             return b"P %d " % id_ + _b64(message)
         case ScramAbandon(id_):
             return b"X %d" % id_
+        case SignRequest(id_, selector, domain, digest):
+            return b"K %d " % id_ + b" ".join((_b64(selector), _b64(domain), _b64(digest)))
         case Verdict(id_, kind, address, data):
             return b"V %d %s %s %s" % (id_, kind.encode("ascii"), _b64(address), _b64(data))
         case Ready():
@@ -173,7 +189,7 @@ def decode(data: bytes) -> Packet | None:
             b"X": ScramAbandon,
         }
         return tokens[kind](token)
-    if kind in (b"C", b"L", b"S", b"P", b"V"):
+    if kind in (b"C", b"L", b"S", b"P", b"V", b"K"):
         try:
             return _decode_fields(kind, rest.split(b" "))
         except (ValueError, binascii.Error):
@@ -200,6 +216,9 @@ def _decode_fields(kind: bytes, fields: list[bytes]) -> Packet | None:
         return ScramStart(number, _text(conn), ip.decode("ascii"), _unb64(message))
     if kind == b"P" and len(rest) == 1:
         return ScramProof(number, _unb64(rest[0]))
+    if kind == b"K" and len(rest) == 3:
+        selector, domain, digest = rest
+        return SignRequest(number, _text(selector), _text(domain), _unb64(digest))
     if kind == b"V" and len(rest) == 3:
         verdict, address, data = rest
         return Verdict(number, verdict.decode("ascii"), _text(address), _unb64(data))

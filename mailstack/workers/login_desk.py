@@ -1,6 +1,7 @@
 """The main process's side of a worker's logins (mailstack/workers/logins.py): each `L`, `S`,
 `P` or `X` packet from one worker is decided on this process's login path, and the verdict
-goes back as a `V` packet on that worker's channel.
+goes back as a `V` packet on that worker's channel. A `K` packet asks for DKIM's RSA step:
+the digest is signed with the domain's key and the signature goes back the same way.
 
 A login is decided in a task of this process: the worker's session going away does not
 cancel it (an abandoned guess still counts: mailstack/base/login.py). A SCRAM exchange lives
@@ -11,14 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Coroutine
 from typing import Any
 
 from mailstack.base import scram
 from mailstack.base.login import LoginPath, LoginResult, Outcome, ScramAttempt
 from mailstack.base.logs import connection_logger
+from mailstack.base.paths import StatePaths
+from mailstack.delivery import dkim_rsa
 from mailstack.workers.channel import Channel
-from mailstack.workers.codec import LoginCheck, ScramAbandon, ScramProof, ScramStart, Verdict
+from mailstack.workers.codec import (
+    LoginCheck,
+    ScramAbandon,
+    ScramProof,
+    ScramStart,
+    SignRequest,
+    Verdict,
+)
 from mailstack.workers.logins import SCRAM_ERRORS
 
 log = logging.getLogger(__name__)
@@ -27,20 +38,28 @@ LOGGER = "mailstack.smtp.submission"  # the worker's session lines carry this na
 SEND_RETRY_S = 0.05  # a full socketpair buffer: try a verdict again
 SEND_TRIES = 100
 _SCRAM_KINDS = {error: kind for kind, error in SCRAM_ERRORS.items()}  # the worker's map, turned
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a selector or domain: never a path
 
 
 class LoginDesk:
     """Logins asked by one worker, over its channel. Used on the main process's loop."""
 
-    def __init__(self, logins: LoginPath, channel: Channel, slot: int) -> None:
+    def __init__(
+        self, logins: LoginPath, channel: Channel, slot: int, paths: StatePaths | None = None
+    ) -> None:
         self._logins = logins
+        self._paths = paths
         self._channel = channel
         self._slot = slot
         self._tasks: set[asyncio.Task[None]] = set()
         self._scram: dict[int, tuple[ScramAttempt, asyncio.Task[None] | None]] = {}
 
-    def handle(self, packet: LoginCheck | ScramStart | ScramProof | ScramAbandon) -> None:
+    def handle(
+        self, packet: LoginCheck | ScramStart | ScramProof | ScramAbandon | SignRequest
+    ) -> None:
         match packet:
+            case SignRequest():
+                self._spawn(self._sign(packet), packet.id)
             case LoginCheck():
                 self._spawn(self._check(packet), packet.id)
             case ScramStart(number, conn, ip, message):
@@ -88,6 +107,25 @@ class LoginDesk:
             log.exception("SMTP worker %d: login %d could not be decided", self._slot, number)
             self._scram.pop(number, None)
             self._send(Verdict(number, Outcome.BUSY.value))
+
+    async def _sign(self, packet: SignRequest) -> None:
+        paths = self._paths
+        if paths is None or not (
+            _NAME.fullmatch(packet.selector) and _NAME.fullmatch(packet.domain)
+        ):
+            self._send(Verdict(packet.id, "unsigned", "no such key"))
+            return
+        key_path = paths.dkim_key(packet.selector, packet.domain)
+
+        def signature() -> bytes:
+            return dkim_rsa.sign_digest(key_path.read_bytes(), packet.digest)
+
+        try:
+            signed = await asyncio.to_thread(signature)
+        except (OSError, ValueError) as exc:  # no key file, or not an RSA key
+            self._send(Verdict(packet.id, "unsigned", str(exc)))
+            return
+        self._send(Verdict(packet.id, "signed", data=signed))
 
     async def _check(self, packet: LoginCheck) -> None:
         name = packet.name.decode("utf-8", "surrogateescape")

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from mailstack.base import scram
 from mailstack.base.login import LoginResult, Outcome
+from mailstack.delivery.dkim import RemoteSigner
 from mailstack.workers.channel import Channel
 from mailstack.workers.codec import (
     PACKET_MAX,
@@ -30,11 +32,14 @@ from mailstack.workers.codec import (
     ScramAbandon,
     ScramProof,
     ScramStart,
+    SignRequest,
     Verdict,
     encode,
 )
 
 log = logging.getLogger(__name__)
+
+SIGN_TIMEOUT_S = 10.0  # then the worker signs itself (delivery.dkim)
 
 # A refused SCRAM message, as the main process names it, and the error that stands for it.
 SCRAM_ERRORS: dict[str, type[scram.ScramError]] = {
@@ -61,6 +66,27 @@ class RemoteLogins:
         )
         verdict = await self.ask(lambda n: LoginCheck(n, conn, peer_ip, *data), log)
         return _result(verdict)
+
+    async def sign(self, selector: str, domain: str, digest: bytes) -> bytes:
+        """DKIM's RSA step for a SHA-256 digest, done by the main process (codec.py: K);
+        RuntimeError when it did not sign (delivery.dkim then signs here)."""
+        verdict = await self.ask(lambda n: SignRequest(n, selector, domain, digest), log)
+        if verdict.kind != "signed" or not verdict.data:
+            raise RuntimeError(verdict.address or verdict.kind)
+        return verdict.data
+
+    def blocking_signer(self, loop: asyncio.AbstractEventLoop) -> RemoteSigner:
+        """`sign` for a worker thread (the spool signs in one): blocks on the loop's answer.
+        Called on the loop's thread."""
+        loop_thread = threading.get_ident()
+
+        def sign(selector: str, domain: str, digest: bytes) -> bytes:
+            if threading.get_ident() == loop_thread:  # it would wait on itself
+                raise RuntimeError("asked on the event loop's thread")
+            future = asyncio.run_coroutine_threadsafe(self.sign(selector, domain, digest), loop)
+            return future.result(SIGN_TIMEOUT_S)
+
+        return sign
 
     def scram(self, peer_ip: str, *, log: Any = log) -> RemoteScram:
         return RemoteScram(self, peer_ip, log)

@@ -54,6 +54,7 @@ from mailstack.workers.codec import (
     ScramAbandon,
     ScramProof,
     ScramStart,
+    SignRequest,
     decode,
 )
 from mailstack.workers.login_desk import LoginDesk
@@ -254,7 +255,7 @@ class SmtpWorkers:
         finally:
             theirs.close()
         worker.channel = channel
-        worker.desk = LoginDesk(self._ctx.logins, channel, worker.slot)
+        worker.desk = LoginDesk(self._ctx.logins, channel, worker.slot, self._ctx.paths)
         loop.add_reader(ours.fileno(), self._on_packets, worker, channel)
         try:
             await worker.proc.wait()
@@ -284,7 +285,9 @@ class SmtpWorkers:
                     if (counted := worker.connections.get(token)) is not None:
                         limiter, ticket = counted
                         limiter.authenticated(ticket)
-                case LoginCheck() | ScramStart() | ScramProof() | ScramAbandon() as asked:
+                case (
+                    LoginCheck() | ScramStart() | ScramProof() | ScramAbandon() | SignRequest()
+                ) as asked:
                     if worker.desk is not None:
                         worker.desk.handle(asked)
                 case Delivered(user, folder):

@@ -9,6 +9,7 @@ from pathlib import Path
 import dkim
 import pytest
 from mailstack.delivery.dkim import author_domain, sign
+from mailstack.delivery.dkim_rsa import sign_digest
 
 from mailstack.base.paths import StatePaths
 from mailstack.keys import dkim_public_record, make_dkim_key
@@ -147,3 +148,29 @@ def test_a_fresh_key_signs(tmp_path: Path) -> None:
     paths.dkim_key("s2", "example.com").write_bytes(key)
     signed = sign(MESSAGE, paths=paths, selector="s2", hosted_domains=["example.com"])
     assert dkim.verify(signed, dnsfunc=txt_for("s2._domainkey.example.com", key))
+
+
+def test_the_rsa_step_can_be_another_process_s(tmp_path: Path) -> None:
+    # An SMTP worker hands the digest to the main process (mailstack/workers/login_desk.py)
+    # and never loads the key itself; the signature is the same kind that verifies.
+    paths = keyed(tmp_path)
+    asked: list[tuple[str, str]] = []
+
+    def main_process(selector: str, domain: str, digest: bytes) -> bytes:
+        asked.append((selector, domain))
+        return sign_digest(paths.dkim_key(selector, domain).read_bytes(), digest)
+
+    other = StatePaths(tmp_path / "no-keys-here")
+    signed = sign(MESSAGE, paths=other, selector="s1", hosted_domains={"example.com"},
+                  signer=main_process)  # fmt: skip
+    assert asked == [("s1", "example.com")]
+    assert dkim.verify(signed, dnsfunc=txt_for("s1._domainkey.example.com", dkim_key()))
+
+
+def test_a_failed_remote_signature_is_made_here(tmp_path: Path) -> None:
+    def unreachable(selector: str, domain: str, digest: bytes) -> bytes:
+        raise RuntimeError("the main process cannot be reached")
+
+    signed = sign(MESSAGE, paths=keyed(tmp_path), selector="s1", hosted_domains={"example.com"},
+                  signer=unreachable)  # fmt: skip
+    assert dkim.verify(signed, dnsfunc=txt_for("s1._domainkey.example.com", dkim_key()))

@@ -22,6 +22,7 @@ SEEDS = [
     b"S 5 dzIuczE= ::1 bixuPWEscj14",
     b"P 5 Yz1iaXdzLHI9eCxwPXk=",
     b"X 5",
+    b"K 6 czE= ZXhhbXBsZS5jb20= AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
     b"V 3 ok YWxpY2VAZXhhbXBsZS5jb20= =",
     b"E alice@example.com\0.Sent",
     b"D 12345",

@@ -8,16 +8,21 @@ in a worker frees its pre-auth place in the main process's limiter.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import smtplib
 import socket
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dkim
 import pytest
 
 from tests.conftest import run_cli
+from tests.delivery.test_dkim import txt_for
 from tests.mailstack.test_login_serve import login as imap_login
 from tests.smtp.test_submission_scram import MECH, authobject
 from tests.smtp.test_workers import _configure
@@ -29,6 +34,12 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def served(deployment_dir: Path) -> Iterator[ServeProcess]:
+    with _served(deployment_dir) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def _served(deployment_dir: Path) -> Iterator[ServeProcess]:
     limits = {"max_connections": 3, "reserved_for_authenticated": 1, "lockout_failures": 3}
     _configure(deployment_dir, workers=2, **limits)  # the first of each key: [smtp], [auth]
     added = run_cli(deployment_dir, "user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
@@ -121,3 +132,60 @@ def test_a_login_in_a_worker_frees_its_pre_auth_place(served: ServeProcess) -> N
     finally:
         for s in idle:
             s.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.fixture
+def served_holding(deployment_dir: Path) -> Iterator[ServeProcess]:
+    """serve with two workers whose queue keeps mail for example.net: its route is a port
+    nobody listens on, so each attempt fails for now and the message stays queued."""
+    cfg = deployment_dir / "mailstack.toml"
+    text, n = re.subn(
+        r"(?m)^routes = .*$", 'routes = {"example.net" = "127.0.0.1:9"}', cfg.read_text()
+    )
+    assert n == 1
+    cfg.write_text(text)
+    with _served(deployment_dir) as proc:
+        yield proc
+
+
+def test_workers_sign_through_the_main_process(served_holding: ServeProcess) -> None:
+    served = served_holding
+    # A worker hands DKIM's RSA step to the main process (codec K): the messages it queues
+    # are signed with the domain's key, and the worker never maps `cryptography` (about 10 MB
+    # a process; issue 11's 10,000 IDLE sessions count every worker's memory).
+    message = b"From: %s\r\nTo: someone@example.net\r\nSubject: out\r\n\r\nhello\r\n"
+
+    def submit(_: int) -> None:
+        with _starttls(served) as smtp:
+            smtp.login(ALICE, PASSWORD)
+            smtp.sendmail(ALICE, ["someone@example.net"], message % ALICE.encode())
+
+    with ThreadPoolExecutor(2) as pool:  # two at a time (the limit here): both workers take some
+        list(pool.map(submit, range(4)))
+    queued = [p.read_bytes() for p in (served.root / "queue" / "msg").iterdir()]
+    assert len(queued) == 4
+    (key_path,) = (served.root / "dkim").glob("*.key")
+    selector = key_path.name.split(".")[0]
+    for signed in queued:
+        assert signed.startswith(b"DKIM-Signature:"), signed[:200]
+        assert dkim.verify(
+            signed, dnsfunc=txt_for(f"{selector}._domainkey.example.com", key_path.read_bytes())
+        )
+    workers = _children(served.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "python" in maps and "cryptography" not in maps

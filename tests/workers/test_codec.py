@@ -19,6 +19,7 @@ from mailstack.workers.codec import (
     ScramAbandon,
     ScramProof,
     ScramStart,
+    SignRequest,
     Verdict,
     decode,
     encode,
@@ -37,6 +38,8 @@ TABLE = [
     pytest.param(ScramStart(5, "w2.s1", "::1", b"n,,n=a,r=x"), None, id="scram-start"),
     pytest.param(ScramProof(5, b"c=biws,r=x,p=y"), None, id="scram-proof"),
     pytest.param(ScramAbandon(5), b"X 5", id="scram-abandon"),
+    pytest.param(SignRequest(6, "s1", "example.com", b"\x00" * 32), None, id="sign"),
+    pytest.param(Verdict(6, "signed", "", b"\xff" * 256), None, id="signature"),
     pytest.param(Verdict(3, "ok", "alice@example.com"), None, id="verdict"),
     pytest.param(Verdict(5, "challenge", "", b"r=x,s=y,i=4096"), None, id="challenge"),
     pytest.param(Ready(), b"R", id="ready"),
@@ -62,6 +65,7 @@ def test_table(packet: Packet, wire: bytes | None) -> None:
         *(b"", b"X", b"C", b"C x", b"C -1", b"C 1 2", b"C 7", b"C 7 imap", b"D ", b"R now"),
         *(b"Q 1", b"E", b"E \0f", b"E a", b"U", b"U x", b"X 1 2", b"L 1 a b c", b"L 1 = ip = !"),
         *(b"S 1 = ip", b"P 1", b"P 1 a b", b"V 1 ok", b"V 1 ok = \xff", b"P 1 YQ"),
+        *(b"K 1", b"K 1 = =", b"K x = = =", b"K 1 = = ! ="),
     ],
 )
 def test_malformed_packets_decode_to_none(data: bytes) -> None:
@@ -83,6 +87,7 @@ def test_login_fields_of_any_bytes_round_trip(name: bytes, secret: bytes, conn: 
         ScramStart(2, conn, "192.0.2.1", secret),
         ScramProof(3, name),
         Verdict(4, "challenge", conn, secret),
+        SignRequest(5, conn, conn, secret),
     ):
         assert decode(encode(packet)) == packet
 

@@ -52,7 +52,7 @@ FORBIDDEN = (
     "rich",
     "click",
     "acme",
-    "cryptography",  # DKIM signing loads it when a worker signs (submission), not before
+    "cryptography",  # DKIM: the main process does the RSA step for the workers
 )
 
 

@@ -409,6 +409,7 @@ async def bench_mailstack(
     rounds: int,
     traced: Path | None = None,
     submissions: int = 0,
+    settle_s: float = 0,
 ) -> dict[str, Any]:
     state = work / "mailstack"
     smtp_port, imap_port = free_port(), free_port()
@@ -437,6 +438,11 @@ async def bench_mailstack(
         busy_kb = rss_kb(proc.pid)
         busy_processes = by_process(proc.pid)
         print(f"  by process: {busy_processes}", flush=True)
+        settled_kb = None
+        if settle_s:  # serve gives freed memory back every 30 s (mailstack.app trim_memory)
+            await asyncio.sleep(settle_s)
+            settled_kb = rss_kb(proc.pid)
+            print(f"  {settle_s:.0f} s later: {by_process(proc.pid)}", flush=True)
 
         def smtp_delivery(user: str) -> Callable[[], Awaitable[None]]:
             def send() -> None:
@@ -457,6 +463,9 @@ async def bench_mailstack(
             via_file.append(await latency(sessions, user, per_user, external_write(maildir, r)))
         # Deliveries load what receiving needs (SPF, DKIM, DMARC checks) into the workers.
         result = summary("mailstack", sessions, count, accounts, idle_kb, busy_kb)
+        if settled_kb is not None:
+            result["rss_settled_mb"] = round(settled_kb[0] / 1024, 1)
+            result["pss_settled_mb"] = round(settled_kb[1] / 1024, 1)
         after_kb = rss_kb(proc.pid)
         result["rss_after_mb"] = round(after_kb[0] / 1024, 1)
         result["pss_after_mb"] = round(after_kb[1] / 1024, 1)
@@ -619,6 +628,8 @@ def render(results: list[dict[str, Any]], command: str) -> str:
             if ms
         )
         after = f"{r['rss_after_mb']} ({r['pss_after_mb']}) MB" if "rss_after_mb" in r else "-"
+        if "rss_settled_mb" in r:  # --settle
+            after = f"settled {r['rss_settled_mb']} ({r['pss_settled_mb']}) MB; {after}"
         if "rss_after_submissions_mb" in r:  # --submissions: the workers have signed too
             after += (
                 f"; after submissions {r['rss_after_submissions_mb']}"
@@ -647,6 +658,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[dict[str, Any
                 args.rounds,
                 traced=args.tracemalloc,
                 submissions=args.submissions,
+                settle_s=args.settle,
             )
         )
     if args.only != "mailstack" and args.dovecot_sessions:
@@ -675,6 +687,10 @@ def main() -> int:
         help="Dovecot's `service imap { client_limit }`: sessions per imap process",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--settle", type=float, default=0, metavar="S",
+        help="also measure S seconds after the sessions are open (serve trims every 30 s)",
+    )  # fmt: skip
     parser.add_argument(
         "--submissions", type=int, default=0, metavar="N",
         help="also listen for submission and, after the deliveries, submit N signed messages "

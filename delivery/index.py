@@ -54,6 +54,7 @@ from mailstack.delivery.index_entry import (
     SyncResult,
     measure,
     split_name,
+    touched_rows,
     uid_key,
     with_modseq,
 )
@@ -257,7 +258,7 @@ class FolderIndex:
         fresh = {e.uid: e for e in made if e is not None}
         touched, unlinked = self._take_touched()
         try:
-            self._reconcile(*_touched_rows(touched, unlinked, fresh, blind=True))
+            self._reconcile(*touched_rows(touched, unlinked, fresh, blind=True))
         finally:
             for _uid, _sub, name in self._unrecorded:
                 base = split_info(name)[0]
@@ -358,7 +359,7 @@ class FolderIndex:
         if not partial:
             self._reconcile(entries, None)
             return
-        chosen, removed = _touched_rows(touched, unlinked, self._by_uid(), blind=blind)
+        chosen, removed = touched_rows(touched, unlinked, self._by_uid(), blind=blind)
         self._reconcile(chosen, removed, everything=None if blind else entries)
 
     def _take_touched(self) -> tuple[set[int], set[int]]:
@@ -602,14 +603,3 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
-
-
-def _touched_rows(
-    touched: set[int], unlinked: set[int], known: Mapping[int, Entry], *, blind: bool
-) -> tuple[list[Entry], list[int]]:
-    """(entries of the touched UIDs we know, in UID order; touched UIDs that are gone). Without
-    a listing (`blind`), a touched UID we have no entry for is only gone if we unlinked it
-    (others' new uidlist records are touched too)."""
-    chosen = [known[u] for u in sorted(touched) if u in known]
-    removed = [u for u in touched if u not in known and (not blind or u in unlinked)]
-    return chosen, removed

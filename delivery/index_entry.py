@@ -1,5 +1,6 @@
-"""Values and helpers of delivery/index.py: one message file as the index knows it, and the
-pure functions that measure files and turn entries into persistent-index rows."""
+"""Values and helpers of delivery/index.py: one message file as the index knows it, the
+entries' view by UID, and the pure functions that split names, measure files, pick the
+touched entries and turn entries into persistent-index rows."""
 
 from __future__ import annotations
 
@@ -186,3 +187,14 @@ def measure(path: str, base: str) -> tuple[float, int, int] | None:
             return None
         vsize = crlf_size(data) - data.count(b"\r\n")  # lines already CRLF stay as they are
     return (st.st_mtime, st.st_size if size is None else size, vsize)
+
+
+def touched_rows(
+    touched: set[int], unlinked: set[int], known: Mapping[int, Entry], *, blind: bool
+) -> tuple[list[Entry], list[int]]:
+    """(entries of the touched UIDs we know, in UID order; touched UIDs that are gone). Without
+    a listing (`blind`), a touched UID we have no entry for is only gone if we unlinked it
+    (others' new uidlist records are touched too)."""
+    chosen = [known[u] for u in sorted(touched) if u in known]
+    removed = [u for u in touched if u not in known and (not blind or u in unlinked)]
+    return chosen, removed

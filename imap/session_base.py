@@ -93,7 +93,7 @@ def _uid_of(info: MessageInfo) -> int:
     return info.uid
 
 
-def _first_of(run: tuple[int, list[MessageInfo]]) -> int:
+def _first_of(run: tuple[int, Sequence[MessageInfo]]) -> int:
     return run[0]
 
 

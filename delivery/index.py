@@ -41,16 +41,20 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from mailstack.delivery.dotlock import DotLock
 from mailstack.delivery.index_db import IndexDb, IndexRebuiltError
 from mailstack.delivery.index_entry import (
+    ByUid,
     Entry,
     Rows,
     SyncResult,
     measure,
+    split_name,
+    touched_rows,
     uid_key,
     with_modseq,
 )
@@ -59,7 +63,7 @@ from mailstack.delivery.index_listing import clean_tmp, list_dirs
 from mailstack.delivery.keywords import KeywordMap, flags_from_letters, split_info
 from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
-from mailstack.delivery.uidmap import UidList, UidRecord, base_name
+from mailstack.delivery.uidmap import UidList, UidRecord
 
 from mailstack.base.fsutil import fsync_dir
 
@@ -83,11 +87,11 @@ class FolderIndex:
         # INBOX's folder directory itself).
         self._lock = DotLock(path / UIDLIST, queue_on=path / "tmp")
         self._kw = KeywordsFile(path)  # delivery/index_files.py
-        # info letters -> flags under _keywords: one shared frozenset per combination (a
-        # folder has a handful), so a 100,000-message index does not hold 100,000 copies.
+        # file name suffix (":2,FLAGS") -> flags under _keywords: one shared frozenset per
+        # combination (a folder has a handful), not 100,000 copies.
         self._flags_of: dict[str, frozenset[str]] = {}
-        # base -> name of every file in new/ and cur/, and the bases of those in new/ (a
-        # handful): a (sub, name) tuple per message would cost 56 bytes more.
+        # base -> suffix (Entry.suffix) of every file in new/ and cur/, and the bases of those
+        # in new/ (a handful): a (sub, name) tuple per message would cost 56 bytes more.
         self._listing: dict[str, str] = {}
         self._listing_new: set[str] = set()
         self._listing_stamp: tuple[int, int] | None = None
@@ -98,12 +102,15 @@ class FolderIndex:
         # a second tuple per message would cost about 100 bytes (_make_entry, _rebuild).
         self._meta: dict[str, tuple[float, int, int]] = {}
         self._entries: list[Entry] | None = None  # cached result of entries(); None = changed
-        self._by_uid: dict[int, Entry] = {}  # the same entries by UID
+        # The entries last built (`_entries` itself while that is current) and their UIDs, a
+        # parallel array: UID -> entry by bisection (ByUid), not a dict of every message.
+        self._table: list[Entry] = []
+        self._uids = array("Q")
         self._dead_records = 0  # uidlist records whose files we removed (module docstring)
         self._unlinked: set[int] = set()  # UIDs whose files we removed since the last record
         self._in_new: set[int] = set()  # UIDs of entries in new/
-        self._view: tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]] | None = None
-        # Entries are reused across rebuilds through _by_uid (matched on UID and base name);
+        self._view: tuple[tuple[MessageInfo, ...], frozenset[int], ByUid] | None = None
+        # Entries are reused across rebuilds through _table (matched on UID and base name);
         # True when none may be (the keyword letters changed what flags they stand for).
         self._remake_entries = False
         # The persistent side (MODSEQs, expunge log): delivery/index_db.py. What changed since
@@ -142,7 +149,7 @@ class FolderIndex:
         if change.replaced:
             # UIDs may mean other files now: keep the entries' (mtime, S, W) by base name,
             # which _rebuild no longer finds through the UIDs.
-            self._meta.update((e.info.key, e.meta) for e in self._by_uid.values())
+            self._meta.update((e.info.key, e.meta) for e in self._table)
             self._touched_all = True
             self._listing_stamp = None  # rewritten by someone: files came or went, re-list
             return
@@ -217,7 +224,8 @@ class FolderIndex:
         if newcomers:
             # Arrival order: names begin with the delivery time (Maildir spec).
             newcomers.sort(key=lambda b: (time_from_name(b) or 0.0, b))
-            self._append_records(self.uidlist.assign(self._listing[b] for b in newcomers))
+            listing = self._listing
+            self._append_records(self.uidlist.assign(b + listing[b] for b in newcomers))
         return SyncResult(foreign_changes=foreign or bool(newcomers))
 
     def _touch(self, base: str) -> None:
@@ -246,11 +254,11 @@ class FolderIndex:
         if self._listed or self._entries is not None:
             self.entries()
             return
-        made = (self._make_entry(uid, sub, name) for uid, sub, name in self._unrecorded)
+        made = (self._make_entry(uid, sub, *split_name(n)) for uid, sub, n in self._unrecorded)
         fresh = {e.uid: e for e in made if e is not None}
         touched, unlinked = self._take_touched()
         try:
-            self._reconcile(*_touched_rows(touched, unlinked, fresh, blind=True))
+            self._reconcile(*touched_rows(touched, unlinked, fresh, blind=True))
         finally:
             for _uid, _sub, name in self._unrecorded:
                 base = split_info(name)[0]
@@ -271,13 +279,17 @@ class FolderIndex:
     def _rebuild(self) -> list[Entry]:
         made: set[int] = set()
         entries = []
-        # The previous entries, by UID: one map fewer than a second one by base name (about
-        # 50 bytes a message); an entry is reused when its UID, base, directory and name match.
-        old, remake = self._by_uid, self._remake_entries
+        # The previous entries, by UID (a map made for this pass only, and none on a first
+        # open); an entry is reused when its UID, base, directory and suffix match.
+        old = dict(zip(self._uids, self._table, strict=True)) if self._table else {}
+        remake = self._remake_entries
         self._remake_entries = False
         meta, popped = self._meta, 0
         in_new = self._listing_new
-        for base, name in self._listing.items():
+        # What was made is touched, unless the whole folder is compared anyway (a first
+        # open: a set of every UID would only add to its peak).
+        track = not (self._touched_all and self._listed)
+        for base, suffix in self._listing.items():
             sub = "new" if base in in_new else "cur"
             uid = self._file.uid_of.get(base)
             if uid is None:
@@ -285,20 +297,22 @@ class FolderIndex:
             entry = old.get(uid)
             if entry is not None and entry.info.key != base:
                 entry = None  # the UID means another message now (a new UIDVALIDITY)
-            if entry is None or remake or entry.name != name or entry.sub != sub:
+            if entry is None or remake or entry.suffix != suffix or entry.sub != sub:
                 modseq = entry.info.modseq if entry and not remake else 0
-                entry = self._make_entry(uid, sub, name, modseq, entry)
+                entry = self._make_entry(uid, sub, base, suffix, modseq, entry, remember=False)
                 if entry is None:
                     continue
-                made.add(uid)
+                if track:
+                    made.add(uid)
             if meta and meta.pop(base, None) is not None:  # the entry holds it now
                 popped += 1
             entries.append(entry)
         if popped > BULK_PUT:
             self._meta = dict(meta)  # a dict keeps its table after pops: shrink it to the rest
+        del old
         entries.sort(key=uid_key)
-        self._entries = entries
-        self._by_uid = {e.uid: e for e in entries}
+        self._entries = self._table = entries
+        self._uids = array("Q", [e.uid for e in entries])
         self._in_new = {e.uid for e in entries if e.sub == "new"}
         self._view = None
         self._touched |= made
@@ -306,11 +320,16 @@ class FolderIndex:
         return entries
 
     def _position(self, uid: int) -> int | None:
-        entries = self._entries
-        if entries is None:
+        """Index of `uid` in the current entries (None: not there, or none are current)."""
+        if self._entries is None:
             return None
-        i = bisect.bisect_left(entries, uid, key=uid_key)
-        return i if i < len(entries) and entries[i].uid == uid else None
+        uids = self._uids
+        i = bisect.bisect_left(uids, uid)
+        return i if i < len(uids) and uids[i] == uid else None
+
+    def _by_uid(self) -> ByUid:
+        """The entries last built, by UID (current ones once entries() ran)."""
+        return ByUid(self._table, self._uids)
 
     def _put(self, entry: Entry) -> bool:
         """Replace the cached entry of `entry.uid` in place; False if it has none."""
@@ -318,7 +337,6 @@ class FolderIndex:
         if i is None or self._entries is None:
             return False
         self._entries[i] = entry
-        self._by_uid[entry.uid] = entry
         if entry.sub == "new":
             self._in_new.add(entry.uid)
         else:
@@ -341,7 +359,7 @@ class FolderIndex:
         if not partial:
             self._reconcile(entries, None)
             return
-        chosen, removed = _touched_rows(touched, unlinked, self._by_uid, blind=blind)
+        chosen, removed = touched_rows(touched, unlinked, self._by_uid(), blind=blind)
         self._reconcile(chosen, removed, everything=None if blind else entries)
 
     def _take_touched(self) -> tuple[set[int], set[int]]:
@@ -368,11 +386,10 @@ class FolderIndex:
             # Every entry (a first open gives each its MODSEQ): replaced in place, one pass,
             # so that each old entry is freed as its successor comes (a list of the new
             # ones held both). Only MODSEQs changed: new/ membership stays as it is.
-            by_uid = self._by_uid
             for i, entry in enumerate(entries):
                 modseq = modseqs.modseq(entry.uid)
                 if entry.info.modseq != modseq:
-                    entries[i] = by_uid[entry.uid] = with_modseq(entry, modseq)
+                    entries[i] = with_modseq(entry, modseq)
                     self._view = None
             return
         for entry in chosen:
@@ -384,14 +401,15 @@ class FolderIndex:
         """Messages whose MODSEQ is above `modseq`, in UID order (CONDSTORE, and how sessions
         catch up without comparing whole folders)."""
         self.entries()
-        by_uid = self._by_uid
-        return [by_uid[u] for u in self.db.changed_since(modseq) if u in by_uid]
+        by_uid = self._by_uid()
+        found = (by_uid.get(u) for u in self.db.changed_since(modseq))
+        return [e for e in found if e is not None]
 
-    def view(self) -> tuple[tuple[MessageInfo, ...], frozenset[int], dict[int, Entry]]:
+    def view(self) -> tuple[tuple[MessageInfo, ...], frozenset[int], ByUid]:
         """(messages in UID order, UIDs still in new/, entries by UID), cached until a change."""
         entries = self.entries()
         if self._view is None:
-            self._view = (tuple(entries), frozenset(self._in_new), self._by_uid)
+            self._view = (tuple(entries), frozenset(self._in_new), self._by_uid())
         return self._view
 
     def in_new(self) -> frozenset[int]:
@@ -401,33 +419,43 @@ class FolderIndex:
 
     def entry(self, uid: int) -> Entry | None:
         self.entries()
-        return self._by_uid.get(uid)
+        return self._by_uid().get(uid)
 
-    def entries_by_uid(self) -> dict[int, Entry]:
+    def entries_by_uid(self) -> Mapping[int, Entry]:
         self.entries()
-        return self._by_uid
+        return self._by_uid()
 
     def _make_entry(
-        self, uid: int, sub: str, name: str, modseq: int = 0, prev: Entry | None = None
+        self,
+        uid: int,
+        sub: str,
+        base: str,
+        suffix: str,
+        modseq: int = 0,
+        prev: Entry | None = None,
+        *,
+        remember: bool = True,
     ) -> Entry | None:
-        """The entry of a file: (mtime, S, W) from `prev` (its entry so far), `_meta`, or, on
-        first sight, the file itself (kept in `_meta` until an entry is cached)."""
-        base, letters, _ = split_info(name)
-        base = sys.intern(base)  # shared with the listing's keys (index_listing.py)
+        """The entry of the file `base` + `suffix` (both interned: split_name): (mtime, S, W)
+        from `prev` (its entry so far), `_meta`, or, on first sight, the file itself (kept in
+        `_meta` until an entry is cached, unless `remember` is false: _rebuild caches it at
+        once, and a tuple per message held meanwhile was most of a first open's peak)."""
         if prev is not None and prev.info.key == base:
             mtime, size, vsize = prev.info.internal_date, prev.disk_size, prev.info.size
         else:
             meta = self._meta.get(base)
             if meta is None:
-                meta = measure(os.path.join(self.path, sub, name), base)
+                meta = measure(os.path.join(self.path, sub, base + suffix), base)
                 if meta is None:
                     return None
-                self._meta[base] = meta
+                if remember:
+                    self._meta[base] = meta
             mtime, size, vsize = meta
-        flags = self._flags_of.get(letters) if sub == "cur" else _NO_FLAGS
+        flags = self._flags_of.get(suffix) if sub == "cur" else _NO_FLAGS
         if flags is None:
-            flags = self._flags_of[letters] = flags_from_letters(letters, self._kw.keywords)
-        return Entry(uid, flags, mtime, vsize, base, modseq, sub=sub, name=name, disk_size=size)
+            letters = split_info(suffix)[1]
+            flags = self._flags_of[suffix] = flags_from_letters(letters, self._kw.keywords)
+        return Entry(uid, flags, mtime, vsize, base, modseq, sub=sub, suffix=suffix, disk_size=size)
 
     # -- changing state (our own writes) -------------------------------------------------------
     def _append_records(self, records: list[UidRecord], *, sync: bool = True) -> None:
@@ -448,9 +476,9 @@ class FolderIndex:
         `sync=False` the caller's `fsync_uidlist`, which may run after the lock is left)."""
         self._load_uidlist()
         for sub, name, meta in files:
-            base = base_name(name)
+            base, suffix = split_name(name)
             self._meta[base] = meta
-            self._list(base, sub, name)
+            self._list(base, sub, suffix)
         self._note_own_change()
         records = self.uidlist.assign(name for _sub, name, _meta in files)
         if records:
@@ -463,12 +491,14 @@ class FolderIndex:
             self._unrecorded += [(r.uid, sub, name) for r, (sub, name, _meta) in pairs]
             return [r.uid for r in records]
         for record, (sub, name, _meta) in zip(records, files, strict=True):
-            entry = self._make_entry(record.uid, sub, name) if entries is not None else None
+            entry = None
+            if entries is not None:
+                entry = self._make_entry(record.uid, sub, *split_name(name))
             if entries is None or entry is None or (entries and entries[-1].uid >= entry.uid):
                 self._entries = entries = None  # rebuilt on the next entries()
                 continue
             entries.append(entry)  # new UIDs are the largest: the order holds
-            self._by_uid[entry.uid] = entry
+            self._uids.append(entry.uid)
             self._meta.pop(entry.info.key, None)  # the entry holds it now
             if sub == "new":
                 self._in_new.add(entry.uid)
@@ -481,14 +511,15 @@ class FolderIndex:
 
     def renamed(self, base: str, sub: str, name: str) -> None:
         """We renamed a message file (flags, new/ -> cur/): update it in place."""
+        suffix = sys.intern(name[len(base) :])
         self._touch(base)
-        self._list(base, sub, name)
+        self._list(base, sub, suffix)
         self._note_own_change()
         uid = self._file.uid_of.get(base)
-        old = self._by_uid.get(uid) if uid is not None else None
+        old = self._by_uid().get(uid) if uid is not None else None
         entry = None
         if uid is not None and old is not None:
-            entry = self._make_entry(uid, sub, name, old.info.modseq, old)
+            entry = self._make_entry(uid, sub, old.key, suffix, old.info.modseq, old)
         if entry is None or not self._put(entry):
             self._entries = None
 
@@ -508,7 +539,7 @@ class FolderIndex:
             i = self._position(uid) if uid is not None else None
             if i is not None and self._entries is not None and uid is not None:
                 del self._entries[i]
-                self._by_uid.pop(uid, None)
+                del self._uids[i]
                 self._in_new.discard(uid)
                 self._view = None
         self._note_own_change()
@@ -516,9 +547,9 @@ class FolderIndex:
         if rewrite or self._dead_records >= max(DEAD_RECORDS_MIN, records // 4):
             self.rewrite_uidlist()
 
-    def _list(self, base: str, sub: str, name: str) -> None:
-        """Enter a file we renamed into `sub`/ in the listing."""
-        self._listing[base] = name
+    def _list(self, base: str, sub: str, suffix: str) -> None:
+        """Enter a file we renamed into `sub`/ (its name: `base` + `suffix`) in the listing."""
+        self._listing[base] = suffix
         if sub == "new":
             self._listing_new.add(base)
         else:
@@ -558,8 +589,9 @@ class FolderIndex:
         """Move every numbered file of new/ into cur/ (RFC 3501 \\Recent goes to the claimer)."""
         claimed = []
         self.entries()
+        by_uid = self._by_uid()
         for uid in sorted(self._in_new):
-            entry = self._by_uid[uid]
+            entry = by_uid[uid]
             name = f"{entry.name}:2,"
             try:
                 os.rename(self.path / "new" / entry.name, self.path / "cur" / name)
@@ -571,14 +603,3 @@ class FolderIndex:
             fsync_dir(self.path / "cur")
             fsync_dir(self.path / "new")
         return claimed
-
-
-def _touched_rows(
-    touched: set[int], unlinked: set[int], known: dict[int, Entry], *, blind: bool
-) -> tuple[list[Entry], list[int]]:
-    """(entries of the touched UIDs we know, in UID order; touched UIDs that are gone). Without
-    a listing (`blind`), a touched UID we have no entry for is only gone if we unlinked it
-    (others' new uidlist records are touched too)."""
-    chosen = [known[u] for u in sorted(touched) if u in known]
-    removed = [u for u in touched if u not in known and (not blind or u in unlinked)]
-    return chosen, removed

@@ -182,10 +182,11 @@ class UidlistFile:
 
     def rewrite(self, listing: Mapping[str, str]) -> None:
         """Replace the file, keeping only the records whose files are in `listing` (base ->
-        current name), each under its current name."""
+        the rest of the current name: delivery/index_listing.py), each under its current
+        name."""
         uidlist = self._reread()
         uidlist.records = [
-            UidRecord(uid=r.uid, name=listing[r.base], ext=r.ext)
+            UidRecord(uid=r.uid, name=r.base + listing[r.base], ext=r.ext)
             for r in uidlist.records
             if r.base in listing
         ]

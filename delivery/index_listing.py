@@ -13,9 +13,9 @@ TMP_MAX_AGE_S = 36 * 3600  # the Maildir spec's age for abandoned files in tmp/
 
 
 def list_dirs(folder: Path) -> tuple[dict[str, str], set[str]]:
-    """(base -> name of every message file in new/ and cur/, the bases of those in new/).
-    Names only: the index measures a file (delivery/index_entry.py `measure`) when it first
-    makes its entry."""
+    """(base -> suffix of every message file in new/ and cur/, the bases of those in new/);
+    a file's name is its base and suffix (":2,FLAGS", or "") joined. Names only: the index
+    measures a file (delivery/index_entry.py `measure`) when it first makes its entry."""
     listing: dict[str, str] = {}
     in_new: set[str] = set()
     for sub in ("new", "cur"):
@@ -23,11 +23,11 @@ def list_dirs(folder: Path) -> tuple[dict[str, str], set[str]]:
         for name in os.listdir(directory):  # names only: no stat() per message
             if name[0] == ".":
                 continue
-            # Interned: the uidlist records, the index's maps and MessageInfo.key hold the
-            # same strings; one copy each per message instead of one per holder.
-            name = sys.intern(name)
-            base = sys.intern(name.split(":", 1)[0])
-            listing[base] = name
+            # Interned: the uidlist's map and MessageInfo.key hold the same base strings,
+            # and a folder's messages share a handful of suffixes; the whole name is not
+            # kept (about 100 bytes a message).
+            base, colon, info = name.partition(":")
+            listing[sys.intern(base)] = sys.intern(colon + info) if colon else ""
             if sub == "new":
                 in_new.add(base)
     return listing, in_new

@@ -389,7 +389,7 @@ def search_stored(
     user: str,
     folder: str,
     key: SearchKey,
-    messages: list[MessageInfo],
+    messages: Sequence[MessageInfo],
     scope: search.Scope,
     recent_uids: frozenset[int],
     sizes: Mapping[int, int] | None = None,

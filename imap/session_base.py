@@ -27,6 +27,7 @@ from mailstack.imap import commands as c
 from mailstack.imap import condstore, downgrade_size, response, sort, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
 from mailstack.imap.commands import Command, List, Lsub
+from mailstack.imap.message_list import MessageList
 from mailstack.imap.protocol import ImapProtocol, State
 from mailstack.imap.sequence import SequenceSet
 
@@ -63,7 +64,7 @@ class Selected:
     uid_validity: int
     uid_next: int
     keywords: tuple[str, ...]
-    messages: list[MessageInfo]  # index = sequence number - 1
+    messages: MessageList  # index = sequence number - 1 (the snapshot's, until changed)
     recent: set[int]
     saved: tuple[int, ...] = ()  # SEARCHRES "$": UIDs (RFC 5182)
     highest_modseq: int = 0  # RFC 7162 HIGHESTMODSEQ as last reported
@@ -92,23 +93,24 @@ def _uid_of(info: MessageInfo) -> int:
     return info.uid
 
 
-def _first_of(run: tuple[int, list[MessageInfo]]) -> int:
+def _first_of(run: tuple[int, Sequence[MessageInfo]]) -> int:
     return run[0]
 
 
 class Targets(Sequence[tuple[int, MessageInfo]]):
     """The (sequence number, message) pairs of a command, made when asked from runs of
-    consecutive messages (copies of the session's list: it may change while a FETCH
-    yields). `1:*` of 100,000 messages as a list of pairs cost about 7 MB a session, and
-    eight sessions fetching at once held eight."""
+    consecutive messages (slices of the session's messages, which may change while a FETCH
+    yields; a whole slice of the shared snapshot is that tuple itself, no copy). `1:*` of
+    100,000 messages as a list of pairs cost about 7 MB a session, and eight sessions
+    fetching at once held eight."""
 
     __slots__ = ("_ends", "_runs")
 
     def __init__(self) -> None:
-        self._runs: list[tuple[int, list[MessageInfo]]] = []  # (first number, messages)
+        self._runs: list[tuple[int, Sequence[MessageInfo]]] = []  # (first number, messages)
         self._ends: list[int] = []  # pairs up to the end of each run
 
-    def add(self, first: int, messages: list[MessageInfo]) -> None:
+    def add(self, first: int, messages: Sequence[MessageInfo]) -> None:
         """A run: `messages` numbered from `first` (after every run added before)."""
         if messages:
             self._runs.append((first, messages))

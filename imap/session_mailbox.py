@@ -18,6 +18,7 @@ from mailstack.delivery.store import (
 )
 from mailstack.imap import binary, catenate, condstore, response
 from mailstack.imap import commands as c
+from mailstack.imap.message_list import MessageList
 from mailstack.imap.protocol import State, list_pattern
 from mailstack.imap.sequence import compress_ordered
 from mailstack.imap.session_base import (
@@ -110,7 +111,7 @@ class MailboxCommands(SessionCore):
             snap.uid_validity,
             snap.uid_next,
             snap.keywords,
-            list(snap.messages),
+            MessageList(snap.messages),
             set() if self.rev2 else set(snap.recent_uids),  # RFC 9051 has no \Recent
             highest_modseq=snap.highest_modseq,
             synced_modseq=snap.highest_modseq,

@@ -107,7 +107,7 @@ class SelectedCommands(FetchCommands):
                 headers.update(self.ctx.store.read_headers(user, name, batch))
             return headers.get(uid, b"")  # b"": expunged meanwhile, matches no text key
 
-        messages = list(sel.messages)
+        messages = sel.messages.frozen()
         terms = search.required_texts(key)
         fulltext = (
             self.ctx.store.fulltext(user, name) if terms and len(messages) >= FULLTEXT_MIN else None

@@ -213,11 +213,12 @@ def test_with_modseq_changes_nothing_but_the_modseq() -> None:
         "base",
         modseq=9,
         sub="cur",
-        name="base:2,S",
+        suffix=":2,S",
         disk_size=40,
     )
     expected = dataclasses.replace(entry, modseq=11)
     assert with_modseq(entry, 11) == expected
+    assert entry.name == "base:2,S"
     assert isinstance(entry.info, MessageInfo)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import imaplib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,16 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailstack-big-"))
+    try:
+        return measure(work, args.messages, args.sessions)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # 100,000 files: not left behind
+
+
+def measure(work: Path, messages: int, sessions: int) -> int:
     work.chmod(0o711)  # the Maildir is read as its owner by the server process
     maildir = work / "maildir"
-    b.make_maildir(maildir, args.messages)
+    b.make_maildir(maildir, messages)
     with b.mailstack_server(work, maildir) as server:
         found = subprocess.run(
             ["pgrep", "-f", "--newest", f"serve-mailstack {work}"],
@@ -65,11 +73,11 @@ def main() -> int:
         b.check(first.uid("FETCH", "1:*", "(UID FLAGS)"))
         step("UID FETCH 1:* (UID FLAGS)", started)
         clients = [first]
-        for _ in range(args.sessions - 1):
+        for _ in range(sessions - 1):
             client = b.connect(server.port)
             b.check(client.select("INBOX"))
             clients.append(client)
-        step(f"{args.sessions} sessions selected")
+        step(f"{sessions} sessions selected")
         errors: list[BaseException] = []
 
         def work_on(client: imaplib.IMAP4) -> None:
@@ -87,7 +95,7 @@ def main() -> int:
             t.join()
         if errors:
             raise errors[0]
-        step(f"{args.sessions} x (UID FETCH FLAGS + UID SEARCH SUBJECT) at once", started)
+        step(f"{sessions} x (UID FETCH FLAGS + UID SEARCH SUBJECT) at once", started)
         started = time.perf_counter()
         b.check(first.uid("STORE", "5", "+FLAGS", "(\\Seen)"))
         step("UID STORE 5 +FLAGS (\\Seen)", started)

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -196,6 +197,17 @@ class DotLock:
                 self.lock_path.unlink()
         finally:
             self._leave_queue()
+            self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def in_process(self) -> Iterator[None]:
+        """Only the threads of this process kept out: for a look at in-memory state that
+        writes nothing (the files are read as they are, as Dovecot reads them)."""
+        if not self._thread_lock.acquire(timeout=self._timeout_s):
+            raise LockTimeoutError(f"timed out waiting for {self.lock_path}")
+        try:
+            yield
+        finally:
             self._thread_lock.release()
 
     def __enter__(self) -> Self:

@@ -411,10 +411,11 @@ class IndexDb:
             uid for (uid,) in db.execute("SELECT uid FROM expunged WHERE modseq > ?", (modseq,))
         )
 
-    def changed_elsewhere(self) -> bool:
-        """Did another process record changes since this one last looked? (One small read.)"""
+    def changed_elsewhere(self, *, consume: bool = True) -> bool:
+        """Did another process record changes since this one last looked? (One small read.)
+        `consume`: the answer is taken (the next sync acts on it); False only asks."""
         if self._foreign:
-            self._foreign = False
+            self._foreign = not consume
             return True
         if self._db is None or self._known is None:
             return False  # the first look reads everything anyway

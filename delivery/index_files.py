@@ -69,6 +69,10 @@ class UidlistFile:
     def record_count(self) -> int:
         return self._count
 
+    def is_current(self) -> bool:
+        """The file is as last parsed (one stat)."""
+        return self._stamp is not None and file_stamp(self.path) == self._stamp
+
     def load(self) -> UidlistChange | None:
         """Bring the parse up to date with the file; None when it did not change."""
         path = self.path
@@ -214,6 +218,10 @@ class KeywordsFile:
         self.path = folder / KEYWORDS
         self.keywords = KeywordMap([])
         self._stamp: Stamp | None = None
+
+    def is_current(self) -> bool:
+        """The file is as last read, or still absent (one stat)."""
+        return file_stamp(self.path) == self._stamp
 
     def load(self) -> bool:
         """Re-read the file if it changed; True when it did (flags may read differently)."""

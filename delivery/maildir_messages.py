@@ -60,6 +60,18 @@ def changes(
 ) -> tuple[FolderChanges | None, bool]:
     """(what changed after MODSEQ `since`, None when the expunge log does not reach back so
     far; whether others changed the folder's files since we last looked)."""
+    with index.looking():
+        if index.unchanged_since(since) and not (claim_recent and index.in_new()):
+            # Nothing to sync, expunge, claim or record: the answer without the dotlock.
+            return FolderChanges(
+                uid_validity=index.uidlist.uid_validity,
+                uid_next=index.uidlist.next_uid,
+                highest_modseq=index.highest_modseq,
+                changed=(),
+                expunged=(),
+                keywords=index.keywords.defined(),
+                recent_uids=frozenset() if claim_recent else index.in_new(),
+            ), False
     with index.locked():
         result = index.sync()
         claimed = frozenset(index.claim_new()) if claim_recent else frozenset()

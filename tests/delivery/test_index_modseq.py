@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import time
 from pathlib import Path
 
 from mailstack.delivery.index_db import INDEX_FILE, IndexDb
@@ -249,3 +251,35 @@ def test_changes_since_a_modseq_read_only_the_changed_rows(
     assert db.expunged_since(mark) == uids[9:10]
     assert steps < 100  # a scan of 3,000 rows takes thousands of steps of 10
     db.close()
+
+
+def test_asking_what_changed_when_nothing_did_takes_no_folder_lock(
+    store: MaildirStore, paths: StatePaths
+) -> None:
+    # Every command of every session asks; "nothing" is answered from four stat() calls and
+    # one SQLite read, without the Dovecot-compatible dotlock (a file made and removed).
+    # Anything another program does is still seen.
+    uids = deliver(store, 3)
+    top = highest(store)
+    assert store.changes(ALICE, INBOX, top) is not None  # the index has looked once
+    time.sleep(2.1)  # past the listing's settle time: its mtimes are trusted from now on
+    store.changes(ALICE, INBOX, top)
+    uid_of = {m.key: m.uid for m in store.snapshot(ALICE, INBOX).messages}
+    locks: list[str] = []
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event == "open" and str(args[0]).endswith(".lock"):
+            locks.append(str(args[0]))
+
+    sys.addaudithook(hook)
+    quiet = store.changes(ALICE, INBOX, top)
+    assert quiet is not None and quiet.changed == () and quiet.expunged == ()
+    assert locks == []
+    # Another program reads a message (new/ -> cur/ with \\Seen): seen at once.
+    root = paths.maildir(ALICE)
+    name = sorted((root / "new").iterdir())[0]
+    name.rename(root / "cur" / (name.name + ":2,S"))
+    changed = store.changes(ALICE, INBOX, top)
+    assert changed is not None and [m.uid for m in changed.changed] == [uid_of[name.name]]
+    assert uid_of[name.name] in uids
+    assert locks  # that one took the lock

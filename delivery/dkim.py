@@ -19,6 +19,7 @@ else `[dkim] selector`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -128,23 +129,22 @@ def sign(
         name.lower() for name in re.findall(rb"(?m)^([!-9;-~]+)[ \t]*:", _header_block(message))
     }
     include = [h for h in SIGNED_HEADERS if h.encode("ascii") in present] + list(OVERSIGNED)
-    # Imported here: the `cryptography` package (about 9 MB per process) stays out of an SMTP
-    # worker process until it signs (a submitted message, an auto-reply); the spool imports
-    # this module.
+    # Imported here: delivery.dkim_rsa is what a worker needs of signing (the spool imports
+    # this module); `cryptography` is loaded only by the process that does the RSA step.
     from mailstack.delivery.dkim_rsa import signature_field
 
-    wire, now = _wire(message), int(time.time())
+    make = functools.partial(
+        signature_field,
+        _wire(message),
+        domain=domain,
+        selector=selector,
+        signed_headers=include,
+        timestamp=int(time.time()),
+    )
     field = None
     if signer is not None:
         try:
-            field = signature_field(
-                wire,
-                domain=domain,
-                selector=selector,
-                signed_headers=include,
-                timestamp=now,
-                sign=lambda digest: signer(selector, domain, digest),
-            )
+            field = make(sign=lambda digest: signer(selector, domain, digest))
         except Exception as exc:
             log.warning(
                 "dkim: the main process did not sign for %s (%s): signing here", domain, exc
@@ -152,15 +152,7 @@ def sign(
     if field is None:
         key_path = paths.dkim_key(selector, domain)
         try:
-            key = key_path.read_bytes()
-            field = signature_field(
-                wire,
-                domain=domain,
-                selector=selector,
-                signed_headers=include,
-                timestamp=now,
-                key_pem=key,
-            )
+            field = make(key_pem=key_path.read_bytes())
         except OSError as exc:
             log.warning("dkim: not signing for %s: cannot read %s: %s", domain, key_path, exc)
             return message

@@ -91,7 +91,10 @@ def build_context(
     calls its run_once)."""
     paths = StatePaths(root)
     template, ca = _template()
-    shutil.copytree(template, root, dirs_exist_ok=True)
+    # Without SQLite's side files: the template's store may close an index (and remove its
+    # -shm) while a copy runs; the folder indexes are caches that catch up by themselves.
+    side_files = shutil.ignore_patterns("*-shm", "*-wal", "*-journal")
+    shutil.copytree(template, root, dirs_exist_ok=True, ignore=side_files)
     config = config_from_dict(
         {
             "server": {"hostname": HOSTNAME, "domains": ["example.com", "example.org"]},

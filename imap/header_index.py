@@ -125,9 +125,6 @@ def _envelope(fields: Sequence[HeaderField]) -> bytes:
         if name in _ENVELOPE_FIELDS and name not in first:
             first[name] = f.value
 
-    def text(name: str) -> bytes:
-        return _text(first.get(name))
-
     from_ = _addresses(first.get("from"))
     # RFC 3501 §7.4.2: an absent or empty Sender or Reply-To is the From.
     sender = _addresses(first.get("sender")) or from_
@@ -135,7 +132,7 @@ def _envelope(fields: Sequence[HeaderField]) -> bytes:
     subject = first.get("subject")
     return b"(%s)" % b" ".join(
         (
-            text("date"),
+            _text(first.get("date")),
             _text(None if subject is None else _WSP_RUN.sub(b" ", subject)),
             from_ or b"NIL",
             sender or b"NIL",
@@ -143,8 +140,8 @@ def _envelope(fields: Sequence[HeaderField]) -> bytes:
             _addresses(first.get("to")) or b"NIL",
             _addresses(first.get("cc")) or b"NIL",
             _addresses(first.get("bcc")) or b"NIL",
-            text("in-reply-to"),
-            text("message-id"),
+            _text(first.get("in-reply-to")),
+            _text(first.get("message-id")),
         )
     )
 

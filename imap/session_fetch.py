@@ -151,7 +151,7 @@ class FetchCommands(SessionCore):
                     # Nothing was read (rows and structures cached): fewer, bigger thread
                     # trips. Each costs two GIL hand-offs, a quarter of a warm header fetch
                     # at 50 messages a trip.
-                    step *= 2
+                    step = min(step * 2, MEMORY_BATCH)
             start += len(batch)
             gone = gone or batch_gone
             await write(b"".join(rendered))

@@ -175,7 +175,7 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
     sts_refresh = asyncio.create_task(
         mtasts_refresh.run(queue.security.sts, ctx.config, ctx.stopping), name="mta-sts-refresh"
     )
-    asyncio.create_task(trim_memory(ctx.stopping), name="malloc-trim")  # noqa: RUF006
+    trimmer = asyncio.create_task(trim_memory(ctx.stopping), name="malloc-trim")
     status = ServeStatus.starting(ctx.paths, ctx.config.server.hostname, servers)
     if workers is not None:
         workers.on_ready = lambda: status.write(workers.pids() if workers else [])
@@ -214,7 +214,9 @@ async def run(dep: Deployment, *, on_ready: Callable[[ServerContext], None] | No
         server.close()
     if workers is not None:
         await workers.stop()
-    await drain(DRAIN_S)  # the trimmer ends with ctx.stopping too
+    await drain(DRAIN_S)
+    with contextlib.suppress(asyncio.CancelledError):
+        await trimmer  # it ends with ctx.stopping
     if queue_runner.done() and not queue_runner.cancelled() and queue_runner.exception():
         log.error("outbound queue runner failed", exc_info=queue_runner.exception())
     if tls_reports.done() and not tls_reports.cancelled() and tls_reports.exception():

@@ -84,7 +84,11 @@ class RemoteLogins:
             if threading.get_ident() == loop_thread:  # it would wait on itself
                 raise RuntimeError("asked on the event loop's thread")
             future = asyncio.run_coroutine_threadsafe(self.sign(selector, domain, digest), loop)
-            return future.result(SIGN_TIMEOUT_S)
+            try:
+                return future.result(SIGN_TIMEOUT_S)
+            except BaseException:
+                future.cancel()  # no answer in time: stop waiting for one on the loop too
+                raise
 
         return sign
 

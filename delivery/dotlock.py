@@ -210,6 +210,17 @@ class DotLock:
         finally:
             self._thread_lock.release()
 
+    @contextlib.contextmanager
+    def in_process_now(self) -> Iterator[bool]:
+        """`in_process` without waiting: yields whether the lock was free (and is now held).
+        For the event loop's thread, which must not wait for a thread doing I/O."""
+        got = self._thread_lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self._thread_lock.release()
+
     def __enter__(self) -> Self:
         self.acquire()
         return self

@@ -138,18 +138,27 @@ class FolderIndex:
         with self._lock.in_process():
             yield self
 
+    @contextlib.contextmanager
+    def glancing(self) -> Iterator[bool]:
+        """`looking()` if no other thread of this process holds the index now: yields whether
+        it could look (never waits)."""
+        with self._lock.in_process_now() as free:
+            yield free
+
     def unchanged_since(self, modseq: int) -> bool:
         """Nothing changed after `modseq`, nor since this index last looked, as far as four
         stat() calls and one small SQLite read tell: what `sync` would find is nothing. Every
         command of every session asks what changed; taking the dotlock (a file made and
-        removed) and four SQLite queries for "nothing" was most of a NOOP. Called within
-        `looking()` (or `locked()`)."""
+        removed) and four SQLite queries for "nothing" was most of a NOOP. A re-list pending
+        for directory mtimes too recent to trust counts once due, as in `_load_listing`:
+        after every flag change (a rename in cur/) it is pending for two seconds. Called
+        within `looking()`, `glancing()` or `locked()`."""
         if (
             self._entries is None
             or self._touched
             or self._touched_all
             or self._unrecorded
-            or self._verify_after_ns
+            or (self._verify_after_ns and time.time_ns() >= self._verify_after_ns)
             or self._listing_stamp is None
             or modseq < self.db.highest_modseq
         ):

@@ -61,17 +61,9 @@ def changes(
     """(what changed after MODSEQ `since`, None when the expunge log does not reach back so
     far; whether others changed the folder's files since we last looked)."""
     with index.looking():
-        if index.unchanged_since(since) and not (claim_recent and index.in_new()):
+        if _is_quiet(index, since, claim_recent=claim_recent):
             # Nothing to sync, expunge, claim or record: the answer without the dotlock.
-            return FolderChanges(
-                uid_validity=index.uidlist.uid_validity,
-                uid_next=index.uidlist.next_uid,
-                highest_modseq=index.highest_modseq,
-                changed=(),
-                expunged=(),
-                keywords=index.keywords.defined(),
-                recent_uids=frozenset() if claim_recent else index.in_new(),
-            ), False
+            return _nothing_changed(index, claim_recent=claim_recent), False
     with index.locked():
         result = index.sync()
         claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
@@ -88,6 +80,31 @@ def changes(
             recent_uids=claimed if claim_recent else index.in_new(),
         )
     return found, result.foreign_changes
+
+
+def changes_now(index: FolderIndex, since: int, *, claim_recent: bool) -> FolderChanges | None:
+    """`changes` when it can say at once that nothing changed (no other thread of this
+    process holds the index, and `unchanged_since` agrees); None when it cannot."""
+    with index.glancing() as free:
+        if free and _is_quiet(index, since, claim_recent=claim_recent):
+            return _nothing_changed(index, claim_recent=claim_recent)
+    return None
+
+
+def _is_quiet(index: FolderIndex, since: int, *, claim_recent: bool) -> bool:
+    return index.unchanged_since(since) and not (claim_recent and index.in_new())
+
+
+def _nothing_changed(index: FolderIndex, *, claim_recent: bool) -> FolderChanges:
+    return FolderChanges(
+        uid_validity=index.uidlist.uid_validity,
+        uid_next=index.uidlist.next_uid,
+        highest_modseq=index.highest_modseq,
+        changed=(),
+        expunged=(),
+        keywords=index.keywords.defined(),
+        recent_uids=frozenset() if claim_recent else index.in_new(),
+    )
 
 
 def open_message(index: FolderIndex, fdir: Path, uid: int) -> BinaryIO:

@@ -325,6 +325,12 @@ class MailStore(Protocol):
         """What changed after MODSEQ `since` (`snapshot`'s claim_recent semantics); None when
         the store no longer knows every expunge since then (take a snapshot instead)."""
 
+    def changes_now(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        """`changes`, when it can be answered at once without waiting or reading (nothing
+        changed); None when it cannot: call `changes`. Never raises; safe on an event loop."""
+
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         """The message as stored (LF endings). Raises MessageGoneError."""
 

@@ -62,6 +62,7 @@ from mailstack.imap.session_base import (
     InvalidCommandError,
     RefusedError,
     Selected,
+    SelectionLostError,
     Write,
     checked_name,
     names_from_utf8,
@@ -321,6 +322,8 @@ class Session(
                 await self._condstore_on(write)  # RFC 7162 §3.1
             await self._dispatch(command, write)
             self._notify_track_selected()  # RFC 5465: the selected mailbox may have changed
+        except SelectionLostError:
+            return  # BYE was sent
         except InvalidCommandError as exc:
             await write(response.bad(tag, str(exc)))
         except RefusedError as exc:
@@ -437,18 +440,22 @@ class Session(
             raise RefusedError("invalid credentials", "AUTHENTICATIONFAILED")
         await self._logged_in(tag, address, write)
 
+    def _enter(self, address: str) -> bool:
+        """Make sure the account's Maildir exists; whether it has a quota. One thread trip."""
+        try:
+            # Does its Maildir exist? Asked of the subscriptions file, not by a folder list,
+            # which also looks at every folder other accounts share (all of them, on disk).
+            self.ctx.store.subscriptions(address)
+        except UnknownUserError:  # an account made before its Maildir: make it now
+            self.ctx.store.create_account(address)
+        return self.ctx.accounts.quota_bytes(address) > 0
+
     async def _logged_in(self, tag: str, address: str, write: Write) -> None:
         """The credentials were right (any mechanism): enter the authenticated state."""
         if not self.limits.acquire_user(address):
             raise RefusedError("too many sessions for this account", "LIMIT")
-        try:
-            # Does its Maildir exist? Asked of the subscriptions file, not by a folder list,
-            # which also looks at every folder other accounts share (all of them, on disk).
-            await asyncio.to_thread(self.ctx.store.subscriptions, address)
-        except UnknownUserError:  # an account made before its Maildir: make it now
-            await asyncio.to_thread(self.ctx.store.create_account, address)
+        self.has_quota = await asyncio.to_thread(self._enter, address)
         self.user = address
-        self.has_quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, address) > 0
         self.proto.state = State.AUTHENTICATED
         self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
         caps = " ".join(self.capabilities())

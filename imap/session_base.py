@@ -19,10 +19,15 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import TypeVar, overload
 
 from mailstack.delivery.services import ServerContext
-from mailstack.delivery.store import FolderNotFoundError, FolderSnapshot, MessageInfo
+from mailstack.delivery.store import (
+    FolderChanges,
+    FolderNotFoundError,
+    FolderSnapshot,
+    MessageInfo,
+)
 from mailstack.imap import commands as c
 from mailstack.imap import condstore, downgrade_size, response, sort, utf7
 from mailstack.imap.cache import StructureCache, StructureCaches
@@ -34,6 +39,13 @@ from mailstack.imap.sequence import SequenceSet
 from mailstack.base.flags import Flag
 
 Write = Callable[[bytes], Awaitable[None]]
+_T = TypeVar("_T")
+
+
+def _nothing() -> None:
+    """`_sync_after`'s work for a plain sync."""
+
+
 Sizes = dict[int, int] | None  # `SessionCore._seen_sizes`: None means the stored sizes
 
 SYSTEM_FLAGS = tuple(f.value for f in Flag)
@@ -53,6 +65,11 @@ class RefusedError(Exception):
 
 class InvalidCommandError(Exception):
     """Answer the command with `BAD text`."""
+
+
+class SelectionLostError(Exception):
+    """The selected folder went away during the command; BYE was sent (`_lose_selection`):
+    the command says nothing more."""
 
 
 @dataclass
@@ -298,28 +315,76 @@ class SessionCore:
     async def _sync(self, write: Write, *, allow_expunge: bool) -> None:
         """Bring the selected folder up to date and report the differences to the client:
         from the store's changes since `synced_modseq` (cost: the changes), or by comparing a
-        whole snapshot when the store cannot tell every expunge since then."""
+        whole snapshot when the store cannot tell every expunge since then. The usual answer,
+        "nothing changed", comes from `changes_now` without a trip to a thread: each trip
+        puts a command behind every other session's ready work once more."""
         sel = self.selected
         if sel is None:
             return
-        try:
-            changes = None
-            if sel.synced_modseq:
-                changes = await asyncio.to_thread(
-                    functools.partial(
-                        self.ctx.store.changes,
-                        self._require_user(),
-                        sel.name,
-                        sel.synced_modseq,
-                        claim_recent=self._claims_recent(sel.readonly),
-                    )
-                )
-        except FolderNotFoundError:
+        if sel.synced_modseq:
+            now = self.ctx.store.changes_now(
+                self._require_user(),
+                sel.name,
+                sel.synced_modseq,
+                claim_recent=self._claims_recent(sel.readonly),
+            )
+            if now is not None:
+                await self._report(write, sel, now, allow_expunge=allow_expunge)
+                return
+        with contextlib.suppress(SelectionLostError):  # BYE sent: the caller sees LOGOUT
+            await self._sync_after(_nothing, write, allow_expunge=allow_expunge)
+
+    async def _sync_after(
+        self,
+        work: Callable[[], _T],
+        write: Write,
+        *,
+        allow_expunge: bool,
+        then: Callable[[_T], object] | None = None,
+    ) -> _T:
+        """`work()` (a store call that changes the selected folder: STORE, EXPUNGE, APPEND
+        into it), then `_sync`, in one thread trip, so that the session's next command finds
+        nothing new; `then(result)` on the event loop before the changes are reported (STORE
+        takes its own changes in, so they are not reported twice). Returns what `work`
+        returned; its exceptions are raised before anything is reported."""
+        sel = self.selected
+        if sel is None or not sel.synced_modseq:
+            done = await asyncio.to_thread(work)
+            if then is not None:
+                then(done)
+            await self._sync_full(write, allow_expunge=allow_expunge)
+            return done
+        ask = functools.partial(
+            self.ctx.store.changes,
+            self._require_user(),
+            sel.name,
+            sel.synced_modseq,
+            claim_recent=self._claims_recent(sel.readonly),
+        )
+
+        def trip() -> tuple[_T, FolderChanges | None, bool]:
+            done = work()
+            try:
+                return done, ask(), False
+            except FolderNotFoundError:
+                return done, None, True
+
+        done, changes, is_gone = await asyncio.to_thread(trip)
+        if then is not None:
+            then(done)
+        if is_gone:
             await self._lose_selection(write, "the selected mailbox was deleted or renamed")
-            return
+            raise SelectionLostError
         if changes is None:
             await self._sync_full(write, allow_expunge=allow_expunge)
-            return
+        else:
+            await self._report(write, sel, changes, allow_expunge=allow_expunge)
+        return done
+
+    async def _report(
+        self, write: Write, sel: Selected, changes: FolderChanges, *, allow_expunge: bool
+    ) -> None:
+        """Tell the client what `changes` holds that it was not told yet."""
         if changes.uid_validity != sel.uid_validity:
             await self._lose_selection(write, "UIDVALIDITY of the selected mailbox changed")
             return

@@ -13,6 +13,8 @@ from mailstack.delivery.store import (
     INBOX,
     FolderInfo,
     FolderNotFoundError,
+    FolderSnapshot,
+    MessageRef,
     SpecialUse,
     StoreError,
 )
@@ -85,6 +87,14 @@ class MailboxCommands(SessionCore):
             case c.Append():
                 await self._append(command, write)
 
+    def _open(self, name: str, readonly: bool) -> tuple[bool, FolderSnapshot]:
+        """(read-only?, snapshot) of the folder SELECT/EXAMINE opens; in one thread trip."""
+        store, user = self.ctx.store, self._require_user()
+        if not readonly and isinstance(store, SharedStore):
+            # RFC 4314 §4: without a right to change anything the folder opens read-only.
+            readonly = not set("stwie") & set(store.route(user, name).rights)
+        return readonly, store.snapshot(user, name, claim_recent=self._claims_recent(readonly))
+
     async def _select(
         self, tag: str, name: str, readonly: bool, write: Write, command: c.Select | None = None
     ) -> None:
@@ -97,12 +107,7 @@ class MailboxCommands(SessionCore):
         if had_selection:
             await write(response.untagged_status("OK", "previous mailbox closed", "CLOSED"))
         try:
-            store = self.ctx.store
-            if not readonly and isinstance(store, SharedStore):
-                # RFC 4314 §4: without a right to change anything the folder opens read-only.
-                route = await asyncio.to_thread(store.route, self._require_user(), name)
-                readonly = not set("stwie") & set(route.rights)
-            snap = await self._snapshot(name, claim_recent=self._claims_recent(readonly))
+            readonly, snap = await asyncio.to_thread(self._open, name, readonly)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
         sel = Selected(
@@ -354,20 +359,21 @@ class MailboxCommands(SessionCore):
             for m in command.all_messages()
         ]
         store = self.ctx.store
-        try:
+
+        def work() -> list[MessageRef]:
             if len(messages) == 1:
                 data, flags, when = messages[0]
-                refs = [
-                    await asyncio.to_thread(
-                        store.append, user, name, data, flags=flags, internal_date=when
-                    )
-                ]
-            else:  # MULTIAPPEND (RFC 3502 §3): all or none
-                refs = await asyncio.to_thread(store.append_many, user, name, messages)
+                return [store.append(user, name, data, flags=flags, internal_date=when)]
+            return store.append_many(user, name, messages)  # MULTIAPPEND: all or none
+
+        try:
+            if self.selected is not None and self.selected.name == name:
+                # The new message reported (EXISTS) in the same thread trip as the write.
+                refs = await self._sync_after(work, write, allow_expunge=True)
+            else:
+                refs = await asyncio.to_thread(work)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
-        if self.selected is not None and self.selected.name == name:
-            await self._sync(write, allow_expunge=True)
         # RFC 4315 §3: APPENDUID with a uid-set for a MULTIAPPEND, in the messages' order.
         uids = compress_ordered([ref.uid for ref in refs])
         await write(

@@ -59,8 +59,11 @@ class SelectedCommands(FetchCommands):
                 if wanted == []:
                     await write(response.ok(tag, "EXPUNGE completed (nothing to do)"))
                     return
-                await asyncio.to_thread(store.expunge, user, sel.name, wanted)
-                await self._sync(write, allow_expunge=True)
+                await self._sync_after(
+                    functools.partial(store.expunge, user, sel.name, wanted),
+                    write,
+                    allow_expunge=True,
+                )
                 await write(response.ok(tag, "EXPUNGE completed"))
             case c.Search():
                 await self._search(command, write)
@@ -216,7 +219,8 @@ class SelectedCommands(FetchCommands):
         flags = storable(command.flags)
         change = FlagChange({})
         if targets:
-            change = await asyncio.to_thread(
+            # What others changed comes along (expunges wait: `targets` are numbered).
+            change = await self._sync_after(
                 functools.partial(
                     self.ctx.store.change_flags,
                     self._require_user(),
@@ -225,10 +229,12 @@ class SelectedCommands(FetchCommands):
                     flags,
                     command.mode,
                     unchanged_since=command.unchanged_since,
-                )
+                ),
+                write,
+                allow_expunge=False,
+                then=lambda done: self._update_flags(done.done),
             )
         changed = change.done
-        self._update_flags(changed)
         new_keywords = [f for f in flags if not f.startswith("\\") and f not in sel.keywords]
         if new_keywords and changed:  # RFC 9051 §7.3.5: FLAGS grows with new keywords
             sel.keywords = (*sel.keywords, *dict.fromkeys(new_keywords))

@@ -330,6 +330,13 @@ class SharedStore:
             route.owner, route.folder, since, claim_recent=claim_recent and route.owner == user
         )
 
+    def changes_now(
+        self, user: str, folder: str, since: int, *, claim_recent: bool = False
+    ) -> FolderChanges | None:
+        if _split(folder) is not None:
+            return None  # another account's folder: its ACL is read from disk (changes)
+        return self.inner.changes_now(user, folder, since, claim_recent=claim_recent)
+
     def change_flags(
         self,
         user: str,

@@ -1,0 +1,127 @@
+"""What a command costs the event loop besides its own work: trips to a worker thread and
+new tasks. With ten busy clients on one folder each trip puts the command behind every other
+session's ready work once more, so a command's latency grows with its trips (docs/
+benchmarks.md, "IMAP stress"). Counted here on a real server over loopback; the answers are
+checked too, so a command that skipped its work to save a trip fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mailstack.delivery.store import INBOX
+
+from tests.imap.rawclient import RawClient
+from tests.imap.servers import logged_in
+from tests.support.imapserver import USER, ImapDeployment, ImapServerThread, make_deployment
+
+MESSAGE = b"From: a@example.com\r\nTo: alice@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def dep(tmp_path: Path) -> ImapDeployment:
+    return make_deployment(tmp_path / "state")
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Thread trips ("trip") and tasks ("task") the event loops make from now on."""
+    found: collections.Counter[str] = collections.Counter()
+    loop_class = asyncio.base_events.BaseEventLoop
+    run_in_executor, create_task = loop_class.run_in_executor, loop_class.create_task
+
+    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            found[name] += 1
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(loop_class, "run_in_executor", counted("trip", run_in_executor))
+    monkeypatch.setattr(loop_class, "create_task", counted("task", create_task))
+    return found
+
+
+def deliver(dep: ImapDeployment, n: int) -> None:
+    for _ in range(n):
+        dep.store.deliver([(USER, INBOX)], MESSAGE)
+
+
+def selected(server: ImapServerThread) -> RawClient:
+    client = logged_in(server.imap_port)
+    assert client.tagged("SELECT INBOX").startswith(b"OK")
+    return client
+
+
+def during(counts: collections.Counter[str], action: Callable[[], object]) -> dict[str, int]:
+    counts.clear()
+    action()
+    return {"trip": counts["trip"], "task": counts["task"]}
+
+
+def test_commands_on_an_unchanged_folder_make_no_thread_trip(
+    dep: ImapDeployment, server: ImapServerThread, counts: collections.Counter[str]
+) -> None:
+    deliver(dep, 3)
+    client = selected(server)
+    # Our own flag change: the index re-lists cur/ once its mtime has settled (2 s); until
+    # then "nothing changed" must still be answered without a trip.
+    assert client.tagged("STORE 1 +FLAGS (\\Flagged)").startswith(b"OK")
+    assert during(counts, lambda: [client.tagged("NOOP") for _ in range(5)]) == {
+        "trip": 0,
+        "task": 0,
+    }
+    # Another session's change, and another program's, are still reported.
+    other = selected(server)
+    assert other.tagged("STORE 2 +FLAGS (\\Seen)").startswith(b"OK")
+    (seen, _ok) = client.command("NOOP")
+    assert seen.startswith(b"* 2 FETCH (") and b"\\Seen" in seen
+    root = dep.paths.maildir(USER)
+    (root / "tmp" / "1.foreign.host").write_bytes(MESSAGE)
+    os.rename(root / "tmp" / "1.foreign.host", root / "new" / "1.foreign.host")
+    assert b"* 4 EXISTS\r\n" in client.command("NOOP")
+
+
+def test_expunge_and_append_report_their_change_in_one_trip(
+    dep: ImapDeployment, server: ImapServerThread, counts: collections.Counter[str]
+) -> None:
+    deliver(dep, 3)
+    client = selected(server)
+    assert client.tagged("STORE 2 +FLAGS (\\Deleted)").startswith(b"OK")
+    lines: list[bytes] = []
+    assert during(counts, lambda: lines.extend(client.command("EXPUNGE")))["trip"] == 1
+    assert lines[0] == b"* 2 EXPUNGE\r\n" and lines[-1].split()[1] == b"OK"
+
+    def append() -> None:
+        client.send(b"a1 APPEND INBOX {%d}\r\n" % len(MESSAGE))
+        assert client.line().startswith(b"+ ")
+        client.send(MESSAGE + b"\r\n")
+        lines[:] = client.until_tagged(b"a1")
+
+    assert during(counts, append)["trip"] == 1
+    assert lines[0] == b"* 3 EXISTS\r\n" and b"APPENDUID" in lines[-1]
+    assert len(dep.store.snapshot(USER, INBOX).messages) == 3
+
+
+def test_a_session_that_waits_for_its_client_holds_no_task(
+    dep: ImapDeployment, server: ImapServerThread, counts: collections.Counter[str]
+) -> None:
+    # Reading the next command used to start three tasks (the read, shutdown, NOTIFY) and
+    # asyncio.wait: about a tenth of the server's CPU with ten busy clients.
+    client = selected(server)
+    assert during(counts, lambda: [client.tagged("NOOP") for _ in range(10)])["task"] == 0
+
+
+@pytest.fixture
+def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
+    started = ImapServerThread(dep).start()
+    try:
+        yield started
+    finally:
+        started.stop()

@@ -80,6 +80,8 @@ class FolderIndex:
 
     def __init__(self, path: Path, next_uid_validity: Callable[[], int]) -> None:
         self.path = path
+        # new/ and cur/ as str, made once: stat()ed on every command of every session
+        self._new_dir, self._cur_dir = os.path.join(path, "new"), os.path.join(path, "cur")
         self._file = UidlistFile(path, next_uid_validity)  # delivery/index_files.py
         # One lock object for the folder, reused: its threading.Lock lets a single thread of
         # the process hold it at a time. tmp/ is what mailstack processes queue on: a directory
@@ -134,7 +136,7 @@ class FolderIndex:
 
     @contextlib.contextmanager
     def looking(self) -> Iterator[FolderIndex]:
-        """The in-process lock only (no dotlock, no flock): for `unchanged_since`."""
+        """The in-process lock only (no dotlock, no flock): for `is_current`."""
         with self._lock.in_process():
             yield self
 
@@ -145,14 +147,15 @@ class FolderIndex:
         with self._lock.in_process_now() as free:
             yield free
 
-    def unchanged_since(self, modseq: int) -> bool:
-        """Nothing changed after `modseq`, nor since this index last looked, as far as four
-        stat() calls and one small SQLite read tell: what `sync` would find is nothing. Every
-        command of every session asks what changed; taking the dotlock (a file made and
-        removed) and four SQLite queries for "nothing" was most of a NOOP. A re-list pending
-        for directory mtimes too recent to trust counts once due, as in `_load_listing`:
-        after every flag change (a rename in cur/) it is pending for two seconds. Called
-        within `looking()`, `glancing()` or `locked()`."""
+    def is_current(self) -> bool:
+        """This index already holds everything the folder's files and the index file say, as
+        far as four stat() calls and one small SQLite read tell: `sync` would find nothing,
+        and what changed after any MODSEQ is in the index (changes made by this process's
+        sessions are). Every command of every session asks what changed; taking the dotlock
+        (a file made and removed) and four SQLite queries to learn that was most of a NOOP.
+        A re-list pending for directory mtimes too recent to trust counts once due, as in
+        `_load_listing`: after every flag change (a rename in cur/) it is pending for two
+        seconds. Called within `looking()`, `glancing()` or `locked()`."""
         if (
             self._entries is None
             or self._touched
@@ -160,7 +163,6 @@ class FolderIndex:
             or self._unrecorded
             or (self._verify_after_ns and time.time_ns() >= self._verify_after_ns)
             or self._listing_stamp is None
-            or modseq < self.db.highest_modseq
         ):
             return False
         try:
@@ -208,8 +210,8 @@ class FolderIndex:
 
     def _dir_stamp(self) -> tuple[int, int]:
         return (
-            os.stat(self.path / "new").st_mtime_ns,
-            os.stat(self.path / "cur").st_mtime_ns,
+            os.stat(self._new_dir).st_mtime_ns,
+            os.stat(self._cur_dir).st_mtime_ns,
         )
 
     def _load_listing(self) -> bool:

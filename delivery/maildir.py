@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -430,10 +431,11 @@ class MaildirStore:
     def changes_now(
         self, user: str, folder: str, since: int, *, claim_recent: bool = False
     ) -> FolderChanges | None:
-        """`changes` if the folder's index is open and says at once that nothing changed:
-        a few stat() calls, no lock waited for, nothing written, nothing opened. Every
-        command of every session asks; this answers the usual "nothing" on the event loop's
-        thread, without a trip to a worker thread and back. None: ask `changes`."""
+        """`changes` if the folder's index is open, free and current (the changes are the
+        ones this process made, or none): a few stat() calls and indexed reads, no lock
+        waited for, nothing written. Every command of every session asks; this answers on
+        the event loop's thread, without a trip to a worker thread and back. None: ask
+        `changes`."""
         try:
             _root, _name, fdir = self._locate(user, folder)
         except StoreError:
@@ -442,7 +444,10 @@ class MaildirStore:
             index = self._indexes.get(fdir)
         if index is None:
             return None
-        return maildir_messages.changes_now(index, since, claim_recent=claim_recent)
+        try:
+            return maildir_messages.changes_now(index, since, claim_recent=claim_recent)
+        except (sqlite3.Error, OSError):
+            return None  # `changes` deals with it (a rebuilt index file, a vanished folder)
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         root, _name, fdir = self._folder(user, folder)

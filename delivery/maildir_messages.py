@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from mailstack.delivery import quota, recent
 from mailstack.delivery.index import FolderIndex
-from mailstack.delivery.store import FolderChanges, FolderSnapshot, MessageGoneError
+from mailstack.delivery.store import FolderChanges, FolderSnapshot, MessageGoneError, MessageInfo
 
 from mailstack.base.flags import Flag
 from mailstack.base.fsutil import fsync_dir
@@ -61,49 +61,50 @@ def changes(
     """(what changed after MODSEQ `since`, None when the expunge log does not reach back so
     far; whether others changed the folder's files since we last looked)."""
     with index.looking():
-        if _is_quiet(index, since, claim_recent=claim_recent):
-            # Nothing to sync, expunge, claim or record: the answer without the dotlock.
-            return _nothing_changed(index, claim_recent=claim_recent), False
+        if _is_known(index, claim_recent=claim_recent):
+            # Nothing to sync, claim or record: the answer without the dotlock.
+            return _answer(index, since, claim_recent=claim_recent), False
     with index.locked():
         result = index.sync()
         claimed = frozenset(index.claim_new()) if claim_recent else frozenset()
-        expunged = index.expunged_since(since)
-        if expunged is None:
-            return None, result.foreign_changes
-        found = FolderChanges(
-            uid_validity=index.uidlist.uid_validity,
-            uid_next=index.uidlist.next_uid,
-            highest_modseq=index.highest_modseq,
-            changed=tuple(e.info for e in index.changed_since(since)),
-            expunged=tuple(expunged),
-            keywords=index.keywords.defined(),
-            recent_uids=claimed if claim_recent else index.in_new(),
-        )
+        found = _answer(index, since, claim_recent=claim_recent, claimed=claimed)
     return found, result.foreign_changes
 
 
 def changes_now(index: FolderIndex, since: int, *, claim_recent: bool) -> FolderChanges | None:
-    """`changes` when it can say at once that nothing changed (no other thread of this
-    process holds the index, and `unchanged_since` agrees); None when it cannot."""
+    """`changes` when the index can answer at once: no other thread of this process holds
+    it and it is current (then the answer is a few stat() calls and indexed reads of the
+    index file). None when it cannot, or when the expunge log does not reach back so far."""
     with index.glancing() as free:
-        if free and _is_quiet(index, since, claim_recent=claim_recent):
-            return _nothing_changed(index, claim_recent=claim_recent)
+        if free and _is_known(index, claim_recent=claim_recent):
+            return _answer(index, since, claim_recent=claim_recent)
     return None
 
 
-def _is_quiet(index: FolderIndex, since: int, *, claim_recent: bool) -> bool:
-    return index.unchanged_since(since) and not (claim_recent and index.in_new())
+def _is_known(index: FolderIndex, *, claim_recent: bool) -> bool:
+    """The index can tell what changed without a sync, and there is nothing to claim."""
+    return index.is_current() and not (claim_recent and index.in_new())
 
 
-def _nothing_changed(index: FolderIndex, *, claim_recent: bool) -> FolderChanges:
+def _answer(
+    index: FolderIndex, since: int, *, claim_recent: bool, claimed: frozenset[int] = frozenset()
+) -> FolderChanges | None:
+    highest = index.highest_modseq
+    changed: tuple[MessageInfo, ...] = ()
+    expunged: list[int] = []
+    if since < highest:
+        logged = index.expunged_since(since)
+        if logged is None:
+            return None
+        expunged, changed = logged, tuple(e.info for e in index.changed_since(since))
     return FolderChanges(
         uid_validity=index.uidlist.uid_validity,
         uid_next=index.uidlist.next_uid,
-        highest_modseq=index.highest_modseq,
-        changed=(),
-        expunged=(),
+        highest_modseq=highest,
+        changed=changed,
+        expunged=tuple(expunged),
         keywords=index.keywords.defined(),
-        recent_uids=frozenset() if claim_recent else index.in_new(),
+        recent_uids=claimed if claim_recent else index.in_new(),
     )
 
 

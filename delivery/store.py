@@ -328,8 +328,9 @@ class MailStore(Protocol):
     def changes_now(
         self, user: str, folder: str, since: int, *, claim_recent: bool = False
     ) -> FolderChanges | None:
-        """`changes`, when it can be answered at once without waiting or reading (nothing
-        changed); None when it cannot: call `changes`. Never raises; safe on an event loop."""
+        """`changes`, when it can be answered at once from what this process knows, without
+        waiting or writing; None when it cannot: call `changes`. Never raises; for an event
+        loop's thread."""
 
     def read_message(self, user: str, folder: str, uid: int) -> bytes:
         """The message as stored (LF endings). Raises MessageGoneError."""

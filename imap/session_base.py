@@ -97,17 +97,12 @@ class Selected:
 
     def position(self, uid: int) -> int | None:
         """Index of `uid` in `messages` (sequence number - 1), by bisection (UID order)."""
-        i = bisect.bisect_left(self.messages, uid, key=_uid_of)
-        return i if i < len(self.messages) and self.messages[i].uid == uid else None
+        return self.messages.position(uid)
 
     def info(self, uid: int) -> MessageInfo | None:
         """The message `uid` as this session knows it, if it does."""
         i = self.position(uid)
         return None if i is None else self.messages[i]
-
-
-def _uid_of(info: MessageInfo) -> int:
-    return info.uid
 
 
 def _first_of(run: tuple[int, Sequence[MessageInfo]]) -> int:
@@ -608,8 +603,7 @@ class SessionCore:
             # folder costs the few, not the folder.
             out = Targets()
             for low, high in seqset.intervals(sel.largest_uid):
-                i = bisect.bisect_left(sel.messages, low, key=_uid_of)
-                j = bisect.bisect_right(sel.messages, high, key=_uid_of)
+                i, j = sel.messages.uid_span(low, high)
                 out.add(i + 1, sel.messages[i:j])
             return out
         count = len(sel.messages)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import time
 from collections.abc import Generator, Sequence
@@ -382,5 +381,8 @@ class FetchCommands(SessionCore):
             i = sel.position(uid)
             if i is not None:
                 m = sel.messages[i]
-                sel.messages[i] = dataclasses.replace(m, flags=new.flags, modseq=new.modseq)
+                # (not dataclasses.replace: a tenth of a one-message STORE's CPU)
+                sel.messages[i] = MessageInfo(
+                    m.uid, new.flags, m.internal_date, m.size, m.key, new.modseq
+                )
                 sel.highest_modseq = max(sel.highest_modseq, new.modseq)

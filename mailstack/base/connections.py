@@ -22,6 +22,7 @@ Addresses are normalised first: `::ffff:192.0.2.1` (a v4 client on a dual-stack 
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Refusal(enum.Enum):
     TOTAL = "too many connections"
 
 
+@functools.lru_cache(maxsize=4096)  # pure; asked several times per connection
 def plain_ip(ip: str) -> str:
     """'::ffff:192.0.2.1' -> '192.0.2.1'; a scope id is dropped; not an address: as given."""
     try:
@@ -47,6 +49,7 @@ def plain_ip(ip: str) -> str:
     return str(addr)
 
 
+@functools.lru_cache(maxsize=4096)
 def network_of(ip: str) -> str:
     """The /24 or /64 holding `ip` ('192.0.2.7' -> '192.0.2.0/24'); not an address: itself."""
     try:

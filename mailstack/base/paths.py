@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DIR = Path("/var/lib/mailstack")
+_MAILDIRS_MAX = 10_000  # accounts whose Maildir path StatePaths.maildir keeps
 
 
 def default_dir() -> Path:
@@ -18,6 +19,7 @@ class StatePaths:
     """Every path under one deployment's state directory."""
 
     root: Path
+    _maildirs: dict[str, Path] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def config(self) -> Path:
@@ -117,9 +119,17 @@ class StatePaths:
         return self.root / "mail"
 
     def maildir(self, address: str) -> Path:
-        """The Maildir++ root of an account: mail/<domain>/<localpart>/."""
-        local, _, domain = address.rpartition("@")
-        return self.mail_dir / domain / local
+        """The Maildir++ root of an account: mail/<domain>/<localpart>/. The same Path object
+        each time (a Path caches its hash: sessions look accounts up by it on every
+        command)."""
+        found = self._maildirs.get(address)
+        if found is None:
+            local, _, domain = address.rpartition("@")
+            found = self.mail_dir / domain / local
+            if len(self._maildirs) >= _MAILDIRS_MAX:
+                self._maildirs.clear()
+            self._maildirs[address] = found
+        return found
 
     @property
     def queue_dir(self) -> Path:

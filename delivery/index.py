@@ -65,8 +65,6 @@ from mailstack.delivery.layout import time_from_name
 from mailstack.delivery.store import FolderNotFoundError, MessageInfo
 from mailstack.delivery.uidmap import UidList, UidRecord
 
-from mailstack.base.fsutil import fsync_dir
-
 log = logging.getLogger(__name__)
 
 DIR_SETTLE_NS = 2_000_000_000  # 2 s: well above any file system's mtime granularity
@@ -643,7 +641,8 @@ class FolderIndex:
                 continue  # someone else moved or removed it meanwhile
             self.renamed(entry.info.key, "cur", name)
             claimed.append(entry.uid)
-        if claimed:
-            fsync_dir(self.path / "cur")
-            fsync_dir(self.path / "new")
+        # No directory fsync: the message was durable in new/ before anyone could claim it.
+        # A rename lost to a crash leaves it there with its UID (the uidlist names base
+        # names) to be claimed again; \Recent is a session's matter. Dovecot's default
+        # (mail_fsync = optimized) does not fsync this rename either.
         return claimed

@@ -193,8 +193,8 @@ def remove(
         if removed:
             index.removed(key for _uid, key, _size in removed)
             index.entries()  # recorded (MODSEQ, expunge log) before the lock goes
-            fsync_dir(fdir / "cur")
-            fsync_dir(fdir / "new")
+            for sub in {entry.sub for entry in chosen}:  # where files were unlinked
+                fsync_dir(fdir / sub)
             mine = [size for *_, size in removed if size >= 0]
             quota.record(root, -sum(mine), -len(mine))
     return [uid for uid, *_ in removed]

@@ -384,7 +384,6 @@ class SessionCore:
             await self._lose_selection(write, "UIDVALIDITY of the selected mailbox changed")
             return
         out = self._new_keywords(sel, changes.keywords)
-        old_count, old_recent = len(sel.messages), len(sel.recent)
         sel.pending_expunges.update(u for u in changes.expunged if sel.position(u) is not None)
         if allow_expunge and sel.pending_expunges:
             gone = sorted(sel.pending_expunges, reverse=True)  # highest first: lower hold
@@ -398,6 +397,9 @@ class SessionCore:
             if self.qresync:  # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE
                 out.append(condstore.vanished(gone, earlier=False))
             sel.recent.difference_update(gone)
+        # Counted after the expunges: EXPUNGE itself tells the smaller count (RFC 9051
+        # §7.5.1), so EXISTS and RECENT are sent for arrivals only, as in _sync_full.
+        old_count, old_recent = len(sel.messages), len(sel.recent)
         largest = sel.largest_uid
         arrived = []
         for new in changes.changed:

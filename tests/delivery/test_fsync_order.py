@@ -30,6 +30,10 @@ from tests.conftest import MAILSTACK, Cli
 from tests.support.serve import ServeProcess
 from tests.support.strace import (
     EXITED,
+    RENAMES,
+    SYNCS,
+    UNLINKS,
+    WRITES,
     Call,
     Placed,
     first_sync,
@@ -244,3 +248,52 @@ def spool_writes(
         assert_durable_before(reply, msg.final, steps)
         out.append((reply, msg))
     return out
+
+
+def test_expunge_is_durable_before_its_ok_and_flag_changes_are_not_fsynced(
+    deployment: Path, tmp_path: Path
+) -> None:
+    # What README promises beyond APPEND: an EXPUNGE's unlink reaches the disk (its directory
+    # fsynced) before the tagged OK, so a message a client was told is gone (VANISHED, RFC
+    # 7162) does not come back with its UID after a power cut. A flag change (a rename
+    # within cur/) is not fsynced, as with Dovecot's default `mail_fsync = optimized`.
+    trace = tmp_path / "trace"
+    with (
+        traced_serve(deployment, trace) as serve,
+        imaplib.IMAP4("127.0.0.1", serve.port("imap"), timeout=60) as imap,
+    ):
+        imap.login(ALICE, PASSWORD)
+        assert imap.append("INBOX", r"(\Seen)", None, MESSAGE % (1, 1))[0] == "OK"
+        imap.select("INBOX")
+        port = imap.sock.getsockname()[1]
+        assert imap.store("1", "+FLAGS", r"(\Flagged)")[0] == "OK"
+        assert imap.store("1", "+FLAGS", r"(\Deleted)")[0] == "OK"
+        typ, data = imap.expunge()
+        assert typ == "OK" and data == [b"1"], data
+    calls = parse(trace.read_text())
+    cur = str(deployment / "mail/example.com/alice/cur")
+    unlink = next(
+        c for c in calls if c.name in UNLINKS and c.ok and any(cur in s.decode() for s in c.strings)
+    )
+    reply = tagged_after(calls, port, unlink)
+    assert b"EXPUNGE completed" in reply.strings[0], reply
+    assert_durable_before(reply, "expunge", {"directory fsync": first_sync(calls, cur, unlink)})
+    flagged = next(
+        c for c in calls if c.name in RENAMES and c.ok and c.strings[-1].decode().endswith(",FS")
+    )
+    stored = tagged_after(calls, port, flagged)
+    assert b"STORE completed" in stored.strings[0], stored
+    synced = [c for c in calls if c.name in SYNCS and flagged.end < c.start < stored.start]
+    assert synced == [], synced
+
+
+def tagged_after(calls: list[Call], port: int, work: Call) -> Call:
+    """The first write to client port `port` after `work` holding a tagged line."""
+    return next(
+        c
+        for c in calls
+        if c.peer_port == port
+        and c.name in WRITES
+        and c.start > work.end
+        and any(b" OK " in s or b" NO " in s for s in c.strings)
+    )

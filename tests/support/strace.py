@@ -36,6 +36,8 @@ TRACED = (
     "rename",
     "renameat",
     "renameat2",
+    "unlink",
+    "unlinkat",
     "read",
     "readv",
     "recvfrom",
@@ -69,6 +71,7 @@ READS = frozenset({"read", "readv", "recvfrom", "recvmsg"})
 WRITES = frozenset({"write", "writev", "sendto", "sendmsg"})
 SYNCS = frozenset({"fsync", "fdatasync"})
 RENAMES = frozenset({"rename", "renameat", "renameat2"})
+UNLINKS = frozenset({"unlink", "unlinkat"})
 
 EXITED = "+++ exited"  # Call.name of a process's exit: `PID +++ exited with N +++`
 

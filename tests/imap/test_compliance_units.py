@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from mailstack.imap import binary
 from mailstack.imap.binary import store_safe
 from mailstack.imap.fetch import ParsedMessage, binary_bytes
 from mailstack.imap.mime import decode_quoted_printable
@@ -53,6 +54,12 @@ def test_binary_parts_survive_the_lf_store(body: bytes) -> None:
     parsed = as_stored(store_safe(multipart(body)))
     assert binary_bytes(parsed.data, parsed.root, (1,)) == body
     assert binary_bytes(parsed.data, parsed.root, (2,)) == b"after"
+
+
+@given(st.integers(0, 3 * binary._WINDOW), st.sampled_from([b"binary", b"BiNaRy", b"BINARX"]))
+def test_the_word_binary_is_found_in_any_case_across_the_windows(at: int, word: bytes) -> None:
+    raw = b"x" * at + word + b"y" * 7
+    assert binary._mentions_binary(raw) == (word.lower() == b"binary")
 
 
 def test_only_unsafe_binary_parts_change() -> None:

@@ -20,9 +20,17 @@ import re
 from dataclasses import dataclass
 
 from mailstack.imap import commands as c
-from mailstack.imap.framing import CommandBytes, ContinuationRequired, Framer, LiteralRefused
+from mailstack.imap.framing import (
+    CommandBytes,
+    ContinuationRequired,
+    Framer,
+    FramingEvent,
+    LiteralRefused,
+    RemoteProtocolError,
+)
 from mailstack.imap.parser import ParseError, parse_command
 
+CONTINUATION = b"+ Ready for literal data\r\n"
 _TAG = re.compile(rb'[^(){ \x00-\x1f\x7f%*"\\+\x80-\xff]+')
 
 
@@ -118,21 +126,49 @@ class ImapProtocol:
         self.framer = Framer(max_line_bytes=max_line_bytes, max_literal_bytes=max_literal_bytes)
         self.state = State.NOT_AUTHENTICATED
         self.mode = Mode.COMMAND
+        self._ahead: FramingEvent | RemoteProtocolError | None = None  # see continuation_now
 
     def receive_data(self, data: bytes) -> None:
         self.framer.receive_data(data)
+
+    @property
+    def is_idle(self) -> bool:
+        """No partial command buffered, nor one framed ahead (`continuation_now`)."""
+        return self._ahead is None and self.framer.is_idle
+
+    def continuation_now(self) -> bytes | None:
+        """The "+" to send at once when the next thing the buffered bytes hold is the
+        announcement of a synchronizing literal (the transport answers it from its read
+        callback, not when the session's task next runs: under load that wait is a whole
+        round of every other session's work, in every APPEND). Anything else it framed waits
+        for `next_event`, in order."""
+        if self._ahead is not None:
+            return None
+        try:
+            event = self.framer.next_event()
+        except RemoteProtocolError as exc:
+            self._ahead = exc
+            return None
+        if isinstance(event, ContinuationRequired):
+            return CONTINUATION
+        self._ahead = event
+        return None
 
     def next_event(self) -> Event | None:
         """The next event, or None when more bytes are needed.
 
         Raises `imap.framing.RemoteProtocolError` when the stream cannot be resynchronised.
         """
-        event = self.framer.next_event()
+        event, self._ahead = self._ahead, None
+        if isinstance(event, RemoteProtocolError):
+            raise event
+        if event is None:
+            event = self.framer.next_event()
         match event:
             case None:
                 return None
             case ContinuationRequired():
-                return SendContinuation(b"+ Ready for literal data\r\n")
+                return SendContinuation(CONTINUATION)
             case LiteralRefused(data, size):
                 return TooBig(_tag_of(data), size)
             case CommandBytes(data):

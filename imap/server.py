@@ -169,6 +169,17 @@ class IdleReader(asyncio.StreamReader):
         if self.on_input is not None:
             self.on_input()
 
+    def take_nowait(self) -> bytes:
+        """What `read()` would return now, without awaiting (b"" when nothing is buffered).
+        StreamReader has no public way; this empties its buffer as read() does."""
+        buffered: bytearray | None = getattr(self, "_buffer", None)
+        if not buffered:
+            return b""
+        data = bytes(buffered)
+        buffered.clear()
+        self._maybe_resume_transport()  # type: ignore[attr-defined]
+        return data
+
     @property
     def has_input(self) -> bool:
         """Whether read() would return at once: bytes buffered (no public API shows them),
@@ -297,7 +308,7 @@ async def _loop(
                 # the StreamReader's buffer (no public API shows it), would be taken as if
                 # they had come over TLS: refuse them (CVE-2011-0411's command injection).
                 unread: bytes = getattr(reader, "_buffer", b"")
-                if not session.proto.framer.is_idle or unread:
+                if not session.proto.is_idle or unread:
                     raise RemoteProtocolError("data pipelined after STARTTLS")
                 await writer.start_tls(ctx.tls.current, ssl_handshake_timeout=TLS_HANDSHAKE_S)
                 session.is_tls = True
@@ -318,7 +329,7 @@ async def _loop(
             session.proto.receive_data(wire.deflate.more())
             continue
         # RFC 5465 §5: notifications between commands, never inside one (a literal's wait).
-        is_between = session.proto.framer.is_idle
+        is_between = session.proto.is_idle
         if session.notify_pending and is_between:
             await session.notify_flush(write)
             if session.is_logged_out:  # the selected mailbox went away: BYE sent
@@ -330,16 +341,26 @@ async def _loop(
         else:
             if not is_between:
                 _quick_ack(writer)  # the rest of a command is awaited: see _quick_ack
+            early = None if wire.deflate is not None else functools.partial(_early, session, wire)
             data = await _read(
-                ctx, reader, timeout_s, idlers, session.notify_wake if is_between else None
+                ctx, reader, timeout_s, idlers, session.notify_wake if is_between else None, early
             )
             if data is None:
-                continue  # NOTIFY has something to say
+                continue  # NOTIFY has something to say, or `early` framed what came
         if not data:
             return
         if wire.deflate is not None:
             data = wire.deflate.decompress(data)
         session.proto.receive_data(data)
+
+
+def _early(session: Session, wire: _Wire, data: bytes) -> None:
+    """Bytes that came while the session waited, taken in from the read callback: a
+    synchronizing literal's "+" goes out at once (ImapProtocol.continuation_now)."""
+    session.proto.receive_data(data)
+    plus = session.proto.continuation_now()
+    if plus is not None:
+        wire.writer.write(plus)
 
 
 def _quick_ack(writer: asyncio.StreamWriter) -> None:
@@ -362,17 +383,28 @@ async def _read(
     timeout_s: float,
     idlers: IdleWaiters,
     wake: asyncio.Event | None = None,
+    early: Callable[[bytes], None] | None = None,
 ) -> bytes | None:
     """The next bytes from the client; TimeoutError after `timeout_s`; _ShuttingDownError
     as soon as the server begins to stop (a command in progress is never cut short); None
-    when `wake` (NOTIFY's) is set first. Waits on one `Waiter` that the reader and shutdown
-    wake, as IDLE does: no tasks per read (three tasks and asyncio.wait per command were a
-    tenth of the server's CPU with ten busy clients)."""
+    when `wake` (NOTIFY's) is set first, or when `early` took the bytes: it is called with
+    them from the read callback itself (`_early`). Waits on one `Waiter` that the reader and
+    shutdown wake, as IDLE does: no tasks per read (three tasks and asyncio.wait per command
+    were a tenth of the server's CPU with ten busy clients)."""
     if not reader.has_input:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         waiter = Waiter()
-        reader.on_input = waiter.wake
+        took = False
+
+        def arrived() -> None:
+            nonlocal took
+            waiter.wake()
+            if early is not None and (data := reader.take_nowait()):
+                took = True
+                early(data)
+
+        reader.on_input = arrived
         idlers.add(waiter, None)
         notified = None
         if wake is not None:  # RFC 5465: NOTIFY sessions only
@@ -380,6 +412,8 @@ async def _read(
             notified.add_done_callback(waiter.wake)
         try:
             while not reader.has_input:
+                if took:
+                    return None
                 if ctx.stopping.is_set():
                     raise _ShuttingDownError
                 if wake is not None and wake.is_set():

@@ -107,3 +107,58 @@ def test_any_bytes_give_events_or_protocol_error(data: bytes, state: State) -> N
     with contextlib.suppress(RemoteProtocolError):
         events = drain(proto, data)
         assert all(isinstance(e, typing.get_args(Event)) for e in events), events
+
+
+_PIECES = st.sampled_from(
+    [
+        b"a NOOP\r\n",
+        b"b APPEND INBOX {5}\r\n",
+        b"hello\r\n",
+        b"c LOGIN {3}\r\n",
+        b"bob {2+}\r\npw\r\n",
+        b"d APPEND INBOX {500}\r\n",  # above the limit: NO [TOOBIG], no "+"
+        b"e SELECT",
+        b" INBOX\r\n",
+        b"{",
+        b"}\r\n",
+        b"\r\n",
+    ]
+)
+
+
+def _transcript(chunks: list[bytes], *, early: bool) -> list[object]:
+    """Events of a stream fed in `chunks`; with `early`, as the transport does while the
+    session waits: `continuation_now` after each chunk, its "+" as a SendContinuation."""
+    proto = ImapProtocol(max_literal_bytes=100, max_line_bytes=200)
+    proto.state = State.AUTHENTICATED
+    out: list[object] = []
+    try:
+        for chunk in chunks:
+            proto.receive_data(chunk)
+            if early and (plus := proto.continuation_now()) is not None:
+                out.append(SendContinuation(plus))
+            while (event := proto.next_event()) is not None:
+                out.append(event)
+    except RemoteProtocolError as exc:
+        out.append(("error", exc.reason))
+    return out
+
+
+@given(st.lists(st.lists(_PIECES, min_size=1, max_size=4).map(b"".join), max_size=8))
+def test_an_early_continuation_changes_nothing_but_when_it_is_sent(chunks: list[bytes]) -> None:
+    # The transport asks continuation_now from its read callback (imap/server.py _early):
+    # the same events must come out, in the same order, as when the session frames alone.
+    assert _transcript(chunks, early=True) == _transcript(chunks, early=False)
+
+
+def test_a_continuation_is_not_sent_ahead_of_an_earlier_command() -> None:
+    proto = ImapProtocol(max_literal_bytes=100)
+    proto.state = State.AUTHENTICATED
+    proto.receive_data(b"a NOOP\r\nb APPEND INBOX {5}\r\n")
+    assert proto.continuation_now() is None  # NOOP first: its answer precedes the "+"
+    assert isinstance(proto.next_event(), CommandReceived)
+    assert proto.next_event() == SendContinuation(b"+ Ready for literal data\r\n")
+    proto.receive_data(b"hello\r\nc APPEND INBOX {4}\r\n")
+    assert isinstance(proto.next_event(), CommandReceived)
+    assert proto.continuation_now() == b"+ Ready for literal data\r\n"
+    assert proto.next_event() is None

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from mailstack.delivery.store import INBOX
+from mailstack.imap.protocol import Event, SendContinuation
+from mailstack.imap.session import Session, Write
 
 from tests.imap.rawclient import RawClient
 from tests.imap.servers import logged_in
@@ -127,3 +129,32 @@ def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
         yield started
     finally:
         started.stop()
+
+
+def test_a_literal_is_invited_from_the_read_callback(
+    dep: ImapDeployment, server: ImapServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An APPEND's "+" went out when the session's task next ran: with busy sessions a whole
+    # round of their work, in every APPEND. It is written where the bytes arrive; the
+    # session never sees the request (and an earlier pipelined command still comes first).
+    handled: list[object] = []
+    handle = Session.handle
+
+    async def recording(self: Session, event: Event, write: Write) -> None:
+        handled.append(event)
+        await handle(self, event, write)
+
+    monkeypatch.setattr(Session, "handle", recording)
+    client = selected(server)
+    client.send(b"a1 NOOP\r\na2 APPEND INBOX {%d}\r\n" % len(MESSAGE))
+    assert client.line() == b"a1 OK NOOP completed\r\n"  # the session answers both
+    assert client.line().startswith(b"+ ")
+    client.send(MESSAGE + b"\r\n")
+    assert b"APPENDUID" in client.until_tagged(b"a2")[-1]
+    handled.clear()
+    client.send(b"a3 APPEND INBOX {%d}\r\n" % len(MESSAGE))
+    assert client.line().startswith(b"+ ")
+    client.send(MESSAGE + b"\r\n")
+    assert b"APPENDUID" in client.until_tagged(b"a3")[-1]
+    assert not [e for e in handled if isinstance(e, SendContinuation)], handled
+    assert len(dep.store.snapshot(USER, INBOX).messages) == 2

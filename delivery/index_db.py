@@ -75,6 +75,10 @@ HEADERS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS headers (uid INTEGER PRIMARY KEY, base TEXT NOT NULL,"
     " raw BLOB NOT NULL, plain TEXT, exact INTEGER NOT NULL, envelope BLOB)"
 )
+# Raised when what a stored row means changes; older rows are dropped once (a cache: they
+# are made again when next needed). 2: `exact` also excludes addresses that parsing gives a
+# placeholder (imap/search.py adds_placeholders).
+HEADERS_VERSION = 2
 
 
 def flag_text(flags: Iterable[str]) -> str:
@@ -173,6 +177,11 @@ class IndexDb:
             db.execute(HEADERS_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if int(meta.get("headers_version", 0)) != HEADERS_VERSION:
+                db.execute("DELETE FROM headers")
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('headers_version', ?)", (HEADERS_VERSION,)
+                )
             floor = _now_floor()
             highest = max(int(meta.get("highestmodseq", 0)), floor)
             if "highestmodseq" not in meta:

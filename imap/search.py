@@ -184,7 +184,8 @@ class MessageText:
 
         An address as matched (`address_values`) is a piece of the block too unless
         parsing changed its middle: a comment, quoting, white space around "@", a run of white
-        space, "<" without a space before it (`is_address` checks for those first)."""
+        space, "<" without a space before it, or added a placeholder (`adds_placeholders`);
+        `is_address` checks for those first."""
         if (
             not folded
             or not folded.isascii()
@@ -197,7 +198,7 @@ class MessageText:
         if not raw.isascii() or b"=?" in raw:
             return True
         flat = raw.replace(b"\r", b"").replace(b"\n", b"").lower()
-        if is_address and _ADDRESS_REWRITES.search(flat):
+        if is_address and (_ADDRESS_REWRITES.search(flat) or adds_placeholders(raw)):
             return True
         return folded.encode("ascii") in flat
 
@@ -354,6 +355,23 @@ def html_text(markup: str) -> str:
 # What parsing an address removes from between its characters (see header_may_contain).
 _ADDRESS_REWRITES = re.compile(rb'[("\\\t]|  | @|@ |[^ ]<')
 ADDRESS_REWRITES = _ADDRESS_REWRITES  # the stored-field pre-filter (imap/header_index.py) too
+_ADDRESS_FIELD = re.compile(rb"^(?:from|to|cc|bcc)[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+_MAILBOX_AT = re.compile(rb"[^\s<,@]@")
+
+
+def adds_placeholders(header: bytes) -> bool:
+    """Whether parsing the From/To/Cc/Bcc fields may add text the block does not hold: an
+    address without "@" or without a local part gets a placeholder host or mailbox
+    (envelope.MISSING_DOMAIN, MISSING_MAILBOX), so a search for "@" or "missing" can match
+    what no line holds. Conservative: any comma-separated piece without "x@" counts (a
+    group, a quoted comma)."""
+    unfolded = _FOLD.sub(b"", header)
+    for m in _ADDRESS_FIELD.finditer(unfolded):
+        for piece in m[1].split(b","):
+            if piece.strip() and _MAILBOX_AT.search(piece) is None:
+                return True
+    return False
 
 
 def _render_addresses(addresses: Value) -> str:

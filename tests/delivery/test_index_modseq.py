@@ -283,3 +283,20 @@ def test_asking_what_changed_when_nothing_did_takes_no_folder_lock(
     assert changed is not None and [m.uid for m in changed.changed] == [uid_of[name.name]]
     assert uid_of[name.name] in uids
     assert locks  # that one took the lock
+
+
+def test_stored_header_rows_of_an_older_meaning_are_dropped_once(tmp_path: Path) -> None:
+    # A row's `exact` said "the lines decide an address search" also where parsing adds a
+    # placeholder host; rows written before that was known must not be trusted.
+    db = IndexDb(tmp_path)
+    conn = db._connect()
+    conn.execute("INSERT INTO headers VALUES (1, 'k1', x'46726f6d3a2078', 'from: x', 1, NULL)")
+    conn.execute("DELETE FROM meta WHERE key = 'headers_version'")  # as an older release left it
+    db.close()
+    again = IndexDb(tmp_path)
+    assert again._connect().execute("SELECT count(*) FROM headers").fetchone()[0] == 0
+    again._connect().execute("INSERT INTO headers VALUES (2, 'k2', x'78', 'x', 1, NULL)")
+    again.close()
+    third = IndexDb(tmp_path)  # a current file keeps its rows
+    assert third._connect().execute("SELECT count(*) FROM headers").fetchone()[0] == 1
+    third.close()

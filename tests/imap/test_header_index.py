@@ -263,6 +263,8 @@ def test_other_fields_do_not_make_an_address_search_read_the_file() -> None:
 )
 @example(b"Subject: =?iso-8859-1?b?SGVsbG8=?=", ("Subject", False), "hello")  # encoded: NULL
 @example(b"From: (com ment) hel @ lo", ("From", True), "hel@lo")  # parsing joins the address
+@example(b"From: Subject: Subject: ", ("From", True), "@")  # parsing adds @MISSING_DOMAIN
+@example(b"To: a@b, hello", ("To", True), "missing")
 def test_prefilter_keeps_every_match(header: bytes, field: tuple[str, bool], needle: str) -> None:
     raw = header + b"\r\n\r\nbody\r\n"
     key = SearchHeader(field[0], needle, address=field[1])

@@ -32,8 +32,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 import socket
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import SupportsIndex
 
 from mailstack.delivery.services import ServerContext
@@ -57,6 +59,11 @@ RESCAN_S = 3.0  # IDLE rescan period for changes made by other processes (brief:
 WATCHED_RESCAN_S = 120.0
 TLS_HANDSHAKE_S = 30.0
 CLOSE_S = 5.0
+# Threads for the sessions' short store calls (SessionCore._thread). Their work is mostly
+# Python, so beyond the cores more threads only take turns at the GIL: with ten busy clients
+# on a 2-core machine, 6 threads (asyncio's default) held a STORE's p99 at 46 ms, 2 at 29 ms
+# (bench/imap_stress.py; serve's pool for everything else has 32, mailstack/base/threads.py).
+IMAP_THREADS = max(2, os.cpu_count() or 2)
 
 
 class ImapService:
@@ -86,6 +93,7 @@ class ImapService:
         # inotify watches of the folders IDLE sessions wait on, shared by all of them.
         self.watcher = MaildirWatcher(ctx.events, ctx.paths.maildir)
         self.idlers = IdleWaiters(ctx.events, self.watcher, ctx.stopping)
+        self.executor = ThreadPoolExecutor(IMAP_THREADS, thread_name_prefix="imap")
 
     async def start_imap(self, ctx: ServerContext, host: str, port: int) -> asyncio.Server:
         """IMAP on `host:port` with STARTTLS (cleartext login only where the session allows)."""
@@ -114,6 +122,7 @@ class ImapService:
             rescan_s=self.rescan_s,
             watcher=self.watcher,
             idlers=self.idlers,
+            executor=self.executor,
         )
         loop = asyncio.get_running_loop()
 
@@ -134,6 +143,7 @@ class ImapService:
         self.caches.close()
         self.idlers.close()
         self.watcher.close()
+        self.executor.shutdown(wait=False)
 
 
 async def start_imap(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
@@ -200,6 +210,7 @@ async def serve_client(
     rescan_s: float = RESCAN_S,
     watcher: MaildirWatcher | None = None,
     idlers: IdleWaiters | None = None,
+    executor: Executor | None = None,
 ) -> None:
     """Run one connection to its end; never raises."""
     peer = writer.get_extra_info("peername")
@@ -223,6 +234,7 @@ async def serve_client(
         rescan_s=rescan_s,
     )
     session.watcher = watcher  # NOTIFY watches other folders through it (imap/session_notify.py)
+    session.executor = executor
     clog.debug("connection from %s (tls=%s)", ip, is_tls)
 
     wire = _Wire(writer)

@@ -19,7 +19,8 @@ The transport (`imap/server.py`) feeds bytes to `self.proto` and hands each even
 `handle()` with a `write` coroutine; it owns sockets, TLS, timeouts and IDLE's waiting.
 
 Invariants:
-- The store is synchronous: every call goes through `asyncio.to_thread`.
+- The store is synchronous: every call runs in a thread (`SessionCore._thread` for a
+  command's short calls, `asyncio.to_thread` for long ones).
 - The selected folder is held as a list of `MessageInfo` in sequence-number order. It is
   brought up to date (`_sync`) before each command in the selected state; new messages become
   `* n EXISTS`, flag changes `* n FETCH (FLAGS ...)`, vanished messages `* n EXPUNGE` — except
@@ -454,7 +455,7 @@ class Session(
         """The credentials were right (any mechanism): enter the authenticated state."""
         if not self.limits.acquire_user(address):
             raise RefusedError("too many sessions for this account", "LIMIT")
-        self.has_quota = await asyncio.to_thread(self._enter, address)
+        self.has_quota = await self._thread(self._enter, address)
         self.user = address
         self.proto.state = State.AUTHENTICATED
         self.proto.framer.set_max_literal_bytes(self.ctx.config.smtp.max_message_size)
@@ -513,7 +514,7 @@ class Session(
             raise RefusedError(
                 "quotas are set by the administrator (mailstack user quota)", "NOPERM"
             )
-        limit = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+        limit = await self._thread(self.ctx.accounts.quota_bytes, user)
         if isinstance(command, c.GetQuotaRoot):
             name = checked_name(command.mailbox)
             await self._snapshot(name, claim_recent=False)  # NO [NONEXISTENT] if missing
@@ -522,7 +523,7 @@ class Session(
         elif command.root != "" or not limit:  # GETQUOTA
             raise RefusedError(f"no quota root {command.root!r}", "NONEXISTENT")
         if limit:
-            used = await asyncio.to_thread(self.ctx.store.usage_bytes, user)
+            used = await self._thread(self.ctx.store.usage_bytes, user)
             await write(
                 response.untagged(
                     b'QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024)

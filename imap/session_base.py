@@ -18,8 +18,9 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from mailstack.delivery.services import ServerContext
 from mailstack.delivery.store import (
@@ -246,6 +247,16 @@ class SessionCore:
     # RFC 7162: enabled by ENABLE or by a CONDSTORE-enabling command; never turned off.
     condstore: bool = False
     qresync: bool = False
+    # Where `_thread` runs store calls: the service's few threads (imap/server.py,
+    # IMAP_THREADS); None (a session outside a service): the loop's default pool.
+    executor: Executor | None = None
+
+    async def _thread(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """`asyncio.to_thread` on `executor`: a command's short store calls (what changed,
+        STORE/EXPUNGE/APPEND, SELECT's snapshot, FETCH batches). Long ones (SEARCH, SORT,
+        folder operations) keep the default pool, so they cannot hold these few threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
     def _context_check(self, command: c.Search | c.Sort) -> bool:
         """May this SEARCH/SORT keep an UPDATE context? (imap/session_context.py, RFC 5267)"""
@@ -302,7 +313,7 @@ class SessionCore:
         return self.selected
 
     async def _snapshot(self, folder: str, *, claim_recent: bool) -> FolderSnapshot:
-        snap: FolderSnapshot = await asyncio.to_thread(
+        snap: FolderSnapshot = await self._thread(
             self.ctx.store.snapshot, self._require_user(), folder, claim_recent=claim_recent
         )
         return snap
@@ -344,7 +355,7 @@ class SessionCore:
         returned; its exceptions are raised before anything is reported."""
         sel = self.selected
         if sel is None or not sel.synced_modseq:
-            done = await asyncio.to_thread(work)
+            done = await self._thread(work)
             if then is not None:
                 then(done)
             await self._sync_full(write, allow_expunge=allow_expunge)
@@ -364,7 +375,7 @@ class SessionCore:
             except FolderNotFoundError:
                 return done, None, True
 
-        done, changes, is_gone = await asyncio.to_thread(trip)
+        done, changes, is_gone = await self._thread(trip)
         if then is not None:
             then(done)
         if is_gone:
@@ -540,7 +551,7 @@ class SessionCore:
         far, every missing UID in range is reported instead."""
         limit = max(sel.uid_next - 1, sel.largest_uid)
         present = [m.uid for m in sel.messages]
-        expunged = await asyncio.to_thread(
+        expunged = await self._thread(
             self.ctx.store.expunged_since, self._require_user(), sel.name, modseq
         )
         if expunged is None:

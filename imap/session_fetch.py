@@ -64,7 +64,7 @@ class FetchCommands(SessionCore):
         if sets_seen:
             unseen = [m.uid for _, m in targets if Flag.SEEN not in m.flags]
             if unseen:
-                change = await asyncio.to_thread(
+                change = await self._thread(
                     self.ctx.store.change_flags,
                     user,
                     sel.name,
@@ -88,7 +88,7 @@ class FetchCommands(SessionCore):
             if not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
                 # Rows still to fill read their files whole, for the sizes too.
                 recorder = downgrade_size.SizeRecorder(self._disk_cache(user), sel.info)
-            await asyncio.to_thread(
+            await self._thread(
                 functools.partial(
                     header_index.ensure,
                     self.ctx.store,
@@ -100,7 +100,7 @@ class FetchCommands(SessionCore):
                 )
             )
             if recorder is not None:
-                await asyncio.to_thread(recorder.flush)
+                await self._thread(recorder.flush)
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)
@@ -116,7 +116,7 @@ class FetchCommands(SessionCore):
         if in_memory and not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
             # The downgraded sizes (imap/downgrade_size.py) take the cache, maybe files: one
             # thread trip for the whole command, then the batches render from memory.
-            sizes = await asyncio.to_thread(
+            sizes = await self._thread(
                 downgrade_size.sizes_seen,
                 self._disk_cache(user),
                 self.ctx.store,
@@ -145,7 +145,7 @@ class FetchCommands(SessionCore):
                     await asyncio.sleep(0)
                 rendered, batch_gone = render()
             else:
-                rendered, batch_gone = await asyncio.to_thread(render)
+                rendered, batch_gone = await self._thread(render)
                 if step < MEMORY_BATCH and time.perf_counter() - began < QUICK_BATCH_S:
                     # Nothing was read (rows and structures cached): fewer, bigger thread
                     # trips. Each costs two GIL hand-offs, a quarter of a warm header fetch
@@ -169,7 +169,7 @@ class FetchCommands(SessionCore):
         sel = self._sel()
         if not isinstance(targets, Targets):  # a saved result ($): a short list
             return [(seq, m) for seq, m in targets if m.modseq > since]
-        changes = await asyncio.to_thread(self.ctx.store.changes, user, sel.name, since)
+        changes = await self._thread(self.ctx.store.changes, user, sel.name, since)
         if changes is None or len(changes.changed) * 8 > len(targets):
             return targets.changed_since(since)  # most of them: one pass is cheaper
         out: list[tuple[int, MessageInfo]] = []

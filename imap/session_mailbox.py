@@ -107,7 +107,7 @@ class MailboxCommands(SessionCore):
         if had_selection:
             await write(response.untagged_status("OK", "previous mailbox closed", "CLOSED"))
         try:
-            readonly, snap = await asyncio.to_thread(self._open, name, readonly)
+            readonly, snap = await self._thread(self._open, name, readonly)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "NONEXISTENT") from None
         sel = Selected(
@@ -341,9 +341,9 @@ class MailboxCommands(SessionCore):
         what is left of the quota, whichever is smaller."""
         user = self._require_user()
         limit = self.ctx.config.smtp.max_message_size
-        quota = await asyncio.to_thread(self.ctx.accounts.quota_bytes, user)
+        quota = await self._thread(self.ctx.accounts.quota_bytes, user)
         if quota > 0:
-            used = await asyncio.to_thread(self.ctx.store.usage_bytes, user)
+            used = await self._thread(self.ctx.store.usage_bytes, user)
             limit = min(limit, max(0, quota - used))
         return limit
 
@@ -371,7 +371,7 @@ class MailboxCommands(SessionCore):
                 # The new message reported (EXISTS) in the same thread trip as the write.
                 refs = await self._sync_after(work, write, allow_expunge=True)
             else:
-                refs = await asyncio.to_thread(work)
+                refs = await self._thread(work)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
         # RFC 4315 §3: APPENDUID with a uid-set for a MULTIAPPEND, in the messages' order.

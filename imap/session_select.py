@@ -48,7 +48,7 @@ class SelectedCommands(FetchCommands):
             case c.Close() | c.Unselect():
                 if isinstance(command, c.Close) and not sel.readonly:
                     # RFC 9051 §6.4.1: CLOSE expunges silently.
-                    await asyncio.to_thread(store.expunge, user, sel.name)
+                    await self._thread(store.expunge, user, sel.name)
                 self.selected = None
                 self.proto.state = State.AUTHENTICATED
                 await write(response.ok(tag, f"{type(command).__name__.upper()} completed"))

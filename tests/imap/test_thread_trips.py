@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from mailstack.delivery.store import INBOX
 from mailstack.imap.protocol import Event, SendContinuation
+from mailstack.imap.server import IMAP_THREADS
 from mailstack.imap.session import Session, Write
 
 from tests.imap.rawclient import RawClient
@@ -158,3 +160,29 @@ def test_a_literal_is_invited_from_the_read_callback(
     assert b"APPENDUID" in client.until_tagged(b"a3")[-1]
     assert not [e for e in handled if isinstance(e, SendContinuation)], handled
     assert len(dep.store.snapshot(USER, INBOX).messages) == 2
+
+
+def test_short_store_calls_run_on_the_services_few_threads(
+    dep: ImapDeployment, server: ImapServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handful of threads for the short calls (more only take turns at the GIL); a long
+    # SEARCH runs in the default pool, so it cannot hold them.
+    names: dict[str, str] = {}
+    store = type(dep.store)
+    for method in ("change_flags", "read_headers"):
+        original = getattr(store, method)
+
+        def recording(self: object, *args: object, _m: str = method, _o: Any = original,
+                      **kwargs: object) -> object:  # fmt: skip
+            names[_m] = threading.current_thread().name
+            return _o(self, *args, **kwargs)
+
+        monkeypatch.setattr(store, method, recording)
+    deliver(dep, 2)
+    client = selected(server)
+    assert client.tagged("STORE 1 +FLAGS (\\Seen)").startswith(b"OK")
+    assert client.tagged('SEARCH HEADER X-Nothing "x"').startswith(b"OK")
+    assert names["change_flags"].startswith("imap"), names
+    assert not names["read_headers"].startswith("imap"), names
+    assert server.service is not None
+    assert server.service.executor._max_workers == IMAP_THREADS <= max(2, os.cpu_count() or 2)

@@ -345,19 +345,29 @@ def render(results: list[dict[str, Any]], messages: int, seconds: float, command
 
 NOTES = [
     "",
-    "What the numbers say (2026-12-07, 00:05 run, quiet machine, main at a187501; rewrite these "
+    "What the numbers say (2026-12-07, 02:37 run, quiet machine, main at 75b7db3; rewrite these "
     "notes after a new run):",
     "",
-    "- Commands per second: 0.98x (10 clients) and 1.30x (50) Dovecot without per-loop logins, "
-    "12.4x and 12.9x with them. Issue 11 asks for at least 0.5x: met in all four cases.",
-    "- p99 at 10 clients, the issue's <= 50 ms: LOGIN, SELECT, FETCH and STORE are under it "
-    "(18.8 / 32.9 / 48.6 / 48.9 ms with a login per loop; 28.3 / 41.3 / 39.8 ms without); "
-    "EXPUNGE (55-76 ms) and APPEND (64-80 ms) are not. Each command still queues behind the "
-    "others on one process: its p50 is about ten times its server CPU (ten clients).",
-    "- Dovecot answers a single command faster at p50 (FETCH 1-4 ms against our 21-25 ms), "
-    "one process per client; its tail is what costs it throughput: p99 of 0.3-0.6 s for "
-    "SELECT, STORE, EXPUNGE and APPEND at 10 clients without logins and about 2-3.4 s at 50 "
-    "(`mail_fsync = always`, every change fsynced, as ours are).",
+    "- Commands per second: 1.21x (10 clients) and 1.14x (50) Dovecot without per-loop "
+    "logins, 16.2x and 13.2x with them. Issue 11 asks for at least 0.5x: met in all four cases.",
+    "- p99 at 10 clients, the issue's <= 50 ms: every command of the loop is under it (SELECT "
+    "19-22, FETCH 32-34, STORE 33, EXPUNGE 33-35, APPEND 37-39 ms; LOGIN 21 ms with a login "
+    "per loop). The exception is the first LOGIN without per-loop logins: the ten clients log "
+    "in at once and share one argon2id verification (t=3, 64 MiB, p=4: 115-130 ms alone on this "
+    "machine), 139 / 170 ms over those 10 samples. Issue 11 keeps argon2id, and a first login "
+    "cannot cost less than its hash; Dovecot's first logins took about 1 s here.",
+    "- Since the 00:05 run (p99 EXPUNGE 55-76, APPEND 64-80 ms): fewer trips to worker threads "
+    "per command (what changed is read from a current index on the event loop; STORE, EXPUNGE "
+    'and APPEND report their own change in the same trip), no tasks per read, a literal\'s "+" '
+    "sent from the read callback, and max(2, cores) threads for the short store calls (with 6 "
+    "they took turns at the GIL). Server CPU per command: 1.9-2.0 -> 1.3-1.6 ms.",
+    "- Dovecot answers a single command faster at p50 (FETCH 1.4-7 ms against our 20-22 ms), "
+    "one process per client; its tail is what costs it throughput: p99 of 0.3-0.5 s for "
+    "SELECT, STORE, EXPUNGE and APPEND at 10 clients without logins and 1.7-3 s at 50 "
+    "(`mail_fsync = always`: every flag change fsynced too; mailstack fsyncs deliveries, "
+    "APPEND and EXPUNGE, not flag changes, as Dovecot's default `optimized`).",
+    "- At 50 clients every session waits behind the others on one process: p99 150-300 ms "
+    "(the issue's latency bound is for 10).",
     "- With a LOGIN per loop Dovecot computes argon2id again for every login (its auth cache "
     "keeps the hash, not the verdict), where mailstack remembers a verified login for "
     "`[auth] cache_s`. The run uses mailstack's default login throttle (`--default-throttle`): "

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +122,6 @@ def test_a_session_that_waits_for_its_client_holds_no_task(
     # asyncio.wait: about a tenth of the server's CPU with ten busy clients.
     client = selected(server)
     assert during(counts, lambda: [client.tagged("NOOP") for _ in range(10)])["task"] == 0
-
-
-@pytest.fixture
-def server(dep: ImapDeployment) -> Iterator[ImapServerThread]:
-    started = ImapServerThread(dep).start()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def test_a_literal_is_invited_from_the_read_callback(

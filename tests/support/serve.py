@@ -107,6 +107,18 @@ class ServeProcess:
     def signal(self, sig: signal.Signals) -> None:
         os.kill(self.pid, sig)
 
+    def log_so_far(self) -> str:
+        """Every line serve wrote until now (for a failing test's message)."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.log.append(line)
+        return "".join(self.log)
+
     def stop(self) -> int:
         """SIGTERM, then the exit status (SIGKILL if it does not stop in time)."""
         assert self.proc is not None

@@ -42,6 +42,7 @@ from pathlib import Path
 from mailstack.smtp.replies import Reply
 
 from mailstack.base.config import SubmissionConfig
+from mailstack.base.sqlite_files import open_shared
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,15 @@ class SendLog:
         if conn is None:
             if not self.path.exists():  # who sent how much from where: not for everyone
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # a crash may forget a count, no more
-            conn.executescript(_SCHEMA)
-            _migrate(conn, self.clock())
+            conn = open_shared(self.path, self._setup, timeout_s=5.0)
             self._local.conn = conn
         return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a crash may forget a count, no more
+        conn.executescript(_SCHEMA)
+        _migrate(conn, self.clock())
 
     def usage(self, account: str, network: str) -> Usage:
         return self._usage(self._conn(), account, network, self.clock())

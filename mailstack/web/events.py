@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstack.base.sqlite_files import open_shared
+
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 50  # shown on the admin page
@@ -87,13 +89,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     if not path.exists():  # addresses of senders and recipients: not for everyone
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     # Any thread: the timer threads take turns (EventRecorder._writing serialises them).
-    db = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
+    return open_shared(path, _setup, timeout_s=BUSY_TIMEOUT_S, check_same_thread=False)
+
+
+def _setup(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
-    return db
 
 
 def _same_file(path: Path, inode: int) -> bool:

@@ -208,6 +208,21 @@ class IndexDb:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
                 os.unlink(f"{self.path}{suffix}")
 
+    @contextlib.contextmanager
+    def not_waiting(self) -> Iterator[bool]:
+        """Yields whether the file is open; while it is, a lock another connection holds
+        raises at once (sqlite3.OperationalError) instead of waiting out the busy timeout:
+        for reads on the event loop's thread, which must never wait seconds."""
+        db = self._db
+        if db is None:
+            yield False
+            return
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield True
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
     def close(self) -> None:
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):

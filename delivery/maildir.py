@@ -96,7 +96,6 @@ class MaildirStore:
         self._indexes_lock = threading.Lock()
         # (user, folder) -> (root, name, folder directory, its cur/ as str): `_locate`
         self._located: dict[tuple[str, str], tuple[Path, str, Path, str]] = {}
-        self._roots: dict[str, tuple[Path, str]] = {}  # user -> (root, its cur/ as str)
         # The group-commit write path lives in delivery/maildir_write.py; it reaches the
         # store's caches, quota check and IDLE events only through these callables.
         self._writer = BatchWriter(
@@ -133,17 +132,10 @@ class MaildirStore:
         return self._paths.maildir(user)
 
     def _root(self, user: str) -> Path:
-        # Paths made once per account and folder: pathlib arithmetic on every store call was
-        # a fifth of the CPU of "what changed?" with ten busy sessions.
-        found = self._roots.get(user)
-        if found is None:
-            root = self._user_root(user)
-            if len(self._roots) >= _LOCATE_CACHE_MAX:
-                self._roots.clear()
-            found = self._roots[user] = (root, os.path.join(root, "cur"))
-        if not os.path.isdir(found[1]):
+        root, _name, _fdir, cur = self._locate_all(user, INBOX)  # INBOX's folder is the root
+        if not os.path.isdir(cur):
             raise UnknownUserError(f"no mailbox for {user}")
-        return found[0]
+        return root
 
     def _folder(self, user: str, folder: str) -> tuple[Path, str, Path]:
         """(account root, normalized name, folder directory); the folder must exist."""
@@ -161,6 +153,8 @@ class MaildirStore:
         return root, name, fdir
 
     def _locate_all(self, user: str, folder: str) -> tuple[Path, str, Path, str]:
+        # Paths made once per account and folder: pathlib arithmetic on every store call was
+        # a fifth of the CPU of "what changed?" with ten busy sessions.
         key = (user, folder)
         found = self._located.get(key)
         if found is None:

@@ -76,8 +76,11 @@ def changes_now(index: FolderIndex, since: int, *, claim_recent: bool) -> Folder
     it and it is current (then the answer is a few stat() calls and indexed reads of the
     index file). None when it cannot, or when the expunge log does not reach back so far."""
     with index.glancing() as free:
-        if free and _is_known(index, claim_recent=claim_recent):
-            return _answer(index, since, claim_recent=claim_recent)
+        if not free:
+            return None
+        with index.db.not_waiting() as is_open:  # never opens the file, never waits on it
+            if is_open and _is_known(index, claim_recent=claim_recent):
+                return _answer(index, since, claim_recent=claim_recent)
     return None
 
 

@@ -101,9 +101,8 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
         # every multipart message a candidate of every FROM search.
         addresses = b"".join(address_lines)
         flat_addresses = addresses.replace(b"\r", b"").replace(b"\n", b"").lower()
-        exact = search.ADDRESS_REWRITES.search(
-            flat_addresses
-        ) is None and not search.adds_placeholders(addresses)
+        rewritten = search.ADDRESS_REWRITES.search(flat_addresses) is not None
+        exact = not rewritten and not search.adds_placeholders(addresses)
     rendered = _envelope(kept) if with_envelope else None
     return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
 

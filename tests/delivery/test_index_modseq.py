@@ -300,3 +300,22 @@ def test_stored_header_rows_of_an_older_meaning_are_dropped_once(tmp_path: Path)
     third = IndexDb(tmp_path)  # a current file keeps its rows
     assert third._connect().execute("SELECT count(*) FROM headers").fetchone()[0] == 1
     third.close()
+
+
+def test_changes_now_neither_opens_the_index_file_nor_waits_for_it(store: MaildirStore) -> None:
+    # It runs on the event loop's thread: an index file to open (or rebuild) and a lock held
+    # by another connection are for `changes`, in a worker thread.
+    deliver(store, 2)
+    top = highest(store)
+    assert store.changes(ALICE, INBOX, top) is not None
+    time.sleep(2.1)  # past the listing's settle time (as above)
+    store.changes(ALICE, INBOX, top)
+    (index,) = store._indexes.values()
+    assert store.changes_now(ALICE, INBOX, top) is not None  # open and current: answered
+    index.db.close()
+    assert store.changes_now(ALICE, INBOX, top) is None
+    assert index.db._db is None  # not reopened
+    db = index.db._connect()
+    with index.db.not_waiting():
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] > 0

@@ -69,8 +69,14 @@ class InvalidCommandError(Exception):
 
 
 class SelectionLostError(Exception):
-    """The selected folder went away during the command; BYE was sent (`_lose_selection`):
-    the command says nothing more."""
+    """The selected folder went away or was renumbered during the command; BYE was sent
+    (`_lose_selection`): the command says nothing more. Except where sending it again would
+    duplicate mail: APPEND, COPY and MOVE still send their tagged OK after the BYE (as LOGOUT
+    does); a STORE or EXPUNGE repeated changes nothing. `done`: what the store call returned."""
+
+    def __init__(self, done: object = None) -> None:
+        super().__init__("the selected mailbox is gone")
+        self.done = done
 
 
 @dataclass
@@ -352,14 +358,15 @@ class SessionCore:
         into it), then `_sync`, in one thread trip, so that the session's next command finds
         nothing new; `then(result)` on the event loop before the changes are reported (STORE
         takes its own changes in, so they are not reported twice). Returns what `work`
-        returned; its exceptions are raised before anything is reported."""
+        returned; its exceptions are raised before anything is reported. When the folder
+        was lost meanwhile (BYE sent), raises SelectionLostError holding that instead."""
         sel = self.selected
         if sel is None or not sel.synced_modseq:
             done = await self._thread(work)
             if then is not None:
                 then(done)
             await self._sync_full(write, allow_expunge=allow_expunge)
-            return done
+            return self._unless_lost(done)
         ask = functools.partial(
             self.ctx.store.changes,
             self._require_user(),
@@ -380,11 +387,17 @@ class SessionCore:
             then(done)
         if is_gone:
             await self._lose_selection(write, "the selected mailbox was deleted or renamed")
-            raise SelectionLostError
-        if changes is None:
+        elif changes is None:
             await self._sync_full(write, allow_expunge=allow_expunge)
         else:
             await self._report(write, sel, changes, allow_expunge=allow_expunge)
+        return self._unless_lost(done)
+
+    def _unless_lost(self, done: _T) -> _T:
+        """`done`, unless the sync sent BYE (folder gone, UIDVALIDITY changed): then nothing
+        may follow but what the caller decides (SelectionLostError)."""
+        if self.proto.state is State.LOGOUT:
+            raise SelectionLostError(done)
         return done
 
     async def _report(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 from mailstack.delivery.store import (
     HIERARCHY_DELIMITER,
@@ -28,6 +29,7 @@ from mailstack.imap.session_base import (
     InvalidCommandError,
     RefusedError,
     Selected,
+    SelectionLostError,
     SessionCore,
     Write,
     checked_name,
@@ -374,6 +376,10 @@ class MailboxCommands(SessionCore):
                 refs = await self._thread(work)
         except FolderNotFoundError:
             raise RefusedError(f"no mailbox {name}", "TRYCREATE") from None
+        except SelectionLostError as lost:
+            # BYE was sent, but the message is stored: the tagged OK (as LOGOUT's follows its
+            # BYE) keeps a client that reads it from sending the message again.
+            refs = cast("list[MessageRef]", lost.done)
         # RFC 4315 §3: APPENDUID with a uid-set for a MULTIAPPEND, in the messages' order.
         uids = compress_ordered([ref.uid for ref in refs])
         await write(

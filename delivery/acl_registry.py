@@ -58,6 +58,7 @@ from mailstack.delivery.layout import folder_dir_name
 from mailstack.delivery.store import INBOX
 
 from mailstack.base.paths import StatePaths
+from mailstack.base.sqlite_files import open_shared
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,11 @@ def _bump(db: sqlite3.Connection) -> int:
     generation = int(_meta(db).get("generation", 0)) + 1
     _set_meta(db, "generation", generation)
     return generation
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
 
 
 class AclRegistry:
@@ -339,15 +345,7 @@ class AclRegistry:
         if self._opened is not None and self._opened[0] == opened[0] and self._conn is not None:
             self._conn.close()
         self._conn = None
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
+        conn = open_shared(self.path, _setup, timeout_s=BUSY_TIMEOUT_S, check_same_thread=False)
         self._conn, self._opened = conn, opened
         return conn
 

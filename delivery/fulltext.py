@@ -41,6 +41,8 @@ import threading
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from mailstack.base.sqlite_files import open_shared
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "mailstack.fulltext.sqlite3"
@@ -65,6 +67,19 @@ def trigram_query(term: str) -> str | None:
         return None
     grams = dict.fromkeys(term[i : i + MIN_TERM] for i in range(len(term) - MIN_TERM + 1))
     return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    # A cache: losing the last transactions in a power cut costs a re-index, not mail.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is None:
+        with db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    elif row[0] != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"schema {row[0]}, expected {SCHEMA_VERSION}")
 
 
 class FolderText:
@@ -99,22 +114,13 @@ class FolderText:
     def _connect(self) -> sqlite3.Connection:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # A cache: losing the last transactions in a power cut costs a re-index, not mail.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                with db:
-                    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema {row[0]}, expected {SCHEMA_VERSION}")
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return open_shared(
+            self.path,
+            _setup,
+            timeout_s=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+            autocommit=False,
+        )
 
     def close(self) -> None:
         with self._lock:

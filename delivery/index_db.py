@@ -61,6 +61,8 @@ from typing import NamedTuple
 
 from mailstack.delivery.index_known import KnownRows
 
+from mailstack.base.sqlite_files import open_shared
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "mailstack.index.sqlite3"
@@ -107,6 +109,46 @@ def _now_floor() -> int:
     return time.time_ns() // 1000
 
 
+def _prepare(db: sqlite3.Connection) -> dict[str, int]:
+    """Schema, MODSEQ floor and journal of a newly opened index file; returns its meta."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise sqlite3.DatabaseError(f"unknown index schema {version}")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")  # see "Flag changes are not fsynced"
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS messages (uid INTEGER PRIMARY KEY,"
+        " modseq INTEGER NOT NULL, flags TEXT NOT NULL, base TEXT NOT NULL,"
+        " name TEXT NOT NULL, disk_size INTEGER NOT NULL, size INTEGER NOT NULL,"
+        " internal_date REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)")
+    db.execute(HEADERS_SCHEMA)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    if int(meta.get("headers_version", 0)) != HEADERS_VERSION:
+        db.execute("DELETE FROM headers")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('headers_version', ?)", (HEADERS_VERSION,))
+    floor = _now_floor()
+    highest = max(int(meta.get("highestmodseq", 0)), floor)
+    if "highestmodseq" not in meta:
+        # New or rebuilt: nothing is known of expunges before now.
+        db.execute("DELETE FROM expunged")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('expunge_floor', ?)", (highest,))
+        meta["expunge_floor"] = highest
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('highestmodseq', ?)", (highest,))
+    meta["highestmodseq"] = highest
+    db.execute("COMMIT")
+    db.execute("SELECT uid FROM messages LIMIT 1").fetchall()  # corrupt: raises
+    return meta
+
+
 class IndexDb:
     """The SQLite side of one folder's index; see the module docstring."""
 
@@ -150,51 +192,16 @@ class IndexDb:
         # Created 0600 by us: sqlite3 would use the umask.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         os.close(fd)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"unknown index schema {version}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # see "Flag changes are not fsynced"
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-            )
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS messages (uid INTEGER PRIMARY KEY,"
-                " modseq INTEGER NOT NULL, flags TEXT NOT NULL, base TEXT NOT NULL,"
-                " name TEXT NOT NULL, disk_size INTEGER NOT NULL, size INTEGER NOT NULL,"
-                " internal_date REAL NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq)")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS expunged"
-                " (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)")
-            db.execute(HEADERS_SCHEMA)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if int(meta.get("headers_version", 0)) != HEADERS_VERSION:
-                db.execute("DELETE FROM headers")
-                db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('headers_version', ?)", (HEADERS_VERSION,)
-                )
-            floor = _now_floor()
-            highest = max(int(meta.get("highestmodseq", 0)), floor)
-            if "highestmodseq" not in meta:
-                # New or rebuilt: nothing is known of expunges before now.
-                db.execute("DELETE FROM expunged")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('expunge_floor', ?)", (highest,))
-                meta["expunge_floor"] = highest
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('highestmodseq', ?)", (highest,))
-            db.execute("COMMIT")
-            db.execute("SELECT uid FROM messages LIMIT 1").fetchall()  # corrupt: raises
-        except BaseException:
-            db.close()
-            raise
+        meta: dict[str, int] = {}
+
+        def setup(db: sqlite3.Connection) -> None:
+            meta.clear()
+            meta.update(_prepare(db))
+
+        db = open_shared(
+            self.path, setup, timeout_s=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        highest = meta["highestmodseq"]
         self.highest_modseq = highest
         self.expunge_floor = int(meta.get("expunge_floor", highest))
         self.uid_validity = int(meta.get("uidvalidity", 0))

@@ -51,10 +51,16 @@ from typing import Any, TypeVar
 from mailstack.delivery.index_db import HEADERS_SCHEMA, INDEX_FILE
 from mailstack.delivery.store import HeaderRow
 
+from mailstack.base.sqlite_files import open_shared
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 2000
 _BATCH = 500  # uids per statement: below SQLite's default 999-variable limit
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute(HEADERS_SCHEMA)
 
 
 class HeaderTable:
@@ -88,9 +94,9 @@ class HeaderTable:
         if not inode:
             return None
         try:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute(HEADERS_SCHEMA)
+            db = open_shared(
+                self.path, _setup, timeout_s=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             log.debug("header index %s unusable: %s", self.path, exc)
             return None

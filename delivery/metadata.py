@@ -19,6 +19,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from mailstack.base.sqlite_files import open_shared
+
 FILE_NAME = "mailstack.metadata.sqlite3"
 MAX_VALUE = 64 * 1024
 MAX_ENTRIES = 200
@@ -41,6 +43,11 @@ class TooLargeError(Exception):
     """RFC 5464 §4.3: NO [METADATA MAXSIZE n]."""
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_SCHEMA)
+
+
 class Metadata:
     """The METADATA entries of one account. Thread-safe; several processes may share the file."""
 
@@ -53,10 +60,9 @@ class Metadata:
         if self._db is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
-            db = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
+            self._db = open_shared(
+                self.path, _setup, timeout_s=5, check_same_thread=False, autocommit=False
+            )
         return self._db
 
     def close(self) -> None:

@@ -47,6 +47,7 @@ from mailstack.delivery.transport import verified_context
 
 from mailstack.base.config import Config
 from mailstack.base.dns import DnsClient, DnsTempError, make_resolver
+from mailstack.base.sqlite_files import open_shared
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ def _day(now: float) -> str:
     return datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    # Statistics, not mail: WAL without an fsync per session keeps them off the delivery
+    # path's critical disk time; a power cut may lose the last few counts.
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute(_SCHEMA)
+
+
 class ReportStore:
     """Session counts in SQLite (`path`; None: in memory). Thread-safe; opened lazily so
     building a queue (`mailstack queue list`) creates no file."""
@@ -88,13 +97,7 @@ class ReportStore:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             target = str(self.path) if self.path is not None else ":memory:"
-            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            # Statistics, not mail: WAL without an fsync per session keeps them off the
-            # delivery path's critical disk time; a power cut may lose the last few counts.
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute(_SCHEMA)
+            self._db = open_shared(target, _setup, timeout_s=5.0, check_same_thread=False)
         return self._db
 
     def add(self, session: Session, *, now: float) -> None:

@@ -36,6 +36,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mailstack.base.sqlite_files import open_shared
+
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "mailstack.cache.sqlite3"
@@ -46,6 +48,20 @@ _BATCH = 500  # keys per SELECT: stays below SQLite's default 999-variable limit
 # Accounts whose cache stays open per process, least recently used dropped first: each holds
 # an SQLite connection (about 150 KB resident), too much for 1,000 accounts (issue 11).
 MAX_OPEN_CACHES = 128
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise sqlite3.DatabaseError(f"unknown cache schema {version}")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")  # a lost tail is only a cache miss
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS structure ("
+        " key TEXT PRIMARY KEY, size INTEGER NOT NULL, value TEXT NOT NULL)"
+    )
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("SELECT key FROM structure LIMIT 1").fetchall()  # corrupt: raises
 
 
 class StructureCache:
@@ -80,24 +96,9 @@ class StructureCache:
         # Create it 0600 ourselves: sqlite3 would use the umask.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         os.close(fd)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"unknown cache schema {version}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # a lost tail is only a cache miss
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS structure ("
-                " key TEXT PRIMARY KEY, size INTEGER NOT NULL, value TEXT NOT NULL)"
-            )
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("SELECT key FROM structure LIMIT 1").fetchall()  # corrupt: raises
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return open_shared(
+            self.path, _setup, timeout_s=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
 
     def _set_aside(self) -> None:
         """Remove an unusable database (and its WAL files): it only ever held a cache."""

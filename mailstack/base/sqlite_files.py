@@ -4,7 +4,9 @@ Two processes opening a new file at the same moment can collide while one switch
 and the other creates its tables: SQLite then answers "database is locked" at once, without
 waiting out the busy timeout (it refuses a lock upgrade that could deadlock). A fresh
 deployment's first two submissions, one per SMTP worker, got `451` at MAIL FROM that way.
-`open_shared` retries the connection's setup instead.
+A folder index or cache that took that answer for corruption set the new file aside, under
+the process that had just made it. `open_shared` retries the connection's setup instead; every
+SQLite file of mailstack is opened through it (tests/mailstack/test_sqlite_files.py).
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ SETUP_PAUSE_S = 0.02  # x 50: a second, far beyond a collision (microseconds of 
 
 
 def open_shared(
-    path: Path,
+    path: Path | str,
     setup: Callable[[sqlite3.Connection], None],
     *,
     timeout_s: float,
     check_same_thread: bool = True,
+    autocommit: bool = True,
 ) -> sqlite3.Connection:
-    """A connection (autocommit) to `path` on which `setup` (journal mode, schema) ran."""
+    """A connection to `path` on which `setup` (journal mode, schema) ran. `autocommit`
+    False: the sqlite3 module's implicit transactions (`with db:` commits)."""
     for attempt in range(1, SETUP_TRIES + 1):
         db = sqlite3.connect(
-            path, timeout=timeout_s, isolation_level=None, check_same_thread=check_same_thread
+            path,
+            timeout=timeout_s,
+            isolation_level=None if autocommit else "DEFERRED",
+            check_same_thread=check_same_thread,
         )
         try:
             setup(db)

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from mailstack.base.sqlite_files import open_shared
 from mailstack.base.throttle import Key, Kind, LoginThrottle, Record
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ _MAX_AGE_S = 31 * 86400.0  # longer than LoginThrottle.good_s and any sane windo
 _FAILURES = "DELETE FROM throttle WHERE kind != 'good'"
 
 
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
+
+
 class ThrottleDb:
     """One throttle file; connections per thread (the loop in `serve`, the CLI's own)."""
 
@@ -61,11 +68,7 @@ class ThrottleDb:
             if not self.path.exists():  # names and addresses of clients: not for everyone
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             # A short busy timeout: `serve` calls this on its event loop.
-            conn = sqlite3.connect(self.path, timeout=0.2, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            self._local.conn = conn
+            conn = self._local.conn = open_shared(self.path, _setup, timeout_s=0.2)
         return conn
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ import argon2
 from mailstack.base import scram
 from mailstack.base.config import to_ascii_domain
 from mailstack.base.errors import ExistsError, NotFoundError, UsageError
+from mailstack.base.sqlite_files import open_shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (
@@ -128,6 +129,12 @@ def generate_password() -> str:
     return secrets.token_urlsafe(15)
 
 
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
 class Accounts:
     """The account database. Safe to share between threads."""
 
@@ -151,11 +158,7 @@ class Accounts:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
+            conn = self._local.conn = open_shared(self.path, _setup, timeout_s=10)
         return conn
 
     @contextmanager

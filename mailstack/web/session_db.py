@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mailstack.base.sqlite_files import open_shared
+
 log = logging.getLogger(__name__)
 
 TOUCH_S = 60.0  # how stale a stored "last seen" may get (the idle expiry is 30 minutes)
@@ -43,16 +45,19 @@ CREATE INDEX IF NOT EXISTS sessions_address ON sessions (address);
 Row = tuple[bytes, str, str, bool, float, float, str]
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+
+
 class SessionDb:
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.exists():  # what the CSRF tokens and logins are: for mailstack only
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_shared(path, _setup, timeout_s=5, check_same_thread=False)
 
     def _run(self, sql: str, params: Any = (), *, many: bool = False) -> None:
         with self._lock:

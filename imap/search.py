@@ -366,12 +366,28 @@ def adds_placeholders(header: bytes) -> bool:
     (envelope.MISSING_DOMAIN, MISSING_MAILBOX), so a search for "@" or "missing" can match
     what no line holds. Conservative: any comma-separated piece without "x@" counts (a
     group, a quoted comma)."""
-    unfolded = _FOLD.sub(b"", header)
-    for m in _ADDRESS_FIELD.finditer(unfolded):
-        for piece in m[1].split(b","):
-            if piece.strip() and _MAILBOX_AT.search(piece) is None:
-                return True
+    for m in _ADDRESS_FIELD.finditer(_FOLD.sub(b"", header)):
+        if _is_placeholder_free(m[1]):
+            continue
+        return True
     return False
+
+
+def address_lines_add_placeholders(lines: Iterable[bytes]) -> bool:
+    """`adds_placeholders` of header lines already known to be From/To/Cc/Bcc fields, each
+    with its folded continuation lines (what a first header fetch has in hand: no regex
+    over the block to find them)."""
+    return not all(_is_placeholder_free(line.partition(b":")[2]) for line in lines)
+
+
+def _is_placeholder_free(value: bytes) -> bool:
+    """No piece of this address field's value (folded or not: a fold never joins a
+    mailbox's last character and its "@") lacks a "x@"."""
+    if b"," not in value:  # one piece: most From and To fields
+        return _MAILBOX_AT.search(value) is not None or not value.strip()
+    return all(
+        _MAILBOX_AT.search(piece) is not None or not piece.strip() for piece in value.split(b",")
+    )
 
 
 def _render_addresses(addresses: Value) -> str:

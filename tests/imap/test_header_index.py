@@ -416,6 +416,25 @@ def test_envelope_is_added_to_rows_a_search_filled(fields_dep: ImapDeployment) -
     db.close()
 
 
+def test_a_fetch_renders_envelopes_of_old_rows_and_fills_new_ones(
+    fields_dep: ImapDeployment,
+) -> None:
+    """Rows a SEARCH filled (no ENVELOPE) and messages with no row yet, in one FETCH: the
+    fill renders the new rows' ENVELOPE and the old rows get theirs from the stored lines."""
+    root = fields_dep.paths.maildir(USER)
+    assert sort_lines(fields_dep, ["SORT (SUBJECT) UTF-8 SUBJECT o"])  # rows, no ENVELOPE
+    later = FIELDS_CORPUS[:2]
+    for i, raw in enumerate(later, len(FIELDS_CORPUS) + 1):
+        (root / "new" / f"{1_700_000_000 + i}.M{i}P1.test").write_bytes(raw)
+    from_files = literals(ours(fields_dep, "ENVELOPE BODY.PEEK[TEXT]"))
+    envelopes = {k: v for k, v in from_files.items() if k[1] == b"ENVELOPE"}
+    assert len(envelopes) == len(FIELDS_CORPUS) + len(later)
+    assert literals(ours(fields_dep, "ENVELOPE")) == envelopes
+    with sqlite3.connect(root / INDEX_FILE) as db:
+        assert db.execute("SELECT count(*) FROM headers WHERE envelope IS NULL").fetchone() == (0,)
+    db.close()
+
+
 ENVELOPE_PIECES = [
     b"From: Ann <ann@example.org>\r\n",
     b'from: b@c, "D, E" <d@e>\r\n',

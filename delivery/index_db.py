@@ -347,7 +347,8 @@ class IndexDb:
             self.uid_validity, self.expunge_floor = uid_validity, self.highest_modseq
             known.clear()
         if removed is None:
-            gone = known.absent_from([r.uid for r in rows])
+            # Nothing known (a new file): nothing can be gone, and no row is built for asking.
+            gone = known.absent_from([r.uid for r in rows]) if len(known) else []
         else:
             gone = [uid for uid in set(removed) if uid in known]
         modseq = self.highest_modseq + 1
@@ -358,8 +359,9 @@ class IndexDb:
             # changes every message, and a list of them cost a row object apiece.
             nonlocal changed
             shared: dict[str, tuple[str, int]] = {}
+            fresh = not len(known)  # a new file: nothing to compare with
             for r in rows:
-                k = known.get(r.uid)
+                k = None if fresh else known.get(r.uid)
                 if k is None or k[0] != r.flags:
                     changed += 1
                     pair = shared.get(r.flags)

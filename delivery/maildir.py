@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from mailstack.delivery import folders, maildir_flags, maildir_messages, quota
 from mailstack.delivery.acl_registry import AclRegistry
@@ -454,15 +454,18 @@ class MaildirStore:
         """(uid, message) for each of `uids` that still exists, in the order given, under one
         folder lock (FETCH of a whole folder would otherwise take it once per message). The
         files are opened under the lock and read one at a time as the caller iterates."""
-        files = self._open_messages(user, folder, uids)
+        files = list(self._open_messages(user, folder, uids).items())
+        closed = 0  # files[:closed] are closed: a descriptor is never closed twice
         try:
-            for uid, f in files.items():
-                with f:
-                    data = f.read()
+            for uid, f in files:
+                try:
+                    data = maildir_messages.read_whole(f)
+                finally:
+                    os.close(f.fd)
+                    closed += 1
                 yield uid, data
         finally:
-            for f in files.values():
-                f.close()
+            maildir_messages.close_all(f for _, f in files[closed:])
 
     def read_header(self, user: str, folder: str, uid: int) -> bytes:
         """The message's header block, through the blank line that ends it (the whole message
@@ -479,10 +482,11 @@ class MaildirStore:
         try:
             return {uid: maildir_messages.header_block(f) for uid, f in files.items()}
         finally:
-            for f in files.values():
-                f.close()
+            maildir_messages.close_all(files.values())
 
-    def _open_messages(self, user: str, folder: str, uids: Sequence[int]) -> dict[int, BinaryIO]:
+    def _open_messages(
+        self, user: str, folder: str, uids: Sequence[int]
+    ) -> dict[int, maildir_messages.OpenFile]:
         """Open each of `uids` that still exists, in the order given, under one folder lock: an
         open file survives a flag rename, so reading after the lock is safe. The caller closes
         them."""

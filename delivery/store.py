@@ -22,7 +22,7 @@ import enum
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mailstack.base.flags import FlagMode
 
@@ -169,9 +169,10 @@ class TextIndex(Protocol):
         """Index (uid, searchable text) pairs."""
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderRow:
-    """One message's stored header fields (delivery/index_headers.py explains each)."""
+class HeaderRow(NamedTuple):
+    """One message's stored header fields (delivery/index_headers.py explains each). A
+    NamedTuple: a first header fetch makes one per message, and a frozen dataclass cost
+    several times as much to create."""
 
     uid: int
     base: str

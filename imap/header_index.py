@@ -85,15 +85,10 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
     """The stored form of a message's header block (LF or CRLF line ends)."""
     data = to_crlf(header)
     kept, _ = parse_header(data, 0, len(data), only=INDEXED)
-    lines: list[bytes] = []
-    address_lines: list[bytes] = []  # the fields SEARCH FROM/TO/CC/BCC read
-    for f in kept:
-        line = data[f.start : f.end]
-        if not line.endswith(b"\r\n"):
-            line += b"\r\n"
-        lines.append(line)
-        if f.name.lower() in ADDRESS_KEYS:
-            address_lines.append(line)
+    lines = [data[f.start : f.end] for f in kept]
+    # Only a field that ends the data can lack its CRLF: every other one ends at a line's.
+    if lines and not lines[-1].endswith(b"\r\n"):
+        lines[-1] += b"\r\n"
     raw = b"".join(lines)
     plain: str | None = None
     exact = False
@@ -102,12 +97,15 @@ def make_row(uid: int, base: str, header: bytes, *, with_envelope: bool = False)
         plain = flat.decode("ascii")
         # Only the fields an address key reads: a quoted MIME boundary in Content-Type made
         # every multipart message a candidate of every FROM search.
+        address_lines = [
+            line for f, line in zip(kept, lines, strict=True) if f.name.lower() in ADDRESS_KEYS
+        ]
         addresses = b"".join(address_lines)
         flat_addresses = addresses.replace(b"\r", b"").replace(b"\n", b"").lower()
-        rewritten = search.ADDRESS_REWRITES.search(flat_addresses) is not None
+        rewritten = search.rewrites_address(flat_addresses)
         exact = not rewritten and not search.address_lines_add_placeholders(address_lines)
     rendered = _envelope(kept) if with_envelope else None
-    return HeaderRow(uid=uid, base=base, raw=raw, plain=plain, exact=exact, envelope=rendered)
+    return HeaderRow(uid, base, raw, plain, exact, rendered)
 
 
 # ENVELOPE's fields (RFC 9051 §7.5.2), all of them stored.

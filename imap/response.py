@@ -25,6 +25,7 @@ from mailstack.imap.values import Bodies, Value
 _ATOM_SAFE = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\x80-\U0010ffff]+")
 # QUOTED-CHAR (RFC 3501): any 7-bit TEXT-CHAR; "\" and DQUOTE are escaped.
 _QUOTABLE = re.compile(r"[\x01-\x09\x0b\x0c\x0e-\x7f]*")
+_QUOTABLE_BYTES = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*")
 _TEXT_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # resp-text must be a single line of TEXT-CHAR
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTHS_B = tuple(m.encode("ascii") for m in _MONTHS)
@@ -43,12 +44,15 @@ def string(value: str | bytes) -> bytes:
     if len(value) > _MAX_QUOTED:  # message bodies: skip decoding megabytes to decide
         return literal(value.encode("utf-8") if isinstance(value, str) else value)
     if isinstance(value, bytes):
-        try:
-            text = value.decode("ascii")
-        except UnicodeDecodeError:
+        # Bytes as they are, no decode and encode: ENVELOPE renders a few per message.
+        if not value.isascii():
             return literal(value)
-    else:
-        text = value
+        if _QUOTABLE_BYTES.fullmatch(value):
+            if b"\\" in value or b'"' in value:
+                value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            return b'"' + value + b'"'
+        return literal(value)
+    text = value
     if len(text) <= _MAX_QUOTED and _QUOTABLE.fullmatch(text):
         if "\\" in text or '"' in text:
             text = text.replace("\\", "\\\\").replace('"', '\\"')

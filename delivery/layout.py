@@ -127,9 +127,12 @@ def sizes_from_name(base: str) -> tuple[int | None, int | None]:
     return (int(s) if s else None, int(w) if w else None)
 
 
+_TIME_FIELDS = re.compile(r"(\d+)\.(?:M(\d+))?")
+
+
 def time_from_name(base: str) -> float | None:
     """Delivery time from "<secs>.M<usecs>..." (None if the name is not of that form)."""
-    m = re.match(r"(\d+)\.(?:M(\d+))?", base)
+    m = _TIME_FIELDS.match(base)
     if m is None:
         return None
     return int(m[1]) + (int(m[2]) / 1_000_000 if m[2] else 0.0)

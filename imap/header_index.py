@@ -135,7 +135,7 @@ def _envelope(fields: Sequence[HeaderField]) -> bytes:
     return b"(%s)" % b" ".join(
         (
             _text(first.get("date")),
-            _text(None if subject is None else _WSP_RUN.sub(b" ", subject)),
+            _text(None if subject is None else _one_space(subject)),
             from_ or b"NIL",
             sender or b"NIL",
             reply_to or b"NIL",
@@ -151,6 +151,13 @@ def _envelope(fields: Sequence[HeaderField]) -> bytes:
 # envelope.py's subject rule (folding white space as one space), on the bytes: UTF-8 and
 # surrogate escapes never hold these four.
 _WSP_RUN = re.compile(rb"[ \t\r\n]+")
+
+
+def _one_space(subject: bytes) -> bytes:
+    """`_WSP_RUN` runs as one space; a subject with none (most) skips the regex."""
+    if b"  " in subject or b"\t" in subject or b"\r" in subject or b"\n" in subject:
+        return _WSP_RUN.sub(b" ", subject)
+    return subject
 
 
 def _text(raw: bytes | None) -> bytes:

@@ -23,6 +23,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from mailstack.base import parallel
 from mailstack.base.config import format_hostport
 from mailstack.base.errors import HostError
 from mailstack.base.threads import use_blocking_pool
@@ -291,4 +292,5 @@ def serve(dep: Deployment) -> None:
         asyncio.run(run(dep))
     finally:
         stop_recording(recorder)
+        parallel.POOL.close()  # idle worker processes (mailstack/base/parallel.py)
         dep.close()

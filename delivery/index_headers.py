@@ -37,19 +37,22 @@ index's writers (WAL readers do not block). Failures are logged at DEBUG and ans
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import sys
 import threading
+import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mailstack.delivery.index_db import HEADERS_SCHEMA, INDEX_FILE
-from mailstack.delivery.store import HeaderRow
+from mailstack.delivery.store import HeaderValues
 
 from mailstack.base.sqlite_files import open_shared
 
@@ -60,6 +63,10 @@ _BATCH = 500  # uids per statement: below SQLite's default 999-variable limit
 
 
 def _setup(db: sqlite3.Connection) -> None:
+    # Per connection, and the default (FULL) fsyncs the WAL at every commit: a first header
+    # fetch of 100,000 messages commits 200 batches. The rows are a cache; a crash that
+    # loses the last commits loses only rows made again when next needed.
+    db.execute("PRAGMA synchronous = NORMAL")
     db.execute(HEADERS_SCHEMA)
 
 
@@ -68,6 +75,7 @@ class HeaderTable:
 
     def __init__(self, folder_dir: Path) -> None:
         self.path = folder_dir / INDEX_FILE
+        _TABLES[str(folder_dir)] = self
         self._lock = threading.Lock()
         self._filling = threading.Lock()  # `filling`: sessions filling rows take turns
         self._db: sqlite3.Connection | None = None
@@ -144,13 +152,20 @@ class HeaderTable:
                 return {}
         return out
 
-    def put(self, rows: Iterable[HeaderRow]) -> None:
-        """Store rows (replacing older ones), in one transaction; best effort."""
-        batch = [(r.uid, r.base, r.raw, r.plain, int(r.exact), r.envelope) for r in rows]
+    def put(self, rows: Iterable[HeaderValues]) -> None:
+        """Store rows (replacing older ones), in one transaction; best effort. The values are
+        the table's columns in order (`exact` a bool, which SQLite stores as 0 or 1)."""
+        batch = rows if isinstance(rows, Sequence) else list(rows)
         self._write("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?, ?, ?)", batch)
         if batch:
             with self._lock:
                 self._rows = None  # our own commits do not move data_version: scan again
+
+    def writer(self) -> Callable[[Sequence[HeaderValues]], None]:
+        """`put` as a function any process can call (it pickles): worker processes filling
+        rows store them themselves (imap/header_index.py), so the serving process neither
+        receives them nor takes turns for the GIL with its sessions to write them."""
+        return functools.partial(put_rows, str(self.path.parent))
 
     def _write(self, sql: str, batch: Sequence[tuple[object, ...]]) -> None:
         if not batch:
@@ -177,12 +192,20 @@ class HeaderTable:
         with `wanted` in UID order, so nothing per message is held but the answer."""
         no_row: list[int] = []
         no_envelope: list[int] = []
+        ordered = _in_uid_order(wanted)
+        if not ordered:
+            return no_row, no_envelope
+        # Only the UIDs' range: a header fetch asks about a folder a part at a time.
+        sql = (
+            "SELECT uid, base, envelope IS NOT NULL FROM headers"
+            " WHERE uid BETWEEN ? AND ? ORDER BY uid"
+        )
+        span = (ordered[0][0], ordered[-1][0])
         with self._lock:
             db = self._connect()
-            sql = "SELECT uid, base, envelope IS NOT NULL FROM headers ORDER BY uid"
             try:
-                rows: Iterable[tuple[int, str, int]] = () if db is None else db.execute(sql)
-                for uid, row in _join(wanted, rows):
+                rows: Iterable[tuple[int, str, int]] = () if db is None else db.execute(sql, span)
+                for uid, row in _join(ordered, rows):
                     if row is None:
                         no_row.append(uid)
                         no_envelope.append(uid)
@@ -190,8 +213,8 @@ class HeaderTable:
                         no_envelope.append(uid)
             except sqlite3.Error as exc:
                 self._failed("read", exc)
-                ordered = [uid for uid, _ in _in_uid_order(wanted)]
-                return ordered, list(ordered)
+                uids = [uid for uid, _ in ordered]
+                return uids, list(uids)
         return no_row, no_envelope
 
     def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
@@ -282,6 +305,21 @@ def _recording(
     for row in rows:
         keys.add(row[0], row[1])
         yield row
+
+
+# This process's tables by folder directory: `put_rows` writes through the table the process
+# has (serve's own), or through one of its own (a worker's, a few kept open).
+_TABLES: weakref.WeakValueDictionary[str, HeaderTable] = weakref.WeakValueDictionary()
+_KEPT: collections.deque[HeaderTable] = collections.deque(maxlen=4)
+
+
+def put_rows(folder_dir: str, rows: Sequence[HeaderValues]) -> None:
+    """`HeaderTable.put` on the table of the folder at `folder_dir` (`HeaderTable.writer`)."""
+    table = _TABLES.get(folder_dir)
+    if table is None:
+        table = HeaderTable(Path(folder_dir))
+        _KEPT.append(table)
+    table.put(rows)
 
 
 def _in_uid_order(wanted: Sequence[tuple[int, str]]) -> Sequence[tuple[int, str]]:

@@ -69,6 +69,7 @@ from mailstack.base.fsutil import fsync_dir
 from mailstack.base.paths import StatePaths
 
 _T = TypeVar("_T")
+R = TypeVar("R")
 _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
 # Folder indexes kept per process, least recently used dropped first. Each holds an open
 # SQLite connection (about 150 KB resident: page cache, WAL index), so 1,000 accounts' six
@@ -466,6 +467,18 @@ class MaildirStore:
                 yield uid, data
         finally:
             maildir_messages.close_all(f for _, f in files[closed:])
+
+    def map_messages(
+        self,
+        user: str,
+        folder: str,
+        uids: Sequence[int],
+        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        *,
+        whole: bool,
+    ) -> Iterator[R]:
+        root, _name, fdir = self._folder(user, folder)
+        return maildir_messages.map_files(self._index(root, fdir), fdir, uids, work, whole)
 
     def read_header(self, user: str, folder: str, uid: int) -> bytes:
         """The message's header block, through the blank line that ends it (the whole message

@@ -19,12 +19,14 @@ delimiter ".", "INBOX" is the Maildir root; "Sent" lives in `.Sent/`, "Archive.2
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from mailstack.base.flags import FlagMode
+
+R = TypeVar("R")  # what a map_messages work function gives
 
 HIERARCHY_DELIMITER = "."
 INBOX = "INBOX"
@@ -169,6 +171,10 @@ class TextIndex(Protocol):
         """Index (uid, searchable text) pairs."""
 
 
+# A HeaderRow's values in its order (the table's columns): what `HeaderIndex.put` takes.
+HeaderValues = tuple[int, str, bytes, str | None, bool, bytes | None]
+
+
 class HeaderRow(NamedTuple):
     """One message's stored header fields (delivery/index_headers.py explains each). A
     NamedTuple: a first header fetch makes one per message, and a frozen dataclass cost
@@ -204,8 +210,11 @@ class HeaderIndex(Protocol):
     def set_envelopes(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
         """Store the ENVELOPE of existing rows: (uid, base name, envelope)."""
 
-    def put(self, rows: Iterable[HeaderRow]) -> None:
+    def put(self, rows: Iterable[HeaderValues]) -> None:
         """Store rows, in one transaction."""
+
+    def writer(self) -> Callable[[Sequence[HeaderValues]], None]:
+        """`put` as a function that pickles, for another process to store rows with."""
 
     @property
     def filling(self) -> FillLock:
@@ -348,6 +357,22 @@ class MailStore(Protocol):
     ) -> Iterator[tuple[int, bytes]]:
         """(uid, message) for each of `uids` still there, in that order: `read_message` of many
         at the cost of one lookup. Close the iterator if you stop early."""
+
+    def map_messages(
+        self,
+        user: str,
+        folder: str,
+        uids: Sequence[int],
+        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        *,
+        whole: bool,
+    ) -> Iterator[R]:
+        """`work` applied to the messages of `uids` still there, a batch at a time, each as
+        (uid, key, RFC822.SIZE as stored, the whole message with `whole`, else its header
+        block as `read_headers` gives it); one result per batch, in no set order. Many
+        messages are worked on in other processes, so `work` and its results must pickle (a
+        module-level function or a functools.partial of one, plain values). Close the
+        iterator if you stop early."""
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode

@@ -27,16 +27,21 @@ unlocked). Several processes may use the same file: SQLite's own locking, WAL mo
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mailstack.base.sqlite_files import open_shared
+
+CacheRow = tuple[str, int, str]  # (key, the message's RFC822.SIZE as stored, value)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ class StructureCache:
 
     def __init__(self, maildir_root: Path) -> None:
         self.path = maildir_root / CACHE_FILE
+        _CACHES[str(maildir_root)] = self
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._broken = False  # could not open even after a rebuild: stay a no-op cache
@@ -143,13 +149,18 @@ class StructureCache:
                 self._failed("read", exc)
         return out
 
-    def put_many(self, rows: Iterable[tuple[str, int, str]]) -> None:
+    def put_many(self, rows: Iterable[CacheRow]) -> None:
         """Store (key, size, value) rows, replacing older ones; best effort."""
         self._write_many(
             "write",
             "INSERT OR REPLACE INTO structure (key, size, value) VALUES (?, ?, ?)",
             list(rows),
         )
+
+    def writer(self) -> Callable[[list[CacheRow]], None]:
+        """`put_many` as a function any process can call (it pickles): see
+        HeaderTable.writer."""
+        return functools.partial(put_rows, str(self.path.parent))
 
     def copy_rows(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Give copies their originals' rows: (source key, copy key) pairs (IMAP COPY/MOVE
@@ -219,6 +230,21 @@ class StructureCache:
         # Dropped by StructureCaches' LRU and no longer used: close now (an unclosed
         # sqlite3.Connection waits for a full garbage collection, its own reference cycle).
         self.close()
+
+
+# This process's caches by account root: `put_rows` writes through the one the process has
+# (serve's own), or through one of its own (a worker's, a few kept open).
+_CACHES: weakref.WeakValueDictionary[str, StructureCache] = weakref.WeakValueDictionary()
+_KEPT: collections.deque[StructureCache] = collections.deque(maxlen=4)
+
+
+def put_rows(maildir_root: str, rows: list[CacheRow]) -> None:
+    """`StructureCache.put_many` on the account's cache (`StructureCache.writer`)."""
+    cache = _CACHES.get(maildir_root)
+    if cache is None:
+        cache = StructureCache(Path(maildir_root))
+        _KEPT.append(cache)
+    cache.put_many(rows)
 
 
 class StructureCaches:

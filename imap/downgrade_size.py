@@ -16,10 +16,10 @@ Any FETCH that parses a message for its structure records this row too, the byte
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 
 from mailstack.delivery.store import MailStore, MessageInfo
-from mailstack.imap.cache import StructureCache
+from mailstack.imap.cache import CacheRow, StructureCache
 from mailstack.imap.downgrade import downgrade
 from mailstack.imap.fetch import ParsedMessage
 
@@ -29,7 +29,9 @@ SUFFIX = ":size"
 def seen_size(raw: bytes) -> int:
     """RFC822.SIZE of the stored message `raw` for a client without UTF8=ACCEPT."""
     if raw.isascii():  # nearly every message: the length to_crlf gives, without copying
-        return len(raw) + raw.count(b"\n") - raw.count(b"\r\n")
+        # Stored messages have LF line ends: a search for CR is quicker than counting CRLF.
+        crlf = raw.count(b"\r\n") if b"\r" in raw else 0
+        return len(raw) + raw.count(b"\n") - crlf
     return downgrade(ParsedMessage.parse(raw)).size
 
 
@@ -49,7 +51,7 @@ def sizes_seen(
             missing[m.uid] = m
     if not missing:
         return out
-    new: list[tuple[str, int, str]] = []
+    new: list[CacheRow] = []
 
     def read_all() -> Generator[tuple[int, bytes]]:
         yield from store.read_messages(user, folder, list(missing))
@@ -58,38 +60,13 @@ def sizes_seen(
         for uid, raw in files:
             size = seen_size(raw)
             out[uid] = size
-            new.append(size_row(missing[uid], size))
+            info = missing[uid]
+            new.append(size_row(info.key, info.size, size))
     cache.put_many(new)
     return out
 
 
-def size_row(info: MessageInfo, size: int) -> tuple[str, int, str]:
-    """The cache row that remembers `size` for the message `info` (for `put_many`)."""
-    return info.key + SUFFIX, info.size, str(size)
-
-
-class SizeRecorder:
-    """Called with each message another step reads whole (header_index.fill's `whole`): its
-    size for a client without UTF8=ACCEPT is found from the bytes in hand and stored, so
-    the `sizes_seen` that follows reads no file. A first header fetch of a new folder read
-    every file twice before, once for its header and once for this."""
-
-    FLUSH = 500  # rows written at once: a batch in memory, not the folder
-
-    def __init__(self, cache: StructureCache, info_of: Callable[[int], MessageInfo | None]) -> None:
-        self._cache = cache
-        self._info_of = info_of
-        self._rows: list[tuple[str, int, str]] = []
-
-    def __call__(self, uid: int, raw: bytes) -> None:
-        info = self._info_of(uid)
-        if info is None:
-            return
-        self._rows.append(size_row(info, seen_size(raw)))
-        if len(self._rows) >= self.FLUSH:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._rows:
-            self._cache.put_many(self._rows)
-            self._rows = []
+def size_row(key: str, size: int, seen: int) -> CacheRow:
+    """The cache row that remembers `seen`, the size a client without UTF8=ACCEPT sees of
+    the message `key` of RFC822.SIZE `size` (for `put_many`)."""
+    return key + SUFFIX, size, str(seen)

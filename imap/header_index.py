@@ -36,11 +36,13 @@ from typing import overload
 from mailstack.delivery.store import (
     HeaderIndex,
     HeaderRow,
+    HeaderValues,
     MailStore,
     MessageGoneError,
     MessageInfo,
 )
-from mailstack.imap import envelope, response, search
+from mailstack.imap import downgrade_size, envelope, response, search
+from mailstack.imap.cache import CacheRow
 from mailstack.imap.commands import (
     FetchAttr,
     SearchAnd,
@@ -76,7 +78,7 @@ INDEXED = frozenset(
 )
 # The fields SEARCH FROM, TO, CC and BCC read (imap/parser_search.py: address keys).
 ADDRESS_KEYS = frozenset({"from", "to", "cc", "bcc"})
-READ_BATCH = 500  # header blocks per store call (one folder lock) while filling
+READ_BATCH = 500  # missing UIDs a caller hands `fill` at most (more: it asks the table)
 _UID = operator.attrgetter("uid")
 _KEY = operator.attrgetter("key")
 
@@ -235,19 +237,21 @@ def fill(
     *,
     envelopes: bool = False,
     missing: Collection[int] | None = None,
-    whole: Callable[[int, bytes], None] | None = None,
+    sizes: Callable[[list[CacheRow]], None] | None = None,
 ) -> None:
     """Read the header blocks of the messages of `wanted` (uid, base name) that have no
     row and store their rows: `missing` names them, or None (the table is asked once the
-    turn to fill has come). Messages expunged meanwhile are skipped. (A UID names one base
-    name for its whole life, so the caller's snapshot gives the right name.) With `whole`,
-    each of those messages is read whole instead and handed to it, for a caller that needs
-    the bytes too (a client's downgraded RFC822.SIZE): one read of each file, not two.
+    turn to fill has come). Messages expunged meanwhile are skipped. With `sizes` (a
+    StructureCache.writer), each of those messages is read whole instead, and the cache
+    rows of its RFC822.SIZE as a client without UTF8=ACCEPT sees it are stored with it
+    (imap/downgrade_size.py): one read of each file, not two.
 
-    Rows are stored READ_BATCH at a time, so a first search of a 100,000-message folder
-    holds a batch in memory, not the folder. Sessions of one folder fill in turn and each
-    skips the rows the one before it stored: eight sessions opening a new folder at once
-    read its files once, not eight times (and held eight folders' rows at once before).
+    The store reads and parses the files a batch at a time (in worker processes when there
+    are many: `MailStore.map_messages`), and rows are stored a batch at a time, so a first
+    search of a 100,000-message folder holds a few batches in memory, not the folder.
+    Sessions of one folder fill in turn and each skips the rows the one before it stored:
+    eight sessions opening a new folder at once read its files once, not eight times (and
+    held eight folders' rows at once before).
     Only a session that had to wait asks the table again; a caller with many missing rows
     passes None, so that sessions waiting their turn do not each hold the list."""
     lock = table.filling
@@ -257,7 +261,7 @@ def fill(
     try:
         if waited or missing is None:  # another session may have filled meanwhile
             missing = table.missing(wanted)[0]
-        _fill_held(store, table, user, folder, wanted, missing, envelopes=envelopes, whole=whole)
+        _fill_held(store, table, user, folder, wanted, missing, envelopes=envelopes, sizes=sizes)
     finally:
         lock.release()
 
@@ -271,27 +275,41 @@ def _fill_held(
     missing: Collection[int],
     *,
     envelopes: bool,
-    whole: Callable[[int, bytes], None] | None,
+    sizes: Callable[[list[CacheRow]], None] | None,
 ) -> None:
     """`fill`'s work, its turn taken (`table.filling` held) and `missing` current."""
     if len(missing) == len(wanted):  # a new folder: every message (UIDs are unique)
-        todo = list(wanted)
+        todo = [uid for uid, _ in wanted]
     else:
         chosen = set(missing)
-        todo = [(uid, base) for uid, base in wanted if uid in chosen]
+        todo = [uid for uid, _ in wanted if uid in chosen]
         del chosen
-    chunks = [dict(todo[i : i + READ_BATCH]) for i in range(0, len(todo), READ_BATCH)]
-    del todo
+    work = functools.partial(_store_rows, table.writer(), sizes, envelopes)
+    for _ in store.map_messages(user, folder, todo, work, whole=sizes is not None):
+        pass
 
-    for chunk in chunks:
-        if whole is None:
-            blocks = store.read_headers(user, folder, list(chunk))
-        else:
-            blocks = {}
-            for uid, data in store.read_messages(user, folder, list(chunk)):
-                whole(uid, data)
-                blocks[uid] = header_of(data)
-        table.put([make_row(u, chunk[u], b, with_envelope=envelopes) for u, b in blocks.items()])
+
+def _store_rows(
+    put: Callable[[Sequence[HeaderValues]], None],
+    put_sizes: Callable[[list[CacheRow]], None] | None,
+    envelopes: bool,
+    batch: list[tuple[int, str, int, bytes]],
+) -> int:
+    """Make and store the rows of a batch of header blocks, and with `put_sizes` (the batch
+    holds whole messages) the structure cache rows of their sizes as a client without
+    UTF8=ACCEPT sees them (imap/downgrade_size.py). The store may run this in a worker
+    process: it stores what it makes itself, and answers only how many it made."""
+    if put_sizes is None:
+        put([make_row(u, k, b, with_envelope=envelopes) for u, k, _, b in batch])
+        return len(batch)
+    rows = []
+    size_rows = []
+    for uid, key, size, data in batch:
+        size_rows.append(downgrade_size.size_row(key, size, downgrade_size.seen_size(data)))
+        rows.append(make_row(uid, key, header_of(data), with_envelope=envelopes))
+    put(rows)
+    put_sizes(size_rows)
+    return len(batch)
 
 
 def header_of(message: bytes) -> bytes:
@@ -315,11 +333,11 @@ def ensure(
     messages: Sequence[MessageInfo],
     *,
     envelopes: bool = False,
-    whole: Callable[[int, bytes], None] | None = None,
+    sizes: Callable[[list[CacheRow]], None] | None = None,
 ) -> None:
     """Fill the missing rows of `messages` (one transaction for a whole command) and, with
     `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read).
-    `whole`: see `fill`."""
+    `sizes`: see `fill`."""
     table = store.header_index(user, folder)
     wanted = Keys(messages)
     no_row, no_envelope = table.missing(wanted)
@@ -327,13 +345,13 @@ def ensure(
         try:
             # Rows this fill makes get their ENVELOPE: only rows made before lack it.
             no_envelope = sorted(set(no_envelope).difference(no_row)) if envelopes else []
-            _fill_held(store, table, user, folder, wanted, no_row, envelopes=envelopes, whole=whole)
+            _fill_held(store, table, user, folder, wanted, no_row, envelopes=envelopes, sizes=sizes)
         finally:
             table.filling.release()
     elif no_row:
         passed = _passed(no_row)
         del no_row, no_envelope  # not held while waiting for the turn to fill
-        fill(store, table, user, folder, wanted, envelopes=envelopes, missing=passed, whole=whole)
+        fill(store, table, user, folder, wanted, envelopes=envelopes, missing=passed, sizes=sizes)
         # The session before may have filled rows without ENVELOPE (a SEARCH): ask again.
         no_envelope = table.missing(wanted)[1] if envelopes else []
     if envelopes and no_envelope:

@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 
 from mailstack.delivery.store import MessageInfo
 from mailstack.imap import commands as c
 from mailstack.imap import downgrade_size, fetch, header_index, response
+from mailstack.imap.cache import CacheRow
 from mailstack.imap.downgrade import downgrade, downgrade_fields
 from mailstack.imap.session_base import (
     FETCH_BATCH,
@@ -36,6 +37,8 @@ from mailstack.imap.session_base import (
 from mailstack.base.flags import Flag, FlagMode
 
 MEMORY_BATCH = 500  # messages rendered per event-loop turn when nothing is read (about 2 ms)
+FILL_FIRST = 5_000  # messages whose header rows are made before the first batch renders
+FILL_AHEAD = 10_000  # messages per later fill, each made while the one before renders
 QUICK_BATCH_S = 0.005  # a worker-thread batch faster than this doubles the next (up to 500)
 
 
@@ -78,29 +81,26 @@ class FetchCommands(SessionCore):
                     # RFC 9051 §6.4.5: the \Seen we just set must be reported.
                     attrs = (*attrs, c.FetchAttr("FLAGS"))
         # BODY[HEADER.FIELDS] of indexed names and ENVELOPE come from stored header rows
-        # (imap/header_index.py), filled for the whole command at once when nothing else
-        # needs the files.
+        # (imap/header_index.py), filled ahead of the batches that render them when nothing
+        # else needs the files.
         stored = header_index.stored_fields(attrs)
         needs_bytes = fetch.needs_message(tuple(a for a in attrs if a not in stored))
+        ahead: _FillAhead | None = None
         if stored and not needs_bytes:
-            infos = [m for _, m in targets]
-            recorder = None
+            sizes_to = None
             if not self.utf8_names and any(a.name == "RFC822.SIZE" for a in attrs):
-                # Rows still to fill read their files whole, for the sizes too.
-                recorder = downgrade_size.SizeRecorder(self._disk_cache(user), sel.info)
-            await self._thread(
-                functools.partial(
-                    header_index.ensure,
-                    self.ctx.store,
-                    user,
-                    sel.name,
-                    infos,
-                    envelopes=any(a.name == "ENVELOPE" for a in stored),
-                    whole=recorder,
-                )
+                # Rows still to fill read their files whole, for the sizes too: stored in
+                # the structure cache, so the batches below read no file for them.
+                sizes_to = self._disk_cache(user).writer()
+            fill = functools.partial(
+                header_index.ensure,
+                self.ctx.store,
+                user,
+                sel.name,
+                envelopes=any(a.name == "ENVELOPE" for a in stored),
+                sizes=sizes_to,
             )
-            if recorder is not None:
-                await self._thread(recorder.flush)
+            ahead = _FillAhead(targets, lambda infos: self._thread(fill, infos))
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)
@@ -126,34 +126,40 @@ class FetchCommands(SessionCore):
             )
         step = MEMORY_BATCH if in_memory else FETCH_BATCH
         start = 0
-        while start < len(targets):
-            batch = list(targets[start : start + step])
-            began = time.perf_counter()
-            render = functools.partial(
-                self._render_batch,
-                user,
-                sel,
-                batch,
-                attrs,
-                needs_bytes,
-                needs_structure,
-                stored,
-                sizes=sizes,
-            )
-            if in_memory:
-                if start:
-                    await asyncio.sleep(0)
-                rendered, batch_gone = render()
-            else:
-                rendered, batch_gone = await self._thread(render)
-                if step < MEMORY_BATCH and time.perf_counter() - began < QUICK_BATCH_S:
-                    # Nothing was read (rows and structures cached): fewer, bigger thread
-                    # trips. Each costs two GIL hand-offs, a quarter of a warm header fetch
-                    # at 50 messages a trip.
-                    step = min(step * 2, MEMORY_BATCH)
-            start += len(batch)
-            gone = gone or batch_gone
-            await write(b"".join(rendered))
+        try:
+            while start < len(targets):
+                batch = list(targets[start : start + step])
+                if ahead is not None:
+                    await ahead.through(start + len(batch))
+                began = time.perf_counter()
+                render = functools.partial(
+                    self._render_batch,
+                    user,
+                    sel,
+                    batch,
+                    attrs,
+                    needs_bytes,
+                    needs_structure,
+                    stored,
+                    sizes=sizes,
+                )
+                if in_memory:
+                    if start:
+                        await asyncio.sleep(0)
+                    rendered, batch_gone = render()
+                else:
+                    rendered, batch_gone = await self._thread(render)
+                    if step < MEMORY_BATCH and time.perf_counter() - began < QUICK_BATCH_S:
+                        # Nothing was read (rows and structures cached): fewer, bigger thread
+                        # trips. Each costs two GIL hand-offs, a quarter of a warm header fetch
+                        # at 50 messages a trip.
+                        step = min(step * 2, MEMORY_BATCH)
+                start += len(batch)
+                gone = gone or batch_gone
+                await write(b"".join(rendered))
+        finally:
+            if ahead is not None:
+                ahead.abandon()
         if gone:
             raise RefusedError("some messages were expunged meanwhile", "EXPUNGEISSUED")
         await write(response.ok(command.tag, "FETCH completed"))
@@ -243,7 +249,7 @@ class FetchCommands(SessionCore):
         gone = False
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
         new_rows: list[tuple[str, int, str]] = []
-        size_rows: list[tuple[str, int, str]] = []
+        size_rows: list[CacheRow] = []
         infos = [info for _, info in batch]
         fields = (
             header_index.stored_headers(
@@ -314,7 +320,7 @@ class FetchCommands(SessionCore):
                         lowered = parsed.for_utf8()  # message/global opened, if any
                         if is_new:  # the bytes are at hand: see below
                             seen = downgrade(parsed).size  # an ASCII message: no work
-                            size_rows.append(downgrade_size.size_row(info, seen))
+                            size_rows.append(downgrade_size.size_row(info.key, info.size, seen))
                     else:
                         lowered = downgrade(parsed)
                         size = lowered.size
@@ -322,7 +328,7 @@ class FetchCommands(SessionCore):
                             # Remembered for the next FETCH, SEARCH LARGER/SMALLER, SORT SIZE
                             # and STATUS SIZE of such a client (imap/downgrade_size.py), which
                             # then read no file for this message.
-                            size_rows.append(downgrade_size.size_row(info, size))
+                            size_rows.append(downgrade_size.size_row(info.key, info.size, size))
                     if lowered is not parsed:
                         parsed = lowered  # never cached: the stored bytes stay the truth
                         if needs_structure:
@@ -386,3 +392,53 @@ class FetchCommands(SessionCore):
                     m.uid, new.flags, m.internal_date, m.size, m.key, new.modseq
                 )
                 sel.highest_modseq = max(sel.highest_modseq, new.modseq)
+
+
+class _FillAhead:
+    """Header rows filled a part ahead of the batches that render them. A never-seen
+    folder's first header fetch reads and parses every message (in worker processes when
+    there are many: `MailStore.map_messages`); filling them all first kept the client
+    waiting for the whole fill and then for the whole rendering, with a core idle in each.
+    Now the next part fills while this session renders and sends the one before."""
+
+    def __init__(
+        self,
+        targets: Sequence[tuple[int, MessageInfo]],
+        run: Callable[[list[MessageInfo]], Awaitable[None]],
+    ) -> None:
+        self._targets = targets
+        self._run = run
+        self._done = 0  # targets[:_done] have their rows
+        self._task: asyncio.Future[None] | None = None
+        self._task_end = 0
+
+    def _start(self) -> None:
+        end = min(self._done + (FILL_AHEAD if self._done else FILL_FIRST), len(self._targets))
+        infos = [m for _, m in self._targets[self._done : end]]
+        self._task = asyncio.ensure_future(self._run(infos))
+        self._task_end = end
+
+    async def through(self, end: int) -> None:
+        """Return when targets[:end] have their rows; the next part is started meanwhile."""
+        while self._done < end:
+            if self._task is None:
+                self._start()
+            task = self._task
+            if task is None:  # pragma: no cover - _start sets it
+                raise RuntimeError("no fill running")
+            await task
+            self._done, self._task = self._task_end, None
+        if self._task is None and self._done < len(self._targets):
+            self._start()
+
+    def abandon(self) -> None:
+        """The command ends: a fill still running finishes in its thread, unwanted (its
+        error, if any, is retrieved here, not logged as lost)."""
+        if self._task is not None:
+            self._task.add_done_callback(_retrieve)
+            self._task = None
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()

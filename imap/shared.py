@@ -26,7 +26,7 @@ Flags are shared: a message Bob reads in Alice's folder is \\Seen for Alice too.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ from mailstack.delivery.store import (
     HeaderIndex,
     MailStore,
     MessageRef,
+    R,
     SpecialUse,
     StoreError,
     TextIndex,
@@ -308,6 +309,19 @@ class SharedStore:
         route = self.route(user, folder)
         route.need("r", "read")
         return self.inner.read_messages(route.owner, route.folder, uids)
+
+    def map_messages(
+        self,
+        user: str,
+        folder: str,
+        uids: Sequence[int],
+        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        *,
+        whole: bool,
+    ) -> Iterator[R]:
+        route = self.route(user, folder)
+        route.need("r", "read")
+        return self.inner.map_messages(route.owner, route.folder, uids, work, whole=whole)
 
     def store_flags(
         self, user: str, folder: str, uids: Iterable[int], flags: Iterable[str], mode: FlagMode

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -21,17 +22,20 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from mailstack.delivery import maildir_messages
 from mailstack.delivery.index_db import INDEX_FILE
 from mailstack.delivery.index_headers import HeaderTable
 from mailstack.delivery.maildir import MaildirStore
 from mailstack.delivery.store import INBOX, MessageGoneError, MessageInfo
-from mailstack.imap import header_index, response
+from mailstack.imap import header_index, response, session_fetch
+from mailstack.imap.cache import CACHE_FILE
 from mailstack.imap.commands import Fetch, FetchAttr, SearchHeader
 from mailstack.imap.fetch import ParsedMessage, fetch_item
 from mailstack.imap.mime import to_crlf
 from mailstack.imap.parser import parse_command
 from mailstack.imap.search import Scope, search
 
+from mailstack.base import parallel
 from tests.imap.rawclient import RawClient
 from tests.imap.test_fetch import fetch_values, responses, run_dovecot
 from tests.imap.test_search import MESSAGES, TABLE, key_of
@@ -499,3 +503,65 @@ def test_envelope_of_a_whole_message_from_its_header(header: bytes, body: bytes)
     parsed = ParsedMessage.parse(data)
     expected = response.value(fetch_item(FetchAttr("ENVELOPE"), parsed))
     assert header_index.message_envelope(parsed.data) == expected
+
+
+def corpus_dep(state: Path) -> ImapDeployment:
+    dep = make_deployment(state)
+    root = dep.paths.maildir(USER)
+    for copy in range(3):  # a few dozen messages: several batches and parts
+        for i, raw in enumerate(FIELDS_CORPUS, 1):
+            n = copy * 100 + i
+            (root / "new" / f"{1_700_000_000 + n}.M{n}P1.test").write_bytes(raw)
+    return dep
+
+
+def stored_rows(dep: ImapDeployment) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The header rows and the structure cache's size rows, as stored."""
+    root = dep.paths.maildir(USER)
+    with contextlib.closing(sqlite3.connect(root / INDEX_FILE)) as db:
+        rows = db.execute("SELECT * FROM headers ORDER BY uid").fetchall()
+    with contextlib.closing(sqlite3.connect(root / CACHE_FILE)) as db:
+        sizes = db.execute("SELECT * FROM structure WHERE key LIKE '%:size' ORDER BY key")
+        return rows, sizes.fetchall()
+
+
+def test_rows_filled_in_workers_and_ahead_are_the_ones_filled_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first header fetch of a big folder fills rows in worker processes, a part ahead of
+    the batches it renders (imap/session_fetch.py `_FillAhead`). Made small here, the
+    answer and every stored row must be what filling it all in this process gives."""
+    items = "UID RFC822.SIZE FLAGS INTERNALDATE " + " ".join(COMMANDS)
+    here = corpus_dep(tmp_path / "here")
+    answer_here = ours(here, items)
+    assert parallel.POOL.pids() == []  # 24 messages: below PARALLEL_MIN
+    monkeypatch.setattr(maildir_messages, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(maildir_messages, "MAP_BATCH", 2)
+    monkeypatch.setattr(session_fetch, "FILL_FIRST", 3)
+    monkeypatch.setattr(session_fetch, "FILL_AHEAD", 5)
+    away = corpus_dep(tmp_path / "away")
+    try:
+        answer_away = ours(away, items)
+        assert len(parallel.POOL.pids()) == parallel.POOL.workers > 0  # they did the work
+    finally:
+        parallel.POOL.close()
+    assert answer_away == answer_here
+    rows_here, sizes_here = stored_rows(here)
+    rows_away, sizes_away = stored_rows(away)
+    assert len(rows_here) == 3 * len(FIELDS_CORPUS)
+    assert len(sizes_here) == 3 * len(FIELDS_CORPUS)
+    # The same rows but for the base names (each deployment's messages got their own).
+    assert [r[:1] + r[2:] for r in rows_away] == [r[:1] + r[2:] for r in rows_here]
+    assert [r[1:] for r in sizes_away] == [r[1:] for r in sizes_here]
+
+
+def test_header_rows_are_not_fsynced_at_every_commit(tmp_path: Path) -> None:
+    """The rows are a cache: the table's own connection must not fsync the WAL at every
+    commit (SQLite's default, FULL, for each connection that does not say otherwise)."""
+    dep = corpus_dep(tmp_path / "state")
+    ours(dep, "ENVELOPE")
+    table = dep.store.header_index(USER, INBOX)
+    assert isinstance(table, HeaderTable)
+    db = table._connect()
+    assert db is not None
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

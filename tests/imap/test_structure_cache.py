@@ -7,15 +7,16 @@ so new `StructureCache` objects and an empty session memory): what survives it c
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import INBOX
+from mailstack.delivery.store import INBOX, R
 from mailstack.imap.cache import CACHE_FILE, StructureCache
 
 from tests.imap.rawclient import RawClient
@@ -74,6 +75,33 @@ class CountingStore(MaildirStore):
             self.header_reads += len(found)
             self.header_calls += 1
         return found
+
+    def map_messages(
+        self,
+        user: str,
+        folder: str,
+        uids: Sequence[int],
+        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        *,
+        whole: bool,
+    ) -> Iterator[R]:
+        counted = functools.partial(_counted, work)  # picklable: it may run in a worker
+        if not whole:
+            with self.lock:
+                self.header_calls += 1  # the store resolves the files under one lock
+        for n, result in super().map_messages(user, folder, uids, counted, whole=whole):
+            with self.lock:
+                if whole:
+                    self.reads += n
+                else:
+                    self.header_reads += n
+            yield result
+
+
+def _counted(
+    work: Callable[[list[tuple[int, str, int, bytes]]], R], batch: list[tuple[int, str, bytes]]
+) -> tuple[int, R]:
+    return len(batch), work(batch)
 
 
 @pytest.fixture

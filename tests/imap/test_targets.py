@@ -30,6 +30,7 @@ def test_targets_read_as_the_list_of_pairs(
     assert len(targets) == len(expected)
     assert list(targets) == expected
     assert targets[start:stop] == expected[start:stop]
+    assert targets[start:stop:2] == expected[start:stop:2]
     assert bool(targets) == bool(expected)
     assert targets.changed_since(modseq) == [(n, m) for n, m in expected if m.modseq > modseq]
     numbers = {n for n, _ in expected}

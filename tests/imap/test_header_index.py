@@ -511,7 +511,9 @@ def corpus_dep(state: Path) -> ImapDeployment:
     for copy in range(3):  # a few dozen messages: several batches and parts
         for i, raw in enumerate(FIELDS_CORPUS, 1):
             n = copy * 100 + i
-            (root / "new" / f"{1_700_000_000 + n}.M{n}P1.test").write_bytes(raw)
+            path = root / "new" / f"{1_700_000_000 + n}.M{n}P1.test"
+            path.write_bytes(raw)
+            os.utime(path, (1_700_000_000 + n, 1_700_000_000 + n))  # INTERNALDATE
     return dep
 
 

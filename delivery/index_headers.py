@@ -37,7 +37,6 @@ index's writers (WAL readers do not block). Failures are logged at DEBUG and ans
 from __future__ import annotations
 
 import bisect
-import collections
 import contextlib
 import functools
 import logging
@@ -45,7 +44,6 @@ import os
 import sqlite3
 import sys
 import threading
-import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -54,6 +52,7 @@ from typing import Any, TypeVar
 from mailstack.delivery.index_db import HEADERS_SCHEMA, INDEX_FILE
 from mailstack.delivery.store import HeaderValues
 
+from mailstack.base.parallel import PerProcess
 from mailstack.base.sqlite_files import open_shared
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class HeaderTable:
 
     def __init__(self, folder_dir: Path) -> None:
         self.path = folder_dir / INDEX_FILE
-        _TABLES[str(folder_dir)] = self
+        _TABLES.register(str(folder_dir), self)
         self._lock = threading.Lock()
         self._filling = threading.Lock()  # `filling`: sessions filling rows take turns
         self._db: sqlite3.Connection | None = None
@@ -307,19 +306,12 @@ def _recording(
         yield row
 
 
-# This process's tables by folder directory: `put_rows` writes through the table the process
-# has (serve's own), or through one of its own (a worker's, a few kept open).
-_TABLES: weakref.WeakValueDictionary[str, HeaderTable] = weakref.WeakValueDictionary()
-_KEPT: collections.deque[HeaderTable] = collections.deque(maxlen=4)
+_TABLES = PerProcess(lambda folder_dir: HeaderTable(Path(folder_dir)))
 
 
 def put_rows(folder_dir: str, rows: Sequence[HeaderValues]) -> None:
     """`HeaderTable.put` on the table of the folder at `folder_dir` (`HeaderTable.writer`)."""
-    table = _TABLES.get(folder_dir)
-    if table is None:
-        table = HeaderTable(Path(folder_dir))
-        _KEPT.append(table)
-    table.put(rows)
+    _TABLES.get(folder_dir).put(rows)
 
 
 def _in_uid_order(wanted: Sequence[tuple[int, str]]) -> Sequence[tuple[int, str]]:

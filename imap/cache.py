@@ -27,18 +27,17 @@ unlocked). Several processes may use the same file: SQLite's own locking, WAL mo
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import logging
 import os
 import sqlite3
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from mailstack.base.parallel import PerProcess
 from mailstack.base.sqlite_files import open_shared
 
 CacheRow = tuple[str, int, str]  # (key, the message's RFC822.SIZE as stored, value)
@@ -74,7 +73,7 @@ class StructureCache:
 
     def __init__(self, maildir_root: Path) -> None:
         self.path = maildir_root / CACHE_FILE
-        _CACHES[str(maildir_root)] = self
+        _CACHES.register(str(maildir_root), self)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._broken = False  # could not open even after a rebuild: stay a no-op cache
@@ -232,19 +231,12 @@ class StructureCache:
         self.close()
 
 
-# This process's caches by account root: `put_rows` writes through the one the process has
-# (serve's own), or through one of its own (a worker's, a few kept open).
-_CACHES: weakref.WeakValueDictionary[str, StructureCache] = weakref.WeakValueDictionary()
-_KEPT: collections.deque[StructureCache] = collections.deque(maxlen=4)
+_CACHES = PerProcess(lambda maildir_root: StructureCache(Path(maildir_root)))
 
 
 def put_rows(maildir_root: str, rows: list[CacheRow]) -> None:
     """`StructureCache.put_many` on the account's cache (`StructureCache.writer`)."""
-    cache = _CACHES.get(maildir_root)
-    if cache is None:
-        cache = StructureCache(Path(maildir_root))
-        _KEPT.append(cache)
-    cache.put_many(rows)
+    _CACHES.get(maildir_root).put_many(rows)
 
 
 class StructureCaches:

@@ -33,6 +33,7 @@ import struct
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -308,6 +309,28 @@ class _Job(Generic[T, R]):
         self.out: dict[_Worker, collections.deque[T]] = {}  # items sent, oldest first
         self.redo: list[T] = []  # items of failed workers, run here
         self.selector = selectors.DefaultSelector()
+
+
+class PerProcess(Generic[T]):
+    """This process's object for a key (a file's path): the one the process registered (a
+    store's own), else one made for the key, the last few of them kept. For functions that
+    another process calls by name: a worker storing rows through `put_rows` opens its own
+    table, serve's own process goes through the one its store already has."""
+
+    def __init__(self, make: Callable[[str], T], keep: int = 4) -> None:
+        self._make = make
+        self._known: weakref.WeakValueDictionary[str, T] = weakref.WeakValueDictionary()
+        self._kept: collections.deque[T] = collections.deque(maxlen=keep)
+
+    def register(self, key: str, obj: T) -> None:
+        self._known[key] = obj
+
+    def get(self, key: str) -> T:
+        obj = self._known.get(key)
+        if obj is None:
+            obj = self._make(key)  # it registers itself
+            self._kept.append(obj)
+        return obj
 
 
 POOL = Pool()

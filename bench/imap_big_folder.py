@@ -8,8 +8,10 @@ Not a test. Run from the repository root with the venv's Python:
 imap_bench.py generates the Maildir (no uidlist or index: mail another program left) and
 starts the server in a process of its own. Then: one session opens INBOX (cold) and fetches
 `UID FETCH 1:* (UID FLAGS)`; the other sessions open it; all send `UID FETCH 1:* (UID FLAGS)`
-and a header `UID SEARCH SUBJECT` at once (the header rows not filled yet); one STORE. The
-server's resident memory (VmRSS) is printed after each step.
+and a header `UID SEARCH SUBJECT` at once (the header rows not filled yet, so the search reads
+every header block, in the worker processes of mailstack/base/parallel.py); one STORE. The
+server's resident memory (VmRSS) is printed after each step, with that of its worker
+processes while they run, and once more after they stopped (idle).
 """
 
 from __future__ import annotations
@@ -27,12 +29,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imap_bench as b
 
+from mailstack.base import parallel
+
 
 def rss_mb(pid: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS"):
             return int(line.split()[1]) // 1024
     return -1
+
+
+def helpers_mb(pid: str) -> tuple[int, int]:
+    """(count, MB resident) of the server's worker processes (mailstack/base/parallel.py)."""
+    count = total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat[1] == pid and b"base.parallel" in cmdline:
+            count += 1
+            total += rss_mb(entry.name)
+    return count, total
 
 
 def main() -> int:
@@ -62,7 +83,9 @@ def measure(work: Path, messages: int, sessions: int) -> int:
 
         def step(name: str, started: float | None = None) -> None:
             took = "" if started is None else f" in {time.perf_counter() - started:.2f} s"
-            print(f"{name}{took}: server RSS {rss_mb(pid)} MB", flush=True)
+            count, helpers = helpers_mb(pid)
+            also = f" (+ {count} worker processes: {helpers} MB)" if count else ""
+            print(f"{name}{took}: server RSS {rss_mb(pid)} MB{also}", flush=True)
 
         step("idle")
         first = b.connect(server.port)
@@ -99,6 +122,10 @@ def measure(work: Path, messages: int, sessions: int) -> int:
         started = time.perf_counter()
         b.check(first.uid("STORE", "5", "+FLAGS", "(\\Seen)"))
         step("UID STORE 5 +FLAGS (\\Seen)", started)
+        deadline = time.monotonic() + parallel.IDLE_S + 30
+        while helpers_mb(pid)[0] and time.monotonic() < deadline:
+            time.sleep(1)
+        step("worker processes stopped (idle)")
         for client in clients:
             client.logout()
     return 0

@@ -186,9 +186,8 @@ def read_whole(f: OpenFile) -> bytes:
 
 
 # Where a message is, for a reader in another process: (uid, key, RFC822.SIZE, path, S= size
-# on disk). Valid when
-# made under the folder lock (a flag change renames the file after). A plain tuple: a
-# NamedTuple pickles through Python code, a tenth of the job's cost to send.
+# on disk). Valid when made under the folder lock (a flag change renames the file after). A
+# plain tuple: a NamedTuple pickles through Python code, a tenth of the job's cost to send.
 MessageFile = tuple[int, str, int, str, int]
 
 

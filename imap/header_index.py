@@ -326,6 +326,20 @@ def _passed(missing: Collection[int]) -> Collection[int] | None:
     return missing if len(missing) <= READ_BATCH else None
 
 
+def complete(
+    store: MailStore,
+    user: str,
+    folder: str,
+    messages: Sequence[MessageInfo],
+    *,
+    envelopes: bool = False,
+) -> bool:
+    """Do all of `messages` have their rows (with `envelopes`, their ENVELOPEs too)? One
+    look at the table: a FETCH whose rows are all there fills nothing, part by part."""
+    no_row, no_envelope = store.header_index(user, folder).missing(Keys(messages))
+    return not no_row and not (envelopes and no_envelope)
+
+
 def ensure(
     store: MailStore,
     user: str,

@@ -92,15 +92,28 @@ class FetchCommands(SessionCore):
                 # Rows still to fill read their files whole, for the sizes too: stored in
                 # the structure cache, so the batches below read no file for them.
                 sizes_to = self._disk_cache(user).writer()
+            envelopes = any(a.name == "ENVELOPE" for a in stored)
             fill = functools.partial(
                 header_index.ensure,
                 self.ctx.store,
                 user,
                 sel.name,
-                envelopes=any(a.name == "ENVELOPE" for a in stored),
+                envelopes=envelopes,
                 sizes=sizes_to,
             )
-            ahead = _FillAhead(targets, lambda infos: self._thread(fill, infos))
+            # Every row there (a folder seen before): nothing to fill ahead of.
+            done = await self._thread(
+                functools.partial(
+                    header_index.complete,
+                    self.ctx.store,
+                    user,
+                    sel.name,
+                    [m for _, m in targets],
+                    envelopes=envelopes,
+                )
+            )
+            if not done:
+                ahead = _FillAhead(targets, lambda infos: self._thread(fill, infos))
         needs_structure = any(
             a.name in fetch.STRUCTURE_ITEMS - {"RFC822.SIZE"}
             or (a.name == "BODY" and a.section is None)

@@ -38,7 +38,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 from mailstack.base.sqlite_files import open_shared
@@ -133,7 +133,12 @@ class FolderText:
         row = db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
         if row is not None and row[0] == uid_validity:
             return
-        with db:
+        with _writing(db):
+            # Asked again under the write lock: two processes opening a new file both saw
+            # no UIDVALIDITY, and the second emptied the rows the first had just added.
+            row = db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+            if row is not None and row[0] == uid_validity:
+                return
             db.execute("DELETE FROM docs")
             db.execute("INSERT INTO text(text) VALUES ('delete-all')")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (uid_validity,))
@@ -184,7 +189,9 @@ class FolderText:
                 return
             try:
                 self._check_validity(db, uid_validity)
-                with db:
+                # The write lock first: `maxrow` read before it could be another process's
+                # stale value, and two writers would hand out the same rowids.
+                with _writing(db):
                     row = db.execute("SELECT value FROM meta WHERE key = 'maxrow'").fetchone()
                     # Dead rows keep their rowids in the FTS table: a new row must never reuse
                     # one, or an old message's trigrams would count for a new UID.
@@ -224,3 +231,16 @@ class FolderText:
             except sqlite3.Error as exc:
                 log.debug("full-text index %s: %s", self.path, exc)
                 return None
+
+
+@contextlib.contextmanager
+def _writing(db: sqlite3.Connection) -> Iterator[None]:
+    """A transaction holding the write lock from its start (BEGIN IMMEDIATE: the busy
+    timeout applies), committed at the end, rolled back on an error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()

@@ -42,7 +42,7 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-IDLE_S = 30.0  # workers without work this long are stopped
+IDLE_S = 5.0  # workers without work this long are stopped (a FETCH fills parts well within)
 MAX_WORKERS = 4
 DEPTH = 2  # items out at once per worker
 _LENGTH = struct.Struct("<Q")

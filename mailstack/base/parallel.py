@@ -190,7 +190,8 @@ class Pool:
         try:
             for worker in list(job.workers):
                 for _ in range(DEPTH):
-                    self._send(job, worker)
+                    if worker in job.workers:  # not dropped by the send before
+                        self._send(job, worker)
             while job.out or job.redo:
                 while job.redo:
                     yield fn(job.redo.pop())
@@ -293,6 +294,8 @@ class Pool:
             job.selector.unregister(worker.stdout)
             if exc is not None:
                 job.redo.extend(out)
+        if worker not in job.workers:
+            return  # dropped already
         job.workers.remove(worker)
         with self._lock:
             self._started -= 1

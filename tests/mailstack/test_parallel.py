@@ -163,3 +163,16 @@ def test_one_core_starts_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parallel.worker_count() == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
     assert parallel.worker_count() == parallel.MAX_WORKERS
+
+
+def test_a_worker_dead_before_its_first_item_is_replaced_by_this_process(
+    pool: parallel.Pool,
+) -> None:
+    list(pool.map(square_and_pid, range(4)))  # workers started
+    for pid in pool.pids():
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    results = list(pool.map(square_and_pid, range(30)))
+    assert sorted(r for r, _ in results) == [n * n for n in range(30)]
+    assert {pid for _, pid in results} == {PARENT}  # both gone: every item here
+    assert len({pid for _, pid in pool.map(square_and_pid, range(30))} - {PARENT}) == 2

@@ -57,8 +57,10 @@ from mailstack.delivery.store import (
     FolderInfo,
     FolderNotFoundError,
     FolderSnapshot,
+    MessageBatch,
     MessageGoneError,
     MessageRef,
+    R,
     SpecialUse,
     StoreError,
     UnknownUserError,
@@ -69,7 +71,6 @@ from mailstack.base.fsutil import fsync_dir
 from mailstack.base.paths import StatePaths
 
 _T = TypeVar("_T")
-R = TypeVar("R")
 _LOCATE_CACHE_MAX = 10_000  # (user, folder) paths remembered by `_locate`
 # Folder indexes kept per process, least recently used dropped first. Each holds an open
 # SQLite connection (about 150 KB resident: page cache, WAL index), so 1,000 accounts' six
@@ -473,7 +474,7 @@ class MaildirStore:
         user: str,
         folder: str,
         uids: Sequence[int],
-        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        work: Callable[[MessageBatch], R],
         *,
         whole: bool,
     ) -> Iterator[R]:

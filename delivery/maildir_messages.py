@@ -28,7 +28,13 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 from mailstack.delivery import quota, recent
 from mailstack.delivery.index import FolderIndex
-from mailstack.delivery.store import FolderChanges, FolderSnapshot, MessageGoneError, MessageInfo
+from mailstack.delivery.store import (
+    FolderChanges,
+    FolderSnapshot,
+    MessageBatch,
+    MessageGoneError,
+    MessageInfo,
+)
 
 from mailstack.base import parallel
 from mailstack.base.flags import Flag
@@ -206,15 +212,11 @@ def message_files(index: FolderIndex, fdir: Path, uids: Iterable[int]) -> list[M
     return out
 
 
-# (uid, key, RFC822.SIZE as stored, the message or its header block)
-Batch = list[tuple[int, str, int, bytes]]
-
-
 def work_on_files(
-    work: Callable[[Batch], R], whole: bool, files: Sequence[MessageFile]
+    work: Callable[[MessageBatch], R], whole: bool, files: Sequence[MessageFile]
 ) -> tuple[R, list[MessageFile]]:
     """(work(the batch read), the MessageFile of each file that was gone): runs in a worker."""
-    batch: Batch = []
+    batch: MessageBatch = []
     gone: list[MessageFile] = []
     for f in files:
         uid, key, size, path, disk_size = f
@@ -233,7 +235,11 @@ def work_on_files(
 
 
 def map_files(
-    index: FolderIndex, fdir: Path, uids: Sequence[int], work: Callable[[Batch], R], whole: bool
+    index: FolderIndex,
+    fdir: Path,
+    uids: Sequence[int],
+    work: Callable[[MessageBatch], R],
+    whole: bool,
 ) -> Iterator[R]:
     """`work` on batches of the messages of `uids` still there (the store's map_messages).
     A big job runs in worker processes (mailstack/base/parallel.py); each batch's files are
@@ -252,7 +258,7 @@ def map_files(
     known = {f[0]: f for f in gone}
     for i in range(0, len(gone), MAP_BATCH):
         opened = open_messages(index, fdir, [f[0] for f in gone[i : i + MAP_BATCH]])
-        batch: Batch = []
+        batch: MessageBatch = []
         try:
             for uid, f in opened.items():
                 _, key, size, _, _ = known[uid]

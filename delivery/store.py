@@ -171,6 +171,10 @@ class TextIndex(Protocol):
         """Index (uid, searchable text) pairs."""
 
 
+# What a map_messages work function is given: (uid, key, RFC822.SIZE as stored, the message
+# or its header block) of each message of a batch.
+MessageBatch = list[tuple[int, str, int, bytes]]
+
 # A HeaderRow's values in its order (the table's columns): what `HeaderIndex.put` takes.
 HeaderValues = tuple[int, str, bytes, str | None, bool, bytes | None]
 
@@ -363,7 +367,7 @@ class MailStore(Protocol):
         user: str,
         folder: str,
         uids: Sequence[int],
-        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        work: Callable[[MessageBatch], R],
         *,
         whole: bool,
     ) -> Iterator[R]:

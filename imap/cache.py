@@ -156,7 +156,7 @@ class StructureCache:
             list(rows),
         )
 
-    def writer(self) -> Callable[[list[CacheRow]], None]:
+    def writer(self) -> Callable[[Sequence[CacheRow]], None]:
         """`put_many` as a function any process can call (it pickles): see
         HeaderTable.writer."""
         return functools.partial(put_rows, str(self.path.parent))
@@ -234,7 +234,7 @@ class StructureCache:
 _CACHES = PerProcess(lambda maildir_root: StructureCache(Path(maildir_root)))
 
 
-def put_rows(maildir_root: str, rows: list[CacheRow]) -> None:
+def put_rows(maildir_root: str, rows: Sequence[CacheRow]) -> None:
     """`StructureCache.put_many` on the account's cache (`StructureCache.writer`)."""
     _CACHES.get(maildir_root).put_many(rows)
 

@@ -38,6 +38,7 @@ from mailstack.delivery.store import (
     HeaderRow,
     HeaderValues,
     MailStore,
+    MessageBatch,
     MessageGoneError,
     MessageInfo,
 )
@@ -237,7 +238,7 @@ def fill(
     *,
     envelopes: bool = False,
     missing: Collection[int] | None = None,
-    sizes: Callable[[list[CacheRow]], None] | None = None,
+    sizes: Callable[[Sequence[CacheRow]], None] | None = None,
 ) -> None:
     """Read the header blocks of the messages of `wanted` (uid, base name) that have no
     row and store their rows: `missing` names them, or None (the table is asked once the
@@ -275,7 +276,7 @@ def _fill_held(
     missing: Collection[int],
     *,
     envelopes: bool,
-    sizes: Callable[[list[CacheRow]], None] | None,
+    sizes: Callable[[Sequence[CacheRow]], None] | None,
 ) -> None:
     """`fill`'s work, its turn taken (`table.filling` held) and `missing` current."""
     if len(missing) == len(wanted):  # a new folder: every message (UIDs are unique)
@@ -291,9 +292,9 @@ def _fill_held(
 
 def _store_rows(
     put: Callable[[Sequence[HeaderValues]], None],
-    put_sizes: Callable[[list[CacheRow]], None] | None,
+    put_sizes: Callable[[Sequence[CacheRow]], None] | None,
     envelopes: bool,
-    batch: list[tuple[int, str, int, bytes]],
+    batch: MessageBatch,
 ) -> int:
     """Make and store the rows of a batch of header blocks, and with `put_sizes` (the batch
     holds whole messages) the structure cache rows of their sizes as a client without
@@ -347,7 +348,7 @@ def ensure(
     messages: Sequence[MessageInfo],
     *,
     envelopes: bool = False,
-    sizes: Callable[[list[CacheRow]], None] | None = None,
+    sizes: Callable[[Sequence[CacheRow]], None] | None = None,
 ) -> None:
     """Fill the missing rows of `messages` (one transaction for a whole command) and, with
     `envelopes`, the ENVELOPEs rows lack (rendered from the stored lines, no file read).

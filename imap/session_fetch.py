@@ -261,7 +261,7 @@ class FetchCommands(SessionCore):
         out: list[bytes] = []
         gone = False
         structures = self._structures_for(user, sel, batch) if needs_structure else {}
-        new_rows: list[tuple[str, int, str]] = []
+        new_rows: list[CacheRow] = []
         size_rows: list[CacheRow] = []
         infos = [info for _, info in batch]
         fields = (
@@ -425,21 +425,17 @@ class _FillAhead:
         self._task: asyncio.Future[None] | None = None
         self._task_end = 0
 
-    def _start(self) -> None:
+    def _start(self) -> asyncio.Future[None]:
         end = min(self._done + (FILL_AHEAD if self._done else FILL_FIRST), len(self._targets))
         infos = [m for _, m in self._targets[self._done : end]]
         self._task = asyncio.ensure_future(self._run(infos))
         self._task_end = end
+        return self._task
 
     async def through(self, end: int) -> None:
         """Return when targets[:end] have their rows; the next part is started meanwhile."""
         while self._done < end:
-            if self._task is None:
-                self._start()
-            task = self._task
-            if task is None:  # pragma: no cover - _start sets it
-                raise RuntimeError("no fill running")
-            await task
+            await (self._task or self._start())
             self._done, self._task = self._task_end, None
         if self._task is None and self._done < len(self._targets):
             self._start()

@@ -43,6 +43,7 @@ from mailstack.delivery.store import (
     FolderSnapshot,
     HeaderIndex,
     MailStore,
+    MessageBatch,
     MessageRef,
     R,
     SpecialUse,
@@ -315,7 +316,7 @@ class SharedStore:
         user: str,
         folder: str,
         uids: Sequence[int],
-        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        work: Callable[[MessageBatch], R],
         *,
         whole: bool,
     ) -> Iterator[R]:

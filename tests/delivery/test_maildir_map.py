@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from mailstack.delivery import maildir_messages
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import INBOX
+from mailstack.delivery.store import INBOX, MessageBatch
 
 from mailstack.base import parallel
 from mailstack.base.flags import FlagMode
@@ -25,7 +25,7 @@ def message(i: int) -> bytes:
     return b"Subject: number %d\nFrom: a@example.org\n\nbody %d\n%s" % (i, i, b"x" * i)
 
 
-def echo(batch: list[tuple[int, str, int, bytes]]) -> tuple[int, list[tuple[int, str, int, bytes]]]:
+def echo(batch: MessageBatch) -> tuple[int, MessageBatch]:
     """The batch as the worker read it, and which process it was."""
     return os.getpid(), batch
 

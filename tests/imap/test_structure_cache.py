@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from mailstack.delivery.maildir import MaildirStore
-from mailstack.delivery.store import INBOX, R
+from mailstack.delivery.store import INBOX, MessageBatch, R
 from mailstack.imap.cache import CACHE_FILE, StructureCache
 
 from tests.imap.rawclient import RawClient
@@ -81,7 +81,7 @@ class CountingStore(MaildirStore):
         user: str,
         folder: str,
         uids: Sequence[int],
-        work: Callable[[list[tuple[int, str, int, bytes]]], R],
+        work: Callable[[MessageBatch], R],
         *,
         whole: bool,
     ) -> Iterator[R]:
@@ -98,9 +98,7 @@ class CountingStore(MaildirStore):
             yield result
 
 
-def _counted(
-    work: Callable[[list[tuple[int, str, int, bytes]]], R], batch: list[tuple[int, str, bytes]]
-) -> tuple[int, R]:
+def _counted(work: Callable[[MessageBatch], R], batch: MessageBatch) -> tuple[int, R]:
     return len(batch), work(batch)
 
 
